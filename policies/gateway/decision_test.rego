@@ -1,0 +1,215 @@
+package portcullis.gateway_test
+
+import rego.v1
+
+import data.portcullis.gateway
+
+now_ns := 1700000000 * 1000000000
+
+# A request as the gateway builds it: path "/a/b" gives parsed_path ["a", "b"].
+request(method, path, identity) := {
+	"attributes": {"request": {"http": {
+		"method": method,
+		"host": "gateway.example",
+		"path": path,
+		"scheme": "https",
+		"headers": {},
+		"id": "test",
+	}}},
+	"parsed_path": split(trim_prefix(path, "/"), "/"),
+	"parsed_query": {},
+	"route": {"app": split(trim_prefix(path, "/"), "/")[0]},
+	"identity": identity,
+	"now_ns": now_ns,
+}
+
+user(groups, amr, age) := {
+	"authenticated": true,
+	"subject": "alice",
+	"email": "alice@example.com",
+	"groups": groups,
+	"amr": amr,
+	"acr": "pwd",
+	"auth_time": (now_ns / 1000000000) - age,
+	"method": "bearer",
+}
+
+decide(method, path, identity) := d if {
+	d := gateway.decision with input as request(method, path, identity)
+}
+
+test_warehouse_worker_with_otp_reaches_wms if {
+	d := decide("GET", "/wms/stock", user(["warehouse"], ["pwd", "otp"], 60))
+	d.allow
+	d.http_status == 200
+	d.reasons == []
+	d.step_up == null
+}
+
+test_allowed_decision_tells_the_upstream_app_and_classification if {
+	d := decide("GET", "/pos/sales", user(["store"], ["pwd", "otp"], 60))
+	d.headers == {"x-portcullis-app": "pos", "x-portcullis-classification": "pci"}
+}
+
+test_wms_without_mfa_is_denied_with_step_up if {
+	d := decide("GET", "/wms/stock", user(["warehouse"], ["pwd"], 60))
+	not d.allow
+	d.http_status == 403
+	d.step_up == {"acr": "mfa", "max_age": null}
+	d.reasons == ["requires MFA with one of: fido, hwk, mfa, otp, swk"]
+}
+
+test_wrong_group_is_denied_without_step_up if {
+	d := decide("GET", "/wms/stock", user(["store"], ["pwd", "otp"], 60))
+	not d.allow
+	d.http_status == 403
+	d.step_up == null
+	d.reasons == ["requires membership in one of: warehouse"]
+}
+
+test_missing_group_and_mfa_gives_both_reasons_and_no_step_up if {
+	d := decide("GET", "/wms/stock", user([], ["pwd"], 60))
+	count(d.reasons) == 2
+	d.step_up == null
+}
+
+test_wms_admin_needs_the_wms_admin_group if {
+	d := decide("GET", "/wms/admin/users", user(["warehouse"], ["otp"], 60))
+	not d.allow
+	d.reasons == ["requires membership in one of: wms-admin"]
+}
+
+test_wms_admin_with_both_groups_is_allowed if {
+	decide("POST", "/wms/admin/users", user(["warehouse", "wms-admin"], ["otp"], 60)).allow
+}
+
+test_wms_admin_group_alone_is_not_enough if {
+	not decide("GET", "/wms/admin/users", user(["wms-admin"], ["otp"], 60)).allow
+}
+
+test_wms_admin_override_ignores_case_of_the_path if {
+	not decide("GET", "/wms/ADMIN/users", user(["warehouse"], ["otp"], 60)).allow
+}
+
+test_store_staff_with_otp_reach_pos_sales if {
+	decide("GET", "/pos/sales/today", user(["store"], ["otp"], 3600)).allow
+}
+
+test_pos_refund_requires_phishing_resistant_mfa if {
+	d := decide("POST", "/pos/refunds/42", user(["store"], ["pwd", "otp"], 60))
+	not d.allow
+	d.http_status == 403
+	d.step_up == {"acr": "phr", "max_age": 900}
+	d.reasons == ["requires MFA with one of: fido, hwk"]
+}
+
+test_pos_refund_requires_fresh_mfa if {
+	d := decide("POST", "/pos/refunds/42", user(["store"], ["hwk"], 901))
+	not d.allow
+	d.step_up == {"acr": "phr", "max_age": 900}
+	d.reasons == ["requires sign-in within the last 900 s; last sign-in was 901 s ago"]
+}
+
+test_pos_refund_with_fresh_hardware_key_is_allowed if {
+	decide("POST", "/pos/refunds/42", user(["store"], ["pwd", "hwk"], 899)).allow
+}
+
+test_pos_refund_with_fresh_fido_is_allowed if {
+	decide("GET", "/pos/refunds/", user(["store"], ["fido"], 10)).allow
+}
+
+test_pos_refund_accepts_phr_acr_from_the_provider if {
+	identity := object.union(user(["store"], ["pwd"], 10), {"acr": "phr"})
+	decide("GET", "/pos/refunds/7", identity).allow
+}
+
+test_pos_refund_without_trailing_slash_is_still_a_refund if {
+	d := decide("GET", "/pos/refunds", user(["store"], ["otp"], 10))
+	not d.allow
+	d.step_up.acr == "phr"
+}
+
+test_mfa_acr_from_the_provider_counts_as_mfa if {
+	identity := object.union(user(["warehouse"], ["pwd"], 10), {"acr": "mfa"})
+	decide("GET", "/wms/stock", identity).allow
+}
+
+test_mfa_acr_is_not_phishing_resistant if {
+	identity := object.union(user(["store"], ["pwd"], 10), {"acr": "mfa"})
+	not decide("GET", "/pos/refunds/1", identity).allow
+}
+
+test_pos_refund_in_other_case_is_still_a_refund if {
+	not decide("GET", "/POS/Refunds/1", user(["store"], ["otp"], 10)).allow
+}
+
+test_pos_refund_without_auth_time_is_denied if {
+	identity := object.remove(user(["store"], ["hwk"], 0), ["auth_time"])
+	d := decide("GET", "/pos/refunds/1", identity)
+	not d.allow
+	d.reasons == ["requires sign-in within the last 900 s; the session has no auth_time"]
+}
+
+test_pos_refund_with_auth_time_in_the_future_is_denied if {
+	not decide("GET", "/pos/refunds/1", user(["store"], ["hwk"], -3600)).allow
+}
+
+test_pos_refunds_lookalike_path_is_not_the_refunds_route if {
+	# /pos/refundsX is another path: only the app's base MFA applies.
+	decide("GET", "/pos/refundsx", user(["store"], ["otp"], 5000)).allow
+}
+
+test_analytics_read_needs_no_mfa if {
+	decide("GET", "/analytics/dashboards", user(["analyst"], ["pwd"], 60)).allow
+	decide("HEAD", "/analytics/dashboards", user(["analyst"], ["pwd"], 60)).allow
+}
+
+test_analytics_method_is_compared_case_insensitively if {
+	decide("get", "/analytics/dashboards", user(["analyst"], ["pwd"], 60)).allow
+}
+
+test_analytics_write_needs_mfa if {
+	d := decide("POST", "/analytics/dashboards", user(["analyst"], ["pwd"], 60))
+	not d.allow
+	d.step_up.acr == "mfa"
+}
+
+test_analytics_read_still_needs_the_analyst_group if {
+	not decide("GET", "/analytics/dashboards", user(["store"], ["otp"], 60)).allow
+}
+
+test_unauthenticated_request_gets_401 if {
+	d := decide("GET", "/wms/stock", {"authenticated": false})
+	not d.allow
+	d.http_status == 401
+	d.reasons == ["authentication required"]
+	d.step_up == null
+}
+
+test_missing_identity_is_unauthenticated if {
+	d := gateway.decision with input as object.remove(request("GET", "/wms/", {}), ["identity"])
+	d.http_status == 401
+}
+
+test_authenticated_must_be_exactly_true if {
+	identity := object.union(user(["warehouse"], ["otp"], 60), {"authenticated": "true"})
+	decide("GET", "/wms/stock", identity).http_status == 401
+}
+
+test_unknown_app_is_404 if {
+	d := decide("GET", "/payroll/", user(["warehouse"], ["otp"], 60))
+	not d.allow
+	d.http_status == 404
+	d.reasons == ["no app \"payroll\" in the catalogue"]
+}
+
+test_empty_input_is_denied if {
+	d := gateway.decision with input as {}
+	not d.allow
+	d.http_status == 404
+}
+
+test_groups_given_as_a_string_grant_nothing if {
+	identity := object.union(user([], ["otp"], 60), {"groups": "warehouse"})
+	not decide("GET", "/wms/stock", identity).allow
+}

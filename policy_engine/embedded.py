@@ -1,0 +1,239 @@
+"""The embedded backend: regorus in-process, one engine per thread."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import regorus
+
+from policy_engine.errors import (
+    EvaluationError,
+    EvaluationTimeout,
+    PolicyLoadError,
+    Problem,
+    UndefinedPath,
+    UndefinedResult,
+    problem_from_engine_error,
+)
+from policy_engine.policy_set import PolicySet, data_leaf_on
+from policy_engine.rego_ast import ModuleShape, module_shape
+
+REF = re.compile(r"^data(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_NOT_A_RULE = "not a valid rule path"
+_UNKNOWN_FUNCTION = "could not find function"
+
+
+@dataclass(frozen=True)
+class CompiledPolicy:
+    """A policy set that parsed, loaded and evaluated every entry point once."""
+
+    policy_set: PolicySet
+    shapes: list[ModuleShape]
+
+    def rule_refs(self, *, include_tests: bool = True) -> list[str]:
+        """Every non-function rule as `data.pkg.rule`, in source order, once each."""
+        seen: dict[str, None] = {}
+        for shape in self.shapes:
+            for rule in shape.rules:
+                if rule.is_function or (rule.path[0].startswith("test_") and not include_tests):
+                    continue
+                seen[f"{shape.package_ref}.{rule.path[0]}"] = None
+        return list(seen)
+
+    def knows(self, ref: str) -> bool:
+        """Whether `ref` names a package, a rule (or a part of one's value) or data."""
+        path = tuple(ref.split("."))[1:]
+        for shape in self.shapes:
+            for rule in shape.rules:
+                full = (*shape.package, *rule.path)
+                shorter = min(len(full), len(path))
+                if full[:shorter] == path[:shorter]:
+                    return True
+        return not path or data_leaf_on(self.policy_set.data, path) is not None
+
+
+def new_engine(policy_set: PolicySet) -> Any:
+    """A fresh regorus engine holding the policy set (parse only, no checks)."""
+    engine = regorus.Engine()
+    for module in policy_set.modules:
+        engine.add_policy(module.file, module.text)
+    engine.add_data(policy_set.data)
+    return engine
+
+
+def compile_policy(policy_set: PolicySet) -> CompiledPolicy:
+    """Parse every module, check data against rules, and evaluate every entry point
+    once so that unsafe variables and unknown functions fail here, not on a request.
+    Raises PolicyLoadError listing every problem found."""
+    engine = regorus.Engine()
+    problems: list[Problem] = []
+    for module in policy_set.modules:
+        try:
+            engine.add_policy(module.file, module.text)
+        except (RuntimeError, ValueError) as error:
+            problems.append(problem_from_engine_error(error, module.file))
+    if problems:
+        raise PolicyLoadError(problems)
+    engine.add_data(policy_set.data)
+    shapes = [module_shape(entry) for entry in json.loads(engine.get_ast_as_json())]
+    compiled = CompiledPolicy(policy_set, shapes)
+    problems.extend(_data_conflicts(compiled))
+    problems.extend(_unknown_functions(shapes))
+    engine.set_input({})
+    # Tests run under `policy test`, where an error is that test's failure.
+    for ref in compiled.rule_refs(include_tests=False):
+        try:
+            _eval_ref(engine, ref)
+        except (RuntimeError, ValueError) as error:
+            problem = problem_from_engine_error(error, ref)
+            if problem not in problems:
+                problems.append(problem)
+    if problems:
+        raise PolicyLoadError(problems)
+    return compiled
+
+
+def _data_conflicts(compiled: CompiledPolicy) -> list[Problem]:
+    problems = []
+    data = compiled.policy_set.data
+    for shape in compiled.shapes:
+        for rule in shape.rules:
+            clash = data_leaf_on(data, (*shape.package, *rule.path[:1]))
+            if clash is None:
+                continue
+            origin = compiled.policy_set.data_sources.get(clash, "a data file")
+            problems.append(
+                Problem(
+                    shape.file,
+                    f"conflicting data keys: rule {rule.path[0]} and data.{'.'.join(clash)} "
+                    f"from {origin}",
+                    rule.line,
+                    rule.col,
+                )
+            )
+    return problems
+
+
+def _unknown_functions(shapes: list[ModuleShape]) -> list[Problem]:
+    defined = {
+        (*shape.package, *rule.path)
+        for shape in shapes
+        for rule in shape.rules
+        if rule.is_function
+    }
+    problems = []
+    for shape in shapes:
+        for call in shape.calls:
+            parts = tuple(call.name.split("."))
+            if parts[0] in shape.imports and shape.imports[parts[0]][0] == "data":
+                target: tuple[str, ...] | None = (*shape.imports[parts[0]][1:], *parts[1:])
+            elif parts[0] == "data":
+                target = parts[1:]
+            elif len(parts) == 1 and (*shape.package, parts[0]) in defined:
+                continue
+            else:
+                target = None
+            if target is not None:
+                known = target in defined
+            else:
+                known = is_builtin(call.name, call.arity)
+            if not known:
+                problems.append(
+                    Problem(shape.file, f"unknown function {call.name}", call.line, call.col)
+                )
+    return problems
+
+
+@functools.cache
+def is_builtin(name: str, arity: int) -> bool:
+    """Whether the embedded engine has a builtin `name` (asked once per process)."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", name):
+        return False
+    probe = regorus.Engine()
+    args = ", ".join(["null"] * arity)
+    try:
+        probe.eval_query(f"x := {name}({args})")
+    except (RuntimeError, ValueError) as error:
+        return _UNKNOWN_FUNCTION not in str(error)
+    return True
+
+
+def _eval_ref(engine: Any, ref: str) -> Any:
+    """The value of `ref`; None where it is undefined. Raises on engine errors."""
+    try:
+        value = engine.eval_rule(ref)
+    except TypeError:
+        # Values holding sets of objects only come back through the JSON API.
+        value = json.loads(engine.eval_rule_as_json(ref))
+    except RuntimeError as error:
+        if _NOT_A_RULE not in str(error):
+            raise
+        results = json.loads(engine.eval_query_as_json(ref)).get("result", [])
+        if not results:
+            return None
+        value = results[0]["expressions"][0]["value"]
+    return value
+
+
+class EmbeddedEngine:
+    """Evaluates a compiled policy set in-process.
+
+    regorus holds the GIL while it evaluates, and its engines can't cross
+    threads, so each thread that calls gets its own engine, built on first use,
+    and evaluation runs inline: an executor would add latency and still could
+    not pre-empt a running evaluation. The timeout is therefore a deadline
+    checked when evaluation returns: a decision that overran it is an error
+    (and so a deny), never a late allow.
+    """
+
+    backend = "embedded"
+
+    def __init__(self, policy_set: PolicySet, *, timeout: float = 0.25) -> None:
+        self.compiled = compile_policy(policy_set)
+        self.timeout = timeout
+        self._local = threading.local()
+
+    @property
+    def revision(self) -> str:
+        return self.compiled.policy_set.revision
+
+    def _engine(self) -> Any:
+        engine = getattr(self._local, "engine", None)
+        if engine is None:
+            engine = new_engine(self.compiled.policy_set)
+            self._local.engine = engine
+        return engine
+
+    def evaluate_sync(self, ref: str, input: Any) -> Any:
+        if not REF.match(ref):
+            raise UndefinedPath(f"{ref}: not a reference like data.portcullis.gateway.decision")
+        engine = self._engine()
+        started = time.perf_counter()
+        try:
+            engine.set_input(input)
+            value = _eval_ref(engine, ref)
+        except (RuntimeError, ValueError, TypeError) as error:
+            raise EvaluationError(str(problem_from_engine_error(error, ref))) from error
+        elapsed = time.perf_counter() - started
+        if elapsed > self.timeout:
+            raise EvaluationTimeout(
+                f"{ref}: evaluation took {elapsed * 1000:.1f} ms, over the "
+                f"{self.timeout * 1000:.0f} ms timeout"
+            )
+        if value is None:
+            if not self.compiled.knows(ref):
+                raise UndefinedPath(f"{ref}: no such rule, package or data in the policy set")
+            raise UndefinedResult(f"{ref}: undefined for this input")
+        return value
+
+    async def evaluate(self, ref: str, input: Any) -> Any:
+        return self.evaluate_sync(ref, input)
+
+    async def close(self) -> None:
+        self._local = threading.local()

@@ -1,0 +1,71 @@
+"""Typed errors of the policy engine, so callers can fail closed on any of them."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_LOCATION = re.compile(r"-->\s*(?P<file>.+?):(?P<line>\d+):(?P<col>\d+)")
+_MESSAGE = re.compile(r"^error:\s*(?P<message>.+)$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a policy set, located as precisely as the source allows."""
+
+    file: str
+    message: str
+    line: int | None = None
+    col: int | None = None
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.col is not None:
+                where += f":{self.col}"
+        return f"{where}: {self.message}"
+
+
+class PolicyError(Exception):
+    """Base of every error the policy engine raises."""
+
+
+class PolicyLoadError(PolicyError):
+    """The policy set can't be loaded: each problem names its file (and line:col)."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class EvaluationError(PolicyError):
+    """Evaluating a query failed; a gateway treats this as deny."""
+
+
+class UndefinedPath(EvaluationError):
+    """The query names no rule, package or document in the policy set."""
+
+
+class UndefinedResult(EvaluationError):
+    """The query is valid but its value is undefined for this input."""
+
+
+class EvaluationTimeout(EvaluationError):
+    """Evaluation took longer than the per-call timeout."""
+
+
+def problem_from_engine_error(error: BaseException, default_file: str) -> Problem:
+    """Turn a regorus error message ("--> f.rego:2:8 ... error: msg") into a Problem."""
+    text = str(error).split("Stack backtrace:")[0]
+    message_match = _MESSAGE.search(text)
+    message = message_match.group("message").strip() if message_match else text.strip()
+    location = _LOCATION.search(text)
+    if location is None:
+        return Problem(default_file, message or type(error).__name__)
+    return Problem(
+        location.group("file"),
+        message,
+        int(location.group("line")),
+        int(location.group("col")),
+    )

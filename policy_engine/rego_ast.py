@@ -1,0 +1,119 @@
+"""What the tools need to know of a Rego module's shape: package, rules, calls."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule head: its path inside the package, where it stands, and its kind."""
+
+    path: tuple[str, ...]
+    line: int
+    col: int
+    is_function: bool
+
+    @property
+    def name(self) -> str:
+        return ".".join(self.path)
+
+
+@dataclass(frozen=True)
+class Call:
+    """A function call site, by the dotted name it was called with."""
+
+    name: str
+    arity: int
+    line: int
+    col: int
+
+
+@dataclass
+class ModuleShape:
+    file: str
+    package: tuple[str, ...]
+    imports: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    rules: list[Rule] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
+
+    @property
+    def package_ref(self) -> str:
+        return "data." + ".".join(self.package)
+
+
+def ref_path(node: Any) -> tuple[str, ...] | None:
+    """`a.b.c` or `a["b"]` as ("a", "b", "c"); None where a part isn't a literal name."""
+    if not isinstance(node, dict) or len(node) != 1:
+        return None
+    kind, body = next(iter(node.items()))
+    if kind == "Var":
+        return (str(body["value"]),)
+    if kind == "RefDot":
+        head = ref_path(body["refr"])
+        return None if head is None else (*head, str(body["field"][1]))
+    if kind == "RefBrack":
+        head = ref_path(body["refr"])
+        index = body["index"]
+        if head is None or not isinstance(index, dict) or "String" not in index:
+            return None
+        return (*head, str(index["String"]["value"]))
+    return None
+
+
+def _calls(node: Any, found: list[Call]) -> None:
+    if isinstance(node, dict):
+        call = node.get("Call")
+        if isinstance(call, dict) and "fcn" in call:
+            name = ref_path(call["fcn"])
+            if name is not None:
+                span = call.get("span", {})
+                found.append(
+                    Call(".".join(name), len(call["params"]), span.get("line", 0), span.get("col", 0))
+                )
+        for value in node.values():
+            _calls(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            _calls(value, found)
+
+
+def _rule(entry: dict[str, Any]) -> Rule | None:
+    if "Default" in entry:
+        body = entry["Default"]
+        path = ref_path(body["refr"])
+        span = body["span"]
+        is_function = bool(body.get("args"))
+    elif "Spec" in entry:
+        head_kind, head = next(iter(entry["Spec"]["head"].items()))
+        path = ref_path(head["refr"])
+        span = head["span"]
+        is_function = head_kind == "Func"
+    else:
+        return None
+    if path is None:
+        return None
+    return Rule(path, span["line"], span["col"], is_function)
+
+
+def module_shape(entry: dict[str, Any]) -> ModuleShape:
+    """One element of regorus' `get_ast_as_json()` list as a ModuleShape."""
+    ast = entry["ast"]
+    package = ref_path(ast["package"]["refr"]) or ()
+    shape = ModuleShape(entry["source"]["file"], package)
+    source = str(entry["source"].get("contents", ""))
+    for imported in ast.get("imports", []):
+        path = ref_path(imported["refr"])
+        if path is None:
+            continue
+        alias_span = imported.get("as")
+        # regorus gives the alias as a span only: read its name from the source.
+        alias = source[alias_span["start"] : alias_span["end"]] if alias_span else path[-1]
+        shape.imports[alias] = path
+    for raw in ast.get("rules", []):
+        rule = _rule(raw)
+        if rule is not None:
+            shape.rules.append(rule)
+    _calls(ast.get("rules", []), shape.calls)
+    return shape

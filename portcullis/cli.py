@@ -1,0 +1,65 @@
+"""The `portcullis` command line: one entry point, a subcommand per tool."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from portcullis import __version__, policy_commands
+from portcullis.paths import default_policy_dir
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="portcullis",
+        description="Zero-trust access gateway and Terraform scanner on one Rego policy set.",
+    )
+    parser.add_argument("--version", action="version", version=f"portcullis {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="run the demo: policy tests and sample decisions")
+    demo.set_defaults(run=policy_commands.demo)
+
+    policy = commands.add_parser("policy", help="test, check, evaluate and bundle Rego policy")
+    actions = policy.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    test = actions.add_parser("test", help="run every test_* rule, like `opa test`")
+    test.add_argument("paths", nargs="*", help="policy directories or bundles")
+    test.add_argument("-v", "--verbose", action="store_true", help="list every test")
+    test.add_argument("--coverage", action="store_true", help="print per-file line coverage")
+    test.add_argument("--run", dest="match", metavar="TEXT", help="only tests whose name contains TEXT")
+    test.set_defaults(run=policy_commands.test)
+
+    check = actions.add_parser("check", help="parse, load and evaluate every entry point once")
+    check.add_argument("paths", nargs="*", help="policy directories or bundles")
+    check.set_defaults(run=policy_commands.check)
+
+    evaluate = actions.add_parser("eval", help="evaluate a query against an input")
+    evaluate.add_argument("query", nargs="?", default="data.portcullis.gateway.decision")
+    evaluate.add_argument("--policy", help="policy directory, bundle or OPA URL")
+    evaluate.add_argument("--input", dest="input_file", metavar="FILE", help="JSON input, - = stdin")
+    evaluate.set_defaults(run=policy_commands.evaluate)
+
+    bundle = actions.add_parser("bundle", help="write an OPA bundle (.tar.gz) of a policy set")
+    bundle.add_argument("path", nargs="?", help="policy directory")
+    bundle.add_argument("-o", "--output", required=True, help="bundle file to write")
+    bundle.add_argument("--revision", help="revision for .manifest (default: content hash)")
+    bundle.set_defaults(run=policy_commands.bundle)
+
+    parser.set_defaults(default_policy=default_policy_dir)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""`portcullis policy test|check|eval|bundle` and the policy part of the demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+from policy_engine import (
+    EvaluationError,
+    PolicyLoadError,
+    PolicySet,
+    Problem,
+    UndefinedPath,
+    UndefinedResult,
+    compile_policy,
+    load_policy_set,
+    open_engine,
+)
+from policy_engine.testing import TestReport, run_tests
+
+RULE = "-" * 80
+USAGE_ERROR = 2
+
+
+def _fail(problems: list[Problem] | str) -> int:
+    lines = [problems] if isinstance(problems, str) else [str(p) for p in problems]
+    for line in lines:
+        print(line, file=sys.stderr)
+    return USAGE_ERROR
+
+
+def _policy_paths(args: argparse.Namespace) -> list[str]:
+    return list(args.paths) or [args.default_policy()]
+
+
+def test(args: argparse.Namespace) -> int:
+    failed = total = 0
+    for path in _policy_paths(args):
+        try:
+            report = run_tests(load_policy_set(path), coverage=args.coverage, match=args.match)
+        except PolicyLoadError as error:
+            return _fail(error.problems)
+        _print_test_report(report, verbose=args.verbose)
+        failed += len(report.failed)
+        total += len(report.results)
+    if total == 0:
+        print("no tests found", file=sys.stderr)
+        return 1
+    return 1 if failed else 0
+
+
+def _print_test_report(report: TestReport, *, verbose: bool) -> None:
+    current_file = None
+    for result in report.results:
+        if not verbose and result.passed:
+            continue
+        if result.file != current_file:
+            current_file = result.file
+            print(f"{result.file}:")
+        millis = result.seconds * 1000
+        print(f"{result.ref}: {result.outcome} ({millis:.2f}ms)")
+        if not result.passed:
+            print(f"  {result.file}:{result.line}: {result.message}")
+        if result.prints and (verbose or not result.passed):
+            for line in result.prints:
+                print(f"  {line}")
+    total = len(report.results)
+    failed = len(report.failed)
+    print(RULE)
+    if total - failed:
+        print(f"PASS: {total - failed}/{total}")
+    if failed:
+        print(f"FAIL: {failed}/{total}")
+    if report.coverage:
+        print(RULE)
+        print("Coverage (lines covered / lines with code):")
+        for file in sorted(report.coverage, key=lambda f: f.file):
+            covered = len(file.covered)
+            lines = covered + len(file.not_covered)
+            print(f"  {file.percent:6.1f}%  {covered:4}/{lines:<4} {file.file}")
+        all_covered = sum(len(f.covered) for f in report.coverage)
+        all_lines = all_covered + sum(len(f.not_covered) for f in report.coverage)
+        print(f"  {100.0 * all_covered / max(all_lines, 1):6.1f}%  total")
+
+
+def check(args: argparse.Namespace) -> int:
+    problems: list[Problem] = []
+    for path in _policy_paths(args):
+        try:
+            compiled = compile_policy(load_policy_set(path))
+        except PolicyLoadError as error:
+            problems.extend(error.problems)
+            continue
+        modules = len(compiled.policy_set.modules)
+        rules = len(compiled.rule_refs())
+        print(f"{path}: OK ({modules} modules, {rules} rules evaluated)")
+    return _fail(problems) if problems else 0
+
+
+def read_input(name: str | None) -> Any:
+    """The JSON input document of `policy eval`; raises ValueError naming the problem."""
+    if name is None:
+        return {}
+    label = "stdin" if name == "-" else name
+    try:
+        text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+    except FileNotFoundError as error:
+        raise ValueError(f"{label}: no such input file") from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{label}: can't read input: {error}") from error
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{label}:{error.lineno}:{error.colno}: invalid JSON: {error.msg}") from error
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    try:
+        document = read_input(args.input_file)
+    except ValueError as error:
+        return _fail(str(error))
+    try:
+        engine = open_engine(args.policy or args.default_policy())
+    except PolicyLoadError as error:
+        return _fail(error.problems)
+    except ValueError as error:
+        return _fail(str(error))
+    try:
+        value = asyncio.run(_evaluate_once(engine, args.query, document))
+    except UndefinedPath as error:
+        return _fail(str(error))
+    except UndefinedResult as error:
+        print(str(error), file=sys.stderr)
+        return 1
+    except EvaluationError as error:
+        return _fail(str(error))
+    print(json.dumps(value, indent=2, sort_keys=True))
+    return 0
+
+
+async def _evaluate_once(engine: Any, query: str, document: Any) -> Any:
+    try:
+        return await engine.evaluate(query, document)
+    finally:
+        await engine.close()
+
+
+def write_bundle(policy_set: PolicySet, root: Path, output: Path, revision: str) -> None:
+    """An OPA bundle: the modules at their relative paths, all data in one data.json."""
+    manifest = {"revision": revision, "roots": sorted({m for m in policy_set.data} | {"portcullis"})}
+    with tarfile.open(output, "w:gz") as archive:
+
+        def add(name: str, content: bytes) -> None:
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            info.mtime = int(time.time())
+            archive.addfile(info, io.BytesIO(content))
+
+        add(".manifest", json.dumps(manifest, indent=2).encode())
+        add("data.json", json.dumps(policy_set.data, indent=2, sort_keys=True).encode())
+        for module in policy_set.modules:
+            add(str(Path(module.file).relative_to(root)), module.text.encode())
+
+
+def bundle(args: argparse.Namespace) -> int:
+    root = Path(args.path or args.default_policy())
+    if not root.is_dir():
+        return _fail(f"{root}: no such policy directory")
+    try:
+        policy_set = load_policy_set(root)
+        compile_policy(policy_set)
+    except PolicyLoadError as error:
+        return _fail(error.problems)
+    revision = args.revision or policy_set.revision
+    write_bundle(policy_set, root, Path(args.output), revision)
+    print(f"{args.output}: bundle of {len(policy_set.modules)} modules, revision {revision}")
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    policy_dir = args.default_policy()
+    examples = Path(__file__).resolve().parent.parent / "examples" / "inputs"
+    print(f"$ portcullis policy test {policy_dir}")
+    test_args = argparse.Namespace(
+        paths=[policy_dir], coverage=False, match=None, verbose=False, default_policy=None
+    )
+    status = test(test_args)
+    for sample in sorted(examples.glob("*.json")):
+        print(f"\n$ portcullis policy eval --input {sample.relative_to(Path.cwd())}")
+        eval_args = argparse.Namespace(
+            input_file=str(sample),
+            policy=policy_dir,
+            query="data.portcullis.gateway.decision",
+            default_policy=None,
+        )
+        status = evaluate(eval_args) or status
+    return status
