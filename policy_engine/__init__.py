@@ -22,7 +22,9 @@ class PolicyEngine(Protocol):
     """What the gateway and the scanner need of a backend."""
 
     backend: str
-    revision: str
+
+    @property
+    def revision(self) -> str: ...
 
     async def evaluate(self, ref: str, input: Any) -> Any: ...
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -19,6 +20,7 @@ from policy_engine.errors import (
     Problem,
     UndefinedPath,
     UndefinedResult,
+    character_column,
     problem_from_engine_error,
 )
 from policy_engine.policy_set import PolicySet, data_leaf_on
@@ -81,7 +83,7 @@ def compile_policy(policy_set: PolicySet) -> CompiledPolicy:
         except (RuntimeError, ValueError) as error:
             problems.append(problem_from_engine_error(error, module.file))
     if problems:
-        raise PolicyLoadError(problems)
+        raise PolicyLoadError(_in_character_columns(problems, policy_set))
     engine.add_data(policy_set.data)
     shapes = [module_shape(entry) for entry in json.loads(engine.get_ast_as_json())]
     compiled = CompiledPolicy(policy_set, shapes)
@@ -97,8 +99,20 @@ def compile_policy(policy_set: PolicySet) -> CompiledPolicy:
             if problem not in problems:
                 problems.append(problem)
     if problems:
-        raise PolicyLoadError(problems)
+        raise PolicyLoadError(_in_character_columns(problems, policy_set))
     return compiled
+
+
+def _in_character_columns(problems: list[Problem], policy_set: PolicySet) -> list[Problem]:
+    texts = {module.file: module.text.splitlines() for module in policy_set.modules}
+    fixed = []
+    for problem in problems:
+        lines = texts.get(problem.file)
+        if lines and problem.line and problem.col and problem.line <= len(lines):
+            column = character_column(lines[problem.line - 1], problem.col)
+            problem = dataclasses.replace(problem, col=column)
+        fixed.append(problem)
+    return fixed
 
 
 def _data_conflicts(compiled: CompiledPolicy) -> list[Problem]:
@@ -109,7 +123,7 @@ def _data_conflicts(compiled: CompiledPolicy) -> list[Problem]:
             clash = data_leaf_on(data, (*shape.package, *rule.path[:1]))
             if clash is None:
                 continue
-            origin = compiled.policy_set.data_sources.get(clash, "a data file")
+            origin = compiled.policy_set.source_of(clash)
             problems.append(
                 Problem(
                     shape.file,
@@ -124,10 +138,7 @@ def _data_conflicts(compiled: CompiledPolicy) -> list[Problem]:
 
 def _unknown_functions(shapes: list[ModuleShape]) -> list[Problem]:
     defined = {
-        (*shape.package, *rule.path)
-        for shape in shapes
-        for rule in shape.rules
-        if rule.is_function
+        (*shape.package, *rule.path) for shape in shapes for rule in shape.rules if rule.is_function
     }
     problems = []
     for shape in shapes:
@@ -141,10 +152,7 @@ def _unknown_functions(shapes: list[ModuleShape]) -> list[Problem]:
                 continue
             else:
                 target = None
-            if target is not None:
-                known = target in defined
-            else:
-                known = is_builtin(call.name, call.arity)
+            known = target in defined if target is not None else is_builtin(call.name, call.arity)
             if not known:
                 problems.append(
                     Problem(shape.file, f"unknown function {call.name}", call.line, call.col)

@@ -69,3 +69,13 @@ def problem_from_engine_error(error: BaseException, default_file: str) -> Proble
         int(location.group("line")),
         int(location.group("col")),
     )
+
+
+def character_column(line_text: str, engine_column: int) -> int:
+    """regorus counts a tab as four columns; editors and OPA count characters."""
+    visual = 1
+    for index, char in enumerate(line_text):
+        if visual >= engine_column:
+            return index + 1
+        visual += 4 if char == "\t" else 1
+    return engine_column

@@ -35,6 +35,17 @@ class PolicySet:
     # Where each data key came from, to name both files on a conflict.
     data_sources: dict[tuple[str, ...], str] = field(default_factory=dict)
 
+    def source_of(self, path: tuple[str, ...]) -> str:
+        return _source_of(self.data_sources, path)
+
+
+def _source_of(sources: dict[tuple[str, ...], str], path: tuple[str, ...]) -> str:
+    """The file that set `path` or the nearest object above it."""
+    for length in range(len(path), 0, -1):
+        if path[:length] in sources:
+            return sources[path[:length]]
+    return "a data file"
+
 
 def load_policy_set(source: str | Path) -> PolicySet:
     """Load a directory (every `*.rego`; every JSON/YAML file merged at the data root)
@@ -79,11 +90,12 @@ def _load_bundle(bundle: Path) -> PolicySet:
         with tarfile.open(bundle, "r:gz") as archive:
             total = 0
             for member in archive.getmembers():
-                name = PurePosixPath(member.name.lstrip("./") or ".")
+                raw = PurePosixPath(member.name)
+                name = PurePosixPath(*[p for p in raw.parts if p not in (".", "/")] or ["."])
                 display = f"{bundle}:{name}"
                 if member.isdir():
                     continue
-                if not member.isfile() or ".." in name.parts or member.name.startswith("/"):
+                if not member.isfile() or ".." in raw.parts or raw.is_absolute():
                     problems.append(Problem(display, "unsafe bundle entry (link or path escape)"))
                     continue
                 total += member.size
@@ -102,7 +114,8 @@ def _load_bundle(bundle: Path) -> PolicySet:
                 elif name.name == ".manifest":
                     documents.append((display, ("__manifest__",), content))
     except (tarfile.TarError, OSError, EOFError) as error:
-        raise PolicyLoadError([Problem(str(bundle), f"not a readable .tar.gz bundle: {error}")])
+        problem = Problem(str(bundle), f"not a readable .tar.gz bundle: {error}")
+        raise PolicyLoadError([problem]) from error
     manifest = [d for d in documents if d[1] == ("__manifest__",)]
     documents = [d for d in documents if d[1] != ("__manifest__",)]
     policy_set = _assemble(modules, documents, problems, origin=str(bundle))
@@ -180,10 +193,9 @@ def _merge(
             continue
         existing = target[key]
         if isinstance(existing, dict) and isinstance(value, dict):
-            sources.setdefault(path, display)
             _merge(existing, value, path, display, sources, problems)
             continue
-        first = sources.get(path, "another file")
+        first = _source_of(sources, path)
         problems.append(
             Problem(display, f"conflicting data keys: data.{'.'.join(path)} is also set in {first}")
         )

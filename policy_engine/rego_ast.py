@@ -62,15 +62,32 @@ def ref_path(node: Any) -> tuple[str, ...] | None:
     return None
 
 
+def _first_span(node: Any) -> dict[str, Any] | None:
+    """The span of the leftmost part of a reference (the `io` of `io.jwt.decode`)."""
+    while isinstance(node, dict) and len(node) == 1:
+        body = next(iter(node.values()))
+        if not isinstance(body, dict):
+            return None
+        if "refr" in body:
+            node = body["refr"]
+            continue
+        span = body.get("span")
+        return span if isinstance(span, dict) else None
+    return None
+
+
 def _calls(node: Any, found: list[Call]) -> None:
     if isinstance(node, dict):
         call = node.get("Call")
         if isinstance(call, dict) and "fcn" in call:
             name = ref_path(call["fcn"])
             if name is not None:
-                span = call.get("span", {})
+                # Point at the function's name, not the parenthesis.
+                span = _first_span(call["fcn"]) or call.get("span", {})
                 found.append(
-                    Call(".".join(name), len(call["params"]), span.get("line", 0), span.get("col", 0))
+                    Call(
+                        ".".join(name), len(call["params"]), span.get("line", 0), span.get("col", 0)
+                    )
                 )
         for value in node.values():
             _calls(value, found)

@@ -28,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("paths", nargs="*", help="policy directories or bundles")
     test.add_argument("-v", "--verbose", action="store_true", help="list every test")
     test.add_argument("--coverage", action="store_true", help="print per-file line coverage")
-    test.add_argument("--run", dest="match", metavar="TEXT", help="only tests whose name contains TEXT")
+    test.add_argument(
+        "--run", dest="match", metavar="TEXT", help="only tests whose name contains TEXT"
+    )
     test.set_defaults(run=policy_commands.test)
 
     check = actions.add_parser("check", help="parse, load and evaluate every entry point once")
@@ -38,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = actions.add_parser("eval", help="evaluate a query against an input")
     evaluate.add_argument("query", nargs="?", default="data.portcullis.gateway.decision")
     evaluate.add_argument("--policy", help="policy directory, bundle or OPA URL")
-    evaluate.add_argument("--input", dest="input_file", metavar="FILE", help="JSON input, - = stdin")
+    evaluate.add_argument(
+        "--input", dest="input_file", metavar="FILE", help="JSON input, - = stdin"
+    )
     evaluate.set_defaults(run=policy_commands.evaluate)
 
     bundle = actions.add_parser("bundle", help="write an OPA bundle (.tar.gz) of a policy set")

@@ -118,7 +118,9 @@ def read_input(name: str | None) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{label}:{error.lineno}:{error.colno}: invalid JSON: {error.msg}") from error
+        raise ValueError(
+            f"{label}:{error.lineno}:{error.colno}: invalid JSON: {error.msg}"
+        ) from error
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -154,7 +156,10 @@ async def _evaluate_once(engine: Any, query: str, document: Any) -> Any:
 
 def write_bundle(policy_set: PolicySet, root: Path, output: Path, revision: str) -> None:
     """An OPA bundle: the modules at their relative paths, all data in one data.json."""
-    manifest = {"revision": revision, "roots": sorted({m for m in policy_set.data} | {"portcullis"})}
+    manifest = {
+        "revision": revision,
+        "roots": sorted({m for m in policy_set.data} | {"portcullis"}),
+    }
     with tarfile.open(output, "w:gz") as archive:
 
         def add(name: str, content: bytes) -> None:

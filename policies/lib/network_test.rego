@@ -1,0 +1,106 @@
+package portcullis.lib.network_test
+
+import rego.v1
+
+import data.portcullis.lib.network
+import data.portcullis.lib.testing
+
+_sg := testing.resource("aws_security_group", "web", {"ingress": [
+	{"protocol": "tcp", "from_port": 443, "to_port": 443, "cidr_blocks": ["10.0.0.0/8", "0.0.0.0/0"], "ipv6_cidr_blocks": ["::/0"]},
+	{"protocol": "-1", "from_port": 0, "to_port": 0, "security_groups": ["sg-123"]},
+]})
+
+test_inline_ingress_yields_one_grant_per_cidr if {
+	grants := network.cidr_ingress with input as testing.document([_sg])
+	{g.cidr | some g in grants} == {"10.0.0.0/8", "0.0.0.0/0", "::/0"}
+	every g in grants {
+		g.address == "aws_security_group.web"
+		g.security_groups == {"aws_security_group.web"}
+		g.protocol == "tcp"
+		g.from_port == 443
+		g.where == "ingress block 0"
+	}
+}
+
+test_standalone_rules_are_tied_to_their_security_group if {
+	sg := testing.resource("aws_security_group", "app", {})
+	rule := testing.resource_with("aws_security_group_rule", "https", {
+		"type": "ingress", "protocol": "6", "from_port": "443", "to_port": "443", "cidr_blocks": ["0.0.0.0/0"],
+	}, {"refs": {"security_group_id": ["aws_security_group.app"]}, "unknown": ["security_group_id"]})
+	vpc_rule := testing.resource_with("aws_vpc_security_group_ingress_rule", "v6", {
+		"ip_protocol": "tcp", "from_port": 443, "to_port": 443, "cidr_ipv6": "::/0",
+	}, {"refs": {"security_group_id": ["aws_security_group.app.id"]}})
+	grants := network.cidr_ingress with input as testing.document([sg, rule, vpc_rule])
+	count(grants) == 2
+	every g in grants {
+		g.security_groups == {"aws_security_group.app"}
+		g.protocol == "tcp"
+		g.from_port == 443
+	}
+}
+
+test_egress_rules_are_not_ingress if {
+	rule := testing.resource("aws_security_group_rule", "out", {"type": "egress", "protocol": "-1", "from_port": 0, "to_port": 0, "cidr_blocks": ["0.0.0.0/0"]})
+	count(network.cidr_ingress) == 0 with input as testing.document([rule])
+}
+
+test_unknown_cidr_yields_no_grant if {
+	sg := testing.resource_with("aws_security_group", "web", {"ingress": [
+		{"protocol": "tcp", "from_port": 22, "to_port": 22, "cidr_blocks": ["10.0.0.0/8", null]},
+		{"protocol": "tcp", "from_port": 22, "to_port": 22},
+	]}, {"unknown": ["ingress.0.cidr_blocks.1", "ingress.1.cidr_blocks"]})
+	grants := network.cidr_ingress with input as testing.document([sg])
+	{g.cidr | some g in grants} == {"10.0.0.0/8"}
+}
+
+test_world_cidrs_are_any_slash_zero if {
+	network.is_world_cidr("0.0.0.0/0")
+	network.is_world_cidr("::/0")
+	network.is_world_cidr("0::/0")
+	not network.is_world_cidr("10.0.0.0/8")
+	not network.is_world_cidr("0.0.0.0/10")
+}
+
+test_port_ranges_and_all_protocols_reach_a_port if {
+	network.reaches({"protocol": "tcp", "from_port": 0, "to_port": 65535}, {"tcp"}, 22)
+	network.reaches({"protocol": "all", "from_port": null, "to_port": null}, {"tcp"}, 3389)
+	not network.reaches({"protocol": "tcp", "from_port": 23, "to_port": 3388}, {"tcp"}, 22)
+	not network.reaches({"protocol": "udp", "from_port": 22, "to_port": 22}, {"tcp"}, 22)
+	not network.reaches({"protocol": null, "from_port": 22, "to_port": 22}, {"tcp"}, 22)
+	not network.reaches({"protocol": "tcp", "from_port": null, "to_port": null}, {"tcp"}, 22)
+}
+
+test_protocols_are_normalized_from_names_and_numbers if {
+	grants := network.cidr_ingress with input as testing.document([testing.resource("aws_security_group", "s", {"ingress": [
+		{"protocol": -1, "from_port": 0, "to_port": 0, "cidr_blocks": ["1.0.0.0/8"]},
+		{"protocol": "ALL", "from_port": 0, "to_port": 0, "cidr_blocks": ["2.0.0.0/8"]},
+		{"protocol": "17", "from_port": 53, "to_port": 53, "cidr_blocks": ["3.0.0.0/8"]},
+	]})])
+	{[g.cidr, g.protocol] | some g in grants} == {["1.0.0.0/8", "all"], ["2.0.0.0/8", "all"], ["3.0.0.0/8", "udp"]}
+}
+
+test_port_descriptions_read_naturally if {
+	network.describe_ports({"protocol": "tcp", "from_port": 443, "to_port": 443}) == "port 443/tcp"
+	network.describe_ports({"protocol": "tcp", "from_port": 0, "to_port": 65535}) == "ports 0-65535/tcp"
+	network.describe_ports({"protocol": "all", "from_port": 0, "to_port": 0}) == "all ports and protocols (protocol -1)"
+	network.describe_ports({"protocol": null, "from_port": null, "to_port": null}) == "ports the scanner could not resolve"
+}
+
+test_group_sources_are_resolved_for_all_three_declarations if {
+	alb := testing.resource("aws_security_group", "alb", {})
+	app := testing.resource_with("aws_security_group", "app", {"ingress": [{"protocol": "tcp", "from_port": 443, "to_port": 443}]}, {
+		"unknown": ["ingress.0.security_groups"], "refs": {"ingress.0.security_groups": ["aws_security_group.alb"]},
+	})
+	rule := testing.resource_with("aws_security_group_rule", "r", {"type": "ingress", "protocol": "tcp", "from_port": 80, "to_port": 80}, {
+		"refs": {"security_group_id": ["aws_security_group.app"], "source_security_group_id": ["aws_security_group.alb"]},
+	})
+	vpc_rule := testing.resource_with("aws_vpc_security_group_ingress_rule", "v", {"ip_protocol": "tcp"}, {
+		"refs": {"security_group_id": ["aws_security_group.app"], "referenced_security_group_id": ["aws_security_group.alb"]},
+	})
+	grants := network.group_ingress with input as testing.document([alb, app, rule, vpc_rule])
+	grants == {
+		{"address": "aws_security_group.app", "where": "ingress block 0", "security_group": "aws_security_group.app", "source": "aws_security_group.alb"},
+		{"address": "aws_security_group_rule.r", "where": "", "security_group": "aws_security_group.app", "source": "aws_security_group.alb"},
+		{"address": "aws_vpc_security_group_ingress_rule.v", "where": "", "security_group": "aws_security_group.app", "source": "aws_security_group.alb"},
+	}
+}

@@ -1,0 +1,246 @@
+# Reading the scanner's normalized Terraform document: values the scanner could
+# not resolve, tags matched against the app catalogue, and references between
+# resources. Every Terraform rule reads its input through these helpers so that
+# none of them judges a value it could not see.
+package portcullis.lib.terraform
+
+import rego.v1
+
+catalogue := data.portcullis.catalogue
+
+# --- Unknown values --------------------------------------------------------
+
+# path_string(["ingress", 0, "cidr_blocks"]) is "ingress.0.cidr_blocks", the
+# form the scanner lists in resource.unknown.
+path_string(path) := concat(".", [segment |
+	some p in path
+	segment := _segment(p)
+])
+
+_segment(p) := p if is_string(p)
+
+_segment(p) := format_int(p, 10) if is_number(p)
+
+_unknown_paths(r) := {p | some p in _list(object.get(r, "unknown", []))}
+
+# is_unknown(r, path) holds when the scanner could not resolve the value at
+# path or any value containing it ("ingress.0" covers "ingress.0.cidr_blocks").
+# Prefixes are compared segment by segment: "tags.application" does not cover
+# "tags.app".
+is_unknown(r, path) if {
+	paths := _unknown_paths(r)
+	some n in numbers.range(1, count(path))
+	path_string(array.slice(path, 0, n)) in paths
+}
+
+# has_unknown_within(r, path) also holds when anything beneath path is unknown
+# (a dynamic block, one element of a list). Use it before concluding that a
+# block is absent or that no element of a list matches.
+has_unknown_within(r, path) if is_unknown(r, path)
+
+has_unknown_within(r, path) if {
+	prefix := concat("", [path_string(path), "."])
+	some u in _unknown_paths(r)
+	startswith(u, prefix)
+}
+
+# --- Configured values -----------------------------------------------------
+
+config(r) := c if {
+	c := r.config
+	is_object(c)
+} else := {}
+
+# value(r, path) is the configured value at path. It is undefined when the
+# value is unknown or unset, so a rule body that uses it simply doesn't match.
+value(r, path) := v if {
+	not is_unknown(r, path)
+	v := object.get(config(r), path, null)
+	v != null
+}
+
+# value_or(r, path, fallback): the configured value, or fallback when unset.
+# Callers check is_unknown first: an unknown value is not "unset".
+value_or(r, path, fallback) := v if {
+	v := value(r, path)
+} else := fallback
+
+# blocks(r, path) is the nested blocks at path as a list of objects (a block
+# the scanner emitted as a single object becomes a one-element list).
+blocks(r, path) := [b | some b in as_objects(value_or(r, path, []))]
+
+# as_objects(x): x as a list of objects, whether it arrived as a list of
+# blocks or as one block; anything else is an empty list.
+as_objects(x) := [b | some b in x; is_object(b)] if is_array(x)
+
+as_objects(x) := [x] if is_object(x)
+
+as_objects(x) := [] if {
+	not is_array(x)
+	not is_object(x)
+}
+
+# list_value(r, path): a list attribute (a single string becomes a one-element
+# list); empty when unknown or unset. Check elements with is_unknown too.
+list_value(r, path) := _list(value_or(r, path, []))
+
+is_true(v) if v == true
+
+is_true(v) if {
+	is_string(v)
+	lower(v) == "true"
+}
+
+is_false(v) if v == false
+
+is_false(v) if {
+	is_string(v)
+	lower(v) == "false"
+}
+
+_list(x) := x if {
+	is_array(x)
+} else := [y | some y in x] if {
+	is_set(x)
+} else := [x] if {
+	x != null
+	not is_object(x)
+} else := []
+
+_object(x) := x if {
+	is_object(x)
+} else := {}
+
+# --- The app catalogue -----------------------------------------------------
+
+# apps_of(r): names of the catalogue apps whose terraform_tags r carries (in
+# tags, or in tags_all, where provider default_tags land in a plan). A tag
+# whose value is unknown never matches: such a resource is not treated as app
+# infrastructure.
+apps_of(r) := {name |
+	some name, app in _object(object.get(catalogue, "apps", {}))
+	tagged_with(r, object.get(app, "terraform_tags", {}))
+}
+
+is_gateway(r) if tagged_with(r, object.get(catalogue, ["gateway", "terraform_tags"], {}))
+
+tagged_with(r, want) if {
+	is_object(want)
+	count(want) > 0
+	some field in ["tags", "tags_all"]
+	every key, expected in want {
+		value(r, [field, key]) == expected
+	}
+}
+
+classification(app) := object.get(catalogue, ["apps", app, "classification"], "unclassified")
+
+# app_label(app) is how findings name an app: "app pos, pci".
+app_label(app) := sprintf("app %s, %s", [app, classification(app)])
+
+# gateway_tags_text is "role=portcullis-gateway", for remediation messages.
+gateway_tags_text := concat(", ", sort([sprintf("%s=%v", [k, v]) |
+	some k, v in _object(object.get(catalogue, ["gateway", "terraform_tags"], {}))
+]))
+
+# --- References between resources -----------------------------------------
+
+# refs(r, key): the addresses referenced by attribute key or anything beneath
+# it ("ingress" also yields what "ingress.0.security_groups" references).
+refs(r, key) := {a |
+	some k, addresses in _object(object.get(r, "refs", {}))
+	_key_within(k, key)
+	some a in _list(addresses)
+	is_string(a)
+}
+
+_key_within(k, key) if k == key
+
+_key_within(k, key) if startswith(k, concat("", [key, "."]))
+
+# refers_to(r, key, target): attribute key of r references resource target.
+refers_to(r, key, target) if {
+	some a in refs(r, key)
+	same_resource(r, a, target.address)
+}
+
+# resolves(r, key): some address that key references is in this document.
+resolves(r, key) if {
+	some a in refs(r, key)
+	some target in input.resources
+	same_resource(r, a, target.address)
+}
+
+# same_resource(from, ref, address): reference ref, written in from's module,
+# names the resource at address. A reference inside a module is relative to
+# it; it may name an attribute ("aws_s3_bucket.b.id"); and plan addresses carry
+# instance keys ("[0]") that an HCL reference may leave out, or the reverse.
+same_resource(from, ref, address) if {
+	some candidate in _qualified(from, ref)
+	_address_match(candidate, address)
+}
+
+_qualified(from, ref) := {ref} | {q |
+	m := object.get(from, "module", "")
+	is_string(m)
+	m != ""
+	q := concat(".", [_module_path(m), ref])
+}
+
+_module_path(m) := m if startswith(m, "module.")
+
+_module_path(m) := concat("", ["module.", m]) if not startswith(m, "module.")
+
+_address_match(ref, address) if _prefix_match(ref, address)
+
+# The reference names no instance: it may mean any instance of the resource.
+_address_match(ref, address) if {
+	_strip_keys(ref) == ref
+	_prefix_match(ref, _strip_keys(address))
+}
+
+# The document has no instance keys (HCL) but the reference does.
+_address_match(ref, address) if {
+	_strip_keys(address) == address
+	_prefix_match(_strip_keys(ref), address)
+}
+
+_prefix_match(ref, address) if ref == address
+
+_prefix_match(ref, address) if startswith(ref, concat("", [address, "."]))
+
+_strip_keys(address) := regex.replace(address, `\[[^\]]*\]`, "")
+
+# --- S3 bucket-level resources ---------------------------------------------
+
+# attached_to_bucket(att, bucket): att (aws_s3_bucket_logging, _acl, ...)
+# belongs to bucket, by reference or by the literal bucket name.
+attached_to_bucket(att, bucket) if refers_to(att, "bucket", bucket)
+
+attached_to_bucket(att, bucket) if {
+	name := value(att, ["bucket"])
+	is_string(name)
+	name == value(bucket, ["bucket"])
+}
+
+# may_be_attached_to_bucket also holds when the scanner cannot tell which
+# bucket att belongs to: reporting the bucket as lacking att would be a guess.
+may_be_attached_to_bucket(att, bucket) if attached_to_bucket(att, bucket)
+
+may_be_attached_to_bucket(att, _) if {
+	not is_string(value(att, ["bucket"]))
+	not resolves(att, "bucket")
+}
+
+may_be_attached_to_bucket(att, bucket) if {
+	is_string(value(att, ["bucket"]))
+	not resolves(att, "bucket")
+	not is_string(value(bucket, ["bucket"]))
+}
+
+# bucket_has(bucket, type): some resource of type is (or may be) attached.
+bucket_has(bucket, type) if {
+	some att in input.resources
+	att.type == type
+	may_be_attached_to_bucket(att, bucket)
+}

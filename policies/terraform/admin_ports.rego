@@ -1,0 +1,35 @@
+# Baseline, for every security group: SSH and RDP are never open to the whole
+# internet. Administration goes through the gateway or a bastion / SSM.
+package portcullis.terraform.admin_ports
+
+import rego.v1
+
+import data.portcullis.lib.network
+
+metadata := {
+	"id": "PC-TF-005",
+	"title": "SSH and RDP must not be open to the internet",
+	"severity": "high",
+	"remediation": "Remove 0.0.0.0/0 and ::/0 from ingress on ports 22 and 3389 (and from all-protocol or wide port-range rules); reach hosts through AWS Systems Manager Session Manager or a bastion restricted to known CIDRs.",
+}
+
+# RDP also runs over UDP 3389; SSH is TCP only.
+_admin_ports := [
+	{"port": 22, "service": "SSH", "protocols": {"tcp"}},
+	{"port": 3389, "service": "RDP", "protocols": {"tcp", "udp"}},
+]
+
+deny contains {"resource": grant.address, "message": msg} if {
+	some grant in network.cidr_ingress
+	network.is_world_cidr(grant.cidr)
+	some admin in _admin_ports
+	network.reaches(grant, admin.protocols, admin.port)
+	msg := sprintf(
+		"%s opens %s (port %d) to %s%s via %s; restrict the source to known CIDRs or use Session Manager",
+		[grant.address, admin.service, admin.port, grant.cidr, _where(grant), network.describe_ports(grant)],
+	)
+}
+
+_where(grant) := sprintf(" in %s", [grant.where]) if grant.where != ""
+
+_where(grant) := "" if grant.where == ""

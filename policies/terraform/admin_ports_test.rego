@@ -1,0 +1,72 @@
+package portcullis.terraform.admin_ports_test
+
+import rego.v1
+
+import data.portcullis.lib.testing
+import data.portcullis.terraform.admin_ports
+
+_sg(ingress) := testing.resource("aws_security_group", "web_node", {"ingress": ingress})
+
+test_ssh_open_to_world_is_denied if {
+	sg := _sg([{"protocol": "tcp", "from_port": 22, "to_port": 22, "cidr_blocks": ["0.0.0.0/0"]}])
+	admin_ports.deny == {{
+		"resource": "aws_security_group.web_node",
+		"message": "aws_security_group.web_node opens SSH (port 22) to 0.0.0.0/0 in ingress block 0 via port 22/tcp; restrict the source to known CIDRs or use Session Manager",
+	}} with input as testing.document([sg])
+}
+
+test_rdp_open_to_ipv6_world_is_denied if {
+	sg := _sg([{"protocol": "tcp", "from_port": 3389, "to_port": 3389, "ipv6_cidr_blocks": ["::/0"]}])
+	findings := admin_ports.deny with input as testing.document([sg])
+	some f in findings
+	contains(f.message, "opens RDP (port 3389) to ::/0")
+}
+
+test_port_range_covering_ssh_is_denied if {
+	rule := testing.resource("aws_security_group_rule", "wide", {
+		"type": "ingress", "protocol": "tcp", "from_port": "0", "to_port": "1024", "cidr_blocks": ["0.0.0.0/0"],
+	})
+	findings := admin_ports.deny with input as testing.document([rule])
+	{f.resource | some f in findings} == {"aws_security_group_rule.wide"}
+	some f in findings
+	contains(f.message, "via ports 0-1024/tcp")
+}
+
+test_all_protocols_open_to_world_exposes_ssh_and_rdp if {
+	rule := testing.resource("aws_vpc_security_group_ingress_rule", "everything", {"ip_protocol": "-1", "cidr_ipv4": "0.0.0.0/0"})
+	findings := admin_ports.deny with input as testing.document([rule])
+	count(findings) == 2
+	every f in findings {
+		f.resource == "aws_vpc_security_group_ingress_rule.everything"
+		contains(f.message, "via all ports and protocols (protocol -1)")
+	}
+}
+
+test_ssh_from_a_private_range_is_allowed if {
+	sg := _sg([{"protocol": "tcp", "from_port": 22, "to_port": 22, "cidr_blocks": ["10.0.0.0/8"]}])
+	count(admin_ports.deny) == 0 with input as testing.document([sg])
+}
+
+test_https_open_to_world_is_not_an_admin_port if {
+	sg := _sg([{"protocol": "tcp", "from_port": 443, "to_port": 443, "cidr_blocks": ["0.0.0.0/0"]}])
+	count(admin_ports.deny) == 0 with input as testing.document([sg])
+}
+
+test_ssh_over_udp_is_not_ssh if {
+	sg := _sg([{"protocol": "udp", "from_port": 22, "to_port": 22, "cidr_blocks": ["0.0.0.0/0"]}])
+	count(admin_ports.deny) == 0 with input as testing.document([sg])
+}
+
+test_unknown_ports_are_not_flagged if {
+	sg := testing.resource_with("aws_security_group", "web_node", {"ingress": [
+		{"protocol": "tcp", "cidr_blocks": ["0.0.0.0/0"]},
+	]}, {"unknown": ["ingress.0.from_port", "ingress.0.to_port"]})
+	count(admin_ports.deny) == 0 with input as testing.document([sg])
+}
+
+test_egress_to_world_on_ssh_is_not_ingress if {
+	rule := testing.resource("aws_security_group_rule", "out", {
+		"type": "egress", "protocol": "tcp", "from_port": 22, "to_port": 22, "cidr_blocks": ["0.0.0.0/0"],
+	})
+	count(admin_ports.deny) == 0 with input as testing.document([rule])
+}

@@ -1,0 +1,57 @@
+# App backends are reached only through the gateway: a security group of a
+# catalogue app must not admit the internet, directly (a 0.0.0.0/0 or ::/0
+# source) or one hop away (a source group that is itself open to the internet,
+# like a public load balancer's). The gateway's own group is the intended path
+# and never flagged.
+package portcullis.terraform.backend_exposure
+
+import rego.v1
+
+import data.portcullis.lib.network
+import data.portcullis.lib.terraform as tf
+
+metadata := {
+	"id": "PC-TF-001",
+	"title": "App backends must be reachable only through the gateway",
+	"severity": "critical",
+	"remediation": sprintf(
+		"Remove 0.0.0.0/0 and ::/0 sources from the app's security groups and admit only the gateway security group (tagged %s), e.g. source_security_group_id / referenced_security_group_id = the gateway group.",
+		[tf.gateway_tags_text],
+	),
+}
+
+deny contains {"resource": grant.address, "message": msg} if {
+	some grant in network.cidr_ingress
+	network.is_world_cidr(grant.cidr)
+	some sg in input.resources
+	sg.address in grant.security_groups
+	not tf.is_gateway(sg)
+	some app in tf.apps_of(sg)
+	msg := sprintf(
+		"%s (%s) allows ingress from %s on %s; only the gateway security group (tagged %s) may reach app backends",
+		[_subject(grant, sg), tf.app_label(app), grant.cidr, network.describe_ports(grant), tf.gateway_tags_text],
+	)
+}
+
+deny contains {"resource": grant.address, "message": msg} if {
+	some grant in network.group_ingress
+	some sg in input.resources
+	sg.address == grant.security_group
+	not tf.is_gateway(sg)
+	some app in tf.apps_of(sg)
+	some source in input.resources
+	source.address == grant.source
+	not tf.is_gateway(source)
+	count(tf.apps_of(source)) == 0
+	some open in network.cidr_ingress
+	source.address in open.security_groups
+	network.is_world_cidr(open.cidr)
+	msg := sprintf(
+		"%s (%s) admits security group %s, which is open to %s; only the gateway security group (tagged %s) may reach app backends",
+		[_subject(grant, sg), tf.app_label(app), source.address, open.cidr, tf.gateway_tags_text],
+	)
+}
+
+_subject(grant, sg) := sprintf("security group %s", [sg.address]) if {
+	grant.address == sg.address
+} else := sprintf("rule %s on security group %s", [grant.address, sg.address])

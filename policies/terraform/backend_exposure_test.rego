@@ -1,0 +1,126 @@
+package portcullis.terraform.backend_exposure_test
+
+import rego.v1
+
+import data.portcullis.lib.testing
+import data.portcullis.terraform.backend_exposure
+
+_gateway_sg := testing.resource("aws_security_group", "gateway", {
+	"tags": {"role": "portcullis-gateway"},
+	"ingress": [{"protocol": "tcp", "from_port": 443, "to_port": 443, "cidr_blocks": ["0.0.0.0/0"]}],
+})
+
+_pos_backend(ingress) := testing.resource("aws_security_group", "pos_backend", {"tags": {"app": "pos"}, "ingress": ingress})
+
+_https_from_world := {"protocol": "tcp", "from_port": 443, "to_port": 443, "cidr_blocks": ["0.0.0.0/0"]}
+
+test_pos_backend_open_to_world_is_denied if {
+	findings := backend_exposure.deny with input as testing.document([_pos_backend([_https_from_world])])
+	findings == {{
+		"resource": "aws_security_group.pos_backend",
+		"message": "security group aws_security_group.pos_backend (app pos, pci) allows ingress from 0.0.0.0/0 on port 443/tcp; only the gateway security group (tagged role=portcullis-gateway) may reach app backends",
+	}}
+}
+
+test_backend_open_to_ipv6_world_is_denied if {
+	open := {"protocol": "tcp", "from_port": 8080, "to_port": 8080, "ipv6_cidr_blocks": ["::/0"]}
+	findings := backend_exposure.deny with input as testing.document([_pos_backend([open])])
+	some f in findings
+	f.resource == "aws_security_group.pos_backend"
+	contains(f.message, "from ::/0 on port 8080/tcp")
+}
+
+test_ingress_from_gateway_security_group_is_allowed if {
+	backend := testing.resource_with("aws_security_group", "pos_backend", {
+		"tags": {"app": "pos"},
+		"ingress": [{"protocol": "tcp", "from_port": 443, "to_port": 443}],
+	}, {"unknown": ["ingress.0.security_groups"], "refs": {"ingress.0.security_groups": ["aws_security_group.gateway"]}})
+	count(backend_exposure.deny) == 0 with input as testing.document([_gateway_sg, backend])
+}
+
+test_private_cidr_ingress_is_allowed if {
+	internal := {"protocol": "tcp", "from_port": 443, "to_port": 443, "cidr_blocks": ["10.0.0.0/8"]}
+	count(backend_exposure.deny) == 0 with input as testing.document([_pos_backend([internal])])
+}
+
+test_gateway_security_group_may_face_the_internet if {
+	count(backend_exposure.deny) == 0 with input as testing.document([_gateway_sg])
+}
+
+test_non_catalogue_security_group_is_not_held_to_the_gateway_rule if {
+	web := testing.resource("aws_security_group", "marketing_site", {"tags": {"app": "marketing"}, "ingress": [_https_from_world]})
+	count(backend_exposure.deny) == 0 with input as testing.document([web])
+}
+
+test_unknown_cidr_is_not_flagged if {
+	backend := testing.resource_with("aws_security_group", "pos_backend", {
+		"tags": {"app": "pos"},
+		"ingress": [{"protocol": "tcp", "from_port": 443, "to_port": 443}],
+	}, {"unknown": ["ingress.0.cidr_blocks"]})
+	count(backend_exposure.deny) == 0 with input as testing.document([backend])
+}
+
+test_unknown_app_tag_is_not_flagged if {
+	backend := testing.resource_with("aws_security_group", "pos_backend", {
+		"tags": {"Name": "backend"},
+		"ingress": [_https_from_world],
+	}, {"unknown": ["tags.app"]})
+	count(backend_exposure.deny) == 0 with input as testing.document([backend])
+}
+
+test_standalone_rule_opening_app_group_to_world_is_denied_on_the_rule if {
+	backend := _pos_backend([])
+	rule := testing.resource_with("aws_security_group_rule", "pos_https", {
+		"type": "ingress", "protocol": "tcp", "from_port": 443, "to_port": 443, "cidr_blocks": ["0.0.0.0/0"],
+	}, {"unknown": ["security_group_id"], "refs": {"security_group_id": ["aws_security_group.pos_backend"]}})
+	findings := backend_exposure.deny with input as testing.document([backend, rule])
+	[f.resource | some f in findings] == ["aws_security_group_rule.pos_https"]
+	some f in findings
+	contains(f.message, "rule aws_security_group_rule.pos_https on security group aws_security_group.pos_backend (app pos, pci)")
+}
+
+test_vpc_ingress_rule_open_to_world_on_wms_backend_is_denied if {
+	backend := testing.resource("aws_security_group", "wms", {"tags": {"app": "wms"}})
+	rule := testing.resource_with("aws_vpc_security_group_ingress_rule", "wms_all", {
+		"ip_protocol": "-1", "cidr_ipv4": "0.0.0.0/0",
+	}, {"refs": {"security_group_id": ["aws_security_group.wms.id"]}})
+	findings := backend_exposure.deny with input as testing.document([backend, rule])
+	some f in findings
+	f.resource == "aws_vpc_security_group_ingress_rule.wms_all"
+	contains(f.message, "(app wms, confidential) allows ingress from 0.0.0.0/0 on all ports and protocols")
+}
+
+test_vpc_ingress_rule_from_gateway_group_is_allowed if {
+	backend := testing.resource("aws_security_group", "wms", {"tags": {"app": "wms"}})
+	rule := testing.resource_with("aws_vpc_security_group_ingress_rule", "from_gateway", {
+		"ip_protocol": "tcp", "from_port": 443, "to_port": 443,
+	}, {"refs": {"security_group_id": ["aws_security_group.wms"], "referenced_security_group_id": ["aws_security_group.gateway"]}})
+	count(backend_exposure.deny) == 0 with input as testing.document([_gateway_sg, backend, rule])
+}
+
+test_rule_on_a_group_outside_the_document_is_not_flagged if {
+	rule := testing.resource_with("aws_security_group_rule", "open", {
+		"type": "ingress", "protocol": "tcp", "from_port": 443, "to_port": 443, "cidr_blocks": ["0.0.0.0/0"],
+	}, {"unknown": ["security_group_id"], "refs": {"security_group_id": ["module.network"]}})
+	count(backend_exposure.deny) == 0 with input as testing.document([rule])
+}
+
+test_backend_behind_a_world_open_non_gateway_group_is_denied if {
+	public_alb := testing.resource("aws_security_group", "public_alb", {"ingress": [_https_from_world]})
+	backend := testing.resource_with("aws_security_group", "pos_backend", {
+		"tags": {"app": "pos"},
+		"ingress": [{"protocol": "tcp", "from_port": 8080, "to_port": 8080}],
+	}, {"unknown": ["ingress.0.security_groups"], "refs": {"ingress.0.security_groups": ["aws_security_group.public_alb"]}})
+	backend_exposure.deny == {{
+		"resource": "aws_security_group.pos_backend",
+		"message": "security group aws_security_group.pos_backend (app pos, pci) admits security group aws_security_group.public_alb, which is open to 0.0.0.0/0; only the gateway security group (tagged role=portcullis-gateway) may reach app backends",
+	}} with input as testing.document([public_alb, backend])
+}
+
+test_backend_behind_a_private_group_is_allowed if {
+	batch := testing.resource("aws_security_group", "batch", {"ingress": [{"protocol": "tcp", "from_port": 22, "to_port": 22, "cidr_blocks": ["10.0.0.0/8"]}]})
+	rule := testing.resource_with("aws_security_group_rule", "from_batch", {"type": "ingress", "protocol": "tcp", "from_port": 443, "to_port": 443}, {
+		"refs": {"security_group_id": ["aws_security_group.pos_backend"], "source_security_group_id": ["aws_security_group.batch"]},
+	})
+	count(backend_exposure.deny) == 0 with input as testing.document([batch, _pos_backend([]), rule])
+}

@@ -1,0 +1,69 @@
+# Baseline, for every IAM identity policy: no statement allows every action on
+# every resource. Policy documents arrive as JSON strings (jsonencode() and
+# heredocs alike); a document that references a data source such as
+# aws_iam_policy_document is unknown to the scanner and not judged.
+package portcullis.terraform.iam_wildcard
+
+import rego.v1
+
+import data.portcullis.lib.terraform as tf
+
+metadata := {
+	"id": "PC-TF-007",
+	"title": "IAM policies must not allow \"*\" on \"*\"",
+	"severity": "critical",
+	"remediation": "List the actions the principal needs (e.g. \"s3:GetObject\") and the ARNs they apply to; keep full administrator access to a break-glass role using the AWS-managed AdministratorAccess policy.",
+}
+
+_policy_types := {"aws_iam_policy", "aws_iam_role_policy", "aws_iam_user_policy", "aws_iam_group_policy"}
+
+deny contains {"resource": address, "message": msg} if {
+	some entry in _documents
+	[address, where, doc] := entry
+	some i, statement in _statements(doc)
+	object.get(statement, "Effect", "") == "Allow"
+	"*" in _strings(object.get(statement, "Action", []))
+	"*" in _strings(object.get(statement, "Resource", []))
+	msg := sprintf(
+		"%s%s allows every action on every resource (statement %d%s: Effect Allow, Action \"*\", Resource \"*\"); list the specific actions and resource ARNs needed",
+		[address, where, i, _sid(statement)],
+	)
+}
+
+# _documents: [address, where in the resource, parsed policy document].
+_documents contains [r.address, "", doc] if {
+	some r in input.resources
+	r.type in _policy_types
+	doc := _parse(tf.value(r, ["policy"]))
+}
+
+_documents contains [r.address, sprintf(" (inline_policy %d)", [i]), doc] if {
+	some r in input.resources
+	r.type == "aws_iam_role"
+	some i, _ in tf.blocks(r, ["inline_policy"])
+	doc := _parse(tf.value(r, ["inline_policy", i, "policy"]))
+}
+
+_parse(text) := json.unmarshal(text) if {
+	is_string(text)
+	json.is_valid(text)
+} else := text if {
+	is_object(text)
+}
+
+# Statement may be a single object rather than a list.
+_statements(doc) := s if {
+	s := doc.Statement
+	is_array(s)
+} else := [doc.Statement] if {
+	is_object(doc.Statement)
+}
+
+_strings(x) := [s | some s in x; is_string(s)] if is_array(x)
+
+_strings(x) := [x] if is_string(x)
+
+_sid(statement) := sprintf(", Sid %q", [statement.Sid]) if {
+	is_string(statement.Sid)
+	statement.Sid != ""
+} else := ""

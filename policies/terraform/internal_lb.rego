@@ -1,0 +1,30 @@
+# Load balancers in front of catalogue apps are internal: the only way in from
+# outside is the gateway, so an app's own load balancer must not face the
+# internet.
+package portcullis.terraform.internal_lb
+
+import rego.v1
+
+import data.portcullis.lib.terraform as tf
+
+metadata := {
+	"id": "PC-TF-003",
+	"title": "Load balancers of catalogue apps must be internal",
+	"severity": "high",
+	"remediation": "Set internal = true on the app's load balancer (it is then replaced) and publish the app through the gateway instead.",
+}
+
+_lb_types := {"aws_lb", "aws_alb", "aws_elb"}
+
+deny contains {"resource": r.address, "message": msg} if {
+	some r in input.resources
+	r.type in _lb_types
+	not tf.is_gateway(r)
+	some app in tf.apps_of(r)
+	not tf.is_unknown(r, ["internal"])
+	not tf.is_true(tf.value_or(r, ["internal"], false))
+	msg := sprintf(
+		"load balancer %s (%s) is internet-facing (internal is not true); app backends are reached only through the gateway: set internal = true",
+		[r.address, tf.app_label(app)],
+	)
+}

@@ -1,0 +1,101 @@
+"""The OPA-server backend, over HTTP on loopback, against an OPA stand-in.
+
+The stand-in (tests/opa_standin.py) speaks OPA's documented Data API; a real
+OPA server can't be installed on these machines.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from policy_engine import (
+    EmbeddedEngine,
+    EvaluationError,
+    EvaluationTimeout,
+    OpaServerEngine,
+    UndefinedResult,
+    load_policy_set,
+)
+from tests.conftest import FIXTURES, POLICIES
+from tests.opa_standin import opa_standin
+
+DECISION = "data.portcullis.gateway.decision"
+ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
+
+
+def url(server: TestServer) -> str:
+    return f"http://127.0.0.1:{server.port}"
+
+
+@pytest.fixture
+def refund_input() -> Any:
+    return json.loads((FIXTURES / "inputs/pos_refund_otp.json").read_text())
+
+
+async def test_opa_backend_gives_the_same_decision_as_the_embedded_engine(
+    aiohttp_server: ServerFactory, refund_input: Any
+) -> None:
+    server = await aiohttp_server(opa_standin(POLICIES))
+    opa = OpaServerEngine(url(server))
+    embedded = EmbeddedEngine(load_policy_set(POLICIES))
+    try:
+        for document in (refund_input, {**refund_input, "route": {"app": "wms"}}, {}):
+            assert await opa.evaluate(DECISION, document) == embedded.evaluate_sync(
+                DECISION, document
+            )
+    finally:
+        await opa.close()
+
+
+async def test_undefined_document_is_undefined_result(aiohttp_server: ServerFactory) -> None:
+    server = await aiohttp_server(opa_standin(POLICIES))
+    opa = OpaServerEngine(url(server))
+    try:
+        with pytest.raises(UndefinedResult):
+            await opa.evaluate("data.portcullis.gateway.app", {"route": {"app": "payroll"}})
+    finally:
+        await opa.close()
+
+
+async def test_server_error_is_an_evaluation_error(aiohttp_server: ServerFactory) -> None:
+    server = await aiohttp_server(opa_standin(POLICIES, fail_status=500))
+    opa = OpaServerEngine(url(server))
+    try:
+        with pytest.raises(EvaluationError, match="answered 500"):
+            await opa.evaluate(DECISION, {})
+    finally:
+        await opa.close()
+
+
+async def test_slow_server_times_out(aiohttp_server: ServerFactory) -> None:
+    server = await aiohttp_server(opa_standin(POLICIES, delay=1.0))
+    opa = OpaServerEngine(url(server), timeout=0.1)
+    try:
+        with pytest.raises(EvaluationTimeout, match="no answer in 100 ms"):
+            await opa.evaluate(DECISION, {})
+    finally:
+        await opa.close()
+
+
+async def test_unreachable_server_is_an_evaluation_error() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    opa = OpaServerEngine(f"http://127.0.0.1:{port}")
+    try:
+        with pytest.raises(EvaluationError, match="unreachable"):
+            await opa.evaluate(DECISION, {})
+    finally:
+        await opa.close()
+
+
+def test_opa_url_must_be_http() -> None:
+    with pytest.raises(ValueError, match="must be http"):
+        OpaServerEngine("ftp://opa:8181")

@@ -1,0 +1,186 @@
+"""`portcullis policy ...` as a user runs it: output, exit codes, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FIXTURES, ROOT
+
+BAD = FIXTURES / "policies"
+REFUND = FIXTURES / "inputs/pos_refund_otp.json"
+
+
+def portcullis(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "portcullis", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def test_policy_test_passes_the_shipped_policies_with_an_opa_style_summary() -> None:
+    result = portcullis("policy", "test", "policies/")
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = result.stdout.strip().splitlines()[-1]
+    passed, total = summary.removeprefix("PASS: ").split("/")
+    assert passed == total and int(total) >= 40
+
+
+def test_policy_test_verbose_lists_each_test() -> None:
+    result = portcullis("policy", "test", "-v", "policies/")
+    assert "data.portcullis.gateway_test.test_pos_refund_requires_fresh_mfa: PASS" in result.stdout
+
+
+def test_policy_test_failure_names_file_and_line_and_exits_1() -> None:
+    result = portcullis("policy", "test", str(BAD / "failing_test"))
+    assert result.returncode == 1
+    test_file = BAD / "failing_test/limits_test.rego"
+    assert f"  {test_file}:9: undefined" in result.stdout
+    assert "data.limits_test.test_large_amount_is_allowed: FAIL" in result.stdout
+    assert "amount under test: 500" in result.stdout  # prints of failing tests
+    assert "data.limits_test.test_type_error_is_reported: ERROR" in result.stdout
+    assert result.stdout.strip().endswith("PASS: 1/3\nFAIL: 2/3")
+
+
+def test_policy_test_coverage_prints_per_file_percentages() -> None:
+    result = portcullis("policy", "test", "--coverage", "policies/")
+    assert result.returncode == 0
+    coverage_lines = [line for line in result.stdout.splitlines() if line.endswith("decision.rego")]
+    assert coverage_lines, result.stdout
+    percent = float(coverage_lines[0].split("%")[0])
+    assert 80.0 <= percent <= 100.0
+
+
+def test_policy_test_run_filter_selects_tests() -> None:
+    result = portcullis("policy", "test", "-v", "--run", "pos_refund", "policies/")
+    assert result.returncode == 0
+    listed = [line for line in result.stdout.splitlines() if ": PASS" in line]
+    assert listed and all("pos_refund" in line for line in listed)
+
+
+def test_policy_check_accepts_the_shipped_policies() -> None:
+    result = portcullis("policy", "check", "policies")
+    assert result.returncode == 0
+    assert result.stdout.startswith("policies: OK")
+
+
+@pytest.mark.parametrize(
+    ("fixture", "expected"),
+    [
+        ("syntax_error", "syntax_error/broken.rego:7:1: "),
+        (
+            "unsafe_variable",
+            "unsafe_variable/unsafe.rego:7:2: use of undefined variable `x` is unsafe",
+        ),
+        ("unknown_function", "unknown_function/jwt.rego:8:2: unknown function io.jwt.decode"),
+        ("conflicting_data", "conflicting_data/two.yaml: conflicting data keys: "),
+        ("bad_yaml", "bad_yaml/apps.yaml:4:6: invalid YAML"),
+        ("bad_json", "bad_json/apps.json:3:12: invalid JSON"),
+    ],
+)
+def test_policy_check_names_each_problem_and_exits_2(fixture: str, expected: str) -> None:
+    result = portcullis("policy", "check", str(BAD / fixture))
+    assert result.returncode == 2
+    assert f"{BAD}/{expected}" in result.stderr
+
+
+def test_policy_check_of_a_missing_directory_exits_2() -> None:
+    result = portcullis("policy", "check", "no/such/dir")
+    assert (result.returncode, result.stderr) == (
+        2,
+        "no/such/dir: no such policy directory or bundle\n",
+    )
+
+
+def test_policy_eval_prints_the_decision_as_json() -> None:
+    result = portcullis("policy", "eval", "--policy", "policies", "--input", str(REFUND))
+    assert result.returncode == 0, result.stderr
+    decision = json.loads(result.stdout)
+    assert decision == {
+        "allow": False,
+        "headers": {},
+        "http_status": 403,
+        "reasons": ["requires MFA with one of: fido, hwk"],
+        "step_up": {"acr": "phr", "max_age": 900},
+    }
+
+
+def test_policy_eval_reads_input_from_stdin_and_takes_a_query() -> None:
+    result = portcullis(
+        "policy", "eval", "--policy", "policies", "--input", "-",
+        "data.portcullis.gateway.http_status", stdin=REFUND.read_text(),
+    )  # fmt: skip
+    assert (result.returncode, result.stdout.strip()) == (0, "403")
+
+
+def test_policy_eval_with_invalid_json_input_exits_2_with_line_and_column() -> None:
+    result = portcullis("policy", "eval", "--input", str(FIXTURES / "inputs/not_json.json"))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"{FIXTURES}/inputs/not_json.json:3:1: invalid JSON")
+
+
+def test_policy_eval_with_missing_input_file_exits_2() -> None:
+    result = portcullis("policy", "eval", "--input", "nope.json")
+    assert (result.returncode, result.stderr) == (2, "nope.json: no such input file\n")
+
+
+def test_policy_eval_of_an_unknown_query_path_exits_2() -> None:
+    result = portcullis("policy", "eval", "--input", str(REFUND), "data.portcullis.nope")
+    assert result.returncode == 2
+    assert (
+        result.stderr == "data.portcullis.nope: no such rule, package or data in the policy set\n"
+    )
+
+
+def test_policy_eval_of_an_undefined_value_exits_1() -> None:
+    result = portcullis("policy", "eval", "data.portcullis.gateway.app")
+    assert result.returncode == 1
+    assert "undefined" in result.stderr
+
+
+def test_policy_eval_with_a_broken_policy_exits_2() -> None:
+    result = portcullis("policy", "eval", "--policy", str(BAD / "syntax_error"))
+    assert result.returncode == 2
+    assert "broken.rego:7:1" in result.stderr
+
+
+def test_policy_bundle_round_trips_through_eval(tmp_path: Path) -> None:
+    bundle = tmp_path / "policies.tar.gz"
+    made = portcullis("policy", "bundle", "policies", "-o", str(bundle), "--revision", "v7")
+    assert made.returncode == 0, made.stderr
+    assert "revision v7" in made.stdout
+    from_bundle = portcullis("policy", "eval", "--policy", str(bundle), "--input", str(REFUND))
+    from_dir = portcullis("policy", "eval", "--policy", "policies", "--input", str(REFUND))
+    assert from_bundle.stdout == from_dir.stdout
+    tests = portcullis("policy", "test", str(bundle))
+    assert tests.returncode == 0
+
+
+def test_policy_bundle_refuses_a_broken_policy(tmp_path: Path) -> None:
+    result = portcullis(
+        "policy", "bundle", str(BAD / "unsafe_variable"), "-o", str(tmp_path / "b.tar.gz")
+    )
+    assert result.returncode == 2
+    assert not (tmp_path / "b.tar.gz").exists()
+
+
+def test_demo_runs_the_policy_tests_and_sample_decisions() -> None:
+    result = portcullis("demo")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASS:" in result.stdout
+    assert '"step_up"' in result.stdout
+
+
+def test_version() -> None:
+    result = portcullis("--version")
+    assert result.stdout.startswith("portcullis ")

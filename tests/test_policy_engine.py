@@ -1,0 +1,250 @@
+"""Loading, checking and evaluating policy sets on the embedded engine."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from policy_engine import (
+    EmbeddedEngine,
+    EvaluationError,
+    EvaluationTimeout,
+    PolicyLoadError,
+    UndefinedPath,
+    UndefinedResult,
+    compile_policy,
+    load_policy_set,
+)
+from policy_engine.testing import run_tests
+from tests.conftest import FIXTURES, POLICIES
+
+BAD = FIXTURES / "policies"
+DECISION = "data.portcullis.gateway.decision"
+
+
+def load_problems(path: Path) -> list[str]:
+    with pytest.raises(PolicyLoadError) as raised:
+        compile_policy(load_policy_set(path))
+    return [str(p) for p in raised.value.problems]
+
+
+def make_bundle(path: Path, files: dict[str, bytes], links: dict[str, str] | None = None) -> Path:
+    with tarfile.open(path, "w:gz") as archive:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.SYMTYPE
+            info.linkname = target
+            archive.addfile(info)
+    return path
+
+
+def test_shipped_policy_set_loads_with_the_catalogue() -> None:
+    policy_set = load_policy_set(POLICIES)
+    apps = policy_set.data["portcullis"]["catalogue"]["apps"]
+    assert set(apps) == {"wms", "pos", "analytics"}
+    assert apps["pos"]["classification"] == "pci"
+    compiled = compile_policy(policy_set)
+    assert DECISION in compiled.rule_refs()
+
+
+def test_every_shipped_rego_file_has_a_test_beside_it() -> None:
+    for rego in POLICIES.rglob("*.rego"):
+        if rego.name.endswith("_test.rego"):
+            continue
+        assert rego.with_name(rego.stem + "_test.rego").exists(), f"{rego} has no _test.rego"
+
+
+def test_shipped_policies_use_no_builtins_real_opa_or_regorus_lacks() -> None:
+    forbidden = ("io.jwt.", "crypto.", "rego.metadata", "http.send", "net.cidr_merge")
+    for rego in POLICIES.rglob("*.rego"):
+        text = rego.read_text()
+        for name in forbidden:
+            assert name not in text, f"{rego} uses {name}"
+
+
+def test_missing_directory_is_named() -> None:
+    assert load_problems(Path("/no/such/policies")) == [
+        "/no/such/policies: no such policy directory or bundle"
+    ]
+
+
+def test_syntax_error_names_file_line_and_column() -> None:
+    (problem,) = load_problems(BAD / "syntax_error")
+    assert problem.startswith(f"{BAD}/syntax_error/broken.rego:7:1: ")
+
+
+def test_unsafe_variable_names_file_line_and_column() -> None:
+    (problem,) = load_problems(BAD / "unsafe_variable")
+    assert (
+        problem == f"{BAD}/unsafe_variable/unsafe.rego:7:2: use of undefined variable `x` is unsafe"
+    )
+
+
+def test_unknown_function_is_found_even_where_evaluation_never_reaches() -> None:
+    (problem,) = load_problems(BAD / "unknown_function")
+    assert problem == f"{BAD}/unknown_function/jwt.rego:8:2: unknown function io.jwt.decode"
+
+
+def test_conflicting_data_keys_name_both_files() -> None:
+    (problem,) = load_problems(BAD / "conflicting_data")
+    assert problem == (
+        f"{BAD}/conflicting_data/two.yaml: conflicting data keys: "
+        "data.portcullis.catalogue.apps.pos.upstream is also set in "
+        f"{BAD}/conflicting_data/one.yaml"
+    )
+
+
+def test_rule_clashing_with_data_is_a_conflict() -> None:
+    (problem,) = load_problems(BAD / "rule_data_conflict")
+    assert problem.startswith(f"{BAD}/rule_data_conflict/catalogue.rego:5:1: conflicting data keys")
+    assert "data.portcullis.catalogue.apps" in problem
+
+
+def test_invalid_yaml_names_line_and_column() -> None:
+    (problem,) = load_problems(BAD / "bad_yaml")
+    assert problem.startswith(f"{BAD}/bad_yaml/apps.yaml:4:6: invalid YAML")
+
+
+def test_invalid_json_names_line_and_column() -> None:
+    (problem,) = load_problems(BAD / "bad_json")
+    assert problem == f"{BAD}/bad_json/apps.json:3:12: invalid JSON: Expecting value"
+
+
+def test_directory_without_rego_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "data.json").write_text("{}")
+    assert load_problems(tmp_path) == [f"{tmp_path}: no .rego files found"]
+
+
+def test_bundle_mounts_data_at_its_directory_and_reads_the_revision(tmp_path: Path) -> None:
+    bundle = make_bundle(
+        tmp_path / "b.tar.gz",
+        {
+            ".manifest": b'{"revision": "r42", "roots": ["acme"]}',
+            "acme/limits/data.json": b'{"max": 5}',
+            "acme/policy.rego": (
+                b"package acme\nimport rego.v1\nok if input.n <= data.acme.limits.max\n"
+            ),
+        },
+    )
+    engine = EmbeddedEngine(load_policy_set(bundle))
+    assert engine.revision == "r42"
+    assert engine.evaluate_sync("data.acme.ok", {"n": 5}) is True
+    with pytest.raises(UndefinedResult):
+        engine.evaluate_sync("data.acme.ok", {"n": 6})
+
+
+@pytest.mark.parametrize("name", ["../escape.rego", "/abs.rego"])
+def test_bundle_entries_escaping_the_root_are_refused(tmp_path: Path, name: str) -> None:
+    bundle = make_bundle(tmp_path / "b.tar.gz", {name: b"package x\n", "ok.rego": b"package y\n"})
+    problems = load_problems(bundle)
+    assert any("unsafe bundle entry" in p for p in problems)
+
+
+def test_bundle_symlinks_are_refused(tmp_path: Path) -> None:
+    bundle = make_bundle(
+        tmp_path / "b.tar.gz", {"ok.rego": b"package y\n"}, links={"data.json": "/etc/passwd"}
+    )
+    assert any("unsafe bundle entry" in p for p in load_problems(bundle))
+
+
+def test_corrupt_bundle_is_refused(tmp_path: Path) -> None:
+    bundle = tmp_path / "b.tar.gz"
+    bundle.write_bytes(b"\x1f\x8b not really gzip")
+    (problem,) = load_problems(bundle)
+    assert problem.startswith(f"{bundle}: not a readable .tar.gz bundle")
+
+
+def test_set_of_objects_results_come_back_through_the_json_api() -> None:
+    engine = EmbeddedEngine(load_policy_set(BAD / "sets_of_objects"))
+    resources = [{"address": "a.x", "open": True}, {"address": "a.y", "open": False}]
+    deny = engine.evaluate_sync("data.findings.deny", {"resources": resources})
+    assert deny == [{"resource": "a.x", "message": "open"}]
+    summary = engine.evaluate_sync("data.findings.summary", {"resources": resources})
+    assert summary == {"count": 1, "denied": [{"resource": "a.x", "message": "open"}]}
+    package = engine.evaluate_sync("data.findings", {"resources": resources})
+    assert package["deny"] == deny
+
+
+def test_unknown_path_and_undefined_result_are_told_apart() -> None:
+    engine = EmbeddedEngine(load_policy_set(POLICIES))
+    with pytest.raises(UndefinedPath, match="no such rule"):
+        engine.evaluate_sync("data.portcullis.gateway.no_such_rule", {})
+    with pytest.raises(UndefinedPath, match="not a reference"):
+        engine.evaluate_sync("data.x; true", {})
+    with pytest.raises(UndefinedResult):
+        engine.evaluate_sync("data.portcullis.gateway.app", {"route": {"app": "payroll"}})
+
+
+def test_runtime_error_is_an_evaluation_error(tmp_path: Path) -> None:
+    (tmp_path / "p.rego").write_text("package p\nimport rego.v1\nratio := 10 / input.n\n")
+    engine = EmbeddedEngine(load_policy_set(tmp_path))
+    assert engine.evaluate_sync("data.p.ratio", {"n": 5}) == 2
+    with pytest.raises(EvaluationError, match="divide by zero"):
+        engine.evaluate_sync("data.p.ratio", {"n": 0})
+
+
+def test_evaluation_over_the_timeout_is_an_error_not_an_answer(tmp_path: Path) -> None:
+    (tmp_path / "p.rego").write_text(
+        "package p\nimport rego.v1\n"
+        "allow if count([x | some x in numbers.range(1, input.n); x % 7 == 0]) > 0\n"
+    )
+    engine = EmbeddedEngine(load_policy_set(tmp_path), timeout=0.001)
+    with pytest.raises(EvaluationTimeout, match="over the 1 ms timeout"):
+        engine.evaluate_sync("data.p.allow", {"n": 2_000_000})
+
+
+def test_each_thread_evaluates_on_its_own_engine() -> None:
+    engine = EmbeddedEngine(load_policy_set(POLICIES), compiled_refs=(DECISION,))
+    document = json.loads((FIXTURES / "inputs/pos_refund_otp.json").read_text())
+    results: list[Any] = []
+
+    def decide() -> None:
+        for _ in range(50):
+            results.append(engine.evaluate_sync(DECISION, document)["step_up"])
+
+    threads = [threading.Thread(target=decide) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [{"acr": "phr", "max_age": 900}] * 200
+
+
+async def test_async_interface_returns_the_decision() -> None:
+    engine = EmbeddedEngine(load_policy_set(POLICIES), compiled_refs=(DECISION,))
+    document = json.loads((FIXTURES / "inputs/pos_refund_otp.json").read_text())
+    decision = await engine.evaluate(DECISION, document)
+    assert decision["allow"] is False
+    assert decision["http_status"] == 403
+    await engine.close()
+
+
+def test_test_runner_reports_pass_fail_error_with_location_and_prints() -> None:
+    report = run_tests(load_policy_set(BAD / "failing_test"), coverage=True)
+    outcomes = {r.ref.rsplit(".", 1)[1]: r for r in report.results}
+    assert outcomes["test_small_amount_is_allowed"].outcome == "PASS"
+    failed = outcomes["test_large_amount_is_allowed"]
+    assert (failed.outcome, failed.line, failed.message) == ("FAIL", 9, "undefined")
+    assert failed.file.endswith("failing_test/limits_test.rego")
+    assert failed.prints == (f"{failed.file}:10: amount under test: 500",)
+    errored = outcomes["test_type_error_is_reported"]
+    assert errored.outcome == "ERROR"
+    assert "divide by zero" in errored.message
+    coverage = {Path(c.file).name: c for c in report.coverage}
+    assert coverage["limits.rego"].covered
+
+
+def test_shipped_policy_tests_all_pass_and_number_at_least_40() -> None:
+    report = run_tests(load_policy_set(POLICIES))
+    assert not report.failed, [f"{r.file}:{r.line} {r.ref}: {r.message}" for r in report.failed]
+    assert len(report.results) >= 40
