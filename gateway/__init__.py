@@ -1,0 +1,1 @@
+"""The reverse proxy: identity, decision, forwarding, logs."""
