@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from portcullis import __version__, policy_commands
+from portcullis import __version__, gateway_command, policy_commands
 from portcullis.paths import default_policy_dir
 
 
@@ -18,8 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"portcullis {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="run the demo: policy tests and sample decisions")
-    demo.set_defaults(run=policy_commands.demo)
+    gateway_command.register(commands)
 
     policy = commands.add_parser("policy", help="test, check, evaluate and bundle Rego policy")
     actions = policy.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -1,0 +1,99 @@
+"""The identity assertion the gateway hands each backend: a short-lived ES256 JWT."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.identity import Identity
+
+HEADER = "X-Portcullis-Assertion"
+JWKS_PATH = "/.well-known/portcullis/jwks.json"
+
+
+def load_or_create_key(path: Path | None) -> ec.EllipticCurvePrivateKey:
+    """The EC P-256 signing key from a PEM file; a new one (kept in memory) without a path.
+
+    A missing file at a given path is created, mode 0600, so a fresh
+    deployment (and the demo) starts without a manual key step.
+    """
+    if path is None:
+        return ec.generate_private_key(ec.SECP256R1())
+    if path.exists():
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+            raise ValueError(f"{path}: assertion key must be an EC P-256 private key")
+        return key
+    key = ec.generate_private_key(ec.SECP256R1())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    path.touch(mode=0o600)
+    path.write_bytes(pem)
+    return key
+
+
+def _b64(number: int) -> str:
+    return base64.urlsafe_b64encode(number.to_bytes(32, "big")).rstrip(b"=").decode()
+
+
+def public_jwk(key: ec.EllipticCurvePrivateKey) -> dict[str, str]:
+    numbers = key.public_key().public_numbers()
+    jwk = {"kty": "EC", "crv": "P-256", "x": _b64(numbers.x), "y": _b64(numbers.y)}
+    # RFC 7638 thumbprint as the key id: stable across restarts for the same key.
+    canonical = '{"crv":"P-256","kty":"EC","x":"%s","y":"%s"}' % (jwk["x"], jwk["y"])
+    kid = base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=")
+    return {**jwk, "kid": kid.decode(), "alg": "ES256", "use": "sig"}
+
+
+class AssertionSigner:
+    """Signs `X-Portcullis-Assertion` JWTs; reuses one per identity and app for a while,
+    so a busy client doesn't cost an ECDSA signature per request."""
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey, *, issuer: str, ttl: int = 60) -> None:
+        self.key = key
+        self.jwk = public_jwk(key)
+        self.issuer = issuer
+        self.ttl = ttl
+        self._cache: dict[tuple[Any, ...], tuple[float, str]] = {}
+
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": [self.jwk]}
+
+    def sign(self, identity: Identity, app: str) -> str:
+        now = time.time()
+        cache_key = (identity, app)
+        cached = self._cache.get(cache_key)
+        # Reuse only while more than half the lifetime is left.
+        if cached is not None and cached[0] - now > self.ttl / 2:
+            return cached[1]
+        expires = now + self.ttl
+        if identity.expires_at is not None:
+            expires = min(expires, identity.expires_at)
+        claims = {
+            "iss": self.issuer,
+            "aud": app,
+            "sub": identity.subject,
+            "email": identity.email,
+            "groups": list(identity.groups),
+            "amr": list(identity.amr),
+            "acr": identity.acr,
+            "auth_time": identity.auth_time,
+            "iat": int(now),
+            "exp": int(expires),
+        }
+        token = jwt.encode(claims, self.key, algorithm="ES256", headers={"kid": self.jwk["kid"]})
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[cache_key] = (expires, token)
+        return token

@@ -1,0 +1,296 @@
+"""The gateway's configuration file: parsed, validated, and refused with the key path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+
+class ConfigError(Exception):
+    """A configuration problem, named by its key path: `routes[1].upstream: ...`."""
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+    require_client_cert: bool = False
+
+
+@dataclass(frozen=True)
+class Listener:
+    address: str = "127.0.0.1"
+    port: int = 8080
+    tls: TlsConfig | None = None
+
+
+@dataclass(frozen=True)
+class Route:
+    app: str
+    upstream: str
+    path_prefix: str = "/"
+    host: str | None = None
+    connect_timeout: float = 2.0
+    read_timeout: float = 30.0
+    pass_authorization: bool = False
+
+
+@dataclass(frozen=True)
+class Issuer:
+    issuer: str
+    audiences: tuple[str, ...]
+    jwks_url: str | None = None
+    discovery: bool = False
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    groups_claim: str = "groups"
+    leeway: float = 30.0
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    source: str = "policies"
+    timeout_ms: float = 250.0
+    watch: bool = True
+    poll_interval: float = 1.0
+
+
+@dataclass(frozen=True)
+class AssertionConfig:
+    key_file: Path | None = None
+    issuer: str = "portcullis"
+    ttl: int = 60
+
+
+@dataclass(frozen=True)
+class DecisionLogConfig:
+    path: Path | None = None
+    sign_interval: float = 10.0
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    listeners: tuple[Listener, ...] = (Listener(),)
+    routes: tuple[Route, ...] = ()
+    issuers: tuple[Issuer, ...] = ()
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    assertion: AssertionConfig = field(default_factory=AssertionConfig)
+    decision_log: DecisionLogConfig = field(default_factory=DecisionLogConfig)
+    auth: bool = True  # off only for benchmarks of the bare proxy
+    base_dir: Path = Path(".")
+
+
+class _Reader:
+    """Typed access to one mapping of the file, remembering where it is."""
+
+    def __init__(self, data: Any, where: str) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where or 'config'}: must be a mapping")
+        self.data = data
+        self.where = where
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.where}.{name}" if self.where else name
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+        self.used.add(name)
+        if name not in self.data or self.data[name] is None:
+            return default
+        value = self.data[name]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
+            expected = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            raise ConfigError(f"{self.key(name)}: expected {expected}, got {type(value).__name__}")
+        return value
+
+    def required(self, name: str, kind: type) -> Any:
+        value = self.get(name, kind)
+        if value is None:
+            raise ConfigError(f"{self.key(name)}: required")
+        return value
+
+    def strings(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        value = self.get(name, (list, str), None)
+        if value is None:
+            return default
+        items = [value] if isinstance(value, str) else value
+        for index, item in enumerate(items):
+            if not isinstance(item, str) or not item:
+                raise ConfigError(f"{self.key(name)}[{index}]: expected a non-empty string")
+        return tuple(items)
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise ConfigError(f"{self.key(unknown[0])}: unknown key")
+
+
+def _http_url(value: str, where: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}: must be an http(s) URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _positive(value: float, where: str) -> float:
+    if value <= 0:
+        raise ConfigError(f"{where}: must be greater than 0")
+    return value
+
+
+def _path(base: Path, value: str | None) -> Path | None:
+    if value is None:
+        return None
+    path = Path(value)
+    return path if path.is_absolute() else base / path
+
+
+def parse_config(data: Any, base_dir: Path = Path(".")) -> GatewayConfig:
+    """A GatewayConfig from the parsed YAML document; ConfigError on the first problem."""
+    root = _Reader(data, "")
+    listeners = tuple(_listener(item, f"listeners[{i}]", base_dir) for i, item in
+                      enumerate(root.get("listeners", list, [{}])))  # fmt: skip
+    if not listeners:
+        raise ConfigError("listeners: at least one listener is required")
+    routes = tuple(_route(item, f"routes[{i}]") for i, item in enumerate(root.get("routes", list, [])))
+    seen: set[tuple[str | None, str]] = set()
+    for index, route in enumerate(routes):
+        if (route.host, route.path_prefix) in seen:
+            raise ConfigError(f"routes[{index}]: duplicate host + path_prefix {route.path_prefix}")
+        seen.add((route.host, route.path_prefix))
+    auth = root.get("auth", bool, True)
+    issuers = tuple(_issuer(item, f"issuers[{i}]") for i, item in enumerate(root.get("issuers", list, [])))
+    if auth and not issuers:
+        raise ConfigError("issuers: at least one token issuer is required (or auth: false)")
+    policy = _policy(root.get("policy", dict, {}))
+    assertion = _assertion(root.get("assertion", dict, {}), base_dir)
+    decision_log = _decision_log(root.get("decision_log", dict, {}), base_dir)
+    root.done()
+    return GatewayConfig(listeners, routes, issuers, policy, assertion, decision_log, auth, base_dir)
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError as error:
+        raise ConfigError(f"{file}: no such config file") from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{file}: can't read: {error}") from error
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark
+        where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else str(file)
+        raise ConfigError(f"{where}: invalid YAML: {error.problem}") from error
+    try:
+        return parse_config(data, file.parent)
+    except ConfigError as error:
+        raise ConfigError(f"{file}: {error}") from error
+
+
+def _listener(data: Any, where: str, base_dir: Path) -> Listener:
+    reader = _Reader(data, where)
+    address = reader.get("address", str, "127.0.0.1")
+    port = reader.get("port", int, 8080)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{where}.port: must be 0-65535")
+    tls_data = reader.get("tls", dict, None)
+    tls = None
+    if tls_data is not None:
+        tls_reader = _Reader(tls_data, f"{where}.tls")
+        cert = _path(base_dir, tls_reader.required("cert", str))
+        key = _path(base_dir, tls_reader.required("key", str))
+        client_ca = _path(base_dir, tls_reader.get("client_ca", str))
+        require = tls_reader.get("require_client_cert", bool, False)
+        tls_reader.done()
+        if require and client_ca is None:
+            raise ConfigError(f"{where}.tls.require_client_cert: needs client_ca")
+        for name, file in (("cert", cert), ("key", key), ("client_ca", client_ca)):
+            if file is not None and not file.is_file():
+                raise ConfigError(f"{where}.tls.{name}: no such file {file}")
+        assert cert is not None and key is not None
+        tls = TlsConfig(cert, key, client_ca, require)
+    reader.done()
+    return Listener(address, port, tls)
+
+
+def _route(data: Any, where: str) -> Route:
+    reader = _Reader(data, where)
+    app = reader.required("app", str)
+    upstream = _http_url(reader.required("upstream", str), f"{where}.upstream")
+    prefix = reader.get("path_prefix", str, "/")
+    if not prefix.startswith("/") or not prefix.endswith("/"):
+        raise ConfigError(f"{where}.path_prefix: must start and end with '/', got {prefix!r}")
+    host = reader.get("host", str, None)
+    connect = _positive(reader.get("connect_timeout", float, 2.0), f"{where}.connect_timeout")
+    read = _positive(reader.get("read_timeout", float, 30.0), f"{where}.read_timeout")
+    pass_authorization = reader.get("pass_authorization", bool, False)
+    reader.done()
+    return Route(app, upstream, prefix, host.lower() if host else None, connect, read, pass_authorization)
+
+
+def _issuer(data: Any, where: str) -> Issuer:
+    reader = _Reader(data, where)
+    issuer = reader.required("issuer", str)
+    audiences = reader.strings("audiences")
+    if not audiences:
+        raise ConfigError(f"{where}.audiences: at least one audience is required")
+    jwks_url = reader.get("jwks_url", str, None)
+    discovery = reader.get("discovery", bool, False)
+    if jwks_url is None and not discovery:
+        raise ConfigError(f"{where}: set jwks_url or discovery: true")
+    if jwks_url is not None:
+        jwks_url = _http_url(jwks_url, f"{where}.jwks_url")
+    algorithms = reader.strings("algorithms", ("RS256", "ES256"))
+    for index, algorithm in enumerate(algorithms):
+        if algorithm not in ASYMMETRIC_ALGORITHMS:
+            raise ConfigError(
+                f"{where}.algorithms[{index}]: {algorithm!r} not allowed; use one of "
+                f"{', '.join(sorted(ASYMMETRIC_ALGORITHMS))} (never none or HS*)"
+            )
+    groups_claim = reader.get("groups_claim", str, "groups")
+    leeway = reader.get("leeway", float, 30.0)
+    if not 0 <= leeway <= 300:
+        raise ConfigError(f"{where}.leeway: must be 0-300 seconds")
+    reader.done()
+    return Issuer(issuer, audiences, jwks_url, discovery, algorithms, groups_claim, leeway)
+
+
+def _policy(data: dict[str, Any]) -> PolicyConfig:
+    reader = _Reader(data, "policy")
+    source = reader.get("source", str, "policies")
+    timeout = _positive(reader.get("timeout_ms", float, 250.0), "policy.timeout_ms")
+    watch = reader.get("watch", bool, True)
+    poll = _positive(reader.get("poll_interval", float, 1.0), "policy.poll_interval")
+    reader.done()
+    return PolicyConfig(source, timeout, watch, poll)
+
+
+def _assertion(data: dict[str, Any], base_dir: Path) -> AssertionConfig:
+    reader = _Reader(data, "assertion")
+    key_file = _path(base_dir, reader.get("key_file", str, None))
+    issuer = reader.get("issuer", str, "portcullis")
+    ttl = reader.get("ttl", int, 60)
+    if not 1 <= ttl <= 60:
+        raise ConfigError("assertion.ttl: must be 1-60 seconds")
+    reader.done()
+    return AssertionConfig(key_file, issuer, ttl)
+
+
+def _decision_log(data: dict[str, Any], base_dir: Path) -> DecisionLogConfig:
+    reader = _Reader(data, "decision_log")
+    path = _path(base_dir, reader.get("path", str, None))
+    interval = _positive(reader.get("sign_interval", float, 10.0), "decision_log.sign_interval")
+    reader.done()
+    return DecisionLogConfig(path, interval)

@@ -1,0 +1,129 @@
+"""Ask the policy: the decision input, the call, and fail-closed handling of the answer."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from gateway.config import Route
+from gateway.identity import Identity
+from gateway.normalize import NormalizedPath
+from policy_engine import PolicyEngine, PolicyError
+
+DECISION_REF = "data.portcullis.gateway.decision"
+SECRET_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "x-portcullis-assertion"}
+)
+REDACTED = "**REDACTED**"
+
+
+@dataclass
+class Decision:
+    decision_id: str
+    allow: bool
+    http_status: int
+    reasons: list[str]
+    headers: dict[str, str] = field(default_factory=dict)
+    step_up: dict[str, Any] | None = None
+    eval_ns: int = 0
+    error: str | None = None
+
+    def result(self) -> dict[str, Any]:
+        """The decision as the policy contract spells it (for the log and the deny body)."""
+        return {
+            "allow": self.allow,
+            "reasons": self.reasons,
+            "http_status": self.http_status,
+            "headers": self.headers,
+            "step_up": self.step_up,
+        }
+
+
+def decision_input(
+    request: web.Request,
+    path: NormalizedPath,
+    route: Route,
+    identity: Identity,
+    request_id: str,
+) -> dict[str, Any]:
+    """The OPA-Envoy-shaped input of the decision contract (README "Decision contract")."""
+    headers = {
+        name.lower(): (REDACTED if name.lower() in SECRET_HEADERS else value)
+        for name, value in request.headers.items()
+    }
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return {
+        "attributes": {
+            "request": {
+                "http": {
+                    "method": request.method,
+                    "host": request.host,
+                    "path": path.path_with_query,
+                    "scheme": request.scheme,
+                    "headers": headers,
+                    "id": request_id,
+                }
+            },
+            "source": {
+                "address": {
+                    "socketAddress": {
+                        "address": peer[0] if peer else "",
+                        "portValue": peer[1] if peer else 0,
+                    }
+                }
+            },
+        },
+        "parsed_path": list(path.segments),
+        "parsed_query": path.parsed_query(),
+        "route": {"app": route.app, "upstream": route.upstream, "path_prefix": route.path_prefix},
+        "identity": identity.to_input(),
+        "now_ns": time.time_ns(),
+    }
+
+
+def deny(decision_id: str, status: int, reason: str, error: str | None = None) -> Decision:
+    return Decision(decision_id, False, status, [reason], error=error)
+
+
+async def decide(engine: PolicyEngine | None, document: dict[str, Any]) -> Decision:
+    """The policy's decision; any error, timeout or malformed answer is a deny."""
+    decision_id = str(uuid.uuid4())
+    if engine is None:
+        return deny(decision_id, 503, "no policy loaded", "no policy loaded")
+    started = time.perf_counter_ns()
+    try:
+        result = await engine.evaluate(DECISION_REF, document)
+    except PolicyError as error:
+        reason = "policy evaluation failed"
+        return _timed(deny(decision_id, 403, reason, str(error)), started)
+    return _timed(_from_result(decision_id, result), started)
+
+
+def _timed(decision: Decision, started: int) -> Decision:
+    decision.eval_ns = time.perf_counter_ns() - started
+    return decision
+
+
+def _from_result(decision_id: str, result: Any) -> Decision:
+    if not isinstance(result, dict):
+        return deny(decision_id, 403, "policy returned no decision object", repr(result)[:200])
+    allow = result.get("allow") is True  # only a literal true allows
+    reasons = [r for r in result.get("reasons") or [] if isinstance(r, str)]
+    status = result.get("http_status")
+    if allow:
+        status = 200
+    elif not isinstance(status, int) or isinstance(status, bool) or not 400 <= status <= 599:
+        status = 403
+    raw_headers = result.get("headers")
+    headers = (
+        {k: v for k, v in raw_headers.items() if isinstance(k, str) and isinstance(v, str)}
+        if isinstance(raw_headers, dict)
+        else {}
+    )
+    step_up = result.get("step_up")
+    step_up = step_up if isinstance(step_up, dict) and not allow else None
+    return Decision(decision_id, allow, status, reasons, headers, step_up)

@@ -1,0 +1,49 @@
+"""Prometheus metrics of one gateway process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+DECISION_BUCKETS = (0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.05, 0.25)
+
+
+class Metrics:
+    """One registry per gateway, so tests and workers don't share global state."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "portcullis_requests", "Requests by app and status", ["app", "status"], registry=r
+        )
+        self.decisions = Counter(
+            "portcullis_decisions", "Decisions by app and result", ["app", "result"], registry=r
+        )
+        self.request_seconds = Histogram(
+            "portcullis_request_duration_seconds", "Whole request, gateway in to response out",
+            ["app"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.decision_seconds = Histogram(
+            "portcullis_decision_duration_seconds", "Policy evaluation alone",
+            buckets=DECISION_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.jwks_refreshes = Counter(
+            "portcullis_jwks_refreshes", "JWKS fetches by issuer and result", ["issuer", "result"],
+            registry=r,
+        )  # fmt: skip
+        self.policy_reloads = Counter(
+            "portcullis_policy_reloads", "Policy reloads by result", ["result"], registry=r
+        )
+        self.policy_revision = Gauge(
+            "portcullis_policy_info", "The loaded policy revision", ["revision"], registry=r
+        )
+        self.decision_log = Gauge(
+            "portcullis_decision_log", "Decision log counters", ["counter"], registry=r
+        )
+
+    def jwks_refreshed(self, issuer: str, ok: bool) -> None:
+        self.jwks_refreshes.labels(issuer, "ok" if ok else "error").inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,93 @@
+"""Keep the newest good policy: load, hot reload on change or SIGHUP, never regress."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from gateway.decision import DECISION_REF
+from gateway.metrics import Metrics
+from policy_engine import EmbeddedEngine, OpaServerEngine, PolicyEngine, PolicyError, load_policy_set
+
+log = logging.getLogger("portcullis.policy")
+
+
+def _fingerprint(source: Path) -> tuple[tuple[str, int, int], ...]:
+    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+    state = []
+    for file in files:
+        try:
+            stat = file.stat()
+        except FileNotFoundError:
+            continue
+        state.append((str(file), stat.st_mtime_ns, stat.st_size))
+    return tuple(state)
+
+
+class PolicyHolder:
+    """The live engine. A reload builds the new engine off the event loop and swaps
+    it in only when it passed every load check; requests already running keep the
+    engine they started with, so a reload fails none of them."""
+
+    def __init__(self, source: str, *, timeout_ms: float, metrics: Metrics) -> None:
+        self.source = source
+        self.timeout = timeout_ms / 1000
+        self.metrics = metrics
+        self.engine: PolicyEngine | None = None
+        self.last_error: str | None = None
+        self._lock = asyncio.Lock()
+        self._fingerprint: tuple[tuple[str, int, int], ...] = ()
+
+    @property
+    def is_remote(self) -> bool:
+        return self.source.startswith(("http://", "https://"))
+
+    def _build(self) -> PolicyEngine:
+        if self.is_remote:
+            return OpaServerEngine(self.source, timeout=self.timeout)
+        return EmbeddedEngine(
+            load_policy_set(self.source), timeout=self.timeout, compiled_refs=(DECISION_REF,)
+        )
+
+    def catalogue(self) -> dict[str, Any]:
+        engine = self.engine
+        if not isinstance(engine, EmbeddedEngine):
+            return {}
+        data = engine.compiled.policy_set.data
+        apps = data.get("portcullis", {}).get("catalogue", {}).get("apps", {})
+        return apps if isinstance(apps, dict) else {}
+
+    async def reload(self, why: str) -> bool:
+        async with self._lock:
+            if not self.is_remote:
+                self._fingerprint = _fingerprint(Path(self.source))
+            try:
+                engine = await asyncio.get_running_loop().run_in_executor(None, self._build)
+            except (PolicyError, OSError, ValueError) as error:
+                self.last_error = str(error)
+                self.metrics.policy_reloads.labels("rejected").inc()
+                log.error("policy %s rejected (%s); keeping the last good one:\n%s",
+                          self.source, why, error)  # fmt: skip
+                return False
+            previous, self.engine = self.engine, engine
+            self.last_error = None
+            self.metrics.policy_reloads.labels("ok").inc()
+            self.metrics.policy_revision.clear()
+            self.metrics.policy_revision.labels(engine.revision).set(1)
+            log.info("policy %s loaded (%s), revision %s", self.source, why, engine.revision)
+            if previous is not None and previous is not engine:
+                await previous.close()
+            return True
+
+    async def watch(self, interval: float) -> None:
+        """Reload when a file under the policy source changes (mtime or size)."""
+        if self.is_remote:
+            return
+        source = Path(self.source)
+        while True:
+            await asyncio.sleep(interval)
+            if os.path.exists(source) and _fingerprint(source) != self._fingerprint:
+                await self.reload("files changed")

@@ -1,0 +1,254 @@
+"""The gateway's aiohttp application: the request path, in order, and operations."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+
+from gateway.assertion import HEADER as ASSERTION_HEADER
+from gateway.assertion import JWKS_PATH, AssertionSigner, load_or_create_key
+from gateway.config import GatewayConfig, Route
+from gateway.decision import Decision, decide, decision_input, deny
+from gateway.forward import Forwarder, UpstreamError
+from gateway.identity import ANONYMOUS, Identity, TokenRejected, TokenVerifier
+from gateway.jwks import JwksCache
+from gateway.metrics import Metrics
+from gateway.normalize import PathRejected, normalize
+from gateway.policy_reload import PolicyHolder
+
+if TYPE_CHECKING:
+    from gateway.decision_log import DecisionLog
+
+log = logging.getLogger("portcullis.gateway")
+OPERATIONS = ("/healthz", "/readyz", "/metrics", JWKS_PATH)
+GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway")
+
+
+class Gateway:
+    """State of one gateway process: routes, verifier, policy, log, upstream pools."""
+
+    def __init__(self, config: GatewayConfig, *, instance_id: str | None = None) -> None:
+        self.config = config
+        self.instance_id = instance_id or uuid.uuid4().hex[:12]
+        self.metrics = Metrics()
+        source = config.policy.source
+        if not source.startswith(("http://", "https://")) and not Path(source).is_absolute():
+            source = str(config.base_dir / source)
+        self.policy = PolicyHolder(source, timeout_ms=config.policy.timeout_ms, metrics=self.metrics)
+        self.signer = AssertionSigner(
+            load_or_create_key(config.assertion.key_file),
+            issuer=config.assertion.issuer,
+            ttl=config.assertion.ttl,
+        )
+        self.forwarder = Forwarder()
+        self.routes: list[Route] = list(config.routes)
+        self.verifier: TokenVerifier | None = None
+        self.decision_log: DecisionLog | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self, app: web.Application) -> None:
+        if not await self.policy.reload("start"):
+            raise RuntimeError(f"policy {self.policy.source} failed to load:\n{self.policy.last_error}")
+        if not self.routes:
+            self.routes = self._catalogue_routes()
+        # Longest prefix first, host-specific before host-agnostic.
+        self.routes.sort(key=lambda r: (r.host is None, -len(r.path_prefix)))
+        self._session = aiohttp.ClientSession()
+        issuers = {}
+        for issuer in self.config.issuers:
+            cache = JwksCache(issuer, self._session, on_refresh=self.metrics.jwks_refreshed)
+            issuers[issuer.issuer] = (issuer, cache)
+            self._tasks.append(asyncio.ensure_future(cache.refresh()))
+        self.verifier = TokenVerifier(issuers)
+        if self.config.decision_log.path is not None:
+            from gateway.decision_log import DecisionLog
+
+            self.decision_log = DecisionLog(
+                self.config.decision_log.path,
+                self.signer.key,
+                key_id=self.signer.jwk["kid"],
+                sign_interval=self.config.decision_log.sign_interval,
+                labels={"id": self.instance_id},
+            )
+            await self.decision_log.start()
+        if self.config.policy.watch:
+            self._tasks.append(asyncio.ensure_future(self.policy.watch(self.config.policy.poll_interval)))
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGHUP, lambda: asyncio.ensure_future(self.policy.reload("SIGHUP"))
+            )
+
+    async def stop(self, app: web.Application) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.forwarder.close()
+        if self._session is not None:
+            await self._session.close()
+        if self.decision_log is not None:
+            await self.decision_log.close()
+        if self.policy.engine is not None:
+            await self.policy.engine.close()
+
+    def _catalogue_routes(self) -> list[Route]:
+        routes = []
+        for app_id, app in sorted(self.policy.catalogue().items()):
+            if isinstance(app, dict) and app.get("upstream") and app.get("path_prefix"):
+                routes.append(Route(app_id, str(app["upstream"]).rstrip("/"), str(app["path_prefix"])))
+        return routes
+
+    def match(self, host: str, path: str) -> Route | None:
+        host = host.rsplit(":", 1)[0].lower() if not host.startswith("[") else host.lower()
+        for route in self.routes:
+            if route.host is not None and route.host != host:
+                continue
+            if path.startswith(route.path_prefix):
+                return route
+        return None
+
+    # --- the request path --------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        app = "-"
+        status = 500
+        try:
+            response, app = await self._handle(request)
+            status = response.status
+            return response
+        finally:
+            self.metrics.requests.labels(app, str(status)).inc()
+            self.metrics.request_seconds.labels(app).observe(time.perf_counter() - started)
+
+    async def _handle(self, request: web.Request) -> tuple[web.StreamResponse, str]:
+        try:
+            path = normalize(request.raw_path)
+        except PathRejected as error:
+            return _json(400, {"error": "bad_request", "reason": str(error)}), "-"
+        route = self.match(request.host, path.path)
+        if route is None:
+            return _json(404, {"error": "not_found", "reason": "no route for this path"}), "-"
+        request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        identity = ANONYMOUS
+        if self.config.auth:
+            try:
+                identity = await self._identity(request)
+            except TokenRejected as rejected:
+                decision = deny(str(uuid.uuid4()), 401, f"invalid token: {rejected}")
+                document = decision_input(request, path, route, ANONYMOUS, request_id)
+                self._log(decision, document, route)
+                return _unauthorized(decision, str(rejected)), route.app
+            document = decision_input(request, path, route, identity, request_id)
+            decision = await decide(self.policy.engine, document)
+            self.metrics.decision_seconds.observe(decision.eval_ns / 1e9)
+            self._log(decision, document, route)
+            if decision.error:
+                log.error("decision %s failed closed: %s", decision.decision_id, decision.error)
+            if not decision.allow:
+                if decision.http_status == 401:
+                    return _unauthorized(decision, None), route.app
+                return _denied(decision), route.app
+            add = dict(decision.headers)
+            add[ASSERTION_HEADER] = self.signer.sign(identity, route.app)
+        else:
+            add = {}
+        target = path.path_with_query
+        try:
+            return await self.forwarder.forward(request, route, target, add), route.app
+        except UpstreamError as error:
+            return _json(error.status, {"error": "bad_gateway", "reason": str(error)}), route.app
+
+    async def _identity(self, request: web.Request) -> Identity:
+        header = request.headers.get("Authorization")
+        if header is None:
+            return ANONYMOUS
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise TokenRejected("Authorization must be 'Bearer <token>'")
+        assert self.verifier is not None
+        return await self.verifier.verify(token.strip())
+
+    def _log(self, decision: Decision, document: dict[str, Any], route: Route) -> None:
+        result = "allow" if decision.allow else "deny"
+        self.metrics.decisions.labels(route.app, result).inc()
+        if self.decision_log is None:
+            return
+        engine = self.policy.engine
+        self.decision_log.record(
+            decision_id=decision.decision_id,
+            input=document,
+            result=decision.result(),
+            revision=engine.revision if engine is not None else "",
+            metrics={"timer_rego_query_eval_ns": decision.eval_ns},
+            labels={"app": route.app},
+        )
+
+    # --- operations ---------------------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        engine = self.policy.engine
+        if engine is None:
+            return web.json_response({"ready": False, "reason": "no policy loaded"}, status=503)
+        return web.json_response({"ready": True, "policy_revision": engine.revision})
+
+    async def metrics_endpoint(self, request: web.Request) -> web.Response:
+        if self.decision_log is not None:
+            for name, value in self.decision_log.stats.items():
+                self.metrics.decision_log.labels(name).set(value)
+        return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
+
+    async def jwks(self, request: web.Request) -> web.Response:
+        return web.json_response(self.signer.jwks())
+
+
+def _json(status: int, body: dict[str, Any]) -> web.Response:
+    return web.json_response(body, status=status)
+
+
+def _denied(decision: Decision) -> web.Response:
+    body: dict[str, Any] = {"decision_id": decision.decision_id, "reasons": decision.reasons}
+    if decision.step_up is not None:
+        body["step_up"] = decision.step_up
+    return _json(decision.http_status, body)
+
+
+def _unauthorized(decision: Decision, token_error: str | None) -> web.Response:
+    response = _denied(decision)
+    response.headers["WWW-Authenticate"] = (
+        'Bearer realm="portcullis"'
+        if token_error is None
+        else f'Bearer realm="portcullis", error="invalid_token", '
+        f'error_description="{token_error.replace(chr(34), chr(39))}"'
+    )
+    return response
+
+
+def build_app(config: GatewayConfig, *, instance_id: str | None = None) -> web.Application:
+    gateway = Gateway(config, instance_id=instance_id)
+    app = web.Application(client_max_size=0, handler_args={"max_field_size": 16384})
+    app[GATEWAY_KEY] = gateway
+    app.on_startup.append(gateway.start)
+    app.on_cleanup.append(gateway.stop)
+    app.router.add_get("/healthz", gateway.healthz)
+    app.router.add_get("/readyz", gateway.readyz)
+    app.router.add_get("/metrics", gateway.metrics_endpoint)
+    app.router.add_get(JWKS_PATH, gateway.jwks)
+    app.router.add_route("*", "/{tail:.*}", gateway.handle)
+    return app

@@ -1,0 +1,190 @@
+"""`portcullis gateway` and `portcullis demo` (with `demo token`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from gateway.config import (
+    AssertionConfig,
+    ConfigError,
+    DecisionLogConfig,
+    GatewayConfig,
+    Issuer,
+    Listener,
+    PolicyConfig,
+    Route,
+    load_config,
+)
+from gateway.demo import AUDIENCE, DevIssuer, demo_backend
+from gateway.runner import install_uvloop, run, serve
+from policy_engine import load_policy_set
+
+DEFAULT_STATE = ".portcullis-demo"
+
+
+def register(commands: Any) -> None:
+    gateway = commands.add_parser("gateway", help="run the access gateway")
+    gateway.add_argument("--config", required=True, help="gateway YAML config file")
+    gateway.add_argument("--workers", type=int, default=1, help="processes (SO_REUSEPORT)")
+    gateway.add_argument("--log-level", default="info")
+    gateway.set_defaults(run=run_gateway)
+
+    demo = commands.add_parser("demo", help="run the gateway with demo apps and a dev issuer")
+    demo.add_argument("--port", type=int, default=8080, help="gateway port (default 8080)")
+    demo.add_argument(
+        "--base-port", type=int, default=9100,
+        help="dev issuer on this port, demo apps on the next ones (0: any free ports)",
+    )  # fmt: skip
+    demo.add_argument("--state-dir", default=DEFAULT_STATE, help="demo keys and decision log")
+    demo.add_argument("--policy", help="policy directory (default: the shipped policies)")
+    demo.set_defaults(run=run_demo)
+    actions = demo.add_subparsers(dest="demo_action", metavar="ACTION")
+    token = actions.add_parser("token", help="print a JWT the running demo accepts")
+    token.add_argument("--sub", required=True, help="subject (user name)")
+    token.add_argument("--groups", default="", help="comma-separated groups")
+    token.add_argument("--amr", default="pwd", help="comma-separated auth methods")
+    token.add_argument("--acr", help="authentication context class")
+    token.add_argument("--auth-age", type=int, default=0, help="seconds since sign-in")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    token.add_argument("--state-dir", dest="token_state_dir", default=None)
+    token.add_argument("--issuer", default=None, help="issuer URL (default: the demo's)")
+    token.set_defaults(run=demo_token)
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def run_gateway(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        return 2
+    if args.workers < 1:
+        print("--workers must be at least 1", file=sys.stderr)
+        return 2
+    _logging(args.log_level)
+    try:
+        run(config, workers=args.workers)
+    except (RuntimeError, OSError, ValueError) as error:
+        print(f"gateway failed to start: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _issuer_url(state_dir: Path, base_port: int) -> str:
+    recorded = state_dir / "issuer-url"
+    if recorded.exists():
+        return recorded.read_text().strip()
+    return f"http://127.0.0.1:{base_port}"
+
+
+def demo_token(args: argparse.Namespace) -> int:
+    state_dir = Path(args.token_state_dir or args.state_dir)
+    if not (state_dir / "issuer-key.pem").exists():
+        print(f"{state_dir}: no demo keys yet; start `portcullis demo` first", file=sys.stderr)
+        return 2
+    issuer = DevIssuer(state_dir, args.issuer or _issuer_url(state_dir, args.base_port))
+    split = [g for g in args.groups.split(",") if g]
+    amr = [m for m in args.amr.split(",") if m]
+    print(
+        issuer.token(
+            args.sub, groups=split, amr=amr, acr=args.acr, auth_age=args.auth_age, ttl=args.ttl
+        )
+    )
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    if getattr(args, "demo_action", None) == "token":
+        return demo_token(args)
+    _logging("info")
+    install_uvloop()
+    try:
+        asyncio.run(_demo(args))
+    except OSError as error:
+        print(f"demo failed to start: {error} (is another demo running? try --port/--base-port)",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
+async def _start(app: web.Application, port: int) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    sockets = getattr(site._server, "sockets", None) or []
+    bound = sockets[0].getsockname()[1] if sockets else port
+    return runner, f"http://127.0.0.1:{bound}"
+
+
+async def _demo(args: argparse.Namespace) -> None:
+    from portcullis.paths import default_policy_dir
+
+    state_dir = Path(args.state_dir)
+    policy_dir = args.policy or default_policy_dir()
+    apps = load_policy_set(policy_dir).data["portcullis"]["catalogue"]["apps"]
+    base = args.base_port
+    issuer = DevIssuer(state_dir, "")
+    issuer_runner, issuer_url = await _start(issuer.app(), base)
+    issuer.issuer = issuer_url  # known once bound: --base-port 0 picks a free port
+    (state_dir / "issuer-url").write_text(issuer_url)
+    runners = [issuer_runner]
+    gateway_url = f"http://127.0.0.1:{args.port}"
+    routes = []
+    for offset, (name, app) in enumerate(sorted(apps.items()), start=1):
+        runner, url = await _start(demo_backend(name, gateway_url), base + offset if base else 0)
+        runners.append(runner)
+        routes.append(Route(name, url, app["path_prefix"]))
+    config = GatewayConfig(
+        listeners=(Listener("127.0.0.1", args.port),),
+        routes=tuple(routes),
+        issuers=(Issuer(issuer_url, (AUDIENCE,), jwks_url=f"{issuer_url}/jwks.json"),),
+        policy=PolicyConfig(source=str(policy_dir)),
+        assertion=AssertionConfig(key_file=state_dir / "assertion-key.pem"),
+        decision_log=DecisionLogConfig(path=state_dir / "decisions.log"),
+    )
+
+    def announce(urls: list[str]) -> None:
+        url = urls[0] if urls else gateway_url
+        me = f"portcullis demo token --state-dir {state_dir}"
+        print(
+            f"""
+Portcullis demo is running.
+  gateway        {url}   (policy: {policy_dir})
+  dev issuer     {issuer_url}
+  demo apps      {", ".join(f"{r.app}={r.upstream}" for r in routes)}
+  decision log   {state_dir / "decisions.log"}
+
+Get a token and call an app through the gateway:
+  TOKEN=$({me} --sub alice --groups warehouse --amr pwd,otp)
+  curl -H "Authorization: Bearer $TOKEN" {url}/wms/stock
+
+  # POS refunds need a hardware key (hwk) or FIDO within 15 minutes:
+  TOKEN=$({me} --sub bob --groups store --amr pwd,otp)
+  curl -H "Authorization: Bearer $TOKEN" {url}/pos/refunds/1     # 403, step_up
+  TOKEN=$({me} --sub bob --groups store --amr pwd,hwk)
+  curl -H "Authorization: Bearer $TOKEN" {url}/pos/refunds/1     # 200
+
+Check the decision log: portcullis audit verify {state_dir}/decisions.log --jwks {url}/.well-known/portcullis/jwks.json
+Press Ctrl-C to stop.""",
+            flush=True,
+        )
+
+    try:
+        await serve(config, ready=announce)
+    finally:
+        for runner in runners:
+            await runner.cleanup()

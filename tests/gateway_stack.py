@@ -1,0 +1,105 @@
+"""A whole gateway on loopback for tests: the dev issuer, the three demo backends
+and the gateway, each a real HTTP server on its own port."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from gateway.config import (
+    AssertionConfig,
+    DecisionLogConfig,
+    GatewayConfig,
+    Issuer,
+    Listener,
+    PolicyConfig,
+    Route,
+)
+from gateway.demo import AUDIENCE, REQUESTS, DevIssuer, demo_backend
+from gateway.server import GATEWAY_KEY, Gateway, build_app
+from tests.conftest import POLICIES
+
+ServerFactory = Callable[..., Awaitable[TestServer]]
+APPS = {"wms": "/wms/", "pos": "/pos/", "analytics": "/analytics/"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    url: str
+    issuer: DevIssuer
+    issuer_server: TestServer
+    backends: dict[str, web.Application]
+    gateway: Gateway
+    config: GatewayConfig
+    session: aiohttp.ClientSession
+    log_path: Path
+
+    def forwarded(self, app: str) -> list[web.Request]:
+        return self.backends[app][REQUESTS]
+
+    def total_forwarded(self) -> int:
+        return sum(len(self.forwarded(app)) for app in self.backends)
+
+    def token(self, subject: str = "alice", **claims: Any) -> str:
+        return self.issuer.token(subject, **claims)
+
+    async def get(self, path: str, token: str | None = None, **kwargs: Any) -> aiohttp.ClientResponse:
+        headers = dict(kwargs.pop("headers", {}))
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        return await self.session.request(
+            kwargs.pop("method", "GET"), self.url + path, headers=headers, **kwargs
+        )
+
+
+async def start_stack(
+    aiohttp_server: ServerFactory, tmp_path: Path, *, policy: Path = POLICIES, **overrides: Any
+) -> AsyncIterator[Stack]:
+    issuer = DevIssuer(tmp_path / "issuer", "")
+    issuer_server = await aiohttp_server(issuer.app())
+    issuer.issuer = f"http://127.0.0.1:{issuer_server.port}"
+    gateway_port = free_port()
+    gateway_url = f"http://127.0.0.1:{gateway_port}"
+    backends = {}
+    routes = []
+    for name, prefix in APPS.items():
+        app = demo_backend(name, gateway_url)
+        server = await aiohttp_server(app)
+        backends[name] = app
+        routes.append(Route(name, f"http://127.0.0.1:{server.port}", prefix, read_timeout=5.0))
+    log_path = tmp_path / "decisions.log"
+    config = GatewayConfig(
+        listeners=(Listener("127.0.0.1", gateway_port),),
+        routes=tuple(routes),
+        issuers=(Issuer(issuer.issuer, (AUDIENCE,), jwks_url=f"{issuer.issuer}/jwks.json"),),
+        policy=PolicyConfig(source=str(policy), poll_interval=0.05),
+        assertion=AssertionConfig(key_file=tmp_path / "assertion.pem"),
+        decision_log=DecisionLogConfig(path=log_path, sign_interval=0.5),
+    )
+    config = replace(config, **overrides)
+    app = build_app(config)
+    await aiohttp_server(app, port=gateway_port)
+    async with aiohttp.ClientSession() as session:
+        yield Stack(
+            gateway_url, issuer, issuer_server, backends, app[GATEWAY_KEY], config, session, log_path
+        )
+
+
+@pytest.fixture
+async def stack(aiohttp_server: ServerFactory, tmp_path: Path) -> AsyncIterator[Stack]:
+    async for running in start_stack(aiohttp_server, tmp_path):
+        yield running
