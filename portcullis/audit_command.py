@@ -1,0 +1,178 @@
+"""`portcullis audit verify`: check a decision log's hash chain and signatures.
+
+Exit codes: 0 the chain is intact and every event is covered by a signature,
+with the log ending in a shutdown (``close``) or rotation seal; 1 tampering or
+damage found, or (without ``--live``) events not yet covered by a signature
+or a log that doesn't end with a seal, since cutting the tail there can't be
+detected; 2 usage problems (missing file, bad key, a file that isn't a
+decision log).
+
+``--live`` is for a log the gateway is still writing: an unsigned tail and a
+missing seal are then warnings, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.decision_log import VerifyResult, public_key_from_jwk, verify_log
+
+USAGE_ERROR = 2
+TAMPERED = 1
+
+
+class UsageError(Exception):
+    """A problem with the command line's files or keys: one line, exit 2."""
+
+
+def register(commands: Any) -> None:
+    """Add `audit verify` to the top-level subcommands."""
+    audit = commands.add_parser("audit", help="verify the gateway's decision log")
+    actions = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
+    verify = actions.add_parser(
+        "verify",
+        help="check the hash chain and signatures of decision-log files",
+        description="Check decision-log files (oldest first) for modified, deleted, "
+        "inserted or reordered lines.",
+    )
+    verify.add_argument("logs", nargs="+", metavar="LOG", help="decision-log files, oldest first")
+    keys = verify.add_mutually_exclusive_group(required=True)
+    keys.add_argument("--key", metavar="PEM", help="the gateway's EC P-256 public key (PEM)")
+    keys.add_argument(
+        "--jwks",
+        metavar="FILE_OR_URL",
+        help="a JWKS file or URL, e.g. http://127.0.0.1:8080/.well-known/portcullis/jwks.json",
+    )
+    verify.add_argument(
+        "--live",
+        action="store_true",
+        help="the log is still being written: an unsigned tail is a warning, not a failure",
+    )
+    verify.set_defaults(run=verify_command)
+
+
+def verify_command(args: argparse.Namespace) -> int:
+    try:
+        keys = _load_pem(args.key) if args.key else _load_jwks(args.jwks)
+        paths = [Path(name) for name in args.logs]
+        for path in paths:
+            _check_readable(path)
+        result = verify_log(paths, keys)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    except OSError as error:
+        print(f"error: {error.filename}: {error.strerror}", file=sys.stderr)
+        return USAGE_ERROR
+    if result.records == 0:
+        print("error: the log files hold no records", file=sys.stderr)
+        return USAGE_ERROR
+    if result.events == 0 and result.signatures == 0 and result.problems:
+        print(f"error: {paths[0]} is not a Portcullis decision log", file=sys.stderr)
+        return USAGE_ERROR
+    return _report(result, live=args.live)
+
+
+def _report(result: VerifyResult, *, live: bool) -> int:
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if not result.ok:
+        first = result.problems[0]
+        print(f"TAMPERED: {first} [{first.kind}]")
+        others = len(result.problems) - 1
+        for problem in result.problems[1:10]:
+            print(f"  also {problem} [{problem.kind}]")
+        if others > 9:
+            print(f"  ... and {others - 9} more")
+        return TAMPERED
+    signed = result.last_signed_at or "never"
+    warnings = []
+    if result.unsigned_tail:
+        warnings.append(
+            f"{result.unsigned_tail} events after the last signature are not yet covered by "
+            "a signature (truncation after them can't be detected)"
+        )
+    elif not result.sealed:
+        warnings.append(
+            "the log does not end with a shutdown signature: the gateway is still running "
+            "or crashed, or the tail was cut at a signature"
+        )
+    if warnings and not live:
+        print(
+            f"INCOMPLETE: {result.events} events, chain intact up to the last signature at {signed}"
+        )
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        print("(use --live for a log the gateway is still writing)", file=sys.stderr)
+        return TAMPERED
+    print(f"OK: {result.events} events, chain intact, last signed at {signed}")
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise UsageError(f"{path}: no such file")
+    if not path.is_file():
+        raise UsageError(f"{path}: not a file")
+
+
+def _load_pem(name: str) -> dict[str, ec.EllipticCurvePublicKey]:
+    try:
+        data = Path(name).read_bytes()
+    except OSError as error:
+        raise UsageError(f"{name}: {error.strerror}") from error
+    key: Any
+    try:
+        key = serialization.load_pem_public_key(data)
+    except ValueError:
+        try:  # the gateway's private key works too: its public half is what we need
+            key = serialization.load_pem_private_key(data, password=None).public_key()
+        except (ValueError, TypeError):
+            raise UsageError(f"{name}: not a PEM public key") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise UsageError(f"{name}: not an EC P-256 key (the decision log is signed with ES256)")
+    return {"*": key}
+
+
+def _load_jwks(source: str) -> dict[str, ec.EllipticCurvePublicKey]:
+    if source.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(source, timeout=10) as response:
+                text = response.read().decode()
+        except (urllib.error.URLError, OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "reason", error)
+            raise UsageError(f"{source}: cannot fetch the JWKS: {reason}") from None
+    else:
+        try:
+            text = Path(source).read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            raise UsageError(f"{source}: {getattr(error, 'strerror', None) or error}") from None
+    try:
+        document = json.loads(text)
+    except ValueError as error:
+        raise UsageError(f"{source}: not JSON ({error})") from None
+    entries = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise UsageError(f'{source}: not a JWKS (no "keys" list)')
+    keys: dict[str, ec.EllipticCurvePublicKey] = {}
+    for entry in entries:
+        if not isinstance(entry, dict) or entry.get("kty") != "EC" or "kid" not in entry:
+            continue
+        try:
+            keys[str(entry["kid"])] = public_key_from_jwk(entry)
+        except (ValueError, KeyError, TypeError) as error:
+            raise UsageError(f"{source}: key {entry.get('kid')!r}: {error}") from None
+    if not keys:
+        raise UsageError(f"{source}: the JWKS holds no EC P-256 key with a kid")
+    return keys
