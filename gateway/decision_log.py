@@ -177,6 +177,7 @@ class DecisionLog:
         self._closed = False
         self._stopping = False
         self._abandon = False
+        self._reopen_wanted = False
         self._fd = -1
         self._chain = _Chain()
         self._chunk: list[_Item] | None = None
@@ -222,6 +223,7 @@ class DecisionLog:
 
         For SIGHUP after logrotate moved the file away (like nginx's reopen).
         """
+        self._reopen_wanted = True
         self._queue.append(("reopen",))
         self._wake.set()
 
@@ -292,6 +294,8 @@ class DecisionLog:
                 _write_all(self._fd, data)
             except OSError as error:
                 self._failed(error, start)
+                if self._reopen_wanted:
+                    self._reopen_failing()
                 return min(_MAX_BACKOFF, 0.05 * 2.0 ** min(self._failures, 7))
             if self._failures:
                 logger.warning("decision log %s: writing again", self.path)
@@ -304,19 +308,23 @@ class DecisionLog:
                 self._last_signed = time.monotonic()
                 self._fsync()
             if reopen:
+                self._reopen_wanted = False
                 self._reopen()
         return self._flush_interval
 
     def _take_chunk(self) -> list[_Item]:
         chunk: list[_Item] = []
         queue = self._queue
-        while queue and len(chunk) < _CHUNK:
+        pending = self._chain.seq - self._chain.signed
+        while queue and len(chunk) < _CHUNK and pending < self._sign_every:
             item = queue.popleft()
             chunk.append(item)
-            if item[0] == "reopen":
+            if item[0] == "event":
+                pending += 1
+            elif item[0] == "reopen":
                 break
-        events = sum(1 for item in chunk if item[0] == "event")
-        pending = self._chain.seq - self._chain.signed + events
+            else:
+                pending = 0
         due = time.monotonic() - self._last_signed >= self._sign_interval
         if pending and (pending >= self._sign_every or due) and not _ends_signed(chunk):
             chunk.append(("sign", "interval"))
@@ -425,6 +433,24 @@ class DecisionLog:
                 error.strerror or error,
                 self.stats["queue_depth"],
             )
+
+    def _reopen_failing(self) -> None:
+        """Reopen asked for while the file can't be written (e.g. logrotate moved it
+        off a full disk): switch now, start the new file with a start record, and
+        write the stuck events there. The failing file gets no rotate record."""
+        try:
+            fd, _ = self._open(self._chain)
+        except DecisionLogError as error:
+            logger.error("decision log: reopen failed: %s", error)
+            return
+        os.close(self._fd)
+        self._fd = fd
+        self._reopen_wanted = False
+        with contextlib.suppress(ValueError):
+            self._queue.remove(("reopen",))
+        stuck = [item for item in self._chunk or [] if item[0] != "reopen"]
+        self._chunk = [("sign", "start"), *stuck]
+        logger.warning("decision log %s: reopened after write errors", self.path)
 
     def _reopen(self) -> None:
         try:
@@ -710,6 +736,11 @@ def verify_log(
     PEM key). Raises OSError for unreadable files.
     """
     result = VerifyResult()
+    ordered = _chain_order(paths)
+    if ordered != list(paths):
+        names = ", ".join(str(path) for path in ordered)
+        result.notes.append(f"files verified in the order they were written: {names}")
+    paths = ordered
     links: dict[str, tuple[int, _Line]] = {}  # broken link -> (problem index, its line)
     recent: collections.deque[_Line] = collections.deque(maxlen=_WINDOW)
     count: int | None = None  # events in the chain so far, once known
@@ -866,11 +897,32 @@ def verify_log(
     return result
 
 
+def _chain_order(paths: Sequence[Path]) -> list[Path]:
+    """Files sorted by the signed time of their start record (logrotate numbers
+    files newest first, and shells sort names): the order the chain runs in."""
+
+    def started(item: tuple[int, Path]) -> tuple[str, int]:
+        index, path = item
+        try:
+            with Path(path).open("rb") as file:
+                first = json.loads(file.readline())
+            stamp = first.get("signed_at") if first.get("reason") == "start" else None
+        except (OSError, ValueError, AttributeError):
+            stamp = None
+        return (stamp if isinstance(stamp, str) else "", index)
+
+    return [path for _, path in sorted(enumerate(paths), key=started)]
+
+
 def _diagnose(
     line: _Line, prev: _Line, seq: int, count: int | None, is_signature: bool, problem: Any
 ) -> int:
     """Name the broken link between ``prev`` and ``line``; returns the problem index."""
     expected = (count or 0) if is_signature else (count or 0) + 1
+    if line.number == 1 and line.file != prev.file:
+        gap = f"{seq - expected} events are" if seq > expected else "something is"
+        message = f"{gap} missing between {prev.file} and this file (a file deleted?)"
+        return int(problem(line, "deleted", message))
     if count is not None and seq > expected:
         missing = seq - expected
         what = "before this signature" if is_signature else "before this line"

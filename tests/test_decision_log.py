@@ -1,0 +1,587 @@
+"""The decision log: OPA-shaped events, masked secrets, a signed hash chain, attacks on it."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import errno
+import hashlib
+import itertools
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway import decision_log
+from gateway.decision_log import (
+    GENESIS,
+    REDACTED,
+    DecisionLog,
+    DecisionLogError,
+    VerifyResult,
+    verify_log,
+)
+from tests.conftest import FIXTURES
+
+LOG_FIXTURES = FIXTURES / "decision_log"
+KID = "gateway-test"
+
+
+def load_key(name: str) -> ec.EllipticCurvePrivateKey:
+    key = serialization.load_pem_private_key((LOG_FIXTURES / name).read_bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return key
+
+
+SIGNING_KEY = load_key("signing_key.pem")
+OTHER_KEY = load_key("other_key.pem")
+PUBLIC_KEYS = {KID: SIGNING_KEY.public_key()}
+
+
+def request_input(n: int = 0) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((LOG_FIXTURES / "request_input.json").read_text())
+    data["attributes"]["request"]["http"]["id"] = f"req-{n}"
+    return data
+
+
+def decision(allow: bool) -> dict[str, Any]:
+    return {
+        "allow": allow,
+        "reasons": [] if allow else ["group store required"],
+        "http_status": 200 if allow else 403,
+        "headers": {},
+        "step_up": None,
+    }
+
+
+def record(log: DecisionLog, n: int, *, allow: bool | None = None) -> None:
+    log.record(
+        decision_id=str(uuid.uuid4()),
+        input=request_input(n),
+        result=decision(n % 3 != 0 if allow is None else allow),
+        revision="rev-1",
+        metrics={"timer_rego_query_eval_ns": 41_000 + n, "timer_server_handler_ns": 90_000},
+    )
+
+
+async def write_log(path: Path, events: int, **options: Any) -> DecisionLog:
+    """A closed log of ``events`` decisions, written through DecisionLog."""
+    options.setdefault("sign_every", 50)
+    log = DecisionLog(path, SIGNING_KEY, key_id=KID, labels={"id": "gw-test"}, **options)
+    await log.start()
+    for n in range(events):
+        record(log, n)
+    await log.close()
+    return log
+
+
+def lines_of(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines()
+
+
+def write_lines(path: Path, lines: list[bytes]) -> Path:
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+    return path
+
+
+def event_indexes(lines: list[bytes]) -> list[int]:
+    return [i for i, line in enumerate(lines) if "decision_id" in json.loads(line)]
+
+
+def first_problem(result: VerifyResult) -> tuple[int, str]:
+    assert result.problems, "tampering not detected"
+    return result.problems[0].line, result.problems[0].kind
+
+
+@pytest.fixture
+async def log_file(tmp_path: Path) -> Path:
+    path = tmp_path / "decisions.jsonl"
+    await write_log(path, 420)
+    return path
+
+
+# -- writing --------------------------------------------------------------
+
+
+async def test_log_of_many_events_verifies(log_file: Path) -> None:
+    result = verify_log([log_file], PUBLIC_KEYS)
+    assert result.ok, result.problems
+    assert result.complete
+    assert result.events == 420
+    assert result.unsigned_tail == 0
+    assert result.signatures == 1 + 420 // 50 + 1  # start, every 50 events, close
+    assert result.last_signed_at is not None
+
+
+async def test_event_has_opa_decision_log_fields(log_file: Path) -> None:
+    event = json.loads(lines_of(log_file)[1])
+    assert list(event)[:8] == [
+        "decision_id",
+        "timestamp",
+        "path",
+        "input",
+        "result",
+        "labels",
+        "metrics",
+        "bundles",
+    ]
+    assert uuid.UUID(event["decision_id"]).version == 4
+    assert event["path"] == "portcullis/gateway/decision"
+    assert event["bundles"] == {"portcullis": {"revision": "rev-1"}}
+    assert event["labels"]["id"] == "gw-test" and event["labels"]["version"]
+    assert event["metrics"]["timer_rego_query_eval_ns"] == 41_000
+    assert event["result"]["allow"] is False
+    # RFC 3339, UTC, nanoseconds like OPA: 2024-05-01T12:00:00.123456789Z
+    stamp = event["timestamp"]
+    assert len(stamp) == 30 and stamp.endswith("Z") and stamp[19] == "."
+    assert event["seq"] == 1
+
+
+async def test_chain_links_each_line_to_the_previous_line_bytes(log_file: Path) -> None:
+    lines = lines_of(log_file)
+    first = json.loads(lines[0])
+    assert first["type"] == "chain_signature" and first["reason"] == "start"
+    assert first["head"] == GENESIS and first["seq"] == 0
+    for before, line in itertools.pairwise(lines):
+        record = json.loads(line)
+        link = record.get("prev_hash", record.get("head"))
+        assert link == hashlib.sha256(before).hexdigest()
+    last = json.loads(lines[-1])
+    assert last["reason"] == "close" and last["seq"] == 420
+
+
+async def test_credential_headers_never_reach_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.jsonl"
+    await write_log(path, 20, mask_headers=["X-Api-Key", "/input/identity/email"])
+    raw = path.read_bytes()
+    assert b"SECRET" not in raw
+    assert b"alice@example.com" not in raw
+    event = json.loads(lines_of(path)[1])
+    headers = event["input"]["attributes"]["request"]["http"]["headers"]
+    assert headers["authorization"] == REDACTED
+    assert headers["Cookie"] == REDACTED  # header names match case-insensitively
+    assert headers["x-api-key"] == REDACTED
+    assert headers["user-agent"] == "curl/8.5"
+    assert event["input"]["identity"]["email"] == REDACTED
+    assert "/input/attributes/request/http/headers/authorization" in event["masked"]
+    assert "/input/identity/email" in event["masked"]
+    assert verify_log([path], PUBLIC_KEYS).complete
+
+
+async def test_caller_input_is_not_mutated(tmp_path: Path) -> None:
+    log = DecisionLog(tmp_path / "d.jsonl", SIGNING_KEY, key_id=KID, mask_headers=["x-api-key"])
+    await log.start()
+    given = request_input()
+    result = decision(True)
+    before = copy.deepcopy((given, result))
+    log.record(decision_id="d-1", input=given, result=result, revision="r", metrics={})
+    await log.close()
+    assert (given, result) == before
+
+
+async def test_close_writes_everything_recorded_before_it(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(path, SIGNING_KEY, key_id=KID)
+    await log.start()
+    same_input = request_input()
+    for n in range(10_000):
+        log.record(
+            decision_id=str(n), input=same_input, result=decision(True), revision="r", metrics={}
+        )
+    await log.close()
+    ids = [json.loads(line).get("decision_id") for line in lines_of(path)]
+    assert [i for i in ids if i is not None] == [str(n) for n in range(10_000)]
+    assert log.stats["events_written"] == 10_000
+    assert log.stats["queue_depth"] == 0
+    assert verify_log([path], PUBLIC_KEYS).complete
+
+
+async def test_record_after_close_is_refused_not_dropped(tmp_path: Path) -> None:
+    log = await write_log(tmp_path / "d.jsonl", 1)
+    with pytest.raises(RuntimeError, match="closed"):
+        record(log, 2)
+
+
+async def test_signs_every_interval_while_running(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(path, SIGNING_KEY, key_id=KID, sign_interval=0.1, flush_interval=0.01)
+    await log.start()
+    record(log, 1)
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if log.stats["signatures_written"] >= 2:
+            break
+    live = verify_log([path], PUBLIC_KEYS)
+    assert live.ok and live.unsigned_tail == 0 and not live.sealed  # signed, still running
+    await log.close()
+    assert verify_log([path], PUBLIC_KEYS).complete
+
+
+async def test_record_from_event_loop_while_writer_writes(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(path, SIGNING_KEY, key_id=KID, sign_every=500, flush_interval=0.001)
+    await log.start()
+    lags: list[float] = []
+
+    async def ticker() -> None:  # how long the loop is kept from running a ready task
+        while True:
+            start = time.perf_counter()
+            await asyncio.sleep(0)
+            lags.append(time.perf_counter() - start)
+
+    async def requests(worker: int) -> None:
+        for n in range(2_000):
+            record(log, worker * 10_000 + n)
+            if n % 50 == 0:
+                await asyncio.sleep(0)
+
+    tick = asyncio.create_task(ticker())
+    await asyncio.gather(*(requests(w) for w in range(5)))
+    tick.cancel()
+    written_while_recording = log.stats["events_written"]
+    await log.close()
+    result = verify_log([path], PUBLIC_KEYS)
+    assert result.complete and result.events == 10_000
+    assert written_while_recording > 0 or log.stats["events_written"] == 10_000
+    assert max(lags) < 0.25  # the writer never holds the loop for long
+
+
+def test_record_is_cheap(tmp_path: Path) -> None:
+    """record() is on every request's path: a few microseconds at most."""
+
+    async def measure() -> float:
+        log = DecisionLog(tmp_path / "d.jsonl", SIGNING_KEY, key_id=KID)
+        await log.start()
+        given, result = request_input(), decision(True)
+        metrics = {"timer_rego_query_eval_ns": 40_000}
+        ids = [str(n) for n in range(20_000)]
+        start = time.perf_counter()
+        for decision_id in ids:
+            log.record(
+                decision_id=decision_id, input=given, result=result, revision="r", metrics=metrics
+            )
+        per_call = (time.perf_counter() - start) / len(ids)
+        await log.close()
+        return per_call
+
+    per_call = asyncio.run(measure())
+    print(f"record(): {per_call * 1e6:.2f} us per call")
+    assert per_call < 20e-6
+
+
+async def test_second_writer_on_the_same_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.jsonl"
+    first = DecisionLog(path, SIGNING_KEY, key_id=KID)
+    await first.start()
+    second = DecisionLog(path, SIGNING_KEY, key_id=KID)
+    with pytest.raises(DecisionLogError, match="in use by another process"):
+        await second.start()
+    await first.close()
+
+
+async def test_unopenable_path_fails_at_start(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    log = DecisionLog(tmp_path / "file" / "d.jsonl", SIGNING_KEY, key_id=KID)
+    with pytest.raises(DecisionLogError, match="cannot open decision log"):
+        await log.start()
+
+
+def test_refuses_a_key_that_is_not_p256() -> None:
+    with pytest.raises(ValueError, match="P-256"):
+        DecisionLog("x", ec.generate_private_key(ec.SECP384R1()), key_id=KID)
+
+
+async def test_restart_on_an_existing_file_continues_the_chain(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.jsonl"
+    await write_log(path, 30)
+    await write_log(path, 20)
+    result = verify_log([path], PUBLIC_KEYS)
+    assert result.complete and result.events == 50
+    seqs = [json.loads(line)["seq"] for line in lines_of(path)]
+    assert seqs[-1] == 50
+
+
+async def test_reopen_after_logrotate_chains_the_files(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.jsonl"
+    rotated = tmp_path / "decisions.jsonl.1"
+    log = DecisionLog(path, SIGNING_KEY, key_id=KID, sign_every=25, flush_interval=0.01)
+    await log.start()
+    for n in range(60):
+        record(log, n)
+    await asyncio.sleep(0.1)
+    path.rename(rotated)  # what logrotate does, then SIGHUP
+    log.reopen()
+    for n in range(60, 100):
+        record(log, n)
+    await log.close()
+
+    both = verify_log([rotated, path], PUBLIC_KEYS)
+    assert both.complete and both.events == 100
+    assert json.loads(lines_of(rotated)[-1])["reason"] == "rotate"
+    alone = verify_log([path], PUBLIC_KEYS)  # the new file also verifies by itself
+    assert alone.complete
+    assert any("continues a chain" in note for note in alone.notes)
+    newest_first = verify_log([path, rotated], PUBLIC_KEYS)  # as logrotate numbers them
+    assert newest_first.complete and newest_first.events == 100
+
+
+async def test_a_missing_rotated_file_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(path, SIGNING_KEY, key_id=KID, flush_interval=0.01)
+    await log.start()
+    for generation in (1, 2):
+        for n in range(10):
+            record(log, n)
+        await asyncio.sleep(0.05)
+        path.rename(tmp_path / f"decisions.jsonl.{generation}")
+        log.reopen()
+    record(log, 99)
+    await log.close()
+    files = [tmp_path / "decisions.jsonl.1", tmp_path / "decisions.jsonl"]
+    result = verify_log(files, PUBLIC_KEYS)
+    assert first_problem(result) == (1, "deleted")
+    assert result.problems[0].file == str(path)
+    assert "10 events are missing" in result.problems[0].message
+
+
+async def test_write_failure_is_counted_and_nothing_is_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk: half a chunk is written, then ENOSPC; then the disk is back."""
+    real_write_all = decision_log._write_all
+    disk_full = True
+
+    def full_disk(fd: int, data: bytes) -> None:
+        if disk_full:
+            real_write_all(fd, data[: len(data) // 2])  # a partial line hits the file
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write_all(fd, data)
+
+    monkeypatch.setattr(decision_log, "_write_all", full_disk)
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(path, SIGNING_KEY, key_id=KID, flush_interval=0.01)
+    await log.start()
+    for n in range(300):
+        record(log, n)
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if log.stats["write_errors"] >= 2:
+            break
+    stats = log.stats
+    assert stats["write_errors"] >= 2
+    assert stats["events_written"] == 0
+    assert stats["queue_depth"] == 300
+    disk_full = False
+    await log.close()
+    assert log.stats["events_written"] == 300
+    result = verify_log([path], PUBLIC_KEYS)
+    assert result.complete and result.events == 300, result.problems
+
+
+async def test_full_disk_then_reopen_on_another_file_keeps_every_event(tmp_path: Path) -> None:
+    """A real ENOSPC (/dev/full), then the operator points the log elsewhere."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    path = tmp_path / "decisions.jsonl"
+    path.symlink_to("/dev/full")
+    log = DecisionLog(path, SIGNING_KEY, key_id=KID, flush_interval=0.01)
+    await log.start()
+    for n in range(100):
+        record(log, n)
+    for _ in range(100):
+        await asyncio.sleep(0.02)
+        if log.stats["write_errors"]:
+            break
+    assert log.stats["write_errors"] >= 1 and log.stats["queue_depth"] == 100
+    path.unlink()  # the new file is a real one
+    log.reopen()
+    await log.close()
+    assert log.stats["events_written"] == 100
+    result = verify_log([path], PUBLIC_KEYS)
+    assert result.complete and result.events == 100, result.problems
+
+
+async def test_torn_last_line_after_a_crash_is_reported_and_writing_continues(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "decisions.jsonl"
+    await write_log(path, 10)
+    with path.open("ab") as file:
+        file.write(b'{"decision_id":"cut-off mid-wr')
+    await write_log(path, 10)
+    result = verify_log([path], PUBLIC_KEYS)
+    assert first_problem(result) == (13, "damaged")
+    assert len(result.problems) == 1  # the chain continues past it
+    assert result.events == 20
+
+
+# -- attacks: each on a copy of a good log ---------------------------------
+
+
+async def test_flipped_allow_is_reported_at_the_modified_line(log_file: Path) -> None:
+    lines = lines_of(log_file)
+    index = event_indexes(lines)[99]
+    assert b'"allow":false' in lines[index]
+    lines[index] = lines[index].replace(b'"allow":false', b'"allow":true')
+    result = verify_log([write_lines(log_file, lines)], PUBLIC_KEYS)
+    assert first_problem(result) == (index + 1, "modified")
+
+
+async def test_deleted_line_in_the_middle_is_reported(log_file: Path) -> None:
+    lines = lines_of(log_file)
+    index = event_indexes(lines)[200]
+    del lines[index]
+    result = verify_log([write_lines(log_file, lines)], PUBLIC_KEYS)
+    assert first_problem(result) == (index + 1, "deleted")
+
+
+async def test_deleted_events_before_the_final_signature_are_reported(log_file: Path) -> None:
+    lines = lines_of(log_file)
+    del lines[-4:-1]
+    result = verify_log([write_lines(log_file, lines)], PUBLIC_KEYS)
+    assert first_problem(result) == (len(lines), "deleted")
+    assert "3 event(s) deleted" in result.problems[0].message
+
+
+async def test_deleted_lines_at_the_beginning_are_reported(log_file: Path) -> None:
+    lines = lines_of(log_file)
+    result = verify_log([write_lines(log_file, lines[5:])], PUBLIC_KEYS)
+    assert first_problem(result) == (1, "start")
+
+
+def forge_event(template: bytes, prev: bytes) -> bytes:
+    event = json.loads(template)
+    event["decision_id"] = str(uuid.uuid4())
+    event["input"]["identity"]["subject"] = "mallory"
+    event["result"] = decision(True)
+    event["prev_hash"] = hashlib.sha256(prev).hexdigest()
+    return json.dumps(event, separators=(",", ":")).encode()
+
+
+def relink(lines: list[bytes], start: int) -> list[bytes]:
+    """Recompute prev_hash/head and seq from ``start`` on, as a careful forger would."""
+    out = lines[:start]
+    seq = json.loads(out[-1])["seq"]
+    for line in lines[start:]:
+        record = json.loads(line)
+        link = "head" if record.get("type") == "chain_signature" else "prev_hash"
+        if link == "prev_hash":
+            seq += 1
+        record["seq"] = seq
+        record[link] = hashlib.sha256(out[-1]).hexdigest()
+        out.append(json.dumps(record, separators=(",", ":")).encode())
+    return out
+
+
+async def test_forged_line_inserted_is_reported(log_file: Path) -> None:
+    lines = lines_of(log_file)
+    index = event_indexes(lines)[150]
+    lines.insert(index, forge_event(lines[index], lines[index - 1]))
+    result = verify_log([write_lines(log_file, lines)], PUBLIC_KEYS)
+    assert first_problem(result) == (index + 1, "inserted")
+
+
+async def test_forged_line_with_recomputed_chain_is_caught_by_the_signature(
+    log_file: Path,
+) -> None:
+    lines = lines_of(log_file)
+    index = event_indexes(lines)[150]
+    lines.insert(index, forge_event(lines[index], lines[index - 1]))
+    lines = relink(lines, index + 1)
+    result = verify_log([write_lines(log_file, lines)], PUBLIC_KEYS)
+    line, kind = first_problem(result)
+    assert kind == "signature"
+    assert index + 1 < line <= index + 60  # the next signature after the forgery
+    assert json.loads(lines[line - 1])["type"] == "chain_signature"
+
+
+async def test_swapped_lines_are_reported_as_reordering(log_file: Path) -> None:
+    lines = lines_of(log_file)
+    index = event_indexes(lines)[120]
+    lines[index], lines[index + 1] = lines[index + 1], lines[index]
+    result = verify_log([write_lines(log_file, lines)], PUBLIC_KEYS)
+    assert first_problem(result) == (index + 1, "reordered")
+    assert len(result.problems) == 1
+
+
+async def test_swapped_lines_with_recomputed_chain_are_still_reordering(log_file: Path) -> None:
+    lines = lines_of(log_file)
+    index = event_indexes(lines)[120]
+    lines[index], lines[index + 1] = lines[index + 1], lines[index]
+    relinked = relink(lines, index)
+    # keep the original seq numbers: relink renumbers, a forger who wants the
+    # reorder to stick would have to too, and then the signature catches it
+    result = verify_log([write_lines(log_file, relinked)], PUBLIC_KEYS)
+    assert first_problem(result)[1] == "signature"
+    lines_kept_seq = lines[:index]
+    for line in lines[index:]:
+        record = json.loads(line)
+        key = "head" if record.get("type") == "chain_signature" else "prev_hash"
+        record[key] = hashlib.sha256(lines_kept_seq[-1]).hexdigest()
+        lines_kept_seq.append(json.dumps(record, separators=(",", ":")).encode())
+    result = verify_log([write_lines(log_file, lines_kept_seq)], PUBLIC_KEYS)
+    assert first_problem(result) == (index + 1, "reordered")
+
+
+async def test_truncated_tail_with_the_final_signature_is_incomplete(log_file: Path) -> None:
+    lines = lines_of(log_file)
+    result = verify_log([write_lines(log_file, lines[:-6])], PUBLIC_KEYS)
+    assert result.ok and not result.complete
+    assert result.unsigned_tail == 15
+
+
+async def test_tail_cut_exactly_at_a_signature_is_not_sealed(log_file: Path) -> None:
+    lines = lines_of(log_file)
+    signatures = [i for i, line in enumerate(lines) if b"chain_signature" in line]
+    result = verify_log([write_lines(log_file, lines[: signatures[-2] + 1])], PUBLIC_KEYS)
+    assert result.ok and result.unsigned_tail == 0
+    assert not result.sealed and not result.complete
+
+
+async def test_signature_forged_with_another_key_is_reported(log_file: Path) -> None:
+    lines = lines_of(log_file)
+    index = event_indexes(lines)[300]
+    lines[index] = lines[index].replace(b'"allow":true', b'"allow":false')
+    lines = relink(lines, index + 1)
+    # the forger re-signs every later signature record with a key of their own
+    for i in range(index + 1, len(lines)):
+        record = json.loads(lines[i])
+        if record.get("type") != "chain_signature":
+            continue
+        message = decision_log.signing_input(
+            record["reason"], record["seq"], record["head"], record["signed_at"], record["kid"]
+        )
+        der = OTHER_KEY.sign(message, ec.ECDSA(decision_log.hashes.SHA256()))
+        r, s = decision_log.decode_dss_signature(der)
+        raw = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        record["signature"] = decision_log.base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+        lines[i] = json.dumps(record, separators=(",", ":")).encode()
+        lines = relink(lines, i + 1) if i + 1 < len(lines) else lines
+    result = verify_log([write_lines(log_file, lines)], PUBLIC_KEYS)
+    line, kind = first_problem(result)
+    assert kind == "signature" and "does not verify" in result.problems[0].message
+    assert line > index + 1
+
+
+async def test_signature_with_unknown_kid_is_reported(log_file: Path) -> None:
+    result = verify_log([log_file], {"someone-else": SIGNING_KEY.public_key()})
+    assert first_problem(result) == (1, "signature")
+    assert "unknown key id 'gateway-test'" in result.problems[0].message
+
+
+def test_file_that_is_not_a_log_is_damaged(tmp_path: Path) -> None:
+    result = verify_log([LOG_FIXTURES / "not_a_log.txt"], PUBLIC_KEYS)
+    assert first_problem(result) == (1, "damaged")
+    assert result.events == 0 and result.signatures == 0
+
+
+def test_writer_leaves_no_file_descriptor_open(tmp_path: Path) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    asyncio.run(write_log(tmp_path / "d.jsonl", 5))
+    assert len(os.listdir("/proc/self/fd")) <= before
