@@ -109,7 +109,9 @@ class _Reader:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
-            expected = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            expected = (
+                kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            )
             raise ConfigError(f"{self.key(name)}: expected {expected}, got {type(value).__name__}")
         return value
 
@@ -128,6 +130,11 @@ class _Reader:
             if not isinstance(item, str) or not item:
                 raise ConfigError(f"{self.key(name)}[{index}]: expected a non-empty string")
         return tuple(items)
+
+    def reject_unknown(self, known: set[str]) -> None:
+        unknown = sorted(set(self.data) - known)
+        if unknown:
+            raise ConfigError(f"{self.key(unknown[0])}: unknown key")
 
     def done(self) -> None:
         unknown = sorted(set(self.data) - self.used)
@@ -158,25 +165,34 @@ def _path(base: Path, value: str | None) -> Path | None:
 def parse_config(data: Any, base_dir: Path = Path(".")) -> GatewayConfig:
     """A GatewayConfig from the parsed YAML document; ConfigError on the first problem."""
     root = _Reader(data, "")
+    root.reject_unknown(
+        {"listeners", "routes", "auth", "issuers", "policy", "assertion", "decision_log"}
+    )
     listeners = tuple(_listener(item, f"listeners[{i}]", base_dir) for i, item in
                       enumerate(root.get("listeners", list, [{}])))  # fmt: skip
     if not listeners:
         raise ConfigError("listeners: at least one listener is required")
-    routes = tuple(_route(item, f"routes[{i}]") for i, item in enumerate(root.get("routes", list, [])))
+    routes = tuple(
+        _route(item, f"routes[{i}]") for i, item in enumerate(root.get("routes", list, []))
+    )
     seen: set[tuple[str | None, str]] = set()
     for index, route in enumerate(routes):
         if (route.host, route.path_prefix) in seen:
             raise ConfigError(f"routes[{index}]: duplicate host + path_prefix {route.path_prefix}")
         seen.add((route.host, route.path_prefix))
     auth = root.get("auth", bool, True)
-    issuers = tuple(_issuer(item, f"issuers[{i}]") for i, item in enumerate(root.get("issuers", list, [])))
+    issuers = tuple(
+        _issuer(item, f"issuers[{i}]") for i, item in enumerate(root.get("issuers", list, []))
+    )
     if auth and not issuers:
         raise ConfigError("issuers: at least one token issuer is required (or auth: false)")
     policy = _policy(root.get("policy", dict, {}))
     assertion = _assertion(root.get("assertion", dict, {}), base_dir)
     decision_log = _decision_log(root.get("decision_log", dict, {}), base_dir)
     root.done()
-    return GatewayConfig(listeners, routes, issuers, policy, assertion, decision_log, auth, base_dir)
+    return GatewayConfig(
+        listeners, routes, issuers, policy, assertion, decision_log, auth, base_dir
+    )
 
 
 def load_config(path: str | Path) -> GatewayConfig:
@@ -237,7 +253,9 @@ def _route(data: Any, where: str) -> Route:
     read = _positive(reader.get("read_timeout", float, 30.0), f"{where}.read_timeout")
     pass_authorization = reader.get("pass_authorization", bool, False)
     reader.done()
-    return Route(app, upstream, prefix, host.lower() if host else None, connect, read, pass_authorization)
+    return Route(
+        app, upstream, prefix, host.lower() if host else None, connect, read, pass_authorization
+    )
 
 
 def _issuer(data: Any, where: str) -> Issuer:

@@ -81,7 +81,9 @@ class DevIssuer:
 
     def app(self) -> web.Application:
         async def discovery(request: web.Request) -> web.Response:
-            return web.json_response({"issuer": self.issuer, "jwks_uri": f"{self.issuer}/jwks.json"})
+            return web.json_response(
+                {"issuer": self.issuer, "jwks_uri": f"{self.issuer}/jwks.json"}
+            )
 
         async def jwks(request: web.Request) -> web.Response:
             return web.json_response({"keys": [self.jwk]})
@@ -97,7 +99,9 @@ def _thumbprint(jwk: dict[str, Any]) -> str:
     import hashlib
 
     canonical = json.dumps({k: jwk[k] for k in ("e", "kty", "n")}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
+    return (
+        base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
+    )
 
 
 def demo_backend(name: str, gateway_url: str) -> web.Application:
@@ -108,7 +112,7 @@ def demo_backend(name: str, gateway_url: str) -> web.Application:
         if token is None:
             return {"verified": False, "error": f"no {ASSERTION_HEADER} header"}
         try:
-            kid = jwt.get_unverified_header(token).get("kid")
+            kid = str(jwt.get_unverified_header(token).get("kid"))
             if kid not in keys:
                 async with (
                     aiohttp.ClientSession() as session,

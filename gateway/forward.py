@@ -162,7 +162,9 @@ class Forwarder:
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=route.read_timeout),
             )
         except (aiohttp.ClientError, TimeoutError) as error:
-            raise UpstreamError(502, f"upstream {route.app} refused the WebSocket: {error}") from error
+            raise UpstreamError(
+                502, f"upstream {route.app} refused the WebSocket: {error}"
+            ) from error
         client = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else ())
         await client.prepare(request)
 

@@ -145,13 +145,15 @@ class TokenVerifier:
             )
         except jwt.ExpiredSignatureError as error:
             exp = float(unverified.get("exp", 0))
-            raise TokenRejected(f"token expired {_ago(now - exp)} ago (exp {_when(exp)} UTC)") from error
+            raise TokenRejected(
+                f"token expired {_ago(now - exp)} ago (exp {_when(exp)} UTC)"
+            ) from error
         except jwt.ImmatureSignatureError as error:
             raise TokenRejected(f"token not valid yet: {error}") from error
         except jwt.InvalidAudienceError as error:
-            raise TokenRejected(
-                f"token audience {unverified.get('aud')!r} is not one of {', '.join(issuer.audiences)}"
-            ) from error
+            expected = ", ".join(issuer.audiences)
+            audience = unverified.get("aud")
+            raise TokenRejected(f"token audience {audience!r} is not one of {expected}") from error
         except jwt.MissingRequiredClaimError as error:
             raise TokenRejected(f"token has no {error.claim!r} claim") from error
         except jwt.InvalidSignatureError as error:

@@ -104,9 +104,7 @@ class JwksCache:
             raise ValueError(f"{url} did not return a JSON object")
         return document
 
-    def _parse(
-        self, document: dict[str, Any]
-    ) -> tuple[dict[str, jwt.PyJWK], dict[str, str]]:
+    def _parse(self, document: dict[str, Any]) -> tuple[dict[str, jwt.PyJWK], dict[str, str]]:
         keys: dict[str, jwt.PyJWK] = {}
         algorithms: dict[str, str] = {}
         for entry in document.get("keys", []):

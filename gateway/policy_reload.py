@@ -10,7 +10,13 @@ from typing import Any
 
 from gateway.decision import DECISION_REF
 from gateway.metrics import Metrics
-from policy_engine import EmbeddedEngine, OpaServerEngine, PolicyEngine, PolicyError, load_policy_set
+from policy_engine import (
+    EmbeddedEngine,
+    OpaServerEngine,
+    PolicyEngine,
+    PolicyError,
+    load_policy_set,
+)
 
 log = logging.getLogger("portcullis.policy")
 
@@ -52,6 +58,15 @@ class PolicyHolder:
             load_policy_set(self.source), timeout=self.timeout, compiled_refs=(DECISION_REF,)
         )
 
+    def _build_in_worker(self) -> tuple[PolicyEngine | None, str | None]:
+        # The error goes back as text: an exception would carry the failed regorus
+        # engine in its traceback to the event loop's thread, and regorus objects
+        # must be dropped on the thread that made them.
+        try:
+            return self._build(), None
+        except (PolicyError, OSError, ValueError) as error:
+            return None, str(error)
+
     def catalogue(self) -> dict[str, Any]:
         engine = self.engine
         if not isinstance(engine, EmbeddedEngine):
@@ -64,10 +79,10 @@ class PolicyHolder:
         async with self._lock:
             if not self.is_remote:
                 self._fingerprint = _fingerprint(Path(self.source))
-            try:
-                engine = await asyncio.get_running_loop().run_in_executor(None, self._build)
-            except (PolicyError, OSError, ValueError) as error:
-                self.last_error = str(error)
+            loop = asyncio.get_running_loop()
+            engine, error = await loop.run_in_executor(None, self._build_in_worker)
+            if engine is None:
+                self.last_error = error
                 self.metrics.policy_reloads.labels("rejected").inc()
                 log.error("policy %s rejected (%s); keeping the last good one:\n%s",
                           self.source, why, error)  # fmt: skip

@@ -78,7 +78,15 @@ async def serve(
         await runner.cleanup()
 
 
-def _worker(config: GatewayConfig, index: int) -> None:
+def configure_logging(level: str = "info") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _worker(config: GatewayConfig, index: int, log_level: str) -> None:
+    configure_logging(log_level)
     install_uvloop()
     log_path = config.decision_log.path
     if log_path is not None:
@@ -90,14 +98,16 @@ def _worker(config: GatewayConfig, index: int) -> None:
     asyncio.run(serve(config, reuse_port=True, instance_id=f"worker-{index}"))
 
 
-def run(config: GatewayConfig, workers: int = 1) -> None:
+def run(config: GatewayConfig, workers: int = 1, log_level: str = "info") -> None:
     """One process per worker, all on the same ports with SO_REUSEPORT."""
     install_uvloop()
     if workers <= 1:
         asyncio.run(serve(config))
         return
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_worker, args=(config, i), daemon=False) for i in range(workers)]
+    processes = [
+        context.Process(target=_worker, args=(config, i, log_level)) for i in range(workers)
+    ]
     for process in processes:
         process.start()
 

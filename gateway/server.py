@@ -43,7 +43,9 @@ class Gateway:
         source = config.policy.source
         if not source.startswith(("http://", "https://")) and not Path(source).is_absolute():
             source = str(config.base_dir / source)
-        self.policy = PolicyHolder(source, timeout_ms=config.policy.timeout_ms, metrics=self.metrics)
+        self.policy = PolicyHolder(
+            source, timeout_ms=config.policy.timeout_ms, metrics=self.metrics
+        )
         self.signer = AssertionSigner(
             load_or_create_key(config.assertion.key_file),
             issuer=config.assertion.issuer,
@@ -60,7 +62,9 @@ class Gateway:
 
     async def start(self, app: web.Application) -> None:
         if not await self.policy.reload("start"):
-            raise RuntimeError(f"policy {self.policy.source} failed to load:\n{self.policy.last_error}")
+            raise RuntimeError(
+                f"policy {self.policy.source} failed to load:\n{self.policy.last_error}"
+            )
         if not self.routes:
             self.routes = self._catalogue_routes()
         # Longest prefix first, host-specific before host-agnostic.
@@ -84,7 +88,9 @@ class Gateway:
             )
             await self.decision_log.start()
         if self.config.policy.watch:
-            self._tasks.append(asyncio.ensure_future(self.policy.watch(self.config.policy.poll_interval)))
+            self._tasks.append(
+                asyncio.ensure_future(self.policy.watch(self.config.policy.poll_interval))
+            )
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().add_signal_handler(
                 signal.SIGHUP, lambda: asyncio.ensure_future(self.policy.reload("SIGHUP"))
@@ -108,7 +114,9 @@ class Gateway:
         routes = []
         for app_id, app in sorted(self.policy.catalogue().items()):
             if isinstance(app, dict) and app.get("upstream") and app.get("path_prefix"):
-                routes.append(Route(app_id, str(app["upstream"]).rstrip("/"), str(app["path_prefix"])))
+                routes.append(
+                    Route(app_id, str(app["upstream"]).rstrip("/"), str(app["path_prefix"]))
+                )
         return routes
 
     def match(self, host: str, path: str) -> Route | None:
@@ -200,7 +208,7 @@ class Gateway:
     # --- operations ---------------------------------------------------------------------
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        return web.json_response({"status": "ok", "instance": self.instance_id})
 
     async def readyz(self, request: web.Request) -> web.Response:
         engine = self.policy.engine

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from gateway.config import (
     load_config,
 )
 from gateway.demo import AUDIENCE, DevIssuer, demo_backend
-from gateway.runner import install_uvloop, run, serve
+from gateway.runner import configure_logging, install_uvloop, run, serve
 from policy_engine import load_policy_set
 
 DEFAULT_STATE = ".portcullis-demo"
@@ -58,13 +57,6 @@ def register(commands: Any) -> None:
     token.set_defaults(run=demo_token)
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
 def run_gateway(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
@@ -74,9 +66,9 @@ def run_gateway(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("--workers must be at least 1", file=sys.stderr)
         return 2
-    _logging(args.log_level)
+    configure_logging(args.log_level)
     try:
-        run(config, workers=args.workers)
+        run(config, workers=args.workers, log_level=args.log_level)
     except (RuntimeError, OSError, ValueError) as error:
         print(f"gateway failed to start: {error}", file=sys.stderr)
         return 1
@@ -109,7 +101,7 @@ def demo_token(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     if getattr(args, "demo_action", None) == "token":
         return demo_token(args)
-    _logging("info")
+    configure_logging("info")
     install_uvloop()
     try:
         asyncio.run(_demo(args))
@@ -178,7 +170,8 @@ Get a token and call an app through the gateway:
   TOKEN=$({me} --sub bob --groups store --amr pwd,hwk)
   curl -H "Authorization: Bearer $TOKEN" {url}/pos/refunds/1     # 200
 
-Check the decision log: portcullis audit verify {state_dir}/decisions.log --jwks {url}/.well-known/portcullis/jwks.json
+Check the decision log (after Ctrl-C, which signs its end):
+  portcullis audit verify {state_dir}/decisions.log --key {state_dir}/assertion-key.pem
 Press Ctrl-C to stop.""",
             flush=True,
         )

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"
 FIXTURES = ROOT / "tests" / "fixtures"
 SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture
+async def stack(aiohttp_server: Any, tmp_path: Path) -> AsyncIterator[Any]:
+    """The whole gateway on loopback (tests/gateway_stack.py)."""
+    from tests.gateway_stack import start_stack
+
+    async with start_stack(aiohttp_server, tmp_path) as running:
+        yield running

@@ -3,6 +3,7 @@ and the gateway, each a real HTTP server on its own port."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -10,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -57,7 +57,9 @@ class Stack:
     def token(self, subject: str = "alice", **claims: Any) -> str:
         return self.issuer.token(subject, **claims)
 
-    async def get(self, path: str, token: str | None = None, **kwargs: Any) -> aiohttp.ClientResponse:
+    async def get(
+        self, path: str, token: str | None = None, **kwargs: Any
+    ) -> aiohttp.ClientResponse:
         headers = dict(kwargs.pop("headers", {}))
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
@@ -66,6 +68,7 @@ class Stack:
         )
 
 
+@contextlib.asynccontextmanager
 async def start_stack(
     aiohttp_server: ServerFactory, tmp_path: Path, *, policy: Path = POLICIES, **overrides: Any
 ) -> AsyncIterator[Stack]:
@@ -95,11 +98,12 @@ async def start_stack(
     await aiohttp_server(app, port=gateway_port)
     async with aiohttp.ClientSession() as session:
         yield Stack(
-            gateway_url, issuer, issuer_server, backends, app[GATEWAY_KEY], config, session, log_path
+            gateway_url,
+            issuer,
+            issuer_server,
+            backends,
+            app[GATEWAY_KEY],
+            config,
+            session,
+            log_path,
         )
-
-
-@pytest.fixture
-async def stack(aiohttp_server: ServerFactory, tmp_path: Path) -> AsyncIterator[Stack]:
-    async for running in start_stack(aiohttp_server, tmp_path):
-        yield running

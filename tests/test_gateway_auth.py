@@ -16,7 +16,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
 from gateway.demo import DevIssuer
-from tests.gateway_stack import ServerFactory, Stack, stack  # noqa: F401 (fixture)
+from tests.gateway_stack import ServerFactory, Stack
 
 WAREHOUSE = {"groups": ["warehouse"], "amr": ["pwd", "otp"]}
 
@@ -107,7 +107,9 @@ async def test_token_with_nbf_in_the_future_is_refused(stack: Stack) -> None:
 
 async def test_token_from_another_issuer_is_refused(stack: Stack, tmp_path: Path) -> None:
     other = DevIssuer(tmp_path / "other", "https://evil.example")
-    await refused(stack, other.token("alice", **WAREHOUSE), "untrusted issuer 'https://evil.example'")
+    await refused(
+        stack, other.token("alice", **WAREHOUSE), "untrusted issuer 'https://evil.example'"
+    )
 
 
 async def test_same_key_but_wrong_issuer_claim_is_refused(stack: Stack) -> None:

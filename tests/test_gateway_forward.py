@@ -1,0 +1,198 @@
+"""What the gateway forwards and how: normalized paths, cleaned headers, streamed
+bodies, WebSockets, and refusals that never reach a backend."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+
+from gateway.assertion import load_or_create_key, public_jwk
+from tests.gateway_stack import ServerFactory, Stack, start_stack
+
+WAREHOUSE = {"groups": ["warehouse"], "amr": ["pwd", "otp"]}
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/pos/%2e%2e/wms/", 400),
+        ("/pos/..%2fwms/", 400),
+        ("/pos/%2E%2E/wms/", 400),
+        ("/pos/../wms/", 400),
+        ("/pos//admin", 400),
+        ("/pos/%00", 400),
+        ("/pos/a%5cb", 400),
+        ("/pos/a\\b", 400),
+        ("/pos/%zz", 400),
+        ("/pos/%C3%28", 400),
+        ("/POS/", 404),
+        ("/payroll/", 404),
+    ],
+)
+async def test_ambiguous_or_unknown_paths_are_refused_and_never_forwarded(
+    stack: Stack, path: str, status: int
+) -> None:
+    token = stack.token("alice", groups=["store", "warehouse"], amr=["hwk"])
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(stack.url.rsplit(":", 1)[1]))
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n"
+        "Connection: close\r\n\r\n".encode()
+    )
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(f"HTTP/1.1 {status}".encode()), answer[:200]
+    assert stack.total_forwarded() == 0
+
+
+async def test_content_length_with_transfer_encoding_is_refused(stack: Stack) -> None:
+    token = stack.token("alice", **WAREHOUSE)
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(stack.url.rsplit(":", 1)[1]))
+    writer.write(
+        (
+            "POST /wms/stock HTTP/1.1\r\nHost: gw\r\n"
+            f"Authorization: Bearer {token}\r\n"
+            "Content-Length: 4\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            "0\r\n\r\nGET /wms/admin/ HTTP/1.1\r\nHost: gw\r\n\r\n"
+        ).encode()
+    )
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    assert answer.split(b" ", 2)[1] == b"400", answer[:200]
+    assert stack.total_forwarded() == 0
+
+
+async def test_unreserved_percent_encodings_are_decoded_before_policy_and_upstream(
+    stack: Stack,
+) -> None:
+    response = await stack.get("/wms/%7Ealice/caf%c3%a9", stack.token("alice", **WAREHOUSE))
+    assert response.status == 200
+    assert (await response.json())["path"] == "/wms/~alice/caf%C3%A9"
+
+
+async def test_encoded_admin_path_is_still_the_admin_path(stack: Stack) -> None:
+    # %61 is "a": /wms/%61dmin/ must meet the admin rule, not slip past it.
+    response = await stack.get("/wms/%61dmin/users", stack.token("alice", **WAREHOUSE))
+    assert response.status == 403
+    assert (await response.json())["reasons"] == ["requires membership in one of: wms-admin"]
+
+
+async def test_client_supplied_identity_headers_are_replaced(stack: Stack) -> None:
+    forged = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZG1pbiJ9."
+    response = await stack.get(
+        "/wms/stock",
+        stack.token("alice", **WAREHOUSE),
+        headers={
+            "X-Portcullis-Assertion": forged,
+            "X-Portcullis-App": "pos",
+            "X-Forwarded-For": "10.9.9.9",
+            "X-Forwarded-Host": "evil.example",
+            "Forwarded": "for=10.9.9.9",
+        },
+    )
+    seen = await response.json()
+    headers = {k.lower(): v for k, v in seen["headers"].items()}
+    assert headers["x-portcullis-assertion"] != forged
+    assert seen["assertion"]["verified"] is True
+    assert seen["assertion"]["claims"]["sub"] == "alice"
+    assert headers["x-portcullis-app"] == "wms"
+    assert headers["x-portcullis-classification"] == "confidential"
+    assert headers["x-forwarded-for"] == "127.0.0.1"
+    assert headers["x-forwarded-host"] != "evil.example"
+    assert headers["x-forwarded-proto"] == "http"
+    assert "forwarded" not in headers
+
+
+async def test_hop_by_hop_headers_are_not_forwarded(stack: Stack) -> None:
+    response = await stack.get(
+        "/wms/stock",
+        stack.token("alice", **WAREHOUSE),
+        headers={"Connection": "keep-alive, X-Secret-Hop", "X-Secret-Hop": "1", "TE": "trailers"},
+    )
+    headers = {k.lower() for k in (await response.json())["headers"]}
+    assert "x-secret-hop" not in headers
+    assert "te" not in headers
+
+
+async def test_assertion_verifies_against_the_gateway_jwks(stack: Stack) -> None:
+    keys = await (await stack.get("/.well-known/portcullis/jwks.json")).json()
+    (jwk,) = keys["keys"]
+    assert (jwk["kty"], jwk["crv"], jwk["alg"]) == ("EC", "P-256", "ES256")
+    seen = await (
+        await stack.get("/pos/sales", stack.token("bob", groups=["store"], amr=["otp"]))
+    ).json()
+    token = seen["headers"]["X-Portcullis-Assertion"]
+    claims = jwt.decode(token, jwt.PyJWK(jwk).key, algorithms=["ES256"], audience="pos")
+    assert claims["sub"] == "bob"
+    with pytest.raises(jwt.InvalidAudienceError):
+        jwt.decode(token, jwt.PyJWK(jwk).key, algorithms=["ES256"], audience="wms")
+
+
+def test_assertion_key_survives_restarts(tmp_path: Path) -> None:
+    path = tmp_path / "key.pem"
+    first = public_jwk(load_or_create_key(path))
+    assert public_jwk(load_or_create_key(path)) == first
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+async def test_large_bodies_stream_both_ways(stack: Stack) -> None:
+    body = b"x" * (8 * 1024 * 1024)
+    response = await stack.get(
+        "/wms/upload", stack.token("alice", **WAREHOUSE), method="PUT", data=body
+    )
+    assert response.status == 200
+    assert (await response.json())["body_bytes"] == len(body)
+
+
+async def test_chunked_request_body_is_forwarded(stack: Stack) -> None:
+    async def chunks() -> Any:
+        for _ in range(10):
+            yield b"y" * 1000
+
+    response = await stack.get(
+        "/wms/upload", stack.token("alice", **WAREHOUSE), method="POST", data=chunks()
+    )
+    assert (await response.json())["body_bytes"] == 10_000
+
+
+async def test_websocket_is_bridged_after_the_decision(stack: Stack) -> None:
+    token = stack.token("alice", **WAREHOUSE)
+    async with stack.session.ws_connect(
+        stack.url.replace("http", "ws") + "/wms/ws", headers={"Authorization": f"Bearer {token}"}
+    ) as ws:
+        await ws.send_str("hello")
+        message = await ws.receive(timeout=5)
+        assert message.data == "wms echo: hello"
+
+
+async def test_websocket_without_a_token_is_refused(stack: Stack) -> None:
+    with pytest.raises(aiohttp.WSServerHandshakeError) as raised:
+        await stack.session.ws_connect(stack.url.replace("http", "ws") + "/wms/ws")
+    assert raised.value.status == 401
+    assert stack.total_forwarded() == 0
+
+
+async def test_upstream_down_is_502_and_the_decision_is_logged(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    async with start_stack(aiohttp_server, tmp_path) as running:
+        dead = running.config.routes[0]
+        running.gateway.routes = [r for r in running.gateway.routes if r.app != "wms"]
+        running.gateway.routes.append(
+            type(dead)("wms", "http://127.0.0.1:9", "/wms/", connect_timeout=1.0)
+        )
+        response = await running.get("/wms/stock", running.token("alice", **WAREHOUSE))
+        assert response.status == 502
+        assert "unreachable" in (await response.json())["reason"]
+        await running.gateway.decision_log.close()  # type: ignore[union-attr]
+        events = [json.loads(line) for line in running.log_path.read_text().splitlines()]
+        decisions = [e for e in events if e.get("decision_id")]
+        assert decisions[-1]["result"]["allow"] is True
+        assert decisions[-1]["input"]["route"]["app"] == "wms"

@@ -1,0 +1,302 @@
+"""Operating the gateway: health, readiness, metrics, hot reload that never
+regresses, failing closed, config errors, the demo, workers and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.config import ConfigError, load_config
+from tests.conftest import POLICIES, ROOT
+from tests.gateway_stack import ServerFactory, Stack, free_port, start_stack
+
+WAREHOUSE = {"groups": ["warehouse"], "amr": ["pwd", "otp"]}
+
+
+@pytest.fixture
+def policy_copy(tmp_path: Path) -> Path:
+    target = tmp_path / "policies"
+    shutil.copytree(POLICIES, target)
+    return target
+
+
+async def test_health_and_readiness(stack: Stack) -> None:
+    assert (await stack.get("/healthz")).status == 200
+    ready = await stack.get("/readyz")
+    assert ready.status == 200
+    assert (await ready.json())["policy_revision"] == stack.gateway.policy.engine.revision  # type: ignore[union-attr]
+
+
+async def test_metrics_count_requests_decisions_and_latency(stack: Stack) -> None:
+    await stack.get("/wms/a", stack.token("alice", **WAREHOUSE))
+    await stack.get("/wms/a", stack.token("eve", groups=["store"], amr=["otp"]))
+    await stack.get("/nowhere/")
+    text = await (await stack.get("/metrics")).text()
+    assert 'portcullis_requests_total{app="wms",status="200"} 1.0' in text
+    assert 'portcullis_requests_total{app="wms",status="403"} 1.0' in text
+    assert 'portcullis_requests_total{app="-",status="404"} 1.0' in text
+    assert 'portcullis_decisions_total{app="wms",result="allow"} 1.0' in text
+    assert 'portcullis_decisions_total{app="wms",result="deny"} 1.0' in text
+    assert "portcullis_decision_duration_seconds_count 2.0" in text
+    assert 'portcullis_request_duration_seconds_count{app="wms"} 2.0' in text
+    assert 'portcullis_jwks_refreshes_total{issuer="' in text
+    assert 'portcullis_policy_reloads_total{result="ok"} 1.0' in text
+
+
+async def test_policy_that_errors_fails_closed(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "decision.rego").write_text(
+        "package portcullis.gateway\nimport rego.v1\n"
+        'decision := {"allow": true, "n": 1 / count(input.identity.groups)} if '
+        "input.identity.authenticated\n"
+    )
+    async with start_stack(aiohttp_server, tmp_path, policy=broken) as running:
+        response = await running.get("/wms/stock", running.token("alice", groups=[], amr=["otp"]))
+        assert response.status == 403
+        assert (await response.json())["reasons"] == ["policy evaluation failed"]
+        assert running.total_forwarded() == 0
+
+
+async def test_policy_answering_allow_as_a_string_is_a_deny(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "decision.rego").write_text(
+        'package portcullis.gateway\nimport rego.v1\ndecision := {"allow": "true"}\n'
+    )
+    async with start_stack(aiohttp_server, tmp_path, policy=odd) as running:
+        response = await running.get("/wms/stock", running.token("alice", **WAREHOUSE))
+        assert response.status == 403
+        assert running.total_forwarded() == 0
+
+
+async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+async def test_hot_reload_applies_a_good_policy_and_rejects_a_bad_one(
+    aiohttp_server: ServerFactory, tmp_path: Path, policy_copy: Path
+) -> None:
+    async with start_stack(aiohttp_server, tmp_path, policy=policy_copy) as running:
+        token = running.token("alice", **WAREHOUSE)
+        assert (await running.get("/wms/stock", token)).status == 200
+        reloads = running.gateway.metrics.policy_reloads
+        apps = policy_copy / "data/apps.yaml"
+        apps.write_text(
+            apps.read_text().replace("groups: [warehouse]", "groups: [warehouse-leads]")
+        )
+        await wait_for(lambda: reloads.labels("ok")._value.get() >= 2)
+        assert (await running.get("/wms/stock", token)).status == 403
+
+        (policy_copy / "gateway/broken.rego").write_text("package portcullis.gateway\nx if {\n")
+        await wait_for(lambda: reloads.labels("rejected")._value.get() >= 1)
+        assert "broken.rego" in (running.gateway.policy.last_error or "")
+        assert (await running.get("/wms/stock", token)).status == 403  # last good policy
+        assert (await running.get("/readyz")).status == 200
+
+
+async def test_sighup_reloads(
+    aiohttp_server: ServerFactory, tmp_path: Path, policy_copy: Path
+) -> None:
+    async with start_stack(aiohttp_server, tmp_path, policy=policy_copy) as running:
+        before = running.gateway.metrics.policy_reloads.labels("ok")._value.get()
+        os.kill(os.getpid(), signal.SIGHUP)
+        await wait_for(
+            lambda: running.gateway.metrics.policy_reloads.labels("ok")._value.get() > before
+        )
+
+
+async def test_fifty_reloads_under_load_fail_no_request(
+    aiohttp_server: ServerFactory, tmp_path: Path, policy_copy: Path
+) -> None:
+    async with start_stack(aiohttp_server, tmp_path, policy=policy_copy) as running:
+        token = running.token("alice", **WAREHOUSE)
+        statuses: list[int] = []
+        stop = asyncio.Event()
+
+        async def client() -> None:
+            while not stop.is_set():
+                response = await running.get("/wms/stock", token)
+                await response.read()
+                statuses.append(response.status)
+
+        clients = [asyncio.ensure_future(client()) for _ in range(8)]
+        for index in range(50):
+            ok = await running.gateway.policy.reload(f"test {index}")
+            assert ok
+        stop.set()
+        await asyncio.gather(*clients)
+        assert len(statuses) > 100
+        assert set(statuses) == {200}
+
+
+def test_invalid_config_is_refused_with_the_key_path(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        "issuers:\n  - issuer: https://idp.example\n    audiences: [portcullis]\n"
+        "    jwks_url: https://idp.example/jwks\n    algorithms: [RS256, none]\n"
+    )
+    with pytest.raises(ConfigError, match=r"issuers\[0\]\.algorithms\[1\]: 'none' not allowed"):
+        load_config(config)
+    result = subprocess.run(
+        [sys.executable, "-m", "portcullis", "gateway", "--config", str(config)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "issuers[0].algorithms[1]: 'none' not allowed" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        (
+            "routes: [{app: wms, upstream: 'ftp://x'}]\nauth: false\n",
+            "routes[0].upstream: must be an http(s) URL",
+        ),
+        (
+            "routes: [{app: wms, upstream: 'http://x', path_prefix: wms}]\nauth: false\n",
+            "routes[0].path_prefix: must start and end with '/'",
+        ),
+        ("listeners: [{port: 99999}]\nauth: false\n", "listeners[0].port: must be 0-65535"),
+        ("policy: {timeout_ms: 0}\nauth: false\n", "policy.timeout_ms: must be greater than 0"),
+        ("auth: true\n", "issuers: at least one token issuer is required"),
+        ("rotues: []\n", "rotues: unknown key"),
+        ("routes: [\n", "invalid YAML"),
+    ],
+)  # fmt: skip
+def test_config_errors_name_what_is_wrong(tmp_path: Path, yaml_text: str, message: str) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml_text)
+    with pytest.raises(ConfigError) as raised:
+        load_config(config)
+    assert message in str(raised.value)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def portcullis(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "portcullis", *args],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+
+
+async def fetch(url: str, token: str | None = None) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as response:
+        return response.status, await response.json(content_type=None)
+
+
+async def wait_http(url: str, process: subprocess.Popen[str], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(
+                f"exited {process.returncode}: {process.stderr.read() if process.stderr else ''}"
+            )
+        try:
+            status, _ = await fetch(url)
+            if status == 200:
+                return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} not ready")
+
+
+def stop(process: subprocess.Popen[str]) -> tuple[str, str]:
+    process.send_signal(signal.SIGTERM)
+    return process.communicate(timeout=30)
+
+
+async def test_demo_end_to_end_as_a_user_runs_it(tmp_path: Path) -> None:
+    port = free_port()
+    state = tmp_path / "state"
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "portcullis", "demo", "--port", str(port), "--base-port", "0",
+         "--state-dir", str(state)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        await wait_http(f"http://127.0.0.1:{port}/readyz", demo)
+        alice = portcullis("demo", "token", "--state-dir", str(state), "--sub", "alice",
+                           "--groups", "warehouse", "--amr", "pwd,otp").stdout.strip()  # fmt: skip
+        status, seen = await fetch(f"http://127.0.0.1:{port}/wms/stock", alice)
+        assert status == 200 and seen["assertion"]["verified"] is True
+        bob = portcullis("demo", "token", "--state-dir", str(state), "--sub", "bob",
+                         "--groups", "store", "--amr", "pwd,otp").stdout.strip()  # fmt: skip
+        status, body = await fetch(f"http://127.0.0.1:{port}/pos/refunds/1", bob)
+        assert status == 403 and body["step_up"] == {"acr": "phr", "max_age": 900}
+        bob_hwk = portcullis("demo", "token", "--state-dir", str(state), "--sub", "bob",
+                             "--groups", "store", "--amr", "pwd,hwk").stdout.strip()  # fmt: skip
+        status, _ = await fetch(f"http://127.0.0.1:{port}/pos/refunds/1", bob_hwk)
+        assert status == 200
+    finally:
+        out, err = stop(demo)
+    assert demo.returncode == 0, err
+    assert "portcullis demo token" in out
+    lines = (state / "decisions.log").read_text().splitlines()
+    decisions = [json.loads(line) for line in lines if '"decision_id"' in line]
+    assert [d["result"]["allow"] for d in decisions] == [True, False, True]
+    verified = portcullis("audit", "verify", str(state / "decisions.log"), "--key",
+                          str(state / "assertion-key.pem"))  # fmt: skip
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_demo_token_without_a_demo_state_is_a_clear_error(tmp_path: Path) -> None:
+    result = portcullis("demo", "token", "--state-dir", str(tmp_path / "none"), "--sub", "x")
+    assert result.returncode == 2
+    assert "start `portcullis demo` first" in result.stderr
+
+
+async def test_two_workers_share_the_port_and_shut_down_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"listeners: [{{address: 127.0.0.1, port: {port}}}]\nauth: false\n"
+        f"policy: {{source: {POLICIES}}}\n"
+        "routes: [{app: wms, upstream: 'http://127.0.0.1:9', path_prefix: /wms/}]\n"
+    )
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "portcullis", "gateway", "--config", str(config), "--workers", "2"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        await wait_http(f"http://127.0.0.1:{port}/healthz", gateway)
+        instances = set()
+        for _ in range(200):
+            status, body = await fetch(f"http://127.0.0.1:{port}/healthz")
+            assert status == 200
+            instances.add(body["instance"])
+            if len(instances) == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert instances == {"worker-0", "worker-1"}
+    finally:
+        _, err = stop(gateway)
+    assert gateway.returncode == 0, err
+    assert err.count("gateway listening on") == 2
+    assert err.count("draining connections") == 2
