@@ -74,6 +74,7 @@ import collections
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -398,13 +399,24 @@ class DecisionLog:
     def _mask(self, event: dict[str, Any]) -> list[str]:
         """Replace secrets in ``event`` copy-on-write; returns the masked pointers."""
         masked: list[str] = []
-        headers = _walk(event, _HEADERS_POINTER)
+        given = event["input"]
+        try:
+            headers = given["attributes"]["request"]["http"]["headers"]
+        except (KeyError, TypeError, IndexError):
+            headers = None
         if isinstance(headers, dict):
-            secret = [name for name in headers if str(name).lower() in self._mask_header_names]
+            names = self._mask_header_names
+            secret = [name for name in headers if str(name).lower() in names]
             if secret:
+                # Copy only the dicts on the way down: the caller's stay untouched.
+                headers = dict(headers)
                 for name in secret:
-                    _replace(event, (*_HEADERS_POINTER, name))
-                    masked.append(_format_pointer((*_HEADERS_POINTER, name)))
+                    headers[name] = REDACTED
+                    masked.append(_header_pointer(str(name)))
+                http = {**given["attributes"]["request"]["http"], "headers": headers}
+                request = {**given["attributes"]["request"], "http": http}
+                attributes = {**given["attributes"], "request": request}
+                event["input"] = {**given, "attributes": attributes}
         for pointer in self._mask_pointers:
             if _replace(event, pointer):
                 masked.append(_format_pointer(pointer))
@@ -580,6 +592,11 @@ def _parse_pointer(pointer: str) -> tuple[str, ...]:
 
 def _format_pointer(parts: Sequence[str]) -> str:
     return "/" + "/".join(str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+@functools.lru_cache(maxsize=256)
+def _header_pointer(name: str) -> str:
+    return _format_pointer((*_HEADERS_POINTER, name))
 
 
 def _step(node: Any, key: str) -> tuple[bool, Any]:
