@@ -4,8 +4,13 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# checkov vendors its own `hcl2` module, which clashes with python-hcl2's: it
+# lives in its own venv and the scanner runs it as a subprocess (--checkov).
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+CHECKOV_VERSION := 3.3.30
 
-.PHONY: setup demo test lint bench conformance clean
+.PHONY: setup demo test lint bench conformance clean bench-scan
 
 setup: $(STAMP)
 
@@ -18,7 +23,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/portcullis demo
 
-test: $(STAMP)
+$(CHECKOV_STAMP):
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install --quiet 'checkov==$(CHECKOV_VERSION)'
+	touch $(CHECKOV_STAMP)
+
+.venv-checkov: $(CHECKOV_STAMP)
+
+test: $(STAMP) $(CHECKOV_STAMP)
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
@@ -32,5 +45,9 @@ bench: $(STAMP)
 conformance: $(STAMP)
 	$(BIN)/python scripts/conformance.py
 
+# The scanner against checkov on ../shared/corpus/terraform (minutes: checkov is slow).
+bench-scan: $(STAMP) $(CHECKOV_STAMP)
+	$(BIN)/python bench/scan.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(CHECKOV_VENV) .portcullis-cache .pytest_cache .mypy_cache .ruff_cache build *.egg-info

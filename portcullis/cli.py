@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from portcullis import __version__, audit_command, gateway_command, policy_commands
+from portcullis import __version__, audit_command, gateway_command, policy_commands, scan_command
 from portcullis.paths import default_policy_dir
 
 
@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     bundle.add_argument("-o", "--output", required=True, help="bundle file to write")
     bundle.add_argument("--revision", help="revision for .manifest (default: content hash)")
     bundle.set_defaults(run=policy_commands.bundle)
+
+    scan_command.add_parser(commands)
 
     audit_command.register(commands)
 

@@ -1,0 +1,135 @@
+"""Run checkov as a subprocess from its own environment and read its JSON into
+findings. (checkov vendors its own `hcl2` module, which clashes with
+python-hcl2's, so the two never share an interpreter.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from iac_scanner.findings import Finding, Rule, normalise_severity
+
+
+class CheckovError(Exception):
+    """checkov is missing or failed (one line, fit for stderr)."""
+
+
+def resolve(executable: str) -> str:
+    """The checkov executable to run; CheckovError when there is none."""
+    found = shutil.which(executable)
+    if found is None:
+        raise CheckovError(
+            f"checkov: {executable!r} not found; install checkov in its own environment "
+            "(`make .venv-checkov` here) and pass --checkov PATH/TO/checkov"
+        )
+    return found
+
+
+def _commands(executable: str, paths: list[Path]) -> list[list[str]]:
+    common = ["-o", "json", "--compact", "--skip-download"]
+    commands = []
+    files = [str(p) for p in paths if p.is_file() and p.suffix == ".tf"]
+    plans = [str(p) for p in paths if p.is_file() and p.suffix == ".json"]
+    for directory in (p for p in paths if p.is_dir()):
+        commands.append([executable, "-d", str(directory), "--framework", "terraform", *common])
+    if files:
+        commands.append([executable, "-f", *files, "--framework", "terraform", *common])
+    if plans:
+        commands.append([executable, "-f", *plans, "--framework", "terraform_plan", *common])
+    return commands
+
+
+class CheckovRun:
+    """checkov started in the background over the scanned paths; `findings()`
+    waits for it. Both of checkov's result exit codes (0 clean, 1 failed checks)
+    are success here; the merged findings decide the scan's exit code."""
+
+    def __init__(self, executable: str, paths: list[Path]) -> None:
+        self.executable = resolve(executable)
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._future: Future[list[dict[str, Any]]] = self._pool.submit(
+            self._run_all, _commands(self.executable, paths)
+        )
+
+    def _run_all(self, commands: list[list[str]]) -> list[dict[str, Any]]:
+        reports: list[dict[str, Any]] = []
+        # Without this checkov tries to fetch its guideline mappings from the network.
+        env = {**os.environ, "BC_SKIP_MAPPING": "TRUE"}
+        for command in commands:
+            try:
+                completed = subprocess.run(
+                    command, capture_output=True, text=True, env=env, check=False
+                )
+            except OSError as error:
+                raise CheckovError(f"checkov: can't run {command[0]}: {error.strerror}") from None
+            if completed.returncode not in (0, 1):
+                last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
+                raise CheckovError(f"checkov exited {completed.returncode}: {last}")
+            try:
+                output = json.loads(completed.stdout)
+            except ValueError:
+                last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
+                raise CheckovError(f"checkov printed no JSON report: {last}") from None
+            reports.extend(output if isinstance(output, list) else [output])
+        return reports
+
+    def version(self) -> str | None:
+        for report in self._future.result():
+            summary = report.get("summary") if "summary" in report else report
+            if isinstance(summary, dict) and summary.get("checkov_version"):
+                return str(summary["checkov_version"])
+        return None
+
+    def findings(self, display: Any) -> list[Finding]:
+        """Failed and checkov:skip'ped checks, one per (check, resource, file)."""
+        try:
+            reports = self._future.result()
+        finally:
+            self._pool.shutdown(wait=False)
+        found: dict[tuple[str, str, str], Finding] = {}
+        for report in reports:
+            results = report.get("results") if isinstance(report, dict) else None
+            if not isinstance(results, dict):
+                continue
+            for key, suppressed in (("failed_checks", False), ("skipped_checks", True)):
+                for check in results.get(key) or []:
+                    finding = _finding(check, suppressed, display)
+                    if finding is not None:
+                        identity = (finding.rule.id, finding.resource, finding.file)
+                        found.setdefault(identity, finding)
+        return list(found.values())
+
+
+def _finding(check: dict[str, Any], suppressed: bool, display: Any) -> Finding | None:
+    check_id = check.get("check_id")
+    if not isinstance(check_id, str):
+        return None
+    rule = Rule(
+        id=check_id,
+        title=str(check.get("check_name") or check_id),
+        severity=normalise_severity(check.get("severity")),
+        remediation=str(check.get("guideline") or ""),
+        source="checkov",
+        help_uri=str(check.get("guideline") or ""),
+    )
+    path = check.get("file_abs_path") or check.get("file_path") or ""
+    lines = check.get("file_line_range") or [1, 1]
+    resource = str(check.get("resource_address") or check.get("resource") or "")
+    reason = None
+    if suppressed:
+        result = check.get("check_result") or {}
+        reason = str(result.get("suppress_comment") or "checkov:skip")
+    return Finding(
+        rule=rule,
+        resource=resource,
+        message=f"{resource}: {rule.title}",
+        file=display(Path(path)) if path else "",
+        line=max(1, int(lines[0] or 1)),
+        end_line=int(lines[1]) if len(lines) > 1 and lines[1] else None,
+        suppressed=reason,
+    )

@@ -1,0 +1,130 @@
+"""The findings model every report renders: rules, findings, and the scan's outcome."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SEVERITIES = ("low", "medium", "high", "critical")
+
+
+def severity_rank(severity: str) -> int:
+    return SEVERITIES.index(severity) if severity in SEVERITIES else SEVERITIES.index("medium")
+
+
+def normalise_severity(value: object) -> str:
+    """checkov reports null (or INFO) severities without a platform key: medium."""
+    text = str(value).lower() if isinstance(value, str) else ""
+    if text == "info":
+        return "low"
+    return text if text in SEVERITIES else "medium"
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    title: str
+    severity: str
+    remediation: str = ""
+    source: str = "portcullis"  # or "checkov"
+    help_uri: str = ""
+
+
+@dataclass
+class Finding:
+    rule: Rule
+    resource: str
+    message: str
+    file: str
+    line: int
+    end_line: int | None = None
+    # Why it doesn't count: an inline `portcullis:ignore` / `checkov:skip` reason.
+    suppressed: str | None = None
+    # Listed in the --baseline file: reported, but doesn't fail the build.
+    baselined: bool = False
+
+    @property
+    def fingerprint(self) -> str:
+        """Stable across commits that move the resource within its file, so
+        baselines and code scanning keep tracking the same finding."""
+        text = f"{self.rule.id}\0{self.resource}\0{self.file}"
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    @property
+    def counts(self) -> bool:
+        """Whether this finding can fail the build."""
+        return self.suppressed is None and not self.baselined
+
+    def sort_key(self) -> tuple[str, int, str, str]:
+        return (self.file, self.line, self.rule.id, self.resource)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something that makes the scan exit 2: a file that can't be parsed, a bad
+    variable file, checkov failing."""
+
+    file: str
+    message: str
+    line: int | None = None
+    column: int | None = None
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        return f"{where}: {self.message}"
+
+
+@dataclass
+class ScanResult:
+    findings: list[Finding] = field(default_factory=list)
+    rules: dict[str, Rule] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    # Things worth knowing that don't fail the scan (an unresolved remote module,
+    # a suppression without a reason).
+    notes: list[str] = field(default_factory=list)
+    files: int = 0
+    resources: int = 0
+    fail_on: str = "low"
+    checkov_version: str | None = None
+    # The resource blocks' inline suppressions (scan.py), for merging checkov.
+    blocks: object = None
+
+    def failing(self) -> list[Finding]:
+        floor = severity_rank(self.fail_on)
+        return [f for f in self.findings if f.counts and severity_rank(f.rule.severity) >= floor]
+
+    def exit_code(self) -> int:
+        if self.problems:
+            return 2
+        return 1 if self.failing() else 0
+
+
+def result_to_dict(result: ScanResult) -> dict[str, Any]:
+    """A ScanResult as plain data (for the scan cache)."""
+    return {
+        "rules": [asdict(rule) for rule in result.rules.values()],
+        "findings": [{**asdict(f), "rule": f.rule.id} for f in result.findings],
+        "problems": [asdict(p) for p in result.problems],
+        "notes": result.notes,
+        "files": result.files,
+        "resources": result.resources,
+    }
+
+
+def result_from_dict(data: dict[str, Any], fail_on: str) -> ScanResult:
+    rules = {r["id"]: Rule(**r) for r in data["rules"]}
+    findings = [Finding(**{**f, "rule": rules[f["rule"]]}) for f in data["findings"]]
+    return ScanResult(
+        findings=findings,
+        rules=rules,
+        problems=[Problem(**p) for p in data["problems"]],
+        notes=list(data["notes"]),
+        files=int(data["files"]),
+        resources=int(data["resources"]),
+        fail_on=fail_on,
+    )

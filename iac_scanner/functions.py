@@ -1,0 +1,464 @@
+"""Terraform's built-in functions that configurations use to compute values a
+rule may look at (tags, names, policies, CIDRs). Any other function yields
+UNKNOWN, as does a function given an unknown argument it would need."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import ipaddress
+import json
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from iac_scanner.expressions import (
+    UNKNOWN,
+    Context,
+    Unsupported,
+    evaluate_lazily,
+    has_unknown,
+    to_bool,
+    to_number,
+    to_string,
+)
+from iac_scanner.hcl import Expr
+
+Function = Callable[..., Any]
+
+
+def _strict(function: Function) -> Function:
+    """The function needs every argument fully known."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any) -> Any:
+        if any(has_unknown(a) for a in args):
+            return UNKNOWN
+        return function(*args)
+
+    return wrapper
+
+
+def _shallow(function: Function) -> Function:
+    """The function needs its arguments known at the top level only: unknown
+    elements inside lists and maps pass through (merge, concat, length...)."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any) -> Any:
+        if any(a is UNKNOWN for a in args):
+            return UNKNOWN
+        return function(*args)
+
+    return wrapper
+
+
+def _items(collection: Any) -> list[Any]:
+    if isinstance(collection, list):
+        return collection
+    if isinstance(collection, dict):
+        return list(collection.values())
+    raise Unsupported("not a collection")
+
+
+def _merge(*maps: Any) -> Any:
+    result: dict[str, Any] = {}
+    for m in maps:
+        if m is None:
+            continue
+        if not isinstance(m, dict):
+            raise Unsupported("merge of a non-map")
+        result.update(m)
+    return result
+
+
+def _concat(*lists: Any) -> Any:
+    result: list[Any] = []
+    for item in lists:
+        result.extend(_items(item))
+    return result
+
+
+def _length(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    return len(_items(value))
+
+
+def _lookup(mapping: Any, key: Any, *default: Any) -> Any:
+    if not isinstance(mapping, dict):
+        raise Unsupported("lookup in a non-map")
+    key = to_string(key)
+    if key in mapping:
+        return mapping[key]
+    if default:
+        return default[0]
+    raise Unsupported("lookup of a missing key")
+
+
+def _element(collection: Any, index: Any) -> Any:
+    items = _items(collection)
+    if not items:
+        raise Unsupported("element of an empty list")
+    return items[int(to_number(index)) % len(items)]
+
+
+def _coalesce(*values: Any) -> Any:
+    for value in values:
+        if value is UNKNOWN:
+            return UNKNOWN
+        if value is not None and value != "":
+            return value
+    raise Unsupported("coalesce of nothing")
+
+
+def _coalescelist(*lists: Any) -> Any:
+    for value in lists:
+        if value is UNKNOWN:
+            return UNKNOWN
+        if _items(value):
+            return value
+    raise Unsupported("coalescelist of nothing")
+
+
+def _format(spec: str, *args: Any) -> str:
+    values = iter(args)
+
+    def replace(match: re.Match[str]) -> str:
+        verb = match.group(2)
+        if verb == "%":
+            return "%"
+        value = next(values)
+        if verb in ("s", "v"):
+            return to_string(value) if not isinstance(value, list | dict) else json.dumps(value)
+        if verb == "d":
+            return str(int(to_number(value)))
+        if verb == "q":
+            return json.dumps(to_string(value))
+        if verb == "t":
+            return "true" if to_bool(value) else "false"
+        if verb == "f":
+            return ("%" + match.group(1) + "f") % to_number(value)
+        raise Unsupported(f"format verb {verb}")
+
+    return re.sub(r"%([-+# 0-9.]*)([a-zA-Z%])", replace, spec)
+
+
+def _flatten(value: Any) -> list[Any]:
+    result: list[Any] = []
+    for item in _items(value):
+        if item is UNKNOWN:
+            raise Unsupported("flatten of an unknown element")
+        if isinstance(item, list):
+            result.extend(_flatten(item))
+        else:
+            result.append(item)
+    return result
+
+
+def _distinct(value: Any) -> list[Any]:
+    result: list[Any] = []
+    for item in _items(value):
+        if item not in result:
+            result.append(item)
+    return result
+
+
+def _toset(value: Any) -> list[Any]:
+    items = _distinct(value)
+    if all(isinstance(i, str) for i in items):
+        return sorted(items)
+    return items
+
+
+def _tomap(value: Any) -> Any:
+    if not isinstance(value, dict):
+        raise Unsupported("tomap of a non-map")
+    return value
+
+
+def _tostring(value: Any) -> Any:
+    return None if value is None else to_string(value)
+
+
+def _tonumber(value: Any) -> Any:
+    return None if value is None else to_number(value)
+
+
+def _tobool(value: Any) -> Any:
+    return None if value is None else to_bool(value)
+
+
+def _keys(value: Any) -> list[str]:
+    if not isinstance(value, dict):
+        raise Unsupported("keys of a non-map")
+    return sorted(value)
+
+
+def _values(value: Any) -> list[Any]:
+    if not isinstance(value, dict):
+        raise Unsupported("values of a non-map")
+    return [value[k] for k in sorted(value)]
+
+
+def _zipmap(keys: Any, values: Any) -> dict[str, Any]:
+    return {to_string(k): v for k, v in zip(_items(keys), _items(values), strict=True)}
+
+
+def _cidrsubnet(prefix: str, newbits: Any, netnum: Any) -> str:
+    network = ipaddress.ip_network(prefix, strict=False)
+    new_prefix = network.prefixlen + int(to_number(newbits))
+    subnets = network.subnets(new_prefix=new_prefix)
+    index = int(to_number(netnum))
+    for position, subnet in enumerate(subnets):
+        if position == index:
+            return str(subnet)
+    raise Unsupported("cidrsubnet number out of range")
+
+
+def _cidrhost(prefix: str, hostnum: Any) -> str:
+    network = ipaddress.ip_network(prefix, strict=False)
+    number = int(to_number(hostnum))
+    base = network.broadcast_address + 1 if number < 0 else network.network_address
+    return str(base + number)
+
+
+def _substr(text: str, offset: Any, length: Any) -> str:
+    start = int(to_number(offset))
+    size = int(to_number(length))
+    if start < 0:
+        start += len(text)
+    return text[start:] if size == -1 else text[start : start + size]
+
+
+def _range(*args: Any) -> list[Any]:
+    numbers: list[int | float] = [to_number(a) for a in args]
+    start: int | float
+    stop: int | float
+    step: int | float
+    if len(numbers) == 1:
+        start, stop, step = 0, numbers[0], 1
+    elif len(numbers) == 2:
+        start, stop, step = numbers[0], numbers[1], 1 if numbers[1] >= numbers[0] else -1
+    else:
+        start, stop, step = numbers
+    if step == 0 or abs((stop - start) / step) > 1024:
+        raise Unsupported("range too large")
+    result = []
+    value = start
+    while (step > 0 and value < stop) or (step < 0 and value > stop):
+        result.append(value)
+        value += step
+    return result
+
+
+def _regex(pattern: str, text: str) -> Any:
+    match = re.search(_go_regex(pattern), text)
+    if match is None:
+        raise Unsupported("regex did not match")
+    if match.groupdict():
+        return match.groupdict()
+    if match.groups():
+        return list(match.groups())
+    return match.group(0)
+
+
+def _go_regex(pattern: str) -> str:
+    return re.sub(r"\(\?P?<", "(?P<", pattern)
+
+
+def _replace(text: str, search: str, replacement: str) -> str:
+    if len(search) > 1 and search.startswith("/") and search.endswith("/"):
+        return re.sub(_go_regex(search[1:-1]), re.sub(r"\$(\d)", r"\\\1", replacement), text)
+    return text.replace(search, replacement)
+
+
+def _one(value: Any) -> Any:
+    items = _items(value)
+    if len(items) > 1:
+        raise Unsupported("one() of several")
+    return items[0] if items else None
+
+
+def _jsonencode(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def _jsondecode(text: str) -> Any:
+    return json.loads(text)
+
+
+def _yamldecode(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def _sort(value: Any) -> list[str]:
+    return sorted(to_string(v) for v in _items(value))
+
+
+def _contains(collection: Any, value: Any) -> bool:
+    return value in _items(collection)
+
+
+def _setop(operation: str) -> Function:
+    def apply(*sets: Any) -> list[Any]:
+        first = _items(sets[0])
+        others = [_items(s) for s in sets[1:]]
+        if operation == "union":
+            return _toset(_concat(*sets))
+        if operation == "intersection":
+            return _toset([v for v in first if all(v in o for o in others)])
+        return _toset([v for v in first if not any(v in o for o in others)])
+
+    return apply
+
+
+def _slice(value: Any, start: Any, end: Any) -> list[Any]:
+    return _items(value)[int(to_number(start)) : int(to_number(end))]
+
+
+def _chunklist(value: Any, size: Any) -> list[Any]:
+    items = _items(value)
+    step = int(to_number(size))
+    if step <= 0:
+        return [items]
+    return [items[i : i + step] for i in range(0, len(items), step)]
+
+
+def _transpose(value: Any) -> dict[str, list[str]]:
+    result: dict[str, list[str]] = {}
+    for key in sorted(value):
+        for item in value[key]:
+            result.setdefault(item, []).append(key)
+    return result
+
+
+FUNCTIONS: dict[str, Function] = {
+    "merge": _shallow(_merge),
+    "concat": _shallow(_concat),
+    "length": _shallow(_length),
+    "lookup": _shallow(_lookup),
+    "element": _shallow(_element),
+    "coalesce": _coalesce,
+    "coalescelist": _coalescelist,
+    "format": _strict(_format),
+    "formatlist": _strict(
+        lambda spec, *lists: [
+            _format(spec, *row)
+            for row in zip(
+                *[_items(x) if isinstance(x, list) else None for x in lists], strict=True
+            )
+        ]
+    ),
+    "join": _strict(lambda sep, *lists: sep.join(to_string(v) for v in _concat(*lists))),
+    "split": _strict(lambda sep, text: text.split(sep) if text else []),
+    "lower": _strict(lambda s: s.lower()),
+    "upper": _strict(lambda s: s.upper()),
+    "title": _strict(lambda s: s.title()),
+    "trimspace": _strict(lambda s: s.strip()),
+    "trim": _strict(lambda s, chars: s.strip(chars)),
+    "trimprefix": _strict(lambda s, p: s.removeprefix(p)),
+    "trimsuffix": _strict(lambda s, p: s.removesuffix(p)),
+    "chomp": _strict(lambda s: s.rstrip("\r\n")),
+    "replace": _strict(_replace),
+    "substr": _strict(_substr),
+    "startswith": _strict(lambda s, p: s.startswith(p)),
+    "endswith": _strict(lambda s, p: s.endswith(p)),
+    "strcontains": _strict(lambda s, p: p in s),
+    "regex": _strict(_regex),
+    "regexall": _strict(lambda p, s: [m.group(0) for m in re.finditer(_go_regex(p), s)]),
+    "tostring": _shallow(_tostring),
+    "tonumber": _shallow(_tonumber),
+    "tobool": _shallow(_tobool),
+    "tolist": _shallow(lambda v: _items(v)),
+    "toset": _strict(_toset),
+    "tomap": _shallow(_tomap),
+    "keys": _shallow(_keys),
+    "values": _shallow(_values),
+    "zipmap": _shallow(_zipmap),
+    "contains": _strict(_contains),
+    "index": _strict(lambda items, v: _items(items).index(v)),
+    "flatten": _shallow(_flatten),
+    "distinct": _strict(_distinct),
+    "compact": _strict(lambda items: [v for v in _items(items) if v not in (None, "")]),
+    "reverse": _shallow(lambda items: list(reversed(_items(items)))),
+    "sort": _strict(_sort),
+    "slice": _shallow(_slice),
+    "chunklist": _shallow(_chunklist),
+    "one": _shallow(_one),
+    "setunion": _strict(_setop("union")),
+    "setintersection": _strict(_setop("intersection")),
+    "setsubtract": _strict(_setop("subtract")),
+    "transpose": _strict(_transpose),
+    "range": _strict(_range),
+    "min": _strict(lambda *n: min(to_number(x) for x in n)),
+    "max": _strict(lambda *n: max(to_number(x) for x in n)),
+    "sum": _strict(lambda items: sum(to_number(x) for x in _items(items))),
+    "abs": _strict(lambda n: abs(to_number(n))),
+    "ceil": _strict(lambda n: math.ceil(to_number(n))),
+    "floor": _strict(lambda n: math.floor(to_number(n))),
+    "pow": _strict(lambda a, b: to_number(a) ** to_number(b)),
+    "signum": _strict(lambda n: (to_number(n) > 0) - (to_number(n) < 0)),
+    "parseint": _strict(lambda s, base: int(to_string(s), int(to_number(base)))),
+    "jsonencode": _strict(_jsonencode),
+    "jsondecode": _strict(_jsondecode),
+    "yamldecode": _strict(_yamldecode),
+    "base64encode": _strict(lambda s: base64.b64encode(s.encode()).decode()),
+    "base64decode": _strict(lambda s: base64.b64decode(s).decode()),
+    "cidrsubnet": _strict(_cidrsubnet),
+    "cidrhost": _strict(_cidrhost),
+    "cidrnetmask": _strict(lambda p: str(ipaddress.ip_network(p, strict=False).netmask)),
+}
+
+
+def _try(args: list[Expr], ctx: Context) -> Any:
+    for arg in args:
+        try:
+            value = evaluate_lazily(arg, ctx)
+        except (Unsupported, TypeError, ValueError, KeyError, IndexError, ArithmeticError):
+            continue
+        # An unknown might have failed at apply: don't pick a later fallback.
+        return value
+    return UNKNOWN
+
+
+def _can(args: list[Expr], ctx: Context) -> Any:
+    try:
+        value = evaluate_lazily(args[0], ctx)
+    except (Unsupported, TypeError, ValueError, KeyError, IndexError, ArithmeticError):
+        return False
+    return UNKNOWN if has_unknown(value) else True
+
+
+def _file(args: list[Expr], ctx: Context) -> Any:
+    """file(path): read from the module directory, as Terraform does at plan."""
+    path = evaluate_lazily(args[0], ctx) if args else UNKNOWN
+    if not isinstance(path, str):
+        return UNKNOWN
+    base = ctx.lookup("path")
+    module_dir = base.attr("module") if hasattr(base, "attr") else None
+    target = Path(path)
+    if not target.is_absolute() and isinstance(module_dir, str):
+        target = Path(module_dir) / target
+    try:
+        if target.stat().st_size > 1_000_000:
+            return UNKNOWN
+        content = target.read_bytes()
+    except OSError:
+        return UNKNOWN
+    if ctx.on_read is not None:
+        ctx.on_read(target, content)
+    try:
+        return content.decode("utf-8")
+    except UnicodeDecodeError:
+        return UNKNOWN
+
+
+LAZY_FUNCTIONS: dict[str, Callable[[list[Expr], Context], Any]] = {
+    "try": _try,
+    "can": _can,
+    "file": _file,
+}

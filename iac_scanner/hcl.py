@@ -1,0 +1,481 @@
+"""Parse HCL text with python-hcl2 into plain, cacheable data that keeps line numbers.
+
+python-hcl2's dict output has no line numbers and renders expressions as
+strings, so this walks its raw Lark parse tree instead and keeps each
+expression as a small tree of lists (the `Expr` shapes below), which
+`iac_scanner.expressions` evaluates. Everything here is JSON-serialisable so
+the parse cache can store it.
+
+Expression shapes (first item is the kind):
+    ["lit", value]                      string, number, bool or null
+    ["tpl", [part, ...]]                a template: str parts and Exprs
+    ["name", "var"]                     a bare identifier
+    ["attr", expr, "name"]              expr.name
+    ["index", expr, key_expr]           expr[key]
+    ["splat", expr, [["attr", n] | ["index", e], ...]]   expr[*].n / expr.*.n
+    ["call", "name", [args], expand_last]
+    ["tuple", [items]]                  ["object", [[key, value], ...]]
+    ["cond", test, then, else]          ["op", "+", left, right]   ["not"|"neg", e]
+    ["for", key_var|None, value_var, collection, key|None, value, cond|None, grouping]
+    ["opaque", "why"]                   something the scanner does not evaluate
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, TypedDict
+
+from lark import Token, Tree
+from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
+
+Expr = list[Any]
+
+# Bumped whenever the shapes above change, so stale cache entries are ignored.
+FORMAT_VERSION = 3
+
+_SUPPRESSION = re.compile(r"(?:#|//)\s*(portcullis:ignore|checkov:skip)\s*=\s*(.*)$")
+
+
+class Block(TypedDict):
+    type: str
+    labels: list[str]
+    line: int
+    end_line: int
+    attrs: dict[str, Expr]
+    blocks: list[Block]
+
+
+class ParsedFile(TypedDict):
+    # Top-level attributes: what a .tfvars file holds.
+    attrs: dict[str, Expr]
+    blocks: list[Block]
+    # [line, "portcullis:ignore" | "checkov:skip", rest of the comment, line
+    # of the code it stands above (its own line when it trails code)]
+    comments: list[list[Any]]
+
+
+class HclSyntaxError(Exception):
+    """A file python-hcl2 can't parse, located at line:column."""
+
+    def __init__(self, message: str, line: int = 1, column: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+        self.column = column
+
+
+def parse_text(text: str) -> ParsedFile:
+    """Parse one file's HCL text. Raises HclSyntaxError."""
+    tree = _parse_tree(text)
+    attrs, blocks = _body(_child(tree, "body"))
+    return {"attrs": attrs, "blocks": blocks, "comments": _suppression_comments(text)}
+
+
+def parse_expression(text: str) -> Expr:
+    """Parse a lone HCL expression (a `--var` value, a template interpolation)."""
+    tree = _parse_tree(f"x = {text}\n")
+    body = _child(tree, "body")
+    for node in _trees(body):
+        if node.data == "attribute":
+            return _expr(_trees(node)[-1])
+    raise HclSyntaxError(f"not an expression: {text!r}")
+
+
+def _parse_tree(text: str) -> Tree[Any]:
+    import hcl2
+
+    try:
+        tree: Tree[Any] = hcl2.parses_to_tree(text)
+    except UnexpectedInput as error:
+        raise HclSyntaxError(_describe(error, text), error.line, error.column) from None
+    except LarkError as error:
+        raise HclSyntaxError(str(error).splitlines()[0]) from None
+    return tree
+
+
+def _describe(error: UnexpectedInput, text: str) -> str:
+    if isinstance(error, UnexpectedEOF):
+        return "unexpected end of file (an unclosed block, bracket or string?)"
+    if isinstance(error, UnexpectedCharacters):
+        lines = text.splitlines()
+        line = lines[error.line - 1] if 0 < error.line <= len(lines) else ""
+        char = line[error.column - 1 : error.column] if error.column > 0 else ""
+        return f"unexpected character {char!r}"
+    token = getattr(error, "token", None)
+    if token is not None:
+        shown = (str(token).strip() or repr(str(token))).splitlines()[0]
+        if getattr(token, "type", "") == "$END":
+            return "unexpected end of file (an unclosed block, bracket or string?)"
+        expected = sorted(getattr(error, "expected", set()) or [])
+        hint = f"; expected one of {', '.join(expected[:6])}" if expected else ""
+        return f"unexpected {shown[:40]!r}{hint}"
+    return str(error).splitlines()[0]
+
+
+def _suppression_comments(text: str) -> list[list[Any]]:
+    found: list[list[Any]] = []
+    if "portcullis:ignore" not in text and "checkov:skip" not in text:
+        return found
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
+        match = _SUPPRESSION.search(line)
+        if not match:
+            continue
+        target = number
+        if line.lstrip().startswith(("#", "//")):
+            # A comment on its own line applies to the code below it.
+            while target < len(lines) and _is_comment_or_blank(lines[target]):
+                target += 1
+            target += 1
+        found.append([number, match.group(1), match.group(2).strip(), target])
+    return found
+
+
+def _is_comment_or_blank(line: str) -> bool:
+    stripped = line.strip()
+    return not stripped or stripped.startswith(("#", "//"))
+
+
+def _trees(node: Tree[Any] | None) -> list[Tree[Any]]:
+    if node is None:
+        return []
+    return [c for c in node.children if isinstance(c, Tree) and c.data != "new_line_or_comment"]
+
+
+def _child(node: Tree[Any], name: str) -> Tree[Any] | None:
+    for child in node.children:
+        if isinstance(child, Tree) and child.data == name:
+            return child
+    return None
+
+
+def _tokens(node: Tree[Any]) -> list[Token]:
+    return [c for c in node.children if isinstance(c, Token)]
+
+
+def _body(body: Tree[Any] | None) -> tuple[dict[str, Expr], list[Block]]:
+    attrs: dict[str, Expr] = {}
+    blocks: list[Block] = []
+    for node in _trees(body):
+        if node.data == "attribute":
+            children = _trees(node)
+            attrs[_name(children[0])] = _expr(children[-1])
+        elif node.data == "block":
+            blocks.append(_block(node))
+    return attrs, blocks
+
+
+def _block(node: Tree[Any]) -> Block:
+    names: list[str] = []
+    body = None
+    for child in _trees(node):
+        if child.data == "body":
+            body = child
+        else:
+            names.append(_name(child))
+    attrs, blocks = _body(body)
+    return {
+        "type": names[0],
+        "labels": names[1:],
+        "line": node.meta.line,
+        "end_line": node.meta.end_line,
+        "attrs": attrs,
+        "blocks": blocks,
+    }
+
+
+def _name(node: Tree[Any]) -> str:
+    """A block type, label or attribute name: an identifier, keyword or string."""
+    if node.data == "string":
+        value = _expr(node)
+        if value[0] == "lit":
+            return str(value[1])
+        return "".join(p for p in value[1] if isinstance(p, str))
+    if node.data in ("identifier", "keyword", "literal_value"):
+        return str(_tokens(node)[0])
+    return str(node.children[0])
+
+
+def _expr(node: Tree[Any] | Token) -> Expr:
+    if isinstance(node, Token):
+        return ["opaque", f"token {node.type}"]
+    kind = node.data
+    handler = _HANDLERS.get(str(kind))
+    if handler is None:
+        return ["opaque", f"unsupported syntax {kind}"]
+    result: Expr = handler(node)
+    return result
+
+
+def _expr_term(node: Tree[Any]) -> Expr:
+    inner = _trees(node)
+    if len(inner) == 1:
+        return _expr(inner[0])
+    return ["opaque", "empty expression"]
+
+
+def _number(node: Tree[Any]) -> Expr:
+    text = str(_tokens(node)[0])
+    if node.data == "int_lit":
+        return ["lit", int(text)]
+    return ["lit", float(text)]
+
+
+def _literal(node: Tree[Any]) -> Expr:
+    word = str(_tokens(node)[0])
+    return ["lit", {"true": True, "false": False, "null": None}[word]]
+
+
+def _identifier(node: Tree[Any]) -> Expr:
+    return ["name", str(_tokens(node)[0])]
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\"}
+
+
+def _unescape(text: str) -> str:
+    if "\\" not in text:
+        return text
+
+    def replace(match: re.Match[str]) -> str:
+        body = match.group(1)
+        if body[0] in "uU":
+            return chr(int(body[1:], 16))
+        return _ESCAPES.get(body, "\\" + body)
+
+    return re.sub(r"\\(u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|.)", replace, text)
+
+
+def _string(node: Tree[Any]) -> Expr:
+    parts: list[Any] = []
+    for part in node.children:
+        if not isinstance(part, Tree) or part.data != "string_part":
+            continue
+        for piece in part.children:
+            if isinstance(piece, Token):
+                if piece.type == "ESCAPED_INTERPOLATION" or piece.type == "ESCAPED_DIRECTIVE":
+                    parts.append(str(piece)[1:])
+                else:
+                    parts.append(_unescape(str(piece)))
+            elif piece.data == "interpolation":
+                parts.append(_expr(_trees(piece)[0]))
+            else:
+                return ["opaque", "template directive"]
+    return _template(parts)
+
+
+def _template(parts: list[Any]) -> Expr:
+    merged: list[Any] = []
+    for part in parts:
+        if isinstance(part, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += part
+        else:
+            merged.append(part)
+    if not merged:
+        return ["lit", ""]
+    if len(merged) == 1 and isinstance(merged[0], str):
+        return ["lit", merged[0]]
+    if len(merged) == 1:
+        # "${x}" alone yields x itself, not its string form (as Terraform does).
+        return ["tpl", merged]
+    return ["tpl", merged]
+
+
+def _heredoc(node: Tree[Any]) -> Expr:
+    raw = str(_tokens(node)[0])
+    first_newline = raw.index("\n")
+    body_lines = raw[first_newline + 1 :].split("\n")
+    # The last two items are the closing marker and the empty string after it.
+    lines = body_lines[:-2]
+    if node.data == "heredoc_template_trim":
+        indents = [len(line) - len(line.lstrip()) for line in lines if line.strip()]
+        cut = min(indents, default=0)
+        lines = [line[cut:] for line in lines]
+    text = "\n".join(line.rstrip("\r") for line in lines) + ("\n" if lines else "")
+    return template_from_text(text)
+
+
+def template_from_text(text: str) -> Expr:
+    """A heredoc body (or any template text) with `${...}` interpolations parsed."""
+    if "${" not in text and "%{" not in text:
+        return ["lit", text.replace("$${", "${")]
+    parts: list[Any] = []
+    position = 0
+    while position < len(text):
+        start = text.find("${", position)
+        directive = text.find("%{", position)
+        before_interpolation = start == -1 or directive < start
+        if directive != -1 and before_interpolation and text[directive - 1 : directive] != "%":
+            return ["opaque", "template directive"]
+        if start == -1:
+            parts.append(text[position:])
+            break
+        if start > 0 and text[start - 1] == "$":
+            parts.append(text[position : start - 1] + "${")
+            position = start + 2
+            continue
+        parts.append(text[position:start])
+        end = _closing_brace(text, start + 2)
+        if end == -1:
+            return ["opaque", "unterminated interpolation"]
+        try:
+            parts.append(parse_expression(text[start + 2 : end].strip()))
+        except HclSyntaxError:
+            return ["opaque", "interpolation the parser does not accept"]
+        position = end + 1
+    return _template([p.replace("%%{", "%{") if isinstance(p, str) else p for p in parts])
+
+
+def _closing_brace(text: str, position: int) -> int:
+    depth = 0
+    quoted = False
+    while position < len(text):
+        char = text[position]
+        if quoted:
+            if char == "\\":
+                position += 1
+            elif char == '"':
+                quoted = False
+        elif char == '"':
+            quoted = True
+        elif char == "{":
+            depth += 1
+        elif char == "}":
+            if depth == 0:
+                return position
+            depth -= 1
+        position += 1
+    return -1
+
+
+def _tuple(node: Tree[Any]) -> Expr:
+    return ["tuple", [_expr(item) for item in _trees(node)]]
+
+
+def _object(node: Tree[Any]) -> Expr:
+    items: list[list[Expr]] = []
+    for element in _trees(node):
+        key_node, value_node = _trees(element)[0], _trees(element)[-1]
+        key_inner = _trees(key_node)
+        if key_inner and key_inner[0].data == "keyword":
+            key: Expr = ["lit", _name(key_inner[0])]
+        else:
+            key = _expr(key_inner[0]) if key_inner else ["opaque", "object key"]
+            # A bare word as a key is the key's name, not a variable.
+            if key[0] == "name":
+                key = ["lit", key[1]]
+        items.append([key, _expr(value_node)])
+    return ["object", items]
+
+
+def _function_call(node: Tree[Any]) -> Expr:
+    names = [str(_tokens(n)[0]) for n in _trees(node) if n.data == "identifier"]
+    arguments = _child(node, "arguments")
+    args = [_expr(a) for a in _trees(arguments)]
+    expand = arguments is not None and any(
+        isinstance(t, Token) and t.type == "ELLIPSIS" for t in arguments.children
+    )
+    return ["call", "::".join(names), args, expand]
+
+
+def _get_attr_term(node: Tree[Any]) -> Expr:
+    target, accessor = _trees(node)
+    return ["attr", _expr(target), _name(_trees(accessor)[0])]
+
+
+def _index_term(node: Tree[Any]) -> Expr:
+    target, index = _trees(node)
+    return ["index", _expr(target), _index_key(index)]
+
+
+def _index_key(index: Tree[Any]) -> Expr:
+    if index.data == "short_index":
+        return ["lit", int(str(_tokens(index)[-1]))]
+    return _expr(_trees(index)[0])
+
+
+def _splat_term(node: Tree[Any]) -> Expr:
+    target, splat = _trees(node)
+    operations: list[list[Any]] = []
+    for op in _trees(splat):
+        if op.data == "get_attr":
+            operations.append(["attr", _name(_trees(op)[0])])
+        else:
+            operations.append(["index", _index_key(op)])
+    return ["splat", _expr(target), operations]
+
+
+def _conditional(node: Tree[Any]) -> Expr:
+    test, then, otherwise = _trees(node)
+    return ["cond", _expr(test), _expr(then), _expr(otherwise)]
+
+
+def _binary_op(node: Tree[Any]) -> Expr:
+    left, term = _trees(node)
+    operator_node, right = _trees(term)
+    operator = str(_tokens(operator_node)[0]).split()[-1]
+    return ["op", operator, _expr(left), _expr(right)]
+
+
+def _unary_op(node: Tree[Any]) -> Expr:
+    operator = str(_tokens(node)[0]).strip()
+    operand = _expr(_trees(node)[0])
+    if operator == "-":
+        if operand[0] == "lit" and isinstance(operand[1], int | float):
+            return ["lit", -operand[1]]
+        return ["neg", operand]
+    return ["not", operand]
+
+
+def _for(node: Tree[Any]) -> Expr:
+    parts = _trees(node)
+    intro = parts[0]
+    intro_parts = _trees(intro)
+    variables = [str(_tokens(n)[0]) for n in intro_parts if n.data == "identifier"]
+    collection = _expr(intro_parts[-1])
+    key_var, value_var = (
+        (variables[0], variables[1]) if len(variables) == 2 else (None, variables[0])
+    )
+    condition = None
+    if parts[-1].data == "for_cond":
+        condition = _expr(_trees(parts[-1])[0])
+        parts = parts[:-1]
+    grouping = any(isinstance(t, Token) and t.type == "ELLIPSIS" for t in node.children)
+    if node.data == "for_object_expr":
+        key, value = _expr(parts[1]), _expr(parts[2])
+        return ["for", key_var, value_var, collection, key, value, condition, grouping]
+    return ["for", key_var, value_var, collection, None, _expr(parts[1]), condition, False]
+
+
+def _template_string(node: Tree[Any]) -> Expr:
+    text = str(_tokens(node)[0])
+    try:
+        return ["lit", json.loads(text.replace('\\"', '"'))]
+    except ValueError:
+        return ["opaque", "template string"]
+
+
+_HANDLERS: dict[str, Any] = {
+    "expr_term": _expr_term,
+    "int_lit": _number,
+    "float_lit": _number,
+    "literal_value": _literal,
+    "identifier": _identifier,
+    "string": _string,
+    "heredoc_template": _heredoc,
+    "heredoc_template_trim": _heredoc,
+    "tuple": _tuple,
+    "object": _object,
+    "function_call": _function_call,
+    "get_attr_expr_term": _get_attr_term,
+    "index_expr_term": _index_term,
+    "attr_splat_expr_term": _splat_term,
+    "full_splat_expr_term": _splat_term,
+    "conditional": _conditional,
+    "binary_op": _binary_op,
+    "unary_op": _unary_op,
+    "for_tuple_expr": _for,
+    "for_object_expr": _for,
+    "template_string": _template_string,
+}

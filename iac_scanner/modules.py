@@ -1,0 +1,651 @@
+"""Evaluate a Terraform module tree from parsed HCL into the document's resources.
+
+A `ModuleInstance` is one module at one address (the root, `module.vpc`,
+`module.app[0]`): its variables, locals, resources (expanded by count and
+for_each where those resolve) and the module calls below it. Everything is
+evaluated lazily, on first use, so a reference to a local or to another
+resource's attribute resolves in any order, and a cycle is UNKNOWN rather
+than an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from iac_scanner.expressions import (
+    UNKNOWN,
+    UNKNOWN_NAMESPACE,
+    Context,
+    MapNamespace,
+    Namespace,
+    Unsupported,
+    evaluate,
+    references,
+    traversal,
+)
+from iac_scanner.hcl import Block, Expr, HclSyntaxError, ParsedFile, parse_expression
+
+# Meta-arguments: how Terraform manages a resource, not what the provider gets.
+_RESOURCE_META = {"count", "for_each", "provider", "depends_on"}
+_RESOURCE_META_BLOCKS = {"lifecycle", "provisioner", "connection"}
+_MODULE_META = {"source", "version", "count", "for_each", "providers", "depends_on"}
+_MAX_MODULE_DEPTH = 12
+
+
+@dataclass
+class SourceFile:
+    path: Path
+    display: str
+    parsed: ParsedFile
+
+
+@dataclass
+class Resource:
+    """One resource instance: the document entry plus what reports need."""
+
+    entry: dict[str, Any]
+    end_line: int
+    comments: list[list[Any]] = field(default_factory=list)
+
+
+class Loader:
+    """What every module instance of one scan shares: parsed files, the
+    variables given on the command line, and the notes to print once."""
+
+    def __init__(
+        self,
+        files_of: Callable[[Path], list[SourceFile]],
+        notes: list[str],
+        on_read: Callable[[Path, bytes], None] | None = None,
+    ) -> None:
+        self.files_of = files_of
+        self.notes = notes
+        self.on_read = on_read
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+
+def _no_names(name: str) -> Any:
+    raise Unsupported(name)
+
+
+_LITERAL_CONTEXT = Context(_no_names)
+
+
+def literal_value(expr: Expr) -> Any:
+    """A value that needs no names: tfvars, variable defaults."""
+    return evaluate(expr, _LITERAL_CONTEXT)
+
+
+class ModuleInstance:
+    def __init__(
+        self,
+        loader: Loader,
+        directory: Path,
+        address: str,
+        variables: dict[str, Any],
+        variable_refs: dict[str, set[str]],
+        root: Path,
+        depth: int = 0,
+        only_file: Path | None = None,
+    ) -> None:
+        self.loader = loader
+        self.directory = directory
+        self.address = address
+        self.prefix = f"{address}." if address else ""
+        self.root = root
+        self.depth = depth
+        self.files = loader.files_of(directory)
+        if only_file is not None:
+            self.files = [f for f in self.files if f.path == only_file]
+        self.declared: dict[str, Block] = {}
+        self.local_exprs: dict[str, Expr] = {}
+        self.resource_blocks: dict[str, tuple[Block, SourceFile]] = {}
+        self.resource_types: set[str] = set()
+        self.module_blocks: dict[str, Block] = {}
+        self.module_files: dict[str, SourceFile] = {}
+        self.outputs: dict[str, Expr] = {}
+        self.provider_sources: dict[str, str] = {}
+        self._collect()
+        self.variables = self._variables(variables)
+        self.variable_refs = variable_refs
+        self._locals: dict[str, Any] = {}
+        self._local_refs: dict[str, set[str]] = {}
+        self._busy: set[str] = set()
+        self._instances: dict[str, Any] = {}
+        self._configs: dict[str, Any] = {}
+        self._children: dict[str, Any] = {}
+        self.context = Context(self._resolve, references=self._references, on_read=loader.on_read)
+
+    def _collect(self) -> None:
+        for source in self.files:
+            for block in source.parsed["blocks"]:
+                kind, labels = block["type"], block["labels"]
+                if kind == "variable" and labels:
+                    self.declared[labels[0]] = block
+                elif kind == "locals":
+                    self.local_exprs.update(block["attrs"])
+                elif kind == "resource" and len(labels) == 2:
+                    self.resource_blocks[f"{labels[0]}.{labels[1]}"] = (block, source)
+                    self.resource_types.add(labels[0])
+                elif kind == "module" and labels:
+                    self.module_blocks[labels[0]] = block
+                    self.module_files[labels[0]] = source
+                elif kind == "output" and labels and "value" in block["attrs"]:
+                    self.outputs[labels[0]] = block["attrs"]["value"]
+                elif kind == "terraform":
+                    self._required_providers(block)
+
+    def _required_providers(self, block: Block) -> None:
+        for inner in block["blocks"]:
+            if inner["type"] != "required_providers":
+                continue
+            for name, expr in inner["attrs"].items():
+                value = literal_value(expr)
+                if isinstance(value, dict) and isinstance(value.get("source"), str):
+                    source = value["source"]
+                    parts = source.split("/")
+                    self.provider_sources[name] = (
+                        source if len(parts) == 3 else f"registry.terraform.io/{source}"
+                    )
+
+    def _variables(self, given: dict[str, Any]) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, block in self.declared.items():
+            if name in given:
+                values[name] = given[name]
+            elif "default" in block["attrs"]:
+                values[name] = literal_value(block["attrs"]["default"])
+            else:
+                values[name] = UNKNOWN
+        return values
+
+    def assign(self, given: dict[str, Any]) -> None:
+        """Set the root module's inputs (before anything is evaluated)."""
+        self.variables = self._variables(given)
+
+    def declared_type(self, name: str) -> str | None:
+        block = self.declared.get(name)
+        if block is None or "type" not in block["attrs"]:
+            return None
+        chain = traversal(block["attrs"]["type"])
+        return chain[0] if chain and not chain[1] else "complex"
+
+    # Names in expressions.
+
+    def _resolve(self, name: str) -> Any:
+        if name == "var":
+            return MapNamespace(self.variables)
+        if name == "local":
+            return _Locals(self)
+        if name == "module":
+            return _Modules(self)
+        if name == "data":
+            return UNKNOWN_NAMESPACE
+        if name == "path":
+            return MapNamespace(
+                {
+                    "module": str(self.directory),
+                    "root": str(self.root),
+                    "cwd": os.getcwd(),
+                }
+            )
+        if name == "terraform":
+            return MapNamespace({"workspace": "default"})
+        if name in ("count", "each", "self"):
+            return UNKNOWN
+        if name in self.resource_types:
+            return _ResourceType(self, name)
+        raise Unsupported(f"unknown name {name}")
+
+    def local(self, name: str) -> Any:
+        if name in self._locals:
+            return self._locals[name]
+        if name not in self.local_exprs or f"local.{name}" in self._busy:
+            return UNKNOWN
+        self._busy.add(f"local.{name}")
+        try:
+            value = evaluate(self.local_exprs[name], self.context)
+        finally:
+            self._busy.discard(f"local.{name}")
+        self._locals[name] = value
+        return value
+
+    def _references(self, root: str, operations: list[Any]) -> set[str]:
+        name = operations[0][1] if operations and operations[0][0] == "attr" else None
+        if root == "var" and name:
+            return self.variable_refs.get(name, set())
+        if root == "local" and name:
+            return self._local_references(name)
+        if root == "data" and name and len(operations) > 1 and operations[1][0] == "attr":
+            return {f"{self.prefix}data.{name}.{operations[1][1]}"}
+        if root == "module" and name:
+            output = (
+                operations[1][1] if len(operations) > 1 and operations[1][0] == "attr" else None
+            )
+            return self._module_references(name, output)
+        if root in self.resource_types and name:
+            address = f"{self.prefix}{root}.{name}"
+            if len(operations) > 1 and operations[1][0] == "index":
+                key = operations[1][1]
+                if key[0] == "lit" and isinstance(key[1], int):
+                    address += f"[{key[1]}]"
+                elif key[0] == "lit" and isinstance(key[1], str):
+                    address += f"[{json.dumps(key[1])}]"
+            return {address}
+        return set()
+
+    def _local_references(self, name: str) -> set[str]:
+        if name in self._local_refs:
+            return self._local_refs[name]
+        key = f"refs.local.{name}"
+        if name not in self.local_exprs or key in self._busy:
+            return set()
+        self._busy.add(key)
+        try:
+            found = references(self.local_exprs[name], self.context)
+        finally:
+            self._busy.discard(key)
+        self._local_refs[name] = found
+        return found
+
+    def _module_references(self, name: str, output: str | None) -> set[str]:
+        children = self.children(name)
+        if children is None:
+            return {f"{self.prefix}module.{name}"}
+        found: set[str] = set()
+        for child in children.values():
+            if output is None:
+                found.add(child.address)
+            elif output in child.outputs:
+                found |= references(child.outputs[output], child.context)
+        return found
+
+    # Module calls.
+
+    def children(self, name: str) -> dict[str, ModuleInstance] | None:
+        """The instances of module call `name` by key ("" when not repeated);
+        None when its source can't be loaded or its count/for_each is unknown."""
+        if name in self._children:
+            result: dict[str, ModuleInstance] | None = self._children[name]
+            return result
+        self._children[name] = None
+        block = self.module_blocks.get(name)
+        if block is None or self.depth >= _MAX_MODULE_DEPTH:
+            return None
+        directory = self._module_directory(name, block)
+        if directory is None:
+            return None
+        instances: dict[str, ModuleInstance] = {}
+        expansion = _expand(block, self.context)
+        if expansion is None:
+            self.loader.note(
+                f"{self.module_files[name].display}:{block['line']}: module.{name}: "
+                "count/for_each could not be resolved; its resources are scanned once "
+                "with unknown count.index/each"
+            )
+            expansion = [("", {"count": {"index": UNKNOWN}, "each": _UNKNOWN_EACH})]
+        for key, names in expansion:
+            context = self.context.child(names)
+            inputs: dict[str, Any] = {}
+            input_refs: dict[str, set[str]] = {}
+            for attr, expr in block["attrs"].items():
+                if attr in _MODULE_META:
+                    continue
+                inputs[attr] = evaluate(expr, context)
+                input_refs[attr] = references(expr, context)
+            address = f"{self.prefix}module.{name}{key}"
+            instances[key] = ModuleInstance(
+                self.loader,
+                directory,
+                address,
+                inputs,
+                input_refs,
+                self.root,
+                self.depth + 1,
+            )
+        self._children[name] = instances
+        return instances
+
+    def _module_directory(self, name: str, block: Block) -> Path | None:
+        source = literal_value(block["attrs"].get("source", ["lit", None]))
+        where = f"{self.module_files[name].display}:{block['line']}: module.{name}"
+        if not isinstance(source, str):
+            self.loader.note(f"{where}: module source is not a literal string; not scanned")
+            return None
+        if source.startswith(("./", "../")) or source in (".", ".."):
+            directory = (self.directory / source.replace("//", "/")).resolve()
+            if directory.is_dir():
+                return directory
+            self.loader.note(f"{where}: local module {source} not found; not scanned")
+            return None
+        downloaded = self._downloaded_module(name)
+        if downloaded is not None:
+            return downloaded
+        self.loader.note(
+            f"{where}: remote module {source} is not in .terraform/modules "
+            "(run terraform init to scan it); not scanned"
+        )
+        return None
+
+    def _downloaded_module(self, name: str) -> Path | None:
+        manifest = self.root / ".terraform" / "modules" / "modules.json"
+        try:
+            modules = json.loads(manifest.read_text(encoding="utf-8")).get("Modules", [])
+        except (OSError, ValueError, AttributeError):
+            return None
+        key = ".".join(
+            part.split("[")[0].removeprefix("module.")
+            for part in f"{self.address}.module.{name}".split(".module.")
+            if part
+        )
+        key = key.removeprefix(".")
+        for module in modules:
+            if isinstance(module, dict) and module.get("Key") == key:
+                directory = self.root / str(module.get("Dir", ""))
+                if directory.is_dir():
+                    return directory.resolve()
+        return None
+
+    # Resources.
+
+    def instances(self, key: str) -> list[tuple[str, dict[str, Any]]] | None:
+        """[(address suffix, names for count/each)]; None when count/for_each is unknown."""
+        if key not in self._instances:
+            block, _ = self.resource_blocks[key]
+            self._instances[key] = _expand(block, self.context)
+        result: list[tuple[str, dict[str, Any]]] | None = self._instances[key]
+        return result
+
+    def config_of(self, key: str, suffix: str, names: dict[str, Any]) -> Any:
+        """The evaluated config of one instance (UNKNOWN inside where unresolved)."""
+        cache_key = f"{key}{suffix}"
+        if cache_key in self._configs:
+            return self._configs[cache_key][0]
+        if cache_key in self._busy:
+            return UNKNOWN
+        self._busy.add(cache_key)
+        try:
+            block, _ = self.resource_blocks[key]
+            config, refs = _body_value(block, self.context.child(names), "", top=True)
+        finally:
+            self._busy.discard(cache_key)
+        self._configs[cache_key] = (config, refs)
+        return config
+
+    def resources(self) -> list[Resource]:
+        """Every resource instance in this module and the modules it calls."""
+        found: list[Resource] = []
+        for key, (block, source) in self.resource_blocks.items():
+            kind, name = block["labels"]
+            expansion = self.instances(key)
+            if expansion is None:
+                self.loader.note(
+                    f"{source.display}:{block['line']}: {key}: count/for_each could not be "
+                    "resolved; scanned as one instance with unknown count.index/each"
+                )
+                expansion = [("", {"count": {"index": UNKNOWN}, "each": _UNKNOWN_EACH})]
+            for suffix, names in expansion:
+                self.config_of(key, suffix, names)
+                config, refs = self._configs[f"{key}{suffix}"]
+                unknown: list[str] = []
+                config = strip_unknown(config, "", unknown)
+                entry = {
+                    "address": f"{self.prefix}{key}{suffix}",
+                    "type": kind,
+                    "name": name,
+                    "module": self.address,
+                    "provider": self._provider(block),
+                    "file": source.display,
+                    "line": block["line"],
+                    "config": config if isinstance(config, dict) else {},
+                    "unknown": unknown,
+                    "refs": {k: sorted(v) for k, v in sorted(refs.items())},
+                }
+                comments = _comments_for(block, source.parsed["comments"])
+                found.append(Resource(entry, block["end_line"], comments))
+        for name in self.module_blocks:
+            for child in (self.children(name) or {}).values():
+                found.extend(child.resources())
+        return found
+
+    def _provider(self, block: Block) -> str:
+        local_name = block["labels"][0].split("_")[0]
+        if "provider" in block["attrs"]:
+            chain = traversal(block["attrs"]["provider"])
+            if chain is not None:
+                local_name = chain[0]
+        return self.provider_sources.get(
+            local_name, f"registry.terraform.io/hashicorp/{local_name}"
+        )
+
+
+_UNKNOWN_EACH = {"key": UNKNOWN, "value": UNKNOWN}
+
+
+def _expand(block: Block, context: Context) -> list[tuple[str, dict[str, Any]]] | None:
+    """How count/for_each repeat a resource or module: [(address suffix, names)]."""
+    attrs = block["attrs"]
+    if "count" in attrs:
+        count = evaluate(attrs["count"], context)
+        if isinstance(count, bool) or not isinstance(count, int | float):
+            return None
+        return [(f"[{i}]", {"count": {"index": i}}) for i in range(int(count))]
+    if "for_each" in attrs:
+        collection = evaluate(attrs["for_each"], context)
+        if isinstance(collection, dict):
+            items = sorted(collection.items())
+        elif isinstance(collection, list) and all(isinstance(v, str) for v in collection):
+            items = [(v, v) for v in sorted(set(collection))]
+        else:
+            return None
+        return [(f"[{json.dumps(k)}]", {"each": {"key": k, "value": v}}) for k, v in items]
+    return [("", {})]
+
+
+def _body_value(
+    block: Block, context: Context, path: str, *, top: bool = False
+) -> tuple[dict[str, Any], dict[str, set[str]]]:
+    config: dict[str, Any] = {}
+    refs: dict[str, set[str]] = {}
+    for name, expr in block["attrs"].items():
+        if top and name in _RESOURCE_META:
+            continue
+        config[name] = evaluate(expr, context)
+        found = references(expr, context)
+        if found:
+            refs[f"{path}{name}"] = found
+    for inner in block["blocks"]:
+        kind = inner["type"]
+        if top and kind in _RESOURCE_META_BLOCKS:
+            continue
+        if kind == "dynamic" and inner["labels"]:
+            _dynamic(inner, context, path, config, refs)
+            continue
+        items = config.setdefault(kind, [])
+        if items is UNKNOWN or not isinstance(items, list):
+            continue
+        value, inner_refs = _body_value(inner, context, f"{path}{kind}.{len(items)}.")
+        items.append(value)
+        refs.update(inner_refs)
+    return config, refs
+
+
+def _dynamic(
+    block: Block,
+    context: Context,
+    path: str,
+    config: dict[str, Any],
+    refs: dict[str, set[str]],
+) -> None:
+    label = block["labels"][0]
+    items = config.setdefault(label, [])
+    if not isinstance(items, list):
+        return
+    content = next((b for b in block["blocks"] if b["type"] == "content"), None)
+    collection = evaluate(block["attrs"].get("for_each", ["lit", None]), context)
+    iterator = label
+    if "iterator" in block["attrs"]:
+        chain = traversal(block["attrs"]["iterator"])
+        if chain is not None:
+            iterator = chain[0]
+    if content is None or not isinstance(collection, dict | list):
+        # Unknown how many blocks there are: the next position stands for them.
+        items.append(UNKNOWN)
+        return
+    pairs = sorted(collection.items()) if isinstance(collection, dict) else enumerate(collection)
+    for key, value in pairs:
+        inner = context.child({iterator: {"key": key, "value": value}})
+        body, inner_refs = _body_value(content, inner, f"{path}{label}.{len(items)}.")
+        items.append(body)
+        refs.update(inner_refs)
+
+
+def strip_unknown(value: Any, path: str, unknown: list[str]) -> Any:
+    """The value with every UNKNOWN removed and its dotted path listed instead:
+    object keys are dropped, list items become null (positions are kept)."""
+    if value is UNKNOWN:
+        unknown.append(path)
+        return None
+    if isinstance(value, dict):
+        result = {}
+        for key, item in value.items():
+            inner = f"{path}.{key}" if path else str(key)
+            if item is UNKNOWN:
+                unknown.append(inner)
+                continue
+            result[key] = strip_unknown(item, inner, unknown)
+        return result
+    if isinstance(value, list):
+        return [
+            strip_unknown(item, f"{path}.{i}" if path else str(i), unknown)
+            for i, item in enumerate(value)
+        ]
+    return value
+
+
+def _comments_for(block: Block, comments: list[list[Any]]) -> list[list[Any]]:
+    return [
+        c for c in comments if block["line"] <= c[0] <= block["end_line"] or c[3] == block["line"]
+    ]
+
+
+class _Locals(Namespace):
+    def __init__(self, module: ModuleInstance) -> None:
+        self.module = module
+
+    def attr(self, name: str) -> Any:
+        if name not in self.module.local_exprs:
+            raise Unsupported(f"no local {name}")
+        return self.module.local(name)
+
+
+class _Modules(Namespace):
+    def __init__(self, module: ModuleInstance) -> None:
+        self.module = module
+
+    def attr(self, name: str) -> Any:
+        if name not in self.module.module_blocks:
+            raise Unsupported(f"no module {name}")
+        children = self.module.children(name)
+        if children is None:
+            return UNKNOWN
+        block = self.module.module_blocks[name]
+        outputs = {key: _Outputs(child) for key, child in children.items()}
+        if "count" in block["attrs"]:
+            return [outputs[key] for key in sorted(outputs, key=lambda k: int(k[1:-1]))]
+        if "for_each" in block["attrs"]:
+            return {json.loads(key[1:-1]): value for key, value in outputs.items()}
+        return outputs.get("", UNKNOWN)
+
+
+class _Outputs(Namespace):
+    def __init__(self, module: ModuleInstance) -> None:
+        self.module = module
+
+    def attr(self, name: str) -> Any:
+        expr = self.module.outputs.get(name)
+        if expr is None:
+            return UNKNOWN
+        return evaluate(expr, self.module.context)
+
+
+class _ResourceType(Namespace):
+    def __init__(self, module: ModuleInstance, kind: str) -> None:
+        self.module = module
+        self.kind = kind
+
+    def attr(self, name: str) -> Any:
+        key = f"{self.kind}.{name}"
+        if key not in self.module.resource_blocks:
+            raise Unsupported(f"no resource {key}")
+        block, _ = self.module.resource_blocks[key]
+        expansion = self.module.instances(key)
+        if expansion is None:
+            return UNKNOWN
+        instances = {
+            suffix: _Instance(self.module, key, suffix, names) for suffix, names in expansion
+        }
+        if "count" in block["attrs"]:
+            return list(instances.values())
+        if "for_each" in block["attrs"]:
+            return {json.loads(s[1:-1]): value for s, value in instances.items()}
+        return instances.get("", UNKNOWN)
+
+
+class _Instance(Namespace):
+    """Another resource's attributes: what its configuration sets is known at
+    plan time; anything else (id, arn) is computed at apply: unknown."""
+
+    def __init__(self, module: ModuleInstance, key: str, suffix: str, names: dict[str, Any]):
+        self.module = module
+        self.key = key
+        self.suffix = suffix
+        self.names = names
+
+    def attr(self, name: str) -> Any:
+        config = self.module.config_of(self.key, self.suffix, self.names)
+        if not isinstance(config, dict):
+            return UNKNOWN
+        value = config.get(name, UNKNOWN)
+        return value
+
+
+def root_variables(
+    module: ModuleInstance,
+    assigned: list[dict[str, Any]],
+    cli_vars: list[tuple[str, str]],
+) -> dict[str, Any]:
+    """Root module inputs in Terraform's order: TF_VAR_ environment variables,
+    then the tfvars files (terraform.tfvars, *.auto.tfvars, --var-file), then --var."""
+    values: dict[str, Any] = {}
+    for name in module.declared:
+        env = os.environ.get(f"TF_VAR_{name}")
+        if env is not None:
+            values[name] = _typed_text(module, name, env)
+    for file_values in assigned:
+        values.update(file_values)
+    for name, text in cli_vars:
+        values[name] = _typed_text(module, name, text)
+    return values
+
+
+def _typed_text(module: ModuleInstance, name: str, text: str) -> Any:
+    """-var and TF_VAR_ values are strings unless the variable's type says otherwise."""
+    if module.declared_type(name) in (None, "string"):
+        return text
+    try:
+        return literal_value(parse_expression(text))
+    except HclSyntaxError:
+        return text
+
+
+def tfvars_values(parsed: ParsedFile) -> dict[str, Any]:
+    return {name: literal_value(expr) for name, expr in parsed["attrs"].items()}

@@ -1,0 +1,98 @@
+"""Run the policy set's `portcullis.terraform.*` rule packages over documents.
+
+Each package declares `metadata` (id, title, severity, remediation) and a
+`deny` set of {"resource", "message"}; every such package is a rule."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from iac_scanner.findings import SEVERITIES, Rule
+from policy_engine import EvaluationError, PolicyLoadError, PolicySet, compile_policy
+from policy_engine.embedded import CompiledPolicy, new_engine
+from policy_engine.errors import problem_from_engine_error
+
+PACKAGE_PREFIX = ("portcullis", "terraform")
+
+
+class RuleSetError(Exception):
+    """The policy set can't serve as scanner rules (one line per problem)."""
+
+
+@dataclass(frozen=True)
+class Violation:
+    rule: Rule
+    resource: str
+    message: str
+
+
+class RuleSet:
+    """The scanner's rules, compiled once; one regorus engine per process."""
+
+    def __init__(self, policy_set: PolicySet) -> None:
+        try:
+            self.compiled: CompiledPolicy = compile_policy(policy_set)
+        except PolicyLoadError as error:
+            raise RuleSetError(str(error)) from None
+        self.revision = self.compiled.policy_set.revision
+        self._engine = new_engine(self.compiled.policy_set)
+        self.packages = self._rule_packages()
+        self.rules = {ref: self._metadata(ref) for ref in self.packages}
+
+    def _rule_packages(self) -> list[str]:
+        found: dict[str, set[str]] = {}
+        for shape in self.compiled.shapes:
+            package = shape.package
+            if package[: len(PACKAGE_PREFIX)] != PACKAGE_PREFIX or package[-1].endswith("_test"):
+                continue
+            names = found.setdefault(shape.package_ref, set())
+            names.update(rule.path[0] for rule in shape.rules if not rule.is_function)
+        return sorted(ref for ref, names in found.items() if {"deny", "metadata"} <= names)
+
+    def _eval(self, ref: str) -> Any:
+        try:
+            value = json.loads(self._engine.eval_rule_as_json(ref))
+        except (RuntimeError, ValueError, TypeError) as error:
+            raise EvaluationError(str(problem_from_engine_error(error, ref))) from error
+        return None if value == "<undefined>" else value
+
+    def _metadata(self, package: str) -> Rule:
+        self._engine.set_input_json("{}")
+        value = self._eval(f"{package}.metadata")
+        where = f"{package}.metadata"
+        if not isinstance(value, dict):
+            raise RuleSetError(f"{where}: must be an object with id, title, severity")
+        missing = [k for k in ("id", "title", "severity") if not isinstance(value.get(k), str)]
+        if missing:
+            raise RuleSetError(f"{where}: missing or not a string: {', '.join(missing)}")
+        severity = value["severity"].lower()
+        if severity not in SEVERITIES:
+            raise RuleSetError(
+                f"{where}: severity {value['severity']!r} is not one of {', '.join(SEVERITIES)}"
+            )
+        return Rule(
+            id=value["id"],
+            title=value["title"],
+            severity=severity,
+            remediation=str(value.get("remediation", "")),
+            source="portcullis",
+        )
+
+    def evaluate(self, document: dict[str, Any]) -> list[Violation]:
+        """Every package's deny set for one document. Raises EvaluationError."""
+        self._engine.set_input_json(json.dumps(document))
+        violations: list[Violation] = []
+        for package in self.packages:
+            denied = self._eval(f"{package}.deny")
+            rule = self.rules[package]
+            for item in denied or []:
+                if isinstance(item, dict) and isinstance(item.get("resource"), str):
+                    message = str(item.get("message") or rule.title)
+                    violations.append(Violation(rule, item["resource"], message))
+                else:
+                    raise EvaluationError(
+                        f"{package}.deny: each item must be {{resource, message}}, got {item!r}"
+                    )
+        return violations

@@ -1,0 +1,53 @@
+"""The JSON report: every finding with its rule, plus the summary and errors.
+Version 1 of this shape is what tests and users' scripts rely on."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any
+
+from iac_scanner.findings import ScanResult
+
+VERSION = 1
+
+
+def render(result: ScanResult, color: bool = False) -> str:
+    findings: list[dict[str, Any]] = [
+        {
+            "rule_id": f.rule.id,
+            "severity": f.rule.severity,
+            "title": f.rule.title,
+            "source": f.rule.source,
+            "resource": f.resource,
+            "message": f.message,
+            "file": f.file,
+            "line": f.line,
+            "end_line": f.end_line,
+            "suppressed": f.suppressed,
+            "baselined": f.baselined,
+            "fingerprint": f.fingerprint,
+        }
+        for f in result.findings
+    ]
+    document = {
+        "version": VERSION,
+        "summary": {
+            "files": result.files,
+            "resources": result.resources,
+            "findings": sum(1 for f in result.findings if f.counts),
+            "suppressed": sum(1 for f in result.findings if f.suppressed is not None),
+            "baselined": sum(1 for f in result.findings if f.suppressed is None and f.baselined),
+            "failing": len(result.failing()),
+            "fail_on": result.fail_on,
+            "exit_code": result.exit_code(),
+        },
+        "findings": findings,
+        "rules": [asdict(rule) for rule in sorted(result.rules.values(), key=lambda r: r.id)],
+        "errors": [
+            {"file": p.file, "line": p.line, "column": p.column, "message": p.message}
+            for p in result.problems
+        ],
+        "notes": result.notes,
+    }
+    return json.dumps(document, indent=2) + "\n"

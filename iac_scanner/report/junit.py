@@ -1,0 +1,77 @@
+"""JUnit XML for CI test reports: a test suite per rule, a failing test case
+per finding, a passing one for a rule with nothing to report."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from itertools import groupby
+
+from iac_scanner.findings import ScanResult
+
+
+def render(result: ScanResult, color: bool = False) -> str:
+    root = ET.Element("testsuites", name="portcullis scan")
+    total = failures = skipped = 0
+    by_rule = {
+        rule_id: list(group)
+        for rule_id, group in groupby(
+            sorted(result.findings, key=lambda f: (f.rule.id, f.file, f.line)),
+            key=lambda f: f.rule.id,
+        )
+    }
+    for rule in sorted(result.rules.values(), key=lambda r: r.id):
+        findings = by_rule.get(rule.id, [])
+        if rule.source == "checkov" and not findings:
+            continue
+        suite = ET.SubElement(root, "testsuite", name=f"{rule.id} {rule.title}")
+        suite_failures = suite_skipped = 0
+        for finding in findings:
+            case = ET.SubElement(
+                suite,
+                "testcase",
+                name=f"{finding.resource} ({finding.file}:{finding.line})",
+                classname=rule.id,
+                file=finding.file,
+                line=str(finding.line),
+            )
+            if finding.suppressed is not None:
+                ET.SubElement(case, "skipped", message=f"suppressed: {finding.suppressed}")
+                suite_skipped += 1
+            elif finding.baselined:
+                ET.SubElement(case, "skipped", message="in baseline")
+                suite_skipped += 1
+            else:
+                failure = ET.SubElement(
+                    case, "failure", message=finding.message, type=rule.severity
+                )
+                failure.text = (
+                    f"{finding.file}:{finding.line}: {finding.message}\n"
+                    f"Rule: {rule.id} ({rule.severity}) {rule.title}\n"
+                    f"Remediation: {rule.remediation}"
+                )
+                suite_failures += 1
+        if not findings:
+            ET.SubElement(suite, "testcase", name="no violations", classname=rule.id)
+        count = max(1, len(findings))
+        suite.set("tests", str(count))
+        suite.set("failures", str(suite_failures))
+        suite.set("errors", "0")
+        suite.set("skipped", str(suite_skipped))
+        total += count
+        failures += suite_failures
+        skipped += suite_skipped
+    if result.problems:
+        suite = ET.SubElement(root, "testsuite", name="scan errors")
+        for problem in result.problems:
+            case = ET.SubElement(suite, "testcase", name=str(problem), classname="errors")
+            ET.SubElement(case, "error", message=problem.message).text = str(problem)
+        suite.set("tests", str(len(result.problems)))
+        suite.set("failures", "0")
+        suite.set("errors", str(len(result.problems)))
+        total += len(result.problems)
+    root.set("tests", str(total))
+    root.set("failures", str(failures))
+    root.set("errors", str(len(result.problems)))
+    root.set("skipped", str(skipped))
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"

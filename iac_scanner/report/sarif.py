@@ -1,0 +1,119 @@
+"""SARIF 2.1.0 for GitHub code scanning (and any SARIF viewer): rules with
+help, repository-relative URIs, and partialFingerprints so an alert follows
+its finding across commits."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from iac_scanner.findings import Finding, Rule, ScanResult
+
+SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+FINGERPRINT_KEY = "portcullisFingerprint/v1"
+_LEVELS = {"critical": "error", "high": "error", "medium": "warning", "low": "note"}
+# GitHub ranks code scanning alerts by this property (CVSS-like, 0-10).
+_SECURITY_SEVERITY = {"critical": "9.5", "high": "8.0", "medium": "5.5", "low": "3.0"}
+
+
+def _version() -> str:
+    from portcullis import __version__
+
+    return __version__
+
+
+def _artifact(file: str) -> dict[str, Any]:
+    path = Path(file)
+    if path.is_absolute():
+        return {"uri": path.as_uri()}
+    return {"uri": path.as_posix(), "uriBaseId": "%SRCROOT%"}
+
+
+def _rule(rule: Rule) -> dict[str, Any]:
+    help_text = rule.remediation or rule.title
+    entry: dict[str, Any] = {
+        "id": rule.id,
+        "name": rule.id.replace("-", "_"),
+        "shortDescription": {"text": rule.title},
+        "fullDescription": {"text": rule.title},
+        "help": {"text": help_text, "markdown": f"**{rule.title}**\n\n{help_text}"},
+        "defaultConfiguration": {"level": _LEVELS[rule.severity]},
+        "properties": {
+            "tags": ["security", "terraform", rule.source],
+            "security-severity": _SECURITY_SEVERITY[rule.severity],
+            "precision": "high",
+            "problem.severity": "error" if _LEVELS[rule.severity] == "error" else "warning",
+        },
+    }
+    if rule.help_uri.startswith(("http://", "https://")):
+        entry["helpUri"] = rule.help_uri
+    return entry
+
+
+def _result(finding: Finding, index: int, with_baseline: bool) -> dict[str, Any]:
+    region: dict[str, Any] = {"startLine": max(1, finding.line)}
+    if finding.end_line and finding.end_line >= finding.line:
+        region["endLine"] = finding.end_line
+    result: dict[str, Any] = {
+        "ruleId": finding.rule.id,
+        "ruleIndex": index,
+        "level": _LEVELS[finding.rule.severity],
+        "message": {"text": finding.message},
+        "locations": [
+            {
+                "physicalLocation": {"artifactLocation": _artifact(finding.file), "region": region},
+                "logicalLocations": [{"fullyQualifiedName": finding.resource, "kind": "resource"}],
+            }
+        ],
+        "partialFingerprints": {FINGERPRINT_KEY: finding.fingerprint},
+    }
+    if finding.suppressed is not None:
+        result["suppressions"] = [{"kind": "inSource", "justification": finding.suppressed}]
+    if with_baseline:
+        result["baselineState"] = "unchanged" if finding.baselined else "new"
+    return result
+
+
+def render(result: ScanResult, color: bool = False) -> str:
+    rules = sorted(result.rules.values(), key=lambda r: r.id)
+    index = {rule.id: i for i, rule in enumerate(rules)}
+    with_baseline = any(f.baselined for f in result.findings)
+    notifications = [
+        {
+            "level": "error",
+            "message": {"text": problem.message},
+            "locations": [
+                {
+                    "physicalLocation": {
+                        "artifactLocation": _artifact(problem.file),
+                        "region": {"startLine": max(1, problem.line or 1)},
+                    }
+                }
+            ],
+        }
+        for problem in result.problems
+    ]
+    run: dict[str, Any] = {
+        "tool": {
+            "driver": {
+                "name": "portcullis",
+                "version": _version(),
+                "semanticVersion": _version(),
+                "rules": [_rule(rule) for rule in rules],
+            }
+        },
+        "originalUriBaseIds": {"%SRCROOT%": {"uri": Path(os.getcwd()).as_uri() + "/"}},
+        "invocations": [
+            {
+                "executionSuccessful": not result.problems,
+                "exitCode": result.exit_code(),
+                "toolExecutionNotifications": notifications,
+            }
+        ],
+        "results": [_result(f, index[f.rule.id], with_baseline) for f in result.findings],
+        "columnKind": "unicodeCodePoints",
+    }
+    document = {"$schema": SCHEMA, "version": "2.1.0", "runs": [run]}
+    return json.dumps(document, indent=2) + "\n"

@@ -1,0 +1,67 @@
+"""The terminal report: findings grouped by file, coloured on a TTY, and a
+one-line summary."""
+
+from __future__ import annotations
+
+from collections import Counter
+from itertools import groupby
+
+from iac_scanner.findings import SEVERITIES, Finding, ScanResult, severity_rank
+
+_COLOURS = {"critical": "1;35", "high": "1;31", "medium": "33", "low": "36"}
+
+
+def _paint(text: str, code: str, color: bool) -> str:
+    return f"\033[{code}m{text}\033[0m" if color else text
+
+
+def _line(finding: Finding, color: bool) -> str:
+    severity = finding.rule.severity
+    label = _paint(f"{severity.upper():<8}", _COLOURS.get(severity, "0"), color)
+    text = f"  {finding.line:>5}  {label} {finding.rule.id:<11} {finding.message}"
+    if finding.suppressed is not None:
+        text += _paint(f"  [suppressed: {finding.suppressed}]", "2", color)
+    elif finding.baselined:
+        text += _paint("  [in baseline]", "2", color)
+    return text
+
+
+def render(result: ScanResult, color: bool = False) -> str:
+    lines: list[str] = []
+    for file, group in groupby(result.findings, key=lambda f: f.file):
+        lines.append(_paint(file, "1", color))
+        lines.extend(_line(f, color) for f in group)
+        lines.append("")
+    for note in result.notes:
+        lines.append(_paint(f"note: {note}", "2", color))
+    if result.notes:
+        lines.append("")
+    lines.append(summary(result, color))
+    return "\n".join(lines) + "\n"
+
+
+def summary(result: ScanResult, color: bool = False) -> str:
+    active = [f for f in result.findings if f.counts]
+    counts = Counter(f.rule.severity for f in active)
+    by_severity = ", ".join(
+        f"{counts[s]} {s}" for s in sorted(SEVERITIES, key=severity_rank, reverse=True) if counts[s]
+    )
+    text = f"{len(active)} finding{'s' if len(active) != 1 else ''}"
+    if by_severity:
+        text += f" ({by_severity})"
+    text += f" in {result.files} file{'s' if result.files != 1 else ''}, "
+    text += f"{result.resources} resource{'s' if result.resources != 1 else ''}"
+    suppressed = sum(1 for f in result.findings if f.suppressed is not None)
+    baselined = sum(1 for f in result.findings if f.suppressed is None and f.baselined)
+    if suppressed:
+        text += f"; {suppressed} suppressed"
+    if baselined:
+        text += f"; {baselined} in baseline"
+    failing = len(result.failing())
+    if result.problems:
+        text += f"; {len(result.problems)} error{'s' if len(result.problems) != 1 else ''}"
+        return _paint(text, "1;31", color)
+    if failing:
+        text += f"; {failing} at or above {result.fail_on}: FAIL"
+        return _paint(text, "1;31", color)
+    return _paint(text + "; PASS", "1;32", color)

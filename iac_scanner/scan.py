@@ -1,0 +1,216 @@
+"""One scan, end to end: load documents, run the rules (and checkov), apply
+suppressions and the baseline, and return the findings model."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from iac_scanner import baseline
+from iac_scanner.cache import ParseCache, ResultCache, content_key, inputs_key
+from iac_scanner.checkov import CheckovError, CheckovRun
+from iac_scanner.findings import (
+    Finding,
+    Problem,
+    ScanResult,
+    result_from_dict,
+    result_to_dict,
+)
+from iac_scanner.loader import Document, LoadOptions, display_path, load, walk_dirs
+from iac_scanner.modules import Resource
+from iac_scanner.policy import RuleSet, RuleSetError
+from iac_scanner.suppressions import Suppression, apply, parse_comments
+from policy_engine import EvaluationError, PolicyLoadError, PolicySet, load_policy_set
+
+
+class ScanError(Exception):
+    """The scan can't run at all (bad policy, baseline or checkov): exit 2."""
+
+
+@dataclass
+class ScanOptions:
+    paths: list[str]
+    policy: str
+    var_files: list[str] = field(default_factory=list)
+    cli_vars: list[tuple[str, str]] = field(default_factory=list)
+    checkov: str | None = None
+    fail_on: str = "low"
+    baseline: str | None = None
+    cache_dir: Path | None = None
+    jobs: int = 1
+    progress: bool = False
+
+
+def scan(options: ScanOptions) -> ScanResult:
+    try:
+        accepted = baseline.load(options.baseline) if options.baseline else None
+        policy_set = load_policy_set(options.policy)
+        checkov = (
+            CheckovRun(options.checkov, [Path(p) for p in options.paths if Path(p).exists()])
+            if options.checkov
+            else None
+        )
+    except PolicyLoadError as error:
+        raise ScanError(str(error)) from None
+    except (baseline.BaselineError, CheckovError) as error:
+        raise ScanError(str(error)) from None
+    # checkov findings need the resource blocks for inline suppressions, so a
+    # scan with checkov always evaluates; it takes checkov's time anyway.
+    results = ResultCache(options.cache_dir if checkov is None else None)
+    key = inputs_key(_inputs(options, policy_set))
+    cached = results.get(key, _still_valid)
+    if cached is not None:
+        result = result_from_dict(cached, options.fail_on)
+    else:
+        result, entry = _scan(options, policy_set)
+        if checkov is None and entry is not None:
+            results.put(key, {**entry, "result": result_to_dict(result)})
+    if checkov is not None:
+        _merge_checkov(result, checkov)
+    if accepted is not None:
+        baseline.apply(result.findings, accepted)
+    result.findings.sort(key=Finding.sort_key)
+    return result
+
+
+def _inputs(options: ScanOptions, policy_set: PolicySet) -> dict[str, Any]:
+    from portcullis import __version__
+
+    return {
+        "version": __version__,
+        "cwd": os.getcwd(),
+        "paths": [str(Path(p).resolve()) for p in options.paths],
+        "policy": policy_set.revision,
+        "var_files": [str(Path(p).resolve()) for p in options.var_files],
+        "vars": options.cli_vars,
+        "env": {k: v for k, v in os.environ.items() if k.startswith("TF_VAR_")},
+    }
+
+
+def _still_valid(entry: dict[str, Any]) -> bool:
+    """Whether every input the cached result was built from is unchanged."""
+    try:
+        for given, dirs in entry["walks"].items():
+            if [str(d) for d in walk_dirs(Path(given))] != dirs:
+                return False
+        for directory, names in entry["dirs"].items():
+            path = Path(directory)
+            current = sorted(p.name for p in path.iterdir() if p.is_file()) if path.is_dir() else []
+            if current != names:
+                return False
+        for file, expected in entry["files"].items():
+            if content_key(Path(file).read_bytes()) != expected:
+                return False
+    except (OSError, KeyError, TypeError, AttributeError):
+        return False
+    return True
+
+
+def _scan(options: ScanOptions, policy_set: PolicySet) -> tuple[ScanResult, dict[str, Any] | None]:
+    result = ScanResult(fail_on=options.fail_on)
+    try:
+        rules = RuleSet(policy_set)
+    except RuleSetError as error:
+        raise ScanError(str(error)) from None
+    for rule in rules.rules.values():
+        result.rules[rule.id] = rule
+    loaded = load(
+        options.paths,
+        LoadOptions(
+            var_files=options.var_files,
+            cli_vars=options.cli_vars,
+            jobs=options.jobs,
+            cache=ParseCache(options.cache_dir),
+            progress=options.progress,
+        ),
+    )
+    result.problems.extend(loaded.problems)
+    result.notes.extend(loaded.notes)
+    result.files = loaded.files
+    blocks = _BlockIndex(result.notes)
+    seen: set[tuple[str, str, str, str]] = set()
+    for document in loaded.documents:
+        result.resources += len(document.resources)
+        blocks.add(document)
+        for finding in _evaluate(rules, document, result.problems):
+            identity = (finding.rule.id, finding.resource, finding.file, finding.message)
+            if identity not in seen:
+                seen.add(identity)
+                result.findings.append(finding)
+    for finding in result.findings:
+        apply(finding, blocks.suppressions_at(finding.file, finding.line))
+    result.blocks = blocks
+    walks = {
+        str(Path(p).resolve()): [str(d) for d in walk_dirs(Path(p))]
+        for p in options.paths
+        if Path(p).is_dir()
+    }
+    entry = {"walks": walks, "dirs": loaded.reads.dirs, "files": loaded.reads.files}
+    return result, entry
+
+
+def _merge_checkov(result: ScanResult, checkov: CheckovRun) -> None:
+    try:
+        findings = checkov.findings(display_path)
+        result.checkov_version = checkov.version()
+    except CheckovError as error:
+        result.problems.append(Problem("checkov", str(error)))
+        return
+    blocks = result.blocks
+    for finding in findings:
+        result.rules.setdefault(finding.rule.id, finding.rule)
+        if finding.suppressed is None and isinstance(blocks, _BlockIndex):
+            apply(finding, blocks.suppressions_at(finding.file, finding.line))
+        result.findings.append(finding)
+
+
+def _evaluate(rules: RuleSet, document: Document, problems: list[Problem]) -> list[Finding]:
+    try:
+        violations = rules.evaluate(document.as_input())
+    except EvaluationError as error:
+        problems.append(Problem(document.name, f"policy evaluation failed: {error}"))
+        return []
+    by_address: dict[str, Resource] = {r.entry["address"]: r for r in document.resources}
+    findings = []
+    for violation in violations:
+        resource = by_address.get(violation.resource)
+        findings.append(
+            Finding(
+                rule=violation.rule,
+                resource=violation.resource,
+                message=violation.message,
+                file=resource.entry["file"] if resource else document.name,
+                line=resource.entry["line"] if resource else 1,
+                end_line=resource.end_line if resource else None,
+            )
+        )
+    return findings
+
+
+class _BlockIndex:
+    """Each resource block's inline suppressions by file and line range, so
+    they apply to policy and checkov findings alike."""
+
+    def __init__(self, notes: list[str]) -> None:
+        self.notes = notes
+        self._blocks: dict[str, list[tuple[int, int, list[Suppression]]]] = {}
+        self._seen: set[tuple[str, int]] = set()
+
+    def add(self, document: Document) -> None:
+        for resource in document.resources:
+            file, line = resource.entry["file"], resource.entry["line"]
+            if not resource.comments or (file, line) in self._seen:
+                continue
+            self._seen.add((file, line))
+            found = parse_comments(resource.comments, file, self.notes)
+            self._blocks.setdefault(file, []).append((line, resource.end_line, found))
+
+    def suppressions_at(self, file: str, line: int) -> list[Suppression]:
+        return [
+            s
+            for start, end, found in self._blocks.get(file, [])
+            if start <= line <= end
+            for s in found
+        ]

@@ -1,0 +1,194 @@
+"""`portcullis scan`: the Terraform scanner's command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from iac_scanner.cache import DEFAULT_DIR
+from iac_scanner.findings import SEVERITIES
+from iac_scanner.report import FORMATS
+from iac_scanner.scan import ScanError, ScanOptions, scan
+
+
+class _Output(argparse.Action):
+    """--output FORMAT, repeatable; each may be followed by its --output-file."""
+
+    def __call__(self, parser: Any, namespace: Any, value: Any, option: Any = None) -> None:
+        outputs = list(getattr(namespace, "outputs", None) or [])
+        outputs.append([value, None])
+        namespace.outputs = outputs
+
+
+class _OutputFile(argparse.Action):
+    def __call__(self, parser: Any, namespace: Any, value: Any, option: Any = None) -> None:
+        outputs = list(getattr(namespace, "outputs", None) or [])
+        if not outputs or outputs[-1][1] is not None:
+            parser.error("--output-file must follow the --output it is for")
+        outputs[-1][1] = value
+        namespace.outputs = outputs
+
+
+def _var(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), value
+
+
+def _jobs(text: str) -> int:
+    try:
+        jobs = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if jobs < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return jobs
+
+
+def add_parser(commands: Any) -> None:
+    """Register `scan` on the top-level subcommands."""
+    scan_parser = commands.add_parser(
+        "scan",
+        help="scan Terraform (directories, .tf files, plan JSON) with the policy set",
+        description=(
+            "Scan Terraform with the policy set's portcullis.terraform rules (and checkov). "
+            "Exit 0: nothing at or above --fail-on; 1: findings at or above it; "
+            "2: usage, parse or policy errors."
+        ),
+    )
+    scan_parser.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="directory, .tf file or `terraform show -json` file",
+    )
+    scan_parser.add_argument(
+        "--policy", help="policy directory or bundle (default: the shipped one)"
+    )
+    scan_parser.add_argument(
+        "--var-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a .tfvars file (repeatable)",
+    )
+    scan_parser.add_argument(
+        "--var",
+        action="append",
+        default=[],
+        type=_var,
+        metavar="NAME=VALUE",
+        help="a root module variable (repeatable)",
+    )
+    scan_parser.add_argument(
+        "--checkov",
+        nargs="?",
+        const="checkov",
+        metavar="PATH",
+        help="also run checkov (default executable: checkov on PATH)",
+    )
+    scan_parser.add_argument(
+        "--output",
+        action=_Output,
+        choices=sorted(FORMATS),
+        metavar="FORMAT",
+        help="text, json, sarif or junit (repeatable; default text)",
+    )
+    scan_parser.add_argument(
+        "--output-file",
+        action=_OutputFile,
+        metavar="FILE",
+        help="write the preceding --output to FILE instead of stdout",
+    )
+    scan_parser.add_argument(
+        "--fail-on",
+        choices=SEVERITIES,
+        default="low",
+        help="lowest severity that fails the scan (default: low, i.e. any finding)",
+    )
+    scan_parser.add_argument(
+        "--baseline", metavar="FILE", help="accepted findings: don't fail on them"
+    )
+    scan_parser.add_argument(
+        "--create-baseline", metavar="FILE", help="write the current findings as a baseline, exit 0"
+    )
+    scan_parser.add_argument(
+        "--no-cache", action="store_true", help="don't read or write the parse cache"
+    )
+    scan_parser.add_argument(
+        "--cache-dir", default=DEFAULT_DIR, help=f"parse cache directory (default: {DEFAULT_DIR})"
+    )
+    scan_parser.add_argument(
+        "--jobs",
+        type=_jobs,
+        default=os.cpu_count() or 1,
+        help="parallel parse processes (default: cores)",
+    )
+    scan_parser.set_defaults(run=run, outputs=None)
+
+
+def _color(stream: Any) -> bool:
+    if os.environ.get("NO_COLOR"):
+        return False
+    return bool(getattr(stream, "isatty", lambda: False)()) or bool(os.environ.get("FORCE_COLOR"))
+
+
+def run(args: argparse.Namespace) -> int:
+    outputs: list[list[Any]] = args.outputs or [["text", None]]
+    if sum(1 for _, file in outputs if file is None) > 1:
+        print(
+            "portcullis scan: only one --output can go to stdout; give the others --output-file",
+            file=sys.stderr,
+        )
+        return 2
+    options = ScanOptions(
+        paths=args.paths,
+        policy=args.policy or args.default_policy(),
+        var_files=args.var_file,
+        cli_vars=args.var,
+        checkov=args.checkov,
+        fail_on=args.fail_on,
+        baseline=args.baseline,
+        cache_dir=None if args.no_cache else Path(args.cache_dir),
+        jobs=args.jobs,
+        progress=sys.stderr.isatty(),
+    )
+    try:
+        result = scan(options)
+    except ScanError as error:
+        for line in str(error).splitlines():
+            print(f"portcullis scan: {line}", file=sys.stderr)
+        return 2
+    for problem in result.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if args.create_baseline:
+        from iac_scanner import baseline
+
+        try:
+            Path(args.create_baseline).write_text(
+                baseline.render(result.findings), encoding="utf-8"
+            )
+        except OSError as error:
+            print(f"portcullis scan: {args.create_baseline}: {error.strerror}", file=sys.stderr)
+            return 2
+        accepted = sum(1 for f in result.findings if f.suppressed is None)
+        print(f"wrote a baseline of {accepted} findings to {args.create_baseline}", file=sys.stderr)
+        return 2 if result.problems else 0
+    for form, file in outputs:
+        if file is None:
+            sys.stdout.write(FORMATS[form](result, form == "text" and _color(sys.stdout)))
+            continue
+        try:
+            Path(file).write_text(FORMATS[form](result, False), encoding="utf-8")
+        except OSError as error:
+            print(f"portcullis scan: {file}: {error.strerror}", file=sys.stderr)
+            return 2
+    if all(file is not None for _, file in outputs):
+        from iac_scanner.report.text import summary
+
+        print(summary(result), file=sys.stderr)
+    return result.exit_code()
