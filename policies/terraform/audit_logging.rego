@@ -43,18 +43,22 @@ deny contains {"resource": r.address, "message": msg} if {
 }
 
 # One finding per configuration, on the first pci resource by address, so the
-# finding is stable from scan to scan.
+# finding is stable from scan to scan. CloudTrail audits AWS only: a
+# configuration whose pci resources are all on another cloud (tagged the same
+# way, e.g. azurerm_*) is not asked for one.
 deny contains {"resource": first, "message": msg} if {
-	pci := {r.address | some r in input.resources; count(_pci_apps(r)) > 0}
+	pci := {r.address | some r in input.resources; _aws(r); count(_pci_apps(r)) > 0}
 	count(pci) > 0
 	not _trail_present
 	first := min(pci)
-	apps := {app | some r in input.resources; some app in _pci_apps(r)}
+	apps := {app | some r in input.resources; _aws(r); some app in _pci_apps(r)}
 	msg := sprintf(
 		"no enabled aws_cloudtrail in this configuration, but it deploys pci app %s (%d resources, e.g. %s); add an aws_cloudtrail with is_multi_region_trail = true",
 		[concat(", ", sort(apps)), count(pci), first],
 	)
 }
+
+_aws(r) if startswith(r.type, "aws_")
 
 _pci_apps(r) := {app |
 	some app in tf.apps_of(r)

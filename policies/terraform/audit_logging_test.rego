@@ -86,6 +86,20 @@ test_no_cloudtrail_needed_without_pci_resources if {
 	count(audit_logging.deny) == 0 with input as testing.document([db])
 }
 
+test_no_cloudtrail_needed_for_pci_resources_on_another_cloud if {
+	app := testing.resource("azurerm_linux_web_app", "pos", {"tags": _pos})
+	count(audit_logging.deny) == 0 with input as testing.document([app])
+}
+
+test_cloudtrail_finding_counts_only_aws_resources if {
+	app := testing.resource("azurerm_linux_web_app", "pos", {"tags": _pos})
+	db := testing.resource("aws_db_instance", "pos", {"tags": _pos})
+	audit_logging.deny == {{
+		"resource": "aws_db_instance.pos",
+		"message": "no enabled aws_cloudtrail in this configuration, but it deploys pci app pos (1 resources, e.g. aws_db_instance.pos); add an aws_cloudtrail with is_multi_region_trail = true",
+	}} with input as testing.document([app, db])
+}
+
 test_pci_log_bucket_named_literally_as_a_target_need_not_log_itself if {
 	log_bucket := testing.resource("aws_s3_bucket", "pos_logs", {"bucket": "acme-pos-logs", "tags": _pos})
 	logging := testing.resource("aws_s3_bucket_logging", "other", {"bucket": "acme-other", "target_bucket": "acme-pos-logs"})
