@@ -168,8 +168,11 @@ class Parser:
         self.problems.append(Problem(display_path(path), message, line, column))
         self.parsed[path] = None
 
-    def files_of(self, directory: Path) -> list[SourceFile]:
-        paths = [p for p in self.reads.listing(directory) if p.suffix == ".tf"]
+    def files_of(self, directory: Path, only: Path | None = None) -> list[SourceFile]:
+        if only is not None:
+            paths = [only]
+        else:
+            paths = [p for p in self.reads.listing(directory) if p.suffix == ".tf"]
         self.parse_all(paths)
         return [
             SourceFile(path, display_path(path), parsed)

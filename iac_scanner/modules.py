@@ -59,7 +59,7 @@ class Loader:
 
     def __init__(
         self,
-        files_of: Callable[[Path], list[SourceFile]],
+        files_of: Callable[[Path, Path | None], list[SourceFile]],
         notes: list[str],
         on_read: Callable[[Path, bytes], None] | None = None,
     ) -> None:
@@ -102,9 +102,7 @@ class ModuleInstance:
         self.prefix = f"{address}." if address else ""
         self.root = root
         self.depth = depth
-        self.files = loader.files_of(directory)
-        if only_file is not None:
-            self.files = [f for f in self.files if f.path == only_file]
+        self.files = loader.files_of(directory, only_file)
         self.declared: dict[str, Block] = {}
         self.local_exprs: dict[str, Expr] = {}
         self.resource_blocks: dict[str, tuple[Block, SourceFile]] = {}
@@ -387,10 +385,8 @@ class ModuleInstance:
             kind, name = block["labels"]
             expansion = self.instances(key)
             if expansion is None:
-                self.loader.note(
-                    f"{source.display}:{block['line']}: {key}: count/for_each could not be "
-                    "resolved; scanned as one instance with unknown count.index/each"
-                )
+                # count/for_each unknown (e.g. from a data source): scanned once,
+                # with count.index and each unknown, rather than not at all.
                 expansion = [("", {"count": {"index": UNKNOWN}, "each": _UNKNOWN_EACH})]
             for suffix, names in expansion:
                 self.config_of(key, suffix, names)

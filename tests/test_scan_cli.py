@@ -1,0 +1,365 @@
+"""`portcullis scan` as a CI job runs it: exit codes, every output format,
+suppressions, baselines, the cache, and an error line (never a traceback)
+for every bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from tests.conftest import FIXTURES, ROOT, SHARED
+
+TERRAFORM = FIXTURES / "terraform"
+POS_APP = "tests/fixtures/terraform/pos_app"
+SARIF_SCHEMA = SHARED / "schemas/sarif-schema-2.1.0.json"
+
+# What pos_app/ deploys wrong, read off its .tf files: every shipped rule fires.
+POS_APP_FINDINGS = {
+    ("PC-TF-001", "aws_security_group.pos_backend"),  # ingress block 1: 8443 from 0.0.0.0/0
+    ("PC-TF-002", "aws_db_instance.pos"),  # storage_encrypted = false
+    ("PC-TF-002", 'aws_ebs_volume.data["journal"]'),  # encrypted = false, for_each
+    ("PC-TF-002", 'aws_ebs_volume.data["receipts"]'),
+    ("PC-TF-002", "module.receipts.aws_s3_bucket.this"),  # no SSE configuration
+    ("PC-TF-003", "aws_lb.pos"),  # internal = false
+    ("PC-TF-004", "aws_lb_listener.pos_http"),  # HTTP listener forwards plaintext
+    ("PC-TF-004", "aws_lb_listener.pos_https"),  # ELBSecurityPolicy-2016-08 allows TLS 1.0
+    ("PC-TF-005", "aws_security_group_rule.bastion_ssh"),  # 22 from 0.0.0.0/0
+    ("PC-TF-006", "aws_s3_bucket.marketing"),  # public-read (suppressed, with a reason)
+    ("PC-TF-006", "aws_s3_bucket.downloads"),  # public-read (suppression has no reason)
+    ("PC-TF-006", "aws_s3_bucket.exports[0]"),  # authenticated-read, count = 2
+    ("PC-TF-006", "aws_s3_bucket.exports[1]"),
+    ("PC-TF-007", "aws_iam_policy.break_glass"),  # Action "*" on Resource "*"
+    ("PC-TF-008", "aws_lb.pos"),  # no access_logs
+    ("PC-TF-008", "module.receipts.aws_s3_bucket.this"),  # no access logging
+    ("PC-TF-008", "aws_db_instance.pos"),  # no aws_cloudtrail: on the first pci address
+}
+
+
+def portcullis(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "portcullis", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def scan_json(*args: str, cwd: Path = ROOT) -> tuple[int, dict[str, Any]]:
+    result = portcullis("scan", "--no-cache", "--output", "json", *args, cwd=cwd)
+    return result.returncode, json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def pos_report() -> dict[str, Any]:
+    code, report = scan_json(POS_APP)
+    assert code == 1
+    return report
+
+
+def test_every_shipped_rule_fires_where_pos_app_breaks_it(pos_report: dict[str, Any]) -> None:
+    found = {(f["rule_id"], f["resource"]) for f in pos_report["findings"]}
+    assert found == POS_APP_FINDINGS
+    assert {r["id"] for r in pos_report["rules"]} == {f"PC-TF-00{i}" for i in range(1, 9)}
+
+
+def test_findings_carry_rule_metadata_file_and_line(pos_report: dict[str, Any]) -> None:
+    [finding] = [f for f in pos_report["findings"] if f["resource"] == "aws_iam_policy.break_glass"]
+    assert finding["severity"] == "critical"
+    assert finding["title"] == 'IAM policies must not allow "*" on "*"'
+    assert (finding["file"], finding["line"]) == (f"{POS_APP}/iam.tf", 1)
+    assert finding["source"] == "portcullis"
+
+
+def test_a_rule_never_fires_on_an_unresolved_value(pos_report: dict[str, Any]) -> None:
+    # admin_ssh opens 22 to var.admin_cidr, which nothing sets.
+    assert "aws_security_group_rule.admin_ssh" not in {
+        f["resource"] for f in pos_report["findings"]
+    }
+
+
+def test_suppression_with_a_reason_suppresses_and_without_one_is_reported(
+    pos_report: dict[str, Any],
+) -> None:
+    by_resource = {f["resource"]: f for f in pos_report["findings"] if f["rule_id"] == "PC-TF-006"}
+    marketing = by_resource["aws_s3_bucket.marketing"]
+    assert marketing["suppressed"] == "the marketing site is public by design (ticket SEC-42)"
+    assert by_resource["aws_s3_bucket.downloads"]["suppressed"] is None
+    assert any(
+        "buckets.tf:8: portcullis:ignore=PC-TF-006 has no reason" in n for n in pos_report["notes"]
+    )
+    assert pos_report["summary"]["suppressed"] == 1
+    assert pos_report["summary"]["findings"] == len(POS_APP_FINDINGS) - 1
+
+
+def test_exit_codes_follow_fail_on() -> None:
+    assert portcullis("scan", "--no-cache", POS_APP, "--fail-on", "critical").returncode == 1
+    clean = portcullis("scan", "--no-cache", "tests/fixtures/terraform/clean")
+    assert clean.returncode == 0
+    assert clean.stdout.strip().endswith("PASS")
+    # Only medium and high findings: --fail-on critical passes.
+    only_high = portcullis("scan", "--no-cache", "tests/fixtures/terraform/broken/ok.tf")
+    assert only_high.returncode == 1
+    passing = portcullis(
+        "scan", "--no-cache", "tests/fixtures/terraform/broken/ok.tf", "--fail-on", "critical"
+    )
+    assert passing.returncode == 0
+    assert "1 finding (1 high)" in passing.stdout
+
+
+def test_text_report_groups_by_file_with_a_summary_line() -> None:
+    result = portcullis("scan", "--no-cache", POS_APP)
+    lines = result.stdout.splitlines()
+    assert f"{POS_APP}/iam.tf" in lines
+    assert any(line.strip().startswith("1  CRITICAL PC-TF-007") for line in lines)
+    assert lines[-1] == (
+        "16 findings (2 critical, 11 high, 3 medium) in 6 files, 18 resources; "
+        "1 suppressed; 16 at or above low: FAIL"
+    )
+    assert "\033[" not in result.stdout  # no colour when stdout is not a terminal
+
+
+def test_sarif_is_valid_and_github_ready(tmp_path: Path) -> None:
+    out = tmp_path / "scan.sarif"
+    result = portcullis(
+        "scan", "--no-cache", POS_APP, "--output", "sarif", "--output-file", str(out)
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "16 findings" in result.stderr  # the summary still reaches the CI log
+    sarif = json.loads(out.read_text())
+    jsonschema.validate(sarif, json.loads(SARIF_SCHEMA.read_text()))
+    [run] = sarif["runs"]
+    rules = run["tool"]["driver"]["rules"]
+    assert [r["id"] for r in rules] == sorted(r["id"] for r in rules)
+    assert all(float(r["properties"]["security-severity"]) > 0 for r in rules)
+    for item in run["results"]:
+        location = item["locations"][0]["physicalLocation"]
+        assert location["artifactLocation"]["uriBaseId"] == "%SRCROOT%"
+        assert location["artifactLocation"]["uri"].startswith(f"{POS_APP}/")
+        assert location["region"]["startLine"] >= 1
+        assert rules[item["ruleIndex"]]["id"] == item["ruleId"]
+        assert len(item["partialFingerprints"]["portcullisFingerprint/v1"]) == 32
+    suppressed = [r for r in run["results"] if r.get("suppressions")]
+    assert [s["suppressions"][0]["kind"] for s in suppressed] == ["inSource"]
+
+
+def test_sarif_fingerprints_survive_moving_a_resource(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    shutil.copytree(TERRAFORM / "broken", tree)
+    (tree / "main.tf").unlink()
+    first = portcullis("scan", "--no-cache", "tree", "--output", "sarif", cwd=tmp_path)
+    (tree / "ok.tf").write_text("\n\n# moved down\n" + (tree / "ok.tf").read_text())
+    second = portcullis("scan", "--no-cache", "tree", "--output", "sarif", cwd=tmp_path)
+    [before] = json.loads(first.stdout)["runs"][0]["results"]
+    [after] = json.loads(second.stdout)["runs"][0]["results"]
+    assert before["locations"][0]["physicalLocation"]["region"]["startLine"] == 1
+    assert after["locations"][0]["physicalLocation"]["region"]["startLine"] == 4
+    assert before["partialFingerprints"] == after["partialFingerprints"]
+
+
+def test_junit_parses_with_a_suite_per_rule(tmp_path: Path) -> None:
+    out = tmp_path / "scan.xml"
+    portcullis("scan", "--no-cache", POS_APP, "--output", "junit", "--output-file", str(out))
+    root = ET.parse(out).getroot()
+    assert root.tag == "testsuites"
+    suites = {s.get("name", "").split()[0]: s for s in root.findall("testsuite")}
+    assert set(suites) == {f"PC-TF-00{i}" for i in range(1, 9)}
+    assert int(root.get("failures", "0")) == len(POS_APP_FINDINGS) - 1
+    assert int(root.get("skipped", "0")) == 1
+    iam = suites["PC-TF-007"].findall("testcase")
+    assert [c.get("name") for c in iam] == [f"aws_iam_policy.break_glass ({POS_APP}/iam.tf:1)"]
+    assert iam[0].find("failure") is not None
+
+
+def test_several_outputs_in_one_run(tmp_path: Path) -> None:
+    sarif, junit = tmp_path / "a.sarif", tmp_path / "a.xml"
+    result = portcullis(
+        "scan", "--no-cache", POS_APP,
+        "--output", "sarif", "--output-file", str(sarif),
+        "--output", "junit", "--output-file", str(junit),
+        "--output", "text",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "16 findings" in result.stdout
+    assert json.loads(sarif.read_text())["version"] == "2.1.0"
+    assert ET.parse(junit).getroot().tag == "testsuites"
+
+
+def test_baseline_accepts_known_findings_and_fails_on_new_ones(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    shutil.copytree(TERRAFORM / "pos_app", tree)
+    baseline = tmp_path / "baseline.json"
+    created = portcullis("scan", "--no-cache", str(tree), "--create-baseline", str(baseline))
+    assert created.returncode == 0
+    assert f"wrote a baseline of 16 findings to {baseline}" in created.stderr
+    code, report = scan_json(str(tree), "--baseline", str(baseline))
+    assert code == 0
+    assert report["summary"]["baselined"] == 16 and report["summary"]["failing"] == 0
+    (tree / "new.tf").write_text('resource "aws_s3_bucket" "new" {\n  acl = "public-read"\n}\n')
+    code, report = scan_json(str(tree), "--baseline", str(baseline))
+    assert code == 1
+    failing = [f for f in report["findings"] if not f["baselined"] and not f["suppressed"]]
+    assert [(f["rule_id"], f["resource"]) for f in failing] == [("PC-TF-006", "aws_s3_bucket.new")]
+
+
+def test_checkov_skip_comments_do_not_suppress_portcullis_rules() -> None:
+    code, report = scan_json("tests/fixtures/terraform/checkov_skip")
+    assert code == 1
+    assert [(f["rule_id"], f["suppressed"]) for f in report["findings"]] == [("PC-TF-006", None)]
+
+
+def test_warm_rescan_uses_the_cache_and_notices_changes(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    shutil.copytree(TERRAFORM / "pos_app", tree)
+    args = ("scan", "tree", "--output", "json", "--cache-dir", "cache")
+    cold = portcullis(*args, cwd=tmp_path)
+    assert (tmp_path / "cache/parse").is_dir() and (tmp_path / "cache/scan").is_dir()
+    warm = portcullis(*args, cwd=tmp_path)
+    assert warm.stdout == cold.stdout and warm.returncode == cold.returncode == 1
+    # A changed file, a new file and a new directory are all seen.
+    iam = tree / "iam.tf"
+    iam.write_text(iam.read_text().replace('Action   = "*"', 'Action   = "s3:*"'))
+    changed = json.loads(portcullis(*args, cwd=tmp_path).stdout)
+    assert "aws_iam_policy.break_glass" not in {f["resource"] for f in changed["findings"]}
+    (tree / "extra").mkdir()
+    (tree / "extra/main.tf").write_text(
+        'resource "aws_s3_bucket" "x" {\n  acl = "public-read"\n}\n'
+    )
+    added = json.loads(portcullis(*args, cwd=tmp_path).stdout)
+    assert "aws_s3_bucket.x" in {f["resource"] for f in added["findings"]}
+    module = tree / "modules/bucket/main.tf"
+    module.write_text(
+        module.read_text().replace("bucket = var.name", 'bucket = var.name\n  acl = "public-read"')
+    )
+    via_module = json.loads(portcullis(*args, cwd=tmp_path).stdout)
+    assert ("PC-TF-006", "module.receipts.aws_s3_bucket.this") in {
+        (f["rule_id"], f["resource"]) for f in via_module["findings"]
+    }
+
+
+def test_jobs_parse_in_parallel_with_the_same_result() -> None:
+    _, one = scan_json("../shared/corpus/terraform/terraform-aws-vpc", "--jobs", "1")
+    _, two = scan_json("../shared/corpus/terraform/terraform-aws-vpc", "--jobs", "2")
+    assert one == two
+    assert one["summary"]["files"] == 77
+
+
+def test_var_and_var_file_reach_the_rules(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "main.tf").write_text(
+        'variable "cidr" {\n  type = string\n}\n\n'
+        'resource "aws_security_group_rule" "ssh" {\n  type = "ingress"\n  protocol = "tcp"\n'
+        "  from_port = 22\n  to_port = 22\n  cidr_blocks = [var.cidr]\n}\n"
+    )
+    assert portcullis("scan", "--no-cache", str(tree)).returncode == 0  # unknown: not judged
+    world = portcullis("scan", "--no-cache", str(tree), "--var", "cidr=0.0.0.0/0")
+    assert world.returncode == 1 and "PC-TF-005" in world.stdout
+    var_file = tmp_path / "prod.tfvars"
+    var_file.write_text('cidr = "10.0.0.0/8"\n')
+    private = portcullis("scan", "--no-cache", str(tree), "--var-file", str(var_file))
+    assert private.returncode == 0
+
+
+def errors(result: subprocess.CompletedProcess[str]) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def test_a_missing_path_is_an_error() -> None:
+    result = portcullis("scan", "--no-cache", "no/such/dir")
+    assert result.returncode == 2
+    assert errors(result) == ["error: no/such/dir: no such file or directory"]
+
+
+def test_an_unparsable_file_is_an_error_never_skipped() -> None:
+    result = portcullis("scan", "--no-cache", "tests/fixtures/terraform/broken")
+    assert result.returncode == 2
+    assert errors(result) == [
+        "error: tests/fixtures/terraform/broken/main.tf:2:13: unexpected end of file "
+        "(an unclosed block, bracket or string?)"
+    ]
+    assert "PC-TF-006" in result.stdout  # the files that parse are still reported
+
+
+def test_a_bad_var_file_is_an_error(tmp_path: Path) -> None:
+    missing = portcullis("scan", "--no-cache", POS_APP, "--var-file", "nope.tfvars")
+    assert missing.returncode == 2
+    assert "error: nope.tfvars: no such variable file (--var-file)" in errors(missing)
+    bad = tmp_path / "bad.tfvars"
+    bad.write_text('region = "eu-west-1\n')
+    broken = portcullis("scan", "--no-cache", POS_APP, "--var-file", str(bad))
+    assert broken.returncode == 2
+    assert any(line.startswith(f"error: {bad}:1:") for line in errors(broken))
+    block = tmp_path / "block.tfvars"
+    block.write_text('resource "x" "y" {}\n')
+    wrong = portcullis("scan", "--no-cache", POS_APP, "--var-file", str(block))
+    assert f"error: {block}:1: a variable file holds only `name = value` lines" in wrong.stderr
+
+
+def test_a_bad_baseline_is_an_error(tmp_path: Path) -> None:
+    bad = tmp_path / "baseline.json"
+    bad.write_text("{not json")
+    result = portcullis("scan", "--no-cache", POS_APP, "--baseline", str(bad))
+    assert result.returncode == 2
+    assert errors(result) == [
+        f"portcullis scan: {bad}:1:2: not valid JSON: "
+        "Expecting property name enclosed in double quotes"
+    ]
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text('{"findings": [1]}')
+    shape = portcullis("scan", "--no-cache", POS_APP, "--baseline", str(wrong))
+    assert shape.returncode == 2 and "not a portcullis baseline" in shape.stderr
+    missing = portcullis("scan", "--no-cache", POS_APP, "--baseline", str(tmp_path / "none.json"))
+    assert missing.returncode == 2 and "no such baseline file" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--output", "html"), "invalid choice: 'html'"),
+        (("--output-file", "x.json"), "--output-file must follow the --output it is for"),
+        (("--fail-on", "severe"), "invalid choice: 'severe'"),
+        (("--var", "novalue"), "expected NAME=VALUE, got 'novalue'"),
+        (("--jobs", "0"), "must be 1 or more"),
+        (("--output", "json", "--output", "text"), "only one --output can go to stdout"),
+    ],
+)
+def test_usage_errors_exit_2(args: tuple[str, ...], message: str) -> None:
+    result = portcullis("scan", "--no-cache", POS_APP, *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_a_broken_policy_is_an_error(tmp_path: Path) -> None:
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    (policy / "bad.rego").write_text("package portcullis.terraform.bad\n\ndeny contains x if {\n")
+    result = portcullis("scan", "--no-cache", POS_APP, "--policy", str(policy))
+    assert result.returncode == 2
+    assert f"portcullis scan: {policy}/bad.rego:" in result.stderr
+
+
+def test_a_missing_checkov_is_an_error() -> None:
+    result = portcullis("scan", "--no-cache", POS_APP, "--checkov", "/nonexistent/checkov")
+    assert result.returncode == 2
+    assert errors(result) == [
+        "portcullis scan: checkov: '/nonexistent/checkov' not found; install checkov in its own "
+        "environment (`make .venv-checkov` here) and pass --checkov PATH/TO/checkov"
+    ]
+
+
+def test_a_directory_without_terraform_is_noted_and_passes(tmp_path: Path) -> None:
+    result = portcullis("scan", "--no-cache", str(tmp_path))
+    assert result.returncode == 0
+    assert f"note: {tmp_path}: no Terraform (.tf) files found" in result.stdout
