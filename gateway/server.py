@@ -61,6 +61,8 @@ class Gateway:
     # --- lifecycle -------------------------------------------------------------------
 
     async def start(self, app: web.Application) -> None:
+        if not self.config.auth:
+            log.warning("auth: false: NO authentication and NO policy; a bare proxy for benchmarks")
         if not await self.policy.reload("start"):
             raise RuntimeError(
                 f"policy {self.policy.source} failed to load:\n{self.policy.last_error}"

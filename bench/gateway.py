@@ -1,0 +1,222 @@
+"""Gateway throughput and added latency, against direct and nginx, in one run.
+
+    .venv/bin/python bench/gateway.py [--duration 10] [--connections 50]
+
+(a) wrk straight to the backend (nginx answering 200 from memory),
+(b) through the gateway: bearer token verification + policy + decision log,
+(c) through the gateway with auth and policy off (the bare proxy),
+(d) through nginx proxy_pass.
+Each at saturation with wrk -t1 -c50 (one gateway process), then the added
+latency at a fixed 1,000 req/s from an open-loop client. Needs wrk and nginx
+(`make bench-tools`). Targets: (b)/(c) >= 0.8, (b)/(a) >= 0.35, and under
+2 ms added at p99 at 1,000 req/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gateway.demo import DevIssuer  # noqa: E402
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    upstream backend {{ server 127.0.0.1:{backend}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{backend};
+        location / {{ return 200 "ok\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{proxy};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wrk(url: str, duration: int, connections: int, token: str | None) -> dict[str, float]:
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url]
+    if token:
+        command[1:1] = ["-H", f"Authorization: Bearer {token}"]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = re.search(r"Socket errors: .*", output)
+
+    def percentile(p: str) -> float:
+        match = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", output)
+        assert match, output
+        value, unit = float(match.group(1)), match.group(2)
+        return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    return {
+        "rps": rps,
+        "p50": percentile("50"),
+        "p99": percentile("99"),
+        "bad": float(non_2xx.group(1)) if non_2xx else 0.0,
+        "socket_errors": 1.0 if errors else 0.0,
+    }
+
+
+async def fixed_rate(url: str, rate: int, seconds: float, token: str | None) -> list[float]:
+    """Open loop: a request every 1/rate s whatever the answers do; latency per request."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    latencies: list[float] = []
+    connector = aiohttp.TCPConnector(limit=200)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one() -> None:
+            started = time.perf_counter()
+            async with session.get(url, headers=headers) as response:
+                await response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"{url}: {response.status}")
+            latencies.append((time.perf_counter() - started) * 1000)
+
+        tasks = []
+        start = time.perf_counter()
+        for index in range(int(rate * seconds)):
+            delay = start + index / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one()))
+        await asyncio.gather(*tasks)
+    return sorted(latencies)
+
+
+def p(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, int(len(values) * q))]
+
+
+def start_gateway(config: Path) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "portcullis", "gateway", "--config", str(config), "--log-level", "warning"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    return process
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1].split("/")[0])), 1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--rate", type=int, default=1000)
+    args = parser.parse_args()
+    for tool in ("wrk", "nginx"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} not found: run `make bench-tools`")
+    scratch = Path(tempfile.mkdtemp(prefix="portcullis-bench-"))
+    backend, proxy = free_port(), free_port()
+    (scratch / "nginx.conf").write_text(NGINX_CONF.format(dir=scratch, backend=backend, proxy=proxy))
+    nginx = subprocess.Popen(["nginx", "-c", str(scratch / "nginx.conf"), "-p", str(scratch)])
+    issuer = DevIssuer(scratch / "issuer", "")
+    # The gateway fetches the issuer's JWKS from a small server of our own.
+    jwks_port = free_port()
+    jwks = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import sys; sys.path.insert(0, sys.argv[1]);"
+            "from aiohttp import web; from gateway.demo import DevIssuer; from pathlib import Path;"
+            "i = DevIssuer(Path(sys.argv[2]), sys.argv[3]); web.run_app(i.app(), host='127.0.0.1',"
+            " port=int(sys.argv[4]), print=None)"
+        ), str(ROOT), str(scratch / "issuer"), f"http://127.0.0.1:{jwks_port}", str(jwks_port)],
+    )  # fmt: skip
+    issuer.issuer = f"http://127.0.0.1:{jwks_port}"
+    token = issuer.token("alice", groups=["warehouse"], amr=["pwd", "otp"], ttl=3600)
+    full_port, bare_port = free_port(), free_port()
+    common = f"policy: {{source: {ROOT / 'policies'}, watch: false}}\n"
+    route = f"routes: [{{app: wms, upstream: 'http://127.0.0.1:{backend}', path_prefix: /wms/}}]\n"
+    (scratch / "full.yaml").write_text(
+        f"listeners: [{{address: 127.0.0.1, port: {full_port}}}]\n{common}{route}"
+        f"issuers: [{{issuer: '{issuer.issuer}', audiences: [portcullis], "
+        f"jwks_url: '{issuer.issuer}/jwks.json'}}]\n"
+        f"decision_log: {{path: {scratch / 'decisions.log'}}}\n"
+    )
+    (scratch / "bare.yaml").write_text(
+        f"listeners: [{{address: 127.0.0.1, port: {bare_port}}}]\n{common}{route}auth: false\n"
+    )
+    full = start_gateway(scratch / "full.yaml")
+    bare = start_gateway(scratch / "bare.yaml")
+    targets = {
+        "(a) direct to backend": (f"http://127.0.0.1:{backend}/wms/stock", None),
+        "(b) gateway, full": (f"http://127.0.0.1:{full_port}/wms/stock", token),
+        "(c) gateway, auth+policy off": (f"http://127.0.0.1:{bare_port}/wms/stock", None),
+        "(d) nginx proxy_pass": (f"http://127.0.0.1:{proxy}/wms/stock", None),
+    }
+    try:
+        for url, _ in targets.values():
+            wait_http(url)
+        time.sleep(1.5)  # JWKS fetched, engines warm
+        results = {}
+        for name, (url, bearer) in targets.items():
+            wrk(url, 2, args.connections, bearer)  # warm-up
+            results[name] = wrk(url, args.duration, args.connections, bearer)
+        print(f"wrk -t1 -c{args.connections} -d{args.duration}s, one gateway process, same run")
+        print(f"{'target':<32}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
+        for name, r in results.items():
+            print(f"{name:<32}{r['rps']:>10.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['bad']:>9.0f}")
+        a, b, c, d = (results[n]["rps"] for n in targets)
+        print(f"(b)/(c) = {b / c:.2f}  (target >= 0.80)")
+        print(f"(b)/(a) = {b / a:.2f}  (target >= 0.35)")
+        print(f"(c)/(a) = {c / a:.2f}, (d)/(a) = {d / a:.2f}")
+
+        direct = asyncio.run(fixed_rate(targets["(a) direct to backend"][0], args.rate, 5, None))
+        through = asyncio.run(fixed_rate(targets["(b) gateway, full"][0], args.rate, 5, token))
+        print(f"\nfixed {args.rate} req/s for 5 s, open loop (aiohttp client):")
+        print(f"  direct   p50 {p(direct, 0.5):.2f} ms  p99 {p(direct, 0.99):.2f} ms")
+        print(f"  gateway  p50 {p(through, 0.5):.2f} ms  p99 {p(through, 0.99):.2f} ms")
+        added = p(through, 0.99) - p(direct, 0.99)
+        print(f"  added at p99: {added:.2f} ms  (target < 2 ms)")
+    finally:
+        for process in (full, bare, jwks):
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
+        nginx.send_signal(signal.SIGQUIT)
+        nginx.wait(timeout=30)
+        shutil.rmtree(scratch, ignore_errors=True)
+        os.environ.pop("PORTCULLIS_BENCH", None)
+
+
+if __name__ == "__main__":
+    main()
