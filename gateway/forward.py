@@ -87,6 +87,7 @@ class Forwarder:
     def __init__(self, *, pool_size: int = 256) -> None:
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._pool_size = pool_size
+        self._timeouts: dict[Route, aiohttp.ClientTimeout] = {}
 
     def _session(self, upstream: str) -> aiohttp.ClientSession:
         session = self._sessions.get(upstream)
@@ -110,9 +111,12 @@ class Forwarder:
         url = URL(route.upstream + target, encoded=True)
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request, route, url, headers)
-        timeout = aiohttp.ClientTimeout(
-            sock_connect=route.connect_timeout, sock_read=route.read_timeout
-        )
+        timeout = self._timeouts.get(route)
+        if timeout is None:
+            timeout = aiohttp.ClientTimeout(
+                sock_connect=route.connect_timeout, sock_read=route.read_timeout
+            )
+            self._timeouts[route] = timeout
         session = self._session(route.upstream)
         try:
             upstream = await session.request(
@@ -128,14 +132,16 @@ class Forwarder:
             raise UpstreamError(504, f"upstream {route.app} did not answer in time") from error
         except aiohttp.ClientError as error:
             raise UpstreamError(502, f"upstream {route.app} unreachable: {error}") from error
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         try:
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             response.headers.update(_response_headers(upstream))
             await response.prepare(request)
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
             await response.write_eof()
             return response
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            return response  # the client went away; nothing left to tell it
         except (aiohttp.ServerTimeoutError, TimeoutError, aiohttp.ClientPayloadError):
             # Headers are already sent: the only honest signal left is a cut connection.
             if request.transport is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
@@ -41,6 +43,28 @@ class Metrics:
         self.decision_log = Gauge(
             "portcullis_decision_log", "Decision log counters", ["counter"], registry=r
         )
+        self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._decision_children: dict[tuple[str, str], Any] = {}
+
+    # labels() costs a lock and a tuple hash per call: keep the children.
+    def request_done(self, app: str, status: int, seconds: float) -> None:
+        key = (app, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(app, str(status)),
+                self.request_seconds.labels(app),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def decided(self, app: str, result: str) -> None:
+        key = (app, result)
+        child = self._decision_children.get(key)
+        if child is None:
+            child = self._decision_children[key] = self.decisions.labels(app, result)
+        child.inc()
 
     def jwks_refreshed(self, issuer: str, ok: bool) -> None:
         self.jwks_refreshes.labels(issuer, "ok" if ok else "error").inc()

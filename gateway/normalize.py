@@ -72,6 +72,8 @@ def normalize(raw_target: str) -> NormalizedPath:
             raise PathRejected("'.' or '..' segment in path")
         if segment == "" and index != len(segments) - 1:
             raise PathRejected("empty segment ('//') in path")
+    if "%" not in path:
+        return NormalizedPath(path, query, tuple(segments))
     decoded = []
     for segment in segments:
         try:

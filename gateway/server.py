@@ -17,7 +17,7 @@ from aiohttp import web
 from gateway.assertion import HEADER as ASSERTION_HEADER
 from gateway.assertion import JWKS_PATH, AssertionSigner, load_or_create_key
 from gateway.config import GatewayConfig, Route
-from gateway.decision import Decision, decide, decision_input, deny
+from gateway.decision import Decision, DecisionIds, decide, decision_input, deny
 from gateway.forward import Forwarder, UpstreamError
 from gateway.identity import ANONYMOUS, Identity, TokenRejected, TokenVerifier
 from gateway.jwks import JwksCache
@@ -57,6 +57,7 @@ class Gateway:
         self.decision_log: DecisionLog | None = None
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._ids = DecisionIds()
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -141,8 +142,7 @@ class Gateway:
             status = response.status
             return response
         finally:
-            self.metrics.requests.labels(app, str(status)).inc()
-            self.metrics.request_seconds.labels(app).observe(time.perf_counter() - started)
+            self.metrics.request_done(app, status, time.perf_counter() - started)
 
     async def _handle(self, request: web.Request) -> tuple[web.StreamResponse, str]:
         try:
@@ -152,18 +152,19 @@ class Gateway:
         route = self.match(request.host, path.path)
         if route is None:
             return _json(404, {"error": "not_found", "reason": "no route for this path"}), "-"
-        request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        decision_id = self._ids.next()
+        request_id = request.headers.get("X-Request-Id") or decision_id
         identity = ANONYMOUS
         if self.config.auth:
             try:
                 identity = await self._identity(request)
             except TokenRejected as rejected:
-                decision = deny(str(uuid.uuid4()), 401, f"invalid token: {rejected}")
+                decision = deny(decision_id, 401, f"invalid token: {rejected}")
                 document = decision_input(request, path, route, ANONYMOUS, request_id)
                 self._log(decision, document, route)
                 return _unauthorized(decision, str(rejected)), route.app
             document = decision_input(request, path, route, identity, request_id)
-            decision = await decide(self.policy.engine, document)
+            decision = await decide(self.policy.engine, document, decision_id)
             self.metrics.decision_seconds.observe(decision.eval_ns / 1e9)
             self._log(decision, document, route)
             if decision.error:
@@ -194,7 +195,7 @@ class Gateway:
 
     def _log(self, decision: Decision, document: dict[str, Any], route: Route) -> None:
         result = "allow" if decision.allow else "deny"
-        self.metrics.decisions.labels(route.app, result).inc()
+        self.metrics.decided(route.app, result)
         if self.decision_log is None:
             return
         engine = self.policy.engine

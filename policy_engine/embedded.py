@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import regorus
 
 from policy_engine.errors import (
@@ -294,9 +295,9 @@ class EmbeddedEngine:
 
     def _run_compiled(self, ref: str, input: Any) -> Any:
         vm = self._vm()
-        vm.set_input_json(json.dumps(input))
+        vm.set_input_json(orjson.dumps(input).decode())
         text = vm.execute_entry_point(ref)
-        value = json.loads(text)
+        value = orjson.loads(text)
         if value == _UNDEFINED:
             return None
         if _UNDEFINED in text:
