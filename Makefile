@@ -10,7 +10,7 @@ CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 CHECKOV_VERSION := 3.3.30
 
-.PHONY: setup demo test lint bench conformance clean bench-scan
+.PHONY: setup demo test lint bench bench-tools bench-scan conformance clean
 
 setup: $(STAMP)
 
@@ -39,8 +39,14 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: $(STAMP)
+bench: $(STAMP) bench-tools
 	$(BIN)/python bench/decision.py
+	$(BIN)/python bench/gateway.py
+
+# wrk and nginx from Debian, for bench/gateway.py (not needed by make test).
+bench-tools:
+	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light)
 
 conformance: $(STAMP)
 	$(BIN)/python scripts/conformance.py

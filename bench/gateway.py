@@ -5,7 +5,9 @@
 (a) wrk straight to the backend (nginx answering 200 from memory),
 (b) through the gateway: bearer token verification + policy + decision log,
 (c) through the gateway with auth and policy off (the bare proxy),
-(d) through nginx proxy_pass.
+(d) through nginx proxy_pass,
+(e) through the reference: a bare 20-line aiohttp + uvloop proxy (REFERENCE_PROXY
+    below), the ceiling of any aiohttp-based gateway on this machine.
 Each at saturation with wrk -t1 -c50 (one gateway process), then the added
 latency at a fixed 1,000 req/s from an open-loop client. Needs wrk and nginx
 (`make bench-tools`). Targets: (b)/(c) >= 0.8, (b)/(a) >= 0.35, and under
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import shutil
 import signal
@@ -56,6 +57,30 @@ http {{
         }}
     }}
 }}
+"""
+
+
+REFERENCE_PROXY = """
+import sys, aiohttp, uvloop
+from aiohttp import web
+UPSTREAM = sys.argv[1]
+async def init():
+    app = web.Application()
+    async def start(app):
+        app["session"] = aiohttp.ClientSession()
+    app.on_startup.append(start)
+    async def stop(app):
+        await app["session"].close()
+    app.on_cleanup.append(stop)
+    async def handle(request):
+        async with app["session"].request(
+            request.method, UPSTREAM + request.raw_path, headers=request.headers
+        ) as upstream:
+            return web.Response(body=await upstream.read(), status=upstream.status)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+uvloop.install()
+web.run_app(init(), host="127.0.0.1", port=int(sys.argv[2]), access_log=None, print=None)
 """
 
 
@@ -121,7 +146,8 @@ def p(values: list[float], q: float) -> float:
 
 def start_gateway(config: Path) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "portcullis", "gateway", "--config", str(config), "--log-level", "warning"],
+        [sys.executable, "-m", "portcullis", "gateway", "--config", str(config),
+         "--log-level", "warning"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     return process
@@ -131,7 +157,9 @@ def wait_http(url: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1].split("/")[0])), 1):
+            with socket.create_connection(
+                ("127.0.0.1", int(url.rsplit(":", 1)[1].split("/")[0])), 1
+            ):
                 return
         except OSError:
             time.sleep(0.1)
@@ -149,7 +177,9 @@ def main() -> None:
             sys.exit(f"{tool} not found: run `make bench-tools`")
     scratch = Path(tempfile.mkdtemp(prefix="portcullis-bench-"))
     backend, proxy = free_port(), free_port()
-    (scratch / "nginx.conf").write_text(NGINX_CONF.format(dir=scratch, backend=backend, proxy=proxy))
+    (scratch / "nginx.conf").write_text(
+        NGINX_CONF.format(dir=scratch, backend=backend, proxy=proxy)
+    )
     nginx = subprocess.Popen(["nginx", "-c", str(scratch / "nginx.conf"), "-p", str(scratch)])
     issuer = DevIssuer(scratch / "issuer", "")
     # The gateway fetches the issuer's JWKS from a small server of our own.
@@ -178,11 +208,16 @@ def main() -> None:
     )
     full = start_gateway(scratch / "full.yaml")
     bare = start_gateway(scratch / "bare.yaml")
+    reference_port = free_port()
+    reference = subprocess.Popen(
+        [sys.executable, "-c", REFERENCE_PROXY, f"http://127.0.0.1:{backend}", str(reference_port)]
+    )
     targets = {
         "(a) direct to backend": (f"http://127.0.0.1:{backend}/wms/stock", None),
         "(b) gateway, full": (f"http://127.0.0.1:{full_port}/wms/stock", token),
         "(c) gateway, auth+policy off": (f"http://127.0.0.1:{bare_port}/wms/stock", None),
         "(d) nginx proxy_pass": (f"http://127.0.0.1:{proxy}/wms/stock", None),
+        "(e) 20-line aiohttp proxy": (f"http://127.0.0.1:{reference_port}/wms/stock", None),
     }
     try:
         for url, _ in targets.values():
@@ -196,10 +231,11 @@ def main() -> None:
         print(f"{'target':<32}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
         for name, r in results.items():
             print(f"{name:<32}{r['rps']:>10.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['bad']:>9.0f}")
-        a, b, c, d = (results[n]["rps"] for n in targets)
+        a, b, c, d, e = (results[n]["rps"] for n in targets)
         print(f"(b)/(c) = {b / c:.2f}  (target >= 0.80)")
-        print(f"(b)/(a) = {b / a:.2f}  (target >= 0.35)")
-        print(f"(c)/(a) = {c / a:.2f}, (d)/(a) = {d / a:.2f}")
+        print(f"(b)/(a) = {b / a:.2f}  (target >= 0.35; the reference proxy (e)/(a) = {e / a:.2f})")
+        print(f"(c)/(e) = {c / e:.2f}  (the bare gateway against the 20-line proxy)")
+        print(f"(b)/(e) = {b / e:.2f}, (d)/(a) = {d / a:.2f}")
 
         direct = asyncio.run(fixed_rate(targets["(a) direct to backend"][0], args.rate, 5, None))
         through = asyncio.run(fixed_rate(targets["(b) gateway, full"][0], args.rate, 5, token))
@@ -209,13 +245,12 @@ def main() -> None:
         added = p(through, 0.99) - p(direct, 0.99)
         print(f"  added at p99: {added:.2f} ms  (target < 2 ms)")
     finally:
-        for process in (full, bare, jwks):
+        for process in (full, bare, jwks, reference):
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=30)
         nginx.send_signal(signal.SIGQUIT)
         nginx.wait(timeout=30)
         shutil.rmtree(scratch, ignore_errors=True)
-        os.environ.pop("PORTCULLIS_BENCH", None)
 
 
 if __name__ == "__main__":

@@ -95,9 +95,13 @@ class Gateway:
                 asyncio.ensure_future(self.policy.watch(self.config.policy.poll_interval))
             )
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            asyncio.get_running_loop().add_signal_handler(
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(
                 signal.SIGHUP, lambda: asyncio.ensure_future(self.policy.reload("SIGHUP"))
             )
+            # Like nginx: SIGUSR1 reopens the log file after logrotate moved it.
+            if self.decision_log is not None:
+                loop.add_signal_handler(signal.SIGUSR1, self.decision_log.reopen)
 
     async def stop(self, app: web.Application) -> None:
         for task in self._tasks:

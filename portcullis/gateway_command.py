@@ -6,24 +6,10 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
-from gateway.config import (
-    AssertionConfig,
-    ConfigError,
-    DecisionLogConfig,
-    GatewayConfig,
-    Issuer,
-    Listener,
-    PolicyConfig,
-    Route,
-    load_config,
-)
-from gateway.demo import AUDIENCE, DevIssuer, demo_backend
-from gateway.runner import configure_logging, install_uvloop, run, serve
-from policy_engine import load_policy_set
+if TYPE_CHECKING:
+    from aiohttp import web
 
 DEFAULT_STATE = ".portcullis-demo"
 
@@ -57,7 +43,14 @@ def register(commands: Any) -> None:
     token.set_defaults(run=demo_token)
 
 
+# The gateway's modules load only when a gateway command runs, so `portcullis
+# scan` and `portcullis policy` start without them.
+
+
 def run_gateway(args: argparse.Namespace) -> int:
+    from gateway.config import ConfigError, load_config
+    from gateway.runner import configure_logging, run
+
     try:
         config = load_config(args.config)
     except ConfigError as error:
@@ -83,6 +76,8 @@ def _issuer_url(state_dir: Path, base_port: int) -> str:
 
 
 def demo_token(args: argparse.Namespace) -> int:
+    from gateway.demo import DevIssuer
+
     state_dir = Path(args.token_state_dir or args.state_dir)
     if not (state_dir / "issuer-key.pem").exists():
         print(f"{state_dir}: no demo keys yet; start `portcullis demo` first", file=sys.stderr)
@@ -101,6 +96,8 @@ def demo_token(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     if getattr(args, "demo_action", None) == "token":
         return demo_token(args)
+    from gateway.runner import configure_logging, install_uvloop
+
     configure_logging("info")
     install_uvloop()
     try:
@@ -113,6 +110,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 async def _start(app: web.Application, port: int) -> tuple[web.AppRunner, str]:
+    from aiohttp import web
+
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
@@ -123,6 +122,18 @@ async def _start(app: web.Application, port: int) -> tuple[web.AppRunner, str]:
 
 
 async def _demo(args: argparse.Namespace) -> None:
+    from gateway.config import (
+        AssertionConfig,
+        DecisionLogConfig,
+        GatewayConfig,
+        Issuer,
+        Listener,
+        PolicyConfig,
+        Route,
+    )
+    from gateway.demo import AUDIENCE, DevIssuer, demo_backend
+    from gateway.runner import serve
+    from policy_engine import load_policy_set
     from portcullis.paths import default_policy_dir
 
     state_dir = Path(args.state_dir)

@@ -187,23 +187,3 @@ def bundle(args: argparse.Namespace) -> int:
     write_bundle(policy_set, root, Path(args.output), revision)
     print(f"{args.output}: bundle of {len(policy_set.modules)} modules, revision {revision}")
     return 0
-
-
-def demo(args: argparse.Namespace) -> int:
-    policy_dir = args.default_policy()
-    examples = Path(__file__).resolve().parent.parent / "examples" / "inputs"
-    print(f"$ portcullis policy test {policy_dir}")
-    test_args = argparse.Namespace(
-        paths=[policy_dir], coverage=False, match=None, verbose=False, default_policy=None
-    )
-    status = test(test_args)
-    for sample in sorted(examples.glob("*.json")):
-        print(f"\n$ portcullis policy eval --input {sample.relative_to(Path.cwd())}")
-        eval_args = argparse.Namespace(
-            input_file=str(sample),
-            policy=policy_dir,
-            query="data.portcullis.gateway.decision",
-            default_policy=None,
-        )
-        status = evaluate(eval_args) or status
-    return status

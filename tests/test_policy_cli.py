@@ -174,13 +174,6 @@ def test_policy_bundle_refuses_a_broken_policy(tmp_path: Path) -> None:
     assert not (tmp_path / "b.tar.gz").exists()
 
 
-def test_demo_runs_the_policy_tests_and_sample_decisions() -> None:
-    result = portcullis("demo")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "PASS:" in result.stdout
-    assert '"step_up"' in result.stdout
-
-
 def test_version() -> None:
     result = portcullis("--version")
     assert result.stdout.startswith("portcullis ")

@@ -1,0 +1,187 @@
+"""Transport-level behaviour: TLS and client certificates, JWKS refresh limits,
+and graceful shutdown that lets in-flight requests finish."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from gateway.config import Issuer
+from gateway.demo import DevIssuer
+from gateway.jwks import JwksCache
+from tests.conftest import POLICIES, ROOT
+from tests.gateway_stack import ServerFactory, free_port
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def make_cert(
+    directory: Path, name: str, issuer: tuple[x509.Certificate, Any] | None, *, ca: bool = False
+) -> tuple[x509.Certificate, Any]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(name))
+        .issuer_name(issuer[0].subject if issuer else _name(name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False
+        )
+    cert = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
+    (directory / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / f"{name}.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert, key
+
+
+def start_gateway(config: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "portcullis", "gateway", "--config", str(config)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+async def wait_ready(url: str, process: subprocess.Popen[str], context: Any = None) -> None:
+    deadline = time.monotonic() + 30
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            assert process.poll() is None, process.communicate()[1]
+            try:
+                async with session.get(url, ssl=context) as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} never became ready")
+
+
+async def test_tls_listener_requires_a_client_certificate_when_configured(tmp_path: Path) -> None:
+    ca = make_cert(tmp_path, "ca", None, ca=True)
+    make_cert(tmp_path, "server", ca)
+    make_cert(tmp_path, "client", ca)
+    port = free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"listeners:\n  - {{address: 127.0.0.1, port: {port}, tls: {{cert: server.pem, "
+        "key: server.key, client_ca: ca.pem, require_client_cert: true}}\n"
+        f"auth: false\npolicy: {{source: {POLICIES}}}\n"
+    )
+    gateway = start_gateway(config)
+    trusted = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    with_cert = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    with_cert.load_cert_chain(tmp_path / "client.pem", tmp_path / "client.key")
+    url = f"https://localhost:{port}/healthz"
+    try:
+        await wait_ready(url, gateway, with_cert)
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(aiohttp.ClientError):
+                async with session.get(url, ssl=trusted) as response:
+                    await response.read()
+            async with session.get(url, ssl=with_cert) as response:
+                assert response.status == 200
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        gateway.communicate(timeout=30)
+
+
+def test_tls_files_that_do_not_exist_are_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("listeners: [{port: 1, tls: {cert: nope.pem, key: nope.key}}]\nauth: false\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "portcullis", "gateway", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "listeners[0].tls.cert: no such file" in result.stderr
+
+
+async def test_unknown_kids_refresh_the_jwks_once_per_interval(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    issuer = DevIssuer(tmp_path, "https://idp.example")
+    hits: list[float] = []
+
+    async def jwks(request: web.Request) -> web.Response:
+        hits.append(time.monotonic())
+        await asyncio.sleep(0.05)
+        return web.json_response({"keys": [issuer.jwk]})
+
+    app = web.Application()
+    app.router.add_get("/jwks.json", jwks)
+    server = await aiohttp_server(app)
+    config = Issuer(
+        "https://idp.example", ("portcullis",), f"http://127.0.0.1:{server.port}/jwks.json"
+    )
+    async with aiohttp.ClientSession() as session:
+        cache = JwksCache(config, session, min_refresh_interval=60)
+        found = await asyncio.gather(*(cache.get(f"forged-{i}") for i in range(50)))
+        assert found == [None] * 50
+        assert len(hits) == 1  # concurrent misses shared one fetch
+        for i in range(20):
+            assert await cache.get(f"again-{i}") is None
+        assert len(hits) == 1  # and later misses waited for the interval
+        assert await cache.get(issuer.kid) is not None
+
+
+async def test_graceful_shutdown_finishes_in_flight_requests(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(1.5)
+        return web.Response(text="done")
+
+    backend = web.Application()
+    backend.router.add_get("/{tail:.*}", slow)
+    upstream = await aiohttp_server(backend)
+    port = free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"listeners: [{{address: 127.0.0.1, port: {port}}}]\nauth: false\n"
+        f"policy: {{source: {POLICIES}}}\n"
+        f"routes: [{{app: wms, upstream: 'http://127.0.0.1:{upstream.port}', "
+        "path_prefix: /wms/}]\n"
+    )
+    gateway = start_gateway(config)
+    try:
+        await wait_ready(f"http://127.0.0.1:{port}/healthz", gateway)
+        async with aiohttp.ClientSession() as session:
+            in_flight = asyncio.ensure_future(session.get(f"http://127.0.0.1:{port}/wms/slow"))
+            await asyncio.sleep(0.5)
+            gateway.send_signal(signal.SIGTERM)
+            response = await in_flight
+            assert response.status == 200
+            assert await response.text() == "done"
+    finally:
+        if gateway.poll() is None:
+            gateway.send_signal(signal.SIGTERM)
+        _, err = gateway.communicate(timeout=30)
+    assert gateway.returncode == 0, err
