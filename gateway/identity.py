@@ -57,6 +57,39 @@ class Identity:
 ANONYMOUS = Identity(authenticated=False)
 
 
+def client_certificate(transport: Any) -> dict[str, Any]:
+    """The verified client certificate of a TLS connection, as plain data; {} without one.
+
+    Only a listener with `client_ca` asks for one, and the TLS handshake has
+    already verified it against that CA by the time a request arrives."""
+    if transport is None:
+        return {}
+    peer = transport.get_extra_info("peercert")
+    if not peer:
+        return {}
+
+    def names(field: str) -> dict[str, str]:
+        return {key: value for rdn in peer.get(field, ()) for key, value in rdn}
+
+    return {
+        "subject": names("subject"),
+        "issuer": names("issuer"),
+        "serial_number": peer.get("serialNumber"),
+        "not_after": peer.get("notAfter"),
+        "sans": [value for kind, value in peer.get("subjectAltName", ()) if kind in ("DNS", "URI")],
+    }
+
+
+def certificate_identity(certificate: dict[str, Any]) -> Identity:
+    """A service identified by its client certificate alone (no bearer token)."""
+    return Identity(
+        authenticated=True,
+        method="mtls",
+        subject=certificate["subject"].get("commonName"),
+        client_cert=certificate,
+    )
+
+
 def _strings(value: Any) -> tuple[str, ...]:
     if isinstance(value, list):
         return tuple(item for item in value if isinstance(item, str))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import time
@@ -19,7 +20,14 @@ from gateway.assertion import JWKS_PATH, AssertionSigner, load_or_create_key
 from gateway.config import GatewayConfig, Route
 from gateway.decision import Decision, DecisionIds, decide, decision_input, deny
 from gateway.forward import Forwarder, UpstreamError
-from gateway.identity import ANONYMOUS, Identity, TokenRejected, TokenVerifier
+from gateway.identity import (
+    ANONYMOUS,
+    Identity,
+    TokenRejected,
+    TokenVerifier,
+    certificate_identity,
+    client_certificate,
+)
 from gateway.jwks import JwksCache
 from gateway.metrics import Metrics
 from gateway.normalize import PathRejected, normalize
@@ -188,14 +196,16 @@ class Gateway:
             return _json(error.status, {"error": "bad_gateway", "reason": str(error)}), route.app
 
     async def _identity(self, request: web.Request) -> Identity:
+        certificate = client_certificate(request.transport)
         header = request.headers.get("Authorization")
         if header is None:
-            return ANONYMOUS
+            return certificate_identity(certificate) if certificate else ANONYMOUS
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise TokenRejected("Authorization must be 'Bearer <token>'")
         assert self.verifier is not None
-        return await self.verifier.verify(token.strip())
+        identity = await self.verifier.verify(token.strip())
+        return dataclasses.replace(identity, client_cert=certificate) if certificate else identity
 
     def _log(self, decision: Decision, document: dict[str, Any], route: Route) -> None:
         result = "allow" if decision.allow else "deny"

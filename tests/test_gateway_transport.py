@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import signal
 import ssl
 import subprocess
@@ -185,3 +186,57 @@ async def test_graceful_shutdown_finishes_in_flight_requests(
             gateway.send_signal(signal.SIGTERM)
         _, err = gateway.communicate(timeout=30)
     assert gateway.returncode == 0, err
+
+
+async def test_client_certificate_identifies_a_service_to_the_policy(tmp_path: Path) -> None:
+    ca = make_cert(tmp_path, "ca", None, ca=True)
+    make_cert(tmp_path, "server", ca)
+    make_cert(tmp_path, "scanner-bot", ca)
+    port = free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"listeners:\n  - {{address: 127.0.0.1, port: {port}, tls: {{cert: server.pem, "
+        "key: server.key, client_ca: ca.pem}}\n"
+        f"policy: {{source: {POLICIES}}}\n"
+        "issuers: [{issuer: 'https://idp.example', audiences: [portcullis], "
+        "jwks_url: 'http://127.0.0.1:9/jwks.json'}]\n"
+        "routes: [{app: wms, upstream: 'http://127.0.0.1:9', path_prefix: /wms/}]\n"
+        "decision_log: {path: decisions.log}\n"
+    )
+    gateway = start_gateway(config)
+    anonymous = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    with_cert = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    with_cert.load_cert_chain(tmp_path / "scanner-bot.pem", tmp_path / "scanner-bot.key")
+    base = f"https://localhost:{port}"
+    try:
+        await wait_ready(f"{base}/healthz", gateway, anonymous)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{base}/wms/stock", ssl=anonymous) as response:
+                assert response.status == 401  # optional client cert: none, no token
+            async with session.get(f"{base}/wms/stock", ssl=with_cert) as response:
+                assert response.status == 403  # known service, but not in group warehouse
+                assert (await response.json())["reasons"] == [
+                    "requires MFA with one of: fido, hwk, mfa, otp, swk",
+                    "requires membership in one of: warehouse",
+                ]
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        gateway.communicate(timeout=30)
+    events = [json.loads(line) for line in (tmp_path / "decisions.log").read_text().splitlines()]
+    identities = [e["input"]["identity"] for e in events if "decision_id" in e]
+    assert identities[0] == {"authenticated": False, "method": "none"}
+    assert identities[1]["method"] == "mtls"
+    assert identities[1]["subject"] == "scanner-bot"
+    assert identities[1]["client_cert"]["issuer"] == {"commonName": "ca"}
+
+
+async def test_issuer_keys_found_through_oidc_discovery(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    issuer = DevIssuer(tmp_path, "")
+    server = await aiohttp_server(issuer.app())
+    issuer.issuer = f"http://127.0.0.1:{server.port}"
+    config = Issuer(issuer.issuer, ("portcullis",), discovery=True)
+    async with aiohttp.ClientSession() as session:
+        cache = JwksCache(config, session)
+        assert await cache.get(issuer.kid) is not None
