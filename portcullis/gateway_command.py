@@ -181,6 +181,11 @@ Get a token and call an app through the gateway:
   TOKEN=$({me} --sub bob --groups store --amr pwd,hwk)
   curl -H "Authorization: Bearer $TOKEN" {url}/pos/refunds/1     # 200
 
+  # Analytics: reading needs no MFA, changing does:
+  TOKEN=$({me} --sub carol --groups analyst --amr pwd)
+  curl -H "Authorization: Bearer $TOKEN" {url}/analytics/daily                 # 200
+  curl -X POST -H "Authorization: Bearer $TOKEN" {url}/analytics/daily         # 403, step_up
+
 Check the decision log (after Ctrl-C, which signs its end):
   portcullis audit verify {state_dir}/decisions.log --key {state_dir}/assertion-key.pem
 Press Ctrl-C to stop.""",

@@ -11,8 +11,10 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+from aiohttp import web
 
 from gateway.assertion import load_or_create_key, public_jwk
+from gateway.config import Route
 from tests.gateway_stack import ServerFactory, Stack, start_stack
 
 WAREHOUSE = {"groups": ["warehouse"], "amr": ["pwd", "otp"]}
@@ -196,3 +198,20 @@ async def test_upstream_down_is_502_and_the_decision_is_logged(
         decisions = [e for e in events if e.get("decision_id")]
         assert decisions[-1]["result"]["allow"] is True
         assert decisions[-1]["input"]["route"]["app"] == "wms"
+
+
+async def test_slow_upstream_is_504(aiohttp_server: ServerFactory, tmp_path: Path) -> None:
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(3)
+        return web.Response(text="late")
+
+    backend = web.Application()
+    backend.router.add_get("/{tail:.*}", slow)
+    server = await aiohttp_server(backend)
+    async with start_stack(aiohttp_server, tmp_path) as running:
+        running.gateway.routes.insert(
+            0, Route("wms", f"http://127.0.0.1:{server.port}", "/wms/", read_timeout=0.3)
+        )
+        response = await running.get("/wms/stock", running.token("alice", **WAREHOUSE))
+        assert response.status == 504
+        assert "did not answer in time" in (await response.json())["reason"]
