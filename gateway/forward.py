@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import aiohttp
 from aiohttp import web
@@ -38,9 +38,14 @@ class UpstreamError(Exception):
 
 
 def upstream_headers(
-    request: web.Request, route: Route, add: Mapping[str, str]
+    request: web.Request,
+    route: Route,
+    add: Mapping[str, str],
+    strip_cookie: Callable[[str], bool] | None = None,
 ) -> CIMultiDict[str]:
-    """The client's headers minus hop-by-hop and spoofable identity headers, plus ours."""
+    """The client's headers minus hop-by-hop and spoofable identity headers, plus ours;
+    minus the gateway's own cookies (`strip_cookie` names them): a backend never
+    sees the session or its refresh token."""
     connection_listed = {
         token.strip().lower()
         for value in request.headers.getall("Connection", [])
@@ -57,6 +62,10 @@ def upstream_headers(
             or (lower == "authorization" and not route.pass_authorization)
         ):
             continue
+        if lower == "cookie" and strip_cookie is not None:
+            value = _without_cookies(value, strip_cookie)
+            if not value:
+                continue
         headers.add(name, value)
     peer = request.transport.get_extra_info("peername") if request.transport else None
     headers["X-Forwarded-For"] = peer[0] if peer else "unknown"
@@ -65,6 +74,15 @@ def upstream_headers(
     for name, value in add.items():
         headers[name] = value
     return headers
+
+
+def _without_cookies(header: str, strip: Callable[[str], bool]) -> str:
+    kept = [
+        pair.strip()
+        for pair in header.split(";")
+        if pair.strip() and not strip(pair.split("=", 1)[0].strip())
+    ]
+    return "; ".join(kept)
 
 
 def _response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
@@ -84,7 +102,10 @@ def _response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
 class Forwarder:
     """One pooled client session per upstream, with the route's timeouts."""
 
-    def __init__(self, *, pool_size: int = 256) -> None:
+    def __init__(
+        self, *, pool_size: int = 256, strip_cookie: Callable[[str], bool] | None = None
+    ) -> None:
+        self._strip_cookie = strip_cookie
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._pool_size = pool_size
         self._timeouts: dict[Route, aiohttp.ClientTimeout] = {}
@@ -107,7 +128,7 @@ class Forwarder:
     async def forward(
         self, request: web.Request, route: Route, target: str, add: Mapping[str, str]
     ) -> web.StreamResponse:
-        headers = upstream_headers(request, route, add)
+        headers = upstream_headers(request, route, add, self._strip_cookie)
         url = URL(route.upstream + target, encoded=True)
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request, route, url, headers)

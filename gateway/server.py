@@ -32,6 +32,7 @@ from gateway.jwks import JwksCache
 from gateway.metrics import Metrics
 from gateway.normalize import PathRejected, normalize
 from gateway.policy_reload import PolicyHolder
+from gateway.sign_in import BrowserSignIn
 
 if TYPE_CHECKING:
     from gateway.decision_log import DecisionLog
@@ -59,7 +60,9 @@ class Gateway:
             issuer=config.assertion.issuer,
             ttl=config.assertion.ttl,
         )
-        self.forwarder = Forwarder()
+        # Browser sign-in (OIDC) and its encrypted session cookie: gateway/sign_in.py.
+        self.sign_in = BrowserSignIn(config) if config.sign_in is not None else None
+        self.forwarder = Forwarder(strip_cookie=self.sign_in.owns_cookie if self.sign_in else None)
         self.routes: list[Route] = list(config.routes)
         self.verifier: TokenVerifier | None = None
         self.decision_log: DecisionLog | None = None
@@ -87,6 +90,8 @@ class Gateway:
             issuers[issuer.issuer] = (issuer, cache)
             self._tasks.append(asyncio.ensure_future(cache.refresh()))
         self.verifier = TokenVerifier(issuers)
+        if self.sign_in is not None:
+            self._tasks.append(self.sign_in.start(self._session, self.policy.catalogue))
         if self.config.decision_log.path is not None:
             from gateway.decision_log import DecisionLog
 
@@ -182,6 +187,11 @@ class Gateway:
             if decision.error:
                 log.error("decision %s failed closed: %s", decision.decision_id, decision.error)
             if not decision.allow:
+                if self.sign_in is not None and self.sign_in.wants_page(request, identity):
+                    page = await self.sign_in.denied(
+                        request, decision, identity, path.path_with_query
+                    )
+                    return page, route.app
                 if decision.http_status == 401:
                     return _unauthorized(decision, None), route.app
                 return _denied(decision), route.app
@@ -199,6 +209,8 @@ class Gateway:
         certificate = client_certificate(request.transport)
         header = request.headers.get("Authorization")
         if header is None:
+            if not certificate and self.sign_in is not None:
+                return await self.sign_in.identity(request)
             return certificate_identity(certificate) if certificate else ANONYMOUS
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -275,5 +287,7 @@ def build_app(config: GatewayConfig, *, instance_id: str | None = None) -> web.A
     app.router.add_get("/readyz", gateway.readyz)
     app.router.add_get("/metrics", gateway.metrics_endpoint)
     app.router.add_get(JWKS_PATH, gateway.jwks)
+    if gateway.sign_in is not None:
+        gateway.sign_in.add_routes(app)
     app.router.add_route("*", "/{tail:.*}", gateway.handle)
     return app

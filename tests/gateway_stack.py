@@ -70,12 +70,18 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def start_stack(
-    aiohttp_server: ServerFactory, tmp_path: Path, *, policy: Path = POLICIES, **overrides: Any
+    aiohttp_server: ServerFactory,
+    tmp_path: Path,
+    *,
+    policy: Path = POLICIES,
+    gateway_port: int | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[Stack]:
     issuer = DevIssuer(tmp_path / "issuer", "")
     issuer_server = await aiohttp_server(issuer.app())
     issuer.issuer = f"http://127.0.0.1:{issuer_server.port}"
-    gateway_port = free_port()
+    # A fixed port when a provider registered the gateway's callback URL beforehand.
+    gateway_port = gateway_port or free_port()
     gateway_url = f"http://127.0.0.1:{gateway_port}"
     backends = {}
     routes = []

@@ -1,0 +1,317 @@
+"""The OpenID Connect relying party: discovery, the authorization request with
+PKCE, state and nonce, the code exchange, ID token verification and refresh."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import aiohttp
+import jwt
+
+from gateway.config import Issuer, SignInConfig
+from gateway.jwks import JwksCache
+
+log = logging.getLogger("portcullis.oidc")
+HTTP_TIMEOUT = aiohttp.ClientTimeout(total=10)
+DISCOVERY_RETRY_SECONDS = 5.0
+
+
+class ProviderError(Exception):
+    """The provider couldn't be reached or answered with an error; the message
+    is shown to the user, so it says what happened in plain words."""
+
+
+class TokenInvalid(Exception):
+    """An ID token that must not be trusted; the message says which check failed."""
+
+
+@dataclass(frozen=True)
+class ProviderMetadata:
+    issuer: str
+    authorization_endpoint: str
+    token_endpoint: str
+    jwks_uri: str
+    end_session_endpoint: str | None = None
+    iss_parameter_supported: bool = False
+
+
+@dataclass(frozen=True)
+class TokenResponse:
+    id_token: str | None
+    refresh_token: str | None
+    expires_in: int | None
+
+
+@dataclass(frozen=True)
+class AuthorizationRequest:
+    """One sign-in in flight: what the browser is sent to, and what the callback
+    must check against (kept in the pre-auth cookie, never in the URL)."""
+
+    url: str
+    state: str
+    nonce: str
+    code_verifier: str
+
+
+def _challenge(verifier: str) -> str:
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def same(a: str | None, b: str | None) -> bool:
+    """Constant-time equality for secrets that came from the network."""
+    return a is not None and b is not None and hmac.compare_digest(a.encode(), b.encode())
+
+
+class OidcClient:
+    """A relying party of one provider. Metadata comes from discovery (fetched
+    once, retried after a failure); signing keys from its JWKS with rotation."""
+
+    def __init__(self, config: SignInConfig, session: aiohttp.ClientSession) -> None:
+        self.config = config
+        self._session = session
+        self._metadata: ProviderMetadata | None = None
+        self._inflight: asyncio.Task[ProviderMetadata] | None = None
+        self._last_failure = float("-inf")
+        self._last_error = ""
+        self._keys: JwksCache | None = None
+
+    # --- discovery ----------------------------------------------------------------------
+
+    async def metadata(self) -> ProviderMetadata:
+        if self._metadata is not None:
+            return self._metadata
+        if self._inflight is None:
+            if time.monotonic() - self._last_failure < DISCOVERY_RETRY_SECONDS:
+                raise ProviderError(self._last_error)
+            self._inflight = asyncio.ensure_future(self._discover())
+        task = self._inflight
+        try:
+            return await asyncio.shield(task)
+        except ProviderError as error:
+            self._last_failure = time.monotonic()
+            self._last_error = str(error)
+            raise
+        finally:
+            if task.done():
+                self._inflight = None
+
+    async def _discover(self) -> ProviderMetadata:
+        url = f"{self.config.issuer}/.well-known/openid-configuration"
+        document = await self._get_json(url)
+        issuer = document.get("issuer")
+        if issuer != self.config.issuer and issuer != self.config.issuer + "/":
+            # OpenID Discovery 4.3: a document for another issuer is a mix-up.
+            raise ProviderError(
+                f"the provider's discovery document names issuer {issuer!r}, "
+                f"not the configured {self.config.issuer!r}"
+            )
+        fields = {}
+        for name in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
+            value = document.get(name)
+            if not isinstance(value, str) or not value.startswith(("https://", "http://")):
+                raise ProviderError(f"the provider's discovery document has no {name}")
+            fields[name] = value
+        methods = document.get("code_challenge_methods_supported")
+        if isinstance(methods, list) and "S256" not in methods:
+            raise ProviderError(
+                "the provider does not support PKCE with S256 "
+                f"(code_challenge_methods_supported: {methods}); the gateway requires it"
+            )
+        end_session = document.get("end_session_endpoint")
+        metadata = ProviderMetadata(
+            issuer=str(issuer),
+            end_session_endpoint=end_session if isinstance(end_session, str) else None,
+            iss_parameter_supported=document.get("authorization_response_iss_parameter_supported")
+            is True,
+            **fields,
+        )
+        self._keys = JwksCache(
+            Issuer(
+                metadata.issuer,
+                (self.config.client_id,),
+                jwks_url=metadata.jwks_uri,
+                algorithms=self.config.algorithms,
+            ),
+            self._session,
+            min_refresh_interval=10.0,
+        )
+        self._metadata = metadata
+        return metadata
+
+    async def _get_json(self, url: str) -> dict[str, Any]:
+        try:
+            async with self._session.get(
+                url, timeout=HTTP_TIMEOUT, allow_redirects=False
+            ) as response:
+                if response.status != 200:
+                    raise ProviderError(f"the provider answered {response.status} for {url}")
+                document = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+            raise ProviderError(
+                f"the provider at {self.config.issuer} can't be reached "
+                f"({type(error).__name__}: {error})"
+            ) from error
+        if not isinstance(document, dict):
+            raise ProviderError(f"{url} did not return a JSON object")
+        return document
+
+    # --- the authorization request ---------------------------------------------------------
+
+    async def authorization_request(
+        self, redirect_uri: str, *, acr: str | None = None, max_age: int | None = None
+    ) -> AuthorizationRequest:
+        metadata = await self.metadata()
+        state = secrets.token_urlsafe(32)
+        nonce = secrets.token_urlsafe(32)
+        verifier = secrets.token_urlsafe(48)  # 64 characters, within RFC 7636's 43-128
+        params = {
+            "response_type": "code",
+            "client_id": self.config.client_id,
+            "redirect_uri": redirect_uri,
+            "scope": " ".join(self.config.scopes),
+            "state": state,
+            "nonce": nonce,
+            "code_challenge": _challenge(verifier),
+            "code_challenge_method": "S256",
+        }
+        if acr is not None:
+            params["acr_values"] = acr
+        if max_age is not None:
+            params["max_age"] = str(max_age)
+            if max_age == 0:
+                params["prompt"] = "login"
+        separator = "&" if "?" in metadata.authorization_endpoint else "?"
+        url = f"{metadata.authorization_endpoint}{separator}{urlencode(params, quote_via=quote)}"
+        return AuthorizationRequest(url, state, nonce, verifier)
+
+    # --- the token endpoint ----------------------------------------------------------------
+
+    async def exchange_code(self, code: str, verifier: str, redirect_uri: str) -> TokenResponse:
+        return await self._token(
+            {
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": redirect_uri,
+                "code_verifier": verifier,
+            },
+            "the sign-in code",
+        )
+
+    async def refresh(self, refresh_token: str) -> TokenResponse:
+        return await self._token(
+            {"grant_type": "refresh_token", "refresh_token": refresh_token}, "the refresh token"
+        )
+
+    async def _token(self, form: dict[str, str], what: str) -> TokenResponse:
+        metadata = await self.metadata()
+        headers = {"Accept": "application/json"}
+        if self.config.client_secret is None:
+            form = {**form, "client_id": self.config.client_id}
+        else:
+            # RFC 6749 2.3.1: id and secret are form-encoded before Basic.
+            user, secret = self.config.client_id, self.config.client_secret
+            pair = f"{quote(user, safe='')}:{quote(secret, safe='')}"
+            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+        try:
+            async with self._session.post(
+                metadata.token_endpoint,
+                data=form,
+                headers=headers,
+                timeout=HTTP_TIMEOUT,
+                allow_redirects=False,
+            ) as response:
+                body = await response.json(content_type=None)
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+            raise ProviderError(
+                f"the provider's token endpoint can't be reached ({type(error).__name__}: {error})"
+            ) from error
+        if not isinstance(body, dict):
+            raise ProviderError(f"the provider's token endpoint answered {status} without JSON")
+        if status != 200:
+            code = str(body.get("error", f"HTTP {status}"))
+            description = body.get("error_description")
+            detail = f"{code} ({description})" if isinstance(description, str) else code
+            raise ProviderError(f"the provider refused {what}: {detail}")
+        id_token = body.get("id_token")
+        refresh_token = body.get("refresh_token")
+        expires_in = body.get("expires_in")
+        return TokenResponse(
+            id_token if isinstance(id_token, str) else None,
+            refresh_token if isinstance(refresh_token, str) else None,
+            int(expires_in) if isinstance(expires_in, int | float) else None,
+        )
+
+    # --- ID tokens ---------------------------------------------------------------------------
+
+    async def verify_id_token(
+        self, token: str, *, nonce: str | None, subject: str | None = None
+    ) -> dict[str, Any]:
+        """The verified claims: signature (the provider's JWKS), iss, aud, exp,
+        iat, azp, and the nonce of this sign-in (or, on refresh, the same sub)."""
+        metadata = await self.metadata()
+        assert self._keys is not None
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.DecodeError as error:
+            raise TokenInvalid(f"malformed ID token: {error}") from error
+        algorithm = header.get("alg")
+        if algorithm not in self.config.algorithms:
+            raise TokenInvalid(
+                f"ID token algorithm {algorithm!r} not allowed "
+                f"(allowed: {', '.join(self.config.algorithms)})"
+            )
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise TokenInvalid("ID token header has no kid")
+        key = await self._keys.get(kid)
+        if key is None:
+            raise TokenInvalid(f"ID token signed with unknown key kid={kid!r}")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key.key,
+                algorithms=[algorithm],
+                audience=self.config.client_id,
+                issuer=metadata.issuer,
+                leeway=self.config.leeway,
+                options={"require": ["exp", "iat", "iss", "sub", "aud"]},
+            )
+        except jwt.ExpiredSignatureError as error:
+            raise TokenInvalid("ID token expired") from error
+        except jwt.InvalidAudienceError as error:
+            raise TokenInvalid(f"ID token is not for client {self.config.client_id!r}") from error
+        except jwt.InvalidIssuerError as error:
+            raise TokenInvalid(f"ID token is not from {metadata.issuer}") from error
+        except jwt.InvalidSignatureError as error:
+            raise TokenInvalid("ID token signature verification failed") from error
+        except jwt.PyJWTError as error:
+            raise TokenInvalid(f"invalid ID token: {error}") from error
+        audiences = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
+        azp = claims.get("azp")
+        if (azp is not None or len(audiences) > 1) and azp != self.config.client_id:
+            raise TokenInvalid(f"ID token azp {azp!r} is not this client")
+        if nonce is not None and not same(claims.get("nonce"), nonce):
+            raise TokenInvalid("ID token nonce does not match this sign-in (a replayed token?)")
+        if subject is not None and claims.get("sub") != subject:
+            raise TokenInvalid("refreshed ID token is for another subject")
+        return claims
+
+    def logout_url(self, post_logout_redirect_uri: str) -> str | None:
+        if self._metadata is None or self._metadata.end_session_endpoint is None:
+            return None
+        endpoint = self._metadata.end_session_endpoint
+        params = {"client_id": self.config.client_id}
+        params["post_logout_redirect_uri"] = post_logout_redirect_uri
+        separator = "&" if "?" in endpoint else "?"
+        return f"{endpoint}{separator}{urlencode(params, quote_via=quote)}"

@@ -1,0 +1,509 @@
+"""Browser sign-in: the session behind the cookie (refreshed single-flight), the
+redirects to the provider for sign-in and step-up, and the gateway's own pages."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+import aiohttp
+from aiohttp import web
+
+from gateway import pages
+from gateway.config import GatewayConfig, SignInConfig
+from gateway.decision import Decision
+from gateway.identity import ANONYMOUS, Identity
+from gateway.oidc import OidcClient, ProviderError, TokenInvalid, same
+from gateway.session import (
+    CookiePolicy,
+    KeyRing,
+    Session,
+    SessionCookies,
+    SessionTooLarge,
+    apply_cookie_changes,
+)
+
+log = logging.getLogger("portcullis.sign_in")
+
+PREFIX = "/.portcullis/"
+HOME_PATH = PREFIX
+CALLBACK_PATH = PREFIX + "callback"
+SIGN_IN_PATH = PREFIX + "sign_in"
+SIGN_OUT_PATH = PREFIX + "sign_out"
+SIGNED_OUT_PATH = PREFIX + "signed_out"
+PRE_AUTH_TTL = 600  # a sign-in must come back within 10 minutes
+MAX_PENDING = 8  # sign-ins in flight per browser (tabs); more and the oldest are dropped
+REFRESH_REMEMBERED = 60.0  # a finished refresh answers requests still carrying the old cookie
+REFRESH_FAILURE_REMEMBERED = 5.0
+SESSION: web.RequestKey[Session] = web.RequestKey("portcullis_session", Session)
+_ACR = re.compile(r"^[A-Za-z0-9:._/+-]{1,128}$")
+
+
+def safe_return_to(value: str | None, host: str) -> str | None:
+    """A path on this gateway to send the browser back to, or None.
+
+    Only a local path (or an absolute URL naming this very host) passes; never
+    `//evil.example`, `/\\evil.example`, `https://evil.example`, nor any of
+    them percent-encoded (some servers and browsers decode before they resolve).
+    """
+    if not value or len(value) > 4096:
+        return None
+    if any(ord(c) < 0x21 or ord(c) == 0x7F or c == "\\" for c in value):
+        return None
+    decoded = value
+    for _ in range(3):
+        decoded = unquote(decoded)
+        if "\\" in decoded or decoded.startswith("//") or any(ord(c) < 0x20 for c in decoded):
+            return None
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc:
+        if parts.scheme not in ("http", "https") or parts.netloc.lower() != host.lower():
+            return None
+        if parts.username or parts.password:
+            return None
+        value = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if not value.startswith("/") or value.startswith("//"):
+        return None
+    if value.startswith(PREFIX):
+        return None  # back to a sign-in endpoint would be a loop
+    return value
+
+
+def wants_html(request: web.Request) -> bool:
+    return "text/html" in request.headers.get("Accept", "")
+
+
+def _redirect(location: str) -> web.Response:
+    return web.Response(status=302, headers={"Location": location, "Cache-Control": "no-store"})
+
+
+def _step_up(value: Any) -> dict[str, Any]:
+    acr = value.get("acr") if isinstance(value, dict) else None
+    max_age = value.get("max_age") if isinstance(value, dict) else None
+    return {
+        "acr": acr if isinstance(acr, str) and _ACR.match(acr) else None,
+        "max_age": max_age if isinstance(max_age, int) and not isinstance(max_age, bool) else None,
+    }
+
+
+class BrowserSignIn:
+    """Browsers sign in through the configured OpenID provider; the session then
+    lives only in an encrypted cookie, so any replica can serve it."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        assert config.sign_in is not None
+        self.config: SignInConfig = config.sign_in
+        session = config.session
+        self.lifetime = session.lifetime
+        self.margin = session.refresh_margin
+        self.cookies = SessionCookies(
+            KeyRing.from_files(session.key_files),
+            CookiePolicy(session.cookie_name, session.secure, session.lifetime),
+        )
+        self._client: OidcClient | None = None
+        self._catalogue: Callable[[], dict[str, Any]] = dict
+        self._refreshing: dict[str, asyncio.Task[Session | None]] = {}
+        self._refreshed: OrderedDict[str, tuple[float, Session | None]] = OrderedDict()
+
+    @property
+    def client(self) -> OidcClient:
+        assert self._client is not None, "BrowserSignIn.start() not called"
+        return self._client
+
+    def start(
+        self, http: aiohttp.ClientSession, catalogue: Callable[[], dict[str, Any]]
+    ) -> asyncio.Task[None]:
+        """Bind to the gateway's HTTP client; returns the discovery prefetch task."""
+        self._client = OidcClient(self.config, http)
+        self._catalogue = catalogue
+
+        async def prefetch() -> None:
+            try:
+                await self.client.metadata()
+            except ProviderError as error:
+                log.warning("sign-in provider discovery failed (retried on use): %s", error)
+
+        return asyncio.ensure_future(prefetch())
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get(CALLBACK_PATH, self.callback)
+        app.router.add_get(SIGN_IN_PATH, self.sign_in)
+        app.router.add_route("*", SIGN_OUT_PATH, self.sign_out)
+        app.router.add_get(SIGNED_OUT_PATH, self.signed_out)
+        app.router.add_get(HOME_PATH, self.home)
+        app.on_response_prepare.append(apply_cookie_changes)
+
+    def owns_cookie(self, name: str) -> bool:
+        return self.cookies.owns(name)
+
+    # --- who is this browser ------------------------------------------------------------
+
+    async def identity(self, request: web.Request) -> Identity:
+        """The session's identity, refreshed when its ID token is about to expire;
+        ANONYMOUS for no cookie, a tampered or undecryptable one, or an ended session
+        (which is then cleared, so the browser simply signs in again)."""
+        session = self.cookies.load(request)
+        if session is None:
+            if self.cookies.policy.name in request.cookies:  # tampered, or an old key's
+                self.cookies.clear(request)
+            return ANONYMOUS
+        now = time.time()
+        if now >= session.created_at + self.lifetime or session.issuer != self.config.issuer:
+            self.cookies.clear(request)
+            return ANONYMOUS
+        if now >= session.expires_at - self.margin:
+            refreshed = await self._refresh(session) if session.refresh_token else None
+            if refreshed is not None:
+                session = refreshed
+                self._save(request, session)
+            elif now >= session.expires_at:
+                self.cookies.clear(request)
+                return ANONYMOUS
+        request[SESSION] = session
+        return session.identity(self.lifetime)
+
+    async def _refresh(self, session: Session) -> Session | None:
+        """Single-flight per refresh token: concurrent requests share one call, and
+        requests still carrying the old cookie just after get the same result, so a
+        rotated refresh token is never presented twice (the provider would take a
+        second use as theft and revoke the whole grant)."""
+        assert session.refresh_token is not None
+        key = hashlib.sha256(session.refresh_token.encode()).hexdigest()
+        now = time.monotonic()
+        remembered = self._refreshed.get(key)
+        if remembered is not None and remembered[0] > now:
+            return remembered[1]
+        task = self._refreshing.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._refresh_once(session))
+            self._refreshing[key] = task
+
+            def done(finished: asyncio.Task[Session | None]) -> None:
+                self._refreshing.pop(key, None)
+                result = None if finished.cancelled() or finished.exception() else finished.result()
+                keep = REFRESH_REMEMBERED if result is not None else REFRESH_FAILURE_REMEMBERED
+                self._refreshed[key] = (time.monotonic() + keep, result)
+                while len(self._refreshed) > 10_000:
+                    self._refreshed.popitem(last=False)
+
+            task.add_done_callback(done)
+        return await asyncio.shield(task)
+
+    async def _refresh_once(self, session: Session) -> Session | None:
+        assert session.refresh_token is not None
+        try:
+            tokens = await self.client.refresh(session.refresh_token)
+            refresh_token = tokens.refresh_token or session.refresh_token
+            if tokens.id_token is None:
+                lifetime = tokens.expires_in or 300
+                return Session(
+                    **{
+                        **session.__dict__,
+                        "expires_at": int(time.time()) + lifetime,
+                        "refresh_token": refresh_token,
+                    }
+                )
+            claims = await self.client.verify_id_token(
+                tokens.id_token, nonce=None, subject=session.subject
+            )
+        except (ProviderError, TokenInvalid) as error:
+            log.warning("session refresh for %s failed: %s", session.subject, error)
+            return None
+        return self._session_from(claims, refresh_token, session.created_at, session.step_up)
+
+    def _session_from(
+        self,
+        claims: dict[str, Any],
+        refresh_token: str | None,
+        created_at: int,
+        step_up: dict[str, Any] | None,
+    ) -> Session:
+        raw_groups = claims.get(self.config.groups_claim)
+        groups = (
+            [g for g in raw_groups if isinstance(g, str)] if isinstance(raw_groups, list) else []
+        )
+        known = self._known_groups()
+        if known:  # only what policies can use: keeps the cookie small
+            groups = [g for g in groups if g in known]
+        raw_amr = claims.get("amr")
+        auth_time = claims.get("auth_time")
+        return Session(
+            subject=str(claims["sub"]),
+            issuer=self.config.issuer,
+            expires_at=int(claims["exp"]),
+            created_at=created_at,
+            email=claims["email"] if isinstance(claims.get("email"), str) else None,
+            groups=tuple(groups),
+            amr=tuple(m for m in raw_amr if isinstance(m, str))
+            if isinstance(raw_amr, list)
+            else (),
+            acr=claims["acr"] if isinstance(claims.get("acr"), str) else None,
+            auth_time=int(auth_time) if isinstance(auth_time, int | float) else None,
+            refresh_token=refresh_token,
+            step_up=step_up,
+        )
+
+    def _known_groups(self) -> set[str]:
+        groups: set[str] = set()
+        for app in self._catalogue().values():
+            if not isinstance(app, dict):
+                continue
+            groups.update(g for g in app.get("groups") or () if isinstance(g, str))
+            for override in app.get("paths") or ():
+                if isinstance(override, dict):
+                    groups.update(g for g in override.get("groups") or () if isinstance(g, str))
+        return groups
+
+    def _save(self, request: web.Request, session: Session) -> None:
+        try:
+            self.cookies.save(request, session)
+        except SessionTooLarge as error:
+            log.error("session for %s not saved: %s", session.subject, error)
+
+    # --- a browser the policy said no to ---------------------------------------------------
+
+    def wants_page(self, request: web.Request, identity: Identity) -> bool:
+        """Browsers get redirects and pages; APIs and bearer clients keep JSON."""
+        return identity.method != "bearer" and wants_html(request)
+
+    async def denied(
+        self, request: web.Request, decision: Decision, identity: Identity, return_to: str
+    ) -> web.Response:
+        target = safe_return_to(return_to, request.host) or HOME_PATH
+        navigation = request.method in ("GET", "HEAD")
+        if not identity.authenticated:
+            if navigation:
+                return await self._start(request, target, None)
+            return pages.sign_in_needed(f"{SIGN_IN_PATH}?rd={quote(target, safe='')}")
+        session = request.get(SESSION)
+        if decision.step_up is not None and session is not None:
+            asked = _step_up(decision.step_up)
+            retry = self._sign_in_url(target, asked)
+            if self._tried(session, asked):
+                return pages.step_up_unmet(
+                    reasons=decision.reasons,
+                    decision_id=decision.decision_id,
+                    asked=asked,
+                    identity=identity,
+                    retry_url=retry,
+                    sign_out_url=SIGN_OUT_PATH,
+                )
+            if navigation:
+                return await self._start(request, target, asked)
+            step_up_url: str | None = retry
+        else:
+            step_up_url = None
+        return pages.denied(
+            status=decision.http_status,
+            reasons=decision.reasons,
+            decision_id=decision.decision_id,
+            identity=identity,
+            step_up_url=step_up_url,
+            sign_out_url=SIGN_OUT_PATH,
+        )
+
+    @staticmethod
+    def _tried(session: Session, asked: dict[str, Any]) -> bool:
+        """Whether this very step-up was just tried: then one more redirect would
+        only loop. The window is shorter than max_age, so a step-up that worked and
+        later aged out is asked for again."""
+        last = session.step_up
+        if not last or last.get("acr") != asked["acr"] or last.get("max_age") != asked["max_age"]:
+            return False
+        max_age = asked["max_age"]
+        window = 300 if max_age is None else max(30, min(300, max_age))
+        at = last.get("at")
+        return isinstance(at, int | float) and time.time() - at < window
+
+    @staticmethod
+    def _sign_in_url(target: str, asked: dict[str, Any] | None) -> str:
+        url = f"{SIGN_IN_PATH}?rd={quote(target, safe='')}"
+        if asked is not None:
+            if asked["acr"] is not None:
+                url += f"&acr={quote(asked['acr'], safe='')}"
+            if asked["max_age"] is not None:
+                url += f"&max_age={asked['max_age']}"
+        return url
+
+    def _base_url(self, request: web.Request) -> str:
+        return self.config.external_url or f"{request.scheme}://{request.host}"
+
+    async def _start(
+        self, request: web.Request, return_to: str, step_up: dict[str, Any] | None
+    ) -> web.Response:
+        """Send the browser to the provider, remembering this sign-in in its own
+        short-lived cookie (so several tabs can sign in at once)."""
+        redirect_uri = self._base_url(request) + CALLBACK_PATH
+        try:
+            auth = await self.client.authorization_request(
+                redirect_uri,
+                acr=step_up["acr"] if step_up else None,
+                max_age=step_up["max_age"] if step_up else None,
+            )
+        except ProviderError as error:
+            return pages.sign_in_failed(
+                f"The sign-in provider can't be used right now: {error}. Try again in a minute.",
+                self._sign_in_url(return_to, step_up),
+                502,
+            )
+        pending = self.cookies.pending_names(request)
+        if len(pending) >= MAX_PENDING:
+            self.cookies.drop_pending(request, pending)
+        self.cookies.save_pending(
+            request,
+            auth.state,
+            {
+                "state": auth.state,
+                "nonce": auth.nonce,
+                "verifier": auth.code_verifier,
+                "redirect_uri": redirect_uri,
+                "return_to": return_to,
+                "step_up": step_up,
+                "created": int(time.time()),
+            },
+            PRE_AUTH_TTL,
+        )
+        return _redirect(auth.url)
+
+    # --- the gateway's endpoints ------------------------------------------------------------
+
+    async def sign_in(self, request: web.Request) -> web.Response:
+        target = safe_return_to(request.query.get("rd"), request.host) or HOME_PATH
+        step_up = None
+        if "acr" in request.query or "max_age" in request.query:
+            max_age = request.query.get("max_age", "")
+            step_up = _step_up(
+                {
+                    "acr": request.query.get("acr"),
+                    "max_age": int(max_age) if max_age.isdigit() and len(max_age) < 9 else None,
+                }
+            )
+        return await self._start(request, target, step_up)
+
+    async def callback(self, request: web.Request) -> web.Response:
+        query = request.query
+        state = query.get("state")
+        start_again = SIGN_IN_PATH
+        if not state:
+            return pages.sign_in_failed(
+                "The answer from the sign-in provider has no state, so it can't be matched "
+                "to a sign-in this browser started.",
+                start_again,
+            )
+        pending = self.cookies.load_pending(request, state)
+        self.cookies.drop_pending(request, [self.cookies.pre_auth_name(state)])
+        created = pending.get("created") if pending else None
+        if (
+            pending is None
+            or not same(pending.get("state"), state)
+            or not isinstance(created, int)
+            or time.time() - created > PRE_AUTH_TTL
+        ):
+            return pages.sign_in_failed(
+                "This sign-in expired, was already used, or was started in another browser. "
+                "Start again from here.",
+                start_again,
+            )
+        return_to = safe_return_to(pending.get("return_to"), request.host) or HOME_PATH
+        step_up = pending.get("step_up")
+        step_up = _step_up(step_up) if step_up is not None else None
+        start_again = self._sign_in_url(return_to, step_up)
+        issuer = query.get("iss")
+        try:
+            metadata = await self.client.metadata()
+        except ProviderError as error:
+            return pages.sign_in_failed(str(error), start_again, 502)
+        if (issuer is not None and issuer != metadata.issuer) or (
+            issuer is None and metadata.iss_parameter_supported
+        ):
+            # RFC 9207: an answer from another provider (mix-up attack).
+            return pages.sign_in_failed(
+                f"The answer came from {issuer or 'an unnamed issuer'}, "
+                f"not from {metadata.issuer}.",
+                start_again,
+            )
+        if "error" in query:
+            said = query["error"] + (
+                f": {query['error_description']}" if query.get("error_description") else ""
+            )
+            if step_up is not None:
+                identity = await self.identity(request)
+                return pages.step_up_unmet(
+                    reasons=[],
+                    decision_id="-",
+                    asked=step_up,
+                    identity=identity,
+                    retry_url=start_again,
+                    sign_out_url=SIGN_OUT_PATH,
+                    provider_said=said,
+                )
+            return pages.sign_in_failed(
+                f"The sign-in provider did not sign you in ({said}).", start_again, 401
+            )
+        code = query.get("code")
+        if not code:
+            return pages.sign_in_failed("The provider's answer has no code.", start_again)
+        try:
+            tokens = await self.client.exchange_code(
+                code, str(pending["verifier"]), str(pending["redirect_uri"])
+            )
+            if tokens.id_token is None:
+                raise ProviderError("the provider sent no ID token (is 'openid' in the scopes?)")
+            claims = await self.client.verify_id_token(tokens.id_token, nonce=str(pending["nonce"]))
+        except ProviderError as error:
+            log.warning("sign-in failed at the token endpoint: %s", error)
+            return pages.sign_in_failed(f"Sign-in failed: {error}.", start_again, 502)
+        except TokenInvalid as error:
+            log.warning("sign-in refused, ID token failed a check: %s", error)
+            return pages.sign_in_failed(
+                f"The provider's answer failed a security check: {error}.", start_again
+            )
+        if step_up is not None and step_up["max_age"] is not None and "auth_time" not in claims:
+            return pages.sign_in_failed(
+                "The provider did not say when you signed in (no auth_time), "
+                "so a recent sign-in can't be proven.",
+                start_again,
+            )
+        now = int(time.time())
+        marker = {**step_up, "at": now} if step_up is not None else None
+        session = self._session_from(claims, tokens.refresh_token, now, marker)
+        self._save(request, session)
+        log.info(
+            "signed in %s (amr %s, acr %s)%s",
+            session.subject,
+            ",".join(session.amr),
+            session.acr,
+            f" for step-up {step_up}" if step_up else "",
+        )
+        return _redirect(return_to)
+
+    async def sign_out(self, request: web.Request) -> web.Response:
+        self.cookies.clear(request)
+        self.cookies.drop_pending(request, self.cookies.pending_names(request))
+        done = self._base_url(request) + SIGNED_OUT_PATH
+        try:
+            await self.client.metadata()
+        except ProviderError:
+            return _redirect(SIGNED_OUT_PATH)
+        return _redirect(self.client.logout_url(done) or SIGNED_OUT_PATH)
+
+    async def signed_out(self, request: web.Request) -> web.Response:
+        return pages.signed_out(SIGN_IN_PATH)
+
+    async def home(self, request: web.Request) -> web.Response:
+        identity = await self.identity(request)
+        if not identity.authenticated and request.method == "GET":
+            return await self._start(request, HOME_PATH, None)
+        apps = [
+            (name, str(app.get("title", name)), str(app.get("path_prefix", "")))
+            for name, app in sorted(self._catalogue().items())
+            if isinstance(app, dict)
+        ]
+        return pages.home(identity, apps, SIGN_OUT_PATH)

@@ -1,0 +1,238 @@
+"""Browser sign-in under test: the real dev OpenID provider (npm oidc-provider, run
+with node), a gateway configured to sign browsers in through it, and an HTTP
+client that behaves like a browser (cookie jar, redirects, the login form)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urljoin, urlsplit
+
+import aiohttp
+import pytest
+from yarl import URL
+
+from gateway.config import SessionConfig, SignInConfig
+from gateway.session import write_key_file
+from tests.conftest import ROOT
+from tests.gateway_stack import ServerFactory, Stack, free_port, start_stack
+
+PROVIDER_DIR = ROOT / "devtools" / "oidc-provider"
+CLIENT_ID = "portcullis"
+CLIENT_SECRET = "dev-client-secret-for-tests"
+PUBLIC_CLIENT_ID = "portcullis-public"
+LAX_CLIENT_ID = "legacy-no-pkce"  # PKCE optional at the provider: code-injection tests
+SCOPES = ("openid", "email", "profile", "groups")
+ACCOUNTS = {
+    "alice": {"groups": ["warehouse", "sales-eu"], "methods": ["otp"]},
+    "bob": {"groups": ["store"], "methods": ["otp", "hwk"]},
+    "dave": {"groups": ["store"], "methods": ["otp"]},
+    "carol": {"groups": ["warehouse", "wms-admin"], "methods": ["otp", "fido"]},
+    "mallory": {"groups": [], "methods": ["otp"]},
+}
+
+
+@dataclass
+class DevProvider:
+    url: str
+    gateway_port: int
+    process: subprocess.Popen[str]
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def start_provider(workdir: Path, gateway_port: int) -> DevProvider:
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed: the dev OpenID provider needs it")
+    if not (PROVIDER_DIR / "node_modules" / "oidc-provider").is_dir():
+        pytest.fail("devtools/oidc-provider/node_modules is missing: run `make test`")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    gateway = f"http://127.0.0.1:{gateway_port}"
+    client = {
+        "redirect_uris": [f"{gateway}/.portcullis/callback"],
+        "post_logout_redirect_uris": [f"{gateway}/.portcullis/signed_out"],
+    }
+    config = {
+        "issuer": url,
+        "clients": [
+            {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, **client},
+            {"client_id": PUBLIC_CLIENT_ID, **client},
+            {"client_id": LAX_CLIENT_ID, "client_secret": CLIENT_SECRET, **client},
+        ],
+        "accounts": ACCOUNTS,
+        "pkce_optional_clients": [LAX_CLIENT_ID],
+    }
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_file = workdir / "provider.json"
+    config_file.write_text(json.dumps(config))
+    process = subprocess.Popen(
+        [node, "server.js", "--config", str(config_file)],
+        cwd=PROVIDER_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    provider = DevProvider(url, gateway_port, process)
+    assert process.stdout is not None
+    deadline = time.monotonic() + 20
+    for line in process.stdout:
+        provider.output.append(line)
+        if line.startswith("listening "):
+            break
+        if time.monotonic() > deadline:
+            break
+    else:
+        pytest.fail("the dev OpenID provider exited:\n" + "".join(provider.output))
+    # Keep draining its output, so a chatty provider never blocks on a full pipe.
+    threading.Thread(
+        target=lambda: provider.output.extend(process.stdout or ()), daemon=True
+    ).start()
+    return provider
+
+
+@pytest.fixture(scope="session")
+def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevProvider]:
+    """One provider for the whole run; every test's gateway listens on its port."""
+    running = start_provider(tmp_path_factory.mktemp("provider"), free_port())
+    yield running
+    running.stop()
+
+
+def sign_in_config(provider: DevProvider, **changes: Any) -> SignInConfig:
+    values: dict[str, Any] = {
+        "issuer": provider.url,
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "scopes": SCOPES,
+    }
+    values.update(changes)
+    return SignInConfig(**values)
+
+
+def session_key(tmp_path: Path, name: str = "session.key") -> Path:
+    path = tmp_path / name
+    if not path.exists():
+        write_key_file(path)
+    return path
+
+
+@contextlib.asynccontextmanager
+async def start_sign_in_stack(
+    aiohttp_server: ServerFactory,
+    tmp_path: Path,
+    provider: DevProvider,
+    *,
+    sign_in: SignInConfig | None = None,
+    session: SessionConfig | None = None,
+) -> AsyncIterator[Stack]:
+    async with start_stack(
+        aiohttp_server,
+        tmp_path,
+        gateway_port=provider.gateway_port,
+        sign_in=sign_in or sign_in_config(provider),
+        session=session or SessionConfig(key_files=(session_key(tmp_path),)),
+    ) as stack:
+        yield stack
+
+
+@dataclass
+class Page:
+    url: str
+    status: int
+    text: str
+    headers: dict[str, str]
+    hops: list[str]
+
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        return parse_qs(urlsplit(self.url).query)
+
+    def form_action(self) -> str:
+        match = re.search(r'<form method="post" action="([^"]+)"', self.text)
+        assert match, f"no login form on {self.url}:\n{self.text[:2000]}"
+        return urljoin(self.url, match[1])
+
+
+class Browser:
+    """An HTTP client that acts like a browser: it keeps cookies (Secure ones too,
+    on loopback, as Chromium does), follows redirects and asks for HTML."""
+
+    def __init__(self, origins: Sequence[str]) -> None:
+        self.jar = aiohttp.CookieJar(unsafe=True, treat_as_secure_origin=list(origins))
+        self.http = aiohttp.ClientSession(
+            cookie_jar=self.jar, headers={"Accept": "text/html,application/xhtml+xml"}
+        )
+
+    async def close(self) -> None:
+        await self.http.close()
+
+    async def request(self, method: str, url: str, **kwargs: Any) -> Page:
+        async with self.http.request(method, url, allow_redirects=False, **kwargs) as response:
+            text = await response.text()
+            return Page(str(response.url), response.status, text, dict(response.headers), [])
+
+    async def go(self, url: str, *, max_hops: int = 12, **kwargs: Any) -> Page:
+        """GET, following redirects like a browser, until a page comes back."""
+        hops: list[str] = []
+        method = kwargs.pop("method", "GET")
+        for _ in range(max_hops):
+            page = await self.request(method, url, **kwargs)
+            if page.status not in (301, 302, 303, 307, 308):
+                page.hops = hops
+                return page
+            hops.append(url)
+            url = urljoin(url, page.headers["Location"])
+            method, kwargs = "GET", {}
+        raise AssertionError(f"redirect loop: {hops}")
+
+    async def sign_in_at_provider(
+        self, login_page: Page, user: str, methods: Sequence[str] = (), action: str = "sign_in"
+    ) -> Page:
+        assert "/interaction/" in login_page.url, f"not the provider's login page: {login_page.url}"
+        form = [("login", user), ("action", action)] + [("methods", m) for m in methods]
+        return await self.go(login_page.form_action(), method="POST", data=form)
+
+    async def sign_in(self, url: str, user: str, methods: Sequence[str] = ()) -> Page:
+        """Open a gateway URL, sign in at the provider, and land where it leads."""
+        login = await self.go(url)
+        return await self.sign_in_at_provider(login, user, methods)
+
+    def cookie(self, name: str, url: str) -> str | None:
+        found = self.jar.filter_cookies(URL(url)).get(name)
+        return None if found is None else found.value
+
+    def cookie_names(self) -> set[str]:
+        return {cookie.key for cookie in self.jar}
+
+
+@contextlib.asynccontextmanager
+async def browser(*origins: str) -> AsyncIterator[Browser]:
+    client = Browser(origins)
+    try:
+        yield client
+    finally:
+        await client.close()
