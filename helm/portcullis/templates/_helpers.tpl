@@ -1,0 +1,143 @@
+{{/* Names and labels, as `helm create` makes them. */}}
+{{- define "portcullis.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "portcullis.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "portcullis.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "portcullis.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "portcullis.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "portcullis.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: gateway
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "portcullis.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "portcullis.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Secret names: the value, or <fullname>-<suffix>. */}}
+{{- define "portcullis.assertionSecret" -}}
+{{- default (printf "%s-assertion-key" (include "portcullis.fullname" .)) .Values.assertionKey.secretName }}
+{{- end }}
+{{- define "portcullis.oidcSecret" -}}
+{{- default (printf "%s-oidc" (include "portcullis.fullname" .)) .Values.signIn.clientSecret.secretName }}
+{{- end }}
+{{- define "portcullis.sessionSecret" -}}
+{{- default (printf "%s-session-keys" (include "portcullis.fullname" .)) .Values.signIn.session.secretName }}
+{{- end }}
+
+{{/* The ConfigMap holding the policy set (configMap and opa modes). */}}
+{{- define "portcullis.policyConfigMap" -}}
+{{- default (printf "%s-policy" (include "portcullis.fullname" .)) .Values.policy.existingConfigMap }}
+{{- end }}
+
+{{- define "portcullis.usesPolicyConfigMap" -}}
+{{- if or (eq .Values.policy.mode "configMap") (and (eq .Values.policy.mode "opa") (not .Values.policy.opa.bundle.serviceUrl)) }}true{{ end }}
+{{- end }}
+
+{{- define "portcullis.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{- define "portcullis.scheme" -}}
+{{- if .Values.gateway.tls.secretName }}HTTPS{{ else }}HTTP{{ end }}
+{{- end }}
+
+{{/* Mount points inside the pod. */}}
+{{- define "portcullis.policySource" -}}
+{{- if eq .Values.policy.mode "image" }}/opt/portcullis/policies
+{{- else if eq .Values.policy.mode "opa" }}http://localhost:8181
+{{- else if .Values.policy.bundleKey }}/etc/portcullis/policy/{{ .Values.policy.bundleKey }}
+{{- else }}/etc/portcullis/policy
+{{- end }}
+{{- end }}
+
+{{/* The gateway's config file (README "Running it"). */}}
+{{- define "portcullis.gatewayConfig" -}}
+{{- if and (not .Values.gateway.issuers) (not .Values.signIn.enabled) }}
+{{- fail "gateway.issuers is empty and signIn.enabled is false: nobody could sign in (set one)" }}
+{{- end -}}
+listeners:
+  - address: 0.0.0.0
+    port: {{ .Values.gateway.port }}
+    {{- if .Values.gateway.tls.secretName }}
+    tls: {cert: /etc/portcullis/tls/tls.crt, key: /etc/portcullis/tls/tls.key}
+    {{- end }}
+{{- with .Values.gateway.routes }}
+routes:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.gateway.issuers }}
+issuers:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+policy:
+  source: {{ include "portcullis.policySource" . }}
+  timeout_ms: {{ .Values.gateway.policyTimeoutMs }}
+  watch: {{ eq .Values.policy.mode "configMap" }}
+  poll_interval: {{ .Values.policy.pollInterval }}
+assertion:
+  key_file: /etc/portcullis/assertion/assertion-key.pem
+  issuer: {{ .Values.gateway.assertion.issuer | quote }}
+  ttl: {{ .Values.gateway.assertion.ttl }}
+decision_log:
+  path: /var/lib/portcullis/decisions.log
+  sign_interval: {{ .Values.gateway.decisionLog.signInterval }}
+{{- if .Values.signIn.enabled }}
+{{- if not (and .Values.signIn.issuer .Values.signIn.clientId) }}
+{{- fail "signIn.enabled needs signIn.issuer and signIn.clientId" }}
+{{- end }}
+sign_in:
+  issuer: {{ .Values.signIn.issuer | quote }}
+  client_id: {{ .Values.signIn.clientId | quote }}
+  {{- if not .Values.signIn.publicClient }}
+  client_secret_file: /etc/portcullis/oidc/client-secret
+  {{- end }}
+  scopes: {{ toJson .Values.signIn.scopes }}
+  {{- with .Values.signIn.externalUrl }}
+  external_url: {{ . | quote }}
+  {{- end }}
+  groups_claim: {{ .Values.signIn.groupsClaim | quote }}
+session:
+  key_files:
+    {{- range .Values.signIn.session.keys }}
+    - /etc/portcullis/session/{{ . }}
+    {{- end }}
+  cookie_name: {{ .Values.signIn.session.cookieName | quote }}
+  secure: {{ .Values.signIn.session.secure }}
+  lifetime: {{ .Values.signIn.session.lifetime }}
+{{- end }}
+{{- end }}
+
+{{/* The restricted Pod Security Standard, for every container. */}}
+{{- define "portcullis.containerSecurityContext" -}}
+runAsNonRoot: true
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}

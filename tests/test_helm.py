@@ -1,0 +1,335 @@
+"""The Helm chart: `helm lint --strict`, `helm template` with the default and a
+full-featured values file, the manifests validated offline against the
+Kubernetes schemas (kubernetes-validate), the security settings checked, and
+the rendered gateway config and policy ConfigMap loaded by the real gateway
+code, laid out as the kubelet mounts them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from gateway.config import load_config
+from policy_engine import load_policy_set
+from tests.conftest import FIXTURES, POLICIES, ROOT
+
+HELM = ROOT / ".tools" / "helm"
+CHART = ROOT / "helm" / "portcullis"
+FULL_VALUES = FIXTURES / "helm" / "full-values.yaml"
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest known.
+KUBERNETES_VERSIONS = ("1.25.0", kubernetes_validate.latest_version())
+
+DEFAULT_KINDS = {
+    "ConfigMap": 1, "Deployment": 1, "HorizontalPodAutoscaler": 1, "NetworkPolicy": 1,
+    "PodDisruptionBudget": 1, "Service": 1, "ServiceAccount": 1,
+}  # fmt: skip
+FULL_KINDS = DEFAULT_KINDS | {"NetworkPolicy": 3, "ServiceMonitor": 1}
+# The Prometheus Operator's CRD: no schema in kubernetes-validate; checked by hand below.
+CRD_KINDS = {"ServiceMonitor"}
+
+
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    assert HELM.exists(), "run `make test` (or `make .tools/helm`) to fetch helm"
+    return subprocess.run([str(HELM), *args], capture_output=True, text=True, timeout=60)
+
+
+def render(*options: str) -> list[dict[str, Any]]:
+    result = helm("template", "gw", str(CHART), "--namespace", "edge", *options)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (found,) = [d for d in docs if d["kind"] == kind]
+    return found
+
+
+def containers(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    return {c["name"]: c for c in pod["containers"]}
+
+
+@pytest.fixture(scope="module")
+def default_docs() -> list[dict[str, Any]]:
+    return render()
+
+
+@pytest.fixture(scope="module")
+def full_docs() -> list[dict[str, Any]]:
+    return render("-f", str(FULL_VALUES))
+
+
+@pytest.mark.parametrize("values", [[], ["-f", str(FULL_VALUES)]], ids=["default", "full"])
+def test_chart_passes_helm_lint_strict(values: list[str]) -> None:
+    result = helm("lint", "--strict", str(CHART), *values)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize("which", ["default", "full"])
+def test_rendered_manifests_are_valid_kubernetes(which: str, request: Any) -> None:
+    docs = request.getfixturevalue(f"{which}_docs")
+    kinds = Counter(d["kind"] for d in docs)
+    print(f"{which} values render: {dict(sorted(kinds.items()))}")
+    assert kinds == Counter(DEFAULT_KINDS if which == "default" else FULL_KINDS)
+    for doc in docs:
+        if doc["kind"] in CRD_KINDS:
+            continue
+        for version in KUBERNETES_VERSIONS:
+            # Raises ValidationError naming the field; strict rejects unknown fields.
+            kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_service_monitor_scrapes_the_metrics_endpoint(full_docs: list[dict[str, Any]]) -> None:
+    monitor = one(full_docs, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"
+    assert endpoint["scheme"] == "https"  # the full values serve TLS from the pod
+    assert monitor["spec"]["selector"] == one(full_docs, "Deployment")["spec"]["selector"]
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+@pytest.mark.parametrize("which", ["default", "full"])
+def test_every_container_runs_restricted(which: str, request: Any) -> None:
+    docs = request.getfixturevalue(f"{which}_docs")
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    for container in pod["containers"]:
+        security = container["securityContext"]
+        assert security["runAsNonRoot"] is True
+        assert security["readOnlyRootFilesystem"] is True
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["capabilities"] == {"drop": ["ALL"]}
+        assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert container["resources"]["requests"] and container["resources"]["limits"]
+        assert container["livenessProbe"] and container["readinessProbe"]
+    assert "opa" in containers(docs) if which == "full" else len(pod["containers"]) == 1
+
+
+@pytest.mark.parametrize("which", ["default", "full"])
+def test_gateway_probes_use_the_health_endpoints(which: str, request: Any) -> None:
+    gateway = containers(request.getfixturevalue(f"{which}_docs"))["gateway"]
+    scheme = "HTTPS" if which == "full" else "HTTP"
+    assert gateway["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http",
+                                                   "scheme": scheme}  # fmt: skip
+    assert gateway["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http",
+                                                    "scheme": scheme}  # fmt: skip
+    assert gateway["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert gateway["args"][:3] == ["gateway", "--config", "/etc/portcullis/config/gateway.yaml"]
+
+
+def test_no_secret_is_created_only_referenced(
+    default_docs: list[dict[str, Any]], full_docs: list[dict[str, Any]]
+) -> None:
+    assert not [d for d in default_docs + full_docs if d["kind"] == "Secret"]
+    secrets = {
+        volume["name"]: volume["secret"]["secretName"]
+        for volume in one(full_docs, "Deployment")["spec"]["template"]["spec"]["volumes"]
+        if "secret" in volume
+    }
+    assert secrets == {
+        "assertion-key": "portcullis-assertion",
+        "tls": "portcullis-tls",
+        "oidc-client-secret": "portcullis-oidc",
+        "session-keys": "portcullis-session",
+        "opa-credentials": "bundle-token",
+    }
+    default_volumes = one(default_docs, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    assert {v["secret"]["secretName"] for v in default_volumes if "secret" in v} == {
+        "gw-portcullis-assertion-key"
+    }
+
+
+def mounted_config(docs: list[dict[str, Any]], root: Path) -> Path:
+    """The gateway.yaml the pod sees, with the pod's paths moved under `root`
+    and the mounted Secrets present as files, as the kubelet would place them."""
+    text = one(docs, "ConfigMap")["data"]["gateway.yaml"]
+    text = text.replace("/opt/portcullis/policies", str(POLICIES))
+    text = text.replace("/etc/portcullis/", f"{root}/etc/portcullis/")
+    text = text.replace("/var/lib/portcullis/", f"{root}/var/lib/portcullis/")
+    for secret in ("assertion/assertion-key.pem", "oidc/client-secret", "session/current.key",
+                   "session/previous.key", "tls/tls.crt", "tls/tls.key"):  # fmt: skip
+        (root / "etc/portcullis" / secret).parent.mkdir(parents=True, exist_ok=True)
+        (root / "etc/portcullis" / secret).write_text(f"{secret} from a Secret\n")
+    config = root / "etc/portcullis/config/gateway.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text(text)
+    return config
+
+
+def test_default_gateway_config_loads_in_the_gateway(
+    default_docs: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    config = load_config(mounted_config(default_docs, tmp_path))
+    assert config.listeners[0].address == "0.0.0.0" and config.listeners[0].port == 8080
+    assert config.policy.source == str(POLICIES)  # the image's /opt/portcullis/policies
+    assert config.assertion.key_file == tmp_path / "etc/portcullis/assertion/assertion-key.pem"
+    assert config.decision_log.path == tmp_path / "var/lib/portcullis/decisions.log"
+    assert config.sign_in is None
+    # The pod mounts a writable volume exactly where the decision log goes.
+    mounts = {m["mountPath"]: m for m in containers(default_docs)["gateway"]["volumeMounts"]}
+    assert not mounts["/var/lib/portcullis"].get("readOnly") and "/tmp" in mounts
+    assert mounts["/etc/portcullis/assertion"]["readOnly"] is True
+
+
+def test_full_gateway_config_loads_with_sign_in_secrets_and_opa_sidecar(
+    full_docs: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    config = load_config(mounted_config(full_docs, tmp_path))
+    assert config.policy.source == "http://localhost:8181"  # the OPA sidecar
+    assert [r.app for r in config.routes] == ["wms", "pos", "analytics"]
+    assert [i.issuer for i in config.issuers] == ["https://login.example.com",
+                                                  "https://ci.example.com"]  # fmt: skip
+    assert config.listeners[0].tls is not None
+    assert config.sign_in is not None
+    assert config.sign_in.client_secret == "oidc/client-secret from a Secret"
+    assert config.sign_in.external_url == "https://gateway.example.com"
+    assert [p.name for p in config.session.key_files] == ["current.key", "previous.key"]
+    opa = containers(full_docs)["opa"]
+    assert "--addr=localhost:8181" in opa["args"]
+    assert "--config-file=/etc/opa/config/opa.yaml" in opa["args"]
+    opa_config = yaml.safe_load(one(full_docs, "ConfigMap")["data"]["opa.yaml"])
+    assert opa_config["services"]["bundles"]["url"] == "https://bundles.example.com"
+    assert opa_config["bundles"]["portcullis"]["resource"] == "bundles/portcullis/policies.tar.gz"
+    assert opa_config["services"]["bundles"]["credentials"]["bearer"]["token_path"] == (
+        "/etc/opa/credentials/token"
+    )
+    # A shared claim: every pod writes its decision log under its own name.
+    state = next(m for m in containers(full_docs)["gateway"]["volumeMounts"]
+                 if m["name"] == "state")  # fmt: skip
+    assert state["subPathExpr"] == "$(POD_NAME)"
+
+
+def kubelet_mount(target: Path, files: dict[str, str | bytes]) -> Path:
+    """A ConfigMap volume as the kubelet lays it out: the files in a timestamped
+    directory, `..data` pointing at it, and a symlink per key at the top."""
+    stamp = target / "..2026_01_01_00_00_00.000000000"
+    stamp.mkdir(parents=True)
+    for name, content in files.items():
+        path = stamp / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        (target / name).symlink_to(Path("..data") / name)
+    (target / "..data").symlink_to(stamp.name)
+    return target
+
+
+def shipped_policy_files() -> dict[str, str]:
+    """The shipped policy set flattened to ConfigMap keys (file names are unique)."""
+    files = {p.name: p.read_text() for p in sorted(POLICIES.rglob("*"))
+             if p.is_file() and not p.name.endswith("_test.rego")}  # fmt: skip
+    assert len(files) == len([p for p in POLICIES.rglob("*")
+                              if p.is_file() and not p.name.endswith("_test.rego")])  # fmt: skip
+    return files
+
+
+def test_policy_set_from_the_chart_configmap_loads_as_mounted(tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"policy": {"mode": "configMap",
+                                                 "files": shipped_policy_files()}}))  # fmt: skip
+    docs = render("-f", str(values))
+    policy_map = next(d for d in docs if d["kind"] == "ConfigMap"
+                      and d["metadata"]["name"] == "gw-portcullis-policy")  # fmt: skip
+    mount = kubelet_mount(tmp_path / "mount", policy_map["data"])
+    gateway_docs = [d for d in docs if d["metadata"]["name"] != "gw-portcullis-policy"]
+    config = load_config(mounted_config(gateway_docs, tmp_path / "pod"))
+    assert config.policy.source.endswith("/etc/portcullis/policy") and config.policy.watch
+    policy_set = load_policy_set(mount)
+    assert policy_set.data["portcullis"]["catalogue"]["apps"].keys() == {"wms", "pos", "analytics"}
+    check = subprocess.run(
+        [str(Path(sys.executable).parent / "portcullis"), "policy", "check", str(mount)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_policy_bundle_from_an_existing_configmap_loads_as_mounted(tmp_path: Path) -> None:
+    bundle = tmp_path / "policies.tar.gz"
+    made = subprocess.run(
+        [str(Path(sys.executable).parent / "portcullis"), "policy", "bundle", str(POLICIES),
+         "-o", str(bundle)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    docs = render("--set", "policy.mode=configMap", "--set", "policy.existingConfigMap=my-policy",
+                  "--set", "policy.bundleKey=policies.tar.gz")  # fmt: skip
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"] == ["gw-portcullis"]
+    volumes = one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "policy", "configMap": {"name": "my-policy"}} in volumes
+    pod = tmp_path / "pod"
+    kubelet_mount(pod / "etc/portcullis/policy", {"policies.tar.gz": bundle.read_bytes()})
+    config = load_config(mounted_config(docs, pod))
+    assert config.policy.source == f"{pod}/etc/portcullis/policy/policies.tar.gz"
+    assert load_policy_set(config.policy.source).revision
+
+
+def test_network_policies_let_only_the_gateway_reach_the_backends(
+    full_docs: list[dict[str, Any]],
+) -> None:
+    policies = {d["metadata"]["name"]: d for d in full_docs if d["kind"] == "NetworkPolicy"}
+    gateway_labels = one(full_docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    retail = policies["gw-portcullis-only-gateway-0"]
+    assert retail["metadata"]["namespace"] == "retail"
+    assert retail["spec"]["podSelector"] == {"matchLabels": {"app.kubernetes.io/part-of":
+                                                             "retail-apps"}}  # fmt: skip
+    (rule,) = retail["spec"]["ingress"]
+    assert rule["from"] == [{
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "edge"}},
+        "podSelector": {"matchLabels": gateway_labels},
+    }]  # fmt: skip
+    assert rule["ports"] == [{"port": 8080, "protocol": "TCP"}, {"port": 8443, "protocol": "TCP"}]
+    bi = policies["gw-portcullis-only-gateway-1"]
+    assert bi["metadata"]["namespace"] == "bi" and bi["spec"]["podSelector"] == {}
+    assert "ports" not in bi["spec"]["ingress"][0]
+    own = policies["gw-portcullis"]
+    assert own["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "ingress-nginx"
+    }
+
+
+def test_autoscaling_owns_the_replica_count(default_docs: list[dict[str, Any]]) -> None:
+    assert "replicas" not in one(default_docs, "Deployment")["spec"]
+    hpa = one(default_docs, "HorizontalPodAutoscaler")
+    assert (
+        hpa["spec"]["scaleTargetRef"]["name"] == one(default_docs, "Deployment")["metadata"]["name"]
+    )
+    fixed = render("--set", "autoscaling.enabled=false", "--set", "replicaCount=3")
+    assert one(fixed, "Deployment")["spec"]["replicas"] == 3
+    assert not [d for d in fixed if d["kind"] == "HorizontalPodAutoscaler"]
+    assert one(default_docs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--set", "policy.mode=bundle"], 'policy.mode must be one of the following: "image"'),
+        (["--set", "replicaCount=two"], "replicaCount: Invalid type"),
+        (["--set", "gatway.port=8080"], "Additional property gatway is not allowed"),
+        (["--set", "gateway.issuers[0].issuer=x", "--set", "gateway.issuers[0].audiences={}"],
+         "gateway.issuers.0.audiences"),
+        (["--set", "gateway.routes[0].app=pos", "--set", "gateway.routes[0].upstream=pos:8080"],
+         "gateway.routes.0.upstream"),
+        (["--set", "signIn.scopes={email}"], "signIn.scopes"),
+        (["--set", "gateway.assertion.ttl=600"], "gateway.assertion.ttl"),
+        (["--set", "policy.files.notes\\.txt=1"], "policy.files"),
+        (["--set", "service.type=External"], "service.type"),
+        (["--set-json", "gateway.issuers=[]"], "issuers is empty and signIn.enabled is false"),
+        (["--set", "signIn.enabled=true"], "needs signIn.issuer and signIn.clientId"),
+        (["--set", "policy.mode=configMap"], "policy.mode needs a policy set"),
+        (["--set", "policy.mode=opa"], "policy.mode needs a policy set"),
+    ],
+)  # fmt: skip
+def test_bad_values_fail_before_anything_is_installed(options: list[str], message: str) -> None:
+    result = helm("template", "gw", str(CHART), *options)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
