@@ -122,6 +122,7 @@ async def _start(app: web.Application, port: int) -> tuple[web.AppRunner, str]:
 
 
 async def _demo(args: argparse.Namespace) -> None:
+    from gateway import dev_oidc
     from gateway.config import (
         AssertionConfig,
         DecisionLogConfig,
@@ -151,6 +152,12 @@ async def _demo(args: argparse.Namespace) -> None:
         runner, url = await _start(demo_backend(name, gateway_url), base + offset if base else 0)
         runners.append(runner)
         routes.append(Route(name, url, app["path_prefix"]))
+    # Browser sign-in through the dev OpenID provider, when node can run it.
+    provider = None
+    if (why_not := dev_oidc.unavailable()) is None:
+        gateway_urls = [gateway_url, f"http://localhost:{args.port}"]
+        provider_port = base + 10 if base else 0
+        provider = await dev_oidc.start_dev_provider(state_dir, provider_port, gateway_urls)
     config = GatewayConfig(
         listeners=(Listener("127.0.0.1", args.port),),
         routes=tuple(routes),
@@ -158,6 +165,8 @@ async def _demo(args: argparse.Namespace) -> None:
         policy=PolicyConfig(source=str(policy_dir)),
         assertion=AssertionConfig(key_file=state_dir / "assertion-key.pem"),
         decision_log=DecisionLogConfig(path=state_dir / "decisions.log"),
+        sign_in=provider.sign_in() if provider else None,
+        session=dev_oidc.session_config(state_dir),
     )
 
     def announce(urls: list[str]) -> None:
@@ -185,7 +194,7 @@ Get a token and call an app through the gateway:
   TOKEN=$({me} --sub carol --groups analyst --amr pwd)
   curl -H "Authorization: Bearer $TOKEN" {url}/analytics/daily                 # 200
   curl -X POST -H "Authorization: Bearer $TOKEN" {url}/analytics/daily         # 403, step_up
-
+{_browser_help(url, provider.url if provider else None, why_not)}
 Check the decision log (after Ctrl-C, which signs its end):
   portcullis audit verify {state_dir}/decisions.log --key {state_dir}/assertion-key.pem
 Press Ctrl-C to stop.""",
@@ -195,5 +204,21 @@ Press Ctrl-C to stop.""",
     try:
         await serve(config, ready=announce)
     finally:
+        if provider is not None:
+            await provider.stop()
         for runner in runners:
             await runner.cleanup()
+
+
+def _browser_help(url: str, provider_url: str | None, why_not: str | None) -> str:
+    if provider_url is None:
+        return f"""
+Browser sign-in is off: {why_not}.
+"""
+    return f"""
+Or sign in with a browser (dev OpenID provider at {provider_url}; no passwords):
+  {url}/wms/            sign in as bob, tick "One-time code": WMS opens
+  {url}/pos/refunds/1   stepped up: tick "Hardware security key" and the refund opens
+                        (dave has no key: one round, then a page that says so)
+  {url}/.portcullis/    your session, and Sign out
+"""

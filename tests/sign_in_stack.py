@@ -38,6 +38,7 @@ ACCOUNTS = {
     "dave": {"groups": ["store"], "methods": ["otp"]},
     "carol": {"groups": ["warehouse", "wms-admin"], "methods": ["otp", "fido"]},
     "mallory": {"groups": [], "methods": ["otp"]},
+    "erin": {"groups": ["warehouse", "store"], "methods": ["otp", "hwk"]},
 }
 
 

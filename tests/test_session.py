@@ -1,0 +1,203 @@
+"""The session cookie's crypto and shape, and the sign-in config, on their own."""
+
+from __future__ import annotations
+
+import base64
+import time
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+
+from gateway.config import ConfigError, parse_config
+from gateway.session import (
+    COOKIE_CHANGES,
+    CookiePolicy,
+    KeyRing,
+    Session,
+    SessionCookies,
+    SessionKeyError,
+    SessionTooLarge,
+    apply_cookie_changes,
+    read_key_file,
+    write_key_file,
+)
+from gateway.sign_in import safe_return_to
+
+
+def ring(*keys: bytes) -> KeyRing:
+    return KeyRing(list(keys) or [KeyRing.generate()])
+
+
+def test_sealed_value_opens_only_for_its_purpose() -> None:
+    keys = ring()
+    sealed = keys.seal("session", b"alice")
+    assert keys.open("session", sealed) == b"alice"
+    assert keys.open("pre-auth/x", sealed) is None, "a pre-auth cookie can't pass as a session"
+    assert b"alice" not in base64.urlsafe_b64decode(sealed.split(".")[2] + "==")
+
+
+def test_every_bit_flip_is_refused() -> None:
+    keys = ring()
+    sealed = keys.seal("session", b'{"sub":"alice"}')
+    prefix, kid, blob = sealed.split(".")
+    raw = bytearray(base64.urlsafe_b64decode(blob + "=" * (-len(blob) % 4)))
+    for index in range(len(raw)):
+        raw[index] ^= 1
+        forged = base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
+        assert keys.open("session", f"{prefix}.{kid}.{forged}") is None
+        raw[index] ^= 1
+
+
+def test_key_ring_rotation() -> None:
+    old, new = KeyRing.generate(), KeyRing.generate()
+    by_old = ring(old).seal("session", b"x")
+    rotated = ring(new, old)
+    assert rotated.open("session", by_old) == b"x"
+    by_new = rotated.seal("session", b"y")
+    assert ring(new).open("session", by_new) == b"y"
+    assert ring(old).open("session", by_new) is None
+    assert ring(new).open("session", by_old) is None
+
+
+@pytest.mark.parametrize(
+    "value", ["", "v1", "v1..", "v1.AAAA.AAAA", "v2.x.y", "v1.x.y.z", "v1.x.!!!", "v1.x." + "A" * 9]
+)
+def test_malformed_values_are_refused(value: str) -> None:
+    assert ring().open("session", value) is None
+
+
+def test_key_files(tmp_path: Path) -> None:
+    path = tmp_path / "k"
+    write_key_file(path)
+    assert len(read_key_file(path)) == 32
+    assert path.stat().st_mode & 0o077 == 0
+    (tmp_path / "short").write_text(base64.b64encode(b"x" * 10).decode())
+    with pytest.raises(SessionKeyError, match="holds 10 bytes; a session key is 32 random bytes"):
+        read_key_file(tmp_path / "short")
+    with pytest.raises(SessionKeyError, match="head -c 32 /dev/urandom"):
+        read_key_file(tmp_path / "missing")
+    (tmp_path / "urlsafe").write_text(base64.urlsafe_b64encode(b"\xff" * 32).decode().rstrip("="))
+    assert read_key_file(tmp_path / "urlsafe") == b"\xff" * 32
+
+
+def test_session_round_trip_and_garbage() -> None:
+    session = Session("alice", "https://idp", 2, 1, "a@x", ("g",), ("pwd", "otp"), "mfa", 1, "rt")
+    assert Session.from_bytes(session.to_bytes()) == session
+    for garbage in (b"", b"[]", b'{"sub": 1}', b'{"sub":"a","iss":"i","exp":"x","iat":1}'):
+        assert Session.from_bytes(garbage) is None
+
+
+def request_with(cookies: dict[str, str]) -> web.Request:
+    header = "; ".join(f"{k}={v}" for k, v in cookies.items())
+    return make_mocked_request("GET", "/", headers={"Cookie": header} if header else {})
+
+
+async def test_large_session_is_chunked_and_read_back() -> None:
+    cookies = SessionCookies(ring(), CookiePolicy())
+    groups = tuple(f"group-{i:04d}-with-a-long-name" for i in range(200))
+    session = Session(
+        "alice", "https://idp", int(time.time()) + 60, int(time.time()), groups=groups
+    )
+    request = request_with({})
+    cookies.save(request, session)
+    written = {name: value for name, value, _ in request[COOKIE_CHANGES]}
+    assert len(written) > 1 and all(len(v or "") <= 3800 for v in written.values())
+    assert set(written) == {"portcullis_session"} | {
+        f"portcullis_session_{i}" for i in range(1, len(written))
+    }
+    loaded = cookies.load(request_with({k: v or "" for k, v in written.items()}))
+    assert loaded == session
+    # A smaller session later clears the chunks it no longer needs.
+    small = request_with({k: v or "" for k, v in written.items()})
+    cookies.save(small, Session("alice", "https://idp", session.expires_at, session.created_at))
+    cleared = [name for name, value, _ in small[COOKIE_CHANGES] if value is None]
+    assert sorted(cleared) == sorted(n for n in written if n != "portcullis_session")
+    with pytest.raises(SessionTooLarge):
+        cookies.save(request_with({}), Session("a", "i", 1, 1, groups=groups * 4))
+
+
+async def test_cookie_attributes() -> None:
+    cookies = SessionCookies(ring(), CookiePolicy(lifetime=3600))
+    request = request_with({})
+    now = int(time.time())
+    cookies.save(request, Session("alice", "https://idp", now + 60, now))
+    response = web.Response()
+    await apply_cookie_changes(request, response)
+    (header,) = response.headers.getall("Set-Cookie")
+    for attribute in ("HttpOnly", "Secure", "SameSite=Lax", "Path=/", "Max-Age=3600"):
+        assert attribute in header
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("/wms/", "/wms/"),
+        ("/pos/refunds/7?x=1", "/pos/refunds/7?x=1"),
+        ("https://gw.example/wms/", "/wms/"),
+        ("https://GW.example/wms/", "/wms/"),
+        ("https://gw.example.evil/wms/", None),
+        ("https://user@gw.example/wms/", None),
+        ("//evil.example", None),
+        ("/\\evil.example", None),
+        ("/%5cevil.example", None),
+        ("/%2f/evil.example", None),
+        ("%2F%2Fevil.example", None),
+        ("/%25252F%25252Fevil.example", None),
+        ("https:/evil.example", None),
+        ("/.portcullis/sign_out", None),
+        ("wms/", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_safe_return_to(value: str | None, expected: str | None) -> None:
+    assert safe_return_to(value, "gw.example") == expected
+
+
+def config_with(tmp_path: Path, **sign_in: object) -> dict[str, object]:
+    key = tmp_path / "session.key"
+    write_key_file(key)
+    return {
+        "sign_in": {"issuer": "https://idp.example", "client_id": "gw", **sign_in},
+        "session": {"key_files": [str(key)]},
+    }
+
+
+def test_sign_in_config(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("s3cret\n")
+    config = parse_config(config_with(tmp_path, client_secret_file="secret"), tmp_path)
+    assert config.sign_in is not None and config.sign_in.client_secret == "s3cret"
+    assert config.session.secure is True and config.issuers == ()
+    public = parse_config(config_with(tmp_path), tmp_path)
+    assert public.sign_in is not None and public.sign_in.client_secret is None
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"session": {}}, "session.key_files: required with sign_in"),
+        ({"session": {"key_files": ["nope.key"]}}, "session.key_files[0]: no such file"),
+        ({"sign_in": {"issuer": "idp", "client_id": "gw"}}, "sign_in.issuer: must be an http"),
+        (
+            {"sign_in": {"issuer": "https://i", "client_id": "gw", "scopes": ["email"]}},
+            "sign_in.scopes: must include openid",
+        ),
+        (
+            {"sign_in": {"issuer": "https://i", "client_id": "gw", "algorithms": ["HS256"]}},
+            "sign_in.algorithms[0]: 'HS256' not allowed",
+        ),
+        (
+            {"sign_in": {"issuer": "https://i", "client_id": "gw", "cliend_id": "x"}},
+            "sign_in.cliend_id: unknown key",
+        ),
+    ],
+)
+def test_sign_in_config_errors_name_the_key(
+    tmp_path: Path, change: dict[str, object], message: str
+) -> None:
+    data = {**config_with(tmp_path), **change}
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_config(data, tmp_path)
