@@ -10,6 +10,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -203,12 +204,10 @@ class BrowserSignIn:
             refresh_token = tokens.refresh_token or session.refresh_token
             if tokens.id_token is None:
                 lifetime = tokens.expires_in or 300
-                return Session(
-                    **{
-                        **session.__dict__,
-                        "expires_at": int(time.time()) + lifetime,
-                        "refresh_token": refresh_token,
-                    }
+                # No new ID token: the provider vouched for the session until
+                # the new access token expires; the verified claims stay as they were.
+                return replace(
+                    session, expires_at=int(time.time()) + lifetime, refresh_token=refresh_token
                 )
             claims = await self.client.verify_id_token(
                 tokens.id_token, nonce=None, subject=session.subject

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import html
 import re
 import time
 from collections.abc import AsyncIterator
@@ -586,3 +587,31 @@ async def test_sign_out_clears_the_session_and_signs_out_at_the_provider(
     assert "You are signed out" in done.text
     page = await client.go(stack.url + "/wms/")
     assert "/interaction/" in page.url, "the next request goes to sign-in"
+
+
+async def test_max_age_zero_asks_the_provider_for_a_fresh_login(
+    stack: Stack, client: Browser
+) -> None:
+    async with client.http.get(
+        stack.url + "/.portcullis/sign_in?rd=%2Fpos%2F&acr=phr&max_age=0", allow_redirects=False
+    ) as response:
+        query = parse_qs(urlsplit(response.headers["Location"]).query)
+    assert (query["acr_values"], query["max_age"], query["prompt"]) == (["phr"], ["0"], ["login"])
+
+
+async def test_provider_down_is_a_page_saying_so_and_no_session(
+    aiohttp_server: ServerFactory, tmp_path: Path, provider: DevProvider
+) -> None:
+    from tests.gateway_stack import free_port
+
+    config = sign_in_config(provider, issuer=f"http://127.0.0.1:{free_port()}")
+    async with (
+        start_sign_in_stack(aiohttp_server, tmp_path, provider, sign_in=config) as stack,
+        browser(stack.url) as client,
+    ):
+        page = await client.go(stack.url + "/wms/")
+        assert page.status == 502
+        text = html.unescape(page.text)
+        assert "The sign-in provider can't be used right now" in text
+        assert "can't be reached" in text and "Try again in a minute" in text
+        assert (await api_get(stack, "/wms/")).status == 401, "APIs are unaffected: 401 JSON"
