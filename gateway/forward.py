@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.config import Route
@@ -46,11 +46,7 @@ def upstream_headers(
     """The client's headers minus hop-by-hop and spoofable identity headers, plus ours;
     minus the gateway's own cookies (`strip_cookie` names them): a backend never
     sees the session or its refresh token."""
-    connection_listed = {
-        token.strip().lower()
-        for value in request.headers.getall("Connection", [])
-        for token in value.split(",")
-    }
+    connection_listed = _connection_tokens(request.headers)
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in request.headers.items():
         lower = name.lower()
@@ -85,12 +81,14 @@ def _without_cookies(header: str, strip: Callable[[str], bool]) -> str:
     return "; ".join(kept)
 
 
+def _connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
+    """Header names listed in `Connection`: hop-by-hop for this one message."""
+    values = headers.getall("Connection", [])
+    return {token.strip().lower() for value in values for token in value.split(",")}
+
+
 def _response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
-    connection_listed = {
-        token.strip().lower()
-        for value in upstream.headers.getall("Connection", [])
-        for token in value.split(",")
-    }
+    connection_listed = _connection_tokens(upstream.headers)
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.headers.items():
         lower = name.lower()

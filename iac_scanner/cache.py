@@ -62,16 +62,7 @@ class ParseCache:
 
     def put(self, key: str, value: Any) -> None:
         path = self._path(key)
-        if path is None:
-            return
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Write then rename: a concurrent scan never reads half a file.
-            handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            with os.fdopen(handle, "w", encoding="utf-8") as out:
-                json.dump(value, out, separators=(",", ":"))
-            os.replace(temporary, path)
-        except OSError:
+        if path is not None and not _write_atomically(path, value):
             self.directory = None
 
 
@@ -101,16 +92,22 @@ class ResultCache:
 
     def put(self, key: str, entry: dict[str, Any]) -> None:
         path = self._path(key)
-        if path is None:
-            return
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            with os.fdopen(handle, "w", encoding="utf-8") as out:
-                json.dump(entry, out, separators=(",", ":"))
-            os.replace(temporary, path)
-        except OSError:
+        if path is not None and not _write_atomically(path, entry):
             self.directory = None
+
+
+def _write_atomically(path: Path, value: Any) -> bool:
+    """Write then rename, so a concurrent scan never reads half a file; False when
+    the cache directory isn't writable (the caller stops caching, the scan goes on)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(value, out, separators=(",", ":"))
+        os.replace(temporary, path)
+    except OSError:
+        return False
+    return True
 
 
 def inputs_key(inputs: dict[str, Any]) -> str:
