@@ -83,6 +83,23 @@ class Gateway:
             self.routes = self._catalogue_routes()
         # Longest prefix first, host-specific before host-agnostic.
         self.routes.sort(key=lambda r: (r.host is None, -len(r.path_prefix)))
+        # The log first: a path that can't be written stops the start before
+        # anything else is opened.
+        if self.config.decision_log.path is not None:
+            from gateway.decision_log import DecisionLog, DecisionLogError
+
+            self.decision_log = DecisionLog(
+                self.config.decision_log.path,
+                self.signer.key,
+                key_id=self.signer.jwk["kid"],
+                sign_interval=self.config.decision_log.sign_interval,
+                labels={"id": self.instance_id},
+            )
+            try:
+                await self.decision_log.start()
+            except DecisionLogError as error:
+                self.decision_log = None
+                raise RuntimeError(str(error)) from None
         self._session = aiohttp.ClientSession()
         issuers = {}
         for issuer in self.config.issuers:
@@ -92,17 +109,6 @@ class Gateway:
         self.verifier = TokenVerifier(issuers)
         if self.sign_in is not None:
             self._tasks.append(self.sign_in.start(self._session, self.policy.catalogue))
-        if self.config.decision_log.path is not None:
-            from gateway.decision_log import DecisionLog
-
-            self.decision_log = DecisionLog(
-                self.config.decision_log.path,
-                self.signer.key,
-                key_id=self.signer.jwk["kid"],
-                sign_interval=self.config.decision_log.sign_interval,
-                labels={"id": self.instance_id},
-            )
-            await self.decision_log.start()
         if self.config.policy.watch:
             self._tasks.append(
                 asyncio.ensure_future(self.policy.watch(self.config.policy.poll_interval))

@@ -300,3 +300,20 @@ async def test_two_workers_share_the_port_and_shut_down_cleanly(tmp_path: Path) 
     assert gateway.returncode == 0, err
     assert err.count("gateway listening on") == 2
     assert err.count("draining connections") == 2
+
+
+async def test_a_decision_log_in_use_stops_the_start_with_one_line(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    async with start_stack(aiohttp_server, tmp_path) as running:
+        config = tmp_path / "second.yaml"
+        config.write_text(
+            f"listeners: [{{address: 127.0.0.1, port: {free_port()}}}]\nauth: false\n"
+            f"policy: {{source: {POLICIES}}}\ndecision_log: {{path: {running.log_path}}}\n"
+        )
+        result = await asyncio.to_thread(portcullis, "gateway", "--config", str(config))
+    assert result.returncode == 1
+    assert result.stderr.strip().endswith("is in use by another process (one writer per file: "
+                                          "give each worker its own path)")  # fmt: skip
+    assert "gateway failed to start: decision log" in result.stderr
+    assert "Traceback" not in result.stderr
