@@ -174,6 +174,19 @@ def _http_url(value: str, where: str) -> str:
     return value.rstrip("/")
 
 
+def _algorithms(reader: _Reader) -> tuple[str, ...]:
+    """Token signature algorithms: asymmetric only, so a public key can never be
+    used as an HMAC secret and `none` is never accepted."""
+    algorithms = reader.strings("algorithms", ("RS256", "ES256"))
+    for index, algorithm in enumerate(algorithms):
+        if algorithm not in ASYMMETRIC_ALGORITHMS:
+            raise ConfigError(
+                f"{reader.key('algorithms')}[{index}]: {algorithm!r} not allowed; use one of "
+                f"{', '.join(sorted(ASYMMETRIC_ALGORITHMS))} (never none or HS*)"
+            )
+    return algorithms
+
+
 def _positive(value: float, where: str) -> float:
     if value <= 0:
         raise ConfigError(f"{where}: must be greater than 0")
@@ -302,13 +315,7 @@ def _issuer(data: Any, where: str) -> Issuer:
         raise ConfigError(f"{where}: set jwks_url or discovery: true")
     if jwks_url is not None:
         jwks_url = _http_url(jwks_url, f"{where}.jwks_url")
-    algorithms = reader.strings("algorithms", ("RS256", "ES256"))
-    for index, algorithm in enumerate(algorithms):
-        if algorithm not in ASYMMETRIC_ALGORITHMS:
-            raise ConfigError(
-                f"{where}.algorithms[{index}]: {algorithm!r} not allowed; use one of "
-                f"{', '.join(sorted(ASYMMETRIC_ALGORITHMS))} (never none or HS*)"
-            )
+    algorithms = _algorithms(reader)
     groups_claim = reader.get("groups_claim", str, "groups")
     leeway = reader.get("leeway", float, 30.0)
     if not 0 <= leeway <= 300:
@@ -370,13 +377,7 @@ def _sign_in(data: dict[str, Any], base_dir: Path) -> SignInConfig:
         if urlsplit(external_url).path not in ("", "/"):
             raise ConfigError("sign_in.external_url: scheme and host only, no path")
     groups_claim = reader.get("groups_claim", str, "groups")
-    algorithms = reader.strings("algorithms", ("RS256", "ES256"))
-    for index, algorithm in enumerate(algorithms):
-        if algorithm not in ASYMMETRIC_ALGORITHMS:
-            raise ConfigError(
-                f"sign_in.algorithms[{index}]: {algorithm!r} not allowed; use one of "
-                f"{', '.join(sorted(ASYMMETRIC_ALGORITHMS))}"
-            )
+    algorithms = _algorithms(reader)
     leeway = reader.get("leeway", float, 30.0)
     if not 0 <= leeway <= 300:
         raise ConfigError("sign_in.leeway: must be 0-300 seconds")
