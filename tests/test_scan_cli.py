@@ -5,6 +5,8 @@ for every bad input."""
 from __future__ import annotations
 
 import json
+import os
+import pty
 import shutil
 import subprocess
 import sys
@@ -363,3 +365,35 @@ def test_a_directory_without_terraform_is_noted_and_passes(tmp_path: Path) -> No
     result = portcullis("scan", "--no-cache", str(tmp_path))
     assert result.returncode == 0
     assert f"note: {tmp_path}: no Terraform (.tf) files found" in result.stdout
+
+
+def test_progress_line_on_a_terminal_for_a_large_tree_and_never_in_a_pipe(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for index in range(310):
+        (tree / f"bucket{index}.tf").write_text(
+            f'resource "aws_s3_bucket" "b{index}" {{\n  bucket = "b{index}"\n}}\n'
+        )
+    command = [sys.executable, "-m", "portcullis", "scan", str(tree), "--no-cache", "--jobs", "2"]
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.run(
+            command, stdout=subprocess.DEVNULL, stderr=terminal, cwd=ROOT, timeout=300
+        )
+        os.close(terminal)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(controller)
+    assert process.returncode == 0
+    assert b"parsing [" in seen
+    assert b"310/310 files" in seen
+    piped = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert "parsing [" not in piped.stderr
