@@ -44,10 +44,6 @@ class JwksCache:
         self._on_refresh = on_refresh
         self.last_error: str | None = None
 
-    @property
-    def kids(self) -> set[str]:
-        return set(self._keys)
-
     def algorithm_of(self, kid: str) -> str | None:
         """The `alg` the JWKS declares for this key, if it declares one."""
         return self._algorithms.get(kid)

@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from gateway.decision_log import DecisionLog
 
 log = logging.getLogger("portcullis.gateway")
-OPERATIONS = ("/healthz", "/readyz", "/metrics", JWKS_PATH)
 GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway")
 
 

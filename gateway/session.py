@@ -8,7 +8,7 @@ import hashlib
 import os
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
@@ -206,9 +206,6 @@ class Session:
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return None
-
-    def with_step_up(self, step_up: dict[str, Any] | None) -> Session:
-        return replace(self, step_up=step_up)
 
 
 def _str(value: Any) -> str:

@@ -35,10 +35,6 @@ class _Unknown:
 UNKNOWN: Any = _Unknown()
 
 
-def is_unknown(value: Any) -> bool:
-    return value is UNKNOWN
-
-
 def has_unknown(value: Any) -> bool:
     """Whether UNKNOWN appears anywhere inside value."""
     if value is UNKNOWN:
