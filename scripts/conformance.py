@@ -1,4 +1,6 @@
-"""Measure the embedded Rego engine (regorus) against OPA's own v1 conformance cases."""
+"""Measure the embedded Rego engine (regorus) against OPA's own v1 conformance cases,
+and run the same cases on OPA's own Go evaluator (the oracle) beside it, so the two
+columns show where regorus differs from OPA and that the cases mean what they say."""
 
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ DEFAULT_CORPUS = (
     Path(__file__).resolve().parents[2].joinpath("shared", "corpus", "rego-conformance", "v1")
 )
 ENGINE_DIST = "gordon-to-regorus"
+ORACLE_DIST = "opa-golib-python-bindings"
+ENGINES = ("regorus", "opa")
 CASE_TIMEOUT_S = 10.0
 
 # A case is not applicable when it calls a builtin that DESIGN.md ("The policy engine") says
@@ -234,7 +238,7 @@ def _set_input(engine: Any, case: Case) -> None:
 
 
 def run_case(case: Case) -> tuple[bool, str]:
-    """Run one case on a fresh engine: (passed, why). Never raises."""
+    """Run one case on a fresh regorus engine: (passed, why). Never raises."""
     try:
         engine = regorus.Engine()
         with contextlib.suppress(Exception):  # an engine with its own test.sleep keeps it
@@ -268,6 +272,32 @@ def run_case(case: Case) -> tuple[bool, str]:
         return _compare(case, raw)
     except Exception as exc:  # e.g. a YAML value with no JSON form
         return False, f"cannot compare: {exc!r}"
+
+
+def run_case_on_opa(case: Case) -> tuple[bool, str]:
+    """Run one case on a fresh OPA engine (OPA's own Go evaluator): (passed, why)."""
+    from opa_bindings.engine import OpaEngine, OpaError
+
+    try:
+        with OpaEngine() as engine:
+            engine.register_function("test.sleep", _test_sleep)
+            for i, module in enumerate(case.modules):
+                engine.add_policy(f"test-{i}.rego", module)
+            if case.data is not None:
+                engine.add_data(case.data)
+            document: Any = case.input
+            if case.input_term is not None:
+                (bindings,) = engine.eval_query(f"x := {case.input_term}")
+                document = bindings["x"]
+            rows = engine.eval_query(case.query, document)
+    except OpaError as exc:
+        error = f"{exc.code}: {exc.message.splitlines()[0] if exc.message else ''}"
+        if case.want_error is None:
+            return False, f"raised {error}; expected {_show(case.want_result)}"
+        return True, f"raised {error}"
+    if case.want_error is not None:
+        return False, f"expected error {case.want_error}; got {_show(rows)}"
+    return _compare(case, json.dumps({"result": [{"bindings": row} for row in rows]}))
 
 
 def _compare(case: Case, raw: str) -> tuple[bool, str]:
@@ -380,10 +410,23 @@ class _Worker:
         self.conn.close()
 
 
-def run_conformance(corpus_dir: Path, timeout: float = CASE_TIMEOUT_S) -> Report:
-    """Run every applicable case, each on its own engine; raise CorpusError if unreadable."""
+def run_conformance(
+    corpus_dir: Path, timeout: float = CASE_TIMEOUT_S, *, engine: str = "regorus"
+) -> Report:
+    """Run every applicable case, each on its own engine; raise CorpusError if unreadable.
+
+    `engine="opa"` runs them on OPA's own Go evaluator, in this process: OPA reports
+    errors instead of crashing, and a forked child must not inherit Go's runtime."""
     cases = load_cases(corpus_dir)
     results: list[CaseResult | None] = [classify(case) for case in cases]
+    if engine == "opa":
+        for index, case in enumerate(cases):
+            if results[index] is None:
+                passed, detail = run_case_on_opa(case)
+                status = Status.PASSED if passed else Status.FAILED
+                results[index] = CaseResult(case, status, detail)
+        done = tuple(r for r in results if r is not None)
+        return Report(corpus_dir=corpus_dir, engine=_version(ORACLE_DIST), results=done)
     context = multiprocessing.get_context("fork")
     worker: _Worker | None = None
     try:
@@ -400,38 +443,54 @@ def run_conformance(corpus_dir: Path, timeout: float = CASE_TIMEOUT_S) -> Report
         if worker is not None:
             worker.stop()
     done = tuple(r for r in results if r is not None)
-    return Report(corpus_dir=corpus_dir, engine=_engine_version(), results=done)
+    return Report(corpus_dir=corpus_dir, engine=_version(ENGINE_DIST), results=done)
 
 
-def _engine_version() -> str:
+def _version(dist: str) -> str:
     try:
-        return f"{ENGINE_DIST} {metadata.version(ENGINE_DIST)}"
+        return f"{dist} {metadata.version(dist)}"
     except metadata.PackageNotFoundError:
-        return "regorus (version unknown)"
+        return f"{dist} (version unknown)"
 
 
 # --- command line ------------------------------------------------------------------------
 
 
-def format_report(report: Report, verbose: bool = False) -> list[str]:
+def format_report(report: Report, verbose: bool = False, oracle: Report | None = None) -> list[str]:
+    """The report; with `oracle` (the same corpus on OPA) a second column per folder."""
     lines = [f"{report.engine} on {report.corpus_dir}"]
+    if oracle is not None:
+        lines.append(f"beside {oracle.engine} (OPA's own evaluator)")
     for status in (Status.NOT_APPLICABLE, Status.INVALID):
         excluded = report.with_status(status)
         if excluded:
             lines.append(f"{status.value} ({len(excluded)}):")
             lines += [f"  {r.case.note} [{r.case.file}]: {r.detail}" for r in excluded]
+    oracle_folders = oracle.folders() if oracle is not None else {}
+    width = max((len(name) for name in report.folders()), default=0) + 1
+    if oracle is not None:
+        lines.append(f"{'folder':<{width}} {'regorus':>9} {'opa':>9}")
     for count in report.folders().values():
         extra = f"  ({count.excluded} excluded)" if count.excluded else ""
-        lines.append(f"{count.folder}: {count.passed}/{count.applicable}{extra}")
+        column = f"{count.passed}/{count.applicable}"
+        if count.folder in oracle_folders:
+            theirs = oracle_folders[count.folder]
+            column = f"{column:>9} {f'{theirs.passed}/{theirs.applicable}':>9}"
+            lines.append(f"{count.folder + ':':<{width}} {column}{extra}")
+        else:
+            lines.append(f"{count.folder}: {column}{extra}")
     excluded_total = len(report.results) - report.applicable
     lines.append(
         f"total: {report.passed}/{report.applicable} applicable cases passed "
         f"({len(report.results)} in corpus, {excluded_total} excluded)"
     )
-    failed = report.with_status(Status.FAILED)
-    if verbose and failed:
-        lines.append(f"failed ({len(failed)}):")
-        lines += [f"  {r.case.note} [{r.case.file}]: {r.detail}" for r in failed]
+    if oracle is not None:
+        lines.append(f"total on OPA: {oracle.passed}/{oracle.applicable} applicable cases passed")
+    for name, shown in (("", report), ("on OPA ", oracle)):
+        failed = shown.with_status(Status.FAILED) if shown is not None else []
+        if verbose and failed:
+            lines.append(f"failed {name}({len(failed)}):")
+            lines += [f"  {r.case.note} [{r.case.file}]: {r.detail}" for r in failed]
     return lines
 
 
@@ -448,11 +507,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     corpus_dir: Path = args.corpus_dir or Path(os.environ.get(ENV_VAR) or DEFAULT_CORPUS)
     try:
         report = run_conformance(corpus_dir)
+        oracle = run_conformance(corpus_dir, engine="opa") if _has_oracle() else None
     except CorpusError as exc:
         print(f"conformance: {exc}", file=sys.stderr)
         return 2
-    print("\n".join(format_report(report, verbose=args.verbose)))
+    if oracle is None:
+        print(f"conformance: {ORACLE_DIST} is not installed: regorus only", file=sys.stderr)
+    print("\n".join(format_report(report, verbose=args.verbose, oracle=oracle)))
     return 0
+
+
+def _has_oracle() -> bool:
+    try:
+        import opa_bindings  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The OPA-server backend, over HTTP on loopback, against an OPA stand-in.
 
-The stand-in (tests/opa_standin.py) speaks OPA's documented Data API; a real
-OPA server can't be installed on these machines.
+The stand-in (tests/opa_standin.py) speaks OPA's documented Data API and
+evaluates with OPA's own Go evaluator (the test oracle); a real OPA server
+can't be installed on these machines.
 """
 
 from __future__ import annotations
@@ -50,6 +51,23 @@ async def test_opa_backend_gives_the_same_decision_as_the_embedded_engine(
             assert await opa.evaluate(DECISION, document) == embedded.evaluate_sync(
                 DECISION, document
             )
+    finally:
+        await opa.close()
+
+
+async def test_policy_error_on_opa_is_an_evaluation_error(
+    aiohttp_server: ServerFactory, tmp_path: Any
+) -> None:
+    (tmp_path / "p.rego").write_text(
+        "package portcullis.gateway\nimport rego.v1\n"
+        'decision := {"allow": true, "n": 10 - input.n}\n'
+    )
+    server = await aiohttp_server(opa_standin(tmp_path))
+    opa = OpaServerEngine(url(server))
+    try:
+        with pytest.raises(EvaluationError, match="500"):
+            await opa.evaluate(DECISION, {"n": "ten"})
+        assert (await opa.evaluate(DECISION, {"n": 3}))["n"] == 7
     finally:
         await opa.close()
 

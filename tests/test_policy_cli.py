@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +73,53 @@ def test_policy_check_accepts_the_shipped_policies() -> None:
     result = portcullis("policy", "check", "policies")
     assert result.returncode == 0
     assert result.stdout.startswith("policies: OK")
+    assert "warning" not in result.stdout + result.stderr
+
+
+def test_policy_check_warns_on_not_over_an_argument_that_may_be_undefined() -> None:
+    result = portcullis("policy", "check", str(BAD / "not_over_undefined"))
+    assert result.returncode == 0
+    assert "1 modules" not in result.stdout and "2 portability warnings" in result.stdout
+    rego = BAD / "not_over_undefined/fresh.rego"
+    warnings = result.stderr.strip().splitlines()
+    assert warnings[0].startswith(f"{rego}:7:31: warning: `not` over an argument of is_number(")
+    assert warnings[1].startswith(f"{rego}:11:17: warning: `not` over the result of known_tls(")
+    assert all("OPA treats the whole `not` as undefined" in w for w in warnings)
+
+
+def test_policy_test_on_opa_passes_the_shipped_policies() -> None:
+    result = portcullis("policy", "test", "--engine", "opa", "policies/")
+    assert result.returncode == 0, result.stdout + result.stderr
+    regorus = portcullis("policy", "test", "policies/").stdout.strip().splitlines()[-1]
+    assert result.stdout.strip().splitlines()[-1] == regorus
+
+
+def test_policy_test_on_opa_fails_what_passes_only_on_regorus() -> None:
+    fixture = str(BAD / "not_over_undefined")
+    assert portcullis("policy", "test", fixture).returncode == 0
+    result = portcullis("policy", "test", "--engine", "opa", fixture)
+    assert result.returncode == 1
+    assert "data.fresh_test.test_missing_auth_time_is_noticed: FAIL" in result.stdout
+    assert "data.fresh_test.test_unknown_policy_is_weak: FAIL" in result.stdout
+
+
+def test_policy_test_on_opa_without_the_oracle_says_how_to_install_it(tmp_path: Path) -> None:
+    hidden = tmp_path / "opa_bindings"
+    hidden.mkdir()
+    (hidden / "__init__.py").write_text("raise ImportError('not installed')\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "portcullis", "policy", "test", "--engine", "opa", "policies/"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "OPA's Go evaluator is not installed; install it with: pip install --no-deps "
+        "--ignore-requires-python opa-golib-python-bindings==0.4.4"
+    )
 
 
 @pytest.mark.parametrize(

@@ -50,13 +50,16 @@ segment_prefix(path, prefix) if path == prefix
 segment_prefix(path, prefix) if startswith(path, concat("", [prefix, "/"]))
 
 # Groups: one of the app's, and one of each matching override's.
-missing_group if not member_of_one(app.groups)
+missing_group if not in_app_group
 
 missing_group if {
 	some override in overrides
-	override.groups
-	not member_of_one(override.groups)
+	override.groups # first: the compiled VM lets `groups := <undefined>` through
+	groups := override.groups
+	not member_of_one(groups)
 }
+
+in_app_group if member_of_one(app.groups)
 
 # A groups claim that isn't a list grants nothing.
 member_of_one(groups) if {
@@ -71,8 +74,10 @@ mfa_requirements := array.concat(app_mfa, [o.mfa | some o in overrides; o.mfa])
 
 app_mfa := [app.mfa] if {
 	app.mfa
-	not upper(input.attributes.request.http.method) in object.get(app, "mfa_exempt_methods", [])
+	not mfa_exempt_method
 } else := []
+
+mfa_exempt_method if upper(input.attributes.request.http.method) in object.get(app, "mfa_exempt_methods", [])
 
 missing_mfa if {
 	some requirement in mfa_requirements
@@ -97,9 +102,15 @@ method_satisfied(requirement) if {
 	count(object.get(requirement, "acr", [])) == 0
 }
 
+# A helper rule, not `is_number(identity.auth_time)` under `not`: OPA treats
+# `not f(x)` with x undefined as undefined (the rule fails), regorus as true.
+has_auth_time if is_number(identity.auth_time)
+
 fresh_enough(requirement) if object.get(requirement, "max_age", null) == null
 
 fresh_enough(requirement) if {
+	has_auth_time
+	is_number(input.now_ns)
 	age := (input.now_ns / 1000000000) - identity.auth_time
 	age <= requirement.max_age
 	age >= -60 # an auth_time in the future beyond clock skew is not trusted
@@ -113,7 +124,8 @@ unmet_mfa := [requirement |
 # Reasons, status and step-up: computed only for a deny.
 reasons := [] if allow else := sort(deny_reasons)
 
-deny_reasons contains sprintf("no app %q in the catalogue", [object.get(object.get(input, "route", {}), "app", "")]) if {
+# json.marshal, not %q: regorus' sprintf refuses %q for anything but a string.
+deny_reasons contains sprintf("no app %s in the catalogue", [json.marshal(object.get(object.get(input, "route", {}), "app", ""))]) if {
 	not app
 }
 
@@ -124,14 +136,15 @@ deny_reasons contains "authentication required" if {
 
 deny_reasons contains sprintf("requires membership in one of: %s", [concat(", ", sort(app.groups))]) if {
 	authenticated
-	not member_of_one(app.groups)
+	not in_app_group
 }
 
 deny_reasons contains sprintf("requires membership in one of: %s", [concat(", ", sort(override.groups))]) if {
 	authenticated
 	some override in overrides
-	override.groups
-	not member_of_one(override.groups)
+	override.groups # first: the compiled VM lets `groups := <undefined>` through
+	groups := override.groups
+	not member_of_one(groups)
 }
 
 deny_reasons contains sprintf("requires MFA with one of: %s", [concat(", ", sort(requirement.amr))]) if {
@@ -144,17 +157,19 @@ deny_reasons contains message if {
 	authenticated
 	some requirement in unmet_mfa
 	method_satisfied(requirement)
-	is_number(identity.auth_time)
+	has_auth_time
+	is_number(input.now_ns)
 	age := round((input.now_ns / 1000000000) - identity.auth_time)
-	message := sprintf("requires sign-in within the last %d s; last sign-in was %d s ago", [requirement.max_age, age])
+	# %v, not %d: regorus prints a negative number under %d with two minus signs.
+	message := sprintf("requires sign-in within the last %v s; last sign-in was %v s ago", [requirement.max_age, age])
 }
 
 deny_reasons contains message if {
 	authenticated
 	some requirement in unmet_mfa
 	method_satisfied(requirement)
-	not is_number(identity.auth_time)
-	message := sprintf("requires sign-in within the last %d s; the session has no auth_time", [requirement.max_age])
+	not has_auth_time
+	message := sprintf("requires sign-in within the last %v s; the session has no auth_time", [requirement.max_age])
 }
 
 http_status := 200 if allow

@@ -45,6 +45,10 @@ has_unknown_within(r, path) if {
 }
 
 # --- Configured values -----------------------------------------------------
+#
+# Negate helpers (`not string_at(r, p)`), never a builtin over a value that may
+# be undefined (`not is_string(value(r, p))`): OPA treats such a `not` as
+# undefined, so the rule fails, where regorus treats it as true.
 
 config(r) := c if {
 	c := r.config
@@ -64,6 +68,15 @@ value(r, path) := v if {
 value_or(r, path, fallback) := v if {
 	v := value(r, path)
 } else := fallback
+
+# string_at(r, path): the configured value at path is a string.
+string_at(r, path) if is_string(value(r, path))
+
+# true_or(r, path, fallback) / false_or: the configured value, or fallback when
+# unset, is true / false (a bool or its string spelling).
+true_or(r, path, fallback) if is_true(value_or(r, path, fallback))
+
+false_or(r, path, fallback) if is_false(value_or(r, path, fallback))
 
 # blocks(r, path) is the nested blocks at path as a list of objects (a block
 # the scanner emitted as a single object becomes a one-element list).
@@ -228,14 +241,14 @@ attached_to_bucket(att, bucket) if {
 may_be_attached_to_bucket(att, bucket) if attached_to_bucket(att, bucket)
 
 may_be_attached_to_bucket(att, _) if {
-	not is_string(value(att, ["bucket"]))
+	not string_at(att, ["bucket"])
 	not resolves(att, "bucket")
 }
 
 may_be_attached_to_bucket(att, bucket) if {
 	is_string(value(att, ["bucket"]))
 	not resolves(att, "bucket")
-	not is_string(value(bucket, ["bucket"]))
+	not string_at(bucket, ["bucket"])
 }
 
 # bucket_has(bucket, type): some resource of type is (or may be) attached.

@@ -101,7 +101,8 @@ test_apps_added_to_the_catalogue_are_picked_up if {
 
 test_gateway_security_group_is_recognised_by_its_tags if {
 	tf.is_gateway(testing.resource("aws_security_group", "gw", {"tags": {"role": "portcullis-gateway"}}))
-	not tf.is_gateway(testing.resource("aws_security_group", "x", {"tags": {"role": "web"}}))
+	web := testing.resource("aws_security_group", "x", {"tags": {"role": "web"}})
+	not tf.is_gateway(web)
 	tf.gateway_tags_text == "role=portcullis-gateway"
 }
 

@@ -77,7 +77,7 @@ _access_logs_enabled(r) if {
 _trail_present if {
 	some r in input.resources
 	r.type == "aws_cloudtrail"
-	not tf.is_false(tf.value_or(r, ["enable_logging"], true))
+	not tf.false_or(r, ["enable_logging"], true)
 }
 
 # The bucket that receives access logs does not log its own access (that

@@ -23,7 +23,8 @@ deny contains {"resource": r.address, "message": msg} if {
 	some app in _sensitive_apps(r)
 	not tf.has_unknown_within(r, ["server_side_encryption_configuration"])
 	count(tf.blocks(r, ["server_side_encryption_configuration"])) == 0
-	not tf.bucket_has(r, _sse_type)
+	sse := _sse_type
+	not tf.bucket_has(r, sse)
 	msg := sprintf(
 		"S3 bucket %s (%s) has no server-side encryption configuration; add an %s whose bucket is %s.id, with sse_algorithm = \"aws:kms\"",
 		[r.address, tf.app_label(app), _sse_type, r.address],
@@ -35,7 +36,7 @@ deny contains {"resource": r.address, "message": msg} if {
 	r.type in {"aws_db_instance", "aws_rds_cluster"}
 	some app in _sensitive_apps(r)
 	not tf.is_unknown(r, ["storage_encrypted"])
-	not tf.is_true(tf.value_or(r, ["storage_encrypted"], false))
+	not tf.true_or(r, ["storage_encrypted"], false)
 	not _inherits_encryption(r)
 	msg := sprintf(
 		"database %s (%s) is not encrypted at rest (storage_encrypted is not true); set storage_encrypted = true",
@@ -48,7 +49,7 @@ deny contains {"resource": r.address, "message": msg} if {
 	r.type == "aws_ebs_volume"
 	some app in _sensitive_apps(r)
 	not tf.is_unknown(r, ["encrypted"])
-	not tf.is_true(tf.value_or(r, ["encrypted"], false))
+	not tf.true_or(r, ["encrypted"], false)
 	not _ebs_encrypted_by_default
 	msg := sprintf(
 		"EBS volume %s (%s) is not encrypted (encrypted is not true); set encrypted = true",
@@ -88,5 +89,5 @@ _inherits_encryption(r) if {
 _ebs_encrypted_by_default if {
 	some r in input.resources
 	r.type == "aws_ebs_encryption_by_default"
-	not tf.is_false(tf.value_or(r, ["enabled"], true))
+	not tf.false_or(r, ["enabled"], true)
 }

@@ -22,7 +22,7 @@ deny contains {"resource": r.address, "message": msg} if {
 	not tf.is_gateway(r)
 	some app in tf.apps_of(r)
 	not tf.is_unknown(r, ["internal"])
-	not tf.is_true(tf.value_or(r, ["internal"], false))
+	not tf.true_or(r, ["internal"], false)
 	msg := sprintf(
 		"load balancer %s (%s) is internet-facing (internal is not true); app backends are reached only through the gateway: set internal = true",
 		[r.address, tf.app_label(app)],

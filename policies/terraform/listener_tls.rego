@@ -34,7 +34,7 @@ deny contains {"resource": r.address, "message": msg} if {
 	not tf.is_unknown(r, ["ssl_policy"])
 	policy := tf.value_or(r, ["ssl_policy"], default_policy)
 	is_string(policy)
-	not minimum_tls(policy) in {"1.2", "1.3"}
+	not _accepted(policy)
 	msg := sprintf("%s listener %s %s; set ssl_policy = %q", [protocol, r.address, _weakness(r, policy), _recommended])
 }
 
@@ -71,6 +71,10 @@ deny contains {"resource": r.address, "message": msg} if {
 		[r.address, tf.app_label(app), object.get(listener, "lb_port", "?")],
 	)
 }
+
+# Known TLS 1.2+ policies. A helper, not `not minimum_tls(p) in {...}`: OPA treats
+# that `not` as undefined (the rule fails) for an unrecognised name.
+_accepted(policy) if minimum_tls(policy) in {"1.2", "1.3"}
 
 # minimum_tls(policy): the oldest TLS version an ELB security policy accepts;
 # undefined for a name this rule does not recognise (it is then reported, as

@@ -55,7 +55,7 @@ deny contains {"resource": r.address, "message": msg} if {
 	off := [flag |
 		some flag in _block_flags
 		not tf.is_unknown(r, [flag])
-		not tf.is_true(tf.value_or(r, [flag], false))
+		not tf.true_or(r, [flag], false)
 	]
 	count(off) > 0
 	msg := sprintf("%s leaves %s off (false or unset); set all four flags to true", [r.address, concat(", ", off)])

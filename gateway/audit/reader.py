@@ -1,0 +1,469 @@
+"""Reading and verifying the decision log: the one module its readers import.
+
+``portcullis audit verify``, and later replay and log shipping, read the log
+through here (:func:`iter_lines` to stream records, :func:`verify_log` to check
+the chain first); the format is in :mod:`gateway.audit.chain`.
+
+What verifying proves, and what it can't:
+
+- Every line is checked against the one before it (hash chain) and every
+  signature against the gateway's key, so a modified, inserted, reordered or
+  deleted line is found, and a forger without the key can't recompute the chain
+  past the next signature.
+- Runs and files form one chain: each ``start`` record links to the last line of
+  the run or file before it. A log must begin at the chain's genesis, unless
+  the caller says where it continues from (``after``: the hash of the last line
+  before it), so deleting the oldest run or file is found.
+- The end of the log can't vouch for itself: cutting the tail at a signature
+  (or a seal), or deleting the newest file, leaves a valid chain. Only a signed
+  head kept outside the file (``head``: the gateway's ``/audit/head``, or the
+  ``start`` record of the next file) shows what is missing at the end.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.audit.chain import (
+    GENESIS,
+    SEALING_REASONS,
+    SIGN_REASONS,
+    SIGNATURE_TYPE,
+    check_signature,
+    line_hash,
+)
+
+# Lines the verifier remembers to tell an insertion or a swap from a deletion.
+_WINDOW = 16
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Where the chain first went wrong, and what it looks like."""
+
+    file: str
+    line: int
+    # modified | deleted | inserted | reordered | signature | damaged | start | truncated
+    kind: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+@dataclass
+class VerifyResult:
+    events: int = 0
+    signatures: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    unsigned_tail: int = 0
+    sealed: bool = False
+    last_signed_at: str | None = None
+    records: int = 0
+    # Where the chain ends: give tail_hash as ``after`` to verify the next file alone.
+    tail_seq: int = 0
+    tail_hash: str | None = None
+    head_covered: bool = False  # an outside head was given and the log reaches it
+
+    @property
+    def ok(self) -> bool:
+        """No modification, deletion, insertion or reordering found."""
+        return not self.problems
+
+    @property
+    def complete(self) -> bool:
+        """ok, every event covered by a signature, and the log ends with a seal."""
+        return self.ok and self.unsigned_tail == 0 and self.sealed
+
+
+@dataclass(frozen=True)
+class SignedHead:
+    """A chain signature from outside the files being verified: what the log must reach."""
+
+    seq: int  # events in the chain up to the line ``head``
+    head: str  # hash of the last line it vouches for
+    signed_at: str
+    kid: str
+    source: str  # where it came from, for messages
+
+    @classmethod
+    def from_record(
+        cls, record: Any, public_keys: dict[str, ec.EllipticCurvePublicKey], source: str
+    ) -> SignedHead:
+        """Check a chain signature record (``/audit/head``'s answer, or a file's
+        ``start`` record); ValueError says why it can't be used."""
+        if not isinstance(record, dict) or record.get("type") != SIGNATURE_TYPE:
+            raise ValueError(f"{source}: not a decision-log head (no chain_signature record)")
+        error = check_signature(record, public_keys)
+        if error is not None:
+            raise ValueError(f"{source}: the head's {error}")
+        return cls(
+            int(record["seq"]),
+            str(record["head"]),
+            str(record["signed_at"]),
+            str(record["kid"]),
+            source,
+        )
+
+
+@dataclass
+class LogLine:
+    """One line of a log file, parsed (``record`` is None if it isn't a JSON object)."""
+
+    file: str
+    number: int
+    position: tuple[int, int]
+    raw: bytes
+    digest: str
+    record: dict[str, Any] | None
+    torn: bool
+
+
+# The verifier's internal name.
+_Line = LogLine
+
+
+def iter_lines(paths: Sequence[Path]) -> Iterator[LogLine]:
+    """Every line of ``paths`` in order, streamed (constant memory). Raises OSError."""
+    return _lines(paths)
+
+
+def _lines(paths: Sequence[Path]) -> Iterator[_Line]:
+    for index, path in enumerate(paths):
+        with Path(path).open("rb") as file:
+            for number, chunk in enumerate(file, start=1):
+                torn = not chunk.endswith(b"\n")
+                raw = chunk[:-1] if not torn else chunk
+                try:
+                    record = json.loads(raw)
+                except ValueError:
+                    record = None
+                if not isinstance(record, dict):
+                    record = None
+                digest = line_hash(raw)
+                yield _Line(str(path), number, (index, number), raw, digest, record, torn)
+
+
+def verify_log(
+    paths: Sequence[Path],
+    public_keys: dict[str, ec.EllipticCurvePublicKey],
+    *,
+    after: str | None = None,
+    head: SignedHead | None = None,
+) -> VerifyResult:
+    """Check the chain and its signatures over ``paths`` (oldest file first).
+
+    ``public_keys`` maps kid -> key; the kid ``"*"`` matches any kid (a bare
+    PEM key). ``after``: the hash of the line the first file continues from
+    (else it must begin the chain). ``head``: a signed head the log must reach.
+    Raises OSError for unreadable files.
+    """
+    result = VerifyResult()
+    head_at: int | None = None  # events counted when the head's line was read
+    ordered = _chain_order(paths)
+    if ordered != list(paths):
+        names = ", ".join(str(path) for path in ordered)
+        result.notes.append(f"files verified in the order they were written: {names}")
+    paths = ordered
+    links: dict[str, tuple[int, _Line]] = {}  # broken link -> (problem index, its line)
+    recent: collections.deque[_Line] = collections.deque(maxlen=_WINDOW)
+    count: int | None = None  # events in the chain so far, once known
+    last_good_sig: _Line | None = None
+    since_sig = 0
+    last_break = -_WINDOW - 1  # index of the last broken link
+    gaps: list[tuple[int, int, int]] = []  # (problem index, first, last missing seq)
+    index = -1
+
+    def problem(line: _Line, kind: str, message: str) -> int:
+        result.problems.append(Problem(line.file, line.number, kind, message))
+        return len(result.problems) - 1
+
+    for line in _lines(paths):
+        index += 1
+        result.records += 1
+        prev = recent[-1] if recent else None
+        recent.append(line)
+        record = line.record
+        if record is None:
+            what = "a cut-off line (a crash mid-write?)" if line.torn else "not a JSON record"
+            problem(line, "damaged", f"{what}: edited or damaged")
+            continue
+        is_signature = record.get("type") == SIGNATURE_TYPE
+        link = record.get("head" if is_signature else "prev_hash")
+        seq = record.get("seq")
+        if not isinstance(link, str) or not isinstance(seq, int):
+            problem(line, "damaged", "record has no chain fields (prev_hash/head, seq)")
+            continue
+        starts = is_signature and record.get("reason") == "start"
+
+        link_ok = True
+        if prev is None:
+            if not starts:
+                problem(
+                    line,
+                    "start",
+                    "the log does not begin with a signed start record: lines were "
+                    "deleted from its beginning",
+                )
+            else:
+                _check_beginning(line, link, seq, after, result, problem)
+        elif link != prev.digest:
+            link_ok = False
+            if prev.record is None:
+                pass  # the damaged line before was reported: its bytes are what changed
+            elif starts and link == GENESIS:
+                problem(
+                    line,
+                    "start",
+                    f"a new chain starts here (seq 0): nothing links it to {prev.file}:"
+                    f"{prev.number}, so whatever was logged in between can't be checked "
+                    "(the gateway had lost its .head file, or logs of different chains "
+                    "were given together)",
+                )
+                count, link_ok = 0, True
+            else:
+                earlier = next((i for i, seen in enumerate(recent) if seen.digest == link), None)
+                if earlier is not None and index - last_break < _WINDOW:
+                    pass  # the other half of a reordering reported just before
+                elif earlier is not None:
+                    first = recent[earlier + 1]
+                    inserted = len(recent) - 2 - earlier
+                    problem(
+                        first,
+                        "inserted",
+                        f"{inserted} line(s) inserted here: line {line.number} links to "
+                        f"line {recent[earlier].number}",
+                    )
+                else:
+                    at = _diagnose(line, prev, seq, count, is_signature, problem)
+                    links.setdefault(link, (at, line))
+                    if result.problems[at].kind == "deleted" and not is_signature:
+                        gaps.append((at, (count or 0) + 1, seq - 1))
+            if not link_ok:
+                last_break = index
+
+        if is_signature:
+            error = check_signature(record, public_keys)
+            if error is None and record.get("reason") not in SIGN_REASONS:
+                error = f"unknown signature reason {record.get('reason')!r}"
+            if error is not None:
+                since = (
+                    f"line {last_good_sig.number}"
+                    if last_good_sig and last_good_sig.file == line.file
+                    else "the start of the file"
+                )
+                detail = ""
+                if count is not None and seq != count:
+                    change = "inserted" if count > seq else "deleted"
+                    detail = f"; it signs {seq} events, {count} precede it ({change}?)"
+                problem(
+                    line,
+                    "signature",
+                    f"chain signature invalid: {error}. Records between {since} and here "
+                    f"were changed and the chain recomputed, or the signature was forged"
+                    f"{detail}",
+                )
+            elif link_ok:
+                if count is not None and seq != count:
+                    change = "deleted" if seq > count else "inserted"
+                    problem(
+                        line,
+                        change,
+                        f"the signature covers {seq} events but {count} precede it: "
+                        f"{abs(seq - count)} event(s) {change} before this line",
+                    )
+                result.signatures += 1
+                result.last_signed_at = str(record.get("signed_at"))
+                last_good_sig = line
+                since_sig = 0
+        else:
+            gap = next((g for g in gaps if g[1] <= seq <= g[2]), None)
+            if gap is not None:  # a "deleted" event turns up later: it was moved
+                gaps.remove(gap)
+                old = result.problems[gap[0]]
+                result.problems[gap[0]] = Problem(
+                    old.file,
+                    old.line,
+                    "reordered",
+                    f"lines reordered: event seq {seq} should come before this line, "
+                    f"it is at {line.file}:{line.number}",
+                )
+            elif link_ok and count is not None and prev is not None and seq != count + 1:
+                if seq > count + 1:
+                    at = problem(
+                        line, "deleted", f"event seq {seq} follows seq {count}: events deleted"
+                    )
+                    gaps.append((at, count + 1, seq - 1))
+                else:
+                    problem(
+                        line,
+                        "reordered",
+                        f"event seq {seq} follows seq {count}: reordered or duplicated",
+                    )
+            result.events += 1
+            since_sig += 1
+        count = seq
+        if head is not None and head_at is None and line.digest == head.head:
+            head_at = seq
+
+    last = recent[-1] if recent else None
+    if last is None:
+        return result
+    result.tail_seq, result.tail_hash = count or 0, last.digest
+    if head is not None:
+        _check_head(head, head_at, last, count or 0, result, problem)
+    if last.torn and last.record is not None:
+        problem(last, "damaged", "the last line has no newline: cut off mid-write")
+    result.unsigned_tail = since_sig
+    final = last.record or {}
+    result.sealed = (
+        final.get("type") == SIGNATURE_TYPE
+        and final.get("reason") in SEALING_REASONS
+        and last is last_good_sig
+    )
+    if links:
+        _find_moved_lines(paths, links, result)
+    order = [str(path) for path in paths]
+    result.problems.sort(key=lambda p: (order.index(p.file), p.line))
+    return result
+
+
+def _check_beginning(
+    line: _Line, link: str, seq: int, after: str | None, result: VerifyResult, problem: Any
+) -> None:
+    """The first record must begin the chain, or continue from ``after``."""
+    if after is not None:
+        if link == after:
+            result.notes.append(f"{line.file} continues from {after} ({seq} events before it)")
+        else:
+            problem(
+                line,
+                "start",
+                f"this log continues from {link}, not from --after {after}: "
+                "the lines between are missing",
+            )
+    elif link != GENESIS or seq != 0:
+        problem(
+            line,
+            "start",
+            f"the log does not begin the chain: {seq} event(s) were logged before it "
+            "(give the earlier files too, or --after with the hash of the line it "
+            "continues from); an earlier run or file may have been deleted",
+        )
+
+
+def _check_head(
+    head: SignedHead,
+    head_at: int | None,
+    last: _Line,
+    count: int,
+    result: VerifyResult,
+    problem: Any,
+) -> None:
+    """Does the log reach the outside head? Else its end was cut off."""
+    if head_at == head.seq:
+        result.head_covered = True
+        result.notes.append(
+            f"the log reaches the outside head from {head.source} (seq {head.seq}, "
+            f"signed at {head.signed_at})"
+        )
+    elif head_at is not None:
+        problem(
+            last,
+            "truncated",
+            f"the outside head from {head.source} counts {head.seq} events at its line, "
+            f"the log {head_at}: events deleted or inserted before it",
+        )
+    elif head.seq >= count:
+        missing = head.seq - count
+        what = f"{missing} event(s) and their signatures" if missing else "signature records"
+        problem(
+            last,
+            "truncated",
+            f"the log ends here at seq {count}, but the gateway signed a head at seq "
+            f"{head.seq} ({head.signed_at}, from {head.source}): {what} are missing "
+            "after this line (the tail was cut, or the newest file deleted)",
+        )
+    else:
+        problem(
+            last,
+            "truncated",
+            f"the outside head from {head.source} (seq {head.seq}) names a line that is "
+            "not in the log: lines were replaced, or the head is from another chain",
+        )
+
+
+def _chain_order(paths: Sequence[Path]) -> list[Path]:
+    """Files sorted by the signed time of their start record (logrotate numbers
+    files newest first, and shells sort names): the order the chain runs in."""
+
+    def started(item: tuple[int, Path]) -> tuple[str, int]:
+        index, path = item
+        try:
+            with Path(path).open("rb") as file:
+                first = json.loads(file.readline())
+            stamp = first.get("signed_at") if first.get("reason") == "start" else None
+        except (OSError, ValueError, AttributeError):
+            stamp = None
+        return (stamp if isinstance(stamp, str) else "", index)
+
+    return [path for _, path in sorted(enumerate(paths), key=started)]
+
+
+def _diagnose(
+    line: _Line, prev: _Line, seq: int, count: int | None, is_signature: bool, problem: Any
+) -> int:
+    """Name the broken link between ``prev`` and ``line``; returns the problem index."""
+    expected = (count or 0) if is_signature else (count or 0) + 1
+    if line.number == 1 and line.file != prev.file:
+        gap = f"{seq - expected} events are" if seq > expected else "something is"
+        message = f"{gap} missing between {prev.file} and this file (a file deleted?)"
+        return int(problem(line, "deleted", message))
+    if count is not None and seq > expected:
+        missing = seq - expected
+        what = "before this signature" if is_signature else "before this line"
+        message = f"{missing} event(s) deleted {what} (seq {count} -> {seq})"
+        return int(problem(line, "deleted", message))
+    if count is not None and seq < expected:
+        if is_signature:
+            message = f"{count - seq} event(s) inserted before this signature, which covers {seq}"
+            return int(problem(line, "inserted", message))
+        message = f"seq {seq} after seq {count}: lines reordered or duplicated"
+        return int(problem(line, "reordered", message))
+    return int(
+        problem(
+            prev,
+            "modified",
+            f"this line was modified: line {line.number} records a different hash "
+            "for it (or a signature record after it was deleted)",
+        )
+    )
+
+
+def _find_moved_lines(
+    paths: Sequence[Path], links: dict[str, tuple[int, _Line]], result: VerifyResult
+) -> None:
+    """Second pass: a line linking to a line found elsewhere means reordering."""
+    where: dict[str, _Line] = {}
+    for line in _lines(paths):
+        if line.digest in links:
+            where.setdefault(line.digest, line)
+    for digest, (index, broken) in links.items():
+        found = where.get(digest)
+        old = result.problems[index]
+        if found is None or found is broken or old.kind not in ("deleted", "modified"):
+            continue
+        result.problems[index] = Problem(
+            broken.file,
+            broken.number,
+            "reordered",
+            f"lines reordered: this line belongs right after {found.file}:{found.number}",
+        )
