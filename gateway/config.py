@@ -9,6 +9,15 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from gateway.audit.redaction import (
+    DEFAULT_MASKED_HEADERS,
+    DEFAULT_MASKED_QUERY_PARAMS,
+    DEFAULT_MAX_HEADER_CHARS,
+    DEFAULT_MAX_HEADER_VALUE_CHARS,
+    parse_pointer,
+)
+from gateway.trusted_headers import allow_list_problem
+
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
@@ -42,6 +51,15 @@ class Route:
     connect_timeout: float = 2.0
     read_timeout: float = 30.0
     pass_authorization: bool = False
+    # `path_params: allow`: `;params` in segments reach the upstream (e.g. `;jsessionid`);
+    # the policy sees the segments without them. Default: refused with a 400.
+    allow_path_params: bool = False
+    # None: the gateway-wide `limits` default (a big upload route raises them).
+    body_idle_timeout: float | None = None
+    body_timeout: float | None = None
+    # Lower-case names of headers backends trust (gateway/trusted_headers.py) that
+    # this route takes from clients anyway, e.g. x-http-method-override.
+    forward_headers: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -53,6 +71,16 @@ class Issuer:
     algorithms: tuple[str, ...] = ("RS256", "ES256")
     groups_claim: str = "groups"
     leeway: float = 30.0
+    # A token whose exp is further ahead than this is refused (a stolen long-lived
+    # token is a standing credential).
+    max_token_lifetime: float = 86400.0
+    # Clients (azp) trusted to present a token with several audiences (OIDC Core
+    # 3.1.3.7); empty means the issuer's own audiences.
+    authorized_parties: tuple[str, ...] = ()
+
+    @property
+    def trusted_parties(self) -> tuple[str, ...]:
+        return self.authorized_parties or self.audiences
 
 
 @dataclass(frozen=True)
@@ -74,6 +102,13 @@ class AssertionConfig:
 class DecisionLogConfig:
     path: Path | None = None
     sign_interval: float = 10.0
+    # What one event may hold (gateway/audit/redaction.py): masked header names (or
+    # /input/... pointers) and query parameters; header values cut at this many
+    # characters; header names and values of one event at most this many in all.
+    mask_headers: tuple[str, ...] = DEFAULT_MASKED_HEADERS
+    mask_query_params: tuple[str, ...] = DEFAULT_MASKED_QUERY_PARAMS
+    max_header_value_chars: int = DEFAULT_MAX_HEADER_VALUE_CHARS
+    max_header_chars: int = DEFAULT_MAX_HEADER_CHARS
 
 
 @dataclass(frozen=True)
@@ -100,6 +135,23 @@ class SessionConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """Bounds that keep one client from starving the others (README "Limits")."""
+
+    header_timeout: float = 10.0  # request headers complete within this, or the connection closes
+    keepalive_timeout: float = 60.0  # an idle kept-alive connection closes after this
+    body_idle_timeout: float = 10.0  # no request-body byte for this long: 408 / cut
+    body_timeout: float = 60.0  # the whole request body within this
+    upstream_pool_size: int = 256  # HTTP connections per upstream (WebSockets have their own)
+    requests_per_identity: int = 64  # concurrent upstream requests per identity per app
+    websockets_per_identity: int = 16  # concurrent WebSockets per identity per app
+    websocket_idle_timeout: float = 300.0  # no message either way for this long: closed
+    websocket_recheck_interval: float = 60.0  # the policy decides again on open WebSockets
+    max_request_headers: int = 100  # header fields per request; past it a logged 431
+    max_request_header_bytes: int = 32768  # names + values (+4 per field); past it a 431
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     listeners: tuple[Listener, ...] = (Listener(),)
     routes: tuple[Route, ...] = ()
@@ -111,6 +163,10 @@ class GatewayConfig:
     base_dir: Path = Path(".")
     sign_in: SignInConfig | None = None
     session: SessionConfig = field(default_factory=SessionConfig)
+    # /metrics, detailed /readyz and /audit/head: only here, never on the public
+    # listeners (they name apps, counts and the issuer). None: not served at all.
+    admin_listener: Listener | None = None
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
 class _Reader:
@@ -205,7 +261,7 @@ def parse_config(data: Any, base_dir: Path = Path(".")) -> GatewayConfig:
     root = _Reader(data, "")
     root.reject_unknown(
         {"listeners", "routes", "auth", "issuers", "policy", "assertion", "decision_log"}
-        | {"sign_in", "session"}
+        | {"sign_in", "session", "admin_listener", "limits"}
     )
     listeners = tuple(_listener(item, f"listeners[{i}]", base_dir) for i, item in
                       enumerate(root.get("listeners", list, [{}])))  # fmt: skip
@@ -233,10 +289,13 @@ def parse_config(data: Any, base_dir: Path = Path(".")) -> GatewayConfig:
     policy = _policy(root.get("policy", dict, {}))
     assertion = _assertion(root.get("assertion", dict, {}), base_dir)
     decision_log = _decision_log(root.get("decision_log", dict, {}), base_dir)
+    admin_data = root.get("admin_listener", dict, None)
+    admin = None if admin_data is None else _admin_listener(admin_data, listeners, base_dir)
+    limits = _limits(root.get("limits", dict, {}))
     root.done()
     return GatewayConfig(
         listeners, routes, issuers, policy, assertion, decision_log, auth, base_dir,
-        sign_in, session,
+        sign_in, session, admin_listener=admin, limits=limits,
     )  # fmt: skip
 
 
@@ -260,10 +319,10 @@ def load_config(path: str | Path) -> GatewayConfig:
         raise ConfigError(f"{file}: {error}") from error
 
 
-def _listener(data: Any, where: str, base_dir: Path) -> Listener:
+def _listener(data: Any, where: str, base_dir: Path, default_port: int = 8080) -> Listener:
     reader = _Reader(data, where)
     address = reader.get("address", str, "127.0.0.1")
-    port = reader.get("port", int, 8080)
+    port = reader.get("port", int, default_port)
     if not 0 <= port <= 65535:
         raise ConfigError(f"{where}.port: must be 0-65535")
     tls_data = reader.get("tls", dict, None)
@@ -286,6 +345,19 @@ def _listener(data: Any, where: str, base_dir: Path) -> Listener:
     return Listener(address, port, tls)
 
 
+def _admin_listener(
+    data: dict[str, Any], listeners: tuple[Listener, ...], base_dir: Path
+) -> Listener:
+    admin = _listener(data, "admin_listener", base_dir, default_port=9090)
+    for index, public in enumerate(listeners):
+        if admin.port != 0 and admin.port == public.port:
+            raise ConfigError(
+                f"admin_listener.port: {admin.port} is also listeners[{index}]'s port; "
+                "the admin listener needs a port of its own (default 9090)"
+            )
+    return admin
+
+
 def _route(data: Any, where: str) -> Route:
     reader = _Reader(data, where)
     app = reader.required("app", str)
@@ -297,10 +369,38 @@ def _route(data: Any, where: str) -> Route:
     connect = _positive(reader.get("connect_timeout", float, 2.0), f"{where}.connect_timeout")
     read = _positive(reader.get("read_timeout", float, 30.0), f"{where}.read_timeout")
     pass_authorization = reader.get("pass_authorization", bool, False)
+    path_params = reader.get("path_params", str, "refuse")
+    if path_params not in ("refuse", "allow"):
+        raise ConfigError(f"{where}.path_params: must be 'refuse' or 'allow', got {path_params!r}")
+    body_idle = reader.get("body_idle_timeout", float, None)
+    body_total = reader.get("body_timeout", float, None)
+    for name, value in (("body_idle_timeout", body_idle), ("body_timeout", body_total)):
+        if value is not None:
+            _positive(value, f"{where}.{name}")
+    forward_headers = _forward_headers(reader)
     reader.done()
     return Route(
-        app, upstream, prefix, host.lower() if host else None, connect, read, pass_authorization
+        app,
+        upstream,
+        prefix,
+        host=host.lower() if host else None,
+        connect_timeout=connect,
+        read_timeout=read,
+        pass_authorization=pass_authorization,
+        allow_path_params=path_params == "allow",
+        body_idle_timeout=body_idle,
+        body_timeout=body_total,
+        forward_headers=forward_headers,
     )
+
+
+def _forward_headers(reader: _Reader) -> frozenset[str]:
+    names = reader.strings("forward_headers")
+    for index, name in enumerate(names):
+        problem = allow_list_problem(name)
+        if problem is not None:
+            raise ConfigError(f"{reader.key('forward_headers')}[{index}]: {name}: {problem}")
+    return frozenset(name.lower() for name in names)
 
 
 def _issuer(data: Any, where: str) -> Issuer:
@@ -320,8 +420,22 @@ def _issuer(data: Any, where: str) -> Issuer:
     leeway = reader.get("leeway", float, 30.0)
     if not 0 <= leeway <= 300:
         raise ConfigError(f"{where}.leeway: must be 0-300 seconds")
+    max_lifetime = reader.get("max_token_lifetime", float, 86400.0)
+    if not 60 <= max_lifetime <= 31_622_400:
+        raise ConfigError(
+            f"{where}.max_token_lifetime: must be 60-31622400 seconds (1 minute to 366 days)"
+        )
+    parties = reader.strings("authorized_parties")
+    if "authorized_parties" in reader.data and not parties:
+        raise ConfigError(
+            f"{where}.authorized_parties: list at least one client id "
+            "(or leave it out to trust the issuer's audiences)"
+        )
     reader.done()
-    return Issuer(issuer, audiences, jwks_url, discovery, algorithms, groups_claim, leeway)
+    return Issuer(
+        issuer, audiences, jwks_url, discovery, algorithms, groups_claim, leeway,
+        max_lifetime, parties,
+    )  # fmt: skip
 
 
 def _policy(data: dict[str, Any]) -> PolicyConfig:
@@ -349,8 +463,48 @@ def _decision_log(data: dict[str, Any], base_dir: Path) -> DecisionLogConfig:
     reader = _Reader(data, "decision_log")
     path = _path(base_dir, reader.get("path", str, None))
     interval = _positive(reader.get("sign_interval", float, 10.0), "decision_log.sign_interval")
+    mask_headers = reader.strings("mask_headers", DEFAULT_MASKED_HEADERS)
+    for index, entry in enumerate(mask_headers):
+        if entry.startswith("/"):
+            try:
+                parse_pointer(entry)
+            except ValueError as error:
+                raise ConfigError(f"decision_log.mask_headers[{index}]: {error}") from None
+    mask_query_params = reader.strings("mask_query_params", DEFAULT_MASKED_QUERY_PARAMS)
+    value_chars = reader.get("max_header_value_chars", int, DEFAULT_MAX_HEADER_VALUE_CHARS)
+    if value_chars < 64:
+        raise ConfigError("decision_log.max_header_value_chars: must be at least 64")
+    header_chars = reader.get("max_header_chars", int, DEFAULT_MAX_HEADER_CHARS)
+    if header_chars < value_chars:
+        raise ConfigError(
+            f"decision_log.max_header_chars: must be at least max_header_value_chars "
+            f"({value_chars}), or one header could never be logged"
+        )
     reader.done()
-    return DecisionLogConfig(path, interval)
+    return DecisionLogConfig(
+        path, interval, mask_headers, mask_query_params, value_chars, header_chars
+    )
+
+
+def _limits(data: dict[str, Any]) -> LimitsConfig:
+    reader = _Reader(data, "limits")
+    default = LimitsConfig()
+    values: dict[str, Any] = {}
+    for name, value in vars(default).items():
+        kind = int if isinstance(value, int) else float
+        values[name] = reader.get(name, kind, value)
+        if values[name] <= 0:
+            raise ConfigError(f"limits.{name}: must be greater than 0")
+    reader.done()
+    limits = LimitsConfig(**values)
+    # The point of the per-identity limit: one identity never holds the whole pool.
+    if limits.requests_per_identity >= limits.upstream_pool_size:
+        raise ConfigError(
+            f"limits.requests_per_identity: {limits.requests_per_identity} must be below "
+            f"limits.upstream_pool_size ({limits.upstream_pool_size}), or one identity "
+            "can hold every upstream connection"
+        )
+    return limits
 
 
 def _sign_in(data: dict[str, Any], base_dir: Path) -> SignInConfig:

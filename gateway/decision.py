@@ -52,10 +52,14 @@ def decision_input(
     request_id: str,
 ) -> dict[str, Any]:
     """The OPA-Envoy-shaped input of the decision contract (README "Decision contract")."""
-    headers = {
-        name.lower(): (REDACTED if name.lower() in SECRET_HEADERS else value)
-        for name, value in request.headers.items()
-    }
+    headers: dict[str, str] = {}
+    for name, value in request.headers.items():
+        lower = name.lower()
+        if lower in SECRET_HEADERS:
+            value = REDACTED
+        # A repeated header reaches the upstream as every copy: the policy sees them
+        # all too, joined with "," as Envoy's ext_authz input does.
+        headers[lower] = f"{headers[lower]},{value}" if lower in headers else value
     peer = request.transport.get_extra_info("peername") if request.transport else None
     return {
         "attributes": {
@@ -84,6 +88,36 @@ def decision_input(
         "identity": identity.to_input(),
         "now_ns": time.time_ns(),
     }
+
+
+def refusal_input(
+    request: web.Request,
+    route: Route | None,
+    identity: Identity,
+    request_id: str,
+    path: NormalizedPath | None = None,
+) -> dict[str, Any]:
+    """The decision input of a request the gateway refused before asking the policy.
+
+    Same shape as :func:`decision_input`, so a SIEM reads probing like any other
+    decision; without a normalized path, ``path`` is the raw target as received
+    (shortened) and ``parsed_path`` is empty."""
+    if path is not None and route is not None:
+        return decision_input(request, path, route, identity, request_id)
+    document = decision_input(request, path or _RAW, route or _NO_ROUTE, identity, request_id)
+    if path is None:
+        document["attributes"]["request"]["http"]["path"] = _shorten(request.raw_path)
+    if route is None:
+        document["route"] = None
+    return document
+
+
+def _shorten(raw: str, limit: int = 2048) -> str:
+    return raw if len(raw) <= limit else raw[:limit] + f"...[{len(raw) - limit} more chars]"
+
+
+_RAW = NormalizedPath("", "", (), False, "")
+_NO_ROUTE = Route("-", "", "")
 
 
 def deny(decision_id: str, status: int, reason: str, error: str | None = None) -> Decision:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config import SessionConfig, SignInConfig
-from gateway.session import write_key_file
+from gateway.signin.session import write_key_file
 
 log = logging.getLogger("portcullis.demo")
 PROVIDER_DIR = Path(__file__).resolve().parent.parent / "devtools" / "oidc-provider"

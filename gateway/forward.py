@@ -4,37 +4,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from gateway.config import Route
-
-# RFC 9110 7.6.1 hop-by-hop fields, plus what a client must never set for us.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
+from gateway.config import LimitsConfig, Route
+from gateway.limits import BodyTimeout, body_limits, timed_body
+from gateway.metrics import Metrics
+from gateway.normalize import NormalizedPath
+from gateway.trusted_headers import (
+    BACKEND_TRUSTED,
+    BACKEND_TRUSTED_PREFIXES,
+    GATEWAY_OWNED,
+    GATEWAY_OWNED_PREFIXES,
+    HOP_BY_HOP,
+    fold,
 )
+
+# Never forwarded from a client: hop-by-hop fields and what the gateway says itself.
+_NEVER = HOP_BY_HOP | GATEWAY_OWNED
 
 
 class UpstreamError(Exception):
-    """The upstream couldn't be reached (502) or didn't answer in time (504)."""
+    """The upstream couldn't be reached (502) or didn't answer in time (504); or, with
+    a `rule`, the client is at fault (408 `body_timeout`): a refusal to log as one."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, rule: str | None = None) -> None:
         super().__init__(reason)
         self.status = status
+        self.rule = rule
 
 
 def upstream_headers(
@@ -43,21 +46,36 @@ def upstream_headers(
     add: Mapping[str, str],
     strip_cookie: Callable[[str], bool] | None = None,
 ) -> CIMultiDict[str]:
-    """The client's headers minus hop-by-hop and spoofable identity headers, plus ours;
-    minus the gateway's own cookies (`strip_cookie` names them): a backend never
-    sees the session or its refresh token."""
+    """The client's headers minus what a backend must hear from the gateway alone,
+    plus ours. Dropped: hop-by-hop fields; the gateway's own (X-Portcullis-*,
+    X-Forwarded-*, Forwarded, X-Real-IP); headers backends trust for identity,
+    client address, method or path (gateway/trusted_headers.py), unless the
+    route's `forward_headers` lists one; any `_` spelling of those or of a header
+    in `add`; `Authorization` unless the route passes it; and the gateway's own
+    cookies (`strip_cookie` names them): a backend never sees the session."""
     connection_listed = _connection_tokens(request.headers)
+    allowed = route.forward_headers
+    ours: set[str] | None = None
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in request.headers.items():
         lower = name.lower()
+        underscored = "_" in lower
+        folded = lower.replace("_", "-") if underscored else lower
         if (
-            lower in HOP_BY_HOP
+            folded in _NEVER
+            or folded.startswith(GATEWAY_OWNED_PREFIXES)
             or lower in connection_listed
-            or lower.startswith(("x-portcullis-", "x-forwarded-"))
-            or lower in ("forwarded", "host", "x-real-ip")
             or (lower == "authorization" and not route.pass_authorization)
         ):
             continue
+        trusted = folded in BACKEND_TRUSTED or folded.startswith(BACKEND_TRUSTED_PREFIXES)
+        if trusted and (underscored or lower not in allowed):
+            continue
+        if underscored:
+            # Rare: fold the names we add only when a client sends a `_` spelling.
+            ours = ours if ours is not None else {fold(ours_name) for ours_name in add}
+            if folded in ours:
+                continue
         if lower == "cookie" and strip_cookie is not None:
             value = _without_cookies(value, strip_cookie)
             if not value:
@@ -97,39 +115,81 @@ def _response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
     return headers
 
 
+DEFAULT_LIMITS = LimitsConfig()
+
+
 class Forwarder:
     """One pooled client session per upstream, with the route's timeouts."""
 
     def __init__(
-        self, *, pool_size: int = 256, strip_cookie: Callable[[str], bool] | None = None
+        self,
+        *,
+        limits: LimitsConfig = DEFAULT_LIMITS,
+        metrics: Metrics | None = None,
+        strip_cookie: Callable[[str], bool] | None = None,
     ) -> None:
         self._strip_cookie = strip_cookie
+        self._limits = limits
+        self._metrics = metrics or Metrics()
         self._sessions: dict[str, aiohttp.ClientSession] = {}
-        self._pool_size = pool_size
+        # WebSockets hold their connection for hours: a pool of their own, so idle
+        # sockets never take the HTTP pool's slots (the per-identity limit and the
+        # idle timeout bound it instead of a size that would make upgrades queue).
+        self._ws_sessions: dict[str, aiohttp.ClientSession] = {}
         self._timeouts: dict[Route, aiohttp.ClientTimeout] = {}
+        self._bases: dict[str, URL] = {}
 
-    def _session(self, upstream: str) -> aiohttp.ClientSession:
-        session = self._sessions.get(upstream)
+    def _session(self, upstream: str, *, websocket: bool = False) -> aiohttp.ClientSession:
+        sessions = self._ws_sessions if websocket else self._sessions
+        session = sessions.get(upstream)
         if session is None:
-            connector = aiohttp.TCPConnector(limit=self._pool_size, ttl_dns_cache=300)
+            limit = 0 if websocket else self._limits.upstream_pool_size
+            connector = aiohttp.TCPConnector(limit=limit, ttl_dns_cache=300)
             session = aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
             )
-            self._sessions[upstream] = session
+            sessions[upstream] = session
         return session
 
+    def _url(self, route: Route, path: NormalizedPath) -> URL:
+        """The upstream URL from exactly the parts the policy saw, never re-parsed
+        from a string (a parser would cut at `#` or resolve `..`)."""
+        base = self._bases.get(route.upstream)
+        if base is None:
+            base = self._bases[route.upstream] = URL(route.upstream)
+        return URL.build(
+            scheme=base.scheme,
+            host=base.raw_host or "",
+            port=base.explicit_port,
+            path=base.raw_path.rstrip("/") + path.path,
+            query_string=path.query,
+            encoded=True,
+        )
+
     async def close(self) -> None:
-        for session in self._sessions.values():
-            await session.close()
-        self._sessions.clear()
+        for sessions in (self._sessions, self._ws_sessions):
+            for session in sessions.values():
+                await session.close()
+            sessions.clear()
 
     async def forward(
-        self, request: web.Request, route: Route, target: str, add: Mapping[str, str]
+        self,
+        request: web.Request,
+        route: Route,
+        path: NormalizedPath,
+        add: Mapping[str, str],
+        *,
+        expires_at: float | None = None,
+        recheck: Callable[[], Awaitable[bool]] | None = None,
     ) -> web.StreamResponse:
+        """Send the request upstream and stream the answer back. A WebSocket is
+        bridged until either side closes it, it idles, `expires_at` (epoch seconds:
+        the identity's end) passes, or `recheck` (run every recheck interval) says
+        the policy no longer allows it."""
         headers = upstream_headers(request, route, add, self._strip_cookie)
-        url = URL(route.upstream + target, encoded=True)
-        if request.headers.get("Upgrade", "").lower() == "websocket":
-            return await self._websocket(request, route, url, headers)
+        url = self._url(route, path)
+        if is_websocket(request):
+            return await self._websocket(request, route, url, headers, expires_at, recheck)
         timeout = self._timeouts.get(route)
         if timeout is None:
             timeout = aiohttp.ClientTimeout(
@@ -137,19 +197,24 @@ class Forwarder:
             )
             self._timeouts[route] = timeout
         session = self._session(route.upstream)
+        body = _Body(request.content, *body_limits(route, self._limits))
         try:
             upstream = await session.request(
                 request.method,
                 url,
                 headers=headers,
-                data=request.content if request.body_exists else None,
+                data=body.chunks() if request.body_exists else None,
                 allow_redirects=False,
                 timeout=timeout,
                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
             )
-        except (aiohttp.ServerTimeoutError, TimeoutError) as error:
-            raise UpstreamError(504, f"upstream {route.app} did not answer in time") from error
-        except aiohttp.ClientError as error:
+        except (aiohttp.ClientError, TimeoutError) as error:
+            if body.stalled is not None:
+                # aiohttp aborted the upstream request (its connection is closed, not reused).
+                self._metrics.body_timeouts.labels(route.app).inc()
+                raise UpstreamError(408, str(body.stalled), "body_timeout") from error
+            if isinstance(error, TimeoutError):  # aiohttp.ServerTimeoutError is one
+                raise UpstreamError(504, f"upstream {route.app} did not answer in time") from error
             raise UpstreamError(502, f"upstream {route.app} unreachable: {error}") from error
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         try:
@@ -161,8 +226,11 @@ class Forwarder:
             return response
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             return response  # the client went away; nothing left to tell it
-        except (aiohttp.ServerTimeoutError, TimeoutError, aiohttp.ClientPayloadError):
-            # Headers are already sent: the only honest signal left is a cut connection.
+        except (aiohttp.ClientError, TimeoutError):
+            # Headers are already sent: the only honest signal left is a cut connection
+            # (an upstream timeout or error, or the client's body stalled mid-answer).
+            if body.stalled is not None:
+                self._metrics.body_timeouts.labels(route.app).inc()
             if request.transport is not None:
                 request.transport.close()
             return response
@@ -170,7 +238,13 @@ class Forwarder:
             upstream.release()
 
     async def _websocket(
-        self, request: web.Request, route: Route, url: URL, headers: CIMultiDict[str]
+        self,
+        request: web.Request,
+        route: Route,
+        url: URL,
+        headers: CIMultiDict[str],
+        expires_at: float | None,
+        recheck: Callable[[], Awaitable[bool]] | None,
     ) -> web.StreamResponse:
         for name in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions"):
             headers.pop(name, None)
@@ -178,7 +252,7 @@ class Forwarder:
             p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p
         ]
         headers.pop("Sec-WebSocket-Protocol", None)
-        session = self._session(route.upstream)
+        session = self._session(route.upstream, websocket=True)
         try:
             upstream = await session.ws_connect(
                 url.with_scheme("wss" if url.scheme == "https" else "ws"),
@@ -191,32 +265,121 @@ class Forwarder:
                 502, f"upstream {route.app} refused the WebSocket: {error}"
             ) from error
         client = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else ())
-        await client.prepare(request)
-
-        async def pump(
-            source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-            sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-        ) -> None:
-            async for message in source:
-                if message.type == aiohttp.WSMsgType.TEXT:
-                    await sink.send_str(message.data)
-                elif message.type == aiohttp.WSMsgType.BINARY:
-                    await sink.send_bytes(message.data)
-                else:
-                    break
-            await sink.close()
-
-        tasks = [
-            asyncio.ensure_future(pump(client, upstream)),
-            asyncio.ensure_future(pump(upstream, client)),
-        ]
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await client.prepare(request)
+        except BaseException:
+            await upstream.close()
+            raise
+        bridge = _Bridge(client, upstream)
+        try:
+            ended = await bridge.supervise(
+                idle=self._limits.websocket_idle_timeout,
+                expires_at=expires_at,
+                recheck=recheck,
+                interval=self._limits.websocket_recheck_interval,
+            )
         finally:
-            for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await bridge.stop()
+        if ended is not None:
+            code, message, reason = ended
+            self._metrics.websocket_closes.labels(route.app, reason).inc()
+            await client.close(code=code, message=message.encode())
+            await upstream.close(code=code, message=message.encode())
+        else:
             await upstream.close()
             await client.close()
         return client
+
+
+def is_websocket(request: web.Request) -> bool:
+    return request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+class _Body:
+    """The request body as it goes upstream, remembering whether the client stalled."""
+
+    def __init__(self, content: aiohttp.StreamReader, idle: float, total: float) -> None:
+        self._content = content
+        self._idle = idle
+        self._total = total
+        self.stalled: BodyTimeout | None = None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in timed_body(self._content, idle=self._idle, total=self._total):
+                yield chunk
+        except BodyTimeout as stalled:
+            self.stalled = stalled
+            raise
+
+
+FIRST_COMPLETED = asyncio.FIRST_COMPLETED
+# Why the gateway ends a WebSocket: (close code, message, metrics label).
+# 1008 is RFC 6455's "policy violation".
+_IDLE = (1000, "idle timeout", "idle")
+_EXPIRED = (1008, "token expired", "expired")
+_REVOKED = (1008, "access revoked by policy", "revoked")
+
+
+class _Bridge:
+    """Relays messages both ways and notes when the last one passed."""
+
+    def __init__(
+        self, client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.last_message = self._loop.time()
+        self._pumps = [
+            asyncio.ensure_future(self._pump(client, upstream)),
+            asyncio.ensure_future(self._pump(upstream, client)),
+        ]
+
+    async def _pump(
+        self,
+        source: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+        sink: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    ) -> None:
+        async for message in source:
+            self.last_message = self._loop.time()
+            if message.type == aiohttp.WSMsgType.TEXT:
+                await sink.send_str(message.data)
+            elif message.type == aiohttp.WSMsgType.BINARY:
+                await sink.send_bytes(message.data)
+            else:
+                break
+
+    async def supervise(
+        self,
+        *,
+        idle: float,
+        expires_at: float | None,
+        recheck: Callable[[], Awaitable[bool]] | None,
+        interval: float,
+    ) -> tuple[int, str, str] | None:
+        """Wait until either side ends the bridge (None), or the gateway must: the
+        (code, message, reason) to close both sides with."""
+        loop = self._loop
+        # exp is wall-clock; the loop's clock doesn't jump with NTP.
+        expiry = math.inf if expires_at is None else loop.time() + expires_at - time.time()
+        next_check = loop.time() + interval if recheck is not None else math.inf
+        while True:
+            wake = min(self.last_message + idle, expiry, next_check)
+            timeout = max(0.0, wake - loop.time())
+            done, _ = await asyncio.wait(self._pumps, timeout=timeout, return_when=FIRST_COMPLETED)
+            if done:
+                return None
+            now = loop.time()
+            if now >= expiry:
+                return _EXPIRED
+            if now >= self.last_message + idle:
+                return _IDLE
+            if recheck is not None and now >= next_check:
+                if not await recheck():
+                    return _REVOKED
+                next_check = loop.time() + interval
+
+    async def stop(self) -> None:
+        for task in self._pumps:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import logging
+import math
 import re
 import time
 from collections import OrderedDict
@@ -10,12 +14,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 import jwt
+import orjson
 
 from gateway.config import Issuer
 from gateway.jwks import JwksCache
 
+log = logging.getLogger("portcullis.identity")
 MAX_TOKEN_BYTES = 8192
-_SAFE_KID = re.compile(r"^[A-Za-z0-9._:+=-]{1,128}$")
+_SAFE_KID = re.compile(r"[A-Za-z0-9._:+=-]{1,128}")
+# JWS compact serialization: base64url header, payload and (maybe empty) signature.
+# Checked first, so a token with control, non-ASCII or undecodable bytes is refused
+# by its shape before any library sees it.
+_JWS_COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\Z")
+DATE_CLAIMS = ("exp", "iat", "nbf", "auth_time")
+MAX_NUMERIC_DATE = 253402300799  # 9999-12-31T23:59:59Z
 
 
 class TokenRejected(Exception):
@@ -100,13 +112,19 @@ def _when(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%H:%M:%S")
 
 
+def _when_day(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def _ago(seconds: float) -> str:
     seconds = abs(int(seconds))
     if seconds < 120:
         return f"{seconds}s"
     if seconds < 7200:
         return f"{seconds // 60}m"
-    return f"{seconds // 3600}h"
+    if seconds < 172800:
+        return f"{seconds // 3600}h"
+    return f"{round(seconds / 86400)}d"
 
 
 class TokenVerifier:
@@ -132,67 +150,50 @@ class TokenVerifier:
             if cached.expires_at is not None and cached.expires_at > now:
                 return cached
             del self._cache[token]
-        identity = await self._verify(token, now)
+        try:
+            identity = await self._verify(token, now)
+        except TokenRejected:
+            raise
+        except Exception as error:
+            # Fail closed: whatever a crafted token trips over in a library is a
+            # refused token (401, logged), never a 500 without a decision record.
+            log.warning("token refused on an unexpected %s: %s", type(error).__name__, error)
+            raise TokenRejected(f"malformed token ({type(error).__name__})") from error
         self._cache[token] = identity
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return identity
 
     async def _verify(self, token: str, now: float) -> Identity:
-        try:
-            header = jwt.get_unverified_header(token)
-            unverified = jwt.decode(token, options={"verify_signature": False})
-        except jwt.DecodeError as error:
-            raise TokenRejected(f"malformed token: {error}") from error
+        header, unverified = _unverified(token)
         issuer_name = unverified.get("iss")
         entry = self._issuers.get(issuer_name) if isinstance(issuer_name, str) else None
         if entry is None:
-            raise TokenRejected(f"untrusted issuer {issuer_name!r}")
+            raise TokenRejected(f"untrusted issuer {_show(issuer_name)}")
         issuer, keys = entry
         algorithm = header.get("alg")
-        if algorithm not in issuer.algorithms:
+        if not isinstance(algorithm, str) or algorithm not in issuer.algorithms:
             raise TokenRejected(
-                f"algorithm {algorithm!r} not allowed for this issuer "
+                f"algorithm {_show(algorithm)} not allowed for this issuer "
                 f"(allowed: {', '.join(issuer.algorithms)})"
             )
         kid = header.get("kid")
-        if not isinstance(kid, str):
+        if kid is None:
             raise TokenRejected("token header has no kid")
-        if not _SAFE_KID.match(kid):
+        if not isinstance(kid, str):
+            raise TokenRejected(f"kid must be a string, got {type(kid).__name__}")
+        if not _SAFE_KID.fullmatch(kid):
             raise TokenRejected("kid has characters a key id never needs (path or control)")
+        _check_dates(unverified)
         key = await keys.get(kid)
         if key is None:
             raise TokenRejected(f"unknown signing key kid={kid!r} for issuer {issuer.issuer}")
         declared = keys.algorithm_of(kid)
         if declared is not None and declared != algorithm:
             raise TokenRejected(f"key {kid!r} is for {declared}, token says {algorithm}")
-        try:
-            claims = jwt.decode(
-                token,
-                key.key,
-                algorithms=[algorithm],
-                audience=list(issuer.audiences),
-                issuer=issuer.issuer,
-                leeway=issuer.leeway,
-                options={"require": ["exp", "iat", "iss", "sub"]},
-            )
-        except jwt.ExpiredSignatureError as error:
-            exp = float(unverified.get("exp", 0))
-            raise TokenRejected(
-                f"token expired {_ago(now - exp)} ago (exp {_when(exp)} UTC)"
-            ) from error
-        except jwt.ImmatureSignatureError as error:
-            raise TokenRejected(f"token not valid yet: {error}") from error
-        except jwt.InvalidAudienceError as error:
-            expected = ", ".join(issuer.audiences)
-            audience = unverified.get("aud")
-            raise TokenRejected(f"token audience {audience!r} is not one of {expected}") from error
-        except jwt.MissingRequiredClaimError as error:
-            raise TokenRejected(f"token has no {error.claim!r} claim") from error
-        except jwt.InvalidSignatureError as error:
-            raise TokenRejected("signature verification failed") from error
-        except jwt.PyJWTError as error:
-            raise TokenRejected(f"invalid token: {error}") from error
+        claims = _decode(token, key, algorithm, issuer, unverified, now)
+        _check_lifetime(claims, issuer, now)
+        _check_authorized_party(claims, issuer)
         auth_time = claims.get("auth_time")
         return Identity(
             authenticated=True,
@@ -206,3 +207,124 @@ class TokenVerifier:
             issuer=issuer.issuer,
             expires_at=float(claims["exp"]),
         )
+
+
+def _unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The header and claims before any key is chosen: only to pick the issuer and
+    key, and to refuse what no verification should even be tried on."""
+    if not _JWS_COMPACT.match(token):
+        raise TokenRejected("malformed token: not three base64url parts (header.payload.signature)")
+    encoded_header, encoded_claims, _ = token.split(".")
+    header = _json_object(encoded_header, "header")
+    if "crit" in header:
+        # RFC 7515 4.1.11: a recipient must refuse critical extensions it doesn't
+        # understand, and the gateway understands none.
+        raise TokenRejected(f"critical header extensions {_show(header['crit'])} not supported")
+    if "b64" in header:
+        raise TokenRejected("unencoded-payload tokens (b64 header) are not accepted")
+    # orjson is strict where PyJWT's json isn't: no NaN or Infinity, no lone
+    # surrogates, no integers past 64 bits. What passes here decodes the same there.
+    return header, _json_object(encoded_claims, "claims")
+
+
+def _json_object(part: str, what: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(_unb64(part))
+    except (ValueError, binascii.Error) as error:
+        raise TokenRejected(f"malformed token: {what} is not base64url JSON") from error
+    if not isinstance(value, dict):
+        raise TokenRejected(f"malformed token: {what} is not a JSON object")
+    return value
+
+
+def _decode(
+    token: str,
+    key: jwt.PyJWK,
+    algorithm: str,
+    issuer: Issuer,
+    unverified: dict[str, Any],
+    now: float,
+) -> dict[str, Any]:
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key.key,
+            algorithms=[algorithm],
+            audience=list(issuer.audiences),
+            issuer=issuer.issuer,
+            leeway=issuer.leeway,
+            options={"require": ["exp", "iat", "iss", "sub"]},
+        )
+    except jwt.ExpiredSignatureError as error:
+        exp = float(unverified["exp"])
+        raise TokenRejected(
+            f"token expired {_ago(now - exp)} ago (exp {_when(exp)} UTC)"
+        ) from error
+    except jwt.ImmatureSignatureError as error:
+        raise TokenRejected(f"token not valid yet: {error}") from error
+    except jwt.InvalidAudienceError as error:
+        expected = ", ".join(issuer.audiences)
+        audience = _show(unverified.get("aud"))
+        raise TokenRejected(f"token audience {audience} is not one of {expected}") from error
+    except jwt.MissingRequiredClaimError as error:
+        raise TokenRejected(f"token has no {error.claim!r} claim") from error
+    except jwt.InvalidSignatureError as error:
+        raise TokenRejected("signature verification failed") from error
+    except jwt.PyJWTError as error:
+        raise TokenRejected(f"invalid token: {error}") from error
+    return claims
+
+
+def _check_dates(claims: dict[str, Any]) -> None:
+    """NumericDate claims are JSON numbers (RFC 7519 2): PyJWT would take "123" or
+    choke on an infinite or a list one, so refuse anything else first."""
+    for name in DATE_CLAIMS:
+        value = claims.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TokenRejected(
+                f"claim {name!r} must be a number of seconds since 1970, got {type(value).__name__}"
+            )
+        if not math.isfinite(value) or abs(value) > MAX_NUMERIC_DATE:
+            raise TokenRejected(f"claim {name!r} is not a plausible time ({value})")
+
+
+def _check_lifetime(claims: dict[str, Any], issuer: Issuer, now: float) -> None:
+    ahead = float(claims["exp"]) - now
+    if ahead > issuer.max_token_lifetime + issuer.leeway:
+        raise TokenRejected(
+            f"token expires too far ahead (in {_ago(ahead)}, exp {_when_day(ahead + now)} UTC); "
+            f"this issuer's tokens may live at most {_ago(issuer.max_token_lifetime)} "
+            "(issuers[].max_token_lifetime)"
+        )
+
+
+def _check_authorized_party(claims: dict[str, Any], issuer: Issuer) -> None:
+    """OIDC Core 3.1.3.7: a token for several audiences names the client it was
+    issued to (azp), and only a trusted client's token is accepted, so another
+    relying party's token that merely lists the gateway too can't be replayed."""
+    audience = claims.get("aud")
+    if not isinstance(audience, list) or len(set(audience)) < 2:
+        return
+    party = claims.get("azp")
+    if party is None:
+        raise TokenRejected(
+            f"token has several audiences {_show(audience)} but no azp claim naming its client"
+        )
+    if party not in issuer.trusted_parties:
+        raise TokenRejected(
+            f"token for several audiences was issued to client azp={_show(party)}, "
+            f"not one of {', '.join(issuer.trusted_parties)} (issuers[].authorized_parties)"
+        )
+
+
+def _show(value: Any) -> str:
+    """A claim or header value for an error message: repr, shortened (it is
+    attacker-chosen and ends up in a response header and the log)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _unb64(part: str) -> bytes:
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))

@@ -43,6 +43,23 @@ class Metrics:
         self.decision_log = Gauge(
             "portcullis_decision_log", "Decision log counters", ["counter"], registry=r
         )
+        # Refusals and cuts of the `limits` (README "Limits"): who is starving whom.
+        self.rate_limited = Counter(
+            "portcullis_rate_limited", "429s past a per-identity concurrency limit, by app and "
+            "kind (request or websocket)", ["app", "kind"], registry=r,
+        )  # fmt: skip
+        self.body_timeouts = Counter(
+            "portcullis_request_body_timeouts", "Request bodies the client stopped sending",
+            ["app"], registry=r,
+        )  # fmt: skip
+        self.websocket_closes = Counter(
+            "portcullis_websocket_closes", "WebSockets the gateway closed, by app and reason "
+            "(idle, expired, revoked)", ["app", "reason"], registry=r,
+        )  # fmt: skip
+        self.connections_cut = Counter(
+            "portcullis_connections_cut", "Client connections closed by a limit, by reason",
+            ["reason"], registry=r,
+        )  # fmt: skip
         self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._decision_children: dict[tuple[str, str], Any] = {}
 
@@ -65,6 +82,9 @@ class Metrics:
         if child is None:
             child = self._decision_children[key] = self.decisions.labels(app, result)
         child.inc()
+
+    def connection_cut(self, reason: str) -> None:
+        self.connections_cut.labels(reason).inc()
 
     def jwks_refreshed(self, issuer: str, ok: bool) -> None:
         self.jwks_refreshes.labels(issuer, "ok" if ok else "error").inc()

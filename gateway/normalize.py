@@ -3,9 +3,18 @@
 The policy must see exactly the path the upstream will get. So percent-encoded
 unreserved characters are decoded (`%7E` -> `~`), every other encoding is kept
 (upper-cased), and anything an upstream might resolve differently from us is
-refused: encoded `/` or `\\`, `.` and `..` segments (raw or encoded), empty
-segments (`//`), NUL and other control characters, bad percent-encoding and
-invalid UTF-8.
+refused:
+
+- a fragment (`#`): a client never sends one, and a URL parser on the way to
+  the upstream would cut the path there;
+- encoded `/` or `\\`, raw backslashes, `.` and `..` segments (raw or
+  encoded), empty segments (`//`), NUL and other control characters, bad
+  percent-encoding, invalid or overlong UTF-8, raw non-ASCII bytes;
+- path parameters (`;` raw or encoded: Tomcat, Jetty and Spring drop `;x=1`
+  and read `..;` as `..`), unless the route opts in with `path_params: allow`;
+  then the policy's segments have the parameters stripped and the upstream
+  gets the original;
+- segments ending in `.` or whitespace (IIS trims them: `admin.` is `admin`).
 """
 
 from __future__ import annotations
@@ -26,9 +35,11 @@ class PathRejected(ValueError):
 
 @dataclass(frozen=True)
 class NormalizedPath:
-    path: str  # normalized, without the query
+    path: str  # normalized, without the query: exactly what the upstream gets
     query: str  # raw query string, without '?'
-    segments: tuple[str, ...]  # decoded segments, for the policy's parsed_path
+    segments: tuple[str, ...]  # decoded segments, parameters stripped: the policy's parsed_path
+    has_params: bool  # a segment carries `;parameters` (refused unless the route allows)
+    routing_path: str  # `path` with the parameters stripped, for route matching
 
     @property
     def path_with_query(self) -> str:
@@ -47,6 +58,8 @@ def _decode_unreserved(match: re.Match[str]) -> str:
         return char
     if char in "/\\":
         raise PathRejected("encoded slash or backslash in path")
+    if char == ";":
+        raise PathRejected("encoded ';' in path")
     if char == "\0" or ord(char) < 0x20 or char == "\x7f":
         raise PathRejected("encoded control character in path")
     return "%" + digits.upper()
@@ -56,31 +69,37 @@ def normalize(raw_target: str) -> NormalizedPath:
     """Normalize a request target (`/a/b?q`), or raise PathRejected."""
     if len(raw_target.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
         raise PathRejected("path too long")
+    if "#" in raw_target:
+        raise PathRejected("'#' in request target (a fragment is never sent to a server)")
+    if not raw_target.isascii():
+        raise PathRejected("non-ASCII character in request target (must be percent-encoded)")
+    if any(ord(c) < 0x21 or c == "\x7f" for c in raw_target):
+        raise PathRejected("control character or space in request target")
     raw_path, _, query = raw_target.partition("?")
     if not raw_path.startswith("/"):
         raise PathRejected("path must start with '/'")
     if "\\" in raw_path:
         raise PathRejected("backslash in path")
-    if any(ord(c) < 0x20 or c == "\x7f" for c in raw_target):
-        raise PathRejected("control character in path")
-    if not raw_path.isascii():
-        raise PathRejected("non-ASCII character in path (must be percent-encoded)")
     path = _PERCENT.sub(_decode_unreserved, raw_path)
-    segments = path[1:].split("/")
+    raw_segments = path[1:].split("/")
+    has_params = ";" in path
+    segments = [s.partition(";")[0] for s in raw_segments] if has_params else raw_segments
+    last = len(segments) - 1
     for index, segment in enumerate(segments):
         if segment in (".", ".."):
             raise PathRejected("'.' or '..' segment in path")
-        if segment == "" and index != len(segments) - 1:
-            raise PathRejected("empty segment ('//') in path")
-    if "%" not in path:
-        return NormalizedPath(path, query, tuple(segments))
-    decoded = []
-    for segment in segments:
+        if segment == "" and (index != last or raw_segments[index]):
+            raise PathRejected("empty segment in path ('//' or a segment of only parameters)")
+    routing_path = "/" + "/".join(segments) if has_params else path
+    if "%" in path:
         try:
-            decoded.append(_unquote_utf8(segment))
+            segments = [_unquote_utf8(segment) for segment in segments]
         except UnicodeDecodeError as error:
             raise PathRejected("path is not valid UTF-8") from error
-    return NormalizedPath(path, query, tuple(decoded))
+    for segment in segments:
+        if segment and (segment[-1] == "." or segment[-1].isspace()):
+            raise PathRejected("path segment ends in '.' or whitespace")
+    return NormalizedPath(path, query, tuple(segments), has_params, routing_path)
 
 
 def _unquote_utf8(segment: str) -> str:

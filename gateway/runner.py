@@ -9,14 +9,34 @@ import multiprocessing
 import signal
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
 from gateway.config import GatewayConfig, Listener
-from gateway.server import build_app
+from gateway.limits import LimitedServer
+from gateway.server import GATEWAY_KEY, build_admin_app, build_app
 
 log = logging.getLogger("portcullis.gateway")
 SHUTDOWN_GRACE_SECONDS = 15.0
+
+
+class GatewayRunner(web.AppRunner):
+    """aiohttp's runner for the gateway app, with the connection `limits`: the
+    keep-alive idle timeout and a header-read timeout (slowloris)."""
+
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        limits = app[GATEWAY_KEY].config.limits
+        super().__init__(app, keepalive_timeout=limits.keepalive_timeout, **kwargs)
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        gateway = self.app[GATEWAY_KEY]
+        return LimitedServer(
+            server,
+            header_timeout=gateway.config.limits.header_timeout,
+            on_cut=gateway.metrics.connection_cut,
+        )
 
 
 def ssl_context(listener: Listener) -> ssl.SSLContext | None:
@@ -42,26 +62,22 @@ async def serve(
     """Serve until SIGTERM or SIGINT, then stop accepting, finish in-flight requests
     (up to a grace period) and flush the decision log."""
     app = build_app(config, instance_id=instance_id)
-    runner = web.AppRunner(
+    runner = GatewayRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS
     )
     await runner.setup()
     urls = []
     for listener in config.listeners:
-        site = web.TCPSite(
-            runner,
-            listener.address,
-            listener.port,
-            ssl_context=ssl_context(listener),
-            reuse_port=reuse_port or None,
+        urls += await _start_site(runner, listener, reuse_port)
+    admin_runner = None
+    if config.admin_listener is not None:
+        # Started after the public app, whose startup started the gateway it reports on.
+        admin_runner = web.AppRunner(
+            build_admin_app(app[GATEWAY_KEY]), handle_signals=False, access_log=None
         )
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        for sock in sockets:
-            host, port = sock.getsockname()[:2]
-            scheme = "https" if listener.tls else "http"
-            urls.append(f"{scheme}://{host}:{port}")
+        await admin_runner.setup()
+        admin_urls = await _start_site(admin_runner, config.admin_listener, reuse_port)
+        log.info("admin endpoints (/metrics, /readyz, /audit/head) on %s", ", ".join(admin_urls))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -76,6 +92,24 @@ async def serve(
     finally:
         log.info("shutting down: draining connections")
         await runner.cleanup()
+        # Last: /metrics and /audit/head stay up while requests drain.
+        if admin_runner is not None:
+            await admin_runner.cleanup()
+
+
+async def _start_site(runner: web.AppRunner, listener: Listener, reuse_port: bool) -> list[str]:
+    """Start listening on ``listener``; returns the URLs it is bound to."""
+    site = web.TCPSite(
+        runner,
+        listener.address,
+        listener.port,
+        ssl_context=ssl_context(listener),
+        reuse_port=reuse_port or None,
+    )
+    await site.start()
+    sockets = getattr(site._server, "sockets", None) or []
+    scheme = "https" if listener.tls else "http"
+    return [f"{scheme}://{sock.getsockname()[0]}:{sock.getsockname()[1]}" for sock in sockets]
 
 
 def configure_logging(level: str = "info") -> None:

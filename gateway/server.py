@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import signal
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,9 +19,18 @@ from aiohttp import web
 
 from gateway.assertion import HEADER as ASSERTION_HEADER
 from gateway.assertion import JWKS_PATH, AssertionSigner, load_or_create_key
+from gateway.audit.chain import DECISION_PATH, REFUSAL_PATH
 from gateway.config import GatewayConfig, Route
-from gateway.decision import Decision, DecisionIds, decide, decision_input, deny
-from gateway.forward import Forwarder, UpstreamError
+from gateway.decision import (
+    Decision,
+    DecisionIds,
+    decide,
+    decision_input,
+    deny,
+    refusal_input,
+)
+from gateway.forward import Forwarder, UpstreamError, is_websocket
+from gateway.header_limits import header_overflow, parser_limits
 from gateway.identity import (
     ANONYMOUS,
     Identity,
@@ -29,16 +40,18 @@ from gateway.identity import (
     client_certificate,
 )
 from gateway.jwks import JwksCache
+from gateway.limits import ConcurrencyLimiter, LimitReached, answer_and_close, identity_key
 from gateway.metrics import Metrics
-from gateway.normalize import PathRejected, normalize
+from gateway.normalize import NormalizedPath, PathRejected, normalize
 from gateway.policy_reload import PolicyHolder
-from gateway.sign_in import BrowserSignIn
+from gateway.signin.flow import BrowserSignIn
 
 if TYPE_CHECKING:
-    from gateway.decision_log import DecisionLog
+    from gateway.audit.writer import DecisionLog
 
 log = logging.getLogger("portcullis.gateway")
 GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway")
+MAX_REQUEST_ID = 200
 
 
 class Gateway:
@@ -59,9 +72,14 @@ class Gateway:
             issuer=config.assertion.issuer,
             ttl=config.assertion.ttl,
         )
-        # Browser sign-in (OIDC) and its encrypted session cookie: gateway/sign_in.py.
-        self.sign_in = BrowserSignIn(config) if config.sign_in is not None else None
-        self.forwarder = Forwarder(strip_cookie=self.sign_in.owns_cookie if self.sign_in else None)
+        # Browser sign-in (OIDC) and its encrypted session cookie: gateway/signin/.
+        self.sign_in = BrowserSignIn(config, self.refuse) if config.sign_in is not None else None
+        self.forwarder = Forwarder(
+            limits=config.limits,
+            metrics=self.metrics,
+            strip_cookie=self.sign_in.owns_cookie if self.sign_in else None,
+        )
+        self.limiter = ConcurrencyLimiter(config.limits)
         self.routes: list[Route] = list(config.routes)
         self.verifier: TokenVerifier | None = None
         self.decision_log: DecisionLog | None = None
@@ -85,13 +103,15 @@ class Gateway:
         # The log first: a path that can't be written stops the start before
         # anything else is opened.
         if self.config.decision_log.path is not None:
-            from gateway.decision_log import DecisionLog, DecisionLogError
+            from gateway.audit.redaction import Redactor
+            from gateway.audit.writer import DecisionLog, DecisionLogError
 
             self.decision_log = DecisionLog(
                 self.config.decision_log.path,
                 self.signer.key,
                 key_id=self.signer.jwk["kid"],
                 sign_interval=self.config.decision_log.sign_interval,
+                redactor=Redactor.from_config(self.config.decision_log),
                 labels={"id": self.instance_id},
             )
             try:
@@ -167,15 +187,21 @@ class Gateway:
             self.metrics.request_done(app, status, time.perf_counter() - started)
 
     async def _handle(self, request: web.Request) -> tuple[web.StreamResponse, str]:
+        overflow = header_overflow(request.raw_headers, self.config.limits)
+        if overflow is not None:
+            return self.refuse(request, 431, "headers_too_large", overflow), "-"
         try:
             path = normalize(request.raw_path)
         except PathRejected as error:
-            return _json(400, {"error": "bad_request", "reason": str(error)}), "-"
-        route = self.match(request.host, path.path)
+            return self.refuse(request, 400, "path_rejected", str(error)), "-"
+        route = self.match(request.host, path.routing_path)
         if route is None:
-            return _json(404, {"error": "not_found", "reason": "no route for this path"}), "-"
+            return self.refuse(request, 404, "no_route", "no route for this path", path=path), "-"
+        if path.has_params and not route.allow_path_params:
+            reason = "';' path parameters in path (the route does not set path_params: allow)"
+            return self.refuse(request, 400, "path_rejected", reason, route=route), route.app
         decision_id = self._ids.next()
-        request_id = request.headers.get("X-Request-Id") or decision_id
+        request_id = _request_id(request, decision_id)
         identity = ANONYMOUS
         if self.config.auth:
             try:
@@ -185,6 +211,34 @@ class Gateway:
                 document = decision_input(request, path, route, ANONYMOUS, request_id)
                 self._log(decision, document, route)
                 return _unauthorized(decision, str(rejected)), route.app
+        # The identity's slot is taken before the decision: a request past the
+        # limit is one refusal event, never an allow that then isn't served.
+        kind = "websocket" if is_websocket(request) else "request"
+        try:
+            slot = self.limiter.acquire(route.app, kind, identity_key(identity, request))
+        except LimitReached as error:
+            self.metrics.rate_limited.labels(route.app, kind).inc()
+            return self.refuse(
+                request, 429, "rate_limited", f"{error} ({route.app})", route=route, path=path,
+                identity=identity, headers={"Retry-After": "1"},
+            ), route.app  # fmt: skip
+        with slot:
+            response = await self._decide_and_forward(
+                request, route, path, identity, decision_id, request_id, kind
+            )
+        return response, route.app
+
+    async def _decide_and_forward(
+        self,
+        request: web.Request,
+        route: Route,
+        path: NormalizedPath,
+        identity: Identity,
+        decision_id: str,
+        request_id: str,
+        kind: str,
+    ) -> web.StreamResponse:
+        if self.config.auth:
             document = decision_input(request, path, route, identity, request_id)
             decision = await decide(self.policy.engine, document, decision_id)
             self.metrics.decision_seconds.observe(decision.eval_ns / 1e9)
@@ -193,22 +247,47 @@ class Gateway:
                 log.error("decision %s failed closed: %s", decision.decision_id, decision.error)
             if not decision.allow:
                 if self.sign_in is not None and self.sign_in.wants_page(request, identity):
-                    page = await self.sign_in.denied(
+                    return await self.sign_in.denied(
                         request, decision, identity, path.path_with_query
                     )
-                    return page, route.app
                 if decision.http_status == 401:
-                    return _unauthorized(decision, None), route.app
-                return _denied(decision), route.app
+                    return _unauthorized(decision, None)
+                return _denied(decision)
             add = dict(decision.headers)
             add[ASSERTION_HEADER] = self.signer.sign(identity, route.app)
         else:
             add = {}
-        target = path.path_with_query
+        recheck = None
+        if self.config.auth and kind == "websocket":
+            recheck = functools.partial(self._recheck, request, path, route, identity, request_id)
         try:
-            return await self.forwarder.forward(request, route, target, add), route.app
+            return await self.forwarder.forward(
+                request, route, path, add, expires_at=identity.expires_at, recheck=recheck
+            )
         except UpstreamError as error:
-            return _json(error.status, {"error": "bad_gateway", "reason": str(error)}), route.app
+            if error.rule is None:
+                return _json(error.status, {"error": "bad_gateway", "reason": str(error)})
+            response = self.refuse(
+                request, error.status, error.rule, str(error), route=route, path=path,
+                identity=identity,
+            )  # fmt: skip
+            await answer_and_close(request, response)
+            return response
+
+    async def _recheck(
+        self,
+        request: web.Request,
+        path: NormalizedPath,
+        route: Route,
+        identity: Identity,
+        request_id: str,
+    ) -> bool:
+        """Decide again for a long-lived WebSocket (a policy reload, an MFA max_age):
+        logged like any decision; False (deny, or a failed evaluation) closes it."""
+        document = decision_input(request, path, route, identity, request_id)
+        decision = await decide(self.policy.engine, document, self._ids.next())
+        self._log(decision, document, route)
+        return decision.allow
 
     async def _identity(self, request: web.Request) -> Identity:
         certificate = client_certificate(request.transport)
@@ -224,9 +303,17 @@ class Gateway:
         identity = await self.verifier.verify(token.strip())
         return dataclasses.replace(identity, client_cert=certificate) if certificate else identity
 
-    def _log(self, decision: Decision, document: dict[str, Any], route: Route) -> None:
+    def _log(
+        self,
+        decision: Decision,
+        document: dict[str, Any],
+        route: Route | None,
+        *,
+        path: str = DECISION_PATH,
+    ) -> None:
+        app = route.app if route is not None else "-"
         result = "allow" if decision.allow else "deny"
-        self.metrics.decided(route.app, result)
+        self.metrics.decided(app, result)
         if self.decision_log is None:
             return
         engine = self.policy.engine
@@ -236,19 +323,67 @@ class Gateway:
             result=decision.result(),
             revision=engine.revision if engine is not None else "",
             metrics={"timer_rego_query_eval_ns": decision.eval_ns},
-            labels={"app": route.app},
+            labels={"app": app},
+            path=path,
         )
+
+    def refuse(
+        self,
+        request: web.Request,
+        status: int,
+        rule: str,
+        reason: str,
+        *,
+        route: Route | None = None,
+        path: NormalizedPath | None = None,
+        identity: Identity = ANONYMOUS,
+        headers: Mapping[str, str] | None = None,
+    ) -> web.Response:
+        """Refuse a request at the gateway, before or instead of the policy, and log
+        it as a decision event (path ``gateway``, reason ``gateway.<rule>: ...``) so a
+        SIEM sees probing too. The body is ``{"error": rule, "reason": reason}``."""
+        decision = deny(self._ids.next(), status, f"gateway.{rule}: {reason}")
+        request_id = _request_id(request, decision.decision_id)
+        document = refusal_input(request, route, identity, request_id, path)
+        self._log(decision, document, route, path=REFUSAL_PATH)
+        body = {"error": rule, "reason": reason, "decision_id": decision.decision_id}
+        response = _json(status, body)
+        if headers:
+            response.headers.update(headers)
+        return response
 
     # --- operations ---------------------------------------------------------------------
 
+    # The public listener answers only /healthz and /readyz, and says nothing an
+    # attacker could use (no instance, revision, apps or issuer); the details are
+    # on the admin listener (build_admin_app).
+
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "instance": self.instance_id})
+        return web.json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
+        ready = self.policy.engine is not None
+        return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+    async def admin_healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "instance": self.instance_id})
+
+    async def admin_readyz(self, request: web.Request) -> web.Response:
         engine = self.policy.engine
         if engine is None:
-            return web.json_response({"ready": False, "reason": "no policy loaded"}, status=503)
-        return web.json_response({"ready": True, "policy_revision": engine.revision})
+            body = {"ready": False, "reason": "no policy loaded", "instance": self.instance_id}
+            return web.json_response(body, status=503)
+        body = {"ready": True, "policy_revision": engine.revision, "instance": self.instance_id}
+        return web.json_response(body)
+
+    async def audit_head(self, request: web.Request) -> web.Response:
+        """The decision log's latest signature, so a copy kept elsewhere can later
+        prove that the file's tail (or its newest rotated file) was not cut off."""
+        head = self.decision_log.signed_head() if self.decision_log is not None else None
+        if head is None:
+            reason = "no decision log" if self.decision_log is None else "nothing signed yet"
+            return web.json_response({"error": "no_head", "reason": reason}, status=404)
+        return web.json_response(head)
 
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
         if self.decision_log is not None:
@@ -258,6 +393,15 @@ class Gateway:
 
     async def jwks(self, request: web.Request) -> web.Response:
         return web.json_response(self.signer.jwks())
+
+
+def _request_id(request: web.Request, decision_id: str) -> str:
+    """The client's X-Request-Id when it is a sane correlation id (it is logged with
+    every decision), else the decision id."""
+    given = request.headers.get("X-Request-Id")
+    if given and len(given) <= MAX_REQUEST_ID and given.isprintable():
+        return given
+    return decision_id
 
 
 def _json(status: int, body: dict[str, Any]) -> web.Response:
@@ -277,22 +421,44 @@ def _unauthorized(decision: Decision, token_error: str | None) -> web.Response:
         'Bearer realm="portcullis"'
         if token_error is None
         else f'Bearer realm="portcullis", error="invalid_token", '
-        f'error_description="{token_error.replace(chr(34), chr(39))}"'
+        f'error_description="{_description(token_error)}"'
     )
     return response
 
 
+def _description(reason: str) -> str:
+    # RFC 6750 3: error_description is printable ASCII without '"' and '\\'; the
+    # reason can quote attacker-chosen token content.
+    text = reason.replace('"', "'")
+    return "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in text)[:300]
+
+
 def build_app(config: GatewayConfig, *, instance_id: str | None = None) -> web.Application:
     gateway = Gateway(config, instance_id=instance_id)
-    app = web.Application(client_max_size=0, handler_args={"max_field_size": 16384})
+    # Request bodies pass through byte for byte: aiohttp would inflate a gzip body
+    # while its Content-Encoding and Content-Length still reached the upstream.
+    handler_args = {"auto_decompress": False, **parser_limits(config.limits)}
+    app = web.Application(client_max_size=0, handler_args=handler_args)
     app[GATEWAY_KEY] = gateway
     app.on_startup.append(gateway.start)
     app.on_cleanup.append(gateway.stop)
     app.router.add_get("/healthz", gateway.healthz)
     app.router.add_get("/readyz", gateway.readyz)
-    app.router.add_get("/metrics", gateway.metrics_endpoint)
+    # No /metrics here: it is routed like any path (a logged 404 unless an app
+    # owns it); it is served on the admin listener only.
     app.router.add_get(JWKS_PATH, gateway.jwks)
     if gateway.sign_in is not None:
         gateway.sign_in.add_routes(app)
     app.router.add_route("*", "/{tail:.*}", gateway.handle)
+    return app
+
+
+def build_admin_app(gateway: Gateway) -> web.Application:
+    """The admin listener's app: operations endpoints of the gateway ``build_app``
+    made (which owns its start and stop)."""
+    app = web.Application()
+    app.router.add_get("/healthz", gateway.admin_healthz)
+    app.router.add_get("/readyz", gateway.admin_readyz)
+    app.router.add_get("/metrics", gateway.metrics_endpoint)
+    app.router.add_get("/audit/head", gateway.audit_head)
     return app

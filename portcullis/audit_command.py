@@ -9,6 +9,16 @@ decision log).
 
 ``--live`` is for a log the gateway is still writing: an unsigned tail and a
 missing seal are then warnings, exit 0.
+
+The first file must begin the chain (seq 0), or ``--after HASH`` says which
+line it continues from (the ``chain ends at`` hash printed for the file
+before it); else deleting the oldest run or file would go unnoticed.
+``--head URL|FILE`` checks the log reaches a signed head kept outside it (the
+admin listener's ``/audit/head``, a saved copy, or the next rotated file,
+whose ``start`` record is one): without it, a tail cut at a signature or a
+deleted newest file can't be detected. A head that can't be fetched, isn't a
+head, or isn't signed by the given key is a usage error (exit 2); a log that
+doesn't reach it is exit 1.
 """
 
 from __future__ import annotations
@@ -24,7 +34,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.decision_log import VerifyResult, public_key_from_jwk, verify_log
+from gateway.audit.chain import SIGNATURE_TYPE, public_key_from_jwk
+from gateway.audit.reader import SignedHead, VerifyResult, verify_log
 
 USAGE_ERROR = 2
 TAMPERED = 1
@@ -53,6 +64,18 @@ def register(commands: Any) -> None:
         help="a JWKS file or URL, e.g. http://127.0.0.1:8080/.well-known/portcullis/jwks.json",
     )
     verify.add_argument(
+        "--after",
+        metavar="HASH",
+        help="the first file continues the chain from the line with this hash "
+        "(printed as 'chain ends at' when verifying the file before it)",
+    )
+    verify.add_argument(
+        "--head",
+        metavar="URL_OR_FILE",
+        help="a signed chain head kept outside the log: the gateway's admin "
+        "/audit/head URL, a saved copy of it, or the next rotated log file",
+    )
+    verify.add_argument(
         "--live",
         action="store_true",
         help="the log is still being written: an unsigned tail is a warning, not a failure",
@@ -66,7 +89,9 @@ def verify_command(args: argparse.Namespace) -> int:
         paths = [Path(name) for name in args.logs]
         for path in paths:
             _check_readable(path)
-        result = verify_log(paths, keys)
+        after = _check_hash(args.after) if args.after else None
+        head = _load_head(args.head, keys) if args.head else None
+        result = verify_log(paths, keys, after=after, head=head)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return USAGE_ERROR
@@ -115,9 +140,59 @@ def _report(result: VerifyResult, *, live: bool) -> int:
         print("(use --live for a log the gateway is still writing)", file=sys.stderr)
         return TAMPERED
     print(f"OK: {result.events} events, chain intact, last signed at {signed}")
+    print(f"chain ends at seq {result.tail_seq}, line hash {result.tail_hash}")
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if not result.head_covered:
+        print(
+            "note: without --head, a tail cut at a signature or a deleted newest file "
+            "can't be detected",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _check_hash(text: str) -> str:
+    value = text.strip().lower()
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise UsageError(f"--after {text!r}: not a line hash (64 hex digits)")
+    return value
+
+
+def _load_head(source: str, keys: dict[str, ec.EllipticCurvePublicKey]) -> SignedHead:
+    """The signed head at ``source``: a URL or file holding /audit/head's JSON, or
+    a log file whose first line (a ``start`` record) is a head."""
+    if source.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(source, timeout=10) as response:
+                text = response.read().decode()
+        except urllib.error.HTTPError as error:
+            raise UsageError(f"--head {source}: HTTP {error.code} {error.reason}") from None
+        except (urllib.error.URLError, OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "reason", error)
+            raise UsageError(f"--head {source}: cannot fetch the head: {reason}") from None
+    else:
+        try:
+            text = Path(source).read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            detail = getattr(error, "strerror", None) or error
+            raise UsageError(f"--head {source}: {detail}") from None
+    record: Any = None
+    for candidate in (text, text.split("\n", 1)[0]):  # a JSON document, or a log file
+        try:
+            record = json.loads(candidate)
+            break
+        except ValueError:
+            continue
+    if not isinstance(record, dict) or record.get("type") != SIGNATURE_TYPE:
+        raise UsageError(
+            f"--head {source}: not a decision-log head (expected /audit/head's JSON "
+            "or a log file starting with a chain_signature record)"
+        )
+    try:
+        return SignedHead.from_record(record, keys, source)
+    except ValueError as error:
+        raise UsageError(f"--head {error}") from None
 
 
 def _check_readable(path: Path) -> None:

@@ -30,6 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument(
         "--run", dest="match", metavar="TEXT", help="only tests whose name contains TEXT"
     )
+    test.add_argument(
+        "--engine",
+        choices=("regorus", "opa"),
+        default="regorus",
+        help="regorus (embedded, what the gateway runs) or opa (OPA's own Go evaluator, "
+        "to check portability; needs opa-golib-python-bindings)",
+    )
     test.set_defaults(run=policy_commands.test)
 
     check = actions.add_parser("check", help="parse, load and evaluate every entry point once")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,11 @@ def register(commands: Any) -> None:
     demo.add_argument(
         "--base-port", type=int, default=9100,
         help="dev issuer on this port, demo apps on the next ones (0: any free ports)",
+    )  # fmt: skip
+    demo.add_argument(
+        "--admin-port", type=int, default=None,
+        help="admin listener (/metrics, /readyz, /audit/head) port "
+        "(default 9090; any free port with --base-port 0)",
     )  # fmt: skip
     demo.add_argument("--state-dir", default=DEFAULT_STATE, help="demo keys and decision log")
     demo.add_argument("--policy", help="policy directory (default: the shipped policies)")
@@ -121,6 +127,13 @@ async def _start(app: web.Application, port: int) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{bound}"
 
 
+def _free_port() -> int:
+    """A port free right now (the admin listener's URL must be known before it binds)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 async def _demo(args: argparse.Namespace) -> None:
     from gateway import dev_oidc
     from gateway.config import (
@@ -158,8 +171,10 @@ async def _demo(args: argparse.Namespace) -> None:
         gateway_urls = [gateway_url, f"http://localhost:{args.port}"]
         provider_port = base + 10 if base else 0
         provider = await dev_oidc.start_dev_provider(state_dir, provider_port, gateway_urls)
+    admin_port = args.admin_port if args.admin_port is not None else 9090 if base else _free_port()
     config = GatewayConfig(
         listeners=(Listener("127.0.0.1", args.port),),
+        admin_listener=Listener("127.0.0.1", admin_port),
         routes=tuple(routes),
         issuers=(Issuer(issuer_url, (AUDIENCE,), jwks_url=f"{issuer_url}/jwks.json"),),
         policy=PolicyConfig(source=str(policy_dir)),
@@ -179,6 +194,7 @@ Portcullis demo is running.
   dev issuer     {issuer_url}
   demo apps      {", ".join(f"{r.app}={r.upstream}" for r in routes)}
   decision log   {state_dir / "decisions.log"}
+  admin          http://127.0.0.1:{admin_port}   (/metrics, /readyz, /audit/head)
 
 Get a token and call an app through the gateway:
   TOKEN=$({me} --sub alice --groups warehouse --amr pwd,otp)

@@ -14,6 +14,7 @@ from typing import Any
 
 from policy_engine import (
     EvaluationError,
+    PolicyError,
     PolicyLoadError,
     PolicySet,
     Problem,
@@ -23,6 +24,7 @@ from policy_engine import (
     load_policy_set,
     open_engine,
 )
+from policy_engine.portability import portability_warnings
 from policy_engine.testing import TestReport, run_tests
 
 RULE = "-" * 80
@@ -44,9 +46,13 @@ def test(args: argparse.Namespace) -> int:
     failed = total = 0
     for path in _policy_paths(args):
         try:
-            report = run_tests(load_policy_set(path), coverage=args.coverage, match=args.match)
+            report = run_tests(
+                load_policy_set(path), coverage=args.coverage, match=args.match, engine=args.engine
+            )
         except PolicyLoadError as error:
             return _fail(error.problems)
+        except PolicyError as error:  # the OPA engine isn't installed, or --coverage with it
+            return _fail(str(error))
         _print_test_report(report, verbose=args.verbose)
         failed += len(report.failed)
         total += len(report.results)
@@ -100,7 +106,11 @@ def check(args: argparse.Namespace) -> int:
             continue
         modules = len(compiled.policy_set.modules)
         rules = len(compiled.rule_refs())
-        print(f"{path}: OK ({modules} modules, {rules} rules evaluated)")
+        warnings = portability_warnings(compiled.policy_set)
+        for warning in warnings:
+            print(warning, file=sys.stderr)
+        note = f", {len(warnings)} portability warnings" if warnings else ""
+        print(f"{path}: OK ({modules} modules, {rules} rules evaluated{note})")
     return _fail(problems) if problems else 0
 
 

@@ -3,12 +3,15 @@ and the gateway, each a real HTTP server on its own port."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -54,6 +57,17 @@ class Stack:
     def total_forwarded(self) -> int:
         return sum(len(self.forwarded(app)) for app in self.backends)
 
+    async def events(self, *, at_least: int = 1, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """The decision events in the log, once at least ``at_least`` are written
+        (the writer thread flushes every few ms)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            text = self.log_path.read_text() if self.log_path.exists() else ""
+            events = [json.loads(line) for line in text.splitlines() if '"decision_id"' in line]
+            if len(events) >= at_least or asyncio.get_running_loop().time() > deadline:
+                return events
+            await asyncio.sleep(0.02)
+
     def token(self, subject: str = "alice", **claims: Any) -> str:
         return self.issuer.token(subject, **claims)
 
@@ -75,6 +89,7 @@ async def start_stack(
     *,
     policy: Path = POLICIES,
     gateway_port: int | None = None,
+    issuer_options: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Stack]:
     issuer = DevIssuer(tmp_path / "issuer", "")
@@ -94,7 +109,14 @@ async def start_stack(
     config = GatewayConfig(
         listeners=(Listener("127.0.0.1", gateway_port),),
         routes=tuple(routes),
-        issuers=(Issuer(issuer.issuer, (AUDIENCE,), jwks_url=f"{issuer.issuer}/jwks.json"),),
+        issuers=(
+            Issuer(
+                issuer.issuer,
+                (AUDIENCE,),
+                jwks_url=f"{issuer.issuer}/jwks.json",
+                **(issuer_options or {}),
+            ),
+        ),
         policy=PolicyConfig(source=str(policy), poll_interval=0.05),
         assertion=AssertionConfig(key_file=tmp_path / "assertion.pem"),
         decision_log=DecisionLogConfig(path=log_path, sign_interval=0.5),
@@ -113,3 +135,32 @@ async def start_stack(
             session,
             log_path,
         )
+
+
+async def logged(stack: Stack, *decision_ids: str, timeout: float = 5.0) -> list[dict[str, Any]]:
+    """The decision events with these ids, once all are written (or the timeout)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        events = [e for e in await stack.events() if e["decision_id"] in decision_ids]
+        if {e["decision_id"] for e in events} >= set(decision_ids):
+            return events
+        if asyncio.get_running_loop().time() > deadline:
+            return events
+        await asyncio.sleep(0.02)
+
+
+async def raw_request(url: str, head: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send exactly these request-line and header bytes (aiohttp's client only sends
+    str, and a test may need bytes no client would send); the connection closes."""
+    where = urlsplit(url)
+    reader, writer = await asyncio.open_connection(where.hostname, where.port)
+    writer.write(head.replace(b"{host}", where.netloc.encode()) + b"Connection: close\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    response_head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = response_head.decode("latin-1").split("\r\n")
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, _, value = line.partition(": ")
+        headers[name] = headers[name] + "\n" + value if name in headers else value
+    return int(status_line.split()[1]), headers, body

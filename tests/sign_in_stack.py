@@ -22,7 +22,7 @@ import pytest
 from yarl import URL
 
 from gateway.config import SessionConfig, SignInConfig
-from gateway.session import write_key_file
+from gateway.signin.session import write_key_file
 from tests.conftest import ROOT
 from tests.gateway_stack import ServerFactory, Stack, free_port, start_stack
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
 import subprocess
@@ -12,9 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from gateway.server import build_admin_app
 from tests.conftest import ROOT
+from tests.gateway_stack import ServerFactory, start_stack
 from tests.test_decision_log import (
     LOG_FIXTURES,
+    OTHER_KEY,
     event_indexes,
     lines_of,
     write_lines,
@@ -171,3 +175,111 @@ def test_kid_missing_from_the_jwks_is_reported(log_file: Path, tmp_path: Path) -
     done = audit(log_file, "--jwks", only_old)
     assert done.returncode == 1
     assert "unknown key id 'gateway-test'" in done.stdout
+
+
+# -- runs, files and outside heads (--after, --head) ---------------------------
+
+
+async def test_deleted_first_run_fails_unless_told_where_it_continues(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.jsonl"
+    await write_log(path, 30)
+    run_one = path.read_bytes()
+    await write_log(path, 20)
+    path.write_bytes(path.read_bytes()[len(run_one) :])  # run 1 deleted
+    done = audit(path, "--key", PUBLIC_PEM)
+    assert done.returncode == 1
+    assert "decisions.jsonl:1: the log does not begin the chain: 30 event(s)" in done.stdout
+    # The file before it, verified alone, prints where it ends: that is --after.
+    before = tmp_path / "run-one.jsonl"
+    before.write_bytes(run_one)
+    first = audit(before, "--key", PUBLIC_PEM)
+    assert first.returncode == 0
+    tail = first.stdout.splitlines()[1].rsplit(" ", 1)[-1]
+    assert first.stdout.splitlines()[1] == f"chain ends at seq 30, line hash {tail}"
+    assert audit(path, "--key", PUBLIC_PEM, "--after", tail).returncode == 0
+    assert audit(before, path, "--key", PUBLIC_PEM).returncode == 0  # or both files
+
+
+def test_after_that_is_not_a_hash_is_a_usage_error(log_file: Path) -> None:
+    done = audit(log_file, "--key", PUBLIC_PEM, "--after", "run-1")
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: --after 'run-1': not a line hash (64 hex digits)"
+
+
+def test_after_naming_another_line_is_reported(log_file: Path) -> None:
+    done = audit(log_file, "--key", PUBLIC_PEM, "--after", "ab" * 32)
+    assert done.returncode == 1
+    assert "not from --after" in done.stdout
+
+
+async def test_truncation_after_first_runs_seal_is_detected_with_a_saved_head(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "decisions.jsonl"
+    await write_log(path, 30)
+    size = path.stat().st_size
+    second = await write_log(path, 20)
+    saved = tmp_path / "head.json"
+    saved.write_text(json.dumps(second.signed_head(), indent=2))  # e.g. `curl .../audit/head`
+    with path.open("r+b") as file:
+        file.truncate(size)
+    assert audit(path, "--key", PUBLIC_PEM).returncode == 0  # the limit without a head
+    done = audit(path, "--key", PUBLIC_PEM, "--head", saved)
+    assert done.returncode == 1
+    assert done.stdout.startswith("TAMPERED: ")
+    assert "20 event(s) and their signatures are missing" in done.stdout
+
+
+async def test_deleted_newest_rotated_file_is_detected_with_the_admin_head(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    async with start_stack(aiohttp_server, tmp_path) as running:
+        admin = await aiohttp_server(build_admin_app(running.gateway))
+        head_url = f"http://127.0.0.1:{admin.port}/audit/head"
+        token = running.token("alice", groups=["warehouse"], amr=["pwd", "otp"])
+        for _ in range(3):
+            assert (await running.get("/wms/stock", token)).status == 200
+        await asyncio.sleep(0.3)
+        rotated = tmp_path / "decisions.log.1"
+        running.log_path.rename(rotated)
+        assert running.gateway.decision_log is not None
+        running.gateway.decision_log.reopen()  # what SIGUSR1 does after logrotate
+        for _ in range(4):
+            assert (await running.get("/wms/stock", token)).status == 200
+        await asyncio.sleep(0.8)  # a signature covers them (sign_interval 0.5)
+        running.log_path.unlink()  # the newest file deleted
+        key = tmp_path / "assertion.pem"
+        alone = await asyncio.to_thread(audit, rotated, "--key", key)
+        assert alone.returncode == 0, alone.stdout + alone.stderr  # looks whole
+        done = await asyncio.to_thread(audit, rotated, "--key", key, "--head", head_url)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "4 event(s) and their signatures are missing" in done.stdout
+
+
+def test_unreachable_head_url_is_a_usage_error(log_file: Path) -> None:
+    done = audit(log_file, "--key", PUBLIC_PEM, "--head", "http://127.0.0.1:9/audit/head")
+    assert done.returncode == 2
+    assert "error: --head http://127.0.0.1:9/audit/head: cannot fetch the head" in done.stderr
+
+
+async def test_head_signed_by_another_key_is_a_usage_error(tmp_path: Path, log_file: Path) -> None:
+    other = await write_log(tmp_path / "other.jsonl", 3)
+    head = other.signed_head()
+    assert head is not None
+    head["signature"] = json.loads(lines_of(log_file)[-1])["signature"]  # not its signature
+    saved = tmp_path / "head.json"
+    saved.write_text(json.dumps(head))
+    done = audit(log_file, "--key", PUBLIC_PEM, "--head", saved)
+    assert done.returncode == 2
+    assert f"error: --head {saved}: the head's signature does not verify" in done.stderr
+    foreign = await write_log(tmp_path / "foreign.jsonl", 3, key=OTHER_KEY)
+    saved.write_text(json.dumps(foreign.signed_head()))
+    done = audit(log_file, "--key", PUBLIC_PEM, "--head", saved)
+    assert done.returncode == 2
+    assert "the head's signature does not verify" in done.stderr
+
+
+def test_head_that_is_not_a_head_is_a_usage_error(log_file: Path) -> None:
+    done = audit(log_file, "--key", PUBLIC_PEM, "--head", JWKS)
+    assert done.returncode == 2
+    assert "not a decision-log head" in done.stderr

@@ -92,8 +92,14 @@ async def test_sign_in_step_up_and_sign_out_in_chromium(
         assert '"app": "pos"' in body and '"hwk"' in body and '"acr": "phr"' in body
         await p.screenshot(path=str(ARTIFACTS / "stepped-up-refund.png"))
 
-        # Sign out: the session goes, the provider confirms, the next visit signs in.
+        # Sign out: a GET shows the gateway's page and ends nothing; its button
+        # POSTs, the session goes, the provider confirms, the next visit signs in.
         await p.goto(stack.url + "/.portcullis/sign_out")
+        assert await p.locator("h1").inner_text() == "Sign out?"
+        names = {c["name"] for c in await p.context.cookies(stack.url)}
+        assert "portcullis_session" in names
+        await p.screenshot(path=str(ARTIFACTS / "sign-out.png"))
+        await p.click('form[action="/.portcullis/sign_out"] button[type="submit"]')
         await p.click('button[value="yes"]')
         await p.wait_for_url(stack.url + "/.portcullis/signed_out")
         assert "You are signed out" in await p.content()

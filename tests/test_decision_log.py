@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import errno
 import hashlib
@@ -15,18 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from gateway import decision_log
-from gateway.decision_log import (
-    GENESIS,
-    REDACTED,
-    DecisionLog,
-    DecisionLogError,
-    VerifyResult,
-    verify_log,
-)
+from gateway.audit import chain, writer
+from gateway.audit.chain import GENESIS, REDACTED, line_hash
+from gateway.audit.reader import SignedHead, VerifyResult, verify_log
+from gateway.audit.writer import DecisionLog, DecisionLogError
 from tests.conftest import FIXTURES
 
 LOG_FIXTURES = FIXTURES / "decision_log"
@@ -73,7 +70,8 @@ def record(log: DecisionLog, n: int, *, allow: bool | None = None) -> None:
 async def write_log(path: Path, events: int, **options: Any) -> DecisionLog:
     """A closed log of ``events`` decisions, written through DecisionLog."""
     options.setdefault("sign_every", 50)
-    log = DecisionLog(path, SIGNING_KEY, key_id=KID, labels={"id": "gw-test"}, **options)
+    key = options.pop("key", SIGNING_KEY)
+    log = DecisionLog(path, key, key_id=KID, labels={"id": "gw-test"}, **options)
     await log.start()
     for n in range(events):
         record(log, n)
@@ -324,9 +322,13 @@ async def test_reopen_after_logrotate_chains_the_files(tmp_path: Path) -> None:
     both = verify_log([rotated, path], PUBLIC_KEYS)
     assert both.complete and both.events == 100
     assert json.loads(lines_of(rotated)[-1])["reason"] == "rotate"
-    alone = verify_log([path], PUBLIC_KEYS)  # the new file also verifies by itself
+    # The new file alone verifies only when told where it continues from.
+    alone = verify_log([path], PUBLIC_KEYS)
+    assert first_problem(alone) == (1, "start")
+    after = verify_log([rotated], PUBLIC_KEYS).tail_hash
+    alone = verify_log([path], PUBLIC_KEYS, after=after)
     assert alone.complete
-    assert any("continues a chain" in note for note in alone.notes)
+    assert any("continues from" in note for note in alone.notes)
     newest_first = verify_log([path, rotated], PUBLIC_KEYS)  # as logrotate numbers them
     assert newest_first.complete and newest_first.events == 100
 
@@ -354,7 +356,7 @@ async def test_write_failure_is_counted_and_nothing_is_lost(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A full disk: half a chunk is written, then ENOSPC; then the disk is back."""
-    real_write_all = decision_log._write_all
+    real_write_all = writer._write_all
     disk_full = True
 
     def full_disk(fd: int, data: bytes) -> None:
@@ -363,7 +365,7 @@ async def test_write_failure_is_counted_and_nothing_is_lost(
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write_all(fd, data)
 
-    monkeypatch.setattr(decision_log, "_write_all", full_disk)
+    monkeypatch.setattr(writer, "_write_all", full_disk)
     path = tmp_path / "decisions.jsonl"
     log = DecisionLog(path, SIGNING_KEY, key_id=KID, flush_interval=0.01)
     await log.start()
@@ -554,13 +556,13 @@ async def test_signature_forged_with_another_key_is_reported(log_file: Path) -> 
         record = json.loads(lines[i])
         if record.get("type") != "chain_signature":
             continue
-        message = decision_log.signing_input(
+        message = chain.signing_input(
             record["reason"], record["seq"], record["head"], record["signed_at"], record["kid"]
         )
-        der = OTHER_KEY.sign(message, ec.ECDSA(decision_log.hashes.SHA256()))
-        r, s = decision_log.decode_dss_signature(der)
+        der = OTHER_KEY.sign(message, ec.ECDSA(hashes.SHA256()))
+        r, s = decode_dss_signature(der)
         raw = r.to_bytes(32, "big") + s.to_bytes(32, "big")
-        record["signature"] = decision_log.base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+        record["signature"] = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
         lines[i] = json.dumps(record, separators=(",", ":")).encode()
         lines = relink(lines, i + 1) if i + 1 < len(lines) else lines
     result = verify_log([write_lines(log_file, lines)], PUBLIC_KEYS)
@@ -585,3 +587,182 @@ def test_writer_leaves_no_file_descriptor_open(tmp_path: Path) -> None:
     before = len(os.listdir("/proc/self/fd"))
     asyncio.run(write_log(tmp_path / "d.jsonl", 5))
     assert len(os.listdir("/proc/self/fd")) <= before
+
+
+# -- runs, files and the end of the log: what only an outside head can show ---
+
+
+def head_of(log: DecisionLog) -> SignedHead:
+    """The head the admin listener would publish for ``log``, checked like verify does."""
+    return SignedHead.from_record(log.signed_head(), PUBLIC_KEYS, "test")
+
+
+async def two_runs(path: Path) -> tuple[int, DecisionLog]:
+    """Run 1 (30 events) and run 2 (20 events) of the gateway on one file; returns
+    the size of the file after run 1 and run 2's writer."""
+    await write_log(path, 30)
+    size = path.stat().st_size
+    return size, await write_log(path, 20)
+
+
+async def test_truncation_after_first_runs_seal_is_detected(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.jsonl"
+    size, second = await two_runs(path)
+    with path.open("r+b") as file:
+        file.truncate(size)  # the file now ends with run 1's close seal
+    # The file alone can't tell: a run's seal is a valid end.
+    assert verify_log([path], PUBLIC_KEYS).complete
+    result = verify_log([path], PUBLIC_KEYS, head=head_of(second))
+    assert first_problem(result) == (len(lines_of(path)), "truncated")
+    assert "20 event(s) and their signatures are missing" in result.problems[0].message
+
+
+async def test_deleted_first_run_is_detected(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.jsonl"
+    size, _ = await two_runs(path)
+    data = path.read_bytes()
+    run_one_end = line_hash(data[:size].rstrip(b"\n").rsplit(b"\n", 1)[-1])
+    path.write_bytes(data[size:])  # the file now begins at run 2's start record
+    result = verify_log([path], PUBLIC_KEYS)
+    assert first_problem(result) == (1, "start")
+    assert "30 event(s) were logged before it" in result.problems[0].message
+    # Told where it continues from, it verifies (e.g. run 1 was archived elsewhere).
+    assert verify_log([path], PUBLIC_KEYS, after=run_one_end).complete
+    wrong = verify_log([path], PUBLIC_KEYS, after="ab" * 32)
+    assert first_problem(wrong) == (1, "start")
+    assert "not from --after" in wrong.problems[0].message
+
+
+async def rotated_logs(tmp_path: Path) -> tuple[list[Path], DecisionLog]:
+    """Three files, oldest first, as logrotate + SIGUSR1 leave them; the writer closed."""
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(path, SIGNING_KEY, key_id=KID, flush_interval=0.01)
+    await log.start()
+    for generation in (2, 1):
+        for n in range(10):
+            record(log, n)
+        await asyncio.sleep(0.05)
+        path.rename(tmp_path / f"decisions.jsonl.{generation}")
+        log.reopen()
+    for n in range(7):
+        record(log, n)
+    await log.close()
+    return [tmp_path / "decisions.jsonl.2", tmp_path / "decisions.jsonl.1", path], log
+
+
+async def test_deleted_newest_rotated_file_is_detected_with_head(tmp_path: Path) -> None:
+    files, log = await rotated_logs(tmp_path)
+    files[-1].unlink()
+    older = files[:-1]
+    assert verify_log(older, PUBLIC_KEYS).complete  # ends with a rotate seal: looks whole
+    result = verify_log(older, PUBLIC_KEYS, head=head_of(log))
+    assert first_problem(result)[1] == "truncated"
+    assert result.problems[0].file == str(files[1])
+    assert "7 event(s) and their signatures are missing" in result.problems[0].message
+
+
+async def test_next_rotated_file_is_a_head_for_the_one_before(tmp_path: Path) -> None:
+    files, _ = await rotated_logs(tmp_path)
+    start = json.loads(lines_of(files[1])[0])
+    head = SignedHead.from_record(start, PUBLIC_KEYS, str(files[1]))
+    covered = verify_log(files[:1], PUBLIC_KEYS, head=head)
+    assert covered.complete and covered.head_covered
+    cut = lines_of(files[0])
+    signatures = [i for i, line in enumerate(cut) if b"chain_signature" in line]
+    write_lines(files[0], cut[: signatures[-2] + 1])  # cut at the signature before the seal
+    result = verify_log(files[:1], PUBLIC_KEYS, head=head)
+    assert first_problem(result)[1] == "truncated"
+
+
+async def test_tail_cut_at_last_signature_is_detected_with_head(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.jsonl"
+    log = await write_log(path, 420)  # signed every 50 events, then sealed
+    lines = lines_of(path)
+    signatures = [i for i, line in enumerate(lines) if b"chain_signature" in line]
+    write_lines(path, lines[: signatures[-2] + 1])  # ends at the signature of seq 400
+    cut = verify_log([path], PUBLIC_KEYS)
+    assert cut.ok and cut.unsigned_tail == 0  # a live log looks like this: nothing to see
+    result = verify_log([path], PUBLIC_KEYS, head=head_of(log))
+    assert first_problem(result) == (len(lines) - 21, "truncated")
+    assert "20 event(s) and their signatures are missing" in result.problems[0].message
+
+
+async def test_log_that_reaches_the_head_is_covered(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(path, SIGNING_KEY, key_id=KID, sign_every=5, flush_interval=0.01)
+    await log.start()
+    for n in range(12):
+        record(log, n)
+    await asyncio.sleep(0.1)
+    head = head_of(log)  # taken while the gateway runs; the log grows past it
+    for n in range(12, 20):
+        record(log, n)
+    await log.close()
+    result = verify_log([path], PUBLIC_KEYS, head=head)
+    assert result.complete and result.head_covered
+    assert head.seq == 10
+
+
+async def test_head_taken_before_any_event_is_reached_by_its_start_record(
+    tmp_path: Path,
+) -> None:
+    """A brand-new chain's start record vouches for no line before it (its head is
+    GENESIS): the start line itself is what the log must reach."""
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(path, SIGNING_KEY, key_id=KID, flush_interval=0.01)
+    await log.start()
+    await asyncio.sleep(0.1)
+    head = head_of(log)
+    assert head.seq == 0 and head.head == GENESIS
+    record(log, 1)
+    await log.close()
+    result = verify_log([path], PUBLIC_KEYS, head=head)
+    assert result.complete and result.head_covered
+    path.write_bytes(b"")
+    assert not verify_log([path], PUBLIC_KEYS, head=head).ok
+
+
+async def test_restart_on_an_empty_file_continues_the_chain_from_the_head_file(
+    tmp_path: Path,
+) -> None:
+    """logrotate moved the file while the gateway was stopped: the next run still
+    links to the last one, so a rotated file deleted later is a gap."""
+    path = tmp_path / "decisions.jsonl"
+    await write_log(path, 30)
+    path.rename(tmp_path / "decisions.jsonl.1")
+    await write_log(path, 5)
+    first = json.loads(lines_of(path)[0])
+    assert first["reason"] == "start" and first["seq"] == 30 and first["head"] != GENESIS
+    both = verify_log([tmp_path / "decisions.jsonl.1", path], PUBLIC_KEYS)
+    assert both.complete and both.events == 35
+    assert first_problem(verify_log([path], PUBLIC_KEYS)) == (1, "start")
+
+
+async def test_log_cut_while_the_gateway_was_down_stays_visible(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.jsonl"
+    size, _ = await two_runs(path)
+    with path.open("r+b") as file:
+        file.truncate(size)
+    await write_log(path, 5)  # the next run continues from the head it recorded
+    result = verify_log([path], PUBLIC_KEYS)
+    line, kind = first_problem(result)
+    assert kind == "deleted" and line == len(lines_of(path)) - 6
+    assert "20" in result.problems[0].message
+
+
+async def test_damaged_head_file_stops_the_start_with_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.jsonl"
+    (tmp_path / "decisions.jsonl.head").write_text('{"seq": "x"')
+    with pytest.raises(DecisionLogError, match=r"decisions.jsonl.head is damaged.*remove it"):
+        await DecisionLog(path, SIGNING_KEY, key_id=KID).start()
+
+
+async def test_new_chain_in_the_middle_of_the_log_is_a_gap(tmp_path: Path) -> None:
+    path = tmp_path / "decisions.jsonl"
+    await write_log(path, 10)
+    path.rename(tmp_path / "decisions.jsonl.1")
+    (tmp_path / "decisions.jsonl.head").unlink()  # the gateway lost where the chain stood
+    await write_log(path, 5)
+    result = verify_log([tmp_path / "decisions.jsonl.1", path], PUBLIC_KEYS)
+    assert first_problem(result) == (1, "start")
+    assert "a new chain starts here" in result.problems[0].message

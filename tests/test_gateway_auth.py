@@ -3,6 +3,7 @@ with 401 and a reason, and nothing refused reaches a backend."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -12,11 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import pytest
 from aiohttp import web
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from gateway.config import ConfigError, parse_config
 from gateway.demo import DevIssuer
-from tests.gateway_stack import ServerFactory, Stack
+from tests.gateway_stack import ServerFactory, Stack, logged, raw_request, start_stack
 
 WAREHOUSE = {"groups": ["warehouse"], "amr": ["pwd", "otp"]}
 
@@ -46,7 +52,16 @@ def unsigned(header: dict[str, Any], payload: dict[str, Any], signature: bytes =
     return f"{head}.{body}.{b64(signature)}"
 
 
-async def refused(stack: Stack, token: str, reason: str) -> None:
+def signed(stack: Stack, header: dict[str, Any], payload: dict[str, Any]) -> str:
+    """Signed with the trusted issuer's real key whatever the header and claims
+    hold (PyJWT's encode would check some of them first)."""
+    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(payload).encode())}"
+    signature = stack.issuer.key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{signing_input}.{b64(signature)}"
+
+
+async def refused(stack: Stack, token: str, reason: str) -> str:
+    """Refused as invalid_token saying why; returns the decision id."""
     response = await stack.get("/wms/stock", token)
     body = await response.text()
     assert response.status == 401, body
@@ -54,6 +69,23 @@ async def refused(stack: Stack, token: str, reason: str) -> None:
     assert challenge.startswith('Bearer realm="portcullis", error="invalid_token"')
     assert reason in challenge, challenge
     assert stack.total_forwarded() == 0
+    return str(json.loads(body)["decision_id"])
+
+
+async def raw_get(stack: Stack, authorization: bytes) -> tuple[int, dict[str, str], bytes]:
+    """A GET with exactly these Authorization bytes."""
+    head = b"GET /wms/stock HTTP/1.1\r\nHost: {host}\r\nAuthorization: " + authorization + b"\r\n"
+    return await raw_request(stack.url, head)
+
+
+async def assert_logged_as_invalid_token(stack: Stack, decision_id: str, reason: str) -> None:
+    events = await logged(stack, decision_id)
+    assert len(events) == 1, events
+    assert events[0]["path"] != "gateway"  # the token path, like any other bad token
+    assert events[0]["result"]["allow"] is False
+    assert events[0]["result"]["http_status"] == 401
+    assert events[0]["result"]["reasons"][0].startswith("invalid token: ")
+    assert reason in events[0]["result"]["reasons"][0]
 
 
 async def test_valid_token_reaches_wms_with_a_verified_assertion(stack: Stack) -> None:
@@ -215,3 +247,304 @@ async def test_fresh_hardware_key_reaches_pos_refunds(stack: Stack) -> None:
     assert response.status == 200
     seen = await response.json()
     assert seen["app"] == "pos" and seen["body_bytes"] == 8
+
+
+# --- crafted tokens: a 401 with a reason and a decision record, never a 500 ---------------
+
+
+async def test_crit_header_token_is_refused_and_logged(stack: Stack) -> None:
+    header = {"alg": "RS256", "typ": "JWT", "kid": stack.issuer.kid, "crit": ["exp"]}
+    decision_id = await refused(
+        stack, signed(stack, header, claims(stack)), "critical header extensions"
+    )
+    await assert_logged_as_invalid_token(stack, decision_id, "['exp'] not supported")
+
+
+async def test_numeric_kid_token_is_refused_and_logged(stack: Stack) -> None:
+    header = {"alg": "RS256", "typ": "JWT", "kid": 7}
+    decision_id = await refused(stack, signed(stack, header, claims(stack)), "kid must be a string")
+    await assert_logged_as_invalid_token(stack, decision_id, "got int")
+
+
+async def test_non_utf8_authorization_is_refused_and_logged(stack: Stack) -> None:
+    good = stack.token("alice", **WAREHOUSE).encode()
+    decision_ids = []
+    for value in (b"Bearer \xff\xfe" + good, b"Bearer " + good[:20] + b"\xc3\x28" + good[20:]):
+        status, headers, body = await raw_get(stack, value)
+        assert status == 401, body
+        assert 'error="invalid_token"' in headers["WWW-Authenticate"]
+        assert "malformed token" in headers["WWW-Authenticate"]
+        decision_ids.append(json.loads(body)["decision_id"])
+    status, headers, body = await raw_get(stack, b"B\xe9arer " + good)
+    assert status == 401, body
+    assert "Authorization must be 'Bearer <token>'" in headers["WWW-Authenticate"]
+    assert stack.total_forwarded() == 0
+    for decision_id in decision_ids:
+        await assert_logged_as_invalid_token(stack, decision_id, "malformed token")
+
+
+async def test_infinite_exp_is_refused(stack: Stack) -> None:
+    header = {"alg": "RS256", "typ": "JWT", "kid": stack.issuer.kid}
+    token = signed(stack, header, claims(stack, exp=float("inf")))  # json writes Infinity
+    await refused(stack, token, "malformed token: claims is not base64url JSON")
+
+
+async def test_exp_as_a_string_is_refused(stack: Stack) -> None:
+    header = {"alg": "RS256", "typ": "JWT", "kid": stack.issuer.kid}
+    token = signed(stack, header, claims(stack, exp=str(int(time.time()) + 600)))
+    await refused(stack, token, "claim 'exp' must be a number of seconds since 1970, got str")
+
+
+# --- lifetime and authorized party -------------------------------------------------------
+
+
+async def test_token_valid_for_a_year_is_refused(stack: Stack) -> None:
+    token = stack.token("alice", ttl=365 * 86400, **WAREHOUSE)
+    decision_id = await refused(stack, token, "token expires too far ahead (in 365d")
+    await assert_logged_as_invalid_token(stack, decision_id, "may live at most 24h")
+
+
+async def test_token_within_the_maximum_lifetime_is_accepted(stack: Stack) -> None:
+    response = await stack.get("/wms/stock", stack.token("alice", ttl=86000, **WAREHOUSE))
+    assert response.status == 200
+
+
+async def test_issuer_max_token_lifetime_is_configurable(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    options = {"max_token_lifetime": 3600}
+    async with start_stack(aiohttp_server, tmp_path, issuer_options=options) as running:
+        token = running.token("alice", ttl=7200, **WAREHOUSE)
+        await refused(running, token, "may live at most 60m")
+        ok = running.token("alice", ttl=1800, **WAREHOUSE)
+        assert (await running.get("/wms/stock", ok)).status == 200
+
+
+async def test_multi_audience_token_without_trusted_azp_is_refused(stack: Stack) -> None:
+    audiences = ["portcullis", "payroll"]
+    token = stack.token("alice", extra={"aud": audiences}, **WAREHOUSE)
+    await refused(stack, token, "several audiences ['portcullis', 'payroll'] but no azp claim")
+    token = stack.token("alice", extra={"aud": audiences, "azp": "payroll"}, **WAREHOUSE)
+    decision_id = await refused(
+        stack, token, "issued to client azp='payroll', not one of portcullis"
+    )
+    await assert_logged_as_invalid_token(stack, decision_id, "authorized_parties")
+
+
+async def test_multi_audience_token_from_a_trusted_azp_is_accepted(stack: Stack) -> None:
+    extra = {"aud": ["portcullis", "payroll"], "azp": "portcullis"}
+    response = await stack.get("/wms/stock", stack.token("alice", extra=extra, **WAREHOUSE))
+    assert response.status == 200
+
+
+async def test_single_audience_token_needs_no_azp(stack: Stack) -> None:
+    for extra in ({"aud": ["portcullis"]}, {"aud": ["portcullis"], "azp": "another-client"}):
+        response = await stack.get("/wms/stock", stack.token("alice", extra=extra, **WAREHOUSE))
+        assert response.status == 200
+
+
+async def test_authorized_parties_config_trusts_a_named_client(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    options = {"authorized_parties": ("store-frontend",)}
+    async with start_stack(aiohttp_server, tmp_path, issuer_options=options) as running:
+        extra = {"aud": ["portcullis", "account"], "azp": "portcullis"}
+        await refused(running, running.token("alice", extra=extra, **WAREHOUSE), "store-frontend")
+        extra = {"aud": ["portcullis", "account"], "azp": "store-frontend"}
+        response = await running.get("/wms/a", running.token("alice", extra=extra, **WAREHOUSE))
+        assert response.status == 200
+
+
+def issuer_config(**options: Any) -> dict[str, Any]:
+    issuer = {"issuer": "https://idp.example", "audiences": ["portcullis"], "discovery": True}
+    return {"issuers": [{**issuer, **options}], "policy": {"source": "policies"}}
+
+
+def test_issuer_token_rules_default_to_a_day_and_the_issuers_audiences() -> None:
+    issuer = parse_config(issuer_config()).issuers[0]
+    assert issuer.max_token_lifetime == 86400
+    assert issuer.trusted_parties == ("portcullis",)
+    options = {"max_token_lifetime": 3600, "authorized_parties": ["store-frontend"]}
+    issuer = parse_config(issuer_config(**options)).issuers[0]
+    assert (issuer.max_token_lifetime, issuer.trusted_parties) == (3600, ("store-frontend",))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_token_lifetime": 0}, "issuers[0].max_token_lifetime: must be 60-31622400 seconds"),
+        ({"max_token_lifetime": 10**9}, "issuers[0].max_token_lifetime: must be 60-31622400"),
+        ({"max_token_lifetime": "1d"}, "issuers[0].max_token_lifetime: expected float, got str"),
+        ({"authorized_parties": []}, "issuers[0].authorized_parties: list at least one client id"),
+        ({"authorized_parties": [7]}, "issuers[0].authorized_parties[0]: expected a non-empty"),
+    ],
+)
+def test_bad_issuer_token_rules_are_config_errors(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config(issuer_config(**options))
+    assert message in str(raised.value)
+
+
+# --- property: whatever the header, claims or bytes, a 401 or the policy's answer --------
+
+MISSING = object()
+Options = dict[str, list[tuple[Any, bool]]]
+
+
+def _header_options(kid: str) -> Options:
+    """Each field's values, each with whether a correct gateway may accept it."""
+    return {
+        "alg": [
+            ("RS256", True), ("rs256", False), ("none", False), ("HS256", False),
+            (MISSING, False), (1, False), (["RS256"], False), ({"a": 1}, False),
+            (True, False), (None, False),
+        ],
+        "kid": [
+            (kid, True), (MISSING, False), (7, False), ([kid], False), (None, False),
+            ("../../etc/passwd", False), ("unknown-kid", False), (kid + "\u0000", False),
+            (1.5, False), ({"kid": kid}, False),
+        ],
+        "typ": [(MISSING, True), ("JWT", True), ("at+jwt", True), (1, True), ([], True)],
+        "crit": [
+            (MISSING, True), (["exp"], False), ([], False), ("b64", False), (7, False),
+            (["b64"], False),
+        ],
+        "jku": [(MISSING, True), ("http://127.0.0.1:9/keys", True), (5, True)],
+        "b64": [(MISSING, True), (False, False), ("no", False)],
+    }  # fmt: skip
+
+
+def _claim_options(issuer: str, now: int) -> Options:
+    several = ["portcullis", "payroll"]
+    return {
+        "iss": [
+            (issuer, True), (issuer + "/", False), (7, False), ([issuer], False),
+            (MISSING, False), (None, False),
+        ],
+        "sub": [("alice", True), (7, False), (["alice"], False), (MISSING, False)],
+        "exp": [
+            (now + 600, True), (now + 600.5, True), (now - 600, False),
+            (now + 400 * 86400, False), (str(now + 600), False), ([now + 600], False),
+            (True, False), (MISSING, False), (None, False), (10**30, False),
+            (float("inf"), False),
+        ],
+        "iat": [
+            (now, True), (now - 100.5, True), ([now], False), ("now", False),
+            (now + 3600, False), (MISSING, False), ({"t": now}, False),
+        ],
+        "nbf": [(MISSING, True), (now - 10, True), (now + 600, False), ("x", False)],
+        "auth_time": [(now, True), (MISSING, True), ("x", False), (False, False)],
+        "groups": [(["warehouse"], True), ("warehouse", True), (7, True), (None, True)],
+        "amr": [(["pwd", "otp"], True), ("pwd", True), ({"a": 1}, True)],
+        "email": [("a@example.com", True), (7, True), (MISSING, True)],
+        # (aud, azp): several audiences need a trusted azp (OIDC Core 3.1.3.7).
+        "aud+azp": [
+            (("portcullis", MISSING), True), ((["portcullis"], "payroll"), True),
+            ((several, "portcullis"), True), ((several, MISSING), False),
+            ((several, "payroll"), False), ((several, 7), False), (("payroll", MISSING), False),
+            ((7, MISSING), False), (([7], MISSING), False), (([], MISSING), False),
+            ((MISSING, MISSING), False), (({"aud": "portcullis"}, MISSING), False),
+        ],
+    }  # fmt: skip
+
+
+@st.composite
+def _crafted(
+    draw: st.DrawFn, header_options: Options, claim_options: Options
+) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """A JOSE header and claims where a few fields (maybe none) hold a value a
+    gateway must refuse and the rest a good (if odd) one, so each refusal reason
+    is tried alone and valid tokens come up too. Returns them and what's spoiled."""
+    names = [
+        (part, name)
+        for part, options in (("header", header_options), ("claims", claim_options))
+        for name, choices in options.items()
+        if not all(ok for _, ok in choices)
+    ]
+    spoil = draw(st.lists(st.sampled_from(names), max_size=2, unique=True))
+    parts: dict[str, dict[str, Any]] = {"header": {}, "claims": {}}
+    for part, options in (("header", header_options), ("claims", claim_options)):
+        for name, choices in options.items():
+            bad = (part, name) in spoil
+            value = draw(st.sampled_from([v for v, ok in choices if ok is not bad]))
+            if name == "aud+azp":
+                parts[part].update(zip(("aud", "azp"), value, strict=True))
+            else:
+                parts[part][name] = value
+    header, claims = (
+        {name: value for name, value in parts[part].items() if value is not MISSING}
+        for part in ("header", "claims")
+    )
+    return header, claims, [f"{part}.{name}" for part, name in spoil]
+
+
+async def _raw(stack: Stack, authorization: bytes) -> tuple[int, dict[str, str], bytes, int]:
+    before = stack.total_forwarded()
+    status, headers, body = await raw_get(stack, authorization)
+    return status, headers, body, stack.total_forwarded() - before
+
+
+async def test_crafted_tokens_are_refused_with_401_or_answered_by_the_policy(
+    stack: Stack,
+) -> None:
+    """Tokens signed with the trusted issuer's real key (so the signature passes)
+    with odd JOSE headers and odd claim types, and arbitrary Authorization bytes:
+    the gateway answers 401 invalid_token, or for a valid token the policy's
+    answer; never a 5xx, never forwards an invalid token, one event per request."""
+    loop = asyncio.get_running_loop()
+    now = int(time.time())
+    refused_ids: list[str] = []
+    accepted: list[int] = []
+    requests = 0
+
+    def send(authorization: bytes) -> tuple[int, dict[str, str], bytes, int]:
+        nonlocal requests
+        requests += 1
+        return asyncio.run_coroutine_threadsafe(_raw(stack, authorization), loop).result(30)
+
+    def check_refused(status: int, headers: dict[str, str], body: bytes, forwarded: int) -> None:
+        assert status == 401, (status, body)
+        assert 'error="invalid_token"' in headers["WWW-Authenticate"], headers
+        assert forwarded == 0
+        refused_ids.append(json.loads(body)["decision_id"])
+
+    @settings(max_examples=300, derandomize=True, deadline=None, database=None)
+    @given(_crafted(_header_options(stack.issuer.kid), _claim_options(stack.issuer.issuer, now)))
+    def signed_tokens(crafted: tuple[dict[str, Any], dict[str, Any], list[str]]) -> None:
+        header, payload, spoiled = crafted
+        status, headers, body, forwarded = send(
+            b"Bearer " + signed(stack, header, payload).encode()
+        )
+        assert status < 500, (status, body)
+        if spoiled:
+            check_refused(status, headers, body, forwarded)
+        else:
+            assert "invalid_token" not in headers.get("WWW-Authenticate", ""), (headers, payload)
+            assert status in (200, 401, 403), (status, body)
+            assert forwarded == (1 if status == 200 else 0)
+            accepted.append(status)
+
+    token_shaped = st.lists(
+        st.text("ABCXYZabcxyz0129-_=+/ .\t", max_size=40), min_size=1, max_size=4
+    ).map(lambda parts: ".".join(parts).encode())
+    # What HTTP lets through in a header value: HTAB, visible ASCII, space, obs-text.
+    header_bytes = st.binary(max_size=60).map(
+        lambda raw: bytes(b for b in raw if b == 9 or 32 <= b <= 126 or b >= 128)
+    )
+
+    @settings(max_examples=200, derandomize=True, deadline=None, database=None)
+    @given(
+        st.sampled_from([b"", b"Bearer ", b"bearer ", b"Bearer  ", b"Basic ", b"Bearer\t"]),
+        st.one_of(token_shaped, header_bytes),
+    )
+    def arbitrary_authorization(scheme: bytes, rest: bytes) -> None:
+        check_refused(*send(scheme + rest))
+
+    await asyncio.to_thread(signed_tokens)
+    await asyncio.to_thread(arbitrary_authorization)
+    assert accepted.count(200) >= 15  # the property saw valid tokens too, not only refusals
+    events = await stack.events(at_least=requests)
+    assert len(events) == requests
+    reasons = {e["decision_id"]: e["result"]["reasons"] for e in events}
+    for decision_id in refused_ids:
+        assert reasons[decision_id][0].startswith("invalid token: "), reasons[decision_id]

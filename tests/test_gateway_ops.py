@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 
 from gateway.config import ConfigError, load_config
+from gateway.server import build_admin_app
 from tests.conftest import POLICIES, ROOT
 from tests.gateway_stack import ServerFactory, Stack, free_port, start_stack
 
@@ -31,18 +32,59 @@ def policy_copy(tmp_path: Path) -> Path:
     return target
 
 
-async def test_health_and_readiness(stack: Stack) -> None:
-    assert (await stack.get("/healthz")).status == 200
+@pytest.fixture
+async def admin(aiohttp_server: ServerFactory, stack: Stack) -> str:
+    """The admin listener (/metrics, /readyz, /audit/head) of ``stack``'s gateway."""
+    server = await aiohttp_server(build_admin_app(stack.gateway))
+    return f"http://127.0.0.1:{server.port}"
+
+
+async def test_public_health_and_readiness_say_nothing_more(stack: Stack) -> None:
+    health = await stack.get("/healthz")
+    assert health.status == 200 and await health.json() == {"status": "ok"}
     ready = await stack.get("/readyz")
-    assert ready.status == 200
-    assert (await ready.json())["policy_revision"] == stack.gateway.policy.engine.revision  # type: ignore[union-attr]
+    assert ready.status == 200 and await ready.json() == {"ready": True}
 
 
-async def test_metrics_count_requests_decisions_and_latency(stack: Stack) -> None:
+async def test_metrics_are_not_served_on_the_public_listener(stack: Stack) -> None:
+    response = await stack.get("/metrics")
+    assert response.status == 404
+    text = await response.text()
+    assert "portcullis_" not in text and stack.issuer.issuer not in text
+    assert (await response.json())["error"] == "no_route"
+    await stack.gateway.decision_log.close()  # type: ignore[union-attr]
+    events = [json.loads(line) for line in stack.log_path.read_text().splitlines()]
+    refused = [e for e in events if e.get("path") == "gateway"]
+    assert [e["input"]["attributes"]["request"]["http"]["path"] for e in refused] == ["/metrics"]
+    for path in ("/audit/head", "/readyz?verbose=1"):
+        body = await (await stack.get(path)).text()
+        assert "policy_revision" not in body and '"seq"' not in body
+
+
+async def test_admin_listener_serves_metrics_and_readyz(stack: Stack, admin: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        ready = await session.get(f"{admin}/readyz")
+        assert ready.status == 200
+        body = await ready.json()
+        assert body["policy_revision"] == stack.gateway.policy.engine.revision  # type: ignore[union-attr]
+        assert body["instance"] == stack.gateway.instance_id
+        metrics = await session.get(f"{admin}/metrics")
+        assert metrics.status == 200
+        assert "portcullis_policy_reloads_total" in await metrics.text()
+        head = await (await session.get(f"{admin}/audit/head")).json()
+        assert head["type"] == "chain_signature" and head["reason"] == "start"
+        assert head["file"] == str(stack.log_path) and len(head["signature"]) == 86
+        # The admin app serves operations only: nothing is proxied from it.
+        assert (await session.get(f"{admin}/wms/stock")).status == 404
+    assert stack.total_forwarded() == 0
+
+
+async def test_metrics_count_requests_decisions_and_latency(stack: Stack, admin: str) -> None:
     await stack.get("/wms/a", stack.token("alice", **WAREHOUSE))
     await stack.get("/wms/a", stack.token("eve", groups=["store"], amr=["otp"]))
     await stack.get("/nowhere/")
-    text = await (await stack.get("/metrics")).text()
+    async with aiohttp.ClientSession() as session:
+        text = await (await session.get(f"{admin}/metrics")).text()
     assert 'portcullis_requests_total{app="wms",status="200"} 1.0' in text
     assert 'portcullis_requests_total{app="wms",status="403"} 1.0' in text
     assert 'portcullis_requests_total{app="-",status="404"} 1.0' in text
@@ -182,6 +224,10 @@ def test_invalid_config_is_refused_with_the_key_path(tmp_path: Path) -> None:
         ("auth: true\n", "issuers: at least one token issuer is required"),
         ("rotues: []\n", "rotues: unknown key"),
         ("routes: [\n", "invalid YAML"),
+        ("admin_listener: {port: 8080}\nauth: false\n",
+         "admin_listener.port: 8080 is also listeners[0]'s port"),
+        ("admin_listener: {port: -1}\nauth: false\n", "admin_listener.port: must be 0-65535"),
+        ("admin_listener: {path: /metrics}\nauth: false\n", "admin_listener.path: unknown key"),
     ],
 )  # fmt: skip
 def test_config_errors_name_what_is_wrong(tmp_path: Path, yaml_text: str, message: str) -> None:
@@ -273,10 +319,11 @@ def test_demo_token_without_a_demo_state_is_a_clear_error(tmp_path: Path) -> Non
 
 
 async def test_two_workers_share_the_port_and_shut_down_cleanly(tmp_path: Path) -> None:
-    port = free_port()
+    port, admin_port = free_port(), free_port()
     config = tmp_path / "gateway.yaml"
     config.write_text(
         f"listeners: [{{address: 127.0.0.1, port: {port}}}]\nauth: false\n"
+        f"admin_listener: {{address: 127.0.0.1, port: {admin_port}}}\n"
         f"policy: {{source: {POLICIES}}}\n"
         "routes: [{app: wms, upstream: 'http://127.0.0.1:9', path_prefix: /wms/}]\n"
     )
@@ -287,8 +334,10 @@ async def test_two_workers_share_the_port_and_shut_down_cleanly(tmp_path: Path) 
     try:
         await wait_http(f"http://127.0.0.1:{port}/healthz", gateway)
         instances = set()
-        for _ in range(200):
-            status, body = await fetch(f"http://127.0.0.1:{port}/healthz")
+        assert await fetch(f"http://127.0.0.1:{port}/healthz") == (200, {"status": "ok"})
+        assert (await fetch(f"http://127.0.0.1:{port}/metrics"))[0] == 404
+        for _ in range(200):  # the admin listener names the worker that answered
+            status, body = await fetch(f"http://127.0.0.1:{admin_port}/healthz")
             assert status == 200
             instances.add(body["instance"])
             if len(instances) == 2:

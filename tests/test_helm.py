@@ -30,7 +30,8 @@ DEFAULT_KINDS = {
     "ConfigMap": 1, "Deployment": 1, "HorizontalPodAutoscaler": 1, "NetworkPolicy": 1,
     "PodDisruptionBudget": 1, "Service": 1, "ServiceAccount": 1,
 }  # fmt: skip
-FULL_KINDS = DEFAULT_KINDS | {"NetworkPolicy": 3, "ServiceMonitor": 1}
+# With the ServiceMonitor: a second, ClusterIP Service for the admin port.
+FULL_KINDS = DEFAULT_KINDS | {"NetworkPolicy": 3, "ServiceMonitor": 1, "Service": 2}
 # The Prometheus Operator's CRD: no schema in kubernetes-validate; checked by hand below.
 CRD_KINDS = {"ServiceMonitor"}
 
@@ -87,14 +88,46 @@ def test_rendered_manifests_are_valid_kubernetes(which: str, request: Any) -> No
             kubernetes_validate.validate(doc, version, strict=True)
 
 
-def test_service_monitor_scrapes_the_metrics_endpoint(full_docs: list[dict[str, Any]]) -> None:
+def test_service_monitor_scrapes_the_admin_port(full_docs: list[dict[str, Any]]) -> None:
     monitor = one(full_docs, "ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     (endpoint,) = monitor["spec"]["endpoints"]
-    assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"
-    assert endpoint["scheme"] == "https"  # the full values serve TLS from the pod
-    assert monitor["spec"]["selector"] == one(full_docs, "Deployment")["spec"]["selector"]
+    assert endpoint == {"port": "admin", "path": "/metrics", "interval": "30s", "scheme": "http"}
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    pods = one(full_docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert selector == pods | {"app.kubernetes.io/component": "admin"}
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    # It selects the admin Service only, a ClusterIP one: the public Service (here a
+    # LoadBalancer) carries no admin port.
+    (admin,) = [d for d in full_docs if d["kind"] == "Service" and d["metadata"]["labels"]
+                .get("app.kubernetes.io/component") == "admin"]  # fmt: skip
+    assert admin["spec"]["type"] == "ClusterIP"
+    assert admin["spec"]["ports"] == [
+        {"name": "admin", "port": 9090, "targetPort": "admin", "protocol": "TCP"}
+    ]
+    (public,) = [d for d in full_docs if d["kind"] == "Service" and d is not admin]
+    assert [port["targetPort"] for port in public["spec"]["ports"]] == ["http"]
+
+
+@pytest.mark.parametrize("which", ["default", "full"])
+def test_metrics_are_served_only_on_the_admin_listener(which: str, request: Any) -> None:
+    docs = request.getfixturevalue(f"{which}_docs")
+    config = yaml.safe_load(one(docs, "ConfigMap")["data"]["gateway.yaml"])
+    assert config["admin_listener"] == {"address": "0.0.0.0", "port": 9090}
+    ports = {p["name"]: p["containerPort"] for p in containers(docs)["gateway"]["ports"]}
+    assert ports == {"http": 8080, "admin": 9090}
+    # The gateway's own NetworkPolicy (the others are in the backends' namespaces).
+    (gateway,) = [
+        d for d in docs if d["kind"] == "NetworkPolicy" and "namespace" not in d["metadata"]
+    ]
+    policy = gateway["spec"]["ingress"]
+    if which == "default":  # nobody but the kubelet reaches the admin port
+        assert [rule["ports"] for rule in policy] == [[{"port": "http", "protocol": "TCP"}]]
+    else:
+        admin = [rule for rule in policy if rule["ports"][0]["port"] == "admin"]
+        assert admin == [{"ports": [{"port": "admin", "protocol": "TCP"}], "from": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        ]}]  # fmt: skip
 
 
 @pytest.mark.parametrize("which", ["default", "full"])
@@ -123,8 +156,8 @@ def test_gateway_probes_use_the_health_endpoints(which: str, request: Any) -> No
     scheme = "HTTPS" if which == "full" else "HTTP"
     assert gateway["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http",
                                                    "scheme": scheme}  # fmt: skip
-    assert gateway["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http",
-                                                    "scheme": scheme}  # fmt: skip
+    assert gateway["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin",
+                                                    "scheme": "HTTP"}  # fmt: skip
     assert gateway["startupProbe"]["httpGet"]["path"] == "/healthz"
     assert gateway["args"][:3] == ["gateway", "--config", "/etc/portcullis/config/gateway.yaml"]
 
@@ -173,6 +206,7 @@ def test_default_gateway_config_loads_in_the_gateway(
 ) -> None:
     config = load_config(mounted_config(default_docs, tmp_path))
     assert config.listeners[0].address == "0.0.0.0" and config.listeners[0].port == 8080
+    assert config.admin_listener is not None and config.admin_listener.port == 9090
     assert config.policy.source == str(POLICIES)  # the image's /opt/portcullis/policies
     assert config.assertion.key_file == tmp_path / "etc/portcullis/assertion/assertion-key.pem"
     assert config.decision_log.path == tmp_path / "var/lib/portcullis/decisions.log"
@@ -327,6 +361,8 @@ def test_autoscaling_owns_the_replica_count(default_docs: list[dict[str, Any]]) 
         (["--set", "signIn.enabled=true"], "needs signIn.issuer and signIn.clientId"),
         (["--set", "policy.mode=configMap"], "policy.mode needs a policy set"),
         (["--set", "policy.mode=opa"], "policy.mode needs a policy set"),
+        (["--set", "gateway.adminPort=8080"], "gateway.adminPort must differ from gateway.port"),
+        (["--set", "gateway.adminPort=80"], "gateway.adminPort"),
     ],
 )  # fmt: skip
 def test_bad_values_fail_before_anything_is_installed(options: list[str], message: str) -> None:

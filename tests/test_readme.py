@@ -3,7 +3,8 @@
 A shell block preceded by `<!-- runnable -->` is executed with bash (-e -o
 pipefail) from a scratch directory holding the repository's policies/,
 examples/ and helm/, with .venv/bin and .tools on PATH, while `portcullis
-demo` runs there (its port replaces the README's 8080). The marker may say
+demo` runs there (its ports replace the README's 8080 and admin 9090). The
+marker may say
 `exit=N` (the block's expected exit code) and `expect="TEXT"` (repeatable:
 text its output must contain). Every other shell block must say why it isn't
 run: `<!-- not runnable: reason -->`. The Rego examples load beside the
@@ -103,6 +104,7 @@ def test_every_shell_block_says_whether_a_test_runs_it() -> None:
 class Demo:
     port: int
     workspace: Path
+    admin_port: int
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -114,14 +116,15 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     workspace = tmp_path_factory.mktemp("readme")
     for name in ("policies", "examples", "helm"):
         (workspace / name).symlink_to(ROOT / name)
-    port = free_port()
+    port, admin_port = free_port(), free_port()
     process = subprocess.Popen(
-        [str(BIN / "portcullis"), "demo", "--port", str(port), "--base-port", "0"],
+        [str(BIN / "portcullis"), "demo", "--port", str(port), "--base-port", "0",
+         "--admin-port", str(admin_port)],
         cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         wait_ready(f"http://127.0.0.1:{port}/readyz", process)
-        yield Demo(port, workspace)
+        yield Demo(port, workspace, admin_port)
     finally:
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=30)
@@ -145,6 +148,7 @@ def run_shell(code: str, demo: Demo) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     env["PATH"] = f"{BIN}{os.pathsep}{ROOT / '.tools'}{os.pathsep}{env.get('PATH', '')}"
     code = code.replace("127.0.0.1:8080", f"127.0.0.1:{demo.port}")
+    code = code.replace("127.0.0.1:9090", f"127.0.0.1:{demo.admin_port}")  # the admin listener
     return subprocess.run(
         ["bash", "-e", "-o", "pipefail", "-c", code],
         cwd=demo.workspace, env=env, capture_output=True, text=True, timeout=120,

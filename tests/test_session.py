@@ -11,7 +11,8 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from gateway.config import ConfigError, parse_config
-from gateway.session import (
+from gateway.signin.flow import safe_return_to
+from gateway.signin.session import (
     COOKIE_CHANGES,
     CookiePolicy,
     KeyRing,
@@ -23,7 +24,6 @@ from gateway.session import (
     read_key_file,
     write_key_file,
 )
-from gateway.sign_in import safe_return_to
 
 
 def ring(*keys: bytes) -> KeyRing:

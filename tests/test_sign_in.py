@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import html
+import json
 import re
 import time
 from collections.abc import AsyncIterator
@@ -18,8 +19,8 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from gateway.session import KeyRing, Session, write_key_file
-from tests.gateway_stack import ServerFactory, Stack
+from gateway.signin.session import KeyRing, Session, write_key_file
+from tests.gateway_stack import ServerFactory, Stack, logged, raw_request
 from tests.sign_in_stack import (
     CLIENT_ID,
     CLIENT_SECRET,
@@ -183,6 +184,34 @@ async def test_tampered_cookie_is_no_session_and_is_cleared(stack: Stack, client
     for garbage in ("", "v1", "v1.x.y", "v2.abc.def", "%00", "v1." + "A" * 5000):
         assert (await api_get(stack, "/wms/", garbage)).status == 401
     assert stack.total_forwarded() == 1  # only the signed-in request
+
+
+async def test_garbage_session_cookies_are_no_session_never_a_500(stack: Stack) -> None:
+    """Bytes no browser would send in the session cookies (non-UTF-8, odd names,
+    a chunk without its head) are no session: 401 or sign-in, logged, never a 500."""
+    cookies = [
+        b"portcullis_session=\xff\xfe\x80",
+        b"portcullis_session=v1.\xc3\x28.abc; portcullis_session_1=\xff",
+        b"portcullis_session_\xff=1; portcullis_session=v1.x.y",
+        b"portcullis_session_1=orphan-chunk",
+        b"portcullis_session=" + b"A" * 3000 + b"; portcullis_session_2=\x80",
+        b"portcullis_session_auth_\xe9=1; portcullis_session=%00",
+    ]
+    decision_ids = []
+    for cookie in cookies:
+        for accept in (b"application/json", b"text/html"):
+            head = (
+                b"GET /wms/stock HTTP/1.1\r\nHost: {host}\r\nAccept: " + accept + b"\r\n"
+                b"Cookie: " + cookie + b"\r\n"
+            )
+            status, _, body = await raw_request(stack.url, head)
+            assert status == (401 if accept == b"application/json" else 302), (cookie, body)
+            if status == 401:
+                decision_ids.append(json.loads(body)["decision_id"])
+    assert stack.total_forwarded() == 0
+    events = await logged(stack, *decision_ids)
+    assert len(events) == len(decision_ids)
+    assert all(e["input"]["identity"]["authenticated"] is False for e in events)
 
 
 async def test_key_rotation_keeps_sessions_and_dropping_a_key_ends_them(
@@ -558,12 +587,27 @@ async def test_browser_post_without_a_session_gets_a_sign_in_page(stack: Stack) 
     assert 'href="/.portcullis/sign_in?rd=%2Fwms%2Fitems"' in page.text
 
 
+def sign_out_form(page: Page) -> dict[str, str]:
+    assert page.status == 200, page.text
+    assert '<form method="post" action="/.portcullis/sign_out">' in page.text
+    token = re.search(r'name="token" value="([^"]+)"', page.text)
+    assert token is not None
+    return {"token": html.unescape(token[1])}
+
+
+SAME_ORIGIN = {"Sec-Fetch-Site": "same-origin"}
+
+
 async def test_sign_out_clears_the_session_and_signs_out_at_the_provider(
     stack: Stack, client: Browser, provider: DevProvider
 ) -> None:
     await client.sign_in(stack.url + "/wms/", "alice", ["otp"])
-    async with client.http.get(stack.url + "/.portcullis/sign_out", allow_redirects=False) as out:
-        assert out.status == 302
+    form = sign_out_form(await client.go(stack.url + "/.portcullis/sign_out"))
+    headers = {**SAME_ORIGIN, "Origin": stack.url}
+    async with client.http.post(
+        stack.url + "/.portcullis/sign_out", data=form, headers=headers, allow_redirects=False
+    ) as out:
+        assert out.status == 303
         location = out.headers["Location"]
         assert any(
             c.startswith(f"{COOKIE}=") and "Max-Age=0" in c
@@ -587,6 +631,62 @@ async def test_sign_out_clears_the_session_and_signs_out_at_the_provider(
     assert "You are signed out" in done.text
     page = await client.go(stack.url + "/wms/")
     assert "/interaction/" in page.url, "the next request goes to sign-in"
+
+
+async def test_get_sign_out_shows_a_page_and_signs_nobody_out(
+    stack: Stack, client: Browser, provider: DevProvider
+) -> None:
+    """A link, an <img> or a top-level navigation from any site is a GET: it
+    shows the sign-out button and ends nothing."""
+    await client.sign_in(stack.url + "/wms/", "alice", ["otp"])
+    async with client.http.get(
+        stack.url + "/.portcullis/sign_out",
+        headers={"Sec-Fetch-Site": "cross-site", "Referer": "https://evil.example/"},
+        allow_redirects=False,
+    ) as response:
+        assert response.status == 200
+        assert "Set-Cookie" not in response.headers
+        csp = response.headers["Content-Security-Policy"]
+        assert f"form-action 'self' {provider.url};" in csp  # the POST goes on to the provider
+        sign_out_form(Page(str(response.url), 200, await response.text(), {}, []))
+    assert client.cookie(COOKIE, stack.url) is not None
+    page = await client.go(stack.url + "/wms/stock")
+    assert page.status == 200 and '"app": "wms"' in page.text
+    assert len(stack.forwarded("wms")) == 2
+
+
+async def test_cross_site_sign_out_is_refused(stack: Stack, client: Browser) -> None:
+    await client.sign_in(stack.url + "/wms/", "alice", ["otp"])
+    form = sign_out_form(await client.go(stack.url + "/.portcullis/sign_out"))
+    async with browser(stack.url) as stranger:  # a page for no session: its token is no use
+        other = sign_out_form(await stranger.go(stack.url + "/.portcullis/sign_out"))
+    url = stack.url + "/.portcullis/sign_out"
+    attempts = [
+        # A form on evil.example posting here: the browser says where it comes from.
+        (form, {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}, "cross-site"),
+        (form, {"Origin": "https://evil.example"}, "Origin: https://evil.example"),
+        (form, {"Sec-Fetch-Site": "same-site"}, "Sec-Fetch-Site: same-site"),
+        (form, {"Origin": "null"}, "Origin: null"),
+        # A browser that sends neither header still needs this session's token.
+        ({}, {}, "token missing or not for this session"),
+        ({"token": "v1.x.y"}, SAME_ORIGIN, "token missing or not for this session"),
+        (other, SAME_ORIGIN, "token missing or not for this session"),
+    ]
+    refused = []
+    for data, headers, reason in attempts:
+        async with client.http.post(url, data=data, headers=headers, allow_redirects=False) as out:
+            assert out.status == 403, await out.text()
+            assert "Set-Cookie" not in out.headers
+            body = await out.json()
+            assert body["error"] == "sign_out_refused" and reason in body["reason"], body
+            refused.append(body["decision_id"])
+    page = await client.go(stack.url + "/wms/stock")
+    assert page.status == 200, "still signed in"
+    events = {e["decision_id"]: e for e in await logged(stack, *refused)}
+    for decision_id in refused:
+        assert events[decision_id]["result"]["reasons"][0].startswith("gateway.sign_out_refused:")
+    async with client.http.post(url, data=form, headers=SAME_ORIGIN, allow_redirects=False) as out:
+        assert out.status == 303, "the page's own button still works"
 
 
 async def test_max_age_zero_asks_the_provider_for_a_fresh_login(

@@ -13,6 +13,7 @@ logs read ours::
      "labels": {"id": ..., "version": ..., ...}, "metrics": {"timer_..._ns": ...},
      "bundles": {"portcullis": {"revision": "..."}},
      "masked": ["/input/attributes/request/http/headers/authorization"],  # if any
+     "truncated": ["/input/attributes/request/http/headers/x-long"],  # if any
      "seq": 42, "prev_hash": "<64 hex>"}
 
 Our chain fields:
@@ -21,7 +22,10 @@ Our chain fields:
 - ``prev_hash``: hex SHA-256 of the exact bytes of the previous line (without
   its newline), which may be in the previous file after a rotation.
 - ``masked``: as OPA, the JSON pointers whose values were replaced by
-  ``**REDACTED**`` (credential headers always; more through ``mask_headers``).
+  ``**REDACTED**`` (credential headers always; more through ``mask_headers``
+  and ``mask_query_params``), and ``truncated``: those of header values cut
+  short, or of the headers object when some were left out (both written by
+  :mod:`gateway.audit.redaction`, only when not empty).
 
 Chain signatures are lines of their own, in the same chain::
 
@@ -35,18 +39,21 @@ event's ``prev_hash``); the signature covers :func:`signing_input`, i.e.
 reason, seq, head, signed_at and kid. Since each line's hash covers the
 previous hash, one signature vouches for every line before it.
 
-Every file begins with a signed ``start`` record: its ``head`` is
-:data:`GENESIS` for a brand-new chain, or the hash of the last line of the
-previous file (after ``reopen()``, or when the gateway restarts on an existing
-file). So a file verifies on its own (lines deleted from its beginning are
-caught: the first line is not a start record), and consecutive files verify as
-one chain (a missing or reordered file breaks the link). A gateway that starts
-on an empty file begins a new chain; that gap can't be checked (reported as a
-note). A signature follows every ``sign_interval`` seconds or ``sign_every``
+Every run and every file begins with a signed ``start`` record: its ``head``
+is :data:`GENESIS` for a brand-new chain, or the hash of the last line before
+it: of the previous run in the same file, of the previous file after
+``reopen()``, or, when the gateway starts on an empty file (logrotate moved
+the old one while it was stopped), as recorded in ``<log>.head`` beside the
+log. Its ``seq`` is the number of events before it. So runs and files form
+one chain: a missing run or file breaks a link, a log that doesn't begin at
+GENESIS is incomplete unless the verifier is told what it continues from,
+and a ``start`` record is itself a signed head of everything before it.
+A signature follows every ``sign_interval`` seconds or ``sign_every``
 events (whichever first, only when there are new events), one ``rotate``
-record ends a file on ``reopen()``, and one ``close`` record ends it at
-shutdown. Events after the last signature are not yet vouched for: deleting
-them can't be detected, which ``portcullis audit verify`` reports.
+record ends a file on ``reopen()``, and one ``close`` record ends a run at
+shutdown. Events after the last signature are not yet vouched for, and a log
+cut at a signature still looks whole: only a head kept elsewhere (the admin
+listener's ``/audit/head``, the next file's ``start``) shows the cut.
 """
 
 from __future__ import annotations

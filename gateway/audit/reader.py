@@ -93,6 +93,18 @@ class SignedHead:
     signed_at: str
     kid: str
     source: str  # where it came from, for messages
+    signature: str = ""
+
+    def reached_by(self, line: LogLine) -> bool:
+        """Whether this line is the one the head vouches for, or the head's own record."""
+        if line.digest == self.head:
+            return True
+        record = line.record
+        return (
+            bool(self.signature)
+            and record is not None
+            and (record.get("type") == SIGNATURE_TYPE and record.get("signature") == self.signature)
+        )
 
     @classmethod
     def from_record(
@@ -111,6 +123,7 @@ class SignedHead:
             str(record["signed_at"]),
             str(record["kid"]),
             source,
+            str(record["signature"]),
         )
 
 
@@ -311,11 +324,24 @@ def verify_log(
             result.events += 1
             since_sig += 1
         count = seq
-        if head is not None and head_at is None and line.digest == head.head:
+        # The head vouches for the line before it (`head`); a head that starts a
+        # chain vouches for nothing before it, so its own line is the match.
+        if head is not None and head_at is None and head.reached_by(line):
             head_at = seq
 
     last = recent[-1] if recent else None
     if last is None:
+        if head is not None:  # emptied: only an outside head can tell
+            where = str(paths[-1]) if paths else "the log"
+            result.problems.append(
+                Problem(
+                    where,
+                    0,
+                    "truncated",
+                    f"the log is empty, but the gateway signed a head at seq {head.seq} "
+                    f"({head.signed_at}, from {head.source})",
+                )
+            )
         return result
     result.tail_seq, result.tail_hash = count or 0, last.digest
     if head is not None:

@@ -1,49 +1,6 @@
-"""The decision log: every decision as one hash-chained JSON line, the chain signed.
+"""The decision log's writer: every decision as one hash-chained JSON line, the chain signed.
 
-File format (JSON lines, UTF-8/ASCII, one record per line, ``\\n``-terminated):
-
-Decision events use OPA's decision-log field names, so tools that read OPA's
-logs read ours::
-
-    {"decision_id": "<uuid4>", "timestamp": "2024-05-01T12:00:00.123456789Z",
-     "path": "portcullis/gateway/decision", "input": {...}, "result": {...},
-     "labels": {"id": ..., "version": ..., ...}, "metrics": {"timer_..._ns": ...},
-     "bundles": {"portcullis": {"revision": "..."}},
-     "masked": ["/input/attributes/request/http/headers/authorization"],  # if any
-     "seq": 42, "prev_hash": "<64 hex>"}
-
-Our chain fields:
-
-- ``seq``: the event's number in its chain, 1, 2, 3, ... across rotated files.
-- ``prev_hash``: hex SHA-256 of the exact bytes of the previous line (without
-  its newline), which may be in the previous file after a rotation.
-- ``masked``: as OPA, the JSON pointers whose values were replaced by
-  ``**REDACTED**`` (credential headers always; more through ``mask_headers``).
-
-Chain signatures are lines of their own, in the same chain::
-
-    {"type": "chain_signature", "reason": "start" | "interval" | "close" | "rotate",
-     "seq": <events in the chain so far>, "head": "<64 hex>",
-     "signed_at": "<RFC 3339 ns>", "kid": "...", "alg": "ES256",
-     "signature": "<base64url r||s, as in a JWS>"}
-
-``head`` is the hash of the line before the signature (its link, like an
-event's ``prev_hash``); the signature covers :func:`signing_input`, i.e.
-reason, seq, head, signed_at and kid. Since each line's hash covers the
-previous hash, one signature vouches for every line before it.
-
-Every file begins with a signed ``start`` record: its ``head`` is
-:data:`GENESIS` for a brand-new chain, or the hash of the last line of the
-previous file (after ``reopen()``, or when the gateway restarts on an existing
-file). So a file verifies on its own (lines deleted from its beginning are
-caught: the first line is not a start record), and consecutive files verify as
-one chain (a missing or reordered file breaks the link). A gateway that starts
-on an empty file begins a new chain; that gap can't be checked (reported as a
-note). A signature follows every ``sign_interval`` seconds or ``sign_every``
-events (whichever first, only when there are new events), one ``rotate``
-record ends a file on ``reopen()``, and one ``close`` record ends it at
-shutdown. Events after the last signature are not yet vouched for: deleting
-them can't be detected, which ``portcullis audit verify`` reports.
+The file format is described in :mod:`gateway.audit.chain`.
 
 Writing: ``record()`` only appends a tuple to a deque (no I/O, no JSON, no
 locks): the writer thread masks, serialises, hashes and appends chunks of lines
@@ -74,50 +31,39 @@ import collections
 import contextlib
 import errno
 import fcntl
-import functools
-import hashlib
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import (
-    decode_dss_signature,
-    encode_dss_signature,
-)
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
+from gateway.audit.chain import (
+    DECISION_PATH,
+    GENESIS,
+    SIGNATURE_TYPE,
+    line_hash,
+    rfc3339_ns,
+    signing_input,
+)
+from gateway.audit.redaction import DEFAULT_MASKED_HEADERS, Redactor
 from portcullis import __version__
 
 logger = logging.getLogger("portcullis.decision_log")
 
-DECISION_PATH = "portcullis/gateway/decision"
-GENESIS = "0" * 64
-REDACTED = "**REDACTED**"
-SIGNATURE_TYPE = "chain_signature"
-SIGNATURE_CONTEXT = "portcullis-decision-log-chain-signature/v1"
-SIGN_REASONS = ("start", "interval", "close", "rotate")
-SEALING_REASONS = ("close", "rotate")
-# Credential-bearing headers, masked in every event whatever the config says.
-ALWAYS_MASKED_HEADERS = frozenset(
-    {"authorization", "cookie", "proxy-authorization", "x-portcullis-assertion", "set-cookie"}
-)
-_HEADERS_POINTER = ("input", "attributes", "request", "http", "headers")
 # Lines per write: bounds how long the writer holds the GIL between syscalls.
 _CHUNK = 64
 # Wake the writer early when this many events wait (else every flush_interval).
 _WAKE_AT = 2048
 _MAX_BACKOFF = 5.0
-# Lines the verifier remembers to tell an insertion or a swap from a deletion.
-_WINDOW = 16
 
 
 class DecisionLogError(Exception):
@@ -134,6 +80,7 @@ class _Chain:
     head: str = GENESIS
     seq: int = 0  # events in the chain so far
     signed: int = 0  # seq of the last signature written
+    signature: bytes | None = None  # the last signature line written
 
 
 class DecisionLog:
@@ -147,6 +94,7 @@ class DecisionLog:
         key_id: str,
         sign_interval: float = 10.0,
         mask_headers: Iterable[str] = (),
+        redactor: Redactor | None = None,
         labels: dict[str, str] | None = None,
         sign_every: int = 10_000,
         flush_interval: float = 0.05,
@@ -158,19 +106,19 @@ class DecisionLog:
         if sign_interval <= 0 or sign_every <= 0 or flush_interval <= 0:
             raise ValueError("sign_interval, sign_every and flush_interval must be positive")
         self.path = Path(path)
+        # Where the chain stands, kept beside the log: a run that starts on an
+        # empty file (logrotate moved the old one away) continues the chain from it.
+        self.head_path = self.path.with_name(self.path.name + ".head")
+        self._head_fd = -1
+        self._head_size = 0
         self._key = signing_key
         self._kid = key_id
         self._sign_interval = sign_interval
         self._sign_every = sign_every
         self._flush_interval = flush_interval
-        headers, pointers = set(ALWAYS_MASKED_HEADERS), []
-        for entry in mask_headers:
-            if entry.startswith("/"):
-                pointers.append(_parse_pointer(entry))
-            else:
-                headers.add(entry.lower())
-        self._mask_header_names = frozenset(headers)
-        self._mask_pointers = pointers
+        # Masking and shortening: gateway/audit/redaction.py. Without a redactor,
+        # ``mask_headers`` adds to its default list.
+        self._redactor = redactor or Redactor(mask_headers=(*DEFAULT_MASKED_HEADERS, *mask_headers))
         self._labels = {"version": __version__, **(labels or {})}
 
         self._queue: collections.deque[_Item] = collections.deque()
@@ -209,13 +157,17 @@ class DecisionLog:
         revision: str,
         metrics: dict[str, int],
         labels: dict[str, str] | None = None,
+        path: str = DECISION_PATH,
     ) -> None:
-        """Queue one decision; never blocks. Don't modify input/result afterwards."""
+        """Queue one decision; never blocks. Don't modify input/result afterwards.
+
+        ``path`` names the policy that decided, or ``gateway`` for a request the
+        gateway refused before any policy was asked (see REFUSAL_PATH)."""
         if self._closed:
             raise RuntimeError("decision log is closed: this decision would be lost")
         queue = self._queue
         queue.append(
-            ("event", time.time_ns(), decision_id, input, result, revision, metrics, labels)
+            ("event", time.time_ns(), decision_id, input, result, revision, metrics, labels, path)
         )
         if len(queue) >= _WAKE_AT:
             self._wake.set()
@@ -253,6 +205,14 @@ class DecisionLog:
                 self._write_errors,
             )
 
+    def signed_head(self) -> dict[str, Any] | None:
+        """The latest chain signature written (for ``/audit/head``): kept outside
+        the file, it shows later whether the file's end was cut off."""
+        line = self._chain.signature
+        if line is None:
+            return None
+        return {**json.loads(line), "file": str(self.path), "line_hash": line_hash(line)}
+
     @property
     def stats(self) -> dict[str, int]:
         """Counters for /metrics."""
@@ -281,6 +241,12 @@ class DecisionLog:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+            self._close_head()
+
+    def _close_head(self) -> None:
+        if self._head_fd >= 0:
+            os.close(self._head_fd)
+            self._head_fd = -1
 
     def _drain(self) -> float:
         """Write queued chunks; returns how long to sleep before the next round."""
@@ -303,6 +269,7 @@ class DecisionLog:
                 logger.warning("decision log %s: writing again", self.path)
             self._failures = 0
             self._chain = chain
+            self._save_head()
             self._events_written += events
             self._signatures_written += signatures
             self._chunk = None
@@ -334,6 +301,7 @@ class DecisionLog:
 
     def _serialize(self, chunk: list[_Item]) -> tuple[bytes, _Chain, int, int, bool]:
         head, seq, signed = self._chain.head, self._chain.seq, self._chain.signed
+        signature = self._chain.signature
         lines: list[bytes] = []
         events = signatures = 0
         reopen = False
@@ -348,19 +316,21 @@ class DecisionLog:
                 line = self._signature_line("rotate" if reopen else item[1], seq, head)
                 signatures += 1
                 signed = seq
+                signature = line
             lines.append(line)
-            head = hashlib.sha256(line).hexdigest()
+            head = line_hash(line)
         lines.append(b"")
-        return b"\n".join(lines), _Chain(head, seq, signed), events, signatures, reopen
+        chain = _Chain(head, seq, signed, signature)
+        return b"\n".join(lines), chain, events, signatures, reopen
 
     def _event_line(self, item: _Item, seq: int, prev_hash: str) -> bytes:
-        _, ns, decision_id, input_, result, revision, metrics, labels = item
+        _, ns, decision_id, input_, result, revision, metrics, labels, path = item
         event: dict[str, Any] = {"input": input_, "result": result}
-        masked = self._mask(event)
+        masked, truncated = self._redactor.apply(event)
         record: dict[str, Any] = {
             "decision_id": decision_id,
             "timestamp": rfc3339_ns(ns),
-            "path": DECISION_PATH,
+            "path": path,
             "input": event["input"],
             "result": event["result"],
             "labels": {**self._labels, **labels} if labels else self._labels,
@@ -369,6 +339,8 @@ class DecisionLog:
         }
         if masked:
             record["masked"] = masked
+        if truncated:
+            record["truncated"] = truncated
         record["seq"] = seq
         record["prev_hash"] = prev_hash
         # orjson: ~14x faster than json here, and this thread shares the GIL
@@ -398,31 +370,22 @@ class DecisionLog:
         }
         return json.dumps(record, separators=(",", ":")).encode()
 
-    def _mask(self, event: dict[str, Any]) -> list[str]:
-        """Replace secrets in ``event`` copy-on-write; returns the masked pointers."""
-        masked: list[str] = []
-        given = event["input"]
+    def _save_head(self) -> None:
+        """Record where the chain stands in ``head_path`` (one pwrite, no fsync:
+        the log's own fsync at each signature is what makes lines durable)."""
+        chain = self._chain
+        state = {"seq": chain.seq, "hash": chain.head, "signed": self.signed_head()}
+        data = json.dumps(state, separators=(",", ":")).encode()
+        # Overwrite in place, padded with spaces (JSON ignores them): no torn
+        # state from a crash between a truncate and a write.
+        data = data.ljust(self._head_size)
         try:
-            headers = given["attributes"]["request"]["http"]["headers"]
-        except (KeyError, TypeError, IndexError):
-            headers = None
-        if isinstance(headers, dict):
-            names = self._mask_header_names
-            secret = [name for name in headers if str(name).lower() in names]
-            if secret:
-                # Copy only the dicts on the way down: the caller's stay untouched.
-                headers = dict(headers)
-                for name in secret:
-                    headers[name] = REDACTED
-                    masked.append(_header_pointer(str(name)))
-                http = {**given["attributes"]["request"]["http"], "headers": headers}
-                request = {**given["attributes"]["request"], "http": http}
-                attributes = {**given["attributes"], "request": request}
-                event["input"] = {**given, "attributes": attributes}
-        for pointer in self._mask_pointers:
-            if _replace(event, pointer):
-                masked.append(_format_pointer(pointer))
-        return masked
+            os.pwrite(self._head_fd, data, 0)
+        except OSError as error:
+            self._write_errors += 1
+            logger.error("decision log %s: cannot record the chain head: %s", self.head_path, error)
+            return
+        self._head_size = len(data)
 
     def _fsync(self) -> None:
         # The lines are written (in the page cache); a failed fsync is counted and
@@ -505,15 +468,58 @@ class DecisionLog:
             return fd, chain
         try:
             found = _tail_state(self.path)
-        except OSError as error:
+            saved = self._open_head() if chain is None else None
+        except (OSError, DecisionLogError) as error:
             os.close(fd)
+            self._close_head()
+            if isinstance(error, DecisionLogError):
+                raise
             raise DecisionLogError(f"cannot read {self.path}: {error.strerror}") from error
         if found is None:
-            return fd, chain or _Chain()
-        head, seq, torn = found
+            return fd, chain or saved or _Chain()
+        head, seq, torn, recent = found
         if torn:  # a crash cut the last line: end it so our records start on a line
             _write_all(fd, b"\n")
+        if saved is not None and saved.head not in recent and saved.seq >= seq:
+            # The file ends before where the chain stood: it was cut or replaced
+            # while the gateway was down. Continue from the recorded head, so the
+            # break stays visible to `portcullis audit verify`.
+            logger.error(
+                "decision log %s ends at seq %d, but %s records seq %d: the log was cut "
+                "or replaced while the gateway was stopped; continuing the chain from "
+                "the recorded head (verify will report the gap)",
+                self.path,
+                seq,
+                self.head_path,
+                saved.seq,
+            )
+            return fd, saved
         return fd, _Chain(head, seq, seq)
+
+    def _open_head(self) -> _Chain | None:
+        """Open ``head_path`` (kept open for the writer) and read the chain state
+        a previous run left there; None if there is none."""
+        try:
+            self._head_fd = os.open(self.head_path, os.O_RDWR | os.O_CREAT, 0o640)
+            data = os.pread(self._head_fd, 1 << 16, 0)
+        except OSError as error:
+            raise DecisionLogError(
+                f"cannot open the decision log's head file {self.head_path}: {error.strerror}"
+            ) from error
+        self._head_size = len(data)
+        if not data.strip():
+            return None
+        try:
+            state = json.loads(data)
+            signed = state["signed"]
+            signature = None if signed is None else _signature_bytes(signed)
+            return _Chain(str(state["hash"]), int(state["seq"]), int(state["seq"]), signature)
+        except (ValueError, KeyError, TypeError):
+            raise DecisionLogError(
+                f"{self.head_path} is damaged: it records where the decision log's chain "
+                "stands. Restore it, or remove it to start a new chain (verify will then "
+                "report the gap)"
+            ) from None
 
 
 def _ends_signed(chunk: list[_Item]) -> bool:
@@ -527,8 +533,18 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _tail_state(path: Path) -> tuple[str, int, bool] | None:
-    """(hash of the last line, last seq seen, line torn) of a non-empty file."""
+def _signature_bytes(signed: dict[str, Any]) -> bytes:
+    """The signature line as written, from signed_head()'s answer."""
+    record = {k: v for k, v in signed.items() if k not in ("file", "line_hash")}
+    line = json.dumps(record, separators=(",", ":")).encode()
+    if line_hash(line) != signed["line_hash"]:
+        raise ValueError("signature record does not match its line hash")
+    return line
+
+
+def _tail_state(path: Path) -> tuple[str, int, bool, set[str]] | None:
+    """(hash of the last line, last seq seen, line torn, hashes of the last lines
+    read) of a non-empty file."""
     with path.open("rb") as file:
         size = file.seek(0, os.SEEK_END)
         if size == 0:
@@ -546,7 +562,7 @@ def _tail_state(path: Path) -> tuple[str, int, bool] | None:
                 break
     torn = not data.endswith(b"\n")
     last = data.rstrip(b"\n").split(b"\n")[-1] if not torn else data.split(b"\n")[-1]
-    head = hashlib.sha256(last).hexdigest()
+    head = line_hash(last)
     seq = 0
     for line in reversed(data.split(b"\n")):
         try:
@@ -556,25 +572,8 @@ def _tail_state(path: Path) -> tuple[str, int, bool] | None:
         if isinstance(record, dict) and isinstance(record.get("seq"), int):
             seq = record["seq"]
             break
-    return head, seq, torn
-
-
-def signing_input(reason: str, seq: int, head: str, signed_at: str, kid: str) -> bytes:
-    """The exact bytes a chain signature covers."""
-    return "\n".join([SIGNATURE_CONTEXT, reason, str(seq), head, signed_at, kid]).encode()
-
-
-_SECOND_CACHE: list[Any] = [None, ""]
-
-
-def rfc3339_ns(ns: int) -> str:
-    """Like OPA: ``2024-05-01T12:00:00.123456789Z``."""
-    seconds, fraction = divmod(ns, 1_000_000_000)
-    cache = _SECOND_CACHE
-    if cache[0] != seconds:
-        cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-        cache[0] = seconds
-    return f"{cache[1]}.{fraction:09d}Z"
+    recent = {line_hash(line) for line in data.rstrip(b"\n").split(b"\n")}
+    return head, seq, torn, recent
 
 
 def _json_fallback(value: Any) -> Any:
@@ -583,402 +582,3 @@ def _json_fallback(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
-
-
-def _parse_pointer(pointer: str) -> tuple[str, ...]:
-    parts = tuple(p.replace("~1", "/").replace("~0", "~") for p in pointer.split("/")[1:])
-    if len(parts) < 2 or parts[0] not in ("input", "result"):
-        raise ValueError(f"mask pointer {pointer!r} must point inside /input/ or /result/")
-    return parts
-
-
-def _format_pointer(parts: Sequence[str]) -> str:
-    return "/" + "/".join(str(p).replace("~", "~0").replace("/", "~1") for p in parts)
-
-
-@functools.lru_cache(maxsize=256)
-def _header_pointer(name: str) -> str:
-    return _format_pointer((*_HEADERS_POINTER, name))
-
-
-def _step(node: Any, key: str) -> tuple[bool, Any]:
-    if isinstance(node, dict):
-        return (key in node, node.get(key))
-    if isinstance(node, list) and key.isdigit() and int(key) < len(node):
-        return True, node[int(key)]
-    return False, None
-
-
-def _walk(node: Any, parts: Sequence[str]) -> Any:
-    for key in parts:
-        found, node = _step(node, key)
-        if not found:
-            return None
-    return node
-
-
-def _replace(root: dict[str, Any], parts: Sequence[str]) -> bool:
-    """Set root[parts] = REDACTED, copying every container on the way down.
-
-    The caller's objects are shared below ``root``: they are never changed.
-    """
-    if not _step(_walk(root, parts[:-1]), parts[-1])[0]:
-        return False
-    node: Any = root
-    for depth, key in enumerate(parts):
-        last = depth == len(parts) - 1
-        index: Any = int(key) if isinstance(node, list) else key
-        child = REDACTED if last else node[index]
-        if not last:
-            child = dict(child) if isinstance(child, dict) else list(child)
-        node[index] = child
-        node = child
-    return True
-
-
-# -- verification ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Problem:
-    """Where the chain first went wrong, and what it looks like."""
-
-    file: str
-    line: int
-    kind: str  # modified | deleted | inserted | reordered | signature | damaged | start
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.message}"
-
-
-@dataclass
-class VerifyResult:
-    events: int = 0
-    signatures: int = 0
-    problems: list[Problem] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    unsigned_tail: int = 0
-    sealed: bool = False
-    last_signed_at: str | None = None
-    records: int = 0
-
-    @property
-    def ok(self) -> bool:
-        """No modification, deletion, insertion or reordering found."""
-        return not self.problems
-
-    @property
-    def complete(self) -> bool:
-        """ok, every event covered by a signature, and the log ends with a seal."""
-        return self.ok and self.unsigned_tail == 0 and self.sealed
-
-
-@dataclass
-class _Line:
-    file: str
-    number: int
-    position: tuple[int, int]
-    raw: bytes
-    digest: str
-    record: dict[str, Any] | None
-    torn: bool
-
-
-def _lines(paths: Sequence[Path]) -> Iterator[_Line]:
-    for index, path in enumerate(paths):
-        with Path(path).open("rb") as file:
-            for number, chunk in enumerate(file, start=1):
-                torn = not chunk.endswith(b"\n")
-                raw = chunk[:-1] if not torn else chunk
-                try:
-                    record = json.loads(raw)
-                except ValueError:
-                    record = None
-                if not isinstance(record, dict):
-                    record = None
-                digest = hashlib.sha256(raw).hexdigest()
-                yield _Line(str(path), number, (index, number), raw, digest, record, torn)
-
-
-def public_key_from_jwk(jwk: dict[str, Any]) -> ec.EllipticCurvePublicKey:
-    """An EC P-256 public key from its JWK."""
-    if jwk.get("kty") != "EC" or jwk.get("crv") != "P-256":
-        raise ValueError(f"key {jwk.get('kid')!r} is not an EC P-256 key")
-
-    def coordinate(name: str) -> int:
-        text = str(jwk[name])
-        return int.from_bytes(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)), "big")
-
-    numbers = ec.EllipticCurvePublicNumbers(coordinate("x"), coordinate("y"), ec.SECP256R1())
-    return numbers.public_key()
-
-
-def _check_signature(
-    record: dict[str, Any], keys: dict[str, ec.EllipticCurvePublicKey]
-) -> str | None:
-    """None if the signature verifies, else what's wrong with it."""
-    kid = record.get("kid")
-    key = keys.get(kid) if isinstance(kid, str) else None
-    if key is None:
-        key = keys.get("*")
-    if key is None:
-        known = ", ".join(sorted(keys)) or "none"
-        return f"signed with unknown key id {kid!r} (keys given: {known})"
-    try:
-        text = str(record["signature"])
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        if len(raw) != 64:
-            return "signature is not a 64-byte ES256 signature"
-        der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
-        message = signing_input(
-            str(record["reason"]),
-            int(record["seq"]),
-            str(record["head"]),
-            str(record["signed_at"]),
-            str(kid),
-        )
-        key.verify(der, message, ec.ECDSA(hashes.SHA256()))
-    except (KeyError, ValueError, TypeError):
-        return "signature record is malformed"
-    except InvalidSignature:
-        return f"signature does not verify with key {kid!r}"
-    return None
-
-
-def verify_log(
-    paths: Sequence[Path], public_keys: dict[str, ec.EllipticCurvePublicKey]
-) -> VerifyResult:
-    """Check the chain and its signatures over ``paths`` (oldest file first).
-
-    ``public_keys`` maps kid -> key; the kid ``"*"`` matches any kid (a bare
-    PEM key). Raises OSError for unreadable files.
-    """
-    result = VerifyResult()
-    ordered = _chain_order(paths)
-    if ordered != list(paths):
-        names = ", ".join(str(path) for path in ordered)
-        result.notes.append(f"files verified in the order they were written: {names}")
-    paths = ordered
-    links: dict[str, tuple[int, _Line]] = {}  # broken link -> (problem index, its line)
-    recent: collections.deque[_Line] = collections.deque(maxlen=_WINDOW)
-    count: int | None = None  # events in the chain so far, once known
-    last_good_sig: _Line | None = None
-    since_sig = 0
-    last_break = -_WINDOW - 1  # index of the last broken link
-    gaps: list[tuple[int, int, int]] = []  # (problem index, first, last missing seq)
-    index = -1
-
-    def problem(line: _Line, kind: str, message: str) -> int:
-        result.problems.append(Problem(line.file, line.number, kind, message))
-        return len(result.problems) - 1
-
-    for line in _lines(paths):
-        index += 1
-        result.records += 1
-        prev = recent[-1] if recent else None
-        recent.append(line)
-        record = line.record
-        if record is None:
-            what = "a cut-off line (a crash mid-write?)" if line.torn else "not a JSON record"
-            problem(line, "damaged", f"{what}: edited or damaged")
-            continue
-        is_signature = record.get("type") == SIGNATURE_TYPE
-        link = record.get("head" if is_signature else "prev_hash")
-        seq = record.get("seq")
-        if not isinstance(link, str) or not isinstance(seq, int):
-            problem(line, "damaged", "record has no chain fields (prev_hash/head, seq)")
-            continue
-        starts = is_signature and record.get("reason") == "start"
-
-        link_ok = True
-        if prev is None:
-            if not starts:
-                problem(
-                    line,
-                    "start",
-                    "the log does not begin with a signed start record: lines were "
-                    "deleted from its beginning",
-                )
-            elif link != GENESIS:
-                result.notes.append(
-                    f"{line.file} continues a chain: {seq} events before it are in "
-                    "earlier files not given"
-                )
-        elif link != prev.digest:
-            link_ok = False
-            if prev.record is None:
-                pass  # the damaged line before was reported: its bytes are what changed
-            elif starts and line.number == 1 and link == GENESIS:
-                result.notes.append(
-                    f"{line.file} starts a new chain: nothing links it to {prev.file}"
-                )
-                count, link_ok = 0, True
-            else:
-                earlier = next((i for i, seen in enumerate(recent) if seen.digest == link), None)
-                if earlier is not None and index - last_break < _WINDOW:
-                    pass  # the other half of a reordering reported just before
-                elif earlier is not None:
-                    first = recent[earlier + 1]
-                    inserted = len(recent) - 2 - earlier
-                    problem(
-                        first,
-                        "inserted",
-                        f"{inserted} line(s) inserted here: line {line.number} links to "
-                        f"line {recent[earlier].number}",
-                    )
-                else:
-                    at = _diagnose(line, prev, seq, count, is_signature, problem)
-                    links.setdefault(link, (at, line))
-                    if result.problems[at].kind == "deleted" and not is_signature:
-                        gaps.append((at, (count or 0) + 1, seq - 1))
-            if not link_ok:
-                last_break = index
-
-        if is_signature:
-            error = _check_signature(record, public_keys)
-            if error is None and record.get("reason") not in SIGN_REASONS:
-                error = f"unknown signature reason {record.get('reason')!r}"
-            if error is not None:
-                since = (
-                    f"line {last_good_sig.number}"
-                    if last_good_sig and last_good_sig.file == line.file
-                    else "the start of the file"
-                )
-                detail = ""
-                if count is not None and seq != count:
-                    change = "inserted" if count > seq else "deleted"
-                    detail = f"; it signs {seq} events, {count} precede it ({change}?)"
-                problem(
-                    line,
-                    "signature",
-                    f"chain signature invalid: {error}. Records between {since} and here "
-                    f"were changed and the chain recomputed, or the signature was forged"
-                    f"{detail}",
-                )
-            elif link_ok:
-                if count is not None and seq != count:
-                    change = "deleted" if seq > count else "inserted"
-                    problem(
-                        line,
-                        change,
-                        f"the signature covers {seq} events but {count} precede it: "
-                        f"{abs(seq - count)} event(s) {change} before this line",
-                    )
-                result.signatures += 1
-                result.last_signed_at = str(record.get("signed_at"))
-                last_good_sig = line
-                since_sig = 0
-        else:
-            gap = next((g for g in gaps if g[1] <= seq <= g[2]), None)
-            if gap is not None:  # a "deleted" event turns up later: it was moved
-                gaps.remove(gap)
-                old = result.problems[gap[0]]
-                result.problems[gap[0]] = Problem(
-                    old.file,
-                    old.line,
-                    "reordered",
-                    f"lines reordered: event seq {seq} should come before this line, "
-                    f"it is at {line.file}:{line.number}",
-                )
-            elif link_ok and count is not None and prev is not None and seq != count + 1:
-                if seq > count + 1:
-                    at = problem(
-                        line, "deleted", f"event seq {seq} follows seq {count}: events deleted"
-                    )
-                    gaps.append((at, count + 1, seq - 1))
-                else:
-                    problem(
-                        line,
-                        "reordered",
-                        f"event seq {seq} follows seq {count}: reordered or duplicated",
-                    )
-            result.events += 1
-            since_sig += 1
-        count = seq
-
-    last = recent[-1] if recent else None
-    if last is None:
-        return result
-    if last.torn and last.record is not None:
-        problem(last, "damaged", "the last line has no newline: cut off mid-write")
-    result.unsigned_tail = since_sig
-    final = last.record or {}
-    result.sealed = (
-        final.get("type") == SIGNATURE_TYPE
-        and final.get("reason") in SEALING_REASONS
-        and last is last_good_sig
-    )
-    if links:
-        _find_moved_lines(paths, links, result)
-    order = [str(path) for path in paths]
-    result.problems.sort(key=lambda p: (order.index(p.file), p.line))
-    return result
-
-
-def _chain_order(paths: Sequence[Path]) -> list[Path]:
-    """Files sorted by the signed time of their start record (logrotate numbers
-    files newest first, and shells sort names): the order the chain runs in."""
-
-    def started(item: tuple[int, Path]) -> tuple[str, int]:
-        index, path = item
-        try:
-            with Path(path).open("rb") as file:
-                first = json.loads(file.readline())
-            stamp = first.get("signed_at") if first.get("reason") == "start" else None
-        except (OSError, ValueError, AttributeError):
-            stamp = None
-        return (stamp if isinstance(stamp, str) else "", index)
-
-    return [path for _, path in sorted(enumerate(paths), key=started)]
-
-
-def _diagnose(
-    line: _Line, prev: _Line, seq: int, count: int | None, is_signature: bool, problem: Any
-) -> int:
-    """Name the broken link between ``prev`` and ``line``; returns the problem index."""
-    expected = (count or 0) if is_signature else (count or 0) + 1
-    if line.number == 1 and line.file != prev.file:
-        gap = f"{seq - expected} events are" if seq > expected else "something is"
-        message = f"{gap} missing between {prev.file} and this file (a file deleted?)"
-        return int(problem(line, "deleted", message))
-    if count is not None and seq > expected:
-        missing = seq - expected
-        what = "before this signature" if is_signature else "before this line"
-        message = f"{missing} event(s) deleted {what} (seq {count} -> {seq})"
-        return int(problem(line, "deleted", message))
-    if count is not None and seq < expected:
-        if is_signature:
-            message = f"{count - seq} event(s) inserted before this signature, which covers {seq}"
-            return int(problem(line, "inserted", message))
-        message = f"seq {seq} after seq {count}: lines reordered or duplicated"
-        return int(problem(line, "reordered", message))
-    return int(
-        problem(
-            prev,
-            "modified",
-            f"this line was modified: line {line.number} records a different hash "
-            "for it (or a signature record after it was deleted)",
-        )
-    )
-
-
-def _find_moved_lines(
-    paths: Sequence[Path], links: dict[str, tuple[int, _Line]], result: VerifyResult
-) -> None:
-    """Second pass: a line linking to a line found elsewhere means reordering."""
-    where: dict[str, _Line] = {}
-    for line in _lines(paths):
-        if line.digest in links:
-            where.setdefault(line.digest, line)
-    for digest, (index, broken) in links.items():
-        found = where.get(digest)
-        old = result.problems[index]
-        if found is None or found is broken or old.kind not in ("deleted", "modified"):
-            continue
-        result.problems[index] = Problem(
-            broken.file,
-            broken.number,
-            "reordered",
-            f"lines reordered: this line belongs right after {found.file}:{found.number}",
-        )

@@ -4,6 +4,7 @@ redirects to the provider for sign-in and step-up, and the gateway's own pages."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
@@ -12,17 +13,17 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import aiohttp
 from aiohttp import web
 
-from gateway import pages
 from gateway.config import GatewayConfig, SignInConfig
 from gateway.decision import Decision
 from gateway.identity import ANONYMOUS, Identity
-from gateway.oidc import OidcClient, ProviderError, TokenInvalid, same
-from gateway.session import (
+from gateway.signin import pages
+from gateway.signin.oidc import OidcClient, ProviderError, TokenInvalid, same
+from gateway.signin.session import (
     CookiePolicy,
     KeyRing,
     Session,
@@ -45,6 +46,9 @@ REFRESH_REMEMBERED = 60.0  # a finished refresh answers requests still carrying 
 REFRESH_FAILURE_REMEMBERED = 5.0
 SESSION: web.RequestKey[Session] = web.RequestKey("portcullis_session", Session)
 _ACR = re.compile(r"^[A-Za-z0-9:._/+-]{1,128}$")
+MAX_FORM_BYTES = 4096
+# Gateway.refuse(request, status, rule, reason): a logged refusal (gateway/server.py).
+Refuse = Callable[[web.Request, int, str, str], web.Response]
 
 
 def safe_return_to(value: str | None, host: str) -> str | None:
@@ -81,8 +85,9 @@ def wants_html(request: web.Request) -> bool:
     return "text/html" in request.headers.get("Accept", "")
 
 
-def _redirect(location: str) -> web.Response:
-    return web.Response(status=302, headers={"Location": location, "Cache-Control": "no-store"})
+def _redirect(location: str, status: int = 302) -> web.Response:
+    headers = {"Location": location, "Cache-Control": "no-store"}
+    return web.Response(status=status, headers=headers)
 
 
 def _step_up(value: Any) -> dict[str, Any]:
@@ -98,8 +103,9 @@ class BrowserSignIn:
     """Browsers sign in through the configured OpenID provider; the session then
     lives only in an encrypted cookie, so any replica can serve it."""
 
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, refuse: Refuse) -> None:
         assert config.sign_in is not None
+        self.refuse = refuse
         self.config: SignInConfig = config.sign_in
         session = config.session
         self.lifetime = session.lifetime
@@ -150,6 +156,16 @@ class BrowserSignIn:
         """The session's identity, refreshed when its ID token is about to expire;
         ANONYMOUS for no cookie, a tampered or undecryptable one, or an ended session
         (which is then cleared, so the browser simply signs in again)."""
+        try:
+            return await self._identity(request)
+        except Exception:
+            # Fail closed and stay on the decision path: an unexpected error with a
+            # session is no session (the request is judged, and logged, as anonymous).
+            log.exception("session could not be read; treating the browser as signed out")
+            self.cookies.clear(request)
+            return ANONYMOUS
+
+    async def _identity(self, request: web.Request) -> Identity:
         session = self.cookies.load(request)
         if session is None:
             if self.cookies.policy.name in request.cookies:  # tampered, or an old key's
@@ -484,14 +500,63 @@ class BrowserSignIn:
         return _redirect(return_to)
 
     async def sign_out(self, request: web.Request) -> web.Response:
+        """GET shows a page whose button POSTs here; only that POST signs out.
+
+        A GET (a link, an <img>, a top-level navigation from any site) must not
+        end a session (OWASP). The POST needs the page's token, sealed for this
+        very session, and a browser that says the request is cross-site (Origin,
+        Sec-Fetch-Site) is refused even with one."""
+        if request.method in ("GET", "HEAD"):
+            return await self._sign_out_page(request)
+        if request.method != "POST":
+            return self.refuse(request, 405, "method_not_allowed", "sign-out is GET or POST")
+        why_not = self._cross_site(request) or await self._bad_sign_out_token(request)
+        if why_not is not None:
+            log.warning("sign-out refused: %s", why_not)
+            return self.refuse(request, 403, "sign_out_refused", why_not)
+        return await self._sign_out(request)
+
+    async def _sign_out_page(self, request: web.Request) -> web.Response:
+        token = self.cookies.keys.seal("sign-out", self._session_mark(request))
+        with contextlib.suppress(ProviderError):
+            await self.client.metadata()  # to name its sign-out origin in the page's CSP
+        return pages.sign_out(SIGN_OUT_PATH, token, self.client.logout_origin())
+
+    def _session_mark(self, request: web.Request) -> bytes:
+        """What the sign-out token is bound to: this browser's session, or none."""
+        session = self.cookies.load(request)
+        if session is None:
+            return b"-"
+        return f"{session.issuer}\n{session.subject}\n{session.created_at}".encode()
+
+    def _cross_site(self, request: web.Request) -> str | None:
+        site = request.headers.get("Sec-Fetch-Site")
+        if site is not None and site != "same-origin":
+            return f"sign-out must come from the gateway's own page (Sec-Fetch-Site: {site})"
+        origin = request.headers.get("Origin")
+        if origin is not None and origin != self._base_url(request):
+            return f"sign-out must come from the gateway's own page (Origin: {origin[:100]})"
+        return None
+
+    async def _bad_sign_out_token(self, request: web.Request) -> str | None:
+        length = request.content_length
+        if length is None or length > MAX_FORM_BYTES:
+            return "sign-out form missing or too large"
+        form = parse_qs((await request.read()).decode("utf-8", "replace"))
+        token = (form.get("token") or [""])[0]
+        if self.cookies.keys.open("sign-out", token) != self._session_mark(request):
+            return "sign-out token missing or not for this session (reload the sign-out page)"
+        return None
+
+    async def _sign_out(self, request: web.Request) -> web.Response:
         self.cookies.clear(request)
         self.cookies.drop_pending(request, self.cookies.pending_names(request))
         done = self._base_url(request) + SIGNED_OUT_PATH
         try:
             await self.client.metadata()
         except ProviderError:
-            return _redirect(SIGNED_OUT_PATH)
-        return _redirect(self.client.logout_url(done) or SIGNED_OUT_PATH)
+            return _redirect(SIGNED_OUT_PATH, 303)
+        return _redirect(self.client.logout_url(done) or SIGNED_OUT_PATH, 303)
 
     async def signed_out(self, request: web.Request) -> web.Response:
         return pages.signed_out(SIGN_IN_PATH)

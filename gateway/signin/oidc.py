@@ -8,11 +8,12 @@ import base64
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 import jwt
@@ -23,6 +24,9 @@ from gateway.jwks import JwksCache
 log = logging.getLogger("portcullis.oidc")
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=10)
 DISCOVERY_RETRY_SECONDS = 5.0
+_ORIGIN = re.compile(
+    r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?"
+)
 
 
 class ProviderError(Exception):
@@ -263,7 +267,7 @@ class OidcClient:
         assert self._keys is not None
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.DecodeError as error:
+        except (jwt.PyJWTError, UnicodeError) as error:  # PyJWT's header checks (kid, crit) too
             raise TokenInvalid(f"malformed ID token: {error}") from error
         algorithm = header.get("alg")
         if algorithm not in self.config.algorithms:
@@ -306,6 +310,16 @@ class OidcClient:
         if subject is not None and claims.get("sub") != subject:
             raise TokenInvalid("refreshed ID token is for another subject")
         return claims
+
+    def logout_origin(self) -> str | None:
+        """Where sign-out sends the browser (the sign-out page's CSP form-action
+        must allow it: browsers check a form's redirects against it too)."""
+        if self._metadata is None or self._metadata.end_session_endpoint is None:
+            return None
+        parts = urlsplit(self._metadata.end_session_endpoint)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        # It goes into a CSP header: a plain origin or nothing.
+        return origin if _ORIGIN.fullmatch(origin) else None
 
     def logout_url(self, post_logout_redirect_uri: str) -> str | None:
         if self._metadata is None or self._metadata.end_session_endpoint is None:

@@ -84,7 +84,9 @@ def plain(reason: str) -> str:
     return reason[:1].upper() + reason[1:] + ("" if reason.endswith(".") else ".")
 
 
-def _page(title: str, body: str, status: int) -> web.Response:
+def _page(
+    title: str, body: str, status: int, headers: dict[str, str] | None = None
+) -> web.Response:
     html = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -92,7 +94,11 @@ def _page(title: str, body: str, status: int) -> web.Response:
         f'<body><main><div class="brand">Portcullis</div>{body}</main></body></html>'
     )
     return web.Response(
-        text=html, status=status, content_type="text/html", charset="utf-8", headers=HEADERS
+        text=html,
+        status=status,
+        content_type="text/html",
+        charset="utf-8",
+        headers=headers or HEADERS,
     )
 
 
@@ -189,6 +195,27 @@ def sign_in_failed(message: str, retry_url: str, status: int = 400) -> web.Respo
         f'<a class="button" href="{escape(retry_url)}">Start again</a>'
     )
     return _page("Sign-in failed", body, status)
+
+
+def sign_out(action: str, token: str, provider_origin: str | None) -> web.Response:
+    """Signing out is this page's button (a POST): a link or a GET from any site
+    must not end a session. The form may go on to the provider's sign-out."""
+    body = (
+        "<h1>Sign out?</h1><p>This ends your gateway session in this browser, "
+        "and then at the sign-in provider.</p>"
+        f'<form method="post" action="{escape(action)}">'
+        f'<input type="hidden" name="token" value="{escape(token)}">'
+        '<button type="submit">Sign out</button>'
+        '<a class="button secondary" href="/.portcullis/">Stay signed in</a></form>'
+    )
+    # Under no-referrer a browser sends `Origin: null` with the POST, and the
+    # gateway checks Origin: same-origin still sends no Referer anywhere else.
+    headers = {**HEADERS, "Referrer-Policy": "same-origin"}
+    if provider_origin:
+        headers["Content-Security-Policy"] = HEADERS["Content-Security-Policy"].replace(
+            "form-action 'self'", f"form-action 'self' {provider_origin}"
+        )
+    return _page("Sign out", body, 200, headers)
 
 
 def signed_out(sign_in_url: str) -> web.Response:

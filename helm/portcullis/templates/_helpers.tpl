@@ -102,6 +102,12 @@ assertion:
   key_file: /etc/portcullis/assertion/assertion-key.pem
   issuer: {{ .Values.gateway.assertion.issuer | quote }}
   ttl: {{ .Values.gateway.assertion.ttl }}
+{{- if eq (int .Values.gateway.adminPort) (int .Values.gateway.port) }}
+{{- fail "gateway.adminPort must differ from gateway.port: /metrics never shares the public port" }}
+{{- end }}
+admin_listener:
+  address: 0.0.0.0
+  port: {{ .Values.gateway.adminPort }}
 decision_log:
   path: /var/lib/portcullis/decisions.log
   sign_interval: {{ .Values.gateway.decisionLog.signInterval }}

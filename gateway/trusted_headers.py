@@ -1,0 +1,90 @@
+"""Request headers a backend may trust for identity, client address, method or path:
+never taken from a client, unless a route allow-lists one (`forward_headers`).
+
+CGI, WSGI and PHP servers read `X_Remote_User` and `X-Remote-User` as the same
+variable (HTTP_X_REMOTE_USER), so names are compared with `_` folded to `-`, and
+an underscore spelling of a stripped or gateway-set header is always stripped.
+"""
+
+from __future__ import annotations
+
+# RFC 9110 7.6.1 hop-by-hop fields: for one connection, never forwarded.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# What the gateway itself says about the request (who sent it, from where, for
+# which host, with which assertion): a client's value is always dropped.
+GATEWAY_OWNED = frozenset({"forwarded", "host", "x-real-ip"})
+GATEWAY_OWNED_PREFIXES = ("x-portcullis-", "x-forwarded-")
+# Headers that auth proxies, load balancers and rewrite modules set for a backend,
+# which backends then believe: the user (oauth2-proxy, Apache/IIS REMOTE_USER,
+# Grafana's auth proxy, Azure App Service, IAP, ALB), the client address, the
+# original URL (IIS URL Rewrite, Symfony, Laravel) and the method (Rails, Express
+# method-override, ASP.NET). A route that needs one lists it in `forward_headers`.
+BACKEND_TRUSTED = frozenset(
+    {
+        "x-original-url",
+        "x-rewrite-url",
+        "x-original-uri",
+        "x-original-host",
+        "x-original-method",
+        "x-remote-user",
+        "remote-user",
+        "x-remote-group",
+        "x-remote-email",
+        "x-webauth-user",
+        "x-authenticated-user",
+        "x-user",
+        "x-email",
+        "x-http-method-override",
+        "x-method-override",
+        "x-http-method",
+        "true-client-ip",
+        "x-client-ip",
+        "x-cluster-client-ip",
+    }
+)
+BACKEND_TRUSTED_PREFIXES = (
+    "x-auth-request-",
+    "x-ms-client-principal",
+    "x-goog-authenticated-user-",
+    "x-amzn-oidc-",
+)
+
+
+def fold(name: str) -> str:
+    """The name as a CGI/WSGI server reads it: lower case, `_` as `-`."""
+    lower = name.lower()
+    return lower.replace("_", "-") if "_" in lower else lower
+
+
+def backend_trusted(folded: str) -> bool:
+    return folded in BACKEND_TRUSTED or folded.startswith(BACKEND_TRUSTED_PREFIXES)
+
+
+def gateway_owned(folded: str) -> bool:
+    return (
+        folded in GATEWAY_OWNED or folded in HOP_BY_HOP or folded.startswith(GATEWAY_OWNED_PREFIXES)
+    )
+
+
+def allow_list_problem(name: str) -> str | None:
+    """Why `name` can't be in a route's `forward_headers`, or None if it can."""
+    folded = fold(name)
+    if folded != name.lower():
+        return "use the '-' spelling: '_' spellings of these headers are always stripped"
+    if gateway_owned(folded):
+        return "set by the gateway (or hop-by-hop): a client's value is never forwarded"
+    if not backend_trusted(folded):
+        return "not stripped by the gateway, so there is nothing to allow"
+    return None

@@ -1,0 +1,300 @@
+"""The policy and the upstream see the same path: fragments, path parameters and
+look-alike segments are refused (and logged), and for any request target the
+bytes an upstream receives are exactly the path the logged decision judged."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import unquote_to_bytes
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.config import Route
+from tests.gateway_stack import ServerFactory, Stack, start_stack
+
+STORE = {"groups": ["store"], "amr": ["pwd", "otp"]}
+WAREHOUSE = {"groups": ["warehouse"], "amr": ["pwd", "otp"]}
+
+
+async def raw_request(stack: Stack, target: bytes, *, extra: bytes = b"") -> tuple[int, bytes]:
+    """Send one request with the target exactly as given; (status, whole answer)."""
+    port = int(stack.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"GET " + target + b" HTTP/1.1\r\nHost: gw\r\n" + extra + b"Connection: close\r\n\r\n"
+    )
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    status = int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else 0
+    return status, answer
+
+
+def bearer(token: str) -> bytes:
+    return f"Authorization: Bearer {token}\r\n".encode()
+
+
+# --- fragments -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [
+        ("GET", "/pos/refunds#x/1"),
+        ("POST", "/pos/refunds#"),
+        ("GET", "/wms/admin#/users"),
+        ("DELETE", "/wms/admin#"),
+        ("GET", "/pos/refunds?x=1#frag"),
+    ],
+)
+async def test_fragment_in_request_target_is_refused(
+    stack: Stack, method: str, target: str
+) -> None:
+    token = stack.token("bob", groups=["store", "warehouse"], amr=["pwd", "otp"])
+    port = int(stack.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"{method} {target} HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n"
+        "Content-Length: 0\r\nConnection: close\r\n\r\n".encode()
+    )
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert b"fragment" in answer
+    assert stack.total_forwarded() == 0
+    (event,) = await stack.events()
+    assert event["path"] == "gateway"
+    assert event["result"]["allow"] is False
+    assert event["result"]["http_status"] == 400
+    assert event["result"]["reasons"][0].startswith("gateway.path_rejected: '#'")
+    assert event["input"]["attributes"]["request"]["http"]["path"] == target
+    assert event["input"]["attributes"]["request"]["http"]["method"] == method
+
+
+async def test_fragment_on_a_websocket_upgrade_is_refused(stack: Stack) -> None:
+    token = stack.token("bob", **WAREHOUSE)
+    status, _ = await raw_request(
+        stack,
+        b"/wms/admin#ws",
+        extra=bearer(token)
+        + b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        + b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+    )
+    assert status == 400
+    assert stack.total_forwarded() == 0
+
+
+async def test_fragment_from_a_browser_session_is_refused_not_redirected(stack: Stack) -> None:
+    status, answer = await raw_request(
+        stack,
+        b"/pos/refunds#1",
+        extra=b"Accept: text/html\r\nCookie: portcullis_session=anything\r\n",
+    )
+    assert status == 400
+    assert b"Location:" not in answer
+    assert stack.total_forwarded() == 0
+
+
+# --- path parameters and look-alike segments --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "why"),
+    [
+        ("/wms/admin;x=1/users", "path parameters"),
+        ("/wms/x/..;/admin/users", "'..'"),
+        ("/wms/admin%3b/users", "encoded ';'"),
+        ("/wms/admin%3B/users", "encoded ';'"),
+        ("/wms/admin./users", "ends in '.'"),
+        ("/wms/admin%2e/users", "ends in '.'"),
+        ("/wms/admin%20/users", "whitespace"),
+        ("/wms/admin%C2%A0/users", "whitespace"),
+        ("/wms/;/admin/users", "empty segment"),
+    ],
+)
+async def test_matrix_param_segment_is_refused(stack: Stack, target: str, why: str) -> None:
+    """A warehouse token without wms-admin: Tomcat/Jetty/Spring would drop the
+    parameters and IIS the trailing dot or space, and serve /wms/admin/users."""
+    status, answer = await raw_request(
+        stack, target.encode(), extra=bearer(stack.token("carol", **WAREHOUSE))
+    )
+    assert status == 400, answer[:300]
+    assert why.encode() in answer
+    assert stack.total_forwarded() == 0
+    (event,) = await stack.events()
+    assert event["path"] == "gateway"
+    assert event["result"]["reasons"][0].startswith("gateway.path_rejected")
+
+
+@contextlib.asynccontextmanager
+async def params_allowed_stack(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> AsyncIterator[Stack]:
+    """The demo stack with `path_params: allow` on the wms route."""
+    async with start_stack(aiohttp_server, tmp_path) as stack:
+        stack.gateway.routes = [
+            replace(route, allow_path_params=True) if route.app == "wms" else route
+            for route in stack.gateway.routes
+        ]
+        yield stack
+
+
+async def test_path_params_opt_in_forwards_the_original_and_shows_the_policy_stripped_segments(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    async with params_allowed_stack(aiohttp_server, tmp_path) as stack:
+        response = await stack.get("/wms/stock;jsessionid=ABC?sku=1", stack.token("d", **WAREHOUSE))
+        assert response.status == 200
+        assert (await response.json())["path"] == "/wms/stock;jsessionid=ABC?sku=1"
+        (event,) = await stack.events()
+        assert event["input"]["parsed_path"] == ["wms", "stock"]
+        assert event["input"]["attributes"]["request"]["http"]["path"] == (
+            "/wms/stock;jsessionid=ABC?sku=1"
+        )
+
+
+async def test_path_params_opt_in_still_holds_admin_paths_to_the_admin_rule(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    async with params_allowed_stack(aiohttp_server, tmp_path) as stack:
+        token = stack.token("carol", **WAREHOUSE)
+        denied = await stack.get("/wms/admin;x=1/users", token)
+        assert denied.status == 403
+        for target in ("/wms/x/..;/admin/users", "/wms/admin.;x=1/users", "/wms/;x/admin"):
+            status, _ = await raw_request(stack, target.encode(), extra=bearer(token))
+            assert status == 400, target
+        assert stack.total_forwarded() == 0
+
+
+def test_path_params_setting_is_validated(tmp_path: Path) -> None:
+    from gateway.config import ConfigError, load_config
+
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        "routes:\n  - {app: wms, upstream: 'http://127.0.0.1:1', path_params: sometimes}\n"
+    )
+    with pytest.raises(ConfigError, match=r"routes\[0\]\.path_params: must be 'refuse' or 'allow'"):
+        load_config(config)
+
+
+# --- the property: what the upstream gets is what the policy judged ----------------------
+
+
+@dataclass
+class RawUpstream:
+    """A backend as a bare socket server, recording each request target byte for byte
+    (an aiohttp backend would parse and normalise it before a test could look)."""
+
+    targets: dict[str, bytes] = field(default_factory=dict)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                request_line, *lines = head.split(b"\r\n")
+                headers = {
+                    name.strip().lower(): value.strip()
+                    for name, _, value in (line.partition(b":") for line in lines if line)
+                }
+                length = int(headers.get(b"content-length", b"0"))
+                if length:
+                    await reader.readexactly(length)
+                request_id = headers.get(b"x-request-id", b"").decode()
+                self.targets[request_id] = request_line.split(b" ")[1]
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+        writer.close()
+
+
+# Pieces a real path is made of, and pieces an attacker mixes in; the safe ones
+# twice as likely, so about half the sample reaches an upstream.
+SAFE = ["a", "admin", "users", "stock", "/", "%41", "%7e", "~", "%c3%a9", "%E2%82%AC", "+", "!"]
+HOSTILE = [
+    ".", "..", ";", ";x=1", "#", "?", "&", "=", "%", "%2", "%2e", "%2E", "%2f", "%2F", "%5c",
+    "%3b", "%3B", "%23", "%3f", "%25", "%00", "%09", "%20", "%C0%AE", "%c0%ae", "%E0%80%AE",
+    "%C3", "%ff", "%F0%9F%98%80", "%E2%80%AE", "%C2%A0", "\u00e9", "\u202e", "\\", "\t",
+    "*", "'", "$",
+]  # fmt: skip
+PIECE = st.one_of(st.sampled_from(SAFE), st.sampled_from(SAFE), st.sampled_from(HOSTILE))
+TARGETS = st.builds(
+    lambda prefix, parts: prefix + "".join(parts),
+    st.sampled_from(["/wms/", "/wms/", "/analytics/", "/analytics/", "/wms", "/", ""]),
+    st.lists(PIECE, max_size=6),
+)
+
+
+def generated_targets(count: int) -> list[str]:
+    """A fixed, bounded sample of request targets from the strategy (derandomized)."""
+    targets: list[str] = []
+
+    @settings(max_examples=count, derandomize=True, database=None, deadline=None)
+    @given(TARGETS)
+    def collect(target: str) -> None:
+        targets.append(target)
+
+    collect()
+    return list(dict.fromkeys(targets))
+
+
+def upstream_segments(target: bytes) -> list[str]:
+    """How a lenient backend reads the path it got: Tomcat and Spring drop `;params`
+    and resolve `.` and `..`, IIS trims trailing dots and spaces."""
+    path = target.split(b"?", 1)[0]
+    segments: list[str] = []
+    for raw in path[1:].split(b"/"):
+        segment = unquote_to_bytes(raw.split(b";", 1)[0]).decode("utf-8").rstrip(". \t\u00a0")
+        if segment == ".." and segments:
+            segments.pop()
+        elif segment not in (".", ".."):
+            segments.append(segment)
+    return segments
+
+
+async def test_upstream_receives_exactly_the_path_the_policy_judged(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    upstream = RawUpstream()
+    server = await asyncio.start_server(upstream.handle, "127.0.0.1", 0)
+    upstream_url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    routes = (
+        Route("wms", upstream_url, "/wms/"),
+        Route("analytics", upstream_url, "/analytics/", allow_path_params=True),
+    )
+    targets = generated_targets(400)
+    assert len(targets) > 250
+    statuses: dict[str, int] = {}
+    async with server, start_stack(aiohttp_server, tmp_path, routes=routes) as stack:
+        token = stack.token("erin", groups=["warehouse", "wms-admin", "analyst"], amr=["otp"])
+        for number, target in zip(itertools.count(), targets, strict=False):
+            request_id = f"probe-{number}"
+            status, answer = await raw_request(
+                stack,
+                target.encode("utf-8"),
+                extra=bearer(token) + f"X-Request-Id: {request_id}\r\n".encode(),
+            )
+            assert status < 500, (target, answer[:300])
+            statuses[request_id] = status
+            if status >= 400:
+                assert request_id not in upstream.targets, target
+        events = await stack.events(at_least=len(targets))
+    forwarded = {rid for rid, status in statuses.items() if status == 200}
+    assert forwarded == set(upstream.targets)
+    assert 50 < len(forwarded) < len(targets)  # the sample exercises both outcomes
+    judged = {
+        event["input"]["attributes"]["request"]["http"]["id"]: event["input"]
+        for event in events
+        if event["result"]["allow"]
+    }
+    for request_id in forwarded:
+        received = upstream.targets[request_id]
+        decision = judged[request_id]
+        assert received.decode("ascii") == decision["attributes"]["request"]["http"]["path"]
+        assert upstream_segments(received) == decision["parsed_path"]
