@@ -207,9 +207,10 @@ class Gateway:
             try:
                 identity = await self._identity(request)
             except TokenRejected as rejected:
-                decision = deny(decision_id, 401, f"invalid token: {rejected}")
+                # Refused before any policy is asked: a gateway refusal, like a bad path.
+                decision = deny(decision_id, 401, f"gateway.invalid_token: {rejected}")
                 document = decision_input(request, path, route, ANONYMOUS, request_id)
-                self._log(decision, document, route)
+                self._log(decision, document, route, path=REFUSAL_PATH)
                 return _unauthorized(decision, str(rejected)), route.app
         # The identity's slot is taken before the decision: a request past the
         # limit is one refusal event, never an allow that then isn't served.

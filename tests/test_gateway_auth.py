@@ -81,10 +81,10 @@ async def raw_get(stack: Stack, authorization: bytes) -> tuple[int, dict[str, st
 async def assert_logged_as_invalid_token(stack: Stack, decision_id: str, reason: str) -> None:
     events = await logged(stack, decision_id)
     assert len(events) == 1, events
-    assert events[0]["path"] != "gateway"  # the token path, like any other bad token
+    assert events[0]["path"] == "gateway"  # refused before any policy was asked
     assert events[0]["result"]["allow"] is False
     assert events[0]["result"]["http_status"] == 401
-    assert events[0]["result"]["reasons"][0].startswith("invalid token: ")
+    assert events[0]["result"]["reasons"][0].startswith("gateway.invalid_token: ")
     assert reason in events[0]["result"]["reasons"][0]
 
 
@@ -547,4 +547,4 @@ async def test_crafted_tokens_are_refused_with_401_or_answered_by_the_policy(
     assert len(events) == requests
     reasons = {e["decision_id"]: e["result"]["reasons"] for e in events}
     for decision_id in refused_ids:
-        assert reasons[decision_id][0].startswith("invalid token: "), reasons[decision_id]
+        assert reasons[decision_id][0].startswith("gateway.invalid_token: "), reasons[decision_id]
