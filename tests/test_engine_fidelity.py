@@ -164,6 +164,14 @@ def random_input(rng: random.Random, paths: list[str]) -> dict[str, Any]:
     return document
 
 
+def oracle_answer(reference: Any) -> Any:
+    if reference is UNDEFINED:
+        return "undefined"
+    if isinstance(reference, EvaluationError):
+        return "error: EvaluationError"
+    return reference
+
+
 def regorus_answer(engine: EmbeddedEngine, document: Any) -> Any:
     try:
         return engine.evaluate_sync(DECISION, document)
@@ -184,7 +192,7 @@ def test_5000_gateway_decisions_agree_on_opa_interpreter_and_compiled_vm(
     on_opa = opa.values(DECISION, documents)
     mismatches = []
     for document, reference in zip(documents, on_opa, strict=True):
-        expected = "undefined" if reference is UNDEFINED else reference
+        expected = oracle_answer(reference)
         answers = (regorus_answer(interpreter, document), regorus_answer(compiled, document))
         if answers != (expected, expected):
             mismatches.append((document, expected, *answers))
