@@ -9,7 +9,8 @@ from typing import Any
 
 from iac_scanner.findings import Finding
 
-VERSION = 1
+# 2: fingerprints on rule, resource, root-relative file and the finding itself.
+VERSION = 2
 
 
 class BaselineError(Exception):
@@ -41,6 +42,12 @@ def load(path: str) -> set[str]:
             f'{path}: not a portcullis baseline: expected {{"findings": '
             '[{"fingerprint": ...}, ...]}} as written by --create-baseline'
         )
+    if document.get("version") != VERSION:
+        raise BaselineError(
+            f"{path}: a version {document.get('version')} baseline; findings are now told apart "
+            "by what they are about (not only rule, resource and file), so its fingerprints "
+            "no longer match: re-create it with --create-baseline"
+        )
     return {e["fingerprint"] for e in entries}
 
 
@@ -57,7 +64,8 @@ def render(findings: list[Finding]) -> str:
             "fingerprint": f.fingerprint,
             "rule_id": f.rule.id,
             "resource": f.resource,
-            "file": f.file,
+            "file": f.root_path or f.file,
+            "message": f.message,
         }
         for f in sorted(findings, key=Finding.sort_key)
         if f.suppressed is None

@@ -29,8 +29,9 @@ def _parser_version() -> str:
 _SALT = f"hcl2={_parser_version()};format={FORMAT_VERSION}\0".encode()
 
 
-def content_key(content: bytes) -> str:
-    return hashlib.sha256(_SALT + content).hexdigest()
+def content_key(content: bytes, kind: str = "") -> str:
+    """The key of a file's content (and, for parse results, the syntax it is read in)."""
+    return hashlib.sha256(_SALT + kind.encode() + b"\0" + content).hexdigest()
 
 
 class ParseCache:

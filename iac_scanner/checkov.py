@@ -33,12 +33,14 @@ def resolve(executable: str) -> str:
 def _commands(executable: str, paths: list[Path]) -> list[list[str]]:
     common = ["-o", "json", "--compact", "--skip-download"]
     commands = []
-    files = [str(p) for p in paths if p.is_file() and p.suffix == ".tf"]
-    plans = [str(p) for p in paths if p.is_file() and p.suffix == ".json"]
+    # .tf.json files are checkov's terraform_json framework, not terraform's.
+    frameworks = ["--framework", "terraform", "terraform_json"]
+    files = [str(p) for p in paths if p.is_file() and p.name.endswith((".tf", ".tf.json"))]
+    plans = [str(p) for p in paths if p.is_file() and p.suffix == ".json" and str(p) not in files]
     for directory in (p for p in paths if p.is_dir()):
-        commands.append([executable, "-d", str(directory), "--framework", "terraform", *common])
+        commands.append([executable, "-d", str(directory), *frameworks, *common])
     if files:
-        commands.append([executable, "-f", *files, "--framework", "terraform", *common])
+        commands.append([executable, "-f", *files, *frameworks, *common])
     if plans:
         commands.append([executable, "-f", *plans, "--framework", "terraform_plan", *common])
     return commands

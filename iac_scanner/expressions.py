@@ -217,16 +217,57 @@ def _splat(target: Any, operations: list[list[Any]], ctx: Context) -> Any:
     return result
 
 
+_DIRECTIVES = ("tif", "tfor")
+
+
 def _template(parts: list[Any], ctx: Context) -> Any:
-    if len(parts) == 1 and not isinstance(parts[0], str):
+    if len(parts) == 1 and not isinstance(parts[0], str) and parts[0][0] not in _DIRECTIVES:
         return _eval(parts[0], ctx)
     pieces = []
     for part in parts:
-        value = part if isinstance(part, str) else _eval(part, ctx)
+        if isinstance(part, str):
+            value: Any = part
+        elif part[0] == "tif":
+            value = _template_if(part, ctx)
+        elif part[0] == "tfor":
+            value = _template_for(part, ctx)
+        else:
+            value = _eval(part, ctx)
         if value is UNKNOWN or isinstance(value, Namespace):
             return UNKNOWN
         pieces.append(to_string(value))
     return "".join(pieces)
+
+
+def _template_if(part: list[Any], ctx: Context) -> Any:
+    test = _value(_eval(part[1], ctx))
+    if test is UNKNOWN:
+        return UNKNOWN
+    return _template_text(part[2] if to_bool(test) else part[3], ctx)
+
+
+def _template_for(part: list[Any], ctx: Context) -> Any:
+    _, key_var, value_var, collection_expr, body = part
+    collection = _value(_eval(collection_expr, ctx))
+    if collection is UNKNOWN:
+        return UNKNOWN
+    pieces = []
+    for key, item in _iterate(collection):
+        names = {value_var: item}
+        if key_var is not None:
+            names[key_var] = key
+        text = _template_text(body, ctx.child(names))
+        if text is UNKNOWN:
+            return UNKNOWN
+        pieces.append(text)
+    return "".join(pieces)
+
+
+def _template_text(parts: list[Any], ctx: Context) -> Any:
+    """A directive's body as a string (never its single value: it is text)."""
+    if not parts:
+        return ""
+    return _template([*parts, ""], ctx) if len(parts) == 1 else _template(parts, ctx)
 
 
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
@@ -463,6 +504,15 @@ def _collect(expr: Expr, ctx: Context, bound: set[str], found: set[str]) -> None
         children = [expr[1], expr[2]]
     elif kind == "tpl":
         children = [part for part in expr[1] if not isinstance(part, str)]
+    elif kind == "tif":
+        children = [expr[1], *[p for p in (*expr[2], *expr[3]) if not isinstance(p, str)]]
+    elif kind == "tfor":
+        _collect(expr[3], ctx, bound, found)
+        inner_names = bound | {expr[2]} | ({expr[1]} if expr[1] else set())
+        for part in expr[4]:
+            if not isinstance(part, str):
+                _collect(part, ctx, inner_names, found)
+        return
     elif kind == "tuple":
         children = list(expr[1])
     elif kind == "object":

@@ -43,12 +43,20 @@ class Finding:
     suppressed: str | None = None
     # Listed in the --baseline file: reported, but doesn't fail the build.
     baselined: bool = False
+    # What this finding is about, stable from scan to scan: the key the rule
+    # emits, or its message (two findings of one rule on one resource differ here).
+    key: str = ""
+    # The file relative to the source root (the git top-level), so the
+    # fingerprint doesn't change with the directory the scan ran from.
+    root_path: str = ""
 
     @property
     def fingerprint(self) -> str:
-        """Stable across commits that move the resource within its file, so
-        baselines and code scanning keep tracking the same finding."""
-        text = f"{self.rule.id}\0{self.resource}\0{self.file}"
+        """Stable across commits that move the resource within its file and
+        across working directories; distinct for distinct findings, so
+        baselines and code scanning keep tracking each finding."""
+        identity = self.key or self.message
+        text = f"{self.rule.id}\0{self.resource}\0{self.root_path or self.file}\0{identity}"
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     @property
@@ -58,6 +66,35 @@ class Finding:
 
     def sort_key(self) -> tuple[str, int, str, str]:
         return (self.file, self.line, self.rule.id, self.resource)
+
+
+@dataclass(frozen=True)
+class Unjudged:
+    """A resource a rule applies to but could not judge, and why."""
+
+    rule_id: str
+    resource: str
+    path: str  # the value the rule needed, dotted ("storage_encrypted")
+    reason: str  # why it is unknown ("var.encrypted has no value")
+    file: str
+    line: int
+
+    @property
+    def why(self) -> str:
+        return f"`{self.path}` is unknown ({self.reason})" if self.path else self.reason
+
+
+def not_judged_by_rule(items: list[Unjudged]) -> dict[str, dict[str, Any]]:
+    """Per rule: how many resources it could not judge, and the reasons with counts."""
+    summary: dict[str, dict[str, Any]] = {}
+    for item in sorted(items, key=lambda u: (u.rule_id, u.resource, u.path)):
+        entry = summary.setdefault(item.rule_id, {"resources": set(), "reasons": {}})
+        entry["resources"].add(item.resource)
+        entry["reasons"][item.why] = entry["reasons"].get(item.why, 0) + 1
+    return {
+        rule: {"resources": len(entry["resources"]), "reasons": entry["reasons"]}
+        for rule, entry in sorted(summary.items())
+    }
 
 
 @dataclass(frozen=True)
@@ -91,6 +128,10 @@ class ScanResult:
     resources: int = 0
     fail_on: str = "low"
     checkov_version: str | None = None
+    # The directory SARIF URIs and fingerprints are relative to (git top-level).
+    source_root: str | None = None
+    # Resources a rule applies to but could not judge (values it needs are unknown).
+    not_judged: list[Unjudged] = field(default_factory=list)
     # The resource blocks' inline suppressions (scan.py), for merging checkov.
     blocks: object = None
 
@@ -110,6 +151,7 @@ def result_to_dict(result: ScanResult) -> dict[str, Any]:
         "rules": [asdict(rule) for rule in result.rules.values()],
         "findings": [{**asdict(f), "rule": f.rule.id} for f in result.findings],
         "problems": [asdict(p) for p in result.problems],
+        "not_judged": [asdict(u) for u in result.not_judged],
         "notes": result.notes,
         "files": result.files,
         "resources": result.resources,
@@ -123,6 +165,7 @@ def result_from_dict(data: dict[str, Any], fail_on: str) -> ScanResult:
         findings=findings,
         rules=rules,
         problems=[Problem(**p) for p in data["problems"]],
+        not_judged=[Unjudged(**u) for u in data.get("not_judged", [])],
         notes=list(data["notes"]),
         files=int(data["files"]),
         resources=int(data["resources"]),

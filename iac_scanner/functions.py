@@ -433,32 +433,78 @@ def _can(args: list[Expr], ctx: Context) -> Any:
     return UNKNOWN if has_unknown(value) else True
 
 
-def _file(args: list[Expr], ctx: Context) -> Any:
-    """file(path): read from the module directory, as Terraform does at plan."""
-    path = evaluate_lazily(args[0], ctx) if args else UNKNOWN
+_MAX_FILE_BYTES = 1_000_000
+
+
+def _read_in_tree(path: Any, ctx: Context) -> str | None:
+    """A file's text, read relative to the module directory as Terraform does,
+    only when it lies inside the scanned tree (the root module's or this
+    module's directory): a configuration can't make the scanner read, or
+    report parts of, files elsewhere on the machine. None when it can't."""
     if not isinstance(path, str):
-        return UNKNOWN
+        return None
     base = ctx.lookup("path")
     module_dir = base.attr("module") if hasattr(base, "attr") else None
+    root_dir = base.attr("root") if hasattr(base, "attr") else None
+    if not isinstance(module_dir, str) or not isinstance(root_dir, str):
+        return None
     target = Path(path)
-    if not target.is_absolute() and isinstance(module_dir, str):
+    if not target.is_absolute():
         target = Path(module_dir) / target
     try:
-        if target.stat().st_size > 1_000_000:
-            return UNKNOWN
-        content = target.read_bytes()
-    except OSError:
-        return UNKNOWN
+        resolved = target.resolve(strict=True)
+        allowed = [Path(module_dir).resolve(), Path(root_dir).resolve()]
+        if not any(resolved.is_relative_to(d) for d in allowed):
+            return None
+        if resolved.stat().st_size > _MAX_FILE_BYTES:
+            return None
+        content = resolved.read_bytes()
+    except (OSError, RuntimeError):
+        return None
     if ctx.on_read is not None:
-        ctx.on_read(target, content)
+        ctx.on_read(resolved, content)
     try:
-        return content.decode("utf-8")
+        return content.decode("utf-8-sig")
     except UnicodeDecodeError:
+        return None
+
+
+def _file(args: list[Expr], ctx: Context) -> Any:
+    """file(path): the file's text, as Terraform reads it at plan."""
+    path = evaluate_lazily(args[0], ctx) if args else UNKNOWN
+    text = _read_in_tree(path, ctx)
+    return UNKNOWN if text is None else text
+
+
+def _no_module_names(name: str) -> Any:
+    raise Unsupported(f"templatefile templates see only their vars, not {name}")
+
+
+def _templatefile(args: list[Expr], ctx: Context) -> Any:
+    """templatefile(path, vars): the template rendered with only vars in scope
+    (as in Terraform, it can't see the module's variables or locals);
+    %{if}/%{for} directives included. Unknown when any of it is."""
+    if len(args) != 2:
         return UNKNOWN
+    path = evaluate_lazily(args[0], ctx)
+    variables = evaluate_lazily(args[1], ctx)
+    text = _read_in_tree(path, ctx)
+    if text is None or not isinstance(variables, dict):
+        return UNKNOWN
+    from iac_scanner.expressions import evaluate
+    from iac_scanner.hcl import template_from_text
+
+    template = template_from_text(text)
+    if template[0] == "opaque":
+        return UNKNOWN
+    names = {"path": ctx.lookup("path"), **variables}
+    scope = Context(_no_module_names, names, None, ctx.on_read)
+    return evaluate(template, scope)
 
 
 LAZY_FUNCTIONS: dict[str, Callable[[list[Expr], Context], Any]] = {
     "try": _try,
     "can": _can,
     "file": _file,
+    "templatefile": _templatefile,
 }

@@ -18,6 +18,9 @@ Expression shapes (first item is the kind):
     ["cond", test, then, else]          ["op", "+", left, right]   ["not"|"neg", e]
     ["for", key_var|None, value_var, collection, key|None, value, cond|None, grouping]
     ["opaque", "why"]                   something the scanner does not evaluate
+Template parts (inside "tpl") may also be directives:
+    ["tif", cond, [then parts], [else parts]]
+    ["tfor", key_var|None, value_var, collection, [parts]]
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, Unex
 Expr = list[Any]
 
 # Bumped whenever the shapes above change, so stale cache entries are ignored.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 _SUPPRESSION = re.compile(r"(?:#|//)\s*(portcullis:ignore|checkov:skip)\s*=\s*(.*)$")
 
@@ -297,34 +300,97 @@ def _heredoc(node: Tree[Any]) -> Expr:
 
 
 def template_from_text(text: str) -> Expr:
-    """A heredoc body (or any template text) with `${...}` interpolations parsed."""
+    """Template text (a heredoc body, a templatefile, a .tf.json string) with
+    its `${...}` interpolations and `%{if}`/`%{for}` directives parsed."""
     if "${" not in text and "%{" not in text:
-        return ["lit", text.replace("$${", "${")]
-    parts: list[Any] = []
+        return ["lit", text]
+    try:
+        tokens = _template_tokens(text)
+        parts = _template_structure(tokens)
+    except HclSyntaxError as error:
+        return ["opaque", error.message]
+    return _template(parts)
+
+
+def _template_tokens(text: str) -> list[list[Any]]:
+    """["text", s] | ["interp", source, strip_before, strip_after] | ["dir", ...]."""
+    tokens: list[list[Any]] = []
+    literal = ""
     position = 0
     while position < len(text):
-        start = text.find("${", position)
-        directive = text.find("%{", position)
-        before_interpolation = start == -1 or directive < start
-        if directive != -1 and before_interpolation and text[directive - 1 : directive] != "%":
-            return ["opaque", "template directive"]
-        if start == -1:
-            parts.append(text[position:])
-            break
-        if start > 0 and text[start - 1] == "$":
-            parts.append(text[position : start - 1] + "${")
-            position = start + 2
+        char = text[position]
+        if text.startswith(("$${", "%%{"), position):
+            literal += text[position + 1 : position + 3]
+            position += 3
             continue
-        parts.append(text[position:start])
-        end = _closing_brace(text, start + 2)
-        if end == -1:
-            return ["opaque", "unterminated interpolation"]
-        try:
-            parts.append(parse_expression(text[start + 2 : end].strip()))
-        except HclSyntaxError:
-            return ["opaque", "interpolation the parser does not accept"]
-        position = end + 1
-    return _template([p.replace("%%{", "%{") if isinstance(p, str) else p for p in parts])
+        if char in "$%" and text.startswith("{", position + 1):
+            end = _closing_brace(text, position + 2)
+            if end == -1:
+                raise HclSyntaxError("unterminated template sequence")
+            body = text[position + 2 : end]
+            strip_before = body.startswith("~")
+            strip_after = body.endswith("~") and len(body) > 1
+            body = body[1 if strip_before else 0 : len(body) - 1 if strip_after else len(body)]
+            tokens.append(["text", literal])
+            literal = ""
+            kind = "interp" if char == "$" else "dir"
+            tokens.append([kind, body.strip(), strip_before, strip_after])
+            position = end + 1
+            continue
+        literal += char
+        position += 1
+    tokens.append(["text", literal])
+    # Strip markers remove the whitespace (newlines included) beside them.
+    for index, token in enumerate(tokens):
+        if token[0] == "text":
+            continue
+        if token[2] and index > 0:
+            tokens[index - 1][1] = tokens[index - 1][1].rstrip()
+        if token[3] and index + 1 < len(tokens):
+            tokens[index + 1][1] = tokens[index + 1][1].lstrip()
+    return tokens
+
+
+_FOR = re.compile(r"^for\s+([A-Za-z_][\w-]*)(?:\s*,\s*([A-Za-z_][\w-]*))?\s+in\s+(.+)$", re.S)
+
+
+def _template_structure(tokens: list[list[Any]]) -> list[Any]:
+    """Nest if/else/endif and for/endfor into ["tif", cond, then, else] and
+    ["tfor", key_var, value_var, collection, body] parts."""
+    root: list[Any] = []
+    stack: list[tuple[list[Any], list[Any]]] = []  # (directive being built, outer parts)
+    current = root
+    for token in tokens:
+        if token[0] == "text":
+            if token[1]:
+                current.append(token[1])
+        elif token[0] == "interp":
+            current.append(parse_expression(token[1]))
+        elif token[1].startswith("if ") or token[1].startswith("if("):
+            directive: list[Any] = ["tif", parse_expression(token[1][2:].strip()), [], []]
+            stack.append((directive, current))
+            current = directive[2]
+        elif token[1] == "else":
+            if not stack or stack[-1][0][0] != "tif" or current is stack[-1][0][3]:
+                raise HclSyntaxError("%{else} without %{if}")
+            current = stack[-1][0][3]
+        elif token[1] in ("endif", "endfor"):
+            want = "tif" if token[1] == "endif" else "tfor"
+            if not stack or stack[-1][0][0] != want:
+                raise HclSyntaxError(f"%{{{token[1]}}} without its opening directive")
+            directive, current = stack.pop()
+            current.append(directive)
+        elif (match := _FOR.match(token[1])) is not None:
+            first, second, collection = match.groups()
+            key_var, value_var = (first, second) if second else (None, first)
+            directive = ["tfor", key_var, value_var, parse_expression(collection.strip()), []]
+            stack.append((directive, current))
+            current = directive[4]
+        else:
+            raise HclSyntaxError(f"template directive %{{{token[1]}}} the scanner does not read")
+    if stack:
+        raise HclSyntaxError("template directive not closed")
+    return root
 
 
 def _closing_brace(text: str, position: int) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 from iac_scanner.cache import ParseCache, content_key
 from iac_scanner.findings import Problem
 from iac_scanner.hcl import HclSyntaxError, ParsedFile, parse_text
+from iac_scanner.hcl_json import parse_json_config
 from iac_scanner.modules import (
     Loader,
     ModuleInstance,
@@ -25,6 +26,7 @@ from iac_scanner.modules import (
     tfvars_values,
 )
 from iac_scanner.plan import PlanError, decode, load_plan
+from iac_scanner.targets import with_targets
 
 # A tree this big gets a progress line on a terminal.
 PROGRESS_MIN_FILES = 300
@@ -41,7 +43,8 @@ class Document:
     origin: Path
 
     def as_input(self) -> dict[str, Any]:
-        return {"source": self.source, "resources": [r.entry for r in self.resources]}
+        entries = with_targets([r.entry for r in self.resources])
+        return {"source": self.source, "resources": entries}
 
 
 @dataclass
@@ -56,13 +59,30 @@ class Reads:
         self.files[str(path.resolve())] = content_key(content)
 
     def listing(self, directory: Path) -> list[Path]:
-        """The files in directory (recorded), sorted; [] when it can't be listed."""
-        try:
-            paths = sorted(p for p in directory.iterdir() if p.is_file())
-        except OSError:
-            paths = []
+        """The files in directory (recorded), sorted; [] when it can't be listed.
+        A link that leads nowhere (or in a loop) is listed too, so reading it
+        reports the error instead of skipping the file in silence."""
+        paths = list_files(directory)
         self.dirs[str(directory.resolve())] = [p.name for p in paths]
         return paths
+
+
+def list_files(directory: Path) -> list[Path]:
+    try:
+        return sorted(p for p in directory.iterdir() if not p.is_dir())
+    except OSError:
+        return []
+
+
+def is_config(path: Path | str) -> bool:
+    """Terraform configuration: `.tf` (HCL) or `.tf.json` (JSON syntax)."""
+    name = path.name if isinstance(path, Path) else path
+    return name.endswith((".tf", ".tf.json"))
+
+
+def is_json_config(path: Path | str) -> bool:
+    name = path.name if isinstance(path, Path) else path
+    return name.endswith(".tf.json")
 
 
 @dataclass
@@ -92,13 +112,15 @@ def display_path(path: Path) -> str:
     return str(path) if relative.startswith("..") else relative
 
 
-def _parse_worker(content: bytes) -> dict[str, Any]:
+def _parse_worker(job: tuple[bool, bytes]) -> dict[str, Any]:
+    as_json, content = job
     try:
-        text = content.decode("utf-8")
+        # Terraform accepts a UTF-8 byte-order mark at the start of a file.
+        text = content.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         return {"error": [f"not UTF-8 text: {error.reason} at byte {error.start}", None, None]}
     try:
-        return {"ok": parse_text(text)}
+        return {"ok": parse_json_config(text) if as_json else parse_text(text)}
     except HclSyntaxError as error:
         return {"error": [error.message, error.line, error.column]}
     except RecursionError:
@@ -125,8 +147,9 @@ class Parser:
                 self.problems.append(Problem(display_path(path), error.strerror or str(error)))
                 self.parsed[path] = None
                 continue
-            key = content_key(content)
-            self.reads.files[str(path)] = key
+            # The same bytes mean different things as .tf and as .tf.json.
+            key = content_key(content, "json" if is_json_config(path) else "hcl")
+            self.reads.files[str(path)] = content_key(content)
             cached = self.options.cache.get(key)
             if cached is not None:
                 self._record(path, cached)
@@ -137,12 +160,15 @@ class Parser:
         jobs = min(self.options.jobs, len(pending))
         show = self.options.progress and len(pending) >= PROGRESS_MIN_FILES
         if jobs <= 1 or len(pending) < 8:
-            results: Iterable[dict[str, Any]] = (_parse_worker(c) for _, _, c in pending)
+            results: Iterable[dict[str, Any]] = (
+                _parse_worker((is_json_config(p), c)) for p, _, c in pending
+            )
             self._collect(pending, results, show)
             return
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             chunk = max(1, min(32, len(pending) // (jobs * 4)))
-            results = pool.map(_parse_worker, [c for _, _, c in pending], chunksize=chunk)
+            jobs_ = [(is_json_config(p), c) for p, _, c in pending]
+            results = pool.map(_parse_worker, jobs_, chunksize=chunk)
             self._collect(pending, results, show)
 
     def _collect(
@@ -172,7 +198,7 @@ class Parser:
         if only is not None:
             paths = [only]
         else:
-            paths = [p for p in self.reads.listing(directory) if p.suffix == ".tf"]
+            paths = [p for p in self.reads.listing(directory) if is_config(p)]
         self.parse_all(paths)
         return [
             SourceFile(path, display_path(path), parsed)
@@ -181,12 +207,20 @@ class Parser:
         ]
 
 
-def walk_dirs(root: Path) -> list[Path]:
-    """Directories under root holding .tf files; hidden ones (.terraform, .git) skipped."""
+def walk_dirs(root: Path, problems: list[Problem] | None = None) -> list[Path]:
+    """Directories under root holding .tf/.tf.json files; hidden ones
+    (.terraform, .git) skipped. A directory that can't be read is a problem,
+    never a silent skip: its Terraform would go unscanned."""
+
+    def unreadable(error: OSError) -> None:
+        if problems is not None:
+            where = display_path(Path(error.filename)) if error.filename else str(root)
+            problems.append(Problem(where, f"can't read directory: {error.strerror or error}"))
+
     found = []
-    for current, dirs, files in os.walk(root):
+    for current, dirs, files in os.walk(root, onerror=unreadable):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        if any(f.endswith(".tf") for f in files):
+        if any(is_config(f) for f in files):
             found.append(Path(current).resolve())
     return found
 
@@ -214,14 +248,17 @@ def load(paths: list[str], options: LoadOptions) -> LoadResult:
         if path.exists():
             result.reads.listing(path.parent)
         if path.is_dir():
-            dirs = walk_dirs(path)
+            dirs = walk_dirs(path, result.problems)
             if not dirs:
-                result.notes.append(f"{given}: no Terraform (.tf) files found")
-            parser.parse_all(p for d in dirs for p in result.reads.listing(d) if p.suffix == ".tf")
+                # In CI a mistyped path must not pass as "nothing wrong".
+                result.problems.append(
+                    Problem(given, "no Terraform files (.tf, .tf.json) in this directory tree")
+                )
+            parser.parse_all(p for d in dirs for p in result.reads.listing(d) if is_config(p))
             called = set().union(*(_called_dirs(parser, d) for d in dirs)) if dirs else set()
             tops = [d for d in dirs if d not in called] or dirs
             roots.extend((d, None) for d in tops)
-        elif path.is_file() and path.suffix == ".tf":
+        elif path.is_file() and is_config(path):
             resolved = path.resolve()
             parser.parse_all([resolved])
             roots.append((resolved.parent, resolved))
@@ -266,7 +303,7 @@ def _read_tfvars(path: Path, parser: Parser, problems: list[Problem]) -> dict[st
         try:
             content = path.read_bytes()
             parser.reads.file(path, content)
-            value = json.loads(content.decode("utf-8"))
+            value = json.loads(content.decode("utf-8-sig"))
         except (OSError, ValueError) as error:
             problems.append(Problem(display_path(path), f"not a JSON variable file: {error}"))
             return None
@@ -307,7 +344,7 @@ def _hcl_document(
     options: LoadOptions,
     result: LoadResult,
 ) -> Document:
-    loader = Loader(parser.files_of, result.notes, result.reads.file)
+    loader = Loader(parser.files_of, result.notes, result.reads.file, result.problems)
     module = ModuleInstance(loader, directory, "", {}, {}, directory, only_file=only)
     assigned = [
         values

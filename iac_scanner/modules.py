@@ -28,7 +28,11 @@ from iac_scanner.expressions import (
     references,
     traversal,
 )
+from iac_scanner.findings import Problem
 from iac_scanner.hcl import Block, Expr, HclSyntaxError, ParsedFile, parse_expression
+from iac_scanner.policy_document import render as render_policy_document
+from iac_scanner.type_defaults import with_defaults
+from iac_scanner.unknowns import Scope, describe
 
 # Meta-arguments: how Terraform manages a resource, not what the provider gets.
 _RESOURCE_META = {"count", "for_each", "provider", "depends_on"}
@@ -51,6 +55,8 @@ class Resource:
     entry: dict[str, Any]
     end_line: int
     comments: list[list[Any]] = field(default_factory=list)
+    # Why the value at a dotted path of the config is unknown ("var.x has no value").
+    explain: Callable[[str], str] | None = None
 
 
 class Loader:
@@ -62,14 +68,21 @@ class Loader:
         files_of: Callable[[Path, Path | None], list[SourceFile]],
         notes: list[str],
         on_read: Callable[[Path, bytes], None] | None = None,
+        problems: list[Problem] | None = None,
     ) -> None:
         self.files_of = files_of
         self.notes = notes
         self.on_read = on_read
+        self.problems: list[Problem] = problems if problems is not None else []
 
     def note(self, text: str) -> None:
         if text not in self.notes:
             self.notes.append(text)
+
+    def problem(self, problem: Problem) -> None:
+        """A configuration Terraform itself refuses: the scan exits 2."""
+        if problem not in self.problems:
+            self.problems.append(problem)
 
 
 def _no_names(name: str) -> Any:
@@ -95,6 +108,7 @@ class ModuleInstance:
         root: Path,
         depth: int = 0,
         only_file: Path | None = None,
+        inherited_tags: dict[str, Any] | None = None,
     ) -> None:
         self.loader = loader
         self.directory = directory
@@ -111,6 +125,8 @@ class ModuleInstance:
         self.module_files: dict[str, SourceFile] = {}
         self.outputs: dict[str, Expr] = {}
         self.provider_sources: dict[str, str] = {}
+        self.data_blocks: dict[str, Block] = {}
+        self.providers: dict[str, list[Block]] = {}
         self._collect()
         self.variables = self._variables(variables)
         self.variable_refs = variable_refs
@@ -121,25 +137,130 @@ class ModuleInstance:
         self._configs: dict[str, Any] = {}
         self._children: dict[str, Any] = {}
         self.context = Context(self._resolve, references=self._references, on_read=loader.on_read)
+        # Provider configuration name ("aws", "aws.west") -> its default_tags.
+        self.default_tags = {**(inherited_tags or {}), **self._own_default_tags()}
+
+    def _own_default_tags(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for name, blocks in self.providers.items():
+            for block in blocks:
+                alias = evaluate(block["attrs"].get("alias", ["lit", None]), self.context)
+                key = f"{name}.{alias}" if isinstance(alias, str) else name
+                tags: Any = {}
+                for inner in block["blocks"]:
+                    if inner["type"] == "default_tags" and "tags" in inner["attrs"]:
+                        tags = evaluate(inner["attrs"]["tags"], self.context)
+                found[key] = tags
+        return found
+
+    def _passed_default_tags(self, block: Block) -> dict[str, Any]:
+        """A module call's providers: the parent's, or those `providers = {}` maps."""
+        passed = dict(self.default_tags)
+        mapping = block["attrs"].get("providers")
+        if mapping is not None and mapping[0] == "object":
+            for key_expr, value_expr in mapping[1]:
+                child = _provider_name(key_expr)
+                parent = _provider_name(value_expr)
+                if child and parent:
+                    passed[child] = self.default_tags.get(parent, {})
+        return passed
+
+    def _tags_all(self, block: Block, config: Any) -> Any:
+        """tags_all as the AWS provider computes it: its default_tags, overridden
+        by the resource's own tags. The scanner has no provider schema, so
+        every resource of a provider with default_tags gets tags_all."""
+        defaults = self.default_tags.get(self._provider_config(block))
+        if not defaults or not isinstance(config, dict) or "tags_all" in config:
+            return config
+        tags = config.get("tags")
+        if defaults is UNKNOWN or tags is UNKNOWN:
+            return {**config, "tags_all": UNKNOWN}
+        own = tags if isinstance(tags, dict) else {}
+        return {**config, "tags_all": {**defaults, **own}}
+
+    def _provider_config(self, block: Block) -> str:
+        if "provider" in block["attrs"]:
+            name = _provider_name(block["attrs"]["provider"])
+            if name:
+                return name
+        return str(block["labels"][0].split("_")[0])
 
     def _collect(self) -> None:
-        for source in self.files:
+        # Terraform reads override files (override.tf, *_override.tf and their
+        # .tf.json forms) after all others, merging each block into the one it
+        # overrides.
+        primary = [s for s in self.files if not is_override_file(s.path)]
+        overrides = [s for s in self.files if is_override_file(s.path)]
+        for source in primary:
             for block in source.parsed["blocks"]:
-                kind, labels = block["type"], block["labels"]
-                if kind == "variable" and labels:
-                    self.declared[labels[0]] = block
-                elif kind == "locals":
-                    self.local_exprs.update(block["attrs"])
-                elif kind == "resource" and len(labels) == 2:
-                    self.resource_blocks[f"{labels[0]}.{labels[1]}"] = (block, source)
-                    self.resource_types.add(labels[0])
-                elif kind == "module" and labels:
-                    self.module_blocks[labels[0]] = block
-                    self.module_files[labels[0]] = source
-                elif kind == "output" and labels and "value" in block["attrs"]:
-                    self.outputs[labels[0]] = block["attrs"]["value"]
-                elif kind == "terraform":
-                    self._required_providers(block)
+                self._add(block, source)
+        for source in overrides:
+            for block in source.parsed["blocks"]:
+                self._override(block, source)
+
+    def _add(self, block: Block, source: SourceFile) -> None:
+        kind, labels = block["type"], block["labels"]
+        if kind == "variable" and labels:
+            self.declared[labels[0]] = block
+        elif kind == "locals":
+            self.local_exprs.update(block["attrs"])
+        elif kind == "resource" and len(labels) == 2:
+            key = f"{labels[0]}.{labels[1]}"
+            if key in self.resource_blocks:
+                self._duplicate(key, block, source)
+                return
+            self.resource_blocks[key] = (block, source)
+            self.resource_types.add(labels[0])
+        elif kind == "data" and len(labels) == 2:
+            self.data_blocks[f"{labels[0]}.{labels[1]}"] = block
+        elif kind == "module" and labels:
+            self.module_blocks[labels[0]] = block
+            self.module_files[labels[0]] = source
+        elif kind == "output" and labels and "value" in block["attrs"]:
+            self.outputs[labels[0]] = block["attrs"]["value"]
+        elif kind == "provider" and labels:
+            self.providers.setdefault(labels[0], []).append(block)
+        elif kind == "terraform":
+            self._required_providers(block)
+
+    def _duplicate(self, key: str, block: Block, source: SourceFile) -> None:
+        first, first_source = self.resource_blocks[key]
+        self.loader.problem(
+            Problem(
+                source.display,
+                f"Duplicate resource configuration: {self.prefix}{key} is already declared "
+                f"at {first_source.display}:{first['line']}; Terraform refuses a module that "
+                "declares a resource address twice (rename one, or make the second an "
+                "override file)",
+                block["line"],
+            )
+        )
+
+    def _override(self, block: Block, source: SourceFile) -> None:
+        kind, labels = block["type"], block["labels"]
+        if kind == "resource" and len(labels) == 2:
+            key = f"{labels[0]}.{labels[1]}"
+            if key not in self.resource_blocks:
+                self.loader.problem(
+                    Problem(
+                        source.display,
+                        f"Missing base resource configuration for override: there is no "
+                        f"{key} in the module's other files to override",
+                        block["line"],
+                    )
+                )
+                return
+            base, base_source = self.resource_blocks[key]
+            self.resource_blocks[key] = (merge_override(base, block), base_source)
+        elif kind == "data" and len(labels) == 2 and f"{labels[0]}.{labels[1]}" in self.data_blocks:
+            key = f"{labels[0]}.{labels[1]}"
+            self.data_blocks[key] = merge_override(self.data_blocks[key], block)
+        elif kind == "variable" and labels and labels[0] in self.declared:
+            self.declared[labels[0]] = merge_override(self.declared[labels[0]], block)
+        elif kind == "module" and labels and labels[0] in self.module_blocks:
+            self.module_blocks[labels[0]] = merge_override(self.module_blocks[labels[0]], block)
+        else:
+            self._add(block, source)
 
     def _required_providers(self, block: Block) -> None:
         for inner in block["blocks"]:
@@ -158,11 +279,14 @@ class ModuleInstance:
         values: dict[str, Any] = {}
         for name, block in self.declared.items():
             if name in given:
-                values[name] = given[name]
+                value = given[name]
             elif "default" in block["attrs"]:
-                values[name] = literal_value(block["attrs"]["default"])
+                value = literal_value(block["attrs"]["default"])
             else:
-                values[name] = UNKNOWN
+                value = UNKNOWN
+            if "type" in block["attrs"]:
+                value = with_defaults(block["attrs"]["type"], value, literal_value)
+            values[name] = value
         return values
 
     def assign(self, given: dict[str, Any]) -> None:
@@ -186,7 +310,7 @@ class ModuleInstance:
         if name == "module":
             return _Modules(self)
         if name == "data":
-            return UNKNOWN_NAMESPACE
+            return _DataSources(self)
         if name == "path":
             return MapNamespace(
                 {
@@ -308,6 +432,7 @@ class ModuleInstance:
                 input_refs,
                 self.root,
                 self.depth + 1,
+                inherited_tags=self._passed_default_tags(block),
             )
         self._children[name] = instances
         return instances
@@ -391,6 +516,7 @@ class ModuleInstance:
             for suffix, names in expansion:
                 self.config_of(key, suffix, names)
                 config, refs = self._configs[f"{key}{suffix}"]
+                config = self._tags_all(block, config)
                 unknown: list[str] = []
                 config = strip_unknown(config, "", unknown)
                 entry = {
@@ -406,11 +532,22 @@ class ModuleInstance:
                     "refs": {k: sorted(v) for k, v in sorted(refs.items())},
                 }
                 comments = _comments_for(block, source.parsed["comments"])
-                found.append(Resource(entry, block["end_line"], comments))
+                found.append(Resource(entry, block["end_line"], comments, self._explainer(block)))
         for name in self.module_blocks:
             for child in (self.children(name) or {}).values():
                 found.extend(child.resources())
         return found
+
+    def _explainer(self, block: Block) -> Callable[[str], str]:
+        from iac_scanner.functions import FUNCTIONS, LAZY_FUNCTIONS
+
+        scope = Scope(
+            variable=lambda name: self.variables.get(name, UNKNOWN),
+            local=self.local_exprs.get,
+            is_resource_type=lambda kind: kind in self.resource_types,
+            known_function=lambda name: name in FUNCTIONS or name in LAZY_FUNCTIONS,
+        )
+        return lambda path: describe(block, path.split("."), scope)
 
     def _provider(self, block: Block) -> str:
         local_name = block["labels"][0].split("_")[0]
@@ -424,6 +561,47 @@ class ModuleInstance:
 
 
 _UNKNOWN_EACH = {"key": UNKNOWN, "value": UNKNOWN}
+
+
+def _provider_name(expr: Expr) -> str | None:
+    """`aws` or `aws.west` from a provider reference (or its quoted key)."""
+    if expr[0] == "lit" and isinstance(expr[1], str):
+        return expr[1]
+    chain = traversal(expr)
+    if chain is None:
+        return None
+    names = [op[1] for op in chain[1] if op[0] == "attr"]
+    return ".".join([chain[0], *names[:1]])
+
+
+def is_override_file(path: Path) -> bool:
+    """override.tf, *_override.tf, override.tf.json, *_override.tf.json."""
+    stem = path.name.removesuffix(".json").removesuffix(".tf")
+    return stem == "override" or stem.endswith("_override")
+
+
+def _nested_kind(block: Block) -> str:
+    return block["labels"][0] if block["type"] == "dynamic" and block["labels"] else block["type"]
+
+
+def merge_override(base: Block, override: Block) -> Block:
+    """An override block merged into its base as Terraform does: each argument
+    replaces the base's; nested blocks of a type the override has replace all
+    the base's blocks of that type (static or dynamic); lifecycle merges
+    argument by argument. The base keeps its place (file and lines)."""
+    over_kinds = {_nested_kind(b) for b in override["blocks"] if b["type"] != "lifecycle"}
+    blocks = [b for b in base["blocks"] if _nested_kind(b) not in over_kinds]
+    for inner in override["blocks"]:
+        if inner["type"] == "lifecycle":
+            existing = next((b for b in blocks if b["type"] == "lifecycle"), None)
+            if existing is not None:
+                blocks[blocks.index(existing)] = {
+                    **existing,
+                    "attrs": {**existing["attrs"], **inner["attrs"]},
+                }
+                continue
+        blocks.append(inner)
+    return {**base, "attrs": {**base["attrs"], **override["attrs"]}, "blocks": blocks}
 
 
 def _expand(block: Block, context: Context) -> list[tuple[str, dict[str, Any]]] | None:
@@ -594,6 +772,39 @@ class _ResourceType(Namespace):
         if "for_each" in block["attrs"]:
             return {json.loads(s[1:-1]): value for s, value in instances.items()}
         return instances.get("", UNKNOWN)
+
+
+class _DataSources(Namespace):
+    """`data.TYPE.NAME`: only aws_iam_policy_document is computed from its own
+    configuration (as the provider does at plan); every other data source is
+    read at apply and stays unknown."""
+
+    def __init__(self, module: ModuleInstance) -> None:
+        self.module = module
+
+    def attr(self, name: str) -> Any:
+        if name != "aws_iam_policy_document":
+            return UNKNOWN_NAMESPACE
+        return _PolicyDocuments(self.module)
+
+
+class _PolicyDocuments(Namespace):
+    def __init__(self, module: ModuleInstance) -> None:
+        self.module = module
+
+    def attr(self, name: str) -> Any:
+        block = self.module.data_blocks.get(f"aws_iam_policy_document.{name}")
+        if block is None or "count" in block["attrs"] or "for_each" in block["attrs"]:
+            return UNKNOWN
+        key = f"data.aws_iam_policy_document.{name}"
+        if key in self.module._busy:
+            return UNKNOWN
+        self.module._busy.add(key)
+        try:
+            config, _ = _body_value(block, self.module.context, "", top=True)
+        finally:
+            self.module._busy.discard(key)
+        return {"json": render_policy_document(config), "minified_json": UNKNOWN}
 
 
 class _Instance(Namespace):

@@ -1,7 +1,11 @@
 """Run the policy set's `portcullis.terraform.*` rule packages over documents.
 
 Each package declares `metadata` (id, title, severity, remediation) and a
-`deny` set of {"resource", "message"}; every such package is a rule."""
+`deny` set of {"resource", "message"} (and optionally "key": what the finding
+is about, stable when the message carries counts); every such package is a
+rule. A package may also declare `not_judged`, a set of {"resource", "path"}:
+the resources it applies to but could not judge, and the unknown value it
+needed."""
 
 from __future__ import annotations
 
@@ -26,6 +30,23 @@ class Violation:
     rule: Rule
     resource: str
     message: str
+    key: str = ""
+
+
+@dataclass(frozen=True)
+class NotJudged:
+    """A resource a rule applies to but could not judge: what it needs is unknown."""
+
+    rule: Rule
+    resource: str
+    # The document path the rule needed ("storage_encrypted", "ingress.0.from_port").
+    path: str
+
+
+# Every rule's deny set (and not_judged, where a package declares it) in one
+# query, so helper rules the packages share (security group ingress, the
+# catalogue's tags) are computed once per document rather than once per rule.
+_COLLECTOR_PACKAGE = "portcullis_scanner_collect"
 
 
 class RuleSet:
@@ -40,6 +61,20 @@ class RuleSet:
         self._engine = new_engine(self.compiled.policy_set)
         self.packages = self._rule_packages()
         self.rules = {ref: self._metadata(ref) for ref in self.packages}
+        self._engine.add_policy(f"{_COLLECTOR_PACKAGE}.rego", self._collector())
+
+    def _collector(self) -> str:
+        judged = {
+            shape.package_ref
+            for shape in self.compiled.shapes
+            if any(rule.path[0] == "not_judged" for rule in shape.rules)
+        }
+        lines = [f"package {_COLLECTOR_PACKAGE}", "", "results := {"]
+        for package in self.packages:
+            not_judged = f"{package}.not_judged" if package in judged else "set()"
+            lines.append(f'\t"{package}": {{"deny": {package}.deny, "not_judged": {not_judged}}},')
+        lines.append("}")
+        return "\n".join(lines) + "\n"
 
     def _rule_packages(self) -> list[str]:
         found: dict[str, set[str]] = {}
@@ -80,19 +115,34 @@ class RuleSet:
             source="portcullis",
         )
 
-    def evaluate(self, document: dict[str, Any]) -> list[Violation]:
-        """Every package's deny set for one document. Raises EvaluationError."""
-        self._engine.set_input_json(json.dumps(document))
+    def evaluate(self, document: dict[str, Any]) -> tuple[list[Violation], list[NotJudged]]:
+        """Every package's deny set (and what it could not judge) for one
+        document. Raises EvaluationError."""
+        try:
+            self._engine.set_input_json(json.dumps(document))
+        except (RuntimeError, ValueError, TypeError) as error:
+            first = (str(error).strip().splitlines() or ["?"])[0]
+            raise EvaluationError(f"the document can't be given to the engine: {first}") from None
+        results = self._eval(f"data.{_COLLECTOR_PACKAGE}.results")
         violations: list[Violation] = []
+        not_judged: list[NotJudged] = []
         for package in self.packages:
-            denied = self._eval(f"{package}.deny")
+            found = (results or {}).get(package) or {}
             rule = self.rules[package]
-            for item in denied or []:
+            for item in found.get("deny") or []:
                 if isinstance(item, dict) and isinstance(item.get("resource"), str):
                     message = str(item.get("message") or rule.title)
-                    violations.append(Violation(rule, item["resource"], message))
+                    key = str(item.get("key") or "")
+                    violations.append(Violation(rule, item["resource"], message, key))
                 else:
                     raise EvaluationError(
                         f"{package}.deny: each item must be {{resource, message}}, got {item!r}"
                     )
-        return violations
+            for item in found.get("not_judged") or []:
+                if isinstance(item, dict) and isinstance(item.get("resource"), str):
+                    not_judged.append(NotJudged(rule, item["resource"], str(item.get("path", ""))))
+                else:
+                    raise EvaluationError(
+                        f"{package}.not_judged: each item must be {{resource, path}}, got {item!r}"
+                    )
+        return violations, not_judged

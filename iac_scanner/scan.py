@@ -15,10 +15,11 @@ from iac_scanner.findings import (
     Finding,
     Problem,
     ScanResult,
+    Unjudged,
     result_from_dict,
     result_to_dict,
 )
-from iac_scanner.loader import Document, LoadOptions, display_path, load, walk_dirs
+from iac_scanner.loader import Document, LoadOptions, display_path, list_files, load, walk_dirs
 from iac_scanner.modules import Resource
 from iac_scanner.policy import RuleSet, RuleSetError
 from iac_scanner.suppressions import Suppression, apply, parse_comments
@@ -41,6 +42,8 @@ class ScanOptions:
     cache_dir: Path | None = None
     jobs: int = 1
     progress: bool = False
+    # --sarif-root: the directory report URIs are relative to (default: git top-level).
+    source_root: str | None = None
 
 
 def scan(options: ScanOptions) -> ScanResult:
@@ -69,10 +72,50 @@ def scan(options: ScanOptions) -> ScanResult:
             results.put(key, {**entry, "result": result_to_dict(result)})
     if checkov is not None:
         _merge_checkov(result, checkov)
+    result.source_root = str(source_root(options))
+    for finding in result.findings:
+        finding.root_path = _relative(finding.file, Path(result.source_root))
     if accepted is not None:
         baseline.apply(result.findings, accepted)
     result.findings.sort(key=Finding.sort_key)
     return result
+
+
+def git_toplevel(start: Path) -> Path | None:
+    """The work tree holding start (the nearest parent with a .git), or None."""
+    current = start.resolve()
+    if not current.is_dir():
+        current = current.parent
+    for directory in (current, *current.parents):
+        if (directory / ".git").exists():
+            return directory
+    return None
+
+
+def source_root(options: ScanOptions) -> Path:
+    """What report paths are relative to: --sarif-root, else the git top-level
+    of the first scanned path, else that path's directory; never the working
+    directory, so reports and fingerprints don't depend on where CI runs."""
+    if options.source_root is not None:
+        return Path(options.source_root).resolve()
+    first = Path(options.paths[0]) if options.paths else Path.cwd()
+    found = git_toplevel(first)
+    if found is not None:
+        return found
+    resolved = first.resolve()
+    return resolved if resolved.is_dir() else resolved.parent
+
+
+def _relative(file: str, root: Path) -> str:
+    """file (as reported: relative to the working directory, or absolute)
+    relative to root, in POSIX form; absolute when it is outside root."""
+    if not file:
+        return file
+    path = Path(file).resolve()
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
 
 
 def _inputs(options: ScanOptions, policy_set: PolicySet) -> dict[str, Any]:
@@ -97,7 +140,7 @@ def _still_valid(entry: dict[str, Any]) -> bool:
                 return False
         for directory, names in entry["dirs"].items():
             path = Path(directory)
-            current = sorted(p.name for p in path.iterdir() if p.is_file()) if path.is_dir() else []
+            current = [p.name for p in list_files(path)] if path.is_dir() else []
             if current != names:
                 return False
         for file, expected in entry["files"].items():
@@ -134,7 +177,7 @@ def _scan(options: ScanOptions, policy_set: PolicySet) -> tuple[ScanResult, dict
     for document in loaded.documents:
         result.resources += len(document.resources)
         blocks.add(document)
-        for finding in _evaluate(rules, document, result.problems):
+        for finding in _evaluate(rules, document, result):
             identity = (finding.rule.id, finding.resource, finding.file, finding.message)
             if identity not in seen:
                 seen.add(identity)
@@ -166,11 +209,56 @@ def _merge_checkov(result: ScanResult, checkov: CheckovRun) -> None:
         result.findings.append(finding)
 
 
-def _evaluate(rules: RuleSet, document: Document, problems: list[Problem]) -> list[Finding]:
+# The policy engine reads its input with a nesting limit (128 levels, its JSON
+# reader's); a resource sits 3 levels down, so deeper values are refused here,
+# with the file and line, before they can crash the evaluation.
+MAX_VALUE_DEPTH = 100
+
+
+def _too_deep(value: Any, limit: int) -> str | None:
+    """The dotted path of the first value nested deeper than limit, or None."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while stack:
+        current, path, depth = stack.pop()
+        if depth > limit:
+            return path
+        if isinstance(current, dict):
+            stack.extend(
+                (v, f"{path}.{k}" if path else str(k), depth + 1) for k, v in current.items()
+            )
+        elif isinstance(current, list):
+            stack.extend(
+                (v, f"{path}.{i}" if path else str(i), depth + 1) for i, v in enumerate(current)
+            )
+    return None
+
+
+def _refuse_deep_values(document: Document, result: ScanResult) -> None:
+    kept = []
+    for resource in document.resources:
+        path = _too_deep(resource.entry.get("config"), MAX_VALUE_DEPTH)
+        if path is None:
+            kept.append(resource)
+            continue
+        attribute = path.split(".")[0]
+        result.problems.append(
+            Problem(
+                resource.entry["file"],
+                f"{resource.entry['address']}: `{attribute}` nests more than {MAX_VALUE_DEPTH} "
+                "levels deep, more than the policy engine evaluates; the resource was not "
+                "judged (flatten the value)",
+                resource.entry["line"],
+            )
+        )
+    document.resources = kept
+
+
+def _evaluate(rules: RuleSet, document: Document, result: ScanResult) -> list[Finding]:
+    _refuse_deep_values(document, result)
     try:
-        violations = rules.evaluate(document.as_input())
+        violations, not_judged = rules.evaluate(document.as_input())
     except EvaluationError as error:
-        problems.append(Problem(document.name, f"policy evaluation failed: {error}"))
+        result.problems.append(Problem(document.name, f"policy evaluation failed: {error}"))
         return []
     by_address: dict[str, Resource] = {r.entry["address"]: r for r in document.resources}
     findings = []
@@ -181,9 +269,23 @@ def _evaluate(rules: RuleSet, document: Document, problems: list[Problem]) -> li
                 rule=violation.rule,
                 resource=violation.resource,
                 message=violation.message,
+                key=violation.key,
                 file=resource.entry["file"] if resource else document.name,
                 line=resource.entry["line"] if resource else 1,
                 end_line=resource.end_line if resource else None,
+            )
+        )
+    for item in not_judged:
+        resource = by_address.get(item.resource)
+        explain = resource.explain if resource else None
+        result.not_judged.append(
+            Unjudged(
+                rule_id=item.rule.id,
+                resource=item.resource,
+                path=item.path,
+                reason=explain(item.path) if explain and item.path else "known only after apply",
+                file=resource.entry["file"] if resource else document.name,
+                line=resource.entry["line"] if resource else 1,
             )
         )
     return findings

@@ -117,6 +117,12 @@ def add_parser(commands: Any) -> None:
         "--create-baseline", metavar="FILE", help="write the current findings as a baseline, exit 0"
     )
     scan_parser.add_argument(
+        "--sarif-root",
+        metavar="DIR",
+        help="directory report paths (SARIF URIs, fingerprints) are relative to "
+        "(default: the git top-level of the first PATH, else that PATH)",
+    )
+    scan_parser.add_argument(
         "--no-cache", action="store_true", help="don't read or write the parse cache"
     )
     scan_parser.add_argument(
@@ -145,6 +151,9 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.sarif_root is not None and not Path(args.sarif_root).is_dir():
+        print(f"portcullis scan: --sarif-root {args.sarif_root}: not a directory", file=sys.stderr)
+        return 2
     options = ScanOptions(
         paths=args.paths,
         policy=args.policy or args.default_policy(),
@@ -156,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=None if args.no_cache else Path(args.cache_dir),
         jobs=args.jobs,
         progress=sys.stderr.isatty(),
+        source_root=args.sarif_root,
     )
     try:
         result = scan(options)

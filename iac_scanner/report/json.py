@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from iac_scanner.findings import ScanResult
+from iac_scanner.findings import ScanResult, not_judged_by_rule
 
 VERSION = 1
 
@@ -27,6 +27,7 @@ def render(result: ScanResult, color: bool = False) -> str:
             "suppressed": f.suppressed,
             "baselined": f.baselined,
             "fingerprint": f.fingerprint,
+            "path": f.root_path,
         }
         for f in result.findings
     ]
@@ -41,7 +42,10 @@ def render(result: ScanResult, color: bool = False) -> str:
             "failing": len(result.failing()),
             "fail_on": result.fail_on,
             "exit_code": result.exit_code(),
+            "not_judged": len({(u.rule_id, u.resource) for u in result.not_judged}),
         },
+        # Per rule: how many resources it could not judge, and why.
+        "not_judged": not_judged_by_rule(result.not_judged),
         "findings": findings,
         "rules": [asdict(rule) for rule in sorted(result.rules.values(), key=lambda r: r.id)],
         "errors": [

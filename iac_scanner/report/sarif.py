@@ -8,11 +8,13 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from iac_scanner.findings import Finding, Rule, ScanResult
+from iac_scanner.findings import Finding, Rule, ScanResult, not_judged_by_rule
 
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
-FINGERPRINT_KEY = "portcullisFingerprint/v1"
+# v2: rule, resource, root-relative file and the finding's own identity.
+FINGERPRINT_KEY = "portcullisFingerprint/v2"
 _LEVELS = {"critical": "error", "high": "error", "medium": "warning", "low": "note"}
 # GitHub ranks code scanning alerts by this property (CVSS-like, 0-10).
 _SECURITY_SEVERITY = {"critical": "9.5", "high": "8.0", "medium": "5.5", "low": "3.0"}
@@ -24,11 +26,19 @@ def _version() -> str:
     return __version__
 
 
-def _artifact(file: str) -> dict[str, Any]:
-    path = Path(file)
-    if path.is_absolute():
+def _root(result: ScanResult) -> Path:
+    return Path(result.source_root) if result.source_root else Path(os.getcwd()).resolve()
+
+
+def _artifact(file: str, root: Path) -> dict[str, Any]:
+    """Relative to the source root (so GitHub places the alert whatever the
+    working directory was); an absolute file URI only outside it."""
+    path = Path(file).resolve()
+    try:
+        relative = path.relative_to(root)
+    except ValueError:
         return {"uri": path.as_uri()}
-    return {"uri": path.as_posix(), "uriBaseId": "%SRCROOT%"}
+    return {"uri": quote(relative.as_posix()), "uriBaseId": "%SRCROOT%"}
 
 
 def _rule(rule: Rule) -> dict[str, Any]:
@@ -52,7 +62,7 @@ def _rule(rule: Rule) -> dict[str, Any]:
     return entry
 
 
-def _result(finding: Finding, index: int, with_baseline: bool) -> dict[str, Any]:
+def _result(finding: Finding, index: int, with_baseline: bool, root: Path) -> dict[str, Any]:
     region: dict[str, Any] = {"startLine": max(1, finding.line)}
     if finding.end_line and finding.end_line >= finding.line:
         region["endLine"] = finding.end_line
@@ -63,7 +73,10 @@ def _result(finding: Finding, index: int, with_baseline: bool) -> dict[str, Any]
         "message": {"text": finding.message},
         "locations": [
             {
-                "physicalLocation": {"artifactLocation": _artifact(finding.file), "region": region},
+                "physicalLocation": {
+                    "artifactLocation": _artifact(finding.file, root),
+                    "region": region,
+                },
                 "logicalLocations": [{"fullyQualifiedName": finding.resource, "kind": "resource"}],
             }
         ],
@@ -80,6 +93,7 @@ def render(result: ScanResult, color: bool = False) -> str:
     rules = sorted(result.rules.values(), key=lambda r: r.id)
     index = {rule.id: i for i, rule in enumerate(rules)}
     with_baseline = any(f.baselined for f in result.findings)
+    root = _root(result)
     notifications = [
         {
             "level": "error",
@@ -87,7 +101,7 @@ def render(result: ScanResult, color: bool = False) -> str:
             "locations": [
                 {
                     "physicalLocation": {
-                        "artifactLocation": _artifact(problem.file),
+                        "artifactLocation": _artifact(problem.file, root),
                         "region": {"startLine": max(1, problem.line or 1)},
                     }
                 }
@@ -104,7 +118,7 @@ def render(result: ScanResult, color: bool = False) -> str:
                 "rules": [_rule(rule) for rule in rules],
             }
         },
-        "originalUriBaseIds": {"%SRCROOT%": {"uri": Path(os.getcwd()).as_uri() + "/"}},
+        "originalUriBaseIds": {"%SRCROOT%": {"uri": root.as_uri() + "/"}},
         "invocations": [
             {
                 "executionSuccessful": not result.problems,
@@ -112,8 +126,10 @@ def render(result: ScanResult, color: bool = False) -> str:
                 "toolExecutionNotifications": notifications,
             }
         ],
-        "results": [_result(f, index[f.rule.id], with_baseline) for f in result.findings],
+        "results": [_result(f, index[f.rule.id], with_baseline, root) for f in result.findings],
         "columnKind": "unicodeCodePoints",
+        # Per rule: resources it applies to but could not judge, and why.
+        "properties": {"notJudged": not_judged_by_rule(result.not_judged)},
     }
     document = {"$schema": SCHEMA, "version": "2.1.0", "runs": [run]}
     return json.dumps(document, indent=2) + "\n"

@@ -6,7 +6,13 @@ from __future__ import annotations
 from collections import Counter
 from itertools import groupby
 
-from iac_scanner.findings import SEVERITIES, Finding, ScanResult, severity_rank
+from iac_scanner.findings import (
+    SEVERITIES,
+    Finding,
+    ScanResult,
+    not_judged_by_rule,
+    severity_rank,
+)
 
 _COLOURS = {"critical": "1;35", "high": "1;31", "medium": "33", "low": "36"}
 
@@ -36,8 +42,28 @@ def render(result: ScanResult, color: bool = False) -> str:
         lines.append(_paint(f"note: {note}", "2", color))
     if result.notes:
         lines.append("")
+    judged = not_judged_lines(result)
+    lines.extend(_paint(line, "33", color) for line in judged)
+    if judged:
+        lines.append("")
     lines.append(summary(result, color))
     return "\n".join(lines) + "\n"
+
+
+def not_judged_lines(result: ScanResult) -> list[str]:
+    """ "PC-TF-002: 3 resources not judged: `storage_encrypted` is unknown (...)"."""
+    lines = []
+    for rule, entry in not_judged_by_rule(result.not_judged).items():
+        count = entry["resources"]
+        reasons = sorted(entry["reasons"].items(), key=lambda item: (-item[1], item[0]))
+        shown = "; ".join(
+            reason if n == 1 or len(reasons) == 1 else f"{reason} (x{n})"
+            for reason, n in reasons[:3]
+        )
+        more = f"; {len(reasons) - 3} other reasons" if len(reasons) > 3 else ""
+        noun = "resource" if count == 1 else "resources"
+        lines.append(f"not judged: {rule}: {count} {noun} not judged: {shown}{more}")
+    return lines
 
 
 def summary(result: ScanResult, color: bool = False) -> str:
@@ -57,6 +83,9 @@ def summary(result: ScanResult, color: bool = False) -> str:
         text += f"; {suppressed} suppressed"
     if baselined:
         text += f"; {baselined} in baseline"
+    unjudged = len({(u.rule_id, u.resource) for u in result.not_judged})
+    if unjudged:
+        text += f"; {unjudged} not judged"
     failing = len(result.failing())
     if result.problems:
         text += f"; {len(result.problems)} error{'s' if len(result.problems) != 1 else ''}"

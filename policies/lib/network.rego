@@ -10,6 +10,8 @@ import data.portcullis.lib.terraform as tf
 # cidr_ingress: every ingress grant from a CIDR whose value the scanner saw:
 #   {"address": the resource that declares it,
 #    "where": "ingress block 0" | "",
+#    "unknown_ports": the dotted path of its protocol or port that is unknown
+#                     ("ingress.0.from_port"), or null,
 #    "security_groups": addresses of the security groups it applies to (empty
 #                       when the group is not in this document),
 #    "cidr", "protocol": "all"|"tcp"|"udp"|"icmp"|...|null (unknown),
@@ -25,6 +27,7 @@ cidr_ingress contains grant if {
 	grant := {
 		"address": r.address,
 		"where": sprintf("ingress block %d", [i]),
+		"unknown_ports": _unknown_ports(r, ["ingress", i]),
 		"security_groups": {r.address},
 		"cidr": cidr,
 		"protocol": _protocol(r, ["ingress", i, "protocol"]),
@@ -44,6 +47,7 @@ cidr_ingress contains grant if {
 	grant := {
 		"address": r.address,
 		"where": "",
+		"unknown_ports": _unknown_ports(r, []),
 		"security_groups": attached_groups(r),
 		"cidr": cidr,
 		"protocol": _protocol(r, ["protocol"]),
@@ -61,6 +65,7 @@ cidr_ingress contains grant if {
 	grant := {
 		"address": r.address,
 		"where": "",
+		"unknown_ports": _unknown_ports(r, []),
 		"security_groups": attached_groups(r),
 		"cidr": cidr,
 		"protocol": _protocol(r, ["ip_protocol"]),
@@ -98,19 +103,18 @@ group_ingress contains grant if {
 	grant := {"address": r.address, "where": "", "security_group": sg, "source": source}
 }
 
-_groups_referenced(r, key) := {sg.address |
-	some sg in input.resources
-	sg.type == "aws_security_group"
-	tf.refers_to(r, key, sg)
-}
+_groups_referenced(r, key) := {sg.address | some sg in tf.referenced(r, key, "aws_security_group")}
 
 # attached_groups(rule): the security groups in this document that a
 # standalone rule's security_group_id references.
-attached_groups(rule) := {sg.address |
-	some sg in input.resources
-	sg.type == "aws_security_group"
-	tf.refers_to(rule, "security_group_id", sg)
-}
+attached_groups(rule) := _groups_referenced(rule, "security_group_id")
+
+# _unknown_ports(r, at): the dotted path of the protocol or port the scanner
+# could not resolve in r at path prefix at, or null when all are known.
+_unknown_ports(r, at) := path if {
+	fields := ["protocol", "ip_protocol", "from_port", "to_port"]
+	path := tf.unknown_at(r, [array.concat(at, [f]) | some f in fields])
+} else := null
 
 # is_world_cidr: the whole IPv4 or IPv6 internet (0.0.0.0/0, ::/0, and any
 # other spelling of a /0).

@@ -161,3 +161,24 @@ test_list_value_accepts_a_single_string_where_a_list_is_expected if {
 	tf.list_value(r, ["ipv6_cidr_blocks"]) == []
 	tf.list_value(r, ["prefix_list_ids"]) == []
 }
+
+test_targets_resolved_by_the_scanner_are_looked_up_not_matched if {
+	bucket := testing.resource("aws_s3_bucket", "data", {})
+	other := testing.resource("aws_s3_bucket", "other", {})
+	att := testing.resource_with("aws_s3_bucket_logging", "l", {}, {
+		"refs": {"bucket": ["aws_s3_bucket.data.id"]},
+		"targets": {"bucket": ["aws_s3_bucket.data"]},
+	})
+	tf.refers_to(att, "bucket", bucket)
+	not tf.refers_to(att, "bucket", other)
+	tf.targets(att, "bucket") == {"aws_s3_bucket.data"} with input as testing.document([bucket, other, att])
+	tf.resource_at["aws_s3_bucket.other"] == other with input as testing.document([bucket, other, att])
+	tf.bucket_has(bucket, "aws_s3_bucket_logging") with input as testing.document([bucket, other, att])
+	not tf.bucket_has(other, "aws_s3_bucket_logging") with input as testing.document([bucket, other, att])
+}
+
+test_unknown_at_names_the_first_unknown_path if {
+	r := testing.resource_with("aws_lb_listener", "l", {}, {"unknown": ["ssl_policy"]})
+	tf.unknown_at(r, [["protocol"], ["ssl_policy"]]) == "ssl_policy"
+	not tf.unknown_at(r, [["protocol"]])
+}

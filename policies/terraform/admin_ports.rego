@@ -33,3 +33,18 @@ deny contains {"resource": grant.address, "message": msg} if {
 _where(grant) := sprintf(" in %s", [grant.where]) if grant.where != ""
 
 _where(grant) := "" if grant.where == ""
+
+# A grant open to the internet whose ports or protocol are unknown may open
+# SSH or RDP: not judged, and said so.
+not_judged contains {"resource": grant.address, "path": path} if {
+	some grant in network.cidr_ingress
+	network.is_world_cidr(grant.cidr)
+	not _reaches_admin(grant)
+	path := grant.unknown_ports
+	path != null
+}
+
+_reaches_admin(grant) if {
+	some admin in _admin_ports
+	network.reaches(grant, admin.protocols, admin.port)
+}

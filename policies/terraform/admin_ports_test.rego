@@ -70,3 +70,17 @@ test_egress_to_world_on_ssh_is_not_ingress if {
 	})
 	count(admin_ports.deny) == 0 with input as testing.document([rule])
 }
+
+test_world_open_grant_with_unknown_ports_is_not_judged_and_said if {
+	sg := testing.resource_with("aws_security_group", "web_node", {"ingress": [
+		{"protocol": "tcp", "cidr_blocks": ["0.0.0.0/0"]},
+	]}, {"unknown": ["ingress.0.from_port", "ingress.0.to_port"]})
+	admin_ports.not_judged == {{"resource": "aws_security_group.web_node", "path": "ingress.0.from_port"}} with input as testing.document([sg])
+}
+
+test_private_grant_with_unknown_ports_is_not_counted if {
+	sg := testing.resource_with("aws_security_group", "web_node", {"ingress": [
+		{"protocol": "tcp", "cidr_blocks": ["10.0.0.0/8"]},
+	]}, {"unknown": ["ingress.0.from_port", "ingress.0.to_port"]})
+	count(admin_ports.not_judged) == 0 with input as testing.document([sg])
+}

@@ -72,6 +72,7 @@ test_missing_cloudtrail_with_pci_resources_is_denied_once if {
 	audit_logging.deny == {{
 		"resource": "aws_db_instance.pos",
 		"message": "no enabled aws_cloudtrail in this configuration, but it deploys pci app pos (2 resources, e.g. aws_db_instance.pos); add an aws_cloudtrail with is_multi_region_trail = true",
+		"key": "no-enabled-cloudtrail",
 	}} with input as testing.document([lb, db])
 }
 
@@ -97,6 +98,7 @@ test_cloudtrail_finding_counts_only_aws_resources if {
 	audit_logging.deny == {{
 		"resource": "aws_db_instance.pos",
 		"message": "no enabled aws_cloudtrail in this configuration, but it deploys pci app pos (1 resources, e.g. aws_db_instance.pos); add an aws_cloudtrail with is_multi_region_trail = true",
+		"key": "no-enabled-cloudtrail",
 	}} with input as testing.document([app, db])
 }
 

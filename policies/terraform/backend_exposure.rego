@@ -23,8 +23,8 @@ metadata := {
 deny contains {"resource": grant.address, "message": msg} if {
 	some grant in network.cidr_ingress
 	network.is_world_cidr(grant.cidr)
-	some sg in input.resources
-	sg.address in grant.security_groups
+	some address in grant.security_groups
+	sg := tf.resource_at[address]
 	not tf.is_gateway(sg)
 	some app in tf.apps_of(sg)
 	msg := sprintf(
@@ -35,14 +35,13 @@ deny contains {"resource": grant.address, "message": msg} if {
 
 deny contains {"resource": grant.address, "message": msg} if {
 	some grant in network.group_ingress
-	some sg in input.resources
-	sg.address == grant.security_group
+	sg := tf.resource_at[grant.security_group]
 	not tf.is_gateway(sg)
 	some app in tf.apps_of(sg)
-	some source in input.resources
-	source.address == grant.source
+	source := tf.resource_at[grant.source]
 	not tf.is_gateway(source)
 	count(tf.apps_of(source)) == 0
+	source.address in _open_to_world
 	some open in network.cidr_ingress
 	source.address in open.security_groups
 	network.is_world_cidr(open.cidr)
@@ -50,6 +49,14 @@ deny contains {"resource": grant.address, "message": msg} if {
 		"%s (%s) admits security group %s, which is open to %s; only the gateway security group (tagged %s) may reach app backends",
 		[_subject(grant, sg), tf.app_label(app), source.address, open.cidr, tf.gateway_tags_text],
 	)
+}
+
+# The security groups some grant opens to the whole internet (a set, so the
+# join above is a lookup, not a scan of every grant per group).
+_open_to_world contains address if {
+	some open in network.cidr_ingress
+	network.is_world_cidr(open.cidr)
+	some address in open.security_groups
 }
 
 _subject(grant, sg) := sprintf("security group %s", [sg.address]) if {

@@ -57,6 +57,31 @@ deny contains {"resource": r.address, "message": msg} if {
 	)
 }
 
+# What the rules above skipped because a value they need is unknown.
+not_judged contains {"resource": r.address, "path": "server_side_encryption_configuration"} if {
+	some r in input.resources
+	r.type == "aws_s3_bucket"
+	count(_sensitive_apps(r)) > 0
+	tf.has_unknown_within(r, ["server_side_encryption_configuration"])
+	sse := _sse_type
+	not tf.bucket_has(r, sse)
+}
+
+not_judged contains {"resource": r.address, "path": "storage_encrypted"} if {
+	some r in input.resources
+	r.type in {"aws_db_instance", "aws_rds_cluster"}
+	count(_sensitive_apps(r)) > 0
+	tf.is_unknown(r, ["storage_encrypted"])
+}
+
+not_judged contains {"resource": r.address, "path": "encrypted"} if {
+	some r in input.resources
+	r.type == "aws_ebs_volume"
+	count(_sensitive_apps(r)) > 0
+	tf.is_unknown(r, ["encrypted"])
+	not _ebs_encrypted_by_default
+}
+
 _sensitive_apps(r) := {app |
 	some app in tf.apps_of(r)
 	tf.classification(app) in _classified

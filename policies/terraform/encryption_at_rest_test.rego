@@ -95,3 +95,14 @@ test_ebs_encryption_by_default_covers_volumes if {
 	default_on := testing.resource("aws_ebs_encryption_by_default", "this", {"enabled": true})
 	count(encryption_at_rest.deny) == 0 with input as testing.document([volume, default_on])
 }
+
+test_unknown_storage_encrypted_is_not_judged_and_said if {
+	db := testing.resource_with("aws_db_instance", "pos", {"tags": {"app": "pos"}}, {"unknown": ["storage_encrypted"]})
+	count(encryption_at_rest.deny) == 0 with input as testing.document([db])
+	encryption_at_rest.not_judged == {{"resource": "aws_db_instance.pos", "path": "storage_encrypted"}} with input as testing.document([db])
+}
+
+test_unknown_encryption_of_an_untagged_volume_is_not_counted if {
+	ebs := testing.resource_with("aws_ebs_volume", "scratch", {}, {"unknown": ["encrypted"]})
+	count(encryption_at_rest.not_judged) == 0 with input as testing.document([ebs])
+}

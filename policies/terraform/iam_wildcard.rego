@@ -67,3 +67,18 @@ _sid(statement) := sprintf(", Sid %q", [statement.Sid]) if {
 	is_string(statement.Sid)
 	statement.Sid != ""
 } else := ""
+
+# A policy document the scanner could not see (a variable without a value, a
+# data source other than aws_iam_policy_document) is not judged.
+not_judged contains {"resource": r.address, "path": "policy"} if {
+	some r in input.resources
+	r.type in _policy_types
+	tf.is_unknown(r, ["policy"])
+}
+
+not_judged contains {"resource": r.address, "path": tf.path_string(["inline_policy", i, "policy"])} if {
+	some r in input.resources
+	r.type == "aws_iam_role"
+	some i, _ in tf.blocks(r, ["inline_policy"])
+	tf.is_unknown(r, ["inline_policy", i, "policy"])
+}

@@ -64,3 +64,9 @@ test_inline_policy_of_a_role_is_checked if {
 	f.resource == "aws_iam_role.app"
 	contains(f.message, "aws_iam_role.app (inline_policy 0) allows every action")
 }
+
+test_unknown_policy_document_is_not_judged_and_said if {
+	p := testing.resource_with("aws_iam_policy", "ops", {}, {"unknown": ["policy"]})
+	count(iam_wildcard.deny) == 0 with input as testing.document([p])
+	iam_wildcard.not_judged == {{"resource": "aws_iam_policy.ops", "path": "policy"}} with input as testing.document([p])
+}

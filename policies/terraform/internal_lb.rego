@@ -28,3 +28,11 @@ deny contains {"resource": r.address, "message": msg} if {
 		[r.address, tf.app_label(app)],
 	)
 }
+
+not_judged contains {"resource": r.address, "path": "internal"} if {
+	some r in input.resources
+	r.type in _lb_types
+	not tf.is_gateway(r)
+	count(tf.apps_of(r)) > 0
+	tf.is_unknown(r, ["internal"])
+}

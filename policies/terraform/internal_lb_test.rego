@@ -39,3 +39,9 @@ test_unknown_internal_flag_is_not_flagged if {
 	lb := testing.resource_with("aws_lb", "pos", {"tags": {"app": "pos"}}, {"unknown": ["internal"]})
 	count(internal_lb.deny) == 0 with input as testing.document([lb])
 }
+
+test_unknown_internal_is_not_judged_and_said if {
+	lb := testing.resource_with("aws_lb", "pos", {"tags": {"app": "pos"}}, {"unknown": ["internal"]})
+	count(internal_lb.deny) == 0 with input as testing.document([lb])
+	internal_lb.not_judged == {{"resource": "aws_lb.pos", "path": "internal"}} with input as testing.document([lb])
+}

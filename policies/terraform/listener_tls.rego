@@ -41,15 +41,15 @@ deny contains {"resource": r.address, "message": msg} if {
 deny contains {"resource": r.address, "message": msg} if {
 	some r in input.resources
 	r.type in _listener_types
-	some lb in input.resources
+	some address in tf.targets(r, "load_balancer_arn")
+	lb := tf.resource_at[address]
 	lb.type in _lb_types
-	tf.refers_to(r, "load_balancer_arn", lb)
 	not tf.is_gateway(lb)
 	some app in tf.apps_of(lb)
 	_plain_http(r, lb)
 	some i, action in tf.blocks(r, ["default_action"])
-	not tf.has_unknown_within(r, ["default_action", i])
-	not _keeps_traffic_off_plaintext(action)
+	not tf.is_unknown(r, ["default_action", i, "type"])
+	not _may_keep_traffic_off_plaintext(r, i, action)
 	msg := sprintf(
 		"HTTP listener %s on load balancer %s (%s) serves plaintext (default action %q); redirect it to HTTPS: default_action { type = \"redirect\" redirect { protocol = \"HTTPS\" port = \"443\" status_code = \"HTTP_301\" } }",
 		[r.address, lb.address, tf.app_label(app), object.get(action, "type", "unset")],
@@ -108,6 +108,52 @@ _plain_http(r, lb) if {
 	tf.value_or(r, ["protocol"], null) == null
 	not tf.is_unknown(lb, ["load_balancer_type"])
 	tf.value_or(lb, ["load_balancer_type"], "application") == "application"
+}
+
+# Judge what is known: a forward action whose target group ARN is unknown still
+# forwards plaintext. Only a redirect whose target protocol is unknown may be
+# a redirect to HTTPS, and is not judged.
+_may_keep_traffic_off_plaintext(_, _, action) if _keeps_traffic_off_plaintext(action)
+
+_may_keep_traffic_off_plaintext(r, i, action) if _redirect_unknown(r, i, action)
+
+_redirect_unknown(r, i, action) if {
+	object.get(action, "type", "") == "redirect"
+	tf.has_unknown_within(r, ["default_action", i, "redirect"])
+}
+
+# What the rules above skipped because a value they need is unknown.
+not_judged contains {"resource": r.address, "path": "protocol"} if {
+	some r in input.resources
+	r.type in _listener_types
+	tf.is_unknown(r, ["protocol"])
+}
+
+not_judged contains {"resource": r.address, "path": "ssl_policy"} if {
+	some r in input.resources
+	r.type in _listener_types
+	_protocol(r) in {"HTTPS", "TLS"}
+	tf.is_unknown(r, ["ssl_policy"])
+}
+
+not_judged contains {"resource": r.address, "path": path} if {
+	some r in input.resources
+	r.type in _listener_types
+	some address in tf.targets(r, "load_balancer_arn")
+	lb := tf.resource_at[address]
+	lb.type in _lb_types
+	not tf.is_gateway(lb)
+	count(tf.apps_of(lb)) > 0
+	_plain_http(r, lb)
+	some i in numbers.range(0, count(tf.value_or(r, ["default_action"], [])) - 1)
+	path := _unknown_action_part(r, i)
+}
+
+_unknown_action_part(r, i) := tf.path_string(["default_action", i, "type"]) if {
+	tf.is_unknown(r, ["default_action", i, "type"])
+} else := tf.path_string(["default_action", i, "redirect"]) if {
+	action := tf.value(r, ["default_action", i])
+	_redirect_unknown(r, i, action)
 }
 
 _keeps_traffic_off_plaintext(action) if object.get(action, "type", "") == "fixed-response"

@@ -125,3 +125,38 @@ test_http_listener_on_app_classic_elb_is_denied if {
 	findings := listener_tls.deny with input as testing.document([elb])
 	[f.message | some f in findings] == ["classic load balancer aws_elb.weblb (app pos, pci) has a plaintext HTTP listener on port 80, and classic ELBs cannot redirect to HTTPS; keep only HTTPS listeners, or move to an ALB whose HTTP listener redirects"]
 }
+
+# Judge what is known: the target group ARN of a forward action is computed at
+# apply, but type = "forward" already says the listener serves plaintext.
+test_http_listener_forwarding_to_an_unknown_target_group_is_denied if {
+	l := testing.resource_with("aws_lb_listener", "pos_http", {"protocol": "HTTP", "port": 80, "default_action": [{"type": "forward"}]}, {
+		"unknown": ["load_balancer_arn", "default_action.0.target_group_arn"],
+		"refs": {"load_balancer_arn": ["aws_lb.pos"]},
+	})
+	findings := listener_tls.deny with input as testing.document([_pos_lb, l])
+	{f.resource | some f in findings} == {"aws_lb_listener.pos_http"}
+	count(listener_tls.not_judged) == 0 with input as testing.document([_pos_lb, l])
+}
+
+test_redirect_with_unknown_protocol_is_not_judged_and_said if {
+	l := testing.resource_with("aws_lb_listener", "pos_http", {"protocol": "HTTP", "default_action": [{"type": "redirect", "redirect": [{"port": "443"}]}]}, {
+		"unknown": ["load_balancer_arn", "default_action.0.redirect.0.protocol"],
+		"refs": {"load_balancer_arn": ["aws_lb.pos"]},
+	})
+	count(listener_tls.deny) == 0 with input as testing.document([_pos_lb, l])
+	listener_tls.not_judged == {{"resource": "aws_lb_listener.pos_http", "path": "default_action.0.redirect"}} with input as testing.document([_pos_lb, l])
+}
+
+test_unknown_ssl_policy_is_not_judged_and_said if {
+	l := testing.resource_with("aws_lb_listener", "https", {"protocol": "HTTPS"}, {"unknown": ["ssl_policy"]})
+	listener_tls.not_judged == {{"resource": "aws_lb_listener.https", "path": "ssl_policy"}} with input as testing.document([l])
+}
+
+test_listener_resolved_by_the_scanners_targets if {
+	l := testing.resource_with("aws_lb_listener", "pos_http", {"protocol": "HTTP", "default_action": _forward}, {
+		"unknown": ["load_balancer_arn"],
+		"refs": {"load_balancer_arn": ["aws_lb.pos.arn"]},
+		"targets": {"load_balancer_arn": ["aws_lb.pos"]},
+	})
+	{f.resource | some f in listener_tls.deny} == {"aws_lb_listener.pos_http"} with input as testing.document([_pos_lb, l])
+}

@@ -109,3 +109,17 @@ _buckets_of(r) := {bucket |
 	bucket.type == "aws_s3_bucket"
 	tf.attached_to_bucket(r, bucket)
 } if r.type != "aws_s3_bucket"
+
+# What the rules above skipped because a value they need is unknown.
+not_judged contains {"resource": r.address, "path": "acl"} if {
+	some r in input.resources
+	r.type in {"aws_s3_bucket", "aws_s3_bucket_acl"}
+	tf.is_unknown(r, ["acl"])
+}
+
+not_judged contains {"resource": r.address, "path": flag} if {
+	some r in input.resources
+	r.type in {"aws_s3_bucket_public_access_block", "aws_s3_account_public_access_block"}
+	some flag in _block_flags
+	tf.is_unknown(r, [flag])
+}

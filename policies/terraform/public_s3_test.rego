@@ -102,3 +102,9 @@ test_public_acl_resource_is_neutralised_by_the_same_buckets_access_block if {
 	findings := public_s3.deny with input as testing.document([bucket, acl, other_block])
 	{f.resource | some f in findings} == {"aws_s3_bucket_acl.data"}
 }
+
+test_unknown_acl_is_not_judged_and_said if {
+	b := testing.resource_with("aws_s3_bucket", "assets", {}, {"unknown": ["acl"]})
+	count(public_s3.deny) == 0 with input as testing.document([b])
+	public_s3.not_judged == {{"resource": "aws_s3_bucket.assets", "path": "acl"}} with input as testing.document([b])
+}

@@ -1,0 +1,92 @@
+"""The ``ecs`` format: Elastic Common Schema 8 documents (README "Shipping
+decisions" has the table). ``event.type`` is ``allowed`` or ``denied`` (plus
+``start`` for a sign-in), ``event.outcome`` success/failure; the chain fields
+are under ``portcullis.*`` and ``event.sequence``; a chain signature is an
+``event.kind: state`` document whose ``portcullis.chain_signature`` is the
+signature record, whole."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.audit.shipping.formats.fields import Event, read
+
+
+def format(record: dict[str, Any], digest: str) -> dict[str, Any]:
+    event = read(record, digest)
+    document: dict[str, Any] = {
+        "@timestamp": event.timestamp,
+        "ecs": {"version": "8.11.0"},
+        "observer": {
+            "product": "Portcullis",
+            "vendor": "Portcullis",
+            "type": "proxy",
+            "version": event.version,
+        },
+        "portcullis": {
+            "decision_id": event.decision_id,
+            "seq": event.seq,
+            "chain_hash": event.chain_hash,
+            "prev_hash": event.prev_hash,
+        },
+    }
+    if event.kind == "chain_signature":
+        document["event"] = {
+            "kind": "state",
+            "category": ["configuration"],
+            "type": ["info"],
+            "action": "chain_signature",
+            "sequence": event.seq,
+        }
+        document["portcullis"]["chain_signature"] = {**record, "line_hash": digest}
+        return document
+    authentication = event.kind == "authentication"
+    document["event"] = {
+        "kind": "event",
+        "id": event.decision_id,
+        "sequence": event.seq,
+        "category": ["authentication"] if authentication else ["web", "iam"],
+        "type": (["start"] if authentication else []) + ["allowed" if event.allow else "denied"],
+        "outcome": "success" if event.allow else "failure",
+        "action": "authentication" if authentication else f"access-{event.kind}",
+        "reason": "; ".join(event.reasons),
+        "hash": event.chain_hash,
+    }
+    document["rule"] = {"name": event.policy, "version": event.revision, "ruleset": "portcullis"}
+    document["user"] = _user(event)
+    document["source"] = {"ip": event.source_ip or None, "port": event.source_port}
+    path, _, query = event.path.partition("?")
+    document["url"] = {
+        "domain": event.host.rsplit(":", 1)[0],
+        "path": path,
+        "scheme": event.scheme,
+        **({"query": query} if query else {}),
+    }
+    document["http"] = {
+        "request": {"method": event.method, "id": event.request_id},
+        "response": {"status_code": event.http_status},
+    }
+    document["service"] = {
+        "name": "portcullis",
+        "node": {"name": event.instance},
+        "target": {"name": event.app},
+    }
+    document["portcullis"]["reasons"] = event.reasons
+    document["portcullis"]["step_up"] = event.step_up
+    return {key: _drop_none(value) for key, value in document.items() if value is not None}
+
+
+def _user(event: Event) -> dict[str, Any]:
+    identity = event.identity
+    return {
+        "id": identity.get("subject") or None,
+        "email": identity.get("email") or None,
+        "roles": event.groups,
+        "domain": identity.get("issuer") or None,
+    }
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    return value

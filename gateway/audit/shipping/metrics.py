@@ -1,0 +1,55 @@
+"""Per-sink Prometheus metrics, read from the shippers at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.audit.shipping.shipper import Shipper
+
+# stats key -> (metric name, help, counter?)
+METRICS = {
+    "shipped": (
+        "portcullis_sink_events_shipped",
+        "Records sent to the sink (retries included)",
+        True,
+    ),
+    "acknowledged": ("portcullis_sink_events_acknowledged", "Records the sink acknowledged", True),
+    "retried": (
+        "portcullis_sink_events_retried",
+        "Records sent again after a failed attempt",
+        True,
+    ),
+    "lag_events": (
+        "portcullis_sink_lag_events",
+        "Events in the log the sink has not acknowledged",
+        False,
+    ),
+    "lag_seconds": ("portcullis_sink_lag_seconds", "Age of the oldest unacknowledged event", False),
+    "backlog_bytes": (
+        "portcullis_sink_backlog_bytes",
+        "Bytes of the log on disk not yet shipped",
+        False,
+    ),
+    "behind": ("portcullis_sink_behind", "1 when backlog_bytes is past backlog_alert_bytes", False),
+    "failing": ("portcullis_sink_failing", "1 while the sink's last attempt failed", False),
+}
+
+
+class ShippingCollector(Collector):
+    def __init__(self, shippers: Sequence[Shipper]) -> None:
+        self.shippers = list(shippers)
+
+    def collect(self) -> Iterator[Metric]:
+        stats = [(shipper.name, shipper.stats) for shipper in self.shippers]
+        for key, (name, help_text, counter) in METRICS.items():
+            family: CounterMetricFamily | GaugeMetricFamily
+            if counter:
+                family = CounterMetricFamily(name, help_text, labels=["sink"])
+            else:
+                family = GaugeMetricFamily(name, help_text, labels=["sink"])
+            for sink, values in stats:
+                family.add_metric([sink], values[key])
+            yield family

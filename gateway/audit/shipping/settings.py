@@ -1,0 +1,196 @@
+"""``decision_log.sinks``: where the decision log is shipped, parsed and checked."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.audit.shipping.formats import FORMATS
+from gateway.config import ConfigError, _Reader
+
+KINDS = ("syslog", "http", "file")
+ENVELOPES = ("opa", "splunk_hec")
+# RFC 5424 facility names -> codes (the security-relevant ones and local0-7).
+FACILITIES = {
+    "kern": 0, "user": 1, "daemon": 3, "auth": 4, "syslog": 5, "authpriv": 10,
+    "audit": 13, "local0": 16, "local1": 17, "local2": 18, "local3": 19,
+    "local4": 20, "local5": 21, "local6": 22, "local7": 23,
+}  # fmt: skip
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+DEFAULT_BACKLOG_ALERT_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class SinkTls:
+    ca_file: Path | None = None  # None: the system's CAs
+    cert_file: Path | None = None  # a client certificate, when the receiver asks for one
+    key_file: Path | None = None
+    server_name: str | None = None  # default: the address's host
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    name: str
+    kind: str  # syslog | http | file
+    format: str = "opa"  # opa | ocsf | ecs
+    # syslog
+    address: str = ""  # host:port
+    tls: SinkTls | None = None
+    facility: int = FACILITIES["authpriv"]
+    app_name: str = "portcullis"
+    # http
+    url: str = ""
+    envelope: str = "opa"  # opa | splunk_hec
+    token_file: Path | None = None
+    gzip: bool = True
+    hec_sourcetype: str = "portcullis:decision"
+    hec_index: str | None = None
+    # file
+    path: Path | None = None
+    # every kind
+    timeout: float = 10.0
+    batch_max_events: int = 500
+    retry_initial: float = 0.5
+    retry_max: float = 30.0
+    backlog_alert_bytes: int = DEFAULT_BACKLOG_ALERT_BYTES
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.address.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+def parse_sinks(items: list[Any], base_dir: Path) -> tuple[SinkConfig, ...]:
+    sinks = tuple(_sink(item, f"decision_log.sinks[{i}]", base_dir) for i, item in
+                  enumerate(items))  # fmt: skip
+    seen: dict[str, int] = {}
+    for index, sink in enumerate(sinks):
+        if sink.name in seen:
+            raise ConfigError(
+                f"decision_log.sinks[{index}].name: {sink.name!r} is also "
+                f"sinks[{seen[sink.name]}]'s name; each sink needs its own (it names "
+                "the sink's cursor file and metrics)"
+            )
+        seen[sink.name] = index
+    return sinks
+
+
+def _sink(data: Any, where: str, base_dir: Path) -> SinkConfig:
+    reader = _Reader(data, where)
+    kind = reader.required("kind", str)
+    if kind not in KINDS:
+        raise ConfigError(f"{where}.kind: must be one of {', '.join(KINDS)}, got {kind!r}")
+    name = reader.get("name", str, kind)
+    if not _NAME.match(name):
+        raise ConfigError(
+            f"{where}.name: {name!r}: lower-case letters, digits, '_' and '-' (up to 63)"
+        )
+    form = reader.get("format", str, "opa")
+    if form not in FORMATS:
+        raise ConfigError(f"{where}.format: must be one of {', '.join(FORMATS)}, got {form!r}")
+    common: dict[str, Any] = {
+        "timeout": _positive(reader, "timeout", 10.0),
+        "batch_max_events": int(_positive(reader, "batch_max_events", 500, int)),
+        "retry_initial": _positive(reader, "retry_initial", 0.5),
+        "retry_max": _positive(reader, "retry_max", 30.0),
+        "backlog_alert_bytes": int(
+            _positive(reader, "backlog_alert_bytes", DEFAULT_BACKLOG_ALERT_BYTES, int)
+        ),
+    }
+    if common["retry_max"] < common["retry_initial"]:
+        raise ConfigError(f"{where}.retry_max: must be at least retry_initial")
+    if kind == "syslog":
+        config = _syslog(reader, where, base_dir, name, form, common)
+    elif kind == "http":
+        config = _http(reader, where, base_dir, name, form, common)
+    else:
+        path = _file_path(base_dir, reader.required("path", str))
+        config = SinkConfig(name, kind, form, path=path, **common)
+    reader.done()
+    return config
+
+
+def _syslog(
+    reader: _Reader, where: str, base_dir: Path, name: str, form: str, common: dict[str, Any]
+) -> SinkConfig:
+    address = reader.required("address", str)
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{where}.address: expected host:port, got {address!r}")
+    facility_name = reader.get("facility", str, "authpriv")
+    if facility_name not in FACILITIES:
+        raise ConfigError(
+            f"{where}.facility: one of {', '.join(FACILITIES)}, got {facility_name!r}"
+        )
+    app_name = reader.get("app_name", str, "portcullis")
+    if not 0 < len(app_name) <= 48 or not all(33 <= ord(c) <= 126 for c in app_name):
+        raise ConfigError(f"{where}.app_name: 1-48 printable ASCII characters, no spaces")
+    tls_data = reader.get("tls", (dict, bool), None)
+    tls = None
+    if tls_data is True:
+        tls = SinkTls()
+    elif isinstance(tls_data, dict):
+        tls_reader = _Reader(tls_data, f"{where}.tls")
+        files = {}
+        for key in ("ca_file", "cert_file", "key_file"):
+            files[key] = _file_path(base_dir, tls_reader.get(key, str, None), f"{where}.tls.{key}")
+        server_name = tls_reader.get("server_name", str, None)
+        tls_reader.done()
+        if (files["cert_file"] is None) != (files["key_file"] is None):
+            raise ConfigError(f"{where}.tls: cert_file and key_file go together")
+        tls = SinkTls(files["ca_file"], files["cert_file"], files["key_file"], server_name)
+    return SinkConfig(
+        name, "syslog", form, address=address, tls=tls, facility=FACILITIES[facility_name],
+        app_name=app_name, **common,
+    )  # fmt: skip
+
+
+def _http(
+    reader: _Reader, where: str, base_dir: Path, name: str, form: str, common: dict[str, Any]
+) -> SinkConfig:
+    url = reader.required("url", str)
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}.url: must be an http(s) URL, got {url!r}")
+    envelope = reader.get("envelope", str, "opa")
+    if envelope not in ENVELOPES:
+        raise ConfigError(
+            f"{where}.envelope: must be one of {', '.join(ENVELOPES)}, got {envelope!r}"
+        )
+    if "token" in reader.data:
+        raise ConfigError(
+            f"{where}.token: put the token in a file and give token_file (a secret "
+            "doesn't belong in the config)"
+        )
+    token_file = _file_path(base_dir, reader.get("token_file", str, None), f"{where}.token_file")
+    if token_file is not None and not token_file.is_file():
+        raise ConfigError(f"{where}.token_file: no such file {token_file}")
+    if envelope == "splunk_hec" and token_file is None:
+        raise ConfigError(f"{where}.token_file: Splunk HEC needs a token (its file)")
+    gzip = reader.get("gzip", bool, True)
+    sourcetype = reader.get("sourcetype", str, "portcullis:decision")
+    index = reader.get("index", str, None)
+    return SinkConfig(
+        name, "http", form, url=url, envelope=envelope, token_file=token_file, gzip=gzip,
+        hec_sourcetype=sourcetype, hec_index=index, **common,
+    )  # fmt: skip
+
+
+def _positive(reader: _Reader, name: str, default: float, kind: type = float) -> float:
+    value = reader.get(name, kind, default)
+    if value <= 0:
+        raise ConfigError(f"{reader.key(name)}: must be greater than 0")
+    return float(value) if kind is float else value
+
+
+def _file_path(base: Path, value: str | None, where: str = "") -> Path | None:
+    if value is None:
+        return None
+    path = Path(value)
+    path = path if path.is_absolute() else base / path
+    if where and where.endswith(("ca_file", "cert_file", "key_file")) and not path.is_file():
+        raise ConfigError(f"{where}: no such file {path}")
+    return path

@@ -1,0 +1,248 @@
+"""One sink's shipper: follows the decision log from its durable cursor and delivers
+every record (events and chain signatures) at least once, in order.
+
+Each shipper runs in a thread of its own with its own event loop, so a slow or
+failing receiver never touches the gateway's request path: the log file is the
+buffer. A batch is sent until the receiver acknowledges it (exponential backoff
+from ``retry_initial`` to ``retry_max`` between attempts), and only then is the
+cursor moved past it and saved (fdatasync), so a restart resumes right after
+the last acknowledged record. Records are never skipped or dropped; when the
+unshipped part of the log grows past ``backlog_alert_bytes`` an error is logged
+(once a minute) and ``portcullis_sink_behind`` turns 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from gateway.audit.shipping.cursor import Cursor, CursorState
+from gateway.audit.shipping.formats import formatter
+from gateway.audit.shipping.formats.fields import epoch_ms
+from gateway.audit.shipping.settings import SinkConfig
+from gateway.audit.shipping.sinks.base import Item, Sink, SinkError
+from gateway.audit.tail import LogTail
+
+logger = logging.getLogger("portcullis.decision_log.shipping")
+
+_POLL = 0.05  # seconds between looks at the log when caught up
+# After a batch that was not full, wait this long before the next: fewer, larger
+# batches cost the gateway's process less (the shipper shares its GIL).
+_BATCH_INTERVAL = 0.2
+_ALERT_EVERY = 60.0
+
+
+def make_sink(config: SinkConfig) -> Sink:
+    if config.kind == "syslog":
+        from gateway.audit.shipping.sinks.syslog import SyslogSink
+
+        return SyslogSink(config)
+    if config.kind == "http":
+        from gateway.audit.shipping.sinks.http import HttpSink
+
+        return HttpSink(config)
+    from gateway.audit.shipping.sinks.file import FileSink
+
+    return FileSink(config)
+
+
+class Shipper:
+    def __init__(self, config: SinkConfig, log_path: Path, written_seq: Callable[[], int]) -> None:
+        self.config = config
+        self.name = config.name
+        self.log_path = Path(log_path)
+        self._written_seq = written_seq
+        self._cursor = Cursor(self.log_path, config.name)
+        self._format = formatter(config.format)
+        self._tail: LogTail | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._deadline = float("inf")
+        self._acked_seq = 0
+        self._acked_hash = ""
+        self._pending_since: float | None = None  # epoch s of the oldest unacknowledged record
+        self._caught_up_at = time.time()
+        self._last_alert = 0.0
+        # for /metrics (read by the gateway's thread; ints and floats only)
+        self.shipped = 0
+        self.acknowledged = 0
+        self.retried = 0
+        self.failures = 0
+        self.bytes_sent = 0
+        self.backlog = 0
+        self.failing = False
+
+    def load(self) -> None:
+        """Read the cursor: where the previous run stopped (raises CursorError)."""
+        state = self._cursor.load()
+        if state is not None:
+            self._acked_seq, self._acked_hash = state.seq, state.hash
+        self._tail = LogTail(self.log_path, state.position if state else None)
+
+    def start(self) -> None:
+        if self._tail is None:
+            self.load()
+        self._thread = threading.Thread(target=self._run, name=f"ship-{self.name}", daemon=True)
+        self._thread.start()
+
+    async def stop(self, timeout: float) -> None:
+        """Ship what the log holds (its ``close`` signature included) for up to
+        ``timeout`` s, then stop; what is left ships after the next start."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._deadline = time.monotonic() + timeout
+        self._stopping.set()
+        await asyncio.to_thread(thread.join, timeout + 2.0)
+        if thread.is_alive():
+            logger.error("sink %s: shipper did not stop", self.name)
+
+    @property
+    def stats(self) -> dict[str, float]:
+        lag = max(0, self._written_seq() - self._acked_seq)
+        if lag == 0:
+            seconds = 0.0
+        else:
+            since = self._pending_since or self._caught_up_at
+            seconds = max(0.0, time.time() - since)
+        return {
+            "shipped": self.shipped,
+            "acknowledged": self.acknowledged,
+            "retried": self.retried,
+            "lag_events": lag,
+            "lag_seconds": seconds,
+            "backlog_bytes": self.backlog,
+            "behind": 1.0 if self.backlog > self.config.backlog_alert_bytes else 0.0,
+            "failing": 1.0 if self.failing else 0.0,
+        }
+
+    # -- the shipper's thread ------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except Exception:  # loud: a silent shipper is a SIEM gap
+            logger.exception("sink %s: shipper stopped", self.name)
+        finally:
+            if self._tail is not None:
+                self._tail.close()
+            self._cursor.close()
+
+    async def _main(self) -> None:
+        sink = make_sink(self.config)
+        tail = self._tail
+        assert tail is not None
+        try:
+            while not self._out_of_time():
+                lines = tail.read(self.config.batch_max_events)
+                self.backlog = tail.backlog_bytes()
+                self._check_backlog()
+                if not lines:
+                    self._caught_up_at = time.time()
+                    if self._stopping.is_set():
+                        return
+                    await asyncio.sleep(_POLL)
+                    continue
+                items = []
+                for line in lines:
+                    if line.record is None:
+                        logger.error(
+                            "sink %s: a line of %s is not a JSON record (damaged?): shipped "
+                            'as {"damaged": ...}',
+                            self.name,
+                            self.log_path,
+                        )
+                        record = {"damaged": line.raw.decode("utf-8", "replace")[:4096]}
+                    else:
+                        record = line.record
+                    items.append(Item(line, record, self._format(record, line.digest)))
+                if not await self._deliver(sink, items):
+                    return
+                last = lines[-1]
+                seq = last.record.get("seq") if last.record else None
+                if isinstance(seq, int):
+                    self._acked_seq = seq
+                self._acked_hash = last.digest
+                self._cursor.save(CursorState(last.end, self._acked_seq, last.digest))
+                tail.advance(last.end)
+                self._pending_since = None
+                if len(lines) < self.config.batch_max_events and not self._stopping.is_set():
+                    await asyncio.sleep(_BATCH_INTERVAL)
+        finally:
+            await sink.close()
+
+    async def _deliver(self, sink: Sink, items: list[Item]) -> bool:
+        """Send until acknowledged; False if the shipper must stop first."""
+        first = items[0].record
+        stamp = first.get("timestamp") or first.get("signed_at")
+        if self._pending_since is None:
+            self._pending_since = epoch_ms(str(stamp or "")) / 1000 or time.time()
+        attempt = 0
+        while True:
+            self.shipped += len(items)
+            try:
+                self.bytes_sent += await sink.send(items)
+            except (SinkError, OSError, TimeoutError) as error:
+                attempt += 1
+                self.failures += 1
+                self.retried += len(items)
+                self.failing = True
+                delay = min(self.config.retry_max, self.config.retry_initial * 2 ** (attempt - 1))
+                delay *= random.uniform(0.8, 1.0)  # several gateways don't retry in step
+                if attempt == 1 or attempt % 20 == 0:
+                    logger.warning(
+                        "sink %s: %d records not acknowledged (%s); retry %d in %.1f s",
+                        self.name, len(items), error, attempt, delay,
+                    )  # fmt: skip
+                if not await self._backoff(delay):
+                    return False
+                continue
+            if self.failing:
+                logger.warning("sink %s: shipping again after %d failures", self.name, attempt)
+            self.failing = False
+            self.acknowledged += len(items)
+            return True
+
+    async def _backoff(self, delay: float) -> bool:
+        end = time.monotonic() + delay
+        while time.monotonic() < end:
+            if self._out_of_time():
+                return False
+            await asyncio.sleep(min(0.05, end - time.monotonic()))
+        return True
+
+    def _out_of_time(self) -> bool:
+        return self._stopping.is_set() and time.monotonic() > self._deadline
+
+    def _check_backlog(self) -> None:
+        limit = self.config.backlog_alert_bytes
+        now = time.monotonic()
+        if self.backlog > limit and now - self._last_alert > _ALERT_EVERY:
+            self._last_alert = now
+            logger.error(
+                "sink %s is behind: %d bytes of %s not shipped yet (backlog_alert_bytes %d); "
+                "nothing is dropped, but the disk fills",
+                self.name, self.backlog, self.log_path, limit,
+            )  # fmt: skip
+
+
+def start_shippers(
+    configs: tuple[SinkConfig, ...], log_path: Path, written_seq: Callable[[], int]
+) -> list[Shipper]:
+    """A running shipper per sink; CursorError if a cursor can't be read."""
+    shippers = [Shipper(config, log_path, written_seq) for config in configs]
+    try:
+        for shipper in shippers:
+            shipper.load()
+    except Exception:
+        for shipper in shippers:
+            shipper._cursor.close()
+        raise
+    for shipper in shippers:
+        shipper.start()
+    return shippers

@@ -1,0 +1,39 @@
+"""The ``file`` sink: formatted records as JSON lines in a second file (e.g. on
+another volume), acknowledged once fsync'd."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import orjson
+
+from gateway.audit.shipping.settings import SinkConfig
+from gateway.audit.shipping.sinks.base import Item, SinkError
+
+
+class FileSink:
+    def __init__(self, config: SinkConfig) -> None:
+        assert config.path is not None
+        self.path: Path = config.path
+        self._fd = -1
+
+    async def send(self, items: list[Item]) -> int:
+        data = b"".join(orjson.dumps(item.formatted) + b"\n" for item in items)
+        try:
+            if self._fd < 0:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            os.fsync(self._fd)
+        except OSError as error:
+            await self.close()
+            raise SinkError(f"{self.path}: {error.strerror}") from error
+        return len(data)
+
+    async def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

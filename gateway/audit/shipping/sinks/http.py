@@ -1,0 +1,95 @@
+"""The ``http`` sink: batches POSTed as OPA's decision-log API takes them (a
+gzip'd JSON array, ``Authorization: Bearer``), or in Splunk HEC's envelope
+(``/services/collector/event``: one ``{"time", "host", "source", "sourcetype",
+"event"}`` object per record, ``Authorization: Splunk``). A 2xx (for HEC, with
+``code`` 0) acknowledges the batch; anything else, a timeout or a refused
+connection is retried by the shipper with backoff."""
+
+from __future__ import annotations
+
+import gzip
+import socket
+
+import aiohttp
+import orjson
+
+from gateway.audit.shipping.formats.fields import epoch_ms
+from gateway.audit.shipping.settings import SinkConfig
+from gateway.audit.shipping.sinks.base import Item, SinkError
+from portcullis import __version__
+
+
+class HttpSink:
+    def __init__(self, config: SinkConfig) -> None:
+        self.config = config
+        self.hostname = socket.gethostname()
+        self._session: aiohttp.ClientSession | None = None
+
+    def body(self, items: list[Item]) -> bytes:
+        if self.config.envelope == "splunk_hec":
+            return b"".join(orjson.dumps(self._hec(item)) for item in items)
+        return orjson.dumps([item.formatted for item in items])
+
+    async def send(self, items: list[Item]) -> int:
+        body = self.body(items)
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": f"portcullis/{__version__}",
+        }
+        if self.config.gzip:
+            body = gzip.compress(body, compresslevel=5)
+            headers["Content-Encoding"] = "gzip"
+        token = self._token()
+        if token:
+            scheme = "Splunk" if self.config.envelope == "splunk_hec" else "Bearer"
+            headers["Authorization"] = f"{scheme} {token}"
+        if self._session is None:
+            timeout = aiohttp.ClientTimeout(total=self.config.timeout)
+            self._session = aiohttp.ClientSession(timeout=timeout)
+        try:
+            async with self._session.post(self.config.url, data=body, headers=headers) as response:
+                text = await response.text(errors="replace")
+                if not 200 <= response.status < 300:
+                    raise SinkError(f"{self.config.url}: HTTP {response.status} {text[:200]}")
+                if self.config.envelope == "splunk_hec":
+                    _check_hec(self.config.url, text)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise SinkError(f"{self.config.url}: {error or type(error).__name__}") from error
+        return len(body)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _hec(self, item: Item) -> dict[str, object]:
+        record = item.record
+        stamp = str(record.get("timestamp") or record.get("signed_at") or "")
+        envelope: dict[str, object] = {
+            "time": epoch_ms(stamp) / 1000,
+            "host": self.hostname,
+            "source": "portcullis",
+            "sourcetype": self.config.hec_sourcetype,
+            "event": item.formatted,
+        }
+        if self.config.hec_index:
+            envelope["index"] = self.config.hec_index
+        return envelope
+
+    def _token(self) -> str | None:
+        """Read on every batch, so a rotated token (a remounted Secret) is picked up."""
+        if self.config.token_file is None:
+            return None
+        try:
+            return self.config.token_file.read_text().strip()
+        except OSError as error:
+            raise SinkError(f"token_file {self.config.token_file}: {error.strerror}") from error
+
+
+def _check_hec(url: str, text: str) -> None:
+    try:
+        answer = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return  # a 2xx without a JSON body: accepted
+    if isinstance(answer, dict) and answer.get("code", 0) != 0:
+        raise SinkError(f"{url}: HEC refused the batch: {answer}")

@@ -1,0 +1,174 @@
+"""The ``syslog`` sink: RFC 5424 messages over TCP or TLS, octet-counted (RFC 6587
+3.4.1 / RFC 5425), one record per message.
+
+Syslog over TCP has no acknowledgement of its own. A batch counts as delivered
+once the receiver's TCP stack has acknowledged every byte of it (the socket's
+unsent-and-unacknowledged queue, SIOCOUTQ, is empty) and the connection is still
+open; a connection that fails before that sends the batch again on a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import socket
+import ssl
+import struct
+import termios
+import time
+from typing import Any
+
+import orjson
+
+from gateway.audit.chain import SIGNATURE_TYPE
+from gateway.audit.shipping.settings import SinkConfig
+from gateway.audit.shipping.sinks.base import Item, SinkError
+
+# RFC 5424 severities: deny is a notice, everything else informational.
+INFO, NOTICE = 6, 5
+ENTERPRISE_ID = 32473  # RFC 5612's example number: no IANA number of our own
+BOM = b"\xef\xbb\xbf"
+
+
+class SyslogSink:
+    def __init__(self, config: SinkConfig) -> None:
+        self.config = config
+        self.host, self.port = config.host_port
+        self.hostname = (socket.gethostname() or "-")[:255].replace(" ", "_")
+        self.procid = str(os.getpid())
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        # A second descriptor of the connection's socket: its queue and state can
+        # still be read after asyncio closed its own on the receiver's close.
+        self._probe: socket.socket | None = None
+        self._tls = _tls_context(config) if config.tls is not None else None
+
+    async def send(self, items: list[Item]) -> int:
+        data = b"".join(self.frame(item) for item in items)
+        writer = await self._connection()
+        try:
+            writer.write(data)
+            await asyncio.wait_for(writer.drain(), self.config.timeout)
+            await self._acknowledged(writer)
+        except (OSError, TimeoutError, ConnectionError, ssl.SSLError) as error:
+            await self.close()
+            reason = str(error) or type(error).__name__
+            raise SinkError(f"syslog {self.config.address}: {reason}") from error
+        return len(data)
+
+    def frame(self, item: Item) -> bytes:
+        """One octet-counted RFC 5424 message."""
+        record = item.record
+        signature = record.get("type") == SIGNATURE_TYPE
+        if signature:
+            msgid, severity, stamp = "chain_head", INFO, str(record.get("signed_at", ""))
+        else:
+            allowed = isinstance(record.get("result"), dict) and record["result"].get("allow")
+            msgid = "refusal" if record.get("path") == "gateway" else "decision"
+            severity, stamp = (INFO if allowed else NOTICE), str(record.get("timestamp", ""))
+        params = f'seq="{record.get("seq", 0)}"'
+        if not signature:
+            params += f' decision_id="{_sd_escape(str(record.get("decision_id", "")))}"'
+        header = (
+            f"<{self.config.facility * 8 + severity}>1 {_timestamp(stamp)} {self.hostname} "
+            f"{self.config.app_name} {self.procid} {msgid} [portcullis@{ENTERPRISE_ID} {params}] "
+        ).encode()
+        message = header + BOM + orjson.dumps(item.formatted)
+        return str(len(message)).encode() + b" " + message
+
+    async def close(self) -> None:
+        writer, self._writer, self._reader = self._writer, None, None
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.close()
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    async def _connection(self) -> asyncio.StreamWriter:
+        if self._writer is not None and self._reader is not None:
+            if not self._reader.at_eof() and not self._writer.is_closing():
+                return self._writer
+            await self.close()  # the receiver closed it: a new connection
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(
+                    self.host, self.port, ssl=self._tls,
+                    server_hostname=self._server_name() if self._tls else None,
+                ),
+                self.config.timeout,
+            )  # fmt: skip
+        except (OSError, TimeoutError, ssl.SSLError) as error:
+            raise SinkError(
+                f"syslog {self.config.address}: cannot connect: {error or 'timed out'}"
+            ) from error
+        sock = writer.get_extra_info("socket")
+        self._probe = socket.socket(fileno=os.dup(sock.fileno()))
+        self._reader, self._writer = reader, writer
+        return writer
+
+    def _server_name(self) -> str:
+        tls = self.config.tls
+        return (tls.server_name if tls and tls.server_name else None) or self.host
+
+    async def _acknowledged(self, writer: asyncio.StreamWriter) -> None:
+        """Wait until the receiver's TCP stack acknowledged everything sent, on a
+        connection that is still open (a reset connection purges its queue too)."""
+        probe = self._probe
+        assert probe is not None
+        deadline = time.monotonic() + self.config.timeout
+        delay = 0.0005
+        while True:
+            # Nothing left in asyncio's (or TLS's) buffer, nothing unacknowledged in the kernel's.
+            idle = writer.transport.get_write_buffer_size() == 0
+            if idle and _unacknowledged(probe.fileno()) == 0:
+                if _tcp_state(probe) in _OPEN_STATES:
+                    return
+                raise SinkError(f"syslog {self.config.address}: connection reset")
+            if writer.is_closing() and not idle:
+                raise SinkError(f"syslog {self.config.address}: connection lost")
+            if time.monotonic() > deadline:
+                raise SinkError(f"syslog {self.config.address}: not acknowledged in time")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+
+# ESTABLISHED, and CLOSE_WAIT: the receiver closed after reading (a receiver that
+# closes with unread data resets the connection instead).
+_OPEN_STATES = (1, 8)
+
+
+def _tcp_state(sock: Any) -> int:
+    return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0])
+
+
+def _unacknowledged(fd: int) -> int:
+    buffer = fcntl.ioctl(fd, termios.TIOCOUTQ, struct.pack("i", 0))  # == SIOCOUTQ
+    return int(struct.unpack("i", buffer)[0])
+
+
+def _tls_context(config: SinkConfig) -> ssl.SSLContext:
+    tls = config.tls
+    assert tls is not None
+    context = ssl.create_default_context(
+        cafile=str(tls.ca_file) if tls.ca_file is not None else None
+    )
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if tls.cert_file is not None and tls.key_file is not None:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    return context
+
+
+def _timestamp(stamp: str) -> str:
+    """RFC 5424 allows at most 6 fractional digits; the log has 9."""
+    if not stamp.endswith("Z") or "." not in stamp:
+        return stamp or "-"
+    whole, _, fraction = stamp[:-1].partition(".")
+    return f"{whole}.{fraction[:6]}Z"
+
+
+def _sd_escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")

@@ -1,0 +1,109 @@
+"""Request headers refused before routing: too many or too large (header_limits),
+bytes that are not UTF-8, and a Host that is not a host[:port].
+
+Every request, proxied or for the gateway's own pages, passes `screen` first, so
+what the policy, the log and X-Forwarded-Host see is text a SIEM can read.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import re
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from gateway.config import LimitsConfig
+from gateway.header_limits import header_overflow
+
+# Their values are read by the identity step only (a token, a session cookie), are
+# never logged (masked) and never judged as text: undecodable bytes there are a bad
+# token (401 invalid_token) or no session, as for any other garbage.
+_IDENTITY_HEADERS = frozenset({b"authorization", b"cookie"})
+# RFC 3986 3.2.2 host, stricter for reg-name: letters, digits, '-', '.', '_', '~'.
+# Sub-delims and percent-encoding are legal there but never in a DNS name, and
+# only serve header or link injection downstream (X-Forwarded-Host).
+_REG_NAME = re.compile(r"[A-Za-z0-9._~-]{1,253}")
+_PORT = re.compile(r"[0-9]{0,5}")
+_IPV_FUTURE = re.compile(r"v[0-9A-Fa-f]+\.[A-Za-z0-9._~!$&'()*+,;=:-]+")
+MAX_HOST_CHARS = 260
+
+
+class Refusal(NamedTuple):
+    status: int
+    rule: str
+    reason: str
+
+
+def screen(
+    raw_headers: Sequence[tuple[bytes, bytes]], host: str | None, limits: LimitsConfig
+) -> Refusal | None:
+    """Why the request's headers are refused, or None. `host` is the Host header
+    as received (None when an HTTP/1.0 request has none)."""
+    overflow = header_overflow(raw_headers, limits)
+    if overflow is not None:
+        return Refusal(431, "headers_too_large", overflow)
+    for name, value in raw_headers:
+        # The fast path: nearly every header is ASCII.
+        if (value.isascii() and name.isascii()) or name.lower() in _IDENTITY_HEADERS:
+            continue
+        problem = _undecodable(name, value)
+        if problem is not None:
+            return Refusal(400, "bad_header", problem)
+    if host is not None:
+        problem = bad_host(host)
+        if problem is not None:
+            return Refusal(400, "bad_host", problem)
+    return None
+
+
+def _undecodable(name: bytes, value: bytes) -> str | None:
+    shown = name[:64].decode("utf-8", "backslashreplace")
+    try:
+        name.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"header name {shown!r} is not valid UTF-8"
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return f"header {shown!r}: value is not valid UTF-8 (byte {error.start})"
+    return None
+
+
+@functools.lru_cache(maxsize=512)
+def bad_host(host: str) -> str | None:
+    """Why `host` is not a valid Host header value (RFC 9110 7.2: uri-host [":" port]),
+    or None. Cached: a gateway sees the same few hosts again and again."""
+    if not host:
+        return "empty Host header"
+    if len(host) > MAX_HOST_CHARS:
+        return f"Host header longer than {MAX_HOST_CHARS} characters"
+    if host.startswith("["):
+        literal, bracket, port = host[1:].partition("]")
+        if not bracket or not _ip_literal(literal):
+            return "Host is not a valid IP literal ('[' IPv6 ']')"
+        if port and not (port.startswith(":") and _valid_port(port[1:])):
+            return "Host has an invalid port"
+        return None
+    name, colon, port = host.rpartition(":") if ":" in host else (host, "", "")
+    if colon and not _valid_port(port):
+        return "Host has an invalid port"
+    if not _REG_NAME.fullmatch(name):
+        return "Host is not a host name or IPv4 address (letters, digits, '-', '.', '_', '~')"
+    return None
+
+
+def _valid_port(port: str) -> bool:
+    return _PORT.fullmatch(port) is not None and (not port or int(port) <= 65535)
+
+
+def _ip_literal(literal: str) -> bool:
+    if _IPV_FUTURE.fullmatch(literal):
+        return True
+    if "%" in literal:  # a zone id names an interface of the client's host, not ours
+        return False
+    try:
+        ipaddress.IPv6Address(literal)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,1 @@
+"""State every replica shares, in Redis: revocation, rate limits, lockouts, risk signals."""

@@ -1,0 +1,265 @@
+"""The per-request look-up: revocation, lockout, rate limit and risk signals, in one
+Redis round trip (a Lua script: atomic, one command, one reply)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from gateway.identity import Identity
+from gateway.shared.settings import RateLimit, SharedStateConfig
+from gateway.shared.store import Store, Unavailable
+
+# KEYS: 1 user revocation, 2 session revocation, 3 provider-session revocation,
+# 4 lockout, 5 rate counter (this window), 6 rate counter (previous window),
+# 7 addresses seen, 8 denies, 9 the user's sessions, 10 the session record.
+# ARGV: 1 now, 2 what to check ("u", "s", "p", "l" letters), 3 rate limit (0: none),
+# 4 rate window, 5 source address ("" : no signals), 6 deny window, 7 session id
+# ("" : no session), 8 replica, 9 session created, 10 subject, 11 session end
+# (epoch), 12 active-session window, 13 issued at (-1: unknown), 14 session lifetime.
+# Returns: {user revocation, session revocation, provider revocation, lockout,
+# lockout ttl ms, rate count, previous count, admitted, address last seen, denies,
+# live sessions}. A revoked or locked-out identity writes nothing.
+CHECK_SCRIPT = """
+local now = tonumber(ARGV[1])
+local what = ARGV[2]
+local ru, rs, rp, lk = false, false, false, false
+if string.find(what, 'u', 1, true) then ru = redis.call('GET', KEYS[1]) end
+if string.find(what, 's', 1, true) then rs = redis.call('GET', KEYS[2]) end
+if string.find(what, 'p', 1, true) then rp = redis.call('GET', KEYS[3]) end
+if string.find(what, 'l', 1, true) then lk = redis.call('GET', KEYS[4]) end
+if rs or rp or lk then
+  local ttl = 0
+  if lk then ttl = redis.call('PTTL', KEYS[4]) end
+  return {ru, rs, rp, lk, ttl, 0, 0, 0, false, 0, 0}
+end
+if ru then
+  -- Revoked when issued at or before the revocation (an unreadable record: always).
+  local ok, record = pcall(cjson.decode, ru)
+  local at = now
+  if ok and type(record) == 'table' and tonumber(record['at']) then at = tonumber(record['at']) end
+  if tonumber(ARGV[13]) <= at then return {ru, false, false, false, 0, 0, 0, 0, false, 0, 0} end
+end
+local limit = tonumber(ARGV[3])
+local cur, prev, admitted = 0, 0, 1
+if limit > 0 then
+  local window = tonumber(ARGV[4])
+  cur = tonumber(redis.call('GET', KEYS[5]) or '0')
+  prev = tonumber(redis.call('GET', KEYS[6]) or '0')
+  local elapsed = math.fmod(now, window) / window
+  if prev * (1 - elapsed) + cur >= limit then
+    admitted = 0
+  else
+    cur = redis.call('INCR', KEYS[5])
+    if cur == 1 then redis.call('EXPIRE', KEYS[5], window * 2) end
+  end
+end
+local seen, denies, sessions = false, 0, 0
+if ARGV[5] ~= '' then
+  seen = redis.call('ZSCORE', KEYS[7], ARGV[5])
+  denies = redis.call('ZCOUNT', KEYS[8], now - tonumber(ARGV[6]), '+inf')
+end
+if ARGV[7] ~= '' then
+  redis.call('HSET', KEYS[10], 'sub', ARGV[10], 'created', ARGV[9], 'seen', ARGV[1],
+             'ip', ARGV[5], 'replica', ARGV[8])
+  redis.call('EXPIREAT', KEYS[10], ARGV[11])
+  redis.call('ZADD', KEYS[9], now, ARGV[7])
+  redis.call('ZREMRANGEBYSCORE', KEYS[9], '-inf', now - tonumber(ARGV[14]))
+  if redis.call('TTL', KEYS[9]) < tonumber(ARGV[11]) - now then
+    redis.call('EXPIREAT', KEYS[9], ARGV[11])
+  end
+  sessions = redis.call('ZCOUNT', KEYS[9], now - tonumber(ARGV[12]), '+inf')
+end
+return {ru, rs, rp, lk, 0, cur, prev, admitted, seen, denies, sessions}
+"""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: int
+    rule: str
+    reason: str
+    retry_after: int | None = None
+
+
+@dataclass
+class Verdict:
+    """What the look-up found: a refusal, or the signals for the policy."""
+
+    refusal: Refusal | None = None
+    signals: dict[str, Any] | None = None
+    # Record this address as known for this subject once the policy allows.
+    remember_address: bool = False
+    unavailable: str | None = None
+    checked: list[str] = field(default_factory=list)
+
+
+def needs_revocation_check(identity: Identity) -> bool:
+    """Sessions and bearer tokens can be revoked; mTLS and anonymous requests can't."""
+    return (
+        identity.authenticated
+        and identity.method in ("session", "bearer")
+        and bool(identity.subject)
+    )
+
+
+def when(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _record(raw: str | None) -> dict[str, Any]:
+    """A revocation or lockout record: JSON {at, reason, by}; anything else is still a
+    record (fail closed), just without details."""
+    if raw is None:
+        return {}
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _because(record: dict[str, Any]) -> str:
+    reason = record.get("reason")
+    return f" ({reason})" if isinstance(reason, str) and reason else ""
+
+
+class RequestCheck:
+    """The one Redis call of a request, and what its answer means."""
+
+    def __init__(self, store: Store, config: SharedStateConfig, replica: str, lifetime: int):
+        self.store = store
+        self.config = config
+        self.replica = replica
+        self.lifetime = lifetime
+        self.script = store.client.register_script(CHECK_SCRIPT)
+
+    def limit_for(self, identity: Identity, app: str) -> tuple[str, str, RateLimit]:
+        """(scope, who, limit): per identity per app, else per source address."""
+        limits = self.config.rate_limits
+        if identity.authenticated and identity.subject:
+            return "identity", f"{app}:{identity.subject}", limits.for_app(app)
+        return "ip", "", limits.source_ip
+
+    async def check(self, identity: Identity, app: str, address: str) -> Verdict:
+        keys = self.store.keys
+        now = time.time()
+        scope, who, limit = self.limit_for(identity, app)
+        if scope == "ip":
+            who = address
+        revocable = needs_revocation_check(identity)
+        subject = identity.subject or ""
+        what = ""
+        if revocable:
+            what += "u"
+            if identity.session_id:
+                what += "s"
+            if identity.provider_sid and identity.issuer:
+                what += "p"
+        if identity.authenticated and subject and self.config.lockout.enabled:
+            what += "l"
+        index = math.floor(now / limit.window)
+        signals_for = address if identity.authenticated and subject else ""
+        session_id = (identity.session_id or "") if identity.method == "session" else ""
+        end = int((identity.issued_at or now) + self.lifetime)
+        args: list[str | int | float] = [
+            repr(now), what, limit.requests if limit.enabled else 0, limit.window,
+            signals_for, self.config.signals.recent_denies_window, session_id, self.replica,
+            int(identity.issued_at or now), subject, end,
+            self.config.signals.active_session_window,
+            repr(identity.issued_at) if identity.issued_at is not None else -1, self.lifetime,
+        ]  # fmt: skip
+        key_list = [
+            keys.user_revoked(subject),
+            keys.session_revoked(identity.session_id or "-"),
+            keys.provider_session_revoked(identity.issuer or "", identity.provider_sid or "-"),
+            keys.lockout(subject),
+            keys.rate(scope, who, limit.window, index),
+            keys.rate(scope, who, limit.window, index - 1),
+            keys.addresses(subject),
+            keys.denies(subject),
+            keys.user_sessions(subject),
+            keys.session(identity.session_id or "-"),
+        ]
+
+        async def call(client: aioredis.Redis) -> list[Any]:
+            return list(await self.script(keys=key_list, args=args, client=client))
+
+        reply = await self.store.run(call)
+        return self._verdict(reply, identity, limit, now, bool(signals_for))
+
+    def _verdict(
+        self, reply: list[Any], identity: Identity, limit: RateLimit, now: float, signals: bool
+    ) -> Verdict:
+        ru, rs, rp, lk, lock_ms, cur, prev, admitted, seen, denies, sessions = reply
+        if rs is not None or rp is not None:
+            record = _record(rs if rs is not None else rp)
+            at = record.get("at")
+            since = f" at {when(at)}" if isinstance(at, int | float) else ""
+            return Verdict(Refusal(401, "session_revoked", f"this session was ended{since}"
+                                   f"{_because(record)}; sign in again"))  # fmt: skip
+        if lk is not None:
+            record = _record(lk)
+            retry = max(1, math.ceil(int(lock_ms) / 1000))
+            subject = identity.subject or ""
+            reason = (
+                f"{subject} is locked out until {when(now + retry)}{_because(record)}; "
+                f"an administrator can lift it: portcullis session unlock --user {subject}"
+            )
+            return Verdict(Refusal(403, "locked_out", reason, retry))
+        if ru is not None:
+            record = _record(ru)
+            at = record.get("at")
+            # Unreadable record: fail closed, everything issued so far is revoked.
+            revoked_at = float(at) if isinstance(at, int | float) else now
+            if identity.issued_at is None or identity.issued_at <= revoked_at:
+                what = "sessions" if identity.method == "session" else "tokens"
+                reason = (
+                    f"{identity.subject}'s {what} issued before {when(revoked_at)} were "
+                    f"revoked{_because(record)}; sign in again"
+                )
+                return Verdict(Refusal(401, "revoked", reason))
+        if not admitted:
+            retry = _retry_after(int(cur), int(prev), limit, now)
+            who = "this identity on this app" if identity.authenticated else "this address"
+            reason = f"more than {limit.requests} requests in {limit.window} s from {who}"
+            return Verdict(Refusal(429, "rate_limited", reason, retry))
+        if not signals:
+            return Verdict(signals={"available": True})
+        window = self.config.signals.new_source_ip_days * 86400
+        last = float(seen) if seen is not None else None
+        new_address = last is None or now - last > window
+        return Verdict(
+            signals={
+                "available": True,
+                "new_source_ip": new_address,
+                "recent_denies": int(denies),
+                "concurrent_sessions": int(sessions),
+            },
+            # Refresh a known address at most daily: one write per day, not per request.
+            remember_address=new_address or (last is not None and now - last > 86400),
+        )
+
+
+def _retry_after(cur: int, prev: int, limit: RateLimit, now: float) -> int:
+    """Seconds until the sliding estimate prev*(1-elapsed)+cur drops below the limit."""
+    window = limit.window
+    elapsed = math.fmod(now, window)
+    if cur >= limit.requests or prev == 0:
+        return max(1, math.ceil(window - elapsed))
+    # prev*(1 - t/window) + cur < limit  <=>  t > window*(1 - (limit-cur)/prev)
+    needed = window * (1 - (limit.requests - cur) / prev) - elapsed
+    return max(1, math.ceil(needed))
+
+
+def unavailable_signals(why: str) -> dict[str, Any]:
+    return {"available": False, "reason": why}
+
+
+__all__ = ["Refusal", "RequestCheck", "Unavailable", "Verdict", "unavailable_signals", "when"]

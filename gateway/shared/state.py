@@ -1,0 +1,241 @@
+"""What the request path asks of the shared state, and what an outage means for it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from gateway.identity import ANONYMOUS, Identity
+from gateway.shared import revocation
+from gateway.shared.check import (
+    Refusal,
+    RequestCheck,
+    Verdict,
+    needs_revocation_check,
+    unavailable_signals,
+)
+from gateway.shared.metrics import SharedStateMetrics
+from gateway.shared.settings import SharedStateConfig
+from gateway.shared.store import Store, Unavailable
+
+log = logging.getLogger("portcullis.shared_state")
+MAX_BACKGROUND = 1000  # background writes in flight; past it they are dropped (counted)
+MAX_PENDING_REVOCATIONS = 10_000
+# The input.signals document, kept on the request between the look-up and the decision.
+SIGNALS: web.RequestKey[dict[str, Any]] = web.RequestKey("portcullis_signals", dict)
+REMEMBER_ADDRESS: web.RequestKey[bool] = web.RequestKey("portcullis_remember_address", bool)
+
+
+def source_address(request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return str(peer[0]) if peer else "unknown"
+
+
+class SharedState:
+    """One gateway process' view of the shared state."""
+
+    def __init__(
+        self,
+        config: SharedStateConfig,
+        *,
+        replica: str,
+        session_lifetime: int,
+        token_lifetime: float,
+        registry: CollectorRegistry,
+    ) -> None:
+        self.config = config
+        self.replica = replica
+        self.session_lifetime = session_lifetime
+        self.revocation_ttl = revocation.revocation_ttl(session_lifetime, token_lifetime)
+        self.metrics = SharedStateMetrics(registry)
+        self.store = Store(config, on_state=self._state_changed)
+        self.keys = self.store.keys
+        self.checker = RequestCheck(self.store, config, replica, session_lifetime)
+        self._background: set[asyncio.Task[None]] = set()
+        # Sign-out revocations Redis did not take: retried when it is back.
+        self._pending: deque[Callable[[aioredis.Redis], Awaitable[Any]]] = deque(
+            maxlen=MAX_PENDING_REVOCATIONS
+        )
+
+    @property
+    def deny_when_unavailable(self) -> bool:
+        return self.config.on_unavailable == "deny"
+
+    async def start(self) -> None:
+        await self.store.start()
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await self.store.close()
+
+    def _state_changed(self, up: bool) -> None:
+        self.metrics.up.set(1 if up else 0)
+        if up and self._pending:
+            self._spawn(self._flush_pending(), "pending")
+
+    # --- the request path -------------------------------------------------------------
+
+    async def check(self, request: web.Request, app: str, identity: Identity) -> Verdict:
+        """The one round trip of a request. An outage is a 503 for what needs a
+        revocation check under `on_unavailable: deny`; otherwise the request goes on,
+        its signals saying `available: false` (logged with the decision, counted)."""
+        started = time.perf_counter()
+        try:
+            verdict = await self.checker.check(identity, app, source_address(request))
+        except Unavailable as error:
+            return self._unavailable(request, identity, str(error))
+        self.metrics.seconds.observe(time.perf_counter() - started)
+        if verdict.refusal is not None:
+            self.metrics.refusals.labels(app, verdict.refusal.rule).inc()
+        elif verdict.signals is not None:
+            request[SIGNALS] = verdict.signals
+            request[REMEMBER_ADDRESS] = verdict.remember_address
+        return verdict
+
+    def _unavailable(self, request: web.Request, identity: Identity, why: str) -> Verdict:
+        if needs_revocation_check(identity) and self.deny_when_unavailable:
+            self.metrics.unavailable.labels("refused").inc()
+            reason = (
+                f"revocation can't be checked: shared state (Redis) unavailable: {why}; "
+                "refused (shared_state.on_unavailable: deny)"
+            )
+            return Verdict(Refusal(503, "shared_state_unavailable", reason, 1), unavailable=why)
+        outcome = "unchecked" if needs_revocation_check(identity) else "no_check_needed"
+        self.metrics.unavailable.labels(outcome).inc()
+        request[SIGNALS] = unavailable_signals(why)
+        return Verdict(signals=request[SIGNALS], unavailable=why)
+
+    async def check_invalid_token(self, request: web.Request, app: str) -> Refusal | None:
+        """Invalid tokens count against their source address's limit (guessing)."""
+        try:
+            verdict = await self.checker.check(ANONYMOUS, app, source_address(request))
+        except Unavailable:
+            self.metrics.unavailable.labels("no_check_needed").inc()
+            return None
+        if verdict.refusal is not None:
+            self.metrics.refusals.labels(app, verdict.refusal.rule).inc()
+        return verdict.refusal
+
+    def after_decision(
+        self,
+        request: web.Request,
+        identity: Identity,
+        *,
+        allowed: bool,
+        step_up: bool,
+        decision_id: str,
+        remember_address: bool,
+    ) -> None:
+        """Background writes after a decision, off the request's round trip: a deny
+        counts toward the lockout (a step-up deny doesn't: it is the normal way to a
+        stronger sign-in); an allow from a new address makes it a known one."""
+        subject = identity.subject
+        if not identity.authenticated or not subject or not self.store.available:
+            return
+        if not allowed and not step_up:
+            self._spawn(self._note_denied(subject, decision_id), "deny")
+        elif allowed and remember_address:
+            address = source_address(request)
+            days = self.config.signals.new_source_ip_days
+            remember = revocation.remember_address
+            self._spawn(
+                self._write(lambda r: remember(r, self.keys, subject, address, days)), "address"
+            )
+
+    async def _note_denied(self, subject: str, decision_id: str) -> None:
+        member = f"{time.time():.6f}:{decision_id}"
+        locked = await self._write(
+            lambda r: revocation.note_denied(r, self.keys, self.config, subject, member)
+        )
+        if locked:
+            self.metrics.lockouts.inc()
+            log.warning("locked out %s: %d denied requests within %d s", subject,
+                        self.config.lockout.after_denies, self.config.lockout.window)  # fmt: skip
+
+    # --- sign-out and back-channel logout ---------------------------------------------
+
+    async def revoke_session(self, session_id: str, subject: str, reason: str, ttl: int) -> bool:
+        """Revoke one browser session; when Redis is away, kept and retried once it
+        is back (True: written now)."""
+
+        def write(r: aioredis.Redis) -> Awaitable[None]:
+            return revocation.revoke_session(r, self.keys, session_id, subject, reason, ttl)
+
+        return await self._write_or_keep(write, "sign_out")
+
+    async def revoke_provider_session(self, issuer: str, sid: str, reason: str) -> None:
+        await self.store.run(
+            lambda r: revocation.revoke_provider_session(
+                r, self.keys, issuer, sid, reason, self.revocation_ttl
+            )
+        )
+
+    async def revoke_user(self, subject: str, reason: str, by: str) -> float:
+        return await self.store.run(
+            lambda r: revocation.revoke_user(r, self.keys, subject, reason, by, self.revocation_ttl)
+        )
+
+    async def first_use(self, key: str, ttl: int) -> bool:
+        """SET NX: True the first time `key` is seen within `ttl` (replay checks)."""
+        return bool(await self.store.run(lambda r: r.set(key, "1", nx=True, ex=ttl)))
+
+    # --- background writes ------------------------------------------------------------
+
+    def _spawn(self, work: Awaitable[Any], kind: str) -> None:
+        if len(self._background) >= MAX_BACKGROUND:
+            self.metrics.writes.labels(kind, "dropped").inc()
+            if asyncio.iscoroutine(work):
+                work.close()
+            return
+
+        async def run() -> None:
+            try:
+                await work
+                self.metrics.writes.labels(kind, "ok").inc()
+            except Unavailable as error:
+                self.metrics.writes.labels(kind, "unavailable").inc()
+                log.debug("shared state write (%s) skipped: %s", kind, error)
+            except Exception:
+                self.metrics.writes.labels(kind, "error").inc()
+                log.exception("shared state write (%s) failed", kind)
+
+        task = asyncio.ensure_future(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _write(self, call: Callable[[aioredis.Redis], Awaitable[Any]]) -> Any:
+        return await self.store.run(call, timeout=self.config.timeouts.connect)
+
+    async def _write_or_keep(
+        self, call: Callable[[aioredis.Redis], Awaitable[Any]], kind: str
+    ) -> bool:
+        try:
+            await self._write(call)
+        except Unavailable as error:
+            self._pending.append(call)
+            self.metrics.writes.labels(kind, "pending").inc()
+            log.error("shared state: %s kept for retry (%s)", kind, error)
+            return False
+        self.metrics.writes.labels(kind, "ok").inc()
+        return True
+
+    async def _flush_pending(self) -> None:
+        while self._pending:
+            call = self._pending[0]
+            try:
+                await self._write(call)
+            except Unavailable:
+                return  # down again: the next recovery flushes the rest
+            with contextlib.suppress(IndexError):
+                self._pending.popleft()
+            self.metrics.writes.labels("sign_out", "retried").inc()

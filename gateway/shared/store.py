@@ -1,0 +1,211 @@
+"""The Redis connection: bounded waits, and a breaker so an outage costs no request a wait."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.shared.settings import SharedStateConfig
+
+log = logging.getLogger("portcullis.shared_state")
+T = TypeVar("T")
+MAX_KEY_PART = 200  # longer subjects and addresses are hashed into the key
+
+
+class Unavailable(Exception):
+    """Redis could not answer in time (down, slow, or refusing); the message says which."""
+
+
+def connect(config: SharedStateConfig) -> aioredis.Redis:
+    """A client for `shared_state.redis` (no connection is opened yet)."""
+    settings = config.redis
+    options: dict[str, Any] = {
+        "socket_connect_timeout": config.timeouts.connect,
+        # A reply slower than this is a dead connection; requests wait less (Store.run).
+        "socket_timeout": max(config.timeouts.connect, config.timeouts.request),
+        "max_connections": settings.max_connections,
+        "health_check_interval": 30,
+        "decode_responses": True,
+    }
+    if settings.password is not None:
+        options["password"] = settings.password
+    if settings.tls is not None:
+        options["ssl_cert_reqs"] = "required"
+        options["ssl_check_hostname"] = True
+        if settings.tls.ca_file is not None:
+            options["ssl_ca_certs"] = str(settings.tls.ca_file)
+        if settings.tls.cert_file is not None and settings.tls.key_file is not None:
+            options["ssl_certfile"] = str(settings.tls.cert_file)
+            options["ssl_keyfile"] = str(settings.tls.key_file)
+    return aioredis.Redis.from_url(settings.url, **options)
+
+
+class Keys:
+    """Every key the gateway writes, under one prefix (README "Shared state": the list)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    @staticmethod
+    def part(value: str) -> str:
+        # Keys are binary-safe; only their length is bounded.
+        if len(value) <= MAX_KEY_PART:
+            return value
+        return "#" + hashlib.sha256(value.encode()).hexdigest()
+
+    def user_revoked(self, subject: str) -> str:
+        return f"{self.prefix}revoked:user:{self.part(subject)}"
+
+    def session_revoked(self, session_id: str) -> str:
+        return f"{self.prefix}revoked:session:{self.part(session_id)}"
+
+    def provider_session_revoked(self, issuer: str, sid: str) -> str:
+        digest = hashlib.sha256(f"{issuer}\n{sid}".encode()).hexdigest()[:32]
+        return f"{self.prefix}revoked:op_session:{digest}"
+
+    def session(self, session_id: str) -> str:
+        return f"{self.prefix}session:{self.part(session_id)}"
+
+    def user_sessions(self, subject: str) -> str:
+        return f"{self.prefix}sessions:{self.part(subject)}"
+
+    def lockout(self, subject: str) -> str:
+        return f"{self.prefix}lockout:{self.part(subject)}"
+
+    def denies(self, subject: str) -> str:
+        return f"{self.prefix}denies:{self.part(subject)}"
+
+    def addresses(self, subject: str) -> str:
+        return f"{self.prefix}addresses:{self.part(subject)}"
+
+    def rate(self, scope: str, who: str, window: int, index: int) -> str:
+        return f"{self.prefix}rate:{scope}:{self.part(who)}:{window}:{index}"
+
+    def logout_jti(self, issuer: str, jti: str) -> str:
+        digest = hashlib.sha256(f"{issuer}\n{jti}".encode()).hexdigest()[:32]
+        return f"{self.prefix}logout_jti:{digest}"
+
+    def refresh_lock(self, token_hash: str) -> str:
+        return f"{self.prefix}refresh:lock:{token_hash}"
+
+    def refresh_result(self, token_hash: str) -> str:
+        return f"{self.prefix}refresh:result:{token_hash}"
+
+
+class Store:
+    """Redis with a deadline on every call and a breaker: after a failure, calls fail
+    at once (no request waits for a dead Redis) while a probe retries every
+    `retry_interval` until Redis answers in time again, then calls go through."""
+
+    def __init__(
+        self,
+        config: SharedStateConfig,
+        *,
+        on_state: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.keys = Keys(config.key_prefix)
+        self.client = connect(config)
+        self._timeout = config.timeouts.request
+        self._up = True
+        self._why_down = ""
+        self._probe: asyncio.Task[None] | None = None
+        self._on_state = on_state or (lambda up: None)
+        self._closed = False
+
+    @property
+    def available(self) -> bool:
+        return self._up
+
+    @property
+    def why_down(self) -> str:
+        return self._why_down
+
+    async def start(self) -> None:
+        """Check Redis once; a gateway starts without it (the breaker opens and the
+        probe keeps trying), so a Redis restart never keeps replicas down."""
+        try:
+            await self.run(lambda r: r.ping(), timeout=self.config.timeouts.connect)
+            log.info("shared state: connected to Redis")
+        except Unavailable as error:
+            log.error("shared state: Redis unavailable at start (%s); retrying", error)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._probe
+        with contextlib.suppress(Exception):
+            await self.client.aclose()
+
+    async def run(
+        self,
+        call: Callable[[aioredis.Redis], Awaitable[T]],
+        *,
+        timeout: float | None = None,
+    ) -> T:
+        """`call(client)` within the request timeout; Unavailable when the breaker is
+        open, on a timeout or on any Redis error (which opens the breaker)."""
+        if not self._up:
+            raise Unavailable(self._why_down)
+        started = time.perf_counter()
+        limit = timeout or self._timeout
+        try:
+            async with asyncio.timeout(limit):
+                return await call(self.client)
+        except TimeoutError:
+            self._down(f"no answer from Redis within {limit * 1000:.0f} ms")
+        except (RedisError, OSError) as error:
+            if "Too many connections" in str(error):
+                # The pool is exhausted here, Redis itself is fine: this call fails alone.
+                raise Unavailable(
+                    f"all {self.config.redis.max_connections} Redis connections busy"
+                ) from None
+            self._down(f"Redis error: {type(error).__name__}: {error}"[:300])
+        raise Unavailable(
+            self._why_down or f"Redis failed after {time.perf_counter() - started:.3f} s"
+        )
+
+    def _down(self, why: str) -> None:
+        if self._closed:
+            return
+        self._why_down = why
+        if self._up:
+            self._up = False
+            log.error("shared state: Redis unavailable (%s); on_unavailable: %s",
+                      why, self.config.on_unavailable)  # fmt: skip
+            self._on_state(False)
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(self._probe_until_up())
+
+    async def _probe_until_up(self) -> None:
+        interval = self.config.timeouts.retry_interval
+        # An answer slower than a request may wait is not "up": a slow Redis would
+        # otherwise flap between timing requests out and letting them wait.
+        limit = self._timeout
+        while not self._closed:
+            await asyncio.sleep(interval)
+            try:
+                async with asyncio.timeout(max(limit, self.config.timeouts.connect)):
+                    await self.client.ping()
+                # Connected; now it must also answer quickly enough.
+                started = time.perf_counter()
+                async with asyncio.timeout(limit):
+                    await self.client.ping()
+                log.info("shared state: Redis is back (ping %.1f ms)",
+                         (time.perf_counter() - started) * 1000)  # fmt: skip
+                self._up = True
+                self._why_down = ""
+                self._on_state(True)
+                return
+            except (TimeoutError, RedisError, OSError) as error:
+                self._why_down = self._why_down or str(error)

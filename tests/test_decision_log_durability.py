@@ -1,0 +1,186 @@
+"""decision_log.durability: in sync a response is sent only once its event is on
+disk (group commit), a failing disk fails requests closed, and a gateway killed
+with SIGKILL under load has logged every request it answered."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.audit.writer import DecisionLog
+from gateway.config import DecisionLogConfig
+from gateway.demo import AUDIENCE, DevIssuer, demo_backend
+from tests.gateway_stack import free_port, start_stack
+
+ROOT = Path(__file__).resolve().parent.parent
+STORE: dict[str, Any] = {"groups": ["store", "warehouse"], "amr": ["pwd", "otp"]}
+
+
+async def test_group_commit_shares_one_fsync_between_concurrent_requests(tmp_path: Path) -> None:
+    log = DecisionLog(tmp_path / "d.log", ec.generate_private_key(ec.SECP256R1()), key_id="k",
+                      sign_interval=60)  # fmt: skip
+    await log.start()
+
+    async def request(n: int) -> bool:
+        ticket = log.record(decision_id=f"id-{n}", input={"n": n}, result={"allow": True},
+                            revision="r", metrics={})  # fmt: skip
+        return await log.durable(ticket, 5.0)
+
+    assert all(await asyncio.gather(*(request(n) for n in range(400))))
+    fsyncs = log.stats["fsyncs"]
+    await log.close()
+    assert (tmp_path / "d.log").read_text().count('"decision_id"') == 400
+    assert fsyncs <= 40, f"{fsyncs} fsyncs for 400 concurrent requests: no group commit"
+
+
+def failing_fsync(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", fsync)  # the writer's (and only its) fsync
+
+
+def durability(tmp_path: Path, mode: str | None) -> dict[str, Any]:
+    config = DecisionLogConfig(path=tmp_path / "decisions.log", sign_interval=60,
+                               durability=mode, durability_timeout=0.3)  # fmt: skip
+    return {"decision_log": config}
+
+
+async def test_sync_fails_closed_when_the_disk_fails_and_forwards_nothing(
+    aiohttp_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with start_stack(aiohttp_server, tmp_path, **durability(tmp_path, "sync")) as stack:
+        token = stack.token("alice", **STORE)
+        async with await stack.get("/wms/stock", token) as ok:
+            assert ok.status == 200  # the disk still works
+        failing_fsync(monkeypatch)
+        for path in ("/wms/stock", "/pos/sales", "/nowhere"):
+            async with await stack.get(path, token) as response:
+                assert response.status == 503, path
+                assert (await response.json())["error"] == "decision_log_unavailable"
+        assert stack.total_forwarded() == 1
+
+
+async def test_async_answers_without_waiting_for_the_disk(
+    aiohttp_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with start_stack(aiohttp_server, tmp_path, **durability(tmp_path, "async")) as stack:
+        failing_fsync(monkeypatch)
+        async with await stack.get("/pos/sales", stack.token("alice", **STORE)) as response:
+            assert response.status == 200
+
+
+async def test_default_durability_is_sync_for_pci_apps_only(
+    aiohttp_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with start_stack(aiohttp_server, tmp_path, **durability(tmp_path, None)) as stack:
+        failing_fsync(monkeypatch)
+        token = stack.token("alice", **STORE)
+        async with await stack.get("/wms/stock", token) as wms:
+            assert wms.status == 200  # confidential: async
+        async with await stack.get("/pos/sales", token) as pos:
+            assert pos.status == 503  # pci: waits for the disk, which fails
+        assert len(stack.forwarded("pos")) == 0
+
+
+# --- SIGKILL under load -------------------------------------------------------------------
+
+
+async def test_sigkill_under_load_loses_no_answered_request(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    issuer = DevIssuer(tmp_path / "issuer", "")
+    issuer_server = await aiohttp_server(issuer.app())
+    issuer.issuer = f"http://127.0.0.1:{issuer_server.port}"
+    port = free_port()
+    backend = await aiohttp_server(demo_backend("wms", f"http://127.0.0.1:{port}"))
+    log = tmp_path / "decisions.log"
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"listeners: [{{address: 127.0.0.1, port: {port}}}]\n"
+        f"routes: [{{app: wms, upstream: 'http://127.0.0.1:{backend.port}', path_prefix: /wms/}},"
+        f" {{app: pos, upstream: 'http://127.0.0.1:{backend.port}', path_prefix: /pos/}}]\n"
+        f"issuers: [{{issuer: '{issuer.issuer}', audiences: [{AUDIENCE}], "
+        f"jwks_url: '{issuer.issuer}/jwks.json'}}]\n"
+        f"policy: {{source: {ROOT / 'policies'}, watch: false}}\n"
+        f"assertion: {{key_file: {tmp_path / 'assertion.pem'}}}\n"
+        f"decision_log: {{path: {log}, durability: sync, sign_interval: 0.3}}\n"
+    )
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "portcullis", "gateway", "--config", str(config),
+         "--log-level", "warning"], cwd=ROOT, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    token = issuer.token("alice", **STORE)
+    answered: list[str] = []
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            await _wait_up(session, url, gateway)
+
+            async def client(worker: int) -> None:
+                for n in range(100_000):
+                    request_id = f"w{worker}-{n}"
+                    path = "/wms/stock" if n % 2 else "/pos/refunds/9"  # allow, deny
+                    headers = {"Authorization": f"Bearer {token}", "X-Request-Id": request_id}
+                    try:
+                        async with session.get(url + path, headers=headers) as response:
+                            await response.read()
+                    except (aiohttp.ClientError, TimeoutError):
+                        return
+                    answered.append(request_id)
+
+            clients = [asyncio.ensure_future(client(worker)) for worker in range(16)]
+            await asyncio.sleep(1.5)  # under load, signatures written in between
+            os.kill(gateway.pid, signal.SIGKILL)
+            gateway.wait(timeout=10)
+            await asyncio.gather(*clients)
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+        gateway.wait(timeout=10)
+    # The process is gone: read what the kernel has, not what the process said.
+    text = log.read_text()
+    logged = {line.split('"id":"', 1)[1].split('"', 1)[0] for line in text.splitlines()
+              if '"decision_id"' in line}  # fmt: skip
+    assert len(answered) > 100, "too little load to mean anything"
+    missing = [request_id for request_id in answered if request_id not in logged]
+    assert not missing, f"{len(missing)} answered requests have no event: {missing[:5]}"
+    verify = subprocess.run(
+        [sys.executable, "-m", "portcullis", "audit", "verify", str(log),
+         "--key", str(tmp_path / "assertion.pem")],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert "TAMPERED" not in verify.stdout, verify.stdout
+    assert verify.stdout.startswith("INCOMPLETE: "), verify.stdout + verify.stderr
+    assert "chain intact up to the last signature" in verify.stdout
+    assert "not yet covered by a signature" in verify.stderr or "shutdown signature" in (
+        verify.stderr
+    )
+
+
+async def _wait_up(
+    session: aiohttp.ClientSession, url: str, gateway: subprocess.Popen[bytes]
+) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if gateway.poll() is not None:
+            raise AssertionError(gateway.stderr.read().decode() if gateway.stderr else "exited")
+        try:
+            async with session.get(url + "/readyz") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError("the gateway did not come up")

@@ -1,0 +1,441 @@
+"""Shipping the decision log (decision_log.sinks): every record at least once, in
+order, from a durable cursor, to a real syslog-ng (TCP and TLS), an OPA
+decision-log / Splunk HEC receiver and a second file; the OCSF and ECS mappings;
+signed heads anchored in the SIEM's copy."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from gateway.audit.shipping.settings import SinkConfig, SinkTls
+from gateway.config import ConfigError, parse_config
+from tests.gateway_stack import Stack, start_stack
+from tests.syslog_ng import installed, start_syslog_ng
+
+ROOT = Path(__file__).resolve().parent.parent
+ALICE: dict[str, Any] = {"groups": ["warehouse"], "amr": ["pwd", "otp"]}
+
+
+def log_records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def decision_ids(records: list[dict[str, Any]]) -> list[str]:
+    return [r["decision_id"] for r in records if "decision_id" in r]
+
+
+async def traffic(stack: Stack, count: int, *, token: str | None = None) -> None:
+    """``count`` requests, a mix of allows and denies."""
+    token = token or stack.token("alice", **ALICE)
+    for index in range(count):
+        path = "/wms/stock" if index % 3 else "/pos/sales"  # alice isn't in store: denied
+        async with await stack.get(path, token) as response:
+            await response.read()
+
+
+async def caught_up(stack: Stack, *, timeout: float = 15.0) -> None:
+    """Wait until every sink acknowledged everything in the log."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        stats = [shipper.stats for shipper in stack.gateway.shippers]
+        if all(s["lag_events"] == 0 and s["backlog_bytes"] == 0 for s in stats):
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"sinks did not catch up: {stats}")
+        await asyncio.sleep(0.05)
+
+
+async def shut_down(stack: Stack) -> None:
+    """What Gateway.stop does for the log: seal it, then ship its close signature."""
+    assert stack.gateway.decision_log is not None
+    await stack.gateway.decision_log.close()
+    for shipper in stack.gateway.shippers:
+        await shipper.stop(5.0)
+
+
+def with_sinks(tmp_path: Path, *sinks: SinkConfig, **log: Any) -> dict[str, Any]:
+    from gateway.config import DecisionLogConfig
+
+    settings = DecisionLogConfig(path=tmp_path / "decisions.log", sign_interval=0.5)
+    return {"decision_log": replace(settings, sinks=sinks, **log)}
+
+
+# --- syslog-ng ---------------------------------------------------------------------------
+
+needs_syslog_ng = pytest.mark.skipif(not installed(), reason="syslog-ng: run `make test`")
+
+
+@needs_syslog_ng
+async def test_syslog_tcp_and_tls_ship_every_event_once_across_a_syslog_ng_restart(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    server = start_syslog_ng(tmp_path / "syslog-ng")
+    try:
+        tcp = SinkConfig("siem-tcp", "syslog", "ocsf", address=f"127.0.0.1:{server.tcp_port}",
+                         timeout=2.0, retry_initial=0.05, retry_max=0.2)  # fmt: skip
+        tls = SinkConfig("siem-tls", "syslog", "ecs", address=f"127.0.0.1:{server.tls_port}",
+                         tls=SinkTls(ca_file=server.ca), timeout=2.0, retry_initial=0.05,
+                         retry_max=0.2)  # fmt: skip
+        async with start_stack(aiohttp_server, tmp_path, **with_sinks(tmp_path, tcp, tls)) as stack:
+            await traffic(stack, 60)
+            await caught_up(stack)
+            server.stop()  # mid-run: decisions go on, the file is the buffer
+            await traffic(stack, 60)
+            assert all(s.stats["lag_events"] > 0 for s in stack.gateway.shippers)
+            server.start()
+            await traffic(stack, 60)
+            await caught_up(stack)
+            logged = log_records(stack.log_path)
+        ids = decision_ids(logged)
+        assert len(ids) == 180
+        for source, key in (("tcp", "metadata"), ("tls", "event")):
+            messages = server.messages(source)
+            shipped = [m for msgid, m in messages if msgid != "chain_head"]
+            got = [m[key]["uid"] if key == "metadata" else m[key]["id"] for m in shipped]
+            assert got == ids, f"{source}: lost, duplicated or reordered events"
+            heads = [msgid for msgid, _ in messages if msgid == "chain_head"]
+            assert heads, f"{source}: no chain head shipped"
+    finally:
+        server.stop()
+
+
+@needs_syslog_ng
+async def test_syslog_tls_refuses_a_receiver_it_cannot_verify(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    server = start_syslog_ng(tmp_path / "syslog-ng")
+    try:
+        address = f"127.0.0.1:{server.tls_port}"  # its CA is not among the system's
+        sink = SinkConfig("siem", "syslog", address=address, tls=SinkTls(), timeout=1.0,
+                          retry_initial=0.05, retry_max=0.1)  # fmt: skip
+        async with start_stack(aiohttp_server, tmp_path, **with_sinks(tmp_path, sink)) as stack:
+            await traffic(stack, 3)
+            await asyncio.sleep(0.5)
+            stats = stack.gateway.shippers[0].stats
+            assert stats["acknowledged"] == 0 and stats["failing"] == 1
+        assert server.messages("tls") == []
+    finally:
+        server.stop()
+
+
+# --- http: OPA decision-log API and Splunk HEC -------------------------------------------
+
+
+@dataclass
+class Receiver:
+    """OPA's decision-log upload API (POST /logs: a gzip'd JSON array) and Splunk
+    HEC's /services/collector/event (concatenated envelopes, `Splunk <token>`).
+    No real Splunk or OPA control plane can run here: this stands in for both,
+    and fails on command (`fail_next` 503s, `hang_next` requests that time out)."""
+
+    token: str = "s3cret"
+    batches: list[list[dict[str, Any]]] = field(default_factory=list)
+    fail_next: int = 0
+    hang_next: int = 0
+    attempts: int = 0
+
+    def app(self) -> web.Application:
+        # The body as sent: the test checks it is gzip'd.
+        app = web.Application(handler_args={"auto_decompress": False})
+        app.router.add_post("/logs", self.opa)
+        app.router.add_post("/services/collector/event", self.hec)
+        return app
+
+    async def _body(self, request: web.Request) -> bytes | None:
+        self.attempts += 1
+        if self.hang_next:
+            self.hang_next -= 1
+            await asyncio.sleep(5)
+        if self.fail_next:
+            self.fail_next -= 1
+            return None
+        assert request.headers.get("Content-Encoding") == "gzip"
+        return gzip.decompress(await request.read())
+
+    async def opa(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            return web.Response(status=401)
+        body = await self._body(request)
+        if body is None:
+            return web.Response(status=503)
+        events = json.loads(body)
+        assert isinstance(events, list)
+        self.batches.append(events)
+        return web.Response(status=204)
+
+    async def hec(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Splunk {self.token}":
+            return web.json_response({"text": "Invalid token", "code": 4}, status=403)
+        body = await self._body(request)
+        if body is None:
+            return web.json_response({"text": "Server is busy", "code": 9}, status=503)
+        decoder, text, events, at = json.JSONDecoder(), body.decode(), [], 0
+        while at < len(text):
+            envelope, at = decoder.raw_decode(text, at)
+            assert {"time", "host", "source", "sourcetype", "event"} <= set(envelope)
+            events.append(envelope["event"])
+        self.batches.append(events)
+        return web.json_response({"text": "Success", "code": 0})
+
+    def events(self) -> list[dict[str, Any]]:
+        return [event for batch in self.batches for event in batch]
+
+
+@pytest.fixture
+async def receiver(aiohttp_server: Any) -> AsyncIterator[tuple[Receiver, TestServer]]:
+    fake = Receiver()
+    yield fake, await aiohttp_server(fake.app())
+
+
+def http_sink(url: str, token_file: Path, **options: Any) -> SinkConfig:
+    return SinkConfig("siem", "http", url=url, token_file=token_file, timeout=0.5,
+                      retry_initial=0.05, retry_max=0.2, **options)  # fmt: skip
+
+
+async def test_http_opa_sink_survives_503s_and_timeouts_without_loss(
+    aiohttp_server: Any, tmp_path: Path, receiver: tuple[Receiver, TestServer]
+) -> None:
+    fake, server = receiver
+    (tmp_path / "token").write_text(fake.token + "\n")
+    sink = http_sink(f"http://127.0.0.1:{server.port}/logs", tmp_path / "token")
+    async with start_stack(aiohttp_server, tmp_path, **with_sinks(tmp_path, sink)) as stack:
+        await traffic(stack, 20)
+        await caught_up(stack)
+        fake.fail_next, fake.hang_next = 3, 2
+        await traffic(stack, 20)
+        await caught_up(stack)
+        stats = stack.gateway.shippers[0].stats
+        logged = log_records(stack.log_path)
+    shipped = fake.events()
+    # Every record (events and chain signatures) in order; a batch that timed out
+    # may have arrived before the client gave up, so ids may repeat, never go missing.
+    assert [e.get("decision_id") for e in shipped if "decision_id" in e][-40:] == decision_ids(
+        logged
+    )[-40:]
+    assert set(decision_ids(logged)) == {e["decision_id"] for e in shipped if "decision_id" in e}
+    assert any(e.get("type") == "chain_signature" for e in shipped)
+    assert stats["retried"] > 0 and stats["failing"] == 0
+
+
+async def test_http_splunk_hec_envelope_carries_ocsf_events(
+    aiohttp_server: Any, tmp_path: Path, receiver: tuple[Receiver, TestServer]
+) -> None:
+    fake, server = receiver
+    (tmp_path / "token").write_text(fake.token)
+    sink = http_sink(f"http://127.0.0.1:{server.port}/services/collector/event",
+                     tmp_path / "token", envelope="splunk_hec", format="ocsf")  # fmt: skip
+    async with start_stack(aiohttp_server, tmp_path, **with_sinks(tmp_path, sink)) as stack:
+        await traffic(stack, 6)
+        await caught_up(stack)
+        logged = log_records(stack.log_path)
+    events = [e for e in fake.events() if e["class_uid"] != 0]
+    assert [e["metadata"]["uid"] for e in events] == decision_ids(logged)
+    assert {e["class_uid"] for e in events} == {6004}
+    assert {e["action"] for e in events} == {"Allowed", "Denied"}
+
+
+async def test_wrong_token_is_retried_never_dropped(
+    aiohttp_server: Any, tmp_path: Path, receiver: tuple[Receiver, TestServer]
+) -> None:
+    fake, server = receiver
+    (tmp_path / "token").write_text("wrong")
+    sink = http_sink(f"http://127.0.0.1:{server.port}/logs", tmp_path / "token")
+    async with start_stack(aiohttp_server, tmp_path, **with_sinks(tmp_path, sink)) as stack:
+        await traffic(stack, 4)
+        await asyncio.sleep(0.4)
+        assert stack.gateway.shippers[0].stats["acknowledged"] == 0
+        (tmp_path / "token").write_text(fake.token)  # the Secret is fixed: read again
+        await caught_up(stack)
+        logged = log_records(stack.log_path)
+    assert {e["decision_id"] for e in fake.events() if "decision_id" in e} == set(
+        decision_ids(logged)
+    )
+
+
+async def test_sink_outage_never_blocks_or_loses_decisions(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    (tmp_path / "token").write_text("t")
+    sink = http_sink("http://127.0.0.1:9/logs", tmp_path / "token")  # nothing listens
+    async with start_stack(aiohttp_server, tmp_path, **with_sinks(tmp_path, sink)) as stack:
+        started = asyncio.get_running_loop().time()
+        await traffic(stack, 30)
+        assert asyncio.get_running_loop().time() - started < 10
+        assert len(await stack.events(at_least=30)) == 30
+        await asyncio.sleep(0.3)
+        stats = stack.gateway.shippers[0].stats
+        assert stats["lag_events"] >= 30 and stats["backlog_bytes"] > 0
+        assert stats["failing"] == 1 and stats["acknowledged"] == 0
+        metrics = stack.gateway.metrics.render().decode()
+    assert 'portcullis_sink_lag_events{sink="siem"} 3' in metrics
+    assert 'portcullis_sink_failing{sink="siem"} 1.0' in metrics
+    for name in ("events_shipped_total", "events_acknowledged_total", "events_retried_total",
+                 "lag_seconds", "backlog_bytes", "behind"):  # fmt: skip
+        assert f'portcullis_sink_{name}{{sink="siem"}}' in metrics
+
+
+# --- file sink, cursor, restart ----------------------------------------------------------
+
+
+async def test_restart_resumes_from_the_cursor_and_never_resends(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    sink = SinkConfig("copy", "file", "opa", path=tmp_path / "other-volume" / "copy.jsonl")
+    for _ in range(2):
+        async with start_stack(aiohttp_server, tmp_path, **with_sinks(tmp_path, sink)) as stack:
+            await traffic(stack, 10)
+            await shut_down(stack)
+    logged = log_records(tmp_path / "decisions.log")
+    copied = log_records(tmp_path / "other-volume" / "copy.jsonl")
+    assert [r.get("seq") for r in copied] == [r.get("seq") for r in logged]
+    assert decision_ids(copied) == decision_ids(logged)
+    assert len(decision_ids(copied)) == 20
+    cursor = json.loads((tmp_path / "decisions.log.sink-copy.cursor").read_text())
+    assert cursor["offset"] == (tmp_path / "decisions.log").stat().st_size
+
+
+async def test_shipping_follows_the_log_across_logrotate(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    sink = SinkConfig("copy", "file", path=tmp_path / "copy.jsonl")
+    async with start_stack(aiohttp_server, tmp_path, **with_sinks(tmp_path, sink)) as stack:
+        await traffic(stack, 5)
+        (tmp_path / "decisions.log").rename(tmp_path / "decisions.log.1")
+        await traffic(stack, 5)
+        assert stack.gateway.decision_log is not None
+        stack.gateway.decision_log.reopen()
+        await asyncio.sleep(0.2)
+        await traffic(stack, 5)
+        await caught_up(stack)
+    logged = log_records(tmp_path / "decisions.log.1") + log_records(tmp_path / "decisions.log")
+    assert decision_ids(log_records(tmp_path / "copy.jsonl")) == decision_ids(logged)
+
+
+async def test_a_damaged_cursor_stops_the_start_with_its_path(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    (tmp_path / "decisions.log.sink-copy.cursor").write_text("{not json")
+    sink = SinkConfig("copy", "file", path=tmp_path / "copy.jsonl")
+    with pytest.raises(RuntimeError, match=r"sink-copy\.cursor is damaged"):
+        async with start_stack(aiohttp_server, tmp_path, **with_sinks(tmp_path, sink)):
+            pass
+
+
+# --- formats and anchoring ---------------------------------------------------------------
+
+
+async def test_ocsf_and_ecs_mappings_of_allow_deny_and_a_refused_token(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    ocsf = SinkConfig("ocsf", "file", "ocsf", path=tmp_path / "ocsf.jsonl")
+    ecs = SinkConfig("ecs", "file", "ecs", path=tmp_path / "ecs.jsonl")
+    async with start_stack(aiohttp_server, tmp_path, **with_sinks(tmp_path, ocsf, ecs)) as stack:
+        token = stack.token("alice", email="alice@example.com", **ALICE)
+        for path, bearer in (("/wms/stock", token), ("/pos/sales", token), ("/wms/x", "bad")):
+            async with await stack.get(path, bearer) as response:
+                await response.read()
+        await caught_up(stack)
+        logged = [r for r in log_records(stack.log_path) if "decision_id" in r]
+    events = [e for e in log_records(tmp_path / "ocsf.jsonl") if e["class_uid"] != 0]
+    allow, deny, bad = events
+    assert (allow["class_uid"], allow["activity_id"], allow["type_uid"]) == (6004, 1, 600401)
+    assert (allow["action"], allow["disposition"]) == ("Allowed", "Allowed")
+    assert (deny["action"], deny["disposition"], deny["activity_name"]) == (
+        "Denied", "Blocked", "Access Deny",
+    )  # fmt: skip
+    assert deny["policy"]["name"] == "portcullis/gateway/decision" and deny["policy"]["version"]
+    assert allow["actor"]["user"]["uid"] == "alice"
+    assert allow["actor"]["user"]["email_addr"] == "alice@example.com"
+    assert allow["src_endpoint"]["ip"] == "127.0.0.1"
+    assert allow["web_resources"][0]["name"] == "wms"
+    assert deny["status_detail"] and deny["unmapped"]["portcullis"]["reasons"]
+    assert (bad["class_uid"], bad["status"], bad["is_mfa"]) == (3002, "Failure", False)
+    assert bad["auth_protocol"] == "OAUTH 2.0"
+    for event, record in zip(events, logged, strict=True):
+        chain = event["unmapped"]["portcullis"]
+        assert (event["metadata"]["uid"], event["metadata"]["sequence"]) == (
+            record["decision_id"], record["seq"],
+        )  # fmt: skip
+        assert chain["prev_hash"] == record["prev_hash"] and len(chain["chain_hash"]) == 64
+    documents = [d for d in log_records(tmp_path / "ecs.jsonl") if d["event"]["kind"] == "event"]
+    assert [d["event"]["type"] for d in documents] == [["allowed"], ["denied"], ["start", "denied"]]
+    assert [d["event"]["outcome"] for d in documents] == ["success", "failure", "failure"]
+    assert documents[0]["event"]["category"] == ["web", "iam"]
+    assert documents[2]["event"]["category"] == ["authentication"]
+    assert documents[0]["service"]["target"]["name"] == "wms"
+    assert [d["event"]["id"] for d in documents] == [r["decision_id"] for r in logged]
+
+
+async def test_the_siems_copy_of_a_signed_head_catches_a_cut_tail(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    sink = SinkConfig("siem", "file", "ocsf", path=tmp_path / "siem.jsonl")
+    async with start_stack(aiohttp_server, tmp_path, **with_sinks(tmp_path, sink)) as stack:
+        await traffic(stack, 12)
+        await shut_down(stack)
+    log = tmp_path / "decisions.log"
+    key = tmp_path / "assertion.pem"
+    verify = [sys.executable, "-m", "portcullis", "audit", "verify", str(log), "--key", str(key),
+              "--head", str(tmp_path / "siem.jsonl")]  # fmt: skip
+    intact = subprocess.run(verify, capture_output=True, text=True, cwd=ROOT)
+    assert intact.returncode == 0, intact.stdout + intact.stderr
+    assert "reaches the outside head" in intact.stderr
+    # The gateway host's copy loses its newest events (cut at a signature, so the
+    # file alone still verifies).
+    lines = log.read_bytes().splitlines(keepends=True)
+    records = [json.loads(line) for line in lines]
+    cut = max(i for i, r in enumerate(records) if r.get("type") and r["seq"] < 12)
+    log.write_bytes(b"".join(lines[: cut + 1]))
+    tampered = subprocess.run(verify, capture_output=True, text=True, cwd=ROOT)
+    assert tampered.returncode == 1
+    assert "but the gateway signed a head at seq 12" in tampered.stdout
+
+
+# --- configuration -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sink", "message"),
+    [
+        ({"kind": "kafka"}, r"sinks\[0\]\.kind: must be one of syslog, http, file"),
+        ({"kind": "syslog", "address": "siem"}, r"sinks\[0\]\.address: expected host:port"),
+        ({"kind": "http", "url": "ftp://x"}, r"sinks\[0\]\.url: must be an http\(s\) URL"),
+        ({"kind": "http", "url": "http://x/logs", "token": "t"}, r"sinks\[0\]\.token: put the"),
+        ({"kind": "http", "url": "http://x/e", "envelope": "splunk_hec"}, r"needs a token"),
+        ({"kind": "file", "path": "c", "format": "cef"}, r"format: must be one of opa, ocsf, ecs"),
+        ({"kind": "file", "path": "c", "name": "Bad Name"}, r"sinks\[0\]\.name: 'Bad Name'"),
+        ({"kind": "file", "path": "c", "retry_max": 0.1}, r"retry_max: must be at least"),
+        ({"kind": "syslog", "address": "h:1", "tls": {"ca_file": "nope.pem"}}, r"no such file"),
+        ({"kind": "file", "path": "c", "colour": "red"}, r"sinks\[0\]\.colour: unknown key"),
+    ],
+)
+def test_bad_sink_settings_are_refused_with_their_key(
+    sink: dict[str, Any], message: str, tmp_path: Path
+) -> None:
+    data = {"auth": False, "decision_log": {"path": "d.log", "sinks": [sink]}}
+    with pytest.raises(ConfigError, match=message):
+        parse_config(data, tmp_path)
+
+
+def test_two_sinks_with_one_name_are_refused(tmp_path: Path) -> None:
+    sinks = [{"kind": "file", "path": "a"}, {"kind": "file", "path": "b"}]
+    with pytest.raises(ConfigError, match=r"sinks\[1\]\.name: 'file' is also sinks\[0\]"):
+        parse_config({"auth": False, "decision_log": {"path": "d", "sinks": sinks}}, tmp_path)
+
+
+def test_sinks_need_a_log_file(tmp_path: Path) -> None:
+    data = {"auth": False, "decision_log": {"sinks": [{"kind": "file", "path": "a"}]}}
+    with pytest.raises(ConfigError, match=r"shipping needs decision_log.path"):
+        parse_config(data, tmp_path)

@@ -1,0 +1,384 @@
+"""The scanner reads Terraform the way Terraform does: .tf.json files, override
+files, duplicate addresses, optional() defaults, provider default_tags,
+templatefile()/file(), aws_iam_policy_document, byte-order marks and CRLF; it
+judges what is known; it never crashes, never skips in silence; and it says
+what it could not judge. One small fixture per behaviour under
+tests/fixtures/terraform/."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from iac_scanner.checkov import _commands
+from iac_scanner.loader import LoadOptions, load
+from tests.conftest import FIXTURES, ROOT
+from tests.test_scan_cli import errors, portcullis, scan_json
+
+TERRAFORM = FIXTURES / "terraform"
+
+
+def fixture(name: str) -> str:
+    return f"tests/fixtures/terraform/{name}"
+
+
+def findings(report: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(f["rule_id"], f["resource"]) for f in report["findings"]}
+
+
+# --- 1. *.tf.json --------------------------------------------------------------------------
+
+
+def test_tf_json_files_are_configuration_with_line_numbers() -> None:
+    code, report = scan_json(fixture("tf_json"))
+    assert code == 1
+    [finding] = report["findings"]
+    assert (finding["rule_id"], finding["resource"]) == ("PC-TF-005", "aws_security_group.bastion")
+    # The "//" comment key is skipped, "${var.admin_cidr}" is interpolated,
+    # and the finding points at the resource's object in the JSON file.
+    assert finding["file"] == fixture("tf_json/sg.tf.json")
+    assert finding["line"] == 8
+    assert report["summary"]["resources"] == 2
+
+
+def test_tf_json_provider_default_tags_and_blocks_are_read(tmp_path: Path) -> None:
+    (tmp_path / "main.tf.json").write_text(
+        json.dumps(
+            {
+                "provider": {"aws": {"default_tags": {"tags": {"app": "pos"}}}},
+                "resource": {
+                    "aws_db_instance": {"ledger": {"storage_encrypted": False}},
+                    "aws_cloudtrail": {"main": {"name": "main"}},
+                },
+            }
+        )
+    )
+    code, report = scan_json(str(tmp_path))
+    assert code == 1
+    assert findings(report) == {("PC-TF-002", "aws_db_instance.ledger")}
+
+
+def test_checkov_runs_its_terraform_json_framework_too(tmp_path: Path) -> None:
+    for command in _commands("checkov", [TERRAFORM / "tf_json", TERRAFORM / "tf_json/sg.tf.json"]):
+        framework = command.index("--framework")
+        assert command[framework + 1 : framework + 3] == ["terraform", "terraform_json"]
+
+
+def test_a_broken_tf_json_file_is_an_error_with_line_and_column(tmp_path: Path) -> None:
+    (tmp_path / "main.tf.json").write_text('{\n  "resource": {\n    "aws_s3_bucket": [1,]\n}\n')
+    result = portcullis("scan", "--no-cache", str(tmp_path))
+    assert result.returncode == 2
+    assert errors(result)[0].startswith(f"error: {tmp_path}/main.tf.json:3:")
+
+
+# --- 2. override files -----------------------------------------------------------------------
+
+
+def test_override_files_merge_argument_by_argument() -> None:
+    code, report = scan_json(fixture("override"))
+    assert code == 1
+    # tags_override.tf changes only the database's tags: storage_encrypted = true
+    # stays (no PC-TF-002); its ingress block replaces the base's and opens SSH;
+    # override.tf.json makes the bucket public-read.
+    assert findings(report) == {
+        ("PC-TF-005", "aws_security_group.bastion"),
+        ("PC-TF-006", "aws_s3_bucket.assets"),
+    }
+
+
+def test_an_override_of_nothing_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "main.tf").write_text('resource "aws_s3_bucket" "a" {\n  bucket = "a"\n}\n')
+    (tmp_path / "main_override.tf").write_text('resource "aws_s3_bucket" "b" {\n  acl = "x"\n}\n')
+    result = portcullis("scan", "--no-cache", str(tmp_path))
+    assert result.returncode == 2
+    assert (
+        f"error: {tmp_path}/main_override.tf:1: Missing base resource configuration for "
+        "override: there is no aws_s3_bucket.b in the module's other files to override"
+    ) in errors(result)
+
+
+# --- 3. duplicate resource addresses ---------------------------------------------------------
+
+
+def test_a_duplicate_resource_address_is_an_error_naming_both_places() -> None:
+    result = portcullis("scan", "--no-cache", fixture("duplicate_resource"))
+    assert result.returncode == 2
+    assert errors(result)[0] == (
+        f"error: {fixture('duplicate_resource/b.tf')}:3: Duplicate resource configuration: "
+        f"aws_s3_bucket.logs is already declared at {fixture('duplicate_resource/a.tf')}:1; "
+        "Terraform refuses a module that declares a resource address twice (rename one, or "
+        "make the second an override file)"
+    )
+
+
+# --- 4. optional(type, default) --------------------------------------------------------------
+
+
+def test_optional_attribute_defaults_apply_when_absent() -> None:
+    code, report = scan_json(fixture("optional_default"))
+    assert code == 1
+    # acl absent -> "public-read"; given as "private" -> stays private.
+    assert findings(report) == {("PC-TF-006", "aws_s3_bucket.assets")}
+    assert report["not_judged"] == {}
+
+
+# --- 5. provider default_tags ----------------------------------------------------------------
+
+
+def test_provider_default_tags_make_resources_app_infrastructure() -> None:
+    code, report = scan_json(fixture("default_tags"))
+    assert code == 1
+    # ledger has no tags of its own: the provider's app = "pos" makes it pci.
+    # scratch's own app = "scratch" wins over the default.
+    assert findings(report) == {("PC-TF-002", "aws_db_instance.ledger")}
+
+
+def test_default_tags_land_in_tags_all_and_resource_tags_win() -> None:
+    loaded = load([str(TERRAFORM / "default_tags")], LoadOptions())
+    [document] = loaded.documents
+    by_address = {r.entry["address"]: r.entry for r in document.resources}
+    assert by_address["aws_db_instance.ledger"]["config"]["tags_all"] == {
+        "app": "pos",
+        "owner": "platform",
+    }
+    assert by_address["aws_db_instance.scratch"]["config"]["tags_all"] == {
+        "app": "scratch",
+        "owner": "platform",
+    }
+
+
+# --- 6. templatefile() and file() -----------------------------------------------------------
+
+
+def test_templatefile_and_file_inside_the_tree_are_evaluated() -> None:
+    code, report = scan_json(fixture("templatefile"))
+    assert code == 1
+    assert findings(report) == {
+        ("PC-TF-007", "aws_iam_policy.ops"),  # %{for}/%{if} rendered: statement 1 is "*"
+        ("PC-TF-007", "aws_iam_policy.from_file"),
+    }
+    # A template variable without a value leaves the policy unknown, and said so.
+    assert report["not_judged"] == {
+        "PC-TF-007": {
+            "resources": 1,
+            "reasons": {"`policy` is unknown (var.bucket_arn has no value)": 1},
+        }
+    }
+
+
+def test_file_outside_the_scanned_tree_is_not_read(tmp_path: Path) -> None:
+    secret = tmp_path / "outside.json"
+    secret.write_text('{"Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}')
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "main.tf").write_text(
+        f'resource "aws_iam_policy" "p" {{\n  policy = file("{secret}")\n}}\n'
+    )
+    code, report = scan_json(str(tree))
+    assert code == 0
+    assert report["summary"]["not_judged"] == 1
+
+
+# --- 7. data "aws_iam_policy_document" -------------------------------------------------------
+
+
+def test_iam_policy_documents_are_computed_from_their_configuration() -> None:
+    code, report = scan_json(fixture("iam_policy_document"))
+    assert code == 1
+    assert findings(report) == {("PC-TF-007", "aws_iam_policy.admin")}
+    [finding] = report["findings"]
+    assert 'Sid "Everything"' in finding["message"]
+    # Other data sources stay unknown.
+    assert report["not_judged"]["PC-TF-007"]["reasons"] == {
+        "`policy` is unknown (data.aws_caller_identity.me is read only at apply)": 1
+    }
+
+
+# --- 8. byte-order mark and CRLF -------------------------------------------------------------
+
+
+def test_a_byte_order_mark_and_crlf_line_endings_are_valid() -> None:
+    raw = (TERRAFORM / "bom_crlf/main.tf").read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf") and b"\r\n" in raw, "the fixture lost its BOM/CRLF"
+    code, report = scan_json(fixture("bom_crlf"))
+    assert code == 1, report["errors"]
+    [finding] = report["findings"]
+    assert (finding["rule_id"], finding["line"]) == ("PC-TF-005", 2)
+    assert report["summary"]["files"] == 2
+
+
+# --- 9. judge what is known ------------------------------------------------------------------
+
+
+def test_http_listener_forwarding_to_an_unknown_target_group_is_judged() -> None:
+    code, report = scan_json(fixture("listener_forward"))
+    assert code == 1
+    assert ("PC-TF-004", "aws_lb_listener.pos_http") in findings(report)
+    assert "PC-TF-004" not in report["not_judged"]
+
+
+# --- robustness -------------------------------------------------------------------------------
+
+
+def test_a_deeply_nested_value_is_an_error_with_file_and_line_never_a_crash() -> None:
+    result = portcullis("scan", "--no-cache", fixture("deep_nesting"))
+    assert result.returncode == 2
+    assert errors(result)[0] == (
+        f"error: {fixture('deep_nesting/main.tf')}:6: aws_s3_bucket.deep: `lifecycle_rule` "
+        "nests more than 100 levels deep, more than the policy engine evaluates; the resource "
+        "was not judged (flatten the value)"
+    )
+
+
+def test_a_tf_symlink_loop_is_an_error_naming_the_path(tmp_path: Path) -> None:
+    (tmp_path / "main.tf").write_text('resource "aws_s3_bucket" "a" {\n  bucket = "a"\n}\n')
+    (tmp_path / "a.tf").symlink_to(tmp_path / "b.tf")
+    (tmp_path / "b.tf").symlink_to(tmp_path / "a.tf")
+    result = portcullis("scan", "--no-cache", str(tmp_path))
+    assert result.returncode == 2
+    assert errors(result)[:2] == [
+        f"error: {tmp_path}/a.tf: Too many levels of symbolic links",
+        f"error: {tmp_path}/b.tf: Too many levels of symbolic links",
+    ]
+
+
+def test_an_unreadable_directory_is_an_error_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tests run as root, whom no permission bit stops, so the refusal is made
+    by replacing os.scandir for that one directory (a fake: no real one here)."""
+    (tmp_path / "main.tf").write_text('resource "aws_s3_bucket" "a" {\n  bucket = "a"\n}\n')
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "main.tf").write_text('resource "aws_s3_bucket" "b" {\n  bucket = "b"\n}\n')
+    real_scandir = os.scandir
+
+    def scandir(path: Any = ".") -> Any:
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    result = load([str(tmp_path)], LoadOptions())
+    assert [str(p) for p in result.problems] == [
+        f"{locked}: can't read directory: Permission denied"
+    ]
+
+
+# --- reports CI systems trust -----------------------------------------------------------------
+
+
+def _repo_with_infra(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    shutil.copytree(TERRAFORM / "fingerprints", repo / "infra")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    return repo
+
+
+def _sarif(*args: str, cwd: Path) -> dict[str, Any]:
+    result = portcullis("scan", "--no-cache", "--output", "sarif", *args, cwd=cwd)
+    assert result.returncode == 1, result.stderr
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
+
+
+def _locations(sarif: dict[str, Any]) -> list[tuple[str, str, str]]:
+    run = sarif["runs"][0]
+    return sorted(
+        (
+            r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"],
+            r["locations"][0]["physicalLocation"]["artifactLocation"]["uriBaseId"],
+            r["partialFingerprints"]["portcullisFingerprint/v2"],
+        )
+        for r in run["results"]
+    )
+
+
+def test_sarif_uris_are_relative_to_the_repository_whatever_the_working_directory(
+    tmp_path: Path,
+) -> None:
+    repo = _repo_with_infra(tmp_path)
+    from_root = _sarif("infra", cwd=repo)
+    from_inside = _sarif(".", cwd=repo / "infra")
+    from_outside = _sarif(str(repo / "infra"), cwd=tmp_path)
+    assert _locations(from_root) == _locations(from_inside) == _locations(from_outside)
+    assert {uri for uri, _, _ in _locations(from_root)} == {"infra/main.tf"}
+    for sarif in (from_root, from_inside, from_outside):
+        assert sarif["runs"][0]["originalUriBaseIds"]["%SRCROOT%"]["uri"] == (
+            repo.resolve().as_uri() + "/"
+        )
+
+
+def test_sarif_root_option_sets_the_base(tmp_path: Path) -> None:
+    repo = _repo_with_infra(tmp_path)
+    sarif = _sarif("infra", "--sarif-root", "infra", cwd=repo)
+    assert {uri for uri, _, _ in _locations(sarif)} == {"main.tf"}
+    bad = portcullis("scan", "--no-cache", "infra", "--sarif-root", "nowhere", cwd=repo)
+    assert bad.returncode == 2
+    assert errors(bad) == ["portcullis scan: --sarif-root nowhere: not a directory"]
+
+
+def test_two_findings_of_one_rule_on_one_resource_have_distinct_fingerprints() -> None:
+    code, report = scan_json(fixture("fingerprints"))
+    assert code == 1
+    fingerprints = [f["fingerprint"] for f in report["findings"]]
+    assert len(fingerprints) == 2 and len(set(fingerprints)) == 2
+
+
+def test_a_new_hole_on_a_baselined_resource_is_not_in_the_baseline(tmp_path: Path) -> None:
+    tree = tmp_path / "infra"
+    tree.mkdir()
+    main = tree / "main.tf"
+    main.write_text('resource "aws_s3_bucket" "site" {\n  bucket = "s"\n  acl = "public-read"\n}\n')
+    baseline = tmp_path / "baseline.json"
+    created = portcullis("scan", "--no-cache", str(tree), "--create-baseline", str(baseline))
+    assert created.returncode == 0
+    main.write_text((TERRAFORM / "fingerprints/main.tf").read_text())
+    code, report = scan_json(str(tree), "--baseline", str(baseline))
+    assert code == 1
+    state = {f["message"].split(" ")[1]: f["baselined"] for f in report["findings"]}
+    assert state == {"sets": True, "enables": False}
+
+
+def test_a_version_1_baseline_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    baseline = tmp_path / "old.json"
+    baseline.write_text('{"version": 1, "findings": [{"fingerprint": "abc"}]}')
+    result = portcullis("scan", "--no-cache", fixture("fingerprints"), "--baseline", str(baseline))
+    assert result.returncode == 2
+    assert "re-create it with --create-baseline" in result.stderr
+
+
+def test_reports_say_per_rule_what_could_not_be_judged_and_why(tmp_path: Path) -> None:
+    code, report = scan_json(fixture("not_judged"))
+    assert code == 1
+    expected = {
+        "PC-TF-002": {
+            "resources": 2,
+            "reasons": {"`storage_encrypted` is unknown (var.encrypted has no value)": 2},
+        },
+        "PC-TF-003": {
+            "resources": 1,
+            "reasons": {"`internal` is unknown (var.internal has no value)": 1},
+        },
+    }
+    assert report["not_judged"] == expected
+    assert report["summary"]["not_judged"] == 3
+    sarif = _sarif(fixture("not_judged"), cwd=ROOT)
+    assert sarif["runs"][0]["properties"]["notJudged"] == expected
+    text = portcullis("scan", "--no-cache", fixture("not_judged")).stdout.splitlines()
+    assert (
+        "not judged: PC-TF-002: 2 resources not judged: `storage_encrypted` is unknown "
+        "(var.encrypted has no value)"
+    ) in text
+    assert text[-1].endswith("; 3 not judged; 1 at or above low: FAIL")
+    # Given values, the same tree is judged in full.
+    code, judged = scan_json(
+        fixture("not_judged"), "--var", "encrypted=true", "--var", "internal=true"
+    )
+    assert judged["not_judged"] == {} and judged["summary"]["not_judged"] == 0

@@ -1,0 +1,171 @@
+"""Browser sessions across replicas, against the real dev OpenID provider (npm
+oidc-provider) and a real Redis: sign-out and back-channel logout reach every
+replica, a copied cookie is refused, sessions are listed."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+
+from tests.gateway_stack import ServerFactory, Stack, logged
+from tests.redis_server import redis_server, redis_url
+from tests.sign_in_stack import (
+    Browser,
+    DevProvider,
+    browser,
+    provider,
+    start_sign_in_stack,
+)
+from tests.test_shared_state import admin, second_replica, shared, wait_for
+
+__all__ = ["provider", "redis_server", "redis_url"]  # fixtures
+
+pytestmark = pytest.mark.timeout(90)
+COOKIE = "portcullis_session"
+
+
+def session_cookies(client: Browser) -> dict[str, str]:
+    """What an attacker copies out of a browser: every gateway session cookie."""
+    return {
+        c.key: c.value for c in client.jar if c.key.startswith(COOKIE) and "_auth_" not in c.key
+    }
+
+
+async def with_copied_cookie(
+    base: str, cookies: dict[str, str], path: str = "/wms/"
+) -> tuple[int, dict[str, Any]]:
+    header = "; ".join(f"{k}={v}" for k, v in cookies.items())
+    async with (
+        aiohttp.ClientSession() as attacker,
+        attacker.get(
+            base + path,
+            headers={"Cookie": header, "Accept": "application/json"},
+            allow_redirects=False,
+        ) as response,
+    ):
+        body = await response.json(content_type=None) if response.status != 302 else {}
+        return response.status, body if isinstance(body, dict) else {}
+
+
+async def sign_out_at_gateway(stack: Stack, client: Browser) -> None:
+    page = await client.go(stack.url + "/.portcullis/sign_out")
+    token = re.search(r'name="token" value="([^"]+)"', page.text)
+    assert token is not None
+    async with client.http.post(
+        stack.url + "/.portcullis/sign_out", data={"token": token[1]},
+        headers={"Sec-Fetch-Site": "same-origin", "Origin": stack.url}, allow_redirects=False,
+    ) as out:  # fmt: skip
+        assert out.status == 303
+
+
+async def sign_out_at_provider(provider: DevProvider, client: Browser) -> None:
+    """The user signs out at the provider itself (another app's sign-out button)."""
+    confirm = await client.go(f"{provider.url}/session/end")
+    action = re.search(r'<form[^>]*action="([^"]+)"', confirm.text)
+    xsrf = re.search(r'name="xsrf" value="([^"]+)"', confirm.text)
+    assert action and xsrf, confirm.text[:500]
+    url = provider.url + action[1] if action[1].startswith("/") else action[1]
+    done = await client.go(url, method="POST", data={"xsrf": xsrf[1], "logout": "yes"})
+    assert done.status == 200
+
+
+async def test_sign_out_on_one_replica_refuses_the_copied_cookie_on_the_other(
+    aiohttp_server: ServerFactory, tmp_path: Path, provider: DevProvider, redis_url: str
+) -> None:
+    async with start_sign_in_stack(
+        aiohttp_server, tmp_path, provider, shared_state=shared(redis_url)
+    ) as stack:
+        other, _ = await second_replica(aiohttp_server, stack, tmp_path)
+        async with browser(stack.url) as client:
+            page = await client.sign_in(stack.url + "/wms/", "alice", ["otp"])
+            assert page.status == 200
+            stolen = session_cookies(client)
+            assert (await with_copied_cookie(other, stolen))[0] == 200
+            await sign_out_at_gateway(stack, client)
+            for base in (other, stack.url):
+                status, body = await with_copied_cookie(base, stolen)
+                assert status == 401 and body["error"] == "session_revoked", body
+                assert "signed out" in body["reason"]
+            events = await logged(stack, body["decision_id"])
+            assert events[0]["result"]["reasons"][0].startswith("gateway.session_revoked: ")
+            # The browser itself signs in again (silently: the provider's session
+            # is still on), with a new session that is let in.
+            again = await client.go(stack.url + "/wms/")
+            assert again.status == 200 and session_cookies(client) != stolen
+
+
+async def test_backchannel_logout_from_the_provider_ends_the_session_everywhere(
+    aiohttp_server: ServerFactory, tmp_path: Path, provider: DevProvider, redis_url: str
+) -> None:
+    async with start_sign_in_stack(
+        aiohttp_server, tmp_path, provider, shared_state=shared(redis_url)
+    ) as stack:
+        other, _ = await second_replica(aiohttp_server, stack, tmp_path)
+        async with browser(stack.url) as client:
+            await client.sign_in(stack.url + "/wms/", "alice", ["otp"])
+            stolen = session_cookies(client)
+            assert (await with_copied_cookie(other, stolen))[0] == 200
+            await sign_out_at_provider(provider, client)
+
+            async def refused() -> bool:
+                return (await with_copied_cookie(other, stolen))[0] == 401
+
+            await wait_for(refused, timeout=5)
+            status, body = await with_copied_cookie(stack.url, stolen)
+            assert status == 401 and "signed out at the provider" in body["reason"]
+            metrics = stack.gateway.metrics.render().decode()
+            assert 'portcullis_backchannel_logouts_total{result="ok"} 1.0' in metrics
+
+
+async def test_sessions_are_listed_with_replica_and_address(
+    aiohttp_server: ServerFactory, tmp_path: Path, provider: DevProvider, redis_url: str
+) -> None:
+    async with start_sign_in_stack(
+        aiohttp_server, tmp_path, provider, shared_state=shared(redis_url)
+    ) as stack:
+        other, gateway_b = await second_replica(aiohttp_server, stack, tmp_path)
+        async with browser(stack.url) as client:
+            await client.sign_in(stack.url + "/wms/", "alice", ["otp"])
+            assert (await with_copied_cookie(other, session_cookies(client)))[0] == 200
+            async with admin(gateway_b) as api:
+                listing = await (await api.get("/sessions", params={"user": "alice"})).json()
+                sessions = listing["sessions"]
+                assert len(sessions) == 1
+                assert sessions[0]["replica"] == "replica-b"  # last seen there
+                assert sessions[0]["source_ip"] == "127.0.0.1"
+                assert sessions[0]["last_seen"] >= sessions[0]["created"]
+                answer = await api.post(
+                    "/sessions/revoke", json={"session": sessions[0]["session_id"]}
+                )
+                assert answer.status == 200
+                assert (await (await api.get("/sessions", params={"user": "alice"})).json())[
+                    "sessions"
+                ] == []
+            page = await client.go(stack.url + "/wms/")
+            assert page.status == 401 and "Your session has ended" in page.text
+            assert 'href="/.portcullis/sign_in"' in page.text
+            assert session_cookies(client) == {}, "the ended session's cookie is cleared"
+            again = await client.go(stack.url + "/wms/")
+            assert urlsplit(again.url).path == "/wms/" and again.status == 200
+
+
+async def test_forged_logout_token_is_refused(
+    aiohttp_server: ServerFactory, tmp_path: Path, provider: DevProvider, redis_url: str
+) -> None:
+    async with start_sign_in_stack(
+        aiohttp_server, tmp_path, provider, shared_state=shared(redis_url)
+    ) as stack:
+        # Signed by the gateway's dev issuer, not the provider: wrong key, wrong issuer.
+        forged = stack.token("alice", extra={"events": {
+            "http://schemas.openid.net/event/backchannel-logout": {}}, "jti": "x"})  # fmt: skip
+        for data in ({"logout_token": forged}, {"logout_token": "a.b.c"}, {}):
+            async with stack.session.post(
+                stack.url + "/.portcullis/backchannel_logout", data=data
+            ) as response:
+                assert response.status == 400
+                assert (await response.json())["error"] == "invalid_request"

@@ -1,0 +1,596 @@
+"""Replicas that act as one: revocation, rate limits, lockouts and risk signals in a
+real Redis (Debian's redis-server, started by tests/redis_server.py), with two gateway
+instances on one Redis, and the faults: Redis stopped, Redis slow, both
+`on_unavailable` modes, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway.config import ConfigError, Listener, parse_config
+from gateway.server import GATEWAY_KEY, Gateway, build_app
+from gateway.shared.settings import (
+    Lockout,
+    RateLimit,
+    RateLimits,
+    RedisConfig,
+    SharedStateConfig,
+    Timeouts,
+)
+from tests.gateway_stack import ServerFactory, Stack, free_port, logged, start_stack
+from tests.redis_server import LatencyProxy, RedisServer, redis_server, redis_url
+
+__all__ = ["redis_server", "redis_url"]  # fixtures
+
+pytestmark = pytest.mark.timeout(60)
+STORE_MFA = {"groups": ["store"], "amr": ["pwd", "otp"]}
+WAREHOUSE = {"groups": ["warehouse"], "amr": ["pwd", "otp"]}
+
+
+def shared(url: str, **changes: Any) -> SharedStateConfig:
+    # Short waits: a test of an outage must not wait long for it.
+    timeouts = Timeouts(request=0.1, connect=0.3, retry_interval=0.2)
+    return SharedStateConfig(RedisConfig(url), timeouts=timeouts, **changes)
+
+
+@contextlib.asynccontextmanager
+async def shared_stack(
+    aiohttp_server: ServerFactory, tmp_path: Path, state: SharedStateConfig
+) -> AsyncIterator[Stack]:
+    async with start_stack(aiohttp_server, tmp_path, shared_state=state) as stack:
+        yield stack
+
+
+async def second_replica(
+    aiohttp_server: ServerFactory, stack: Stack, tmp_path: Path, name: str = "replica-b"
+) -> tuple[str, Gateway]:
+    """Another gateway instance with the same config (own port, log, caches, Redis
+    connections): a second replica behind the same Service."""
+    port = free_port()
+    config = replace(
+        stack.config,
+        listeners=(Listener("127.0.0.1", port),),
+        decision_log=replace(stack.config.decision_log, path=tmp_path / f"{name}.log"),
+    )
+    app = build_app(config, instance_id=name)
+    await aiohttp_server(app, port=port)
+    return f"http://127.0.0.1:{port}", app[GATEWAY_KEY]
+
+
+async def call(
+    stack: Stack, base: str, path: str, token: str | None = None, **kwargs: Any
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    headers = dict(kwargs.pop("headers", {}))
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    async with stack.session.request(
+        kwargs.pop("method", "GET"), base + path, headers=headers, **kwargs
+    ) as response:
+        try:
+            body = await response.json(content_type=None)
+        except ValueError:
+            body = {}
+        return response.status, body if isinstance(body, dict) else {}, dict(response.headers)
+
+
+def admin(gateway: Gateway) -> Any:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from gateway.server import build_admin_app
+
+    return TestClient(TestServer(build_admin_app(gateway)))
+
+
+# --- revocation -----------------------------------------------------------------------
+
+
+async def test_revoked_user_bearer_token_is_refused_on_both_replicas(
+    aiohttp_server: ServerFactory, tmp_path: Path, redis_url: str
+) -> None:
+    async with shared_stack(aiohttp_server, tmp_path, shared(redis_url)) as stack:
+        other, gateway_b = await second_replica(aiohttp_server, stack, tmp_path)
+        token = stack.token("alice", **WAREHOUSE)
+        assert (await call(stack, stack.url, "/wms/stock", token))[0] == 200
+        assert (await call(stack, other, "/wms/stock", token))[0] == 200
+        async with admin(gateway_b) as client:
+            answer = await client.post(
+                "/sessions/revoke", json={"user": "alice", "reason": "laptop stolen"}
+            )
+            assert answer.status == 200, await answer.text()
+        bodies = []
+        for base in (stack.url, other):
+            status, body, headers = await call(stack, base, "/wms/stock", token)
+            bodies.append(body)
+            assert status == 401
+            assert body["error"] == "revoked"
+            assert "laptop stolen" in body["reason"] and "alice" in body["reason"]
+            assert headers["WWW-Authenticate"].startswith('Bearer realm="portcullis", error=')
+        # Someone else is not touched; nothing reached the backend after the revocation.
+        assert (await call(stack, other, "/wms/stock", stack.token("erin", **WAREHOUSE)))[0] == 200
+        assert len(stack.forwarded("wms")) == 3
+        events = await logged(stack, bodies[0]["decision_id"])  # replica A's own log
+        assert events[0]["result"]["reasons"][0].startswith("gateway.revoked: ")
+
+
+async def test_token_issued_after_a_revocation_is_accepted(
+    aiohttp_server: ServerFactory, tmp_path: Path, redis_url: str
+) -> None:
+    async with shared_stack(aiohttp_server, tmp_path, shared(redis_url)) as stack:
+        old = stack.token("alice", **WAREHOUSE)
+        async with admin(stack.gateway) as client:
+            assert (await client.post("/sessions/revoke", json={"user": "alice"})).status == 200
+        assert (await call(stack, stack.url, "/wms/stock", old))[0] == 401
+        await asyncio.sleep(1.05)  # iat has a resolution of one second
+        fresh = stack.token("alice", **WAREHOUSE)
+        assert (await call(stack, stack.url, "/wms/stock", fresh))[0] == 200
+
+
+async def test_session_cli_revokes_and_unlocks_through_redis(
+    aiohttp_server: ServerFactory, tmp_path: Path, redis_url: str
+) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump({
+        "routes": [{"app": "wms", "upstream": "http://127.0.0.1:1", "path_prefix": "/wms/"}],
+        "issuers": [{"issuer": "http://127.0.0.1:1", "audiences": ["portcullis"],
+                     "jwks_url": "http://127.0.0.1:1/jwks.json"}],
+        "shared_state": {"redis": {"url": redis_url}},
+    }))  # fmt: skip
+    async with shared_stack(aiohttp_server, tmp_path, shared(redis_url)) as stack:
+        token = stack.token("alice", **WAREHOUSE)
+        assert (await call(stack, stack.url, "/wms/stock", token))[0] == 200
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "portcullis", "session", "revoke", "--config", str(config),
+             "--user", "alice", "--reason", "left the company"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "every session and bearer token of alice issued before" in result.stdout
+        status, body, _ = await call(stack, stack.url, "/wms/stock", token)
+        assert status == 401 and "left the company" in body["reason"]
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "portcullis", "session", "unlock", "--config", str(config),
+             "--user", "alice"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert result.returncode == 0 and "alice was not locked out" in result.stdout
+
+
+def test_session_cli_without_shared_state_says_so(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump({
+        "issuers": [{"issuer": "http://127.0.0.1:1", "audiences": ["a"], "discovery": True}],
+    }))  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "portcullis", "session", "list", "--config", str(config),
+         "--user", "alice"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "no shared_state section" in result.stderr
+
+
+# --- rate limits and lockouts -------------------------------------------------------------
+
+
+async def test_rate_limits_add_up_across_replicas(
+    aiohttp_server: ServerFactory, tmp_path: Path, redis_url: str
+) -> None:
+    limits = RateLimits(identity=RateLimit(10, 60), source_ip=RateLimit(1000, 60))
+    async with shared_stack(
+        aiohttp_server, tmp_path, shared(redis_url, rate_limits=limits)
+    ) as stack:
+        other, _ = await second_replica(aiohttp_server, stack, tmp_path)
+        token = stack.token("alice", **WAREHOUSE)
+        statuses = []
+        for index in range(12):
+            base = stack.url if index % 2 else other
+            statuses.append((await call(stack, base, "/wms/stock", token))[0])
+        assert statuses.count(200) == 10, statuses
+        status, body, headers = await call(stack, stack.url, "/wms/stock", token)
+        assert status == 429 and body["error"] == "rate_limited"
+        assert 1 <= int(headers["Retry-After"]) <= 60
+        assert "more than 10 requests in 60 s" in body["reason"]
+        # Per identity per app: another app, another identity are not limited.
+        pos = stack.token("alice", groups=["warehouse", "store"], amr=["pwd", "otp"])
+        assert (await call(stack, stack.url, "/pos/sales", pos))[0] == 200
+        assert (await call(stack, other, "/wms/stock", stack.token("erin", **WAREHOUSE)))[0] == 200
+        events = await logged(stack, body["decision_id"])
+        assert events[0]["result"]["http_status"] == 429
+        metrics = stack.gateway.metrics.render().decode()
+        assert 'portcullis_shared_state_refusals_total{app="wms",rule="rate_limited"}' in metrics
+
+
+async def test_invalid_tokens_count_against_the_source_address(
+    aiohttp_server: ServerFactory, tmp_path: Path, redis_url: str
+) -> None:
+    limits = RateLimits(source_ip=RateLimit(5, 60))
+    async with shared_stack(
+        aiohttp_server, tmp_path, shared(redis_url, rate_limits=limits)
+    ) as stack:
+        other, _ = await second_replica(aiohttp_server, stack, tmp_path)
+        statuses = [
+            (await call(stack, base, "/wms/stock", "not.a-token.x"))[0]
+            for base in (stack.url, other, stack.url, other, stack.url, other, stack.url)
+        ]
+        assert statuses == [401] * 5 + [429] * 2
+        # Anonymous requests from the address share the same limit.
+        assert (await call(stack, other, "/wms/stock"))[0] == 429
+        # A valid token is judged per identity, not per address.
+        assert (await call(stack, stack.url, "/wms/stock", stack.token("alice", **WAREHOUSE)))[
+            0
+        ] == 200
+
+
+async def wait_for(predicate: Any, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_identity_is_locked_out_after_denies_on_any_replica_and_unlocked(
+    aiohttp_server: ServerFactory, tmp_path: Path, redis_url: str
+) -> None:
+    lockout = Lockout(after_denies=3, window=900, duration=1800)
+    async with shared_stack(aiohttp_server, tmp_path, shared(redis_url, lockout=lockout)) as stack:
+        other, gateway_b = await second_replica(aiohttp_server, stack, tmp_path)
+        token = stack.token("alice", **WAREHOUSE)  # no store group: pos denies
+        locked = gateway_b.shared.keys.lockout("alice")  # type: ignore[union-attr]
+        client = gateway_b.shared.store.client  # type: ignore[union-attr]
+        for base in (stack.url, other, stack.url):
+            status, body, _ = await call(stack, base, "/pos/sales", token)
+            assert status == 403 and "requires membership in one of: store" in body["reasons"]
+            assert body.get("step_up") is None
+
+        async def is_locked() -> bool:
+            return bool(await client.exists(locked))
+
+        await wait_for(is_locked)
+        for base in (stack.url, other):
+            status, body, headers = await call(stack, base, "/wms/stock", token)
+            assert status == 403 and body["error"] == "locked_out"
+            assert "portcullis session unlock --user alice" in body["reason"]
+            assert 1700 < int(headers["Retry-After"]) <= 1800
+        # A browser gets a page that says so.
+        async with stack.session.get(other + "/wms/stock", headers={
+            "Authorization": f"Bearer {token}", "Accept": "text/html"}) as page:  # fmt: skip
+            assert page.status == 403 and "locked out" in await page.text()
+        async with admin(stack.gateway) as api:
+            answer = await api.post("/sessions/unlock", json={"user": "alice"})
+            assert (await answer.json()) == {"user": "alice", "was_locked": True}
+        assert (await call(stack, other, "/wms/stock", token))[0] == 200
+
+
+async def test_step_up_denies_do_not_count_toward_a_lockout(
+    aiohttp_server: ServerFactory, tmp_path: Path, redis_url: str
+) -> None:
+    lockout = Lockout(after_denies=2, window=900, duration=1800)
+    async with shared_stack(aiohttp_server, tmp_path, shared(redis_url, lockout=lockout)) as stack:
+        token = stack.token("bob", groups=["store"], amr=["pwd", "otp"])
+        for _ in range(4):
+            status, body, _ = await call(stack, stack.url, "/pos/refunds/1", token)
+            assert status == 403 and body["step_up"]["acr"] == "phr"
+        await asyncio.sleep(0.2)
+        hwk = stack.token("bob", groups=["store"], amr=["pwd", "hwk"])
+        assert (await call(stack, stack.url, "/pos/refunds/1", hwk))[0] == 200
+
+
+# --- risk signals ---------------------------------------------------------------------------
+
+
+async def test_signals_reach_the_policy_and_a_known_address_is_remembered(
+    aiohttp_server: ServerFactory, tmp_path: Path, redis_url: str
+) -> None:
+    async with shared_stack(aiohttp_server, tmp_path, shared(redis_url)) as stack:
+        token = stack.token("alice", **WAREHOUSE)
+        first = await call(stack, stack.url, "/wms/stock", token)
+        assert first[0] == 200
+        denied = await call(stack, stack.url, "/pos/sales", token)
+        assert denied[0] == 403
+
+        async def known() -> bool:
+            client = stack.gateway.shared.store.client  # type: ignore[union-attr]
+            return (
+                await client.zscore(stack.gateway.shared.keys.addresses("alice"), "127.0.0.1")
+                is not None
+            )  # type: ignore[union-attr]
+
+        await wait_for(known)
+        await asyncio.sleep(0.1)
+        second = await call(stack, stack.url, "/wms/stock", token)
+        events = {e["decision_id"]: e for e in await stack.events(at_least=3)}
+        signals = [e["input"]["signals"] for e in events.values() if e["input"].get("signals")]
+        assert signals[0] == {"available": True, "new_source_ip": True, "recent_denies": 0,
+                              "concurrent_sessions": 0}  # fmt: skip
+        assert signals[-1]["new_source_ip"] is False
+        assert signals[-1]["recent_denies"] == 1
+        assert second[0] == 200
+
+
+async def test_pos_from_a_new_source_address_asks_for_a_phishing_resistant_sign_in(
+    aiohttp_server: ServerFactory, tmp_path: Path, redis_url: str
+) -> None:
+    async with shared_stack(aiohttp_server, tmp_path, shared(redis_url)) as stack:
+        otp = stack.token("bob", **STORE_MFA)
+        status, body, _ = await call(stack, stack.url, "/pos/sales", otp)
+        assert status == 403 and body["step_up"] == {"acr": "phr", "max_age": 900}
+        assert any(r.startswith("new source address") for r in body["reasons"])
+        assert stack.forwarded("pos") == []
+        # A fresh security-key sign-in from the new address is allowed, and makes it known.
+        hwk = stack.token("bob", groups=["store"], amr=["pwd", "hwk"])
+        assert (await call(stack, stack.url, "/pos/sales", hwk))[0] == 200
+
+        async def known() -> bool:
+            return (await call(stack, stack.url, "/pos/sales", otp))[0] == 200
+
+        await wait_for(known)
+
+
+async def test_without_shared_state_the_input_has_no_signals(stack: Stack) -> None:
+    response = await stack.get("/wms/stock", stack.token("alice", **WAREHOUSE))
+    assert response.status == 200
+    events = await stack.events()
+    assert "signals" not in events[-1]["input"]
+    assert stack.gateway.shared is None
+
+
+# --- faults ---------------------------------------------------------------------------------
+
+
+async def test_redis_stopped_mid_run_deny_mode_refuses_with_503_and_recovers(
+    aiohttp_server: ServerFactory, tmp_path: Path, redis_server: RedisServer, redis_url: str
+) -> None:
+    async with shared_stack(aiohttp_server, tmp_path, shared(redis_url)) as stack:
+        token = stack.token("alice", **WAREHOUSE)
+        assert (await call(stack, stack.url, "/wms/stock", token))[0] == 200
+        redis_server.stop()
+        for _ in range(5):
+            started = time.monotonic()
+            status, body, headers = await call(stack, stack.url, "/wms/stock", token)
+            assert time.monotonic() - started < 0.5
+            assert status == 503 and body["error"] == "shared_state_unavailable"
+            assert "on_unavailable: deny" in body["reason"] and headers["Retry-After"] == "1"
+        assert len(stack.forwarded("wms")) == 1
+        # Anonymous requests need no revocation check: judged as ever (401).
+        assert (await call(stack, stack.url, "/wms/stock"))[0] == 401
+        metrics = stack.gateway.metrics.render().decode()
+        assert 'portcullis_shared_state_unavailable_total{outcome="refused"} 5.0' in metrics
+        assert 'portcullis_shared_state_unavailable_total{outcome="no_check_needed"} 1.0' in metrics
+        redis_server.start()
+
+        async def recovered() -> bool:
+            return (await call(stack, stack.url, "/wms/stock", token))[0] == 200
+
+        await wait_for(recovered, timeout=5)
+        assert "portcullis_shared_state_up 1.0" in stack.gateway.metrics.render().decode()
+
+
+async def test_redis_stopped_allow_mode_lets_verified_requests_through_marked(
+    aiohttp_server: ServerFactory, tmp_path: Path, redis_server: RedisServer, redis_url: str
+) -> None:
+    state = shared(redis_url, on_unavailable="allow")
+    async with shared_stack(aiohttp_server, tmp_path, state) as stack:
+        token = stack.token("alice", **WAREHOUSE)
+        redis_server.stop()
+        status, _, _ = await call(stack, stack.url, "/wms/stock", token)
+        assert status == 200
+        # ...on the cryptographic checks alone: a bad token is still refused.
+        assert (await call(stack, stack.url, "/wms/stock", token[:-4] + "AAAA"))[0] == 401
+        event = [e for e in await stack.events() if e["result"]["allow"]][-1]
+        assert event["input"]["signals"]["available"] is False
+        assert "Redis" in event["input"]["signals"]["reason"]
+        metrics = stack.gateway.metrics.render().decode()
+        assert 'portcullis_shared_state_unavailable_total{outcome="unchecked"} 1.0' in metrics
+        assert "portcullis_shared_state_up 0.0" in metrics
+        redis_server.start()
+
+
+@pytest.mark.parametrize("mode", ["deny", "allow"])
+async def test_slow_redis_no_request_hangs(
+    aiohttp_server: ServerFactory, tmp_path: Path, redis_server: RedisServer, redis_url: str,
+    mode: str,
+) -> None:  # fmt: skip
+    proxy = LatencyProxy(redis_server.port)
+    await proxy.start()
+    try:
+        async with shared_stack(
+            aiohttp_server, tmp_path, shared(proxy.url, on_unavailable=mode)
+        ) as stack:
+            token = stack.token("alice", **WAREHOUSE)
+            assert (await call(stack, stack.url, "/wms/stock", token))[0] == 200
+            proxy.delay = 0.2  # 200 ms added to every Redis answer
+            timings, statuses = [], []
+            for _ in range(6):
+                started = time.monotonic()
+                statuses.append((await call(stack, stack.url, "/wms/stock", token))[0])
+                timings.append(time.monotonic() - started)
+            assert max(timings) < 0.4, timings  # the 100 ms request timeout, not 200 ms
+            assert set(statuses) == ({503} if mode == "deny" else {200}), statuses
+            # While the breaker is open, requests don't wait for Redis at all.
+            assert sorted(timings)[2] < 0.05, timings
+            proxy.delay = 0.0
+
+            async def recovered() -> bool:
+                response = await call(stack, stack.url, "/wms/stock", token)
+                event = (await stack.events())[-1]
+                signals = event["input"].get("signals", {})
+                return response[0] == 200 and signals.get("available") is True
+
+            await wait_for(recovered, timeout=5)
+    finally:
+        await proxy.close()
+
+
+async def test_gateway_starts_while_redis_is_down_and_connects_later(
+    aiohttp_server: ServerFactory, tmp_path: Path, redis_server: RedisServer, redis_url: str
+) -> None:
+    redis_server.stop()
+    async with shared_stack(aiohttp_server, tmp_path, shared(redis_url)) as stack:
+        token = stack.token("alice", **WAREHOUSE)
+        assert (await call(stack, stack.url, "/wms/stock", token))[0] == 503
+        redis_server.start()
+
+        async def recovered() -> bool:
+            return (await call(stack, stack.url, "/wms/stock", token))[0] == 200
+
+        await wait_for(recovered, timeout=5)
+
+
+# --- admin API and config ---------------------------------------------------------------
+
+
+async def test_admin_api_refuses_changes_without_a_json_body(
+    aiohttp_server: ServerFactory, tmp_path: Path, redis_url: str
+) -> None:
+    async with (
+        shared_stack(aiohttp_server, tmp_path, shared(redis_url)) as stack,
+        admin(stack.gateway) as client,
+    ):
+        form = await client.post("/sessions/revoke", data={"user": "alice"})
+        assert form.status == 415  # a cross-site form can't revoke anyone
+        both = await client.post("/sessions/revoke", json={"user": "a", "session": "b"})
+        assert both.status == 400
+        listing = await client.get("/sessions")
+        assert listing.status == 400 and "user" in (await listing.json())["reason"]
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({}, "shared_state.redis: required"),
+        ({"redis": {"url": "http://x"}}, "shared_state.redis.url: must be redis://"),
+        ({"redis": {"url": "redis://x"}, "on_unavailable": "maybe"},
+         "shared_state.on_unavailable: must be 'deny' or 'allow'"),
+        ({"redis": {"url": "redis://x", "tls": {}}}, "shared_state.redis.tls: needs a rediss://"),
+        ({"redis": {"url": "redis://x", "password_file": "nope"}},
+         "shared_state.redis.password_file: can't read"),
+        ({"redis": {"url": "redis://x"}, "timeouts": {"request": 0}},
+         "shared_state.timeouts.request: must be over 0"),
+        ({"redis": {"url": "redis://x"}, "rate_limits": {"identity": {"window": 0}}},
+         "shared_state.rate_limits.identity.window: must be 1-86400"),
+        ({"redis": {"url": "redis://x"}, "lockout": {"after_denies": -1}},
+         "shared_state.lockout.after_denies: must be 0"),
+        ({"redis": {"url": "redis://x"}, "colour": 1}, "shared_state.colour: unknown key"),
+    ],
+)  # fmt: skip
+def test_shared_state_config_errors_name_the_key(
+    tmp_path: Path, section: dict[str, Any], message: str
+) -> None:
+    data = {
+        "issuers": [{"issuer": "https://idp", "audiences": ["a"], "discovery": True}],
+        "shared_state": section,
+    }
+    with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(")):
+        parse_config(data, tmp_path)
+
+
+def test_shared_state_config_defaults(tmp_path: Path) -> None:
+    (tmp_path / "redis.pass").write_text("s3cret\n")
+    config = parse_config(
+        {
+            "issuers": [{"issuer": "https://idp", "audiences": ["a"], "discovery": True}],
+            "shared_state": {
+                "redis": {"url": "rediss://redis:6380/0", "password_file": "redis.pass"},
+                "rate_limits": {"apps": {"pos": {"requests": 60}}},
+            },
+        },
+        tmp_path,
+    )
+    state = config.shared_state
+    assert state is not None
+    assert state.redis.password == "s3cret" and state.redis.tls is not None
+    assert state.on_unavailable == "deny" and state.timeouts.request == 0.1
+    assert state.rate_limits.for_app("pos") == RateLimit(60, 60)
+    assert state.rate_limits.for_app("wms") == RateLimit(1200, 60)
+    assert not state.lockout.enabled
+
+
+def test_example_config_locks_out_after_10_denies_in_15_minutes() -> None:
+    from gateway.config import load_config
+    from tests.conftest import ROOT
+
+    config = load_config(ROOT / "examples" / "gateway-shared-state.yaml")
+    assert config.shared_state is not None
+    assert config.shared_state.lockout == Lockout(after_denies=10, window=900, duration=1800)
+    assert config.shared_state.on_unavailable == "deny"
+
+
+def test_helm_shared_state_values_render_a_config_the_gateway_loads(tmp_path: Path) -> None:
+    from gateway.config import load_config
+    from tests.test_helm import containers, mounted_config, render
+
+    docs = render(
+        "--set", "sharedState.enabled=true",
+        "--set", "sharedState.redisUrl=rediss://redis.edge.svc:6380/0",
+        "--set", "sharedState.password.secretName=redis-auth",
+        "--set", "sharedState.lockout.afterDenies=10",
+        "--set", "sharedState.rateLimits.apps.pos.requests=120",
+        "--set", "sharedState.rateLimits.apps.pos.window=60",
+    )  # fmt: skip
+    (tmp_path / "etc/portcullis/redis").mkdir(parents=True)
+    (tmp_path / "etc/portcullis/redis/password").write_text("from-a-secret\n")
+    state = load_config(mounted_config(docs, tmp_path)).shared_state
+    assert state is not None
+    assert state.redis.url == "rediss://redis.edge.svc:6380/0"
+    assert state.redis.password == "from-a-secret"
+    assert state.lockout == Lockout(10, 900, 1800) and state.on_unavailable == "deny"
+    assert state.rate_limits.for_app("pos") == RateLimit(120, 60)
+    mounts = {m["mountPath"] for m in containers(docs)["gateway"]["volumeMounts"]}
+    assert "/etc/portcullis/redis" in mounts
+    assert "shared_state" not in render()[0].get("data", {}).get("gateway.yaml", "")
+
+
+async def test_two_gateway_processes_refuse_a_revoked_users_token(
+    aiohttp_server: ServerFactory, tmp_path: Path, redis_url: str
+) -> None:
+    """A real second process (`portcullis gateway`), not only a second instance."""
+    async with shared_stack(aiohttp_server, tmp_path, shared(redis_url)) as stack:
+        port = free_port()
+        routes = [{"app": r.app, "upstream": r.upstream, "path_prefix": r.path_prefix}
+                  for r in stack.config.routes]  # fmt: skip
+        config = tmp_path / "process-b.yaml"
+        config.write_text(yaml.safe_dump({
+            "listeners": [{"address": "127.0.0.1", "port": port}],
+            "routes": routes,
+            "issuers": [{"issuer": stack.issuer.issuer, "audiences": ["portcullis"],
+                         "jwks_url": f"{stack.issuer.issuer}/jwks.json"}],
+            "policy": {"source": str(stack.config.policy.source), "watch": False},
+            "decision_log": {"path": str(tmp_path / "process-b.log")},
+            "shared_state": {"redis": {"url": redis_url}},
+        }))  # fmt: skip
+        process = subprocess.Popen(
+            [sys.executable, "-m", "portcullis", "gateway", "--config", str(config)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            other = f"http://127.0.0.1:{port}"
+            token = stack.token("alice", **WAREHOUSE)
+
+            async def serving() -> bool:
+                try:
+                    return (await call(stack, other, "/wms/stock", token))[0] == 200
+                except OSError:
+                    return False
+
+            await wait_for(serving, timeout=20)
+            async with admin(stack.gateway) as client:
+                assert (await client.post("/sessions/revoke", json={"user": "alice"})).status == 200
+            for base in (other, stack.url):
+                status, body, _ = await call(stack, base, "/wms/stock", token)
+                assert status == 401 and body["error"] == "revoked"
+        finally:
+            process.terminate()
+            process.wait(10)
