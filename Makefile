@@ -24,7 +24,7 @@ ORACLE_STAMP := $(VENV)/.opa-oracle
 OIDC_PROVIDER := devtools/oidc-provider
 OIDC_STAMP := $(OIDC_PROVIDER)/node_modules/.installed
 
-.PHONY: setup demo test lint bench bench-tools bench-scan conformance clean browser
+.PHONY: setup demo test lint bench bench-tools bench-scan conformance clean browser redis syslog-ng
 
 setup: $(STAMP)
 
@@ -38,7 +38,7 @@ $(ORACLE_STAMP): $(STAMP)
 	$(BIN)/pip install --quiet --no-deps --ignore-requires-python '$(OPA_ORACLE)'
 	touch $(ORACLE_STAMP)
 
-demo: $(STAMP) $(OIDC_STAMP)
+demo: $(STAMP) $(OIDC_STAMP) redis
 	$(BIN)/portcullis demo
 
 $(OIDC_STAMP): $(OIDC_PROVIDER)/package.json $(OIDC_PROVIDER)/package-lock.json
@@ -50,6 +50,12 @@ $(OIDC_STAMP): $(OIDC_PROVIDER)/package.json $(OIDC_PROVIDER)/package-lock.json
 browser:
 	@command -v chromium >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+# Debian's syslog-ng for the decision-log shipping tests (tests/syslog_ng.py starts
+# it on loopback with a TCP and a TLS source).
+syslog-ng:
+	@command -v syslog-ng >/dev/null || test -x /usr/sbin/syslog-ng || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq syslog-ng-core)
 
 $(CHECKOV_STAMP):
 	$(PYTHON) -m venv $(CHECKOV_VENV)
@@ -71,7 +77,13 @@ $(HELM): | $(STAMP)
 	rm -rf $(TOOLS)/download
 	$(HELM) version --short
 
-test: $(STAMP) $(ORACLE_STAMP) $(CHECKOV_STAMP) $(HELM) $(OIDC_STAMP) browser
+# Debian's redis-server for the shared-state tests (they start their own on
+# 127.0.0.1) and for `make demo` (which starts one when it is installed).
+redis:
+	@command -v redis-server >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server)
+
+test: $(STAMP) $(ORACLE_STAMP) $(CHECKOV_STAMP) $(HELM) $(OIDC_STAMP) browser redis syslog-ng
 	$(BIN)/pytest -q
 
 lint: $(STAMP) $(ORACLE_STAMP)

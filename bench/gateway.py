@@ -9,7 +9,13 @@
 (e) through the reference: a bare 20-line aiohttp + uvloop proxy (REFERENCE_PROXY
     below), the ceiling of any aiohttp-based gateway on this machine.
 Each at saturation with wrk -t1 -c50 (one gateway process), then the added
-latency at a fixed 1,000 req/s from an open-loop client. Needs wrk and nginx
+latency at a fixed 1,000 req/s from an open-loop client. ``--durability``
+sets (b)'s ``decision_log.durability`` (default async).
+
+``--log-costs`` measures the decision log instead: (b) with ``durability:
+async`` against ``sync`` (group commit), and against async plus one sink of
+each kind (file; http to a local OPA decision-log receiver; syslog over TCP to
+syslog-ng, `make syslog-ng`). Targets: sync/async >= 0.85, each sink >= 0.95. Needs wrk and nginx
 (`make bench-tools`). Targets: (b)/(c) >= 0.8, (b)/(a) >= 0.35, and under
 2 ms added at p99 at 1,000 req/s.
 """
@@ -166,11 +172,85 @@ def wait_http(url: str, timeout: float = 30) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
+RECEIVER = """
+import gzip, sys
+from aiohttp import web
+async def logs(request):
+    gzip.decompress(await request.read())
+    return web.Response(status=204)
+app = web.Application(handler_args={"auto_decompress": False})
+app.router.add_post("/logs", logs)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+
+def log_costs(
+    args: argparse.Namespace, scratch: Path, backend: int, issuer: DevIssuer, token: str,
+    common: str,
+) -> None:  # fmt: skip
+    """Throughput of the full gateway: async vs sync durability, and with each sink."""
+    from tests.syslog_ng import installed, start_syslog_ng
+
+    receiver_port = free_port()
+    receiver = subprocess.Popen([sys.executable, "-c", RECEIVER, str(receiver_port)])
+    syslog = start_syslog_ng(scratch / "syslog-ng") if installed() else None
+    (scratch / "token").write_text("t")
+    sinks = {
+        "file": f"{{kind: file, path: {scratch / 'copy.jsonl'}, format: ocsf}}",
+        "http": f"{{kind: http, url: 'http://127.0.0.1:{receiver_port}/logs', "
+        f"token_file: {scratch / 'token'}, format: opa}}",
+    }
+    if syslog is not None:
+        sinks["syslog"] = f"{{kind: syslog, address: '127.0.0.1:{syslog.tcp_port}', format: ocsf}}"
+    variants: dict[str, tuple[str, str | None]] = {"async": ("async", None), "sync": ("sync", None)}
+    variants.update({f"async + {kind} sink": ("async", sink) for kind, sink in sinks.items()})
+    results: dict[str, dict[str, float]] = {}
+    try:
+        wait_http(f"http://127.0.0.1:{receiver_port}")
+        for name, (durability, sink) in variants.items():
+            port = free_port()
+            config = scratch / f"log-{port}.yaml"
+            log_path = scratch / f"decisions-{port}.log"
+            sink_list = f", sinks: [{sink}]" if sink else ""
+            config.write_text(
+                f"listeners: [{{address: 127.0.0.1, port: {port}}}]\n{common}"
+                f"issuers: [{{issuer: '{issuer.issuer}', audiences: [portcullis], "
+                f"jwks_url: '{issuer.issuer}/jwks.json'}}]\n"
+                f"decision_log: {{path: {log_path}, durability: {durability}{sink_list}}}\n"
+            )
+            process = start_gateway(config)
+            try:
+                url = f"http://127.0.0.1:{port}/wms/stock"
+                wait_http(url)
+                time.sleep(1.0)
+                wrk(url, 2, args.connections, token)
+                results[name] = wrk(url, args.duration, args.connections, token)
+            finally:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=30)
+    finally:
+        receiver.send_signal(signal.SIGTERM)
+        receiver.wait(timeout=10)
+        if syslog is not None:
+            syslog.stop()
+    print(f"wrk -t1 -c{args.connections} -d{args.duration}s, one gateway process, same run")
+    print(f"{'gateway, full auth + policy + log':<36}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
+    for name, r in results.items():
+        print(f"{name:<36}{r['rps']:>10.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}")
+    base = results["async"]["rps"]
+    print(f"sync/async = {results['sync']['rps'] / base:.2f}  (target >= 0.85)")
+    for name in results:
+        if "sink" in name:
+            print(f"({name})/async = {results[name]['rps'] / base:.2f}  (target >= 0.95)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--rate", type=int, default=1000)
+    parser.add_argument("--durability", choices=("async", "sync"), default="async")
+    parser.add_argument("--log-costs", action="store_true", help="durability and sink costs")
     args = parser.parse_args()
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None:
@@ -201,8 +281,19 @@ def main() -> None:
         f"listeners: [{{address: 127.0.0.1, port: {full_port}}}]\n{common}{route}"
         f"issuers: [{{issuer: '{issuer.issuer}', audiences: [portcullis], "
         f"jwks_url: '{issuer.issuer}/jwks.json'}}]\n"
-        f"decision_log: {{path: {scratch / 'decisions.log'}}}\n"
+        f"decision_log: {{path: {scratch / 'decisions.log'}, durability: {args.durability}}}\n"
     )
+    if args.log_costs:
+        try:
+            log_costs(args, scratch, backend, issuer, token, common + route)
+        finally:
+            for process in (jwks,):
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=30)
+            nginx.send_signal(signal.SIGQUIT)
+            nginx.wait(timeout=30)
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
     (scratch / "bare.yaml").write_text(
         f"listeners: [{{address: 127.0.0.1, port: {bare_port}}}]\n{common}{route}auth: false\n"
     )

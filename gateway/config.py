@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import yaml
@@ -17,6 +17,10 @@ from gateway.audit.redaction import (
     parse_pointer,
 )
 from gateway.trusted_headers import allow_list_problem
+
+if TYPE_CHECKING:
+    from gateway.audit.shipping.settings import SinkConfig
+    from gateway.shared.settings import SharedStateConfig
 
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
@@ -89,6 +93,8 @@ class PolicyConfig:
     timeout_ms: float = 250.0
     watch: bool = True
     poll_interval: float = 1.0
+    # A candidate evaluated beside the live policy, never enforced (gateway/shadow.py).
+    shadow: str | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,11 @@ class DecisionLogConfig:
     mask_query_params: tuple[str, ...] = DEFAULT_MASKED_QUERY_PARAMS
     max_header_value_chars: int = DEFAULT_MAX_HEADER_VALUE_CHARS
     max_header_chars: int = DEFAULT_MAX_HEADER_CHARS
+    # sync: a response waits until its event is fsync'd (group commit); async: the
+    # background writer; None (default): sync for routes of apps classified pci.
+    durability: str | None = None
+    durability_timeout: float = 5.0  # sync: no durable event by then -> 503, not forwarded
+    sinks: tuple[SinkConfig, ...] = ()  # gateway/audit/shipping/settings.py
 
 
 @dataclass(frozen=True)
@@ -149,6 +160,7 @@ class LimitsConfig:
     websocket_recheck_interval: float = 60.0  # the policy decides again on open WebSockets
     max_request_headers: int = 100  # header fields per request; past it a logged 431
     max_request_header_bytes: int = 32768  # names + values (+4 per field); past it a 431
+    connections_per_ip: int = 256  # open connections per source address; past it closed at once
 
 
 @dataclass(frozen=True)
@@ -167,6 +179,8 @@ class GatewayConfig:
     # listeners (they name apps, counts and the issuer). None: not served at all.
     admin_listener: Listener | None = None
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    # Redis for what replicas must agree on (gateway/shared/); None: per process.
+    shared_state: SharedStateConfig | None = None
 
 
 class _Reader:
@@ -261,7 +275,7 @@ def parse_config(data: Any, base_dir: Path = Path(".")) -> GatewayConfig:
     root = _Reader(data, "")
     root.reject_unknown(
         {"listeners", "routes", "auth", "issuers", "policy", "assertion", "decision_log"}
-        | {"sign_in", "session", "admin_listener", "limits"}
+        | {"sign_in", "session", "admin_listener", "limits", "shared_state"}
     )
     listeners = tuple(_listener(item, f"listeners[{i}]", base_dir) for i, item in
                       enumerate(root.get("listeners", list, [{}])))  # fmt: skip
@@ -292,10 +306,16 @@ def parse_config(data: Any, base_dir: Path = Path(".")) -> GatewayConfig:
     admin_data = root.get("admin_listener", dict, None)
     admin = None if admin_data is None else _admin_listener(admin_data, listeners, base_dir)
     limits = _limits(root.get("limits", dict, {}))
+    shared_data = root.get("shared_state", dict, None)
+    shared_state = None
+    if shared_data is not None:
+        from gateway.shared.settings import parse_shared_state  # it imports this module
+
+        shared_state = parse_shared_state(shared_data, base_dir)
     root.done()
     return GatewayConfig(
         listeners, routes, issuers, policy, assertion, decision_log, auth, base_dir,
-        sign_in, session, admin_listener=admin, limits=limits,
+        sign_in, session, admin_listener=admin, limits=limits, shared_state=shared_state,
     )  # fmt: skip
 
 
@@ -444,8 +464,13 @@ def _policy(data: dict[str, Any]) -> PolicyConfig:
     timeout = _positive(reader.get("timeout_ms", float, 250.0), "policy.timeout_ms")
     watch = reader.get("watch", bool, True)
     poll = _positive(reader.get("poll_interval", float, 1.0), "policy.poll_interval")
+    shadow = reader.get("shadow", str, None)
+    if shadow is not None and not shadow.strip():
+        raise ConfigError(
+            "policy.shadow: give a policy directory, bundle or OPA URL (or leave it out)"
+        )
     reader.done()
-    return PolicyConfig(source, timeout, watch, poll)
+    return PolicyConfig(source, timeout, watch, poll, shadow)
 
 
 def _assertion(data: dict[str, Any], base_dir: Path) -> AssertionConfig:
@@ -480,10 +505,24 @@ def _decision_log(data: dict[str, Any], base_dir: Path) -> DecisionLogConfig:
             f"decision_log.max_header_chars: must be at least max_header_value_chars "
             f"({value_chars}), or one header could never be logged"
         )
+    durability = reader.get("durability", str, None)
+    if durability not in (None, "sync", "async"):
+        raise ConfigError(f"decision_log.durability: must be sync or async, got {durability!r}")
+    durability_timeout = _positive(
+        reader.get("durability_timeout", float, 5.0), "decision_log.durability_timeout"
+    )
+    from gateway.audit.shipping.settings import parse_sinks  # it builds on this module
+
+    sinks = parse_sinks(reader.get("sinks", list, []), base_dir)
+    if sinks and path is None:
+        raise ConfigError(
+            "decision_log.sinks: shipping needs decision_log.path (the file is the buffer)"
+        )
     reader.done()
     return DecisionLogConfig(
-        path, interval, mask_headers, mask_query_params, value_chars, header_chars
-    )
+        path, interval, mask_headers, mask_query_params, value_chars, header_chars,
+        durability, durability_timeout, sinks,
+    )  # fmt: skip
 
 
 def _limits(data: dict[str, Any]) -> LimitsConfig:

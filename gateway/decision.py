@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.config import Route
-from gateway.identity import Identity
+from gateway.identity import ANONYMOUS, Identity
 from gateway.normalize import NormalizedPath
 from policy_engine import PolicyEngine, PolicyError
 
@@ -50,8 +50,11 @@ def decision_input(
     route: Route,
     identity: Identity,
     request_id: str,
+    *,
+    signals: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The OPA-Envoy-shaped input of the decision contract (README "Decision contract")."""
+    """The OPA-Envoy-shaped input of the decision contract (README "Decision contract");
+    `signals` (input.signals) only with shared state (gateway/shared/)."""
     headers: dict[str, str] = {}
     for name, value in request.headers.items():
         lower = name.lower()
@@ -61,7 +64,7 @@ def decision_input(
         # all too, joined with "," as Envoy's ext_authz input does.
         headers[lower] = f"{headers[lower]},{value}" if lower in headers else value
     peer = request.transport.get_extra_info("peername") if request.transport else None
-    return {
+    document = {
         "attributes": {
             "request": {
                 "http": {
@@ -88,6 +91,9 @@ def decision_input(
         "identity": identity.to_input(),
         "now_ns": time.time_ns(),
     }
+    if signals is not None:
+        document["signals"] = signals
+    return document
 
 
 def refusal_input(
@@ -103,13 +109,65 @@ def refusal_input(
     decision; without a normalized path, ``path`` is the raw target as received
     (shortened) and ``parsed_path`` is empty."""
     if path is not None and route is not None:
-        return decision_input(request, path, route, identity, request_id)
-    document = decision_input(request, path or _RAW, route or _NO_ROUTE, identity, request_id)
-    if path is None:
-        document["attributes"]["request"]["http"]["path"] = _shorten(request.raw_path)
-    if route is None:
-        document["route"] = None
+        document = decision_input(request, path, route, identity, request_id)
+    else:
+        document = decision_input(request, path or _RAW, route or _NO_ROUTE, identity, request_id)
+        if path is None:
+            document["attributes"]["request"]["http"]["path"] = _shorten(request.raw_path)
+        if route is None:
+            document["route"] = None
+    _make_readable(document["attributes"]["request"]["http"])
     return document
+
+
+def unparsed_input(peer: Any, head: bytes, request_id: str) -> dict[str, Any]:
+    """The decision input of a request aiohttp's parser refused before any handler
+    ran: only the peer and the start of the request line are known. ``method`` and
+    ``path`` are the line's first two words, ``request_line`` its first 512 bytes,
+    non-UTF-8 bytes shown as ``\\xNN``."""
+    line = head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "backslashreplace")
+    words = line.split(" ")
+    address, port = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ("", 0)
+    return {
+        "attributes": {
+            "request": {
+                "http": {
+                    "method": words[0][:32],
+                    "host": "",
+                    "path": words[1][:2048] if len(words) > 1 else "",
+                    "request_line": line[:512],
+                    "scheme": "",
+                    "headers": {},
+                    "id": request_id,
+                }
+            },
+            "source": {"address": {"socketAddress": {"address": address, "portValue": port}}},
+        },
+        "parsed_path": [],
+        "parsed_query": {},
+        "route": None,
+        "identity": ANONYMOUS.to_input(),
+        "now_ns": time.time_ns(),
+    }
+
+
+def readable(text: str) -> str:
+    """`text` with the bytes aiohttp could not decode (lone surrogates from
+    surrogateescape) shown as U+FFFD, so the event can be written as UTF-8 JSON."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _make_readable(http: dict[str, Any]) -> None:
+    """A refused request may be refused for undecodable bytes: its logged method,
+    host, path and headers are made readable (in place)."""
+    for key in ("method", "host", "path"):
+        if isinstance(http.get(key), str):
+            http[key] = readable(http[key])
+    headers = http["headers"]
+    if not all(name.isascii() and value.isascii() for name, value in headers.items()):
+        http["headers"] = {readable(name): readable(value) for name, value in headers.items()}
 
 
 def _shorten(raw: str, limit: int = 2048) -> str:

@@ -74,6 +74,9 @@ async def start_dev_provider(state_dir: Path, port: int, gateway_urls: list[str]
                 "client_secret": secret,
                 "redirect_uris": [f"{g}/.portcullis/callback" for g in gateway_urls],
                 "post_logout_redirect_uris": [f"{g}/.portcullis/signed_out" for g in gateway_urls],
+                # Served when the demo runs with Redis (shared_state).
+                "backchannel_logout_uri": f"{gateway_urls[0]}/.portcullis/backchannel_logout",
+                "backchannel_logout_session_required": True,
             }
         ],
     }

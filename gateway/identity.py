@@ -47,6 +47,12 @@ class Identity:
     issuer: str | None = None
     expires_at: float | None = None
     client_cert: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    # For revocation (gateway/shared/): when the token or session was issued (a
+    # per-user revocation refuses what was issued before it), the browser session's
+    # id, and the provider's session id (`sid`) that back-channel logout names.
+    issued_at: float | None = field(default=None, compare=False)
+    session_id: str | None = field(default=None, compare=False, repr=False)
+    provider_sid: str | None = field(default=None, compare=False, repr=False)
 
     def to_input(self) -> dict[str, Any]:
         """The `input.identity` document of the decision contract."""
@@ -206,6 +212,7 @@ class TokenVerifier:
             auth_time=int(auth_time) if isinstance(auth_time, int | float) else None,
             issuer=issuer.issuer,
             expires_at=float(claims["exp"]),
+            issued_at=float(claims["iat"]),
         )
 
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from aiohttp import StreamReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from gateway.config import LimitsConfig, Route
@@ -109,13 +110,58 @@ class ConcurrencyLimiter:
         return sum(self._held.values())
 
 
-class HeaderTimeoutProtocol(RequestHandler):
-    """aiohttp's connection handler plus a header-read deadline, which aiohttp lacks:
-    a connection must deliver complete request headers within `header_timeout` of
-    being opened, or of the first byte of its next request, or it is closed. (Idle
-    kept-alive connections are aiohttp's own keepalive_timeout.)"""
+# Peer address, status, why, and the first bytes of the request as received.
+BadRequest = Callable[[Any, int, str, bytes], None]
+HEAD_KEPT = 512  # bytes of a request's start kept to log it if the parser refuses it
 
-    __slots__ = ("_header_timeout", "_header_timer", "_on_cut")
+
+class ConnectionCounter:
+    """Open connections per source address: past `limit`, a new one is closed at
+    once, so one client can't hold every file descriptor of the process."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._open: dict[str, int] = {}
+
+    def admit(self, address: str) -> bool:
+        count = self._open.get(address, 0)
+        if count >= self.limit:
+            return False
+        self._open[address] = count + 1
+        return True
+
+    def release(self, address: str) -> None:
+        left = self._open.get(address, 1) - 1
+        if left > 0:
+            self._open[address] = left
+        else:
+            self._open.pop(address, None)  # no entry per address ever seen
+
+
+class HeaderTimeoutProtocol(RequestHandler):
+    """aiohttp's connection handler plus what aiohttp lacks:
+
+    - a header-read deadline: a connection must deliver complete request headers
+      within `header_timeout` of being opened, or of the first byte of its next
+      request, or it is closed (idle kept-alive connections are aiohttp's own
+      keepalive_timeout);
+    - a cap on the bytes of unfinished headers (aiohttp would buffer up to 128
+      fields of 16 KiB, 2 MiB a connection): past `pending_header_bytes` a 431;
+    - a cap on open connections per source address (`ConnectionCounter`);
+    - requests aiohttp's parser refuses reach `on_bad_request` (a decision-log
+      event) and the server log as one line, not a traceback each."""
+
+    __slots__ = (
+        "_counted",
+        "_counter",
+        "_head",
+        "_header_timeout",
+        "_header_timer",
+        "_on_bad_request",
+        "_on_cut",
+        "_pending",
+        "_pending_limit",
+    )
 
     def __init__(
         self,
@@ -123,29 +169,92 @@ class HeaderTimeoutProtocol(RequestHandler):
         *,
         header_timeout: float,
         on_cut: Callable[[str], None],
+        on_bad_request: BadRequest | None = None,
+        counter: ConnectionCounter | None = None,
+        pending_header_bytes: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(manager, **kwargs)
         self._header_timeout = header_timeout
         self._header_timer: asyncio.TimerHandle | None = None
         self._on_cut = on_cut
+        self._on_bad_request = on_bad_request
+        self._counter = counter
+        self._counted: str | None = None  # the address this connection counts against
+        self._pending = 0  # bytes received since the current request began
+        self._pending_limit = pending_header_bytes
+        self._head: bytes | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        if self._counter is not None:
+            peer = transport.get_extra_info("peername")
+            address = str(peer[0]) if peer else ""
+            if not self._counter.admit(address):
+                self._on_cut("connections_per_ip")
+                self.force_close()
+                return
+            self._counted = address
         self._arm()  # a connection that never sends a byte is cut too
 
     def data_received(self, data: bytes) -> None:
         if self._header_timer is None and data and not self._request_in_progress:
             self._arm()  # the first byte of the next request on a kept-alive connection
+        if self._header_timer is not None:
+            if self._head is None:
+                self._head = data[:HEAD_KEPT]
+            self._pending += len(data)
         super().data_received(data)
-        if self._header_timer is not None and (self._messages or self._request_in_progress):
-            self._disarm()  # the headers are complete
+        if self._header_timer is not None:
+            if self._messages or self._request_in_progress:
+                self._disarm()  # the headers are complete
+            elif self._pending_limit and self._pending > self._pending_limit:
+                self._headers_too_large()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
+        if self._counted is not None and self._counter is not None:
+            self._counter.release(self._counted)
+            self._counted = None
         super().connection_lost(exc)
 
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if not isinstance(exc, HttpProcessingError) or self._on_bad_request is None:
+            return super().handle_error(request, status, exc, message)
+        # The parser refused the request (no handler ran): logged as a refusal, and
+        # one line in the server log instead of aiohttp's traceback per request.
+        said = " ".join((exc.message or message or "").split())
+        reason = f"{type(exc).__name__}: {said}"[:300]
+        self._on_bad_request(self.peername, status, reason, self._head or b"")
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started")
+        response = web.Response(status=status, text=f"{status} Bad Request: {reason}\n")
+        response.force_close()
+        return response
+
+    def _headers_too_large(self) -> None:
+        reason = f"more than {self._pending_limit} bytes of request headers"
+        self._on_cut("header_bytes")
+        if self._on_bad_request is not None:
+            self._on_bad_request(self.peername, 431, reason, self._head or b"")
+        if self.transport is not None:
+            body = f"431 Request Header Fields Too Large: {reason}\n".encode()
+            self.transport.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n"
+                b"Content-Type: text/plain; charset=utf-8\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+        self.force_close()
+
     def _arm(self) -> None:
+        self._pending = 0
+        self._head = None
         loop = asyncio.get_running_loop()
         self._header_timer = loop.call_later(self._header_timeout, self._expired)
 
@@ -167,7 +276,14 @@ class LimitedServer(web.Server):
     """web.Server whose connections use HeaderTimeoutProtocol."""
 
     def __init__(
-        self, base: web.Server, *, header_timeout: float, on_cut: Callable[[str], None]
+        self,
+        base: web.Server,
+        *,
+        header_timeout: float,
+        on_cut: Callable[[str], None],
+        on_bad_request: BadRequest | None = None,
+        connections_per_ip: int = 0,
+        pending_header_bytes: int = 0,
     ) -> None:
         # aiohttp builds its Server inside the app and has no hook for the
         # connection class: take over its handler and settings as they are.
@@ -180,12 +296,18 @@ class LimitedServer(web.Server):
         )
         self._header_timeout = header_timeout
         self._on_cut = on_cut
+        self._on_bad_request = on_bad_request
+        self._counter = ConnectionCounter(connections_per_ip) if connections_per_ip else None
+        self._pending_header_bytes = pending_header_bytes
 
     def __call__(self) -> RequestHandler:
         return HeaderTimeoutProtocol(
             self,
             header_timeout=self._header_timeout,
             on_cut=self._on_cut,
+            on_bad_request=self._on_bad_request,
+            counter=self._counter,
+            pending_header_bytes=self._pending_header_bytes,
             loop=self._loop,
             **self._kwargs,
         )

@@ -60,6 +60,27 @@ class Metrics:
             "portcullis_connections_cut", "Client connections closed by a limit, by reason",
             ["reason"], registry=r,
         )  # fmt: skip
+        # Shadow mode (gateway/shadow.py): a candidate policy decided beside the live one.
+        self.shadow_divergences = Counter(
+            "portcullis_shadow_divergences", "Decisions where the shadow policy differs from the "
+            "live one, by app and kind (allow-to-deny, deny-to-allow, step-up, reasons, error)",
+            ["app", "kind"], registry=r,
+        )  # fmt: skip
+        self.shadow_decisions = Counter(
+            "portcullis_shadow_decisions", "Live decisions handed to the shadow policy: sent, "
+            "dropped (its backlog was full) or unavailable (not loaded, restarting)",
+            ["outcome"], registry=r,
+        )  # fmt: skip
+        self.shadow_reloads = Counter(
+            "portcullis_shadow_reloads", "Shadow policy loads by result", ["result"], registry=r
+        )
+        self.shadow_revision = Gauge(
+            "portcullis_shadow_policy_info", "The shadow policy revision", ["revision"], registry=r
+        )
+        self.shadow_restarts = Counter(
+            "portcullis_shadow_restarts", "Times the shadow process exited and was restarted",
+            registry=r,
+        )  # fmt: skip
         self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._decision_children: dict[tuple[str, str], Any] = {}
 

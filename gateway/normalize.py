@@ -14,12 +14,24 @@ refused:
   and read `..;` as `..`), unless the route opts in with `path_params: allow`;
   then the policy's segments have the parameters stripped and the upstream
   gets the original;
-- segments ending in `.` or whitespace (IIS trims them: `admin.` is `admin`).
+- segments ending in `.` or whitespace (IIS trims them: `admin.` is `admin`), or
+  starting with whitespace (a backend that strips the segment reads past it);
+- look-alikes of ASCII: a non-ASCII character whose case folding, upper or lower
+  case or NFKC form holds an ASCII character (U+017F long s -> S, U+0131 dotless
+  i -> I, the Kelvin sign -> k, fullwidth letters and full stop, ligatures such
+  as U+FB01 fi, sharp s -> ss): Java's equalsIgnoreCase, case-insensitive regexes
+  with Unicode case and NFKC normalisation read `refun%C5%BF` as `refuns` while
+  the policy's lower() does not;
+- invisible format characters (Unicode category Cf: zero-width space and joiners,
+  bidi controls, soft hyphen), which a backend may drop.
+Other non-ASCII (`café`, `日本`) is a path like any other.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import unicodedata
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
@@ -99,7 +111,32 @@ def normalize(raw_target: str) -> NormalizedPath:
     for segment in segments:
         if segment and (segment[-1] == "." or segment[-1].isspace()):
             raise PathRejected("path segment ends in '.' or whitespace")
+    if "%" in path:  # only a decoded segment can start with a space or be non-ASCII
+        for segment in segments:
+            if segment and segment[0].isspace():
+                raise PathRejected("path segment starts with whitespace")
+            if not segment.isascii():
+                _refuse_look_alikes(segment)
     return NormalizedPath(path, query, tuple(segments), has_params, routing_path)
+
+
+def _refuse_look_alikes(segment: str) -> None:
+    for char in segment:
+        if not char.isascii():
+            problem = _look_alike(char)
+            if problem is not None:
+                raise PathRejected(f"{problem} (U+{ord(char):04X}) in path")
+
+
+@functools.lru_cache(maxsize=4096)
+def _look_alike(char: str) -> str | None:
+    """Why a non-ASCII character is refused in a path segment, or None."""
+    if unicodedata.category(char) == "Cf":
+        return "invisible format character"
+    forms = (char.casefold(), char.upper(), char.lower(), unicodedata.normalize("NFKC", char))
+    if any(c.isascii() for form in forms for c in form):
+        return "look-alike of an ASCII character under case folding or NFKC"
+    return None
 
 
 def _unquote_utf8(segment: str) -> str:

@@ -21,6 +21,12 @@ from policy_engine import (
 log = logging.getLogger("portcullis.policy")
 
 
+def source_fingerprint(source: Path) -> tuple[tuple[str, int, int], ...]:
+    """What a policy source's files look like now (path, mtime, size): a reload is due
+    when it changes."""
+    return _fingerprint(source)
+
+
 def _fingerprint(source: Path) -> tuple[tuple[str, int, int], ...]:
     files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
     state = []
@@ -31,6 +37,18 @@ def _fingerprint(source: Path) -> tuple[tuple[str, int, int], ...]:
             continue
         state.append((str(file), stat.st_mtime_ns, stat.st_size))
     return tuple(state)
+
+
+def build_engine(source: str, *, timeout_ms: float) -> PolicyEngine:
+    """The engine the gateway decides with for ``source``: an OPA URL, or a policy
+    directory or bundle on the embedded engine with the decision on its compiled
+    VM. Replay and shadow mode build theirs here too, so they decide alike.
+    Raises PolicyError, OSError or ValueError when it can't load."""
+    if source.startswith(("http://", "https://")):
+        return OpaServerEngine(source, timeout=timeout_ms / 1000)
+    return EmbeddedEngine(
+        load_policy_set(source), timeout=timeout_ms / 1000, compiled_refs=(DECISION_REF,)
+    )
 
 
 class PolicyHolder:
@@ -52,11 +70,7 @@ class PolicyHolder:
         return self.source.startswith(("http://", "https://"))
 
     def _build(self) -> PolicyEngine:
-        if self.is_remote:
-            return OpaServerEngine(self.source, timeout=self.timeout)
-        return EmbeddedEngine(
-            load_policy_set(self.source), timeout=self.timeout, compiled_refs=(DECISION_REF,)
-        )
+        return build_engine(self.source, timeout_ms=self.timeout * 1000)
 
     def _build_in_worker(self) -> tuple[PolicyEngine | None, str | None]:
         # The error goes back as text: an exception would carry the failed regorus

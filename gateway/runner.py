@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.config import GatewayConfig, Listener
+from gateway.header_limits import MAX_FIELD_SIZE
 from gateway.limits import LimitedServer
 from gateway.server import GATEWAY_KEY, build_admin_app, build_app
 
@@ -23,7 +24,8 @@ SHUTDOWN_GRACE_SECONDS = 15.0
 
 class GatewayRunner(web.AppRunner):
     """aiohttp's runner for the gateway app, with the connection `limits`: the
-    keep-alive idle timeout and a header-read timeout (slowloris)."""
+    keep-alive idle timeout, a header-read timeout (slowloris), a cap on unfinished
+    header bytes and on connections per source address, and parser refusals logged."""
 
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
         limits = app[GATEWAY_KEY].config.limits
@@ -32,10 +34,16 @@ class GatewayRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         gateway = self.app[GATEWAY_KEY]
+        limits = gateway.config.limits
         return LimitedServer(
             server,
-            header_timeout=gateway.config.limits.header_timeout,
+            header_timeout=limits.header_timeout,
             on_cut=gateway.metrics.connection_cut,
+            on_bad_request=gateway.refuse_unparsed,
+            connections_per_ip=limits.connections_per_ip,
+            # Above the gateway's own cap (a logged 431 with the request's details),
+            # with room for the request line: what aiohttp buffers stays bounded.
+            pending_header_bytes=limits.max_request_header_bytes + MAX_FIELD_SIZE,
         )
 
 

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from gateway.assertion import HEADER as ASSERTION_HEADER
 from gateway.assertion import JWKS_PATH, AssertionSigner, load_or_create_key
-from gateway.audit.chain import DECISION_PATH, REFUSAL_PATH
+from gateway.audit.chain import DECISION_PATH, REFUSAL_PATH, SHADOW_PATH, SIGN_IN_EVENT_PATH
 from gateway.config import GatewayConfig, Route
 from gateway.decision import (
     Decision,
@@ -28,9 +28,11 @@ from gateway.decision import (
     decision_input,
     deny,
     refusal_input,
+    unparsed_input,
 )
 from gateway.forward import Forwarder, UpstreamError, is_websocket
-from gateway.header_limits import header_overflow, parser_limits
+from gateway.header_checks import screen
+from gateway.header_limits import parser_limits
 from gateway.identity import (
     ANONYMOUS,
     Identity,
@@ -43,10 +45,16 @@ from gateway.jwks import JwksCache
 from gateway.limits import ConcurrencyLimiter, LimitReached, answer_and_close, identity_key
 from gateway.metrics import Metrics
 from gateway.normalize import NormalizedPath, PathRejected, normalize
+from gateway.own_pages import OwnPages
 from gateway.policy_reload import PolicyHolder
+from gateway.shadow import ShadowPolicy
+from gateway.shared.check import Refusal
+from gateway.shared.state import REMEMBER_ADDRESS, SIGNALS, SharedState
 from gateway.signin.flow import BrowserSignIn
 
 if TYPE_CHECKING:
+    from gateway.audit.durability import Durability
+    from gateway.audit.shipping.shipper import Shipper
     from gateway.audit.writer import DecisionLog
 
 log = logging.getLogger("portcullis.gateway")
@@ -67,13 +75,21 @@ class Gateway:
         self.policy = PolicyHolder(
             source, timeout_ms=config.policy.timeout_ms, metrics=self.metrics
         )
+        self.shadow = self._shadow_policy(config)
+        self._reloads: set[asyncio.Future[bool]] = set()  # SIGHUP reloads in flight
         self.signer = AssertionSigner(
             load_or_create_key(config.assertion.key_file),
             issuer=config.assertion.issuer,
             ttl=config.assertion.ttl,
         )
+        # Revocation, rate limits, lockouts and risk signals in Redis: gateway/shared/.
+        self.shared = _shared_state(config, self.instance_id, self.metrics)
         # Browser sign-in (OIDC) and its encrypted session cookie: gateway/signin/.
-        self.sign_in = BrowserSignIn(config, self.refuse) if config.sign_in is not None else None
+        self.sign_in = (
+            BrowserSignIn(config, self.refuse, shared=self.shared, record=self.record_sign_in)
+            if config.sign_in is not None
+            else None
+        )
         self.forwarder = Forwarder(
             limits=config.limits,
             metrics=self.metrics,
@@ -83,6 +99,9 @@ class Gateway:
         self.routes: list[Route] = list(config.routes)
         self.verifier: TokenVerifier | None = None
         self.decision_log: DecisionLog | None = None
+        # decision_log.durability and .sinks (gateway/audit/durability.py, shipping/).
+        self.durability: Durability | None = None
+        self.shippers: list[Shipper] = []
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._ids = DecisionIds()
@@ -119,6 +138,9 @@ class Gateway:
             except DecisionLogError as error:
                 self.decision_log = None
                 raise RuntimeError(str(error)) from None
+            await self._start_shipping(self.decision_log)
+        if self.shared is not None:
+            await self.shared.start()
         self._session = aiohttp.ClientSession()
         issuers = {}
         for issuer in self.config.issuers:
@@ -132,11 +154,11 @@ class Gateway:
             self._tasks.append(
                 asyncio.ensure_future(self.policy.watch(self.config.policy.poll_interval))
             )
+        if self.shadow is not None:
+            self.shadow.start()  # its own process; never fails or delays the start
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop = asyncio.get_running_loop()
-            loop.add_signal_handler(
-                signal.SIGHUP, lambda: asyncio.ensure_future(self.policy.reload("SIGHUP"))
-            )
+            loop.add_signal_handler(signal.SIGHUP, self._sighup)
             # Like nginx: SIGUSR1 reopens the log file after logrotate moved it.
             if self.decision_log is not None:
                 loop.add_signal_handler(signal.SIGUSR1, self.decision_log.reopen)
@@ -150,8 +172,14 @@ class Gateway:
         await self.forwarder.close()
         if self._session is not None:
             await self._session.close()
+        if self.shared is not None:
+            await self.shared.close()
+        if self.shadow is not None:
+            await self.shadow.close()  # before the log: its last divergences are logged
         if self.decision_log is not None:
             await self.decision_log.close()
+        # After the log's close: its last signature is shipped too.
+        await asyncio.gather(*(shipper.stop(5.0) for shipper in self.shippers))
         if self.policy.engine is not None:
             await self.policy.engine.close()
 
@@ -181,15 +209,17 @@ class Gateway:
         status = 500
         try:
             response, app = await self._handle(request)
+            if self.durability is not None:  # sync: answer once the event is on disk
+                response = await self.durability.hold(response)
             status = response.status
             return response
         finally:
             self.metrics.request_done(app, status, time.perf_counter() - started)
 
     async def _handle(self, request: web.Request) -> tuple[web.StreamResponse, str]:
-        overflow = header_overflow(request.raw_headers, self.config.limits)
-        if overflow is not None:
-            return self.refuse(request, 431, "headers_too_large", overflow), "-"
+        screened = screen(request.raw_headers, request.headers.get("Host"), self.config.limits)
+        if screened is not None:
+            return self.refuse(request, *screened), "-"
         try:
             path = normalize(request.raw_path)
         except PathRejected as error:
@@ -208,10 +238,24 @@ class Gateway:
                 identity = await self._identity(request)
             except TokenRejected as rejected:
                 # Refused before any policy is asked: a gateway refusal, like a bad path.
+                if self.shared is not None:  # guessing counts against the address's limit
+                    refusal = await self.shared.check_invalid_token(request, route.app)
+                    if refusal is not None:
+                        return self._shared_refusal(
+                            request, route, path, ANONYMOUS, refusal
+                        ), route.app
                 decision = deny(decision_id, 401, f"gateway.invalid_token: {rejected}")
                 document = decision_input(request, path, route, ANONYMOUS, request_id)
                 self._log(decision, document, route, path=REFUSAL_PATH)
                 return _unauthorized(decision, str(rejected)), route.app
+            if self.shared is not None:
+                # The request's one Redis round trip: revocation, lockout, rate
+                # limit and the policy's input.signals.
+                verdict = await self.shared.check(request, route.app, identity)
+                if verdict.refusal is not None:
+                    return self._shared_refusal(
+                        request, route, path, identity, verdict.refusal
+                    ), route.app
         # The identity's slot is taken before the decision: a request past the
         # limit is one refusal event, never an allow that then isn't served.
         kind = "websocket" if is_websocket(request) else "request"
@@ -240,10 +284,20 @@ class Gateway:
         kind: str,
     ) -> web.StreamResponse:
         if self.config.auth:
-            document = decision_input(request, path, route, identity, request_id)
+            document = decision_input(
+                request, path, route, identity, request_id, signals=request.get(SIGNALS)
+            )
             decision = await decide(self.policy.engine, document, decision_id)
             self.metrics.decision_seconds.observe(decision.eval_ns / 1e9)
             self._log(decision, document, route)
+            if self.shadow is not None:
+                self.shadow.submit(document, decision, route.app)
+            if self.shared is not None:
+                self.shared.after_decision(
+                    request, identity, allowed=decision.allow, step_up=decision.step_up is not None,
+                    decision_id=decision.decision_id,
+                    remember_address=request.get(REMEMBER_ADDRESS, False),
+                )  # fmt: skip
             if decision.error:
                 log.error("decision %s failed closed: %s", decision.decision_id, decision.error)
             if not decision.allow:
@@ -256,6 +310,8 @@ class Gateway:
                 return _denied(decision)
             add = dict(decision.headers)
             add[ASSERTION_HEADER] = self.signer.sign(identity, route.app)
+            if self.durability is not None and not await self.durability.wait():
+                return _json(503, {"error": "decision_log_unavailable", "reason": "not logged"})
         else:
             add = {}
         recheck = None
@@ -284,10 +340,20 @@ class Gateway:
         request_id: str,
     ) -> bool:
         """Decide again for a long-lived WebSocket (a policy reload, an MFA max_age):
-        logged like any decision; False (deny, or a failed evaluation) closes it."""
-        document = decision_input(request, path, route, identity, request_id)
+        logged like any decision; False (deny, or a failed evaluation) closes it, and
+        so does a revoked session or token."""
+        if self.shared is not None:
+            verdict = await self.shared.check(request, route.app, identity)
+            if verdict.refusal is not None:
+                self._shared_refusal(request, route, path, identity, verdict.refusal)
+                return False
+        document = decision_input(
+            request, path, route, identity, request_id, signals=request.get(SIGNALS)
+        )
         decision = await decide(self.policy.engine, document, self._ids.next())
         self._log(decision, document, route)
+        if self.shadow is not None:
+            self.shadow.submit(document, decision, route.app)
         return decision.allow
 
     async def _identity(self, request: web.Request) -> Identity:
@@ -304,6 +370,56 @@ class Gateway:
         identity = await self.verifier.verify(token.strip())
         return dataclasses.replace(identity, client_cert=certificate) if certificate else identity
 
+    # --- shadow mode ------------------------------------------------------------------
+
+    def _shadow_policy(self, config: GatewayConfig) -> ShadowPolicy | None:
+        source = config.policy.shadow
+        if source is None:
+            return None
+        if not source.startswith(("http://", "https://")) and not Path(source).is_absolute():
+            source = str(config.base_dir / source)
+        return ShadowPolicy(
+            source,
+            timeout_ms=config.policy.timeout_ms,
+            poll_interval=config.policy.poll_interval if config.policy.watch else None,
+            metrics=self.metrics,
+            on_divergence=self._shadow_diverged,
+        )
+
+    def _sighup(self) -> None:
+        reload = asyncio.ensure_future(self.policy.reload("SIGHUP"))
+        self._reloads.add(reload)
+        reload.add_done_callback(self._reloads.discard)
+        if self.shadow is not None:
+            self.shadow.reload()
+
+    def _shadow_diverged(self, message: dict[str, Any]) -> None:
+        """Log a divergence the shadow process reported: both results, the live
+        decision's id, the shadow's revision; never enforced."""
+        if self.decision_log is None:
+            return
+        assert self.shadow is not None
+        app = str(message.get("app", "-"))
+        self.decision_log.record(
+            decision_id=self._ids.next(),
+            input=message.get("input") or {},
+            result={
+                "divergence": message.get("kind"),
+                "live": message.get("live"),
+                "shadow": message.get("shadow"),
+                "shadow_error": message.get("error"),
+            },
+            revision=str(message.get("revision", "")),
+            metrics={"timer_rego_query_eval_ns": int(message.get("eval_ns") or 0)},
+            labels={
+                "app": app,
+                "shadow": True,
+                "shadow_policy": self.config.policy.shadow,
+                "live_decision_id": str(message.get("id", "")),
+            },
+            path=SHADOW_PATH,
+        )
+
     def _log(
         self,
         decision: Decision,
@@ -318,7 +434,7 @@ class Gateway:
         if self.decision_log is None:
             return
         engine = self.policy.engine
-        self.decision_log.record(
+        ticket = self.decision_log.record(
             decision_id=decision.decision_id,
             input=document,
             result=decision.result(),
@@ -327,6 +443,71 @@ class Gateway:
             labels={"app": app},
             path=path,
         )
+        if self.durability is not None:
+            self.durability.note(ticket, app)
+
+    async def _start_shipping(self, decision_log: DecisionLog) -> None:
+        from gateway.audit.durability import Durability
+        from gateway.audit.shipping.cursor import CursorError
+        from gateway.audit.shipping.metrics import ShippingCollector
+        from gateway.audit.shipping.shipper import start_shippers
+
+        settings = self.config.decision_log
+        self.durability = Durability.configured(
+            decision_log, settings.durability, settings.durability_timeout, self.policy
+        )
+        if not settings.sinks:
+            return
+        try:
+            self.shippers = start_shippers(
+                settings.sinks, decision_log.path, lambda: decision_log.seq
+            )
+        except CursorError as error:
+            await decision_log.close()
+            self.decision_log = None
+            raise RuntimeError(str(error)) from None
+        self.metrics.registry.register(ShippingCollector(self.shippers))
+
+    def _shared_refusal(
+        self,
+        request: web.Request,
+        route: Route,
+        path: NormalizedPath,
+        identity: Identity,
+        refusal: Refusal,
+    ) -> web.Response:
+        """A logged refusal on the shared state (revoked, locked out, rate limited,
+        Redis unavailable); a browser gets a page, and a revoked session its cookie cleared."""
+        headers = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after else None
+        response = self.refuse(
+            request, refusal.status, refusal.rule, refusal.reason, route=route, path=path,
+            identity=identity, headers=headers,
+        )  # fmt: skip
+        if self.sign_in is not None:
+            return self.sign_in.refused(request, response, refusal, identity)
+        if refusal.status == 401:
+            response.headers["WWW-Authenticate"] = (
+                f'Bearer realm="portcullis", error="invalid_token", '
+                f'error_description="{_description(refusal.reason)}"'
+            )
+        return response
+
+    def record_sign_in(
+        self,
+        request: web.Request,
+        identity: Identity | None,
+        status: int,
+        what: str,
+        step_up: dict[str, Any] | None,
+    ) -> None:
+        """A browser sign-in (or a failed one) as a decision-log event with path
+        ``gateway/signin``, which the sinks map to an OCSF Authentication."""
+        allowed = identity is not None and status < 400
+        decision = Decision(self._ids.next(), allowed, status, [f"gateway.sign_in: {what}"])
+        decision.step_up = step_up
+        request_id = _request_id(request, decision.decision_id)
+        document = refusal_input(request, None, identity or ANONYMOUS, request_id)
+        self._log(decision, document, None, path=SIGN_IN_EVENT_PATH)
 
     def refuse(
         self,
@@ -352,6 +533,18 @@ class Gateway:
         if headers:
             response.headers.update(headers)
         return response
+
+    def refuse_unparsed(self, peer: Any, status: int, reason: str, head: bytes) -> None:
+        """Log a request refused before it was one: aiohttp's parser rejected it (a
+        400), or its headers never ended within the cap (a 431). What is known is
+        the peer and the start of the request line (gateway/limits.py)."""
+        decision = deny(self._ids.next(), status, f"gateway.bad_request: {reason}")
+        if status == 431:
+            decision.reasons = [f"gateway.headers_too_large: {reason}"]
+        document = unparsed_input(peer, head, decision.decision_id)
+        self._log(decision, document, None, path=REFUSAL_PATH)
+        address = peer[0] if isinstance(peer, tuple) else "?"
+        log.info("refused a request from %s before it was parsed: %s", address, reason)
 
     # --- operations ---------------------------------------------------------------------
 
@@ -394,6 +587,19 @@ class Gateway:
 
     async def jwks(self, request: web.Request) -> web.Response:
         return web.json_response(self.signer.jwks())
+
+
+def _shared_state(config: GatewayConfig, replica: str, metrics: Metrics) -> SharedState | None:
+    if config.shared_state is None or not config.auth:
+        return None
+    token_lifetime = max((i.max_token_lifetime for i in config.issuers), default=86400.0)
+    return SharedState(
+        config.shared_state,
+        replica=replica,
+        session_lifetime=config.session.lifetime,
+        token_lifetime=token_lifetime,
+        registry=metrics.registry,
+    )
 
 
 def _request_id(request: web.Request, decision_id: str) -> str:
@@ -439,7 +645,9 @@ def build_app(config: GatewayConfig, *, instance_id: str | None = None) -> web.A
     # Request bodies pass through byte for byte: aiohttp would inflate a gzip body
     # while its Content-Encoding and Content-Length still reached the upstream.
     handler_args = {"auto_decompress": False, **parser_limits(config.limits)}
-    app = web.Application(client_max_size=0, handler_args=handler_args)
+    # The gateway's own pages get the limits proxied requests have (gateway/own_pages.py).
+    own_pages = OwnPages(gateway)
+    app = web.Application(client_max_size=0, handler_args=handler_args, middlewares=[own_pages])
     app[GATEWAY_KEY] = gateway
     app.on_startup.append(gateway.start)
     app.on_cleanup.append(gateway.stop)
@@ -450,7 +658,7 @@ def build_app(config: GatewayConfig, *, instance_id: str | None = None) -> web.A
     app.router.add_get(JWKS_PATH, gateway.jwks)
     if gateway.sign_in is not None:
         gateway.sign_in.add_routes(app)
-    app.router.add_route("*", "/{tail:.*}", gateway.handle)
+    own_pages.proxy_route = app.router.add_route("*", "/{tail:.*}", gateway.handle)
     return app
 
 
@@ -462,4 +670,8 @@ def build_admin_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/readyz", gateway.admin_readyz)
     app.router.add_get("/metrics", gateway.metrics_endpoint)
     app.router.add_get("/audit/head", gateway.audit_head)
+    if gateway.shared is not None:
+        from gateway.shared.admin import add_admin_routes
+
+        add_admin_routes(app, gateway.shared)
     return app

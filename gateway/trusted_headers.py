@@ -52,6 +52,30 @@ BACKEND_TRUSTED = frozenset(
         "true-client-ip",
         "x-client-ip",
         "x-cluster-client-ip",
+        # Kubernetes' authenticating-proxy and impersonation headers.
+        "impersonate-user",
+        "impersonate-group",
+        "impersonate-uid",
+        # Kong, Apisix and other API gateways' consumer and user headers.
+        "x-authenticated-userid",
+        "x-authenticated-scope",
+        "x-consumer-username",
+        "x-consumer-id",
+        "x-consumer-custom-id",
+        "x-consumer-groups",
+        "x-userinfo",
+        "x-auth-user",
+        "x-proxy-user",
+        # The original path and host as other proxies pass them on.
+        "x-envoy-original-path",
+        "x-host",
+        "x-http-host-override",
+        # The client address as CDNs and load balancers pass it on.
+        "cf-connecting-ip",
+        "client-ip",
+        "x-originating-ip",
+        "x-remote-addr",
+        "x-remote-ip",
     }
 )
 BACKEND_TRUSTED_PREFIXES = (
@@ -59,6 +83,8 @@ BACKEND_TRUSTED_PREFIXES = (
     "x-ms-client-principal",
     "x-goog-authenticated-user-",
     "x-amzn-oidc-",
+    "x-remote-extra-",
+    "impersonate-extra-",
 )
 
 

@@ -14,8 +14,9 @@ The first file must begin the chain (seq 0), or ``--after HASH`` says which
 line it continues from (the ``chain ends at`` hash printed for the file
 before it); else deleting the oldest run or file would go unnoticed.
 ``--head URL|FILE`` checks the log reaches a signed head kept outside it (the
-admin listener's ``/audit/head``, a saved copy, or the next rotated file,
-whose ``start`` record is one): without it, a tail cut at a signature or a
+admin listener's ``/audit/head``, a saved copy, the next rotated file, whose
+``start`` record is one, or a sink's copy of the log, e.g. an export from the
+SIEM, whose newest shipped chain head is used): without it, a tail cut at a signature or a
 deleted newest file can't be detected. A head that can't be fetched, isn't a
 head, or isn't signed by the given key is a usage error (exit 2); a log that
 doesn't reach it is exit 1.
@@ -90,7 +91,7 @@ def verify_command(args: argparse.Namespace) -> int:
         for path in paths:
             _check_readable(path)
         after = _check_hash(args.after) if args.after else None
-        head = _load_head(args.head, keys) if args.head else None
+        head = _load_head(args.head, keys) if args.head else None  # every head given
         result = verify_log(paths, keys, after=after, head=head)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -159,9 +160,11 @@ def _check_hash(text: str) -> str:
     return value
 
 
-def _load_head(source: str, keys: dict[str, ec.EllipticCurvePublicKey]) -> SignedHead:
-    """The signed head at ``source``: a URL or file holding /audit/head's JSON, or
-    a log file whose first line (a ``start`` record) is a head."""
+def _load_head(source: str, keys: dict[str, ec.EllipticCurvePublicKey]) -> list[SignedHead]:
+    """The signed heads at ``source``: a URL or file holding /audit/head's JSON, a
+    log file whose first line (a ``start`` record) is a head, or a file of heads
+    (JSON lines: every /audit/head answer kept, or a sink's export), all of which
+    the log must reach."""
     if source.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(source, timeout=10) as response:
@@ -184,15 +187,55 @@ def _load_head(source: str, keys: dict[str, ec.EllipticCurvePublicKey]) -> Signe
             break
         except ValueError:
             continue
-    if not isinstance(record, dict) or record.get("type") != SIGNATURE_TYPE:
+    if isinstance(record, dict) and record.get("type") == SIGNATURE_TYPE:
+        records = [record]
+    else:
+        records = _shipped_heads(text)
+    if not records:
         raise UsageError(
-            f"--head {source}: not a decision-log head (expected /audit/head's JSON "
-            "or a log file starting with a chain_signature record)"
+            f"--head {source}: not a decision-log head (expected /audit/head's JSON, "
+            "a log file starting with a chain_signature record, or a sink's copy "
+            "holding shipped chain heads)"
         )
     try:
-        return SignedHead.from_record(record, keys, source)
+        return [SignedHead.from_record(found, keys, source) for found in records]
     except ValueError as error:
         raise UsageError(f"--head {error}") from None
+
+
+def _shipped_heads(text: str) -> list[dict[str, Any]]:
+    """Every chain signature in a file of heads or a sink's copy of the log: JSON
+    lines in any shipped format (opa, ocsf, ecs, a Splunk HEC envelope, a syslog
+    line whose message is the JSON), the signature record nested anywhere in each.
+    All of them, not only the newest: after a log was cut back to an earlier run's
+    end and the gateway went on, the newest head is reached again, an erased
+    run's head is not."""
+    decoder = json.JSONDecoder()
+    heads: list[dict[str, Any]] = []
+    for line in text.splitlines():
+        start = line.find("{")
+        if start < 0:
+            continue
+        try:
+            document, _ = decoder.raw_decode(line, start)
+        except ValueError:
+            continue
+        found = _find_signature(document, depth=4)
+        if found is not None and found not in heads:
+            heads.append(found)
+    return heads
+
+
+def _find_signature(value: Any, depth: int) -> dict[str, Any] | None:
+    if not isinstance(value, dict) or depth < 0:
+        return None
+    if value.get("type") == SIGNATURE_TYPE:
+        return value
+    for child in value.values():
+        found = _find_signature(child, depth - 1)
+        if found is not None:
+            return found
+    return None
 
 
 def _check_readable(path: Path) -> None:
@@ -251,3 +294,13 @@ def _load_jwks(source: str) -> dict[str, ec.EllipticCurvePublicKey]:
     if not keys:
         raise UsageError(f"{source}: the JWKS holds no EC P-256 key with a kid")
     return keys
+
+
+def load_keys(pem: str | None, jwks: str | None) -> dict[str, ec.EllipticCurvePublicKey]:
+    """The verification keys from ``--key PEM`` or ``--jwks FILE_OR_URL`` (for the
+    other commands that verify the log first); UsageError says what is wrong."""
+    if pem:
+        return _load_pem(pem)
+    if jwks:
+        return _load_jwks(jwks)
+    raise UsageError("give the gateway's public key: --key PEM or --jwks FILE_OR_URL")

@@ -6,7 +6,16 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from portcullis import __version__, audit_command, gateway_command, policy_commands, scan_command
+from portcullis import (
+    __version__,
+    audit_command,
+    gateway_command,
+    policy_commands,
+    policy_diff_command,
+    replay_command,
+    scan_command,
+    session_command,
+)
 from portcullis.paths import default_policy_dir
 
 
@@ -57,9 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     bundle.add_argument("--revision", help="revision for .manifest (default: content hash)")
     bundle.set_defaults(run=policy_commands.bundle)
 
+    replay_command.register(actions)
+    policy_diff_command.register(actions)
+
     scan_command.add_parser(commands)
 
     audit_command.register(commands)
+
+    session_command.register(commands)
 
     parser.set_defaults(default_policy=default_policy_dir)
     return parser

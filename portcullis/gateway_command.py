@@ -35,6 +35,10 @@ def register(commands: Any) -> None:
     )  # fmt: skip
     demo.add_argument("--state-dir", default=DEFAULT_STATE, help="demo keys and decision log")
     demo.add_argument("--policy", help="policy directory (default: the shipped policies)")
+    demo.add_argument(
+        "--no-redis", action="store_true",
+        help="no shared state, even when redis-server is installed (default: start one)",
+    )  # fmt: skip
     demo.set_defaults(run=run_demo)
     actions = demo.add_subparsers(dest="demo_action", metavar="ACTION")
     token = actions.add_parser("token", help="print a JWT the running demo accepts")
@@ -171,6 +175,9 @@ async def _demo(args: argparse.Namespace) -> None:
         gateway_urls = [gateway_url, f"http://localhost:{args.port}"]
         provider_port = base + 10 if base else 0
         provider = await dev_oidc.start_dev_provider(state_dir, provider_port, gateway_urls)
+    # Shared state (revocation, back-channel logout, rate limits, signals) in a
+    # Redis of its own, when redis-server is installed.
+    redis, redis_why_not = await _demo_redis(args, state_dir, issuer_url)
     admin_port = args.admin_port if args.admin_port is not None else 9090 if base else _free_port()
     config = GatewayConfig(
         listeners=(Listener("127.0.0.1", args.port),),
@@ -182,6 +189,7 @@ async def _demo(args: argparse.Namespace) -> None:
         decision_log=DecisionLogConfig(path=state_dir / "decisions.log"),
         sign_in=provider.sign_in() if provider else None,
         session=dev_oidc.session_config(state_dir),
+        shared_state=_demo_shared_state(redis.url) if redis else None,
     )
 
     def announce(urls: list[str]) -> None:
@@ -211,6 +219,7 @@ Get a token and call an app through the gateway:
   curl -H "Authorization: Bearer $TOKEN" {url}/analytics/daily                 # 200
   curl -X POST -H "Authorization: Bearer $TOKEN" {url}/analytics/daily         # 403, step_up
 {_browser_help(url, provider.url if provider else None, why_not)}
+{_redis_help(state_dir, redis.url if redis else None, redis_why_not)}
 Check the decision log (after Ctrl-C, which signs its end):
   portcullis audit verify {state_dir}/decisions.log --key {state_dir}/assertion-key.pem
 Press Ctrl-C to stop.""",
@@ -222,6 +231,8 @@ Press Ctrl-C to stop.""",
     finally:
         if provider is not None:
             await provider.stop()
+        if redis is not None:
+            await redis.stop()
         for runner in runners:
             await runner.cleanup()
 
@@ -237,4 +248,49 @@ Or sign in with a browser (dev OpenID provider at {provider_url}; no passwords):
   {url}/pos/refunds/1   stepped up: tick "Hardware security key" and the refund opens
                         (dave has no key: one round, then a page that says so)
   {url}/.portcullis/    your session, and Sign out
+"""
+
+
+async def _demo_redis(
+    args: argparse.Namespace, state_dir: Path, issuer_url: str
+) -> tuple[Any, str]:
+    """Start the demo's Redis (port --base-port + 20) and write a config that
+    `portcullis session` can use; (None, why) when there is none."""
+    from gateway.shared import dev_redis
+
+    if args.no_redis:
+        return None, "--no-redis"
+    why_not = dev_redis.unavailable()
+    if why_not is not None:
+        return None, why_not
+    redis = await dev_redis.start_dev_redis(state_dir, args.base_port + 20 if args.base_port else 0)
+    import yaml
+
+    (state_dir / "shared-state.yaml").write_text(
+        "# For `portcullis session ... --config` against the running demo.\n"
+        + yaml.safe_dump(
+            {
+                "issuers": [{"issuer": issuer_url, "audiences": ["portcullis"],
+                             "jwks_url": f"{issuer_url}/jwks.json"}],
+                "shared_state": {"redis": {"url": redis.url}},
+            }
+        )
+    )  # fmt: skip
+    return redis, ""
+
+
+def _demo_shared_state(url: str) -> Any:
+    from gateway.shared.settings import RedisConfig, SharedStateConfig
+
+    return SharedStateConfig(RedisConfig(url))
+
+
+def _redis_help(state_dir: Path, redis_url: str | None, why_not: str) -> str:
+    if redis_url is None:
+        return f"""Shared state is off ({why_not}): sessions are per process, no revocation.
+"""
+    config = f"--config {state_dir}/shared-state.yaml"
+    return f"""Shared state in Redis at {redis_url} (revocation, back-channel logout, rate limits):
+  portcullis session list {config} --user bob
+  portcullis session revoke {config} --user bob    # bob's sessions and tokens: 401
 """

@@ -90,6 +90,7 @@ async def start_stack(
     policy: Path = POLICIES,
     gateway_port: int | None = None,
     issuer_options: dict[str, Any] | None = None,
+    policy_options: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Stack]:
     issuer = DevIssuer(tmp_path / "issuer", "")
@@ -117,7 +118,7 @@ async def start_stack(
                 **(issuer_options or {}),
             ),
         ),
-        policy=PolicyConfig(source=str(policy), poll_interval=0.05),
+        policy=PolicyConfig(source=str(policy), poll_interval=0.05, **(policy_options or {})),
         assertion=AssertionConfig(key_file=tmp_path / "assertion.pem"),
         decision_log=DecisionLogConfig(path=log_path, sign_interval=0.5),
     )

@@ -73,6 +73,9 @@ def start_provider(workdir: Path, gateway_port: int) -> DevProvider:
     client = {
         "redirect_uris": [f"{gateway}/.portcullis/callback"],
         "post_logout_redirect_uris": [f"{gateway}/.portcullis/signed_out"],
+        # Served by gateways with shared_state (tests/test_shared_sessions.py).
+        "backchannel_logout_uri": f"{gateway}/.portcullis/backchannel_logout",
+        "backchannel_logout_session_required": True,
     }
     config = {
         "issuer": url,
@@ -146,6 +149,7 @@ async def start_sign_in_stack(
     *,
     sign_in: SignInConfig | None = None,
     session: SessionConfig | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[Stack]:
     async with start_stack(
         aiohttp_server,
@@ -153,6 +157,7 @@ async def start_sign_in_stack(
         gateway_port=provider.gateway_port,
         sign_in=sign_in or sign_in_config(provider),
         session=session or SessionConfig(key_files=(session_key(tmp_path),)),
+        **overrides,
     ) as stack:
         yield stack
 

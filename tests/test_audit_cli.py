@@ -230,6 +230,34 @@ async def test_truncation_after_first_runs_seal_is_detected_with_a_saved_head(
     assert "20 event(s) and their signatures are missing" in done.stdout
 
 
+async def test_run_erased_and_the_head_file_forged_is_caught_by_every_kept_head(
+    tmp_path: Path,
+) -> None:
+    """The pen test's rollback, with the head file rewritten to match the cut log
+    (it isn't signed): run 3 continues from run 1's seal and the newest head is
+    reached; only a head kept from run 2 shows what is gone."""
+    path = tmp_path / "decisions.jsonl"
+    head_file = path.with_name(path.name + ".head")
+    await write_log(path, 3)
+    cut_at, state_after_run_one = path.stat().st_size, head_file.read_bytes()
+    second = await write_log(path, 3)
+    kept = [second.signed_head()]  # e.g. `curl .../audit/head >> heads.jsonl`
+    with path.open("r+b") as file:
+        file.truncate(cut_at)
+    head_file.write_bytes(state_after_run_one)
+    third = await write_log(path, 3)
+    kept.append(third.signed_head())
+    heads = tmp_path / "heads.jsonl"
+    heads.write_text("".join(json.dumps(head) + "\n" for head in kept))
+    newest = tmp_path / "newest.json"
+    newest.write_text(json.dumps(kept[-1]))
+    assert audit(path, "--key", PUBLIC_PEM).returncode == 0  # the limit of the files alone
+    assert audit(path, "--key", PUBLIC_PEM, "--head", newest).returncode == 0
+    done = audit(path, "--key", PUBLIC_PEM, "--head", heads)
+    assert done.returncode == 1
+    assert done.stdout.startswith("TAMPERED: ")
+
+
 async def test_deleted_newest_rotated_file_is_detected_with_the_admin_head(
     aiohttp_server: ServerFactory, tmp_path: Path
 ) -> None:

@@ -703,6 +703,23 @@ async def test_log_that_reaches_the_head_is_covered(tmp_path: Path) -> None:
     assert head.seq == 10
 
 
+async def test_run_erased_together_with_the_head_file_is_a_gap(tmp_path: Path) -> None:
+    """The pen test's rollback: with the gateway down, cut the log back to the end
+    of run 1 (erasing run 2) and delete the head file; run 3 must not continue the
+    chain from run 1's seal as if run 2 never happened."""
+    path = tmp_path / "decisions.jsonl"
+    await write_log(path, 3)
+    run_one = path.stat().st_size
+    await write_log(path, 3)
+    with path.open("r+b") as file:
+        file.truncate(run_one)
+    path.with_name(path.name + ".head").unlink()
+    await write_log(path, 3)
+    result = verify_log([path], PUBLIC_KEYS)
+    assert not result.ok
+    assert first_problem(result)[1] == "start"
+
+
 async def test_head_taken_before_any_event_is_reached_by_its_start_record(
     tmp_path: Path,
 ) -> None:

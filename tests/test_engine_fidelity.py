@@ -127,7 +127,9 @@ def random_identity(rng: random.Random) -> Any:
     return identity
 
 
-def random_input(rng: random.Random, paths: list[str]) -> dict[str, Any]:
+def random_input(
+    rng: random.Random, paths: list[str], signals_rng: random.Random | None = None
+) -> dict[str, Any]:
     path = rng.choice(paths)
     segments = path.strip("/").split("/") if path.strip("/") else []
     app = segments[0].lower() if segments else ""
@@ -139,7 +141,7 @@ def random_input(rng: random.Random, paths: list[str]) -> dict[str, Any]:
                     "host": "gateway.example",
                     "path": path,
                     "scheme": "https",
-                    "headers": {},
+                    "headers": rng.choice([{}, {}, {}, {"upgrade": "WebSocket"}]),
                     "id": "x",
                 }
             }
@@ -161,7 +163,28 @@ def random_input(rng: random.Random, paths: list[str]) -> dict[str, Any]:
     identity = random_identity(rng)
     if identity is not None:
         document["identity"] = identity
+    # Their own generator: the rest of each document stays what it was before signals.
+    signals = random_signals(signals_rng) if signals_rng is not None else None
+    if signals is not None:
+        document["signals"] = signals
     return document
+
+
+def random_signals(rng: random.Random) -> Any:
+    """input.signals as the shared state gives it (or none, or malformed)."""
+    roll = rng.random()
+    if roll < 0.35:
+        return None  # no shared_state
+    if roll < 0.42:
+        return {"available": False, "reason": "redis down"}
+    if roll < 0.46:
+        return rng.choice([{}, [], "new", {"new_source_ip": None}, {"available": True}])
+    return {
+        "available": True,
+        "new_source_ip": True if rng.random() < 0.5 else rng.choice([False, "true", 1]),
+        "recent_denies": rng.randint(0, 20),
+        "concurrent_sessions": rng.randint(0, 5),
+    }
 
 
 def oracle_answer(reference: Any) -> Any:
@@ -188,7 +211,8 @@ def test_5000_gateway_decisions_agree_on_opa_interpreter_and_compiled_vm(
     interpreter = EmbeddedEngine(shipped, timeout=30)
     rng = random.Random(20261202)
     paths = catalogue_paths(shipped)
-    documents = [random_input(rng, paths) for _ in range(5000)]
+    signals_rng = random.Random(20261203)
+    documents = [random_input(rng, paths, signals_rng) for _ in range(5000)]
     on_opa = opa.values(DECISION, documents)
     mismatches = []
     for document, reference in zip(documents, on_opa, strict=True):
@@ -204,6 +228,12 @@ def test_5000_gateway_decisions_agree_on_opa_interpreter_and_compiled_vm(
     assert 200 < statuses.count(200) < 4500
     step_ups = [answer for answer in on_opa if answer["step_up"] is not None]
     assert len(step_ups) > 50
+    # ...and the risk-signal rule (a new source address on pos) must fire too.
+    new_address = [
+        answer for answer in on_opa
+        if any(reason.startswith("new source address") for reason in answer["reasons"])
+    ]  # fmt: skip
+    assert len(new_address) > 20
 
 
 def test_compiled_decision_denies_what_the_interpreter_errors_on(tmp_path: Path) -> None:
@@ -246,14 +276,21 @@ def test_every_corpus_document_gives_the_same_findings_on_both_engines(tmp_path:
         policy_set = load_policy_set(policy)
         rules = RuleSet(policy_set)
         oracle = GoOpaEngine(policy_set)
-        on_regorus = [
-            sorted((v.rule.id, v.resource, v.message) for v in rules.evaluate(doc))
-            for doc in documents
-        ]
+        # Findings and what each rule says it could not judge ("~" marks the latter).
+        on_regorus = []
+        for doc in documents:
+            violations, not_judged = rules.evaluate(doc)
+            found = [(v.rule.id, v.resource, v.message) for v in violations]
+            found += [(n.rule.id, n.resource, f"~{n.path}") for n in not_judged]
+            on_regorus.append(sorted(found))
         on_opa: list[list[tuple[str, str, str]]] = [[] for _ in documents]
         for package, rule in rules.rules.items():
             for index, denied in enumerate(oracle.values(f"{package}.deny", documents)):
                 on_opa[index] += [(rule.id, d["resource"], d["message"]) for d in denied]
+            for index, skipped in enumerate(oracle.values(f"{package}.not_judged", documents)):
+                # Undefined for a package that declares no not_judged set.
+                if isinstance(skipped, list):
+                    on_opa[index] += [(rule.id, d["resource"], f"~{d['path']}") for d in skipped]
         differing = [
             (loaded.documents[i].name, on_regorus[i], sorted(on_opa[i]))
             for i in range(len(documents))
@@ -320,6 +357,15 @@ def test_known_difference_compiled_vm_assigns_an_undefined_value() -> None:
     compiled = EmbeddedEngine(policy_set, compiled_refs=("data.q.answer",))
     with pytest.raises(EvaluationError, match="undefined value inside"):
         compiled.evaluate_sync("data.q.answer", document)
+
+
+def test_known_difference_division_of_nanoseconds_is_rounded_on_regorus() -> None:
+    query = "(1700000000000000001 / 1000000000) - 1699999100"
+    assert regorus_query(query) == 900
+    assert oracle_query(f"{query} > 900") is True
+    exact = "(1700000000000000001 - (1699999100 * 1000000000)) > 900 * 1000000000"
+    assert regorus_query(exact) is True
+    assert oracle_query(exact) is True
 
 
 def test_arithmetic_on_a_string_is_an_error_on_both_engines() -> None:

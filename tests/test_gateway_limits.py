@@ -41,10 +41,14 @@ TEST_LIMITS = LimitsConfig(
 
 @contextlib.asynccontextmanager
 async def limited_stack(
-    aiohttp_server: ServerFactory, tmp_path: Path, policy: Path = POLICIES, **limits: Any
+    aiohttp_server: ServerFactory,
+    tmp_path: Path,
+    policy: Path = POLICIES,
+    overrides: dict[str, Any] | None = None,
+    **limits: Any,
 ) -> AsyncIterator[Stack]:
     """start_stack, with the gateway served by GatewayRunner (the connection limits
-    live there) instead of aiohttp's test server."""
+    live there) instead of aiohttp's test server; `overrides` are other config fields."""
     runners: list[GatewayRunner] = []
 
     async def serve(app: web.Application, *, port: int | None = None, **kwargs: Any) -> Any:
@@ -57,8 +61,9 @@ async def limited_stack(
         return None
 
     try:
+        limited = replace(TEST_LIMITS, **limits)
         async with start_stack(
-            serve, tmp_path, policy=policy, limits=replace(TEST_LIMITS, **limits)
+            serve, tmp_path, policy=policy, limits=limited, **(overrides or {})
         ) as stack:
             yield stack
     finally:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import unicodedata
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -134,6 +135,49 @@ async def test_matrix_param_segment_is_refused(stack: Stack, target: str, why: s
     assert event["result"]["reasons"][0].startswith("gateway.path_rejected")
 
 
+@pytest.mark.parametrize(
+    ("target", "token_claims", "why"),
+    [
+        ("/pos/refund%C5%BF/1", STORE, "U+017F"),  # long s: Java upper-cases it to S
+        ("/wms/adm%C4%B1n/users", WAREHOUSE, "U+0131"),  # dotless i: ADMIN
+        ("/wms/%E2%84%AAey", WAREHOUSE, "U+212A"),  # Kelvin sign: k
+        ("/wms/%EF%BD%81dmin/users", WAREHOUSE, "U+FF41"),  # fullwidth a (NFKC)
+        ("/wms/admin%EF%BC%8E/users", WAREHOUSE, "U+FF0E"),  # fullwidth full stop
+        ("/wms/%EF%AC%81les", WAREHOUSE, "U+FB01"),  # fi ligature
+        ("/wms/admin%E2%80%8B/users", WAREHOUSE, "U+200B"),  # zero-width space
+        ("/pos/refunds%E2%81%A0/1", STORE, "U+2060"),  # word joiner
+        ("/wms/%20admin/users", WAREHOUSE, "starts with whitespace"),
+    ],
+)
+async def test_unicode_case_folding_look_alike_segment_is_refused(
+    stack: Stack, target: str, token_claims: dict[str, list[str]], why: str
+) -> None:
+    """A backend comparing case-insensitively with Unicode case folding or NFKC
+    (Java equalsIgnoreCase, /iu regexes) would serve refunds or admin; the policy's
+    lower() would not see them."""
+    status, answer = await raw_request(
+        stack, target.encode(), extra=bearer(stack.token("bob", **token_claims))
+    )
+    assert status == 400, answer[:300]
+    assert why.encode() in answer
+    assert stack.total_forwarded() == 0
+    (event,) = await stack.events()
+    assert event["result"]["reasons"][0].startswith("gateway.path_rejected")
+
+
+async def test_ordinary_non_ascii_segments_still_pass(stack: Stack) -> None:
+    token = stack.token("dave", **WAREHOUSE)
+    for target in (
+        "/wms/caf%C3%A9",
+        "/wms/%E6%97%A5%E6%9C%AC",
+        "/wms/%E2%82%AC",
+        "/wms/%C3%89t%C3%A9",
+    ):
+        status, answer = await raw_request(stack, target.encode(), extra=bearer(token))
+        assert status == 200, (target, answer[:300])
+    assert len(stack.forwarded("wms")) == 4
+
+
 @contextlib.asynccontextmanager
 async def params_allowed_stack(
     aiohttp_server: ServerFactory, tmp_path: Path
@@ -222,6 +266,11 @@ HOSTILE = [
     "%3b", "%3B", "%23", "%3f", "%25", "%00", "%09", "%20", "%C0%AE", "%c0%ae", "%E0%80%AE",
     "%C3", "%ff", "%F0%9F%98%80", "%E2%80%AE", "%C2%A0", "\u00e9", "\u202e", "\\", "\t",
     "*", "'", "$",
+    # Look-alikes of ASCII under case folding or NFKC, and invisible characters: long
+    # s, dotless i, Kelvin sign, fullwidth a and '.', the fi ligature, sharp s, the
+    # zero-width space and joiner, the soft hyphen, word joiner.
+    "%C5%BF", "%C4%B1", "%E2%84%AA", "%EF%BD%81", "%EF%BC%8E", "%EF%AC%81", "%C3%9F",
+    "%E2%80%8B", "%E2%80%8D", "%C2%AD", "%E2%81%A0",
 ]  # fmt: skip
 PIECE = st.one_of(st.sampled_from(SAFE), st.sampled_from(SAFE), st.sampled_from(HOSTILE))
 TARGETS = st.builds(
@@ -244,13 +293,22 @@ def generated_targets(count: int) -> list[str]:
     return list(dict.fromkeys(targets))
 
 
+def lenient(segment: str) -> str:
+    """A segment as a case-insensitive backend compares it: Java's Unicode case
+    folding, NFKC (fullwidth letters, ligatures), invisible characters dropped."""
+    folded = unicodedata.normalize("NFKC", segment.casefold())
+    return "".join(c for c in folded if unicodedata.category(c) != "Cf")
+
+
 def upstream_segments(target: bytes) -> list[str]:
     """How a lenient backend reads the path it got: Tomcat and Spring drop `;params`
-    and resolve `.` and `..`, IIS trims trailing dots and spaces."""
+    and resolve `.` and `..`, IIS trims dots and spaces, and the comparison folds
+    case and compatibility forms (`lenient`)."""
     path = target.split(b"?", 1)[0]
     segments: list[str] = []
     for raw in path[1:].split(b"/"):
-        segment = unquote_to_bytes(raw.split(b";", 1)[0]).decode("utf-8").rstrip(". \t\u00a0")
+        decoded = unquote_to_bytes(raw.split(b";", 1)[0]).decode("utf-8")
+        segment = lenient(decoded).rstrip(". \t\u00a0").lstrip(" \t\u00a0")
         if segment == ".." and segments:
             segments.pop()
         elif segment not in (".", ".."):
@@ -297,4 +355,6 @@ async def test_upstream_receives_exactly_the_path_the_policy_judged(
         received = upstream.targets[request_id]
         decision = judged[request_id]
         assert received.decode("ascii") == decision["attributes"]["request"]["http"]["path"]
-        assert upstream_segments(received) == decision["parsed_path"]
+        # The policy compares lower-cased segments; a lenient backend must read the same.
+        policy_reads = [segment.lower() for segment in decision["parsed_path"]]
+        assert upstream_segments(received) == policy_reads, received

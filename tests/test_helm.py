@@ -6,6 +6,7 @@ code, laid out as the kubelet mounts them."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -369,3 +370,40 @@ def test_bad_values_fail_before_anything_is_installed(options: list[str], messag
     result = helm("template", "gw", str(CHART), *options)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
+
+
+SINKS = json.dumps([
+    {"name": "siem", "kind": "syslog", "address": "siem.example.com:6514", "format": "ocsf",
+     "tls": {"caSecret": {"name": "siem-ca", "key": "ca.crt"}}},
+    {"name": "splunk", "kind": "http", "url": "https://splunk.example.com:8088/services/collector/event",
+     "envelope": "splunk_hec", "format": "ocsf", "tokenSecret": {"name": "splunk-hec"}},
+    {"name": "copy", "kind": "file", "format": "opa"},
+])  # fmt: skip
+
+
+def test_decision_log_sinks_load_with_their_secrets_mounted(tmp_path: Path) -> None:
+    docs = render("--set-json", f"gateway.decisionLog.sinks={SINKS}",
+                  "--set", "gateway.decisionLog.durability=sync")  # fmt: skip
+    config_path = mounted_config(docs, tmp_path)
+    for secret in ("sinks/siem/ca.crt", "sinks/splunk/token"):
+        (tmp_path / "etc/portcullis" / secret).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "etc/portcullis" / secret).write_text("from a Secret\n")
+    settings = load_config(config_path).decision_log
+    assert settings.durability == "sync"
+    siem, splunk, copy = settings.sinks
+    assert siem.tls is not None
+    assert siem.tls.ca_file == tmp_path / "etc/portcullis/sinks/siem/ca.crt"
+    assert splunk.token_file == tmp_path / "etc/portcullis/sinks/splunk/token"
+    # The copy and every cursor live on the state volume (the claim, when set).
+    assert copy.path == tmp_path / "var/lib/portcullis/copy.jsonl"
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    projected = {v["name"]: v["projected"]["sources"] for v in pod["volumes"] if "projected" in v}
+    assert [s["secret"]["name"] for s in projected["sink-siem"]] == ["siem-ca"]
+    assert [s["secret"]["name"] for s in projected["sink-splunk"]] == ["splunk-hec"]
+    assert not [d for d in docs if d["kind"] == "Secret"]
+
+
+def test_a_sink_token_in_values_is_refused() -> None:
+    bad = json.dumps([{"name": "s", "kind": "http", "url": "https://x/logs", "token": "t"}])
+    result = helm("template", "gw", str(CHART), "--set-json", f"gateway.decisionLog.sinks={bad}")
+    assert result.returncode != 0 and "token" in result.stderr

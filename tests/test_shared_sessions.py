@@ -4,7 +4,10 @@ replica, a copied cookie is refused, sessions are listed."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -12,6 +15,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
+from gateway.signin.session import Session
 from tests.gateway_stack import ServerFactory, Stack, logged
 from tests.redis_server import redis_server, redis_url
 from tests.sign_in_stack import (
@@ -22,6 +26,7 @@ from tests.sign_in_stack import (
     start_sign_in_stack,
 )
 from tests.test_shared_state import admin, second_replica, shared, wait_for
+from tests.test_sign_in import put_session, session_of
 
 __all__ = ["provider", "redis_server", "redis_url"]  # fixtures
 
@@ -169,3 +174,51 @@ async def test_forged_logout_token_is_refused(
             ) as response:
                 assert response.status == 400
                 assert (await response.json())["error"] == "invalid_request"
+
+
+async def test_expired_session_on_two_replicas_refreshes_once_and_keeps_the_grant(
+    aiohttp_server: ServerFactory, tmp_path: Path, provider: DevProvider, redis_url: str
+) -> None:
+    """The provider rotates refresh tokens: a token used twice (once per replica)
+    would be taken as theft and the grant revoked. With the Redis lock, requests
+    on both replicas at once share one refresh, and the grant lives on."""
+    async with start_sign_in_stack(
+        aiohttp_server, tmp_path, provider, shared_state=shared(redis_url)
+    ) as stack:
+        other, _ = await second_replica(aiohttp_server, stack, tmp_path)
+        async with browser(stack.url) as client:
+            await client.sign_in(stack.url + "/wms/", "alice", ["otp"])
+            expired = replace(session_of(stack, client), expires_at=int(time.time()) - 5)
+            cookie = put_session(stack, client, expired)
+
+            async def get(base: str, path: str, value: str) -> tuple[int, list[str]]:
+                async with stack.session.get(
+                    base + path,
+                    headers={"Accept": "application/json", "Cookie": f"{COOKIE}={value}"},
+                    allow_redirects=False,
+                ) as response:
+                    fresh = [
+                        c.split(";")[0].split("=", 1)[1]
+                        for c in response.headers.getall("Set-Cookie", [])
+                        if c.startswith(f"{COOKIE}=")
+                    ]
+                    return response.status, fresh
+
+            bases = (stack.url, other)
+            answers = await asyncio.gather(
+                *(get(base, f"/wms/tab/{i}", cookie) for i in range(4) for base in bases)
+            )
+            assert [status for status, _ in answers] == [200] * 8
+            refreshed = {value for _, values in answers for value in values}
+            assert refreshed, "the responses carry the refreshed session"
+            # The grant survived: the refreshed session refreshes again, on either replica.
+            latest = refreshed.pop()
+            for base in (other, stack.url):
+                assert stack.gateway.sign_in is not None
+                opened = stack.gateway.sign_in.cookies.keys.open("session", latest)
+                newest = Session.from_bytes(opened or b"")
+                assert newest is not None
+                again = put_session(stack, client, replace(newest, expires_at=int(time.time()) - 5))
+                status, fresh = await get(base, "/wms/next-hour", again)
+                assert status == 200 and fresh, (base, status)
+                latest = fresh[0]

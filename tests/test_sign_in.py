@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from gateway.audit.shipping.formats.ocsf import format as format_ocsf
 from gateway.signin.session import KeyRing, Session, write_key_file
 from tests.gateway_stack import ServerFactory, Stack, logged, raw_request
 from tests.sign_in_stack import (
@@ -367,6 +368,29 @@ async def test_callback_replayed_after_sign_in_is_refused(stack: Stack, client: 
     client.jar.clear(lambda c: c.key == COOKIE)
     page = await client.go(callback)
     assert page.status == 400 and client.cookie(COOKIE, stack.url) is None
+
+
+async def test_sign_ins_and_failed_sign_ins_are_authentication_events_for_the_siem(
+    stack: Stack, client: Browser
+) -> None:
+    login, _ = await start(client, stack.url + "/wms/")
+    answer = await code_for(client, login)
+    callback = stack.url + "/.portcullis/callback?" + urlencode(answer)
+    async with client.http.get(callback, allow_redirects=False) as first:
+        assert first.status == 302
+    client.jar.clear(lambda c: c.key == COOKIE)
+    assert (await client.go(callback)).status == 400  # a replayed answer
+    events = [e for e in await stack.events(at_least=3) if e["path"] == "gateway/signin"]
+    assert [e["result"]["allow"] for e in events] == [True, False]
+    signed_in, failed = events
+    assert signed_in["input"]["identity"]["subject"] == "alice"
+    assert signed_in["input"]["identity"]["amr"] == ["pwd", "otp"]
+    assert signed_in["result"]["reasons"] == ["gateway.sign_in: signed in"]
+    assert failed["result"]["http_status"] == 400
+    assert failed["input"]["identity"] == {"authenticated": False, "method": "none"}
+    ocsf = format_ocsf(signed_in, "0" * 64)
+    assert (ocsf["class_uid"], ocsf["activity_name"], ocsf["is_mfa"]) == (3002, "Logon", True)
+    assert ocsf["user"]["uid"] == "alice"
 
 
 async def test_answer_from_another_issuer_is_refused(stack: Stack, client: Browser) -> None:

@@ -6,7 +6,8 @@
 //   node server.js --config provider.json
 //
 // provider.json: {"issuer": "http://127.0.0.1:9200", "port": 9200,
-//   "clients": [{client_id, client_secret?, redirect_uris, post_logout_redirect_uris}],
+//   "clients": [{client_id, client_secret?, redirect_uris, post_logout_redirect_uris,
+//                backchannel_logout_uri?, backchannel_logout_session_required?}],
 //   "accounts": {"alice": {"email", "name", "groups": [], "methods": ["otp"]}},
 //   "id_token_ttl": 3600, "pkce_required": true, "pkce_optional_clients": [],
 //   "rotate_refresh_token": true}
@@ -149,6 +150,11 @@ const provider = new Provider(config.issuer, {
   features: {
     devInteractions: { enabled: false },
     revocation: { enabled: true },
+    // OpenID Connect Back-Channel Logout 1.0: a sign-out here POSTs a logout
+    // token to each client's backchannel_logout_uri (the gateway revokes the
+    // session on every replica); with backchannel_logout_session_required the
+    // ID token and the logout token carry the session's sid.
+    backchannelLogout: { enabled: true },
     rpInitiatedLogout: {
       enabled: true,
       async logoutSource(ctx, form) {

@@ -72,6 +72,11 @@ DECISION_PATH = "portcullis/gateway/decision"
 # The event path of a request the gateway refused itself (bad path, no route,
 # oversized headers, rate limit, bad token): no policy was asked.
 REFUSAL_PATH = "gateway"
+# The event path of a browser sign-in through the gateway (or a failed one).
+SIGN_IN_EVENT_PATH = "gateway/signin"
+# The event path of a shadow policy's divergence (README "Shadow mode"): not a
+# live decision; ``labels.shadow`` is true and ``result`` holds both results.
+SHADOW_PATH = "shadow/portcullis/gateway/decision"
 GENESIS = "0" * 64
 REDACTED = "**REDACTED**"
 SIGNATURE_TYPE = "chain_signature"

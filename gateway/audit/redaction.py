@@ -1,18 +1,21 @@
-"""What one decision-log event may hold: secrets masked, header values shortened.
+"""What one decision-log event may hold: secrets masked, its size bounded.
 
 Runs in the writer thread, on the way to the file, so the request path pays
 nothing for it and the policy still sees the request as it came. Every change
 is listed in the event, as OPA does for masking: ``masked`` holds the JSON
 pointers whose value is ``**REDACTED**`` (wholly, or a query string's secret
-values inside it), ``truncated`` the pointers of shortened header values, and
-the headers object's own pointer when headers past the per-event budget were
-left out. The caller's dicts are never changed: containers on the way to a
-changed value are copied.
+values inside it; many under one parent are listed as the parent), ``truncated``
+the pointers of shortened header values, of a shortened path, of parsed_query
+when keys or values were left out or cut, and the headers object's own pointer
+when headers past the per-event budget were left out. The caller's dicts are
+never changed: containers on the way to a changed value are copied.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
+import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
@@ -22,57 +25,83 @@ from gateway.audit.chain import REDACTED
 if TYPE_CHECKING:
     from gateway.config import DecisionLogConfig
 
-# Credential-bearing headers, masked in every event whatever the config says.
-ALWAYS_MASKED_HEADERS = frozenset(
-    {"authorization", "cookie", "proxy-authorization", "x-portcullis-assertion", "set-cookie"}
-)
-# API keys and tokens sent in headers of their own (`decision_log.mask_headers`).
+# Credential-bearing headers, masked in every event whatever the config says: a
+# header whose name (lower case, `_` read as `-`) contains one of these.
+ALWAYS_MASKED_HEADERS = ("authoriz", "authoris", "cookie", "x-portcullis-assertion")
+# Header names that carry tokens and keys (`decision_log.mask_headers`): a header is
+# masked when its name, lower case with `_` read as `-`, contains an entry. Covers
+# X-Api-Key, X_Api_Key, X-Forwarded-Access-Token, X-Amzn-Oidc-Accesstoken,
+# X-Goog-IAP-JWT-Assertion, X-Session-Token, Authorisation, ...
 DEFAULT_MASKED_HEADERS = (
-    "x-api-key",
+    "token",
+    "secret",
+    "password",
+    "passwd",
     "api-key",
     "apikey",
-    "x-auth-token",
-    "x-access-token",
-    "x-csrf-token",
-    "x-xsrf-token",
-    "x-amz-security-token",
-    "x-goog-api-key",
-    "private-token",
-    "x-vault-token",
+    "session",
+    "assertion",
+    "credential",
+    "signature",
     "ocp-apim-subscription-key",
 )
-# Query parameters that carry credentials: OAuth (RFC 6749, 6750), signed URLs
-# (S3, GCS), and what APIs commonly name a key (`decision_log.mask_query_params`).
-# Compared case-insensitively, with `-` read as `_`.
+# Query parameters that carry credentials (`decision_log.mask_query_params`). A name
+# is compared percent-decoded, lower case, with `.`, `-`, `[` and `]` read as `_`
+# (PHP reads `access.token` and `access_token[]` as access_token), and matches an
+# entry it equals, a `_`-separated word of it that equals an entry (or the entry
+# plus `id`), or, for entries of 5 or more characters, its end (`accesstoken`,
+# `jsessionid`). OAuth (RFC 6749, 6750), OIDC, SAML, signed URLs (S3, GCS).
 DEFAULT_MASKED_QUERY_PARAMS = (
-    "access_token",
-    "code",
-    "id_token",
-    "refresh_token",
-    "client_secret",
-    "api_key",
-    "apikey",
-    "key",
     "token",
-    "auth",
-    "password",
     "secret",
-    "sig",
+    "password",
+    "passwd",
+    "pwd",
+    "key",
+    "apikey",
+    "accesskey",
+    "session",
+    "sessionid",
+    "sessid",
+    "assertion",
+    "jwt",
+    "bearer",
     "signature",
-    "x_amz_signature",
-    "x_amz_credential",
-    "x_amz_security_token",
-    "x_goog_signature",
+    "sig",
+    "code",
+    "auth",
+    "authorization",
+    "credential",
+    "samlresponse",
 )
 DEFAULT_MAX_HEADER_VALUE_CHARS = 1024
-DEFAULT_MAX_HEADER_CHARS = 16384
+DEFAULT_MAX_HEADER_CHARS = 4096
+# The logged path (with its query) and parsed_query: a client chooses their size.
+MAX_PATH_CHARS = 1024
+MAX_QUERY_KEYS = 32
+MAX_QUERY_VALUES = 8  # per key
+MAX_QUERY_KEY_CHARS = 64
+MAX_QUERY_VALUE_CHARS = 128
+MAX_QUERY_CHARS = 1024  # keys and values of parsed_query in all
+# More masked pointers than this under one parent are listed as the parent.
+MAX_POINTERS_PER_PARENT = 16
 
 _HTTP = ("input", "attributes", "request", "http")
 _HEADERS = (*_HTTP, "headers")
 PATH_POINTER = "/input/attributes/request/http/path"
 HEADERS_POINTER = "/input/attributes/request/http/headers"
-# Headers whose value is a URL: a secret in their query string is masked too.
-_URL_HEADERS = frozenset({"referer"})
+QUERY_POINTER = "/input/parsed_query"
+SEGMENTS_POINTER = "/input/parsed_path"
+# A JWT (JWS or JWE compact form: a base64url JSON header, `eyJ`, then a dot)
+# anywhere in a value: the whole value is masked, whatever the header's name.
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*")
+# Headers that carry tokens in their value under a harmless name: browsers can't
+# set Authorization on a WebSocket, so apps send `access_token, <token>` (or
+# Kubernetes' `base64url.bearer.authorization.k8s.io.<token>`) as a subprotocol.
+_TOKEN_CARRIERS = frozenset({"sec-websocket-protocol"})
+_CARRIER_HINTS = re.compile(r"token|bearer|auth|jwt|key|secret|session", re.IGNORECASE)
+_PARAM_SPLIT = re.compile(r"([&;])")
+_NAME_SEPARATORS = str.maketrans(".-[]", "____")
 
 
 class Redactor:
@@ -90,17 +119,21 @@ class Redactor:
         event (``/input/identity/email``): any value can be masked that way."""
         if max_header_value_chars < 1 or max_header_chars < 1:
             raise ValueError("max_header_value_chars and max_header_chars must be positive")
-        headers, pointers = set(ALWAYS_MASKED_HEADERS), []
+        headers, pointers = list(ALWAYS_MASKED_HEADERS), []
         for entry in mask_headers:
             if entry.startswith("/"):
                 pointers.append(parse_pointer(entry))
             else:
-                headers.add(entry.lower())
-        self._headers = frozenset(headers)
+                headers.append(entry.lower().replace("_", "-"))
+        self._header_parts = tuple(dict.fromkeys(headers))
         self._pointers = pointers
         self._params = frozenset(_param_key(name) for name in mask_query_params)
+        self._param_suffixes = tuple(p.replace("_", "") for p in self._params if len(p) >= 5)
         self._value_limit = max_header_value_chars
         self._budget = max_header_chars
+        # Names repeat from event to event; a client may invent many, so bounded.
+        self.secret_header = functools.lru_cache(maxsize=1024)(self._secret_header)
+        self.secret_param = functools.lru_cache(maxsize=1024)(self._secret_param)
 
     @classmethod
     def from_config(cls, config: DecisionLogConfig) -> Redactor:
@@ -111,16 +144,25 @@ class Redactor:
             max_header_chars=config.max_header_chars,
         )
 
+    def _secret_header(self, lower: str) -> bool:
+        folded = lower.replace("_", "-")
+        return any(part in folded for part in self._header_parts)
+
+    def _secret_param(self, name: str) -> bool:
+        key = _param_key(name, encoded=True)
+        if key in self._params:
+            return True
+        for word in key.split("_"):
+            if word in self._params or (word.endswith("id") and word[:-2] in self._params):
+                return True
+        return key.replace("_", "").endswith(self._param_suffixes)
+
     def apply(self, event: dict[str, Any]) -> tuple[list[str], list[str]]:
         """Redact ``event["input"]`` in place of the reference (copy-on-write);
         returns the masked and the truncated pointers."""
         masked: list[str] = []
         truncated: list[str] = []
         given = event["input"]
-        parsed = given.get("parsed_query") if isinstance(given, dict) else None
-        if not isinstance(parsed, dict):
-            parsed = {}
-        secret_params = [name for name in parsed if _param_key(str(name)) in self._params]
         try:
             http = given["attributes"]["request"]["http"]
         except (KeyError, TypeError, IndexError):
@@ -133,41 +175,112 @@ class Redactor:
                 if kept is not None:
                     changes["headers"] = kept
             path = http.get("path")
-            # parsed_query is the path's query parsed: when it names no secret, the
-            # path holds none either (only a refusal's raw target comes without it).
-            if isinstance(path, str) and "?" in path and (secret_params or not parsed):
-                hidden = self.mask_query(path)
-                if hidden != path:
-                    changes["path"] = hidden
+            if isinstance(path, str):
+                logged = self.mask_url(path) if "?" in path else path
+                if logged != path:
                     masked.append(PATH_POINTER)
+                if len(logged) > MAX_PATH_CHARS:
+                    logged = _cut(logged, MAX_PATH_CHARS)
+                    truncated.append(PATH_POINTER)
+                if logged is not path:
+                    changes["path"] = logged
             if changes:
                 event["input"] = given = _replaced(given, _HTTP[1:], {**http, **changes})
-        if secret_params:
-            parsed = dict(parsed)
-            for name in secret_params:
-                values = parsed[name]
-                parsed[name] = [REDACTED] * len(values) if isinstance(values, list) else REDACTED
-                masked.append(format_pointer(("input", "parsed_query", str(name))))
-            event["input"] = {**given, "parsed_query": parsed}
+        segments = given.get("parsed_path") if isinstance(given, dict) else None
+        if isinstance(segments, list) and len(segments) > 8:  # short paths: nothing to count
+            shortened = _bounded_segments(segments)
+            if shortened is not None:
+                event["input"] = given = {**given, "parsed_path": shortened}
+                truncated.append(SEGMENTS_POINTER)
+        parsed = given.get("parsed_query") if isinstance(given, dict) else None
+        if isinstance(parsed, dict) and parsed:
+            logged_query = self._redact_query(parsed, masked, truncated)
+            if logged_query is not None:
+                event["input"] = {**given, "parsed_query": logged_query}
         for pointer in self._pointers:
             if _replace(event, pointer):
                 masked.append(format_pointer(pointer))
-        return masked, truncated
+        return _bounded(masked), truncated
 
-    def mask_query(self, target: str) -> str:
-        """``target`` with the value of every secret query parameter replaced; the
-        rest byte for byte (a parameter is split as `parse_qs` splits it: on `&`)."""
-        if not self._params:
-            return target
-        head, _, query = target.partition("?")
-        parts = query.split("&")
+    def mask_url(self, target: str) -> str:
+        """``target`` with the value of every secret parameter in its query and its
+        fragment (`#access_token=`, OAuth's implicit flow) replaced, and any
+        JWT-shaped value; the rest byte for byte. Parameters are split on `&` and
+        on `;` (Rack before 3, Java servlet containers, Python before 3.9.2)."""
+        head, question, rest = target.partition("?")
+        if not question:
+            head, hash_, fragment = target.partition("#")
+            return f"{head}#{self._mask_pairs(fragment)}" if hash_ else target
+        query, hash_, fragment = rest.partition("#")
+        masked = f"{head}?{self._mask_pairs(query)}"
+        return f"{masked}#{self._mask_pairs(fragment)}" if hash_ else masked
+
+    def _mask_pairs(self, text: str) -> str:
+        parts = _PARAM_SPLIT.split(text)
         changed = False
-        for index, part in enumerate(parts):
-            name, equals, _ = part.partition("=")
-            if equals and _param_key(name, encoded=True) in self._params:
+        for index in range(0, len(parts), 2):
+            name, equals, value = parts[index].partition("=")
+            if equals and (self.secret_param(name) or ("eyJ" in value and _JWT.search(value))):
                 parts[index] = f"{name}={REDACTED}"
                 changed = True
-        return f"{head}?{'&'.join(parts)}" if changed else target
+        return "".join(parts) if changed else text
+
+    def _query_value(self, value: Any) -> tuple[Any, bool, bool]:
+        """A parsed_query value to log, whether a secret in it was masked, whether it
+        was cut: masked when JWT-shaped, with secret `;name=value` pairs masked
+        inside (parse_qs splits on `&` only), cut at MAX_QUERY_VALUE_CHARS."""
+        if not isinstance(value, str):
+            return value, False, False
+        if "eyJ" in value and _JWT.search(value):
+            return REDACTED, True, False
+        masked = False
+        if ";" in value:
+            hidden = self._mask_pairs(value)
+            masked, value = hidden != value, hidden
+        if len(value) > MAX_QUERY_VALUE_CHARS:
+            return _cut(value, MAX_QUERY_VALUE_CHARS), masked, True
+        return value, masked, False
+
+    def _redact_query(
+        self, parsed: dict[Any, Any], masked: list[str], truncated: list[str]
+    ) -> dict[str, Any] | None:
+        """parsed_query to log (None: as given): secrets masked, and at most
+        MAX_QUERY_KEYS keys of MAX_QUERY_VALUES values, about MAX_QUERY_CHARS in all."""
+        logged: dict[str, Any] = {}
+        budget = MAX_QUERY_CHARS
+        changed = cut = False
+        for count, (name, values) in enumerate(parsed.items()):
+            if count >= MAX_QUERY_KEYS or budget <= 0:
+                cut = True
+                break
+            key = str(name)
+            if len(key) > MAX_QUERY_KEY_CHARS:
+                key, cut = _cut(key, MAX_QUERY_KEY_CHARS), True
+            items = values if isinstance(values, list) else [values]
+            if len(items) > MAX_QUERY_VALUES:
+                items, cut = items[:MAX_QUERY_VALUES], True
+            secret = self.secret_param(str(name))
+            if secret:
+                shown: list[Any] = [REDACTED] * len(items)
+            else:
+                shown = []
+                for item in items:
+                    value, was_masked, was_cut = self._query_value(item)
+                    shown.append(value)
+                    secret, cut = secret or was_masked, cut or was_cut
+            if secret:
+                masked.append(format_pointer(("input", "parsed_query", key)))
+            logged[key] = shown if isinstance(values, list) else shown[0]
+            budget -= len(key) + sum(len(v) for v in shown if isinstance(v, str))
+            changed = (
+                changed
+                or secret
+                or key != name
+                or any(a is not b for a, b in zip(shown, items, strict=True))
+            )
+        if cut:
+            truncated.append(QUERY_POINTER)
+        return logged if changed or cut else None
 
     def _redact_headers(
         self, headers: dict[str, Any], masked: list[str], truncated: list[str]
@@ -177,16 +290,23 @@ class Redactor:
         changed = omitted = False
         budget = self._budget
         limit = self._value_limit
-        secret = self._headers
+        secret = self.secret_header
         for name, value in headers.items():
             key = name if type(name) is str else str(name)
             lower = key.lower()
             was_masked = was_truncated = False
-            if lower in secret:
+            if secret(lower):
                 logged: Any = REDACTED
                 was_masked = True
-            elif type(value) is str and len(value) <= limit and lower not in _URL_HEADERS:
-                logged = value
+            elif (
+                type(value) is str
+                and len(value) <= limit
+                and "?" not in value
+                and "#" not in value
+                and "eyJ" not in value
+                and lower not in _TOKEN_CARRIERS
+            ):
+                logged = value  # the usual header: nothing to look at
             else:
                 logged, was_masked, was_truncated = self._header_value(lower, value, limit)
             cost = len(key) + (len(logged) if type(logged) is str else 0)
@@ -208,20 +328,51 @@ class Redactor:
         """The value to log, whether a secret in it was masked, whether it was cut."""
         if not isinstance(value, str):
             return value, False, False
+        if "eyJ" in value and _JWT.search(value):
+            return REDACTED, True, False
+        if lower in _TOKEN_CARRIERS and _CARRIER_HINTS.search(value):
+            return REDACTED, True, False
         masked = False
-        if lower in _URL_HEADERS and "?" in value:
-            hidden = self.mask_query(value)
+        if "?" in value or "#" in value:  # a URL (Referer, X-Original-URL, ...): its query
+            hidden = self.mask_url(value)
             masked = hidden != value
             value = hidden
         if len(value) <= limit:
             return value, masked, False
-        return f"{value[:limit]}...[truncated {len(value) - limit} chars]", masked, True
+        return _cut(value, limit), masked, True
+
+
+def _bounded_segments(segments: list[Any]) -> list[Any] | None:
+    """parsed_path's first segments up to MAX_PATH_CHARS in all (None: all fit)."""
+    budget = MAX_PATH_CHARS
+    for index, segment in enumerate(segments):
+        budget -= len(segment) + 1 if isinstance(segment, str) else 1
+        if budget < 0:
+            return segments[:index]
+    return None
+
+
+def _cut(text: str, limit: int) -> str:
+    return f"{text[:limit]}...[truncated {len(text) - limit} chars]"
+
+
+def _bounded(pointers: list[str]) -> list[str]:
+    """The masked pointers, those of a parent with many listed as the parent once:
+    a query of 700 secret spellings is one pointer, not 700."""
+    if len(pointers) <= MAX_POINTERS_PER_PARENT:
+        return pointers
+    parents = collections.Counter(pointer.rpartition("/")[0] for pointer in pointers)
+    crowded = {parent for parent, count in parents.items() if count > MAX_POINTERS_PER_PARENT}
+    if not crowded:
+        return pointers
+    listed = (p.rpartition("/")[0] if p.rpartition("/")[0] in crowded else p for p in pointers)
+    return list(dict.fromkeys(listed))
 
 
 def _param_key(name: str, *, encoded: bool = False) -> str:
     if encoded and ("%" in name or "+" in name):
         name = unquote_plus(name)
-    return name.lower().replace("-", "_")
+    return name.lower().translate(_NAME_SEPARATORS).strip("_")
 
 
 def parse_pointer(pointer: str) -> tuple[str, ...]:
@@ -256,7 +407,7 @@ def _replaced(root: dict[str, Any], parts: Sequence[str], value: Any) -> Any:
 def _step(node: Any, key: str) -> tuple[bool, Any]:
     if isinstance(node, dict):
         return (key in node, node.get(key))
-    if isinstance(node, list) and key.isdigit() and int(key) < len(node):
+    if isinstance(node, list) and key.isascii() and key.isdigit() and int(key) < len(node):
         return True, node[int(key)]
     return False, None
 

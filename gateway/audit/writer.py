@@ -10,7 +10,15 @@ GIL between chunks, so the event loop never waits for it. A chunk is committed
 I/O error) the partial bytes are cut off again, ``write_errors`` counts it, an
 error is logged, the events stay queued and are retried with backoff, so
 nothing is dropped while the process lives. ``queue_depth`` shows the backlog
-for /metrics and alerting. ``await close()`` drains everything, writes the
+for /metrics and alerting.
+
+Durability: ``record()`` returns a ticket (the event's number in this run);
+``await durable(ticket)`` returns once the event is written and fsync'd. The
+writer fsyncs once per round when anyone waits, so every request recorded
+while the previous fsync ran shares the next one (group commit). Nobody
+waiting (``durability: async``) costs nothing: fsyncs stay at signatures.
+
+``await close()`` drains everything, writes the
 ``close`` signature and fsyncs; if the disk is still failing when its timeout
 runs out, it logs how many events are lost.
 
@@ -31,6 +39,8 @@ import collections
 import contextlib
 import errno
 import fcntl
+import heapq
+import itertools
 import json
 import logging
 import os
@@ -64,6 +74,9 @@ _CHUNK = 64
 # Wake the writer early when this many events wait (else every flush_interval).
 _WAKE_AT = 2048
 _MAX_BACKOFF = 5.0
+# In a round with waiters, fsync at least every this many chunks, so a steady
+# stream of events can't postpone a waiting request's fsync indefinitely.
+_SYNC_EVERY_CHUNKS = 16
 
 
 class DecisionLogError(Exception):
@@ -136,6 +149,15 @@ class DecisionLog:
         self._events_written = 0
         self._write_errors = 0
         self._signatures_written = 0
+        # Durability (group commit): tickets recorded, events known durable,
+        # and the event loop's waiters as a heap of (ticket, n, future).
+        self._recorded = 0
+        self._durable = 0
+        self._fsyncs = 0
+        self._sync_wanted = False
+        self._waiters: list[tuple[int, int, asyncio.Future[bool]]] = []
+        self._waiter_ids = itertools.count()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- the gateway's side -------------------------------------------------
 
@@ -144,6 +166,7 @@ class DecisionLog:
         if self._thread is not None:
             return
         self._fd, self._chain = await asyncio.to_thread(self._open, None)
+        self._loop = asyncio.get_running_loop()
         self._queue.appendleft(("sign", "start"))
         self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
         self._thread.start()
@@ -156,13 +179,14 @@ class DecisionLog:
         result: Any,
         revision: str,
         metrics: dict[str, int],
-        labels: dict[str, str] | None = None,
+        labels: dict[str, Any] | None = None,
         path: str = DECISION_PATH,
-    ) -> None:
+    ) -> int:
         """Queue one decision; never blocks. Don't modify input/result afterwards.
 
         ``path`` names the policy that decided, or ``gateway`` for a request the
-        gateway refused before any policy was asked (see REFUSAL_PATH)."""
+        gateway refused before any policy was asked (see REFUSAL_PATH). Returns
+        the event's ticket for :meth:`durable`."""
         if self._closed:
             raise RuntimeError("decision log is closed: this decision would be lost")
         queue = self._queue
@@ -171,6 +195,33 @@ class DecisionLog:
         )
         if len(queue) >= _WAKE_AT:
             self._wake.set()
+        self._recorded += 1
+        return self._recorded
+
+    async def durable(self, ticket: int, timeout: float) -> bool:
+        """Wait until the event with this ticket is written and fsync'd; False
+        if that didn't happen within ``timeout`` s (a failing disk, a closed log)."""
+        if ticket <= self._durable:
+            return True
+        if self._thread is None or self._abandon:
+            return False
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (ticket, next(self._waiter_ids), future))
+        self._sync_wanted = True
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return False
+
+    def _release(self, durable: int) -> None:
+        """On the event loop: wake every waiter whose event is now durable."""
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= durable:
+            future = heapq.heappop(waiters)[2]
+            if not future.done():
+                future.set_result(True)
+        self._sync_wanted = bool(waiters)
 
     def reopen(self) -> None:
         """Seal the current file and continue the chain in a fresh open of ``path``.
@@ -214,6 +265,11 @@ class DecisionLog:
         return {**json.loads(line), "file": str(self.path), "line_hash": line_hash(line)}
 
     @property
+    def seq(self) -> int:
+        """Events in the chain so far (written to the file)."""
+        return self._chain.seq
+
+    @property
     def stats(self) -> dict[str, int]:
         """Counters for /metrics."""
         chunk = self._chunk
@@ -223,6 +279,7 @@ class DecisionLog:
             "write_errors": self._write_errors,
             "queue_depth": len(self._queue) + in_chunk,
             "signatures_written": self._signatures_written,
+            "fsyncs": self._fsyncs,
         }
 
     # -- the writer thread --------------------------------------------------
@@ -230,11 +287,12 @@ class DecisionLog:
     def _run(self) -> None:
         try:
             while True:
+                # Cleared before draining: a wake-up set while we write is kept.
+                self._wake.clear()
                 delay = self._drain()
                 if self._abandon or (self._stopping and not self._queue and self._chunk is None):
                     break
                 self._wake.wait(delay)
-                self._wake.clear()
         except Exception:  # a bug here must be loud: the log is an audit trail
             logger.exception("decision log %s: writer stopped", self.path)
         finally:
@@ -250,12 +308,19 @@ class DecisionLog:
 
     def _drain(self) -> float:
         """Write queued chunks; returns how long to sleep before the next round."""
+        chunks = 0
         while not self._abandon:
+            if self._sync_wanted and chunks >= _SYNC_EVERY_CHUNKS:
+                self._sync_waiters()
+                chunks = 0
             if self._chunk is None:
                 self._chunk = self._take_chunk()
                 if not self._chunk:
                     self._chunk = None
+                    if self._sync_wanted:
+                        self._sync_waiters()
                     return self._flush_interval
+            chunks += 1
             data, chain, events, signatures, reopen = self._serialize(self._chunk)
             start = os.lseek(self._fd, 0, os.SEEK_END)
             try:
@@ -275,7 +340,8 @@ class DecisionLog:
             self._chunk = None
             if signatures:
                 self._last_signed = time.monotonic()
-                self._fsync()
+                if self._fsync():
+                    self._published(self._events_written)
             if reopen:
                 self._reopen_wanted = False
                 self._reopen()
@@ -348,9 +414,12 @@ class DecisionLog:
         try:
             return orjson.dumps(record, default=_json_fallback, option=orjson.OPT_NON_STR_KEYS)
         except (TypeError, ValueError, RuntimeError) as error:  # circular, or changed under us
-            logger.error("decision log: event %s not serialisable: %s", decision_id, error)
-            record["input"] = record["result"] = {"unserialisable": str(error)}
-            return orjson.dumps(record, default=_json_fallback, option=orjson.OPT_NON_STR_KEYS)
+            # Never lose the record's content: lone surrogates (request bytes that
+            # were not UTF-8) and the like take a slower path that keeps all of it.
+            logger.warning(
+                "decision log: event %s needs the fallback writer: %s", decision_id, error
+            )
+            return _forgiving_line(record)
 
     def _signature_line(self, reason: str, seq: int, head: str) -> bytes:
         signed_at = rfc3339_ns(time.time_ns())
@@ -387,15 +456,36 @@ class DecisionLog:
             return
         self._head_size = len(data)
 
-    def _fsync(self) -> None:
+    def _fsync(self) -> bool:
+        """True if everything written so far is on disk."""
         # The lines are written (in the page cache); a failed fsync is counted and
-        # logged, not retried: rewriting them would duplicate them.
+        # logged, not retried: rewriting them would duplicate them. Waiters are
+        # not released by a failed fsync (their requests fail closed).
         try:
             os.fsync(self._fd)
         except OSError as error:
-            if error.errno != errno.EINVAL:  # EINVAL: not a file (a pipe, /dev/...)
-                self._write_errors += 1
-                logger.error("decision log %s: fsync failed: %s", self.path, error.strerror)
+            if error.errno == errno.EINVAL:  # not a file (a pipe, /dev/...): nothing to sync
+                return True
+            self._write_errors += 1
+            logger.error("decision log %s: fsync failed: %s", self.path, error.strerror)
+            return False
+        self._fsyncs += 1
+        return True
+
+    def _sync_waiters(self) -> None:
+        """One fsync for every event written so far: the group commit."""
+        written = self._events_written
+        if written > self._durable and self._fsync():
+            self._published(written)
+        elif written <= self._durable:
+            self._published(self._durable)
+
+    def _published(self, durable: int) -> None:
+        self._durable = max(self._durable, durable)
+        loop = self._loop
+        if loop is not None and self._sync_wanted:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(self._release, self._durable)
 
     def _failed(self, error: OSError, start: int) -> None:
         self._write_errors += 1
@@ -480,6 +570,19 @@ class DecisionLog:
         head, seq, torn, recent = found
         if torn:  # a crash cut the last line: end it so our records start on a line
             _write_all(fd, b"\n")
+        if chain is None and saved is None:
+            # Records but no head file: it was deleted (with the log cut back to an
+            # earlier run's end, that would hide the runs in between) or the log
+            # predates head files. The file's last line can't be trusted as where
+            # the chain stands, so a new chain begins and verify reports the gap.
+            logger.error(
+                "decision log %s has records but no head file %s: starting a new chain "
+                "(audit verify will report the gap; if the head file was removed on "
+                "purpose, verify the earlier part on its own)",
+                self.path,
+                self.head_path,
+            )
+            return fd, _Chain()
         if saved is not None and saved.head not in recent and saved.seq >= seq:
             # The file ends before where the chain stood: it was cut or replaced
             # while the gateway was down. Continue from the recorded head, so the
@@ -574,6 +677,36 @@ def _tail_state(path: Path) -> tuple[str, int, bool, set[str]] | None:
             break
     recent = {line_hash(line) for line in data.rstrip(b"\n").split(b"\n")}
     return head, seq, torn, recent
+
+
+def _forgiving_line(record: dict[str, Any]) -> bytes:
+    """The record as one JSON line when orjson refuses it: stdlib json escapes lone
+    surrogates as \\udcXX (the reader reads them back); a cycle or an odd key
+    type is written as text by a copy made of plain values."""
+    try:
+        text = json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=_json_fallback)
+    except (TypeError, ValueError, RecursionError):
+        return orjson.dumps(_plain(record, set(), 0))
+    return text.encode("ascii")
+
+
+def _plain(value: Any, seen: set[int], depth: int) -> Any:
+    """JSON-ready copy: str keys, readable strings, cycles and depth cut."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, (dict, list, tuple, set, frozenset)):
+        if id(value) in seen or depth > 64:
+            return "[cycle or too deep]"
+        seen = seen | {id(value)}
+        if isinstance(value, dict):
+            return {
+                str(_plain(k, seen, depth + 1)): _plain(v, seen, depth + 1)
+                for k, v in value.items()
+            }
+        return [_plain(item, seen, depth + 1) for item in value]
+    return _plain(_json_fallback(value), seen, depth + 1)
 
 
 def _json_fallback(value: Any) -> Any:

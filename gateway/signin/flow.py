@@ -8,19 +8,22 @@ import contextlib
 import hashlib
 import logging
 import re
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import aiohttp
+import orjson
 from aiohttp import web
 
 from gateway.config import GatewayConfig, SignInConfig
 from gateway.decision import Decision
 from gateway.identity import ANONYMOUS, Identity
+from gateway.shared.check import Refusal
 from gateway.signin import pages
 from gateway.signin.oidc import OidcClient, ProviderError, TokenInvalid, same
 from gateway.signin.session import (
@@ -32,6 +35,9 @@ from gateway.signin.session import (
     apply_cookie_changes,
 )
 
+if TYPE_CHECKING:
+    from gateway.shared.state import SharedState
+
 log = logging.getLogger("portcullis.sign_in")
 
 PREFIX = "/.portcullis/"
@@ -40,6 +46,7 @@ CALLBACK_PATH = PREFIX + "callback"
 SIGN_IN_PATH = PREFIX + "sign_in"
 SIGN_OUT_PATH = PREFIX + "sign_out"
 SIGNED_OUT_PATH = PREFIX + "signed_out"
+BACKCHANNEL_LOGOUT_PATH = PREFIX + "backchannel_logout"
 PRE_AUTH_TTL = 600  # a sign-in must come back within 10 minutes
 MAX_PENDING = 8  # sign-ins in flight per browser (tabs); more and the oldest are dropped
 REFRESH_REMEMBERED = 60.0  # a finished refresh answers requests still carrying the old cookie
@@ -48,7 +55,13 @@ SESSION: web.RequestKey[Session] = web.RequestKey("portcullis_session", Session)
 _ACR = re.compile(r"^[A-Za-z0-9:._/+-]{1,128}$")
 MAX_FORM_BYTES = 4096
 # Gateway.refuse(request, status, rule, reason): a logged refusal (gateway/server.py).
+# Where the callback keeps the step-up a failed sign-in had asked for.
+_STEP_UP_ASKED: web.RequestKey[dict[str, Any] | None] = web.RequestKey(
+    "portcullis_step_up_asked", dict
+)
 Refuse = Callable[[web.Request, int, str, str], web.Response]
+# Records a sign-in in the decision log: (request, identity or None, outcome, step-up asked).
+RecordSignIn = Callable[[web.Request, Identity | None, int, str, dict[str, Any] | None], None]
 
 
 def safe_return_to(value: str | None, host: str) -> str | None:
@@ -103,9 +116,20 @@ class BrowserSignIn:
     """Browsers sign in through the configured OpenID provider; the session then
     lives only in an encrypted cookie, so any replica can serve it."""
 
-    def __init__(self, config: GatewayConfig, refuse: Refuse) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        refuse: Refuse,
+        *,
+        shared: SharedState | None = None,
+        record: RecordSignIn | None = None,
+    ) -> None:
         assert config.sign_in is not None
         self.refuse = refuse
+        self.record = record
+        # With shared state, sign-out revokes the session on every replica, a
+        # refresh is single-flight across replicas, and back-channel logout works.
+        self.shared = shared
         self.config: SignInConfig = config.sign_in
         session = config.session
         self.lifetime = session.lifetime
@@ -145,6 +169,11 @@ class BrowserSignIn:
         app.router.add_route("*", SIGN_OUT_PATH, self.sign_out)
         app.router.add_get(SIGNED_OUT_PATH, self.signed_out)
         app.router.add_get(HOME_PATH, self.home)
+        if self.shared is not None:
+            from gateway.signin.backchannel import BackChannelLogout
+
+            logout = BackChannelLogout(self.config, lambda: self.client, self.shared, self.lifetime)
+            app.router.add_post(BACKCHANNEL_LOGOUT_PATH, logout.handle)
         app.on_response_prepare.append(apply_cookie_changes)
 
     def owns_cookie(self, name: str) -> bool:
@@ -173,6 +202,10 @@ class BrowserSignIn:
             return ANONYMOUS
         now = time.time()
         if now >= session.created_at + self.lifetime or session.issuer != self.config.issuer:
+            self.cookies.clear(request)
+            return ANONYMOUS
+        if self.shared is not None and not session.session_id:
+            # A cookie from before shared state has no id sign-out could revoke.
             self.cookies.clear(request)
             return ANONYMOUS
         if now >= session.expires_at - self.margin:
@@ -214,6 +247,29 @@ class BrowserSignIn:
         return await asyncio.shield(task)
 
     async def _refresh_once(self, session: Session) -> Session | None:
+        if self.shared is None:
+            return await self._refresh_at_provider(session)
+        from gateway.shared.refresh import single_flight
+
+        assert session.refresh_token is not None
+        keys = self.shared.keys
+        revoked = [keys.session_revoked(session.session_id)]
+        if session.provider_sid:
+            revoked.append(keys.provider_session_revoked(session.issuer, session.provider_sid))
+
+        async def refresh() -> str | None:
+            fresh = await self._refresh_at_provider(session)
+            return None if fresh is None else self.cookies.keys.seal("refreshed", fresh.to_bytes())
+
+        token_hash = hashlib.sha256(session.refresh_token.encode()).hexdigest()
+        sealed = await single_flight(self.shared.store, token_hash, revoked, refresh)
+        opened = None if sealed is None else self.cookies.keys.open("refreshed", sealed)
+        fresh = None if opened is None else Session.from_bytes(opened)
+        if fresh is None or fresh.session_id != session.session_id:
+            return None
+        return fresh
+
+    async def _refresh_at_provider(self, session: Session) -> Session | None:
         assert session.refresh_token is not None
         try:
             tokens = await self.client.refresh(session.refresh_token)
@@ -231,7 +287,10 @@ class BrowserSignIn:
         except (ProviderError, TokenInvalid) as error:
             log.warning("session refresh for %s failed: %s", session.subject, error)
             return None
-        return self._session_from(claims, refresh_token, session.created_at, session.step_up)
+        return self._session_from(
+            claims, refresh_token, session.created_at, session.step_up, session.session_id,
+            session.provider_sid,
+        )  # fmt: skip
 
     def _session_from(
         self,
@@ -239,6 +298,8 @@ class BrowserSignIn:
         refresh_token: str | None,
         created_at: int,
         step_up: dict[str, Any] | None,
+        session_id: str,
+        provider_sid: str | None = None,
     ) -> Session:
         raw_groups = claims.get(self.config.groups_claim)
         groups = (
@@ -263,6 +324,9 @@ class BrowserSignIn:
             auth_time=int(auth_time) if isinstance(auth_time, int | float) else None,
             refresh_token=refresh_token,
             step_up=step_up,
+            session_id=session_id,
+            # OIDC back-channel logout names the provider's session by this `sid`.
+            provider_sid=claims["sid"] if isinstance(claims.get("sid"), str) else provider_sid,
         )
 
     def _known_groups(self) -> set[str]:
@@ -394,15 +458,27 @@ class BrowserSignIn:
         step_up = None
         if "acr" in request.query or "max_age" in request.query:
             max_age = request.query.get("max_age", "")
+            # ASCII digits only: '²'.isdigit() is True and int('²') raises.
+            if max_age and not (max_age.isascii() and max_age.isdigit() and len(max_age) < 9):
+                return pages.sign_in_failed(
+                    "max_age must be a whole number of seconds (ASCII digits, at most 8).",
+                    SIGN_IN_PATH,
+                )
             step_up = _step_up(
-                {
-                    "acr": request.query.get("acr"),
-                    "max_age": int(max_age) if max_age.isdigit() and len(max_age) < 9 else None,
-                }
+                {"acr": request.query.get("acr"), "max_age": int(max_age) if max_age else None}
             )
         return await self._start(request, target, step_up)
 
     async def callback(self, request: web.Request) -> web.Response:
+        """The provider's answer; every outcome is a sign-in event in the decision log
+        (OCSF Authentication for the SIEM), a failure with the page's status."""
+        response = await self._callback(request)
+        if self.record is not None and response.status >= 400:
+            step_up = request.get(_STEP_UP_ASKED)
+            self.record(request, None, response.status, "sign-in failed", step_up)
+        return response
+
+    async def _callback(self, request: web.Request) -> web.Response:
         query = request.query
         state = query.get("state")
         start_again = SIGN_IN_PATH
@@ -429,6 +505,7 @@ class BrowserSignIn:
         return_to = safe_return_to(pending.get("return_to"), request.host) or HOME_PATH
         step_up = pending.get("step_up")
         step_up = _step_up(step_up) if step_up is not None else None
+        request[_STEP_UP_ASKED] = step_up
         start_again = self._sign_in_url(return_to, step_up)
         issuer = query.get("iss")
         try:
@@ -488,8 +565,14 @@ class BrowserSignIn:
             )
         now = int(time.time())
         marker = {**step_up, "at": now} if step_up is not None else None
-        session = self._session_from(claims, tokens.refresh_token, now, marker)
+        session = self._session_from(
+            claims, tokens.refresh_token, now, marker, secrets.token_urlsafe(18)
+        )
+        await self._revoke_replaced(request, session)
         self._save(request, session)
+        if self.record is not None:
+            what = "signed in with step-up" if step_up else "signed in"
+            self.record(request, session.identity(self.lifetime), 200, what, step_up)
         log.info(
             "signed in %s (amr %s, acr %s)%s",
             session.subject,
@@ -549,6 +632,7 @@ class BrowserSignIn:
         return None
 
     async def _sign_out(self, request: web.Request) -> web.Response:
+        await self._revoke(self.cookies.load(request), "signed out")
         self.cookies.clear(request)
         self.cookies.drop_pending(request, self.cookies.pending_names(request))
         done = self._base_url(request) + SIGNED_OUT_PATH
@@ -557,6 +641,51 @@ class BrowserSignIn:
         except ProviderError:
             return _redirect(SIGNED_OUT_PATH, 303)
         return _redirect(self.client.logout_url(done) or SIGNED_OUT_PATH, 303)
+
+    async def _revoke(self, session: Session | None, reason: str) -> None:
+        """End the session on every replica: a copy of its cookie is refused too."""
+        if self.shared is None or session is None or not session.session_id:
+            return
+        ttl = session.created_at + self.lifetime - int(time.time()) + 60
+        if ttl > 0:
+            await self.shared.revoke_session(session.session_id, session.subject, reason, ttl)
+
+    async def _revoke_replaced(self, request: web.Request, session: Session) -> None:
+        """A new sign-in in this browser (a step-up, another user) ends the session
+        its cookie held, so a copy of the old cookie can't outlive it."""
+        old = self.cookies.load(request)
+        if old is not None and old.session_id != session.session_id:
+            await self._revoke(old, "replaced by a new sign-in")
+
+    def refused(
+        self, request: web.Request, response: web.Response, refusal: Refusal, identity: Identity
+    ) -> web.Response:
+        """A refusal on the shared state: a revoked session's cookie is cleared, and
+        a browser gets a page that says what happened (the JSON otherwise)."""
+        ended = refusal.rule in ("session_revoked", "revoked")
+        if ended and identity.method == "session":
+            self.cookies.clear(request)
+        if not self.wants_page(request, identity):
+            return response
+        titles = {
+            "session_revoked": "Your session has ended",
+            "revoked": "Your session has ended",
+            "locked_out": "Your account is locked",
+            "rate_limited": "Too many requests",
+            "shared_state_unavailable": "Try again in a moment",
+        }
+        body = response.body if isinstance(response.body, bytes) else b"{}"
+        decision_id = str(orjson.loads(body).get("decision_id", "-"))
+        page = pages.refused(
+            status=refusal.status,
+            title=titles.get(refusal.rule, "Refused"),
+            reason=refusal.reason,
+            decision_id=decision_id,
+            sign_in_url=SIGN_IN_PATH if ended else None,
+        )
+        if refusal.retry_after:
+            page.headers["Retry-After"] = str(refusal.retry_after)
+        return page
 
     async def signed_out(self, request: web.Request) -> web.Response:
         return pages.signed_out(SIGN_IN_PATH)

@@ -311,6 +311,63 @@ class OidcClient:
             raise TokenInvalid("refreshed ID token is for another subject")
         return claims
 
+    async def verify_logout_token(self, token: str) -> dict[str, Any]:
+        """OpenID Connect Back-Channel Logout 1.0, 2.6: the provider's signature (its
+        JWKS), iss, aud, iat (recent), exp when present, an `events` claim naming
+        back-channel logout, `sub` or `sid`, a `jti`, and no `nonce` (so an ID token
+        can't pass as a logout token). Replay of the jti is the caller's check."""
+        metadata = await self.metadata()
+        assert self._keys is not None
+        if len(token) > 8192:
+            raise TokenInvalid("logout token too large")
+        try:
+            header = jwt.get_unverified_header(token)
+        except (jwt.PyJWTError, UnicodeError) as error:
+            raise TokenInvalid(f"malformed logout token: {error}") from error
+        typ = header.get("typ")
+        if typ is not None and str(typ).lower() not in (
+            "logout+jwt",
+            "application/logout+jwt",
+            "jwt",
+        ):
+            raise TokenInvalid(f"logout token typ {typ!r} is not logout+jwt")
+        algorithm = header.get("alg")
+        if algorithm not in self.config.algorithms:
+            raise TokenInvalid(
+                f"logout token algorithm {algorithm!r} not allowed "
+                f"(allowed: {', '.join(self.config.algorithms)})"
+            )
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise TokenInvalid("logout token header has no kid")
+        key = await self._keys.get(kid)
+        if key is None:
+            raise TokenInvalid(f"logout token signed with unknown key kid={kid!r}")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key.key,
+                algorithms=[algorithm],
+                audience=self.config.client_id,
+                issuer=metadata.issuer,
+                leeway=self.config.leeway,
+                options={"require": ["iat", "iss", "aud", "jti"], "verify_exp": True},
+            )
+        except jwt.InvalidAudienceError as error:
+            raise TokenInvalid(
+                f"logout token is not for client {self.config.client_id!r}"
+            ) from error
+        except jwt.InvalidIssuerError as error:
+            raise TokenInvalid(f"logout token is not from {metadata.issuer}") from error
+        except jwt.InvalidSignatureError as error:
+            raise TokenInvalid("logout token signature verification failed") from error
+        except jwt.MissingRequiredClaimError as error:
+            raise TokenInvalid(f"logout token has no {error.claim!r} claim") from error
+        except jwt.PyJWTError as error:
+            raise TokenInvalid(f"invalid logout token: {error}") from error
+        _check_logout_claims(claims, self.config.leeway)
+        return claims
+
     def logout_origin(self) -> str | None:
         """Where sign-out sends the browser (the sign-out page's CSP form-action
         must allow it: browsers check a form's redirects against it too)."""
@@ -329,3 +386,28 @@ class OidcClient:
         params["post_logout_redirect_uri"] = post_logout_redirect_uri
         separator = "&" if "?" in endpoint else "?"
         return f"{endpoint}{separator}{urlencode(params, quote_via=quote)}"
+
+
+BACKCHANNEL_LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+LOGOUT_TOKEN_MAX_AGE = 300  # seconds; replayed jtis are remembered longer than this
+
+
+def _check_logout_claims(claims: dict[str, Any], leeway: float) -> None:
+    events = claims.get("events")
+    if not isinstance(events, dict) or not isinstance(events.get(BACKCHANNEL_LOGOUT_EVENT), dict):
+        raise TokenInvalid(f"logout token has no events claim with {BACKCHANNEL_LOGOUT_EVENT}")
+    if "nonce" in claims:
+        raise TokenInvalid("logout token carries a nonce (an ID token?); refused")
+    sub, sid = claims.get("sub"), claims.get("sid")
+    if not isinstance(sub, str) and not isinstance(sid, str):
+        raise TokenInvalid("logout token names neither sub nor sid")
+    if not isinstance(claims.get("jti"), str) or not claims["jti"]:
+        raise TokenInvalid("logout token jti must be a non-empty string")
+    iat = claims["iat"]
+    if not isinstance(iat, int | float) or isinstance(iat, bool):
+        raise TokenInvalid("logout token iat is not a number")
+    age = time.time() - float(iat)
+    if age > LOGOUT_TOKEN_MAX_AGE + leeway:
+        raise TokenInvalid(
+            f"logout token issued {int(age)} s ago; at most {LOGOUT_TOKEN_MAX_AGE} s"
+        )

@@ -243,3 +243,19 @@ def home(
         f"<p>Groups: {escape(groups)}</p><p>Apps behind this gateway:</p><ul>{links}</ul>"
     )
     return _page("Session", body, 200)
+
+
+def refused(
+    *, status: int, title: str, reason: str, decision_id: str, sign_in_url: str | None
+) -> web.Response:
+    """The gateway refused before the policy: a session ended elsewhere (signed out,
+    revoked), a lockout, a rate limit or the shared state being unavailable."""
+    button = (
+        f'<a class="button" href="{escape(sign_in_url)}">Sign in again</a>' if sign_in_url else ""
+    )
+    body = (
+        f"<h1>{escape(title)}</h1><p>{escape(plain(reason))}</p>{button}"
+        f'<p class="meta">Decision id <code>{escape(decision_id)}</code>: '
+        "quote it when you ask for help.</p>"
+    )
+    return _page(title, body, status)

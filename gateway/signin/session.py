@@ -155,6 +155,11 @@ class Session:
     # The last step-up round: {"acr", "max_age", "at"}; stops a redirect loop
     # when the provider signs the user in without what was asked.
     step_up: dict[str, Any] | None = None
+    # Random, set at sign-in and kept across refreshes: what sign-out revokes
+    # server-side (gateway/shared/); the provider's own session id (ID token
+    # `sid`) is what its back-channel logout names.
+    session_id: str = ""
+    provider_sid: str | None = None
 
     def identity(self, lifetime: int) -> Identity:
         return Identity(
@@ -168,6 +173,9 @@ class Session:
             auth_time=self.auth_time,
             issuer=self.issuer,
             expires_at=float(min(self.expires_at, self.created_at + lifetime)),
+            issued_at=float(self.created_at),
+            session_id=self.session_id or None,
+            provider_sid=self.provider_sid,
         )
 
     def to_bytes(self) -> bytes:
@@ -184,6 +192,8 @@ class Session:
                 "auth_time": self.auth_time,
                 "rt": self.refresh_token,
                 "su": self.step_up,
+                "sid": self.session_id,
+                "osid": self.provider_sid,
             }
         )
 
@@ -203,6 +213,8 @@ class Session:
                 auth_time=None if raw.get("auth_time") is None else _int(raw["auth_time"]),
                 refresh_token=_opt_str(raw.get("rt")),
                 step_up=raw.get("su") if isinstance(raw.get("su"), dict) else None,
+                session_id=_str(raw.get("sid") or ""),
+                provider_sid=_opt_str(raw.get("osid")),
             )
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return None

@@ -70,14 +70,28 @@ member_of_one(groups) if {
 
 # MFA: the app's own (unless the method is exempt, e.g. GET on analytics)
 # and every matching override's.
-mfa_requirements := array.concat(app_mfa, [o.mfa | some o in overrides; o.mfa])
+mfa_requirements := array.concat(array.concat(app_mfa, [o.mfa | some o in overrides; o.mfa]), signal_mfa)
+
+# Risk signals (input.signals, only with shared_state): a source address this
+# subject has not used recently asks for what the app's new_source_ip_mfa says.
+# Without signals, or with {"available": false}, nothing is added.
+signal_mfa := [app.new_source_ip_mfa] if {
+	input.signals.new_source_ip == true
+	app.new_source_ip_mfa
+} else := []
 
 app_mfa := [app.mfa] if {
 	app.mfa
 	not mfa_exempt_method
 } else := []
 
-mfa_exempt_method if upper(input.attributes.request.http.method) in object.get(app, "mfa_exempt_methods", [])
+# A WebSocket upgrade is a GET but opens a two-way channel: never exempt.
+mfa_exempt_method if {
+	upper(input.attributes.request.http.method) in object.get(app, "mfa_exempt_methods", [])
+	not websocket_upgrade
+}
+
+websocket_upgrade if contains(lower(input.attributes.request.http.headers.upgrade), "websocket")
 
 missing_mfa if {
 	some requirement in mfa_requirements
@@ -108,12 +122,15 @@ has_auth_time if is_number(identity.auth_time)
 
 fresh_enough(requirement) if object.get(requirement, "max_age", null) == null
 
+# In whole nanoseconds: `now_ns / 1000000000` is rounded on regorus (a float)
+# and exact on OPA, so the two disagreed one nanosecond past max_age.
 fresh_enough(requirement) if {
 	has_auth_time
 	is_number(input.now_ns)
-	age := (input.now_ns / 1000000000) - identity.auth_time
-	age <= requirement.max_age
-	age >= -60 # an auth_time in the future beyond clock skew is not trusted
+	is_number(requirement.max_age)
+	age_ns := input.now_ns - (identity.auth_time * 1000000000)
+	age_ns <= requirement.max_age * 1000000000
+	age_ns >= -60000000000 # an auth_time in the future beyond clock skew is not trusted
 }
 
 unmet_mfa := [requirement |
@@ -151,6 +168,12 @@ deny_reasons contains sprintf("requires MFA with one of: %s", [concat(", ", sort
 	authenticated
 	some requirement in unmet_mfa
 	not method_satisfied(requirement)
+}
+
+deny_reasons contains "new source address: a fresh phishing-resistant sign-in is needed from an address not used before" if {
+	authenticated
+	some requirement in signal_mfa
+	not mfa_satisfied(requirement)
 }
 
 deny_reasons contains message if {

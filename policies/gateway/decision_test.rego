@@ -110,6 +110,13 @@ test_pos_refund_requires_fresh_mfa if {
 	d.reasons == ["requires sign-in within the last 900 s; last sign-in was 901 s ago"]
 }
 
+test_pos_refund_freshness_is_exact_to_the_nanosecond if {
+	at_limit := request("POST", "/pos/refunds/42", user(["store"], ["hwk"], 900))
+	gateway.decision.allow with input as at_limit
+	one_ns_late := object.union(at_limit, {"now_ns": now_ns + 1})
+	not gateway.decision.allow with input as one_ns_late
+}
+
 test_pos_refund_with_fresh_hardware_key_is_allowed if {
 	decide("POST", "/pos/refunds/42", user(["store"], ["pwd", "hwk"], 899)).allow
 }
@@ -164,6 +171,15 @@ test_analytics_read_needs_no_mfa if {
 	decide("HEAD", "/analytics/dashboards", user(["analyst"], ["pwd"], 60)).allow
 }
 
+test_analytics_websocket_needs_mfa_although_it_is_a_get if {
+	upgrade := object.union(request("GET", "/analytics/dashboards/7", user(["analyst"], ["pwd"], 60)), {"attributes": {"request": {"http": {"headers": {"upgrade": "WebSocket"}}}}})
+	d := gateway.decision with input as upgrade
+	not d.allow
+	d.reasons == ["requires MFA with one of: fido, hwk, mfa, otp, swk"]
+	with_mfa := object.union(upgrade, {"identity": user(["analyst"], ["otp"], 60)})
+	gateway.decision.allow with input as with_mfa
+}
+
 test_analytics_method_is_compared_case_insensitively if {
 	decide("get", "/analytics/dashboards", user(["analyst"], ["pwd"], 60)).allow
 }
@@ -212,4 +228,57 @@ test_empty_input_is_denied if {
 test_groups_given_as_a_string_grant_nothing if {
 	identity := object.union(user([], ["otp"], 60), {"groups": "warehouse"})
 	not decide("GET", "/wms/stock", identity).allow
+}
+
+# --- risk signals (input.signals, with shared_state) ---------------------------
+
+from_address(method, path, identity, signals) := d if {
+	d := gateway.decision with input as object.union(request(method, path, identity), {"signals": signals})
+}
+
+new_address := {"available": true, "new_source_ip": true, "recent_denies": 0, "concurrent_sessions": 1}
+
+known_address := {"available": true, "new_source_ip": false, "recent_denies": 0, "concurrent_sessions": 1}
+
+test_pos_sales_from_a_new_source_address_need_a_phishing_resistant_sign_in if {
+	d := from_address("GET", "/pos/sales", user(["store"], ["pwd", "otp"], 60), new_address)
+	not d.allow
+	d.step_up == {"acr": "phr", "max_age": 900}
+	"new source address: a fresh phishing-resistant sign-in is needed from an address not used before" in d.reasons
+}
+
+test_pos_sales_from_a_known_source_address_need_only_mfa if {
+	from_address("GET", "/pos/sales", user(["store"], ["pwd", "otp"], 60), known_address).allow
+}
+
+test_pos_sales_from_a_new_source_address_need_the_security_key_sign_in_fresh if {
+	d := from_address("GET", "/pos/sales", user(["store"], ["pwd", "hwk"], 901), new_address)
+	not d.allow
+	d.step_up == {"acr": "phr", "max_age": 900}
+	from_address("GET", "/pos/sales", user(["store"], ["pwd", "hwk"], 600), new_address).allow
+}
+
+test_pos_sales_from_a_known_source_address_take_an_old_sign_in if {
+	from_address("GET", "/pos/sales", user(["store"], ["pwd", "otp"], 5000), known_address).allow
+}
+
+test_pos_refund_from_a_new_source_address_needs_a_fresh_phishing_resistant_sign_in if {
+	d := from_address("POST", "/pos/refunds/42", user(["store"], ["pwd", "otp"], 60), new_address)
+	not d.allow
+	d.step_up == {"acr": "phr", "max_age": 900}
+	from_address("POST", "/pos/refunds/42", user(["store"], ["pwd", "hwk"], 60), new_address).allow
+}
+
+test_new_source_address_does_not_matter_to_apps_without_the_rule if {
+	from_address("GET", "/wms/stock", user(["warehouse"], ["pwd", "otp"], 60), new_address).allow
+}
+
+test_unavailable_signals_add_no_requirement if {
+	signals := {"available": false, "reason": "redis down"}
+	from_address("GET", "/pos/sales", user(["store"], ["otp"], 60), signals).allow
+}
+
+test_a_new_source_ip_signal_that_is_not_true_adds_no_requirement if {
+	signals := {"available": true, "new_source_ip": "yes"}
+	from_address("GET", "/pos/sales", user(["store"], ["otp"], 60), signals).allow
 }

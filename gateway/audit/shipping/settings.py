@@ -118,7 +118,7 @@ def _syslog(
 ) -> SinkConfig:
     address = reader.required("address", str)
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ConfigError(f"{where}.address: expected host:port, got {address!r}")
     facility_name = reader.get("facility", str, "authpriv")
     if facility_name not in FACILITIES:

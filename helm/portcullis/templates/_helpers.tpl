@@ -111,6 +111,57 @@ admin_listener:
 decision_log:
   path: /var/lib/portcullis/decisions.log
   sign_interval: {{ .Values.gateway.decisionLog.signInterval }}
+  {{- with .Values.gateway.decisionLog.durability }}
+  durability: {{ . }}
+  {{- end }}
+  {{- with .Values.gateway.decisionLog.sinks }}
+  sinks:
+    {{- range . }}
+    - name: {{ .name | quote }}
+      kind: {{ .kind }}
+      format: {{ .format | default "ocsf" }}
+      {{- with .address }}
+      address: {{ . | quote }}
+      {{- end }}
+      {{- with .url }}
+      url: {{ . | quote }}
+      {{- end }}
+      {{- with .envelope }}
+      envelope: {{ . }}
+      {{- end }}
+      {{- with .facility }}
+      facility: {{ . }}
+      {{- end }}
+      {{- with .sourcetype }}
+      sourcetype: {{ . | quote }}
+      {{- end }}
+      {{- with .index }}
+      index: {{ . | quote }}
+      {{- end }}
+      {{- with .timeout }}
+      timeout: {{ . }}
+      {{- end }}
+      {{- with .backlogAlertBytes }}
+      backlog_alert_bytes: {{ . | int64 }}
+      {{- end }}
+      {{- if eq .kind "file" }}
+      {{- /* on the state volume (the claim, when one is set), beside the log */}}
+      path: {{ printf "/var/lib/portcullis/%s" (.path | default (printf "%s.jsonl" .name)) | quote }}
+      {{- end }}
+      {{- if .tokenSecret }}
+      token_file: {{ printf "/etc/portcullis/sinks/%s/token" .name | quote }}
+      {{- end }}
+      {{- if .tls }}
+      tls:
+        {{- if .tls.caSecret }}
+        ca_file: {{ printf "/etc/portcullis/sinks/%s/ca.crt" .name | quote }}
+        {{- end }}
+        {{- with .tls.serverName }}
+        server_name: {{ . | quote }}
+        {{- end }}
+      {{- end }}
+    {{- end }}
+  {{- end }}
 {{- if .Values.signIn.enabled }}
 {{- if not (and .Values.signIn.issuer .Values.signIn.clientId) }}
 {{- fail "signIn.enabled needs signIn.issuer and signIn.clientId" }}
@@ -134,6 +185,32 @@ session:
   cookie_name: {{ .Values.signIn.session.cookieName | quote }}
   secure: {{ .Values.signIn.session.secure }}
   lifetime: {{ .Values.signIn.session.lifetime }}
+{{- end }}
+{{- with .Values.sharedState }}
+{{- if .enabled }}
+{{- if not .redisUrl }}
+{{- fail "sharedState.enabled needs sharedState.redisUrl (redis://host:6379/0)" }}
+{{- end }}
+shared_state:
+  redis:
+    url: {{ .redisUrl | quote }}
+    {{- if .password.secretName }}
+    password_file: /etc/portcullis/redis/password
+    {{- end }}
+    {{- if .tlsCaSecretName }}
+    tls: {ca_file: /etc/portcullis/redis-ca/ca.crt}
+    {{- end }}
+  on_unavailable: {{ .onUnavailable }}
+  timeouts: {request: {{ .timeouts.request }}, connect: {{ .timeouts.connect }}, retry_interval: {{ .timeouts.retryInterval }}}
+  rate_limits:
+    source_ip: {requests: {{ .rateLimits.sourceIp.requests }}, window: {{ .rateLimits.sourceIp.window }}}
+    identity: {requests: {{ .rateLimits.identity.requests }}, window: {{ .rateLimits.identity.window }}}
+    {{- with .rateLimits.apps }}
+    apps:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+  lockout: {after_denies: {{ .lockout.afterDenies }}, window: {{ .lockout.window }}, duration: {{ .lockout.duration }}}
+{{- end }}
 {{- end }}
 {{- end }}
 

@@ -7,10 +7,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.audit.chain import REFUSAL_PATH, SIGNATURE_TYPE
+from gateway.audit.chain import REFUSAL_PATH, SIGN_IN_EVENT_PATH, SIGNATURE_TYPE
 
 # Sign-in and step-up events (the OIDC callback), when the gateway logs them.
-SIGNIN_PATH = "gateway/signin"
 # amr values (RFC 8176) that mean a second factor or a phishing-resistant one.
 MFA_METHODS = frozenset({"otp", "hwk", "swk", "fido", "mfa", "sms", "sc", "pop", "face", "fpt"})
 # A bearer token the gateway refused is a failed authentication, not an access decision.
@@ -68,7 +67,7 @@ def read(record: dict[str, Any], digest: str) -> Event:
     bundle = _dict(_dict(record.get("bundles")).get("portcullis"))
     reasons = _strings(result.get("reasons"))
     path = str(record.get("path", ""))
-    if path == SIGNIN_PATH or any(r.startswith(TOKEN_REFUSAL) for r in reasons):
+    if path == SIGN_IN_EVENT_PATH or any(r.startswith(TOKEN_REFUSAL) for r in reasons):
         kind = "authentication"
     elif path == REFUSAL_PATH:
         kind = "refusal"

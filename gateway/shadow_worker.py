@@ -1,0 +1,137 @@
+"""The shadow policy's own process: decide each request the live gateway sends, report divergences.
+
+Run by :mod:`gateway.shadow` as ``python -m gateway.shadow_worker SOURCE
+TIMEOUT_MS POLL_INTERVAL|0``. It reads JSON lines on stdin::
+
+    {"op": "decide", "id": <live decision id>, "app": .., "input": {..}, "live": {..}}
+    {"op": "reload"}
+
+and writes JSON lines on stdout::
+
+    {"op": "loaded", "ok": true, "revision": .., "why": ..}            (or ok false, error)
+    {"op": "diverged", "id": .., "app": .., "kind": .., "input": {..}, "live": {..},
+     "shadow": {..}, "error": str | null, "eval_ns": .., "revision": ..}
+
+A separate process because the embedded engine holds the GIL while it
+evaluates: in the gateway's process even a fast candidate would take CPU from
+the event loop, and a slow or crashing one would stall or kill live traffic.
+Decisions go through :func:`gateway.decision.decide` on an engine from
+:func:`gateway.policy_reload.build_engine`, exactly as the live gateway's do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from gateway.decision import decide
+from gateway.divergence import divergence
+from gateway.policy_reload import build_engine, source_fingerprint
+from policy_engine import PolicyEngine, PolicyError
+
+log = logging.getLogger("portcullis.shadow")
+# One request's input can hold 32 KB of headers; leave plenty of room.
+LINE_LIMIT = 16 * 1024 * 1024
+
+
+class ShadowWorker:
+    def __init__(self, source: str, timeout_ms: float, out: BinaryIO) -> None:
+        self.source = source
+        self.timeout_ms = timeout_ms
+        self.out = out
+        self.engine: PolicyEngine | None = None
+        self.fingerprint: tuple[tuple[str, int, int], ...] = ()
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.out.write(orjson.dumps(message, default=str) + b"\n")
+        self.out.flush()
+
+    async def load(self, why: str) -> None:
+        """Build the candidate; a failure keeps the last good one (or none)."""
+        remote = self.source.startswith(("http://", "https://"))
+        if not remote:
+            self.fingerprint = source_fingerprint(Path(self.source))
+        try:
+            engine = build_engine(self.source, timeout_ms=self.timeout_ms)
+        except (PolicyError, OSError, ValueError) as error:
+            log.error("shadow policy %s rejected (%s); keeping the last good one:\n%s",
+                      self.source, why, error)  # fmt: skip
+            self.send({"op": "loaded", "ok": False, "why": why, "error": str(error)})
+            return
+        previous, self.engine = self.engine, engine
+        if previous is not None:
+            await previous.close()
+        log.info("shadow policy %s loaded (%s), revision %s", self.source, why, engine.revision)
+        self.send({"op": "loaded", "ok": True, "why": why, "revision": engine.revision})
+
+    async def watch(self, interval: float) -> None:
+        source = Path(self.source)
+        while True:
+            await asyncio.sleep(interval)
+            if source.exists() and source_fingerprint(source) != self.fingerprint:
+                await self.load("files changed")
+
+    async def handle(self, message: dict[str, Any]) -> None:
+        if message.get("op") == "reload":
+            await self.load("SIGHUP")
+            return
+        engine = self.engine
+        if engine is None or message.get("op") != "decide":
+            return
+        live = message["live"]
+        decision = await decide(engine, message["input"], str(message["id"]))
+        shadow = decision.result()
+        kind = divergence(live, shadow, after_failed=decision.error is not None)
+        if kind is None:
+            return
+        self.send(
+            {
+                "op": "diverged",
+                "id": message["id"],
+                "app": message.get("app", "-"),
+                "kind": kind,
+                "input": message["input"],
+                "live": live,
+                "shadow": shadow,
+                "error": decision.error,
+                "eval_ns": decision.eval_ns,
+                "revision": engine.revision,
+            }
+        )
+
+
+async def main(argv: list[str]) -> int:
+    source, timeout_ms, poll = argv[0], float(argv[1]), float(argv[2])
+    worker = ShadowWorker(source, timeout_ms, sys.stdout.buffer)
+    await worker.load("start")
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=LINE_LIMIT)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    watcher = asyncio.ensure_future(worker.watch(poll)) if poll > 0 else None
+    try:
+        while line := await reader.readline():  # EOF: the gateway is stopping
+            try:
+                message = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                log.error("shadow: unreadable message from the gateway (%d bytes)", len(line))
+                continue
+            if not isinstance(message, dict):
+                continue
+            try:
+                await worker.handle(message)
+            except (KeyError, TypeError, ValueError) as error:  # a malformed message
+                log.error("shadow: message skipped: %r", error)
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    sys.exit(asyncio.run(main(sys.argv[1:])))

@@ -1,0 +1,105 @@
+"""Words shared by the text and Markdown reports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+KIND_TITLES = {
+    "allow-to-deny": "allow -> deny",
+    "deny-to-allow": "deny -> allow",
+    "step-up": "step-up changed",
+    "reasons": "status/reasons changed",
+    "error": "candidate error",
+}
+DIMENSION_TITLES = {
+    "app": "app",
+    "route": "route",
+    "method": "method",
+    "group": "group",
+    "subject": "subject",
+    "reason": "reason",
+    "step_up": "step-up asked",
+}
+
+
+def outcome(result: dict[str, Any], error: str | None = None) -> str:
+    """``allow``, or ``deny 403 [step-up acr=phr max_age=300]: reason; reason``."""
+    if error:
+        return f"error (deny 403): {error}"
+    if result.get("allow") is True:
+        return "allow"
+    text = f"deny {result.get('http_status')}"
+    step_up = result.get("step_up")
+    if isinstance(step_up, dict):
+        text += f" [step-up acr={step_up.get('acr')} max_age={step_up.get('max_age')}]"
+    reasons = [r for r in result.get("reasons") or [] if isinstance(r, str)]
+    return text + (": " + "; ".join(reasons) if reasons else "")
+
+
+def who(identity: dict[str, Any]) -> str:
+    """``store-017 (groups store, store-017; amr hwk; signed in 600 s before)``."""
+    if not identity.get("authenticated"):
+        return "anonymous"
+    parts = []
+    groups = identity.get("groups")
+    if isinstance(groups, list):
+        parts.append("groups " + (", ".join(map(str, groups)) or "none"))
+    amr = identity.get("amr")
+    if isinstance(amr, list) and amr:
+        parts.append("amr " + ", ".join(map(str, amr)))
+    if identity.get("acr"):
+        parts.append(f"acr {identity['acr']}")
+    if "auth_age_s" in identity:
+        parts.append(f"signed in {identity['auth_age_s']} s before")
+    return f"{identity.get('subject') or identity.get('email') or '?'} ({'; '.join(parts)})"
+
+
+def counts(rows: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{row['value']} ({row['count']})" for row in rows)
+
+
+def verification(document: dict[str, Any]) -> str:
+    check = document["verification"]
+    if not check["verified"]:
+        return "NOT VERIFIED (--no-verify): the log may have been edited"
+    text = f"verified: {check['events']} events, {check['signatures']} signatures, chain intact"
+    if check["sealed"]:
+        text += ", sealed"
+    if check["unsigned_tail"]:
+        text += f", {check['unsigned_tail']} events after the last signature"
+    return text
+
+
+def baseline(document: dict[str, Any]) -> str:
+    base = document["baseline"]
+    if base["source"] == "log":
+        revisions = ", ".join(row["value"] or "?" for row in base["revisions"]) or "none"
+        return f"the decisions recorded in the log (policy revisions {revisions})"
+    return f"{base['source']} (revision {base['revision']})"
+
+
+def not_replayed(document: dict[str, Any]) -> str:
+    skipped = document["not_replayed"]
+    parts = []
+    labels = (
+        ("gateway_refusals", "gateway refusals (no policy decision)"),
+        ("shadow_events", "shadow-mode events"),
+        ("other_paths", "other decision paths"),
+        ("unreadable", "unreadable events"),
+        ("outside_time", "outside --since/--until"),
+        ("other_apps", "other apps"),
+        ("not_sampled", "not sampled"),
+    )
+    for key, label in labels:
+        if skipped[key]:
+            parts.append(f"{skipped[key]} {label}")
+    return ", ".join(parts)
+
+
+def verdict(document: dict[str, Any]) -> str:
+    blocking = document["blocking"]
+    if not blocking:
+        allowed = document["totals"]["changed"]
+        return "PASS: no change" if not allowed else f"PASS: {allowed} changes, all allowed"
+    what = ", ".join(f"{kind} {n}" for kind, n in blocking.items())
+    return f"FAIL: {sum(blocking.values())} changes not allowed ({what})"

@@ -1,0 +1,100 @@
+"""The Markdown report, for a pull-request comment: a summary table, then each
+change kind in a collapsed section with its breakdown and samples."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from portcullis.replay.output.describe import (
+    DIMENSION_TITLES,
+    KIND_TITLES,
+    baseline,
+    counts,
+    not_replayed,
+    outcome,
+    verdict,
+    verification,
+    who,
+)
+
+
+def render(document: dict[str, Any]) -> str:
+    lines: list[str] = []
+    add = lines.append
+    totals = document["totals"]
+    candidate = document["candidate"]
+    mark = "✅" if not document["blocking"] else "❌"
+    add(f"### {mark} Policy replay: {verdict(document)}")
+    add("")
+    add(
+        f"Candidate `{_code(candidate['source'])}` (revision `{_code(candidate['revision'])}`) "
+        f"against {_cell(baseline(document))}: **{totals['replayed']}** decisions replayed "
+        f"from {', '.join(f'`{_code(log)}`' for log in document['logs'])} "
+        f"({_cell(verification(document))})."
+    )
+    skipped = not_replayed(document)
+    if skipped:
+        add(f"Not replayed: {_cell(skipped)}.")
+    add("")
+    add("| change | decisions | |")
+    add("|---|---:|---|")
+    add(f"| unchanged | {totals['unchanged']} | |")
+    allowed = set(document["allowed_changes"])
+    for kind, change in document["changes"].items():
+        note = ""
+        if change["count"]:
+            note = "allowed" if kind in allowed else "**blocking**"
+        add(f"| {KIND_TITLES[kind]} | {change['count']} | {note} |")
+    if totals["changed_with_masked_inputs"]:
+        add("")
+        add(
+            f"{totals['changed_with_masked_inputs']} changed decisions had masked or cut input "
+            "fields (a policy reading them saw `**REDACTED**`)."
+        )
+    for kind, change in document["changes"].items():
+        if not change["count"]:
+            continue
+        add("")
+        add(f"<details><summary>{KIND_TITLES[kind]}: {change['count']}</summary>")
+        add("")
+        for dimension, rows in change["breakdown"].items():
+            if rows:
+                add(f"- **{DIMENSION_TITLES[dimension]}**: {_cell(counts(rows))}")
+        add("")
+        add("| request | who | before | after |")
+        add("|---|---|---|---|")
+        for sample in change["samples"]:
+            add(
+                f"| `{_code(str(sample['method']))} {_code(str(sample['path']))}` "
+                f"| {_cell(who(sample['identity']))} "
+                f"| {_cell(outcome(sample['before']))} "
+                f"| {_cell(outcome(sample['after'], sample['error']))} |"
+            )
+        add("")
+        add("</details>")
+    latency = document["latency"]
+    parts = []
+    for side in ("candidate", "baseline"):
+        figures = latency[side]
+        if figures.get("count"):
+            parts.append(
+                f"{side} p50 {figures['p50_us']} µs / p99 {figures['p99_us']} µs "
+                f"({figures['measured']})"
+            )
+    if parts:
+        add("")
+        add("Policy evaluation: " + "; ".join(parts) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    """Safe inside a table cell and inert as Markdown/HTML (reasons and paths
+    come from requests: an attacker's text must not format the comment)."""
+    escaped = text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    for char in "<>*_[]`#":
+        escaped = escaped.replace(char, "\\" + char)
+    return escaped
+
+
+def _code(text: str) -> str:
+    return text.replace("`", "'").replace("|", "\\|").replace("\n", " ")

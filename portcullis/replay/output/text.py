@@ -1,0 +1,82 @@
+"""The terminal report: totals, each change kind broken down, samples, latency, rate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from portcullis.replay.output.describe import (
+    DIMENSION_TITLES,
+    KIND_TITLES,
+    baseline,
+    counts,
+    not_replayed,
+    outcome,
+    verdict,
+    verification,
+    who,
+)
+
+
+def render(document: dict[str, Any]) -> str:
+    lines: list[str] = []
+    add = lines.append
+    candidate = document["candidate"]
+    totals = document["totals"]
+    add(f"Policy replay: candidate {candidate['source']} (revision {candidate['revision']})")
+    add(f"  against {baseline(document)}")
+    add(f"  log: {', '.join(document['logs'])}: {verification(document)}")
+    add("")
+    skipped = not_replayed(document)
+    add(
+        f"Replayed {totals['replayed']} decisions"
+        + (f" (not replayed: {skipped})" if skipped else "")
+    )
+    add(f"  {'unchanged':<24}{totals['unchanged']:>8}")
+    allowed = set(document["allowed_changes"])
+    for kind, change in document["changes"].items():
+        note = ""
+        if change["count"]:
+            note = "  allowed by --allow-change" if kind in allowed else "  BLOCKING"
+        add(f"  {KIND_TITLES[kind]:<24}{change['count']:>8}{note}")
+    if totals["changed_with_masked_inputs"]:
+        add(
+            f"  ({totals['changed_with_masked_inputs']} changed decisions had masked or cut "
+            "input fields: a policy reading them saw **REDACTED**)"
+        )
+    for kind, change in document["changes"].items():
+        if not change["count"]:
+            continue
+        add("")
+        add(f"{KIND_TITLES[kind]}: {change['count']}")
+        for dimension, rows in change["breakdown"].items():
+            if rows:
+                add(f"  by {DIMENSION_TITLES[dimension] + ':':<15}{counts(rows)}")
+        for sample in change["samples"]:
+            add(f"  - {sample['method']} {sample['path']}  {who(sample['identity'])}")
+            add(f"      before: {outcome(sample['before'])}")
+            add(f"      after:  {outcome(sample['after'], sample['error'])}")
+            add(
+                f"      at {sample['where']} ({sample['timestamp']}, "
+                f"decision {sample['decision_id']})"
+            )
+    add("")
+    latency = document["latency"]
+    add("Latency (policy evaluation):")
+    for side in ("candidate", "baseline"):
+        figures = latency[side]
+        if figures.get("count"):
+            add(
+                f"  {side:<10} p50 {figures['p50_us']} us, p99 {figures['p99_us']} us, "
+                f"max {figures['max_us']} us ({figures['measured']}, {figures['count']} decisions)"
+            )
+    rate = document["rate"]
+    if rate["decisions_per_second"] is not None:
+        add(
+            f"Rate: {totals['replayed']} decisions in {rate['seconds']} s: "
+            f"{rate['decisions_per_second']:,} decisions/s "
+            f"({rate['decisions_per_cpu_second']:,} per CPU second); "
+            f"chain verified in {rate['verify_seconds']} s"
+        )
+    add("")
+    add(verdict(document))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,309 @@
+"""The replay report: totals, changes by kind and dimension, samples, latency.
+
+:meth:`Report.document` is the JSON report (``report.schema.json``, versioned
+by ``version``); the text and Markdown outputs render the same document.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.decision import Decision
+from gateway.divergence import ALLOW_TO_DENY, DENY_TO_ALLOW, ERROR, KINDS, STEP_UP
+from portcullis.replay.events import LoggedDecision, Selection, Skipped
+from portcullis.replay.stats import Latency, TopCounter
+
+REPORT_TYPE = "portcullis.policy-replay"
+VERSION = 1
+# Kinds --allow-change may accept; an evaluation error always fails.
+ALLOWABLE = tuple(kind for kind in KINDS if kind != ERROR)
+DIMENSIONS = ("app", "route", "method", "group", "subject", "reason", "step_up")
+_DIGITS = re.compile(r"\d+")
+
+
+@dataclass(frozen=True)
+class PolicyInfo:
+    source: str
+    revision: str
+
+
+@dataclass
+class Verification:
+    """What was checked before replaying (``verified`` False: --no-verify)."""
+
+    verified: bool
+    events: int = 0
+    signatures: int = 0
+    unsigned_tail: int = 0
+    sealed: bool = False
+    last_signed_at: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def document(self) -> dict[str, Any]:
+        if not self.verified:
+            return {
+                "verified": False,
+                "warning": "--no-verify: the log's hash chain and signatures were not "
+                "checked; it may have been edited",
+            }
+        return {
+            "verified": True,
+            "events": self.events,
+            "signatures": self.signatures,
+            "unsigned_tail": self.unsigned_tail,
+            "sealed": self.sealed,
+            "last_signed_at": self.last_signed_at,
+            "notes": self.notes,
+        }
+
+
+class Report:
+    """Accumulates one replay, decision by decision, in bounded memory."""
+
+    def __init__(
+        self,
+        *,
+        candidate: PolicyInfo,
+        baseline: PolicyInfo | None,
+        logs: Iterable[str],
+        selection: Selection,
+        allowed: Iterable[str] = (),
+        samples_per_kind: int = 5,
+        top: int = 10,
+    ) -> None:
+        self.candidate = candidate
+        self.baseline = baseline
+        self.logs = list(logs)
+        self.selection = selection
+        self.allowed = frozenset(allowed)
+        self.samples_per_kind = samples_per_kind
+        self.top = top
+        self.verification = Verification(verified=False)
+        self.skipped = Skipped()
+        self.replayed = 0
+        self.by_kind = dict.fromkeys(KINDS, 0)
+        self.breakdown = {kind: {d: TopCounter() for d in DIMENSIONS} for kind in KINDS}
+        self.samples: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
+        self.by_app = TopCounter()
+        self.logged_revisions = TopCounter()
+        self.masked_inputs = 0
+        self.changed_masked_inputs = 0
+        self.baseline_errors = 0
+        self.candidate_latency = Latency()
+        self.baseline_latency = Latency()
+        self.seconds = 0.0
+        self.cpu_seconds = 0.0
+        self.verify_seconds = 0.0
+
+    # --- accumulating -------------------------------------------------------------
+
+    def add(
+        self,
+        logged: LoggedDecision,
+        before: dict[str, Any],
+        after: Decision,
+        kind: str | None,
+        baseline_ns: int | None,
+    ) -> None:
+        self.replayed += 1
+        self.by_app.add(logged.app)
+        self.logged_revisions.add(logged.revision)
+        self.candidate_latency.add(after.eval_ns)
+        if baseline_ns is not None:
+            self.baseline_latency.add(baseline_ns)
+        masked = bool(logged.masked or logged.truncated)
+        if masked:
+            self.masked_inputs += 1
+        if kind is None:
+            return
+        self.by_kind[kind] += 1
+        if masked:
+            self.changed_masked_inputs += 1
+        after_result = after.result()
+        counters = self.breakdown[kind]
+        for dimension, value in _dimensions(logged, before, after_result, after.error, kind):
+            counters[dimension].add(value)
+        if len(self.samples[kind]) < self.samples_per_kind:
+            self.samples[kind].append(_sample(logged, before, after_result, after.error))
+
+    # --- outcome ------------------------------------------------------------------
+
+    @property
+    def changed(self) -> int:
+        return sum(self.by_kind.values())
+
+    def blocking(self) -> dict[str, int]:
+        """Changes of kinds --allow-change didn't accept (errors always)."""
+        return {k: n for k, n in self.by_kind.items() if n and k not in self.allowed}
+
+    def exit_code(self) -> int:
+        return 1 if self.blocking() else 0
+
+    def document(self) -> dict[str, Any]:
+        """The versioned JSON report."""
+        rate = self.replayed / self.seconds if self.seconds > 0 else None
+        per_cpu = self.replayed / self.cpu_seconds if self.cpu_seconds > 0 else None
+        skipped = self.skipped
+        return {
+            "report": REPORT_TYPE,
+            "version": VERSION,
+            "candidate": {"source": self.candidate.source, "revision": self.candidate.revision},
+            "baseline": (
+                {"source": self.baseline.source, "revision": self.baseline.revision}
+                if self.baseline is not None
+                else {"source": "log", "revisions": self.logged_revisions.top(self.top)}
+            ),
+            "logs": self.logs,
+            "verification": self.verification.document(),
+            "selection": {
+                "since": self.selection.since,
+                "until": self.selection.until,
+                "apps": sorted(self.selection.apps),
+                "sample": self.selection.sample,
+                "seed": self.selection.seed if self.selection.sample is not None else None,
+            },
+            "totals": {
+                "replayed": self.replayed,
+                "unchanged": self.replayed - self.changed,
+                "changed": self.changed,
+                "by_kind": dict(self.by_kind),
+                "by_app": self.by_app.top(self.top),
+                "masked_inputs": self.masked_inputs,
+                "changed_with_masked_inputs": self.changed_masked_inputs,
+                "baseline_errors": self.baseline_errors,
+                "now_ns_from_timestamp": skipped.now_ns_from_timestamp,
+            },
+            "not_replayed": {
+                "gateway_refusals": skipped.refusals,
+                "gateway_refusals_by_rule": dict(sorted(skipped.gateway_refusals.items())),
+                "shadow_events": skipped.shadow_events,
+                "other_paths": skipped.other_paths,
+                "unreadable": skipped.unreadable,
+                "outside_time": skipped.outside_time,
+                "other_apps": skipped.other_apps,
+                "not_sampled": skipped.not_sampled,
+            },
+            "changes": {
+                kind: {
+                    "count": self.by_kind[kind],
+                    "breakdown": {
+                        d: counter.top(self.top) for d, counter in self.breakdown[kind].items()
+                    },
+                    "samples": self.samples[kind],
+                }
+                for kind in KINDS
+            },
+            "latency": {
+                "candidate": {"measured": "replayed", **self.candidate_latency.summary()},
+                "baseline": {
+                    "measured": "replayed" if self.baseline is not None else "logged",
+                    **self.baseline_latency.summary(),
+                },
+            },
+            "rate": {
+                "seconds": round(self.seconds, 3),
+                "cpu_seconds": round(self.cpu_seconds, 3),
+                "verify_seconds": round(self.verify_seconds, 3),
+                "decisions_per_second": round(rate) if rate is not None else None,
+                "decisions_per_cpu_second": round(per_cpu) if per_cpu is not None else None,
+            },
+            "allowed_changes": sorted(self.allowed),
+            "blocking": self.blocking(),
+            "exit_code": self.exit_code(),
+        }
+
+
+def _dimensions(
+    logged: LoggedDecision,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    error: str | None,
+    kind: str,
+) -> Iterable[tuple[str, str]]:
+    document = logged.input
+    http = _get(document, "attributes", "request", "http")
+    identity = document.get("identity")
+    identity = identity if isinstance(identity, dict) else {}
+    yield "app", logged.app
+    yield "route", _route(document.get("parsed_path"))
+    yield "method", str(http.get("method", "-")) if isinstance(http, dict) else "-"
+    groups = identity.get("groups")
+    if isinstance(groups, list) and groups:
+        for group in groups:
+            yield "group", str(group)
+    else:
+        yield "group", "(none)"
+    subject = identity.get("subject")
+    yield "subject", str(subject) if subject else "(anonymous)"
+    for reason in _changed_reasons(before, after, error, kind):
+        yield "reason", _DIGITS.sub("N", reason)[:300]
+    if kind in (ALLOW_TO_DENY, STEP_UP):
+        yield "step_up", _step_up(after.get("step_up"))
+
+
+def _changed_reasons(
+    before: dict[str, Any], after: dict[str, Any], error: str | None, kind: str
+) -> list[str]:
+    """What the change is about: the candidate's new reasons (the old ones for a
+    deny that now allows; the error for an error)."""
+    if kind == ERROR:
+        return [error or "error"]
+    old = [r for r in before.get("reasons") or [] if isinstance(r, str)]
+    new = [r for r in after.get("reasons") or [] if isinstance(r, str)]
+    if kind == DENY_TO_ALLOW:
+        return old or ["(no reason)"]
+    added = [r for r in new if r not in old]
+    return added or new or ["(no reason)"]
+
+
+def _step_up(step_up: Any) -> str:
+    if not isinstance(step_up, dict):
+        return "none (a plain deny)"
+    return f"acr={step_up.get('acr')} max_age={step_up.get('max_age')}"
+
+
+def _route(parsed_path: Any) -> str:
+    """The first two path segments: /pos/refunds/ for /pos/refunds/42."""
+    if not isinstance(parsed_path, list) or not parsed_path:
+        return "/"
+    return "/" + "/".join(str(p) for p in parsed_path[:2]) + "/"
+
+
+def _get(document: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(document, dict):
+            return None
+        document = document.get(key)
+    return document
+
+
+def _sample(
+    logged: LoggedDecision, before: dict[str, Any], after: dict[str, Any], error: str | None
+) -> dict[str, Any]:
+    document = logged.input
+    http = _get(document, "attributes", "request", "http")
+    http = http if isinstance(http, dict) else {}
+    identity = document.get("identity")
+    identity = dict(identity) if isinstance(identity, dict) else {}
+    auth_time, now_ns = identity.get("auth_time"), document.get("now_ns")
+    if isinstance(auth_time, int | float) and isinstance(now_ns, int):
+        identity["auth_age_s"] = round(now_ns / 1e9 - auth_time)
+    return {
+        "decision_id": logged.decision_id,
+        "timestamp": logged.timestamp,
+        "where": logged.where,
+        "seq": logged.seq,
+        "app": logged.app,
+        "method": http.get("method"),
+        "path": http.get("path"),
+        "request_id": http.get("id"),
+        "identity": identity,
+        "before": before,
+        "after": after,
+        "error": error,
+        "masked": logged.masked,
+        "truncated": logged.truncated,
+    }

@@ -1,0 +1,156 @@
+"""One replay: verify the log, then re-decide each selected decision as the gateway would.
+
+Each logged input goes, unchanged (with its original ``now_ns``), through
+:func:`gateway.decision.decide` on an engine built by
+:func:`gateway.policy_reload.build_engine`: the gateway's own call and its
+fail-closed reading of the answer, so a replayed decision is what the gateway
+would have done with the candidate loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.audit.reader import chain_order, verify_log
+from gateway.decision import decide
+from gateway.divergence import divergence
+from gateway.policy_reload import build_engine
+from policy_engine import PolicyEngine, PolicyError
+from portcullis.replay.events import LoggedDecision, Selection, read_decisions
+from portcullis.replay.report import PolicyInfo, Report, Verification
+
+
+class ReplayError(Exception):
+    """The replay can't run (a policy that doesn't load, a tampered or unreadable
+    log): exit 2, never a report that looks like an answer."""
+
+
+@dataclass
+class ReplayOptions:
+    logs: list[Path]
+    candidate: str
+    baseline: str | None = None
+    selection: Selection = field(default_factory=Selection)
+    # kid -> key to verify the chain's signatures; None: --no-verify.
+    keys: dict[str, ec.EllipticCurvePublicKey] | None = None
+    after: str | None = None
+    allowed: frozenset[str] = frozenset()
+    samples_per_kind: int = 5
+    top: int = 10
+    timeout_ms: float = 250.0
+
+
+def replay(options: ReplayOptions) -> Report:
+    """Verify, replay, report. Raises ReplayError (or OSError for unreadable logs)."""
+    for path in options.logs:
+        if not path.is_file():
+            raise ReplayError(
+                f"{path}: no such file" if not path.exists() else f"{path}: not a file"
+            )
+    candidate = _open(options.candidate, "--policy", options.timeout_ms)
+    baseline = (
+        _open(options.baseline, "--baseline-policy", options.timeout_ms)
+        if options.baseline
+        else None
+    )
+    report = Report(
+        candidate=PolicyInfo(options.candidate, candidate.revision),
+        baseline=PolicyInfo(options.baseline, baseline.revision)
+        if baseline and options.baseline
+        else None,
+        logs=[str(path) for path in options.logs],
+        selection=options.selection,
+        allowed=options.allowed,
+        samples_per_kind=options.samples_per_kind,
+        top=options.top,
+    )
+    paths = list(options.logs)
+    if options.keys is not None:
+        started = time.perf_counter()
+        report.verification = _verify(paths, options.keys, options.after)
+        report.verify_seconds = time.perf_counter() - started
+        paths = chain_order(paths)
+    decisions = read_decisions(paths, options.selection, report.skipped)
+    asyncio.run(_replay(decisions, candidate, baseline, report))
+    return report
+
+
+def _open(source: str, option: str, timeout_ms: float) -> PolicyEngine:
+    try:
+        return build_engine(source, timeout_ms=timeout_ms)
+    except (PolicyError, OSError, ValueError) as error:
+        raise ReplayError(f"{option} {source}: the policy does not load:\n{error}") from None
+
+
+def _verify(
+    paths: list[Path], keys: dict[str, ec.EllipticCurvePublicKey], after: str | None
+) -> Verification:
+    result = verify_log(paths, keys, after=after)
+    if result.records == 0:
+        raise ReplayError("the log files hold no records")
+    if result.events == 0 and result.signatures == 0 and result.problems:
+        raise ReplayError(f"{paths[0]} is not a Portcullis decision log")
+    if not result.ok:
+        first = result.problems[0]
+        more = len(result.problems) - 1
+        raise ReplayError(
+            f"refusing to replay a tampered log: {first} [{first.kind}]"
+            + (f" (and {more} more problems)" if more else "")
+            + "\n(`portcullis audit verify` lists them; --no-verify replays it anyway, "
+            "and the report says it was not verified)"
+        )
+    notes = list(result.notes)
+    if result.unsigned_tail:
+        notes.append(
+            f"{result.unsigned_tail} events after the last signature are not yet covered "
+            "by one (the gateway is still writing, or it crashed)"
+        )
+    return Verification(
+        verified=True,
+        events=result.events,
+        signatures=result.signatures,
+        unsigned_tail=result.unsigned_tail,
+        sealed=result.sealed,
+        last_signed_at=result.last_signed_at,
+        notes=notes,
+    )
+
+
+async def _replay(
+    decisions: Iterator[LoggedDecision],
+    candidate: PolicyEngine,
+    baseline: PolicyEngine | None,
+    report: Report,
+) -> None:
+    # The engines, policy data and report live for the whole run: out of the
+    # cyclic collector's way, which would otherwise rescan them over and over.
+    gc.collect()
+    gc.freeze()
+    started, cpu = time.perf_counter(), time.process_time()
+    try:
+        for logged in decisions:
+            after = await decide(candidate, logged.input, logged.decision_id)
+            before_ns: int | None
+            if baseline is not None:
+                was = await decide(baseline, logged.input, logged.decision_id)
+                before, before_ns = was.result(), was.eval_ns
+                if was.error is not None:
+                    report.baseline_errors += 1
+            else:
+                before, before_ns = logged.result, logged.eval_ns
+            kind = divergence(before, after.result(), after_failed=after.error is not None)
+            report.add(logged, before, after, kind, before_ns)
+    finally:
+        report.seconds = time.perf_counter() - started
+        report.cpu_seconds = time.process_time() - cpu
+        gc.unfreeze()
+        await candidate.close()
+        if baseline is not None:
+            await baseline.close()

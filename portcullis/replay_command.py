@@ -1,0 +1,197 @@
+"""`portcullis policy replay`: what a candidate policy would have decided on logged traffic.
+
+Exit codes: 0 nothing changed beyond the kinds ``--allow-change`` names; 1
+other changes, or decisions the candidate can't evaluate; 2 errors (a policy
+that doesn't load, a missing, unreadable or tampered log, bad options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from portcullis.audit_command import UsageError, load_keys
+from portcullis.replay.events import Selection, parse_time
+from portcullis.replay.output import FORMATS
+from portcullis.replay.report import ALLOWABLE
+from portcullis.replay.run import ReplayError, ReplayOptions, replay
+
+USAGE_ERROR = 2
+
+
+class _Output(argparse.Action):
+    """--output FORMAT, repeatable; each may be followed by its --output-file."""
+
+    def __call__(self, parser: Any, namespace: Any, value: Any, option: Any = None) -> None:
+        outputs = list(getattr(namespace, "outputs", None) or [])
+        outputs.append([value, None])
+        namespace.outputs = outputs
+
+
+class _OutputFile(argparse.Action):
+    def __call__(self, parser: Any, namespace: Any, value: Any, option: Any = None) -> None:
+        outputs = list(getattr(namespace, "outputs", None) or [])
+        if not outputs or outputs[-1][1] is not None:
+            parser.error("--output-file must follow the --output it is for")
+        outputs[-1][1] = value
+        namespace.outputs = outputs
+
+
+def _time(text: str) -> str:
+    try:
+        return parse_time(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def register(actions: Any) -> None:
+    """Add `replay` to the `policy` subcommands."""
+    parser = actions.add_parser(
+        "replay",
+        help="re-decide logged requests with a candidate policy and report what changes",
+        description="Verify the decision log, re-evaluate every logged policy decision "
+        "(with its original input and now_ns) against --policy, and compare with the "
+        "logged result or --baseline-policy. Exit 0: no change beyond --allow-change; "
+        "1: other changes or candidate errors; 2: errors.",
+    )
+    parser.add_argument(
+        "--log", dest="logs", action="append", required=True, metavar="FILE",
+        help="a decision-log file (repeatable; rotated files in any order)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--policy", required=True, help="the candidate: policy directory, bundle or OPA URL"
+    )
+    parser.add_argument(
+        "--baseline-policy", metavar="POLICY",
+        help="compare with this policy's decisions (default: the decisions recorded in the log)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--since",
+        type=_time,
+        metavar="TIME",
+        help="only decisions logged at or after TIME (ISO 8601, UTC if no zone)",
+    )
+    parser.add_argument(
+        "--until", type=_time, metavar="TIME", help="only decisions logged before TIME"
+    )
+    parser.add_argument(
+        "--app",
+        dest="apps",
+        action="append",
+        default=[],
+        metavar="APP",
+        help="only this app (repeatable)",
+    )
+    parser.add_argument(
+        "--sample",
+        type=_count,
+        metavar="N",
+        help="replay a uniform sample of N decisions (held in memory)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="the sample's random seed (default 0)")
+    parser.add_argument(
+        "--allow-change", dest="allowed", action="append", default=[], choices=ALLOWABLE,
+        metavar="KIND",
+        help=f"a change that doesn't fail the run: {', '.join(ALLOWABLE)} (repeatable)",
+    )  # fmt: skip
+    keys = parser.add_mutually_exclusive_group()
+    keys.add_argument(
+        "--key", metavar="PEM", help="the gateway's EC P-256 public key, to verify the log"
+    )
+    keys.add_argument("--jwks", metavar="FILE_OR_URL", help="the gateway's JWKS, to verify the log")
+    keys.add_argument(
+        "--no-verify", action="store_true",
+        help="replay without checking the log's chain (the report says so)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--after",
+        metavar="HASH",
+        help="the first file continues the chain from this line hash (as `audit verify --after`)",
+    )
+    parser.add_argument(
+        "--output", action=_Output, choices=sorted(FORMATS), metavar="FORMAT",
+        help="text, json or markdown (repeatable; default text)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--output-file",
+        action=_OutputFile,
+        metavar="FILE",
+        help="write the preceding --output to FILE",
+    )
+    parser.add_argument(
+        "--samples",
+        type=_count,
+        default=5,
+        metavar="N",
+        help="sample diffs per change kind (default 5)",
+    )
+    parser.add_argument(
+        "--top", type=_count, default=10, metavar="N", help="values per breakdown (default 10)"
+    )
+    parser.add_argument(
+        "--timeout-ms",
+        type=float,
+        default=250.0,
+        help="per-decision evaluation timeout, as the gateway's policy.timeout_ms (default 250)",
+    )
+    parser.set_defaults(run=run, outputs=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    outputs: list[list[Any]] = args.outputs or [["text", None]]
+    try:
+        if sum(1 for _, file in outputs if file is None) > 1:
+            raise UsageError("only one --output can go to stdout; give the others --output-file")
+        if args.since and args.until and args.since >= args.until:
+            raise UsageError("--since must be before --until")
+        keys = None if args.no_verify else load_keys(args.key, args.jwks)
+        options = ReplayOptions(
+            logs=[Path(name) for name in args.logs],
+            candidate=args.policy,
+            baseline=args.baseline_policy,
+            selection=Selection(
+                args.since, args.until, frozenset(args.apps), args.sample, args.seed
+            ),
+            keys=keys,
+            after=args.after.strip().lower() if args.after else None,
+            allowed=frozenset(args.allowed),
+            samples_per_kind=args.samples,
+            top=args.top,
+            timeout_ms=args.timeout_ms,
+        )
+        report = replay(options)
+    except (UsageError, ReplayError) as error:
+        for line in str(error).splitlines():
+            print(f"portcullis policy replay: {line}", file=sys.stderr)
+        return USAGE_ERROR
+    except OSError as error:
+        print(f"portcullis policy replay: {error.filename}: {error.strerror}", file=sys.stderr)
+        return USAGE_ERROR
+    document = report.document()
+    for form, file in outputs:
+        rendered = FORMATS[form](document)
+        if file is None:
+            sys.stdout.write(rendered)
+            continue
+        try:
+            Path(file).write_text(rendered, encoding="utf-8")
+        except OSError as error:
+            print(f"portcullis policy replay: {file}: {error.strerror}", file=sys.stderr)
+            return USAGE_ERROR
+    if all(file is not None for _, file in outputs):
+        from portcullis.replay.output.describe import verdict
+
+        print(verdict(document), file=sys.stderr)
+    return report.exit_code()

@@ -1,0 +1,317 @@
+"""`portcullis policy replay` on a decision log written by a real gateway run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from portcullis.cli import main
+from portcullis.replay.output import markdown
+from tests.conftest import FIXTURES, POLICIES
+from tests.decision_traffic import Recorded, by_request_id, record_traffic, refunds_candidate
+
+SCHEMA = json.loads(
+    (Path(__file__).resolve().parent.parent / "portcullis/replay/report.schema.json").read_text()
+)
+ERRORING = FIXTURES / "replay/erroring"
+BROKEN = FIXTURES / "replay/broken"
+# The traffic's refund callers: who signed in 10 minutes ago (allowed under
+# max_age 900, not under 300), and who can't pass either way.
+TEN_MINUTES = {"store-017-ten-min", "store-042-ten-min"}
+STEP_UP_EITHER_WAY = {"store-042-stale", "store-099-otp"}
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
+    """300 mixed requests through a real gateway; its sealed, signed log."""
+    return asyncio.run(record_traffic(tmp_path_factory.mktemp("traffic"), 300))
+
+
+@pytest.fixture(scope="module")
+def refunds_300(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pull request of the README's worked example: refunds need sign-in within 300 s."""
+    return refunds_candidate(tmp_path_factory.mktemp("candidate"))
+
+
+def replay(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, *args: str, verify: bool = True
+) -> tuple[int, dict[str, Any], str]:
+    """Run the command with a JSON report on stdout; (exit code, report, stderr)."""
+    command = ["policy", "replay", "--log", str(recorded.log), *args]
+    if verify and "--no-verify" not in args:
+        command += ["--key", str(recorded.key)]
+    if "--output" not in args:
+        command += ["--output", "json"]
+    code = main(command)
+    out, err = capsys.readouterr()
+    report = json.loads(out) if out.startswith("{") else {}
+    if report:
+        jsonschema.validate(report, SCHEMA)
+    return code, report, err
+
+
+def logged_policy_decisions(recorded: Recorded) -> int:
+    return sum(
+        1 for line in recorded.log.read_text().splitlines() if '"path":"portcullis/gateway/' in line
+    )
+
+
+def test_same_policy_replays_with_zero_changes(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded
+) -> None:
+    code, report, _ = replay(capsys, recorded, "--policy", str(POLICIES))
+    assert code == 0
+    totals = report["totals"]
+    assert totals["replayed"] == logged_policy_decisions(recorded) > 250
+    assert totals["changed"] == 0 and totals["unchanged"] == totals["replayed"]
+    assert report["verification"]["verified"] and report["verification"]["sealed"]
+    assert report["baseline"]["source"] == "log"
+
+
+def test_gateway_refusals_are_counted_not_replayed(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded
+) -> None:
+    _, report, _ = replay(capsys, recorded, "--policy", str(ERRORING))
+    skipped = report["not_replayed"]
+    # 12 requests to no route and 12 forged tokens: no policy decided them, so no
+    # candidate can change them; the erroring candidate would otherwise show them.
+    assert skipped["gateway_refusals_by_rule"] == {
+        "gateway.invalid_token": 12,
+        "gateway.no_route": 12,
+    }
+    assert report["totals"]["replayed"] + skipped["gateway_refusals"] == 300
+
+
+def test_refunds_max_age_300_flips_ten_minute_refunds_to_step_up(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, refunds_300: Path
+) -> None:
+    code, report, _ = replay(capsys, recorded, "--policy", str(refunds_300), "--samples", "50")
+    assert code == 1
+    sent = by_request_id(recorded.sent)
+    refunds = [s for s in recorded.sent if s.path.startswith("/pos/refunds/")]
+    flips = report["changes"]["allow-to-deny"]
+    expected = [s for s in refunds if s.caller in TEN_MINUTES]
+    assert flips["count"] == len(expected) > 0
+    assert all(s.status == 200 for s in expected)
+    for sample in flips["samples"]:
+        assert sent[sample["request_id"]].status == 200  # it really was allowed
+        assert sample["before"]["allow"] is True and sample["after"]["allow"] is False
+        assert sample["after"]["step_up"] == {"acr": "phr", "max_age": 300}
+        assert sample["identity"]["subject"] in TEN_MINUTES
+        assert 300 < sample["identity"]["auth_age_s"] <= 900
+    breakdown = flips["breakdown"]
+    assert breakdown["step_up"] == [{"value": "acr=phr max_age=300", "count": len(expected)}]
+    assert {row["value"] for row in breakdown["group"]} == {"store", "store-017", "store-042"}
+    assert breakdown["route"] == [{"value": "/pos/refunds/", "count": len(expected)}]
+    step_up = report["changes"]["step-up"]
+    assert step_up["count"] == len([s for s in refunds if s.caller in STEP_UP_EITHER_WAY])
+    for sample in step_up["samples"]:
+        assert sample["before"]["step_up"] == {"acr": "phr", "max_age": 900}
+        assert sample["after"]["step_up"] == {"acr": "phr", "max_age": 300}
+    assert report["totals"]["changed"] == flips["count"] + step_up["count"]
+    assert report["blocking"] == {"allow-to-deny": flips["count"], "step-up": step_up["count"]}
+
+
+def test_allow_change_accepts_the_named_kinds_only(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, refunds_300: Path
+) -> None:
+    code, report, _ = replay(
+        capsys, recorded, "--policy", str(refunds_300), "--allow-change", "allow-to-deny"
+    )
+    assert code == 1 and list(report["blocking"]) == ["step-up"]
+    code, report, _ = replay(
+        capsys, recorded, "--policy", str(refunds_300),
+        "--allow-change", "allow-to-deny", "--allow-change", "step-up",
+    )  # fmt: skip
+    assert code == 0 and report["blocking"] == {} and report["totals"]["changed"] > 0
+
+
+def test_baseline_policy_is_compared_instead_of_the_log(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, refunds_300: Path
+) -> None:
+    # Going back from 300 s to 900 s: the same refunds flip the other way.
+    code, report, _ = replay(
+        capsys, recorded, "--policy", str(POLICIES), "--baseline-policy", str(refunds_300)
+    )
+    assert code == 1
+    assert report["baseline"]["source"] == str(refunds_300)
+    assert report["changes"]["deny-to-allow"]["count"] > 0
+    assert report["changes"]["allow-to-deny"]["count"] == 0
+    assert report["latency"]["baseline"]["measured"] == "replayed"
+
+
+def test_candidate_that_errors_is_reported_as_errors_and_fails(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded
+) -> None:
+    every_kind = [arg for kind in ("allow-to-deny", "deny-to-allow", "step-up", "reasons")
+                  for arg in ("--allow-change", kind)]  # fmt: skip
+    code, report, _ = replay(capsys, recorded, "--policy", str(ERRORING), *every_kind)
+    assert code == 1  # errors can't be allowed
+    errors = report["changes"]["error"]
+    by_app = {row["value"]: row["count"] for row in report["totals"]["by_app"]}
+    assert errors["count"] == by_app["pos"] + by_app["analytics"] > 0
+    assert {row["value"] for row in errors["breakdown"]["app"]} == {"pos", "analytics"}
+    for sample in errors["samples"]:
+        assert sample["error"] and sample["after"]["allow"] is False  # failed closed
+    assert report["blocking"] == {"error": errors["count"]}
+
+
+def test_candidate_that_does_not_load_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded
+) -> None:
+    code, report, err = replay(capsys, recorded, "--policy", str(BROKEN))
+    assert code == 2 and not report
+    assert "broken/decision.rego:5:1" in err
+
+
+def test_tampered_log_is_refused(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, tmp_path: Path
+) -> None:
+    lines = recorded.log.read_text().splitlines(keepends=True)
+    victim = next(
+        i for i, line in enumerate(lines)
+        if '"allow":false' in line and '"path":"portcullis/gateway/decision"' in line
+    )  # fmt: skip
+    lines[victim] = lines[victim].replace('"allow":false', '"allow":true', 1)
+    tampered = tmp_path / "decisions.log"
+    tampered.write_text("".join(lines))
+    forged = Recorded(tmp_path, tampered, recorded.key, recorded.sent, "")
+    code, report, err = replay(capsys, forged, "--policy", str(POLICIES))
+    assert code == 2 and not report
+    assert "refusing to replay a tampered log" in err
+    assert f"decisions.log:{victim + 1}" in err
+    # --no-verify replays it, and every output says it wasn't verified.
+    code, report, _ = replay(capsys, forged, "--policy", str(POLICIES), "--no-verify")
+    assert report["verification"]["verified"] is False
+    assert report["changes"]["allow-to-deny"]["count"] == 1  # the forged allow
+    code = main(["policy", "replay", "--log", str(tampered), "--policy", str(POLICIES),
+                 "--no-verify"])  # fmt: skip
+    assert "NOT VERIFIED" in capsys.readouterr().out
+
+
+def test_log_verified_with_the_wrong_key_is_refused(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded
+) -> None:
+    other = FIXTURES / "decision_log/other_key.pem"
+    code = main(["policy", "replay", "--log", str(recorded.log), "--policy", str(POLICIES),
+                 "--key", str(other)])  # fmt: skip
+    assert code == 2
+    assert "refusing to replay a tampered log" in capsys.readouterr().err
+
+
+def test_app_and_time_selection(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, refunds_300: Path
+) -> None:
+    code, report, _ = replay(capsys, recorded, "--policy", str(refunds_300), "--app", "wms")
+    assert code == 0 and report["totals"]["changed"] == 0
+    assert [row["value"] for row in report["totals"]["by_app"]] == ["wms"]
+    assert report["not_replayed"]["other_apps"] > 0
+    code, report, _ = replay(
+        capsys, recorded, "--policy", str(refunds_300), "--until", "2000-01-01"
+    )
+    assert code == 0 and report["totals"]["replayed"] == 0
+    assert report["not_replayed"]["outside_time"] == logged_policy_decisions(recorded)
+    code, report, _ = replay(
+        capsys, recorded, "--policy", str(refunds_300), "--since", "2000-01-01T00:00Z"
+    )
+    assert report["totals"]["replayed"] == logged_policy_decisions(recorded)
+
+
+def test_sample_replays_a_fixed_number_reproducibly(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, refunds_300: Path
+) -> None:
+    runs = [
+        replay(capsys, recorded, "--policy", str(refunds_300), "--sample", "40")[1]
+        for _ in range(2)
+    ]
+    assert runs[0]["totals"]["replayed"] == 40
+    assert runs[0]["not_replayed"]["not_sampled"] == logged_policy_decisions(recorded) - 40
+    assert runs[0]["changes"] == runs[1]["changes"]
+
+
+def test_text_and_markdown_outputs_to_files(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, refunds_300: Path, tmp_path: Path
+) -> None:
+    text, md = tmp_path / "report.txt", tmp_path / "report.md"
+    code = main([
+        "policy", "replay", "--log", str(recorded.log), "--policy", str(refunds_300),
+        "--key", str(recorded.key), "--output", "text", "--output-file", str(text),
+        "--output", "markdown", "--output-file", str(md),
+    ])  # fmt: skip
+    assert code == 1
+    assert "FAIL:" in capsys.readouterr().err
+    assert "allow -> deny" in text.read_text() and "decisions/s" in text.read_text()
+    body = md.read_text()
+    assert body.startswith("### ❌ Policy replay: FAIL")
+    assert "| allow -> deny | " in body and "<details>" in body
+
+
+def test_markdown_escapes_request_text() -> None:
+    sample = {
+        "method": "GET", "path": "/pos/x|y<img src=x onerror=alert(1)>`z",
+        "identity": {"authenticated": True, "subject": "a|b", "groups": ["<b>"]},
+        "before": {"allow": True}, "after": {"allow": False, "http_status": 403,
+        "reasons": ["**bold** | cell"], "step_up": None}, "error": None,
+    }  # fmt: skip
+    document = _document_with(sample)
+    rows = [line for line in markdown.render(document).splitlines() if line.startswith("| `GET")]
+    assert len(rows) == 1
+    row = rows[0]
+    # The path stays inside one code span (inert there), its backtick can't end it.
+    assert row.startswith("| `GET /pos/x\\|y<img src=x onerror=alert(1)>'z` |")
+    assert "<b>" not in row and "**bold**" not in row  # outside code: escaped
+    assert row.replace("\\|", "").count("|") == 5  # four cells, nothing split
+
+
+def _document_with(sample: dict[str, Any]) -> dict[str, Any]:
+    from portcullis.replay.events import Selection
+    from portcullis.replay.report import PolicyInfo, Report
+
+    report = Report(candidate=PolicyInfo("c", "r"), baseline=None, logs=["l"],
+                    selection=Selection())  # fmt: skip
+    document = report.document()
+    document["changes"]["allow-to-deny"]["count"] = 1
+    document["changes"]["allow-to-deny"]["samples"] = [sample]
+    return document
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--log", "/nonexistent.log", "--no-verify"], "/nonexistent.log: no such file"),
+        (["--log", "{log}"], "--key PEM or --jwks"),
+        (["--log", "{log}", "--no-verify", "--since", "yesterday"], "not an ISO 8601 time"),
+        (["--log", "{log}", "--no-verify", "--since", "2026-02-01", "--until", "2026-01-01"],
+         "--since must be before --until"),
+        (["--log", "{log}", "--no-verify", "--output", "json", "--output", "text"],
+         "only one --output can go to stdout"),
+        (["--log", "{log}", "--no-verify", "--allow-change", "error"], "invalid choice"),
+    ],
+)  # fmt: skip
+def test_bad_options_are_usage_errors(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, args: list[str], message: str
+) -> None:
+    argv = ["policy", "replay", "--policy", str(POLICIES)]
+    argv += [a.replace("{log}", str(recorded.log)) for a in args]
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's own errors
+        code = int(exit_.code or 0)
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_log_that_is_not_a_decision_log_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, tmp_path: Path
+) -> None:
+    other = tmp_path / "notes.txt"
+    other.write_text("hello\nworld\n")
+    code = main(["policy", "replay", "--log", str(other), "--policy", str(POLICIES),
+                 "--key", str(recorded.key)])  # fmt: skip
+    assert code == 2
+    assert "is not a Portcullis decision log" in capsys.readouterr().err

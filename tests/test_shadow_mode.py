@@ -1,0 +1,232 @@
+"""Shadow mode: a candidate policy decides beside the live one, in its own process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.audit.chain import SHADOW_PATH
+from gateway.config import ConfigError, parse_config
+from portcullis.cli import main
+from tests.conftest import FIXTURES
+from tests.decision_traffic import Recorded, Sent, record_traffic, refunds_candidate
+from tests.gateway_stack import Stack, start_stack
+
+SLOW = FIXTURES / "replay/slow"
+BROKEN = FIXTURES / "replay/broken"
+
+
+def refunds_300(directory: Path) -> Path:
+    return refunds_candidate(directory)
+
+
+def shadow_policy(shadow: Path, **options: Any) -> dict[str, Any]:
+    """start_stack's policy_options for a shadow policy."""
+    return {"shadow": str(shadow), **options}
+
+
+async def until(condition: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        await asyncio.sleep(0.05)
+
+
+async def shadow_ready(stack: Stack) -> None:
+    assert stack.gateway.shadow is not None
+    await until(lambda: stack.gateway.shadow.ready)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    prefix = f"{name}{{{wanted}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith(prefix + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def answer(sent: Sent) -> Any:
+    """What a client got, without what differs between any two runs (ids, ports)."""
+    body: Any = json.loads(sent.body) if sent.body.startswith(b"{") else sent.body
+    if isinstance(body, dict):
+        body.pop("decision_id", None)
+        # The two runs are seconds apart: "last sign-in was 1200 s ago" may read 1201.
+        body["reasons"] = [
+            re.sub(r"was \d+ s ago", "was N s ago", r) for r in body.get("reasons", [])
+        ]
+        if "headers" in body:  # a backend's echo: what it was asked
+            body = {k: body[k] for k in ("app", "method", "path")}
+    return sent.status, body
+
+
+def events(recorded: Recorded) -> list[dict[str, Any]]:
+    lines = recorded.log.read_text().splitlines()
+    return [json.loads(line) for line in lines if '"decision_id"' in line]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Recorded, Recorded, Path]:
+    """The same 300 requests through a gateway without and with a shadow policy."""
+    base = tmp_path_factory.mktemp("shadow")
+    candidate = refunds_300(base)
+    plain = asyncio.run(record_traffic(base / "plain", 300))
+    shadowed = asyncio.run(
+        record_traffic(
+            base / "shadowed", 300, before=shadow_ready, policy_options=shadow_policy(candidate)
+        )
+    )
+    return plain, shadowed, candidate
+
+
+def test_shadow_never_changes_a_response(runs: tuple[Recorded, Recorded, Path]) -> None:
+    plain, shadowed, _ = runs
+    assert [answer(s) for s in shadowed.sent] == [answer(s) for s in plain.sent]
+    assert {s.status for s in shadowed.sent} >= {200, 401, 403, 404}
+
+
+def test_shadow_divergences_are_logged_with_both_results(
+    runs: tuple[Recorded, Recorded, Path],
+) -> None:
+    _, shadowed, candidate = runs
+    logged = events(shadowed)
+    live = {e["decision_id"]: e for e in logged if e["path"] == "portcullis/gateway/decision"}
+    divergences = [e for e in logged if e["labels"].get("shadow") is True]
+    assert divergences and all(e["path"] == SHADOW_PATH for e in divergences)
+    kinds = {e["result"]["divergence"] for e in divergences}
+    assert kinds == {"allow-to-deny", "step-up"}
+    for event in divergences:
+        assert event["labels"]["shadow_policy"] == str(candidate)
+        original = live[event["labels"]["live_decision_id"]]
+        assert event["result"]["live"] == original["result"]  # the live result, as enforced
+        assert event["input"] == original["input"]
+        if event["result"]["divergence"] == "allow-to-deny":
+            assert original["result"]["allow"] is True
+            assert event["result"]["shadow"]["step_up"] == {"acr": "phr", "max_age": 300}
+        assert event["input"]["attributes"]["request"]["http"]["headers"]["authorization"] == (
+            "**REDACTED**"
+        )
+
+
+def test_shadow_divergences_are_counted_in_metrics(
+    runs: tuple[Recorded, Recorded, Path],
+) -> None:
+    _, shadowed, _ = runs
+    divergences = [e for e in events(shadowed) if e["labels"].get("shadow") is True]
+    for kind in ("allow-to-deny", "step-up"):
+        logged = sum(1 for e in divergences if e["result"]["divergence"] == kind)
+        name = "portcullis_shadow_divergences_total"
+        assert metric(shadowed.metrics, name, app="pos", kind=kind) == logged > 0
+    sent = metric(shadowed.metrics, "portcullis_shadow_decisions_total", outcome="sent")
+    assert sent == sum(1 for e in events(shadowed) if e["path"] == "portcullis/gateway/decision")
+
+
+def test_shadow_agrees_with_replay_and_replay_skips_shadow_events(
+    capsys: pytest.CaptureFixture[str], runs: tuple[Recorded, Recorded, Path]
+) -> None:
+    _, shadowed, candidate = runs
+    code = main(["policy", "replay", "--log", str(shadowed.log), "--policy", str(candidate),
+                 "--key", str(shadowed.key), "--output", "json"])  # fmt: skip
+    report = json.loads(capsys.readouterr().out)
+    divergences = [e for e in events(shadowed) if e["labels"].get("shadow") is True]
+    assert report["not_replayed"]["shadow_events"] == len(divergences)
+    for kind in ("allow-to-deny", "step-up", "deny-to-allow", "reasons", "error"):
+        shadow = sum(1 for e in divergences if e["result"]["divergence"] == kind)
+        assert report["changes"][kind]["count"] == shadow
+    assert code == 1
+
+
+async def test_shadow_policy_that_fails_to_load_never_affects_live_traffic(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    shadow = tmp_path / "shadow"
+    shutil.copytree(BROKEN, shadow)
+    async with start_stack(aiohttp_server, tmp_path, policy_options=shadow_policy(shadow)) as stack:
+        metrics = stack.gateway.metrics
+        await until(lambda: metric(metrics.render().decode(), "portcullis_shadow_reloads_total",
+                                   result="rejected") >= 1)  # fmt: skip
+        token = stack.token("clerk", groups=["store"], amr=["hwk"], auth_age=600)
+        response = await stack.get("/pos/refunds/1", token)
+        assert response.status == 200
+        text = metrics.render().decode()
+        assert metric(text, "portcullis_shadow_decisions_total", outcome="unavailable") == 1
+        # Fixing the shadow's files loads it (hot reload); then it diverges.
+        shutil.rmtree(shadow)
+        shutil.copytree(refunds_300(tmp_path), shadow)
+        await shadow_ready(stack)
+        response = await stack.get("/pos/refunds/2", token)
+        assert response.status == 200
+        name = "portcullis_shadow_divergences_total"
+        await until(lambda: metric(metrics.render().decode(), name, app="pos",
+                                   kind="allow-to-deny") == 1)  # fmt: skip
+
+
+async def test_shadow_process_crash_is_restarted_and_live_traffic_goes_on(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    policy = shadow_policy(refunds_300(tmp_path))
+    async with start_stack(aiohttp_server, tmp_path, policy_options=policy) as stack:
+        await shadow_ready(stack)
+        shadow = stack.gateway.shadow
+        assert shadow is not None and shadow._process is not None
+        os.kill(shadow._process.pid, signal.SIGKILL)  # the process this test's gateway started
+        token = stack.token("clerk", groups=["store"], amr=["hwk"], auth_age=60)
+        for n in range(5):
+            assert (await stack.get(f"/pos/refunds/{n}", token)).status == 200
+        await until(lambda: metric(stack.gateway.metrics.render().decode(),
+                                   "portcullis_shadow_restarts_total") == 1)  # fmt: skip
+        await shadow_ready(stack)
+
+
+async def test_slow_shadow_policy_does_not_delay_responses(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """A candidate taking tens of ms per decision: were it on the response path,
+    the median response would grow by that much."""
+
+    async def median_ms(stack: Stack) -> float:
+        token = stack.token("clerk", groups=["store"], amr=["otp"], auth_age=60)
+        times = []
+        for n in range(30):
+            started = time.perf_counter()
+            response = await stack.get(f"/pos/sales/{n}", token)
+            await response.read()
+            assert response.status == 200
+            times.append((time.perf_counter() - started) * 1000)
+        return statistics.median(times)
+
+    async with start_stack(aiohttp_server, tmp_path / "plain") as stack:
+        plain = await median_ms(stack)
+    slow = shadow_policy(SLOW, timeout_ms=1000)
+    async with start_stack(aiohttp_server, tmp_path / "slow", policy_options=slow) as stack:
+        await shadow_ready(stack)
+        shadowed = await median_ms(stack)
+        await until(lambda: bool([e for e in stack.log_path.read_text().splitlines()
+                                  if '"shadow":true' in e]))  # fmt: skip
+        slow_event = next(json.loads(line) for line in stack.log_path.read_text().splitlines()
+                          if '"shadow":true' in line)  # fmt: skip
+    shadow_ms = slow_event["metrics"]["timer_rego_query_eval_ns"] / 1e6
+    assert shadow_ms > 15  # the shadow really was slow
+    assert shadowed < plain + shadow_ms / 2, (plain, shadowed, shadow_ms)
+
+
+def test_shadow_config_key(tmp_path: Path) -> None:
+    def policy(**keys: Any) -> Any:
+        return parse_config({"auth": False, "policy": keys}, tmp_path).policy
+
+    assert policy(source="policies", shadow="candidate/").shadow == "candidate/"
+    assert policy().shadow is None
+    with pytest.raises(ConfigError, match=r"policy\.shadow"):
+        policy(shadow=" ")
+    with pytest.raises(ConfigError, match=r"policy\.shadow"):
+        policy(shadow=["a"])
