@@ -145,12 +145,14 @@ class LogLine:
 _Line = LogLine
 
 
-def iter_lines(paths: Sequence[Path]) -> Iterator[LogLine]:
-    """Every line of ``paths`` in order, streamed (constant memory). Raises OSError."""
-    return _lines(paths)
+def iter_lines(paths: Sequence[Path], *, hashed: bool = True) -> Iterator[LogLine]:
+    """Every line of ``paths`` in order, streamed (constant memory). Raises OSError.
+    ``hashed=False`` leaves ``digest`` empty: for a reader that verified the files
+    first (verify_log) and only needs the records."""
+    return _lines(paths, hashed=hashed)
 
 
-def _lines(paths: Sequence[Path]) -> Iterator[_Line]:
+def _lines(paths: Sequence[Path], *, hashed: bool = True) -> Iterator[_Line]:
     for index, path in enumerate(paths):
         with Path(path).open("rb") as file:
             for number, chunk in enumerate(file, start=1):
@@ -159,7 +161,7 @@ def _lines(paths: Sequence[Path]) -> Iterator[_Line]:
                 record = _parse(raw)
                 if not isinstance(record, dict):
                     record = None
-                digest = line_hash(raw)
+                digest = line_hash(raw) if hashed else ""
                 yield _Line(str(path), number, (index, number), raw, digest, record, torn)
 
 
