@@ -12,13 +12,11 @@ document the scanner builds from the shared Terraform corpus must agree.
 from __future__ import annotations
 
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import regorus
-import yaml
 
 from iac_scanner.loader import LoadOptions, load
 from iac_scanner.policy import RuleSet
@@ -27,6 +25,7 @@ from policy_engine.opa_golib import UNDEFINED, GoOpaEngine
 from policy_engine.policy_set import Module
 from policy_engine.testing import run_tests
 from tests.conftest import POLICIES, SHARED
+from tests.test_scan_corpus import pos_tagged_policies
 
 DECISION = "data.portcullis.gateway.decision"
 NOW = 1_700_000_000
@@ -250,20 +249,6 @@ def test_compiled_decision_denies_what_the_interpreter_errors_on(tmp_path: Path)
 
 
 # --- scanner documents ------------------------------------------------------------------
-
-
-def pos_tagged_policies(tmp_path: Path) -> Path:
-    """The shipped policies with terragoat's resources tagged as the pos app, so the
-    catalogue rules fire on the corpus too."""
-    policy = tmp_path / "policies"
-    shutil.copytree(POLICIES, policy)
-    apps = policy / "data/apps.yaml"
-    catalogue = yaml.safe_load(apps.read_text())
-    catalogue["portcullis"]["catalogue"]["apps"]["pos"]["terraform_tags"] = {
-        "git_repo": "terragoat"
-    }
-    apps.write_text(yaml.safe_dump(catalogue))
-    return policy
 
 
 def test_every_corpus_document_gives_the_same_findings_on_both_engines(tmp_path: Path) -> None:

@@ -35,7 +35,10 @@ def test_terragoat_with_the_shipped_catalogue() -> None:
     assert found == expected
 
 
-def test_terragoat_tagged_as_the_pos_app_trips_every_aws_rule(tmp_path: Path) -> None:
+def pos_tagged_policies(tmp_path: Path) -> Path:
+    """The shipped policies with a catalogue whose pos app is tagged git_repo =
+    terragoat (every terragoat resource has that tag), so the catalogue rules
+    apply to the corpus too."""
     policy = tmp_path / "policies"
     shutil.copytree(POLICIES, policy)
     apps = policy / "data/apps.yaml"
@@ -44,6 +47,11 @@ def test_terragoat_tagged_as_the_pos_app_trips_every_aws_rule(tmp_path: Path) ->
         "git_repo": "terragoat"
     }
     apps.write_text(yaml.safe_dump(catalogue))
+    return policy
+
+
+def test_terragoat_tagged_as_the_pos_app_trips_every_aws_rule(tmp_path: Path) -> None:
+    policy = pos_tagged_policies(tmp_path)
     found = {(rule, resource, line) for rule, resource, _, line in findings(TERRAGOAT, policy)}
     expected = {(e["rule"], e["resource"], e["line"]) for e in EXPECTED["tagged_as_pos"]}
     assert found == expected

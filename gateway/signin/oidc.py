@@ -91,6 +91,24 @@ class OidcClient:
 
     # --- discovery ----------------------------------------------------------------------
 
+    async def _signing_key(self, header: dict[str, Any], what: str) -> tuple[str, Any]:
+        """The token's algorithm (one the config allows) and the provider's key for
+        its kid; TokenInvalid naming `what` otherwise."""
+        assert self._keys is not None
+        algorithm = header.get("alg")
+        if not isinstance(algorithm, str) or algorithm not in self.config.algorithms:
+            raise TokenInvalid(
+                f"{what} algorithm {algorithm!r} not allowed "
+                f"(allowed: {', '.join(self.config.algorithms)})"
+            )
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise TokenInvalid(f"{what} header has no kid")
+        key = await self._keys.get(kid)
+        if key is None:
+            raise TokenInvalid(f"{what} signed with unknown key kid={kid!r}")
+        return algorithm, key
+
     async def metadata(self) -> ProviderMetadata:
         if self._metadata is not None:
             return self._metadata
@@ -269,18 +287,7 @@ class OidcClient:
             header = jwt.get_unverified_header(token)
         except (jwt.PyJWTError, UnicodeError) as error:  # PyJWT's header checks (kid, crit) too
             raise TokenInvalid(f"malformed ID token: {error}") from error
-        algorithm = header.get("alg")
-        if algorithm not in self.config.algorithms:
-            raise TokenInvalid(
-                f"ID token algorithm {algorithm!r} not allowed "
-                f"(allowed: {', '.join(self.config.algorithms)})"
-            )
-        kid = header.get("kid")
-        if not isinstance(kid, str) or not kid:
-            raise TokenInvalid("ID token header has no kid")
-        key = await self._keys.get(kid)
-        if key is None:
-            raise TokenInvalid(f"ID token signed with unknown key kid={kid!r}")
+        algorithm, key = await self._signing_key(header, "ID token")
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -331,18 +338,7 @@ class OidcClient:
             "jwt",
         ):
             raise TokenInvalid(f"logout token typ {typ!r} is not logout+jwt")
-        algorithm = header.get("alg")
-        if algorithm not in self.config.algorithms:
-            raise TokenInvalid(
-                f"logout token algorithm {algorithm!r} not allowed "
-                f"(allowed: {', '.join(self.config.algorithms)})"
-            )
-        kid = header.get("kid")
-        if not isinstance(kid, str) or not kid:
-            raise TokenInvalid("logout token header has no kid")
-        key = await self._keys.get(kid)
-        if key is None:
-            raise TokenInvalid(f"logout token signed with unknown key kid={kid!r}")
+        algorithm, key = await self._signing_key(header, "logout token")
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
