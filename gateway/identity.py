@@ -305,6 +305,14 @@ def _check_lifetime(claims: dict[str, Any], issuer: Issuer, now: float) -> None:
             f"this issuer's tokens may live at most {_ago(issuer.max_token_lifetime)} "
             "(issuers[].max_token_lifetime)"
         )
+    # Its whole life too, not only what is left of it: a per-user revocation is
+    # kept for max_token_lifetime, so an older token must not outlive it.
+    lifetime = float(claims["exp"]) - float(claims["iat"])
+    if lifetime > issuer.max_token_lifetime + issuer.leeway:
+        raise TokenRejected(
+            f"token was issued to live {_ago(lifetime)} (iat to exp); this issuer's tokens "
+            f"may live at most {_ago(issuer.max_token_lifetime)} (issuers[].max_token_lifetime)"
+        )
 
 
 def _check_authorized_party(claims: dict[str, Any], issuer: Issuer) -> None:

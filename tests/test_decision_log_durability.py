@@ -72,6 +72,33 @@ async def test_sync_fails_closed_when_the_disk_fails_and_forwards_nothing(
         assert stack.total_forwarded() == 1
 
 
+async def test_an_fsync_that_fails_once_is_not_undone_by_the_next_that_succeeds(
+    aiohttp_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Linux may drop the pages of a failed fsync and clear the error, so the next
+    fsync succeeding proves nothing for them: their requests stay refused, and
+    requests after it are served again."""
+    calls = {"n": 0}
+    real_fsync = os.fsync
+
+    def fails_once(fd: int) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    async with start_stack(aiohttp_server, tmp_path, **durability(tmp_path, "sync")) as stack:
+        token = stack.token("alice", **STORE)
+        async with await stack.get("/pos/sales", token) as before:
+            assert before.status == 200  # the start record is written and synced
+        monkeypatch.setattr(os, "fsync", fails_once)
+        async with await stack.get("/pos/sales", token) as first:
+            assert first.status == 503
+        assert stack.total_forwarded() == 1
+        async with await stack.get("/pos/sales", token) as second:
+            assert second.status == 200
+
+
 async def test_async_answers_without_waiting_for_the_disk(
     aiohttp_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

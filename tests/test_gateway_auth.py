@@ -304,6 +304,16 @@ async def test_token_valid_for_a_year_is_refused(stack: Stack) -> None:
     await assert_logged_as_invalid_token(stack, decision_id, "may live at most 24h")
 
 
+async def test_long_lived_token_cannot_outlive_a_revocation(stack: Stack) -> None:
+    """Issued three days ago, expiring in an hour: within the limit ahead, but a
+    per-user revocation is kept for max_token_lifetime, so such a token would
+    pass again once its revocation expired."""
+    now = int(time.time())
+    token = stack.token("alice", extra={"iat": now - 3 * 86400, "exp": now + 3600}, **WAREHOUSE)
+    decision_id = await refused(stack, token, "token was issued to live 3d")
+    await assert_logged_as_invalid_token(stack, decision_id, "may live at most 24h")
+
+
 async def test_token_within_the_maximum_lifetime_is_accepted(stack: Stack) -> None:
     response = await stack.get("/wms/stock", stack.token("alice", ttl=86000, **WAREHOUSE))
     assert response.status == 200

@@ -148,6 +148,23 @@ async def test_superscript_max_age_on_sign_in_is_a_400_not_a_500(
             assert b"max_age must be a whole number of seconds" in answer
 
 
+async def test_return_to_that_is_no_url_is_ignored_not_a_500(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """urlsplit raises on `http://[`: the sign-in page must treat it as no return
+    address, not crash."""
+    async with sign_in_stack(aiohttp_server, tmp_path) as stack:
+        reader, _ = await open_raw(
+            stack,
+            b"GET /.portcullis/sign_in?rd=http://%5B HTTP/1.1\r\n"
+            b"Host: gw\r\nAccept: text/html\r\nConnection: close\r\n\r\n",
+        )
+        _, answer = await closed_after(reader, 5.0)
+        # This stack's provider is unreachable: its page (502) is the answer, not a crash.
+        assert not answer.startswith(b"HTTP/1.1 500"), answer[:200]
+        assert answer.startswith((b"HTTP/1.1 302", b"HTTP/1.1 502")), answer[:200]
+
+
 # --- the connection: per-address cap, unfinished header blocks -----------------------------
 
 

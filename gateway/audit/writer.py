@@ -153,6 +153,9 @@ class DecisionLog:
         # and the event loop's waiters as a heap of (ticket, n, future).
         self._recorded = 0
         self._durable = 0
+        # Events written before an fsync failed: Linux may drop their pages and
+        # clear the error, so a later fsync succeeding proves nothing for them.
+        self._poisoned = 0
         self._fsyncs = 0
         self._sync_wanted = False
         self._waiters: list[tuple[int, int, asyncio.Future[bool]]] = []
@@ -202,7 +205,7 @@ class DecisionLog:
         """Wait until the event with this ticket is written and fsync'd; False
         if that didn't happen within ``timeout`` s (a failing disk, a closed log)."""
         if ticket <= self._durable:
-            return True
+            return ticket > self._poisoned
         if self._thread is None or self._abandon:
             return False
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -218,9 +221,9 @@ class DecisionLog:
         """On the event loop: wake every waiter whose event is now durable."""
         waiters = self._waiters
         while waiters and waiters[0][0] <= durable:
-            future = heapq.heappop(waiters)[2]
+            ticket, _, future = heapq.heappop(waiters)
             if not future.done():
-                future.set_result(True)
+                future.set_result(ticket > self._poisoned)
         self._sync_wanted = bool(waiters)
 
     def reopen(self) -> None:
@@ -459,13 +462,15 @@ class DecisionLog:
     def _fsync(self) -> bool:
         """True if everything written so far is on disk."""
         # The lines are written (in the page cache); a failed fsync is counted and
-        # logged, not retried: rewriting them would duplicate them. Waiters are
-        # not released by a failed fsync (their requests fail closed).
+        # logged, not retried: rewriting them would duplicate them. The events
+        # written so far are never reported durable (their requests fail closed),
+        # even if a later fsync succeeds.
         try:
             os.fsync(self._fd)
         except OSError as error:
             if error.errno == errno.EINVAL:  # not a file (a pipe, /dev/...): nothing to sync
                 return True
+            self._poisoned = max(self._poisoned, self._events_written)
             self._write_errors += 1
             logger.error("decision log %s: fsync failed: %s", self.path, error.strerror)
             return False
@@ -479,6 +484,8 @@ class DecisionLog:
             self._published(written)
         elif written <= self._durable:
             self._published(self._durable)
+        else:  # the fsync failed (see _fsync): these events' requests fail closed now
+            self._published(written)
 
     def _published(self, durable: int) -> None:
         self._durable = max(self._durable, durable)

@@ -80,7 +80,10 @@ def safe_return_to(value: str | None, host: str) -> str | None:
         decoded = unquote(decoded)
         if "\\" in decoded or decoded.startswith("//") or any(ord(c) < 0x20 for c in decoded):
             return None
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # e.g. "http://[": no URL at all
+        return None
     if parts.scheme or parts.netloc:
         if parts.scheme not in ("http", "https") or parts.netloc.lower() != host.lower():
             return None
