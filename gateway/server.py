@@ -248,15 +248,8 @@ class Gateway:
                 document = decision_input(request, path, route, ANONYMOUS, request_id)
                 self._log(decision, document, route, path=REFUSAL_PATH)
                 return _unauthorized(decision, str(rejected)), route.app
-            if self.shared is not None:
-                # The request's one Redis round trip: revocation, lockout, rate
-                # limit and the policy's input.signals.
-                verdict = await self.shared.check(request, route.app, identity)
-                if verdict.refusal is not None:
-                    return self._shared_refusal(
-                        request, route, path, identity, verdict.refusal
-                    ), route.app
-        # The identity's slot is taken before the decision: a request past the
+        # The identity's slot is taken before the shared check and the decision: one
+        # identity holds at most its limit of Redis calls, and a request past the
         # limit is one refusal event, never an allow that then isn't served.
         kind = "websocket" if is_websocket(request) else "request"
         try:
@@ -268,6 +261,14 @@ class Gateway:
                 identity=identity, headers={"Retry-After": "1"},
             ), route.app  # fmt: skip
         with slot:
+            if self.config.auth and self.shared is not None:
+                # The request's one Redis round trip: revocation, lockout, rate
+                # limit and the policy's input.signals.
+                verdict = await self.shared.check(request, route.app, identity)
+                if verdict.refusal is not None:
+                    return self._shared_refusal(
+                        request, route, path, identity, verdict.refusal
+                    ), route.app
             response = await self._decide_and_forward(
                 request, route, path, identity, decision_id, request_id, kind
             )

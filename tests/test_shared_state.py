@@ -17,8 +17,11 @@ from typing import Any
 
 import pytest
 import yaml
+from aiohttp.test_utils import make_mocked_request
+from prometheus_client import CollectorRegistry
 
-from gateway.config import ConfigError, Listener, parse_config
+from gateway.config import ConfigError, LimitsConfig, Listener, parse_config
+from gateway.identity import Identity
 from gateway.server import GATEWAY_KEY, Gateway, build_app
 from gateway.shared.settings import (
     Lockout,
@@ -28,6 +31,7 @@ from gateway.shared.settings import (
     SharedStateConfig,
     Timeouts,
 )
+from gateway.shared.state import SharedState
 from tests.gateway_stack import ServerFactory, Stack, free_port, logged, start_stack
 from tests.redis_server import LatencyProxy, RedisServer, redis_server, redis_url
 
@@ -594,3 +598,76 @@ async def test_two_gateway_processes_refuse_a_revoked_users_token(
         finally:
             process.terminate()
             process.wait(10)
+
+
+async def test_redis_pool_exhaustion_never_lets_a_revoked_token_through(
+    aiohttp_server: ServerFactory, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """A flood that takes every pooled connection (or makes our own calls time out)
+    is Busy: refused, never "unchecked", even under on_unavailable: allow."""
+    proxy = LatencyProxy(redis_server.port)
+    await proxy.start()
+    try:
+        state = shared(proxy.url, on_unavailable="allow")
+        state = replace(state, redis=replace(state.redis, max_connections=4))
+        limits = LimitsConfig(requests_per_identity=1000, upstream_pool_size=1001)
+        async with start_stack(
+            aiohttp_server, tmp_path, shared_state=state, limits=limits
+        ) as stack:
+            gateway_state = stack.gateway.shared
+            assert gateway_state is not None
+            token = stack.token("alice", **WAREHOUSE)
+            assert (await call(stack, stack.url, "/wms/stock", token))[0] == 200
+            await gateway_state.revoke_user("alice", "stolen", "test")
+            proxy.delay = 0.03  # calls hold their connections: the pool of 4 runs out
+            statuses = await asyncio.gather(
+                *(call(stack, stack.url, "/wms/stock", token) for _ in range(80))
+            )
+            codes = [status for status, *_ in statuses]
+            assert 200 not in codes, codes
+            assert 503 in codes, codes  # Busy: shared_state_unavailable
+            assert set(codes) <= {401, 503}, codes
+            assert gateway_state.store.available  # Redis was never down
+    finally:
+        await proxy.close()
+
+
+async def test_sign_out_during_an_outage_is_enforced_right_after_recovery(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    """Kept sign-outs are refused locally while kept, and written by the recovery
+    probe before calls go to Redis again: a copied cookie never passes meanwhile."""
+    state = SharedState(
+        shared(redis_url), replica="r", session_lifetime=43200, token_lifetime=86400,
+        registry=CollectorRegistry(),
+    )  # fmt: skip
+    await state.start()
+    try:
+        now = time.time()
+        identity = Identity(
+            authenticated=True, method="session", subject="bob", issued_at=float(int(now)),
+            session_id="target-sid", expires_at=now + 3600,
+        )  # fmt: skip
+        request = make_mocked_request("GET", "/wms/stock")
+        assert (await state.check(request, "wms", identity)).refusal is None
+        redis_server.stop()
+        for i in range(2000):
+            assert not await state.revoke_session(f"other-{i}", "x", "signed out", 3600)
+        assert not await state.revoke_session("target-sid", "bob", "signed out", 3600)
+        refusal = (await state.check(request, "wms", identity)).refusal
+        assert refusal is not None and refusal.rule == "session_revoked"  # while down
+        redis_server.start()
+        seen = []
+        for _ in range(300):
+            seen.append(state.store.available)
+            if state.store.available:
+                # The first look-up after recovery, from Redis itself.
+                verdict = await state.checker.check(identity, "wms", "1.2.3.4")
+                assert verdict.refusal is not None, verdict
+                assert verdict.refusal.rule == "session_revoked"
+                break
+            await asyncio.sleep(0.01)
+        assert state.store.available, "Redis did not come back"
+        assert not state._pending
+    finally:
+        await state.close()

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,11 +24,14 @@ from gateway.shared.check import (
 )
 from gateway.shared.metrics import SharedStateMetrics
 from gateway.shared.settings import SharedStateConfig
-from gateway.shared.store import Store, Unavailable
+from gateway.shared.store import Busy, Store, Unavailable
 
 log = logging.getLogger("portcullis.shared_state")
 MAX_BACKGROUND = 1000  # background writes in flight; past it they are dropped (counted)
-MAX_PENDING_REVOCATIONS = 10_000
+# Sign-outs Redis did not take yet, kept per process (lost on a restart): past this
+# many (after dropping the expired) a sign-out is refused (logged, counted), never
+# one kept evicted.
+MAX_PENDING_REVOCATIONS = 100_000
 # The input.signals document, kept on the request between the look-up and the decision.
 SIGNALS: web.RequestKey[dict[str, Any]] = web.RequestKey("portcullis_signals", dict)
 REMEMBER_ADDRESS: web.RequestKey[bool] = web.RequestKey("portcullis_remember_address", bool)
@@ -57,14 +59,14 @@ class SharedState:
         self.session_lifetime = session_lifetime
         self.revocation_ttl = revocation.revocation_ttl(session_lifetime, token_lifetime)
         self.metrics = SharedStateMetrics(registry)
-        self.store = Store(config, on_state=self._state_changed)
+        self.store = Store(config, on_state=self._state_changed, before_up=self._write_pending)
         self.keys = self.store.keys
         self.checker = RequestCheck(self.store, config, replica, session_lifetime)
         self._background: set[asyncio.Task[None]] = set()
-        # Sign-out revocations Redis did not take: retried when it is back.
-        self._pending: deque[Callable[[aioredis.Redis], Awaitable[Any]]] = deque(
-            maxlen=MAX_PENDING_REVOCATIONS
-        )
+        # Sign-outs Redis did not take, by session id: (subject, reason, expires at).
+        # Refused here at once, and written before calls go to Redis again.
+        self._pending: dict[str, tuple[str, str, float]] = {}
+        self._retry: asyncio.Task[None] | None = None
 
     @property
     def deny_when_unavailable(self) -> bool:
@@ -76,12 +78,13 @@ class SharedState:
     async def close(self) -> None:
         for task in list(self._background):
             task.cancel()
+        if self._retry is not None:
+            self._retry.cancel()
         await self.store.close()
 
     def _state_changed(self, up: bool) -> None:
+        # Queued sign-outs are written by the probe before Redis counts as up again.
         self.metrics.up.set(1 if up else 0)
-        if up and self._pending:
-            self._spawn(self._flush_pending(), "pending")
 
     # --- the request path -------------------------------------------------------------
 
@@ -90,8 +93,15 @@ class SharedState:
         revocation check under `on_unavailable: deny`; otherwise the request goes on,
         its signals saying `available: false` (logged with the decision, counted)."""
         started = time.perf_counter()
+        if identity.method == "session" and identity.session_id in self._pending:
+            # Signed out while Redis did not take it: refused on this replica meanwhile.
+            self.metrics.refusals.labels(app, "session_revoked").inc()
+            reason = "this session was ended (sign-out not yet written to the shared state)"
+            return Verdict(Refusal(401, "session_revoked", reason))
         try:
             verdict = await self.checker.check(identity, app, source_address(request))
+        except Busy as error:
+            return Verdict(self._busy(str(error)), unavailable=str(error))
         except Unavailable as error:
             return self._unavailable(request, identity, str(error))
         self.metrics.seconds.observe(time.perf_counter() - started)
@@ -101,6 +111,14 @@ class SharedState:
             request[SIGNALS] = verdict.signals
             request[REMEMBER_ADDRESS] = verdict.remember_address
         return verdict
+
+    def _busy(self, why: str) -> Refusal:
+        """Redis is reachable but took no call of ours (pool exhausted, or this
+        gateway too busy to get the answer in time): refused for every identity in
+        both modes; going on unchecked would let a flood switch the checks off."""
+        self.metrics.unavailable.labels("busy").inc()
+        reason = f"shared state (Redis) busy: {why}; refused (retry shortly)"
+        return Refusal(503, "shared_state_unavailable", reason, 1)
 
     def _unavailable(self, request: web.Request, identity: Identity, why: str) -> Verdict:
         if needs_revocation_check(identity) and self.deny_when_unavailable:
@@ -119,6 +137,8 @@ class SharedState:
         """Invalid tokens count against their source address's limit (guessing)."""
         try:
             verdict = await self.checker.check(ANONYMOUS, app, source_address(request))
+        except Busy as error:
+            return self._busy(str(error))
         except Unavailable:
             self.metrics.unavailable.labels("no_check_needed").inc()
             return None
@@ -165,13 +185,37 @@ class SharedState:
     # --- sign-out and back-channel logout ---------------------------------------------
 
     async def revoke_session(self, session_id: str, subject: str, reason: str, ttl: int) -> bool:
-        """Revoke one browser session; when Redis is away, kept and retried once it
-        is back (True: written now)."""
+        """Revoke one browser session; when Redis is away, kept (and refused on this
+        replica) until it is written (True: written now). Kept sign-outs are per
+        process, lost on a restart; past MAX_PENDING_REVOCATIONS one is refused."""
+        try:
+            await self._write(
+                lambda r: revocation.revoke_session(r, self.keys, session_id, subject, reason, ttl)
+            )
+        except Unavailable as error:
+            self._keep(session_id, subject, reason, ttl, str(error))
+            return False
+        self.metrics.writes.labels("sign_out", "ok").inc()
+        return True
 
-        def write(r: aioredis.Redis) -> Awaitable[None]:
-            return revocation.revoke_session(r, self.keys, session_id, subject, reason, ttl)
-
-        return await self._write_or_keep(write, "sign_out")
+    def _keep(self, session_id: str, subject: str, reason: str, ttl: int, why: str) -> None:
+        now = time.time()
+        if session_id not in self._pending and len(self._pending) >= MAX_PENDING_REVOCATIONS:
+            for sid in [sid for sid, kept in self._pending.items() if kept[2] <= now]:
+                del self._pending[sid]
+        if session_id not in self._pending and len(self._pending) >= MAX_PENDING_REVOCATIONS:
+            self.metrics.writes.labels("sign_out", "refused").inc()
+            log.error("shared state: sign-out of session %s by %s NOT recorded: Redis "
+                      "unavailable (%s) and %d sign-outs already kept; a copy of its cookie "
+                      "stays valid until the session expires", session_id[:8], subject, why,
+                      MAX_PENDING_REVOCATIONS)  # fmt: skip
+            return
+        self._pending[session_id] = (subject, reason, now + max(1, ttl))
+        self.metrics.writes.labels("sign_out", "pending").inc()
+        log.error("shared state: sign_out kept for retry (%s)", why)
+        if self.store.available and (self._retry is None or self._retry.done()):
+            # Redis is up but busy: no recovery will flush this, so retry shortly.
+            self._retry = asyncio.ensure_future(self._retry_pending())
 
     async def revoke_provider_session(self, issuer: str, sid: str, reason: str) -> None:
         await self.store.run(
@@ -216,26 +260,32 @@ class SharedState:
     async def _write(self, call: Callable[[aioredis.Redis], Awaitable[Any]]) -> Any:
         return await self.store.run(call, timeout=self.config.timeouts.connect)
 
-    async def _write_or_keep(
-        self, call: Callable[[aioredis.Redis], Awaitable[Any]], kind: str
-    ) -> bool:
-        try:
-            await self._write(call)
-        except Unavailable as error:
-            self._pending.append(call)
-            self.metrics.writes.labels(kind, "pending").inc()
-            log.error("shared state: %s kept for retry (%s)", kind, error)
-            return False
-        self.metrics.writes.labels(kind, "ok").inc()
-        return True
-
-    async def _flush_pending(self) -> None:
+    async def _write_pending(self, client: aioredis.Redis) -> None:
+        """Write the kept sign-outs with `client`, a batch at a time; an error is
+        raised (Redis stays down for the request path, the probe tries again)."""
+        batch = max(1, min(16, self.config.redis.max_connections // 2))
         while self._pending:
-            call = self._pending[0]
-            try:
-                await self._write(call)
-            except Unavailable:
-                return  # down again: the next recovery flushes the rest
-            with contextlib.suppress(IndexError):
-                self._pending.popleft()
-            self.metrics.writes.labels("sign_out", "retried").inc()
+            chunk = list(self._pending.items())[:batch]
+
+            async def one(session_id: str, kept: tuple[str, str, float]) -> None:
+                subject, reason, expires = kept
+                now = time.time()
+                if expires > now:
+                    ttl = max(1, int(expires - now))
+                    async with asyncio.timeout(self.config.timeouts.connect):
+                        await revocation.revoke_session(
+                            client, self.keys, session_id, subject, reason, ttl
+                        )
+                    self.metrics.writes.labels("sign_out", "retried").inc()
+                if self._pending.get(session_id) == kept:
+                    del self._pending[session_id]
+
+            await asyncio.gather(*(one(sid, kept) for sid, kept in chunk))
+
+    async def _retry_pending(self) -> None:
+        while self._pending:
+            await asyncio.sleep(self.config.timeouts.retry_interval)
+            if not self.store.available:
+                return  # the probe writes them before Redis is up again
+            with contextlib.suppress(Unavailable):
+                await self.store.run(self._write_pending, timeout=self.config.timeouts.connect * 4)

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import MaxConnectionsError, RedisError
 
 from gateway.shared.settings import SharedStateConfig
 
@@ -24,14 +24,21 @@ class Unavailable(Exception):
     """Redis could not answer in time (down, slow, or refusing); the message says which."""
 
 
-def connect(config: SharedStateConfig) -> aioredis.Redis:
+class Busy(Unavailable):
+    """Redis is reachable but this call got no answer: every pooled connection is in
+    use, or the call timed out while a ping on a connection of its own still answers
+    (the gateway's own load). Never "unchecked": the request path refuses it for every
+    identity, whatever `on_unavailable` says (a flood must not switch checks off)."""
+
+
+def connect(config: SharedStateConfig, max_connections: int | None = None) -> aioredis.Redis:
     """A client for `shared_state.redis` (no connection is opened yet)."""
     settings = config.redis
     options: dict[str, Any] = {
         "socket_connect_timeout": config.timeouts.connect,
         # A reply slower than this is a dead connection; requests wait less (Store.run).
         "socket_timeout": max(config.timeouts.connect, config.timeouts.request),
-        "max_connections": settings.max_connections,
+        "max_connections": max_connections or settings.max_connections,
         "health_check_interval": 30,
         "decode_responses": True,
     }
@@ -110,10 +117,18 @@ class Store:
         config: SharedStateConfig,
         *,
         on_state: Callable[[bool], None] | None = None,
+        before_up: Callable[[aioredis.Redis], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
         self.keys = Keys(config.key_prefix)
         self.client = connect(config)
+        # Pings of the probe and of the reachability check, outside the request pool:
+        # an exhausted pool must not make Redis look down.
+        self._ping_client = connect(config, max_connections=2)
+        self._verify: asyncio.Task[None] | None = None
+        # Runs in the probe once Redis answers, before calls go through again (queued
+        # sign-outs are written first); an error keeps the breaker open.
+        self._before_up = before_up
         self._timeout = config.timeouts.request
         self._up = True
         self._why_down = ""
@@ -134,18 +149,23 @@ class Store:
         probe keeps trying), so a Redis restart never keeps replicas down."""
         try:
             await self.run(lambda r: r.ping(), timeout=self.config.timeouts.connect)
+            with contextlib.suppress(TimeoutError, RedisError, OSError):
+                async with asyncio.timeout(self.config.timeouts.connect):
+                    await self._ping_client.ping()  # connected before it is needed
             log.info("shared state: connected to Redis")
         except Unavailable as error:
             log.error("shared state: Redis unavailable at start (%s); retrying", error)
 
     async def close(self) -> None:
         self._closed = True
-        if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._probe
-        with contextlib.suppress(Exception):
-            await self.client.aclose()
+        for task in (self._probe, self._verify):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        for client in (self.client, self._ping_client):
+            with contextlib.suppress(Exception):
+                await client.aclose()
 
     async def run(
         self,
@@ -154,7 +174,9 @@ class Store:
         timeout: float | None = None,
     ) -> T:
         """`call(client)` within the request timeout; Unavailable when the breaker is
-        open, on a timeout or on any Redis error (which opens the breaker)."""
+        open or on a Redis error (which opens the breaker); Busy when the pool is
+        exhausted or the call timed out (a ping on a connection of its own then tells
+        whether Redis is down, which opens the breaker, or only this gateway busy)."""
         if not self._up:
             raise Unavailable(self._why_down)
         started = time.perf_counter()
@@ -163,17 +185,68 @@ class Store:
             async with asyncio.timeout(limit):
                 return await call(self.client)
         except TimeoutError:
-            self._down(f"no answer from Redis within {limit * 1000:.0f} ms")
+            why = f"no answer from Redis within {limit * 1000:.0f} ms"
+            if self._up:
+                # Down, or only this gateway busy? Wait (bounded) for one ping to tell.
+                check = self._check_reachable(why)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.config.timeouts.connect):
+                        await asyncio.shield(check)
+                if self._up:
+                    raise Busy(f"{why}; Redis answers a ping: this gateway is busy") from None
+            raise Unavailable(self._why_down or why) from None
         except (RedisError, OSError) as error:
-            if "Too many connections" in str(error):
+            if isinstance(error, MaxConnectionsError) or "Too many connections" in str(error):
                 # The pool is exhausted here, Redis itself is fine: this call fails alone.
-                raise Unavailable(
+                raise Busy(
                     f"all {self.config.redis.max_connections} Redis connections busy"
                 ) from None
             self._down(f"Redis error: {type(error).__name__}: {error}"[:300])
         raise Unavailable(
             self._why_down or f"Redis failed after {time.perf_counter() - started:.3f} s"
         )
+
+    def _check_reachable(self, why: str) -> asyncio.Task[None]:
+        """After a timed-out call: a ping on a connection of its own. No answer
+        within the request timeout opens the breaker; an answer means Redis is up and
+        the timeout was this gateway's load (such calls are Busy, refused)."""
+        if self._verify is not None and not self._verify.done():
+            return self._verify
+
+        async def verify() -> None:
+            loop = asyncio.get_running_loop()
+            while self._up and not self._closed:
+                lag = 0.0
+
+                async def tick() -> None:
+                    nonlocal lag
+                    while True:
+                        started = loop.time()
+                        await asyncio.sleep(0.005)
+                        lag = max(lag, loop.time() - started - 0.005)
+
+                ticker = asyncio.ensure_future(tick())
+                try:
+                    async with asyncio.timeout(self._timeout):
+                        await self._ping_client.ping()
+                except TimeoutError:
+                    # A busy event loop (callbacks run late) says this process is
+                    # overloaded, not Redis: ask again (calls meanwhile are Busy).
+                    if lag <= self._timeout / 10:
+                        self._down(f"{why}; no answer to a ping either")
+                        return
+                except (RedisError, OSError) as error:
+                    self._down(f"{why}; ping: {type(error).__name__}: {error}"[:300])
+                    return
+                else:
+                    log.warning("shared state: a Redis call timed out (%s) but Redis answers: "
+                                "the gateway is busy; such calls are refused", why)  # fmt: skip
+                    return
+                finally:
+                    ticker.cancel()
+
+        self._verify = asyncio.ensure_future(verify())
+        return self._verify
 
     def _down(self, why: str) -> None:
         if self._closed:
@@ -196,11 +269,13 @@ class Store:
             await asyncio.sleep(interval)
             try:
                 async with asyncio.timeout(max(limit, self.config.timeouts.connect)):
-                    await self.client.ping()
+                    await self._ping_client.ping()
                 # Connected; now it must also answer quickly enough.
                 started = time.perf_counter()
                 async with asyncio.timeout(limit):
-                    await self.client.ping()
+                    await self._ping_client.ping()
+                if self._before_up is not None:
+                    await self._before_up(self.client)
                 log.info("shared state: Redis is back (ping %.1f ms)",
                          (time.perf_counter() - started) * 1000)  # fmt: skip
                 self._up = True
@@ -209,3 +284,5 @@ class Store:
                 return
             except (TimeoutError, RedisError, OSError) as error:
                 self._why_down = self._why_down or str(error)
+            except Exception:
+                log.exception("shared state: getting ready after Redis came back failed")
