@@ -158,6 +158,9 @@ class ShadowPolicy:
         finally:
             self._process = None
             self.revision = None
+            if process.returncode is None:  # cancelled, or the stream broke: never left behind
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
             await process.wait()
 
     def _received(self, line: bytes) -> None:
