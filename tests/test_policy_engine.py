@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import tarfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +203,36 @@ def test_evaluation_over_the_timeout_is_an_error_not_an_answer(tmp_path: Path) -
     engine = EmbeddedEngine(load_policy_set(tmp_path), timeout=0.001)
     with pytest.raises(EvaluationTimeout, match="over the 1 ms timeout"):
         engine.evaluate_sync("data.p.allow", {"n": 2_000_000})
+
+
+def test_a_decision_delayed_by_another_thread_holding_the_gil_is_not_a_timeout() -> None:
+    """A loaded gateway (another thread, the shadow process, a busy CI machine)
+    delays a decision; only the policy's own CPU time may turn it into a deny."""
+    engine = EmbeddedEngine(load_policy_set(POLICIES), timeout=0.05, compiled_refs=(DECISION,))
+    document = json.loads((FIXTURES / "inputs/pos_refund_otp.json").read_text())
+    engine.evaluate_sync(DECISION, document)
+    stop = threading.Event()
+
+    def hog() -> None:  # pure Python: holds the GIL for a whole switch interval
+        while not stop.is_set():
+            pass
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.2)
+    thread = threading.Thread(target=hog)
+    thread.start()
+    delayed = 0
+    try:
+        deadline = time.monotonic() + 10
+        while delayed < 3 and time.monotonic() < deadline:
+            started = time.perf_counter()
+            assert engine.evaluate_sync(DECISION, document)["step_up"]["max_age"] == 900
+            delayed += time.perf_counter() - started > 0.05
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(interval)
+    assert delayed >= 3, "the other thread never delayed an evaluation: the test proved nothing"
 
 
 def test_each_thread_evaluates_on_its_own_engine() -> None:
