@@ -54,7 +54,7 @@ from gateway.signin.flow import BrowserSignIn
 
 if TYPE_CHECKING:
     from gateway.audit.durability import Durability
-    from gateway.audit.shipping.shipper import Shipper
+    from gateway.audit.shipping.supervisor import ShippingProcess, SinkHandle
     from gateway.audit.writer import DecisionLog
 
 log = logging.getLogger("portcullis.gateway")
@@ -101,7 +101,8 @@ class Gateway:
         self.decision_log: DecisionLog | None = None
         # decision_log.durability and .sinks (gateway/audit/durability.py, shipping/).
         self.durability: Durability | None = None
-        self.shippers: list[Shipper] = []
+        self.shipping: ShippingProcess | None = None
+        self.shippers: list[SinkHandle] = []
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._ids = DecisionIds()
@@ -179,7 +180,8 @@ class Gateway:
         if self.decision_log is not None:
             await self.decision_log.close()
         # After the log's close: its last signature is shipped too.
-        await asyncio.gather(*(shipper.stop(5.0) for shipper in self.shippers))
+        if self.shipping is not None:
+            await self.shipping.stop(5.0)
         if self.policy.engine is not None:
             await self.policy.engine.close()
 
@@ -451,7 +453,7 @@ class Gateway:
         from gateway.audit.durability import Durability
         from gateway.audit.shipping.cursor import CursorError
         from gateway.audit.shipping.metrics import ShippingCollector
-        from gateway.audit.shipping.shipper import start_shippers
+        from gateway.audit.shipping.supervisor import ShippingProcess
 
         settings = self.config.decision_log
         self.durability = Durability.configured(
@@ -459,14 +461,14 @@ class Gateway:
         )
         if not settings.sinks:
             return
+        shipping = ShippingProcess(settings.sinks, decision_log.path, lambda: decision_log.seq)
         try:
-            self.shippers = start_shippers(
-                settings.sinks, decision_log.path, lambda: decision_log.seq
-            )
+            await shipping.start()
         except CursorError as error:
             await decision_log.close()
             self.decision_log = None
             raise RuntimeError(str(error)) from None
+        self.shipping, self.shippers = shipping, shipping.handles
         self.metrics.registry.register(ShippingCollector(self.shippers))
 
     def _shared_refusal(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -142,7 +143,8 @@ async def test_sigkill_under_load_loses_no_answered_request(
         f"jwks_url: '{issuer.issuer}/jwks.json'}}]\n"
         f"policy: {{source: {ROOT / 'policies'}, watch: false}}\n"
         f"assertion: {{key_file: {tmp_path / 'assertion.pem'}}}\n"
-        f"decision_log: {{path: {log}, durability: sync, sign_interval: 0.3}}\n"
+        f"decision_log: {{path: {log}, durability: sync, sign_interval: 0.3,\n"
+        f"  sinks: [{{kind: file, name: copy, path: {tmp_path / 'copy.jsonl'}}}]}}\n"
     )
     gateway = subprocess.Popen(
         [sys.executable, "-m", "portcullis", "gateway", "--config", str(config),
@@ -169,6 +171,7 @@ async def test_sigkill_under_load_loses_no_answered_request(
 
             clients = [asyncio.ensure_future(client(worker)) for worker in range(16)]
             await asyncio.sleep(1.5)  # under load, signatures written in between
+            shipping = _children(gateway.pid)
             os.kill(gateway.pid, signal.SIGKILL)
             gateway.wait(timeout=10)
             await asyncio.gather(*clients)
@@ -194,6 +197,22 @@ async def test_sigkill_under_load_loses_no_answered_request(
     assert "not yet covered by a signature" in verify.stderr or "shutdown signature" in (
         verify.stderr
     )
+    # The shipping process outlives the gateway just long enough to ship what the
+    # file holds, then exits: nothing left behind, nothing unshipped.
+    assert len(shipping) == 1, f"expected one shipping process, found {shipping}"
+    deadline = time.monotonic() + 15
+    while Path(f"/proc/{shipping[0]}").exists() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert not Path(f"/proc/{shipping[0]}").exists(), "the shipping process was left running"
+    copied = [json.loads(line) for line in (tmp_path / "copy.jsonl").read_text().splitlines()]
+    complete = text.split("\n")[:-1]  # a line the kill cut short is not shipped
+    assert [r.get("seq") for r in copied] == [json.loads(line).get("seq") for line in complete]
+
+
+def _children(pid: int) -> list[int]:
+    """The processes this one started (Linux /proc)."""
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(child) for child in text.split()]
 
 
 async def _wait_up(

@@ -3,10 +3,14 @@
 One small file per sink beside the log (``decisions.log.sink-<name>.cursor``),
 overwritten in place with one ``pwrite`` (padded, so a crash never leaves a
 torn document) and ``fdatasync``'d after every acknowledged batch: a restart
-resumes after the last acknowledged record and never re-sends it."""
+resumes after the last acknowledged record and never re-sends it. The file is
+locked (``flock``) while a shipper uses it: two shippers on one cursor (a
+gateway restarted while its previous shipping process still drains) would
+ship records twice, so the second waits (:class:`CursorBusy`)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -20,6 +24,10 @@ logger = logging.getLogger("portcullis.decision_log.shipping")
 
 class CursorError(Exception):
     """The cursor file can't be read or written."""
+
+
+class CursorBusy(CursorError):
+    """Another shipper holds this cursor (its lock)."""
 
 
 @dataclass(frozen=True)
@@ -40,9 +48,18 @@ class Cursor:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
-            data = os.pread(self._fd, 4096, 0)
         except OSError as error:
             raise CursorError(f"cannot open sink cursor {self.path}: {error.strerror}") from error
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.close()
+            raise CursorBusy(f"sink cursor {self.path} is in use by another shipper") from None
+        try:
+            data = os.pread(self._fd, 4096, 0)
+        except OSError as error:
+            self.close()
+            raise CursorError(f"cannot read sink cursor {self.path}: {error.strerror}") from error
         self._size = len(data)
         if not data.strip():
             return None

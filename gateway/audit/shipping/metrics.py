@@ -1,4 +1,4 @@
-"""Per-sink Prometheus metrics, read from the shippers at scrape time."""
+"""Per-sink Prometheus metrics, from the shipping process's latest reports at scrape time."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway.audit.shipping.shipper import Shipper
+from gateway.audit.shipping.supervisor import SinkHandle
 
 # stats key -> (metric name, help, counter?)
 METRICS = {
@@ -39,11 +39,11 @@ METRICS = {
 
 
 class ShippingCollector(Collector):
-    def __init__(self, shippers: Sequence[Shipper]) -> None:
-        self.shippers = list(shippers)
+    def __init__(self, sinks: Sequence[SinkHandle]) -> None:
+        self.sinks = list(sinks)
 
     def collect(self) -> Iterator[Metric]:
-        stats = [(shipper.name, shipper.stats) for shipper in self.shippers]
+        stats = [(sink.name, sink.stats) for sink in self.sinks]
         for key, (name, help_text, counter) in METRICS.items():
             family: CounterMetricFamily | GaugeMetricFamily
             if counter:

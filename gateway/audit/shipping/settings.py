@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,29 @@ class SinkConfig:
     def host_port(self) -> tuple[str, int]:
         host, _, port = self.address.rpartition(":")
         return host.strip("[]"), int(port)
+
+
+def sink_to_json(config: SinkConfig) -> dict[str, Any]:
+    """The sink's settings as plain JSON (to hand them to the shipping process)."""
+    return dataclasses.asdict(
+        config, dict_factory=lambda pairs: {k: str(v) if isinstance(v, Path) else v
+                                            for k, v in pairs},
+    )  # fmt: skip
+
+
+def sink_from_json(data: dict[str, Any]) -> SinkConfig:
+    """The inverse of :func:`sink_to_json`."""
+    paths = {"token_file", "path"}
+    values: dict[str, Any] = {
+        k: Path(v) if k in paths and v is not None else v for k, v in data.items()
+    }
+    tls = values.get("tls")
+    if tls is not None:
+        files: dict[str, Any] = {
+            k: Path(v) if k.endswith("_file") and v is not None else v for k, v in tls.items()
+        }
+        values["tls"] = SinkTls(**files)
+    return SinkConfig(**values)
 
 
 def parse_sinks(items: list[Any], base_dir: Path) -> tuple[SinkConfig, ...]:

@@ -1,10 +1,12 @@
 """One sink's shipper: follows the decision log from its durable cursor and delivers
 every record (events and chain signatures) at least once, in order.
 
-Each shipper runs in a thread of its own with its own event loop, so a slow or
-failing receiver never touches the gateway's request path: the log file is the
-buffer. A batch is sent until the receiver acknowledges it (exponential backoff
-from ``retry_initial`` to ``retry_max`` between attempts), and only then is the
+Each shipper runs in a thread of its own with its own event loop, inside the
+shipping process (:mod:`gateway.audit.shipping.process`), so neither a slow or
+failing receiver nor the work of reformatting every record touches the
+gateway's request path: the log file is the buffer. A batch is sent until
+the receiver acknowledges it (exponential backoff from ``retry_initial`` to
+``retry_max`` between attempts), and only then is the
 cursor moved past it and saved (fdatasync), so a restart resumes right after
 the last acknowledged record. Records are never skipped or dropped; when the
 unshipped part of the log grows past ``backlog_alert_bytes`` an error is logged
@@ -18,7 +20,6 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from gateway.audit.shipping.cursor import Cursor, CursorState
@@ -32,7 +33,7 @@ logger = logging.getLogger("portcullis.decision_log.shipping")
 
 _POLL = 0.05  # seconds between looks at the log when caught up
 # After a batch that was not full, wait this long before the next: fewer, larger
-# batches cost the gateway's process less (the shipper shares its GIL).
+# batches cost less (and the log's writer shares the disk).
 _BATCH_INTERVAL = 0.2
 _ALERT_EVERY = 60.0
 
@@ -52,11 +53,10 @@ def make_sink(config: SinkConfig) -> Sink:
 
 
 class Shipper:
-    def __init__(self, config: SinkConfig, log_path: Path, written_seq: Callable[[], int]) -> None:
+    def __init__(self, config: SinkConfig, log_path: Path) -> None:
         self.config = config
         self.name = config.name
         self.log_path = Path(log_path)
-        self._written_seq = written_seq
         self._cursor = Cursor(self.log_path, config.name)
         self._format = formatter(config.format)
         self._tail: LogTail | None = None
@@ -84,6 +84,12 @@ class Shipper:
             self._acked_seq, self._acked_hash = state.seq, state.hash
         self._tail = LogTail(self.log_path, state.position if state else None)
 
+    def close(self) -> None:
+        """Release the cursor and the log (a shipper that was loaded but never started)."""
+        if self._tail is not None:
+            self._tail.close()
+        self._cursor.close()
+
     def start(self) -> None:
         if self._tail is None:
             self.load()
@@ -102,23 +108,19 @@ class Shipper:
         if thread.is_alive():
             logger.error("sink %s: shipper did not stop", self.name)
 
-    @property
-    def stats(self) -> dict[str, float]:
-        lag = max(0, self._written_seq() - self._acked_seq)
-        if lag == 0:
-            seconds = 0.0
-        else:
-            since = self._pending_since or self._caught_up_at
-            seconds = max(0.0, time.time() - since)
+    def report(self) -> dict[str, float]:
+        """Where this shipper stands, for the gateway's /metrics (ints and floats;
+        the lag is worked out there: only the writer knows the log's last seq)."""
         return {
             "shipped": self.shipped,
             "acknowledged": self.acknowledged,
             "retried": self.retried,
-            "lag_events": lag,
-            "lag_seconds": seconds,
             "backlog_bytes": self.backlog,
             "behind": 1.0 if self.backlog > self.config.backlog_alert_bytes else 0.0,
             "failing": 1.0 if self.failing else 0.0,
+            "acked_seq": self._acked_seq,
+            "pending_since": self._pending_since or 0.0,
+            "caught_up_at": self._caught_up_at,
         }
 
     # -- the shipper's thread ------------------------------------------------
@@ -129,9 +131,7 @@ class Shipper:
         except Exception:  # loud: a silent shipper is a SIEM gap
             logger.exception("sink %s: shipper stopped", self.name)
         finally:
-            if self._tail is not None:
-                self._tail.close()
-            self._cursor.close()
+            self.close()
 
     async def _main(self) -> None:
         sink = make_sink(self.config)
@@ -231,18 +231,14 @@ class Shipper:
             )  # fmt: skip
 
 
-def start_shippers(
-    configs: tuple[SinkConfig, ...], log_path: Path, written_seq: Callable[[], int]
-) -> list[Shipper]:
-    """A running shipper per sink; CursorError if a cursor can't be read."""
-    shippers = [Shipper(config, log_path, written_seq) for config in configs]
+def load_shippers(configs: tuple[SinkConfig, ...], log_path: Path) -> list[Shipper]:
+    """A shipper per sink, each with its cursor read and locked (raises CursorError)."""
+    shippers = [Shipper(config, log_path) for config in configs]
     try:
         for shipper in shippers:
             shipper.load()
     except Exception:
         for shipper in shippers:
-            shipper._cursor.close()
+            shipper.close()
         raise
-    for shipper in shippers:
-        shipper.start()
     return shippers

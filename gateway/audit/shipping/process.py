@@ -1,0 +1,120 @@
+"""The shipping process: every sink's shipper, outside the gateway's process.
+
+Run by :mod:`gateway.audit.shipping.supervisor` as ``python -m
+gateway.audit.shipping.process``. Its first stdin line is the work::
+
+    {"log": "<decision log path>", "sinks": [<sink settings>, ...]}
+
+After that, a ``{"op": "stop", "timeout": s}`` line, or the end of stdin (the
+gateway stopped, or was killed), stops it: it ships what the log holds for up
+to ``timeout`` s (default 5), then exits. On stdout it writes JSON lines::
+
+    {"op": "ready"}                       every cursor read and locked
+    {"op": "error", "error": str}         it can't start (then exits with 2)
+    {"op": "stats", "sinks": {name: {..}}}  every REPORT_INTERVAL s while
+                                          something changed, and once at the end
+
+A process because shipping is CPU work on every record (read it back, parse
+it, reformat it, send it): in a thread of the gateway's process it held the GIL
+the event loop needs, and one file sink cost the gateway up to half its
+throughput in `bench/gateway.py --log-costs`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from gateway.audit.shipping.cursor import CursorBusy, CursorError
+from gateway.audit.shipping.settings import sink_from_json
+from gateway.audit.shipping.shipper import Shipper, load_shippers
+
+log = logging.getLogger("portcullis.decision_log.shipping")
+
+REPORT_INTERVAL = 0.25
+# A gateway restarted at once finds its previous shipping process still
+# draining (up to its stop timeout): wait this long for the cursors' locks.
+CURSOR_WAIT = 30.0
+DEFAULT_STOP_TIMEOUT = 5.0
+
+
+def send(out: BinaryIO, message: dict[str, Any]) -> None:
+    out.write(orjson.dumps(message) + b"\n")
+    out.flush()
+
+
+async def load(work: dict[str, Any]) -> list[Shipper]:
+    sinks = tuple(sink_from_json(item) for item in work["sinks"])
+    deadline = time.monotonic() + CURSOR_WAIT
+    while True:
+        try:
+            return load_shippers(sinks, Path(work["log"]))
+        except CursorBusy as busy:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("%s; waiting for it to finish", busy)
+            await asyncio.sleep(0.2)
+
+
+async def report(out: BinaryIO, shippers: list[Shipper]) -> None:
+    last: dict[str, Any] = {}
+    while True:
+        current = {shipper.name: shipper.report() for shipper in shippers}
+        if current != last:
+            send(out, {"op": "stats", "sinks": current})
+            last = current
+        await asyncio.sleep(REPORT_INTERVAL)
+
+
+async def stop_requested(reader: asyncio.StreamReader) -> float:
+    """Wait for a stop line or the end of stdin; the drain timeout it asks for."""
+    while line := await reader.readline():
+        try:
+            message = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            log.error("shipping: unreadable message from the gateway (%d bytes)", len(line))
+            continue
+        if isinstance(message, dict) and message.get("op") == "stop":
+            timeout = message.get("timeout", DEFAULT_STOP_TIMEOUT)
+            if isinstance(timeout, int | float) and timeout >= 0:
+                return float(timeout)
+            return DEFAULT_STOP_TIMEOUT
+    return DEFAULT_STOP_TIMEOUT
+
+
+async def main() -> int:
+    out = sys.stdout.buffer
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    try:
+        work = orjson.loads(await reader.readline())
+        shippers = await load(work)
+    except CursorError as error:
+        send(out, {"op": "error", "error": str(error)})
+        return 2
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        send(out, {"op": "error", "error": f"unreadable work from the gateway: {error!r}"})
+        return 2
+    for shipper in shippers:
+        shipper.start()
+    send(out, {"op": "ready"})
+    reporter = asyncio.ensure_future(report(out, shippers))
+    try:
+        timeout = await stop_requested(reader)
+        await asyncio.gather(*(shipper.stop(timeout) for shipper in shippers))
+    finally:
+        reporter.cancel()
+        send(out, {"op": "stats", "sinks": {s.name: s.report() for s in shippers}})
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    sys.exit(asyncio.run(main()))
