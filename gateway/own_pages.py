@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from gateway.header_checks import screen
-from gateway.limits import BodyTimeout, answer_and_close, timed_body
+from gateway.limits import BodyTimeout, timed_body
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -44,7 +44,11 @@ class OwnPages:
             refused = await self._screen(request)
             if refused is not None:
                 return refused
-            return await handler(request)
+            response = await handler(request)
+            durability = self._gateway.durability
+            if durability is not None:  # sync: a page that logged an event (a sign-in, a
+                response = await durability.hold(response)  # refusal) waits until it's durable
+            return response
         except (web.HTTPException, ConnectionError):
             raise
         except Exception as error:
@@ -59,18 +63,20 @@ class OwnPages:
         limits = gateway.config.limits
         refusal = screen(request.raw_headers, request.headers.get("Host"), limits)
         if refusal is not None:
-            return gateway.refuse(request, *refusal)
+            return await self._held(gateway.refuse(request, *refusal))
         unmatched = request.match_info.http_exception
         if unmatched is not None:
             # `OPTIONS *`, `CONNECT host:port`: aiohttp's router found nothing.
             reason = "request target is not a path (asterisk or authority form)"
-            return gateway.refuse(request, unmatched.status, "no_route", reason)
+            return await self._held(gateway.refuse(request, unmatched.status, "no_route", reason))
         if not request.body_exists:
             return None
         length = request.content_length
         if length is not None and length > MAX_BODY_BYTES:
             reason = f"request body of {length} bytes; at most {MAX_BODY_BYTES} here"
-            return await _closing(request, gateway.refuse(request, 413, "body_too_large", reason))
+            response = gateway.refuse(request, 413, "body_too_large", reason)
+            await gateway.answer_and_close(request, response)
+            return response
         body = bytearray()
         try:
             async for chunk in timed_body(
@@ -80,17 +86,18 @@ class OwnPages:
                 if len(body) > MAX_BODY_BYTES:
                     reason = f"request body over {MAX_BODY_BYTES} bytes"
                     response = gateway.refuse(request, 413, "body_too_large", reason)
-                    return await _closing(request, response)
+                    await gateway.answer_and_close(request, response)
+                    return response
         except BodyTimeout as error:
             gateway.metrics.connection_cut("body_timeout")
             response = gateway.refuse(request, 408, "body_timeout", str(error))
-            return await _closing(request, response)
+            await gateway.answer_and_close(request, response)
+            return response
         # What request.read() and request.post() return to the page's handler:
         # aiohttp keeps a body it has read here and never reads the stream again.
         request._read_bytes = bytes(body)
         return None
 
-
-async def _closing(request: web.Request, response: web.Response) -> web.Response:
-    await answer_and_close(request, response)
-    return response
+    async def _held(self, response: web.StreamResponse) -> web.StreamResponse:
+        durability = self._gateway.durability
+        return response if durability is None else await durability.hold(response)

@@ -331,8 +331,14 @@ class Gateway:
                 request, error.status, error.rule, str(error), route=route, path=path,
                 identity=identity,
             )  # fmt: skip
-            await answer_and_close(request, response)
+            await self.answer_and_close(request, response)
             return response
+
+    async def answer_and_close(self, request: web.Request, response: web.Response) -> None:
+        """Send a refusal and close the connection, once its event is durable (sync)."""
+        if self.durability is not None and not await self.durability.wait():
+            response = _json(503, {"error": "decision_log_unavailable", "reason": "not logged"})
+        await answer_and_close(request, response)
 
     async def _recheck(
         self,

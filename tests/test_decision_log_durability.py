@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from gateway.audit.writer import DecisionLog
 from gateway.config import DecisionLogConfig
 from gateway.demo import AUDIENCE, DevIssuer, demo_backend
+from gateway.own_pages import MAX_BODY_BYTES
 from tests.gateway_stack import free_port, start_stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +72,11 @@ async def test_sync_fails_closed_when_the_disk_fails_and_forwards_nothing(
                 assert response.status == 503, path
                 assert (await response.json())["error"] == "decision_log_unavailable"
         assert stack.total_forwarded() == 1
+        # The gateway's own pages and the refusals it answers by closing wait too.
+        too_big = b"x" * (MAX_BODY_BYTES + 1)
+        async with await stack.get("/healthz", data=too_big) as page:
+            assert page.status == 503
+            assert (await page.json())["error"] == "decision_log_unavailable"
 
 
 async def test_an_fsync_that_fails_once_is_not_undone_by_the_next_that_succeeds(
