@@ -330,6 +330,21 @@ async def test_a_killed_shipping_process_is_restarted_and_ships_everything(
     assert len(decision_ids(logged)) == 10
 
 
+async def test_stopping_while_the_shipping_process_restarts_does_not_wait_for_it(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    sink = SinkConfig("copy", "file", path=tmp_path / "copy.jsonl")
+    async with start_stack(aiohttp_server, tmp_path, **with_sinks(tmp_path, sink)) as stack:
+        shipping = stack.gateway.shipping
+        assert shipping is not None and shipping.pid is not None
+        os.kill(shipping.pid, signal.SIGKILL)
+        await until(lambda: shipping.pid is None)  # in its restart backoff
+        started = asyncio.get_running_loop().time()
+        await shipping.stop(5.0)
+        assert asyncio.get_running_loop().time() - started < 1.0
+        assert shipping.pid is None and shipping.restarts <= 1
+
+
 async def until(condition: Any, timeout: float = 10.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not condition():

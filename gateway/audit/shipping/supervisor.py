@@ -105,6 +105,8 @@ class ShippingProcess:
         task = self._task
         if task is None:
             return
+        if process is None:  # between restarts: nothing to drain, nothing to wait for
+            task.cancel()
         try:
             await asyncio.wait_for(asyncio.shield(task), timeout + 5.0)
         except TimeoutError:
@@ -112,6 +114,9 @@ class ShippingProcess:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise
 
     async def _supervise(self, ready: asyncio.Future[str | None]) -> None:
         backoff = 1.0
