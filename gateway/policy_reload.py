@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,8 @@ class PolicyHolder:
         self.last_error: str | None = None
         self._lock = asyncio.Lock()
         self._fingerprint: tuple[tuple[str, int, int], ...] = ()
+        # Called after a new engine replaced another (the runner re-freezes the heap).
+        self.on_swap: Callable[[], None] | None = None
 
     @property
     def is_remote(self) -> bool:
@@ -109,6 +112,9 @@ class PolicyHolder:
             log.info("policy %s loaded (%s), revision %s", self.source, why, engine.revision)
             if previous is not None and previous is not engine:
                 await previous.close()
+                del previous  # unreferenced before on_swap, so it can be freed there
+                if self.on_swap is not None:
+                    self.on_swap()
             return True
 
     async def watch(self, interval: float) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import heap
 from gateway.config import GatewayConfig, Listener
 from gateway.header_limits import MAX_FIELD_SIZE
 from gateway.limits import LimitedServer
@@ -77,6 +78,9 @@ async def serve(
     urls = []
     for listener in config.listeners:
         urls += await _start_site(runner, listener, reuse_port)
+    # Started: what lives now (modules, policy, pools) lives as long as the process.
+    heap.freeze()
+    app[GATEWAY_KEY].policy.on_swap = heap.freeze
     admin_runner = None
     if config.admin_listener is not None:
         # Started after the public app, whose startup started the gateway it reports on.

@@ -215,3 +215,63 @@ async def test_slow_upstream_is_504(aiohttp_server: ServerFactory, tmp_path: Pat
         response = await running.get("/wms/stock", running.token("alice", **WAREHOUSE))
         assert response.status == 504
         assert "did not answer in time" in (await response.json())["reason"]
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "body"),
+    [("GET", 201, b'{"id": 7}'), ("GET", 200, b""), ("HEAD", 200, b""), ("GET", 204, b"")],
+)
+async def test_a_complete_answer_reaches_the_client_as_the_backend_sent_it(
+    aiohttp_server: ServerFactory, tmp_path: Path, method: str, status: int, body: bytes
+) -> None:
+    """A small answer is complete when its headers arrive, and goes out in one write:
+    status, reason, headers and body unchanged, and the connection stays usable."""
+
+    async def small(request: web.Request) -> web.Response:
+        headers = {"Content-Type": "application/json", "X-Backend": "small"}
+        return web.Response(status=status, reason="Made It", body=body, headers=headers)
+
+    backend = web.Application()
+    backend.router.add_route("*", "/{tail:.*}", small)
+    server = await aiohttp_server(backend)
+    async with start_stack(aiohttp_server, tmp_path) as running:
+        running.gateway.routes.insert(0, Route("wms", f"http://127.0.0.1:{server.port}", "/wms/"))
+        direct = await running.session.request(method, f"http://127.0.0.1:{server.port}/stock")
+        sent = {name: direct.headers.get(name) for name in ("Content-Type", "Content-Length")}
+        assert await direct.read() == (b"" if method == "HEAD" else body)
+        token = running.token("alice", **WAREHOUSE)
+        for _ in range(2):  # the second answer on the same client connection
+            response = await running.get("/wms/stock", token, method=method)
+            assert (response.status, response.reason) == (status, "Made It")
+            assert response.headers["X-Backend"] == "small"
+            assert {name: response.headers.get(name) for name in sent} == sent
+            assert await response.read() == (b"" if method == "HEAD" else body)
+
+
+async def test_a_streamed_answer_reaches_the_client_as_it_is_sent(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """An answer still coming is not held back: its headers and first bytes reach the
+    client while the backend is still writing."""
+    finish = asyncio.Event()
+
+    async def streaming(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"X-Backend": "streaming"})
+        await response.prepare(request)
+        await response.write(b"first ")
+        await finish.wait()
+        await response.write(b"last")
+        return response
+
+    backend = web.Application()
+    backend.router.add_get("/{tail:.*}", streaming)
+    server = await aiohttp_server(backend)
+    async with start_stack(aiohttp_server, tmp_path) as running:
+        running.gateway.routes.insert(0, Route("wms", f"http://127.0.0.1:{server.port}", "/wms/"))
+        response = await asyncio.wait_for(
+            running.get("/wms/stock", running.token("alice", **WAREHOUSE)), 5
+        )
+        assert response.headers["X-Backend"] == "streaming"
+        assert await asyncio.wait_for(response.content.readexactly(6), 5) == b"first "
+        finish.set()
+        assert await response.read() == b"last"

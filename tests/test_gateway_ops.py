@@ -4,6 +4,7 @@ regresses, failing closed, config errors, the demo, workers and shutdown."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import shutil
@@ -11,12 +12,14 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from gateway import heap
 from gateway.config import ConfigError, load_config
 from gateway.server import build_admin_app
 from tests.conftest import POLICIES, ROOT
@@ -189,6 +192,37 @@ async def test_fifty_reloads_under_load_fail_no_request(
         await asyncio.gather(*clients)
         assert len(statuses) > 100
         assert set(statuses) == {200}
+
+
+async def test_a_replaced_policy_is_freed_while_the_heap_is_frozen(
+    aiohttp_server: ServerFactory, tmp_path: Path, policy_copy: Path
+) -> None:
+    """The runner freezes the heap after the start and again after each swap
+    (gateway/heap.py): the engine a reload replaced must still be freed, or every
+    reload would leak one; a rejected policy swaps nothing."""
+    async with start_stack(aiohttp_server, tmp_path, policy=policy_copy) as running:
+        holder = running.gateway.policy
+        swaps: list[str] = []
+
+        def swapped() -> None:
+            swaps.append(holder.engine.revision if holder.engine else "")
+            heap.freeze()
+
+        holder.on_swap = swapped
+        try:
+            heap.freeze()
+            assert holder.engine is not None
+            replaced = weakref.ref(holder.engine)
+            assert await holder.reload("test")
+            assert len(swaps) == 1
+            assert replaced() is None
+            (policy_copy / "gateway/broken.rego").write_text("package portcullis.gateway\nx if {\n")
+            assert not await holder.reload("test: broken")
+            assert len(swaps) == 1
+            token = running.token("alice", **WAREHOUSE)
+            assert (await running.get("/wms/stock", token)).status == 200
+        finally:
+            gc.unfreeze()
 
 
 def test_invalid_config_is_refused_with_the_key_path(tmp_path: Path) -> None:
