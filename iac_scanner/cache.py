@@ -17,6 +17,7 @@ from typing import Any
 from iac_scanner.hcl import FORMAT_VERSION
 
 DEFAULT_DIR = ".portcullis-cache"
+_TIGHT = (",", ":")
 
 
 def _parser_version() -> str:
@@ -62,8 +63,13 @@ class ParseCache:
         return value
 
     def put(self, key: str, value: Any) -> None:
+        if self.directory is not None:
+            self.put_text(key, json.dumps(value, separators=_TIGHT))
+
+    def put_text(self, key: str, text: str) -> None:
+        """put, for a value already in JSON text."""
         path = self._path(key)
-        if path is not None and not _write_atomically(path, value):
+        if path is not None and not _write_atomically(path, text):
             self.directory = None
 
 
@@ -93,18 +99,18 @@ class ResultCache:
 
     def put(self, key: str, entry: dict[str, Any]) -> None:
         path = self._path(key)
-        if path is not None and not _write_atomically(path, entry):
+        if path is not None and not _write_atomically(path, json.dumps(entry, separators=_TIGHT)):
             self.directory = None
 
 
-def _write_atomically(path: Path, value: Any) -> bool:
+def _write_atomically(path: Path, text: str) -> bool:
     """Write then rename, so a concurrent scan never reads half a file; False when
     the cache directory isn't writable (the caller stops caching, the scan goes on)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(value, out, separators=(",", ":"))
+            out.write(text)
         os.replace(temporary, path)
     except OSError:
         return False

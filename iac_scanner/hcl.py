@@ -4,7 +4,9 @@ python-hcl2's dict output has no line numbers and renders expressions as
 strings, so this walks its raw Lark parse tree instead and keeps each
 expression as a small tree of lists (the `Expr` shapes below), which
 `iac_scanner.expressions` evaluates. Everything here is JSON-serialisable so
-the parse cache can store it.
+the parse cache can store it. Most files never reach python-hcl2:
+`iac_scanner.hcl_fast` builds the same data from plain HCL much faster, and
+this walk is its reference.
 
 Expression shapes (first item is the kind):
     ["lit", value]                      string, number, bool or null
@@ -69,14 +71,39 @@ class HclSyntaxError(Exception):
 
 
 def parse_text(text: str) -> ParsedFile:
-    """Parse one file's HCL text. Raises HclSyntaxError."""
-    tree = _parse_tree(text)
-    attrs, blocks = _body(_child(tree, "body"))
+    """Parse one file's HCL text. Raises HclSyntaxError.
+
+    Plain HCL goes through `hcl_fast`, which builds exactly what the walk
+    below builds from python-hcl2's tree, many times faster; a file it does
+    not fully understand (or that python-hcl2 would reject) goes to python-hcl2."""
+    from iac_scanner.hcl_fast import read_plain
+
+    fast = read_plain(text)
+    if fast is not None:
+        attrs, blocks = fast
+    else:
+        attrs, blocks = parse_body_slow(text)
     return {"attrs": attrs, "blocks": blocks, "comments": _suppression_comments(text)}
+
+
+def parse_body_slow(text: str) -> tuple[dict[str, Expr], list[Block]]:
+    """A file's top-level attributes and blocks, read through python-hcl2's
+    parse tree (the reference the fast reader is tested against)."""
+    return _body(_child(_parse_tree(text), "body"))
 
 
 def parse_expression(text: str) -> Expr:
     """Parse a lone HCL expression (a `--var` value, a template interpolation)."""
+    from iac_scanner.hcl_fast import read_plain_expression
+
+    fast = read_plain_expression(text)
+    if fast is not None:
+        return fast
+    return parse_expression_slow(text)
+
+
+def parse_expression_slow(text: str) -> Expr:
+    """parse_expression through python-hcl2's parse tree."""
     tree = _parse_tree(f"x = {text}\n")
     body = _child(tree, "body")
     for node in _trees(body):
@@ -191,13 +218,17 @@ def _block(node: Tree[Any]) -> Block:
 def _name(node: Tree[Any]) -> str:
     """A block type, label or attribute name: an identifier, keyword or string."""
     if node.data == "string":
-        value = _expr(node)
-        if value[0] == "lit":
-            return str(value[1])
-        return "".join(p for p in value[1] if isinstance(p, str))
+        return label_of(_expr(node))
     if node.data in ("identifier", "keyword", "literal_value"):
         return str(_tokens(node)[0])
     return str(node.children[0])
+
+
+def label_of(value: Expr) -> str:
+    """A quoted block label's text (a template's literal parts only)."""
+    if value[0] == "lit":
+        return str(value[1])
+    return "".join(p for p in value[1] if isinstance(p, str))
 
 
 def _expr(node: Tree[Any] | Token) -> Expr:
@@ -219,10 +250,15 @@ def _expr_term(node: Tree[Any]) -> Expr:
 
 
 def _number(node: Tree[Any]) -> Expr:
-    text = str(_tokens(node)[0])
-    if node.data == "int_lit":
-        return ["lit", int(text)]
-    return ["lit", float(text)]
+    token = _tokens(node)[0]
+    text = str(token)
+    try:
+        return ["lit", int(text) if node.data == "int_lit" else float(text)]
+    except ValueError:
+        # python-hcl2's grammar lexes `-1-1.5` as one float literal.
+        raise HclSyntaxError(
+            f"{text!r} is not a number", token.line or 1, token.column or 1
+        ) from None
 
 
 def _literal(node: Tree[Any]) -> Expr:
@@ -237,7 +273,7 @@ def _identifier(node: Tree[Any]) -> Expr:
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\"}
 
 
-def _unescape(text: str) -> str:
+def unescape(text: str) -> str:
     if "\\" not in text:
         return text
 
@@ -260,15 +296,17 @@ def _string(node: Tree[Any]) -> Expr:
                 if piece.type == "ESCAPED_INTERPOLATION" or piece.type == "ESCAPED_DIRECTIVE":
                     parts.append(str(piece)[1:])
                 else:
-                    parts.append(_unescape(str(piece)))
+                    parts.append(unescape(str(piece)))
             elif piece.data == "interpolation":
                 parts.append(_expr(_trees(piece)[0]))
             else:
                 return ["opaque", "template directive"]
-    return _template(parts)
+    return template_of(parts)
 
 
-def _template(parts: list[Any]) -> Expr:
+def template_of(parts: list[Any]) -> Expr:
+    """String parts and interpolations as one expression: adjacent text merged,
+    plain text as a literal."""
     merged: list[Any] = []
     for part in parts:
         if isinstance(part, str) and merged and isinstance(merged[-1], str):
@@ -286,12 +324,16 @@ def _template(parts: list[Any]) -> Expr:
 
 
 def _heredoc(node: Tree[Any]) -> Expr:
-    raw = str(_tokens(node)[0])
+    return heredoc_expr(str(_tokens(node)[0]), node.data == "heredoc_template_trim")
+
+
+def heredoc_expr(raw: str, trim: bool) -> Expr:
+    """A heredoc token's text (`<<EOF` ... `EOF` and the newline after it) as a template."""
     first_newline = raw.index("\n")
     body_lines = raw[first_newline + 1 :].split("\n")
     # The last two items are the closing marker and the empty string after it.
     lines = body_lines[:-2]
-    if node.data == "heredoc_template_trim":
+    if trim:
         indents = [len(line) - len(line.lstrip()) for line in lines if line.strip()]
         cut = min(indents, default=0)
         lines = [line[cut:] for line in lines]
@@ -309,7 +351,7 @@ def template_from_text(text: str) -> Expr:
         parts = _template_structure(tokens)
     except HclSyntaxError as error:
         return ["opaque", error.message]
-    return _template(parts)
+    return template_of(parts)
 
 
 def _template_tokens(text: str) -> list[list[Any]]:
@@ -427,12 +469,16 @@ def _object(node: Tree[Any]) -> Expr:
         if key_inner and key_inner[0].data == "keyword":
             key: Expr = ["lit", _name(key_inner[0])]
         else:
-            key = _expr(key_inner[0]) if key_inner else ["opaque", "object key"]
-            # A bare word as a key is the key's name, not a variable.
-            if key[0] == "name":
-                key = ["lit", key[1]]
+            key = object_key(_expr(key_inner[0]) if key_inner else ["opaque", "object key"])
         items.append([key, _expr(value_node)])
     return ["object", items]
+
+
+def object_key(key: Expr) -> Expr:
+    """A bare word as an object key is the key's name, not a variable."""
+    if key[0] == "name":
+        return ["lit", key[1]]
+    return key
 
 
 def _function_call(node: Tree[Any]) -> Expr:
@@ -485,8 +531,11 @@ def _binary_op(node: Tree[Any]) -> Expr:
 
 
 def _unary_op(node: Tree[Any]) -> Expr:
-    operator = str(_tokens(node)[0]).strip()
-    operand = _expr(_trees(node)[0])
+    return unary(str(_tokens(node)[0]).strip(), _expr(_trees(node)[0]))
+
+
+def unary(operator: str, operand: Expr) -> Expr:
+    """`-x` or `!x`; a negated number literal is folded into the literal."""
     if operator == "-":
         if operand[0] == "lit" and isinstance(operand[1], int | float):
             return ["lit", -operand[1]]

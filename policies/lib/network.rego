@@ -18,7 +18,25 @@ import data.portcullis.lib.terraform as tf
 #    "from_port", "to_port": numbers, or null when unknown}
 cidr_ingress contains grant if {
 	some r in input.resources
-	r.type == "aws_security_group"
+	r.type in _ingress_types
+	some grant in _cidr_grants(r)
+}
+
+# world_ingress: the grants of cidr_ingress from the whole internet (a /0
+# CIDR), the only ones the rules judge. A resource's grants are described only
+# when its configuration holds "/0" at all, a cheap test that never misses one,
+# so a tree of private CIDRs doesn't pay for describing each of its grants.
+world_ingress contains grant if {
+	some r in input.resources
+	r.type in _ingress_types
+	contains(json.marshal(tf.config(r)), "/0")
+	some grant in _cidr_grants(r)
+	is_world_cidr(grant.cidr)
+}
+
+_ingress_types := {"aws_security_group", "aws_security_group_rule", "aws_vpc_security_group_ingress_rule"}
+
+_cidr_grants(r) := {grant |
 	some i, _ in tf.blocks(r, ["ingress"])
 	some field in ["cidr_blocks", "ipv6_cidr_blocks"]
 	some j, cidr in tf.list_value(r, ["ingress", i, field])
@@ -34,11 +52,9 @@ cidr_ingress contains grant if {
 		"from_port": _port(r, ["ingress", i, "from_port"]),
 		"to_port": _port(r, ["ingress", i, "to_port"]),
 	}
-}
+} if r.type == "aws_security_group"
 
-cidr_ingress contains grant if {
-	some r in input.resources
-	r.type == "aws_security_group_rule"
+_cidr_grants(r) := {grant |
 	tf.value(r, ["type"]) == "ingress"
 	some field in ["cidr_blocks", "ipv6_cidr_blocks"]
 	some j, cidr in tf.list_value(r, [field])
@@ -54,11 +70,9 @@ cidr_ingress contains grant if {
 		"from_port": _port(r, ["from_port"]),
 		"to_port": _port(r, ["to_port"]),
 	}
-}
+} if r.type == "aws_security_group_rule"
 
-cidr_ingress contains grant if {
-	some r in input.resources
-	r.type == "aws_vpc_security_group_ingress_rule"
+_cidr_grants(r) := {grant |
 	some field in ["cidr_ipv4", "cidr_ipv6"]
 	cidr := tf.value(r, [field])
 	is_string(cidr)
@@ -72,7 +86,7 @@ cidr_ingress contains grant if {
 		"from_port": _port(r, ["from_port"]),
 		"to_port": _port(r, ["to_port"]),
 	}
-}
+} if r.type == "aws_vpc_security_group_ingress_rule"
 
 # group_ingress: every ingress grant from another security group, when both
 # groups are in this document:
@@ -81,6 +95,7 @@ cidr_ingress contains grant if {
 group_ingress contains grant if {
 	some r in input.resources
 	r.type == "aws_security_group"
+	tf.references_anything(r)
 	some i, _ in tf.blocks(r, ["ingress"])
 	some source in _groups_referenced(r, sprintf("ingress.%d.security_groups", [i]))
 	grant := {"address": r.address, "where": sprintf("ingress block %d", [i]), "security_group": r.address, "source": source}
@@ -90,16 +105,16 @@ group_ingress contains grant if {
 	some r in input.resources
 	r.type == "aws_security_group_rule"
 	tf.value(r, ["type"]) == "ingress"
-	some sg in attached_groups(r)
 	some source in _groups_referenced(r, "source_security_group_id")
+	some sg in attached_groups(r)
 	grant := {"address": r.address, "where": "", "security_group": sg, "source": source}
 }
 
 group_ingress contains grant if {
 	some r in input.resources
 	r.type == "aws_vpc_security_group_ingress_rule"
-	some sg in attached_groups(r)
 	some source in _groups_referenced(r, "referenced_security_group_id")
+	some sg in attached_groups(r)
 	grant := {"address": r.address, "where": "", "security_group": sg, "source": source}
 }
 

@@ -104,3 +104,28 @@ test_group_sources_are_resolved_for_all_three_declarations if {
 		{"address": "aws_vpc_security_group_ingress_rule.v", "where": "", "security_group": "aws_security_group.app", "source": "aws_security_group.alb"},
 	}
 }
+
+# world_ingress is exactly the /0 part of cidr_ingress, whichever way the
+# grant is declared, with odd spellings and unknown values mixed in.
+test_world_ingress_is_the_world_part_of_cidr_ingress if {
+	sg := testing.resource_with("aws_security_group", "mixed", {"ingress": [
+		{"protocol": "tcp", "from_port": 22, "to_port": 22, "cidr_blocks": ["10.0.0.0/8", " 0.0.0.0/0 ", null]},
+		{"protocol": "tcp", "from_port": 80, "to_port": 80, "ipv6_cidr_blocks": ["0::/0"]},
+	]}, {"unknown": ["ingress.0.cidr_blocks.2", "ingress.1.from_port"]})
+	private := testing.resource("aws_security_group", "private", {"ingress": [{"protocol": "tcp", "from_port": 22, "to_port": 22, "cidr_blocks": ["10.1.0.0/16"]}]})
+	rule := testing.resource_with("aws_security_group_rule", "ssh", {
+		"type": "ingress", "protocol": "6", "from_port": "22", "to_port": "22", "cidr_blocks": ["192.168.0.0/16", "0.0.0.0/0"],
+	}, {"refs": {"security_group_id": ["aws_security_group.private.id"]}})
+	vpc_rule := testing.resource("aws_vpc_security_group_ingress_rule", "v6", {"ip_protocol": "-1", "cidr_ipv6": "::/0"})
+	other := testing.resource("aws_s3_bucket", "b", {"bucket": "0.0.0.0/0"})
+	doc := testing.document([sg, private, rule, vpc_rule, other])
+	all := network.cidr_ingress with input as doc
+	world := network.world_ingress with input as doc
+	world == {g | some g in all; network.is_world_cidr(g.cidr)}
+	{[g.address, g.cidr] | some g in world} == {
+		["aws_security_group.mixed", " 0.0.0.0/0 "],
+		["aws_security_group.mixed", "0::/0"],
+		["aws_security_group_rule.ssh", "0.0.0.0/0"],
+		["aws_vpc_security_group_ingress_rule.v6", "::/0"],
+	}
+}

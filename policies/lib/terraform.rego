@@ -89,7 +89,10 @@ false_or(r, path, fallback) if is_false(value_or(r, path, fallback))
 
 # blocks(r, path) is the nested blocks at path as a list of objects (a block
 # the scanner emitted as a single object becomes a one-element list).
-blocks(r, path) := [b | some b in as_objects(value_or(r, path, []))]
+blocks(r, path) := [] if {
+	# Most blocks a rule asks about are absent: answered without the helpers below.
+	object.get(config(r), path, null) == null
+} else := [b | some b in as_objects(value_or(r, path, []))]
 
 # as_objects(x): x as a list of objects, whether it arrived as a list of
 # blocks or as one block; anything else is an empty list.
@@ -140,8 +143,23 @@ _object(x) := x if {
 # whose value is unknown never matches: such a resource is not treated as app
 # infrastructure.
 apps_of(r) := {name |
+	_has_catalogue_tag(r)
 	some name, app in _object(object.get(catalogue, "apps", {}))
 	tagged_with(r, object.get(app, "terraform_tags", {}))
+}
+
+# _has_catalogue_tag(r): r has a tag (in tags or tags_all) under some key the
+# catalogue's terraform_tags use: without one no app can match, and checking
+# that once is much cheaper than trying every app.
+_has_catalogue_tag(r) if {
+	some field in ["tags", "tags_all"]
+	some key in _catalogue_tag_keys
+	object.get(config(r), [field, key], null) != null
+}
+
+_catalogue_tag_keys contains key if {
+	some app in _object(object.get(catalogue, "apps", {}))
+	some key, _ in _object(object.get(app, "terraform_tags", {}))
 }
 
 is_gateway(r) if tagged_with(r, object.get(catalogue, ["gateway", "terraform_tags"], {}))
@@ -179,6 +197,12 @@ refs(r, key) := {a |
 _key_within(k, key) if k == key
 
 _key_within(k, key) if startswith(k, concat("", [key, "."]))
+
+# references_anything(r): r references some resource (in refs, or in the
+# targets the scanner resolved), a cheap test before looking for one.
+references_anything(r) if count(_object(object.get(r, "refs", {}))) > 0
+
+references_anything(r) if count(_object(object.get(r, "targets", {}))) > 0
 
 # resource_at[address]: the resource at address (addresses are unique in a
 # document: the scanner refuses duplicate resource blocks, as Terraform does).

@@ -182,3 +182,20 @@ test_unknown_at_names_the_first_unknown_path if {
 	tf.unknown_at(r, [["protocol"], ["ssl_policy"]]) == "ssl_policy"
 	not tf.unknown_at(r, [["protocol"]])
 }
+
+test_tags_under_keys_the_catalogue_does_not_use_match_no_app if {
+	tf.apps_of(testing.resource("aws_s3_bucket", "b", {"tags": {"team": "pos", "Name": "pos"}})) == set()
+	tf.apps_of(testing.resource("aws_s3_bucket", "c", {"tags": {"team": "x"}, "tags_all": {"app": "pos"}})) == {"pos"}
+	r := testing.resource("aws_s3_bucket", "d", {"tags": {"team": "payroll"}})
+	catalogue := {"apps": {"payroll": {"classification": "pci", "terraform_tags": {"team": "payroll"}}}}
+	tf.apps_of(r) == {"payroll"} with data.portcullis.catalogue as catalogue
+}
+
+test_references_anything_sees_refs_and_resolved_targets if {
+	none := testing.resource("aws_security_group", "a", {})
+	not tf.references_anything(none)
+	tf.references_anything(testing.resource_with("aws_security_group", "b", {}, {"refs": {"vpc_id": ["aws_vpc.main.id"]}}))
+	tf.references_anything(testing.resource_with("aws_security_group", "c", {}, {"refs": {}, "targets": {"vpc_id": ["aws_vpc.main"]}}))
+	odd := testing.resource_with("aws_security_group", "d", {}, {"refs": null, "targets": "x"})
+	not tf.references_anything(odd)
+}

@@ -7,6 +7,14 @@ package portcullis.terraform.backend_exposure
 
 import rego.v1
 
+# Rules of another package are imported by name: read through a package
+# alias (network.world_ingress), regorus evaluates every rule of that package
+# and copies them on each read, which cost seconds on large trees.
+import data.portcullis.lib.network.group_ingress
+import data.portcullis.lib.network.world_ingress
+import data.portcullis.lib.terraform.gateway_tags_text
+import data.portcullis.lib.terraform.resource_at
+
 import data.portcullis.lib.network
 import data.portcullis.lib.terraform as tf
 
@@ -16,46 +24,43 @@ metadata := {
 	"severity": "critical",
 	"remediation": sprintf(
 		"Remove 0.0.0.0/0 and ::/0 sources from the app's security groups and admit only the gateway security group (tagged %s), e.g. source_security_group_id / referenced_security_group_id = the gateway group.",
-		[tf.gateway_tags_text],
+		[gateway_tags_text],
 	),
 }
 
 deny contains {"resource": grant.address, "message": msg} if {
-	some grant in network.cidr_ingress
-	network.is_world_cidr(grant.cidr)
+	some grant in world_ingress
 	some address in grant.security_groups
-	sg := tf.resource_at[address]
+	sg := resource_at[address]
 	not tf.is_gateway(sg)
 	some app in tf.apps_of(sg)
 	msg := sprintf(
 		"%s (%s) allows ingress from %s on %s; only the gateway security group (tagged %s) may reach app backends",
-		[_subject(grant, sg), tf.app_label(app), grant.cidr, network.describe_ports(grant), tf.gateway_tags_text],
+		[_subject(grant, sg), tf.app_label(app), grant.cidr, network.describe_ports(grant), gateway_tags_text],
 	)
 }
 
 deny contains {"resource": grant.address, "message": msg} if {
-	some grant in network.group_ingress
-	sg := tf.resource_at[grant.security_group]
+	some grant in group_ingress
+	sg := resource_at[grant.security_group]
 	not tf.is_gateway(sg)
 	some app in tf.apps_of(sg)
-	source := tf.resource_at[grant.source]
+	source := resource_at[grant.source]
 	not tf.is_gateway(source)
 	count(tf.apps_of(source)) == 0
 	source.address in _open_to_world
-	some open in network.cidr_ingress
+	some open in world_ingress
 	source.address in open.security_groups
-	network.is_world_cidr(open.cidr)
 	msg := sprintf(
 		"%s (%s) admits security group %s, which is open to %s; only the gateway security group (tagged %s) may reach app backends",
-		[_subject(grant, sg), tf.app_label(app), source.address, open.cidr, tf.gateway_tags_text],
+		[_subject(grant, sg), tf.app_label(app), source.address, open.cidr, gateway_tags_text],
 	)
 }
 
 # The security groups some grant opens to the whole internet (a set, so the
 # join above is a lookup, not a scan of every grant per group).
 _open_to_world contains address if {
-	some open in network.cidr_ingress
-	network.is_world_cidr(open.cidr)
+	some open in world_ingress
 	some address in open.security_groups
 }
 

@@ -8,6 +8,11 @@ package portcullis.terraform.listener_tls
 
 import rego.v1
 
+# Rules of another package are imported by name: read through a package
+# alias (network.world_ingress), regorus evaluates every rule of that package
+# and copies them on each read, which cost seconds on large trees.
+import data.portcullis.lib.terraform.resource_at
+
 import data.portcullis.lib.terraform as tf
 
 metadata := {
@@ -42,7 +47,7 @@ deny contains {"resource": r.address, "message": msg} if {
 	some r in input.resources
 	r.type in _listener_types
 	some address in tf.targets(r, "load_balancer_arn")
-	lb := tf.resource_at[address]
+	lb := resource_at[address]
 	lb.type in _lb_types
 	not tf.is_gateway(lb)
 	some app in tf.apps_of(lb)
@@ -140,7 +145,7 @@ not_judged contains {"resource": r.address, "path": path} if {
 	some r in input.resources
 	r.type in _listener_types
 	some address in tf.targets(r, "load_balancer_arn")
-	lb := tf.resource_at[address]
+	lb := resource_at[address]
 	lb.type in _lb_types
 	not tf.is_gateway(lb)
 	count(tf.apps_of(lb)) > 0

@@ -37,6 +37,7 @@ deny contains {"resource": r.address, "message": msg} if {
 # access_control_policy of an aws_s3_bucket_acl.
 deny contains {"resource": r.address, "message": msg} if {
 	some r in input.resources
+	r.type in {"aws_s3_bucket", "aws_s3_bucket_acl"}
 	some uri in _granted_groups(r)
 	uri in _public_groups
 	not _acls_ignored(r)
@@ -45,6 +46,7 @@ deny contains {"resource": r.address, "message": msg} if {
 
 deny contains {"resource": r.address, "message": msg} if {
 	some r in input.resources
+	r.type in {"aws_s3_bucket", "aws_s3_bucket_website_configuration"}
 	_hosts_website(r)
 	msg := sprintf("%s enables S3 static website hosting, which serves the bucket's objects publicly over plain HTTP; serve it through CloudFront with origin access control", [r.address])
 }
