@@ -32,6 +32,10 @@ def divergence(
     contract spells them, after the gateway's fail-closed reading), or None."""
     if after_failed:
         return ERROR
+    if before.get("allow") is after.get("allow") and before == after:
+        # Most replayed and shadowed decisions: one comparison instead of five.
+        # (`is` first: 1 == True, but only a literal true allows.)
+        return None
     allowed_before = before.get("allow") is True
     allowed_after = after.get("allow") is True
     if allowed_before != allowed_after:

@@ -36,6 +36,11 @@ def register(commands: Any) -> None:
     demo.add_argument("--state-dir", default=DEFAULT_STATE, help="demo keys and decision log")
     demo.add_argument("--policy", help="policy directory (default: the shipped policies)")
     demo.add_argument(
+        "--shadow", metavar="POLICY",
+        help="shadow mode: also decide every request with this candidate policy (a directory, "
+        "bundle or OPA URL), never enforcing it; divergences go to the decision log and /metrics",
+    )  # fmt: skip
+    demo.add_argument(
         "--no-redis", action="store_true",
         help="no shared state, even when redis-server is installed (default: start one)",
     )  # fmt: skip
@@ -108,6 +113,9 @@ def run_demo(args: argparse.Namespace) -> int:
         return demo_token(args)
     from gateway.runner import configure_logging, install_uvloop
 
+    if args.shadow and "://" not in args.shadow and not Path(args.shadow).exists():
+        print(f"--shadow {args.shadow}: no such policy directory or bundle", file=sys.stderr)
+        return 2
     configure_logging("info")
     install_uvloop()
     try:
@@ -184,7 +192,7 @@ async def _demo(args: argparse.Namespace) -> None:
         admin_listener=Listener("127.0.0.1", admin_port),
         routes=tuple(routes),
         issuers=(Issuer(issuer_url, (AUDIENCE,), jwks_url=f"{issuer_url}/jwks.json"),),
-        policy=PolicyConfig(source=str(policy_dir)),
+        policy=PolicyConfig(source=str(policy_dir), shadow=args.shadow),
         assertion=AssertionConfig(key_file=state_dir / "assertion-key.pem"),
         decision_log=DecisionLogConfig(path=state_dir / "decisions.log"),
         sign_in=provider.sign_in() if provider else None,
@@ -220,6 +228,7 @@ Get a token and call an app through the gateway:
   curl -X POST -H "Authorization: Bearer $TOKEN" {url}/analytics/daily         # 403, step_up
 {_browser_help(url, provider.url if provider else None, why_not)}
 {_redis_help(state_dir, redis.url if redis else None, redis_why_not)}
+{_shadow_help(args.shadow, admin_port)}
 Check the decision log (after Ctrl-C, which signs its end):
   portcullis audit verify {state_dir}/decisions.log --key {state_dir}/assertion-key.pem
 Press Ctrl-C to stop.""",
@@ -235,6 +244,14 @@ Press Ctrl-C to stop.""",
             await redis.stop()
         for runner in runners:
             await runner.cleanup()
+
+
+def _shadow_help(shadow: str | None, admin_port: int) -> str:
+    if shadow is None:
+        return "Shadow mode is off (--shadow candidate/ runs a candidate policy beside it)."
+    return f"""Shadow mode: {shadow} decides every request too, never enforced. Where it
+differs from the live policy: an event with labels.shadow in the decision log, and
+  curl -s http://127.0.0.1:{admin_port}/metrics | grep portcullis_shadow_divergences_total"""
 
 
 def _browser_help(url: str, provider_url: str | None, why_not: str | None) -> str:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from portcullis import output_options
 from portcullis.audit_command import UsageError, load_keys
 from portcullis.replay.events import Selection, parse_time
 from portcullis.replay.output import FORMATS
@@ -19,24 +20,6 @@ from portcullis.replay.report import ALLOWABLE
 from portcullis.replay.run import ReplayError, ReplayOptions, replay
 
 USAGE_ERROR = 2
-
-
-class _Output(argparse.Action):
-    """--output FORMAT, repeatable; each may be followed by its --output-file."""
-
-    def __call__(self, parser: Any, namespace: Any, value: Any, option: Any = None) -> None:
-        outputs = list(getattr(namespace, "outputs", None) or [])
-        outputs.append([value, None])
-        namespace.outputs = outputs
-
-
-class _OutputFile(argparse.Action):
-    def __call__(self, parser: Any, namespace: Any, value: Any, option: Any = None) -> None:
-        outputs = list(getattr(namespace, "outputs", None) or [])
-        if not outputs or outputs[-1][1] is not None:
-            parser.error("--output-file must follow the --output it is for")
-        outputs[-1][1] = value
-        namespace.outputs = outputs
 
 
 def _time(text: str) -> str:
@@ -120,16 +103,7 @@ def register(actions: Any) -> None:
         metavar="HASH",
         help="the first file continues the chain from this line hash (as `audit verify --after`)",
     )
-    parser.add_argument(
-        "--output", action=_Output, choices=sorted(FORMATS), metavar="FORMAT",
-        help="text, json or markdown (repeatable; default text)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--output-file",
-        action=_OutputFile,
-        metavar="FILE",
-        help="write the preceding --output to FILE",
-    )
+    output_options.add_arguments(parser, FORMATS)
     parser.add_argument(
         "--samples",
         type=_count,
@@ -146,14 +120,12 @@ def register(actions: Any) -> None:
         default=250.0,
         help="per-decision evaluation timeout, as the gateway's policy.timeout_ms (default 250)",
     )
-    parser.set_defaults(run=run, outputs=None)
+    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    outputs: list[list[Any]] = args.outputs or [["text", None]]
     try:
-        if sum(1 for _, file in outputs if file is None) > 1:
-            raise UsageError("only one --output can go to stdout; give the others --output-file")
+        outputs = output_options.requested(args)
         if args.since and args.until and args.since >= args.until:
             raise UsageError("--since must be before --until")
         keys = None if args.no_verify else load_keys(args.key, args.jwks)
@@ -172,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
             timeout_ms=args.timeout_ms,
         )
         report = replay(options)
-    except (UsageError, ReplayError) as error:
+    except (UsageError, ReplayError, output_options.OutputError) as error:
         for line in str(error).splitlines():
             print(f"portcullis policy replay: {line}", file=sys.stderr)
         return USAGE_ERROR
@@ -180,17 +152,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"portcullis policy replay: {error.filename}: {error.strerror}", file=sys.stderr)
         return USAGE_ERROR
     document = report.document()
-    for form, file in outputs:
-        rendered = FORMATS[form](document)
-        if file is None:
-            sys.stdout.write(rendered)
-            continue
-        try:
-            Path(file).write_text(rendered, encoding="utf-8")
-        except OSError as error:
-            print(f"portcullis policy replay: {file}: {error.strerror}", file=sys.stderr)
-            return USAGE_ERROR
-    if all(file is not None for _, file in outputs):
+    try:
+        output_options.write(outputs, lambda form, _: FORMATS[form](document))
+    except output_options.OutputError as error:
+        print(f"portcullis policy replay: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    if output_options.all_to_files(outputs):
         from portcullis.replay.output.describe import verdict
 
         print(verdict(document), file=sys.stderr)

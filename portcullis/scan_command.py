@@ -12,24 +12,7 @@ from iac_scanner.cache import DEFAULT_DIR
 from iac_scanner.findings import SEVERITIES
 from iac_scanner.report import FORMATS
 from iac_scanner.scan import ScanError, ScanOptions, scan
-
-
-class _Output(argparse.Action):
-    """--output FORMAT, repeatable; each may be followed by its --output-file."""
-
-    def __call__(self, parser: Any, namespace: Any, value: Any, option: Any = None) -> None:
-        outputs = list(getattr(namespace, "outputs", None) or [])
-        outputs.append([value, None])
-        namespace.outputs = outputs
-
-
-class _OutputFile(argparse.Action):
-    def __call__(self, parser: Any, namespace: Any, value: Any, option: Any = None) -> None:
-        outputs = list(getattr(namespace, "outputs", None) or [])
-        if not outputs or outputs[-1][1] is not None:
-            parser.error("--output-file must follow the --output it is for")
-        outputs[-1][1] = value
-        namespace.outputs = outputs
+from portcullis import output_options
 
 
 def _var(text: str) -> tuple[str, str]:
@@ -91,19 +74,7 @@ def add_parser(commands: Any) -> None:
         metavar="PATH",
         help="also run checkov (default executable: checkov on PATH)",
     )
-    scan_parser.add_argument(
-        "--output",
-        action=_Output,
-        choices=sorted(FORMATS),
-        metavar="FORMAT",
-        help="text, json, sarif or junit (repeatable; default text)",
-    )
-    scan_parser.add_argument(
-        "--output-file",
-        action=_OutputFile,
-        metavar="FILE",
-        help="write the preceding --output to FILE instead of stdout",
-    )
+    output_options.add_arguments(scan_parser, FORMATS)
     scan_parser.add_argument(
         "--fail-on",
         choices=SEVERITIES,
@@ -134,7 +105,7 @@ def add_parser(commands: Any) -> None:
         default=os.cpu_count() or 1,
         help="parallel parse processes (default: cores)",
     )
-    scan_parser.set_defaults(run=run, outputs=None)
+    scan_parser.set_defaults(run=run)
 
 
 def _color(stream: Any) -> bool:
@@ -144,12 +115,10 @@ def _color(stream: Any) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    outputs: list[list[Any]] = args.outputs or [["text", None]]
-    if sum(1 for _, file in outputs if file is None) > 1:
-        print(
-            "portcullis scan: only one --output can go to stdout; give the others --output-file",
-            file=sys.stderr,
-        )
+    try:
+        outputs = output_options.requested(args)
+    except output_options.OutputError as error:
+        print(f"portcullis scan: {error}", file=sys.stderr)
         return 2
     if args.sarif_root is not None and not Path(args.sarif_root).is_dir():
         print(f"portcullis scan: --sarif-root {args.sarif_root}: not a directory", file=sys.stderr)
@@ -188,16 +157,17 @@ def run(args: argparse.Namespace) -> int:
         accepted = sum(1 for f in result.findings if f.suppressed is None)
         print(f"wrote a baseline of {accepted} findings to {args.create_baseline}", file=sys.stderr)
         return 2 if result.problems else 0
-    for form, file in outputs:
-        if file is None:
-            sys.stdout.write(FORMATS[form](result, form == "text" and _color(sys.stdout)))
-            continue
-        try:
-            Path(file).write_text(FORMATS[form](result, False), encoding="utf-8")
-        except OSError as error:
-            print(f"portcullis scan: {file}: {error.strerror}", file=sys.stderr)
-            return 2
-    if all(file is not None for _, file in outputs):
+    try:
+        output_options.write(
+            outputs,
+            lambda form, to_stdout: FORMATS[form](
+                result, to_stdout and form == "text" and _color(sys.stdout)
+            ),
+        )
+    except output_options.OutputError as error:
+        print(f"portcullis scan: {error}", file=sys.stderr)
+        return 2
+    if output_options.all_to_files(outputs):
         from iac_scanner.report.text import summary
 
         print(summary(result), file=sys.stderr)

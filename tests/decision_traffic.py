@@ -121,7 +121,8 @@ async def record_traffic(
     directory: Path, requests: int = 300, *, before: Any = None, **overrides: Any
 ) -> Recorded:
     """Run a whole stack (outside pytest's fixtures, e.g. for a module-scoped log),
-    drive ``requests`` requests through it, stop it (the log is sealed).
+    drive ``requests`` requests through it, stop it (the log is sealed; the
+    metrics are read after).
     ``before(stack)`` is awaited before the traffic (e.g. to wait for shadow mode)."""
     from aiohttp.test_utils import TestServer
 
@@ -140,10 +141,12 @@ async def record_traffic(
             if before is not None:
                 await before(stack)
             sent = await drive(stack, requests)
-            metrics = stack.gateway.metrics.render().decode()
     finally:
         for server in reversed(servers):
             await server.close()
+    # Read once the gateway has stopped: its shadow process answers everything it
+    # was sent before it exits, so the counters are final (under load it lags).
+    metrics = stack.gateway.metrics.render().decode()
     return Recorded(directory, directory / "decisions.log", directory / "assertion.pem", sent,
                     metrics)  # fmt: skip
 

@@ -20,6 +20,7 @@ import yaml
 from gateway.config import load_config
 from policy_engine import load_policy_set
 from tests.conftest import FIXTURES, POLICIES, ROOT
+from tests.decision_traffic import refunds_candidate
 
 HELM = ROOT / ".tools" / "helm"
 CHART = ROOT / "helm" / "portcullis"
@@ -240,6 +241,13 @@ def test_full_gateway_config_loads_with_sign_in_secrets_and_opa_sidecar(
     assert opa_config["services"]["bundles"]["credentials"]["bearer"]["token_path"] == (
         "/etc/opa/credentials/token"
     )
+    # Shadow mode: the candidate bundle from its own ConfigMap, hot-reloaded.
+    assert config.policy.shadow == f"{tmp_path}/etc/portcullis/shadow-policy/candidate.tar.gz"
+    assert config.policy.watch
+    pod = one(full_docs, "Deployment")["spec"]["template"]["spec"]
+    assert {"name": "shadow-policy", "configMap": {"name": "portcullis-candidate"}} in pod[
+        "volumes"
+    ]
     # A shared claim: every pod writes its decision log under its own name.
     state = next(m for m in containers(full_docs)["gateway"]["volumeMounts"]
                  if m["name"] == "state")  # fmt: skip
@@ -308,6 +316,53 @@ def test_policy_bundle_from_an_existing_configmap_loads_as_mounted(tmp_path: Pat
     assert load_policy_set(config.policy.source).revision
 
 
+def test_shadow_policy_from_the_chart_configmap_loads_as_mounted(tmp_path: Path) -> None:
+    # The README's worked example as the candidate: refunds within 300 s.
+    candidate = refunds_candidate(tmp_path / "pr")
+    files = {p.name: p.read_text() for p in sorted(candidate.rglob("*"))
+             if p.is_file() and not p.name.endswith("_test.rego")}  # fmt: skip
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"policy": {"shadow": {"mode": "configMap",
+                                                            "files": files}}}))  # fmt: skip
+    docs = render("-f", str(values))
+    lint = helm("lint", "--strict", str(CHART), "-f", str(values))
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    shadow_map = next(d for d in docs if d["kind"] == "ConfigMap"
+                      and d["metadata"]["name"] == "gw-portcullis-shadow-policy")  # fmt: skip
+    mount = kubelet_mount(tmp_path / "pod/etc/portcullis/shadow-policy", shadow_map["data"])
+    gateway_docs = [d for d in docs if d is not shadow_map]
+    config = load_config(mounted_config(gateway_docs, tmp_path / "pod"))
+    assert config.policy.source == str(POLICIES)  # live: the image's policy set
+    assert config.policy.shadow == str(mount) and config.policy.watch
+    gateway = containers(docs)["gateway"]
+    assert {"name": "shadow-policy", "mountPath": "/etc/portcullis/shadow-policy",
+            "readOnly": True} in gateway["volumeMounts"]  # fmt: skip
+    shadow_set = load_policy_set(config.policy.shadow)
+    refunds = shadow_set.data["portcullis"]["catalogue"]["apps"]["pos"]["paths"]
+    assert [p["mfa"]["max_age"] for p in refunds if p["prefix"] == "/pos/refunds/"] == [300]
+
+
+@pytest.mark.parametrize(
+    ("options", "shadow"),
+    [
+        ([], None),
+        (["--set", "policy.shadow.mode=image", "--set", "policy.shadow.path=/opt/candidate"],
+         "/opt/candidate"),
+        (["--set", "policy.shadow.mode=opa", "--set", "policy.shadow.url=http://opa.policy:8181"],
+         "http://opa.policy:8181"),
+    ],
+    ids=["off", "image", "opa"],
+)  # fmt: skip
+def test_shadow_policy_from_the_image_or_an_opa_server(
+    options: list[str], shadow: str | None, tmp_path: Path
+) -> None:
+    docs = render(*options)
+    config = load_config(mounted_config(docs, tmp_path))
+    assert config.policy.shadow == shadow
+    assert not config.policy.watch  # nothing the kubelet updates in place
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"] == ["gw-portcullis"]
+
+
 def test_network_policies_let_only_the_gateway_reach_the_backends(
     full_docs: list[dict[str, Any]],
 ) -> None:
@@ -364,6 +419,15 @@ def test_autoscaling_owns_the_replica_count(default_docs: list[dict[str, Any]]) 
         (["--set", "policy.mode=opa"], "policy.mode needs a policy set"),
         (["--set", "gateway.adminPort=8080"], "gateway.adminPort must differ from gateway.port"),
         (["--set", "gateway.adminPort=80"], "gateway.adminPort"),
+        (["--set", "policy.shadow.mode=bundle"], "policy.shadow.mode must be one of"),
+        (["--set", "policy.shadow.mode=image"], "mode image needs policy.shadow.path"),
+        (["--set", "policy.shadow.mode=image", "--set", "policy.shadow.path=candidate/"],
+         "policy.shadow.path"),
+        (["--set", "policy.shadow.mode=configMap"],
+         "policy.shadow.mode configMap needs policy.shadow.files or"),
+        (["--set", "policy.shadow.mode=opa"], "policy.shadow.mode opa needs policy.shadow.url"),
+        (["--set", "policy.shadow.mode=opa", "--set", "policy.shadow.url=opa:8181"],
+         "policy.shadow.url"),
     ],
 )  # fmt: skip
 def test_bad_values_fail_before_anything_is_installed(options: list[str], message: str) -> None:

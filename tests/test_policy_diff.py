@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 
+from iac_scanner.findings import Finding, Rule
 from portcullis.cli import main
+from portcullis.policy_diff import FindingsDiff, render_markdown
 from tests.conftest import FIXTURES, POLICIES
 
 POS_APP = FIXTURES / "terraform/pos_app"
@@ -68,3 +71,72 @@ def test_candidate_that_does_not_load_is_an_error(capsys: pytest.CaptureFixture[
 def test_bad_var_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = diff(capsys, "--policy", str(POLICIES), "--var", "novalue")
     assert code == 2 and "expected NAME=VALUE" in err
+
+
+def test_markdown_and_json_to_files_for_a_pull_request_comment(
+    capsys: pytest.CaptureFixture[str], without_public_s3: Path, tmp_path: Path
+) -> None:
+    md, js = tmp_path / "diff.md", tmp_path / "diff.json"
+    code = main(["policy", "diff", str(POS_APP), "--policy", str(POLICIES),
+                 "--baseline-policy", str(without_public_s3),
+                 "--output", "markdown", "--output-file", str(md),
+                 "--output", "json", "--output-file", str(js)])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 1 and out == ""
+    # One of the four public buckets carries `portcullis:ignore=PC-TF-006 reason`:
+    # it is reported, but only the other three fail the diff, as they would a scan.
+    assert err.strip() == "FAIL: 3 findings appear with the candidate (and 1 suppressed inline)"
+    comment = md.read_text()
+    assert comment.startswith("### ❌ Policy diff: FAIL: 3 findings appear")
+    rows = [line for line in comment.splitlines() if line.startswith("| appears |")]
+    assert len(rows) == 4 and all("| PC-TF-006 | high |" in row for row in rows)
+    assert sum("(suppressed: " in row for row in rows) == 1
+    assert "`aws_s3_bucket.exports[0]`" in comment  # code spans keep names as written
+    report = json.loads(js.read_text())
+    assert report["report"] == "portcullis.policy-diff" and report["exit_code"] == 1
+    assert len(report["appeared"]) == 4
+
+
+def test_suppressed_findings_alone_do_not_fail(
+    capsys: pytest.CaptureFixture[str], without_public_s3: Path, tmp_path: Path
+) -> None:
+    only_suppressed = tmp_path / "tf"
+    only_suppressed.mkdir()
+    buckets = (POS_APP / "buckets.tf").read_text()
+    (only_suppressed / "buckets.tf").write_text(buckets.split("\n\n")[0] + "\n")
+    assert "portcullis:ignore=PC-TF-006" in (only_suppressed / "buckets.tf").read_text()
+    code = main(["policy", "diff", str(only_suppressed), "--policy", str(POLICIES),
+                 "--baseline-policy", str(without_public_s3)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "PASS: only findings suppressed inline appear with the candidate (1)" in out
+
+
+def test_markdown_report_neutralises_html_and_table_breaking_text_from_terraform() -> None:
+    # A pull request controls its Terraform, so resource names and the values a
+    # rule quotes in its message must not inject links, HTML or table columns.
+    rule = Rule("PC-TF-006", "public bucket", "high")
+    evil = Finding(
+        rule,
+        resource="aws_s3_bucket.x`|<b>",
+        message='acl = "<img src=x onerror=alert(1)> | [click](https://evil.example) **"',
+        file="main.tf",
+        line=3,
+        suppressed="ok\n| forged | row |",
+    )
+    text = render_markdown(FindingsDiff("cand/", "policies/", [evil], [], [], unchanged=0))
+    row = next(line for line in text.splitlines() if line.startswith("| appears |"))
+    assert "\n| forged |" not in text
+    # Seven unescaped pipes: the table's own six columns, nothing more.
+    assert len(re.findall(r"(?<!\\)\|", row)) == 7
+    # Code spans show text literally; outside them nothing is left unescaped.
+    outside = re.sub(r"`[^`]*`", "", row)
+    assert not re.search(r"(?<!\\)[<>\[\]*`]", outside), outside
+    assert "`aws_s3_bucket.x'\\|<b>`" in row  # the backtick can't close the span early
+
+
+def test_only_one_output_can_go_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["policy", "diff", str(POS_APP), "--policy", str(POLICIES),
+                 "--output", "json", "--output", "markdown"])  # fmt: skip
+    assert code == 2
+    assert "only one --output can go to stdout" in capsys.readouterr().err

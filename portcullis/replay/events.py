@@ -27,26 +27,56 @@ _RULE = re.compile(r"^(gateway\.[A-Za-z0-9_]+)")
 _SEEN_MASKED = frozenset(f"/input/attributes/request/http/headers/{h}" for h in SECRET_HEADERS)
 
 
-@dataclass
+@dataclass(slots=True)
 class LoggedDecision:
-    """One policy decision as the gateway logged it."""
+    """One policy decision as the gateway logged it.
+
+    What every replayed decision needs is read when the line is; the rest
+    (the event's id, time and masking) comes from the record on demand: only
+    for the few decisions a report shows, or whose input was masked."""
 
     file: str
     line: int
-    seq: int
-    decision_id: str
-    timestamp: str
+    record: dict[str, Any]
     input: dict[str, Any]
     result: dict[str, Any]
     app: str
     revision: str
     eval_ns: int | None
-    masked: list[str]  # pointers masked in the log that the live policy saw in clear
-    truncated: list[str]
 
     @property
     def where(self) -> str:
         return f"{self.file}:{self.line}"
+
+    @property
+    def decision_id(self) -> str:
+        return str(self.record.get("decision_id", ""))
+
+    @property
+    def timestamp(self) -> str:
+        return _timestamp(self.record)
+
+    @property
+    def seq(self) -> int:
+        seq = self.record.get("seq")
+        return seq if isinstance(seq, int) else 0
+
+    @property
+    def masked(self) -> list[str]:
+        """Pointers masked in the log that the live policy saw in clear."""
+        return [m for m in _strings(self.record.get("masked")) if m not in _SEEN_MASKED]
+
+    @property
+    def truncated(self) -> list[str]:
+        return _strings(self.record.get("truncated"))
+
+    @property
+    def differs_from_live(self) -> bool:
+        """Whether masking or truncation left an input the live policy saw otherwise."""
+        record = self.record
+        if "masked" not in record and "truncated" not in record:
+            return False
+        return bool(self.masked or self.truncated)
 
 
 @dataclass(frozen=True)
@@ -109,6 +139,8 @@ def _selected(
     paths: Sequence[Path], selection: Selection, skipped: Skipped
 ) -> Iterator[LoggedDecision]:
     # The chain was verified before (or --no-verify said not to): no hashing here.
+    # This runs once per line of a log that may hold millions: plain dict lookups.
+    since, until, apps = selection.since, selection.until, selection.apps
     for line in iter_lines(paths, hashed=False):
         record = line.record
         if record is None:
@@ -117,12 +149,13 @@ def _selected(
         if record.get("type") == SIGNATURE_TYPE:
             continue
         path = record.get("path")
-        labels = record.get("labels")
-        labels = labels if isinstance(labels, dict) else {}
         if path == REFUSAL_PATH:
             rule = _refusal_rule(record)
             skipped.gateway_refusals[rule] = skipped.gateway_refusals.get(rule, 0) + 1
             continue
+        labels = record.get("labels")
+        if not isinstance(labels, dict):
+            labels = {}
         if labels.get("shadow") is True:
             skipped.shadow_events += 1
             continue
@@ -133,12 +166,14 @@ def _selected(
         if decision is None:
             skipped.unreadable += 1
             continue
-        if (selection.since is not None and decision.timestamp < selection.since) or (
-            selection.until is not None and decision.timestamp >= selection.until
-        ):
-            skipped.outside_time += 1
-            continue
-        if selection.apps and decision.app not in selection.apps:
+        if since is not None or until is not None:
+            timestamp = _timestamp(record)
+            if (since is not None and timestamp < since) or (
+                until is not None and timestamp >= until
+            ):
+                skipped.outside_time += 1
+                continue
+        if apps and decision.app not in apps:
             skipped.other_apps += 1
             continue
         yield decision
@@ -159,40 +194,40 @@ def _decision(
     result = record.get("result")
     if not isinstance(document, dict) or not isinstance(result, dict):
         return None
-    timestamp = record.get("timestamp")
-    timestamp = timestamp if isinstance(timestamp, str) else ""
     if not isinstance(document.get("now_ns"), int):
         # An input without its clock would replay MFA freshness against nothing
         # (a deny); the moment it was logged is the closest truth there is.
-        now = _timestamp_ns(timestamp)
+        now = _timestamp_ns(_timestamp(record))
         if now is None:
             return None
         document = {**document, "now_ns": now}
         skipped.now_ns_from_timestamp += 1
-    route = document.get("route")
     app = labels.get("app")
     if not isinstance(app, str):
+        route = document.get("route")
         app = route.get("app") if isinstance(route, dict) else None
+        if not isinstance(app, str):
+            app = "-"
     bundles = record.get("bundles")
     bundle = bundles.get("portcullis") if isinstance(bundles, dict) else None
     revision = bundle.get("revision") if isinstance(bundle, dict) else None
     metrics = record.get("metrics")
     eval_ns = metrics.get("timer_rego_query_eval_ns") if isinstance(metrics, dict) else None
-    seq = record.get("seq")
     return LoggedDecision(
-        file=file,
-        line=number,
-        seq=seq if isinstance(seq, int) else 0,
-        decision_id=str(record.get("decision_id", "")),
-        timestamp=timestamp,
-        input=document,
-        result=result,
-        app=app if isinstance(app, str) else "-",
-        revision=revision if isinstance(revision, str) else "",
-        eval_ns=eval_ns if isinstance(eval_ns, int) else None,
-        masked=[m for m in _strings(record.get("masked")) if m not in _SEEN_MASKED],
-        truncated=_strings(record.get("truncated")),
+        file,
+        number,
+        record,
+        document,
+        result,
+        app,
+        revision if isinstance(revision, str) else "",
+        eval_ns if isinstance(eval_ns, int) else None,
     )
+
+
+def _timestamp(record: dict[str, Any]) -> str:
+    timestamp = record.get("timestamp")
+    return timestamp if isinstance(timestamp, str) else ""
 
 
 def _strings(value: Any) -> list[str]:

@@ -105,16 +105,18 @@ class Report:
         logged: LoggedDecision,
         before: dict[str, Any],
         after: Decision,
+        after_result: dict[str, Any],
         kind: str | None,
         baseline_ns: int | None,
     ) -> None:
+        """Count one replayed decision; ``after_result`` is ``after.result()``."""
         self.replayed += 1
         self.by_app.add(logged.app)
         self.logged_revisions.add(logged.revision)
         self.candidate_latency.add(after.eval_ns)
         if baseline_ns is not None:
             self.baseline_latency.add(baseline_ns)
-        masked = bool(logged.masked or logged.truncated)
+        masked = logged.differs_from_live
         if masked:
             self.masked_inputs += 1
         if kind is None:
@@ -122,7 +124,6 @@ class Report:
         self.by_kind[kind] += 1
         if masked:
             self.changed_masked_inputs += 1
-        after_result = after.result()
         counters = self.breakdown[kind]
         for dimension, value in _dimensions(logged, before, after_result, after.error, kind):
             counters[dimension].add(value)

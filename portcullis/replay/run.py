@@ -145,8 +145,9 @@ async def _replay(
                     report.baseline_errors += 1
             else:
                 before, before_ns = logged.result, logged.eval_ns
-            kind = divergence(before, after.result(), after_failed=after.error is not None)
-            report.add(logged, before, after, kind, before_ns)
+            after_result = after.result()
+            kind = divergence(before, after_result, after_failed=after.error is not None)
+            report.add(logged, before, after, after_result, kind, before_ns)
     finally:
         report.seconds = time.perf_counter() - started
         report.cpu_seconds = time.process_time() - cpu

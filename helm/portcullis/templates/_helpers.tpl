@@ -57,6 +57,26 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if or (eq .Values.policy.mode "configMap") (and (eq .Values.policy.mode "opa") (not .Values.policy.opa.bundle.serviceUrl)) }}true{{ end }}
 {{- end }}
 
+{{/* Shadow mode: the candidate's source inside the pod ("" when off). */}}
+{{- define "portcullis.shadowPolicyConfigMap" -}}
+{{- default (printf "%s-shadow-policy" (include "portcullis.fullname" .)) .Values.policy.shadow.existingConfigMap }}
+{{- end }}
+
+{{- define "portcullis.shadowSource" -}}
+{{- with .Values.policy.shadow }}
+{{- if eq .mode "image" }}
+{{- if not .path }}{{ fail "policy.shadow.mode image needs policy.shadow.path: the candidate's directory or bundle in the image" }}{{ end }}
+{{- .path }}
+{{- else if eq .mode "configMap" }}
+{{- if and (not .files) (not .existingConfigMap) }}{{ fail "policy.shadow.mode configMap needs policy.shadow.files or policy.shadow.existingConfigMap" }}{{ end }}
+{{- if .bundleKey }}/etc/portcullis/shadow-policy/{{ .bundleKey }}{{ else }}/etc/portcullis/shadow-policy{{ end }}
+{{- else if eq .mode "opa" }}
+{{- if not .url }}{{ fail "policy.shadow.mode opa needs policy.shadow.url: the OPA server that answers for the candidate" }}{{ end }}
+{{- .url }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{- define "portcullis.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
@@ -96,8 +116,12 @@ issuers:
 policy:
   source: {{ include "portcullis.policySource" . }}
   timeout_ms: {{ .Values.gateway.policyTimeoutMs }}
-  watch: {{ eq .Values.policy.mode "configMap" }}
+  {{- /* Files the kubelet updates in place are watched (live and shadow alike). */}}
+  watch: {{ or (eq .Values.policy.mode "configMap") (eq .Values.policy.shadow.mode "configMap") }}
   poll_interval: {{ .Values.policy.pollInterval }}
+  {{- with include "portcullis.shadowSource" . }}
+  shadow: {{ . | quote }}
+  {{- end }}
 assertion:
   key_file: /etc/portcullis/assertion/assertion-key.pem
   issuer: {{ .Values.gateway.assertion.issuer | quote }}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from portcullis.markdown_escape import cell, code
 from portcullis.replay.output.describe import (
     DIMENSION_TITLES,
     KIND_TITLES,
@@ -27,14 +28,14 @@ def render(document: dict[str, Any]) -> str:
     add(f"### {mark} Policy replay: {verdict(document)}")
     add("")
     add(
-        f"Candidate `{_code(candidate['source'])}` (revision `{_code(candidate['revision'])}`) "
-        f"against {_cell(baseline(document))}: **{totals['replayed']}** decisions replayed "
-        f"from {', '.join(f'`{_code(log)}`' for log in document['logs'])} "
-        f"({_cell(verification(document))})."
+        f"Candidate `{code(candidate['source'])}` (revision `{code(candidate['revision'])}`) "
+        f"against {cell(baseline(document))}: **{totals['replayed']}** decisions replayed "
+        f"from {', '.join(f'`{code(log)}`' for log in document['logs'])} "
+        f"({cell(verification(document))})."
     )
     skipped = not_replayed(document)
     if skipped:
-        add(f"Not replayed: {_cell(skipped)}.")
+        add(f"Not replayed: {cell(skipped)}.")
     add("")
     add("| change | decisions | |")
     add("|---|---:|---|")
@@ -59,16 +60,16 @@ def render(document: dict[str, Any]) -> str:
         add("")
         for dimension, rows in change["breakdown"].items():
             if rows:
-                add(f"- **{DIMENSION_TITLES[dimension]}**: {_cell(counts(rows))}")
+                add(f"- **{DIMENSION_TITLES[dimension]}**: {cell(counts(rows))}")
         add("")
         add("| request | who | before | after |")
         add("|---|---|---|---|")
         for sample in change["samples"]:
             add(
-                f"| `{_code(str(sample['method']))} {_code(str(sample['path']))}` "
-                f"| {_cell(who(sample['identity']))} "
-                f"| {_cell(outcome(sample['before']))} "
-                f"| {_cell(outcome(sample['after'], sample['error']))} |"
+                f"| `{code(str(sample['method']))} {code(str(sample['path']))}` "
+                f"| {cell(who(sample['identity']))} "
+                f"| {cell(outcome(sample['before']))} "
+                f"| {cell(outcome(sample['after'], sample['error']))} |"
             )
         add("")
         add("</details>")
@@ -85,16 +86,3 @@ def render(document: dict[str, Any]) -> str:
         add("")
         add("Policy evaluation: " + "; ".join(parts) + ".")
     return "\n".join(lines) + "\n"
-
-
-def _cell(text: str) -> str:
-    """Safe inside a table cell and inert as Markdown/HTML (reasons and paths
-    come from requests: an attacker's text must not format the comment)."""
-    escaped = text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-    for char in "<>*_[]`#":
-        escaped = escaped.replace(char, "\\" + char)
-    return escaped
-
-
-def _code(text: str) -> str:
-    return text.replace("`", "'").replace("|", "\\|").replace("\n", " ")

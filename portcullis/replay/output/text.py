@@ -71,11 +71,17 @@ def render(document: dict[str, Any]) -> str:
             )
     rate = document["rate"]
     if rate["decisions_per_second"] is not None:
+        checked = (
+            f"the chain check before it took {rate['verify_seconds']} s"
+            if document["verification"]["verified"]
+            else "no chain check (--no-verify)"
+        )
         add(
-            f"Rate: {totals['replayed']} decisions in {rate['seconds']} s: "
-            f"{rate['decisions_per_second']:,} decisions/s "
-            f"({rate['decisions_per_cpu_second']:,} per CPU second); "
-            f"chain verified in {rate['verify_seconds']} s"
+            f"Rate: {totals['replayed']:,} decisions replayed in {rate['seconds']} s, "
+            f"{rate['cpu_seconds']} s of this process's CPU: "
+            f"{rate['decisions_per_second']:,} decisions/s, "
+            f"{rate['decisions_per_cpu_second']:,} per CPU second (reading the log, "
+            f"evaluating, comparing; {checked}, loading the policies is not counted)"
         )
     add("")
     add(verdict(document))

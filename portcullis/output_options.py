@@ -1,0 +1,87 @@
+"""`--output FORMAT [--output-file FILE]`, repeatable: how a report command picks its outputs.
+
+Shared by `scan`, `policy replay` and `policy diff`, so each reads the same:
+every ``--output`` may be followed by its own ``--output-file``; without one
+it goes to stdout, and only one may; the default is ``text`` on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class OutputError(Exception):
+    """Outputs that can't be given or written as asked: the command exits 2."""
+
+
+@dataclass(frozen=True)
+class Output:
+    form: str
+    file: str | None  # None: stdout
+
+
+class _Output(argparse.Action):
+    def __call__(self, parser: Any, namespace: Any, value: Any, option: Any = None) -> None:
+        outputs = list(getattr(namespace, "outputs", None) or [])
+        outputs.append(Output(value, None))
+        namespace.outputs = outputs
+
+
+class _OutputFile(argparse.Action):
+    def __call__(self, parser: Any, namespace: Any, value: Any, option: Any = None) -> None:
+        outputs = list(getattr(namespace, "outputs", None) or [])
+        if not outputs or outputs[-1].file is not None:
+            parser.error("--output-file must follow the --output it is for")
+        outputs[-1] = Output(outputs[-1].form, value)
+        namespace.outputs = outputs
+
+
+def add_arguments(parser: argparse.ArgumentParser, formats: Iterable[str]) -> None:
+    """Add ``--output`` (one of ``formats``) and ``--output-file`` to ``parser``."""
+    names = sorted(formats)
+    parser.add_argument(
+        "--output",
+        action=_Output,
+        choices=names,
+        metavar="FORMAT",
+        help=f"{', '.join(names)} (repeatable; default text)",
+    )
+    parser.add_argument(
+        "--output-file",
+        action=_OutputFile,
+        metavar="FILE",
+        help="write the preceding --output to FILE instead of stdout",
+    )
+    parser.set_defaults(outputs=None)
+
+
+def requested(args: argparse.Namespace) -> list[Output]:
+    """The outputs asked for. Raises OutputError if more than one would go to stdout."""
+    outputs: list[Output] = args.outputs or [Output("text", None)]
+    if sum(1 for output in outputs if output.file is None) > 1:
+        raise OutputError("only one --output can go to stdout; give the others --output-file")
+    return outputs
+
+
+def write(outputs: list[Output], render: Callable[[str, bool], str]) -> None:
+    """Write each output in order. ``render(form, to_stdout)`` makes its text.
+    Raises OutputError naming a file that can't be written."""
+    for output in outputs:
+        if output.file is None:
+            sys.stdout.write(render(output.form, True))
+            continue
+        text = render(output.form, False)
+        try:
+            Path(output.file).write_text(text, encoding="utf-8")
+        except OSError as error:
+            raise OutputError(f"{output.file}: {error.strerror}") from None
+
+
+def all_to_files(outputs: list[Output]) -> bool:
+    """Whether nothing went to stdout (then a command says its verdict on stderr)."""
+    return all(output.file is not None for output in outputs)

@@ -1,0 +1,237 @@
+"""examples/ci/policy-replay.yml, the GitHub Actions job the README points to.
+
+GitHub can't run here, so the workflow is checked for its shape (it runs on
+pull requests, downloads the log artifact, replays, posts the Markdown), and
+its own shell steps are run as GitHub runs them (bash -e -o pipefail, the
+step's env, ``${{ }}`` filled in) on a log a real gateway wrote: the replay
+command works as written. Only `gh`, GitHub's CLI, is stood in for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from cryptography.hazmat.primitives import serialization
+
+from tests.conftest import POLICIES, ROOT
+from tests.decision_traffic import Recorded, record_traffic, refunds_candidate
+
+WORKFLOW = ROOT / "examples/ci/policy-replay.yml"
+SCHEMA = json.loads((ROOT / "portcullis/replay/report.schema.json").read_text())
+EXPRESSION = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
+# How GitHub runs a `run:` step on ubuntu-latest.
+SHELL = ["bash", "--noprofile", "--norc", "-eo", "pipefail"]
+PULL_REQUEST = "42"
+
+
+@pytest.fixture(scope="module")
+def workflow() -> dict[Any, Any]:
+    document = yaml.safe_load(WORKFLOW.read_text())
+    assert isinstance(document, dict)
+    return document
+
+
+@pytest.fixture(scope="module")
+def steps(workflow: dict[Any, Any]) -> list[dict[str, Any]]:
+    jobs = workflow["jobs"]
+    assert list(jobs) == ["replay"]
+    found: list[dict[str, Any]] = jobs["replay"]["steps"]
+    return found
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
+    """A real gateway's sealed, signed log of 150 mixed requests."""
+    return asyncio.run(record_traffic(tmp_path_factory.mktemp("traffic"), 150))
+
+
+def step(
+    steps: list[dict[str, Any]], *, uses: str = "", runs: str = ""
+) -> tuple[int, dict[str, Any]]:
+    """The (index, step) that uses the action ``uses`` or whose script has ``runs``."""
+    for index, each in enumerate(steps):
+        if uses and str(each.get("uses", "")).split("@")[0] == uses:
+            return index, each
+        if runs and runs in str(each.get("run", "")):
+            return index, each
+    raise AssertionError(f"no step {'uses ' + uses if uses else 'runs ' + runs!r}")
+
+
+def test_runs_on_pull_requests_that_change_the_policy(workflow: dict[Any, Any]) -> None:
+    # PyYAML reads the bare key `on` as YAML 1.1's true.
+    trigger = workflow.get("on", workflow.get(True))
+    assert isinstance(trigger, dict) and "pull_request" in trigger
+    assert "policies/**" in trigger["pull_request"]["paths"]
+    assert workflow["permissions"]["pull-requests"] == "write"  # to comment
+    assert workflow["permissions"]["contents"] == "read"
+
+
+def test_downloads_the_log_artifact_replays_it_and_posts_the_markdown(
+    steps: list[dict[str, Any]],
+) -> None:
+    download_at, download = step(steps, uses="actions/download-artifact")
+    assert download["with"]["name"] == "decision-logs" and download["with"]["path"] == "logs"
+    replay_at, replay = step(steps, runs="portcullis policy replay")
+    command = " ".join(replay["run"].split())
+    assert "--output markdown --output-file replay.md" in command
+    assert "--key " in command and "--no-verify" not in command  # the chain is checked
+    post_at, post = step(steps, runs="gh pr comment")
+    assert "--body-file replay.md" in post["run"]
+    gate_at, gate = step(steps, runs='test "$REPLAY_EXIT"')
+    assert "steps.replay.outputs.exit" in str(gate.get("env"))
+    assert download_at < replay_at < post_at < gate_at
+    assert replay["id"] == "replay"
+
+
+def test_every_script_is_valid_bash(steps: list[dict[str, Any]]) -> None:
+    for each in steps:
+        if "run" in each:
+            check = subprocess.run(["bash", "-n"], input=each["run"], text=True,
+                                   capture_output=True)  # fmt: skip
+            assert check.returncode == 0, f"{each.get('name')}: {check.stderr}"
+
+
+def test_step_outputs_used_are_written_by_earlier_steps(steps: list[dict[str, Any]]) -> None:
+    written: set[str] = set()
+    for each in steps:
+        for expression in EXPRESSION.findall(json.dumps(each)):
+            match = re.fullmatch(r"steps\.([\w-]+)\.outputs\.([\w-]+)", expression)
+            if match:
+                assert f"{match[1]}.{match[2]}" in written, expression
+            else:
+                assert expression.split(".")[0] in {"github", "vars"}, expression
+        for name in re.findall(r'echo "([\w-]+)=.*>> "\$GITHUB_OUTPUT"', each.get("run", "")):
+            written.add(f"{each['id']}.{name}")
+
+
+@dataclass
+class Checkout:
+    """A job's working directory: the pull request's policies/, the downloaded logs/."""
+
+    directory: Path
+    outputs: dict[str, str]
+    values: dict[str, str]
+
+    def run(
+        self, steps: list[dict[str, Any]], script_part: str
+    ) -> subprocess.CompletedProcess[str]:
+        _, chosen = step(steps, runs=script_part)
+        output_file = self.directory / "github_output"
+        output_file.write_text("")
+        env = {
+            "PATH": f"{self.directory / 'bin'}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "HOME": os.environ.get("HOME", "/root"),
+            "GITHUB_OUTPUT": str(output_file),
+        }
+        env.update({name: self.fill(str(value)) for name, value in chosen.get("env", {}).items()})
+        done = subprocess.run([*SHELL, "-c", self.fill(chosen["run"])], cwd=self.directory,
+                              env=env, text=True, capture_output=True, timeout=120)  # fmt: skip
+        for line in output_file.read_text().splitlines():
+            name, _, value = line.partition("=")
+            self.outputs[f"{chosen.get('id')}.{name}"] = value
+        return done
+
+    def fill(self, text: str) -> str:
+        """``${{ expression }}`` as GitHub would fill it; an unknown one fails the test."""
+
+        def value(match: re.Match[str]) -> str:
+            expression = match[1]
+            if expression.startswith("steps."):
+                step_id, _, name = expression.removeprefix("steps.").partition(".outputs.")
+                return self.outputs[f"{step_id}.{name}"]
+            return self.values[expression]
+
+        return EXPRESSION.sub(value, text)
+
+
+def checkout(tmp_path: Path, recorded: Recorded, policy: Path) -> Checkout:
+    shutil.copytree(policy, tmp_path / "policies")
+    (tmp_path / "logs").mkdir()
+    shutil.copy(recorded.log, tmp_path / "logs/decisions.log")
+    private = serialization.load_pem_private_key(recorded.key.read_bytes(), password=None)
+    public_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    # `gh` stands in for GitHub's CLI: it records how it was called and the body it got.
+    (tmp_path / "bin").mkdir()
+    gh = tmp_path / "bin/gh"
+    gh.write_text('#!/bin/sh\nprintf "%s\\n" "$*" >> gh-calls\ncp "$5" gh-body.md\n')
+    gh.chmod(gh.stat().st_mode | stat.S_IXUSR)
+    return Checkout(
+        tmp_path,
+        outputs={},
+        values={
+            "vars.DECISION_LOG_PUBLIC_KEY": public_pem.decode().strip(),
+            "github.token": "token-for-gh",
+            "github.event.pull_request.number": PULL_REQUEST,
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    ("candidate", "exit_code", "verdict"),
+    [("shipped", 0, "### ✅ Policy replay: PASS: no change"),
+     ("refunds within 300 s", 1, "### ❌ Policy replay: FAIL:")],
+)  # fmt: skip
+def test_the_steps_as_written_replay_a_real_log_and_post_the_report(
+    steps: list[dict[str, Any]],
+    recorded: Recorded,
+    tmp_path: Path,
+    candidate: str,
+    exit_code: int,
+    verdict: str,
+) -> None:
+    policy = POLICIES if candidate == "shipped" else refunds_candidate(tmp_path / "pr")
+    job = checkout(tmp_path / "job", recorded, policy)
+
+    replayed = job.run(steps, "portcullis policy replay")
+    assert replayed.returncode == 0, replayed.stderr  # the step records the exit, never fails
+    assert job.outputs["replay.exit"] == str(exit_code), replayed.stderr
+    comment = (job.directory / "replay.md").read_text()
+    assert comment.startswith(verdict)
+    report = json.loads((job.directory / "replay.json").read_text())
+    jsonschema.validate(report, SCHEMA)
+    assert report["verification"]["verified"] is True
+    assert report["totals"]["replayed"] > 100
+    if exit_code:
+        assert report["totals"]["by_kind"]["allow-to-deny"] > 0
+
+    posted = job.run(steps, "gh pr comment")
+    assert posted.returncode == 0, posted.stderr
+    calls = (job.directory / "gh-calls").read_text().splitlines()
+    assert calls[0] == f"pr comment {PULL_REQUEST} --body-file replay.md --edit-last"
+    assert (job.directory / "gh-body.md").read_text() == comment
+
+    gate = job.run(steps, 'test "$REPLAY_EXIT"')
+    assert gate.returncode == exit_code
+
+
+def test_a_tampered_log_fails_the_job_without_a_comment(
+    steps: list[dict[str, Any]], recorded: Recorded, tmp_path: Path
+) -> None:
+    job = checkout(tmp_path, recorded, POLICIES)
+    log = job.directory / "logs/decisions.log"
+    lines = log.read_text().splitlines(keepends=True)
+    # A denied decision turned into an allow, halfway through the log.
+    denied = [n for n, line in enumerate(lines) if '"allow":false' in line]
+    edited = denied[len(denied) // 2]
+    lines[edited] = lines[edited].replace('"allow":false', '"allow":true', 1)
+    log.write_text("".join(lines))
+    replayed = job.run(steps, "portcullis policy replay")
+    assert job.outputs["replay.exit"] == "2"
+    assert "refusing to replay a tampered log" in replayed.stderr
+    assert not (job.directory / "replay.md").exists()  # the post step's `if` skips it
+    assert job.run(steps, 'test "$REPLAY_EXIT"').returncode == 1
