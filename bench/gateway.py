@@ -242,10 +242,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def children(pid: int) -> list[int]:
-    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
 def log_costs(
     args: argparse.Namespace, scratch: Path, backend: int, issuer: DevIssuer, token: str,
     common: str,
@@ -333,7 +329,7 @@ def one_log_variant(
         wait_http(url)
         time.sleep(1.0)
         wrk(url, 2, args.connections, token)
-        helpers = children(process.pid)
+        helpers = descendants(process.pid)
         before = cpu_seconds(process.pid), sum(cpu_seconds(pid) for pid in helpers)
         result = wrk(url, args.duration, args.connections, token)
         after = cpu_seconds(process.pid), sum(cpu_seconds(pid) for pid in helpers)
@@ -346,6 +342,20 @@ def one_log_variant(
         process.wait(timeout=30)
         with contextlib.suppress(FileNotFoundError):
             log_path.unlink()
+
+
+def stop_processes(
+    processes: list[subprocess.Popen[Any]], graceful: tuple[subprocess.Popen[Any], ...] = ()
+) -> None:
+    """SIGTERM each (SIGQUIT for those in `graceful`: nginx's graceful stop), then wait;
+    one that doesn't exit within 30 s is killed."""
+    for process in processes:
+        process.send_signal(signal.SIGQUIT if process in graceful else signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
 def descendants(pid: int) -> list[int]:
@@ -467,13 +477,7 @@ def speed(
                 targets["(b) gateway, full"][0], targets["(e) 20-line aiohttp proxy"][0],
                 token)  # fmt: skip
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)
     if not args.skip_decision:
         from bench.decision import compare, report
 

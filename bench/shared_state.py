@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from bench.gateway import (  # noqa: E402
     free_port,
     p,
     start_gateway,
+    stop_processes,
     wait_http,
     wrk,
 )
@@ -113,13 +113,7 @@ def main() -> None:
         added = p(with_shared, 0.5) - p(without, 0.5)
         print(f"  added at p50: {added:.2f} ms  (target < 1 ms)")
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)
         shutil.rmtree(scratch, ignore_errors=True)
 
 

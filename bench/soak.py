@@ -35,7 +35,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -55,6 +54,7 @@ from bench.gateway import (  # noqa: E402
     free_port,
     start_gateway,
     start_issuer,
+    stop_processes,
     wait_http,
     wrk,
 )
@@ -277,13 +277,7 @@ def main() -> int:
             print(f"  note: {errors} socket errors (wrk timeouts or resets) over the run")
     finally:
         stop.set()
-        for process in processes:
-            process.send_signal(signal.SIGQUIT if process is processes[0] else signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes, graceful=(processes[0],))
         shutil.rmtree(scratch, ignore_errors=True)
     if failures:
         print("FAIL: " + "; ".join(failures))
