@@ -82,6 +82,20 @@ def write(outputs: list[Output], render: Callable[[str, bool], str]) -> None:
             raise OutputError(f"{output.file}: {error.strerror}") from None
 
 
-def all_to_files(outputs: list[Output]) -> bool:
-    """Whether nothing went to stdout (then a command says its verdict on stderr)."""
-    return all(output.file is not None for output in outputs)
+def deliver(
+    outputs: list[Output],
+    render: Callable[[str, bool], str],
+    verdict: Callable[[], str],
+    command: str,
+) -> bool:
+    """Write the outputs; when none went to stdout, say ``verdict()`` on stderr so a
+    terminal still shows the answer. False (after saying why, as ``command``) when
+    a file can't be written: the command then exits 2."""
+    try:
+        write(outputs, render)
+    except OutputError as error:
+        print(f"{command}: {error}", file=sys.stderr)
+        return False
+    if all(output.file is not None for output in outputs):
+        print(verdict(), file=sys.stderr)
+    return True

@@ -75,11 +75,10 @@ def run(args: argparse.Namespace) -> int:
     diff = compare(
         results["baseline"], results["candidate"], candidate=args.policy, baseline=baseline
     )
-    try:
-        output_options.write(outputs, lambda form, _: FORMATS[form](diff))
-    except output_options.OutputError as error:
-        print(f"portcullis policy diff: {error}", file=sys.stderr)
-        return USAGE_ERROR
-    if output_options.all_to_files(outputs):
-        print(verdict(diff), file=sys.stderr)
-    return diff.exit_code()
+    delivered = output_options.deliver(
+        outputs,
+        lambda form, _: FORMATS[form](diff),
+        lambda: verdict(diff),
+        "portcullis policy diff",
+    )
+    return diff.exit_code() if delivered else USAGE_ERROR

@@ -151,14 +151,13 @@ def run(args: argparse.Namespace) -> int:
     except OSError as error:
         print(f"portcullis policy replay: {error.filename}: {error.strerror}", file=sys.stderr)
         return USAGE_ERROR
-    document = report.document()
-    try:
-        output_options.write(outputs, lambda form, _: FORMATS[form](document))
-    except output_options.OutputError as error:
-        print(f"portcullis policy replay: {error}", file=sys.stderr)
-        return USAGE_ERROR
-    if output_options.all_to_files(outputs):
-        from portcullis.replay.output.describe import verdict
+    from portcullis.replay.output.describe import verdict
 
-        print(verdict(document), file=sys.stderr)
-    return report.exit_code()
+    document = report.document()
+    delivered = output_options.deliver(
+        outputs,
+        lambda form, _: FORMATS[form](document),
+        lambda: verdict(document),
+        "portcullis policy replay",
+    )
+    return report.exit_code() if delivered else USAGE_ERROR

@@ -157,18 +157,14 @@ def run(args: argparse.Namespace) -> int:
         accepted = sum(1 for f in result.findings if f.suppressed is None)
         print(f"wrote a baseline of {accepted} findings to {args.create_baseline}", file=sys.stderr)
         return 2 if result.problems else 0
-    try:
-        output_options.write(
-            outputs,
-            lambda form, to_stdout: FORMATS[form](
-                result, to_stdout and form == "text" and _color(sys.stdout)
-            ),
-        )
-    except output_options.OutputError as error:
-        print(f"portcullis scan: {error}", file=sys.stderr)
-        return 2
-    if output_options.all_to_files(outputs):
-        from iac_scanner.report.text import summary
+    from iac_scanner.report.text import summary
 
-        print(summary(result), file=sys.stderr)
-    return result.exit_code()
+    delivered = output_options.deliver(
+        outputs,
+        lambda form, to_stdout: FORMATS[form](
+            result, to_stdout and form == "text" and _color(sys.stdout)
+        ),
+        lambda: summary(result),
+        "portcullis scan",
+    )
+    return result.exit_code() if delivered else 2

@@ -140,3 +140,15 @@ def test_only_one_output_can_go_to_stdout(capsys: pytest.CaptureFixture[str]) ->
                  "--output", "json", "--output", "markdown"])  # fmt: skip
     assert code == 2
     assert "only one --output can go to stdout" in capsys.readouterr().err
+
+
+def test_an_output_file_that_cannot_be_written_is_exit_2_and_named(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    target = tmp_path / "no-such-dir" / "diff.md"
+    code = main(["policy", "diff", str(POS_APP), "--policy", str(POLICIES),
+                 "--output", "markdown", "--output-file", str(target)])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"portcullis policy diff: {target}: No such file or directory" in err
+    assert "PASS" not in err and "FAIL" not in err  # no verdict for outputs not written

@@ -251,6 +251,21 @@ def test_text_and_markdown_outputs_to_files(
     assert "| allow -> deny | " in body and "<details>" in body
 
 
+def test_an_output_file_that_cannot_be_written_is_exit_2_and_named(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, tmp_path: Path
+) -> None:
+    target = tmp_path / "report.json"
+    target.mkdir()
+    code = main([
+        "policy", "replay", "--log", str(recorded.log), "--policy", str(POLICIES),
+        "--key", str(recorded.key), "--output", "json", "--output-file", str(target),
+    ])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"portcullis policy replay: {target}: Is a directory" in err
+    assert "PASS" not in err
+
+
 def test_markdown_escapes_request_text() -> None:
     sample = {
         "method": "GET", "path": "/pos/x|y<img src=x onerror=alert(1)>`z",

@@ -204,6 +204,16 @@ def test_several_outputs_in_one_run(tmp_path: Path) -> None:
     assert ET.parse(junit).getroot().tag == "testsuites"
 
 
+def test_an_output_file_that_cannot_be_written_is_exit_2_and_named(tmp_path: Path) -> None:
+    target = tmp_path / "no-such-dir" / "a.sarif"
+    result = portcullis(
+        "scan", "--no-cache", POS_APP, "--output", "sarif", "--output-file", str(target)
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert f"portcullis scan: {target}: No such file or directory" in result.stderr
+    assert "findings" not in result.stderr  # no summary for a report that wasn't written
+
+
 def test_baseline_accepts_known_findings_and_fails_on_new_ones(tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     shutil.copytree(TERRAFORM / "pos_app", tree)
