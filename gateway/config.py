@@ -16,7 +16,7 @@ from gateway.audit.redaction import (
     DEFAULT_MAX_HEADER_VALUE_CHARS,
     parse_pointer,
 )
-from gateway.trusted_headers import allow_list_problem
+from gateway.screening.trusted_headers import allow_list_problem
 
 if TYPE_CHECKING:
     from gateway.audit.shipping.settings import SinkConfig
@@ -61,7 +61,7 @@ class Route:
     # None: the gateway-wide `limits` default (a big upload route raises them).
     body_idle_timeout: float | None = None
     body_timeout: float | None = None
-    # Lower-case names of headers backends trust (gateway/trusted_headers.py) that
+    # Lower-case names of headers backends trust (gateway/screening/trusted_headers.py) that
     # this route takes from clients anyway, e.g. x-http-method-override.
     forward_headers: frozenset[str] = frozenset()
 

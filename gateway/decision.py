@@ -12,7 +12,7 @@ from aiohttp import web
 
 from gateway.config import Route
 from gateway.identity import ANONYMOUS, Identity
-from gateway.normalize import NormalizedPath
+from gateway.screening.paths import NormalizedPath
 from policy_engine import PolicyEngine, PolicyError
 
 DECISION_REF = "data.portcullis.gateway.decision"

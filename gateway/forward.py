@@ -16,8 +16,8 @@ from yarl import URL
 from gateway.config import LimitsConfig, Route
 from gateway.limits import BodyTimeout, body_limits, timed_body
 from gateway.metrics import Metrics
-from gateway.normalize import NormalizedPath
-from gateway.trusted_headers import (
+from gateway.screening.paths import NormalizedPath
+from gateway.screening.trusted_headers import (
     BACKEND_TRUSTED,
     BACKEND_TRUSTED_PREFIXES,
     GATEWAY_OWNED,
@@ -49,7 +49,7 @@ def upstream_headers(
     """The client's headers minus what a backend must hear from the gateway alone,
     plus ours. Dropped: hop-by-hop fields; the gateway's own (X-Portcullis-*,
     X-Forwarded-*, Forwarded, X-Real-IP); headers backends trust for identity,
-    client address, method or path (gateway/trusted_headers.py), unless the
+    client address, method or path (gateway/screening/trusted_headers.py), unless the
     route's `forward_headers` lists one; any `_` spelling of those or of a header
     in `add`; `Authorization` unless the route passes it; and the gateway's own
     cookies (`strip_cookie` names them): a backend never sees the session."""

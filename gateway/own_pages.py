@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from gateway.header_checks import screen
 from gateway.limits import BodyTimeout, timed_body
+from gateway.screening.headers import screen
 
 if TYPE_CHECKING:
     from gateway.server import Gateway

@@ -15,8 +15,8 @@ from aiohttp import web
 
 from gateway import heap
 from gateway.config import GatewayConfig, Listener
-from gateway.header_limits import MAX_FIELD_SIZE
 from gateway.limits import LimitedServer
+from gateway.screening.headers import MAX_FIELD_SIZE
 from gateway.server import GATEWAY_KEY, build_admin_app, build_app
 
 log = logging.getLogger("portcullis.gateway")

@@ -31,8 +31,6 @@ from gateway.decision import (
     unparsed_input,
 )
 from gateway.forward import Forwarder, UpstreamError, is_websocket
-from gateway.header_checks import screen
-from gateway.header_limits import parser_limits
 from gateway.identity import (
     ANONYMOUS,
     Identity,
@@ -44,9 +42,10 @@ from gateway.identity import (
 from gateway.jwks import JwksCache
 from gateway.limits import ConcurrencyLimiter, LimitReached, answer_and_close, identity_key
 from gateway.metrics import Metrics
-from gateway.normalize import NormalizedPath, PathRejected, normalize
 from gateway.own_pages import OwnPages
 from gateway.policy_reload import PolicyHolder
+from gateway.screening.headers import parser_limits, screen
+from gateway.screening.paths import NormalizedPath, PathRejected, normalize
 from gateway.shadow import ShadowPolicy
 from gateway.shared.check import Refusal
 from gateway.shared.state import REMEMBER_ADDRESS, SIGNALS, SharedState
@@ -467,7 +466,9 @@ class Gateway:
         )
         if not settings.sinks:
             return
-        shipping = ShippingProcess(settings.sinks, decision_log.path, lambda: decision_log.seq)
+        shipping = ShippingProcess(
+            settings.sinks, decision_log.path, lambda: decision_log.seq, settings.shipping_nice
+        )
         try:
             await shipping.start()
         except CursorError as error:

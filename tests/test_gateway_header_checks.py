@@ -1,4 +1,4 @@
-"""Headers refused before routing (gateway/header_checks.py): bytes that are not
+"""Headers refused before routing (gateway/screening/headers.py): bytes that are not
 UTF-8 never blank a decision-log record or become "policy evaluation failed", and
 a Host that is not a host[:port] never reaches a backend's X-Forwarded-Host."""
 
@@ -12,7 +12,7 @@ import pytest
 from gateway.audit.chain import REFUSAL_PATH
 from gateway.audit.reader import verify_log
 from gateway.audit.writer import DecisionLog
-from gateway.header_checks import bad_host
+from gateway.screening.headers import bad_host
 from tests.gateway_stack import Stack, raw_request
 
 WAREHOUSE = {"groups": ["warehouse"], "amr": ["pwd", "otp"]}

@@ -33,7 +33,7 @@ from gateway.audit.redaction import (
     header_pointer,
 )
 from gateway.config import ConfigError, DecisionLogConfig, Route, load_config
-from gateway.trusted_headers import fold
+from gateway.screening.trusted_headers import fold
 from tests.gateway_stack import ServerFactory, Stack, start_stack
 
 WAREHOUSE = {"groups": ["warehouse"], "amr": ["pwd", "otp"]}
