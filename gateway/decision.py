@@ -32,6 +32,9 @@ class Decision:
     step_up: dict[str, Any] | None = None
     eval_ns: int = 0
     error: str | None = None
+    # The policy's answer as it came (the decision memo reads valid_until_ns there).
+    policy_result: Any = field(default=None, repr=False)
+    memo_hit: bool = False
 
     def result(self) -> dict[str, Any]:
         """The decision as the policy contract spells it (for the log and the deny body)."""
@@ -232,4 +235,4 @@ def _from_result(decision_id: str, result: Any) -> Decision:
     )
     step_up = result.get("step_up")
     step_up = step_up if isinstance(step_up, dict) and not allow else None
-    return Decision(decision_id, allow, status, reasons, headers, step_up)
+    return Decision(decision_id, allow, status, reasons, headers, step_up, policy_result=result)

@@ -81,6 +81,10 @@ class Metrics:
             "portcullis_shadow_restarts", "Times the shadow process exited and was restarted",
             registry=r,
         )  # fmt: skip
+        self.memo_hits = Counter(
+            "portcullis_decision_memo_hits", "Allows reused from the decision memo, not "
+            "evaluated again (gateway/decision_memo.py)", registry=r,
+        )  # fmt: skip
         self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._decision_children: dict[tuple[str, str], Any] = {}
 

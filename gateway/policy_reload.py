@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.decision import DECISION_REF
+from gateway.decision_memo import READS_REF
 from gateway.metrics import Metrics
 from policy_engine import (
     EmbeddedEngine,
@@ -48,7 +49,9 @@ def build_engine(source: str, *, timeout_ms: float) -> PolicyEngine:
     if source.startswith(("http://", "https://")):
         return OpaServerEngine(source, timeout=timeout_ms / 1000)
     return EmbeddedEngine(
-        load_policy_set(source), timeout=timeout_ms / 1000, compiled_refs=(DECISION_REF,)
+        load_policy_set(source),
+        timeout=timeout_ms / 1000,
+        compiled_refs=(DECISION_REF, READS_REF),  # reads: only if the policy has it
     )
 
 

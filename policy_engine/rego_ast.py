@@ -37,6 +37,11 @@ class ModuleShape:
     imports: dict[str, tuple[str, ...]] = field(default_factory=dict)
     rules: list[Rule] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
+    # What the module's rules read (policy_engine/input_reads.py): paths under
+    # `input`, and under `data` (import aliases resolved), each cut at its first
+    # part that isn't a literal name; () is the whole document.
+    input_reads: set[tuple[str, ...]] = field(default_factory=set)
+    data_reads: set[tuple[str, ...]] = field(default_factory=set)
 
     @property
     def package_ref(self) -> str:
@@ -76,24 +81,78 @@ def _first_span(node: Any) -> dict[str, Any] | None:
     return None
 
 
-def _calls(node: Any, found: list[Call]) -> None:
-    if isinstance(node, dict):
-        call = node.get("Call")
-        if isinstance(call, dict) and "fcn" in call:
-            name = ref_path(call["fcn"])
-            if name is not None:
-                # Point at the function's name, not the parenthesis.
-                span = _first_span(call["fcn"]) or call.get("span", {})
-                found.append(
-                    Call(
-                        ".".join(name), len(call["params"]), span.get("line", 0), span.get("col", 0)
-                    )
-                )
-        for value in node.values():
-            _calls(value, found)
-    elif isinstance(node, list):
+def _walk(node: Any, shape: ModuleShape) -> None:
+    """Collect call sites and the `input`/`data` paths read, in one pass."""
+    if isinstance(node, list):
         for value in node:
-            _calls(value, found)
+            _walk(value, shape)
+        return
+    if not isinstance(node, dict):
+        return
+    call = node.get("Call")
+    if isinstance(call, dict) and "fcn" in call:
+        name = ref_path(call["fcn"])
+        if name is not None:
+            # Point at the function's name, not the parenthesis.
+            span = _first_span(call["fcn"]) or call.get("span", {})
+            shape.calls.append(
+                Call(".".join(name), len(call["params"]), span.get("line", 0), span.get("col", 0))
+            )
+    if len(node) == 1 and next(iter(node)) in _REF_KINDS:
+        root, path, indexes = _unwind(node)
+        if root is not None:
+            _note_read(shape, root, path)
+            for index in indexes:
+                _walk(index, shape)
+            return
+    for value in node.values():
+        _walk(value, shape)
+
+
+_REF_KINDS = frozenset({"Var", "RefDot", "RefBrack"})
+
+
+def _unwind(node: Any) -> tuple[str | None, tuple[str, ...], list[Any]]:
+    """A reference as (root variable, its literal path up to the first computed
+    part, the computed index expressions); root None when it isn't rooted at a
+    variable (a call's result, a literal)."""
+    parts: list[str | None] = []
+    indexes: list[Any] = []
+    while isinstance(node, dict) and len(node) == 1:
+        kind, body = next(iter(node.items()))
+        if kind == "Var":
+            literal: list[str] = []
+            for part in reversed(parts):
+                if part is None:
+                    break
+                literal.append(part)
+            return str(body["value"]), tuple(literal), indexes
+        if kind == "RefDot":
+            parts.append(str(body["field"][1]))
+        elif kind == "RefBrack":
+            index = body["index"]
+            if isinstance(index, dict) and "String" in index:
+                parts.append(str(index["String"]["value"]))
+            else:
+                parts.append(None)
+                indexes.append(index)
+        else:
+            break
+        node = body["refr"]
+    return None, (), indexes
+
+
+def _note_read(shape: ModuleShape, root: str, path: tuple[str, ...]) -> None:
+    if root == "input":
+        shape.input_reads.add(path)
+    elif root == "data":
+        shape.data_reads.add(path)
+    elif root in shape.imports:
+        imported = shape.imports[root]
+        if imported[0] == "input":
+            shape.input_reads.add((*imported[1:], *path))
+        elif imported[0] == "data":
+            shape.data_reads.add((*imported[1:], *path))
 
 
 def _rule(entry: dict[str, Any]) -> Rule | None:
@@ -132,5 +191,5 @@ def module_shape(entry: dict[str, Any]) -> ModuleShape:
         rule = _rule(raw)
         if rule is not None:
             shape.rules.append(rule)
-    _calls(ast.get("rules", []), shape.calls)
+    _walk(ast.get("rules", []), shape)
     return shape

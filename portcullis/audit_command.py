@@ -4,8 +4,8 @@ Exit codes: 0 the chain is intact and every event is covered by a signature,
 with the log ending in a shutdown (``close``) or rotation seal; 1 tampering or
 damage found, or (without ``--live``) events not yet covered by a signature
 or a log that doesn't end with a seal, since cutting the tail there can't be
-detected; 2 usage problems (missing file, bad key, a file that isn't a
-decision log).
+detected; 2 usage problems (missing file, bad key, a key none of the log's
+signatures verifies with, a file that isn't a decision log).
 
 ``--live`` is for a log the gateway is still writing: an unsigned tail and a
 missing seal are then warnings, exit 0.
@@ -16,30 +16,38 @@ before it); else deleting the oldest run or file would go unnoticed.
 ``--head URL|FILE`` checks the log reaches a signed head kept outside it (the
 admin listener's ``/audit/head``, a saved copy, the next rotated file, whose
 ``start`` record is one, or a sink's copy of the log, e.g. an export from the
-SIEM, whose newest shipped chain head is used): without it, a tail cut at a signature or a
-deleted newest file can't be detected. A head that can't be fetched, isn't a
-head, or isn't signed by the given key is a usage error (exit 2); a log that
-doesn't reach it is exit 1.
+SIEM, or a file of every /audit/head answer kept): the log is checked against
+every head found there, the newest deciding what is missing at the end.
+Without it, a tail cut at a signature or a deleted newest file can't be
+detected. A head that can't be fetched, isn't a head, or isn't signed by the
+given key is a usage error (exit 2); a log that doesn't reach it is exit 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import json
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.audit.chain import SIGNATURE_TYPE, public_key_from_jwk
-from gateway.audit.reader import SignedHead, VerifyResult, verify_log
+from gateway.audit.chain import SIGNATURE_TYPE, check_signature, line_hash, public_key_from_jwk
+from gateway.audit.reader import SignedHead, VerifyResult, iter_lines, verify_log
 
 USAGE_ERROR = 2
 TAMPERED = 1
+
+
+# The reader's note for each outside head the log reaches.
+_REACHED = "the log reaches the outside head from "
 
 
 class UsageError(Exception):
@@ -90,7 +98,7 @@ def verify_command(args: argparse.Namespace) -> int:
         paths = [Path(name) for name in args.logs]
         for path in paths:
             _check_readable(path)
-        after = _check_hash(args.after) if args.after else None
+        after = check_hash(args.after) if args.after else None
         head = _load_head(args.head, keys) if args.head else None  # every head given
         result = verify_log(paths, keys, after=after, head=head)
     except UsageError as error:
@@ -102,15 +110,62 @@ def verify_command(args: argparse.Namespace) -> int:
     if result.records == 0:
         print("error: the log files hold no records", file=sys.stderr)
         return USAGE_ERROR
+    if not result.ok and result.signatures == 0:
+        signers = _signers_if_none_verify(paths, keys)
+        if signers:
+            given = args.key or args.jwks
+            print(
+                f"error: this log is signed by key {', '.join(map(repr, signers))}, not the "
+                f"key given ({given}: {_key_ids(keys)})",
+                file=sys.stderr,
+            )
+            return USAGE_ERROR
     if result.events == 0 and result.signatures == 0 and result.problems:
         print(f"error: {paths[0]} is not a Portcullis decision log", file=sys.stderr)
         return USAGE_ERROR
     return _report(result, live=args.live)
 
 
+def _signers_if_none_verify(
+    paths: list[Path], keys: dict[str, ec.EllipticCurvePublicKey]
+) -> list[str]:
+    """The key ids the log's signatures name, if not one of them verifies with
+    ``keys``: the wrong key was given (exit 2), rather than a tampered log. A log
+    with even one signature that verifies is this key's, and the rest is tampering."""
+    signers: list[str] = []
+    for line in iter_lines(paths, hashed=False):
+        record = line.record
+        if record is None or record.get("type") != SIGNATURE_TYPE:
+            continue
+        if check_signature(record, keys) is None:
+            return []
+        if str(record.get("kid")) not in signers:
+            signers.append(str(record.get("kid")))
+    return signers
+
+
+def _key_ids(keys: dict[str, ec.EllipticCurvePublicKey]) -> str:
+    """The given keys' ids: a JWKS's kids, or a PEM key's RFC 7638 thumbprint (the
+    kid the gateway signs with)."""
+    if "*" not in keys:
+        return "key id " + ", ".join(map(repr, sorted(keys)))
+    numbers = keys["*"].public_numbers()
+    x, y = (_b64(value.to_bytes(32, "big")) for value in (numbers.x, numbers.y))
+    canonical = f'{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}'
+    return f"key id {_b64(hashlib.sha256(canonical.encode()).digest())!r}"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
 def _report(result: VerifyResult, *, live: bool) -> int:
+    reached = [note for note in result.notes if note.startswith(_REACHED)]
     for note in result.notes:
-        print(f"note: {note}", file=sys.stderr)
+        if note not in reached[1:]:  # heads come newest first: one line for a file of many
+            print(f"note: {note}", file=sys.stderr)
+    if len(reached) > 1:
+        print(f"note: it reaches the {len(reached) - 1} older outside head(s) too", file=sys.stderr)
     if not result.ok:
         first = result.problems[0]
         print(f"TAMPERED: {first} [{first.kind}]")
@@ -153,10 +208,12 @@ def _report(result: VerifyResult, *, live: bool) -> int:
     return 0
 
 
-def _check_hash(text: str) -> str:
+def check_hash(text: str, option: str = "--after") -> str:
+    """A line hash given on the command line (64 hex digits), lower case;
+    UsageError if it isn't one."""
     value = text.strip().lower()
     if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
-        raise UsageError(f"--after {text!r}: not a line hash (64 hex digits)")
+        raise UsageError(f"{option} {text!r}: not a line hash (64 hex digits)")
     return value
 
 
@@ -180,17 +237,7 @@ def _load_head(source: str, keys: dict[str, ec.EllipticCurvePublicKey]) -> list[
         except (OSError, UnicodeDecodeError) as error:
             detail = getattr(error, "strerror", None) or error
             raise UsageError(f"--head {source}: {detail}") from None
-    record: Any = None
-    for candidate in (text, text.split("\n", 1)[0]):  # a JSON document, or a log file
-        try:
-            record = json.loads(candidate)
-            break
-        except ValueError:
-            continue
-    if isinstance(record, dict) and record.get("type") == SIGNATURE_TYPE:
-        records = [record]
-    else:
-        records = _shipped_heads(text)
+    records = _head_records(text)
     if not records:
         raise UsageError(
             f"--head {source}: not a decision-log head (expected /audit/head's JSON, "
@@ -198,44 +245,75 @@ def _load_head(source: str, keys: dict[str, ec.EllipticCurvePublicKey]) -> list[
             "holding shipped chain heads)"
         )
     try:
-        return [SignedHead.from_record(found, keys, source) for found in records]
+        heads = [SignedHead.from_record(found, keys, source) for found in records]
     except ValueError as error:
         raise UsageError(f"--head {error}") from None
+    # Newest first: the head that says how much is missing at the end is reported first.
+    return sorted(heads, key=lambda head: head.seq, reverse=True)
+
+
+def _head_records(text: str) -> list[dict[str, Any]]:
+    """The chain signatures to check the log against. A log file (its second line
+    links to its first) vouches for the file before it with its ``start`` record
+    only: its later signatures are beyond that file's end."""
+    first, _, rest = text.partition("\n")
+    record = _json_object(first)
+    if record is not None and record.get("type") == SIGNATURE_TYPE and "line_hash" not in record:
+        following = _json_object(rest.partition("\n")[0])
+        if following is not None:
+            link = following.get("head" if following.get("type") == SIGNATURE_TYPE else "prev_hash")
+            if link == line_hash(first.encode()):
+                return [record]
+    return _shipped_heads(text)
+
+
+def _json_object(line: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _shipped_heads(text: str) -> list[dict[str, Any]]:
-    """Every chain signature in a file of heads or a sink's copy of the log: JSON
-    lines in any shipped format (opa, ocsf, ecs, a Splunk HEC envelope, a syslog
-    line whose message is the JSON), the signature record nested anywhere in each.
-    All of them, not only the newest: after a log was cut back to an earlier run's
-    end and the gateway went on, the newest head is reached again, an erased
-    run's head is not."""
+    """Every chain signature in a file of heads or a sink's copy of the log: every
+    JSON value in it, whether one per line, several on a line (``curl
+    .../audit/head >> heads.jsonl``: the answers run together) or spread over
+    lines (a pretty-printed copy), in any shipped format (opa, ocsf, ecs, a Splunk
+    HEC envelope, a syslog line whose message is the JSON), the signature records
+    nested anywhere in each. All of them, not only the newest: after a log was cut
+    back to an earlier run's end and the gateway went on, the newest head is
+    reached again, an erased run's head is not."""
     decoder = json.JSONDecoder()
     heads: list[dict[str, Any]] = []
-    for line in text.splitlines():
-        start = line.find("{")
-        if start < 0:
-            continue
+    seen: set[str] = set()
+    at = text.find("{")
+    while at >= 0:
         try:
-            document, _ = decoder.raw_decode(line, start)
-        except ValueError:
+            document, end = decoder.raw_decode(text, at)
+        except ValueError:  # not JSON from this brace (a syslog header's, a cut line)
+            at = text.find("{", at + 1)
             continue
-        found = _find_signature(document, depth=4)
-        if found is not None and found not in heads:
-            heads.append(found)
+        for found in _find_signatures(document, depth=6):
+            if str(found.get("signature")) not in seen:
+                seen.add(str(found.get("signature")))
+                heads.append(found)
+        at = text.find("{", end)
     return heads
 
 
-def _find_signature(value: Any, depth: int) -> dict[str, Any] | None:
-    if not isinstance(value, dict) or depth < 0:
-        return None
-    if value.get("type") == SIGNATURE_TYPE:
-        return value
-    for child in value.values():
-        found = _find_signature(child, depth - 1)
-        if found is not None:
-            return found
-    return None
+def _find_signatures(value: Any, depth: int) -> Iterator[dict[str, Any]]:
+    if depth < 0:
+        return
+    if isinstance(value, list):
+        for item in value:
+            yield from _find_signatures(item, depth - 1)
+    elif isinstance(value, dict):
+        if value.get("type") == SIGNATURE_TYPE:
+            yield value
+            return
+        for child in value.values():
+            yield from _find_signatures(child, depth - 1)
 
 
 def _check_readable(path: Path) -> None:

@@ -2,21 +2,26 @@
 
 Exit codes: 0 nothing changed beyond the kinds ``--allow-change`` names; 1
 other changes, or decisions the candidate can't evaluate; 2 errors (a policy
-that doesn't load, a missing, unreadable or tampered log, bad options).
+that doesn't load or an OPA URL that refuses connections, a missing,
+unreadable or tampered log, bad options, a --app/--since/--until selection
+that leaves none of the logged decisions: a CI gate must not pass on nothing).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import socket
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from portcullis import output_options
-from portcullis.audit_command import UsageError, load_keys
+from portcullis.audit_command import UsageError, check_hash, load_keys
 from portcullis.replay.events import Selection, parse_time
 from portcullis.replay.output import FORMATS
-from portcullis.replay.report import ALLOWABLE
+from portcullis.replay.report import ALLOWABLE, Report
 from portcullis.replay.run import ReplayError, ReplayOptions, replay
 
 USAGE_ERROR = 2
@@ -36,6 +41,16 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def _milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a number of milliseconds above 0")
     return value
 
 
@@ -116,7 +131,7 @@ def register(actions: Any) -> None:
     )
     parser.add_argument(
         "--timeout-ms",
-        type=float,
+        type=_milliseconds,
         default=250.0,
         help="per-decision evaluation timeout, as the gateway's policy.timeout_ms (default 250)",
     )
@@ -128,7 +143,11 @@ def run(args: argparse.Namespace) -> int:
         outputs = output_options.requested(args)
         if args.since and args.until and args.since >= args.until:
             raise UsageError("--since must be before --until")
+        after = check_hash(args.after) if args.after else None
         keys = None if args.no_verify else load_keys(args.key, args.jwks)
+        _check_reachable(args.policy, "--policy")
+        if args.baseline_policy:
+            _check_reachable(args.baseline_policy, "--baseline-policy")
         options = ReplayOptions(
             logs=[Path(name) for name in args.logs],
             candidate=args.policy,
@@ -137,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
                 args.since, args.until, frozenset(args.apps), args.sample, args.seed
             ),
             keys=keys,
-            after=args.after.strip().lower() if args.after else None,
+            after=after,
             allowed=frozenset(args.allowed),
             samples_per_kind=args.samples,
             top=args.top,
@@ -151,6 +170,10 @@ def run(args: argparse.Namespace) -> int:
     except OSError as error:
         print(f"portcullis policy replay: {error.filename}: {error.strerror}", file=sys.stderr)
         return USAGE_ERROR
+    unmatched = _nothing_selected(report, args)
+    if unmatched:
+        print(f"portcullis policy replay: {unmatched}", file=sys.stderr)
+        return USAGE_ERROR
     from portcullis.replay.output.describe import verdict
 
     document = report.document()
@@ -160,4 +183,55 @@ def run(args: argparse.Namespace) -> int:
         lambda: verdict(document),
         "portcullis policy replay",
     )
+    if report.replayed == 0:
+        print(
+            "portcullis policy replay: warning: the logs hold no policy decisions to "
+            "replay: this run checked nothing",
+            file=sys.stderr,
+        )
     return report.exit_code() if delivered else USAGE_ERROR
+
+
+def _nothing_selected(report: Report, args: argparse.Namespace) -> str | None:
+    """Why a replay of nothing must not pass, when --app/--since/--until left no
+    decision of the logs' (a typo, a window after the log ends): a CI gate would
+    pass on no evidence. None if something was replayed, or the logs hold no
+    decisions at all (nothing to select: a warning, not a failure)."""
+    skipped = report.skipped
+    logged = skipped.outside_time + skipped.other_apps
+    if report.replayed or not logged:
+        return None
+    chosen = [f"--app {app}" for app in sorted(args.apps)]
+    chosen += [f"--{name} {value}" for name in ("since", "until") if (value := getattr(args, name))]
+    counts = [f"{logged} decisions in the logs"]
+    if skipped.outside_time:
+        counts.append(f"{skipped.outside_time} outside the time window")
+    if skipped.other_apps:
+        counts.append(f"{skipped.other_apps} of other apps")
+    return (
+        f"no decision matched the selection ({', '.join(counts)}; {' '.join(chosen)}): "
+        "nothing was replayed, so nothing was checked"
+    )
+
+
+def _check_reachable(source: str, option: str) -> None:
+    """An OPA URL that refuses connections doesn't load, as a broken policy
+    directory doesn't: exit 2 up front, not every decision a candidate error."""
+    if not source.startswith(("http://", "https://")):
+        return
+    parts = urlsplit(source)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as error:
+        raise UsageError(f"{option} {source}: the policy does not load:\n{error}") from None
+    if not parts.hostname:
+        return  # build_engine says what is wrong with it
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=5):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error) or type(error).__name__
+        raise UsageError(
+            f"{option} {source}: the policy does not load:\nOPA at {source} is unreachable: "
+            f"{reason}"
+        ) from None

@@ -115,10 +115,27 @@ def test_reordered_lines_are_called_reordering(log_file: Path) -> None:
     assert f":{index + 1}: lines reordered" in done.stdout
 
 
-def test_other_key_does_not_verify(log_file: Path) -> None:
+def test_log_signed_by_another_key_is_a_usage_error_naming_both_keys(log_file: Path) -> None:
+    """Another gateway's key (or the wrong file) says so, exit 2, rather than
+    calling every signature of an intact log tampered."""
     done = audit(log_file, "--key", OTHER_PEM)
-    assert done.returncode == 1
-    assert "signature does not verify" in done.stdout
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout == ""
+    assert done.stderr.startswith(
+        f"error: this log is signed by key 'gateway-test', not the key given ({OTHER_PEM}: key id '"
+    )
+
+
+async def test_run_signed_by_another_key_inside_the_log_is_tampering(tmp_path: Path) -> None:
+    """Once any signature verifies with the key given, the log is that gateway's:
+    a run signed by some other key in it is forged, exit 1, whichever key is given."""
+    path = tmp_path / "decisions.jsonl"
+    await write_log(path, 3)
+    await write_log(path, 3, key=OTHER_KEY)
+    for key in (PUBLIC_PEM, OTHER_PEM):
+        done = audit(path, "--key", key)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert done.stdout.startswith("TAMPERED: ") and "does not verify" in done.stdout
 
 
 def test_unsigned_tail_fails_unless_live(log_file: Path) -> None:
@@ -173,8 +190,11 @@ def test_kid_missing_from_the_jwks_is_reported(log_file: Path, tmp_path: Path) -
     only_old = tmp_path / "jwks.json"
     only_old.write_text(json.dumps(jwks))
     done = audit(log_file, "--jwks", only_old)
-    assert done.returncode == 1
-    assert "unknown key id 'gateway-test'" in done.stdout
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip() == "error: this log is signed by key 'gateway-test', not the key "
+        f"given ({only_old}: key id 'old-key')"
+    )
 
 
 # -- runs, files and outside heads (--after, --head) ---------------------------
@@ -258,6 +278,46 @@ async def test_run_erased_and_the_head_file_forged_is_caught_by_every_kept_head(
     assert done.stdout.startswith("TAMPERED: ")
 
 
+@pytest.mark.parametrize("separator", ["", "\n"], ids=["answers-run-together", "one-answer-a-line"])
+async def test_run_erased_is_caught_by_every_head_polled_with_curl_append(
+    tmp_path: Path, separator: str
+) -> None:
+    """The pen test: `curl -s .../audit/head >> heads.jsonl` polled across two runs,
+    then run 1's log given alone. Before /audit/head ended with a newline the
+    answers ran together on one line, and only the first (run 1's, reached) was
+    checked: `OK`, though run 2's events were erased."""
+    path = tmp_path / "decisions.jsonl"
+    polled = [(await write_log(path, 5, sign_every=2)).signed_head()]
+    run_one = tmp_path / "run-one.jsonl"
+    run_one.write_bytes(path.read_bytes())
+    second = await write_log(path, 4, sign_every=2)
+    polled.append(second.signed_head())
+    heads = tmp_path / "heads.jsonl"
+    heads.write_text("".join(json.dumps(head) + separator for head in polled))
+    assert audit(path, "--key", PUBLIC_PEM, "--head", heads).returncode == 0  # both runs: whole
+    done = audit(run_one, "--key", PUBLIC_PEM, "--head", heads)
+    assert done.returncode == 1, done.stdout + done.stderr
+    # The newest head says how much is gone; run 1's head alone was reached.
+    assert done.stdout.startswith("TAMPERED: ")
+    assert "the log ends here at seq 5, but the gateway signed a head at seq 9" in done.stdout
+    assert "4 event(s) and their signatures are missing" in done.stdout
+
+
+async def test_next_rotated_file_vouches_for_the_one_before_with_its_start_record(
+    tmp_path: Path,
+) -> None:
+    """A log file given as --head: only its `start` record is a head; its later
+    signatures are beyond the end of the file before it, not missing from it."""
+    path = tmp_path / "decisions.jsonl"
+    await write_log(path, 4)
+    before = tmp_path / "decisions.jsonl.1"
+    path.rename(before)
+    await write_log(path, 6, sign_every=2)
+    done = audit(before, "--key", PUBLIC_PEM, "--head", path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "reaches the outside head" in done.stderr
+
+
 async def test_deleted_newest_rotated_file_is_detected_with_the_admin_head(
     aiohttp_server: ServerFactory, tmp_path: Path
 ) -> None:
@@ -282,6 +342,22 @@ async def test_deleted_newest_rotated_file_is_detected_with_the_admin_head(
         done = await asyncio.to_thread(audit, rotated, "--key", key, "--head", head_url)
         assert done.returncode == 1, done.stdout + done.stderr
         assert "4 event(s) and their signatures are missing" in done.stdout
+
+
+async def test_admin_head_answer_ends_with_a_newline_so_appended_heads_stay_apart(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    async with start_stack(aiohttp_server, tmp_path) as running:
+        admin = await aiohttp_server(build_admin_app(running.gateway))
+        token = running.token("alice", groups=["warehouse"], amr=["pwd", "otp"])
+        assert (await running.get("/wms/stock", token)).status == 200
+        await asyncio.sleep(0.8)  # a signature covers it (sign_interval 0.5)
+        url = f"http://127.0.0.1:{admin.port}/audit/head"
+        async with running.session.get(url) as response:
+            body = await response.read()
+        assert response.status == 200
+        assert body.endswith(b"}\n") and body.count(b"\n") == 1
+        assert json.loads(body)["type"] == "chain_signature"
 
 
 def test_unreachable_head_url_is_a_usage_error(log_file: Path) -> None:

@@ -21,6 +21,7 @@ from gateway.config import load_config
 from policy_engine import load_policy_set
 from tests.conftest import FIXTURES, POLICIES, ROOT
 from tests.decision_traffic import refunds_candidate
+from tests.syslog_ng import make_ca
 
 HELM = ROOT / ".tools" / "helm"
 CHART = ROOT / "helm" / "portcullis"
@@ -452,6 +453,10 @@ def test_decision_log_sinks_load_with_their_secrets_mounted(tmp_path: Path) -> N
     for secret in ("sinks/siem/ca.crt", "sinks/splunk/token"):
         (tmp_path / "etc/portcullis" / secret).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "etc/portcullis" / secret).write_text("from a Secret\n")
+    # A CA file must load as PEM (checked when the config is read).
+    (tmp_path / "ca").mkdir()
+    ca = make_ca(tmp_path / "ca")
+    (tmp_path / "etc/portcullis/sinks/siem/ca.crt").write_bytes(ca.read_bytes())
     settings = load_config(config_path).decision_log
     assert settings.durability == "sync"
     siem, splunk, copy = settings.sinks
@@ -471,3 +476,28 @@ def test_a_sink_token_in_values_is_refused() -> None:
     bad = json.dumps([{"name": "s", "kind": "http", "url": "https://x/logs", "token": "t"}])
     result = helm("template", "gw", str(CHART), "--set-json", f"gateway.decisionLog.sinks={bad}")
     assert result.returncode != 0 and "token" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("tls", "encrypted"),
+    [({}, True), (True, True), ({"serverName": "siem.example.com"}, True), (False, False),
+     (None, False)],
+    ids=["empty-map", "true", "server-name", "false", "absent"],
+)  # fmt: skip
+def test_syslog_sink_tls_empty_map_or_true_is_not_downgraded_to_plain_tcp(
+    tls: Any, encrypted: bool, tmp_path: Path
+) -> None:
+    """`tls: {}` (an empty map is false to a template's `if`) and `tls: true` (the
+    README's way to ask for the system CAs) both mean TLS, as in gateway.yaml."""
+    sink: dict[str, Any] = {"name": "siem", "kind": "syslog", "address": "siem.example.com:6514"}
+    if tls is not None:
+        sink["tls"] = tls
+    docs = render("--set-json", f"gateway.decisionLog.sinks={json.dumps([sink])}")
+    (siem,) = load_config(mounted_config(docs, tmp_path)).decision_log.sinks
+    if not encrypted:
+        assert siem.tls is None
+        return
+    assert siem.tls is not None
+    assert siem.tls.ca_file is None  # the system CAs
+    if isinstance(tls, dict):
+        assert siem.tls.server_name == tls.get("serverName")

@@ -214,8 +214,7 @@ def test_app_and_time_selection(
     code, report, _ = replay(
         capsys, recorded, "--policy", str(refunds_300), "--until", "2000-01-01"
     )
-    assert code == 0 and report["totals"]["replayed"] == 0
-    assert report["not_replayed"]["outside_time"] == logged_policy_decisions(recorded)
+    assert code == 2 and not report  # nothing replayed: no report that reads as a pass
     code, report, _ = replay(
         capsys, recorded, "--policy", str(refunds_300), "--since", "2000-01-01T00:00Z"
     )
@@ -306,6 +305,12 @@ def _document_with(sample: dict[str, Any]) -> dict[str, Any]:
         (["--log", "{log}", "--no-verify", "--output", "json", "--output", "text"],
          "only one --output can go to stdout"),
         (["--log", "{log}", "--no-verify", "--allow-change", "error"], "invalid choice"),
+        (["--log", "{log}", "--no-verify", "--after", "xyz"],
+         "--after 'xyz': not a line hash (64 hex digits)"),
+        (["--log", "{log}", "--no-verify", "--timeout-ms", "0"], "milliseconds above 0"),
+        (["--log", "{log}", "--no-verify", "--timeout-ms=-5"], "milliseconds above 0"),
+        (["--log", "{log}", "--no-verify", "--timeout-ms", "nan"], "milliseconds above 0"),
+        (["--log", "{log}", "--no-verify", "--timeout-ms", "inf"], "milliseconds above 0"),
     ],
 )  # fmt: skip
 def test_bad_options_are_usage_errors(
@@ -330,3 +335,48 @@ def test_a_log_that_is_not_a_decision_log_is_a_usage_error(
                  "--key", str(recorded.key)])  # fmt: skip
     assert code == 2
     assert "is not a Portcullis decision log" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("selection", "why"),
+    [(["--app", "wsm"], "of other apps; --app wsm)"),
+     (["--since", "2999-01-01"], "outside the time window; --since 2999-01-01T00:00:00")],
+    ids=["app-typo", "since-after-the-log-ends"],
+)  # fmt: skip
+def test_selection_matching_no_decision_fails_instead_of_passing_on_nothing(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, selection: list[str], why: str
+) -> None:
+    """A CI gate with a typo in --app, or a window after the log ends, replayed
+    nothing and said PASS, exit 0."""
+    code, report, err = replay(capsys, recorded, "--policy", str(POLICIES), *selection)
+    assert code == 2 and not report
+    decisions = logged_policy_decisions(recorded)
+    assert f"no decision matched the selection ({decisions} decisions in the logs" in err
+    assert why in err and "PASS" not in err
+
+
+async def test_log_with_no_decisions_passes_with_a_warning_that_nothing_was_checked(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from tests.test_decision_log import LOG_FIXTURES, write_log
+
+    log = tmp_path / "idle.log"
+    await write_log(log, 0)  # a run that decided nothing: start and seal only
+    code = await asyncio.to_thread(main, [
+        "policy", "replay", "--log", str(log), "--policy", str(POLICIES),
+        "--key", str(LOG_FIXTURES / "signing_key.pub.pem"), "--output", "json",
+    ])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0 and json.loads(out)["totals"]["replayed"] == 0
+    assert "warning: the logs hold no policy decisions to replay: this run checked nothing" in err
+
+
+def test_unreachable_opa_candidate_does_not_load(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded
+) -> None:
+    """OPA down: one "doesn't load", exit 2, not a report of every decision as a
+    candidate error (exit 1) that reads like the candidate's fault."""
+    code, report, err = replay(capsys, recorded, "--policy", "http://127.0.0.1:1")
+    assert code == 2 and not report
+    assert "--policy http://127.0.0.1:1: the policy does not load" in err
+    assert "OPA at http://127.0.0.1:1 is unreachable: Connection refused" in err

@@ -175,14 +175,16 @@ decision_log:
       {{- if .tokenSecret }}
       token_file: {{ printf "/etc/portcullis/sinks/%s/token" .name | quote }}
       {{- end }}
-      {{- if .tls }}
-      tls:
-        {{- if .tls.caSecret }}
-        ca_file: {{ printf "/etc/portcullis/sinks/%s/ca.crt" .name | quote }}
-        {{- end }}
-        {{- with .tls.serverName }}
-        server_name: {{ . | quote }}
-        {{- end }}
+      {{- /* tls: {} or true is TLS with the system CAs (an empty map is false to `if`); false or absent, plain TCP */}}
+      {{- if or (kindIs "map" .tls) (and (kindIs "bool" .tls) .tls) }}
+      {{- $tls := dict }}
+      {{- if and (kindIs "map" .tls) .tls.caSecret }}
+      {{- $_ := set $tls "ca_file" (printf "/etc/portcullis/sinks/%s/ca.crt" .name) }}
+      {{- end }}
+      {{- if and (kindIs "map" .tls) .tls.serverName }}
+      {{- $_ := set $tls "server_name" .tls.serverName }}
+      {{- end }}
+      tls: {{ toJson $tls }}
       {{- end }}
     {{- end }}
   {{- end }}

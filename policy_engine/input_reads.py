@@ -1,0 +1,99 @@
+"""Which parts of `input` can a rule's value depend on: read off the policy's own AST.
+
+The gateway's decision memo (gateway/decision_memo.py) may reuse a decision for a
+request that agrees with an earlier one on every input path the policy declares
+it reads. A declaration is only a claim, so it is checked here against what the
+modules really read: every `input` reference in the rule's package and in every
+package it reaches through `data` (imports resolved), each cut at its first
+computed part (`input.headers[name]` reads all of `input.headers`; a bare `input`
+reads everything). Test modules are left out: they only run under `policy test`.
+A call to a builtin whose answer doesn't follow from its arguments (the clock,
+randomness, the network) is reported too: no declaration can cover it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from policy_engine.rego_ast import ModuleShape
+
+Path = tuple[str, ...]
+
+# Builtins whose value can change between two calls with the same arguments.
+UNSTABLE_BUILTINS = frozenset(
+    {
+        "time.now_ns",
+        "rand.intn",
+        "uuid.rfc4122",
+        "http.send",
+        "net.lookup_ip_addr",
+        "opa.runtime",
+        "io.jwt.decode_verify",
+    }
+)
+
+
+@dataclass(frozen=True)
+class InputReads:
+    """The input paths a package can read, and the declared ones they escape."""
+
+    reads: frozenset[Path]
+    undeclared: tuple[Path, ...]  # read but covered by no declared path
+    unstable_calls: tuple[str, ...]  # UNSTABLE_BUILTINS it calls
+
+    @property
+    def covered(self) -> bool:
+        """Whether the declaration accounts for everything the answer depends on."""
+        return not self.undeclared and not self.unstable_calls
+
+    def describe(self) -> str:
+        """What the declaration misses, for a log line."""
+        parts = []
+        if self.undeclared:
+            parts.append("reads " + ", ".join(_dotted(path) for path in self.undeclared))
+        if self.unstable_calls:
+            parts.append("calls " + ", ".join(f"{name}()" for name in self.unstable_calls))
+        return "; ".join(parts)
+
+
+def input_reads(
+    shapes: Iterable[ModuleShape], package: Path, declared: Iterable[Path]
+) -> InputReads:
+    """What the modules of `package` (and what they reach) read under `input`, and
+    which of those reads no `declared` path covers (a declared path covers itself
+    and everything under it)."""
+    modules = [shape for shape in shapes if not shape.file.endswith("_test.rego")]
+    reached = _reached(modules, package)
+    reads = frozenset(path for shape in reached for path in shape.input_reads)
+    cover = tuple(declared)
+    undeclared = tuple(
+        sorted(path for path in reads if not any(path[: len(d)] == d for d in cover))
+    )
+    unstable = sorted({c.name for s in reached for c in s.calls if c.name in UNSTABLE_BUILTINS})
+    return InputReads(reads, undeclared, tuple(unstable))
+
+
+def _reached(modules: list[ModuleShape], package: Path) -> list[ModuleShape]:
+    """The modules of `package` and of every package their `data` reads can reach:
+    a read of data.a.b reaches packages a.b.* and the package a (a rule `b` of it)."""
+    reached: dict[int, ModuleShape] = {}
+    wanted: list[Path] = [package]
+    while wanted:
+        path = wanted.pop()
+        for shape in modules:
+            if id(shape) in reached or not _overlaps(shape.package, path):
+                continue
+            reached[id(shape)] = shape
+            wanted.extend(shape.data_reads)
+    return list(reached.values())
+
+
+def _overlaps(package: Path, path: Path) -> bool:
+    """Whether reading data at `path` may evaluate a rule of `package`."""
+    shorter = min(len(package), len(path))
+    return package[:shorter] == path[:shorter]
+
+
+def _dotted(path: Path) -> str:
+    return ".".join(("input", *path))
