@@ -120,6 +120,9 @@ class DecisionLogConfig:
     durability: str | None = None
     durability_timeout: float = 5.0  # sync: no durable event by then -> 503, not forwarded
     sinks: tuple[SinkConfig, ...] = ()  # gateway/audit/shipping/settings.py
+    # The shipping process's nice value (0-19; it also runs SCHED_BATCH when > 0):
+    # background work whose backlog is the durable file yields the CPU to requests.
+    shipping_nice: int = 10
 
 
 @dataclass(frozen=True)
@@ -513,15 +516,18 @@ def _decision_log(data: dict[str, Any], base_dir: Path) -> DecisionLogConfig:
     )
     from gateway.audit.shipping.settings import parse_sinks  # it builds on this module
 
-    sinks = parse_sinks(reader.get("sinks", list, []), base_dir)
+    sinks = parse_sinks(reader.get("sinks", list, []), base_dir, path)
     if sinks and path is None:
         raise ConfigError(
             "decision_log.sinks: shipping needs decision_log.path (the file is the buffer)"
         )
+    shipping_nice = reader.get("shipping_nice", int, 10)
+    if not 0 <= shipping_nice <= 19:
+        raise ConfigError(f"decision_log.shipping_nice: 0 to 19, got {shipping_nice}")
     reader.done()
     return DecisionLogConfig(
         path, interval, mask_headers, mask_query_params, value_chars, header_chars,
-        durability, durability_timeout, sinks,
+        durability, durability_timeout, sinks, shipping_nice,
     )  # fmt: skip
 
 

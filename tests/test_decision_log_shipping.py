@@ -48,11 +48,15 @@ async def traffic(stack: Stack, count: int, *, token: str | None = None) -> None
 
 
 async def caught_up(stack: Stack, *, timeout: float = 15.0) -> None:
-    """Wait until every sink acknowledged everything in the log."""
+    """Wait until every sink acknowledged everything in the log, the events still
+    queued for the (async) writer included: lag counts written events only."""
     deadline = asyncio.get_running_loop().time() + timeout
+    log = stack.gateway.decision_log
+    assert log is not None
     while True:
         stats = [shipper.stats for shipper in stack.gateway.shippers]
-        if all(s["lag_events"] == 0 and s["backlog_bytes"] == 0 for s in stats):
+        written = log.stats["queue_depth"] == 0
+        if written and all(s["lag_events"] == 0 and s["backlog_bytes"] == 0 for s in stats):
             return
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"sinks did not catch up: {stats}")
@@ -276,7 +280,8 @@ async def test_sink_outage_never_blocks_or_loses_decisions(
         await traffic(stack, 30)
         assert asyncio.get_running_loop().time() - started < 10
         assert len(await stack.events(at_least=30)) == 30
-        await asyncio.sleep(0.3)
+        # The shipping process (at its lower priority) reports what it read.
+        await until(lambda: stack.gateway.shippers[0].stats["backlog_bytes"] > 0)
         stats = stack.gateway.shippers[0].stats
         assert stats["lag_events"] >= 30 and stats["backlog_bytes"] > 0
         assert stats["failing"] == 1 and stats["acknowledged"] == 0
@@ -499,3 +504,98 @@ def test_sinks_need_a_log_file(tmp_path: Path) -> None:
     data = {"auth": False, "decision_log": {"sinks": [{"kind": "file", "path": "a"}]}}
     with pytest.raises(ConfigError, match=r"shipping needs decision_log.path"):
         parse_config(data, tmp_path)
+
+
+# --- the shipping process's priority, reading in batches ----------------------------------
+
+
+def thread_priorities(pid: int) -> set[tuple[int, int]]:
+    """(nice, scheduling policy) of every thread of a process."""
+    return {
+        (os.getpriority(os.PRIO_PROCESS, int(tid)), os.sched_getscheduler(int(tid)))
+        for tid in os.listdir(f"/proc/{pid}/task")
+    }
+
+
+@pytest.mark.parametrize(("nice", "expected"), [(7, (7, os.SCHED_BATCH)), (0, None)])
+async def test_the_shipping_process_and_all_its_threads_run_at_the_configured_priority(
+    tmp_path: Path, nice: int, expected: tuple[int, int] | None
+) -> None:
+    from gateway.audit.shipping.supervisor import ShippingProcess
+
+    log = tmp_path / "decisions.log"
+    log.write_bytes(b'{"seq": 1}\n')
+    sinks = (SinkConfig("a", "file", path=tmp_path / "a.jsonl"),
+             SinkConfig("b", "file", path=tmp_path / "b.jsonl"))  # fmt: skip
+    shipping = ShippingProcess(sinks, log, lambda: 1, nice)
+    await shipping.start()
+    try:
+        assert shipping.pid is not None
+        await until(lambda: (tmp_path / "b.jsonl").exists() and (tmp_path / "a.jsonl").exists())
+        threads = thread_priorities(shipping.pid)
+        assert len(os.listdir(f"/proc/{shipping.pid}/task")) >= 3  # main + one per sink
+        mine = (os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0))
+        assert threads == {expected or mine}
+    finally:
+        await shipping.stop(1.0)
+
+
+def test_shipping_nice_is_read_and_checked(tmp_path: Path) -> None:
+    sinks = [{"kind": "file", "path": "a"}]
+    data: dict[str, Any] = {"auth": False, "decision_log": {"path": "d", "sinks": sinks}}
+    assert parse_config(data, tmp_path).decision_log.shipping_nice == 10
+    data["decision_log"]["shipping_nice"] = 0
+    assert parse_config(data, tmp_path).decision_log.shipping_nice == 0
+    data["decision_log"]["shipping_nice"] = 20
+    with pytest.raises(ConfigError, match=r"decision_log.shipping_nice: 0 to 19, got 20"):
+        parse_config(data, tmp_path)
+
+
+def test_the_tail_reads_whole_lines_in_order_a_batch_at_a_time_and_resumes_exactly(
+    tmp_path: Path,
+) -> None:
+    """Blocks are read whole but taken max_lines at a time: nothing is skipped or
+    taken twice, a line still being written waits, and a new reader at a saved
+    position (a restart) goes on with the next line."""
+    from gateway.audit.tail import LogTail, TailLine
+
+    log = tmp_path / "decisions.log"
+    lines = [json.dumps({"seq": n, "pad": "x" * (n % 50)}).encode() for n in range(1, 101)]
+    log.write_bytes(b"\n".join(lines[:60]) + b"\n" + b"not json\n" + lines[60][:10])
+    tail = LogTail(log)
+    taken: list[TailLine] = []
+    again = tail.read(7)
+    assert again == tail.read(7)  # not taken until advanced
+    while batch := tail.read(7, max_bytes=500):
+        assert len(batch) <= 7
+        taken += batch
+        tail.advance(batch[-1].end)
+    assert [line.record["seq"] for line in taken[:60] if line.record] == list(range(1, 61))
+    assert taken[60].record is None and taken[60].raw == b"not json"
+    assert len(taken) == 61  # the unfinished line waits
+    resumed = LogTail(log, taken[40].end)  # a restart at a cursor saved after line 41
+    assert [line.record and line.record["seq"] for line in resumed.read(5)] == [42, 43, 44, 45, 46]
+    with log.open("ab") as file:
+        file.write(lines[60][10:] + b"\n" + b"\n".join(lines[61:]) + b"\n")
+    while batch := tail.read(7):
+        taken += batch
+        tail.advance(batch[-1].end)
+    seqs = [line.record["seq"] for line in taken if line.record]
+    assert seqs == list(range(1, 101))
+    assert taken[-1].end.offset == log.stat().st_size
+    tail.close()
+    resumed.close()
+
+
+async def test_a_sink_that_falls_behind_is_reported_by_metric_and_log_line(
+    aiohttp_server: Any, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """At the shipping process's lower priority the alert still fires."""
+    (tmp_path / "token").write_text("t")
+    sink = http_sink("http://127.0.0.1:9/logs", tmp_path / "token", backlog_alert_bytes=2000)
+    async with start_stack(aiohttp_server, tmp_path, **with_sinks(tmp_path, sink)) as stack:
+        await traffic(stack, 5)
+        await until(lambda: stack.gateway.shippers[0].stats["behind"] == 1.0)
+        metrics = stack.gateway.metrics.render().decode()
+        await until(lambda: "sink siem is behind" in capfd.readouterr().err)
+    assert 'portcullis_sink_behind{sink="siem"} 1.0' in metrics

@@ -6,36 +6,55 @@ position is (inode, byte offset after the last line taken), so it survives a
 restart and a rotation: a position in a file that was renamed (``decisions.log.1``)
 is found again by its inode among the log's siblings, read to its end, and the
 reader then moves on to the file now at the log's path.
+
+It moves on only when the writer is done with the old file: once that file ends
+with the writer's ``rotate`` (or ``close``) signature, which the writer appends
+before it reopens the path. Logrotate's ``create`` puts an empty file at the path
+at once, while the writer goes on appending to the old one until it is told to
+reopen (SIGUSR1); moving on earlier would leave those events unshipped. A writer
+that died without a seal is waited for ``ROTATION_GRACE`` seconds of an unchanged
+old file once the new one has content.
+
+A file found shorter than the position (``copytruncate``, ``: > decisions.log``),
+or whose line before the position is not the one the cursor recorded, is read
+again from its start (at least once: the SIEM may see duplicates, never half a
+line), with an error logged and ``discontinuities`` counted.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import time
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import orjson
 
-from gateway.audit.chain import line_hash
+from gateway.audit.chain import SIGNATURE_TYPE, line_hash
 
 logger = logging.getLogger("portcullis.decision_log.tail")
 
 _READ_BLOCK = 1 << 20
+# A rotated file without the writer's seal is left once it was unchanged this long
+# (seconds) and the new file has content (the writer crashed before reopening).
+ROTATION_GRACE = 5.0
+_SEALS = (b'"rotate"', b'"close"')
+_CHECK_BACK = 1 << 20  # how far back from a cursor its line is looked for
+_SEAL_MAX = 4096  # a signature line is some 400 bytes
+_WATCH_LEFT_BEHIND = 60.0  # seconds a rotated file is watched after the tail left it
 
 
-@dataclass(frozen=True)
-class Position:
+class Position(NamedTuple):
     """Where the next line starts: the file's inode and a byte offset in it."""
 
     inode: int
     offset: int
 
 
-@dataclass(frozen=True)
-class TailLine:
-    """One complete line: its bytes, chain hash, parsed record, and the position after it."""
+class TailLine(NamedTuple):
+    """One complete line: its bytes, chain hash, parsed record, and the position after it.
+    (Tuples: the shippers make thousands a second, and a frozen dataclass costs more.)"""
 
     raw: bytes
     digest: str
@@ -46,17 +65,29 @@ class TailLine:
 class LogTail:
     """Complete lines of a growing log, in order, from a position."""
 
-    def __init__(self, path: Path, position: Position | None = None) -> None:
+    def __init__(
+        self, path: Path, position: Position | None = None, line_hash: str | None = None
+    ) -> None:
+        """``line_hash``: the chain hash of the line that ends at ``position``
+        (the cursor's), checked when the file is opened."""
         self.path = Path(path)
         self._file: BinaryIO | None = None
         self._inode = 0
         self._offset = 0
         self._start = position
+        self._start_hash = line_hash
+        self._unchanged: tuple[int, float] = (-1, 0.0)  # rotated file: (size, since)
+        # The rotated file just left: (file, size then, when), watched for a while.
+        self._left_behind: tuple[BinaryIO, int, float] | None = None
+        self.discontinuities = 0  # files found cut, replaced, or not matching the cursor
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self._left_behind is not None:
+            self._left_behind[0].close()
+            self._left_behind = None
 
     @property
     def position(self) -> Position:
@@ -67,10 +98,12 @@ class LogTail:
         The position moves past them only when :meth:`advance` is called."""
         if self._file is None and not self._open():
             return []
+        self._check_truncated()
+        if self._left_behind is not None:
+            self._check_left_behind()
         lines = self._read_lines(max_lines, max_bytes)
-        if not lines and self._rotated():
-            # The writer finishes the old file before it creates the new one:
-            # read the old one once more, then move on.
+        if not lines and self._rotated() and self._writer_left():
+            # Read the old file once more (it may have grown since), then move on.
             lines = self._read_lines(max_lines, max_bytes)
             if not lines:
                 self._switch_to_current()
@@ -105,13 +138,14 @@ class LogTail:
             current = os.stat(self.path)
         except FileNotFoundError:
             return False
+        expected, self._start_hash = self._start_hash, None
         if start is None or start.inode == current.st_ino:
-            self._attach(self.path, start.offset if start else 0)
+            self._attach(self.path, start.offset if start else 0, expected)
             return True
         rotated = self._find_inode(start.inode)
         if rotated is not None:
             logger.info("shipping resumes in %s (rotated) at byte %d", rotated, start.offset)
-            self._attach(rotated, start.offset)
+            self._attach(rotated, start.offset, expected)
         else:
             logger.error(
                 "decision log %s: the file the shipping cursor points into (inode %d) is gone; "
@@ -124,22 +158,92 @@ class LogTail:
             self._attach(self.path, 0)
         return True
 
-    def _attach(self, path: Path, offset: int) -> None:
-        self.close()
+    def _attach(self, path: Path, offset: int, expected_hash: str | None = None) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         file = path.open("rb")
         size = os.fstat(file.fileno()).st_size
         if offset > size:
+            self.discontinuities += 1
             logger.error(
-                "%s is shorter (%d bytes) than the shipping cursor (%d): it was cut or replaced; "
-                "shipping it from its start",
+                "decision log %s is shorter (%d bytes) than the shipping cursor (%d): it was "
+                "truncated or replaced, and what was cut from it is gone from this file; "
+                "shipping it again from its start (the SIEM may see duplicates)",
                 path,
                 size,
+                offset,
+            )
+            offset = 0
+        elif offset > 0 and expected_hash and not _ends_with(file, offset, expected_hash):
+            self.discontinuities += 1
+            logger.error(
+                "decision log %s: the line before byte %d is not the one the shipping cursor "
+                "recorded (the file was truncated and rewritten, or replaced); shipping it "
+                "again from its start (the SIEM may see duplicates), not from mid-line",
+                path,
                 offset,
             )
             offset = 0
         self._file = file
         self._inode = os.fstat(file.fileno()).st_ino
         self._offset = offset
+        self._unchanged = (-1, 0.0)
+
+    def _check_truncated(self) -> None:
+        """A file cut in place (``copytruncate``) while it is followed: from its start.
+        Cut and written past the position again before this look (a sink in a long
+        backoff): the byte before the position is then rarely a line's end."""
+        file = self._file
+        assert file is not None
+        size = os.fstat(file.fileno()).st_size
+        offset = self._offset
+        if size < offset:
+            how = f"truncated in place (now {size} bytes, shipped up to byte {offset})"
+        elif 0 < offset < size and os.pread(file.fileno(), 1, offset - 1) != b"\n":
+            how = f"truncated in place and written again (byte {offset} is not after a line)"
+        else:
+            return
+        self.discontinuities += 1
+        logger.error(
+            "decision log %s was %s: shipping it from its start; records written after the "
+            "last acknowledged one and cut before they were read are gone from this file "
+            "(copytruncate loses them: use logrotate's create and SIGUSR1)",
+            self.path,
+            how,
+        )
+        self._offset = 0
+
+    def _writer_left(self) -> bool:
+        """Whether the writer is done with the rotated file: it ends with the
+        writer's seal, or (a writer that died) it stayed unchanged for
+        ``ROTATION_GRACE`` s while the new file has content."""
+        file = self._file
+        assert file is not None
+        size = os.fstat(file.fileno()).st_size
+        if size == self._offset and self._offset > 0:
+            last = _last_line(file, self._offset, _SEAL_MAX)
+            if last is not None and _is_seal(last):
+                return True
+        now = time.monotonic()
+        if self._unchanged[0] != size:
+            self._unchanged = (size, now)
+            return False
+        if now - self._unchanged[1] < ROTATION_GRACE:
+            return False
+        try:
+            new_has_content = os.stat(self.path).st_size > 0
+        except FileNotFoundError:
+            return False
+        if new_has_content:
+            logger.warning(
+                "decision log %s: the rotated file (inode %d) has no closing seal and was "
+                "unchanged for %.0f s while the new one has content: moving on to the new one",
+                self.path,
+                self._inode,
+                ROTATION_GRACE,
+            )
+        return new_has_content
 
     def _find_inode(self, inode: int) -> Path | None:
         try:
@@ -169,23 +273,17 @@ class LogTail:
             if end < 0:
                 return []
         lines: list[TailLine] = []
-        offset = self._offset
-        for raw in data[: end + 1].split(b"\n")[:-1]:
+        inode, offset = self._inode, self._offset
+        # At most max_lines lines: the rest of the block is read again next time.
+        for raw in data[:end].split(b"\n", max_lines)[:max_lines]:
             offset += len(raw) + 1
             try:
                 record = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 record = None
-            lines.append(
-                TailLine(
-                    raw,
-                    line_hash(raw),
-                    record if isinstance(record, dict) else None,
-                    Position(self._inode, offset),
-                )
-            )
-            if len(lines) >= max_lines:
-                break
+            if not isinstance(record, dict):
+                record = None
+            lines.append(TailLine(raw, line_hash(raw), record, Position(inode, offset)))
         return lines
 
     def _rotated(self) -> bool:
@@ -205,4 +303,69 @@ class LogTail:
                 self.path,
                 leftover,
             )
+        if self._left_behind is not None:
+            self._left_behind[0].close()
+        self._left_behind = (file, self._offset + max(0, leftover), time.monotonic())
+        self._file = None  # kept open in _left_behind
         self._attach(self.path, 0)
+
+    def _check_left_behind(self) -> None:
+        """Nothing may be written to a rotated file once the tail moved on (the
+        writer sealed it, or stopped writing to it): if something is, say so."""
+        assert self._left_behind is not None
+        file, size, since = self._left_behind
+        now = os.fstat(file.fileno()).st_size
+        if now > size:
+            self.discontinuities += 1
+            logger.error(
+                "decision log %s: %d bytes were written to the rotated file (inode %d) after "
+                "shipping moved on to the new one; they are not shipped (two gateways writing "
+                "one log, or a writer stopped longer than %.0f s?)",
+                self.path,
+                now - size,
+                os.fstat(file.fileno()).st_ino,
+                ROTATION_GRACE,
+            )
+            self._left_behind = (file, now, since)
+        elif time.monotonic() - since > _WATCH_LEFT_BEHIND:
+            file.close()
+            self._left_behind = None
+
+
+def _last_line(file: BinaryIO, end: int, window: int) -> bytes | None:
+    """The whole line that ends at byte ``end`` (its newline excluded); None if
+    ``end`` is not at a line's end, or the line is longer than ``window``."""
+    start = max(0, end - window)
+    file.seek(start)
+    data = file.read(end - start)
+    if not data.endswith(b"\n"):
+        return None
+    cut = data.rfind(b"\n", 0, len(data) - 1)
+    if cut < 0 and start > 0:
+        return None
+    return data[cut + 1 : -1]
+
+
+def _ends_with(file: BinaryIO, end: int, digest: str) -> bool:
+    """Whether the line ending at byte ``end`` has chain hash ``digest`` (a cursor
+    check; a line too long to look at only has to end there)."""
+    line = _last_line(file, end, _CHECK_BACK)
+    if line is not None:
+        return line_hash(line) == digest
+    file.seek(end - 1)
+    return file.read(1) == b"\n"
+
+
+def _is_seal(line: bytes) -> bool:
+    """The writer's signature for a rotation or its close: nothing follows in this file."""
+    if SIGNATURE_TYPE.encode() not in line or not any(seal in line for seal in _SEALS):
+        return False
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return (
+        isinstance(record, dict)
+        and record.get("type") == SIGNATURE_TYPE
+        and record.get("reason") in ("rotate", "close")
+    )

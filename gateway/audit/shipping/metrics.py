@@ -35,6 +35,12 @@ METRICS = {
     ),
     "behind": ("portcullis_sink_behind", "1 when backlog_bytes is past backlog_alert_bytes", False),
     "failing": ("portcullis_sink_failing", "1 while the sink's last attempt failed", False),
+    "discontinuities": (
+        "portcullis_sink_log_discontinuities",
+        "Times the log was found truncated or replaced under the sink's cursor "
+        "(shipped again from the file's start)",
+        True,
+    ),
 }
 
 

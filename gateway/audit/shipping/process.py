@@ -3,7 +3,7 @@
 Run by :mod:`gateway.audit.shipping.supervisor` as ``python -m
 gateway.audit.shipping.process``. Its first stdin line is the work::
 
-    {"log": "<decision log path>", "sinks": [<sink settings>, ...]}
+    {"log": "<decision log path>", "sinks": [<sink settings>, ...], "nice": 10}
 
 After that, a ``{"op": "stop", "timeout": s}`` line, or the end of stdin (the
 gateway stopped, or was killed), stops it: it ships what the log holds for up
@@ -23,7 +23,9 @@ throughput in `bench/gateway.py --log-costs`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,6 +33,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from gateway import heap
 from gateway.audit.shipping.cursor import CursorBusy, CursorError
 from gateway.audit.shipping.settings import sink_from_json
 from gateway.audit.shipping.shipper import Shipper, load_shippers
@@ -42,11 +45,38 @@ REPORT_INTERVAL = 0.25
 # draining (up to its stop timeout): wait this long for the cursors' locks.
 CURSOR_WAIT = 30.0
 DEFAULT_STOP_TIMEOUT = 5.0
+# A batch is up to batch_max_events parsed records, some 60 dicts and lists each,
+# alive until the sink acknowledges it and freed by reference counting then.
+# With the default threshold (700) the collector walked every batch dozens of
+# times while it was alive, for nothing (JSON makes no cycles); with this one a
+# young collection runs about once per batch.
+GC_THRESHOLD = 50_000
 
 
 def send(out: BinaryIO, message: dict[str, Any]) -> None:
     out.write(orjson.dumps(message) + b"\n")
     out.flush()
+
+
+def lower_priority(nice: int) -> None:
+    """Run at nice ``nice`` and under SCHED_BATCH (0: as the gateway does).
+
+    Shipping is background work whose backlog is the durable log file, and it
+    shares the machine's cores with the gateway: at a lower priority it takes
+    the CPU the requests leave idle, and a shipper waking up for its next batch
+    doesn't preempt a request being answered (SCHED_BATCH). Under sustained
+    saturation it falls behind instead (``portcullis_sink_lag_*``, and
+    ``backlog_alert_bytes``) and catches up when the load drops. Linux applies
+    both per thread and new threads inherit them: this runs before any thread
+    of the process is started."""
+    if nice <= 0:
+        return
+    try:
+        if os.getpriority(os.PRIO_PROCESS, 0) < nice:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except OSError as error:  # a seccomp profile that forbids it: ship at full priority
+        log.warning("shipping: cannot lower the shipping process's priority: %s", error)
 
 
 async def load(work: dict[str, Any]) -> list[Shipper]:
@@ -95,6 +125,7 @@ async def main() -> int:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     try:
         work = orjson.loads(await reader.readline())
+        lower_priority(int(work.get("nice", 0)))
         shippers = await load(work)
     except CursorError as error:
         send(out, {"op": "error", "error": str(error)})
@@ -102,6 +133,8 @@ async def main() -> int:
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         send(out, {"op": "error", "error": f"unreadable work from the gateway: {error!r}"})
         return 2
+    heap.freeze()  # the modules, sessions and TLS contexts: never walked again
+    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
     for shipper in shippers:
         shipper.start()
     send(out, {"op": "ready"})

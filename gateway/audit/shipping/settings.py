@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import re
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,7 +90,9 @@ def sink_from_json(data: dict[str, Any]) -> SinkConfig:
     return SinkConfig(**values)
 
 
-def parse_sinks(items: list[Any], base_dir: Path) -> tuple[SinkConfig, ...]:
+def parse_sinks(
+    items: list[Any], base_dir: Path, log_path: Path | None = None
+) -> tuple[SinkConfig, ...]:
     sinks = tuple(_sink(item, f"decision_log.sinks[{i}]", base_dir) for i, item in
                   enumerate(items))  # fmt: skip
     seen: dict[str, int] = {}
@@ -99,7 +104,50 @@ def parse_sinks(items: list[Any], base_dir: Path) -> tuple[SinkConfig, ...]:
                 "the sink's cursor file and metrics)"
             )
         seen[sink.name] = index
+    _check_file_paths(sinks, log_path)
     return sinks
+
+
+def _check_file_paths(sinks: tuple[SinkConfig, ...], log_path: Path | None) -> None:
+    """A file sink writing into the decision log (or its .head, a cursor, a rotated
+    copy: any file beside it whose name starts with the log's) would ship its own
+    output again, growing the log without end and breaking its chain; two file
+    sinks on one file would interleave. Compared after resolving symbolic links."""
+    log = _resolved(log_path) if log_path is not None else None
+    taken: dict[Path, int] = {}
+    for index, sink in enumerate(sinks):
+        if sink.path is None:
+            continue
+        where = f"decision_log.sinks[{index}].path"
+        path = _resolved(sink.path)
+        if log is not None and (
+            path == log
+            or (path.parent == log.parent and path.name.startswith(log.name))
+            or _same_file(path, log)
+        ):
+            raise ConfigError(
+                f"{where}: {sink.path} is the decision log {log_path} or one of its own files "
+                "(.head, cursors, rotated copies): the sink would ship its own output again. "
+                "Give it a file of its own"
+            )
+        if path in taken:
+            raise ConfigError(
+                f"{where}: {sink.path} is also decision_log.sinks[{taken[path]}].path; "
+                "each file sink needs a file of its own"
+            )
+        taken[path] = index
+
+
+def _resolved(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """The same file under two names (a hard link)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them doesn't exist yet
+        return False
 
 
 def _sink(data: Any, where: str, base_dir: Path) -> SinkConfig:
@@ -166,6 +214,7 @@ def _syslog(
         if (files["cert_file"] is None) != (files["key_file"] is None):
             raise ConfigError(f"{where}.tls: cert_file and key_file go together")
         tls = SinkTls(files["ca_file"], files["cert_file"], files["key_file"], server_name)
+        _check_tls(tls, f"{where}.tls")
     return SinkConfig(
         name, "syslog", form, address=address, tls=tls, facility=FACILITIES[facility_name],
         app_name=app_name, **common,
@@ -176,9 +225,15 @@ def _http(
     reader: _Reader, where: str, base_dir: Path, name: str, form: str, common: dict[str, Any]
 ) -> SinkConfig:
     url = reader.required("url", str)
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # a ValueError when out of range or not a number
+    except ValueError as error:
+        raise ConfigError(f"{where}.url: not a valid URL ({error}): {url!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{where}.url: must be an http(s) URL, got {url!r}")
+    if parts.port == 0:
+        raise ConfigError(f"{where}.url: port 0 is not a port: {url!r}")
     envelope = reader.get("envelope", str, "opa")
     if envelope not in ENVELOPES:
         raise ConfigError(
@@ -192,6 +247,8 @@ def _http(
     token_file = _file_path(base_dir, reader.get("token_file", str, None), f"{where}.token_file")
     if token_file is not None and not token_file.is_file():
         raise ConfigError(f"{where}.token_file: no such file {token_file}")
+    if token_file is not None:
+        _check_token(token_file, f"{where}.token_file")
     if envelope == "splunk_hec" and token_file is None:
         raise ConfigError(f"{where}.token_file: Splunk HEC needs a token (its file)")
     gzip = reader.get("gzip", bool, True)
@@ -203,10 +260,41 @@ def _http(
     )  # fmt: skip
 
 
+def _check_token(path: Path, where: str) -> None:
+    """One token on one line (it becomes a header; the sink reads it again for
+    every batch, so a rotated Secret is picked up)."""
+    try:
+        token = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{where}: cannot read {path}: {error}") from None
+    if any(ord(c) < 32 or ord(c) == 127 for c in token):
+        raise ConfigError(
+            f"{where}: {path} holds a line break or another control character: one token, one line"
+        )
+
+
+def _check_tls(tls: SinkTls, where: str) -> None:
+    """Load the CA and the client certificate now: a file that isn't one is a
+    config error at the start, not a shipper failing from its first batch on."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    key = "ca_file"
+    try:
+        if tls.ca_file is not None:
+            context.load_verify_locations(cafile=tls.ca_file)
+        key = "cert_file"
+        if tls.cert_file is not None and tls.key_file is not None:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+        what = "a PEM CA certificate" if key == "ca_file" else "a PEM certificate and key"
+        path = tls.ca_file if key == "ca_file" else f"{tls.cert_file} / {tls.key_file}"
+        reason = getattr(error, "reason", None) or error
+        raise ConfigError(f"{where}.{key}: {path} is not {what} ({reason})") from None
+
+
 def _positive(reader: _Reader, name: str, default: float, kind: type = float) -> float:
     value = reader.get(name, kind, default)
-    if value <= 0:
-        raise ConfigError(f"{reader.key(name)}: must be greater than 0")
+    if not 0 < value < math.inf:  # NaN fails this too
+        raise ConfigError(f"{reader.key(name)}: must be a number greater than 0, got {value}")
     return float(value) if kind is float else value
 
 

@@ -22,9 +22,10 @@ import threading
 import time
 from pathlib import Path
 
+from gateway.audit.chain import rfc3339_ns
 from gateway.audit.shipping.cursor import Cursor, CursorState
 from gateway.audit.shipping.formats import formatter
-from gateway.audit.shipping.formats.fields import epoch_ms
+from gateway.audit.shipping.formats.fields import damaged_record, epoch_ms
 from gateway.audit.shipping.settings import SinkConfig
 from gateway.audit.shipping.sinks.base import Item, Sink, SinkError
 from gateway.audit.tail import LogTail
@@ -82,7 +83,9 @@ class Shipper:
         state = self._cursor.load()
         if state is not None:
             self._acked_seq, self._acked_hash = state.seq, state.hash
-        self._tail = LogTail(self.log_path, state.position if state else None)
+        self._tail = LogTail(
+            self.log_path, state.position if state else None, state.hash if state else None
+        )
 
     def close(self) -> None:
         """Release the cursor and the log (a shipper that was loaded but never started)."""
@@ -118,6 +121,7 @@ class Shipper:
             "backlog_bytes": self.backlog,
             "behind": 1.0 if self.backlog > self.config.backlog_alert_bytes else 0.0,
             "failing": 1.0 if self.failing else 0.0,
+            "discontinuities": self._tail.discontinuities if self._tail is not None else 0,
             "acked_seq": self._acked_seq,
             "pending_since": self._pending_since or 0.0,
             "caught_up_at": self._caught_up_at,
@@ -126,10 +130,32 @@ class Shipper:
     # -- the shipper's thread ------------------------------------------------
 
     def _run(self) -> None:
+        """Ship until stopped. An error outside sending (reading the log, saving
+        the cursor) doesn't end the thread: a shipper that stopped would be a
+        silent gap in the SIEM. It is logged, ``failing`` is 1, and the shipper
+        starts again after a backoff from the last acknowledged record."""
+        attempt = 0
         try:
-            asyncio.run(self._main())
-        except Exception:  # loud: a silent shipper is a SIEM gap
-            logger.exception("sink %s: shipper stopped", self.name)
+            while True:
+                try:
+                    asyncio.run(self._main())
+                    return
+                except Exception:
+                    attempt += 1
+                    self.failing = True
+                    delay = min(
+                        self.config.retry_max, self.config.retry_initial * 2 ** (attempt - 1)
+                    )
+                    if attempt == 1 or attempt % 20 == 0:
+                        logger.exception(
+                            "sink %s: shipper failed (%d times); it starts again in %.1f s",
+                            self.name, attempt, delay,
+                        )  # fmt: skip
+                if self._stopping.is_set():
+                    return  # what is left ships after the next start
+                end = time.monotonic() + delay
+                while time.monotonic() < end and not self._stopping.is_set():
+                    time.sleep(0.05)
         finally:
             self.close()
 
@@ -153,11 +179,12 @@ class Shipper:
                     if line.record is None:
                         logger.error(
                             "sink %s: a line of %s is not a JSON record (damaged?): shipped "
-                            'as {"damaged": ...}',
+                            "as a damaged record, its text kept (%d bytes)",
                             self.name,
                             self.log_path,
+                            len(line.raw),
                         )
-                        record = {"damaged": line.raw.decode("utf-8", "replace")[:4096]}
+                        record = damaged_record(line.raw, rfc3339_ns(time.time_ns()))
                     else:
                         record = line.record
                     items.append(Item(line, record, self._format(record, line.digest)))
@@ -187,7 +214,12 @@ class Shipper:
             self.shipped += len(items)
             try:
                 self.bytes_sent += await sink.send(items)
-            except (SinkError, OSError, TimeoutError) as error:
+            except Exception as error:  # whatever it is, the batch waits and is retried
+                # Not only SinkError: a token file that can't be a header, a CA file
+                # replaced by garbage... A shipper that stopped would be a silent gap
+                # in the SIEM; this one says so, retries, and picks up a fixed file.
+                if not isinstance(error, (SinkError, OSError, TimeoutError)):
+                    error = SinkError(f"{type(error).__name__}: {error}")
                 attempt += 1
                 self.failures += 1
                 self.retried += len(items)

@@ -5,7 +5,9 @@ The shipping process (:mod:`gateway.audit.shipping.process`) follows the
 decision log from each sink's durable cursor, so nothing depends on it staying
 up: if it dies it is restarted (with backoff) and resumes at the cursors; the
 records of a batch sent but not yet acknowledged when it died are sent again
-(at least once). While it is down, ``portcullis_sink_failing`` is 1.
+(at least once). While it is down, ``portcullis_sink_failing`` is 1. It runs
+at a lower CPU priority (``decision_log.shipping_nice``): see
+:func:`gateway.audit.shipping.process.lower_priority`.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class SinkHandle:
             "backlog_bytes": report.get("backlog_bytes", 0),
             "behind": report.get("behind", 0.0),
             "failing": report.get("failing", 0.0) if self.running else 1.0,
+            "discontinuities": report.get("discontinuities", 0),
         }
 
 
@@ -67,12 +70,16 @@ class ShippingProcess:
     """The shipping process for one decision log's sinks."""
 
     def __init__(
-        self, sinks: tuple[SinkConfig, ...], log_path: Path, written_seq: Callable[[], int]
+        self,
+        sinks: tuple[SinkConfig, ...],
+        log_path: Path,
+        written_seq: Callable[[], int],
+        nice: int = 10,
     ) -> None:
         self.handles = [SinkHandle(sink, written_seq) for sink in sinks]
         self.restarts = 0
         self._work = orjson.dumps(
-            {"log": str(log_path), "sinks": [sink_to_json(sink) for sink in sinks]}
+            {"log": str(log_path), "sinks": [sink_to_json(sink) for sink in sinks], "nice": nice}
         )
         self._process: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task[None] | None = None

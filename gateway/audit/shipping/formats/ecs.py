@@ -3,13 +3,17 @@ decisions" has the table). ``event.type`` is ``allowed`` or ``denied`` (plus
 ``start`` for a sign-in), ``event.outcome`` success/failure; the chain fields
 are under ``portcullis.*`` and ``event.sequence``; a chain signature is an
 ``event.kind: state`` document whose ``portcullis.chain_signature`` is the
-signature record, whole."""
+signature record, whole. A shadow policy's divergence is not an access decision
+(nothing was enforced): ``event.type: [info]``, no outcome, ``labels.shadow``
+true, both results in ``portcullis.divergence``. A damaged line (not a JSON
+record) is an ``event.kind: pipeline_error`` document with its text in
+``event.original``."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from gateway.audit.shipping.formats.fields import Event, read
+from gateway.audit.shipping.formats.fields import DAMAGED, Event, read
 
 
 def format(record: dict[str, Any], digest: str) -> dict[str, Any]:
@@ -40,6 +44,23 @@ def format(record: dict[str, Any], digest: str) -> dict[str, Any]:
         }
         document["portcullis"]["chain_signature"] = {**record, "line_hash": digest}
         return document
+    if event.kind == DAMAGED:
+        document["event"] = {
+            "kind": "pipeline_error",
+            "type": ["error"],
+            "action": "damaged_record",
+            "severity": 4,
+            "original": record.get(DAMAGED, ""),
+            "hash": event.chain_hash,
+        }
+        document["error"] = {"message": "a line of the decision log is not a JSON record"}
+        document["portcullis"]["damaged"] = {
+            "bytes": record.get("damaged_bytes"),
+            "truncated": record.get("damaged_truncated"),
+        }
+        return document
+    if event.kind == "shadow_divergence":
+        return _shadow_divergence(event, record, document)
     authentication = event.kind == "authentication"
     document["event"] = {
         "kind": "event",
@@ -73,6 +94,43 @@ def format(record: dict[str, Any], digest: str) -> dict[str, Any]:
     }
     document["portcullis"]["reasons"] = event.reasons
     document["portcullis"]["step_up"] = event.step_up
+    return {key: _drop_none(value) for key, value in document.items() if value is not None}
+
+
+def _shadow_divergence(
+    event: Event, record: dict[str, Any], document: dict[str, Any]
+) -> dict[str, Any]:
+    result, labels = record.get("result"), record.get("labels")
+    result = result if isinstance(result, dict) else {}
+    labels = labels if isinstance(labels, dict) else {}
+    divergence = result.get("divergence")
+    document["event"] = {
+        "kind": "event",
+        "id": event.decision_id,
+        "sequence": event.seq,
+        "category": ["web"],
+        "type": ["info"],
+        "action": "shadow-divergence",
+        "reason": f"shadow policy would decide differently ({divergence}); not enforced",
+        "hash": event.chain_hash,
+    }
+    document["labels"] = {"shadow": True}
+    document["rule"] = {"name": event.policy, "version": event.revision, "ruleset": "portcullis"}
+    document["user"] = _user(event)
+    document["source"] = {"ip": event.source_ip or None, "port": event.source_port}
+    document["service"] = {
+        "name": "portcullis",
+        "node": {"name": event.instance},
+        "target": {"name": event.app},
+    }
+    document["portcullis"]["divergence"] = {
+        "kind": divergence,
+        "live": result.get("live"),
+        "shadow": result.get("shadow"),
+        "shadow_error": result.get("shadow_error"),
+        "shadow_policy": labels.get("shadow_policy"),
+        "live_decision_id": labels.get("live_decision_id"),
+    }
     return {key: _drop_none(value) for key, value in document.items() if value is not None}
 
 

@@ -3,17 +3,38 @@
 from __future__ import annotations
 
 import calendar
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.audit.chain import REFUSAL_PATH, SIGN_IN_EVENT_PATH, SIGNATURE_TYPE
+from gateway.audit.chain import REFUSAL_PATH, SHADOW_PATH, SIGN_IN_EVENT_PATH, SIGNATURE_TYPE
 
 # Sign-in and step-up events (the OIDC callback), when the gateway logs them.
 # amr values (RFC 8176) that mean a second factor or a phishing-resistant one.
 MFA_METHODS = frozenset({"otp", "hwk", "swk", "fido", "mfa", "sms", "sc", "pop", "face", "fpt"})
 # A bearer token the gateway refused is a failed authentication, not an access decision.
 TOKEN_REFUSAL = "gateway.invalid_token"
+# A line of the log that is not a JSON record (damaged) is shipped as this record:
+# {"damaged": <its text, cut at DAMAGED_MAX_CHARS>, "damaged_bytes": <its length>,
+#  "damaged_truncated": <cut?>, "read_at": <when the shipper read it>}; no record
+# the writer writes looks so.
+DAMAGED = "damaged"
+DAMAGED_MAX_CHARS = 4096
+
+
+def damaged_record(raw: bytes, read_at: str) -> dict[str, Any]:
+    text = raw.decode("utf-8", "replace")
+    return {
+        DAMAGED: text[:DAMAGED_MAX_CHARS],
+        "damaged_bytes": len(raw),
+        "damaged_truncated": len(text) > DAMAGED_MAX_CHARS,
+        "read_at": read_at,
+    }
+
+
+def is_damaged(record: dict[str, Any]) -> bool:
+    return DAMAGED in record and "seq" not in record and "decision_id" not in record
 
 
 @dataclass
@@ -24,7 +45,8 @@ class Event:
     prev_hash: str
     timestamp: str
     time_ms: int
-    kind: str  # decision | refusal | authentication | chain_signature
+    # decision | refusal | authentication | chain_signature | shadow_divergence | damaged
+    kind: str
     allow: bool = False
     reasons: list[str] = field(default_factory=list)
     http_status: int = 0
@@ -53,21 +75,26 @@ class Event:
 
 
 def read(record: dict[str, Any], digest: str) -> Event:
-    """The flat view of a decision event or a chain signature."""
+    """The flat view of a decision event, a chain signature or a damaged line."""
     if record.get("type") == SIGNATURE_TYPE:
         stamp = str(record.get("signed_at", ""))
         return Event("", _int(record.get("seq")), digest, str(record.get("head", "")), stamp,
                      epoch_ms(stamp), "chain_signature")  # fmt: skip
+    if is_damaged(record):
+        stamp = str(record.get("read_at", ""))
+        return Event("", 0, digest, "", stamp, epoch_ms(stamp), DAMAGED)
     input_ = _dict(record.get("input"))
     result = _dict(record.get("result"))
-    http = _dict(_dict(_dict(input_.get("attributes")).get("request")).get("http"))
-    socket = _dict(_dict(_dict(_dict(input_.get("attributes")).get("source")).get("address")).get(
-        "socketAddress"))  # fmt: skip
+    attributes = _dict(input_.get("attributes"))
+    http = _at(attributes, "request", "http")
+    socket = _at(attributes, "source", "address", "socketAddress")
     labels = _dict(record.get("labels"))
-    bundle = _dict(_dict(record.get("bundles")).get("portcullis"))
+    bundle = _at(record, "bundles", "portcullis")
     reasons = _strings(result.get("reasons"))
     path = str(record.get("path", ""))
-    if path == SIGN_IN_EVENT_PATH or any(r.startswith(TOKEN_REFUSAL) for r in reasons):
+    if path == SHADOW_PATH or labels.get("shadow") is True:
+        kind = "shadow_divergence"  # what a candidate policy would have decided: not enforced
+    elif path == SIGN_IN_EVENT_PATH or any(r.startswith(TOKEN_REFUSAL) for r in reasons):
         kind = "authentication"
     elif path == REFUSAL_PATH:
         kind = "refusal"
@@ -106,14 +133,29 @@ def epoch_ms(stamp: str) -> int:
     """Milliseconds since the epoch of an RFC 3339 UTC ``...Z`` timestamp (0 if not one)."""
     try:
         whole, _, fraction = stamp.rstrip("Z").partition(".")
-        seconds = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
-        return seconds * 1000 + int((fraction + "000")[:3])
+        return _epoch_seconds(whole) * 1000 + int((fraction + "000")[:3])
     except (ValueError, TypeError):
         return 0
 
 
+@functools.lru_cache(maxsize=256)
+def _epoch_seconds(whole: str) -> int:
+    """The records of one second share this (strptime is most of a format's cost)."""
+    return calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
+
+
 def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
+
+
+def _at(value: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """``value[k1][k2]...`` if each step is an object, else {}."""
+    for key in keys:
+        inner = value.get(key)
+        if not isinstance(inner, dict):
+            return {}
+        value = inner
+    return value
 
 
 def _int(value: Any) -> int:

@@ -6,7 +6,13 @@
 - a sign-in, a step-up, or a bearer token the gateway refused: Authentication
   (class 3002), activity Logon, with ``is_mfa`` and ``auth_protocol``;
 - a chain signature: a Base Event (class 0) whose ``unmapped.chain_signature``
-  is the signature record, whole (a head `audit verify --head` accepts).
+  is the signature record, whole (a head `audit verify --head` accepts);
+- a shadow policy's divergence: not an access decision that happened (nothing
+  was enforced): a Base Event, activity Other (``shadow_divergence``), labelled
+  ``shadow`` in ``metadata.labels``, ``unmapped.shadow`` true and both results
+  in ``unmapped.divergence``;
+- a damaged line (not a JSON record): a Base Event, activity Other
+  (``damaged_record``), severity High, its text in ``raw_data``.
 
 Each carries ``metadata.uid`` (the decision id), ``metadata.sequence`` (seq)
 and ``unmapped.portcullis`` (decision_id, seq, chain_hash, prev_hash).
@@ -16,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.audit.shipping.formats.fields import Event, read
+from gateway.audit.shipping.formats.fields import DAMAGED, Event, read
 
 OCSF_VERSION = "1.3.0"
 WEB_RESOURCE_ACCESS = 6004
@@ -29,6 +35,10 @@ def format(record: dict[str, Any], digest: str) -> dict[str, Any]:
     event = read(record, digest)
     if event.kind == "chain_signature":
         return _chain_signature(event, record)
+    if event.kind == "shadow_divergence":
+        return _shadow_divergence(event, record)
+    if event.kind == DAMAGED:
+        return _damaged(event, record)
     if event.kind == "authentication":
         return _authentication(event)
     return _access(event)
@@ -96,8 +106,73 @@ def _chain_signature(event: Event, record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _shadow_divergence(event: Event, record: dict[str, Any]) -> dict[str, Any]:
+    result, labels = record.get("result"), record.get("labels")
+    result = result if isinstance(result, dict) else {}
+    labels = labels if isinstance(labels, dict) else {}
+    base = _base(event, 0, 0, "Base Event")
+    base["metadata"]["labels"] = ["shadow"]
+    divergence = result.get("divergence")
+    return {
+        **base,
+        "activity_id": 99,
+        "activity_name": "shadow_divergence",
+        "type_uid": 99,
+        "type_name": "Base Event: Other",
+        "severity_id": 1,
+        "severity": "Informational",
+        "message": f"shadow policy {labels.get('shadow_policy', '?')} would decide "
+        f"differently ({divergence}); not enforced",
+        "unmapped": {
+            "portcullis": {**_chain(event), "instance": event.instance},
+            "shadow": True,
+            "divergence": {
+                "kind": divergence,
+                "live": result.get("live"),
+                "shadow": result.get("shadow"),
+                "shadow_error": result.get("shadow_error"),
+                "shadow_policy": labels.get("shadow_policy"),
+                "shadow_revision": event.revision,
+                "live_decision_id": labels.get("live_decision_id"),
+                "app": event.app,
+                "user": _user(event),
+                "http_request": _http_request(event),
+            },
+        },
+    }
+
+
+def _damaged(event: Event, record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **_base(event, 0, 0, "Base Event"),
+        "activity_id": 99,
+        "activity_name": "damaged_record",
+        "type_uid": 99,
+        "type_name": "Base Event: Other",
+        "severity_id": 4,
+        "severity": "High",
+        "status_id": 2,
+        "status": "Failure",
+        "message": "a line of the decision log is not a JSON record (damaged?); its text is "
+        "in raw_data",
+        "raw_data": record.get(DAMAGED, ""),
+        "unmapped": {
+            "portcullis": _chain(event),
+            "damaged": {
+                "bytes": record.get("damaged_bytes"),
+                "truncated": record.get("damaged_truncated"),
+            },
+        },
+    }
+
+
+_CATEGORIES = {0: "Other", 3: "Identity & Access Management", 6: "Application Activity"}
+
+
 def _base(event: Event, class_uid: int, category_uid: int, class_name: str) -> dict[str, Any]:
-    categories = {0: "Other", 3: "Identity & Access Management", 6: "Application Activity"}
+    """What every class has (its ``unmapped``, the chain fields, is replaced by
+    :func:`_outcome`'s where the class has that too)."""
+    categories = _CATEGORIES
     return {
         "class_uid": class_uid,
         "class_name": class_name,

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from gateway.audit.tail import TailLine
 
@@ -12,8 +11,7 @@ class SinkError(Exception):
     """A batch was not acknowledged: it is sent again after a backoff."""
 
 
-@dataclass(frozen=True)
-class Item:
+class Item(NamedTuple):
     """One record to ship: the log line and the sink's format of it."""
 
     line: TailLine

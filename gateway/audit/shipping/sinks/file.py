@@ -19,7 +19,8 @@ class FileSink:
         self._fd = -1
 
     async def send(self, items: list[Item]) -> int:
-        data = b"".join(orjson.dumps(item.formatted) + b"\n" for item in items)
+        newline = orjson.OPT_APPEND_NEWLINE
+        data = b"".join([orjson.dumps(item.formatted, option=newline) for item in items])
         try:
             if self._fd < 0:
                 self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,12 +22,14 @@ from typing import Any
 
 import orjson
 
-from gateway.audit.chain import SIGNATURE_TYPE
+from gateway.audit.chain import SHADOW_PATH, SIGNATURE_TYPE
+from gateway.audit.shipping.formats.fields import is_damaged
 from gateway.audit.shipping.settings import SinkConfig
 from gateway.audit.shipping.sinks.base import Item, SinkError
 
-# RFC 5424 severities: deny is a notice, everything else informational.
-INFO, NOTICE = 6, 5
+# RFC 5424 severities: deny is a notice, a damaged line a warning, everything
+# else (a shadow policy's divergence too: nothing was enforced) informational.
+INFO, NOTICE, WARNING = 6, 5, 4
 ENTERPRISE_ID = 32473  # RFC 5612's example number: no IANA number of our own
 BOM = b"\xef\xbb\xbf"
 
@@ -43,7 +45,9 @@ class SyslogSink:
         # A second descriptor of the connection's socket: its queue and state can
         # still be read after asyncio closed its own on the receiver's close.
         self._probe: socket.socket | None = None
-        self._tls = _tls_context(config) if config.tls is not None else None
+        # Made on the first connection (and again after one failed), so a CA file
+        # that is fixed after the start is picked up on the next retry.
+        self._tls: ssl.SSLContext | None = None
 
     async def send(self, items: list[Item]) -> int:
         data = b"".join(self.frame(item) for item in items)
@@ -52,6 +56,11 @@ class SyslogSink:
             writer.write(data)
             await asyncio.wait_for(writer.drain(), self.config.timeout)
             await self._acknowledged(writer)
+        except SinkError:
+            # Not acknowledged (in time): the receiver may hold part of the batch.
+            # Never resend on this connection: a new one starts on a frame boundary.
+            await self.close()
+            raise
         except (OSError, TimeoutError, ConnectionError, ssl.SSLError) as error:
             await self.close()
             reason = str(error) or type(error).__name__
@@ -64,6 +73,10 @@ class SyslogSink:
         signature = record.get("type") == SIGNATURE_TYPE
         if signature:
             msgid, severity, stamp = "chain_head", INFO, str(record.get("signed_at", ""))
+        elif is_damaged(record):
+            msgid, severity, stamp = "damaged", WARNING, str(record.get("read_at", ""))
+        elif record.get("path") == SHADOW_PATH or _labels(record).get("shadow") is True:
+            msgid, severity, stamp = "shadow_divergence", INFO, str(record.get("timestamp", ""))
         else:
             allowed = isinstance(record.get("result"), dict) and record["result"].get("allow")
             msgid = "refusal" if record.get("path") == "gateway" else "decision"
@@ -93,6 +106,11 @@ class SyslogSink:
             if not self._reader.at_eof() and not self._writer.is_closing():
                 return self._writer
             await self.close()  # the receiver closed it: a new connection
+        if self.config.tls is not None and self._tls is None:
+            try:
+                self._tls = _tls_context(self.config)
+            except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+                raise SinkError(f"syslog {self.config.address}: tls: {error}") from error
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(
@@ -102,6 +120,7 @@ class SyslogSink:
                 self.config.timeout,
             )  # fmt: skip
         except (OSError, TimeoutError, ssl.SSLError) as error:
+            self._tls = None  # read the CA and certificate files again next time
             raise SinkError(
                 f"syslog {self.config.address}: cannot connect: {error or 'timed out'}"
             ) from error
@@ -160,6 +179,11 @@ def _tls_context(config: SinkConfig) -> ssl.SSLContext:
     if tls.cert_file is not None and tls.key_file is not None:
         context.load_cert_chain(tls.cert_file, tls.key_file)
     return context
+
+
+def _labels(record: dict[str, Any]) -> dict[str, Any]:
+    labels = record.get("labels")
+    return labels if isinstance(labels, dict) else {}
 
 
 def _timestamp(stamp: str) -> str:

@@ -1,0 +1,648 @@
+"""Faults found in the decision-log shipping by a review (issue 13), one test each,
+named for the fault: each failed before its fix. What they hold to: every record
+shipped at least once, in order, from a durable cursor; a sink outage never loses
+or blocks a decision; a problem is loud (``portcullis_sink_failing``, the lag
+metrics, a log line)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from gateway.audit.shipping.settings import SinkConfig, SinkTls
+from gateway.config import ConfigError, parse_config
+from tests.gateway_stack import start_stack
+from tests.syslog_ng import start_syslog_ng
+from tests.test_decision_log_shipping import (
+    Receiver,
+    caught_up,
+    decision_ids,
+    http_sink,
+    log_records,
+    needs_syslog_ng,
+    receiver,  # noqa: F401 - the fixture
+    traffic,
+    until,
+    with_sinks,
+)
+
+
+def logged_line(capfd: pytest.CaptureFixture[str], seen: list[str], text: str) -> bool:
+    """Whether ``text`` was written to stderr so far (``seen`` keeps what was read)."""
+    seen.append(capfd.readouterr().err)
+    return text in "".join(seen)
+
+
+# --- 1. a redirect is not an acknowledgement -----------------------------------------------
+
+
+async def test_a_redirect_is_a_failure_not_an_acknowledgement(
+    aiohttp_server: Any, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A receiver that answers POST /logs with 301 to /logs/ (and GET with 200):
+    followed, the POST becomes a GET and the batch vanishes, acknowledged."""
+    posted: list[bytes] = []
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPMovedPermanently("/logs/")
+
+    async def page(request: web.Request) -> web.Response:
+        if request.method == "POST":
+            posted.append(await request.read())
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/logs", moved)
+    app.router.add_route("*", "/logs/", page)
+    server = await aiohttp_server(app)
+    (tmp_path / "token").write_text("t")
+    sink = http_sink(f"http://127.0.0.1:{server.port}/logs", tmp_path / "token")
+    async with start_stack(aiohttp_server, tmp_path, **with_sinks(tmp_path, sink)) as stack:
+        await traffic(stack, 4)
+        await until(lambda: stack.gateway.shippers[0].stats["failing"] == 1)
+        await asyncio.sleep(0.3)
+        stats = stack.gateway.shippers[0].stats
+        assert stats["acknowledged"] == 0 and stats["lag_events"] >= 4
+        await until(
+            lambda: "redirected to /logs/: point the sink's url there" in capfd.readouterr().err
+        )
+    assert posted == []
+    assert not (tmp_path / "decisions.log.sink-siem.cursor").read_text().strip()
+
+
+# --- 2. a shipper never dies of an error that isn't a sink error ----------------------------
+
+
+async def test_a_token_file_with_a_line_break_fails_loudly_and_recovers_once_fixed(
+    aiohttp_server: Any,
+    tmp_path: Path,
+    receiver: tuple[Receiver, Any],  # noqa: F811
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    fake, server = receiver
+    (tmp_path / "token").write_text("abc\ndef\n")  # can't be a header value
+    sink = http_sink(f"http://127.0.0.1:{server.port}/logs", tmp_path / "token")
+    async with start_stack(aiohttp_server, tmp_path, **with_sinks(tmp_path, sink)) as stack:
+        await traffic(stack, 5)
+        await until(lambda: stack.gateway.shippers[0].stats["failing"] == 1)
+        await until(lambda: "line break" in capfd.readouterr().err)
+        assert stack.gateway.shippers[0].stats["acknowledged"] == 0
+        (tmp_path / "token").write_text(fake.token + "\n")  # the Secret is fixed
+        await caught_up(stack)
+        assert stack.gateway.shippers[0].stats["failing"] == 0
+        logged = log_records(stack.log_path)
+    shipped = [e["decision_id"] for e in fake.events() if "decision_id" in e]
+    assert list(dict.fromkeys(shipped)) == decision_ids(logged)
+
+
+async def test_an_unexpected_error_while_sending_is_a_sink_failure_retried_not_a_dead_shipper(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever a sink raises, the batch waits and is sent again."""
+    from gateway.audit.shipping.shipper import Shipper
+    from gateway.audit.shipping.sinks.file import FileSink
+
+    log = tmp_path / "decisions.log"
+    log.write_bytes(b"".join(json.dumps({"seq": n}).encode() + b"\n" for n in range(1, 6)))
+    real_send = FileSink.send
+    calls = {"n": 0}
+
+    async def flaky(self: FileSink, items: Any) -> int:
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise ValueError("something nobody expected")
+        return await real_send(self, items)
+
+    monkeypatch.setattr(FileSink, "send", flaky)
+    config = SinkConfig("copy", "file", path=tmp_path / "copy.jsonl", retry_initial=0.01,
+                        retry_max=0.02)  # fmt: skip
+    shipper = Shipper(config, log)
+    shipper.start()
+    try:
+        await until(lambda: shipper.acknowledged == 5)
+        assert shipper.failures == 2 and not shipper.failing
+    finally:
+        await shipper.stop(1.0)
+    assert [r["seq"] for r in log_records(tmp_path / "copy.jsonl")] == [1, 2, 3, 4, 5]
+
+
+@needs_syslog_ng
+async def test_a_ca_file_that_is_not_pem_fails_loudly_and_recovers_once_fixed(
+    aiohttp_server: Any, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The CA file is broken after the config was read (a remounted Secret): the
+    shipper must say so and keep trying, not die with a traceback."""
+    server = start_syslog_ng(tmp_path / "syslog-ng")
+    try:
+        ca = tmp_path / "ca.pem"
+        ca.write_text("not a certificate\n")
+        sink = SinkConfig("siem", "syslog", "ocsf", address=f"127.0.0.1:{server.tls_port}",
+                          tls=SinkTls(ca_file=ca), timeout=2.0, retry_initial=0.05,
+                          retry_max=0.2)  # fmt: skip
+        async with start_stack(aiohttp_server, tmp_path, **with_sinks(tmp_path, sink)) as stack:
+            await traffic(stack, 5)
+            await until(lambda: stack.gateway.shippers[0].stats["failing"] == 1)
+            err: list[str] = []
+            await until(lambda: logged_line(capfd, err, "tls:"))
+            assert "shipper stopped" not in "".join(err)
+            ca.write_bytes(server.ca.read_bytes())
+            await caught_up(stack)
+            logged = log_records(stack.log_path)
+        shipped = [
+            m["metadata"]["uid"] for msgid, m in server.messages("tls") if msgid != "chain_head"
+        ]
+        assert list(dict.fromkeys(shipped)) == decision_ids(logged)
+    finally:
+        server.stop()
+
+
+def test_a_ca_file_that_is_not_pem_is_refused_at_config_time_with_its_key(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    sink = {"kind": "syslog", "address": "h:6514", "tls": {"ca_file": "ca.pem"}}
+    data = {"auth": False, "decision_log": {"path": "d.log", "sinks": [sink]}}
+    with pytest.raises(ConfigError, match=r"sinks\[0\]\.tls\.ca_file: .*ca\.pem is not a PEM CA"):
+        parse_config(data, tmp_path)
+
+
+# --- 3. a file sink into the decision log ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["d.log", "./sub/../d.log", "d.log.head", "d.log.sink-other.cursor", "d.log.1", "link"],
+)
+def test_a_file_sink_into_the_decision_log_or_its_files_is_refused(
+    tmp_path: Path, target: str
+) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "d.log")
+    sinks = [{"kind": "file", "path": target}]
+    data = {"auth": False, "decision_log": {"path": "d.log", "sinks": sinks}}
+    with pytest.raises(ConfigError, match=r"sinks\[0\]\.path: .* is the decision log"):
+        parse_config(data, tmp_path)
+
+
+def test_two_file_sinks_on_one_file_are_refused(tmp_path: Path) -> None:
+    sinks = [{"kind": "file", "path": "copy.jsonl", "name": "a"},
+             {"kind": "file", "path": "./copy.jsonl", "name": "b"}]  # fmt: skip
+    data = {"auth": False, "decision_log": {"path": "d.log", "sinks": sinks}}
+    with pytest.raises(ConfigError, match=r"sinks\[1\]\.path: .* is also decision_log.sinks\[0\]"):
+        parse_config(data, tmp_path)
+
+
+def test_a_file_sink_beside_the_log_with_its_own_name_is_accepted(tmp_path: Path) -> None:
+    sinks = [{"kind": "file", "path": "copy.jsonl"}]
+    data = {"auth": False, "decision_log": {"path": "d.log", "sinks": sinks}}
+    assert parse_config(data, tmp_path).decision_log.sinks[0].path == tmp_path / "copy.jsonl"
+
+
+# --- 6. an unacknowledged syslog batch is resent on a new connection only --------------------
+
+
+async def test_an_unacknowledged_syslog_batch_is_resent_on_a_new_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resent on the same connection, the receiver would get the batch twice in
+    one stream (and part of it, maybe, mid-frame)."""
+    from gateway.audit.shipping.sinks.base import Item, SinkError
+    from gateway.audit.shipping.sinks.syslog import SyslogSink
+    from gateway.audit.tail import LogTail
+
+    received: list[bytes] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(b"")
+        index = len(received) - 1
+        while data := await reader.read(65536):
+            received[index] += data
+        writer.close()
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    log = tmp_path / "decisions.log"
+    log.write_bytes(b'{"seq": 1, "decision_id": "d1", "result": {"allow": true}}\n')
+    tail = LogTail(log)
+    lines = tail.read(10)
+    tail.close()
+    items = [Item(line, line.record or {}, line.record or {}) for line in lines]
+    sink = SyslogSink(SinkConfig("siem", "syslog", address=f"127.0.0.1:{port}", timeout=1.0))
+    real = SyslogSink._acknowledged
+    failures = {"left": 1}
+
+    async def not_in_time(self: SyslogSink, writer: asyncio.StreamWriter) -> None:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise SinkError("not acknowledged in time")
+        await real(self, writer)
+
+    monkeypatch.setattr(SyslogSink, "_acknowledged", not_in_time)
+    try:
+        with pytest.raises(SinkError):
+            await sink.send(items)
+        await sink.send(items)
+        await sink.close()
+        await until(lambda: len(received) == 2 and all(received))
+    finally:
+        server.close()
+        await server.wait_closed()
+    frame = sink.frame(items[0])
+    assert received == [frame, frame]  # one copy per connection
+
+
+# --- 9. settings that could never work are refused with their key --------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"url": "http://127.0.0.1:99999/logs"}, r"sinks\[0\]\.url: not a valid URL \(Port out"),
+        ({"url": "http://[::1/logs"}, r"sinks\[0\]\.url: not a valid URL \(Invalid IPv6"),
+        ({"url": "http://h:0/logs"}, r"sinks\[0\]\.url: port 0"),
+        ({"url": "http://h/logs", "timeout": float("nan")}, r"sinks\[0\]\.timeout: must be a"),
+        ({"url": "http://h/logs", "timeout": float("inf")}, r"sinks\[0\]\.timeout: must be a"),
+        ({"url": "http://h/logs", "retry_max": float("nan")}, r"sinks\[0\]\.retry_max: must be"),
+    ],
+)
+def test_impossible_http_sink_settings_are_one_line_config_errors(
+    tmp_path: Path, options: dict[str, Any], message: str
+) -> None:
+    sinks = [{"kind": "http", **options}]
+    data = {"auth": False, "decision_log": {"path": "d.log", "sinks": sinks}}
+    with pytest.raises(ConfigError, match=message) as raised:
+        parse_config(data, tmp_path)
+    assert "\n" not in str(raised.value)
+
+
+# --- 4. logrotate's create: the writer goes on in the old file until SIGUSR1 ----------------
+
+
+async def test_logrotate_create_events_written_to_the_old_file_before_sigusr1_are_shipped(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """``mv decisions.log decisions.log.1; touch decisions.log`` (logrotate's
+    ``create``), requests, then SIGUSR1: the requests before the signal go into
+    the old file, after the new one has appeared at the path."""
+    sink = SinkConfig("copy", "file", path=tmp_path / "copy.jsonl")
+    log = tmp_path / "decisions.log"
+    async with start_stack(aiohttp_server, tmp_path, **with_sinks(tmp_path, sink)) as stack:
+        await traffic(stack, 5)
+        await caught_up(stack)
+        log.rename(tmp_path / "decisions.log.1")
+        log.touch()
+        await traffic(stack, 5)  # into the old inode
+        await asyncio.sleep(0.5)  # the shipper has read all of it and sees a new file
+        await traffic(stack, 5)  # still into the old inode
+        await asyncio.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGUSR1)  # the gateway reopens the path
+        await until(lambda: log.stat().st_size > 0)
+        await traffic(stack, 5)
+        await caught_up(stack)
+        stats = stack.gateway.shippers[0].stats
+    logged = log_records(tmp_path / "decisions.log.1") + log_records(log)
+    assert len(decision_ids(logged)) == 20
+    copied = log_records(tmp_path / "copy.jsonl")
+    assert decision_ids(copied) == decision_ids(logged)  # each once, in order
+    assert [r["seq"] for r in copied] == [r["seq"] for r in logged]
+    assert stats["lag_events"] == 0 and stats["discontinuities"] == 0
+
+
+def test_a_rotated_file_without_a_seal_is_left_only_after_a_grace_once_the_new_has_content(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A writer that died without its rotate seal: the tail waits for the old file
+    to stay unchanged and the new one to have content, and ships the old file's
+    late lines first."""
+    import gateway.audit.tail as tail_module
+
+    monkeypatch.setattr(tail_module, "ROTATION_GRACE", 0.3)
+    log = tmp_path / "decisions.log"
+    log.write_bytes(b'{"seq": 1}\n')
+    tail = tail_module.LogTail(log)
+    seqs: list[int] = []
+
+    def drain() -> None:
+        while batch := tail.read(10):
+            seqs.extend(line.record["seq"] for line in batch if line.record)
+            tail.advance(batch[-1].end)
+
+    drain()
+    log.rename(tmp_path / "decisions.log.1")
+    log.touch()
+    drain()
+    with (tmp_path / "decisions.log.1").open("ab") as old:
+        old.write(b'{"seq": 2}\n')  # the writer is still at it
+    drain()
+    log.write_bytes(b'{"seq": 3}\n')  # a new writer
+    drain()
+    assert seqs == [1, 2]  # not before the grace
+    time.sleep(0.4)
+    drain()  # the old file's grace starts when the tail sees it unchanged
+    time.sleep(0.4)
+    drain()
+    assert seqs == [1, 2, 3] and tail.discontinuities == 0
+    with (tmp_path / "decisions.log.1").open("ab") as old:
+        old.write(b'{"seq": 99}\n')  # a writer that was not dead after all: said loudly
+    drain()
+    tail.close()
+    assert tail.discontinuities == 1
+    assert "were written to the rotated file" in caplog.text
+
+
+# --- 5. a log truncated in place (copytruncate) ---------------------------------------------
+
+
+async def test_copytruncate_is_noticed_shipped_from_the_start_and_counted(
+    aiohttp_server: Any, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    sink = SinkConfig("copy", "file", path=tmp_path / "copy.jsonl")
+    log = tmp_path / "decisions.log"
+    async with start_stack(aiohttp_server, tmp_path, **with_sinks(tmp_path, sink)) as stack:
+        await traffic(stack, 6)
+        await caught_up(stack)
+        before = log_records(log)
+        (tmp_path / "decisions.log.1").write_bytes(log.read_bytes())  # copytruncate: copy,
+        os.truncate(log, 0)  # then cut in place; the writer appends from byte 0 again
+        await traffic(stack, 2)
+        await caught_up(stack)
+        stats = stack.gateway.shippers[0].stats
+        metrics = stack.gateway.metrics.render().decode()
+        err: list[str] = []
+        await until(lambda: logged_line(capfd, err, "was truncated in place"))
+        after = log_records(log)
+    copied = log_records(tmp_path / "copy.jsonl")
+    assert not any("damaged" in r for r in copied)
+    assert decision_ids(copied) == decision_ids(before) + decision_ids(after)
+    assert len(decision_ids(after)) == 2
+    assert stats["discontinuities"] == 1
+    assert 'portcullis_sink_log_discontinuities_total{sink="copy"} 1.0' in metrics
+
+
+def test_a_cursor_that_does_not_match_its_line_restarts_the_file_not_mid_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The log was cut and rewritten while nothing followed it: the cursor's offset
+    lands mid-line in the new content. Shipped from the start, never half a line."""
+    from gateway.audit.shipping.shipper import load_shippers
+    from gateway.audit.tail import LogTail
+
+    log = tmp_path / "decisions.log"
+    log.write_bytes(b'{"seq": 1}\n{"seq": 2}\n')
+    tail = LogTail(log)
+    lines = tail.read(10)
+    tail.close()
+    (tmp_path / "decisions.log.sink-copy.cursor").write_text(json.dumps({
+        "inode": lines[0].end.inode, "offset": lines[0].end.offset, "seq": 1,
+        "hash": lines[0].digest,
+    }))  # fmt: skip
+    with log.open("r+b") as file:  # same inode, other content, longer than the cursor
+        file.truncate(0)
+        file.write(b'{"seq": 7, "pad": "xxxxxxxx"}\n{"seq": 8}\n')
+    sink = SinkConfig("copy", "file", path=tmp_path / "copy.jsonl")
+    shipper = load_shippers((sink,), log)[0]
+    assert shipper._tail is not None
+    batch = shipper._tail.read(10)
+    shipper.close()
+    assert [line.record for line in batch] == [{"seq": 7, "pad": "xxxxxxxx"}, {"seq": 8}]
+    assert "is not the one the shipping cursor recorded" in caplog.text
+    assert shipper.report()["discontinuities"] == 1
+
+
+def test_a_cursor_that_matches_its_line_resumes_right_after_it(tmp_path: Path) -> None:
+    from gateway.audit.shipping.shipper import load_shippers
+    from gateway.audit.tail import LogTail
+
+    log = tmp_path / "decisions.log"
+    log.write_bytes(b'{"seq": 1}\n{"seq": 2}\n')
+    tail = LogTail(log)
+    lines = tail.read(10)
+    tail.close()
+    (tmp_path / "decisions.log.sink-copy.cursor").write_text(json.dumps({
+        "inode": lines[0].end.inode, "offset": lines[0].end.offset, "seq": 1,
+        "hash": lines[0].digest,
+    }))  # fmt: skip
+    shipper = load_shippers((SinkConfig("copy", "file", path=tmp_path / "c.jsonl"),), log)[0]
+    assert shipper._tail is not None
+    assert [line.record for line in shipper._tail.read(10)] == [{"seq": 2}]
+    assert shipper.report()["discontinuities"] == 0
+    shipper.close()
+
+
+# --- 7. a shadow policy's divergence is not an access decision ------------------------------
+
+SHADOW_RECORD: dict[str, Any] = {
+    "decision_id": "shadow-1",
+    "timestamp": "2026-12-03T07:00:00.123456789Z",
+    "path": "shadow/portcullis/gateway/decision",
+    "input": {
+        "attributes": {
+            "request": {
+                "http": {"method": "GET", "host": "gw:8080", "path": "/wms/stock", "id": "r1"}
+            }
+        },
+        "identity": {"subject": "alice"},
+    },
+    "result": {
+        "divergence": "allow_to_deny",
+        "live": {"allow": True, "reasons": []},
+        "shadow": {"allow": False, "reasons": ["candidate: no"]},
+    },
+    "labels": {
+        "shadow": True,
+        "shadow_policy": "policies/candidate",
+        "app": "wms",
+        "live_decision_id": "live-1",
+        "id": "gw-1",
+    },
+    "bundles": {"portcullis": {"revision": "cand-2"}},
+    "seq": 7,
+    "prev_hash": "ab" * 32,
+}
+
+
+def test_a_shadow_divergence_is_not_shipped_as_an_access_denial() -> None:
+    from gateway.audit.shipping.formats import formatter
+    from gateway.audit.shipping.sinks.base import Item
+    from gateway.audit.shipping.sinks.syslog import INFO, SyslogSink
+    from gateway.audit.tail import Position, TailLine
+
+    digest = "cd" * 32
+    ocsf = formatter("ocsf")(SHADOW_RECORD, digest)
+    assert ocsf["class_uid"] == 0 and ocsf["activity_name"] == "shadow_divergence"
+    for key in ("action", "action_id", "disposition", "disposition_id"):
+        assert key not in ocsf
+    assert "shadow" in ocsf["metadata"]["labels"] and ocsf["unmapped"]["shadow"] is True
+    divergence = ocsf["unmapped"]["divergence"]
+    assert (divergence["live"]["allow"], divergence["shadow"]["allow"]) == (True, False)
+    assert divergence["live_decision_id"] == "live-1"
+    assert ocsf["metadata"]["uid"] == "shadow-1" and ocsf["metadata"]["sequence"] == 7
+
+    ecs = formatter("ecs")(SHADOW_RECORD, digest)
+    assert (ecs["event"]["kind"], ecs["event"]["type"]) == ("event", ["info"])
+    assert "outcome" not in ecs["event"] and ecs["labels"]["shadow"] is True
+    assert ecs["portcullis"]["divergence"]["shadow"]["allow"] is False
+    assert ecs["@timestamp"] == SHADOW_RECORD["timestamp"]
+
+    line = TailLine(b"{}", digest, SHADOW_RECORD, Position(1, 3))
+    sink = SyslogSink(SinkConfig("siem", "syslog", "ocsf", address="127.0.0.1:514"))
+    frame = sink.frame(Item(line, SHADOW_RECORD, ocsf)).decode("utf-8", "replace")
+    pri = int(frame.split("<", 1)[1].split(">", 1)[0])
+    assert pri % 8 == INFO and " shadow_divergence [" in frame
+
+
+# --- 8. a damaged line keeps its text and says what it is, in every format --------------------
+
+
+async def test_a_damaged_line_is_shipped_as_damaged_with_its_text_in_every_format(
+    tmp_path: Path,
+) -> None:
+    from gateway.audit.shipping.formats.fields import DAMAGED_MAX_CHARS
+    from gateway.audit.shipping.shipper import Shipper
+
+    log = tmp_path / "decisions.log"
+    huge = "y" * (DAMAGED_MAX_CHARS + 500)
+    log.write_bytes(b'{"seq": 1, "decision_id": "a"}\n{"seq": 2, "decisi\n' + huge.encode()
+                    + b'\n{"seq": 3, "decision_id": "c"}\n')  # fmt: skip
+    shippers = [Shipper(SinkConfig(form, "file", form, path=tmp_path / f"{form}.jsonl"), log)
+                for form in ("opa", "ocsf", "ecs")]  # fmt: skip
+    for shipper in shippers:
+        shipper.start()
+    try:
+        await until(lambda: all(s.acknowledged == 4 for s in shippers))
+    finally:
+        for shipper in shippers:
+            await shipper.stop(1.0)
+    opa = log_records(tmp_path / "opa.jsonl")
+    assert opa[1]["damaged"] == '{"seq": 2, "decisi' and opa[1]["damaged_truncated"] is False
+    assert len(opa[2]["damaged"]) == DAMAGED_MAX_CHARS and opa[2]["damaged_truncated"] is True
+    assert opa[2]["damaged_bytes"] == len(huge)
+    ocsf = log_records(tmp_path / "ocsf.jsonl")[1:3]
+    for event in ocsf:
+        assert (event["class_uid"], event["activity_name"]) == (0, "damaged_record")
+        assert event["severity"] == "High" and event["time"] > 0
+        assert "disposition" not in event and "action" not in event
+    assert ocsf[0]["raw_data"] == '{"seq": 2, "decisi'
+    assert ocsf[1]["unmapped"]["damaged"] == {"bytes": len(huge), "truncated": True}
+    ecs = log_records(tmp_path / "ecs.jsonl")[1:3]
+    for document in ecs:
+        assert document["event"]["kind"] == "pipeline_error" and document["@timestamp"]
+        assert "denied" not in document["event"]["type"]
+    assert ecs[0]["event"]["original"] == '{"seq": 2, "decisi'
+
+
+def test_a_damaged_line_is_a_syslog_warning_named_damaged() -> None:
+    from gateway.audit.shipping.formats.fields import damaged_record
+    from gateway.audit.shipping.sinks.base import Item
+    from gateway.audit.shipping.sinks.syslog import WARNING, SyslogSink
+    from gateway.audit.tail import Position, TailLine
+
+    record = damaged_record(b"not json", "2026-12-03T07:00:00.5Z")
+    line = TailLine(b"not json", "ef" * 32, None, Position(1, 9))
+    sink = SyslogSink(SinkConfig("siem", "syslog", "opa", address="127.0.0.1:514"))
+    frame = sink.frame(Item(line, record, record)).decode("utf-8", "replace")
+    pri = int(frame.split("<", 1)[1].split(">", 1)[0])
+    assert pri % 8 == WARNING
+    assert " 2026-12-03T07:00:00.5Z " in frame and " damaged [" in frame
+    assert "not json" in frame
+
+
+def test_a_token_file_with_a_line_break_is_refused_at_config_time_with_its_key(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "token").write_text("abc\ndef\n")
+    sink = {"kind": "http", "url": "http://h/logs", "token_file": "token"}
+    data = {"auth": False, "decision_log": {"path": "d.log", "sinks": [sink]}}
+    with pytest.raises(ConfigError, match=r"sinks\[0\]\.token_file: .*token holds a line break"):
+        parse_config(data, tmp_path)
+    (tmp_path / "token").write_text("abc\n")  # a Secret's trailing newline is fine
+    assert parse_config(data, tmp_path).decision_log.sinks[0].token_file == tmp_path / "token"
+
+
+async def test_an_error_outside_sending_restarts_the_shipper_instead_of_ending_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reading the log fails once (EIO): the shipper says so, is failing, and
+    starts again from where it was, shipping everything once."""
+    from gateway.audit.shipping.shipper import Shipper
+    from gateway.audit.tail import LogTail
+
+    log = tmp_path / "decisions.log"
+    log.write_bytes(b"".join(json.dumps({"seq": n}).encode() + b"\n" for n in range(1, 4)))
+    real_read = LogTail.read
+    failures = {"left": 1}
+
+    def failing_read(self: LogTail, max_lines: int, max_bytes: int = 1 << 20) -> Any:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError(5, "Input/output error")
+        return real_read(self, max_lines, max_bytes)
+
+    monkeypatch.setattr(LogTail, "read", failing_read)
+    config = SinkConfig("copy", "file", path=tmp_path / "copy.jsonl", retry_initial=0.05,
+                        retry_max=0.1)  # fmt: skip
+    shipper = Shipper(config, log)
+    shipper.start()
+    try:
+        await until(lambda: shipper.acknowledged == 3)
+    finally:
+        await shipper.stop(1.0)
+    assert "shipper failed (1 times); it starts again" in caplog.text
+    assert [r["seq"] for r in log_records(tmp_path / "copy.jsonl")] == [1, 2, 3]
+
+
+def test_a_log_cut_and_written_past_the_position_between_two_reads_is_read_from_its_start(
+    tmp_path: Path,
+) -> None:
+    """A sink in a long backoff doesn't look at the log for seconds: cut in place
+    and refilled beyond the position meanwhile, it must not ship from mid-line."""
+    from gateway.audit.tail import LogTail
+
+    log = tmp_path / "decisions.log"
+    log.write_bytes(b'{"seq": 1}\n{"seq": 2}\n')
+    tail = LogTail(log)
+    batch = tail.read(10)
+    tail.advance(batch[-1].end)
+    with log.open("r+b") as file:
+        file.truncate(0)
+        file.write(b'{"seq": 3, "pad": "xxxxxxxxxxxxxxx"}\n{"seq": 4}\n')
+    records = [line.record for line in tail.read(10)]
+    tail.close()
+    assert records == [{"seq": 3, "pad": "xxxxxxxxxxxxxxx"}, {"seq": 4}]
+    assert tail.discontinuities == 1
+
+
+async def test_a_real_shadow_divergence_is_shipped_as_one_in_ocsf_and_ecs(tmp_path: Path) -> None:
+    """The gateway with a shadow policy (tests/test_shadow_mode.py's candidate):
+    each divergence it logs reaches the SIEM as a divergence, never as a denial."""
+    from gateway.audit.chain import SHADOW_PATH
+    from tests.decision_traffic import record_traffic, refunds_candidate
+    from tests.test_shadow_mode import shadow_policy, shadow_ready
+
+    candidate = refunds_candidate(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    sinks = (SinkConfig("ocsf", "file", "ocsf", path=run / "ocsf.jsonl"),
+             SinkConfig("ecs", "file", "ecs", path=run / "ecs.jsonl"))  # fmt: skip
+    await record_traffic(run, 300, before=shadow_ready, policy_options=shadow_policy(candidate),
+                         **with_sinks(run, *sinks))  # fmt: skip
+    shadowed = [r["decision_id"] for r in log_records(run / "decisions.log")
+                if r.get("path") == SHADOW_PATH]  # fmt: skip
+    assert shadowed, "the traffic made no divergence"
+    ocsf = {e["metadata"]["uid"]: e for e in log_records(run / "ocsf.jsonl")}
+    ecs = {d["event"].get("id"): d for d in log_records(run / "ecs.jsonl")}
+    for decision_id in shadowed:
+        event, document = ocsf[decision_id], ecs[decision_id]
+        assert event["class_uid"] != 6004 and "disposition" not in event
+        assert event["unmapped"]["shadow"] is True and event["metadata"]["labels"] == ["shadow"]
+        assert event["unmapped"]["divergence"]["kind"] in ("allow-to-deny", "step-up")
+        assert document["event"]["type"] == ["info"] and "outcome" not in document["event"]
+        assert document["labels"]["shadow"] is True
+    live = [e for e in ocsf.values() if e["class_uid"] == 6004]
+    assert live and not any(e["metadata"]["uid"] in shadowed for e in live)
