@@ -160,6 +160,7 @@ def test_policy_eval_prints_the_decision_as_json() -> None:
         "http_status": 403,
         "reasons": ["requires MFA with one of: fido, hwk"],
         "step_up": {"acr": "phr", "max_age": 900},
+        "valid_until_ns": None,
     }
 
 

@@ -1,8 +1,9 @@
 """Reading and verifying the decision log: the one module its readers import.
 
 ``portcullis audit verify``, and later replay and log shipping, read the log
-through here (:func:`iter_lines` to stream records, :func:`verify_log` to check
-the chain first); the format is in :mod:`gateway.audit.chain`.
+through here (:func:`iter_lines` to stream lines, :func:`iter_records` to stream
+the records of files already verified, :func:`verify_log` to check the chain
+first); the format is in :mod:`gateway.audit.chain`.
 
 What verifying proves, and what it can't:
 
@@ -150,6 +151,24 @@ def iter_lines(paths: Sequence[Path], *, hashed: bool = True) -> Iterator[LogLin
     ``hashed=False`` leaves ``digest`` empty: for a reader that verified the files
     first (verify_log) and only needs the records."""
     return _lines(paths, hashed=hashed)
+
+
+def iter_records(paths: Sequence[Path]) -> Iterator[tuple[str, int, dict[str, Any] | None]]:
+    """``(file, line number, record)`` for every line of ``paths`` in order, streamed;
+    ``record`` is None where the line isn't a JSON object. For a reader that
+    verified the files first (verify_log) and reads every line once: no
+    hashing, and no :class:`LogLine` built per line."""
+    loads, decode_error = orjson.loads, orjson.JSONDecodeError
+    for path in paths:
+        name = str(path)
+        with Path(path).open("rb") as file:
+            for number, chunk in enumerate(file, start=1):
+                # The newline is JSON whitespace: both parsers read the line with it.
+                try:
+                    record = loads(chunk)
+                except decode_error:
+                    record = _parse(chunk)
+                yield name, number, record if type(record) is dict else None
 
 
 def _lines(paths: Sequence[Path], *, hashed: bool = True) -> Iterator[_Line]:

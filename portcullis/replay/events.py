@@ -1,6 +1,6 @@
 """The logged policy decisions to replay: streamed from the log, filtered, sampled.
 
-Lines come from :func:`gateway.audit.reader.iter_lines` (never parsed here).
+Records come from :func:`gateway.audit.reader.iter_records` (never parsed here).
 What is not a policy decision is counted, not replayed: chain signatures,
 requests the gateway refused before asking any policy (event ``path``
 ``gateway``, reason ``gateway.<rule>: ...``: no policy could change them), and
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audit.chain import DECISION_PATH, REFUSAL_PATH, SIGNATURE_TYPE, rfc3339_ns
-from gateway.audit.reader import iter_lines
+from gateway.audit.reader import iter_records
 from gateway.decision import SECRET_HEADERS
 
 _RULE = re.compile(r"^(gateway\.[A-Za-z0-9_]+)")
@@ -74,8 +74,13 @@ class LoggedDecision:
     def differs_from_live(self) -> bool:
         """Whether masking or truncation left an input the live policy saw otherwise."""
         record = self.record
-        if "masked" not in record and "truncated" not in record:
-            return False
+        masked = record.get("masked")
+        if "truncated" not in record:
+            if masked is None:
+                return False
+            # Most logged inputs: only the credentials the live policy saw masked too.
+            if type(masked) is list and all(type(m) is str for m in masked):
+                return not _SEEN_MASKED.issuperset(masked)
         return bool(self.masked or self.truncated)
 
 
@@ -141,8 +146,7 @@ def _selected(
     # The chain was verified before (or --no-verify said not to): no hashing here.
     # This runs once per line of a log that may hold millions: plain dict lookups.
     since, until, apps = selection.since, selection.until, selection.apps
-    for line in iter_lines(paths, hashed=False):
-        record = line.record
+    for file, number, record in iter_records(paths):
         if record is None:
             skipped.unreadable += 1
             continue
@@ -154,7 +158,7 @@ def _selected(
             skipped.gateway_refusals[rule] = skipped.gateway_refusals.get(rule, 0) + 1
             continue
         labels = record.get("labels")
-        if not isinstance(labels, dict):
+        if type(labels) is not dict:
             labels = {}
         if labels.get("shadow") is True:
             skipped.shadow_events += 1
@@ -162,7 +166,7 @@ def _selected(
         if path != DECISION_PATH:
             skipped.other_paths += 1
             continue
-        decision = _decision(line.file, line.number, record, labels, skipped)
+        decision = _decision(file, number, record, labels, skipped)
         if decision is None:
             skipped.unreadable += 1
             continue

@@ -133,6 +133,12 @@ async def _replay(
     # cyclic collector's way, which would otherwise rescan them over and over.
     gc.collect()
     gc.freeze()
+    # Each decision's parsed line and answers are freed by reference counting;
+    # a young-generation collection every 700 allocations only rescanned the few
+    # alive (~2% of the loop's instructions under callgrind). Rarer collections
+    # still free any cycle.
+    threshold = gc.get_threshold()
+    gc.set_threshold(100_000, *threshold[1:])
     started, cpu = time.perf_counter(), time.process_time()
     try:
         for logged in decisions:
@@ -151,6 +157,7 @@ async def _replay(
     finally:
         report.seconds = time.perf_counter() - started
         report.cpu_seconds = time.process_time() - cpu
+        gc.set_threshold(*threshold)
         gc.unfreeze()
         await candidate.close()
         if baseline is not None:
