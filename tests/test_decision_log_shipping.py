@@ -335,6 +335,25 @@ async def test_a_killed_shipping_process_is_restarted_and_ships_everything(
     assert len(decision_ids(logged)) == 10
 
 
+async def test_ctrl_c_in_the_terminal_leaves_shipping_to_the_gateway(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """Ctrl-C reaches the whole process group: the shipping process must not die of
+    it (a KeyboardInterrupt traceback, then a restart) but go on until the gateway,
+    which drains the log first, stops it."""
+    sink = SinkConfig("copy", "file", path=tmp_path / "copy.jsonl")
+    async with start_stack(aiohttp_server, tmp_path, **with_sinks(tmp_path, sink)) as stack:
+        shipping = stack.gateway.shipping
+        assert shipping is not None and shipping.pid is not None
+        pid = shipping.pid
+        os.kill(pid, signal.SIGINT)
+        await traffic(stack, 5)
+        await caught_up(stack)
+        assert shipping.pid == pid and shipping.restarts == 0
+        logged = log_records(stack.log_path)
+    assert decision_ids(log_records(tmp_path / "copy.jsonl")) == decision_ids(logged)
+
+
 async def test_stopping_while_the_shipping_process_restarts_does_not_wait_for_it(
     aiohttp_server: Any, tmp_path: Path
 ) -> None:

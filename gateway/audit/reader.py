@@ -97,17 +97,6 @@ class SignedHead:
     source: str  # where it came from, for messages
     signature: str = ""
 
-    def reached_by(self, line: LogLine) -> bool:
-        """Whether this line is the one the head vouches for, or the head's own record."""
-        if line.digest == self.head:
-            return True
-        record = line.record
-        return (
-            bool(self.signature)
-            and record is not None
-            and (record.get("type") == SIGNATURE_TYPE and record.get("signature") == self.signature)
-        )
-
     @classmethod
     def from_record(
         cls, record: Any, public_keys: dict[str, ec.EllipticCurvePublicKey], source: str
@@ -225,6 +214,14 @@ def verify_log(
     result = VerifyResult()
     heads = [head] if isinstance(head, SignedHead) else list(head or ())
     head_at: dict[int, int] = {}  # head index -> events counted when its line was read
+    # Where each head is reached: the line it vouches for (by digest), or its own
+    # signature record (by signature).
+    heads_by_digest: dict[str, list[int]] = {}
+    heads_by_signature: dict[str, list[int]] = {}
+    for head_index, wanted in enumerate(heads):
+        heads_by_digest.setdefault(wanted.head, []).append(head_index)
+        if wanted.signature:
+            heads_by_signature.setdefault(wanted.signature, []).append(head_index)
     first_seq: int | None = None
     ordered = _chain_order(paths)
     if ordered != list(paths):
@@ -373,9 +370,15 @@ def verify_log(
             first_seq = seq
         # A head vouches for the line before it (`head`); a head that starts a
         # chain vouches for nothing before it, so its own line is the match.
-        for index, wanted in enumerate(heads):
-            if index not in head_at and wanted.reached_by(line):
-                head_at[index] = seq
+        # Looked up by digest and signature: a file of many polled heads costs
+        # a dict look-up per line, not a scan of every head.
+        if heads:
+            found = heads_by_digest.get(line.digest, [])
+            if is_signature:
+                found = found + heads_by_signature.get(str(record.get("signature")), [])
+            for head_index in found:
+                if head_index not in head_at:
+                    head_at[head_index] = seq
 
     last = recent[-1] if recent else None
     if last is None:

@@ -26,6 +26,7 @@ import asyncio
 import gc
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -149,5 +150,8 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
+    # Ctrl-C in a terminal reaches the whole process group: the gateway stops this
+    # process itself (a stop line, or the end of stdin), after it drained the log.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     sys.exit(asyncio.run(main()))
