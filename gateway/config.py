@@ -93,7 +93,7 @@ class PolicyConfig:
     timeout_ms: float = 250.0
     watch: bool = True
     poll_interval: float = 1.0
-    # A candidate evaluated beside the live policy, never enforced (gateway/shadow.py).
+    # A candidate evaluated beside the live policy, never enforced (gateway/policy/shadow.py).
     shadow: str | None = None
 
 

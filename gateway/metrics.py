@@ -60,7 +60,7 @@ class Metrics:
             "portcullis_connections_cut", "Client connections closed by a limit, by reason",
             ["reason"], registry=r,
         )  # fmt: skip
-        # Shadow mode (gateway/shadow.py): a candidate policy decided beside the live one.
+        # Shadow mode (gateway/policy/shadow.py): a candidate policy decided beside the live one.
         self.shadow_divergences = Counter(
             "portcullis_shadow_divergences", "Decisions where the shadow policy differs from the "
             "live one, by app and kind (allow-to-deny, deny-to-allow, step-up, reasons, error)",
@@ -83,7 +83,7 @@ class Metrics:
         )  # fmt: skip
         self.memo_hits = Counter(
             "portcullis_decision_memo_hits", "Allows reused from the decision memo, not "
-            "evaluated again (gateway/decision_memo.py)", registry=r,
+            "evaluated again (gateway/policy/memo.py)", registry=r,
         )  # fmt: skip
         self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._decision_children: dict[tuple[str, str], Any] = {}

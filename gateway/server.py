@@ -22,16 +22,6 @@ from gateway.assertion import HEADER as ASSERTION_HEADER
 from gateway.assertion import JWKS_PATH, AssertionSigner, load_or_create_key
 from gateway.audit.chain import DECISION_PATH, REFUSAL_PATH, SHADOW_PATH, SIGN_IN_EVENT_PATH
 from gateway.config import GatewayConfig, Route
-from gateway.decision import (
-    Decision,
-    DecisionIds,
-    decide,
-    decision_input,
-    deny,
-    refusal_input,
-    unparsed_input,
-)
-from gateway.decision_memo import DecisionMemo
 from gateway.forward import Forwarder, UpstreamError, is_websocket
 from gateway.identity import (
     ANONYMOUS,
@@ -45,10 +35,20 @@ from gateway.jwks import JwksCache
 from gateway.limits import ConcurrencyLimiter, LimitReached, answer_and_close, identity_key
 from gateway.metrics import Metrics
 from gateway.own_pages import OwnPages
-from gateway.policy_reload import PolicyHolder
+from gateway.policy.decision import (
+    Decision,
+    DecisionIds,
+    decide,
+    decision_input,
+    deny,
+    refusal_input,
+    unparsed_input,
+)
+from gateway.policy.memo import DecisionMemo
+from gateway.policy.reload import PolicyHolder
+from gateway.policy.shadow import ShadowPolicy
 from gateway.screening.headers import parser_limits, screen
 from gateway.screening.paths import NormalizedPath, PathRejected, normalize
-from gateway.shadow import ShadowPolicy
 from gateway.shared.check import Refusal
 from gateway.shared.state import REMEMBER_ADDRESS, SIGNALS, SharedState
 from gateway.signin.flow import BrowserSignIn
@@ -108,7 +108,7 @@ class Gateway:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._ids = DecisionIds()
-        # gateway/decision_memo.py: allows reused while the policy can't tell requests
+        # gateway/policy/memo.py: allows reused while the policy can't tell requests
         # apart; one memo per engine, none when its policy doesn't opt in.
         self._memo: DecisionMemo | None = None
         self._memo_engine: object = None

@@ -1,6 +1,6 @@
 """Which parts of `input` can a rule's value depend on: read off the policy's own AST.
 
-The gateway's decision memo (gateway/decision_memo.py) may reuse a decision for a
+The gateway's decision memo (gateway/policy/memo.py) may reuse a decision for a
 request that agrees with an earlier one on every input path the policy declares
 it reads. A declaration is only a claim, so it is checked here against what the
 modules really read: every `input` reference in the rule's package and in every

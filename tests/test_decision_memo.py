@@ -1,4 +1,4 @@
-"""The decision memo (gateway/decision_memo.py): a reused allow is exactly the decision
+"""The decision memo (gateway/policy/memo.py): a reused allow is exactly the decision
 the policy would have made, and a policy whose declaration misses a read gets none."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.audit.chain import DECISION_PATH
-from gateway.decision import decide
-from gateway.decision_memo import MARGIN_NS, DecisionMemo
-from gateway.policy_reload import build_engine
+from gateway.policy.decision import decide
+from gateway.policy.memo import MARGIN_NS, DecisionMemo
+from gateway.policy.reload import build_engine
 from policy_engine import PolicyEngine, load_policy_set
 from tests.conftest import POLICIES
 from tests.gateway_stack import ServerFactory, start_stack

@@ -1,4 +1,5 @@
-"""How two decisions differ (gateway/divergence.py): the kinds replay and shadow mode report."""
+"""How two decisions differ (gateway/policy/divergence.py): the kinds replay and shadow
+mode report."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.divergence import (
+from gateway.policy.divergence import (
     ALLOW_TO_DENY,
     DENY_TO_ALLOW,
     ERROR,

@@ -584,7 +584,7 @@ async def test_query_bloat_logs_a_bounded_record(
 
 
 def decision_event(path: str, headers: dict[str, str]) -> dict[str, Any]:
-    """An event shaped like gateway.decision.decision_input's."""
+    """An event shaped like gateway.policy.decision.decision_input's."""
     query = path.partition("?")[2]
     return {
         "input": {

@@ -19,7 +19,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from gateway.audit.writer import DecisionLog
-    from gateway.policy_reload import PolicyHolder
+    from gateway.policy.reload import PolicyHolder
 
 log = logging.getLogger("portcullis.gateway")
 SYNC_CLASSIFICATIONS = frozenset({"pci"})

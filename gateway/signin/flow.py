@@ -21,8 +21,8 @@ import orjson
 from aiohttp import web
 
 from gateway.config import GatewayConfig, SignInConfig
-from gateway.decision import Decision
 from gateway.identity import ANONYMOUS, Identity
+from gateway.policy.decision import Decision
 from gateway.shared.check import Refusal
 from gateway.signin import pages
 from gateway.signin.oidc import OidcClient, ProviderError, TokenInvalid, same

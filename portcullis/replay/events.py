@@ -19,7 +19,7 @@ from typing import Any
 
 from gateway.audit.chain import DECISION_PATH, REFUSAL_PATH, SIGNATURE_TYPE, rfc3339_ns
 from gateway.audit.reader import iter_records
-from gateway.decision import SECRET_HEADERS
+from gateway.policy.decision import SECRET_HEADERS
 
 _RULE = re.compile(r"^(gateway\.[A-Za-z0-9_]+)")
 # Credentials the gateway already replaces before asking the policy: the live

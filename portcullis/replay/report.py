@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.decision import Decision
-from gateway.divergence import ALLOW_TO_DENY, DENY_TO_ALLOW, ERROR, KINDS, STEP_UP
+from gateway.policy.decision import Decision
+from gateway.policy.divergence import ALLOW_TO_DENY, DENY_TO_ALLOW, ERROR, KINDS, STEP_UP
 from portcullis.replay.events import LoggedDecision, Selection, Skipped
 from portcullis.replay.stats import Latency, TopCounter
 

@@ -1,8 +1,8 @@
 """One replay: verify the log, then re-decide each selected decision as the gateway would.
 
 Each logged input goes, unchanged (with its original ``now_ns``), through
-:func:`gateway.decision.decide` on an engine built by
-:func:`gateway.policy_reload.build_engine`: the gateway's own call and its
+:func:`gateway.policy.decision.decide` on an engine built by
+:func:`gateway.policy.reload.build_engine`: the gateway's own call and its
 fail-closed reading of the answer, so a replayed decision is what the gateway
 would have done with the candidate loaded.
 """
@@ -19,9 +19,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.audit.reader import chain_order, verify_log
-from gateway.decision import decide
-from gateway.divergence import divergence
-from gateway.policy_reload import build_engine
+from gateway.policy.decision import decide
+from gateway.policy.divergence import divergence
+from gateway.policy.reload import build_engine
 from policy_engine import PolicyEngine, PolicyError
 from portcullis.replay.events import LoggedDecision, Selection, read_decisions
 from portcullis.replay.report import PolicyInfo, Report, Verification

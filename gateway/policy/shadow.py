@@ -3,7 +3,7 @@
 The request path only hands each live decision (its input and result) to the
 shadow process as one JSON line on a pipe, after the live decision is made and
 logged: a write that never waits (a full pipe drops the line and counts it).
-The shadow process (:mod:`gateway.shadow_worker`) decides with the candidate
+The shadow process (:mod:`gateway.policy.shadow_worker`) decides with the candidate
 and reports divergences, which the gateway logs as decision events (path
 ``shadow/portcullis/gateway/decision``, ``labels.shadow: true``) and counts in
 ``portcullis_shadow_divergences_total{app,kind}``. A candidate that fails to
@@ -23,9 +23,9 @@ from typing import Any
 
 import orjson
 
-from gateway.decision import Decision
 from gateway.metrics import Metrics
-from gateway.shadow_worker import LINE_LIMIT
+from gateway.policy.decision import Decision
+from gateway.policy.shadow_worker import LINE_LIMIT
 
 log = logging.getLogger("portcullis.shadow")
 # Bytes of decisions waiting in the pipe before new ones are dropped (~5,000
@@ -143,7 +143,7 @@ class ShadowPolicy:
     async def _run_once(self) -> None:
         poll = str(self.poll_interval) if self.poll_interval else "0"
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway.shadow_worker", self.source, str(self.timeout_ms),
+            sys.executable, "-m", "gateway.policy.shadow_worker", self.source, str(self.timeout_ms),
             poll, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             limit=LINE_LIMIT,
         )  # fmt: skip

@@ -1,6 +1,6 @@
 """The shadow policy's own process: decide each request the live gateway sends, report divergences.
 
-Run by :mod:`gateway.shadow` as ``python -m gateway.shadow_worker SOURCE
+Run by :mod:`gateway.policy.shadow` as ``python -m gateway.policy.shadow_worker SOURCE
 TIMEOUT_MS POLL_INTERVAL|0``. It reads JSON lines on stdin::
 
     {"op": "decide", "id": <live decision id>, "app": .., "input": {..}, "live": {..}}
@@ -15,8 +15,8 @@ and writes JSON lines on stdout::
 A separate process because the embedded engine holds the GIL while it
 evaluates: in the gateway's process even a fast candidate would take CPU from
 the event loop, and a slow or crashing one would stall or kill live traffic.
-Decisions go through :func:`gateway.decision.decide` on an engine from
-:func:`gateway.policy_reload.build_engine`, exactly as the live gateway's do.
+Decisions go through :func:`gateway.policy.decision.decide` on an engine from
+:func:`gateway.policy.reload.build_engine`, exactly as the live gateway's do.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from gateway.decision import decide
-from gateway.divergence import divergence
-from gateway.policy_reload import build_engine, source_fingerprint
+from gateway.policy.decision import decide
+from gateway.policy.divergence import divergence
+from gateway.policy.reload import build_engine, source_fingerprint
 from policy_engine import PolicyEngine, PolicyError
 
 log = logging.getLogger("portcullis.shadow")

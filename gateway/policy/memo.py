@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from gateway.decision import Decision, decide
+from gateway.policy.decision import Decision, decide
 from policy_engine import EmbeddedEngine, PolicyEngine, PolicyError
 from policy_engine.input_reads import input_reads
 
@@ -91,7 +91,7 @@ class DecisionMemo:
         return cls(engine, reads)
 
     async def decide(self, document: dict[str, Any], decision_id: str) -> Decision:
-        """What :func:`gateway.decision.decide` would answer, from memory when it can."""
+        """What :func:`gateway.policy.decision.decide` would answer, from memory when it can."""
         started = time.perf_counter_ns()
         key = self.key(document)
         now_ns = document.get("now_ns")

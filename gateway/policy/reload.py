@@ -9,9 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.decision import DECISION_REF
-from gateway.decision_memo import READS_REF
 from gateway.metrics import Metrics
+from gateway.policy.decision import DECISION_REF
+from gateway.policy.memo import READS_REF
 from policy_engine import (
     EmbeddedEngine,
     OpaServerEngine,
