@@ -48,9 +48,11 @@ def policy_dir(base: Path, routes: int) -> Path:
     directory = base / "shipped"
     (directory / "data").mkdir(parents=True)
     (directory / "gateway").mkdir()
-    (directory / "gateway/decision.rego").write_text(
-        (ROOT / "policies/gateway/decision.rego").read_text()
-    )
+    # The gateway package's modules, not their tests (memo.rego: the decision's
+    # valid_until_ns).
+    for module in (ROOT / "policies/gateway").glob("*.rego"):
+        if not module.name.endswith("_test.rego"):
+            (directory / "gateway" / module.name).write_text(module.read_text())
     (directory / "data/apps.yaml").write_text(yaml.safe_dump(catalogue_with_routes(routes)))
     return directory
 
