@@ -385,12 +385,8 @@ async def test_copytruncate_is_noticed_shipped_from_the_start_and_counted(
     assert 'portcullis_sink_log_discontinuities_total{sink="copy"} 1.0' in metrics
 
 
-def test_a_cursor_that_does_not_match_its_line_restarts_the_file_not_mid_line(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The log was cut and rewritten while nothing followed it: the cursor's offset
-    lands mid-line in the new content. Shipped from the start, never half a line."""
-    from gateway.audit.shipping.shipper import load_shippers
+def log_with_cursor_after_its_first_line(tmp_path: Path) -> Path:
+    """A two-line log and sink "copy"'s cursor right after its first line."""
     from gateway.audit.tail import LogTail
 
     log = tmp_path / "decisions.log"
@@ -402,6 +398,17 @@ def test_a_cursor_that_does_not_match_its_line_restarts_the_file_not_mid_line(
         "inode": lines[0].end.inode, "offset": lines[0].end.offset, "seq": 1,
         "hash": lines[0].digest,
     }))  # fmt: skip
+    return log
+
+
+def test_a_cursor_that_does_not_match_its_line_restarts_the_file_not_mid_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The log was cut and rewritten while nothing followed it: the cursor's offset
+    lands mid-line in the new content. Shipped from the start, never half a line."""
+    from gateway.audit.shipping.shipper import load_shippers
+
+    log = log_with_cursor_after_its_first_line(tmp_path)
     with log.open("r+b") as file:  # same inode, other content, longer than the cursor
         file.truncate(0)
         file.write(b'{"seq": 7, "pad": "xxxxxxxx"}\n{"seq": 8}\n')
@@ -417,17 +424,8 @@ def test_a_cursor_that_does_not_match_its_line_restarts_the_file_not_mid_line(
 
 def test_a_cursor_that_matches_its_line_resumes_right_after_it(tmp_path: Path) -> None:
     from gateway.audit.shipping.shipper import load_shippers
-    from gateway.audit.tail import LogTail
 
-    log = tmp_path / "decisions.log"
-    log.write_bytes(b'{"seq": 1}\n{"seq": 2}\n')
-    tail = LogTail(log)
-    lines = tail.read(10)
-    tail.close()
-    (tmp_path / "decisions.log.sink-copy.cursor").write_text(json.dumps({
-        "inode": lines[0].end.inode, "offset": lines[0].end.offset, "seq": 1,
-        "hash": lines[0].digest,
-    }))  # fmt: skip
+    log = log_with_cursor_after_its_first_line(tmp_path)
     shipper = load_shippers((SinkConfig("copy", "file", path=tmp_path / "c.jsonl"),), log)[0]
     assert shipper._tail is not None
     assert [line.record for line in shipper._tail.read(10)] == [{"seq": 2}]

@@ -87,15 +87,22 @@ def _authentication(event: Event) -> dict[str, Any]:
     }
 
 
-def _chain_signature(event: Event, record: dict[str, Any]) -> dict[str, Any]:
+def _other(event: Event, activity: str, severity_id: int, severity: str) -> dict[str, Any]:
+    """A Base Event of activity Other (99): what the log holds beside access decisions."""
     return {
         **_base(event, 0, 0, "Base Event"),
         "activity_id": 99,
-        "activity_name": "chain_signature",
+        "activity_name": activity,
         "type_uid": 99,
         "type_name": "Base Event: Other",
-        "severity_id": 1,
-        "severity": "Informational",
+        "severity_id": severity_id,
+        "severity": severity,
+    }
+
+
+def _chain_signature(event: Event, record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **_other(event, "chain_signature", 1, "Informational"),
         "status_id": 1,
         "status": "Success",
         "message": f"decision log chain head at seq {event.seq} ({record.get('reason')})",
@@ -110,17 +117,11 @@ def _shadow_divergence(event: Event, record: dict[str, Any]) -> dict[str, Any]:
     result, labels = record.get("result"), record.get("labels")
     result = result if isinstance(result, dict) else {}
     labels = labels if isinstance(labels, dict) else {}
-    base = _base(event, 0, 0, "Base Event")
+    base = _other(event, "shadow_divergence", 1, "Informational")
     base["metadata"]["labels"] = ["shadow"]
     divergence = result.get("divergence")
     return {
         **base,
-        "activity_id": 99,
-        "activity_name": "shadow_divergence",
-        "type_uid": 99,
-        "type_name": "Base Event: Other",
-        "severity_id": 1,
-        "severity": "Informational",
         "message": f"shadow policy {labels.get('shadow_policy', '?')} would decide "
         f"differently ({divergence}); not enforced",
         "unmapped": {
@@ -144,13 +145,7 @@ def _shadow_divergence(event: Event, record: dict[str, Any]) -> dict[str, Any]:
 
 def _damaged(event: Event, record: dict[str, Any]) -> dict[str, Any]:
     return {
-        **_base(event, 0, 0, "Base Event"),
-        "activity_id": 99,
-        "activity_name": "damaged_record",
-        "type_uid": 99,
-        "type_name": "Base Event: Other",
-        "severity_id": 4,
-        "severity": "High",
+        **_other(event, "damaged_record", 4, "High"),
         "status_id": 2,
         "status": "Failure",
         "message": "a line of the decision log is not a JSON record (damaged?); its text is "
