@@ -47,8 +47,11 @@ def _b64(number: int) -> str:
     return base64.urlsafe_b64encode(number.to_bytes(32, "big")).rstrip(b"=").decode()
 
 
-def public_jwk(key: ec.EllipticCurvePrivateKey) -> dict[str, str]:
-    numbers = key.public_key().public_numbers()
+def public_jwk(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) -> dict[str, str]:
+    """The key's public JWK, its kid the RFC 7638 thumbprint (what the gateway signs
+    assertions and decision-log signatures with)."""
+    public = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
+    numbers = public.public_numbers()
     jwk = {"kty": "EC", "crv": "P-256", "x": _b64(numbers.x), "y": _b64(numbers.y)}
     # RFC 7638 thumbprint as the key id: stable across restarts for the same key.
     canonical = f'{{"crv":"P-256","kty":"EC","x":"{jwk["x"]}","y":"{jwk["y"]}"}}'

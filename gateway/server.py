@@ -60,7 +60,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("portcullis.gateway")
 GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway")
-
 MAX_REQUEST_ID = 200
 
 

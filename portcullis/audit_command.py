@@ -26,8 +26,6 @@ given key is a usage error (exit 2); a log that doesn't reach it is exit 1.
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
 import json
 import sys
 import urllib.error
@@ -39,6 +37,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gateway.assertion import public_jwk
 from gateway.audit.chain import SIGNATURE_TYPE, check_signature, line_hash, public_key_from_jwk
 from gateway.audit.reader import SignedHead, VerifyResult, iter_lines, verify_log
 
@@ -149,14 +148,7 @@ def _key_ids(keys: dict[str, ec.EllipticCurvePublicKey]) -> str:
     kid the gateway signs with)."""
     if "*" not in keys:
         return "key id " + ", ".join(map(repr, sorted(keys)))
-    numbers = keys["*"].public_numbers()
-    x, y = (_b64(value.to_bytes(32, "big")) for value in (numbers.x, numbers.y))
-    canonical = f'{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}'
-    return f"key id {_b64(hashlib.sha256(canonical.encode()).digest())!r}"
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    return f"key id {public_jwk(keys['*'])['kid']!r}"
 
 
 def _report(result: VerifyResult, *, live: bool) -> int:

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import socket
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from portcullis import output_options
 from portcullis.audit_command import UsageError, check_hash, load_keys
@@ -145,9 +143,6 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--since must be before --until")
         after = check_hash(args.after) if args.after else None
         keys = None if args.no_verify else load_keys(args.key, args.jwks)
-        _check_reachable(args.policy, "--policy")
-        if args.baseline_policy:
-            _check_reachable(args.baseline_policy, "--baseline-policy")
         options = ReplayOptions(
             logs=[Path(name) for name in args.logs],
             candidate=args.policy,
@@ -212,26 +207,3 @@ def _nothing_selected(report: Report, args: argparse.Namespace) -> str | None:
         f"no decision matched the selection ({', '.join(counts)}; {' '.join(chosen)}): "
         "nothing was replayed, so nothing was checked"
     )
-
-
-def _check_reachable(source: str, option: str) -> None:
-    """An OPA URL that refuses connections doesn't load, as a broken policy
-    directory doesn't: exit 2 up front, not every decision a candidate error."""
-    if not source.startswith(("http://", "https://")):
-        return
-    parts = urlsplit(source)
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError as error:
-        raise UsageError(f"{option} {source}: the policy does not load:\n{error}") from None
-    if not parts.hostname:
-        return  # build_engine says what is wrong with it
-    try:
-        with socket.create_connection((parts.hostname, port), timeout=5):
-            pass
-    except OSError as error:
-        reason = error.strerror or str(error) or type(error).__name__
-        raise UsageError(
-            f"{option} {source}: the policy does not load:\nOPA at {source} is unreachable: "
-            f"{reason}"
-        ) from None

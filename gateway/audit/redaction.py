@@ -375,9 +375,14 @@ def _param_key(name: str, *, encoded: bool = False) -> str:
     return name.lower().translate(_NAME_SEPARATORS).strip("_")
 
 
+def pointer_parts(pointer: str) -> tuple[str, ...]:
+    """A JSON pointer's reference tokens (RFC 6901): ``/a~1b/c`` -> ("a/b", "c")."""
+    return tuple(p.replace("~1", "/").replace("~0", "~") for p in pointer.split("/")[1:])
+
+
 def parse_pointer(pointer: str) -> tuple[str, ...]:
     """``/input/a~1b`` -> ("input", "a/b"); ValueError unless inside /input/ or /result/."""
-    parts = tuple(p.replace("~1", "/").replace("~0", "~") for p in pointer.split("/")[1:])
+    parts = pointer_parts(pointer)
     if len(parts) < 2 or parts[0] not in ("input", "result"):
         raise ValueError(f"mask pointer {pointer!r} must point inside /input/ or /result/")
     return parts

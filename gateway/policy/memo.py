@@ -31,6 +31,7 @@ from typing import Any
 
 import orjson
 
+from gateway.audit.redaction import pointer_parts
 from gateway.policy.decision import Decision, decide
 from policy_engine import EmbeddedEngine, PolicyEngine, PolicyError
 from policy_engine.input_reads import input_reads
@@ -157,7 +158,7 @@ def _pointers(declared: Any) -> tuple[tuple[str, ...], ...] | None:
     for pointer in declared:
         if not isinstance(pointer, str) or not pointer.startswith("/") or pointer == "/":
             return None
-        paths.append(tuple(p.replace("~1", "/").replace("~0", "~") for p in pointer.split("/")[1:]))
+        paths.append(pointer_parts(pointer))
     return tuple(paths)
 
 

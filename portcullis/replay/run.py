@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -84,9 +86,28 @@ def replay(options: ReplayOptions) -> Report:
 
 def _open(source: str, option: str, timeout_ms: float) -> PolicyEngine:
     try:
+        _check_reachable(source)
         return build_engine(source, timeout_ms=timeout_ms)
     except (PolicyError, OSError, ValueError) as error:
         raise ReplayError(f"{option} {source}: the policy does not load:\n{error}") from None
+
+
+def _check_reachable(source: str) -> None:
+    """An OPA URL that refuses connections doesn't load, as a broken policy
+    directory doesn't: exit 2 up front, not every decision a candidate error.
+    Raises OSError (or ValueError for a bad port)."""
+    if not source.startswith(("http://", "https://")):
+        return
+    parts = urlsplit(source)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    if not parts.hostname:
+        return  # build_engine says what is wrong with it
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=5):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error) or type(error).__name__
+        raise OSError(f"OPA at {source} is unreachable: {reason}") from None
 
 
 def _verify(

@@ -214,7 +214,10 @@ def _syslog(
         if (files["cert_file"] is None) != (files["key_file"] is None):
             raise ConfigError(f"{where}.tls: cert_file and key_file go together")
         tls = SinkTls(files["ca_file"], files["cert_file"], files["key_file"], server_name)
-        _check_tls(tls, f"{where}.tls")
+        try:  # now: a file that isn't one is a config error, not a failing shipper
+            tls_context(tls)
+        except TlsFileError as error:
+            raise ConfigError(f"{where}.tls.{error.key}: {error}") from None
     return SinkConfig(
         name, "syslog", form, address=address, tls=tls, facility=FACILITIES[facility_name],
         app_name=app_name, **common,
@@ -248,7 +251,10 @@ def _http(
     if token_file is not None and not token_file.is_file():
         raise ConfigError(f"{where}.token_file: no such file {token_file}")
     if token_file is not None:
-        _check_token(token_file, f"{where}.token_file")
+        try:
+            read_token(token_file)
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"{where}.token_file: {error}") from None
     if envelope == "splunk_hec" and token_file is None:
         raise ConfigError(f"{where}.token_file: Splunk HEC needs a token (its file)")
     gzip = reader.get("gzip", bool, True)
@@ -260,35 +266,53 @@ def _http(
     )  # fmt: skip
 
 
-def _check_token(path: Path, where: str) -> None:
-    """One token on one line (it becomes a header; the sink reads it again for
-    every batch, so a rotated Secret is picked up)."""
+def read_token(path: Path) -> str:
+    """The bearer token in ``path``: one token on one line (it becomes a header).
+    Raises OSError or ValueError saying what is wrong. Read at the start and again
+    for every batch, so a rotated Secret is picked up."""
     try:
         token = path.read_text().strip()
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{where}: cannot read {path}: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: {error}") from None
     if any(ord(c) < 32 or ord(c) == 127 for c in token):
-        raise ConfigError(
-            f"{where}: {path} holds a line break or another control character: one token, one line"
+        raise ValueError(
+            f"{path}: the token holds a line break or another control character: "
+            "one token, one line"
         )
+    return token
 
 
-def _check_tls(tls: SinkTls, where: str) -> None:
-    """Load the CA and the client certificate now: a file that isn't one is a
-    config error at the start, not a shipper failing from its first batch on."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    key = "ca_file"
+class TlsFileError(ValueError):
+    """A CA or client certificate file that doesn't load; ``key`` names its setting."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def tls_context(tls: SinkTls) -> ssl.SSLContext:
+    """The client TLS context of a syslog sink (TLS 1.2 or later), its CA and client
+    certificate loaded. Raises TlsFileError naming the file that doesn't load."""
     try:
-        if tls.ca_file is not None:
-            context.load_verify_locations(cafile=tls.ca_file)
-        key = "cert_file"
-        if tls.cert_file is not None and tls.key_file is not None:
-            context.load_cert_chain(tls.cert_file, tls.key_file)
+        context = ssl.create_default_context(
+            cafile=str(tls.ca_file) if tls.ca_file is not None else None
+        )
     except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
-        what = "a PEM CA certificate" if key == "ca_file" else "a PEM certificate and key"
-        path = tls.ca_file if key == "ca_file" else f"{tls.cert_file} / {tls.key_file}"
         reason = getattr(error, "reason", None) or error
-        raise ConfigError(f"{where}.{key}: {path} is not {what} ({reason})") from None
+        raise TlsFileError(
+            "ca_file", f"{tls.ca_file} is not a PEM CA certificate ({reason})"
+        ) from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if tls.cert_file is not None and tls.key_file is not None:
+        try:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+        except (OSError, ValueError) as error:
+            reason = getattr(error, "reason", None) or error
+            raise TlsFileError(
+                "cert_file",
+                f"{tls.cert_file} / {tls.key_file} is not a PEM certificate and key ({reason})",
+            ) from None
+    return context
 
 
 def _positive(reader: _Reader, name: str, default: float, kind: type = float) -> float:

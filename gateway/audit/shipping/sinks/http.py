@@ -15,7 +15,7 @@ import aiohttp
 import orjson
 
 from gateway.audit.shipping.formats.fields import epoch_ms
-from gateway.audit.shipping.settings import SinkConfig
+from gateway.audit.shipping.settings import SinkConfig, read_token
 from gateway.audit.shipping.sinks.base import Item, SinkError
 from portcullis import __version__
 
@@ -99,16 +99,11 @@ class HttpSink:
         if self.config.token_file is None:
             return None
         try:
-            token = self.config.token_file.read_text().strip()
-        except (OSError, UnicodeDecodeError) as error:
-            reason = getattr(error, "strerror", None) or str(error)
-            raise SinkError(f"token_file {self.config.token_file}: {reason}") from error
-        if any(ord(c) < 32 or ord(c) == 127 for c in token):
-            raise SinkError(
-                f"token_file {self.config.token_file}: the token has a line break or another "
-                "control character (one token, one line)"
-            )
-        return token
+            return read_token(self.config.token_file)
+        except OSError as error:
+            raise SinkError(f"token_file {self.config.token_file}: {error.strerror}") from error
+        except ValueError as error:
+            raise SinkError(f"token_file {error}") from error
 
 
 def _check_hec(url: str, text: str) -> None:

@@ -24,7 +24,7 @@ import orjson
 
 from gateway.audit.chain import SHADOW_PATH, SIGNATURE_TYPE
 from gateway.audit.shipping.formats.fields import is_damaged
-from gateway.audit.shipping.settings import SinkConfig
+from gateway.audit.shipping.settings import SinkConfig, TlsFileError, tls_context
 from gateway.audit.shipping.sinks.base import Item, SinkError
 
 # RFC 5424 severities: deny is a notice, a damaged line a warning, everything
@@ -108,8 +108,8 @@ class SyslogSink:
             await self.close()  # the receiver closed it: a new connection
         if self.config.tls is not None and self._tls is None:
             try:
-                self._tls = _tls_context(self.config)
-            except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+                self._tls = tls_context(self.config.tls)
+            except TlsFileError as error:
                 raise SinkError(f"syslog {self.config.address}: tls: {error}") from error
         try:
             reader, writer = await asyncio.wait_for(
@@ -167,18 +167,6 @@ def _tcp_state(sock: Any) -> int:
 def _unacknowledged(fd: int) -> int:
     buffer = fcntl.ioctl(fd, termios.TIOCOUTQ, struct.pack("i", 0))  # == SIOCOUTQ
     return int(struct.unpack("i", buffer)[0])
-
-
-def _tls_context(config: SinkConfig) -> ssl.SSLContext:
-    tls = config.tls
-    assert tls is not None
-    context = ssl.create_default_context(
-        cafile=str(tls.ca_file) if tls.ca_file is not None else None
-    )
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if tls.cert_file is not None and tls.key_file is not None:
-        context.load_cert_chain(tls.cert_file, tls.key_file)
-    return context
 
 
 def _labels(record: dict[str, Any]) -> dict[str, Any]:
