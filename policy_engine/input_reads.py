@@ -13,8 +13,9 @@ randomness, the network) is reported too: no declaration can cover it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from policy_engine.rego_ast import ModuleShape
 
@@ -97,3 +98,70 @@ def _overlaps(package: Path, path: Path) -> bool:
 
 def _dotted(path: Path) -> str:
     return ".".join(("input", *path))
+
+
+class InputProjection:
+    """The part of an input a rule can read: evaluating on it gives what evaluating
+    on the whole input gives, and costs the engine less (regorus builds every
+    object key of its input, ~0.3 us each; a gateway input carries headers,
+    addresses and claims no policy reads).
+
+    Built from :func:`input_reads`' paths: each names a key to keep at each
+    level; a path that ends keeps the whole value under it, and so does a value
+    that isn't an object where the path goes on (reading a key of a list or a
+    string is undefined either way, so the whole value is kept as it was).
+
+    The copy runs once per decision, so it is a function written for the tree
+    (``if "identity" in v0: ...``, keys as Python literals): a generic walk of
+    the tree cost as much as the engine saved."""
+
+    def __init__(self, reads: Iterable[Path]) -> None:
+        tree: dict[str, Any] = {}
+        for path in sorted(reads, key=len):
+            node = tree
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+                if node is _WHOLE:
+                    break
+            else:
+                node[path[-1]] = _WHOLE
+        self.tree = tree
+        lines = ["def of(v0):", "    if type(v0) is not dict:", "        return v0"]
+        lines += _copy_lines(tree, 0, "    ")
+        lines.append("    return o0")
+        namespace: dict[str, Any] = {}
+        # The only names in it are v<n>/o<n>; every key is a repr()'d str literal.
+        exec("\n".join(lines), namespace)
+        self.of: Callable[[Any], Any] = namespace["of"]
+        self.of.__doc__ = (
+            "``document`` cut to the readable paths (the same object when it isn't one)."
+        )
+
+
+# Marks a path whose whole value is kept.
+_WHOLE: dict[str, Any] = {}
+
+
+def projection(shapes: Iterable[ModuleShape], ref: Path) -> InputProjection | None:
+    """The projection for evaluating ``ref`` (a rule or package path under
+    ``data``), or None when what it reads has no bound (a bare ``input``)."""
+    reads = input_reads(shapes, ref, ()).reads
+    return None if () in reads else InputProjection(reads)
+
+
+def _copy_lines(tree: dict[str, Any], depth: int, indent: str) -> list[str]:
+    """Source that copies into o<depth> the keys of object v<depth> that ``tree`` names."""
+    here, below = f"v{depth}", f"v{depth + 1}"
+    lines = [f"{indent}o{depth} = {{}}"]
+    for key, subtree in tree.items():
+        literal = repr(key)
+        lines.append(f"{indent}if {literal} in {here}:")
+        if subtree is _WHOLE:
+            lines.append(f"{indent}    o{depth}[{literal}] = {here}[{literal}]")
+            continue
+        lines.append(f"{indent}    {below} = {here}[{literal}]")
+        lines.append(f"{indent}    if type({below}) is dict:")
+        lines += _copy_lines(subtree, depth + 1, indent + "        ")
+        lines.append(f"{indent}        {below} = o{depth + 1}")
+        lines.append(f"{indent}    o{depth}[{literal}] = {below}")
+    return lines
