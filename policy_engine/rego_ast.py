@@ -178,14 +178,25 @@ def module_shape(entry: dict[str, Any]) -> ModuleShape:
     ast = entry["ast"]
     package = ref_path(ast["package"]["refr"]) or ()
     shape = ModuleShape(entry["source"]["file"], package)
-    source = str(entry["source"].get("contents", ""))
+    source = str(entry["source"].get("contents", "")).encode()
     for imported in ast.get("imports", []):
         path = ref_path(imported["refr"])
         if path is None:
             continue
         alias_span = imported.get("as")
-        # regorus gives the alias as a span only: read its name from the source.
-        alias = source[alias_span["start"] : alias_span["end"]] if alias_span else path[-1]
+        # regorus gives the alias as a span only, in UTF-8 bytes (a "ü" in a comment
+        # above it shifts a character slice): read its name from the source's bytes.
+        alias = (
+            source[alias_span["start"] : alias_span["end"]].decode("utf-8", "replace")
+            if alias_span
+            else path[-1]
+        )
+        if not alias.isidentifier():
+            # An alias not read right would hide the reads made through it: the
+            # module counts as reading all of input and data (no memo, no projection).
+            shape.input_reads.add(())
+            shape.data_reads.add(())
+            continue
         shape.imports[alias] = path
     for raw in ast.get("rules", []):
         rule = _rule(raw)

@@ -257,6 +257,19 @@ def test_a_read_through_another_package_must_be_declared_too(tmp_path: Path) -> 
     assert DecisionMemo.for_engine(build_engine(source, timeout_ms=250)) is not None
 
 
+def test_a_read_through_an_import_alias_below_a_non_ascii_comment_must_be_declared(
+    tmp_path: Path,
+) -> None:
+    """regorus' spans count UTF-8 bytes: read as characters, the alias came out
+    wrong and the reads through it escaped the declaration check."""
+    source = write_policy(
+        tmp_path / "p",
+        'reads := ["/identity"]\ndefault allow := false\nallow if req.store == "1"\n',
+        imports="# Prüfung ü\nimport input.request as req\n",
+    )
+    assert DecisionMemo.for_engine(build_engine(source, timeout_ms=250)) is None
+
+
 @pytest.mark.parametrize(
     "rule",
     [

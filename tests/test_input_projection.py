@@ -170,3 +170,38 @@ def test_keys_that_are_not_python_names_are_copied_as_they_are() -> None:
     cut = InputProjection([(hostile,), ("a", hostile)])
     document = {hostile: 1, "a": {hostile: [2], "b": 3}, "c": 4}
     assert cut.of(document) == {hostile: 1, "a": {hostile: [2]}}
+
+
+@pytest.mark.parametrize(
+    ("modules", "document"),
+    [
+        (
+            {
+                "p": "package portcullis.gateway\n# Prüfung ü ✓\nimport rego.v1\n"
+                "import input.request as r\n"
+                'decision := {"allow": allow}\ndefault allow := false\n'
+                'allow if not deny\ndeny if r.path == "/admin"\n'
+            },
+            {"request": {"path": "/admin"}},
+        ),
+        (
+            {
+                "p": "package portcullis.gateway\n# ü\nimport rego.v1\n"
+                "import data.portcullis.other as oth\n"
+                'decision := {"allow": allow}\ndefault allow := false\nallow if not oth.deny\n',
+                "o": "package portcullis.other\nimport rego.v1\ndeny if input.s == 1\n",
+            },
+            {"s": 1},
+        ),
+    ],
+    ids=["input-alias", "data-alias"],
+)
+def test_a_non_ascii_comment_above_an_import_alias_does_not_hide_the_reads_made_through_it(
+    tmp_path: Path, modules: dict[str, str], document: dict[str, Any]
+) -> None:
+    """regorus' spans count UTF-8 bytes: read as characters, the alias came out
+    wrong, its reads were dropped, and the deny rule saw an empty input."""
+    policies = policy_set(tmp_path, **modules)
+    compiled = EmbeddedEngine(policies, compiled_refs=(REF,))
+    assert compiled.evaluate_sync(REF, document) == {"allow": False}
+    assert EmbeddedEngine(policies).evaluate_sync(REF, document) == {"allow": False}
