@@ -25,7 +25,7 @@ import orjson
 
 from gateway.metrics import Metrics
 from gateway.policy.decision import Decision
-from gateway.policy.shadow_worker import LINE_LIMIT
+from gateway.policy.shadow_worker import LINE_LIMIT, read_message
 
 log = logging.getLogger("portcullis.shadow")
 # Bytes of decisions waiting in the pipe before new ones are dropped (~5,000
@@ -164,12 +164,8 @@ class ShadowPolicy:
             await process.wait()
 
     def _received(self, line: bytes) -> None:
-        try:
-            message = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            log.error("shadow: unreadable answer from the shadow process (%d bytes)", len(line))
-            return
-        if not isinstance(message, dict):
+        message = read_message(line, "answer from the shadow process")
+        if message is None:
             return
         if message.get("op") == "loaded":
             self._loaded(message)

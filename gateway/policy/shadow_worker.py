@@ -39,6 +39,17 @@ log = logging.getLogger("portcullis.shadow")
 LINE_LIMIT = 16 * 1024 * 1024
 
 
+def read_message(line: bytes, what: str) -> dict[str, Any] | None:
+    """One line of the pipe between the gateway and this process as its message
+    (a JSON object); None for anything else, logged when it isn't JSON."""
+    try:
+        message = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        log.error("shadow: unreadable %s (%d bytes)", what, len(line))
+        return None
+    return message if isinstance(message, dict) else None
+
+
 class ShadowWorker:
     def __init__(self, source: str, timeout_ms: float, out: BinaryIO) -> None:
         self.source = source
@@ -115,12 +126,8 @@ async def main(argv: list[str]) -> int:
     watcher = asyncio.ensure_future(worker.watch(poll)) if poll > 0 else None
     try:
         while line := await reader.readline():  # EOF: the gateway is stopping
-            try:
-                message = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                log.error("shadow: unreadable message from the gateway (%d bytes)", len(line))
-                continue
-            if not isinstance(message, dict):
+            message = read_message(line, "message from the gateway")
+            if message is None:
                 continue
             try:
                 await worker.handle(message)
