@@ -3,15 +3,16 @@
 # Input: the OPA-Envoy ext_authz shape plus input.route (the route the gateway
 # matched), input.identity (verified claims) and input.now_ns. See README
 # "Decision contract". The catalogue is indexed by input.route.app, so the
-# cost of a decision doesn't grow with the number of apps; requirements are
-# arrays, not sets of objects, and the allow path computes no deny reasons.
+# cost of a decision doesn't grow with the number of apps, and the allow path
+# computes no deny reasons.
 #
 # Written for regorus' compiled VM, where every executed instruction costs
-# (a rule or function call most, a comprehension more): the allow path
-# answers with one object, checks each MFA requirement where it comes from
-# instead of building the list of them, and calls no helper to match paths.
-# The deny path builds the list once for reasons and step-up. Replaying a
-# decision log runs this once per logged decision (bench/replay.py).
+# (~350 machine instructions each before it does any work; a rule or function
+# call more, a comprehension more still): the overrides that match the path
+# are found once, the MFA requirements are gathered once into one set and
+# checked once (unmet_mfa) for the allow path, the reasons and the step-up,
+# and no helper is called to match paths. Replaying a decision log runs this
+# once per logged decision (bench/replay.py).
 package portcullis.gateway
 
 import rego.v1
@@ -61,15 +62,20 @@ authenticated if {
 # below it): one startswith, no helper call.
 request_path := concat("", [lower(concat("/", input.parsed_path)), "/"])
 
+# The app's path overrides that hold for this request, matched once.
+matched_overrides := [override |
+	some override in app.paths
+	startswith(request_path, concat("", [lower(trim(override.prefix, "/")), "/"]))
+]
+
 # Groups: one of the app's, and one of each matching override's.
 missing_group if not in_app_group
 
 missing_group if missing_override_group
 
 missing_override_group if {
-	some override in app.paths
+	some override in matched_overrides
 	override.groups # first: the compiled VM lets `groups := <undefined>` through
-	startswith(request_path, concat("", [lower(trim(override.prefix, "/")), "/"]))
 	groups := override.groups
 	not member_of_one(groups)
 }
@@ -77,8 +83,9 @@ missing_override_group if {
 # A groups claim that isn't a list grants nothing.
 in_app_group if {
 	is_array(input.identity.groups)
+	groups := app.groups
 	some group in input.identity.groups
-	group in app.groups
+	group in groups
 }
 
 member_of_one(groups) if {
@@ -88,29 +95,26 @@ member_of_one(groups) if {
 }
 
 # MFA: the app's own (unless the method is exempt, e.g. GET on analytics),
-# every matching override's, and the risk signal's. The allow path checks
-# each where it comes from (missing_mfa); reasons and step-up use the list.
-mfa_requirements := array.concat(array.concat(app_mfa, override_mfa), signal_mfa)
+# every matching override's, and the risk signal's: a set, each requirement
+# once, checked once (unmet_mfa) for the allow path, the reasons and step-up.
+mfa_requirements contains app.mfa if {
+	app.mfa
+	not mfa_exempt_method
+}
 
-override_mfa := [override.mfa |
-	some override in app.paths
+mfa_requirements contains override.mfa if {
+	some override in matched_overrides
 	override.mfa
-	startswith(request_path, concat("", [lower(trim(override.prefix, "/")), "/"]))
-]
+}
 
 # Risk signals (input.signals, only with shared_state): a source address this
 # subject has not used recently asks for what the app's new_source_ip_mfa says.
 # Without signals, or with {"available": false}, nothing is added.
-signal_mfa := [app.new_source_ip_mfa] if {
+mfa_requirements contains app.new_source_ip_mfa if new_source_ip_mfa_applies
+
+new_source_ip_mfa_applies if {
 	input.signals.new_source_ip == true
 	app.new_source_ip_mfa
-} else := []
-
-app_mfa := [app.mfa] if app_mfa_applies else := []
-
-app_mfa_applies if {
-	app.mfa
-	not mfa_exempt_method
 }
 
 # A WebSocket upgrade is a GET but opens a two-way channel: never exempt.
@@ -122,32 +126,23 @@ mfa_exempt_method if {
 
 websocket_upgrade if contains(lower(input.attributes.request.http.headers.upgrade), "websocket")
 
-# Each requirement is bound after the check that it is there (see missing_group).
-missing_mfa if {
-	app_mfa_applies
-	requirement := app.mfa
-	not mfa_satisfied(requirement)
-}
+# The requirements this sign-in doesn't meet: by its method (amr/acr), or met
+# by its method but not recently enough (max_age). Each is checked once: the
+# reasons below read these lists instead of calling the checks again.
+method_unmet := [requirement |
+	some requirement in mfa_requirements
+	not method_satisfied(requirement)
+]
 
-missing_mfa if {
-	some override in app.paths
-	override.mfa
-	startswith(request_path, concat("", [lower(trim(override.prefix, "/")), "/"]))
-	requirement := override.mfa
-	not mfa_satisfied(requirement)
-}
+stale := [requirement |
+	some requirement in mfa_requirements
+	not requirement in method_unmet
+	not fresh_enough(requirement)
+]
 
-missing_mfa if {
-	input.signals.new_source_ip == true
-	app.new_source_ip_mfa
-	requirement := app.new_source_ip_mfa
-	not mfa_satisfied(requirement)
-}
+unmet_mfa := array.concat(method_unmet, stale)
 
-mfa_satisfied(requirement) if {
-	method_satisfied(requirement)
-	fresh_enough(requirement)
-}
+missing_mfa if count(unmet_mfa) > 0
 
 # The VM stops at the first definition that holds: the usual one comes first.
 method_satisfied(requirement) if {
@@ -180,11 +175,6 @@ fresh_enough(requirement) if {
 	age_ns >= -60000000000 # an auth_time in the future beyond clock skew is not trusted
 }
 
-unmet_mfa := [requirement |
-	some requirement in mfa_requirements
-	not mfa_satisfied(requirement)
-]
-
 # Reasons, status and step-up: computed only for a deny (the decision's else).
 reasons := [] if allow else := sort(deny_reasons)
 
@@ -215,26 +205,23 @@ access_reasons contains sprintf("requires membership in one of: %s", [concat(", 
 }
 
 access_reasons contains sprintf("requires membership in one of: %s", [concat(", ", sort(override.groups))]) if {
-	some override in app.paths
+	some override in matched_overrides
 	override.groups # first: the compiled VM lets `groups := <undefined>` through
-	startswith(request_path, concat("", [lower(trim(override.prefix, "/")), "/"]))
 	groups := override.groups
 	not member_of_one(groups)
 }
 
 access_reasons contains sprintf("requires MFA with one of: %s", [concat(", ", sort(requirement.amr))]) if {
-	some requirement in unmet_mfa
-	not method_satisfied(requirement)
+	some requirement in method_unmet
 }
 
 access_reasons contains "new source address: a fresh phishing-resistant sign-in is needed from an address not used before" if {
-	some requirement in signal_mfa
-	not mfa_satisfied(requirement)
+	new_source_ip_mfa_applies
+	app.new_source_ip_mfa in unmet_mfa
 }
 
 access_reasons contains message if {
-	some requirement in unmet_mfa
-	method_satisfied(requirement)
+	some requirement in stale
 	has_auth_time
 	is_number(input.now_ns)
 	age := round((input.now_ns / 1000000000) - input.identity.auth_time)
@@ -243,8 +230,7 @@ access_reasons contains message if {
 }
 
 access_reasons contains message if {
-	some requirement in unmet_mfa
-	method_satisfied(requirement)
+	some requirement in stale
 	not has_auth_time
 	message := sprintf("requires sign-in within the last %v s; the session has no auth_time", [requirement.max_age])
 }
