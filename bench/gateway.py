@@ -256,7 +256,11 @@ def log_costs(
     their mean (drift and bursts of load from elsewhere on the machine hit both
     sides of a pair alike), and the median of the per-round ratios is printed.
     CPU per request of the gateway's process and CPU per event of the shipping
-    process are printed too (they move less with the machine's load). The
+    process are printed too (they move less with the machine's load), and each
+    ratio again by CPU: the gateway's alone, and the gateway's plus the shipping
+    process's, per request (what the sink costs where every core is busy, as
+    with one worker per core; with one worker on two cores the shipping runs
+    mostly on the idle one, which throughput alone doesn't show). The
     shipping process's CPU is counted until it has caught up after the run, so
     work it put off (it runs at a lower priority, `decision_log.shipping_nice`)
     is charged to it; how far behind it was when wrk stopped, and how long it
@@ -330,21 +334,24 @@ def report_log_costs(
               f"{median(x['cpu_us'] for x in runs):>15.0f}"
               f"{shipping:>23}{behind:>15}{caught:>14}")  # fmt: skip
 
-    def ratio(name: str) -> tuple[float, float, list[float]]:
-        per_round, cpu = [], []
+    def ratio(name: str) -> tuple[float, float, float, list[float]]:
+        per_round, cpu, total = [], [], []
         position = variants.index(name)  # it ran between async runs position and position + 1
         for r in rounds:
-            pair = r["async"][position : position + 2]
-            per_round.append(r[name][0]["rps"] / statistics.mean(x["rps"] for x in pair))
-            cpu.append(statistics.mean(x["cpu_us"] for x in pair) / r[name][0]["cpu_us"])
-        return median(per_round), median(cpu), per_round
+            pair, run = r["async"][position : position + 2], r[name][0]
+            per_round.append(run["rps"] / statistics.mean(x["rps"] for x in pair))
+            cpu.append(statistics.mean(x["cpu_us"] for x in pair) / run["cpu_us"])
+            both = statistics.mean(x["cpu_us"] + x["shipper_us"] for x in pair)
+            total.append(both / (run["cpu_us"] + run["shipper_us"]))
+        return median(per_round), median(cpu), median(total), per_round
 
     for name, target in [("sync", 0.85)] + [(n, 0.95) for n in variants if "sink" in n]:
-        value, cpu, per_round = ratio(name)
+        value, cpu, total, per_round = ratio(name)
         verdict = "PASS" if value >= target else "MISS"
         print(f"({name})/async = {value:.2f}  (target >= {target:.2f}: {verdict}; rounds "
               f"{', '.join(f'{x:.2f}' for x in per_round)}; by gateway CPU per request "
-              f"{cpu:.2f})", flush=True)  # fmt: skip
+              f"{cpu:.2f}, by gateway + shipping CPU per request {total:.2f})",
+              flush=True)  # fmt: skip
 
 
 def remote_stand_in(pid: int) -> None:
