@@ -143,6 +143,8 @@ def wrk(
         "p99": percentile("99"),
         "bad": float(non_2xx.group(1)) if non_2xx else 0.0,
         "socket_errors": float(sum(int(n) for n in errors.groups())) if errors else 0.0,
+        # Requests with no answer within wrk's 2 s (e.g. a sync response held for a slow fsync).
+        "timeouts": float(errors.group(4)) if errors else 0.0,
     }
 
 
@@ -635,7 +637,7 @@ def report_saturation(args: argparse.Namespace, rounds: list[dict[str, Run]],
           f"{args.rounds} interleaved rounds (medians; CPU per request of the process "
           "and its children)")  # fmt: skip
     print(f"{'target':<30}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'CPU us/req':>12}"
-          f"{'non-2xx':>9}  req/s per round")  # fmt: skip
+          f"{'errors':>9}  req/s per round")  # fmt: skip
     for name in names:
         runs = [r[name] for r in rounds]
         cpu = f"{median(x['cpu_us'] for x in runs):.0f}" if "cpu_us" in runs[0] else "-"
@@ -643,12 +645,15 @@ def report_saturation(args: argparse.Namespace, rounds: list[dict[str, Run]],
               f"{median(x['p50'] for x in runs):>8.2f}{median(x['p99'] for x in runs):>8.2f}"
               f"{cpu:>12}{sum(x['bad'] + x['socket_errors'] for x in runs):>9.0f}  "
               f"{listed([x['rps'] for x in runs], 0)}")  # fmt: skip
-    bad = [n for n in names if any(r[n]["bad"] or r[n]["socket_errors"] for r in rounds)]
-    if bad:
-        print(
-            f"WARNING: non-2xx answers or socket errors from {', '.join(bad)}: "
-            "their req/s are not comparable"
-        )
+    # errors: non-2xx answers plus socket errors, summed over the rounds.
+    for name in names:
+        non_2xx = sum(r[name]["bad"] for r in rounds)
+        sockets = sum(r[name]["socket_errors"] for r in rounds)
+        if non_2xx or sockets:
+            timeouts = sum(r[name].get("timeouts", 0.0) for r in rounds)
+            print(f"WARNING: {name}: {non_2xx:.0f} non-2xx answers, {sockets:.0f} socket "
+                  f"errors ({timeouts:.0f} timeouts, no answer within 2 s): its req/s are "
+                  "not comparable")  # fmt: skip
 
     def ratio(top: str, bottom: str, target: float) -> None:
         per_round = [r[top]["rps"] / r[bottom]["rps"] for r in rounds]
