@@ -7,7 +7,7 @@
 # computes no deny reasons.
 #
 # Written for regorus' compiled VM, where every executed instruction costs
-# (~350 machine instructions each before it does any work; a rule or function
+# (~380 machine instructions each before it does any work; a rule or function
 # call more, a comprehension more still): the overrides that match the path
 # are found once, the MFA requirements are gathered once into one set and
 # checked once (unmet_mfa) for the allow path, the reasons and the step-up,
