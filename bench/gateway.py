@@ -650,7 +650,7 @@ def report_saturation(args: argparse.Namespace, rounds: list[dict[str, Run]],
         non_2xx = sum(r[name]["bad"] for r in rounds)
         sockets = sum(r[name]["socket_errors"] for r in rounds)
         if non_2xx or sockets:
-            timeouts = sum(r[name].get("timeouts", 0.0) for r in rounds)
+            timeouts = sum(r[name]["timeouts"] for r in rounds)
             print(f"WARNING: {name}: {non_2xx:.0f} non-2xx answers, {sockets:.0f} socket "
                   f"errors ({timeouts:.0f} timeouts, no answer within 2 s): its req/s are "
                   "not comparable")  # fmt: skip

@@ -76,25 +76,15 @@ async def test_admin_listener_serves_metrics_and_readyz(stack: Stack, admin: str
         assert "portcullis_policy_reloads_total" in await metrics.text()
         # The writer thread signs the start right after the log opens, possibly just
         # after the listener is up: until then the head is 404 "nothing signed yet".
-        head = await first_head(session, f"{admin}/audit/head")
+        log = stack.gateway.decision_log
+        assert log is not None
+        await wait_for(lambda: log.signed_head() is not None, timeout=5.0)
+        head = await (await session.get(f"{admin}/audit/head")).json()
         assert head["type"] == "chain_signature" and head["reason"] == "start"
         assert head["file"] == str(stack.log_path) and len(head["signature"]) == 86
         # The admin app serves operations only: nothing is proxied from it.
         assert (await session.get(f"{admin}/wms/stock")).status == 404
     assert stack.total_forwarded() == 0
-
-
-async def first_head(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
-    """/audit/head's answer once the log's first signature is written (at most 5 s)."""
-    deadline = time.monotonic() + 5
-    while True:
-        response = await session.get(url)
-        body: dict[str, Any] = await response.json()
-        if response.status != 404 or time.monotonic() > deadline:
-            assert response.status == 200, body
-            return body
-        assert body == {"error": "no_head", "reason": "nothing signed yet"}
-        await asyncio.sleep(0.01)
 
 
 async def test_metrics_count_requests_decisions_and_latency(stack: Stack, admin: str) -> None:
