@@ -212,9 +212,9 @@ async def test_an_unacknowledged_syslog_batch_is_resent_on_a_new_connection(
 ) -> None:
     """Resent on the same connection, the receiver would get the batch twice in
     one stream (and part of it, maybe, mid-frame)."""
-    from gateway.audit.shipping.sinks.base import Item, SinkError
+    from gateway.audit.shipping.sinks.base import SinkError
     from gateway.audit.shipping.sinks.syslog import SyslogSink
-    from gateway.audit.tail import LogTail
+    from gateway.audit.tail import LogTail, parse_record
 
     received: list[bytes] = []
 
@@ -232,8 +232,9 @@ async def test_an_unacknowledged_syslog_batch_is_resent_on_a_new_connection(
     tail = LogTail(log)
     lines = tail.read(10)
     tail.close()
-    items = [Item(line, line.record or {}, line.record or {}) for line in lines]
+    records = [parse_record(line.raw) or {} for line in lines]
     sink = SyslogSink(SinkConfig("siem", "syslog", address=f"127.0.0.1:{port}", timeout=1.0))
+    batch = [sink.encode(record, record) for record in records]
     real = SyslogSink._acknowledged
     failures = {"left": 1}
 
@@ -246,15 +247,14 @@ async def test_an_unacknowledged_syslog_batch_is_resent_on_a_new_connection(
     monkeypatch.setattr(SyslogSink, "_acknowledged", not_in_time)
     try:
         with pytest.raises(SinkError):
-            await sink.send(items)
-        await sink.send(items)
+            await sink.send(batch)
+        await sink.send(batch)
         await sink.close()
         await until(lambda: len(received) == 2 and all(received))
     finally:
         server.close()
         await server.wait_closed()
-    frame = sink.frame(items[0])
-    assert received == [frame, frame]  # one copy per connection
+    assert received == [batch[0], batch[0]]  # one copy per connection
 
 
 # --- 9. settings that could never work are refused with their key --------------------------
@@ -330,7 +330,7 @@ def test_a_rotated_file_without_a_seal_is_left_only_after_a_grace_once_the_new_h
 
     def drain() -> None:
         while batch := tail.read(10):
-            seqs.extend(line.record["seq"] for line in batch if line.record)
+            seqs.extend(json.loads(line.raw)["seq"] for line in batch)
             tail.advance(batch[-1].end)
 
     drain()
@@ -417,7 +417,7 @@ def test_a_cursor_that_does_not_match_its_line_restarts_the_file_not_mid_line(
     assert shipper._tail is not None
     batch = shipper._tail.read(10)
     shipper.close()
-    assert [line.record for line in batch] == [{"seq": 7, "pad": "xxxxxxxx"}, {"seq": 8}]
+    assert [json.loads(line.raw) for line in batch] == [{"seq": 7, "pad": "xxxxxxxx"}, {"seq": 8}]
     assert "is not the one the shipping cursor recorded" in caplog.text
     assert shipper.report()["discontinuities"] == 1
 
@@ -428,7 +428,7 @@ def test_a_cursor_that_matches_its_line_resumes_right_after_it(tmp_path: Path) -
     log = log_with_cursor_after_its_first_line(tmp_path)
     shipper = load_shippers((SinkConfig("copy", "file", path=tmp_path / "c.jsonl"),), log)[0]
     assert shipper._tail is not None
-    assert [line.record for line in shipper._tail.read(10)] == [{"seq": 2}]
+    assert [json.loads(line.raw) for line in shipper._tail.read(10)] == [{"seq": 2}]
     assert shipper.report()["discontinuities"] == 0
     shipper.close()
 
@@ -467,9 +467,7 @@ SHADOW_RECORD: dict[str, Any] = {
 
 def test_a_shadow_divergence_is_not_shipped_as_an_access_denial() -> None:
     from gateway.audit.shipping.formats import formatter
-    from gateway.audit.shipping.sinks.base import Item
     from gateway.audit.shipping.sinks.syslog import INFO, SyslogSink
-    from gateway.audit.tail import Position, TailLine
 
     digest = "cd" * 32
     ocsf = formatter("ocsf")(SHADOW_RECORD, digest)
@@ -488,9 +486,8 @@ def test_a_shadow_divergence_is_not_shipped_as_an_access_denial() -> None:
     assert ecs["portcullis"]["divergence"]["shadow"]["allow"] is False
     assert ecs["@timestamp"] == SHADOW_RECORD["timestamp"]
 
-    line = TailLine(b"{}", digest, SHADOW_RECORD, Position(1, 3))
     sink = SyslogSink(SinkConfig("siem", "syslog", "ocsf", address="127.0.0.1:514"))
-    frame = sink.frame(Item(line, SHADOW_RECORD, ocsf)).decode("utf-8", "replace")
+    frame = sink.encode(SHADOW_RECORD, ocsf).decode("utf-8", "replace")
     pri = int(frame.split("<", 1)[1].split(">", 1)[0])
     assert pri % 8 == INFO and " shadow_divergence [" in frame
 
@@ -537,14 +534,11 @@ async def test_a_damaged_line_is_shipped_as_damaged_with_its_text_in_every_forma
 
 def test_a_damaged_line_is_a_syslog_warning_named_damaged() -> None:
     from gateway.audit.shipping.formats.fields import damaged_record
-    from gateway.audit.shipping.sinks.base import Item
     from gateway.audit.shipping.sinks.syslog import WARNING, SyslogSink
-    from gateway.audit.tail import Position, TailLine
 
     record = damaged_record(b"not json", "2026-12-03T07:00:00.5Z")
-    line = TailLine(b"not json", "ef" * 32, None, Position(1, 9))
     sink = SyslogSink(SinkConfig("siem", "syslog", "opa", address="127.0.0.1:514"))
-    frame = sink.frame(Item(line, record, record)).decode("utf-8", "replace")
+    frame = sink.encode(record, record).decode("utf-8", "replace")
     pri = int(frame.split("<", 1)[1].split(">", 1)[0])
     assert pri % 8 == WARNING
     assert " 2026-12-03T07:00:00.5Z " in frame and " damaged [" in frame
@@ -610,7 +604,7 @@ def test_a_log_cut_and_written_past_the_position_between_two_reads_is_read_from_
     with log.open("r+b") as file:
         file.truncate(0)
         file.write(b'{"seq": 3, "pad": "xxxxxxxxxxxxxxx"}\n{"seq": 4}\n')
-    records = [line.record for line in tail.read(10)]
+    records = [json.loads(line.raw) for line in tail.read(10)]
     tail.close()
     assert records == [{"seq": 3, "pad": "xxxxxxxxxxxxxxx"}, {"seq": 4}]
     assert tail.discontinuities == 1

@@ -21,14 +21,15 @@ import random
 import threading
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from gateway.audit.chain import rfc3339_ns
 from gateway.audit.shipping.cursor import Cursor, CursorState
 from gateway.audit.shipping.formats import formatter
 from gateway.audit.shipping.formats.fields import damaged_record, epoch_ms
 from gateway.audit.shipping.settings import SinkConfig
-from gateway.audit.shipping.sinks.base import Item, Sink, SinkError
-from gateway.audit.tail import LogTail
+from gateway.audit.shipping.sinks.base import Sink, SinkError
+from gateway.audit.tail import LogTail, TailLine, parse_record
 
 logger = logging.getLogger("portcullis.decision_log.shipping")
 
@@ -37,6 +38,14 @@ _POLL = 0.05  # seconds between looks at the log when caught up
 # batches cost less (and the log's writer shares the disk).
 _BATCH_INTERVAL = 0.2
 _ALERT_EVERY = 60.0
+
+
+class Batch(NamedTuple):
+    """Records ready to send: each one's bytes, and what the shipper keeps of them."""
+
+    encoded: list[bytes]
+    first_stamp: str  # the first record's time (how long the batch has waited)
+    last_seq: int | None  # the last record's seq (None: a damaged line, no seq)
 
 
 def make_sink(config: SinkConfig) -> Sink:
@@ -174,26 +183,12 @@ class Shipper:
                         return
                     await asyncio.sleep(_POLL)
                     continue
-                items = []
-                for line in lines:
-                    if line.record is None:
-                        logger.error(
-                            "sink %s: a line of %s is not a JSON record (damaged?): shipped "
-                            "as a damaged record, its text kept (%d bytes)",
-                            self.name,
-                            self.log_path,
-                            len(line.raw),
-                        )
-                        record = damaged_record(line.raw, rfc3339_ns(time.time_ns()))
-                    else:
-                        record = line.record
-                    items.append(Item(line, record, self._format(record, line.digest)))
-                if not await self._deliver(sink, items):
+                batch = self._encode(sink, lines)
+                if not await self._deliver(sink, batch):
                     return
                 last = lines[-1]
-                seq = last.record.get("seq") if last.record else None
-                if isinstance(seq, int):
-                    self._acked_seq = seq
+                if batch.last_seq is not None:
+                    self._acked_seq = batch.last_seq
                 self._acked_hash = last.digest
                 self._cursor.save(CursorState(last.end, self._acked_seq, last.digest))
                 tail.advance(last.end)
@@ -203,17 +198,43 @@ class Shipper:
         finally:
             await sink.close()
 
-    async def _deliver(self, sink: Sink, items: list[Item]) -> bool:
+    def _encode(self, sink: Sink, lines: list[TailLine]) -> Batch:
+        """Each line parsed, formatted and encoded in turn, and only its bytes kept.
+        (Parsing the whole batch first and encoding it after cost up to twice the
+        CPU per record: 500 records' objects don't stay in the CPU's caches.)"""
+        encode, format_ = sink.encode, self._format
+        encoded: list[bytes] = []
+        first_stamp = ""
+        record: dict[str, Any] = {}
+        for line in lines:
+            parsed = parse_record(line.raw)
+            if parsed is None:
+                logger.error(
+                    "sink %s: a line of %s is not a JSON record (damaged?): shipped "
+                    "as a damaged record, its text kept (%d bytes)",
+                    self.name,
+                    self.log_path,
+                    len(line.raw),
+                )
+                record = damaged_record(line.raw, rfc3339_ns(time.time_ns()))
+            else:
+                record = parsed
+            if not encoded:
+                first_stamp = str(record.get("timestamp") or record.get("signed_at") or "")
+            encoded.append(encode(record, format_(record, line.digest)))
+        seq = record.get("seq")  # the last line's
+        return Batch(encoded, first_stamp, seq if type(seq) is int else None)
+
+    async def _deliver(self, sink: Sink, batch: Batch) -> bool:
         """Send until acknowledged; False if the shipper must stop first."""
-        first = items[0].record
-        stamp = first.get("timestamp") or first.get("signed_at")
         if self._pending_since is None:
-            self._pending_since = epoch_ms(str(stamp or "")) / 1000 or time.time()
+            self._pending_since = epoch_ms(batch.first_stamp) / 1000 or time.time()
+        count = len(batch.encoded)
         attempt = 0
         while True:
-            self.shipped += len(items)
+            self.shipped += count
             try:
-                self.bytes_sent += await sink.send(items)
+                self.bytes_sent += await sink.send(batch.encoded)
             except Exception as error:  # whatever it is, the batch waits and is retried
                 # Not only SinkError: a token file that can't be a header, a CA file
                 # replaced by garbage... A shipper that stopped would be a silent gap
@@ -222,14 +243,14 @@ class Shipper:
                     error = SinkError(f"{type(error).__name__}: {error}")
                 attempt += 1
                 self.failures += 1
-                self.retried += len(items)
+                self.retried += count
                 self.failing = True
                 delay = min(self.config.retry_max, self.config.retry_initial * 2 ** (attempt - 1))
                 delay *= random.uniform(0.8, 1.0)  # several gateways don't retry in step
                 if attempt == 1 or attempt % 20 == 0:
                     logger.warning(
                         "sink %s: %d records not acknowledged (%s); retry %d in %.1f s",
-                        self.name, len(items), error, attempt, delay,
+                        self.name, count, error, attempt, delay,
                     )  # fmt: skip
                 if not await self._backoff(delay):
                     return False
@@ -237,7 +258,7 @@ class Shipper:
             if self.failing:
                 logger.warning("sink %s: shipping again after %d failures", self.name, attempt)
             self.failing = False
-            self.acknowledged += len(items)
+            self.acknowledged += count
             return True
 
     async def _backoff(self, delay: float) -> bool:

@@ -1,28 +1,25 @@
-"""What every sink kind implements, and what it is handed."""
+"""What every sink kind implements."""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Protocol
-
-from gateway.audit.tail import TailLine
+from typing import Any, Protocol
 
 
 class SinkError(Exception):
     """A batch was not acknowledged: it is sent again after a backoff."""
 
 
-class Item(NamedTuple):
-    """One record to ship: the log line and the sink's format of it."""
-
-    line: TailLine
-    record: dict[str, Any]
-    formatted: dict[str, Any]
-
-
 class Sink(Protocol):
-    async def send(self, items: list[Item]) -> int:
-        """Deliver the batch and wait for the receiver's acknowledgement; the bytes
-        sent. Raises SinkError (or OSError, TimeoutError) if not acknowledged."""
+    def encode(self, record: dict[str, Any], formatted: dict[str, Any]) -> bytes:
+        """One record as this sink sends it (a JSON text, an envelope, a syslog
+        frame): ``record`` is the log's, ``formatted`` the sink's format of it.
+        Called as each record is read, so a batch holds bytes, not objects."""
+        ...
+
+    async def send(self, batch: list[bytes]) -> int:
+        """Deliver the encoded records and wait for the receiver's acknowledgement;
+        the bytes sent. Raises SinkError (or OSError, TimeoutError) if not
+        acknowledged."""
         ...
 
     async def close(self) -> None: ...

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from gateway.audit.shipping.settings import SinkConfig
-from gateway.audit.shipping.sinks.base import Item, SinkError
+from gateway.audit.shipping.sinks.base import SinkError
 
 
 class FileSink:
@@ -18,9 +19,11 @@ class FileSink:
         self.path: Path = config.path
         self._fd = -1
 
-    async def send(self, items: list[Item]) -> int:
-        newline = orjson.OPT_APPEND_NEWLINE
-        data = b"".join([orjson.dumps(item.formatted, option=newline) for item in items])
+    def encode(self, record: dict[str, Any], formatted: dict[str, Any]) -> bytes:
+        return orjson.dumps(formatted, option=orjson.OPT_APPEND_NEWLINE)
+
+    async def send(self, batch: list[bytes]) -> int:
+        data = b"".join(batch)
         try:
             if self._fd < 0:
                 self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import gzip
 import socket
+from typing import Any
 
 import aiohttp
 import orjson
 
 from gateway.audit.shipping.formats.fields import epoch_ms
 from gateway.audit.shipping.settings import SinkConfig, read_token
-from gateway.audit.shipping.sinks.base import Item, SinkError
+from gateway.audit.shipping.sinks.base import SinkError
 from portcullis import __version__
 
 # zlib's fast levels (1-3) compress the decision log's JSON about 10:1 at ~4 us of
@@ -31,13 +32,19 @@ class HttpSink:
         self.hostname = socket.gethostname()
         self._session: aiohttp.ClientSession | None = None
 
-    def body(self, items: list[Item]) -> bytes:
+    def encode(self, record: dict[str, Any], formatted: dict[str, Any]) -> bytes:
         if self.config.envelope == "splunk_hec":
-            return b"".join(orjson.dumps(self._hec(item)) for item in items)
-        return orjson.dumps([item.formatted for item in items])
+            return orjson.dumps(self._hec(record, formatted))
+        return orjson.dumps(formatted)
 
-    async def send(self, items: list[Item]) -> int:
-        body = self.body(items)
+    def body(self, batch: list[bytes]) -> bytes:
+        """OPA's API takes a JSON array; HEC takes the envelopes one after another."""
+        if self.config.envelope == "splunk_hec":
+            return b"".join(batch)
+        return b"[" + b",".join(batch) + b"]"
+
+    async def send(self, batch: list[bytes]) -> int:
+        body = self.body(batch)
         headers = {
             "Content-Type": "application/json",
             "User-Agent": f"portcullis/{__version__}",
@@ -78,8 +85,7 @@ class HttpSink:
             await self._session.close()
             self._session = None
 
-    def _hec(self, item: Item) -> dict[str, object]:
-        record = item.record
+    def _hec(self, record: dict[str, Any], formatted: dict[str, Any]) -> dict[str, object]:
         stamp = str(
             record.get("timestamp") or record.get("signed_at") or record.get("read_at") or ""
         )
@@ -88,7 +94,7 @@ class HttpSink:
             "host": self.hostname,
             "source": "portcullis",
             "sourcetype": self.config.hec_sourcetype,
-            "event": item.formatted,
+            "event": formatted,
         }
         if self.config.hec_index:
             envelope["index"] = self.config.hec_index

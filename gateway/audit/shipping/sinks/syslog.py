@@ -25,7 +25,7 @@ import orjson
 from gateway.audit.chain import SHADOW_PATH, SIGNATURE_TYPE
 from gateway.audit.shipping.formats.fields import is_damaged
 from gateway.audit.shipping.settings import SinkConfig, TlsFileError, tls_context
-from gateway.audit.shipping.sinks.base import Item, SinkError
+from gateway.audit.shipping.sinks.base import SinkError
 
 # RFC 5424 severities: deny is a notice, a damaged line a warning, everything
 # else (a shadow policy's divergence too: nothing was enforced) informational.
@@ -49,8 +49,8 @@ class SyslogSink:
         # that is fixed after the start is picked up on the next retry.
         self._tls: ssl.SSLContext | None = None
 
-    async def send(self, items: list[Item]) -> int:
-        data = b"".join(self.frame(item) for item in items)
+    async def send(self, batch: list[bytes]) -> int:
+        data = b"".join(batch)
         writer = await self._connection()
         try:
             writer.write(data)
@@ -67,9 +67,8 @@ class SyslogSink:
             raise SinkError(f"syslog {self.config.address}: {reason}") from error
         return len(data)
 
-    def frame(self, item: Item) -> bytes:
+    def encode(self, record: dict[str, Any], formatted: dict[str, Any]) -> bytes:
         """One octet-counted RFC 5424 message."""
-        record = item.record
         signature = record.get("type") == SIGNATURE_TYPE
         if signature:
             msgid, severity, stamp = "chain_head", INFO, str(record.get("signed_at", ""))
@@ -88,7 +87,7 @@ class SyslogSink:
             f"<{self.config.facility * 8 + severity}>1 {_timestamp(stamp)} {self.hostname} "
             f"{self.config.app_name} {self.procid} {msgid} [portcullis@{ENTERPRISE_ID} {params}] "
         ).encode()
-        message = header + BOM + orjson.dumps(item.formatted)
+        message = header + BOM + orjson.dumps(formatted)
         return str(len(message)).encode() + b" " + message
 
     async def close(self) -> None:
