@@ -23,9 +23,11 @@ throughput in `bench/gateway.py --log-costs`.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 import os
+import platform
 import signal
 import sys
 import time
@@ -52,6 +54,10 @@ DEFAULT_STOP_TIMEOUT = 5.0
 # times while it was alive, for nothing (JSON makes no cycles); with this one a
 # young collection runs about once per batch.
 GC_THRESHOLD = 50_000
+# glibc's mallopt() parameters, and what the shipping process sets them to.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+KEEP_FREE = 16 << 20
+MMAP_ABOVE = 4 << 20
 
 
 def send(out: BinaryIO, message: dict[str, Any]) -> None:
@@ -78,6 +84,28 @@ def lower_priority(nice: int) -> None:
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     except OSError as error:  # a seccomp profile that forbids it: ship at full priority
         log.warning("shipping: cannot lower the shipping process's priority: %s", error)
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep up to KEEP_FREE bytes of freed heap, and map only
+    blocks over MMAP_ABOVE on their own; False where the C library isn't glibc.
+
+    Every batch allocates and frees blocks of a megabyte or so (the block read
+    from the log, the batch's bytes, a gzip'd body). With glibc's defaults the
+    heap's top went back to the kernel after each batch and came back a page
+    fault at a time: in the standalone shipper (50,000 records of the bench's
+    log, opa to a file) ~50,000 faults and ~20% of the CPU per record, against
+    ~6,600 faults with these settings. Called before the shippers' threads start."""
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(M_TRIM_THRESHOLD, KEEP_FREE)) and bool(
+        mallopt(M_MMAP_THRESHOLD, MMAP_ABOVE)
+    )
 
 
 async def load(work: dict[str, Any]) -> list[Shipper]:
@@ -136,6 +164,7 @@ async def main() -> int:
         return 2
     heap.freeze()  # the modules, sessions and TLS contexts: never walked again
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+    keep_freed_memory()
     for shipper in shippers:
         shipper.start()
     send(out, {"op": "ready"})
