@@ -75,7 +75,8 @@ class Event:
 
 
 def read(record: dict[str, Any], digest: str) -> Event:
-    """The flat view of a decision event, a chain signature or a damaged line."""
+    """The flat view of a decision event, a chain signature or a damaged line.
+    (Runs for every shipped record: lookups inline, no helper per field.)"""
     if record.get("type") == SIGNATURE_TYPE:
         stamp = str(record.get("signed_at", ""))
         return Event("", _int(record.get("seq")), digest, str(record.get("head", "")), stamp,
@@ -83,14 +84,26 @@ def read(record: dict[str, Any], digest: str) -> Event:
     if is_damaged(record):
         stamp = str(record.get("read_at", ""))
         return Event("", 0, digest, "", stamp, epoch_ms(stamp), DAMAGED)
-    input_ = _dict(record.get("input"))
-    result = _dict(record.get("result"))
-    attributes = _dict(input_.get("attributes"))
-    http = _at(attributes, "request", "http")
-    socket = _at(attributes, "source", "address", "socketAddress")
-    labels = _dict(record.get("labels"))
-    bundle = _at(record, "bundles", "portcullis")
-    reasons = _strings(result.get("reasons"))
+    input_ = record.get("input")
+    if not isinstance(input_, dict):
+        input_ = _EMPTY
+    result = record.get("result")
+    if not isinstance(result, dict):
+        result = _EMPTY
+    attributes = input_.get("attributes")
+    http = socket = _EMPTY
+    if isinstance(attributes, dict):
+        http = _at(attributes, "request", "http")
+        socket = _at(attributes, "source", "address", "socketAddress")
+    labels = record.get("labels")
+    if not isinstance(labels, dict):
+        labels = _EMPTY
+    bundles = record.get("bundles")
+    bundle = bundles.get("portcullis") if isinstance(bundles, dict) else None
+    if not isinstance(bundle, dict):
+        bundle = _EMPTY
+    reasons = result.get("reasons")
+    reasons = [str(item) for item in reasons] if isinstance(reasons, list) else []
     path = str(record.get("path", ""))
     if path == SHADOW_PATH or labels.get("shadow") is True:
         kind = "shadow_divergence"  # what a candidate policy would have decided: not enforced
@@ -101,32 +114,37 @@ def read(record: dict[str, Any], digest: str) -> Event:
     else:
         kind = "decision"
     stamp = str(record.get("timestamp", ""))
+    identity = input_.get("identity")
     return Event(
-        decision_id=str(record.get("decision_id", "")),
-        seq=_int(record.get("seq")),
-        chain_hash=digest,
-        prev_hash=str(record.get("prev_hash", "")),
-        timestamp=stamp,
-        time_ms=epoch_ms(stamp),
-        kind=kind,
-        allow=result.get("allow") is True,
-        reasons=reasons,
-        http_status=_int(result.get("http_status")),
-        step_up=result.get("step_up"),
-        policy=path,
-        revision=str(bundle.get("revision", "")),
-        app=str(labels.get("app", "-")),
-        instance=str(labels.get("id", "")),
-        version=str(labels.get("version", "")),
-        method=str(http.get("method", "")),
-        host=str(http.get("host", "")),
-        path=str(http.get("path", "")),
-        scheme=str(http.get("scheme", "")),
-        request_id=str(http.get("id", "")),
-        source_ip=str(socket.get("address", "")),
-        source_port=_int(socket.get("portValue")),
-        identity=_dict(input_.get("identity")),
+        str(record.get("decision_id", "")),
+        _int(record.get("seq")),
+        digest,
+        str(record.get("prev_hash", "")),
+        stamp,
+        epoch_ms(stamp),
+        kind,
+        result.get("allow") is True,
+        reasons,
+        _int(result.get("http_status")),
+        result.get("step_up"),
+        path,
+        str(bundle.get("revision", "")),
+        str(labels.get("app", "-")),
+        str(labels.get("id", "")),
+        str(labels.get("version", "")),
+        str(http.get("method", "")),
+        str(http.get("host", "")),
+        str(http.get("path", "")),
+        str(http.get("scheme", "")),
+        str(http.get("id", "")),
+        str(socket.get("address", "")),
+        _int(socket.get("portValue")),
+        identity if isinstance(identity, dict) else {},
     )
+
+
+# Read only: stands in for a missing object.
+_EMPTY: dict[str, Any] = {}
 
 
 def epoch_ms(stamp: str) -> int:
