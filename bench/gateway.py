@@ -354,6 +354,16 @@ def report_log_costs(
               f"{', '.join(f'{x:.2f}' for x in per_round)}; by gateway CPU per request "
               f"{cpu:.2f}, by gateway + shipping CPU per request {total:.2f})",
               flush=True)  # fmt: skip
+    # The noise floor: each async run between the two around it, as a variant is.
+    noise = [
+        r["async"][i]["rps"] / statistics.mean((r["async"][i - 1]["rps"], r["async"][i + 1]["rps"]))
+        for r in rounds
+        for i in range(1, len(r["async"]) - 1)
+    ]
+    spread = median(abs(x - 1) for x in noise)
+    print(f"noise: async against the async runs around it, measured like a variant: "
+          f"{min(noise):.2f} to {max(noise):.2f}, median deviation {spread:.1%} (a ratio "
+          f"closer to 1 than that is not a measured difference)", flush=True)  # fmt: skip
 
 
 def remote_stand_in(pid: int) -> None:
