@@ -74,8 +74,12 @@ def format(record: dict[str, Any], digest: str) -> dict[str, Any]:
         "hash": event.chain_hash,
     }
     document["rule"] = {"name": event.policy, "version": event.revision, "ruleset": "portcullis"}
-    document["user"] = _user(event)
-    document["source"] = {"ip": event.source_ip or None, "port": event.source_port}
+    document["user"] = _drop_none(_user(event))
+    document["source"] = (
+        {"ip": event.source_ip, "port": event.source_port}
+        if event.source_ip
+        else {"port": event.source_port}
+    )
     path, _, query = event.path.partition("?")
     document["url"] = {
         "domain": event.host.rsplit(":", 1)[0],
@@ -93,8 +97,11 @@ def format(record: dict[str, Any], digest: str) -> dict[str, Any]:
         "target": {"name": event.app},
     }
     document["portcullis"]["reasons"] = event.reasons
-    document["portcullis"]["step_up"] = event.step_up
-    return {key: _drop_none(value) for key, value in document.items() if value is not None}
+    if event.step_up is not None:
+        document["portcullis"]["step_up"] = _drop_none(event.step_up)
+    # Every other value here is a str, int, bool or list (read() made them so):
+    # only the user's, the source's and step_up can hold a None to leave out.
+    return document
 
 
 def _shadow_divergence(
