@@ -40,6 +40,12 @@ class SyslogSink:
         self.host, self.port = config.host_port
         self.hostname = (socket.gethostname() or "-")[:255].replace(" ", "_")
         self.procid = str(os.getpid())
+        # What every message's header holds but its PRI, time and MSGID.
+        self._after_time = f" {self.hostname} {config.app_name} {self.procid} "
+        self._pri = {
+            severity: f"<{config.facility * 8 + severity}>1 "
+            for severity in (INFO, NOTICE, WARNING)
+        }
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         # A second descriptor of the connection's socket: its queue and state can
@@ -84,8 +90,8 @@ class SyslogSink:
         if not signature:
             params += f' decision_id="{_sd_escape(str(record.get("decision_id", "")))}"'
         header = (
-            f"<{self.config.facility * 8 + severity}>1 {_timestamp(stamp)} {self.hostname} "
-            f"{self.config.app_name} {self.procid} {msgid} [portcullis@{ENTERPRISE_ID} {params}] "
+            f"{self._pri[severity]}{_timestamp(stamp)}{self._after_time}{msgid} "
+            f"[portcullis@{ENTERPRISE_ID} {params}] "
         ).encode()
         message = header + BOM + orjson.dumps(formatted)
         return str(len(message)).encode() + b" " + message
@@ -175,6 +181,8 @@ def _labels(record: dict[str, Any]) -> dict[str, Any]:
 
 def _timestamp(stamp: str) -> str:
     """RFC 5424 allows at most 6 fractional digits; the log has 9."""
+    if len(stamp) == 30 and stamp[19] == "." and stamp[29] == "Z" and stamp.count(".") == 1:
+        return stamp[:26] + "Z"  # the log's own YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ
     if not stamp.endswith("Z") or "." not in stamp:
         return stamp or "-"
     whole, _, fraction = stamp[:-1].partition(".")
