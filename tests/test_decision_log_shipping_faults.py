@@ -532,6 +532,56 @@ async def test_a_damaged_line_is_shipped_as_damaged_with_its_text_in_every_forma
     assert ecs[0]["event"]["original"] == '{"seq": 2, "decisi'
 
 
+async def test_a_record_too_deep_to_encode_ships_as_damaged_and_never_stops_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """JSON the parser reads but the encoder refuses (a policy's step_up nested
+    past orjson's 254 levels; the writer's stdlib fallback can write such a
+    line): every format carries step_up, so in each the record ships as a
+    damaged one with its text, and the records after it ship."""
+    from gateway.audit.shipping.shipper import Shipper
+
+    deep = "[" * 300 + "]" * 300
+    log = tmp_path / "decisions.log"
+    log.write_bytes(b'{"seq": 1, "decision_id": "a"}\n'
+                    + f'{{"seq": 2, "decision_id": "b", "result": {{"step_up": {deep}}}}}\n'
+                    .encode()
+                    + b'{"seq": 3, "decision_id": "c"}\n')  # fmt: skip
+    shippers = [Shipper(SinkConfig(form, "file", form, path=tmp_path / f"{form}.jsonl"), log)
+                for form in ("opa", "ocsf", "ecs")]  # fmt: skip
+    for shipper in shippers:
+        shipper.start()
+    try:
+        await until(lambda: all(s.acknowledged == 3 for s in shippers))
+    finally:
+        for shipper in shippers:
+            await shipper.stop(1.0)
+    assert all(s.report()["failing"] == 0.0 and s.report()["acked_seq"] == 3 for s in shippers)
+    opa = log_records(tmp_path / "opa.jsonl")
+    assert [r.get("seq") for r in opa] == [1, None, 3]
+    assert opa[1]["damaged"].startswith('{"seq": 2, "decision_id": "b", "result": {"step_up": [[[')
+    assert log_records(tmp_path / "ocsf.jsonl")[1]["activity_name"] == "damaged_record"
+    assert log_records(tmp_path / "ecs.jsonl")[1]["event"]["kind"] == "pipeline_error"
+    assert "can't be shipped in ocsf" in caplog.text
+
+
+async def test_a_batch_ending_in_a_damaged_line_still_acknowledges_its_last_seq(
+    tmp_path: Path,
+) -> None:
+    from gateway.audit.shipping.shipper import Shipper
+
+    log = tmp_path / "decisions.log"
+    log.write_bytes(b'{"seq": 1}\nnot json\n{"seq": 3}\n{"seq": 4}\nnot json either\n')
+    config = SinkConfig("copy", "file", path=tmp_path / "copy.jsonl", batch_max_events=3)
+    shipper = Shipper(config, log)
+    shipper.start()
+    try:
+        await until(lambda: shipper.acknowledged == 5)
+    finally:
+        await shipper.stop(1.0)
+    assert shipper.report()["acked_seq"] == 4  # the batch [seq 4, damaged] counts seq 4
+
+
 def test_a_damaged_line_is_a_syslog_warning_named_damaged() -> None:
     from gateway.audit.shipping.formats.fields import damaged_record
     from gateway.audit.shipping.sinks.syslog import WARNING, SyslogSink

@@ -87,8 +87,9 @@ def lower_priority(nice: int) -> None:
 
 
 def keep_freed_memory() -> bool:
-    """Let glibc's malloc keep up to KEEP_FREE bytes of freed heap, and map only
-    blocks over MMAP_ABOVE on their own; False where the C library isn't glibc.
+    """Let glibc's malloc keep up to KEEP_FREE bytes of freed heap (per arena:
+    each shipper's thread has its own), and map only blocks over MMAP_ABOVE on
+    their own; False where the C library isn't glibc.
 
     Every batch allocates and frees blocks of a megabyte or so (the block read
     from the log, the batch's bytes, a gzip'd body). With glibc's defaults the

@@ -21,7 +21,7 @@ import random
 import threading
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from gateway.audit.chain import rfc3339_ns
 from gateway.audit.shipping.cursor import Cursor, CursorState
@@ -45,7 +45,7 @@ class Batch(NamedTuple):
 
     encoded: list[bytes]
     first_stamp: str  # the first record's time (how long the batch has waited)
-    last_seq: int | None  # the last record's seq (None: a damaged line, no seq)
+    last_seq: int | None  # the batch's last seq (None: no record in it had one)
 
 
 def make_sink(config: SinkConfig) -> Sink:
@@ -201,14 +201,18 @@ class Shipper:
     def _encode(self, sink: Sink, lines: list[TailLine]) -> Batch:
         """Each line parsed, formatted and encoded in turn, and only its bytes kept.
         (Parsing the whole batch first and encoding it after cost up to twice the
-        CPU per record: 500 records' objects don't stay in the CPU's caches.)"""
+        CPU per record: 500 records' objects don't stay in the CPU's caches.)
+
+        A line that isn't a JSON record, or a record this format or sink can't
+        express (nested deeper than the JSON encoder goes, say), is shipped as a
+        damaged record with its text: one record never stops the log behind it."""
         encode, format_ = sink.encode, self._format
         encoded: list[bytes] = []
         first_stamp = ""
-        record: dict[str, Any] = {}
+        last_seq: int | None = None
         for line in lines:
-            parsed = parse_record(line.raw)
-            if parsed is None:
+            record = parse_record(line.raw)
+            if record is None:
                 logger.error(
                     "sink %s: a line of %s is not a JSON record (damaged?): shipped "
                     "as a damaged record, its text kept (%d bytes)",
@@ -217,13 +221,24 @@ class Shipper:
                     len(line.raw),
                 )
                 record = damaged_record(line.raw, rfc3339_ns(time.time_ns()))
-            else:
-                record = parsed
+            try:
+                data = encode(record, format_(record, line.digest))
+            except Exception as error:  # whatever it is, the record still ships
+                logger.error(
+                    "sink %s: a record of %s can't be shipped in %s (%s: %s): shipped as a "
+                    "damaged record, its text kept (%d bytes)",
+                    self.name, self.log_path, self.config.format, type(error).__name__,
+                    error, len(line.raw),
+                )  # fmt: skip
+                record = damaged_record(line.raw, rfc3339_ns(time.time_ns()))
+                data = encode(record, format_(record, line.digest))
             if not encoded:
                 first_stamp = str(record.get("timestamp") or record.get("signed_at") or "")
-            encoded.append(encode(record, format_(record, line.digest)))
-        seq = record.get("seq")  # the last line's
-        return Batch(encoded, first_stamp, seq if type(seq) is int else None)
+            encoded.append(data)
+            seq = record.get("seq")
+            if type(seq) is int:
+                last_seq = seq
+        return Batch(encoded, first_stamp, last_seq)
 
     async def _deliver(self, sink: Sink, batch: Batch) -> bool:
         """Send until acknowledged; False if the shipper must stop first."""
