@@ -565,6 +565,71 @@ async def test_a_record_too_deep_to_encode_ships_as_damaged_and_never_stops_the_
     assert "can't be shipped in ocsf" in caplog.text
 
 
+async def test_a_request_that_was_not_utf8_ships_as_its_decision_not_as_damaged(
+    tmp_path: Path,
+) -> None:
+    """Bytes of a request that were not UTF-8 reach the log as lone surrogates (the
+    writer's fallback writes them as \\udcXX escapes, which orjson refuses to
+    read or write). The decision still ships as itself, the bytes as U+FFFD: an
+    attacker's odd header must not turn their denied request into a record the
+    SIEM can't attribute."""
+    from gateway.audit.shipping.shipper import Shipper
+    from gateway.audit.writer import _forgiving_line
+
+    record = {
+        "decision_id": "odd-1", "timestamp": "2026-12-03T07:00:00.123456789Z",
+        "path": "portcullis/gateway/decision", "labels": {"app": "pos"},
+        "input": {"attributes": {"request": {"http": {
+            "method": "GET", "path": "/pos/\udcff", "headers": {"x-odd": "a\udc80b"}}}},
+            "identity": {"subject": "mallory"}},
+        "result": {"allow": False, "reasons": ["not in group"], "http_status": 403},
+        "seq": 1, "prev_hash": "0" * 64,
+    }  # fmt: skip
+    line = _forgiving_line(record)
+    assert b"\\udcff" in line  # as the writer writes it
+    log = tmp_path / "decisions.log"
+    log.write_bytes(line + b"\n")
+    shippers = [Shipper(SinkConfig(form, "file", form, path=tmp_path / f"{form}.jsonl"), log)
+                for form in ("opa", "ocsf", "ecs")]  # fmt: skip
+    for shipper in shippers:
+        shipper.start()
+    try:
+        await until(lambda: all(s.acknowledged == 1 for s in shippers))
+    finally:
+        for shipper in shippers:
+            await shipper.stop(1.0)
+    opa = log_records(tmp_path / "opa.jsonl")[0]
+    assert opa["decision_id"] == "odd-1" and opa["seq"] == 1
+    assert opa["input"]["attributes"]["request"]["http"]["headers"]["x-odd"] == "a\ufffdb"
+    ocsf = log_records(tmp_path / "ocsf.jsonl")[0]
+    assert (ocsf["activity_name"], ocsf["actor"]["user"]["uid"]) == ("Access Deny", "mallory")
+    assert ocsf["http_request"]["url"]["path"] == "/pos/\ufffd"
+    ecs = log_records(tmp_path / "ecs.jsonl")[0]
+    assert ecs["event"]["type"] == ["denied"] and ecs["user"]["id"] == "mallory"
+
+
+async def test_a_line_nested_deeper_than_any_parser_goes_is_damaged_not_a_crash(
+    tmp_path: Path,
+) -> None:
+    """orjson refuses it and stdlib json raises RecursionError: `audit verify` and
+    the shipper both take it as a damaged line and go on."""
+    from gateway.audit.reader import verify_log
+    from gateway.audit.shipping.shipper import Shipper
+
+    log = tmp_path / "decisions.log"
+    log.write_bytes(b'{"seq": 1}\n' + b"[" * 100_000 + b"\n" + b'{"seq": 3}\n')
+    result = verify_log([log], {})
+    assert [problem.kind for problem in result.problems][:1] == ["damaged"]
+    shipper = Shipper(SinkConfig("copy", "file", path=tmp_path / "copy.jsonl"), log)
+    shipper.start()
+    try:
+        await until(lambda: shipper.acknowledged == 3)
+    finally:
+        await shipper.stop(1.0)
+    copy = log_records(tmp_path / "copy.jsonl")
+    assert [r.get("seq") for r in copy] == [1, None, 3] and copy[1]["damaged_bytes"] == 100_000
+
+
 async def test_a_batch_ending_in_a_damaged_line_still_acknowledges_its_last_seq(
     tmp_path: Path,
 ) -> None:

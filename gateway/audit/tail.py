@@ -32,6 +32,7 @@ from typing import Any, BinaryIO, NamedTuple
 import orjson
 
 from gateway.audit.chain import SIGNATURE_TYPE, line_hash
+from gateway.audit.reader import parse_line
 
 logger = logging.getLogger("portcullis.decision_log.tail")
 
@@ -67,11 +68,10 @@ class TailLine(NamedTuple):
 
 
 def parse_record(raw: bytes) -> dict[str, Any] | None:
-    """A line's JSON object; None if it is not one (a damaged line)."""
-    try:
-        record = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
+    """A line's JSON object; None if it is not one (a damaged line). Lines the
+    writer wrote with its fallback (lone surrogates of bytes that were not UTF-8)
+    are records too: :func:`gateway.audit.reader.parse_line` reads them."""
+    record = parse_line(raw)
     return record if type(record) is dict else None
 
 

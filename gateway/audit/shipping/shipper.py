@@ -21,12 +21,12 @@ import random
 import threading
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from gateway.audit.chain import rfc3339_ns
 from gateway.audit.shipping.cursor import Cursor, CursorState
 from gateway.audit.shipping.formats import formatter
-from gateway.audit.shipping.formats.fields import damaged_record, epoch_ms
+from gateway.audit.shipping.formats.fields import damaged_record, epoch_ms, without_surrogates
 from gateway.audit.shipping.settings import SinkConfig
 from gateway.audit.shipping.sinks.base import Sink, SinkError
 from gateway.audit.tail import LogTail, TailLine, parse_record
@@ -223,15 +223,8 @@ class Shipper:
                 record = damaged_record(line.raw, rfc3339_ns(time.time_ns()))
             try:
                 data = encode(record, format_(record, line.digest))
-            except Exception as error:  # whatever it is, the record still ships
-                logger.error(
-                    "sink %s: a record of %s can't be shipped in %s (%s: %s): shipped as a "
-                    "damaged record, its text kept (%d bytes)",
-                    self.name, self.log_path, self.config.format, type(error).__name__,
-                    error, len(line.raw),
-                )  # fmt: skip
-                record = damaged_record(line.raw, rfc3339_ns(time.time_ns()))
-                data = encode(record, format_(record, line.digest))
+            except Exception:  # whatever it is, the record still ships
+                record, data = self._encode_anyway(sink, record, line)
             if not encoded:
                 first_stamp = str(record.get("timestamp") or record.get("signed_at") or "")
             encoded.append(data)
@@ -239,6 +232,25 @@ class Shipper:
             if type(seq) is int:
                 last_seq = seq
         return Batch(encoded, first_stamp, last_seq)
+
+    def _encode_anyway(
+        self, sink: Sink, record: dict[str, Any], line: TailLine
+    ) -> tuple[dict[str, Any], bytes]:
+        """A record the format or sink refused: again with its lone surrogates
+        replaced (bytes of a request that were not UTF-8), else as a damaged
+        record with its text. Returns the record shipped and its bytes."""
+        clean = without_surrogates(record)
+        try:
+            return clean, sink.encode(clean, self._format(clean, line.digest))
+        except Exception as error:
+            logger.error(
+                "sink %s: a record of %s can't be shipped in %s (%s: %s): shipped as a "
+                "damaged record, its text kept (%d bytes)",
+                self.name, self.log_path, self.config.format, type(error).__name__,
+                error, len(line.raw),
+            )  # fmt: skip
+        damaged = damaged_record(line.raw, rfc3339_ns(time.time_ns()))
+        return damaged, sink.encode(damaged, self._format(damaged, line.digest))
 
     async def _deliver(self, sink: Sink, batch: Batch) -> bool:
         """Send until acknowledged; False if the shipper must stop first."""

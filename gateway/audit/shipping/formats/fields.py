@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import calendar
 import functools
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,23 @@ def damaged_record(raw: bytes, read_at: str) -> dict[str, Any]:
         "damaged_truncated": len(text) > DAMAGED_MAX_CHARS,
         "read_at": read_at,
     }
+
+
+def without_surrogates(value: Any) -> Any:
+    """``value`` with every lone surrogate in its strings (keys too) replaced by
+    U+FFFD. The writer keeps bytes of a request that were not UTF-8 as lone
+    surrogates (``\\udcXX`` escapes in the line); no JSON encoder for a SIEM
+    writes them, and the line itself keeps the original."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {without_surrogates(k): without_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_surrogates(item) for item in value]
+    return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def is_damaged(record: dict[str, Any]) -> bool:
