@@ -12,7 +12,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from aiohttp import web
@@ -33,6 +33,9 @@ from tests.test_decision_log_shipping import (
     until,
     with_sinks,
 )
+
+if TYPE_CHECKING:
+    from gateway.audit.shipping.shipper import Shipper
 
 
 def logged_line(capfd: pytest.CaptureFixture[str], seen: list[str], text: str) -> bool:
@@ -495,25 +498,33 @@ def test_a_shadow_divergence_is_not_shipped_as_an_access_denial() -> None:
 # --- 8. a damaged line keeps its text and says what it is, in every format --------------------
 
 
-async def test_a_damaged_line_is_shipped_as_damaged_with_its_text_in_every_format(
-    tmp_path: Path,
-) -> None:
-    from gateway.audit.shipping.formats.fields import DAMAGED_MAX_CHARS
+async def ship_in_every_format(log: Path, tmp_path: Path, records: int) -> list[Shipper]:
+    """A file shipper of ``log`` per format (opa, ocsf, ecs: tmp_path/<format>.jsonl),
+    run until each has acknowledged ``records``; the stopped shippers."""
     from gateway.audit.shipping.shipper import Shipper
 
-    log = tmp_path / "decisions.log"
-    huge = "y" * (DAMAGED_MAX_CHARS + 500)
-    log.write_bytes(b'{"seq": 1, "decision_id": "a"}\n{"seq": 2, "decisi\n' + huge.encode()
-                    + b'\n{"seq": 3, "decision_id": "c"}\n')  # fmt: skip
     shippers = [Shipper(SinkConfig(form, "file", form, path=tmp_path / f"{form}.jsonl"), log)
                 for form in ("opa", "ocsf", "ecs")]  # fmt: skip
     for shipper in shippers:
         shipper.start()
     try:
-        await until(lambda: all(s.acknowledged == 4 for s in shippers))
+        await until(lambda: all(s.acknowledged == records for s in shippers))
     finally:
         for shipper in shippers:
             await shipper.stop(1.0)
+    return shippers
+
+
+async def test_a_damaged_line_is_shipped_as_damaged_with_its_text_in_every_format(
+    tmp_path: Path,
+) -> None:
+    from gateway.audit.shipping.formats.fields import DAMAGED_MAX_CHARS
+
+    log = tmp_path / "decisions.log"
+    huge = "y" * (DAMAGED_MAX_CHARS + 500)
+    log.write_bytes(b'{"seq": 1, "decision_id": "a"}\n{"seq": 2, "decisi\n' + huge.encode()
+                    + b'\n{"seq": 3, "decision_id": "c"}\n')  # fmt: skip
+    await ship_in_every_format(log, tmp_path, 4)
     opa = log_records(tmp_path / "opa.jsonl")
     assert opa[1]["damaged"] == '{"seq": 2, "decisi' and opa[1]["damaged_truncated"] is False
     assert len(opa[2]["damaged"]) == DAMAGED_MAX_CHARS and opa[2]["damaged_truncated"] is True
@@ -539,7 +550,6 @@ async def test_a_record_too_deep_to_encode_ships_as_damaged_and_never_stops_the_
     past orjson's 254 levels; the writer's stdlib fallback can write such a
     line): every format carries step_up, so in each the record ships as a
     damaged one with its text, and the records after it ship."""
-    from gateway.audit.shipping.shipper import Shipper
 
     deep = "[" * 300 + "]" * 300
     log = tmp_path / "decisions.log"
@@ -547,15 +557,7 @@ async def test_a_record_too_deep_to_encode_ships_as_damaged_and_never_stops_the_
                     + f'{{"seq": 2, "decision_id": "b", "result": {{"step_up": {deep}}}}}\n'
                     .encode()
                     + b'{"seq": 3, "decision_id": "c"}\n')  # fmt: skip
-    shippers = [Shipper(SinkConfig(form, "file", form, path=tmp_path / f"{form}.jsonl"), log)
-                for form in ("opa", "ocsf", "ecs")]  # fmt: skip
-    for shipper in shippers:
-        shipper.start()
-    try:
-        await until(lambda: all(s.acknowledged == 3 for s in shippers))
-    finally:
-        for shipper in shippers:
-            await shipper.stop(1.0)
+    shippers = await ship_in_every_format(log, tmp_path, 3)
     assert all(s.report()["failing"] == 0.0 and s.report()["acked_seq"] == 3 for s in shippers)
     opa = log_records(tmp_path / "opa.jsonl")
     assert [r.get("seq") for r in opa] == [1, None, 3]
@@ -573,7 +575,6 @@ async def test_a_request_that_was_not_utf8_ships_as_its_decision_not_as_damaged(
     read or write). The decision still ships as itself, the bytes as U+FFFD: an
     attacker's odd header must not turn their denied request into a record the
     SIEM can't attribute."""
-    from gateway.audit.shipping.shipper import Shipper
     from gateway.audit.writer import _forgiving_line
 
     record = {
@@ -589,15 +590,7 @@ async def test_a_request_that_was_not_utf8_ships_as_its_decision_not_as_damaged(
     assert b"\\udcff" in line  # as the writer writes it
     log = tmp_path / "decisions.log"
     log.write_bytes(line + b"\n")
-    shippers = [Shipper(SinkConfig(form, "file", form, path=tmp_path / f"{form}.jsonl"), log)
-                for form in ("opa", "ocsf", "ecs")]  # fmt: skip
-    for shipper in shippers:
-        shipper.start()
-    try:
-        await until(lambda: all(s.acknowledged == 1 for s in shippers))
-    finally:
-        for shipper in shippers:
-            await shipper.stop(1.0)
+    await ship_in_every_format(log, tmp_path, 1)
     opa = log_records(tmp_path / "opa.jsonl")[0]
     assert opa["decision_id"] == "odd-1" and opa["seq"] == 1
     assert opa["input"]["attributes"]["request"]["http"]["headers"]["x-odd"] == "a\ufffdb"

@@ -213,14 +213,7 @@ class Shipper:
         for line in lines:
             record = parse_record(line.raw)
             if record is None:
-                logger.error(
-                    "sink %s: a line of %s is not a JSON record (damaged?): shipped "
-                    "as a damaged record, its text kept (%d bytes)",
-                    self.name,
-                    self.log_path,
-                    len(line.raw),
-                )
-                record = damaged_record(line.raw, rfc3339_ns(time.time_ns()))
+                record = self._damaged(line, "is not a JSON record (damaged?)")
             try:
                 data = encode(record, format_(record, line.digest))
             except Exception:  # whatever it is, the record still ships
@@ -243,14 +236,17 @@ class Shipper:
         try:
             return clean, sink.encode(clean, self._format(clean, line.digest))
         except Exception as error:
-            logger.error(
-                "sink %s: a record of %s can't be shipped in %s (%s: %s): shipped as a "
-                "damaged record, its text kept (%d bytes)",
-                self.name, self.log_path, self.config.format, type(error).__name__,
-                error, len(line.raw),
-            )  # fmt: skip
-        damaged = damaged_record(line.raw, rfc3339_ns(time.time_ns()))
+            why = f"can't be shipped in {self.config.format} ({type(error).__name__}: {error})"
+        damaged = self._damaged(line, why)
         return damaged, sink.encode(damaged, self._format(damaged, line.digest))
+
+    def _damaged(self, line: TailLine, why: str) -> dict[str, Any]:
+        """The damaged record shipped for a line that can't ship as itself (logged)."""
+        logger.error(
+            "sink %s: a line of %s %s: shipped as a damaged record, its text kept (%d bytes)",
+            self.name, self.log_path, why, len(line.raw),
+        )  # fmt: skip
+        return damaged_record(line.raw, rfc3339_ns(time.time_ns()))
 
     async def _deliver(self, sink: Sink, batch: Batch) -> bool:
         """Send until acknowledged; False if the shipper must stop first."""
