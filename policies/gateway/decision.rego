@@ -8,11 +8,12 @@
 #
 # Written for regorus' compiled VM, where every executed instruction costs
 # (~380 machine instructions each before it does any work; a rule or function
-# call more, a comprehension more still): the overrides that match the path
-# are found once, the MFA requirements are gathered once into one set and
-# checked once (unmet_mfa) for the allow path, the reasons and the step-up,
-# and no helper is called to match paths. Replaying a decision log runs this
-# once per logged decision (bench/replay.py).
+# call more, a comprehension more still, a builtin call ~10,000): the overrides
+# that match the path are found once, the MFA requirements are gathered once
+# into one set; the allow path only asks whether one is unmet (missing_mfa),
+# the reasons and step-up of a deny list them (unmet_mfa); no helper is called
+# to match paths. Replaying a decision log runs this once per logged decision
+# (bench/replay.py).
 package portcullis.gateway
 
 import rego.v1
@@ -96,7 +97,7 @@ member_of_one(groups) if {
 
 # MFA: the app's own (unless the method is exempt, e.g. GET on analytics),
 # every matching override's, and the risk signal's: a set, each requirement
-# once, checked once (unmet_mfa) for the allow path, the reasons and step-up.
+# once: missing_mfa asks whether any is unmet, unmet_mfa lists them for a deny.
 mfa_requirements contains app.mfa if {
 	app.mfa
 	not mfa_exempt_method
@@ -142,7 +143,19 @@ stale := [requirement |
 
 unmet_mfa := array.concat(method_unmet, stale)
 
-missing_mfa if count(unmet_mfa) > 0
+# Whether any requirement is unmet (the same as count(unmet_mfa) > 0): the allow
+# path, usually all met, builds no lists. Measured on the compiled VM (callgrind,
+# a real gateway run's inputs): an allow ~10% fewer instructions, a deny for
+# missing MFA a little more (it lists the unmet ones for its reasons anyway).
+missing_mfa if {
+	some requirement in mfa_requirements
+	not method_satisfied(requirement)
+}
+
+missing_mfa if {
+	some requirement in mfa_requirements
+	not fresh_enough(requirement)
+}
 
 # The VM stops at the first definition that holds: the usual one comes first.
 method_satisfied(requirement) if {

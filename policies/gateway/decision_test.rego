@@ -282,3 +282,38 @@ test_a_new_source_ip_signal_that_is_not_true_adds_no_requirement if {
 	signals := {"available": true, "new_source_ip": "yes"}
 	from_address("GET", "/pos/sales", user(["store"], ["otp"], 60), signals).allow
 }
+
+# missing_mfa (the allow path's question) and unmet_mfa (the deny's list) must
+# agree: met, unmet by method, stale, no auth_time, future auth_time, several
+# requirements at once (a refund from a new address), an exempt read.
+test_missing_mfa_agrees_with_the_unmet_list if {
+	cases := [
+		["GET", "/wms/stock", user(["warehouse"], ["otp"], 60), {}],
+		["GET", "/wms/stock", user(["warehouse"], ["pwd"], 60), {}],
+		["POST", "/pos/refunds/1", user(["store"], ["hwk"], 60), {}],
+		["POST", "/pos/refunds/1", user(["store"], ["hwk"], 3600), {}],
+		["POST", "/pos/refunds/1", user(["store"], ["otp"], 3600), {}],
+		["POST", "/pos/refunds/1", object.remove(user(["store"], ["hwk"], 60), ["auth_time"]), {}],
+		["POST", "/pos/refunds/1", user(["store"], ["hwk"], -600), {}],
+		["GET", "/pos/sales", user(["store"], ["fido"], 60), {"new_source_ip": true}],
+		["GET", "/pos/refunds/1", user(["store"], ["fido"], 1200), {"new_source_ip": true}],
+		["GET", "/analytics/board", user(["analyst"], ["pwd"], 60), {}],
+	]
+	answers := [[missing, listed] |
+		some case in cases
+		input_doc := object.union(request(case[0], case[1], case[2]), {"signals": case[3]})
+		missing := missing_for(input_doc)
+		listed := count(gateway.unmet_mfa) > 0 with input as input_doc
+	]
+	count(answers) == count(cases)
+	every answer in answers {
+		answer[0] == answer[1]
+	}
+	# Both kinds occur, so the agreement is not vacuous.
+	[true, true] in answers
+	[false, false] in answers
+}
+
+missing_for(doc) := true if {
+	gateway.missing_mfa with input as doc
+} else := false
