@@ -14,8 +14,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.audit.shipping.settings import SinkConfig, SinkTls
 from gateway.config import ConfigError, parse_config
@@ -599,6 +602,50 @@ async def test_a_request_that_was_not_utf8_ships_as_its_decision_not_as_damaged(
     assert ocsf["http_request"]["url"]["path"] == "/pos/\ufffd"
     ecs = log_records(tmp_path / "ecs.jsonl")[0]
     assert ecs["event"]["type"] == ["denied"] and ecs["user"]["id"] == "mallory"
+
+
+async def test_two_parameters_differing_only_in_undecodable_bytes_both_reach_the_siem(
+    tmp_path: Path,
+) -> None:
+    """An attacker's pair of query parameters whose names differ only in bytes that
+    were not UTF-8 (``a\\xff`` and ``a\\xfe``): shown as U+FFFD both names would be
+    one key, and the SIEM would get one of the two values. Both arrive; the second
+    is named with its bytes."""
+    from gateway.audit.writer import _forgiving_line
+
+    record = {
+        "decision_id": "odd-2", "timestamp": "2026-12-03T07:00:00.123456789Z",
+        "path": "portcullis/gateway/decision", "labels": {"app": "pos"},
+        "input": {"attributes": {"request": {"http": {"method": "GET", "path": "/pos/x"}}},
+                  "parsed_query": {"a" + chr(0xDCFF): ["decoy"], "a" + chr(0xDCFE): ["payload"]},
+                  "identity": {"subject": "mallory"}},
+        "result": {"allow": False, "reasons": ["not in group"], "http_status": 403},
+        "seq": 1, "prev_hash": "0" * 64,
+    }  # fmt: skip
+    log = tmp_path / "decisions.log"
+    log.write_bytes(_forgiving_line(record) + b"\n")
+    await ship_in_every_format(log, tmp_path, 1)
+    opa = log_records(tmp_path / "opa.jsonl")[0]
+    assert opa["input"]["parsed_query"] == {"a\ufffd": ["decoy"], "a\\xfe": ["payload"]}
+
+
+_KEY_TEXT = st.text(
+    alphabet=["a", "\\", "x", "f", "e", "\ufffd", "\udcff", "\udcfe", "\ud800"], max_size=4
+)
+
+
+@settings(max_examples=400, derandomize=True, deadline=None, database=None)
+@given(st.dictionaries(_KEY_TEXT, st.integers(0, 1000), max_size=6))
+def test_replacing_undecodable_bytes_never_merges_two_keys(document: dict[str, int]) -> None:
+    """Whatever keys differ only in surrogates, U+FFFD or their spelled bytes: as
+    many keys come out as went in, every value with them, all encodable as UTF-8."""
+    from gateway.audit.shipping.formats.fields import without_surrogates
+
+    clean = without_surrogates({"q": document})["q"]
+    assert len(clean) == len(document)
+    assert sorted(clean.values()) == sorted(document.values())
+    assert all(not any("\ud800" <= c <= "\udfff" for c in key) for key in clean)
+    orjson.dumps(clean)
 
 
 async def test_a_line_nested_deeper_than_any_parser_goes_is_damaged_not_a_crash(

@@ -38,17 +38,42 @@ def without_surrogates(value: Any) -> Any:
     """``value`` with every lone surrogate in its strings (keys too) replaced by
     U+FFFD. The writer keeps bytes of a request that were not UTF-8 as lone
     surrogates (``\\udcXX`` escapes in the line); no JSON encoder for a SIEM
-    writes them, and the line itself keeps the original."""
+    writes them, and the line itself keeps the original. Two keys that the
+    replacement would make equal (``x\\udcff`` and ``x\\udcfe``: an attacker's
+    pair of query parameters) both stay: the later one is named with its bytes
+    (``x\\xfe``), so no value is dropped from what the SIEM gets."""
     if isinstance(value, str):
         return _SURROGATE.sub("\ufffd", value)
     if isinstance(value, dict):
-        return {without_surrogates(k): without_surrogates(v) for k, v in value.items()}
+        clean: dict[Any, Any] = {}
+        for key, item in value.items():
+            name = without_surrogates(key)
+            if name in clean:
+                name = _distinct_key(key, clean)
+            clean[name] = without_surrogates(item)
+        return clean
     if isinstance(value, list):
         return [without_surrogates(item) for item in value]
     return value
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _distinct_key(key: Any, taken: dict[Any, Any]) -> str:
+    """A name for ``key`` that no key in ``taken`` has: its undecodable bytes
+    spelled ``\\xNN`` (other surrogates ``\\uNNNN``), then numbered if needed."""
+    spelled = _SURROGATE.sub(_spell, str(key))
+    name, number = spelled, 2
+    while name in taken:
+        name, number = f"{spelled} ({number})", number + 1
+    return name
+
+
+def _spell(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    # surrogateescape keeps byte 0x80-0xff as U+DC80-U+DCFF.
+    return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
 
 
 def is_damaged(record: dict[str, Any]) -> bool:
