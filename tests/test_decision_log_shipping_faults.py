@@ -439,6 +439,33 @@ def test_a_cursor_that_matches_its_line_resumes_right_after_it(tmp_path: Path) -
     shipper.close()
 
 
+def test_a_cursor_whose_inode_another_file_now_has_never_ships_that_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The shipper stopped inside a rotated file; logrotate then compressed and
+    deleted it, and the .gz beside the log got the freed inode (ext4 and tmpfs
+    reuse them at once). The .gz is not the log: nothing of it reaches the SIEM
+    (it used to arrive as hundreds of High-severity damaged records); the log is
+    shipped from its start."""
+    import gzip
+
+    from gateway.audit.shipping.shipper import load_shippers
+
+    log = log_with_cursor_after_its_first_line(tmp_path)
+    log.write_bytes(b'{"seq": 3}\n{"seq": 4}\n')  # the log after rotation
+    archive = tmp_path / "decisions.log.1.gz"
+    archive.write_bytes(gzip.compress(b'{"seq": 1}\n{"seq": 2}\n' * 50))
+    cursor = tmp_path / "decisions.log.sink-copy.cursor"
+    position = json.loads(cursor.read_text())
+    cursor.write_text(json.dumps({**position, "inode": archive.stat().st_ino}))
+    shipper = load_shippers((SinkConfig("copy", "file", path=tmp_path / "copy.jsonl"),), log)[0]
+    assert shipper._tail is not None
+    batch = shipper._tail.read(10)
+    shipper.close()
+    assert [json.loads(line.raw) for line in batch] == [{"seq": 3}, {"seq": 4}]
+    assert "decisions.log.1.gz has the inode the shipping cursor points into" in caplog.text
+
+
 # --- 7. a shadow policy's divergence is not an access decision ------------------------------
 
 SHADOW_RECORD: dict[str, Any] = {

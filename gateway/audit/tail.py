@@ -156,6 +156,18 @@ class LogTail:
             self._attach(self.path, start.offset if start else 0, expected)
             return True
         rotated = self._find_inode(start.inode)
+        if rotated is not None and not _holds(rotated, start.offset, expected):
+            # Inodes are reused: the cursor's file was deleted (or compressed) and
+            # another file beside the log now has its number. Not the log: never shipped.
+            logger.error(
+                "decision log %s: %s has the inode the shipping cursor points into (%d) but "
+                "not the line the cursor recorded before byte %d: another file now",
+                self.path,
+                rotated,
+                start.inode,
+                start.offset,
+            )
+            rotated = None
         if rotated is not None:
             logger.info("shipping resumes in %s (rotated) at byte %d", rotated, start.offset)
             self._attach(rotated, start.offset, expected)
@@ -351,6 +363,18 @@ def _last_line(file: BinaryIO, end: int, window: int) -> bytes | None:
     if cut < 0 and start > 0:
         return None
     return data[cut + 1 : -1]
+
+
+def _holds(path: Path, end: int, digest: str | None) -> bool:
+    """Whether ``path`` is the file a cursor (its offset ``end`` and the hash
+    ``digest`` of the line before it) points into, as far as can be told."""
+    if digest is None or end == 0:
+        return True
+    try:
+        with path.open("rb") as file:
+            return end <= os.fstat(file.fileno()).st_size and _ends_with(file, end, digest)
+    except OSError:
+        return False
 
 
 def _ends_with(file: BinaryIO, end: int, digest: str) -> bool:
