@@ -98,7 +98,7 @@ def verify_command(args: argparse.Namespace) -> int:
         for path in paths:
             _check_readable(path)
         after = check_hash(args.after) if args.after else None
-        head = _load_head(args.head, keys) if args.head else None  # every head given
+        head = _load_head(args.head, keys) if args.head else None  # every head that verifies
         result = verify_log(paths, keys, after=after, head=head)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -236,10 +236,24 @@ def _load_head(source: str, keys: dict[str, ec.EllipticCurvePublicKey]) -> list[
             "a log file starting with a chain_signature record, or a sink's copy "
             "holding shipped chain heads)"
         )
-    try:
-        heads = [SignedHead.from_record(found, keys, source) for found in records]
-    except ValueError as error:
-        raise UsageError(f"--head {error}") from None
+    heads, refused = [], []
+    for found in records:
+        try:
+            heads.append(SignedHead.from_record(found, keys, source))
+        except ValueError as error:
+            refused.append(str(error))
+    if not heads:
+        more = f" (and {len(refused) - 1} more heads that don't verify)" if len(refused) > 1 else ""
+        raise UsageError(f"--head {refused[0]}{more}")
+    if refused:
+        # One line a SIEM took from anyone (or a head signed before a key rotation)
+        # must not switch the check off: the heads that verify are still checked.
+        print(
+            f"warning: --head {source}: {len(refused)} of {len(records)} chain heads in it "
+            f"don't verify with the given key and are left out (forged, or another key's); "
+            f"the first: {refused[0].removeprefix(source + ': ')}",
+            file=sys.stderr,
+        )
     # Newest first: the head that says how much is missing at the end is reported first.
     return sorted(heads, key=lambda head: head.seq, reverse=True)
 
@@ -278,7 +292,10 @@ def _shipped_heads(text: str) -> list[dict[str, Any]]:
     reached again, an erased run's head is not."""
     decoder = json.JSONDecoder()
     heads: list[dict[str, Any]] = []
-    seen: set[str] = set()
+    # The same head shipped again (or in two formats) once; a copy with any signed
+    # field changed is another head, checked on its own (not hidden by, nor hiding,
+    # the real one).
+    seen: set[tuple[str, ...]] = set()
     at = text.find("{")
     while at >= 0:
         try:
@@ -287,11 +304,15 @@ def _shipped_heads(text: str) -> list[dict[str, Any]]:
             at = text.find("{", at + 1)
             continue
         for found in _find_signatures(document, depth=6):
-            if str(found.get("signature")) not in seen:
-                seen.add(str(found.get("signature")))
+            signed = tuple(str(found.get(field)) for field in _SIGNED_FIELDS)
+            if signed not in seen:
+                seen.add(signed)
                 heads.append(found)
         at = text.find("{", end)
     return heads
+
+
+_SIGNED_FIELDS = ("reason", "seq", "head", "signed_at", "kid", "alg", "signature")
 
 
 def _find_signatures(value: Any, depth: int) -> Iterator[dict[str, Any]]:

@@ -383,6 +383,33 @@ async def test_head_signed_by_another_key_is_a_usage_error(tmp_path: Path, log_f
     assert "the head's signature does not verify" in done.stderr
 
 
+@pytest.mark.parametrize("forged_first", [True, False], ids=["forged-first", "forged-last"])
+async def test_one_forged_head_in_a_siem_export_does_not_switch_the_head_check_off(
+    tmp_path: Path, forged_first: bool
+) -> None:
+    """Anyone who can send the SIEM one line (plain syslog has no authentication)
+    adds a copy of a real head with its seq changed. It used to stop the whole
+    check (exit 2, nothing checked) when it came first, and to hide the real head
+    when it came last. The forged head is left out, loudly; the real ones still
+    catch the cut tail."""
+    path = tmp_path / "decisions.jsonl"
+    writer = await write_log(path, 6, sign_every=2)
+    real = writer.signed_head()
+    assert real is not None
+    forged = {**real, "seq": real["seq"] + 1000}
+    export = [forged, real] if forged_first else [real, forged]
+    heads = tmp_path / "siem-export.jsonl"
+    heads.write_text("".join(json.dumps(head) + "\n" for head in export))
+    done = audit(path, "--key", PUBLIC_PEM, "--head", heads)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 of 2 chain heads in it don't verify" in done.stderr
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:-3]))  # the tail cut: the real head catches it
+    done = audit(path, "--key", PUBLIC_PEM, "--head", heads)
+    assert done.returncode == 1 and done.stdout.startswith("TAMPERED: "), done.stdout
+    assert "the gateway signed a head at seq" in done.stdout
+
+
 def test_head_that_is_not_a_head_is_a_usage_error(log_file: Path) -> None:
     done = audit(log_file, "--key", PUBLIC_PEM, "--head", JWKS)
     assert done.returncode == 2
