@@ -439,6 +439,48 @@ def test_a_cursor_that_matches_its_line_resumes_right_after_it(tmp_path: Path) -
     shipper.close()
 
 
+@pytest.mark.parametrize(
+    "document",
+    [
+        '{"inode": 1e400, "offset": 5, "seq": 1, "hash": ""}',
+        '{"inode": 7, "offset": -5, "seq": 1, "hash": ""}',
+        '{"inode": 7, "offset": 5, "seq": -1, "hash": ""}',
+        '{"inode": 7, "offset": "5", "seq": 1, "hash": ""}',
+        '{"inode": 7, "offset": true, "seq": 1, "hash": ""}',
+        '{"inode": 7, "offset": 5.5, "seq": 1, "hash": ""}',
+        '{"inode": 7, "offset": 5, "hash": ""}',
+        "[1, 2, 3]",
+        "null",
+    ],
+    ids=[
+        "huge",
+        "negative-offset",
+        "negative-seq",
+        "string",
+        "bool",
+        "float",
+        "no-seq",
+        "list",
+        "null",
+    ],
+)
+def test_a_tampered_cursor_is_reported_damaged_and_lets_go_of_its_lock(
+    tmp_path: Path, document: str
+) -> None:
+    """A cursor edited by hand or by an attacker on the host: the documented
+    "is damaged ... remove it" error every time (a huge number used to escape as an
+    OverflowError, a negative offset to fail forever on each read with EINVAL),
+    and the file's lock released, so a retry says the same instead of "busy"."""
+    from gateway.audit.shipping.cursor import Cursor, CursorBusy, CursorError
+
+    log = tmp_path / "decisions.log"
+    (tmp_path / "decisions.log.sink-copy.cursor").write_text(document)
+    for _ in range(2):
+        with pytest.raises(CursorError, match=r"sink-copy\.cursor is damaged") as caught:
+            Cursor(log, "copy").load()
+        assert not isinstance(caught.value, CursorBusy)
+
+
 def test_a_cursor_whose_inode_another_file_now_has_never_ships_that_file(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -65,12 +65,10 @@ class Cursor:
             return None
         try:
             state = json.loads(data)
-            return CursorState(
-                Position(int(state["inode"]), int(state["offset"])),
-                int(state["seq"]),
-                str(state["hash"]),
-            )
+            inode, offset, seq = (_count(state[key]) for key in ("inode", "offset", "seq"))
+            return CursorState(Position(inode, offset), seq, str(state["hash"]))
         except (ValueError, KeyError, TypeError):
+            self.close()  # and its lock: the next attempt says the same, not "busy"
             raise CursorError(
                 f"{self.path} is damaged: it records what this sink has shipped. Remove it to "
                 "ship the current log file again from its start (the SIEM then sees duplicates, "
@@ -96,3 +94,11 @@ class Cursor:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _count(value: object) -> int:
+    """A cursor's inode, offset or seq: a whole number, never negative (what save()
+    writes); anything else (1e400, -5, "7", true) means the file is damaged."""
+    if type(value) is not int or value < 0:
+        raise ValueError(f"not a count: {value!r}")
+    return value
