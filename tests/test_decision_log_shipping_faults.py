@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -767,6 +768,60 @@ def test_a_damaged_line_is_a_syslog_warning_named_damaged() -> None:
     assert pri % 8 == WARNING
     assert " 2026-12-03T07:00:00.5Z " in frame and " damaged [" in frame
     assert "not json" in frame
+
+
+# RFC 5424's HEADER and one SD-ELEMENT: PRI VERSION SP TIMESTAMP SP HOSTNAME SP APP-NAME
+# SP PROCID SP MSGID SP [id param="value"...], values escaping only \\ " ].
+_RFC5424 = re.compile(
+    r"<[0-9]{1,3}>1 "
+    r"(-|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}"
+    r"(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})) "
+    r"[!-~]{1,255} [!-~]{1,48} [!-~]{1,128} [!-~]{1,32} "
+    r'\[portcullis@32473( [^ =\]"]{1,32}="([^"\\\]]|\\["\\\]])*")+\] ',
+    re.ASCII,
+)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None, database=None)
+@given(
+    stamp=st.one_of(
+        st.text(max_size=40),
+        st.from_regex(r"2026-12-03T07:00:00(\.[0-9]{1,12})?(Z|[+-]0[0-9]:00)", fullmatch=True),
+    ),
+    seq=st.one_of(st.integers(0, 10**12), st.text(max_size=20)),
+    decision_id=st.text(max_size=20),
+)
+def test_a_syslog_header_stays_rfc_5424_whatever_the_record_holds(
+    stamp: str, seq: Any, decision_id: str
+) -> None:
+    """A hand-edited or damaged log is the input: a seq like `2"] [evil@1 a="b"` used
+    to open a second SD-ELEMENT, and a time with spaces shifted every header field
+    after it. Each frame is one valid header and one element; a time RFC 5424
+    can't carry is its NILVALUE, one it can keeps its first 6 fractional digits."""
+    from gateway.audit.shipping.sinks.syslog import SyslogSink
+
+    sink = SyslogSink(SinkConfig("siem", "syslog", "opa", address="127.0.0.1:514"))
+    record = {"decision_id": decision_id, "timestamp": stamp, "seq": seq, "path": "x"}
+    frame = sink.encode(record, {"x": 1})
+    length, _, message = frame.partition(b" ")
+    assert int(length) == len(message)
+    header = message.rsplit(b"\xef\xbb\xbf", 1)[0].decode("utf-8")  # the body has none
+    if not header.isascii():
+        header = header.encode("ascii", "replace").decode()  # non-ASCII values stay inside quotes
+    assert _RFC5424.fullmatch(header), header
+    written = header.split(" ")[1]
+    valid = _STAMP_OK.fullmatch(stamp)
+    if valid:
+        fraction, zone = valid.group(1) or "", valid.group(2)
+        assert written == stamp[:19] + fraction[:7] + zone  # "." and 6 digits at most
+    else:
+        assert written == "-"
+
+
+_STAMP_OK = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})",
+    re.ASCII,
+)
 
 
 def test_a_token_file_with_a_line_break_is_refused_at_config_time_with_its_key(

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import re
 import socket
 import ssl
 import struct
@@ -86,7 +87,9 @@ class SyslogSink:
             allowed = isinstance(record.get("result"), dict) and record["result"].get("allow")
             msgid = "refusal" if record.get("path") == "gateway" else "decision"
             severity, stamp = (INFO if allowed else NOTICE), str(record.get("timestamp", ""))
-        params = f'seq="{record.get("seq", 0)}"'
+        seq = record.get("seq", 0)
+        # The writer's seq is an int; a hand-edited log's could close the element.
+        params = f'seq="{seq if type(seq) is int else _sd_escape(str(seq))}"'
         if not signature:
             params += f' decision_id="{_sd_escape(str(record.get("decision_id", "")))}"'
         header = (
@@ -179,14 +182,20 @@ def _labels(record: dict[str, Any]) -> dict[str, Any]:
     return labels if isinstance(labels, dict) else {}
 
 
+# RFC 5424's TIMESTAMP, but with any number of fractional digits (the log has 9).
+_STAMP = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]+))?(Z|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
 def _timestamp(stamp: str) -> str:
-    """RFC 5424 allows at most 6 fractional digits; the log has 9."""
-    if len(stamp) == 30 and stamp[19] == "." and stamp[29] == "Z" and stamp.count(".") == 1:
-        return stamp[:26] + "Z"  # the log's own YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ
-    if not stamp.endswith("Z") or "." not in stamp:
-        return stamp or "-"
-    whole, _, fraction = stamp[:-1].partition(".")
-    return f"{whole}.{fraction[:6]}Z"
+    """The record's time as RFC 5424 writes it (at most 6 fractional digits), or
+    its NILVALUE "-" for anything else: a field of the header can't hold a space."""
+    match = _STAMP.fullmatch(stamp)
+    if match is None:
+        return "-"
+    whole, fraction, zone = match.groups()
+    return f"{whole}.{fraction[:6]}{zone}" if fraction else f"{whole}{zone}"
 
 
 def _sd_escape(value: str) -> str:
