@@ -824,6 +824,22 @@ _STAMP_OK = re.compile(
 )
 
 
+@pytest.mark.parametrize(
+    "value", ["", " ", "archive/", "{tmp}"], ids=["empty", "blank", "slash", "dir"]
+)
+def test_a_file_sink_given_a_directory_is_refused_at_config_time(
+    tmp_path: Path, value: str
+) -> None:
+    """It used to start fine and then fail every write with EISDIR, forever, with
+    nothing acknowledged."""
+    sink = {"kind": "file", "path": value.format(tmp=tmp_path)}
+    data = {"auth": False, "decision_log": {"path": "d.log", "sinks": [sink]}}
+    with pytest.raises(ConfigError, match=r"sinks\[0\]\.path: .* is a directory"):
+        parse_config(data, tmp_path)
+    sink["path"] = "copy.jsonl"
+    assert parse_config(data, tmp_path).decision_log.sinks[0].path == tmp_path / "copy.jsonl"
+
+
 def test_a_token_file_with_a_line_break_is_refused_at_config_time_with_its_key(
     tmp_path: Path,
 ) -> None:

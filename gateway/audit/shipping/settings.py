@@ -179,8 +179,7 @@ def _sink(data: Any, where: str, base_dir: Path) -> SinkConfig:
     elif kind == "http":
         config = _http(reader, where, base_dir, name, form, common)
     else:
-        path = _file_path(base_dir, reader.required("path", str))
-        config = SinkConfig(name, kind, form, path=path, **common)
+        config = SinkConfig(name, kind, form, path=_output_file(reader, where, base_dir), **common)
     reader.done()
     return config
 
@@ -320,6 +319,17 @@ def _positive(reader: _Reader, name: str, default: float, kind: type = float) ->
     if not 0 < value < math.inf:  # NaN fails this too
         raise ConfigError(f"{reader.key(name)}: must be a number greater than 0, got {value}")
     return float(value) if kind is float else value
+
+
+def _output_file(reader: _Reader, where: str, base_dir: Path) -> Path:
+    """A file sink's file: a file name (it is created), not a directory, and not
+    empty (that would be the config's directory): else it would fail on every
+    write, forever, after a start that looked fine."""
+    value: str = reader.required("path", str)
+    path = base_dir / value  # an absolute value replaces base_dir
+    if not value.strip() or value.endswith("/") or path.is_dir():
+        raise ConfigError(f"{where}.path: {value!r} is a directory; give the file to write")
+    return path
 
 
 def _file_path(base: Path, value: str | None, where: str = "") -> Path | None:
