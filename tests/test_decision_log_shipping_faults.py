@@ -757,6 +757,20 @@ async def test_a_batch_ending_in_a_damaged_line_still_acknowledges_its_last_seq(
     assert shipper.report()["acked_seq"] == 4  # the batch [seq 4, damaged] counts seq 4
 
 
+def test_a_chain_head_and_a_damaged_line_name_the_product_version() -> None:
+    """They carry no labels; the SIEM's product.version was "" for them (beside
+    "0.1.0" on every event), so a search by version lost the anchoring heads."""
+    from gateway.audit.shipping.formats import formatter
+    from gateway.audit.shipping.formats.fields import damaged_record
+    from portcullis import __version__
+
+    head = {"type": "chain_signature", "reason": "interval", "seq": 3, "head": "ab" * 32,
+            "signed_at": "2026-12-03T07:00:00.5Z", "kid": "k", "signature": "x"}  # fmt: skip
+    for record in (head, damaged_record(b"not json", "2026-12-03T07:00:00.5Z")):
+        assert formatter("ocsf")(record, "cd" * 32)["metadata"]["product"]["version"] == __version__
+        assert formatter("ecs")(record, "cd" * 32)["observer"]["version"] == __version__
+
+
 def test_a_damaged_line_is_a_syslog_warning_named_damaged() -> None:
     from gateway.audit.shipping.formats.fields import damaged_record
     from gateway.audit.shipping.sinks.syslog import WARNING, SyslogSink

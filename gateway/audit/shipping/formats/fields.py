@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.audit.chain import REFUSAL_PATH, SHADOW_PATH, SIGN_IN_EVENT_PATH, SIGNATURE_TYPE
+from portcullis import __version__
 
 # Sign-in and step-up events (the OIDC callback), when the gateway logs them.
 # amr values (RFC 8176) that mean a second factor or a phishing-resistant one.
@@ -122,11 +123,12 @@ def read(record: dict[str, Any], digest: str) -> Event:
     (Runs for every shipped record: lookups inline, no helper per field.)"""
     if record.get("type") == SIGNATURE_TYPE:
         stamp = str(record.get("signed_at", ""))
+        # No labels: the product version is the shipping Portcullis' own.
         return Event("", _int(record.get("seq")), digest, str(record.get("head", "")), stamp,
-                     epoch_ms(stamp), "chain_signature")  # fmt: skip
+                     epoch_ms(stamp), "chain_signature", version=__version__)  # fmt: skip
     if is_damaged(record):
         stamp = str(record.get("read_at", ""))
-        return Event("", 0, digest, "", stamp, epoch_ms(stamp), DAMAGED)
+        return Event("", 0, digest, "", stamp, epoch_ms(stamp), DAMAGED, version=__version__)
     input_ = record.get("input")
     if not isinstance(input_, dict):
         input_ = _EMPTY
