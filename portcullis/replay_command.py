@@ -165,7 +165,14 @@ def run(args: argparse.Namespace) -> int:
     except OSError as error:
         print(f"portcullis policy replay: {error.filename}: {error.strerror}", file=sys.stderr)
         return USAGE_ERROR
-    unmatched = _nothing_selected(report, args)
+    except Exception as error:
+        print(
+            f"portcullis policy replay: internal error, nothing was reported: "
+            f"{type(error).__name__}: {error}",
+            file=sys.stderr,
+        )
+        return USAGE_ERROR
+    unmatched = _nothing_selected(report, args) or _not_a_log(report, options.logs)
     if unmatched:
         print(f"portcullis policy replay: {unmatched}", file=sys.stderr)
         return USAGE_ERROR
@@ -185,6 +192,22 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return report.exit_code() if delivered else USAGE_ERROR
+
+
+def _not_a_log(report: Report, logs: list[Path]) -> str | None:
+    """Why a replay of nothing must not pass when the files (read with --no-verify)
+    hold no record of a decision log at all: /etc/passwd, a JSON-lines file of
+    something else. None if something was replayed or recognised."""
+    skipped = report.skipped
+    recognised = skipped.refusals + skipped.shadow_events + report.verification.events
+    if report.replayed or recognised or not (skipped.unreadable or skipped.other_paths):
+        return None
+    names = ", ".join(str(path) for path in logs)
+    lines = skipped.unreadable + skipped.other_paths
+    return (
+        f"{names}: not a Portcullis decision log ({lines} records, none a decision, a "
+        "refusal or a chain signature): nothing was replayed, so nothing was checked"
+    )
 
 
 def _nothing_selected(report: Report, args: argparse.Namespace) -> str | None:

@@ -121,17 +121,27 @@ async def test_policy_that_errors_fails_closed(
         assert running.total_forwarded() == 0
 
 
-async def test_policy_answering_allow_as_a_string_is_a_deny(
-    aiohttp_server: ServerFactory, tmp_path: Path
+@pytest.mark.parametrize(
+    "answer",
+    ['{"allow": "true"}', '{"allow": 1}', '{"allow": false, "reasons": 5}',
+     '{"allow": true, "reasons": "ok"}'],
+    ids=["allow-string", "allow-number", "reasons-number", "allow-with-reasons-string"],
+)  # fmt: skip
+async def test_policy_answering_a_malformed_decision_is_a_deny(
+    aiohttp_server: ServerFactory, tmp_path: Path, answer: str
 ) -> None:
+    """An answer the contract can't read fails closed, with a reason saying so. (A
+    number as reasons crashed the handler; a string as reasons let an allow through,
+    its letters as reasons.)"""
     odd = tmp_path / "odd"
     odd.mkdir()
     (odd / "decision.rego").write_text(
-        'package portcullis.gateway\nimport rego.v1\ndecision := {"allow": "true"}\n'
+        f"package portcullis.gateway\nimport rego.v1\ndecision := {answer}\n"
     )
     async with start_stack(aiohttp_server, tmp_path, policy=odd) as running:
         response = await running.get("/wms/stock", running.token("alice", **WAREHOUSE))
         assert response.status == 403
+        assert (await response.json())["reasons"] == ["policy returned a malformed decision"]
         assert running.total_forwarded() == 0
 
 

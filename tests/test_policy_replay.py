@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,23 @@ def test_candidate_that_errors_is_reported_as_errors_and_fails(
     for sample in errors["samples"]:
         assert sample["error"] and sample["after"]["allow"] is False  # failed closed
     assert report["blocking"] == {"error": errors["count"]}
+
+
+def test_candidate_answering_a_malformed_decision_counts_as_errors(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, tmp_path: Path
+) -> None:
+    """`{"allow": "true"}` used to count as a plain deny: hundreds of allow-to-deny
+    flips "(no reason)" instead of the policy bug it is."""
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "decision.rego").write_text(
+        'package portcullis.gateway\nimport rego.v1\ndecision := {"allow": "true"}\n'
+    )
+    code, report, _ = replay(capsys, recorded, "--policy", str(odd))
+    assert code == 1
+    assert report["totals"]["by_kind"]["error"] == report["totals"]["replayed"] > 0
+    sample = report["changes"]["error"]["samples"][0]
+    assert sample["error"] == "policy returned allow 'true', not true or false"
 
 
 def test_candidate_that_does_not_load_is_a_usage_error(
@@ -335,6 +353,63 @@ def test_a_log_that_is_not_a_decision_log_is_a_usage_error(
                  "--key", str(recorded.key)])  # fmt: skip
     assert code == 2
     assert "is not a Portcullis decision log" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", ["root:x:0:0:root:/root:/bin/bash\n", '{"a": 1}\n{"b": 2}\n'])
+def test_a_file_that_is_not_a_decision_log_fails_without_verification_too(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, content: str
+) -> None:
+    """--no-verify on /etc/passwd, or on JSON lines of something else, replayed
+    nothing and said PASS, exit 0: a CI gate pointed at the wrong artifact passed."""
+    other = tmp_path / "other.log"
+    other.write_text(content)
+    code = main(["policy", "replay", "--no-verify", "--log", str(other), "--policy", str(POLICIES)])
+    err = capsys.readouterr().err
+    assert code == 2 and "not a Portcullis decision log" in err and "PASS" not in err
+
+
+def test_malformed_logged_values_are_replayed_not_a_crash(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, tmp_path: Path
+) -> None:
+    """A hand-edited log (read with --no-verify): logged reasons that aren't a
+    list, an auth_time of NaN or Infinity (stdlib json reads them). They crashed
+    the report with a traceback and exit 1, which a CI gate reads as "the policy
+    changes decisions"."""
+    lines = recorded.log.read_text().splitlines()
+    decisions = [
+        n for n, line in enumerate(lines) if '"path":"portcullis/gateway/decision"' in line
+    ]
+    odd = {decisions[0]: ("reasons", 5), decisions[1]: ("auth_time", float("nan")),
+           decisions[2]: ("auth_time", float("inf"))}  # fmt: skip
+    for number, (field, value) in odd.items():
+        record = json.loads(lines[number])
+        if field == "reasons":
+            record["result"] = {**record["result"], "allow": False, "reasons": value}
+        else:
+            record["input"]["identity"]["auth_time"] = value
+        lines[number] = json.dumps(record)
+    edited = tmp_path / "edited.log"
+    edited.write_text("\n".join(lines) + "\n")
+    copy = dataclasses.replace(recorded, log=edited)
+    code, report, err = replay(capsys, copy, "--policy", str(POLICIES), "--no-verify")
+    assert code in (0, 1) and "Traceback" not in err and report
+    assert report["totals"]["replayed"] == len(decisions)
+
+
+def test_an_unexpected_failure_is_exit_2_never_a_verdict(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever goes wrong inside, a CI gate must see an error (2), not "changes
+    found" (1, what Python's own traceback exit gives)."""
+    from portcullis.replay.report import Report
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Report, "add", broken)
+    code, report, err = replay(capsys, recorded, "--policy", str(POLICIES))
+    assert code == 2 and not report
+    assert "internal error, nothing was reported: RuntimeError: a bug" in err
 
 
 @pytest.mark.parametrize(

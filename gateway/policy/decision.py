@@ -20,6 +20,9 @@ SECRET_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "cookie", "x-portcullis-assertion"}
 )
 REDACTED = "**REDACTED**"
+# The reason of a deny for an answer the contract can't read (allow not a boolean,
+# reasons not a list): the policy has a bug, and it fails closed like an error.
+MALFORMED = "policy returned a malformed decision"
 
 
 @dataclass
@@ -217,11 +220,24 @@ def _timed(decision: Decision, started: int) -> Decision:
     return decision
 
 
+def as_read(result: Any) -> dict[str, Any]:
+    """A decision result as the gateway reads it (fail closed): what a logged
+    result from a hand-edited log means, in the contract's shape."""
+    return _from_result("", result).result()
+
+
 def _from_result(decision_id: str, result: Any) -> Decision:
     if not isinstance(result, dict):
         return deny(decision_id, 403, "policy returned no decision object", repr(result)[:200])
-    allow = result.get("allow") is True  # only a literal true allows
-    reasons = [r for r in result.get("reasons") or [] if isinstance(r, str)]
+    raw_allow, raw_reasons = result.get("allow"), result.get("reasons")
+    if not isinstance(raw_allow, bool):  # "true", 1, null: never an allow
+        why = f"policy returned allow {repr(raw_allow)[:80]}, not true or false"
+        return deny(decision_id, 403, MALFORMED, why)
+    if raw_reasons is not None and not isinstance(raw_reasons, list):
+        why = f"policy returned reasons {repr(raw_reasons)[:80]}, not a list"
+        return deny(decision_id, 403, MALFORMED, why)
+    allow = raw_allow
+    reasons = [r for r in raw_reasons or [] if isinstance(r, str)]
     status = result.get("http_status")
     if allow:
         status = 200

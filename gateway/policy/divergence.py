@@ -54,5 +54,5 @@ def divergence(
 def _reasons(result: Mapping[str, Any]) -> list[str]:
     # The shipped policy sorts its reasons; a candidate that only reorders them
     # has not changed what the user is told.
-    reasons = result.get("reasons") or []
-    return sorted(r for r in reasons if isinstance(r, str))
+    reasons = result.get("reasons")
+    return sorted(r for r in reasons if isinstance(r, str)) if isinstance(reasons, list) else []

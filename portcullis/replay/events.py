@@ -64,11 +64,11 @@ class LoggedDecision:
     @property
     def masked(self) -> list[str]:
         """Pointers masked in the log that the live policy saw in clear."""
-        return [m for m in _strings(self.record.get("masked")) if m not in _SEEN_MASKED]
+        return [m for m in strings(self.record.get("masked")) if m not in _SEEN_MASKED]
 
     @property
     def truncated(self) -> list[str]:
-        return _strings(self.record.get("truncated"))
+        return strings(self.record.get("truncated"))
 
     @property
     def differs_from_live(self) -> bool:
@@ -234,7 +234,8 @@ def _timestamp(record: dict[str, Any]) -> str:
     return timestamp if isinstance(timestamp, str) else ""
 
 
-def _strings(value: Any) -> list[str]:
+def strings(value: Any) -> list[str]:
+    """The strings of a logged list (a hand-edited log may hold anything there)."""
     return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 

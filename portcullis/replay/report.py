@@ -6,14 +6,15 @@ by ``version``); the text and Markdown outputs render the same document.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.policy.decision import Decision
+from gateway.policy.decision import Decision, as_read
 from gateway.policy.divergence import ALLOW_TO_DENY, DENY_TO_ALLOW, ERROR, KINDS, STEP_UP
-from portcullis.replay.events import LoggedDecision, Selection, Skipped
+from portcullis.replay.events import LoggedDecision, Selection, Skipped, strings
 from portcullis.replay.stats import Latency, TopCounter
 
 REPORT_TYPE = "portcullis.policy-replay"
@@ -252,8 +253,7 @@ def _changed_reasons(
     deny that now allows; the error for an error)."""
     if kind == ERROR:
         return [error or "error"]
-    old = [r for r in before.get("reasons") or [] if isinstance(r, str)]
-    new = [r for r in after.get("reasons") or [] if isinstance(r, str)]
+    old, new = strings(before.get("reasons")), strings(after.get("reasons"))
     if kind == DENY_TO_ALLOW:
         return old or ["(no reason)"]
     added = [r for r in new if r not in old]
@@ -290,7 +290,7 @@ def _sample(
     identity = document.get("identity")
     identity = dict(identity) if isinstance(identity, dict) else {}
     auth_time, now_ns = identity.get("auth_time"), document.get("now_ns")
-    if isinstance(auth_time, int | float) and isinstance(now_ns, int):
+    if isinstance(auth_time, int | float) and isinstance(now_ns, int) and math.isfinite(auth_time):
         identity["auth_age_s"] = round(now_ns / 1e9 - auth_time)
     return {
         "decision_id": logged.decision_id,
@@ -302,7 +302,7 @@ def _sample(
         "path": http.get("path"),
         "request_id": http.get("id"),
         "identity": identity,
-        "before": before,
+        "before": as_read(before),  # a hand-edited log's result in the contract's shape
         "after": after,
         "error": error,
         "masked": logged.masked,
