@@ -1,21 +1,36 @@
 """Text from requests and Terraform made inert in a Markdown comment (GitHub flavour).
 
 Reasons, paths, resource names and messages may come from an attacker (a
-crafted request, a pull request's Terraform): they must not format, link or
-break out of the table the comment puts them in.
+crafted request, a pull request's Terraform): they must not format, link,
+mention anyone or break out of the table the comment puts them in.
 """
 
 from __future__ import annotations
 
+import re
+
+# Anything that ends a line or a table row (\r too), or a terminal would act on.
+_CONTROL = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
+# Outside code, GitHub links @user, @org/team, https://... and www.... A zero-width
+# space after the @ or inside the scheme's :// leaves the text as it reads, unlinked.
+_LINKS = re.compile(r"@|://|(?i:www)\.")
+_ZWSP = "\u200b"
+
 
 def cell(text: str) -> str:
     """Safe inside a table cell and inert as Markdown and HTML."""
-    escaped = text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-    for char in "<>*_[]`#":
+    escaped = _CONTROL.sub(" ", text).replace("\\", "\\\\").replace("|", "\\|")
+    for char in "<>*_[]`#~":
         escaped = escaped.replace(char, "\\" + char)
-    return escaped
+    return _LINKS.sub(_unlinked, escaped)
 
 
 def code(text: str) -> str:
-    """Safe inside a `code span` in a table cell: no backtick can close it early."""
-    return text.replace("`", "'").replace("|", "\\|").replace("\n", " ")
+    """Safe inside a `code span` in a table cell: no backtick can close it early,
+    nothing ends the row (code spans link and mention nothing)."""
+    return _CONTROL.sub(" ", text).replace("`", "'").replace("|", "\\|")
+
+
+def _unlinked(match: re.Match[str]) -> str:
+    found = match.group()
+    return "@" + _ZWSP if found == "@" else found[0] + _ZWSP + found[1:]

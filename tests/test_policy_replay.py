@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from portcullis.cli import main
 from portcullis.replay.output import markdown
+from portcullis.replay.output import text as text_output
 from tests.conftest import FIXTURES, POLICIES
 from tests.decision_traffic import Recorded, by_request_id, record_traffic, refunds_candidate
 
@@ -298,6 +302,48 @@ def test_markdown_escapes_request_text() -> None:
     assert row.startswith("| `GET /pos/x\\|y<img src=x onerror=alert(1)>'z` |")
     assert "<b>" not in row and "**bold**" not in row  # outside code: escaped
     assert row.replace("\\|", "").count("|") == 5  # four cells, nothing split
+
+
+_HOSTILE = st.text(
+    alphabet=st.sampled_from([*"aZ09 @:/.wW|\\`*_~[]<>#-", "\r", "\n", "\x1b", "\u2028", "\x00"]),
+    max_size=30,
+)
+
+
+@settings(max_examples=400, derandomize=True, deadline=None, database=None)
+@given(_HOSTILE)
+def test_markdown_escaping_keeps_any_text_in_its_cell_and_inert(text: str) -> None:
+    """Outside code: nothing ends the row (\\r did), every | escaped, no @mention,
+    no autolink (https://, www.), nothing formats (~~ struck through). In code:
+    the same, and no backtick."""
+    from portcullis.markdown_escape import cell, code
+
+    for escaped in (cell(text), code(text)):
+        assert not re.search("[\x00-\x1f\x7f\u2028\u2029]", escaped)
+        assert not re.search(r"(?<!\\)\|", escaped)  # a table splits only at a bare pipe
+    inert = cell(text)
+    assert not re.search("@(?!\u200b)|://|(?i:www)\\.", inert)
+    assert not re.search(r"(?<!\\)[~*_<>\[\]`#]", re.sub(r"\\\\", "", inert))
+    assert "`" not in code(text)
+
+
+def test_markdown_of_hostile_claims_keeps_the_table_and_the_text_report_prints_no_escapes() -> None:
+    hostile = "x\r@octocat https://evil.example ~~gone~~\x1b[2J"
+    sample = {
+        "method": "GET", "path": "/pos/" + hostile,
+        "identity": {"authenticated": True, "subject": hostile, "groups": [hostile]},
+        "before": {"allow": True}, "after": {"allow": False, "http_status": 403,
+        "reasons": [hostile], "step_up": None}, "error": None,
+        "where": "l:1", "timestamp": "t", "decision_id": "d",
+    }  # fmt: skip
+    document = _document_with(sample)
+    rendered = markdown.render(document)
+    rows = [line for line in rendered.splitlines() if line.startswith("| `GET")]
+    assert len(rows) == 1 and "\r" not in rendered and "\x1b" not in rendered
+    assert "@octocat" not in rendered.replace("`GET /pos/x @octocat", "")  # only in code
+    terminal = text_output.render(document)
+    assert "\x1b" not in terminal and "\r" not in terminal
+    assert "\\x1b[2J" in terminal and "\\x0d" in terminal  # shown, not acted on
 
 
 def _document_with(sample: dict[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from portcullis.replay.output.describe import (
@@ -18,6 +19,7 @@ from portcullis.replay.output.describe import (
 
 
 def render(document: dict[str, Any]) -> str:
+    document = _printable(document)
     lines: list[str] = []
     add = lines.append
     candidate = document["candidate"]
@@ -86,3 +88,24 @@ def render(document: dict[str, Any]) -> str:
     add("")
     add(verdict(document))
     return "\n".join(lines) + "\n"
+
+
+# Logged text (claims, paths, reasons) reaches a terminal: an escape sequence or a
+# carriage return in it would act there (recolour, rewrite the verdict line).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _printable(value: Any) -> Any:
+    """``value`` with every control character in its strings shown as an escape."""
+    if isinstance(value, str):
+        return _CONTROL.sub(_escaped, value)
+    if isinstance(value, dict):
+        return {key: _printable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_printable(item) for item in value]
+    return value
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
