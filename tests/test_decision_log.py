@@ -687,6 +687,31 @@ async def test_tail_cut_at_last_signature_is_detected_with_head(tmp_path: Path) 
     assert "20 event(s) and their signatures are missing" in result.problems[0].message
 
 
+@pytest.mark.parametrize("seal", ["close", "rotate"])
+async def test_an_event_forged_after_the_gateways_seal_is_tampering(
+    tmp_path: Path, seal: str
+) -> None:
+    """Appended after the run's close (or a rotated file's rotate), linked and
+    numbered right: it used to verify as "1 event after the last signature" (audit
+    verify --live, and policy replay, accepted and replayed it). The gateway writes
+    a signed start after a seal, never an event."""
+    if seal == "close":
+        path = tmp_path / "decisions.jsonl"
+        await write_log(path, 3)
+    else:
+        path = (await rotated_logs(tmp_path))[0][0]
+    lines = lines_of(path)
+    last = json.loads(lines[-1])
+    assert last["reason"] == seal
+    forged = {"decision_id": "forged", "timestamp": "2026-12-03T07:00:00.000000000Z",
+              "path": "portcullis/gateway/decision", "input": {}, "result": {"allow": True},
+              "seq": last["seq"] + 1, "prev_hash": line_hash(lines[-1])}  # fmt: skip
+    write_lines(path, [*lines, json.dumps(forged).encode()])
+    result = verify_log([path], PUBLIC_KEYS)
+    assert first_problem(result) == (len(lines) + 1, "inserted")
+    assert f"follows the gateway's {seal} signature" in result.problems[0].message
+
+
 async def test_log_that_reaches_the_head_is_covered(tmp_path: Path) -> None:
     path = tmp_path / "decisions.jsonl"
     log = DecisionLog(path, SIGNING_KEY, key_id=KID, sign_every=5, flush_interval=0.01)

@@ -261,6 +261,17 @@ def verify_log(
         starts = is_signature and record.get("reason") == "start"
 
         link_ok = True
+        seal = _seal_reason(prev.record) if prev is not None else None
+        if prev is not None and seal is not None and not starts:
+            # The gateway's own last word on a run (close) or a file (rotate): what it
+            # writes next is a signed start, never an event or another head.
+            problem(
+                line,
+                "inserted",
+                f"a record follows the gateway's {seal} signature at "
+                f"{prev.file}:{prev.number} without a signed start: written after the "
+                "gateway had sealed the log",
+            )
         if prev is None:
             if not starts:
                 problem(
@@ -553,3 +564,11 @@ def _find_moved_lines(
             "reordered",
             f"lines reordered: this line belongs right after {found.file}:{found.number}",
         )
+
+
+def _seal_reason(record: dict[str, Any] | None) -> str | None:
+    """The reason of a close or rotate signature (only a start may follow it), else None."""
+    if record is None or record.get("type") != SIGNATURE_TYPE:
+        return None
+    reason = record.get("reason")
+    return reason if reason in ("close", "rotate") else None
