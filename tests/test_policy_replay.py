@@ -216,6 +216,57 @@ def test_tampered_log_is_refused(
     assert "NOT VERIFIED" in capsys.readouterr().out
 
 
+def _after_the_check(monkeypatch: pytest.MonkeyPatch, change: Any) -> None:
+    """Run ``change()`` between the chain check and the replay's read of the log."""
+    from portcullis.replay import run as replay_run
+
+    real = replay_run.verify_log
+
+    def verify_then_change(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        change()
+        return result
+
+    monkeypatch.setattr(replay_run, "verify_log", verify_then_change)
+
+
+def test_lines_written_after_the_check_are_not_replayed(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A live log grows while it is replayed (or someone appends to it): what was
+    appended after the chain check was replayed under "verified, chain intact"."""
+    live = dataclasses.replace(recorded, log=tmp_path / "live.log")
+    live.log.write_bytes(recorded.log.read_bytes())
+    decision = next(line for line in recorded.log.read_text().splitlines()
+                    if '"path":"portcullis/gateway/decision"' in line)  # fmt: skip
+    appended = json.dumps({**json.loads(decision), "decision_id": "appended-after-the-check"})
+    _after_the_check(monkeypatch, lambda: live.log.open("a").write(appended + "\n"))
+    code, report, _ = replay(capsys, live, "--policy", str(POLICIES), "--samples", "1000")
+    assert code == 0 and report["verification"]["verified"] is True
+    assert report["totals"]["replayed"] == logged_policy_decisions(recorded)
+
+
+def test_a_log_edited_between_the_check_and_the_replay_is_refused(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Edited in place, same length, after verify_log read it: the replay would
+    report on bytes nobody checked. Refused: exit 2, no report."""
+    edited = dataclasses.replace(recorded, log=tmp_path / "edited.log")
+    edited.log.write_bytes(recorded.log.read_bytes())
+
+    def flip() -> None:
+        data = edited.log.read_bytes()
+        at = data.index(b'"allow":false')
+        edited.log.write_bytes(data[:at] + b'"allow":true ' + data[at + len(b'"allow":false') :])
+
+    _after_the_check(monkeypatch, flip)
+    code, report, err = replay(capsys, edited, "--policy", str(POLICIES))
+    assert code == 2 and not report
+    assert "changed after it was verified" in err
+
+
 def test_log_verified_with_the_wrong_key_is_refused(
     capsys: pytest.CaptureFixture[str], recorded: Recorded
 ) -> None:

@@ -24,6 +24,7 @@ What verifying proves, and what it can't:
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +61,18 @@ class Problem:
         return f"{self.file}:{self.line}: {self.message}"
 
 
+@dataclass(frozen=True)
+class Extent:
+    """The bytes of a file the verifier read: how many, and their SHA-256."""
+
+    size: int
+    sha256: str
+
+
+class LogChanged(Exception):
+    """A verified file no longer holds the bytes that were verified."""
+
+
 @dataclass
 class VerifyResult:
     events: int = 0
@@ -74,6 +87,9 @@ class VerifyResult:
     tail_seq: int = 0
     tail_hash: str | None = None
     head_covered: bool = False  # an outside head was given and the log reaches it
+    # What was read of each file (by its name as given): a reader that streams the
+    # files again afterwards reads only that, and checks it is still the same.
+    extents: dict[str, Extent] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -142,28 +158,60 @@ def iter_lines(paths: Sequence[Path], *, hashed: bool = True) -> Iterator[LogLin
     return _lines(paths, hashed=hashed)
 
 
-def iter_records(paths: Sequence[Path]) -> Iterator[tuple[str, int, dict[str, Any] | None]]:
+def iter_records(
+    paths: Sequence[Path], extents: dict[str, Extent] | None = None
+) -> Iterator[tuple[str, int, dict[str, Any] | None]]:
     """``(file, line number, record)`` for every line of ``paths`` in order, streamed;
     ``record`` is None where the line isn't a JSON object. For a reader that
     verified the files first (verify_log) and reads every line once: no
-    hashing, and no :class:`LogLine` built per line."""
+    :class:`LogLine` built per line, no chain hashes. With the verifier's
+    ``extents``: only the bytes it verified (not lines the gateway appended since),
+    and LogChanged at the end of a file whose bytes are no longer those."""
     loads, decode_error = orjson.loads, orjson.JSONDecodeError
     for path in paths:
         name = str(path)
+        extent = extents.get(name) if extents is not None else None
+        if extents is not None and extent is None:
+            raise LogChanged(f"{name} was not verified")
+        left = extent.size if extent is not None else -1
+        digest = hashlib.sha256() if extent is not None else None
         with Path(path).open("rb") as file:
             for number, chunk in enumerate(file, start=1):
+                if digest is not None:
+                    if left <= 0:
+                        break  # written after the check: not verified, not read
+                    if len(chunk) > left:
+                        chunk = chunk[:left]
+                    left -= len(chunk)
+                    digest.update(chunk)
                 # The newline is JSON whitespace: both parsers read the line with it.
                 try:
                     record = loads(chunk)
                 except decode_error:
                     record = parse_line(chunk)
                 yield name, number, record if type(record) is dict else None
+        if (
+            extent is not None
+            and digest is not None
+            and (left != 0 or digest.hexdigest() != extent.sha256)
+        ):
+            raise LogChanged(
+                f"{name} changed after it was verified (its first {extent.size} bytes are "
+                "not the ones checked): refusing to report on it"
+            )
 
 
-def _lines(paths: Sequence[Path], *, hashed: bool = True) -> Iterator[_Line]:
+def _lines(
+    paths: Sequence[Path], *, hashed: bool = True, extents: dict[str, Extent] | None = None
+) -> Iterator[_Line]:
     for index, path in enumerate(paths):
+        whole = hashlib.sha256() if extents is not None else None
+        size = 0
         with Path(path).open("rb") as file:
             for number, chunk in enumerate(file, start=1):
+                if whole is not None:
+                    whole.update(chunk)
+                    size += len(chunk)
                 torn = not chunk.endswith(b"\n")
                 raw = chunk[:-1] if not torn else chunk
                 record = parse_line(raw)
@@ -171,6 +219,8 @@ def _lines(paths: Sequence[Path], *, hashed: bool = True) -> Iterator[_Line]:
                     record = None
                 digest = line_hash(raw) if hashed else ""
                 yield _Line(str(path), number, (index, number), raw, digest, record, torn)
+        if extents is not None and whole is not None:
+            extents[str(path)] = Extent(size, whole.hexdigest())
 
 
 def parse_line(raw: bytes) -> Any:
@@ -242,7 +292,7 @@ def verify_log(
         result.problems.append(Problem(line.file, line.number, kind, message))
         return len(result.problems) - 1
 
-    for line in _lines(paths):
+    for line in _lines(paths, extents=result.extents):
         index += 1
         result.records += 1
         prev = recent[-1] if recent else None

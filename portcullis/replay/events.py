@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audit.chain import DECISION_PATH, REFUSAL_PATH, SIGNATURE_TYPE, rfc3339_ns
-from gateway.audit.reader import iter_records
+from gateway.audit.reader import Extent, iter_records
 from gateway.policy.decision import SECRET_HEADERS
 
 _RULE = re.compile(r"^(gateway\.[A-Za-z0-9_]+)")
@@ -130,23 +130,31 @@ def parse_time(text: str) -> str:
 
 
 def read_decisions(
-    paths: Sequence[Path], selection: Selection, skipped: Skipped
+    paths: Sequence[Path],
+    selection: Selection,
+    skipped: Skipped,
+    extents: dict[str, Extent] | None = None,
 ) -> Iterator[LoggedDecision]:
     """The selected policy decisions of ``paths`` in order, streamed; with a
-    sample, a uniform one (fixed seed) held in memory and given in log order."""
-    decisions = _selected(paths, selection, skipped)
+    sample, a uniform one (fixed seed) held in memory and given in log order.
+    ``extents``: the verifier's (only what it checked is read; LogChanged if the
+    files changed since)."""
+    decisions = _selected(paths, selection, skipped, extents)
     if selection.sample is None:
         return decisions
     return _reservoir(decisions, selection.sample, selection.seed, skipped)
 
 
 def _selected(
-    paths: Sequence[Path], selection: Selection, skipped: Skipped
+    paths: Sequence[Path],
+    selection: Selection,
+    skipped: Skipped,
+    extents: dict[str, Extent] | None,
 ) -> Iterator[LoggedDecision]:
     # The chain was verified before (or --no-verify said not to): no hashing here.
     # This runs once per line of a log that may hold millions: plain dict lookups.
     since, until, apps = selection.since, selection.until, selection.apps
-    for file, number, record in iter_records(paths):
+    for file, number, record in iter_records(paths, extents):
         if record is None:
             skipped.unreadable += 1
             continue

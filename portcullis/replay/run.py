@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.audit.reader import chain_order, verify_log
+from gateway.audit.reader import Extent, LogChanged, chain_order, verify_log
 from gateway.policy.decision import decide
 from gateway.policy.divergence import divergence
 from gateway.policy.reload import build_engine
@@ -74,13 +74,19 @@ def replay(options: ReplayOptions) -> Report:
         top=options.top,
     )
     paths = list(options.logs)
+    extents = None  # --no-verify: read whatever the files hold
     if options.keys is not None:
         started = time.perf_counter()
-        report.verification = _verify(paths, options.keys, options.after)
+        report.verification, extents = _verify(paths, options.keys, options.after)
         report.verify_seconds = time.perf_counter() - started
         paths = chain_order(paths)
-    decisions = read_decisions(paths, options.selection, report.skipped)
-    asyncio.run(_replay(decisions, candidate, baseline, report))
+    # Only the bytes verified: lines written since (a live log) are not replayed, and
+    # a file changed since (edited between the check and the read) refuses the report.
+    decisions = read_decisions(paths, options.selection, report.skipped, extents)
+    try:
+        asyncio.run(_replay(decisions, candidate, baseline, report))
+    except LogChanged as error:
+        raise ReplayError(str(error)) from None
     return report
 
 
@@ -112,7 +118,7 @@ def _check_reachable(source: str) -> None:
 
 def _verify(
     paths: list[Path], keys: dict[str, ec.EllipticCurvePublicKey], after: str | None
-) -> Verification:
+) -> tuple[Verification, dict[str, Extent]]:
     result = verify_log(paths, keys, after=after)
     if result.records == 0:
         raise ReplayError("the log files hold no records")
@@ -133,7 +139,7 @@ def _verify(
             f"{result.unsigned_tail} events after the last signature are not yet covered "
             "by one (the gateway is still writing, or it crashed)"
         )
-    return Verification(
+    verification = Verification(
         verified=True,
         events=result.events,
         signatures=result.signatures,
@@ -142,6 +148,7 @@ def _verify(
         last_signed_at=result.last_signed_at,
         notes=notes,
     )
+    return verification, result.extents
 
 
 async def _replay(
