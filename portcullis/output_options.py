@@ -8,6 +8,7 @@ it goes to stdout, and only one may; the default is ``text`` on stdout.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -65,6 +66,13 @@ def requested(args: argparse.Namespace) -> list[Output]:
     outputs: list[Output] = args.outputs or [Output("text", None)]
     if sum(1 for output in outputs if output.file is None) > 1:
         raise OutputError("only one --output can go to stdout; give the others --output-file")
+    files = [os.path.realpath(output.file) for output in outputs if output.file is not None]
+    for index, name in enumerate(files):
+        if name in files[:index]:
+            raise OutputError(
+                f"two --output go to the same --output-file {name}: the second would "
+                "overwrite the first"
+            )
     return outputs
 
 

@@ -150,6 +150,25 @@ def test_baseline_policy_is_compared_instead_of_the_log(
     assert report["latency"]["baseline"]["measured"] == "replayed"
 
 
+def test_a_baseline_that_fails_is_said_in_text_and_markdown_too(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, tmp_path: Path
+) -> None:
+    """Only the JSON said so (totals.baseline_errors): a reviewer reading the PR
+    comment took the baseline's errors for the candidate's changes."""
+    text, md = tmp_path / "r.txt", tmp_path / "r.md"
+    main(["policy", "replay", "--log", str(recorded.log), "--key", str(recorded.key),
+          "--policy", str(POLICIES), "--baseline-policy", str(ERRORING),
+          "--output", "text", "--output-file", str(text),
+          "--output", "markdown", "--output-file", str(md)])  # fmt: skip
+    capsys.readouterr()
+    _, report, _ = replay(capsys, recorded, "--policy", str(POLICIES),
+                             "--baseline-policy", str(ERRORING))  # fmt: skip
+    failed = report["totals"]["baseline_errors"]
+    assert failed > 0
+    said = f"the baseline policy failed on {failed} decisions"
+    assert said in text.read_text() and said in md.read_text()
+
+
 def test_candidate_that_errors_is_reported_as_errors_and_fails(
     capsys: pytest.CaptureFixture[str], recorded: Recorded
 ) -> None:
@@ -426,6 +445,8 @@ def _document_with(sample: dict[str, Any]) -> dict[str, Any]:
         (["--log", "{log}", "--no-verify", "--timeout-ms=-5"], "milliseconds above 0"),
         (["--log", "{log}", "--no-verify", "--timeout-ms", "nan"], "milliseconds above 0"),
         (["--log", "{log}", "--no-verify", "--timeout-ms", "inf"], "milliseconds above 0"),
+        (["--log", "{log}", "--no-verify", "--output", "json", "--output-file", "{log}.out",
+          "--output", "markdown", "--output-file", "{log}.out"], "to the same --output-file"),
     ],
 )  # fmt: skip
 def test_bad_options_are_usage_errors(
@@ -512,8 +533,10 @@ def test_an_unexpected_failure_is_exit_2_never_a_verdict(
 @pytest.mark.parametrize(
     ("selection", "why"),
     [(["--app", "wsm"], "of other apps; --app wsm)"),
-     (["--since", "2999-01-01"], "outside the time window; --since 2999-01-01T00:00:00")],
-    ids=["app-typo", "since-after-the-log-ends"],
+     (["--since", "2999-01-01"], "outside the time window; --since 2999-01-01T00:00:00"),
+     # Year 999 was written "999-..." and compared after "2026-...": everything matched.
+     (["--until", "0999-01-01"], "outside the time window; --until 0999-01-01T00:00:00")],
+    ids=["app-typo", "since-after-the-log-ends", "until-before-year-1000"],
 )  # fmt: skip
 def test_selection_matching_no_decision_fails_instead_of_passing_on_nothing(
     capsys: pytest.CaptureFixture[str], recorded: Recorded, selection: list[str], why: str

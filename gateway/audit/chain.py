@@ -103,7 +103,8 @@ def rfc3339_ns(ns: int) -> str:
     seconds, fraction = divmod(ns, 1_000_000_000)
     cache = _SECOND_CACHE
     if cache[0] != seconds:
-        cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        moment = time.gmtime(seconds)  # %Y isn't zero-padded below year 1000 on glibc
+        cache[1] = f"{moment.tm_year:04d}" + time.strftime("-%m-%dT%H:%M:%S", moment)
         cache[0] = seconds
     return f"{cache[1]}.{fraction:09d}Z"
 

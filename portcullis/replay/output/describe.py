@@ -78,6 +78,17 @@ def baseline(document: dict[str, Any]) -> str:
     return f"{base['source']} (revision {base['revision']})"
 
 
+def baseline_failures(document: dict[str, Any]) -> str | None:
+    """The warning when the baseline policy failed on some decisions, else None."""
+    failed = document["totals"]["baseline_errors"]
+    if not failed:
+        return None
+    return (
+        f"the baseline policy failed on {failed} decisions: they count as its fail-closed "
+        "denies, so changes there compare against an error, not a decision"
+    )
+
+
 def not_replayed(document: dict[str, Any]) -> str:
     skipped = document["not_replayed"]
     parts = []

@@ -10,6 +10,7 @@ from portcullis.replay.output.describe import (
     DIMENSION_TITLES,
     KIND_TITLES,
     baseline,
+    baseline_failures,
     counts,
     not_replayed,
     outcome,
@@ -46,6 +47,9 @@ def render(document: dict[str, Any]) -> str:
         if change["count"]:
             note = "allowed" if kind in allowed else "**blocking**"
         add(f"| {KIND_TITLES[kind]} | {change['count']} | {note} |")
+    if failures := baseline_failures(document):
+        add("")
+        add(f"**Warning**: {cell(failures)}.")
     if totals["changed_with_masked_inputs"]:
         add("")
         add(

@@ -9,6 +9,7 @@ from portcullis.replay.output.describe import (
     DIMENSION_TITLES,
     KIND_TITLES,
     baseline,
+    baseline_failures,
     counts,
     not_replayed,
     outcome,
@@ -40,6 +41,8 @@ def render(document: dict[str, Any]) -> str:
         if change["count"]:
             note = "  allowed by --allow-change" if kind in allowed else "  BLOCKING"
         add(f"  {KIND_TITLES[kind]:<24}{change['count']:>8}{note}")
+    if failures := baseline_failures(document):
+        add(f"  warning: {failures}")
     if totals["changed_with_masked_inputs"]:
         add(
             f"  ({totals['changed_with_masked_inputs']} changed decisions had masked or cut "
