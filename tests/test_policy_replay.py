@@ -92,6 +92,18 @@ def test_gateway_refusals_are_counted_not_replayed(
     assert report["totals"]["replayed"] + skipped["gateway_refusals"] == 300
 
 
+def test_gateway_refusals_are_counted_within_the_selection(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded
+) -> None:
+    """--app pos counted every app's refusals beside pos' decisions."""
+    records = [json.loads(line) for line in recorded.log.read_text().splitlines()]
+    refusals = [r for r in records if r.get("path") == "gateway"]
+    of_pos = sum(1 for r in refusals if r.get("labels", {}).get("app") == "pos")
+    assert 0 < of_pos < len(refusals)
+    _, report, _ = replay(capsys, recorded, "--policy", str(POLICIES), "--app", "pos")
+    assert report["not_replayed"]["gateway_refusals"] == of_pos
+
+
 def test_refunds_max_age_300_flips_ten_minute_refunds_to_step_up(
     capsys: pytest.CaptureFixture[str], recorded: Recorded, refunds_300: Path
 ) -> None:

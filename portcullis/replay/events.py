@@ -161,13 +161,15 @@ def _selected(
         if record.get("type") == SIGNATURE_TYPE:
             continue
         path = record.get("path")
-        if path == REFUSAL_PATH:
-            rule = _refusal_rule(record)
-            skipped.gateway_refusals[rule] = skipped.gateway_refusals.get(rule, 0) + 1
-            continue
         labels = record.get("labels")
         if type(labels) is not dict:
             labels = {}
+        if path == REFUSAL_PATH:
+            # Counted within the selection, like the decisions beside them.
+            if _selected_refusal(record, labels, since, until, apps):
+                rule = _refusal_rule(record)
+                skipped.gateway_refusals[rule] = skipped.gateway_refusals.get(rule, 0) + 1
+            continue
         if labels.get("shadow") is True:
             skipped.shadow_events += 1
             continue
@@ -189,6 +191,20 @@ def _selected(
             skipped.other_apps += 1
             continue
         yield decision
+
+
+def _selected_refusal(
+    record: dict[str, Any],
+    labels: dict[str, Any],
+    since: str | None,
+    until: str | None,
+    apps: frozenset[str],
+) -> bool:
+    if since is not None or until is not None:
+        timestamp = _timestamp(record)
+        if (since is not None and timestamp < since) or (until is not None and timestamp >= until):
+            return False
+    return not apps or labels.get("app") in apps
 
 
 def _refusal_rule(record: dict[str, Any]) -> str:
