@@ -11,16 +11,17 @@ import re
 
 # Anything that ends a line or a table row (\r too), or a terminal would act on.
 _CONTROL = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
-# Outside code, GitHub links @user, @org/team, https://... and www.... A zero-width
-# space after the @ or inside the scheme's :// leaves the text as it reads, unlinked.
-_LINKS = re.compile(r"@|://|(?i:www)\.")
+# Outside code, GitHub links @user, @org/team, #123, owner/repo#7, https://... and
+# www... in the rendered text (so a backslash doesn't stop it). A zero-width space
+# after the @ or #, or inside :// and www., leaves the text as it reads, unlinked.
+_LINKS = re.compile(r"@|#|://|(?i:www)\.")
 _ZWSP = "\u200b"
 
 
 def cell(text: str) -> str:
     """Safe inside a table cell and inert as Markdown and HTML."""
     escaped = _CONTROL.sub(" ", text).replace("\\", "\\\\").replace("|", "\\|")
-    for char in "<>*_[]`#~":
+    for char in "<>*_[]`#~&":  # & too: &commat; would render as @
         escaped = escaped.replace(char, "\\" + char)
     return _LINKS.sub(_unlinked, escaped)
 
@@ -33,4 +34,4 @@ def code(text: str) -> str:
 
 def _unlinked(match: re.Match[str]) -> str:
     found = match.group()
-    return "@" + _ZWSP if found == "@" else found[0] + _ZWSP + found[1:]
+    return found + _ZWSP if found in "@#" else found[0] + _ZWSP + found[1:]

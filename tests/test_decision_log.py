@@ -709,7 +709,41 @@ async def test_an_event_forged_after_the_gateways_seal_is_tampering(
     write_lines(path, [*lines, json.dumps(forged).encode()])
     result = verify_log([path], PUBLIC_KEYS)
     assert first_problem(result) == (len(lines) + 1, "inserted")
-    assert f"follows the gateway's {seal} signature" in result.problems[0].message
+    assert f"an event follows the gateway's {seal} signature" in result.problems[0].message
+
+
+async def test_logrotates_signal_during_shutdown_leaves_a_log_that_verifies(
+    tmp_path: Path,
+) -> None:
+    """SIGUSR1 (reopen) while close() drains a backlog: the writer used to write
+    close, then rotate, then start a new file, and the seal rule then called the
+    genuine log tampered. A reopen after close() is ignored; and a log written
+    that way by an older version (close, rotate, start) still verifies."""
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(path, SIGNING_KEY, key_id=KID)
+    await log.start()
+    for n in range(2000):
+        record(log, n)
+    closing = asyncio.create_task(log.close())
+    await asyncio.sleep(0)
+    log.reopen()  # the signal handler, still installed while the server stops
+    await closing
+    reasons = [json.loads(line).get("reason") for line in lines_of(path)]
+    assert reasons[-1] == "close" and "rotate" not in reasons
+    assert verify_log([path], PUBLIC_KEYS).complete
+    older = tmp_path / "older.jsonl"  # what the old writer left: close, rotate, start
+    log = DecisionLog(older, SIGNING_KEY, key_id=KID)
+    await log.start()
+    for n in range(2000):
+        record(log, n)
+    closing = asyncio.create_task(log.close())
+    await asyncio.sleep(0)
+    log._queue.append(("reopen",))  # what reopen() did then, unguarded
+    log._wake.set()
+    await closing
+    reasons = [json.loads(line).get("reason") for line in lines_of(older)]
+    assert reasons[-3:] == ["close", "rotate", "start"]
+    assert verify_log([older], PUBLIC_KEYS).ok
 
 
 async def test_log_that_reaches_the_head_is_covered(tmp_path: Path) -> None:

@@ -445,7 +445,7 @@ def test_a_cursor_that_matches_its_line_resumes_right_after_it(tmp_path: Path) -
     [
         '{"inode": 1e400, "offset": 5, "seq": 1, "hash": ""}',
         '{"inode": 7, "offset": -5, "seq": 1, "hash": ""}',
-        '{"inode": 7, "offset": 5, "seq": -1, "hash": ""}',
+        '{"inode": 7, "offset": 5, "seq": 1.5, "hash": ""}',
         '{"inode": 7, "offset": "5", "seq": 1, "hash": ""}',
         '{"inode": 7, "offset": true, "seq": 1, "hash": ""}',
         '{"inode": 7, "offset": 5.5, "seq": 1, "hash": ""}',
@@ -456,7 +456,7 @@ def test_a_cursor_that_matches_its_line_resumes_right_after_it(tmp_path: Path) -
     ids=[
         "huge",
         "negative-offset",
-        "negative-seq",
+        "float-seq",
         "string",
         "bool",
         "float",
@@ -480,6 +480,22 @@ def test_a_tampered_cursor_is_reported_damaged_and_lets_go_of_its_lock(
         with pytest.raises(CursorError, match=r"sink-copy\.cursor is damaged") as caught:
             Cursor(log, "copy").load()
         assert not isinstance(caught.value, CursorBusy)
+
+
+def test_a_cursor_keeps_any_integer_seq_it_acknowledged(tmp_path: Path) -> None:
+    """A hand-edited line with "seq": -1 is shipped and acknowledged like any other;
+    its seq in the cursor must not make the next start refuse the cursor as damaged
+    (one record never stops the log behind it)."""
+    from gateway.audit.shipping.cursor import Cursor, CursorState
+    from gateway.audit.tail import Position
+
+    cursor = Cursor(tmp_path / "decisions.log", "copy")
+    assert cursor.load() is None
+    cursor.save(CursorState(Position(7, 120), -1, "ab" * 32))
+    cursor.close()
+    again = Cursor(tmp_path / "decisions.log", "copy")
+    assert again.load() == CursorState(Position(7, 120), -1, "ab" * 32)
+    again.close()
 
 
 def test_a_cursor_whose_inode_another_file_now_has_never_ships_that_file(

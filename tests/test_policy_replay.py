@@ -387,7 +387,7 @@ def test_markdown_escapes_request_text() -> None:
 
 
 _HOSTILE = st.text(
-    alphabet=st.sampled_from([*"aZ09 @:/.wW|\\`*_~[]<>#-", "\r", "\n", "\x1b", "\u2028", "\x00"]),
+    alphabet=st.sampled_from([*"aZ09 @:/.wW|\\`*_~[]<>#-&;", "\r", "\n", "\x1b", "\u2028", "\x00"]),
     max_size=30,
 )
 
@@ -404,8 +404,8 @@ def test_markdown_escaping_keeps_any_text_in_its_cell_and_inert(text: str) -> No
         assert not re.search("[\x00-\x1f\x7f\u2028\u2029]", escaped)
         assert not re.search(r"(?<!\\)\|", escaped)  # a table splits only at a bare pipe
     inert = cell(text)
-    assert not re.search("@(?!\u200b)|://|(?i:www)\\.", inert)
-    assert not re.search(r"(?<!\\)[~*_<>\[\]`#]", re.sub(r"\\\\", "", inert))
+    assert not re.search("[@#](?!\u200b)|://|(?i:www)\\.", inert)
+    assert not re.search(r"(?<!\\)[~*_<>\[\]`#&]", re.sub(r"\\\\", "", inert))
     assert "`" not in code(text)
 
 
@@ -524,6 +524,27 @@ def test_malformed_logged_values_are_replayed_not_a_crash(
     code, report, err = replay(capsys, copy, "--policy", str(POLICIES), "--no-verify")
     assert code in (0, 1) and "Traceback" not in err and report
     assert report["totals"]["replayed"] == len(decisions)
+
+
+def test_reasons_the_log_masked_show_as_masked_not_as_a_malformed_decision(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, tmp_path: Path
+) -> None:
+    """With decision_log.mask_headers: ["/result/reasons"], a logged allow's reasons
+    are the marker, not a list: the samples' "before" said "deny 403: policy
+    returned a malformed decision"."""
+    lines = []
+    for line in recorded.log.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("path") == "portcullis/gateway/decision":
+            record["result"]["reasons"] = "**REDACTED**"
+            record["masked"] = [*record.get("masked", []), "/result/reasons"]
+        lines.append(json.dumps(record))
+    masked = dataclasses.replace(recorded, log=tmp_path / "masked.log")
+    masked.log.write_text("\n".join(lines) + "\n")
+    _, report, _ = replay(capsys, masked, "--policy", str(ERRORING), "--no-verify")
+    samples = report["changes"]["error"]["samples"]
+    assert samples and all(s["before"]["reasons"] == ["**REDACTED**"] for s in samples)
+    assert any(s["before"]["allow"] is True for s in samples)
 
 
 def test_an_unexpected_failure_is_exit_2_never_a_verdict(

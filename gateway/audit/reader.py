@@ -312,13 +312,15 @@ def verify_log(
 
         link_ok = True
         seal = _seal_reason(prev.record) if prev is not None else None
-        if prev is not None and seal is not None and not starts:
-            # The gateway's own last word on a run (close) or a file (rotate): what it
-            # writes next is a signed start, never an event or another head.
+        if prev is not None and seal is not None and not is_signature:
+            # The gateway's own last word on a run (close) or a file (rotate): it
+            # writes a signed start next, never an event. (A signature there is
+            # checked as any is: a start, or a rotate that older versions wrote
+            # when logrotate's signal came during shutdown.)
             problem(
                 line,
                 "inserted",
-                f"a record follows the gateway's {seal} signature at "
+                f"an event follows the gateway's {seal} signature at "
                 f"{prev.file}:{prev.number} without a signed start: written after the "
                 "gateway had sealed the log",
             )

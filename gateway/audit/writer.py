@@ -230,7 +230,11 @@ class DecisionLog:
         """Seal the current file and continue the chain in a fresh open of ``path``.
 
         For SIGHUP after logrotate moved the file away (like nginx's reopen).
+        Ignored once close() began: the run ends sealed in the file it has (a
+        rotate after the close would begin a file the run never writes to).
         """
+        if self._closed:
+            return
         self._reopen_wanted = True
         self._queue.append(("reopen",))
         self._wake.set()

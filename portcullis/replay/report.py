@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.audit.chain import REDACTED
 from gateway.policy.decision import Decision, as_read
 from gateway.policy.divergence import ALLOW_TO_DENY, DENY_TO_ALLOW, ERROR, KINDS, STEP_UP
 from portcullis.replay.events import LoggedDecision, Selection, Skipped, strings
@@ -266,6 +267,15 @@ def _step_up(step_up: Any) -> str:
     return f"acr={step_up.get('acr')} max_age={step_up.get('max_age')}"
 
 
+def _unmasked_shape(result: dict[str, Any]) -> dict[str, Any]:
+    """A logged result whose reasons the log masked (``mask_headers:
+    ["/result/reasons"]``) holds the marker instead of a list: shown as a list
+    of it, not read as a malformed decision."""
+    if result.get("reasons") == REDACTED:
+        return {**result, "reasons": [REDACTED]}
+    return result
+
+
 def _route(parsed_path: Any) -> str:
     """The first two path segments: /pos/refunds/ for /pos/refunds/42."""
     if not isinstance(parsed_path, list) or not parsed_path:
@@ -302,7 +312,7 @@ def _sample(
         "path": http.get("path"),
         "request_id": http.get("id"),
         "identity": identity,
-        "before": as_read(before),  # a hand-edited log's result in the contract's shape
+        "before": as_read(_unmasked_shape(before)),  # a hand-edited log's: the contract's shape
         "after": after,
         "error": error,
         "masked": logged.masked,

@@ -65,7 +65,10 @@ class Cursor:
             return None
         try:
             state = json.loads(data)
-            inode, offset, seq = (_count(state[key]) for key in ("inode", "offset", "seq"))
+            inode, offset = _count(state["inode"]), _count(state["offset"])
+            seq = state["seq"]  # the last acknowledged record's, as the log holds it
+            if type(seq) is not int:
+                raise ValueError(f"seq {seq!r} is not an integer")
             return CursorState(Position(inode, offset), seq, str(state["hash"]))
         except (ValueError, KeyError, TypeError):
             self.close()  # and its lock: the next attempt says the same, not "busy"
@@ -97,7 +100,7 @@ class Cursor:
 
 
 def _count(value: object) -> int:
-    """A cursor's inode, offset or seq: a whole number, never negative (what save()
+    """A cursor's inode or offset: a whole number, never negative (what save()
     writes); anything else (1e400, -5, "7", true) means the file is damaged."""
     if type(value) is not int or value < 0:
         raise ValueError(f"not a count: {value!r}")
