@@ -712,6 +712,26 @@ async def test_an_event_forged_after_the_gateways_seal_is_tampering(
     assert f"an event follows the gateway's {seal} signature" in result.problems[0].message
 
 
+async def close_with_a_reopen_during_the_drain(path: Path, reopen: Any) -> list[str | None]:
+    """2,000 events, then close(), then ``reopen(log)`` while the writer drains
+    them (logrotate's SIGUSR1 during a shutdown); the signature reasons written."""
+    log = DecisionLog(path, SIGNING_KEY, key_id=KID)
+    await log.start()
+    for n in range(2000):
+        record(log, n)
+    closing = asyncio.create_task(log.close())
+    await asyncio.sleep(0)
+    reopen(log)
+    await closing
+    return [json.loads(line).get("reason") for line in lines_of(path)]
+
+
+def _unguarded_reopen(log: DecisionLog) -> None:
+    """What reopen() did before it checked for a close."""
+    log._queue.append(("reopen",))
+    log._wake.set()
+
+
 async def test_logrotates_signal_during_shutdown_leaves_a_log_that_verifies(
     tmp_path: Path,
 ) -> None:
@@ -720,28 +740,11 @@ async def test_logrotates_signal_during_shutdown_leaves_a_log_that_verifies(
     genuine log tampered. A reopen after close() is ignored; and a log written
     that way by an older version (close, rotate, start) still verifies."""
     path = tmp_path / "decisions.jsonl"
-    log = DecisionLog(path, SIGNING_KEY, key_id=KID)
-    await log.start()
-    for n in range(2000):
-        record(log, n)
-    closing = asyncio.create_task(log.close())
-    await asyncio.sleep(0)
-    log.reopen()  # the signal handler, still installed while the server stops
-    await closing
-    reasons = [json.loads(line).get("reason") for line in lines_of(path)]
+    reasons = await close_with_a_reopen_during_the_drain(path, DecisionLog.reopen)
     assert reasons[-1] == "close" and "rotate" not in reasons
     assert verify_log([path], PUBLIC_KEYS).complete
-    older = tmp_path / "older.jsonl"  # what the old writer left: close, rotate, start
-    log = DecisionLog(older, SIGNING_KEY, key_id=KID)
-    await log.start()
-    for n in range(2000):
-        record(log, n)
-    closing = asyncio.create_task(log.close())
-    await asyncio.sleep(0)
-    log._queue.append(("reopen",))  # what reopen() did then, unguarded
-    log._wake.set()
-    await closing
-    reasons = [json.loads(line).get("reason") for line in lines_of(older)]
+    older = tmp_path / "older.jsonl"
+    reasons = await close_with_a_reopen_during_the_drain(older, _unguarded_reopen)
     assert reasons[-3:] == ["close", "rotate", "start"]
     assert verify_log([older], PUBLIC_KEYS).ok
 
