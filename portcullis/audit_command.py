@@ -98,7 +98,7 @@ def verify_command(args: argparse.Namespace) -> int:
         for path in paths:
             _check_readable(path)
         after = check_hash(args.after) if args.after else None
-        head = _load_head(args.head, keys) if args.head else None  # every head that verifies
+        head = load_heads(args.head, keys) if args.head else None  # every head that verifies
         result = verify_log(paths, keys, after=after, head=head)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -209,7 +209,7 @@ def check_hash(text: str, option: str = "--after") -> str:
     return value
 
 
-def _load_head(source: str, keys: dict[str, ec.EllipticCurvePublicKey]) -> list[SignedHead]:
+def load_heads(source: str, keys: dict[str, ec.EllipticCurvePublicKey]) -> list[SignedHead]:
     """The signed heads at ``source``: a URL or file holding /audit/head's JSON, a
     log file whose first line (a ``start`` record) is a head, or a file of heads
     (JSON lines: every /audit/head answer kept, or a sink's export), all of which

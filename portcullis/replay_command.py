@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from portcullis import output_options
-from portcullis.audit_command import UsageError, check_hash, load_keys
+from portcullis.audit_command import UsageError, check_hash, load_heads, load_keys
 from portcullis.replay.events import Selection, parse_time
 from portcullis.replay.output import FORMATS
 from portcullis.replay.report import ALLOWABLE, Report
@@ -116,6 +116,11 @@ def register(actions: Any) -> None:
         metavar="HASH",
         help="the first file continues the chain from this line hash (as `audit verify --after`)",
     )
+    parser.add_argument(
+        "--head", metavar="FILE_OR_URL",
+        help="signed chain heads kept elsewhere (as `audit verify --head`): the log must "
+        "reach them, so a cut or forged tail is refused",
+    )  # fmt: skip
     output_options.add_arguments(parser, FORMATS)
     parser.add_argument(
         "--samples",
@@ -143,6 +148,9 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--since must be before --until")
         after = check_hash(args.after) if args.after else None
         keys = None if args.no_verify else load_keys(args.key, args.jwks)
+        if args.head and keys is None:
+            raise UsageError("--head needs the key that verifies it (--key or --jwks)")
+        heads = load_heads(args.head, keys) if args.head and keys is not None else None
         options = ReplayOptions(
             logs=[Path(name) for name in args.logs],
             candidate=args.policy,
@@ -152,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
             ),
             keys=keys,
             after=after,
+            heads=heads,
             allowed=frozenset(args.allowed),
             samples_per_kind=args.samples,
             top=args.top,

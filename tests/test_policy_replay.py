@@ -298,6 +298,35 @@ def test_a_log_edited_between_the_check_and_the_replay_is_refused(
     assert "changed after it was verified" in err
 
 
+def test_a_forged_tail_is_refused_with_a_head_kept_elsewhere(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, tmp_path: Path
+) -> None:
+    """The tail after the last signature is vouched for by nothing: drop the final
+    close and append a forged allow linked to the line before, and the chain still
+    checks. The gateway's signed head, kept elsewhere (/audit/head, a SIEM), is what
+    the log must reach: with --head the replay refuses it."""
+    from gateway.audit.chain import line_hash
+
+    lines = recorded.log.read_bytes().splitlines()
+    head = tmp_path / "head.json"
+    head.write_bytes(lines[-1])  # the close signature, as /audit/head served it
+    decision = json.loads(next(line for line in lines if b'"path":"portcullis/gateway/' in line))
+    kept = lines[:-4]  # the seal and the last events gone
+    forged = {**decision, "decision_id": "forged", "seq": json.loads(kept[-1])["seq"] + 1,
+              "prev_hash": line_hash(kept[-1])}  # fmt: skip
+    cut = dataclasses.replace(recorded, log=tmp_path / "cut.log")
+    cut.log.write_bytes(b"\n".join([*kept, json.dumps(forged).encode()]) + b"\n")
+    code, report, _ = replay(capsys, cut, "--policy", str(POLICIES))
+    assert code in (0, 1) and report["verification"]["unsigned_tail"] > 0  # not caught alone
+    code, report, err = replay(capsys, cut, "--policy", str(POLICIES), "--head", str(head))
+    assert code == 2 and not report
+    assert "refusing to replay a tampered log" in err and "signed a head at seq" in err
+    code, report, err = replay(capsys, recorded, "--policy", str(POLICIES), "--head", str(head))
+    assert code == 0 and any(
+        "reaches the outside head" in n for n in report["verification"]["notes"]
+    )
+
+
 def test_log_verified_with_the_wrong_key_is_refused(
     capsys: pytest.CaptureFixture[str], recorded: Recorded
 ) -> None:
@@ -457,6 +486,7 @@ def _document_with(sample: dict[str, Any]) -> dict[str, Any]:
         (["--log", "{log}", "--no-verify", "--timeout-ms=-5"], "milliseconds above 0"),
         (["--log", "{log}", "--no-verify", "--timeout-ms", "nan"], "milliseconds above 0"),
         (["--log", "{log}", "--no-verify", "--timeout-ms", "inf"], "milliseconds above 0"),
+        (["--log", "{log}", "--no-verify", "--head", "{log}"], "--head needs the key"),
         (["--log", "{log}", "--no-verify", "--output", "json", "--output-file", "{log}.out",
           "--output", "markdown", "--output-file", "{log}.out"], "to the same --output-file"),
     ],

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.audit.reader import Extent, LogChanged, chain_order, verify_log
+from gateway.audit.reader import Extent, LogChanged, SignedHead, chain_order, verify_log
 from gateway.policy.decision import decide
 from gateway.policy.divergence import divergence
 from gateway.policy.reload import build_engine
@@ -43,6 +43,8 @@ class ReplayOptions:
     # kid -> key to verify the chain's signatures; None: --no-verify.
     keys: dict[str, ec.EllipticCurvePublicKey] | None = None
     after: str | None = None
+    # Signed heads kept elsewhere the log must reach (--head); None: none given.
+    heads: list[SignedHead] | None = None
     allowed: frozenset[str] = frozenset()
     samples_per_kind: int = 5
     top: int = 10
@@ -77,7 +79,7 @@ def replay(options: ReplayOptions) -> Report:
     extents = None  # --no-verify: read whatever the files hold
     if options.keys is not None:
         started = time.perf_counter()
-        report.verification, extents = _verify(paths, options.keys, options.after)
+        report.verification, extents = _verify(paths, options.keys, options.after, options.heads)
         report.verify_seconds = time.perf_counter() - started
         paths = chain_order(paths)
     # Only the bytes verified: lines written since (a live log) are not replayed, and
@@ -117,9 +119,12 @@ def _check_reachable(source: str) -> None:
 
 
 def _verify(
-    paths: list[Path], keys: dict[str, ec.EllipticCurvePublicKey], after: str | None
+    paths: list[Path],
+    keys: dict[str, ec.EllipticCurvePublicKey],
+    after: str | None,
+    heads: list[SignedHead] | None = None,
 ) -> tuple[Verification, dict[str, Extent]]:
-    result = verify_log(paths, keys, after=after)
+    result = verify_log(paths, keys, after=after, head=heads)
     if result.records == 0:
         raise ReplayError("the log files hold no records")
     if result.events == 0 and result.signatures == 0 and result.problems:
