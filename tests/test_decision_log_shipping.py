@@ -6,13 +6,15 @@ signed heads anchored in the SIEM's copy."""
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import gzip
 import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -151,6 +153,8 @@ class Receiver:
     fail_next: int = 0
     hang_next: int = 0
     attempts: int = 0
+    retry_after: Callable[[], str] | None = None  # the failures' Retry-After header
+    attempted_at: list[float] = field(default_factory=list)
 
     def app(self) -> web.Application:
         # The body as sent: the test checks it is gzip'd.
@@ -161,6 +165,7 @@ class Receiver:
 
     async def _body(self, request: web.Request) -> bytes | None:
         self.attempts += 1
+        self.attempted_at.append(time.monotonic())
         if self.hang_next:
             self.hang_next -= 1
             await asyncio.sleep(5)
@@ -175,7 +180,8 @@ class Receiver:
             return web.Response(status=401)
         body = await self._body(request)
         if body is None:
-            return web.Response(status=503)
+            slow_down = {"Retry-After": self.retry_after()} if self.retry_after else {}
+            return web.Response(status=503, headers=slow_down)
         events = json.loads(body)
         assert isinstance(events, list)
         self.batches.append(events)
@@ -233,6 +239,35 @@ async def test_http_opa_sink_survives_503s_and_timeouts_without_loss(
     assert set(decision_ids(logged)) == {e["decision_id"] for e in shipped if "decision_id" in e}
     assert any(e.get("type") == "chain_signature" for e in shipped)
     assert stats["retried"] > 0 and stats["failing"] == 0
+
+
+async def test_http_sink_waits_as_long_as_the_receivers_retry_after_asks(
+    aiohttp_server: Any, tmp_path: Path, receiver: tuple[Receiver, TestServer]
+) -> None:
+    """A SIEM shedding load answers 503 (or 429) with Retry-After: the retry comes
+    no sooner, though the sink's own backoff (retry_max 0.2 s) would have come back
+    within a fifth of a second; in seconds or as an HTTP date."""
+    fake, server = receiver
+    (tmp_path / "token").write_text(fake.token)
+    sink = http_sink(f"http://127.0.0.1:{server.port}/logs", tmp_path / "token")
+    async with start_stack(aiohttp_server, tmp_path, **with_sinks(tmp_path, sink)) as stack:
+        await traffic(stack, 2)
+        await caught_up(stack)
+
+        def seconds() -> str:
+            return "1"
+
+        def date() -> str:  # made as the 503 is answered: 2 s from then
+            return email.utils.formatdate(time.time() + 2, usegmt=True)
+
+        for asked in (seconds, date):
+            fake.fail_next, fake.retry_after, fake.attempted_at = 1, asked, []
+            await traffic(stack, 2)
+            await caught_up(stack)
+            failed, retried = fake.attempted_at[:2]
+            assert retried - failed >= 0.9  # an HTTP date has whole seconds
+        logged = log_records(stack.log_path)
+    assert set(decision_ids(logged)) <= {e.get("decision_id") for e in fake.events()}
 
 
 async def test_http_splunk_hec_envelope_carries_ocsf_events(

@@ -38,6 +38,9 @@ _POLL = 0.05  # seconds between looks at the log when caught up
 # batches cost less (and the log's writer shares the disk).
 _BATCH_INTERVAL = 0.2
 _ALERT_EVERY = 60.0
+# The longest a receiver's Retry-After is waited for before trying again (a
+# receiver asking for hours is more likely wrong than right; the lag metrics show it).
+RETRY_AFTER_MAX = 600.0
 
 
 class Batch(NamedTuple):
@@ -270,6 +273,9 @@ class Shipper:
                 self.failing = True
                 delay = min(self.config.retry_max, self.config.retry_initial * 2 ** (attempt - 1))
                 delay *= random.uniform(0.8, 1.0)  # several gateways don't retry in step
+                asked = getattr(error, "retry_after", None)
+                if asked is not None:  # the receiver's Retry-After: not sooner, within reason
+                    delay = max(delay, min(asked, RETRY_AFTER_MAX))
                 if attempt == 1 or attempt % 20 == 0:
                     logger.warning(
                         "sink %s: %d records not acknowledged (%s); retry %d in %.1f s",

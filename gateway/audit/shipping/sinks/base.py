@@ -6,7 +6,12 @@ from typing import Any, Protocol
 
 
 class SinkError(Exception):
-    """A batch was not acknowledged: it is sent again after a backoff."""
+    """A batch was not acknowledged: it is sent again after a backoff, or after
+    ``retry_after`` seconds if the receiver asked for longer (HTTP Retry-After)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Sink(Protocol):

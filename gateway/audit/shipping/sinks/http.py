@@ -8,8 +8,10 @@ backoff."""
 
 from __future__ import annotations
 
+import email.utils
 import gzip
 import socket
+import time
 from typing import Any
 
 import aiohttp
@@ -73,7 +75,10 @@ class HttpSink:
                         "point the sink's url there"
                     )
                 if not 200 <= response.status < 300:
-                    raise SinkError(f"{self.config.url}: HTTP {response.status} {text[:200]}")
+                    raise SinkError(
+                        f"{self.config.url}: HTTP {response.status} {text[:200]}",
+                        retry_after=_retry_after(response.headers.get("Retry-After")),
+                    )
                 if self.config.envelope == "splunk_hec":
                     _check_hec(self.config.url, text)
         except (aiohttp.ClientError, TimeoutError) as error:
@@ -119,3 +124,20 @@ def _check_hec(url: str, text: str) -> None:
         return  # a 2xx without a JSON body: accepted
     if isinstance(answer, dict) and answer.get("code", 0) != 0:
         raise SinkError(f"{url}: HEC refused the batch: {answer}")
+
+
+def _retry_after(value: str | None) -> float | None:
+    """RFC 9110's Retry-After (a 429 or 503 asking the client to slow down): seconds,
+    or an HTTP date; None if absent or not either."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        return None
+    return max(0.0, moment.timestamp() - time.time())
