@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,6 +125,16 @@ class DecisionLogConfig:
     # The shipping process's nice value (0-19; it also runs SCHED_BATCH when > 0):
     # background work whose backlog is the durable file yields the CPU to requests.
     shipping_nice: int = 10
+    # The log's name in its chain signatures (README "Anchoring"); None: log_name().
+    name: str | None = None
+
+    def log_name(self) -> str:
+        """What the chain signatures call this log: ``name``, else the host's name
+        and the log's file name (a pod's name in Kubernetes; each worker's own file)."""
+        if self.name is not None:
+            return self.name
+        file = self.path.name if self.path is not None else "-"
+        return f"{socket.gethostname()}:{file}"
 
 
 @dataclass(frozen=True)
@@ -524,11 +536,18 @@ def _decision_log(data: dict[str, Any], base_dir: Path) -> DecisionLogConfig:
     shipping_nice = reader.get("shipping_nice", int, 10)
     if not 0 <= shipping_nice <= 19:
         raise ConfigError(f"decision_log.shipping_nice: 0 to 19, got {shipping_nice}")
+    name = reader.get("name", str, None)
+    if name is not None and not _LOG_NAME.fullmatch(name):
+        raise ConfigError(f"decision_log.name: 1 to 200 printable characters, got {name!r}")
     reader.done()
     return DecisionLogConfig(
         path, interval, mask_headers, mask_query_params, value_chars, header_chars,
-        durability, durability_timeout, sinks, shipping_nice,
+        durability, durability_timeout, sinks, shipping_nice, name,
     )  # fmt: skip
+
+
+# A log's name goes into every signed head and the messages that name it.
+_LOG_NAME = re.compile(r"[^\x00-\x1f\x7f-\x9f]{1,200}")
 
 
 def _limits(data: dict[str, Any]) -> LimitsConfig:

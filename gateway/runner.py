@@ -136,10 +136,17 @@ def _worker(config: GatewayConfig, index: int, log_level: str) -> None:
     install_uvloop()
     log_path = config.decision_log.path
     if log_path is not None:
-        # One hash chain per process: each worker writes its own file.
+        # One hash chain per process: each worker writes its own file, and a
+        # name of its own in its signed heads.
         per_worker = log_path.with_name(f"{log_path.stem}.worker-{index}{log_path.suffix}")
+        name = config.decision_log.name
         config = dataclasses.replace(
-            config, decision_log=dataclasses.replace(config.decision_log, path=per_worker)
+            config,
+            decision_log=dataclasses.replace(
+                config.decision_log,
+                path=per_worker,
+                name=None if name is None else f"{name}/worker-{index}",
+            ),
         )
     asyncio.run(serve(config, reuse_port=True, instance_id=f"worker-{index}"))
 

@@ -138,6 +138,7 @@ class Gateway:
                 sign_interval=self.config.decision_log.sign_interval,
                 redactor=Redactor.from_config(self.config.decision_log),
                 labels={"id": self.instance_id},
+                name=self.config.decision_log.log_name(),
             )
             try:
                 await self.decision_log.start()

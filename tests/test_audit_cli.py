@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import http.server
+import itertools
 import json
 import subprocess
 import sys
@@ -414,3 +416,96 @@ def test_head_that_is_not_a_head_is_a_usage_error(log_file: Path) -> None:
     done = audit(log_file, "--key", PUBLIC_PEM, "--head", JWKS)
     assert done.returncode == 2
     assert "not a decision-log head" in done.stderr
+
+
+def shipped_heads(*logs: Path) -> list[dict[str, object]]:
+    """The chain signatures of ``logs`` as a file sink in the ``opa`` format ships
+    them (whole, with line_hash), interleaved as one SIEM index holds them."""
+    per_log = []
+    for path in logs:
+        heads = []
+        for raw in lines_of(path):
+            record = json.loads(raw)
+            if record.get("type") == "chain_signature":
+                heads.append({**record, "line_hash": hashlib.sha256(raw).hexdigest()})
+        per_log.append(heads)
+    return [head for group in itertools.zip_longest(*per_log) for head in group if head]
+
+
+async def two_replicas(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """Two replicas' logs, same key (the Helm chart's default), each with two runs,
+    and one export of every head both shipped."""
+    logs = []
+    for replica in ("portcullis-0", "portcullis-1"):
+        path = tmp_path / replica / "decisions.log"
+        path.parent.mkdir()
+        for _ in range(2):
+            await write_log(path, 7, sign_every=3, name=f"{replica}:decisions.log")
+        logs.append(path)
+    export = tmp_path / "siem-export.jsonl"
+    export.write_text("".join(json.dumps(head) + "\n" for head in shipped_heads(*logs)))
+    return logs[0], logs[1], export
+
+
+async def test_replicas_sharing_a_key_each_verify_against_one_siem_export(
+    tmp_path: Path,
+) -> None:
+    """Heads didn't say which log signed them: each replica's log was checked
+    against the other's heads too, and failed (`names a line that is not in the
+    log`), so the documented anchoring failed for the chart's two replicas."""
+    first, second, export = await two_replicas(tmp_path)
+    for path in (first, second):
+        done = audit(path, "--key", PUBLIC_PEM, "--head", export)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.startswith("OK: 14 events")
+        other = "portcullis-1" if path is first else "portcullis-0"
+        assert f"of 1 other log(s) left out ('{other}:decisions.log')" in done.stderr
+
+
+async def test_replica_log_cut_after_a_signature_is_caught_by_its_own_shipped_heads(
+    tmp_path: Path,
+) -> None:
+    first, _, export = await two_replicas(tmp_path)
+    lines = lines_of(first)
+    write_lines(first, lines[:-4])  # the last events and the close signature, gone
+    assert audit(first, "--key", PUBLIC_PEM, "--live").returncode == 0  # alone: looks live
+    done = audit(first, "--key", PUBLIC_PEM, "--head", export)
+    assert done.returncode == 1 and done.stdout.startswith("TAMPERED: "), done.stdout
+    assert "event(s) and their signatures are missing" in done.stdout
+
+
+async def test_log_rewritten_under_another_name_is_not_vouched_for_by_the_export(
+    tmp_path: Path,
+) -> None:
+    """Whoever holds the key could write a new log that names itself differently,
+    so that none of the SIEM's heads would apply: that is a failure, not a pass."""
+    _, _, export = await two_replicas(tmp_path)
+    forged = tmp_path / "forged" / "decisions.log"
+    forged.parent.mkdir()
+    await write_log(forged, 3, name="portcullis-9:decisions.log")
+    assert audit(forged, "--key", PUBLIC_PEM).returncode == 0  # a valid log on its own
+    done = audit(forged, "--key", PUBLIC_PEM, "--head", export)
+    assert done.returncode == 1, done.stdout + done.stderr
+    heads = len(export.read_text().splitlines())
+    assert f"none of the {heads} outside heads is this log's: it signs as " in done.stdout
+    assert "'portcullis-0:decisions.log', 'portcullis-1:decisions.log'" in done.stdout
+
+
+@pytest.mark.parametrize("change", ["renamed", "name-removed", "name-added"])
+async def test_a_heads_log_name_is_covered_by_its_signature(tmp_path: Path, change: str) -> None:
+    """Otherwise one replica's head could be passed off as another's (or as an
+    older, unnamed one, which every log must reach)."""
+    path = tmp_path / "decisions.log"
+    await write_log(path, 3, name=None if change == "name-added" else "portcullis-0:decisions.log")
+    lines = lines_of(path)
+    record = json.loads(lines[0])
+    if change == "renamed":
+        record["log"] = "portcullis-1:decisions.log"
+    elif change == "name-removed":
+        del record["log"]
+    else:
+        record["log"] = "portcullis-0:decisions.log"
+    lines[0] = json.dumps(record, separators=(",", ":")).encode()
+    done = audit(write_lines(path, lines), "--key", PUBLIC_PEM)
+    assert done.returncode == 1
+    assert "chain signature invalid: signature does not verify" in done.stdout

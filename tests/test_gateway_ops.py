@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -277,6 +278,10 @@ def test_invalid_config_is_refused_with_the_key_path(tmp_path: Path) -> None:
          "admin_listener.port: 8080 is also listeners[0]'s port"),
         ("admin_listener: {port: -1}\nauth: false\n", "admin_listener.port: must be 0-65535"),
         ("admin_listener: {path: /metrics}\nauth: false\n", "admin_listener.path: unknown key"),
+        ('decision_log: {path: d.log, name: "a\\nb"}\nauth: false\n',
+         "decision_log.name: 1 to 200 printable characters, got 'a\\nb'"),
+        ("decision_log: {path: d.log, name: ''}\nauth: false\n",
+         "decision_log.name: 1 to 200 printable characters, got ''"),
     ],
 )  # fmt: skip
 def test_config_errors_name_what_is_wrong(tmp_path: Path, yaml_text: str, message: str) -> None:
@@ -375,6 +380,7 @@ async def test_two_workers_share_the_port_and_shut_down_cleanly(tmp_path: Path) 
         f"admin_listener: {{address: 127.0.0.1, port: {admin_port}}}\n"
         f"policy: {{source: {POLICIES}}}\n"
         "routes: [{app: wms, upstream: 'http://127.0.0.1:9', path_prefix: /wms/}]\n"
+        f"decision_log: {{path: {tmp_path / 'decisions.log'}, name: store-gw}}\n"
     )
     gateway = subprocess.Popen(
         [sys.executable, "-m", "portcullis", "gateway", "--config", str(config), "--workers", "2"],
@@ -398,6 +404,20 @@ async def test_two_workers_share_the_port_and_shut_down_cleanly(tmp_path: Path) 
     assert gateway.returncode == 0, err
     assert err.count("gateway listening on") == 2
     assert err.count("draining connections") == 2
+    # One chain per worker, each with a name of its own in its signed heads (a SIEM
+    # holding both workers' heads tells them apart: README "Anchoring").
+    for index in (0, 1):
+        lines = (tmp_path / f"decisions.worker-{index}.log").read_text().splitlines()
+        names = {json.loads(line).get("log") for line in lines if '"chain_signature"' in line}
+        assert names == {f"store-gw/worker-{index}"}
+
+
+def test_a_log_is_named_after_its_host_and_file_unless_configured(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"auth: false\ndecision_log: {{path: {tmp_path / 'audit.log'}}}\n")
+    assert load_config(config).decision_log.log_name() == f"{socket.gethostname()}:audit.log"
+    config.write_text(f"auth: false\ndecision_log: {{path: {tmp_path / 'a.log'}, name: pos-0}}\n")
+    assert load_config(config).decision_log.log_name() == "pos-0"
 
 
 async def test_a_decision_log_in_use_stops_the_start_with_one_line(

@@ -31,13 +31,17 @@ Chain signatures are lines of their own, in the same chain::
 
     {"type": "chain_signature", "reason": "start" | "interval" | "close" | "rotate",
      "seq": <events in the chain so far>, "head": "<64 hex>",
-     "signed_at": "<RFC 3339 ns>", "kid": "...", "alg": "ES256",
-     "signature": "<base64url r||s, as in a JWS>"}
+     "signed_at": "<RFC 3339 ns>", "kid": "...", "log": "<host>:decisions.log",
+     "alg": "ES256", "signature": "<base64url r||s, as in a JWS>"}
 
 ``head`` is the hash of the line before the signature (its link, like an
 event's ``prev_hash``); the signature covers :func:`signing_input`, i.e.
-reason, seq, head, signed_at and kid. Since each line's hash covers the
-previous hash, one signature vouches for every line before it.
+reason, seq, head, signed_at, kid and log. Since each line's hash covers the
+previous hash, one signature vouches for every line before it. ``log`` names
+the log the head belongs to (``decision_log.name``; by default the host and the
+log's file name), so the heads of several replicas or workers that share a key
+and a SIEM index can be told apart; signatures written before it existed have
+none (and a v1 signing input without it).
 
 Every run and every file begins with a signed ``start`` record: its ``head``
 is :data:`GENESIS` for a brand-new chain, or the hash of the last line before
@@ -81,6 +85,8 @@ GENESIS = "0" * 64
 REDACTED = "**REDACTED**"
 SIGNATURE_TYPE = "chain_signature"
 SIGNATURE_CONTEXT = "portcullis-decision-log-chain-signature/v1"
+# Since signatures name their log: the name is signed too.
+SIGNATURE_CONTEXT_NAMED = "portcullis-decision-log-chain-signature/v2"
 SIGN_REASONS = ("start", "interval", "close", "rotate")
 SEALING_REASONS = ("close", "rotate")
 
@@ -90,9 +96,15 @@ def line_hash(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-def signing_input(reason: str, seq: int, head: str, signed_at: str, kid: str) -> bytes:
-    """The exact bytes a chain signature covers."""
-    return "\n".join([SIGNATURE_CONTEXT, reason, str(seq), head, signed_at, kid]).encode()
+def signing_input(
+    reason: str, seq: int, head: str, signed_at: str, kid: str, log: str | None = None
+) -> bytes:
+    """The exact bytes a chain signature covers (``log`` None: a signature from
+    before signatures named their log)."""
+    if log is None:
+        return "\n".join([SIGNATURE_CONTEXT, reason, str(seq), head, signed_at, kid]).encode()
+    fields = [SIGNATURE_CONTEXT_NAMED, reason, str(seq), head, signed_at, kid, log]
+    return "\n".join(fields).encode()
 
 
 _SECOND_CACHE: list[Any] = [None, ""]
@@ -139,12 +151,16 @@ def check_signature(
         if len(raw) != 64:
             return "signature is not a 64-byte ES256 signature"
         der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+        log = record.get("log")
+        if log is not None and not isinstance(log, str):
+            return "signature record is malformed"
         message = signing_input(
             str(record["reason"]),
             int(record["seq"]),
             str(record["head"]),
             str(record["signed_at"]),
             str(kid),
+            log,
         )
         key.verify(der, message, ec.ECDSA(hashes.SHA256()))
     except (KeyError, ValueError, TypeError):

@@ -112,6 +112,7 @@ class SignedHead:
     kid: str
     source: str  # where it came from, for messages
     signature: str = ""
+    log: str | None = None  # the log it names (None: signed before heads named theirs)
 
     @classmethod
     def from_record(
@@ -131,6 +132,7 @@ class SignedHead:
             str(record["kid"]),
             source,
             str(record["signature"]),
+            record.get("log"),  # a str or None: check_signature refused anything else
         )
 
 
@@ -269,6 +271,7 @@ def verify_log(
     # signature record (by signature).
     heads_by_digest: dict[str, list[int]] = {}
     heads_by_signature: dict[str, list[int]] = {}
+    names: set[str] = set()  # what this log's own verified signatures call it
     for head_index, wanted in enumerate(heads):
         heads_by_digest.setdefault(wanted.head, []).append(head_index)
         if wanted.signature:
@@ -276,8 +279,8 @@ def verify_log(
     first_seq: int | None = None
     ordered = _chain_order(paths)
     if ordered != list(paths):
-        names = ", ".join(str(path) for path in ordered)
-        result.notes.append(f"files verified in the order they were written: {names}")
+        files = ", ".join(str(path) for path in ordered)
+        result.notes.append(f"files verified in the order they were written: {files}")
     paths = ordered
     links: dict[str, tuple[int, _Line]] = {}  # broken link -> (problem index, its line)
     recent: collections.deque[_Line] = collections.deque(maxlen=_WINDOW)
@@ -401,6 +404,8 @@ def verify_log(
                     )
                 result.signatures += 1
                 result.last_signed_at = str(record.get("signed_at"))
+                if isinstance(record.get("log"), str):
+                    names.add(record["log"])
                 last_good_sig = line
                 since_sig = 0
         else:
@@ -460,14 +465,17 @@ def verify_log(
             )
         return result
     result.tail_seq, result.tail_hash = count or 0, last.digest
-    before = [h for h in heads if first_seq is not None and h.seq < first_seq]
+    mine = _heads_of_this_log(heads, names, last, result, problem)
+    before = [
+        h for i, h in enumerate(heads) if i in mine and first_seq is not None and h.seq < first_seq
+    ]
     if before:
         result.notes.append(
             f"{len(before)} outside head(s) come before these files begin (seq "
             f"{first_seq}); give the earlier files to check them"
         )
     for index, wanted in enumerate(heads):
-        if wanted not in before:
+        if index in mine and wanted not in before:
             _check_head(wanted, head_at.get(index), last, count or 0, result, problem)
     if last.torn and last.record is not None:
         problem(last, "damaged", "the last line has no newline: cut off mid-write")
@@ -483,6 +491,40 @@ def verify_log(
     order = [str(path) for path in paths]
     result.problems.sort(key=lambda p: (order.index(p.file), p.line))
     return result
+
+
+def _heads_of_this_log(
+    heads: list[SignedHead], names: set[str], last: _Line, result: VerifyResult, problem: Any
+) -> set[int]:
+    """The indexes of the outside heads this log must reach: those that name one of
+    the names its own signatures carry (a log keeps its name across runs, unless
+    its host or configuration was renamed), and those that name none (signed before
+    heads named their log). A SIEM's export holds every replica's and worker's heads
+    (they share the key): the others' are left out, with a note. When the log names
+    itself and none of the heads is its own, nothing vouches for its end: a problem
+    (a log rewritten under another name looks so), not a pass."""
+    if not names:  # signatures that name no log (or none verified): every head counts
+        return set(range(len(heads)))
+    mine = {i for i, wanted in enumerate(heads) if wanted.log is None or wanted.log in names}
+    others = sorted({h.log for h in heads if h.log is not None and h.log not in names})
+    if not others:
+        return mine
+    this = ", ".join(repr(name) for name in sorted(names))
+    listed = ", ".join(repr(name) for name in others[:5]) + (" ..." if len(others) > 5 else "")
+    if mine:
+        result.notes.append(
+            f"{len(heads) - len(mine)} outside head(s) of {len(others)} other log(s) left "
+            f"out ({listed}): this log signs as {this}"
+        )
+    else:
+        problem(
+            last,
+            "head",
+            f"none of the {len(heads)} outside heads is this log's: it signs as {this}, they "
+            f"name {listed}. Nothing outside vouches for its end: give the heads its own "
+            "sink or /audit/head kept (a log rewritten under another name looks like this)",
+        )
+    return mine
 
 
 def _check_beginning(

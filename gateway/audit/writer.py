@@ -111,6 +111,7 @@ class DecisionLog:
         labels: dict[str, str] | None = None,
         sign_every: int = 10_000,
         flush_interval: float = 0.05,
+        name: str | None = None,
     ) -> None:
         if not isinstance(signing_key, ec.EllipticCurvePrivateKey) or not isinstance(
             signing_key.curve, ec.SECP256R1
@@ -126,6 +127,9 @@ class DecisionLog:
         self._head_size = 0
         self._key = signing_key
         self._kid = key_id
+        # Signed into every chain signature (gateway/audit/chain.py), so heads of
+        # several logs in one SIEM index can be told apart; None: not named.
+        self._name = name
         self._sign_interval = sign_interval
         self._sign_every = sign_every
         self._flush_interval = flush_interval
@@ -430,20 +434,22 @@ class DecisionLog:
 
     def _signature_line(self, reason: str, seq: int, head: str) -> bytes:
         signed_at = rfc3339_ns(time.time_ns())
-        message = signing_input(reason, seq, head, signed_at, self._kid)
+        message = signing_input(reason, seq, head, signed_at, self._kid, self._name)
         der = self._key.sign(message, ec.ECDSA(hashes.SHA256()))
         r, s = decode_dss_signature(der)
         raw = r.to_bytes(32, "big") + s.to_bytes(32, "big")
-        record = {
+        record: dict[str, Any] = {
             "type": SIGNATURE_TYPE,
             "reason": reason,
             "seq": seq,
             "head": head,
             "signed_at": signed_at,
             "kid": self._kid,
-            "alg": "ES256",
-            "signature": base64.urlsafe_b64encode(raw).rstrip(b"=").decode(),
         }
+        if self._name is not None:
+            record["log"] = self._name
+        record["alg"] = "ES256"
+        record["signature"] = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
         return json.dumps(record, separators=(",", ":")).encode()
 
     def _save_head(self) -> None:
