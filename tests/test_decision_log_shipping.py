@@ -146,7 +146,9 @@ class Receiver:
     """OPA's decision-log upload API (POST /logs: a gzip'd JSON array) and Splunk
     HEC's /services/collector/event (concatenated envelopes, `Splunk <token>`).
     No real Splunk or OPA control plane can run here: this stands in for both,
-    and fails on command (`fail_next` 503s, `hang_next` requests that time out)."""
+    and fails on command (`fail_next` 503s, `hang_next` requests that time out,
+    413 for a body over `max_body` bytes once gunzipped, as Splunk's
+    max_content_length or a proxy's body limit)."""
 
     token: str = "s3cret"
     batches: list[list[dict[str, Any]]] = field(default_factory=list)
@@ -155,6 +157,8 @@ class Receiver:
     attempts: int = 0
     retry_after: Callable[[], str] | None = None  # the failures' Retry-After header
     attempted_at: list[float] = field(default_factory=list)
+    max_body: int | None = None
+    too_large: int = 0  # 413s answered
 
     def app(self) -> web.Application:
         # The body as sent: the test checks it is gzip'd.
@@ -173,7 +177,11 @@ class Receiver:
             self.fail_next -= 1
             return None
         assert request.headers.get("Content-Encoding") == "gzip"
-        return gzip.decompress(await request.read())
+        body = gzip.decompress(await request.read())
+        if self.max_body is not None and len(body) > self.max_body:
+            self.too_large += 1
+            raise web.HTTPRequestEntityTooLarge(max_size=self.max_body, actual_size=len(body))
+        return body
 
     async def opa(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Bearer {self.token}":
@@ -239,6 +247,45 @@ async def test_http_opa_sink_survives_503s_and_timeouts_without_loss(
     assert set(decision_ids(logged)) == {e["decision_id"] for e in shipped if "decision_id" in e}
     assert any(e.get("type") == "chain_signature" for e in shipped)
     assert stats["retried"] > 0 and stats["failing"] == 0
+
+
+async def test_http_sink_halves_batches_a_receiver_refuses_as_too_large(
+    aiohttp_server: Any, tmp_path: Path, receiver: tuple[Receiver, TestServer]
+) -> None:
+    """A receiver's body limit (HTTP 413) used to be retried like a 503, with the
+    same batch, forever: nothing shipped again. Now the same records go again in
+    smaller batches, in order, none twice."""
+    fake, server = receiver
+    fake.max_body = 6000  # a few records' worth
+    (tmp_path / "token").write_text(fake.token)
+    sink = http_sink(f"http://127.0.0.1:{server.port}/logs", tmp_path / "token")
+    async with start_stack(aiohttp_server, tmp_path, **with_sinks(tmp_path, sink)) as stack:
+        await traffic(stack, 30)
+        await caught_up(stack)
+        stats = stack.gateway.shippers[0].stats
+        logged = log_records(stack.log_path)
+    assert fake.too_large > 0 and stats["failing"] == 0
+    assert decision_ids(fake.events()) == decision_ids(logged)  # all, in order, once
+    assert all(len(json.dumps(batch, separators=(",", ":"))) <= 6000 for batch in fake.batches)
+
+
+async def test_one_record_over_the_receivers_limit_waits_loudly_until_it_is_raised(
+    aiohttp_server: Any, tmp_path: Path, receiver: tuple[Receiver, TestServer]
+) -> None:
+    fake, server = receiver
+    fake.max_body = 200  # less than any record
+    (tmp_path / "token").write_text(fake.token)
+    sink = http_sink(f"http://127.0.0.1:{server.port}/logs", tmp_path / "token")
+    async with start_stack(aiohttp_server, tmp_path, **with_sinks(tmp_path, sink)) as stack:
+        await traffic(stack, 6)
+        assert len(await stack.events(at_least=6)) == 6  # decisions never wait for a sink
+        await until(lambda: stack.gateway.shippers[0].stats["failing"] == 1)
+        await asyncio.sleep(0.3)
+        assert fake.events() == [] and stack.gateway.shippers[0].stats["acknowledged"] == 0
+        fake.max_body = None  # the receiver's limit raised
+        await caught_up(stack)
+        logged = log_records(stack.log_path)
+    assert decision_ids(fake.events()) == decision_ids(logged)
 
 
 async def test_http_sink_waits_as_long_as_the_receivers_retry_after_asks(

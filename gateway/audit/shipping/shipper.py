@@ -10,7 +10,11 @@ the receiver acknowledges it (exponential backoff from ``retry_initial`` to
 cursor moved past it and saved (fdatasync), so a restart resumes right after
 the last acknowledged record. Records are never skipped or dropped; when the
 unshipped part of the log grows past ``backlog_alert_bytes`` an error is logged
-(once a minute) and ``portcullis_sink_behind`` turns 1.
+(once a minute) and ``portcullis_sink_behind`` turns 1. A receiver that refuses a
+batch as too large (HTTP 413) gets the same records again in batches half the
+size, down to one record a batch, and that size from then on (until the
+shipping process restarts); one record it still refuses is retried, with an
+error, until its limit is raised: nothing after it ships before it does.
 """
 
 from __future__ import annotations
@@ -81,6 +85,8 @@ class Shipper:
         self._pending_since: float | None = None  # epoch s of the oldest unacknowledged record
         self._caught_up_at = time.time()
         self._last_alert = 0.0
+        # At most this many records a batch: batch_max_events, less after an HTTP 413.
+        self._batch_limit = config.batch_max_events
         # for /metrics (read by the gateway's thread; ints and floats only)
         self.shipped = 0
         self.acknowledged = 0
@@ -177,7 +183,7 @@ class Shipper:
         assert tail is not None
         try:
             while not self._out_of_time():
-                lines = tail.read(self.config.batch_max_events)
+                lines = tail.read(self._batch_limit)
                 self.backlog = tail.backlog_bytes()
                 self._check_backlog()
                 if not lines:
@@ -187,7 +193,10 @@ class Shipper:
                     await asyncio.sleep(_POLL)
                     continue
                 batch = self._encode(sink, lines)
-                if not await self._deliver(sink, batch):
+                delivered = await self._deliver(sink, batch)
+                if delivered is None:
+                    continue  # too large for the receiver: the same records, fewer a batch
+                if not delivered:
                     return
                 last = lines[-1]
                 if batch.last_seq is not None:
@@ -196,7 +205,7 @@ class Shipper:
                 self._cursor.save(CursorState(last.end, self._acked_seq, last.digest))
                 tail.advance(last.end)
                 self._pending_since = None
-                if len(lines) < self.config.batch_max_events and not self._stopping.is_set():
+                if len(lines) < self._batch_limit and not self._stopping.is_set():
                     await asyncio.sleep(_BATCH_INTERVAL)
         finally:
             await sink.close()
@@ -251,8 +260,9 @@ class Shipper:
         )  # fmt: skip
         return damaged_record(line.raw, rfc3339_ns(time.time_ns()))
 
-    async def _deliver(self, sink: Sink, batch: Batch) -> bool:
-        """Send until acknowledged; False if the shipper must stop first."""
+    async def _deliver(self, sink: Sink, batch: Batch) -> bool | None:
+        """Send until acknowledged; False if the shipper must stop first, None if
+        the receiver refused the batch as too large (the limit is halved)."""
         if self._pending_since is None:
             self._pending_since = epoch_ms(batch.first_stamp) / 1000 or time.time()
         count = len(batch.encoded)
@@ -267,6 +277,22 @@ class Shipper:
                 # in the SIEM; this one says so, retries, and picks up a fixed file.
                 if not isinstance(error, (SinkError, OSError, TimeoutError)):
                     error = SinkError(f"{type(error).__name__}: {error}")
+                if getattr(error, "too_large", False) and count > 1:
+                    self._batch_limit = max(1, count // 2)
+                    self.failures += 1
+                    self.retried += count
+                    logger.warning(
+                        "sink %s: the receiver refused %d records as too large (%s); "
+                        "sending at most %d a batch from now on",
+                        self.name, count, error, self._batch_limit,
+                    )  # fmt: skip
+                    return None
+                if getattr(error, "too_large", False):
+                    error = SinkError(
+                        f"{error} (one record of {len(batch.encoded[0])} bytes: more than "
+                        "the receiver takes; raise its limit, e.g. Splunk's "
+                        "max_content_length: nothing after it ships until then)"
+                    )
                 attempt += 1
                 self.failures += 1
                 self.retried += count

@@ -7,11 +7,16 @@ from typing import Any, Protocol
 
 class SinkError(Exception):
     """A batch was not acknowledged: it is sent again after a backoff, or after
-    ``retry_after`` seconds if the receiver asked for longer (HTTP Retry-After)."""
+    ``retry_after`` seconds if the receiver asked for longer (HTTP Retry-After);
+    ``too_large``: the receiver refused it for its size (HTTP 413), and fewer
+    records a batch may pass."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, too_large: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.too_large = too_large
 
 
 class Sink(Protocol):

@@ -78,6 +78,7 @@ class HttpSink:
                     raise SinkError(
                         f"{self.config.url}: HTTP {response.status} {text[:200]}",
                         retry_after=_retry_after(response.headers.get("Retry-After")),
+                        too_large=response.status == 413,
                     )
                 if self.config.envelope == "splunk_hec":
                     _check_hec(self.config.url, text)
