@@ -305,6 +305,26 @@ async def test_restart_on_an_existing_file_continues_the_chain(tmp_path: Path) -
     assert seqs[-1] == 50
 
 
+async def test_reopen_with_the_file_not_moved_is_ignored_not_a_write_error(
+    tmp_path: Path,
+) -> None:
+    """SIGUSR1 twice after one logrotate, or an operator's test: reopening the same
+    file failed on the writer's own lock (an error line, write_errors 1, a rotate
+    and a start in the middle of one file). Now there is nothing to reopen."""
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(path, SIGNING_KEY, key_id=KID, flush_interval=0.01)
+    await log.start()
+    record(log, 1)
+    log.reopen()
+    log.reopen()
+    record(log, 2)
+    await log.close()
+    reasons = [json.loads(line).get("reason") for line in lines_of(path)]
+    assert reasons == ["start", None, None, "close"]
+    assert log.stats["write_errors"] == 0
+    assert verify_log([path], PUBLIC_KEYS).complete
+
+
 async def test_reopen_after_logrotate_chains_the_files(tmp_path: Path) -> None:
     path = tmp_path / "decisions.jsonl"
     rotated = tmp_path / "decisions.jsonl.1"
@@ -727,7 +747,8 @@ async def close_with_a_reopen_during_the_drain(path: Path, reopen: Any) -> list[
 
 
 def _unguarded_reopen(log: DecisionLog) -> None:
-    """What reopen() did before it checked for a close."""
+    """What reopen() did before it checked for a close (or for a file not moved)."""
+    log._still_at_path = lambda: False  # type: ignore[method-assign]
     log._queue.append(("reopen",))
     log._wake.set()
 

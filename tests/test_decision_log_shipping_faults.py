@@ -21,6 +21,7 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.audit.chain import line_hash
 from gateway.audit.shipping.settings import SinkConfig, SinkTls
 from gateway.config import ConfigError, parse_config
 from tests.gateway_stack import start_stack
@@ -347,14 +348,17 @@ def test_a_rotated_file_without_a_seal_is_left_only_after_a_grace_once_the_new_h
     with (tmp_path / "decisions.log.1").open("ab") as old:
         old.write(b'{"seq": 2}\n')  # the writer is still at it
     drain()
-    log.write_bytes(b'{"seq": 3}\n')  # a new writer
+    # A new writer: its start record links to the old file's last line (its .head).
+    start = {"type": "chain_signature", "reason": "start", "seq": 2,
+             "head": line_hash(b'{"seq": 2}')}  # fmt: skip
+    log.write_bytes(json.dumps(start).encode() + b'\n{"seq": 3}\n')
     drain()
     assert seqs == [1, 2]  # not before the grace
     time.sleep(0.4)
     drain()  # the old file's grace starts when the tail sees it unchanged
     time.sleep(0.4)
     drain()
-    assert seqs == [1, 2, 3] and tail.discontinuities == 0
+    assert seqs == [1, 2, 2, 3] and tail.discontinuities == 0
     with (tmp_path / "decisions.log.1").open("ab") as old:
         old.write(b'{"seq": 99}\n')  # a writer that was not dead after all: said loudly
     drain()
@@ -963,3 +967,76 @@ async def test_a_real_shadow_divergence_is_shipped_as_one_in_ocsf_and_ecs(tmp_pa
         assert document["labels"]["shadow"] is True
     live = [e for e in ocsf.values() if e["class_uid"] == 6004]
     assert live and not any(e["metadata"]["uid"] in shadowed for e in live)
+
+
+# --- 10. a shipper several rotations behind follows the chain, not the newest file ------------
+
+
+def logrotate(log: Path) -> None:
+    """logrotate's numbering with ``create``: .1 -> .2, the log -> .1, a new empty log."""
+    for number in (3, 2, 1):
+        older = log.with_name(f"{log.name}.{number}")
+        if older.exists():
+            older.rename(log.with_name(f"{log.name}.{number + 1}"))
+    log.rename(log.with_name(f"{log.name}.1"))
+    log.touch()
+
+
+async def test_an_outage_across_two_rotations_ships_the_file_between_them(
+    aiohttp_server: Any,
+    tmp_path: Path,
+    receiver: tuple[Receiver, Any],  # noqa: F811
+) -> None:
+    """The SIEM down while logrotate ran twice: the shipper finished the oldest
+    file and went straight to the log's path, skipping decisions.log.1 whole,
+    silently (no discontinuity, no error, lag 0)."""
+    fake, server = receiver
+    (tmp_path / "token").write_text(fake.token)
+    sink = http_sink(f"http://127.0.0.1:{server.port}/logs", tmp_path / "token")
+    log = tmp_path / "decisions.log"
+    async with start_stack(aiohttp_server, tmp_path, **with_sinks(tmp_path, sink)) as stack:
+        await traffic(stack, 3)
+        await caught_up(stack)
+        fake.fail_next = 1_000_000  # the SIEM is down
+        for _ in range(2):
+            await traffic(stack, 4)
+            logrotate(log)
+            os.kill(os.getpid(), signal.SIGUSR1)
+            await until(lambda: log.stat().st_size > 0)
+        await traffic(stack, 4)
+        fake.fail_next = 0  # and back
+        await caught_up(stack)
+        stats = stack.gateway.shippers[0].stats
+    files = [log.with_name(f"{log.name}.{n}") for n in (2, 1)] + [log]
+    logged = [record for file in files for record in log_records(file)]
+    assert [len(decision_ids(log_records(file))) for file in files] == [7, 4, 4]
+    assert decision_ids(fake.events()) == decision_ids(logged)  # every one, in order, once
+    assert stats["discontinuities"] == 0
+
+
+async def test_a_rotated_file_deleted_before_it_was_shipped_is_a_discontinuity(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The file between two rotations gone (deleted by a too-short retention, or
+    compressed) before the shipper reached it: its events can't be shipped, and
+    that is said, not passed over."""
+    from gateway.audit.tail import LogTail, Position
+    from tests.test_decision_log import write_log
+
+    log = tmp_path / "decisions.log"
+    runs = []
+    for number in range(3):
+        await write_log(log, 2)
+        runs.append(len(log_records(log)))
+        if number < 2:
+            logrotate(log)
+    oldest = log.with_name(f"{log.name}.2")
+    tail = LogTail(log, Position(oldest.stat().st_ino, 0))  # a cursor at its start
+    log.with_name(f"{log.name}.1").unlink()
+    seqs = []
+    while batch := tail.read(100):
+        seqs += [json.loads(line.raw).get("seq") for line in batch]
+        tail.advance(batch[-1].end)
+    assert tail.discontinuities == 1
+    assert "no file beside it continues the chain" in caplog.text
+    assert len(seqs) == runs[0] + runs[2]  # the oldest and the newest file, nothing twice

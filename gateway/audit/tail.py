@@ -9,7 +9,12 @@ reader then moves on to the file now at the log's path.
 
 It moves on only when the writer is done with the old file: once that file ends
 with the writer's ``rotate`` (or ``close``) signature, which the writer appends
-before it reopens the path. Logrotate's ``create`` puts an empty file at the path
+before it reopens the path. It moves on to the file that continues the chain (whose
+``start`` record links to the old file's last line), not simply to the log's
+path: a shipper that fell behind by several rotations (a long SIEM outage) finds
+``decisions.log.1`` between ``decisions.log.2`` and ``decisions.log``, and a file
+of the chain that is gone (deleted, compressed) is said and counted as a
+discontinuity. Logrotate's ``create`` puts an empty file at the path
 at once, while the writer goes on appending to the old one until it is told to
 reopen (SIGUSR1); moving on earlier would leave those events unshipped. A writer
 that died without a seal is waited for ``ROTATION_GRACE`` seconds of an unchanged
@@ -312,6 +317,7 @@ class LogTail:
             return False
 
     def _switch_to_current(self) -> None:
+        """Move on from the finished file to the one that continues its chain."""
         file = self._file
         assert file is not None
         leftover = os.fstat(file.fileno()).st_size - self._offset
@@ -322,11 +328,53 @@ class LogTail:
                 self.path,
                 leftover,
             )
+        shipped = self._inode
+        last = _last_line(file, self._offset, _CHECK_BACK) if self._offset else None
+        following = self._next_in_chain(line_hash(last)) if last is not None else None
         if self._left_behind is not None:
             self._left_behind[0].close()
         self._left_behind = (file, self._offset + max(0, leftover), time.monotonic())
         self._file = None  # kept open in _left_behind
-        self._attach(self.path, 0)
+        if following is None:
+            following = self.path
+            if last is not None:
+                self.discontinuities += 1
+                logger.error(
+                    "decision log %s: no file beside it continues the chain from the rotated "
+                    "file (inode %d) just shipped: the file after it was deleted or "
+                    "compressed before it was shipped, or a new chain began; its events are "
+                    "not shipped. Moving on to %s",
+                    self.path,
+                    shipped,
+                    self.path,
+                )
+        self._attach(following, 0)
+
+    def _next_in_chain(self, digest: str) -> Path | None:
+        """The file beside the log whose first line is a ``start`` signature linking
+        to the line ``digest``: the log's path if it is the one, else a rotated
+        file (several rotations happened while this one was being shipped)."""
+        candidates = [self.path]
+        try:
+            siblings = sorted(self.path.parent.iterdir())
+        except OSError:
+            siblings = []
+        candidates += [
+            sibling
+            for sibling in siblings
+            if sibling.name.startswith(self.path.name + ".") and sibling != self.path
+        ]
+        for candidate in candidates:
+            try:
+                with candidate.open("rb") as file:
+                    if os.fstat(file.fileno()).st_ino == self._inode:
+                        continue
+                    first = file.readline(_SEAL_MAX)
+            except OSError:
+                continue
+            if _starts_after(first, digest):
+                return candidate
+        return None
 
     def _check_left_behind(self) -> None:
         """Nothing may be written to a rotated file once the tail moved on (the
@@ -385,6 +433,22 @@ def _ends_with(file: BinaryIO, end: int, digest: str) -> bool:
         return line_hash(line) == digest
     file.seek(end - 1)
     return file.read(1) == b"\n"
+
+
+def _starts_after(line: bytes, digest: str) -> bool:
+    """Whether ``line`` is a ``start`` signature linking to the line ``digest``."""
+    if SIGNATURE_TYPE.encode() not in line or digest.encode() not in line:
+        return False
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return (
+        isinstance(record, dict)
+        and record.get("type") == SIGNATURE_TYPE
+        and record.get("reason") == "start"
+        and record.get("head") == digest
+    )
 
 
 def _is_seal(line: bytes) -> bool:
