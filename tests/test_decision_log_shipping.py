@@ -715,3 +715,23 @@ async def test_a_sink_that_falls_behind_is_reported_by_metric_and_log_line(
         metrics = stack.gateway.metrics.render().decode()
         await until(lambda: "sink siem is behind" in capfd.readouterr().err)
     assert 'portcullis_sink_behind{sink="siem"} 1.0' in metrics
+
+
+async def test_the_backlog_metric_keeps_growing_while_a_batch_waits_for_an_outage_to_end(
+    aiohttp_server: Any, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The backlog was looked at only between batches: once the first batch was
+    being retried, portcullis_sink_backlog_bytes froze at its size, so `behind`
+    and the "is behind" line never came however much the outage piled up."""
+    (tmp_path / "token").write_text("t")
+    sink = http_sink("http://127.0.0.1:9/logs", tmp_path / "token", backlog_alert_bytes=20_000)
+    async with start_stack(aiohttp_server, tmp_path, **with_sinks(tmp_path, sink)) as stack:
+        await traffic(stack, 1)
+        shipper = stack.gateway.shippers[0]
+        await until(lambda: shipper.stats["failing"] == 1)  # the first batch is being retried
+        first = shipper.stats["backlog_bytes"]
+        assert 0 < first < 20_000
+        await traffic(stack, 60)
+        await until(lambda: shipper.stats["backlog_bytes"] > 20_000)
+        await until(lambda: shipper.stats["behind"] == 1.0)
+        await until(lambda: "sink siem is behind" in capfd.readouterr().err)

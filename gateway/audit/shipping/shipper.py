@@ -42,6 +42,7 @@ _POLL = 0.05  # seconds between looks at the log when caught up
 # batches cost less (and the log's writer shares the disk).
 _BATCH_INTERVAL = 0.2
 _ALERT_EVERY = 60.0
+_BACKLOG_EVERY = 1.0  # seconds between looks at the backlog while a batch waits to be retried
 # The longest a receiver's Retry-After is waited for before trying again (a
 # receiver asking for hours is more likely wrong than right; the lag metrics show it).
 RETRY_AFTER_MAX = 600.0
@@ -317,10 +318,18 @@ class Shipper:
             return True
 
     async def _backoff(self, delay: float) -> bool:
+        """Wait ``delay`` s before a retry; False if the shipper must stop first.
+        The backlog is looked at meanwhile: an outage is when it grows, and when
+        ``portcullis_sink_behind`` and the "is behind" line must say so."""
         end = time.monotonic() + delay
+        looked = 0.0
         while time.monotonic() < end:
             if self._out_of_time():
                 return False
+            if time.monotonic() - looked >= _BACKLOG_EVERY and self._tail is not None:
+                looked = time.monotonic()
+                self.backlog = self._tail.backlog_bytes()
+                self._check_backlog()
             await asyncio.sleep(min(0.05, end - time.monotonic()))
         return True
 
