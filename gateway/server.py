@@ -21,6 +21,7 @@ from aiohttp import web
 from gateway.assertion import HEADER as ASSERTION_HEADER
 from gateway.assertion import JWKS_PATH, AssertionSigner, load_or_create_key
 from gateway.audit.chain import DECISION_PATH, REFUSAL_PATH, SHADOW_PATH, SIGN_IN_EVENT_PATH
+from gateway.audit.durability import Pending
 from gateway.config import GatewayConfig, Route
 from gateway.forward import Forwarder, UpstreamError, is_websocket
 from gateway.identity import (
@@ -455,6 +456,7 @@ class Gateway:
         route: Route | None,
         *,
         path: str = DECISION_PATH,
+        labels: dict[str, str] | None = None,
     ) -> None:
         app = route.app if route is not None else "-"
         result = "allow" if decision.allow else "deny"
@@ -471,11 +473,18 @@ class Gateway:
             result=decision.result(),
             revision=engine.revision if engine is not None else "",
             metrics=metrics,
-            labels={"app": app},
+            labels={"app": app, **(labels or {})},
             path=path,
         )
-        if self.durability is not None:
-            self.durability.note(ticket, app)
+        if self.durability is not None and labels is None:
+            self.durability.note(Pending(ticket, decision.decision_id, document, route), app)
+
+    def _not_durable(self, pending: Pending, reason: str) -> None:
+        """The request of a decision not on disk in time was answered 503 instead:
+        logged as a refusal naming that decision (never waited for in turn)."""
+        decision = deny(self._ids.next(), 503, f"gateway.decision_log_unavailable: {reason}")
+        labels = {"overrides_decision_id": pending.decision_id}
+        self._log(decision, pending.document, pending.route, path=REFUSAL_PATH, labels=labels)
 
     async def _start_shipping(self, decision_log: DecisionLog) -> None:
         from gateway.audit.durability import Durability
@@ -485,7 +494,11 @@ class Gateway:
 
         settings = self.config.decision_log
         self.durability = Durability.configured(
-            decision_log, settings.durability, settings.durability_timeout, self.policy
+            decision_log,
+            settings.durability,
+            settings.durability_timeout,
+            self.policy,
+            self._not_durable,
         )
         if not settings.sinks:
             return

@@ -79,6 +79,38 @@ async def test_sync_fails_closed_when_the_disk_fails_and_forwards_nothing(
             assert (await page.json())["error"] == "decision_log_unavailable"
 
 
+async def test_a_request_failed_closed_is_logged_as_refused_not_only_as_its_decision(
+    aiohttp_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fails, the client gets a 503 and nothing is forwarded; the allow
+    event, written once the disk works, was all the log (and the SIEM) said:
+    "Access Grant, 200" for an access that never happened. A refusal follows it,
+    naming it."""
+    async with start_stack(aiohttp_server, tmp_path, **durability(tmp_path, "sync")) as stack:
+        token = stack.token("alice", **STORE)
+        failing_fsync(monkeypatch)
+        async with await stack.get("/pos/sales", token) as response:
+            assert response.status == 503
+        monkeypatch.undo()  # the disk works again
+        assert stack.total_forwarded() == 0
+        assert stack.gateway.decision_log is not None
+        await stack.gateway.decision_log.close()  # as the gateway's stop does
+    records = [json.loads(line) for line in (tmp_path / "decisions.log").read_text().splitlines()]
+    decided = [r for r in records if r.get("path") == "portcullis/gateway/decision"]
+    refused = [r for r in records if r.get("path") == "gateway"]
+    assert len(decided) == 1 and decided[0]["result"]["allow"] is True
+    assert len(refused) == 1
+    refusal = refused[0]
+    assert refusal["labels"]["overrides_decision_id"] == decided[0]["decision_id"]
+    assert refusal["result"]["http_status"] == 503 and refusal["result"]["allow"] is False
+    assert refusal["result"]["reasons"] == [
+        f"gateway.decision_log_unavailable: decision {decided[0]['decision_id']} was not on "
+        "disk within 0.3 s: answered 503, not carried out"
+    ]
+    assert refusal["input"] == decided[0]["input"]  # the same request
+    assert records.index(refusal) > records.index(decided[0])
+
+
 async def test_an_fsync_that_fails_once_is_not_undone_by_the_next_that_succeeds(
     aiohttp_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
