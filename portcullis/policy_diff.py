@@ -63,10 +63,15 @@ def verdict(diff: FindingsDiff) -> str:
     suppressed = len(diff.appeared) - count
     if count:
         also = f" (and {suppressed} suppressed inline)" if suppressed else ""
-        return f"FAIL: {count} finding{'s' if count != 1 else ''} appear with the candidate{also}"
+        return f"FAIL: {_findings(count, 'appear')} with the candidate{also}"
     if suppressed:
         return f"PASS: only findings suppressed inline appear with the candidate ({suppressed})"
     return "PASS: no finding appears with the candidate"
+
+
+def _findings(count: int, verb: str) -> str:
+    """``1 finding appears``, ``2 findings appear``."""
+    return f"{count} finding {verb}s" if count == 1 else f"{count} findings {verb}"
 
 
 def _row(finding: Finding) -> dict[str, Any]:
@@ -103,16 +108,16 @@ def render_text(diff: FindingsDiff) -> str:
         ("appear", diff.appeared, "+"),
         ("disappear", diff.disappeared, "-"),
     ):
-        lines.append(f"{len(findings)} findings {title} with the candidate")
+        lines.append(f"{_findings(len(findings), title)} with the candidate")
         for f in findings:
             lines.append(f"  {mark} {f.file}:{f.line} {f.rule.id} [{f.rule.severity}] "
                          f"{f.resource}: {f.message}")  # fmt: skip
     if diff.changed:
-        lines.append(f"{len(diff.changed)} findings change")
+        lines.append(_findings(len(diff.changed), "change"))
         for a, b in diff.changed:
             was, now = f"[{a.rule.severity}] {a.message}", f"[{b.rule.severity}] {b.message}"
             lines.append(f"  ~ {b.file}:{b.line} {b.rule.id} {b.resource}: {was} -> {now}")
-    lines.append(f"{diff.unchanged} findings unchanged")
+    lines.append(f"{diff.unchanged} finding{'' if diff.unchanged == 1 else 's'} unchanged")
     lines.append(verdict(diff))
     return "\n".join(lines) + "\n"
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from iac_scanner.scan import ScanError, ScanOptions, scan
 from portcullis import output_options
+from portcullis.paths import shipped_policy_dir
 from portcullis.policy_diff import FORMATS, compare, verdict
 
 USAGE_ERROR = 2
@@ -33,7 +35,7 @@ def register(actions: Any) -> None:
     parser.add_argument("--policy", required=True, help="the candidate policy directory or bundle")
     parser.add_argument(
         "--baseline-policy", metavar="POLICY",
-        help="the current policy (default: the shipped one)",
+        help="the current policy (default: the policy set Portcullis ships)",
     )  # fmt: skip
     parser.add_argument("--var-file", action="append", default=[], metavar="FILE")
     parser.add_argument("--var", action="append", default=[], metavar="NAME=VALUE")
@@ -56,7 +58,17 @@ def run(args: argparse.Namespace) -> int:
             )
             return USAGE_ERROR
         cli_vars.append((name.strip(), value))
-    baseline = args.baseline_policy or args.default_policy()
+    baseline = args.baseline_policy or shipped_policy_dir()
+    if _same_place(args.policy, baseline):
+        # Nothing could ever appear: a PR that edits policies/ in place, diffed
+        # against ./policies, passed whatever it changed.
+        print(
+            f"portcullis policy diff: the candidate {args.policy} is the baseline "
+            f"{baseline}: give --baseline-policy the current policy (e.g. a checkout "
+            "of the target branch's policies/)",
+            file=sys.stderr,
+        )
+        return USAGE_ERROR
     results = {}
     for label, policy in (("candidate", args.policy), ("baseline", baseline)):
         options = ScanOptions(paths=args.paths, policy=policy, var_files=args.var_file,
@@ -82,3 +94,11 @@ def run(args: argparse.Namespace) -> int:
         "portcullis policy diff",
     )
     return diff.exit_code() if delivered else USAGE_ERROR
+
+
+def _same_place(candidate: str, baseline: str) -> bool:
+    """Whether the two policies are one directory or file (an OPA URL never is)."""
+    try:
+        return Path(candidate).resolve() == Path(baseline).resolve() and Path(candidate).exists()
+    except OSError:
+        return False

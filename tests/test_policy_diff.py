@@ -58,8 +58,9 @@ def test_findings_that_appear_fail(
     assert report["disappeared"] == [] and report["unchanged"] == 13
 
 
-def test_same_policy_changes_nothing(capsys: pytest.CaptureFixture[str]) -> None:
-    code, report, _ = diff(capsys, "--policy", str(POLICIES))
+def test_same_policy_changes_nothing(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    copy = shutil.copytree(POLICIES, tmp_path / "candidate")  # against the shipped set
+    code, report, _ = diff(capsys, "--policy", str(copy))
     assert code == 0 and report["appeared"] == report["disappeared"] == []
 
 
@@ -146,9 +147,35 @@ def test_an_output_file_that_cannot_be_written_is_exit_2_and_named(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     target = tmp_path / "no-such-dir" / "diff.md"
-    code = main(["policy", "diff", str(POS_APP), "--policy", str(POLICIES),
+    copy = shutil.copytree(POLICIES, tmp_path / "candidate")
+    code = main(["policy", "diff", str(POS_APP), "--policy", str(copy),
                  "--output", "markdown", "--output-file", str(target)])  # fmt: skip
     assert code == 2
     err = capsys.readouterr().err
     assert f"portcullis policy diff: {target}: No such file or directory" in err
     assert "PASS" not in err and "FAIL" not in err  # no verdict for outputs not written
+
+
+def test_the_default_baseline_is_the_shipped_set_not_the_local_policies_directory(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    without_public_s3: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pull request edits policies/ in place and CI runs `policy diff infra
+    --policy policies/` from the repository's root: the default baseline was
+    ./policies, the candidate itself, so nothing ever appeared (exit 0, PASS)."""
+    repository = tmp_path / "repo"
+    shutil.copytree(without_public_s3, repository / "policies")  # the PR drops a rule...
+    monkeypatch.chdir(repository)
+    code, report, _ = diff(capsys, "--policy", "policies/")
+    assert code == 0  # ...and the shipped set is the baseline: its findings disappear
+    assert report["baseline"] != "policies" and len(report["disappeared"]) == 4  # type: ignore[arg-type]
+
+
+def test_a_candidate_that_is_the_baseline_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, _, err = diff(capsys, "--policy", str(POLICIES), "--baseline-policy", f"{POLICIES}/")
+    assert code == 2
+    assert "is the baseline" in err and "give --baseline-policy" in err
