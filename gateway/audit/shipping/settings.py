@@ -42,7 +42,7 @@ class SinkConfig:
     format: str = "opa"  # opa | ocsf | ecs
     # syslog
     address: str = ""  # host:port
-    tls: SinkTls | None = None
+    tls: SinkTls | None = None  # syslog: None is plain TCP; http: the url's scheme decides
     facility: int = FACILITIES["authpriv"]
     app_name: str = "portcullis"
     # http
@@ -204,19 +204,7 @@ def _syslog(
     if tls_data is True:
         tls = SinkTls()
     elif isinstance(tls_data, dict):
-        tls_reader = _Reader(tls_data, f"{where}.tls")
-        files = {}
-        for key in ("ca_file", "cert_file", "key_file"):
-            files[key] = _file_path(base_dir, tls_reader.get(key, str, None), f"{where}.tls.{key}")
-        server_name = tls_reader.get("server_name", str, None)
-        tls_reader.done()
-        if (files["cert_file"] is None) != (files["key_file"] is None):
-            raise ConfigError(f"{where}.tls: cert_file and key_file go together")
-        tls = SinkTls(files["ca_file"], files["cert_file"], files["key_file"], server_name)
-        try:  # now: a file that isn't one is a config error, not a failing shipper
-            tls_context(tls)
-        except TlsFileError as error:
-            raise ConfigError(f"{where}.tls.{error.key}: {error}") from None
+        tls = _tls(tls_data, f"{where}.tls", base_dir)
     return SinkConfig(
         name, "syslog", form, address=address, tls=tls, facility=FACILITIES[facility_name],
         app_name=app_name, **common,
@@ -259,10 +247,37 @@ def _http(
     gzip = reader.get("gzip", bool, True)
     sourcetype = reader.get("sourcetype", str, "portcullis:decision")
     index = reader.get("index", str, None)
+    # An https url is TLS with the system CAs; `tls` narrows it to a private CA,
+    # adds a client certificate or names the server (a url with an IP address).
+    tls_data = reader.get("tls", dict, None)
+    tls = None
+    if tls_data is not None:
+        if parts.scheme != "https":
+            raise ConfigError(f"{where}.tls: needs an https:// url, got {url!r}")
+        tls = _tls(tls_data, f"{where}.tls", base_dir)
     return SinkConfig(
-        name, "http", form, url=url, envelope=envelope, token_file=token_file, gzip=gzip,
-        hec_sourcetype=sourcetype, hec_index=index, **common,
+        name, "http", form, tls=tls, url=url, envelope=envelope, token_file=token_file,
+        gzip=gzip, hec_sourcetype=sourcetype, hec_index=index, **common,
     )  # fmt: skip
+
+
+def _tls(data: dict[str, Any], where: str, base_dir: Path) -> SinkTls:
+    """A sink's ``tls`` mapping (syslog and http alike), its files loaded now: a
+    file that isn't what it should be is a config error, not a failing shipper."""
+    reader = _Reader(data, where)
+    files = {}
+    for key in ("ca_file", "cert_file", "key_file"):
+        files[key] = _file_path(base_dir, reader.get(key, str, None), f"{where}.{key}")
+    server_name = reader.get("server_name", str, None)
+    reader.done()
+    if (files["cert_file"] is None) != (files["key_file"] is None):
+        raise ConfigError(f"{where}: cert_file and key_file go together")
+    tls = SinkTls(files["ca_file"], files["cert_file"], files["key_file"], server_name)
+    try:
+        tls_context(tls)
+    except TlsFileError as error:
+        raise ConfigError(f"{where}.{error.key}: {error}") from None
+    return tls
 
 
 def read_token(path: Path) -> str:
@@ -290,7 +305,7 @@ class TlsFileError(ValueError):
 
 
 def tls_context(tls: SinkTls) -> ssl.SSLContext:
-    """The client TLS context of a syslog sink (TLS 1.2 or later), its CA and client
+    """The client TLS context of a syslog or https sink (TLS 1.2 or later), its CA and client
     certificate loaded. Raises TlsFileError naming the file that doesn't load."""
     try:
         context = ssl.create_default_context(

@@ -4,13 +4,15 @@ gzip'd JSON array, ``Authorization: Bearer``), or in Splunk HEC's envelope
 "event"}`` object per record, ``Authorization: Splunk``). A 2xx (for HEC, with
 ``code`` 0) acknowledges the batch; anything else (a redirect too: it is not
 followed), a timeout or a refused connection is retried by the shipper with
-backoff."""
+backoff. An https url is verified against the system's CAs, or the sink's
+``tls.ca_file`` (hostname checked: the url's, or ``tls.server_name``)."""
 
 from __future__ import annotations
 
 import email.utils
 import gzip
 import socket
+import ssl
 import time
 from typing import Any
 
@@ -18,7 +20,7 @@ import aiohttp
 import orjson
 
 from gateway.audit.shipping.formats.fields import epoch_ms
-from gateway.audit.shipping.settings import SinkConfig, read_token
+from gateway.audit.shipping.settings import SinkConfig, TlsFileError, read_token, tls_context
 from gateway.audit.shipping.sinks.base import SinkError
 from portcullis import __version__
 
@@ -33,6 +35,9 @@ class HttpSink:
         self.config = config
         self.hostname = socket.gethostname()
         self._session: aiohttp.ClientSession | None = None
+        # Made for the first request (and again after a connection failed), so a CA
+        # or client certificate file fixed after the start is picked up on a retry.
+        self._tls: ssl.SSLContext | None = None
 
     def encode(self, record: dict[str, Any], formatted: dict[str, Any]) -> bytes:
         if self.config.envelope == "splunk_hec":
@@ -58,13 +63,16 @@ class HttpSink:
         if token:
             scheme = "Splunk" if self.config.envelope == "splunk_hec" else "Bearer"
             headers["Authorization"] = f"{scheme} {token}"
+        tls = self._tls_context()
         if self._session is None:
             timeout = aiohttp.ClientTimeout(total=self.config.timeout)
             self._session = aiohttp.ClientSession(timeout=timeout)
+        server_name = self.config.tls.server_name if self.config.tls is not None else None
         try:
             async with self._session.post(
-                self.config.url, data=body, headers=headers, allow_redirects=False
-            ) as response:
+                self.config.url, data=body, headers=headers, allow_redirects=False,
+                ssl=tls if tls is not None else True, server_hostname=server_name,
+            ) as response:  # fmt: skip
                 text = await response.text(errors="replace")
                 if 300 <= response.status < 400:
                     # Following it would POST nowhere useful (a 301/302 turns into a
@@ -83,8 +91,21 @@ class HttpSink:
                 if self.config.envelope == "splunk_hec":
                     _check_hec(self.config.url, text)
         except (aiohttp.ClientError, TimeoutError) as error:
+            if isinstance(error, aiohttp.ClientConnectionError):
+                self._tls = None  # read the CA and certificate files again next time
             raise SinkError(f"{self.config.url}: {error or type(error).__name__}") from error
         return len(body)
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """The sink's own TLS context (None: aiohttp's default, the system CAs)."""
+        if self.config.tls is None or not self.config.url.lower().startswith("https:"):
+            return None
+        if self._tls is None:
+            try:
+                self._tls = tls_context(self.config.tls)
+            except TlsFileError as error:
+                raise SinkError(f"{self.config.url}: tls: {error}") from error
+        return self._tls
 
     async def close(self) -> None:
         if self._session is not None:
