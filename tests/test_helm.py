@@ -17,6 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from gateway.audit.shipping.settings import SinkTls
 from gateway.config import load_config
 from policy_engine import load_policy_set
 from tests.conftest import FIXTURES, POLICIES, ROOT
@@ -467,8 +468,11 @@ def test_decision_log_sinks_load_with_their_secrets_mounted(tmp_path: Path) -> N
     assert copy.path == tmp_path / "var/lib/portcullis/copy.jsonl"
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     projected = {v["name"]: v["projected"]["sources"] for v in pod["volumes"] if "projected" in v}
-    assert [s["secret"]["name"] for s in projected["sink-siem"]] == ["siem-ca"]
-    assert [s["secret"]["name"] for s in projected["sink-splunk"]] == ["splunk-hec"]
+    assert [s["secret"]["name"] for s in projected["sink-0"]] == ["siem-ca"]
+    assert [s["secret"]["name"] for s in projected["sink-1"]] == ["splunk-hec"]
+    mounts = {m["name"]: m["mountPath"] for m in containers(docs)["gateway"]["volumeMounts"]}
+    assert mounts["sink-0"] == "/etc/portcullis/sinks/siem"
+    assert mounts["sink-1"] == "/etc/portcullis/sinks/splunk"
     assert not [d for d in docs if d["kind"] == "Secret"]
 
 
@@ -501,3 +505,162 @@ def test_syslog_sink_tls_empty_map_or_true_is_not_downgraded_to_plain_tcp(
     assert siem.tls.ca_file is None  # the system CAs
     if isinstance(tls, dict):
         assert siem.tls.server_name == tls.get("serverName")
+
+
+def test_an_https_sink_behind_a_private_ca_loads_with_its_ca_and_client_certificate(
+    tmp_path: Path,
+) -> None:
+    """`tls.caSecret` on an http sink (Splunk HEC behind a corporate CA) used to pass
+    the schema and render `tls:` the gateway refused as an unknown key: a pod in a
+    crash loop. Now it renders the CA (and a client certificate) the gateway loads."""
+    sink = {"name": "splunk_hec", "kind": "http", "envelope": "splunk_hec",
+            "url": "https://splunk.example.com:8088/services/collector/event",
+            "tokenSecret": {"name": "hec"},
+            "tls": {"caSecret": {"name": "corp-ca", "key": "ca.pem"},
+                    "clientCertSecret": {"name": "gw-client"},
+                    "serverName": "hec.internal"}}  # fmt: skip
+    docs = render("--set-json", f"gateway.decisionLog.sinks={json.dumps([sink])}")
+    assert result_of_lint("--set-json", f"gateway.decisionLog.sinks={json.dumps([sink])}") == 0
+    config_path = mounted_config(docs, tmp_path)
+    secrets = tmp_path / "etc/portcullis/sinks/splunk_hec"
+    secrets.mkdir(parents=True)
+    (tmp_path / "pki").mkdir()
+    ca = make_ca(tmp_path / "pki")
+    (secrets / "ca.crt").write_bytes(ca.read_bytes())
+    (secrets / "tls.crt").write_bytes((tmp_path / "pki/server.pem").read_bytes())
+    (secrets / "tls.key").write_bytes((tmp_path / "pki/server.key").read_bytes())
+    (secrets / "token").write_text("from a Secret\n")
+    (splunk,) = load_config(config_path).decision_log.sinks
+    assert splunk.tls == SinkTls(secrets / "ca.crt", secrets / "tls.crt", secrets / "tls.key",
+                                 "hec.internal")  # fmt: skip
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "sink-0"]
+    assert [s["secret"] for s in volume["projected"]["sources"]] == [
+        {"name": "hec", "items": [{"key": "token", "path": "token"}]},
+        {"name": "corp-ca", "items": [{"key": "ca.pem", "path": "ca.crt"}]},
+        {"name": "gw-client", "items": [{"key": "tls.crt", "path": "tls.crt"},
+                                        {"key": "tls.key", "path": "tls.key"}]},
+    ]  # fmt: skip
+
+
+def result_of_lint(*options: str) -> int:
+    result = helm("lint", "--strict", str(CHART), *options)
+    return result.returncode
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["splunk_hec", "a" * 63, "siem-", "0", "x_" + "y" * 61],
+    ids=["underscore", "63-chars", "trailing-dash", "digit", "underscore-63"],
+)
+def test_every_sink_name_the_schema_accepts_makes_valid_volume_names(
+    name: str, tmp_path: Path
+) -> None:
+    """Names the gateway (and the schema) accept: '_' and up to 63 characters. The
+    Secrets' volume was `sink-<name>`, which Kubernetes refuses for these (not a
+    DNS-1123 label); it is `sink-<index>` now, mounted at the sink's name."""
+    sinks = [{"name": "copy", "kind": "file"},
+             {"name": name, "kind": "http", "url": "https://hec.example.com/logs",
+              "tokenSecret": {"name": "hec"}, "tls": {"caSecret": {"name": "ca"}}}]  # fmt: skip
+    docs = render("--set-json", f"gateway.decisionLog.sinks={json.dumps(sinks)}")
+    deployment = one(docs, "Deployment")
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(deployment, version, strict=True)
+    mounts = {m["mountPath"]: m["name"] for m in containers(docs)["gateway"]["volumeMounts"]}
+    assert mounts[f"/etc/portcullis/sinks/{name}"] == "sink-1"
+    config = yaml.safe_load(one(docs, "ConfigMap")["data"]["gateway.yaml"])
+    assert [s["name"] for s in config["decision_log"]["sinks"]] == ["copy", name]
+
+
+@pytest.mark.parametrize(
+    ("sinks", "message"),
+    [
+        # The gateway refuses a file beside the log whose name starts with the log's: its
+        # tail looks for rotated copies among those, and its .head and cursors are there.
+        ([{"name": "archive", "kind": "file", "path": "decisions.log.archive"}],
+         "sinks.0.path: Must not validate the schema"),
+        ([{"name": "archive", "kind": "file", "path": ".."}], "sinks.0.path"),
+        ([{"name": "copy", "kind": "file", "url": "https://x/logs"}],
+         'Property name of "url" does not match'),
+        ([{"name": "copy", "kind": "file", "tls": True}], 'Property name of "tls" does not match'),
+        ([{"name": "siem", "kind": "syslog", "address": "siem:514", "url": "https://x"}],
+         'Property name of "url" does not match'),
+        ([{"name": "siem", "kind": "syslog"}], "address is required"),
+        ([{"name": "hec", "kind": "http", "url": "http://hec:8088/logs",
+           "tls": {"caSecret": {"name": "ca"}}}], "sinks.0.url: Does not match pattern"),
+        ([{"name": "hec", "kind": "http", "url": "https://hec:8088/logs", "tls": True}],
+         "sinks.0.tls: Invalid type"),
+        ([{"name": "hec", "kind": "http", "url": "https://hec:8088/e", "envelope": "splunk_hec"}],
+         "tokenSecret is required"),
+        ([{"name": "a", "kind": "file"}, {"name": "a", "kind": "file", "path": "b.jsonl"}],
+         "sinks[1].name: \"a\" is also sinks[0]'s name"),
+        ([{"name": "a", "kind": "file", "path": "b.jsonl"}, {"name": "b", "kind": "file"}],
+         "sinks[1].path: \"b.jsonl\" is also sinks[0]'s file"),
+    ],
+    ids=["log-prefix", "dotdot", "file-url", "file-tls", "syslog-url", "syslog-no-address",
+         "tls-on-http", "http-tls-true", "hec-no-token", "same-name", "same-file"],
+)  # fmt: skip
+def test_sinks_the_gateway_would_refuse_fail_before_anything_is_installed(
+    sinks: list[dict[str, Any]], message: str
+) -> None:
+    """Each of these passed the schema and crash-looped the pod on the gateway's
+    ConfigError (a sink key of another kind rendered as an unknown key, too)."""
+    values = f"gateway.decisionLog.sinks={json.dumps(sinks)}"
+    result = helm("template", "gw", str(CHART), "--set-json", values)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+    if "is also" not in message:  # a template's `fail` is only an [INFO] to helm lint
+        assert result_of_lint("--set-json", values) != 0
+
+
+def test_a_file_sink_path_beside_the_log_with_its_own_name_is_accepted(tmp_path: Path) -> None:
+    sinks = [{"name": "archive", "kind": "file", "path": "archive.decisions.log"}]
+    docs = render("--set-json", f"gateway.decisionLog.sinks={json.dumps(sinks)}")
+    (archive,) = load_config(mounted_config(docs, tmp_path)).decision_log.sinks
+    assert archive.path == tmp_path / "var/lib/portcullis/archive.decisions.log"
+
+
+def test_a_sink_without_a_format_ships_the_gateways_default_opa(tmp_path: Path) -> None:
+    """The chart used to render `format: ocsf` for a sink without one, the gateway's
+    config file defaults to opa: one product, two defaults."""
+    sinks = [{"name": "copy", "kind": "file"}, {"name": "ecs", "kind": "file", "format": "ecs"}]
+    docs = render("--set-json", f"gateway.decisionLog.sinks={json.dumps(sinks)}")
+    copy, ecs = load_config(mounted_config(docs, tmp_path)).decision_log.sinks
+    assert (copy.format, ecs.format) == ("opa", "ecs")
+
+
+def test_a_statefulset_gives_each_pod_a_claim_a_replacement_pod_resumes(tmp_path: Path) -> None:
+    """Under the Deployment a replacement pod has a new name, so on a shared claim it
+    starts a new directory and the old pod's unshipped tail is never shipped. With
+    decisionLog.statefulSet the pods keep their names and each its own claim."""
+    docs = render("--set", "decisionLog.statefulSet.enabled=true",
+                  "--set", "decisionLog.statefulSet.size=5Gi",
+                  "--set", "decisionLog.statefulSet.storageClassName=fast")  # fmt: skip
+    assert not [d for d in docs if d["kind"] == "Deployment"]
+    workload = one(docs, "StatefulSet")
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(workload, version, strict=True)
+    spec = workload["spec"]
+    assert spec["serviceName"] == workload["metadata"]["name"]
+    (claim,) = spec["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "state"
+    assert claim["spec"] == {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast",
+                             "resources": {"requests": {"storage": "5Gi"}}}  # fmt: skip
+    pod = spec["template"]["spec"]
+    assert "state" not in [v["name"] for v in pod["volumes"]]  # the claim template's
+    (gateway,) = [c for c in pod["containers"] if c["name"] == "gateway"]
+    (state,) = [m for m in gateway["volumeMounts"] if m["name"] == "state"]
+    assert state == {"name": "state", "mountPath": "/var/lib/portcullis"}  # the claim is its own
+    target = one(docs, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("StatefulSet", workload["metadata"]["name"])
+    pdb = one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"]
+    assert pdb.items() <= spec["template"]["metadata"]["labels"].items()
+    config = load_config(mounted_config(docs, tmp_path))
+    assert config.decision_log.path == tmp_path / "var/lib/portcullis/decisions.log"
+
+
+def test_a_statefulset_and_a_shared_claim_are_refused_together() -> None:
+    result = helm("template", "gw", str(CHART), "--set", "decisionLog.statefulSet.enabled=true",
+                  "--set", "decisionLog.persistentVolumeClaim=shared")  # fmt: skip
+    assert result.returncode != 0
+    assert "leave decisionLog.persistentVolumeClaim empty" in result.stderr

@@ -77,6 +77,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* Deployment, or StatefulSet with decisionLog.statefulSet.enabled. */}}
+{{- define "portcullis.workloadKind" -}}
+{{- if .Values.decisionLog.statefulSet.enabled }}StatefulSet{{ else }}Deployment{{ end }}
+{{- end }}
+
 {{- define "portcullis.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
@@ -139,11 +144,15 @@ decision_log:
   durability: {{ . }}
   {{- end }}
   {{- with .Values.gateway.decisionLog.sinks }}
+  {{- include "portcullis.checkSinks" . }}
   sinks:
     {{- range . }}
     - name: {{ .name | quote }}
       kind: {{ .kind }}
-      format: {{ .format | default "ocsf" }}
+      {{- /* absent: the gateway's default (opa) */}}
+      {{- with .format }}
+      format: {{ . }}
+      {{- end }}
       {{- with .address }}
       address: {{ . | quote }}
       {{- end }}
@@ -175,11 +184,17 @@ decision_log:
       {{- if .tokenSecret }}
       token_file: {{ printf "/etc/portcullis/sinks/%s/token" .name | quote }}
       {{- end }}
-      {{- /* tls: {} or true is TLS with the system CAs (an empty map is false to `if`); false or absent, plain TCP */}}
+      {{- /* syslog: tls {} or true is TLS with the system CAs (an empty map is false to `if`);
+             false or absent, plain TCP. http (the schema allows a map only, on an https url):
+             the url's scheme decides, tls narrows it. */}}
       {{- if or (kindIs "map" .tls) (and (kindIs "bool" .tls) .tls) }}
       {{- $tls := dict }}
       {{- if and (kindIs "map" .tls) .tls.caSecret }}
       {{- $_ := set $tls "ca_file" (printf "/etc/portcullis/sinks/%s/ca.crt" .name) }}
+      {{- end }}
+      {{- if and (kindIs "map" .tls) .tls.clientCertSecret }}
+      {{- $_ := set $tls "cert_file" (printf "/etc/portcullis/sinks/%s/tls.crt" .name) }}
+      {{- $_ := set $tls "key_file" (printf "/etc/portcullis/sinks/%s/tls.key" .name) }}
       {{- end }}
       {{- if and (kindIs "map" .tls) .tls.serverName }}
       {{- $_ := set $tls "server_name" .tls.serverName }}
@@ -238,6 +253,31 @@ shared_state:
   lockout: {after_denies: {{ .lockout.afterDenies }}, window: {{ .lockout.window }}, duration: {{ .lockout.duration }}}
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/* What the gateway refuses across sinks, refused before anything is installed
+     (the schema sees one sink at a time). */}}
+{{- define "portcullis.checkSinks" -}}
+{{- $names := dict }}
+{{- $files := dict }}
+{{- range $index, $sink := . }}
+{{- with index $names $sink.name }}
+{{- fail (printf "gateway.decisionLog.sinks[%d].name: %q is also sinks[%s]'s name; each sink needs its own (it names the sink's cursor, metrics and Secrets' directory)" $index $sink.name .) }}
+{{- end }}
+{{- $_ := set $names $sink.name (toString $index) }}
+{{- if eq $sink.kind "file" }}
+{{- $file := $sink.path | default (printf "%s.jsonl" $sink.name) }}
+{{- with index $files $file }}
+{{- fail (printf "gateway.decisionLog.sinks[%d].path: %q is also sinks[%s]'s file; each file sink needs a file of its own" $index $file .) }}
+{{- end }}
+{{- $_ := set $files $file (toString $index) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* A sink with Secrets to mount (its token, CA, client certificate): "true" or "". */}}
+{{- define "portcullis.sinkHasSecrets" -}}
+{{- if or .tokenSecret (and (kindIs "map" .tls) (or .tls.caSecret .tls.clientCertSecret)) }}true{{ end }}
 {{- end }}
 
 {{/* The restricted Pod Security Standard, for every container. */}}
