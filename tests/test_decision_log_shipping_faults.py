@@ -688,10 +688,10 @@ async def test_a_request_that_was_not_utf8_ships_as_its_decision_not_as_damaged(
     assert opa["decision_id"] == "odd-1" and opa["seq"] == 1
     assert opa["input"]["attributes"]["request"]["http"]["headers"]["x-odd"] == "a\ufffdb"
     ocsf = log_records(tmp_path / "ocsf.jsonl")[0]
-    assert (ocsf["activity_name"], ocsf["actor"]["user"]["uid"]) == ("Access Deny", "mallory")
+    assert (ocsf["action"], ocsf["actor"]["user"]["uid"]) == ("Denied", "mallory")
     assert ocsf["http_request"]["url"]["path"] == "/pos/\ufffd"
     ecs = log_records(tmp_path / "ecs.jsonl")[0]
-    assert ecs["event"]["type"] == ["denied"] and ecs["user"]["id"] == "mallory"
+    assert ecs["event"]["type"] == ["access", "denied"] and ecs["user"]["id"] == "mallory"
 
 
 async def test_two_parameters_differing_only_in_undecodable_bytes_both_reach_the_siem(
@@ -960,12 +960,12 @@ async def test_a_real_shadow_divergence_is_shipped_as_one_in_ocsf_and_ecs(tmp_pa
     ecs = {d["event"].get("id"): d for d in log_records(run / "ecs.jsonl")}
     for decision_id in shadowed:
         event, document = ocsf[decision_id], ecs[decision_id]
-        assert event["class_uid"] != 6004 and "disposition" not in event
+        assert event["class_uid"] == 0 and "disposition" not in event
         assert event["unmapped"]["shadow"] is True and event["metadata"]["labels"] == ["shadow"]
         assert event["unmapped"]["divergence"]["kind"] in ("allow-to-deny", "step-up")
         assert document["event"]["type"] == ["info"] and "outcome" not in document["event"]
         assert document["labels"]["shadow"] is True
-    live = [e for e in ocsf.values() if e["class_uid"] == 6004]
+    live = [e for e in ocsf.values() if e["class_uid"] == 6001]
     assert live and not any(e["metadata"]["uid"] in shadowed for e in live)
 
 

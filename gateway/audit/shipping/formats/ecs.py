@@ -1,6 +1,8 @@
 """The ``ecs`` format: Elastic Common Schema 8 documents (README "Shipping
-decisions" has the table). ``event.type`` is ``allowed`` or ``denied`` (plus
-``start`` for a sign-in), ``event.outcome`` success/failure; the chain fields
+decisions" has the table). ``event.type`` is ``allowed`` or ``denied`` (with
+``access``, or ``start`` for a sign-in; ``event.category`` has ``network``,
+the category ECS allows them in), ``event.outcome`` success/failure; a value
+the record lacks is left out, not sent empty; the chain fields
 are under ``portcullis.*`` and ``event.sequence``; a chain signature is an
 ``event.kind: state`` document whose ``portcullis.chain_signature`` is the
 signature record, whole. A shadow policy's divergence is not an access decision
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.audit.shipping.formats.fields import DAMAGED, Event, read
+from gateway.audit.shipping.formats.fields import DAMAGED, Event, read, split_host
 
 
 def format(record: dict[str, Any], digest: str) -> dict[str, Any]:
@@ -61,36 +63,43 @@ def format(record: dict[str, Any], digest: str) -> dict[str, Any]:
         return document
     if event.kind == "shadow_divergence":
         return _shadow_divergence(event, record, document)
-    authentication = event.kind == "authentication"
-    document["event"] = {
-        "kind": "event",
-        "id": event.decision_id,
-        "sequence": event.seq,
-        "category": ["authentication"] if authentication else ["web", "iam"],
-        "type": (["start"] if authentication else []) + ["allowed" if event.allow else "denied"],
-        "outcome": "success" if event.allow else "failure",
-        "action": "authentication" if authentication else f"access-{event.kind}",
-        "reason": "; ".join(event.reasons),
-        "hash": event.chain_hash,
-    }
-    document["rule"] = {"name": event.policy, "version": event.revision, "ruleset": "portcullis"}
-    document["user"] = _drop_none(_user(event))
-    document["source"] = (
-        {"ip": event.source_ip, "port": event.source_port}
-        if event.source_ip
-        else {"port": event.source_port}
+    authentication, allow = event.kind == "authentication", event.allow
+    # ECS allows allowed/denied in the network category (not in web, iam or
+    # authentication): a decision is web + network, access + allowed/denied; a
+    # sign-in or a refused token authentication + network, start + allowed/denied.
+    document["event"] = _drop_empty(
+        {
+            "kind": "event",
+            "id": event.decision_id,
+            "sequence": event.seq,
+            "category": ["authentication", "network"] if authentication else ["web", "network"],
+            "type": ["start" if authentication else "access", "allowed" if allow else "denied"],
+            "outcome": "success" if event.allow else "failure",
+            "action": "authentication" if authentication else f"access-{event.kind}",
+            "reason": "; ".join(event.reasons),
+            "hash": event.chain_hash,
+        }
     )
-    path, _, query = event.path.partition("?")
-    document["url"] = {
-        "domain": event.host.rsplit(":", 1)[0],
-        "path": path,
-        "scheme": event.scheme,
-        **({"query": query} if query else {}),
-    }
-    document["http"] = {
-        "request": {"method": event.method, "id": event.request_id},
-        "response": {"status_code": event.http_status},
-    }
+    document["rule"] = _drop_empty(
+        {"name": event.policy, "version": event.revision, "ruleset": "portcullis"}
+    )
+    user = _drop_empty(_user(event))
+    if user:
+        document["user"] = user
+    source = _drop_empty({"ip": event.source_ip, "port": event.source_port or None})
+    if source:
+        document["source"] = source
+    url = _url(event)
+    if url:
+        document["url"] = url
+    http = _drop_empty(
+        {
+            "request": _drop_empty({"method": event.method, "id": event.request_id}),
+            "response": _drop_empty({"status_code": event.http_status or None}),
+        }
+    )
+    if http:
+        document["http"] = http
     document["service"] = {
         "name": "portcullis",
         "node": {"name": event.instance},
@@ -99,9 +108,16 @@ def format(record: dict[str, Any], digest: str) -> dict[str, Any]:
     document["portcullis"]["reasons"] = event.reasons
     if event.step_up is not None:
         document["portcullis"]["step_up"] = _drop_none(event.step_up)
-    # Every other value here is a str, int, bool or list (read() made them so):
-    # only the user's, the source's and step_up can hold a None to leave out.
     return document
+
+
+def _url(event: Event) -> dict[str, Any]:
+    """ECS keeps an IPv6 literal's brackets in url.domain (its docs: RFC 2732)."""
+    path, _, query = event.path.partition("?")
+    domain, port = split_host(event.host)
+    return _drop_empty(
+        {"domain": domain, "port": port, "path": path, "query": query, "scheme": event.scheme}
+    )
 
 
 def _shadow_divergence(
@@ -149,6 +165,14 @@ def _user(event: Event) -> dict[str, Any]:
         "roles": event.groups,
         "domain": identity.get("issuer") or None,
     }
+
+
+def _drop_empty(value: dict[str, Any]) -> dict[str, Any]:
+    """``value`` without its None, "", [] and {} (a value the record lacks)."""
+    return {key: item for key, item in value.items() if item not in _EMPTY}
+
+
+_EMPTY: tuple[Any, ...] = (None, "", [], {})
 
 
 def _drop_none(value: Any) -> Any:

@@ -118,6 +118,27 @@ class Event:
         return _strings(self.identity.get("groups"))
 
 
+def split_host(host: str) -> tuple[str, int | None]:
+    """The name and the port of a Host header (RFC 9110 7.2: ``uri-host [":" port]``).
+    An IPv6 literal keeps its brackets (``[2001:db8::1]``, with or without a port:
+    its colons are not a port's). A port that is not a number in 0-65535 is left
+    out; the name is what comes before it, whatever it is (the client wrote it)."""
+    if host.startswith("["):
+        end = host.find("]")
+        if end < 0:
+            return host, None
+        name, rest = host[: end + 1], host[end + 1 :]
+    elif host.count(":") == 1:
+        name, rest = host.split(":")
+        rest = ":" + rest
+    else:  # no port, or colons without brackets (not a valid Host): all of it
+        return host, None
+    digits = rest[1:]
+    if rest.startswith(":") and 0 < len(digits) <= 5 and digits.isascii() and digits.isdigit():
+        return (name, int(digits)) if int(digits) < 65536 else (name, None)
+    return name, None
+
+
 def read(record: dict[str, Any], digest: str) -> Event:
     """The flat view of a decision event, a chain signature or a damaged line.
     (Runs for every shipped record: lookups inline, no helper per field.)"""

@@ -1,10 +1,14 @@
 """The ``ocsf`` format: OCSF 1.3 events (README "Shipping decisions" has the table).
 
-- an access decision or a gateway refusal: Web Resource Access Activity (class
-  6004), activity Access Grant / Access Deny, with the security-control fields
-  ``action``/``disposition`` (Allowed/Denied, Allowed/Blocked) and ``policy``;
+- an access decision or a gateway refusal: Web Resources Activity (class 6001;
+  Web Resource Access Activity, 6004, is deprecated), its activity the request's
+  method (Read for GET), with the Security Control profile's ``action`` and
+  ``disposition`` (Allowed/Denied, Allowed/Blocked) and ``authorizations``
+  (the decision and the ``policy``), and the user as ``actor.user`` (the Host
+  profile's ``actor``); ``metadata.profiles`` names the profiles used;
 - a sign-in, a step-up, or a bearer token the gateway refused: Authentication
-  (class 3002), activity Logon, with ``is_mfa`` and ``auth_protocol``;
+  (class 3002), activity Logon, with ``is_mfa`` and ``auth_protocol``; the
+  outcome is ``status`` (IAM classes have no Security Control profile in 1.3);
 - a chain signature: a Base Event (class 0) whose ``unmapped.chain_signature``
   is the signature record, whole (a head `audit verify --head` accepts);
 - a shadow policy's divergence: not an access decision that happened (nothing
@@ -15,18 +19,27 @@
   (``damaged_record``), severity High, its text in ``raw_data``.
 
 Each carries ``metadata.uid`` (the decision id), ``metadata.sequence`` (seq)
-and ``unmapped.portcullis`` (decision_id, seq, chain_hash, prev_hash).
+and ``unmapped.portcullis`` (decision_id, seq, chain_hash, prev_hash). A value
+the record lacks is left out, not sent empty: OCSF types an empty hostname or a
+user without a name or uid as invalid, and a strict pipeline drops the event.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from gateway.audit.shipping.formats.fields import DAMAGED, Event, read
+from gateway.audit.shipping.formats.fields import DAMAGED, Event, read, split_host
 
 OCSF_VERSION = "1.3.0"
-WEB_RESOURCE_ACCESS = 6004
+WEB_RESOURCES_ACTIVITY = 6001
 AUTHENTICATION = 3002
+# Web Resources Activity's activity_id by request method (0 Unknown, 99 Other).
+ACTIVITIES = {"GET": (2, "Read"), "HEAD": (2, "Read"), "POST": (1, "Create"),
+              "PUT": (3, "Update"), "PATCH": (3, "Update"), "DELETE": (4, "Delete")}  # fmt: skip
+# 3002 needs a user with a name or uid; a refused token or a failed sign-in has none.
+ANONYMOUS = "anonymous"
+# The characters of a label of OCSF's hostname_t (a DNS name or an IPv4 address).
+_LABEL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
 # OCSF auth_protocol_id by how the gateway authenticated the request.
 AUTH_PROTOCOLS = {"session": (4, "OpenID"), "bearer": (6, "OAUTH 2.0"), "mtls": (99, "mTLS")}
 
@@ -45,29 +58,48 @@ def format(record: dict[str, Any], digest: str) -> dict[str, Any]:
 
 
 def _access(event: Event) -> dict[str, Any]:
-    activity = 1 if event.allow else 2
-    return {
-        **_base(event, WEB_RESOURCE_ACCESS, 6, "Web Resource Access Activity"),
+    activity, activity_name = ACTIVITIES.get(event.method, (99, "Other"))
+    if not event.method:
+        activity, activity_name = 0, "Unknown"
+    decision = "Allowed" if event.allow else "Denied"
+    user = _user(event)
+    policy = {"name": event.policy, "uid": event.policy, "version": event.revision}
+    access = {
+        **_base(event, WEB_RESOURCES_ACTIVITY, 6, "Web Resources Activity"),
         "activity_id": activity,
-        "activity_name": "Access Grant" if event.allow else "Access Deny",
-        "type_uid": WEB_RESOURCE_ACCESS * 100 + activity,
-        "type_name": "Web Resource Access Activity: "
-        + ("Access Grant" if event.allow else "Access Deny"),
+        "activity_name": activity_name if activity != 99 else event.method,
+        "type_uid": WEB_RESOURCES_ACTIVITY * 100 + activity,
+        "type_name": f"Web Resources Activity: {activity_name}",
         "severity_id": 1 if event.allow else 3,
         "severity": "Informational" if event.allow else "Medium",
         **_outcome(event),
-        "policy": {"name": event.policy, "uid": event.policy, "version": event.revision},
-        "actor": {"user": _user(event)},
-        "src_endpoint": _src(event),
-        "http_request": _http_request(event),
-        "http_response": {"code": event.http_status},
-        "web_resources": [{"name": event.app, "type": "app", "uid": event.app}],
+        # The Security Control profile: the gateway is the control that decided.
+        "action_id": 1 if event.allow else 2,
+        "action": decision,
+        "disposition_id": 1 if event.allow else 2,
+        "disposition": "Allowed" if event.allow else "Blocked",
+        "authorizations": [{"decision": decision, "policy": _present(policy)}],
+        # The Host profile is what defines actor for this class in 1.3.0.
+        **({"actor": {"user": user}} if user else {}),
+        **_endpoint_and_http(event),
+        **({"http_response": {"code": event.http_status}} if event.http_status else {}),
+        "web_resources": [_web_resource(event)],
     }
+    access["metadata"]["profiles"] = ["security_control", "host"] if user else ["security_control"]
+    return access
+
+
+def _web_resource(event: Event) -> dict[str, Any]:
+    if event.app != "-":
+        return {"name": event.app, "uid": event.app, "type": "app"}
+    # No route (or not parsed): what was asked for is all there is.
+    return {"name": event.path.partition("?")[0] or "-", "type": "path"}
 
 
 def _authentication(event: Event) -> dict[str, Any]:
     method = str(event.identity.get("method", "bearer"))
     protocol_id, protocol = AUTH_PROTOCOLS.get(method, (6, "OAUTH 2.0"))
+    service = {"name": event.app, "uid": event.app} if event.app != "-" else {"name": "portcullis"}
     return {
         **_base(event, AUTHENTICATION, 3, "Authentication"),
         "activity_id": 1,
@@ -80,10 +112,9 @@ def _authentication(event: Event) -> dict[str, Any]:
         "is_mfa": event.is_mfa,
         "auth_protocol_id": protocol_id,
         "auth_protocol": protocol,
-        "user": _user(event),
-        "src_endpoint": _src(event),
-        "http_request": _http_request(event),
-        "service": {"name": event.app, "uid": event.app},
+        "user": _user(event) or {"name": ANONYMOUS},
+        **_endpoint_and_http(event),
+        "service": service,
     }
 
 
@@ -168,41 +199,33 @@ def _base(event: Event, class_uid: int, category_uid: int, class_name: str) -> d
     """What every class has (its ``unmapped``, the chain fields, is replaced by
     :func:`_outcome`'s where the class has that too)."""
     categories = _CATEGORIES
+    metadata: dict[str, Any] = {
+        "version": OCSF_VERSION,
+        "uid": event.decision_id or event.chain_hash,
+        "sequence": event.seq,
+        "original_time": event.timestamp,
+        "log_name": "portcullis decision log",
+        "product": {"name": "Portcullis", "vendor_name": "Portcullis", "version": event.version},
+    }
+    if event.request_id:
+        metadata["correlation_uid"] = event.request_id
     return {
         "class_uid": class_uid,
         "class_name": class_name,
         "category_uid": category_uid,
         "category_name": categories[category_uid],
         "time": event.time_ms,
-        "metadata": {
-            "version": OCSF_VERSION,
-            "uid": event.decision_id or event.chain_hash,
-            "sequence": event.seq,
-            "original_time": event.timestamp,
-            "log_name": "portcullis decision log",
-            "correlation_uid": event.request_id or None,
-            "product": {
-                "name": "Portcullis",
-                "vendor_name": "Portcullis",
-                "version": event.version,
-            },
-        },
+        "metadata": metadata,
         "unmapped": {"portcullis": _chain(event)},
     }
 
 
 def _outcome(event: Event) -> dict[str, Any]:
     reasons = "; ".join(event.reasons)
-    return {
+    outcome: dict[str, Any] = {
         "status_id": 1 if event.allow else 2,
         "status": "Success" if event.allow else "Failure",
-        "status_code": str(event.http_status),
-        "status_detail": reasons,
         "message": reasons or ("allowed" if event.allow else "denied"),
-        "action_id": 1 if event.allow else 2,
-        "action": "Allowed" if event.allow else "Denied",
-        "disposition_id": 1 if event.allow else 2,
-        "disposition": "Allowed" if event.allow else "Blocked",
         "unmapped": {
             "portcullis": {
                 **_chain(event),
@@ -212,6 +235,11 @@ def _outcome(event: Event) -> dict[str, Any]:
             },
         },
     }
+    if event.http_status:
+        outcome["status_code"] = str(event.http_status)
+    if reasons:
+        outcome["status_detail"] = reasons
+    return outcome
 
 
 def _chain(event: Event) -> dict[str, Any]:
@@ -224,24 +252,70 @@ def _chain(event: Event) -> dict[str, Any]:
 
 
 def _user(event: Event) -> dict[str, Any]:
+    """The user the request was made as; {} if none (anonymous): OCSF's user
+    needs a name or uid, and an identity without a subject has neither."""
     identity = event.identity
-    user: dict[str, Any] = {
-        "uid": identity.get("subject") or None,
-        "email_addr": identity.get("email") or None,
-        "groups": [{"name": group} for group in event.groups],
-    }
+    if not identity.get("subject"):
+        return {}
+    user: dict[str, Any] = {"uid": str(identity["subject"])}
+    if identity.get("email"):
+        user["email_addr"] = str(identity["email"])
+    if event.groups:
+        user["groups"] = [{"name": group} for group in event.groups]
     if identity.get("issuer"):
         user["org"] = {"uid": str(identity["issuer"])}
-    return {key: value for key, value in user.items() if value is not None}
+    return user
 
 
-def _src(event: Event) -> dict[str, Any]:
-    return {"ip": event.source_ip, "port": event.source_port}
+def _endpoint_and_http(event: Event) -> dict[str, Any]:
+    """``src_endpoint`` and ``http_request``, each only with what the record has
+    (a request refused before it was parsed has no Host)."""
+    fields: dict[str, Any] = {}
+    request = _http_request(event)
+    if request:
+        fields["http_request"] = request
+    if event.source_ip:
+        source: dict[str, Any] = {"ip": event.source_ip}
+        if event.source_port:
+            source["port"] = event.source_port
+        fields["src_endpoint"] = source
+    return fields
 
 
 def _http_request(event: Event) -> dict[str, Any]:
     path, _, query = event.path.partition("?")
-    url = {"hostname": event.host.rsplit(":", 1)[0], "path": path, "scheme": event.scheme}
+    host, port = split_host(event.host)
+    url: dict[str, Any] = {}
+    if path:
+        url["path"] = path
+    if host and event.scheme:
+        url["url_string"] = f"{event.scheme}://{event.host}{event.path}"
+    if _is_hostname(host):  # an IPv6 literal is not one: it stays in url_string
+        url["hostname"] = host
+    if port is not None:
+        url["port"] = port
+    if event.scheme:
+        url["scheme"] = event.scheme
     if query:
         url["query_string"] = query
-    return {"http_method": event.method, "url": url, "uid": event.request_id}
+    # OCSF's url needs a path or a url_string; without either there is no URL.
+    request: dict[str, Any] = {"url": url} if "path" in url or "url_string" in url else {}
+    if event.method:
+        request["http_method"] = event.method
+    if event.request_id:
+        request["uid"] = event.request_id
+    return request
+
+
+def _present(value: dict[str, Any]) -> dict[str, Any]:
+    return {key: item for key, item in value.items() if item}
+
+
+def _is_hostname(host: str) -> bool:
+    """Whether OCSF's hostname_t takes ``host``: dot-separated labels of letters,
+    digits and hyphens, none empty or starting or ending with a hyphen (its regex,
+    without the regex: the client wrote the Host header, at any length)."""
+    return bool(host) and all(
+        label and label[0] != "-" and label[-1] != "-" and _LABEL.issuperset(label)
+        for label in host.split(".")
+    )

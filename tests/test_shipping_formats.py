@@ -1,0 +1,440 @@
+"""The ocsf and ecs formats of a real gateway's decisions, checked against the
+schemas they claim: OCSF 1.3.0 (the schema pydantic-ocsf bundles) and ECS 8.11's
+categorization rules."""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.audit.shipping.settings import SinkConfig
+from tests.gateway_stack import ServerFactory
+from tests.test_decision_log_shipping import ALICE, caught_up, log_records, with_sinks
+from tests.test_gateway_limits import closed_after, limited_stack, open_raw
+
+# --- OCSF 1.3.0 ----------------------------------------------------------------------------
+
+OCSF = json.loads(
+    (importlib.resources.files("ocsf") / "schemas" / "v1_3_0.json").read_text(encoding="utf-8")
+)
+# The bundled schema names the files a class includes ("$include") without their
+# contents. These are their attributes and requirements in ocsf-schema's tag 1.3.0
+# (includes/classification.json, includes/occurrence.json, profiles/*.json).
+INCLUDES: dict[str, dict[str, str]] = {
+    "includes/classification.json": {
+        "activity_name": "optional", "activity_id": "required", "category_name": "optional",
+        "category_uid": "required", "class_name": "optional", "class_uid": "required",
+        "type_name": "optional", "type_uid": "required",
+    },
+    "includes/occurrence.json": {
+        "count": "optional", "duration": "optional", "end_time": "optional",
+        "start_time": "optional", "time": "required", "timezone_offset": "recommended",
+    },
+    "profiles/host.json": {"device": "recommended", "actor": "optional"},
+    "profiles/security_control.json": {
+        "action": "optional", "action_id": "required", "attacks": "optional",
+        "authorizations": "optional", "disposition": "optional",
+        "disposition_id": "recommended", "firewall_rule": "optional", "malware": "optional",
+    },
+    "profiles/network_proxy.json": {
+        "proxy_endpoint": "optional", "proxy_connection_info": "recommended",
+        "proxy_http_request": "optional", "proxy_http_response": "optional",
+        "proxy_traffic": "recommended", "proxy_tls": "recommended",
+    },
+    "profiles/cloud.json": {"cloud": "required", "api": "optional"},
+    "profiles/datetime.json": {},
+    "profiles/osint.json": {"osint": "required"},
+}  # fmt: skip
+DICTIONARY = OCSF["dictionary"]["attributes"]
+TYPES = OCSF["dictionary"]["types"]["attributes"]
+CATEGORIES = OCSF["categories_meta"]["attributes"]
+
+
+def ocsf_class(class_uid: int) -> tuple[str, dict[str, Any]]:
+    for name, spec in OCSF["events"].items():
+        uid = category_uid(name) * 1000 + spec["uid"] if "uid" in spec else 0
+        if uid == class_uid and (uid or name == "base_event"):
+            return name, spec
+    raise KeyError(class_uid)
+
+
+def category_uid(class_name: str) -> int:
+    """A class's category is its own or the one of the class it extends."""
+    names = [s["category"] for s in chain(OCSF["events"], class_name) if "category" in s]
+    return int(CATEGORIES.get(names[-1], {}).get("uid", 0)) if names else 0
+
+
+def chain(table: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """The definitions a class or object inherits, the base first."""
+    specs = []
+    while name:
+        spec = table[name]
+        specs.insert(0, spec)
+        name = spec.get("extends", "")
+    return specs
+
+
+def class_attributes(class_name: str, profiles: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """The attributes of a class with these profiles applied, and the problems
+    with the profiles (one the class does not have)."""
+    attributes: dict[str, dict[str, Any]] = {}
+    offered: set[str] = set()
+    for spec in chain(OCSF["events"], class_name):
+        offered.update(spec.get("profiles", []))
+        own = spec.get("attributes", {})
+        for include in own.get("$include", []):
+            profile = include.removeprefix("profiles/").removesuffix(".json")
+            if include.startswith("profiles/") and profile not in profiles:
+                continue
+            for name, requirement in INCLUDES[include].items():
+                attributes[name] = {**attributes.get(name, {}), "requirement": requirement}
+        for name, definition in own.items():
+            if name != "$include":
+                attributes[name] = merged(attributes.get(name, {}), definition)
+    problems = [f"metadata.profiles: {p} is not a profile of {class_name}"
+                for p in profiles if p not in offered]  # fmt: skip
+    return attributes, problems
+
+
+def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """A definition refined by a class or object: its enum adds to the base's
+    (activity_id keeps 0 Unknown and 99 Other beside a class's own)."""
+    enum = {**base.get("enum", {}), **override.get("enum", {})}
+    return {**base, **override, **({"enum": enum} if enum else {})}
+
+
+def object_attributes(object_name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    attributes: dict[str, dict[str, Any]] = {}
+    constraints: dict[str, Any] = {}
+    for spec in chain(OCSF["objects"], object_name):
+        for name, definition in (spec.get("attributes") or {}).items():
+            if name != "$include":  # object profiles (container, ...): none is used
+                attributes[name] = merged(attributes.get(name, {}), definition)
+        constraints.update(spec.get("constraints") or {})
+    return attributes, constraints
+
+
+def check_attributes(
+    value: dict[str, Any], attributes: dict[str, Any], constraints: dict[str, Any], where: str
+) -> list[str]:
+    problems = []
+    for name, definition in attributes.items():
+        if definition.get("requirement") == "required" and name not in value:
+            problems.append(f"{where}{name}: required, missing")
+    for group in constraints.get("at_least_one", []), constraints.get("just_one", []):
+        if group and not any(name in value for name in group):
+            problems.append(f"{where.rstrip('.')}: needs one of {group}: {value}")
+    for name, item in value.items():
+        if name not in attributes:
+            problems.append(f"{where}{name}: not an attribute here")
+            continue
+        if DICTIONARY.get(name, {}).get("@deprecated"):
+            problems.append(f"{where}{name}: deprecated")
+        definition = merged(DICTIONARY.get(name, {}), attributes[name])
+        if definition.get("is_array"):
+            if not isinstance(item, list):
+                problems.append(f"{where}{name}: not an array")
+                continue
+            for index, element in enumerate(item):
+                problems += check_value(element, definition, f"{where}{name}[{index}]")
+        else:
+            problems += check_value(item, definition, f"{where}{name}")
+    return problems
+
+
+def check_value(value: Any, definition: dict[str, Any], where: str) -> list[str]:
+    kind = definition.get("type", "")
+    if kind == "object":  # unmapped: free-form
+        return []
+    if kind in OCSF["objects"]:
+        if not isinstance(value, dict):
+            return [f"{where}: not an object ({kind})"]
+        attributes, constraints = object_attributes(kind)
+        return check_attributes(value, attributes, constraints, f"{where}.")
+    problems = []
+    base = TYPES.get(kind, {}).get("type", kind)
+    python = {"string_t": str, "integer_t": int, "long_t": int, "boolean_t": bool}.get(base)
+    if python and (not isinstance(value, python) or (python is int and isinstance(value, bool))):
+        problems.append(f"{where}: {value!r} is not {kind}")
+    regex = TYPES.get(kind, {}).get("regex")
+    if regex and isinstance(value, str) and not _matches(regex, value):
+        problems.append(f"{where}: {value!r} is not {kind}")
+    low, high = TYPES.get(kind, {}).get("range", (None, None))
+    if low is not None and isinstance(value, int) and not low <= value <= high:
+        problems.append(f"{where}: {value} out of {kind}'s range")
+    enum = definition.get("enum")
+    if enum and where.endswith("_id") and str(value) not in enum:
+        problems.append(f"{where}: {value} is not one of {sorted(enum, key=int)}")
+    return problems
+
+
+def _matches(regex: str, value: str) -> bool:
+    import re
+
+    return re.search(regex, value) is not None
+
+
+def ocsf_problems(event: dict[str, Any]) -> list[str]:
+    """What the OCSF 1.3.0 schema says is wrong with an event: its class (exists,
+    not deprecated), the profiles it declares, every attribute defined (for the
+    class, a declared profile, or the object it is in), required attributes,
+    at_least_one constraints (a user needs account, name or uid), types (hostname_t,
+    ip_t, port_t, ...), enums (activity_id, status_id, action_id, ...), and
+    type_uid and category_uid."""
+    try:
+        class_name, spec = ocsf_class(event.get("class_uid", -1))
+    except KeyError:
+        return [f"class_uid {event.get('class_uid')}: no such class"]
+    problems = []
+    if spec.get("@deprecated"):
+        problems.append(f"class {class_name} is deprecated: {spec['@deprecated']['message']}")
+    profiles = event.get("metadata", {}).get("profiles", [])
+    attributes, profile_problems = class_attributes(class_name, profiles)
+    problems += profile_problems
+    problems += check_attributes(event, attributes, spec.get("constraints") or {}, "")
+    if event.get("type_uid") != event.get("class_uid", 0) * 100 + event.get("activity_id", 0):
+        problems.append(f"type_uid {event.get('type_uid')}: not class_uid * 100 + activity_id")
+    category = category_uid(class_name)
+    if event.get("category_uid") != category:
+        problems.append(f"category_uid {event.get('category_uid')}: the class's is {category}")
+    return problems
+
+
+def empty_values(value: Any, where: str = "") -> list[str]:
+    """Where a document (outside unmapped and our own portcullis.*) holds an empty
+    value: what the record lacks is left out, not sent as "" or {} or []."""
+    if value in ("", [], {}, None):
+        return [where]
+    if isinstance(value, dict):
+        return [p for key, item in value.items() if key not in ("unmapped", "portcullis")
+                for p in empty_values(item, f"{where}.{key}")]  # fmt: skip
+    if isinstance(value, list):
+        return [
+            p for index, item in enumerate(value) for p in empty_values(item, f"{where}[{index}]")
+        ]
+    return []
+
+
+# --- ECS 8.11 --------------------------------------------------------------------------------
+
+# The event.type values ECS 8.11 expects with each event.category (schemas/event.yml,
+# "expected_event_types"); a document's types must each fit one of its categories.
+ECS_TYPES = {
+    "authentication": {"start", "end", "info"},
+    "configuration": {"access", "change", "creation", "deletion", "info"},
+    "iam": {"admin", "change", "creation", "deletion", "group", "info", "user"},
+    "intrusion_detection": {"allowed", "denied", "info", "start"},
+    "network": {"access", "allowed", "connection", "denied", "end", "info", "protocol", "start"},
+    "session": {"start", "end", "info"},
+    "web": {"access", "error", "info"},
+}
+
+
+def ecs_problems(document: dict[str, Any]) -> list[str]:
+    categories = document["event"].get("category", [])
+    problems = [
+        f"event.category {c}: not an ECS category" for c in categories if c not in ECS_TYPES
+    ]
+    for kind in document["event"].get("type", []):
+        if categories and not any(kind in ECS_TYPES.get(c, ()) for c in categories):
+            problems.append(f"event.type {kind}: ECS allows it in none of {categories}")
+    return problems
+
+
+# --- a real gateway's events ---------------------------------------------------------------
+
+TOKEN = "alice-token"
+REQUESTS = {
+    # request id: path, token, extra headers
+    "allow": ("/wms/stock?item=4", TOKEN, {}),
+    "deny": ("/pos/sales", TOKEN, {}),
+    "anonymous": ("/pos/sales", None, {}),
+    "refused-token": ("/wms/x", "not-a-jwt", {}),
+    "no-route": ("/nowhere", None, {}),
+    "ipv6": ("/wms/stock", TOKEN, {"Host": "[2001:db8::1]"}),
+    "ipv6-port": ("/wms/stock", TOKEN, {"Host": "[2001:db8::1]:8443"}),
+    "dns-port": ("/wms/stock", TOKEN, {"Host": "gw.example.com:8443"}),
+}
+UNPARSED = b"GET /wms/x HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n"
+
+
+async def shipped(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """The OCSF events and ECS documents of REQUESTS (by request id; "unparsed" is a
+    request aiohttp's parser refused) and the OCSF events of everything shipped."""
+    sinks = [SinkConfig(f, "file", f, path=tmp_path / f"{f}.jsonl") for f in ("ocsf", "ecs")]
+    async with limited_stack(
+        aiohttp_server, tmp_path, overrides=with_sinks(tmp_path, *sinks)
+    ) as stack:
+        token = stack.token("alice", email="alice@example.com", **ALICE)
+        for request_id, (path, bearer, headers) in REQUESTS.items():
+            bearer = token if bearer == TOKEN else bearer
+            headers = {**headers, "X-Request-Id": request_id}
+            async with await stack.get(path, bearer, headers=headers) as response:
+                await response.read()
+        reader, _ = await open_raw(stack, UNPARSED)
+        await closed_after(reader, 5.0)
+        await caught_up(stack)
+    unparsed = next(r for r in log_records(stack.log_path) if r.get("path") == "gateway" and
+                    r["result"]["reasons"][0].startswith("gateway.bad_request"))  # fmt: skip
+    ids = {request_id: request_id for request_id in REQUESTS}
+    ids[unparsed["decision_id"]] = "unparsed"
+    everything = log_records(tmp_path / "ocsf.jsonl")
+    ocsf = {ids[e["metadata"]["correlation_uid"]]: e for e in everything
+            if e["metadata"].get("correlation_uid") in ids}  # fmt: skip
+    ecs = {ids[d["http"]["request"]["id"]]: d for d in log_records(tmp_path / "ecs.jsonl")
+           if d.get("http", {}).get("request", {}).get("id") in ids}  # fmt: skip
+    assert set(ocsf) == set(ecs) == {*REQUESTS, "unparsed"}
+    return ocsf, ecs, everything
+
+
+async def test_every_ocsf_event_of_a_gateway_run_is_valid_ocsf_1_3_0(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    _, _, everything = await shipped(aiohttp_server, tmp_path)
+    problems = {
+        f"{e['metadata'].get('correlation_uid', e['activity_name'])}": ocsf_problems(e)
+        for e in everything
+    }
+    assert not {key: found for key, found in problems.items() if found}
+    assert {e["class_uid"] for e in everything} == {0, 6001, 3002}  # chain signatures too
+    empty = {e["metadata"]["uid"]: empty_values(e) for e in everything}
+    assert not {key: found for key, found in empty.items() if found}
+
+
+async def test_access_decisions_are_web_resources_activity_with_the_security_control_profile(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    ocsf, _, _ = await shipped(aiohttp_server, tmp_path)
+    allow, deny = ocsf["allow"], ocsf["deny"]
+    assert (allow["class_uid"], allow["activity_name"], allow["type_uid"]) == (6001, "Read", 600102)
+    assert allow["metadata"]["profiles"] == ["security_control", "host"]
+    assert (allow["action"], allow["action_id"], allow["disposition"]) == ("Allowed", 1, "Allowed")
+    assert (deny["action"], deny["action_id"], deny["disposition"]) == ("Denied", 2, "Blocked")
+    (authorization,) = deny["authorizations"]
+    assert authorization["decision"] == "Denied"
+    assert authorization["policy"]["name"] == "portcullis/gateway/decision"
+    assert authorization["policy"]["version"]  # the policy revision
+    assert allow["actor"]["user"] == {
+        "uid": "alice",
+        "email_addr": "alice@example.com",
+        "groups": [{"name": "warehouse"}],
+        "org": allow["actor"]["user"]["org"],
+    }
+    assert allow["src_endpoint"]["ip"] == "127.0.0.1"
+    assert allow["web_resources"] == [{"name": "wms", "uid": "wms", "type": "app"}]
+    assert deny["status_detail"] == "requires membership in one of: store"
+    assert deny["unmapped"]["portcullis"]["reasons"] == ["requires membership in one of: store"]
+    for event in (allow, deny):
+        chain_fields = event["unmapped"]["portcullis"]
+        assert event["metadata"]["uid"] == chain_fields["decision_id"]
+        assert event["metadata"]["sequence"] == chain_fields["seq"]
+        assert len(chain_fields["chain_hash"]) == 64
+
+
+async def test_anonymous_requests_and_refusals_leave_out_what_they_lack(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    ocsf, ecs, _ = await shipped(aiohttp_server, tmp_path)
+    anonymous, no_route, unparsed = ocsf["anonymous"], ocsf["no-route"], ocsf["unparsed"]
+    assert "actor" not in anonymous and anonymous["metadata"]["profiles"] == ["security_control"]
+    assert anonymous["action"] == "Denied"
+    assert no_route["web_resources"] == [{"name": "/nowhere", "type": "path"}]
+    url = unparsed["http_request"]["url"]
+    assert url == {"path": "/wms/x"}  # no Host and no scheme: not sent empty
+    assert (unparsed["class_uid"], unparsed["action"]) == (6001, "Denied")
+    assert "user" not in ecs["anonymous"] and "domain" not in ecs["unparsed"]["url"]
+    for name in ("anonymous", "no-route", "unparsed"):
+        assert not ocsf_problems(ocsf[name]), name
+        assert not empty_values(ocsf[name]) and not empty_values(ecs[name]), name
+
+
+async def test_a_refused_token_is_an_authentication_event_with_a_user(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    ocsf, ecs, _ = await shipped(aiohttp_server, tmp_path)
+    refused = ocsf["refused-token"]
+    assert (refused["class_uid"], refused["type_uid"], refused["status"]) == (
+        3002,
+        300201,
+        "Failure",
+    )
+    # The record holds no subject for a token that failed verification.
+    assert refused["user"] == {"name": "anonymous"}
+    assert (refused["is_mfa"], refused["auth_protocol"]) == (False, "OAUTH 2.0")
+    assert refused["service"] == {"name": "wms", "uid": "wms"}
+    assert refused["status_detail"].startswith("gateway.invalid_token: malformed token")
+    assert "action" not in refused and "metadata" in refused
+    assert not ocsf_problems(refused)
+    event = ecs["refused-token"]["event"]
+    assert (event["category"], event["type"]) == (
+        ["authentication", "network"],
+        ["start", "denied"],
+    )
+    assert event["outcome"] == "failure"
+
+
+async def test_an_ipv6_host_keeps_its_address_in_ocsf_and_ecs(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    ocsf, ecs, _ = await shipped(aiohttp_server, tmp_path)
+    # hostname_t takes no IPv6 literal: the address is in url_string.
+    assert ocsf["ipv6"]["http_request"]["url"] == {
+        "path": "/wms/stock",
+        "scheme": "http",
+        "url_string": "http://[2001:db8::1]/wms/stock",
+    }
+    url = ocsf["ipv6-port"]["http_request"]["url"]
+    assert (url["url_string"], url["port"]) == ("http://[2001:db8::1]:8443/wms/stock", 8443)
+    url = ocsf["dns-port"]["http_request"]["url"]
+    assert (url["hostname"], url["port"]) == ("gw.example.com", 8443)
+    # ECS keeps an IPv6 literal's brackets in url.domain.
+    assert ecs["ipv6"]["url"]["domain"] == "[2001:db8::1]" and "port" not in ecs["ipv6"]["url"]
+    assert (ecs["ipv6-port"]["url"]["domain"], ecs["ipv6-port"]["url"]["port"]) == (
+        "[2001:db8::1]",
+        8443,
+    )
+    assert (ecs["dns-port"]["url"]["domain"], ecs["dns-port"]["url"]["port"]) == (
+        "gw.example.com",
+        8443,
+    )
+
+
+async def test_ecs_event_types_are_ones_ecs_allows_for_their_categories(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    _, ecs, _ = await shipped(aiohttp_server, tmp_path)
+    events = {name: document["event"] for name, document in ecs.items()}
+    assert (events["allow"]["category"], events["allow"]["type"]) == (
+        ["web", "network"],
+        ["access", "allowed"],
+    )
+    assert events["deny"]["type"] == ["access", "denied"]
+    assert [events[n]["outcome"] for n in ("allow", "deny")] == ["success", "failure"]
+    problems = {name: ecs_problems(document) for name, document in ecs.items()}
+    assert not {name: found for name, found in problems.items() if found}
+    assert not {name: empty_values(d) for name, d in ecs.items() if empty_values(d)}
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("gw.example.com", ("gw.example.com", None)),
+        ("gw.example.com:8443", ("gw.example.com", 8443)),
+        ("[2001:db8::1]", ("[2001:db8::1]", None)),
+        ("[2001:db8::1]:8443", ("[2001:db8::1]", 8443)),
+        ("[2001:db8::1]:x", ("[2001:db8::1]", None)),
+        ("gw:99999", ("gw", None)),
+        ("gw:" + "9" * 5000, ("gw", None)),
+        ("", ("", None)),
+    ],
+)
+def test_a_host_header_splits_into_name_and_port(host: str, expected: tuple[str, Any]) -> None:
+    from gateway.audit.shipping.formats.fields import split_host
+
+    assert split_host(host) == expected
