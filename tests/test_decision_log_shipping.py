@@ -330,7 +330,7 @@ async def test_http_splunk_hec_envelope_carries_ocsf_events(
         logged = log_records(stack.log_path)
     events = [e for e in fake.events() if e["class_uid"] != 0]
     assert [e["metadata"]["uid"] for e in events] == decision_ids(logged)
-    assert {e["class_uid"] for e in events} == {6004}
+    assert {e["class_uid"] for e in events} == {6001}
     assert {e["action"] for e in events} == {"Allowed", "Denied"}
 
 
@@ -516,12 +516,11 @@ async def test_ocsf_and_ecs_mappings_of_allow_deny_and_a_refused_token(
         logged = [r for r in log_records(stack.log_path) if "decision_id" in r]
     events = [e for e in log_records(tmp_path / "ocsf.jsonl") if e["class_uid"] != 0]
     allow, deny, bad = events
-    assert (allow["class_uid"], allow["activity_id"], allow["type_uid"]) == (6004, 1, 600401)
+    assert (allow["class_uid"], allow["activity_id"], allow["type_uid"]) == (6001, 2, 600102)
     assert (allow["action"], allow["disposition"]) == ("Allowed", "Allowed")
-    assert (deny["action"], deny["disposition"], deny["activity_name"]) == (
-        "Denied", "Blocked", "Access Deny",
-    )  # fmt: skip
-    assert deny["policy"]["name"] == "portcullis/gateway/decision" and deny["policy"]["version"]
+    assert (deny["action"], deny["disposition"]) == ("Denied", "Blocked")
+    policy = deny["authorizations"][0]["policy"]
+    assert policy["name"] == "portcullis/gateway/decision" and policy["version"]
     assert allow["actor"]["user"]["uid"] == "alice"
     assert allow["actor"]["user"]["email_addr"] == "alice@example.com"
     assert allow["src_endpoint"]["ip"] == "127.0.0.1"
@@ -536,10 +535,12 @@ async def test_ocsf_and_ecs_mappings_of_allow_deny_and_a_refused_token(
         )  # fmt: skip
         assert chain["prev_hash"] == record["prev_hash"] and len(chain["chain_hash"]) == 64
     documents = [d for d in log_records(tmp_path / "ecs.jsonl") if d["event"]["kind"] == "event"]
-    assert [d["event"]["type"] for d in documents] == [["allowed"], ["denied"], ["start", "denied"]]
+    assert [d["event"]["type"] for d in documents] == [
+        ["access", "allowed"], ["access", "denied"], ["start", "denied"],
+    ]  # fmt: skip
     assert [d["event"]["outcome"] for d in documents] == ["success", "failure", "failure"]
-    assert documents[0]["event"]["category"] == ["web", "iam"]
-    assert documents[2]["event"]["category"] == ["authentication"]
+    assert documents[0]["event"]["category"] == ["web", "network"]
+    assert documents[2]["event"]["category"] == ["authentication", "network"]
     assert documents[0]["service"]["target"]["name"] == "wms"
     assert [d["event"]["id"] for d in documents] == [r["decision_id"] for r in logged]
 
