@@ -638,3 +638,50 @@ def test_unreachable_opa_candidate_does_not_load(
     assert code == 2 and not report
     assert "--policy http://127.0.0.1:1: the policy does not load" in err
     assert "OPA at http://127.0.0.1:1 is unreachable: Connection refused" in err
+
+
+async def _rotated(recorded: Recorded, log: Path, runs: int = 3) -> None:
+    """The recorded decisions written again through the gateway's DecisionLog in
+    ``runs`` runs, logrotate (``.1`` -> ``.2``, the log -> ``.1``) between them."""
+    from cryptography.hazmat.primitives import serialization
+
+    from gateway.audit.writer import DecisionLog
+
+    key = serialization.load_pem_private_key(recorded.key.read_bytes(), password=None)
+    events = [json.loads(line) for line in recorded.log.read_text().splitlines()
+              if '"path":"portcullis/gateway/decision"' in line]  # fmt: skip
+    for run in range(runs):
+        if run:
+            for number in range(run - 1, 0, -1):
+                older = log.with_name(f"{log.name}.{number}")
+                older.rename(log.with_name(f"{log.name}.{number + 1}"))
+            log.rename(log.with_name(f"{log.name}.1"))
+        writer = DecisionLog(log, key, key_id="gateway")  # type: ignore[arg-type]
+        await writer.start()
+        for event in events[run::runs]:
+            writer.record(decision_id=event["decision_id"], input=event["input"],
+                          result=event["result"], revision="r", metrics=event["metrics"],
+                          labels={"app": event["labels"]["app"]})  # fmt: skip
+        await writer.close()
+
+
+def test_logs_whose_oldest_files_were_rotated_away_replay_from_their_first_start(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, tmp_path: Path
+) -> None:
+    """A week of logs kept by logrotate: the oldest file given continues a chain
+    whose first files were deleted. Replay refused it as a tampered log ("does not
+    begin the chain"), so the README's CI job failed on every pull request once
+    retention had deleted the first file. A file cut at its top still fails."""
+    log = tmp_path / "decisions.log"
+    asyncio.run(_rotated(recorded, log))
+    log.with_name("decisions.log.2").unlink()  # rotated away
+    kept = ["--log", str(log.with_name("decisions.log.1")), "--log", str(log)]
+    code = main(["policy", "replay", *kept, "--policy", str(POLICIES), "--key", str(recorded.key)])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    assert "decisions.log.1 begins mid-chain" in out
+    older = log.with_name("decisions.log.1")
+    older.write_text("".join(older.read_text().splitlines(keepends=True)[1:]))  # its start, cut
+    code = main(["policy", "replay", *kept, "--policy", str(POLICIES), "--key", str(recorded.key)])
+    assert code == 2
+    assert "does not begin with a signed start record" in capsys.readouterr().err

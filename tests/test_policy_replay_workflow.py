@@ -235,3 +235,32 @@ def test_a_tampered_log_fails_the_job_without_a_comment(
     assert "refusing to replay a tampered log" in replayed.stderr
     assert not (job.directory / "replay.md").exists()  # the post step's `if` skips it
     assert job.run(steps, 'test "$REPLAY_EXIT"').returncode == 1
+
+
+def test_a_log_directory_as_logrotate_leaves_it_replays(
+    steps: list[dict[str, Any]], recorded: Recorded, tmp_path: Path
+) -> None:
+    """The artifact is the gateway's log directory: the log, rotated files (the
+    older ones compressed, the oldest deleted by retention), and the .head and
+    cursor files beside them. The step's `decisions.log*` glob passed the .head
+    file as a log (exit 2, "no chain fields"), a .gz too, and a first file that
+    continues a deleted one was refused as tampered."""
+    import gzip
+
+    from tests.test_policy_replay import _rotated
+
+    job = checkout(tmp_path, recorded, POLICIES)
+    logs = job.directory / "logs"
+    (logs / "decisions.log").unlink()
+    asyncio.run(_rotated(recorded, logs / "decisions.log", runs=4))
+    (logs / "decisions.log.3").unlink()  # retention
+    packed = logs / "decisions.log.2"
+    (logs / "decisions.log.2.gz").write_bytes(gzip.compress(packed.read_bytes()))
+    packed.unlink()  # logrotate's compress (with delaycompress, .1 stays as it is)
+    (logs / "decisions.log.sink-siem.cursor").write_text('{"inode": 1, "offset": 0}\n')
+    assert (logs / "decisions.log.head").is_file()
+    replayed = job.run(steps, "portcullis policy replay")
+    assert job.outputs["replay.exit"] == "0", replayed.stderr
+    report = json.loads((job.directory / "replay.json").read_text())
+    assert report["verification"]["verified"] is True
+    assert any("begins mid-chain" in note for note in report["verification"]["notes"])

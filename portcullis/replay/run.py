@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import orjson
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gateway.audit.chain import GENESIS, SIGNATURE_TYPE
 from gateway.audit.reader import Extent, LogChanged, SignedHead, chain_order, verify_log
 from gateway.policy.decision import decide
 from gateway.policy.divergence import divergence
@@ -27,6 +29,8 @@ from gateway.policy.reload import build_engine
 from policy_engine import PolicyEngine, PolicyError
 from portcullis.replay.events import LoggedDecision, Selection, read_decisions
 from portcullis.replay.report import PolicyInfo, Report, Verification
+
+_START_MAX = 4096  # a start record is some 500 bytes
 
 
 class ReplayError(Exception):
@@ -124,6 +128,15 @@ def _verify(
     after: str | None,
     heads: list[SignedHead] | None = None,
 ) -> tuple[Verification, dict[str, Extent]]:
+    mid_chain = None
+    if after is None:
+        # Logs kept for a week: logrotate deleted the files before the oldest one
+        # given. The decisions to replay are those the files hold, each vouched for
+        # by the signed chain from the first file's start record on; what came
+        # before them is not replayed, and is no reason to refuse (audit verify is
+        # the check for that). A file that doesn't begin with a start record still
+        # fails: lines were cut from it.
+        after = mid_chain = _continued_from(chain_order(paths)[0])
     result = verify_log(paths, keys, after=after, head=heads)
     if result.records == 0:
         raise ReplayError("the log files hold no records")
@@ -139,6 +152,12 @@ def _verify(
             "and the report says it was not verified)"
         )
     notes = list(result.notes)
+    if mid_chain is not None:
+        notes = [note for note in notes if not note.endswith("events before it)")]
+        notes.append(
+            f"{chain_order(paths)[0]} begins mid-chain (the files before it were not given, "
+            "or were rotated away): replayed from its signed start record"
+        )
     if result.unsigned_tail:
         notes.append(
             f"{result.unsigned_tail} events after the last signature are not yet covered "
@@ -154,6 +173,22 @@ def _verify(
         notes=notes,
     )
     return verification, result.extents
+
+
+def _continued_from(first: Path) -> str | None:
+    """The line hash a file's ``start`` record continues from, if it begins with
+    one that isn't the chain's beginning."""
+    try:
+        with first.open("rb") as file:
+            record = orjson.loads(file.readline(_START_MAX))
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    if not isinstance(record, dict) or record.get("type") != SIGNATURE_TYPE:
+        return None
+    head = record.get("head")
+    if record.get("reason") != "start" or not isinstance(head, str) or head == GENESIS:
+        return None
+    return head
 
 
 async def _replay(

@@ -67,7 +67,8 @@ def verification(document: dict[str, Any]) -> str:
         text += ", sealed"
     if check["unsigned_tail"]:
         text += f", {check['unsigned_tail']} events after the last signature"
-    return text
+    unsaid = [note for note in check["notes"] if "after the last signature" not in note]
+    return "; ".join([text, *unsaid])
 
 
 def baseline(document: dict[str, Any]) -> str:
