@@ -484,6 +484,16 @@ def _policy(data: dict[str, Any]) -> PolicyConfig:
         raise ConfigError(
             "policy.shadow: give a policy directory, bundle or OPA URL (or leave it out)"
         )
+    from policy_engine.opa_server import has_credentials
+
+    for key, value in (("source", source), ("shadow", shadow)):
+        if value is not None and has_credentials(value):
+            # Never sent (OPA's client takes no user:password), and the source is
+            # shown as the policy's revision: in every event, /metrics and the SIEM.
+            raise ConfigError(
+                f"policy.{key}: an OPA URL with credentials (user:password@) is not "
+                "supported: they would be logged with every decision, and are not sent"
+            )
     reader.done()
     return PolicyConfig(source, timeout, watch, poll, shadow)
 

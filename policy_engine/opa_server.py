@@ -13,6 +13,18 @@ from policy_engine.embedded import REF
 from policy_engine.errors import EvaluationError, EvaluationTimeout, UndefinedPath, UndefinedResult
 
 
+def has_credentials(source: str) -> bool:
+    """Whether a policy source is an OPA URL carrying ``user:password@``: never
+    supported (not sent, and a source is shown as the policy's revision)."""
+    if not source.startswith(("http://", "https://")):
+        return False
+    try:
+        parts = urlsplit(source)
+    except ValueError:
+        return False
+    return parts.username is not None or parts.password is not None
+
+
 class OpaServerEngine:
     """Asks an OPA server `POST /v1/data/{path}` for each decision.
 
@@ -24,6 +36,11 @@ class OpaServerEngine:
 
     def __init__(self, url: str, *, timeout: float = 0.5, token: str | None = None) -> None:
         parts = urlsplit(url)
+        if has_credentials(url):
+            raise ValueError(
+                f"{parts.scheme}://{parts.hostname}: an OPA URL with credentials "
+                "(user:password@) is not supported"
+            )
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"{url}: OPA URL must be http(s)://host[:port]")
         self.url = url

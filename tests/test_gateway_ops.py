@@ -292,6 +292,25 @@ def test_config_errors_name_what_is_wrong(tmp_path: Path, yaml_text: str, messag
     assert message in str(raised.value)
 
 
+@pytest.mark.parametrize("key", ["source", "shadow"])
+def test_an_opa_url_with_credentials_is_refused_without_echoing_them(
+    tmp_path: Path, key: str
+) -> None:
+    """They were never sent (OPA's client takes no user:password), and the URL is
+    the policy's revision: the password went into every decision event, the
+    shadow's divergence events, /metrics and the SIEM."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"auth: false\npolicy: {{{key}: 'http://svc:s3cr3t@127.0.0.1:8181'}}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(config)
+    assert f"policy.{key}: an OPA URL with credentials" in str(raised.value)
+    assert "s3cr3t" not in str(raised.value)
+    replayed = portcullis("policy", "replay", "--log", str(config), "--no-verify",
+                          "--policy", "http://svc:s3cr3t@127.0.0.1:8181")  # fmt: skip
+    assert replayed.returncode == 2 and "with credentials" in replayed.stderr
+    assert "s3cr3t" not in replayed.stderr + replayed.stdout
+
+
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "nope.yaml")

@@ -27,6 +27,7 @@ from gateway.policy.decision import decide
 from gateway.policy.divergence import divergence
 from gateway.policy.reload import build_engine
 from policy_engine import PolicyEngine, PolicyError
+from policy_engine.opa_server import has_credentials
 from portcullis.replay.events import LoggedDecision, Selection, read_decisions
 from portcullis.replay.report import PolicyInfo, Report, Verification
 
@@ -97,6 +98,11 @@ def replay(options: ReplayOptions) -> Report:
 
 
 def _open(source: str, option: str, timeout_ms: float) -> PolicyEngine:
+    if has_credentials(source):  # not echoed: a CI log keeps what is printed
+        raise ReplayError(
+            f"{option}: an OPA URL with credentials (user:password@) is not supported "
+            "(they are not sent)"
+        )
     try:
         _check_reachable(source)
         return build_engine(source, timeout_ms=timeout_ms)
