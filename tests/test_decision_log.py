@@ -325,6 +325,31 @@ async def test_reopen_with_the_file_not_moved_is_ignored_not_a_write_error(
     assert verify_log([path], PUBLIC_KEYS).complete
 
 
+async def test_a_log_file_deleted_under_the_writer_is_said_and_the_path_reopened(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`rm decisions.log` while the gateway runs: every event after it went to the
+    unlinked file, silently (no error, write_errors 0), and was gone with the
+    process. Now it is an error line, and the path is opened again within a
+    second: the chain goes on there."""
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(path, SIGNING_KEY, key_id=KID, flush_interval=0.01)
+    await log.start()
+    record(log, 1)
+    await asyncio.sleep(0.1)
+    path.unlink()
+    for _ in range(40):  # the writer looks once a second
+        await asyncio.sleep(0.05)
+        if path.exists():
+            break
+    record(log, 2)
+    await log.close()
+    assert "the path no longer names the file being written" in caplog.text
+    records = [json.loads(line) for line in lines_of(path)]
+    assert records[0]["reason"] == "start" and records[0]["head"] != GENESIS
+    assert sum(1 for r in records if "decision_id" in r) == 1  # the event after the reopen
+
+
 async def test_reopen_after_logrotate_chains_the_files(tmp_path: Path) -> None:
     path = tmp_path / "decisions.jsonl"
     rotated = tmp_path / "decisions.jsonl.1"

@@ -86,6 +86,7 @@ class DecisionLogError(Exception):
 # Queue items: ("event", ns, decision_id, input, result, revision, metrics, labels),
 # ("sign", reason) and ("reopen",).
 _Item = tuple[Any, ...]
+_PATH_CHECK_EVERY = 1.0  # seconds between checks that the path still names the file
 
 
 @dataclass
@@ -144,6 +145,10 @@ class DecisionLog:
         self._closed = False
         self._stopping = False
         self._abandon = False
+        # When the path was last checked to still name the file written (monotonic
+        # s), and whether it was found not to (deleted, or moved without SIGUSR1).
+        self._path_checked = 0.0
+        self._path_lost = False
         self._reopen_wanted = False
         self._fd = -1
         self._chain = _Chain()
@@ -300,6 +305,7 @@ class DecisionLog:
             while True:
                 # Cleared before draining: a wake-up set while we write is kept.
                 self._wake.clear()
+                self._check_path()
                 delay = self._drain()
                 if self._abandon or (self._stopping and not self._queue and self._chunk is None):
                     break
@@ -525,6 +531,29 @@ class DecisionLog:
                 error.strerror or error,
                 self.stats["queue_depth"],
             )
+
+    def _check_path(self) -> None:
+        """Once a second: a log file deleted, or moved without SIGUSR1, is said
+        (an error) and the path reopened, so what follows lands in a file someone
+        can read (and the chain goes on there: rotate, then start)."""
+        now = time.monotonic()
+        if now - self._path_checked < _PATH_CHECK_EVERY or self._fd < 0 or self._stopping:
+            return
+        self._path_checked = now
+        if self._still_at_path():
+            self._path_lost = False
+            return
+        if self._path_lost or self._reopen_wanted:
+            return  # said once; a reopen that failed is not retried every second
+        self._path_lost = True
+        logger.error(
+            "decision log %s: the path no longer names the file being written (deleted, "
+            "or moved without SIGUSR1): reopening it; events written since then are in "
+            "the old file only",
+            self.path,
+        )
+        self._reopen_wanted = True
+        self._queue.append(("reopen",))
 
     def _still_at_path(self) -> bool:
         """Whether ``path`` is still the file this writer appends to."""
