@@ -43,19 +43,42 @@ def compare(
 ) -> FindingsDiff:
     old = {finding.fingerprint: finding for finding in before}
     new = {finding.fingerprint: finding for finding in after}
+    pairs = [(old[key], new[key]) for key in old.keys() & new.keys()]
+    gone = [old[key] for key in old.keys() - new.keys()]
+    came = [new[key] for key in new.keys() - old.keys()]
+    # A rule's finding whose message the candidate rewords has another
+    # fingerprint (rules without a key are told apart by their message): one
+    # left on each side for a rule, resource and file is that finding, changed.
+    # More than one on a side can't be paired: they appear and disappear.
+    reworded = _reworded(gone, came)
+    pairs += reworded
+    paired_old = {id(a) for a, _ in reworded}
+    paired_new = {id(b) for _, b in reworded}
     changed = [
-        (old[key], new[key])
-        for key in old.keys() & new.keys()
-        if (old[key].message, old[key].rule.severity) != (new[key].message, new[key].rule.severity)
+        (a, b) for a, b in pairs if (a.message, a.rule.severity) != (b.message, b.rule.severity)
     ]
     return FindingsDiff(
         candidate=candidate,
         baseline=baseline,
-        appeared=sorted((new[k] for k in new.keys() - old.keys()), key=Finding.sort_key),
-        disappeared=sorted((old[k] for k in old.keys() - new.keys()), key=Finding.sort_key),
+        appeared=sorted((f for f in came if id(f) not in paired_new), key=Finding.sort_key),
+        disappeared=sorted((f for f in gone if id(f) not in paired_old), key=Finding.sort_key),
         changed=sorted(changed, key=lambda pair: pair[1].sort_key()),
-        unchanged=len(old.keys() & new.keys()) - len(changed),
+        unchanged=len(pairs) - len(changed),
     )
+
+
+def _reworded(gone: list[Finding], came: list[Finding]) -> list[tuple[Finding, Finding]]:
+    def place(finding: Finding) -> tuple[str, str, str]:
+        return (finding.rule.id, finding.resource, finding.root_path or finding.file)
+
+    def alone(findings: list[Finding]) -> dict[tuple[str, str, str], Finding]:
+        groups: dict[tuple[str, str, str], list[Finding]] = {}
+        for finding in findings:
+            groups.setdefault(place(finding), []).append(finding)
+        return {where: group[0] for where, group in groups.items() if len(group) == 1}
+
+    before, after = alone(gone), alone(came)
+    return [(before[where], after[where]) for where in before.keys() & after.keys()]
 
 
 def verdict(diff: FindingsDiff) -> str:

@@ -179,3 +179,20 @@ def test_a_candidate_that_is_the_baseline_is_a_usage_error(
     code, _, err = diff(capsys, "--policy", str(POLICIES), "--baseline-policy", f"{POLICIES}/")
     assert code == 2
     assert "is the baseline" in err and "give --baseline-policy" in err
+
+
+def test_a_reworded_message_is_a_change_not_a_finding_that_appears(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Rules without a key are told apart by their message, so a candidate that
+    only rewords one showed it as disappearing and appearing: FAIL, exit 1."""
+    candidate = shutil.copytree(POLICIES, tmp_path / "candidate")
+    rule = candidate / "terraform/public_s3.rego"
+    rule.write_text(rule.read_text().replace('use acl = \\"private\\"', 'set acl = \\"private\\"'))
+    code, report, _ = diff(capsys, "--policy", str(candidate), "--baseline-policy", str(POLICIES))
+    assert code == 0
+    assert report["appeared"] == report["disappeared"] == []
+    changed = report["changed"]
+    assert isinstance(changed, list) and changed
+    assert len(changed) == 4  # the four public-acl findings on pos_app
+    assert all(c["after"]["message"].endswith('set acl = "private"') for c in changed)
