@@ -437,30 +437,28 @@ def _ends_with(file: BinaryIO, end: int, digest: str) -> bool:
 
 def _starts_after(line: bytes, digest: str) -> bool:
     """Whether ``line`` is a ``start`` signature linking to the line ``digest``."""
-    if SIGNATURE_TYPE.encode() not in line or digest.encode() not in line:
+    if digest.encode() not in line:
         return False
-    try:
-        record = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return False
-    return (
-        isinstance(record, dict)
-        and record.get("type") == SIGNATURE_TYPE
-        and record.get("reason") == "start"
-        and record.get("head") == digest
-    )
+    record = _signature(line)
+    return record is not None and record.get("reason") == "start" and record.get("head") == digest
 
 
 def _is_seal(line: bytes) -> bool:
     """The writer's signature for a rotation or its close: nothing follows in this file."""
-    if SIGNATURE_TYPE.encode() not in line or not any(seal in line for seal in _SEALS):
+    if not any(seal in line for seal in _SEALS):
         return False
+    record = _signature(line)
+    return record is not None and record.get("reason") in ("rotate", "close")
+
+
+def _signature(line: bytes) -> dict[str, Any] | None:
+    """The chain signature record ``line`` holds, if it is one."""
+    if SIGNATURE_TYPE.encode() not in line:
+        return None
     try:
         record = orjson.loads(line)
     except orjson.JSONDecodeError:
-        return False
-    return (
-        isinstance(record, dict)
-        and record.get("type") == SIGNATURE_TYPE
-        and record.get("reason") in ("rotate", "close")
-    )
+        return None
+    if isinstance(record, dict) and record.get("type") == SIGNATURE_TYPE:
+        return record
+    return None
