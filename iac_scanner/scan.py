@@ -26,7 +26,7 @@ from iac_scanner.loader import Document, LoadOptions, display_path, list_files, 
 from iac_scanner.modules import Resource
 from iac_scanner.policy import RuleSet, RuleSetError
 from iac_scanner.suppressions import Suppression, apply, parse_comments
-from policy_engine import EvaluationError, PolicyLoadError, PolicySet, load_policy_set
+from policy_engine import EvaluationError, PolicyError, PolicySet, load_policy_set
 
 
 class ScanError(Exception):
@@ -58,7 +58,7 @@ def scan(options: ScanOptions) -> ScanResult:
             if options.checkov
             else None
         )
-    except PolicyLoadError as error:
+    except PolicyError as error:
         raise ScanError(str(error)) from None
     except (baseline.BaselineError, CheckovError) as error:
         raise ScanError(str(error)) from None

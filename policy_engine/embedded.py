@@ -86,7 +86,14 @@ def compile_policy(policy_set: PolicySet) -> CompiledPolicy:
             problems.append(problem_from_engine_error(error, module.file))
     if problems:
         raise PolicyLoadError(_in_character_columns(problems, policy_set))
-    engine.add_data(policy_set.data)
+    try:
+        engine.add_data(policy_set.data)
+    except (RuntimeError, TypeError, ValueError) as error:
+        # load_policy_set refuses non-JSON values; a policy set made otherwise may
+        # still hold one (regorus: TypeError), and it is a policy that won't load.
+        message = str(error).split("Stack backtrace:")[0].strip() or type(error).__name__
+        problem = Problem(policy_set.origin, f"data the engine can't hold: {message}")
+        raise PolicyLoadError([problem]) from None
     shapes = [module_shape(entry) for entry in json.loads(engine.get_ast_as_json())]
     compiled = CompiledPolicy(policy_set, shapes)
     problems.extend(_data_conflicts(compiled))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
+import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -16,6 +18,9 @@ from policy_engine.errors import PolicyLoadError, Problem
 
 DATA_SUFFIXES = (".json", ".yaml", ".yml")
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
+# Non-JSON values reported per data file; past that, a count.
+MAX_VALUE_PROBLEMS = 10
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
@@ -67,18 +72,25 @@ def _load_directory(root: Path) -> PolicySet:
     modules: list[Module] = []
     documents: list[tuple[str, tuple[str, ...], bytes]] = []
     problems: list[Problem] = []
-    for file in sorted(root.rglob("*")):
+    try:
+        files = sorted(root.rglob("*"))
+    except OSError as error:  # a directory removed while listed, or unreadable
+        problem = Problem(str(root), f"can't list the directory: {error}")
+        raise PolicyLoadError([problem]) from None
+    for file in files:
         relative = file.relative_to(root)
         if any(part.startswith(".") for part in relative.parts) or not file.is_file():
             continue
         display = str(file)
-        if file.suffix == ".rego":
-            try:
+        try:
+            if file.suffix == ".rego":
                 modules.append(Module(display, file.read_text(encoding="utf-8")))
-            except UnicodeDecodeError as error:
-                problems.append(Problem(display, f"not UTF-8 text: {error.reason}"))
-        elif file.suffix in DATA_SUFFIXES:
-            documents.append((display, (), file.read_bytes()))
+            elif file.suffix in DATA_SUFFIXES:
+                documents.append((display, (), file.read_bytes()))
+        except UnicodeDecodeError as error:
+            problems.append(Problem(display, f"not UTF-8 text: {error.reason}"))
+        except OSError as error:
+            problems.append(Problem(display, f"can't read: {error.strerror or error}"))
     return _assemble(modules, documents, problems, origin=str(root))
 
 
@@ -150,6 +162,10 @@ def _assemble(
         document: Any = parsed
         for key in reversed(mount):
             document = {key: document}
+        found = _non_json_values(document, "data", display)
+        if found:
+            problems.extend(found)
+            continue
         _merge(data, document, (), display, sources, problems)
     if not modules and not problems:
         problems.append(Problem(origin, "no .rego files found"))
@@ -158,11 +174,96 @@ def _assemble(
     return PolicySet(modules, data, origin, digest.hexdigest()[:16], sources)
 
 
+@dataclass(frozen=True)
+class _YamlOnly:
+    """A YAML value with no JSON form (a date, binary, a set), kept where it was
+    read so that the load can name it rather than pass it to the engine."""
+
+    kind: str
+    text: str
+    line: int
+    col: int
+
+
+class _DataLoader(yaml.SafeLoader):
+    """safe_load, except that the YAML types JSON lacks come back as _YamlOnly."""
+
+
+def _yaml_only(kind: str) -> Any:
+    def construct(loader: yaml.SafeLoader, node: yaml.Node) -> _YamlOnly:
+        text = node.value if isinstance(node, yaml.ScalarNode) else ""
+        mark = node.start_mark
+        return _YamlOnly(kind, str(text)[:40], mark.line + 1, mark.column + 1)
+
+    return construct
+
+
+# What each YAML-only type is called, and what to write instead.
+_YAML_ONLY = {
+    "timestamp": ("date/time", "quote it to keep it as a string"),
+    "binary": ("!!binary value", "use a plain base64 string"),
+    "set": ("!!set", "use a list, or an object of key: true"),
+    "omap": ("!!omap", "use an object or a list of objects"),
+    "pairs": ("!!pairs", "use an object or a list of objects"),
+}
+for _tag, (_kind, _) in _YAML_ONLY.items():
+    _DataLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _yaml_only(_kind))
+_HINTS = dict(_YAML_ONLY.values())
+
+
+def _non_json_values(value: Any, path: str, display: str) -> list[Problem]:
+    """Every value in a data document that JSON (and so OPA) has no form for, by
+    its data path. The engine would convert some silently (binary to a list of
+    numbers, a set to a Rego set) and fail on others (a date); neither is the
+    data the author meant, so the load refuses them, as it does invalid YAML."""
+    found: list[Problem] = []
+    _walk(value, path, display, found)
+    if len(found) > MAX_VALUE_PROBLEMS:
+        more = len(found) - MAX_VALUE_PROBLEMS
+        found = [*found[:MAX_VALUE_PROBLEMS], Problem(display, f"... and {more} more such values")]
+    return found
+
+
+def _walk(value: Any, path: str, display: str, found: list[Problem]) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                found.append(_non_json_key(key, path, display))
+                continue
+            step = f".{key}" if _IDENTIFIER.match(key) else f"[{json.dumps(key)}]"
+            _walk(item, path + step, display, found)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _walk(item, f"{path}[{index}]", display, found)
+    elif isinstance(value, _YamlOnly):
+        shown = f" ({value.text})" if value.text else ""
+        message = f"{path}: a YAML {value.kind}{shown} is not a JSON value; {_HINTS[value.kind]}"
+        found.append(Problem(display, message, value.line, value.col))
+    elif isinstance(value, float) and not math.isfinite(value):
+        found.append(Problem(display, f"{path}: {value} is not a JSON number"))
+    elif value is not None and not isinstance(value, str | int | float | bool):
+        found.append(Problem(display, f"{path}: a {type(value).__name__} is not a JSON value"))
+
+
+def _non_json_key(key: Any, path: str, display: str) -> Problem:
+    if isinstance(key, _YamlOnly):
+        message = f"{path}: the key {key.text} is a YAML {key.kind}, not a string; quote it"
+        return Problem(display, message, key.line, key.col)
+    if key is None or isinstance(key, bool):  # YAML 1.1: unquoted on, off, yes, no, ~
+        what = "null" if key is None else "a boolean"
+    elif isinstance(key, int | float):
+        what = "a number"
+    else:
+        what = f"a {type(key).__name__}"
+    shown = json.dumps(key) if key is None or isinstance(key, int | float) else repr(key)
+    return Problem(display, f"{path}: the key {shown} is read as {what}, not a string; quote it")
+
+
 def _parse_document(display: str, content: bytes, problems: list[Problem]) -> Any:
     try:
         if display.endswith(".json") or display.endswith(".manifest"):
             return json.loads(content)
-        return yaml.safe_load(io.BytesIO(content))
+        return yaml.load(io.BytesIO(content), Loader=_DataLoader)  # a SafeLoader
     except json.JSONDecodeError as error:
         problems.append(Problem(display, f"invalid JSON: {error.msg}", error.lineno, error.colno))
     except yaml.MarkedYAMLError as error:

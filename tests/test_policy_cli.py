@@ -53,6 +53,15 @@ def test_policy_test_failure_names_file_and_line_and_exits_1() -> None:
     assert result.stdout.strip().endswith("PASS: 1/3\nFAIL: 2/3")
 
 
+def test_policy_test_of_a_policy_that_does_not_load_exits_2_with_one_line() -> None:
+    result = portcullis("policy", "test", str(BAD / "yaml_date"))
+    assert (result.returncode, result.stderr) == (
+        2,
+        f"{BAD}/yaml_date/extra.yaml:3:10: data.extra.since: a YAML date/time (2026-11-01) "
+        "is not a JSON value; quote it to keep it as a string\n",
+    )
+
+
 def test_policy_test_coverage_prints_per_file_percentages() -> None:
     result = portcullis("policy", "test", "--coverage", "policies/")
     assert result.returncode == 0
@@ -134,6 +143,7 @@ def test_policy_test_on_opa_without_the_oracle_says_how_to_install_it(tmp_path: 
         ("conflicting_data", "conflicting_data/two.yaml: conflicting data keys: "),
         ("bad_yaml", "bad_yaml/apps.yaml:4:6: invalid YAML"),
         ("bad_json", "bad_json/apps.json:3:12: invalid JSON"),
+        ("yaml_date", "yaml_date/extra.yaml:3:10: data.extra.since: a YAML date/time"),
     ],
 )
 def test_policy_check_names_each_problem_and_exits_2(fixture: str, expected: str) -> None:

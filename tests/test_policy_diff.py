@@ -69,6 +69,20 @@ def test_candidate_that_does_not_load_is_an_error(capsys: pytest.CaptureFixture[
     assert code == 2 and "broken/decision.rego:5:1" in err
 
 
+def test_candidate_with_a_date_in_its_yaml_data_is_exit_2_with_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """It crashed with a traceback and exit 1, which says "findings appear"."""
+    candidate = FIXTURES / "policies/yaml_date"
+    code, _, err = diff(capsys, "--policy", str(candidate))
+    assert (code, err) == (
+        2,
+        f"portcullis policy diff: candidate {candidate}: {candidate}/extra.yaml:3:10: "
+        "data.extra.since: a YAML date/time (2026-11-01) is not a JSON value; quote it to "
+        "keep it as a string\n",
+    )
+
+
 def test_bad_var_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = diff(capsys, "--policy", str(POLICIES), "--var", "novalue")
     assert code == 2 and "expected NAME=VALUE" in err

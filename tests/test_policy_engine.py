@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import sys
@@ -120,6 +121,38 @@ def test_invalid_yaml_names_line_and_column() -> None:
 def test_invalid_json_names_line_and_column() -> None:
     (problem,) = load_problems(BAD / "bad_json")
     assert problem == f"{BAD}/bad_json/apps.json:3:12: invalid JSON: Expecting value"
+
+
+def test_yaml_values_json_lacks_are_load_errors_naming_file_line_and_key() -> None:
+    """A date as YAML writes it raised TypeError in the engine (ending a gateway's hot
+    reload for good); !!binary and !!set went in silently as a list of numbers and
+    a Rego set; a number as a key as a number (OPA would read a string)."""
+    file = BAD / "yaml_not_json/extra.yaml"
+    assert load_problems(BAD / "yaml_not_json") == [
+        f"{file}:3:10: data.extra.since: a YAML date/time (2026-11-01) is not a JSON value; "
+        "quote it to keep it as a string",
+        f"{file}:4:13: data.extra.windows[0]: a YAML date/time (2026-01-01 08:00:00) is not "
+        "a JSON value; quote it to keep it as a string",
+        f"{file}:5:9: data.extra.logo: a YAML !!binary value (aGVsbG8=) is not a JSON value; "
+        "use a plain base64 string",
+        f"{file}:6:12: data.extra.regions: a YAML !!set is not a JSON value; use a list, or "
+        "an object of key: true",
+        f"{file}: data.extra: the key 404 is read as a number, not a string; quote it",
+        f'{file}: data.extra["rate-limit"].burst: inf is not a JSON number',
+    ]
+
+
+def test_data_the_engine_cannot_take_is_a_load_error_not_a_type_error() -> None:
+    """A policy set built by other code than load_policy_set: compile_policy let the
+    engine's TypeError through, which no caller expects of a policy that won't load."""
+    policy_set = load_policy_set(BAD / "sets_of_objects")
+    policy_set.data["extra"] = {"since": datetime.date(2026, 11, 1)}
+    with pytest.raises(PolicyLoadError) as raised:
+        compile_policy(policy_set)
+    assert str(raised.value) == (
+        f"{BAD}/sets_of_objects: data the engine can't hold: object cannot be converted to "
+        "RegoValue"
+    )
 
 
 def test_directory_without_rego_is_refused(tmp_path: Path) -> None:

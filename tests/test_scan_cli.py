@@ -368,6 +368,16 @@ def test_a_broken_policy_is_an_error(tmp_path: Path) -> None:
     assert f"portcullis scan: {policy}/bad.rego:" in result.stderr
 
 
+def test_a_policy_with_a_date_in_its_yaml_data_is_an_error() -> None:
+    policy = FIXTURES / "policies/yaml_date"
+    result = portcullis("scan", "--no-cache", POS_APP, "--policy", str(policy))
+    assert result.returncode == 2
+    assert errors(result) == [
+        f"portcullis scan: {policy}/extra.yaml:3:10: data.extra.since: a YAML date/time "
+        "(2026-11-01) is not a JSON value; quote it to keep it as a string"
+    ]
+
+
 def test_a_missing_checkov_is_an_error() -> None:
     result = portcullis("scan", "--no-cache", POS_APP, "--checkov", "/nonexistent/checkov")
     assert result.returncode == 2
