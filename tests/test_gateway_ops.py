@@ -23,7 +23,7 @@ import pytest
 from gateway import heap
 from gateway.config import ConfigError, load_config
 from gateway.server import build_admin_app
-from tests.conftest import POLICIES, ROOT
+from tests.conftest import FIXTURES, POLICIES, ROOT
 from tests.gateway_stack import ServerFactory, Stack, free_port, start_stack
 
 WAREHOUSE = {"groups": ["warehouse"], "amr": ["pwd", "otp"]}
@@ -173,6 +173,90 @@ async def test_hot_reload_applies_a_good_policy_and_rejects_a_bad_one(
         assert "broken.rego" in (running.gateway.policy.last_error or "")
         assert (await running.get("/wms/stock", token)).status == 403  # last good policy
         assert (await running.get("/readyz")).status == 200
+
+
+async def test_a_data_file_with_a_yaml_date_is_rejected_and_hot_reload_goes_on(
+    aiohttp_server: ServerFactory, tmp_path: Path, policy_copy: Path
+) -> None:
+    """The date raised TypeError, which the reload let through: the watcher died
+    with no log line and no `rejected`, and no later change ever loaded."""
+    async with start_stack(aiohttp_server, tmp_path, policy=policy_copy) as running:
+        token = running.token("alice", **WAREHOUSE)
+        reloads = running.gateway.metrics.policy_reloads
+        dated = policy_copy / "data/extra.yaml"
+        shutil.copy(FIXTURES / "policies/yaml_date/extra.yaml", dated)
+        await wait_for(lambda: reloads.labels("rejected")._value.get() >= 1)
+        assert f"{dated}:3:10: data.extra.since" in (running.gateway.policy.last_error or "")
+        assert (await running.get("/wms/stock", token)).status == 200  # last good policy
+
+        dated.unlink()
+        apps = policy_copy / "data/apps.yaml"
+        apps.write_text(
+            apps.read_text().replace("groups: [warehouse]", "groups: [warehouse-leads]")
+        )
+        await wait_for(lambda: reloads.labels("ok")._value.get() >= 2)
+        assert (await running.get("/wms/stock", token)).status == 403
+
+
+async def test_a_data_file_nested_too_deep_is_rejected_and_hot_reload_goes_on(
+    aiohttp_server: ServerFactory, tmp_path: Path, policy_copy: Path
+) -> None:
+    """3,000 nested arrays: reading them raises RecursionError, not one of the load
+    errors the reload expected, and it ended the watcher as the date did."""
+    async with start_stack(aiohttp_server, tmp_path, policy=policy_copy) as running:
+        token = running.token("alice", **WAREHOUSE)
+        reloads = running.gateway.metrics.policy_reloads
+        deep = policy_copy / "data/deep.json"
+        shutil.copy(FIXTURES / "policies/too_deep/deep.json", deep)
+        await wait_for(lambda: reloads.labels("rejected")._value.get() >= 1)
+        assert "RecursionError" in (running.gateway.policy.last_error or "")
+        assert (await running.get("/wms/stock", token)).status == 200  # last good policy
+
+        deep.unlink()
+        apps = policy_copy / "data/apps.yaml"
+        apps.write_text(
+            apps.read_text().replace("groups: [warehouse]", "groups: [warehouse-leads]")
+        )
+        await wait_for(lambda: reloads.labels("ok")._value.get() >= 2)
+        assert (await running.get("/wms/stock", token)).status == 403
+
+
+async def test_a_directory_removed_while_the_watcher_scans_does_not_stop_hot_reload(
+    aiohttp_server: ServerFactory,
+    tmp_path: Path,
+    policy_copy: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Kubernetes ConfigMap update swaps `..<timestamp>` directories; one removed
+    between the scan listing it and reading it raised FileNotFoundError out of the
+    watcher, and no change loaded again. The removal is made to land in that gap."""
+    swapped = policy_copy / "..2026_01_01_00_00_00.000000001"
+    swapped.mkdir()
+    (swapped / "apps.yaml").write_text("# the previous ConfigMap's contents\n")
+    scandir = os.scandir
+    removed = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def scandir_racing_the_kubelet(path: Any = ".") -> Any:
+        if isinstance(path, str | os.PathLike) and Path(path) == swapped and swapped.exists():
+            shutil.rmtree(swapped)  # between listing the directory and reading it
+            loop.call_soon_threadsafe(removed.set)
+        return scandir(path)
+
+    async with start_stack(aiohttp_server, tmp_path, policy=policy_copy) as running:
+        token = running.token("alice", **WAREHOUSE)
+        holder = running.gateway.policy
+        assert holder.engine is not None
+        started = holder.engine.revision
+        monkeypatch.setattr(os, "scandir", scandir_racing_the_kubelet)
+        await asyncio.wait_for(removed.wait(), 5)  # the watcher's next scan (every 0.05 s)
+        monkeypatch.undo()
+        apps = policy_copy / "data/apps.yaml"
+        apps.write_text(
+            apps.read_text().replace("groups: [warehouse]", "groups: [warehouse-leads]")
+        )
+        await wait_for(lambda: holder.engine is not None and holder.engine.revision != started)
+        assert (await running.get("/wms/stock", token)).status == 403
 
 
 async def test_sighup_reloads(

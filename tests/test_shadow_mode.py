@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import pytest
 
 from gateway.audit.chain import SHADOW_PATH
 from gateway.config import ConfigError, parse_config
+from gateway.policy.shadow_worker import ShadowWorker
 from portcullis.cli import main
 from tests.conftest import FIXTURES
 from tests.decision_traffic import Recorded, Sent, record_traffic, refunds_candidate
@@ -173,6 +175,93 @@ async def test_shadow_policy_that_fails_to_load_never_affects_live_traffic(
         name = "portcullis_shadow_divergences_total"
         await until(lambda: metric(metrics.render().decode(), name, app="pos",
                                    kind="allow-to-deny") == 1)  # fmt: skip
+
+
+async def test_shadow_data_file_with_a_yaml_date_is_rejected_and_hot_reload_goes_on(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """The date raised TypeError, which ended the shadow's file watcher: nothing
+    counted, and the candidate never reloaded again."""
+    candidate = refunds_300(tmp_path)
+    async with start_stack(aiohttp_server, tmp_path,
+                           policy_options=shadow_policy(candidate)) as stack:  # fmt: skip
+        await shadow_ready(stack)
+        shadow, metrics = stack.gateway.shadow, stack.gateway.metrics
+        assert shadow is not None
+        started = shadow.revision
+        dated = candidate / "data/extra.yaml"
+        shutil.copy(FIXTURES / "policies/yaml_date/extra.yaml", dated)
+        await until(lambda: metric(metrics.render().decode(), "portcullis_shadow_reloads_total",
+                                   result="rejected") == 1, timeout=8)  # fmt: skip
+        assert f"{dated}:3:10: data.extra.since" in (shadow.last_error or "")
+        assert shadow.revision == started  # the last good candidate goes on
+        dated.unlink()
+        (candidate / "data/notes.yaml").write_text("notes: {reviewed: true}\n")
+        await until(lambda: shadow.revision not in (None, started), timeout=8)
+        assert metric(metrics.render().decode(), "portcullis_shadow_restarts_total") == 0
+
+
+async def test_shadow_with_a_yaml_date_at_start_is_rejected_and_not_restarted(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """It crash-looped: the process died on the TypeError at each start, with a
+    traceback and never a `rejected`. Now it is counted once, the process waits
+    without a policy (README: a shadow failing at start), and a fix loads."""
+    candidate = refunds_300(tmp_path)
+    dated = candidate / "data/extra.yaml"
+    shutil.copy(FIXTURES / "policies/yaml_date/extra.yaml", dated)
+    async with start_stack(aiohttp_server, tmp_path,
+                           policy_options=shadow_policy(candidate)) as stack:  # fmt: skip
+        metrics = stack.gateway.metrics
+        await until(lambda: metric(metrics.render().decode(), "portcullis_shadow_reloads_total",
+                                   result="rejected") == 1, timeout=8)  # fmt: skip
+        await asyncio.sleep(1.5)  # past the first restart's 1 s backoff
+        text = metrics.render().decode()
+        assert metric(text, "portcullis_shadow_restarts_total") == 0
+        assert metric(text, "portcullis_shadow_reloads_total", result="rejected") == 1
+        dated.unlink()
+        await shadow_ready(stack)
+
+
+async def test_shadow_watcher_survives_a_directory_removed_while_it_scans(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ConfigMap update removes the old `..<timestamp>` directory; removed between
+    the scan listing it and reading it, it raised FileNotFoundError out of the
+    shadow process's watcher, and the candidate never reloaded again."""
+    candidate = refunds_300(tmp_path)
+    swapped = candidate / "..2026_01_01_00_00_00.000000001"
+    swapped.mkdir()
+    (swapped / "apps.yaml").write_text("# the previous ConfigMap's contents\n")
+    scandir = os.scandir
+    removed = asyncio.Event()
+
+    def scandir_racing_the_kubelet(path: Any = ".") -> Any:
+        if isinstance(path, str | os.PathLike) and Path(path) == swapped and swapped.exists():
+            shutil.rmtree(swapped)  # between listing the directory and reading it
+            removed.set()
+        return scandir(path)
+
+    out = io.BytesIO()
+    worker = ShadowWorker(str(candidate), 250, out)
+
+    def revisions() -> list[str]:
+        lines = [json.loads(line) for line in out.getvalue().splitlines()]
+        return [line["revision"] for line in lines if line.get("ok")]
+
+    await worker.load("start")
+    watcher = asyncio.ensure_future(worker.watch(0.05))
+    try:
+        monkeypatch.setattr(os, "scandir", scandir_racing_the_kubelet)
+        await asyncio.wait_for(removed.wait(), 5)
+        monkeypatch.undo()
+        (candidate / "data/notes.yaml").write_text("notes: {reviewed: true}\n")
+        await until(lambda: len(set(revisions())) == 2, timeout=8)
+        assert not watcher.done()
+    finally:
+        watcher.cancel()
+        if worker.engine is not None:
+            await worker.engine.close()
 
 
 async def test_shadow_process_crash_is_restarted_and_live_traffic_goes_on(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,30 @@ from policy_engine import (
 log = logging.getLogger("portcullis.policy")
 
 
-def source_fingerprint(source: Path) -> tuple[tuple[str, int, int], ...]:
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+def source_fingerprint(source: Path) -> Fingerprint | None:
     """What a policy source's files look like now (path, mtime, size): a reload is due
-    when it changes."""
-    return _fingerprint(source)
+    when it changes. None when the source changed while it was read (a directory
+    removed mid-scan, as a Kubernetes ConfigMap update swaps its ``..<timestamp>``
+    directories): ask again on the next tick."""
+    try:
+        return _fingerprint(source)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
-def _fingerprint(source: Path) -> tuple[tuple[str, int, int], ...]:
+def changed(source: Path, known: Fingerprint) -> bool:
+    """Whether ``source`` differs from ``known``; False while it is missing or
+    changing under the scan (the next tick sees it settled)."""
+    if not os.path.exists(source):
+        return False
+    now = source_fingerprint(source)
+    return now is not None and now != known
+
+
+def _fingerprint(source: Path) -> Fingerprint:
     files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
     state = []
     for file in files:
@@ -45,7 +63,8 @@ def build_engine(source: str, *, timeout_ms: float) -> PolicyEngine:
     """The engine the gateway decides with for ``source``: an OPA URL, or a policy
     directory or bundle on the embedded engine with the decision on its compiled
     VM. Replay and shadow mode build theirs here too, so they decide alike.
-    Raises PolicyError, OSError or ValueError when it can't load."""
+    Raises PolicyError, OSError or ValueError when it can't load (a hot reload
+    rejects anything else it raises too: see :func:`build_or_reason`)."""
     if source.startswith(("http://", "https://")):
         return OpaServerEngine(source, timeout=timeout_ms / 1000)
     return EmbeddedEngine(
@@ -53,6 +72,21 @@ def build_engine(source: str, *, timeout_ms: float) -> PolicyEngine:
         timeout=timeout_ms / 1000,
         compiled_refs=(DECISION_REF, READS_REF),  # reads: only if the policy has it
     )
+
+
+def build_or_reason(source: str, *, timeout_ms: float) -> tuple[PolicyEngine | None, str | None]:
+    """The engine for ``source``, or why it didn't load. Anything the build raises is
+    a rejected policy, never the end of the caller: a hot reload that let an
+    unexpected error through would stop reloading for good. The error comes back
+    as text, so no traceback keeps the failed engine alive (regorus objects must
+    be dropped on the thread that made them)."""
+    try:
+        return build_engine(source, timeout_ms=timeout_ms), None
+    except (PolicyError, OSError, ValueError) as error:
+        return None, str(error)
+    except Exception as error:  # fail closed on anything
+        where = traceback.extract_tb(error.__traceback__)[-1]  # text: no frames kept
+        return None, f"unexpected {type(error).__name__}: {error} ({where.filename}:{where.lineno})"
 
 
 class PolicyHolder:
@@ -67,7 +101,7 @@ class PolicyHolder:
         self.engine: PolicyEngine | None = None
         self.last_error: str | None = None
         self._lock = asyncio.Lock()
-        self._fingerprint: tuple[tuple[str, int, int], ...] = ()
+        self._fingerprint: Fingerprint = ()
         # Called after a new engine replaced another (the runner re-freezes the heap).
         self.on_swap: Callable[[], None] | None = None
 
@@ -75,17 +109,8 @@ class PolicyHolder:
     def is_remote(self) -> bool:
         return self.source.startswith(("http://", "https://"))
 
-    def _build(self) -> PolicyEngine:
-        return build_engine(self.source, timeout_ms=self.timeout * 1000)
-
     def _build_in_worker(self) -> tuple[PolicyEngine | None, str | None]:
-        # The error goes back as text: an exception would carry the failed regorus
-        # engine in its traceback to the event loop's thread, and regorus objects
-        # must be dropped on the thread that made them.
-        try:
-            return self._build(), None
-        except (PolicyError, OSError, ValueError) as error:
-            return None, str(error)
+        return build_or_reason(self.source, timeout_ms=self.timeout * 1000)
 
     def catalogue(self) -> dict[str, Any]:
         engine = self.engine
@@ -98,7 +123,9 @@ class PolicyHolder:
     async def reload(self, why: str) -> bool:
         async with self._lock:
             if not self.is_remote:
-                self._fingerprint = _fingerprint(Path(self.source))
+                # Taken before the build: a change during it is seen next tick. Not
+                # taken (the source changing under the scan): () reloads next tick.
+                self._fingerprint = source_fingerprint(Path(self.source)) or ()
             loop = asyncio.get_running_loop()
             engine, error = await loop.run_in_executor(None, self._build_in_worker)
             if engine is None:
@@ -121,11 +148,16 @@ class PolicyHolder:
             return True
 
     async def watch(self, interval: float) -> None:
-        """Reload when a file under the policy source changes (mtime or size)."""
+        """Reload when a file under the policy source changes (mtime or size). Runs
+        until cancelled: a failure is logged and the next tick tries again."""
         if self.is_remote:
             return
         source = Path(self.source)
         while True:
             await asyncio.sleep(interval)
-            if os.path.exists(source) and _fingerprint(source) != self._fingerprint:
-                await self.reload("files changed")
+            try:
+                if changed(source, self._fingerprint):
+                    await self.reload("files changed")
+            except Exception:  # the watcher must outlive any one failure
+                log.exception("policy %s: checking for changes failed; trying again in %s s",
+                              self.source, interval)  # fmt: skip

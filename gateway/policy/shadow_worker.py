@@ -31,8 +31,8 @@ import orjson
 
 from gateway.policy.decision import decide
 from gateway.policy.divergence import divergence
-from gateway.policy.reload import build_engine, source_fingerprint
-from policy_engine import PolicyEngine, PolicyError
+from gateway.policy.reload import Fingerprint, build_or_reason, changed, source_fingerprint
+from policy_engine import PolicyEngine
 
 log = logging.getLogger("portcullis.shadow")
 # One request's input can hold 32 KB of headers; leave plenty of room.
@@ -56,23 +56,23 @@ class ShadowWorker:
         self.timeout_ms = timeout_ms
         self.out = out
         self.engine: PolicyEngine | None = None
-        self.fingerprint: tuple[tuple[str, int, int], ...] = ()
+        self.fingerprint: Fingerprint = ()
 
     def send(self, message: dict[str, Any]) -> None:
         self.out.write(orjson.dumps(message, default=str) + b"\n")
         self.out.flush()
 
     async def load(self, why: str) -> None:
-        """Build the candidate; a failure keeps the last good one (or none)."""
+        """Build the candidate; a failure keeps the last good one (or none: the
+        process runs on without a policy until a reload loads one)."""
         remote = self.source.startswith(("http://", "https://"))
         if not remote:
-            self.fingerprint = source_fingerprint(Path(self.source))
-        try:
-            engine = build_engine(self.source, timeout_ms=self.timeout_ms)
-        except (PolicyError, OSError, ValueError) as error:
+            self.fingerprint = source_fingerprint(Path(self.source)) or ()
+        engine, error = build_or_reason(self.source, timeout_ms=self.timeout_ms)
+        if engine is None:
             log.error("shadow policy %s rejected (%s); keeping the last good one:\n%s",
                       self.source, why, error)  # fmt: skip
-            self.send({"op": "loaded", "ok": False, "why": why, "error": str(error)})
+            self.send({"op": "loaded", "ok": False, "why": why, "error": error})
             return
         previous, self.engine = self.engine, engine
         if previous is not None:
@@ -81,11 +81,16 @@ class ShadowWorker:
         self.send({"op": "loaded", "ok": True, "why": why, "revision": engine.revision})
 
     async def watch(self, interval: float) -> None:
+        """Reload on a change; runs until cancelled, whatever one tick raises."""
         source = Path(self.source)
         while True:
             await asyncio.sleep(interval)
-            if source.exists() and source_fingerprint(source) != self.fingerprint:
-                await self.load("files changed")
+            try:
+                if changed(source, self.fingerprint):
+                    await self.load("files changed")
+            except Exception:  # the watcher must outlive any one failure
+                log.exception("shadow policy %s: checking for changes failed; trying again "
+                              "in %s s", self.source, interval)  # fmt: skip
 
     async def handle(self, message: dict[str, Any]) -> None:
         if message.get("op") == "reload":
