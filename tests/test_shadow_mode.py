@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -262,6 +263,32 @@ async def test_shadow_watcher_survives_a_directory_removed_while_it_scans(
         watcher.cancel()
         if worker.engine is not None:
             await worker.engine.close()
+
+
+async def test_a_shadow_process_that_keeps_exiting_is_restarted_ever_later(
+    aiohttp_server: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """README: restarted after 1 s, doubling to 30 s. The backoff went back to 1 s
+    whenever the process exited, which it always does: a crash loop every second."""
+    caplog.set_level(logging.ERROR, logger="portcullis.shadow")
+    policy = shadow_policy(refunds_300(tmp_path))
+    async with start_stack(aiohttp_server, tmp_path, policy_options=policy) as stack:
+        shadow = stack.gateway.shadow
+        assert shadow is not None
+        for _ in range(2):
+            await shadow_ready(stack)
+            assert shadow._process is not None
+            pid = shadow._process.pid
+            os.kill(pid, signal.SIGKILL)  # the process this test's gateway started
+            await until(lambda pid=pid: shadow._process is None or shadow._process.pid != pid)
+        await until(lambda: len(restarts(caplog)) == 2)
+        assert restarts(caplog) == ["1", "2"]
+
+
+def restarts(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The delays the shadow's supervisor announced, in seconds."""
+    found = (re.search(r"restarting in (\d+) s", r.getMessage()) for r in caplog.records)
+    return [match.group(1) for match in found if match]
 
 
 async def test_shadow_process_crash_is_restarted_and_live_traffic_goes_on(

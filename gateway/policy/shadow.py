@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,8 @@ log = logging.getLogger("portcullis.shadow")
 # requests): shadow mode may fall behind, it never holds the gateway back.
 MAX_BACKLOG = 8 * 1024 * 1024
 _MAX_BACKOFF = 30.0
+# A process that ran this long before it exited starts the backoff over at 1 s.
+_STAYED_UP = 60.0
 
 
 class ShadowPolicy:
@@ -127,13 +130,17 @@ class ShadowPolicy:
     async def _supervise(self) -> None:
         backoff = 1.0
         while not self._closing:
+            started = time.monotonic()
             try:
                 await self._run_once()
-                backoff = 1.0
             except OSError as error:
                 log.error("shadow: cannot start the shadow process: %s", error)
+            except Exception:  # a bug here must not end shadow mode for good
+                log.exception("shadow: the shadow process for %s failed", self.source)
             if self._closing:
                 return
+            if time.monotonic() - started >= _STAYED_UP:
+                backoff = 1.0  # not a crash loop: one exit after a good while
             self.metrics.shadow_restarts.inc()
             log.error("shadow: the shadow process for %s exited; restarting in %.0f s",
                       self.source, backoff)  # fmt: skip
