@@ -21,6 +21,7 @@ MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 # Non-JSON values reported per data file; past that, a count.
 MAX_VALUE_PROBLEMS = 10
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TOO_DEEP = "nested too deeply to read (about 1,000 levels at most)"
 
 
 @dataclass(frozen=True)
@@ -217,7 +218,10 @@ def _non_json_values(value: Any, path: str, display: str) -> list[Problem]:
     numbers, a set to a Rego set) and fail on others (a date); neither is the
     data the author meant, so the load refuses them, as it does invalid YAML."""
     found: list[Problem] = []
-    _walk(value, path, display, found)
+    try:
+        _walk(value, path, display, found)
+    except RecursionError:
+        return [Problem(display, _TOO_DEEP)]
     if len(found) > MAX_VALUE_PROBLEMS:
         more = len(found) - MAX_VALUE_PROBLEMS
         found = [*found[:MAX_VALUE_PROBLEMS], Problem(display, f"... and {more} more such values")]
@@ -275,6 +279,8 @@ def _parse_document(display: str, content: bytes, problems: list[Problem]) -> An
             problems.append(Problem(display, message, mark.line + 1, mark.column + 1))
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         problems.append(Problem(display, f"invalid data file: {error}"))
+    except RecursionError:
+        problems.append(Problem(display, _TOO_DEEP))
     return None
 
 

@@ -144,6 +144,7 @@ def test_policy_test_on_opa_without_the_oracle_says_how_to_install_it(tmp_path: 
         ("bad_yaml", "bad_yaml/apps.yaml:4:6: invalid YAML"),
         ("bad_json", "bad_json/apps.json:3:12: invalid JSON"),
         ("yaml_date", "yaml_date/extra.yaml:3:10: data.extra.since: a YAML date/time"),
+        ("too_deep", "too_deep/deep.json: nested too deeply to read"),
     ],
 )
 def test_policy_check_names_each_problem_and_exits_2(fixture: str, expected: str) -> None:
