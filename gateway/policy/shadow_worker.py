@@ -37,6 +37,11 @@ from policy_engine import PolicyEngine
 log = logging.getLogger("portcullis.shadow")
 # One request's input can hold 32 KB of headers; leave plenty of room.
 LINE_LIMIT = 16 * 1024 * 1024
+# The most of a shadow policy's answer a divergence event holds (serialized). A
+# candidate under test answering megabytes (a runaway comprehension) would
+# otherwise be parsed on the gateway's event loop and written, hashed and fsync'd
+# into the live log for every request it diverged on.
+ANSWER_MAX = 64 * 1024
 
 
 def read_message(line: bytes, what: str) -> dict[str, Any] | None:
@@ -101,8 +106,15 @@ class ShadowWorker:
             return
         live = message["live"]
         decision = await decide(engine, message["input"], str(message["id"]))
-        shadow = decision.result()
-        kind = divergence(live, shadow, after_failed=decision.error is not None)
+        shadow, error = decision.result(), decision.error
+        size = len(orjson.dumps(shadow, default=str))
+        if size > ANSWER_MAX:
+            error = (
+                f"the shadow policy's answer is {size} bytes, over the {ANSWER_MAX} a "
+                "divergence event holds: not logged"
+            )
+            shadow = {**shadow, "reasons": [], "headers": {}}
+        kind = divergence(live, shadow, after_failed=error is not None)
         if kind is None:
             return
         self.send(
@@ -114,7 +126,7 @@ class ShadowWorker:
                 "input": message["input"],
                 "live": live,
                 "shadow": shadow,
-                "error": decision.error,
+                "error": error,
                 "eval_ns": decision.eval_ns,
                 "revision": engine.revision,
             }
