@@ -140,6 +140,7 @@ class Gateway:
                 redactor=Redactor.from_config(self.config.decision_log),
                 labels={"id": self.instance_id},
                 name=self.config.decision_log.log_name(),
+                keep_name=self.config.decision_log.name is None,
             )
             try:
                 await self.decision_log.start()

@@ -312,7 +312,8 @@ def _shipped_heads(text: str) -> list[dict[str, Any]]:
     return heads
 
 
-_SIGNED_FIELDS = ("reason", "seq", "head", "signed_at", "kid", "alg", "signature")
+# Every field a signature covers (and its algorithm): a copy differing in any is another head.
+_SIGNED_FIELDS = ("reason", "seq", "head", "signed_at", "kid", "log", "alg", "signature")
 
 
 def _find_signatures(value: Any, depth: int) -> Iterator[dict[str, Any]]:

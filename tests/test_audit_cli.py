@@ -509,3 +509,45 @@ async def test_a_heads_log_name_is_covered_by_its_signature(tmp_path: Path, chan
     done = audit(write_lines(path, lines), "--key", PUBLIC_PEM)
     assert done.returncode == 1
     assert "chain signature invalid: signature does not verify" in done.stdout
+
+
+async def test_copies_of_real_heads_with_another_log_name_do_not_hide_them(
+    tmp_path: Path,
+) -> None:
+    """Anyone who can send the SIEM a line puts copies of the newest heads with
+    only `log` changed ahead of the real ones: the export's de-duplication left
+    `log` out of the signed fields, kept the copies (which then fail their
+    signature) and dropped the real heads, so a log cut back a run passed."""
+    path = tmp_path / "decisions.log"
+    await write_log(path, 5, sign_every=2, name="pos-0:decisions.log")
+    cut_at = path.stat().st_size
+    await write_log(path, 5, sign_every=2, name="pos-0:decisions.log")
+    real = shipped_heads(path)
+    copies = [{**head, "log": "x"} for head in real[-2:]]
+    export = tmp_path / "siem-export.jsonl"
+    export.write_text("".join(json.dumps(head) + "\n" for head in copies + real))
+    with path.open("r+b") as file:
+        file.truncate(cut_at)  # the second run erased
+    done = audit(path, "--key", PUBLIC_PEM, "--head", export)
+    assert done.returncode == 1 and done.stdout.startswith("TAMPERED: "), done.stdout
+    assert "the gateway signed a head at seq 10" in done.stdout
+
+
+async def test_a_log_keeps_its_default_name_when_its_host_is_renamed(tmp_path: Path) -> None:
+    """The default name is the host's: a container made anew on the same volume
+    renamed the log, and a cut back to before the rename then passed, the later
+    heads taken for another log's. A chain that goes on keeps the name its head
+    file records; a configured name is used as configured."""
+    path = tmp_path / "decisions.log"
+    await write_log(path, 2, name="3f2a9c1b7d4e:decisions.log", keep_name=True)
+    cut_at = path.stat().st_size
+    await write_log(path, 2, name="9b8e7d6c5a4f:decisions.log", keep_name=True)
+    names = {json.loads(line).get("log") for line in lines_of(path) if b"chain_signature" in line}
+    assert names == {"3f2a9c1b7d4e:decisions.log"}
+    export = tmp_path / "heads.jsonl"
+    export.write_text("".join(json.dumps(head) + "\n" for head in shipped_heads(path)))
+    with path.open("r+b") as file:
+        file.truncate(cut_at)
+    assert audit(path, "--key", PUBLIC_PEM, "--head", export).returncode == 1
+    await write_log(path, 1, name="pos-0:decisions.log")  # configured: as configured
+    assert json.loads(lines_of(path)[-1])["log"] == "pos-0:decisions.log"

@@ -113,6 +113,7 @@ class DecisionLog:
         sign_every: int = 10_000,
         flush_interval: float = 0.05,
         name: str | None = None,
+        keep_name: bool = False,
     ) -> None:
         if not isinstance(signing_key, ec.EllipticCurvePrivateKey) or not isinstance(
             signing_key.curve, ec.SECP256R1
@@ -129,8 +130,14 @@ class DecisionLog:
         self._key = signing_key
         self._kid = key_id
         # Signed into every chain signature (gateway/audit/chain.py), so heads of
-        # several logs in one SIEM index can be told apart; None: not named.
+        # several logs in one SIEM index can be told apart; None: not named. With
+        # ``keep_name`` (a default name, not a configured one), a chain that goes on
+        # keeps the name its head file records: a host renamed (a container made
+        # anew on the same volume) must not rename the log, or a cut back to before
+        # the rename would pass as "the later heads are another log's".
         self._name = name
+        self._keep_name = keep_name
+        self._saved_name: str | None = None
         self._sign_interval = sign_interval
         self._sign_every = sign_every
         self._flush_interval = flush_interval
@@ -178,6 +185,8 @@ class DecisionLog:
         if self._thread is not None:
             return
         self._fd, self._chain = await asyncio.to_thread(self._open, None)
+        if self._keep_name and self._saved_name is not None:
+            self._name = self._saved_name
         self._loop = asyncio.get_running_loop()
         self._queue.appendleft(("sign", "start"))
         self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
@@ -678,6 +687,8 @@ class DecisionLog:
             state = json.loads(data)
             signed = state["signed"]
             signature = None if signed is None else _signature_bytes(signed)
+            name = signed.get("log") if isinstance(signed, dict) else None
+            self._saved_name = name if isinstance(name, str) else None
             return _Chain(str(state["hash"]), int(state["seq"]), int(state["seq"]), signature)
         except (ValueError, KeyError, TypeError):
             raise DecisionLogError(
