@@ -350,6 +350,52 @@ async def test_a_log_file_deleted_under_the_writer_is_said_and_the_path_reopened
     assert sum(1 for r in records if "decision_id" in r) == 1  # the event after the reopen
 
 
+async def test_a_deleted_log_whose_path_cannot_be_opened_yet_is_reopened_once_it_can(
+    tmp_path: Path,
+) -> None:
+    """The reopen after a deletion was tried once: if the path couldn't be opened
+    then (a read-only remount, a directory in the way), every later event went to
+    the unlinked file for good."""
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(path, SIGNING_KEY, key_id=KID, flush_interval=0.01)
+    await log.start()
+    record(log, 1)
+    await asyncio.sleep(0.1)
+    path.unlink()
+    path.mkdir()  # in the way for a while
+    await asyncio.sleep(1.5)
+    path.rmdir()
+    for _ in range(60):
+        await asyncio.sleep(0.05)
+        if path.is_file():
+            break
+    record(log, 2)
+    await log.close()
+    records = [json.loads(line) for line in lines_of(path)]
+    assert records[0]["reason"] == "start"
+    assert sum(1 for r in records if "decision_id" in r) == 1
+
+
+async def test_logrotates_create_waits_for_its_sigusr1_without_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """mv and create, then SIGUSR1 1.5 s later (a delayed or shared postrotate):
+    the writer took it for a log moved without SIGUSR1 (an error line)."""
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(path, SIGNING_KEY, key_id=KID, flush_interval=0.01)
+    await log.start()
+    record(log, 1)
+    await asyncio.sleep(0.1)
+    path.rename(tmp_path / "decisions.jsonl.1")
+    path.touch()
+    await asyncio.sleep(1.5)
+    log.reopen()
+    record(log, 2)
+    await log.close()
+    assert "no longer names the file" not in caplog.text
+    assert verify_log([tmp_path / "decisions.jsonl.1", path], PUBLIC_KEYS).complete
+
+
 async def test_reopen_after_logrotate_chains_the_files(tmp_path: Path) -> None:
     path = tmp_path / "decisions.jsonl"
     rotated = tmp_path / "decisions.jsonl.1"

@@ -1040,3 +1040,31 @@ async def test_a_rotated_file_deleted_before_it_was_shipped_is_a_discontinuity(
     assert tail.discontinuities == 1
     assert "no file beside it continues the chain" in caplog.text
     assert len(seqs) == runs[0] + runs[2]  # the oldest and the newest file, nothing twice
+
+
+async def test_a_fifo_beside_the_log_does_not_hold_the_shipper(tmp_path: Path) -> None:
+    """Looking for the file that continues the chain opened every sibling: a FIFO
+    named like a rotated file blocked the shipper's thread for good."""
+    from gateway.audit.tail import LogTail, Position
+    from tests.test_decision_log import write_log
+
+    log = tmp_path / "decisions.log"
+    for number in range(3):
+        await write_log(log, 2)
+        if number < 2:
+            logrotate(log)
+    os.mkfifo(tmp_path / "decisions.log.0-pipe")
+    oldest = log.with_name(f"{log.name}.2")
+    tail = LogTail(log, Position(oldest.stat().st_ino, 0))
+
+    def drain() -> int:
+        read = 0
+        while batch := tail.read(100):
+            read += len(batch)
+            tail.advance(batch[-1].end)
+        return read
+
+    read = await asyncio.wait_for(asyncio.to_thread(drain), timeout=10)
+    files = [oldest, log.with_name(f"{log.name}.1"), log]
+    assert read == sum(len(log_records(file)) for file in files)
+    assert tail.discontinuities == 0

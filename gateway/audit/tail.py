@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
@@ -366,12 +367,20 @@ class LogTail:
         ]
         for candidate in candidates:
             try:
-                with candidate.open("rb") as file:
-                    if os.fstat(file.fileno()).st_ino == self._inode:
-                        continue
-                    first = file.readline(_SEAL_MAX)
+                # Regular files only, opened without blocking: a FIFO beside the log
+                # would otherwise hold the shipper's thread for good.
+                fd = os.open(candidate, os.O_RDONLY | os.O_NONBLOCK)
             except OSError:
                 continue
+            try:
+                status = os.fstat(fd)
+                if not stat.S_ISREG(status.st_mode) or status.st_ino == self._inode:
+                    continue
+                first = os.pread(fd, _SEAL_MAX, 0).split(b"\n", 1)[0]
+            except OSError:
+                continue
+            finally:
+                os.close(fd)
             if _starts_after(first, digest):
                 return candidate
         return None

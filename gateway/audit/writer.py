@@ -87,6 +87,7 @@ class DecisionLogError(Exception):
 # ("sign", reason) and ("reopen",).
 _Item = tuple[Any, ...]
 _PATH_CHECK_EVERY = 1.0  # seconds between checks that the path still names the file
+_PATH_GRACE = 30.0  # seconds a file put at the path waits for its SIGUSR1 (logrotate's create)
 
 
 @dataclass
@@ -155,7 +156,8 @@ class DecisionLog:
         # When the path was last checked to still name the file written (monotonic
         # s), and whether it was found not to (deleted, or moved without SIGUSR1).
         self._path_checked = 0.0
-        self._path_lost = False
+        self._path_lost = 0.0  # since when (monotonic s); 0: the path is the file
+        self._path_unusable = False  # said: the path can't be opened again
         self._reopen_wanted = False
         self._fd = -1
         self._chain = _Chain()
@@ -544,22 +546,41 @@ class DecisionLog:
     def _check_path(self) -> None:
         """Once a second: a log file deleted, or moved without SIGUSR1, is said
         (an error) and the path reopened, so what follows lands in a file someone
-        can read (and the chain goes on there: rotate, then start)."""
+        can read (the chain goes on there: rotate, then start). A new file already
+        at the path is logrotate's ``create``, its SIGUSR1 maybe still to come
+        (a delayed or shared postrotate): that is given ``_PATH_GRACE`` s first. A
+        path that can't be opened is tried again each second, without writing
+        anything, until it can."""
         now = time.monotonic()
         if now - self._path_checked < _PATH_CHECK_EVERY or self._fd < 0 or self._stopping:
             return
         self._path_checked = now
         if self._still_at_path():
-            self._path_lost = False
+            self._path_lost = 0.0
             return
-        if self._path_lost or self._reopen_wanted:
-            return  # said once; a reopen that failed is not retried every second
-        self._path_lost = True
+        if self._reopen_wanted:
+            return
+        if not self._path_lost:
+            self._path_lost = now
+        replaced = self.path.is_file()
+        if replaced and now - self._path_lost < _PATH_GRACE:
+            return
+        try:  # only a path that can be opened is worth a rotate seal and a reopen
+            os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640))
+        except OSError as error:
+            if not self._path_unusable:
+                self._path_unusable = True
+                logger.error("decision log %s: the path no longer names the file being "
+                             "written, and can't be opened again (%s): still writing the "
+                             "old file; trying again every second", self.path,
+                             error.strerror)  # fmt: skip
+            return
+        self._path_unusable = False
         logger.error(
-            "decision log %s: the path no longer names the file being written (deleted, "
-            "or moved without SIGUSR1): reopening it; events written since then are in "
-            "the old file only",
+            "decision log %s: the path no longer names the file being written (%s): "
+            "reopening it; events written since then are in the old file only",
             self.path,
+            "moved, and no SIGUSR1 came" if replaced else "deleted, or moved without SIGUSR1",
         )
         self._reopen_wanted = True
         self._queue.append(("reopen",))
