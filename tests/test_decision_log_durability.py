@@ -268,3 +268,31 @@ async def _wait_up(
             pass
         await asyncio.sleep(0.1)
     raise AssertionError("the gateway did not come up")
+
+
+async def test_a_websocket_served_while_the_disk_failed_is_not_logged_as_refused(
+    aiohttp_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its upgrade's decision was durable and the socket relayed to the end; a
+    recheck logged while the disk failed made the end of the request log a
+    refusal ("answered 503, not carried out") for a socket that was served."""
+    from tests.test_gateway_limits import WAREHOUSE, limited_stack
+
+    options = {"overrides": durability(tmp_path, "sync"), "websocket_recheck_interval": 0.3}
+    async with limited_stack(aiohttp_server, tmp_path, **options) as stack:
+        headers = {"Authorization": f"Bearer {stack.token('alice', **WAREHOUSE)}"}
+        url = stack.url.replace("http", "ws") + "/wms/ws"
+        async with stack.session.ws_connect(url, headers=headers) as socket:
+            await socket.send_str("hi")
+            assert (await socket.receive(timeout=5)).data == "wms echo: hi"
+            failing_fsync(monkeypatch)  # the disk fails while the socket is open
+            await asyncio.sleep(0.5)  # a recheck (an allow) is logged, not durable
+            await socket.send_str("still served")
+            assert (await socket.receive(timeout=5)).data == "wms echo: still served"
+        await asyncio.sleep(1.0)
+        monkeypatch.undo()
+        assert stack.gateway.decision_log is not None
+        await stack.gateway.decision_log.close()
+    records = [json.loads(line) for line in (tmp_path / "decisions.log").read_text().splitlines()]
+    assert len([r for r in records if r.get("path") == "portcullis/gateway/decision"]) >= 2
+    assert not [r for r in records if r.get("path") == "gateway"]

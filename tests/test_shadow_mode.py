@@ -352,8 +352,8 @@ async def test_a_shadow_answering_megabytes_is_an_error_not_a_huge_event(
     (candidate / "decision.rego").write_text(
         "package portcullis.gateway\n\nimport rego.v1\n\n"
         'decision := {"allow": false, "http_status": 403, "headers": {}, '
-        '"step_up": null, "reasons": [sprintf("reason %d: %s", [i, pad]) | '
-        "some i in numbers.range(1, 3000)]}\n\n"
+        '"step_up": {"acr": "phr", "why": many}, "reasons": many}\n\n'
+        'many := [sprintf("reason %d: %s", [i, pad]) | some i in numbers.range(1, 3000)]\n\n'
         'pad := "................................................"\n'
     )
     options = shadow_policy(candidate, timeout_ms=5000)
@@ -369,6 +369,7 @@ async def test_a_shadow_answering_megabytes_is_an_error_not_a_huge_event(
     event = json.loads(line)
     assert event["result"]["divergence"] == "error"
     assert event["result"]["shadow"]["allow"] is False
+    assert event["result"]["shadow"]["step_up"] is None  # a runaway step-up too
     assert "bytes, over the 65536 a divergence event holds" in event["result"]["shadow_error"]
 
 

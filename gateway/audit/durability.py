@@ -108,8 +108,13 @@ class Durability:
         return False
 
     async def hold(self, response: web.StreamResponse) -> web.StreamResponse:
-        """The response, once its event is durable; else a 503 in its place."""
-        if await self.wait() or response.prepared:
+        """The response, once its event is durable; else a 503 in its place. A
+        response already sent (a WebSocket, after its rechecks) waited for its
+        decision before it was; its later events have nothing left to hold."""
+        if response.prepared:
+            _PENDING.set(None)
+            return response
+        if await self.wait():
             return response
         return web.json_response(
             {"error": "decision_log_unavailable", "reason": "the decision could not be logged"},

@@ -113,7 +113,8 @@ class ShadowWorker:
                 f"the shadow policy's answer is {size} bytes, over the {ANSWER_MAX} a "
                 "divergence event holds: not logged"
             )
-            shadow = {**shadow, "reasons": [], "headers": {}}
+            # Only what is bounded: the verdict and its status.
+            shadow = {**shadow, "reasons": [], "headers": {}, "step_up": None}
         kind = divergence(live, shadow, after_failed=error is not None)
         if kind is None:
             return
