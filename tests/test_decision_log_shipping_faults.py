@@ -1068,3 +1068,26 @@ async def test_a_fifo_beside_the_log_does_not_hold_the_shipper(tmp_path: Path) -
     files = [oldest, log.with_name(f"{log.name}.1"), log]
     assert read == sum(len(log_records(file)) for file in files)
     assert tail.discontinuities == 0
+
+
+async def test_the_backlog_counts_the_rotated_files_between_the_shipper_and_the_log(
+    tmp_path: Path,
+) -> None:
+    """Two rotations behind, the backlog counted the file being shipped and the
+    log's path only: it fell at each rotation of an outage (decisions.log.1,
+    333 KB, left out), and with it portcullis_sink_behind."""
+    from gateway.audit.tail import LogTail, Position
+    from tests.test_decision_log import write_log
+
+    log = tmp_path / "decisions.log"
+    for number in range(3):
+        await write_log(log, 3)
+        if number < 2:
+            logrotate(log)
+    (tmp_path / "decisions.log.3.gz").write_bytes(b"\x1f\x8b" + b"x" * 5000)  # shipped long ago
+    oldest = log.with_name(f"{log.name}.2")
+    tail = LogTail(log, Position(oldest.stat().st_ino, 0))
+    assert tail.read(1)  # opened, at the start of the oldest
+    files = [oldest, log.with_name(f"{log.name}.1"), log]
+    assert tail.backlog_bytes() == sum(file.stat().st_size for file in files)
+    tail.close()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 import time
 from pathlib import Path
@@ -49,6 +50,7 @@ ROTATION_GRACE = 5.0
 _SEALS = (b'"rotate"', b'"close"')
 _CHECK_BACK = 1 << 20  # how far back from a cursor its line is looked for
 _SEAL_MAX = 4096  # a signature line is some 400 bytes
+_ROTATED = re.compile(r"[.-][0-9][0-9.-]*")  # logrotate's suffixes: .1, -20261203
 _WATCH_LEFT_BEHIND = 60.0  # seconds a rotated file is watched after the tail left it
 
 
@@ -135,19 +137,41 @@ class LogTail:
             self._offset = position.offset
 
     def backlog_bytes(self) -> int:
-        """Bytes written to the log (current file and the one being finished) past the position."""
-        total = 0
+        """Bytes written to the log past the position: the rest of the file being
+        shipped, and, when that is a rotated file, every file written after it
+        (rotated ones too: a shipper several rotations behind) up to the log's path."""
         try:
-            if self._file is not None:
-                total += max(0, os.fstat(self._file.fileno()).st_size - self._offset)
-                current = os.stat(self.path)
-                if current.st_ino != self._inode:
-                    total += current.st_size
-            elif self.path.exists():
-                total = self.path.stat().st_size
+            if self._file is None:
+                return self.path.stat().st_size if self.path.exists() else 0
+            shipping = os.fstat(self._file.fileno())
+            total = max(0, shipping.st_size - self._offset)
+            if os.stat(self.path).st_ino == self._inode:
+                return total
+            for sibling in [self.path, *self._rotated_siblings()]:
+                try:
+                    found = os.stat(sibling)
+                except OSError:
+                    continue
+                later = found.st_mtime_ns > shipping.st_mtime_ns or sibling == self.path
+                if stat.S_ISREG(found.st_mode) and found.st_ino != self._inode and later:
+                    total += found.st_size
+            return total
         except OSError:
-            pass
-        return total
+            return 0
+
+    def _rotated_siblings(self) -> list[Path]:
+        """Files beside the log named as logrotate names its rotations
+        (``decisions.log.1``, ``decisions.log-20261203``; not ``.gz``, ``.head``, cursors)."""
+        try:
+            names = os.listdir(self.path.parent)
+        except OSError:
+            return []
+        prefix = self.path.name
+        return [
+            self.path.parent / name
+            for name in names
+            if name.startswith(prefix) and _ROTATED.fullmatch(name[len(prefix) :])
+        ]
 
     # -- internals ----------------------------------------------------------
 
