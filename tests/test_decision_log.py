@@ -325,6 +325,16 @@ async def test_reopen_with_the_file_not_moved_is_ignored_not_a_write_error(
     assert verify_log([path], PUBLIC_KEYS).complete
 
 
+async def deleted_after_one_event(path: Path) -> DecisionLog:
+    """A running log with one event written, its file then deleted (`rm`)."""
+    log = DecisionLog(path, SIGNING_KEY, key_id=KID, flush_interval=0.01)
+    await log.start()
+    record(log, 1)
+    await asyncio.sleep(0.1)
+    path.unlink()
+    return log
+
+
 async def test_a_log_file_deleted_under_the_writer_is_said_and_the_path_reopened(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -333,11 +343,7 @@ async def test_a_log_file_deleted_under_the_writer_is_said_and_the_path_reopened
     process. Now it is an error line, and the path is opened again within a
     second: the chain goes on there."""
     path = tmp_path / "decisions.jsonl"
-    log = DecisionLog(path, SIGNING_KEY, key_id=KID, flush_interval=0.01)
-    await log.start()
-    record(log, 1)
-    await asyncio.sleep(0.1)
-    path.unlink()
+    log = await deleted_after_one_event(path)
     for _ in range(40):  # the writer looks once a second
         await asyncio.sleep(0.05)
         if path.exists():
@@ -357,11 +363,7 @@ async def test_a_deleted_log_whose_path_cannot_be_opened_yet_is_reopened_once_it
     then (a read-only remount, a directory in the way), every later event went to
     the unlinked file for good."""
     path = tmp_path / "decisions.jsonl"
-    log = DecisionLog(path, SIGNING_KEY, key_id=KID, flush_interval=0.01)
-    await log.start()
-    record(log, 1)
-    await asyncio.sleep(0.1)
-    path.unlink()
+    log = await deleted_after_one_event(path)
     path.mkdir()  # in the way for a while
     await asyncio.sleep(1.5)
     path.rmdir()
