@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.audit.shipping.formats.fields import DAMAGED, Event, read, split_host
+from gateway.audit.shipping.formats.fields import DAMAGED, Event, drop_empty, read, split_host
 
 
 def format(record: dict[str, Any], digest: str) -> dict[str, Any]:
@@ -67,7 +67,7 @@ def format(record: dict[str, Any], digest: str) -> dict[str, Any]:
     # ECS allows allowed/denied in the network category (not in web, iam or
     # authentication): a decision is web + network, access + allowed/denied; a
     # sign-in or a refused token authentication + network, start + allowed/denied.
-    document["event"] = _drop_empty(
+    document["event"] = drop_empty(
         {
             "kind": "event",
             "id": event.decision_id,
@@ -80,22 +80,22 @@ def format(record: dict[str, Any], digest: str) -> dict[str, Any]:
             "hash": event.chain_hash,
         }
     )
-    document["rule"] = _drop_empty(
+    document["rule"] = drop_empty(
         {"name": event.policy, "version": event.revision, "ruleset": "portcullis"}
     )
-    user = _drop_empty(_user(event))
+    user = drop_empty(_user(event))
     if user:
         document["user"] = user
-    source = _drop_empty({"ip": event.source_ip, "port": event.source_port or None})
+    source = drop_empty({"ip": event.source_ip, "port": event.source_port or None})
     if source:
         document["source"] = source
     url = _url(event)
     if url:
         document["url"] = url
-    http = _drop_empty(
+    http = drop_empty(
         {
-            "request": _drop_empty({"method": event.method, "id": event.request_id}),
-            "response": _drop_empty({"status_code": event.http_status or None}),
+            "request": drop_empty({"method": event.method, "id": event.request_id}),
+            "response": drop_empty({"status_code": event.http_status or None}),
         }
     )
     if http:
@@ -115,7 +115,7 @@ def _url(event: Event) -> dict[str, Any]:
     """ECS keeps an IPv6 literal's brackets in url.domain (its docs: RFC 2732)."""
     path, _, query = event.path.partition("?")
     domain, port = split_host(event.host)
-    return _drop_empty(
+    return drop_empty(
         {"domain": domain, "port": port, "path": path, "query": query, "scheme": event.scheme}
     )
 
@@ -165,14 +165,6 @@ def _user(event: Event) -> dict[str, Any]:
         "roles": event.groups,
         "domain": identity.get("issuer") or None,
     }
-
-
-def _drop_empty(value: dict[str, Any]) -> dict[str, Any]:
-    """``value`` without its None, "", [] and {} (a value the record lacks)."""
-    return {key: item for key, item in value.items() if item not in _EMPTY}
-
-
-_EMPTY: tuple[Any, ...] = (None, "", [], {})
 
 
 def _drop_none(value: Any) -> Any:

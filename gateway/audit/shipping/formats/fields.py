@@ -118,6 +118,15 @@ class Event:
         return _strings(self.identity.get("groups"))
 
 
+def drop_empty(value: dict[str, Any]) -> dict[str, Any]:
+    """``value`` without its None, "", [] and {} (values the record lacks: a SIEM
+    schema types an empty string or object as invalid, and a missing one as absent)."""
+    return {key: item for key, item in value.items() if item not in _NOTHING}
+
+
+_NOTHING: tuple[Any, ...] = (None, "", [], {})
+
+
 def split_host(host: str) -> tuple[str, int | None]:
     """The name and the port of a Host header (RFC 9110 7.2: ``uri-host [":" port]``).
     An IPv6 literal keeps its brackets (``[2001:db8::1]``, with or without a port:

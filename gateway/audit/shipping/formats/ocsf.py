@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.audit.shipping.formats.fields import DAMAGED, Event, read, split_host
+from gateway.audit.shipping.formats.fields import DAMAGED, Event, drop_empty, read, split_host
 
 OCSF_VERSION = "1.3.0"
 WEB_RESOURCES_ACTIVITY = 6001
@@ -78,7 +78,7 @@ def _access(event: Event) -> dict[str, Any]:
         "action": decision,
         "disposition_id": 1 if event.allow else 2,
         "disposition": "Allowed" if event.allow else "Blocked",
-        "authorizations": [{"decision": decision, "policy": _present(policy)}],
+        "authorizations": [{"decision": decision, "policy": drop_empty(policy)}],
         # The Host profile is what defines actor for this class in 1.3.0.
         **({"actor": {"user": user}} if user else {}),
         **_endpoint_and_http(event),
@@ -305,10 +305,6 @@ def _http_request(event: Event) -> dict[str, Any]:
     if event.request_id:
         request["uid"] = event.request_id
     return request
-
-
-def _present(value: dict[str, Any]) -> dict[str, Any]:
-    return {key: item for key, item in value.items() if item}
 
 
 def _is_hostname(host: str) -> bool:
