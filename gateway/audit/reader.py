@@ -45,6 +45,7 @@ from gateway.audit.chain import (
 
 # Lines the verifier remembers to tell an insertion or a swap from a deletion.
 _WINDOW = 16
+_START_MAX = 4096  # a start record is some 500 bytes
 
 
 @dataclass(frozen=True)
@@ -598,15 +599,24 @@ def _chain_order(paths: Sequence[Path]) -> list[Path]:
 
     def started(item: tuple[int, Path]) -> tuple[str, int]:
         index, path = item
-        try:
-            with Path(path).open("rb") as file:
-                first = json.loads(file.readline())
-            stamp = first.get("signed_at") if first.get("reason") == "start" else None
-        except (OSError, ValueError, AttributeError):
-            stamp = None
+        record = start_record(Path(path))
+        stamp = record.get("signed_at") if record is not None else None
         return (stamp if isinstance(stamp, str) else "", index)
 
     return [path for _, path in sorted(enumerate(paths), key=started)]
+
+
+def start_record(path: Path) -> dict[str, Any] | None:
+    """The ``start`` chain signature ``path`` begins with, if it begins with one
+    (not checked: the verifier checks it where it stands in the chain)."""
+    try:
+        with path.open("rb") as file:
+            record = json.loads(file.readline(_START_MAX))
+    except (OSError, ValueError):
+        return None
+    if isinstance(record, dict) and record.get("type") == SIGNATURE_TYPE:
+        return record if record.get("reason") == "start" else None
+    return None
 
 
 def _diagnose(

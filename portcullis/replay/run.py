@@ -18,11 +18,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import orjson
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.audit.chain import GENESIS, SIGNATURE_TYPE
-from gateway.audit.reader import Extent, LogChanged, SignedHead, chain_order, verify_log
+from gateway.audit.chain import GENESIS
+from gateway.audit.reader import (
+    Extent,
+    LogChanged,
+    SignedHead,
+    chain_order,
+    start_record,
+    verify_log,
+)
 from gateway.policy.decision import decide
 from gateway.policy.divergence import divergence
 from gateway.policy.reload import build_engine
@@ -30,8 +36,6 @@ from policy_engine import PolicyEngine, PolicyError
 from policy_engine.opa_server import has_credentials
 from portcullis.replay.events import LoggedDecision, Selection, read_decisions
 from portcullis.replay.report import PolicyInfo, Report, Verification
-
-_START_MAX = 4096  # a start record is some 500 bytes
 
 
 class ReplayError(Exception):
@@ -184,17 +188,9 @@ def _verify(
 def _continued_from(first: Path) -> str | None:
     """The line hash a file's ``start`` record continues from, if it begins with
     one that isn't the chain's beginning."""
-    try:
-        with first.open("rb") as file:
-            record = orjson.loads(file.readline(_START_MAX))
-    except (OSError, orjson.JSONDecodeError):
-        return None
-    if not isinstance(record, dict) or record.get("type") != SIGNATURE_TYPE:
-        return None
-    head = record.get("head")
-    if record.get("reason") != "start" or not isinstance(head, str) or head == GENESIS:
-        return None
-    return head
+    record = start_record(first)
+    head = record.get("head") if record is not None else None
+    return head if isinstance(head, str) and head != GENESIS else None
 
 
 async def _replay(
