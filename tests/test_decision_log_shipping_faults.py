@@ -502,8 +502,17 @@ def test_a_cursor_keeps_any_integer_seq_it_acknowledged(tmp_path: Path) -> None:
     again.close()
 
 
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        # Not named as a rotation: never looked at, the cursor's file is gone.
+        ("decisions.log.1.gz", "the file the shipping cursor points into (inode"),
+        # Named as one (a later rotation got the inode): looked at, and refused.
+        ("decisions.log.2", "decisions.log.2 has the inode the shipping cursor points into"),
+    ],
+)
 def test_a_cursor_whose_inode_another_file_now_has_never_ships_that_file(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, name: str, says: str
 ) -> None:
     """The shipper stopped inside a rotated file; logrotate then compressed and
     deleted it, and the .gz beside the log got the freed inode (ext4 and tmpfs
@@ -516,7 +525,7 @@ def test_a_cursor_whose_inode_another_file_now_has_never_ships_that_file(
 
     log = log_with_cursor_after_its_first_line(tmp_path)
     log.write_bytes(b'{"seq": 3}\n{"seq": 4}\n')  # the log after rotation
-    archive = tmp_path / "decisions.log.1.gz"
+    archive = tmp_path / name
     archive.write_bytes(gzip.compress(b'{"seq": 1}\n{"seq": 2}\n' * 50))
     cursor = tmp_path / "decisions.log.sink-copy.cursor"
     position = json.loads(cursor.read_text())
@@ -526,7 +535,7 @@ def test_a_cursor_whose_inode_another_file_now_has_never_ships_that_file(
     batch = shipper._tail.read(10)
     shipper.close()
     assert [json.loads(line.raw) for line in batch] == [{"seq": 3}, {"seq": 4}]
-    assert "decisions.log.1.gz has the inode the shipping cursor points into" in caplog.text
+    assert says in caplog.text
 
 
 # --- 7. a shadow policy's divergence is not an access decision ------------------------------
@@ -1042,6 +1051,42 @@ async def test_a_rotated_file_deleted_before_it_was_shipped_is_a_discontinuity(
     assert len(seqs) == runs[0] + runs[2]  # the oldest and the newest file, nothing twice
 
 
+def logrotate_dateext(log: Path, day: str) -> None:
+    """logrotate's ``dateext``: the log -> ``decisions.log-<day>``, a new empty log."""
+    log.rename(log.with_name(f"{log.name}-{day}"))
+    log.touch()
+
+
+async def test_an_outage_across_two_dateext_rotations_ships_the_file_between_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With logrotate's ``dateext`` the backlog counted ``decisions.log-20261202``
+    but following the chain looked only at ``decisions.log.*``: a shipper two
+    rotations behind reported a discontinuity and skipped that day's file whole."""
+    from gateway.audit.tail import LogTail, Position
+    from tests.test_decision_log import write_log
+
+    log = tmp_path / "decisions.log"
+    days = ["20261201", "20261202"]
+    for number in range(3):
+        await write_log(log, 2)
+        if number < 2:
+            logrotate_dateext(log, days[number])
+    files = [log.with_name(f"{log.name}-{day}") for day in days] + [log]
+    tail = LogTail(log, Position(files[0].stat().st_ino, 0))  # a cursor at the oldest's start
+    assert tail.read(1)
+    assert tail.backlog_bytes() == sum(file.stat().st_size for file in files)
+    shipped: list[bytes] = []
+    while batch := tail.read(100):
+        shipped += [line.raw for line in batch]
+        tail.advance(batch[-1].end)
+    tail.close()
+    logged = [line for file in files for line in file.read_bytes().splitlines()]
+    assert shipped == logged  # every line of the three files, in chain order, once
+    assert tail.discontinuities == 0
+    assert "no file beside it continues the chain" not in caplog.text
+
+
 async def test_a_fifo_beside_the_log_does_not_hold_the_shipper(tmp_path: Path) -> None:
     """Looking for the file that continues the chain opened every sibling: a FIFO
     named like a rotated file blocked the shipper's thread for good."""
@@ -1053,7 +1098,7 @@ async def test_a_fifo_beside_the_log_does_not_hold_the_shipper(tmp_path: Path) -
         await write_log(log, 2)
         if number < 2:
             logrotate(log)
-    os.mkfifo(tmp_path / "decisions.log.0-pipe")
+    os.mkfifo(tmp_path / "decisions.log.0")  # named like a rotation: it is looked at
     oldest = log.with_name(f"{log.name}.2")
     tail = LogTail(log, Position(oldest.stat().st_ino, 0))
 

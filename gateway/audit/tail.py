@@ -160,8 +160,10 @@ class LogTail:
             return 0
 
     def _rotated_siblings(self) -> list[Path]:
-        """Files beside the log named as logrotate names its rotations
-        (``decisions.log.1``, ``decisions.log-20261203``; not ``.gz``, ``.head``, cursors)."""
+        """Files beside the log named as logrotate names its rotations, by name
+        (``decisions.log.1``, ``decisions.log-20261203``; not ``.gz``, ``.head``,
+        cursors): the one rule for which files the tail looks at, when it counts
+        the backlog, finds the cursor's file, and follows the chain."""
         try:
             names = os.listdir(self.path.parent)
         except OSError:
@@ -169,7 +171,7 @@ class LogTail:
         prefix = self.path.name
         return [
             self.path.parent / name
-            for name in names
+            for name in sorted(names)
             if name.startswith(prefix) and _ROTATED.fullmatch(name[len(prefix) :])
         ]
 
@@ -301,13 +303,7 @@ class LogTail:
         return new_has_content
 
     def _find_inode(self, inode: int) -> Path | None:
-        try:
-            siblings = list(self.path.parent.iterdir())
-        except OSError:
-            return None
-        for sibling in siblings:
-            if not sibling.name.startswith(self.path.name):
-                continue
+        for sibling in self._rotated_siblings():
             try:
                 if sibling.stat().st_ino == inode and sibling.is_file():
                     return sibling
@@ -379,16 +375,7 @@ class LogTail:
         """The file beside the log whose first line is a ``start`` signature linking
         to the line ``digest``: the log's path if it is the one, else a rotated
         file (several rotations happened while this one was being shipped)."""
-        candidates = [self.path]
-        try:
-            siblings = sorted(self.path.parent.iterdir())
-        except OSError:
-            siblings = []
-        candidates += [
-            sibling
-            for sibling in siblings
-            if sibling.name.startswith(self.path.name + ".") and sibling != self.path
-        ]
+        candidates = [self.path, *self._rotated_siblings()]
         for candidate in candidates:
             try:
                 # Regular files only, opened without blocking: a FIFO beside the log
