@@ -180,12 +180,13 @@ class Forwarder:
         add: Mapping[str, str],
         *,
         expires_at: float | None = None,
-        recheck: Callable[[], Awaitable[bool]] | None = None,
+        recheck: Callable[[], Awaitable[str | None]] | None = None,
     ) -> web.StreamResponse:
         """Send the request upstream and stream the answer back. A WebSocket is
         bridged until either side closes it, it idles, `expires_at` (epoch seconds:
         the identity's end) passes, or `recheck` (run every recheck interval) says
-        the policy no longer allows it."""
+        it must end: REVOKED (the policy no longer allows it) or UNLOGGED (the
+        decision to go on could not be logged durably, `durability: sync`)."""
         headers = upstream_headers(request, route, add, self._strip_cookie)
         url = self._url(route, path)
         if is_websocket(request):
@@ -251,7 +252,7 @@ class Forwarder:
         url: URL,
         headers: CIMultiDict[str],
         expires_at: float | None,
-        recheck: Callable[[], Awaitable[bool]] | None,
+        recheck: Callable[[], Awaitable[str | None]] | None,
     ) -> web.StreamResponse:
         for name in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions"):
             headers.pop(name, None)
@@ -335,6 +336,11 @@ FIRST_COMPLETED = asyncio.FIRST_COMPLETED
 _IDLE = (1000, "idle timeout", "idle")
 _EXPIRED = (1008, "token expired", "expired")
 _REVOKED = (1008, "access revoked by policy", "revoked")
+# 1011: the server can't go on (its decision to relay on could not be logged).
+_UNLOGGED = (1011, "decision log unavailable", "unlogged")
+# What a recheck answers when the socket must end (None: it goes on).
+REVOKED, UNLOGGED = _REVOKED[2], _UNLOGGED[2]
+_ENDS = {REVOKED: _REVOKED, UNLOGGED: _UNLOGGED}
 
 
 class _Bridge:
@@ -369,7 +375,7 @@ class _Bridge:
         *,
         idle: float,
         expires_at: float | None,
-        recheck: Callable[[], Awaitable[bool]] | None,
+        recheck: Callable[[], Awaitable[str | None]] | None,
         interval: float,
     ) -> tuple[int, str, str] | None:
         """Wait until either side ends the bridge (None), or the gateway must: the
@@ -390,8 +396,9 @@ class _Bridge:
             if now >= self.last_message + idle:
                 return _IDLE
             if recheck is not None and now >= next_check:
-                if not await recheck():
-                    return _REVOKED
+                ended = await recheck()
+                if ended is not None:
+                    return _ENDS[ended]
                 next_check = loop.time() + interval
 
     async def stop(self) -> None:

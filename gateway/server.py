@@ -23,7 +23,7 @@ from gateway.assertion import JWKS_PATH, AssertionSigner, load_or_create_key
 from gateway.audit.chain import DECISION_PATH, REFUSAL_PATH, SHADOW_PATH, SIGN_IN_EVENT_PATH
 from gateway.audit.durability import Pending
 from gateway.config import GatewayConfig, Route
-from gateway.forward import Forwarder, UpstreamError, is_websocket
+from gateway.forward import REVOKED, UNLOGGED, Forwarder, UpstreamError, is_websocket
 from gateway.identity import (
     ANONYMOUS,
     Identity,
@@ -368,15 +368,17 @@ class Gateway:
         route: Route,
         identity: Identity,
         request_id: str,
-    ) -> bool:
+    ) -> str | None:
         """Decide again for a long-lived WebSocket (a policy reload, an MFA max_age):
-        logged like any decision; False (deny, or a failed evaluation) closes it, and
-        so does a revoked session or token."""
+        logged like any decision. None keeps it open; REVOKED (a deny, a failed
+        evaluation, a revoked session or token) closes it, and so does UNLOGGED: in
+        sync durability an allow not on disk in time, as a request would get a 503
+        (its refusal is logged, naming the recheck's decision)."""
         if self.shared is not None:
             verdict = await self.shared.check(request, route.app, identity)
             if verdict.refusal is not None:
                 self._shared_refusal(request, route, path, identity, verdict.refusal)
-                return False
+                return REVOKED
         document = decision_input(
             request, path, route, identity, request_id, signals=request.get(SIGNALS)
         )
@@ -384,7 +386,11 @@ class Gateway:
         self._log(decision, document, route)
         if self.shadow is not None:
             self.shadow.submit(document, decision, route.app)
-        return decision.allow
+        if not decision.allow:
+            return REVOKED
+        if self.durability is not None and not await self.durability.wait():
+            return UNLOGGED
+        return None
 
     async def _identity(self, request: web.Request) -> Identity:
         certificate = client_certificate(request.transport)

@@ -270,12 +270,15 @@ async def _wait_up(
     raise AssertionError("the gateway did not come up")
 
 
-async def test_a_websocket_served_while_the_disk_failed_is_not_logged_as_refused(
+async def test_a_websocket_whose_recheck_is_not_durable_is_closed_not_relayed_on(
     aiohttp_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Its upgrade's decision was durable and the socket relayed to the end; a
-    recheck logged while the disk failed made the end of the request log a
-    refusal ("answered 503, not carried out") for a socket that was served."""
+    """In sync durability, going on relaying a WebSocket is acting on its latest
+    recheck: a recheck allow that can't reach the disk (the disk failed while the
+    socket was open) kept relaying, a decision acted on but never logged. Now
+    the socket is closed (1011) as a request would get a 503, and the log, once
+    the disk works again, holds a refusal naming that recheck's decision, and
+    none for the upgrade, which was durable and served."""
     from tests.test_gateway_limits import WAREHOUSE, limited_stack
 
     options = {"overrides": durability(tmp_path, "sync"), "websocket_recheck_interval": 0.3}
@@ -286,13 +289,17 @@ async def test_a_websocket_served_while_the_disk_failed_is_not_logged_as_refused
             await socket.send_str("hi")
             assert (await socket.receive(timeout=5)).data == "wms echo: hi"
             failing_fsync(monkeypatch)  # the disk fails while the socket is open
-            await asyncio.sleep(0.5)  # a recheck (an allow) is logged, not durable
-            await socket.send_str("still served")
-            assert (await socket.receive(timeout=5)).data == "wms echo: still served"
-        await asyncio.sleep(1.0)
+            closed = await socket.receive(timeout=5)  # the next recheck can't be logged
+            assert closed.type == aiohttp.WSMsgType.CLOSE
+            assert (closed.data, closed.extra) == (1011, "decision log unavailable")
         monkeypatch.undo()
         assert stack.gateway.decision_log is not None
         await stack.gateway.decision_log.close()
     records = [json.loads(line) for line in (tmp_path / "decisions.log").read_text().splitlines()]
-    assert len([r for r in records if r.get("path") == "portcullis/gateway/decision"]) >= 2
-    assert not [r for r in records if r.get("path") == "gateway"]
+    decisions = [r for r in records if r.get("path") == "portcullis/gateway/decision"]
+    refusals = [r for r in records if r.get("path") == "gateway"]
+    assert len(decisions) >= 2 and all(r["result"]["allow"] for r in decisions)
+    upgrade, recheck = decisions[0], decisions[-1]
+    assert [r["labels"]["overrides_decision_id"] for r in refusals] == [recheck["decision_id"]]
+    assert upgrade["decision_id"] != recheck["decision_id"]
+    assert "gateway.decision_log_unavailable" in refusals[0]["result"]["reasons"][0]
