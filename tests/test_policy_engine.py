@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import io
 import json
+import os
+import subprocess
 import sys
 import tarfile
 import threading
@@ -313,3 +315,26 @@ def test_shipped_policy_tests_all_pass_and_number_at_least_40() -> None:
     report = run_tests(load_policy_set(POLICIES))
     assert not report.failed, [f"{r.file}:{r.line} {r.ref}: {r.message}" for r in report.failed]
     assert len(report.results) >= 40
+
+
+def test_engine_errors_capture_no_stack_backtrace_under_rust_backtrace() -> None:
+    """With RUST_BACKTRACE=1 in the environment (a common developer setting),
+    every regorus error unwound and captured the stack; loading a policy makes
+    dozens of them (each builtin and entry point is probed), ~0.17 s a load.
+    Importing the engine turns library backtraces off, unless asked for by name."""
+    probe = (
+        "import policy_engine.embedded, regorus\n"
+        "try:\n"
+        "    regorus.Engine().eval_query('x := upper(null)')\n"
+        "except Exception as error:\n"
+        "    print(repr(str(error)))\n"
+    )
+    env = {**os.environ, "RUST_BACKTRACE": "1"}
+    env.pop("RUST_LIB_BACKTRACE", None)
+    run = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert "expects string argument" in run.stdout, run.stderr
+    assert "Stack backtrace" not in run.stdout
+    # Asked for by name, they are still there.
+    env["RUST_LIB_BACKTRACE"] = "1"
+    run = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert "Stack backtrace" in run.stdout
