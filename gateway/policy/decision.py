@@ -237,7 +237,9 @@ def _from_result(decision_id: str, result: Any) -> Decision:
         why = f"policy returned reasons {repr(raw_reasons)[:80]}, not a list"
         return deny(decision_id, 403, MALFORMED, why)
     allow = raw_allow
-    reasons = [r for r in raw_reasons or [] if isinstance(r, str)]
+    # (Runs for every request and replayed decision: an allow's empty reasons and
+    # a deny's empty headers skip the comprehensions.)
+    reasons = [r for r in raw_reasons if isinstance(r, str)] if raw_reasons else []
     status = result.get("http_status")
     if allow:
         status = 200
@@ -246,7 +248,7 @@ def _from_result(decision_id: str, result: Any) -> Decision:
     raw_headers = result.get("headers")
     headers = (
         {k: v for k, v in raw_headers.items() if isinstance(k, str) and isinstance(v, str)}
-        if isinstance(raw_headers, dict)
+        if raw_headers and isinstance(raw_headers, dict)
         else {}
     )
     step_up = result.get("step_up")
