@@ -196,8 +196,8 @@ _CATEGORIES = {0: "Other", 3: "Identity & Access Management", 6: "Application Ac
 
 
 def _base(event: Event, class_uid: int, category_uid: int, class_name: str) -> dict[str, Any]:
-    """What every class has (its ``unmapped``, the chain fields, is replaced by
-    :func:`_outcome`'s where the class has that too)."""
+    """What every class has. (``unmapped``, the chain fields, is each caller's: an
+    access or sign-in takes :func:`_outcome`'s, the others their own.)"""
     categories = _CATEGORIES
     metadata: dict[str, Any] = {
         "version": OCSF_VERSION,
@@ -216,7 +216,6 @@ def _base(event: Event, class_uid: int, category_uid: int, class_name: str) -> d
         "category_name": categories[category_uid],
         "time": event.time_ms,
         "metadata": metadata,
-        "unmapped": {"portcullis": _chain(event)},
     }
 
 
