@@ -60,13 +60,16 @@ authenticated if {
 # /pos/refunds (no slash) are held to the refunds rule too, whatever the
 # upstream's own routing does. An override matches when this starts with its
 # prefix, trimmed of slashes, lower-cased, plus "/" (the same path, or one
-# below it): one startswith, no helper call.
+# below it) or plus "." (its last segment with a suffix: /pos/refunds.json is
+# the refunds handler on Rails (`(.:format)`) and on Spring's suffix matching):
+# one any_prefix_match, no helper call.
 request_path := concat("", [lower(concat("/", input.parsed_path)), "/"])
 
 # The app's path overrides that hold for this request, matched once.
 matched_overrides := [override |
 	some override in app.paths
-	startswith(request_path, concat("", [lower(trim(override.prefix, "/")), "/"]))
+	prefix := lower(trim(override.prefix, "/"))
+	strings.any_prefix_match(request_path, [concat("", [prefix, "/"]), concat("", [prefix, "."])])
 ]
 
 # Groups: one of the app's, and one of each matching override's.
@@ -237,9 +240,21 @@ access_reasons contains message if {
 	some requirement in stale
 	has_auth_time
 	is_number(input.now_ns)
+	input.now_ns - (input.identity.auth_time * 1000000000) >= -60000000000
 	age := round((input.now_ns / 1000000000) - input.identity.auth_time)
 	# %v, not %d: regorus prints a negative number under %d with two minus signs.
 	message := sprintf("requires sign-in within the last %v s; last sign-in was %v s ago", [requirement.max_age, age])
+}
+
+# An auth_time further ahead than clock skew allows (fresh_enough's -60 s): not a
+# stale sign-in but the issuer's clock (or the token) to look at.
+access_reasons contains message if {
+	some requirement in stale
+	has_auth_time
+	is_number(input.now_ns)
+	input.now_ns - (input.identity.auth_time * 1000000000) < -60000000000
+	ahead := round(input.identity.auth_time - (input.now_ns / 1000000000))
+	message := sprintf("requires sign-in within the last %v s; the session's auth_time is %v s in the future (more than the 60 s allowed for clock skew: check the issuer's clock)", [requirement.max_age, ahead])
 }
 
 access_reasons contains message if {

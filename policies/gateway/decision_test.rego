@@ -158,12 +158,31 @@ test_pos_refund_without_auth_time_is_denied if {
 }
 
 test_pos_refund_with_auth_time_in_the_future_is_denied if {
-	not decide("GET", "/pos/refunds/1", user(["store"], ["hwk"], -3600)).allow
+	d := decide("GET", "/pos/refunds/1", user(["store"], ["hwk"], -3600))
+	not d.allow
+	d.reasons == ["requires sign-in within the last 900 s; the session's auth_time is 3600 s in the future (more than the 60 s allowed for clock skew: check the issuer's clock)"]
+}
+
+test_pos_refund_with_auth_time_just_within_clock_skew_is_allowed if {
+	decide("GET", "/pos/refunds/1", user(["store"], ["hwk"], -60)).allow
 }
 
 test_pos_refunds_lookalike_path_is_not_the_refunds_route if {
 	# /pos/refundsX is another path: only the app's base MFA applies.
 	decide("GET", "/pos/refundsx", user(["store"], ["otp"], 5000)).allow
+}
+
+# Rails routes /refunds(.:format), Spring MVC matched suffixes: the same handler.
+test_pos_refunds_with_a_format_suffix_is_still_a_refund if {
+	every path in ["/pos/refunds.json", "/pos/Refunds.XML/1", "/pos/refunds.json/", "/pos/refunds."] {
+		d := decide("GET", path, user(["store"], ["otp"], 10))
+		not d.allow
+		d.step_up.acr == "phr"
+	}
+}
+
+test_pos_refunds_with_a_format_suffix_and_phishing_resistant_mfa_is_allowed if {
+	decide("GET", "/pos/refunds.json", user(["store"], ["hwk"], 10)).allow
 }
 
 test_analytics_read_needs_no_mfa if {
