@@ -1,6 +1,8 @@
 """Headers refused before routing (gateway/screening/headers.py): bytes that are not
 UTF-8 never blank a decision-log record or become "policy evaluation failed", and
-a Host that is not a host[:port] never reaches a backend's X-Forwarded-Host."""
+a Host that is not a host[:port] never reaches a backend's X-Forwarded-Host. And
+headers a backend believes about the user (gateway/screening/trusted_headers.py):
+no forward-auth proxy's identity header from a client reaches a backend."""
 
 from __future__ import annotations
 
@@ -8,11 +10,14 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.audit.chain import REFUSAL_PATH
 from gateway.audit.reader import verify_log
 from gateway.audit.writer import DecisionLog
 from gateway.screening.headers import bad_host
+from gateway.screening.trusted_headers import backend_trusted, fold
 from tests.gateway_stack import Stack, raw_request
 
 WAREHOUSE = {"groups": ["warehouse"], "amr": ["pwd", "otp"]}
@@ -116,3 +121,97 @@ def test_host_syntax() -> None:
     assert bad_host("[v1.fe]:80") is None  # IPvFuture
     assert bad_host("a" * 300) is not None
     assert bad_host("gw:") is None  # RFC 3986: port = *DIGIT
+
+
+# --- forward-auth identity headers never come from a client --------------------------------
+
+# The identity set of each well-known forward-auth or access proxy, as it hands it to
+# a backend. The pen test's repro: Remote-Groups: admins reached the backend next to a
+# stripped Remote-User.
+FORWARD_AUTH_IDENTITY = [
+    # Authelia, Tinyauth
+    "Remote-User", "Remote-Groups", "Remote-Email", "Remote-Name",
+    # Keycloak Gatekeeper, Louketo proxy
+    "X-Auth-Userid", "X-Auth-Username", "X-Auth-Subject", "X-Auth-Email", "X-Auth-Groups",
+    "X-Auth-Roles", "X-Auth-Audience", "X-Auth-ExpiresIn",
+    # Grafana's auth proxy (its documented `headers` example) and caddy-tailscale
+    "X-WEBAUTH-USER", "X-WEBAUTH-EMAIL", "X-WEBAUTH-NAME", "X-WEBAUTH-GROUPS",
+    "X-WEBAUTH-ROLE",
+    # authentik
+    "X-authentik-username", "X-authentik-groups", "X-authentik-email", "X-authentik-uid",
+    "X-authentik-entitlements", "X-authentik-jwt",
+    # oauth2-proxy (both spellings: its X-Forwarded-* set is the gateway's own)
+    "X-Auth-Request-Groups", "X-Auth-Request-Preferred-Username", "X-Forwarded-User",
+    "X-Forwarded-Email", "X-Forwarded-Groups", "X-Forwarded-Preferred-Username",
+    # Pomerium
+    "X-Pomerium-Jwt-Assertion", "X-Pomerium-Claim-Email", "X-Pomerium-Claim-Groups",
+    # Vouch Proxy
+    "X-Vouch-User", "X-Vouch-Idp-Claims-Groups",
+    # Cloudflare Access, Google IAP, AWS ALB and Verified Access, Azure App Service
+    "Cf-Access-Authenticated-User-Email", "Cf-Access-Jwt-Assertion",
+    "X-Goog-Iap-Jwt-Assertion", "X-Goog-Authenticated-User-Email", "X-Amzn-Oidc-Data",
+    "X-Amzn-Ava-User-Context", "X-MS-Client-Principal", "X-MS-Token-AAD-Id-Token",
+    # Teleport, Tailscale Serve, caddy-security, APISIX, mod_auth_openidc, Kubernetes
+    "Teleport-Jwt-Assertion", "Tailscale-User-Login", "Tailscale-App-Capabilities",
+    "X-Token-User-Email", "X-Token-User-Roles", "X-Token-Subject", "X-ID-Token",
+    "OIDC_CLAIM_groups", "X-Remote-Uid",
+]  # fmt: skip
+# What clients legitimately send a backend themselves: credentials, not claims.
+CLIENT_CREDENTIALS = [
+    "X-Auth-Token", "X-Api-Key", "X-Access-Token", "Cf-Access-Client-Id",
+    "Cf-Access-Client-Secret", "X-Auth-Key",
+]  # fmt: skip
+
+
+async def test_spoofed_forward_auth_groups_and_email_never_reach_the_backend(
+    stack: Stack,
+) -> None:
+    """The pen test: with Remote-User stripped, `Remote-Groups: admins` still reached a
+    backend that authorizes on Authelia's headers, and X-Auth-Roles one behind Louketo."""
+    spoofed = {name: f"spoofed-{number}" for number, name in enumerate(FORWARD_AUTH_IDENTITY)}
+    kept = {name: f"kept-{number}" for number, name in enumerate(CLIENT_CREDENTIALS)}
+    response = await stack.get(
+        "/wms/stock", stack.token("alice", **WAREHOUSE), headers={**spoofed, **kept}
+    )
+    assert response.status == 200
+    (received,) = stack.forwarded("wms")
+    reached = {name for name, value in received.headers.items() if value.startswith("spoofed-")}
+    assert reached == set()
+    for name, value in kept.items():
+        assert received.headers.get(name) == value, name
+
+
+IDENTITY_PREFIXES = [
+    "X-authentik-", "X-Pomerium-Claim-", "X-Vouch-Idp-Claims-", "X-WebAuth-", "X-MS-Token-",
+    "Tailscale-User-", "X-Token-User-", "OIDC_CLAIM_", "X-Amzn-Ava-",
+]  # fmt: skip
+
+
+@settings(max_examples=300, derandomize=True, database=None, deadline=None)
+@given(
+    name=st.one_of(
+        st.sampled_from(FORWARD_AUTH_IDENTITY),
+        st.builds(
+            str.__add__,
+            st.sampled_from(IDENTITY_PREFIXES),
+            st.text("abcdefghijklmnopqrstuvwxyz-_", min_size=1, max_size=12),
+        ),
+    ),
+    case=st.lists(st.booleans(), min_size=40, max_size=40),
+    underscores=st.booleans(),
+)
+def test_any_spelling_of_a_forward_auth_identity_header_is_stripped(
+    name: str, case: list[bool], underscores: bool
+) -> None:
+    """Any case, `_` for `-` (CGI reads both as one variable), any claim a proxy maps
+    to a header under its prefix (Pomerium, Vouch, authentik add one per claim)."""
+    spelled = "".join(c.upper() if up else c.lower() for c, up in zip(name, case, strict=False))
+    spelled += name[len(case) :]
+    if underscores:
+        spelled = spelled.replace("-", "_")
+    assert backend_trusted(fold(spelled)) or fold(spelled).startswith("x-forwarded-"), spelled
+
+
+@pytest.mark.parametrize("name", CLIENT_CREDENTIALS)
+def test_client_credentials_are_not_mistaken_for_identity_headers(name: str) -> None:
+    assert not backend_trusted(fold(name))

@@ -31,6 +31,10 @@ GATEWAY_OWNED_PREFIXES = ("x-portcullis-", "x-forwarded-")
 # Grafana's auth proxy, Azure App Service, IAP, ALB), the client address, the
 # original URL (IIS URL Rewrite, Symfony, Laravel) and the method (Rails, Express
 # method-override, ASP.NET). A route that needs one lists it in `forward_headers`.
+# A forward-auth proxy sends its whole set (user, groups, email, name): a backend
+# that moved from behind one may authorize on any of them, so each set is here
+# whole. Credentials a client itself sends to a backend (X-Auth-Token, X-Api-Key,
+# X-Access-Token, Cf-Access-Client-Id/-Secret) are not identity claims and pass.
 BACKEND_TRUSTED = frozenset(
     {
         "x-original-url",
@@ -39,10 +43,9 @@ BACKEND_TRUSTED = frozenset(
         "x-original-host",
         "x-original-method",
         "x-remote-user",
-        "remote-user",
         "x-remote-group",
         "x-remote-email",
-        "x-webauth-user",
+        "x-remote-uid",
         "x-authenticated-user",
         "x-user",
         "x-email",
@@ -64,8 +67,33 @@ BACKEND_TRUSTED = frozenset(
         "x-consumer-custom-id",
         "x-consumer-groups",
         "x-userinfo",
+        "x-id-token",
         "x-auth-user",
         "x-proxy-user",
+        # Authelia's (and Tinyauth's) forward-auth set.
+        "remote-user",
+        "remote-groups",
+        "remote-email",
+        "remote-name",
+        # Keycloak Gatekeeper / Louketo proxy (X-Auth-Token is left: a common
+        # client credential, and Gatekeeper's is a token a backend verifies).
+        "x-auth-userid",
+        "x-auth-username",
+        "x-auth-subject",
+        "x-auth-email",
+        "x-auth-groups",
+        "x-auth-roles",
+        "x-auth-audience",
+        "x-auth-expiresin",
+        # Signed assertions and user headers of access proxies: Cloudflare Access,
+        # Google IAP, Teleport; caddy-security's claim headers.
+        "cf-access-authenticated-user-email",
+        "cf-access-jwt-assertion",
+        "x-goog-iap-jwt-assertion",
+        "teleport-jwt-assertion",
+        "x-token-subject",
+        # Tailscale Serve's user and grants.
+        "tailscale-app-capabilities",
         # The original path and host as other proxies pass them on.
         "x-envoy-original-path",
         "x-host",
@@ -79,12 +107,21 @@ BACKEND_TRUSTED = frozenset(
     }
 )
 BACKEND_TRUSTED_PREFIXES = (
-    "x-auth-request-",
-    "x-ms-client-principal",
-    "x-goog-authenticated-user-",
-    "x-amzn-oidc-",
-    "x-remote-extra-",
+    "x-auth-request-",  # oauth2-proxy (its X-Forwarded-* set is the gateway's own)
+    "x-ms-client-principal",  # Azure App Service authentication
+    "x-ms-token-",  # the same, the provider's tokens
+    "x-goog-authenticated-user-",  # Google IAP
+    "x-amzn-oidc-",  # AWS ALB
+    "x-amzn-ava-",  # AWS Verified Access
+    "x-remote-extra-",  # Kubernetes' authenticating proxy
     "impersonate-extra-",
+    "x-webauth-",  # Grafana's auth proxy: -user, -email, -name, -groups, -role
+    "x-authentik-",  # authentik
+    "x-pomerium-",  # Pomerium: -jwt-assertion, -claim-*
+    "x-vouch-",  # Vouch Proxy: -user, -idp-claims-*
+    "tailscale-user-",  # Tailscale Serve: -login, -name, -profile-pic
+    "x-token-user-",  # caddy-security: -name, -email, -roles
+    "oidc-claim-",  # Apache mod_auth_openidc (OIDC_CLAIM_*)
 )
 
 
