@@ -1,12 +1,14 @@
-"""The policy and the upstream see the same path: fragments, path parameters and
-look-alike segments are refused (and logged), and for any request target the
-bytes an upstream receives are exactly the path the logged decision judged."""
+"""The policy and the upstream see the same path: fragments, path parameters,
+double encoding and look-alike segments are refused (and logged), and for any
+request target the bytes an upstream receives are exactly the path the logged
+decision judged, read the same by a backend that decodes it twice."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import itertools
+import re
 import unicodedata
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
@@ -18,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.config import Route
+from gateway.screening.paths import PathRejected, normalize
 from tests.gateway_stack import ServerFactory, Stack, start_stack
 
 STORE = {"groups": ["store"], "amr": ["pwd", "otp"]}
@@ -178,6 +181,53 @@ async def test_ordinary_non_ascii_segments_still_pass(stack: Stack) -> None:
     assert len(stack.forwarded("wms")) == 4
 
 
+# --- double encoding ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "token_claims"),
+    [
+        ("/pos/%2572efunds/1", STORE),  # the pen test: `%72`, then `r`
+        ("/pos/%2572%2545FUNDS/1", STORE),
+        ("/pos/%25%37%32efunds/1", STORE),  # the digits encoded too: sent on as %2572
+        ("/pos/%252572efunds/1", STORE),  # three decodes
+        ("/pos/%25u0072efunds/1", STORE),  # IIS and .NET's %uXXXX
+        ("/wms/%2561dmin/users", WAREHOUSE),
+        ("/wms/adm%2569n/users", WAREHOUSE),
+        ("/wms/x/%252e%252e/admin/users", WAREHOUSE),  # `..` on the second decode
+        ("/wms/x/%252E%252E%252Fadmin/users", WAREHOUSE),
+        ("/wms/admin%252fusers", WAREHOUSE),
+        ("/wms/admin%253b/users", WAREHOUSE),
+    ],
+)
+async def test_double_encoded_path_is_refused(
+    stack: Stack, target: str, token_claims: dict[str, list[str]]
+) -> None:
+    """A backend that decodes twice (or a proxy and a backend that each decode once)
+    reads /pos/refunds/1 or /wms/admin/users; the policy read `%72efunds` and
+    `%61dmin` and let a token without the refund MFA or wms-admin through."""
+    status, answer = await raw_request(
+        stack, target.encode(), extra=bearer(stack.token("bob", **token_claims))
+    )
+    assert status == 400, answer[:300]
+    assert b"double percent-encoding" in answer
+    assert stack.total_forwarded() == 0
+    (event,) = await stack.events()
+    assert event["result"]["reasons"][0].startswith("gateway.path_rejected: double")
+
+
+async def test_a_literal_percent_sign_still_passes(stack: Stack) -> None:
+    """`%25` not followed by hex digits is a `%` however often it is decoded."""
+    token = stack.token("dave", **WAREHOUSE)
+    for target in ("/wms/100%25", "/wms/50%25off", "/wms/%25zz", "/wms/%25%25", "/wms/a%25-b"):
+        status, answer = await raw_request(stack, target.encode(), extra=bearer(token))
+        assert status == 200, (target, answer[:300])
+    events = await stack.events(at_least=5)
+    assert [event["input"]["parsed_path"][1] for event in events] == [
+        "100%", "50%off", "%zz", "%%", "a%-b",
+    ]  # fmt: skip
+
+
 @contextlib.asynccontextmanager
 async def params_allowed_stack(
     aiohttp_server: ServerFactory, tmp_path: Path
@@ -266,6 +316,9 @@ HOSTILE = [
     "%3b", "%3B", "%23", "%3f", "%25", "%00", "%09", "%20", "%C0%AE", "%c0%ae", "%E0%80%AE",
     "%C3", "%ff", "%F0%9F%98%80", "%E2%80%AE", "%C2%A0", "\u00e9", "\u202e", "\\", "\t",
     "*", "'", "$",
+    # Double encoding: `%72` (`r`), `.`, `/`, `;`, `A` and `%uXXXX` on a second decode,
+    # the digits themselves encoded, and a literal `%`.
+    "%2572", "%252e", "%252F", "%253b", "%2541", "%25u0041", "%25%36%31", "%25zz",
     # Look-alikes of ASCII under case folding or NFKC, and invisible characters: long
     # s, dotless i, Kelvin sign, fullwidth a and '.', the fi ligature, sharp s, the
     # zero-width space and joiner, the soft hyphen, word joiner.
@@ -300,14 +353,25 @@ def lenient(segment: str) -> str:
     return "".join(c for c in folded if unicodedata.category(c) != "Cf")
 
 
+def decode_twice(raw: bytes) -> str:
+    """A segment as a backend that percent-decodes twice reads it (a proxy and a
+    backend each decoding once, or a framework decoding what its server decoded);
+    `%uXXXX` too on the second, as IIS and .NET's UrlDecode do."""
+    once = unquote_to_bytes(raw)
+    twice = re.sub(
+        rb"%u([0-9A-Fa-f]{4})", lambda m: chr(int(m[1], 16)).encode(), unquote_to_bytes(once)
+    )
+    return twice.decode("utf-8", "replace")
+
+
 def upstream_segments(target: bytes) -> list[str]:
     """How a lenient backend reads the path it got: Tomcat and Spring drop `;params`
-    and resolve `.` and `..`, IIS trims dots and spaces, and the comparison folds
-    case and compatibility forms (`lenient`)."""
+    and resolve `.` and `..`, IIS trims dots and spaces, the comparison folds
+    case and compatibility forms (`lenient`), and it decodes twice."""
     path = target.split(b"?", 1)[0]
     segments: list[str] = []
     for raw in path[1:].split(b"/"):
-        decoded = unquote_to_bytes(raw.split(b";", 1)[0]).decode("utf-8")
+        decoded = decode_twice(raw.split(b";", 1)[0])
         segment = lenient(decoded).rstrip(". \t\u00a0").lstrip(" \t\u00a0")
         if segment == ".." and segments:
             segments.pop()
@@ -358,3 +422,17 @@ async def test_upstream_receives_exactly_the_path_the_policy_judged(
         # The policy compares lower-cased segments; a lenient backend must read the same.
         policy_reads = [segment.lower() for segment in decision["parsed_path"]]
         assert upstream_segments(received) == policy_reads, received
+
+
+@settings(max_examples=3000, derandomize=True, database=None, deadline=None)
+@given(TARGETS)
+def test_no_accepted_path_reads_differently_when_decoded_twice(target: str) -> None:
+    """What the policy judged is the path decoded once; a second decode must change
+    nothing, or a backend that decodes twice reads another path."""
+    try:
+        path = normalize(target).path
+    except PathRejected:
+        return
+    once = unquote_to_bytes(path)
+    assert unquote_to_bytes(once) == once, target
+    assert not re.search(rb"%[uU][0-9A-Fa-f]{4}", once), target

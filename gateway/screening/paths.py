@@ -10,6 +10,10 @@ refused:
 - encoded `/` or `\\`, raw backslashes, `.` and `..` segments (raw or
   encoded), empty segments (`//`), NUL and other control characters, bad
   percent-encoding, invalid or overlong UTF-8, raw non-ASCII bytes;
+- double encoding: an encoded `%` followed by two hex digits (`%2572`, `%252e`)
+  or by `u` and four (`%25u0072`, IIS and .NET's `%uXXXX`), which a backend that
+  decodes twice reads as another character (`r`, `.`). An encoded `%` followed by
+  anything else (`100%25`, `%25zz`) is a literal `%` however often it is decoded;
 - path parameters (`;` raw or encoded: Tomcat, Jetty and Spring drop `;x=1`
   and read `..;` as `..`), unless the route opts in with `path_params: allow`;
   then the policy's segments have the parameters stripped and the upstream
@@ -38,6 +42,9 @@ from urllib.parse import parse_qs
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _PERCENT = re.compile(r"%(?P<hex>.{0,2})", re.DOTALL)
 _HEX = frozenset("0123456789abcdefABCDEF")
+# In a normalized path every '%' starts a triplet, so this only matches an encoded
+# '%' whose next characters would decode again.
+_DOUBLE_ENCODED = re.compile(r"%25(?:[0-9A-Fa-f]{2}|[uU][0-9A-Fa-f]{4})")
 MAX_PATH_BYTES = 8192
 
 
@@ -93,6 +100,14 @@ def normalize(raw_target: str) -> NormalizedPath:
     if "\\" in raw_path:
         raise PathRejected("backslash in path")
     path = _PERCENT.sub(_decode_unreserved, raw_path)
+    # Checked after decoding unreserved characters: `%25%37%32` reaches the upstream
+    # as `%2572`.
+    double = _DOUBLE_ENCODED.search(path) if "%25" in path else None
+    if double is not None:
+        raise PathRejected(
+            f"double percent-encoding {double.group(0)!r} in path"
+            " (a backend that decodes twice reads another character)"
+        )
     raw_segments = path[1:].split("/")
     has_params = ";" in path
     segments = [s.partition(";")[0] for s in raw_segments] if has_params else raw_segments
