@@ -211,6 +211,40 @@ def _eval_ref(engine: Any, ref: str) -> Any:
     return value
 
 
+def as_json(value: Any) -> Any:
+    """`value` with every set made a list sorted as Rego orders values, the form
+    `opa eval` prints a set in. regorus hands sets of scalars back as Python sets,
+    which JSON has no form for; the engine's own answers keep them."""
+    if isinstance(value, set | frozenset):
+        return [as_json(item) for item in sorted(value, key=_rego_order)]
+    if isinstance(value, dict):
+        return {key: as_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [as_json(item) for item in value]
+    return value
+
+
+def _rego_order(value: Any) -> tuple[Any, ...]:
+    """A sort key in Rego's order of values: null, booleans, numbers, strings,
+    arrays, objects, sets; arrays element by element, objects by sorted keys."""
+    if value is None:
+        return (0,)
+    if isinstance(value, bool):
+        return (1, value)
+    if isinstance(value, int | float):
+        return (2, value)
+    if isinstance(value, str):
+        return (3, value)
+    if isinstance(value, list | tuple):
+        return (4, tuple(_rego_order(item) for item in value))
+    if isinstance(value, dict):
+        keys = sorted(value, key=_rego_order)
+        return (5, tuple((_rego_order(key), _rego_order(value[key])) for key in keys))
+    if isinstance(value, set | frozenset):
+        return (6, tuple(sorted(_rego_order(item) for item in value)))
+    return (7, repr(value))
+
+
 class EmbeddedEngine:
     """Evaluates a compiled policy set in-process.
 

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from policy_engine.embedded import _eval_ref, compile_policy, new_engine
+from policy_engine.embedded import _eval_ref, as_json, compile_policy, new_engine
 from policy_engine.errors import EvaluationError, PolicyError, problem_from_engine_error
 from policy_engine.opa_golib import UNDEFINED, GoOpaEngine
 from policy_engine.policy_set import PolicySet
@@ -150,7 +150,7 @@ def _run_one(engine: Any, ref: str, file: str, line: int) -> TestResult:
     prints = tuple(engine.take_prints())
     if value is True:
         return TestResult(ref, file, line, "PASS", seconds, prints=prints)
-    message = "undefined" if value is None else f"evaluated to {json.dumps(value)}"
+    message = "undefined" if value is None else f"evaluated to {json.dumps(as_json(value))}"
     return TestResult(ref, file, line, "FAIL", seconds, message, prints)
 
 

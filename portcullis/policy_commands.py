@@ -24,6 +24,7 @@ from policy_engine import (
     load_policy_set,
     open_engine,
 )
+from policy_engine.embedded import as_json
 from policy_engine.portability import portability_warnings
 from policy_engine.testing import TestReport, run_tests
 
@@ -153,7 +154,7 @@ def evaluate(args: argparse.Namespace) -> int:
         return 1
     except EvaluationError as error:
         return _fail(str(error))
-    print(json.dumps(value, indent=2, sort_keys=True))
+    print(json.dumps(as_json(value), indent=2, sort_keys=True))
     return 0
 
 
