@@ -106,6 +106,7 @@ def compile_policy(policy_set: PolicySet) -> CompiledPolicy:
     shapes = [module_shape(entry) for entry in json.loads(engine.get_ast_as_json())]
     compiled = CompiledPolicy(policy_set, shapes)
     problems.extend(_data_conflicts(compiled))
+    problems.extend(_rule_conflicts(shapes))
     problems.extend(_unknown_functions(shapes))
     engine.set_input({})
     # Tests run under `policy test`, where an error is that test's failure.
@@ -151,6 +152,45 @@ def _data_conflicts(compiled: CompiledPolicy) -> list[Problem]:
                     rule.col,
                 )
             )
+    return problems
+
+
+def _rule_conflicts(shapes: list[ModuleShape]) -> list[Problem]:
+    """What OPA's compiler refuses to load and regorus loads: a second default rule
+    for one path, a rule at a package's path, and a rule whose value would hold
+    another package's rules (`data.b.c` beside `package b.c` or `package b.c.d`).
+    One package's own overlapping rules regorus refuses itself."""
+    packages: dict[tuple[str, ...], str] = {}
+    # Every proper prefix of a rule's path: the first rule under it from each package.
+    under: dict[tuple[str, ...], dict[tuple[str, ...], tuple[str, str, int]]] = {}
+    for shape in shapes:
+        packages.setdefault(shape.package, shape.file)
+        for rule in shape.rules:
+            path = (*shape.package, *rule.path)
+            for length in range(1, len(path)):
+                below = under.setdefault(path[:length], {})
+                below.setdefault(shape.package, (".".join(path), shape.file, rule.line))
+    problems = []
+    defaults: dict[tuple[str, ...], tuple[str, int]] = {}
+    for shape in shapes:
+        for rule in shape.rules:
+            path = (*shape.package, *rule.path)
+            ref = "data." + ".".join(path)
+            conflict = None
+            if rule.is_default and path in defaults:
+                file, line = defaults[path]
+                conflict = f"multiple default rules {ref} (the first at {file}:{line})"
+            elif rule.is_default:
+                defaults[path] = (shape.file, rule.line)
+            if path in packages:
+                conflict = f"rule {ref} conflicts with package {'.'.join(path)} ({packages[path]})"
+            else:
+                others = [v for k, v in under.get(path, {}).items() if k != shape.package]
+                if others:
+                    name, file, line = others[0]
+                    conflict = f"rule {ref} conflicts with rule data.{name} ({file}:{line})"
+            if conflict is not None:
+                problems.append(Problem(shape.file, conflict, rule.line, rule.col))
     return problems
 
 

@@ -14,6 +14,7 @@ class Rule:
     line: int
     col: int
     is_function: bool
+    is_default: bool = False
 
     @property
     def name(self) -> str:
@@ -170,7 +171,7 @@ def _rule(entry: dict[str, Any]) -> Rule | None:
         return None
     if path is None:
         return None
-    return Rule(path, span["line"], span["col"], is_function)
+    return Rule(path, span["line"], span["col"], is_function, "Default" in entry)
 
 
 def module_shape(entry: dict[str, Any]) -> ModuleShape:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
+
+from gateway.policy.reload import build_or_reason
+from policy_engine import PolicyLoadError, load_policy_set
+from policy_engine.opa_golib import GoOpaEngine, available
 from tests.conftest import FIXTURES, ROOT
 
 BAD = FIXTURES / "policies"
@@ -52,3 +58,60 @@ def test_policy_test_fails_a_test_whose_value_is_a_set_naming_it() -> None:
     assert result.returncode == 1
     assert "data.sets_test.test_ports: FAIL" in result.stdout
     assert "sets_test.rego:10: evaluated to [22]" in result.stdout
+
+
+# What OPA's compiler refuses and regorus would load, each with where it is.
+REFUSED_AS_ON_OPA = [
+    (
+        "two_default_rules",
+        "two_default_rules/limits.rego:8:1: multiple default rules data.limits.max_age "
+        f"(the first at {BAD}/two_default_rules/limits.rego:6)",
+    ),
+    (
+        "rule_over_package",
+        "rule_over_package/acme.rego:6:1: rule data.acme.rules conflicts with package "
+        f"acme.rules ({BAD}/rule_over_package/rules.rego)",
+    ),
+    (
+        "rule_over_rules",
+        "rule_over_rules/acme.rego:7:1: rule data.acme.rules conflicts with rule "
+        f"data.acme.rules.extra.max ({BAD}/rule_over_rules/extra.rego:5)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("fixture", "expected"), REFUSED_AS_ON_OPA)
+def test_policy_check_refuses_what_opa_refuses_to_load(fixture: str, expected: str) -> None:
+    result = portcullis("policy", "check", str(BAD / fixture))
+    assert (result.returncode, result.stderr) == (2, f"{BAD}/{expected}\n")
+
+
+@pytest.mark.parametrize(("fixture", "expected"), REFUSED_AS_ON_OPA)
+def test_policy_bundle_refuses_what_opa_refuses_to_load(
+    fixture: str, expected: str, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "b.tar.gz"
+    result = portcullis("policy", "bundle", str(BAD / fixture), "-o", str(bundle))
+    assert (result.returncode, result.stderr) == (2, f"{BAD}/{expected}\n")
+    assert not bundle.exists()
+
+
+@pytest.mark.parametrize(("fixture", "expected"), REFUSED_AS_ON_OPA)
+def test_gateway_reload_rejects_a_policy_opa_refuses_to_load(fixture: str, expected: str) -> None:
+    engine, reason = build_or_reason(str(BAD / fixture), timeout_ms=250)
+    assert (engine, reason) == (None, f"{BAD}/{expected}")
+
+
+@pytest.mark.skipif(not available(), reason="OPA's Go evaluator is not installed")
+@pytest.mark.parametrize(("fixture", "expected"), REFUSED_AS_ON_OPA)
+def test_opa_itself_refuses_what_policy_check_refuses(fixture: str, expected: str) -> None:
+    with pytest.raises(PolicyLoadError):
+        GoOpaEngine(load_policy_set(BAD / fixture))
+
+
+def test_policy_check_accepts_a_rule_beside_a_package_as_opa_does() -> None:
+    fixture = BAD / "rule_beside_package"
+    result = portcullis("policy", "check", str(fixture))
+    assert result.returncode == 0, result.stderr
+    if available():
+        GoOpaEngine(load_policy_set(fixture))
