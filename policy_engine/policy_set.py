@@ -141,6 +141,16 @@ def _load_bundle(bundle: Path) -> PolicySet:
     return policy_set
 
 
+def bundle_roots(packages: list[tuple[str, ...]], data: dict[str, Any]) -> list[str]:
+    """The roots a bundle of these packages and data claims: each package's path and
+    each top-level data key, less those under another. They hold every package and
+    data path and never overlap, so OPA accepts them, and they claim no more of
+    data than the policy set has, so other bundles can share an OPA with it."""
+    paths = {package for package in packages if package} | {(key,) for key in data if key}
+    kept = [p for p in paths if not any(q != p and p[: len(q)] == q for q in paths)]
+    return sorted("/".join(path) for path in kept)
+
+
 def _assemble(
     modules: list[Module],
     documents: list[tuple[str, tuple[str, ...], bytes]],

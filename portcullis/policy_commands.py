@@ -16,7 +16,6 @@ from policy_engine import (
     EvaluationError,
     PolicyError,
     PolicyLoadError,
-    PolicySet,
     Problem,
     UndefinedPath,
     UndefinedResult,
@@ -24,7 +23,8 @@ from policy_engine import (
     load_policy_set,
     open_engine,
 )
-from policy_engine.embedded import as_json
+from policy_engine.embedded import CompiledPolicy, as_json
+from policy_engine.policy_set import bundle_roots
 from policy_engine.portability import portability_warnings
 from policy_engine.testing import TestReport, run_tests
 
@@ -165,12 +165,12 @@ async def _evaluate_once(engine: Any, query: str, document: Any) -> Any:
         await engine.close()
 
 
-def write_bundle(policy_set: PolicySet, root: Path, output: Path, revision: str) -> None:
-    """An OPA bundle: the modules at their relative paths, all data in one data.json."""
-    manifest = {
-        "revision": revision,
-        "roots": sorted({m for m in policy_set.data} | {"portcullis"}),
-    }
+def write_bundle(compiled: CompiledPolicy, root: Path, output: Path, revision: str) -> None:
+    """An OPA bundle: the modules at their relative paths, all data in one data.json,
+    and roots that hold every package and data key (OPA refuses a bundle otherwise)."""
+    policy_set = compiled.policy_set
+    packages = [shape.package for shape in compiled.shapes]
+    manifest = {"revision": revision, "roots": bundle_roots(packages, policy_set.data)}
     with tarfile.open(output, "w:gz") as archive:
 
         def add(name: str, content: bytes) -> None:
@@ -190,11 +190,11 @@ def bundle(args: argparse.Namespace) -> int:
     if not root.is_dir():
         return _fail(f"{root}: no such policy directory")
     try:
-        policy_set = load_policy_set(root)
-        compile_policy(policy_set)
+        compiled = compile_policy(load_policy_set(root))
     except PolicyLoadError as error:
         return _fail(error.problems)
+    policy_set = compiled.policy_set
     revision = args.revision or policy_set.revision
-    write_bundle(policy_set, root, Path(args.output), revision)
+    write_bundle(compiled, root, Path(args.output), revision)
     print(f"{args.output}: bundle of {len(policy_set.modules)} modules, revision {revision}")
     return 0

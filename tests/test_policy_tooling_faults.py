@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 
 from gateway.policy.reload import build_or_reason
-from policy_engine import PolicyLoadError, load_policy_set
+from policy_engine import PolicyLoadError, compile_policy, load_policy_set
 from policy_engine.opa_golib import GoOpaEngine, available
 from tests.conftest import FIXTURES, ROOT
 
@@ -27,6 +29,22 @@ def portcullis(*args: str) -> subprocess.CompletedProcess[str]:
     )
     assert "Traceback" not in result.stderr, result.stderr
     return result
+
+
+def make_bundle(path: Path, files: dict[str, str]) -> Path:
+    with tarfile.open(path, "w:gz") as archive:
+        for name, text in files.items():
+            content = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+    return path
+
+
+def load_problems(path: Path) -> list[str]:
+    with pytest.raises(PolicyLoadError) as raised:
+        compile_policy(load_policy_set(path))
+    return [str(problem) for problem in raised.value.problems]
 
 
 def test_policy_eval_prints_a_set_as_a_json_array_in_rego_order() -> None:
@@ -115,3 +133,24 @@ def test_policy_check_accepts_a_rule_beside_a_package_as_opa_does() -> None:
     assert result.returncode == 0, result.stderr
     if available():
         GoOpaEngine(load_policy_set(fixture))
+
+
+def test_policy_bundle_roots_hold_each_package_and_data_key_outside_portcullis(
+    tmp_path: Path,
+) -> None:
+    bundle = tmp_path / "acme.tar.gz"
+    made = portcullis("policy", "bundle", str(BAD / "outside_portcullis"), "-o", str(bundle))
+    assert made.returncode == 0, made.stderr
+    with tarfile.open(bundle) as archive:
+        manifest = json.loads(archive.extractfile(".manifest").read())  # type: ignore[union-attr]
+    assert manifest["roots"] == ["acme/rules", "limits"]
+    result = portcullis("policy", "eval", "--policy", str(bundle), "data.limits.max")
+    assert (result.returncode, result.stdout.strip()) == (0, "3")
+
+
+def test_policy_bundle_of_the_shipped_policies_claims_portcullis_only(tmp_path: Path) -> None:
+    bundle = tmp_path / "policies.tar.gz"
+    assert portcullis("policy", "bundle", "policies", "-o", str(bundle)).returncode == 0
+    with tarfile.open(bundle) as archive:
+        manifest = json.loads(archive.extractfile(".manifest").read())  # type: ignore[union-attr]
+    assert manifest["roots"] == ["portcullis"]
