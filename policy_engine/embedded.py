@@ -34,7 +34,7 @@ from policy_engine.errors import (
     problem_from_engine_error,
 )
 from policy_engine.input_reads import InputProjection, projection
-from policy_engine.policy_set import PolicySet, data_leaf_on
+from policy_engine.policy_set import PolicySet, data_leaf_on, outside_roots
 from policy_engine.rego_ast import ModuleShape, module_shape
 
 REF = re.compile(r"^data(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -107,6 +107,7 @@ def compile_policy(policy_set: PolicySet) -> CompiledPolicy:
     compiled = CompiledPolicy(policy_set, shapes)
     problems.extend(_data_conflicts(compiled))
     problems.extend(_rule_conflicts(shapes))
+    problems.extend(_packages_outside_roots(compiled))
     problems.extend(_unknown_functions(shapes))
     engine.set_input({})
     # Tests run under `policy test`, where an error is that test's failure.
@@ -192,6 +193,23 @@ def _rule_conflicts(shapes: list[ModuleShape]) -> list[Problem]:
             if conflict is not None:
                 problems.append(Problem(shape.file, conflict, rule.line, rule.col))
     return problems
+
+
+def _packages_outside_roots(compiled: CompiledPolicy) -> list[Problem]:
+    """A bundle's module whose package its manifest roots don't hold: OPA refuses
+    the bundle (load_policy_set checks the data)."""
+    roots = compiled.policy_set.roots
+    return [
+        Problem(
+            shape.file,
+            f"package {'.'.join(shape.package)} is outside the manifest roots "
+            f"{json.dumps(list(roots or ()))}",
+            shape.package_line,
+            shape.package_col,
+        )
+        for shape in compiled.shapes
+        if outside_roots(roots, shape.package)
+    ]
 
 
 def _unknown_functions(shapes: list[ModuleShape]) -> list[Problem]:

@@ -40,6 +40,9 @@ class PolicySet:
     revision: str
     # Where each data key came from, to name both files on a conflict.
     data_sources: dict[tuple[str, ...], str] = field(default_factory=dict)
+    # A bundle's manifest roots ("acme/rules"), None when it claims all of data:
+    # every package and data path must lie under one (compile_policy checks packages).
+    roots: tuple[str, ...] | None = None
 
     def source_of(self, path: tuple[str, ...]) -> str:
         return _source_of(self.data_sources, path)
@@ -134,11 +137,78 @@ def _load_bundle(bundle: Path) -> PolicySet:
     policy_set = _assemble(modules, documents, problems, origin=str(bundle))
     for display, _, content in manifest:
         parsed = _parse_document(display, content, problems)
-        if isinstance(parsed, dict) and isinstance(parsed.get("revision"), str):
+        if parsed is None:
+            continue
+        if not isinstance(parsed, dict):
+            problems.append(Problem(display, "a manifest must be an object"))
+            continue
+        if isinstance(parsed.get("revision"), str):
             policy_set.revision = parsed["revision"]
+        policy_set.roots = _manifest_roots(display, parsed, problems)
+        if policy_set.roots is not None:
+            problems.extend(_data_outside_roots(policy_set, display))
     if problems:
         raise PolicyLoadError(problems)
     return policy_set
+
+
+def _manifest_roots(
+    display: str, manifest: dict[str, Any], problems: list[Problem]
+) -> tuple[str, ...] | None:
+    """The manifest's roots as OPA reads them (no leading or trailing "/"), or None
+    when it names none; roots that overlap are a problem, as on OPA."""
+    roots = manifest.get("roots")
+    if roots is None:
+        return None
+    if not isinstance(roots, list) or not all(isinstance(root, str) for root in roots):
+        problems.append(Problem(display, "roots must be a list of strings"))
+        return None
+    trimmed = tuple(root.strip("/") for root in roots)
+    for index, root in enumerate(trimmed):
+        for other in trimmed[index + 1 :]:
+            if root_holds(root, _parts(other)) or root_holds(other, _parts(root)):
+                problems.append(Problem(display, f"roots {root!r} and {other!r} overlap"))
+    return trimmed
+
+
+def _parts(root: str) -> tuple[str, ...]:
+    return tuple(root.split("/"))
+
+
+def root_holds(root: str, path: tuple[str, ...]) -> bool:
+    """Whether a bundle root ("acme/rules") holds `path` (("acme", "rules", "max")),
+    OPA's rule: a root holds its own path and all below it; "" holds everything."""
+    if root == "":
+        return True
+    parts = _parts(root)
+    return path[: len(parts)] == parts
+
+
+def outside_roots(roots: tuple[str, ...] | None, path: tuple[str, ...]) -> bool:
+    return roots is not None and not any(root_holds(root, path) for root in roots)
+
+
+def _data_outside_roots(policy_set: PolicySet, manifest: str) -> list[Problem]:
+    """Each data path no root holds (OPA refuses such a bundle), by the file that
+    set it. An object is looked into only when a root lies below it."""
+    roots = policy_set.roots or ()
+    problems = []
+    pending: list[tuple[tuple[str, ...], Any]] = [((), policy_set.data)]
+    while pending:
+        path, node = pending.pop()
+        for key, value in node.items():
+            at = (*path, key)
+            if not outside_roots(roots, at):
+                continue
+            if isinstance(value, dict) and any(_parts(root)[: len(at)] == at for root in roots):
+                pending.append((at, value))
+                continue
+            message = (
+                f"data.{'.'.join(at)} is outside the manifest roots "
+                f"{json.dumps(list(roots))} ({manifest})"
+            )
+            problems.append(Problem(policy_set.source_of(at), message))
+    return problems
 
 
 def bundle_roots(packages: list[tuple[str, ...]], data: dict[str, Any]) -> list[str]:

@@ -35,6 +35,8 @@ class Call:
 class ModuleShape:
     file: str
     package: tuple[str, ...]
+    package_line: int | None = None
+    package_col: int | None = None
     imports: dict[str, tuple[str, ...]] = field(default_factory=dict)
     rules: list[Rule] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
@@ -178,7 +180,8 @@ def module_shape(entry: dict[str, Any]) -> ModuleShape:
     """One element of regorus' `get_ast_as_json()` list as a ModuleShape."""
     ast = entry["ast"]
     package = ref_path(ast["package"]["refr"]) or ()
-    shape = ModuleShape(entry["source"]["file"], package)
+    span = ast["package"].get("span", {})
+    shape = ModuleShape(entry["source"]["file"], package, span.get("line"), span.get("col"))
     source = str(entry["source"].get("contents", "")).encode()
     for imported in ast.get("imports", []):
         path = ref_path(imported["refr"])

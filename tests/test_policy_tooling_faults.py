@@ -154,3 +154,74 @@ def test_policy_bundle_of_the_shipped_policies_claims_portcullis_only(tmp_path: 
     with tarfile.open(bundle) as archive:
         manifest = json.loads(archive.extractfile(".manifest").read())  # type: ignore[union-attr]
     assert manifest["roots"] == ["portcullis"]
+
+
+def test_bundle_whose_roots_do_not_hold_a_package_is_refused_as_on_opa(tmp_path: Path) -> None:
+    bundle = make_bundle(
+        tmp_path / "b.tar.gz",
+        {
+            ".manifest": '{"revision": "r1", "roots": ["limits", "portcullis"]}',
+            "acme/rules.rego": "package acme.rules\nimport rego.v1\nallow if input.n < 3\n",
+        },
+    )
+    assert load_problems(bundle) == [
+        f"{bundle}:acme/rules.rego:1:1: package acme.rules is outside the manifest roots "
+        '["limits", "portcullis"]'
+    ]
+
+
+def test_bundle_with_data_outside_its_roots_is_refused_as_on_opa(tmp_path: Path) -> None:
+    bundle = make_bundle(
+        tmp_path / "b.tar.gz",
+        {
+            ".manifest": '{"roots": ["acme/rules"]}',
+            "acme/rules.rego": "package acme.rules\nimport rego.v1\nallow := true\n",
+            "acme/rules/limits/data.json": '{"max": 3}',
+            "other/data.json": '{"max": 3}',
+        },
+    )
+    assert load_problems(bundle) == [
+        f'{bundle}:other/data.json: data.other is outside the manifest roots ["acme/rules"] '
+        f"({bundle}:.manifest)"
+    ]
+
+
+def test_bundle_with_overlapping_roots_is_refused_as_on_opa(tmp_path: Path) -> None:
+    bundle = make_bundle(
+        tmp_path / "b.tar.gz",
+        {
+            ".manifest": '{"roots": ["acme", "/acme/rules/"]}',
+            "acme/rules.rego": "package acme.rules\nimport rego.v1\nallow := true\n",
+        },
+    )
+    assert load_problems(bundle) == [f"{bundle}:.manifest: roots 'acme' and 'acme/rules' overlap"]
+
+
+def test_bundle_without_roots_or_with_the_empty_root_holds_everything(tmp_path: Path) -> None:
+    for manifest in ('{"revision": "r1"}', '{"roots": [""]}'):
+        bundle = make_bundle(
+            tmp_path / "b.tar.gz",
+            {
+                ".manifest": manifest,
+                "acme/rules.rego": "package acme.rules\nimport rego.v1\nallow := true\n",
+                "other/data.json": '{"max": 3}',
+            },
+        )
+        compile_policy(load_policy_set(bundle))
+
+
+@pytest.mark.parametrize(
+    ("manifest", "expected"),
+    [
+        ('["acme"]', "a manifest must be an object"),
+        ('{"roots": "acme"}', "roots must be a list of strings"),
+    ],
+)
+def test_bundle_with_a_manifest_opa_cannot_read_is_refused(
+    manifest: str, expected: str, tmp_path: Path
+) -> None:
+    bundle = make_bundle(
+        tmp_path / "b.tar.gz",
+        {".manifest": manifest, "acme.rego": "package acme\nimport rego.v1\nallow := true\n"},
+    )
+    assert load_problems(bundle) == [f"{bundle}:.manifest: {expected}"]
