@@ -15,6 +15,9 @@ class Rule:
     col: int
     is_function: bool
     is_default: bool = False
+    # The whole rule (head, bodies, else) as UTF-8 byte offsets in its module.
+    start: int = 0
+    end: int = 0
 
     @property
     def name(self) -> str:
@@ -162,18 +165,27 @@ def _rule(entry: dict[str, Any]) -> Rule | None:
     if "Default" in entry:
         body = entry["Default"]
         path = ref_path(body["refr"])
-        span = body["span"]
+        span = whole = body["span"]
         is_function = bool(body.get("args"))
     elif "Spec" in entry:
         head_kind, head = next(iter(entry["Spec"]["head"].items()))
         path = ref_path(head["refr"])
         span = head["span"]
+        whole = entry["Spec"]["span"]
         is_function = head_kind == "Func"
     else:
         return None
     if path is None:
         return None
-    return Rule(path, span["line"], span["col"], is_function, "Default" in entry)
+    return Rule(
+        path,
+        span["line"],
+        span["col"],
+        is_function,
+        "Default" in entry,
+        whole.get("start", 0),
+        whole.get("end", 0),
+    )
 
 
 def module_shape(entry: dict[str, Any]) -> ModuleShape:

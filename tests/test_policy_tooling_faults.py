@@ -14,6 +14,7 @@ import pytest
 from gateway.policy.reload import build_or_reason
 from policy_engine import PolicyLoadError, compile_policy, load_policy_set
 from policy_engine.opa_golib import GoOpaEngine, available
+from policy_engine.testing import run_tests
 from tests.conftest import FIXTURES, ROOT
 
 BAD = FIXTURES / "policies"
@@ -225,3 +226,47 @@ def test_bundle_with_a_manifest_opa_cannot_read_is_refused(
         {".manifest": manifest, "acme.rego": "package acme\nimport rego.v1\nallow := true\n"},
     )
     assert load_problems(bundle) == [f"{bundle}:.manifest: {expected}"]
+
+
+DUPLICATES = BAD / "duplicate_test_names"
+DUPLICATES_TEST = f"{DUPLICATES}/acme_test.rego"
+
+
+@pytest.mark.parametrize(
+    "engine",
+    [
+        "regorus",
+        pytest.param(
+            "opa",
+            marks=pytest.mark.skipif(not available(), reason="OPA's Go evaluator not installed"),
+        ),
+    ],
+)
+def test_policy_test_runs_each_definition_of_a_test_name_alone_as_opa_does(engine: str) -> None:
+    result = portcullis("policy", "test", "-v", "--engine", engine, str(DUPLICATES))
+    assert result.returncode == 1, result.stdout
+    outcomes = [line.split(" (")[0] for line in result.stdout.splitlines() if "ms)" in line]
+    assert outcomes == [
+        "data.acme_test.test_allow: PASS",
+        "data.acme_test.test_allow#01: FAIL",
+        "data.acme_test.test_allow#02: PASS",
+    ]
+    assert f"  {DUPLICATES_TEST}:10: undefined" in result.stdout
+    assert result.stdout.strip().splitlines()[-2:] == ["PASS: 2/3", "FAIL: 1/3"]
+
+
+def test_a_test_run_alone_prints_and_fails_at_its_own_lines() -> None:
+    result = portcullis("policy", "test", "--run", "test_allow#01", str(DUPLICATES))
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[2:4] == [
+        f"  {DUPLICATES_TEST}:10: undefined",
+        f"  {DUPLICATES_TEST}:11: as guest ✓",
+    ]
+    assert result.stdout.strip().splitlines()[-1] == "FAIL: 1/1"
+
+
+def test_coverage_counts_the_lines_of_tests_run_alone() -> None:
+    report = run_tests(load_policy_set(DUPLICATES), coverage=True)
+    (tests,) = [f for f in report.coverage if f.file == DUPLICATES_TEST]
+    assert {7, 11, 12, 15} <= set(tests.covered)
+    assert not set(tests.covered) & set(tests.not_covered)
