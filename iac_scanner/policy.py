@@ -49,6 +49,21 @@ class NotJudged:
 _COLLECTOR_PACKAGE = "portcullis_scanner_collect"
 
 
+def _kind(value: Any) -> str:
+    """What a JSON value is, for an error message: "a number", "an object"."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "an object"
+    return "an array"
+
+
 class RuleSet:
     """The scanner's rules, compiled once; one regorus engine per process."""
 
@@ -64,17 +79,30 @@ class RuleSet:
         self._engine.add_policy(f"{_COLLECTOR_PACKAGE}.rego", self._collector())
 
     def _collector(self) -> str:
+        # A deny or not_judged that is undefined (`deny := {...} if input.strict`)
+        # is no results for that package, as in OPA and conftest: each is
+        # wrapped as {"value": ...}, or {} by default, so an undefined one can't
+        # make the whole results object undefined and silence every rule.
         judged = {
             shape.package_ref
             for shape in self.compiled.shapes
             if any(rule.path[0] == "not_judged" for rule in shape.rules)
         }
-        lines = [f"package {_COLLECTOR_PACKAGE}", "", "results := {"]
-        for package in self.packages:
-            not_judged = f"{package}.not_judged" if package in judged else "set()"
-            lines.append(f'\t"{package}": {{"deny": {package}.deny, "not_judged": {not_judged}}},')
-        lines.append("}")
-        return "\n".join(lines) + "\n"
+        results = [f"package {_COLLECTOR_PACKAGE}", "", "results := {"]
+        wrappers = []
+        for index, package in enumerate(self.packages):
+            not_judged = f"not_judged_{index}" if package in judged else "{}"
+            results.append(f'\t"{package}": {{"deny": deny_{index}, "not_judged": {not_judged}}},')
+            names = ["deny"] + (["not_judged"] if package in judged else [])
+            for name in names:
+                wrappers += [
+                    "",
+                    f"default {name}_{index} := {{}}",
+                    "",
+                    f'{name}_{index} := {{"value": {package}.{name}}}',
+                ]
+        results.append("}")
+        return "\n".join(results + wrappers) + "\n"
 
     def _rule_packages(self) -> list[str]:
         found: dict[str, set[str]] = {}
@@ -124,12 +152,18 @@ class RuleSet:
             first = (str(error).strip().splitlines() or ["?"])[0]
             raise EvaluationError(f"the document can't be given to the engine: {first}") from None
         results = self._eval(f"data.{_COLLECTOR_PACKAGE}.results")
+        if not isinstance(results, dict):
+            # Never "no findings": results is always an object unless the
+            # engine failed to read it.
+            raise EvaluationError(f"the rule packages gave no readable results ({_kind(results)})")
         violations: list[Violation] = []
         not_judged: list[NotJudged] = []
         for package in self.packages:
-            found = (results or {}).get(package) or {}
+            found = results.get(package)
+            if not isinstance(found, dict):
+                raise EvaluationError(f"{package}: no result from the engine ({_kind(found)})")
             rule = self.rules[package]
-            for item in found.get("deny") or []:
+            for item in _items(package, "deny", found):
                 if isinstance(item, dict) and isinstance(item.get("resource"), str):
                     message = str(item.get("message") or rule.title)
                     key = str(item.get("key") or "")
@@ -138,7 +172,7 @@ class RuleSet:
                     raise EvaluationError(
                         f"{package}.deny: each item must be {{resource, message}}, got {item!r}"
                     )
-            for item in found.get("not_judged") or []:
+            for item in _items(package, "not_judged", found):
                 if isinstance(item, dict) and isinstance(item.get("resource"), str):
                     not_judged.append(NotJudged(rule, item["resource"], str(item.get("path", ""))))
                 else:
@@ -146,3 +180,17 @@ class RuleSet:
                         f"{package}.not_judged: each item must be {{resource, path}}, got {item!r}"
                     )
         return violations, not_judged
+
+
+def _items(package: str, name: str, found: dict[str, Any]) -> list[Any]:
+    """A package's deny or not_judged set as the collector wrapped it: no
+    "value" when it is undefined (no results, as in OPA and conftest)."""
+    wrapped = found.get(name)
+    if not isinstance(wrapped, dict):
+        raise EvaluationError(f"{package}.{name}: unreadable result ({_kind(wrapped)})")
+    if "value" not in wrapped:
+        return []
+    value = wrapped["value"]
+    if not isinstance(value, list):
+        raise EvaluationError(f"{package}.{name}: must be a set, got {_kind(value)}")
+    return value

@@ -1,0 +1,157 @@
+"""Custom `portcullis.terraform.*` rule packages beside the shipped ones: one
+package's mistake is that package's (or an error naming it), never a scan
+that silently finds nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from portcullis.cli import main
+from tests.conftest import FIXTURES, POLICIES
+
+POS_APP = FIXTURES / "terraform/pos_app"
+
+METADATA = '{"id": "ACME-TF-1", "title": "t", "severity": "low", "remediation": "r"}'
+
+
+def with_package(tmp_path: Path, rego: str, name: str = "extra") -> Path:
+    """The shipped policy set plus one custom package in extra/<name>.rego."""
+    policy = shutil.copytree(POLICIES, tmp_path / f"policy-{name}")
+    (policy / "extra").mkdir(exist_ok=True)
+    (policy / "extra" / f"{name}.rego").write_text(
+        f"package portcullis.terraform.{name}\n\nimport rego.v1\n\n{rego}"
+    )
+    return policy
+
+
+def scan(capsys: pytest.CaptureFixture[str], policy: Path) -> tuple[int, dict[str, Any], str]:
+    code = main(["scan", str(POS_APP), "--no-cache", "--output", "json", "--policy", str(policy)])
+    out, err = capsys.readouterr()
+    return code, json.loads(out) if out else {}, err
+
+
+@pytest.fixture(scope="module")
+def shipped_findings() -> set[tuple[str, str]]:
+    """(rule id, resource) of what the shipped policy set finds in pos_app."""
+    import io
+    from contextlib import redirect_stdout
+
+    out = io.StringIO()
+    with redirect_stdout(out):
+        main(["scan", str(POS_APP), "--no-cache", "--output", "json", "--policy", str(POLICIES)])
+    found = {(f["rule_id"], f["resource"]) for f in json.loads(out.getvalue())["findings"]}
+    assert len(found) >= 10
+    return found
+
+
+def found(report: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(f["rule_id"], f["resource"]) for f in report["findings"]}
+
+
+def test_a_package_whose_deny_is_undefined_finds_nothing_and_silences_no_other_rule(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, shipped_findings: set[tuple[str, str]]
+) -> None:
+    # OPA and conftest: an undefined deny is no results, for that package only.
+    policy = with_package(
+        tmp_path,
+        f"metadata := {METADATA}\n\n"
+        'deny := {{"resource": r.address, "message": "m"} | some r in input.resources} '
+        "if input.strict\n",
+    )
+    code, report, err = scan(capsys, policy)
+    assert err == ""
+    assert found(report) == shipped_findings
+    assert code == 1
+
+
+def test_a_package_whose_not_judged_is_undefined_silences_no_other_rule(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, shipped_findings: set[tuple[str, str]]
+) -> None:
+    policy = with_package(
+        tmp_path,
+        f"metadata := {METADATA}\n\n"
+        'deny contains {"resource": r.address, "message": "m"} if {\n'
+        "\tsome r in input.resources\n"
+        '\tr.type == "aws_instance"\n'
+        "}\n\n"
+        'not_judged := {{"resource": r.address, "path": "ami"} | some r in input.resources} '
+        "if input.strict\n",
+    )
+    code, report, err = scan(capsys, policy)
+    assert err == ""
+    assert found(report) == shipped_findings
+    assert code == 1
+
+
+def test_a_deny_that_is_undefined_for_one_package_keeps_its_findings_in_another(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, shipped_findings: set[tuple[str, str]]
+) -> None:
+    policy = with_package(
+        tmp_path,
+        f"metadata := {METADATA}\n\n"
+        'deny contains {"resource": "aws_lb.pos", "message": "m"} if { true }\n',
+        name="always",
+    )
+    (policy / "extra" / "never.rego").write_text(
+        "package portcullis.terraform.never\n\nimport rego.v1\n\n"
+        f"metadata := {METADATA.replace('ACME-TF-1', 'ACME-TF-2')}\n\n"
+        'deny := {{"resource": "aws_lb.pos", "message": "m"}} if input.strict\n'
+    )
+    code, report, err = scan(capsys, policy)
+    assert err == "" and code == 1
+    assert found(report) == shipped_findings | {("ACME-TF-1", "aws_lb.pos")}
+
+
+def test_policy_diff_with_a_candidate_whose_deny_is_undefined_loses_no_shipped_finding(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    candidate = with_package(
+        tmp_path,
+        f"metadata := {METADATA}\n\n"
+        'deny := {{"resource": r.address, "message": "m"} | some r in input.resources} '
+        "if input.strict\n",
+    )
+    code = main(["policy", "diff", str(POS_APP), "--output", "json", "--policy", str(candidate)])
+    report = json.loads(capsys.readouterr().out)
+    assert report["disappeared"] == [] and report["appeared"] == []
+    assert report["unchanged"] >= 10
+    assert code == 0
+
+
+@pytest.mark.parametrize(
+    ("deny", "kind"),
+    [
+        ("deny := 5", "a number"),
+        ('deny := "m"', "a string"),
+        ('deny := {"resource": "aws_lb.pos", "message": "m"}', "an object"),
+        ("deny := null", "null"),
+    ],
+)
+def test_a_deny_that_is_not_a_set_is_an_error_naming_the_package(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, deny: str, kind: str
+) -> None:
+    policy = with_package(tmp_path, f"metadata := {METADATA}\n\n{deny}\n")
+    code, _, err = scan(capsys, policy)
+    assert code == 2
+    assert f"data.portcullis.terraform.extra.deny: must be a set, got {kind}" in err
+
+
+def test_a_rule_that_fails_to_evaluate_is_an_error_never_a_pass(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    policy = with_package(
+        tmp_path,
+        f"metadata := {METADATA}\n\n"
+        'deny contains {"resource": r.address, "message": m} if {\n'
+        "\tsome r in input.resources\n"
+        '\tm := sprintf("%s", [to_number("x")])\n'
+        "}\n",
+    )
+    code, _, err = scan(capsys, policy)
+    assert code == 2
+    assert f"policy evaluation failed: {policy}/extra/extra.rego:" in err
