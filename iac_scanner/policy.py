@@ -48,6 +48,9 @@ class NotJudged:
 # catalogue's tags) are computed once per document rather than once per rule.
 _COLLECTOR_PACKAGE = "portcullis_scanner_collect"
 
+# What makes a package a rule; one that has some of them must have metadata and deny.
+_RULE_PARTS = ("metadata", "deny", "not_judged")
+
 
 def _kind(value: Any) -> str:
     """What a JSON value is, for an error message: "a number", "an object"."""
@@ -105,13 +108,35 @@ class RuleSet:
         return "\n".join(results + wrappers) + "\n"
 
     def _rule_packages(self) -> list[str]:
+        """The rule packages; a `portcullis.terraform.*` package with a rule's
+        parts but not both metadata and deny is an error, not a rule skipped
+        with its findings (helper packages, with none of the parts, aren't rules)."""
         found: dict[str, set[str]] = {}
+        # Where each package first declares a rule part, for the error.
+        where: dict[str, str] = {}
         for shape in self.compiled.shapes:
             package = shape.package
             if package[: len(PACKAGE_PREFIX)] != PACKAGE_PREFIX or package[-1].endswith("_test"):
                 continue
             names = found.setdefault(shape.package_ref, set())
-            names.update(rule.path[0] for rule in shape.rules if not rule.is_function)
+            for rule in shape.rules:
+                if rule.is_function:
+                    continue
+                names.add(rule.path[0])
+                if rule.path[0] in _RULE_PARTS and shape.package_ref not in where:
+                    where[shape.package_ref] = f"{shape.file}:{rule.line}:{rule.col}"
+        problems = []
+        for ref, names in sorted(found.items()):
+            has = [name for name in _RULE_PARTS if name in names]
+            lacks = [name for name in ("metadata", "deny") if name not in names]
+            if has and lacks:
+                problems.append(
+                    f"{where[ref]}: package {ref.removeprefix('data.')} has {' and '.join(has)} "
+                    f"but no {' or '.join(lacks)}: a rule package declares both (metadata := "
+                    '{"id", "title", "severity", "remediation"})'
+                )
+        if problems:
+            raise RuleSetError("\n".join(problems))
         return sorted(ref for ref, names in found.items() if {"deny", "metadata"} <= names)
 
     def _eval(self, ref: str) -> Any:

@@ -155,3 +155,53 @@ def test_a_rule_that_fails_to_evaluate_is_an_error_never_a_pass(
     code, _, err = scan(capsys, policy)
     assert code == 2
     assert f"policy evaluation failed: {policy}/extra/extra.rego:" in err
+
+
+DENY_EVERY_RESOURCE = (
+    'deny contains {"resource": r.address, "message": "m"} if {\n\tsome r in input.resources\n}\n'
+)
+
+
+def test_a_rule_package_without_metadata_is_an_error_naming_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    policy = with_package(tmp_path, DENY_EVERY_RESOURCE)
+    code, report, err = scan(capsys, policy)
+    assert code == 2 and report == {}
+    assert err == (
+        f"portcullis scan: {policy}/extra/extra.rego:5:1: package portcullis.terraform.extra "
+        "has deny but no metadata: a rule package declares both (metadata := "
+        '{"id", "title", "severity", "remediation"})\n'
+    )
+
+
+def test_a_rule_package_with_metadata_but_no_deny_is_an_error_naming_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # conftest's other rule names (violation, warn) are not the scanner's.
+    policy = with_package(
+        tmp_path, f"metadata := {METADATA}\n\n" + DENY_EVERY_RESOURCE.replace("deny", "violation")
+    )
+    code, _, err = scan(capsys, policy)
+    assert code == 2
+    where = f"{policy}/extra/extra.rego:5:1"
+    assert f"{where}: package portcullis.terraform.extra has metadata but no deny" in err
+
+
+def test_a_helper_package_with_no_rule_parts_is_not_a_rule(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, shipped_findings: set[tuple[str, str]]
+) -> None:
+    policy = with_package(tmp_path, 'is_db(r) if r.type == "aws_db_instance"\n', name="helpers")
+    code, report, err = scan(capsys, policy)
+    assert err == "" and code == 1
+    assert found(report) == shipped_findings
+
+
+def test_policy_diff_with_a_candidate_rule_without_metadata_is_exit_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    candidate = with_package(tmp_path, DENY_EVERY_RESOURCE)
+    code = main(["policy", "diff", str(POS_APP), "--policy", str(candidate)])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert "package portcullis.terraform.extra has deny but no metadata" in err
