@@ -77,8 +77,11 @@ class RuleSet:
             raise RuleSetError(str(error)) from None
         self.revision = self.compiled.policy_set.revision
         self._engine = new_engine(self.compiled.policy_set)
+        # Where each package first declares metadata, deny and not_judged.
+        self._declared: dict[str, dict[str, str]] = {}
         self.packages = self._rule_packages()
         self.rules = {ref: self._metadata(ref) for ref in self.packages}
+        self._unique_ids()
         self._engine.add_policy(f"{_COLLECTOR_PACKAGE}.rego", self._collector())
 
     def _collector(self) -> str:
@@ -111,33 +114,43 @@ class RuleSet:
         """The rule packages; a `portcullis.terraform.*` package with a rule's
         parts but not both metadata and deny is an error, not a rule skipped
         with its findings (helper packages, with none of the parts, aren't rules)."""
-        found: dict[str, set[str]] = {}
-        # Where each package first declares a rule part, for the error.
-        where: dict[str, str] = {}
         for shape in self.compiled.shapes:
             package = shape.package
             if package[: len(PACKAGE_PREFIX)] != PACKAGE_PREFIX or package[-1].endswith("_test"):
                 continue
-            names = found.setdefault(shape.package_ref, set())
             for rule in shape.rules:
-                if rule.is_function:
-                    continue
-                names.add(rule.path[0])
-                if rule.path[0] in _RULE_PARTS and shape.package_ref not in where:
-                    where[shape.package_ref] = f"{shape.file}:{rule.line}:{rule.col}"
+                if rule.path[0] in _RULE_PARTS and not rule.is_function:
+                    parts = self._declared.setdefault(shape.package_ref, {})
+                    parts.setdefault(rule.path[0], f"{shape.file}:{rule.line}:{rule.col}")
         problems = []
-        for ref, names in sorted(found.items()):
-            has = [name for name in _RULE_PARTS if name in names]
-            lacks = [name for name in ("metadata", "deny") if name not in names]
-            if has and lacks:
+        for ref, parts in sorted(self._declared.items()):
+            lacks = [name for name in ("metadata", "deny") if name not in parts]
+            if lacks:
                 problems.append(
-                    f"{where[ref]}: package {ref.removeprefix('data.')} has {' and '.join(has)} "
-                    f"but no {' or '.join(lacks)}: a rule package declares both (metadata := "
+                    f"{next(iter(parts.values()))}: package {ref.removeprefix('data.')} has "
+                    f"{' and '.join(n for n in _RULE_PARTS if n in parts)} but no "
+                    f"{' or '.join(lacks)}: a rule package declares both (metadata := "
                     '{"id", "title", "severity", "remediation"})'
                 )
         if problems:
             raise RuleSetError("\n".join(problems))
-        return sorted(ref for ref, names in found.items() if {"deny", "metadata"} <= names)
+        return sorted(self._declared)
+
+    def _unique_ids(self) -> None:
+        """Two packages with one id would be one rule to SARIF, suppressions
+        and baselines, with the findings of both."""
+        first: dict[str, str] = {}
+        problems = []
+        for ref, rule in self.rules.items():
+            other = first.setdefault(rule.id, ref)
+            if other != ref:
+                problems.append(
+                    f"{self._declared[other]['metadata']}: packages {other.removeprefix('data.')} "
+                    f"and {ref.removeprefix('data.')} ({self._declared[ref]['metadata']}) both "
+                    f"declare rule id {rule.id}: a rule id names one rule"
+                )
+        if problems:
+            raise RuleSetError("\n".join(problems))
 
     def _eval(self, ref: str) -> Any:
         try:

@@ -205,3 +205,35 @@ def test_policy_diff_with_a_candidate_rule_without_metadata_is_exit_2(
     out, err = capsys.readouterr()
     assert code == 2 and out == ""
     assert "package portcullis.terraform.extra has deny but no metadata" in err
+
+
+def test_two_packages_with_one_rule_id_is_an_error_naming_both(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Merged, they were one SARIF rule whose findings had two severities, and a
+    # suppression or baseline entry for the id covered both.
+    policy = with_package(
+        tmp_path,
+        f"metadata := {METADATA.replace('ACME-TF-1', 'PC-TF-006')}\n\n" + DENY_EVERY_RESOURCE,
+    )
+    code, report, err = scan(capsys, policy)
+    assert code == 2 and report == {}
+    assert err == (
+        f"portcullis scan: {policy}/extra/extra.rego:5:1: packages portcullis.terraform.extra "
+        f"and portcullis.terraform.public_s3 ({policy}/terraform/public_s3.rego:10:1) both "
+        "declare rule id PC-TF-006: a rule id names one rule\n"
+    )
+
+
+def test_policy_diff_with_a_candidate_that_reuses_a_rule_id_is_exit_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    candidate = with_package(
+        tmp_path,
+        f"metadata := {METADATA.replace('ACME-TF-1', 'PC-TF-006')}\n\n" + DENY_EVERY_RESOURCE,
+    )
+    code = main(["policy", "diff", str(POS_APP), "--policy", str(candidate)])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert "extra and portcullis.terraform.public_s3 (" in err
+    assert "both declare rule id PC-TF-006" in err
