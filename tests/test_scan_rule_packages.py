@@ -237,3 +237,19 @@ def test_policy_diff_with_a_candidate_that_reuses_a_rule_id_is_exit_2(
     assert code == 2 and out == ""
     assert "extra and portcullis.terraform.public_s3 (" in err
     assert "both declare rule id PC-TF-006" in err
+
+
+def test_results_the_engine_gives_that_cannot_be_read_are_an_error_not_no_findings(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from iac_scanner.findings import Rule
+    from iac_scanner.policy import RuleSet
+
+    # As if the engine answered undefined (or null) for every query.
+    monkeypatch.setattr(RuleSet, "_eval", lambda self, ref: None)
+    monkeypatch.setattr(
+        RuleSet, "_metadata", lambda self, ref: Rule(id=ref, title="t", severity="low")
+    )
+    code, _, err = scan(capsys, POLICIES)
+    assert code == 2
+    assert "policy evaluation failed: the rule packages gave no readable results (null)" in err
