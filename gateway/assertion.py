@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -12,10 +14,47 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from gateway.config import ConfigError, GatewayConfig
 from gateway.identity import Identity
 
 HEADER = "X-Portcullis-Assertion"
 JWKS_PATH = "/.well-known/portcullis/jwks.json"
+# Where a decision log keeps its key when assertion.key_file isn't set: beside it,
+# as the demo and the Docker example do.
+KEY_BESIDE_LOG = "assertion-key.pem"
+
+log = logging.getLogger("portcullis.gateway")
+
+
+def settle_key_file(config: GatewayConfig, workers: int = 1) -> GatewayConfig:
+    """``config`` with the key file its processes will sign with, or a ConfigError.
+
+    A key made in memory dies with its process: the decision log it signed can't
+    be verified once the process exits, and each of several workers would make
+    its own (a backend that fetched the JWKS from one refuses the others'
+    assertions). So without ``assertion.key_file`` a decision log keeps the key
+    beside it, and several workers without a log are refused.
+    """
+    assertion = config.assertion
+    if assertion.key_file is not None:
+        return config
+    if config.decision_log.path is not None:
+        key_file = config.decision_log.path.parent / KEY_BESIDE_LOG
+        log.warning(
+            "assertion.key_file not set: assertions and the decision log are signed with "
+            "%s, beside the log (created if missing); set key_file to keep it elsewhere",
+            key_file,
+        )
+        return dataclasses.replace(
+            config, assertion=dataclasses.replace(assertion, key_file=key_file)
+        )
+    if workers > 1 and config.auth:
+        raise ConfigError(
+            f"assertion.key_file: required with --workers {workers}: each worker would sign "
+            "with a key of its own, and backends would refuse the assertions of all but one "
+            "(a missing file is created, mode 0600)"
+        )
+    return config
 
 
 def load_or_create_key(path: Path | None) -> ec.EllipticCurvePrivateKey:

@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import heap
+from gateway.assertion import load_or_create_key
 from gateway.config import GatewayConfig, Listener
 from gateway.limits import LimitedServer
 from gateway.screening.headers import MAX_FIELD_SIZE
@@ -157,6 +158,9 @@ def run(config: GatewayConfig, workers: int = 1, log_level: str = "info") -> Non
     if workers <= 1:
         asyncio.run(serve(config))
         return
+    if config.assertion.key_file is not None:
+        # Made here if missing: workers each making it would race, and sign with different keys.
+        load_or_create_key(config.assertion.key_file)
     context = multiprocessing.get_context("spawn")
     processes = [
         context.Process(target=_worker, args=(config, i, log_level)) for i in range(workers)

@@ -118,6 +118,13 @@ class Gateway:
     async def start(self, app: web.Application) -> None:
         if not self.config.auth:
             log.warning("auth: false: NO authentication and NO policy; a bare proxy for benchmarks")
+        logged = self.config.decision_log.path is not None
+        if self.config.assertion.key_file is None and (self.config.auth or logged):
+            log.warning(
+                "assertion.key_file not set: signing with a key made at start and kept in "
+                "memory: no other process has it and a restart replaces it%s",
+                ", so the decision log can't be verified once this process exits" if logged else "",
+            )
         if not await self.policy.reload("start"):
             raise RuntimeError(
                 f"policy {self.policy.source} failed to load:\n{self.policy.last_error}"

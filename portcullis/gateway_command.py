@@ -63,6 +63,7 @@ def register(commands: Any) -> None:
 
 
 def run_gateway(args: argparse.Namespace) -> int:
+    from gateway.assertion import settle_key_file
     from gateway.config import ConfigError, load_config
     from gateway.runner import configure_logging, run
 
@@ -75,6 +76,11 @@ def run_gateway(args: argparse.Namespace) -> int:
         print("--workers must be at least 1", file=sys.stderr)
         return 2
     configure_logging(args.log_level)
+    try:
+        config = settle_key_file(config, args.workers)
+    except ConfigError as error:
+        print(f"config error: {args.config}: {error}", file=sys.stderr)
+        return 2
     try:
         run(config, workers=args.workers, log_level=args.log_level)
     except (RuntimeError, OSError, ValueError) as error:

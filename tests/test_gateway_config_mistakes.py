@@ -1,0 +1,156 @@
+"""Config mistakes that used to pass in silence: each is refused or warned of at start,
+naming what to change."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gateway.config import AssertionConfig, DecisionLogConfig
+from tests.conftest import POLICIES, ROOT
+from tests.gateway_stack import ServerFactory, free_port, start_stack
+
+
+def gateway_process(config: Path, *args: str, cwd: Path = ROOT) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "portcullis", "gateway", "--config", str(config), *args],
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def finish(process: subprocess.Popen[str], timeout: float = 30) -> str:
+    """The process's stderr once it exited (stopped with SIGTERM if it still runs)."""
+    try:
+        return process.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGTERM)
+        return process.communicate(timeout=30)[1]
+
+
+async def wait_healthy(url: str, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            assert process.poll() is None, finish(process)
+            try:
+                async with session.get(f"{url}/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} not ready")
+
+
+def issuer_yaml() -> str:
+    # Never fetched before these tests end: the refusals come first.
+    return (
+        "issuers: [{issuer: 'http://127.0.0.1:9', audiences: [portcullis], "
+        "jwks_url: 'http://127.0.0.1:9/jwks.json'}]\n"
+    )
+
+
+# --- the signing key ---------------------------------------------------------------
+
+
+def test_two_workers_without_a_key_file_are_refused_naming_assertion_key_file(
+    tmp_path: Path,
+) -> None:
+    """Each worker made a key of its own: the JWKS endpoint answered with one or the
+    other, and a backend refused about half the assertions."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"listeners: [{{address: 127.0.0.1, port: {free_port()}}}]\n{issuer_yaml()}"
+        f"policy: {{source: {POLICIES}, watch: false}}\n"
+    )
+    process = gateway_process(config, "--workers", "2")
+    err = finish(process, timeout=20)
+    assert process.returncode == 2, err
+    assert err.strip() == (
+        f"config error: {config}: assertion.key_file: required with --workers 2: each worker "
+        "would sign with a key of its own, and backends would refuse the assertions of all "
+        "but one (a missing file is created, mode 0600)"
+    )
+
+
+async def test_workers_with_a_decision_log_and_no_key_file_publish_one_key(
+    tmp_path: Path,
+) -> None:
+    """The key is kept beside the log, made once before the workers start: every
+    worker's JWKS names the same key."""
+    port = free_port()
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"listeners: [{{address: 127.0.0.1, port: {port}}}]\n{issuer_yaml()}"
+        f"policy: {{source: {POLICIES}, watch: false}}\n"
+        f"decision_log: {{path: {tmp_path / 'logs' / 'decisions.log'}}}\n"
+    )
+    process = gateway_process(config, "--workers", "2")
+    kids = set()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        await wait_healthy(url, process)
+        async with aiohttp.ClientSession() as session:
+            for _ in range(40):  # SO_REUSEPORT spreads new connections over both workers
+                async with session.get(
+                    f"{url}/.well-known/portcullis/jwks.json", headers={"Connection": "close"}
+                ) as response:
+                    kids |= {key["kid"] for key in (await response.json())["keys"]}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        err = finish(process)
+    assert process.returncode == 0, err
+    assert len(kids) == 1
+    assert (tmp_path / "logs" / "assertion-key.pem").stat().st_mode & 0o777 == 0o600
+    assert "assertion.key_file not set: assertions and the decision log are signed with" in err
+
+
+async def test_a_decision_log_without_a_key_file_can_be_verified_after_the_gateway_exits(
+    tmp_path: Path,
+) -> None:
+    """The key used to live only in memory: once the gateway exited, nothing could
+    check the log's chain signatures."""
+    port = free_port()
+    log = tmp_path / "decisions.log"
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"listeners: [{{address: 127.0.0.1, port: {port}}}]\nauth: false\n"
+        f"policy: {{source: {POLICIES}, watch: false}}\ndecision_log: {{path: {log}}}\n"
+    )
+    process = gateway_process(config)
+    try:
+        await wait_healthy(f"http://127.0.0.1:{port}", process)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/nowhere") as response,
+        ):
+            assert response.status == 404  # a logged no_route refusal
+    finally:
+        process.send_signal(signal.SIGTERM)
+        err = finish(process)
+    assert process.returncode == 0, err
+    verified = subprocess.run(
+        [sys.executable, "-m", "portcullis", "audit", "verify", str(log),
+         "--key", str(tmp_path / "assertion-key.pem")],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+async def test_a_gateway_signing_with_a_key_in_memory_says_so_at_start(
+    aiohttp_server: ServerFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "portcullis.gateway")
+    async with start_stack(
+        aiohttp_server, tmp_path, assertion=AssertionConfig(), decision_log=DecisionLogConfig()
+    ):
+        pass
+    assert "assertion.key_file not set: signing with a key made at start" in caplog.text
