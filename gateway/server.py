@@ -46,7 +46,7 @@ from gateway.policy.decision import (
     unparsed_input,
 )
 from gateway.policy.memo import DecisionMemo
-from gateway.policy.reload import PolicyHolder
+from gateway.policy.reload import PolicyHolder, catalogue_apps
 from gateway.policy.shadow import ShadowPolicy
 from gateway.screening.headers import parser_limits, screen
 from gateway.screening.paths import NormalizedPath, PathRejected, normalize
@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from gateway.audit.durability import Durability
     from gateway.audit.shipping.supervisor import ShippingProcess, SinkHandle
     from gateway.audit.writer import DecisionLog
+    from policy_engine import PolicyEngine
 
 log = logging.getLogger("portcullis.gateway")
 GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway")
@@ -131,6 +132,9 @@ class Gateway:
             )
         if not self.routes:
             self.routes = self._catalogue_routes()
+        if self.config.auth:
+            self._check_routes()
+            self.policy.vet = self._catalogue_disagrees
         # Longest prefix first, host-specific before host-agnostic.
         self.routes.sort(key=lambda r: (r.host is None, -len(r.path_prefix)))
         # The log first: a path that can't be written stops the start before
@@ -199,6 +203,54 @@ class Gateway:
             await self.shipping.stop(5.0)
         if self.policy.engine is not None:
             await self.policy.engine.close()
+
+    def _check_routes(self) -> None:
+        """Refuse routes the live policy's catalogue disagrees with; warn of routes
+        to apps it doesn't have (every request to them is denied)."""
+        problem = self._catalogue_disagrees(self.policy.engine)
+        if problem is not None:
+            raise RuntimeError(problem)
+        apps = catalogue_apps(self.policy.engine)
+        for where, route in self._named_routes():
+            if apps is not None and route.app not in apps:
+                log.warning(
+                    "%s: app %s is not in the policy's catalogue: every request to %s "
+                    "is denied (no app in the catalogue)", where, route.app, route.path_prefix,
+                )  # fmt: skip
+
+    def _catalogue_disagrees(self, engine: PolicyEngine | None) -> str | None:
+        """Why ``engine``'s catalogue can't hold the gateway's routes, or None.
+
+        The catalogue's path rules (pos: `/pos/refunds/` needs a hardware key) match
+        the request's absolute path, so a route that mounts an app outside the
+        catalogue's path_prefix for it would serve it with none of them.
+        Runs on a hot reload's thread too: it reads only what start settled."""
+        apps = catalogue_apps(engine)
+        if apps is None:
+            return None
+        for where, route in self._named_routes():
+            app = apps.get(route.app)
+            prefix = app.get("path_prefix") if isinstance(app, dict) else None
+            if not isinstance(prefix, str):
+                continue
+            # Rules compare lower-cased paths (policies/gateway/decision.rego).
+            inside = "/".join(["", *(part for part in prefix.lower().split("/") if part), ""])
+            if not route.path_prefix.lower().startswith(inside):
+                return (
+                    f"{where}: app {route.app} is mounted at path_prefix {route.path_prefix}, "
+                    f"but the policy's catalogue has it at {prefix}: its path rules match "
+                    f"paths under {prefix} and would never apply to this route; use "
+                    f"path_prefix {prefix} (or one under it)"
+                )
+        return None
+
+    def _named_routes(self) -> list[tuple[str, Route]]:
+        """The routes in use, each with the name a message gives it."""
+        names = {route: f"routes[{index}]" for index, route in enumerate(self.config.routes)}
+        return [
+            (names.get(route, f"the catalogue's route for {route.app} (taken at start)"), route)
+            for route in self.routes
+        ]
 
     def _catalogue_routes(self) -> list[Route]:
         routes = []

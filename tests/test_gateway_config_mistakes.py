@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,9 +15,18 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.config import AssertionConfig, DecisionLogConfig
+from gateway.config import AssertionConfig, DecisionLogConfig, Route
 from tests.conftest import POLICIES, ROOT
-from tests.gateway_stack import ServerFactory, free_port, start_stack
+from tests.gateway_stack import APPS, ServerFactory, free_port, start_stack
+
+STORE_OTP = {"groups": ["store"], "amr": ["pwd", "otp"]}
+
+
+@pytest.fixture
+def policy_copy(tmp_path: Path) -> Path:
+    target = tmp_path / "policies"
+    shutil.copytree(POLICIES, target)
+    return target
 
 
 def gateway_process(config: Path, *args: str, cwd: Path = ROOT) -> subprocess.Popen[str]:
@@ -154,3 +164,97 @@ async def test_a_gateway_signing_with_a_key_in_memory_says_so_at_start(
     ):
         pass
     assert "assertion.key_file not set: signing with a key made at start" in caplog.text
+
+
+# --- routes and the catalogue -----------------------------------------------------------
+
+
+def routes(**prefixes: str) -> tuple[Route, ...]:
+    """The stack's apps at the catalogue's prefixes, or at these (nothing here reaches
+    an upstream: each request is refused or denied first)."""
+    return tuple(
+        Route(app, "http://127.0.0.1:9", prefixes.get(app, prefix)) for app, prefix in APPS.items()
+    )
+
+
+async def test_a_route_mounting_pos_outside_its_catalogue_prefix_is_refused_at_start(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """pos under /store/: /store/refunds/1 matched none of the catalogue's path rules
+    (`/pos/refunds/` needs a hardware key) and was served with an OTP."""
+    with pytest.raises(RuntimeError) as refused:
+        async with start_stack(aiohttp_server, tmp_path, routes=routes(pos="/store/")):
+            pass
+    assert str(refused.value) == (
+        "routes[1]: app pos is mounted at path_prefix /store/, but the policy's catalogue "
+        "has it at /pos/: its path rules match paths under /pos/ and would never apply to "
+        "this route; use path_prefix /pos/ (or one under it)"
+    )
+
+
+async def test_a_route_under_the_catalogue_prefix_keeps_the_refund_rule(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    refunds = (*routes(), Route("pos", "http://127.0.0.1:9", "/pos/refunds/"))
+    async with start_stack(aiohttp_server, tmp_path, routes=refunds) as running:
+        response = await running.get("/pos/refunds/1", running.token("bob", **STORE_OTP))
+        assert response.status == 403
+        assert (await response.json())["step_up"] == {"acr": "phr", "max_age": 900}
+
+
+def move_pos(policy: Path, prefix: str) -> None:
+    apps = policy / "data/apps.yaml"
+    text = apps.read_text().replace("path_prefix: /pos/", f"path_prefix: {prefix}")
+    apps.write_text(text.replace("prefix: /pos/refunds/", f"prefix: {prefix}refunds/"))
+
+
+async def test_a_reload_whose_catalogue_moves_pos_is_rejected_and_refunds_keep_their_rule(
+    aiohttp_server: ServerFactory, tmp_path: Path, policy_copy: Path
+) -> None:
+    """The catalogue moved pos (and its refund rule) to /store/ while the route still
+    serves /pos/: the reloaded policy would have let /pos/refunds/1 through on an OTP."""
+    async with start_stack(
+        aiohttp_server, tmp_path, policy=policy_copy, policy_options={"watch": False}
+    ) as running:
+        holder = running.gateway.policy
+        revision = holder.engine.revision if holder.engine else None
+        move_pos(policy_copy, "/store/")
+        assert not await holder.reload("test")
+        assert holder.last_error is not None
+        assert holder.last_error.startswith(
+            "routes[1]: app pos is mounted at path_prefix /pos/, but the policy's catalogue "
+            "has it at /store/"
+        )
+        assert holder.engine is not None and holder.engine.revision == revision
+        assert running.gateway.metrics.policy_reloads.labels("rejected")._value.get() == 1
+        response = await running.get("/pos/refunds/1", running.token("bob", **STORE_OTP))
+        assert response.status == 403
+
+
+async def test_a_reload_that_moves_an_app_away_from_its_catalogue_route_is_rejected(
+    aiohttp_server: ServerFactory, tmp_path: Path, policy_copy: Path
+) -> None:
+    """Without `routes`, the routes are the catalogue's at start: a reload that moves
+    an app doesn't move its route, so it is refused until a restart."""
+    async with start_stack(
+        aiohttp_server, tmp_path, policy=policy_copy, routes=(), policy_options={"watch": False}
+    ) as running:
+        move_pos(policy_copy, "/store/")
+        assert not await running.gateway.policy.reload("test")
+        assert (running.gateway.policy.last_error or "").startswith(
+            "the catalogue's route for pos (taken at start): app pos is mounted at "
+            "path_prefix /pos/, but the policy's catalogue has it at /store/"
+        )
+
+
+async def test_a_route_to_an_app_not_in_the_catalogue_is_warned_of_at_start(
+    aiohttp_server: ServerFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "portcullis.gateway")
+    inventory = Route("inventory", "http://127.0.0.1:9", "/inv/")
+    async with start_stack(aiohttp_server, tmp_path, routes=(*routes(), inventory)) as running:
+        assert (await running.get("/inv/x", running.token("bob", **STORE_OTP))).status == 404
+    assert (
+        "routes[3]: app inventory is not in the policy's catalogue: every request to /inv/ "
+        "is denied (no app in the catalogue)"
+    ) in caplog.text

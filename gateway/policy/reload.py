@@ -89,6 +89,16 @@ def build_or_reason(source: str, *, timeout_ms: float) -> tuple[PolicyEngine | N
         return None, f"unexpected {type(error).__name__}: {error} ({where.filename}:{where.lineno})"
 
 
+def catalogue_apps(engine: PolicyEngine | None) -> dict[str, Any] | None:
+    """The app catalogue (data.portcullis.catalogue.apps) of an embedded policy; None
+    when the policy has none or its data can't be read here (an OPA server)."""
+    if not isinstance(engine, EmbeddedEngine):
+        return None
+    data = engine.compiled.policy_set.data
+    apps = data.get("portcullis", {}).get("catalogue", {}).get("apps")
+    return apps if isinstance(apps, dict) else None
+
+
 class PolicyHolder:
     """The live engine. A reload builds the new engine off the event loop and swaps
     it in only when it passed every load check; requests already running keep the
@@ -104,21 +114,24 @@ class PolicyHolder:
         self._fingerprint: Fingerprint = ()
         # Called after a new engine replaced another (the runner re-freezes the heap).
         self.on_swap: Callable[[], None] | None = None
+        # Why a policy that loaded can't be used here (the gateway: its catalogue
+        # disagrees with the routes), or None; a reason rejects it like a load error.
+        self.vet: Callable[[PolicyEngine], str | None] | None = None
 
     @property
     def is_remote(self) -> bool:
         return self.source.startswith(("http://", "https://"))
 
     def _build_in_worker(self) -> tuple[PolicyEngine | None, str | None]:
-        return build_or_reason(self.source, timeout_ms=self.timeout * 1000)
+        engine, error = build_or_reason(self.source, timeout_ms=self.timeout * 1000)
+        if engine is not None and self.vet is not None:
+            error = self.vet(engine)
+            if error is not None:
+                engine = None  # dropped on the thread that built it
+        return engine, error
 
     def catalogue(self) -> dict[str, Any]:
-        engine = self.engine
-        if not isinstance(engine, EmbeddedEngine):
-            return {}
-        data = engine.compiled.policy_set.data
-        apps = data.get("portcullis", {}).get("catalogue", {}).get("apps", {})
-        return apps if isinstance(apps, dict) else {}
+        return catalogue_apps(self.engine) or {}
 
     async def reload(self, why: str) -> bool:
         async with self._lock:
