@@ -343,7 +343,7 @@ def load_config(path: str | Path) -> GatewayConfig:
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{file}: can't read: {error}") from error
     try:
-        data = yaml.safe_load(text)
+        data = _load_yaml(text)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark
         where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else str(file)
@@ -352,6 +352,45 @@ def load_config(path: str | Path) -> GatewayConfig:
         return parse_config(data, file.parent)
     except ConfigError as error:
         raise ConfigError(f"{file}: {error}") from error
+
+
+def _load_yaml(text: str) -> Any:
+    """The document in ``text``, like yaml.safe_load, but a key given twice in one
+    mapping is an error: PyYAML keeps the last, so a second `routes:` would
+    silently replace the first."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicate_keys(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _refuse_duplicate_keys(root: yaml.Node) -> None:
+    pending, seen_nodes = [root], set()
+    while pending:
+        node = pending.pop()
+        if id(node) in seen_nodes:  # an alias: the same node again
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[tuple[str, Any], yaml.Mark] = {}
+            for key, value in node.value:
+                pending += (key, value)
+                if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                    continue
+                if (key.tag, key.value) in first:
+                    raise yaml.constructor.ConstructorError(
+                        problem=f"duplicate key {key.value!r} (first at line "
+                        f"{first[key.tag, key.value].line + 1}); give each key once",
+                        problem_mark=key.start_mark,
+                    )
+                first[key.tag, key.value] = key.start_mark
+        elif isinstance(node, yaml.SequenceNode):
+            pending += node.value
 
 
 def _listener(data: Any, where: str, base_dir: Path, default_port: int = 8080) -> Listener:
@@ -401,6 +440,11 @@ def _route(data: Any, where: str) -> Route:
     if not prefix.startswith("/") or not prefix.endswith("/"):
         raise ConfigError(f"{where}.path_prefix: must start and end with '/', got {prefix!r}")
     host = reader.get("host", str, None)
+    if host and ":" in host.rsplit("]", 1)[-1]:
+        # Gateway.match compares the request's Host without its port: one here never matches.
+        raise ConfigError(
+            f"{where}.host: a host name without a port (IPv6 in brackets), got {host!r}"
+        )
     connect = _positive(reader.get("connect_timeout", float, 2.0), f"{where}.connect_timeout")
     read = _positive(reader.get("read_timeout", float, 30.0), f"{where}.read_timeout")
     pass_authorization = reader.get("pass_authorization", bool, False)

@@ -127,9 +127,7 @@ class Gateway:
                 ", so the decision log can't be verified once this process exits" if logged else "",
             )
         if not await self.policy.reload("start"):
-            raise RuntimeError(
-                f"policy {self.policy.source} failed to load:\n{self.policy.last_error}"
-            )
+            raise RuntimeError(self._policy_failed())
         if not self.routes:
             self.routes = self._catalogue_routes()
         if self.config.auth:
@@ -203,6 +201,16 @@ class Gateway:
             await self.shipping.stop(5.0)
         if self.policy.engine is not None:
             await self.policy.engine.close()
+
+    def _policy_failed(self) -> str:
+        message = f"policy {self.policy.source} failed to load:\n{self.policy.last_error}"
+        source = self.config.policy.source
+        if not source.startswith(("http://", "https://")) and not Path(source).is_absolute():
+            message += (
+                f"\n(policy.source {source!r} is read from the config file's directory: "
+                f"{Path(self.policy.source).absolute()})"
+            )
+        return message
 
     def _check_routes(self) -> None:
         """Refuse routes the live policy's catalogue disagrees with; warn of routes

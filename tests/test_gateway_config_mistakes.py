@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from gateway.config import AssertionConfig, DecisionLogConfig, Route
+from gateway.config import AssertionConfig, ConfigError, DecisionLogConfig, Route, load_config
 from tests.conftest import POLICIES, ROOT
 from tests.gateway_stack import APPS, ServerFactory, free_port, start_stack
 
@@ -258,3 +258,83 @@ async def test_a_route_to_an_app_not_in_the_catalogue_is_warned_of_at_start(
         "routes[3]: app inventory is not in the policy's catalogue: every request to /inv/ "
         "is denied (no app in the catalogue)"
     ) in caplog.text
+
+
+# --- the config file ---------------------------------------------------------------------
+
+
+def test_a_key_given_twice_in_the_config_is_refused_with_its_line(tmp_path: Path) -> None:
+    """PyYAML keeps the last of two keys: a second `routes:` replaced the first."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        "auth: false\n"
+        "routes:\n  - {app: pos, path_prefix: /pos/, upstream: 'http://pos:8080'}\n"
+        "policy: {source: policies}\n"
+        "routes:\n  - {app: wms, path_prefix: /wms/, upstream: 'http://wms:8080'}\n"
+    )
+    with pytest.raises(ConfigError) as refused:
+        load_config(config)
+    assert str(refused.value) == (
+        f"{config}:5:1: invalid YAML: duplicate key 'routes' (first at line 2); give each key once"
+    )
+
+
+def test_a_key_given_twice_inside_a_route_is_refused_but_a_merge_key_may_override(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        "auth: false\nroutes:\n"
+        "  - {app: pos, path_prefix: /pos/, upstream: 'http://pos:8080', app: wms}\n"
+    )
+    with pytest.raises(ConfigError, match=r":3:65: invalid YAML: duplicate key 'app'"):
+        load_config(config)
+    config.write_text(
+        "auth: false\nroutes:\n"
+        "  - &pos {app: pos, path_prefix: /pos/, upstream: 'http://pos:8080'}\n"
+        "  - {<<: *pos, path_prefix: /pos/refunds/}\n"
+    )
+    assert [r.path_prefix for r in load_config(config).routes] == ["/pos/", "/pos/refunds/"]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:24081", "gateway.example:443", "[::1]:8443"])
+def test_a_route_host_with_a_port_is_refused(tmp_path: Path, host: str) -> None:
+    """Routes match the request's Host without its port: one with a port never matched."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"auth: false\nroutes: [{{app: wms, host: '{host}', upstream: 'http://wms:8080'}}]\n"
+    )
+    with pytest.raises(ConfigError) as refused:
+        load_config(config)
+    assert str(refused.value) == (
+        f"{config}: routes[0].host: a host name without a port (IPv6 in brackets), got {host!r}"
+    )
+
+
+def test_a_route_host_in_brackets_is_an_ipv6_address_not_a_port(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("auth: false\nroutes: [{app: wms, host: '[::1]', upstream: 'http://w'}]\n")
+    assert load_config(config).routes[0].host == "[::1]"
+
+
+def test_a_relative_policy_source_that_does_not_exist_names_where_it_was_looked_for(
+    tmp_path: Path,
+) -> None:
+    """It is read from the config file's directory: the error said only `policies`,
+    and that it kept "the last good one" when there was none."""
+    (tmp_path / "etc").mkdir()
+    config = tmp_path / "etc" / "gateway.yaml"
+    config.write_text(
+        f"listeners: [{{address: 127.0.0.1, port: {free_port()}}}]\nauth: false\n"
+        "policy: {source: policies/}\n"
+    )
+    shutil.copytree(POLICIES, tmp_path / "policies")  # beside the working directory: not read
+    process = gateway_process(Path("etc/gateway.yaml"), cwd=tmp_path)
+    err = finish(process, timeout=30)
+    assert process.returncode == 1, err
+    assert "keeping the last good one" not in err
+    assert "policy etc/policies failed to load (start):" in err
+    assert (
+        "(policy.source 'policies/' is read from the config file's directory: "
+        f"{tmp_path / 'etc' / 'policies'})"
+    ) in err

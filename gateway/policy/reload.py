@@ -144,8 +144,11 @@ class PolicyHolder:
             if engine is None:
                 self.last_error = error
                 self.metrics.policy_reloads.labels("rejected").inc()
-                log.error("policy %s rejected (%s); keeping the last good one:\n%s",
-                          self.source, why, error)  # fmt: skip
+                if self.engine is None:  # at start: there is no last good one
+                    log.error("policy %s failed to load (%s):\n%s", self.source, why, error)
+                else:
+                    log.error("policy %s rejected (%s); keeping the last good one:\n%s",
+                              self.source, why, error)  # fmt: skip
                 return False
             previous, self.engine = self.engine, engine
             self.last_error = None
