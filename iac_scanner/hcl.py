@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Any, TypedDict
 
 from lark import Token, Tree
@@ -36,10 +37,15 @@ from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, Unex
 
 Expr = list[Any]
 
-# Bumped whenever the shapes above change, so stale cache entries are ignored.
-FORMAT_VERSION = 4
+# Bumped whenever the shapes above (or what ParsedFile holds) change, so stale
+# cache entries are ignored.
+FORMAT_VERSION = 5
 
-_SUPPRESSION = re.compile(r"(?:#|//)\s*(portcullis:ignore|checkov:skip)\s*=\s*(.*)$")
+# Inside a comment's text: after its opener (or a `#`/`//` within it), or at the
+# start of a line of a `/* */` comment (leading `*`s allowed).
+_SUPPRESSION = re.compile(
+    r"(?:^[\s*]*|(?:#|//|/\*)\s*)(portcullis:ignore|checkov:skip)\s*=\s*(.*)$"
+)
 
 
 class Block(TypedDict):
@@ -56,7 +62,8 @@ class ParsedFile(TypedDict):
     attrs: dict[str, Expr]
     blocks: list[Block]
     # [line, "portcullis:ignore" | "checkov:skip", rest of the comment, line
-    # of the code it stands above (its own line when it trails code)]
+    # of the code it stands above (its own line when it trails code, 0 when
+    # no code follows)]: real comments only, never text in a string or heredoc
     comments: list[list[Any]]
 
 
@@ -147,24 +154,116 @@ def _suppression_comments(text: str) -> list[list[Any]]:
     found: list[list[Any]] = []
     if "portcullis:ignore" not in text and "checkov:skip" not in text:
         return found
-    lines = text.splitlines()
-    for number, line in enumerate(lines, start=1):
-        match = _SUPPRESSION.search(line)
-        if not match:
-            continue
-        target = number
-        if line.lstrip().startswith(("#", "//")):
-            # A comment on its own line applies to the code below it.
-            while target < len(lines) and _is_comment_or_blank(lines[target]):
-                target += 1
-            target += 1
-        found.append([number, match.group(1), match.group(2).strip(), target])
+    for comment in _comments(text):
+        for offset, segment in enumerate(comment.text.split("\n")):
+            match = _SUPPRESSION.search(segment)
+            if not match:
+                continue
+            number = comment.line + offset
+            # A comment that trails code applies to its own line; one on its
+            # own line(s) to the code below it.
+            target = number if offset == 0 and comment.trails_code else comment.next_code
+            found.append([number, match.group(1), match.group(2).strip(), target])
     return found
 
 
-def _is_comment_or_blank(line: str) -> bool:
-    stripped = line.strip()
-    return not stripped or stripped.startswith(("#", "//"))
+@dataclass
+class _Comment:
+    line: int  # where it starts
+    text: str  # from its opener (`#`, `//`, `/*`) to its end, without `*/`
+    trails_code: bool  # code before it on its first line
+    next_code: int = 0  # the line of the first code after it (0: none)
+
+
+# python-hcl2's heredoc terminals (the same as iac_scanner.hcl_fast reads).
+_HEREDOC = re.compile(
+    r"<<(-?)(?P<marker>[a-zA-Z][a-zA-Z0-9._-]*)\r?\n(?:(?:.|\n)*?\r?\n)??\s*(?P=marker)\r?\n"
+)
+# Outside strings: (1) code and blanks up to anything that matters here
+# (braces matter only inside a template interpolation: `_INNER_CODE_TOKEN`),
+# (2) a comment opener, (3) a whole string without a template sequence, (4)
+# the start of one with, (5) braces (never at the top level), (6) a lone `/`
+# or `<`.
+_STRING = r"(\"(?:[^\"\\$%\n]|\\.|\$\$\{|%%\{|[$%](?!\{))*\")"
+_CODE_TOKEN = re.compile(rf"([^#/\"<]+)|(#|//|/\*)|{_STRING}|(\")|((?!))|([\s\S])")
+_INNER_CODE_TOKEN = re.compile(rf"([^#/\"<{{}}]+)|(#|//|/\*)|{_STRING}|(\")|([{{}}])|([\s\S])")
+# Inside a string: (1) its end, (2) a template sequence, (3) text (escapes
+# and `$${`/`%%{` included), (4) a lone backslash at the end of the text.
+_STRING_TOKEN = re.compile(
+    r"(\")|([$%]\{)|((?:[^\"\\$%]|\\[\s\S]|\$\$\{|%%\{|[$%](?!\{))+)|([\s\S])"
+)
+
+
+def _comments(text: str) -> list[_Comment]:
+    """The real comments of HCL text: not the `#` or `//` inside a quoted
+    string, a heredoc or a template, which are text, not comments. Strings
+    are followed through `${...}`/`%{...}` (which hold code, strings and
+    braces of their own) as python-hcl2 lexes them; a heredoc runs to the
+    first line that is its marker, as python-hcl2's terminal does."""
+    text += "\n"  # python-hcl2 appends one too: a last `#` comment or heredoc ends
+    comments: list[_Comment] = []
+    unplaced: list[_Comment] = []  # comments on their own lines, before any code
+    # One entry per open string (-1) or template interpolation (its `{` depth).
+    modes: list[int] = []
+    line = 1
+    code_line = 0  # the last line that holds code
+    position = 0
+    end = len(text)
+    while position < end:
+        if modes and modes[-1] < 0:
+            token = _STRING_TOKEN.match(text, position)
+            assert token is not None  # group 4 matches any character
+            position = token.end()
+            if token.lastindex == 1:
+                modes.pop()
+            elif token.lastindex == 2:
+                modes.append(0)
+            else:
+                line += token.group().count("\n")
+            continue
+        heredoc = _HEREDOC.match(text, position) if text.startswith("<<", position) else None
+        token = heredoc or (_INNER_CODE_TOKEN if modes else _CODE_TOKEN).match(text, position)
+        assert token is not None  # group 6 matches any character
+        position = token.end()
+        kind = 0 if heredoc else token.lastindex
+        first = last = line  # the lines of the code in the token
+        if kind == 1:
+            run = token.group()
+            if run.isspace():
+                line += run.count("\n")
+                continue
+            first = line + run.count("\n", 0, len(run) - len(run.lstrip()))
+            last = line + run.count("\n", 0, len(run.rstrip()))
+            line += run.count("\n")
+        elif kind == 2:
+            if token.group() == "/*":
+                close = text.find("*/", position)
+                stop, position = (end, end) if close == -1 else (close, close + 2)
+            else:
+                stop = position = text.find("\n", position)
+            comment = _Comment(line, text[token.start() : stop], code_line == line)
+            comments.append(comment)
+            unplaced.append(comment)
+            line += text.count("\n", token.start(), stop)
+            continue
+        elif kind == 0:
+            line += token.group().count("\n")
+            last = line - 1
+        elif kind == 4:
+            modes.append(-1)
+        elif kind == 5:
+            if token.group() == "{":
+                modes[-1] += 1
+            elif modes[-1] == 0:
+                modes.pop()
+            else:
+                modes[-1] -= 1
+        # Code: what the comments before it stand above.
+        for comment in unplaced:
+            comment.next_code = first
+        unplaced.clear()
+        code_line = last
+    return comments
 
 
 def _trees(node: Tree[Any] | None) -> list[Tree[Any]]:
