@@ -329,6 +329,11 @@ def _read_tfvars(path: Path, parser: Parser, problems: list[Problem]) -> dict[st
         except (OSError, ValueError) as error:
             problems.append(Problem(display_path(path), f"not a JSON variable file: {error}"))
             return None
+        except RecursionError:
+            problems.append(
+                Problem(display_path(path), "a JSON variable file nested too deeply to read")
+            )
+            return None
         if not isinstance(value, dict):
             problems.append(Problem(display_path(path), "a JSON variable file must be an object"))
             return None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -462,7 +462,7 @@ class ModuleInstance:
         manifest = self.root / ".terraform" / "modules" / "modules.json"
         try:
             modules = json.loads(manifest.read_text(encoding="utf-8")).get("Modules", [])
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, RecursionError):
             return None
         key = ".".join(
             part.split("[")[0].removeprefix("module.")
@@ -684,25 +684,44 @@ def _dynamic(
 
 def strip_unknown(value: Any, path: str, unknown: list[str]) -> Any:
     """The value with every UNKNOWN removed and its dotted path listed instead:
-    object keys are dropped, list items become null (positions are kept)."""
+    object keys are dropped, list items become null (positions are kept).
+    Depth first with a stack of its own rather than Python's, so a value
+    nested deeper than Python recurses (a plan's) is copied too, for the scan
+    to refuse with its path."""
     if value is UNKNOWN:
         unknown.append(path)
         return None
-    if isinstance(value, dict):
-        result = {}
-        for key, item in value.items():
-            inner = f"{path}.{key}" if path else str(key)
+    if not isinstance(value, dict | list):
+        return value
+    result: Any = {} if isinstance(value, dict) else []
+    # (the items still to copy, their container's path, the copy they go in)
+    stack: list[tuple[Iterator[tuple[Any, Any]], str, Any]] = [(_items(value), path, result)]
+    while stack:
+        items, where, copy = stack[-1]
+        for key, item in items:
+            inner = f"{where}.{key}" if where else str(key)
             if item is UNKNOWN:
                 unknown.append(inner)
+                if isinstance(copy, list):
+                    copy.append(None)
                 continue
-            result[key] = strip_unknown(item, inner, unknown)
-        return result
-    if isinstance(value, list):
-        return [
-            strip_unknown(item, f"{path}.{i}" if path else str(i), unknown)
-            for i, item in enumerate(value)
-        ]
-    return value
+            nested: Any = item
+            if isinstance(item, dict | list):
+                nested = {} if isinstance(item, dict) else []
+            if isinstance(copy, list):
+                copy.append(nested)
+            else:
+                copy[key] = nested
+            if nested is not item:
+                stack.append((_items(item), inner, nested))
+                break
+        else:
+            stack.pop()
+    return result
+
+
+def _items(value: dict[Any, Any] | list[Any]) -> Iterator[tuple[Any, Any]]:
+    return iter(value.items()) if isinstance(value, dict) else enumerate(value)
 
 
 def _comments_for(block: Block, comments: list[list[Any]]) -> list[list[Any]]:

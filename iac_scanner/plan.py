@@ -21,6 +21,8 @@ _RESOURCE_REF = re.compile(
     r"^((?:data\.)?[A-Za-z][A-Za-z0-9_-]*\.[A-Za-z_][A-Za-z0-9_-]*)(\[[^\]]*\])?"
 )
 _KEYS = re.compile(r"\[[^\]]*\]")
+# JSON brackets outside strings (strings are matched whole, so theirs are skipped).
+_JSON_NESTING = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
 
 class PlanError(Exception):
@@ -57,6 +59,15 @@ def load_plan(text: str, display: str) -> list[dict[str, Any]]:
         column = getattr(error, "colno", 1)
         reason = getattr(error, "msg", str(error))
         raise PlanError(f"not valid JSON: {reason}", line, column) from None
+    except RecursionError:
+        # Python's JSON reader recurses once per level and stops near 1,000.
+        depth, line, column = _deepest(text)
+        raise PlanError(
+            f"JSON nested {depth} levels deep, deeper than the scanner reads "
+            "(the policy engine evaluates values nested up to 100 levels)",
+            line,
+            column,
+        ) from None
     if not is_plan(document):
         raise PlanError(
             "not a Terraform plan or state (`terraform show -json` output): "
@@ -98,13 +109,37 @@ def load_plan(text: str, display: str) -> list[dict[str, Any]]:
     return resources
 
 
+def _deepest(text: str) -> tuple[int, int, int]:
+    """How deep JSON text nests, and the line and column where it first does."""
+    depth = deepest = 0
+    at = 0
+    for token in _JSON_NESTING.finditer(text):
+        bracket = token.group()
+        if bracket in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest, at = depth, token.start()
+        elif bracket in "]}":
+            depth -= 1
+    line = text.count("\n", 0, at) + 1
+    return deepest, line, at - (text.rfind("\n", 0, at) + 1) + 1
+
+
+# The walks below keep a stack of their own rather than recursing: a plan is
+# whatever JSON it is given, nested as deep as json.loads reads.
+
+
 def _walk_module(module: Any, address: str) -> list[tuple[str, dict[str, Any]]]:
-    if not isinstance(module, dict):
-        return []
-    found = [(address, r) for r in module.get("resources") or [] if isinstance(r, dict)]
-    for child in module.get("child_modules") or []:
-        if isinstance(child, dict):
-            found.extend(_walk_module(child, str(child.get("address", ""))))
+    """(module address, resource) for every resource, parents before children."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    pending: list[tuple[Any, str]] = [(module, address)]
+    while pending:
+        current, where = pending.pop()
+        if not isinstance(current, dict):
+            continue
+        found.extend((where, r) for r in current.get("resources") or [] if isinstance(r, dict))
+        children = [c for c in current.get("child_modules") or [] if isinstance(c, dict)]
+        pending.extend((c, str(c.get("address", ""))) for c in reversed(children))
     return found
 
 
@@ -118,17 +153,21 @@ def _changes(changes: Any) -> dict[str, dict[str, Any]]:
 
 def _true_paths(value: Any, path: str) -> list[str]:
     """after_unknown marks unknown leaves with true, nested like the values."""
-    if value is True:
-        return [path] if path else []
-    if isinstance(value, dict):
-        items: Any = value.items()
-    elif isinstance(value, list):
-        items = enumerate(value)
-    else:
-        return []
     found: list[str] = []
-    for key, inner in items:
-        found.extend(_true_paths(inner, f"{path}.{key}" if path else str(key)))
+    pending: list[tuple[Any, str]] = [(value, path)]
+    while pending:
+        current, where = pending.pop()
+        if current is True:
+            if where:
+                found.append(where)
+            continue
+        if isinstance(current, dict):
+            items: Any = current.items()
+        elif isinstance(current, list):
+            items = enumerate(current)
+        else:
+            continue
+        pending.extend((inner, f"{where}.{key}" if where else str(key)) for key, inner in items)
     return found
 
 
@@ -154,26 +193,31 @@ def _local_address(address: str, module: str) -> str:
 def _configuration_resources(configuration: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """(module path without keys, resource address without keys) -> expressions."""
     found: dict[tuple[str, str], dict[str, Any]] = {}
-
-    def walk(module: Any, path: str) -> None:
+    if not isinstance(configuration, dict):
+        return found
+    pending: list[tuple[Any, str]] = [(configuration.get("root_module"), "")]
+    while pending:
+        module, path = pending.pop()
         if not isinstance(module, dict):
-            return
+            continue
         for resource in module.get("resources") or []:
             if isinstance(resource, dict) and isinstance(resource.get("expressions"), dict):
                 found[(path, str(resource.get("address", "")))] = resource["expressions"]
-        for name, call in (module.get("module_calls") or {}).items():
+        calls = module.get("module_calls") or {}
+        for name, call in reversed(list(calls.items()) if isinstance(calls, dict) else []):
             if isinstance(call, dict):
-                walk(call.get("module"), f"{path}.module.{name}" if path else f"module.{name}")
-
-    if isinstance(configuration, dict):
-        walk(configuration.get("root_module"), "")
+                inner = f"{path}.module.{name}" if path else f"module.{name}"
+                pending.append((call.get("module"), inner))
     return found
 
 
 def _refs(expressions: dict[str, Any], module: str) -> dict[str, list[str]]:
     refs: dict[str, list[str]] = {}
-
-    def walk(value: Any, path: str) -> None:
+    # Depth first, in document order: the stack holds what is still to visit
+    # with the next item on top.
+    pending: list[tuple[Any, str]] = [(v, k) for k, v in reversed(list(expressions.items()))]
+    while pending:
+        value, path = pending.pop()
         if isinstance(value, dict) and "references" in value:
             addresses = sorted(
                 {
@@ -187,14 +231,10 @@ def _refs(expressions: dict[str, Any], module: str) -> dict[str, list[str]]:
             if addresses:
                 refs[path] = addresses
         elif isinstance(value, dict) and "constant_value" not in value:
-            for key, inner in value.items():
-                walk(inner, f"{path}.{key}" if path else key)
+            inner = [(v, f"{path}.{k}" if path else k) for k, v in value.items()]
+            pending.extend(reversed(inner))
         elif isinstance(value, list):
-            for index, inner in enumerate(value):
-                walk(inner, f"{path}.{index}")
-
-    for key, value in expressions.items():
-        walk(value, key)
+            pending.extend(reversed([(v, f"{path}.{i}") for i, v in enumerate(value)]))
     return refs
 
 

@@ -6,6 +6,7 @@ a traceback or a silent pass."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ from hypothesis import strategies as st
 
 from iac_scanner.hcl import parse_text
 from iac_scanner.modules import literal_value
-from tests.test_scan_cli import scan_json
+from iac_scanner.plan import PlanError, load_plan
+from tests.test_scan_cli import errors, portcullis, scan_json
 
 PUBLIC_BUCKET = 'resource "aws_s3_bucket" "site" {\n  acl = "public-read"\n'
 
@@ -186,3 +188,116 @@ def test_suppression_text_in_strings_and_heredocs_is_never_a_comment(
         # The marker really is inside the text the attribute holds.
         assert literal_value(block["attrs"]["policy"]) == value
     assert parsed["comments"] == expected
+
+
+# --- plans nested deeper than Python recurses ---------------------------------------------
+
+DEEP_VALUE_ERROR = (
+    "aws_s3_bucket.b: `x` nests more than 100 levels deep, more than the policy engine "
+    "evaluates; the resource was not judged (flatten the value)"
+)
+
+
+def _plan(values: str = '{"acl": "public-read"}', **sections: str) -> str:
+    """A plan's JSON text with one bucket, aws_s3_bucket.b, whose values are
+    `values`; each keyword is a top-level section's JSON text instead of the
+    default one."""
+    resource = (
+        '{"address": "aws_s3_bucket.b", "mode": "managed", "type": "aws_s3_bucket", '
+        f'"name": "b", "values": {values}}}'
+    )
+    parts = {
+        "format_version": '"1.2"',
+        "planned_values": f'{{"root_module": {{"resources": [{resource}]}}}}',
+        **sections,
+    }
+    return "{" + ", ".join(f'"{key}": {text}' for key, text in parts.items()) + "}"
+
+
+def _nested(depth: int, leaf: str = "1") -> str:
+    return '{"a": ' * depth + leaf + "}" * depth
+
+
+def test_a_plan_value_nested_hundreds_deep_is_the_documented_error(tmp_path: Path) -> None:
+    for depth in (200, 600, 900):
+        plan = tmp_path / f"deep{depth}.json"
+        lists = "[" * depth + "1" + "]" * depth
+        plan.write_text(_plan(f'{{"acl": "public-read", "x": {lists}}}'))
+        result = portcullis("scan", "--no-cache", str(plan))
+        assert result.returncode == 2
+        assert errors(result)[0] == f"error: {plan}:1: {DEEP_VALUE_ERROR}"
+
+
+def test_plan_json_deeper_than_the_reader_goes_is_an_error_at_its_position(
+    tmp_path: Path,
+) -> None:
+    plan = tmp_path / "deep.json"
+    text = _plan(f'{{"acl": "public-read", "x": {"[" * 5000}1{"]" * 5000}}}')
+    plan.write_text(text)
+    report_file = tmp_path / "report.json"
+    result = portcullis(
+        "scan", "--no-cache", str(plan), "--output", "json", "--output-file", str(report_file)
+    )
+    assert result.returncode == 2
+    column = text.index("[" * 5000) + 5000
+    message = (
+        "JSON nested 5006 levels deep, deeper than the scanner reads "
+        "(the policy engine evaluates values nested up to 100 levels)"
+    )
+    assert errors(result)[0] == f"error: {plan}:1:{column}: {message}"
+    # The report is written all the same, with the error in it.
+    report = json.loads(report_file.read_text())
+    assert [e["message"] for e in report["errors"]] == [message]
+
+
+# Where a plan can nest: a resource's values, its after_unknown, its
+# configuration expressions, child modules and module calls.
+def _deep_plan(shape: str, depth: int) -> str:
+    if shape == "values":
+        return _plan(f'{{"acl": "public-read", "x": {_nested(depth)}}}')
+    if shape == "after_unknown":
+        unknown = _nested(depth, "true")
+        change = f'{{"address": "aws_s3_bucket.b", "change": {{"after_unknown": {unknown}}}}}'
+        return _plan(resource_changes=f"[{change}]")
+    if shape == "expressions":
+        leaf = '{"references": ["aws_s3_bucket.c"]}'
+        resource = (
+            f'{{"address": "aws_s3_bucket.b", "expressions": {{"x": {_nested(depth, leaf)}}}}}'
+        )
+        return _plan(configuration=f'{{"root_module": {{"resources": [{resource}]}}}}')
+    if shape == "child_modules":
+        resource = '{"address": "aws_s3_bucket.b", "type": "aws_s3_bucket", "name": "b"}'
+        module = f'{{"address": "module.m", "resources": [{resource}]}}'
+        for _ in range(depth):
+            module = f'{{"address": "module.m", "resources": [], "child_modules": [{module}]}}'
+        return '{"planned_values": {"root_module": ' + module + "}}"
+    calls = '{"resources": []}'
+    for _ in range(depth):
+        calls = f'{{"module_calls": {{"m": {{"module": {calls}}}}}}}'
+    return _plan(configuration=f'{{"root_module": {calls}}}')
+
+
+@settings(max_examples=60, derandomize=True, deadline=None, database=None)
+@given(
+    shape=st.sampled_from(["values", "after_unknown", "expressions", "child_modules", "calls"]),
+    depth=st.integers(min_value=1, max_value=4000),
+)
+def test_a_plan_nested_to_any_depth_loads_or_is_a_plan_error(shape: str, depth: int) -> None:
+    """load_plan's one failure is PlanError, however deep the JSON: never a
+    RecursionError from its own walks or from json.loads."""
+    try:
+        entries = load_plan(_deep_plan(shape, depth), "plan.json")
+    except PlanError as error:
+        assert error.message.startswith("JSON nested ")
+        return
+    assert [e["address"] for e in entries] == ["aws_s3_bucket.b"]
+
+
+def test_a_variable_file_deeper_than_the_reader_goes_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "main.tf").write_text('variable "x" {}\n' + PUBLIC_BUCKET + "}\n")
+    (tmp_path / "terraform.tfvars.json").write_text('{"x": ' + "[" * 5000 + "]" * 5000 + "}")
+    result = portcullis("scan", "--no-cache", str(tmp_path))
+    assert result.returncode == 2
+    assert errors(result)[0] == (
+        f"error: {tmp_path}/terraform.tfvars.json: a JSON variable file nested too deeply to read"
+    )
