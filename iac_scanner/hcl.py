@@ -27,6 +27,7 @@ Template parts (inside "tpl") may also be directives:
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 from dataclasses import dataclass
@@ -40,6 +41,12 @@ Expr = list[Any]
 # Bumped whenever the shapes above (or what ParsedFile holds) change, so stale
 # cache entries are ignored.
 FORMAT_VERSION = 5
+
+# Blocks and expressions nested deeper than this, together, are an error: the
+# parse cache's JSON and the evaluator recurse once or more per level, and
+# deeper data would crash them. A long `a + b + ...` or `x[0][0]...` chain is
+# as deep as it is long; brackets stop the readers near this depth anyway.
+MAX_NESTING = 200
 
 # Inside a comment's text: after its opener (or a `#`/`//` within it), or at the
 # start of a line of a `/* */` comment (leading `*`s allowed).
@@ -70,7 +77,7 @@ class ParsedFile(TypedDict):
 class HclSyntaxError(Exception):
     """A file python-hcl2 can't parse, located at line:column."""
 
-    def __init__(self, message: str, line: int = 1, column: int = 1) -> None:
+    def __init__(self, message: str, line: int | None = 1, column: int | None = 1) -> None:
         super().__init__(message)
         self.message = message
         self.line = line
@@ -90,7 +97,89 @@ def parse_text(text: str) -> ParsedFile:
         attrs, blocks = fast
     else:
         attrs, blocks = parse_body_slow(text)
+    check_nesting(attrs, blocks)
     return {"attrs": attrs, "blocks": blocks, "comments": _suppression_comments(text)}
+
+
+def check_nesting(attrs: dict[str, Expr], blocks: list[Block]) -> None:
+    """Raise HclSyntaxError, at its block's line, for the first attribute or
+    block that nests more than MAX_NESTING levels (blocks and expressions)."""
+    # Collecting garbage would walk the whole parse again and again (see hcl_fast).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        _check_nesting(attrs, blocks)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _check_nesting(attrs: dict[str, Expr], blocks: list[Block]) -> None:
+    pending: list[tuple[dict[str, Expr], list[Block], int, Block | None]] = [
+        (attrs, blocks, 0, None)
+    ]
+    while pending:
+        body_attrs, body_blocks, depth, block = pending.pop()
+        for name, expr in body_attrs.items():
+            if expr[0] != "lit" and _deeper_than(expr, MAX_NESTING - depth):
+                raise HclSyntaxError(
+                    f"`{name}`: expression nested too deeply to evaluate (more than "
+                    f"{MAX_NESTING} levels, blocks included); split it up with locals",
+                    block["line"] if block is not None else None,
+                    None,
+                )
+        for inner in reversed(body_blocks):
+            if depth + 1 > MAX_NESTING:
+                raise HclSyntaxError(
+                    f"blocks nested too deeply to evaluate (more than {MAX_NESTING} levels)",
+                    inner["line"],
+                    None,
+                )
+            pending.append((inner["attrs"], inner["blocks"], depth + 1, inner))
+
+
+def _deeper_than(expr: Expr, levels: int) -> bool:
+    """Whether expr nests more than levels deep, read a level at a time."""
+    level = [expr]
+    while level:
+        if levels < 1:
+            return True
+        levels -= 1
+        below: list[Expr] = []
+        for node in level:
+            kind = node[0]
+            if kind != "lit" and kind != "name":
+                below.extend(sub_expressions(node))
+        level = below
+    return False
+
+
+def sub_expressions(expr: Expr) -> list[Expr]:
+    """The expressions directly inside expr (a template directive's too)."""
+    kind = expr[0]
+    if kind in ("lit", "name", "opaque"):
+        return []
+    if kind in ("attr", "not", "neg"):
+        return [expr[1]]
+    if kind in ("index", "op"):
+        return [expr[1], expr[2]] if kind == "index" else [expr[2], expr[3]]
+    if kind == "splat":
+        return [expr[1], *[operation[1] for operation in expr[2] if operation[0] == "index"]]
+    if kind in ("tpl", "tuple"):
+        return [part for part in expr[1] if isinstance(part, list)]
+    if kind == "object":
+        return [part for pair in expr[1] for part in pair]
+    if kind == "call":
+        return list(expr[2])
+    if kind == "cond":
+        return [expr[1], expr[2], expr[3]]
+    if kind == "for":
+        return [part for part in expr[3:7] if part is not None]
+    if kind == "tif":
+        return [expr[1], *[p for p in (*expr[2], *expr[3]) if isinstance(p, list)]]
+    if kind == "tfor":
+        return [expr[3], *[p for p in expr[4] if isinstance(p, list)]]
+    return []
 
 
 def parse_body_slow(text: str) -> tuple[dict[str, Expr], list[Block]]:

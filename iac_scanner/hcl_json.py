@@ -28,6 +28,7 @@ from iac_scanner.hcl import (
     Expr,
     HclSyntaxError,
     ParsedFile,
+    check_nesting,
     parse_expression,
     template_from_text,
 )
@@ -164,6 +165,8 @@ def parse_json_config(text: str) -> ParsedFile:
         if kind == "//":
             continue
         blocks.extend(_blocks(kind, body, _LABELS.get(kind, 0), [], root))
+    # Strings are templates: `"${1 + 1 + ...}"` nests however long it is.
+    check_nesting({}, blocks)
     return {"attrs": {}, "blocks": blocks, "comments": []}
 
 

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iac_scanner.hcl import parse_text
+from iac_scanner.loader import LoadOptions, load
 from iac_scanner.modules import literal_value
 from iac_scanner.plan import PlanError, load_plan
 from tests.test_scan_cli import errors, portcullis, scan_json
@@ -301,3 +302,76 @@ def test_a_variable_file_deeper_than_the_reader_goes_is_an_error(tmp_path: Path)
     assert errors(result)[0] == (
         f"error: {tmp_path}/terraform.tfvars.json: a JSON variable file nested too deeply to read"
     )
+
+
+# --- expressions and chains of references ---------------------------------------------------
+
+# README: blocks and expressions nested more than this are an error.
+NESTING_LIMIT = 200
+
+
+def _load(directory: Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """(each resource's config by address, each problem as text) of a scan's load."""
+    loaded = load([str(directory)], LoadOptions())
+    configs = {r.entry["address"]: r.entry["config"] for d in loaded.documents for r in d.resources}
+    return configs, [str(p) for p in loaded.problems]
+
+
+def test_a_thousand_term_sum_is_the_nested_too_deeply_error(tmp_path: Path) -> None:
+    (tmp_path / "main.tf").write_text(PUBLIC_BUCKET + "  x = " + " + ".join(["1"] * 1000) + "\n}\n")
+    result = portcullis("scan", "--no-cache", str(tmp_path))
+    assert result.returncode == 2
+    assert errors(result)[0] == (
+        f"error: {tmp_path}/main.tf:1: `x`: expression nested too deeply to evaluate "
+        "(more than 200 levels, blocks included); split it up with locals"
+    )
+
+
+def test_a_thousand_long_index_chain_is_the_nested_too_deeply_error(tmp_path: Path) -> None:
+    (tmp_path / "main.tf").write_text(PUBLIC_BUCKET + "  x = [[1]]" + "[0]" * 1000 + "\n}\n")
+    result = portcullis("scan", "--no-cache", str(tmp_path))
+    assert result.returncode == 2
+    assert "main.tf:1: `x`: expression nested too deeply to evaluate" in errors(result)[0]
+
+
+def test_a_long_chain_in_a_tf_json_template_is_the_nested_too_deeply_error(
+    tmp_path: Path,
+) -> None:
+    template = "${" + " + ".join(["1"] * 1000) + "}"
+    resource = {"acl": "public-read", "x": template}
+    (tmp_path / "main.tf.json").write_text(
+        json.dumps({"resource": {"aws_s3_bucket": {"site": resource}}})
+    )
+    configs, problems = _load(tmp_path)
+    assert configs == {}
+    assert [p.split(": ", 1)[1] for p in problems] == [
+        "`x`: expression nested too deeply to evaluate (more than 200 levels, blocks "
+        "included); split it up with locals"
+    ]
+
+
+@settings(max_examples=60, derandomize=True, deadline=None, database=None)
+@given(
+    terms=st.integers(min_value=1, max_value=1500),
+    operator=st.sampled_from(["+", "*", "&&", "||"]),
+)
+def test_an_operator_chain_of_any_length_is_evaluated_or_refused(
+    tmp_path_factory: Any, terms: int, operator: str
+) -> None:
+    """`1 + 1 + ...` is as deep as it is long: up to the limit it is evaluated
+    exactly, beyond it the file is an error. Never a wrong or unknown value."""
+    directory = tmp_path_factory.mktemp("chain")
+    term = "true" if operator in ("&&", "||") else "1"
+    (directory / "main.tf").write_text(
+        PUBLIC_BUCKET + f"  x = {f' {operator} '.join([term] * terms)}\n}}\n"
+    )
+    configs, problems = _load(directory)
+    # The resource block is one level, each operator one, the last term one.
+    if terms + 1 > NESTING_LIMIT:
+        assert configs == {}
+        assert len(problems) == 1
+        assert "`x`: expression nested too deeply to evaluate" in problems[0]
+        return
+    expected = {"+": terms, "*": 1}.get(operator, True)
+    assert problems == []
+    assert configs["aws_s3_bucket.site"]["x"] == expected
