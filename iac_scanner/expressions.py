@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from iac_scanner.hcl import Expr
+from iac_scanner.hcl import Expr, sub_expressions
 
 
 class _Unknown:
@@ -99,11 +99,14 @@ class Unsupported(Exception):
 
 
 def evaluate(expr: Expr, ctx: Context) -> Any:
+    """expr's value, UNKNOWN where it can't be known. An expression, or a
+    chain of references, nested deeper than Python recurses raises
+    RecursionError: the caller reports it (an unknown would pass in silence)."""
     try:
         value = _eval(expr, ctx)
     except (Unsupported, TypeError, ValueError, KeyError, IndexError, ZeroDivisionError):
         return UNKNOWN
-    except (RecursionError, ArithmeticError, AttributeError):
+    except (ArithmeticError, AttributeError):
         return UNKNOWN
     return _finish(value)
 
@@ -350,7 +353,7 @@ def _call(name: str, arg_exprs: list[Expr], expand: bool, ctx: Context) -> Any:
         args.extend(last if isinstance(last, list) else list(last.values()))
     try:
         return function(*args)
-    except Unsupported:
+    except (Unsupported, RecursionError):
         raise
     except Exception as error:
         # A wrong argument type is an error in Terraform too: unknown here.
@@ -533,3 +536,16 @@ def _collect(expr: Expr, ctx: Context, bound: set[str], found: set[str]) -> None
         return
     for child in children:
         _collect(child, ctx, bound, found)
+
+
+def local_names(expr: Expr) -> set[str]:
+    """The locals expr names (`local.NAME`)."""
+    names: set[str] = set()
+    pending = [expr]
+    while pending:
+        current = pending.pop()
+        chain = traversal(current) if current[0] in ("attr", "index") else None
+        if chain is not None and chain[0] == "local" and chain[1] and chain[1][0][0] == "attr":
+            names.add(chain[1][0][1])
+        pending.extend(sub_expressions(current))
+    return names

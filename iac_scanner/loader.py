@@ -372,15 +372,27 @@ def _hcl_document(
     result: LoadResult,
 ) -> Document:
     loader = Loader(parser.files_of, result.notes, result.reads.file, result.problems)
-    module = ModuleInstance(loader, directory, "", {}, {}, directory, only_file=only)
-    assigned = [
-        values
-        for path in _auto_tfvars(directory, result.reads)
-        if (values := _read_tfvars(path, parser, result.problems)) is not None
-    ]
-    module.assign(root_variables(module, assigned + var_files, options.cli_vars))
-    resources = module.resources()
     name = display_path(only if only is not None else directory)
+    try:
+        module = ModuleInstance(loader, directory, "", {}, {}, directory, only_file=only)
+        assigned = [
+            values
+            for path in _auto_tfvars(directory, result.reads)
+            if (values := _read_tfvars(path, parser, result.problems)) is not None
+        ]
+        module.assign(root_variables(module, assigned + var_files, options.cli_vars))
+        # Each resource and module call reports its own; what is left is the
+        # root module's own inputs.
+        resources = module.resources()
+    except RecursionError:
+        result.problems.append(
+            Problem(
+                name,
+                "expression nested too deeply to evaluate: a variable's value or default, "
+                "or a provider's configuration; the module was not scanned",
+            )
+        )
+        resources = []
     return Document(name, "hcl", resources, only if only is not None else directory)
 
 

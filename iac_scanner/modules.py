@@ -25,6 +25,7 @@ from iac_scanner.expressions import (
     Namespace,
     Unsupported,
     evaluate,
+    local_names,
     references,
     traversal,
 )
@@ -39,6 +40,12 @@ _RESOURCE_META = {"count", "for_each", "provider", "depends_on"}
 _RESOURCE_META_BLOCKS = {"lifecycle", "provisioner", "connection"}
 _MODULE_META = {"source", "version", "count", "for_each", "providers", "depends_on"}
 _MAX_MODULE_DEPTH = 12
+
+
+class _TooDeep(RecursionError):
+    """The attribute (args[0], a dotted path) whose evaluation recursed too
+    deep: the expression through the locals, resources and module outputs it
+    refers to (each one is within hcl.MAX_NESTING, a chain of them need not)."""
 
 
 @dataclass
@@ -332,6 +339,15 @@ class ModuleInstance:
             return self._locals[name]
         if name not in self.local_exprs or f"local.{name}" in self._busy:
             return UNKNOWN
+        # The locals it names are evaluated first, innermost first, so a chain
+        # of locals (Terraform evaluates any length) is as deep as one local.
+        for other in self._locals_below(name, self._locals, "local."):
+            self._evaluate_local(other)
+        return self._evaluate_local(name)
+
+    def _evaluate_local(self, name: str) -> Any:
+        if name in self._locals:
+            return self._locals[name]
         self._busy.add(f"local.{name}")
         try:
             value = evaluate(self.local_exprs[name], self.context)
@@ -339,6 +355,31 @@ class ModuleInstance:
             self._busy.discard(f"local.{name}")
         self._locals[name] = value
         return value
+
+    def _locals_below(self, name: str, done: dict[str, Any], busy: str) -> list[str]:
+        """The locals `name` refers to, directly or through others, that are
+        not in done (nor being worked out: `busy` + name in self._busy), each
+        after the ones it refers to. A cycle is cut where it closes."""
+        order: list[str] = []
+        seen = {name}
+        stack = [(name, iter(sorted(local_names(self.local_exprs[name]))))]
+        while stack:
+            current, names = stack[-1]
+            for other in names:
+                if (
+                    other not in seen
+                    and other in self.local_exprs
+                    and other not in done
+                    and f"{busy}{other}" not in self._busy
+                ):
+                    seen.add(other)
+                    stack.append((other, iter(sorted(local_names(self.local_exprs[other])))))
+                    break
+            else:
+                stack.pop()
+                if current != name:
+                    order.append(current)
+        return order
 
     def _references(self, root: str, operations: list[Any]) -> set[str]:
         name = operations[0][1] if operations and operations[0][0] == "attr" else None
@@ -367,9 +408,17 @@ class ModuleInstance:
     def _local_references(self, name: str) -> set[str]:
         if name in self._local_refs:
             return self._local_refs[name]
-        key = f"refs.local.{name}"
-        if name not in self.local_exprs or key in self._busy:
+        if name not in self.local_exprs or f"refs.local.{name}" in self._busy:
             return set()
+        # As local(): those it refers to first, so a long chain never nests.
+        for other in self._locals_below(name, self._local_refs, "refs.local."):
+            self._references_of_local(other)
+        return self._references_of_local(name)
+
+    def _references_of_local(self, name: str) -> set[str]:
+        if name in self._local_refs:
+            return self._local_refs[name]
+        key = f"refs.local.{name}"
         self._busy.add(key)
         try:
             found = references(self.local_exprs[name], self.context)
@@ -399,6 +448,14 @@ class ModuleInstance:
             result: dict[str, ModuleInstance] | None = self._children[name]
             return result
         self._children[name] = None
+        try:
+            return self._instantiate(name)
+        except RecursionError:
+            # Not "no module": asked again (from resources()), it reports why.
+            del self._children[name]
+            raise
+
+    def _instantiate(self, name: str) -> dict[str, ModuleInstance] | None:
         block = self.module_blocks.get(name)
         if block is None or self.depth >= _MAX_MODULE_DEPTH:
             return None
@@ -508,13 +565,22 @@ class ModuleInstance:
         found: list[Resource] = []
         for key, (block, source) in self.resource_blocks.items():
             kind, name = block["labels"]
-            expansion = self.instances(key)
+            try:
+                expansion = self.instances(key)
+            except RecursionError:
+                self._too_deep(source, block, f"{self.prefix}{key}", "`count`/`for_each`")
+                continue
             if expansion is None:
                 # count/for_each unknown (e.g. from a data source): scanned once,
                 # with count.index and each unknown, rather than not at all.
                 expansion = [("", {"count": {"index": UNKNOWN}, "each": _UNKNOWN_EACH})]
             for suffix, names in expansion:
-                self.config_of(key, suffix, names)
+                try:
+                    self.config_of(key, suffix, names)
+                except RecursionError as error:
+                    what = f"`{error.args[0]}`" if isinstance(error, _TooDeep) else "an argument"
+                    self._too_deep(source, block, f"{self.prefix}{key}{suffix}", what)
+                    continue
                 config, refs = self._configs[f"{key}{suffix}"]
                 config = self._tags_all(block, config)
                 unknown: list[str] = []
@@ -533,10 +599,32 @@ class ModuleInstance:
                 }
                 comments = _comments_for(block, source.parsed["comments"])
                 found.append(Resource(entry, block["end_line"], comments, self._explainer(block)))
-        for name in self.module_blocks:
-            for child in (self.children(name) or {}).values():
+        for name, block in self.module_blocks.items():
+            try:
+                children = self.children(name)
+            except RecursionError:
+                what = f"{self.prefix}module.{name}"
+                self._too_deep(self.module_files[name], block, what, "its arguments")
+                continue
+            for child in (children or {}).values():
                 found.extend(child.resources())
         return found
+
+    def _too_deep(self, source: SourceFile, block: Block, address: str, what: str) -> None:
+        """A Problem: `what` of the resource or module call at address nests
+        deeper than Python recurses, so it can't be evaluated."""
+        if block["type"] == "module":
+            outcome = "its resources were not scanned"
+        else:
+            outcome = "the resource was not judged"
+        self.loader.problem(
+            Problem(
+                source.display,
+                f"{address}: {what}: expression nested too deeply to evaluate, itself or "
+                f"through the locals, resources and module outputs it refers to; {outcome}",
+                block["line"],
+            )
+        )
 
     def _explainer(self, block: Block) -> Callable[[str], str]:
         from iac_scanner.functions import FUNCTIONS, LAZY_FUNCTIONS
@@ -632,8 +720,12 @@ def _body_value(
     for name, expr in block["attrs"].items():
         if top and name in _RESOURCE_META:
             continue
-        config[name] = evaluate(expr, context)
-        found = references(expr, context)
+        try:
+            config[name] = evaluate(expr, context)
+            found = references(expr, context)
+        except RecursionError:
+            # Named for the outermost attribute: the one whose resource is judged.
+            raise _TooDeep(f"{path}{name}") from None
         if found:
             refs[f"{path}{name}"] = found
     for inner in block["blocks"]:
@@ -664,7 +756,10 @@ def _dynamic(
     if not isinstance(items, list):
         return
     content = next((b for b in block["blocks"] if b["type"] == "content"), None)
-    collection = evaluate(block["attrs"].get("for_each", ["lit", None]), context)
+    try:
+        collection = evaluate(block["attrs"].get("for_each", ["lit", None]), context)
+    except RecursionError:
+        raise _TooDeep(f"{path}{label}") from None
     iterator = label
     if "iterator" in block["attrs"]:
         chain = traversal(block["attrs"]["iterator"])

@@ -375,3 +375,74 @@ def test_an_operator_chain_of_any_length_is_evaluated_or_refused(
     expected = {"+": terms, "*": 1}.get(operator, True)
     assert problems == []
     assert configs["aws_s3_bucket.site"]["x"] == expected
+
+
+def _local_chain(length: int, form: str) -> str:
+    """locals l0 ... l{length}, each naming the next (in `form`), the last a
+    public-read ACL, written in reverse order; a bucket's acl = local.l0."""
+    lines = [f'  l{length} = "public-read"']
+    for i in reversed(range(length)):
+        lines.append(f"  l{i} = {form.format(f'local.l{i + 1}')}")
+    return (
+        "locals {\n" + "\n".join(lines) + "\n}\n"
+        'resource "aws_s3_bucket" "site" {\n  acl = local.l0\n}\n'
+    )
+
+
+def test_a_chain_of_three_hundred_locals_is_evaluated(tmp_path: Path) -> None:
+    (tmp_path / "main.tf").write_text(_local_chain(300, "{}"))
+    code, report = scan_json(str(tmp_path))
+    assert code == 1
+    assert _findings(report) == {("PC-TF-006", "aws_s3_bucket.site"): None}
+    assert report["summary"]["not_judged"] == 0
+
+
+@settings(max_examples=30, derandomize=True, deadline=None, database=None)
+@given(
+    length=st.integers(min_value=1, max_value=3000),
+    form=st.sampled_from(["{}", '"${{{}}}"', "[{}][0]", "lower({})", "try({}, null)"]),
+)
+def test_a_chain_of_locals_of_any_length_is_evaluated(
+    tmp_path_factory: Any, length: int, form: str
+) -> None:
+    """Terraform evaluates a chain of locals however long; so does the scanner
+    (one at a time, innermost first), never an unknown or a crash."""
+    directory = tmp_path_factory.mktemp("locals")
+    (directory / "main.tf").write_text(_local_chain(length, form))
+    configs, problems = _load(directory)
+    assert problems == []
+    assert configs["aws_s3_bucket.site"]["acl"] == "public-read"
+
+
+def test_a_resource_chain_too_long_to_follow_is_an_error_per_resource(tmp_path: Path) -> None:
+    """Resources that refer to each other, 300 in a chain: those the scanner
+    can't follow to the end are errors naming the resource, never unknowns
+    that pass (they were 'not judged' before, exit 0 had nothing else failed)."""
+    chain = "".join(
+        f'resource "aws_s3_bucket" "b{i}" {{\n  acl = aws_s3_bucket.b{i + 1}.acl\n}}\n'
+        for i in range(300)
+    )
+    (tmp_path / "main.tf").write_text(chain + PUBLIC_BUCKET.replace('"site"', '"b300"') + "}\n")
+    configs, problems = _load(tmp_path)
+    assert problems
+    for problem in problems:
+        assert problem.endswith(
+            "`acl`: expression nested too deeply to evaluate, itself or through the locals, "
+            "resources and module outputs it refers to; the resource was not judged"
+        )
+    # Every resource is either judged with its value or an error.
+    assert len(configs) + len(problems) == 301
+    assert {c["acl"] for c in configs.values()} == {"public-read"}
+
+
+def test_a_variable_value_nested_too_deeply_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "main.tf").write_text(
+        'variable "x" {\n  type = list(any)\n}\n' + PUBLIC_BUCKET + "}\n"
+    )
+    value = "[" * 3000 + "]" * 3000
+    result = portcullis("scan", "--no-cache", str(tmp_path), "--var", f"x={value}")
+    assert result.returncode == 2
+    assert errors(result)[0] == (
+        f"error: {tmp_path}: expression nested too deeply to evaluate: a variable's value "
+        "or default, or a provider's configuration; the module was not scanned"
+    )
