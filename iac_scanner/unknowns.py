@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from iac_scanner.expressions import has_unknown, traversal
-from iac_scanner.hcl import Block, Expr
+from iac_scanner.hcl import Block, Expr, sub_expressions
 
 # At most this many causes are named; the rest are summed up.
 _MAX_CAUSES = 2
@@ -31,33 +31,8 @@ def _walk(expr: Any) -> Iterator[Expr]:
             if operation[0] == "index":
                 yield from _walk(operation[1])
         return
-    for child in _children(expr):
+    for child in sub_expressions(expr):
         yield from _walk(child)
-
-
-def _children(expr: Expr) -> list[Any]:
-    kind = expr[0]
-    if kind in ("attr", "not", "neg", "splat"):
-        return [expr[1]]
-    if kind == "index":
-        return [expr[1], expr[2]]
-    if kind in ("tpl", "tuple"):
-        return [part for part in expr[1] if isinstance(part, list)]
-    if kind == "object":
-        return [part for pair in expr[1] for part in pair]
-    if kind == "call":
-        return list(expr[2])
-    if kind == "cond":
-        return [expr[1], expr[2], expr[3]]
-    if kind == "op":
-        return [expr[2], expr[3]]
-    if kind == "for":
-        return [part for part in expr[3:7] if isinstance(part, list)]
-    if kind == "tif":
-        return [expr[1], *[p for p in (*expr[2], *expr[3]) if isinstance(p, list)]]
-    if kind == "tfor":
-        return [expr[3], *[p for p in expr[4] if isinstance(p, list)]]
-    return []
 
 
 def _expressions(block: Block, path: list[str]) -> list[Expr]:

@@ -274,7 +274,7 @@ def as_json(value: Any) -> Any:
     `opa eval` prints a set in. regorus hands sets of scalars back as Python sets,
     which JSON has no form for; the engine's own answers keep them."""
     if isinstance(value, set | frozenset):
-        return [as_json(item) for item in sorted(value, key=_rego_order)]
+        return [as_json(item) for item in sorted(value, key=rego_order)]
     if isinstance(value, dict):
         return {key: as_json(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
@@ -282,7 +282,7 @@ def as_json(value: Any) -> Any:
     return value
 
 
-def _rego_order(value: Any) -> tuple[Any, ...]:
+def rego_order(value: Any) -> tuple[Any, ...]:
     """A sort key in Rego's order of values: null, booleans, numbers, strings,
     arrays, objects, sets; arrays element by element, objects by sorted keys."""
     if value is None:
@@ -294,12 +294,12 @@ def _rego_order(value: Any) -> tuple[Any, ...]:
     if isinstance(value, str):
         return (3, value)
     if isinstance(value, list | tuple):
-        return (4, tuple(_rego_order(item) for item in value))
+        return (4, tuple(rego_order(item) for item in value))
     if isinstance(value, dict):
-        keys = sorted(value, key=_rego_order)
-        return (5, tuple((_rego_order(key), _rego_order(value[key])) for key in keys))
+        keys = sorted(value, key=rego_order)
+        return (5, tuple((rego_order(key), rego_order(value[key])) for key in keys))
     if isinstance(value, set | frozenset):
-        return (6, tuple(sorted(_rego_order(item) for item in value)))
+        return (6, tuple(sorted(rego_order(item) for item in value)))
     return (7, repr(value))
 
 

@@ -25,6 +25,8 @@ from typing import Any, TypeAlias
 import regorus
 import yaml
 
+from policy_engine.embedded import rego_order
+
 JSON: TypeAlias = bool | int | float | str | list["JSON"] | dict[str, "JSON"] | None
 Row: TypeAlias = dict[str, JSON]
 
@@ -313,7 +315,7 @@ def _compare(case: Case, raw: str) -> tuple[bool, str]:
         return False, f"unreadable engine output ({exc}): {_show(raw)}"
     if case.sort_bindings:
         got = [
-            {k: sorted(v, key=_order_key) if isinstance(v, list) else v for k, v in row.items()}
+            {k: sorted(v, key=rego_order) if isinstance(v, list) else v for k, v in row.items()}
             for row in got
         ]
     want = list(case.want_result or ())
@@ -335,21 +337,6 @@ def _normal(value: JSON) -> JSON:
 
 def _canonical(row: Row) -> str:
     return json.dumps(_normal(row), sort_keys=True, separators=(",", ":"))
-
-
-def _order_key(value: JSON) -> tuple[Any, ...]:
-    """OPA's order of JSON values: null < bool < number < string < array < object."""
-    if value is None:
-        return (0,)
-    if isinstance(value, bool):
-        return (1, value)
-    if isinstance(value, int | float):
-        return (2, value)
-    if isinstance(value, str):
-        return (3, value)
-    if isinstance(value, list):
-        return (4, tuple(_order_key(v) for v in value))
-    return (5, tuple((k, _order_key(value[k])) for k in sorted(value)))
 
 
 def _show(value: object, limit: int = 160) -> str:
