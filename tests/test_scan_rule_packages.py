@@ -53,35 +53,34 @@ def found(report: dict[str, Any]) -> set[tuple[str, str]]:
     return {(f["rule_id"], f["resource"]) for f in report["findings"]}
 
 
-def test_a_package_whose_deny_is_undefined_finds_nothing_and_silences_no_other_rule(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, shipped_findings: set[tuple[str, str]]
+@pytest.mark.parametrize(
+    "rules",
+    [
+        pytest.param(
+            'deny := {{"resource": r.address, "message": "m"} | some r in input.resources} '
+            "if input.strict\n",
+            id="deny",
+        ),
+        pytest.param(
+            'deny contains {"resource": r.address, "message": "m"} if {\n'
+            "\tsome r in input.resources\n"
+            '\tr.type == "aws_instance"\n'
+            "}\n\n"
+            'not_judged := {{"resource": r.address, "path": "ami"} | some r in input.resources} '
+            "if input.strict\n",
+            id="not_judged",
+        ),
+    ],
+)
+def test_a_package_whose_deny_or_not_judged_is_undefined_silences_no_other_rule(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    shipped_findings: set[tuple[str, str]],
+    rules: str,
 ) -> None:
-    # OPA and conftest: an undefined deny is no results, for that package only.
-    policy = with_package(
-        tmp_path,
-        f"metadata := {METADATA}\n\n"
-        'deny := {{"resource": r.address, "message": "m"} | some r in input.resources} '
-        "if input.strict\n",
-    )
-    code, report, err = scan(capsys, policy)
-    assert err == ""
-    assert found(report) == shipped_findings
-    assert code == 1
-
-
-def test_a_package_whose_not_judged_is_undefined_silences_no_other_rule(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, shipped_findings: set[tuple[str, str]]
-) -> None:
-    policy = with_package(
-        tmp_path,
-        f"metadata := {METADATA}\n\n"
-        'deny contains {"resource": r.address, "message": "m"} if {\n'
-        "\tsome r in input.resources\n"
-        '\tr.type == "aws_instance"\n'
-        "}\n\n"
-        'not_judged := {{"resource": r.address, "path": "ami"} | some r in input.resources} '
-        "if input.strict\n",
-    )
+    # OPA and conftest: an undefined deny (or not_judged) is no results, for that
+    # package only; the custom deny finds nothing on this input either.
+    policy = with_package(tmp_path, f"metadata := {METADATA}\n\n" + rules)
     code, report, err = scan(capsys, policy)
     assert err == ""
     assert found(report) == shipped_findings
