@@ -849,7 +849,11 @@ async def test_log_that_reaches_the_head_is_covered(tmp_path: Path) -> None:
     await log.start()
     for n in range(12):
         record(log, n)
-    await asyncio.sleep(0.1)
+    # Until the writer has signed the tenth (a fixed 0.1 s failed once in CI on a
+    # loaded machine: the head was still the start record's).
+    deadline = time.monotonic() + 10
+    while (log.signed_head() or {}).get("seq") != 10 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
     head = head_of(log)  # taken while the gateway runs; the log grows past it
     for n in range(12, 20):
         record(log, n)
