@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,3 +22,11 @@ async def stack(aiohttp_server: Any, tmp_path: Path) -> AsyncIterator[Any]:
 
     async with start_stack(aiohttp_server, tmp_path) as running:
         yield running
+
+
+@pytest.fixture
+def policy_copy(tmp_path: Path) -> Path:
+    """A copy of the shipped policy set to edit (a reload, a broken file)."""
+    target = tmp_path / "policies"
+    shutil.copytree(POLICIES, target)
+    return target

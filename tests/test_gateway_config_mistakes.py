@@ -22,13 +22,6 @@ from tests.gateway_stack import APPS, ServerFactory, free_port, start_stack
 STORE_OTP = {"groups": ["store"], "amr": ["pwd", "otp"]}
 
 
-@pytest.fixture
-def policy_copy(tmp_path: Path) -> Path:
-    target = tmp_path / "policies"
-    shutil.copytree(POLICIES, target)
-    return target
-
-
 def gateway_process(config: Path, *args: str, cwd: Path = ROOT) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "portcullis", "gateway", "--config", str(config), *args],

@@ -30,13 +30,6 @@ WAREHOUSE = {"groups": ["warehouse"], "amr": ["pwd", "otp"]}
 
 
 @pytest.fixture
-def policy_copy(tmp_path: Path) -> Path:
-    target = tmp_path / "policies"
-    shutil.copytree(POLICIES, target)
-    return target
-
-
-@pytest.fixture
 async def admin(aiohttp_server: ServerFactory, stack: Stack) -> str:
     """The admin listener (/metrics, /readyz, /audit/head) of ``stack``'s gateway."""
     server = await aiohttp_server(build_admin_app(stack.gateway))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -15,21 +13,10 @@ from gateway.policy.reload import build_or_reason
 from policy_engine import PolicyLoadError, compile_policy, load_policy_set
 from policy_engine.opa_golib import GoOpaEngine, available
 from policy_engine.testing import run_tests
-from tests.conftest import FIXTURES, ROOT
+from tests.conftest import FIXTURES
+from tests.test_scan_cli import portcullis
 
 BAD = FIXTURES / "policies"
-
-
-def portcullis(*args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "portcullis", *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
-    assert "Traceback" not in result.stderr, result.stderr
-    return result
 
 
 def make_bundle(path: Path, files: dict[str, str]) -> Path:
