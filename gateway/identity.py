@@ -198,6 +198,9 @@ class TokenVerifier:
         if declared is not None and declared != algorithm:
             raise TokenRejected(f"key {kid!r} is for {declared}, token says {algorithm}")
         claims = _decode(token, key, algorithm, issuer, unverified, now)
+        problem = subject_problem(claims)
+        if problem is not None:
+            raise TokenRejected(problem)
         _check_lifetime(claims, issuer, now)
         _check_authorized_party(claims, issuer)
         auth_time = claims.get("auth_time")
@@ -313,6 +316,19 @@ def _check_lifetime(claims: dict[str, Any], issuer: Issuer, now: float) -> None:
             f"token was issued to live {_ago(lifetime)} (iat to exp); this issuer's tokens "
             f"may live at most {_ago(issuer.max_token_lifetime)} (issuers[].max_token_lifetime)"
         )
+
+
+def subject_problem(claims: dict[str, Any]) -> str | None:
+    """What is wrong with a verified token's ``sub``, None if nothing. The subject
+    is who the policy decides for and the decision log names: a blank one is no
+    one (RFC 9068 2.2 and OIDC Core 2 require it; an issuer that mints it blank
+    has a bug the gateway should not turn into an allowed, nameless access)."""
+    subject = claims.get("sub")
+    if not isinstance(subject, str):
+        return f"token's 'sub' claim must be a string, got {type(subject).__name__}"
+    if not subject.strip():
+        return "token's 'sub' claim is blank: no identity to decide for"
+    return None
 
 
 def _check_authorized_party(claims: dict[str, Any], issuer: Issuer) -> None:

@@ -211,6 +211,18 @@ async def test_signature_of_another_payload_is_refused(stack: Stack) -> None:
     await refused(stack, f"{head}.{forged}.{signature}", "signature verification failed")
 
 
+async def test_token_with_a_blank_subject_is_refused_not_allowed_as_no_one(stack: Stack) -> None:
+    """A validly signed token whose sub is blank (an issuer bug, or a claim a user
+    could clear) names no one: refused, never an allowed access the decision log
+    and the SIEM can't attribute to a user."""
+    ids = []
+    for subject in ("", "  "):
+        token = signed(stack, {"alg": "RS256", "kid": stack.issuer.kid}, claims(stack, sub=subject))
+        ids.append(await refused(stack, token, "'sub' claim is blank"))
+    events = {event["decision_id"]: event for event in await stack.events(at_least=2)}
+    assert [events[i]["result"]["allow"] for i in ids] == [False, False]
+
+
 async def test_non_bearer_authorization_is_refused(stack: Stack) -> None:
     response = await stack.get("/wms/stock", headers={"Authorization": "Basic YWxpY2U6cHc="})
     assert response.status == 401
@@ -431,7 +443,10 @@ def _claim_options(issuer: str, now: int) -> Options:
             (issuer, True), (issuer + "/", False), (7, False), ([issuer], False),
             (MISSING, False), (None, False),
         ],
-        "sub": [("alice", True), (7, False), (["alice"], False), (MISSING, False)],
+        "sub": [
+            ("alice", True), (7, False), (["alice"], False), (MISSING, False), ("", False),
+            (" \t", False), (None, False),
+        ],
         "exp": [
             (now + 600, True), (now + 600.5, True), (now - 600, False),
             (now + 400 * 86400, False), (str(now + 600), False), ([now + 600], False),

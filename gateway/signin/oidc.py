@@ -19,6 +19,7 @@ import aiohttp
 import jwt
 
 from gateway.config import Issuer, SignInConfig
+from gateway.identity import subject_problem
 from gateway.jwks import JwksCache
 
 log = logging.getLogger("portcullis.oidc")
@@ -308,6 +309,9 @@ class OidcClient:
             raise TokenInvalid("ID token signature verification failed") from error
         except jwt.PyJWTError as error:
             raise TokenInvalid(f"invalid ID token: {error}") from error
+        problem = subject_problem(claims)
+        if problem is not None:
+            raise TokenInvalid(f"ID token: {problem}")
         audiences = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
         azp = claims.get("azp")
         if (azp is not None or len(audiences) > 1) and azp != self.config.client_id:
