@@ -56,7 +56,7 @@ class CompiledPolicy:
         seen: dict[str, None] = {}
         for shape in self.shapes:
             for rule in shape.rules:
-                if rule.is_function or (rule.path[0].startswith("test_") and not include_tests):
+                if rule.is_function or (rule.test_path is not None and not include_tests):
                     continue
                 seen[f"{shape.package_ref}.{rule.path[0]}"] = None
         return list(seen)

@@ -5,10 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# `opa test` runs rules whose name starts with TEST_PREFIX and reports those
+# with SKIP_TEST_PREFIX as skipped.
+TEST_PREFIX = "test_"
+SKIP_TEST_PREFIX = "todo_test_"
+
 
 @dataclass(frozen=True)
 class Rule:
-    """A rule head: its path inside the package, where it stands, and its kind."""
+    """A rule head: its path inside the package, where it stands, and its kind.
+    A head with a computed part (`p[x]`, `p.q[x].r`) has the literal part before it
+    as its path (`p`, `p.q`) and is `dynamic`."""
 
     path: tuple[str, ...]
     line: int
@@ -18,10 +25,23 @@ class Rule:
     # The whole rule (head, bodies, else) as UTF-8 byte offsets in its module.
     start: int = 0
     end: int = 0
+    dynamic: bool = False
 
     @property
     def name(self) -> str:
         return ".".join(self.path)
+
+    @property
+    def test_path(self) -> tuple[str, ...] | None:
+        """The path `opa test` names this rule by when it is a test: its path up to
+        the first part that starts with `test_` or `todo_test_` (`a.b.test_x` for
+        `a.b.test_x.y`); None when no part does, or for a function."""
+        if self.is_function:
+            return None
+        for index, part in enumerate(self.path):
+            if part.startswith((TEST_PREFIX, SKIP_TEST_PREFIX)):
+                return self.path[: index + 1]
+        return None
 
 
 @dataclass(frozen=True)
@@ -71,6 +91,15 @@ def ref_path(node: Any) -> tuple[str, ...] | None:
             return None
         return (*head, str(index["String"]["value"]))
     return None
+
+
+def ground_prefix(node: Any) -> tuple[tuple[str, ...], bool]:
+    """A rule head's reference as (its literal path up to the first computed part,
+    whether there is a computed part): `p.q[x].r` is (("p", "q"), True)."""
+    root, path, indexes = _unwind(node)
+    if root is None:
+        return (), True
+    return (root, *path), bool(indexes)
 
 
 def _first_span(node: Any) -> dict[str, Any] | None:
@@ -164,18 +193,19 @@ def _note_read(shape: ModuleShape, root: str, path: tuple[str, ...]) -> None:
 def _rule(entry: dict[str, Any]) -> Rule | None:
     if "Default" in entry:
         body = entry["Default"]
-        path = ref_path(body["refr"])
+        refr = body["refr"]
         span = whole = body["span"]
         is_function = bool(body.get("args"))
     elif "Spec" in entry:
         head_kind, head = next(iter(entry["Spec"]["head"].items()))
-        path = ref_path(head["refr"])
+        refr = head["refr"]
         span = head["span"]
         whole = entry["Spec"]["span"]
         is_function = head_kind == "Func"
     else:
         return None
-    if path is None:
+    path, dynamic = ground_prefix(refr)
+    if not path:
         return None
     return Rule(
         path,
@@ -185,6 +215,7 @@ def _rule(entry: dict[str, Any]) -> Rule | None:
         "Default" in entry,
         whole.get("start", 0),
         whole.get("end", 0),
+        dynamic,
     )
 
 

@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import regorus
+
 from policy_engine.embedded import _eval_ref, as_json, compile_policy, new_engine
 from policy_engine.errors import (
     EvaluationError,
@@ -18,7 +20,22 @@ from policy_engine.errors import (
 )
 from policy_engine.opa_golib import UNDEFINED, GoOpaEngine
 from policy_engine.policy_set import Module, PolicySet
-from policy_engine.rego_ast import Rule
+from policy_engine.rego_ast import SKIP_TEST_PREFIX, Rule
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """One case of a test whose name has a computed part (`test_x[name]`), as
+    `opa test` reports it: the key, and its own cases when it has more parts."""
+
+    name: str
+    passed: bool
+    cases: tuple[CaseResult, ...] = ()
+
+    def leaves(self) -> list[CaseResult]:
+        if not self.cases:
+            return [self]
+        return [leaf for case in self.cases for leaf in case.leaves()]
 
 
 @dataclass(frozen=True)
@@ -26,14 +43,19 @@ class TestResult:
     ref: str
     file: str
     line: int
-    outcome: str  # PASS, FAIL or ERROR
+    outcome: str  # PASS, FAIL, ERROR or SKIPPED
     seconds: float
     message: str = ""
     prints: tuple[str, ...] = ()
+    cases: tuple[CaseResult, ...] = ()
 
     @property
     def passed(self) -> bool:
         return self.outcome == "PASS"
+
+    @property
+    def skipped(self) -> bool:
+        return self.outcome == "SKIPPED"
 
 
 @dataclass(frozen=True)
@@ -55,7 +77,24 @@ class TestReport:
 
     @property
     def failed(self) -> list[TestResult]:
-        return [r for r in self.results if not r.passed]
+        return [r for r in self.results if not r.passed and not r.skipped]
+
+    def tally(self) -> tuple[int, int, int]:
+        """(passed, failed, skipped) as `opa test` counts them: a test with cases
+        counts each case (the innermost ones), an error counts as a failure."""
+        passed = failed = skipped = 0
+        for result in self.results:
+            if result.skipped:
+                skipped += 1
+            elif result.cases and result.outcome != "ERROR":
+                leaves = [leaf for case in result.cases for leaf in case.leaves()]
+                passed += sum(leaf.passed for leaf in leaves)
+                failed += sum(not leaf.passed for leaf in leaves)
+            elif result.passed:
+                passed += 1
+            else:
+                failed += 1
+        return passed, failed, skipped
 
 
 ENGINES = ("regorus", "opa")
@@ -70,9 +109,16 @@ class _Test:
 
     name: str
     ref: str
+    package: str
+    path: tuple[str, ...]
     file: str
     line: int
     alone: PolicySet | None = None
+    skip: bool = False
+    dynamic: bool = False  # its name has a computed part: a result per case
+    # For a test with a computed part: a copy of the policy set with a rule at
+    # _CASES_REF naming every case the test has (see _with_cases_rule).
+    cases_set: PolicySet | None = None
 
 
 def run_tests(
@@ -94,23 +140,33 @@ def run_tests(
     definitions: dict[str, list[tuple[str, Rule]]] = {}
     for shape in compiled.shapes:
         for rule in shape.rules:
-            if not rule.is_function and rule.path[0].startswith("test_"):
-                ref = f"{shape.package_ref}.{rule.path[0]}"
+            if rule.test_path is not None:
+                ref = f"{shape.package_ref}.{'.'.join(rule.test_path)}"
                 definitions.setdefault(ref, []).append((shape.file, rule))
     tests: list[_Test] = []
     for shape in compiled.shapes:  # in source order
         for rule in shape.rules:
-            ref = f"{shape.package_ref}.{rule.path[0]}"
-            defined = definitions.get(ref, [])
-            if (shape.file, rule) not in defined:
+            path = rule.test_path
+            if path is None:
                 continue
+            ref = f"{shape.package_ref}.{'.'.join(path)}"
+            defined = definitions[ref]
             index = defined.index((shape.file, rule))
-            name = f"{ref}#{index:02d}" if index else ref
+            name = _test_name(shape.package_ref, path, index)
             if match is not None and match not in name:
+                continue
+            test = _Test(name, ref, shape.package_ref, path, shape.file, rule.line)
+            if path[-1].startswith(SKIP_TEST_PREFIX):
+                tests.append(dataclasses.replace(test, skip=True))
                 continue
             others = defined[:index] + defined[index + 1 :]
             alone = _without(policy_set, others) if others else None
-            tests.append(_Test(name, ref, shape.file, rule.line, alone))
+            cases_set = (
+                _with_cases_rule(alone or policy_set, shape.file, rule) if rule.dynamic else None
+            )
+            tests.append(
+                dataclasses.replace(test, alone=alone, dynamic=rule.dynamic, cases_set=cases_set)
+            )
     if engine == "opa":
         if coverage:
             raise PolicyError("--coverage is measured on the embedded engine only")
@@ -121,8 +177,8 @@ def run_tests(
     engines = [shared]
     report = TestReport()
     for test in tests:
-        if test.alone is None:
-            report.results.append(_run_one(shared, test))
+        if test.skip or test.alone is None:
+            report.results.append(_skipped(test) if test.skip else _run_one(shared, test))
             continue
         try:
             alone = _regorus_engine(test.alone, coverage)
@@ -135,6 +191,80 @@ def run_tests(
     if coverage:
         report.coverage = _coverage(engines)
     return report
+
+
+def _test_name(package_ref: str, path: tuple[str, ...], index: int) -> str:
+    """How `opa test` names the index-th definition of a test: `data.p.test_x`,
+    then `data.p.test_x#01`, or `data.p.a["test_x#01"]` for a test below a name."""
+    if index == 0:
+        return f"{package_ref}.{'.'.join(path)}"
+    numbered = f"{path[-1]}#{index:02d}"
+    if len(path) == 1:
+        return f"{package_ref}.{numbered}"
+    return f"{package_ref}.{'.'.join(path[:-1])}[{json.dumps(numbered)}]"
+
+
+# The rule _with_cases_rule adds beside a test with a computed part.
+_CASES_RULE = "__portcullis_test_cases__"
+
+
+def _with_cases_rule(policy_set: PolicySet, file: str, rule: Rule) -> PolicySet | None:
+    """`policy_set` with a rule that names every case of the test `rule` (a head
+    like `test_x[name]`), passing or not, or None where that can't be built.
+
+    A failing case leaves no key in the test's value, so `opa test` notes each
+    case's name as soon as the body has bound it: it injects a call after the
+    first expression that mentions each variable of the computed part. This
+    rule is the test's head over the body up to that point, so its keys are
+    the cases `opa test` would report."""
+    module = next((m for m in policy_set.modules if m.file == file), None)
+    if module is None:
+        return None
+    parser = regorus.Engine()
+    try:
+        parser.add_policy(module.file, module.text)
+    except (RuntimeError, ValueError):
+        return None
+    entries = json.loads(parser.get_ast_as_json())[0]["ast"].get("rules", [])
+    spec = next(
+        (e["Spec"] for e in entries if "Spec" in e and e["Spec"]["span"]["start"] == rule.start),
+        None,
+    )
+    if spec is None or len(spec["bodies"]) != 1 or "Compr" not in spec["head"]:
+        return None
+    chain = [spec["head"]["Compr"]["refr"]]  # the head's reference, outermost part first
+    while len(chain[-1]) == 1 and next(iter(chain[-1])) in ("RefDot", "RefBrack"):
+        chain.append(next(iter(chain[-1].values()))["refr"])
+    ground = next(iter(chain[len(chain) - len(rule.path)].values()))["span"]["end"]
+    source = module.text.encode()
+    end = next(iter(chain[0].values()))["span"]["end"]
+    end += source[end : end + 1] == b"]"  # regorus' span of `p[x]` stops before the `]`
+    suffix = source[ground:end]
+    computed = chain[: len(chain) - len(rule.path)]
+    keys = _variables([part["RefBrack"]["index"] for part in computed if "RefBrack" in part])
+    statements = spec["bodies"][0]["query"]["stmts"]
+    mentions = [_variables(statement["literal"]) for statement in statements]
+    first = [next((i for i, names in enumerate(mentions) if key in names), -1) for key in keys]
+    if not keys or -1 in first:
+        return None
+    body = [source[s["span"]["start"] : s["span"]["end"]] for s in statements[: max(first) + 1]]
+    text = b"\n".join([b"", _CASES_RULE.encode() + suffix + b" if {", *body, b"}", b""])
+    modules = [
+        Module(m.file, m.text + text.decode()) if m is module else m for m in policy_set.modules
+    ]
+    return dataclasses.replace(policy_set, modules=modules)
+
+
+def _variables(node: Any) -> set[str]:
+    """The names of the variables in an AST node (`_` aside)."""
+    if isinstance(node, list):
+        return {name for item in node for name in _variables(item)}
+    if not isinstance(node, dict):
+        return set()
+    if len(node) == 1 and "Var" in node:
+        name = str(node["Var"]["value"])
+        return set() if name == "_" else {name}
+    return {name for value in node.values() for name in _variables(value)}
 
 
 def _without(policy_set: PolicySet, rules: list[tuple[str, Rule]]) -> PolicySet:
@@ -167,8 +297,8 @@ def _run_on_opa(engine: GoOpaEngine, tests: list[_Test]) -> TestReport:
     whose name is defined more than once runs alone, on its own copy of the set."""
     packages: dict[str, list[_Test]] = {}
     for test in tests:
-        if test.alone is None:
-            packages.setdefault(test.ref.rsplit(".", 1)[0], []).append(test)
+        if test.alone is None and not test.skip:
+            packages.setdefault(test.package, []).append(test)
     done: dict[str, TestResult] = {}
     for package, members in packages.items():
         started = time.perf_counter()
@@ -177,12 +307,16 @@ def _run_on_opa(engine: GoOpaEngine, tests: list[_Test]) -> TestReport:
         except EvaluationError:
             continue  # each test of the package is evaluated alone below
         share = (time.perf_counter() - started) / len(members)
-        if isinstance(document, dict):
-            for test in members:
-                value = document.get(test.ref.rsplit(".", 1)[1], UNDEFINED)
-                done[test.name] = _opa_result(test, value, share)
+        for test in members:
+            value = document
+            for part in test.path:
+                value = value.get(part, UNDEFINED) if isinstance(value, dict) else UNDEFINED
+            done[test.name] = _opa_result(test, value, share)
     report = TestReport()
     for test in tests:
+        if test.skip:
+            report.results.append(_skipped(test))
+            continue
         if test.name in done:
             report.results.append(done[test.name])
             continue
@@ -198,10 +332,60 @@ def _run_on_opa(engine: GoOpaEngine, tests: list[_Test]) -> TestReport:
 
 
 def _opa_result(test: _Test, value: Any, seconds: float) -> TestResult:
-    if value is True:
-        return TestResult(test.name, test.file, test.line, "PASS", seconds)
-    message = "undefined" if value is UNDEFINED else f"evaluated to {json.dumps(value)}"
-    return TestResult(test.name, test.file, test.line, "FAIL", seconds, message)
+    return _result(test, None if value is UNDEFINED else value, _opa_cases(test), seconds)
+
+
+def _result(
+    test: _Test, value: Any, expected: Any, seconds: float, prints: tuple[str, ...] = ()
+) -> TestResult:
+    """A test's outcome from its value (None where undefined). A test with a
+    computed part passes when each of its cases is true; `expected` is the value
+    of its cases rule (None where there is none), naming the cases that failed."""
+    cases: tuple[CaseResult, ...] = ()
+    if test.dynamic and (isinstance(value, dict) or isinstance(expected, dict)):
+        cases = _cases(value if isinstance(value, dict) else {}, expected or {})
+        leaves = [leaf for case in cases for leaf in case.leaves()]
+        failed = sum(not leaf.passed for leaf in leaves)
+        if failed:
+            message = f"{failed} of {len(leaves)} cases failed"
+        elif not leaves and expected is None:
+            message = "no test case passed (the failing ones could not be named)"
+        else:
+            return TestResult(test.name, test.file, test.line, "PASS", seconds, "", prints, cases)
+    elif value is True:
+        return TestResult(test.name, test.file, test.line, "PASS", seconds, prints=prints)
+    elif value is None:
+        message = "undefined"
+    else:
+        message = f"evaluated to {json.dumps(as_json(value))}"
+    return TestResult(test.name, test.file, test.line, "FAIL", seconds, message, prints, cases)
+
+
+_MISSING = object()
+
+
+def _cases(value: dict[Any, Any], expected: dict[Any, Any]) -> tuple[CaseResult, ...]:
+    """The cases of a test's value, with those only `expected` names as failed,
+    sorted by name; a case is passed when it is true, and a nested one when all
+    of its cases are (as `opa test` judges them)."""
+    found: dict[str, tuple[Any, Any]] = {}
+    for key in [*value, *expected]:
+        name = key if isinstance(key, str) else json.dumps(as_json(key))
+        found[name] = (value.get(key, _MISSING), expected.get(key))
+    results = []
+    for name, (got, wanted) in sorted(found.items()):
+        if isinstance(got, dict) or (got is _MISSING and isinstance(wanted, dict)):
+            inner = _cases(
+                got if isinstance(got, dict) else {}, wanted if isinstance(wanted, dict) else {}
+            )
+            results.append(CaseResult(name, all(case.passed for case in inner), inner))
+        else:
+            results.append(CaseResult(name, got is True))
+    return tuple(results)
+
+
+def _skipped(test: _Test) -> TestResult:
+    return TestResult(test.name, test.file, test.line, "SKIPPED", 0.0)
 
 
 def _error(test: _Test, seconds: float, message: str, prints: tuple[str, ...] = ()) -> TestResult:
@@ -218,10 +402,30 @@ def _run_one(engine: Any, test: _Test) -> TestResult:
         return _error(test, seconds, str(problem), tuple(engine.take_prints()))
     seconds = time.perf_counter() - started
     prints = tuple(engine.take_prints())
-    if value is True:
-        return TestResult(test.name, test.file, test.line, "PASS", seconds, prints=prints)
-    message = "undefined" if value is None else f"evaluated to {json.dumps(as_json(value))}"
-    return TestResult(test.name, test.file, test.line, "FAIL", seconds, message, prints)
+    return _result(test, value, _regorus_cases(test), seconds, prints)
+
+
+def _regorus_cases(test: _Test) -> Any:
+    """The value of the test's cases rule on regorus, or None."""
+    if test.cases_set is None:
+        return None
+    try:
+        engine = new_engine(test.cases_set)
+        engine.set_gather_prints(True)  # the test's own run printed them
+        return _eval_ref(engine, f"{test.package}.{_CASES_RULE}")
+    except (RuntimeError, ValueError, TypeError):
+        return None
+
+
+def _opa_cases(test: _Test) -> Any:
+    """The value of the test's cases rule on OPA, or None."""
+    if test.cases_set is None:
+        return None
+    try:
+        value = GoOpaEngine(test.cases_set).value(f"{test.package}.{_CASES_RULE}")
+    except (EvaluationError, PolicyLoadError):
+        return None
+    return None if value is UNDEFINED else value
 
 
 def _coverage(engines: list[Any]) -> list[FileCoverage]:

@@ -26,7 +26,7 @@ from policy_engine import (
 from policy_engine.embedded import CompiledPolicy, as_json
 from policy_engine.policy_set import bundle_roots
 from policy_engine.portability import portability_warnings
-from policy_engine.testing import TestReport, run_tests
+from policy_engine.testing import CaseResult, TestReport, run_tests
 
 RULE = "-" * 80
 USAGE_ERROR = 2
@@ -71,20 +71,23 @@ def _print_test_report(report: TestReport, *, verbose: bool) -> None:
         if result.file != current_file:
             current_file = result.file
             print(f"{result.file}:")
+        if result.skipped:  # as `opa test`: listed, never run
+            print(f"{result.ref}: {result.outcome}")
+            continue
         millis = result.seconds * 1000
         print(f"{result.ref}: {result.outcome} ({millis:.2f}ms)")
+        _print_cases(result.cases, verbose=verbose, depth=1)
         if not result.passed:
             print(f"  {result.file}:{result.line}: {result.message}")
         if result.prints and (verbose or not result.passed):
             for line in result.prints:
                 print(f"  {line}")
-    total = len(report.results)
-    failed = len(report.failed)
+    passed, failed, skipped = report.tally()
+    total = passed + failed + skipped
     print(RULE)
-    if total - failed:
-        print(f"PASS: {total - failed}/{total}")
-    if failed:
-        print(f"FAIL: {failed}/{total}")
+    for label, count in (("PASS", passed), ("FAIL", failed), ("SKIPPED", skipped)):
+        if count:
+            print(f"{label}: {count}/{total}")
     if report.coverage:
         print(RULE)
         print("Coverage (lines covered / lines with code):")
@@ -95,6 +98,15 @@ def _print_test_report(report: TestReport, *, verbose: bool) -> None:
         all_covered = sum(len(f.covered) for f in report.coverage)
         all_lines = all_covered + sum(len(f.not_covered) for f in report.coverage)
         print(f"  {100.0 * all_covered / max(all_lines, 1):6.1f}%  total")
+
+
+def _print_cases(cases: tuple[CaseResult, ...], *, verbose: bool, depth: int) -> None:
+    """A test's cases under it, as `opa test` lists them: the failing ones, and
+    with -v all of them."""
+    for case in cases:
+        if verbose or not case.passed:
+            print(f"{'  ' * depth}{case.name}: {'PASS' if case.passed else 'FAIL'}")
+            _print_cases(case.cases, verbose=verbose, depth=depth + 1)
 
 
 def check(args: argparse.Namespace) -> int:

@@ -257,3 +257,58 @@ def test_coverage_counts_the_lines_of_tests_run_alone() -> None:
     (tests,) = [f for f in report.coverage if f.file == DUPLICATES_TEST]
     assert {7, 11, 12, 15} <= set(tests.covered)
     assert not set(tests.covered) & set(tests.not_covered)
+
+
+CASES = BAD / "test_cases"
+CASES_TEST = f"{CASES}/amounts_test.rego"
+
+
+@pytest.mark.parametrize(
+    "engine",
+    [
+        "regorus",
+        pytest.param(
+            "opa",
+            marks=pytest.mark.skipif(not available(), reason="OPA's Go evaluator not installed"),
+        ),
+    ],
+)
+def test_policy_test_reports_cases_nested_and_todo_tests_as_opa_test_does(engine: str) -> None:
+    # What `opa test` reports for this file (tester/runner.go): a test whose name has
+    # a computed part is one test with a result per case, and a failing case, which
+    # leaves no key behind, is still named; a test below a name (checks.test_limit)
+    # is found; todo_test_ rules are SKIPPED, not run, and fail nothing.
+    result = portcullis("policy", "test", "--engine", engine, str(CASES))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert [line.split(" (")[0] for line in result.stdout.splitlines()] == [
+        f"{CASES_TEST}:",
+        "data.amounts_test.test_within: FAIL",
+        "  over the limit: FAIL",
+        f"  {CASES_TEST}:6: 1 of 3 cases failed",
+        "data.amounts_test.todo_test_refund_limit: SKIPPED",
+        "-" * 80,
+        # Cases count one each: 2 of test_within, 4 of test_grid, checks.test_limit.
+        "PASS: 7/9",
+        "FAIL: 1/9",
+        "SKIPPED: 1/9",
+    ]
+
+
+def test_policy_test_verbose_lists_every_case_under_its_test() -> None:
+    result = portcullis("policy", "test", "-v", "--run", "test_grid", str(CASES))
+    assert result.returncode == 0, result.stdout
+    assert [line.split(" (")[0] for line in result.stdout.splitlines()[1:8]] == [
+        "data.amounts_test.test_grid: PASS",
+        "  EUR: PASS",
+        "    1: PASS",
+        "    100: PASS",
+        "  USD: PASS",
+        "    1: PASS",
+        "    100: PASS",
+    ]
+
+
+def test_policy_test_of_skipped_tests_only_passes() -> None:
+    result = portcullis("policy", "test", "--run", "todo_test_", str(CASES))
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "SKIPPED: 1/1"
