@@ -31,11 +31,12 @@ class PolicyEngine(Protocol):
     async def close(self) -> None: ...
 
 
-def open_engine(source: str, *, timeout: float = 0.25) -> PolicyEngine:
-    """An engine for a policy source: an OPA URL, a directory or a bundle file."""
+def open_engine(source: str, *, timeout: float = 0.25, gather_prints: bool = False) -> PolicyEngine:
+    """An engine for a policy source: an OPA URL, a directory or a bundle file.
+    `gather_prints`: the embedded engine keeps print() output for take_prints()."""
     if source.startswith(("http://", "https://")):
         return OpaServerEngine(source, timeout=timeout)
-    return EmbeddedEngine(load_policy_set(source), timeout=timeout)
+    return EmbeddedEngine(load_policy_set(source), timeout=timeout, gather_prints=gather_prints)
 
 
 __all__ = [

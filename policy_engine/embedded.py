@@ -87,6 +87,8 @@ def compile_policy(policy_set: PolicySet) -> CompiledPolicy:
     once so that unsafe variables and unknown functions fail here, not on a request.
     Raises PolicyLoadError listing every problem found."""
     engine = regorus.Engine()
+    # A print() in a rule evaluated here is no output: `opa check` prints only errors.
+    engine.set_gather_prints(True)
     problems: list[Problem] = []
     for module in policy_set.modules:
         try:
@@ -242,6 +244,7 @@ def is_builtin(name: str, arity: int) -> bool:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", name):
         return False
     probe = regorus.Engine()
+    probe.set_gather_prints(True)  # probing print(null, null) prints nothing
     args = ", ".join(["null"] * arity)
     try:
         probe.eval_query(f"x := {name}({args})")
@@ -330,9 +333,13 @@ class EmbeddedEngine:
         *,
         timeout: float = 0.25,
         compiled_refs: tuple[str, ...] = (),
+        gather_prints: bool = False,
     ) -> None:
         self.compiled = compile_policy(policy_set)
         self.timeout = timeout
+        # Keep print() output for take_prints() rather than let regorus write it
+        # to stdout (where `policy eval` writes its answer).
+        self.gather_prints = gather_prints
         self._local = threading.local()
         self._program: bytes | None = None
         self._data_json = json.dumps(policy_set.data)
@@ -380,8 +387,15 @@ class EmbeddedEngine:
         engine = getattr(self._local, "engine", None)
         if engine is None:
             engine = new_engine(self.compiled.policy_set)
+            engine.set_gather_prints(self.gather_prints)
             self._local.engine = engine
         return engine
+
+    def take_prints(self) -> list[str]:
+        """What print() wrote on this thread since the last call, as "file:line:
+        message" (with gather_prints; otherwise regorus wrote it to stdout)."""
+        engine = getattr(self._local, "engine", None)
+        return list(engine.take_prints()) if engine is not None and self.gather_prints else []
 
     def evaluate_sync(self, ref: str, input: Any) -> Any:
         compiled = ref in self.compiled_refs  # checked against REF when compiled

@@ -75,6 +75,10 @@ class GoOpaEngine:
         self._errors = (bindings.OpaError,)
         self._undefined = bindings.OpaUndefinedError
         self._engine = bindings.OpaEngine()
+        # print() output, kept as regorus keeps it ("file:line: message") until
+        # taken; the bindings would write it to stderr.
+        self._prints: list[str] = []
+        self._engine.print_handler = self._note_print
         self._policy_set = policy_set
         try:
             for module in policy_set.modules:
@@ -89,6 +93,14 @@ class GoOpaEngine:
     @property
     def revision(self) -> str:
         return self._policy_set.revision
+
+    def _note_print(self, message: str, location: str) -> None:
+        self._prints.append(f"{location}: {message}")
+
+    def take_prints(self) -> list[str]:
+        """What print() wrote since the last call, as "file:line: message"."""
+        taken, self._prints = self._prints, []
+        return taken
 
     def value(self, ref: str, input: Any = None) -> Any:
         """The value of `ref` (`data.a.b`), or UNDEFINED; raises EvaluationError."""

@@ -306,6 +306,8 @@ def _run_on_opa(engine: GoOpaEngine, tests: list[_Test]) -> TestReport:
             document = engine.value(package)
         except EvaluationError:
             continue  # each test of the package is evaluated alone below
+        if engine.take_prints():
+            continue  # likewise, so that each test's prints are its own
         share = (time.perf_counter() - started) / len(members)
         for test in members:
             value = document
@@ -325,14 +327,20 @@ def _run_on_opa(engine: GoOpaEngine, tests: list[_Test]) -> TestReport:
             on = engine if test.alone is None else GoOpaEngine(test.alone)
             value = on.value(test.ref)
         except (EvaluationError, PolicyLoadError) as error:
-            report.results.append(_error(test, time.perf_counter() - started, str(error)))
+            prints = tuple(engine.take_prints())
+            seconds = time.perf_counter() - started
+            report.results.append(_error(test, seconds, str(error), prints))
             continue
-        report.results.append(_opa_result(test, value, time.perf_counter() - started))
+        seconds = time.perf_counter() - started
+        report.results.append(_opa_result(test, value, seconds, tuple(on.take_prints())))
     return report
 
 
-def _opa_result(test: _Test, value: Any, seconds: float) -> TestResult:
-    return _result(test, None if value is UNDEFINED else value, _opa_cases(test), seconds)
+def _opa_result(
+    test: _Test, value: Any, seconds: float, prints: tuple[str, ...] = ()
+) -> TestResult:
+    value = None if value is UNDEFINED else value
+    return _result(test, value, _opa_cases(test), seconds, prints)
 
 
 def _result(

@@ -23,7 +23,7 @@ from policy_engine import (
     load_policy_set,
     open_engine,
 )
-from policy_engine.embedded import CompiledPolicy, as_json
+from policy_engine.embedded import CompiledPolicy, EmbeddedEngine, as_json
 from policy_engine.policy_set import bundle_roots
 from policy_engine.portability import portability_warnings
 from policy_engine.testing import CaseResult, TestReport, run_tests
@@ -152,7 +152,7 @@ def evaluate(args: argparse.Namespace) -> int:
     except ValueError as error:
         return _fail(str(error))
     try:
-        engine = open_engine(args.policy or args.default_policy())
+        engine = open_engine(args.policy or args.default_policy(), gather_prints=True)
     except PolicyLoadError as error:
         return _fail(error.problems)
     except ValueError as error:
@@ -174,6 +174,10 @@ async def _evaluate_once(engine: Any, query: str, document: Any) -> Any:
     try:
         return await engine.evaluate(query, document)
     finally:
+        # As `opa eval`: print() output goes to stderr, stdout holds the answer only.
+        if isinstance(engine, EmbeddedEngine):
+            for line in engine.take_prints():
+                print(line, file=sys.stderr)
         await engine.close()
 
 

@@ -237,3 +237,45 @@ def test_policy_bundle_refuses_a_broken_policy(tmp_path: Path) -> None:
 def test_version() -> None:
     result = portcullis("--version")
     assert result.stdout.startswith("portcullis ")
+
+
+PRINTS = BAD / "prints"
+
+
+def test_policy_check_prints_nothing_of_the_policys_print_calls() -> None:
+    # `opa check` parses and compiles: its only output is errors.
+    result = portcullis("policy", "check", str(PRINTS))
+    assert result.returncode == 0
+    assert (result.stdout, result.stderr) == (f"{PRINTS}: OK (2 modules, 3 rules evaluated)\n", "")
+
+
+def test_policy_eval_writes_prints_to_stderr_and_only_the_answer_to_stdout() -> None:
+    # As `opa eval`: stdout stays parseable JSON.
+    result = portcullis(
+        "policy",
+        "eval",
+        "--policy",
+        str(PRINTS),
+        "--input",
+        "-",
+        "data.p.allow",
+        stdin='{"user": "alice"}',
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) is True
+    assert result.stderr == f"{PRINTS}/p.rego:4: checking alice\n"
+
+
+@pytest.mark.parametrize("engine", ["regorus", "opa"])
+def test_policy_test_verbose_shows_each_tests_own_prints(engine: str) -> None:
+    result = portcullis("policy", "test", "-v", "--engine", engine, str(PRINTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == ""
+    assert [line.split(" (")[0] for line in result.stdout.splitlines()[1:7]] == [
+        "data.p_test.test_alice: PASS",
+        f"  {PRINTS}/p_test.rego:6: as alice",
+        f"  {PRINTS}/p.rego:4: checking alice",
+        "data.p_test.test_bob: PASS",
+        f"  {PRINTS}/p_test.rego:11: as bob",
+        f"  {PRINTS}/p.rego:4: checking bob",
+    ]
