@@ -11,6 +11,7 @@ document the scanner builds from the shared Terraform corpus must agree.
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from policy_engine import EmbeddedEngine, EvaluationError, PolicySet, load_polic
 from policy_engine.opa_golib import UNDEFINED, GoOpaEngine
 from policy_engine.policy_set import Module
 from policy_engine.testing import run_tests
-from tests.conftest import POLICIES, SHARED
+from tests.conftest import POLICIES, ROOT, SHARED
 from tests.test_scan_corpus import pos_tagged_policies
 
 DECISION = "data.portcullis.gateway.decision"
@@ -351,6 +352,40 @@ def test_known_difference_division_of_nanoseconds_is_rounded_on_regorus() -> Non
     exact = "(1700000000000000001 - (1699999100 * 1000000000)) > 900 * 1000000000"
     assert regorus_query(exact) is True
     assert oracle_query(exact) is True
+
+
+ERROR = object()
+
+# Builtin answers that differ, as the README's table shows them: the Rego
+# expression, OPA's answer, regorus' answer (ERROR: the engine raises an error).
+BUILTIN_DIFFERENCES = [
+    ('upper("ß")', "ß", "SS"),
+    ('regex.match("^\\\\w+$", "é")', False, True),
+    ("0.1 + 0.2 == 0.3", True, False),
+    ('to_number(" 12 ")', ERROR, 12),
+    ('sprintf("%x", ["hi"])', "6869", ""),
+    ("json.marshal(1.0)", "1.0", "1"),
+]
+
+
+def answer(query: str, engine: str) -> Any:
+    try:
+        return oracle_query(query) if engine == "opa" else regorus_query(query)
+    except (EvaluationError, RuntimeError, ValueError):
+        return ERROR
+
+
+def table_cell(value: Any) -> str:
+    return "an error" if value is ERROR else f"`{json.dumps(value, ensure_ascii=False)}`"
+
+
+@pytest.mark.parametrize(("query", "on_opa", "on_regorus"), BUILTIN_DIFFERENCES)
+def test_known_builtin_difference_is_in_the_readme_as_each_engine_answers(
+    query: str, on_opa: Any, on_regorus: Any
+) -> None:
+    assert (answer(query, "opa"), answer(query, "regorus")) == (on_opa, on_regorus)
+    row = f"| `{query}` | {table_cell(on_opa)} | {table_cell(on_regorus)} |"
+    assert row in (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def test_arithmetic_on_a_string_is_an_error_on_both_engines() -> None:
