@@ -38,10 +38,6 @@ from lark.exceptions import LarkError, UnexpectedCharacters, UnexpectedEOF, Unex
 
 Expr = list[Any]
 
-# Bumped whenever the shapes above (or what ParsedFile holds) change, so stale
-# cache entries are ignored.
-FORMAT_VERSION = 5
-
 # Blocks and expressions nested deeper than this, together, are an error: the
 # parse cache's JSON and the evaluator recurse once or more per level, and
 # deeper data would crash them. A long `a + b + ...` or `x[0][0]...` chain is

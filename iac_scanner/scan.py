@@ -122,10 +122,8 @@ def _relative(file: str, root: Path) -> str:
 
 
 def _inputs(options: ScanOptions, policy_set: PolicySet) -> dict[str, Any]:
-    from portcullis import __version__
-
+    # The scanner's own code is in every key (cache.code_identity), not here.
     return {
-        "version": __version__,
         "cwd": os.getcwd(),
         "paths": [str(Path(p).resolve()) for p in options.paths],
         "policy": policy_set.revision,

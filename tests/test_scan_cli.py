@@ -266,6 +266,46 @@ def test_warm_rescan_uses_the_cache_and_notices_changes(tmp_path: Path) -> None:
     }
 
 
+def test_a_result_cached_by_a_build_with_a_bug_is_not_served_by_the_fixed_build(
+    tmp_path: Path,
+) -> None:
+    # The buggy build: this product, same version string, whose rule
+    # evaluation lost every violation (a scan that reports 0 findings).
+    build = tmp_path / "buggy-build"
+    for package in ("portcullis", "iac_scanner", "policy_engine", "gateway"):
+        shutil.copytree(ROOT / package, build / package, ignore=shutil.ignore_patterns("*.pyc"))
+    policy = build / "iac_scanner/policy.py"
+    source = policy.read_text()
+    assert "        return violations, not_judged\n" in source
+    policy.write_text(source.replace("return violations, not_judged", "return [], not_judged"))
+    tree, cache = tmp_path / "tree", tmp_path / "cache"
+    shutil.copytree(TERRAFORM / "pos_app", tree)
+    command = [
+        sys.executable, "-m", "portcullis", "scan", str(tree), "--policy", str(ROOT / "policies"),
+        "--output", "json", "--cache-dir", str(cache),
+    ]  # fmt: skip
+
+    def run(pythonpath: Path | None) -> dict[str, Any]:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        if pythonpath is not None:
+            env["PYTHONPATH"] = str(pythonpath)
+        done = subprocess.run(
+            command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120
+        )
+        assert "Traceback" not in done.stderr, done.stderr
+        report: dict[str, Any] = json.loads(done.stdout)
+        return report
+
+    buggy = run(build)
+    assert buggy["summary"]["findings"] == 0  # the bug, now in the cache
+    parsed_by_buggy = set((cache / "parse").rglob("*.json"))
+    assert run(build)["summary"]["findings"] == 0  # the buggy build reads its own entries
+    fixed = run(None)
+    assert fixed["summary"]["findings"] == len(POS_APP_FINDINGS) - 1  # one is suppressed
+    # Nor did the fixed build read the buggy build's parse entries: it wrote its own.
+    assert set((cache / "parse").rglob("*.json")) - parsed_by_buggy
+
+
 def test_jobs_parse_in_parallel_with_the_same_result() -> None:
     _, one = scan_json("../shared/corpus/terraform/terraform-aws-vpc", "--jobs", "1")
     _, two = scan_json("../shared/corpus/terraform/terraform-aws-vpc", "--jobs", "2")
