@@ -127,6 +127,10 @@ class RuleSet:
             raise RuleSetError("\n".join(problems))
         return sorted(self._declared)
 
+    def declared_at(self, package: str) -> str:
+        """file:line:col of a rule package's metadata, for an error about the rule."""
+        return self._declared[package]["metadata"]
+
     def _unique_ids(self) -> None:
         """Two packages with one id would be one rule to SARIF, suppressions
         and baselines, with the findings of both."""
@@ -136,8 +140,8 @@ class RuleSet:
             other = first.setdefault(rule.id, ref)
             if other != ref:
                 problems.append(
-                    f"{self._declared[other]['metadata']}: packages {other.removeprefix('data.')} "
-                    f"and {ref.removeprefix('data.')} ({self._declared[ref]['metadata']}) both "
+                    f"{self.declared_at(other)}: packages {other.removeprefix('data.')} "
+                    f"and {ref.removeprefix('data.')} ({self.declared_at(ref)}) both "
                     f"declare rule id {rule.id}: a rule id names one rule"
                 )
         if problems:

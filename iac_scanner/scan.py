@@ -13,7 +13,7 @@ from typing import Any
 
 from iac_scanner import baseline
 from iac_scanner.cache import ParseCache, ResultCache, content_key, inputs_key
-from iac_scanner.checkov import CheckovError, CheckovRun
+from iac_scanner.checkov import CheckovError, CheckovRun, is_check_id
 from iac_scanner.findings import (
     Finding,
     Problem,
@@ -53,6 +53,8 @@ def scan(options: ScanOptions) -> ScanResult:
     try:
         accepted = baseline.load(options.baseline) if options.baseline else None
         policy_set = load_policy_set(options.policy)
+        # Refused before checkov starts: it takes minutes.
+        rules = _checkov_free_rules(policy_set) if options.checkov else None
         checkov = (
             CheckovRun(options.checkov, [Path(p) for p in options.paths if Path(p).exists()])
             if options.checkov
@@ -70,7 +72,7 @@ def scan(options: ScanOptions) -> ScanResult:
     if cached is not None:
         result = result_from_dict(cached, options.fail_on)
     else:
-        result, entry = _scan(options, policy_set)
+        result, entry = _scan(options, policy_set, rules)
         if checkov is None and entry is not None:
             results.put(key, {**entry, "result": result_to_dict(result)})
     if checkov is not None:
@@ -166,19 +168,44 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _scan(options: ScanOptions, policy_set: PolicySet) -> tuple[ScanResult, dict[str, Any] | None]:
+def _rule_set(policy_set: PolicySet) -> RuleSet:
+    try:
+        return RuleSet(policy_set)
+    except RuleSetError as error:
+        raise ScanError(str(error)) from None
+
+
+def _checkov_free_rules(policy_set: PolicySet) -> RuleSet:
+    """The rules, for a scan with checkov: checkov's findings join the rules'
+    by id, so a rule with an id in checkov's space would share a SARIF rule,
+    suppressions and baseline entries with a different check. Refused."""
+    rules = _rule_set(policy_set)
+    clashes = [
+        f"{rules.declared_at(ref)}: package {ref.removeprefix('data.')} declares rule id "
+        f"{rule.id}, an id in checkov's space (CKV_*, CKV2_*, ...): with --checkov its "
+        "findings would be merged with checkov's check of that id; give the rule an id "
+        "of your own"
+        for ref, rule in rules.rules.items()
+        if is_check_id(rule.id)
+    ]
+    if clashes:
+        raise ScanError("\n".join(clashes))
+    return rules
+
+
+def _scan(
+    options: ScanOptions, policy_set: PolicySet, rules: RuleSet | None
+) -> tuple[ScanResult, dict[str, Any] | None]:
     with _collector_paused():
-        return _scan_documents(options, policy_set)
+        return _scan_documents(options, policy_set, rules)
 
 
 def _scan_documents(
-    options: ScanOptions, policy_set: PolicySet
+    options: ScanOptions, policy_set: PolicySet, rules: RuleSet | None
 ) -> tuple[ScanResult, dict[str, Any] | None]:
     result = ScanResult(fail_on=options.fail_on)
-    try:
-        rules = RuleSet(policy_set)
-    except RuleSetError as error:
-        raise ScanError(str(error)) from None
+    if rules is None:
+        rules = _rule_set(policy_set)
     for rule in rules.rules.values():
         result.rules[rule.id] = rule
     loaded = load(
@@ -224,11 +251,25 @@ def _merge_checkov(result: ScanResult, checkov: CheckovRun) -> None:
         result.problems.append(Problem("checkov", str(error)))
         return
     blocks = result.blocks
+    clashes = set()
     for finding in findings:
-        result.rules.setdefault(finding.rule.id, finding.rule)
+        known = result.rules.setdefault(finding.rule.id, finding.rule)
+        if known.source != "checkov":
+            clashes.add(finding.rule.id)
         if finding.suppressed is None and isinstance(blocks, _BlockIndex):
             apply(finding, blocks.suppressions_at(finding.file, finding.line))
         result.findings.append(finding)
+    # A checkov custom check (an external checks directory) can take any id,
+    # a policy rule's too: the scan can't tell their findings apart. Reported
+    # together, both checks' findings kept, exit 2.
+    for rule_id in sorted(clashes):
+        result.problems.append(
+            Problem(
+                "checkov",
+                f"checkov reported check {rule_id}, the id of a policy rule: the two checks' "
+                "findings can't be told apart; give one of them another id",
+            )
+        )
 
 
 # The policy engine reads its input with a nesting limit (128 levels, its JSON

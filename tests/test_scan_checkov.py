@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, SHARED
+from tests.conftest import POLICIES, ROOT, SHARED
 
 CHECKOV = ROOT / ".venv-checkov/bin/checkov"
 TERRAGOAT_AWS = SHARED / "corpus/terraform/terragoat/terraform/aws"
@@ -86,3 +88,64 @@ def test_portcullis_ignore_applies_to_checkov_rules_too(merged: dict[str, Any]) 
         if f["resource"] == "aws_s3_bucket.public" and f["rule_id"] == "PC-TF-006"
     ]  # fmt: skip
     assert public["suppressed"] is None
+
+
+def _scan(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "portcullis", "scan", "--no-cache", "--output", "json", *args],
+        capture_output=True, text=True, cwd=cwd, timeout=300,
+    )  # fmt: skip
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def test_a_rule_that_takes_a_checkov_id_is_refused_before_checkov_runs(tmp_path: Path) -> None:
+    policy = shutil.copytree(POLICIES, tmp_path / "policy")
+    (policy / "acme").mkdir()
+    (policy / "acme/logging.rego").write_text(
+        "package portcullis.terraform.acme_logging\n\nimport rego.v1\n\n"
+        'metadata := {"id": "CKV_AWS_20", "title": "acme bucket logging", '
+        '"severity": "high", "remediation": "r"}\n\n'
+        'deny contains {"resource": r.address, "message": "no logging"} if {\n'
+        "\tsome r in input.resources\n"
+        '\tr.type == "aws_s3_bucket"\n'
+        "}\n"
+    )
+    refused = _scan(SKIP_FIXTURE, "--policy", str(policy), "--checkov", str(CHECKOV))
+    assert refused.returncode == 2
+    assert refused.stdout == ""  # no report: checkov never ran
+    assert refused.stderr.splitlines() == [
+        f"portcullis scan: {policy}/acme/logging.rego:5:1: package "
+        "portcullis.terraform.acme_logging declares rule id CKV_AWS_20, an id in checkov's "
+        "space (CKV_*, CKV2_*, ...): with --checkov its findings would be merged with "
+        "checkov's check of that id; give the rule an id of your own"
+    ]
+    # Without checkov there is nothing to clash with: the rule runs.
+    alone = _scan(SKIP_FIXTURE, "--policy", str(policy))
+    assert alone.returncode == 1
+    found = {(f["rule_id"], f["source"]) for f in json.loads(alone.stdout)["findings"]}
+    assert ("CKV_AWS_20", "portcullis") in found
+
+
+def test_a_checkov_custom_check_that_takes_a_policy_rule_id_is_an_error(tmp_path: Path) -> None:
+    # checkov reads .checkov.yaml in the directory it runs in: an external
+    # check there may take any id, a shipped rule's too.
+    (tmp_path / "checks").mkdir()
+    (tmp_path / "checks/public_acl.yaml").write_text(
+        'metadata:\n  name: "bucket ACL is not public-read"\n  id: "PC-TF-006"\n'
+        '  category: "GENERAL_SECURITY"\n'
+        'definition:\n  cond_type: "attribute"\n  resource_types: ["aws_s3_bucket"]\n'
+        '  attribute: "acl"\n  operator: "not_equals"\n  value: "public-read"\n'
+    )
+    (tmp_path / ".checkov.yaml").write_text("external-checks-dir:\n  - checks\n")
+    shutil.copytree(ROOT / SKIP_FIXTURE, tmp_path / "tree")
+    result = _scan("tree", "--policy", str(POLICIES), "--checkov", str(CHECKOV), cwd=tmp_path)
+    assert result.returncode == 2
+    report = json.loads(result.stdout)
+    assert [e["message"] for e in report["errors"]] == [
+        "checkov reported check PC-TF-006, the id of a policy rule: the two checks' findings "
+        "can't be told apart; give one of them another id"
+    ]
+    # Nothing is dropped: both checks' findings are in the report.
+    sources = sorted(f["source"] for f in report["findings"] if f["rule_id"] == "PC-TF-006")
+    assert sources == ["checkov", "portcullis"]
