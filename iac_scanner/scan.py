@@ -113,14 +113,11 @@ def source_root(options: ScanOptions) -> Path:
 
 def _relative(file: str, root: Path) -> str:
     """file (as reported: relative to the working directory, or absolute)
-    relative to root, in POSIX form; absolute when it is outside root."""
+    relative to root, in POSIX form; `../modules/x/main.tf` outside it, so a
+    fingerprint never depends on where the machine keeps the tree."""
     if not file:
         return file
-    path = Path(file).resolve()
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.as_posix()
+    return Path(os.path.relpath(Path(file).resolve(), root)).as_posix()
 
 
 def _inputs(options: ScanOptions, policy_set: PolicySet) -> dict[str, Any]:

@@ -14,12 +14,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from iac_scanner.checkov import _commands
 from iac_scanner.loader import LoadOptions, load
 from tests.conftest import FIXTURES, ROOT
-from tests.test_scan_cli import errors, portcullis, scan_json
+from tests.test_scan_cli import SARIF_SCHEMA, errors, portcullis, scan_json
 
 TERRAFORM = FIXTURES / "terraform"
 
@@ -322,6 +323,67 @@ def test_sarif_root_option_sets_the_base(tmp_path: Path) -> None:
     bad = portcullis("scan", "--no-cache", "infra", "--sarif-root", "nowhere", cwd=repo)
     assert bad.returncode == 2
     assert errors(bad) == ["portcullis scan: --sarif-root nowhere: not a directory"]
+
+
+def _resolved(location: dict[str, Any], bases: dict[str, Any]) -> str:
+    """An artifactLocation's absolute URI, resolved as SARIF 2.1.0 3.14.14 says."""
+    uri, base = location["uri"], location.get("uriBaseId")
+    while base is not None:
+        uri, base = bases[base]["uri"] + uri, bases[base].get("uriBaseId")
+    return str(uri)
+
+
+@pytest.mark.parametrize(
+    ("source", "module_dir", "sarif_root", "module_uri", "srcroot"),
+    [
+        # Outside the repository: PROJECTROOT is the directory holding both.
+        ("../../shared-modules/bucket", "shared-modules/bucket", None,
+         "shared-modules/bucket/main.tf", "repo/"),
+        # In the repository, outside --sarif-root: PROJECTROOT is the repository,
+        # so the uri is the repository path code scanning looks for.
+        ("../modules/bucket", "repo/modules/bucket", "infra",
+         "modules/bucket/main.tf", "infra/"),
+    ],
+)  # fmt: skip
+def test_sarif_gives_a_module_outside_the_root_a_relative_uri_never_a_machine_path(
+    tmp_path: Path,
+    source: str,
+    module_dir: str,
+    sarif_root: str | None,
+    module_uri: str,
+    srcroot: str,
+) -> None:
+    repo = _repo_with_infra(tmp_path)
+    (repo / "infra/logs.tf").write_text(
+        f'module "logs" {{\n  source = "{source}"\n  name   = "logs"\n'
+        '  tags   = { app = "pos", environment = "prod" }\n}\n'  # pos is pci: PC-TF-002, -008
+    )
+    shutil.copytree(TERRAFORM / "pos_app/modules/bucket", tmp_path / module_dir)
+    sarif = _sarif("infra", *(["--sarif-root", sarif_root] if sarif_root else []), cwd=repo)
+    jsonschema.validate(sarif, json.loads(SARIF_SCHEMA.read_text()))
+    [run] = sarif["runs"]
+    bases = run["originalUriBaseIds"]
+    assert bases["PROJECTROOT"]["uri"] == (tmp_path / module_dir).parents[1].as_uri() + "/"
+    assert bases["%SRCROOT%"] == {"uri": srcroot, "uriBaseId": "PROJECTROOT"}
+    locations = [r["locations"][0]["physicalLocation"]["artifactLocation"] for r in run["results"]]
+    module = [loc for loc in locations if loc["uriBaseId"] == "PROJECTROOT"]
+    assert module and all(loc == {"uri": module_uri, "uriBaseId": "PROJECTROOT"} for loc in module)
+    # Every result resolves to the file it is in, and none names the machine's paths.
+    assert {_resolved(loc, bases) for loc in locations} == {
+        (tmp_path / module_dir / "main.tf").as_uri(),
+        (repo / "infra/main.tf").as_uri(),
+    }
+    assert str(tmp_path) not in json.dumps(run["results"])
+    # The same trees elsewhere on the machine (another CI workspace): the same
+    # results, fingerprints included, so code scanning keeps tracking each alert.
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    for child in [c for c in tmp_path.iterdir() if c != moved]:
+        shutil.move(child, moved / child.name)
+    again = _sarif(
+        "infra", *(["--sarif-root", sarif_root] if sarif_root else []), cwd=moved / "repo"
+    )
+    assert _locations(again) == _locations(sarif)
 
 
 def test_two_findings_of_one_rule_on_one_resource_have_distinct_fingerprints() -> None:

@@ -30,15 +30,46 @@ def _root(result: ScanResult) -> Path:
     return Path(result.source_root) if result.source_root else Path(os.getcwd()).resolve()
 
 
-def _artifact(file: str, root: Path) -> dict[str, Any]:
-    """Relative to the source root (so GitHub places the alert whatever the
-    working directory was); an absolute file URI only outside it."""
-    path = Path(file).resolve()
-    try:
-        relative = path.relative_to(root)
-    except ValueError:
-        return {"uri": path.as_uri()}
-    return {"uri": quote(relative.as_posix()), "uriBaseId": "%SRCROOT%"}
+class _Bases:
+    """The run's URI base ids. Files under the source root are relative to
+    %SRCROOT%. When some lie outside it (a module called as `../modules/x`),
+    a second base, PROJECTROOT, is the deepest directory holding the root and
+    all of them: those files are relative to it and %SRCROOT% is a directory
+    under it, as in GitHub's own example. A result never carries an absolute
+    path of the scanning machine; nor `../x`, which is no repository path
+    (and SARIF keeps `..` out of base ids)."""
+
+    def __init__(self, root: Path, files: list[str]) -> None:
+        self.root = root
+        outside = [p for p in {Path(f).resolve() for f in files} if not p.is_relative_to(root)]
+        self.project = Path(os.path.commonpath([root, *outside])) if outside else None
+
+    def artifact(self, file: str) -> dict[str, Any]:
+        path = Path(file).resolve()
+        if self.project is None or path.is_relative_to(self.root):
+            return {"uri": quote(path.relative_to(self.root).as_posix()), "uriBaseId": "%SRCROOT%"}
+        return {"uri": quote(path.relative_to(self.project).as_posix()), "uriBaseId": "PROJECTROOT"}
+
+    def original(self) -> dict[str, Any]:
+        if self.project is None:
+            return {"%SRCROOT%": {"uri": _directory_uri(self.root)}}
+        return {
+            "PROJECTROOT": {
+                "uri": _directory_uri(self.project),
+                "description": {
+                    "text": "The directory holding the source root and modules outside it."
+                },
+            },
+            "%SRCROOT%": {
+                "uri": quote(self.root.relative_to(self.project).as_posix()) + "/",
+                "uriBaseId": "PROJECTROOT",
+            },
+        }
+
+
+def _directory_uri(directory: Path) -> str:
+    uri = directory.as_uri()
+    return uri if uri.endswith("/") else uri + "/"
 
 
 def _rule(rule: Rule) -> dict[str, Any]:
@@ -62,7 +93,7 @@ def _rule(rule: Rule) -> dict[str, Any]:
     return entry
 
 
-def _result(finding: Finding, index: int, with_baseline: bool, root: Path) -> dict[str, Any]:
+def _result(finding: Finding, index: int, with_baseline: bool, bases: _Bases) -> dict[str, Any]:
     region: dict[str, Any] = {"startLine": max(1, finding.line)}
     if finding.end_line and finding.end_line >= finding.line:
         region["endLine"] = finding.end_line
@@ -74,7 +105,7 @@ def _result(finding: Finding, index: int, with_baseline: bool, root: Path) -> di
         "locations": [
             {
                 "physicalLocation": {
-                    "artifactLocation": _artifact(finding.file, root),
+                    "artifactLocation": bases.artifact(finding.file),
                     "region": region,
                 },
                 "logicalLocations": [{"fullyQualifiedName": finding.resource, "kind": "resource"}],
@@ -93,7 +124,8 @@ def render(result: ScanResult, color: bool = False) -> str:
     rules = sorted(result.rules.values(), key=lambda r: r.id)
     index = {rule.id: i for i, rule in enumerate(rules)}
     with_baseline = any(f.baselined for f in result.findings)
-    root = _root(result)
+    files = [f.file for f in result.findings] + [p.file for p in result.problems]
+    bases = _Bases(_root(result), files)
     notifications = [
         {
             "level": "error",
@@ -101,7 +133,7 @@ def render(result: ScanResult, color: bool = False) -> str:
             "locations": [
                 {
                     "physicalLocation": {
-                        "artifactLocation": _artifact(problem.file, root),
+                        "artifactLocation": bases.artifact(problem.file),
                         "region": {"startLine": max(1, problem.line or 1)},
                     }
                 }
@@ -118,7 +150,7 @@ def render(result: ScanResult, color: bool = False) -> str:
                 "rules": [_rule(rule) for rule in rules],
             }
         },
-        "originalUriBaseIds": {"%SRCROOT%": {"uri": root.as_uri() + "/"}},
+        "originalUriBaseIds": bases.original(),
         "invocations": [
             {
                 "executionSuccessful": not result.problems,
@@ -126,7 +158,7 @@ def render(result: ScanResult, color: bool = False) -> str:
                 "toolExecutionNotifications": notifications,
             }
         ],
-        "results": [_result(f, index[f.rule.id], with_baseline, root) for f in result.findings],
+        "results": [_result(f, index[f.rule.id], with_baseline, bases) for f in result.findings],
         "columnKind": "unicodeCodePoints",
         # Per rule: resources it applies to but could not judge, and why.
         "properties": {"notJudged": not_judged_by_rule(result.not_judged)},
