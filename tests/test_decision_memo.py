@@ -319,6 +319,30 @@ def test_an_allow_without_valid_until_ns_is_not_remembered(tmp_path: Path) -> No
     assert not run(memo.decide(dict(document), "b")).memo_hit
 
 
+def test_a_reused_allow_carries_the_policy_s_reasons_and_headers(tmp_path: Path) -> None:
+    """A policy that explains its allows: a reuse answers (and the log records) the
+    same reasons and headers as the evaluation it reuses, so replaying the log
+    against the same policy, or shadowing it, shows no change."""
+    directory = tmp_path / "p"
+    directory.mkdir()
+    (directory / "p.rego").write_text(
+        "package portcullis.gateway\nimport rego.v1\n"
+        'reads := ["/identity"]\n'
+        'decision := {"allow": true, "reasons": ["member of the app groups"],'
+        ' "http_status": 200, "headers": {"x-team": "warehouse"}, "step_up": null,'
+        ' "valid_until_ns": null} if input.identity.subject == "a"\n'
+    )
+    engine = build_engine(str(directory), timeout_ms=250)
+    memo = DecisionMemo.for_engine(engine)
+    assert memo is not None
+    document = {"identity": {"subject": "a"}, "now_ns": NOW * SECOND}
+    first = run(memo.decide(copy.deepcopy(document), "a"))
+    again = run(memo.decide({**document, "now_ns": NOW * SECOND + SECOND}, "b"))
+    assert not first.memo_hit and again.memo_hit
+    assert again.result() == first.result()
+    assert again.result()["reasons"] == ["member of the app groups"]
+
+
 async def test_the_gateway_answers_a_repeated_request_from_the_memo_and_logs_each(
     aiohttp_server: ServerFactory, tmp_path: Path
 ) -> None:

@@ -51,8 +51,13 @@ _MISSING = object()
 
 @dataclass(frozen=True)
 class _Entry:
+    """A remembered allow: when it was decided, until when it holds, and the
+    policy's answer as the gateway read it (a reuse logs the same result)."""
+
     decided_ns: int
     until_ns: int
+    http_status: int
+    reasons: list[str]
     headers: dict[str, str]
 
 
@@ -98,10 +103,10 @@ class DecisionMemo:
         now_ns = document.get("now_ns")
         if key is None or not isinstance(now_ns, int):
             return await decide(self.engine, document, decision_id)
-        headers = self.allowed(key, now_ns)
-        if headers is not None:
+        entry = self.allowed(key, now_ns)
+        if entry is not None:
             return Decision(
-                decision_id, True, 200, [], dict(headers),
+                decision_id, True, entry.http_status, list(entry.reasons), dict(entry.headers),
                 eval_ns=time.perf_counter_ns() - started, memo_hit=True,
             )  # fmt: skip
         decision = await decide(self.engine, document, decision_id)
@@ -119,15 +124,15 @@ class DecisionMemo:
         except TypeError:
             return None
 
-    def allowed(self, key: bytes, now_ns: int) -> dict[str, str] | None:
-        """The headers of a remembered allow that still holds at ``now_ns``, or None."""
+    def allowed(self, key: bytes, now_ns: int) -> _Entry | None:
+        """The remembered allow that still holds at ``now_ns``, or None."""
         entry = self._entries.get(key)
         if entry is None:
             return None
         if not entry.decided_ns <= now_ns < entry.until_ns:
             del self._entries[key]
             return None
-        return entry.headers
+        return entry
 
     def remember(self, key: bytes, now_ns: int, decision: Decision) -> None:
         """Keep an allow (until the valid_until_ns its policy returned) for reuse."""
@@ -146,7 +151,9 @@ class DecisionMemo:
             return
         if until_ns <= now_ns:
             return
-        self._entries[key] = _Entry(now_ns, until_ns, decision.headers)
+        self._entries[key] = _Entry(
+            now_ns, until_ns, decision.http_status, list(decision.reasons), dict(decision.headers)
+        )
         if len(self._entries) > MAX_ENTRIES:
             self._entries.popitem(last=False)
 
