@@ -18,6 +18,7 @@ from gateway.audit.redaction import (
     DEFAULT_MAX_HEADER_VALUE_CHARS,
     parse_pointer,
 )
+from gateway.screening.headers import bad_host, host_name
 from gateway.screening.trusted_headers import allow_list_problem
 
 if TYPE_CHECKING:
@@ -445,6 +446,9 @@ def _route(data: Any, where: str) -> Route:
         raise ConfigError(
             f"{where}.host: a host name without a port (IPv6 in brackets), got {host!r}"
         )
+    problem = bad_host(host) if host else None
+    if problem is not None:  # a Host no request may carry: the route would never match
+        raise ConfigError(f"{where}.host: {problem}, got {host!r}")
     connect = _positive(reader.get("connect_timeout", float, 2.0), f"{where}.connect_timeout")
     read = _positive(reader.get("read_timeout", float, 30.0), f"{where}.read_timeout")
     pass_authorization = reader.get("pass_authorization", bool, False)
@@ -462,7 +466,7 @@ def _route(data: Any, where: str) -> Route:
         app,
         upstream,
         prefix,
-        host=host.lower() if host else None,
+        host=host_name(host) if host else None,
         connect_timeout=connect,
         read_timeout=read,
         pass_authorization=pass_authorization,

@@ -48,7 +48,7 @@ from gateway.policy.decision import (
 from gateway.policy.memo import DecisionMemo
 from gateway.policy.reload import PolicyHolder, catalogue_apps
 from gateway.policy.shadow import ShadowPolicy
-from gateway.screening.headers import parser_limits, screen
+from gateway.screening.headers import host_name, parser_limits, screen
 from gateway.screening.paths import NormalizedPath, PathRejected, normalize
 from gateway.shared.check import Refusal
 from gateway.shared.state import REMEMBER_ADDRESS, SIGNALS, SharedState
@@ -270,7 +270,7 @@ class Gateway:
         return routes
 
     def match(self, host: str, path: str) -> Route | None:
-        host = host.rsplit(":", 1)[0].lower() if not host.startswith("[") else host.lower()
+        host = host_name(host)
         for route in self.routes:
             if route.host is not None and route.host != host:
                 continue

@@ -310,6 +310,34 @@ def test_a_route_host_in_brackets_is_an_ipv6_address_not_a_port(tmp_path: Path) 
     assert load_config(config).routes[0].host == "[::1]"
 
 
+@pytest.mark.parametrize(
+    ("host", "problem"),
+    [("[fe80::1%eth0]", "Host is not a valid IP literal ('[' IPv6 ']')"),
+     ("gw example", "Host is not a host name or IPv4 address "
+                    "(letters, digits, '-', '.', '_', '~')")],
+)  # fmt: skip
+def test_a_route_host_no_request_can_carry_is_refused(
+    tmp_path: Path, host: str, problem: str
+) -> None:
+    """Requests with such a Host are refused before routing: the route could never match."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        f"auth: false\nroutes: [{{app: wms, host: '{host}', upstream: 'http://w'}}]\n"
+    )
+    with pytest.raises(ConfigError) as refused:
+        load_config(config)
+    assert str(refused.value) == f"{config}: routes[0].host: {problem}, got {host!r}"
+
+
+def test_a_route_host_is_read_in_the_form_requests_are_matched_in(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        "auth: false\nroutes: [{app: wms, host: '[2001:DB8:0::1]', upstream: 'http://w'},\n"
+        "  {app: pos, host: GW.Example, upstream: 'http://p'}]\n"
+    )
+    assert [r.host for r in load_config(config).routes] == ["[2001:db8::1]", "gw.example"]
+
+
 def test_a_relative_policy_source_that_does_not_exist_names_where_it_was_looked_for(
     tmp_path: Path,
 ) -> None:

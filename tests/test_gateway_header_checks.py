@@ -6,7 +6,9 @@ no forward-auth proxy's identity header from a client reaches a backend."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,9 +18,11 @@ from hypothesis import strategies as st
 from gateway.audit.chain import REFUSAL_PATH
 from gateway.audit.reader import verify_log
 from gateway.audit.writer import DecisionLog
+from gateway.config import load_config
 from gateway.screening.headers import bad_host
 from gateway.screening.trusted_headers import backend_trusted, fold
-from tests.gateway_stack import Stack, raw_request
+from gateway.server import Gateway
+from tests.gateway_stack import ServerFactory, Stack, raw_request, start_stack
 
 WAREHOUSE = {"groups": ["warehouse"], "amr": ["pwd", "otp"]}
 
@@ -114,6 +118,69 @@ async def test_valid_host_reaches_the_backend_as_x_forwarded_host(stack: Stack, 
     )
     assert response.status == 200
     assert (await response.json())["headers"]["X-Forwarded-Host"] == host
+
+
+# --- a route's host, whatever the Host header's spelling -----------------------------------
+
+
+async def test_a_route_for_an_ipv6_host_matches_it_with_a_port(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """The review: a route with `host: '[2001:db8::1]'` matched `Host: [2001:db8::1]`
+    but was a 404 for `Host: [2001:db8::1]:8443`, while `example.com:8443` matched."""
+    async with start_stack(aiohttp_server, tmp_path) as running:
+        wms = running.config.routes[0]
+        hosted = (replace(wms, host="[2001:db8::1]"), replace(wms, host="gw.example"))
+        running.gateway.routes[:] = hosted  # no host-agnostic route to fall back on
+        token = running.token("alice", **WAREHOUSE)
+        for host in ("[2001:db8::1]:8443", "[2001:DB8:0::1]", "GW.example:8443", "gw.example"):
+            response = await running.get("/wms/stock", token, headers={"Host": host})
+            assert response.status == 200, host
+            assert (await response.json())["headers"]["X-Forwarded-Host"] == host
+        response = await running.get("/wms/stock", token, headers={"Host": "[2001:db8::2]:8443"})
+        assert response.status == 404
+        event = (await running.events(at_least=5))[0]
+        assert event["input"]["attributes"]["request"]["http"]["host"] == "[2001:db8::1]:8443"
+
+
+IPV6 = st.ip_addresses(v=6)
+
+
+def _spell(address: ipaddress.IPv6Address, exploded: bool, upper: bool, port: int | None) -> str:
+    text = address.exploded if exploded else address.compressed
+    text = f"[{text.upper() if upper else text}]"
+    return text if port is None else f"{text}:{port}"
+
+
+@settings(max_examples=200, derandomize=True, database=None, deadline=None)
+@given(
+    address=IPV6, route_exploded=st.booleans(), route_upper=st.booleans(),
+    exploded=st.booleans(), upper=st.booleans(),
+    port=st.one_of(st.none(), st.integers(0, 65535)), other=IPV6,
+)  # fmt: skip
+def test_any_spelling_of_an_ipv6_host_matches_its_route_and_only_it(
+    tmp_path_factory: pytest.TempPathFactory,
+    address: ipaddress.IPv6Address,
+    route_exploded: bool,
+    route_upper: bool,
+    exploded: bool,
+    upper: bool,
+    port: int | None,
+    other: ipaddress.IPv6Address,
+) -> None:
+    """A route's `host` as the config spells it and the request's Host (case, zeros,
+    with or without a port) name one address; another address never matches it."""
+    config = tmp_path_factory.mktemp("config") / "gateway.yaml"
+    route_host = _spell(address, route_exploded, route_upper, None)
+    config.write_text(
+        f"auth: false\nroutes: [{{app: wms, host: '{route_host}', upstream: 'http://w'}}]\n"
+    )
+    gateway = Gateway(load_config(config))
+    request_host = _spell(address, exploded, upper, port)
+    assert bad_host(request_host) is None
+    assert gateway.match(request_host, "/x") is gateway.routes[0], (route_host, request_host)
+    if other != address:
+        assert gateway.match(_spell(other, exploded, upper, port), "/x") is None
 
 
 def test_host_syntax() -> None:

@@ -14,13 +14,15 @@ between, as a logged 431 refusal.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import re
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from gateway.config import LimitsConfig
+if TYPE_CHECKING:  # gateway.config reads route hosts with host_name
+    from gateway.config import LimitsConfig
 
 # aiohttp's own hard limits. A field (name + value) over this is a 400 from aiohttp.
 MAX_FIELD_SIZE = 16384
@@ -125,6 +127,20 @@ def bad_host(host: str) -> str | None:
     if not _REG_NAME.fullmatch(name):
         return "Host is not a host name or IPv4 address (letters, digits, '-', '.', '_', '~')"
     return None
+
+
+@functools.lru_cache(maxsize=512)
+def host_name(host: str) -> str:
+    """The host that `host` (a Host header value that passed `bad_host`, or a route's
+    `host`) names, as routes are compared: without its port, in lower case, and an
+    IPv6 literal kept in its brackets in RFC 5952 form (`[0:0::1]:8443` is `[::1]`)."""
+    if host.startswith("["):
+        literal, bracket, _ = host[1:].partition("]")
+        if bracket and not _IPV_FUTURE.fullmatch(literal):
+            with contextlib.suppress(ValueError):
+                return f"[{ipaddress.IPv6Address(literal).compressed}]"
+        return f"[{literal.lower()}]" if bracket else host.lower()
+    return host.rpartition(":")[0].lower() if ":" in host else host.lower()
 
 
 def _valid_port(port: str) -> bool:
