@@ -282,3 +282,94 @@ def test_any_spelling_of_a_forward_auth_identity_header_is_stripped(
 @pytest.mark.parametrize("name", CLIENT_CREDENTIALS)
 def test_client_credentials_are_not_mistaken_for_identity_headers(name: str) -> None:
     assert not backend_trusted(fold(name))
+
+
+# --- a client certificate is the TLS front's word, never a client's -------------------------
+
+# How TLS-terminating fronts hand a backend the client certificate they verified.
+CLIENT_CERTIFICATE = [
+    # nginx and HAProxy setups
+    "X-SSL-Client-Cert", "X-SSL-Client-Verify", "X-SSL-Client-S-DN", "X-SSL-Client-I-DN",
+    "X-SSL-Client-Serial", "X-SSL-Client-Fingerprint", "X-SSL-Cert", "X-SSL",
+    "X-Client-Cert", "X-Client-Certificate", "X-Client-Verify", "X-Client-DN",
+    # Envoy (XFCC), Traefik
+    "X-Forwarded-Client-Cert", "X-Forwarded-Tls-Client-Cert",
+    # ingress-nginx, Apache mod_ssl, Tomcat's SSLValve
+    "Ssl-Client-Cert", "Ssl-Client-Verify", "Ssl-Client-Subject-DN", "SSL_CLIENT_S_DN",
+    # IIS ARR / Azure App Service, RFC 9440, AWS ALB, Cloudflare, Google Cloud LB
+    "X-ARR-ClientCert", "Client-Cert", "Client-Cert-Chain", "X-Amzn-Mtls-Clientcert",
+    "X-Amzn-Mtls-Clientcert-Subject", "Cf-Cert-Verified", "Cf-Cert-Subject-DN",
+    "X-Client-Cert-Present", "X-Tls-Client-Cert",
+]  # fmt: skip
+# Client headers that share a stem with those and are no certificate.
+NOT_A_CERTIFICATE = ["X-Client-Id", "X-Client-Version", "X-Client-Name", "X-SSLify"]
+
+
+async def test_a_forged_client_certificate_header_never_reaches_the_backend(
+    stack: Stack,
+) -> None:
+    """The review: `X-SSL-Client-Verify: SUCCESS` and `X-SSL-Client-S-DN: CN=admin` from
+    a client reached a backend that trusts its TLS front for them: an mTLS login
+    forged with two headers."""
+    spoofed = {name: f"spoofed-{number}" for number, name in enumerate(CLIENT_CERTIFICATE)}
+    kept = {name: f"kept-{number}" for number, name in enumerate(NOT_A_CERTIFICATE)}
+    response = await stack.get(
+        "/wms/stock", stack.token("alice", **WAREHOUSE), headers={**spoofed, **kept}
+    )
+    assert response.status == 200
+    (received,) = stack.forwarded("wms")
+    reached = {name for name, value in received.headers.items() if value.startswith("spoofed-")}
+    assert reached == set()
+    for name, value in kept.items():
+        assert received.headers.get(name) == value, name
+
+
+async def test_a_route_that_lists_a_client_certificate_header_takes_it_from_the_client(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """As for any header a backend trusts: only the `-` spelling the route lists."""
+    async with start_stack(aiohttp_server, tmp_path) as running:
+        wms = replace(running.config.routes[0], forward_headers=frozenset({"x-ssl-client-s-dn"}))
+        running.gateway.routes[:] = [wms]
+        response = await running.get(
+            "/wms/stock",
+            running.token("alice", **WAREHOUSE),
+            headers={
+                "X-SSL-Client-S-DN": "CN=alice",
+                "X_SSL_Client_S_DN": "CN=admin",
+                "X-SSL-Client-Verify": "SUCCESS",
+            },
+        )
+        assert response.status == 200
+        (received,) = running.forwarded("wms")
+        assert received.headers.getall("X-SSL-Client-S-DN") == ["CN=alice"]
+        assert "X-SSL-Client-Verify" not in received.headers
+
+
+CLIENT_CERTIFICATE_PREFIXES = [
+    "X-SSL-", "Ssl-Client-", "X-Client-Cert", "X-Amzn-Mtls-", "Cf-Cert-", "X-Tls-Client-",
+]  # fmt: skip
+
+
+@settings(max_examples=300, derandomize=True, database=None, deadline=None)
+@given(
+    name=st.one_of(
+        st.sampled_from(CLIENT_CERTIFICATE),
+        st.builds(
+            str.__add__,
+            st.sampled_from(CLIENT_CERTIFICATE_PREFIXES),
+            st.text("abcdefghijklmnopqrstuvwxyz-_", min_size=0, max_size=12),
+        ),
+    ),
+    case=st.lists(st.booleans(), min_size=40, max_size=40),
+    underscores=st.booleans(),
+)
+def test_any_spelling_of_a_client_certificate_header_is_stripped(
+    name: str, case: list[bool], underscores: bool
+) -> None:
+    """Any case, `_` for `-`, any field a front adds under its prefix (-Serial, -Not-After)."""
+    spelled = "".join(c.upper() if up else c.lower() for c, up in zip(name, case, strict=False))
+    spelled += name[len(case) :]
+    if underscores:
+        spelled = spelled.replace("-", "_")
+    assert backend_trusted(fold(spelled)) or fold(spelled).startswith("x-forwarded-"), spelled

@@ -26,16 +26,43 @@ HOP_BY_HOP = frozenset(
 # which host, with which assertion): a client's value is always dropped.
 GATEWAY_OWNED = frozenset({"forwarded", "host", "x-real-ip"})
 GATEWAY_OWNED_PREFIXES = ("x-portcullis-", "x-forwarded-")
+# The client certificate as a TLS-terminating front hands it on (the certificate, its
+# subject and issuer DNs, serial, fingerprint, whether it verified): a backend behind
+# one authenticates the user by them, so a client's own would be a forged mTLS login.
+# Envoy's X-Forwarded-Client-Cert and Traefik's X-Forwarded-Tls-Client-Cert* are
+# among the gateway's own X-Forwarded-*.
+CLIENT_CERTIFICATE = frozenset(
+    {
+        "client-cert",  # RFC 9440
+        "client-cert-chain",
+        "x-arr-clientcert",  # IIS ARR, Azure App Service
+        "x-client-verify",
+        "x-client-dn",
+        "x-client-s-dn",
+        "x-client-i-dn",
+        "x-ssl",  # the "was it TLS" flag HAProxy setups send beside X-SSL-Client-*
+    }
+)
+CLIENT_CERTIFICATE_PREFIXES = (
+    "x-ssl-",  # nginx and HAProxy setups: X-SSL-Client-Cert, -Verify, -S-DN, X-SSL-Cert
+    "ssl-client-",  # ingress-nginx, Apache mod_ssl's SSL_CLIENT_*, Tomcat's SSLValve
+    "x-client-cert",  # X-Client-Cert, -Certificate; Google Cloud LB's X-Client-Cert-*
+    "x-tls-client-",
+    "x-amzn-mtls-",  # AWS ALB mutual TLS: X-Amzn-Mtls-Clientcert-*
+    "cf-cert-",  # Cloudflare's TLS client auth headers: -verified, -subject-dn, ...
+    "cf-client-cert-",
+)
 # Headers that auth proxies, load balancers and rewrite modules set for a backend,
 # which backends then believe: the user (oauth2-proxy, Apache/IIS REMOTE_USER,
 # Grafana's auth proxy, Azure App Service, IAP, ALB), the client address, the
 # original URL (IIS URL Rewrite, Symfony, Laravel) and the method (Rails, Express
-# method-override, ASP.NET). A route that needs one lists it in `forward_headers`.
+# method-override, ASP.NET), and the client certificate (above). A route that needs
+# one lists it in `forward_headers`.
 # A forward-auth proxy sends its whole set (user, groups, email, name): a backend
 # that moved from behind one may authorize on any of them, so each set is here
 # whole. Credentials a client itself sends to a backend (X-Auth-Token, X-Api-Key,
 # X-Access-Token, Cf-Access-Client-Id/-Secret) are not identity claims and pass.
-BACKEND_TRUSTED = frozenset(
+BACKEND_TRUSTED = CLIENT_CERTIFICATE | frozenset(
     {
         "x-original-url",
         "x-rewrite-url",
@@ -107,6 +134,7 @@ BACKEND_TRUSTED = frozenset(
     }
 )
 BACKEND_TRUSTED_PREFIXES = (
+    *CLIENT_CERTIFICATE_PREFIXES,
     "x-auth-request-",  # oauth2-proxy (its X-Forwarded-* set is the gateway's own)
     "x-ms-client-principal",  # Azure App Service authentication
     "x-ms-token-",  # the same, the provider's tokens
