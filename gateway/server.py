@@ -231,13 +231,26 @@ class Gateway:
 
         The catalogue's path rules (pos: `/pos/refunds/` needs a hardware key) match
         the request's absolute path, so a route that mounts an app outside the
-        catalogue's path_prefix for it would serve it with none of them.
-        Runs on a hot reload's thread too: it reads only what start settled."""
+        catalogue's path_prefix for it would serve it with none of them; and a
+        reload that drops an app a route uses would make that route a 404.
+        Runs on a hot reload's thread too: it reads only what start settled and
+        the live catalogue's data (plain Python, loaded from the policy's files)."""
         apps = catalogue_apps(engine)
         if apps is None:
             return None
+        # On a reload, the catalogue being replaced (reload holds its lock while this
+        # runs): an app it has and a route uses must stay. One already missing at
+        # start was warned of then (_check_routes).
+        live = self.policy.engine
+        before = catalogue_apps(live) if live is not engine else None
         for where, route in self._named_routes():
             app = apps.get(route.app)
+            if app is None and before is not None and route.app in before:
+                return (
+                    f"{where}: app {route.app} is not in the policy's catalogue any more: "
+                    f"every request to {route.path_prefix} would be denied (404); keep "
+                    f"{route.app} in the catalogue, or remove the route and restart"
+                )
             prefix = app.get("path_prefix") if isinstance(app, dict) else None
             if not isinstance(prefix, str):
                 continue

@@ -10,10 +10,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 
 from gateway.config import AssertionConfig, ConfigError, DecisionLogConfig, Route, load_config
 from tests.conftest import POLICIES, ROOT
@@ -251,6 +253,63 @@ async def test_a_route_to_an_app_not_in_the_catalogue_is_warned_of_at_start(
         "routes[3]: app inventory is not in the policy's catalogue: every request to /inv/ "
         "is denied (no app in the catalogue)"
     ) in caplog.text
+
+
+def drop_analytics(policy: Path) -> None:
+    apps = policy / "data/apps.yaml"
+    data = yaml.safe_load(apps.read_text())
+    del data["portcullis"]["catalogue"]["apps"]["analytics"]
+    apps.write_text(yaml.safe_dump(data))
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_hot_reload_that_drops_an_app_a_route_serves_is_rejected(
+    aiohttp_server: ServerFactory,
+    tmp_path: Path,
+    policy_copy: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The review: a catalogue edit that dropped analytics was accepted, and every
+    request to the analytics route was then denied with a 404."""
+    caplog.set_level(logging.ERROR, "portcullis.policy")
+    async with start_stack(aiohttp_server, tmp_path, policy=policy_copy) as running:
+        token = running.token("carol", groups=["analyst"])
+        assert (await running.get("/analytics/dashboards", token)).status == 200
+        holder = running.gateway.policy
+        revision = holder.engine.revision if holder.engine else None
+        rejected = running.gateway.metrics.policy_reloads.labels("rejected")
+        drop_analytics(policy_copy)  # the watcher reloads it
+        await wait_until(lambda: rejected._value.get() == 1)
+        assert holder.last_error == (
+            "routes[2]: app analytics is not in the policy's catalogue any more: every "
+            "request to /analytics/ would be denied (404); keep analytics in the catalogue, "
+            "or remove the route and restart"
+        )
+        assert f"policy {policy_copy} rejected (files changed); keeping the last good one" in (
+            caplog.text
+        )
+        assert holder.engine is not None and holder.engine.revision == revision
+        assert (await running.get("/analytics/dashboards", token)).status == 200
+
+
+async def test_a_reload_is_not_held_to_an_app_the_catalogue_never_had(
+    aiohttp_server: ServerFactory, tmp_path: Path, policy_copy: Path
+) -> None:
+    """A route to an app missing at start was warned of then; later reloads still load."""
+    inventory = Route("inventory", "http://127.0.0.1:9", "/inv/")
+    async with start_stack(
+        aiohttp_server, tmp_path, policy=policy_copy, routes=(*routes(), inventory),
+        policy_options={"watch": False},
+    ) as running:  # fmt: skip
+        apps = policy_copy / "data/apps.yaml"
+        apps.write_text(apps.read_text().replace("groups: [analyst]", "groups: [analysts]"))
+        assert await running.gateway.policy.reload("test"), running.gateway.policy.last_error
 
 
 # --- the config file ---------------------------------------------------------------------
