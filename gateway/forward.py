@@ -309,7 +309,13 @@ class _Whole(web.StreamResponse):
 
 
 def is_websocket(request: web.Request) -> bool:
-    return request.headers.get("Upgrade", "").lower() == "websocket"
+    """Whether the request asks to upgrade to a WebSocket: `Upgrade: websocket` and
+    `upgrade` in `Connection` (RFC 9110 7.8, as aiohttp's parser and Envoy read an
+    upgrade). An `Upgrade` alone is no upgrade: the request goes on as a plain one,
+    its `Upgrade` dropped as hop-by-hop."""
+    return request.headers.get(
+        "Upgrade", ""
+    ).lower() == "websocket" and "upgrade" in _connection_tokens(request.headers)
 
 
 class _Body:

@@ -50,6 +50,8 @@ from gateway.policy.reload import PolicyHolder, catalogue_apps
 from gateway.policy.shadow import ShadowPolicy
 from gateway.screening.headers import host_name, parser_limits, screen
 from gateway.screening.paths import NormalizedPath, PathRejected, normalize
+from gateway.screening.websocket import VERSION as WEBSOCKET_VERSION
+from gateway.screening.websocket import handshake_refusal
 from gateway.shared.check import Refusal
 from gateway.shared.state import REMEMBER_ADDRESS, SIGNALS, SharedState
 from gateway.signin.flow import BrowserSignIn
@@ -320,6 +322,15 @@ class Gateway:
         if path.has_params and not route.allow_path_params:
             reason = "';' path parameters in path (the route does not set path_params: allow)"
             return self.refuse(request, 400, "path_rejected", reason, route=route), route.app
+        if is_websocket(request):
+            refused = handshake_refusal(request)
+            if refused is not None:
+                headers = (
+                    {"Sec-WebSocket-Version": WEBSOCKET_VERSION} if refused.status == 426 else None
+                )
+                return self.refuse(
+                    request, *refused, route=route, path=path, headers=headers
+                ), route.app
         decision_id = self._ids.next()
         request_id = _request_id(request, decision_id)
         identity = ANONYMOUS

@@ -14,8 +14,9 @@ import pytest
 from aiohttp import web
 
 from gateway.assertion import load_or_create_key, public_jwk
+from gateway.audit.chain import REFUSAL_PATH
 from gateway.config import Route
-from tests.gateway_stack import ServerFactory, Stack, start_stack
+from tests.gateway_stack import ServerFactory, Stack, raw_request, start_stack
 
 WAREHOUSE = {"groups": ["warehouse"], "amr": ["pwd", "otp"]}
 
@@ -179,6 +180,57 @@ async def test_websocket_without_a_token_is_refused(stack: Stack) -> None:
         await stack.session.ws_connect(stack.url.replace("http", "ws") + "/wms/ws")
     assert raised.value.status == 401
     assert stack.total_forwarded() == 0
+
+
+# RFC 6455 1.3's sample nonce; and one that decodes to 15 bytes.
+KEY = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+SHORT_KEY = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25j\r\n"
+UPGRADE = b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+V13 = b"Sec-WebSocket-Version: 13\r\n"
+
+
+@pytest.mark.parametrize(
+    ("start", "fields", "status"),
+    [
+        # No `Connection: Upgrade`: no upgrade (RFC 9110 7.8), a plain request.
+        (b"GET /wms/ws HTTP/1.1", b"Upgrade: websocket\r\n" + KEY + V13, 200),
+        (b"GET /wms/ws HTTP/1.1", UPGRADE + KEY + b"Sec-WebSocket-Version: 8\r\n", 426),
+        (b"GET /wms/ws HTTP/1.1", UPGRADE + KEY, 426),
+        (b"GET /wms/ws HTTP/1.1", UPGRADE + V13, 400),
+        (b"GET /wms/ws HTTP/1.1", UPGRADE + SHORT_KEY + V13, 400),
+        (b"GET /wms/ws HTTP/1.1", UPGRADE + b"Sec-WebSocket-Key: not base64!\r\n" + V13, 400),
+        (b"POST /wms/ws HTTP/1.1", UPGRADE + KEY + V13, 400),
+        (b"GET /wms/ws HTTP/1.0", UPGRADE + KEY + V13, 400),
+    ],
+    ids=["no-connection-upgrade", "version-8", "no-version", "no-key", "short-key",
+         "key-not-base64", "post", "http-1.0"],
+)  # fmt: skip
+async def test_a_bad_websocket_handshake_gets_the_answer_its_logged_decision_says(
+    stack: Stack, start: bytes, fields: bytes, status: int
+) -> None:
+    """The review: `Upgrade: websocket` without `Connection: Upgrade` was logged as an
+    allow, then aiohttp answered 400 itself (unlogged): the SIEM saw an allow for a
+    request that got a 400, and the upstream's WebSocket had been opened for it."""
+    token = stack.token("alice", **WAREHOUSE).encode()
+    got, headers, body = await raw_request(
+        stack.url,
+        start + b"\r\nHost: {host}\r\nAuthorization: Bearer " + token + b"\r\n" + fields,
+    )
+    assert got == status, body
+    (event,) = await stack.events()
+    assert event["result"]["allow"] is (status == 200)
+    if status == 200:
+        assert json.loads(body)["path"] == "/wms/ws"
+        (received,) = stack.forwarded("wms")
+        assert "Upgrade" not in received.headers  # hop-by-hop, and no upgrade
+        return
+    assert event["path"] == REFUSAL_PATH
+    assert event["result"]["http_status"] == status
+    assert event["result"]["reasons"][0].startswith("gateway.websocket_handshake: ")
+    assert json.loads(body)["error"] == "websocket_handshake"
+    assert stack.total_forwarded() == 0  # no upstream WebSocket opened
+    if status == 426:
+        assert headers["Sec-WebSocket-Version"] == "13"
 
 
 async def test_upstream_down_is_502_and_the_decision_is_logged(
