@@ -11,10 +11,13 @@ import re
 
 # Anything that ends a line or a table row (\r too), or a terminal would act on.
 _CONTROL = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
-# Outside code, GitHub links @user, @org/team, #123, owner/repo#7, https://... and
-# www... in the rendered text (so a backslash doesn't stop it). A zero-width space
-# after the @ or #, or inside :// and www., leaves the text as it reads, unlinked.
-_LINKS = re.compile(r"@|#|://|(?i:www)\.")
+# Outside code, GitHub turns text into links after rendering the Markdown (so a
+# backslash doesn't stop it): @user, @org/team and e-mail addresses at the @; #1 and
+# owner/repo#1 at the #; GH-1; a commit SHA, any 7 to 40 hex digits in a row, alone
+# or as user@SHA and owner/repo@SHA; URLs at :// and www. A zero-width space after
+# the @, the # and the GH- of GH-1, inside :// and www., and after every sixth hex
+# digit of a longer run leaves the text as it reads, unlinked.
+_LINKS = re.compile(r"@|#|(?i:gh)-(?=[0-9])|://|(?i:www)\.|[0-9A-Fa-f]{6}(?=[0-9A-Fa-f])")
 _ZWSP = "\u200b"
 
 
@@ -34,4 +37,6 @@ def code(text: str) -> str:
 
 def _unlinked(match: re.Match[str]) -> str:
     found = match.group()
-    return found + _ZWSP if found in "@#" else found[0] + _ZWSP + found[1:]
+    if found == "://" or found.lower() == "www.":
+        return found[0] + _ZWSP + found[1:]
+    return found + _ZWSP

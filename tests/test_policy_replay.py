@@ -438,6 +438,53 @@ def test_markdown_escaping_keeps_any_text_in_its_cell_and_inert(text: str) -> No
     assert "`" not in code(text)
 
 
+# What GitHub links in a comment's rendered text, outside code (docs.github.com,
+# "Autolinked references and URLs"; the GFM spec's autolink extension), taken
+# broadly: an @ before a name (@user, @org/team, user@SHA, e-mail), a # before a
+# number (#1, owner/repo#1), GH-1, a commit SHA (7 to 40 hex digits; owner/repo@SHA
+# too), a URL (scheme://, www.).
+_GITHUB_AUTOLINK = re.compile(r"@\w|#\w|(?i:gh)-[0-9]|[0-9A-Fa-f]{7}|://|(?i:www)\.")
+_REFERENCES = st.lists(
+    st.one_of(
+        st.sampled_from(["GH-", "gh-", "Gh", "@", "#", "/", "owner/repo", "://", "www.",
+                         "WWW.", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4", "\\", "&", " "]),
+        st.text(alphabet="0123456789abcdefABCDEF-", max_size=14),
+        st.text(max_size=4),
+    ),
+    max_size=8,
+).map("".join)  # fmt: skip
+
+
+def _as_github_shows(markdown_text: str) -> str:
+    """The text a reader sees: CommonMark's backslash escapes removed."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown_text)
+
+
+@pytest.mark.parametrize(
+    "reference",
+    ["GH-1", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4", "a5c3785", "org/repo#4",
+     "jlord/sheetsee.js@a5c3785ed8d6a35868bc169f07e40e889087fd2e", "jlord@a5c3785",
+     "www.evil.example", "https://evil.example", "user@example.com", "@octocat"],
+)  # fmt: skip
+def test_markdown_cells_leave_no_github_reference_live(reference: str) -> None:
+    """A request path or claim that GitHub would turn into an issue, commit or user
+    link (or a URL) reads the same in the comment but links nothing."""
+    from portcullis.markdown_escape import cell
+
+    shown = _as_github_shows(cell(f"/pos/{reference}/x"))
+    assert shown.replace("\u200b", "") == f"/pos/{reference}/x"  # reads the same
+    assert not _GITHUB_AUTOLINK.search(shown), shown
+
+
+@settings(max_examples=500, derandomize=True, deadline=None, database=None)
+@given(_REFERENCES)
+def test_markdown_cells_never_hold_text_github_autolinks(text: str) -> None:
+    from portcullis.markdown_escape import cell
+
+    shown = _as_github_shows(cell(text))
+    assert not _GITHUB_AUTOLINK.search(shown), shown
+
+
 def test_markdown_of_hostile_claims_keeps_the_table_and_the_text_report_prints_no_escapes() -> None:
     hostile = "x\r@octocat https://evil.example ~~gone~~\x1b[2J"
     sample = {
