@@ -1,7 +1,8 @@
 """examples/ci/policy-replay.yml, the GitHub Actions job the README points to.
 
 GitHub can't run here, so the workflow is checked for its shape (it runs on
-pull requests, downloads the log artifact, replays, posts the Markdown), and
+pull requests, takes only the candidate policy from them, downloads the log
+artifact, replays, posts the Markdown), and
 its own shell steps are run as GitHub runs them (bash -e -o pipefail, the
 step's env, ``${{ }}`` filled in) on a log a real gateway wrote: the replay
 command works as written. Only `gh`, GitHub's CLI, is stood in for.
@@ -35,6 +36,9 @@ EXPRESSION = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
 # How GitHub runs a `run:` step on ubuntu-latest.
 SHELL = ["bash", "--noprofile", "--norc", "-eo", "pipefail"]
 PULL_REQUEST = "42"
+BASE_SHA = "${{ github.event.pull_request.base.sha }}"
+HEAD_SHA = "${{ github.event.pull_request.head.sha }}"
+PR_POLICIES = "pull-request/policies"  # where the workflow checks out the pull request's
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +77,68 @@ def step(
 def test_runs_on_pull_requests_that_change_the_policy(workflow: dict[Any, Any]) -> None:
     # PyYAML reads the bare key `on` as YAML 1.1's true.
     trigger = workflow.get("on", workflow.get(True))
-    assert isinstance(trigger, dict) and "pull_request" in trigger
-    assert "policies/**" in trigger["pull_request"]["paths"]
+    # pull_request_target: GitHub runs this file as the base branch has it. On
+    # pull_request it takes it from the pull request, which could rewrite the check.
+    assert isinstance(trigger, dict) and list(trigger) == ["pull_request_target"]
+    assert "policies/**" in trigger["pull_request_target"]["paths"]
     assert workflow["permissions"]["pull-requests"] == "write"  # to comment
     assert workflow["permissions"]["contents"] == "read"
+
+
+def checkouts(steps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The actions/checkout steps' inputs, by the ref they check out."""
+    found = {}
+    for each in steps:
+        if str(each.get("uses", "")).split("@")[0] == "actions/checkout":
+            found[str(each.get("with", {}).get("ref"))] = each.get("with", {})
+    return found
+
+
+def test_a_pull_request_that_edits_the_tool_is_replayed_with_the_base_branchs_tool(
+    steps: list[dict[str, Any]], recorded: Recorded, tmp_path: Path
+) -> None:
+    """A pull request that changes policies/ and also portcullis/ (Report.blocking()
+    returning {}) passed its own check: the job ran `pip install .` on the pull
+    request's checkout. The tool must come from the base branch, and nothing but
+    policies/ from the pull request."""
+    checked_out = checkouts(steps)
+    assert set(checked_out) == {BASE_SHA, HEAD_SHA}
+    base, pull_request = checked_out[BASE_SHA], checked_out[HEAD_SHA]
+    assert base["path"] != pull_request["path"]
+    # The pull request's checkout holds policies/ alone, and neither keeps the token.
+    assert pull_request["sparse-checkout"].split() == ["policies/"]
+    assert pull_request["sparse-checkout-cone-mode"] is False
+    assert base["persist-credentials"] is False and pull_request["persist-credentials"] is False
+
+    # The install step as written, with `pip` standing in: it installs the base checkout.
+    installs = [each for each in steps if re.search(r"\bpip\b", str(each.get("run", "")))]
+    assert len(installs) == 1
+    job = checkout(tmp_path, recorded, POLICIES)
+    pip = job.directory / "bin/pip"
+    pip.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > pip-calls\n')
+    pip.chmod(pip.stat().st_mode | stat.S_IXUSR)
+    installed = job.run(steps, "pip install")
+    assert installed.returncode == 0, installed.stderr
+    arguments = (job.directory / "pip-calls").read_text().splitlines()
+    assert arguments[0] == "install"
+    assert (job.directory / arguments[-1]).resolve() == (job.directory / base["path"]).resolve()
+
+    # The replay evaluates the pull request's policies/, and nothing else of it.
+    _, replay = step(steps, runs="portcullis policy replay")
+    assert f"--policy {pull_request['path']}/policies/" in " ".join(replay["run"].split())
+
+
+def test_a_pull_request_policy_linking_outside_its_directory_fails_the_job(
+    steps: list[dict[str, Any]], recorded: Recorded, tmp_path: Path
+) -> None:
+    """A symbolic link in the pull request's policies/ (data/leak.json -> a runner
+    file) would load that file as policy data, readable in the posted report."""
+    job = checkout(tmp_path, recorded, POLICIES)
+    assert job.run(steps, "find pull-request/policies").returncode == 0
+    (job.directory / PR_POLICIES / "data/leak.json").symlink_to("/etc/hostname")
+    refused = job.run(steps, "find pull-request/policies")
+    assert refused.returncode == 1
+    assert "data/leak.json" in refused.stderr and "symbolic links" in refused.stderr
 
 
 def test_downloads_the_log_artifact_replays_it_and_posts_the_markdown(
@@ -90,6 +152,7 @@ def test_downloads_the_log_artifact_replays_it_and_posts_the_markdown(
     assert "--key " in command and "--no-verify" not in command  # the chain is checked
     post_at, post = step(steps, runs="gh pr comment")
     assert "--body-file replay.md" in post["run"]
+    assert post["env"]["GH_REPO"] == "${{ github.repository }}"  # the workspace is no checkout
     gate_at, gate = step(steps, runs='test "$REPLAY_EXIT"')
     assert "steps.replay.outputs.exit" in str(gate.get("env"))
     assert download_at < replay_at < post_at < gate_at
@@ -119,7 +182,8 @@ def test_step_outputs_used_are_written_by_earlier_steps(steps: list[dict[str, An
 
 @dataclass
 class Checkout:
-    """A job's working directory: the pull request's policies/, the downloaded logs/."""
+    """A job's working directory: the pull request's policies/ (in its checkout's
+    directory), the downloaded logs/."""
 
     directory: Path
     outputs: dict[str, str]
@@ -158,7 +222,7 @@ class Checkout:
 
 
 def checkout(tmp_path: Path, recorded: Recorded, policy: Path) -> Checkout:
-    shutil.copytree(policy, tmp_path / "policies")
+    shutil.copytree(policy, tmp_path / PR_POLICIES)
     (tmp_path / "logs").mkdir()
     shutil.copy(recorded.log, tmp_path / "logs/decisions.log")
     private = serialization.load_pem_private_key(recorded.key.read_bytes(), password=None)
@@ -176,6 +240,7 @@ def checkout(tmp_path: Path, recorded: Recorded, policy: Path) -> Checkout:
         values={
             "vars.DECISION_LOG_PUBLIC_KEY": public_pem.decode().strip(),
             "github.token": "token-for-gh",
+            "github.repository": "example/gateway-policies",
             "github.event.pull_request.number": PULL_REQUEST,
         },
     )
