@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -97,6 +98,7 @@ def verify_command(args: argparse.Namespace) -> int:
         paths = [Path(name) for name in args.logs]
         for path in paths:
             _check_readable(path)
+            check_log_file(path)
         after = check_hash(args.after) if args.after else None
         head = load_heads(args.head, keys) if args.head else None  # every head that verifies
         result = verify_log(paths, keys, after=after, head=head)
@@ -328,6 +330,37 @@ def _find_signatures(value: Any, depth: int) -> Iterator[dict[str, Any]]:
             return
         for child in value.values():
             yield from _find_signatures(child, depth - 1)
+
+
+# What the gateway keeps beside its log: <log>.head (gateway/audit/writer.py) and a
+# sink's <log>.sink-<name>.cursor (gateway/audit/shipping/cursor.py).
+_HEAD_FILE = re.compile(r"(?P<log>.+)\.head")
+_CURSOR_FILE = re.compile(r"(?P<log>.+)\.sink-(?P<sink>.+)\.cursor")
+
+
+def check_log_file(path: Path) -> None:
+    """Refuse a file that lies beside a decision log but isn't one (a glob such as
+    decisions.log* picks them up), naming what it is and what to give instead."""
+    head = _HEAD_FILE.fullmatch(path.name)
+    if head:
+        raise UsageError(
+            f"{path}: the gateway's record of where the chain stands, not a decision "
+            f"log: give the log ({path.with_name(head['log'])}) and its rotated files; "
+            "this file can go to --head"
+        )
+    cursor = _CURSOR_FILE.fullmatch(path.name)
+    if cursor:
+        raise UsageError(
+            f"{path}: the shipping cursor of sink {cursor['sink']!r}, not a decision log: "
+            f"give the log ({path.with_name(cursor['log'])}) and its rotated files"
+        )
+    try:
+        with path.open("rb") as file:
+            compressed = file.read(2) == b"\x1f\x8b"
+    except OSError:
+        return  # the reader says why it can't be read
+    if compressed:
+        raise UsageError(f"{path}: compressed (gzip): unpack it (gunzip -k) and give that file")
 
 
 def _check_readable(path: Path) -> None:

@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from portcullis import output_options
-from portcullis.audit_command import UsageError, check_hash, load_heads, load_keys
+from portcullis.audit_command import (
+    UsageError,
+    check_hash,
+    check_log_file,
+    load_heads,
+    load_keys,
+)
 from portcullis.replay.events import Selection, parse_time
 from portcullis.replay.output import FORMATS
 from portcullis.replay.report import ALLOWABLE, Report
@@ -151,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
         if args.head and keys is None:
             raise UsageError("--head needs the key that verifies it (--key or --jwks)")
         heads = load_heads(args.head, keys) if args.head and keys is not None else None
+        for name in args.logs:
+            check_log_file(Path(name))
         options = ReplayOptions(
             logs=[Path(name) for name in args.logs],
             candidate=args.policy,

@@ -398,6 +398,47 @@ def test_an_output_file_that_cannot_be_written_is_exit_2_and_named(
     assert "PASS" not in err
 
 
+@pytest.mark.parametrize("beside", ["head", "cursor", "gzip"])
+def test_a_file_beside_the_log_given_as_a_log_is_named_with_what_to_give_instead(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, tmp_path: Path, beside: str
+) -> None:
+    """`--log logs/decisions.log*` also passes decisions.log.head, sink cursors and
+    logrotate's .gz files: replay stopped at "decisions.log.head:1: record has no
+    chain fields". Each is named for what it is, with what to give instead."""
+    import gzip
+
+    log = recorded.log
+    if beside == "head":
+        given = log.with_name(log.name + ".head")
+        assert given.is_file()
+        expected = f"{given}: the gateway's record of where the chain stands, not a decision log"
+        advice = f"give the log ({log}) and its rotated files; this file can go to --head"
+    elif beside == "cursor":
+        given = tmp_path / "decisions.log.sink-siem.cursor"
+        given.write_text('{"inode": 1, "offset": 0}\n')
+        expected = f"{given}: the shipping cursor of sink 'siem', not a decision log"
+        advice = f"give the log ({tmp_path / 'decisions.log'}) and its rotated files"
+    else:
+        given = tmp_path / "decisions.log.2.gz"
+        given.write_bytes(gzip.compress(log.read_bytes()))
+        expected = f"{given}: compressed (gzip)"
+        advice = "unpack it (gunzip -k) and give that file"
+    code = main([
+        "policy", "replay", "--log", str(log), "--log", str(given), "--policy", str(POLICIES),
+        "--key", str(recorded.key),
+    ])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"portcullis policy replay: {expected}: {advice}" in err, err
+    assert main(["audit", "verify", str(log), str(given), "--key", str(recorded.key)]) == 2
+    assert f"error: {expected}: {advice}" in capsys.readouterr().err
+    if beside == "head":  # the advice holds: the head file is a --head
+        assert main([
+            "policy", "replay", "--log", str(log), "--policy", str(POLICIES),
+            "--key", str(recorded.key), "--head", str(given),
+        ]) == 0  # fmt: skip
+
+
 def test_markdown_escapes_request_text() -> None:
     sample = {
         "method": "GET", "path": "/pos/x|y<img src=x onerror=alert(1)>`z",

@@ -329,3 +329,15 @@ def test_a_log_directory_as_logrotate_leaves_it_replays(
     report = json.loads((job.directory / "replay.json").read_text())
     assert report["verification"]["verified"] is True
     assert any("begins mid-chain" in note for note in report["verification"]["notes"])
+
+
+def test_the_readme_shows_the_replay_step_as_the_workflow_runs_it(
+    steps: list[dict[str, Any]],
+) -> None:
+    """The README's copy globbed `logs/decisions.log*`, which also passes the .head
+    file, sink cursors and .gz files as logs (exit 2, "record has no chain fields")."""
+    readme = (ROOT / "README.md").read_text()
+    after = readme.split("<!-- not runnable: a step of examples/ci/policy-replay.yml", 1)[1]
+    shown = after.split("```sh\n", 1)[1].split("```", 1)[0]
+    _, replay = step(steps, runs="portcullis policy replay")
+    assert shown == replay["run"]
