@@ -247,6 +247,18 @@ def test_tampered_log_is_refused(
     assert "NOT VERIFIED" in capsys.readouterr().out
 
 
+def test_an_unverified_replay_says_so_in_the_verdict_of_reports_written_to_files(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, tmp_path: Path
+) -> None:
+    """With every report in a file, the verdict on stderr is all a CI log shows: it
+    said a bare PASS for a log nobody checked."""
+    report = tmp_path / "r.json"
+    code = main(["policy", "replay", "--log", str(recorded.log), "--policy", str(POLICIES),
+                 "--no-verify", "--output", "json", "--output-file", str(report)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0 and "PASS: no change" in err and "NOT VERIFIED" in err
+
+
 def _after_the_check(monkeypatch: pytest.MonkeyPatch, change: Any) -> None:
     """Run ``change()`` between the chain check and the replay's read of the log."""
     from portcullis.replay import run as replay_run

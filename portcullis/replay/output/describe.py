@@ -109,9 +109,15 @@ def not_replayed(document: dict[str, Any]) -> str:
 
 
 def verdict(document: dict[str, Any]) -> str:
+    """The one-line answer; it carries the log's caveat, as it may be all a CI log
+    shows (the reports went to files)."""
     blocking = document["blocking"]
     if not blocking:
         allowed = document["totals"]["changed"]
-        return "PASS: no change" if not allowed else f"PASS: {allowed} changes, all allowed"
-    what = ", ".join(f"{kind} {n}" for kind, n in blocking.items())
-    return f"FAIL: {sum(blocking.values())} changes not allowed ({what})"
+        text = "PASS: no change" if not allowed else f"PASS: {allowed} changes, all allowed"
+    else:
+        what = ", ".join(f"{kind} {n}" for kind, n in blocking.items())
+        text = f"FAIL: {sum(blocking.values())} changes not allowed ({what})"
+    if not document["verification"]["verified"]:
+        text += " (NOT VERIFIED: --no-verify)"
+    return text
