@@ -677,6 +677,35 @@ def test_reasons_the_log_masked_show_as_masked_not_as_a_malformed_decision(
     assert any(s["before"]["allow"] is True for s in samples)
 
 
+def test_reasons_masked_by_the_gateway_are_not_compared_and_the_report_says_so(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, refunds_300: Path
+) -> None:
+    """A gateway with mask_headers: [..., "/result/reasons"] (a pointer, as the README
+    allows) logs "**REDACTED**" for every result's reasons. The shipped policy failed
+    replay against its own log: each deny a blocking `reasons` change, explained as
+    "a policy reading them saw **REDACTED**" (no policy reads the logged result)."""
+    from gateway.audit.redaction import DEFAULT_MASKED_HEADERS
+    from gateway.config import DecisionLogConfig
+
+    mask = (*DEFAULT_MASKED_HEADERS, "/result/reasons")
+    masking = DecisionLogConfig(tmp_path / "decisions.log", sign_interval=0.5, mask_headers=mask)
+    recorded = asyncio.run(record_traffic(tmp_path, 120, decision_log=masking))
+    assert '"reasons":"**REDACTED**"' in recorded.log.read_text()
+    text = tmp_path / "r.txt"
+    code, report, _ = replay(capsys, recorded, "--policy", str(POLICIES), "--output", "json",
+                             "--output", "text", "--output-file", str(text))  # fmt: skip
+    assert code == 0 and report["totals"]["changed"] == 0
+    totals = report["totals"]
+    assert totals["masked_results"] == {"reasons": totals["replayed"]} and totals["replayed"] > 80
+    assert totals["masked_inputs"] == 0
+    said = text.read_text()
+    assert "the log masked fields of the logged results" in said and "saw **REDACTED**" not in said
+    # What can still be compared still is: the refunds candidate's flips.
+    code, report, _ = replay(capsys, recorded, "--policy", str(refunds_300))
+    assert code == 1 and report["changes"]["allow-to-deny"]["count"] > 0
+    assert report["changes"]["reasons"]["count"] == 0
+
+
 def test_an_unexpected_failure_is_exit_2_never_a_verdict(
     capsys: pytest.CaptureFixture[str], recorded: Recorded, monkeypatch: pytest.MonkeyPatch
 ) -> None:

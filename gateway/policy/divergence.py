@@ -10,11 +10,14 @@ order, so totals add up:
   ``max_age``) changed, appeared or went away;
 - ``reasons``: same allow and step-up, but a different HTTP status, reasons or
   response headers.
+
+Fields of ``before`` named ``unknown`` (a logged result the log masked there) are
+not compared: what the policy answered in them is not known.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 ERROR = "error"
@@ -26,12 +29,18 @@ KINDS = (ALLOW_TO_DENY, DENY_TO_ALLOW, STEP_UP, REASONS, ERROR)
 
 
 def divergence(
-    before: Mapping[str, Any], after: Mapping[str, Any], *, after_failed: bool = False
+    before: Mapping[str, Any],
+    after: Mapping[str, Any],
+    *,
+    after_failed: bool = False,
+    unknown: Collection[str] = (),
 ) -> str | None:
     """The kind of change from ``before`` to ``after`` (decision results as the
     contract spells them, after the gateway's fail-closed reading), or None."""
     if after_failed:
         return ERROR
+    if unknown:
+        before = {**before, **{name: after.get(name) for name in unknown}}
     if before.get("allow") is after.get("allow") and before == after:
         # Most replayed and shadowed decisions: one comparison instead of five.
         # (`is` first: 1 == True, but only a literal true allows.)

@@ -19,12 +19,16 @@ from typing import Any
 
 from gateway.audit.chain import DECISION_PATH, REFUSAL_PATH, SIGNATURE_TYPE, rfc3339_ns
 from gateway.audit.reader import Extent, iter_records
+from gateway.audit.redaction import pointer_parts
 from gateway.policy.decision import SECRET_HEADERS
 
 _RULE = re.compile(r"^(gateway\.[A-Za-z0-9_]+)")
 # Credentials the gateway already replaces before asking the policy: the live
 # policy saw **REDACTED** there too, so their masking changes nothing in replay.
 _SEEN_MASKED = frozenset(f"/input/attributes/request/http/headers/{h}" for h in SECRET_HEADERS)
+# Pointers into the logged result (masked in the log only: nothing the policy read).
+_RESULT = "/result/"
+_NONE: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -63,8 +67,23 @@ class LoggedDecision:
 
     @property
     def masked(self) -> list[str]:
-        """Pointers masked in the log that the live policy saw in clear."""
-        return [m for m in strings(self.record.get("masked")) if m not in _SEEN_MASKED]
+        """Input pointers masked in the log that the live policy saw in clear."""
+        return [
+            m
+            for m in strings(self.record.get("masked"))
+            if m not in _SEEN_MASKED and not m.startswith(_RESULT)
+        ]
+
+    @property
+    def masked_result(self) -> frozenset[str]:
+        """The fields of the logged result the log masked (``decision_log.mask_headers``
+        pointers into ``/result/``): what the policy answered there is unknown."""
+        masked = self.record.get("masked")
+        if masked is None:
+            return _NONE
+        return frozenset(
+            pointer_parts(m)[1] for m in strings(masked) if m.startswith(_RESULT) and m != _RESULT
+        )
 
     @property
     def truncated(self) -> list[str]:
@@ -79,8 +98,12 @@ class LoggedDecision:
             if masked is None:
                 return False
             # Most logged inputs: only the credentials the live policy saw masked too.
-            if type(masked) is list and all(type(m) is str for m in masked):
-                return not _SEEN_MASKED.issuperset(masked)
+            if (
+                type(masked) is list
+                and all(type(m) is str for m in masked)
+                and _SEEN_MASKED.issuperset(masked)
+            ):
+                return False
         return bool(self.masked or self.truncated)
 
 

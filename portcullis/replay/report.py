@@ -93,6 +93,7 @@ class Report:
         self.logged_revisions = TopCounter()
         self.masked_inputs = 0
         self.changed_masked_inputs = 0
+        self.masked_results: dict[str, int] = {}  # by result field
         self.baseline_errors = 0
         self.candidate_latency = Latency()
         self.baseline_latency = Latency()
@@ -110,9 +111,13 @@ class Report:
         after_result: dict[str, Any],
         kind: str | None,
         baseline_ns: int | None,
+        unknown: frozenset[str] = frozenset(),
     ) -> None:
-        """Count one replayed decision; ``after_result`` is ``after.result()``."""
+        """Count one replayed decision; ``after_result`` is ``after.result()``;
+        ``unknown``: the logged result's fields the log masked (not compared)."""
         self.replayed += 1
+        for name in unknown:
+            self.masked_results[name] = self.masked_results.get(name, 0) + 1
         self.by_app.add(logged.app)
         self.logged_revisions.add(logged.revision)
         self.candidate_latency.add(after.eval_ns)
@@ -176,6 +181,7 @@ class Report:
                 "by_app": self.by_app.top(self.top),
                 "masked_inputs": self.masked_inputs,
                 "changed_with_masked_inputs": self.changed_masked_inputs,
+                "masked_results": dict(sorted(self.masked_results.items())),
                 "baseline_errors": self.baseline_errors,
                 "now_ns_from_timestamp": skipped.now_ns_from_timestamp,
             },

@@ -214,6 +214,8 @@ async def _replay(
         for logged in decisions:
             after = await decide(candidate, logged.input, logged.decision_id)
             before_ns: int | None
+            # Fields of the logged result the log masked: not compared, counted.
+            unknown: frozenset[str] = frozenset()
             if baseline is not None:
                 was = await decide(baseline, logged.input, logged.decision_id)
                 before, before_ns = was.result(), was.eval_ns
@@ -221,9 +223,12 @@ async def _replay(
                     report.baseline_errors += 1
             else:
                 before, before_ns = logged.result, logged.eval_ns
+                unknown = logged.masked_result
             after_result = after.result()
-            kind = divergence(before, after_result, after_failed=after.error is not None)
-            report.add(logged, before, after, after_result, kind, before_ns)
+            kind = divergence(
+                before, after_result, after_failed=after.error is not None, unknown=unknown
+            )
+            report.add(logged, before, after, after_result, kind, before_ns, unknown)
     finally:
         report.seconds = time.perf_counter() - started
         report.cpu_seconds = time.process_time() - cpu

@@ -90,6 +90,19 @@ def baseline_failures(document: dict[str, Any]) -> str | None:
     )
 
 
+def masked_results(document: dict[str, Any]) -> str | None:
+    """The note when the log masked fields of logged results, else None."""
+    fields = document["totals"]["masked_results"]
+    if not fields:
+        return None
+    what = ", ".join(f"{name} in {n}" for name, n in fields.items())
+    return (
+        f"the log masked fields of the logged results (decision_log.mask_headers pointers "
+        f"into /result/: {what}): those fields were not compared, so a change in them "
+        "is not counted"
+    )
+
+
 def not_replayed(document: dict[str, Any]) -> str:
     skipped = document["not_replayed"]
     parts = []

@@ -12,6 +12,7 @@ from portcullis.replay.output.describe import (
     baseline,
     baseline_failures,
     counts,
+    masked_results,
     not_replayed,
     outcome,
     verdict,
@@ -50,6 +51,9 @@ def render(document: dict[str, Any]) -> str:
     if failures := baseline_failures(document):
         add("")
         add(f"**Warning**: {cell(failures)}.")
+    if masked := masked_results(document):
+        add("")
+        add(f"**Note**: {cell(masked)}.")
     if totals["changed_with_masked_inputs"]:
         add("")
         add(

@@ -11,6 +11,7 @@ from portcullis.replay.output.describe import (
     baseline,
     baseline_failures,
     counts,
+    masked_results,
     not_replayed,
     outcome,
     verdict,
@@ -43,6 +44,8 @@ def render(document: dict[str, Any]) -> str:
         add(f"  {KIND_TITLES[kind]:<24}{change['count']:>8}{note}")
     if failures := baseline_failures(document):
         add(f"  warning: {failures}")
+    if masked := masked_results(document):
+        add(f"  note: {masked}")
     if totals["changed_with_masked_inputs"]:
         add(
             f"  ({totals['changed_with_masked_inputs']} changed decisions had masked or cut "
