@@ -123,6 +123,11 @@ def register(actions: Any) -> None:
         help="the first file continues the chain from this line hash (as `audit verify --after`)",
     )
     parser.add_argument(
+        "--allow-unsigned-tail", action="store_true",
+        help="also replay the events after the log's last signature, which nothing vouches "
+        "for (a live log's last seconds; the report says so)",
+    )  # fmt: skip
+    parser.add_argument(
         "--head", metavar="FILE_OR_URL",
         help="signed chain heads kept elsewhere (as `audit verify --head`): the log must "
         "reach them, so a cut or forged tail is refused",
@@ -156,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
         keys = None if args.no_verify else load_keys(args.key, args.jwks)
         if args.head and keys is None:
             raise UsageError("--head needs the key that verifies it (--key or --jwks)")
+        if args.allow_unsigned_tail and keys is None:
+            raise UsageError("--allow-unsigned-tail needs a verified log (--key or --jwks)")
         heads = load_heads(args.head, keys) if args.head and keys is not None else None
         for name in args.logs:
             check_log_file(Path(name))
@@ -173,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
             samples_per_kind=args.samples,
             top=args.top,
             timeout_ms=args.timeout_ms,
+            allow_unsigned_tail=args.allow_unsigned_tail,
         )
         report = replay(options)
     except (UsageError, ReplayError, output_options.OutputError) as error:
@@ -189,7 +197,11 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return USAGE_ERROR
-    unmatched = _nothing_selected(report, args) or _not_a_log(report, options.logs)
+    unmatched = (
+        _nothing_selected(report, args)
+        or _nothing_signed(report)
+        or _not_a_log(report, options.logs)
+    )
     if unmatched:
         print(f"portcullis policy replay: {unmatched}", file=sys.stderr)
         return USAGE_ERROR
@@ -224,6 +236,22 @@ def _not_a_log(report: Report, logs: list[Path]) -> str | None:
     return (
         f"{names}: not a Portcullis decision log ({lines} records, none a decision, a "
         "refusal or a chain signature): nothing was replayed, so nothing was checked"
+    )
+
+
+def _nothing_signed(report: Report) -> str | None:
+    """Why a replay must not pass when every decision it would replay comes after
+    the last signature: lines chained onto one genuine signed record by anyone
+    verify as a chain, and would be the whole evidence. None otherwise."""
+    unsigned = report.skipped.unsigned_tail
+    if report.replayed or not unsigned:
+        return None
+    return (
+        f"no decision is covered by a signature: the {unsigned} decisions selected all come "
+        "after the log's last signature, which nothing vouches for (forged, or not signed "
+        "yet: the gateway signs every sign_interval and when it closes or rotates the "
+        "file); nothing was replayed, so nothing was checked (--allow-unsigned-tail "
+        "replays them anyway)"
     )
 
 

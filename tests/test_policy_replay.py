@@ -328,8 +328,9 @@ def test_a_forged_tail_is_refused_with_a_head_kept_elsewhere(
               "prev_hash": line_hash(kept[-1])}  # fmt: skip
     cut = dataclasses.replace(recorded, log=tmp_path / "cut.log")
     cut.log.write_bytes(b"\n".join([*kept, json.dumps(forged).encode()]) + b"\n")
-    code, report, _ = replay(capsys, cut, "--policy", str(POLICIES))
-    assert code in (0, 1) and report["verification"]["unsigned_tail"] > 0  # not caught alone
+    # Not caught alone: only not replayed unless asked for (see the tests below).
+    code, report, _ = replay(capsys, cut, "--policy", str(POLICIES), "--allow-unsigned-tail")
+    assert code in (0, 1) and report["verification"]["unsigned_tail"] > 0
     code, report, err = replay(capsys, cut, "--policy", str(POLICIES), "--head", str(head))
     assert code == 2 and not report
     assert "refusing to replay a tampered log" in err and "signed a head at seq" in err
@@ -337,6 +338,68 @@ def test_a_forged_tail_is_refused_with_a_head_kept_elsewhere(
     assert code == 0 and any(
         "reaches the outside head" in n for n in report["verification"]["notes"]
     )
+
+
+def test_events_chained_onto_a_genuine_signed_start_are_not_evidence(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, tmp_path: Path, refunds_300: Path
+) -> None:
+    """The gateway's signed start record, then 50 allows anyone can chain onto it with
+    SHA-256: "verified ... chain intact", and a candidate that fails on the real log
+    passed on them. Nothing vouches for events after the last signature."""
+    from gateway.audit.chain import line_hash
+
+    lines = recorded.log.read_bytes().splitlines()
+    assert json.loads(lines[0])["reason"] == "start"
+    allowed = json.loads(next(line for line in lines if b'"path":"portcullis/gateway/' in line
+                              and b'"allow":true' in line and b'"app":"wms"' in line))  # fmt: skip
+    forged = [lines[0]]
+    for seq in range(1, 51):
+        event = {**allowed, "seq": seq, "prev_hash": line_hash(forged[-1]),
+                 "decision_id": f"forged-{seq}"}  # fmt: skip
+        forged.append(json.dumps(event, separators=(",", ":")).encode())
+    log = dataclasses.replace(recorded, log=tmp_path / "forged.log")
+    log.log.write_bytes(b"\n".join(forged) + b"\n")
+    code, report, err = replay(capsys, log, "--policy", str(refunds_300))
+    assert code == 2 and not report and "PASS" not in err
+    assert "no decision is covered by a signature" in err and "the 50 decisions" in err
+    # Asked for, they are replayed, and every output says they are unsigned.
+    text = tmp_path / "r.txt"
+    outputs = ["--output", "json", "--output", "text", "--output-file", str(text)]
+    code, report, err = replay(
+        capsys, log, "--policy", str(refunds_300), "--allow-unsigned-tail", *outputs
+    )
+    assert code == 0 and report["totals"]["replayed"] == 50
+    assert report["verification"]["unsigned_tail_replayed"] is True
+    assert "INCLUDES 50 UNSIGNED EVENTS" in text.read_text()
+
+
+def test_a_live_log_replays_its_signed_part_and_counts_the_unsigned_tail(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, tmp_path: Path
+) -> None:
+    """A log whose last events no signature covers yet (a running gateway, or a forged
+    tail): those are counted, not replayed, and the report says so."""
+    from gateway.audit.chain import line_hash
+
+    written = tmp_path / "decisions.log"
+    asyncio.run(_rotated(recorded, written, runs=1, sign_every=50))
+    lines = written.read_bytes().splitlines()
+    kept = lines[:-1]  # the final seal gone: the events since the last signature are unsigned
+    decision = json.loads(next(line for line in lines if b'"path":"portcullis/gateway/' in line
+                               and b'"allow":false' in line))  # fmt: skip
+    forged = {**decision, "result": {**decision["result"], "allow": True, "http_status": 200,
+              "reasons": [], "step_up": None}, "decision_id": "forged",
+              "seq": json.loads(kept[-1])["seq"] + 1, "prev_hash": line_hash(kept[-1])}  # fmt: skip
+    live = dataclasses.replace(recorded, log=tmp_path / "live.log")
+    live.log.write_bytes(b"\n".join([*kept, json.dumps(forged).encode()]) + b"\n")
+    code, report, _ = replay(capsys, live, "--policy", str(POLICIES))
+    tail = report["verification"]["unsigned_tail"]
+    assert code == 0 and tail > 0 and report["verification"]["unsigned_tail_replayed"] is False
+    assert report["not_replayed"]["unsigned_tail"] > 0 and report["totals"]["changed"] == 0
+    assert report["totals"]["replayed"] + report["not_replayed"]["unsigned_tail"] == (
+        logged_policy_decisions(recorded) + 1
+    )
+    code, report, _ = replay(capsys, live, "--policy", str(POLICIES), "--allow-unsigned-tail")
+    assert code == 1 and report["changes"]["allow-to-deny"]["count"] == 1  # the forged allow
 
 
 def test_log_verified_with_the_wrong_key_is_refused(
@@ -769,7 +832,7 @@ def test_unreachable_opa_candidate_does_not_load(
     assert "OPA at http://127.0.0.1:1 is unreachable: Connection refused" in err
 
 
-async def _rotated(recorded: Recorded, log: Path, runs: int = 3) -> None:
+async def _rotated(recorded: Recorded, log: Path, runs: int = 3, sign_every: int = 10_000) -> None:
     """The recorded decisions written again through the gateway's DecisionLog in
     ``runs`` runs, logrotate (``.1`` -> ``.2``, the log -> ``.1``) between them."""
     from cryptography.hazmat.primitives import serialization
@@ -785,7 +848,7 @@ async def _rotated(recorded: Recorded, log: Path, runs: int = 3) -> None:
                 older = log.with_name(f"{log.name}.{number}")
                 older.rename(log.with_name(f"{log.name}.{number + 1}"))
             log.rename(log.with_name(f"{log.name}.1"))
-        writer = DecisionLog(log, key, key_id="gateway")  # type: ignore[arg-type]
+        writer = DecisionLog(log, key, key_id="gateway", sign_every=sign_every)  # type: ignore[arg-type]
         await writer.start()
         for event in events[run::runs]:
             writer.record(decision_id=event["decision_id"], input=event["input"],

@@ -130,6 +130,7 @@ class Skipped:
     outside_time: int = 0
     other_apps: int = 0
     not_sampled: int = 0
+    unsigned_tail: int = 0  # decisions after the last signature: vouched for by nothing
     now_ns_from_timestamp: int = 0  # replayed, with now_ns taken from the event's timestamp
 
     @property
@@ -157,12 +158,14 @@ def read_decisions(
     selection: Selection,
     skipped: Skipped,
     extents: dict[str, Extent] | None = None,
+    signed_through: int | None = None,
 ) -> Iterator[LoggedDecision]:
     """The selected policy decisions of ``paths`` in order, streamed; with a
     sample, a uniform one (fixed seed) held in memory and given in log order.
     ``extents``: the verifier's (only what it checked is read; LogChanged if the
-    files changed since)."""
-    decisions = _selected(paths, selection, skipped, extents)
+    files changed since). ``signed_through``: the seq the last signature covers;
+    decisions after it are counted (``skipped.unsigned_tail``), not replayed."""
+    decisions = _selected(paths, selection, skipped, extents, signed_through)
     if selection.sample is None:
         return decisions
     return _reservoir(decisions, selection.sample, selection.seed, skipped)
@@ -173,6 +176,7 @@ def _selected(
     selection: Selection,
     skipped: Skipped,
     extents: dict[str, Extent] | None,
+    signed_through: int | None = None,
 ) -> Iterator[LoggedDecision]:
     # The chain was verified before (or --no-verify said not to): no hashing here.
     # This runs once per line of a log that may hold millions: plain dict lookups.
@@ -212,6 +216,9 @@ def _selected(
                 continue
         if apps and decision.app not in apps:
             skipped.other_apps += 1
+            continue
+        if signed_through is not None and decision.seq > signed_through:
+            skipped.unsigned_tail += 1
             continue
         yield decision
 

@@ -43,6 +43,7 @@ class Verification:
     sealed: bool = False
     last_signed_at: str | None = None
     notes: list[str] = field(default_factory=list)
+    unsigned_tail_replayed: bool = False  # --allow-unsigned-tail and there was one
 
     def document(self) -> dict[str, Any]:
         if not self.verified:
@@ -56,6 +57,7 @@ class Verification:
             "events": self.events,
             "signatures": self.signatures,
             "unsigned_tail": self.unsigned_tail,
+            "unsigned_tail_replayed": self.unsigned_tail_replayed,
             "sealed": self.sealed,
             "last_signed_at": self.last_signed_at,
             "notes": self.notes,
@@ -194,6 +196,7 @@ class Report:
                 "outside_time": skipped.outside_time,
                 "other_apps": skipped.other_apps,
                 "not_sampled": skipped.not_sampled,
+                "unsigned_tail": skipped.unsigned_tail,
             },
             "changes": {
                 kind: {

@@ -58,6 +58,8 @@ class ReplayOptions:
     samples_per_kind: int = 5
     top: int = 10
     timeout_ms: float = 250.0
+    # Replay the events after the last signature too (--allow-unsigned-tail).
+    allow_unsigned_tail: bool = False
 
 
 def replay(options: ReplayOptions) -> Report:
@@ -86,14 +88,22 @@ def replay(options: ReplayOptions) -> Report:
     )
     paths = list(options.logs)
     extents = None  # --no-verify: read whatever the files hold
+    signed_through = None
     if options.keys is not None:
         started = time.perf_counter()
-        report.verification, extents = _verify(paths, options.keys, options.after, options.heads)
+        report.verification, extents, signed_through = _verify(
+            paths, options.keys, options.after, options.heads
+        )
         report.verify_seconds = time.perf_counter() - started
         paths = chain_order(paths)
+        if options.allow_unsigned_tail:
+            signed_through = None
+            report.verification.unsigned_tail_replayed = report.verification.unsigned_tail > 0
     # Only the bytes verified: lines written since (a live log) are not replayed, and
     # a file changed since (edited between the check and the read) refuses the report.
-    decisions = read_decisions(paths, options.selection, report.skipped, extents)
+    # Events after the last signature are vouched for by nothing (anyone can chain
+    # lines onto a signed one): not evidence, unless --allow-unsigned-tail.
+    decisions = read_decisions(paths, options.selection, report.skipped, extents, signed_through)
     try:
         asyncio.run(_replay(decisions, candidate, baseline, report))
     except LogChanged as error:
@@ -137,7 +147,9 @@ def _verify(
     keys: dict[str, ec.EllipticCurvePublicKey],
     after: str | None,
     heads: list[SignedHead] | None = None,
-) -> tuple[Verification, dict[str, Extent]]:
+) -> tuple[Verification, dict[str, Extent], int | None]:
+    """What was checked, the bytes checked, and the seq the last signature covers
+    when events follow it (None: every event is signed)."""
     mid_chain = None
     if after is None:
         # Logs kept for a week: logrotate deleted the files before the oldest one
@@ -168,11 +180,14 @@ def _verify(
             f"{chain_order(paths)[0]} begins mid-chain (the files before it were not given, "
             "or were rotated away): replayed from its signed start record"
         )
+    signed_through = None
     if result.unsigned_tail:
         notes.append(
             f"{result.unsigned_tail} events after the last signature are not yet covered "
             "by one (the gateway is still writing, or it crashed)"
         )
+        # A signature's seq is the count of events it covers, and seq counts events.
+        signed_through = result.tail_seq - result.unsigned_tail
     verification = Verification(
         verified=True,
         events=result.events,
@@ -182,7 +197,7 @@ def _verify(
         last_signed_at=result.last_signed_at,
         notes=notes,
     )
-    return verification, result.extents
+    return verification, result.extents, signed_through
 
 
 def _continued_from(first: Path) -> str | None:

@@ -66,7 +66,11 @@ def verification(document: dict[str, Any]) -> str:
     if check["sealed"]:
         text += ", sealed"
     if check["unsigned_tail"]:
-        text += f", {check['unsigned_tail']} events after the last signature"
+        text += f", {check['unsigned_tail']} events after the last signature " + (
+            "REPLAYED ALTHOUGH NO SIGNATURE VOUCHES FOR THEM (--allow-unsigned-tail)"
+            if check["unsigned_tail_replayed"]
+            else "(not replayed: no signature vouches for them)"
+        )
     unsaid = [note for note in check["notes"] if "after the last signature" not in note]
     return "; ".join([text, *unsaid])
 
@@ -114,6 +118,7 @@ def not_replayed(document: dict[str, Any]) -> str:
         ("outside_time", "outside --since/--until"),
         ("other_apps", "other apps"),
         ("not_sampled", "not sampled"),
+        ("unsigned_tail", "after the last signature (unsigned)"),
     )
     for key, label in labels:
         if skipped[key]:
@@ -131,6 +136,9 @@ def verdict(document: dict[str, Any]) -> str:
     else:
         what = ", ".join(f"{kind} {n}" for kind, n in blocking.items())
         text = f"FAIL: {sum(blocking.values())} changes not allowed ({what})"
-    if not document["verification"]["verified"]:
+    check = document["verification"]
+    if not check["verified"]:
         text += " (NOT VERIFIED: --no-verify)"
+    elif check["unsigned_tail_replayed"]:
+        text += f" (INCLUDES {check['unsigned_tail']} UNSIGNED EVENTS: --allow-unsigned-tail)"
     return text
