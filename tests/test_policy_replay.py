@@ -769,6 +769,59 @@ def test_reasons_masked_by_the_gateway_are_not_compared_and_the_report_says_so(
     assert report["changes"]["reasons"]["count"] == 0
 
 
+def stale_validity_candidate(directory: Path) -> Path:
+    """The shipped policy whose valid_until_ns runs an hour past every max_age: each
+    decision the same, but the gateway's memo would serve allows an hour too long."""
+    import shutil
+
+    candidate = directory / "stale"
+    shutil.copytree(POLICIES, candidate)
+    memo = candidate / "gateway/memo.rego"
+    text = memo.read_text()
+    assert "* 1000000000)) + 1\n" in text, "the shipped valid_until_ns changed"
+    memo.write_text(text.replace("* 1000000000)) + 1\n", "* 1000000000)) + 3600000000000\n"))
+    return candidate
+
+
+def test_valid_until_past_the_real_boundary_is_a_blocking_validity_change_in_replay_and_shadow(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A candidate changing only valid_until_ns (+1 h) replayed as "PASS: no change" and
+    shadow mode saw nothing, yet once deployed its memo serves a POS refund allow past
+    max_age 900. The refund signed in 890 s before is the one it would serve stale."""
+    from tests.gateway_stack import Stack
+    from tests.test_shadow_mode import shadow_policy, shadow_ready
+
+    candidate = stale_validity_candidate(tmp_path)
+    sent: list[tuple[str, int]] = []
+
+    async def traffic(stack: Stack) -> None:
+        await shadow_ready(stack)
+        for subject, age in (("refund-at-890-s", 890), ("refund-at-120-s", 120)):
+            token = stack.token(subject, groups=["store"], amr=["hwk"], auth_age=age)
+            response = await stack.get("/pos/refunds/1", token)
+            sent.append((subject, response.status))
+        await asyncio.sleep(1.0)  # the shadow's answers logged
+
+    recorded = asyncio.run(record_traffic(tmp_path / "run", 0, before=traffic,
+                                          policy_options=shadow_policy(candidate)))  # fmt: skip
+    assert sent == [("refund-at-890-s", 200), ("refund-at-120-s", 200)]
+    shadow = [json.loads(line) for line in recorded.log.read_text().splitlines()
+              if '"shadow":true' in line]  # fmt: skip
+    assert [(e["result"]["divergence"], e["input"]["identity"]["subject"]) for e in shadow] == [
+        ("validity", "refund-at-890-s")
+    ]
+    code, report, _ = replay(capsys, recorded, "--policy", str(candidate))
+    assert code == 1 and report["blocking"] == {"validity": 1}
+    sample = report["changes"]["validity"]["samples"][0]
+    assert sample["identity"]["subject"] == "refund-at-890-s"
+    code, report, _ = replay(capsys, recorded, "--policy", str(candidate),
+                             "--allow-change", "validity")  # fmt: skip
+    assert code == 0
+    code, report, _ = replay(capsys, recorded, "--policy", str(POLICIES))
+    assert code == 0 and report["totals"]["changed"] == 0
+
+
 def test_an_unexpected_failure_is_exit_2_never_a_verdict(
     capsys: pytest.CaptureFixture[str], recorded: Recorded, monkeypatch: pytest.MonkeyPatch
 ) -> None:

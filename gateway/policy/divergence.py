@@ -8,6 +8,11 @@ order, so totals add up:
 - ``allow-to-deny`` / ``deny-to-allow``: the allow bit flipped;
 - ``step-up``: still a deny, but the re-authentication asked for (``acr``,
   ``max_age``) changed, appeared or went away;
+- ``validity``: the same allow, but the decision memo would go on serving it
+  after the policy itself stops allowing: its ``valid_until_ns`` runs past its real
+  boundary (checked by :func:`served_stale`, a second evaluation at the last
+  moment the memo would reuse the allow). An earlier ``valid_until_ns`` only
+  costs evaluations: not a change;
 - ``reasons``: same allow and step-up, but a different HTTP status, reasons or
   response headers.
 
@@ -20,12 +25,17 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from gateway.policy.decision import Decision, decide
+from gateway.policy.memo import MARGIN_NS, MAX_AGE_NS
+from policy_engine import PolicyEngine
+
 ERROR = "error"
 ALLOW_TO_DENY = "allow-to-deny"
 DENY_TO_ALLOW = "deny-to-allow"
 STEP_UP = "step-up"
+VALIDITY = "validity"
 REASONS = "reasons"
-KINDS = (ALLOW_TO_DENY, DENY_TO_ALLOW, STEP_UP, REASONS, ERROR)
+KINDS = (ALLOW_TO_DENY, DENY_TO_ALLOW, STEP_UP, VALIDITY, REASONS, ERROR)
 
 
 def divergence(
@@ -34,13 +44,18 @@ def divergence(
     *,
     after_failed: bool = False,
     unknown: Collection[str] = (),
+    after_stale: bool = False,
 ) -> str | None:
     """The kind of change from ``before`` to ``after`` (decision results as the
-    contract spells them, after the gateway's fail-closed reading), or None."""
+    contract spells them, after the gateway's fail-closed reading), or None.
+    ``after_stale``: :func:`served_stale` found the memo would serve ``after``'s
+    allow past the policy's own answer."""
     if after_failed:
         return ERROR
     if unknown:
         before = {**before, **{name: after.get(name) for name in unknown}}
+    if after_stale and before.get("allow") is True and after.get("allow") is True:
+        return VALIDITY
     if before.get("allow") is after.get("allow") and before == after:
         # Most replayed and shadowed decisions: one comparison instead of five.
         # (`is` first: 1 == True, but only a literal true allows.)
@@ -58,6 +73,40 @@ def divergence(
     ):
         return REASONS
     return None
+
+
+def reused_until_ns(policy_result: Any, now_ns: int) -> int | None:
+    """The last moment the decision memo would serve an allow decided at ``now_ns``
+    with this answer of the policy (DecisionMemo.remember's arithmetic), or None if
+    it wouldn't keep it."""
+    if not isinstance(policy_result, dict) or "valid_until_ns" not in policy_result:
+        return None
+    until = policy_result["valid_until_ns"]
+    limit = now_ns + MAX_AGE_NS
+    if until is None:
+        until_ns = limit
+    elif isinstance(until, int | float) and not isinstance(until, bool):
+        until_ns = min(limit, int(until) - MARGIN_NS)
+    else:
+        return None
+    return until_ns - 1 if until_ns > now_ns else None
+
+
+async def served_stale(engine: PolicyEngine, document: dict[str, Any], decided: Decision) -> bool:
+    """Whether the memo would serve ``decided`` (an allow of ``engine``'s on
+    ``document``) at a moment the policy itself no longer allows the same request:
+    the policy's ``valid_until_ns`` is later than its real boundary. Only asked for
+    a policy whose memo is on (DecisionMemo.for_engine)."""
+    if not decided.allow or decided.error is not None:
+        return False
+    now_ns = document.get("now_ns")
+    if not isinstance(now_ns, int):
+        return False
+    last = reused_until_ns(decided.policy_result, now_ns)
+    if last is None or last == now_ns:
+        return False
+    later = await decide(engine, {**document, "now_ns": last}, decided.decision_id)
+    return not later.allow or later.error is not None
 
 
 def _reasons(result: Mapping[str, Any]) -> list[str]:

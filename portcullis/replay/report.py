@@ -14,12 +14,19 @@ from typing import Any
 
 from gateway.audit.chain import REDACTED
 from gateway.policy.decision import Decision, as_read
-from gateway.policy.divergence import ALLOW_TO_DENY, DENY_TO_ALLOW, ERROR, KINDS, STEP_UP
+from gateway.policy.divergence import (
+    ALLOW_TO_DENY,
+    DENY_TO_ALLOW,
+    ERROR,
+    KINDS,
+    STEP_UP,
+    VALIDITY,
+)
 from portcullis.replay.events import LoggedDecision, Selection, Skipped, strings
 from portcullis.replay.stats import Latency, TopCounter
 
 REPORT_TYPE = "portcullis.policy-replay"
-VERSION = 1
+VERSION = 2
 # Kinds --allow-change may accept; an evaluation error always fails.
 ALLOWABLE = tuple(kind for kind in KINDS if kind != ERROR)
 DIMENSIONS = ("app", "route", "method", "group", "subject", "reason", "step_up")
@@ -263,6 +270,8 @@ def _changed_reasons(
     deny that now allows; the error for an error)."""
     if kind == ERROR:
         return [error or "error"]
+    if kind == VALIDITY:
+        return ["valid_until_ns lets the memo reuse the allow after the policy denies"]
     old, new = strings(before.get("reasons")), strings(after.get("reasons"))
     if kind == DENY_TO_ALLOW:
         return old or ["(no reason)"]

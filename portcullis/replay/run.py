@@ -30,7 +30,8 @@ from gateway.audit.reader import (
     verify_log,
 )
 from gateway.policy.decision import decide
-from gateway.policy.divergence import divergence
+from gateway.policy.divergence import divergence, served_stale
+from gateway.policy.memo import DecisionMemo
 from gateway.policy.reload import build_engine
 from policy_engine import PolicyEngine, PolicyError
 from policy_engine.opa_server import has_credentials
@@ -224,6 +225,9 @@ async def _replay(
     # still free any cycle.
     threshold = gc.get_threshold()
     gc.set_threshold(100_000, *threshold[1:])
+    # A candidate the gateway would memoize: each allow is checked at the last moment
+    # its valid_until_ns lets the memo reuse it (a second evaluation).
+    memoized = DecisionMemo.for_engine(candidate) is not None
     started, cpu = time.perf_counter(), time.process_time()
     try:
         for logged in decisions:
@@ -240,8 +244,13 @@ async def _replay(
                 before, before_ns = logged.result, logged.eval_ns
                 unknown = logged.masked_result
             after_result = after.result()
+            stale = memoized and after.allow and await served_stale(candidate, logged.input, after)
             kind = divergence(
-                before, after_result, after_failed=after.error is not None, unknown=unknown
+                before,
+                after_result,
+                after_failed=after.error is not None,
+                unknown=unknown,
+                after_stale=stale,
             )
             report.add(logged, before, after, after_result, kind, before_ns, unknown)
     finally:

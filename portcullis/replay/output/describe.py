@@ -8,6 +8,7 @@ KIND_TITLES = {
     "allow-to-deny": "allow -> deny",
     "deny-to-allow": "deny -> allow",
     "step-up": "step-up changed",
+    "validity": "allow served stale",
     "reasons": "status/reasons changed",
     "error": "candidate error",
 }

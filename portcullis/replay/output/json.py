@@ -1,4 +1,4 @@
-"""The JSON report: Report.document() as is (report.schema.json, ``version`` 1)."""
+"""The JSON report: Report.document() as is (report.schema.json, ``version`` 2)."""
 
 from __future__ import annotations
 
