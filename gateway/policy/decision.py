@@ -20,6 +20,8 @@ SECRET_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "cookie", "x-portcullis-assertion"}
 )
 REDACTED = "**REDACTED**"
+# A decision whose policy answered no valid_until_ns (distinct from its null).
+NOT_GIVEN: Any = type("NotGiven", (), {"__repr__": lambda self: "NOT_GIVEN"})()
 # The reason of a deny for an answer the contract can't read (allow not a boolean,
 # reasons not a list): the policy has a bug, and it fails closed like an error.
 MALFORMED = "policy returned a malformed decision"
@@ -48,6 +50,15 @@ class Decision:
             "headers": self.headers,
             "step_up": self.step_up,
         }
+
+    @property
+    def valid_until(self) -> Any:
+        """The policy's ``valid_until_ns`` as it answered it (for a memo hit, the
+        evaluation's it reuses), or NOT_GIVEN when it answered none."""
+        result = self.policy_result
+        if isinstance(result, dict):
+            return result.get("valid_until_ns", NOT_GIVEN)
+        return NOT_GIVEN
 
 
 def decision_input(

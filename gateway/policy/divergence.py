@@ -26,7 +26,7 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from gateway.policy.decision import Decision, decide
-from gateway.policy.memo import MARGIN_NS, MAX_AGE_NS
+from gateway.policy.memo import reuse_end_ns
 from policy_engine import PolicyEngine
 
 ERROR = "error"
@@ -75,23 +75,6 @@ def divergence(
     return None
 
 
-def reused_until_ns(policy_result: Any, now_ns: int) -> int | None:
-    """The last moment the decision memo would serve an allow decided at ``now_ns``
-    with this answer of the policy (DecisionMemo.remember's arithmetic), or None if
-    it wouldn't keep it."""
-    if not isinstance(policy_result, dict) or "valid_until_ns" not in policy_result:
-        return None
-    until = policy_result["valid_until_ns"]
-    limit = now_ns + MAX_AGE_NS
-    if until is None:
-        until_ns = limit
-    elif isinstance(until, int | float) and not isinstance(until, bool):
-        until_ns = min(limit, int(until) - MARGIN_NS)
-    else:
-        return None
-    return until_ns - 1 if until_ns > now_ns else None
-
-
 async def served_stale(engine: PolicyEngine, document: dict[str, Any], decided: Decision) -> bool:
     """Whether the memo would serve ``decided`` (an allow of ``engine``'s on
     ``document``) at a moment the policy itself no longer allows the same request:
@@ -102,10 +85,11 @@ async def served_stale(engine: PolicyEngine, document: dict[str, Any], decided: 
     now_ns = document.get("now_ns")
     if not isinstance(now_ns, int):
         return False
-    last = reused_until_ns(decided.policy_result, now_ns)
-    if last is None or last == now_ns:
+    end = reuse_end_ns(decided.valid_until, now_ns)
+    if end is None or end - 1 == now_ns:
         return False
-    later = await decide(engine, {**document, "now_ns": last}, decided.decision_id)
+    # The last moment the memo would still reuse it.
+    later = await decide(engine, {**document, "now_ns": end - 1}, decided.decision_id)
     return not later.allow or later.error is not None
 
 

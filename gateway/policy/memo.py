@@ -59,6 +59,7 @@ class _Entry:
     http_status: int
     reasons: list[str]
     headers: dict[str, str]
+    valid_until_ns: Any  # as the policy answered it
 
 
 class DecisionMemo:
@@ -108,6 +109,7 @@ class DecisionMemo:
             return Decision(
                 decision_id, True, entry.http_status, list(entry.reasons), dict(entry.headers),
                 eval_ns=time.perf_counter_ns() - started, memo_hit=True,
+                policy_result={"valid_until_ns": entry.valid_until_ns},
             )  # fmt: skip
         decision = await decide(self.engine, document, decision_id)
         self.remember(key, now_ns, decision)
@@ -136,26 +138,32 @@ class DecisionMemo:
 
     def remember(self, key: bytes, now_ns: int, decision: Decision) -> None:
         """Keep an allow (until the valid_until_ns its policy returned) for reuse."""
-        result = decision.policy_result
-        if not decision.allow or decision.error is not None or not isinstance(result, dict):
+        if not decision.allow or decision.error is not None:
             return
-        if "valid_until_ns" not in result:
-            return
-        until = result["valid_until_ns"]
-        limit = now_ns + MAX_AGE_NS
-        if until is None:
-            until_ns = limit
-        elif isinstance(until, (int, float)) and not isinstance(until, bool):
-            until_ns = min(limit, int(until) - MARGIN_NS)
-        else:
-            return
-        if until_ns <= now_ns:
+        until = decision.valid_until
+        until_ns = reuse_end_ns(until, now_ns)
+        if until_ns is None:
             return
         self._entries[key] = _Entry(
-            now_ns, until_ns, decision.http_status, list(decision.reasons), dict(decision.headers)
-        )
+            now_ns, until_ns, decision.http_status, list(decision.reasons),
+            dict(decision.headers), until,
+        )  # fmt: skip
         if len(self._entries) > MAX_ENTRIES:
             self._entries.popitem(last=False)
+
+
+def reuse_end_ns(valid_until: Any, now_ns: int) -> int | None:
+    """When the memo stops reusing an allow decided at ``now_ns`` whose policy
+    answered ``valid_until`` (its ``valid_until_ns``, NOT_GIVEN if none): reused
+    while the clock is before this; None if it is not kept at all."""
+    limit = now_ns + MAX_AGE_NS
+    if valid_until is None:
+        until_ns = limit
+    elif isinstance(valid_until, (int, float)) and not isinstance(valid_until, bool):
+        until_ns = min(limit, int(valid_until) - MARGIN_NS)
+    else:  # NOT_GIVEN, or not a number: not remembered
+        return None
+    return until_ns if until_ns > now_ns else None
 
 
 def _pointers(declared: Any) -> tuple[tuple[str, ...], ...] | None:
