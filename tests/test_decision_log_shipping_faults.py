@@ -1051,6 +1051,37 @@ async def test_a_rotated_file_deleted_before_it_was_shipped_is_a_discontinuity(
     assert len(seqs) == runs[0] + runs[2]  # the oldest and the newest file, nothing twice
 
 
+async def test_the_cursors_own_file_compressed_away_before_it_was_shipped_is_a_discontinuity(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """logrotate's ``compress`` without ``delaycompress``: the file the cursor points
+    into is gzip'd and removed while the SIEM was down. Its unshipped events are
+    gone from the shipper's reach; that is counted, not only logged."""
+    import gzip
+
+    from gateway.audit.tail import LogTail, Position
+    from tests.test_decision_log import write_log
+
+    log = tmp_path / "decisions.log"
+    await write_log(log, 3)
+    first = log.read_bytes().split(b"\n", 1)[0]
+    cursor = Position(log.stat().st_ino, len(first) + 1)  # only the first line acknowledged
+    logrotate(log)
+    rotated = log.with_name(f"{log.name}.1")
+    with rotated.open("rb") as plain, gzip.open(f"{rotated}.gz", "wb") as packed:
+        packed.write(plain.read())
+    rotated.unlink()
+    await write_log(log, 2)
+    tail = LogTail(log, cursor, line_hash(first))
+    seqs = []
+    while batch := tail.read(100):
+        seqs += [json.loads(line.raw).get("seq") for line in batch]
+        tail.advance(batch[-1].end)
+    assert tail.discontinuities == 1
+    assert "the file the shipping cursor points into" in caplog.text
+    assert seqs == [record.get("seq") for record in log_records(log)]
+
+
 def logrotate_dateext(log: Path, day: str) -> None:
     """logrotate's ``dateext``: the log -> ``decisions.log-<day>``, a new empty log."""
     log.rename(log.with_name(f"{log.name}-{day}"))

@@ -204,6 +204,7 @@ class LogTail:
             logger.info("shipping resumes in %s (rotated) at byte %d", rotated, start.offset)
             self._attach(rotated, start.offset, expected)
         else:
+            self.discontinuities += 1
             logger.error(
                 "decision log %s: the file the shipping cursor points into (inode %d) is gone; "
                 "events after byte %d of it may not have been shipped. Shipping %s from its start",
