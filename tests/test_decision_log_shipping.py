@@ -159,6 +159,10 @@ class Receiver:
     attempted_at: list[float] = field(default_factory=list)
     max_body: int | None = None
     too_large: int = 0  # 413s answered
+    # A 200 that is not the receiver's answer (a captive portal, a proxy's page, a
+    # wrong path): for the next `impostor_next` requests, this content type and body.
+    impostor_next: int = 0
+    impostor: tuple[str, str] = ("text/html", "<html><body>Sign in to continue</body></html>")
 
     def app(self) -> web.Application:
         # The body as sent: the test checks it is gzip'd.
@@ -198,6 +202,11 @@ class Receiver:
     async def hec(self, request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != f"Splunk {self.token}":
             return web.json_response({"text": "Invalid token", "code": 4}, status=403)
+        if self.impostor_next:
+            self.impostor_next -= 1
+            self.attempts += 1
+            content_type, text = self.impostor
+            return web.Response(body=text.encode(), headers={"Content-Type": content_type})
         body = await self._body(request)
         if body is None:
             return web.json_response({"text": "Server is busy", "code": 9}, status=503)

@@ -86,6 +86,44 @@ async def test_a_redirect_is_a_failure_not_an_acknowledgement(
     assert not (tmp_path / "decisions.log.sink-siem.cursor").read_text().strip()
 
 
+@pytest.mark.parametrize(
+    "impostor",
+    [
+        ("text/html", "<html><body>Sign in to continue</body></html>"),  # a captive portal
+        ("text/plain", ""),  # a proxy's empty 200
+        ("application/json", '{"status": "ok"}'),  # JSON, but not HEC's answer
+        ("application/json", '{"text": "Success", "code": false}'),
+    ],
+)
+async def test_a_hec_2xx_that_is_not_hecs_success_answer_is_not_an_acknowledgement(
+    aiohttp_server: Any,
+    tmp_path: Path,
+    receiver: tuple[Receiver, Any],  # noqa: F811
+    capfd: pytest.CaptureFixture[str],
+    impostor: tuple[str, str],
+) -> None:
+    """HEC acknowledges with ``{"text": "Success", "code": 0}``. A 200 whose body
+    says nothing of the kind was taken as delivered: the events were gone,
+    ``failing`` 0, lag 0, the cursor past them."""
+    fake, server = receiver
+    fake.impostor, fake.impostor_next = impostor, 1_000_000
+    (tmp_path / "token").write_text(fake.token)
+    url = f"http://127.0.0.1:{server.port}/services/collector/event"
+    sink = http_sink(url, tmp_path / "token", envelope="splunk_hec")
+    seen: list[str] = []
+    async with start_stack(aiohttp_server, tmp_path, **with_sinks(tmp_path, sink)) as stack:
+        await traffic(stack, 4)
+        await until(lambda: stack.gateway.shippers[0].stats["failing"] == 1)
+        await until(lambda: logged_line(capfd, seen, "not HEC's acknowledgement"))
+        stats = stack.gateway.shippers[0].stats
+        assert stats["acknowledged"] == 0 and stats["lag_events"] >= 4
+        assert not (tmp_path / "decisions.log.sink-siem.cursor").read_text().strip()
+        fake.impostor_next = 0  # the real collector answers again
+        await caught_up(stack)
+        logged = log_records(stack.log_path)
+    assert decision_ids(fake.events()) == decision_ids(logged)
+
+
 # --- 2. a shipper never dies of an error that isn't a sink error ----------------------------
 
 

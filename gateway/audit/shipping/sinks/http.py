@@ -1,9 +1,10 @@
 """The ``http`` sink: batches POSTed as OPA's decision-log API takes them (a
 gzip'd JSON array, ``Authorization: Bearer``), or in Splunk HEC's envelope
 (``/services/collector/event``: one ``{"time", "host", "source", "sourcetype",
-"event"}`` object per record, ``Authorization: Splunk``). A 2xx (for HEC, with
-``code`` 0) acknowledges the batch; anything else (a redirect too: it is not
-followed), a timeout or a refused connection is retried by the shipper with
+"event"}`` object per record, ``Authorization: Splunk``). A 2xx acknowledges the
+batch: for HEC only with HEC's JSON answer whose ``code`` is 0; for OPA's API with
+any body (OPA's own agent takes a 200 and reads no body). Anything else (a redirect
+too: it is not followed), a timeout or a refused connection is retried by the shipper with
 backoff. An https url is verified against the system's CAs, or the sink's
 ``tls.ca_file`` (hostname checked: the url's, or ``tls.server_name``)."""
 
@@ -90,7 +91,7 @@ class HttpSink:
                         too_large=response.status == 413,
                     )
                 if self.config.envelope == "splunk_hec":
-                    _check_hec(self.config.url, text)
+                    _check_hec(self.config.url, response, text)
         except (aiohttp.ClientError, TimeoutError) as error:
             if isinstance(error, aiohttp.ClientConnectionError):
                 self._tls = None  # read the CA and certificate files again next time
@@ -140,13 +141,26 @@ class HttpSink:
             raise SinkError(f"token_file {error}") from error
 
 
-def _check_hec(url: str, text: str) -> None:
+def _check_hec(url: str, response: aiohttp.ClientResponse, text: str) -> None:
+    """HEC acknowledges a batch with a JSON object whose ``code`` is 0 (``{"text":
+    "Success", "code": 0}``, with ``ackId`` when indexer acknowledgement is on). A
+    2xx without it (a captive portal's page, a proxy's empty answer, a url that is
+    not the collector's) says nothing about the batch: not acknowledged."""
     try:
         answer = orjson.loads(text)
     except orjson.JSONDecodeError:
-        return  # a 2xx without a JSON body: accepted
-    if isinstance(answer, dict) and answer.get("code", 0) != 0:
+        answer = None
+    code = answer.get("code") if isinstance(answer, dict) else None
+    if type(code) is int:
+        if code == 0:
+            return
         raise SinkError(f"{url}: HEC refused the batch: {answer}")
+    content_type = response.headers.get("Content-Type", "no Content-Type")
+    raise SinkError(
+        f"{url}: HTTP {response.status} ({content_type}) is not HEC's acknowledgement "
+        f'(a JSON body with "code": 0): {text[:200]!r}; is the url the collector\'s '
+        "(/services/collector/event)?"
+    )
 
 
 def _retry_after(value: str | None) -> float | None:
