@@ -327,6 +327,69 @@ def test_impossible_http_sink_settings_are_one_line_config_errors(
     assert "\n" not in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://splunkuser:P4ssw0rd-SECRET@siem.example:8088/services/collector/event",
+        "https://P4ssw0rd-SECRET@siem.example/logs",  # a token as the user name
+        "http://:P4ssw0rd-SECRET@siem.example/logs",
+        "http://user:P4ss/w0rd-SECRET@siem.example/logs",  # an unencoded "/": not a port
+    ],
+)
+def test_credentials_in_a_sink_url_are_refused_at_config_time_without_echoing_them(
+    tmp_path: Path, url: str
+) -> None:
+    """``http://user:pass@host``: the gateway used them (Basic auth) and printed
+    the url whole in its error lines. A secret goes in ``token_file``."""
+    data = {
+        "auth": False,
+        "decision_log": {"path": "d.log", "sinks": [{"kind": "http", "url": url}]},
+    }
+    with pytest.raises(ConfigError, match=r"sinks\[0\]\.url: holds credentials.*token_file"):
+        parse_config(data, tmp_path)
+    with pytest.raises(ConfigError) as raised:
+        parse_config(data, tmp_path)
+    assert "P4ss" not in str(raised.value) and "\n" not in str(raised.value)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(
+    user=st.text(st.characters(codec="ascii", exclude_characters="?#@\"'<> \t\r\n\f\v")),
+    password=st.text(
+        st.characters(codec="ascii", exclude_characters="?#@\"'<> \t\r\n\f\v"), min_size=1
+    ),
+)
+def test_an_error_line_never_shows_a_urls_userinfo(user: str, password: str) -> None:
+    from gateway.audit.shipping.settings import without_userinfo
+
+    line = f"siem: Cannot connect to https://{user}:{password}@siem.example:8088/logs?x=@ (refused)"
+    assert without_userinfo(line) == (
+        "siem: Cannot connect to https://***@siem.example:8088/logs?x=@ (refused)"
+    )
+
+
+async def test_a_sink_url_with_credentials_never_prints_them_while_failing(
+    aiohttp_server: Any, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A sink made without the config's check (its settings handed over as they
+    are) and a receiver that is down: the error lines name the url without them."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://splunkuser:P4ssw0rd-SECRET@127.0.0.1:{port}/logs"
+    sink = SinkConfig("siem", "http", url=url, timeout=0.5, retry_initial=0.05, retry_max=0.1)
+    seen: list[str] = []
+    async with start_stack(aiohttp_server, tmp_path, **with_sinks(tmp_path, sink)) as stack:
+        await traffic(stack, 3)
+        await until(lambda: stack.gateway.shippers[0].stats["failing"] == 1)
+        await until(lambda: logged_line(capfd, seen, "not acknowledged"))
+    logged_line(capfd, seen, "")
+    assert f"http://***@127.0.0.1:{port}/logs" in "".join(seen)
+    assert "P4ssw0rd" not in "".join(seen)
+
+
 # --- 4. logrotate's create: the writer goes on in the old file until SIGUSR1 ----------------
 
 

@@ -24,6 +24,10 @@ FACILITIES = {
     "local4": 20, "local5": 21, "local6": 22, "local7": 23,
 }  # fmt: skip
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# A url's userinfo (RFC 3986 3.2.1: ``user:password@`` before the host) is a
+# credential. Up to the last "@" before a query or the end of the url's text: a
+# password holding an unencoded "/" still counts, so an error line never shows it.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^ \t\r\n\f\v?#\"'<>]*@")
 DEFAULT_BACKLOG_ALERT_BYTES = 1 << 30
 
 
@@ -211,10 +215,23 @@ def _syslog(
     )  # fmt: skip
 
 
+def without_userinfo(text: str) -> str:
+    """``text`` (a url, or a message holding urls) as a log line may show it: each
+    url's userinfo replaced by ``***``."""
+    return _USERINFO.sub(r"\1***@", text)
+
+
 def _http(
     reader: _Reader, where: str, base_dir: Path, name: str, form: str, common: dict[str, Any]
 ) -> SinkConfig:
     url = reader.required("url", str)
+    shown = without_userinfo(url)
+    if shown != url:
+        raise ConfigError(
+            f"{where}.url: holds credentials (user:password@ before the host): {shown!r}; "
+            "put the token in a file and give token_file (a secret doesn't belong in the "
+            "config); an '@' of the path is written %40"
+        )
     try:
         parts = urlsplit(url)
         _ = parts.port  # a ValueError when out of range or not a number

@@ -31,7 +31,7 @@ from gateway.audit.chain import rfc3339_ns
 from gateway.audit.shipping.cursor import Cursor, CursorState
 from gateway.audit.shipping.formats import formatter
 from gateway.audit.shipping.formats.fields import damaged_record, epoch_ms, without_surrogates
-from gateway.audit.shipping.settings import SinkConfig
+from gateway.audit.shipping.settings import SinkConfig, without_userinfo
 from gateway.audit.shipping.sinks.base import Sink, SinkError
 from gateway.audit.tail import LogTail, TailLine, parse_record
 
@@ -285,7 +285,7 @@ class Shipper:
                     logger.warning(
                         "sink %s: the receiver refused %d records as too large (%s); "
                         "sending at most %d a batch from now on",
-                        self.name, count, error, self._batch_limit,
+                        self.name, count, without_userinfo(str(error)), self._batch_limit,
                     )  # fmt: skip
                     return None
                 if getattr(error, "too_large", False):
@@ -306,7 +306,7 @@ class Shipper:
                 if attempt == 1 or attempt % 20 == 0:
                     logger.warning(
                         "sink %s: %d records not acknowledged (%s); retry %d in %.1f s",
-                        self.name, count, error, attempt, delay,
+                        self.name, count, without_userinfo(str(error)), attempt, delay,
                     )  # fmt: skip
                 if not await self._backoff(delay):
                     return False

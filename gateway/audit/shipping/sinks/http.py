@@ -21,7 +21,13 @@ import orjson
 from isal import igzip
 
 from gateway.audit.shipping.formats.fields import epoch_ms
-from gateway.audit.shipping.settings import SinkConfig, TlsFileError, read_token, tls_context
+from gateway.audit.shipping.settings import (
+    SinkConfig,
+    TlsFileError,
+    read_token,
+    tls_context,
+    without_userinfo,
+)
 from gateway.audit.shipping.sinks.base import SinkError
 from portcullis import __version__
 
@@ -36,6 +42,7 @@ class HttpSink:
     def __init__(self, config: SinkConfig) -> None:
         self.config = config
         self.hostname = socket.gethostname()
+        self._where = without_userinfo(config.url)  # what error lines name it by
         self._session: aiohttp.ClientSession | None = None
         # Made for the first request (and again after a connection failed), so a CA
         # or client certificate file fixed after the start is picked up on a retry.
@@ -79,23 +86,24 @@ class HttpSink:
                 if 300 <= response.status < 400:
                     # Following it would POST nowhere useful (a 301/302 turns into a
                     # GET) and count the batch as delivered: a failure, retried.
-                    location = response.headers.get("Location", "?")
+                    location = without_userinfo(response.headers.get("Location", "?"))
                     raise SinkError(
-                        f"{self.config.url}: HTTP {response.status} redirected to {location}: "
+                        f"{self._where}: HTTP {response.status} redirected to {location}: "
                         "point the sink's url there"
                     )
                 if not 200 <= response.status < 300:
                     raise SinkError(
-                        f"{self.config.url}: HTTP {response.status} {text[:200]}",
+                        f"{self._where}: HTTP {response.status} {without_userinfo(text[:200])}",
                         retry_after=_retry_after(response.headers.get("Retry-After")),
                         too_large=response.status == 413,
                     )
                 if self.config.envelope == "splunk_hec":
-                    _check_hec(self.config.url, response, text)
+                    _check_hec(self._where, response, text)
         except (aiohttp.ClientError, TimeoutError) as error:
             if isinstance(error, aiohttp.ClientConnectionError):
                 self._tls = None  # read the CA and certificate files again next time
-            raise SinkError(f"{self.config.url}: {error or type(error).__name__}") from error
+            detail = without_userinfo(str(error)) or type(error).__name__
+            raise SinkError(f"{self._where}: {detail}") from None
         return len(body)
 
     def _tls_context(self) -> ssl.SSLContext | None:
@@ -106,7 +114,7 @@ class HttpSink:
             try:
                 self._tls = tls_context(self.config.tls)
             except TlsFileError as error:
-                raise SinkError(f"{self.config.url}: tls: {error}") from error
+                raise SinkError(f"{self._where}: tls: {error}") from error
         return self._tls
 
     async def close(self) -> None:
@@ -154,12 +162,12 @@ def _check_hec(url: str, response: aiohttp.ClientResponse, text: str) -> None:
     if type(code) is int:
         if code == 0:
             return
-        raise SinkError(f"{url}: HEC refused the batch: {answer}")
+        raise SinkError(f"{url}: HEC refused the batch: {without_userinfo(str(answer))}")
     content_type = response.headers.get("Content-Type", "no Content-Type")
     raise SinkError(
         f"{url}: HTTP {response.status} ({content_type}) is not HEC's acknowledgement "
-        f'(a JSON body with "code": 0): {text[:200]!r}; is the url the collector\'s '
-        "(/services/collector/event)?"
+        f'(a JSON body with "code": 0): {without_userinfo(text[:200])!r}; is the url the '
+        "collector's (/services/collector/event)?"
     )
 
 
