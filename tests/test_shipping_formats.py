@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.audit.shipping.settings import SinkConfig
 from tests.gateway_stack import ServerFactory
@@ -438,3 +440,71 @@ def test_a_host_header_splits_into_name_and_port(host: str, expected: tuple[str,
     from gateway.audit.shipping.formats.fields import split_host
 
     assert split_host(host) == expected
+
+
+# --- hostile identity claims -------------------------------------------------------------------
+
+RECORD = json.loads(
+    (Path(__file__).parent / "fixtures/decision_log/decision_record.json").read_text()
+)
+# A claim's value as an issuer may send it: text (addresses or not), or any JSON value.
+_JSON_LEAF = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text()
+)
+_CLAIM = st.one_of(
+    _JSON_LEAF, st.lists(_JSON_LEAF, max_size=3), st.dictionaries(st.text(), _JSON_LEAF, max_size=2)
+)
+_EMAILS = st.one_of(
+    st.emails(),
+    st.text(),
+    st.sampled_from(['not an email "]', "ålice@exämple.com", "a@b", "a@b.c\n", ""]),
+    _CLAIM,
+)
+# What the record's path and labels make of it: an access decision, a sign-in, a shadow divergence.
+_KINDS = {
+    "decision": {},
+    "signin": {"path": "gateway/signin"},
+    "refused-token": {"result": {**RECORD["result"], "allow": False,
+                                 "reasons": ["gateway.invalid_token: expired"]}},
+    "shadow": {"path": "shadow/portcullis/gateway/decision",
+               "labels": {**RECORD["labels"], "shadow": True}},
+}  # fmt: skip
+
+
+def hostile(email: Any, groups: Any, kind: str) -> dict[str, Any]:
+    identity = {**RECORD["input"]["identity"], "email": email, "groups": groups}
+    return {**RECORD, "input": {**RECORD["input"], "identity": identity}, **_KINDS[kind]}
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(
+    email=_EMAILS,
+    groups=st.one_of(st.lists(st.one_of(st.sampled_from(["warehouse", ""]), _CLAIM)), _CLAIM),
+    kind=st.sampled_from(sorted(_KINDS)),
+)
+def test_hostile_email_and_groups_claims_keep_ocsf_and_ecs_valid(
+    email: Any, groups: Any, kind: str
+) -> None:
+    """An email claim that is no address (``not an email "]``, ``ålice@exämple.com``)
+    was sent as OCSF's email_addr, which must be an email_t; groups holding 5,
+    null, an object or "" became {"name": ""} (and "None") in OCSF and an empty
+    role in ECS. Each event stays valid and sends nothing empty; an email OCSF
+    can't type is kept in ``unmapped``, not dropped."""
+    from gateway.audit.shipping.formats import ecs, ocsf
+
+    record = hostile(email, groups, kind)
+    event, document = ocsf.format(record, "0" * 64), ecs.format(record, "0" * 64)
+    assert ocsf_problems(event) == [] and empty_values(event) == []
+    assert ecs_problems(document) == [] and empty_values(document) == []
+    names = [g for g in groups if isinstance(g, str) and g] if isinstance(groups, list) else []
+    user = event.get("actor", {}).get("user") or event.get("user") or {}
+    if kind == "shadow":
+        user = event["unmapped"]["divergence"]["user"]
+    assert [group["name"] for group in user.get("groups", [])] == names
+    assert document.get("user", {}).get("roles", []) == names
+    if isinstance(email, str) and email:
+        kept = user.get("email_addr") or event["unmapped"].get("user", {}).get("email")
+        assert kept == email  # typed, or unmapped: never lost
+        assert document["user"]["email"] == email
+    else:
+        assert "email_addr" not in user and "email" not in document.get("user", {})

@@ -139,7 +139,7 @@ def _shadow_divergence(
     }
     document["labels"] = {"shadow": True}
     document["rule"] = {"name": event.policy, "version": event.revision, "ruleset": "portcullis"}
-    document["user"] = _user(event)
+    document["user"] = drop_empty(_user(event)) or None
     document["source"] = {"ip": event.source_ip or None, "port": event.source_port}
     document["service"] = {
         "name": "portcullis",
@@ -161,7 +161,7 @@ def _user(event: Event) -> dict[str, Any]:
     identity = event.identity
     return {
         "id": identity.get("subject") or None,
-        "email": identity.get("email") or None,
+        "email": event.email or None,  # ECS's user.email is a keyword: any text
         "roles": event.groups,
         "domain": identity.get("issuer") or None,
     }

@@ -117,6 +117,13 @@ class Event:
     def groups(self) -> list[str]:
         return _strings(self.identity.get("groups"))
 
+    @property
+    def email(self) -> str:
+        """The identity's email claim if it is a string ("" if not): whatever it
+        says, each format decides where its schema takes it."""
+        email = self.identity.get("email")
+        return email if isinstance(email, str) else ""
+
 
 def drop_empty(value: dict[str, Any]) -> dict[str, Any]:
     """``value`` without its None, "", [] and {} (values the record lacks: a SIEM
@@ -256,4 +263,8 @@ def _int(value: Any) -> int:
 
 
 def _strings(value: Any) -> list[str]:
-    return [str(item) for item in value] if isinstance(value, list) else []
+    """The non-empty strings of a claim's list (groups, amr): a number, null or
+    object in it names no group (and ``str()`` would invent "None"), "" none either."""
+    if not isinstance(value, list):
+        return []
+    return [item for item in value if isinstance(item, str) and item]

@@ -26,6 +26,7 @@ user without a name or uid as invalid, and a strict pipeline drops the event.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from gateway.audit.shipping.formats.fields import DAMAGED, Event, drop_empty, read, split_host
@@ -40,6 +41,11 @@ ACTIVITIES = {"GET": (2, "Read"), "HEAD": (2, "Read"), "POST": (1, "Create"),
 ANONYMOUS = "anonymous"
 # The characters of a label of OCSF's hostname_t (a DNS name or an IPv4 address).
 _LABEL = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
+# OCSF 1.3.0's email_t, its regex as the schema writes it ("+-/" is the range + , - . /),
+# matched whole (Python's "$" would take a trailing newline). An email claim it
+# doesn't take (no "@", a space, an internationalised address) is no email_addr:
+# it goes to unmapped.user.email, kept for the SIEM, outside the typed fields.
+_EMAIL = re.compile(r"[a-zA-Z0-9!#$%&'*+-/=?^_`{|}~.]+@[a-zA-Z0-9-]+\.[a-zA-Z0-9-.]+")
 # OCSF auth_protocol_id by how the gateway authenticated the request.
 AUTH_PROTOCOLS = {"session": (4, "OpenID"), "bearer": (6, "OAUTH 2.0"), "mtls": (99, "mTLS")}
 
@@ -157,6 +163,7 @@ def _shadow_divergence(event: Event, record: dict[str, Any]) -> dict[str, Any]:
         f"differently ({divergence}); not enforced",
         "unmapped": {
             "portcullis": {**_chain(event), "instance": event.instance},
+            **_unmapped_user(event),
             "shadow": True,
             "divergence": {
                 "kind": divergence,
@@ -232,6 +239,7 @@ def _outcome(event: Event) -> dict[str, Any]:
                 "step_up": event.step_up,
                 "instance": event.instance,
             },
+            **_unmapped_user(event),
         },
     }
     if event.http_status:
@@ -257,13 +265,22 @@ def _user(event: Event) -> dict[str, Any]:
     if not identity.get("subject"):
         return {}
     user: dict[str, Any] = {"uid": str(identity["subject"])}
-    if identity.get("email"):
-        user["email_addr"] = str(identity["email"])
+    if _EMAIL.fullmatch(event.email):
+        user["email_addr"] = event.email
     if event.groups:
         user["groups"] = [{"name": group} for group in event.groups]
     if identity.get("issuer"):
         user["org"] = {"uid": str(identity["issuer"])}
     return user
+
+
+def _unmapped_user(event: Event) -> dict[str, Any]:
+    """``unmapped``'s part for what of the user OCSF's types don't take: an email
+    claim that is not an email_t (see _EMAIL), for a user :func:`_user` maps."""
+    email = event.email
+    if email and event.identity.get("subject") and not _EMAIL.fullmatch(email):
+        return {"user": {"email": email}}
+    return {}
 
 
 def _endpoint_and_http(event: Event) -> dict[str, Any]:
