@@ -508,3 +508,40 @@ def test_hostile_email_and_groups_claims_keep_ocsf_and_ecs_valid(
         assert document["user"]["email"] == email
     else:
         assert "email_addr" not in user and "email" not in document.get("user", {})
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://other.example:81/wms/stock?x=1",  # absolute-form (RFC 9112 3.2.2)
+        "*",  # OPTIONS *: asterisk-form
+        "other.example:443",  # CONNECT: authority-form
+    ],
+)
+def test_a_request_target_that_is_not_a_path_makes_no_url_string(target: str) -> None:
+    """``GET http://other.example:81/wms/stock?x=1`` with Host other.example gave
+    url_string ``http://other.examplehttp://other.example:81/...``, and ``OPTIONS *``
+    ``http://h*``: the target is joined to the Host only when it is a path."""
+    from gateway.audit.shipping.formats import ecs, ocsf
+
+    http = {**RECORD["input"]["attributes"]["request"]["http"], "host": "other.example",
+            "path": target}  # fmt: skip
+    attributes = {**RECORD["input"]["attributes"], "request": {"http": http}}
+    record = {**RECORD, "input": {**RECORD["input"], "attributes": attributes}}
+    event, document = ocsf.format(record, "0" * 64), ecs.format(record, "0" * 64)
+    url = event["http_request"]["url"]
+    assert "url_string" not in url and url["path"] == target.partition("?")[0]
+    assert ocsf_problems(event) == [] and empty_values(event) == []
+    assert document["url"] == {"domain": "other.example", "scheme": "http", "original": target}
+    assert ecs_problems(document) == [] and empty_values(document) == []
+
+
+def test_an_origin_form_target_is_the_url_with_its_host() -> None:
+    from gateway.audit.shipping.formats import ecs, ocsf
+
+    url = ocsf.format(RECORD, "0" * 64)["http_request"]["url"]
+    assert url["url_string"] == "http://gw.example.com/wms/stock?item=4"
+    assert (url["path"], url["query_string"]) == ("/wms/stock", "item=4")
+    assert ecs.format(RECORD, "0" * 64)["url"] == {
+        "domain": "gw.example.com", "scheme": "http", "path": "/wms/stock", "query": "item=4"
+    }  # fmt: skip

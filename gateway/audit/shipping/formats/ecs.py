@@ -112,12 +112,17 @@ def format(record: dict[str, Any], digest: str) -> dict[str, Any]:
 
 
 def _url(event: Event) -> dict[str, Any]:
-    """ECS keeps an IPv6 literal's brackets in url.domain (its docs: RFC 2732)."""
-    path, _, query = event.path.partition("?")
+    """ECS keeps an IPv6 literal's brackets in url.domain (its docs: RFC 2732). A
+    target that is not a path (absolute-form, ``*``) is no url.path: it is
+    url.original, the url "as it was observed, complete or not"."""
     domain, port = split_host(event.host)
-    return drop_empty(
-        {"domain": domain, "port": port, "path": path, "query": query, "scheme": event.scheme}
-    )
+    url = {"domain": domain, "port": port, "scheme": event.scheme}
+    if event.origin_form:
+        path, _, query = event.path.partition("?")
+        url |= {"path": path, "query": query}
+    else:
+        url["original"] = event.path
+    return drop_empty(url)
 
 
 def _shadow_divergence(

@@ -118,6 +118,13 @@ class Event:
         return _strings(self.identity.get("groups"))
 
     @property
+    def origin_form(self) -> bool:
+        """Whether the request target is a path (RFC 9112 3.2.1's origin-form,
+        ``/wms/stock?x=1``), which the Host header and scheme make a URL; not the
+        absolute-form (``http://other.example/...``), ``*`` or an authority."""
+        return self.path.startswith("/")
+
+    @property
     def email(self) -> str:
         """The identity's email claim if it is a string ("" if not): whatever it
         says, each format decides where its schema takes it."""

@@ -304,7 +304,7 @@ def _http_request(event: Event) -> dict[str, Any]:
     url: dict[str, Any] = {}
     if path:
         url["path"] = path
-    if host and event.scheme:
+    if host and event.scheme and event.origin_form:  # else the target is no path to join
         url["url_string"] = f"{event.scheme}://{event.host}{event.path}"
     if _is_hostname(host):  # an IPv6 literal is not one: it stays in url_string
         url["hostname"] = host
