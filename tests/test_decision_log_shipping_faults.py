@@ -34,6 +34,7 @@ from tests.test_decision_log_shipping import (
     log_records,
     needs_syslog_ng,
     receiver,  # noqa: F401 - the fixture
+    shut_down,
     traffic,
     until,
     with_sinks,
@@ -1181,6 +1182,41 @@ async def test_the_cursors_own_file_compressed_away_before_it_was_shipped_is_a_d
     assert tail.discontinuities == 1
     assert "the file the shipping cursor points into" in caplog.text
     assert seqs == [record.get("seq") for record in log_records(log)]
+
+
+async def test_lag_counts_a_new_chains_events_while_its_sink_is_down(
+    aiohttp_server: Any,
+    tmp_path: Path,
+    receiver: tuple[Receiver, Any],  # noqa: F811
+) -> None:
+    """The log and its .head moved away (a new chain begins, seq from 1) while the
+    SIEM is down: the lag was the writer's seq less the cursor's, the old chain's,
+    so 0 while nothing shipped."""
+    fake, server = receiver
+    (tmp_path / "token").write_text(fake.token)
+    sink = http_sink(f"http://127.0.0.1:{server.port}/logs", tmp_path / "token")
+    log = tmp_path / "decisions.log"
+    async with start_stack(aiohttp_server, tmp_path, **with_sinks(tmp_path, sink)) as stack:
+        await traffic(stack, 12)
+        await caught_up(stack)
+        await shut_down(stack)
+    (tmp_path / "old").mkdir()
+    for name in (log.name, f"{log.name}.head"):
+        (tmp_path / name).rename(tmp_path / "old" / name)
+    fake.fail_next = 1_000_000  # the SIEM is down
+    async with start_stack(aiohttp_server, tmp_path, **with_sinks(tmp_path, sink)) as stack:
+        await traffic(stack, 8)
+        writer = stack.gateway.decision_log
+        assert writer is not None
+        # Every event of the new chain (its seq 1 to 8) waits: all of them are lag.
+        await until(lambda: stack.gateway.shippers[0].stats["lag_events"] == writer.seq == 8)
+        stats = stack.gateway.shippers[0].stats
+        assert stats["failing"] == 1 and stats["lag_seconds"] > 0
+        fake.fail_next = 0  # and back
+        await caught_up(stack)
+        assert stack.gateway.shippers[0].stats["lag_events"] == 0
+        logged = log_records(log)
+    assert set(decision_ids(logged)) <= set(decision_ids(fake.events()))
 
 
 def logrotate_dateext(log: Path, day: str) -> None:

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from gateway.audit.chain import rfc3339_ns
+from gateway.audit.chain import SIGNATURE_TYPE, rfc3339_ns
 from gateway.audit.shipping.cursor import Cursor, CursorState
 from gateway.audit.shipping.formats import formatter
 from gateway.audit.shipping.formats.fields import damaged_record, epoch_ms, without_surrogates
@@ -54,6 +54,10 @@ class Batch(NamedTuple):
     encoded: list[bytes]
     first_stamp: str  # the first record's time (how long the batch has waited)
     last_seq: int | None  # the batch's last seq (None: no record in it had one)
+    # Where the log's seq stood before the batch's first record that has one (an
+    # event's seq less one; a chain signature's own seq: it follows the event it
+    # counts): where the chain goes on from, as far as this batch says.
+    seq_before: int | None
 
 
 def make_sink(config: SinkConfig) -> Sink:
@@ -194,6 +198,12 @@ class Shipper:
                     await asyncio.sleep(_POLL)
                     continue
                 batch = self._encode(sink, lines)
+                if batch.seq_before is not None and batch.seq_before != self._acked_seq:
+                    # The log's seq doesn't go on from the last acknowledged record:
+                    # a new chain began (the log and its .head moved away), a file
+                    # was lost, or one is read again from its start. The lag counts
+                    # from here, not from the old chain's seq (far past the new one's).
+                    self._acked_seq = batch.seq_before
                 delivered = await self._deliver(sink, batch)
                 if delivered is None:
                     continue  # too large for the receiver: the same records, fewer a batch
@@ -223,6 +233,7 @@ class Shipper:
         encoded: list[bytes] = []
         first_stamp = ""
         last_seq: int | None = None
+        seq_before: int | None = None
         for line in lines:
             record = parse_record(line.raw)
             if record is None:
@@ -236,8 +247,10 @@ class Shipper:
             encoded.append(data)
             seq = record.get("seq")
             if type(seq) is int:
+                if last_seq is None:
+                    seq_before = seq if record.get("type") == SIGNATURE_TYPE else seq - 1
                 last_seq = seq
-        return Batch(encoded, first_stamp, last_seq)
+        return Batch(encoded, first_stamp, last_seq, seq_before)
 
     def _encode_anyway(
         self, sink: Sink, record: dict[str, Any], line: TailLine
