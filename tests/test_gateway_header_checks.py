@@ -254,24 +254,32 @@ IDENTITY_PREFIXES = [
 ]  # fmt: skip
 
 
+def _spellings(names: list[str], prefixes: list[str]) -> st.SearchStrategy[str]:
+    """A header of the set, or any name under one of its prefixes."""
+    suffixes = st.text("abcdefghijklmnopqrstuvwxyz-_", min_size=1, max_size=12)
+    return st.one_of(
+        st.sampled_from(names),
+        st.builds(str.__add__, st.sampled_from(prefixes), suffixes),
+    )
+
+
+@pytest.mark.parametrize("kind", ["forward-auth identity", "client certificate"])
 @settings(max_examples=300, derandomize=True, database=None, deadline=None)
 @given(
-    name=st.one_of(
-        st.sampled_from(FORWARD_AUTH_IDENTITY),
-        st.builds(
-            str.__add__,
-            st.sampled_from(IDENTITY_PREFIXES),
-            st.text("abcdefghijklmnopqrstuvwxyz-_", min_size=1, max_size=12),
-        ),
-    ),
+    data=st.data(),
     case=st.lists(st.booleans(), min_size=40, max_size=40),
     underscores=st.booleans(),
 )
-def test_any_spelling_of_a_forward_auth_identity_header_is_stripped(
-    name: str, case: list[bool], underscores: bool
+def test_any_spelling_of_a_trusted_header_is_stripped(
+    kind: str, data: st.DataObject, case: list[bool], underscores: bool
 ) -> None:
     """Any case, `_` for `-` (CGI reads both as one variable), any claim a proxy maps
-    to a header under its prefix (Pomerium, Vouch, authentik add one per claim)."""
+    to a header under its prefix (Pomerium, Vouch, authentik add one per claim), any
+    field a TLS front adds under its client-certificate prefix (-Serial, -Not-After)."""
+    if kind == "client certificate":
+        name = data.draw(_spellings(CLIENT_CERTIFICATE, CLIENT_CERTIFICATE_PREFIXES))
+    else:
+        name = data.draw(_spellings(FORWARD_AUTH_IDENTITY, IDENTITY_PREFIXES))
     spelled = "".join(c.upper() if up else c.lower() for c, up in zip(name, case, strict=False))
     spelled += name[len(case) :]
     if underscores:
@@ -349,27 +357,3 @@ async def test_a_route_that_lists_a_client_certificate_header_takes_it_from_the_
 CLIENT_CERTIFICATE_PREFIXES = [
     "X-SSL-", "Ssl-Client-", "X-Client-Cert", "X-Amzn-Mtls-", "Cf-Cert-", "X-Tls-Client-",
 ]  # fmt: skip
-
-
-@settings(max_examples=300, derandomize=True, database=None, deadline=None)
-@given(
-    name=st.one_of(
-        st.sampled_from(CLIENT_CERTIFICATE),
-        st.builds(
-            str.__add__,
-            st.sampled_from(CLIENT_CERTIFICATE_PREFIXES),
-            st.text("abcdefghijklmnopqrstuvwxyz-_", min_size=0, max_size=12),
-        ),
-    ),
-    case=st.lists(st.booleans(), min_size=40, max_size=40),
-    underscores=st.booleans(),
-)
-def test_any_spelling_of_a_client_certificate_header_is_stripped(
-    name: str, case: list[bool], underscores: bool
-) -> None:
-    """Any case, `_` for `-`, any field a front adds under its prefix (-Serial, -Not-After)."""
-    spelled = "".join(c.upper() if up else c.lower() for c, up in zip(name, case, strict=False))
-    spelled += name[len(case) :]
-    if underscores:
-        spelled = spelled.replace("-", "_")
-    assert backend_trusted(fold(spelled)) or fold(spelled).startswith("x-forwarded-"), spelled
