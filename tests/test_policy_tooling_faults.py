@@ -215,20 +215,18 @@ def test_bundle_with_a_manifest_opa_cannot_read_is_refused(
     assert load_problems(bundle) == [f"{bundle}:.manifest: {expected}"]
 
 
+# `policy test --engine`: each case on the embedded engine and on OPA's own.
+BOTH_ENGINES = [
+    "regorus",
+    pytest.param(
+        "opa", marks=pytest.mark.skipif(not available(), reason="OPA's Go evaluator not installed")
+    ),
+]
 DUPLICATES = BAD / "duplicate_test_names"
 DUPLICATES_TEST = f"{DUPLICATES}/acme_test.rego"
 
 
-@pytest.mark.parametrize(
-    "engine",
-    [
-        "regorus",
-        pytest.param(
-            "opa",
-            marks=pytest.mark.skipif(not available(), reason="OPA's Go evaluator not installed"),
-        ),
-    ],
-)
+@pytest.mark.parametrize("engine", BOTH_ENGINES)
 def test_policy_test_runs_each_definition_of_a_test_name_alone_as_opa_does(engine: str) -> None:
     result = portcullis("policy", "test", "-v", "--engine", engine, str(DUPLICATES))
     assert result.returncode == 1, result.stdout
@@ -263,16 +261,7 @@ CASES = BAD / "test_cases"
 CASES_TEST = f"{CASES}/amounts_test.rego"
 
 
-@pytest.mark.parametrize(
-    "engine",
-    [
-        "regorus",
-        pytest.param(
-            "opa",
-            marks=pytest.mark.skipif(not available(), reason="OPA's Go evaluator not installed"),
-        ),
-    ],
-)
+@pytest.mark.parametrize("engine", BOTH_ENGINES)
 def test_policy_test_reports_cases_nested_and_todo_tests_as_opa_test_does(engine: str) -> None:
     # What `opa test` reports for this file (tester/runner.go): a test whose name has
     # a computed part is one test with a result per case, and a failing case, which
