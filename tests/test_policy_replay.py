@@ -788,33 +788,38 @@ def test_valid_until_past_the_real_boundary_is_a_blocking_validity_change_in_rep
 ) -> None:
     """A candidate changing only valid_until_ns (+1 h) replayed as "PASS: no change" and
     shadow mode saw nothing, yet once deployed its memo serves a POS refund allow past
-    max_age 900. The refund signed in 890 s before is the one it would serve stale."""
+    max_age 900: a manager allowed at 899 s repeats the refund 1.5 s later, which the
+    live policy denies (403) and the candidate's own evaluation denies too, but the
+    candidate's memo would have answered with the allow it remembered."""
     from tests.gateway_stack import Stack
     from tests.test_shadow_mode import shadow_policy, shadow_ready
 
     candidate = stale_validity_candidate(tmp_path)
-    sent: list[tuple[str, int]] = []
+    sent: list[int] = []
 
     async def traffic(stack: Stack) -> None:
         await shadow_ready(stack)
-        for subject, age in (("refund-at-890-s", 890), ("refund-at-120-s", 120)):
-            token = stack.token(subject, groups=["store"], amr=["hwk"], auth_age=age)
-            response = await stack.get("/pos/refunds/1", token)
-            sent.append((subject, response.status))
+        token = stack.token("manager-17", groups=["store"], amr=["hwk"], auth_age=899)
+        sent.append((await stack.get("/pos/refunds/1", token)).status)
+        await asyncio.sleep(1.5)  # past max_age: 900.5 s after the sign-in
+        sent.append((await stack.get("/pos/refunds/1", token)).status)
+        # Another request the memo never saw: the candidate denies it, no memo involved.
+        late = stack.token("manager-18", groups=["store"], amr=["hwk"], auth_age=1000)
+        sent.append((await stack.get("/pos/refunds/1", late)).status)
         await asyncio.sleep(1.0)  # the shadow's answers logged
 
     recorded = asyncio.run(record_traffic(tmp_path / "run", 0, before=traffic,
                                           policy_options=shadow_policy(candidate)))  # fmt: skip
-    assert sent == [("refund-at-890-s", 200), ("refund-at-120-s", 200)]
+    assert sent == [200, 403, 403]
     shadow = [json.loads(line) for line in recorded.log.read_text().splitlines()
               if '"shadow":true' in line]  # fmt: skip
     assert [(e["result"]["divergence"], e["input"]["identity"]["subject"]) for e in shadow] == [
-        ("validity", "refund-at-890-s")
+        ("validity", "manager-17")
     ]
     code, report, _ = replay(capsys, recorded, "--policy", str(candidate))
     assert code == 1 and report["blocking"] == {"validity": 1}
     sample = report["changes"]["validity"]["samples"][0]
-    assert sample["identity"]["subject"] == "refund-at-890-s"
+    assert sample["identity"]["subject"] == "manager-17"
     code, report, _ = replay(capsys, recorded, "--policy", str(candidate),
                              "--allow-change", "validity")  # fmt: skip
     assert code == 0

@@ -8,11 +8,12 @@ order, so totals add up:
 - ``allow-to-deny`` / ``deny-to-allow``: the allow bit flipped;
 - ``step-up``: still a deny, but the re-authentication asked for (``acr``,
   ``max_age``) changed, appeared or went away;
-- ``validity``: the same allow, but the decision memo would go on serving it
-  after the policy itself stops allowing: its ``valid_until_ns`` runs past its real
-  boundary (checked by :func:`served_stale`, a second evaluation at the last
-  moment the memo would reuse the allow). An earlier ``valid_until_ns`` only
-  costs evaluations: not a change;
+- ``validity``: the candidate's decision memo, run over the same traffic in the
+  same order as the gateway would run it (:class:`MemoReplay`), would have
+  answered this request with an allow it remembered while the candidate itself
+  no longer allows it: its ``valid_until_ns`` runs past its real boundary (what
+  users get is the remembered allow, so this is not counted as a flip). An
+  earlier ``valid_until_ns`` only costs evaluations: not a change;
 - ``reasons``: same allow and step-up, but a different HTTP status, reasons or
   response headers.
 
@@ -25,8 +26,8 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from gateway.policy.decision import Decision, decide
-from gateway.policy.memo import reuse_end_ns
+from gateway.policy.decision import Decision
+from gateway.policy.memo import DecisionMemo
 from policy_engine import PolicyEngine
 
 ERROR = "error"
@@ -48,14 +49,14 @@ def divergence(
 ) -> str | None:
     """The kind of change from ``before`` to ``after`` (decision results as the
     contract spells them, after the gateway's fail-closed reading), or None.
-    ``after_stale``: :func:`served_stale` found the memo would serve ``after``'s
-    allow past the policy's own answer."""
+    ``after_stale``: :meth:`MemoReplay.stale` found the candidate's memo would
+    have served a remembered allow where ``after`` is the candidate's own answer."""
     if after_failed:
         return ERROR
+    if after_stale:
+        return VALIDITY
     if unknown:
         before = {**before, **{name: after.get(name) for name in unknown}}
-    if after_stale and before.get("allow") is True and after.get("allow") is True:
-        return VALIDITY
     if before.get("allow") is after.get("allow") and before == after:
         # Most replayed and shadowed decisions: one comparison instead of five.
         # (`is` first: 1 == True, but only a literal true allows.)
@@ -75,22 +76,32 @@ def divergence(
     return None
 
 
-async def served_stale(engine: PolicyEngine, document: dict[str, Any], decided: Decision) -> bool:
-    """Whether the memo would serve ``decided`` (an allow of ``engine``'s on
-    ``document``) at a moment the policy itself no longer allows the same request:
-    the policy's ``valid_until_ns`` is later than its real boundary. Only asked for
-    a policy whose memo is on (DecisionMemo.for_engine)."""
-    if not decided.allow or decided.error is not None:
+class MemoReplay:
+    """A policy's decision memo run over traffic in the order it came, beside the
+    policy's own answers: which requests the gateway would have answered from
+    memory with an allow the policy itself no longer gives (a ``valid_until_ns``
+    later than the policy's real boundary). The same DecisionMemo the gateway runs,
+    fed each fresh answer as the gateway feeds it its evaluations, so no request is
+    evaluated twice. One memo for all the traffic: a gateway of several workers or
+    replicas has one each, and reuses less, never more."""
+
+    def __init__(self, engine: PolicyEngine) -> None:
+        self.memo = DecisionMemo.for_engine(engine)
+
+    def stale(self, document: dict[str, Any], fresh: Decision) -> bool:
+        """Whether the memo would have answered ``document`` with a remembered allow
+        that ``fresh`` (the policy's own answer now) is not."""
+        memo = self.memo
+        now_ns = document.get("now_ns")
+        if memo is None or not isinstance(now_ns, int):
+            return False
+        key = memo.key(document)
+        if key is None:
+            return False
+        if memo.allowed(key, now_ns) is not None:  # the gateway would not have asked
+            return not fresh.allow or fresh.error is not None
+        memo.remember(key, now_ns, fresh)
         return False
-    now_ns = document.get("now_ns")
-    if not isinstance(now_ns, int):
-        return False
-    end = reuse_end_ns(decided.valid_until, now_ns)
-    if end is None or end - 1 == now_ns:
-        return False
-    # The last moment the memo would still reuse it.
-    later = await decide(engine, {**document, "now_ns": end - 1}, decided.decision_id)
-    return not later.allow or later.error is not None
 
 
 def _reasons(result: Mapping[str, Any]) -> list[str]:

@@ -30,8 +30,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from gateway.policy.decision import decide
-from gateway.policy.divergence import divergence, served_stale
-from gateway.policy.memo import DecisionMemo
+from gateway.policy.divergence import MemoReplay, divergence
 from gateway.policy.reload import Fingerprint, build_or_reason, changed, source_fingerprint
 from policy_engine import PolicyEngine
 
@@ -62,7 +61,8 @@ class ShadowWorker:
         self.timeout_ms = timeout_ms
         self.out = out
         self.engine: PolicyEngine | None = None
-        self.memoized = False  # the live gateway would memoize this policy's allows
+        # The shadow policy's memo over the live traffic (what it would reuse).
+        self.memo: MemoReplay | None = None
         self.fingerprint: Fingerprint = ()
 
     def send(self, message: dict[str, Any]) -> None:
@@ -82,7 +82,7 @@ class ShadowWorker:
             self.send({"op": "loaded", "ok": False, "why": why, "error": error})
             return
         previous, self.engine = self.engine, engine
-        self.memoized = DecisionMemo.for_engine(engine) is not None
+        self.memo = MemoReplay(engine)
         if previous is not None:
             await previous.close()
         log.info("shadow policy %s loaded (%s), revision %s", self.source, why, engine.revision)
@@ -118,7 +118,7 @@ class ShadowWorker:
             )
             # Only what is bounded: the verdict and its status.
             shadow = {**shadow, "reasons": [], "headers": {}, "step_up": None}
-        stale = self.memoized and await served_stale(engine, message["input"], decision)
+        stale = self.memo is not None and self.memo.stale(message["input"], decision)
         kind = divergence(live, shadow, after_failed=error is not None, after_stale=stale)
         if kind is None:
             return

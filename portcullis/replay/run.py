@@ -30,8 +30,7 @@ from gateway.audit.reader import (
     verify_log,
 )
 from gateway.policy.decision import decide
-from gateway.policy.divergence import divergence, served_stale
-from gateway.policy.memo import DecisionMemo
+from gateway.policy.divergence import MemoReplay, divergence
 from gateway.policy.reload import build_engine
 from policy_engine import PolicyEngine, PolicyError
 from policy_engine.opa_server import has_credentials
@@ -225,9 +224,9 @@ async def _replay(
     # still free any cycle.
     threshold = gc.get_threshold()
     gc.set_threshold(100_000, *threshold[1:])
-    # A candidate the gateway would memoize: each allow is checked at the last moment
-    # its valid_until_ns lets the memo reuse it (a second evaluation).
-    memoized = DecisionMemo.for_engine(candidate) is not None
+    # The candidate's memo over the logged traffic, as the gateway would run it: a
+    # request it would have answered with an allow the candidate no longer gives.
+    memo = MemoReplay(candidate)
     started, cpu = time.perf_counter(), time.process_time()
     try:
         for logged in decisions:
@@ -244,7 +243,7 @@ async def _replay(
                 before, before_ns = logged.result, logged.eval_ns
                 unknown = logged.masked_result
             after_result = after.result()
-            stale = memoized and after.allow and await served_stale(candidate, logged.input, after)
+            stale = memo.stale(logged.input, after)
             kind = divergence(
                 before,
                 after_result,
