@@ -85,6 +85,60 @@ def test_runs_on_pull_requests_that_change_the_policy(workflow: dict[Any, Any]) 
     assert workflow["permissions"]["contents"] == "read"
 
 
+def github_condition(expression: str, context: dict[str, Any]) -> bool:
+    """A GitHub Actions `if:` of names, '...' strings, ==, &&, || and parentheses,
+    evaluated against ``context`` (a missing name is null, as on GitHub)."""
+    tokens = re.findall(r"'[^']*'|==|&&|\|\||[()]|[A-Za-z_][A-Za-z0-9_.-]*", expression)
+    assert "".join(tokens) == re.sub(r"\s+", "", expression), expression
+
+    def value(token: str) -> Any:
+        if token.startswith("'"):
+            return token[1:-1]
+        found: Any = context
+        for part in token.split("."):
+            found = found.get(part) if isinstance(found, dict) else None
+        return found
+
+    python = []
+    for token in tokens:
+        if token in ("==", "(", ")"):
+            python.append(token)
+        elif token in ("&&", "||"):
+            python.append(" and " if token == "&&" else " or ")
+        else:
+            python.append(repr(value(token)))
+    return bool(eval("".join(python)))  # only literals and operators, built above
+
+
+def test_a_forks_pull_request_replays_only_once_a_maintainer_labels_it(
+    workflow: dict[Any, Any],
+) -> None:
+    """The review: on pull_request_target any pull request's Rego ran over the
+    production log and its reasons (any input field: identities, addresses,
+    headers) were posted as a comment, from a fork with no approval. A fork's pull
+    request runs on the `replay-approved` label event only (a push after it needs
+    the label again); a branch of the repository runs on every push."""
+    trigger = workflow.get("on", workflow.get(True))
+    types = set(trigger["pull_request_target"]["types"])
+    assert {"opened", "synchronize", "labeled"} <= types
+    condition = str(workflow["jobs"]["replay"]["if"])
+
+    def runs(repo: str, action: str, label: str | None = None) -> bool:
+        event: dict[str, Any] = {
+            "action": action,
+            "pull_request": {"head": {"repo": {"full_name": repo}}},
+        }
+        if label is not None:
+            event["label"] = {"name": label}
+        return github_condition(condition, {"github": {"repository": "acme/gw", "event": event}})
+
+    assert runs("acme/gw", "opened") and runs("acme/gw", "synchronize")
+    assert not runs("mallory/gw", "opened")
+    assert not runs("mallory/gw", "synchronize")
+    assert not runs("mallory/gw", "labeled", "documentation")
+    assert runs("mallory/gw", "labeled", "replay-approved")
+
+
 def checkouts(steps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The actions/checkout steps' inputs, by the ref they check out."""
     found = {}
