@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from gateway.policy.decision import lets_through
 from policy_engine import EmbeddedEngine, load_policy_set
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,11 +146,12 @@ def compare(decisions: int, routes: int, rounds: int = 4) -> Comparison:
         base = Path(scratch)
         shipped_set = load_policy_set(policy_dir(base, routes))
         trivial_set = load_policy_set(trivial_dir(base))
-        # The gateway runs its decision on the compiled VM; the interpreter is
-        # what `policy eval` and `policy test` use, shown for comparison.
+        # The gateway runs its decision on the compiled VM, each allow confirmed on
+        # the interpreter (gateway/policy/reload.py); the interpreter alone is what
+        # `policy eval` and `policy test` use, shown for comparison.
         engines = {
-            BASELINE: EmbeddedEngine(trivial_set, compiled_refs=(DECISION,)),
-            GATEWAY: EmbeddedEngine(shipped_set, compiled_refs=(DECISION,)),
+            BASELINE: EmbeddedEngine(trivial_set, compiled_refs=(DECISION,), confirm=lets_through),
+            GATEWAY: EmbeddedEngine(shipped_set, compiled_refs=(DECISION,), confirm=lets_through),
             "allow := true, interpreter": EmbeddedEngine(trivial_set),
             "shipped, interpreter": EmbeddedEngine(shipped_set),
         }

@@ -9,6 +9,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -319,10 +320,19 @@ class EmbeddedEngine:
     decision the policy made in time.
 
     `compiled_refs` names hot entry points (the gateway's decision) to run on
-    regorus' compiled VM (RVM), about 3x faster than its interpreter. The RVM
-    reports runtime errors as undefined, which callers already treat as deny;
+    regorus' compiled VM (RVM), about 3x faster than its interpreter;
     tests/test_engine_fidelity.py holds it to the interpreter's and OPA's answers. An
     entry point the RVM can't compile falls back to the interpreter.
+
+    The RVM (as bound for Python: no strict mode) turns an error inside a rule
+    body into undefined for that body instead of failing the evaluation: a
+    `deny` rule whose `to_number(header)` fails on "5000x" doesn't fire, and
+    the answer is an allow that the interpreter and OPA refuse with an error.
+    An undefined or erroring answer is a deny anyway, but an answer that lets
+    something through is not to be trusted: `confirm(ref, value)` says which
+    compiled answers those are (the gateway's: an allow), and each is decided
+    again on the interpreter, with the whole input, whose answer (or error) is
+    the one returned. A deny costs the compiled run only.
     """
 
     backend = "embedded"
@@ -333,10 +343,12 @@ class EmbeddedEngine:
         *,
         timeout: float = 0.25,
         compiled_refs: tuple[str, ...] = (),
+        confirm: Callable[[str, Any], bool] | None = None,
         gather_prints: bool = False,
     ) -> None:
         self.compiled = compile_policy(policy_set)
         self.timeout = timeout
+        self.confirm = confirm
         # Keep print() output for take_prints() rather than let regorus write it
         # to stdout (where `policy eval` writes its answer).
         self.gather_prints = gather_prints
@@ -405,11 +417,19 @@ class EmbeddedEngine:
         # clock is this thread's CPU time: a busy machine or another thread holding
         # the GIL delays a decision but never turns it into a timeout deny.
         vm_or_engine = self._vm() if compiled else self._engine()
+        interpreter = self._engine() if compiled and self.confirm is not None else None
         started = time.thread_time()
         wall_started = time.perf_counter()
         try:
             if compiled:
                 value = self._run_compiled(vm_or_engine, ref, input)
+                if (
+                    interpreter is not None
+                    and self.confirm is not None
+                    and self.confirm(ref, value)
+                ):
+                    interpreter.set_input(input)
+                    value = _eval_ref(interpreter, ref)
             else:
                 vm_or_engine.set_input(input)
                 value = _eval_ref(vm_or_engine, ref)

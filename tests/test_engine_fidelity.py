@@ -11,6 +11,7 @@ document the scanner builds from the shared Terraform corpus must agree.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any
 
 import pytest
 import regorus
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from iac_scanner.loader import LoadOptions, load
 from iac_scanner.policy import RuleSet
@@ -247,6 +250,139 @@ def test_compiled_decision_denies_what_the_interpreter_errors_on(tmp_path: Path)
         with pytest.raises(Exception) as raised:
             engine.evaluate_sync(DECISION, {"n": 0})
         assert "allow" not in str(raised.value)
+
+
+# A policy whose deny rules each call a builtin that fails on some values a
+# client or an identity provider controls (a header, a claim of another type).
+ERRING_DENY_RULES = """
+package portcullis.gateway
+import rego.v1
+decision := {"allow": allow, "reasons": sort([r | some r in deny]), "http_status": 403,
+             "headers": {}, "step_up": null}
+default allow := false
+allow if {
+    input.identity.authenticated == true
+    count(deny) == 0
+}
+deny contains "refunds over 500 need a manager" if {
+    to_number(input.attributes.request.http.headers["x-refund-amount"]) > 500
+    not "manager" in input.identity.groups
+}
+deny contains "blocked payload" if {
+    base64.decode(input.attributes.request.http.headers["x-payload"]) == "evil"
+}
+deny contains "contractors" if lower(input.identity.department) == "contractors"
+deny contains "risky" if max(input.identity.risk_scores) > 50
+deny contains "token too old" if input.now_ns - (input.identity.iat * 1000000000) > 3600000000000
+"""
+
+
+def erring_input(headers: dict[str, Any], claims: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "attributes": {"request": {"http": {"method": "POST", "path": "/pos/refunds",
+                                            "headers": headers}}},
+        "identity": {"authenticated": True, "subject": "mallory", "groups": ["store"],
+                     **claims},
+        "route": {"app": "pos"},
+        "now_ns": NOW * 1_000_000_000,
+    }  # fmt: skip
+
+
+def gateway_decision(engine: Any, document: dict[str, Any]) -> Any:
+    from gateway.policy.decision import decide
+
+    return asyncio.run(decide(engine, document, "d"))
+
+
+@pytest.fixture(scope="module")
+def erring_policy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("erring")
+    (directory / "p.rego").write_text(ERRING_DENY_RULES)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def erring_engines(erring_policy: Path) -> tuple[Any, EmbeddedEngine]:
+    """The gateway's engine for the policy, and the interpreter alone."""
+    from gateway.policy.reload import build_engine
+
+    gateway = build_engine(str(erring_policy), timeout_ms=1000)
+    return gateway, EmbeddedEngine(load_policy_set(erring_policy))
+
+
+@pytest.mark.parametrize(
+    ("headers", "claims"),
+    [
+        ({"x-refund-amount": "5000x"}, {}),  # to_number fails: the manager rule is skipped
+        ({"x-refund-amount": "0x1388"}, {}),
+        ({"x-payload": "!!!"}, {}),  # base64.decode fails
+        ({}, {"department": ["Contractors"]}),  # lower() of a list claim
+        ({}, {"risk_scores": "90"}),  # max() of a string claim
+        ({}, {"iat": "1600000000"}),  # arithmetic on a string claim
+    ],
+)
+def test_a_deny_rule_whose_builtin_fails_on_attacker_input_does_not_let_the_request_through(
+    erring_policy: Path, headers: dict[str, Any], claims: dict[str, Any]
+) -> None:
+    """The compiled VM makes a failing builtin undefined, so its deny rule doesn't
+    fire and the policy's answer is an allow; OPA and the interpreter fail the
+    evaluation. The gateway's engine has the interpreter confirm every compiled
+    allow: the request is denied as an evaluation error."""
+    from gateway.policy.reload import build_engine
+
+    document = erring_input(headers, claims)
+    engine = build_engine(str(erring_policy), timeout_ms=1000)
+    assert isinstance(engine, EmbeddedEngine) and engine.compiled_refs == {DECISION}
+    # The attack: the compiled VM alone lets it through.
+    vm_alone = EmbeddedEngine(load_policy_set(erring_policy), compiled_refs=(DECISION,))
+    assert vm_alone.evaluate_sync(DECISION, document)["allow"] is True
+    with pytest.raises(EvaluationError):
+        GoOpaEngine(load_policy_set(erring_policy)).value(DECISION, document)
+    decision = gateway_decision(engine, document)
+    assert decision.allow is False
+    assert decision.error is not None and decision.reasons == ["policy evaluation failed"]
+
+
+def test_a_compiled_allow_with_nothing_failing_is_still_an_allow(erring_policy: Path) -> None:
+    """The confirmation changes no answer that had no error: the same request
+    with a well-formed amount under the limit is allowed, one over it denied."""
+    from gateway.policy.reload import build_engine
+
+    engine = build_engine(str(erring_policy), timeout_ms=1000)
+    small = gateway_decision(engine, erring_input({"x-refund-amount": "20"}, {"iat": NOW}))
+    large = gateway_decision(engine, erring_input({"x-refund-amount": "5000"}, {"iat": NOW}))
+    assert (small.allow, small.error) == (True, None)
+    assert (large.allow, large.reasons) == (False, ["refunds over 500 need a manager"])
+
+
+claim_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.integers(10**9, 2 * 10**9)
+    | st.sampled_from(["", "5000", "5000x", "20", " 12 ", "0x1f", "ZXZpbA==", "!!!", "evil",
+                       "Contractors", "90", "1600000000", "manager"]),
+    lambda children: st.lists(children, max_size=3),
+    max_leaves=6,
+)  # fmt: skip
+
+
+@settings(max_examples=300, derandomize=True, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(
+    amount=claim_values, payload=claim_values, department=claim_values,
+    risk=claim_values, iat=claim_values, groups=claim_values,
+)  # fmt: skip
+def test_the_gateway_allows_only_what_the_interpreter_allows_without_error(
+    erring_engines: tuple[Any, EmbeddedEngine], amount: Any, payload: Any, department: Any,
+    risk: Any, iat: Any, groups: Any,
+) -> None:  # fmt: skip
+    """Over hostile header and claim values: whenever the gateway's engine
+    allows, the interpreter on the whole input gives the same allow (no error)."""
+    engine, interpreter = erring_engines
+    headers = {k: v for k, v in (("x-refund-amount", amount), ("x-payload", payload))
+               if isinstance(v, str)}  # fmt: skip
+    claims = {"department": department, "risk_scores": risk, "iat": iat, "groups": groups}
+    decision = gateway_decision(engine, erring_input(headers, claims))
+    if decision.allow:
+        assert interpreter.evaluate_sync(DECISION, erring_input(headers, claims))["allow"] is True
 
 
 # --- scanner documents ------------------------------------------------------------------

@@ -61,6 +61,13 @@ class Decision:
         return NOT_GIVEN
 
 
+def lets_through(ref: str, value: Any) -> bool:
+    """Whether a compiled answer would let a request through (an allow of the
+    decision): the embedded engine has its interpreter confirm it, since the
+    compiled VM turns a rule's error into that rule not firing (EmbeddedEngine)."""
+    return ref == DECISION_REF and isinstance(value, dict) and value.get("allow") is True
+
+
 def decision_input(
     request: web.Request,
     path: NormalizedPath,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.metrics import Metrics
-from gateway.policy.decision import DECISION_REF
+from gateway.policy.decision import DECISION_REF, lets_through
 from gateway.policy.memo import READS_REF
 from policy_engine import (
     EmbeddedEngine,
@@ -71,6 +71,7 @@ def build_engine(source: str, *, timeout_ms: float) -> PolicyEngine:
         load_policy_set(source),
         timeout=timeout_ms / 1000,
         compiled_refs=(DECISION_REF, READS_REF),  # reads: only if the policy has it
+        confirm=lets_through,
     )
 
 
