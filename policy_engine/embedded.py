@@ -36,7 +36,7 @@ from policy_engine.errors import (
 )
 from policy_engine.input_reads import InputProjection, projection
 from policy_engine.policy_set import PolicySet, data_leaf_on, outside_roots
-from policy_engine.rego_ast import ModuleShape, module_shape
+from policy_engine.rego_ast import ModuleShape, module_shape, share_package_imports
 
 REF = re.compile(r"^data(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _NOT_A_RULE = "not a valid rule path"
@@ -107,6 +107,7 @@ def compile_policy(policy_set: PolicySet) -> CompiledPolicy:
         problem = Problem(policy_set.origin, f"data the engine can't hold: {message}")
         raise PolicyLoadError([problem]) from None
     shapes = [module_shape(entry) for entry in json.loads(engine.get_ast_as_json())]
+    problems.extend(_alias_conflicts(shapes))  # and each module's reads through another's
     compiled = CompiledPolicy(policy_set, shapes)
     problems.extend(_data_conflicts(compiled))
     problems.extend(_rule_conflicts(shapes))
@@ -156,6 +157,27 @@ def _data_conflicts(compiled: CompiledPolicy) -> list[Problem]:
                     rule.col,
                 )
             )
+    return problems
+
+
+def _alias_conflicts(shapes: list[ModuleShape]) -> list[Problem]:
+    """An import alias that two modules of one package bind to different paths:
+    regorus resolves it to one of them in both modules, OPA each to its own, so
+    the policy would decide differently from what either module says."""
+    problems = []
+    for conflict in share_package_imports(shapes):
+        line, col = conflict.shape.import_at.get(conflict.alias, (0, 0))
+        problems.append(
+            Problem(
+                conflict.shape.file,
+                f"import alias {conflict.alias} is {'.'.join(conflict.path)} here and "
+                f"{'.'.join(conflict.other_path)} in {conflict.other.file}: regorus shares "
+                "a package's import aliases across its modules (one binding wins in all of "
+                "them), OPA doesn't; rename one of them",
+                line,
+                col,
+            )
+        )
     return problems
 
 

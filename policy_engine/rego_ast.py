@@ -68,6 +68,11 @@ class ModuleShape:
     # part that isn't a literal name; () is the whole document.
     input_reads: set[tuple[str, ...]] = field(default_factory=set)
     data_reads: set[tuple[str, ...]] = field(default_factory=set)
+    # References rooted at any other name (a local, a rule, or an alias another
+    # module of the package imports: see share_package_imports), with their path.
+    other_refs: set[tuple[str, tuple[str, ...]]] = field(default_factory=set)
+    # Where each import alias is bound: its line and column.
+    import_at: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def package_ref(self) -> str:
@@ -183,11 +188,57 @@ def _note_read(shape: ModuleShape, root: str, path: tuple[str, ...]) -> None:
     elif root == "data":
         shape.data_reads.add(path)
     elif root in shape.imports:
-        imported = shape.imports[root]
-        if imported[0] == "input":
-            shape.input_reads.add((*imported[1:], *path))
-        elif imported[0] == "data":
-            shape.data_reads.add((*imported[1:], *path))
+        _note_imported(shape, shape.imports[root], path)
+    else:
+        shape.other_refs.add((root, path))
+
+
+def _note_imported(shape: ModuleShape, imported: tuple[str, ...], path: tuple[str, ...]) -> None:
+    if imported[0] == "input":
+        shape.input_reads.add((*imported[1:], *path))
+    elif imported[0] == "data":
+        shape.data_reads.add((*imported[1:], *path))
+
+
+@dataclass(frozen=True)
+class AliasConflict:
+    """One import alias bound to two paths in two modules of a package."""
+
+    alias: str
+    shape: ModuleShape
+    path: tuple[str, ...]
+    other: ModuleShape
+    other_path: tuple[str, ...]
+
+
+def share_package_imports(shapes: list[ModuleShape]) -> list[AliasConflict]:
+    """regorus resolves an import alias in every module of its package, not only
+    in the module that imports it: `user.groups` in a module with no import of
+    `user` reads `input.identity.groups` when another module of the package has
+    `import input.identity as user` (OPA refuses that module: `user` is unsafe).
+    Each module's reads through a name only another module imports are added to
+    its own (a local of that name too: more reads than it makes, never fewer).
+    Returns the aliases bound to different paths by two modules of one package,
+    which regorus resolves to the last module's for all of them and OPA to each
+    module's own."""
+    bound: dict[tuple[tuple[str, ...], str], list[tuple[ModuleShape, tuple[str, ...]]]] = {}
+    for shape in shapes:
+        for alias, imported in shape.imports.items():
+            bound.setdefault((shape.package, alias), []).append((shape, imported))
+    conflicts = []
+    for (_, alias), bindings in bound.items():
+        first, first_path = bindings[0]
+        for shape, imported in bindings[1:]:
+            if imported != first_path and _DOCUMENTS & {imported[0], first_path[0]}:
+                conflicts.append(AliasConflict(alias, shape, imported, first, first_path))
+    for shape in shapes:
+        for root, path in shape.other_refs:
+            for _, imported in bound.get((shape.package, root), ()):
+                _note_imported(shape, imported, path)
+    return conflicts
+
+
+_DOCUMENTS = frozenset({"input", "data"})
 
 
 def _rule(entry: dict[str, Any]) -> Rule | None:
@@ -245,6 +296,8 @@ def module_shape(entry: dict[str, Any]) -> ModuleShape:
             shape.data_reads.add(())
             continue
         shape.imports[alias] = path
+        where = _first_span(imported["refr"]) or {}
+        shape.import_at[alias] = (where.get("line", 0), where.get("col", 0))
     for raw in ast.get("rules", []):
         rule = _rule(raw)
         if rule is not None:

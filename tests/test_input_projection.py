@@ -7,6 +7,7 @@ tests/test_engine_fidelity.py."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -205,3 +206,98 @@ def test_a_non_ascii_comment_above_an_import_alias_does_not_hide_the_reads_made_
     compiled = EmbeddedEngine(policies, compiled_refs=(REF,))
     assert compiled.evaluate_sync(REF, document) == {"allow": False}
     assert EmbeddedEngine(policies).evaluate_sync(REF, document) == {"allow": False}
+
+
+# One module imports the aliases, another uses them without importing: regorus
+# resolves a package's aliases in all its modules (OPA refuses the second one).
+ALIASES_ONLY = """
+package portcullis.gateway
+import rego.v1
+import input.attributes.request.http as req
+import input.identity as user
+import data.portcullis.helpers
+"""
+
+USES_OTHER_MODULES_ALIASES = """
+package portcullis.gateway
+import rego.v1
+reads := ["/identity", "/route"]
+decision := {"allow": true, "reasons": [], "http_status": 200, "headers": {},
+             "step_up": null, "valid_until_ns": null} if allow
+else := {"allow": false, "reasons": sort(deny), "http_status": 403, "headers": {},
+         "step_up": null, "valid_until_ns": null}
+default allow := false
+allow if {
+    input.identity.authenticated == true
+    count(deny) == 0
+}
+deny contains "only admins may delete" if {
+    req.method == "DELETE"
+    not "admin" in user.groups
+}
+deny contains "debug header" if helpers.debug
+"""
+
+HELPERS_READING_A_HEADER = """
+package portcullis.helpers
+import rego.v1
+debug if input.attributes.request.http.headers["x-debug"] == "1"
+"""
+
+
+def request(method: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "identity": {"authenticated": True, "subject": "alice", "groups": ["staff"]},
+        "route": {"app": "wms"},
+        "attributes": {"request": {"http": {"method": method, "headers": headers or {}}}},
+        "now_ns": 1_700_000_000_000_000_000,
+    }
+
+
+def test_aliases_imported_by_another_module_of_the_package_are_read_through(
+    tmp_path: Path,
+) -> None:
+    """`req.method` and `user.groups` in a module that doesn't import them read
+    what the package's other module imports: the projection dropped both (and the
+    helpers package behind a data alias), so the deny rules never fired on the
+    compiled VM, and the memo, declared to read only /identity and /route, served
+    a GET's allow to a DELETE."""
+    from gateway.policy.decision import decide
+    from gateway.policy.memo import DecisionMemo
+    from gateway.policy.reload import build_engine
+
+    policies = policy_set(
+        tmp_path, a=ALIASES_ONLY, b=USES_OTHER_MODULES_ALIASES, h=HELPERS_READING_A_HEADER
+    )
+    compiled = EmbeddedEngine(policies, compiled_refs=(REF,))  # no confirmation by the interpreter
+    interpreter = EmbeddedEngine(policies)
+    for document, allowed in [
+        (request("GET"), True),
+        (request("DELETE"), False),
+        (request("GET", {"x-debug": "1"}), False),
+    ]:
+        assert answer(compiled, document)["allow"] is allowed
+        assert answer(compiled, document) == answer(interpreter, document)
+    # The declaration leaves out the method and the header the policy reads: no memo.
+    engine = build_engine(str(tmp_path / "policy"), timeout_ms=1000)
+    assert DecisionMemo.for_engine(engine) is None
+    decision = asyncio.run(decide(engine, request("DELETE"), "d"))
+    assert (decision.allow, decision.reasons) == (False, ["only admins may delete"])
+
+
+def test_an_alias_two_modules_of_a_package_bind_differently_is_refused(tmp_path: Path) -> None:
+    """regorus resolves `who` to one binding in both modules (the last loaded),
+    OPA each to its own: `who.sub` in a.rego would read data, not the identity,
+    and its deny would not fire. Refused at load, naming both."""
+    a = (
+        "package portcullis.gateway\nimport rego.v1\nimport input.identity as who\n"
+        'decision := {"allow": allow}\ndefault allow := false\nallow if not deny\n'
+        'deny if who.sub == "alice"\n'
+    )
+    b = "package portcullis.gateway\nimport rego.v1\nimport data.portcullis.lib.who\n"
+    lib = "package portcullis.lib\nimport rego.v1\nwho := {}\n"
+    with pytest.raises(PolicyError) as refused:
+        EmbeddedEngine(policy_set(tmp_path, a=a, b=b, lib=lib), compiled_refs=(REF,))
+    message = str(refused.value)
+    assert "import alias who" in message and "rename one" in message
+    assert "input.identity" in message and "data.portcullis.lib.who" in message
