@@ -15,6 +15,7 @@ import argparse
 import copy
 import gc
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -23,10 +24,14 @@ from typing import Any
 
 import yaml
 
-from gateway.policy.decision import lets_through
-from policy_engine import EmbeddedEngine, load_policy_set
-
 ROOT = Path(__file__).resolve().parent.parent
+# Run as a script, bench/ comes first on the path, and bench/gateway.py is not
+# the gateway package.
+sys.path.insert(0, str(ROOT))
+
+from gateway.policy.decision import lets_through  # noqa: E402
+from policy_engine import EmbeddedEngine, load_policy_set  # noqa: E402
+
 DECISION = "data.portcullis.gateway.decision"
 
 
