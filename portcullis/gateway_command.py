@@ -200,7 +200,9 @@ async def _demo(args: argparse.Namespace) -> None:
         issuers=(Issuer(issuer_url, (AUDIENCE,), jwks_url=f"{issuer_url}/jwks.json"),),
         policy=PolicyConfig(source=str(policy_dir), shadow=args.shadow),
         assertion=AssertionConfig(key_file=state_dir / "assertion-key.pem"),
-        decision_log=DecisionLogConfig(path=state_dir / "decisions.log"),
+        # Signed every second (a gateway's default is 10 s): a replay of the demo's
+        # log right after a request has that request signed (README "Replay").
+        decision_log=DecisionLogConfig(path=state_dir / "decisions.log", sign_interval=1.0),
         sign_in=provider.sign_in() if provider else None,
         session=dev_oidc.session_config(state_dir),
         shared_state=_demo_shared_state(redis.url) if redis else None,
