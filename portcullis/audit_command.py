@@ -38,9 +38,14 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.assertion import public_jwk
-from gateway.audit.chain import SIGNATURE_TYPE, check_signature, line_hash, public_key_from_jwk
-from gateway.audit.reader import SignedHead, VerifyResult, iter_lines, verify_log
+from gateway.audit.chain import SIGNATURE_TYPE, line_hash, public_key_from_jwk
+from gateway.audit.reader import (
+    SignedHead,
+    VerifyResult,
+    key_ids,
+    signers_if_none_verify,
+    verify_log,
+)
 
 USAGE_ERROR = 2
 TAMPERED = 1
@@ -112,12 +117,12 @@ def verify_command(args: argparse.Namespace) -> int:
         print("error: the log files hold no records", file=sys.stderr)
         return USAGE_ERROR
     if not result.ok and result.signatures == 0:
-        signers = _signers_if_none_verify(paths, keys)
+        signers = signers_if_none_verify(paths, keys)
         if signers:
             given = args.key or args.jwks
             print(
                 f"error: this log is signed by key {', '.join(map(repr, signers))}, not the "
-                f"key given ({given}: {_key_ids(keys)})",
+                f"key given ({given}: {key_ids(keys)})",
                 file=sys.stderr,
             )
             return USAGE_ERROR
@@ -125,32 +130,6 @@ def verify_command(args: argparse.Namespace) -> int:
         print(f"error: {paths[0]} is not a Portcullis decision log", file=sys.stderr)
         return USAGE_ERROR
     return _report(result, live=args.live)
-
-
-def _signers_if_none_verify(
-    paths: list[Path], keys: dict[str, ec.EllipticCurvePublicKey]
-) -> list[str]:
-    """The key ids the log's signatures name, if not one of them verifies with
-    ``keys``: the wrong key was given (exit 2), rather than a tampered log. A log
-    with even one signature that verifies is this key's, and the rest is tampering."""
-    signers: list[str] = []
-    for line in iter_lines(paths, hashed=False):
-        record = line.record
-        if record is None or record.get("type") != SIGNATURE_TYPE:
-            continue
-        if check_signature(record, keys) is None:
-            return []
-        if str(record.get("kid")) not in signers:
-            signers.append(str(record.get("kid")))
-    return signers
-
-
-def _key_ids(keys: dict[str, ec.EllipticCurvePublicKey]) -> str:
-    """The given keys' ids: a JWKS's kids, or a PEM key's RFC 7638 thumbprint (the
-    kid the gateway signs with)."""
-    if "*" not in keys:
-        return "key id " + ", ".join(map(repr, sorted(keys)))
-    return f"key id {public_jwk(keys['*'])['kid']!r}"
 
 
 def _report(result: VerifyResult, *, live: bool) -> int:

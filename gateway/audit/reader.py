@@ -243,6 +243,34 @@ def parse_line(raw: bytes) -> Any:
         return None
 
 
+def signers_if_none_verify(
+    paths: Sequence[Path], keys: dict[str, ec.EllipticCurvePublicKey]
+) -> list[str]:
+    """The key ids the log's signatures name, if not one of them verifies with
+    ``keys``: the wrong key was given, rather than a tampered log. A log with
+    even one signature that verifies is this key's, and the rest is tampering."""
+    signers: list[str] = []
+    for line in iter_lines(paths, hashed=False):
+        record = line.record
+        if record is None or record.get("type") != SIGNATURE_TYPE:
+            continue
+        if check_signature(record, keys) is None:
+            return []
+        if str(record.get("kid")) not in signers:
+            signers.append(str(record.get("kid")))
+    return signers
+
+
+def key_ids(keys: dict[str, ec.EllipticCurvePublicKey]) -> str:
+    """The given keys' ids: a JWKS's kids, or a PEM key's RFC 7638 thumbprint (the
+    kid the gateway signs with)."""
+    from gateway.assertion import public_jwk
+
+    if "*" not in keys:
+        return "key id " + ", ".join(map(repr, sorted(keys)))
+    return f"key id {public_jwk(keys['*'])['kid']!r}"
+
+
 def chain_order(paths: Sequence[Path]) -> list[Path]:
     """``paths`` in the order the chain runs through them (the order
     :func:`verify_log` checks them in), for readers that stream events after it."""

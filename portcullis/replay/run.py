@@ -26,6 +26,8 @@ from gateway.audit.reader import (
     LogChanged,
     SignedHead,
     chain_order,
+    key_ids,
+    signers_if_none_verify,
     start_record,
     verify_log,
 )
@@ -164,6 +166,13 @@ def _verify(
         raise ReplayError("the log files hold no records")
     if result.events == 0 and result.signatures == 0 and result.problems:
         raise ReplayError(f"{paths[0]} is not a Portcullis decision log")
+    if not result.ok and result.signatures == 0:
+        signers = signers_if_none_verify(paths, keys)
+        if signers:
+            raise ReplayError(
+                f"this log is signed by key {', '.join(map(repr, signers))}, not the key "
+                f"given ({key_ids(keys)}): give the gateway's key with --key or --jwks"
+            )
     if not result.ok:
         first = result.problems[0]
         more = len(result.problems) - 1
