@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import os
 import json
 import sys
 import tarfile
@@ -211,6 +212,17 @@ def bundle(args: argparse.Namespace) -> int:
         return _fail(error.problems)
     policy_set = compiled.policy_set
     revision = args.revision or policy_set.revision
-    write_bundle(compiled, root, Path(args.output), revision)
+    output = Path(args.output)
+    if output.is_dir():
+        return _fail(f"{output}: is a directory (-o names the bundle file, e.g. bundle.tar.gz)")
+    # Written beside it and renamed: a failed write leaves no half bundle to deploy.
+    partial = output.with_name(f".{output.name}.partial")
+    try:
+        write_bundle(compiled, root, partial, revision)
+        os.replace(partial, output)
+    except OSError as error:
+        if partial.parent.is_dir():
+            partial.unlink(missing_ok=True)
+        return _fail(f"{output}: the bundle can't be written: {error.strerror or error}")
     print(f"{args.output}: bundle of {len(policy_set.modules)} modules, revision {revision}")
     return 0

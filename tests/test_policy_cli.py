@@ -234,6 +234,18 @@ def test_policy_bundle_refuses_a_broken_policy(tmp_path: Path) -> None:
     assert not (tmp_path / "b.tar.gz").exists()
 
 
+@pytest.mark.parametrize("where", ["missing/dir/b.tar.gz", "."], ids=["no-such-dir", "a-dir"])
+def test_policy_bundle_to_a_path_it_cannot_write_is_one_line_and_exit_2(
+    tmp_path: Path, where: str
+) -> None:
+    """A mistyped -o says so in one line (no traceback), and leaves no half bundle."""
+    result = portcullis("policy", "bundle", "policies", "-o", str(tmp_path / where))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
+    assert str(tmp_path / where) in result.stderr
+    assert list(tmp_path.rglob("*partial*")) == []
+
+
 def test_version() -> None:
     result = portcullis("--version")
     assert result.stdout.startswith("portcullis ")
