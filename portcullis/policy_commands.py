@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import os
 import json
+import os
 import sys
 import tarfile
 import time
