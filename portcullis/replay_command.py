@@ -102,7 +102,9 @@ def register(actions: Any) -> None:
         metavar="N",
         help="replay a uniform sample of N decisions (held in memory)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="the sample's random seed (default 0)")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="the sample's random seed (with --sample; default 0)"
+    )
     parser.add_argument(
         "--allow-change", dest="allowed", action="append", default=[], choices=ALLOWABLE,
         metavar="KIND",
@@ -158,7 +160,14 @@ def run(args: argparse.Namespace) -> int:
         if args.since and args.until and args.since >= args.until:
             raise UsageError("--since must be before --until")
         after = check_hash(args.after) if args.after else None
+        if args.seed is not None and args.sample is None:
+            raise UsageError("--seed is the seed of --sample's sample: give --sample N too")
         keys = None if args.no_verify else load_keys(args.key, args.jwks)
+        if after is not None and keys is None:
+            raise UsageError(
+                "--after is where the verified chain continues from: it needs --key or --jwks, "
+                "not --no-verify"
+            )
         if args.head and keys is None:
             raise UsageError("--head needs the key that verifies it (--key or --jwks)")
         if args.allow_unsigned_tail and keys is None:
@@ -171,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
             candidate=args.policy,
             baseline=args.baseline_policy,
             selection=Selection(
-                args.since, args.until, frozenset(args.apps), args.sample, args.seed
+                args.since, args.until, frozenset(args.apps), args.sample, args.seed or 0
             ),
             keys=keys,
             after=after,

@@ -595,11 +595,17 @@ async def test_the_siems_copy_of_a_signed_head_catches_a_cut_tail(
         ({"kind": "file", "path": "c", "retry_max": 0.1}, r"retry_max: must be at least"),
         ({"kind": "syslog", "address": "h:1", "tls": {"ca_file": "nope.pem"}}, r"no such file"),
         ({"kind": "file", "path": "c", "colour": "red"}, r"sinks\[0\]\.colour: unknown key"),
+        # HEC's fields on OPA's envelope would be silently dropped.
+        ({"kind": "http", "url": "http://x/l", "sourcetype": "pc"}, r"sourcetype: only for envel"),
+        ({"kind": "http", "url": "http://x/l", "index": "main"}, r"sinks\[0\]\.index: only for"),
+        # A file where a directory of the path must be: every write would fail.
+        ({"kind": "file", "path": "d.log/copy.jsonl"}, r"d.log is a file, not a directory"),
     ],
 )
 def test_bad_sink_settings_are_refused_with_their_key(
     sink: dict[str, Any], message: str, tmp_path: Path
 ) -> None:
+    (tmp_path / "d.log").write_text("")
     data = {"auth": False, "decision_log": {"path": "d.log", "sinks": [sink]}}
     with pytest.raises(ConfigError, match=message):
         parse_config(data, tmp_path)

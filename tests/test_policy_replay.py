@@ -416,6 +416,25 @@ def test_log_verified_with_the_wrong_key_is_refused_naming_both_keys(
     assert "tampered" not in error
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--key", "KEY", "--seed", "7"], "--seed is the seed of --sample's sample"),
+        (["--no-verify", "--after", "a" * 64], "--after is where the verified chain continues"),
+    ],
+    ids=["seed-without-sample", "after-without-verify"],
+)
+def test_an_option_that_would_be_ignored_is_refused(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, options: list[str], message: str
+) -> None:
+    """Accepted, it would do nothing while the report looked as asked for."""
+    options = [str(recorded.key) if option == "KEY" else option for option in options]
+    code = main(["policy", "replay", "--log", str(recorded.log), "--policy", str(POLICIES),
+                 *options])  # fmt: skip
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_app_and_time_selection(
     capsys: pytest.CaptureFixture[str], recorded: Recorded, refunds_300: Path
 ) -> None:

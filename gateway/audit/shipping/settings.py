@@ -264,6 +264,12 @@ def _http(
     gzip = reader.get("gzip", bool, True)
     sourcetype = reader.get("sourcetype", str, "portcullis:decision")
     index = reader.get("index", str, None)
+    for hec_only in ("sourcetype", "index"):
+        if envelope != "splunk_hec" and reader.data.get(hec_only) is not None:
+            raise ConfigError(
+                f"{where}.{hec_only}: only for envelope: splunk_hec (this sink sends OPA's "
+                "decision-log envelope, which has no such field)"
+            )
     # An https url is TLS with the system CAs; `tls` narrows it to a private CA,
     # adds a client certificate or names the server (a url with an IP address).
     tls_data = reader.get("tls", dict, None)
@@ -361,6 +367,14 @@ def _output_file(reader: _Reader, where: str, base_dir: Path) -> Path:
     path = base_dir / value  # an absolute value replaces base_dir
     if not value.strip() or value.endswith("/") or path.is_dir():
         raise ConfigError(f"{where}.path: {value!r} is a directory; give the file to write")
+    # Its directory is created when missing: every part that exists must be one.
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(
+                    f"{where}.path: {value!r} can't be created: {parent} is a file, not a directory"
+                )
+            break
     return path
 
 
