@@ -221,6 +221,15 @@ def bundle_roots(packages: list[tuple[str, ...]], data: dict[str, Any]) -> list[
     return sorted("/".join(path) for path in kept)
 
 
+def _inside(display: str, origin: str) -> bytes:
+    """A file's name within its policy set: ``origin/x.rego`` (a directory's) or
+    ``origin:x.rego`` (a bundle's) as ``x.rego``."""
+    for separator in ("/", ":"):
+        if display.startswith(origin + separator):
+            return display[len(origin) + 1 :].encode()
+    return display.encode()
+
+
 def _assemble(
     modules: list[Module],
     documents: list[tuple[str, tuple[str, ...], bytes]],
@@ -229,11 +238,13 @@ def _assemble(
 ) -> PolicySet:
     data: dict[str, Any] = {}
     sources: dict[tuple[str, ...], str] = {}
+    # The revision is of the content and the names inside the set, not of where it
+    # was loaded from: replicas mounting it at other paths log the same revision.
     digest = hashlib.sha256()
     for module in modules:
-        digest.update(module.file.encode() + b"\0" + module.text.encode() + b"\0")
+        digest.update(_inside(module.file, origin) + b"\0" + module.text.encode() + b"\0")
     for display, mount, content in documents:
-        digest.update(display.encode() + b"\0" + content + b"\0")
+        digest.update(_inside(display, origin) + b"\0" + content + b"\0")
         parsed = _parse_document(display, content, problems)
         if parsed is None:
             continue

@@ -6,6 +6,7 @@ import datetime
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -338,3 +339,19 @@ def test_engine_errors_capture_no_stack_backtrace_under_rust_backtrace() -> None
     env["RUST_LIB_BACKTRACE"] = "1"
     run = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
     assert "Stack backtrace" in run.stdout
+
+
+def test_the_revision_is_of_the_content_not_of_the_path_it_was_loaded_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two replicas mounting one policy set at different paths (or a path given
+    relative, absolute, with ..) log one revision; a changed rule another."""
+    for name in ("a", "b/c"):
+        shutil.copytree(POLICIES, tmp_path / name)
+    monkeypatch.chdir(tmp_path / "b")
+    spellings = [tmp_path / "a", Path("c"), Path("../a"), tmp_path / "b" / "c"]
+    revisions = {load_policy_set(path).revision for path in spellings}
+    assert len(revisions) == 1
+    decision = tmp_path / "a/gateway/decision.rego"
+    decision.write_text(decision.read_text().replace("max_age", "max_age ", 1))
+    assert load_policy_set(tmp_path / "a").revision not in revisions
