@@ -75,7 +75,7 @@ class Cursor:
             raise CursorError(
                 f"{self.path} is damaged: it records what this sink has shipped. Remove it to "
                 "ship the current log file again from its start (the SIEM then sees duplicates, "
-                "recognisable by decision_id and seq)"
+                "recognisable by their chain_hash)"
             ) from None
 
     def save(self, state: CursorState) -> None:
