@@ -104,6 +104,7 @@ def verify_command(args: argparse.Namespace) -> int:
         for path in paths:
             _check_readable(path)
             check_log_file(path)
+        check_distinct(paths)
         after = check_hash(args.after) if args.after else None
         head = load_heads(args.head, keys) if args.head else None  # every head that verifies
         result = verify_log(paths, keys, after=after, head=head)
@@ -317,6 +318,17 @@ _HEAD_FILE = re.compile(r"(?P<log>.+)\.head")
 _CURSOR_FILE = re.compile(r"(?P<log>.+)\.sink-(?P<sink>.+)\.cursor")
 
 
+def check_distinct(paths: list[Path]) -> None:
+    """Refuse a log file given twice (any spelling): read twice, its chain would
+    seem to start again in the middle, which is reported as tampering."""
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        real = path.resolve()
+        if real in seen:
+            raise UsageError(f"{path}: given twice (also as {seen[real]})")
+        seen[real] = path
+
+
 def check_log_file(path: Path) -> None:
     """Refuse a file that lies beside a decision log but isn't one (a glob such as
     decisions.log* picks them up), naming what it is and what to give instead."""
@@ -335,11 +347,25 @@ def check_log_file(path: Path) -> None:
         )
     try:
         with path.open("rb") as file:
-            compressed = file.read(2) == b"\x1f\x8b"
+            first = file.readline(_FIRST_LINE_MAX)
     except OSError:
         return  # the reader says why it can't be read
-    if compressed:
+    if first[:2] == b"\x1f\x8b":
         raise UsageError(f"{path}: compressed (gzip): unpack it (gunzip -k) and give that file")
+    try:
+        record = json.loads(first)
+    except ValueError:
+        return  # damaged or not a log: the verifier says which
+    if isinstance(record, dict) and ("chain_hash" in record or "line_hash" in record):
+        # The log's own lines never hold their hash; a sink's opa copy adds it.
+        raise UsageError(
+            f"{path}: a sink's copy of the log (its records carry their own hash), not the "
+            "decision log: give the gateway's log; this file can go to --head"
+        )
+
+
+# A decision event is some kilobytes; a first line longer than this is read no further.
+_FIRST_LINE_MAX = 1 << 20
 
 
 def _check_readable(path: Path) -> None:

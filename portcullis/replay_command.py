@@ -18,6 +18,7 @@ from typing import Any
 from portcullis import output_options
 from portcullis.audit_command import (
     UsageError,
+    check_distinct,
     check_hash,
     check_log_file,
     load_heads,
@@ -175,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
         heads = load_heads(args.head, keys) if args.head and keys is not None else None
         for name in args.logs:
             check_log_file(Path(name))
+        check_distinct([Path(name) for name in args.logs])
         options = ReplayOptions(
             logs=[Path(name) for name in args.logs],
             candidate=args.policy,

@@ -496,7 +496,7 @@ def test_an_output_file_that_cannot_be_written_is_exit_2_and_named(
     assert "PASS" not in err
 
 
-@pytest.mark.parametrize("beside", ["head", "cursor", "gzip"])
+@pytest.mark.parametrize("beside", ["head", "cursor", "gzip", "opa-copy", "the-log-again"])
 def test_a_file_beside_the_log_given_as_a_log_is_named_with_what_to_give_instead(
     capsys: pytest.CaptureFixture[str], recorded: Recorded, tmp_path: Path, beside: str
 ) -> None:
@@ -516,20 +516,36 @@ def test_a_file_beside_the_log_given_as_a_log_is_named_with_what_to_give_instead
         given.write_text('{"inode": 1, "offset": 0}\n')
         expected = f"{given}: the shipping cursor of sink 'siem', not a decision log"
         advice = f"give the log ({tmp_path / 'decisions.log'}) and its rotated files"
-    else:
+    elif beside == "gzip":
         given = tmp_path / "decisions.log.2.gz"
         given.write_bytes(gzip.compress(log.read_bytes()))
         expected = f"{given}: compressed (gzip)"
         advice = "unpack it (gunzip -k) and give that file"
+    elif beside == "opa-copy":  # what a file sink in the opa format writes
+        from gateway.audit.chain import line_hash
+        from gateway.audit.shipping.formats import opa
+
+        given = tmp_path / "copy.jsonl"
+        lines = log.read_bytes().splitlines()
+        given.write_text("".join(json.dumps(opa.format(json.loads(x), line_hash(x))) + "\n"
+                                 for x in lines))  # fmt: skip
+        what = "a sink's copy of the log (its records carry their own hash), not the decision log"
+        expected = f"{given}: {what}"
+        advice = "give the gateway's log; this file can go to --head"
+    else:  # read twice, the chain seemed to start again in the middle: "tampered"
+        given = log.parent / ".." / log.parent.name / log.name
+        expected = f"{given}: given twice (also as {log})"
+        advice = ""
     code = main([
         "policy", "replay", "--log", str(log), "--log", str(given), "--policy", str(POLICIES),
         "--key", str(recorded.key),
     ])  # fmt: skip
     assert code == 2
     err = capsys.readouterr().err
-    assert f"portcullis policy replay: {expected}: {advice}" in err, err
+    said = f"{expected}: {advice}" if advice else expected
+    assert f"portcullis policy replay: {said}" in err, err
     assert main(["audit", "verify", str(log), str(given), "--key", str(recorded.key)]) == 2
-    assert f"error: {expected}: {advice}" in capsys.readouterr().err
+    assert f"error: {said}" in capsys.readouterr().err
     if beside == "head":  # the advice holds: the head file is a --head
         assert main([
             "policy", "replay", "--log", str(log), "--policy", str(POLICIES),
