@@ -377,12 +377,15 @@ async def test_head_signed_by_another_key_is_a_usage_error(tmp_path: Path, log_f
     saved.write_text(json.dumps(head))
     done = audit(log_file, "--key", PUBLIC_PEM, "--head", saved)
     assert done.returncode == 2
-    assert f"error: --head {saved}: the head's signature does not verify" in done.stderr
+    assert f"error: --head {saved}: the head's signature (key id " in done.stderr
+    assert "does not verify with the key given" in done.stderr
     foreign = await write_log(tmp_path / "foreign.jsonl", 3, key=OTHER_KEY)
     saved.write_text(json.dumps(foreign.signed_head()))
     done = audit(log_file, "--key", PUBLIC_PEM, "--head", saved)
     assert done.returncode == 2
-    assert "the head's signature does not verify" in done.stderr
+    # The key id is the head's own, not the key given: the message says which.
+    assert "the head's signature (key id " in done.stderr
+    assert ") does not verify with the key given" in done.stderr
 
 
 @pytest.mark.parametrize("forged_first", [True, False], ids=["forged-first", "forged-last"])
@@ -508,7 +511,8 @@ async def test_a_heads_log_name_is_covered_by_its_signature(tmp_path: Path, chan
     lines[0] = json.dumps(record, separators=(",", ":")).encode()
     done = audit(write_lines(path, lines), "--key", PUBLIC_PEM)
     assert done.returncode == 1
-    assert "chain signature invalid: signature does not verify" in done.stdout
+    assert "chain signature invalid: signature (key id " in done.stdout
+    assert ") does not verify with the key given" in done.stdout
 
 
 async def test_copies_of_real_heads_with_another_log_name_do_not_hide_them(

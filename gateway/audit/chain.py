@@ -166,5 +166,5 @@ def check_signature(
     except (KeyError, ValueError, TypeError):
         return "signature record is malformed"
     except InvalidSignature:
-        return f"signature does not verify with key {kid!r}"
+        return f"signature (key id {kid!r}) does not verify with the key given"
     return None
