@@ -17,8 +17,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from gateway.audit.shipping.settings import SinkTls
-from gateway.config import load_config
+from gateway.audit.shipping.settings import SinkTls, parse_sinks
+from gateway.config import ConfigError, load_config
 from policy_engine import load_policy_set
 from tests.conftest import FIXTURES, POLICIES, ROOT
 from tests.decision_traffic import refunds_candidate
@@ -611,6 +611,86 @@ def test_sinks_the_gateway_would_refuse_fail_before_anything_is_installed(
     assert message in result.stderr, result.stderr
     if "is also" not in message:  # a template's `fail` is only an [INFO] to helm lint
         assert result_of_lint("--set-json", values) != 0
+
+
+# Values a sink's address, facility or url may hold that the gateway refuses at start
+# (a crash-looping pod): the schema refuses the same, before anything is installed.
+WRONG_SINK_VALUES = [
+    ({"kind": "syslog", "address": "siem.example.com"}, "sinks.0.address: Does not match"),
+    ({"kind": "syslog", "address": "siem.example.com:0"}, "sinks.0.address: Does not match"),
+    ({"kind": "syslog", "address": "siem.example.com:65536"}, "sinks.0.address: Does not match"),
+    ({"kind": "syslog", "address": ":514"}, "sinks.0.address: Does not match"),
+    ({"kind": "syslog", "address": "siem:514", "facility": "auth-priv"},
+     "sinks.0.facility must be one of the following: \"kern\", \"user\""),
+    ({"kind": "syslog", "address": "siem:514", "facility": "LOCAL0"}, "sinks.0.facility"),
+    ({"kind": "http", "url": "splunk:8088/x"}, "sinks.0.url: Does not match"),
+    ({"kind": "http", "url": "ftp://splunk/x"}, "sinks.0.url: Does not match"),
+    ({"kind": "http", "url": "https://:8088/x"}, "sinks.0.url: Does not match"),
+    ({"kind": "http", "url": "https://splunk:0/x"}, "sinks.0.url: Does not match"),
+    ({"kind": "http", "url": "https://splunk:80a/x"}, "sinks.0.url: Does not match"),
+    ({"kind": "http", "url": "https://user:secret@splunk/x"}, "sinks.0.url: Must not validate"),
+    ({"kind": "http", "url": "https://splunk/mail@example.com"}, "sinks.0.url: Must not validate"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("sink", "message"),
+    WRONG_SINK_VALUES,
+    ids=["address-without-port", "address-port-0", "address-port-65536", "address-without-host",
+         "facility-not-rfc5424", "facility-upper-case", "url-without-scheme", "url-not-http",
+         "url-without-host", "url-port-0", "url-port-not-a-number", "url-with-credentials",
+         "url-with-at-in-path"],
+)  # fmt: skip
+def test_a_sink_address_facility_or_url_the_gateway_refuses_fails_before_anything_is_installed(
+    sink: dict[str, Any], message: str, tmp_path: Path
+) -> None:
+    """These passed `helm template` and `helm lint` and the pod crash-looped on the
+    gateway's ConfigError ("expected host:port", "must be an http(s) URL", ...)."""
+    with pytest.raises(ConfigError):  # what the schema mirrors: the gateway's own check
+        parse_sinks([{"name": "s", **sink}], tmp_path)
+    values = f"gateway.decisionLog.sinks={json.dumps([{'name': 's', **sink}])}"
+    result = helm("template", "gw", str(CHART), "--set-json", values)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+    assert result_of_lint("--set-json", values) != 0
+
+
+def test_sink_addresses_facilities_and_urls_the_gateway_accepts_render_and_load(
+    tmp_path: Path,
+) -> None:
+    """The schema's patterns are no stricter than the gateway: each spelling it
+    accepts renders and loads."""
+    sinks = [
+        {"name": "v6", "kind": "syslog", "address": "[2001:db8::1]:514", "facility": "local7"},
+        {"name": "ip", "kind": "syslog", "address": "10.0.0.7:65535", "facility": "kern"},
+        {"name": "plain", "kind": "http", "url": "http://splunk"},
+        {"name": "upper", "kind": "http", "url": "HTTPS://Splunk.example.com:8088"},
+        {"name": "query", "kind": "http", "url": "https://[2001:db8::2]:8088/e?as=me@corp"},
+    ]  # fmt: skip
+    values = f"gateway.decisionLog.sinks={json.dumps(sinks)}"
+    assert result_of_lint("--set-json", values) == 0
+    loaded = load_config(mounted_config(render("--set-json", values), tmp_path)).decision_log
+    assert [(s.name, s.address or s.url) for s in loaded.sinks] == [
+        (s["name"], s.get("address") or s.get("url")) for s in sinks
+    ]
+    assert [s.facility for s in loaded.sinks[:2]] == [23, 0]
+
+
+def test_every_not_in_the_values_schema_says_what_is_expected() -> None:
+    """helm reports a `not` only as "Must not validate the schema (not)": the
+    description beside it is all a user has to go on."""
+
+    def nots(node: Any) -> list[Any]:
+        if isinstance(node, dict):
+            found = [node["not"]] if "not" in node else []
+            return found + [n for value in node.values() for n in nots(value)]
+        if isinstance(node, list):
+            return [n for value in node for n in nots(value)]
+        return []
+
+    found = nots(json.loads((CHART / "values.schema.json").read_text()))
+    assert found
+    assert all(n.get("description") for n in found), [n for n in found if not n.get("description")]
 
 
 def test_a_file_sink_path_beside_the_log_with_its_own_name_is_accepted(tmp_path: Path) -> None:
