@@ -545,3 +545,71 @@ def test_an_origin_form_target_is_the_url_with_its_host() -> None:
     assert ecs.format(RECORD, "0" * 64)["url"] == {
         "domain": "gw.example.com", "scheme": "http", "path": "/wms/stock", "query": "item=4"
     }  # fmt: skip
+
+
+# --- what a record lacks is left out ---------------------------------------------------------
+
+HEAD = {"type": "chain_signature", "reason": "interval", "seq": 3, "head": "ab" * 32,
+        "signed_at": "2026-12-03T07:00:00.5Z", "kid": "k", "signature": "x"}  # fmt: skip
+LINE_HASH = "cd" * 32
+
+
+def chain_part(form: str, shipped_as: dict[str, Any]) -> dict[str, Any]:
+    """The chain fields of a shipped event: OCSF's unmapped.portcullis, ECS's
+    portcullis.* (without the signature or damaged line it also holds)."""
+    fields = shipped_as["unmapped"]["portcullis"] if form == "ocsf" else shipped_as["portcullis"]
+    return {k: v for k, v in fields.items() if k not in ("chain_signature", "damaged")}
+
+
+@pytest.mark.parametrize("form", ["ocsf", "ecs"])
+def test_a_chain_signature_sends_no_empty_decision_id(form: str) -> None:
+    """A chain signature has no decision_id: it was sent as "" (and a strict
+    pipeline types "" as a value). Its seq, even 0 (an empty log's head), stays."""
+    from gateway.audit.shipping.formats import formatter
+
+    assert chain_part(form, formatter(form)(HEAD, LINE_HASH)) == {
+        "seq": 3, "chain_hash": LINE_HASH, "prev_hash": "ab" * 32}  # fmt: skip
+    empty_log_head = {**HEAD, "seq": 0, "reason": "start"}
+    assert chain_part(form, formatter(form)(empty_log_head, LINE_HASH))["seq"] == 0
+
+
+@pytest.mark.parametrize("form", ["ocsf", "ecs"])
+def test_a_damaged_line_sends_only_its_chain_hash_not_an_empty_id_or_seq_0(form: str) -> None:
+    """A damaged line is no record: it has no decision_id, prev_hash or seq. They
+    were sent as "", "" and 0 (seq 0 is a real record's: a SIEM would take the
+    damaged line for one)."""
+    from gateway.audit.shipping.formats import formatter
+    from gateway.audit.shipping.formats.fields import damaged_record
+
+    record = damaged_record(b"not json", "2026-12-03T07:00:00.5Z")
+    shipped_as = formatter(form)(record, LINE_HASH)
+    assert chain_part(form, shipped_as) == {"chain_hash": LINE_HASH}
+    if form == "ocsf":
+        assert "sequence" not in shipped_as["metadata"]
+        assert shipped_as["metadata"]["uid"] == LINE_HASH
+        assert ocsf_problems(shipped_as) == []
+
+
+@pytest.mark.parametrize("kind", ["decision", "shadow"])
+def test_ecs_names_no_target_app_for_a_request_without_a_route(kind: str) -> None:
+    """service.target.name was "-" (the record's stand-in for no app): OCSF
+    leaves the app out then, and so does ECS now."""
+    from gateway.audit.shipping.formats import ecs
+
+    labels = {k: v for k, v in RECORD["labels"].items() if k != "app"}
+    record = {**hostile("alice@example.com", ["warehouse"], kind), "labels": labels}
+    if kind == "shadow":
+        record["labels"] = {**labels, "shadow": True}
+    service = ecs.format(record, LINE_HASH)["service"]
+    assert service == {"name": "portcullis", "node": {"name": "0c0615698cb3"}}
+    routed = ecs.format(hostile("alice@example.com", ["warehouse"], kind), LINE_HASH)
+    assert routed["service"]["target"] == {"name": "wms"}
+
+
+async def test_a_gateway_request_with_no_route_has_no_ecs_target_app(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    ocsf, ecs, _ = await shipped(aiohttp_server, tmp_path)
+    assert "target" not in ecs["no-route"]["service"]
+    assert ocsf["no-route"]["web_resources"] == [{"name": "/nowhere", "type": "path"}]
+    assert ecs["allow"]["service"]["target"] == {"name": "wms"}

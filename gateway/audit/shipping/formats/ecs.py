@@ -15,7 +15,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.audit.shipping.formats.fields import DAMAGED, Event, drop_empty, read, split_host
+from gateway.audit.shipping.formats.fields import (
+    DAMAGED,
+    Event,
+    chain_fields,
+    drop_empty,
+    read,
+    split_host,
+)
 
 
 def format(record: dict[str, Any], digest: str) -> dict[str, Any]:
@@ -29,12 +36,7 @@ def format(record: dict[str, Any], digest: str) -> dict[str, Any]:
             "type": "proxy",
             "version": event.version,
         },
-        "portcullis": {
-            "decision_id": event.decision_id,
-            "seq": event.seq,
-            "chain_hash": event.chain_hash,
-            "prev_hash": event.prev_hash,
-        },
+        "portcullis": chain_fields(event),
     }
     if event.kind == "chain_signature":
         document["event"] = {
@@ -100,11 +102,7 @@ def format(record: dict[str, Any], digest: str) -> dict[str, Any]:
     )
     if http:
         document["http"] = http
-    document["service"] = {
-        "name": "portcullis",
-        "node": {"name": event.instance},
-        "target": {"name": event.app},
-    }
+    document["service"] = _service(event)
     document["portcullis"]["reasons"] = event.reasons
     if event.step_up is not None:
         document["portcullis"]["step_up"] = _drop_none(event.step_up)
@@ -146,11 +144,7 @@ def _shadow_divergence(
     document["rule"] = {"name": event.policy, "version": event.revision, "ruleset": "portcullis"}
     document["user"] = drop_empty(_user(event)) or None
     document["source"] = {"ip": event.source_ip or None, "port": event.source_port}
-    document["service"] = {
-        "name": "portcullis",
-        "node": {"name": event.instance},
-        "target": {"name": event.app},
-    }
+    document["service"] = _service(event)
     document["portcullis"]["divergence"] = {
         "kind": divergence,
         "live": result.get("live"),
@@ -160,6 +154,17 @@ def _shadow_divergence(
         "live_decision_id": labels.get("live_decision_id"),
     }
     return {key: _drop_none(value) for key, value in document.items() if value is not None}
+
+
+def _service(event: Event) -> dict[str, Any]:
+    """The gateway, and the app the request was for: none without a route (the
+    record's "-"), as OCSF leaves it out."""
+    service: dict[str, Any] = {"name": "portcullis"}
+    if event.instance:
+        service["node"] = {"name": event.instance}
+    if event.app != "-":
+        service["target"] = {"name": event.app}
+    return service
 
 
 def _user(event: Event) -> dict[str, Any]:

@@ -132,6 +132,18 @@ class Event:
         return email if isinstance(email, str) else ""
 
 
+def chain_fields(event: Event) -> dict[str, Any]:
+    """The record's place in the chain, each field only when the record has it: a
+    chain signature has no decision_id, a damaged line only its chain_hash (it has
+    no seq, and 0 would read as one). A signature's seq 0 (an empty log's head) stays."""
+    fields: dict[str, Any] = {"decision_id": event.decision_id}
+    if event.kind != DAMAGED:
+        fields["seq"] = event.seq
+    fields["chain_hash"] = event.chain_hash
+    fields["prev_hash"] = event.prev_hash
+    return drop_empty(fields)
+
+
 def drop_empty(value: dict[str, Any]) -> dict[str, Any]:
     """``value`` without its None, "", [] and {} (values the record lacks: a SIEM
     schema types an empty string or object as invalid, and a missing one as absent)."""

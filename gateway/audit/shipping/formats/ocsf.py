@@ -19,7 +19,8 @@
   (``damaged_record``), severity High, its text in ``raw_data``.
 
 Each carries ``metadata.uid`` (the decision id), ``metadata.sequence`` (seq)
-and ``unmapped.portcullis`` (decision_id, seq, chain_hash, prev_hash). A value
+and ``unmapped.portcullis`` (decision_id, seq, chain_hash, prev_hash: a chain
+signature has no decision_id, a damaged line only chain_hash). A value
 the record lacks is left out, not sent empty: OCSF types an empty hostname or a
 user without a name or uid as invalid, and a strict pipeline drops the event.
 """
@@ -29,7 +30,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from gateway.audit.shipping.formats.fields import DAMAGED, Event, drop_empty, read, split_host
+from gateway.audit.shipping.formats.fields import (
+    DAMAGED,
+    Event,
+    chain_fields,
+    drop_empty,
+    read,
+    split_host,
+)
 
 OCSF_VERSION = "1.3.0"
 WEB_RESOURCES_ACTIVITY = 6001
@@ -145,7 +153,7 @@ def _chain_signature(event: Event, record: dict[str, Any]) -> dict[str, Any]:
         "message": f"decision log chain head at seq {event.seq} ({record.get('reason')})",
         "unmapped": {
             "chain_signature": {**record, "line_hash": event.chain_hash},
-            "portcullis": _chain(event),
+            "portcullis": chain_fields(event),
         },
     }
 
@@ -162,7 +170,7 @@ def _shadow_divergence(event: Event, record: dict[str, Any]) -> dict[str, Any]:
         "message": f"shadow policy {labels.get('shadow_policy', '?')} would decide "
         f"differently ({divergence}); not enforced",
         "unmapped": {
-            "portcullis": {**_chain(event), "instance": event.instance},
+            "portcullis": {**chain_fields(event), "instance": event.instance},
             **_unmapped_user(event),
             "shadow": True,
             "divergence": {
@@ -190,7 +198,7 @@ def _damaged(event: Event, record: dict[str, Any]) -> dict[str, Any]:
         "in raw_data",
         "raw_data": record.get(DAMAGED, ""),
         "unmapped": {
-            "portcullis": _chain(event),
+            "portcullis": chain_fields(event),
             "damaged": {
                 "bytes": record.get("damaged_bytes"),
                 "truncated": record.get("damaged_truncated"),
@@ -214,6 +222,8 @@ def _base(event: Event, class_uid: int, category_uid: int, class_name: str) -> d
         "log_name": "portcullis decision log",
         "product": {"name": "Portcullis", "vendor_name": "Portcullis", "version": event.version},
     }
+    if event.kind == DAMAGED:  # a line that is no record has no seq (0 would be one)
+        del metadata["sequence"]
     if event.request_id:
         metadata["correlation_uid"] = event.request_id
     return {
@@ -234,7 +244,7 @@ def _outcome(event: Event) -> dict[str, Any]:
         "message": reasons or ("allowed" if event.allow else "denied"),
         "unmapped": {
             "portcullis": {
-                **_chain(event),
+                **chain_fields(event),
                 "reasons": event.reasons,
                 "step_up": event.step_up,
                 "instance": event.instance,
@@ -247,15 +257,6 @@ def _outcome(event: Event) -> dict[str, Any]:
     if reasons:
         outcome["status_detail"] = reasons
     return outcome
-
-
-def _chain(event: Event) -> dict[str, Any]:
-    return {
-        "decision_id": event.decision_id,
-        "seq": event.seq,
-        "chain_hash": event.chain_hash,
-        "prev_hash": event.prev_hash,
-    }
 
 
 def _user(event: Event) -> dict[str, Any]:
