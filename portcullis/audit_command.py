@@ -406,6 +406,8 @@ def _load_jwks(source: str) -> dict[str, ec.EllipticCurvePublicKey]:
             text = Path(source).read_text()
         except (OSError, UnicodeDecodeError) as error:
             raise UsageError(f"{source}: {getattr(error, 'strerror', None) or error}") from None
+    if text.lstrip().startswith("-----BEGIN"):
+        raise UsageError(f"{source}: a PEM key, not a JWKS: give it with --key")
     try:
         document = json.loads(text)
     except ValueError as error:

@@ -167,10 +167,18 @@ def test_bad_key_is_a_usage_error(log_file: Path) -> None:
     assert done.stderr.strip() == f"error: {JWKS}: not a PEM public key"
 
 
-def test_jwks_that_is_not_json_is_a_usage_error(log_file: Path) -> None:
+def test_a_pem_key_given_as_jwks_says_to_give_it_with_key(log_file: Path) -> None:
     done = audit(log_file, "--jwks", PUBLIC_PEM)
     assert done.returncode == 2
-    assert done.stderr.startswith(f"error: {PUBLIC_PEM}: not JSON")
+    assert done.stderr.strip() == f"error: {PUBLIC_PEM}: a PEM key, not a JWKS: give it with --key"
+
+
+def test_jwks_that_is_not_json_is_a_usage_error(log_file: Path, tmp_path: Path) -> None:
+    garbage = tmp_path / "jwks.json"
+    garbage.write_text("{keys: [")
+    done = audit(log_file, "--jwks", garbage)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: {garbage}: not JSON")
     assert len(done.stderr.strip().splitlines()) == 1
 
 

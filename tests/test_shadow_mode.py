@@ -25,7 +25,7 @@ from gateway.audit.chain import SHADOW_PATH
 from gateway.config import ConfigError, parse_config
 from gateway.policy.shadow_worker import ShadowWorker
 from portcullis.cli import main
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, POLICIES
 from tests.decision_traffic import Recorded, Sent, record_traffic, refunds_candidate
 from tests.gateway_stack import Stack, free_port, start_stack
 
@@ -438,3 +438,30 @@ def test_demo_shadow_that_does_not_exist_is_a_usage_error(
     code = main(["demo", "--shadow", str(tmp_path / "nowhere"), "--state-dir", str(tmp_path)])
     assert code == 2
     assert "no such policy directory or bundle" in capsys.readouterr().err
+
+
+async def test_a_shadow_policy_that_never_loaded_says_none_runs_not_that_one_is_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At start there is no last good shadow policy to keep: the log line said
+    there was one."""
+    import io
+
+    from gateway.policy.shadow_worker import ShadowWorker
+
+    shadow = tmp_path / "shadow"
+    shutil.copytree(BROKEN, shadow)
+    worker = ShadowWorker(str(shadow), 250, io.BytesIO())
+    with caplog.at_level(logging.ERROR, logger="portcullis.shadow"):
+        await worker.load("start")
+    assert f"shadow policy {shadow} rejected (start); no shadow policy runs" in caplog.text
+    assert "keeping the last good one" not in caplog.text
+    shutil.rmtree(shadow)
+    shutil.copytree(POLICIES, shadow)
+    await worker.load("files changed")
+    assert worker.engine is not None
+    shutil.rmtree(shadow)
+    shutil.copytree(BROKEN, shadow)
+    with caplog.at_level(logging.ERROR, logger="portcullis.shadow"):
+        await worker.load("files changed")
+    assert "rejected (files changed); keeping the last good one" in caplog.text

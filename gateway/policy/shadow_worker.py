@@ -77,8 +77,11 @@ class ShadowWorker:
             self.fingerprint = source_fingerprint(Path(self.source)) or ()
         engine, error = build_or_reason(self.source, timeout_ms=self.timeout_ms)
         if engine is None:
-            log.error("shadow policy %s rejected (%s); keeping the last good one:\n%s",
-                      self.source, why, error)  # fmt: skip
+            kept = (
+                "keeping the last good one" if self.engine is not None else "no shadow policy runs"
+            )
+            log.error("shadow policy %s rejected (%s); %s:\n%s",
+                      self.source, why, kept, error)  # fmt: skip
             self.send({"op": "loaded", "ok": False, "why": why, "error": error})
             return
         previous, self.engine = self.engine, engine
