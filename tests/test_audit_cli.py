@@ -563,3 +563,73 @@ async def test_a_log_keeps_its_default_name_when_its_host_is_renamed(tmp_path: P
     assert audit(path, "--key", PUBLIC_PEM, "--head", export).returncode == 1
     await write_log(path, 1, name="pos-0:decisions.log")  # configured: as configured
     assert json.loads(lines_of(path)[-1])["log"] == "pos-0:decisions.log"
+
+
+async def chain_begun_again(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """One log name, two chains: the gateway's log and its .head file lost (a
+    volume replaced, a host rebuilt), so it began a new chain at GENESIS under the
+    name it is configured with. The SIEM's export holds both chains' heads."""
+    name = "pos-0:decisions.log"
+    old = tmp_path / "old" / "decisions.log"
+    old.parent.mkdir()
+    for _ in range(2):
+        await write_log(old, 5, sign_every=2, name=name)
+    new = tmp_path / "decisions.log"
+    for _ in range(2):
+        await write_log(new, 4, sign_every=2, name=name)
+    export = tmp_path / "siem-export.jsonl"
+    export.write_text("".join(json.dumps(head) + "\n" for head in shipped_heads(old, new)))
+    return old, new, export
+
+
+async def test_each_chain_under_one_log_name_verifies_against_the_export_of_both(
+    tmp_path: Path,
+) -> None:
+    """Both logs were TAMPERED: the old one 'cut' (the new chain's heads are past
+    its end), the new one naming 'a line that is not in the log' (the old chain's).
+    A head signed after another chain of the name began at GENESIS is that chain's."""
+    old, new, export = await chain_begun_again(tmp_path)
+    done = audit(old, "--key", PUBLIC_PEM, "--head", export)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("OK: 10 events")
+    assert "of a later chain under the name 'pos-0:decisions.log'" in done.stderr
+    done = audit(new, "--key", PUBLIC_PEM, "--head", export)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("OK: 8 events")
+    assert "of an earlier chain under the name 'pos-0:decisions.log'" in done.stderr
+    assert "give that chain's files to check them" in done.stderr
+
+
+@pytest.mark.parametrize("which", ["old", "new"])
+async def test_either_chain_cut_back_a_run_is_still_caught_by_its_own_heads(
+    tmp_path: Path, which: str
+) -> None:
+    old, new, export = await chain_begun_again(tmp_path)
+    path = old if which == "old" else new
+    lines = lines_of(path)
+    second_start = max(i for i, line in enumerate(lines) if b'"reason":"start"' in line)
+    write_lines(path, lines[:second_start])  # the second run erased
+    assert audit(path, "--key", PUBLIC_PEM).returncode == 0  # the limit of the files alone
+    done = audit(path, "--key", PUBLIC_PEM, "--head", export)
+    assert done.returncode == 1 and done.stdout.startswith("TAMPERED: "), done.stdout
+    assert "event(s) and their signatures are missing" in done.stdout
+
+
+async def test_a_genesis_of_another_log_name_does_not_end_this_logs_chain(
+    tmp_path: Path,
+) -> None:
+    """Only a chain begun under this log's own name ends the span of its heads: a
+    replica started after the cut doesn't excuse it."""
+    path = tmp_path / "decisions.log"
+    await write_log(path, 3, sign_every=2, name="pos-0:decisions.log")
+    cut_at = path.stat().st_size
+    await write_log(path, 3, sign_every=2, name="pos-0:decisions.log")
+    other = tmp_path / "other" / "decisions.log"
+    other.parent.mkdir()
+    await write_log(other, 2, name="pos-1:decisions.log")
+    export = tmp_path / "siem-export.jsonl"
+    export.write_text("".join(json.dumps(head) + "\n" for head in shipped_heads(path, other)))
+    with path.open("r+b") as file:
+        file.truncate(cut_at)
+    done = audit(path, "--key", PUBLIC_PEM, "--head", export)
+    assert done.returncode == 1 and done.stdout.startswith("TAMPERED: "), done.stdout

@@ -306,6 +306,7 @@ def verify_log(
         if wanted.signature:
             heads_by_signature.setdefault(wanted.signature, []).append(head_index)
     first_seq: int | None = None
+    begun_at: str | None = None  # when the first file's start record was signed
     ordered = _chain_order(paths)
     if ordered != list(paths):
         files = ", ".join(str(path) for path in ordered)
@@ -466,6 +467,8 @@ def verify_log(
         count = seq
         if first_seq is None:
             first_seq = seq
+            if starts and isinstance(record.get("signed_at"), str):
+                begun_at = record["signed_at"]
         # A head vouches for the line before it (`head`); a head that starts a
         # chain vouches for nothing before it, so its own line is the match.
         # Looked up by digest and signature: a file of many polled heads costs
@@ -495,6 +498,7 @@ def verify_log(
         return result
     result.tail_seq, result.tail_hash = count or 0, last.digest
     mine = _heads_of_this_log(heads, names, last, result, problem)
+    mine = _heads_of_this_chain(heads, mine, names, head_at, begun_at, result)
     before = [
         h for i, h in enumerate(heads) if i in mine and first_seq is not None and h.seq < first_seq
     ]
@@ -554,6 +558,52 @@ def _heads_of_this_log(
             "sink or /audit/head kept (a log rewritten under another name looks like this)",
         )
     return mine
+
+
+def _heads_of_this_chain(
+    heads: list[SignedHead],
+    mine: set[int],
+    names: set[str],
+    head_at: dict[int, int],
+    begun_at: str | None,
+    result: VerifyResult,
+) -> set[int]:
+    """Of ``mine``, the heads of this log's own chain. A gateway that lost its log
+    and its .head file (a volume replaced, a host rebuilt) begins a new chain at
+    GENESIS under the same name, and the export holds both chains' heads. The
+    chain's own geneses, signed heads at seq 0 naming this log, mark where one
+    chain ends and the next begins (signed_at: one gateway's clock, and signed,
+    so no one without the key can move a boundary). A head this log reaches is
+    its own whenever it was signed; one it doesn't reach is another chain's when
+    it was signed after a later genesis, or before the genesis this log's chain
+    began with. Anything else must be reached, as before."""
+    geneses = sorted(
+        heads[i].signed_at
+        for i in mine
+        if heads[i].seq == 0 and heads[i].head == GENESIS and heads[i].log in names
+    )
+    if not geneses or begun_at is None or result.last_signed_at is None:
+        return mine
+    ended_at = result.last_signed_at
+    began = max((at for at in geneses if at <= begun_at), default=None)
+    then = min((at for at in geneses if at > ended_at), default=None)
+    unreached = [i for i in mine if i not in head_at]
+    later = {i for i in unreached if then is not None and heads[i].signed_at >= then}
+    earlier = {i for i in unreached if began is not None and heads[i].signed_at < began}
+    named = ", ".join(repr(name) for name in sorted(names))
+    if later:
+        result.notes.append(
+            f"{len(later)} outside head(s) of a later chain under the name {named} left out: "
+            f"it began again at GENESIS at {then}, after this log ends"
+        )
+    if earlier:
+        newest = max((heads[i] for i in earlier), key=lambda h: h.signed_at)
+        result.notes.append(
+            f"{len(earlier)} outside head(s) of an earlier chain under the name {named} "
+            f"(up to seq {newest.seq}, signed at {newest.signed_at}) are not checked: this "
+            f"chain began at GENESIS at {began}; give that chain's files to check them"
+        )
+    return mine - later - earlier
 
 
 def _check_beginning(
