@@ -107,6 +107,7 @@ def compile_policy(policy_set: PolicySet) -> CompiledPolicy:
         problem = Problem(policy_set.origin, f"data the engine can't hold: {message}")
         raise PolicyLoadError([problem]) from None
     shapes = [module_shape(entry) for entry in json.loads(engine.get_ast_as_json())]
+    problems.extend(_shadowing_imports(shapes))
     problems.extend(_alias_conflicts(shapes))  # and each module's reads through another's
     compiled = CompiledPolicy(policy_set, shapes)
     problems.extend(_data_conflicts(compiled))
@@ -158,6 +159,24 @@ def _data_conflicts(compiled: CompiledPolicy) -> list[Problem]:
                 )
             )
     return problems
+
+
+def _shadowing_imports(shapes: list[ModuleShape]) -> list[Problem]:
+    """An import whose name an earlier import of the module binds (`import data.x`
+    then `import data.z.x`): OPA refuses the module, regorus reads the name as the
+    last import, so the policy would mean something else on OPA."""
+    return [
+        Problem(
+            shape.file,
+            f"import must not shadow import {'.'.join(earlier)} (both are "
+            f"{alias}; OPA refuses this and regorus would use the last one): give one an "
+            "alias with `as`",
+            line,
+            col,
+        )
+        for shape in shapes
+        for alias, earlier, line, col in shape.shadowing_imports
+    ]
 
 
 def _alias_conflicts(shapes: list[ModuleShape]) -> list[Problem]:

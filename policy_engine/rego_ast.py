@@ -73,6 +73,9 @@ class ModuleShape:
     other_refs: set[tuple[str, tuple[str, ...]]] = field(default_factory=set)
     # Where each import alias is bound: its line and column.
     import_at: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # Imports whose name another import of the module already bound (alias, the
+    # earlier path, line, column): OPA refuses them, regorus takes the last.
+    shadowing_imports: list[tuple[str, tuple[str, ...], int, int]] = field(default_factory=list)
 
     @property
     def package_ref(self) -> str:
@@ -295,9 +298,12 @@ def module_shape(entry: dict[str, Any]) -> ModuleShape:
             shape.input_reads.add(())
             shape.data_reads.add(())
             continue
-        shape.imports[alias] = path
         where = _first_span(imported["refr"]) or {}
-        shape.import_at[alias] = (where.get("line", 0), where.get("col", 0))
+        at = (where.get("line", 0), where.get("col", 0))
+        if alias in shape.imports:
+            shape.shadowing_imports.append((alias, shape.imports[alias], *at))
+        shape.imports[alias] = path
+        shape.import_at[alias] = at
     for raw in ast.get("rules", []):
         rule = _rule(raw)
         if rule is not None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import regorus
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -301,3 +302,37 @@ def test_an_alias_two_modules_of_a_package_bind_differently_is_refused(tmp_path:
     message = str(refused.value)
     assert "import alias who" in message and "rename one" in message
     assert "input.identity" in message and "data.portcullis.lib.who" in message
+
+
+def test_an_import_shadowing_an_earlier_import_of_the_module_is_refused(tmp_path: Path) -> None:
+    """`import input.identity` then `import data.portcullis.lib.identity`: regorus
+    reads `identity` as the last import (data, which has no `sub`), so the deny of
+    alice doesn't fire and the policy allows her; OPA refuses the module. Refused
+    at load, at the second import."""
+    from policy_engine.opa_golib import GoOpaEngine
+
+    a = (
+        "package portcullis.gateway\nimport rego.v1\nimport input.identity\n"
+        "import data.portcullis.lib.identity\n"
+        'decision := {"allow": allow}\ndefault allow := false\nallow if not deny\n'
+        'deny if identity.sub == "alice"\n'
+    )
+    lib = "package portcullis.lib\nimport rego.v1\nidentity := {}\n"
+    shadowing = policy_set(tmp_path, a=a, lib=lib)
+    with pytest.raises(PolicyError) as refused:
+        EmbeddedEngine(shadowing, compiled_refs=(REF,))
+    where = tmp_path / "policy" / "a.rego"
+    assert str(refused.value).startswith(f"{where}:4:8: import must not shadow")
+    assert "import input.identity (both are identity" in str(refused.value)
+    with pytest.raises(PolicyError) as on_opa:
+        GoOpaEngine(shadowing)
+    assert "rego_compile_error: import must not shadow import input.identity" in str(on_opa.value)
+    bare = regorus.Engine()  # what loading it as regorus does would have decided
+    for name, text in (("a.rego", a), ("lib.rego", lib)):
+        bare.add_policy(name, text)
+    bare.set_input({"identity": {"sub": "alice"}})
+    assert bare.eval_rule(REF) == {"allow": True}
+    fixed = a.replace("lib.identity\n", "lib.identity as lib_identity\n")
+    engine = EmbeddedEngine(policy_set(tmp_path, a=fixed, lib=lib), compiled_refs=(REF,))
+    alice = {"identity": {"sub": "alice"}}
+    assert engine.evaluate_sync(REF, alice) == {"allow": False}
