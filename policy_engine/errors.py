@@ -60,6 +60,15 @@ def problem_from_engine_error(error: BaseException, default_file: str) -> Proble
     text = str(error).split("Stack backtrace:")[0]
     message_match = _MESSAGE.search(text)
     message = message_match.group("message").strip() if message_match else text.strip()
+    if message_match and message.endswith(":"):
+        # "... defined at:" and a second snippet: name the place, and the words after it.
+        rest = text[message_match.end() :]
+        earlier = _LOCATION.search(rest)
+        if earlier is not None:
+            tail = rest[earlier.end() :].rstrip().rsplit("\n", 1)[-1]
+            place = f"{earlier['file']}:{earlier['line']}:{earlier['col']}"
+            lead = message[:-1] if message.endswith(" at:") else f"{message[:-1]} at"
+            message = f"{lead} {place}" + (tail if tail.startswith(":") else "")
     location = _LOCATION.search(text)
     if location is None:
         return Problem(default_file, message or type(error).__name__)

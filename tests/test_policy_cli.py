@@ -145,6 +145,15 @@ def test_policy_test_on_opa_without_the_oracle_says_how_to_install_it(tmp_path: 
         ("bad_json", "bad_json/apps.json:3:12: invalid JSON"),
         ("yaml_date", "yaml_date/extra.yaml:3:10: data.extra.since: a YAML date/time"),
         ("too_deep", "too_deep/deep.json: nested too deeply to read"),
+        (
+            "shadowed_alias",
+            "shadowed_alias/lib.rego:5:1: import shadows following import defined earlier at "
+            f"{BAD}/shadowed_alias/lib.rego:4:1: this import is shadowed",
+        ),
+        (
+            "shadowed_import",
+            "shadowed_import/lib.rego:5:8: import must not shadow import input.identity",
+        ),
     ],
 )
 def test_policy_check_names_each_problem_and_exits_2(fixture: str, expected: str) -> None:
