@@ -3,13 +3,15 @@ route matches) under the limits proxied requests have: the same header checks,
 a small request body read within the body timeouts, and refusals logged.
 
 A middleware: the proxied route passes straight through (Gateway.handle screens
-its requests and times its bodies itself); a crash on any route is a logged
-refusal as well as a traceback.
+its requests, times its bodies and counts them itself); a crash on any route is a
+logged refusal as well as a traceback. A request refused off that route is
+counted in portcullis_requests_total as one on it is; a page served is not.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -21,6 +23,8 @@ from gateway.screening.headers import screen
 if TYPE_CHECKING:
     from gateway.server import Gateway
 
+# Set by Gateway.refuse on the request it refuses.
+REFUSED: web.RequestKey[bool] = web.RequestKey("portcullis_refused", bool)
 # A sign-out form or a back-channel logout token fits many times over.
 MAX_BODY_BYTES = 16384
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -38,18 +42,26 @@ class OwnPages:
         self.proxy_route: web.AbstractRoute | None = None
 
     async def __call__(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        proxied = request.match_info.route is self.proxy_route
+        started = time.perf_counter()
+        status = 500  # aiohttp's answer to a crash
         try:
-            if request.match_info.route is self.proxy_route:
+            if proxied:
                 return await handler(request)
             refused = await self._screen(request)
             if refused is not None:
+                status = refused.status
                 return refused
             response = await handler(request)
             durability = self._gateway.durability
             if durability is not None:  # sync: a page that logged an event (a sign-in, a
                 response = await durability.hold(response)  # refusal) waits until it's durable
+            status = response.status
             return response
-        except (web.HTTPException, ConnectionError):
+        except web.HTTPException as error:
+            status = error.status
+            raise
+        except ConnectionError:
             raise
         except Exception as error:
             # aiohttp answers 500 and logs the traceback; the SIEM sees it too.
@@ -57,6 +69,11 @@ class OwnPages:
             with contextlib.suppress(Exception):  # the original error is what matters
                 self._gateway.refuse(request, 500, "internal_error", reason)
             raise
+        finally:
+            # Gateway.handle counts the proxied route's requests. Here only refusals
+            # (`OPTIONS *`, a sign-out refused) are, not health probes or sign-in pages.
+            if not proxied and request.get(REFUSED):
+                self._gateway.metrics.request_done("-", status, time.perf_counter() - started)
 
     async def _screen(self, request: web.Request) -> web.StreamResponse | None:
         gateway = self._gateway

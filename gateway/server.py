@@ -35,7 +35,7 @@ from gateway.identity import (
 from gateway.jwks import JwksCache
 from gateway.limits import ConcurrencyLimiter, LimitReached, answer_and_close, identity_key
 from gateway.metrics import Metrics
-from gateway.own_pages import OwnPages
+from gateway.own_pages import REFUSED, OwnPages
 from gateway.policy.decision import (
     Decision,
     DecisionIds,
@@ -668,6 +668,7 @@ class Gateway:
         """Refuse a request at the gateway, before or instead of the policy, and log
         it as a decision event (path ``gateway``, reason ``gateway.<rule>: ...``) so a
         SIEM sees probing too. The body is ``{"error": rule, "reason": reason}``."""
+        request[REFUSED] = True  # counted in requests_total off the proxied route (OwnPages)
         decision = deny(self._ids.next(), status, f"gateway.{rule}: {reason}")
         request_id = _request_id(request, decision.decision_id)
         document = refusal_input(request, route, identity, request_id, path)
@@ -687,6 +688,8 @@ class Gateway:
             decision.reasons = [f"gateway.headers_too_large: {reason}"]
         document = unparsed_input(peer, head, decision.decision_id)
         self._log(decision, document, None, path=REFUSAL_PATH)
+        # A request all the same: counted (not timed, no handler ran) like other refusals.
+        self.metrics.requests.labels("-", str(status)).inc()
         address = peer[0] if isinstance(peer, tuple) else "?"
         log.info("refused a request from %s before it was parsed: %s", address, reason)
 

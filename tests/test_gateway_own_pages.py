@@ -1,8 +1,9 @@
 """The gateway's own pages and the connection itself under the limits proxied requests
 have (the pen test's second round): stalled or large bodies on the sign-out page,
 header floods on the sign-in page, one address holding every connection, header
-blocks that never end, and requests aiohttp's parser refuses, each logged. The
-gateway runs with its production runner (gateway/runner.py GatewayRunner)."""
+blocks that never end, and requests aiohttp's parser refuses, each logged and
+counted once in portcullis_requests_total. The gateway runs with its production
+runner (gateway/runner.py GatewayRunner)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,19 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.audit.chain import REFUSAL_PATH
 from gateway.config import SessionConfig, SignInConfig
+from gateway.server import build_admin_app
 from gateway.signin.session import write_key_file
 from tests.gateway_stack import ServerFactory, Stack
 from tests.test_gateway_limits import closed_after, limited_stack, metric, open_raw
 
 SIGN_OUT = b"POST /.portcullis/sign_out HTTP/1.1\r\nHost: gw\r\n"
+Counts = dict[tuple[str, str], float]  # portcullis_requests_total by (app, status)
 
 
 @contextlib.asynccontextmanager
@@ -42,6 +47,27 @@ async def sign_in_stack(
 
 def reasons(events: list[dict[str, Any]]) -> list[str]:
     return [event["result"]["reasons"][0] for event in events if event["path"] == REFUSAL_PATH]
+
+
+async def admin_listener(aiohttp_server: ServerFactory, stack: Stack) -> str:
+    server = await aiohttp_server(build_admin_app(stack.gateway))
+    return f"http://127.0.0.1:{server.port}"
+
+
+async def requests_total(admin: str) -> Counts:
+    """portcullis_requests_total by (app, status), as the admin listener's /metrics has it."""
+    async with aiohttp.ClientSession() as session:
+        text = await (await session.get(f"{admin}/metrics")).text()
+    return {
+        (sample.labels["app"], sample.labels["status"]): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "portcullis_requests_total"
+    }
+
+
+def moved(before: Counts, after: Counts) -> Counts:
+    return {key: n - before.get(key, 0.0) for key, n in after.items() if n != before.get(key)}
 
 
 # --- the sign-in pages: body timeouts, a body cap, header caps -----------------------------
@@ -270,3 +296,54 @@ async def test_targets_that_are_not_paths_are_logged(
         assert (
             reason == "gateway.no_route: request target is not a path (asterisk or authority form)"
         )
+
+
+# --- portcullis_requests_total: each request once, refused or not ---------------------------
+
+COUNTED_ONCE = {
+    "OPTIONS *": (b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", "404"),
+    "CONNECT": (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", "404"),
+    "sign-out refused": (b"PUT /.portcullis/sign_out HTTP/1.1\r\nHost: gw\r\n\r\n", "405"),
+    "parser refused": (b"get /wms/stock HTTP/1.1\r\nHost: gw\r\n\r\n", "400"),
+    "headers too large": (
+        b"GET /wms/stock HTTP/1.1\r\nHost: gw\r\n"
+        + b"".join(b"X-P%03d: %s\r\n" % (i, b"a" * 16000) for i in range(8)),
+        "431",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"), COUNTED_ONCE.values(), ids=COUNTED_ONCE.keys()
+)
+async def test_refusals_off_the_proxied_route_count_once_in_requests_total(
+    aiohttp_server: ServerFactory, tmp_path: Path, request_bytes: bytes, status: str
+) -> None:
+    """A dashboard's deny ratio from requests_total missed them: they were decision
+    events and in decisions_total only. Labelled as a path no route has is."""
+    async with sign_in_stack(aiohttp_server, tmp_path) as stack:
+        admin = await admin_listener(aiohttp_server, stack)
+        before = await requests_total(admin)
+        assert (await stack.get("/nowhere/")).status == 404
+        no_route = await requests_total(admin)
+        assert moved(before, no_route) == {("-", "404"): 1.0}
+        reader, _ = await open_raw(stack, request_bytes)
+        answer = await asyncio.wait_for(reader.readline(), 5)
+        assert answer.split(b" ", 2)[1] == status.encode(), answer
+        await stack.events(at_least=2)
+        assert moved(no_route, await requests_total(admin)) == {("-", status): 1.0}
+        assert metric(stack, 'portcullis_decisions_total{app="-",result="deny"}') == 2
+
+
+async def test_proxied_request_counts_once_and_own_pages_served_not_at_all(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    async with sign_in_stack(aiohttp_server, tmp_path) as stack:
+        admin = await admin_listener(aiohttp_server, stack)
+        before = await requests_total(admin)
+        token = stack.token("alice", groups=["warehouse"], amr=["pwd", "otp"])
+        assert (await stack.get("/wms/stock", token)).status == 200
+        served = await requests_total(admin)
+        assert moved(before, served) == {("wms", "200"): 1.0}
+        assert (await stack.get("/healthz")).status == 200
+        assert await requests_total(admin) == served
