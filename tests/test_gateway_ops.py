@@ -168,6 +168,26 @@ async def test_hot_reload_applies_a_good_policy_and_rejects_a_bad_one(
         assert (await running.get("/readyz")).status == 200
 
 
+async def test_a_reload_rejecting_a_rule_that_clashes_with_data_logs_where_both_are(
+    aiohttp_server: ServerFactory,
+    tmp_path: Path,
+    policy_copy: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with start_stack(aiohttp_server, tmp_path, policy=policy_copy) as running:
+        reloads = running.gateway.metrics.policy_reloads
+        rule = policy_copy / "gateway/catalogue_override.rego"
+        rule.write_text("package portcullis.catalogue\n\nimport rego.v1\n\napps := {}\n")
+        await wait_for(lambda: reloads.labels("rejected")._value.get() >= 1)
+        problem = (
+            f"{rule}:5:1: conflicting data keys: rule apps and data.portcullis.catalogue.apps "
+            f"from {policy_copy}/data/apps.yaml"
+        )
+        assert running.gateway.policy.last_error == problem
+        (logged,) = [r for r in caplog.records if "keeping the last good one" in r.getMessage()]
+        assert logged.getMessage().endswith(f"keeping the last good one:\n{problem}")
+
+
 @pytest.mark.parametrize(
     ("fixture", "name", "error"),
     [("yaml_date/extra.yaml", "extra.yaml", ":3:10: data.extra.since"),

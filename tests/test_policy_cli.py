@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,32 @@ def test_policy_check_names_each_problem_and_exits_2(fixture: str, expected: str
     result = portcullis("policy", "check", str(BAD / fixture))
     assert result.returncode == 2
     assert f"{BAD}/{expected}" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["check", "test"])
+def test_a_rule_clashing_with_data_names_the_rule_and_the_data_file(command: str) -> None:
+    result = portcullis("policy", command, str(BAD / "rule_data_conflict"))
+    assert (result.returncode, result.stderr) == (
+        2,
+        f"{BAD}/rule_data_conflict/catalogue.rego:5:1: conflicting data keys: rule apps and "
+        f"data.portcullis.catalogue.apps from {BAD}/rule_data_conflict/apps.yaml\n",
+    )
+
+
+def test_a_rule_clashing_with_a_bundles_data_names_both_inside_the_bundle(tmp_path: Path) -> None:
+    """A bundle's data.yaml is mounted at its directory: the problem names that file."""
+    bundle = tmp_path / "b.tar.gz"
+    with tarfile.open(bundle, "w:gz") as archive:
+        archive.add(BAD / "rule_data_conflict/catalogue.rego", "catalogue.rego")
+        data = tmp_path / "data.yaml"
+        data.write_text("apps:\n  pos: {}\n")
+        archive.add(data, "portcullis/catalogue/data.yaml")
+    result = portcullis("policy", "check", str(bundle))
+    assert (result.returncode, result.stderr) == (
+        2,
+        f"{bundle}:catalogue.rego:5:1: conflicting data keys: rule apps and "
+        f"data.portcullis.catalogue.apps from {bundle}:portcullis/catalogue/data.yaml\n",
+    )
 
 
 def test_policy_check_of_a_missing_directory_exits_2() -> None:
