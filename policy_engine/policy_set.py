@@ -83,9 +83,18 @@ def _load_directory(root: Path) -> PolicySet:
         raise PolicyLoadError([problem]) from None
     for file in files:
         relative = file.relative_to(root)
-        if any(part.startswith(".") for part in relative.parts) or not file.is_file():
+        wanted = file.suffix == ".rego" or file.suffix in DATA_SUFFIXES
+        if any(part.startswith(".") for part in relative.parts) or not wanted:
             continue
         display = str(file)
+        if not file.is_file():
+            # A link that leads nowhere (a ConfigMap key removed, a checkout missing a
+            # file) would otherwise drop a module or a data file without a word.
+            if file.is_symlink() and not file.exists():
+                problems.append(Problem(display, "a link that leads nowhere (or loops)"))
+            elif not file.is_dir():
+                problems.append(Problem(display, "not a regular file"))
+            continue
         try:
             if file.suffix == ".rego":
                 modules.append(Module(display, file.read_text(encoding="utf-8")))

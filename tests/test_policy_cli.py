@@ -327,3 +327,35 @@ def test_policy_test_verbose_shows_each_tests_own_prints(engine: str) -> None:
         f"  {PRINTS}/p_test.rego:11: as bob",
         f"  {PRINTS}/p.rego:4: checking bob",
     ]
+
+
+@pytest.mark.parametrize(
+    "broken",
+    ["data/apps.yaml", "terraform/public_s3.rego", "gateway/loop.rego", "gateway/queue.rego"],
+    ids=["data-link-to-nowhere", "module-link-to-nowhere", "link-loop", "fifo"],
+)
+def test_a_policy_file_that_cant_be_read_as_one_fails_check_test_and_scan(
+    tmp_path: Path, broken: str
+) -> None:
+    """A dangling link was skipped without a word: the catalogue gone, `policy check`
+    said OK and `scan` PASSed with the critical findings missing (a ConfigMap mount
+    is made of links)."""
+    policies = tmp_path / "policies"
+    subprocess.run(["cp", "-r", str(ROOT / "policies"), str(policies)], check=True)
+    target = policies / broken
+    target.unlink(missing_ok=True)
+    if broken.endswith("queue.rego"):
+        os.mkfifo(target)
+        expected = "not a regular file"
+    else:
+        target.symlink_to(target if "loop" in broken else tmp_path / "nowhere" / target.name)
+        expected = "a link that leads nowhere (or loops)"
+    for command in (["policy", "check"], ["policy", "test"]):
+        result = portcullis(*command, str(policies))
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert f"{target}: {expected}" in result.stderr
+    result = portcullis(
+        "scan", str(ROOT / "examples/terraform"), "--no-cache", "--policy", str(policies)
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"{target}: {expected}" in result.stderr
