@@ -256,6 +256,17 @@ def _packages_outside_roots(compiled: CompiledPolicy) -> list[Problem]:
     ]
 
 
+# Builtins regorus knows by name but never runs: a rule that calls one is undefined
+# where OPA would have its answer (a deny through it never fires).
+_STUBS = {
+    "http.send": (
+        "http.send is not available: the embedded engine answers it undefined without "
+        "sending anything, so a rule that calls it never holds (OPA would send the "
+        "request); give the policy what it needs through input or data"
+    ),
+}
+
+
 def _unknown_functions(shapes: list[ModuleShape]) -> list[Problem]:
     defined = {
         (*shape.package, *rule.path) for shape in shapes for rule in shape.rules if rule.is_function
@@ -273,7 +284,9 @@ def _unknown_functions(shapes: list[ModuleShape]) -> list[Problem]:
             else:
                 target = None
             known = target in defined if target is not None else is_builtin(call.name, call.arity)
-            if not known:
+            if known and target is None and call.name in _STUBS:
+                problems.append(Problem(shape.file, _STUBS[call.name], call.line, call.col))
+            elif not known:
                 problems.append(
                     Problem(shape.file, f"unknown function {call.name}", call.line, call.col)
                 )

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import regorus
 
 from policy_engine import (
     EmbeddedEngine,
@@ -99,6 +100,24 @@ def test_unsafe_variable_names_file_line_and_column() -> None:
 def test_unknown_function_is_found_even_where_evaluation_never_reaches() -> None:
     (problem,) = load_problems(BAD / "unknown_function")
     assert problem == f"{BAD}/unknown_function/jwt.rego:8:2: unknown function io.jwt.decode"
+
+
+def test_a_deny_through_http_send_is_refused_not_left_never_firing(tmp_path: Path) -> None:
+    """regorus knows http.send by name and answers it undefined without a request:
+    `blocked` never held and the policy allowed what OPA, which sends the request,
+    would block. The README rules it out; now the load does too, where it's called."""
+    policy = tmp_path / "p"
+    policy.mkdir()
+    (policy / "w.rego").write_text(
+        "package w\n\nimport rego.v1\n\n"
+        'blocked if http.send({"method": "get", "url": "http://127.0.0.1:1/"}).status_code == 200\n'
+        "\nallow if not blocked\n"
+    )
+    bare = regorus.Engine()
+    bare.add_policy("w.rego", (policy / "w.rego").read_text())
+    assert bare.eval_rule("data.w.allow") is True  # what loading it as regorus does gives
+    (problem,) = load_problems(policy)
+    assert problem.startswith(f"{policy}/w.rego:5:12: http.send is not available: the ")
 
 
 def test_conflicting_data_keys_name_both_files() -> None:
