@@ -90,6 +90,13 @@ def register(commands: Any) -> None:
         "/audit/head URL, a saved copy of it, or the next rotated log file",
     )
     verify.add_argument(
+        "--new-chain",
+        metavar="SIGNED_AT",
+        help="the log began a new chain at GENESIS at this time (its start record's "
+        "signed_at), after its log and .head file were lost: the earlier chain's heads "
+        "in --head are not asked of it",
+    )
+    verify.add_argument(
         "--live",
         action="store_true",
         help="the log is still being written: an unsigned tail is a warning, not a failure",
@@ -107,7 +114,17 @@ def verify_command(args: argparse.Namespace) -> int:
         check_distinct(paths)
         after = check_hash(args.after) if args.after else None
         head = load_heads(args.head, keys) if args.head else None  # every head that verifies
-        result = verify_log(paths, keys, after=after, head=head)
+        if args.new_chain and head is None:
+            raise UsageError(
+                "--new-chain needs --head: it says which of the outside heads are not this log's"
+            )
+        new_chain = args.new_chain or False
+        result = verify_log(paths, keys, after=after, head=head, new_chain=new_chain)
+        if args.new_chain and result.genesis_at not in (None, args.new_chain):
+            raise UsageError(
+                f"--new-chain {args.new_chain}: this log's chain began at GENESIS at "
+                f"{result.genesis_at}"
+            )
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return USAGE_ERROR

@@ -15,14 +15,18 @@ from pathlib import Path
 
 import pytest
 
+from gateway.audit.writer import DecisionLog
 from gateway.server import build_admin_app
 from tests.conftest import ROOT
 from tests.gateway_stack import ServerFactory, start_stack
 from tests.test_decision_log import (
+    KID,
     LOG_FIXTURES,
     OTHER_KEY,
+    SIGNING_KEY,
     event_indexes,
     lines_of,
+    record,
     write_lines,
     write_log,
 )
@@ -582,22 +586,48 @@ async def chain_begun_again(tmp_path: Path) -> tuple[Path, Path, Path]:
     return old, new, export
 
 
-async def test_each_chain_under_one_log_name_verifies_against_the_export_of_both(
+def genesis_of(path: Path) -> str:
+    return str(json.loads(lines_of(path)[0])["signed_at"])
+
+
+async def test_the_chain_before_a_new_one_under_its_name_verifies_against_the_export(
     tmp_path: Path,
 ) -> None:
-    """Both logs were TAMPERED: the old one 'cut' (the new chain's heads are past
-    its end), the new one naming 'a line that is not in the log' (the old chain's).
-    A head signed after another chain of the name began at GENESIS is that chain's."""
-    old, new, export = await chain_begun_again(tmp_path)
+    """The old log was TAMPERED: the new chain's heads, past its end, looked like a
+    cut. A head signed after a later GENESIS of the name, which the log doesn't
+    reach, is that chain's."""
+    old, _, export = await chain_begun_again(tmp_path)
     done = audit(old, "--key", PUBLIC_PEM, "--head", export)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith("OK: 10 events")
-    assert "of a later chain under the name 'pos-0:decisions.log'" in done.stderr
+    assert "of a later chain under the name 'pos-0:decisions.log' left out" in done.stderr
+
+
+async def test_a_new_chain_fails_until_told_it_began_anew_then_verifies_alone(
+    tmp_path: Path,
+) -> None:
+    """The new log can't show the earlier chain wasn't erased (deleting log and .head
+    and restarting looks the same): one clear failure naming --new-chain, not a
+    'line that is not in the log' per head. Told when it began, it verifies."""
+    _, new, export = await chain_begun_again(tmp_path)
     done = audit(new, "--key", PUBLIC_PEM, "--head", export)
+    assert done.returncode == 1 and done.stdout.startswith("TAMPERED: "), done.stdout
+    assert "of an earlier chain under the name 'pos-0:decisions.log'" in done.stdout
+    assert f"--new-chain {genesis_of(new)} checks this log alone [head]" in done.stdout
+    assert "also" not in done.stdout
+    done = audit(new, "--key", PUBLIC_PEM, "--head", export, "--new-chain", genesis_of(new))
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith("OK: 8 events")
-    assert "of an earlier chain under the name 'pos-0:decisions.log'" in done.stderr
-    assert "give that chain's files to check them" in done.stderr
+    assert "began anew at GENESIS at" in done.stderr
+
+
+async def test_new_chain_is_refused_without_head_or_for_another_start(tmp_path: Path) -> None:
+    old, new, export = await chain_begun_again(tmp_path)
+    done = audit(new, "--key", PUBLIC_PEM, "--new-chain", genesis_of(new))
+    assert done.returncode == 2 and "--new-chain needs --head" in done.stderr
+    done = audit(new, "--key", PUBLIC_PEM, "--head", export, "--new-chain", genesis_of(old))
+    assert done.returncode == 2
+    assert f"this log's chain began at GENESIS at {genesis_of(new)}" in done.stderr
 
 
 @pytest.mark.parametrize("which", ["old", "new"])
@@ -606,11 +636,12 @@ async def test_either_chain_cut_back_a_run_is_still_caught_by_its_own_heads(
 ) -> None:
     old, new, export = await chain_begun_again(tmp_path)
     path = old if which == "old" else new
+    told = [] if which == "old" else ["--new-chain", genesis_of(new)]
     lines = lines_of(path)
     second_start = max(i for i, line in enumerate(lines) if b'"reason":"start"' in line)
     write_lines(path, lines[:second_start])  # the second run erased
     assert audit(path, "--key", PUBLIC_PEM).returncode == 0  # the limit of the files alone
-    done = audit(path, "--key", PUBLIC_PEM, "--head", export)
+    done = audit(path, "--key", PUBLIC_PEM, "--head", export, *told)
     assert done.returncode == 1 and done.stdout.startswith("TAMPERED: "), done.stdout
     assert "event(s) and their signatures are missing" in done.stdout
 
@@ -633,3 +664,92 @@ async def test_a_genesis_of_another_log_name_does_not_end_this_logs_chain(
         file.truncate(cut_at)
     done = audit(path, "--key", PUBLIC_PEM, "--head", export)
     assert done.returncode == 1 and done.stdout.startswith("TAMPERED: "), done.stdout
+
+
+async def test_a_genesis_planted_while_the_chain_goes_on_does_not_hide_its_cut_tail(
+    tmp_path: Path,
+) -> None:
+    """The attacker moves log and .head aside, starts the gateway once (it ships a
+    GENESIS start), puts them back: the chain goes on, and its next run is then
+    cut off. Its heads, signed after the planted GENESIS, were taken for a later
+    chain's. The cut log reaches that run's start (it vouches for the last line
+    kept), signed after the GENESIS: the chain went on past it."""
+    name = "pos-0:decisions.log"
+    path = tmp_path / "decisions.log"
+    head_file = path.with_name(path.name + ".head")
+    await write_log(path, 5, sign_every=2, name=name)
+    cut_at, kept = path.stat().st_size, tmp_path / "kept"
+    kept.mkdir()
+    path.rename(kept / path.name)
+    head_file.rename(kept / head_file.name)
+    await write_log(path, 0, name=name)  # the planted GENESIS
+    planted = shipped_heads(path)
+    path.unlink()
+    head_file.unlink()
+    (kept / path.name).rename(path)
+    (kept / head_file.name).rename(head_file)
+    await write_log(path, 7, sign_every=2, name=name)  # the run to erase
+    export = tmp_path / "siem-export.jsonl"
+    heads = planted + shipped_heads(path)
+    export.write_text("".join(json.dumps(head) + "\n" for head in heads))
+    with path.open("r+b") as file:
+        file.truncate(cut_at)
+    done = audit(path, "--key", PUBLIC_PEM, "--head", export)
+    assert done.returncode == 1 and done.stdout.startswith("TAMPERED: "), done.stdout
+    assert "7 event(s) and their signatures are missing" in done.stdout
+
+
+async def test_a_fork_verified_with_after_does_not_take_a_planted_genesis_for_its_start(
+    tmp_path: Path,
+) -> None:
+    """A run erased, a GENESIS planted, the .head file written to go on from a line
+    the auditor already verified: the next file, given with --after, began with a
+    start record signed after the GENESIS, which was taken as its chain's start."""
+    name = "pos-0:decisions.log"
+    path = tmp_path / "decisions.log"
+    head_file = path.with_name(path.name + ".head")
+    await write_log(path, 4, sign_every=2, name=name)
+    verified = hashlib.sha256(lines_of(path)[-1]).hexdigest()
+    cut_at = path.stat().st_size
+    await write_log(path, 6, sign_every=2, name=name)  # the run to erase
+    heads = shipped_heads(path)
+    path.rename(tmp_path / "kept")
+    head_file.unlink()
+    await write_log(path, 0, name=name)  # the planted GENESIS
+    heads += shipped_heads(path)
+    path.unlink()
+    (tmp_path / "kept").rename(path)
+    with path.open("r+b") as file:
+        file.truncate(cut_at)
+    path.rename(tmp_path / "decisions.log.1")
+    head_file.write_text(json.dumps({"seq": 4, "hash": verified, "signed": None}))
+    await write_log(path, 3, sign_every=2, name=name)
+    heads += shipped_heads(path)
+    export = tmp_path / "siem-export.jsonl"
+    export.write_text("".join(json.dumps(head) + "\n" for head in heads))
+    done = audit(path, "--key", PUBLIC_PEM, "--head", export, "--after", verified)
+    assert done.returncode == 1 and done.stdout.startswith("TAMPERED: "), done.stdout
+
+
+async def test_the_newest_rotated_file_verifies_alone_with_after_against_the_export(
+    tmp_path: Path,
+) -> None:
+    """The file before's rotate signature has the seq the next file begins at: it
+    was asked of the newest file, which can't reach it (TAMPERED)."""
+    path = tmp_path / "decisions.log"
+    log = DecisionLog(path, SIGNING_KEY, key_id=KID, labels={"id": "gw"}, sign_every=2)
+    await log.start()
+    for n in range(3):
+        record(log, n)
+    await asyncio.sleep(0.05)
+    rotated = path.rename(tmp_path / "decisions.log.1")
+    log.reopen()
+    for n in range(4):
+        record(log, n)
+    await log.close()
+    after = hashlib.sha256(lines_of(rotated)[-1]).hexdigest()
+    export = tmp_path / "siem-export.jsonl"
+    export.write_text("".join(json.dumps(h) + "\n" for h in shipped_heads(rotated, path)))
+    done = audit(path, "--key", PUBLIC_PEM, "--head", export, "--after", after)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("OK: 4 events")

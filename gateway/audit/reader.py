@@ -88,6 +88,7 @@ class VerifyResult:
     tail_seq: int = 0
     tail_hash: str | None = None
     head_covered: bool = False  # an outside head was given and the log reaches it
+    genesis_at: str | None = None  # when its GENESIS start was signed, if the files begin it
     # What was read of each file (by its name as given): a reader that streams the
     # files again afterwards reads only that, and checks it is still the same.
     extents: dict[str, Extent] = field(default_factory=dict)
@@ -283,6 +284,7 @@ def verify_log(
     *,
     after: str | None = None,
     head: SignedHead | Sequence[SignedHead] | None = None,
+    new_chain: str | bool = False,
 ) -> VerifyResult:
     """Check the chain and its signatures over ``paths`` (oldest file first).
 
@@ -290,8 +292,11 @@ def verify_log(
     PEM key). ``after``: the hash of the line the first file continues from
     (else it must begin the chain). ``head``: a signed head the log must reach, or
     several (every head a SIEM kept: a log cut back to an earlier run's end and
-    continued reaches the newest head but not the erased run's). Raises OSError
-    for unreadable files.
+    continued reaches the newest head but not the erased run's). ``new_chain``:
+    the log's chain began anew at GENESIS, signed at this time (True: whenever
+    these files' GENESIS start was signed), and the heads of the chain before it
+    under its name are not asked of it.
+    Raises OSError for unreadable files.
     """
     result = VerifyResult()
     heads = [head] if isinstance(head, SignedHead) else list(head or ())
@@ -306,7 +311,7 @@ def verify_log(
         if wanted.signature:
             heads_by_signature.setdefault(wanted.signature, []).append(head_index)
     first_seq: int | None = None
-    begun_at: str | None = None  # when the first file's start record was signed
+    genesis_at: str | None = None  # when the chain began, if these files begin it
     ordered = _chain_order(paths)
     if ordered != list(paths):
         files = ", ".join(str(path) for path in ordered)
@@ -467,8 +472,8 @@ def verify_log(
         count = seq
         if first_seq is None:
             first_seq = seq
-            if starts and isinstance(record.get("signed_at"), str):
-                begun_at = record["signed_at"]
+            if starts and link == GENESIS and seq == 0 and isinstance(record.get("signed_at"), str):
+                genesis_at = record["signed_at"]
         # A head vouches for the line before it (`head`); a head that starts a
         # chain vouches for nothing before it, so its own line is the match.
         # Looked up by digest and signature: a file of many polled heads costs
@@ -498,9 +503,17 @@ def verify_log(
         return result
     result.tail_seq, result.tail_hash = count or 0, last.digest
     mine = _heads_of_this_log(heads, names, last, result, problem)
-    mine = _heads_of_this_chain(heads, mine, names, head_at, begun_at, result)
+    result.genesis_at = genesis_at
+    chain = _Chain(names, head_at, genesis_at, new_chain)
+    mine = _heads_of_this_chain(heads, mine, chain, last, result, problem)
+    # A head at the seq these files begin at, which they don't reach, vouches for the
+    # end of the file before (its rotate or close signature).
     before = [
-        h for i, h in enumerate(heads) if i in mine and first_seq is not None and h.seq < first_seq
+        h
+        for i, h in enumerate(heads)
+        if i in mine
+        and first_seq is not None
+        and (h.seq < first_seq or (h.seq == first_seq and genesis_at is None and i not in head_at))
     ]
     if before:
         result.notes.append(
@@ -560,49 +573,87 @@ def _heads_of_this_log(
     return mine
 
 
+@dataclass(frozen=True)
+class _Chain:
+    """What the verifier learnt of the log's chain: the names its signatures carry,
+    the outside heads it reaches (index -> seq), when its GENESIS start was signed
+    if these files begin the chain, and the caller's ``new_chain``."""
+
+    names: set[str]
+    head_at: dict[int, int]
+    genesis_at: str | None
+    new_chain: str | bool
+
+
 def _heads_of_this_chain(
     heads: list[SignedHead],
     mine: set[int],
-    names: set[str],
-    head_at: dict[int, int],
-    begun_at: str | None,
+    chain: _Chain,
+    last: _Line,
     result: VerifyResult,
+    problem: Any,
 ) -> set[int]:
     """Of ``mine``, the heads of this log's own chain. A gateway that lost its log
-    and its .head file (a volume replaced, a host rebuilt) begins a new chain at
-    GENESIS under the same name, and the export holds both chains' heads. The
-    chain's own geneses, signed heads at seq 0 naming this log, mark where one
-    chain ends and the next begins (signed_at: one gateway's clock, and signed,
-    so no one without the key can move a boundary). A head this log reaches is
-    its own whenever it was signed; one it doesn't reach is another chain's when
-    it was signed after a later genesis, or before the genesis this log's chain
-    began with. Anything else must be reached, as before."""
+    and its .head file (a volume replaced, a host rebuilt, or the files deleted)
+    begins a new chain at GENESIS under the same name, and the export holds both
+    chains' heads. A head this log reaches is its own. Of the others:
+
+    - one signed after a later chain of the name began (its GENESIS start, a head
+      at seq 0, signed after every head this log reaches: a chain that went on
+      after a GENESIS reaches a head signed after it, its next start) is that
+      chain's, left out with a note;
+    - one signed before this log's own GENESIS start is an earlier chain's. This
+      log can't show that chain wasn't erased: a problem, unless the caller
+      says the chain began anew (``new_chain``, with that start's signed_at).
+
+    signed_at is one gateway's clock, as signed: no one without the key can move
+    a boundary."""
+    unreached = [i for i in mine if i not in chain.head_at]
+    if not unreached:
+        return mine
+    named = ", ".join(repr(name) for name in sorted(chain.names))
+    reached = [heads[i].signed_at for i in chain.head_at if i in mine]
+    if result.last_signed_at is not None:
+        reached.append(result.last_signed_at)
+    ended = max(reached, default=None)
     geneses = sorted(
         heads[i].signed_at
         for i in mine
-        if heads[i].seq == 0 and heads[i].head == GENESIS and heads[i].log in names
+        if heads[i].seq == 0 and heads[i].head == GENESIS and heads[i].log in chain.names
     )
-    if not geneses or begun_at is None or result.last_signed_at is None:
-        return mine
-    ended_at = result.last_signed_at
-    began = max((at for at in geneses if at <= begun_at), default=None)
-    then = min((at for at in geneses if at > ended_at), default=None)
-    unreached = [i for i in mine if i not in head_at]
+    then = min((at for at in geneses if ended is not None and at > ended), default=None)
     later = {i for i in unreached if then is not None and heads[i].signed_at >= then}
-    earlier = {i for i in unreached if began is not None and heads[i].signed_at < began}
-    named = ", ".join(repr(name) for name in sorted(names))
     if later:
         result.notes.append(
             f"{len(later)} outside head(s) of a later chain under the name {named} left out: "
-            f"it began again at GENESIS at {then}, after this log ends"
+            f"it began again at GENESIS at {then}, after the last head this log reaches"
         )
+    # Files that don't begin the chain (--after) can't show when it began: only the
+    # caller can say so.
+    began = chain.genesis_at
+    if began is None and isinstance(chain.new_chain, str):
+        began = chain.new_chain
+    earlier = {i for i in unreached if began is not None and heads[i].signed_at < began}
     if earlier:
         newest = max((heads[i] for i in earlier), key=lambda h: h.signed_at)
-        result.notes.append(
+        what = (
             f"{len(earlier)} outside head(s) of an earlier chain under the name {named} "
-            f"(up to seq {newest.seq}, signed at {newest.signed_at}) are not checked: this "
-            f"chain began at GENESIS at {began}; give that chain's files to check them"
+            f"(up to seq {newest.seq}, signed at {newest.signed_at})"
         )
+        if chain.new_chain is True or chain.new_chain == began:
+            result.notes.append(
+                f"{what} left out: this log's chain began anew at GENESIS at {began} "
+                "(--new-chain); verify that chain's files on their own"
+            )
+        else:
+            problem(
+                last,
+                "head",
+                f"{what} are not in these files: this log began a new chain at GENESIS at "
+                f"{began}, so the gateway lost its log and .head file, or they were "
+                "deleted. Verify that chain's files on their own; if you know why it "
+                f"began again, --new-chain {began} checks this log alone",
+            )
     return mine - later - earlier
 
 

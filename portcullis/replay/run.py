@@ -161,7 +161,9 @@ def _verify(
         # the check for that). A file that doesn't begin with a start record still
         # fails: lines were cut from it.
         after = mid_chain = _continued_from(chain_order(paths)[0])
-    result = verify_log(paths, keys, after=after, head=heads)
+    # The decisions replayed are those these files hold: an earlier chain of the
+    # log's name, before it began anew at GENESIS, is audit verify's to check.
+    result = verify_log(paths, keys, after=after, head=heads, new_chain=True)
     if result.records == 0:
         raise ReplayError("the log files hold no records")
     if result.events == 0 and result.signatures == 0 and result.problems:
