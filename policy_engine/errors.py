@@ -71,6 +71,8 @@ def problem_from_engine_error(error: BaseException, default_file: str) -> Proble
             message = f"{lead} {place}" + (tail if tail.startswith(":") else "")
     location = _LOCATION.search(text)
     if location is None:
+        # "a.rego exceeds maximum allowed line count 20000": the file is the Problem's.
+        message = message.removeprefix(f"{default_file} ")
         return Problem(default_file, message or type(error).__name__)
     return Problem(
         location.group("file"),

@@ -97,7 +97,7 @@ def _load_directory(root: Path) -> PolicySet:
             continue
         try:
             if file.suffix == ".rego":
-                modules.append(Module(display, file.read_text(encoding="utf-8")))
+                modules.append(Module(display, _rego_text(file.read_bytes())))
             elif file.suffix in DATA_SUFFIXES:
                 documents.append((display, (), file.read_bytes()))
         except UnicodeDecodeError as error:
@@ -105,6 +105,13 @@ def _load_directory(root: Path) -> PolicySet:
         except OSError as error:
             problems.append(Problem(display, f"can't read: {error.strerror or error}"))
     return _assemble(modules, documents, problems, origin=str(root))
+
+
+def _rego_text(content: bytes) -> str:
+    """A module's text. An editor's UTF-8 byte-order mark is left out: OPA reads
+    past it, regorus calls it an invalid character. UnicodeDecodeError if it isn't
+    UTF-8."""
+    return content.decode("utf-8").removeprefix("\ufeff")
 
 
 def _load_bundle(bundle: Path) -> PolicySet:
@@ -131,7 +138,7 @@ def _load_bundle(bundle: Path) -> PolicySet:
                 content = extracted.read() if extracted else b""
                 if name.suffix == ".rego":
                     try:
-                        modules.append(Module(display, content.decode("utf-8")))
+                        modules.append(Module(display, _rego_text(content)))
                     except UnicodeDecodeError as error:
                         problems.append(Problem(display, f"not UTF-8 text: {error.reason}"))
                 elif name.name in ("data.json", "data.yaml", "data.yml"):

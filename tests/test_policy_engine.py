@@ -374,3 +374,28 @@ def test_the_revision_is_of_the_content_not_of_the_path_it_was_loaded_from(
     decision = tmp_path / "a/gateway/decision.rego"
     decision.write_text(decision.read_text().replace("max_age", "max_age ", 1))
     assert load_policy_set(tmp_path / "a").revision not in revisions
+
+
+def test_a_module_saved_with_a_byte_order_mark_loads_as_on_opa(tmp_path: Path) -> None:
+    """Editors on Windows save one; regorus called it "invalid character" at 1:1
+    where OPA reads past it."""
+    from policy_engine.opa_golib import GoOpaEngine
+
+    text = b"\xef\xbb\xbfpackage t\n\nimport rego.v1\n\nx := 1\n"
+    policy = tmp_path / "p"
+    policy.mkdir()
+    (policy / "t.rego").write_bytes(text)
+    bundle = make_bundle(tmp_path / "b.tar.gz", {"t/t.rego": text})
+    for source in (policy, bundle):
+        policy_set = load_policy_set(source)
+        assert EmbeddedEngine(policy_set).evaluate_sync("data.t.x", {}) == 1
+        assert GoOpaEngine(policy_set).value("data.t.x") == 1
+
+
+def test_a_module_over_the_engines_size_limit_is_named_once(tmp_path: Path) -> None:
+    policy = tmp_path / "p"
+    policy.mkdir()
+    lines = "".join(f"r{n} := {n}\n" for n in range(20_001))
+    (policy / "big.rego").write_text(f"package t\n\nimport rego.v1\n\n{lines}")
+    (problem,) = load_problems(policy)
+    assert problem == f"{policy}/big.rego: exceeds maximum allowed line count 20000"
