@@ -160,12 +160,32 @@ def _load_bundle(bundle: Path) -> PolicySet:
             continue
         if isinstance(parsed.get("revision"), str):
             policy_set.revision = parsed["revision"]
+        problems.extend(_v0_modules(display, parsed))
         policy_set.roots = _manifest_roots(display, parsed, problems)
         if policy_set.roots is not None:
             problems.extend(_data_outside_roots(policy_set, display))
     if problems:
         raise PolicyLoadError(problems)
     return policy_set
+
+
+def _v0_modules(display: str, manifest: dict[str, Any]) -> list[Problem]:
+    """A manifest that says its modules are Rego v0 (``rego_version: 0``, or a
+    ``file_rego_versions`` entry of 0): the engine reads v1 only, and each v0
+    module would be a syntax error far from the cause."""
+    versions = [("rego_version", manifest.get("rego_version", 1))]
+    per_file = manifest.get("file_rego_versions")
+    if isinstance(per_file, dict):
+        versions += [(f"file_rego_versions[{name!r}]", v) for name, v in per_file.items()]
+    return [
+        Problem(
+            display,
+            f"{where} is {version!r}: only Rego v1 is supported (as OPA 1.x reads "
+            "it); upgrade the modules with `opa fmt --write --v0-v1`",
+        )
+        for where, version in versions
+        if version != 1
+    ]
 
 
 def _manifest_roots(

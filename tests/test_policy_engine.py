@@ -399,3 +399,20 @@ def test_a_module_over_the_engines_size_limit_is_named_once(tmp_path: Path) -> N
     (policy / "big.rego").write_text(f"package t\n\nimport rego.v1\n\n{lines}")
     (problem,) = load_problems(policy)
     assert problem == f"{policy}/big.rego: exceeds maximum allowed line count 20000"
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [{"rego_version": 0}, {"file_rego_versions": {"/t/t.rego": 0}}],
+    ids=["bundle", "one-file"],
+)
+def test_a_bundle_of_rego_v0_is_named_for_its_version_not_a_syntax_error(
+    tmp_path: Path, manifest: dict[str, object]
+) -> None:
+    v0 = b'package t\n\ndeny[msg] { msg := "no" }\n'
+    files = {".manifest": json.dumps(manifest).encode(), "t/t.rego": v0}
+    bundle = make_bundle(tmp_path / "b.tar.gz", files)
+    problems = load_problems(bundle)
+    assert len(problems) == 1 and problems[0].startswith(f"{bundle}:.manifest: ")
+    assert "is 0: only Rego v1 is supported" in problems[0]
+    assert "opa fmt --write --v0-v1" in problems[0]
