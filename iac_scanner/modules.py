@@ -390,10 +390,12 @@ class ModuleInstance:
         if root == "data" and name and len(operations) > 1 and operations[1][0] == "attr":
             return {f"{self.prefix}data.{name}.{operations[1][1]}"}
         if root == "module" and name:
-            output = (
-                operations[1][1] if len(operations) > 1 and operations[1][0] == "attr" else None
-            )
-            return self._module_references(name, output)
+            rest = operations[1:]
+            key = None
+            if rest and rest[0][0] == "index":
+                key, rest = rest[0][1], rest[1:]
+            output = rest[0][1] if rest and rest[0][0] == "attr" else None
+            return self._module_references(name, key, output)
         if root in self.resource_types and name:
             address = f"{self.prefix}{root}.{name}"
             if len(operations) > 1 and operations[1][0] == "index":
@@ -427,10 +429,22 @@ class ModuleInstance:
         self._local_refs[name] = found
         return found
 
-    def _module_references(self, name: str, output: str | None) -> set[str]:
+    def _module_references(self, name: str, key: Expr | None, output: str | None) -> set[str]:
+        """What `module.name.output` or `module.name[key].output` refers to.
+        A literal key reads that instance's output; any other key is one
+        instance the scanner can't name (a plan records neither the key nor
+        the output), so the reference stays on the module, resolving to no
+        resource, as it does in a plan."""
         children = self.children(name)
         if children is None:
             return {f"{self.prefix}module.{name}"}
+        if key is not None:
+            literal = key[1] if key[0] == "lit" else None
+            if isinstance(literal, bool) or not isinstance(literal, int | str):
+                output = None
+            else:
+                wanted = f"[{json.dumps(literal)}]"
+                children = {k: c for k, c in children.items() if k == wanted}
         found: set[str] = set()
         for child in children.values():
             if output is None:

@@ -2,9 +2,10 @@
 
 Resources come from `planned_values` (or a state's `values`), what is known
 only after apply from `resource_changes[].change.after_unknown`, and `refs`
-from the `configuration` section's `expressions.*.references`. Plans carry no
-source positions, so a resource's line is where its address first appears in
-the plan file.
+from the `configuration` section's `expressions.*.references`, followed
+through module outputs and module variables to the resources they end at, as
+the HCL path follows them. Plans carry no source positions, so a resource's
+line is where its address first appears in the plan file.
 """
 
 from __future__ import annotations
@@ -21,6 +22,16 @@ _RESOURCE_REF = re.compile(
     r"^((?:data\.)?[A-Za-z][A-Za-z0-9_-]*\.[A-Za-z_][A-Za-z0-9_-]*)(\[[^\]]*\])?"
 )
 _KEYS = re.compile(r"\[[^\]]*\]")
+# `module.NAME`, a literal instance key if any, and the output read from it;
+# Terraform writes no key it can't evaluate (`module.x[count.index].id` is
+# recorded as `module.x` beside `count.index`), and then no output either.
+_MODULE_OUTPUT = re.compile(
+    r'^module\.([A-Za-z_][A-Za-z0-9_-]*)(\[(?:"(?:[^"\\]|\\.)*"|[0-9]+)\])?'
+    r"\.([A-Za-z_][A-Za-z0-9_-]*)"
+)
+_VARIABLE = re.compile(r"^var\.([A-Za-z_][A-Za-z0-9_-]*)")
+# One step of a module instance address: `module.NAME` with its key, if any.
+_MODULE_STEP = re.compile(r'module\.[A-Za-z_][A-Za-z0-9_-]*(?:\[(?:"(?:[^"\\]|\\.)*"|[^\]]*)\])?')
 # JSON brackets outside strings (strings are matched whole, so theirs are skipped).
 _JSON_NESTING = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
@@ -75,7 +86,8 @@ def load_plan(text: str, display: str) -> list[dict[str, Any]]:
         )
     lines = _address_lines(text)
     changes = _changes(document.get("resource_changes"))
-    configs = _configuration_resources(document.get("configuration"))
+    configs, calls = _configuration(document.get("configuration"))
+    follow = _References(calls)
     root = document.get("planned_values") or document.get("values") or {}
     resources: list[dict[str, Any]] = []
     for module_address, resource in _walk_module(root.get("root_module"), ""):
@@ -103,7 +115,7 @@ def load_plan(text: str, display: str) -> list[dict[str, Any]]:
                 "line": lines.get(address, 1),
                 "config": config,
                 "unknown": sorted(set(unknown)),
-                "refs": _refs(expressions, module),
+                "refs": _refs(expressions, module, follow),
             }
         )
     return resources
@@ -190,11 +202,15 @@ def _local_address(address: str, module: str) -> str:
     return _KEYS.sub("", local)
 
 
-def _configuration_resources(configuration: Any) -> dict[tuple[str, str], dict[str, Any]]:
-    """(module path without keys, resource address without keys) -> expressions."""
+def _configuration(
+    configuration: Any,
+) -> tuple[dict[tuple[str, str], dict[str, Any]], dict[str, dict[str, Any]]]:
+    """(module path without keys, resource address without keys) -> expressions,
+    and module path without keys -> its module call (inputs, outputs)."""
     found: dict[tuple[str, str], dict[str, Any]] = {}
+    calls: dict[str, dict[str, Any]] = {}
     if not isinstance(configuration, dict):
-        return found
+        return found, calls
     pending: list[tuple[Any, str]] = [(configuration.get("root_module"), "")]
     while pending:
         module, path = pending.pop()
@@ -203,15 +219,97 @@ def _configuration_resources(configuration: Any) -> dict[tuple[str, str], dict[s
         for resource in module.get("resources") or []:
             if isinstance(resource, dict) and isinstance(resource.get("expressions"), dict):
                 found[(path, str(resource.get("address", "")))] = resource["expressions"]
-        calls = module.get("module_calls") or {}
-        for name, call in reversed(list(calls.items()) if isinstance(calls, dict) else []):
+        called = module.get("module_calls") or {}
+        for name, call in reversed(list(called.items()) if isinstance(called, dict) else []):
             if isinstance(call, dict):
                 inner = f"{path}.module.{name}" if path else f"module.{name}"
+                calls[inner] = call
                 pending.append((call.get("module"), inner))
+    return found, calls
+
+
+class _References:
+    """Where a plan's references end, as the HCL path resolves them: a module
+    output is followed into the module it is read from, a variable out to the
+    argument its module call gives it, until they name resources (or nothing:
+    a literal, a local, a variable of the root module). The configuration
+    section writes each module's references relative to that module; the
+    addresses returned are absolute, with the instance keys the reference gave."""
+
+    def __init__(self, calls: dict[str, dict[str, Any]]) -> None:
+        self.calls = calls
+        self._resolved: dict[tuple[str, str], set[str]] = {}
+
+    def resolve(self, module: str, reference: str) -> set[str]:
+        """The resource addresses `reference`, written in module instance `module`, ends at."""
+        key = (module, reference)
+        if key not in self._resolved:
+            self._resolved[key] = self._follow(module, reference)
+        return self._resolved[key]
+
+    def _follow(self, module: str, reference: str) -> set[str]:
+        found: set[str] = set()
+        # Each (module, reference) is followed once: a plan is whatever JSON it
+        # is given, and outputs and variables may refer to each other in a ring.
+        seen: set[tuple[str, str]] = set()
+        pending = [(module, reference)]
+        while pending:
+            step = pending.pop()
+            if step in seen:
+                continue
+            seen.add(step)
+            where, ref = step
+            if ref.startswith("module."):
+                pending.extend(self._through_output(where, ref))
+            elif ref.startswith("var."):
+                pending.extend(self._through_variable(where, ref))
+            elif not ref.startswith(_NOT_RESOURCES):
+                match = _RESOURCE_REF.match(ref)
+                if match:
+                    found.add(f"{where}.{match.group(0)}" if where else match.group(0))
+        return found
+
+    def _through_output(self, module: str, reference: str) -> list[tuple[str, str]]:
+        match = _MODULE_OUTPUT.match(reference)
+        if match is None:
+            return []  # the module as a whole (`module.x`): no output to follow
+        name, key, output = match.groups()
+        child = f"{module}.module.{name}{key or ''}" if module else f"module.{name}{key or ''}"
+        call = self.calls.get(_KEYS.sub("", child), {})
+        outputs = _dict(_dict(call.get("module")).get("outputs"))
+        expression = _dict(outputs.get(output)).get("expression")
+        return [(child, ref) for ref in _references_in(expression)]
+
+    def _through_variable(self, module: str, reference: str) -> list[tuple[str, str]]:
+        match = _VARIABLE.match(reference)
+        if match is None or not module:
+            return []  # a root module's variables are values, not references
+        steps = _MODULE_STEP.findall(module)
+        parent = ".".join(steps[:-1])
+        call = self.calls.get(_KEYS.sub("", module), {})
+        argument = _dict(call.get("expressions")).get(match.group(1))
+        return [(parent, ref) for ref in _references_in(argument)]
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _references_in(expression: Any) -> list[str]:
+    """Every reference an expression (or the expressions nested in it) makes."""
+    found: list[str] = []
+    pending: list[Any] = [expression]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            found.extend(r for r in value.get("references") or [] if isinstance(r, str))
+            pending.extend(v for k, v in value.items() if k not in ("references", "constant_value"))
+        elif isinstance(value, list):
+            pending.extend(value)
     return found
 
 
-def _refs(expressions: dict[str, Any], module: str) -> dict[str, list[str]]:
+def _refs(expressions: dict[str, Any], module: str, follow: _References) -> dict[str, list[str]]:
     refs: dict[str, list[str]] = {}
     # Depth first, in document order: the stack holds what is still to visit
     # with the next item on top.
@@ -221,11 +319,10 @@ def _refs(expressions: dict[str, Any], module: str) -> dict[str, list[str]]:
         if isinstance(value, dict) and "references" in value:
             addresses = sorted(
                 {
-                    f"{module}.{m.group(0)}" if module else m.group(0)
+                    address
                     for ref in value.get("references") or []
-                    if isinstance(ref, str) and not ref.startswith(_NOT_RESOURCES)
-                    for m in [_RESOURCE_REF.match(ref)]
-                    if m
+                    if isinstance(ref, str)
+                    for address in follow.resolve(module, ref)
                 }
             )
             if addresses:

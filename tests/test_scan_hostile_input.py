@@ -294,6 +294,42 @@ def test_a_plan_nested_to_any_depth_loads_or_is_a_plan_error(shape: str, depth: 
     assert [e["address"] for e in entries] == ["aws_s3_bucket.b"]
 
 
+def _rule_plan(reference: str, calls: str) -> str:
+    """A plan of one security group rule whose security_group_id is `reference`."""
+    values = '{"address": "aws_security_group_rule.r", "type": "aws_security_group_rule"}'
+    expressions = f'{{"security_group_id": {{"references": ["{reference}"]}}}}'
+    resource = f'{{"address": "aws_security_group_rule.r", "expressions": {expressions}}}'
+    configuration = f'{{"root_module": {{"resources": [{resource}], "module_calls": {calls}}}}}'
+    return (
+        f'{{"planned_values": {{"root_module": {{"resources": [{values}]}}}}, '
+        f'"configuration": {configuration}}}'
+    )
+
+
+def test_module_outputs_and_variables_that_refer_to_each_other_in_a_ring_resolve_to_nothing() -> (
+    None
+):
+    # Terraform refuses such a configuration; a plan file can say it anyway.
+    call = (
+        '{"m": {"expressions": {"x": {"references": ["module.m.y"]}}, '
+        '"module": {"outputs": {"y": {"expression": {"references": ["var.x"]}}}}}}'
+    )
+    [entry] = load_plan(_rule_plan("module.m.y", call), "plan.json")
+    assert entry["refs"] == {}
+
+
+def test_a_module_output_chain_two_hundred_modules_deep_is_followed() -> None:
+    calls = '{"m": {"module": {"outputs": {"id": {"expression": {"references": '
+    calls += '["aws_security_group.g.id"]}}}}}}'
+    for _ in range(199):
+        calls = (
+            '{"m": {"module": {"outputs": {"id": {"expression": {"references": '
+            f'["module.m.id"]}}}}}}, "module_calls": {calls}}}}}}}'
+        )
+    [entry] = load_plan(_rule_plan("module.m.id", calls), "plan.json")
+    assert entry["refs"] == {"security_group_id": ["module.m." * 200 + "aws_security_group.g"]}
+
+
 def test_a_variable_file_deeper_than_the_reader_goes_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "main.tf").write_text('variable "x" {}\n' + PUBLIC_BUCKET + "}\n")
     (tmp_path / "terraform.tfvars.json").write_text('{"x": ' + "[" * 5000 + "]" * 5000 + "}")

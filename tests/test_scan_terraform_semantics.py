@@ -224,6 +224,89 @@ def test_http_listener_forwarding_to_an_unknown_target_group_is_judged() -> None
     assert "PC-TF-004" not in report["not_judged"]
 
 
+# --- 10. references through module outputs, in HCL and in a plan ----------------------------
+
+
+def _hcl_and_plan(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The JSON reports of a module_outputs fixture as HCL and as its plan.json."""
+    code, hcl = scan_json(fixture(f"module_outputs/{name}"))
+    plan_code, plan = scan_json(fixture(f"module_outputs/{name}/plan.json"))
+    assert hcl["errors"] == [] and plan["errors"] == []
+    assert code == plan_code
+    return hcl, plan
+
+
+def _judged(report: dict[str, Any]) -> tuple[set[tuple[str, str, str]], dict[str, Any]]:
+    found = {(f["rule_id"], f["resource"], f["message"]) for f in report["findings"]}
+    return found, report["not_judged"]
+
+
+def _group_targets(path: str) -> dict[str, list[str]]:
+    """What each security group rule's security_group_id resolves to."""
+    result = load([path], LoadOptions())
+    assert result.problems == []
+    return {
+        r["address"]: r["targets"].get("security_group_id", [])
+        for d in result.documents
+        for r in d.as_input()["resources"]
+        if r["type"] == "aws_security_group_rule"
+    }
+
+
+def test_a_group_reached_through_a_module_output_is_judged_in_a_plan_as_in_hcl() -> None:
+    hcl, plan = _hcl_and_plan("direct")
+    assert _judged(plan) == _judged(hcl)
+    assert ("PC-TF-001", "aws_security_group_rule.open") in findings(plan)
+    [finding] = [f for f in plan["findings"] if f["rule_id"] == "PC-TF-001"]
+    group = "on security group module.pos_sg.aws_security_group.this (app pos"
+    assert group in finding["message"]
+
+
+def test_a_module_output_that_is_another_modules_output_is_followed_down() -> None:
+    hcl, plan = _hcl_and_plan("nested")
+    assert _judged(plan) == _judged(hcl)
+    assert ("PC-TF-001", "aws_security_group_rule.open") in findings(plan)
+    targets = _group_targets(fixture("module_outputs/nested/plan.json"))
+    assert targets == {
+        "aws_security_group_rule.open": ["module.outer.module.inner.aws_security_group.this"]
+    }
+
+
+def test_an_output_of_a_repeated_module_read_by_literal_key_is_that_instances() -> None:
+    hcl, plan = _hcl_and_plan("repeated")
+    assert _judged(plan) == _judged(hcl)
+    critical = {r for rule, r in findings(plan) if rule == "PC-TF-001"}
+    assert critical == {"aws_security_group_rule.first", "aws_security_group_rule.b"}
+    # count.index and each.key: a plan records `module.counted` and
+    # `count.index`, not the output, so neither path resolves the group and
+    # PC-TF-001 (which declares no not_judged) says nothing of these rules.
+    expected = {
+        "aws_security_group_rule.first": ["module.counted[0].aws_security_group.this"],
+        "aws_security_group_rule.b": ['module.keyed["b"].aws_security_group.this'],
+        "aws_security_group_rule.each_counted[0]": [],
+        "aws_security_group_rule.each_counted[1]": [],
+        'aws_security_group_rule.each_keyed["a"]': [],
+        'aws_security_group_rule.each_keyed["b"]': [],
+    }
+    assert _group_targets(fixture("module_outputs/repeated")) == expected
+    assert _group_targets(fixture("module_outputs/repeated/plan.json")) == expected
+
+
+def test_an_output_that_is_a_variable_literal_or_local_links_only_what_it_is_given() -> None:
+    hcl, plan = _hcl_and_plan("values")
+    assert _judged(plan) == _judged(hcl)
+    critical = {r for rule, r in findings(plan) if rule == "PC-TF-001"}
+    assert critical == {"aws_security_group_rule.variable_of_group"}
+    expected = {
+        "aws_security_group_rule.variable_of_literal": [],
+        "aws_security_group_rule.literal": [],
+        "aws_security_group_rule.local": [],
+        "aws_security_group_rule.variable_of_group": ["aws_security_group.pos"],
+    }
+    assert _group_targets(fixture("module_outputs/values")) == expected
+    assert _group_targets(fixture("module_outputs/values/plan.json")) == expected
+
+
 # --- robustness -------------------------------------------------------------------------------
 
 
