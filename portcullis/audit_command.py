@@ -10,9 +10,11 @@ signatures verifies with, a file that isn't a decision log).
 ``--live`` is for a log the gateway is still writing: an unsigned tail and a
 missing seal are then warnings, exit 0.
 
-The first file must begin the chain (seq 0), or ``--after HASH`` says which
-line it continues from (the ``chain ends at`` hash printed for the file
-before it); else deleting the oldest run or file would go unnoticed.
+The first file must begin the chain (seq 0), or ``--after SEQ:HASH`` says
+which line it continues from (the ``chain ends at`` seq and hash printed for
+the file before it; a bare HASH takes the count from the file's start record,
+which an edited .head file can move); else deleting the oldest run or file
+would go unnoticed.
 ``--head URL|FILE`` checks the log reaches a signed head kept outside it (the
 admin listener's ``/audit/head``, a saved copy, the next rotated file, whose
 ``start`` record is one, or a sink's copy of the log, e.g. an export from the
@@ -79,9 +81,10 @@ def register(commands: Any) -> None:
     )
     verify.add_argument(
         "--after",
-        metavar="HASH",
-        help="the first file continues the chain from the line with this hash "
-        "(printed as 'chain ends at' when verifying the file before it)",
+        metavar="SEQ:HASH",
+        help="the first file continues the chain from this line: SEQ:HASH, the seq and "
+        "line hash printed as 'chain ends at' when verifying the file before it (a bare "
+        "HASH takes the count of events before it from the file's start record)",
     )
     verify.add_argument(
         "--head",
@@ -112,14 +115,16 @@ def verify_command(args: argparse.Namespace) -> int:
             _check_readable(path)
             check_log_file(path)
         check_distinct(paths)
-        after = check_hash(args.after) if args.after else None
+        after, after_seq = check_after(args.after) if args.after else (None, None)
         head = load_heads(args.head, keys) if args.head else None  # every head that verifies
         if args.new_chain and head is None:
             raise UsageError(
                 "--new-chain needs --head: it says which of the outside heads are not this log's"
             )
         new_chain = args.new_chain or False
-        result = verify_log(paths, keys, after=after, head=head, new_chain=new_chain)
+        result = verify_log(
+            paths, keys, after=after, head=head, new_chain=new_chain, after_seq=after_seq
+        )
         if args.new_chain and result.genesis_at not in (None, args.new_chain):
             raise UsageError(
                 f"--new-chain {args.new_chain}: this log's chain began at GENESIS at "
@@ -197,6 +202,17 @@ def _report(result: VerifyResult, *, live: bool) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def check_after(text: str) -> tuple[str, int | None]:
+    """``--after``: ``SEQ:HASH`` (as 'chain ends at seq N, line hash H' gives them)
+    or a bare line hash; UsageError otherwise."""
+    seq_text, colon, hash_text = text.strip().rpartition(":")
+    if not colon:
+        return check_hash(text), None
+    if not seq_text.isdigit():
+        raise UsageError(f"--after {text!r}: not SEQ:HASH (a count of events, a line hash)")
+    return check_hash(hash_text), int(seq_text)
 
 
 def check_hash(text: str, option: str = "--after") -> str:

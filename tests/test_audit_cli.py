@@ -753,3 +753,88 @@ async def test_the_newest_rotated_file_verifies_alone_with_after_against_the_exp
     done = audit(path, "--key", PUBLIC_PEM, "--head", export, "--after", after)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith("OK: 4 events")
+
+
+async def a_run_cut_out_behind_a_moved_count(tmp_path: Path) -> tuple[Path, str, list[dict]]:
+    """Run 1 verified (chain ends at seq 4, line hash X) and rotated; run 2 logged
+    and shipped; then, the gateway stopped, run 2's file deleted and the .head
+    file (not signed) pointed at X with the count moved to run 2's end: the
+    restarted gateway signs a start that continues from X at seq 10."""
+    name = "pos-0:decisions.log"
+    path = tmp_path / "decisions.log"
+    await write_log(path, 4, sign_every=2, name=name)
+    after = hashlib.sha256(lines_of(path)[-1]).hexdigest()
+    path.rename(tmp_path / "decisions.log.1")
+    await write_log(path, 6, sign_every=2, name=name)
+    erased = shipped_heads(path)
+    path.unlink()
+    state = {"seq": 10, "hash": after, "signed": None}
+    path.with_name(path.name + ".head").write_text(json.dumps(state))
+    await write_log(path, 3, sign_every=2, name=name)
+    return path, after, erased + shipped_heads(path)
+
+
+async def test_after_with_its_seq_catches_a_run_cut_out_behind_a_moved_count(
+    tmp_path: Path,
+) -> None:
+    """With the bare hash the file's own start said how many events came before
+    it, so every head of the erased run was 'before these files begin'. Even with
+    none of the erased run's heads kept, SEQ:HASH shows the gap."""
+    path, after, _ = await a_run_cut_out_behind_a_moved_count(tmp_path)
+    done = audit(path, "--key", PUBLIC_PEM, "--after", f"4:{after}")
+    assert done.returncode == 1 and done.stdout.startswith("TAMPERED: "), done.stdout
+    assert "start says 10 events came before it, --after says 4: 6 event(s)" in done.stdout
+
+
+async def test_a_bare_after_with_the_export_catches_the_fork(tmp_path: Path) -> None:
+    path, after, heads = await a_run_cut_out_behind_a_moved_count(tmp_path)
+    export = tmp_path / "siem-export.jsonl"
+    export.write_text("".join(json.dumps(head) + "\n" for head in heads))
+    done = audit(path, "--key", PUBLIC_PEM, "--head", export, "--after", after)
+    assert done.returncode == 1 and done.stdout.startswith("TAMPERED: "), done.stdout
+    assert "(seq 4, signed at " in done.stdout
+    assert "the chain forked there" in done.stdout and "[fork]" in done.stdout
+
+
+def test_after_that_is_neither_a_hash_nor_seq_colon_hash_is_a_usage_error(
+    log_file: Path,
+) -> None:
+    done = audit(log_file, "--key", PUBLIC_PEM, "--after", "four:" + "ab" * 32)
+    assert done.returncode == 2 and "not SEQ:HASH" in done.stderr
+
+
+async def test_a_run_signed_under_a_new_name_and_then_cut_off_is_caught(tmp_path: Path) -> None:
+    """`decision_log.name` changed between runs (or a .head file edited to name
+    another log): the later run's heads were taken for another log's, so cutting
+    the log back to before it passed. Its start vouches for a line of this log."""
+    path = tmp_path / "decisions.log"
+    await write_log(path, 3, sign_every=2, name="pos-0:decisions.log")
+    cut_at = path.stat().st_size
+    await write_log(path, 4, sign_every=2, name="pos-7:decisions.log")
+    export = tmp_path / "siem-export.jsonl"
+    export.write_text("".join(json.dumps(head) + "\n" for head in shipped_heads(path)))
+    with path.open("r+b") as file:
+        file.truncate(cut_at)
+    done = audit(path, "--key", PUBLIC_PEM, "--head", export)
+    assert done.returncode == 1 and done.stdout.startswith("TAMPERED: "), done.stdout
+    assert "4 event(s) and their signatures are missing" in done.stdout
+
+
+async def test_a_log_name_edited_into_the_head_file_is_not_taken(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The head file isn't signed: the name in its copy of the last signature is
+    taken only when that signature verifies."""
+    path = tmp_path / "decisions.log"
+    head_file = path.with_name(path.name + ".head")
+    await write_log(path, 2, name="3f2a9c1b7d4e:decisions.log", keep_name=True)
+    state = json.loads(head_file.read_text())
+    signed = state["signed"]
+    signed["log"] = "pos-7:decisions.log"
+    line = {k: v for k, v in signed.items() if k not in ("file", "line_hash")}
+    raw = json.dumps(line, separators=(",", ":")).encode()
+    signed["line_hash"] = hashlib.sha256(raw).hexdigest()  # as the attacker would
+    head_file.write_text(json.dumps(state))
+    await write_log(path, 1, name="9b8e7d6c5a4f:decisions.log", keep_name=True)
+    assert json.loads(lines_of(path)[-1])["log"] == "9b8e7d6c5a4f:decisions.log"
+    assert "is not under this key's signature" in caplog.text

@@ -285,6 +285,7 @@ def verify_log(
     after: str | None = None,
     head: SignedHead | Sequence[SignedHead] | None = None,
     new_chain: str | bool = False,
+    after_seq: int | None = None,
 ) -> VerifyResult:
     """Check the chain and its signatures over ``paths`` (oldest file first).
 
@@ -371,7 +372,8 @@ def verify_log(
                     "deleted from its beginning",
                 )
             else:
-                _check_beginning(line, link, seq, after, result, problem)
+                continues = None if after is None else (after, after_seq)
+                _check_beginning(line, link, seq, continues, result, problem)
         elif link != prev.digest:
             link_ok = False
             if prev.record is None:
@@ -502,6 +504,9 @@ def verify_log(
             )
         return result
     result.tail_seq, result.tail_hash = count or 0, last.digest
+    # A head that vouches for a line of this log is this log's, whatever name it
+    # signs: a run signed under another name and then cut off is still a cut.
+    names |= {name for i in head_at if (name := heads[i].log) is not None}
     mine = _heads_of_this_log(heads, names, last, result, problem)
     result.genesis_at = genesis_at
     chain = _Chain(names, head_at, genesis_at, new_chain)
@@ -520,6 +525,8 @@ def verify_log(
             f"{len(before)} outside head(s) come before these files begin (seq "
             f"{first_seq}); give the earlier files to check them"
         )
+    if after is not None and first_seq is not None:
+        _check_fork(heads, mine, head_at, after, first_seq, last, problem)
     for index, wanted in enumerate(heads):
         if index in mine and wanted not in before:
             _check_head(wanted, head_at.get(index), last, count or 0, result, problem)
@@ -624,9 +631,16 @@ def _heads_of_this_chain(
     then = min((at for at in geneses if ended is not None and at > ended), default=None)
     later = {i for i in unreached if then is not None and heads[i].signed_at >= then}
     if later:
+        starts = [at for at in geneses if then is not None and at >= then]
+        more = (
+            f"; {len(starts)} chains began under it since, at GENESIS at {', '.join(starts)}: "
+            "verify each one's files"
+            if len(starts) > 1
+            else ""
+        )
         result.notes.append(
             f"{len(later)} outside head(s) of a later chain under the name {named} left out: "
-            f"it began again at GENESIS at {then}, after the last head this log reaches"
+            f"it began again at GENESIS at {then}, after the last head this log reaches{more}"
         )
     # Files that don't begin the chain (--after) can't show when it began: only the
     # caller can say so.
@@ -636,9 +650,17 @@ def _heads_of_this_chain(
     earlier = {i for i in unreached if began is not None and heads[i].signed_at < began}
     if earlier:
         newest = max((heads[i] for i in earlier), key=lambda h: h.signed_at)
+        starts = [at for at in geneses if began is not None and at < began]
         what = (
             f"{len(earlier)} outside head(s) of an earlier chain under the name {named} "
-            f"(up to seq {newest.seq}, signed at {newest.signed_at})"
+            f"(up to seq {newest.seq}, signed at {newest.signed_at}"
+            + (
+                f"; {len(starts)} chains began under it before, at GENESIS at "
+                f"{', '.join(starts)}: verify each one's files"
+                if len(starts) > 1
+                else ""
+            )
+            + ")"
         )
         if chain.new_chain is True or chain.new_chain == began:
             result.notes.append(
@@ -658,17 +680,37 @@ def _heads_of_this_chain(
 
 
 def _check_beginning(
-    line: _Line, link: str, seq: int, after: str | None, result: VerifyResult, problem: Any
+    line: _Line,
+    link: str,
+    seq: int,
+    after: tuple[str, int | None] | None,
+    result: VerifyResult,
+    problem: Any,
 ) -> None:
-    """The first record must begin the chain, or continue from ``after``."""
+    """The first record must begin the chain, or continue from ``after`` (the hash
+    of the line before, and the events up to it when the caller knows them)."""
     if after is not None:
-        if link == after:
-            result.notes.append(f"{line.file} continues from {after} ({seq} events before it)")
+        after_hash, after_seq = after
+        if link == after_hash and after_seq is not None and seq != after_seq:
+            # The count comes from the .head file, which isn't signed: a run cut off
+            # and the count moved past it would otherwise line up with the next file.
+            problem(
+                line,
+                "start",
+                f"this log's start says {seq} events came before it, --after says "
+                f"{after_seq}: {abs(seq - after_seq)} event(s) between were cut out, or "
+                "the count was changed",
+            )
+        elif link == after_hash:
+            pinned = "" if after_seq is not None else ", as its start record says"
+            result.notes.append(
+                f"{line.file} continues from {after_hash} ({seq} events before it{pinned})"
+            )
         else:
             problem(
                 line,
                 "start",
-                f"this log continues from {link}, not from --after {after}: "
+                f"this log continues from {link}, not from --after {after_hash}: "
                 "the lines between are missing",
             )
     elif link != GENESIS or seq != 0:
@@ -679,6 +721,32 @@ def _check_beginning(
             "(give the earlier files too, or --after with the hash of the line it "
             "continues from); an earlier run or file may have been deleted",
         )
+
+
+def _check_fork(
+    heads: list[SignedHead],
+    mine: set[int],
+    head_at: dict[int, int],
+    after: str,
+    first_seq: int,
+    last: _Line,
+    problem: Any,
+) -> None:
+    """Files verified from ``after`` on: an outside start record that continues
+    from the same line with another count is a second branch of the chain there,
+    whose events these files don't hold (a run cut off, the .head file's count
+    moved past it, the gateway restarted)."""
+    for index in sorted(mine):
+        head = heads[index]
+        if head.head == after and head.seq != first_seq and index not in head_at:
+            problem(
+                last,
+                "fork",
+                f"the outside head from {head.source} (seq {head.seq}, signed at "
+                f"{head.signed_at}) continues from the line --after names too, but these "
+                f"files begin at seq {first_seq}: the chain forked there, and the other "
+                "branch's events are not in these files",
+            )
 
 
 def _check_head(

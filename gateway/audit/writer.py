@@ -60,6 +60,7 @@ from gateway.audit.chain import (
     DECISION_PATH,
     GENESIS,
     SIGNATURE_TYPE,
+    check_signature,
     line_hash,
     rfc3339_ns,
     signing_input,
@@ -710,6 +711,19 @@ class DecisionLog:
             signature = None if signed is None else _signature_bytes(signed)
             name = signed.get("log") if isinstance(signed, dict) else None
             self._saved_name = name if isinstance(name, str) else None
+            if self._saved_name is not None and check_signature(
+                signed, {self._kid: self._key.public_key()}
+            ):
+                # The head file isn't signed itself: a name in it is taken only under
+                # this key's signature, or an edited one would sign a run as another
+                # log's, which the verifier leaves out as another replica's.
+                logger.error(
+                    "%s: the log name %r it records is not under this key's signature: "
+                    "using the configured or default name",
+                    self.head_path,
+                    self._saved_name,
+                )
+                self._saved_name = None
             return _Chain(str(state["hash"]), int(state["seq"]), int(state["seq"]), signature)
         except (ValueError, KeyError, TypeError):
             raise DecisionLogError(
