@@ -18,8 +18,8 @@ from typing import Any
 from portcullis import output_options
 from portcullis.audit_command import (
     UsageError,
+    check_after,
     check_distinct,
-    check_hash,
     check_log_file,
     load_heads,
     load_keys,
@@ -123,7 +123,8 @@ def register(actions: Any) -> None:
     parser.add_argument(
         "--after",
         metavar="HASH",
-        help="the first file continues the chain from this line hash (as `audit verify --after`)",
+        help="the first file continues the chain from this line: SEQ:HASH or HASH (as "
+        "`audit verify --after`)",
     )
     parser.add_argument(
         "--allow-unsigned-tail", action="store_true",
@@ -160,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         outputs = output_options.requested(args)
         if args.since and args.until and args.since >= args.until:
             raise UsageError("--since must be before --until")
-        after = check_hash(args.after) if args.after else None
+        after, after_seq = check_after(args.after) if args.after else (None, None)
         if args.seed is not None and args.sample is None:
             raise UsageError("--seed is the seed of --sample's sample: give --sample N too")
         keys = None if args.no_verify else load_keys(args.key, args.jwks)
@@ -186,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
             ),
             keys=keys,
             after=after,
+            after_seq=after_seq,
             heads=heads,
             allowed=frozenset(args.allowed),
             samples_per_kind=args.samples,

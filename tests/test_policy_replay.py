@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -974,3 +975,23 @@ def test_logs_whose_oldest_files_were_rotated_away_replay_from_their_first_start
     code = main(["policy", "replay", *kept, "--policy", str(POLICIES), "--key", str(recorded.key)])
     assert code == 2
     assert "does not begin with a signed start record" in capsys.readouterr().err
+
+
+def test_after_with_its_seq_refuses_files_whose_start_claims_another_count(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, tmp_path: Path
+) -> None:
+    """`--after SEQ:HASH`, as `audit verify` prints where the file before ends: a
+    file whose start says more events came before it (a run cut out, the unsigned
+    .head file's count moved past it) is refused, not replayed from its start."""
+    log = tmp_path / "decisions.log"
+    asyncio.run(_rotated(recorded, log))
+    older = log.with_name("decisions.log.1")
+    last = older.read_bytes().splitlines()[-1]
+    ends_at, digest = json.loads(last)["seq"], hashlib.sha256(last).hexdigest()
+    base = ["policy", "replay", "--log", str(log), "--policy", str(POLICIES)]
+    base += ["--key", str(recorded.key)]
+    assert main([*base, "--after", f"{ends_at}:{digest}"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--after", f"{ends_at - 3}:{digest}"]) == 2
+    err = capsys.readouterr().err
+    assert f"start says {ends_at} events came before it, --after says {ends_at - 3}" in err

@@ -54,6 +54,7 @@ class ReplayOptions:
     # kid -> key to verify the chain's signatures; None: --no-verify.
     keys: dict[str, ec.EllipticCurvePublicKey] | None = None
     after: str | None = None
+    after_seq: int | None = None  # --after SEQ:HASH's count, when given
     # Signed heads kept elsewhere the log must reach (--head); None: none given.
     heads: list[SignedHead] | None = None
     allowed: frozenset[str] = frozenset()
@@ -94,7 +95,7 @@ def replay(options: ReplayOptions) -> Report:
     if options.keys is not None:
         started = time.perf_counter()
         report.verification, extents, signed_through = _verify(
-            paths, options.keys, options.after, options.heads
+            paths, options.keys, options.after, options.heads, options.after_seq
         )
         report.verify_seconds = time.perf_counter() - started
         paths = chain_order(paths)
@@ -149,6 +150,7 @@ def _verify(
     keys: dict[str, ec.EllipticCurvePublicKey],
     after: str | None,
     heads: list[SignedHead] | None = None,
+    after_seq: int | None = None,
 ) -> tuple[Verification, dict[str, Extent], int | None]:
     """What was checked, the bytes checked, and the seq the last signature covers
     when events follow it (None: every event is signed)."""
@@ -163,7 +165,7 @@ def _verify(
         after = mid_chain = _continued_from(chain_order(paths)[0])
     # The decisions replayed are those these files hold: an earlier chain of the
     # log's name, before it began anew at GENESIS, is audit verify's to check.
-    result = verify_log(paths, keys, after=after, head=heads, new_chain=True)
+    result = verify_log(paths, keys, after=after, head=heads, new_chain=True, after_seq=after_seq)
     if result.records == 0:
         raise ReplayError("the log files hold no records")
     if result.events == 0 and result.signatures == 0 and result.problems:
