@@ -27,6 +27,7 @@ from iac_scanner.policy import RuleSet
 from policy_engine import EmbeddedEngine, EvaluationError, PolicySet, load_policy_set
 from policy_engine.opa_golib import UNDEFINED, GoOpaEngine
 from policy_engine.policy_set import Module
+from policy_engine.portability import portability_warnings
 from policy_engine.testing import run_tests
 from tests.conftest import POLICIES, ROOT, SHARED
 from tests.test_scan_corpus import pos_tagged_policies
@@ -449,6 +450,42 @@ def test_known_difference_not_over_a_call_with_an_undefined_argument() -> None:
     regorus_engine.set_input({})
     assert regorus_engine.eval_rule("data.q.missing") is True
     assert GoOpaEngine(load_policy_set_from_text(policy)).value("data.q.missing", {}) is UNDEFINED
+
+
+# Negations of an operator with `input` empty: whether OPA and regorus agree, and
+# whether `policy check` warns. It warns exactly where they differ.
+NEGATED_OPERATORS = [
+    ('not "admin" in input.roles', False),
+    ('not input.user in {"admin"}', False),
+    ("not input.user in admins", False),
+    ('not "k", "v" in input.attributes', False),
+    ('some item in [{}]; not "a" in item.tags', False),
+    ('not "admin" in [input.user]', False),
+    ("not input.age >= 18", False),
+    ("not input.age != 18", False),
+    ("not input.age + 1 > 18", False),
+    ("not input.groups | admins == admins", False),
+    ("not [input.user] == [1]", False),
+    ("not input.user == {input.group}", False),
+    ('not "admin" in object.get(input, "roles", [])', True),
+    ('not "root" in admins', True),
+    ('not input.user == "admin"', True),
+    ('not input.user = "admin"', True),
+    ("not input.user == input.group", True),
+    ('not "admin" in {role | some role in input.roles}', True),
+]
+
+
+@pytest.mark.parametrize(("negation", "engines_agree"), NEGATED_OPERATORS)
+def test_not_over_an_operator_differs_where_policy_check_warns(
+    negation: str, engines_agree: bool
+) -> None:
+    policy = f'package q\nimport rego.v1\nadmins := {{"admin"}}\nr if {{ {negation} }}\n'
+    policy_set = load_policy_set_from_text(policy)
+    assert EmbeddedEngine(policy_set).evaluate_sync("data.q.r", {}) is True
+    on_opa = GoOpaEngine(policy_set).value("data.q.r", {})
+    assert on_opa is (True if engines_agree else UNDEFINED)
+    assert bool(portability_warnings(policy_set)) is not engines_agree
 
 
 def test_known_difference_sprintf_d_with_a_negative_number() -> None:

@@ -97,6 +97,34 @@ def test_policy_check_warns_on_not_over_an_argument_that_may_be_undefined() -> N
     assert all("OPA treats the whole `not` as undefined" in w for w in warnings)
 
 
+def test_policy_check_warns_on_not_over_in_or_a_comparison_with_an_undefined_operand() -> None:
+    result = portcullis("policy", "check", str(BAD / "not_in_undefined"))
+    assert result.returncode == 0
+    assert "3 portability warnings" in result.stdout
+    rego = BAD / "not_in_undefined/roles.rego"
+    warnings = [line.split(": if it is undefined")[0] for line in result.stderr.splitlines()]
+    assert warnings == [
+        f"{rego}:10:38: warning: `not` over an operand of `in` that may be undefined",
+        f"{rego}:12:26: warning: `not` over an operand of `in` that may be undefined",
+        f"{rego}:14:23: warning: `not` over an operand of `>=` that may be undefined",
+    ]
+
+
+def test_what_check_warns_on_under_not_in_fails_on_opa_and_nothing_else() -> None:
+    fixture = str(BAD / "not_in_undefined")
+    on_regorus = portcullis("policy", "test", fixture)
+    assert on_regorus.returncode == 0 and on_regorus.stdout.endswith("PASS: 6/6\n")
+    result = portcullis("policy", "test", "--engine", "opa", fixture)
+    assert result.returncode == 1
+    failed = [line.split(":")[0] for line in result.stdout.splitlines() if ": FAIL" in line]
+    assert failed == [
+        "data.roles_test.test_missing_roles_is_denied",
+        "data.roles_test.test_missing_user_is_denied",
+        "data.roles_test.test_missing_age_is_denied",
+    ]
+    assert result.stdout.endswith("PASS: 3/6\nFAIL: 3/6\n")
+
+
 def test_policy_test_on_opa_passes_the_shipped_policies() -> None:
     result = portcullis("policy", "test", "--engine", "opa", "policies/")
     assert result.returncode == 0, result.stdout + result.stderr
