@@ -36,7 +36,7 @@ from policy_engine.errors import (
 )
 from policy_engine.input_reads import InputProjection, projection
 from policy_engine.policy_set import PolicySet, data_leaf_on, outside_roots
-from policy_engine.rego_ast import ModuleShape, module_shape, share_package_imports
+from policy_engine.rego_ast import ModuleShape, Rule, module_shape, share_package_imports
 
 REF = re.compile(r"^data(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _NOT_A_RULE = "not a valid rule path"
@@ -112,6 +112,7 @@ def compile_policy(policy_set: PolicySet) -> CompiledPolicy:
     compiled = CompiledPolicy(policy_set, shapes)
     problems.extend(_data_conflicts(compiled))
     problems.extend(_rule_conflicts(shapes))
+    problems.extend(_ref_head_overlaps(shapes))
     problems.extend(_packages_outside_roots(compiled))
     problems.extend(_unknown_functions(shapes))
     engine.set_input({})
@@ -236,6 +237,45 @@ def _rule_conflicts(shapes: list[ModuleShape]) -> list[Problem]:
                     conflict = f"rule {ref} conflicts with rule data.{name} ({file}:{line})"
             if conflict is not None:
                 problems.append(Problem(shape.file, conflict, rule.line, rule.col))
+    return problems
+
+
+def _ref_head_overlaps(shapes: list[ModuleShape]) -> list[Problem]:
+    """Two rules of a package where one's head has a variable (`access[app].groups`)
+    and the other's a name in its place (`access.pos.groups`, `access.pos[k]`): OPA
+    gives `access.pos` the values of both, regorus reads `access.pos...` from the
+    named rule alone (OPA's conformance case `refheads/general, set leaf, deep
+    query`), so a rule reading `access.pos.groups` decides differently on each.
+    Whether the variable ever takes that name depends on data and input: refused
+    whenever it can, as the gateway would then decide unlike OPA."""
+    with_variable: dict[tuple[str, ...], list[tuple[str, Rule]]] = {}
+    for shape in shapes:
+        for rule in shape.rules:
+            if rule.dynamic and not rule.is_function:
+                with_variable.setdefault(shape.package, []).append((shape.file, rule))
+    problems = []
+    for shape in shapes:
+        for rule in shape.rules:
+            for file, other in with_variable.get(shape.package, ()):
+                at = len(other.path)  # where `other` has its variable
+                if rule.is_function or len(rule.path) <= at or rule.path[:at] != other.path:
+                    continue
+                package = ".".join(shape.package)
+                under = f"data.{package}.{'.'.join(rule.path[: at + 1])}"
+                example = f"{'.'.join(other.path)}[key]... if key := {json.dumps(rule.path[at])}"
+                problems.append(
+                    Problem(
+                        shape.file,
+                        f"rule data.{package}.{rule.name} has a name where the rule at "
+                        f"{file}:{other.line} has a variable (after data.{package}."
+                        f"{other.name}): OPA reads {under} from both rules, regorus from "
+                        f"this one alone; write this one with a variable too ({example}) "
+                        "or give the two different names",
+                        rule.line,
+                        rule.col,
+                    )
+                )
+                break
     return problems
 
 

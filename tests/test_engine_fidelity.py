@@ -24,12 +24,20 @@ from hypothesis import strategies as st
 
 from iac_scanner.loader import LoadOptions, load
 from iac_scanner.policy import RuleSet
-from policy_engine import EmbeddedEngine, EvaluationError, PolicySet, load_policy_set
+from policy_engine import (
+    EmbeddedEngine,
+    EvaluationError,
+    PolicyLoadError,
+    PolicySet,
+    compile_policy,
+    load_policy_set,
+)
+from policy_engine.embedded import new_engine
 from policy_engine.opa_golib import UNDEFINED, GoOpaEngine
 from policy_engine.policy_set import Module
 from policy_engine.portability import portability_warnings
 from policy_engine.testing import run_tests
-from tests.conftest import POLICIES, ROOT, SHARED
+from tests.conftest import FIXTURES, POLICIES, ROOT, SHARED
 from tests.test_scan_corpus import pos_tagged_policies
 
 DECISION = "data.portcullis.gateway.decision"
@@ -486,6 +494,29 @@ def test_not_over_an_operator_differs_where_policy_check_warns(
     on_opa = GoOpaEngine(policy_set).value("data.q.r", {})
     assert on_opa is (True if engines_agree else UNDEFINED)
     assert bool(portability_warnings(policy_set)) is not engines_agree
+
+
+@pytest.mark.parametrize(
+    ("fixture", "engines_agree"), [("ref_head_overlap", False), ("ref_heads_apart", True)]
+)
+def test_a_ref_head_with_a_name_where_another_has_a_variable_differs_and_is_refused(
+    fixture: str, engines_agree: bool
+) -> None:
+    """OPA's conformance case `refheads/general, set leaf, deep query`: with
+    `groups[app].members` and `groups.pos.members`, regorus reads groups.pos.members
+    from the second rule alone. compile_policy refuses that pair, and only it."""
+    policy_set = load_policy_set(FIXTURES / "policies" / fixture)
+    regorus_engine = new_engine(policy_set)
+    on_regorus = regorus_engine.eval_query("data.access.groups.pos.members")["result"]
+    on_opa = GoOpaEngine(policy_set).value("data.access.groups.pos.members")
+    assert on_opa == ["pos-admin", "store"]
+    if engines_agree:
+        assert sorted(on_regorus[0]["expressions"][0]["value"]) == on_opa
+        assert compile_policy(policy_set).policy_set is policy_set
+    else:
+        assert on_regorus[0]["expressions"][0]["value"] == {"pos-admin"}
+        with pytest.raises(PolicyLoadError, match="has a name where the rule at"):
+            compile_policy(policy_set)
 
 
 def test_known_difference_sprintf_d_with_a_negative_number() -> None:

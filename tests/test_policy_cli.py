@@ -125,6 +125,32 @@ def test_what_check_warns_on_under_not_in_fails_on_opa_and_nothing_else() -> Non
     assert result.stdout.endswith("PASS: 3/6\nFAIL: 3/6\n")
 
 
+@pytest.mark.parametrize("command", [("check",), ("test",), ("test", "--engine", "opa")])
+def test_a_ref_head_with_a_name_where_another_has_a_variable_is_refused(
+    command: tuple[str, ...],
+) -> None:
+    result = portcullis("policy", *command, str(BAD / "ref_head_overlap"))
+    rego = BAD / "ref_head_overlap/access.rego"
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"{rego}:15:1: rule data.access.groups.pos.members has a name where the rule at "
+        f"{rego}:10 has a variable (after data.access.groups): OPA reads "
+        "data.access.groups.pos from both rules, regorus from this one alone; write this "
+        'one with a variable too (groups[key]... if key := "pos") or give the two different '
+        "names\n"
+    )
+
+
+@pytest.mark.parametrize("engine", ["regorus", "opa"])
+def test_ref_heads_with_a_variable_beside_names_elsewhere_pass_on_both_engines(
+    engine: str,
+) -> None:
+    fixture = str(BAD / "ref_heads_apart")
+    assert portcullis("policy", "check", fixture).returncode == 0
+    result = portcullis("policy", "test", "--engine", engine, fixture)
+    assert (result.returncode, result.stdout.splitlines()[-1]) == (0, "PASS: 1/1")
+
+
 def test_policy_test_on_opa_passes_the_shipped_policies() -> None:
     result = portcullis("policy", "test", "--engine", "opa", "policies/")
     assert result.returncode == 0, result.stdout + result.stderr
