@@ -70,17 +70,28 @@ def _kind(value: Any) -> str:
 class RuleSet:
     """The scanner's rules, compiled once; one regorus engine per process."""
 
-    def __init__(self, policy_set: PolicySet) -> None:
-        try:
-            self.compiled: CompiledPolicy = compile_policy(policy_set)
-        except PolicyLoadError as error:
-            raise RuleSetError(str(error)) from None
+    def __init__(self, policy: PolicySet | CompiledPolicy) -> None:
+        if isinstance(policy, CompiledPolicy):  # `policy check` has compiled it already
+            self.compiled: CompiledPolicy = policy
+        else:
+            try:
+                self.compiled = compile_policy(policy)
+            except PolicyLoadError as error:
+                raise RuleSetError(str(error)) from None
         self.revision = self.compiled.policy_set.revision
         self._engine = new_engine(self.compiled.policy_set)
         # Where each package first declares metadata, deny and not_judged.
         self._declared: dict[str, dict[str, str]] = {}
         self.packages = self._rule_packages()
-        self.rules = {ref: self._metadata(ref) for ref in self.packages}
+        self.rules: dict[str, Rule] = {}
+        problems = []
+        for ref in self.packages:  # every package's metadata problem, not the first only
+            try:
+                self.rules[ref] = self._metadata(ref)
+            except RuleSetError as error:
+                problems.append(str(error))
+        if problems:
+            raise RuleSetError("\n".join(problems))
         self._unique_ids()
         self._engine.add_policy(f"{_COLLECTOR_PACKAGE}.rego", self._collector())
 
@@ -106,8 +117,7 @@ class RuleSet:
         parts but not both metadata and deny is an error, not a rule skipped
         with its findings (helper packages, with none of the parts, aren't rules)."""
         for shape in self.compiled.shapes:
-            package = shape.package
-            if package[: len(PACKAGE_PREFIX)] != PACKAGE_PREFIX or package[-1].endswith("_test"):
+            if not _is_rule_package(shape.package):
                 continue
             for rule in shape.rules:
                 if rule.path[0] in _RULE_PARTS and not rule.is_function:
@@ -157,7 +167,7 @@ class RuleSet:
     def _metadata(self, package: str) -> Rule:
         self._engine.set_input_json("{}")
         value = self._eval(f"{package}.metadata")
-        where = f"{package}.metadata"
+        where = f"{self.declared_at(package)}: {package}.metadata"
         if not isinstance(value, dict):
             raise RuleSetError(f"{where}: must be an object with id, title, severity")
         missing = [k for k in ("id", "title", "severity") if not isinstance(value.get(k), str)]
@@ -214,6 +224,26 @@ class RuleSet:
                         f"{package}.not_judged: each item must be {{resource, path}}, got {item!r}"
                     )
         return violations, not_judged
+
+
+def rule_package_problems(compiled: CompiledPolicy) -> list[str]:
+    """What `portcullis scan` and `policy diff` refuse (exit 2) in a policy set's
+    rule packages, one line each as they print it; none for a policy set without
+    `portcullis.terraform.*` packages. `policy check` and `policy test` run it, so
+    a policy repository's CI refuses what every Terraform pipeline would."""
+    if not any(_is_rule_package(shape.package) for shape in compiled.shapes):
+        return []
+    try:
+        RuleSet(compiled)
+    except RuleSetError as error:
+        return str(error).splitlines()
+    except EvaluationError as error:  # metadata that fails to evaluate
+        return [str(error)]
+    return []
+
+
+def _is_rule_package(package: tuple[str, ...]) -> bool:
+    return package[: len(PACKAGE_PREFIX)] == PACKAGE_PREFIX and not package[-1].endswith("_test")
 
 
 def _items(package: str, name: str, results: dict[str, Any]) -> list[Any]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import regorus
 
-from policy_engine.embedded import _eval_ref, as_json, compile_policy, new_engine
+from policy_engine.embedded import CompiledPolicy, _eval_ref, as_json, compile_policy, new_engine
 from policy_engine.errors import (
     EvaluationError,
     PolicyError,
@@ -122,7 +122,7 @@ class _Test:
 
 
 def run_tests(
-    policy_set: PolicySet,
+    policy: PolicySet | CompiledPolicy,
     *,
     coverage: bool = False,
     match: str | None = None,
@@ -135,8 +135,9 @@ def run_tests(
     ``engine="opa"`` runs them on OPA's own Go evaluator (policy_engine.opa_golib,
     raising OracleUnavailable when it isn't installed), to check that a policy set
     behaves the same on a real OPA. Raises PolicyLoadError when the policy set
-    doesn't load."""
-    compiled = compile_policy(policy_set)
+    doesn't load. A CompiledPolicy (`policy test` has one) isn't compiled again."""
+    compiled = policy if isinstance(policy, CompiledPolicy) else compile_policy(policy)
+    policy_set = compiled.policy_set
     definitions: dict[str, list[tuple[str, Rule]]] = {}
     for shape in compiled.shapes:
         for rule in shape.rules:

@@ -10,9 +10,11 @@ import os
 import sys
 import tarfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from iac_scanner.policy import rule_package_problems
 from policy_engine import (
     EvaluationError,
     PolicyError,
@@ -33,7 +35,7 @@ RULE = "-" * 80
 USAGE_ERROR = 2
 
 
-def _fail(problems: list[Problem] | str) -> int:
+def _fail(problems: Sequence[Problem | str] | str) -> int:
     lines = [problems] if isinstance(problems, str) else [str(p) for p in problems]
     for line in lines:
         print(line, file=sys.stderr)
@@ -44,15 +46,37 @@ def _policy_paths(args: argparse.Namespace) -> list[str]:
     return list(args.paths) or [args.default_policy()]
 
 
+class _Refused(Exception):
+    """A policy set `portcullis scan` would refuse: the lines it prints."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+
+
+def _compile(path: str) -> CompiledPolicy:
+    """A policy set as every command loads it, with its rule packages as `scan`
+    reads them: what the scanner refuses (a severity it doesn't know, one rule id
+    twice, deny without metadata) is refused here too, so that a policy
+    repository's CI can't pass a set every Terraform pipeline would refuse.
+    Raises PolicyLoadError, or _Refused with the scanner's own messages."""
+    compiled = compile_policy(load_policy_set(path))
+    refused = rule_package_problems(compiled)
+    if refused:
+        raise _Refused(refused)
+    return compiled
+
+
 def test(args: argparse.Namespace) -> int:
     failed = total = 0
     for path in _policy_paths(args):
         try:
             report = run_tests(
-                load_policy_set(path), coverage=args.coverage, match=args.match, engine=args.engine
+                _compile(path), coverage=args.coverage, match=args.match, engine=args.engine
             )
         except PolicyLoadError as error:
             return _fail(error.problems)
+        except _Refused as refused:
+            return _fail(refused.lines)
         except PolicyError as error:  # the OPA engine isn't installed, or --coverage with it
             return _fail(str(error))
         _print_test_report(report, verbose=args.verbose)
@@ -111,12 +135,15 @@ def _print_cases(cases: tuple[CaseResult, ...], *, verbose: bool, depth: int) ->
 
 
 def check(args: argparse.Namespace) -> int:
-    problems: list[Problem] = []
+    problems: list[Problem | str] = []
     for path in _policy_paths(args):
         try:
-            compiled = compile_policy(load_policy_set(path))
+            compiled = _compile(path)
         except PolicyLoadError as error:
             problems.extend(error.problems)
+            continue
+        except _Refused as refused:
+            problems.extend(refused.lines)
             continue
         modules = len(compiled.policy_set.modules)
         rules = len(compiled.rule_refs())

@@ -13,6 +13,7 @@ import pytest
 
 from portcullis.cli import main
 from tests.conftest import FIXTURES, POLICIES
+from tests.test_policy_cli import portcullis
 
 POS_APP = FIXTURES / "terraform/pos_app"
 
@@ -252,3 +253,63 @@ def test_results_the_engine_gives_that_cannot_be_read_are_an_error_not_no_findin
     code, _, err = scan(capsys, POLICIES)
     assert code == 2
     assert "policy evaluation failed: the rule packages gave no readable results (null)" in err
+
+
+# --- policy check and policy test refuse what scan refuses ------------------------------
+
+SEVERE = METADATA.replace('"low"', '"severe"')
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        pytest.param(f"metadata := {SEVERE}\n\n{DENY_EVERY_RESOURCE}", id="unknown-severity"),
+        pytest.param(
+            f"metadata := {METADATA.replace('ACME-TF-1', 'PC-TF-006')}\n\n{DENY_EVERY_RESOURCE}",
+            id="reused-id",
+        ),
+        pytest.param(DENY_EVERY_RESOURCE, id="deny-without-metadata"),
+    ],
+)
+def test_policy_check_and_test_refuse_a_rule_package_scan_refuses_with_its_message(
+    tmp_path: Path, rules: str
+) -> None:
+    policy = with_package(tmp_path, rules)
+    scanned = portcullis("scan", str(POS_APP), "--no-cache", "--policy", str(policy))
+    assert scanned.returncode == 2 and scanned.stdout == ""
+    refused = [line.removeprefix("portcullis scan: ") for line in scanned.stderr.splitlines()]
+    assert refused and all(refused)
+    for command in ("check", "test"):
+        result = portcullis("policy", command, str(policy))
+        assert (result.returncode, result.stdout, result.stderr.splitlines()) == (2, "", refused)
+
+
+def test_an_unknown_severity_is_refused_at_the_metadata_that_declares_it(tmp_path: Path) -> None:
+    policy = with_package(tmp_path, f"metadata := {SEVERE}\n\n{DENY_EVERY_RESOURCE}")
+    result = portcullis("policy", "check", str(policy))
+    assert result.stderr == (
+        f"{policy}/extra/extra.rego:5:1: data.portcullis.terraform.extra.metadata: "
+        "severity 'severe' is not one of low, medium, high, critical\n"
+    )
+
+
+def test_a_deny_item_without_a_message_is_a_finding_with_the_rule_title_in_check_and_scan(
+    tmp_path: Path,
+) -> None:
+    """Documented: a message left out is the rule's title; nothing refuses it."""
+    policy = with_package(
+        tmp_path,
+        f"metadata := {METADATA}\n\n"
+        'deny contains {"resource": r.address} if {\n'
+        "\tsome r in input.resources\n"
+        '\tr.type == "aws_lb"\n'
+        "}\n",
+    )
+    checked = portcullis("policy", "check", str(policy))
+    assert (checked.returncode, checked.stderr) == (0, "")
+    scanned = portcullis(
+        "scan", str(POS_APP), "--no-cache", "--output", "json", "--policy", str(policy)
+    )
+    assert scanned.returncode == 1
+    ours = [f for f in json.loads(scanned.stdout)["findings"] if f["rule_id"] == "ACME-TF-1"]
+    assert ours and {f["message"] for f in ours} == {"t"}
