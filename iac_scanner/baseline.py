@@ -4,20 +4,31 @@ are still reported, marked as such, but don't fail the build; new ones do."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from iac_scanner.findings import Finding
 
+# 3: a finding in a called module is told apart by its root module too.
 # 2: fingerprints on rule, resource, root-relative file and the finding itself.
-VERSION = 2
+VERSION = 3
+ROOTLESS_VERSION = 2
 
 
 class BaselineError(Exception):
     """A baseline file that can't be read (one line, names the file)."""
 
 
-def load(path: str) -> set[str]:
+@dataclass(frozen=True)
+class Baseline:
+    path: str
+    fingerprints: frozenset[str]
+    # A version 2 file: its entries for findings in called modules name no root module.
+    rootless: bool = False
+
+
+def load(path: str) -> Baseline:
     """The fingerprints a baseline file accepts."""
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -42,19 +53,45 @@ def load(path: str) -> set[str]:
             f'{path}: not a portcullis baseline: expected {{"findings": '
             '[{"fingerprint": ...}, ...]}} as written by --create-baseline'
         )
-    if document.get("version") != VERSION:
+    if document.get("version") not in (VERSION, ROOTLESS_VERSION):
         raise BaselineError(
             f"{path}: a version {document.get('version')} baseline; findings are now told apart "
             "by what they are about (not only rule, resource and file), so its fingerprints "
             "no longer match: re-create it with --create-baseline"
         )
-    return {e["fingerprint"] for e in entries}
+    fingerprints = frozenset(e["fingerprint"] for e in entries)
+    return Baseline(path, fingerprints, rootless=document["version"] == ROOTLESS_VERSION)
 
 
-def apply(findings: list[Finding], accepted: set[str]) -> None:
+def apply(findings: list[Finding], accepted: Baseline) -> list[str]:
+    """Mark the accepted findings; notes on version 2 entries that accept none."""
     for finding in findings:
-        if finding.fingerprint in accepted:
+        if finding.fingerprint in accepted.fingerprints:
             finding.baselined = True
+    if not accepted.rootless:
+        return []
+    # A version 2 entry for a finding in a called module names no root module.
+    # It accepts the finding when one root module in this scan has it, as when
+    # the baseline was made; when several do, it can't tell an old hole from a
+    # new root's, so it accepts none of them and says so.
+    by_entry: dict[str, list[Finding]] = {}
+    for finding in findings:
+        if finding.in_called_module and finding.rootless_fingerprint in accepted.fingerprints:
+            by_entry.setdefault(finding.rootless_fingerprint, []).append(finding)
+    notes = []
+    for group in by_entry.values():
+        if len(group) == 1:
+            group[0].baselined = True
+            continue
+        first = group[0]
+        roots = ", ".join(sorted(f.root_module for f in group))
+        notes.append(
+            f"{accepted.path}: the version 2 entry for {first.rule.id} on {first.resource} "
+            f"({first.root_path or first.file}) names no root module, and {len(group)} root "
+            f"modules have that finding ({roots}): it accepts none of them; re-create the "
+            "baseline with --create-baseline to accept the ones you mean to"
+        )
+    return notes
 
 
 def render(findings: list[Finding]) -> str:
@@ -65,6 +102,7 @@ def render(findings: list[Finding]) -> str:
             "rule_id": f.rule.id,
             "resource": f.resource,
             "file": f.root_path or f.file,
+            "root_module": f.root_module_path or f.root_module,
             "message": f.message,
         }
         for f in sorted(findings, key=Finding.sort_key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
 
 SEVERITIES = ("low", "medium", "high", "critical")
@@ -49,14 +50,43 @@ class Finding:
     # The file relative to the source root (the git top-level), so the
     # fingerprint doesn't change with the directory the scan ran from.
     root_path: str = ""
+    # The root module the finding was evaluated in (its directory, or the plan
+    # file), as reported and relative to the source root: a module that two
+    # root modules call has a finding in each.
+    root_module: str = ""
+    root_module_path: str = ""
+
+    @property
+    def in_called_module(self) -> bool:
+        """Whether the finding's file is a called module's, so the file alone
+        doesn't say which root module's resource it is (modules/app/main.tf
+        called by envs/prod and envs/staging)."""
+        root = self.root_module_path or self.root_module
+        if not root:
+            return False
+        file = PurePosixPath(self.root_path or self.file)
+        return PurePosixPath(root) not in (file, file.parent)
 
     @property
     def fingerprint(self) -> str:
         """Stable across commits that move the resource within its file and
         across working directories; distinct for distinct findings, so
-        baselines and code scanning keep tracking each finding."""
+        baselines and code scanning keep tracking each finding. The root
+        module is part of it only for a finding in a called module: a root
+        module's own file already names it, and those fingerprints stay as
+        they were before roots were told apart."""
+        return self._fingerprint(with_root=self.in_called_module)
+
+    @property
+    def rootless_fingerprint(self) -> str:
+        """The fingerprint without the root module, as version 2 baselines hold it."""
+        return self._fingerprint(with_root=False)
+
+    def _fingerprint(self, with_root: bool) -> str:
         identity = self.key or self.message
         text = f"{self.rule.id}\0{self.resource}\0{self.root_path or self.file}\0{identity}"
+        if with_root:
+            text += f"\0{self.root_module_path or self.root_module}"
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     @property
@@ -64,8 +94,8 @@ class Finding:
         """Whether this finding can fail the build."""
         return self.suppressed is None and not self.baselined
 
-    def sort_key(self) -> tuple[str, int, str, str]:
-        return (self.file, self.line, self.rule.id, self.resource)
+    def sort_key(self) -> tuple[str, int, str, str, str]:
+        return (self.file, self.line, self.rule.id, self.resource, self.root_module)
 
 
 @dataclass(frozen=True)

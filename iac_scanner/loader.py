@@ -44,6 +44,14 @@ class Document:
     # Directory a checkov run for this document would start from, or the plan file.
     origin: Path
 
+    @property
+    def root_module(self) -> Path:
+        """The root module findings are in: its directory (when one file of it
+        was scanned too), or the plan file."""
+        if self.source == "hcl" and self.origin.is_file():
+            return self.origin.parent
+        return self.origin
+
     def as_input(self) -> dict[str, Any]:
         entries = with_targets([r.entry for r in self.resources])
         return {"source": self.source, "resources": entries}

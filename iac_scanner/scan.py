@@ -80,8 +80,9 @@ def scan(options: ScanOptions) -> ScanResult:
     result.source_root = str(source_root(options))
     for finding in result.findings:
         finding.root_path = _relative(finding.file, Path(result.source_root))
+        finding.root_module_path = _relative(finding.root_module, Path(result.source_root))
     if accepted is not None:
-        baseline.apply(result.findings, accepted)
+        result.notes.extend(baseline.apply(result.findings, accepted))
     result.findings.sort(key=Finding.sort_key)
     return result
 
@@ -219,12 +220,15 @@ def _scan_documents(
     result.notes.extend(loaded.notes)
     result.files = loaded.files
     blocks = _BlockIndex(result.notes)
-    seen: set[tuple[str, str, str, str]] = set()
+    # A module that two root modules call is two instances, each its own hole:
+    # one finding per root (a root module's own file names its root already).
+    seen: set[tuple[str, str, str, str, str]] = set()
     for document in loaded.documents:
         result.resources += len(document.resources)
         blocks.add(document)
         for finding in _evaluate(rules, document, result):
-            identity = (finding.rule.id, finding.resource, finding.file, finding.message)
+            where = finding.root_module if finding.in_called_module else ""
+            identity = (finding.rule.id, finding.resource, finding.file, finding.message, where)
             if identity not in seen:
                 seen.add(identity)
                 result.findings.append(finding)
@@ -321,6 +325,7 @@ def _evaluate(rules: RuleSet, document: Document, result: ScanResult) -> list[Fi
         result.problems.append(Problem(document.name, f"policy evaluation failed: {error}"))
         return []
     by_address: dict[str, Resource] = {r.entry["address"]: r for r in document.resources}
+    root_module = display_path(document.root_module)
     findings = []
     for violation in violations:
         resource = by_address.get(violation.resource)
@@ -333,6 +338,7 @@ def _evaluate(rules: RuleSet, document: Document, result: ScanResult) -> list[Fi
                 file=resource.entry["file"] if resource else document.name,
                 line=resource.entry["line"] if resource else 1,
                 end_line=resource.end_line if resource else None,
+                root_module=root_module,
             )
         )
     for item in not_judged:

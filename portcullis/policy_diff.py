@@ -1,8 +1,9 @@
 """Terraform findings that appear and disappear with a candidate policy: comparison and reports.
 
-Findings are matched by fingerprint (rule id, resource, file: what baselines
-and code scanning track). The JSON report (``"report": "portcullis.policy-diff",
-"version": 1``) is the document the text and Markdown reports render.
+Findings are matched by fingerprint (rule id, resource, file, and the root
+module for one in a called module: what baselines and code scanning track).
+The JSON report (``"report": "portcullis.policy-diff", "version": 1``) is the
+document the text and Markdown reports render.
 """
 
 from __future__ import annotations
@@ -68,11 +69,12 @@ def compare(
 
 
 def _reworded(gone: list[Finding], came: list[Finding]) -> list[tuple[Finding, Finding]]:
-    def place(finding: Finding) -> tuple[str, str, str]:
-        return (finding.rule.id, finding.resource, finding.root_path or finding.file)
+    def place(finding: Finding) -> tuple[str, str, str, str]:
+        root = finding.root_module_path if finding.in_called_module else ""
+        return (finding.rule.id, finding.resource, finding.root_path or finding.file, root)
 
-    def alone(findings: list[Finding]) -> dict[tuple[str, str, str], Finding]:
-        groups: dict[tuple[str, str, str], list[Finding]] = {}
+    def alone(findings: list[Finding]) -> dict[tuple[str, str, str, str], Finding]:
+        groups: dict[tuple[str, str, str, str], list[Finding]] = {}
         for finding in findings:
             groups.setdefault(place(finding), []).append(finding)
         return {where: group[0] for where, group in groups.items() if len(group) == 1}
@@ -97,11 +99,19 @@ def _findings(count: int, verb: str) -> str:
     return f"{count} finding {verb}s" if count == 1 else f"{count} findings {verb}"
 
 
+def _resource(finding: Finding) -> str:
+    """The resource, with its root module when its file is a called module's."""
+    if finding.in_called_module:
+        return f"{finding.resource} in root module {finding.root_module}"
+    return finding.resource
+
+
 def _row(finding: Finding) -> dict[str, Any]:
     return {
         "rule_id": finding.rule.id,
         "severity": finding.rule.severity,
         "resource": finding.resource,
+        "root_module": finding.root_module,
         "file": finding.file,
         "line": finding.line,
         "message": finding.message,
@@ -134,12 +144,12 @@ def render_text(diff: FindingsDiff) -> str:
         lines.append(f"{_findings(len(findings), title)} with the candidate")
         for f in findings:
             lines.append(f"  {mark} {f.file}:{f.line} {f.rule.id} [{f.rule.severity}] "
-                         f"{f.resource}: {f.message}")  # fmt: skip
+                         f"{_resource(f)}: {f.message}")  # fmt: skip
     if diff.changed:
         lines.append(_findings(len(diff.changed), "change"))
         for a, b in diff.changed:
             was, now = f"[{a.rule.severity}] {a.message}", f"[{b.rule.severity}] {b.message}"
-            lines.append(f"  ~ {b.file}:{b.line} {b.rule.id} {b.resource}: {was} -> {now}")
+            lines.append(f"  ~ {b.file}:{b.line} {b.rule.id} {_resource(b)}: {was} -> {now}")
     lines.append(f"{diff.unchanged} finding{'' if diff.unchanged == 1 else 's'} unchanged")
     lines.append(verdict(diff))
     return "\n".join(lines) + "\n"
@@ -161,13 +171,13 @@ def render_markdown(diff: FindingsDiff) -> str:
         lines += ["", "| | rule | severity | resource | where | message |", "|---" * 6 + "|"]
     for change, f in rows:
         lines.append(
-            f"| {change} | {cell(f.rule.id)} | {cell(f.rule.severity)} | `{code(f.resource)}` "
+            f"| {change} | {cell(f.rule.id)} | {cell(f.rule.severity)} | `{code(_resource(f))}` "
             f"| `{code(f.file)}:{f.line}` | {cell(f.message)}{_suppressed(f)} |"
         )
     for a, b in diff.changed:
         lines.append(
             f"| changes | {cell(b.rule.id)} | {cell(a.rule.severity)} → {cell(b.rule.severity)} "
-            f"| `{code(b.resource)}` | `{code(b.file)}:{b.line}` "
+            f"| `{code(_resource(b))}` | `{code(b.file)}:{b.line}` "
             f"| {cell(a.message)} → {cell(b.message)}{_suppressed(b)} |"
         )
     return "\n".join(lines) + "\n"

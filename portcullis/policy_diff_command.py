@@ -2,10 +2,10 @@
 
 Scans the same paths twice through the scanner's public entry point
 (:func:`iac_scanner.scan.scan`), once per policy, and compares findings by
-their fingerprint (rule id, resource, file: what baselines and code scanning
-track). Exit codes: 0 no finding appears (findings that disappear are
-reported, not failed), 1 findings appear, 2 errors (a policy that doesn't load,
-a file that doesn't parse).
+their fingerprint (rule id, resource, file, and the root module for one in a
+called module: what baselines and code scanning track). Exit codes: 0 no
+finding appears (findings that disappear are reported, not failed), 1 findings
+appear, 2 errors (a policy that doesn't load, a file that doesn't parse).
 """
 
 from __future__ import annotations

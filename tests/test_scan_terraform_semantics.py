@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -527,3 +528,114 @@ def test_reports_say_per_rule_what_could_not_be_judged_and_why(tmp_path: Path) -
         fixture("not_judged"), "--var", "encrypted=true", "--var", "internal=true"
     )
     assert judged["not_judged"] == {} and judged["summary"]["not_judged"] == 0
+
+
+# --- a module several root modules call -------------------------------------------------------
+
+
+def _environments(tmp_path: Path, *, staging: bool) -> Path:
+    """shared_module/ outside any git work tree (paths relative to it), with or
+    without the staging environment."""
+    tree = tmp_path / "infra"
+    shutil.copytree(TERRAFORM / "shared_module", tree, ignore=shutil.ignore_patterns("*.json"))
+    if not staging:
+        shutil.rmtree(tree / "envs/staging")
+    return tree
+
+
+def _state(report: dict[str, Any]) -> dict[tuple[str, str], bool]:
+    """(resource, root module) -> baselined."""
+    return {(f["resource"], f["root_module"]): f["baselined"] for f in report["findings"]}
+
+
+def test_a_module_two_roots_call_is_a_finding_per_root_named_in_every_report(
+    tmp_path: Path,
+) -> None:
+    tree = _environments(tmp_path, staging=True)
+    code, report = scan_json(".", cwd=tree)
+    assert code == 1
+    module = [f for f in report["findings"] if f["resource"] == "module.app.aws_s3_bucket.data"]
+    assert [(f["file"], f["root_module"]) for f in module] == [
+        ("modules/app/main.tf", "envs/prod"),
+        ("modules/app/main.tf", "envs/staging"),
+    ]
+    assert len({f["fingerprint"] for f in report["findings"]}) == 3
+    text = portcullis("scan", "--no-cache", ".", cwd=tree).stdout.splitlines()
+    for root in ("envs/prod", "envs/staging"):
+        assert any(
+            line.endswith(f"(module.app.aws_s3_bucket.data in root module {root})") for line in text
+        )
+    assert text[-1] == "3 findings (3 high) in 3 files, 3 resources; 3 at or above low: FAIL"
+    # A root module's own file names its root: nothing added.
+    assert not any("aws_s3_bucket.logs" in line and "root module" in line for line in text)
+    sarif = _sarif(".", cwd=tree)
+    jsonschema.validate(sarif, json.loads(SARIF_SCHEMA.read_text()))
+    results = sarif["runs"][0]["results"]
+    assert sorted(
+        (r["properties"]["rootModule"], r["message"]["text"].endswith(")")) for r in results
+    ) == [("envs/prod", False), ("envs/prod", True), ("envs/staging", True)]
+    assert any(r["message"]["text"].endswith(" (in root module envs/staging)") for r in results)
+    out = tmp_path / "scan.xml"
+    junit = portcullis(
+        "scan", "--no-cache", ".", "--output", "junit", "--output-file", str(out), cwd=tree
+    )
+    assert junit.returncode == 1
+    names = [c.get("name") for c in ET.parse(out).getroot().iter("testcase")]
+    assert "module.app.aws_s3_bucket.data in root module envs/staging (modules/app/main.tf:6)" in (
+        names
+    )
+
+
+def test_a_new_root_calling_a_baselined_module_fails_the_build(tmp_path: Path) -> None:
+    tree = _environments(tmp_path, staging=False)
+    baseline = tmp_path / "baseline.json"
+    created = portcullis("scan", "--no-cache", ".", "--create-baseline", str(baseline), cwd=tree)
+    assert created.returncode == 0
+    entries = json.loads(baseline.read_text())["findings"]
+    assert json.loads(baseline.read_text())["version"] == 3
+    assert {(e["resource"], e["root_module"]) for e in entries} == {
+        ("aws_s3_bucket.logs", "envs/prod"),
+        ("module.app.aws_s3_bucket.data", "envs/prod"),
+    }
+    shutil.copytree(TERRAFORM / "shared_module/envs/staging", tree / "envs/staging")
+    code, report = scan_json(".", "--baseline", str(baseline), cwd=tree)
+    assert code == 1
+    assert _state(report) == {
+        ("aws_s3_bucket.logs", "envs/prod"): True,
+        ("module.app.aws_s3_bucket.data", "envs/prod"): True,
+        ("module.app.aws_s3_bucket.data", "envs/staging"): False,
+    }
+    text = portcullis("scan", "--no-cache", ".", "--baseline", str(baseline), cwd=tree)
+    assert text.returncode == 1
+    assert text.stdout.splitlines()[-1] == (
+        "1 finding (1 high) in 3 files, 3 resources; 2 in baseline; 1 at or above low: FAIL"
+    )
+
+
+def test_a_version_2_baseline_keeps_its_findings_and_covers_no_new_root(tmp_path: Path) -> None:
+    # Written by the scanner before root modules were told apart, with envs/prod alone.
+    baseline = str(TERRAFORM / "shared_module/baseline-v2.json")
+    tree = _environments(tmp_path, staging=False)
+    code, report = scan_json(".", "--baseline", baseline, cwd=tree)
+    assert code == 0
+    assert _state(report) == {
+        ("aws_s3_bucket.logs", "envs/prod"): True,
+        ("module.app.aws_s3_bucket.data", "envs/prod"): True,
+    }
+    assert report["notes"] == []
+    # Its entry for the module's bucket names no root: with a second root
+    # module it can't tell the old hole from the new one and accepts neither.
+    shutil.copytree(TERRAFORM / "shared_module/envs/staging", tree / "envs/staging")
+    code, report = scan_json(".", "--baseline", baseline, cwd=tree)
+    assert code == 1
+    assert _state(report) == {
+        ("aws_s3_bucket.logs", "envs/prod"): True,
+        ("module.app.aws_s3_bucket.data", "envs/prod"): False,
+        ("module.app.aws_s3_bucket.data", "envs/staging"): False,
+    }
+    assert report["notes"] == [
+        f"{baseline}: the version 2 entry for PC-TF-006 on module.app.aws_s3_bucket.data "
+        "(modules/app/main.tf) names no root module, and 2 root modules have that finding "
+        "(envs/prod, envs/staging): it accepts none of them; re-create the baseline with "
+        "--create-baseline to accept the ones you mean to"
+    ]

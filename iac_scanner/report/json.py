@@ -20,6 +20,7 @@ def render(result: ScanResult, color: bool = False) -> str:
             "title": f.rule.title,
             "source": f.rule.source,
             "resource": f.resource,
+            "root_module": f.root_module,
             "message": f.message,
             "file": f.file,
             "line": f.line,

@@ -15,7 +15,7 @@ def render(result: ScanResult, color: bool = False) -> str:
     by_rule = {
         rule_id: list(group)
         for rule_id, group in groupby(
-            sorted(result.findings, key=lambda f: (f.rule.id, f.file, f.line)),
+            sorted(result.findings, key=lambda f: (f.rule.id, f.file, f.line, f.root_module)),
             key=lambda f: f.rule.id,
         )
     }
@@ -26,10 +26,11 @@ def render(result: ScanResult, color: bool = False) -> str:
         suite = ET.SubElement(root, "testsuite", name=f"{rule.id} {rule.title}")
         suite_failures = suite_skipped = 0
         for finding in findings:
+            where = f" in root module {finding.root_module}" if finding.in_called_module else ""
             case = ET.SubElement(
                 suite,
                 "testcase",
-                name=f"{finding.resource} ({finding.file}:{finding.line})",
+                name=f"{finding.resource}{where} ({finding.file}:{finding.line})",
                 classname=rule.id,
                 file=finding.file,
                 line=str(finding.line),
@@ -45,7 +46,7 @@ def render(result: ScanResult, color: bool = False) -> str:
                     case, "failure", message=finding.message, type=rule.severity
                 )
                 failure.text = (
-                    f"{finding.file}:{finding.line}: {finding.message}\n"
+                    f"{finding.file}:{finding.line}: {finding.message}{where}\n"
                     f"Rule: {rule.id} ({rule.severity}) {rule.title}\n"
                     f"Remediation: {rule.remediation}"
                 )

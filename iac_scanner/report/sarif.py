@@ -13,7 +13,9 @@ from urllib.parse import quote
 from iac_scanner.findings import Finding, Rule, ScanResult, not_judged_by_rule
 
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
-# v2: rule, resource, root-relative file and the finding's own identity.
+# v2: rule, resource, root-relative file and the finding's own identity; for a
+# finding in a called module, its root module too (a root module's own
+# findings kept the value they had before, so their alerts stay open).
 FINGERPRINT_KEY = "portcullisFingerprint/v2"
 _LEVELS = {"critical": "error", "high": "error", "medium": "warning", "low": "note"}
 # GitHub ranks code scanning alerts by this property (CVSS-like, 0-10).
@@ -97,11 +99,15 @@ def _result(finding: Finding, index: int, with_baseline: bool, bases: _Bases) ->
     region: dict[str, Any] = {"startLine": max(1, finding.line)}
     if finding.end_line and finding.end_line >= finding.line:
         region["endLine"] = finding.end_line
+    message = finding.message
+    if finding.in_called_module:
+        # Code scanning shows the message: the file alone doesn't say which root's.
+        message += f" (in root module {finding.root_module_path})"
     result: dict[str, Any] = {
         "ruleId": finding.rule.id,
         "ruleIndex": index,
         "level": _LEVELS[finding.rule.severity],
-        "message": {"text": finding.message},
+        "message": {"text": message},
         "locations": [
             {
                 "physicalLocation": {
@@ -113,6 +119,8 @@ def _result(finding: Finding, index: int, with_baseline: bool, bases: _Bases) ->
         ],
         "partialFingerprints": {FINGERPRINT_KEY: finding.fingerprint},
     }
+    if finding.root_module_path:
+        result["properties"] = {"rootModule": finding.root_module_path}
     if finding.suppressed is not None:
         result["suppressions"] = [{"kind": "inSource", "justification": finding.suppressed}]
     if with_baseline:

@@ -25,6 +25,9 @@ def _line(finding: Finding, color: bool) -> str:
     severity = finding.rule.severity
     label = _paint(f"{severity.upper():<8}", _COLOURS.get(severity, "0"), color)
     text = f"  {finding.line:>5}  {label} {finding.rule.id:<11} {finding.message}"
+    if finding.in_called_module:
+        # The file is a module's: say which root module's instance this is.
+        text += f"  ({finding.resource} in root module {finding.root_module})"
     if finding.suppressed is not None:
         text += _paint(f"  [suppressed: {finding.suppressed}]", "2", color)
     elif finding.baselined:
