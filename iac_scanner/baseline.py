@@ -19,6 +19,13 @@ ROOTLESS_VERSION = 2
 class BaselineError(Exception):
     """A baseline file that can't be read (one line, names the file)."""
 
+    def __init__(
+        self, file: str, message: str, line: int | None = None, column: int | None = None
+    ) -> None:
+        self.file, self.message, self.line, self.column = file, message, line, column
+        where = file if line is None else f"{file}:{line}:{column}"
+        super().__init__(f"{where}: {message}")
+
 
 @dataclass(frozen=True)
 class Baseline:
@@ -34,30 +41,32 @@ def load(path: str) -> Baseline:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise BaselineError(
-            f"{path}: no such baseline file (make one with --create-baseline)"
+            path, "no such baseline file (make one with --create-baseline)"
         ) from None
     except (OSError, UnicodeDecodeError) as error:
-        raise BaselineError(f"{path}: can't read the baseline: {error}") from None
+        raise BaselineError(path, f"can't read the baseline: {error}") from None
     try:
         document = json.loads(text)
     except ValueError as error:
         line = getattr(error, "lineno", 1)
         column = getattr(error, "colno", 1)
         reason = getattr(error, "msg", str(error))
-        raise BaselineError(f"{path}:{line}:{column}: not valid JSON: {reason}") from None
+        raise BaselineError(path, f"not valid JSON: {reason}", line, column) from None
     entries = document.get("findings") if isinstance(document, dict) else None
     if not isinstance(entries, list) or not all(
         isinstance(e, dict) and isinstance(e.get("fingerprint"), str) for e in entries
     ):
         raise BaselineError(
-            f'{path}: not a portcullis baseline: expected {{"findings": '
-            '[{"fingerprint": ...}, ...]}} as written by --create-baseline'
+            path,
+            'not a portcullis baseline: expected {"findings": [{"fingerprint": ...}, ...]} '
+            "as written by --create-baseline",
         )
     if document.get("version") not in (VERSION, ROOTLESS_VERSION):
         raise BaselineError(
-            f"{path}: a version {document.get('version')} baseline; findings are now told apart "
+            path,
+            f"a version {document.get('version')} baseline; findings are now told apart "
             "by what they are about (not only rule, resource and file), so its fingerprints "
-            "no longer match: re-create it with --create-baseline"
+            "no longer match: re-create it with --create-baseline",
         )
     fingerprints = frozenset(e["fingerprint"] for e in entries)
     return Baseline(path, fingerprints, rootless=document["version"] == ROOTLESS_VERSION)

@@ -130,7 +130,8 @@ def not_judged_by_rule(items: list[Unjudged]) -> dict[str, dict[str, Any]]:
 @dataclass(frozen=True)
 class Problem:
     """Something that makes the scan exit 2: a file that can't be parsed, a bad
-    variable file, checkov failing."""
+    variable file, a policy that doesn't load, checkov failing. file is "" for
+    one that is about no file (checkov missing, an option)."""
 
     file: str
     message: str
@@ -138,6 +139,8 @@ class Problem:
     column: int | None = None
 
     def __str__(self) -> str:
+        if not self.file:
+            return self.message
         where = self.file
         if self.line is not None:
             where += f":{self.line}"

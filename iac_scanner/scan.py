@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,11 +27,44 @@ from iac_scanner.loader import Document, LoadOptions, display_path, list_files, 
 from iac_scanner.modules import Resource
 from iac_scanner.policy import RuleSet, RuleSetError
 from iac_scanner.suppressions import Suppression, apply, parse_comments
-from policy_engine import EvaluationError, PolicyError, PolicySet, load_policy_set
+from policy_engine import (
+    EvaluationError,
+    PolicyError,
+    PolicyLoadError,
+    PolicySet,
+    load_policy_set,
+)
 
 
 class ScanError(Exception):
-    """The scan can't run at all (bad policy, baseline or checkov): exit 2."""
+    """The scan can't run at all (bad policy, baseline or checkov): exit 2.
+    Each problem is located (file:line:col) as precisely as its source allows."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+# "policies/x.rego:12:3: message", as the policy engine and the rule set write them.
+_LOCATED = re.compile(r"(?P<file>[^\s:][^:]*):(?P<line>\d+)(?::(?P<column>\d+))?: (?P<message>.*)")
+
+
+def _problems(text: str) -> list[Problem]:
+    """An error's lines as problems, each at its file:line[:col] when it starts
+    with one; the others say in their words what they are about."""
+    found = []
+    for line in text.splitlines():
+        match = _LOCATED.fullmatch(line)
+        if match is None:
+            found.append(Problem("", line))
+            continue
+        column = match["column"]
+        found.append(
+            Problem(
+                match["file"], match["message"], int(match["line"]), int(column) if column else None
+            )
+        )
+    return found or [Problem("", text.strip() or "the scan could not start")]
 
 
 @dataclass
@@ -60,10 +94,15 @@ def scan(options: ScanOptions) -> ScanResult:
             if options.checkov
             else None
         )
+    except PolicyLoadError as error:
+        located = [Problem(p.file, p.message, p.line, p.col) for p in error.problems]
+        raise ScanError(located) from None
     except PolicyError as error:
-        raise ScanError(str(error)) from None
-    except (baseline.BaselineError, CheckovError) as error:
-        raise ScanError(str(error)) from None
+        raise ScanError(_problems(str(error))) from None
+    except baseline.BaselineError as error:
+        raise ScanError([Problem(error.file, error.message, error.line, error.column)]) from None
+    except CheckovError as error:
+        raise ScanError([Problem("", str(error))]) from None
     # checkov findings need the resource blocks for inline suppressions, so a
     # scan with checkov always evaluates; it takes checkov's time anyway.
     results = ResultCache(options.cache_dir if checkov is None else None)
@@ -170,7 +209,7 @@ def _rule_set(policy_set: PolicySet) -> RuleSet:
     try:
         return RuleSet(policy_set)
     except RuleSetError as error:
-        raise ScanError(str(error)) from None
+        raise ScanError(_problems(str(error))) from None
 
 
 def _checkov_free_rules(policy_set: PolicySet) -> RuleSet:
@@ -187,7 +226,7 @@ def _checkov_free_rules(policy_set: PolicySet) -> RuleSet:
         if is_check_id(rule.id)
     ]
     if clashes:
-        raise ScanError("\n".join(clashes))
+        raise ScanError(_problems("\n".join(clashes)))
     return rules
 
 

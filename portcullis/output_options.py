@@ -8,6 +8,7 @@ it goes to stdout, and only one may; the default is ``text`` on stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -85,9 +86,27 @@ def write(outputs: list[Output], render: Callable[[str, bool], str]) -> None:
             continue
         text = render(output.form, False)
         try:
-            Path(output.file).write_text(text, encoding="utf-8")
+            write_file(Path(output.file), text)
         except OSError as error:
             raise OutputError(f"{output.file}: {error.strerror}") from None
+
+
+def write_file(path: Path, text: str) -> None:
+    """Write text to path whole or not at all: beside it, then renamed over it,
+    so a write that fails (a full disk) leaves the old file or none, never half
+    a report for an upload step to choke on. Raises OSError."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        # /dev/stdout, a FIFO, a link: written where it leads, as before.
+        path.write_text(text, encoding="utf-8")
+        return
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        raise
 
 
 def deliver(

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from iac_scanner.cache import DEFAULT_DIR
-from iac_scanner.findings import SEVERITIES
+from iac_scanner.findings import SEVERITIES, Problem, ScanResult
 from iac_scanner.report import FORMATS
-from iac_scanner.scan import ScanError, ScanOptions, scan
+from iac_scanner.scan import ScanError, ScanOptions, scan, source_root
 from portcullis import output_options
 
 
@@ -114,14 +115,33 @@ def _color(stream: Any) -> bool:
     return bool(getattr(stream, "isatty", lambda: False)()) or bool(os.environ.get("FORCE_COLOR"))
 
 
+def _refused(
+    outputs: list[output_options.Output], options: ScanOptions, problems: list[Problem]
+) -> int:
+    """The scan couldn't start (a policy that doesn't load, a bad baseline,
+    checkov missing): the errors on stderr, and each --output-file a report
+    carrying them (SARIF executionSuccessful false), so a CI step that uploads
+    it `if: always()` shows the error instead of failing on a missing file.
+    stdout gets no report: stderr has said it. Exit 2."""
+    for problem in problems:
+        for line in str(problem).splitlines():
+            print(f"portcullis scan: {line}", file=sys.stderr)
+    result = ScanResult(
+        problems=problems, fail_on=options.fail_on, source_root=str(source_root(options))
+    )
+    files = [output for output in outputs if output.file is not None]
+    try:
+        output_options.write(files, lambda form, _: FORMATS[form](result, False))
+    except output_options.OutputError as error:
+        print(f"portcullis scan: {error}", file=sys.stderr)
+    return 2
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         outputs = output_options.requested(args)
     except output_options.OutputError as error:
         print(f"portcullis scan: {error}", file=sys.stderr)
-        return 2
-    if args.sarif_root is not None and not Path(args.sarif_root).is_dir():
-        print(f"portcullis scan: --sarif-root {args.sarif_root}: not a directory", file=sys.stderr)
         return 2
     options = ScanOptions(
         paths=args.paths,
@@ -136,21 +156,20 @@ def run(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty(),
         source_root=args.sarif_root,
     )
+    if args.sarif_root is not None and not Path(args.sarif_root).is_dir():
+        problem = Problem("", f"--sarif-root {args.sarif_root}: not a directory")
+        return _refused(outputs, dataclasses.replace(options, source_root=None), [problem])
     try:
         result = scan(options)
     except ScanError as error:
-        for line in str(error).splitlines():
-            print(f"portcullis scan: {line}", file=sys.stderr)
-        return 2
+        return _refused(outputs, options, error.problems)
     for problem in result.problems:
         print(f"error: {problem}", file=sys.stderr)
     if args.create_baseline:
         from iac_scanner import baseline
 
         try:
-            Path(args.create_baseline).write_text(
-                baseline.render(result.findings), encoding="utf-8"
-            )
+            output_options.write_file(Path(args.create_baseline), baseline.render(result.findings))
         except OSError as error:
             print(f"portcullis scan: {args.create_baseline}: {error.strerror}", file=sys.stderr)
             return 2

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import resource
 import shutil
 import subprocess
 import sys
@@ -406,6 +407,116 @@ def test_a_broken_policy_is_an_error(tmp_path: Path) -> None:
     result = portcullis("scan", "--no-cache", POS_APP, "--policy", str(policy))
     assert result.returncode == 2
     assert f"portcullis scan: {policy}/bad.rego:" in result.stderr
+
+
+BROKEN_POLICY = FIXTURES / "policies/syntax_error"
+
+
+def _error_reports(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """A scan that exits 2 asked for every format as a file (and json on stdout)."""
+    out = tmp_path / "reports"
+    out.mkdir()
+    result = portcullis(
+        "scan", "--no-cache", POS_APP, *args,
+        "--output", "sarif", "--output-file", str(out / "scan.sarif"),
+        "--output", "junit", "--output-file", str(out / "scan.xml"),
+        "--output", "json", "--output-file", str(out / "scan.json"),
+        "--output", "text", "--output-file", str(out / "scan.txt"),
+        "--output", "json",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stdout == ""  # the errors are on stderr; no report on stdout
+    assert sorted(p.name for p in out.iterdir()) == [
+        "scan.json",
+        "scan.sarif",
+        "scan.txt",
+        "scan.xml",
+    ]
+    return result, out
+
+
+def _invocation(sarif_file: Path) -> dict[str, Any]:
+    sarif = json.loads(sarif_file.read_text())
+    jsonschema.validate(sarif, json.loads(SARIF_SCHEMA.read_text()))
+    [run] = sarif["runs"]
+    assert run["results"] == []
+    [invocation] = run["invocations"]
+    assert (invocation["executionSuccessful"], invocation["exitCode"]) == (False, 2)
+    return dict(invocation)
+
+
+def test_a_policy_that_does_not_load_still_writes_every_report_file_with_the_error(
+    tmp_path: Path,
+) -> None:
+    result, out = _error_reports(tmp_path, "--policy", str(BROKEN_POLICY))
+    where = f"{BROKEN_POLICY}/broken.rego:7:1"
+    assert errors(result) == [f"portcullis scan: {where}: expecting expression"]
+    [notification] = _invocation(out / "scan.sarif")["toolExecutionNotifications"]
+    assert notification["level"] == "error"
+    assert notification["message"]["text"] == f"{where}: expecting expression"
+    [location] = notification["locations"]
+    assert location["physicalLocation"]["artifactLocation"] == {
+        "uri": "tests/fixtures/policies/syntax_error/broken.rego",
+        "uriBaseId": "%SRCROOT%",
+    }
+    assert location["physicalLocation"]["region"] == {"startLine": 7, "startColumn": 1}
+    junit = ET.parse(out / "scan.xml").getroot()
+    assert (junit.get("errors"), junit.get("failures")) == ("1", "0")
+    [error] = junit.iter("error")
+    assert error.text == f"{where}: expecting expression"
+    report = json.loads((out / "scan.json").read_text())
+    assert report["summary"]["exit_code"] == 2 and report["findings"] == []
+    assert report["errors"] == [
+        {"file": f"{BROKEN_POLICY}/broken.rego", "line": 7, "column": 1,
+         "message": "expecting expression"}
+    ]  # fmt: skip
+    assert (out / "scan.txt").read_text() == "0 findings in 0 files, 0 resources; 1 error\n"
+
+
+def test_a_bad_baseline_and_a_missing_checkov_write_their_error_reports_too(
+    tmp_path: Path,
+) -> None:
+    bad = tmp_path / "baseline.json"
+    bad.write_text("{not json")
+    _, out = _error_reports(tmp_path, "--baseline", str(bad))
+    [notification] = _invocation(out / "scan.sarif")["toolExecutionNotifications"]
+    region = notification["locations"][0]["physicalLocation"]["region"]
+    assert region == {"startLine": 1, "startColumn": 2}
+    assert notification["message"]["text"].startswith(f"{bad}:1:2: not valid JSON")
+    # checkov is no file: the error has no location.
+    shutil.rmtree(out)
+    _, out = _error_reports(tmp_path, "--checkov", "/nonexistent/checkov")
+    [notification] = _invocation(out / "scan.sarif")["toolExecutionNotifications"]
+    assert "locations" not in notification
+    assert notification["message"]["text"].startswith("checkov: '/nonexistent/checkov' not found")
+    [error] = json.loads((out / "scan.json").read_text())["errors"]
+    assert error["file"] is None and error["message"] == notification["message"]["text"]
+    assert [e.text for e in ET.parse(out / "scan.xml").getroot().iter("error")] == [
+        notification["message"]["text"]
+    ]
+
+
+def test_a_report_file_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
+    report = tmp_path / "scan.sarif"
+    report.write_text("the previous run's report\n")
+
+    def small_files() -> None:  # a disk that fills up after 4 KiB of a file
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "portcullis", "scan", "--no-cache", POS_APP,
+         "--output", "sarif", "--output-file", str(report)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120, preexec_fn=small_files,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert f"portcullis scan: {report}: File too large" in result.stderr
+    assert report.read_text() == "the previous run's report\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["scan.sarif"]  # no partial file left
+    written = portcullis(
+        "scan", "--no-cache", POS_APP, "--output", "sarif", "--output-file", str(report)
+    )
+    assert written.returncode == 1
+    assert len(json.loads(report.read_text())["runs"][0]["results"]) == len(POS_APP_FINDINGS)
 
 
 def test_a_policy_with_a_date_in_its_yaml_data_is_an_error() -> None:

@@ -404,9 +404,20 @@ def test_sarif_root_option_sets_the_base(tmp_path: Path) -> None:
     repo = _repo_with_infra(tmp_path)
     sarif = _sarif("infra", "--sarif-root", "infra", cwd=repo)
     assert {uri for uri, _, _ in _locations(sarif)} == {"main.tf"}
-    bad = portcullis("scan", "--no-cache", "infra", "--sarif-root", "nowhere", cwd=repo)
+    bad = portcullis(
+        "scan", "--no-cache", "infra", "--sarif-root", "nowhere",
+        "--output", "sarif", "--output-file", "scan.sarif", cwd=repo,
+    )  # fmt: skip
     assert bad.returncode == 2
     assert errors(bad) == ["portcullis scan: --sarif-root nowhere: not a directory"]
+    # The report says so (an option is no file: no location), for code scanning to show.
+    report = json.loads((repo / "scan.sarif").read_text())
+    jsonschema.validate(report, json.loads(SARIF_SCHEMA.read_text()))
+    [invocation] = report["runs"][0]["invocations"]
+    assert invocation["executionSuccessful"] is False
+    assert invocation["toolExecutionNotifications"] == [
+        {"level": "error", "message": {"text": "--sarif-root nowhere: not a directory"}}
+    ]
 
 
 def _resolved(location: dict[str, Any], bases: dict[str, Any]) -> str:

@@ -50,7 +50,7 @@ def render(result: ScanResult, color: bool = False) -> str:
         "findings": findings,
         "rules": [asdict(rule) for rule in sorted(result.rules.values(), key=lambda r: r.id)],
         "errors": [
-            {"file": p.file, "line": p.line, "column": p.column, "message": p.message}
+            {"file": p.file or None, "line": p.line, "column": p.column, "message": p.message}
             for p in result.problems
         ],
         "notes": result.notes,

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from iac_scanner.findings import Finding, Rule, ScanResult, not_judged_by_rule
+from iac_scanner.findings import Finding, Problem, Rule, ScanResult, not_judged_by_rule
 
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 # v2: rule, resource, root-relative file and the finding's own identity; for a
@@ -128,27 +128,25 @@ def _result(finding: Finding, index: int, with_baseline: bool, bases: _Bases) ->
     return result
 
 
+def _notification(problem: Problem, bases: _Bases) -> dict[str, Any]:
+    """An error, at its file:line:col; one about no file (checkov missing) has no location."""
+    notification: dict[str, Any] = {"level": "error", "message": {"text": str(problem)}}
+    if problem.file:
+        region: dict[str, Any] = {"startLine": max(1, problem.line or 1)}
+        if problem.line is not None and problem.column is not None:
+            region["startColumn"] = max(1, problem.column)
+        location = {"artifactLocation": bases.artifact(problem.file), "region": region}
+        notification["locations"] = [{"physicalLocation": location}]
+    return notification
+
+
 def render(result: ScanResult, color: bool = False) -> str:
     rules = sorted(result.rules.values(), key=lambda r: r.id)
     index = {rule.id: i for i, rule in enumerate(rules)}
     with_baseline = any(f.baselined for f in result.findings)
-    files = [f.file for f in result.findings] + [p.file for p in result.problems]
+    files = [f.file for f in result.findings] + [p.file for p in result.problems if p.file]
     bases = _Bases(_root(result), files)
-    notifications = [
-        {
-            "level": "error",
-            "message": {"text": problem.message},
-            "locations": [
-                {
-                    "physicalLocation": {
-                        "artifactLocation": bases.artifact(problem.file),
-                        "region": {"startLine": max(1, problem.line or 1)},
-                    }
-                }
-            ],
-        }
-        for problem in result.problems
-    ]
+    notifications = [_notification(problem, bases) for problem in result.problems]
     run: dict[str, Any] = {
         "tool": {
             "driver": {
