@@ -736,12 +736,10 @@ def _body_value(
             continue
         try:
             config[name] = evaluate(expr, context)
-            found = references(expr, context)
+            _attribute_refs(expr, context, f"{path}{name}", refs)
         except RecursionError:
             # Named for the outermost attribute: the one whose resource is judged.
             raise _TooDeep(f"{path}{name}") from None
-        if found:
-            refs[f"{path}{name}"] = found
     for inner in block["blocks"]:
         kind = inner["type"]
         if top and kind in _RESOURCE_META_BLOCKS:
@@ -756,6 +754,29 @@ def _body_value(
         items.append(value)
         refs.update(inner_refs)
     return config, refs
+
+
+def _attribute_refs(expr: Expr, context: Context, path: str, refs: dict[str, set[str]]) -> None:
+    """What an attribute refers to, under its name and also, where its value
+    is an object or a list of objects written out, under the path within it
+    where each reference is made: that is how a .tf.json file writes a nested
+    block (`"ingress": {"security_groups": [...]}`, or `[{...}]`), and rules
+    look up a block's references by that path ("ingress.0.security_groups")."""
+    found = references(expr, context)
+    if found:
+        refs.setdefault(path, set()).update(found)
+        _nested_refs(expr, context, path, refs)
+
+
+def _nested_refs(expr: Expr, context: Context, path: str, refs: dict[str, set[str]]) -> None:
+    if expr[0] == "object" and all(key[0] == "lit" for key, _ in expr[1]):
+        inner = [(f"{path}.{key[1]}", value) for key, value in expr[1]]
+    elif expr[0] == "tuple" and expr[1] and all(item[0] == "object" for item in expr[1]):
+        inner = [(f"{path}.{index}", item) for index, item in enumerate(expr[1])]
+    else:
+        return
+    for where, value in inner:
+        _attribute_refs(value, context, where, refs)
 
 
 def _dynamic(

@@ -121,6 +121,26 @@ def test_refs_name_the_resources_an_attribute_references(
     assert read["unknown"] == ["policy"]
 
 
+def test_refs_inside_a_tf_json_nested_block_are_keyed_as_a_blocks_are() -> None:
+    """A .tf.json nested block is an object (or list of objects) attribute:
+    its references are keyed under the attribute and also by where in the
+    block they are made, as HCL's are, so rules find a block's own."""
+    wms = {
+        form: resources(scan_documents(TERRAFORM / f"json_blocks/{form}"))["aws_security_group.wms"]
+        for form in ("hcl", "object", "list")
+    }
+    assert wms["hcl"]["refs"] == {"ingress.0.security_groups": ["aws_security_group.lb"]}
+    assert wms["list"]["refs"] == {
+        "ingress": ["aws_security_group.lb"],
+        "ingress.0": ["aws_security_group.lb"],
+        "ingress.0.security_groups": ["aws_security_group.lb"],
+    }
+    assert wms["object"]["refs"] == {
+        "ingress": ["aws_security_group.lb"],
+        "ingress.security_groups": ["aws_security_group.lb"],
+    }
+
+
 def test_provider_comes_from_the_resource_type() -> None:
     result = scan_documents(TERRAFORM / "clean")
     assert {r["provider"] for r in resources(result).values()} == {

@@ -66,6 +66,29 @@ def test_tf_json_provider_default_tags_and_blocks_are_read(tmp_path: Path) -> No
     assert findings(report) == {("PC-TF-002", "aws_db_instance.ledger")}
 
 
+def test_tf_json_nested_blocks_are_judged_as_one_object_or_a_list() -> None:
+    """Terraform's JSON syntax writes a nested block as one object or as a
+    list of objects: either gives the findings the HCL does (ingress, inline
+    policies, listener actions, access logs to a log bucket), and what passes
+    in HCL passes too."""
+    found = {}
+    for form in ("hcl", "object", "list"):
+        code, report = scan_json(fixture(f"json_blocks/{form}"))
+        assert code == 1
+        assert report["not_judged"] == {}
+        found[form] = {(f["rule_id"], f["resource"], f["message"]) for f in report["findings"]}
+    assert found["object"] == found["hcl"]
+    assert found["list"] == found["hcl"]
+    assert {(rule, resource) for rule, resource, _ in found["hcl"]} == {
+        ("PC-TF-001", "aws_security_group.pos"),
+        ("PC-TF-005", "aws_security_group.pos"),
+        ("PC-TF-001", "aws_security_group.wms"),
+        ("PC-TF-007", "aws_iam_role.admin"),
+        ("PC-TF-004", "aws_lb_listener.http"),
+        ("PC-TF-004", "aws_elb.legacy"),
+    }
+
+
 def test_checkov_runs_its_terraform_json_framework_too(tmp_path: Path) -> None:
     for command in _commands("checkov", [TERRAFORM / "tf_json", TERRAFORM / "tf_json/sg.tf.json"]):
         framework = command.index("--framework")

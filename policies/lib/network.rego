@@ -37,56 +37,55 @@ world_ingress contains grant if {
 _ingress_types := {"aws_security_group", "aws_security_group_rule", "aws_vpc_security_group_ingress_rule"}
 
 _cidr_grants(r) := {grant |
-	some i, _ in tf.blocks(r, ["ingress"])
-	some field in ["cidr_blocks", "ipv6_cidr_blocks"]
-	some j, cidr in tf.list_value(r, ["ingress", i, field])
+	some ingress in _ingresses(r)
+	some field in ingress.cidr_fields
+	path := array.concat(ingress.at, [field])
+	some j, cidr in tf.list_value(r, path)
 	is_string(cidr)
-	not tf.is_unknown(r, ["ingress", i, field, j])
-	grant := {
-		"address": r.address,
+	not tf.is_unknown(r, array.concat(path, [j]))
+	grant := _grant(r, ingress, cidr)
+}
+
+# _ingresses(r): each ingress r declares, before its sources are read: "at",
+# the path its fields are under; "cidr_fields", those that hold source CIDRs
+# (a list, or one CIDR); "where" and "security_groups" as in a grant.
+_ingresses(r) := [ingress |
+	some i, at in tf.block_paths(r, ["ingress"])
+	ingress := {
+		"at": at,
+		"cidr_fields": ["cidr_blocks", "ipv6_cidr_blocks"],
 		"where": sprintf("ingress block %d", [i]),
-		"unknown_ports": _unknown_ports(r, ["ingress", i]),
 		"security_groups": {r.address},
-		"cidr": cidr,
-		"protocol": _protocol(r, ["ingress", i, "protocol"]),
-		"from_port": _port(r, ["ingress", i, "from_port"]),
-		"to_port": _port(r, ["ingress", i, "to_port"]),
 	}
-} if r.type == "aws_security_group"
+] if r.type == "aws_security_group"
 
-_cidr_grants(r) := {grant |
+_ingresses(r) := [{
+	"at": [],
+	"cidr_fields": ["cidr_blocks", "ipv6_cidr_blocks"],
+	"where": "",
+	"security_groups": attached_groups(r),
+}] if {
+	r.type == "aws_security_group_rule"
 	tf.value(r, ["type"]) == "ingress"
-	some field in ["cidr_blocks", "ipv6_cidr_blocks"]
-	some j, cidr in tf.list_value(r, [field])
-	is_string(cidr)
-	not tf.is_unknown(r, [field, j])
-	grant := {
-		"address": r.address,
-		"where": "",
-		"unknown_ports": _unknown_ports(r, []),
-		"security_groups": attached_groups(r),
-		"cidr": cidr,
-		"protocol": _protocol(r, ["protocol"]),
-		"from_port": _port(r, ["from_port"]),
-		"to_port": _port(r, ["to_port"]),
-	}
-} if r.type == "aws_security_group_rule"
+}
 
-_cidr_grants(r) := {grant |
-	some field in ["cidr_ipv4", "cidr_ipv6"]
-	cidr := tf.value(r, [field])
-	is_string(cidr)
-	grant := {
-		"address": r.address,
-		"where": "",
-		"unknown_ports": _unknown_ports(r, []),
-		"security_groups": attached_groups(r),
-		"cidr": cidr,
-		"protocol": _protocol(r, ["ip_protocol"]),
-		"from_port": _port(r, ["from_port"]),
-		"to_port": _port(r, ["to_port"]),
-	}
-} if r.type == "aws_vpc_security_group_ingress_rule"
+_ingresses(r) := [{
+	"at": [],
+	"cidr_fields": ["cidr_ipv4", "cidr_ipv6"],
+	"where": "",
+	"security_groups": attached_groups(r),
+}] if r.type == "aws_vpc_security_group_ingress_rule"
+
+_grant(r, ingress, cidr) := {
+	"address": r.address,
+	"where": ingress.where,
+	"unknown_ports": _unknown_ports(r, ingress.at),
+	"security_groups": ingress.security_groups,
+	"cidr": cidr,
+	"protocol": _protocol(r, ingress.at),
+	"from_port": _port(r, array.concat(ingress.at, ["from_port"])),
+	"to_port": _port(r, array.concat(ingress.at, ["to_port"])),
+}
 
 # group_ingress: every ingress grant from another security group, when both
 # groups are in this document:
@@ -96,8 +95,8 @@ group_ingress contains grant if {
 	some r in input.resources
 	r.type == "aws_security_group"
 	tf.references_anything(r)
-	some i, _ in tf.blocks(r, ["ingress"])
-	some source in _groups_referenced(r, sprintf("ingress.%d.security_groups", [i]))
+	some i, at in tf.block_paths(r, ["ingress"])
+	some source in _groups_referenced(r, tf.path_string(array.concat(at, ["security_groups"])))
 	grant := {"address": r.address, "where": sprintf("ingress block %d", [i]), "security_group": r.address, "source": source}
 }
 
@@ -164,8 +163,12 @@ describe_ports(grant) := "all ports and protocols (protocol -1)" if {
 	is_string(grant.protocol)
 } else := "ports the scanner could not resolve"
 
-_protocol(r, path) := _normalize_protocol(p) if {
-	p := tf.value(r, path)
+# _protocol(r, at): the protocol of the ingress at path prefix at ("protocol",
+# or "ip_protocol" on aws_vpc_security_group_ingress_rule), or null.
+_protocol(r, at) := _normalize_protocol(p) if {
+	p := tf.value(r, array.concat(at, ["protocol"]))
+} else := _normalize_protocol(p) if {
+	p := tf.value(r, array.concat(at, ["ip_protocol"]))
 } else := null
 
 _normalize_protocol(p) := name if {

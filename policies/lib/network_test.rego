@@ -22,6 +22,33 @@ test_inline_ingress_yields_one_grant_per_cidr if {
 	}
 }
 
+test_inline_ingress_written_as_one_object_yields_the_same_grants if {
+	[block, _] := _sg.config.ingress
+	one := testing.resource("aws_security_group", "web", {"ingress": block})
+	list := testing.resource("aws_security_group", "web", {"ingress": [block]})
+	grants := network.cidr_ingress with input as testing.document([one])
+	count(grants) == 3
+	grants == network.cidr_ingress with input as testing.document([list])
+}
+
+test_ports_unknown_in_an_ingress_object_are_named_at_its_path if {
+	sg := testing.resource_with("aws_security_group", "web", {"ingress": {"protocol": "tcp", "cidr_blocks": ["0.0.0.0/0"]}}, {
+		"unknown": ["ingress.from_port", "ingress.to_port"],
+	})
+	[grant] := [g | some g in network.world_ingress] with input as testing.document([sg])
+	grant.unknown_ports == "ingress.from_port"
+	grant.where == "ingress block 0"
+}
+
+test_blocks_after_one_the_scanner_could_not_expand_are_read if {
+	sg := testing.resource_with("aws_security_group", "web", {"ingress": [
+		null,
+		{"protocol": "tcp", "from_port": 22, "to_port": 22, "cidr_blocks": ["0.0.0.0/0"]},
+	]}, {"unknown": ["ingress.0"]})
+	grants := network.cidr_ingress with input as testing.document([sg])
+	{[g.where, g.cidr, g.from_port] | some g in grants} == {["ingress block 1", "0.0.0.0/0", 22]}
+}
+
 test_standalone_rules_are_tied_to_their_security_group if {
 	sg := testing.resource("aws_security_group", "app", {})
 	rule := testing.resource_with("aws_security_group_rule", "https", {
@@ -103,6 +130,16 @@ test_group_sources_are_resolved_for_all_three_declarations if {
 		{"address": "aws_security_group_rule.r", "where": "", "security_group": "aws_security_group.app", "source": "aws_security_group.alb"},
 		{"address": "aws_vpc_security_group_ingress_rule.v", "where": "", "security_group": "aws_security_group.app", "source": "aws_security_group.alb"},
 	}
+}
+
+test_group_sources_of_an_ingress_object_are_resolved if {
+	alb := testing.resource("aws_security_group", "alb", {})
+	app := testing.resource_with("aws_security_group", "app", {"ingress": {"protocol": "tcp", "from_port": 443, "to_port": 443}}, {
+		"unknown": ["ingress.security_groups"], "refs": {"ingress": ["aws_security_group.alb"], "ingress.security_groups": ["aws_security_group.alb"]},
+	})
+	network.group_ingress == {
+		{"address": "aws_security_group.app", "where": "ingress block 0", "security_group": "aws_security_group.app", "source": "aws_security_group.alb"},
+	} with input as testing.document([alb, app])
 }
 
 # world_ingress is exactly the /0 part of cidr_ingress, whichever way the

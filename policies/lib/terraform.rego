@@ -94,6 +94,24 @@ blocks(r, path) := [] if {
 	object.get(config(r), path, null) == null
 } else := [b | some b in as_objects(value_or(r, path, []))]
 
+# block_paths(r, path): where each nested block at path is, in order, to read
+# its values with the helpers above (value, is_unknown, targets) at
+# array.concat(at, ["cidr_blocks"]), never at path + [i]. Terraform's JSON
+# syntax writes a nested block as a list of objects or as one object
+# ("ingress": {...}) and, without a provider schema, the scanner keeps that
+# shape: a list's i-th block is at path + [i]; one object is at path itself
+# (block 0). A block the scanner could not expand (a dynamic block over an
+# unknown collection, a whole value that is unknown) has a path too, with
+# every value under it unknown.
+block_paths(r, path) := [array.concat(path, [i]) | some i, _ in found] if {
+	found := object.get(config(r), path, null)
+	is_array(found)
+} else := [path] if {
+	is_object(object.get(config(r), path, null))
+} else := [path] if {
+	is_unknown(r, path)
+} else := []
+
 # as_objects(x): x as a list of objects, whether it arrived as a list of
 # blocks or as one block; anything else is an empty list.
 as_objects(x) := [b | some b in x; is_object(b)] if is_array(x)

@@ -58,6 +58,28 @@ test_blocks_accept_a_single_object_or_a_list if {
 	tf.as_objects("not a block") == []
 }
 
+# .tf.json writes a nested block as a list of objects or as one object; rules
+# read each block's values at the path block_paths gives, in either shape.
+test_block_paths_follow_the_shape_the_blocks_arrived_in if {
+	many := testing.resource("aws_security_group", "a", {"ingress": [{"from_port": 22}, {"from_port": 443}]})
+	one := testing.resource("aws_security_group", "b", {"ingress": {"from_port": 22}})
+	none := testing.resource("aws_security_group", "c", {})
+	tf.block_paths(many, ["ingress"]) == [["ingress", 0], ["ingress", 1]]
+	tf.block_paths(one, ["ingress"]) == [["ingress"]]
+	tf.block_paths(none, ["ingress"]) == []
+	tf.value(one, array.concat(tf.block_paths(one, ["ingress"])[0], ["from_port"])) == 22
+}
+
+# A block the scanner could not expand keeps its place, so the blocks after it
+# are read at their own index, and stands for blocks whose values are unknown.
+test_block_paths_keep_blocks_the_scanner_could_not_expand if {
+	dynamic := testing.resource_with("aws_security_group", "d", {"ingress": [null, {"from_port": 22}]}, {"unknown": ["ingress.0"]})
+	tf.block_paths(dynamic, ["ingress"]) == [["ingress", 0], ["ingress", 1]]
+	tf.is_unknown(dynamic, ["ingress", 0, "cidr_blocks"])
+	whole := testing.resource_with("aws_security_group", "w", {}, {"unknown": ["ingress"]})
+	tf.block_paths(whole, ["ingress"]) == [["ingress"]]
+}
+
 test_booleans_written_as_strings_are_understood if {
 	tf.is_true(true)
 	tf.is_true("True")

@@ -15,6 +15,13 @@ test_ssh_open_to_world_is_denied if {
 	}} with input as testing.document([sg])
 }
 
+test_ssh_open_in_an_ingress_object_is_denied_as_in_a_list if {
+	block := {"protocol": "tcp", "from_port": 22, "to_port": 22, "cidr_blocks": ["0.0.0.0/0"]}
+	findings := admin_ports.deny with input as testing.document([_sg(block)])
+	count(findings) == 1
+	findings == admin_ports.deny with input as testing.document([_sg([block])])
+}
+
 test_rdp_open_to_ipv6_world_is_denied if {
 	sg := _sg([{"protocol": "tcp", "from_port": 3389, "to_port": 3389, "ipv6_cidr_blocks": ["::/0"]}])
 	findings := admin_ports.deny with input as testing.document([sg])

@@ -22,6 +22,12 @@ test_pos_backend_open_to_world_is_denied if {
 	}}
 }
 
+test_pos_backend_open_in_an_ingress_object_is_denied_as_in_a_list if {
+	findings := backend_exposure.deny with input as testing.document([_pos_backend(_https_from_world)])
+	count(findings) == 1
+	findings == backend_exposure.deny with input as testing.document([_pos_backend([_https_from_world])])
+}
+
 test_backend_open_to_ipv6_world_is_denied if {
 	open := {"protocol": "tcp", "from_port": 8080, "to_port": 8080, "ipv6_cidr_blocks": ["::/0"]}
 	findings := backend_exposure.deny with input as testing.document([_pos_backend([open])])
@@ -123,4 +129,17 @@ test_backend_behind_a_private_group_is_allowed if {
 		"refs": {"security_group_id": ["aws_security_group.pos_backend"], "source_security_group_id": ["aws_security_group.batch"]},
 	})
 	count(backend_exposure.deny) == 0 with input as testing.document([batch, _pos_backend([]), rule])
+}
+
+test_backend_behind_a_world_open_group_is_denied_with_ingress_objects if {
+	public_alb := testing.resource("aws_security_group", "public_alb", {"ingress": _https_from_world})
+	backend := testing.resource_with("aws_security_group", "pos_backend", {
+		"tags": {"app": "pos"},
+		"ingress": {"protocol": "tcp", "from_port": 8080, "to_port": 8080},
+	}, {
+		"unknown": ["ingress.security_groups"],
+		"refs": {"ingress": ["aws_security_group.public_alb"], "ingress.security_groups": ["aws_security_group.public_alb"]},
+	})
+	findings := backend_exposure.deny with input as testing.document([public_alb, backend])
+	[f.message | some f in findings] == ["security group aws_security_group.pos_backend (app pos, pci) admits security group aws_security_group.public_alb, which is open to 0.0.0.0/0; only the gateway security group (tagged role=portcullis-gateway) may reach app backends"]
 }

@@ -40,8 +40,8 @@ _documents contains [r.address, "", doc] if {
 _documents contains [r.address, sprintf(" (inline_policy %d)", [i]), doc] if {
 	some r in input.resources
 	r.type == "aws_iam_role"
-	some i, _ in tf.blocks(r, ["inline_policy"])
-	doc := _parse(tf.value(r, ["inline_policy", i, "policy"]))
+	some i, at in tf.block_paths(r, ["inline_policy"])
+	doc := _parse(tf.value(r, array.concat(at, ["policy"])))
 }
 
 _parse(text) := json.unmarshal(text) if {
@@ -76,9 +76,10 @@ not_judged contains {"resource": r.address, "path": "policy"} if {
 	tf.is_unknown(r, ["policy"])
 }
 
-not_judged contains {"resource": r.address, "path": tf.path_string(["inline_policy", i, "policy"])} if {
+not_judged contains {"resource": r.address, "path": tf.path_string(path)} if {
 	some r in input.resources
 	r.type == "aws_iam_role"
-	some i, _ in tf.blocks(r, ["inline_policy"])
-	tf.is_unknown(r, ["inline_policy", i, "policy"])
+	some at in tf.block_paths(r, ["inline_policy"])
+	path := array.concat(at, ["policy"])
+	tf.is_unknown(r, path)
 }

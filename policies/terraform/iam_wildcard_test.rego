@@ -65,6 +65,21 @@ test_inline_policy_of_a_role_is_checked if {
 	contains(f.message, "aws_iam_role.app (inline_policy 0) allows every action")
 }
 
+test_inline_policy_written_as_one_object_is_checked if {
+	role := testing.resource("aws_iam_role", "app", {"inline_policy": {"name": "all", "policy": _admin}})
+	findings := iam_wildcard.deny with input as testing.document([role])
+	[f.message | some f in findings] == ["aws_iam_role.app (inline_policy 0) allows every action on every resource (statement 0, Sid \"Admin\": Effect Allow, Action \"*\", Resource \"*\"); list the specific actions and resource ARNs needed"]
+}
+
+test_unknown_inline_policy_is_not_judged_in_either_shape if {
+	list := testing.resource_with("aws_iam_role", "listed", {"inline_policy": [{"name": "ops"}]}, {"unknown": ["inline_policy.0.policy"]})
+	one := testing.resource_with("aws_iam_role", "single", {"inline_policy": {"name": "ops"}}, {"unknown": ["inline_policy.policy"]})
+	iam_wildcard.not_judged == {
+		{"resource": "aws_iam_role.listed", "path": "inline_policy.0.policy"},
+		{"resource": "aws_iam_role.single", "path": "inline_policy.policy"},
+	} with input as testing.document([list, one])
+}
+
 test_unknown_policy_document_is_not_judged_and_said if {
 	p := testing.resource_with("aws_iam_policy", "ops", {}, {"unknown": ["policy"]})
 	count(iam_wildcard.deny) == 0 with input as testing.document([p])

@@ -52,9 +52,10 @@ deny contains {"resource": r.address, "message": msg} if {
 	not tf.is_gateway(lb)
 	some app in tf.apps_of(lb)
 	_plain_http(r, lb)
-	some i, action in tf.blocks(r, ["default_action"])
-	not tf.is_unknown(r, ["default_action", i, "type"])
-	not _may_keep_traffic_off_plaintext(r, i, action)
+	some at in tf.block_paths(r, ["default_action"])
+	not tf.is_unknown(r, array.concat(at, ["type"]))
+	action := tf.value(r, at)
+	not _may_keep_traffic_off_plaintext(r, at, action)
 	msg := sprintf(
 		"HTTP listener %s on load balancer %s (%s) serves plaintext (default action %q); redirect it to HTTPS: default_action { type = \"redirect\" redirect { protocol = \"HTTPS\" port = \"443\" status_code = \"HTTP_301\" } }",
 		[r.address, lb.address, tf.app_label(app), object.get(action, "type", "unset")],
@@ -66,14 +67,13 @@ deny contains {"resource": r.address, "message": msg} if {
 	r.type == "aws_elb"
 	not tf.is_gateway(r)
 	some app in tf.apps_of(r)
-	some i, listener in tf.blocks(r, ["listener"])
-	not tf.is_unknown(r, ["listener", i, "lb_protocol"])
-	protocol := object.get(listener, "lb_protocol", "")
+	some at in tf.block_paths(r, ["listener"])
+	protocol := tf.value(r, array.concat(at, ["lb_protocol"]))
 	is_string(protocol)
 	lower(protocol) == "http"
 	msg := sprintf(
 		"classic load balancer %s (%s) has a plaintext HTTP listener on port %v, and classic ELBs cannot redirect to HTTPS; keep only HTTPS listeners, or move to an ALB whose HTTP listener redirects",
-		[r.address, tf.app_label(app), object.get(listener, "lb_port", "?")],
+		[r.address, tf.app_label(app), tf.value_or(r, array.concat(at, ["lb_port"]), "?")],
 	)
 }
 
@@ -120,11 +120,11 @@ _plain_http(r, lb) if {
 # a redirect to HTTPS, and is not judged.
 _may_keep_traffic_off_plaintext(_, _, action) if _keeps_traffic_off_plaintext(action)
 
-_may_keep_traffic_off_plaintext(r, i, action) if _redirect_unknown(r, i, action)
+_may_keep_traffic_off_plaintext(r, at, action) if _redirect_unknown(r, at, action)
 
-_redirect_unknown(r, i, action) if {
+_redirect_unknown(r, at, action) if {
 	object.get(action, "type", "") == "redirect"
-	tf.has_unknown_within(r, ["default_action", i, "redirect"])
+	tf.has_unknown_within(r, array.concat(at, ["redirect"]))
 }
 
 # What the rules above skipped because a value they need is unknown.
@@ -150,15 +150,15 @@ not_judged contains {"resource": r.address, "path": path} if {
 	not tf.is_gateway(lb)
 	count(tf.apps_of(lb)) > 0
 	_plain_http(r, lb)
-	some i in numbers.range(0, count(tf.value_or(r, ["default_action"], [])) - 1)
-	path := _unknown_action_part(r, i)
+	some at in tf.block_paths(r, ["default_action"])
+	path := _unknown_action_part(r, at)
 }
 
-_unknown_action_part(r, i) := tf.path_string(["default_action", i, "type"]) if {
-	tf.is_unknown(r, ["default_action", i, "type"])
-} else := tf.path_string(["default_action", i, "redirect"]) if {
-	action := tf.value(r, ["default_action", i])
-	_redirect_unknown(r, i, action)
+_unknown_action_part(r, at) := tf.path_string(array.concat(at, ["type"])) if {
+	tf.is_unknown(r, array.concat(at, ["type"]))
+} else := tf.path_string(array.concat(at, ["redirect"])) if {
+	action := tf.value(r, at)
+	_redirect_unknown(r, at, action)
 }
 
 _keeps_traffic_off_plaintext(action) if object.get(action, "type", "") == "fixed-response"

@@ -160,3 +160,31 @@ test_listener_resolved_by_the_scanners_targets if {
 	})
 	{f.resource | some f in listener_tls.deny} == {"aws_lb_listener.pos_http"} with input as testing.document([_pos_lb, l])
 }
+
+# .tf.json may write default_action, redirect and listener as one object each.
+test_http_listener_with_a_default_action_object_is_judged_as_with_a_list if {
+	forward := _listener("pos_http", {"protocol": "HTTP", "port": 80, "default_action": {"type": "forward"}})
+	findings := listener_tls.deny with input as testing.document([_pos_lb, forward])
+	count(findings) == 1
+	findings == listener_tls.deny with input as testing.document([_pos_lb, _listener("pos_http", {"protocol": "HTTP", "port": 80, "default_action": _forward})])
+	redirect := _listener("pos_http", {"protocol": "HTTP", "default_action": {"type": "redirect", "redirect": {"protocol": "HTTPS", "port": "443"}}})
+	count(listener_tls.deny) == 0 with input as testing.document([_pos_lb, redirect])
+}
+
+test_unknown_default_action_object_is_not_judged_and_said if {
+	l := testing.resource_with("aws_lb_listener", "pos_http", {"protocol": "HTTP", "default_action": {"redirect": {"protocol": "HTTPS"}}}, {
+		"unknown": ["load_balancer_arn", "default_action.type"],
+		"refs": {"load_balancer_arn": ["aws_lb.pos"]},
+	})
+	count(listener_tls.deny) == 0 with input as testing.document([_pos_lb, l])
+	listener_tls.not_judged == {{"resource": "aws_lb_listener.pos_http", "path": "default_action.type"}} with input as testing.document([_pos_lb, l])
+}
+
+test_http_listener_object_on_app_classic_elb_is_denied if {
+	elb := testing.resource("aws_elb", "weblb", {"internal": true, "tags": {"app": "pos"}, "listener": {
+		"instance_port": 8000, "instance_protocol": "http", "lb_port": 80, "lb_protocol": "HTTP",
+	}})
+	findings := listener_tls.deny with input as testing.document([elb])
+	some f in findings
+	contains(f.message, "has a plaintext HTTP listener on port 80")
+}
