@@ -85,9 +85,13 @@ def test_findings_carry_rule_metadata_file_and_line(pos_report: dict[str, Any]) 
 
 
 def test_a_rule_never_fires_on_an_unresolved_value(pos_report: dict[str, Any]) -> None:
-    # admin_ssh opens 22 to var.admin_cidr, which nothing sets.
+    # admin_ssh opens 22 to var.admin_cidr, which nothing sets: not judged, and said so.
     assert "aws_security_group_rule.admin_ssh" not in {
         f["resource"] for f in pos_report["findings"]
+    }
+    assert pos_report["not_judged"]["PC-TF-005"] == {
+        "resources": 1,
+        "reasons": {"`cidr_blocks.0` is unknown (var.admin_cidr has no value)": 1},
     }
 
 
@@ -127,7 +131,7 @@ def test_text_report_groups_by_file_with_a_summary_line() -> None:
     assert any(line.strip().startswith("1  CRITICAL PC-TF-007") for line in lines)
     assert lines[-1] == (
         "16 findings (2 critical, 11 high, 3 medium) in 6 files, 18 resources; "
-        "1 suppressed; 1 not judged; 16 at or above low: FAIL"
+        "1 suppressed; 2 not judged; 16 at or above low: FAIL"
     )
     # The policy of aws_iam_policy.read_receipts embeds the bucket's ARN,
     # known only after apply: PC-TF-007 says it could not judge it, and why.

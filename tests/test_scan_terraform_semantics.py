@@ -673,3 +673,52 @@ def test_a_version_2_baseline_keeps_its_findings_and_covers_no_new_root(tmp_path
         "(envs/prod, envs/staging): it accepts none of them; re-create the baseline with "
         "--create-baseline to accept the ones you mean to"
     ]
+
+
+def test_a_source_cidr_that_cant_be_resolved_is_not_judged_and_said() -> None:
+    """PC-TF-001 and PC-TF-005 say so for an ingress whose source CIDR (the
+    list, or one element of it) has no value, however the ingress is declared
+    and in HCL or .tf.json: "0 findings" and "0 findings, 4 not judged" look
+    different, and not judged never fails the scan."""
+    for form, block in (("hcl", "ingress.0"), ("json", "ingress")):
+        code, report = scan_json(fixture(f"unknown_cidr/{form}"))
+        assert code == 0 and report["findings"] == []
+        unset_list = f"`{block}.cidr_blocks` is unknown (var.admin_cidrs has no value)"
+        assert report["not_judged"] == {
+            "PC-TF-001": {"resources": 1, "reasons": {unset_list: 1}},
+            "PC-TF-005": {
+                "resources": 3,
+                "reasons": {
+                    unset_list: 1,
+                    "`cidr_blocks.1` is unknown (var.admin_cidr has no value)": 1,
+                    "`cidr_ipv4` is unknown (var.admin_cidr has no value)": 1,
+                },
+            },
+        }
+        assert report["summary"]["not_judged"] == 4
+    text = portcullis("scan", "--no-cache", fixture("unknown_cidr/hcl")).stdout.splitlines()
+    assert (
+        "not judged: PC-TF-001: 1 resource not judged: `ingress.0.cidr_blocks` is unknown "
+        "(var.admin_cidrs has no value)"
+    ) in text
+    assert text[-1] == "0 findings in 1 file, 6 resources; 4 not judged; PASS"
+    # A template directive in an HCL string is not evaluated: unknown too.
+    directive = portcullis("scan", "--no-cache", fixture("unknown_cidr/directive"))
+    assert directive.returncode == 0
+    assert directive.stdout.splitlines()[0].startswith(
+        "not judged: PC-TF-005: 1 resource not judged: `ingress.0.cidr_blocks` is unknown"
+    )
+    # Given values, each form is judged in full.
+    for form in ("hcl", "json"):
+        world = ["--var", 'admin_cidrs=["0.0.0.0/0"]', "--var", "admin_cidr=0.0.0.0/0"]
+        code, report = scan_json(fixture(f"unknown_cidr/{form}"), *world)
+        assert code == 1 and report["not_judged"] == {}
+        assert findings(report) == {
+            ("PC-TF-001", "aws_security_group.pos"),
+            ("PC-TF-005", "aws_security_group.pos"),
+            ("PC-TF-005", "aws_security_group_rule.bastion_ssh"),
+            ("PC-TF-005", "aws_vpc_security_group_ingress_rule.bastion_rdp"),
+        }
+        private = ["--var", 'admin_cidrs=["10.0.0.0/8"]', "--var", "admin_cidr=10.1.0.0/16"]
+        code, report = scan_json(fixture(f"unknown_cidr/{form}"), *private)
+        assert code == 0 and report["findings"] == [] and report["not_judged"] == {}

@@ -46,6 +46,27 @@ _cidr_grants(r) := {grant |
 	grant := _grant(r, ingress, cidr)
 }
 
+# unknown_cidr_ingress: every ingress from a source CIDR the scanner could not
+# resolve (the list, or one element of it: a variable without a value, a
+# template directive), which may be the whole internet: described as
+# cidr_ingress describes a grant, with "cidr": null and
+#   "unknown_cidr": the dotted path of its first unknown source
+#                   ("ingress.0.cidr_blocks", "cidr_blocks.1", "cidr_ipv4").
+# Rules that judge world_ingress say these were not judged.
+unknown_cidr_ingress contains object.union(_grant(r, ingress, null), {"unknown_cidr": path}) if {
+	some r in input.resources
+	r.type in _ingress_types
+	count(object.get(r, "unknown", [])) > 0
+	some ingress in _ingresses(r)
+	path := tf.unknown_at(r, [p |
+		some field in ingress.cidr_fields
+		some p in _cidr_paths(r, array.concat(ingress.at, [field]))
+	])
+}
+
+# _cidr_paths(r, path): the CIDR list at path, then each of its elements.
+_cidr_paths(r, path) := array.concat([path], [array.concat(path, [j]) | some j, _ in tf.list_value(r, path)])
+
 # _ingresses(r): each ingress r declares, before its sources are read: "at",
 # the path its fields are under; "cidr_fields", those that hold source CIDRs
 # (a list, or one CIDR); "where" and "security_groups" as in a grant.

@@ -80,6 +80,55 @@ test_unknown_cidr_yields_no_grant if {
 	{g.cidr | some g in grants} == {"10.0.0.0/8"}
 }
 
+# ...but every source CIDR the scanner could not resolve, the list or one of
+# its elements, is listed, whichever way the ingress is declared.
+test_unknown_cidrs_are_listed_for_each_way_ingress_is_declared if {
+	listed := testing.resource_with("aws_security_group", "listed", {"ingress": [
+		{"protocol": "tcp", "from_port": 22, "to_port": 22, "cidr_blocks": ["10.0.0.0/8", null]},
+		{"protocol": "tcp", "from_port": 22, "to_port": 22},
+		{"protocol": "tcp", "from_port": 22, "to_port": 22, "cidr_blocks": ["10.0.0.0/8"]},
+	]}, {"unknown": ["ingress.0.cidr_blocks.1", "ingress.1.cidr_blocks"]})
+	one := testing.resource_with("aws_security_group", "one", {"ingress": {"protocol": "tcp", "from_port": 22, "to_port": 22}}, {
+		"unknown": ["ingress.ipv6_cidr_blocks"],
+	})
+	rule := testing.resource_with("aws_security_group_rule", "r", {"type": "ingress", "protocol": "tcp", "from_port": 22, "to_port": 22}, {
+		"unknown": ["cidr_blocks"],
+	})
+	vpc_rule := testing.resource_with("aws_vpc_security_group_ingress_rule", "v", {"ip_protocol": "tcp", "from_port": 22, "to_port": 22}, {
+		"unknown": ["cidr_ipv4"],
+	})
+	unknown := network.unknown_cidr_ingress with input as testing.document([listed, one, rule, vpc_rule])
+	{[g.address, g.where, g.unknown_cidr] | some g in unknown} == {
+		["aws_security_group.listed", "ingress block 0", "ingress.0.cidr_blocks.1"],
+		["aws_security_group.listed", "ingress block 1", "ingress.1.cidr_blocks"],
+		["aws_security_group.one", "ingress block 0", "ingress.ipv6_cidr_blocks"],
+		["aws_security_group_rule.r", "", "cidr_blocks"],
+		["aws_vpc_security_group_ingress_rule.v", "", "cidr_ipv4"],
+	}
+	every g in unknown {
+		g.cidr == null
+		g.protocol == "tcp"
+		g.from_port == 22
+	}
+}
+
+test_an_ingress_block_the_scanner_could_not_expand_has_an_unknown_cidr if {
+	sg := testing.resource_with("aws_security_group", "web", {"ingress": [null]}, {"unknown": ["ingress.0"]})
+	[g] := [grant | some grant in network.unknown_cidr_ingress] with input as testing.document([sg])
+	g.unknown_cidr == "ingress.0.cidr_blocks"
+	g.unknown_ports == "ingress.0.protocol"
+}
+
+test_known_cidrs_give_no_unknown_cidr_ingress if {
+	sg := testing.resource_with("aws_security_group", "web", {"ingress": [
+		{"protocol": "tcp", "cidr_blocks": ["0.0.0.0/0"]},
+	]}, {"unknown": ["ingress.0.from_port", "tags.app"]})
+	rule := testing.resource_with("aws_security_group_rule", "out", {"type": "egress", "protocol": "tcp", "from_port": 22, "to_port": 22}, {
+		"unknown": ["cidr_blocks"],
+	})
+	count(network.unknown_cidr_ingress) == 0 with input as testing.document([sg, rule])
+}
+
 test_world_cidrs_are_any_slash_zero if {
 	network.is_world_cidr("0.0.0.0/0")
 	network.is_world_cidr("::/0")

@@ -7,6 +7,7 @@ import rego.v1
 # Rules of another package are imported by name: read through a package
 # alias (network.world_ingress), regorus evaluates every rule of that package
 # and copies them on each read, which cost seconds on large trees.
+import data.portcullis.lib.network.unknown_cidr_ingress
 import data.portcullis.lib.network.world_ingress
 
 import data.portcullis.lib.network
@@ -51,3 +52,15 @@ _reaches_admin(grant) if {
 	some admin in _admin_ports
 	network.reaches(grant, admin.protocols, admin.port)
 }
+
+# An ingress from a source CIDR the scanner could not resolve may open SSH or
+# RDP to the internet, unless its ports and protocol are known and reach
+# neither: not judged, and said so.
+not_judged contains {"resource": grant.address, "path": grant.unknown_cidr} if {
+	some grant in unknown_cidr_ingress
+	_may_reach_admin(grant)
+}
+
+_may_reach_admin(grant) if _reaches_admin(grant)
+
+_may_reach_admin(grant) if grant.unknown_ports != null

@@ -91,3 +91,42 @@ test_private_grant_with_unknown_ports_is_not_counted if {
 	]}, {"unknown": ["ingress.0.from_port", "ingress.0.to_port"]})
 	count(admin_ports.not_judged) == 0 with input as testing.document([sg])
 }
+
+# A source CIDR the scanner could not resolve may be the internet: on SSH or
+# RDP it is not judged, and said so, however the ingress is declared.
+test_unknown_cidr_on_ssh_is_not_judged_and_said if {
+	ssh := {"protocol": "tcp", "from_port": 22, "to_port": 22}
+	listed := testing.resource_with("aws_security_group", "listed", {"ingress": [ssh]}, {"unknown": ["ingress.0.cidr_blocks"]})
+	one := testing.resource_with("aws_security_group", "one", {"ingress": object.union(ssh, {"cidr_blocks": ["10.0.0.0/8", null]})}, {
+		"unknown": ["ingress.cidr_blocks.1"],
+	})
+	rule := testing.resource_with("aws_security_group_rule", "r", object.union(ssh, {"type": "ingress"}), {"unknown": ["cidr_blocks"]})
+	vpc_rule := testing.resource_with("aws_vpc_security_group_ingress_rule", "v", {"ip_protocol": "tcp", "from_port": 3389, "to_port": 3389}, {
+		"unknown": ["cidr_ipv6"],
+	})
+	doc := testing.document([listed, one, rule, vpc_rule])
+	count(admin_ports.deny) == 0 with input as doc
+	admin_ports.not_judged == {
+		{"resource": "aws_security_group.listed", "path": "ingress.0.cidr_blocks"},
+		{"resource": "aws_security_group.one", "path": "ingress.cidr_blocks.1"},
+		{"resource": "aws_security_group_rule.r", "path": "cidr_blocks"},
+		{"resource": "aws_vpc_security_group_ingress_rule.v", "path": "cidr_ipv6"},
+	} with input as doc
+}
+
+test_unknown_cidr_with_unknown_ports_is_not_judged if {
+	sg := testing.resource_with("aws_security_group", "web_node", {"ingress": [{"protocol": "tcp"}]}, {
+		"unknown": ["ingress.0.from_port", "ingress.0.to_port", "ingress.0.cidr_blocks"],
+	})
+	admin_ports.not_judged == {{"resource": "aws_security_group.web_node", "path": "ingress.0.cidr_blocks"}} with input as testing.document([sg])
+}
+
+test_unknown_cidr_on_ports_that_are_not_ssh_or_rdp_is_judged if {
+	https := testing.resource_with("aws_security_group", "web_node", {"ingress": [{"protocol": "tcp", "from_port": 443, "to_port": 443}]}, {
+		"unknown": ["ingress.0.cidr_blocks"],
+	})
+	egress := testing.resource_with("aws_security_group_rule", "out", {"type": "egress", "protocol": "tcp", "from_port": 22, "to_port": 22}, {
+		"unknown": ["cidr_blocks"],
+	})
+	count(admin_ports.not_judged) == 0 with input as testing.document([https, egress])
+}

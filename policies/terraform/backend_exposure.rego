@@ -11,6 +11,7 @@ import rego.v1
 # alias (network.world_ingress), regorus evaluates every rule of that package
 # and copies them on each read, which cost seconds on large trees.
 import data.portcullis.lib.network.group_ingress
+import data.portcullis.lib.network.unknown_cidr_ingress
 import data.portcullis.lib.network.world_ingress
 import data.portcullis.lib.terraform.gateway_tags_text
 import data.portcullis.lib.terraform.resource_at
@@ -55,6 +56,16 @@ deny contains {"resource": grant.address, "message": msg} if {
 		"%s (%s) admits security group %s, which is open to %s; only the gateway security group (tagged %s) may reach app backends",
 		[_subject(grant, sg), tf.app_label(app), source.address, open.cidr, gateway_tags_text],
 	)
+}
+
+# An ingress to an app's security group from a source CIDR the scanner could
+# not resolve may admit the internet: not judged, and said so.
+not_judged contains {"resource": grant.address, "path": grant.unknown_cidr} if {
+	some grant in unknown_cidr_ingress
+	some address in grant.security_groups
+	sg := resource_at[address]
+	not tf.is_gateway(sg)
+	count(tf.apps_of(sg)) > 0
 }
 
 # The security groups some grant opens to the whole internet (a set, so the

@@ -143,3 +143,36 @@ test_backend_behind_a_world_open_group_is_denied_with_ingress_objects if {
 	findings := backend_exposure.deny with input as testing.document([public_alb, backend])
 	[f.message | some f in findings] == ["security group aws_security_group.pos_backend (app pos, pci) admits security group aws_security_group.public_alb, which is open to 0.0.0.0/0; only the gateway security group (tagged role=portcullis-gateway) may reach app backends"]
 }
+
+# A source CIDR the scanner could not resolve may be the internet: ingress to
+# an app's group from one is not judged, and said so, however it is declared.
+test_unknown_cidr_into_an_app_group_is_not_judged_and_said if {
+	backend := testing.resource_with("aws_security_group", "pos_backend", {
+		"tags": {"app": "pos"},
+		"ingress": {"protocol": "tcp", "from_port": 443, "to_port": 443},
+	}, {"unknown": ["ingress.cidr_blocks"]})
+	rule := testing.resource_with("aws_security_group_rule", "pos_https", {
+		"type": "ingress", "protocol": "tcp", "from_port": 443, "to_port": 443, "cidr_blocks": [null],
+	}, {"unknown": ["security_group_id", "cidr_blocks.0"], "refs": {"security_group_id": ["aws_security_group.pos_backend"]}})
+	vpc_rule := testing.resource_with("aws_vpc_security_group_ingress_rule", "pos_all", {"ip_protocol": "-1"}, {
+		"unknown": ["cidr_ipv4"], "refs": {"security_group_id": ["aws_security_group.pos_backend.id"]},
+	})
+	doc := testing.document([backend, rule, vpc_rule])
+	count(backend_exposure.deny) == 0 with input as doc
+	backend_exposure.not_judged == {
+		{"resource": "aws_security_group.pos_backend", "path": "ingress.cidr_blocks"},
+		{"resource": "aws_security_group_rule.pos_https", "path": "cidr_blocks.0"},
+		{"resource": "aws_vpc_security_group_ingress_rule.pos_all", "path": "cidr_ipv4"},
+	} with input as doc
+}
+
+test_unknown_cidr_into_the_gateway_or_a_non_app_group_is_not_counted if {
+	gateway := testing.resource_with("aws_security_group", "gateway", {
+		"tags": {"role": "portcullis-gateway", "app": "pos"},
+		"ingress": [{"protocol": "tcp", "from_port": 443, "to_port": 443}],
+	}, {"unknown": ["ingress.0.cidr_blocks"]})
+	batch := testing.resource_with("aws_security_group", "batch", {"ingress": [{"protocol": "tcp", "from_port": 22, "to_port": 22}]}, {
+		"unknown": ["ingress.0.cidr_blocks"],
+	})
+	count(backend_exposure.not_judged) == 0 with input as testing.document([gateway, batch])
+}
