@@ -108,9 +108,13 @@ class Unjudged:
     reason: str  # why it is unknown ("var.encrypted has no value")
     file: str
     line: int
+    # The reason is the rule's own words, not why a value is unknown.
+    stated: bool = False
 
     @property
     def why(self) -> str:
+        if self.stated and self.path:
+            return f"`{self.path}`: {self.reason}"
         return f"`{self.path}` is unknown ({self.reason})" if self.path else self.reason
 
 

@@ -5,7 +5,8 @@ Each package declares `metadata` (id, title, severity, remediation) and a
 is about, stable when the message carries counts); every such package is a
 rule. A package may also declare `not_judged`, a set of {"resource", "path"}:
 the resources it applies to but could not judge, and the unknown value it
-needed."""
+needed (with "reason", its own words, where what it lacked isn't an unknown
+value)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ class NotJudged:
     resource: str
     # The document path the rule needed ("storage_encrypted", "ingress.0.from_port").
     path: str
+    # Why, in the rule's words, where it isn't an unknown value at path (the
+    # scanner explains those itself): "" when the rule gave none.
+    reason: str = ""
 
 
 # Every rule's deny set (and not_judged, where a package declares it) in one
@@ -218,7 +222,15 @@ class RuleSet:
                     )
             for item in _items(package, "not_judged", results):
                 if isinstance(item, dict) and isinstance(item.get("resource"), str):
-                    not_judged.append(NotJudged(rule, item["resource"], str(item.get("path", ""))))
+                    reason = item.get("reason")
+                    not_judged.append(
+                        NotJudged(
+                            rule,
+                            item["resource"],
+                            str(item.get("path", "")),
+                            reason if isinstance(reason, str) else "",
+                        )
+                    )
                 else:
                     raise EvaluationError(
                         f"{package}.not_judged: each item must be {{resource, path}}, got {item!r}"

@@ -388,9 +388,11 @@ def _evaluate(rules: RuleSet, document: Document, result: ScanResult) -> list[Fi
                 rule_id=item.rule.id,
                 resource=item.resource,
                 path=item.path,
-                reason=explain(item.path) if explain and item.path else "known only after apply",
+                reason=item.reason
+                or (explain(item.path) if explain and item.path else "known only after apply"),
                 file=resource.entry["file"] if resource else document.name,
                 line=resource.entry["line"] if resource else 1,
+                stated=bool(item.reason),
             )
         )
     return findings

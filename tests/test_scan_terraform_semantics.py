@@ -269,11 +269,12 @@ _COMPUTED_INGRESS = "`ingress.cidr_blocks` is unknown (known only after apply)"
 
 def _judged(report: dict[str, Any]) -> tuple[set[tuple[str, str, str]], dict[str, Any]]:
     found = {(f["rule_id"], f["resource"], f["message"]) for f in report["findings"]}
-    not_judged = {
-        rule: entry
-        for rule, entry in report["not_judged"].items()
-        if set(entry["reasons"]) != {_COMPUTED_INGRESS}
-    }
+    not_judged = {}
+    for rule, entry in report["not_judged"].items():
+        reasons = dict(entry["reasons"])
+        computed = reasons.pop(_COMPUTED_INGRESS, 0)
+        if reasons:
+            not_judged[rule] = {"resources": entry["resources"] - computed, "reasons": reasons}
     return found, not_judged
 
 
@@ -323,8 +324,9 @@ def test_an_output_of_a_repeated_module_read_by_literal_key_is_that_instances() 
     critical = {r for rule, r in findings(plan) if rule == "PC-TF-001"}
     assert critical == {"aws_security_group_rule.first", "aws_security_group_rule.b"}
     # count.index and each.key: a plan records `module.counted` and
-    # `count.index`, not the output, so neither path resolves the group and
-    # PC-TF-001 (which declares no not_judged) says nothing of these rules.
+    # `count.index`, not the output, so neither path resolves the group, and
+    # PC-TF-001 says of each rule that its group is not in the scan.
+    assert hcl["not_judged"]["PC-TF-001"]["resources"] == 4
     expected = {
         "aws_security_group_rule.first": ["module.counted[0].aws_security_group.this"],
         "aws_security_group_rule.b": ['module.keyed["b"].aws_security_group.this'],
@@ -743,3 +745,16 @@ def test_a_source_cidr_that_cant_be_resolved_is_not_judged_and_said() -> None:
         private = ["--var", 'admin_cidrs=["10.0.0.0/8"]', "--var", "admin_cidr=10.1.0.0/16"]
         code, report = scan_json(fixture(f"unknown_cidr/{form}"), *private)
         assert code == 0 and report["findings"] == [] and report["not_judged"] == {}
+
+
+def test_a_world_open_rule_on_a_group_outside_the_scan_is_not_judged_and_said() -> None:
+    """A literal `sg-...` or an unset variable as security_group_id: PC-TF-001
+    said nothing, neither a finding nor "not judged", so a rule opening an app
+    backend made elsewhere to the internet passed as if judged."""
+    code, report = scan_json(fixture("outside_group"))
+    assert code == 0 and report["findings"] == []
+    reason = (
+        "`security_group_id`: the security group it applies to is not in this scan, so "
+        "whether it is an app backend's is unknown"
+    )
+    assert report["not_judged"]["PC-TF-001"] == {"resources": 2, "reasons": {reason: 2}}

@@ -68,6 +68,16 @@ not_judged contains {"resource": grant.address, "path": grant.unknown_cidr} if {
 	count(tf.apps_of(sg)) > 0
 }
 
+# A standalone rule open to the internet on a security group that isn't in this
+# scan (an ID given as a literal or a variable, a group made elsewhere, a module
+# output the scanner can't follow): it may be an app backend's. Not judged.
+not_judged contains {"resource": grant.address, "path": "security_group_id", "reason": _outside} if {
+	some grant in world_ingress
+	count(grant.security_groups) == 0
+}
+
+_outside := "the security group it applies to is not in this scan, so whether it is an app backend's is unknown"
+
 # The security groups some grant opens to the whole internet (a set, so the
 # join above is a lookup, not a scan of every grant per group).
 _open_to_world contains address if {

@@ -176,3 +176,33 @@ test_unknown_cidr_into_the_gateway_or_a_non_app_group_is_not_counted if {
 	})
 	count(backend_exposure.not_judged) == 0 with input as testing.document([gateway, batch])
 }
+
+# A rule open to the internet on a group the scan doesn't hold (an ID given
+# literally or through a variable, a group made elsewhere) may open an app
+# backend: not judged, and said why; a group in the scan is judged as before.
+test_world_rule_on_a_group_outside_the_scan_is_not_judged_and_said if {
+	literal := testing.resource("aws_security_group_rule", "by_id", {
+		"type": "ingress", "protocol": "tcp", "from_port": 443, "to_port": 443,
+		"cidr_blocks": ["0.0.0.0/0"], "security_group_id": "sg-0123456789abcdef0",
+	})
+	elsewhere := testing.resource_with("aws_vpc_security_group_ingress_rule", "from_data", {
+		"ip_protocol": "tcp", "from_port": 443, "to_port": 443, "cidr_ipv4": "0.0.0.0/0",
+	}, {"unknown": ["security_group_id"], "refs": {"security_group_id": ["data.aws_security_group.pos"]}})
+	doc := testing.document([literal, elsewhere])
+	count(backend_exposure.deny) == 0 with input as doc
+	reason := "the security group it applies to is not in this scan, so whether it is an app backend's is unknown"
+	backend_exposure.not_judged == {
+		{"resource": "aws_security_group_rule.by_id", "path": "security_group_id", "reason": reason},
+		{"resource": "aws_vpc_security_group_ingress_rule.from_data", "path": "security_group_id", "reason": reason},
+	} with input as doc
+}
+
+test_world_rule_on_a_non_app_group_in_the_scan_is_judged_and_passes if {
+	batch := testing.resource("aws_security_group", "batch", {})
+	rule := testing.resource_with("aws_security_group_rule", "batch_https", {
+		"type": "ingress", "protocol": "tcp", "from_port": 443, "to_port": 443, "cidr_blocks": ["0.0.0.0/0"],
+	}, {"unknown": ["security_group_id"], "refs": {"security_group_id": ["aws_security_group.batch"]}})
+	doc := testing.document([batch, rule])
+	count(backend_exposure.deny) == 0 with input as doc
+	count(backend_exposure.not_judged) == 0 with input as doc
+}
