@@ -11,7 +11,7 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,18 +92,27 @@ def write(outputs: list[Output], render: Callable[[str, bool], str]) -> None:
 
 
 def write_file(path: Path, text: str) -> None:
-    """Write text to path whole or not at all: beside it, then renamed over it,
-    so a write that fails (a full disk) leaves the old file or none, never half
-    a report for an upload step to choke on. Raises OSError."""
+    """Write text to path whole or not at all (:func:`replacing`), so a write that
+    fails (a full disk) never leaves half a report for an upload step to choke
+    on. Raises OSError."""
     if path.is_symlink() or (path.exists() and not path.is_file()):
         # /dev/stdout, a FIFO, a link: written where it leads, as before.
         path.write_text(text, encoding="utf-8")
         return
+    with replacing(path) as partial:
+        partial.write_text(text, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A file beside ``path`` to write instead: renamed over ``path`` when the
+    block ends, removed when it raises, so ``path`` holds the old file or the
+    whole new one, never a half-written one."""
     partial = path.with_name(f".{path.name}.partial")
     try:
-        partial.write_text(text, encoding="utf-8")
+        yield partial
         os.replace(partial, path)
-    except OSError:
+    except BaseException:
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
         raise

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import io
 import json
-import os
 import sys
 import tarfile
 import time
@@ -30,6 +29,7 @@ from policy_engine.embedded import CompiledPolicy, EmbeddedEngine, as_json
 from policy_engine.policy_set import bundle_roots
 from policy_engine.portability import portability_warnings
 from policy_engine.testing import CaseResult, TestReport, run_tests
+from portcullis import output_options
 
 RULE = "-" * 80
 USAGE_ERROR = 2
@@ -242,14 +242,10 @@ def bundle(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.is_dir():
         return _fail(f"{output}: is a directory (-o names the bundle file, e.g. bundle.tar.gz)")
-    # Written beside it and renamed: a failed write leaves no half bundle to deploy.
-    partial = output.with_name(f".{output.name}.partial")
-    try:
-        write_bundle(compiled, root, partial, revision)
-        os.replace(partial, output)
+    try:  # a failed write leaves no half bundle to deploy
+        with output_options.replacing(output) as partial:
+            write_bundle(compiled, root, partial, revision)
     except OSError as error:
-        if partial.parent.is_dir():
-            partial.unlink(missing_ok=True)
         return _fail(f"{output}: the bundle can't be written: {error.strerror or error}")
     print(f"{args.output}: bundle of {len(policy_set.modules)} modules, revision {revision}")
     return 0
