@@ -511,17 +511,14 @@ class EmbeddedEngine:
         # clock is this thread's CPU time: a busy machine or another thread holding
         # the GIL delays a decision but never turns it into a timeout deny.
         vm_or_engine = self._vm() if compiled else self._engine()
-        interpreter = self._engine() if compiled and self.confirm is not None else None
+        confirm = self.confirm if compiled else None
+        interpreter: Any = self._engine() if confirm is not None else None
         started = time.thread_time()
         wall_started = time.perf_counter()
         try:
             if compiled:
                 value = self._run_compiled(vm_or_engine, ref, input)
-                if (
-                    interpreter is not None
-                    and self.confirm is not None
-                    and self.confirm(ref, value)
-                ):
+                if confirm is not None and confirm(ref, value):
                     interpreter.set_input(input)
                     value = _eval_ref(interpreter, ref)
             else:

@@ -122,7 +122,7 @@ def register(actions: Any) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--after",
-        metavar="HASH",
+        metavar="SEQ:HASH",
         help="the first file continues the chain from this line: SEQ:HASH or HASH (as "
         "`audit verify --after`)",
     )
