@@ -629,38 +629,30 @@ def _heads_of_this_chain(
         if heads[i].seq == 0 and heads[i].head == GENESIS and heads[i].log in chain.names
     )
     then = min((at for at in geneses if ended is not None and at > ended), default=None)
-    later = {i for i in unreached if then is not None and heads[i].signed_at >= then}
-    if later:
-        starts = [at for at in geneses if then is not None and at >= then]
-        more = (
-            f"; {len(starts)} chains began under it since, at GENESIS at {', '.join(starts)}: "
-            "verify each one's files"
-            if len(starts) > 1
-            else ""
-        )
-        result.notes.append(
-            f"{len(later)} outside head(s) of a later chain under the name {named} left out: "
-            f"it began again at GENESIS at {then}, after the last head this log reaches{more}"
-        )
+    later: set[int] = set()
+    if then is not None:
+        later = {i for i in unreached if heads[i].signed_at >= then}
+        if later:
+            more = _chains_began([at for at in geneses if at >= then], "since")
+            result.notes.append(
+                f"{len(later)} outside head(s) of a later chain under the name {named} left "
+                f"out: it began again at GENESIS at {then}, after the last head this log "
+                f"reaches{more}"
+            )
     # Files that don't begin the chain (--after) can't show when it began: only the
     # caller can say so.
     began = chain.genesis_at
     if began is None and isinstance(chain.new_chain, str):
         began = chain.new_chain
-    earlier = {i for i in unreached if began is not None and heads[i].signed_at < began}
-    if earlier:
+    earlier: set[int] = set()
+    if began is not None:
+        earlier = {i for i in unreached if heads[i].signed_at < began}
+    if began is not None and earlier:
         newest = max((heads[i] for i in earlier), key=lambda h: h.signed_at)
-        starts = [at for at in geneses if began is not None and at < began]
+        more = _chains_began([at for at in geneses if at < began], "before")
         what = (
             f"{len(earlier)} outside head(s) of an earlier chain under the name {named} "
-            f"(up to seq {newest.seq}, signed at {newest.signed_at}"
-            + (
-                f"; {len(starts)} chains began under it before, at GENESIS at "
-                f"{', '.join(starts)}: verify each one's files"
-                if len(starts) > 1
-                else ""
-            )
-            + ")"
+            f"(up to seq {newest.seq}, signed at {newest.signed_at}{more})"
         )
         if chain.new_chain is True or chain.new_chain == began:
             result.notes.append(
@@ -677,6 +669,16 @@ def _heads_of_this_chain(
                 f"began again, --new-chain {began} checks this log alone",
             )
     return mine - later - earlier
+
+
+def _chains_began(starts: list[str], when: str) -> str:
+    """A clause naming the GENESIS starts of a name, when there are several."""
+    if len(starts) < 2:
+        return ""
+    return (
+        f"; {len(starts)} chains began under it {when}, at GENESIS at {', '.join(starts)}: "
+        "verify each one's files"
+    )
 
 
 def _check_beginning(
