@@ -335,6 +335,17 @@ async def deleted_after_one_event(path: Path) -> DecisionLog:
     return log
 
 
+async def reopened_at(path: Path, within: float) -> None:
+    """Wait until the writer has switched to a new file at ``path``: its start
+    record is there. The file alone is not enough: the writer creates it to see
+    that the path can be opened, and an event recorded before the switch itself
+    still goes to the old file (the error line says so)."""
+    deadline = time.monotonic() + within
+    while not (path.is_file() and path.stat().st_size):
+        assert time.monotonic() < deadline, f"{path} not reopened within {within} s"
+        await asyncio.sleep(0.05)
+
+
 async def test_a_log_file_deleted_under_the_writer_is_said_and_the_path_reopened(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -344,10 +355,7 @@ async def test_a_log_file_deleted_under_the_writer_is_said_and_the_path_reopened
     second: the chain goes on there."""
     path = tmp_path / "decisions.jsonl"
     log = await deleted_after_one_event(path)
-    for _ in range(40):  # the writer looks once a second
-        await asyncio.sleep(0.05)
-        if path.exists():
-            break
+    await reopened_at(path, within=5.0)  # the writer looks once a second
     record(log, 2)
     await log.close()
     assert "the path no longer names the file being written" in caplog.text
@@ -367,10 +375,7 @@ async def test_a_deleted_log_whose_path_cannot_be_opened_yet_is_reopened_once_it
     path.mkdir()  # in the way for a while
     await asyncio.sleep(1.5)
     path.rmdir()
-    for _ in range(60):
-        await asyncio.sleep(0.05)
-        if path.is_file():
-            break
+    await reopened_at(path, within=5.0)
     record(log, 2)
     await log.close()
     records = [json.loads(line) for line in lines_of(path)]
