@@ -8,6 +8,7 @@ import json
 import math
 import re
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -21,6 +22,10 @@ MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 # Non-JSON values reported per data file; past that, a count.
 MAX_VALUE_PROBLEMS = 10
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+NOT_A_POLICY_FILE = (
+    "not a .rego file, a data file (.json, .yaml, .yml), a policy directory or an "
+    "OPA bundle (.tar.gz)"
+)
 _TOO_DEEP = "nested too deeply to read (about 1,000 levels at most)"
 
 
@@ -83,28 +88,60 @@ def _load_directory(root: Path) -> PolicySet:
         raise PolicyLoadError([problem]) from None
     for file in files:
         relative = file.relative_to(root)
-        wanted = file.suffix == ".rego" or file.suffix in DATA_SUFFIXES
-        if any(part.startswith(".") for part in relative.parts) or not wanted:
+        if any(part.startswith(".") for part in relative.parts) or not _wanted(file):
             continue
-        display = str(file)
-        if not file.is_file():
-            # A link that leads nowhere (a ConfigMap key removed, a checkout missing a
-            # file) would otherwise drop a module or a data file without a word.
-            if file.is_symlink() and not file.exists():
-                problems.append(Problem(display, "a link that leads nowhere (or loops)"))
-            elif not file.is_dir():
-                problems.append(Problem(display, "not a regular file"))
-            continue
-        try:
-            if file.suffix == ".rego":
-                modules.append(Module(display, _rego_text(file.read_bytes())))
-            elif file.suffix in DATA_SUFFIXES:
-                documents.append((display, (), file.read_bytes()))
-        except UnicodeDecodeError as error:
-            problems.append(Problem(display, f"not UTF-8 text: {error.reason}"))
-        except OSError as error:
-            problems.append(Problem(display, f"can't read: {error.strerror or error}"))
+        if not file.is_dir():
+            _read_file(file, modules, documents, problems)
     return _assemble(modules, documents, problems, origin=str(root))
+
+
+def load_policy_files(files: Sequence[str | Path]) -> PolicySet:
+    """Load ``.rego`` and data files named one by one as one policy set, as
+    ``opa test a.rego a_test.rego`` does: each data file merged at the data root,
+    as in a directory. Raises PolicyLoadError naming each file that can't be."""
+    modules: list[Module] = []
+    documents: list[tuple[str, tuple[str, ...], bytes]] = []
+    problems: list[Problem] = []
+    paths = [Path(file) for file in files]
+    for path in paths:
+        if not _wanted(path):
+            problems.append(Problem(str(path), NOT_A_POLICY_FILE))
+        elif not path.exists() and not path.is_symlink():
+            problems.append(Problem(str(path), "no such file"))
+        else:
+            _read_file(path, modules, documents, problems)
+    return _assemble(modules, documents, problems, origin=" ".join(map(str, paths)))
+
+
+def _wanted(file: Path) -> bool:
+    return file.suffix == ".rego" or file.suffix in DATA_SUFFIXES
+
+
+def _read_file(
+    file: Path,
+    modules: list[Module],
+    documents: list[tuple[str, tuple[str, ...], bytes]],
+    problems: list[Problem],
+) -> None:
+    """A module or a data document read from ``file``, or the problem that stops it."""
+    display = str(file)
+    if not file.is_file():
+        # A link that leads nowhere (a ConfigMap key removed, a checkout missing a
+        # file) would otherwise drop a module or a data file without a word.
+        if file.is_symlink() and not file.exists():
+            problems.append(Problem(display, "a link that leads nowhere (or loops)"))
+        else:
+            problems.append(Problem(display, "not a regular file"))
+        return
+    try:
+        if file.suffix == ".rego":
+            modules.append(Module(display, _rego_text(file.read_bytes())))
+        else:
+            documents.append((display, (), file.read_bytes()))
+    except UnicodeDecodeError as error:
+        problems.append(Problem(display, f"not UTF-8 text: {error.reason}"))
+    except OSError as error:
+        problems.append(Problem(display, f"can't read: {error.strerror or error}"))
 
 
 def _rego_text(content: bytes) -> str:

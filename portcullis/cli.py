@@ -33,7 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     actions = policy.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     test = actions.add_parser("test", help="run every test_* rule, like `opa test`")
-    test.add_argument("paths", nargs="*", help="policy directories or bundles")
+    test.add_argument(
+        "paths",
+        nargs="*",
+        help="policy directories or bundles; .rego and data files named together are one set",
+    )
     test.add_argument("-v", "--verbose", action="store_true", help="list every test")
     test.add_argument("--coverage", action="store_true", help="print per-file line coverage")
     test.add_argument(
@@ -49,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     test.set_defaults(run=policy_commands.test)
 
     check = actions.add_parser("check", help="parse, load and evaluate every entry point once")
-    check.add_argument("paths", nargs="*", help="policy directories or bundles")
+    check.add_argument(
+        "paths",
+        nargs="*",
+        help="policy directories or bundles; .rego and data files named together are one set",
+    )
     check.set_defaults(run=policy_commands.check)
 
     evaluate = actions.add_parser("eval", help="evaluate a query against an input")

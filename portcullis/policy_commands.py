@@ -26,7 +26,7 @@ from policy_engine import (
     open_engine,
 )
 from policy_engine.embedded import CompiledPolicy, EmbeddedEngine, as_json
-from policy_engine.policy_set import bundle_roots
+from policy_engine.policy_set import DATA_SUFFIXES, bundle_roots, load_policy_files
 from policy_engine.portability import portability_warnings
 from policy_engine.testing import CaseResult, TestReport, run_tests
 from portcullis import output_options
@@ -42,8 +42,40 @@ def _fail(problems: Sequence[Problem | str] | str) -> int:
     return USAGE_ERROR
 
 
-def _policy_paths(args: argparse.Namespace) -> list[str]:
-    return list(args.paths) or [args.default_policy()]
+# A policy set as the user named it: a directory or bundle, or files loaded as one.
+Source = str | tuple[str, ...]
+
+
+def _policy_sources(args: argparse.Namespace) -> list[Source]:
+    """The policy sets the paths name: each directory or bundle its own, and the
+    files among them (`x.rego x_test.rego data.json`) one set together, in the
+    place of the first, as `opa test` loads the files it is given."""
+    sources: list[Source] = []
+    files: list[str] = []
+    files_at = 0
+    for path in list(args.paths) or [args.default_policy()]:
+        named = Path(path)
+        if not _policy_file(named):
+            sources.append(path)
+        else:
+            files_at = files_at if files else len(sources)
+            files.append(path)
+    if files:
+        sources.insert(files_at, tuple(files))
+    return sources
+
+
+def _policy_file(path: Path) -> bool:
+    """Whether the path is meant as one file of a policy set: a module or data file
+    by its name, or any other file (named as not one); not a directory, a bundle or
+    a path that names nothing."""
+    if path.is_dir() or path.name.endswith((".tar.gz", ".tgz")):
+        return False
+    return path.suffix == ".rego" or path.suffix in DATA_SUFFIXES or path.exists()
+
+
+def _label(source: Source) -> str:
+    return source if isinstance(source, str) else " ".join(source)
 
 
 class _Refused(Exception):
@@ -53,13 +85,15 @@ class _Refused(Exception):
         self.lines = lines
 
 
-def _compile(path: str) -> CompiledPolicy:
+def _compile(source: Source) -> CompiledPolicy:
     """A policy set as every command loads it, with its rule packages as `scan`
     reads them: what the scanner refuses (a severity it doesn't know, one rule id
     twice, deny without metadata) is refused here too, so that a policy
     repository's CI can't pass a set every Terraform pipeline would refuse.
     Raises PolicyLoadError, or _Refused with the scanner's own messages."""
-    compiled = compile_policy(load_policy_set(path))
+    compiled = compile_policy(
+        load_policy_set(source) if isinstance(source, str) else load_policy_files(source)
+    )
     refused = rule_package_problems(compiled)
     if refused:
         raise _Refused(refused)
@@ -68,10 +102,10 @@ def _compile(path: str) -> CompiledPolicy:
 
 def test(args: argparse.Namespace) -> int:
     failed = total = 0
-    for path in _policy_paths(args):
+    for source in _policy_sources(args):
         try:
             report = run_tests(
-                _compile(path), coverage=args.coverage, match=args.match, engine=args.engine
+                _compile(source), coverage=args.coverage, match=args.match, engine=args.engine
             )
         except PolicyLoadError as error:
             return _fail(error.problems)
@@ -136,9 +170,9 @@ def _print_cases(cases: tuple[CaseResult, ...], *, verbose: bool, depth: int) ->
 
 def check(args: argparse.Namespace) -> int:
     problems: list[Problem | str] = []
-    for path in _policy_paths(args):
+    for source in _policy_sources(args):
         try:
-            compiled = _compile(path)
+            compiled = _compile(source)
         except PolicyLoadError as error:
             problems.extend(error.problems)
             continue
@@ -151,7 +185,7 @@ def check(args: argparse.Namespace) -> int:
         for warning in warnings:
             print(warning, file=sys.stderr)
         note = f", {len(warnings)} portability warnings" if warnings else ""
-        print(f"{path}: OK ({modules} modules, {rules} rules evaluated{note})")
+        print(f"{_label(source)}: OK ({modules} modules, {rules} rules evaluated{note})")
     return _fail(problems) if problems else 0
 
 

@@ -243,6 +243,61 @@ def test_a_rule_clashing_with_a_bundles_data_names_both_inside_the_bundle(tmp_pa
     )
 
 
+GATEWAY_FILES = (
+    "policies/gateway/decision_test.rego",
+    "policies/gateway/decision.rego",
+    "policies/gateway/memo.rego",
+    "policies/data/apps.yaml",
+)
+
+
+def test_policy_test_of_files_loads_them_as_one_set_as_opa_test_does() -> None:
+    """`opa test decision.rego decision_test.rego apps.yaml` is how an OPA user
+    tests one policy; it was refused as "not a policy directory"."""
+    result = portcullis("policy", "test", "-v", *GATEWAY_FILES)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "data.portcullis.gateway_test.test_pos_refund_requires_fresh_mfa: PASS" in result.stdout
+    summary = result.stdout.strip().splitlines()[-1]
+    passed, total = summary.removeprefix("PASS: ").split("/")
+    assert passed == total and int(total) >= 30
+    # Together: without the catalogue the policy's tests fail, as on OPA.
+    alone = portcullis("policy", "test", *GATEWAY_FILES[:3])
+    assert alone.returncode == 1 and "FAIL: " in alone.stdout
+
+
+def test_files_named_beside_a_directory_are_one_set_and_the_directory_another() -> None:
+    test_file = BAD / "failing_test/limits_test.rego"
+    result = portcullis("policy", "test", *GATEWAY_FILES, str(BAD / "failing_test"))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"  {test_file}:9: undefined" in result.stdout
+    assert result.stdout.count("PASS: ") == 2  # one summary per set
+    check = portcullis("policy", "check", str(BAD / "failing_test"), *GATEWAY_FILES)
+    assert check.returncode == 0, check.stderr
+    assert f"{' '.join(GATEWAY_FILES)}: OK (3 modules," in check.stdout
+
+
+def test_policy_files_that_cant_be_loaded_are_each_named_and_nothing_runs(
+    tmp_path: Path,
+) -> None:
+    dangling = tmp_path / "gone.rego"
+    dangling.symlink_to(tmp_path / "nowhere.rego")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not policy")
+    missing = tmp_path / "missing_test.rego"
+    for command in ("test", "check"):
+        result = portcullis(
+            "policy", command, *GATEWAY_FILES, str(missing), str(notes), str(dangling)
+        )
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert result.stdout == ""
+        assert result.stderr.splitlines() == [
+            f"{missing}: no such file",
+            f"{notes}: not a .rego file, a data file (.json, .yaml, .yml), a policy "
+            "directory or an OPA bundle (.tar.gz)",
+            f"{dangling}: a link that leads nowhere (or loops)",
+        ]
+
+
 def test_policy_check_of_a_missing_directory_exits_2() -> None:
     result = portcullis("policy", "check", "no/such/dir")
     assert (result.returncode, result.stderr) == (
