@@ -17,13 +17,32 @@ from typing import Any
 from iac_scanner.findings import SEVERITIES, Rule
 from policy_engine import EvaluationError, PolicyLoadError, PolicySet, compile_policy
 from policy_engine.embedded import CompiledPolicy, new_engine
-from policy_engine.errors import problem_from_engine_error
+from policy_engine.errors import Problem, problem_from_engine_error
 
 PACKAGE_PREFIX = ("portcullis", "terraform")
 
 
 class RuleSetError(Exception):
-    """The policy set can't serve as scanner rules (one line per problem)."""
+    """The policy set can't serve as scanner rules: each problem at its place."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a package declares one of a rule's parts."""
+
+    file: str
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+    def problem(self, message: str) -> Problem:
+        return Problem(self.file, message, self.line, self.col)
 
 
 @dataclass(frozen=True)
@@ -71,6 +90,13 @@ def _kind(value: Any) -> str:
     return "an array"
 
 
+class _Failed(Exception):
+    """The engine failed to evaluate a rule: where and why."""
+
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+
+
 class RuleSet:
     """The scanner's rules, compiled once; one regorus engine per process."""
 
@@ -81,11 +107,11 @@ class RuleSet:
             try:
                 self.compiled = compile_policy(policy)
             except PolicyLoadError as error:
-                raise RuleSetError(str(error)) from None
+                raise RuleSetError(error.problems) from None
         self.revision = self.compiled.policy_set.revision
         self._engine = new_engine(self.compiled.policy_set)
         # Where each package first declares metadata, deny and not_judged.
-        self._declared: dict[str, dict[str, str]] = {}
+        self._declared: dict[str, dict[str, Place]] = {}
         self.packages = self._rule_packages()
         self.rules: dict[str, Rule] = {}
         problems = []
@@ -93,9 +119,9 @@ class RuleSet:
             try:
                 self.rules[ref] = self._metadata(ref)
             except RuleSetError as error:
-                problems.append(str(error))
+                problems.extend(error.problems)
         if problems:
-            raise RuleSetError("\n".join(problems))
+            raise RuleSetError(problems)
         self._unique_ids()
         self._engine.add_policy(f"{_COLLECTOR_PACKAGE}.rego", self._collector())
 
@@ -126,22 +152,24 @@ class RuleSet:
             for rule in shape.rules:
                 if rule.path[0] in _RULE_PARTS and not rule.is_function:
                     parts = self._declared.setdefault(shape.package_ref, {})
-                    parts.setdefault(rule.path[0], f"{shape.file}:{rule.line}:{rule.col}")
+                    parts.setdefault(rule.path[0], Place(shape.file, rule.line, rule.col))
         problems = []
         for ref, parts in sorted(self._declared.items()):
             lacks = [name for name in ("metadata", "deny") if name not in parts]
             if lacks:
                 problems.append(
-                    f"{next(iter(parts.values()))}: package {ref.removeprefix('data.')} has "
-                    f"{' and '.join(n for n in _RULE_PARTS if n in parts)} but no "
-                    f"{' or '.join(lacks)}: a rule package declares both (metadata := "
-                    '{"id", "title", "severity", "remediation"})'
+                    next(iter(parts.values())).problem(
+                        f"package {ref.removeprefix('data.')} has "
+                        f"{' and '.join(n for n in _RULE_PARTS if n in parts)} but no "
+                        f"{' or '.join(lacks)}: a rule package declares both (metadata := "
+                        '{"id", "title", "severity", "remediation"})'
+                    )
                 )
         if problems:
-            raise RuleSetError("\n".join(problems))
+            raise RuleSetError(problems)
         return sorted(self._declared)
 
-    def declared_at(self, package: str) -> str:
+    def declared_at(self, package: str) -> Place:
         """file:line:col of a rule package's metadata, for an error about the rule."""
         return self._declared[package]["metadata"]
 
@@ -154,34 +182,48 @@ class RuleSet:
             other = first.setdefault(rule.id, ref)
             if other != ref:
                 problems.append(
-                    f"{self.declared_at(other)}: packages {other.removeprefix('data.')} "
-                    f"and {ref.removeprefix('data.')} ({self.declared_at(ref)}) both "
-                    f"declare rule id {rule.id}: a rule id names one rule"
+                    self.declared_at(other).problem(
+                        f"packages {other.removeprefix('data.')} and "
+                        f"{ref.removeprefix('data.')} ({self.declared_at(ref)}) both "
+                        f"declare rule id {rule.id}: a rule id names one rule"
+                    )
                 )
         if problems:
-            raise RuleSetError("\n".join(problems))
+            raise RuleSetError(problems)
 
     def _eval(self, ref: str) -> Any:
+        """The rule's value, None when undefined. Raises EvaluationError."""
+        try:
+            return self._value(ref)
+        except _Failed as failed:
+            raise EvaluationError(str(failed.problem)) from None
+
+    def _value(self, ref: str) -> Any:
         try:
             value = json.loads(self._engine.eval_rule_as_json(ref))
         except (RuntimeError, ValueError, TypeError) as error:
-            raise EvaluationError(str(problem_from_engine_error(error, ref))) from error
+            raise _Failed(problem_from_engine_error(error, ref)) from error
         return None if value == "<undefined>" else value
 
     def _metadata(self, package: str) -> Rule:
         self._engine.set_input_json("{}")
-        value = self._eval(f"{package}.metadata")
-        where = f"{self.declared_at(package)}: {package}.metadata"
+        try:
+            value = self._value(f"{package}.metadata")
+        except _Failed as failed:  # a rule that can't say what it is: no scan
+            raise RuleSetError([failed.problem]) from None
+        declared = self.declared_at(package)
+
+        def refused(why: str) -> RuleSetError:
+            return RuleSetError([declared.problem(f"{package}.metadata: {why}")])
+
         if not isinstance(value, dict):
-            raise RuleSetError(f"{where}: must be an object with id, title, severity")
+            raise refused("must be an object with id, title, severity")
         missing = [k for k in ("id", "title", "severity") if not isinstance(value.get(k), str)]
         if missing:
-            raise RuleSetError(f"{where}: missing or not a string: {', '.join(missing)}")
+            raise refused(f"missing or not a string: {', '.join(missing)}")
         severity = value["severity"].lower()
         if severity not in SEVERITIES:
-            raise RuleSetError(
-                f"{where}: severity {value['severity']!r} is not one of {', '.join(SEVERITIES)}"
-            )
+            raise refused(f"severity {value['severity']!r} is not one of {', '.join(SEVERITIES)}")
         return Rule(
             id=value["id"],
             title=value["title"],
@@ -248,9 +290,7 @@ def rule_package_problems(compiled: CompiledPolicy) -> list[str]:
     try:
         RuleSet(compiled)
     except RuleSetError as error:
-        return str(error).splitlines()
-    except EvaluationError as error:  # metadata that fails to evaluate
-        return [str(error)]
+        return [str(problem) for problem in error.problems]
     return []
 
 

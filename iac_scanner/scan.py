@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gc
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from policy_engine import (
     PolicySet,
     load_policy_set,
 )
+from policy_engine import Problem as PolicyProblem
 
 
 class ScanError(Exception):
@@ -45,26 +45,9 @@ class ScanError(Exception):
         super().__init__("\n".join(str(p) for p in problems))
 
 
-# "policies/x.rego:12:3: message", as the policy engine and the rule set write them.
-_LOCATED = re.compile(r"(?P<file>[^\s:][^:]*):(?P<line>\d+)(?::(?P<column>\d+))?: (?P<message>.*)")
-
-
-def _problems(text: str) -> list[Problem]:
-    """An error's lines as problems, each at its file:line[:col] when it starts
-    with one; the others say in their words what they are about."""
-    found = []
-    for line in text.splitlines():
-        match = _LOCATED.fullmatch(line)
-        if match is None:
-            found.append(Problem("", line))
-            continue
-        column = match["column"]
-        found.append(
-            Problem(
-                match["file"], match["message"], int(match["line"]), int(column) if column else None
-            )
-        )
-    return found or [Problem("", text.strip() or "the scan could not start")]
+def _located(problems: list[PolicyProblem]) -> list[Problem]:
+    """The policy set's problems as the scan reports them, each at its place."""
+    return [Problem(p.file, p.message, p.line, p.col) for p in problems]
 
 
 @dataclass
@@ -95,10 +78,9 @@ def scan(options: ScanOptions) -> ScanResult:
             else None
         )
     except PolicyLoadError as error:
-        located = [Problem(p.file, p.message, p.line, p.col) for p in error.problems]
-        raise ScanError(located) from None
+        raise ScanError(_located(error.problems)) from None
     except PolicyError as error:
-        raise ScanError(_problems(str(error))) from None
+        raise ScanError([Problem("", str(error))]) from None
     except baseline.BaselineError as error:
         raise ScanError([Problem(error.file, error.message, error.line, error.column)]) from None
     except CheckovError as error:
@@ -209,7 +191,7 @@ def _rule_set(policy_set: PolicySet) -> RuleSet:
     try:
         return RuleSet(policy_set)
     except RuleSetError as error:
-        raise ScanError(_problems(str(error))) from None
+        raise ScanError(_located(error.problems)) from None
 
 
 def _checkov_free_rules(policy_set: PolicySet) -> RuleSet:
@@ -218,15 +200,16 @@ def _checkov_free_rules(policy_set: PolicySet) -> RuleSet:
     suppressions and baseline entries with a different check. Refused."""
     rules = _rule_set(policy_set)
     clashes = [
-        f"{rules.declared_at(ref)}: package {ref.removeprefix('data.')} declares rule id "
-        f"{rule.id}, an id in checkov's space (CKV_*, CKV2_*, ...): with --checkov its "
-        "findings would be merged with checkov's check of that id; give the rule an id "
-        "of your own"
+        rules.declared_at(ref).problem(
+            f"package {ref.removeprefix('data.')} declares rule id {rule.id}, an id in "
+            "checkov's space (CKV_*, CKV2_*, ...): with --checkov its findings would be "
+            "merged with checkov's check of that id; give the rule an id of your own"
+        )
         for ref, rule in rules.rules.items()
         if is_check_id(rule.id)
     ]
     if clashes:
-        raise ScanError(_problems("\n".join(clashes)))
+        raise ScanError(_located(clashes))
     return rules
 
 
