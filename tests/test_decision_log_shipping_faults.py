@@ -562,6 +562,7 @@ def test_a_cursor_that_matches_its_line_resumes_right_after_it(tmp_path: Path) -
         '{"inode": 7, "offset": 5, "hash": ""}',
         "[1, 2, 3]",
         "null",
+        "[" * 5000 + "]" * 5000,  # deeper than the JSON parser recurses
     ],
     ids=[
         "huge",
@@ -573,6 +574,7 @@ def test_a_cursor_that_matches_its_line_resumes_right_after_it(tmp_path: Path) -
         "no-seq",
         "list",
         "null",
+        "nested-deeper-than-the-parser-goes",
     ],
 )
 def test_a_tampered_cursor_is_reported_damaged_and_lets_go_of_its_lock(
@@ -1308,3 +1310,4 @@ async def test_the_backlog_counts_the_rotated_files_between_the_shipper_and_the_
     files = [oldest, log.with_name(f"{log.name}.1"), log]
     assert tail.backlog_bytes() == sum(file.stat().st_size for file in files)
     tail.close()
+

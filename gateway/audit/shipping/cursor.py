@@ -70,7 +70,7 @@ class Cursor:
             if type(seq) is not int:
                 raise ValueError(f"seq {seq!r} is not an integer")
             return CursorState(Position(inode, offset), seq, str(state["hash"]))
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # nested past the parser
             self.close()  # and its lock: the next attempt says the same, not "busy"
             raise CursorError(
                 f"{self.path} is damaged: it records what this sink has shipped. Remove it to "
