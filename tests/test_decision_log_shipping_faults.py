@@ -1311,3 +1311,48 @@ async def test_the_backlog_counts_the_rotated_files_between_the_shipper_and_the_
     assert tail.backlog_bytes() == sum(file.stat().st_size for file in files)
     tail.close()
 
+
+# A full disk (or a file size limit) stops a file sink's write part of the way
+# through a batch; the batch is then sent again, appended.
+_TORN_WRITE = """
+import asyncio, json, resource, signal, sys
+from pathlib import Path
+from gateway.audit.shipping.settings import SinkConfig
+from gateway.audit.shipping.sinks.base import SinkError
+from gateway.audit.shipping.sinks.file import FileSink
+
+path = Path(sys.argv[1])
+batch = [json.dumps({"seq": n, "pad": "x" * 300}).encode() + b"\\n" for n in range(1, 4)]
+
+async def main():
+    sink = FileSink(SinkConfig("copy", "file", path=path))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead, as ENOSPC would be
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(batch[0]) + 100, resource.RLIM_INFINITY))
+    try:
+        await sink.send(batch)
+        raise SystemExit("the write past the limit succeeded")
+    except SinkError:
+        pass
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    await sink.send(batch)  # the retry, once there is room again
+    await sink.close()
+
+asyncio.run(main())
+"""
+
+
+def test_a_file_sink_write_cut_short_by_a_full_disk_leaves_no_torn_line(tmp_path: Path) -> None:
+    """A write that stopped part of the way through a batch (ENOSPC, EFBIG) left
+    half a record in the copy, and the retried batch was appended right after it:
+    one line of the copy was half a record glued to the next, which no SIEM reads
+    as JSON. The failed batch's bytes are cut off before it is retried."""
+    import subprocess
+    import sys
+
+    copy = tmp_path / "copy.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-c", _TORN_WRITE, str(copy)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    lines = copy.read_bytes().splitlines()
+    assert [json.loads(line)["seq"] for line in lines] == [1, 2, 3]
