@@ -48,6 +48,10 @@ class DevProvider:
     gateway_port: int
     process: subprocess.Popen[str]
     output: list[str] = field(default_factory=list)
+    # What the provider names itself in discovery and in its tokens: `url`, or
+    # `url` + "/" (Auth0's and others' issuers end in a slash; a gateway's
+    # sign_in.issuer is read without it).
+    issuer: str = ""
 
     @property
     def gateway_url(self) -> str:
@@ -61,7 +65,7 @@ class DevProvider:
             self.process.kill()
 
 
-def start_provider(workdir: Path, gateway_port: int) -> DevProvider:
+def start_provider(workdir: Path, gateway_port: int, *, issuer_slash: bool = False) -> DevProvider:
     node = shutil.which("node")
     if node is None:
         pytest.fail("node is not installed: the dev OpenID provider needs it")
@@ -77,8 +81,9 @@ def start_provider(workdir: Path, gateway_port: int) -> DevProvider:
         "backchannel_logout_uri": f"{gateway}/.portcullis/backchannel_logout",
         "backchannel_logout_session_required": True,
     }
+    issuer = url + "/" if issuer_slash else url
     config = {
-        "issuer": url,
+        "issuer": issuer,
         "clients": [
             {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, **client},
             {"client_id": PUBLIC_CLIENT_ID, **client},
@@ -97,7 +102,7 @@ def start_provider(workdir: Path, gateway_port: int) -> DevProvider:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    provider = DevProvider(url, gateway_port, process)
+    provider = DevProvider(url, gateway_port, process, issuer=issuer)
     assert process.stdout is not None
     deadline = time.monotonic() + 20
     for line in process.stdout:

@@ -16,13 +16,15 @@ import aiohttp
 import pytest
 
 from gateway.signin.session import Session
-from tests.gateway_stack import ServerFactory, Stack, logged
+from tests.gateway_stack import ServerFactory, Stack, free_port, logged
 from tests.redis_server import redis_server, redis_url
 from tests.sign_in_stack import (
     Browser,
     DevProvider,
     browser,
     provider,
+    sign_in_config,
+    start_provider,
     start_sign_in_stack,
 )
 from tests.test_shared_state import admin, second_replica, shared, wait_for
@@ -125,6 +127,44 @@ async def test_backchannel_logout_from_the_provider_ends_the_session_everywhere(
             assert status == 401 and "signed out at the provider" in body["reason"]
             metrics = stack.gateway.metrics.render().decode()
             assert 'portcullis_backchannel_logouts_total{result="ok"} 1.0' in metrics
+
+
+async def test_backchannel_logout_from_a_provider_whose_issuer_ends_in_a_slash_ends_the_session(
+    aiohttp_server: ServerFactory, tmp_path: Path, redis_url: str
+) -> None:
+    """Auth0 and others name themselves `https://tenant.example/`; the gateway reads
+    sign_in.issuer without the slash and discovery accepts either. The logout
+    token's `iss` keeps the slash: its `sid` must still name the sessions signed in
+    through that provider session (it was revoked under another key, and the
+    copied cookie kept working on every replica)."""
+    slash = start_provider(tmp_path / "provider", free_port(), issuer_slash=True)
+    try:
+        assert slash.issuer == slash.url + "/"
+        async with start_sign_in_stack(
+            aiohttp_server, tmp_path, slash, sign_in=sign_in_config(slash),
+            shared_state=shared(redis_url),
+        ) as stack:  # fmt: skip
+            other, _ = await second_replica(aiohttp_server, stack, tmp_path)
+            async with browser(stack.url) as client:
+                page = await client.sign_in(stack.url + "/wms/", "alice", ["otp"])
+                assert page.status == 200
+                stolen = session_cookies(client)
+                assert session_of(stack, client).provider_sid, "the ID token carries a sid"
+                assert (await with_copied_cookie(other, stolen))[0] == 200
+                await sign_out_at_provider(slash, client)
+                metrics = stack.gateway.metrics
+
+                async def answered() -> bool:
+                    text = metrics.render().decode()
+                    return 'portcullis_backchannel_logouts_total{result="ok"} 1.0' in text
+
+                await wait_for(answered, timeout=5)
+                for base in (other, stack.url):
+                    status, body = await with_copied_cookie(base, stolen)
+                    assert status == 401, (base, status, body)
+                    assert "signed out at the provider" in body["reason"]
+    finally:
+        slash.stop()
 
 
 async def test_sessions_are_listed_with_replica_and_address(

@@ -75,6 +75,11 @@ class Keys:
         return f"{self.prefix}revoked:session:{self.part(session_id)}"
 
     def provider_session_revoked(self, issuer: str, sid: str) -> str:
+        # Sessions carry sign_in.issuer (read without a trailing slash); a logout
+        # token carries the provider's own `iss`, which may end in one (discovery
+        # takes either): both must name the same key, or a back-channel logout is
+        # written where no session's check reads it.
+        issuer = issuer.rstrip("/")
         digest = hashlib.sha256(f"{issuer}\n{sid}".encode()).hexdigest()[:32]
         return f"{self.prefix}revoked:op_session:{digest}"
 
