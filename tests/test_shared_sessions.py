@@ -14,7 +14,9 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
+import redis.asyncio
 
+from gateway.signin.oidc import OidcClient
 from gateway.signin.session import Session
 from tests.gateway_stack import ServerFactory, Stack, free_port, logged
 from tests.redis_server import redis_server, redis_url
@@ -165,6 +167,71 @@ async def test_backchannel_logout_from_a_provider_whose_issuer_ends_in_a_slash_e
                     assert "signed out at the provider" in body["reason"]
     finally:
         slash.stop()
+
+
+async def test_backchannel_logout_that_redis_refused_midway_is_applied_when_the_provider_retries(
+    aiohttp_server: ServerFactory,
+    tmp_path: Path,
+    provider: DevProvider,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The gateway answers 503 when it could not apply a logout, so the provider
+    retries the same token. If Redis took the token's jti but not the revocation
+    (a failure between the two writes), the retry was refused as a replay (400,
+    final for the provider) and the session lived on everywhere. The jti and
+    the revocation are one write: both, or neither."""
+    seen: list[str] = []
+    verify = OidcClient.verify_logout_token
+
+    async def spy(self: OidcClient, token: str) -> dict[str, Any]:
+        seen.append(token)  # what the provider sent, to send it again as it would
+        return await verify(self, token)
+
+    monkeypatch.setattr(OidcClient, "verify_logout_token", spy)
+    async with start_sign_in_stack(
+        aiohttp_server, tmp_path, provider, shared_state=shared(redis_url)
+    ) as stack:
+        other, _ = await second_replica(aiohttp_server, stack, tmp_path)
+        assert stack.gateway.shared is not None
+        prefix = stack.gateway.shared.keys.prefix
+        async with browser(stack.url) as client, redis.asyncio.from_url(redis_url) as r:
+            await client.sign_in(stack.url + "/wms/", "alice", ["otp"])
+            stolen = session_cookies(client)
+            assert (await with_copied_cookie(other, stolen))[0] == 200
+            # Redis takes the replay marker but refuses the revocation (here: an
+            # ACL; in production a timeout, a dropped connection, a failover).
+            await r.execute_command(
+                "ACL", "SETUSER", "default", "resetkeys", "%R~*", f"%W~{prefix}logout_jti:*"
+            )
+            try:
+                await sign_out_at_provider(provider, client)
+                metrics = stack.gateway.metrics
+
+                async def answered() -> bool:
+                    text = metrics.render().decode()
+                    return 'portcullis_backchannel_logouts_total{result="unavailable"} 1.0' in text
+
+                await wait_for(answered, timeout=5)
+            finally:
+                await r.execute_command("ACL", "SETUSER", "default", "allkeys")
+            assert len(seen) == 1
+
+            async def retried() -> int:
+                async with stack.session.post(
+                    stack.url + "/.portcullis/backchannel_logout", data={"logout_token": seen[0]}
+                ) as response:
+                    return response.status
+
+            async def applied() -> bool:  # the provider retries until it gets an answer
+                return await retried() != 503
+
+            await wait_for(applied, timeout=5)
+            for base in (other, stack.url):
+                status, body = await with_copied_cookie(base, stolen)
+                assert status == 401, (base, status, body)
+                assert "signed out at the provider" in body["reason"]
+            assert await retried() == 400, "a second retry is a replay"
 
 
 async def test_sessions_are_listed_with_replica_and_address(

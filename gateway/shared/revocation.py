@@ -47,10 +47,30 @@ async def revoke_session(
     await pipe.execute()
 
 
-async def revoke_provider_session(
-    client: aioredis.Redis, keys: Keys, issuer: str, sid: str, reason: str, ttl: int
-) -> None:
-    await client.set(keys.provider_session_revoked(issuer, sid), record(reason, issuer), ex=ttl)
+# KEYS: 1 the logout token's replay marker, 2 the revocation it asks for. ARGV: 1
+# marker TTL, 2 revocation record, 3 revocation TTL. One script, so Redis holds both
+# or neither: a marker without its revocation would refuse the provider's retry as
+# a replay while the session lived on. Returns 1 when applied, 0 for a replay.
+LOGOUT_SCRIPT = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+
+
+async def apply_logout(
+    client: aioredis.Redis,
+    jti_key: str,
+    jti_ttl: int,
+    revocation_key: str,
+    revocation: str,
+    ttl: int,
+) -> bool:
+    """Revoke what a back-channel logout token names, once per token (its jti):
+    False, and nothing written, when the token was already used."""
+    script = client.register_script(LOGOUT_SCRIPT)
+    reply = await script(keys=[jti_key, revocation_key], args=[jti_ttl, revocation, ttl])
+    return bool(reply)
 
 
 async def unlock(client: aioredis.Redis, keys: Keys, subject: str) -> bool:

@@ -217,21 +217,22 @@ class SharedState:
             # Redis is up but busy: no recovery will flush this, so retry shortly.
             self._retry = asyncio.ensure_future(self._retry_pending())
 
-    async def revoke_provider_session(self, issuer: str, sid: str, reason: str) -> None:
-        await self.store.run(
-            lambda r: revocation.revoke_provider_session(
-                r, self.keys, issuer, sid, reason, self.revocation_ttl
-            )
-        )
-
     async def revoke_user(self, subject: str, reason: str, by: str) -> float:
         return await self.store.run(
             lambda r: revocation.revoke_user(r, self.keys, subject, reason, by, self.revocation_ttl)
         )
 
-    async def first_use(self, key: str, ttl: int) -> bool:
-        """SET NX: True the first time `key` is seen within `ttl` (replay checks)."""
-        return bool(await self.store.run(lambda r: r.set(key, "1", nx=True, ex=ttl)))
+    async def apply_logout(
+        self, jti_key: str, jti_ttl: int, revocation_key: str, reason: str, by: str
+    ) -> bool:
+        """Write a back-channel logout's revocation and its token's replay marker
+        together (both or neither); False for a token already used."""
+        record = revocation.record(reason, by)
+        return await self.store.run(
+            lambda r: revocation.apply_logout(
+                r, jti_key, jti_ttl, revocation_key, record, self.revocation_ttl
+            )
+        )
 
     # --- background writes ------------------------------------------------------------
 

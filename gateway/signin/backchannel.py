@@ -69,30 +69,35 @@ class BackChannelLogout:
             metrics.labels("provider_unavailable").inc()
             return _answer(503, "temporarily_unavailable", str(error))
         issuer = str(claims["iss"])
+        sid, sub = claims.get("sid"), claims.get("sub")
+        keys = self.shared.keys
+        if isinstance(sid, str) and sid:
+            target = keys.provider_session_revoked(issuer, sid)
+            what = f"provider session of {sub if isinstance(sub, str) else '?'} revoked"
+        else:
+            assert isinstance(sub, str)
+            target = keys.user_revoked(sub)
+            what = f"every session and token of {sub} revoked"
         try:
-            first = await self.shared.first_use(
-                self.shared.keys.logout_jti(issuer, claims["jti"]),
+            # The replay check and the revocation are one write: a failure between
+            # two would leave the token used and nothing revoked, and the provider's
+            # retry refused as a replay.
+            applied = await self.shared.apply_logout(
+                keys.logout_jti(issuer, claims["jti"]),
                 LOGOUT_TOKEN_MAX_AGE * 2 + int(self.config.leeway) * 2,
+                target,
+                "signed out at the provider",
+                issuer,
             )
-            if not first:
-                metrics.labels("replayed").inc()
-                log.warning("back-channel logout refused: jti %s replayed", claims["jti"][:64])
-                return _answer(400, "invalid_request", "logout token already used (jti replay)")
-            what = await self._revoke(issuer, claims)
         except Unavailable as error:
             # The provider may retry; nothing was revoked, so say so.
             metrics.labels("unavailable").inc()
             log.error("back-channel logout not applied: shared state unavailable: %s", error)
             return _answer(503, "temporarily_unavailable", f"shared state unavailable: {error}")
+        if not applied:
+            metrics.labels("replayed").inc()
+            log.warning("back-channel logout refused: jti %s replayed", claims["jti"][:64])
+            return _answer(400, "invalid_request", "logout token already used (jti replay)")
         metrics.labels("ok").inc()
         log.info("back-channel logout from %s: %s", issuer, what)
         return _answer(200)
-
-    async def _revoke(self, issuer: str, claims: dict[str, Any]) -> str:
-        sid, sub = claims.get("sid"), claims.get("sub")
-        if isinstance(sid, str) and sid:
-            await self.shared.revoke_provider_session(issuer, sid, "signed out at the provider")
-            return f"provider session of {sub if isinstance(sub, str) else '?'} revoked"
-        assert isinstance(sub, str)
-        await self.shared.revoke_user(sub, "signed out at the provider", issuer)
-        return f"every session and token of {sub} revoked"
