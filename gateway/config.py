@@ -84,6 +84,9 @@ class Issuer:
     # Clients (azp) trusted to present a token with several audiences (OIDC Core
     # 3.1.3.7); empty means the issuer's own audiences.
     authorized_parties: tuple[str, ...] = ()
+    # Keys are fetched again once older than this: a key the issuer withdrew (it
+    # leaked) stops being trusted, and so do tokens verified with it.
+    jwks_max_age: float = 300.0
 
     @property
     def trusted_parties(self) -> tuple[str, ...]:
@@ -514,10 +517,13 @@ def _issuer(data: Any, where: str) -> Issuer:
             f"{where}.authorized_parties: list at least one client id "
             "(or leave it out to trust the issuer's audiences)"
         )
+    jwks_max_age = reader.get("jwks_max_age", float, 300.0)
+    if not 1 <= jwks_max_age <= 86400:
+        raise ConfigError(f"{where}.jwks_max_age: must be 1-86400 seconds")
     reader.done()
     return Issuer(
         issuer, audiences, jwks_url, discovery, algorithms, groups_claim, leeway,
-        max_lifetime, parties,
+        max_lifetime, parties, jwks_max_age,
     )  # fmt: skip
 
 

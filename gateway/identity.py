@@ -144,7 +144,8 @@ class TokenVerifier:
 
     def __init__(self, issuers: dict[str, tuple[Issuer, JwksCache]], *, cache_size: int = 10_000):
         self._issuers = issuers
-        self._cache: OrderedDict[str, Identity] = OrderedDict()
+        # token -> (identity, the issuer's keys, kid, the key that verified it)
+        self._cache: OrderedDict[str, tuple[Identity, JwksCache, str, jwt.PyJWK]] = OrderedDict()
         self._cache_size = cache_size
 
     async def verify(self, token: str) -> Identity:
@@ -153,11 +154,15 @@ class TokenVerifier:
         now = time.time()
         cached = self._cache.get(token)
         if cached is not None:
-            if cached.expires_at is not None and cached.expires_at > now:
-                return cached
+            identity, keys, kid, key = cached
+            # Only while its key is still the one the issuer publishes: a key
+            # withdrawn from the JWKS (it leaked) ends its cached tokens too.
+            live = identity.expires_at is not None and identity.expires_at > now
+            if live and keys.current(kid) is key:
+                return identity
             del self._cache[token]
         try:
-            identity = await self._verify(token, now)
+            identity, keys, kid, key = await self._verify(token, now)
         except TokenRejected:
             raise
         except Exception as error:
@@ -165,12 +170,13 @@ class TokenVerifier:
             # refused token (401, logged), never a 500 without a decision record.
             log.warning("token refused on an unexpected %s: %s", type(error).__name__, error)
             raise TokenRejected(f"malformed token ({type(error).__name__})") from error
-        self._cache[token] = identity
+        self._cache[token] = (identity, keys, kid, key)
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return identity
 
-    async def _verify(self, token: str, now: float) -> Identity:
+    async def _verify(self, token: str, now: float) -> tuple[Identity, JwksCache, str, jwt.PyJWK]:
+        """The token's identity, and the issuer's keys, kid and key that verified it."""
         header, unverified = _unverified(token)
         issuer_name = unverified.get("iss")
         entry = self._issuers.get(issuer_name) if isinstance(issuer_name, str) else None
@@ -204,7 +210,7 @@ class TokenVerifier:
         _check_lifetime(claims, issuer, now)
         _check_authorized_party(claims, issuer)
         auth_time = claims.get("auth_time")
-        return Identity(
+        identity = Identity(
             authenticated=True,
             method="bearer",
             subject=str(claims["sub"]),
@@ -217,6 +223,7 @@ class TokenVerifier:
             expires_at=float(claims["exp"]),
             issued_at=float(claims["iat"]),
         )
+        return identity, keys, kid, key
 
 
 def _unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -22,7 +22,9 @@ class JwksCache:
     A token with an unknown kid triggers a refresh, at most once per
     `min_refresh_interval` seconds (so a flood of forged kids can't turn the
     gateway into a load generator against the IdP), and concurrent misses
-    share one fetch. When the endpoint is down the cached keys keep working.
+    share one fetch. Keys older than the issuer's `jwks_max_age` are fetched
+    again in the background, so a key the issuer withdrew stops being trusted.
+    When the endpoint is down the cached keys keep working.
     """
 
     def __init__(
@@ -40,6 +42,7 @@ class JwksCache:
         self._jwks_url = issuer.jwks_url
         self._min_interval = min_refresh_interval
         self._last_attempt = float("-inf")
+        self._fetched_at = float("-inf")  # monotonic time of the last good fetch
         self._inflight: asyncio.Task[None] | None = None
         self._on_refresh = on_refresh
         self.last_error: str | None = None
@@ -49,23 +52,42 @@ class JwksCache:
         return self._algorithms.get(kid)
 
     async def get(self, kid: str) -> jwt.PyJWK | None:
-        key = self._keys.get(kid)
+        key = self.current(kid)
         if key is not None:
             return key
         if time.monotonic() - self._last_attempt >= self._min_interval or self._inflight:
             await self.refresh()
         return self._keys.get(kid)
 
-    async def refresh(self) -> None:
+    def current(self, kid: str) -> jwt.PyJWK | None:
+        """The key for `kid` as the issuer last published it; when the keys are
+        older than jwks_max_age a fetch starts in the background (at most once per
+        `min_refresh_interval`, or per max age if shorter, while it fails)."""
+        now = time.monotonic()
+        max_age = self.issuer.jwks_max_age
+        if (
+            now - self._fetched_at >= max_age
+            and now - self._last_attempt >= min(self._min_interval, max_age)
+            and self._inflight is None
+        ):
+            self._start()
+        return self._keys.get(kid)
+
+    def _start(self) -> asyncio.Task[None]:
         if self._inflight is None:
             self._last_attempt = time.monotonic()
-            self._inflight = asyncio.ensure_future(self._fetch())
-        task = self._inflight
-        try:
-            await asyncio.shield(task)
-        finally:
-            if task.done():
-                self._inflight = None
+            task = asyncio.ensure_future(self._fetch())
+            self._inflight = task
+
+            def done(finished: asyncio.Task[None]) -> None:
+                if self._inflight is finished:
+                    self._inflight = None
+
+            task.add_done_callback(done)
+        return self._inflight
+
+    async def refresh(self) -> None:
+        await asyncio.shield(self._start())
 
     async def _fetch(self) -> None:
         try:
@@ -86,6 +108,7 @@ class JwksCache:
                 self._on_refresh(self.issuer.issuer, False)
             return
         self._keys, self._algorithms = keys, algorithms
+        self._fetched_at = time.monotonic()
         self.last_error = None
         if self._on_refresh:
             self._on_refresh(self.issuer.issuer, True)

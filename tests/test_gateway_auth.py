@@ -242,6 +242,44 @@ async def test_jwks_down_cached_keys_keep_working_unknown_kid_refused(
     assert len(stack.forwarded("wms")) == 2
 
 
+async def test_a_signing_key_withdrawn_from_the_jwks_is_refused_once_the_keys_age_out(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """An issuer whose signing key leaked takes it out of its JWKS. The gateway
+    fetched keys only at start and for an unknown kid, so tokens the attacker
+    mints with the leaked key (a kid the gateway knows) were accepted until a
+    restart, and tokens it had verified stayed cached until they expired. Keys
+    older than issuers[].jwks_max_age are fetched again; a withdrawn key's tokens,
+    cached ones too, are refused."""
+    async with start_stack(aiohttp_server, tmp_path, issuer_options={"jwks_max_age": 1.0}) as stack:
+        leaked = DevIssuer(tmp_path / "leaked", stack.issuer.issuer)
+        leaked.key, leaked.kid, leaked.jwk = stack.issuer.key, stack.issuer.kid, stack.issuer.jwk
+        cached = leaked.token("alice", **WAREHOUSE)
+        assert (await stack.get("/wms/a", cached)).status == 200
+        fresh = DevIssuer(tmp_path / "rotated", stack.issuer.issuer)
+        stack.issuer.key, stack.issuer.kid, stack.issuer.jwk = fresh.key, fresh.kid, fresh.jwk
+
+        async def refused(token: str) -> bool:
+            response = await stack.get("/wms/c", token)
+            return response.status == 401
+
+        deadline = time.monotonic() + 5
+        forged = leaked.token("mallory", **WAREHOUSE)
+        while not await refused(forged):
+            assert time.monotonic() < deadline, "a withdrawn key is still trusted"
+            await asyncio.sleep(0.2)
+            forged = leaked.token("mallory", **WAREHOUSE)  # never a cached one
+        assert await refused(cached), "a token verified with the withdrawn key stays cached"
+        assert (await stack.get("/wms/d", stack.token("bob", **WAREHOUSE))).status == 200
+
+
+def test_jwks_max_age_is_configurable_and_bounded() -> None:
+    assert parse_config(issuer_config()).issuers[0].jwks_max_age == 300.0
+    assert parse_config(issuer_config(jwks_max_age=60)).issuers[0].jwks_max_age == 60.0
+    with pytest.raises(ConfigError, match=r"issuers\[0\]\.jwks_max_age"):
+        parse_config(issuer_config(jwks_max_age=0))
+
+
 async def test_insufficient_mfa_is_403_with_step_up_and_not_forwarded(stack: Stack) -> None:
     token = stack.token("bob", groups=["store"], amr=["pwd", "otp"])
     response = await stack.get("/pos/refunds/1", token, method="POST")
