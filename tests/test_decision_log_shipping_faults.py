@@ -128,19 +128,26 @@ async def test_a_hec_2xx_that_is_not_hecs_success_answer_is_not_an_acknowledgeme
 # --- 2. a shipper never dies of an error that isn't a sink error ----------------------------
 
 
-async def test_a_token_file_with_a_line_break_fails_loudly_and_recovers_once_fixed(
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [("abc\ndef\n", "line break"), ("\n", "empty: the file must hold the sink's token")],
+    ids=["line-break", "emptied"],  # a header value it can't be; a Secret being rewritten
+)
+async def test_a_token_file_that_cant_be_sent_fails_loudly_and_recovers_once_fixed(
     aiohttp_server: Any,
     tmp_path: Path,
     receiver: tuple[Receiver, Any],  # noqa: F811
     capfd: pytest.CaptureFixture[str],
+    content: str,
+    said: str,
 ) -> None:
     fake, server = receiver
-    (tmp_path / "token").write_text("abc\ndef\n")  # can't be a header value
+    (tmp_path / "token").write_text(content)
     sink = http_sink(f"http://127.0.0.1:{server.port}/logs", tmp_path / "token")
     async with start_stack(aiohttp_server, tmp_path, **with_sinks(tmp_path, sink)) as stack:
         await traffic(stack, 5)
         await until(lambda: stack.gateway.shippers[0].stats["failing"] == 1)
-        await until(lambda: "line break" in capfd.readouterr().err)
+        await until(lambda: said in capfd.readouterr().err)
         assert stack.gateway.shippers[0].stats["acknowledged"] == 0
         (tmp_path / "token").write_text(fake.token + "\n")  # the Secret is fixed
         await caught_up(stack)
@@ -991,13 +998,18 @@ def test_a_file_sink_given_a_directory_is_refused_at_config_time(
     assert parse_config(data, tmp_path).decision_log.sinks[0].path == tmp_path / "copy.jsonl"
 
 
-def test_a_token_file_with_a_line_break_is_refused_at_config_time_with_its_key(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [("abc\ndef\n", "token holds a line break"), (" \n", "empty: the file must hold")],
+    ids=["line-break", "empty"],  # empty: no header, a 401 for every batch, for ever
+)
+def test_a_token_file_that_cant_be_sent_is_refused_at_config_time_with_its_key(
+    tmp_path: Path, content: str, said: str
 ) -> None:
-    (tmp_path / "token").write_text("abc\ndef\n")
+    (tmp_path / "token").write_text(content)
     sink = {"kind": "http", "url": "http://h/logs", "token_file": "token"}
     data = {"auth": False, "decision_log": {"path": "d.log", "sinks": [sink]}}
-    with pytest.raises(ConfigError, match=r"sinks\[0\]\.token_file: .*token holds a line break"):
+    with pytest.raises(ConfigError, match=rf"sinks\[0\]\.token_file: .*{said}"):
         parse_config(data, tmp_path)
     (tmp_path / "token").write_text("abc\n")  # a Secret's trailing newline is fine
     assert parse_config(data, tmp_path).decision_log.sinks[0].token_file == tmp_path / "token"

@@ -311,6 +311,9 @@ def read_token(path: Path) -> str:
         token = path.read_text().strip()
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}: {error}") from None
+    if not token:
+        # No header at all: every batch a 401, retried for ever, the cause unsaid.
+        raise ValueError(f"{path}: empty: the file must hold the sink's token")
     if any(ord(c) < 32 or ord(c) == 127 for c in token):
         raise ValueError(
             f"{path}: the token holds a line break or another control character: "
