@@ -1,6 +1,9 @@
 """Rego that means one thing on OPA and another on regorus: found in the AST.
 
-The known divergence: under `not`, OPA first evaluates the arguments of a call
+A variable that only a `not` mentions (`not input.roles[_] == "admin"`) makes OPA
+refuse the module as unsafe; regorus reads it as "for no such value". Warned.
+
+The other known divergence: under `not`, OPA first evaluates the arguments of a call
 (and a call used as an operand, `not f(x) in s`, `not count(x) > 1`) outside
 the negation. When such an argument is undefined (`input.x` absent, a rule with
 no value, a function with no result), OPA leaves the whole `not` undefined and
@@ -24,7 +27,7 @@ from typing import Any
 from policy_engine.embedded import new_engine
 from policy_engine.errors import Problem, character_column
 from policy_engine.policy_set import PolicySet
-from policy_engine.rego_ast import module_shape, ref_path
+from policy_engine.rego_ast import ground_prefix, module_shape, ref_path
 
 WARNING = (
     "`not` over {what}: if it is undefined, OPA treats the whole `not` as undefined "
@@ -55,10 +58,26 @@ _UNIFICATIONS = (("BoolExpr", "Eq"), ("AssignExpr", "Eq"))
 _COMPREHENSIONS = ("ArrayCompr", "SetCompr", "ObjectCompr")
 
 
+UNSAFE = (
+    "var {name} is unsafe: nothing outside the `not` binds it, so OPA refuses the "
+    "module (rego_unsafe_var_error) while regorus reads the `not` as 'no value of "
+    "{name} makes this true'; write that as a helper rule (`not helper`, with "
+    "`helper if <the expression>`)"
+)
+UNBOUND = (
+    "var {name} is unsafe: nothing binds it (`some {name} in ...`, `{name} := ...`, "
+    "an index `xs[{name}]`), so OPA refuses the module (rego_unsafe_var_error); "
+    "regorus leaves the rule undefined"
+)
+
+
 def portability_warnings(policy_set: PolicySet) -> list[Problem]:
-    """Warnings for a policy set that loads (see undefined_under_not)."""
+    """Warnings for a policy set that loads (see undefined_under_not and
+    unsafe_under_not), in the order of the files and lines they are about."""
     engine = new_engine(policy_set)
-    return undefined_under_not(json.loads(engine.get_ast_as_json()))
+    entries = json.loads(engine.get_ast_as_json())
+    found = undefined_under_not(entries) + unsafe_under_not(entries)
+    return sorted(found, key=lambda p: (p.file, p.line or 0, p.col or 0))
 
 
 def undefined_under_not(ast_entries: list[dict[str, Any]]) -> list[Problem]:
@@ -81,14 +100,169 @@ def undefined_under_not(ast_entries: list[dict[str, Any]]) -> list[Problem]:
     return problems
 
 
+def unsafe_under_not(ast_entries: list[dict[str, Any]]) -> list[Problem]:
+    """A warning per variable that nothing binds where OPA looks for a binding: one
+    a `not` mentions (`not input.roles[_] == "admin"`, `some x; not p[x]`), which
+    regorus evaluates (as "for no such value"), and one an operator or a call
+    mentions in a query where otherwise only a `not` or `some x` does, which it
+    loads. OPA refuses both. A variable is bound by the rule's function arguments,
+    by the query around it (a comprehension's, `every`'s), or by an expression of
+    its query that isn't negated: `x := ...`, either side of `=`, `some x in ...`,
+    an index `xs[x]`."""
+    names = {"input", "data"}
+    for entry in ast_entries:
+        names |= _rule_names(entry["ast"]) | set(module_shape(entry).imports)
+    problems: list[Problem] = []
+    for entry in ast_entries:
+        scope = _Scope(entry, names, problems)
+        for raw in entry["ast"].get("rules", []):
+            spec = raw.get("Spec")
+            if not isinstance(spec, dict):
+                continue
+            head = next(iter(spec["head"].values()))
+            arguments = set(_names(_vars(head.get("args", []))))
+            for body in spec.get("bodies", []):
+                scope.check(body["query"], arguments)
+    return problems
+
+
+class _Scope:
+    """One module's queries, checked for variables nothing binds."""
+
+    def __init__(self, entry: dict[str, Any], names: set[str], problems: list[Problem]):
+        self.file = entry["source"]["file"]
+        contents = str(entry["source"].get("contents", ""))
+        self.source = contents.encode()
+        self.lines = contents.splitlines()
+        self.names = names
+        self.problems = problems
+
+    def check(self, query: dict[str, Any], outer: set[str]) -> None:
+        literals = [stmt["literal"] for stmt in query.get("stmts", [])]
+        bound = outer | self.names
+        binding: list[dict[str, Any]] = []
+        for literal in literals:
+            binding += _binding(literal)
+        bound |= set(_names(binding)) - {"_"}
+        said: set[str] = set()
+        for literal in literals:
+            if "NotExpr" in literal:
+                unsafe = [v for v in _vars(literal["NotExpr"]["expr"]) if _unbound(v, bound)]
+                self._warn(unsafe, UNSAFE, said)
+            else:
+                held = {id(var) for var in binding}
+                mentioned = [v for v in _vars(literal) if id(v) not in held]
+                self._warn([v for v in mentioned if _unbound(v, bound)], UNBOUND, said)
+        for literal in literals:
+            for kind, nested in _nested_queries(literal):
+                extra = set()
+                if kind == "Every":  # its key and value are spans: their names from the source
+                    extra = {self._name_at(nested.get(part)) for part in ("key", "value")}
+                self.check(nested["query"], bound | extra)
+
+    def _warn(self, unsafe: list[dict[str, Any]], text: str, said: set[str]) -> None:
+        """One warning per name and query: the first place it is unsafe."""
+        for var in unsafe:
+            name = str(var["value"])
+            if name in said and name != "_":
+                continue
+            said.add(name)
+            line, col = _span({"Var": var}, self.lines)
+            message = f"warning: {text.format(name=name)}"
+            self.problems.append(Problem(self.file, message, line, col))
+
+    def _name_at(self, span: Any) -> str:
+        if not isinstance(span, dict) or "start" not in span:
+            return ""
+        return self.source[span["start"] : span["end"]].decode("utf-8", "replace")
+
+
+def _unbound(var: dict[str, Any], bound: set[str]) -> bool:
+    """`_` is a new variable wherever it is written."""
+    return var.get("value") == "_" or var.get("value") not in bound
+
+
+def _binding(literal: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Var nodes a literal that isn't negated binds (see unsafe_under_not)."""
+    kind, body = next(iter(literal.items()))
+    if kind == "SomeIn":
+        return [*_vars(body.get("key")), *_vars(body["value"]), *_indices(body["collection"])]
+    if kind != "Expr":  # `some x` declares, `every` binds inside only, `not` never
+        return []
+    expression = body["expr"]
+    call = expression.get("Call")
+    if isinstance(call, dict):  # a builtin's output: `min(s, x)`, `io.jwt.decode(t, [h, p, s])`
+        return list(_vars(call["params"]))
+    assign = expression.get("AssignExpr")
+    if isinstance(assign, dict):
+        value = assign["rhs"]
+        # `=` unifies both sides; `:=` binds its left from a right that must be bound.
+        values = list(_vars(value)) if assign.get("op") == "Eq" else list(_indices(value))
+        return [*_vars(assign["lhs"]), *values]
+    return list(_indices(expression))
+
+
+def _indices(node: Any) -> Iterator[dict[str, Any]]:
+    """Variables written as a reference's index (`xs[x]`): they iterate, so bind."""
+    if isinstance(node, dict):
+        if isinstance(node.get("query"), dict):
+            return
+        for key, value in node.items():
+            if key == "RefBrack" and isinstance(value, dict):
+                index = value.get("index")
+                if isinstance(index, dict) and isinstance(index.get("Var"), dict):
+                    yield index["Var"]
+            if key != "fcn":
+                yield from _indices(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _indices(value)
+
+
+def _vars(node: Any) -> Iterator[dict[str, Any]]:
+    """The Var nodes of an expression, less function names and what has a query of
+    its own (a comprehension, `every`: their variables are theirs)."""
+    if isinstance(node, dict):
+        if isinstance(node.get("query"), dict):
+            return
+        for key, value in node.items():
+            if key == "Var" and isinstance(value, dict):
+                yield value
+            elif key != "fcn":
+                yield from _vars(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _vars(value)
+
+
+def _names(variables: Any) -> Iterator[str]:
+    for var in variables:
+        if isinstance(var.get("value"), str):
+            yield var["value"]
+
+
+def _nested_queries(node: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The queries directly inside a literal: comprehensions' and `every`'s, each
+    with the kind of node that holds it."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(value, dict) and isinstance(value.get("query"), dict):
+                yield key, value
+            else:
+                yield from _nested_queries(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _nested_queries(value)
+
+
 def _rule_names(ast: dict[str, Any]) -> set[str]:
     names = set()
     for raw in ast.get("rules", []):
         spec = raw.get("Spec") or raw.get("Default") or {}
         head = spec.get("head")
         refr = next(iter(head.values()))["refr"] if isinstance(head, dict) else spec.get("refr")
-        path = ref_path(refr) if refr is not None else None
-        if path:
+        path = ground_prefix(refr)[0] if refr is not None else ()
+        if path:  # `p[0] := 1` too
             names.add(path[0])
     return names
 

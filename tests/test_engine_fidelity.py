@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import regorus
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from iac_scanner.loader import LoadOptions, load
@@ -494,6 +494,86 @@ def test_not_over_an_operator_differs_where_policy_check_warns(
     on_opa = GoOpaEngine(policy_set).value("data.q.r", {})
     assert on_opa is (True if engines_agree else UNDEFINED)
     assert bool(portability_warnings(policy_set)) is not engines_agree
+
+
+# Variables under `not`: whether OPA accepts the rule (it refuses an unsafe
+# variable), and so whether `policy check` must stay quiet.
+VARIABLES_UNDER_NOT = [
+    ('not input.roles[_] == "admin"', False),
+    ('not input.roles[x] == "admin"', False),
+    ("not input.bad[_]", False),
+    ("some y; not input.bad[y]", False),
+    ('x := "a"; not input.roles[x] == "admin"', True),
+    ("some k, _ in input.m; not input.bad[k]", True),
+    ('not input.roles[x] == "admin"; input.roles[x]', True),
+    ("every z in input.zs { not input.bad[z] }", True),
+    ("xs := [w | some w in input.ws; not input.bad[w]]; count(xs) >= 0", True),
+    ('not "admin" in object.get(input, "roles", [])', True),
+    ("not admins[input.user]", True),
+    ('not [x | some x in input.roles; x == "admin"][0]', True),
+]
+
+
+@pytest.mark.parametrize(("body", "opa_accepts"), VARIABLES_UNDER_NOT)
+def test_a_variable_only_a_not_binds_is_refused_by_opa_where_policy_check_warns(
+    body: str, opa_accepts: bool
+) -> None:
+    """`not input.roles[_] == "admin"` loads and evaluates on regorus (as "no role
+    is admin"); OPA refuses the module. `policy check` said OK."""
+    policy = f'package q\nimport rego.v1\nadmins := {{"admin"}}\nr if {{ {body} }}\n'
+    policy_set = load_policy_set_from_text(policy)
+    EmbeddedEngine(policy_set)  # loads on regorus
+    try:
+        GoOpaEngine(policy_set).value("data.q.r", {})
+        accepted = True
+    except PolicyLoadError as error:
+        assert "rego_unsafe_var_error" in str(error)
+        accepted = False
+    assert accepted is opa_accepts
+    unsafe = [w for w in portability_warnings(policy_set) if "is unsafe" in w.message]
+    assert bool(unsafe) is not opa_accepts
+
+
+# Where a variable `v` can be bound around a negation that mentions it: OPA's
+# safety rules say which of these make the rule acceptable.
+NEGATIONS = ['not input.roles[v] == "admin"', "not input.bad[v]", "not f(v)", "not v == 1",
+             "not input.m[v].x", 'not input.bad[_] == v']  # fmt: skip
+BINDINGS = ["", "some v; ", "v := 1; ", "some v in input.xs; ", "input.xs[v]; ",
+            "xs := [v | some v in input.xs]; ", "some w in [v | some v in input.xs]; ",
+            "every v in input.xs { v > 0 }; ", "count(input.xs) > v; "]  # fmt: skip
+
+
+@settings(max_examples=200, derandomize=True, deadline=None, database=None)
+@given(
+    # Each negation once: OPA also refuses a body with one negated expression twice
+    # (`not p[v]; not p[v]; q[v]`), a quirk of its reordering this check leaves be.
+    st.lists(st.tuples(st.sampled_from(BINDINGS), st.sampled_from(NEGATIONS)), min_size=1,
+             max_size=3, unique_by=lambda literal: literal[1]),
+    st.booleans(),
+)  # fmt: skip
+def test_policy_check_warns_of_an_unsafe_variable_exactly_where_opa_refuses_the_rule(
+    literals: list[tuple[str, str]], negation_first: bool
+) -> None:
+    body = "; ".join(
+        (negation + "; " + binding if negation_first else binding + negation).strip("; ")
+        for binding, negation in literals
+    )
+    policy = f"package q\nimport rego.v1\nf(x) if x == 1\nr if {{ {body} }}\n"
+    policy_set = load_policy_set_from_text(policy)
+    try:
+        EmbeddedEngine(policy_set)
+    except PolicyLoadError:
+        return  # regorus refuses it too (`v := 1` after a use of v): nothing to warn of
+    try:
+        GoOpaEngine(policy_set).value("data.q.r", {})
+        opa_refuses = False
+    except PolicyLoadError as error:
+        # Refused for another reason (`not p[v]; some v in xs`: "var v referenced
+        # above"; `some v` twice: "declared above"): not what this check is about.
+        assume("rego_unsafe_var_error" in str(error))
+        opa_refuses = True
+    unsafe = [w for w in portability_warnings(policy_set) if "is unsafe" in w.message]
+    assert bool(unsafe) is opa_refuses, (body, unsafe)
 
 
 @pytest.mark.parametrize(
