@@ -139,6 +139,66 @@ async def test_policy_answering_a_malformed_decision_is_a_deny(
         assert running.total_forwarded() == 0
 
 
+@pytest.mark.parametrize(
+    "headers",
+    ['{"x-user": "alice\\r\\nx-remote-user: admin"}', '{"x-user": "a\\nb"}',
+     '{"x-user": "a\\u0000b"}', '{"x-user\\r\\nx-admin": "1"}', '{"x user": "1"}',
+     '{"": "1"}', '{"x-remote-user: admin": "1"}', '{"Transfer-Encoding": "chunked"}',
+     '{"Content-Length": "5"}', '{"Host": "admin.internal"}', '{"Connection": "close"}',
+     '{"X-Forwarded-For": "10.0.0.1"}', '{"x_forwarded_for": "10.0.0.1"}',
+     '{"X-Portcullis-Assertion": "forged"}'],
+    ids=["crlf-value", "lf-value", "nul-value", "crlf-name", "space-in-name", "empty-name",
+         "colon-in-name", "transfer-encoding", "content-length", "host", "connection",
+         "x-forwarded-for", "x-forwarded-for-underscored", "assertion"],
+)  # fmt: skip
+async def test_policy_headers_that_would_break_or_forge_the_upstream_request_are_a_deny(
+    aiohttp_server: ServerFactory, tmp_path: Path, headers: str
+) -> None:
+    """A decision's `headers` go to the upstream as they are, so one that isn't a
+    header (CR/LF, NUL, not a token) or that frames or addresses the message
+    (Transfer-Encoding, Content-Length, Host, hop-by-hop, X-Forwarded-*, the
+    assertion) is a malformed decision: a deny, logged as such. (Before, the allow
+    was logged and then a CRLF crashed the handler with a 500, a name with a space
+    or colon reached the backend as a bad or injected header line, and
+    Transfer-Encoding or Content-Length desynchronised the pooled upstream
+    connection: the backend waited for a body that the next request's bytes fill.)"""
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "decision.rego").write_text(
+        "package portcullis.gateway\nimport rego.v1\n"
+        f'decision := {{"allow": true, "reasons": [], "headers": {headers}}}\n'
+    )
+    async with start_stack(aiohttp_server, tmp_path, policy=odd) as running:
+        response = await running.get("/wms/stock", running.token("alice", **WAREHOUSE))
+        assert response.status == 403
+        body = await response.json()
+        assert body["reasons"] == ["policy returned a malformed decision"]
+        assert running.total_forwarded() == 0
+        events = await running.events()
+        assert [e["result"]["allow"] for e in events] == [False]
+        assert events[0]["result"]["reasons"] == ["policy returned a malformed decision"]
+
+
+async def test_policy_headers_a_backend_may_be_told_still_reach_it(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """What a policy may add: its own headers, the shipped X-Portcullis-App and
+    -Classification, and identity headers for a backend behind it (X-Remote-User)."""
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "decision.rego").write_text(
+        "package portcullis.gateway\nimport rego.v1\n"
+        'decision := {"allow": true, "reasons": [], "headers": {"x-portcullis-app": "wms", '
+        '"X-Remote-User": "alice", "x-note": "caf\\u00e9 \\tok"}}\n'
+    )
+    async with start_stack(aiohttp_server, tmp_path, policy=odd) as running:
+        response = await running.get("/wms/stock", running.token("alice", **WAREHOUSE))
+        assert response.status == 200
+        seen = running.forwarded("wms")[0].headers
+        assert seen["x-portcullis-app"] == "wms" and seen["x-remote-user"] == "alice"
+        assert seen["x-note"] == "caf\u00e9 \tok"
+
+
 async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

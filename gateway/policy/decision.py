@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -13,6 +14,11 @@ from aiohttp import web
 from gateway.config import Route
 from gateway.identity import ANONYMOUS, Identity
 from gateway.screening.paths import NormalizedPath
+from gateway.screening.trusted_headers import (
+    GATEWAY_OWNED,
+    HOP_BY_HOP,
+    fold,
+)
 from policy_engine import PolicyEngine, PolicyError
 
 DECISION_REF = "data.portcullis.gateway.decision"
@@ -25,6 +31,24 @@ NOT_GIVEN: Any = type("NotGiven", (), {"__repr__": lambda self: "NOT_GIVEN"})()
 # The reason of a deny for an answer the contract can't read (allow not a boolean,
 # reasons not a list): the policy has a bug, and it fails closed like an error.
 MALFORMED = "policy returned a malformed decision"
+# A header name is an RFC 9110 token; a value holds no control character but HTAB
+# (CR or LF would end the header line, NUL is refused by servers).
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Headers a decision may not set upstream: those that frame or route the message
+# (a Transfer-Encoding or Content-Length of the policy's own makes the backend read
+# the next pooled request as this one's body), hop-by-hop fields, what the gateway
+# alone says about the client (X-Forwarded-*, Forwarded, X-Real-IP) and its
+# signed assertion. Compared folded (`_` as `-`), as CGI backends read them.
+_NOT_FROM_POLICY = (
+    HOP_BY_HOP
+    | GATEWAY_OWNED
+    | {
+        "content-length",
+        "expect",
+        "x-portcullis-assertion",
+    }
+)
 
 
 @dataclass
@@ -269,6 +293,22 @@ def _from_result(decision_id: str, result: Any) -> Decision:
         if raw_headers and isinstance(raw_headers, dict)
         else {}
     )
+    for name, value in headers.items():
+        unsendable = _unsendable_header(name, value)
+        if unsendable is not None:
+            return deny(decision_id, 403, MALFORMED, f"policy returned header {unsendable}")
     step_up = result.get("step_up")
     step_up = step_up if isinstance(step_up, dict) and not allow else None
     return Decision(decision_id, allow, status, reasons, headers, step_up, policy_result=result)
+
+
+def _unsendable_header(name: str, value: str) -> str | None:
+    """Why a decision's header can't go to the upstream as asked, or None."""
+    if not _TOKEN.fullmatch(name):
+        return f"name {name[:80]!r}: not an HTTP header name"
+    if _CONTROL.search(value):
+        return f"{name!r} value {value[:80]!r}: holds a control character"
+    folded = fold(name)
+    if folded in _NOT_FROM_POLICY or folded.startswith("x-forwarded-"):
+        return f"{name!r}: only the gateway sets this header"
+    return None
