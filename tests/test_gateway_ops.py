@@ -23,6 +23,7 @@ import pytest
 from gateway import heap
 from gateway.config import ConfigError, load_config
 from gateway.server import build_admin_app
+from policy_engine import load_policy_set, policy_set
 from tests.conftest import FIXTURES, POLICIES, ROOT
 from tests.gateway_stack import ServerFactory, Stack, free_port, start_stack
 
@@ -315,6 +316,71 @@ async def test_a_directory_removed_while_the_watcher_scans_does_not_stop_hot_rel
         )
         await wait_for(lambda: holder.engine is not None and holder.engine.revision != started)
         assert (await running.get("/wms/stock", token)).status == 403
+
+
+def _configmap(root: Path, versions: dict[str, dict[str, str]], live: str) -> None:
+    """A policy directory laid out as the kubelet mounts a ConfigMap: each version
+    in its own `..<name>` directory, `..data` linking to the live one, and each
+    file a link through `..data`."""
+    root.mkdir()
+    for version, files in versions.items():
+        (root / f"..{version}").mkdir()
+        for name, text in files.items():
+            (root / f"..{version}" / name).write_text(text)
+    (root / "..data").symlink_to(f"..{live}")
+    for name in versions[live]:
+        (root / name).symlink_to(f"..data/{name}")
+
+
+def _swap_configmap(root: Path, version: str) -> None:
+    """What the kubelet does on an update: one atomic rename of `..data`."""
+    (root / "..data_tmp").symlink_to(f"..{version}")
+    os.replace(root / "..data_tmp", root / "..data")
+
+
+async def test_a_configmap_swapped_mid_read_never_serves_a_mix_of_both_versions(
+    aiohttp_server: ServerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each file of a ConfigMap mount is read through `..data`: a kubelet swap
+    between two reads gave a policy set of old and new files that neither version
+    is. Here the update moves a block from b.rego into a.rego; read as a.rego
+    before the swap and b.rego after, the block was in neither, and the gateway
+    served that set (mallory allowed) until the next poll noticed the change."""
+    head = "package portcullis.gateway\nimport rego.v1\n"
+    decision = (
+        'decision := {"allow": allow, "reasons": []}\ndefault allow := false\n'
+        "allow if {\n\tinput.identity.authenticated == true\n\tnot blocked\n}\n"
+        "default blocked := false\n"
+    )
+    block = 'blocked if input.identity.subject == "mallory"\n'
+    versions = {
+        "v1": {"a.rego": head + decision, "b.rego": head + block},
+        "v2": {"a.rego": head + decision + block, "b.rego": head + 'note := "moved"\n'},
+    }
+    mount = tmp_path / "configmap"
+    _configmap(mount, versions, "v1")
+    read_file = policy_set._read_file
+    swapped = []
+
+    def read_racing_the_kubelet(file: Path, *args: Any) -> None:
+        read_file(file, *args)
+        if file.name == "a.rego" and not swapped:
+            _swap_configmap(mount, "v2")  # between reading a.rego and b.rego
+            swapped.append(file)
+
+    async with start_stack(
+        aiohttp_server, tmp_path, policy=mount, policy_options={"watch": False}
+    ) as running:
+        mallory = running.token("mallory", **WAREHOUSE)
+        assert (await running.get("/wms/stock", mallory)).status == 403
+        monkeypatch.setattr(policy_set, "_read_file", read_racing_the_kubelet)
+        await running.gateway.policy.reload("files changed")
+        assert swapped
+        assert (await running.get("/wms/stock", mallory)).status == 403
+        engine = running.gateway.policy.engine
+        assert engine is not None
+        assert engine.revision == load_policy_set(mount / "..v2").revision
+        assert (await running.get("/wms/stock", running.token("alice", **WAREHOUSE))).status == 200
 
 
 async def test_sighup_reloads(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,10 @@ log = logging.getLogger("portcullis.policy")
 
 
 Fingerprint = tuple[tuple[str, int, int], ...]
+# A policy source that changed while it was read is read again, this often at most,
+# pausing a little longer each time (seconds).
+SETTLE_TRIES = 5
+SETTLE_PAUSE = 0.05
 
 
 def source_fingerprint(source: Path) -> Fingerprint | None:
@@ -53,9 +58,11 @@ def _fingerprint(source: Path) -> Fingerprint:
     for file in files:
         try:
             stat = file.stat()
+            # A link's target too: a ConfigMap update relinks `..data` to new files.
+            name = f"{file} -> {os.path.realpath(file)}" if file.is_symlink() else str(file)
         except FileNotFoundError:
             continue
-        state.append((str(file), stat.st_mtime_ns, stat.st_size))
+        state.append((name, stat.st_mtime_ns, stat.st_size))
     return tuple(state)
 
 
@@ -76,6 +83,28 @@ def build_engine(source: str, *, timeout_ms: float) -> PolicyEngine:
 
 
 def build_or_reason(source: str, *, timeout_ms: float) -> tuple[PolicyEngine | None, str | None]:
+    """The engine for ``source``, or why it didn't load, from files that did not
+    change while they were read. Files are read one by one (a ConfigMap mount's
+    each through its ``..data`` link): a change between two reads would build a
+    policy set that is neither the old version nor the new one, possibly without a
+    rule that both have, so such a build is dropped and the files read again."""
+    if source.startswith(("http://", "https://")):
+        return _build_or_reason(source, timeout_ms=timeout_ms)
+    for attempt in range(SETTLE_TRIES):
+        if attempt:
+            time.sleep(SETTLE_PAUSE * attempt)
+        before = source_fingerprint(Path(source))
+        engine, error = _build_or_reason(source, timeout_ms=timeout_ms)
+        if before is not None and source_fingerprint(Path(source)) == before:
+            return engine, error
+        engine = None  # dropped here, on the thread that built it
+    return None, (
+        f"{source}: its files kept changing while they were read ({SETTLE_TRIES} "
+        "tries): a policy set read across a change is not loaded"
+    )
+
+
+def _build_or_reason(source: str, *, timeout_ms: float) -> tuple[PolicyEngine | None, str | None]:
     """The engine for ``source``, or why it didn't load. Anything the build raises is
     a rejected policy, never the end of the caller: a hot reload that let an
     unexpected error through would stop reloading for good. The error comes back
