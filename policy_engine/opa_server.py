@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -55,10 +56,25 @@ class OpaServerEngine:
             timeout=timeout,
         )
         self._opened = False
+        # Decisions on the wire: close() lets them finish (a reload replaces this
+        # engine while requests that started with it still wait for its answer).
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def evaluate(self, ref: str, input: Any) -> Any:
         if not REF.match(ref) or ref == "data":
             raise UndefinedPath(f"{ref}: not a reference like data.portcullis.gateway.decision")
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            return await self._evaluate(ref, input)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+
+    async def _evaluate(self, ref: str, input: Any) -> Any:
         if not self._opened:
             await self._client._init_session()
             self._opened = True
@@ -81,5 +97,11 @@ class OpaServerEngine:
         return answer["result"]
 
     async def close(self) -> None:
+        """Close the client once the decisions in flight have their answers (each
+        is bounded by the timeout): closing under them would cut their connections
+        and deny them."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.timeout + 1):
+                await self._idle.wait()
         await self._client.close_connection()
         self._opened = False

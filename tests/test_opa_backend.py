@@ -117,3 +117,28 @@ async def test_unreachable_server_is_an_evaluation_error() -> None:
 def test_opa_url_must_be_http() -> None:
     with pytest.raises(ValueError, match="must be http"):
         OpaServerEngine("ftp://opa:8181")
+
+
+async def test_a_reload_does_not_fail_a_decision_in_flight_on_the_opa_server(
+    aiohttp_server: ServerFactory, tmp_path: Any
+) -> None:
+    """A SIGHUP reload of an OPA-server policy builds a new client and closes the
+    old one: a request whose decision was still on the wire lost its connection
+    and was denied ("policy evaluation failed"), where the README promises that
+    requests in flight keep the engine they started with."""
+    import asyncio
+
+    from tests.gateway_stack import start_stack
+
+    opa = await aiohttp_server(opa_standin(POLICIES, delay=0.3))
+    async with start_stack(
+        aiohttp_server, tmp_path, policy_options={"watch": False, "timeout_ms": 2000}
+    ) as running:
+        running.gateway.policy.source = url(opa)
+        assert await running.gateway.policy.reload("start on OPA")
+        token = running.token("alice", groups=["warehouse"], amr=["pwd", "otp"])
+        request = asyncio.ensure_future(running.get("/wms/stock", token))
+        await asyncio.sleep(0.1)  # the decision is on its way to OPA
+        assert await running.gateway.policy.reload("SIGHUP")
+        response = await request
+        assert response.status == 200, await response.text()
