@@ -229,6 +229,29 @@ async def test_hot_reload_applies_a_good_policy_and_rejects_a_bad_one(
         assert (await running.get("/readyz")).status == 200
 
 
+async def test_a_reload_to_a_policy_without_the_decision_rule_keeps_the_last_good_one(
+    aiohttp_server: ServerFactory, tmp_path: Path, policy_copy: Path
+) -> None:
+    """A policy written for another package (`package gateway`): the set loaded, and
+    every request was denied ("policy evaluation failed") until someone noticed."""
+    async with start_stack(aiohttp_server, tmp_path, policy=policy_copy) as running:
+        token = running.token("alice", **WAREHOUSE)
+        reloads = running.gateway.metrics.policy_reloads
+        for module in (policy_copy / "gateway").glob("*.rego"):
+            module.unlink()
+        (policy_copy / "gateway/decision.rego").write_text(
+            'package gateway\n\nimport rego.v1\n\ndecision := {"allow": true}\n'
+        )
+        expected = (
+            f"{policy_copy}: no rule portcullis.gateway.decision: the gateway asks every "
+            "request of it (package portcullis.gateway, rule decision)"
+        )
+        # A reload may have seen the files half replaced first: wait for the last one.
+        await wait_for(lambda: running.gateway.policy.last_error == expected)
+        assert reloads.labels("ok")._value.get() == 1  # the start's, no other
+        assert (await running.get("/wms/stock", token)).status == 200  # last good policy
+
+
 async def test_a_reload_rejecting_a_rule_that_clashes_with_data_logs_where_both_are(
     aiohttp_server: ServerFactory,
     tmp_path: Path,

@@ -19,6 +19,8 @@ from policy_engine import (
     OpaServerEngine,
     PolicyEngine,
     PolicyError,
+    PolicyLoadError,
+    Problem,
     load_policy_set,
 )
 
@@ -74,12 +76,21 @@ def build_engine(source: str, *, timeout_ms: float) -> PolicyEngine:
     rejects anything else it raises too: see :func:`build_or_reason`)."""
     if source.startswith(("http://", "https://")):
         return OpaServerEngine(source, timeout=timeout_ms / 1000)
-    return EmbeddedEngine(
+    engine = EmbeddedEngine(
         load_policy_set(source),
         timeout=timeout_ms / 1000,
         compiled_refs=(DECISION_REF, READS_REF),  # reads: only if the policy has it
         confirm=lets_through,
     )
+    if not engine.compiled.knows(DECISION_REF):
+        # It would deny every request: a reload keeps the last good policy instead,
+        # and replay or shadow mode say so once rather than once per decision.
+        message = (
+            f"no rule {DECISION_REF.removeprefix('data.')}: the gateway asks every "
+            "request of it (package portcullis.gateway, rule decision)"
+        )
+        raise PolicyLoadError([Problem(source, message)])
+    return engine
 
 
 def build_or_reason(source: str, *, timeout_ms: float) -> tuple[PolicyEngine | None, str | None]:
