@@ -119,15 +119,19 @@ async def test_policy_that_errors_fails_closed(
 @pytest.mark.parametrize(
     "answer",
     ['{"allow": "true"}', '{"allow": 1}', '{"allow": false, "reasons": 5}',
-     '{"allow": true, "reasons": "ok"}'],
-    ids=["allow-string", "allow-number", "reasons-number", "allow-with-reasons-string"],
+     '{"allow": true, "reasons": "ok"}', '{"allow": true, "headers": ["x-remote-user"]}',
+     '{"allow": true, "headers": "x-remote-user: alice"}'],
+    ids=["allow-string", "allow-number", "reasons-number", "allow-with-reasons-string",
+         "headers-array", "headers-string"],
 )  # fmt: skip
 async def test_policy_answering_a_malformed_decision_is_a_deny(
     aiohttp_server: ServerFactory, tmp_path: Path, answer: str
 ) -> None:
     """An answer the contract can't read fails closed, with a reason saying so. (A
     number as reasons crashed the handler; a string as reasons let an allow through,
-    its letters as reasons.)"""
+    its letters as reasons; headers that weren't an object, or a header value that
+    wasn't a string, were dropped and the request forwarded without them: a backend
+    reading X-Remote-User got none.)"""
     odd = tmp_path / "odd"
     odd.mkdir()
     (odd / "decision.rego").write_text(
@@ -147,10 +151,12 @@ async def test_policy_answering_a_malformed_decision_is_a_deny(
      '{"": "1"}', '{"x-remote-user: admin": "1"}', '{"Transfer-Encoding": "chunked"}',
      '{"Content-Length": "5"}', '{"Host": "admin.internal"}', '{"Connection": "close"}',
      '{"X-Forwarded-For": "10.0.0.1"}', '{"x_forwarded_for": "10.0.0.1"}',
-     '{"X-Portcullis-Assertion": "forged"}'],
+     '{"X-Portcullis-Assertion": "forged"}', '{"X-Remote-User": 7}',
+     '{"X-Remote-User": null}', '{"X-Remote-User": ["alice"]}'],
     ids=["crlf-value", "lf-value", "nul-value", "crlf-name", "space-in-name", "empty-name",
          "colon-in-name", "transfer-encoding", "content-length", "host", "connection",
-         "x-forwarded-for", "x-forwarded-for-underscored", "assertion"],
+         "x-forwarded-for", "x-forwarded-for-underscored", "assertion", "number-value",
+         "null-value", "array-value"],
 )  # fmt: skip
 async def test_policy_headers_that_would_break_or_forge_the_upstream_request_are_a_deny(
     aiohttp_server: ServerFactory, tmp_path: Path, headers: str

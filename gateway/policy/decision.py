@@ -287,12 +287,10 @@ def _from_result(decision_id: str, result: Any) -> Decision:
         status = 200
     elif not isinstance(status, int) or isinstance(status, bool) or not 400 <= status <= 599:
         status = 403
-    raw_headers = result.get("headers")
-    headers = (
-        {k: v for k, v in raw_headers.items() if isinstance(k, str) and isinstance(v, str)}
-        if raw_headers and isinstance(raw_headers, dict)
-        else {}
-    )
+    headers = result.get("headers") or {}
+    if not isinstance(headers, dict):  # the upstream would miss what it was to be told
+        why = f"policy returned headers {repr(headers)[:80]}, not an object"
+        return deny(decision_id, 403, MALFORMED, why)
     for name, value in headers.items():
         unsendable = _unsendable_header(name, value)
         if unsendable is not None:
@@ -302,8 +300,10 @@ def _from_result(decision_id: str, result: Any) -> Decision:
     return Decision(decision_id, allow, status, reasons, headers, step_up, policy_result=result)
 
 
-def _unsendable_header(name: str, value: str) -> str | None:
+def _unsendable_header(name: str, value: Any) -> str | None:
     """Why a decision's header can't go to the upstream as asked, or None."""
+    if not isinstance(value, str):  # an identity the upstream reads, dropped, is worse
+        return f"{name!r} value {repr(value)[:80]}: not a string"
     if not _TOKEN.fullmatch(name):
         return f"name {name[:80]!r}: not an HTTP header name"
     if _CONTROL.search(value):
