@@ -441,6 +441,7 @@ async def test_a_missing_rotated_file_is_reported(tmp_path: Path) -> None:
         await asyncio.sleep(0.05)
         path.rename(tmp_path / f"decisions.jsonl.{generation}")
         log.reopen()
+        await reopened_at(path, within=10.0)  # else the next rename finds no file
     record(log, 99)
     await log.close()
     files = [tmp_path / "decisions.jsonl.1", tmp_path / "decisions.jsonl"]
@@ -742,6 +743,7 @@ async def rotated_logs(tmp_path: Path) -> tuple[list[Path], DecisionLog]:
         await asyncio.sleep(0.05)
         path.rename(tmp_path / f"decisions.jsonl.{generation}")
         log.reopen()
+        await reopened_at(path, within=10.0)  # else the next rename finds no file
     for n in range(7):
         record(log, n)
     await log.close()
