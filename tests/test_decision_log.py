@@ -691,6 +691,15 @@ def test_writer_leaves_no_file_descriptor_open(tmp_path: Path) -> None:
 # -- runs, files and the end of the log: what only an outside head can show ---
 
 
+async def signed_up_to(log: DecisionLog, seq: int, within: float) -> None:
+    """Wait until the writer thread has written a signature at ``seq`` (the start
+    record's is seq 0): ``start()`` returns before the thread writes anything."""
+    deadline = time.monotonic() + within
+    while (log.signed_head() or {}).get("seq") != seq:
+        assert time.monotonic() < deadline, f"no signature at seq {seq} within {within} s"
+        await asyncio.sleep(0.01)
+
+
 def head_of(log: DecisionLog) -> SignedHead:
     """The head the admin listener would publish for ``log``, checked like verify does."""
     return SignedHead.from_record(log.signed_head(), PUBLIC_KEYS, "test")
@@ -858,9 +867,7 @@ async def test_log_that_reaches_the_head_is_covered(tmp_path: Path) -> None:
         record(log, n)
     # Until the writer has signed the tenth (a fixed 0.1 s failed once in CI on a
     # loaded machine: the head was still the start record's).
-    deadline = time.monotonic() + 10
-    while (log.signed_head() or {}).get("seq") != 10 and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
+    await signed_up_to(log, 10, within=10.0)
     head = head_of(log)  # taken while the gateway runs; the log grows past it
     for n in range(12, 20):
         record(log, n)
@@ -895,7 +902,7 @@ async def test_head_taken_before_any_event_is_reached_by_its_start_record(
     path = tmp_path / "decisions.jsonl"
     log = DecisionLog(path, SIGNING_KEY, key_id=KID, flush_interval=0.01)
     await log.start()
-    await asyncio.sleep(0.1)
+    await signed_up_to(log, 0, within=10.0)
     head = head_of(log)
     assert head.seq == 0 and head.head == GENESIS
     record(log, 1)
