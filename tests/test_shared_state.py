@@ -238,7 +238,7 @@ async def test_invalid_tokens_count_against_the_source_address(
         ] == 200
 
 
-async def wait_for(predicate: Any, timeout: float = 3.0) -> None:
+async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not await predicate():
         assert time.monotonic() < deadline, "condition not met in time"
@@ -305,15 +305,15 @@ async def test_signals_reach_the_policy_and_a_known_address_is_remembered(
         denied = await call(stack, stack.url, "/pos/sales", token)
         assert denied[0] == 403
 
-        async def known() -> bool:
+        async def recorded() -> bool:
+            """The address and the deny written (each in the background, after the
+            answer): the next decision's signals read both."""
+            keys = stack.gateway.shared.keys  # type: ignore[union-attr]
             client = stack.gateway.shared.store.client  # type: ignore[union-attr]
-            return (
-                await client.zscore(stack.gateway.shared.keys.addresses("alice"), "127.0.0.1")
-                is not None
-            )  # type: ignore[union-attr]
+            address = await client.zscore(keys.addresses("alice"), "127.0.0.1")
+            return address is not None and await client.zcard(keys.denies("alice")) >= 1
 
-        await wait_for(known)
-        await asyncio.sleep(0.1)
+        await wait_for(recorded)
         second = await call(stack, stack.url, "/wms/stock", token)
         events = {e["decision_id"]: e for e in await stack.events(at_least=3)}
         signals = [e["input"]["signals"] for e in events.values() if e["input"].get("signals")]
