@@ -130,7 +130,9 @@ async def test_syslog_tls_refuses_a_receiver_it_cannot_verify(
                           retry_initial=0.05, retry_max=0.1)  # fmt: skip
         async with start_stack(aiohttp_server, tmp_path, **with_sinks(tmp_path, sink)) as stack:
             await traffic(stack, 3)
-            await asyncio.sleep(0.5)
+            # Until a send was tried and failed (a fixed 0.5 s was too short for the
+            # shipping process on a loaded machine: failing was still 0).
+            await until(lambda: stack.gateway.shippers[0].stats["retried"] > 0)
             stats = stack.gateway.shippers[0].stats
             assert stats["acknowledged"] == 0 and stats["failing"] == 1
         assert server.messages("tls") == []
@@ -371,8 +373,9 @@ async def test_sink_outage_never_blocks_or_loses_decisions(
         await traffic(stack, 30)
         assert asyncio.get_running_loop().time() - started < 10
         assert len(await stack.events(at_least=30)) == 30
-        # The shipping process (at its lower priority) reports what it read.
-        await until(lambda: stack.gateway.shippers[0].stats["backlog_bytes"] > 0)
+        # The shipping process (at its lower priority) reports what it read, and,
+        # later, that sending it failed: wait for the failure, not the read.
+        await until(lambda: stack.gateway.shippers[0].stats["retried"] > 0)
         stats = stack.gateway.shippers[0].stats
         assert stats["lag_events"] >= 30 and stats["backlog_bytes"] > 0
         assert stats["failing"] == 1 and stats["acknowledged"] == 0
