@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -828,8 +829,8 @@ def test_valid_until_past_the_real_boundary_is_a_blocking_validity_change_in_rep
 ) -> None:
     """A candidate changing only valid_until_ns (+1 h) replayed as "PASS: no change" and
     shadow mode saw nothing, yet once deployed its memo serves a POS refund allow past
-    max_age 900: a manager allowed at 899 s repeats the refund 1.5 s later, which the
-    live policy denies (403) and the candidate's own evaluation denies too, but the
+    max_age 900: a manager allowed at 897-899 s repeats the refund past 900.5 s, which
+    the live policy denies (403) and the candidate's own evaluation denies too, but the
     candidate's memo would have answered with the allow it remembered."""
     from tests.gateway_stack import Stack
     from tests.test_shadow_mode import shadow_policy, shadow_ready
@@ -839,9 +840,15 @@ def test_valid_until_past_the_real_boundary_is_a_blocking_validity_change_in_rep
 
     async def traffic(stack: Stack) -> None:
         await shadow_ready(stack)
-        token = stack.token("manager-17", groups=["store"], amr=["hwk"], auth_age=899)
+        # auth_time is whole seconds: auth_age=899 was 899-900 s at the first
+        # request already, and past 900 (a 403) whenever the token was minted late
+        # in a second and the request took the rest of it. Two seconds' margin,
+        # then past max_age by the clock, not by a fixed sleep.
+        auth_time = int(time.time()) - 897
+        token = stack.token("manager-17", groups=["store"], amr=["hwk"],
+                            extra={"auth_time": auth_time})  # fmt: skip
         sent.append((await stack.get("/pos/refunds/1", token)).status)
-        await asyncio.sleep(1.5)  # past max_age: 900.5 s after the sign-in
+        await asyncio.sleep(max(0.0, auth_time + 900.5 - time.time()))  # 900.5 s after
         sent.append((await stack.get("/pos/refunds/1", token)).status)
         # Another request the memo never saw: the candidate denies it, no memo involved.
         late = stack.token("manager-18", groups=["store"], amr=["hwk"], auth_age=1000)
