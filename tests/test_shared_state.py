@@ -42,9 +42,12 @@ STORE_MFA = {"groups": ["store"], "amr": ["pwd", "otp"]}
 WAREHOUSE = {"groups": ["warehouse"], "amr": ["pwd", "otp"]}
 
 
-def shared(url: str, **changes: Any) -> SharedStateConfig:
-    # Short waits: a test of an outage must not wait long for it.
-    timeouts = Timeouts(request=0.1, connect=0.3, retry_interval=0.2)
+def shared(url: str, *, request_timeout: float = 2.0, **changes: Any) -> SharedStateConfig:
+    # Short connects and probes: a test of an outage must not wait long for it. But
+    # a call to a Redis that is up gets 2 s, not the 100 ms default: on a loaded
+    # machine the event loop alone can stall a call past 100 ms, and a test of
+    # something else then got a 503 (Busy). The tests of that timeout ask for it.
+    timeouts = Timeouts(request=request_timeout, connect=0.3, retry_interval=0.2)
     return SharedStateConfig(RedisConfig(url), timeouts=timeouts, **changes)
 
 
@@ -411,7 +414,7 @@ async def test_slow_redis_no_request_hangs(
     await proxy.start()
     try:
         async with shared_stack(
-            aiohttp_server, tmp_path, shared(proxy.url, on_unavailable=mode)
+            aiohttp_server, tmp_path, shared(proxy.url, request_timeout=0.1, on_unavailable=mode)
         ) as stack:
             token = stack.token("alice", **WAREHOUSE)
             assert (await call(stack, stack.url, "/wms/stock", token))[0] == 200
@@ -609,7 +612,7 @@ async def test_redis_pool_exhaustion_never_lets_a_revoked_token_through(
     proxy = LatencyProxy(redis_server.port)
     await proxy.start()
     try:
-        state = shared(proxy.url, on_unavailable="allow")
+        state = shared(proxy.url, request_timeout=0.1, on_unavailable="allow")
         state = replace(state, redis=replace(state.redis, max_connections=4))
         limits = LimitsConfig(requests_per_identity=1000, upstream_pool_size=1001)
         async with start_stack(
