@@ -329,3 +329,42 @@ async def test_expired_session_on_two_replicas_refreshes_once_and_keeps_the_gran
                 status, fresh = await get(base, "/wms/next-hour", again)
                 assert status == 200 and fresh, (base, status)
                 latest = fresh[0]
+
+
+async def test_a_refresh_lock_call_redis_did_not_take_is_no_refresh_without_the_lock(
+    redis_url: str,
+) -> None:
+    """The lock call got no answer while Redis is up (Busy: this gateway's calls timed
+    out under load, or its pool was used up): the replica refreshed anyway, without
+    the lock. With another replica refreshing the same session meanwhile, the
+    provider saw the rotated refresh token twice and revoked the whole grant (seen as
+    invalid_grant on a loaded machine). Now it does not refresh: the next request
+    tries again. Redis down still refreshes here, as before."""
+    from gateway.shared.refresh import single_flight
+    from gateway.shared.store import Store
+
+    config = shared(redis_url)
+    store = Store(replace(config, redis=replace(config.redis, max_connections=1)))
+    calls: list[str] = []
+
+    async def refresh() -> str | None:
+        calls.append("provider")
+        return "sealed"
+
+    await store.start()
+    holder = asyncio.ensure_future(store.client.blpop(["portcullis-test:none"], timeout=1))
+    try:
+        await asyncio.sleep(0.2)  # the pool's one connection is in use
+        assert not holder.done()
+        assert await single_flight(store, "busy", [], refresh) is None
+        assert calls == [] and store.available  # Busy, not down
+    finally:
+        await holder
+        await store.close()
+    down = Store(shared("redis://127.0.0.1:9/0"))
+    try:
+        await down.start()
+        assert await single_flight(down, "down", [], refresh) == "sealed"
+        assert calls == ["provider"]
+    finally:
+        await down.close()

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 
-from gateway.shared.store import Keys, Store, Unavailable
+from gateway.shared.store import Busy, Keys, Store, Unavailable
 
 LOCK_MS = 15_000  # longer than the provider call may take (its timeout is 10 s)
 RESULT_MS = 60_000  # requests still carrying the old cookie get the new session
@@ -26,8 +26,9 @@ async def single_flight(
 ) -> str | None:
     """The sealed refreshed session: from `refresh()` when this replica holds the
     lock, else from the replica that does. None: the refresh failed, the session was
-    revoked, or the lock holder vanished (the next request tries again). Without
-    Redis, refresh here (single-flight then holds per process only)."""
+    revoked, the lock holder vanished, or Redis is up but did not answer in time (the
+    next request tries again). Without Redis, refresh here (single-flight then holds
+    per process only)."""
     keys: Keys = store.keys
     lock, result = keys.refresh_lock(token_hash), keys.refresh_result(token_hash)
     me = secrets.token_hex(8)
@@ -42,6 +43,12 @@ async def single_flight(
 
     try:
         done, locked, *revoked = await store.run(take)
+    except Busy:
+        # Redis is up, only this call got no answer (this gateway busy): another
+        # replica may hold the lock, or our SET went through unseen. Refreshing
+        # without it presents the rotated refresh token twice, and the provider
+        # takes that as theft and revokes the whole grant.
+        return None
     except Unavailable:
         return await refresh()
     if any(revoked):
