@@ -647,12 +647,14 @@ async def test_two_workers_share_the_port_and_shut_down_cleanly(tmp_path: Path) 
         instances = set()
         assert await fetch(f"http://127.0.0.1:{port}/healthz") == (200, {"status": "ok"})
         assert (await fetch(f"http://127.0.0.1:{port}/metrics"))[0] == 404
-        for _ in range(200):  # the admin listener names the worker that answered
+        # The admin listener names the worker that answered. The first one up let
+        # wait_http through; the other may start seconds later on a loaded machine
+        # (200 tries, about 5 s, were not always enough).
+        deadline = time.monotonic() + 30
+        while len(instances) < 2 and time.monotonic() < deadline:
             status, body = await fetch(f"http://127.0.0.1:{admin_port}/healthz")
             assert status == 200
             instances.add(body["instance"])
-            if len(instances) == 2:
-                break
             await asyncio.sleep(0.02)
         assert instances == {"worker-0", "worker-1"}
     finally:
