@@ -209,6 +209,11 @@ async def test_sigkill_under_load_loses_no_answered_request(
 
             clients = [asyncio.ensure_future(client(worker)) for worker in range(16)]
             await asyncio.sleep(1.5)  # under load, signatures written in between
+            # And enough answered to mean anything: 1.5 s alone was not always, on a
+            # loaded machine (each answer waits for its fsync).
+            deadline = time.monotonic() + 30
+            while len(answered) <= 100 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
             shipping = _children(gateway.pid)
             os.kill(gateway.pid, signal.SIGKILL)
             gateway.wait(timeout=10)
