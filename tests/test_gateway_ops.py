@@ -99,15 +99,22 @@ async def test_metrics_count_requests_decisions_and_latency(stack: Stack, admin:
     assert 'portcullis_policy_reloads_total{result="ok"} 1.0' in text
 
 
+def decision_policy(tmp_path: Path, rego: str) -> Path:
+    """A policy directory of one module in package portcullis.gateway: `rego` after
+    the package and import lines."""
+    policy = tmp_path / "odd"
+    policy.mkdir()
+    (policy / "decision.rego").write_text(f"package portcullis.gateway\nimport rego.v1\n{rego}")
+    return policy
+
+
 async def test_policy_that_errors_fails_closed(
     aiohttp_server: ServerFactory, tmp_path: Path
 ) -> None:
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "decision.rego").write_text(
-        "package portcullis.gateway\nimport rego.v1\n"
+    broken = decision_policy(
+        tmp_path,
         'decision := {"allow": true, "n": 1 / count(input.identity.groups)} if '
-        "input.identity.authenticated\n"
+        "input.identity.authenticated\n",
     )
     async with start_stack(aiohttp_server, tmp_path, policy=broken) as running:
         response = await running.get("/wms/stock", running.token("alice", groups=[], amr=["otp"]))
@@ -132,11 +139,7 @@ async def test_policy_answering_a_malformed_decision_is_a_deny(
     its letters as reasons; headers that weren't an object, or a header value that
     wasn't a string, were dropped and the request forwarded without them: a backend
     reading X-Remote-User got none.)"""
-    odd = tmp_path / "odd"
-    odd.mkdir()
-    (odd / "decision.rego").write_text(
-        f"package portcullis.gateway\nimport rego.v1\ndecision := {answer}\n"
-    )
+    odd = decision_policy(tmp_path, f"decision := {answer}\n")
     async with start_stack(aiohttp_server, tmp_path, policy=odd) as running:
         response = await running.get("/wms/stock", running.token("alice", **WAREHOUSE))
         assert response.status == 403
@@ -169,11 +172,8 @@ async def test_policy_headers_that_would_break_or_forge_the_upstream_request_are
     or colon reached the backend as a bad or injected header line, and
     Transfer-Encoding or Content-Length desynchronised the pooled upstream
     connection: the backend waited for a body that the next request's bytes fill.)"""
-    odd = tmp_path / "odd"
-    odd.mkdir()
-    (odd / "decision.rego").write_text(
-        "package portcullis.gateway\nimport rego.v1\n"
-        f'decision := {{"allow": true, "reasons": [], "headers": {headers}}}\n'
+    odd = decision_policy(
+        tmp_path, f'decision := {{"allow": true, "reasons": [], "headers": {headers}}}\n'
     )
     async with start_stack(aiohttp_server, tmp_path, policy=odd) as running:
         response = await running.get("/wms/stock", running.token("alice", **WAREHOUSE))
@@ -191,12 +191,10 @@ async def test_policy_headers_a_backend_may_be_told_still_reach_it(
 ) -> None:
     """What a policy may add: its own headers, the shipped X-Portcullis-App and
     -Classification, and identity headers for a backend behind it (X-Remote-User)."""
-    odd = tmp_path / "odd"
-    odd.mkdir()
-    (odd / "decision.rego").write_text(
-        "package portcullis.gateway\nimport rego.v1\n"
+    odd = decision_policy(
+        tmp_path,
         'decision := {"allow": true, "reasons": [], "headers": {"x-portcullis-app": "wms", '
-        '"X-Remote-User": "alice", "x-note": "caf\\u00e9 \\tok"}}\n'
+        '"X-Remote-User": "alice", "x-note": "caf\\u00e9 \\tok"}}\n',
     )
     async with start_stack(aiohttp_server, tmp_path, policy=odd) as running:
         response = await running.get("/wms/stock", running.token("alice", **WAREHOUSE))

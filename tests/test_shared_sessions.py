@@ -131,6 +131,16 @@ async def test_backchannel_logout_from_the_provider_ends_the_session_everywhere(
             assert 'portcullis_backchannel_logouts_total{result="ok"} 1.0' in metrics
 
 
+async def logouts_answered(stack: Stack, result: str) -> None:
+    """Wait until the gateway has answered one back-channel logout with `result`."""
+    metric = f'portcullis_backchannel_logouts_total{{result="{result}"}} 1.0'
+
+    async def answered() -> bool:
+        return metric in stack.gateway.metrics.render().decode()
+
+    await wait_for(answered, timeout=5)
+
+
 async def test_backchannel_logout_from_a_provider_whose_issuer_ends_in_a_slash_ends_the_session(
     aiohttp_server: ServerFactory, tmp_path: Path, redis_url: str
 ) -> None:
@@ -154,13 +164,7 @@ async def test_backchannel_logout_from_a_provider_whose_issuer_ends_in_a_slash_e
                 assert session_of(stack, client).provider_sid, "the ID token carries a sid"
                 assert (await with_copied_cookie(other, stolen))[0] == 200
                 await sign_out_at_provider(slash, client)
-                metrics = stack.gateway.metrics
-
-                async def answered() -> bool:
-                    text = metrics.render().decode()
-                    return 'portcullis_backchannel_logouts_total{result="ok"} 1.0' in text
-
-                await wait_for(answered, timeout=5)
+                await logouts_answered(stack, "ok")
                 for base in (other, stack.url):
                     status, body = await with_copied_cookie(base, stolen)
                     assert status == 401, (base, status, body)
@@ -206,13 +210,7 @@ async def test_backchannel_logout_that_redis_refused_midway_is_applied_when_the_
             )
             try:
                 await sign_out_at_provider(provider, client)
-                metrics = stack.gateway.metrics
-
-                async def answered() -> bool:
-                    text = metrics.render().decode()
-                    return 'portcullis_backchannel_logouts_total{result="unavailable"} 1.0' in text
-
-                await wait_for(answered, timeout=5)
+                await logouts_answered(stack, "unavailable")
             finally:
                 await r.execute_command("ACL", "SETUSER", "default", "allkeys")
             assert len(seen) == 1
