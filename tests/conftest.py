@@ -30,3 +30,9 @@ def policy_copy(tmp_path: Path) -> Path:
     target = tmp_path / "policies"
     shutil.copytree(POLICIES, target)
     return target
+
+
+def complete_lines(text: str) -> list[str]:
+    """The lines of a file another process or thread is still appending to, less a
+    last one it hasn't finished writing (no newline yet): read whole on the next look."""
+    return text[: text.rfind("\n") + 1].splitlines()

@@ -28,7 +28,7 @@ from gateway.config import (
 )
 from gateway.demo import AUDIENCE, REQUESTS, DevIssuer, demo_backend
 from gateway.server import GATEWAY_KEY, Gateway, build_app
-from tests.conftest import POLICIES
+from tests.conftest import POLICIES, complete_lines
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 APPS = {"wms": "/wms/", "pos": "/pos/", "analytics": "/analytics/"}
@@ -63,7 +63,7 @@ class Stack:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             text = self.log_path.read_text() if self.log_path.exists() else ""
-            events = [json.loads(line) for line in text.splitlines() if '"decision_id"' in line]
+            events = [json.loads(line) for line in complete_lines(text) if '"decision_id"' in line]
             if len(events) >= at_least or asyncio.get_running_loop().time() > deadline:
                 return events
             await asyncio.sleep(0.02)

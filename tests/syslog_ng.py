@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.conftest import complete_lines
+
 SYSLOG_NG = shutil.which("syslog-ng") or "/usr/sbin/syslog-ng"
 
 CONFIG = """@version: 3.38
@@ -132,7 +134,7 @@ class SyslogNg:
         if not path.exists():
             return []
         found = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in complete_lines(path.read_text(encoding="utf-8")):
             msgid, _, rest = line.partition(" ")
             start = rest.find("{")
             found.append((msgid, json.loads(rest[start:].lstrip("\ufeff"))))

@@ -25,6 +25,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway.audit.shipping.settings import SinkConfig, SinkTls
 from gateway.config import ConfigError, parse_config
+from tests.conftest import complete_lines
 from tests.gateway_stack import Stack, start_stack
 from tests.syslog_ng import installed, start_syslog_ng
 
@@ -33,7 +34,7 @@ ALICE: dict[str, Any] = {"groups": ["warehouse"], "amr": ["pwd", "otp"]}
 
 
 def log_records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in complete_lines(path.read_text()) if line.strip()]
 
 
 def decision_ids(records: list[dict[str, Any]]) -> list[str]:
