@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.conftest import complete_lines
+from tests.gateway_stack import free_port
 
 SYSLOG_NG = shutil.which("syslog-ng") or "/usr/sbin/syslog-ng"
 
@@ -36,12 +37,6 @@ destination d_tls {{ file("{dir}/tls.out" template("$MSGID $SDATA $MSG\\n")); }}
 log {{ source(s_tcp); destination(d_tcp); }};
 log {{ source(s_tls); destination(d_tls); }};
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def make_ca(directory: Path, host: str = "127.0.0.1") -> Path:
