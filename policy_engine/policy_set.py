@@ -18,6 +18,7 @@ import yaml
 from policy_engine.errors import PolicyLoadError, Problem
 
 DATA_SUFFIXES = (".json", ".yaml", ".yml")
+BUNDLE_SUFFIXES = (".tar.gz", ".tgz")
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 # Non-JSON values reported per data file; past that, a count.
 MAX_VALUE_PROBLEMS = 10
@@ -68,7 +69,7 @@ def load_policy_set(source: str | Path) -> PolicySet:
     path = Path(source)
     if path.is_dir():
         return _load_directory(path)
-    if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+    if path.is_file() and path.name.endswith(BUNDLE_SUFFIXES):
         return _load_bundle(path)
     if path.is_file():
         raise PolicyLoadError(
@@ -88,7 +89,7 @@ def _load_directory(root: Path) -> PolicySet:
         raise PolicyLoadError([problem]) from None
     for file in files:
         relative = file.relative_to(root)
-        if any(part.startswith(".") for part in relative.parts) or not _wanted(file):
+        if any(part.startswith(".") for part in relative.parts) or not is_policy_file(file):
             continue
         if not file.is_dir():
             _read_file(file, modules, documents, problems)
@@ -104,7 +105,7 @@ def load_policy_files(files: Sequence[str | Path]) -> PolicySet:
     problems: list[Problem] = []
     paths = [Path(file) for file in files]
     for path in paths:
-        if not _wanted(path):
+        if not is_policy_file(path):
             problems.append(Problem(str(path), NOT_A_POLICY_FILE))
         elif not path.exists() and not path.is_symlink():
             problems.append(Problem(str(path), "no such file"))
@@ -113,7 +114,8 @@ def load_policy_files(files: Sequence[str | Path]) -> PolicySet:
     return _assemble(modules, documents, problems, origin=" ".join(map(str, paths)))
 
 
-def _wanted(file: Path) -> bool:
+def is_policy_file(file: Path) -> bool:
+    """A module or a data file, by its name."""
     return file.suffix == ".rego" or file.suffix in DATA_SUFFIXES
 
 

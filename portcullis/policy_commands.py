@@ -26,7 +26,12 @@ from policy_engine import (
     open_engine,
 )
 from policy_engine.embedded import CompiledPolicy, EmbeddedEngine, as_json
-from policy_engine.policy_set import DATA_SUFFIXES, bundle_roots, load_policy_files
+from policy_engine.policy_set import (
+    BUNDLE_SUFFIXES,
+    bundle_roots,
+    is_policy_file,
+    load_policy_files,
+)
 from policy_engine.portability import portability_warnings
 from policy_engine.testing import CaseResult, TestReport, run_tests
 from portcullis import output_options
@@ -69,9 +74,9 @@ def _policy_file(path: Path) -> bool:
     """Whether the path is meant as one file of a policy set: a module or data file
     by its name, or any other file (named as not one); not a directory, a bundle or
     a path that names nothing."""
-    if path.is_dir() or path.name.endswith((".tar.gz", ".tgz")):
+    if path.is_dir() or path.name.endswith(BUNDLE_SUFFIXES):
         return False
-    return path.suffix == ".rego" or path.suffix in DATA_SUFFIXES or path.exists()
+    return is_policy_file(path) or path.exists()
 
 
 def _label(source: Source) -> str:
