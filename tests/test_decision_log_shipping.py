@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.audit.shipping.settings import SinkConfig, SinkTls
 from gateway.config import ConfigError, parse_config
@@ -721,6 +723,43 @@ def test_the_tail_reads_whole_lines_in_order_a_batch_at_a_time_and_resumes_exact
     assert taken[-1].end.offset == log.stat().st_size
     tail.close()
     resumed.close()
+
+
+@settings(max_examples=200, derandomize=True, deadline=None)
+@given(
+    lines=st.lists(st.binary(max_size=120).map(lambda b: b.replace(b"\n", b"")), max_size=40),
+    cuts=st.lists(st.integers(min_value=0, max_value=5000), max_size=6),
+    max_lines=st.integers(min_value=1, max_value=9),
+    max_bytes=st.integers(min_value=1, max_value=700),
+)
+def test_the_tail_takes_every_complete_line_once_in_order_however_the_file_grows(
+    tmp_path_factory: pytest.TempPathFactory,
+    lines: list[bytes],
+    cuts: list[int],
+    max_lines: int,
+    max_bytes: int,
+) -> None:
+    """Whatever the lines (empty ones, lines longer than a read), however the writer's
+    appends cut them, and whatever the batch limits: the lines taken are the file's
+    complete lines, each once, in order, with the position right after each."""
+    from gateway.audit.tail import LogTail
+
+    log = tmp_path_factory.mktemp("tail") / "decisions.log"
+    data = b"".join(line + b"\n" for line in lines) + b"half a li"
+    log.write_bytes(b"")
+    tail = LogTail(log)
+    taken: list[bytes] = []
+    for cut in [*sorted(cuts), len(data)]:
+        with log.open("ab") as file:
+            file.write(data[log.stat().st_size : max(cut, log.stat().st_size)])
+        while batch := tail.read(max_lines, max_bytes):
+            assert len(batch) <= max_lines
+            for line in batch:
+                taken.append(line.raw)
+                assert line.end.offset == sum(len(raw) + 1 for raw in taken)
+            tail.advance(batch[-1].end)
+    tail.close()
+    assert taken == lines
 
 
 async def test_a_sink_that_falls_behind_is_reported_by_metric_and_log_line(

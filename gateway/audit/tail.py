@@ -326,8 +326,9 @@ class LogTail:
                 return []
         lines: list[TailLine] = []
         inode, offset = self._inode, self._offset
-        # At most max_lines lines: the rest of the block is read again next time.
-        for raw in data[:end].split(b"\n", max_lines)[:max_lines]:
+        # At most max_lines lines: the rest of the block (the last piece: past the
+        # max_lines-th newline, or after the last one) is read again next time.
+        for raw in data.split(b"\n", max_lines)[:-1]:
             offset += len(raw) + 1
             lines.append(TailLine(raw, line_hash(raw), Position(inode, offset)))
         return lines

@@ -27,6 +27,7 @@ user without a name or uid as invalid, and a strict pipeline drops the event.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -72,33 +73,35 @@ def format(record: dict[str, Any], digest: str) -> dict[str, Any]:
 
 
 def _access(event: Event) -> dict[str, Any]:
+    """(Runs for most shipped records: one dict filled in place, in the order the
+    fields are sent, rather than merged from a dict per part.)"""
     activity, activity_name = ACTIVITIES.get(event.method, (99, "Other"))
     if not event.method:
         activity, activity_name = 0, "Unknown"
-    decision = "Allowed" if event.allow else "Denied"
+    allow = event.allow
+    decision = "Allowed" if allow else "Denied"
     user = _user(event)
     policy = {"name": event.policy, "uid": event.policy, "version": event.revision}
-    access = {
-        **_base(event, WEB_RESOURCES_ACTIVITY, 6, "Web Resources Activity"),
-        "activity_id": activity,
-        "activity_name": activity_name if activity != 99 else event.method,
-        "type_uid": WEB_RESOURCES_ACTIVITY * 100 + activity,
-        "type_name": f"Web Resources Activity: {activity_name}",
-        "severity_id": 1 if event.allow else 3,
-        "severity": "Informational" if event.allow else "Medium",
-        **_outcome(event),
-        # The Security Control profile: the gateway is the control that decided.
-        "action_id": 1 if event.allow else 2,
-        "action": decision,
-        "disposition_id": 1 if event.allow else 2,
-        "disposition": "Allowed" if event.allow else "Blocked",
-        "authorizations": [{"decision": decision, "policy": drop_empty(policy)}],
-        # The Host profile is what defines actor for this class in 1.3.0.
-        **({"actor": {"user": user}} if user else {}),
-        **_endpoint_and_http(event),
-        **({"http_response": {"code": event.http_status}} if event.http_status else {}),
-        "web_resources": [_web_resource(event)],
-    }
+    access = _base(event, WEB_RESOURCES_ACTIVITY, 6, "Web Resources Activity")
+    access["activity_id"] = activity
+    access["activity_name"] = activity_name if activity != 99 else event.method
+    access["type_uid"] = WEB_RESOURCES_ACTIVITY * 100 + activity
+    access["type_name"] = f"Web Resources Activity: {activity_name}"
+    access["severity_id"] = 1 if allow else 3
+    access["severity"] = "Informational" if allow else "Medium"
+    _add_outcome(access, event)
+    # The Security Control profile: the gateway is the control that decided.
+    access["action_id"] = 1 if allow else 2
+    access["action"] = decision
+    access["disposition_id"] = 1 if allow else 2
+    access["disposition"] = "Allowed" if allow else "Blocked"
+    access["authorizations"] = [{"decision": decision, "policy": drop_empty(policy)}]
+    if user:  # the Host profile is what defines actor for this class in 1.3.0
+        access["actor"] = {"user": user}
+    _add_endpoint_and_http(access, event)
+    if event.http_status:
+        access["http_response"] = {"code": event.http_status}
+    access["web_resources"] = [_web_resource(event)]
     access["metadata"]["profiles"] = ["security_control", "host"] if user else ["security_control"]
     return access
 
@@ -114,7 +117,7 @@ def _authentication(event: Event) -> dict[str, Any]:
     method = str(event.identity.get("method", "bearer"))
     protocol_id, protocol = AUTH_PROTOCOLS.get(method, (6, "OAUTH 2.0"))
     service = {"name": event.app, "uid": event.app} if event.app != "-" else {"name": "portcullis"}
-    return {
+    authentication = {
         **_base(event, AUTHENTICATION, 3, "Authentication"),
         "activity_id": 1,
         "activity_name": "Logon",
@@ -122,14 +125,15 @@ def _authentication(event: Event) -> dict[str, Any]:
         "type_name": "Authentication: Logon",
         "severity_id": 1 if event.allow else 3,
         "severity": "Informational" if event.allow else "Medium",
-        **_outcome(event),
-        "is_mfa": event.is_mfa,
-        "auth_protocol_id": protocol_id,
-        "auth_protocol": protocol,
-        "user": _user(event) or {"name": ANONYMOUS},
-        **_endpoint_and_http(event),
-        "service": service,
     }
+    _add_outcome(authentication, event)
+    authentication["is_mfa"] = event.is_mfa
+    authentication["auth_protocol_id"] = protocol_id
+    authentication["auth_protocol"] = protocol
+    authentication["user"] = _user(event) or {"name": ANONYMOUS}
+    _add_endpoint_and_http(authentication, event)
+    authentication["service"] = service
+    return authentication
 
 
 def _other(event: Event, activity: str, severity_id: int, severity: str) -> dict[str, Any]:
@@ -212,7 +216,7 @@ _CATEGORIES = {0: "Other", 3: "Identity & Access Management", 6: "Application Ac
 
 def _base(event: Event, class_uid: int, category_uid: int, class_name: str) -> dict[str, Any]:
     """What every class has. (``unmapped``, the chain fields, is each caller's: an
-    access or sign-in takes :func:`_outcome`'s, the others their own.)"""
+    access or sign-in takes :func:`_add_outcome`'s, the others their own.)"""
     categories = _CATEGORIES
     metadata: dict[str, Any] = {
         "version": OCSF_VERSION,
@@ -236,27 +240,23 @@ def _base(event: Event, class_uid: int, category_uid: int, class_name: str) -> d
     }
 
 
-def _outcome(event: Event) -> dict[str, Any]:
+def _add_outcome(fields: dict[str, Any], event: Event) -> None:
+    """An access decision's or a sign-in's outcome, and its ``unmapped`` part."""
     reasons = "; ".join(event.reasons)
-    outcome: dict[str, Any] = {
-        "status_id": 1 if event.allow else 2,
-        "status": "Success" if event.allow else "Failure",
-        "message": reasons or ("allowed" if event.allow else "denied"),
-        "unmapped": {
-            "portcullis": {
-                **chain_fields(event),
-                "reasons": event.reasons,
-                "step_up": event.step_up,
-                "instance": event.instance,
-            },
-            **_unmapped_user(event),
-        },
-    }
+    portcullis = chain_fields(event)
+    portcullis["reasons"] = event.reasons
+    portcullis["step_up"] = event.step_up
+    portcullis["instance"] = event.instance
+    unmapped: dict[str, Any] = {"portcullis": portcullis}
+    unmapped.update(_unmapped_user(event))
+    fields["status_id"] = 1 if event.allow else 2
+    fields["status"] = "Success" if event.allow else "Failure"
+    fields["message"] = reasons or ("allowed" if event.allow else "denied")
+    fields["unmapped"] = unmapped
     if event.http_status:
-        outcome["status_code"] = str(event.http_status)
+        fields["status_code"] = str(event.http_status)
     if reasons:
-        outcome["status_detail"] = reasons
-    return outcome
+        fields["status_detail"] = reasons
 
 
 def _user(event: Event) -> dict[str, Any]:
@@ -266,10 +266,12 @@ def _user(event: Event) -> dict[str, Any]:
     if not identity.get("subject"):
         return {}
     user: dict[str, Any] = {"uid": str(identity["subject"])}
-    if _EMAIL.fullmatch(event.email):
-        user["email_addr"] = event.email
-    if event.groups:
-        user["groups"] = [{"name": group} for group in event.groups]
+    email = event.email
+    if email and _is_email(email):
+        user["email_addr"] = email
+    groups = event.groups
+    if groups:
+        user["groups"] = [{"name": group} for group in groups]
     if identity.get("issuer"):
         user["org"] = {"uid": str(identity["issuer"])}
     return user
@@ -279,15 +281,19 @@ def _unmapped_user(event: Event) -> dict[str, Any]:
     """``unmapped``'s part for what of the user OCSF's types don't take: an email
     claim that is not an email_t (see _EMAIL), for a user :func:`_user` maps."""
     email = event.email
-    if email and event.identity.get("subject") and not _EMAIL.fullmatch(email):
+    if email and event.identity.get("subject") and not _is_email(email):
         return {"user": {"email": email}}
     return {}
 
 
-def _endpoint_and_http(event: Event) -> dict[str, Any]:
+@functools.lru_cache(maxsize=256)  # a user's email is in each of the user's records
+def _is_email(text: str) -> bool:
+    return _EMAIL.fullmatch(text) is not None
+
+
+def _add_endpoint_and_http(fields: dict[str, Any], event: Event) -> None:
     """``src_endpoint`` and ``http_request``, each only with what the record has
     (a request refused before it was parsed has no Host)."""
-    fields: dict[str, Any] = {}
     request = _http_request(event)
     if request:
         fields["http_request"] = request
@@ -296,7 +302,6 @@ def _endpoint_and_http(event: Event) -> dict[str, Any]:
         if event.source_port:
             source["port"] = event.source_port
         fields["src_endpoint"] = source
-    return fields
 
 
 def _http_request(event: Event) -> dict[str, Any]:
@@ -324,6 +329,7 @@ def _http_request(event: Event) -> dict[str, Any]:
     return request
 
 
+@functools.lru_cache(maxsize=256)  # a few hosts, in thousands of records
 def _is_hostname(host: str) -> bool:
     """Whether OCSF's hostname_t takes ``host``: dot-separated labels of letters,
     digits and hyphens, none empty or starting or ending with a hyphen (its regex,
