@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -25,6 +26,8 @@ from gateway.screening.trusted_headers import (
     HOP_BY_HOP,
     fold,
 )
+
+log = logging.getLogger("portcullis.forward")
 
 # Never forwarded from a client: hop-by-hop fields and what the gateway says itself.
 _NEVER = HOP_BY_HOP | GATEWAY_OWNED
@@ -105,14 +108,55 @@ def _connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
     return {token.strip().lower() for value in values for token in value.split(",")}
 
 
-def _response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+def _response_headers(
+    upstream: aiohttp.ClientResponse, strip_cookie: Callable[[str], bool] | None = None
+) -> CIMultiDict[str]:
+    """The upstream's response headers minus hop-by-hop fields and any ``Set-Cookie``
+    for one of the gateway's own cookies (``strip_cookie`` names them): an app
+    behind the gateway can't plant a session (its own, signed in as someone else)
+    in the browser, nor clear or shadow the real one."""
     connection_listed = _connection_tokens(upstream.headers)
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.headers.items():
         lower = name.lower()
-        if lower not in HOP_BY_HOP and lower not in connection_listed:
-            headers.add(name, value)
+        if lower in HOP_BY_HOP or lower in connection_listed:
+            continue
+        if lower == "set-cookie" and strip_cookie is not None:
+            cookie = sets_cookie(value)
+            if strip_cookie(cookie):
+                _said_dropped(upstream.url.host or "?", cookie)
+                continue
+        headers.add(name, value)
     return headers
+
+
+def sets_cookie(header: str) -> str:
+    """The name of the cookie a ``Set-Cookie`` value sets, as the browser will send
+    it back: its name (RFC 6265bis 5.6: the part of the first ``;``-separated pair
+    before ``=``, trimmed), or for a pair without ``=`` or with an empty name,
+    where the browser keeps a nameless cookie and sends its value alone, the name
+    that value reads as in a ``Cookie`` header (``=portcullis_session=x`` comes
+    back as ``portcullis_session=x``)."""
+    pair = header.split(";", 1)[0]
+    name, equals, value = pair.partition("=")
+    name = name.strip(" \t")
+    if not equals:
+        name, value = "", pair
+    return name or value.partition("=")[0].strip(" \t")
+
+
+_SAID_EVERY = 60.0  # seconds between lines about one upstream's dropped cookies
+_said: dict[str, float] = {}  # upstream host -> when it was last said (hosts come from routes)
+
+
+def _said_dropped(host: str, cookie: str) -> None:
+    now = time.monotonic()
+    if now - _said.get(host, -_SAID_EVERY) >= _SAID_EVERY:
+        _said[host] = now
+        log.warning(
+            "upstream %s set the gateway's own cookie %r: dropped (said once a minute)",
+            host, cookie[:100],
+        )  # fmt: skip
 
 
 DEFAULT_LIMITS = LimitsConfig()
@@ -223,7 +267,7 @@ class Forwarder:
             status=upstream.status, reason=upstream.reason
         )
         try:
-            response.headers.update(_response_headers(upstream))
+            response.headers.update(_response_headers(upstream, self._strip_cookie))
             await response.prepare(request)
             if whole:
                 await response.write_eof(upstream.content.read_nowait())

@@ -19,12 +19,16 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 
 import aiohttp
 import pytest
+from aiohttp import web
 from yarl import URL
 
 from gateway.config import SessionConfig, SignInConfig
+from gateway.demo import demo_backend
 from gateway.signin.session import write_key_file
 from tests.conftest import ROOT
 from tests.gateway_stack import ServerFactory, Stack, free_port, start_stack
+
+COOKIE = "portcullis_session"  # the session cookie's default name
 
 PROVIDER_DIR = ROOT / "devtools" / "oidc-provider"
 CLIENT_ID = "portcullis"
@@ -247,3 +251,17 @@ async def browser(*origins: str) -> AsyncIterator[Browser]:
         yield client
     finally:
         await client.close()
+
+
+def planting_wms(gateway_url: str, planted: dict[str, list[str]]) -> web.Application:
+    """The demo's wms backend, turned hostile: its answer to /wms/plant carries the
+    Set-Cookie headers in ``planted["headers"]`` (filled in once the test has them)."""
+    app = demo_backend("wms", gateway_url)
+
+    async def plant(request: web.Request, response: web.StreamResponse) -> None:
+        if request.path == "/wms/plant":
+            for header in planted["headers"]:
+                response.headers.add("Set-Cookie", header)
+
+    app.on_response_prepare.append(plant)
+    return app

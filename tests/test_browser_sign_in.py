@@ -12,9 +12,17 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Page, async_playwright
 
+from gateway.config import Route
 from tests.conftest import ROOT
 from tests.gateway_stack import ServerFactory, Stack
-from tests.sign_in_stack import DevProvider, provider, start_sign_in_stack
+from tests.sign_in_stack import (
+    COOKIE,
+    DevProvider,
+    browser,
+    planting_wms,
+    provider,
+    start_sign_in_stack,
+)
 
 __all__ = ["provider"]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -113,3 +121,42 @@ async def test_sign_in_step_up_and_sign_out_in_chromium(
 
 def _forwarded_paths(stack: Stack) -> list[str]:
     return [r.raw_path for app in ("wms", "pos") for r in stack.forwarded(app)]
+
+
+async def test_cookies_an_app_or_its_scripts_plant_never_make_chromium_someone_else(
+    aiohttp_server: ServerFactory, tmp_path: Path, provider: DevProvider, page: Page
+) -> None:
+    """Session fixation by an app behind the gateway, as Chromium really keeps and
+    sends cookies. Mallory signs in and takes her own session cookie; the wms app
+    (hers, or one with her script in it) plants it in alice's Chromium: as the
+    gateway's cookie (dropped at the gateway), inside one of its own cookies'
+    values (``a=1 portcullis_session=...``: Chromium keeps the space and sends it
+    after alice's real cookie, and aiohttp's cookie parser read it as the
+    session), and the same by script. Alice stays alice, and mallory's session
+    is never taken."""
+    gateway_url = f"http://127.0.0.1:{provider.gateway_port}"
+    planted: dict[str, list[str]] = {"headers": []}
+    hostile = await aiohttp_server(planting_wms(gateway_url, planted))
+    wms = Route("wms", f"http://127.0.0.1:{hostile.port}", "/wms/", read_timeout=5.0)
+    async with (
+        start_sign_in_stack(aiohttp_server, tmp_path, provider, routes=(wms,)) as stack,
+        browser(stack.url) as mallory,
+    ):
+        await mallory.sign_in(stack.url + "/wms/", "mallory", ["otp"])
+        theirs = mallory.cookie(COOKIE, stack.url)
+        assert theirs is not None
+        planted["headers"] = [
+            f"{COOKIE}={theirs}; Path=/; Secure; HttpOnly; SameSite=Lax",
+            f"a=1 {COOKIE}={theirs}; Path=/",
+        ]
+        await page.goto(stack.url + "/wms/stock")
+        await sign_in_at_provider(page, "alice", ["otp"])
+        await page.wait_for_url(stack.url + "/wms/stock")
+        await page.goto(stack.url + "/wms/plant")
+        await page.evaluate(f"document.cookie = 'c=2 {COOKIE}={theirs}; path=/'")
+        sent = {c["name"]: c["value"] for c in await page.context.cookies(stack.url)}
+        assert sent["a"] == f"1 {COOKIE}={theirs}" and sent["c"] == f"2 {COOKIE}={theirs}"
+        assert sent[COOKIE] != theirs
+        await page.goto(stack.url + "/wms/stock")
+        body = await page.locator("body").inner_text()
+        assert '"sub": "alice"' in body and "mallory" not in body

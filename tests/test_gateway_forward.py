@@ -12,6 +12,8 @@ import aiohttp
 import jwt
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.assertion import load_or_create_key, public_jwk
 from gateway.audit.chain import REFUSAL_PATH
@@ -327,3 +329,42 @@ async def test_a_streamed_answer_reaches_the_client_as_it_is_sent(
         assert await asyncio.wait_for(response.content.readexactly(6), 5) == b"first "
         finish.set()
         assert await response.read() == b"last"
+
+
+def browser_keeps(set_cookie: str) -> str | None:
+    """What a browser sends back for a Set-Cookie value (RFC 6265bis 5.6, 5.7.3:
+    the cookie ``name=value``, or a nameless one's value alone), None if it keeps
+    nothing."""
+    if any((ord(c) < 0x20 and c != "\t") or c == "\x7f" for c in set_cookie):
+        return None
+    pair = set_cookie.split(";", 1)[0]
+    name, equals, value = pair.partition("=")
+    if not equals:
+        name, value = "", pair
+    name, value = name.strip(" \t"), value.strip(" \t")
+    if not name and not value:
+        return None
+    return f"{name}={value}" if name else value
+
+
+_PIECES = ["portcullis_session", "portcullis_session_1", "portcullis_session_auth_x", "=",
+           ";", " ", "\t", "a", "v1.x", "Path=/", '"', ","]  # fmt: skip
+
+
+@settings(max_examples=500, derandomize=True, deadline=None)
+@given(header=st.one_of(st.lists(st.sampled_from(_PIECES), max_size=8).map("".join), st.text()))
+def test_an_upstream_set_cookie_the_gateway_passes_never_comes_back_as_its_cookie(
+    header: str,
+) -> None:
+    """However an app spells a Set-Cookie (spaces, tabs, no name, ``=`` in the
+    value), if the gateway lets it through, what the browser sends back for it
+    is not read as one of the gateway's cookies."""
+    from gateway.forward import sets_cookie
+    from gateway.signin.session import CookiePolicy, KeyRing, SessionCookies, read_own_cookies
+
+    owns = SessionCookies(KeyRing([KeyRing.generate()]), CookiePolicy()).owns
+    sent = browser_keeps(header)
+    if owns(sets_cookie(header)) or sent is None:
+        return
+    found = read_own_cookies([sent], owns)
+    assert not found.values and not found.conflicting, (header, sent)

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.config import ConfigError, parse_config
 from gateway.signin.flow import safe_return_to
@@ -22,6 +24,7 @@ from gateway.signin.session import (
     SessionTooLarge,
     apply_cookie_changes,
     read_key_file,
+    read_own_cookies,
     write_key_file,
 )
 
@@ -92,6 +95,60 @@ def test_session_round_trip_and_garbage() -> None:
 def request_with(cookies: dict[str, str]) -> web.Request:
     header = "; ".join(f"{k}={v}" for k, v in cookies.items())
     return make_mocked_request("GET", "/", headers={"Cookie": header} if header else {})
+
+
+OURS = CookiePolicy().name
+_NAMES = st.one_of(
+    st.sampled_from([OURS, f"{OURS}_1", f"{OURS}_auth_ab12", "a", "wms_cart", f"x{OURS}"]),
+    st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters=";="),
+            min_size=1, max_size=8),
+)  # fmt: skip
+# What a browser keeps in a value: anything but ";" and control characters, no
+# whitespace at either end (Chromium keeps "1 portcullis_session=x" whole).
+_VALUES = st.lists(
+    st.sampled_from([" ", ",", "=", '"', "\\", "1", "v1.abc", f"{OURS}=evil", f"{OURS}_1=x", "é"]),
+    max_size=6,
+).map(lambda parts: "".join(parts).strip(" "))
+
+
+@settings(max_examples=400, derandomize=True, deadline=None)
+@given(jar=st.lists(st.tuples(_NAMES, _VALUES), max_size=6))
+def test_the_gateway_reads_only_the_cookies_the_browser_holds_under_its_names(
+    jar: list[tuple[str, str]],
+) -> None:
+    """Whatever cookies the browser holds (set by an app, its scripts, a parent
+    domain), in whatever order it sends them: the gateway's cookies are read
+    only from cookies that bear their names, never out of another cookie's value
+    (``a=1 portcullis_session=<mallory's>``), and a name sent twice with different
+    values is taken from neither."""
+    header = "; ".join(f"{name}={value}" for name, value in jar)
+    cookies = SessionCookies(ring(), CookiePolicy())
+    found = read_own_cookies([header], cookies.owns)
+    held: dict[str, set[str]] = {}
+    for name, value in jar:
+        if cookies.owns(name):
+            held.setdefault(name, set()).add(value)
+    assert found.values == {name: next(iter(v)) for name, v in held.items() if len(v) == 1}
+    assert found.conflicting == {name for name, v in held.items() if len(v) > 1}
+
+
+async def test_a_session_cookie_sent_twice_with_different_values_is_no_session() -> None:
+    """Alice's session and one planted beside it (another path, a parent domain's):
+    the order a browser sends them in says nothing about which is hers."""
+    cookies = SessionCookies(ring(), CookiePolicy())
+    now = int(time.time())
+    sealed = {}
+    for user in ("alice", "mallory"):
+        request = request_with({})
+        cookies.save(request, Session(user, "https://idp", now + 60, now))
+        sealed[user] = request[COOKIE_CHANGES][0][1]
+    alone = make_mocked_request("GET", "/", headers={"Cookie": f"{OURS}={sealed['alice']}"})
+    assert (session := cookies.load(alone)) is not None and session.subject == "alice"
+    for first, second in (("alice", "mallory"), ("mallory", "alice")):
+        header = f"{OURS}={sealed[first]}; {OURS}={sealed[second]}"
+        assert cookies.load(make_mocked_request("GET", "/", headers={"Cookie": header})) is None
+    same = f"{OURS}={sealed['alice']}; {OURS}={sealed['alice']}"
+    assert cookies.load(make_mocked_request("GET", "/", headers={"Cookie": same})) is not None
 
 
 async def test_large_session_is_chunked_and_read_back() -> None:

@@ -20,24 +20,26 @@ import pytest
 from yarl import URL
 
 from gateway.audit.shipping.formats.ocsf import format as format_ocsf
+from gateway.config import Route
 from gateway.signin.session import KeyRing, Session, write_key_file
 from tests.gateway_stack import ServerFactory, Stack, logged, raw_request
 from tests.sign_in_stack import (
     CLIENT_ID,
     CLIENT_SECRET,
+    COOKIE,
     LAX_CLIENT_ID,
     PUBLIC_CLIENT_ID,
     Browser,
     DevProvider,
     Page,
     browser,
+    planting_wms,
     provider,
     sign_in_config,
     start_sign_in_stack,
 )
 
 __all__ = ["provider"]
-COOKIE = "portcullis_session"
 
 
 @pytest.fixture
@@ -238,6 +240,63 @@ async def test_key_rotation_keeps_sessions_and_dropping_a_key_ends_them(
     # ...and with the old key dropped from the list, its sessions are gone.
     cookies.keys = KeyRing.from_files([new_key])
     assert (await api_get(stack, "/wms/", cookie)).status == 401
+
+
+async def test_session_fixation_by_an_app_behind_the_gateway_is_dropped(
+    aiohttp_server: ServerFactory, tmp_path: Path, provider: DevProvider
+) -> None:
+    """An app behind the gateway (compromised, or just careless) answers with a
+    Set-Cookie for the gateway's own session, holding a session of the attacker's:
+    the browser would then act as mallory everywhere (login CSRF, session
+    fixation), or a chunk or pre-auth cookie would shadow or clear the real ones.
+    Every spelling of those is dropped, the app's own cookie passes, and the
+    browser is still alice's."""
+    planted: dict[str, list[str]] = {"headers": []}
+    gateway_url = f"http://127.0.0.1:{provider.gateway_port}"
+    hostile = await aiohttp_server(planting_wms(gateway_url, planted))
+    wms = Route("wms", f"http://127.0.0.1:{hostile.port}", "/wms/", read_timeout=5.0)
+    async with (
+        start_sign_in_stack(aiohttp_server, tmp_path, provider, routes=(wms,)) as stack,
+        browser(stack.url) as alice,
+        browser(stack.url) as mallory,
+    ):
+        await mallory.sign_in(stack.url + "/wms/", "mallory", ["otp"])
+        theirs = mallory.cookie(COOKIE, stack.url)
+        assert theirs is not None
+        planted["headers"] = [
+            f"{COOKIE}={theirs}; Path=/; Secure; HttpOnly; SameSite=Lax",
+            f" {COOKIE} = {theirs} ; Path=/wms/",
+            f"={COOKIE}={theirs}; Path=/",  # nameless: sent back as "portcullis_session=..."
+            f"{COOKIE}_1=shadowing-chunk; Path=/",
+            f"{COOKIE}_auth_x=; Path=/.portcullis/; Max-Age=0",
+            "wms_cart=42; Path=/wms/",  # the app's own: passes
+        ]
+        await alice.sign_in(stack.url + "/wms/", "alice", ["otp"])
+        ours = alice.cookie(COOKIE, stack.url)
+        async with alice.http.get(stack.url + "/wms/plant") as response:
+            assert response.status == 200
+            assert response.headers.getall("Set-Cookie") == ["wms_cart=42; Path=/wms/"]
+        assert alice.cookie(COOKIE, stack.url) == ours
+        assert alice.cookie("wms_cart", stack.url + "/wms/") == "42"
+        seen = (await alice.go(stack.url + "/wms/stock")).json()
+        assert seen["assertion"]["claims"]["sub"] == "alice"
+
+
+async def test_a_session_planted_beside_alices_makes_neither_count(
+    stack: Stack, client: Browser
+) -> None:
+    """Mallory's session cookie planted beside alice's (under /wms/, or by a parent
+    domain): the browser sends both, in an order that says nothing about whose is
+    whose. Neither is taken: no request goes through as mallory, nor as alice."""
+    await client.sign_in(stack.url + "/wms/", "alice", ["otp"])
+    alice = client.cookie(COOKIE, stack.url)
+    async with browser(stack.url) as other:
+        await other.sign_in(stack.url + "/wms/", "mallory", ["otp"])
+        mallory = other.cookie(COOKIE, stack.url)
+    assert alice and mallory and alice != mallory
+    for cookie in (f"{mallory}; {COOKIE}={alice}", f"{alice}; {COOKIE}={mallory}"):
+        assert (await api_get(stack, "/wms/stock", cookie)).status == 401
+    assert (await api_get(stack, "/wms/stock", f"{alice}; {COOKIE}={alice}")).status == 200
 
 
 # --- refresh ----------------------------------------------------------------------------

@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 import os
+import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -19,6 +21,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.identity import Identity
+
+log = logging.getLogger("portcullis.sign_in")
 
 FORMAT = "v1"
 NONCE_BYTES = 12
@@ -258,6 +262,50 @@ class CookiePolicy:
         return attributes
 
 
+@dataclass(frozen=True)
+class OwnCookies:
+    """The gateway's cookies in a request's ``Cookie`` header: each one's value, and
+    the names sent more than once with different values (``conflicting``: none of
+    those is taken)."""
+
+    values: dict[str, str]
+    conflicting: frozenset[str]
+
+    def names(self) -> set[str]:
+        return set(self.values) | self.conflicting
+
+
+# A cookie name (RFC 6265 4.1.1: an RFC 7230 token); the gateway's are all of them.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# The gateway's own cookies as this request sent them (read once per request).
+OWN_COOKIES = web.RequestKey("portcullis_own_cookies", OwnCookies)
+
+
+def read_own_cookies(headers: Iterable[str], owns: Callable[[str], bool]) -> OwnCookies:
+    """The cookies ``owns`` names, from ``Cookie`` header values, read as RFC 6265
+    5.4 writes them: pairs split at ``;`` alone, a name up to its first ``=``.
+    (aiohttp's ``request.cookies`` also splits at whitespace, so an app's cookie
+    ``a=1 portcullis_session=<another session>``, set by the app's answer or its
+    scripts, read as the gateway's session: a session planted by whoever can set
+    a cookie on the site.) A name sent twice with different values is a cookie
+    planted beside ours (another path, a parent domain): neither is taken."""
+    values: dict[str, str] = {}
+    conflicting: set[str] = set()
+    for header in headers:
+        for pair in header.split(";"):
+            name, _, value = pair.partition("=")
+            name = name.strip(" \t")
+            if not owns(name) or not _TOKEN.fullmatch(name):  # not one the gateway sets
+                continue
+            value = value.strip(" \t")
+            if values.get(name, value) != value:
+                conflicting.add(name)
+            values[name] = value
+    for name in conflicting:
+        del values[name]
+    return OwnCookies(values, frozenset(conflicting))
+
+
 class SessionCookies:
     """Reads and writes the session cookie (chunked when large) and the short-lived
     pre-auth cookies, one per sign-in in flight, so tabs signing in at once don't
@@ -269,15 +317,32 @@ class SessionCookies:
         self.keys = keys
         self.policy = policy
         self.pre_auth_prefix = f"{policy.name}_auth_"
+        self._said_conflict = -60.0  # when the last conflicting cookies were logged
 
     def owns(self, cookie_name: str) -> bool:
         """Whether a cookie is the gateway's own (never forwarded upstream)."""
         return cookie_name == self.policy.name or cookie_name.startswith(f"{self.policy.name}_")
 
+    def sent(self, request: web.Request) -> OwnCookies:
+        """The gateway's cookies this request sent (see :func:`read_own_cookies`)."""
+        found = request.get(OWN_COOKIES)
+        if found is None:
+            found = read_own_cookies(request.headers.getall("Cookie", ()), self.owns)
+            if found.conflicting and time.monotonic() - self._said_conflict >= 60:
+                self._said_conflict = time.monotonic()  # a client can send them every time
+                log.warning(
+                    "cookies %s sent twice with different values (one planted beside the "
+                    "gateway's, by another path or a parent domain?): none of them is taken "
+                    "(said once a minute)",
+                    sorted(found.conflicting)[:4],
+                )  # fmt: skip
+            request[OWN_COOKIES] = found
+        return found
+
     # --- the session ------------------------------------------------------------------
 
     def load(self, request: web.Request) -> Session | None:
-        cookies = request.cookies
+        cookies = self.sent(request).values
         value = cookies.get(self.policy.name)
         if value is None:
             return None
@@ -300,14 +365,15 @@ class SessionCookies:
         for index, chunk in enumerate(chunks):
             name = self.policy.name if index == 0 else f"{self.policy.name}_{index}"
             changes.append((name, chunk, attributes))
+        sent = self.sent(request).names()
         for index in range(len(chunks), MAX_CHUNKS):
-            if f"{self.policy.name}_{index}" in request.cookies:
+            if f"{self.policy.name}_{index}" in sent:
                 changes.append((f"{self.policy.name}_{index}", None, self.policy.attributes()))
 
     def clear(self, request: web.Request) -> None:
         changes = pending_changes(request)
-        for name in request.cookies:
-            if self.owns(name) and not name.startswith(self.pre_auth_prefix):
+        for name in sorted(self.sent(request).names()):
+            if not name.startswith(self.pre_auth_prefix):
                 changes.append((name, None, self.policy.attributes()))
 
     # --- pre-auth state ---------------------------------------------------------------
@@ -316,7 +382,8 @@ class SessionCookies:
         return self.pre_auth_prefix + hashlib.sha256(state.encode()).hexdigest()[:16]
 
     def pending_names(self, request: web.Request) -> list[str]:
-        return [name for name in request.cookies if name.startswith(self.pre_auth_prefix)]
+        names = self.sent(request).names()
+        return [name for name in names if name.startswith(self.pre_auth_prefix)]
 
     def save_pending(
         self, request: web.Request, state: str, data: dict[str, Any], ttl: int
@@ -328,7 +395,7 @@ class SessionCookies:
 
     def load_pending(self, request: web.Request, state: str) -> dict[str, Any] | None:
         name = self.pre_auth_name(state)
-        value = request.cookies.get(name)
+        value = self.sent(request).values.get(name)
         if value is None:
             return None
         plaintext = self.keys.open(f"pre-auth/{name}", value)
