@@ -649,6 +649,9 @@ BUILTIN_DIFFERENCES = [
     ('to_number(" 12 ")', ERROR, 12),
     ('sprintf("%x", ["hi"])', "6869", ""),
     ("json.marshal(1.0)", "1.0", "1"),
+    ('lower("ΑΣ")', "ασ", "ας"),  # noqa: RUF001 (Greek on purpose)
+    ('net.cidr_contains("10.0.0.0/8", "::ffff:10.1.2.3")', True, False),
+    ('time.parse_rfc3339_ns("2026-12-04t00:00:00z")', ERROR, 1796342400000000000),
 ]
 
 
