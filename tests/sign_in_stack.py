@@ -8,6 +8,7 @@ import contextlib
 import json
 import re
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -18,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
 
 import aiohttp
+import aiohttp.abc
 import pytest
 from aiohttp import web
 from yarl import URL
@@ -28,7 +30,7 @@ from gateway.signin.session import write_key_file
 from tests.conftest import ROOT
 from tests.gateway_stack import ServerFactory, Stack, free_port, start_stack
 
-COOKIE = "portcullis_session"  # the session cookie's default name
+COOKIE = "__Host-portcullis_session"  # the session cookie's default name (Secure: __Host-)
 
 PROVIDER_DIR = ROOT / "devtools" / "oidc-provider"
 CLIENT_ID = "portcullis"
@@ -69,7 +71,9 @@ class DevProvider:
             self.process.kill()
 
 
-def start_provider(workdir: Path, gateway_port: int, *, issuer_slash: bool = False) -> DevProvider:
+def start_provider(
+    workdir: Path, gateway_port: int, *, issuer_slash: bool = False, gateway_host: str = "127.0.0.1"
+) -> DevProvider:
     node = shutil.which("node")
     if node is None:
         pytest.fail("node is not installed: the dev OpenID provider needs it")
@@ -77,7 +81,7 @@ def start_provider(workdir: Path, gateway_port: int, *, issuer_slash: bool = Fal
         pytest.fail("devtools/oidc-provider/node_modules is missing: run `make test`")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    gateway = f"http://127.0.0.1:{gateway_port}"
+    gateway = f"http://{gateway_host}:{gateway_port}"
     client = {
         "redirect_uris": [f"{gateway}/.portcullis/callback"],
         "post_logout_redirect_uris": [f"{gateway}/.portcullis/signed_out"],
@@ -196,10 +200,14 @@ class Browser:
     """An HTTP client that acts like a browser: it keeps cookies (Secure ones too,
     on loopback, as Chromium does), follows redirects and asks for HTML."""
 
-    def __init__(self, origins: Sequence[str]) -> None:
+    def __init__(
+        self, origins: Sequence[str], resolver: aiohttp.abc.AbstractResolver | None = None
+    ) -> None:
         self.jar = aiohttp.CookieJar(unsafe=True, treat_as_secure_origin=list(origins))
         self.http = aiohttp.ClientSession(
-            cookie_jar=self.jar, headers={"Accept": "text/html,application/xhtml+xml"}
+            connector=aiohttp.TCPConnector(resolver=resolver) if resolver else None,
+            cookie_jar=self.jar,
+            headers={"Accept": "text/html,application/xhtml+xml"},
         )
 
     async def close(self) -> None:
@@ -244,9 +252,26 @@ class Browser:
         return {cookie.key for cookie in self.jar}
 
 
+class Loopback(aiohttp.abc.AbstractResolver):
+    """Every host name is 127.0.0.1 (a gateway and its sibling subdomains under test)."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[aiohttp.abc.ResolveResult]:
+        return [
+            {"hostname": host, "host": "127.0.0.1", "port": port, "family": socket.AF_INET,
+             "proto": 0, "flags": socket.AI_NUMERICHOST}
+        ]  # fmt: skip
+
+    async def close(self) -> None:
+        pass
+
+
 @contextlib.asynccontextmanager
-async def browser(*origins: str) -> AsyncIterator[Browser]:
-    client = Browser(origins)
+async def browser(
+    *origins: str, resolver: aiohttp.abc.AbstractResolver | None = None
+) -> AsyncIterator[Browser]:
+    client = Browser(origins, resolver)
     try:
         yield client
     finally:

@@ -8,19 +8,23 @@ import re
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import quote, urljoin
 
 import pytest
+from aiohttp import web
 from playwright.async_api import Page, async_playwright
 
 from gateway.config import Route
 from tests.conftest import ROOT
-from tests.gateway_stack import ServerFactory, Stack
+from tests.gateway_stack import ServerFactory, Stack, free_port
 from tests.sign_in_stack import (
     COOKIE,
     DevProvider,
+    Loopback,
     browser,
     planting_wms,
     provider,
+    start_provider,
     start_sign_in_stack,
 )
 
@@ -71,7 +75,7 @@ async def test_sign_in_step_up_and_sign_out_in_chromium(
         await p.wait_for_url(stack.url + "/wms/stock")
         assert '"app": "wms"' in await p.content()
         cookies = {c["name"]: c for c in await p.context.cookies(stack.url)}
-        session = cookies["portcullis_session"]
+        session = cookies[COOKIE]
         assert session["httpOnly"] and session["secure"] and session["sameSite"] == "Lax"
 
         # A page the session's groups don't open: the deny page, in words.
@@ -105,7 +109,7 @@ async def test_sign_in_step_up_and_sign_out_in_chromium(
         await p.goto(stack.url + "/.portcullis/sign_out")
         assert await p.locator("h1").inner_text() == "Sign out?"
         names = {c["name"] for c in await p.context.cookies(stack.url)}
-        assert "portcullis_session" in names
+        assert COOKIE in names
         await p.screenshot(path=str(ARTIFACTS / "sign-out.png"))
         await p.click('form[action="/.portcullis/sign_out"] button[type="submit"]')
         await p.click('button[value="yes"]')
@@ -113,7 +117,7 @@ async def test_sign_in_step_up_and_sign_out_in_chromium(
         assert "You are signed out" in await p.content()
         await p.screenshot(path=str(ARTIFACTS / "signed-out.png"))
         names = {c["name"] for c in await p.context.cookies(stack.url)}
-        assert "portcullis_session" not in names
+        assert COOKIE not in names
         await p.goto(stack.url + "/wms/stock")
         assert re.search(r"/interaction/[^/]+$", p.url)
         assert _forwarded_paths(stack) == ["/wms/stock", "/pos/refunds/7"]
@@ -160,3 +164,89 @@ async def test_cookies_an_app_or_its_scripts_plant_never_make_chromium_someone_e
         await page.goto(stack.url + "/wms/stock")
         body = await page.locator("body").inner_text()
         assert '"sub": "alice"' in body and "mallory" not in body
+
+
+# A registrable domain with the gateway and a sibling on it, both on loopback
+# (Chromium keeps Secure cookies over plain http on *.localhost, as on 127.0.0.1).
+SITE = "corp.localhost"
+
+
+async def test_a_sibling_subdomain_never_signs_chromium_in_as_someone_else(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """Session fixation and login CSRF from a sibling subdomain (a compromised
+    evil.corp.localhost next to the gateway at gw.corp.localhost): a cookie it sets
+    with ``Domain=corp.localhost`` is sent to the gateway too. Mallory signs in
+    once to the end (her session cookie) and once up to the provider's answer
+    (her pre-auth cookie and the callback URL with her code). The sibling plants
+    her session in a browser with none, and her pre-auth cookie in alice's
+    signed-in browser before sending it to her callback URL: neither browser may
+    end up signed in as mallory."""
+    gateway_port = free_port()
+    gateway = f"http://gw.{SITE}:{gateway_port}"
+    idp = start_provider(tmp_path / "provider", gateway_port, gateway_host=f"gw.{SITE}")
+    planted: list[str] = []
+
+    async def plant(request: web.Request) -> web.Response:
+        headers = [("Set-Cookie", f"{c}; Domain={SITE}; Secure; HttpOnly") for c in planted]
+        target = request.query.get("then", gateway + "/wms/stock")
+        return web.Response(status=302, headers=[("Location", target), *headers])
+
+    evil_app = web.Application()
+    evil_app.router.add_get("/", plant)
+    evil = f"http://evil.{SITE}:{(await aiohttp_server(evil_app)).port}/"
+    try:
+        async with (
+            start_sign_in_stack(aiohttp_server, tmp_path, idp) as stack,
+            async_playwright() as playwright,
+        ):
+            assert stack.url.endswith(f":{gateway_port}")
+            chromium = await playwright.chromium.launch(
+                executable_path=CHROMIUM,
+                args=[*FLAGS, f"--host-resolver-rules=MAP *.{SITE} 127.0.0.1"],
+            )
+            contexts = [await chromium.new_context() for _ in range(3)]
+            for context in contexts:
+                context.set_default_timeout(10_000)
+            mallory, alice, bob = [await c.new_page() for c in contexts]
+            # Mallory's session.
+            await mallory.goto(gateway + "/wms/stock")
+            await sign_in_at_provider(mallory, "mallory", ["otp"])
+            await mallory.wait_for_url(gateway + "/wms/stock")
+            # As the gateway names it (the attack uses whatever name the gateway reads).
+            (session,) = [
+                f"{c['name']}={c['value']}; Path=/"
+                for c in await contexts[0].cookies(gateway)
+                if c["name"].endswith("portcullis_session")
+            ]
+            # A sign-in of hers up to the provider's answer, which she keeps.
+            async with browser(gateway, resolver=Loopback()) as other:
+                login = await other.go(gateway + "/wms/stock")
+                url, form = login.form_action(), [("login", "mallory"), ("action", "sign_in")]
+                answer = await other.request("POST", url, data=[*form, ("methods", "otp")])
+                while "/.portcullis/callback" not in answer.headers["Location"]:
+                    url = urljoin(url, answer.headers["Location"])
+                    answer = await other.request("GET", url)
+                callback = answer.headers["Location"]
+                pre_auth = [f"{c.key}={c.value}; Path=/" for c in other.jar if "_auth_" in c.key]
+            assert callback.startswith(gateway) and len(pre_auth) == 1
+
+            # Bob has no session: the sibling plants mallory's.
+            planted[:] = [session]
+            await bob.goto(evil)
+            await bob.wait_for_url(re.compile(r".*/(wms/stock|interaction/.*)$"))
+            assert "/interaction/" in bob.url  # not signed in: sent to the provider
+
+            # Alice is signed in: the sibling plants mallory's pre-auth cookie and
+            # sends her to mallory's callback URL.
+            await alice.goto(gateway + "/wms/stock")
+            await sign_in_at_provider(alice, "alice", ["otp"])
+            await alice.wait_for_url(gateway + "/wms/stock")
+            planted[:] = pre_auth
+            await alice.goto(evil + "?then=" + quote(callback, safe=""))
+            await alice.goto(gateway + "/wms/stock")
+            body = await alice.locator("body").inner_text()
+            assert "mallory" not in body and '"sub": "alice"' in body
+            await chromium.close()
+    finally:
+        idp.stop()

@@ -97,7 +97,7 @@ def request_with(cookies: dict[str, str]) -> web.Request:
     return make_mocked_request("GET", "/", headers={"Cookie": header} if header else {})
 
 
-OURS = CookiePolicy().name
+OURS = CookiePolicy().cookie_name  # __Host-portcullis_session
 _NAMES = st.one_of(
     st.sampled_from([OURS, f"{OURS}_1", f"{OURS}_auth_ab12", "a", "wms_cart", f"x{OURS}"]),
     st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters=";="),
@@ -161,16 +161,14 @@ async def test_large_session_is_chunked_and_read_back() -> None:
     cookies.save(request, session)
     written = {name: value for name, value, _ in request[COOKIE_CHANGES]}
     assert len(written) > 1 and all(len(v or "") <= 3800 for v in written.values())
-    assert set(written) == {"portcullis_session"} | {
-        f"portcullis_session_{i}" for i in range(1, len(written))
-    }
+    assert set(written) == {OURS} | {f"{OURS}_{i}" for i in range(1, len(written))}
     loaded = cookies.load(request_with({k: v or "" for k, v in written.items()}))
     assert loaded == session
     # A smaller session later clears the chunks it no longer needs.
     small = request_with({k: v or "" for k, v in written.items()})
     cookies.save(small, Session("alice", "https://idp", session.expires_at, session.created_at))
     cleared = [name for name, value, _ in small[COOKIE_CHANGES] if value is None]
-    assert sorted(cleared) == sorted(n for n in written if n != "portcullis_session")
+    assert sorted(cleared) == sorted(n for n in written if n != OURS)
     with pytest.raises(SessionTooLarge):
         cookies.save(request_with({}), Session("a", "i", 1, 1, groups=groups * 4))
 
@@ -186,6 +184,36 @@ async def test_cookie_attributes() -> None:
     for attribute in ("HttpOnly", "Secure", "SameSite=Lax", "Path=/", "Max-Age=3600"):
         assert attribute in header
     assert response.headers["Cache-Control"] == "no-store"
+
+
+async def test_every_cookie_the_gateway_sets_is_one_no_sibling_host_can_plant() -> None:
+    """Secure cookies are named ``__Host-...`` (a browser takes such a cookie only
+    from this host, never from evil.example.com's ``Domain=example.com``): the
+    session, its chunks, the pre-auth cookies and their deletions, each with
+    what the prefix asks of it (Secure, Path=/, no Domain) or the browser drops it."""
+    cookies = SessionCookies(ring(), CookiePolicy())
+    now = int(time.time())
+    groups = tuple(f"group-{i:04d}-with-a-long-name" for i in range(200))
+    sent = {f"{OURS}_3": "old-chunk", "portcullis_session": "from-before-the-prefix"}
+    request = request_with(sent)
+    cookies.save(request, Session("alice", "https://idp", now + 60, now, groups=groups))
+    cookies.save_pending(request, "state", {"state": "state"}, 600)
+    cookies.drop_pending(request, [cookies.pre_auth_name("other")])
+    cookies.clear(request)
+    response = web.Response()
+    await apply_cookie_changes(request, response)
+    headers = response.headers.getall("Set-Cookie")
+    names = {header.partition("=")[0] for header in headers}
+    assert {OURS, f"{OURS}_1", f"{OURS}_3", cookies.pre_auth_name("state")} <= names
+    for header in headers:
+        if header.startswith("portcullis_session="):
+            continue  # the old cookie, deleted
+        assert header.startswith("__Host-portcullis_session"), header
+        attributes = [a.strip().lower() for a in header.split(";")[1:]]
+        assert "secure" in attributes and "path=/" in attributes, header
+        assert not any(a.startswith("domain") for a in attributes), header
+    plain = SessionCookies(ring(), CookiePolicy(secure=False))  # no TLS: no prefix possible
+    assert plain.name == "portcullis_session" and plain.pre_auth_path == "/.portcullis/"
 
 
 @pytest.mark.parametrize(

@@ -35,7 +35,7 @@ from tests.test_sign_in import put_session, session_of
 __all__ = ["provider", "redis_server", "redis_url"]  # fixtures
 
 pytestmark = pytest.mark.timeout(90)
-COOKIE = "portcullis_session"
+COOKIE = "__Host-portcullis_session"
 
 
 def session_cookies(client: Browser) -> dict[str, str]:

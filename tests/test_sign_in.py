@@ -102,7 +102,7 @@ async def test_browser_is_sent_to_the_provider_with_pkce_state_and_nonce(
     assert "acr_values" not in params and "max_age" not in params
     (pre_auth,) = set_cookie
     assert pre_auth.startswith(f"{COOKIE}_auth_")
-    for attribute in ("HttpOnly", "Secure", "SameSite=Lax", "Path=/.portcullis/", "Max-Age=600"):
+    for attribute in ("HttpOnly", "Secure", "SameSite=Lax", "Path=/;", "Max-Age=600"):
         assert attribute in pre_auth
     # The state and the verifier are sealed in the cookie, never readable in it.
     assert params["state"] not in pre_auth

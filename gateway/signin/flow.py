@@ -200,7 +200,7 @@ class BrowserSignIn:
     async def _identity(self, request: web.Request) -> Identity:
         session = self.cookies.load(request)
         if session is None:
-            if self.cookies.policy.name in self.cookies.sent(request).names():  # tampered, old key
+            if self.cookies.name in self.cookies.sent(request).names():  # tampered, old key
                 self.cookies.clear(request)
             return ANONYMOUS
         now = time.time()

@@ -244,11 +244,27 @@ class SessionTooLarge(Exception):
     """The session doesn't fit in MAX_CHUNKS cookies."""
 
 
+# RFC 6265bis 4.1.3.2: a browser keeps a cookie so named only from a Set-Cookie
+# with Secure, Path=/ and no Domain, from this very host: never one a sibling
+# subdomain set with Domain=<the parent> (nor, being Secure, one from plain http).
+HOST_PREFIX = "__Host-"
+
+
 @dataclass(frozen=True)
 class CookiePolicy:
     name: str = "portcullis_session"
     secure: bool = True
     lifetime: int = 43200
+
+    @property
+    def cookie_name(self) -> str:
+        """The session cookie's name in the browser: ``name`` with the ``__Host-``
+        prefix when the cookies are Secure, so that no other host of the site
+        (evil.example.com beside gateway.example.com) can plant a session or a
+        pre-auth cookie of someone else's in the browser."""
+        if not self.secure or self.name.startswith(HOST_PREFIX):
+            return self.name
+        return HOST_PREFIX + self.name
 
     def attributes(self, path: str = "/", max_age: int | None = None) -> dict[str, Any]:
         attributes: dict[str, Any] = {
@@ -311,17 +327,24 @@ class SessionCookies:
     pre-auth cookies, one per sign-in in flight, so tabs signing in at once don't
     overwrite each other's state."""
 
-    PRE_AUTH_PATH = "/.portcullis/"
-
     def __init__(self, keys: KeyRing, policy: CookiePolicy) -> None:
         self.keys = keys
         self.policy = policy
-        self.pre_auth_prefix = f"{policy.name}_auth_"
+        self.name = policy.cookie_name
+        self.pre_auth_prefix = f"{self.name}_auth_"
+        # A __Host- cookie must have Path=/; without the prefix the pre-auth
+        # cookies stay on the gateway's own paths.
+        self.pre_auth_path = "/" if self.name.startswith(HOST_PREFIX) else "/.portcullis/"
         self._said_conflict = -60.0  # when the last conflicting cookies were logged
 
     def owns(self, cookie_name: str) -> bool:
-        """Whether a cookie is the gateway's own (never forwarded upstream)."""
-        return cookie_name == self.policy.name or cookie_name.startswith(f"{self.policy.name}_")
+        """Whether a cookie is the gateway's own (never forwarded upstream, never
+        set by an upstream): its names with and without the ``__Host-`` prefix (a
+        cookie from before the prefix, or one planted without it, is read as no
+        session but still never reaches a backend)."""
+        bare = self.policy.name.removeprefix(HOST_PREFIX)
+        name = cookie_name.removeprefix(HOST_PREFIX)
+        return name == bare or name.startswith(f"{bare}_")
 
     def sent(self, request: web.Request) -> OwnCookies:
         """The gateway's cookies this request sent (see :func:`read_own_cookies`)."""
@@ -343,11 +366,11 @@ class SessionCookies:
 
     def load(self, request: web.Request) -> Session | None:
         cookies = self.sent(request).values
-        value = cookies.get(self.policy.name)
+        value = cookies.get(self.name)
         if value is None:
             return None
         for index in range(1, MAX_CHUNKS):
-            chunk = cookies.get(f"{self.policy.name}_{index}")
+            chunk = cookies.get(f"{self.name}_{index}")
             if chunk is None:
                 break
             value += chunk
@@ -363,12 +386,12 @@ class SessionCookies:
         attributes = self.policy.attributes(max_age=max_age)
         changes = pending_changes(request)
         for index, chunk in enumerate(chunks):
-            name = self.policy.name if index == 0 else f"{self.policy.name}_{index}"
+            name = self.name if index == 0 else f"{self.name}_{index}"
             changes.append((name, chunk, attributes))
         sent = self.sent(request).names()
         for index in range(len(chunks), MAX_CHUNKS):
-            if f"{self.policy.name}_{index}" in sent:
-                changes.append((f"{self.policy.name}_{index}", None, self.policy.attributes()))
+            if f"{self.name}_{index}" in sent:
+                changes.append((f"{self.name}_{index}", None, self.policy.attributes()))
 
     def clear(self, request: web.Request) -> None:
         changes = pending_changes(request)
@@ -390,7 +413,7 @@ class SessionCookies:
     ) -> None:
         name = self.pre_auth_name(state)
         value = self.keys.seal(f"pre-auth/{name}", orjson.dumps(data))
-        attributes = self.policy.attributes(self.PRE_AUTH_PATH, max_age=ttl)
+        attributes = self.policy.attributes(self.pre_auth_path, max_age=ttl)
         pending_changes(request).append((name, value, attributes))
 
     def load_pending(self, request: web.Request, state: str) -> dict[str, Any] | None:
@@ -408,7 +431,7 @@ class SessionCookies:
         return data if isinstance(data, dict) else None
 
     def drop_pending(self, request: web.Request, names: Iterable[str]) -> None:
-        attributes = self.policy.attributes(self.PRE_AUTH_PATH)
+        attributes = self.policy.attributes(self.pre_auth_path)
         pending_changes(request).extend((name, None, attributes) for name in names)
 
 
