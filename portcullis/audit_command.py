@@ -291,7 +291,7 @@ def _head_records(text: str) -> list[dict[str, Any]]:
 def _json_object(line: str) -> dict[str, Any] | None:
     try:
         value = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested deeper than the parser goes
         return None
     return value if isinstance(value, dict) else None
 
@@ -315,7 +315,8 @@ def _shipped_heads(text: str) -> list[dict[str, Any]]:
     while at >= 0:
         try:
             document, end = decoder.raw_decode(text, at)
-        except ValueError:  # not JSON from this brace (a syslog header's, a cut line)
+        except (ValueError, RecursionError):  # not JSON from this brace (a syslog
+            # header's, a cut line), or nested deeper than the parser goes
             at = text.find("{", at + 1)
             continue
         for found in _find_signatures(document, depth=6):
@@ -387,8 +388,8 @@ def check_log_file(path: Path) -> None:
         raise UsageError(f"{path}: compressed (gzip): unpack it (gunzip -k) and give that file")
     try:
         record = json.loads(first)
-    except ValueError:
-        return  # damaged or not a log: the verifier says which
+    except (ValueError, RecursionError):
+        return  # damaged or not a log (or nested past the parser): the verifier says which
     if isinstance(record, dict) and ("chain_hash" in record or "line_hash" in record):
         # The log's own lines never hold their hash; a sink's opa copy adds it.
         raise UsageError(

@@ -838,3 +838,24 @@ async def test_a_log_name_edited_into_the_head_file_is_not_taken(
     await write_log(path, 1, name="9b8e7d6c5a4f:decisions.log", keep_name=True)
     assert json.loads(lines_of(path)[-1])["log"] == "9b8e7d6c5a4f:decisions.log"
     assert "is not under this key's signature" in caplog.text
+
+
+@pytest.mark.parametrize("where", ["log", "head"])
+def test_json_nested_past_the_parsers_depth_is_reported_not_a_traceback(
+    tmp_path: Path, log_file: Path, where: str
+) -> None:
+    """A first line (or a --head file) of 5,000 nested arrays: the stdlib parser's
+    RecursionError escaped the checks that only caught ValueError (the log's
+    first line read to check what it is and to order the files; a head file's
+    JSON), and verify died with a traceback instead of naming the damage."""
+    deep = b"[" * 5000 + b"\n"
+    if where == "log":
+        log_file.write_bytes(deep + log_file.read_bytes())
+        done = audit(log_file, "--key", PUBLIC_PEM)
+        assert done.returncode in (1, 2), done.stdout + done.stderr
+        assert f"{log_file.name}" in done.stdout + done.stderr
+    else:
+        head = tmp_path / "head.json"
+        head.write_bytes(b'{"head": ' + deep)
+        done = audit(log_file, "--key", PUBLIC_PEM, "--head", head)
+        assert done.returncode == 2 and "not a decision-log head" in done.stderr, done.stderr

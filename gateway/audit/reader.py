@@ -811,7 +811,7 @@ def start_record(path: Path) -> dict[str, Any] | None:
     try:
         with path.open("rb") as file:
             record = json.loads(file.readline(_START_MAX))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # unreadable, not JSON, nested too deep
         return None
     if isinstance(record, dict) and record.get("type") == SIGNATURE_TYPE:
         return record if record.get("reason") == "start" else None
