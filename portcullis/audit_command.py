@@ -172,6 +172,14 @@ def _report(result: VerifyResult, *, live: bool) -> int:
             print(f"  ... and {others - 9} more")
         return TAMPERED
     signed = result.last_signed_at or "never"
+    if result.resigned:
+        # Not a tail a running gateway will sign: --live doesn't excuse it.
+        print(f"INCOMPLETE: {result.events} events, not all vouched for: {result.resigned[0]}")
+        for other in result.resigned[1:10]:
+            print(f"  also {other}")
+        if len(result.resigned) > 10:
+            print(f"  ... and {len(result.resigned) - 10} more")
+        return TAMPERED
     warnings = []
     if result.unsigned_tail:
         warnings.append(

@@ -859,3 +859,41 @@ def test_json_nested_past_the_parsers_depth_is_reported_not_a_traceback(
         head.write_bytes(b'{"head": ' + deep)
         done = audit(log_file, "--key", PUBLIC_PEM, "--head", head)
         assert done.returncode == 2 and "not a decision-log head" in done.stderr, done.stderr
+
+
+async def test_events_a_crash_left_unsigned_and_edited_before_the_restart_are_not_intact(
+    tmp_path: Path,
+) -> None:
+    """The gateway crashed with events after its last signature; while it was down,
+    one allow among them was deleted (the rest relinked, and the unsigned .head file
+    set to the new last line). On restart the gateway continues the chain from the
+    file's last line, and its start record signs whatever the file then held: verify
+    said OK, the deletion laundered by the gateway's own signature."""
+    path = tmp_path / "decisions.log"
+    await write_log(path, 12, sign_every=5)  # signatures after events 5 and 10
+    lines = lines_of(path)[:-1]  # the close never written: the crash
+    events = event_indexes(lines)
+    assert json.loads(lines[events[9] + 1])["reason"] == "interval"
+    hidden = events[10]  # event 11: after the last signature
+    assert json.loads(lines[hidden])["result"]["allow"] is True
+    del lines[hidden]
+    for index in range(hidden, len(lines)):  # relink as a careful forger would
+        event = json.loads(lines[index])
+        event["seq"] -= 1
+        event["prev_hash"] = hashlib.sha256(lines[index - 1]).hexdigest()
+        lines[index] = json.dumps(event, separators=(",", ":")).encode()
+    write_lines(path, lines)
+    head_file = path.with_name(path.name + ".head")
+    state = json.loads(head_file.read_text())
+    state.update(seq=11, hash=hashlib.sha256(lines[-1]).hexdigest())
+    head_file.write_text(json.dumps(state))
+    await write_log(path, 2)  # the restart
+    done = audit(path, "--key", PUBLIC_PEM)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "chain intact" not in done.stdout, done.stdout
+    restart = len(lines) + 1
+    assert f"decisions.log:{hidden + 1}-{restart - 1}" in done.stdout, done.stdout
+    assert f"decisions.log:{restart}" in done.stdout, done.stdout
+    assert "crash" in done.stdout
+    live = audit(path, "--key", PUBLIC_PEM, "--live")  # not a tail: --live doesn't excuse it
+    assert live.returncode == 1 and "chain intact" not in live.stdout, live.stdout

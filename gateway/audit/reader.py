@@ -92,6 +92,9 @@ class VerifyResult:
     # What was read of each file (by its name as given): a reader that streams the
     # files again afterwards reads only that, and checks it is still the same.
     extents: dict[str, Extent] = field(default_factory=dict)
+    # Events a run left unsigned (it crashed) that the next run's start record
+    # signed as it found them in the file: see :class:`Resigned`.
+    resigned: list[Resigned] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -101,7 +104,37 @@ class VerifyResult:
     @property
     def complete(self) -> bool:
         """ok, every event covered by a signature, and the log ends with a seal."""
-        return self.ok and self.unsigned_tail == 0 and self.sealed
+        return self.ok and self.unsigned_tail == 0 and self.sealed and not self.resigned
+
+
+@dataclass(frozen=True)
+class Resigned:
+    """Events the run that wrote them never signed (it stopped without a signature:
+    a crash), signed afterwards by the next run's ``start`` record as the file then
+    held them. Anyone who could write the file (and the unsigned ``.head`` file)
+    while the gateway was down could have changed, deleted or added them, and the
+    restart would have signed that: the chain links, but nothing vouches for them."""
+
+    first: tuple[str, int]  # the first such event (file, line)
+    last: tuple[str, int]  # the last one
+    start: tuple[str, int]  # the start record that signed them
+    events: int
+    seqs: tuple[int, int]  # their seq range as the file holds it
+
+    def __str__(self) -> str:
+        (file, line), (last_file, last_line) = self.first, self.last
+        where = (
+            f"{file}:{line}-{last_line}"
+            if last_file == file
+            else f"{file}:{line} to {last_file}:{last_line}"
+        )
+        return (
+            f"{self.events} event(s) at {where} were never signed by the run that wrote "
+            f"them (it stopped without a signature: a crash); the restart's start record "
+            f"at {self.start[0]}:{self.start[1]} signed them as it found them, so edits "
+            "made to them (or to the .head file) while the gateway was down can't be "
+            "detected: check them against the SIEM's copies"
+        )
 
 
 @dataclass(frozen=True)
@@ -323,6 +356,8 @@ def verify_log(
     count: int | None = None  # events in the chain so far, once known
     last_good_sig: _Line | None = None
     since_sig = 0
+    first_unsigned: _Line | None = None  # the first event after the last good signature
+    last_event: _Line | None = None
     last_break = -_WINDOW - 1  # index of the last broken link
     gaps: list[tuple[int, int, int]] = []  # (problem index, first, last missing seq)
     index = -1
@@ -443,8 +478,21 @@ def verify_log(
                 result.last_signed_at = str(record.get("signed_at"))
                 if isinstance(record.get("log"), str):
                     names.add(record["log"])
+                if starts and since_sig and first_unsigned is not None and last_event:
+                    # A start where the run before ended in events, not a signature.
+                    first_record = first_unsigned.record or {}
+                    result.resigned.append(
+                        Resigned(
+                            (first_unsigned.file, first_unsigned.number),
+                            (last_event.file, last_event.number),
+                            (line.file, line.number),
+                            since_sig,
+                            (int(first_record.get("seq") or 0), seq),
+                        )
+                    )
                 last_good_sig = line
                 since_sig = 0
+                first_unsigned = None
         else:
             gap = next((g for g in gaps if g[1] <= seq <= g[2]), None)
             if gap is not None:  # a "deleted" event turns up later: it was moved
@@ -471,6 +519,9 @@ def verify_log(
                     )
             result.events += 1
             since_sig += 1
+            if first_unsigned is None:
+                first_unsigned = line
+            last_event = line
         count = seq
         if first_seq is None:
             first_seq = seq
