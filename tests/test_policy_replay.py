@@ -1002,3 +1002,41 @@ def test_after_with_its_seq_refuses_files_whose_start_claims_another_count(
     assert main([*base, "--after", f"{ends_at - 3}:{digest}"]) == 2
     err = capsys.readouterr().err
     assert f"start says {ends_at} events came before it, --after says {ends_at - 3}" in err
+
+
+def test_events_a_crash_left_unsigned_are_not_replayed_once_a_restart_signed_them(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, tmp_path: Path
+) -> None:
+    """The gateway crashed after its last signature; while it was down an allow was
+    forged onto the end (the .head file's seq is then behind the file, so the restart
+    continues from the forged line) and the restart's start record signed it. Replay
+    took it as a verified decision (an allow-to-deny change that never happened)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from gateway.audit.chain import line_hash
+    from gateway.audit.writer import DecisionLog
+
+    written = tmp_path / "decisions.log"
+    asyncio.run(_rotated(recorded, written, runs=1, sign_every=50))
+    lines = written.read_bytes().splitlines()
+    kept = lines[:-1]  # the crash: no close written
+    decision = json.loads(next(line for line in lines if b'"path":"portcullis/gateway/' in line
+                               and b'"allow":false' in line))  # fmt: skip
+    forged = {**decision, "result": {**decision["result"], "allow": True, "http_status": 200,
+              "reasons": [], "step_up": None}, "decision_id": "forged",
+              "seq": json.loads(kept[-1])["seq"] + 1, "prev_hash": line_hash(kept[-1])}  # fmt: skip
+    written.write_bytes(b"\n".join([*kept, json.dumps(forged).encode()]) + b"\n")
+
+    async def restart() -> None:
+        key = serialization.load_pem_private_key(recorded.key.read_bytes(), password=None)
+        writer = DecisionLog(written, key, key_id="gateway")  # type: ignore[arg-type]
+        await writer.start()
+        await writer.close()
+
+    asyncio.run(restart())
+    log = dataclasses.replace(recorded, log=written)
+    code, report, _ = replay(capsys, log, "--policy", str(POLICIES))
+    assert code == 0 and report["totals"]["changed"] == 0, report["totals"]
+    assert report["not_replayed"]["unsigned_tail"] > 0
+    code, report, _ = replay(capsys, log, "--policy", str(POLICIES), "--allow-unsigned-tail")
+    assert code == 1 and report["changes"]["allow-to-deny"]["count"] == 1  # the forged allow

@@ -159,13 +159,16 @@ def read_decisions(
     skipped: Skipped,
     extents: dict[str, Extent] | None = None,
     signed_through: int | None = None,
+    unvouched: dict[str, list[tuple[int, int]]] | None = None,
 ) -> Iterator[LoggedDecision]:
     """The selected policy decisions of ``paths`` in order, streamed; with a
     sample, a uniform one (fixed seed) held in memory and given in log order.
     ``extents``: the verifier's (only what it checked is read; LogChanged if the
     files changed since). ``signed_through``: the seq the last signature covers;
-    decisions after it are counted (``skipped.unsigned_tail``), not replayed."""
-    decisions = _selected(paths, selection, skipped, extents, signed_through)
+    decisions after it are counted (``skipped.unsigned_tail``), not replayed; so are
+    those on the ``unvouched`` lines (file -> first, last line: events a crashed run
+    left unsigned, signed by the restart as the file then held them)."""
+    decisions = _selected(paths, selection, skipped, extents, signed_through, unvouched)
     if selection.sample is None:
         return decisions
     return _reservoir(decisions, selection.sample, selection.seed, skipped)
@@ -177,6 +180,7 @@ def _selected(
     skipped: Skipped,
     extents: dict[str, Extent] | None,
     signed_through: int | None = None,
+    unvouched: dict[str, list[tuple[int, int]]] | None = None,
 ) -> Iterator[LoggedDecision]:
     # The chain was verified before (or --no-verify said not to): no hashing here.
     # This runs once per line of a log that may hold millions: plain dict lookups.
@@ -218,6 +222,9 @@ def _selected(
             skipped.other_apps += 1
             continue
         if signed_through is not None and decision.seq > signed_through:
+            skipped.unsigned_tail += 1
+            continue
+        if unvouched and any(lo <= number <= hi for lo, hi in unvouched.get(file, ())):
             skipped.unsigned_tail += 1
             continue
         yield decision

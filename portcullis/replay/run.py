@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -92,21 +93,29 @@ def replay(options: ReplayOptions) -> Report:
     paths = list(options.logs)
     extents = None  # --no-verify: read whatever the files hold
     signed_through = None
+    unvouched: dict[str, list[tuple[int, int]]] = {}
     if options.keys is not None:
         started = time.perf_counter()
-        report.verification, extents, signed_through = _verify(
+        report.verification, extents, signed_through, unvouched = _verify(
             paths, options.keys, options.after, options.heads, options.after_seq
         )
         report.verify_seconds = time.perf_counter() - started
         paths = chain_order(paths)
         if options.allow_unsigned_tail:
             signed_through = None
-            report.verification.unsigned_tail_replayed = report.verification.unsigned_tail > 0
+            report.verification.unsigned_tail_replayed = (
+                report.verification.unsigned_tail > 0 or bool(unvouched)
+            )
+            unvouched = {}
     # Only the bytes verified: lines written since (a live log) are not replayed, and
     # a file changed since (edited between the check and the read) refuses the report.
     # Events after the last signature are vouched for by nothing (anyone can chain
     # lines onto a signed one): not evidence, unless --allow-unsigned-tail.
-    decisions = read_decisions(paths, options.selection, report.skipped, extents, signed_through)
+    # So are the events a crashed run left unsigned, which the restart's start
+    # record signed as the file held them (anyone could have edited them meanwhile).
+    decisions = read_decisions(
+        paths, options.selection, report.skipped, extents, signed_through, unvouched
+    )
     try:
         asyncio.run(_replay(decisions, candidate, baseline, report))
     except LogChanged as error:
@@ -151,9 +160,10 @@ def _verify(
     after: str | None,
     heads: list[SignedHead] | None = None,
     after_seq: int | None = None,
-) -> tuple[Verification, dict[str, Extent], int | None]:
-    """What was checked, the bytes checked, and the seq the last signature covers
-    when events follow it (None: every event is signed)."""
+) -> tuple[Verification, dict[str, Extent], int | None, dict[str, list[tuple[int, int]]]]:
+    """What was checked, the bytes checked, the seq the last signature covers
+    when events follow it (None: every event is signed), and the lines (file ->
+    first, last) of events a crashed run left unsigned that a restart signed."""
     mid_chain = None
     if after is None:
         # Logs kept for a week: logrotate deleted the files before the oldest one
@@ -201,6 +211,15 @@ def _verify(
         )
         # A signature's seq is the count of events it covers, and seq counts events.
         signed_through = result.tail_seq - result.unsigned_tail
+    unvouched: dict[str, list[tuple[int, int]]] = {}
+    for resigned in result.resigned:
+        notes.append(f"not replayed: {resigned}")
+        (file, from_line), (last_file, to_line) = resigned.first, resigned.last
+        if file == last_file:
+            unvouched.setdefault(file, []).append((from_line, to_line))
+        else:
+            unvouched.setdefault(file, []).append((from_line, sys.maxsize))
+            unvouched.setdefault(last_file, []).append((1, to_line))
     verification = Verification(
         verified=True,
         events=result.events,
@@ -210,7 +229,7 @@ def _verify(
         last_signed_at=result.last_signed_at,
         notes=notes,
     )
-    return verification, result.extents, signed_through
+    return verification, result.extents, signed_through, unvouched
 
 
 def _continued_from(first: Path) -> str | None:
