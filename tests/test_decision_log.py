@@ -19,6 +19,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.audit import chain, writer
 from gateway.audit.chain import GENESIS, REDACTED, line_hash
@@ -962,3 +964,46 @@ async def test_new_chain_in_the_middle_of_the_log_is_a_gap(tmp_path: Path) -> No
     result = verify_log([tmp_path / "decisions.jsonl.1", path], PUBLIC_KEYS)
     assert first_problem(result) == (1, "start")
     assert "a new chain starts here" in result.problems[0].message
+
+
+@settings(max_examples=25, derandomize=True, deadline=None)
+@given(
+    unsigned=st.integers(min_value=1, max_value=4),  # sign_every=5: a signature at 10
+    edit=st.sampled_from(["none", "delete", "flip", "append", "swap"]),
+    at=st.integers(min_value=0, max_value=5),
+)
+def test_events_a_crash_left_unsigned_are_never_vouched_for_by_the_restart(
+    tmp_path_factory: pytest.TempPathFactory, unsigned: int, edit: str, at: int
+) -> None:
+    """However a forger changed the events a crashed run left after its last
+    signature (relinking the rest, and the .head file to match), the restart's
+    start record signs them; the verifier never calls such a log complete, and names
+    the events and the start."""
+    path = tmp_path_factory.mktemp("crash") / "decisions.jsonl"
+    asyncio.run(write_log(path, 5 + unsigned, sign_every=5))
+    lines = lines_of(path)[:-1]  # the crash: no close
+    first = len(lines) - unsigned  # the first unsigned event
+    at = first + at % unsigned
+    if edit == "delete" and unsigned > 1:
+        del lines[at]
+    elif edit == "flip":
+        event = json.loads(lines[at])
+        event["result"]["allow"] = not event["result"]["allow"]
+        lines[at] = json.dumps(event, separators=(",", ":")).encode()
+    elif edit == "append":
+        lines.append(forge_event(lines[-1], lines[-1]))
+    elif edit == "swap" and at + 1 < len(lines):
+        lines[at], lines[at + 1] = lines[at + 1], lines[at]
+    lines = relink(lines, first)
+    write_lines(path, lines)
+    head_file = path.with_name(path.name + ".head")
+    state = json.loads(head_file.read_text())
+    state.update(seq=json.loads(lines[-1])["seq"], hash=line_hash(lines[-1]))
+    head_file.write_text(json.dumps(state))
+    asyncio.run(write_log(path, 1))  # the restart
+    result = verify_log([path], PUBLIC_KEYS)
+    assert result.ok and not result.complete  # the chain links: only the crash shows
+    [resigned] = result.resigned
+    assert resigned.first == (str(path), first + 1)
+    assert resigned.last == (str(path), len(lines))
+    assert resigned.start == (str(path), len(lines) + 1)
