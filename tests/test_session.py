@@ -286,3 +286,20 @@ def test_sign_in_config_errors_name_the_key(
     data = {**config_with(tmp_path), **change}
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_config(data, tmp_path)
+
+
+def test_pending_sign_ins_and_a_whole_session_fit_in_the_request_header_budget() -> None:
+    """Pre-auth cookies go with every request (Path=/): a browser holding the most
+    sign-ins in flight, each at a browser's 4096-byte cookie limit, plus a session
+    in every chunk, still sends a Cookie header the gateway takes (else each
+    request is a 431 until they expire: sign-ins started on someone's behalf,
+    by links or a sibling site, would lock them out for 10 minutes)."""
+    from gateway.config import LimitsConfig
+    from gateway.signin.flow import MAX_PENDING
+    from gateway.signin.session import CHUNK_BYTES, MAX_CHUNKS
+
+    name = CookiePolicy().cookie_name
+    session = sum(len(f"{name}_{i}=") + CHUNK_BYTES + 2 for i in range(MAX_CHUNKS))
+    pending = MAX_PENDING * (4096 + 2)
+    other_headers = 2048  # Host, Accept, User-Agent, and the app's own cookies
+    assert session + pending + other_headers < LimitsConfig().max_request_header_bytes

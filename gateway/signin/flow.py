@@ -48,7 +48,11 @@ SIGN_OUT_PATH = PREFIX + "sign_out"
 SIGNED_OUT_PATH = PREFIX + "signed_out"
 BACKCHANNEL_LOGOUT_PATH = PREFIX + "backchannel_logout"
 PRE_AUTH_TTL = 600  # a sign-in must come back within 10 minutes
-MAX_PENDING = 8  # sign-ins in flight per browser (tabs); more and the oldest are dropped
+# Sign-ins in flight per browser (tabs); one more drops them all. Each is a pre-auth
+# cookie of up to 4 KB sent with every request (Path=/, as __Host- asks): with a
+# chunked session, the Cookie header stays under limits.max_request_header_bytes,
+# so sign-ins started on someone's behalf can't make every request a 431.
+MAX_PENDING = 3
 REFRESH_REMEMBERED = 60.0  # a finished refresh answers requests still carrying the old cookie
 REFRESH_FAILURE_REMEMBERED = 5.0
 SESSION: web.RequestKey[Session] = web.RequestKey("portcullis_session", Session)
