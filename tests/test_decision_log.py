@@ -280,6 +280,29 @@ def test_record_is_cheap(tmp_path: Path) -> None:
     assert per_call < 20e-6
 
 
+async def test_json_nested_past_the_parsers_depth_never_stops_the_writer_with_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """Someone who can write the log's directory leaves a last line, or a .head
+    file, of 5,000 nested arrays: the stdlib parser raises RecursionError, not
+    ValueError. A last line like that is damage the chain goes on from (verify
+    names it); a .head file like that stops the start with a clear error naming
+    it, as any damaged .head file does."""
+    path = tmp_path / "decisions.jsonl"
+    path.write_bytes(b"[" * 5000 + b"\n")
+    log = DecisionLog(path, SIGNING_KEY, key_id=KID)
+    await log.start()
+    record(log, 1)
+    await log.close()
+    problems = verify_log([path], PUBLIC_KEYS).problems
+    assert [(p.line, p.kind) for p in problems][:1] == [(1, "damaged")], problems
+
+    other = tmp_path / "other.jsonl"
+    Path(f"{other}.head").write_bytes(b"[" * 5000)
+    with pytest.raises(DecisionLogError, match=r"other\.jsonl\.head is damaged"):
+        await DecisionLog(other, SIGNING_KEY, key_id=KID).start()
+
+
 async def test_second_writer_on_the_same_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "decisions.jsonl"
     first = DecisionLog(path, SIGNING_KEY, key_id=KID)

@@ -725,7 +725,7 @@ class DecisionLog:
                 )
                 self._saved_name = None
             return _Chain(str(state["hash"]), int(state["seq"]), int(state["seq"]), signature)
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # nested past any parser
             raise DecisionLogError(
                 f"{self.head_path} is damaged: it records where the decision log's chain "
                 "stands. Restore it, or remove it to start a new chain (verify will then "
@@ -778,7 +778,7 @@ def _tail_state(path: Path) -> tuple[str, int, bool, set[str]] | None:
     for line in reversed(data.split(b"\n")):
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             continue
         if isinstance(record, dict) and isinstance(record.get("seq"), int):
             seq = record["seq"]
