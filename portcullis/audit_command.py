@@ -100,6 +100,13 @@ def register(commands: Any) -> None:
         "in --head are not asked of it",
     )
     verify.add_argument(
+        "--log-name",
+        metavar="NAME",
+        help="the log these files must be: the name its signatures carry "
+        "(decision_log.name, else host:file). Replicas share the signing key, so "
+        "without it another replica's intact log passes too",
+    )
+    verify.add_argument(
         "--live",
         action="store_true",
         help="the log is still being written: an unsigned tail is a warning, not a failure",
@@ -152,6 +159,11 @@ def verify_command(args: argparse.Namespace) -> int:
     if result.events == 0 and result.signatures == 0 and result.problems:
         print(f"error: {paths[0]} is not a Portcullis decision log", file=sys.stderr)
         return USAGE_ERROR
+    if args.log_name is not None and args.log_name not in result.log_names:
+        called = ", ".join(repr(name) for name in sorted(result.log_names)) or "no name"
+        print(f"TAMPERED: {paths[0]}: not the log {args.log_name!r}: its signatures call it "
+              f"{called} (another replica's or another gateway's log?)")  # fmt: skip
+        return TAMPERED
     return _report(result, live=args.live)
 
 
@@ -201,6 +213,8 @@ def _report(result: VerifyResult, *, live: bool) -> int:
         return TAMPERED
     print(f"OK: {result.events} events, chain intact, last signed at {signed}")
     print(f"chain ends at seq {result.tail_seq}, line hash {result.tail_hash}")
+    if result.log_names:
+        print(f"log: {', '.join(repr(name) for name in sorted(result.log_names))}")
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if not result.head_covered:

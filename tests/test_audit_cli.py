@@ -477,6 +477,28 @@ async def test_replicas_sharing_a_key_each_verify_against_one_siem_export(
         assert f"of 1 other log(s) left out ('{other}:decisions.log')" in done.stderr
 
 
+async def test_another_replicas_intact_log_passed_off_as_this_one_fails_with_log_name(
+    tmp_path: Path,
+) -> None:
+    """Replicas share the signing key: portcullis-1's whole, intact log copied over
+    portcullis-0's verifies, even against the SIEM's export (portcullis-0's heads
+    are left out as another log's). The auditor names the log they mean and the
+    swap fails; the OK line says which log it checked."""
+    first, second, export = await two_replicas(tmp_path)
+    first.write_bytes(second.read_bytes())
+    done = audit(first, "--key", PUBLIC_PEM, "--head", export)
+    assert done.returncode == 0 and "log: 'portcullis-1:decisions.log'" in done.stdout
+    done = audit(first, "--key", PUBLIC_PEM, "--head", export,
+                 "--log-name", "portcullis-0:decisions.log")  # fmt: skip
+    assert done.returncode == 1, done.stdout
+    assert done.stdout.startswith(
+        f"TAMPERED: {first}: not the log 'portcullis-0:decisions.log': its signatures call "
+        "it 'portcullis-1:decisions.log'"
+    )
+    done = audit(second, "--key", PUBLIC_PEM, "--log-name", "portcullis-1:decisions.log")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 async def test_replica_log_cut_after_a_signature_is_caught_by_its_own_shipped_heads(
     tmp_path: Path,
 ) -> None:

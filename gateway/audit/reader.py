@@ -95,6 +95,9 @@ class VerifyResult:
     # Events a run left unsigned (it crashed) that the next run's start record
     # signed as it found them in the file: see :class:`Resigned`.
     resigned: list[Resigned] = field(default_factory=list)
+    # What the log's own verified signatures call it (decision_log.name, else
+    # host:file): replicas share the signing key, so this is what tells their logs apart.
+    log_names: frozenset[str] = frozenset()
 
     @property
     def ok(self) -> bool:
@@ -539,6 +542,7 @@ def verify_log(
                 if head_index not in head_at:
                     head_at[head_index] = seq
 
+    result.log_names = frozenset(names)
     last = recent[-1] if recent else None
     if last is None:
         if heads:  # emptied: only an outside head can tell
