@@ -290,3 +290,33 @@ def planting_wms(gateway_url: str, planted: dict[str, list[str]]) -> web.Applica
 
     app.on_response_prepare.append(plant)
     return app
+
+
+@dataclass
+class PlantingStack:
+    """A sign-in stack whose wms app is hostile (:func:`planting_wms`), and the
+    session cookie mallory got by signing in herself."""
+
+    stack: Stack
+    planted: dict[str, list[str]]
+    mallorys: str
+
+
+@contextlib.asynccontextmanager
+async def planting_stack(
+    aiohttp_server: ServerFactory, tmp_path: Path, provider: DevProvider
+) -> AsyncIterator[PlantingStack]:
+    from gateway.config import Route
+
+    planted: dict[str, list[str]] = {"headers": []}
+    gateway_url = f"http://127.0.0.1:{provider.gateway_port}"
+    hostile = await aiohttp_server(planting_wms(gateway_url, planted))
+    wms = Route("wms", f"http://127.0.0.1:{hostile.port}", "/wms/", read_timeout=5.0)
+    async with (
+        start_sign_in_stack(aiohttp_server, tmp_path, provider, routes=(wms,)) as stack,
+        browser(stack.url) as mallory,
+    ):
+        await mallory.sign_in(stack.url + "/wms/", "mallory", ["otp"])
+        theirs = mallory.cookie(COOKIE, stack.url)
+        assert theirs is not None
+        yield PlantingStack(stack, planted, theirs)

@@ -14,7 +14,6 @@ import pytest
 from aiohttp import web
 from playwright.async_api import Page, async_playwright
 
-from gateway.config import Route
 from tests.conftest import ROOT
 from tests.gateway_stack import ServerFactory, Stack, free_port
 from tests.sign_in_stack import (
@@ -22,7 +21,7 @@ from tests.sign_in_stack import (
     DevProvider,
     Loopback,
     browser,
-    planting_wms,
+    planting_stack,
     provider,
     start_provider,
     start_sign_in_stack,
@@ -138,17 +137,8 @@ async def test_cookies_an_app_or_its_scripts_plant_never_make_chromium_someone_e
     after alice's real cookie, and aiohttp's cookie parser read it as the
     session), and the same by script. Alice stays alice, and mallory's session
     is never taken."""
-    gateway_url = f"http://127.0.0.1:{provider.gateway_port}"
-    planted: dict[str, list[str]] = {"headers": []}
-    hostile = await aiohttp_server(planting_wms(gateway_url, planted))
-    wms = Route("wms", f"http://127.0.0.1:{hostile.port}", "/wms/", read_timeout=5.0)
-    async with (
-        start_sign_in_stack(aiohttp_server, tmp_path, provider, routes=(wms,)) as stack,
-        browser(stack.url) as mallory,
-    ):
-        await mallory.sign_in(stack.url + "/wms/", "mallory", ["otp"])
-        theirs = mallory.cookie(COOKIE, stack.url)
-        assert theirs is not None
+    async with planting_stack(aiohttp_server, tmp_path, provider) as hostile:
+        stack, planted, theirs = hostile.stack, hostile.planted, hostile.mallorys
         planted["headers"] = [
             f"{COOKIE}={theirs}; Path=/; Secure; HttpOnly; SameSite=Lax",
             f"a=1 {COOKIE}={theirs}; Path=/",

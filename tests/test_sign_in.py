@@ -20,7 +20,6 @@ import pytest
 from yarl import URL
 
 from gateway.audit.shipping.formats.ocsf import format as format_ocsf
-from gateway.config import Route
 from gateway.signin.session import KeyRing, Session, write_key_file
 from tests.gateway_stack import ServerFactory, Stack, logged, raw_request
 from tests.sign_in_stack import (
@@ -33,7 +32,7 @@ from tests.sign_in_stack import (
     DevProvider,
     Page,
     browser,
-    planting_wms,
+    planting_stack,
     provider,
     sign_in_config,
     start_sign_in_stack,
@@ -251,18 +250,11 @@ async def test_session_fixation_by_an_app_behind_the_gateway_is_dropped(
     fixation), or a chunk or pre-auth cookie would shadow or clear the real ones.
     Every spelling of those is dropped, the app's own cookie passes, and the
     browser is still alice's."""
-    planted: dict[str, list[str]] = {"headers": []}
-    gateway_url = f"http://127.0.0.1:{provider.gateway_port}"
-    hostile = await aiohttp_server(planting_wms(gateway_url, planted))
-    wms = Route("wms", f"http://127.0.0.1:{hostile.port}", "/wms/", read_timeout=5.0)
     async with (
-        start_sign_in_stack(aiohttp_server, tmp_path, provider, routes=(wms,)) as stack,
-        browser(stack.url) as alice,
-        browser(stack.url) as mallory,
+        planting_stack(aiohttp_server, tmp_path, provider) as hostile,
+        browser(hostile.stack.url) as alice,
     ):
-        await mallory.sign_in(stack.url + "/wms/", "mallory", ["otp"])
-        theirs = mallory.cookie(COOKIE, stack.url)
-        assert theirs is not None
+        stack, planted, theirs = hostile.stack, hostile.planted, hostile.mallorys
         planted["headers"] = [
             f"{COOKIE}={theirs}; Path=/; Secure; HttpOnly; SameSite=Lax",
             f" {COOKIE} = {theirs} ; Path=/wms/",
