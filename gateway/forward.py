@@ -224,17 +224,22 @@ class Forwarder:
         add: Mapping[str, str],
         *,
         expires_at: float | None = None,
-        recheck: Callable[[], Awaitable[str | None]] | None = None,
+        recheck: Recheck | None = None,
+        recheck_by: float | None = None,
     ) -> web.StreamResponse:
         """Send the request upstream and stream the answer back. A WebSocket is
         bridged until either side closes it, it idles, `expires_at` (epoch seconds:
-        the identity's end) passes, or `recheck` (run every recheck interval) says
-        it must end: REVOKED (the policy no longer allows it) or UNLOGGED (the
-        decision to go on could not be logged durably, `durability: sync`)."""
+        the identity's end) passes, or `recheck` (run every recheck interval, and
+        at `recheck_by`, when the allow stops holding as time passes: a step-up's
+        max_age) says it must end: REVOKED (the policy no longer allows it) or
+        UNLOGGED (the decision to go on could not be logged durably, `durability:
+        sync`)."""
         headers = upstream_headers(request, route, add, self._strip_cookie)
         url = self._url(route, path)
         if is_websocket(request):
-            return await self._websocket(request, route, url, headers, expires_at, recheck)
+            return await self._websocket(
+                request, route, url, headers, expires_at, recheck, recheck_by
+            )
         timeout = self._timeouts.get(route)
         if timeout is None:
             timeout = aiohttp.ClientTimeout(
@@ -296,7 +301,8 @@ class Forwarder:
         url: URL,
         headers: CIMultiDict[str],
         expires_at: float | None,
-        recheck: Callable[[], Awaitable[str | None]] | None,
+        recheck: Recheck | None,
+        recheck_by: float | None,
     ) -> web.StreamResponse:
         for name in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions"):
             headers.pop(name, None)
@@ -328,6 +334,7 @@ class Forwarder:
                 idle=self._limits.websocket_idle_timeout,
                 expires_at=expires_at,
                 recheck=recheck,
+                recheck_by=recheck_by,
                 interval=self._limits.websocket_recheck_interval,
             )
         finally:
@@ -390,6 +397,9 @@ _REVOKED = (1008, "access revoked by policy", "revoked")
 _UNLOGGED = (1011, "decision log unavailable", "unlogged")
 # What a recheck answers when the socket must end (None: it goes on).
 REVOKED, UNLOGGED = _REVOKED[2], _UNLOGGED[2]
+# A recheck answers (REVOKED, UNLOGGED or None, and, when it goes on, the epoch
+# seconds at which its allow stops holding as time passes, None if never).
+Recheck = Callable[[], Awaitable[tuple[str | None, float | None]]]
 _ENDS = {REVOKED: _REVOKED, UNLOGGED: _UNLOGGED}
 
 
@@ -425,15 +435,30 @@ class _Bridge:
         *,
         idle: float,
         expires_at: float | None,
-        recheck: Callable[[], Awaitable[str | None]] | None,
+        recheck: Recheck | None,
+        recheck_by: float | None,
         interval: float,
     ) -> tuple[int, str, str] | None:
         """Wait until either side ends the bridge (None), or the gateway must: the
-        (code, message, reason) to close both sides with."""
+        (code, message, reason) to close both sides with. The policy decides again
+        every `interval`, and as soon as its last allow stops holding (`recheck_by`,
+        then each recheck's own): a step-up's max_age ends the socket when it runs
+        out, not up to an interval later."""
         loop = self._loop
-        # exp is wall-clock; the loop's clock doesn't jump with NTP.
-        expiry = math.inf if expires_at is None else loop.time() + expires_at - time.time()
-        next_check = loop.time() + interval if recheck is not None else math.inf
+
+        def on_loop_clock(epoch: float | None) -> float:
+            # exp and valid_until are wall-clock; the loop's clock doesn't jump with NTP.
+            return math.inf if epoch is None else loop.time() + epoch - time.time()
+
+        def next_recheck(until: float | None) -> float:
+            now = loop.time()
+            due = on_loop_clock(until)
+            if due <= now:  # an allow already past its own end: not a busy loop
+                due = now + min(interval, 1.0)
+            return min(now + interval, due)
+
+        expiry = on_loop_clock(expires_at)
+        next_check = next_recheck(recheck_by) if recheck is not None else math.inf
         while True:
             wake = min(self.last_message + idle, expiry, next_check)
             timeout = max(0.0, wake - loop.time())
@@ -446,10 +471,10 @@ class _Bridge:
             if now >= self.last_message + idle:
                 return _IDLE
             if recheck is not None and now >= next_check:
-                ended = await recheck()
+                ended, until = await recheck()
                 if ended is not None:
                     return _ENDS[ended]
-                next_check = loop.time() + interval
+                next_check = next_recheck(until)
 
     async def stop(self) -> None:
         for task in self._pumps:

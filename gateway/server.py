@@ -414,15 +414,18 @@ class Gateway:
             add[ASSERTION_HEADER] = self.signer.sign(identity, route.app)
             if self.durability is not None and not await self.durability.wait():
                 return _json(503, {"error": "decision_log_unavailable", "reason": "not logged"})
+            holds_until = _holds_until(decision)
         else:
             add = {}
+            holds_until = None
         recheck = None
         if self.config.auth and kind == "websocket":
             recheck = functools.partial(self._recheck, request, path, route, identity, request_id)
         try:
             return await self.forwarder.forward(
-                request, route, path, add, expires_at=identity.expires_at, recheck=recheck
-            )
+                request, route, path, add, expires_at=identity.expires_at, recheck=recheck,
+                recheck_by=holds_until,
+            )  # fmt: skip
         except UpstreamError as error:
             if error.rule is None:
                 return _json(error.status, {"error": "bad_gateway", "reason": str(error)})
@@ -459,9 +462,10 @@ class Gateway:
         route: Route,
         identity: Identity,
         request_id: str,
-    ) -> str | None:
+    ) -> tuple[str | None, float | None]:
         """Decide again for a long-lived WebSocket (a policy reload, an MFA max_age):
-        logged like any decision. None keeps it open; REVOKED (a deny, a failed
+        logged like any decision. None keeps it open (with when this allow stops
+        holding as time passes, to decide again then); REVOKED (a deny, a failed
         evaluation, a revoked session or token) closes it, and so does UNLOGGED: in
         sync durability an allow not on disk in time, as a request would get a 503
         (its refusal is logged, naming the recheck's decision)."""
@@ -469,7 +473,7 @@ class Gateway:
             verdict = await self.shared.check(request, route.app, identity)
             if verdict.refusal is not None:
                 self._shared_refusal(request, route, path, identity, verdict.refusal)
-                return REVOKED
+                return REVOKED, None
         document = decision_input(
             request, path, route, identity, request_id, signals=request.get(SIGNALS)
         )
@@ -478,10 +482,10 @@ class Gateway:
         if self.shadow is not None:
             self.shadow.submit(document, decision, route.app)
         if not decision.allow:
-            return REVOKED
+            return REVOKED, None
         if self.durability is not None and not await self.durability.wait():
-            return UNLOGGED
-        return None
+            return UNLOGGED, None
+        return None, _holds_until(decision)
 
     async def _identity(self, request: web.Request) -> Identity:
         certificate = client_certificate(request.transport)
@@ -753,6 +757,15 @@ def _shared_state(config: GatewayConfig, replica: str, metrics: Metrics) -> Shar
         token_lifetime=token_lifetime,
         registry=metrics.registry,
     )
+
+
+def _holds_until(decision: Decision) -> float | None:
+    """When an allow stops holding as time passes (its `valid_until_ns`, a step-up's
+    max_age), in epoch seconds; None when the policy answered none or null."""
+    until = decision.valid_until
+    if isinstance(until, int | float) and not isinstance(until, bool):
+        return until / 1e9
+    return None
 
 
 def _request_id(request: web.Request, decision_id: str) -> str:

@@ -401,6 +401,34 @@ async def test_websocket_is_closed_when_policy_revokes_access(
         assert upgrades[-1]["input"]["identity"]["subject"] == "alice"
 
 
+async def test_websocket_does_not_outlive_the_step_up_max_age_until_the_next_recheck(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """Attack: open a WebSocket on /pos/refunds/ (phishing-resistant MFA within 900 s)
+    just before that sign-in's max_age runs out, and keep relaying on it. The allow
+    says when it stops holding (valid_until_ns); the socket must be re-decided then
+    (and closed), not at the next recheck interval (10 s here, 60 s by default)."""
+    clerk = {"groups": ["store"], "amr": ["pwd", "hwk"], "acr": "phr"}
+    async with limited_stack(aiohttp_server, tmp_path, websocket_recheck_interval=10.0) as stack:
+        token = stack.token("carol", auth_age=900 - 2, **clerk)  # fresh for 2 s more
+        async with stack.session.ws_connect(
+            stack.url.replace("http", "ws") + "/pos/refunds/ws",
+            headers={"Authorization": f"Bearer {token}"},
+        ) as ws:
+            await ws.send_str("refund 42")
+            assert (await ws.receive(timeout=5)).data == "pos echo: refund 42"
+            started = time.monotonic()
+            closing = await ws.receive(timeout=6)
+            assert closing.type == aiohttp.WSMsgType.CLOSE, closing
+            assert (closing.data, closing.extra) == (1008, "access revoked by policy")
+            assert time.monotonic() - started < 4.0
+        events = await stack.events(at_least=2)
+        last = [e for e in events if e["input"]["attributes"]["request"]["http"]["path"]
+                == "/pos/refunds/ws"][-1]  # fmt: skip
+        assert last["result"]["allow"] is False
+        assert last["result"]["step_up"]["max_age"] == 900
+
+
 # --- slowloris ---------------------------------------------------------------------
 
 
