@@ -53,6 +53,7 @@ from gateway.screening.paths import NormalizedPath, PathRejected, normalize
 from gateway.screening.websocket import VERSION as WEBSOCKET_VERSION
 from gateway.screening.websocket import handshake_refusal
 from gateway.shared.check import Refusal
+from gateway.shared.revocation import longest_token_life
 from gateway.shared.state import REMEMBER_ADDRESS, SIGNALS, SharedState
 from gateway.signin.flow import BrowserSignIn
 
@@ -749,7 +750,7 @@ def _json_line(value: Any) -> str:
 def _shared_state(config: GatewayConfig, replica: str, metrics: Metrics) -> SharedState | None:
     if config.shared_state is None or not config.auth:
         return None
-    token_lifetime = max((i.max_token_lifetime for i in config.issuers), default=86400.0)
+    token_lifetime = longest_token_life(config.issuers)
     return SharedState(
         config.shared_state,
         replica=replica,

@@ -49,7 +49,7 @@ def _when(epoch: float) -> str:
 
 def _connect(path: str) -> tuple[Any, Any, int] | None:
     from gateway.config import ConfigError, load_config
-    from gateway.shared.revocation import revocation_ttl
+    from gateway.shared.revocation import longest_token_life, revocation_ttl
     from gateway.shared.store import Store
 
     try:
@@ -64,7 +64,7 @@ def _connect(path: str) -> tuple[Any, Any, int] | None:
             file=sys.stderr,
         )
         return None
-    lifetime = max((i.max_token_lifetime for i in config.issuers), default=86400.0)
+    lifetime = longest_token_life(config.issuers)
     return Store(config.shared_state), config, revocation_ttl(config.session.lifetime, lifetime)
 
 

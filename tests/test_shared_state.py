@@ -143,6 +143,40 @@ async def test_token_issued_after_a_revocation_is_accepted(
         assert (await call(stack, stack.url, "/wms/stock", fresh))[0] == 200
 
 
+async def test_revoked_token_stays_revoked_for_the_issuers_leeway_past_its_lifetime(
+    aiohttp_server: ServerFactory, tmp_path: Path, redis_url: str
+) -> None:
+    """Attack: an issuer with leeway 300 s (the most allowed) mints a token for its
+    whole max_token_lifetime plus that leeway (exp - iat = 24 h 5 min, accepted),
+    and the gateway accepts it until exp + leeway. The user is revoked right after
+    it was issued: the revocation must outlast that, else the stolen token works
+    again once Redis drops the record. The record's TTL was the longest lifetime +
+    5 min, ignoring leeway (twice): the token outlived it by 5 minutes."""
+    import redis.asyncio
+
+    leeway, longest = 300.0, 86400.0
+    options = {"leeway": leeway, "max_token_lifetime": longest}
+    async with start_stack(
+        aiohttp_server, tmp_path, shared_state=shared(redis_url), issuer_options=options
+    ) as stack:
+        issued = time.time()
+        token = stack.token("alice", ttl=int(longest + leeway), **WAREHOUSE)
+        assert (await call(stack, stack.url, "/wms/stock", token))[0] == 200
+        async with admin(stack.gateway) as client:
+            assert (await client.post("/sessions/revoke", json={"user": "alice"})).status == 200
+        assert (await call(stack, stack.url, "/wms/stock", token))[0] == 401
+        key = stack.gateway.shared.keys.user_revoked("alice")  # type: ignore[union-attr]
+        async with redis.asyncio.from_url(redis_url) as r:
+            kept_until = time.time() + await r.pttl(key) / 1000
+            accepted_until = int(issued) + longest + leeway + leeway  # exp + leeway
+            assert kept_until >= accepted_until, (
+                f"revocation dropped {accepted_until - kept_until:.0f} s before the token ends"
+            )
+            # What the record's expiry means: the same token is let through again.
+            await r.delete(key)
+        assert (await call(stack, stack.url, "/wms/stock", token))[0] == 200
+
+
 async def test_session_cli_revokes_and_unlocks_through_redis(
     aiohttp_server: ServerFactory, tmp_path: Path, redis_url: str
 ) -> None:

@@ -5,12 +5,14 @@ admin API and `portcullis session`, so all three write the same records."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 
+from gateway.config import Issuer
 from gateway.shared.settings import SharedStateConfig
 from gateway.shared.store import Keys
 
@@ -26,6 +28,13 @@ def record(reason: str, by: str, at: float | None = None) -> str:
 def revocation_ttl(session_lifetime: int, token_lifetime: float) -> int:
     """How long a revocation must be kept: past it, everything it refuses has expired."""
     return int(max(session_lifetime, token_lifetime)) + REVOCATION_LEEWAY
+
+
+def longest_token_life(issuers: Iterable[Issuer]) -> float:
+    """How long after its `iat` a bearer token can still be accepted: its exp may be
+    max_token_lifetime + leeway after iat, and it passes until exp + leeway. A
+    revocation kept for less lets a token it refused through again."""
+    return max((i.max_token_lifetime + 2 * i.leeway for i in issuers), default=86400.0)
 
 
 async def revoke_user(
