@@ -469,7 +469,17 @@ class Gateway:
         holding as time passes, to decide again then); REVOKED (a deny, a failed
         evaluation, a revoked session or token) closes it, and so does UNLOGGED: in
         sync durability an allow not on disk in time, as a request would get a 503
-        (its refusal is logged, naming the recheck's decision)."""
+        (its refusal is logged, naming the recheck's decision). A bearer token is
+        verified again: one whose signing key the issuer withdrew (it leaked) is
+        refused on every request, and ends the sockets it opened too."""
+        if identity.method == "bearer":
+            try:
+                await self._identity(request)
+            except TokenRejected as rejected:
+                decision = deny(self._ids.next(), 401, f"gateway.invalid_token: {rejected}")
+                document = decision_input(request, path, route, ANONYMOUS, request_id)
+                self._log(decision, document, route, path=REFUSAL_PATH)
+                return REVOKED, None
         if self.shared is not None:
             verdict = await self.shared.check(request, route.app, identity)
             if verdict.refusal is not None:

@@ -538,3 +538,28 @@ def test_limits_defaults_and_route_body_timeouts() -> None:
                 "routes": [{"app": "a", "upstream": "http://x", "body_idle_timeout": 0}],
             }
         )
+
+
+async def test_websocket_ends_when_its_tokens_signing_key_is_withdrawn(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """Attack: the issuer's signing key leaked and is withdrawn from its JWKS; every
+    request with a token it signed is refused from then on (cached ones too), but a
+    WebSocket opened with such a token before stayed bridged until the token's exp
+    (up to max_token_lifetime), since the recheck reused the identity of the upgrade."""
+    async with limited_stack(aiohttp_server, tmp_path, websocket_recheck_interval=0.3) as stack:
+        token = stack.token("alice", **WAREHOUSE)
+        async with stack.session.ws_connect(
+            stack.url.replace("http", "ws") + "/wms/ws",
+            headers={"Authorization": f"Bearer {token}"},
+        ) as ws:
+            await ws.send_str("before")
+            assert (await ws.receive(timeout=5)).data == "wms echo: before"
+            stack.issuer.jwk = {**stack.issuer.jwk, "kid": "after-the-leak"}
+            verifier = stack.gateway.verifier
+            assert verifier is not None
+            await verifier._issuers[stack.issuer.issuer][1].refresh()  # the next fetch
+            assert (await stack.get("/wms/stock", token)).status == 401
+            closing = await ws.receive(timeout=3)
+            assert closing.type == aiohttp.WSMsgType.CLOSE, closing
+            assert closing.data == 1008
