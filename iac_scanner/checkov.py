@@ -13,6 +13,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from iac_scanner.findings import Finding, Rule, normalise_severity
 
 # checkov's check ids: CKV_AWS_20, CKV2_AWS_1, CKV3_SAST_1, CKV_K8S_8. A new
@@ -57,6 +59,65 @@ def _commands(executable: str, paths: list[Path]) -> list[list[str]]:
     return commands
 
 
+# What a .checkov.yaml may say: keys that only add checks or change how the
+# report looks. Every other key (skip-check, check, skip-path, skip-framework,
+# framework, baseline, var-file, soft-fail, policy-metadata-filter, ...) can
+# drop a check or a finding, and checkov reads the file from the scanned
+# directory and the working directory: files the change under review can edit.
+_CONFIG_KEYS_ALLOWED = frozenset(
+    {
+        "compact",
+        "external-checks-dir",
+        "external-checks-git",
+        "quiet",
+        "run-all-external-checks",
+        "skip-download",
+    }
+)
+
+
+def _config_files(paths: list[Path]) -> list[Path]:
+    """The .checkov.yaml/.yml files checkov would read (its get_default_config_paths):
+    in each directory it scans (-d), the working directory and the home directory."""
+    directories = [p for p in paths if p.is_dir()] + [Path.cwd(), Path.home()]
+    found: list[Path] = []
+    for directory in directories:
+        for name in (".checkov.yaml", ".checkov.yml"):
+            candidate = directory / name
+            if candidate.exists() and candidate.resolve() not in {f.resolve() for f in found}:
+                found.append(candidate)
+    return found
+
+
+def refuse_unsafe_config(paths: list[Path]) -> None:
+    """CheckovError naming the first checkov config file with a key that could
+    drop a check or a finding (or that can't be read)."""
+    allowed = ", ".join(sorted(_CONFIG_KEYS_ALLOWED))
+    for file in _config_files(paths):
+        shown = os.path.relpath(file) if file.is_absolute() else str(file)
+        if shown.startswith(".."):
+            shown = str(file)
+        try:
+            document = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+            raise CheckovError(
+                f"checkov: {shown}: can't read this checkov configuration ({error}), so "
+                "which checks it skips can't be told; fix or remove it"
+            ) from None
+        if document is None:
+            continue
+        keys = list(document) if isinstance(document, dict) else [str(document)]
+        for key in keys:
+            if str(key) not in _CONFIG_KEYS_ALLOWED:
+                raise CheckovError(
+                    f"checkov: {shown}: `{key}` would change which of checkov's checks run "
+                    "or what they report, and this file is read from the scanned tree or "
+                    "the working directory, which the change under review can edit; "
+                    "remove it (the scan runs checkov with its own settings; .checkov.yaml "
+                    f"may only add checks: {allowed})"
+                )
+
+
 class CheckovRun:
     """checkov started in the background over the scanned paths; `findings()`
     waits for it. Both of checkov's result exit codes (0 clean, 1 failed checks)
@@ -64,6 +125,7 @@ class CheckovRun:
 
     def __init__(self, executable: str, paths: list[Path]) -> None:
         self.executable = resolve(executable)
+        refuse_unsafe_config(paths)
         self._pool = ThreadPoolExecutor(max_workers=1)
         self._future: Future[list[dict[str, Any]]] = self._pool.submit(
             self._run_all, _commands(self.executable, paths)

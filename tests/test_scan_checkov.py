@@ -149,3 +149,34 @@ def test_a_checkov_custom_check_that_takes_a_policy_rule_id_is_an_error(tmp_path
     # Nothing is dropped: both checks' findings are in the report.
     sources = sorted(f["source"] for f in report["findings"] if f["rule_id"] == "PC-TF-006")
     assert sources == ["checkov", "portcullis"]
+
+
+@pytest.mark.parametrize("where", ["scanned directory", "working directory"])
+def test_a_checkov_config_in_the_change_cannot_skip_checkov_checks(
+    tmp_path: Path, where: str
+) -> None:
+    # checkov reads .checkov.yaml/.yml from the directory it scans and the one
+    # it runs in: a pull request that adds one with `skip-check` (or
+    # `skip-path`, `check`, `baseline`, ...) made checkov's findings vanish,
+    # not even reported as suppressed, and the scan passed.
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "main.tf").write_text(
+        'resource "aws_instance" "web" {\n  ami           = "ami-123"\n'
+        '  instance_type = "t3.micro"\n}\n'
+    )
+    config = (tree if where == "scanned directory" else tmp_path) / ".checkov.yml"
+    config.write_text("skip-check:\n  - CKV_AWS_8\n  - CKV_AWS_79\n")
+    result = _scan("tree", "--policy", str(POLICIES), "--checkov", str(CHECKOV), cwd=tmp_path)
+    found = [f["rule_id"] for f in json.loads(result.stdout or '{"findings": []}')["findings"]]
+    assert "CKV_AWS_8" in found or result.returncode == 2, (result.returncode, found)
+    assert result.returncode == 2
+    shown = config.relative_to(tmp_path)
+    assert result.stderr.splitlines() == [
+        f"portcullis scan: checkov: {shown}: `skip-check` would change which of checkov's "
+        "checks run or what they report, and this file is read from the scanned tree or "
+        "the working directory, which the change under review can edit; remove it (the "
+        "scan runs checkov with its own settings; .checkov.yaml may only add checks: "
+        "compact, external-checks-dir, external-checks-git, quiet, run-all-external-checks, "
+        "skip-download)"
+    ]
