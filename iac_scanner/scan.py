@@ -25,7 +25,7 @@ from iac_scanner.findings import (
 from iac_scanner.loader import Document, LoadOptions, display_path, list_files, load, walk_dirs
 from iac_scanner.modules import Resource
 from iac_scanner.policy import RuleSet, RuleSetError
-from iac_scanner.suppressions import Suppression, apply, parse_comments
+from iac_scanner.suppressions import Suppression, apply, parse_checkov_skips, parse_comments
 from policy_engine import (
     EvaluationError,
     PolicyError,
@@ -274,13 +274,29 @@ def _merge_checkov(result: ScanResult, checkov: CheckovRun) -> None:
         result.problems.append(Problem("checkov", str(error)))
         return
     blocks = result.blocks
+    if isinstance(blocks, _BlockIndex):
+        result.notes.extend(blocks.checkov_notes)
     clashes = set()
     for finding in findings:
         known = result.rules.setdefault(finding.rule.id, finding.rule)
         if known.source != "checkov":
             clashes.add(finding.rule.id)
-        if finding.suppressed is None and isinstance(blocks, _BlockIndex):
-            apply(finding, blocks.suppressions_at(finding.file, finding.line))
+        if isinstance(blocks, _BlockIndex):
+            if finding.suppressed is not None:
+                # checkov skips for `checkov:skip=` anywhere in the resource's
+                # lines (a string, a heredoc) and without a reason: honoured only
+                # for a real comment in the block that says why.
+                finding.suppressed = None
+                apply(finding, blocks.checkov_skips_at(finding.file, finding.line))
+                if finding.suppressed is None:
+                    result.notes.append(
+                        f"{finding.file}:{finding.line}: checkov skipped {finding.rule.id} on "
+                        f"{finding.resource} for text that is not a `# checkov:skip="
+                        f"{finding.rule.id}:reason` comment in the resource block (a string, "
+                        "a heredoc, or no reason): reported as a finding"
+                    )
+            if finding.suppressed is None:
+                apply(finding, blocks.suppressions_at(finding.file, finding.line))
         result.findings.append(finding)
     # A checkov custom check (an external checks directory) can take any id,
     # a policy rule's too: the scan can't tell their findings apart. Reported
@@ -388,6 +404,8 @@ class _BlockIndex:
     def __init__(self, notes: list[str]) -> None:
         self.notes = notes
         self._blocks: dict[str, list[tuple[int, int, list[Suppression]]]] = {}
+        self._checkov: dict[str, list[tuple[int, int, list[Suppression]]]] = {}
+        self.checkov_notes: list[str] = []
         self._seen: set[tuple[str, int]] = set()
 
     def add(self, document: Document) -> None:
@@ -398,11 +416,21 @@ class _BlockIndex:
             self._seen.add((file, line))
             found = parse_comments(resource.comments, file, self.notes)
             self._blocks.setdefault(file, []).append((line, resource.end_line, found))
+            # Said only when checkov runs: without it these comments mean nothing.
+            skips = parse_checkov_skips(resource.comments, file, self.checkov_notes)
+            self._checkov.setdefault(file, []).append((line, resource.end_line, skips))
 
     def suppressions_at(self, file: str, line: int) -> list[Suppression]:
+        return self._at(self._blocks, file, line)
+
+    def checkov_skips_at(self, file: str, line: int) -> list[Suppression]:
+        """The real `checkov:skip=ID:reason` comments of the block at file:line."""
+        return self._at(self._checkov, file, line)
+
+    @staticmethod
+    def _at(
+        index: dict[str, list[tuple[int, int, list[Suppression]]]], file: str, line: int
+    ) -> list[Suppression]:
         return [
-            s
-            for start, end, found in self._blocks.get(file, [])
-            if start <= line <= end
-            for s in found
+            s for start, end, found in index.get(file, []) if start <= line <= end for s in found
         ]

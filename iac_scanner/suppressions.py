@@ -46,6 +46,35 @@ def parse_comments(comments: list[list[Any]], file: str, notes: list[str]) -> li
     return found
 
 
+# checkov's own syntax: `checkov:skip=CKV_AWS_18:reason` (the text after the `=`).
+_CHECKOV_SKIP = re.compile(r"^(?P<id>[A-Za-z0-9_]+)\s*(?::(?P<reason>.*))?$")
+
+
+def parse_checkov_skips(
+    comments: list[list[Any]], file: str, notes: list[str]
+) -> list[Suppression]:
+    """The checkov:skip comments of one resource, as suppressions of their check;
+    reasonless ones go to notes. checkov itself takes `checkov:skip=` anywhere in
+    a resource's lines (a string's or a heredoc's too) and without a reason: the
+    scan honours its skips only where one of these real comments says why."""
+    found = []
+    for line, kind, text, _ in comments:
+        if kind != "checkov:skip":
+            continue
+        match = _CHECKOV_SKIP.match(text.strip())
+        if match is None:
+            continue
+        reason = (match.group("reason") or "").strip()
+        if not reason:
+            notes.append(
+                f"{file}:{line}: checkov:skip={match.group('id')} has no reason, so it "
+                "suppresses nothing; say why after the id (checkov:skip=ID:reason)"
+            )
+            continue
+        found.append(Suppression(frozenset({match.group("id")}), reason, file, line))
+    return found
+
+
 def apply(finding: Finding, suppressions: list[Suppression]) -> None:
     for suppression in suppressions:
         if finding.rule.id in suppression.rule_ids:

@@ -180,3 +180,51 @@ def test_a_checkov_config_in_the_change_cannot_skip_checkov_checks(
         "compact, external-checks-dir, external-checks-git, quiet, run-all-external-checks, "
         "skip-download)"
     ]
+
+
+def test_checkov_skip_text_in_a_string_or_heredoc_or_without_a_reason_suppresses_nothing(
+    tmp_path: Path,
+) -> None:
+    # checkov takes any line of a resource holding `checkov:skip=ID` as a skip,
+    # a string's or a heredoc's too, and without a reason: the scan reported
+    # those checks as suppressed ("No comment provided") and passed, where the
+    # README says such text suppresses nothing and a suppression needs a reason.
+    (tmp_path / "main.tf").write_text(
+        'resource "aws_s3_bucket" "logs" {\n'
+        '  bucket = "logs"\n'
+        "  tags = {\n"
+        '    note = "checkov:skip=CKV_AWS_18:a tag, not a comment"\n'
+        "  }\n"
+        "  # checkov:skip=CKV_AWS_21\n"
+        "  # bridgecrew:skip=CKV_AWS_144:not our comment syntax\n"
+        "  # checkov:skip=CKV_AWS_145:the bucket holds no data yet\n"
+        "}\n\n"
+        'resource "aws_instance" "web" {\n'
+        '  ami           = "ami-123"\n'
+        '  instance_type = "t3.micro"\n'
+        "  user_data     = <<-EOT\n"
+        "    #!/bin/sh\n"
+        "    # checkov:skip=CKV_AWS_8:a shell comment in user data\n"
+        "    echo hi\n"
+        "  EOT\n"
+        "}\n"
+    )
+    result = _scan(".", "--policy", str(POLICIES), "--checkov", str(CHECKOV), cwd=tmp_path)
+    report = json.loads(result.stdout)
+    suppressed = {
+        f["rule_id"]: f["suppressed"]
+        for f in report["findings"]
+        if f["rule_id"] in {"CKV_AWS_18", "CKV_AWS_21", "CKV_AWS_144", "CKV_AWS_145", "CKV_AWS_8"}
+    }
+    assert suppressed == {
+        "CKV_AWS_18": None,
+        "CKV_AWS_21": None,
+        "CKV_AWS_144": None,
+        "CKV_AWS_145": "the bucket holds no data yet",
+        "CKV_AWS_8": None,
+    }
+    assert result.returncode == 1
+    assert (
+        "main.tf:6: checkov:skip=CKV_AWS_21 has no reason, so it suppresses nothing; "
+        "say why after the id (checkov:skip=ID:reason)" in report["notes"]
+    )
