@@ -3,8 +3,10 @@ suppressions and the baseline, and return the findings model."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -67,6 +69,50 @@ class ScanOptions:
 
 
 def scan(options: ScanOptions) -> ScanResult:
+    distrust = _committed_cache(options.cache_dir) if options.cache_dir is not None else None
+    if distrust is not None:
+        options = dataclasses.replace(options, cache_dir=None)
+    result = _scan_with(options)
+    if distrust is not None:
+        result.notes.append(distrust)
+    return result
+
+
+def _committed_cache(directory: Path) -> str | None:
+    """Why a cache directory can't be trusted, or None. A pull request writes
+    the checkout: entries committed there (or a link to such a directory) are
+    results its author planted, so a cache directory holding any file the
+    repository tracks is not read. When git can't say, it isn't either."""
+    if not directory.exists() and not directory.is_symlink():
+        return None
+    top = git_toplevel(directory.parent if directory.is_symlink() else directory)
+    if top is None:
+        return None
+    shown = display_path(directory)
+    try:
+        listed = subprocess.run(
+            ["git", "-C", str(top), "ls-files", "-z", "--", str(directory.absolute())],
+            capture_output=True,
+            check=False,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        listed = None
+    if listed is None or listed.returncode != 0:
+        return (
+            f"{shown}: can't tell with git whether the cache directory holds files "
+            "committed to the repository (which a change under review can plant results "
+            "in); the scan ran without it"
+        )
+    if listed.stdout:
+        return (
+            f"{shown}: the cache directory holds files committed to the repository, "
+            "which a change under review can plant results in; the scan ran without it"
+        )
+    return None
+
+
+def _scan_with(options: ScanOptions) -> ScanResult:
     try:
         accepted = baseline.load(options.baseline) if options.baseline else None
         policy_set = load_policy_set(options.policy)

@@ -311,6 +311,47 @@ def test_a_result_cached_by_a_build_with_a_bug_is_not_served_by_the_fixed_build(
     assert set((cache / "parse").rglob("*.json")) - parsed_by_buggy
 
 
+def test_a_cache_committed_in_the_pull_request_cannot_plant_a_clean_result(
+    tmp_path: Path,
+) -> None:
+    # The default cache directory is in the checkout, which a pull request
+    # writes. Its author scans the insecure tree as CI will (same paths and
+    # working directory; the key is the scanner's code and those inputs, all
+    # public), empties the entry's findings and commits .portcullis-cache/:
+    # CI read the planted result as a warm re-scan and passed.
+    def git(*args: str) -> None:
+        subprocess.run(
+            ["git", "-c", "user.name=a", "-c", "user.email=a@b", *args],
+            cwd=tmp_path, check=True, capture_output=True,
+        )  # fmt: skip
+
+    shutil.copytree(TERRAFORM / "pos_app", tmp_path / "tree")
+    git("init", "-q")
+    args = ("scan", "tree", "--output", "json")
+    assert portcullis(*args, cwd=tmp_path).returncode == 1
+    [entry_file] = (tmp_path / ".portcullis-cache/scan").glob("*.json")
+    entry = json.loads(entry_file.read_text())
+    entry["result"]["findings"] = []
+    entry_file.write_text(json.dumps(entry))
+    git("add", "-A")
+    git("commit", "-q", "-m", "infra")
+    ci = portcullis(*args, cwd=tmp_path)
+    report = json.loads(ci.stdout)
+    assert ci.returncode == 1, report["summary"]
+    assert report["summary"]["findings"] == len(POS_APP_FINDINGS) - 1  # one is suppressed
+    assert (
+        ".portcullis-cache: the cache directory holds files committed to the repository, "
+        "which a change under review can plant results in; the scan ran without it"
+    ) in report["notes"]
+    # A cache the repository doesn't track is used as before.
+    git("rm", "-r", "-q", "--cached", ".portcullis-cache")
+    shutil.rmtree(tmp_path / ".portcullis-cache")
+    assert portcullis(*args, cwd=tmp_path).returncode == 1
+    assert (tmp_path / ".portcullis-cache/scan").is_dir()
+    warm = json.loads(portcullis(*args, cwd=tmp_path).stdout)
+    assert warm["notes"] == report["notes"][:-1]
+
+
 def test_jobs_parse_in_parallel_with_the_same_result() -> None:
     _, one = scan_json("../shared/corpus/terraform/terraform-aws-vpc", "--jobs", "1")
     _, two = scan_json("../shared/corpus/terraform/terraform-aws-vpc", "--jobs", "2")
