@@ -4,7 +4,7 @@ are still reported, marked as such, but don't fail the build; new ones do."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,28 @@ class Baseline:
     fingerprints: frozenset[str]
     # A version 2 file: its entries for findings in called modules name no root module.
     rootless: bool = False
+    # What each entry says it is (rule_id, resource, file): what a reviewer of
+    # the baseline reads, so an entry accepts only the finding it says it is.
+    labels: dict[str, tuple[object, object, object]] = field(default_factory=dict)
+
+    def accepts(self, fingerprint: str, finding: Finding, notes: list[str]) -> bool:
+        """Whether the entry with fingerprint accepts finding: it must say it is
+        that finding (rule, resource, file), or it accepts nothing (noted)."""
+        if fingerprint not in self.fingerprints:
+            return False
+        said = self.labels.get(fingerprint)
+        actual = (finding.rule.id, finding.resource, finding.root_path or finding.file)
+        if said == actual:
+            return True
+        rule, resource, file = said if said is not None else (None, None, None)
+        note = (
+            f"{self.path}: the entry with fingerprint {fingerprint} is labelled {rule} on "
+            f"{resource} ({file}), but that fingerprint is {actual[0]} on {actual[1]} "
+            f"({actual[2]}): it accepts nothing; re-create the baseline with --create-baseline"
+        )
+        if note not in notes:
+            notes.append(note)
+        return False
 
 
 def load(path: str) -> Baseline:
@@ -69,25 +91,34 @@ def load(path: str) -> Baseline:
             "no longer match: re-create it with --create-baseline",
         )
     fingerprints = frozenset(e["fingerprint"] for e in entries)
-    return Baseline(path, fingerprints, rootless=document["version"] == ROOTLESS_VERSION)
+    labels: dict[str, tuple[object, object, object]] = {}
+    for e in entries:
+        label = (e.get("rule_id"), e.get("resource"), e.get("file"))
+        # One fingerprint listed twice with different labels: neither is trusted.
+        if labels.setdefault(e["fingerprint"], label) != label:
+            labels[e["fingerprint"]] = (None, None, None)
+    rootless = document["version"] == ROOTLESS_VERSION
+    return Baseline(path, fingerprints, rootless=rootless, labels=labels)
 
 
 def apply(findings: list[Finding], accepted: Baseline) -> list[str]:
     """Mark the accepted findings; notes on version 2 entries that accept none."""
+    notes: list[str] = []
     for finding in findings:
-        if finding.fingerprint in accepted.fingerprints:
+        if accepted.accepts(finding.fingerprint, finding, notes):
             finding.baselined = True
     if not accepted.rootless:
-        return []
+        return notes
     # A version 2 entry for a finding in a called module names no root module.
     # It accepts the finding when one root module in this scan has it, as when
     # the baseline was made; when several do, it can't tell an old hole from a
     # new root's, so it accepts none of them and says so.
     by_entry: dict[str, list[Finding]] = {}
     for finding in findings:
-        if finding.in_called_module and finding.rootless_fingerprint in accepted.fingerprints:
+        if finding.in_called_module and accepted.accepts(
+            finding.rootless_fingerprint, finding, notes
+        ):
             by_entry.setdefault(finding.rootless_fingerprint, []).append(finding)
-    notes = []
     for group in by_entry.values():
         if len(group) == 1:
             group[0].baselined = True

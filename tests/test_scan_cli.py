@@ -236,6 +236,36 @@ def test_baseline_accepts_known_findings_and_fails_on_new_ones(tmp_path: Path) -
     assert [(f["rule_id"], f["resource"]) for f in failing] == [("PC-TF-006", "aws_s3_bucket.new")]
 
 
+def test_a_baseline_entry_labelled_as_another_finding_accepts_nothing(tmp_path: Path) -> None:
+    # A baseline entry's rule_id, resource and file are what a reviewer reads;
+    # only its fingerprint was matched. A pull request that adds a public
+    # bucket swaps one old entry's fingerprint for the new finding's (it can
+    # compute it: a hash of rule, resource, file and message), leaving the old
+    # labels: the diff is one changed hex string under an entry already
+    # accepted, and the new hole passed as baselined.
+    tree = tmp_path / "tree"
+    shutil.copytree(TERRAFORM / "pos_app", tree)
+    baseline = tmp_path / "baseline.json"
+    portcullis("scan", "--no-cache", str(tree), "--create-baseline", str(baseline))
+    (tree / "new.tf").write_text('resource "aws_s3_bucket" "new" {\n  acl = "public-read"\n}\n')
+    _, report = scan_json(str(tree), "--baseline", str(baseline))
+    [new] = [f for f in report["findings"] if f["resource"] == "aws_s3_bucket.new"]
+    document = json.loads(baseline.read_text())
+    old = document["findings"][0]
+    old["fingerprint"] = new["fingerprint"]
+    baseline.write_text(json.dumps(document, indent=2))
+    code, report = scan_json(str(tree), "--baseline", str(baseline))
+    failing = [(f["rule_id"], f["resource"]) for f in report["findings"] if f["baselined"] is False]
+    assert ("PC-TF-006", "aws_s3_bucket.new") in failing
+    assert code == 1
+    assert (
+        f"{baseline}: the entry with fingerprint {new['fingerprint']} is labelled "
+        f"{old['rule_id']} on {old['resource']} ({old['file']}), but that fingerprint is "
+        "PC-TF-006 on aws_s3_bucket.new (new.tf): it accepts nothing; re-create "
+        "the baseline with --create-baseline"
+    ) in report["notes"]
+
+
 def test_checkov_skip_comments_do_not_suppress_portcullis_rules() -> None:
     code, report = scan_json("tests/fixtures/terraform/checkov_skip")
     assert code == 1
