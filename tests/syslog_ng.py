@@ -4,6 +4,7 @@ with `cryptography`), each writing the messages it receives to a file."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import os
@@ -134,6 +135,27 @@ class SyslogNg:
             start = rest.find("{")
             found.append((msgid, json.loads(rest[start:].lstrip("\ufeff"))))
         return found
+
+    async def written(
+        self, source: str, ids: list[str], timeout: float = 10.0
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """:meth:`messages`, once every decision id in ``ids`` is among them (or the
+        timeout). A batch counts as shipped once syslog-ng's kernel acknowledged
+        it: syslog-ng itself reads and writes it out later, on a loaded machine
+        seconds later, so reading its file at once can miss the last messages."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.messages(source)
+            if set(ids) <= {_decision_id(body) for _, body in found} or (
+                time.monotonic() > deadline
+            ):
+                return found
+            await asyncio.sleep(0.05)
+
+
+def _decision_id(body: dict[str, Any]) -> Any:
+    """The decision id in an OCSF (metadata.uid) or ECS (event.id) message."""
+    return body.get("metadata", {}).get("uid") or body.get("event", {}).get("id")
 
 
 def start_syslog_ng(directory: Path) -> SyslogNg:

@@ -112,7 +112,7 @@ async def test_syslog_tcp_and_tls_ship_every_event_once_across_a_syslog_ng_resta
         ids = decision_ids(logged)
         assert len(ids) == 180
         for source, key in (("tcp", "metadata"), ("tls", "event")):
-            messages = server.messages(source)
+            messages = await server.written(source, ids)
             shipped = [m for msgid, m in messages if msgid != "chain_head"]
             got = [m[key]["uid"] if key == "metadata" else m[key]["id"] for m in shipped]
             assert got == ids, f"{source}: lost, duplicated or reordered events"

@@ -210,9 +210,8 @@ async def test_a_ca_file_that_is_not_pem_fails_loudly_and_recovers_once_fixed(
             ca.write_bytes(server.ca.read_bytes())
             await caught_up(stack)
             logged = log_records(stack.log_path)
-        shipped = [
-            m["metadata"]["uid"] for msgid, m in server.messages("tls") if msgid != "chain_head"
-        ]
+        messages = await server.written("tls", decision_ids(logged))
+        shipped = [m["metadata"]["uid"] for msgid, m in messages if msgid != "chain_head"]
         assert list(dict.fromkeys(shipped)) == decision_ids(logged)
     finally:
         server.stop()
