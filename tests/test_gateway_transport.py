@@ -156,7 +156,10 @@ async def test_unknown_kids_refresh_the_jwks_once_per_interval(
 async def test_graceful_shutdown_finishes_in_flight_requests(
     aiohttp_server: ServerFactory, tmp_path: Path
 ) -> None:
+    arrived = asyncio.Event()
+
     async def slow(request: web.Request) -> web.Response:
+        arrived.set()
         await asyncio.sleep(1.5)
         return web.Response(text="done")
 
@@ -176,7 +179,9 @@ async def test_graceful_shutdown_finishes_in_flight_requests(
         await wait_ready(f"http://127.0.0.1:{port}/healthz", gateway)
         async with aiohttp.ClientSession() as session:
             in_flight = asyncio.ensure_future(session.get(f"http://127.0.0.1:{port}/wms/slow"))
-            await asyncio.sleep(0.5)
+            # In flight: the gateway forwarded it (a fixed 0.5 s could pass before
+            # the request reached a gateway on a loaded machine: refused, not finished).
+            await asyncio.wait_for(arrived.wait(), 10)
             gateway.send_signal(signal.SIGTERM)
             response = await in_flight
             assert response.status == 200
