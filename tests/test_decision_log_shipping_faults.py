@@ -11,7 +11,7 @@ import json
 import os
 import re
 import signal
-import time
+import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -443,6 +443,10 @@ def test_a_rotated_file_without_a_seal_is_left_only_after_a_grace_once_the_new_h
     import gateway.audit.tail as tail_module
 
     monkeypatch.setattr(tail_module, "ROTATION_GRACE", 0.3)
+    # The tail's own clock, moved by the test: on the real one, the test process
+    # descheduled for 0.3 s between two reads let the grace run out early.
+    now = [1000.0]
+    monkeypatch.setattr(tail_module, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
     log = tmp_path / "decisions.log"
     log.write_bytes(b'{"seq": 1}\n')
     tail = tail_module.LogTail(log)
@@ -466,9 +470,9 @@ def test_a_rotated_file_without_a_seal_is_left_only_after_a_grace_once_the_new_h
     log.write_bytes(json.dumps(start).encode() + b'\n{"seq": 3}\n')
     drain()
     assert seqs == [1, 2]  # not before the grace
-    time.sleep(0.4)
+    now[0] += 0.4
     drain()  # the old file's grace starts when the tail sees it unchanged
-    time.sleep(0.4)
+    now[0] += 0.4
     drain()
     assert seqs == [1, 2, 2, 3] and tail.discontinuities == 0
     with (tmp_path / "decisions.log.1").open("ab") as old:
