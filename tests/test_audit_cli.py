@@ -27,6 +27,7 @@ from tests.test_decision_log import (
     event_indexes,
     lines_of,
     record,
+    signed_up_to,
     write_lines,
     write_log,
 )
@@ -348,7 +349,9 @@ async def test_deleted_newest_rotated_file_is_detected_with_the_admin_head(
         running.gateway.decision_log.reopen()  # what SIGUSR1 does after logrotate
         for _ in range(4):
             assert (await running.get("/wms/stock", token)).status == 200
-        await asyncio.sleep(0.8)  # a signature covers them (sign_interval 0.5)
+        # The writer reopened the path and a signature covers the 4 (sign_interval
+        # 0.5); a fixed 0.8 s was not enough for a writer held up by a slow fsync.
+        await signed_up_to(running.gateway.decision_log, 3 + 4, within=10.0)
         running.log_path.unlink()  # the newest file deleted
         key = tmp_path / "assertion.pem"
         alone = await asyncio.to_thread(audit, rotated, "--key", key)
