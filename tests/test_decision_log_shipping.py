@@ -168,6 +168,8 @@ class Receiver:
     # wrong path): for the next `impostor_next` requests, this content type and body.
     impostor_next: int = 0
     impostor: tuple[str, str] = ("text/html", "<html><body>Sign in to continue</body></html>")
+    # The next request waits for this event before it is read (then it is cleared).
+    hold: asyncio.Event | None = None
 
     def app(self) -> web.Application:
         # The body as sent: the test checks it is gzip'd.
@@ -177,6 +179,9 @@ class Receiver:
         return app
 
     async def _body(self, request: web.Request) -> bytes | None:
+        if self.hold is not None:
+            hold, self.hold = self.hold, None
+            await hold.wait()
         self.attempts += 1
         self.attempted_at.append(time.monotonic())
         if self.hang_next:
@@ -276,10 +281,16 @@ async def test_http_sink_halves_batches_a_receiver_refuses_as_too_large(
     smaller batches, in order, none twice."""
     fake, server = receiver
     fake.max_body = 6000  # a few records' worth
+    # The first batch waits at the receiver until all 30 are logged, so the next is
+    # over the limit: shipped as they were written (a slow disk, a busy writer) they
+    # came a record or two a batch, and nothing was ever too large.
+    fake.hold = logged_all = asyncio.Event()
     (tmp_path / "token").write_text(fake.token)
-    sink = http_sink(f"http://127.0.0.1:{server.port}/logs", tmp_path / "token")
+    sink = http_sink(f"http://127.0.0.1:{server.port}/logs", tmp_path / "token", timeout=30.0)
     async with start_stack(aiohttp_server, tmp_path, **with_sinks(tmp_path, sink)) as stack:
         await traffic(stack, 30)
+        assert len(await stack.events(at_least=30, timeout=30)) == 30
+        logged_all.set()
         await caught_up(stack)
         stats = stack.gateway.shippers[0].stats
         logged = log_records(stack.log_path)
