@@ -139,7 +139,7 @@ def wait_ready(url: str, process: subprocess.Popen[str], timeout: float = 30) ->
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
-        except (urllib.error.URLError, ConnectionError):
+        except (urllib.error.URLError, ConnectionError, TimeoutError):  # a slow answer too
             time.sleep(0.1)
     raise AssertionError(f"{url} not ready after {timeout} s")
 
