@@ -26,6 +26,7 @@ from gateway.screening.trusted_headers import (
     HOP_BY_HOP,
     fold,
 )
+from gateway.throttle import Throttle
 
 log = logging.getLogger("portcullis.forward")
 
@@ -145,14 +146,11 @@ def sets_cookie(header: str) -> str:
     return name or value.partition("=")[0].strip(" \t")
 
 
-_SAID_EVERY = 60.0  # seconds between lines about one upstream's dropped cookies
-_said: dict[str, float] = {}  # upstream host -> when it was last said (hosts come from routes)
+_DROPPED_SAID = Throttle(60.0)  # per upstream host (hosts come from routes)
 
 
 def _said_dropped(host: str, cookie: str) -> None:
-    now = time.monotonic()
-    if now - _said.get(host, -_SAID_EVERY) >= _SAID_EVERY:
-        _said[host] = now
+    if _DROPPED_SAID.due(host):
         log.warning(
             "upstream %s set the gateway's own cookie %r: dropped (said once a minute)",
             host, cookie[:100],

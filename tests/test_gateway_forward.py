@@ -368,3 +368,19 @@ def test_an_upstream_set_cookie_the_gateway_passes_never_comes_back_as_its_cooki
         return
     found = read_own_cookies([sent], owns)
     assert not found.values and not found.conflicting, (header, sent)
+
+
+def test_a_line_an_upstream_can_cause_on_every_answer_is_said_once_a_minute_per_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An app that sets the gateway's cookie on every answer must not flood the log."""
+    from gateway import throttle
+
+    now = [1000.0]
+    monkeypatch.setattr(throttle.time, "monotonic", lambda: now[0])
+    said = throttle.Throttle(60.0)
+    assert said.due("wms") and said.due("pos")
+    now[0] += 59.9
+    assert not said.due("wms") and not said.due("pos")
+    now[0] += 0.1
+    assert said.due("wms") and not said.due("wms")

@@ -21,6 +21,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.identity import Identity
+from gateway.throttle import Throttle
 
 log = logging.getLogger("portcullis.sign_in")
 
@@ -335,24 +336,23 @@ class SessionCookies:
         # A __Host- cookie must have Path=/; without the prefix the pre-auth
         # cookies stay on the gateway's own paths.
         self.pre_auth_path = "/" if self.name.startswith(HOST_PREFIX) else "/.portcullis/"
-        self._said_conflict = -60.0  # when the last conflicting cookies were logged
+        self._bare = policy.name.removeprefix(HOST_PREFIX)  # what owns() compares
+        self._said_conflict = Throttle(60.0)  # a client can send them every time
 
     def owns(self, cookie_name: str) -> bool:
         """Whether a cookie is the gateway's own (never forwarded upstream, never
         set by an upstream): its names with and without the ``__Host-`` prefix (a
         cookie from before the prefix, or one planted without it, is read as no
         session but still never reaches a backend)."""
-        bare = self.policy.name.removeprefix(HOST_PREFIX)
         name = cookie_name.removeprefix(HOST_PREFIX)
-        return name == bare or name.startswith(f"{bare}_")
+        return name == self._bare or name.startswith(f"{self._bare}_")
 
     def sent(self, request: web.Request) -> OwnCookies:
         """The gateway's cookies this request sent (see :func:`read_own_cookies`)."""
         found = request.get(OWN_COOKIES)
         if found is None:
             found = read_own_cookies(request.headers.getall("Cookie", ()), self.owns)
-            if found.conflicting and time.monotonic() - self._said_conflict >= 60:
-                self._said_conflict = time.monotonic()  # a client can send them every time
+            if found.conflicting and self._said_conflict.due():
                 log.warning(
                     "cookies %s sent twice with different values (one planted beside the "
                     "gateway's, by another path or a parent domain?): none of them is taken "
