@@ -4,7 +4,7 @@ are still reported, marked as such, but don't fail the build; new ones do."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,23 +30,23 @@ class BaselineError(Exception):
 @dataclass(frozen=True)
 class Baseline:
     path: str
-    fingerprints: frozenset[str]
+    # Each entry's fingerprint, and what it says it is (rule_id, resource, file):
+    # what a reviewer of the baseline reads, so an entry accepts only the finding
+    # it says it is.
+    labels: dict[str, tuple[object, object, object]]
     # A version 2 file: its entries for findings in called modules name no root module.
     rootless: bool = False
-    # What each entry says it is (rule_id, resource, file): what a reviewer of
-    # the baseline reads, so an entry accepts only the finding it says it is.
-    labels: dict[str, tuple[object, object, object]] = field(default_factory=dict)
 
     def accepts(self, fingerprint: str, finding: Finding, notes: list[str]) -> bool:
         """Whether the entry with fingerprint accepts finding: it must say it is
         that finding (rule, resource, file), or it accepts nothing (noted)."""
-        if fingerprint not in self.fingerprints:
-            return False
         said = self.labels.get(fingerprint)
+        if said is None:
+            return False
         actual = (finding.rule.id, finding.resource, finding.root_path or finding.file)
         if said == actual:
             return True
-        rule, resource, file = said if said is not None else (None, None, None)
+        rule, resource, file = said
         note = (
             f"{self.path}: the entry with fingerprint {fingerprint} is labelled {rule} on "
             f"{resource} ({file}), but that fingerprint is {actual[0]} on {actual[1]} "
@@ -90,7 +90,6 @@ def load(path: str) -> Baseline:
             "by what they are about (not only rule, resource and file), so its fingerprints "
             "no longer match: re-create it with --create-baseline",
         )
-    fingerprints = frozenset(e["fingerprint"] for e in entries)
     labels: dict[str, tuple[object, object, object]] = {}
     for e in entries:
         label = (e.get("rule_id"), e.get("resource"), e.get("file"))
@@ -98,7 +97,7 @@ def load(path: str) -> Baseline:
         if labels.setdefault(e["fingerprint"], label) != label:
             labels[e["fingerprint"]] = (None, None, None)
     rootless = document["version"] == ROOTLESS_VERSION
-    return Baseline(path, fingerprints, rootless=rootless, labels=labels)
+    return Baseline(path, labels, rootless=rootless)
 
 
 def apply(findings: list[Finding], accepted: Baseline) -> list[str]:
