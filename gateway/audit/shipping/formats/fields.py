@@ -136,21 +136,25 @@ def chain_fields(event: Event) -> dict[str, Any]:
     """The record's place in the chain, each field only when the record has it: a
     chain signature has no decision_id, a damaged line only its chain_hash (it has
     no seq, and 0 would read as one). A signature's seq 0 (an empty log's head) stays."""
-    fields: dict[str, Any] = {"decision_id": event.decision_id}
+    fields: dict[str, Any] = {"decision_id": event.decision_id} if event.decision_id else {}
     if event.kind != DAMAGED:
         fields["seq"] = event.seq
-    fields["chain_hash"] = event.chain_hash
-    fields["prev_hash"] = event.prev_hash
-    return drop_empty(fields)
+    if event.chain_hash:
+        fields["chain_hash"] = event.chain_hash
+    if event.prev_hash:
+        fields["prev_hash"] = event.prev_hash
+    return fields
 
 
 def drop_empty(value: dict[str, Any]) -> dict[str, Any]:
     """``value`` without its None, "", [] and {} (values the record lacks: a SIEM
-    schema types an empty string or object as invalid, and a missing one as absent)."""
-    return {key: item for key, item in value.items() if item not in _NOTHING}
+    schema types an empty string or object as invalid, and a missing one as absent).
+    A 0 or false stays. (Its values are JSON's types: the only falsy ones are
+    those four, 0, 0.0 and false; truthiness is cheaper than comparing with each.)"""
+    return {key: item for key, item in value.items() if item or type(item) in _FALSY_KEPT}
 
 
-_NOTHING: tuple[Any, ...] = (None, "", [], {})
+_FALSY_KEPT = (int, float, bool)
 
 
 # Records carry a few distinct Host headers (each gateway's names) a thousand times
@@ -188,26 +192,31 @@ def read(record: dict[str, Any], digest: str) -> Event:
     if is_damaged(record):
         stamp = str(record.get("read_at", ""))
         return Event("", 0, digest, "", stamp, epoch_ms(stamp), DAMAGED, version=__version__)
+    # type() is: parsed JSON has no subclasses, and bool is no int here.
     input_ = record.get("input")
-    if not isinstance(input_, dict):
+    if type(input_) is not dict:
         input_ = _EMPTY
     result = record.get("result")
-    if not isinstance(result, dict):
+    if type(result) is not dict:
         result = _EMPTY
     attributes = input_.get("attributes")
     http = socket = _EMPTY
-    if isinstance(attributes, dict):
-        http = _at(attributes, "request", "http")
-        socket = _at(attributes, "source", "address", "socketAddress")
+    if type(attributes) is dict:
+        request, source = attributes.get("request"), attributes.get("source")
+        if type(request) is dict and type(request.get("http")) is dict:
+            http = request["http"]
+        address = source.get("address") if type(source) is dict else None
+        if type(address) is dict and type(address.get("socketAddress")) is dict:
+            socket = address["socketAddress"]
     labels = record.get("labels")
-    if not isinstance(labels, dict):
+    if type(labels) is not dict:
         labels = _EMPTY
     bundles = record.get("bundles")
-    bundle = bundles.get("portcullis") if isinstance(bundles, dict) else None
-    if not isinstance(bundle, dict):
+    bundle = bundles.get("portcullis") if type(bundles) is dict else None
+    if type(bundle) is not dict:
         bundle = _EMPTY
     reasons = result.get("reasons")
-    reasons = [str(item) for item in reasons] if isinstance(reasons, list) else []
+    reasons = [str(item) for item in reasons] if type(reasons) is list else []
     path = str(record.get("path", ""))
     if path == SHADOW_PATH or labels.get("shadow") is True:
         kind = "shadow_divergence"  # what a candidate policy would have decided: not enforced
@@ -219,9 +228,10 @@ def read(record: dict[str, Any], digest: str) -> Event:
         kind = "decision"
     stamp = str(record.get("timestamp", ""))
     identity = input_.get("identity")
+    seq, status, port = record.get("seq"), result.get("http_status"), socket.get("portValue")
     return Event(
         str(record.get("decision_id", "")),
-        _int(record.get("seq")),
+        seq if type(seq) is int else 0,
         digest,
         str(record.get("prev_hash", "")),
         stamp,
@@ -229,7 +239,7 @@ def read(record: dict[str, Any], digest: str) -> Event:
         kind,
         result.get("allow") is True,
         reasons,
-        _int(result.get("http_status")),
+        status if type(status) is int else 0,
         result.get("step_up"),
         path,
         str(bundle.get("revision", "")),
@@ -242,8 +252,8 @@ def read(record: dict[str, Any], digest: str) -> Event:
         str(http.get("scheme", "")),
         str(http.get("id", "")),
         str(socket.get("address", "")),
-        _int(socket.get("portValue")),
-        identity if isinstance(identity, dict) else {},
+        port if type(port) is int else 0,
+        identity if type(identity) is dict else {},
     )
 
 
@@ -269,20 +279,6 @@ def epoch_ms(stamp: str) -> int:
 def _epoch_seconds(whole: str) -> int:
     """The records of one second share this (strptime is most of a format's cost)."""
     return calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _at(value: dict[str, Any], *keys: str) -> dict[str, Any]:
-    """``value[k1][k2]...`` if each step is an object, else {}."""
-    for key in keys:
-        inner = value.get(key)
-        if not isinstance(inner, dict):
-            return {}
-        value = inner
-    return value
 
 
 def _int(value: Any) -> int:

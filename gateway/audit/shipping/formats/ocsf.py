@@ -242,17 +242,15 @@ def _base(event: Event, class_uid: int, category_uid: int, class_name: str) -> d
 
 def _add_outcome(fields: dict[str, Any], event: Event) -> None:
     """An access decision's or a sign-in's outcome, and its ``unmapped`` part."""
-    reasons = "; ".join(event.reasons)
+    allow, reasons = event.allow, "; ".join(event.reasons)
     portcullis = chain_fields(event)
     portcullis["reasons"] = event.reasons
     portcullis["step_up"] = event.step_up
     portcullis["instance"] = event.instance
-    unmapped: dict[str, Any] = {"portcullis": portcullis}
-    unmapped.update(_unmapped_user(event))
-    fields["status_id"] = 1 if event.allow else 2
-    fields["status"] = "Success" if event.allow else "Failure"
-    fields["message"] = reasons or ("allowed" if event.allow else "denied")
-    fields["unmapped"] = unmapped
+    fields["status_id"] = 1 if allow else 2
+    fields["status"] = "Success" if allow else "Failure"
+    fields["message"] = reasons or ("allowed" if allow else "denied")
+    fields["unmapped"] = {"portcullis": portcullis, **_unmapped_user(event)}
     if event.http_status:
         fields["status_code"] = str(event.http_status)
     if reasons:
@@ -263,17 +261,19 @@ def _user(event: Event) -> dict[str, Any]:
     """The user the request was made as; {} if none (anonymous): OCSF's user
     needs a name or uid, and an identity without a subject has neither."""
     identity = event.identity
-    if not identity.get("subject"):
+    subject = identity.get("subject")
+    if not subject:
         return {}
-    user: dict[str, Any] = {"uid": str(identity["subject"])}
+    user: dict[str, Any] = {"uid": str(subject)}
     email = event.email
     if email and _is_email(email):
         user["email_addr"] = email
     groups = event.groups
     if groups:
         user["groups"] = [{"name": group} for group in groups]
-    if identity.get("issuer"):
-        user["org"] = {"uid": str(identity["issuer"])}
+    issuer = identity.get("issuer")
+    if issuer:
+        user["org"] = {"uid": str(issuer)}
     return user
 
 
@@ -281,9 +281,13 @@ def _unmapped_user(event: Event) -> dict[str, Any]:
     """``unmapped``'s part for what of the user OCSF's types don't take: an email
     claim that is not an email_t (see _EMAIL), for a user :func:`_user` maps."""
     email = event.email
-    if email and event.identity.get("subject") and not _is_email(email):
+    if email and not _is_email(email) and event.identity.get("subject"):
         return {"user": {"email": email}}
-    return {}
+    return _NOTHING
+
+
+# Read only: what _unmapped_user adds for most users.
+_NOTHING: dict[str, Any] = {}
 
 
 @functools.lru_cache(maxsize=256)  # a user's email is in each of the user's records
