@@ -192,7 +192,7 @@ def read(record: dict[str, Any], digest: str) -> Event:
     if is_damaged(record):
         stamp = str(record.get("read_at", ""))
         return Event("", 0, digest, "", stamp, epoch_ms(stamp), DAMAGED, version=__version__)
-    # type() is: parsed JSON has no subclasses, and bool is no int here.
+    # type() is: parsed JSON has no subclasses of its types.
     input_ = record.get("input")
     if type(input_) is not dict:
         input_ = _EMPTY
@@ -228,10 +228,9 @@ def read(record: dict[str, Any], digest: str) -> Event:
         kind = "decision"
     stamp = str(record.get("timestamp", ""))
     identity = input_.get("identity")
-    seq, status, port = record.get("seq"), result.get("http_status"), socket.get("portValue")
     return Event(
         str(record.get("decision_id", "")),
-        seq if type(seq) is int else 0,
+        _int(record.get("seq")),
         digest,
         str(record.get("prev_hash", "")),
         stamp,
@@ -239,7 +238,7 @@ def read(record: dict[str, Any], digest: str) -> Event:
         kind,
         result.get("allow") is True,
         reasons,
-        status if type(status) is int else 0,
+        _int(result.get("http_status")),
         result.get("step_up"),
         path,
         str(bundle.get("revision", "")),
@@ -252,7 +251,7 @@ def read(record: dict[str, Any], digest: str) -> Event:
         str(http.get("scheme", "")),
         str(http.get("id", "")),
         str(socket.get("address", "")),
-        port if type(port) is int else 0,
+        _int(socket.get("portValue")),
         identity if type(identity) is dict else {},
     )
 
@@ -282,7 +281,8 @@ def _epoch_seconds(whole: str) -> int:
 
 
 def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    """A JSON integer, else 0 (``true`` is no number here: bool's type is not int)."""
+    return value if type(value) is int else 0
 
 
 def _strings(value: Any) -> list[str]:

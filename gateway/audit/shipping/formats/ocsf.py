@@ -283,11 +283,7 @@ def _unmapped_user(event: Event) -> dict[str, Any]:
     email = event.email
     if email and not _is_email(email) and event.identity.get("subject"):
         return {"user": {"email": email}}
-    return _NOTHING
-
-
-# Read only: what _unmapped_user adds for most users.
-_NOTHING: dict[str, Any] = {}
+    return {}
 
 
 @functools.lru_cache(maxsize=256)  # a user's email is in each of the user's records
