@@ -120,6 +120,28 @@ def metric(stack: Stack, line_start: str) -> float:
     return 0.0
 
 
+def ws_url(stack: Stack, path: str) -> str:
+    return stack.url.replace("http", "ws") + path
+
+
+@contextlib.asynccontextmanager
+async def websocket(
+    stack: Stack, path: str, token: str
+) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+    """A WebSocket to ``path`` through the gateway, ``token`` its bearer token."""
+    async with stack.session.ws_connect(
+        ws_url(stack, path), headers={"Authorization": f"Bearer {token}"}
+    ) as ws:
+        yield ws
+
+
+async def close_frame(ws: aiohttp.ClientWebSocketResponse, timeout: float) -> tuple[Any, Any]:
+    """(code, reason) of the next message, which must be the gateway's close."""
+    closing = await ws.receive(timeout=timeout)
+    assert closing.type == aiohttp.WSMsgType.CLOSE, closing
+    return closing.data, closing.extra
+
+
 def post_announcing(stack: Stack, token: str, length: int) -> bytes:
     return (
         f"POST /wms/upload HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n"
@@ -292,7 +314,7 @@ async def test_one_identity_cannot_hold_unlimited_websockets(
     aiohttp_server: ServerFactory, tmp_path: Path
 ) -> None:
     async with limited_stack(aiohttp_server, tmp_path, websockets_per_identity=2) as stack:
-        url = stack.url.replace("http", "ws") + "/wms/ws"
+        url = ws_url(stack, "/wms/ws")
         mallory = {"Authorization": f"Bearer {stack.token('mallory', **WAREHOUSE)}"}
         opened = [await stack.session.ws_connect(url, headers=mallory) for _ in range(2)]
         with pytest.raises(aiohttp.WSServerHandshakeError) as raised:
@@ -318,7 +340,7 @@ async def test_idle_websockets_do_not_starve_http(
 ) -> None:
     """As many idle WebSockets as the HTTP pool has connections: HTTP still flows."""
     async with limited_stack(aiohttp_server, tmp_path) as stack:
-        url = stack.url.replace("http", "ws") + "/wms/ws"
+        url = ws_url(stack, "/wms/ws")
         mallory = {"Authorization": f"Bearer {stack.token('mallory', **WAREHOUSE)}"}
         sockets = [await stack.session.ws_connect(url, headers=mallory) for _ in range(8)]
         alice = stack.token("alice", **WAREHOUSE)
@@ -330,18 +352,13 @@ async def test_idle_websockets_do_not_starve_http(
 
 async def test_idle_websocket_is_closed(aiohttp_server: ServerFactory, tmp_path: Path) -> None:
     async with limited_stack(aiohttp_server, tmp_path, websocket_idle_timeout=0.6) as stack:
-        headers = {"Authorization": f"Bearer {stack.token('alice', **WAREHOUSE)}"}
-        async with stack.session.ws_connect(
-            stack.url.replace("http", "ws") + "/wms/ws", headers=headers
-        ) as ws:
+        async with websocket(stack, "/wms/ws", stack.token("alice", **WAREHOUSE)) as ws:
             for word in ("one", "two", "three"):  # traffic keeps it open past the timeout
                 await ws.send_str(word)
                 assert (await ws.receive(timeout=5)).data == f"wms echo: {word}"
                 await asyncio.sleep(0.3)
             started = time.monotonic()
-            closing = await ws.receive(timeout=5)
-            assert closing.type == aiohttp.WSMsgType.CLOSE
-            assert (closing.data, closing.extra) == (1000, "idle timeout")
+            assert await close_frame(ws, 5) == (1000, "idle timeout")
             assert time.monotonic() - started < 1.5
         assert metric(stack, 'portcullis_websocket_closes_total{app="wms",reason="idle"}') == 1
 
@@ -351,15 +368,10 @@ async def test_websocket_is_closed_when_its_token_expires(
 ) -> None:
     async with limited_stack(aiohttp_server, tmp_path) as stack:
         token = stack.token("alice", ttl=2, **WAREHOUSE)
-        async with stack.session.ws_connect(
-            stack.url.replace("http", "ws") + "/wms/ws",
-            headers={"Authorization": f"Bearer {token}"},
-        ) as ws:
+        async with websocket(stack, "/wms/ws", token) as ws:
             await ws.send_str("before")
             assert (await ws.receive(timeout=5)).data == "wms echo: before"
-            closing = await ws.receive(timeout=5)
-            assert closing.type == aiohttp.WSMsgType.CLOSE
-            assert (closing.data, closing.extra) == (1008, "token expired")
+            assert await close_frame(ws, 5) == (1008, "token expired")
         assert metric(stack, 'portcullis_websocket_closes_total{app="wms",reason="expired"}') == 1
 
 
@@ -371,10 +383,7 @@ async def test_websocket_is_closed_when_policy_revokes_access(
     async with limited_stack(
         aiohttp_server, tmp_path, policy=policy, websocket_recheck_interval=0.3
     ) as stack:
-        headers = {"Authorization": f"Bearer {stack.token('alice', **WAREHOUSE)}"}
-        async with stack.session.ws_connect(
-            stack.url.replace("http", "ws") + "/wms/ws", headers=headers
-        ) as ws:
+        async with websocket(stack, "/wms/ws", stack.token("alice", **WAREHOUSE)) as ws:
             await asyncio.sleep(1.0)  # rechecks that still allow keep it open
             await ws.send_str("still here")
             assert (await ws.receive(timeout=5)).data == "wms echo: still here"
@@ -383,9 +392,7 @@ async def test_websocket_is_closed_when_policy_revokes_access(
             text = apps.read_text()
             assert text.count("groups: [warehouse]") == 1
             apps.write_text(text.replace("groups: [warehouse]", "groups: [warehouse-leads]"))
-            closing = await ws.receive(timeout=5)
-            assert closing.type == aiohttp.WSMsgType.CLOSE
-            assert (closing.data, closing.extra) == (1008, "access revoked by policy")
+            assert await close_frame(ws, 5) == (1008, "access revoked by policy")
         upgrades: list[dict[str, Any]] = []
         for _ in range(100):  # until the writer thread has flushed the closing recheck
             events = await stack.events()
@@ -411,16 +418,11 @@ async def test_websocket_does_not_outlive_the_step_up_max_age_until_the_next_rec
     clerk = {"groups": ["store"], "amr": ["pwd", "hwk"], "acr": "phr"}
     async with limited_stack(aiohttp_server, tmp_path, websocket_recheck_interval=10.0) as stack:
         token = stack.token("carol", auth_age=900 - 3, **clerk)  # fresh for 3 s more
-        async with stack.session.ws_connect(
-            stack.url.replace("http", "ws") + "/pos/refunds/ws",
-            headers={"Authorization": f"Bearer {token}"},
-        ) as ws:
+        async with websocket(stack, "/pos/refunds/ws", token) as ws:
             await ws.send_str("refund 42")
             assert (await ws.receive(timeout=5)).data == "pos echo: refund 42"
             started = time.monotonic()
-            closing = await ws.receive(timeout=8)
-            assert closing.type == aiohttp.WSMsgType.CLOSE, closing
-            assert (closing.data, closing.extra) == (1008, "access revoked by policy")
+            assert await close_frame(ws, 8) == (1008, "access revoked by policy")
             assert time.monotonic() - started < 6.0  # the recheck interval is 10 s
         events = await stack.events(at_least=2)
         last = [e for e in events if e["input"]["attributes"]["request"]["http"]["path"]
@@ -549,10 +551,7 @@ async def test_websocket_ends_when_its_tokens_signing_key_is_withdrawn(
     (up to max_token_lifetime), since the recheck reused the identity of the upgrade."""
     async with limited_stack(aiohttp_server, tmp_path, websocket_recheck_interval=0.3) as stack:
         token = stack.token("alice", **WAREHOUSE)
-        async with stack.session.ws_connect(
-            stack.url.replace("http", "ws") + "/wms/ws",
-            headers={"Authorization": f"Bearer {token}"},
-        ) as ws:
+        async with websocket(stack, "/wms/ws", token) as ws:
             await ws.send_str("before")
             assert (await ws.receive(timeout=5)).data == "wms echo: before"
             stack.issuer.jwk = {**stack.issuer.jwk, "kid": "after-the-leak"}
@@ -560,6 +559,5 @@ async def test_websocket_ends_when_its_tokens_signing_key_is_withdrawn(
             assert verifier is not None
             await verifier._issuers[stack.issuer.issuer][1].refresh()  # the next fetch
             assert (await stack.get("/wms/stock", token)).status == 401
-            closing = await ws.receive(timeout=3)
-            assert closing.type == aiohttp.WSMsgType.CLOSE, closing
-            assert closing.data == 1008
+            code, _ = await close_frame(ws, 3)
+            assert code == 1008
