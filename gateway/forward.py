@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
@@ -27,6 +28,13 @@ from gateway.screening.trusted_headers import (
     fold,
 )
 from gateway.throttle import Throttle
+from gateway.upstream import (
+    IDEMPOTENT,
+    UpstreamFailed,
+    UpstreamPool,
+    UpstreamTimedOut,
+    request_head,
+)
 
 log = logging.getLogger("portcullis.forward")
 
@@ -110,22 +118,22 @@ def _connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
 
 
 def _response_headers(
-    upstream: aiohttp.ClientResponse, strip_cookie: Callable[[str], bool] | None = None
+    upstream: CIMultiDictProxy[str], host: str, strip_cookie: Callable[[str], bool] | None = None
 ) -> CIMultiDict[str]:
     """The upstream's response headers minus hop-by-hop fields and any ``Set-Cookie``
     for one of the gateway's own cookies (``strip_cookie`` names them): an app
     behind the gateway can't plant a session (its own, signed in as someone else)
     in the browser, nor clear or shadow the real one."""
-    connection_listed = _connection_tokens(upstream.headers)
+    connection_listed = _connection_tokens(upstream)
     headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in upstream.headers.items():
+    for name, value in upstream.items():
         lower = name.lower()
         if lower in HOP_BY_HOP or lower in connection_listed:
             continue
         if lower == "set-cookie" and strip_cookie is not None:
             cookie = sets_cookie(value)
             if strip_cookie(cookie):
-                _said_dropped(upstream.url.host or "?", cookie)
+                _said_dropped(host, cookie)
                 continue
         headers.add(name, value)
     return headers
@@ -161,7 +169,8 @@ DEFAULT_LIMITS = LimitsConfig()
 
 
 class Forwarder:
-    """One pooled client session per upstream, with the route's timeouts."""
+    """Kept-alive connections per upstream (gateway/upstream.py), with the route's
+    timeouts; WebSockets on aiohttp's client, in a pool of their own."""
 
     def __init__(
         self,
@@ -173,46 +182,50 @@ class Forwarder:
         self._strip_cookie = strip_cookie
         self._limits = limits
         self._metrics = metrics or Metrics()
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._pools: dict[str, UpstreamPool] = {}
         # WebSockets hold their connection for hours: a pool of their own, so idle
         # sockets never take the HTTP pool's slots (the per-identity limit and the
         # idle timeout bound it instead of a size that would make upgrades queue).
         self._ws_sessions: dict[str, aiohttp.ClientSession] = {}
-        self._timeouts: dict[Route, aiohttp.ClientTimeout] = {}
-        self._bases: dict[str, URL] = {}
+        self._upstreams: dict[str, _Upstream] = {}
+        self._tls: ssl.SSLContext | None = None
 
-    def _session(self, upstream: str, *, websocket: bool = False) -> aiohttp.ClientSession:
-        sessions = self._ws_sessions if websocket else self._sessions
-        session = sessions.get(upstream)
+    def _upstream(self, upstream: str) -> _Upstream:
+        known = self._upstreams.get(upstream)
+        if known is None:
+            known = self._upstreams[upstream] = _Upstream(URL(upstream))
+        return known
+
+    def _pool(self, upstream: _Upstream) -> UpstreamPool:
+        pool = self._pools.get(upstream.url)
+        if pool is None:
+            tls = None
+            if upstream.base.scheme == "https":
+                # As aiohttp's client: the system's CAs, the host name checked.
+                tls = self._tls = self._tls or ssl.create_default_context()
+            pool = UpstreamPool(
+                upstream.connect_host, upstream.port, tls, self._limits.upstream_pool_size
+            )
+            self._pools[upstream.url] = pool
+        return pool
+
+    def _ws_session(self, upstream: str) -> aiohttp.ClientSession:
+        session = self._ws_sessions.get(upstream)
         if session is None:
-            limit = 0 if websocket else self._limits.upstream_pool_size
-            connector = aiohttp.TCPConnector(limit=limit, ttl_dns_cache=300)
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
             session = aiohttp.ClientSession(
                 connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
             )
-            sessions[upstream] = session
+            self._ws_sessions[upstream] = session
         return session
 
-    def _url(self, route: Route, path: NormalizedPath) -> URL:
-        """The upstream URL from exactly the parts the policy saw, never re-parsed
-        from a string (a parser would cut at `#` or resolve `..`)."""
-        base = self._bases.get(route.upstream)
-        if base is None:
-            base = self._bases[route.upstream] = URL(route.upstream)
-        return URL.build(
-            scheme=base.scheme,
-            host=base.raw_host or "",
-            port=base.explicit_port,
-            path=base.raw_path.rstrip("/") + path.path,
-            query_string=path.query,
-            encoded=True,
-        )
-
     async def close(self) -> None:
-        for sessions in (self._sessions, self._ws_sessions):
-            for session in sessions.values():
-                await session.close()
-            sessions.clear()
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+        for session in self._ws_sessions.values():
+            await session.close()
+        self._ws_sessions.clear()
 
     async def forward(
         self,
@@ -233,55 +246,57 @@ class Forwarder:
         UNLOGGED (the decision to go on could not be logged durably, `durability:
         sync`)."""
         headers = upstream_headers(request, route, add, self._strip_cookie)
-        url = self._url(route, path)
+        upstream = self._upstream(route.upstream)
         if is_websocket(request):
             return await self._websocket(
-                request, route, url, headers, expires_at, recheck, recheck_by
+                request, route, upstream.url_for(path), headers, expires_at, recheck, recheck_by
             )
-        timeout = self._timeouts.get(route)
-        if timeout is None:
-            timeout = aiohttp.ClientTimeout(
-                sock_connect=route.connect_timeout, sock_read=route.read_timeout
-            )
-            self._timeouts[route] = timeout
-        session = self._session(route.upstream)
+        pool = self._pool(upstream)
         body = _Body(request.content, *body_limits(route, self._limits))
+        chunked = request.body_exists and "Content-Length" not in headers
         try:
-            upstream = await session.request(
-                request.method,
-                url,
-                headers=headers,
-                data=body.chunks() if request.body_exists else None,
-                allow_redirects=False,
-                timeout=timeout,
-                skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            head = request_head(
+                request.method, upstream.target(path), upstream.host_header, headers.items(),
+                chunked,
+            )  # fmt: skip
+            exchange = await pool.exchange(
+                head,
+                body.chunks() if request.body_exists else None,
+                chunked=chunked,
+                skip_body=request.method == "HEAD",
+                retry=request.method in IDEMPOTENT,
+                connect_timeout=route.connect_timeout,
+                read_timeout=route.read_timeout,
             )
-        except (aiohttp.ClientError, TimeoutError) as error:
+        except (UpstreamFailed, ValueError) as error:
             if body.stalled is not None:
-                # aiohttp aborted the upstream request (its connection is closed, not reused).
+                # The upstream connection is closed (never reused): it was left mid-body.
                 self._metrics.body_timeouts.labels(route.app).inc()
                 raise UpstreamError(408, str(body.stalled), "body_timeout") from error
-            if isinstance(error, TimeoutError):  # aiohttp.ServerTimeoutError is one
+            if isinstance(error, UpstreamTimedOut):
                 raise UpstreamError(504, f"upstream {route.app} did not answer in time") from error
             raise UpstreamError(502, f"upstream {route.app} unreachable: {error}") from error
+        message, payload = exchange.message, exchange.payload
         # A small answer is usually all here with its headers: then it is sent whole.
-        whole = upstream.content.is_eof() and upstream.content.exception() is None
+        whole = payload.is_eof() and payload.exception() is None
         response = (_Whole if whole else web.StreamResponse)(
-            status=upstream.status, reason=upstream.reason
+            status=message.code, reason=message.reason
         )
         try:
-            response.headers.update(_response_headers(upstream, self._strip_cookie))
+            response.headers.update(
+                _response_headers(message.headers, upstream.connect_host, self._strip_cookie)
+            )
             await response.prepare(request)
             if whole:
-                await response.write_eof(upstream.content.read_nowait())
+                await response.write_eof(payload.read_nowait())
                 return response
-            async for chunk in upstream.content.iter_any():
+            async for chunk in payload.iter_any():
                 await response.write(chunk)
             await response.write_eof()
             return response
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             return response  # the client went away; nothing left to tell it
-        except (aiohttp.ClientError, TimeoutError):
+        except UpstreamFailed:
             # Headers are already sent: the only honest signal left is a cut connection
             # (an upstream timeout or error, or the client's body stalled mid-answer).
             if body.stalled is not None:
@@ -290,7 +305,7 @@ class Forwarder:
                 request.transport.close()
             return response
         finally:
-            upstream.release()
+            exchange.close()
 
     async def _websocket(
         self,
@@ -308,7 +323,7 @@ class Forwarder:
             p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p
         ]
         headers.pop("Sec-WebSocket-Protocol", None)
-        session = self._session(route.upstream, websocket=True)
+        session = self._ws_session(route.upstream)
         try:
             upstream = await session.ws_connect(
                 url.with_scheme("wss" if url.scheme == "https" else "ws"),
@@ -346,6 +361,36 @@ class Forwarder:
             await upstream.close()
             await client.close()
         return client
+
+
+class _Upstream:
+    """A route's `upstream` URL, read once: where to connect, what Host to send, and
+    each request's target from exactly the parts the policy saw, never re-parsed from
+    a string (a parser would cut at `#` or resolve `..`)."""
+
+    def __init__(self, base: URL) -> None:
+        self.base = base
+        self.url = str(base)
+        self.connect_host = base.raw_host or ""
+        self.port = base.port or (443 if base.scheme == "https" else 80)
+        host = f"[{self.connect_host}]" if ":" in self.connect_host else self.connect_host
+        default = 443 if base.scheme == "https" else 80
+        self.host_header = host if self.port == default else f"{host}:{self.port}"
+        self._prefix = base.raw_path.rstrip("/")
+
+    def target(self, path: NormalizedPath) -> str:
+        target = self._prefix + path.path
+        return f"{target}?{path.query}" if path.query else target
+
+    def url_for(self, path: NormalizedPath) -> URL:
+        return URL.build(
+            scheme=self.base.scheme,
+            host=self.connect_host,
+            port=self.base.explicit_port,
+            path=self._prefix + path.path,
+            query_string=path.query,
+            encoded=True,
+        )
 
 
 class _Whole(web.StreamResponse):
