@@ -30,6 +30,7 @@ from gateway.screening.trusted_headers import (
 from gateway.throttle import Throttle
 from gateway.upstream import (
     IDEMPOTENT,
+    Exchange,
     UpstreamFailed,
     UpstreamPool,
     UpstreamTimedOut,
@@ -251,15 +252,34 @@ class Forwarder:
             return await self._websocket(
                 request, route, upstream.url_for(path), headers, expires_at, recheck, recheck_by
             )
-        pool = self._pool(upstream)
         body = _Body(request.content, *body_limits(route, self._limits))
+        exchange = await self._send(request, route, upstream, path, headers, body)
+        try:
+            return await self._relay(request, route, upstream, exchange, body)
+        finally:
+            exchange.close()
+
+    async def _send(
+        self,
+        request: web.Request,
+        route: Route,
+        upstream: _Upstream,
+        path: NormalizedPath,
+        headers: CIMultiDict[str],
+        body: _Body,
+    ) -> Exchange:
+        """Send the request and wait for the head of its answer, or raise UpstreamError."""
         chunked = request.body_exists and "Content-Length" not in headers
         try:
             head = request_head(
                 request.method, upstream.target(path), upstream.host_header, headers.items(),
                 chunked,
             )  # fmt: skip
-            exchange = await pool.exchange(
+        except ValueError as error:
+            reason = f"request to upstream {route.app} not sent: {error}"
+            raise UpstreamError(502, reason) from error
+        try:
+            return await self._pool(upstream).exchange(
                 head,
                 body.chunks() if request.body_exists else None,
                 chunked=chunked,
@@ -268,7 +288,7 @@ class Forwarder:
                 connect_timeout=route.connect_timeout,
                 read_timeout=route.read_timeout,
             )
-        except (UpstreamFailed, ValueError) as error:
+        except UpstreamFailed as error:
             if body.stalled is not None:
                 # The upstream connection is closed (never reused): it was left mid-body.
                 self._metrics.body_timeouts.labels(route.app).inc()
@@ -276,6 +296,16 @@ class Forwarder:
             if isinstance(error, UpstreamTimedOut):
                 raise UpstreamError(504, f"upstream {route.app} did not answer in time") from error
             raise UpstreamError(502, f"upstream {route.app} unreachable: {error}") from error
+
+    async def _relay(
+        self,
+        request: web.Request,
+        route: Route,
+        upstream: _Upstream,
+        exchange: Exchange,
+        body: _Body,
+    ) -> web.StreamResponse:
+        """Stream the answer to the client (whole, in one write, when it is all here)."""
         message, payload = exchange.message, exchange.payload
         # A small answer is usually all here with its headers: then it is sent whole.
         whole = payload.is_eof() and payload.exception() is None
@@ -304,8 +334,6 @@ class Forwarder:
             if request.transport is not None:
                 request.transport.close()
             return response
-        finally:
-            exchange.close()
 
     async def _websocket(
         self,
