@@ -537,6 +537,10 @@ def saturate(args: argparse.Namespace, url: str, token: str | None, pid: int | N
     """wrk at saturation after a 2 s warm-up; with `pid`, CPU per request of that
     process and its children."""
     wrk(url, 2, args.connections, token)
+    # wrk's exit drops its connections, not the requests on them: those still held
+    # (a sync fsync under load) would hold an identity's slots (requests_per_identity
+    # 64) while the measured run's 50 connections arrive, and get it 429s.
+    time.sleep(0.5)
     before = tree_cpu(pid) if pid is not None else 0.0
     result = wrk(url, args.duration, args.connections, token)
     if pid is not None:
@@ -546,6 +550,23 @@ def saturate(args: argparse.Namespace, url: str, token: str | None, pid: int | N
 
 
 Run = dict[str, float]
+
+
+def refusals(log_path: Path) -> dict[str, int]:
+    """How many denied events of each reason (its rule, before the first `:`) a log holds."""
+    counts: dict[str, int] = {}
+    with contextlib.suppress(OSError), log_path.open("rb") as lines:
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            result = event.get("result")
+            if isinstance(result, dict) and result.get("allow") is False:
+                reasons = result.get("reasons") or ["?"]
+                rule = str(reasons[0]).split(":")[0]
+                counts[rule] = counts.get(rule, 0) + 1
+    return counts
 
 
 def verdict(ok: bool) -> str:
@@ -587,15 +608,17 @@ def speed(
     targets: dict[str, tuple[str, str | None, int | None]] = {
         "(a) direct to backend": (f"http://127.0.0.1:{backend}/wms/stock", None, None),
     }
+    logs: dict[str, Path] = {}
     try:
         for name, (extra, options) in full.items():
             port = free_port()
             # Unset is the default: async for the wms route (not pci), like a user's.
             durability = ", durability: sync" if "sync" in name else ""
             config = scratch / f"gateway-{port}.yaml"
+            logs[name] = scratch / f"decisions-{port}.log"
             config.write_text(
                 f"listeners: [{{address: 127.0.0.1, port: {port}}}]\n{common}{issuers}{extra}"
-                f"decision_log: {{path: {scratch / f'decisions-{port}.log'}{durability}}}\n"
+                f"decision_log: {{path: {logs[name]}{durability}}}\n"
             )
             processes.append(start_gateway(config, *options))
             targets[name] = (f"http://127.0.0.1:{port}/wms/stock", token, processes[-1].pid)
@@ -626,7 +649,7 @@ def speed(
                 name: saturate(args, url, bearer, pid)
                 for name, (url, bearer, pid) in targets.items()
             })  # fmt: skip
-        report_saturation(args, rounds, list(targets))
+        report_saturation(args, rounds, list(targets), logs)
         b_rps = median(r["(b) gateway, full"]["rps"] for r in rounds)
         rate = args.rate or max(1, round(0.4 * b_rps))
         latency(args, rate, targets["(a) direct to backend"][0],
@@ -642,7 +665,7 @@ def speed(
 
 
 def report_saturation(args: argparse.Namespace, rounds: list[dict[str, Run]],
-                      names: list[str]) -> None:  # fmt: skip
+                      names: list[str], logs: dict[str, Path]) -> None:  # fmt: skip
     print(f"wrk -t1 -c{args.connections} -d{args.duration}s at saturation, "
           f"{args.rounds} interleaved rounds (medians; CPU per request of the process "
           "and its children)")  # fmt: skip
@@ -664,6 +687,9 @@ def report_saturation(args: argparse.Namespace, rounds: list[dict[str, Run]],
             print(f"WARNING: {name}: {non_2xx:.0f} non-2xx answers, {sockets:.0f} socket "
                   f"errors ({timeouts:.0f} timeouts, no answer within 2 s): its req/s are "
                   "not comparable")  # fmt: skip
+            if name in logs:
+                print(f"  refusals in its decision log: {refusals(logs[name]) or 'none'} "
+                      "(an allow answered 502/504 by the upstream isn't one)")  # fmt: skip
 
     def ratio(top: str, bottom: str, target: float) -> None:
         per_round = [r[top]["rps"] / r[bottom]["rps"] for r in rounds]
