@@ -395,9 +395,16 @@ class UpstreamPool:
         return connection, False
 
     def release(self, connection: _Connection, reusable: bool) -> None:
+        now = self._loop.time()
+        idle = self._idle
+        # The least recently used idle connection, if it has expired or the upstream
+        # closed it: one per release, so the pool shrinks back after a burst and holds
+        # no connection the upstream has to keep open for nothing.
+        if idle and (idle[0].lost or now - idle[0].idle_since >= KEEPALIVE_S):
+            self._discard(idle.pop(0))
         if reusable and not self._closed:
-            connection.idle_since = self._loop.time()
-            self._idle.append(connection)
+            connection.idle_since = now
+            idle.append(connection)
             self._wake()
         else:
             self._discard(connection)

@@ -526,3 +526,24 @@ async def test_a_header_value_the_upstream_would_split_is_a_502_never_sent(
         response = await running.get("/wms/stock", running.token("alice", **WAREHOUSE))
         assert response.status == 502
     assert server.seen == []
+
+
+async def test_the_pool_shrinks_back_after_a_burst(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connections opened for a burst and idle since are closed by later traffic
+    once they expire, not kept open (and the upstream's sockets with them) for good."""
+    monkeypatch.setattr(upstream_module, "KEEPALIVE_S", 0.2)
+
+    async def slow(request: Seen, index: int) -> bytes:
+        await asyncio.sleep(0.05)
+        return ok(b"done")
+
+    async with upstream(slow) as server, pool_for(server) as pool:
+        await asyncio.gather(*(fetch(pool) for _ in range(6)))
+        assert server.open_now == 6
+        # One request at a time, never idle long: the most recent connection is
+        # always fresh, so only the expired ones behind it are for the pool to close.
+        for _ in range(16):  # 0.2 s to expire, then a release each 0.07 s closes one
+            assert await fetch(pool) == (200, b"done")
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)
+        assert server.open_now == 1
