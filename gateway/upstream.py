@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import socket
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
@@ -352,6 +353,7 @@ class UpstreamPool:
                     and not connection.spoiled
                     and now - connection.idle_since < KEEPALIVE_S
                     and not transport.is_closing()
+                    and _quiet(transport)
                 ):
                     return connection, True
                 self._discard(connection)
@@ -453,6 +455,26 @@ async def _send_body(connection: _Connection, body: AsyncIterator[bytes], chunke
     except BaseException as error:
         connection.fail(UpstreamFailed(f"request body not sent whole: {error}"))
         raise
+
+
+def _quiet(transport: asyncio.BaseTransport) -> bool:
+    """Whether no byte waits unread on an idle connection's socket. Bytes the loop
+    hasn't delivered yet (an answer nobody asked for, or the upstream's close) were
+    sent before the next request: taken for its answer, they would answer it."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return True
+    # Transport sockets (asyncio's, uvloop's) can't recv: a socket object on its fd.
+    raw = socket.socket(sock.family, sock.type, 0, sock.fileno())
+    try:
+        raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return True
+    except OSError:
+        return False
+    finally:
+        raw.detach()
+    return False  # a byte, or the end of the stream
 
 
 def _settled(writer: asyncio.Task[None]) -> None:

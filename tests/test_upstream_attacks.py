@@ -1,0 +1,67 @@
+"""Attacks on the gateway's upstream client (gateway/upstream.py) that its first tests
+missed: answers racing a connection's reuse, half an answer nobody asked for, idle
+connections kept past their keep-alive, and a slow client's body taken for an
+upstream's silence. Real sockets, scripted upstreams (tests/test_upstream_client.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from tests.test_upstream_client import Seen, Upstream, echo, fetch, ok, pool_for, stop
+
+
+class Scripted(Upstream):
+    """An upstream whose connection handler the test writes (`handle`), registered
+    so that `stop` ends it."""
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        self.connections += 1
+        try:
+            await self.handle(reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            return
+        finally:
+            writer.close()
+
+
+async def started(server: Upstream) -> Upstream:
+    server.server = await asyncio.start_server(server._serve, "127.0.0.1", 0)
+    return server
+
+
+async def test_an_answer_already_waiting_on_an_idle_connection_never_answers_the_next_request() -> (
+    None
+):
+    """Response queue poisoning by a race: a second answer (a smuggled request's)
+    reaches the gateway's socket while the connection is idle, but the loop hasn't
+    read it yet when the next request takes that connection. Those bytes were there
+    before the request was sent: they must not be read as its answer."""
+    go = asyncio.Event()
+
+    class Late(Scripted):
+        async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.seen.append(Seen(self.connections, head, b""))
+                writer.write(ok(head.split(b" ")[1]))
+                if len(self.seen) == 1:
+                    await go.wait()
+                    writer.write(ok(b"/poisoned"))
+
+    server = await started(Late(echo))
+    try:
+        async with pool_for(server) as pool:
+            assert await fetch(pool, target="/first") == (200, b"/first")
+            go.set()
+            await asyncio.sleep(0)  # the upstream sends its unasked answer ...
+            time.sleep(0.05)  # ... which reaches our socket; the loop hasn't read it
+            assert await fetch(pool, target="/second") == (200, b"/second")
+    finally:
+        await stop(server)
