@@ -139,7 +139,18 @@ class _Connection(BaseProtocol):
             and not self.lost
             and self.transport is not None
             and not self.transport.is_closing()
+            and not self._began_another()
         )
+
+    def _began_another(self) -> bool:
+        """Whether the parser holds the start of an answer after this one's end (bytes
+        no request asked for, too few to make a message of): the end of the stream
+        would complete it. The parser is not used again."""
+        parser = self._parser
+        try:
+            return parser is not None and parser.feed_eof() is not None
+        except Exception:
+            return True
 
     def end(self) -> None:
         """The exchange is over, however it went: no timer, no parser."""

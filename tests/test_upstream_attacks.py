@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from tests.test_upstream_client import Seen, Upstream, echo, fetch, ok, pool_for, stop
+from tests.test_upstream_client import Seen, Upstream, echo, fetch, ok, pool_for, stop, upstream
 
 
 class Scripted(Upstream):
@@ -65,3 +65,18 @@ async def test_an_answer_already_waiting_on_an_idle_connection_never_answers_the
             assert await fetch(pool, target="/second") == (200, b"/second")
     finally:
         await stop(server)
+
+
+async def test_half_an_unasked_answer_after_the_answer_closes_the_connection() -> None:
+    """The start of a second answer arrives with the first (a TCP segment cut inside a
+    smuggled answer's head). The parser holds it: the connection was sent a byte no
+    request asked for and must not carry another request."""
+
+    async def script(request: Seen, index: int) -> bytes:
+        answer = ok(request.head.split(b" ")[1])
+        return answer + b"HTTP/1.1 200 OK\r\nContent-Le" if index == 0 else answer
+
+    async with upstream(script) as server, pool_for(server) as pool:
+        assert await fetch(pool, target="/first") == (200, b"/first")
+        assert await fetch(pool, target="/second") == (200, b"/second")
+    assert server.connections == 2
