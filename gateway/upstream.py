@@ -306,6 +306,7 @@ class UpstreamPool:
         self._open = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._closed = False
+        self._sweep_at: asyncio.TimerHandle | None = None
 
     async def exchange(
         self,
@@ -408,19 +409,30 @@ class UpstreamPool:
         return connection, False
 
     def release(self, connection: _Connection, reusable: bool) -> None:
-        now = self._loop.time()
-        idle = self._idle
-        # The least recently used idle connection, if it has expired or the upstream
-        # closed it: one per release, so the pool shrinks back after a burst and holds
-        # no connection the upstream has to keep open for nothing.
-        if idle and (idle[0].lost or now - idle[0].idle_since >= KEEPALIVE_S):
-            self._discard(idle.pop(0))
         if reusable and not self._closed:
-            connection.idle_since = now
-            idle.append(connection)
+            connection.idle_since = self._loop.time()
+            self._idle.append(connection)
+            if self._sweep_at is None:
+                due = connection.idle_since + KEEPALIVE_S
+                self._sweep_at = self._loop.call_at(due, self._sweep)
             self._wake()
         else:
             self._discard(connection)
+
+    def _sweep(self) -> None:
+        """Close the connections idle for KEEPALIVE_S (the oldest first in the list: the
+        most recently used is taken first, so the others may idle on under load)."""
+        self._sweep_at = None
+        idle = self._idle
+        now = self._loop.time() + 0.001  # a timer may fire a little early
+        expired = 0
+        while expired < len(idle) and now - idle[expired].idle_since >= KEEPALIVE_S:
+            expired += 1
+        stale, idle[:expired] = idle[:expired], []
+        for connection in stale:
+            self._discard(connection)
+        if idle:
+            self._sweep_at = self._loop.call_at(idle[0].idle_since + KEEPALIVE_S, self._sweep)
 
     def _discard(self, connection: _Connection) -> None:
         self._open -= 1
@@ -438,6 +450,9 @@ class UpstreamPool:
     def close(self) -> None:
         """Close the idle connections; those in use close when their exchange ends."""
         self._closed = True
+        if self._sweep_at is not None:
+            self._sweep_at.cancel()
+            self._sweep_at = None
         while self._idle:
             self._discard(self._idle.pop())
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
+import gateway.upstream as upstream_module
 from tests.test_upstream_client import Seen, Upstream, echo, fetch, ok, pool_for, stop, upstream
 
 
@@ -80,3 +83,25 @@ async def test_half_an_unasked_answer_after_the_answer_closes_the_connection() -
         assert await fetch(pool, target="/first") == (200, b"/first")
         assert await fetch(pool, target="/second") == (200, b"/second")
     assert server.connections == 2
+
+
+async def test_idle_connections_past_the_keepalive_are_closed_under_steady_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a burst, the pool takes its most recently used connection first: the
+    others sit idle. Past KEEPALIVE_S they are closed (as aiohttp's connector's
+    cleanup does), not kept open until a burst reaches them."""
+    monkeypatch.setattr(upstream_module, "KEEPALIVE_S", 0.2)
+
+    async def script(request: Seen, index: int) -> bytes:
+        await asyncio.sleep(0.05)
+        return ok(b"done")
+
+    async with upstream(script) as server, pool_for(server) as pool:
+        assert await asyncio.gather(*(fetch(pool) for _ in range(3))) == [(200, b"done")] * 3
+        assert server.open_now == 3
+        for _ in range(8):  # one request at a time, for twice the keep-alive
+            assert await fetch(pool) == (200, b"done")
+        assert server.open_now == 1
+        await asyncio.sleep(0.4)  # no request at all
+        assert server.open_now == 0
