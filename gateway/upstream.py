@@ -21,7 +21,8 @@ decompression the gateway never uses. What is kept is what makes forwarding safe
   aiohttp retries idempotent requests.
 - `read_timeout` is aiohttp's `sock_read`: no byte from the upstream, and none of
   the body sent to it, for that long, and the exchange fails (504 before the answer's
-  head, a cut connection after).
+  head, a cut connection after). Time spent waiting for the client's next body chunk
+  doesn't count: the body timeouts bound the client (408), never the upstream's.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class _Connection(BaseProtocol):
         self.idle_since = 0.0
         self.lost = False
         self.spoiled = False  # bytes no request asked for, or a second answer
+        self.awaiting_body = False  # the body's next chunk is the client's to send
         self._head: asyncio.Future[tuple[RawResponseMessage, StreamReader]] | None = None
         self._payload: StreamReader | None = None
         self._answered = False  # the head of this exchange's answer has arrived
@@ -215,7 +217,9 @@ class _Connection(BaseProtocol):
                                   and self._payload.is_eof()):  # fmt: skip
             return
         now = self._loop.time()
-        if self._reading_paused:  # our side holds the upstream back, not its silence
+        if self._reading_paused or self.awaiting_body:
+            # Our side holds the upstream back (a slow reader, or a client slow to send
+            # the body, which the body timeouts bound): not the upstream's silence.
             self._last_progress = now
         due = self._last_progress + self._timeout
         if now < due:
@@ -463,7 +467,16 @@ async def _send_body(connection: _Connection, body: AsyncIterator[bytes], chunke
     exchange fails with it and the connection is closed: the upstream is left waiting
     for bytes that will never come."""
     try:
-        async for chunk in body:
+        chunks = aiter(body)
+        while True:
+            connection.awaiting_body = True
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            finally:
+                connection.awaiting_body = False
+            connection.progress()
             transport = connection.transport
             if transport is None:
                 raise UpstreamFailed("upstream closed the connection while taking the body")
@@ -476,6 +489,7 @@ async def _send_body(connection: _Connection, body: AsyncIterator[bytes], chunke
             connection.progress()
         if chunked and connection.transport is not None:
             connection.transport.write(b"0\r\n\r\n")
+        connection.progress()  # the answer's time runs from the body's end
     except asyncio.CancelledError:
         raise
     except BaseException as error:

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
 import gateway.upstream as upstream_module
+from gateway.upstream import request_head
 from tests.test_upstream_client import Seen, Upstream, echo, fetch, ok, pool_for, stop, upstream
 
 
@@ -105,3 +107,28 @@ async def test_idle_connections_past_the_keepalive_are_closed_under_steady_load(
         assert server.open_now == 1
         await asyncio.sleep(0.4)  # no request at all
         assert server.open_now == 0
+
+
+async def test_a_client_slow_to_send_its_body_is_not_an_upstream_timeout() -> None:
+    """read_timeout bounds the upstream (aiohttp's sock_read started once the body was
+    sent); a client's pauses between body chunks are the body timeouts' business (a
+    408 `body_timeout`), never a 504 that blames the upstream."""
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield b"a" * 10
+        await asyncio.sleep(0.6)
+        yield b"b" * 10
+
+    async def script(request: Seen, index: int) -> bytes:
+        return ok(request.body)
+
+    async with upstream(script) as server, pool_for(server) as pool:
+        exchange = await pool.exchange(
+            request_head("POST", "/", "upstream", [], True), slow_body(), chunked=True,
+            skip_body=False, retry=False, connect_timeout=1.0, read_timeout=0.3,
+        )  # fmt: skip
+        try:
+            assert exchange.message.code == 200
+            assert (await exchange.payload.read()).endswith(b"b" * 10 + b"\r\n0\r\n\r\n")
+        finally:
+            exchange.close()
