@@ -27,11 +27,13 @@ decompression the gateway never uses. What is kept is what makes forwarding safe
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
+import fcntl
 import re
-import socket
 import ssl
+import termios
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 
@@ -90,6 +92,7 @@ class _Connection(BaseProtocol):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
         self.idle_since = 0.0
+        self.fd = -1  # the socket's, for _quiet
         self.lost = False
         self.spoiled = False  # bytes no request asked for, or a second answer
         self.awaiting_body = False  # the body's next chunk is the client's to send
@@ -162,6 +165,11 @@ class _Connection(BaseProtocol):
         self._parser = None
         self._head = None
         self._payload = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        self.fd = sock.fileno() if sock is not None else -1
 
     def data_received(self, data: bytes) -> None:
         if data:
@@ -369,7 +377,7 @@ class UpstreamPool:
                     and not connection.spoiled
                     and now - connection.idle_since < KEEPALIVE_S
                     and not transport.is_closing()
-                    and _quiet(transport)
+                    and _quiet(connection)
                 ):
                     return connection, True
                 self._discard(connection)
@@ -497,24 +505,23 @@ async def _send_body(connection: _Connection, body: AsyncIterator[bytes], chunke
         raise
 
 
-def _quiet(transport: asyncio.BaseTransport) -> bool:
+_UNREAD = array.array("i", [0])
+
+
+def _quiet(connection: _Connection) -> bool:
     """Whether no byte waits unread on an idle connection's socket. Bytes the loop
-    hasn't delivered yet (an answer nobody asked for, or the upstream's close) were
-    sent before the next request: taken for its answer, they would answer it."""
-    sock = transport.get_extra_info("socket")
-    if sock is None:
+    hasn't delivered yet (an answer nobody asked for) were sent before the next
+    request: taken for its answer, they would answer it. (FIONREAD: 0.4 µs, a tenth
+    of a MSG_PEEK recv through a socket object. An upstream's close that the loop
+    hasn't read yet reads as quiet: the request then finds the connection closed
+    unanswered, and goes again if it may.)"""
+    if connection.fd < 0:
         return True
-    # Transport sockets (asyncio's, uvloop's) can't recv: a socket object on its fd.
-    raw = socket.socket(sock.family, sock.type, 0, sock.fileno())
     try:
-        raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except (BlockingIOError, InterruptedError):
-        return True
+        fcntl.ioctl(connection.fd, termios.FIONREAD, _UNREAD, True)
     except OSError:
         return False
-    finally:
-        raw.detach()
-    return False  # a byte, or the end of the stream
+    return _UNREAD[0] == 0
 
 
 def _settled(writer: asyncio.Task[None]) -> None:
