@@ -346,6 +346,8 @@ class UpstreamPool:
                     writer.add_done_callback(_settled)
                 message, payload = await connection.answer()
             except _Unanswered:
+                if writer is not None:
+                    writer.cancel()
                 connection.end()
                 self.release(connection, False)
                 if reused and retry and body is None:

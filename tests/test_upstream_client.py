@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from aiohttp.http import HttpRequestParser
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -27,6 +29,7 @@ from gateway.upstream import (
     request_head,
 )
 from tests.gateway_stack import ServerFactory, start_stack
+from tests.test_http_sink_tls import Pki, make_pki
 
 WAREHOUSE = {"groups": ["warehouse"], "amr": ["pwd", "otp"]}
 
@@ -547,3 +550,62 @@ async def test_the_pool_shrinks_back_after_a_burst(monkeypatch: pytest.MonkeyPat
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.05)
         assert server.open_now == 1
+
+
+# --- https upstreams ----------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def https_upstream(pki: Pki) -> AsyncIterator[int]:
+    """aiohttp's server over TLS with a certificate for `localhost` that `pki`'s CA signed,
+    answering each request with its path; yields its port."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki.cert, pki.key)
+
+    async def path(request: web.Request) -> web.Response:
+        return web.Response(body=request.path.encode())
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", path)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+async def test_an_https_upstream_is_verified_and_its_connections_kept_alive(
+    tmp_path: Path,
+) -> None:
+    pki = make_pki(tmp_path / "pki", "upstream")
+    trusting = ssl.create_default_context(cafile=str(pki.ca))
+    async with https_upstream(pki) as port:
+        pool = UpstreamPool("localhost", port, trusting, 0)
+        try:
+            assert await fetch(pool, target="/a") == (200, b"/a")
+            assert await fetch(pool, target="/b") == (200, b"/b")
+            assert len(pool._idle) == 1  # one TLS connection carried both
+        finally:
+            pool.close()
+
+
+@pytest.mark.parametrize("attack", ["untrusted_ca", "wrong_host_name"])
+async def test_an_https_upstream_that_does_not_prove_who_it_is_is_never_sent_a_request(
+    tmp_path: Path, attack: str
+) -> None:
+    """A man in the middle with a certificate from another CA, or a certificate for
+    another name: the handshake fails, and the request is never sent."""
+    pki = make_pki(tmp_path / "pki", "upstream")
+    other = make_pki(tmp_path / "other", "other")
+    ca = other.ca if attack == "untrusted_ca" else pki.ca
+    host = "localhost" if attack == "untrusted_ca" else "127.0.0.1"  # the cert names localhost
+    async with https_upstream(pki) as port:
+        pool = UpstreamPool(host, port, ssl.create_default_context(cafile=str(ca)), 0)
+        try:
+            with pytest.raises(UpstreamFailed, match="cannot connect"):
+                await fetch(pool)
+        finally:
+            pool.close()
