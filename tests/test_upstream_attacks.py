@@ -24,10 +24,7 @@ class Scripted(Upstream):
         raise NotImplementedError
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self.tasks.add(task)
-        self.connections += 1
+        self.accepted()
         try:
             await self.handle(reader, writer)
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):

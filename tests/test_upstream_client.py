@@ -71,12 +71,16 @@ class Upstream:
         port: int = self.server.sockets[0].getsockname()[1]
         return port
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def accepted(self) -> int:
+        """Count a new connection, its handler registered so that `stop` ends it: its number."""
         task = asyncio.current_task()
         assert task is not None
         self.tasks.add(task)
         self.connections += 1
-        number = self.connections
+        return self.connections
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        number = self.accepted()
         self.open_now += 1
         self.most_open = max(self.most_open, self.open_now)
         try:
