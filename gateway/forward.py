@@ -183,7 +183,6 @@ class Forwarder:
         self._strip_cookie = strip_cookie
         self._limits = limits
         self._metrics = metrics or Metrics()
-        self._pools: dict[str, UpstreamPool] = {}
         # WebSockets hold their connection for hours: a pool of their own, so idle
         # sockets never take the HTTP pool's slots (the per-identity limit and the
         # idle timeout bound it instead of a size that would make upgrades queue).
@@ -198,7 +197,7 @@ class Forwarder:
         return known
 
     def _pool(self, upstream: _Upstream) -> UpstreamPool:
-        pool = self._pools.get(upstream.url)
+        pool = upstream.pool
         if pool is None:
             tls = None
             if upstream.base.scheme == "https":
@@ -207,7 +206,7 @@ class Forwarder:
             pool = UpstreamPool(
                 upstream.connect_host, upstream.port, tls, self._limits.upstream_pool_size
             )
-            self._pools[upstream.url] = pool
+            upstream.pool = pool
         return pool
 
     def _ws_session(self, upstream: str) -> aiohttp.ClientSession:
@@ -221,9 +220,10 @@ class Forwarder:
         return session
 
     async def close(self) -> None:
-        for pool in self._pools.values():
-            pool.close()
-        self._pools.clear()
+        for upstream in self._upstreams.values():
+            if upstream.pool is not None:
+                upstream.pool.close()
+        self._upstreams.clear()
         for session in self._ws_sessions.values():
             await session.close()
         self._ws_sessions.clear()
@@ -394,15 +394,16 @@ class Forwarder:
 class _Upstream:
     """A route's `upstream` URL, read once: where to connect, what Host to send, and
     each request's target from exactly the parts the policy saw, never re-parsed from
-    a string (a parser would cut at `#` or resolve `..`)."""
+    a string (a parser would cut at `#` or resolve `..`); and its connections, once
+    a request needs them."""
 
     def __init__(self, base: URL) -> None:
         self.base = base
-        self.url = str(base)
+        self.pool: UpstreamPool | None = None
         self.connect_host = base.raw_host or ""
-        self.port = base.port or (443 if base.scheme == "https" else 80)
-        host = f"[{self.connect_host}]" if ":" in self.connect_host else self.connect_host
         default = 443 if base.scheme == "https" else 80
+        self.port = base.port or default
+        host = f"[{self.connect_host}]" if ":" in self.connect_host else self.connect_host
         self.host_header = host if self.port == default else f"{host}:{self.port}"
         self._prefix = base.raw_path.rstrip("/")
 

@@ -7,7 +7,7 @@ decompression the gateway never uses. What is kept is what makes forwarding safe
 
 - The request head is written by us from parts already checked (the method from
   aiohttp's server parser, a normalized path, screened headers) and refused whole if
-  any name or value could end its line: CR, LF or NUL anywhere but the line ends.
+  any part holds CR or LF but the line ends, or another control character but HTAB.
 - The answer is parsed by the same parser aiohttp's client uses: a duplicate or
   conflicting Content-Length and Transfer-Encoding, bad chunking or a bare CR fail
   the exchange (502), never reach the client.
@@ -56,8 +56,8 @@ class UpstreamTimedOut(UpstreamFailed):
 
 
 class _Unanswered(UpstreamFailed):
-    """A reused connection was closed before a byte of the answer: safe to retry a
-    request that had no body."""
+    """The connection was closed before a byte of the answer: on a reused one, safe
+    to retry a request that had no body."""
 
 
 def request_head(
