@@ -1,7 +1,7 @@
 """What one decision-log event may hold: secrets masked, its size bounded.
 
-Runs in the writer thread, on the way to the file, so the request path pays
-nothing for it and the policy still sees the request as it came. Every change
+Runs when the event is queued (``DecisionLog.record``), after the policy
+decided: the policy still sees the request as it came. Every change
 is listed in the event, as OPA does for masking: ``masked`` holds the JSON
 pointers whose value is ``**REDACTED**`` (wholly, or a query string's secret
 values inside it; many under one parent are listed as the parent), ``truncated``

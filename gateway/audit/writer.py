@@ -84,7 +84,7 @@ class DecisionLogError(Exception):
     """The decision log can't be opened (bad path, in use by another process)."""
 
 
-# Queue items: ("event", ns, decision_id, input, result, revision, metrics, labels),
+# Queue items: ("event", line without its chain fields),
 # ("sign", reason) and ("reopen",).
 _Item = tuple[Any, ...]
 _PATH_CHECK_EVERY = 1.0  # seconds between checks that the path still names the file
@@ -206,17 +206,19 @@ class DecisionLog:
         labels: dict[str, Any] | None = None,
         path: str = DECISION_PATH,
     ) -> int:
-        """Queue one decision; never blocks. Don't modify input/result afterwards.
+        """Queue one decision, masked and serialized now (input and result may
+        change afterwards); never blocks.
 
         ``path`` names the policy that decided, or ``gateway`` for a request the
         gateway refused before any policy was asked (see REFUSAL_PATH). Returns
         the event's ticket for :meth:`durable`."""
         if self._closed:
             raise RuntimeError("decision log is closed: this decision would be lost")
-        queue = self._queue
-        queue.append(
-            ("event", time.time_ns(), decision_id, input, result, revision, metrics, labels, path)
+        body = self._event_body(
+            time.time_ns(), decision_id, input, result, revision, metrics, labels, path
         )
+        queue = self._queue
+        queue.append(("event", body))
         if len(queue) >= _WAKE_AT:
             self._wake.set()
         self._recorded += 1
@@ -426,10 +428,32 @@ class DecisionLog:
         chain = _Chain(head, seq, signed, signature)
         return b"\n".join(lines), chain, events, signatures, reopen
 
-    def _event_line(self, item: _Item, seq: int, prev_hash: str) -> bytes:
-        _, ns, decision_id, input_, result, revision, metrics, labels, path = item
-        event: dict[str, Any] = {"input": input_, "result": result}
-        masked, truncated = self._redactor.apply(event)
+    def _event_body(
+        self,
+        ns: int,
+        decision_id: str,
+        input_: dict[str, Any],
+        result: Any,
+        revision: str,
+        metrics: dict[str, int],
+        labels: dict[str, Any] | None,
+        path: str,
+    ) -> bytes:
+        """The event's line without its chain fields (``seq``, ``prev_hash``), which
+        the writer adds in order: redacted and serialized on the caller's thread.
+
+        Here, not in the writer thread: Python work in a second thread holds the
+        GIL the event loop needs, and every request in flight waits for it. With
+        this in the writer, bench/gateway.py's added p99 at 2,000 req/s was
+        2.9-3.5 ms; here, 2.0 ms, and the gateway used less CPU per request."""
+        try:
+            event: dict[str, Any] = {"input": input_, "result": result}
+            masked, truncated = self._redactor.apply(event)
+        except Exception as error:  # never lose the event, never log what wasn't masked
+            logger.exception("decision log: event %s could not be redacted", decision_id)
+            event = {"input": {"not_logged": f"redaction failed: {type(error).__name__}"},
+                     "result": result}  # fmt: skip
+            masked, truncated = ["/input"], []
         record: dict[str, Any] = {
             "decision_id": decision_id,
             "timestamp": rfc3339_ns(ns),
@@ -444,10 +468,7 @@ class DecisionLog:
             record["masked"] = masked
         if truncated:
             record["truncated"] = truncated
-        record["seq"] = seq
-        record["prev_hash"] = prev_hash
-        # orjson: ~14x faster than json here, and this thread shares the GIL
-        # with the event loop.
+        # orjson: ~14x faster than json here.
         try:
             return orjson.dumps(record, default=_json_fallback, option=orjson.OPT_NON_STR_KEYS)
         except (TypeError, ValueError, RuntimeError) as error:  # circular, or changed under us
@@ -457,6 +478,12 @@ class DecisionLog:
                 "decision log: event %s needs the fallback writer: %s", decision_id, error
             )
             return _forgiving_line(record)
+
+    @staticmethod
+    def _event_line(item: _Item, seq: int, prev_hash: str) -> bytes:
+        """The event's line: its body with the chain fields added as its last keys."""
+        body: bytes = item[1]
+        return b'%b,"seq":%d,"prev_hash":"%b"}' % (body[:-1], seq, prev_hash.encode())
 
     def _signature_line(self, reason: str, seq: int, head: str) -> bytes:
         signed_at = rfc3339_ns(time.time_ns())
