@@ -255,6 +255,24 @@ async def test_record_from_event_loop_while_writer_writes(tmp_path: Path) -> Non
     assert max(lags) < 0.25  # the writer never holds the loop for long
 
 
+async def test_keys_that_are_not_strings_are_written_as_json_strings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A policy result with an integer or null key (Rego objects may have any key)
+    is written by orjson, keys as JSON strings (not by the slow fallback writer,
+    which would warn), and the chain verifies."""
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(path, SIGNING_KEY, key_id=KID)
+    await log.start()
+    result = {**decision(True), "counts": {1: "one", None: "none", "s": 2}}
+    log.record(decision_id="d-1", input=request_input(), result=result, revision="r", metrics={})
+    await log.close()
+    event = json.loads(lines_of(path)[1])
+    assert event["result"]["counts"] == {"1": "one", "null": "none", "s": 2}
+    assert "fallback writer" not in caplog.text
+    assert verify_log([path], PUBLIC_KEYS).complete
+
+
 async def test_an_event_the_redactor_fails_on_is_logged_without_its_input(
     tmp_path: Path,
 ) -> None:

@@ -468,9 +468,14 @@ class DecisionLog:
             record["masked"] = masked
         if truncated:
             record["truncated"] = truncated
-        # orjson: ~14x faster than json here.
+        # orjson: ~14x faster than json here; OPT_NON_STR_KEYS (which doubles its
+        # cost) only for a record that needs it.
         try:
-            return orjson.dumps(record, default=_json_fallback, option=orjson.OPT_NON_STR_KEYS)
+            try:
+                return orjson.dumps(record, default=_json_fallback)
+            except TypeError:  # a key that isn't a string, among orjson's other refusals
+                option = orjson.OPT_NON_STR_KEYS
+                return orjson.dumps(record, default=_json_fallback, option=option)
         except (TypeError, ValueError, RuntimeError) as error:  # circular, or changed under us
             # Never lose the record's content: lone surrogates (request bytes that
             # were not UTF-8) and the like take a slower path that keeps all of it.
