@@ -301,6 +301,55 @@ async def test_an_event_the_redactor_fails_on_is_logged_without_its_input(
     assert verify_log([path], PUBLIC_KEYS).complete
 
 
+async def test_a_redactor_failure_never_writes_a_result_field_a_pointer_masks(
+    tmp_path: Path,
+) -> None:
+    """`mask_headers` pointers may name fields of the result (README: `/result/...`).
+    When masking the input fails (a bug), the event keeps its result: the pointers
+    into it are still applied, and listed, or the file holds the secret they hide."""
+
+    class Broken(writer.Redactor):
+        def apply(self, event: dict[str, Any]) -> tuple[list[str], list[str]]:
+            raise ValueError("a bug")
+
+    path = tmp_path / "decisions.jsonl"
+    pointer = "/result/headers/x-internal-token"
+    log = DecisionLog(path, SIGNING_KEY, key_id=KID, redactor=Broken(mask_headers=[pointer]))
+    await log.start()
+    result = {**decision(True), "headers": {"x-internal-token": "SECRET-upstream", "x-a": "1"}}
+    log.record(decision_id="d-1", input=request_input(), result=result, revision="r", metrics={})
+    await log.close()
+    assert b"SECRET" not in path.read_bytes()
+    event = json.loads(next(line for line in lines_of(path) if b"decision_id" in line))
+    assert event["result"]["allow"] is True
+    assert event["result"]["headers"] == {"x-internal-token": REDACTED, "x-a": "1"}
+    assert event["masked"] == ["/input", pointer]
+    assert result["headers"]["x-internal-token"] == "SECRET-upstream"  # the caller's, as given
+    assert verify_log([path], PUBLIC_KEYS).complete
+
+
+async def test_a_redactor_failing_on_the_result_too_writes_neither_input_nor_result(
+    tmp_path: Path,
+) -> None:
+    class Broken(writer.Redactor):
+        def apply(self, event: dict[str, Any]) -> tuple[list[str], list[str]]:
+            raise ValueError("a bug")
+
+        def mask_pointers(self, event: dict[str, Any], root: str) -> list[str]:
+            raise KeyError("another")
+
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(path, SIGNING_KEY, key_id=KID, redactor=Broken())
+    await log.start()
+    log.record(decision_id="d-1", input=request_input(), result=decision(False), revision="r",
+               metrics={})  # fmt: skip
+    await log.close()
+    event = json.loads(next(line for line in lines_of(path) if b"decision_id" in line))
+    assert event["result"] == {"not_logged": "redaction failed: KeyError"}
+    assert event["masked"] == ["/input", "/result"]
+    assert verify_log([path], PUBLIC_KEYS).complete
+
+
 def test_record_is_cheap(tmp_path: Path) -> None:
     """record() is on every request's path, and masks and serializes the event
     (instead of the writer thread doing it while holding the GIL the event loop

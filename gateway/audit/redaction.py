@@ -202,6 +202,15 @@ class Redactor:
                 masked.append(format_pointer(pointer))
         return _bounded(masked), truncated
 
+    def mask_pointers(self, event: dict[str, Any], root: str) -> list[str]:
+        """Only the configured pointers under ``/root`` (``input`` or ``result``),
+        for an event :meth:`apply` failed on; returns the masked pointers."""
+        return [
+            format_pointer(pointer)
+            for pointer in self._pointers
+            if pointer[0] == root and _replace(event, pointer)
+        ]
+
     def mask_url(self, target: str) -> str:
         """``target`` with the value of every secret parameter in its query and its
         fragment (`#access_token=`, OAuth's implicit flow) replaced, and any

@@ -451,9 +451,16 @@ class DecisionLog:
             masked, truncated = self._redactor.apply(event)
         except Exception as error:  # never lose the event, never log what wasn't masked
             logger.exception("decision log: event %s could not be redacted", decision_id)
-            event = {"input": {"not_logged": f"redaction failed: {type(error).__name__}"},
-                     "result": result}  # fmt: skip
+            note = {"not_logged": f"redaction failed: {type(error).__name__}"}
+            event = {"input": note, "result": result}
             masked, truncated = ["/input"], []
+            try:  # the result is kept, masked where a pointer (/result/...) says
+                masked += self._redactor.mask_pointers(event, "result")
+            except Exception as again:
+                logger.exception("decision log: event %s: its result could not be redacted "
+                                 "either", decision_id)  # fmt: skip
+                event["result"] = {"not_logged": f"redaction failed: {type(again).__name__}"}
+                masked.append("/result")
         record: dict[str, Any] = {
             "decision_id": decision_id,
             "timestamp": rfc3339_ns(ns),
