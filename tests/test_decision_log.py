@@ -350,6 +350,46 @@ async def test_a_redactor_failing_on_the_result_too_writes_neither_input_nor_res
     assert verify_log([path], PUBLIC_KEYS).complete
 
 
+async def test_input_not_even_the_fallback_writer_can_write_never_fails_record(
+    tmp_path: Path,
+) -> None:
+    """record() runs on the request's path: what orjson and the stdlib both refuse (a
+    cycle, a tuple key, nesting past either's depth) together with what the plain
+    copy kept as is (an integer past 64 bits, a surrogate surrogateescape can't
+    encode, an object whose str() raises) must still be logged, never raise."""
+
+    class Unprintable:
+        def __str__(self) -> str:
+            raise LookupError("no")
+
+    nested: Any = 1
+    for _ in range(5000):
+        nested = [nested]
+    loop: dict[str, Any] = {}
+    loop["self"] = loop
+    odd = [
+        {"n": 2**70, "loop": loop},
+        {"s": "\ud800", (1, 2): "tuple key"},
+        {"n": -(2**70), "deep": nested},
+        {"o": Unprintable(), "loop": loop},
+        {"o": Unprintable()},
+    ]
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(path, SIGNING_KEY, key_id=KID)
+    await log.start()
+    for n, value in enumerate(odd):
+        log.record(decision_id=f"d-{n}", input=value, result=decision(True), revision="r",
+                   metrics={})  # fmt: skip
+    await log.close()
+    events = [json.loads(line) for line in lines_of(path) if b"decision_id" in line]
+    assert [e["decision_id"] for e in events] == [f"d-{n}" for n in range(len(odd))]
+    assert events[0]["input"]["n"] == str(2**70)
+    assert events[1]["input"]["s"] == "\ufffd"
+    assert events[2]["input"]["n"] == str(-(2**70))
+    assert events[3]["input"]["o"] == events[4]["input"]["o"] == "<unprintable Unprintable>"
+    assert verify_log([path], PUBLIC_KEYS).complete
+
+
 def test_record_is_cheap(tmp_path: Path) -> None:
     """record() is on every request's path, and masks and serializes the event
     (instead of the writer thread doing it while holding the GIL the event loop

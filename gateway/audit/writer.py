@@ -2,15 +2,15 @@
 
 The file format is described in :mod:`gateway.audit.chain`.
 
-Writing: ``record()`` only appends a tuple to a deque (no I/O, no JSON, no
-locks): the writer thread masks, serialises, hashes and appends chunks of lines
-with ``os.write`` (``O_APPEND``), fsyncs at every signature, and releases the
-GIL between chunks, so the event loop never waits for it. A chunk is committed
-(the chain advances) only once fully written; when a write fails (full disk,
-I/O error) the partial bytes are cut off again, ``write_errors`` counts it, an
-error is logged, the events stay queued and are retried with backoff, so
-nothing is dropped while the process lives. ``queue_depth`` shows the backlog
-for /metrics and alerting.
+Writing: ``record()`` masks and serialises the event (no I/O, no locks) and
+appends it to a deque; the writer thread adds the chain fields, hashes and
+appends chunks of lines with ``os.write`` (``O_APPEND``), fsyncs at every
+signature, and releases the GIL between chunks, so the event loop never waits
+for it. A chunk is committed (the chain advances) only once fully written; when
+a write fails (full disk, I/O error) the partial bytes are cut off again,
+``write_errors`` counts it, an error is logged, the events stay queued and are
+retried with backoff, so nothing is dropped while the process lives.
+``queue_depth`` shows the backlog for /metrics and alerting.
 
 Durability: ``record()`` returns a ticket (the event's number in this run);
 ``await durable(ticket)`` returns once the event is written and fsync'd. The
@@ -22,9 +22,8 @@ waiting (``durability: async``) costs nothing: fsyncs stay at signatures.
 ``close`` signature and fsyncs; if the disk is still failing when its timeout
 runs out, it logs how many events are lost.
 
-``record()`` keeps references to ``input`` and ``result`` (copying them on
-every request would cost more than the rest of the log): the caller must not
-change them afterwards. Masking copies the dicts on the way to the masked
+``record()`` serialises ``input`` and ``result`` before it returns: the caller
+may change them afterwards. Masking copies the dicts on the way to the masked
 value, so the caller's objects are never modified.
 
 One writer per file: the file is locked (``flock``); with several worker
@@ -44,6 +43,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Iterable
@@ -832,17 +832,28 @@ def _forgiving_line(record: dict[str, Any]) -> bytes:
     type is written as text by a copy made of plain values."""
     try:
         text = json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=_json_fallback)
-    except (TypeError, ValueError, RecursionError):
+    except Exception:  # TypeError, ValueError, RecursionError, or what a str() raised
         return orjson.dumps(_plain(record, set(), 0))
     return text.encode("ascii")
 
 
+# Lone surrogates surrogateescape has no byte for (it escapes 0x80-0xff as U+DC80-U+DCFF).
+_UNESCAPABLE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
+
+
 def _plain(value: Any, seen: set[int], depth: int) -> Any:
-    """JSON-ready copy: str keys, readable strings, cycles and depth cut."""
+    """JSON-ready copy: str keys, readable strings, cycles and depth cut; never raises
+    (it runs in record(), on the request's path) and orjson always takes it."""
     if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    if value is None or isinstance(value, (bool, int, float)):
+        try:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        except UnicodeEncodeError:  # a surrogate no byte escapes to: one U+FFFD each
+            value = _UNESCAPABLE.sub("\ufffd", value)
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if value is None or isinstance(value, (bool, float)):
         return value
+    if isinstance(value, int):  # orjson's range; past it, the digits as text
+        return value if -(1 << 63) <= value < (1 << 64) else str(value)
     if isinstance(value, (dict, list, tuple, set, frozenset)):
         if id(value) in seen or depth > 64:
             return "[cycle or too deep]"
@@ -853,7 +864,11 @@ def _plain(value: Any, seen: set[int], depth: int) -> Any:
                 for k, v in value.items()
             }
         return [_plain(item, seen, depth + 1) for item in value]
-    return _plain(_json_fallback(value), seen, depth + 1)
+    try:
+        fallback = _json_fallback(value)
+    except Exception:  # its __str__ raised
+        return f"<unprintable {type(value).__name__}>"
+    return _plain(fallback, seen, depth + 1)
 
 
 def _json_fallback(value: Any) -> Any:
