@@ -373,6 +373,7 @@ async def test_input_not_even_the_fallback_writer_can_write_never_fails_record(
         {"n": -(2**70), "deep": nested},
         {"o": Unprintable(), "loop": loop},
         {"o": Unprintable()},
+        {"n": 10**5000, "loop": loop},  # more digits than str() writes
     ]
     path = tmp_path / "decisions.jsonl"
     log = DecisionLog(path, SIGNING_KEY, key_id=KID)
@@ -387,6 +388,7 @@ async def test_input_not_even_the_fallback_writer_can_write_never_fails_record(
     assert events[1]["input"]["s"] == "\ufffd"
     assert events[2]["input"]["n"] == str(-(2**70))
     assert events[3]["input"]["o"] == events[4]["input"]["o"] == "<unprintable Unprintable>"
+    assert events[5]["input"]["n"] == f"<integer of {(10**5000).bit_length()} bits>"
     assert verify_log([path], PUBLIC_KEYS).complete
 
 

@@ -853,7 +853,12 @@ def _plain(value: Any, seen: set[int], depth: int) -> Any:
     if value is None or isinstance(value, (bool, float)):
         return value
     if isinstance(value, int):  # orjson's range; past it, the digits as text
-        return value if -(1 << 63) <= value < (1 << 64) else str(value)
+        if -(1 << 63) <= value < (1 << 64):
+            return value
+        try:
+            return str(value)
+        except ValueError:  # past sys.get_int_max_str_digits()
+            return f"<integer of {value.bit_length()} bits>"
     if isinstance(value, (dict, list, tuple, set, frozenset)):
         if id(value) in seen or depth > 64:
             return "[cycle or too deep]"
