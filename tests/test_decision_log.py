@@ -273,6 +273,30 @@ async def test_keys_that_are_not_strings_are_written_as_json_strings(
     assert verify_log([path], PUBLIC_KEYS).complete
 
 
+async def test_a_client_sending_bytes_that_are_not_utf8_on_every_request_gets_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Header bytes that are not UTF-8 (kept as lone surrogates) send the event to
+    the slower fallback writer, in record(), on the request's path: every event is
+    written with its bytes, but the app log says so once a minute, not per request."""
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(path, SIGNING_KEY, key_id=KID)
+    await log.start()
+    raw = b"caf\xe9 \xff".decode("utf-8", "surrogateescape")
+    for n in range(200):
+        given = request_input(n)
+        given["attributes"]["request"]["http"]["headers"]["x-note"] = raw
+        log.record(decision_id=f"d-{n}", input=given, result=decision(True), revision="r",
+                   metrics={})  # fmt: skip
+    await log.close()
+    events = [json.loads(line) for line in lines_of(path) if b"decision_id" in line]
+    assert len(events) == 200
+    for event in events:  # the reader gives back the bytes as they came
+        assert event["input"]["attributes"]["request"]["http"]["headers"]["x-note"] == raw
+    assert caplog.text.count("needs the fallback writer") == 1
+    assert verify_log([path], PUBLIC_KEYS).complete
+
+
 async def test_an_event_the_redactor_fails_on_is_logged_without_its_input(
     tmp_path: Path,
 ) -> None:

@@ -88,6 +88,7 @@ class DecisionLogError(Exception):
 # ("sign", reason) and ("reopen",).
 _Item = tuple[Any, ...]
 _PATH_CHECK_EVERY = 1.0  # seconds between checks that the path still names the file
+_FALLBACK_SAY_EVERY = 60.0  # seconds between warnings that events needed the fallback writer
 _PATH_GRACE = 30.0  # seconds a file put at the path waits for its SIGUSR1 (logrotate's create)
 
 
@@ -149,6 +150,8 @@ class DecisionLog:
         self._labels = {"version": __version__, **(labels or {})}
 
         self._queue: collections.deque[_Item] = collections.deque()
+        self._fallbacks = 0  # events the fallback writer wrote, and when that was last said
+        self._fallback_said = -_FALLBACK_SAY_EVERY
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -486,9 +489,15 @@ class DecisionLog:
         except (TypeError, ValueError, RuntimeError) as error:  # circular, or changed under us
             # Never lose the record's content: lone surrogates (request bytes that
             # were not UTF-8) and the like take a slower path that keeps all of it.
-            logger.warning(
-                "decision log: event %s needs the fallback writer: %s", decision_id, error
-            )
+            # Said once a minute at most: a client chooses its bytes, on every request.
+            self._fallbacks += 1
+            now = time.monotonic()
+            if now - self._fallback_said >= _FALLBACK_SAY_EVERY:
+                logger.warning(
+                    "decision log: event %s needs the fallback writer: %s (%d events so far)",
+                    decision_id, error, self._fallbacks,
+                )  # fmt: skip
+                self._fallback_said = now
             return _forgiving_line(record)
 
     @staticmethod
