@@ -197,18 +197,17 @@ class Redactor:
             logged_query = self._redact_query(parsed, masked, truncated)
             if logged_query is not None:
                 event["input"] = {**given, "parsed_query": logged_query}
-        for pointer in self._pointers:
-            if _replace(event, pointer):
-                masked.append(format_pointer(pointer))
+        masked += self.mask_pointers(event)
         return _bounded(masked), truncated
 
-    def mask_pointers(self, event: dict[str, Any], root: str) -> list[str]:
-        """Only the configured pointers under ``/root`` (``input`` or ``result``),
-        for an event :meth:`apply` failed on; returns the masked pointers."""
+    def mask_pointers(self, event: dict[str, Any], root: str | None = None) -> list[str]:
+        """The configured pointers (``/input/...``, ``/result/...``), or only those
+        under ``/root``, applied to ``event``; returns the pointers masked. Alone,
+        for an event :meth:`apply` failed on."""
         return [
             format_pointer(pointer)
             for pointer in self._pointers
-            if pointer[0] == root and _replace(event, pointer)
+            if (root is None or pointer[0] == root) and _replace(event, pointer)
         ]
 
     def mask_url(self, target: str) -> str:
