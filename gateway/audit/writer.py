@@ -868,11 +868,9 @@ def _plain(value: Any, seen: set[int], depth: int) -> Any:
     """JSON-ready copy: str keys, readable strings, cycles and depth cut; never raises
     (it runs in record(), on the request's path) and orjson always takes it."""
     if isinstance(value, str):
-        try:
-            return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        except UnicodeEncodeError:  # a surrogate no byte escapes to: one U+FFFD each
-            value = _UNESCAPABLE.sub("\ufffd", value)
-            return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        # A surrogate no byte escapes to is one U+FFFD; the others, their bytes, read.
+        value = _UNESCAPABLE.sub("\ufffd", value)
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     if value is None or isinstance(value, (bool, float)):
         return value
     if isinstance(value, int):  # orjson's range; past it, the digits as text
