@@ -31,7 +31,6 @@ import array
 import asyncio
 import contextlib
 import fcntl
-import re
 import ssl
 import termios
 from collections import deque
@@ -43,7 +42,8 @@ from aiohttp.streams import StreamReader
 
 KEEPALIVE_S = 15.0  # aiohttp's connector default
 READ_BUFFER = 2**16  # per answer before the upstream is paused (aiohttp's client default)
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Every byte but the controls (HTAB is no control here): what bytes.translate drops.
+_NOT_CONTROL = bytes(b for b in range(256) if b == 0x09 or 0x20 <= b < 0x7F or b > 0x7F)
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
@@ -75,15 +75,18 @@ def request_head(
         lines.append("Transfer-Encoding: chunked\r\n")
         count += 1
     lines.append("\r\n")
-    head = "".join(lines)
-    # One CR and one LF per line: a value with another would be a header, or a
-    # request, of the client's choosing. No other control character but HTAB either
-    # (NUL, and what servers read as line ends or refuse).
-    if head.count("\n") != count or head.count("\r") != count or _CONTROL.search(head):
+    head = "".join(lines).encode("utf-8", "surrogateescape")
+    # One CR LF per line, and no other control character but HTAB: a value with
+    # CR or LF would be a header, or a request, of the client's choosing; NUL and
+    # the rest are what servers read as line ends or refuse. (The head without
+    # its other bytes is what's left to look at: one pass in C, where a regex
+    # search over a kilobyte of assertion cost 3 us a request. Non-ASCII text and
+    # surrogate-escaped bytes encode to bytes >= 0x80, none of them controls.)
+    if head.translate(None, _NOT_CONTROL) != b"\r\n" * count:
         raise ValueError("a request line or header would hold CR, LF or a control character")
     if " " in target or " " in method:
         raise ValueError("a space in the request target or method")
-    return head.encode("utf-8", "surrogateescape")
+    return head
 
 
 class _Connection(BaseProtocol):
