@@ -2,12 +2,110 @@
 
 from __future__ import annotations
 
-from typing import Any
+import math
+import time
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 DECISION_BUCKETS = (0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.05, 0.25)
+
+
+class LoopCounter:
+    """A counter updated on every request, kept as plain numbers and turned into
+    samples (``<name>_total``, ``<name>_created``, as prometheus_client's Counter
+    writes them) when /metrics is rendered. Updated on the event loop only: no
+    lock, where prometheus_client's Counter takes one per increment (the five
+    per-request metrics cost ~3 us of a proxied request that way, ~0.8 us so)."""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str] = (), *,
+        registry: CollectorRegistry,
+    ) -> None:  # fmt: skip
+        self.name, self._documentation, self._labelnames = name, documentation, tuple(labelnames)
+        # label values as the caller passed them -> [count, created]
+        self._cells: dict[tuple[object, ...], list[float]] = {}
+        if not labelnames:  # an unlabelled counter is there from the start, at 0
+            self._cells[()] = [0.0, time.time()]
+        registry.register(self)
+
+    def inc(self, *labels: object) -> None:
+        cell = self._cells.get(labels)
+        if cell is None:
+            cell = self._cells[labels] = [0.0, time.time()]
+        cell[0] += 1.0
+
+    def value(self, *labels: object) -> float:
+        return sum(cell[0] for cell in _grouped(self._cells).get(_named(labels), []))
+
+    def collect(self) -> Iterable[Metric]:
+        metric = Metric(self.name, self._documentation, "counter")
+        for labels, cells in _grouped(self._cells).items():
+            named = dict(zip(self._labelnames, labels, strict=True))
+            metric.add_sample(f"{self.name}_total", named, sum(cell[0] for cell in cells))
+            metric.add_sample(f"{self.name}_created", named, min(cell[1] for cell in cells))
+        return [metric]
+
+
+class LoopHistogram:
+    """A histogram updated on every request, kept as plain numbers (see
+    LoopCounter); its samples are prometheus_client's Histogram's: each bucket
+    counts the values <= its ``le``, then ``_count``, ``_sum`` and ``_created``."""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str] = (), *,
+        buckets: Sequence[float], registry: CollectorRegistry,
+    ) -> None:  # fmt: skip
+        self.name, self._documentation, self._labelnames = name, documentation, tuple(labelnames)
+        self._bounds = (*sorted(buckets), math.inf)
+        self._les: tuple[str, ...] = tuple(floatToGoString(b) for b in self._bounds)  # type: ignore[no-untyped-call]
+        # label values -> [count per bucket (not cumulative)..., sum, created]
+        self._cells: dict[tuple[object, ...], list[float]] = {}
+        if not labelnames:
+            self._cells[()] = self._new_cell()
+        registry.register(self)
+
+    def _new_cell(self) -> list[float]:
+        return [0.0] * len(self._bounds) + [0.0, time.time()]
+
+    def observe(self, value: float, *labels: object) -> None:
+        cell = self._cells.get(labels)
+        if cell is None:
+            cell = self._cells[labels] = self._new_cell()
+        if value == value:  # a NaN counts in no bucket, as in prometheus_client's
+            cell[bisect_left(self._bounds, value)] += 1.0
+        cell[-2] += value
+
+    def collect(self) -> Iterable[Metric]:
+        metric = Metric(self.name, self._documentation, "histogram")
+        for labels, cells in _grouped(self._cells).items():
+            named = dict(zip(self._labelnames, labels, strict=True))
+            cumulative = 0.0
+            for index, le in enumerate(self._les):
+                cumulative += sum(cell[index] for cell in cells)
+                metric.add_sample(f"{self.name}_bucket", {**named, "le": le}, cumulative)
+            metric.add_sample(f"{self.name}_count", named, cumulative)
+            metric.add_sample(f"{self.name}_sum", named, sum(cell[-2] for cell in cells))
+            metric.add_sample(f"{self.name}_created", named, min(cell[-1] for cell in cells))
+        return [metric]
+
+
+def _named(labels: tuple[object, ...]) -> tuple[str, ...]:
+    return tuple(str(label) for label in labels)
+
+
+def _grouped(
+    cells: dict[tuple[object, ...], list[float]],
+) -> dict[tuple[str, ...], list[list[float]]]:
+    """The cells by their labels as text (a status passed as 200 and as "200" is one series)."""
+    grouped: dict[tuple[str, ...], list[list[float]]] = {}
+    for labels, cell in cells.items():
+        grouped.setdefault(_named(labels), []).append(cell)
+    return grouped
 
 
 class Metrics:
@@ -16,17 +114,18 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
+        # Updated on every request: LoopCounter and LoopHistogram (event loop only).
+        self.requests = LoopCounter(
             "portcullis_requests", "Requests by app and status", ["app", "status"], registry=r
         )
-        self.decisions = Counter(
+        self.decisions = LoopCounter(
             "portcullis_decisions", "Decisions by app and result", ["app", "result"], registry=r
         )
-        self.request_seconds = Histogram(
+        self.request_seconds = LoopHistogram(
             "portcullis_request_duration_seconds", "Whole request, gateway in to response out",
             ["app"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
-        self.decision_seconds = Histogram(
+        self.decision_seconds = LoopHistogram(
             "portcullis_decision_duration_seconds", "Policy evaluation alone",
             buckets=DECISION_BUCKETS, registry=r,
         )  # fmt: skip
@@ -81,32 +180,17 @@ class Metrics:
             "portcullis_shadow_restarts", "Times the shadow process exited and was restarted",
             registry=r,
         )  # fmt: skip
-        self.memo_hits = Counter(
+        self.memo_hits = LoopCounter(
             "portcullis_decision_memo_hits", "Allows reused from the decision memo, not "
             "evaluated again (gateway/policy/memo.py)", registry=r,
         )  # fmt: skip
-        self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
-        self._decision_children: dict[tuple[str, str], Any] = {}
 
-    # labels() costs a lock and a tuple hash per call: keep the children.
     def request_done(self, app: str, status: int, seconds: float) -> None:
-        key = (app, status)
-        children = self._request_children.get(key)
-        if children is None:
-            children = (
-                self.requests.labels(app, str(status)),
-                self.request_seconds.labels(app),
-            )
-            self._request_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        self.requests.inc(app, status)
+        self.request_seconds.observe(seconds, app)
 
     def decided(self, app: str, result: str) -> None:
-        key = (app, result)
-        child = self._decision_children.get(key)
-        if child is None:
-            child = self._decision_children[key] = self.decisions.labels(app, result)
-        child.inc()
+        self.decisions.inc(app, result)
 
     def connection_cut(self, reason: str) -> None:
         self.connections_cut.labels(reason).inc()

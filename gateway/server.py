@@ -704,7 +704,7 @@ class Gateway:
         document = unparsed_input(peer, head, decision.decision_id)
         self._log(decision, document, None, path=REFUSAL_PATH)
         # A request all the same: counted (not timed, no handler ran) like other refusals.
-        self.metrics.requests.labels("-", str(status)).inc()
+        self.metrics.requests.inc("-", status)
         address = peer[0] if isinstance(peer, tuple) else "?"
         log.info("refused a request from %s before it was parsed: %s", address, reason)
 

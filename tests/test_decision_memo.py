@@ -357,7 +357,7 @@ async def test_the_gateway_answers_a_repeated_request_from_the_memo_and_logs_eac
         assert len({await a.text() for a in answers}) == 1
         outsider = running.token("mallory", groups=["store"], amr=["pwd", "otp"])
         assert (await running.get("/wms/stock", outsider)).status == 403
-        assert running.gateway.metrics.memo_hits._value.get() == 2
+        assert running.gateway.metrics.memo_hits.value() == 2
         await running.gateway.decision_log.close()  # type: ignore[union-attr]
     events = [json.loads(line) for line in running.log_path.read_text().splitlines()]
     decisions = [e for e in events if e.get("path") == DECISION_PATH]
