@@ -12,9 +12,9 @@ acknowledged every record. The receivers run in processes of their own and are
 not counted: an aiohttp stand-in for OPA's decision-log API that gunzips each
 batch, and syslog-ng. Variants are interleaved, ``--rounds`` times; medians.
 
-The gateway's own CPU per request (bench/gateway.py --log-costs prints it, ~300-400
-us here) is what a sink's CPU per record is set against: under 5% of it is under
-15-20 us.
+The gateway's own CPU per request (bench/gateway.py --log-costs prints it, ~200 us
+here in December 2026, ~300-400 us a month before) is what a sink's CPU per record
+is set against: under 5% of it is under 10 us.
 
     .venv/bin/python bench/shipping.py [--log /tmp/rb/decisions-50000.log] [--rounds 3]
 """
