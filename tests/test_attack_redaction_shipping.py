@@ -179,25 +179,25 @@ async def test_a_secret_sent_the_documented_ways_never_reaches_the_log_or_a_sink
     assert outcome.leaks(secret) == {}
 
 
-async def test_a_jwt_sent_as_the_host_header_is_masked_in_headers_but_not_in_http_host(
+async def test_a_jwt_sent_as_the_host_header_is_masked_in_http_host_too(
     aiohttp_server: ServerFactory, tmp_path: Path
 ) -> None:
-    """DEFECT. `Host: <JWT>` passes the Host screen (a reg-name of letters, digits,
-    '-', '.', '_') and routes (no route sets a host). headers.host is masked, but
-    input.attributes.request.http.host (request.host) is not, and the formats
-    build OCSF url.hostname / url.url_string and ECS url.domain from it."""
+    """`Host: <JWT>` passes the Host screen (a reg-name of letters, digits, '-',
+    '.', '_') and routes (no route sets a host). Not only headers.host: also
+    input.attributes.request.http.host (request.host), from which the formats
+    build OCSF url.hostname / url.url_string and ECS url.domain (it leaked there)."""
     outcome = await attack(aiohttp_server, tmp_path, head(b"/wms/stock", host=JWT.encode()))
     (event,) = outcome.events
     assert http_of(event)["headers"]["host"] == REDACTED  # the redactor saw it...
     assert outcome.leaks(JWT_SIG) == {}  # ...but http.host, url_string, hostname, domain
 
 
-async def test_a_query_secret_in_a_request_the_parser_refuses_stays_in_request_line(
+async def test_a_query_secret_in_a_request_the_parser_refuses_is_masked_in_its_request_line(
     aiohttp_server: ServerFactory, tmp_path: Path
 ) -> None:
-    """DEFECT. A request aiohttp's parser refuses (here a header line without a
-    colon) is logged by refuse_unparsed with `path` (masked) and `request_line`,
-    the raw first line, which the redactor never looks at."""
+    """A request aiohttp's parser refuses (here a header line without a colon) is
+    logged by refuse_unparsed with `path` and `request_line`, the raw first line:
+    both masked (the redactor once looked at `path` only)."""
     data = b"GET /wms/stock?access_token=SECRETunparsed HTTP/1.1\r\nHost: gw\r\nBad Header\r\n\r\n"
     outcome = await attack(aiohttp_server, tmp_path, data)
     (event,) = outcome.events
@@ -206,11 +206,11 @@ async def test_a_query_secret_in_a_request_the_parser_refuses_stays_in_request_l
     assert outcome.leaks("SECRETunparsed") == {}
 
 
-async def test_a_query_secret_in_a_request_whose_headers_never_end_stays_in_request_line(
+async def test_a_query_secret_in_a_request_whose_headers_never_end_is_masked_in_its_request_line(
     aiohttp_server: ServerFactory, tmp_path: Path
 ) -> None:
-    """DEFECT. Oversized headers that never end (the 431 LimitedServer answers
-    itself) take the same unparsed_input path: request_line keeps `code=`."""
+    """Oversized headers that never end (the 431 LimitedServer answers itself) take
+    the same unparsed_input path: request_line's `code=` is masked too."""
     sinks = [SinkConfig(f, "file", f, path=tmp_path / f"{f}.jsonl") for f in FORMATS]
     async with limited_stack(
         aiohttp_server, tmp_path, overrides=with_sinks(tmp_path, *sinks)
@@ -244,54 +244,53 @@ async def test_the_parsers_refusal_reason_echoes_an_authorization_header_into_re
     assert outcome.leaks("SECRETreason") == {}
 
 
-async def test_a_fragment_access_token_in_a_refused_target_is_logged_unmasked(
+async def test_a_fragment_access_token_in_a_refused_target_is_masked(
     aiohttp_server: ServerFactory, tmp_path: Path
 ) -> None:
-    """DEFECT. `GET /wms/cb#access_token=...` (a client that sends the implicit
-    flow's fragment) is refused ('#' in request target) and logged with its raw
-    target; Redactor.apply masks `path` only when it holds '?', so mask_url's
-    fragment handling never runs for it."""
+    """`GET /wms/cb#access_token=...` (a client that sends the implicit flow's
+    fragment) is refused ('#' in request target) and logged with its raw target:
+    the fragment's secret is masked (it once was only when the path held '?')."""
     outcome = await attack(aiohttp_server, tmp_path, head(b"/wms/cb#access_token=SECRETfrag"))
     (event,) = outcome.events
     assert "'#' in request target" in event["result"]["reasons"][0]
     assert outcome.leaks("SECRETfrag") == {}
 
 
-async def test_a_jsessionid_path_parameter_is_logged_unmasked(
+async def test_a_jsessionid_path_parameter_is_masked(
     aiohttp_server: ServerFactory, tmp_path: Path
 ) -> None:
-    """DEFECT. `;jsessionid=` (servlet URL rewriting) in the path, not the query:
-    the refusal logs the raw target and no parameter of a path without '?' is
-    looked at (`session`/`sessionid` are default secret parameter names)."""
+    """`;jsessionid=` (servlet URL rewriting) in the path, not the query: the
+    refusal logs the raw target, with the path parameter's value masked
+    (`session`/`sessionid` are default secret parameter names)."""
     outcome = await attack(aiohttp_server, tmp_path, head(b"/wms/stock;jsessionid=SECRETjsess"))
     assert outcome.leaks("SECRETjsess") == {}
 
 
-async def test_a_jwt_as_a_path_segment_is_logged_unmasked(
+async def test_a_jwt_as_a_path_segment_is_masked(
     aiohttp_server: ServerFactory, tmp_path: Path
 ) -> None:
-    """DEFECT. `/wms/<JWT>` (magic links, `/reset/<token>`): a JWT-shaped value in
-    the path is masked nowhere: not in `path`, not in `parsed_path`."""
+    """`/wms/<JWT>` (magic links, `/reset/<token>`): a JWT-shaped segment is masked
+    in `path` and in `parsed_path`."""
     outcome = await attack(aiohttp_server, tmp_path, head(b"/wms/items/" + JWT.encode()))
     (event,) = outcome.events
     assert event["path"] != "gateway"  # a decision: the policy saw it
     assert outcome.leaks(JWT_SIG) == {}
 
 
-async def test_a_bare_jwt_as_the_query_string_is_logged_unmasked(
+async def test_a_bare_jwt_as_the_query_string_is_masked(
     aiohttp_server: ServerFactory, tmp_path: Path
 ) -> None:
-    """DEFECT. `?<JWT>` (no `=`): _mask_pairs only looks at values after '=', so
-    the path keeps it, and parsed_query keeps it as a key (cut at 64 chars)."""
+    """`?<JWT>` (no `=`): masked in the path, and as parsed_query's key (which
+    once kept it, cut at 64 chars: only values after '=' were looked at)."""
     outcome = await attack(aiohttp_server, tmp_path, head(b"/wms/stock?" + JWT.encode()))
     assert outcome.leaks(JWT_SIG) == {}
 
 
-async def test_a_percent_encoded_jwt_in_a_query_value_is_logged_in_path(
+async def test_a_percent_encoded_jwt_in_a_query_value_is_masked_in_path_too(
     aiohttp_server: ServerFactory, tmp_path: Path
 ) -> None:
-    """DEFECT (consistency). `?state=%65yJ...` is the JWT once decoded: parsed_query
-    (decoded) masks it, the logged `path` keeps the encoded token."""
+    """`?state=%65yJ...` is the JWT once decoded: parsed_query (decoded) masks it,
+    and so does the logged `path`, which once kept the encoded token."""
     encoded = JWT.replace("eyJ", "%65yJ")
     outcome = await attack(aiohttp_server, tmp_path, head(b"/wms/stock?state=" + encoded.encode()))
     (event,) = outcome.events
@@ -299,12 +298,12 @@ async def test_a_percent_encoded_jwt_in_a_query_value_is_logged_in_path(
     assert outcome.leaks(JWT_SIG) == {}
 
 
-async def test_an_access_token_in_a_url_carried_by_a_query_parameter_is_logged_unmasked(
+async def test_an_access_token_in_a_url_carried_by_a_query_parameter_is_masked(
     aiohttp_server: ServerFactory, tmp_path: Path
 ) -> None:
-    """DEFECT. `?next=https://app/cb?access_token=...` ('?' is legal in a query):
-    a header holding a URL has its query masked (Referer, X-Original-URL), a
-    query value holding one does not, in `path` nor in `parsed_query`."""
+    """`?next=https://app/cb?access_token=...` ('?' is legal in a query): a query
+    value holding a URL with a secret is masked in `path` and in `parsed_query`,
+    as a header holding one (Referer, X-Original-URL) is."""
     outcome = await attack(
         aiohttp_server, tmp_path, head(b"/wms/stock?next=https://app/cb?access_token=SECRETnext")
     )
@@ -319,9 +318,9 @@ CREDENTIAL_HEADERS = {
 
 @pytest.mark.parametrize("name", CREDENTIAL_HEADERS, ids=CREDENTIAL_HEADERS.keys())
 def test_well_known_credential_headers_are_masked_by_the_defaults(name: str) -> None:
-    """DEFECT (defaults). A header name is masked when it contains an entry of
-    mask_headers; `key` alone is not one (`api-key`/`apikey` are), so real
-    credential headers named `...-Key` go to the log as sent."""
+    """A header name is masked when it contains an entry of mask_headers; the
+    defaults hold `-key`, so real credential headers named `...-Key` are masked
+    (with only `api-key`/`apikey` they went to the log as sent)."""
     event = _event("/wms/stock", headers={name.lower(): "SECRETkeyheader"})
     Redactor().apply(event)
     assert "SECRETkeyheader" not in json.dumps(event)
@@ -389,6 +388,85 @@ def test_a_secret_parameter_in_any_spelling_is_masked_in_path_and_parsed_query(
         return
     assert secret not in json.dumps(event), (path, event["input"])
     assert masked
+
+
+_PLAIN = st.text("abcXYZ019-_.~!*", min_size=1, max_size=6)  # no separator, no escape
+
+
+@settings(max_examples=300, derandomize=True, deadline=None, database=None)
+@given(
+    segments=st.lists(_PLAIN, min_size=1, max_size=4),
+    at=st.integers(0, 3),
+    how=st.sampled_from(["path-param", "jwt-segment", "encoded-jwt-segment", "nested-url",
+                         "encoded-nested-url", "bare-jwt-query", "encoded-jwt-value"]),
+    name=st.sampled_from(SECRET_NAMES),
+    depth=st.integers(1, 6),
+)  # fmt: skip
+def test_a_secret_hidden_in_a_path_segment_or_a_url_within_a_url_is_masked(
+    segments: list[str], at: int, how: str, name: str, depth: int
+) -> None:
+    """Wherever in a target the secret sits (a `;name=` path parameter, a JWT as a
+    segment, percent-encoded or not, a redirect URL nested `depth` deep), neither
+    mask_url nor the whole event (path, parsed_path, parsed_query) keeps it."""
+    from urllib.parse import quote, unquote_plus
+
+    secret = "SECRETnest"
+    jwt = JWT.replace(JWT_SIG, secret)
+    at = min(at, len(segments) - 1)
+    query = ""
+    if how == "path-param":
+        segments[at] += f";{name}={secret}"
+    elif how == "jwt-segment":
+        segments[at] = jwt
+    elif how == "encoded-jwt-segment":
+        segments[at] = jwt.replace("eyJ", "%65yJ", 1)
+    elif how in ("nested-url", "encoded-nested-url"):
+        url = f"https://app/cb?{name}={secret}"
+        for _ in range(depth - 1):
+            url = f"https://app/next?next={quote(url, safe='') if how.startswith('enc') else url}"
+        query = f"?next={quote(url, safe='') if how.startswith('enc') else url}"
+    elif how == "bare-jwt-query":
+        query = f"?a=1&{jwt}"
+    else:
+        query = f"?state={jwt.replace('eyJ', '%65yJ')}"
+    path = "/" + "/".join(segments) + query
+    assert secret not in Redactor().mask_url(path), path
+    parsed: dict[str, list[str]] = {}
+    for pair in query[1:].split("&") if query else []:
+        key, _, value = pair.partition("=")
+        parsed.setdefault(unquote_plus(key), []).append(unquote_plus(value))
+    event = _event(path, query=parsed)
+    event["input"]["parsed_path"] = [unquote_plus(s) for s in segments]
+    Redactor().apply(event)
+    assert secret not in json.dumps(event), (path, event["input"])
+
+
+@settings(max_examples=300, derandomize=True, deadline=None, database=None)
+@given(
+    segments=st.lists(_PLAIN, max_size=4),
+    params=st.lists(st.tuples(st.sampled_from(["item", "page", "barcode", "author", "q"]),
+                              _PLAIN), max_size=3),
+    separator=st.sampled_from(["&", ";"]),
+    fragment=st.one_of(st.none(), _PLAIN),
+    path_param=st.one_of(st.none(), st.tuples(st.sampled_from(["v", "lang"]), _PLAIN)),
+)  # fmt: skip
+def test_a_target_without_a_secret_is_logged_byte_for_byte(
+    segments: list[str],
+    params: list[tuple[str, str]],
+    separator: str,
+    fragment: str | None,
+    path_param: tuple[str, str] | None,
+) -> None:
+    """Masking errs on the safe side, but a target with nothing secret in it (no
+    secret name, no JWT, no URL within) reaches the log as it was sent."""
+    path = "/" + "/".join(segments)
+    if path_param is not None:
+        path += f";{path_param[0]}={path_param[1]}"
+    if params:
+        path += "?" + separator.join(f"{k}={v}" for k, v in params)
+    if fragment is not None:
+        path += f"#{fragment}"
+    assert Redactor().mask_url(path) == path
 
 
 @settings(max_examples=200, derandomize=True, deadline=None, database=None)

@@ -44,6 +44,9 @@ DEFAULT_MASKED_HEADERS = (
     "credential",
     "signature",
     "ocp-apim-subscription-key",
+    # X-Functions-Key (Azure Functions), X-Auth-Key (Cloudflare), X-Amz-Server-Side-
+    # Encryption-Customer-Key...: masking a nonce too (Sec-WebSocket-Key) costs nothing.
+    "-key",
 )
 # Query parameters that carry credentials (`decision_log.mask_query_params`). A name
 # is compared percent-decoded, lower case, with `.`, `-`, `[` and `]` read as `_`
@@ -83,12 +86,16 @@ MAX_QUERY_VALUES = 8  # per key
 MAX_QUERY_KEY_CHARS = 64
 MAX_QUERY_VALUE_CHARS = 128
 MAX_QUERY_CHARS = 1024  # keys and values of parsed_query in all
+# A URL in a query value holding a URL...: looked into this deep, then masked whole.
+MAX_URL_DEPTH = 4
 # More masked pointers than this under one parent are listed as the parent.
 MAX_POINTERS_PER_PARENT = 16
 
 _HTTP = ("input", "attributes", "request", "http")
 _HEADERS = (*_HTTP, "headers")
 PATH_POINTER = "/input/attributes/request/http/path"
+HOST_POINTER = "/input/attributes/request/http/host"
+REQUEST_LINE_POINTER = "/input/attributes/request/http/request_line"
 HEADERS_POINTER = "/input/attributes/request/http/headers"
 QUERY_POINTER = "/input/parsed_query"
 SEGMENTS_POINTER = "/input/parsed_path"
@@ -101,6 +108,8 @@ _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*")
 _TOKEN_CARRIERS = frozenset({"sec-websocket-protocol"})
 _CARRIER_HINTS = re.compile(r"token|bearer|auth|jwt|key|secret|session", re.IGNORECASE)
 _PARAM_SPLIT = re.compile(r"([&;])")
+# What a URL holds when it may hold a secret; a target without any is logged as it is.
+_MAYBE_SECRET = re.compile(r"[?#;%]|eyJ")
 _NAME_SEPARATORS = str.maketrans(".-[]", "____")
 
 
@@ -174,9 +183,20 @@ class Redactor:
                 kept = self._redact_headers(headers, masked, truncated)
                 if kept is not None:
                     changes["headers"] = kept
+            host = http.get("host")
+            if type(host) is str and ("eyJ" in host or "%" in host) and _holds_jwt(host):
+                # Host: <JWT> passes the Host checks (a reg-name) and routes like any
+                changes["host"] = REDACTED
+                masked.append(HOST_POINTER)
+            line = http.get("request_line")  # a request the parser refused: its first line
+            if isinstance(line, str):
+                logged_line = self._mask_request_line(line)
+                if logged_line != line:
+                    changes["request_line"] = logged_line
+                    masked.append(REQUEST_LINE_POINTER)
             path = http.get("path")
             if isinstance(path, str):
-                logged = self.mask_url(path) if "?" in path else path
+                logged = self.mask_url(path)
                 if logged != path:
                     masked.append(PATH_POINTER)
                 if len(logged) > MAX_PATH_CHARS:
@@ -187,6 +207,11 @@ class Redactor:
             if changes:
                 event["input"] = given = _replaced(given, _HTTP[1:], {**http, **changes})
         segments = given.get("parsed_path") if isinstance(given, dict) else None
+        if isinstance(segments, list):
+            logged_segments = self._redact_segments(segments, masked)
+            if logged_segments is not segments:
+                event["input"] = given = {**given, "parsed_path": logged_segments}
+                segments = logged_segments
         if isinstance(segments, list) and len(segments) > 8:  # short paths: nothing to count
             shortened = _bounded_segments(segments)
             if shortened is not None:
@@ -210,28 +235,104 @@ class Redactor:
             if (root is None or pointer[0] == root) and _replace(event, pointer)
         ]
 
-    def mask_url(self, target: str) -> str:
-        """``target`` with the value of every secret parameter in its query and its
-        fragment (`#access_token=`, OAuth's implicit flow) replaced, and any
-        JWT-shaped value; the rest byte for byte. Parameters are split on `&` and
-        on `;` (Rack before 3, Java servlet containers, Python before 3.9.2)."""
-        head, question, rest = target.partition("?")
-        if not question:
-            head, hash_, fragment = target.partition("#")
-            return f"{head}#{self._mask_pairs(fragment)}" if hash_ else target
-        query, hash_, fragment = rest.partition("#")
-        masked = f"{head}?{self._mask_pairs(query)}"
-        return f"{masked}#{self._mask_pairs(fragment)}" if hash_ else masked
+    def mask_url(self, target: str, depth: int = 0) -> str:
+        """``target`` with its secrets masked, the rest byte for byte: in its query
+        and its fragment (`#access_token=`, OAuth's implicit flow), the value of
+        every secret parameter, of every parameter whose value (percent-decoded
+        too) is JWT-shaped or is a URL holding a secret (`?next=https://app/cb?
+        code=...`), and a JWT-shaped parameter without a value; in its path, a
+        JWT-shaped segment (`/reset/<token>`) and the value of every secret
+        `;name=value` path parameter (`;jsessionid=`). Parameters are split on
+        `&` and on `;` (Rack before 3, Java servlet containers, Python before
+        3.9.2)."""
+        if not _MAYBE_SECRET.search(target):  # the usual path: nothing to look at
+            return target
+        query_at = target.find("?")
+        fragment_at = target.find("#")
+        end = min(i for i in (query_at, fragment_at, len(target)) if i >= 0)
+        path, rest = self._mask_path(target[:end]), target[end:]
+        if rest.startswith("?"):
+            query, hash_, fragment = rest[1:].partition("#")
+            rest = f"?{self._mask_pairs(query, depth)}"
+            if hash_:
+                rest += f"#{self._mask_pairs(fragment, depth)}"
+        elif rest:
+            rest = f"#{self._mask_pairs(rest[1:], depth)}"
+        return path + rest
 
-    def _mask_pairs(self, text: str) -> str:
+    def _mask_path(self, path: str) -> str:
+        if ";" not in path and "eyJ" not in path and "%" not in path:
+            return path
+        segments = path.split("/")
+        logged = [self._mask_segment(segment) for segment in segments]
+        changed = any(a is not b for a, b in zip(logged, segments, strict=True))
+        return "/".join(logged) if changed else path
+
+    def _mask_segment(self, segment: str) -> str:
+        """One path segment: REDACTED if JWT-shaped, else with the value of each
+        secret `;name=value` parameter masked (itself if nothing is)."""
+        if _holds_jwt(segment):
+            return REDACTED
+        if ";" not in segment:
+            return segment
+        first, *params = segment.split(";")
+        changed = False
+        for index, param in enumerate(params):
+            name, equals, value = param.partition("=")
+            if equals and (self.secret_param(name) or _holds_jwt(value)):
+                params[index] = f"{name}={REDACTED}"
+                changed = True
+        return ";".join([first, *params]) if changed else segment
+
+    def _mask_pairs(self, text: str, depth: int = 0) -> str:
         parts = _PARAM_SPLIT.split(text)
         changed = False
         for index in range(0, len(parts), 2):
             name, equals, value = parts[index].partition("=")
-            if equals and (self.secret_param(name) or ("eyJ" in value and _JWT.search(value))):
+            if _holds_jwt(name):  # `?<JWT>`: a token with no name
+                parts[index] = REDACTED
+                changed = True
+            elif equals and (
+                self.secret_param(name) or _holds_jwt(value) or self._url_secret(value, depth)
+            ):
                 parts[index] = f"{name}={REDACTED}"
                 changed = True
         return "".join(parts) if changed else text
+
+    def _url_secret(self, value: str, depth: int) -> bool:
+        """Whether a parameter's value (percent-decoded) is a URL holding a secret
+        (a redirect target: `?next=https://app/cb?code=...`). Past MAX_URL_DEPTH
+        URLs within URLs, any value still holding a query or fragment is one."""
+        text = unquote_plus(value) if "%" in value or "+" in value else value
+        if not ("?" in text or "#" in text or ";" in text):
+            return False
+        if depth >= MAX_URL_DEPTH:
+            return "?" in text or "#" in text
+        return self.mask_url(text, depth + 1) != text
+
+    def _mask_request_line(self, line: str) -> str:
+        """A request line as the client sent it (`GET /x?code=... HTTP/1.1`): its
+        target masked as a URL, and any JWT-shaped text elsewhere in it."""
+        method, space, rest = line.partition(" ")
+        target, space2, version = rest.partition(" ")
+        logged = f"{method}{space}{self.mask_url(target)}{space2}{version}"
+        return _JWT.sub(REDACTED, logged) if "eyJ" in logged else logged
+
+    def _redact_segments(self, segments: list[Any], masked: list[str]) -> list[Any]:
+        """parsed_path with each segment holding a secret masked (see mask_url's
+        path); the list itself when none does."""
+        logged: list[Any] | None = None
+        for index, segment in enumerate(segments):
+            if type(segment) is not str or not (
+                "eyJ" in segment or ";" in segment or "%" in segment
+            ):
+                continue  # the usual segment: nothing to look at
+            shown = self._mask_segment(segment)
+            if shown is not segment:
+                logged = logged if logged is not None else list(segments)
+                logged[index] = shown
+                masked.append(format_pointer(("input", "parsed_path", str(index))))
+        return logged if logged is not None else segments
 
     def _query_value(self, value: Any) -> tuple[Any, bool, bool]:
         """A parsed_query value to log, whether a secret in it was masked, whether it
@@ -241,6 +342,8 @@ class Redactor:
             return value, False, False
         if "eyJ" in value and _JWT.search(value):
             return REDACTED, True, False
+        if ("?" in value or "#" in value) and self.mask_url(value, 1) != value:
+            return REDACTED, True, False  # a URL holding a secret (a redirect target)
         masked = False
         if ";" in value:
             hidden = self._mask_pairs(value)
@@ -262,12 +365,17 @@ class Redactor:
                 cut = True
                 break
             key = str(name)
+            if _holds_jwt(key):  # `?<JWT>`: the token is the key
+                key = REDACTED
+                number = 2
+                while key in logged:
+                    key, number = f"{REDACTED} ({number})", number + 1
             if len(key) > MAX_QUERY_KEY_CHARS:
                 key, cut = _cut(key, MAX_QUERY_KEY_CHARS), True
             items = values if isinstance(values, list) else [values]
             if len(items) > MAX_QUERY_VALUES:
                 items, cut = items[:MAX_QUERY_VALUES], True
-            secret = self.secret_param(str(name))
+            secret = key.startswith(REDACTED) or self.secret_param(str(name))
             if secret:
                 shown: list[Any] = [REDACTED] * len(items)
             else:
@@ -348,6 +456,16 @@ class Redactor:
         if len(value) <= limit:
             return value, masked, False
         return _cut(value, limit), masked, True
+
+
+def _holds_jwt(text: str) -> bool:
+    """Whether ``text``, or ``text`` percent-decoded, holds a JWT."""
+    if "eyJ" in text and _JWT.search(text):
+        return True
+    if "%" not in text:
+        return False
+    decoded = unquote_plus(text)
+    return "eyJ" in decoded and _JWT.search(decoded) is not None
 
 
 def _bounded_segments(segments: list[Any]) -> list[Any] | None:
