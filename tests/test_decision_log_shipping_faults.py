@@ -769,7 +769,8 @@ async def test_a_record_too_deep_to_encode_ships_as_damaged_and_never_stops_the_
     """JSON the parser reads but the encoder refuses (a policy's step_up nested
     past orjson's 254 levels; the writer's stdlib fallback can write such a
     line): every format carries step_up, so in each the record ships as a
-    damaged one with its text, and the records after it ship."""
+    damaged one with its text and its decision_id and seq, and the records
+    after it ship."""
 
     deep = "[" * 300 + "]" * 300
     log = tmp_path / "decisions.log"
@@ -780,10 +781,14 @@ async def test_a_record_too_deep_to_encode_ships_as_damaged_and_never_stops_the_
     shippers = await ship_in_every_format(log, tmp_path, 3)
     assert all(s.report()["failing"] == 0.0 and s.report()["acked_seq"] == 3 for s in shippers)
     opa = log_records(tmp_path / "opa.jsonl")
-    assert [r.get("seq") for r in opa] == [1, None, 3]
+    assert [r.get("seq") for r in opa] == [1, 2, 3] and opa[1]["decision_id"] == "b"
     assert opa[1]["damaged"].startswith('{"seq": 2, "decision_id": "b", "result": {"step_up": [[[')
-    assert log_records(tmp_path / "ocsf.jsonl")[1]["activity_name"] == "damaged_record"
-    assert log_records(tmp_path / "ecs.jsonl")[1]["event"]["kind"] == "pipeline_error"
+    ocsf = log_records(tmp_path / "ocsf.jsonl")[1]
+    assert ocsf["activity_name"] == "damaged_record"
+    assert (ocsf["metadata"]["uid"], ocsf["metadata"]["sequence"]) == ("b", 2)
+    ecs = log_records(tmp_path / "ecs.jsonl")[1]
+    assert ecs["event"]["kind"] == "pipeline_error"
+    assert (ecs["event"]["id"], ecs["event"]["sequence"]) == ("b", 2)
     assert "can't be shipped in ocsf" in caplog.text
 
 
@@ -902,6 +907,86 @@ async def test_a_batch_ending_in_a_damaged_line_still_acknowledges_its_last_seq(
     finally:
         await shipper.stop(1.0)
     assert shipper.report()["acked_seq"] == 4  # the batch [seq 4, damaged] counts seq 4
+
+
+def test_a_damaged_record_keeps_only_the_chain_fields_of_the_writers_types() -> None:
+    """What the line parsed to is the log's, not the writer's, if hand-edited: a
+    seq that is no integer, or one orjson can't write (the stdlib parser reads
+    any size), would mislead the SIEM or make the damaged record unshippable."""
+    from gateway.audit.shipping.formats.fields import damaged_record
+
+    def kept(record: dict[str, Any]) -> dict[str, Any]:
+        damaged = damaged_record(b"{}", "2026-12-03T07:00:00.5Z", record)
+        return {k: v for k, v in damaged.items() if k in ("decision_id", "seq", "prev_hash")}
+
+    assert kept({"decision_id": "d", "seq": 0, "prev_hash": "ab"}) == {
+        "decision_id": "d", "seq": 0, "prev_hash": "ab"}  # fmt: skip
+    for seq in (True, 2.0, "2", -1, 2**63, 2**70, None):
+        assert kept({"decision_id": 7, "seq": seq, "prev_hash": ["ab"]}) == {}
+    assert kept({"decision_id": "", "prev_hash": ""}) == {}
+    orjson.dumps(damaged_record(b"{}", "x", {"seq": 2**63 - 1}))
+
+
+@pytest.mark.parametrize("form", ["opa", "ocsf", "ecs"])
+def test_a_line_with_the_damaged_records_keys_is_a_record_not_a_damaged_one(form: str) -> None:
+    """A damaged record is the shipper's own type, not a shape of keys: a line of
+    the log that holds "damaged" (hand-edited: a record's top-level keys are the
+    writer's) ships as the record it is, and a damaged record with a seq as damaged."""
+    from gateway.audit.shipping.formats import formatter
+    from gateway.audit.shipping.formats.fields import damaged_record, is_damaged
+    from gateway.audit.tail import parse_record
+
+    line = b'{"damaged": "x", "damaged_bytes": 1, "read_at": "2026-12-03T07:00:00.5Z"}'
+    record = parse_record(line)
+    assert record is not None and not is_damaged(record)
+    shipped = formatter(form)(record, "cd" * 32)
+    assert "damaged_record" not in json.dumps(shipped)
+    damaged = damaged_record(line, "2026-12-03T07:00:00.5Z", {"seq": 5, "decision_id": "e"})
+    assert is_damaged(damaged)
+    assert "pipeline_error" in json.dumps(formatter("ecs")(damaged, "cd" * 32))
+
+
+def test_a_damaged_record_keeps_its_seq_and_decision_id_in_syslog_structured_data() -> None:
+    """A record a format can't express carries its seq and decision_id where a
+    record's go, in the SD-ELEMENT too; a line that is not JSON carries neither
+    (it used to send seq="0" and decision_id="", which read as a record's)."""
+    from gateway.audit.shipping.formats import formatter
+    from gateway.audit.shipping.formats.fields import damaged_record
+    from gateway.audit.shipping.sinks.syslog import SyslogSink
+
+    sink = SyslogSink(SinkConfig("siem", "syslog", "ocsf", address="127.0.0.1:514"))
+    record = {"decision_id": 'a"]b', "seq": 42, "prev_hash": "ab" * 32}
+    for damaged, element in (
+        (damaged_record(b"{...}", "2026-12-03T07:00:00.5Z", record),
+         '[portcullis@32473 seq="42" decision_id="a\\"\\]b"]'),
+        (damaged_record(b"not json", "2026-12-03T07:00:00.5Z"), "[portcullis@32473]"),
+    ):  # fmt: skip
+        frame = sink.encode(damaged, formatter("ocsf")(damaged, "cd" * 32)).decode()
+        assert f" damaged {element} \ufeff" in frame, frame
+
+
+async def test_a_line_that_is_not_json_still_ships_with_no_seq_beside_one_that_parsed(
+    tmp_path: Path,
+) -> None:
+    """Between the records, a line that is not JSON (no seq: 0 would read as one)
+    and a record too deep to encode (its seq: the SIEM sees no gap); the shipper
+    counts the latter's seq as acknowledged."""
+    deep = "[" * 300 + "]" * 300
+    log = tmp_path / "decisions.log"
+    log.write_bytes(b'{"seq": 1, "decision_id": "a"}\nnot json\n'
+                    + f'{{"seq": 2, "decision_id": "b", "result": {{"step_up": {deep}}}}}\n'
+                    .encode())  # fmt: skip
+    shippers = await ship_in_every_format(log, tmp_path, 3)
+    assert all(s.report()["acked_seq"] == 2 for s in shippers)
+    opa = log_records(tmp_path / "opa.jsonl")
+    assert [(r.get("seq"), r.get("decision_id"), "damaged" in r) for r in opa] == [
+        (1, "a", False), (None, None, True), (2, "b", True)]  # fmt: skip
+    ocsf = log_records(tmp_path / "ocsf.jsonl")
+    assert "sequence" not in ocsf[1]["metadata"] and ocsf[2]["metadata"]["sequence"] == 2
+    assert ocsf[1]["unmapped"]["portcullis"] == {"chain_hash": line_hash(b"not json")}
+    ecs = log_records(tmp_path / "ecs.jsonl")
+    assert "sequence" not in ecs[1]["event"] and "seq" not in ecs[1]["portcullis"]
+    assert ecs[2]["portcullis"]["seq"] == 2 and ecs[2]["event"]["sequence"] == 2
 
 
 def test_a_chain_head_and_a_damaged_line_name_the_product_version() -> None:

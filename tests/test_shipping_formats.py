@@ -590,6 +590,29 @@ def test_a_damaged_line_sends_only_its_chain_hash_not_an_empty_id_or_seq_0(form:
         assert ocsf_problems(shipped_as) == []
 
 
+@pytest.mark.parametrize("form", ["ocsf", "ecs"])
+def test_a_damaged_record_that_parsed_sends_its_chain_fields_where_a_records_go(
+    form: str,
+) -> None:
+    """A record the format can't express ships damaged, but it parsed: its
+    decision_id, seq and prev_hash are known, and the SIEM needs them to tell
+    which decision it was and that no seq is missing."""
+    from gateway.audit.shipping.formats import formatter
+    from gateway.audit.shipping.formats.fields import damaged_record
+
+    parsed = {"decision_id": "d-1", "seq": 9, "prev_hash": "ab" * 32, "result": {}}
+    record = damaged_record(b"{...}", "2026-12-03T07:00:00.5Z", parsed)
+    shipped_as = formatter(form)(record, LINE_HASH)
+    chain = {"decision_id": "d-1", "seq": 9, "chain_hash": LINE_HASH, "prev_hash": "ab" * 32}
+    assert chain_part(form, shipped_as) == chain
+    if form == "ocsf":
+        assert (shipped_as["metadata"]["uid"], shipped_as["metadata"]["sequence"]) == ("d-1", 9)
+        assert ocsf_problems(shipped_as) == []
+    else:
+        event = shipped_as["event"]
+        assert (event["id"], event["sequence"], event["hash"]) == ("d-1", 9, LINE_HASH)
+
+
 @pytest.mark.parametrize("kind", ["decision", "shadow"])
 def test_ecs_names_no_target_app_for_a_request_without_a_route(kind: str) -> None:
     """service.target.name was "-" (the record's stand-in for no app): OCSF

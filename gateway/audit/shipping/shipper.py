@@ -228,7 +228,8 @@ class Shipper:
 
         A line that isn't a JSON record, or a record this format or sink can't
         express (nested deeper than the JSON encoder goes, say), is shipped as a
-        damaged record with its text: one record never stops the log behind it."""
+        damaged record with its text (and the record's seq, if it has one: it
+        counts here as any record's does): one record never stops the log behind it."""
         encode, format_ = sink.encode, self._format
         encoded: list[bytes] = []
         first_stamp = ""
@@ -257,22 +258,27 @@ class Shipper:
     ) -> tuple[dict[str, Any], bytes]:
         """A record the format or sink refused: again with its lone surrogates
         replaced (bytes of a request that were not UTF-8), else as a damaged
-        record with its text. Returns the record shipped and its bytes."""
+        record with its text and its decision_id, seq and prev_hash (taken from
+        the cleaned record: a surrogate in them would be refused again). Returns
+        the record shipped and its bytes."""
         clean = without_surrogates(record)
         try:
             return clean, sink.encode(clean, self._format(clean, line.digest))
         except Exception as error:
             why = f"can't be shipped in {self.config.format} ({type(error).__name__}: {error})"
-        damaged = self._damaged(line, why)
+        damaged = self._damaged(line, why, clean)
         return damaged, sink.encode(damaged, self._format(damaged, line.digest))
 
-    def _damaged(self, line: TailLine, why: str) -> dict[str, Any]:
-        """The damaged record shipped for a line that can't ship as itself (logged)."""
+    def _damaged(
+        self, line: TailLine, why: str, record: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The damaged record shipped for a line that can't ship as itself (logged);
+        ``record``: what the line parsed to, if it did."""
         logger.error(
             "sink %s: a line of %s %s: shipped as a damaged record, its text kept (%d bytes)",
             self.name, self.log_path, why, len(line.raw),
         )  # fmt: skip
-        return damaged_record(line.raw, rfc3339_ns(time.time_ns()))
+        return damaged_record(line.raw, rfc3339_ns(time.time_ns()), record)
 
     async def _deliver(self, sink: Sink, batch: Batch) -> bool | None:
         """Send until acknowledged; False if the shipper must stop first, None if

@@ -8,8 +8,9 @@ are under ``portcullis.*`` and ``event.sequence``; a chain signature is an
 signature record, whole. A shadow policy's divergence is not an access decision
 (nothing was enforced): ``event.type: [info]``, no outcome, ``labels.shadow``
 true, both results in ``portcullis.divergence``. A damaged line (not a JSON
-record) is an ``event.kind: pipeline_error`` document with its text in
-``event.original``."""
+record, or one this format can't express) is an ``event.kind: pipeline_error``
+document with its text in ``event.original`` (and the record's decision_id and
+seq, if it parsed, where a decision's go)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any
 
 from gateway.audit.shipping.formats.fields import (
     DAMAGED,
+    DAMAGED_MESSAGE,
     Event,
     chain_fields,
     drop_empty,
@@ -45,6 +47,7 @@ def format(record: dict[str, Any], digest: str) -> dict[str, Any]:
             "type": ["info"],
             "action": "chain_signature",
             "sequence": event.seq,
+            "hash": event.chain_hash,  # what a SIEM deduplicates every document on
         }
         document["portcullis"]["chain_signature"] = {**record, "line_hash": digest}
         return document
@@ -57,7 +60,11 @@ def format(record: dict[str, Any], digest: str) -> dict[str, Any]:
             "original": record.get(DAMAGED, ""),
             "hash": event.chain_hash,
         }
-        document["error"] = {"message": "a line of the decision log is not a JSON record"}
+        if event.decision_id:  # a record that parsed: where a decision's go
+            document["event"]["id"] = event.decision_id
+        if event.seq is not None:
+            document["event"]["sequence"] = event.seq
+        document["error"] = {"message": DAMAGED_MESSAGE}
         document["portcullis"]["damaged"] = {
             "bytes": record.get("damaged_bytes"),
             "truncated": record.get("damaged_truncated"),

@@ -17,22 +17,55 @@ from portcullis import __version__
 MFA_METHODS = frozenset({"otp", "hwk", "swk", "fido", "mfa", "sms", "sc", "pop", "face", "fpt"})
 # A bearer token the gateway refused is a failed authentication, not an access decision.
 TOKEN_REFUSAL = "gateway.invalid_token"
-# A line of the log that is not a JSON record (damaged) is shipped as this record:
-# {"damaged": <its text, cut at DAMAGED_MAX_CHARS>, "damaged_bytes": <its length>,
-#  "damaged_truncated": <cut?>, "read_at": <when the shipper read it>}; no record
-# the writer writes looks so.
+# A line of the log that can't be shipped as itself (damaged: not a JSON record;
+# or a record the format or sink can't express, e.g. nested past the JSON
+# encoder's depth) is shipped as this record: {"damaged": <its text, cut at
+# DAMAGED_MAX_CHARS>, "damaged_bytes": <its length>, "damaged_truncated": <cut?>,
+# "read_at": <when the shipper read it>}, plus the record's decision_id, seq and
+# prev_hash when the line parsed and they have the writer's types: the SIEM
+# still knows which decision it was and that no seq is missing (the writer puts
+# seq and prev_hash last, past the cut).
 DAMAGED = "damaged"
 DAMAGED_MAX_CHARS = 4096
+DAMAGED_MESSAGE = (
+    "a line of the decision log that can't be shipped as a record "
+    "(not JSON, or more than the format can express)"
+)
+# orjson writes integers up to 64 bits; the writer's seq is a count far below.
+# A bigger one (a hand-edited line read by the stdlib parser) would make the
+# damaged record itself unshippable.
+_SEQ_MAX = 2**63 - 1
 
 
-def damaged_record(raw: bytes, read_at: str) -> dict[str, Any]:
+class DamagedRecord(dict[str, Any]):
+    """A damaged record, told apart by its type: every parsed line is a plain
+    dict, so no line of the log (whatever a client or an editor of the log put
+    in it) reads as damaged, and a damaged record that carries its line's seq
+    and decision_id never reads as the record itself."""
+
+
+def damaged_record(raw: bytes, read_at: str, record: dict[str, Any] | None = None) -> DamagedRecord:
+    """The damaged record for line ``raw``; ``record``: what it parsed to, if it did."""
     text = raw.decode("utf-8", "replace")
-    return {
-        DAMAGED: text[:DAMAGED_MAX_CHARS],
-        "damaged_bytes": len(raw),
-        "damaged_truncated": len(text) > DAMAGED_MAX_CHARS,
-        "read_at": read_at,
-    }
+    damaged = DamagedRecord(
+        {
+            DAMAGED: text[:DAMAGED_MAX_CHARS],
+            "damaged_bytes": len(raw),
+            "damaged_truncated": len(text) > DAMAGED_MAX_CHARS,
+            "read_at": read_at,
+        }
+    )
+    if record is not None:
+        decision_id, seq, prev_hash = (
+            record.get("decision_id"), record.get("seq"), record.get("prev_hash")
+        )  # fmt: skip
+        if type(decision_id) is str and decision_id:
+            damaged["decision_id"] = decision_id
+        if type(seq) is int and 0 <= seq <= _SEQ_MAX:
+            damaged["seq"] = seq
+        if type(prev_hash) is str and prev_hash:
+            damaged["prev_hash"] = prev_hash
+    return damaged
 
 
 def without_surrogates(value: Any) -> Any:
@@ -78,13 +111,13 @@ def _spell(match: re.Match[str]) -> str:
 
 
 def is_damaged(record: dict[str, Any]) -> bool:
-    return DAMAGED in record and "seq" not in record and "decision_id" not in record
+    return type(record) is DamagedRecord
 
 
 @dataclass
 class Event:
     decision_id: str
-    seq: int
+    seq: int | None  # None: a damaged line that has none (0 would read as one)
     chain_hash: str
     prev_hash: str
     timestamp: str
@@ -134,10 +167,11 @@ class Event:
 
 def chain_fields(event: Event) -> dict[str, Any]:
     """The record's place in the chain, each field only when the record has it: a
-    chain signature has no decision_id, a damaged line only its chain_hash (it has
-    no seq, and 0 would read as one). A signature's seq 0 (an empty log's head) stays."""
+    chain signature has no decision_id, a line that is not JSON only its chain_hash
+    (it has no seq, and 0 would read as one). A signature's seq 0 (an empty log's
+    head) stays."""
     fields: dict[str, Any] = {"decision_id": event.decision_id} if event.decision_id else {}
-    if event.kind != DAMAGED:
+    if event.seq is not None:
         fields["seq"] = event.seq
     if event.chain_hash:
         fields["chain_hash"] = event.chain_hash
@@ -189,9 +223,11 @@ def read(record: dict[str, Any], digest: str) -> Event:
         # No labels: the product version is the shipping Portcullis' own.
         return Event("", _int(record.get("seq")), digest, str(record.get("head", "")), stamp,
                      epoch_ms(stamp), "chain_signature", version=__version__)  # fmt: skip
-    if is_damaged(record):
-        stamp = str(record.get("read_at", ""))
-        return Event("", 0, digest, "", stamp, epoch_ms(stamp), DAMAGED, version=__version__)
+    if is_damaged(record):  # its fields are damaged_record's: typed already
+        stamp = record["read_at"]
+        return Event(record.get("decision_id", ""), record.get("seq"), digest,
+                     record.get("prev_hash", ""), stamp, epoch_ms(stamp), DAMAGED,
+                     version=__version__)  # fmt: skip
     # type() is: parsed JSON has no subclasses of its types.
     input_ = record.get("input")
     if type(input_) is not dict:

@@ -15,12 +15,13 @@
   was enforced): a Base Event, activity Other (``shadow_divergence``), labelled
   ``shadow`` in ``metadata.labels``, ``unmapped.shadow`` true and both results
   in ``unmapped.divergence``;
-- a damaged line (not a JSON record): a Base Event, activity Other
-  (``damaged_record``), severity High, its text in ``raw_data``.
+- a damaged line (not a JSON record, or a record this format can't express):
+  a Base Event, activity Other (``damaged_record``), severity High, its text in
+  ``raw_data``.
 
 Each carries ``metadata.uid`` (the decision id), ``metadata.sequence`` (seq)
 and ``unmapped.portcullis`` (decision_id, seq, chain_hash, prev_hash: a chain
-signature has no decision_id, a damaged line only chain_hash). A value
+signature has no decision_id, a damaged line that is not JSON only chain_hash). A value
 the record lacks is left out, not sent empty: OCSF types an empty hostname or a
 user without a name or uid as invalid, and a strict pipeline drops the event.
 """
@@ -33,6 +34,7 @@ from typing import Any
 
 from gateway.audit.shipping.formats.fields import (
     DAMAGED,
+    DAMAGED_MESSAGE,
     Event,
     chain_fields,
     drop_empty,
@@ -198,8 +200,7 @@ def _damaged(event: Event, record: dict[str, Any]) -> dict[str, Any]:
         **_other(event, "damaged_record", 4, "High"),
         "status_id": 2,
         "status": "Failure",
-        "message": "a line of the decision log is not a JSON record (damaged?); its text is "
-        "in raw_data",
+        "message": f"{DAMAGED_MESSAGE}; its text is in raw_data",
         "raw_data": record.get(DAMAGED, ""),
         "unmapped": {
             "portcullis": chain_fields(event),
@@ -226,7 +227,7 @@ def _base(event: Event, class_uid: int, category_uid: int, class_name: str) -> d
         "log_name": "portcullis decision log",
         "product": {"name": "Portcullis", "vendor_name": "Portcullis", "version": event.version},
     }
-    if event.kind == DAMAGED:  # a line that is no record has no seq (0 would be one)
+    if event.seq is None:  # a line that is not JSON has no seq (0 would read as one)
         del metadata["sequence"]
     if event.request_id:
         metadata["correlation_uid"] = event.request_id

@@ -87,14 +87,18 @@ class SyslogSink:
             allowed = isinstance(record.get("result"), dict) and record["result"].get("allow")
             msgid = "refusal" if record.get("path") == "gateway" else "decision"
             severity, stamp = (INFO if allowed else NOTICE), str(record.get("timestamp", ""))
-        seq = record.get("seq", 0)
-        # The writer's seq is an int; a hand-edited log's could close the element.
-        params = f'seq="{seq if type(seq) is int else _sd_escape(str(seq))}"'
-        if not signature:
+        # A damaged record has only what its line parsed to: not JSON, neither (a
+        # seq="0" would read as a record's); a record a format can't express, those it had.
+        damaged, params = msgid == "damaged", ""
+        if not damaged or "seq" in record:
+            seq = record.get("seq", 0)
+            # The writer's seq is an int; a hand-edited log's could close the element.
+            params = f' seq="{seq if type(seq) is int else _sd_escape(str(seq))}"'
+        if not signature and (not damaged or "decision_id" in record):
             params += f' decision_id="{_sd_escape(str(record.get("decision_id", "")))}"'
         header = (
             f"{self._pri[severity]}{_timestamp(stamp)}{self._after_time}{msgid} "
-            f"[portcullis@{ENTERPRISE_ID} {params}] "
+            f"[portcullis@{ENTERPRISE_ID}{params}] "
         ).encode()
         message = header + BOM + orjson.dumps(formatted)
         return str(len(message)).encode() + b" " + message
