@@ -646,16 +646,16 @@ def test_hostile_inputs_never_stop_record_lose_an_event_or_a_shipped_chain_field
                 assert decision_id == record["decision_id"], (place, document)
 
 
-async def test_a_record_a_format_cannot_express_ships_as_damaged_without_its_seq(
+async def test_a_record_a_format_cannot_express_ships_as_damaged_with_its_decision_id_and_seq(
     tmp_path: Path,
 ) -> None:
-    """DEFECT (promise 3). A policy's step_up (or an issuer's groups claim) nested
-    past orjson's 254 levels: the writer writes it, and every format ships it as
-    a damaged record, as documented. But the record *parsed*: its decision_id and
-    seq are known, and Shipper._encode_anyway throws them away
-    (damaged_record(line.raw)). The text is cut at 4096 characters and the
-    writer puts seq and prev_hash last, so the SIEM can tell neither which
-    decision it was nor that no seq is missing."""
+    """Promise 3. A policy's step_up (or an issuer's groups claim) nested past
+    orjson's 254 levels: the writer writes it, and every format ships it as a
+    damaged record, as documented. The record *parsed*, so its decision_id and
+    seq are known and shipped with it: the damaged text is cut at 4096
+    characters and the writer puts seq and prev_hash last, so without them the
+    SIEM could tell neither which decision it was nor that no seq is missing
+    (Shipper._encode_anyway once threw them away)."""
     log = await _write(
         tmp_path,
         [_hostile_input("/wms/x", {f"x-pad-{i}": "p" * 1000 for i in range(4)}, {}, "h")],
