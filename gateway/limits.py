@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from aiohttp import StreamReader, web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler
 
 from gateway.config import LimitsConfig, Route
 from gateway.identity import Identity
+from gateway.parser_refusals import describe
 
 
 class BodyTimeout(Exception):
@@ -113,6 +117,8 @@ class ConcurrencyLimiter:
 # Peer address, status, why, and the first bytes of the request as received.
 BadRequest = Callable[[Any, int, str, bytes], None]
 HEAD_KEPT = 512  # bytes of a request's start kept to log it if the parser refuses it
+HEAD_END = b"\r\n\r\n"  # a request head ends at its first empty line (aiohttp wants CR LF)
+CUTS_PER_READ = 32  # at most this many parser calls for one read from the socket
 
 
 class ConnectionCounter:
@@ -149,11 +155,16 @@ class HeaderTimeoutProtocol(RequestHandler):
       fields of 16 KiB, 2 MiB a connection): past `pending_header_bytes` a 431;
     - a cap on open connections per source address (`ConnectionCounter`);
     - requests aiohttp's parser refuses reach `on_bad_request` (a decision-log
-      event) and the server log as one line, not a traceback each."""
+      event) and the server log as one line, not a traceback each, with what
+      the parser found wrong (not the bytes it quotes) and the start of the
+      request refused (not of another request pipelined before it)."""
 
     __slots__ = (
+        "_body",
+        "_carry",
         "_counted",
         "_counter",
+        "_fresh",
         "_head",
         "_header_timeout",
         "_header_timer",
@@ -161,6 +172,7 @@ class HeaderTimeoutProtocol(RequestHandler):
         "_on_cut",
         "_pending",
         "_pending_limit",
+        "_refused",
     )
 
     def __init__(
@@ -183,7 +195,13 @@ class HeaderTimeoutProtocol(RequestHandler):
         self._counted: str | None = None  # the address this connection counts against
         self._pending = 0  # bytes received since the current request began
         self._pending_limit = pending_header_bytes
+        # Which request the parser is in, to name it if the parser refuses it
+        # (_parse): its first bytes, or None when where it began is not known.
         self._head: bytes | None = None
+        self._fresh = True  # the next byte received starts a request
+        self._body: StreamReader | None = None  # the body of the request _head names
+        self._carry = b""  # the last 3 bytes received: a head's end may straddle two reads
+        self._refused = False  # the parser refused; it reads nothing more
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -201,10 +219,8 @@ class HeaderTimeoutProtocol(RequestHandler):
         if self._header_timer is None and data and not self._request_in_progress:
             self._arm()  # the first byte of the next request on a kept-alive connection
         if self._header_timer is not None:
-            if self._head is None:
-                self._head = data[:HEAD_KEPT]
             self._pending += len(data)
-        super().data_received(data)
+        self._parse(data)
         if self._header_timer is not None:
             if self._messages or self._request_in_progress:
                 self._disarm()  # the headers are complete
@@ -229,14 +245,119 @@ class HeaderTimeoutProtocol(RequestHandler):
             return super().handle_error(request, status, exc, message)
         # The parser refused the request (no handler ran): logged as a refusal, and
         # one line in the server log instead of aiohttp's traceback per request.
-        said = " ".join((exc.message or message or "").split())
-        reason = f"{type(exc).__name__}: {said}"[:300]
+        # Only the parser's own words: its message quotes the offending bytes.
+        reason = describe(exc)
         self._on_bad_request(self.peername, status, reason, self._head or b"")
         if request.writer.output_size > 0:
             raise ConnectionError("response already started")
         response = web.Response(status=status, text=f"{status} Bad Request: {reason}\n")
         response.force_close()
         return response
+
+    def _parse(self, data: bytes) -> None:
+        """Hand `data` to aiohttp's parser and keep, in `_head`, the first bytes of
+        the request the parser is in, so a refusal names the request refused.
+
+        A read can hold several pipelined requests, and an attacker can put a
+        harmless one before the one the parser refuses: the first bytes of the
+        read would name the wrong target. So the parser gets the read in pieces
+        cut after every CR LF CR LF. A request head ends at its first one (both
+        of aiohttp's parsers refuse a bare LF), so within a piece at most one head
+        ends, at the piece's end; when it does and the request has no body, the
+        next piece starts the next request. Where that can't be known (after a
+        body, an upgrade, once aiohttp's queue of requests is full and its parser
+        keeps the rest for later, or past CUTS_PER_READ pieces) `_head` is None
+        until a bodiless request ends a piece again: no request line is claimed.
+
+        Cut, a read is parsed as if its pieces came in separate reads: aiohttp
+        parses incrementally, and when a piece is refused the requests of the
+        earlier pieces of the same read are dropped, as aiohttp drops them when
+        one call refuses. Two things aiohttp decides per call do change, to what
+        a client gets anyway by sending the rest in a later read: its C parser
+        ignores the rest of a read after an Upgrade it doesn't take, and its
+        pure-Python parser refuses a read with more after `Connection: close`."""
+        if (
+            not data  # aiohttp re-reading what its parser kept while the queue was full
+            or self._refused
+            or self._upgraded
+            or self._payload_parser is not None
+        ):
+            if data:
+                self._forget()
+            super().data_received(data)
+            return
+        queued = len(self._messages)
+        start = 0
+        for cuts in itertools.count():
+            if self._body is not None and self._body.is_eof():
+                self._forget()  # the body ended somewhere in what was read: not known where
+            cutting = self._body is None and not self._buffer_paused and cuts < CUTS_PER_READ
+            end = self._next_head_end(data, start) if cutting else -1
+            piece = data[start:] if end < 0 else data[start:end]
+            if self._fresh:
+                self._fresh = False
+                self._head, self._body = b"", None
+            if self._head is not None and self._body is None and len(self._head) < HEAD_KEPT:
+                # Empty lines before a request line are skipped by the parser too.
+                more = piece[:HEAD_KEPT] if self._head else piece[:HEAD_KEPT].lstrip(b"\r\n")
+                self._head = (self._head + more)[:HEAD_KEPT]
+            before = len(self._messages)
+            super().data_received(piece)
+            new = list(itertools.islice(self._messages, before, None))
+            if any(not isinstance(message, RawRequestMessage) for message, _ in new):
+                self._refused_in(queued, cut=cutting)
+                return
+            if new:
+                self._ended(new, cut=cutting and not self._buffer_paused)
+            if end < 0:
+                break
+            start = end
+        self._carry = (self._carry + data[-3:])[-3:]
+
+    def _next_head_end(self, data: bytes, start: int) -> int:
+        """Where in `data` past `start` a request head could end (just after a
+        CR LF CR LF, the first from `start` on), or -1."""
+        if start == 0 and self._carry:
+            joined = self._carry + data[:3]
+            at = joined.find(HEAD_END)
+            if at >= 0:
+                return at + len(HEAD_END) - len(self._carry)
+        # From 3 bytes back: a CR LF CR LF may overlap the one that ended at `start`.
+        at = data.find(HEAD_END, max(start - 3, 0))
+        return at + len(HEAD_END) if at >= 0 else -1
+
+    def _ended(self, new: list[Any], *, cut: bool) -> None:
+        """Requests the parser completed from the last piece: `_head` names the next
+        one if the piece ended exactly with one request head and it has no body."""
+        message, payload = new[-1]
+        if not cut or len(new) != 1 or self._upgraded or message.upgrade:
+            self._forget()
+        elif payload is EMPTY_PAYLOAD:
+            self._fresh = True
+        else:
+            self._body = payload  # `_head` still names the request its body belongs to
+
+    def _refused_in(self, queued: int, *, cut: bool) -> None:
+        """The parser refused the last piece: keep aiohttp's answer to such a read
+        (only the 400: the requests completed earlier in the read are dropped, as
+        when the read is parsed in one call), and whether `_head` names the
+        request refused: not if the request it names had a body that had ended,
+        nor if the piece was not cut (requests may have ended in it before)."""
+        self._refused = True
+        refusal = self._messages[-1]
+        while len(self._messages) > queued:
+            self._messages.pop()
+            self._request_count -= 1
+        self._messages.append(refusal)
+        self._request_count += 1
+        # Refused in the body of the request `_head` names, or in a cut piece.
+        named = not self._body.is_eof() if self._body is not None else cut
+        if not named:
+            self._head = None
+
+    def _forget(self) -> None:
+        """Where the current request began is not known: claim no request line."""
+        self._head, self._fresh, self._body = None, False, None
 
     def _headers_too_large(self) -> None:
         reason = f"more than {self._pending_limit} bytes of request headers"
@@ -254,7 +375,6 @@ class HeaderTimeoutProtocol(RequestHandler):
 
     def _arm(self) -> None:
         self._pending = 0
-        self._head = None
         loop = asyncio.get_running_loop()
         self._header_timer = loop.call_later(self._header_timeout, self._expired)
 

@@ -697,7 +697,9 @@ class Gateway:
     def refuse_unparsed(self, peer: Any, status: int, reason: str, head: bytes) -> None:
         """Log a request refused before it was one: aiohttp's parser rejected it (a
         400), or its headers never ended within the cap (a 431). What is known is
-        the peer and the start of the request line (gateway/limits.py)."""
+        the peer, what was wrong (never the request's bytes) and the start of the
+        refused request, or nothing of it if where it began isn't known
+        (gateway/limits.py)."""
         decision = deny(self._ids.next(), status, f"gateway.bad_request: {reason}")
         if status == 431:
             decision.reasons = [f"gateway.headers_too_large: {reason}"]

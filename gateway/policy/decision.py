@@ -172,7 +172,8 @@ def unparsed_input(peer: Any, head: bytes, request_id: str) -> dict[str, Any]:
     """The decision input of a request aiohttp's parser refused before any handler
     ran: only the peer and the start of the request line are known. ``method`` and
     ``path`` are the line's first two words, ``request_line`` its first 512 bytes,
-    non-UTF-8 bytes shown as ``\\xNN``."""
+    non-UTF-8 bytes shown as ``\\xNN``; all three are empty when ``head`` is (where
+    the refused request began is not known)."""
     line = head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "backslashreplace")
     words = line.split(" ")
     address, port = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ("", 0)
