@@ -287,6 +287,20 @@ class HeaderTimeoutProtocol(RequestHandler):
             super().data_received(data)
             return
         queued = len(self._messages)
+        if (
+            self._fresh
+            and not self._buffer_paused
+            and data.find(HEAD_END) == len(data) - len(HEAD_END)
+            and data[:1] not in b"\r\n"  # (so no head end straddles the last read and this)
+        ):
+            # The usual read: one request's whole head and nothing more. What the loop
+            # below does with it, less its bookkeeping (3 us a request in (c) under wrk).
+            self._fresh = False
+            self._head, self._body = data[:HEAD_KEPT], None
+            super().data_received(data)
+            self._after_piece(queued, cut=True)
+            self._carry = data[-3:]
+            return
         start = 0
         for cuts in itertools.count():
             if self._body is not None and self._body.is_eof():
@@ -303,16 +317,29 @@ class HeaderTimeoutProtocol(RequestHandler):
                 self._head = (self._head + more)[:HEAD_KEPT]
             before = len(self._messages)
             super().data_received(piece)
-            new = list(itertools.islice(self._messages, before, None))
-            if any(not isinstance(message, RawRequestMessage) for message, _ in new):
-                self._refused_in(queued, cut=cutting)
+            if self._after_piece(queued, cut=cutting, before=before):
                 return
-            if new:
-                self._ended(new, cut=cutting and not self._buffer_paused)
-            if end < 0:
-                break
+            if end < 0 or end == len(data):
+                break  # (the usual read: one request head, whole)
             start = end
         self._carry = (self._carry + data[-3:])[-3:]
+
+    def _after_piece(self, queued: int, *, cut: bool, before: int | None = None) -> bool:
+        """After the parser took a piece (from ``before`` messages queued; the
+        read began at ``queued``): True if it refused it."""
+        start = queued if before is None else before
+        if len(self._messages) == start + 1:  # the usual: one request, or one refusal
+            message, payload = self._messages[-1]
+            if isinstance(message, RawRequestMessage):
+                self._ended([(message, payload)], cut=cut and not self._buffer_paused)
+                return False
+        new = list(itertools.islice(self._messages, start, None))
+        if any(not isinstance(message, RawRequestMessage) for message, _ in new):
+            self._refused_in(queued, cut=cut)
+            return True
+        if new:
+            self._ended(new, cut=cut and not self._buffer_paused)
+        return False
 
     def _next_head_end(self, data: bytes, start: int) -> int:
         """Where in `data` past `start` a request head could end (just after a
