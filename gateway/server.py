@@ -22,6 +22,7 @@ from gateway.assertion import HEADER as ASSERTION_HEADER
 from gateway.assertion import JWKS_PATH, AssertionSigner, load_or_create_key
 from gateway.audit.chain import DECISION_PATH, REFUSAL_PATH, SHADOW_PATH, SIGN_IN_EVENT_PATH
 from gateway.audit.durability import Pending
+from gateway.audit.redaction import holds_jwt
 from gateway.config import GatewayConfig, Route
 from gateway.forward import REVOKED, UNLOGGED, Forwarder, UpstreamError, is_websocket
 from gateway.identity import (
@@ -783,9 +784,11 @@ def _holds_until(decision: Decision) -> float | None:
 
 def _request_id(request: web.Request, decision_id: str) -> str:
     """The client's X-Request-Id when it is a sane correlation id (it is logged with
-    every decision), else the decision id."""
+    every decision), else the decision id. A JWT is no correlation id: a client
+    or a proxy that puts a token there would have it in every event (the log
+    masks it too, as a backstop: it would correlate nothing there)."""
     given = request.headers.get("X-Request-Id")
-    if given and len(given) <= MAX_REQUEST_ID and given.isprintable():
+    if given and len(given) <= MAX_REQUEST_ID and given.isprintable() and not holds_jwt(given):
         return given
     return decision_id
 

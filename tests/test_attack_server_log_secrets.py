@@ -666,21 +666,35 @@ async def test_bearer_tokens_refused_every_way_never_reach_either_log(
     assert leaks(stack, log, secrets) == {}
 
 
-async def test_a_short_jwt_sent_as_x_request_id_is_logged_unmasked_as_http_id_defect(
+async def test_a_short_jwt_sent_as_x_request_id_is_not_logged_as_the_correlation_id(
     aiohttp_server: ServerFactory, tmp_path: Path
 ) -> None:
-    """DEFECT (decision log and every sink). `X-Request-Id` is masked in
-    headers when it holds a JWT (README: "any header value holding a JWT,
-    whatever the header"), but server._request_id copies the value, when printable
-    and at most 200 characters, to input.attributes.request.http.id, which the
-    redactor never looks at. A client (or a proxy in front) that puts a token in
-    the correlation id gets it logged; OCSF and ECS carry it on as well."""
+    """`X-Request-Id` is masked in headers when it holds a JWT (README: "any header
+    value holding a JWT, whatever the header"), and server._request_id copies a
+    printable value of at most 200 characters to input.attributes.request.http.id,
+    which OCSF and ECS carry on as their correlation ids. A JWT there (a client's,
+    or a proxy's in front) is no correlation id: the decision id is used instead
+    (it once went to the log and every sink as sent)."""
     token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ2aWN0aW0ifQ.SECRETidSIGNATURE0123456789"
     assert len(token) <= 200
     outcome = await attack(
         aiohttp_server, tmp_path, head(b"/wms/stock", b"X-Request-Id: " + token.encode())
     )
     assert outcome.leaks("SECRETidSIGNATURE") == {}
+    (event,) = outcome.events
+    assert event["input"]["attributes"]["request"]["http"]["id"] == event["decision_id"]
+
+
+def test_a_jwt_in_the_logged_request_id_is_masked_whatever_put_it_there() -> None:
+    """The redactor's backstop: an event whose http.id holds a JWT (from any path
+    that fills it) is logged with it masked, and says so."""
+    from gateway.audit.redaction import ID_POINTER, Redactor
+
+    token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ2aWN0aW0ifQ.SECRETidBACKSTOP"
+    event = {"input": {"attributes": {"request": {"http": {"id": f"req-{token}"}}}}}
+    masked, _ = Redactor().apply(event)
+    assert "SECRETidBACKSTOP" not in json.dumps(event)
+    assert ID_POINTER in masked
 
 
 # --- requests aiohttp's parser refuses --------------------------------------------------------

@@ -95,6 +95,7 @@ _HTTP = ("input", "attributes", "request", "http")
 _HEADERS = (*_HTTP, "headers")
 PATH_POINTER = "/input/attributes/request/http/path"
 HOST_POINTER = "/input/attributes/request/http/host"
+ID_POINTER = "/input/attributes/request/http/id"
 REQUEST_LINE_POINTER = "/input/attributes/request/http/request_line"
 HEADERS_POINTER = "/input/attributes/request/http/headers"
 QUERY_POINTER = "/input/parsed_query"
@@ -184,10 +185,14 @@ class Redactor:
                 if kept is not None:
                     changes["headers"] = kept
             host = http.get("host")
-            if type(host) is str and ("eyJ" in host or "%" in host) and _holds_jwt(host):
+            if type(host) is str and ("eyJ" in host or "%" in host) and holds_jwt(host):
                 # Host: <JWT> passes the Host checks (a reg-name) and routes like any
                 changes["host"] = REDACTED
                 masked.append(HOST_POINTER)
+            request_id = http.get("id")  # X-Request-Id, when the gateway took it (server.py)
+            if type(request_id) is str and "eyJ" in request_id and holds_jwt(request_id):
+                changes["id"] = REDACTED
+                masked.append(ID_POINTER)
             line = http.get("request_line")  # a request the parser refused: its first line
             if isinstance(line, str):
                 logged_line = self._mask_request_line(line)
@@ -271,7 +276,7 @@ class Redactor:
     def _mask_segment(self, segment: str) -> str:
         """One path segment: REDACTED if JWT-shaped, else with the value of each
         secret `;name=value` parameter masked (itself if nothing is)."""
-        if _holds_jwt(segment):
+        if holds_jwt(segment):
             return REDACTED
         if ";" not in segment:
             return segment
@@ -279,7 +284,7 @@ class Redactor:
         changed = False
         for index, param in enumerate(params):
             name, equals, value = param.partition("=")
-            if equals and (self.secret_param(name) or _holds_jwt(value)):
+            if equals and (self.secret_param(name) or holds_jwt(value)):
                 params[index] = f"{name}={REDACTED}"
                 changed = True
         return ";".join([first, *params]) if changed else segment
@@ -289,11 +294,11 @@ class Redactor:
         changed = False
         for index in range(0, len(parts), 2):
             name, equals, value = parts[index].partition("=")
-            if _holds_jwt(name):  # `?<JWT>`: a token with no name
+            if holds_jwt(name):  # `?<JWT>`: a token with no name
                 parts[index] = REDACTED
                 changed = True
             elif equals and (
-                self.secret_param(name) or _holds_jwt(value) or self._url_secret(value, depth)
+                self.secret_param(name) or holds_jwt(value) or self._url_secret(value, depth)
             ):
                 parts[index] = f"{name}={REDACTED}"
                 changed = True
@@ -365,7 +370,7 @@ class Redactor:
                 cut = True
                 break
             key = str(name)
-            if _holds_jwt(key):  # `?<JWT>`: the token is the key
+            if holds_jwt(key):  # `?<JWT>`: the token is the key
                 key = REDACTED
                 number = 2
                 while key in logged:
@@ -458,7 +463,7 @@ class Redactor:
         return _cut(value, limit), masked, True
 
 
-def _holds_jwt(text: str) -> bool:
+def holds_jwt(text: str) -> bool:
     """Whether ``text``, or ``text`` percent-decoded, holds a JWT."""
     if "eyJ" in text and _JWT.search(text):
         return True
