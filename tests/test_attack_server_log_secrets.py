@@ -713,18 +713,17 @@ async def _refused_by_parser(
     return log, text, answer
 
 
-async def test_a_cookie_header_over_16k_puts_an_app_session_into_reasons_and_the_server_log_defect(
+async def test_a_cookie_header_over_16k_keeps_an_app_session_out_of_reasons_and_the_server_log(
     aiohttp_server: ServerFactory, tmp_path: Path
 ) -> None:
-    """DEFECT. A Cookie header past aiohttp's 16 KiB field cap (a browser with many
+    """A Cookie header past aiohttp's 16 KiB field cap (a browser with many
     cookies on one host; the gateway's own session alone is up to 4 x 3.8 KB plus
     three pre-auth cookies) is refused by the parser with LineTooLong, whose message
     quotes the value's first 100 bytes: `Got more than 16384 bytes when reading:
-    b'sid=<app session>; ...'`. HeaderTimeoutProtocol.handle_error makes that the
-    refusal's reason: `result.reasons[0]` in the decision log (never masked), and
-    Gateway.refuse_unparsed's INFO line `refused a request from ... before it was
-    parsed: <reason>` on portcullis.gateway. (The brief's known defect is the
-    `Invalid header value char` form; this is the LineTooLong one, with no bad byte.)"""
+    b'sid=<app session>; ...'`. The refusal's reason (`result.reasons[0]` in the
+    decision log, never masked, and Gateway.refuse_unparsed's INFO line on
+    portcullis.gateway) keeps only the parser's own words (it once was the whole
+    message: gateway/parser_refusals.py)."""
     secret = "SECRETappSession0123456789abcdef"
     data = head(b"/wms/stock", b"Cookie: sid=" + secret.encode() + b"; pad=" + b"p" * 17000)
     log, text, answer = await _refused_by_parser(aiohttp_server, tmp_path, data)
@@ -744,14 +743,12 @@ CREDENTIAL_LINES = {
 
 
 @pytest.mark.parametrize("line", CREDENTIAL_LINES.values(), ids=CREDENTIAL_LINES.keys())
-async def test_a_credential_header_line_the_parser_refuses_reaches_the_server_log_defect(
+async def test_a_credential_header_line_the_parser_refuses_never_reaches_the_server_log(
     aiohttp_server: ServerFactory, tmp_path: Path, line: bytes
 ) -> None:
-    """DEFECT (the server-log side of test_attack_redaction_shipping's known
-    reasons defect). aiohttp's C parser quotes the offending header line (`Invalid
-    header value char: b'Authorization: Bearer <token>\\x01'`);
-    refuse_unparsed logs it at INFO on portcullis.gateway, and the event's
-    result.reasons holds it too."""
+    """aiohttp's C parser quotes the offending header line (`Invalid header value
+    char: b'Authorization: Bearer <token>\\x01'`); neither refuse_unparsed's INFO
+    line on portcullis.gateway nor the event's result.reasons holds it."""
     secret = "SECRETcred0123456789abcdef"
     data = head(b"/wms/stock", line % secret.encode())
     log, text, answer = await _refused_by_parser(aiohttp_server, tmp_path, data)
@@ -760,15 +757,14 @@ async def test_a_credential_header_line_the_parser_refuses_reaches_the_server_lo
     assert found == {"server_log": [], "decision_log": []}
 
 
-async def test_a_query_secret_in_a_request_line_the_parser_refuses_is_quoted_in_its_reason_defect(
+async def test_a_query_secret_in_a_request_line_the_parser_refuses_is_not_quoted_in_its_reason(
     aiohttp_server: ServerFactory, tmp_path: Path
 ) -> None:
-    """DEFECT. The redactor masks `code=` in the refused request's request_line and
-    path (465d0db), but the parser's message quotes the same line (`Bad status
-    line: Invalid HTTP version: b'GET /wms/cb?code=<code> HTTP/1.2' ^`): it is the
-    event's result.reasons[0], unmasked, and refuse_unparsed's INFO line on
-    portcullis.gateway. Any request-line error does it (bad version, bad method,
-    control byte in the target)."""
+    """The redactor masks `code=` in the refused request's request_line and path,
+    and the parser's message, which quotes the same line (`Bad status line:
+    Invalid HTTP version: b'GET /wms/cb?code=<code> HTTP/1.2' ^`), is not the
+    event's reason nor in refuse_unparsed's INFO line: any request-line error
+    would carry it (bad version, bad method, control byte in the target)."""
     data = b"GET /wms/cb?code=SECRETcodeInLine0123 HTTP/1.2\r\nHost: gw\r\n\r\n"
     log, text, answer = await _refused_by_parser(aiohttp_server, tmp_path, data)
     assert answer.split(b" ", 2)[1] == b"400", answer[:200]
