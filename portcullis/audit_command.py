@@ -246,20 +246,34 @@ def check_hash(text: str, option: str = "--after") -> str:
     return value
 
 
+# /audit/head's answer and a JWKS are a few KB: a URL answering more is not one
+# (and is not read into memory whole).
+FETCH_MAX_BYTES = 1 << 20
+
+
+def fetch(url: str, label: str, what: str) -> str:
+    """The text at ``url`` (10 s timeout, at most FETCH_MAX_BYTES); UsageError,
+    starting with ``label``, saying why not."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            data: bytes = response.read(FETCH_MAX_BYTES + 1)
+        if len(data) > FETCH_MAX_BYTES:
+            raise UsageError(f"{label}: more than {FETCH_MAX_BYTES} bytes: not {what}")
+        return data.decode()
+    except urllib.error.HTTPError as error:
+        raise UsageError(f"{label}: HTTP {error.code} {error.reason}") from None
+    except (urllib.error.URLError, OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "reason", error)
+        raise UsageError(f"{label}: cannot fetch {what}: {reason}") from None
+
+
 def load_heads(source: str, keys: dict[str, ec.EllipticCurvePublicKey]) -> list[SignedHead]:
     """The signed heads at ``source``: a URL or file holding /audit/head's JSON, a
     log file whose first line (a ``start`` record) is a head, or a file of heads
     (JSON lines: every /audit/head answer kept, or a sink's export), all of which
     the log must reach."""
     if source.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(source, timeout=10) as response:
-                text = response.read().decode()
-        except urllib.error.HTTPError as error:
-            raise UsageError(f"--head {source}: HTTP {error.code} {error.reason}") from None
-        except (urllib.error.URLError, OSError, UnicodeDecodeError) as error:
-            reason = getattr(error, "reason", error)
-            raise UsageError(f"--head {source}: cannot fetch the head: {reason}") from None
+        text = fetch(source, f"--head {source}", "the head")
     else:
         try:
             text = Path(source).read_text()
@@ -451,12 +465,7 @@ def _load_pem(name: str) -> dict[str, ec.EllipticCurvePublicKey]:
 
 def _load_jwks(source: str) -> dict[str, ec.EllipticCurvePublicKey]:
     if source.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(source, timeout=10) as response:
-                text = response.read().decode()
-        except (urllib.error.URLError, OSError, UnicodeDecodeError) as error:
-            reason = getattr(error, "reason", error)
-            raise UsageError(f"{source}: cannot fetch the JWKS: {reason}") from None
+        text = fetch(source, source, "the JWKS")
     else:
         try:
             text = Path(source).read_text()

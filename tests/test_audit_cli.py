@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import http.server
 import itertools
@@ -73,6 +74,13 @@ def jwks_server() -> Iterator[str]:
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            if self.path.endswith("/endless"):  # a URL that never stops answering
+                self.send_response(200)
+                self.end_headers()
+                with contextlib.suppress(OSError):
+                    while True:
+                        self.wfile.write(b" " * 65536)
+                return
             self.send_response(200 if self.path.endswith("/jwks.json") else 404)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
@@ -191,6 +199,16 @@ def test_log_that_is_not_json_is_a_usage_error() -> None:
     done = audit(LOG_FIXTURES / "not_a_log.txt", "--key", PUBLIC_PEM)
     assert done.returncode == 2
     assert "is not a Portcullis decision log" in done.stderr
+
+
+@pytest.mark.parametrize("option", ["--jwks", "--head"])
+def test_a_url_that_never_stops_answering_is_a_usage_error_not_a_memory_hog(
+    log_file: Path, jwks_server: str, option: str
+) -> None:
+    url = jwks_server.rpartition("/")[0] + "/endless"
+    done = audit(log_file, *(["--key", PUBLIC_PEM] if option == "--head" else []), option, url)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "more than 1048576 bytes" in done.stderr
 
 
 def test_unreachable_jwks_url_is_a_usage_error(log_file: Path) -> None:
