@@ -12,6 +12,7 @@ import aiohttp
 import jwt
 
 from gateway.config import Issuer
+from gateway.provider_errors import transport_error
 
 log = logging.getLogger("portcullis.jwks")
 
@@ -102,7 +103,9 @@ class JwksCache:
             document = await self._get_json(self._jwks_url)
             keys, algorithms = self._parse(document)
         except (aiohttp.ClientError, TimeoutError, ValueError) as error:
-            self.last_error = f"{type(error).__name__}: {error}"
+            # A ValueError is one of ours below (its text the gateway's); aiohttp's
+            # may quote the issuer's answer, so only their kind is told.
+            self.last_error = str(error) if type(error) is ValueError else transport_error(error)
             log.warning("JWKS refresh for %s failed: %s", self.issuer.issuer, self.last_error)
             if self._on_refresh:
                 self._on_refresh(self.issuer.issuer, False)
@@ -118,7 +121,10 @@ class JwksCache:
         async with self._session.get(url, timeout=timeout, allow_redirects=False) as response:
             if response.status != 200:
                 raise ValueError(f"{url} answered {response.status}")
-            document = await response.json(content_type=None)
+            try:
+                document = await response.json(content_type=None)
+            except ValueError:  # a JSONDecodeError's message may quote the answer
+                raise ValueError(f"{url} did not return JSON") from None
         if not isinstance(document, dict):
             raise ValueError(f"{url} did not return a JSON object")
         return document
@@ -136,7 +142,12 @@ class JwksCache:
                 if isinstance(entry.get("alg"), str):
                     algorithms[entry["kid"]] = entry["alg"]
             except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError) as error:
-                log.warning("skipping JWKS key %s: %s", entry.get("kid"), error)
+                # PyJWK's messages can quote the whole key (a private part published
+                # by mistake, too), so the key is named by its kid when that is a
+                # plain short id, and the error by its kind.
+                kid = entry["kid"]
+                shown = repr(kid) if len(kid) <= 64 and kid.isprintable() else "(not shown)"
+                log.warning("skipping JWKS key %s: %s", shown, type(error).__name__)
         if not keys:
             raise ValueError("JWKS has no usable signing keys")
         return keys, algorithms

@@ -44,6 +44,7 @@ from gateway.policy.decision import (
     decision_input,
     deny,
     refusal_input,
+    sign_in_input,
     unparsed_input,
 )
 from gateway.policy.memo import DecisionMemo
@@ -661,12 +662,13 @@ class Gateway:
         step_up: dict[str, Any] | None,
     ) -> None:
         """A browser sign-in (or a failed one) as a decision-log event with path
-        ``gateway/signin``, which the sinks map to an OCSF Authentication."""
+        ``gateway/signin``, which the sinks map to an OCSF Authentication. Its
+        path names the callback's parameters without their values (sign_in_input)."""
         allowed = identity is not None and status < 400
         decision = Decision(self._ids.next(), allowed, status, [f"gateway.sign_in: {what}"])
         decision.step_up = step_up
         request_id = _request_id(request, decision.decision_id)
-        document = refusal_input(request, None, identity or ANONYMOUS, request_id)
+        document = sign_in_input(request, identity or ANONYMOUS, request_id)
         self._log(decision, document, None, path=SIGN_IN_EVENT_PATH)
 
     def refuse(

@@ -247,15 +247,13 @@ async def test_a_sign_in_refresh_and_sign_out_leave_no_code_token_cookie_or_secr
     assert leaks(real, log, secrets) == {}
 
 
-async def test_the_callbacks_state_is_written_to_the_decision_log_defect(
-    real: Stack, client: Browser
-) -> None:
-    """DEFECT. The sign-in event (record_sign_in -> refusal_input) logs the callback's
-    raw target, `/.portcullis/callback?code=**REDACTED**&state=<state>&iss=...`:
-    `code` is a default mask_query_params entry, `state` is not (nor is it in
-    parsed_query: refusal_input gives none). The brief counts `state` among the
-    values that must never be logged; on a failed sign-in it names the pending
-    pre-auth cookie's sha256 prefix too."""
+async def test_the_callbacks_state_never_reaches_either_log(real: Stack, client: Browser) -> None:
+    """The callback's `state` is a value that must never be logged (on a failed
+    sign-in it names the pending pre-auth cookie too), and the redactor's
+    mask_query_params masks `code` but not `state`. A sign-in event's path
+    (record_sign_in -> sign_in_input) names the callback's parameters with every
+    value masked, `/.portcullis/callback?code=**REDACTED**&state=**REDACTED**&...`,
+    so neither the decision log nor the server log holds the state."""
     with server_log() as log:
         login, _ = await start(client, real.url + "/wms/")
         answer = await code_for(client, login)
@@ -266,6 +264,8 @@ async def test_the_callbacks_state_is_written_to_the_decision_log_defect(
         (event,) = await sign_in_events(real)
     assert event["result"]["reasons"] == ["gateway.sign_in: signed in"]
     assert leaks(real, log, {"state": answer["state"]}) == {}
+    path = event["input"]["attributes"]["request"]["http"]["path"]
+    assert path == (f"/.portcullis/callback?code={REDACTED}&state={REDACTED}&iss={REDACTED}"), path
 
 
 # A failed sign-in, each way the brief names; each returns (the values that must
@@ -337,14 +337,15 @@ FAILURES = {
 
 
 @pytest.mark.parametrize("failure", FAILURES.values(), ids=FAILURES.keys())
-async def test_a_failed_sign_in_event_says_which_check_failed_defect(
+async def test_a_failed_sign_in_event_says_which_check_failed(
     real: Stack, client: Browser, failure: Failure
 ) -> None:
-    """DEFECT. BrowserSignIn.callback records every failure as the same
-    `gateway.sign_in: sign-in failed` (with the page's status): a SIEM can't
-    tell a forged or replayed state, a replayed code, a mix-up, an IdP error and a
-    nonce mismatch (an injection attack) apart. The reason is only on the page
-    the browser got (and for two causes, a warning on the server log)."""
+    """A SIEM must tell a forged or replayed state, a replayed code, an IdP error
+    and a nonce mismatch (a code injection) apart, not see one `sign-in failed`
+    for all. BrowserSignIn.callback records each failure with the check that
+    failed, from a fixed vocabulary (`sign-in failed: state_mismatch`,
+    `code_exchange_failed:invalid_grant`, `provider_error:invalid_request`,
+    `id_token_invalid:nonce`), never with text from the request or the provider."""
     _, word = await failure(real, client)
     events = await sign_in_events(real)
     failed = [e for e in events if not e["result"]["allow"]]
@@ -355,12 +356,14 @@ async def test_a_failed_sign_in_event_says_which_check_failed_defect(
 
 
 @pytest.mark.parametrize("failure", FAILURES.values(), ids=FAILURES.keys())
-async def test_a_failed_sign_in_logs_no_code_state_nonce_or_echoed_value_defect(
+async def test_a_failed_sign_in_logs_no_code_state_nonce_or_echoed_value(
     real: Stack, client: Browser, failure: Failure
 ) -> None:
-    """DEFECT (state, and the IdP's error_description). The failed sign-in's event
-    keeps the callback's raw target: `code` is masked, but `state` and whatever
-    the provider put in `error_description` are logged as sent."""
+    """A failed sign-in (forged state, replayed code, IdP error whose
+    error_description echoes a value, another sign-in's nonce) is logged without
+    the code, the state, the nonce or the echoed value: the event's path holds the
+    callback's parameter names with their values masked, and neither the event's
+    reason, the server log nor the page repeats the provider's description."""
     with server_log() as log:
         secrets, _ = await failure(real, client)
         await sign_in_events(real)
@@ -411,6 +414,9 @@ class StubProvider:
     # (form) -> (status, JSON body) of the token endpoint.
     token: Callable[[dict[str, str]], tuple[int, Any]] = lambda form: (500, {})
     forms: list[dict[str, str]] = field(default_factory=list)
+    # What a test puts in (or over) the discovery document and the JWKS.
+    discovery: dict[str, Any] = field(default_factory=dict)
+    extra_keys: list[dict[str, Any]] = field(default_factory=list)
 
     def id_token(self, nonce: str | None, **claims: Any) -> str:
         now = int(time.time())
@@ -428,11 +434,13 @@ class StubProvider:
                 "token_endpoint": self.url + "/token",
                 "jwks_uri": self.url + "/jwks",
                 "code_challenge_methods_supported": ["S256"],
+                **self.discovery,
             })  # fmt: skip
 
         async def jwks(request: web.Request) -> web.Response:
             public = jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key(), as_dict=True)
-            return web.json_response({"keys": [{**public, "kid": "stub", "alg": "RS256"}]})
+            keys = [*self.extra_keys, {**public, "kid": "stub", "alg": "RS256"}]
+            return web.json_response({"keys": keys})
 
         async def token(request: web.Request) -> web.Response:
             form = dict(await request.post())  # type: ignore[arg-type]
@@ -486,16 +494,15 @@ ECHOES = {
 
 
 @pytest.mark.parametrize("echo", ECHOES.values(), ids=ECHOES.keys())
-async def test_a_token_endpoint_error_echoing_the_code_or_secret_reaches_the_server_log_defect(
+async def test_a_token_endpoint_error_echoing_the_code_or_secret_never_reaches_the_server_log(
     aiohttp_server: ServerFactory, tmp_path: Path, stub: StubProvider, echo: Any
 ) -> None:
-    """DEFECT. OidcClient._token builds ProviderError from the provider's `error`
-    and `error_description` as sent; BrowserSignIn._callback logs it
-    (`portcullis.sign_in` WARNING "sign-in failed at the token endpoint: the
-    provider refused the sign-in code: invalid_grant (<description>)") and puts
-    it on the page the browser gets. An IdP echoing the code, or the client
-    credentials, writes them to the server log (and, for the client secret,
-    shows it to whoever holds the browser)."""
+    """An IdP whose token endpoint refuses the code with an error_description
+    echoing the code, or the client credentials, must not get them written to the
+    server log (`portcullis.sign_in` WARNING "sign-in failed at the token
+    endpoint"), the event, or the page (the client secret shown to whoever holds
+    the browser). OidcClient._token keeps only the OAuth `error` code, when it is
+    a short token and none of the values sent; the description is never used."""
     code = "SECRETcode-0123456789abcdefghij"
     stub.token = lambda form: (
         400, {"error": "invalid_grant", "error_description": f"grant {echo(form)} is not valid"}
@@ -511,16 +518,18 @@ async def test_a_token_endpoint_error_echoing_the_code_or_secret_reaches_the_ser
         secrets = {"code": code, "client secret": STUB_SECRET}
         assert leaks(stack, log, secrets) == {}
         assert STUB_SECRET not in page.text, "the browser is shown the client secret"
+        assert code not in page.text
+        assert "invalid_grant" in page.text, "the error code is still said"
 
 
-async def test_a_refresh_refusal_echoing_the_refresh_token_reaches_the_server_log_defect(
+async def test_a_refresh_refusal_echoing_the_refresh_token_never_reaches_the_server_log(
     aiohttp_server: ServerFactory, tmp_path: Path, stub: StubProvider
 ) -> None:
-    """DEFECT. _refresh_at_provider logs `session refresh for <sub> failed:
-    <ProviderError>` (portcullis.sign_in WARNING); the error holds the provider's
-    error_description as sent, so a provider that names the refresh token it
-    refused (`refresh token <rt> is invalid`) puts it in the server log. With
-    `invalid_client` or `temporarily_unavailable` the token is still live."""
+    """_refresh_at_provider logs `session refresh for <sub> failed: <ProviderError>`
+    (portcullis.sign_in WARNING). A provider that names the refresh token it
+    refused in its error_description (`refresh_token <rt> not checked`) must not
+    put it in the server log: with `invalid_client` or `temporarily_unavailable`
+    the token is still live. The error holds only the OAuth error code."""
     refresh = "SECRETrefresh-0123456789abcdefghij"
     stub.token = lambda form: (
         503, {"error": "temporarily_unavailable",
@@ -540,6 +549,16 @@ async def test_a_refresh_refusal_echoing_the_refresh_token_reaches_the_server_lo
             await stack.events()
         assert stub.forms and stub.forms[0]["refresh_token"] == refresh
         assert leaks(stack, log, {"refresh token": refresh, "session cookie": cookie}) == {}
+        assert "temporarily_unavailable" in log.text, "the error code is still logged"
+
+
+IDTOKEN_CODE = "SECRETcode-idtoken-0123456789"
+
+
+def _signed_with_header(stub: StubProvider, nonce: str, header: dict[str, Any]) -> str:
+    """A valid ID token's claims and signature under a header of the test's own."""
+    _, claims, signature = stub.id_token(nonce).split(".")
+    return f"{_b64(json.dumps(header).encode())}.{claims}.{signature}"
 
 
 ID_TOKENS: dict[str, Callable[[StubProvider, str], str]] = {
@@ -554,6 +573,18 @@ ID_TOKENS: dict[str, Callable[[StubProvider, str], str]] = {
     ),
     "bad-header-json": lambda stub, nonce: base64.urlsafe_b64encode(b'{"alg":').decode().rstrip("=")
     + "." + stub.id_token(nonce).split(".", 1)[1],
+    # A provider that puts the code it was sent back into the ID token it answers
+    # with: the token's own text is never repeated in a message.
+    "kid-echoes-the-code": lambda stub, nonce: _signed_with_header(
+        stub, nonce, {"alg": "RS256", "kid": IDTOKEN_CODE}),
+    "alg-echoes-the-code": lambda stub, nonce: _signed_with_header(
+        stub, nonce, {"alg": IDTOKEN_CODE, "kid": "stub"}),
+    "crit-echoes-the-code": lambda stub, nonce: _signed_with_header(
+        stub, nonce, {"alg": "RS256", "kid": "stub", "crit": [IDTOKEN_CODE], IDTOKEN_CODE: 1}),
+    "alg-is-a-list": lambda stub, nonce: _signed_with_header(
+        stub, nonce, {"alg": [IDTOKEN_CODE], "kid": "stub"}),
+    "azp-echoes-the-code": lambda stub, nonce: stub.id_token(
+        nonce, aud=[STUB_CLIENT, "other"], azp=IDTOKEN_CODE),
 }  # fmt: skip
 
 
@@ -563,8 +594,9 @@ async def test_an_id_token_that_fails_a_check_is_logged_without_the_token_code_o
 ) -> None:
     """The token endpoint answers 200 with an ID token that fails a check (and a
     refresh token): the refusal is logged (`sign-in refused, ID token failed a
-    check: ...`) without the ID token, the code or the refresh token."""
-    code = "SECRETcode-idtoken-0123456789"
+    check: ...`) without the ID token, the code or the refresh token; a header or
+    claim echoing the code is not repeated either."""
+    code = IDTOKEN_CODE
     refresh = "SECRETrefresh-idtoken-0123456789"
     async with stub_stack(aiohttp_server, tmp_path, stub) as stack, browser(stack.url) as client:
         with server_log() as log:
@@ -586,6 +618,235 @@ async def test_an_id_token_that_fails_a_check_is_logged_without_the_token_code_o
             "ID token (opaque)": token[:40] if token.startswith("SECRET") else "",
         }
         assert leaks(stack, log, secrets) == {}
+
+
+# --- a failed sign-in's reason, and the other places a provider's answer is logged ---------------
+
+ECHO = "SECRETechoedByTheProvider0123"
+# Token endpoint (stub, form) -> (status, body); callback answer -> answer; the reason.
+Token = Callable[[StubProvider, dict[str, str]], tuple[int, Any]]
+CHECKS: dict[str, tuple[Token, Callable[[dict[str, str]], dict[str, str]], str]] = {
+    "token-endpoint-error": (
+        lambda stub, form: (400, {"error": "invalid_grant", "error_description": ECHO}),
+        lambda answer: answer, "code_exchange_failed:invalid_grant"),
+    "token-error-code-echoing-the-code": (
+        lambda stub, form: (400, {"error": form["code"]}),
+        lambda answer: answer, "code_exchange_failed:unrecognised"),
+    "token-error-code-not-a-token": (
+        lambda stub, form: (400, {"error": f"grant {ECHO} refused"}),
+        lambda answer: answer, "code_exchange_failed:unrecognised"),
+    "token-answer-not-an-object": (
+        lambda stub, form: (200, [ECHO]), lambda answer: answer, "code_exchange_failed:not_json"),
+    "no-id-token": (
+        lambda stub, form: (200, {"access_token": ECHO, "token_type": "Bearer"}),
+        lambda answer: answer, "no_id_token"),
+    "expired-id-token": (
+        lambda stub, form: (200, {"id_token": stub.id_token(None, exp=int(time.time()) - 3600)}),
+        lambda answer: answer, "id_token_invalid:expired"),
+    "iss-mismatch": (
+        lambda stub, form: (500, {}),
+        lambda answer: {**answer, "iss": f"https://{ECHO}.example"}, "iss_mismatch"),
+    "provider-error": (
+        lambda stub, form: (500, {}),
+        lambda answer: {"error": "access_denied", "error_description": ECHO,
+                        "state": answer["state"], "iss": answer["iss"]},
+        "provider_error:access_denied"),
+    "provider-error-echoing-the-state": (
+        lambda stub, form: (500, {}),
+        lambda answer: {"error": answer["state"], "state": answer["state"], "iss": answer["iss"]},
+        "provider_error:unrecognised"),
+    "no-code": (
+        lambda stub, form: (500, {}),
+        lambda answer: {"state": answer["state"], "iss": answer["iss"]}, "no_code"),
+    "no-state": (
+        lambda stub, form: (500, {}), lambda answer: {"code": answer["code"]}, "no_state"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CHECKS.values(), ids=CHECKS.keys())
+async def test_each_failed_sign_in_is_named_by_the_check_that_failed(
+    aiohttp_server: ServerFactory, tmp_path: Path, stub: StubProvider, case: Any
+) -> None:
+    """Every way a callback fails is one word of the reason vocabulary (README
+    "Browser sign-in and step-up"), `gateway.sign_in: sign-in failed: <reason>`,
+    with an OAuth error code only when it is a short token and no value the
+    gateway sent; what the provider wrote (a description, an odd error, the
+    access token of an answer without an ID token) reaches no log and no page."""
+    token, answer_of, reason = case
+    code = "SECRETcode-checks-0123456789"
+    stub.token = lambda form: token(stub, form)
+    async with stub_stack(aiohttp_server, tmp_path, stub) as stack, browser(stack.url) as client:
+        with server_log() as log:
+            params = await pending_sign_in(stack, client)
+            answer = answer_of({"code": code, "state": params["state"], "iss": stub.url})
+            page = await client.go(stack.url + "/.portcullis/callback?" + urlencode(answer))
+            assert page.status >= 400, page.text
+            (event,) = await sign_in_events(stack)
+        assert event["result"]["reasons"] == [f"gateway.sign_in: sign-in failed: {reason}"]
+        assert event["result"]["http_status"] == page.status
+        secrets = {"code": code, "state": params["state"], "echo": ECHO, "secret": STUB_SECRET}
+        assert leaks(stack, log, secrets) == {}
+        assert [name for name, value in secrets.items() if value in page.text] == []
+
+
+async def test_a_sign_in_events_path_and_headers_hold_no_value_of_the_callbacks_query(
+    aiohttp_server: ServerFactory, tmp_path: Path, stub: StubProvider
+) -> None:
+    """The callback's query is the provider's answer (code, state, an
+    error_description echoing either); a browser can carry them in a Referer too.
+    A sign-in event names the authorization response's parameters with their
+    values masked, any other parameter (its name could be a value) and a fragment
+    masked whole, the same in a header holding a URL, and parsed_query empty."""
+    code = "SECRETcode-path-0123456789"
+    async with stub_stack(aiohttp_server, tmp_path, stub) as stack, browser(stack.url) as client:
+        with server_log() as log:
+            params = await pending_sign_in(stack, client)
+            state = params["state"]
+            target = (
+                f"/.portcullis/callback?code={code}&state={state}&iss={stub.url}"
+                f"&SECRETname{state[:8]}=1;session_state={state}#{state}"
+            )
+            referer = f"{stub.url}/auth?state={state}&x=1#{state}"
+            page = await client.go(stack.url + target, headers={"Referer": referer})
+            assert page.status == 502, page.text
+            (event,) = await sign_in_events(stack)
+        http = event["input"]["attributes"]["request"]["http"]
+        assert http["path"] == (
+            f"/.portcullis/callback?code={REDACTED}&state={REDACTED}&iss={REDACTED}"
+            f"&{REDACTED}={REDACTED}&session_state={REDACTED}"
+        )
+        assert http["headers"]["referer"] == (
+            f"{stub.url}/auth?state={REDACTED}&{REDACTED}={REDACTED}#{REDACTED}"
+        )
+        assert event["input"]["parsed_query"] == {}
+        secrets = {"code": code, "state": state, "name": "SECRETname"}
+        assert leaks(stack, log, secrets) == {}
+
+
+DISCOVERY_ODDITIES = {
+    "issuer": ({"issuer": f"https://idp.example/{ECHO}?x=<b>"}, "names another issuer"),
+    "pkce-methods": ({"code_challenge_methods_supported": [ECHO]}, "PKCE with S256"),
+}
+
+
+@pytest.mark.parametrize("case", DISCOVERY_ODDITIES.values(), ids=DISCOVERY_ODDITIES.keys())
+async def test_a_discovery_document_refused_is_logged_and_shown_without_its_text(
+    aiohttp_server: ServerFactory, tmp_path: Path, stub: StubProvider, case: Any
+) -> None:
+    """A discovery document the gateway refuses (another issuer: a mix-up; no
+    PKCE S256) is logged at start and shown on the sign-in page: what the
+    document says is not repeated there (an issuer only when a plain URL), only
+    what the gateway found wrong with it."""
+    document, said = case
+    stub.discovery = document
+    with server_log() as log:
+        async with stub_stack(aiohttp_server, tmp_path, stub) as stack:
+            async with browser(stack.url) as client:
+                page = await client.request("GET", stack.url + "/.portcullis/sign_in?rd=/wms/")
+            assert page.status == 502, page.text
+    assert said in log.text and said in page.text
+    assert log.holding(ECHO) == [] and ECHO not in page.text
+
+
+async def test_a_jwks_key_that_does_not_load_is_logged_without_its_contents(
+    stub: StubProvider,
+) -> None:
+    """PyJWK's error for a key it can't load quotes the whole key (`crv is not
+    found: {...}`): a provider publishing a private part by mistake, or any
+    text, would reach the server log. The key is named by its kid (when that is
+    a plain id) and the error by its kind; the JWKS's other keys still load."""
+    from aiohttp import ClientSession
+
+    from gateway.config import Issuer
+    from gateway.jwks import JwksCache
+
+    stub.extra_keys = [
+        {"kty": "EC", "kid": "broken", "x": ECHO, "y": ECHO, "d": "SECRETprivatePart0123"},
+        {"kty": ECHO, "kid": "forged\nWARNING portcullis: forged line"},
+    ]
+    with server_log() as log:
+        async with ClientSession() as session:
+            cache = JwksCache(
+                Issuer(stub.url, (STUB_CLIENT,), jwks_url=stub.url + "/jwks"), session
+            )
+            assert await cache.get("stub") is not None
+    assert log.holding("SECRET") == [], log.text
+    assert "skipping JWKS key 'broken': InvalidKeyError" in log.text
+    assert "skipping JWKS key (not shown): InvalidKeyError" in log.text
+    assert not [line for line in log.handler.lines if line.startswith("WARNING portcullis: forged")]
+
+
+async def test_a_token_endpoint_answer_aiohttp_cannot_parse_is_logged_without_its_bytes(
+    aiohttp_server: ServerFactory, tmp_path: Path, stub: StubProvider
+) -> None:
+    """aiohttp's parser quotes the bytes of an HTTP answer it refuses (`Bad status
+    line: ... b'HTTP/1.1 4x0 <code>'`): a token endpoint answering so, with the
+    code it was sent in the line, is told as `code_exchange_failed:unavailable`
+    and the kind of error, never the error's text."""
+    code = "SECRETcode-unparsable-0123456789"
+    received: list[str] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        form = parse_qs((await reader.readexactly(length)).decode())
+        received.append(form["code"][0])
+        writer.write(b"HTTP/1.1 4x0 grant " + form["code"][0].encode() + b"\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    stub.discovery = {"token_endpoint": f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/t"}
+    try:
+        async with stub_stack(aiohttp_server, tmp_path, stub) as stack:
+            async with browser(stack.url) as client:
+                with server_log() as log:
+                    params = await pending_sign_in(stack, client)
+                    callback = {"code": code, "state": params["state"], "iss": stub.url}
+                    url = stack.url + "/.portcullis/callback?" + urlencode(callback)
+                    page = await client.go(url)
+                    assert page.status == 502, page.text
+                    (event,) = await sign_in_events(stack)
+            assert received == [code]
+            reason = "gateway.sign_in: sign-in failed: code_exchange_failed:unavailable"
+            assert event["result"]["reasons"] == [reason]
+            assert "ClientResponseError" in log.text
+            assert leaks(stack, log, {"code": code}) == {} and code not in page.text
+    finally:
+        server.close()
+
+
+LOGOUT_HEADERS = {
+    "typ": ({"alg": "RS256", "kid": "stub", "typ": ECHO}, "typ"),
+    "kid": ({"alg": "RS256", "kid": ECHO}, "unknown_kid"),
+    "alg": ({"alg": ECHO, "kid": "stub"}, "algorithm"),
+    "crit": ({"alg": "RS256", "kid": "stub", "crit": [ECHO], ECHO: 1}, "malformed"),
+}
+
+
+@pytest.mark.parametrize("case", LOGOUT_HEADERS.values(), ids=LOGOUT_HEADERS.keys())
+async def test_a_logout_token_refused_is_described_without_its_text(
+    stub: StubProvider, case: Any
+) -> None:
+    """Anyone can POST a logout token to the back-channel endpoint, which logs the
+    refusal (`back-channel logout refused: ...`) and answers it: the message says
+    which check failed (TokenInvalid.check) without repeating the token's header."""
+    from aiohttp import ClientSession
+
+    from gateway.signin.oidc import TokenInvalid
+
+    header, check = case
+    now = int(time.time())
+    claims = {"iss": stub.url, "aud": STUB_CLIENT, "iat": now, "jti": "j", "sub": "alice",
+              "events": {"http://schemas.openid.net/event/backchannel-logout": {}}}  # fmt: skip
+    signed = jwt.encode(claims, stub.key, algorithm="RS256", headers={"kid": "stub"})
+    token = f"{_b64(json.dumps(header).encode())}.{signed.split('.', 1)[1]}"
+    config = SignInConfig(issuer=stub.url, client_id=STUB_CLIENT, scopes=SCOPES)
+    async with ClientSession() as session:
+        with pytest.raises(TokenInvalid) as refused:
+            await OidcClient(config, session).verify_logout_token(token)
+    assert refused.value.check == check
+    assert ECHO not in str(refused.value), str(refused.value)
 
 
 # --- bearer tokens -------------------------------------------------------------------------

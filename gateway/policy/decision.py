@@ -168,6 +168,49 @@ def refusal_input(
     return document
 
 
+# The parameters of an authorization response (RFC 6749 4.1.2 and 4.1.2.1, RFC
+# 9207, OIDC Session Management): a sign-in event names these, any other by REDACTED.
+_CALLBACK_PARAMETERS = frozenset(
+    {"code", "state", "iss", "error", "error_description", "error_uri", "session_state"}
+)
+
+
+def sign_in_input(request: web.Request, identity: Identity, request_id: str) -> dict[str, Any]:
+    """The decision input of a sign-in event (the callback): :func:`refusal_input`'s,
+    with the value of every query parameter masked. The callback's query is the
+    provider's answer: its code, its state (which names the browser's pre-auth
+    cookie) and an error_description that may repeat either; a browser can carry
+    them in a Referer too. So a header value holding a URL is masked the same
+    way, and parsed_query is empty."""
+    document = refusal_input(request, None, identity, request_id)
+    http = document["attributes"]["request"]["http"]
+    http["path"] = readable(_shorten(_query_masked(request.raw_path)))
+    http["headers"] = {
+        name: _query_masked(value) if "?" in value or "#" in value else value
+        for name, value in http["headers"].items()
+    }
+    document["parsed_query"] = {}
+    return document
+
+
+def _query_masked(target: str) -> str:
+    """``target`` with each query parameter's value REDACTED, the names of an
+    authorization response's parameters kept (others REDACTED too), and any
+    fragment REDACTED whole."""
+    target, hash_, _ = target.partition("#")
+    path, question, query = target.partition("?")
+    if question:
+        shown = []
+        for pair in re.split("[&;]", query):
+            if not pair:
+                continue
+            name, equals, _ = pair.partition("=")
+            name = name if name in _CALLBACK_PARAMETERS else REDACTED
+            shown.append(f"{name}={REDACTED}" if equals else name)
+        path += "?" + "&".join(shown)
+    return path + (f"#{REDACTED}" if hash_ else "")
+
+
 def unparsed_input(peer: Any, head: bytes, request_id: str) -> dict[str, Any]:
     """The decision input of a request aiohttp's parser refused before any handler
     ran: only the peer and the start of the request line are known. ``method`` and

@@ -96,7 +96,7 @@ class BackChannelLogout:
             return _answer(503, "temporarily_unavailable", f"shared state unavailable: {error}")
         if not applied:
             metrics.labels("replayed").inc()
-            log.warning("back-channel logout refused: jti %s replayed", claims["jti"][:64])
+            log.warning("back-channel logout refused: jti %r replayed", claims["jti"][:64])
             return _answer(400, "invalid_request", "logout token already used (jti replay)")
         metrics.labels("ok").inc()
         log.info("back-channel logout from %s: %s", issuer, what)

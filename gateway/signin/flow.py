@@ -23,6 +23,7 @@ from aiohttp import web
 from gateway.config import GatewayConfig, SignInConfig
 from gateway.identity import ANONYMOUS, Identity
 from gateway.policy.decision import Decision
+from gateway.provider_errors import oauth_error
 from gateway.shared.check import Refusal
 from gateway.signin import pages
 from gateway.signin.oidc import OidcClient, ProviderError, TokenInvalid, same
@@ -66,6 +67,10 @@ _STEP_UP_ASKED: web.RequestKey[dict[str, Any] | None] = web.RequestKey(
 Refuse = Callable[[web.Request, int, str, str], web.Response]
 # Records a sign-in in the decision log: (request, identity or None, outcome, step-up asked).
 RecordSignIn = Callable[[web.Request, Identity | None, int, str, dict[str, Any] | None], None]
+_NOT_PENDING = (
+    "This sign-in expired, was already used, or was started in another browser. "
+    "Start again from here."
+)
 
 
 def safe_return_to(value: str | None, host: str) -> str | None:
@@ -478,14 +483,20 @@ class BrowserSignIn:
 
     async def callback(self, request: web.Request) -> web.Response:
         """The provider's answer; every outcome is a sign-in event in the decision log
-        (OCSF Authentication for the SIEM), a failure with the page's status."""
-        response = await self._callback(request)
-        if self.record is not None and response.status >= 400:
+        (OCSF Authentication for the SIEM), a failure with the page's status and
+        which check failed (README "Browser sign-in and step-up" lists the words)."""
+        response, failed = await self._callback(request)
+        if self.record is not None and failed is not None:
             step_up = request.get(_STEP_UP_ASKED)
-            self.record(request, None, response.status, "sign-in failed", step_up)
+            self.record(request, None, response.status, f"sign-in failed: {failed}", step_up)
         return response
 
-    async def _callback(self, request: web.Request) -> web.Response:
+    async def _callback(self, request: web.Request) -> tuple[web.Response, str | None]:
+        """The answer to the browser, and which check failed (None: signed in).
+
+        Nothing the provider wrote reaches the page, the server log or the event
+        as it was written: its error_description, or the text of any answer, can
+        repeat the state, code or secrets of this sign-in."""
         query = request.query
         state = query.get("state")
         start_again = SIGN_IN_PATH
@@ -494,21 +505,15 @@ class BrowserSignIn:
                 "The answer from the sign-in provider has no state, so it can't be matched "
                 "to a sign-in this browser started.",
                 start_again,
-            )
+            ), "no_state"
         pending = self.cookies.load_pending(request, state)
         self.cookies.drop_pending(request, [self.cookies.pre_auth_name(state)])
-        created = pending.get("created") if pending else None
-        if (
-            pending is None
-            or not same(pending.get("state"), state)
-            or not isinstance(created, int)
-            or time.time() - created > PRE_AUTH_TTL
-        ):
-            return pages.sign_in_failed(
-                "This sign-in expired, was already used, or was started in another browser. "
-                "Start again from here.",
-                start_again,
-            )
+        if pending is None or not same(pending.get("state"), state):
+            # Forged, replayed, or the answer to another browser's sign-in.
+            return pages.sign_in_failed(_NOT_PENDING, start_again), "state_mismatch"
+        created = pending.get("created")
+        if not isinstance(created, int) or time.time() - created > PRE_AUTH_TTL:
+            return pages.sign_in_failed(_NOT_PENDING, start_again), "state_expired"
         return_to = safe_return_to(pending.get("return_to"), request.host) or HOME_PATH
         step_up = pending.get("step_up")
         step_up = _step_up(step_up) if step_up is not None else None
@@ -518,20 +523,26 @@ class BrowserSignIn:
         try:
             metadata = await self.client.metadata()
         except ProviderError as error:
-            return pages.sign_in_failed(str(error), start_again, 502)
-        if (issuer is not None and issuer != metadata.issuer) or (
-            issuer is None and metadata.iss_parameter_supported
-        ):
-            # RFC 9207: an answer from another provider (mix-up attack).
+            return pages.sign_in_failed(str(error), start_again, 502), "provider_unavailable"
+        if issuer is None and metadata.iss_parameter_supported:
+            # RFC 9207: the provider names itself in every answer; this one doesn't.
             return pages.sign_in_failed(
-                f"The answer came from {issuer or 'an unnamed issuer'}, "
-                f"not from {metadata.issuer}.",
+                f"The answer does not name the provider it came from, and {metadata.issuer} "
+                "always does (another provider's answer?).",
                 start_again,
-            )
+            ), "iss_missing"
+        if issuer is not None and issuer != metadata.issuer:
+            # RFC 9207: an answer from another provider (mix-up attack). What it
+            # names is not repeated: the page would show whatever it says.
+            return pages.sign_in_failed(
+                f"The answer is not from {metadata.issuer}: it names another provider.",
+                start_again,
+            ), "iss_mismatch"
+        secrets_sent = (state, pending.get("nonce"), pending.get("verifier"))
         if "error" in query:
-            said = query["error"] + (
-                f": {query['error_description']}" if query.get("error_description") else ""
-            )
+            # The error code alone: error_description is the provider's (or, with
+            # this browser's state, anyone's) text, and may repeat what it was sent.
+            said = oauth_error(query["error"], [str(s) for s in secrets_sent if s])
             if step_up is not None:
                 identity = await self.identity(request)
                 return pages.step_up_unmet(
@@ -542,34 +553,51 @@ class BrowserSignIn:
                     retry_url=start_again,
                     sign_out_url=SIGN_OUT_PATH,
                     provider_said=said,
-                )
+                ), f"provider_error:{said}"
             return pages.sign_in_failed(
-                f"The sign-in provider did not sign you in ({said}).", start_again, 401
-            )
+                f"The sign-in provider did not sign you in: {pages.provider_error(said)}.",
+                start_again,
+                401,
+            ), f"provider_error:{said}"
         code = query.get("code")
         if not code:
-            return pages.sign_in_failed("The provider's answer has no code.", start_again)
+            return pages.sign_in_failed(
+                "The provider's answer has no code.", start_again
+            ), "no_code"
         try:
             tokens = await self.client.exchange_code(
                 code, str(pending["verifier"]), str(pending["redirect_uri"])
             )
-            if tokens.id_token is None:
-                raise ProviderError("the provider sent no ID token (is 'openid' in the scopes?)")
-            claims = await self.client.verify_id_token(tokens.id_token, nonce=str(pending["nonce"]))
         except ProviderError as error:
             log.warning("sign-in failed at the token endpoint: %s", error)
-            return pages.sign_in_failed(f"Sign-in failed: {error}.", start_again, 502)
+            return pages.sign_in_failed(
+                f"Sign-in failed: {error}.", start_again, 502
+            ), f"code_exchange_failed:{error.cause}"
+        if tokens.id_token is None:
+            log.warning("sign-in failed: the token endpoint's answer has no ID token")
+            return pages.sign_in_failed(
+                "Sign-in failed: the provider sent no ID token (is 'openid' in the scopes?).",
+                start_again,
+                502,
+            ), "no_id_token"
+        try:
+            claims = await self.client.verify_id_token(tokens.id_token, nonce=str(pending["nonce"]))
+        except ProviderError as error:  # its metadata(): cached by now, so in practice never
+            log.warning("sign-in failed, the ID token can't be checked: %s", error)
+            return pages.sign_in_failed(
+                f"Sign-in failed: {error}.", start_again, 502
+            ), "provider_unavailable"
         except TokenInvalid as error:
             log.warning("sign-in refused, ID token failed a check: %s", error)
             return pages.sign_in_failed(
                 f"The provider's answer failed a security check: {error}.", start_again
-            )
+            ), f"id_token_invalid:{error.check}"
         if step_up is not None and step_up["max_age"] is not None and "auth_time" not in claims:
             return pages.sign_in_failed(
                 "The provider did not say when you signed in (no auth_time), "
                 "so a recent sign-in can't be proven.",
                 start_again,
-            )
+            ), "no_auth_time"
         now = int(time.time())
         marker = {**step_up, "at": now} if step_up is not None else None
         session = self._session_from(
@@ -587,7 +615,7 @@ class BrowserSignIn:
             session.acr,
             f" for step-up {step_up}" if step_up else "",
         )
-        return _redirect(return_to)
+        return _redirect(return_to), None
 
     async def sign_out(self, request: web.Request) -> web.Response:
         """GET shows a page whose button POSTs here; only that POST signs out.

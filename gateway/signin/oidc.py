@@ -21,6 +21,7 @@ import jwt
 from gateway.config import Issuer, SignInConfig
 from gateway.identity import subject_problem
 from gateway.jwks import JwksCache
+from gateway.provider_errors import UNRECOGNISED, oauth_error, transport_error
 
 log = logging.getLogger("portcullis.oidc")
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=10)
@@ -32,11 +33,32 @@ _ORIGIN = re.compile(
 
 class ProviderError(Exception):
     """The provider couldn't be reached or answered with an error; the message
-    is shown to the user, so it says what happened in plain words."""
+    is shown to the user and logged, so it says what happened in plain words and
+    holds none of the provider's own text. `cause` is one word for the decision
+    log: the provider's OAuth error code (gateway.provider_errors.oauth_error),
+    ``unavailable`` or ``not_json``."""
+
+    def __init__(self, message: str, cause: str = "unavailable") -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class TokenInvalid(Exception):
-    """An ID token that must not be trusted; the message says which check failed."""
+    """A token that must not be trusted. The message says which check failed in
+    the gateway's words, never with text from the token (the provider's answer,
+    or an attacker's): it is logged and shown. `check` names the check for the
+    decision log (README "Browser sign-in and step-up")."""
+
+    def __init__(self, message: str, check: str) -> None:
+        super().__init__(message)
+        self.check = check
+
+
+# The JWS algorithm names a message may repeat (`none`, `HS256`); any other text
+# in a token's `alg` is not shown.
+_KNOWN_ALGORITHMS = frozenset(jwt.algorithms.get_default_algorithms()) | {"none"}
+# What the token endpoint is sent that its answer must never be seen to repeat.
+_SECRET_FIELDS = ("code", "code_verifier", "refresh_token")
 
 
 @dataclass(frozen=True)
@@ -98,16 +120,21 @@ class OidcClient:
         assert self._keys is not None
         algorithm = header.get("alg")
         if not isinstance(algorithm, str) or algorithm not in self.config.algorithms:
+            known = isinstance(algorithm, str) and algorithm in _KNOWN_ALGORITHMS
+            named = repr(algorithm) if known else "of another kind"
             raise TokenInvalid(
-                f"{what} algorithm {algorithm!r} not allowed "
-                f"(allowed: {', '.join(self.config.algorithms)})"
+                f"{what} algorithm {named} not allowed "
+                f"(allowed: {', '.join(self.config.algorithms)})",
+                "algorithm",
             )
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
-            raise TokenInvalid(f"{what} header has no kid")
+            raise TokenInvalid(f"{what} header has no kid", "no_kid")
         key = await self._keys.get(kid)
         if key is None:
-            raise TokenInvalid(f"{what} signed with unknown key kid={kid!r}")
+            raise TokenInvalid(
+                f"{what} signed with a key (kid) the provider's JWKS doesn't have", "unknown_kid"
+            )
         return algorithm, key
 
     async def metadata(self) -> ProviderMetadata:
@@ -135,7 +162,7 @@ class OidcClient:
         if issuer != self.config.issuer and issuer != self.config.issuer + "/":
             # OpenID Discovery 4.3: a document for another issuer is a mix-up.
             raise ProviderError(
-                f"the provider's discovery document names issuer {issuer!r}, "
+                f"the provider's discovery document names {_issuer_shown(issuer)}, "
                 f"not the configured {self.config.issuer!r}"
             )
         fields = {}
@@ -147,8 +174,8 @@ class OidcClient:
         methods = document.get("code_challenge_methods_supported")
         if isinstance(methods, list) and "S256" not in methods:
             raise ProviderError(
-                "the provider does not support PKCE with S256 "
-                f"(code_challenge_methods_supported: {methods}); the gateway requires it"
+                "the provider does not support PKCE with S256 (its discovery document's "
+                "code_challenge_methods_supported leaves it out); the gateway requires it"
             )
         end_session = document.get("end_session_endpoint")
         metadata = ProviderMetadata(
@@ -179,11 +206,12 @@ class OidcClient:
                 if response.status != 200:
                     raise ProviderError(f"the provider answered {response.status} for {url}")
                 document = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+        except (aiohttp.ClientError, TimeoutError) as error:
             raise ProviderError(
-                f"the provider at {self.config.issuer} can't be reached "
-                f"({type(error).__name__}: {error})"
+                f"the provider at {self.config.issuer} can't be reached ({transport_error(error)})"
             ) from error
+        except ValueError as error:
+            raise ProviderError(f"{url} did not return JSON", "not_json") from error
         if not isinstance(document, dict):
             raise ProviderError(f"{url} did not return a JSON object")
         return document
@@ -236,7 +264,12 @@ class OidcClient:
         )
 
     async def _token(self, form: dict[str, str], what: str) -> TokenResponse:
+        """The token endpoint's answer. A refusal is told by its OAuth error code
+        alone: the provider's error_description can repeat the code, verifier,
+        refresh token or client secret it was sent, and the message is logged
+        and shown to the browser."""
         metadata = await self.metadata()
+        sent = [form.get(name) for name in _SECRET_FIELDS] + [self.config.client_secret]
         headers = {"Accept": "application/json"}
         if self.config.client_secret is None:
             form = {**form, "client_id": self.config.client_id}
@@ -255,17 +288,22 @@ class OidcClient:
             ) as response:
                 body = await response.json(content_type=None)
                 status = response.status
-        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+        except (aiohttp.ClientError, TimeoutError) as error:
             raise ProviderError(
-                f"the provider's token endpoint can't be reached ({type(error).__name__}: {error})"
+                f"the provider's token endpoint can't be reached ({transport_error(error)})"
+            ) from error
+        except ValueError as error:
+            raise ProviderError(
+                "the provider's token endpoint did not answer with JSON", "not_json"
             ) from error
         if not isinstance(body, dict):
-            raise ProviderError(f"the provider's token endpoint answered {status} without JSON")
+            raise ProviderError(
+                f"the provider's token endpoint answered {status} without a JSON object", "not_json"
+            )
         if status != 200:
-            code = str(body.get("error", f"HTTP {status}"))
-            description = body.get("error_description")
-            detail = f"{code} ({description})" if isinstance(description, str) else code
-            raise ProviderError(f"the provider refused {what}: {detail}")
+            code = oauth_error(body.get("error"), sent)
+            shown = "an unrecognised error" if code == UNRECOGNISED else code
+            raise ProviderError(f"the provider refused {what}: {shown} (HTTP {status})", code)
         id_token = body.get("id_token")
         refresh_token = body.get("refresh_token")
         expires_in = body.get("expires_in")
@@ -284,10 +322,7 @@ class OidcClient:
         iat, azp, and the nonce of this sign-in (or, on refresh, the same sub)."""
         metadata = await self.metadata()
         assert self._keys is not None
-        try:
-            header = jwt.get_unverified_header(token)
-        except (jwt.PyJWTError, UnicodeError) as error:  # PyJWT's header checks (kid, crit) too
-            raise TokenInvalid(f"malformed ID token: {error}") from error
+        header = _header(token, "ID token")
         algorithm, key = await self._signing_key(header, "ID token")
         try:
             claims: dict[str, Any] = jwt.decode(
@@ -300,26 +335,32 @@ class OidcClient:
                 options={"require": ["exp", "iat", "iss", "sub", "aud"]},
             )
         except jwt.ExpiredSignatureError as error:
-            raise TokenInvalid("ID token expired") from error
+            raise TokenInvalid("ID token expired", "expired") from error
         except jwt.InvalidAudienceError as error:
-            raise TokenInvalid(f"ID token is not for client {self.config.client_id!r}") from error
+            raise TokenInvalid(
+                f"ID token is not for client {self.config.client_id!r}", "audience"
+            ) from error
         except jwt.InvalidIssuerError as error:
-            raise TokenInvalid(f"ID token is not from {metadata.issuer}") from error
+            raise TokenInvalid(f"ID token is not from {metadata.issuer}", "issuer") from error
         except jwt.InvalidSignatureError as error:
-            raise TokenInvalid("ID token signature verification failed") from error
+            raise TokenInvalid("ID token signature verification failed", "signature") from error
         except jwt.PyJWTError as error:
-            raise TokenInvalid(f"invalid ID token: {error}") from error
+            raise _claims_invalid(error, "ID token") from error
         problem = subject_problem(claims)
         if problem is not None:
-            raise TokenInvalid(f"ID token: {problem}")
+            raise TokenInvalid(f"ID token: {problem}", "subject")
         audiences = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
         azp = claims.get("azp")
         if (azp is not None or len(audiences) > 1) and azp != self.config.client_id:
-            raise TokenInvalid(f"ID token azp {azp!r} is not this client")
+            raise TokenInvalid(
+                f"ID token azp (authorized party) is not {self.config.client_id!r}", "azp"
+            )
         if nonce is not None and not same(claims.get("nonce"), nonce):
-            raise TokenInvalid("ID token nonce does not match this sign-in (a replayed token?)")
+            raise TokenInvalid(
+                "ID token nonce does not match this sign-in (a replayed token?)", "nonce"
+            )
         if subject is not None and claims.get("sub") != subject:
-            raise TokenInvalid("refreshed ID token is for another subject")
+            raise TokenInvalid("refreshed ID token is for another subject", "another_subject")
         return claims
 
     async def verify_logout_token(self, token: str) -> dict[str, Any]:
@@ -330,18 +371,15 @@ class OidcClient:
         metadata = await self.metadata()
         assert self._keys is not None
         if len(token) > 8192:
-            raise TokenInvalid("logout token too large")
-        try:
-            header = jwt.get_unverified_header(token)
-        except (jwt.PyJWTError, UnicodeError) as error:
-            raise TokenInvalid(f"malformed logout token: {error}") from error
+            raise TokenInvalid("logout token too large", "too_large")
+        header = _header(token, "logout token")
         typ = header.get("typ")
         if typ is not None and str(typ).lower() not in (
             "logout+jwt",
             "application/logout+jwt",
             "jwt",
         ):
-            raise TokenInvalid(f"logout token typ {typ!r} is not logout+jwt")
+            raise TokenInvalid("logout token typ is not logout+jwt", "typ")
         algorithm, key = await self._signing_key(header, "logout token")
         try:
             claims: dict[str, Any] = jwt.decode(
@@ -355,16 +393,14 @@ class OidcClient:
             )
         except jwt.InvalidAudienceError as error:
             raise TokenInvalid(
-                f"logout token is not for client {self.config.client_id!r}"
+                f"logout token is not for client {self.config.client_id!r}", "audience"
             ) from error
         except jwt.InvalidIssuerError as error:
-            raise TokenInvalid(f"logout token is not from {metadata.issuer}") from error
+            raise TokenInvalid(f"logout token is not from {metadata.issuer}", "issuer") from error
         except jwt.InvalidSignatureError as error:
-            raise TokenInvalid("logout token signature verification failed") from error
-        except jwt.MissingRequiredClaimError as error:
-            raise TokenInvalid(f"logout token has no {error.claim!r} claim") from error
+            raise TokenInvalid("logout token signature verification failed", "signature") from error
         except jwt.PyJWTError as error:
-            raise TokenInvalid(f"invalid logout token: {error}") from error
+            raise _claims_invalid(error, "logout token") from error
         _check_logout_claims(claims, self.config.leeway)
         return claims
 
@@ -392,22 +428,56 @@ BACKCHANNEL_LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 LOGOUT_TOKEN_MAX_AGE = 300  # seconds; replayed jtis are remembered longer than this
 
 
+def _header(token: str, what: str) -> dict[str, Any]:
+    """The token's JOSE header; TokenInvalid (`malformed`) naming only the kind of
+    error, as PyJWT's messages may quote the token."""
+    try:
+        return jwt.get_unverified_header(token)
+    except (jwt.PyJWTError, UnicodeError) as error:  # PyJWT's header checks (kid, crit) too
+        raise TokenInvalid(f"malformed {what} ({type(error).__name__})", "malformed") from error
+
+
+def _claims_invalid(error: jwt.PyJWTError, what: str) -> TokenInvalid:
+    """A check PyJWT failed that has no message of its own above, said in the
+    gateway's words: PyJWT's messages may quote the token."""
+    if isinstance(error, jwt.MissingRequiredClaimError):  # the claim is one of ours
+        return TokenInvalid(f"{what} has no {error.claim!r} claim", "claims")
+    if isinstance(error, jwt.ImmatureSignatureError):
+        return TokenInvalid(f"{what} is not valid yet (iat or nbf in the future)", "claims")
+    if isinstance(error, jwt.DecodeError):
+        return TokenInvalid(f"malformed {what} ({type(error).__name__})", "malformed")
+    return TokenInvalid(f"invalid {what} ({type(error).__name__})", "claims")
+
+
+def _issuer_shown(issuer: object) -> str:
+    """A discovery document's issuer as a message may name it: a plain http(s)
+    URL is repeated (an operator needs it to fix the config), other text is not."""
+    if isinstance(issuer, str) and len(issuer) <= 200 and _ISSUER_URL.fullmatch(issuer):
+        return f"issuer {issuer!r}"
+    return "another issuer"
+
+
+_ISSUER_URL = re.compile(r"https?://[A-Za-z0-9.:\[\]-]+(/[A-Za-z0-9._~/-]*)?")
+
+
 def _check_logout_claims(claims: dict[str, Any], leeway: float) -> None:
     events = claims.get("events")
     if not isinstance(events, dict) or not isinstance(events.get(BACKCHANNEL_LOGOUT_EVENT), dict):
-        raise TokenInvalid(f"logout token has no events claim with {BACKCHANNEL_LOGOUT_EVENT}")
+        raise TokenInvalid(
+            f"logout token has no events claim with {BACKCHANNEL_LOGOUT_EVENT}", "events"
+        )
     if "nonce" in claims:
-        raise TokenInvalid("logout token carries a nonce (an ID token?); refused")
+        raise TokenInvalid("logout token carries a nonce (an ID token?); refused", "nonce")
     sub, sid = claims.get("sub"), claims.get("sid")
     if not isinstance(sub, str) and not isinstance(sid, str):
-        raise TokenInvalid("logout token names neither sub nor sid")
+        raise TokenInvalid("logout token names neither sub nor sid", "subject")
     if not isinstance(claims.get("jti"), str) or not claims["jti"]:
-        raise TokenInvalid("logout token jti must be a non-empty string")
+        raise TokenInvalid("logout token jti must be a non-empty string", "jti")
     iat = claims["iat"]
     if not isinstance(iat, int | float) or isinstance(iat, bool):
-        raise TokenInvalid("logout token iat is not a number")
+        raise TokenInvalid("logout token iat is not a number", "claims")
     age = time.time() - float(iat)
     if age > LOGOUT_TOKEN_MAX_AGE + leeway:
         raise TokenInvalid(
-            f"logout token issued {int(age)} s ago; at most {LOGOUT_TOKEN_MAX_AGE} s"
+            f"logout token issued {int(age)} s ago; at most {LOGOUT_TOKEN_MAX_AGE} s", "too_old"
         )

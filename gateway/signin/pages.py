@@ -9,6 +9,7 @@ from html import escape
 from aiohttp import web
 
 from gateway.identity import Identity
+from gateway.provider_errors import UNRECOGNISED
 
 METHOD_WORDS = {
     "pwd": "a password",
@@ -162,7 +163,7 @@ def step_up_unmet(
     max_age = asked.get("max_age")
     fresh = f", within the last {_duration(int(max_age))}" if isinstance(max_age, int) else ""
     said = (
-        f"<p>The sign-in provider said: <code>{escape(provider_said)}</code></p>"
+        f"<p>The sign-in provider did not sign you in: {escape(provider_error(provider_said))}.</p>"
         if provider_said
         else "<p>The sign-in provider signed you in, but without what this page needs.</p>"
     )
@@ -186,6 +187,30 @@ def sign_in_needed(sign_in_url: str) -> web.Response:
         f'<a class="button" href="{escape(sign_in_url)}">Sign in</a>'
     )
     return _page("Sign in", body, 401)
+
+
+# What an OAuth error code in an authorization response means (RFC 6749 4.1.2.1,
+# OIDC Core 3.1.2.6), in the gateway's words: the provider's own description is
+# never shown (gateway/provider_errors.py).
+_PROVIDER_ERRORS = {
+    "access_denied": "the sign-in was cancelled or refused at the provider",
+    "login_required": "the provider needs you to sign in there first",
+    "interaction_required": "the provider needs you to sign in there first",
+    "consent_required": "the provider needs you to sign in there first",
+    "account_selection_required": "the provider needs you to choose an account there first",
+    "unmet_authentication_requirements": "the provider could not verify you the way asked",
+    "server_error": "the provider had a problem; try again in a minute",
+    "temporarily_unavailable": "the provider had a problem; try again in a minute",
+}
+
+
+def provider_error(code: str) -> str:
+    """An authorization response's OAuth error code (already checked to be a code,
+    gateway.provider_errors.oauth_error) in plain words, with the code."""
+    if code == UNRECOGNISED:
+        return "the provider answered with an error the gateway does not recognise"
+    words = _PROVIDER_ERRORS.get(code, "the provider refused the sign-in request")
+    return f"{words} ({code})"
 
 
 def sign_in_failed(message: str, retry_url: str, status: int = 400) -> web.Response:
