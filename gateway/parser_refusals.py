@@ -29,9 +29,75 @@ from aiohttp.http_exceptions import (
 _LLHTTP = re.compile(
     r"(?:Bad status line:\n  )?(?P<what>[^\n]+?):\n\n  b(?P<q>['\"])[^\n]*(?P=q)\n *\^",
 )
-# What llhttp's reasons are made of ("Expected HTTP/, RTSP/ or ICE/", "Data after
-# `Connection: close`"): anything else is not one of them.
-_WORDS = re.compile(r"[A-Za-z][A-Za-z0-9 ,./:'`_()-]{0,99}")
+# llhttp's reasons, word for word (its source, as aiohttp 3.14 bundles it). Only
+# these are taken from a message of llhttp's shape: aiohttp's pure-Python parser
+# raises some errors with the client's bytes as the whole message (a chunk-size
+# line), and a client can shape those like llhttp's. A reason a newer llhttp adds
+# is described by its kind until it is listed here.
+_LLHTTP_REASONS = frozenset(
+    {
+        "Chunk size overflow",
+        "Content-Length can't be present with Transfer-Encoding",
+        "Content-Length overflow",
+        "Data after `Connection: close`",
+        "Duplicate Content-Length",
+        "Empty Content-Length",
+        "Expected CRLF",
+        "Expected CRLF after version",
+        "Expected HTTP/, RTSP/ or ICE/",
+        "Expected HTTP/2 Connection Preface",
+        "Expected LF after CR",
+        "Expected LF after chunk data",
+        "Expected LF after chunk size",
+        "Expected LF after headers",
+        "Expected SOURCE method for ICE/x.x request",
+        "Expected dot",
+        "Expected space after method",
+        "Expected space after version",
+        "Invalid EOF state",
+        "Invalid HTTP version",
+        "Invalid `Transfer-Encoding` header value",
+        "Invalid char in url fragment start",
+        "Invalid char in url path",
+        "Invalid char in url query",
+        "Invalid character in Content-Length",
+        "Invalid character in chunk extensions",
+        "Invalid character in chunk extensions name",
+        "Invalid character in chunk extensions quote value",
+        "Invalid character in chunk extensions quoted value",
+        "Invalid character in chunk extensions value",
+        "Invalid character in chunk size",
+        "Invalid characters in url",
+        "Invalid header field char",
+        "Invalid header token",
+        "Invalid header value char",
+        "Invalid major version",
+        "Invalid method encountered",
+        "Invalid method for HTTP/x.x request",
+        "Invalid method for RTSP/x.x request",
+        "Invalid minor version",
+        "Invalid quoted-pair in chunk extensions quoted value",
+        "Invalid response status",
+        "Invalid status code",
+        "Invalid word encountered",
+        "Missing expected CR after chunk data",
+        "Missing expected CR after chunk extension name",
+        "Missing expected CR after chunk extension value",
+        "Missing expected CR after chunk size",
+        "Missing expected CR after header value",
+        "Missing expected CR after response line",
+        "Missing expected LF after header value",
+        "Pause on CONNECT/Upgrade",
+        "Pause on PRI/Upgrade",
+        "Request has invalid `Transfer-Encoding`",
+        "Transfer-Encoding can't be present with Content-Length",
+        "Unexpected char in url schema",
+        "Unexpected char in url server",
+        "Unexpected space after start line",
+        "Unexpected start char in url",
+        "Unexpected whitespace after header value",
+    }
+)
 
 # Messages aiohttp raises word for word, quoting nothing.
 _FIXED = frozenset(
@@ -90,7 +156,7 @@ def describe(exc: HttpProcessingError) -> str:
     without a byte of the request: a refusal's reason is never masked."""
     said = exc.message or ""
     llhttp = _LLHTTP.fullmatch(said)
-    if llhttp and _WORDS.fullmatch(llhttp["what"]):
+    if llhttp and llhttp["what"] in _LLHTTP_REASONS:
         return llhttp["what"]
     if said in _FIXED or _CONTENT_LENGTH_SHORT.fullmatch(said):
         return said.rstrip(".")
