@@ -168,6 +168,7 @@ class HeaderTimeoutProtocol(RequestHandler):
         "_head",
         "_header_timeout",
         "_header_timer",
+        "_held",
         "_on_bad_request",
         "_on_cut",
         "_pending",
@@ -202,6 +203,9 @@ class HeaderTimeoutProtocol(RequestHandler):
         self._body: StreamReader | None = None  # the body of the request _head names
         self._carry = b""  # the last 3 bytes received: a head's end may straddle two reads
         self._refused = False  # the parser refused; it reads nothing more
+        # The rest of a read once aiohttp's queue of requests filled in it: given to
+        # the parser when aiohttp asks for what it kept (data_received(b"")).
+        self._held = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -276,6 +280,13 @@ class HeaderTimeoutProtocol(RequestHandler):
         a client gets anyway by sending the rest in a later read: its C parser
         ignores the rest of a read after an Upgrade it doesn't take, and its
         pure-Python parser refuses a read with more after `Connection: close`."""
+        if not data and self._held:
+            # aiohttp drained its queue and asks its parser for what it kept: ours
+            # follows that in the stream (its C parser puts its own first).
+            data, self._held = self._held, b""
+            self._forget()
+            super().data_received(data)
+            return
         if (
             not data  # aiohttp re-reading what its parser kept while the queue was full
             or self._refused
@@ -303,6 +314,14 @@ class HeaderTimeoutProtocol(RequestHandler):
             return
         start = 0
         for cuts in itertools.count():
+            if cuts and self._buffer_paused:
+                # aiohttp's queue filled: its C parser would still parse (and queue)
+                # what it is given next, past the queue's limit, and a refusal in it
+                # would drop the requests queued before. So the rest waits, as it
+                # waits in aiohttp's own parser when one call fills the queue.
+                self._held = data[start:]
+                self._forget()
+                return
             if self._body is not None and self._body.is_eof():
                 self._forget()  # the body ended somewhere in what was read: not known where
             cutting = self._body is None and not self._buffer_paused and cuts < CUTS_PER_READ
