@@ -602,7 +602,7 @@ async def test_step_up_the_provider_cant_satisfy_stops_after_one_round(
     assert stack.total_forwarded() == 1
 
 
-async def test_step_up_cancelled_at_the_provider_says_what_the_provider_said(
+async def test_step_up_cancelled_at_the_provider_names_its_error_code_in_the_gateways_words(
     stack: Stack, client: Browser
 ) -> None:
     await client.sign_in(stack.url + "/pos/", "bob", ["otp"])
