@@ -90,12 +90,11 @@ async def test_a_huge_or_gzip_bomb_answer_is_not_read_whole_into_the_shippers_me
 ) -> None:
     """A receiver (or anything on the path of a plain-http url) answers the batch's
     POST with 200 and a 64 MiB body; gzip'd, that is 64 KiB on the wire (aiohttp
-    decompresses it). HttpSink.send reads the whole answer with ``response.text()``
-    (bytes, then a str of it) although it looks at no more than 200 characters of
-    it: one answer costs the shipping process (every sink's shipper) 2-3 times the
-    body in memory. A 10 MiB gzip bomb is 10 GiB: the process is OOM-killed, the
-    supervisor restarts it, the batch is sent again, the same answer comes back:
-    shipping to every sink stops for good. Bounded here to 16 MiB."""
+    decompresses it). HttpSink.send reads at most 64 KiB of an answer: it once
+    read it whole (``response.text()``, 2-3 times the body in memory), and a
+    10 MiB gzip bomb (10 GiB) would have OOM-killed the shipping process, again
+    after every restart, and stopped the shipping to every sink for good.
+    Bounded here to 16 MiB."""
     size = 64 << 20
     zeros = b"\0" * size
     body = gzip.compress(zeros, compresslevel=9) if encoding == "gzip" else zeros
@@ -108,8 +107,13 @@ async def test_a_huge_or_gzip_bomb_answer_is_not_read_whole_into_the_shippers_me
             + "\r\n"
         )
         writer.write(head.encode())
-        writer.write(body)  # not copied: the receiver's own bytes stay out of the count
-        await writer.drain()
+        # A MiB at a time, each drained: the stand-in's own transport buffer (in this
+        # process, so traced too) stays small, and only the sink's memory is measured.
+        view = memoryview(body)
+        with contextlib.suppress(ConnectionError):
+            for start in range(0, len(view), 1 << 20):
+                writer.write(view[start : start + (1 << 20)])
+                await writer.drain()
 
     async with raw_receiver(answer) as port:
         sink = HttpSink(http_config(f"http://127.0.0.1:{port}/v1/logs", timeout=20.0))
@@ -402,43 +406,6 @@ async def test_a_syslog_receiver_that_accepts_but_never_reads_times_out_instead_
         finally:
             await sink.close()
     assert time.monotonic() - start < 5.0
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="documented limit (README: syslog has no application-level acknowledgement; "
-    "a receiver that dies with messages unread in its socket buffer loses them)",
-)
-async def test_a_syslog_batch_the_receiver_never_read_is_not_acknowledged() -> None:
-    """A syslog receiver (a daemon wedged on its disk, say) accepts the connection
-    and never reads from it; then it dies, and the kernel drops what it held
-    unread (a reset). The batch was small enough for the receiver's kernel buffer,
-    so its TCP stack acknowledged every byte: SyslogSink.send returned, i.e. the
-    shipper moved the cursor past records the SIEM never saw, and never sends them
-    again. The promise: a batch is acknowledged only when the receiver truly
-    accepted it."""
-    gone = asyncio.Event()
-
-    async def wedged(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(0.3)  # never reads
-        sock = writer.get_extra_info("socket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
-        writer.transport.abort()
-        gone.set()
-
-    async with raw_receiver(wedged) as port:
-        sink = SyslogSink(SinkConfig("siem", "syslog", address=f"127.0.0.1:{port}", timeout=2.0))
-        message = sink.encode({"decision_id": "d1", "seq": 1}, {"decision_id": "d1"})
-        try:
-            acknowledged = True
-            try:
-                await sink.send([message])
-            except SinkError:
-                acknowledged = False
-            await asyncio.wait_for(gone.wait(), 5.0)
-        finally:
-            await sink.close()
-    assert not acknowledged, "a batch no receiver ever read was acknowledged (cursor moved past it)"
 
 
 # --- TLS: a receiver that can't be verified never gets the batch nor the token ---------------

@@ -36,6 +36,8 @@ from portcullis import __version__
 # takes 0.55 us at 10.8:1. The same gzip stream (RFC 1952): any receiver reads it.
 # The gateway's host is where CPU is short; the SIEM's network rarely is.
 GZIP_LEVEL = 1
+# The most of a receiver's answer read (see _answer).
+ANSWER_MAX_BYTES = 64 * 1024
 
 
 class HttpSink:
@@ -82,7 +84,7 @@ class HttpSink:
                 self.config.url, data=body, headers=headers, allow_redirects=False,
                 ssl=tls if tls is not None else True, server_hostname=server_name,
             ) as response:  # fmt: skip
-                text = await response.text(errors="replace")
+                text = await _answer(response)
                 if 300 <= response.status < 400:
                     # Following it would POST nowhere useful (a 301/302 turns into a
                     # GET) and count the batch as delivered: a failure, retried.
@@ -147,6 +149,29 @@ class HttpSink:
             raise SinkError(f"token_file {self.config.token_file}: {error.strerror}") from error
         except ValueError as error:
             raise SinkError(f"token_file {error}") from error
+
+
+async def _answer(response: aiohttp.ClientResponse) -> str:
+    """The start of the receiver's answer, decoded: at most ANSWER_MAX_BYTES of it
+    (HEC's acknowledgement is some 30 bytes; of an error page, its start is all
+    that is shown). Read whole, a 64 MiB answer, or a gzip bomb of a few KB on the
+    wire, took the shipping process's memory with it, and every sink's shipping
+    with the process. A longer answer is no acknowledgement (it isn't HEC's), and
+    its connection is closed rather than drained."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < ANSWER_MAX_BYTES:
+        chunk = await response.content.read(ANSWER_MAX_BYTES - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if not response.content.at_eof():
+        response.close()
+    try:
+        return b"".join(chunks).decode(response.charset or "utf-8", errors="replace")
+    except LookupError:  # a charset Python doesn't know
+        return b"".join(chunks).decode("utf-8", errors="replace")
 
 
 def _check_hec(url: str, response: aiohttp.ClientResponse, text: str) -> None:
