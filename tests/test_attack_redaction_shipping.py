@@ -230,13 +230,13 @@ async def test_a_query_secret_in_a_request_whose_headers_never_end_is_masked_in_
     assert Outcome([event], texts).leaks("SECRETheaders431") == {}
 
 
-async def test_the_parsers_refusal_reason_echoes_an_authorization_header_into_reasons(
+async def test_an_authorization_header_the_parser_refuses_is_not_echoed_into_reasons(
     aiohttp_server: ServerFactory, tmp_path: Path
 ) -> None:
-    """DEFECT. aiohttp's C parser puts the offending line in its message
-    (`Invalid header value char: b'Authorization: Bearer ...'`); LimitedServer
-    .handle_error makes it the refusal's reason, and result.reasons is never
-    masked. It reaches OCSF message/status_detail and ECS event.reason too."""
+    """aiohttp's C parser puts the offending line in its message (`Invalid header
+    value char: b'Authorization: Bearer ...'`). The refusal's reason, never
+    masked, and OCSF message/status_detail and ECS event.reason with it, keep
+    only the parser's own words (it once was the whole message)."""
     data = b"GET /wms/stock HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer SECRETreason\x01x\r\n\r\n"
     outcome = await attack(aiohttp_server, tmp_path, data)
     (event,) = outcome.events

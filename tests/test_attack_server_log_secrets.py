@@ -17,8 +17,7 @@ requests aiohttp's parser refuses are logged too. The server log is captured
 from every `portcullis*` logger and aiohttp's error loggers at DEBUG, tracebacks
 included (aiohttp.access is left out: production runs with access_log=None).
 
-Tests named ``..._defect`` fail on the code as reviewed; the rest are regression
-tests for what held.
+The review's defects are fixed; each test here now checks what held or was fixed.
 """
 
 from __future__ import annotations
