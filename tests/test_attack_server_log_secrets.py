@@ -945,12 +945,16 @@ async def test_a_short_jwt_sent_as_x_request_id_is_not_logged_as_the_correlation
     assert event["input"]["attributes"]["request"]["http"]["id"] == event["decision_id"]
 
 
-def test_a_jwt_in_the_logged_request_id_is_masked_whatever_put_it_there() -> None:
+@pytest.mark.parametrize("encoded", [False, True], ids=["as-is", "percent-encoded"])
+def test_a_jwt_in_the_logged_request_id_is_masked_whatever_put_it_there(encoded: bool) -> None:
     """The redactor's backstop: an event whose http.id holds a JWT (from any path
-    that fills it) is logged with it masked, and says so."""
+    that fills it), as sent or percent-encoded (server._request_id refuses both),
+    is logged with it masked, and says so."""
     from gateway.audit.redaction import ID_POINTER, Redactor
 
     token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ2aWN0aW0ifQ.SECRETidBACKSTOP"
+    if encoded:
+        token = token.replace("eyJ", "%65yJ")
     event = {"input": {"attributes": {"request": {"http": {"id": f"req-{token}"}}}}}
     masked, _ = Redactor().apply(event)
     assert "SECRETidBACKSTOP" not in json.dumps(event)
