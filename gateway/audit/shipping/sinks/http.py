@@ -168,10 +168,11 @@ async def _answer(response: aiohttp.ClientResponse) -> str:
         size += len(chunk)
     if not response.content.at_eof():
         response.close()
+    answer = b"".join(chunks)
     try:
-        return b"".join(chunks).decode(response.charset or "utf-8", errors="replace")
+        return answer.decode(response.charset or "utf-8", errors="replace")
     except LookupError:  # a charset Python doesn't know
-        return b"".join(chunks).decode("utf-8", errors="replace")
+        return answer.decode("utf-8", errors="replace")
 
 
 def _check_hec(url: str, response: aiohttp.ClientResponse, text: str) -> None:
