@@ -309,7 +309,7 @@ class HeaderTimeoutProtocol(RequestHandler):
             self._fresh = False
             self._head, self._body = data[:HEAD_KEPT], None
             super().data_received(data)
-            self._after_piece(queued, cut=True)
+            self._after_piece(queued, queued, cut=True)
             self._carry = data[-3:]
             return
         start = 0
@@ -336,23 +336,22 @@ class HeaderTimeoutProtocol(RequestHandler):
                 self._head = (self._head + more)[:HEAD_KEPT]
             before = len(self._messages)
             super().data_received(piece)
-            if self._after_piece(queued, cut=cutting, before=before):
+            if self._after_piece(queued, before, cut=cutting):
                 return
             if end < 0 or end == len(data):
-                break  # (the usual read: one request head, whole)
+                break  # nothing left after this piece
             start = end
         self._carry = (self._carry + data[-3:])[-3:]
 
-    def _after_piece(self, queued: int, *, cut: bool, before: int | None = None) -> bool:
-        """After the parser took a piece (from ``before`` messages queued; the
+    def _after_piece(self, queued: int, before: int, *, cut: bool) -> bool:
+        """After the parser took a piece (with ``before`` messages queued; the
         read began at ``queued``): True if it refused it."""
-        start = queued if before is None else before
-        if len(self._messages) == start + 1:  # the usual: one request, or one refusal
+        if len(self._messages) == before + 1:  # the usual: one request, or one refusal
             message, payload = self._messages[-1]
             if isinstance(message, RawRequestMessage):
                 self._ended([(message, payload)], cut=cut and not self._buffer_paused)
                 return False
-        new = list(itertools.islice(self._messages, start, None))
+        new = list(itertools.islice(self._messages, before, None))
         if any(not isinstance(message, RawRequestMessage) for message, _ in new):
             self._refused_in(queued, cut=cut)
             return True
