@@ -81,6 +81,19 @@ def http_config(url: str, token_file: Path | None = None, **kw: object) -> SinkC
 BATCH = [b'{"decision_id":"d1","seq":1}', b'{"decision_id":"d2","seq":2}']
 
 
+async def not_acknowledged(
+    sink: HttpSink | SyslogSink, batch: list[bytes] = BATCH, match: str | None = None
+) -> SinkError:
+    """Send ``batch``, which the sink must not count as delivered (a SinkError, so
+    the shipper retries it); the sink is closed after. Returns the error."""
+    try:
+        with pytest.raises(SinkError, match=match) as caught:
+            await sink.send(batch)
+    finally:
+        await sink.close()
+    return caught.value
+
+
 # --- memory: the receiver's answer is read whole ----------------------------------------------
 
 
@@ -159,11 +172,7 @@ async def test_a_redirect_to_another_port_gets_neither_the_token_nor_an_acknowle
         async with raw_receiver(redirect) as port:
             (tmp_path / "token").write_text("s3cret-token\n")
             sink = HttpSink(http_config(f"http://127.0.0.1:{port}/v1/logs", tmp_path / "token"))
-            try:
-                with pytest.raises(SinkError, match="redirected"):
-                    await sink.send(BATCH)
-            finally:
-                await sink.close()
+            await not_acknowledged(sink, match="redirected")
     assert seen_elsewhere == []
 
 
@@ -196,12 +205,9 @@ async def test_a_hec_200_that_says_failure_or_is_not_hecs_answer_is_not_an_ackno
     async with raw_receiver(answer) as port:
         (tmp_path / "token").write_text("t")
         url = f"http://127.0.0.1:{port}/services/collector/event"
-        sink = HttpSink(http_config(url, tmp_path / "token", envelope="splunk_hec"))
-        try:
-            with pytest.raises(SinkError):
-                await sink.send(BATCH)
-        finally:
-            await sink.close()
+        await not_acknowledged(
+            HttpSink(http_config(url, tmp_path / "token", envelope="splunk_hec"))
+        )
 
 
 async def test_a_receiver_that_reads_the_batch_and_never_answers_times_out_not_acknowledged() -> (
@@ -212,13 +218,10 @@ async def test_a_receiver_that_reads_the_batch_and_never_answers_times_out_not_a
         await asyncio.sleep(3600)
 
     async with raw_receiver(silent) as port:
-        sink = HttpSink(http_config(f"http://127.0.0.1:{port}/v1/logs", timeout=0.5))
         start = time.monotonic()
-        try:
-            with pytest.raises(SinkError):
-                await sink.send(BATCH)
-        finally:
-            await sink.close()
+        await not_acknowledged(
+            HttpSink(http_config(f"http://127.0.0.1:{port}/v1/logs", timeout=0.5))
+        )
     assert time.monotonic() - start < 3.0
 
 
@@ -236,13 +239,10 @@ async def test_a_slow_drip_answer_is_cut_at_the_timeout_not_acknowledged() -> No
             await asyncio.sleep(0.05)
 
     async with raw_receiver(drip) as port:
-        sink = HttpSink(http_config(f"http://127.0.0.1:{port}/v1/logs", timeout=0.7))
         start = time.monotonic()
-        try:
-            with pytest.raises(SinkError):
-                await sink.send(BATCH)
-        finally:
-            await sink.close()
+        await not_acknowledged(
+            HttpSink(http_config(f"http://127.0.0.1:{port}/v1/logs", timeout=0.7))
+        )
     assert time.monotonic() - start < 3.0
 
 
@@ -263,12 +263,9 @@ async def test_a_connection_cut_before_the_whole_answer_is_not_an_acknowledgemen
         writer.close()
 
     async with raw_receiver(cutter) as port:
-        sink = HttpSink(http_config(f"http://127.0.0.1:{port}/v1/logs", timeout=2.0))
-        try:
-            with pytest.raises(SinkError):
-                await sink.send(BATCH)
-        finally:
-            await sink.close()
+        await not_acknowledged(
+            HttpSink(http_config(f"http://127.0.0.1:{port}/v1/logs", timeout=2.0))
+        )
 
 
 async def test_a_chunked_gzipped_503_is_a_retry_with_its_reason() -> None:
@@ -292,12 +289,8 @@ async def test_a_chunked_gzipped_503_is_a_retry_with_its_reason() -> None:
 
     async with raw_receiver(answer) as port:
         sink = HttpSink(http_config(f"http://127.0.0.1:{port}/v1/logs"))
-        try:
-            with pytest.raises(SinkError, match="overloaded") as caught:
-                await sink.send(BATCH)
-        finally:
-            await sink.close()
-    assert caught.value.retry_after == 7.0
+        error = await not_acknowledged(sink, match="overloaded")
+    assert error.retry_after == 7.0
 
 
 # --- the token -------------------------------------------------------------------------------
@@ -400,11 +393,7 @@ async def test_a_syslog_receiver_that_accepts_but_never_reads_times_out_instead_
         sink = SyslogSink(SinkConfig("siem", "syslog", address=f"127.0.0.1:{port}", timeout=0.5))
         big = [b"%d " % 60000 + b"x" * 60000 for _ in range(200)]  # 12 MB
         start = time.monotonic()
-        try:
-            with pytest.raises(SinkError):
-                await sink.send(big)
-        finally:
-            await sink.close()
+        await not_acknowledged(sink, big)
     assert time.monotonic() - start < 5.0
 
 
@@ -525,11 +514,7 @@ async def test_a_receiver_whose_certificate_fails_verification_gets_no_batch_and
                 SinkConfig("siem", "syslog", address=f"localhost:{port}", tls=SinkTls(ca_file=ca),
                            timeout=3.0)
             )  # fmt: skip
-        try:
-            with pytest.raises(SinkError):
-                await sink.send(BATCH)
-        finally:
-            await sink.close()
+        await not_acknowledged(sink)
     assert not any(got), got
 
 
