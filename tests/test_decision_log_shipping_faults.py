@@ -768,9 +768,9 @@ async def test_a_record_too_deep_to_encode_ships_as_damaged_and_never_stops_the_
 ) -> None:
     """JSON the parser reads but the encoder refuses (a policy's step_up nested
     past orjson's 254 levels; the writer's stdlib fallback can write such a
-    line): every format carries step_up, so in each the record ships as a
-    damaged one with its text and its decision_id and seq, and the records
-    after it ship."""
+    line): ocsf and ecs carry step_up, so in each the record ships as a damaged
+    one with its text and its decision_id and seq; opa ships the line as
+    written (valid JSON, the chain_hash added). The records after it ship."""
 
     deep = "[" * 300 + "]" * 300
     log = tmp_path / "decisions.log"
@@ -782,7 +782,9 @@ async def test_a_record_too_deep_to_encode_ships_as_damaged_and_never_stops_the_
     assert all(s.report()["failing"] == 0.0 and s.report()["acked_seq"] == 3 for s in shippers)
     opa = log_records(tmp_path / "opa.jsonl")
     assert [r.get("seq") for r in opa] == [1, 2, 3] and opa[1]["decision_id"] == "b"
-    assert opa[1]["damaged"].startswith('{"seq": 2, "decision_id": "b", "result": {"step_up": [[[')
+    assert "damaged" not in opa[1]
+    assert opa[1]["chain_hash"] == line_hash(log.read_bytes().split(b"\n")[1])
+    assert json.dumps(opa[1]["result"]["step_up"]) == "[" * 300 + "]" * 300
     ocsf = log_records(tmp_path / "ocsf.jsonl")[1]
     assert ocsf["activity_name"] == "damaged_record"
     assert (ocsf["metadata"]["uid"], ocsf["metadata"]["sequence"]) == ("b", 2)
@@ -969,8 +971,8 @@ async def test_a_line_that_is_not_json_still_ships_with_no_seq_beside_one_that_p
     tmp_path: Path,
 ) -> None:
     """Between the records, a line that is not JSON (no seq: 0 would read as one)
-    and a record too deep to encode (its seq: the SIEM sees no gap); the shipper
-    counts the latter's seq as acknowledged."""
+    and a record too deep to encode (its seq: the SIEM sees no gap; opa ships
+    that one as written); the shipper counts the latter's seq as acknowledged."""
     deep = "[" * 300 + "]" * 300
     log = tmp_path / "decisions.log"
     log.write_bytes(b'{"seq": 1, "decision_id": "a"}\nnot json\n'
@@ -980,7 +982,7 @@ async def test_a_line_that_is_not_json_still_ships_with_no_seq_beside_one_that_p
     assert all(s.report()["acked_seq"] == 2 for s in shippers)
     opa = log_records(tmp_path / "opa.jsonl")
     assert [(r.get("seq"), r.get("decision_id"), "damaged" in r) for r in opa] == [
-        (1, "a", False), (None, None, True), (2, "b", True)]  # fmt: skip
+        (1, "a", False), (None, None, True), (2, "b", False)]  # fmt: skip
     ocsf = log_records(tmp_path / "ocsf.jsonl")
     assert "sequence" not in ocsf[1]["metadata"] and ocsf[2]["metadata"]["sequence"] == 2
     assert ocsf[1]["unmapped"]["portcullis"] == {"chain_hash": line_hash(b"not json")}

@@ -31,6 +31,7 @@ from gateway.audit.chain import SIGNATURE_TYPE, rfc3339_ns
 from gateway.audit.shipping.cursor import Cursor, CursorState
 from gateway.audit.shipping.formats import formatter
 from gateway.audit.shipping.formats.fields import damaged_record, epoch_ms, without_surrogates
+from gateway.audit.shipping.formats.opa import encode_line
 from gateway.audit.shipping.settings import SinkConfig, without_userinfo
 from gateway.audit.shipping.sinks.base import Sink, SinkError
 from gateway.audit.tail import LogTail, TailLine, parse_record
@@ -81,6 +82,8 @@ class Shipper:
         self.log_path = Path(log_path)
         self._cursor = Cursor(self.log_path, config.name)
         self._format = formatter(config.format)
+        # The opa format ships most lines as they are, unparsed (opa.encode_line).
+        self._fast = encode_line if config.format == "opa" else None
         self._tail: LogTail | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -230,19 +233,25 @@ class Shipper:
         express (nested deeper than the JSON encoder goes, say), is shipped as a
         damaged record with its text (and the record's seq, if it has one: it
         counts here as any record's does): one record never stops the log behind it."""
-        encode, format_ = sink.encode, self._format
+        encode, format_, fast = sink.encode, self._format, self._fast
         encoded: list[bytes] = []
         first_stamp = ""
         last_seq: int | None = None
         seq_before: int | None = None
         for line in lines:
-            record = parse_record(line.raw)
-            if record is None:
-                record = self._damaged(line, "is not a JSON record (damaged?)")
             try:
-                data = encode(record, format_(record, line.digest))
+                quick = fast(line.raw, line.digest) if fast is not None else None
+                if quick is not None:
+                    record, text = quick
+                    data = sink.encode_json(record, text)
+                else:
+                    parsed = parse_record(line.raw)
+                    if parsed is None:
+                        parsed = self._damaged(line, "is not a JSON record (damaged?)")
+                    record = parsed
+                    data = encode(record, format_(record, line.digest))
             except Exception:  # whatever it is, the record still ships
-                record, data = self._encode_anyway(sink, record, line)
+                record, data = self._encode_anyway(sink, line)
             if not encoded:
                 first_stamp = str(record.get("timestamp") or record.get("signed_at") or "")
             encoded.append(data)
@@ -253,14 +262,17 @@ class Shipper:
                 last_seq = seq
         return Batch(encoded, first_stamp, last_seq, seq_before)
 
-    def _encode_anyway(
-        self, sink: Sink, record: dict[str, Any], line: TailLine
-    ) -> tuple[dict[str, Any], bytes]:
-        """A record the format or sink refused: again with its lone surrogates
-        replaced (bytes of a request that were not UTF-8), else as a damaged
-        record with its text and its decision_id, seq and prev_hash (taken from
-        the cleaned record: a surrogate in them would be refused again). Returns
-        the record shipped and its bytes."""
+    def _encode_anyway(self, sink: Sink, line: TailLine) -> tuple[dict[str, Any], bytes]:
+        """A record the format or sink refused: parsed again (the refusal may
+        have come before it was), again with its lone surrogates replaced (bytes
+        of a request that were not UTF-8), else as a damaged record with its
+        text and its decision_id, seq and prev_hash (taken from the cleaned
+        record: a surrogate in them would be refused again). Returns the record
+        shipped and its bytes."""
+        record = parse_record(line.raw)
+        if record is None:
+            damaged = self._damaged(line, "is not a JSON record (damaged?)")
+            return damaged, sink.encode(damaged, self._format(damaged, line.digest))
         clean = without_surrogates(record)
         try:
             return clean, sink.encode(clean, self._format(clean, line.digest))

@@ -26,6 +26,12 @@ class Sink(Protocol):
         Called as each record is read, so a batch holds bytes, not objects."""
         ...
 
+    def encode_json(self, record: dict[str, Any], text: bytes) -> bytes:
+        """The same, from the format's JSON ``text`` of the record, already
+        encoded (:func:`gateway.audit.shipping.formats.opa.encode_line`'s); the
+        bytes are those :meth:`encode` gives for the object ``text`` holds."""
+        ...
+
     async def send(self, batch: list[bytes]) -> int:
         """Deliver the encoded records and wait for the receiver's acknowledgement;
         the bytes sent. Raises SinkError (or OSError, TimeoutError) if not

@@ -23,6 +23,9 @@ class FileSink:
     def encode(self, record: dict[str, Any], formatted: dict[str, Any]) -> bytes:
         return orjson.dumps(formatted, option=orjson.OPT_APPEND_NEWLINE)
 
+    def encode_json(self, record: dict[str, Any], text: bytes) -> bytes:
+        return text + b"\n"
+
     async def send(self, batch: list[bytes]) -> int:
         data = b"".join(batch)
         start = -1

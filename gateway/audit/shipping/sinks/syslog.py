@@ -76,6 +76,9 @@ class SyslogSink:
 
     def encode(self, record: dict[str, Any], formatted: dict[str, Any]) -> bytes:
         """One octet-counted RFC 5424 message."""
+        return self.encode_json(record, orjson.dumps(formatted))
+
+    def encode_json(self, record: dict[str, Any], text: bytes) -> bytes:
         signature = record.get("type") == SIGNATURE_TYPE
         if signature:
             msgid, severity, stamp = "chain_head", INFO, str(record.get("signed_at", ""))
@@ -100,7 +103,7 @@ class SyslogSink:
             f"{self._pri[severity]}{_timestamp(stamp)}{self._after_time}{msgid} "
             f"[portcullis@{ENTERPRISE_ID}{params}] "
         ).encode()
-        message = header + BOM + orjson.dumps(formatted)
+        message = header + BOM + text
         return str(len(message)).encode() + b" " + message
 
     async def close(self) -> None:
