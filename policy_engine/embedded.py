@@ -83,10 +83,12 @@ def new_engine(policy_set: PolicySet) -> Any:
     return engine
 
 
-def compile_policy(policy_set: PolicySet) -> CompiledPolicy:
+def compile_policy(policy_set: PolicySet, *, evaluate: bool = True) -> CompiledPolicy:
     """Parse every module, check data against rules, and evaluate every entry point
     once so that unsafe variables and unknown functions fail here, not on a request.
-    Raises PolicyLoadError listing every problem found."""
+    Raises PolicyLoadError listing every problem found. ``evaluate=False`` leaves out
+    the evaluation, for a policy set whose evaluation a child process has just done
+    (a gateway's hot reload: gateway/policy/load_probe.py)."""
     engine = regorus.Engine()
     # A print() in a rule evaluated here is no output: `opa check` prints only errors.
     engine.set_gather_prints(True)
@@ -117,7 +119,7 @@ def compile_policy(policy_set: PolicySet) -> CompiledPolicy:
     problems.extend(_unknown_functions(shapes))
     engine.set_input({})
     # Tests run under `policy test`, where an error is that test's failure.
-    for ref in compiled.rule_refs(include_tests=False):
+    for ref in compiled.rule_refs(include_tests=False) if evaluate else ():
         try:
             _eval_ref(engine, ref)
         except (RuntimeError, ValueError) as error:
@@ -439,8 +441,9 @@ class EmbeddedEngine:
         compiled_refs: tuple[str, ...] = (),
         confirm: Callable[[str, Any], bool] | None = None,
         gather_prints: bool = False,
+        evaluate_at_load: bool = True,
     ) -> None:
-        self.compiled = compile_policy(policy_set)
+        self.compiled = compile_policy(policy_set, evaluate=evaluate_at_load)
         self.timeout = timeout
         self.confirm = confirm
         # Keep print() output for take_prints() rather than let regorus write it

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.metrics import Metrics
+from gateway.policy import load_probe
 from gateway.policy.decision import DECISION_REF, lets_through
 from gateway.policy.memo import READS_REF
 from policy_engine import (
@@ -68,12 +69,13 @@ def _fingerprint(source: Path) -> Fingerprint:
     return tuple(state)
 
 
-def build_engine(source: str, *, timeout_ms: float) -> PolicyEngine:
+def build_engine(source: str, *, timeout_ms: float, evaluate: bool = True) -> PolicyEngine:
     """The engine the gateway decides with for ``source``: an OPA URL, or a policy
     directory or bundle on the embedded engine with the decision on its compiled
     VM. Replay and shadow mode build theirs here too, so they decide alike.
     Raises PolicyError, OSError or ValueError when it can't load (a hot reload
-    rejects anything else it raises too: see :func:`build_or_reason`)."""
+    rejects anything else it raises too: see :func:`build_or_reason`).
+    ``evaluate=False``: its rules were evaluated once by a child (load_probe)."""
     if source.startswith(("http://", "https://")):
         return OpaServerEngine(source, timeout=timeout_ms / 1000)
     engine = EmbeddedEngine(
@@ -81,6 +83,7 @@ def build_engine(source: str, *, timeout_ms: float) -> PolicyEngine:
         timeout=timeout_ms / 1000,
         compiled_refs=(DECISION_REF, READS_REF),  # reads: only if the policy has it
         confirm=lets_through,
+        evaluate_at_load=evaluate,
     )
     if not engine.compiled.knows(DECISION_REF):
         # It would deny every request: a reload keeps the last good policy instead,
@@ -93,19 +96,30 @@ def build_engine(source: str, *, timeout_ms: float) -> PolicyEngine:
     return engine
 
 
-def build_or_reason(source: str, *, timeout_ms: float) -> tuple[PolicyEngine | None, str | None]:
+def build_or_reason(
+    source: str, *, timeout_ms: float, probed: bool = False
+) -> tuple[PolicyEngine | None, str | None]:
     """The engine for ``source``, or why it didn't load, from files that did not
     change while they were read. Files are read one by one (a ConfigMap mount's
     each through its ``..data`` link): a change between two reads would build a
     policy set that is neither the old version nor the new one, possibly without a
-    rule that both have, so such a build is dropped and the files read again."""
+    rule that both have, so such a build is dropped and the files read again.
+
+    ``probed`` (a hot reload of a live gateway): a child process loads the files
+    first, within load_probe.LOAD_PROBE_TIMEOUT, and this process builds them only
+    when that passed, without evaluating the rules again (regorus would hold the
+    GIL, and the event loop, for as long as they take). The files must not change
+    from before the child read them until this build has."""
     if source.startswith(("http://", "https://")):
         return _build_or_reason(source, timeout_ms=timeout_ms)
     for attempt in range(SETTLE_TRIES):
         if attempt:
             time.sleep(SETTLE_PAUSE * attempt)
         before = source_fingerprint(Path(source))
-        engine, error = _build_or_reason(source, timeout_ms=timeout_ms)
+        engine: PolicyEngine | None = None
+        error = load_probe.probe(source, timeout_ms=timeout_ms) if probed else None
+        if error is None:
+            engine, error = _build_or_reason(source, timeout_ms=timeout_ms, evaluate=not probed)
         if before is not None and source_fingerprint(Path(source)) == before:
             return engine, error
         engine = None  # dropped here, on the thread that built it
@@ -115,14 +129,16 @@ def build_or_reason(source: str, *, timeout_ms: float) -> tuple[PolicyEngine | N
     )
 
 
-def _build_or_reason(source: str, *, timeout_ms: float) -> tuple[PolicyEngine | None, str | None]:
+def _build_or_reason(
+    source: str, *, timeout_ms: float, evaluate: bool = True
+) -> tuple[PolicyEngine | None, str | None]:
     """The engine for ``source``, or why it didn't load. Anything the build raises is
     a rejected policy, never the end of the caller: a hot reload that let an
     unexpected error through would stop reloading for good. The error comes back
     as text, so no traceback keeps the failed engine alive (regorus objects must
     be dropped on the thread that made them)."""
     try:
-        return build_engine(source, timeout_ms=timeout_ms), None
+        return build_engine(source, timeout_ms=timeout_ms, evaluate=evaluate), None
     except (PolicyError, OSError, ValueError) as error:
         return None, str(error)
     except Exception as error:  # fail closed on anything
@@ -164,7 +180,10 @@ class PolicyHolder:
         return self.source.startswith(("http://", "https://"))
 
     def _build_in_worker(self) -> tuple[PolicyEngine | None, str | None]:
-        engine, error = build_or_reason(self.source, timeout_ms=self.timeout * 1000)
+        # At start nothing is served yet; once a policy is live, a candidate is loaded
+        # by a child first, so that a very slow rule can't stop the event loop.
+        live = self.engine is not None
+        engine, error = build_or_reason(self.source, timeout_ms=self.timeout * 1000, probed=live)
         if engine is not None and self.vet is not None:
             error = self.vet(engine)
             if error is not None:

@@ -1,0 +1,60 @@
+"""Attack review of the policy decision path and policy hot reload (gateway/policy/,
+policy_engine/), read as a hostile client and as a security engineer having a bad
+day. One test per attack, named for it. What they hold to (README "Decision
+contract", "Operations: Hot reload", "The policy engine"): any error on the
+decision path is a deny, and a logged one; a policy that doesn't load is rejected,
+logged and counted, and the last good one stays; nothing hangs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.policy import load_probe
+from tests.gateway_stack import ServerFactory, start_stack
+from tests.test_gateway_ops import WAREHOUSE, wait_for
+
+# A rule the interpreter takes ~6 s of CPU over when the load evaluates it once
+# (16 million iterations, no allocation): a policy edited to a very slow one.
+SLOW_RULE = (
+    "package portcullis.gateway\nimport rego.v1\n"
+    "slow_rule if {\n\tsome i in numbers.range(1, 4000)\n"
+    "\tsome j in numbers.range(1, 4000)\n\ti + j < 0\n}\n"
+)
+
+
+async def test_a_reload_to_a_policy_with_a_very_slow_rule_neither_stalls_the_gateway_nor_loads(
+    aiohttp_server: ServerFactory,
+    tmp_path: Path,
+    policy_copy: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A load evaluates every rule once; regorus holds the GIL while it evaluates,
+    so a rule that takes seconds, built on the reload's thread, stopped the event
+    loop for as long: no request, /healthz included, was answered meanwhile, and a
+    rule that never ends hung the gateway for good. The load is bounded, off the
+    gateway's process, and such a policy is rejected (the last good one stays)."""
+    monkeypatch.setattr(load_probe, "LOAD_PROBE_TIMEOUT", 3.0)
+    async with start_stack(aiohttp_server, tmp_path, policy=policy_copy) as running:
+        token = running.token("alice", **WAREHOUSE)
+        reloads = running.gateway.metrics.policy_reloads
+        (policy_copy / "gateway/slow.rego").write_text(SLOW_RULE)
+        slowest = 0.0
+        deadline = time.monotonic() + 20
+        while not reloads.labels("rejected")._value.get() and time.monotonic() < deadline:
+            started = time.monotonic()
+            assert (await running.get("/healthz")).status == 200
+            slowest = max(slowest, time.monotonic() - started)
+            await asyncio.sleep(0.02)
+        assert slowest < 1.0, f"/healthz waited {slowest:.1f} s on the reload"
+        assert reloads.labels("rejected")._value.get() == 1
+        assert "took over 3 s" in (running.gateway.policy.last_error or "")
+        assert (await running.get("/wms/stock", token)).status == 200  # last good policy
+
+        # Hot reload goes on: the slow rule fixed, the next edit loads.
+        (policy_copy / "gateway/slow.rego").write_text(SLOW_RULE.replace("4000", "4"))
+        await wait_for(lambda: reloads.labels("ok")._value.get() >= 2, timeout=30)
+        assert running.gateway.policy.last_error is None
