@@ -90,6 +90,10 @@ class OpaServerEngine:
             raise EvaluationError(f"{ref}: OPA at {self.url} answered {error.status}") from error
         except (aiohttp.ClientError, ValueError) as error:
             raise EvaluationError(f"{ref}: OPA at {self.url} unreachable: {error}") from error
+        except RecursionError as error:  # json.loads of an answer nested thousands deep
+            raise EvaluationError(
+                f"{ref}: OPA at {self.url} sent an answer nested too deeply to read"
+            ) from error
         if not isinstance(answer, dict):
             raise EvaluationError(f"{ref}: OPA at {self.url} sent a non-object answer")
         if "result" not in answer:

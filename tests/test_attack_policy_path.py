@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from gateway.policy import load_probe
-from tests.gateway_stack import ServerFactory, start_stack
+from tests.gateway_stack import ServerFactory, logged, start_stack
 from tests.test_gateway_ops import WAREHOUSE, wait_for
 
 # A rule the interpreter takes ~6 s of CPU over when the load evaluates it once
@@ -58,3 +59,44 @@ async def test_a_reload_to_a_policy_with_a_very_slow_rule_neither_stalls_the_gat
         (policy_copy / "gateway/slow.rego").write_text(SLOW_RULE.replace("4000", "4"))
         await wait_for(lambda: reloads.labels("ok")._value.get() >= 2, timeout=30)
         assert running.gateway.policy.last_error is None
+
+
+def opa_answering(body: bytes) -> web.Application:
+    """An OPA server that answers every decision with ``body`` (application/json):
+    a broken or hostile one, in place of the stand-in of tests/opa_standin.py."""
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/data/{path:.*}", answer)
+    return app
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"result": {"allow": true, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}",
+     b'{"result": {"allow": true, "reasons": ["ok"], "x": "\\ud800"}}' + b" " * 3 + b"\xff"],
+    ids=["nested-100000-deep", "not-utf8"],
+)  # fmt: skip
+async def test_an_opa_answer_python_cannot_read_is_a_logged_deny_not_a_500(
+    aiohttp_server: ServerFactory, tmp_path: Path, body: bytes
+) -> None:
+    """An OPA server's answer nested 100,000 deep raised RecursionError from the JSON
+    parser, which no handler expected: aiohttp answered 500 and the request left no
+    decision event (and no deny counted). Any failure to read the answer is an
+    engine error: a deny with its reason, logged."""
+    opa = await aiohttp_server(opa_answering(body))
+    async with start_stack(
+        aiohttp_server, tmp_path, policy_options={"watch": False, "timeout_ms": 5000}
+    ) as running:
+        running.gateway.policy.source = f"http://127.0.0.1:{opa.port}"
+        assert await running.gateway.policy.reload("an OPA server")
+        response = await running.get("/wms/stock", running.token("alice", **WAREHOUSE))
+        assert response.status == 403, await response.text()
+        decision = await response.json()
+        assert decision["reasons"] == ["policy evaluation failed"]
+        assert running.total_forwarded() == 0
+        (event,) = await logged(running, decision["decision_id"])
+        assert event["result"]["allow"] is False

@@ -298,6 +298,9 @@ async def decide(
     except PolicyError as error:
         reason = "policy evaluation failed"
         return _timed(deny(decision_id, 403, reason, str(error)), started)
+    except Exception as error:  # an engine's own fault: still a deny, and a logged one
+        why = f"unexpected {type(error).__name__}: {str(error)[:200]}"
+        return _timed(deny(decision_id, 403, "policy evaluation failed", why), started)
     return _timed(_from_result(decision_id, result), started)
 
 
