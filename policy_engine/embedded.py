@@ -43,6 +43,11 @@ _NOT_A_RULE = "not a valid rule path"
 _UNKNOWN_FUNCTION = "could not find function"
 # How regorus' JSON APIs (interpreter and RVM) spell an undefined value.
 _UNDEFINED = "<undefined>"
+# The RVM stops a run after 25,000 instructions (its own limit, not settable from
+# Python), where the interpreter and OPA go on: a rule scanning a long list in data.
+_INSTRUCTION_LIMIT = "exceeded maximum instruction limit"
+# What _run_compiled answers for a run the RVM stopped at that limit.
+_TOO_LONG_FOR_VM: Any = object()
 
 
 @dataclass(frozen=True)
@@ -515,13 +520,15 @@ class EmbeddedEngine:
         # the GIL delays a decision but never turns it into a timeout deny.
         vm_or_engine = self._vm() if compiled else self._engine()
         confirm = self.confirm if compiled else None
-        interpreter: Any = self._engine() if confirm is not None else None
+        # Built before the clock too: it confirms an allow, or decides what the VM can't.
+        interpreter: Any = self._engine() if compiled else None
         started = time.thread_time()
         wall_started = time.perf_counter()
         try:
             if compiled:
                 value = self._run_compiled(vm_or_engine, ref, input)
-                if confirm is not None and confirm(ref, value):
+                # A run too long for the VM is the interpreter's, under the same timeout.
+                if value is _TOO_LONG_FOR_VM or (confirm is not None and confirm(ref, value)):
                     interpreter.set_input(input)
                     value = _eval_ref(interpreter, ref)
             else:
@@ -552,7 +559,12 @@ class EmbeddedEngine:
         if projection is not None:
             input = projection.of(input)
         vm.set_input_json(orjson.dumps(input).decode())
-        text = vm.execute_entry_point(ref)
+        try:
+            text = vm.execute_entry_point(ref)
+        except RuntimeError as error:
+            if _INSTRUCTION_LIMIT in str(error):
+                return _TOO_LONG_FOR_VM
+            raise
         value = orjson.loads(text)
         if value == _UNDEFINED:
             return None

@@ -8,6 +8,7 @@ logged and counted, and the last good one stays; nothing hangs."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -100,3 +101,31 @@ async def test_an_opa_answer_python_cannot_read_is_a_logged_deny_not_a_500(
         assert running.total_forwarded() == 0
         (event,) = await logged(running, decision["decision_id"])
         assert event["result"]["allow"] is False
+
+
+async def test_a_policy_scanning_a_long_list_in_data_decides_as_its_tests_and_opa_do(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """The compiled VM stops after 25,000 instructions, a limit of its own that the
+    interpreter (`policy test`, `policy check`) and OPA don't have: a policy that
+    loaded and passed its tests, allowing subjects listed in a 30,000-entry data
+    list, denied every request ("policy evaluation failed", an engine error per
+    request). Such a decision is made on the interpreter, under the same timeout."""
+    policy = tmp_path / "listed"
+    policy.mkdir()
+    (policy / "decision.rego").write_text(
+        "package portcullis.gateway\nimport rego.v1\n"
+        'decision := {"allow": allow, "reasons": []}\ndefault allow := false\n'
+        "allow if {\n\tsome subject in data.allowed_subjects\n"
+        "\tsubject == input.identity.subject\n}\n"
+    )
+    subjects = [f"user-{n}" for n in range(30_000)] + ["alice"]
+    (policy / "data.json").write_text(json.dumps({"allowed_subjects": subjects}))
+    async with start_stack(
+        aiohttp_server, tmp_path, policy=policy, policy_options={"timeout_ms": 5000}
+    ) as running:
+        response = await running.get("/wms/stock", running.token("alice", **WAREHOUSE))
+        assert response.status == 200, await response.text()
+        response = await running.get("/wms/stock", running.token("mallory", **WAREHOUSE))
+        assert response.status == 403
+        assert (await response.json())["reasons"] == []
