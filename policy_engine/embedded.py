@@ -530,7 +530,8 @@ class EmbeddedEngine:
                 # A run too long for the VM is the interpreter's, under the same timeout.
                 if value is _TOO_LONG_FOR_VM or (confirm is not None and confirm(ref, value)):
                     interpreter.set_input(input)
-                    value = _eval_ref(interpreter, ref)
+                    # In the VM's form (and OPA's): a set as a JSON array, not a Python set.
+                    value = as_json(_eval_ref(interpreter, ref))
             else:
                 vm_or_engine.set_input(input)
                 value = _eval_ref(vm_or_engine, ref)

@@ -129,3 +129,31 @@ async def test_a_policy_scanning_a_long_list_in_data_decides_as_its_tests_and_op
         response = await running.get("/wms/stock", running.token("mallory", **WAREHOUSE))
         assert response.status == 403
         assert (await response.json())["reasons"] == []
+
+
+async def test_a_decision_whose_reasons_are_a_set_allows_as_on_opa(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """`reasons contains msg if ...` is how Rego collects messages, and OPA answers a
+    set as a JSON array. The compiled VM did too, but an allow is decided again on
+    the interpreter, whose answer held a Python set: "not a list", a malformed
+    decision, so every request such a policy allowed was denied, while its denies
+    went through with their reasons."""
+    policy = tmp_path / "set_reasons"
+    policy.mkdir()
+    (policy / "decision.rego").write_text(
+        "package portcullis.gateway\nimport rego.v1\n"
+        'reasons contains "the subject was checked" if input.identity.subject\n'
+        'decision := {"allow": input.identity.subject == "alice", "reasons": reasons}\n'
+    )
+    async with start_stack(aiohttp_server, tmp_path, policy=policy) as running:
+        response = await running.get("/wms/stock", running.token("alice", **WAREHOUSE))
+        assert response.status == 200, await response.text()
+        response = await running.get("/wms/stock", running.token("mallory", **WAREHOUSE))
+        assert response.status == 403
+        denied = await response.json()
+        assert denied["reasons"] == ["the subject was checked"]
+        events = await logged(running, denied["decision_id"])
+        assert len(events) == 1
+        allowed = [e for e in await running.events(at_least=2) if e["result"]["allow"]]
+        assert [e["result"]["reasons"] for e in allowed] == [["the subject was checked"]]
