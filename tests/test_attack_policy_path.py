@@ -17,7 +17,7 @@ from aiohttp import web
 
 from gateway.policy import load_probe
 from tests.gateway_stack import ServerFactory, logged, start_stack
-from tests.test_gateway_ops import WAREHOUSE, wait_for
+from tests.test_gateway_ops import WAREHOUSE, decision_policy, wait_for
 
 # A rule the interpreter takes ~6 s of CPU over when the load evaluates it once
 # (16 million iterations, no allocation): a policy edited to a very slow one.
@@ -157,3 +157,30 @@ async def test_a_decision_whose_reasons_are_a_set_allows_as_on_opa(
         assert len(events) == 1
         allowed = [e for e in await running.events(at_least=2) if e["result"]["allow"]]
         assert [e["result"]["reasons"] for e in allowed] == [["the subject was checked"]]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ['{"allow": false, "reasons": [sprintf("reason %d %s", [n, pad]) | some n in many]}',
+     '{"allow": true, "reasons": [], "headers": {"x-note": concat("", [pad | some _ in many])}}',
+     '{"allow": false, "reasons": ["no"], "step_up": {"acr": "phr", "x": [pad | some _ in many]}}'],
+    ids=["deny-with-4MB-of-reasons", "allow-with-a-4MB-header", "deny-with-a-4MB-step-up"],
+)  # fmt: skip
+async def test_a_decision_megabytes_long_is_a_deny_and_its_event_stays_small(
+    aiohttp_server: ServerFactory, tmp_path: Path, answer: str
+) -> None:
+    """A policy having a bad day (a reason listing a data set, a header built in a
+    loop) answered megabytes per decision: each went whole into the client's deny
+    body, the upstream request or the decision log and its sinks, so every denied
+    request an anonymous client sent wrote megabytes to disk. An answer over 64 KiB
+    (the shadow's limit) is a malformed decision."""
+    rules = f'pad := "{"p" * 90}"\nmany := numbers.range(1, 40000)\ndecision := {answer}\n'
+    odd = decision_policy(tmp_path, rules)
+    async with start_stack(aiohttp_server, tmp_path, policy=odd) as running:
+        response = await running.get("/wms/stock", running.token("alice", **WAREHOUSE))
+        body = await response.read()
+        assert response.status == 403 and len(body) < 1024
+        assert json.loads(body)["reasons"] == ["policy returned a malformed decision"]
+        assert running.total_forwarded() == 0
+        (event,) = await logged(running, json.loads(body)["decision_id"])
+        assert len(json.dumps(event)) < 16 * 1024

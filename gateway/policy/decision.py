@@ -9,6 +9,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from gateway.config import Route
@@ -31,6 +32,10 @@ NOT_GIVEN: Any = type("NotGiven", (), {"__repr__": lambda self: "NOT_GIVEN"})()
 # The reason of a deny for an answer the contract can't read (allow not a boolean,
 # reasons not a list): the policy has a bug, and it fails closed like an error.
 MALFORMED = "policy returned a malformed decision"
+# The most characters a decision's reasons, headers and step_up may hold (the shadow's
+# limit): each goes whole into a deny's body, the upstream request or the decision
+# log and its sinks, so a policy answering megabytes would cost that per request.
+MAX_ANSWER_CHARS = 64 * 1024
 # A header name is an RFC 9110 token; a value holds no control character but HTAB
 # (CR or LF would end the header line, NUL is refused by servers).
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -344,7 +349,23 @@ def _from_result(decision_id: str, result: Any) -> Decision:
             return deny(decision_id, 403, MALFORMED, f"policy returned header {unsendable}")
     step_up = result.get("step_up")
     step_up = step_up if isinstance(step_up, dict) and not allow else None
+    too_long = _too_long(reasons, headers, step_up)
+    if too_long is not None:
+        return deny(decision_id, 403, MALFORMED, f"policy returned {too_long}")
     return Decision(decision_id, allow, status, reasons, headers, step_up, policy_result=result)
+
+
+def _too_long(reasons: list[str], headers: dict[str, str], step_up: Any) -> str | None:
+    """What makes a decision's answer too long to send and log, or None."""
+    size = sum(map(len, reasons)) + sum(len(name) + len(value) for name, value in headers.items())
+    if step_up is not None:
+        try:
+            size += len(orjson.dumps(step_up))
+        except TypeError as error:  # nested too deeply, an integer over 64 bits
+            return f"a step_up JSON can't hold ({error})"
+    if size > MAX_ANSWER_CHARS:
+        return f"{size} characters of reasons, headers and step_up, over {MAX_ANSWER_CHARS}"
+    return None
 
 
 def _unsendable_header(name: str, value: Any) -> str | None:
