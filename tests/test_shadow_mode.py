@@ -382,7 +382,9 @@ async def test_a_shadow_answering_megabytes_is_an_error_not_a_huge_event(
     assert event["result"]["divergence"] == "error"
     assert event["result"]["shadow"]["allow"] is False
     assert event["result"]["shadow"]["step_up"] is None  # a runaway step-up too
-    assert "bytes, over the 65536 a divergence event holds" in event["result"]["shadow_error"]
+    # Read as the live policy's would be (gateway/policy/decision.py): a malformed decision.
+    error = event["result"]["shadow_error"]
+    assert "characters of reasons, headers and step_up, over 65536" in error
 
 
 def test_shadow_config_key(tmp_path: Path) -> None:
