@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import MaxConnectionsError, RedisError
+from redis.exceptions import MaxConnectionsError, RedisError, ResponseError
 
 from gateway.shared.settings import SharedStateConfig
 
@@ -27,7 +27,8 @@ class Unavailable(Exception):
 class Busy(Unavailable):
     """Redis is reachable but this call got no answer: every pooled connection is in
     use, or the call timed out while a ping on a connection of its own still answers
-    (the gateway's own load). Never "unchecked": the request path refuses it for every
+    (the gateway's own load), or Redis answered it with an error (a key of another
+    type, out of memory). Never "unchecked": the request path refuses it for every
     identity, whatever `on_unavailable` says (a flood must not switch checks off)."""
 
 
@@ -179,9 +180,10 @@ class Store:
         timeout: float | None = None,
     ) -> T:
         """`call(client)` within the request timeout; Unavailable when the breaker is
-        open or on a Redis error (which opens the breaker); Busy when the pool is
-        exhausted or the call timed out (a ping on a connection of its own then tells
-        whether Redis is down, which opens the breaker, or only this gateway busy)."""
+        open or on a connection error (which opens the breaker); Busy when the pool is
+        exhausted, Redis answered with an error, or the call timed out (a ping on a
+        connection of its own then tells whether Redis is down, which opens the
+        breaker, or only this gateway busy)."""
         if not self._up:
             raise Unavailable(self._why_down)
         started = time.perf_counter()
@@ -206,6 +208,13 @@ class Store:
                 raise Busy(
                     f"all {self.config.redis.max_connections} Redis connections busy"
                 ) from None
+            if isinstance(error, ResponseError):
+                # Redis answered, so it is up: an error about this call's keys (one
+                # another application wrote with another type: WRONGTYPE) or about
+                # Redis' state (out of memory, read-only) refuses this call alone.
+                # Opening the breaker made one bad key an outage for every request
+                # (unchecked under `on_unavailable: allow`).
+                raise Busy(f"Redis refused the call: {error}"[:300]) from None
             self._down(f"Redis error: {type(error).__name__}: {error}"[:300])
         raise Unavailable(
             self._why_down or f"Redis failed after {time.perf_counter() - started:.3f} s"
