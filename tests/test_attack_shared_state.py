@@ -4,12 +4,20 @@ gateway did not write) does to revocation, lockouts, rate limits and signals."""
 
 from __future__ import annotations
 
+import asyncio
+import math
+import time
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 import redis.asyncio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from tests.gateway_stack import ServerFactory
+from gateway.shared.settings import Lockout
+from tests.gateway_stack import ServerFactory, logged
 from tests.redis_server import redis_server, redis_url
 from tests.test_shared_state import WAREHOUSE, admin, call, shared, shared_stack
 
@@ -47,3 +55,80 @@ async def test_a_wrong_type_key_of_one_user_switches_off_revocation_for_everyone
         # Everyone else is checked (and let in) as ever.
         erin = stack.token("erin", **WAREHOUSE)
         assert (await call(stack, stack.url, "/wms/stock", erin))[0] == 200
+
+
+def _foreign_values() -> st.SearchStrategy[bytes]:
+    """What another application (or a hand-edit) may leave at one of our keys:
+    any bytes, or a record shaped like ours with `at` and `reason` of any type."""
+    anything = st.one_of(
+        st.none(), st.booleans(), st.text(max_size=12),
+        st.integers(min_value=-(2**63), max_value=2**63 - 1),
+        st.floats(allow_nan=False, allow_infinity=False), st.lists(st.integers(), max_size=2),
+    )  # fmt: skip
+    records = st.fixed_dictionaries({"at": anything}, optional={"reason": anything}).map(
+        orjson.dumps
+    )
+    edges = st.sampled_from(
+        [b'{"at": 1e20}', b'{"at": 1e999}', b'{"at": true}', b"\xff\xfe", b"{}", b"null"]
+    )
+    return st.one_of(edges, records, st.binary(max_size=40))
+
+
+async def test_a_foreign_value_at_a_revocation_or_lockout_key_never_lets_in_or_goes_unlogged(
+    aiohttp_server: ServerFactory, tmp_path: Path, redis_url: str
+) -> None:
+    """A user's revocation or lockout key holds what the gateway did not write: a
+    record whose `at` is no time a datetime can show (1e20: OverflowError), bytes
+    that are not UTF-8 (UnicodeDecodeError), `at: true` (read as revoked at 1970 in
+    Python, as "unreadable, revoked now" in the script). The request escaped the
+    decision path as a 500 with no decision event, or was refused for the wrong
+    reason. Each is refused as revoked or locked out (or 503), and logged; only a
+    well-formed revocation from before the token lets it in."""
+    lockout = Lockout(after_denies=1000, window=900, duration=1800)
+    async with shared_stack(aiohttp_server, tmp_path, shared(redis_url, lockout=lockout)) as stack:
+        state = stack.gateway.shared
+        assert state is not None
+        loop = asyncio.get_running_loop()
+        token = stack.token("alice", **WAREHOUSE)
+        issued = int(time.time())
+        store = redis.asyncio.Redis.from_url(redis_url)
+
+        async def attempt(key: str, value: bytes) -> tuple[int, dict[str, Any]]:
+            await store.delete(state.keys.user_revoked("alice"), state.keys.lockout("alice"))
+            await store.set(key, value)
+            status, body, _ = await call(stack, stack.url, "/wms/stock", token)
+            if status != 200:
+                assert await logged(stack, body["decision_id"]), body
+            return status, body
+
+        def well_formed_before(value: bytes) -> bool:
+            try:
+                record = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                return False
+            at = record.get("at") if isinstance(record, dict) else None
+            return (
+                isinstance(at, int | float) and not isinstance(at, bool)
+                and math.isfinite(at) and at < issued
+            )  # fmt: skip
+
+        @settings(max_examples=80, derandomize=True, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))  # fmt: skip
+        @given(_foreign_values(), st.sampled_from(["revoked", "locked_out"]))
+        def foreign(value: bytes, kind: str) -> None:
+            key = (
+                state.keys.user_revoked("alice")
+                if kind == "revoked"
+                else state.keys.lockout("alice")
+            )
+            status, body = asyncio.run_coroutine_threadsafe(attempt(key, value), loop).result(30)
+            if kind == "revoked" and well_formed_before(value):
+                assert status == 200, (value, status, body)
+                return
+            assert status in (401, 403, 503), (value, status, body)
+            assert body["error"] in (kind, "shared_state_unavailable"), (value, body)
+
+        try:
+            await asyncio.to_thread(foreign)
+        finally:
+            await store.aclose()

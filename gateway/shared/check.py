@@ -110,7 +110,12 @@ def needs_revocation_check(identity: Identity) -> bool:
 
 
 def when(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    # A record another application wrote may hold a time no datetime can show
+    # (1e20): the refusal must still be made (and logged), so say it as a number.
+    try:
+        return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        return f"{epoch!r} (epoch seconds)"
 
 
 def _record(raw: str | None) -> dict[str, Any]:
@@ -123,6 +128,15 @@ def _record(raw: str | None) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def _at(record: dict[str, Any]) -> float | None:
+    """The record's time, when it is a finite number (`true` is no time: the
+    script reads it as unreadable, and so must this, or the two disagree)."""
+    at = record.get("at")
+    if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
+        return None
+    return float(at)
 
 
 def _because(record: dict[str, Any]) -> str:
@@ -200,8 +214,8 @@ class RequestCheck:
         ru, rs, rp, lk, lock_ms, cur, prev, admitted, seen, denies, sessions = reply
         if rs is not None or rp is not None:
             record = _record(rs if rs is not None else rp)
-            at = record.get("at")
-            since = f" at {when(at)}" if isinstance(at, int | float) else ""
+            at = _at(record)
+            since = f" at {when(at)}" if at is not None else ""
             return Verdict(Refusal(401, "session_revoked", f"this session was ended{since}"
                                    f"{_because(record)}; sign in again"))  # fmt: skip
         if lk is not None:
@@ -215,9 +229,9 @@ class RequestCheck:
             return Verdict(Refusal(403, "locked_out", reason, retry))
         if ru is not None:
             record = _record(ru)
-            at = record.get("at")
+            at = _at(record)
             # Unreadable record: fail closed, everything issued so far is revoked.
-            revoked_at = float(at) if isinstance(at, int | float) else now
+            revoked_at = at if at is not None else now
             if identity.issued_at is None or identity.issued_at <= revoked_at:
                 what = "sessions" if identity.method == "session" else "tokens"
                 reason = (

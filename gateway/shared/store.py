@@ -202,6 +202,10 @@ class Store:
                 if self._up:
                     raise Busy(f"{why}; Redis answers a ping: this gateway is busy") from None
             raise Unavailable(self._why_down or why) from None
+        except UnicodeDecodeError:
+            # Redis answered with bytes that are not UTF-8: a value another
+            # application wrote at one of our keys. Redis is up; this call fails alone.
+            raise Busy("Redis answered with a value that is not UTF-8") from None
         except (RedisError, OSError) as error:
             if isinstance(error, MaxConnectionsError) or "Too many connections" in str(error):
                 # The pool is exhausted here, Redis itself is fine: this call fails alone.
