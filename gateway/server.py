@@ -399,8 +399,8 @@ class Gateway:
                 self.shadow.submit(document, decision, route.app)
             if self.shared is not None:
                 self.shared.after_decision(
-                    request, identity, allowed=decision.allow, step_up=decision.step_up is not None,
-                    decision_id=decision.decision_id,
+                    request, route.app, identity, allowed=decision.allow,
+                    step_up=decision.step_up is not None, decision_id=decision.decision_id,
                     remember_address=request.get(REMEMBER_ADDRESS, False),
                 )  # fmt: skip
             if decision.error:

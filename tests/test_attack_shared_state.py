@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from gateway.shared.settings import Lockout
 from tests.gateway_stack import ServerFactory, logged
 from tests.redis_server import redis_server, redis_url
-from tests.test_shared_state import WAREHOUSE, admin, call, shared, shared_stack
+from tests.test_shared_state import WAREHOUSE, admin, call, shared, shared_stack, wait_for
 
 __all__ = ["redis_server", "redis_url"]  # fixtures
 
@@ -44,7 +44,7 @@ async def test_a_wrong_type_key_of_one_user_switches_off_revocation_for_everyone
             answer = await client.post("/sessions/revoke", json={"user": "alice"})
             assert answer.status == 200
         async with redis.asyncio.Redis.from_url(redis_url) as other_app:
-            await other_app.set(state.keys.addresses("mallory"), "not a sorted set")
+            await other_app.set(state.keys.addresses("mallory", "wms"), "not a sorted set")
         status, body, _ = await call(
             stack, stack.url, "/wms/stock", stack.token("mallory", **WAREHOUSE)
         )
@@ -132,3 +132,29 @@ async def test_a_foreign_value_at_a_revocation_or_lockout_key_never_lets_in_or_g
             await asyncio.to_thread(foreign)
         finally:
             await store.aclose()
+
+
+async def test_an_allow_on_another_app_makes_a_new_address_known_to_pos(
+    aiohttp_server: ServerFactory, tmp_path: Path, redis_url: str
+) -> None:
+    """POS asks for a phishing-resistant sign-in from an address the user has not
+    been allowed from; an allow anywhere made the address known. A stolen OTP-level
+    token (or session) of a user in two groups opened a warehouse page first, and
+    POS then let it in without the security key. An address becomes known per app:
+    on POS only by an allow on POS."""
+    async with shared_stack(aiohttp_server, tmp_path, shared(redis_url)) as stack:
+        state = stack.gateway.shared
+        assert state is not None
+        stolen = stack.token("bob", groups=["store", "warehouse"], amr=["pwd", "otp"])
+        status, body, _ = await call(stack, stack.url, "/pos/sales", stolen)
+        assert status == 403 and body["step_up"]["acr"] == "phr", body
+        assert (await call(stack, stack.url, "/wms/stock", stolen))[0] == 200
+
+        async def remembered() -> bool:
+            known = await state.store.client.zscore(state.keys.addresses("bob", "wms"), "127.0.0.1")
+            return known is not None
+
+        await wait_for(remembered)
+        status, body, _ = await call(stack, stack.url, "/pos/sales", stolen)
+        assert status == 403 and body["step_up"]["acr"] == "phr", body
+        assert stack.forwarded("pos") == []

@@ -18,7 +18,7 @@ from gateway.shared.store import Store, Unavailable
 
 # KEYS: 1 user revocation, 2 session revocation, 3 provider-session revocation,
 # 4 lockout, 5 rate counter (this window), 6 rate counter (previous window),
-# 7 addresses seen, 8 denies, 9 the user's sessions, 10 the session record.
+# 7 addresses seen (on this app), 8 denies, 9 the user's sessions, 10 the session record.
 # ARGV: 1 now, 2 what to check ("u", "s", "p", "l" letters), 3 rate limit (0: none),
 # 4 rate window, 5 source address ("" : no signals), 6 deny window, 7 session id
 # ("" : no session), 8 replica, 9 session created, 10 subject, 11 session end
@@ -196,7 +196,7 @@ class RequestCheck:
             keys.lockout(subject),
             keys.rate(scope, who, limit.window, index),
             keys.rate(scope, who, limit.window, index - 1),
-            keys.addresses(subject),
+            keys.addresses(subject, app),
             keys.denies(subject),
             keys.user_sessions(subject),
             keys.session(identity.session_id or "-"),

@@ -122,10 +122,10 @@ async def note_denied(
 
 
 async def remember_address(
-    client: aioredis.Redis, keys: Keys, subject: str, address: str, days: int
+    client: aioredis.Redis, keys: Keys, subject: str, app: str, address: str, days: int
 ) -> None:
     now = time.time()
-    key = keys.addresses(subject)
+    key = keys.addresses(subject, app)
     pipe = client.pipeline(transaction=False)
     pipe.zadd(key, {address: now})
     pipe.zremrangebyscore(key, "-inf", now - days * 86400)

@@ -149,6 +149,7 @@ class SharedState:
     def after_decision(
         self,
         request: web.Request,
+        app: str,
         identity: Identity,
         *,
         allowed: bool,
@@ -158,7 +159,8 @@ class SharedState:
     ) -> None:
         """Background writes after a decision, off the request's round trip: a deny
         counts toward the lockout (a step-up deny doesn't: it is the normal way to a
-        stronger sign-in); an allow from a new address makes it a known one."""
+        stronger sign-in); an allow from a new address makes it a known one, to
+        this app (`app`) only."""
         subject = identity.subject
         if not identity.authenticated or not subject or not self.store.available:
             return
@@ -169,7 +171,8 @@ class SharedState:
             days = self.config.signals.new_source_ip_days
             remember = revocation.remember_address
             self._spawn(
-                self._write(lambda r: remember(r, self.keys, subject, address, days)), "address"
+                self._write(lambda r: remember(r, self.keys, subject, app, address, days)),
+                "address",
             )
 
     async def _note_denied(self, subject: str, decision_id: str) -> None:

@@ -96,8 +96,11 @@ class Keys:
     def denies(self, subject: str) -> str:
         return f"{self.prefix}denies:{self.part(subject)}"
 
-    def addresses(self, subject: str) -> str:
-        return f"{self.prefix}addresses:{self.part(subject)}"
+    def addresses(self, subject: str, app: str) -> str:
+        # Per app: an address is known to an app once it allowed the subject from
+        # there. Known after an allow anywhere, a weak sign-in's allow on one app
+        # made the address known to another (POS) that asks more of a new address.
+        return f"{self.prefix}addresses:{self.part(f'{app}:{subject}')}"
 
     def rate(self, scope: str, who: str, window: int, index: int) -> str:
         return f"{self.prefix}rate:{scope}:{self.part(who)}:{window}:{index}"
