@@ -16,9 +16,11 @@ import redis.asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.shared.refresh import single_flight
 from gateway.shared.settings import Lockout
+from gateway.shared.store import Store
 from tests.gateway_stack import ServerFactory, logged
-from tests.redis_server import redis_server, redis_url
+from tests.redis_server import LatencyProxy, RedisServer, redis_server, redis_url
 from tests.test_shared_state import WAREHOUSE, admin, call, shared, shared_stack, wait_for
 
 __all__ = ["redis_server", "redis_url"]  # fixtures
@@ -158,3 +160,37 @@ async def test_an_allow_on_another_app_makes_a_new_address_known_to_pos(
         status, body, _ = await call(stack, stack.url, "/pos/sales", stolen)
         assert status == 403 and body["step_up"]["acr"] == "phr", body
         assert stack.forwarded("pos") == []
+
+
+async def test_a_refresh_lock_taken_unseen_hangs_every_request_of_the_session(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    """The lock call reached Redis but its answer came after the request timeout
+    while Redis still answered a ping (Busy: this gateway loaded): the lock was
+    ours, set, and nobody knew. Every later request of the session, on any replica
+    and on this one, waited the lock's 15 s for a refresh nobody made, then went
+    on without it (an expired session signed out). The replica that took the lock
+    unseen knows it as its own on the next request and refreshes then."""
+    proxy = LatencyProxy(redis_server.port)
+    await proxy.start()
+    store = Store(shared(proxy.url, request_timeout=0.1))
+    calls: list[str] = []
+
+    async def refresh() -> str | None:
+        calls.append("provider")
+        return "sealed"
+
+    try:
+        await store.start()
+        proxy.delay = 0.3  # the lock call's answer is late, the ping's (50 ms on) is not
+        asyncio.get_running_loop().call_later(0.05, setattr, proxy, "delay", 0.0)
+        assert await single_flight(store, "unseen", [], refresh) is None
+        assert calls == [] and store.available  # Busy: no refresh without the lock
+        await asyncio.sleep(0.4)  # the late answer is gone; the lock stays in Redis
+        started = time.monotonic()
+        async with asyncio.timeout(3):
+            sealed = await single_flight(store, "unseen", [], refresh)
+        assert (sealed, calls) == ("sealed", ["provider"]), time.monotonic() - started
+    finally:
+        await store.close()
+        await proxy.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
@@ -16,6 +15,14 @@ LOCK_MS = 15_000  # longer than the provider call may take (its timeout is 10 s)
 RESULT_MS = 60_000  # requests still carrying the old cookie get the new session
 POLL_SECONDS = 0.05
 FAILED = "-"
+# KEYS: 1 the lock. ARGV: 1 owner, 2 ms. 1 when the caller holds the lock now (taken,
+# or already its own: renewed for the whole provider call), else 0.
+TAKE_SCRIPT = """
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
 
 
 async def single_flight(
@@ -31,12 +38,11 @@ async def single_flight(
     per process only)."""
     keys: Keys = store.keys
     lock, result = keys.refresh_lock(token_hash), keys.refresh_result(token_hash)
-    me = secrets.token_hex(8)
 
     async def take(r: aioredis.Redis) -> list[object]:
         pipe = r.pipeline(transaction=False)
         pipe.get(result)
-        pipe.set(lock, me, nx=True, px=LOCK_MS)
+        pipe.eval(TAKE_SCRIPT, 1, lock, store.owner, LOCK_MS)
         for key in revoked_keys:
             pipe.exists(key)
         return list(await pipe.execute())
@@ -45,7 +51,8 @@ async def single_flight(
         done, locked, *revoked = await store.run(take)
     except Busy:
         # Redis is up, only this call got no answer (this gateway busy): another
-        # replica may hold the lock, or our SET went through unseen. Refreshing
+        # replica may hold the lock, or our SET went through unseen (our next try
+        # knows it as ours: store.owner, the same on every try). Refreshing
         # without it presents the rotated refresh token twice, and the provider
         # takes that as theft and revokes the whole grant.
         return None

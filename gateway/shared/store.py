@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -130,6 +131,12 @@ class Store:
     ) -> None:
         self.config = config
         self.keys = Keys(config.key_prefix)
+        # This gateway's name on the refresh locks it takes (shared/refresh.py). One
+        # name for all its attempts (the sign-in flow runs one per refresh token at a
+        # time): a lock call answered too late (Busy) may have set the lock, and a
+        # fresh name each time made this replica wait out its own lock (15 s per
+        # request) for a refresh nobody made.
+        self.owner = secrets.token_hex(8)
         self.client = connect(config)
         # Pings of the probe and of the reachability check, outside the request pool:
         # an exhausted pool must not make Redis look down.
