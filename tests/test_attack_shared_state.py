@@ -13,11 +13,15 @@ from typing import Any
 import orjson
 import pytest
 import redis.asyncio
+from aiohttp.test_utils import make_mocked_request
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
+from gateway.identity import Identity
 from gateway.shared.refresh import single_flight
 from gateway.shared.settings import Lockout
+from gateway.shared.state import SharedState
 from gateway.shared.store import Store
 from tests.gateway_stack import ServerFactory, logged
 from tests.redis_server import LatencyProxy, RedisServer, redis_server, redis_url
@@ -194,3 +198,41 @@ async def test_a_refresh_lock_taken_unseen_hangs_every_request_of_the_session(
     finally:
         await store.close()
         await proxy.close()
+
+
+async def test_a_kept_sign_out_redis_refuses_keeps_the_gateway_in_outage_mode(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    """A sign-out kept while Redis was down is written by the recovery probe before
+    requests go to Redis again. When Redis answered that write with an error (here
+    a string another application left at the user's session index: WRONGTYPE on
+    its cleanup), the probe took Redis for down and tried again forever: under
+    `on_unavailable: allow` every request went on unchecked (a revoked user's token
+    passed), under deny every session and token got a 503, for as long as the kept
+    session lived (12 h). The revocation itself is written; Redis is back."""
+    state = SharedState(
+        shared(redis_url, on_unavailable="allow"), replica="r", session_lifetime=43200,
+        token_lifetime=86400, registry=CollectorRegistry(),
+    )  # fmt: skip
+    await state.start()
+    try:
+        redis_server.stop()
+        assert not await state.revoke_session("kept-sid", "mallory", "signed out", 3600)
+        redis_server.start()
+        async with redis.asyncio.Redis.from_url(redis_url) as other_app:
+            await other_app.set(state.keys.user_sessions("mallory"), "not a sorted set")
+            deadline = time.monotonic() + 5
+            while not state.store.available and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert state.store.available, f"still down: {state.store.why_down}"
+            assert await other_app.exists(state.keys.session_revoked("kept-sid"))
+        now = time.time()
+        alice = Identity(
+            authenticated=True, method="bearer", subject="alice", issued_at=float(int(now)),
+            expires_at=now + 3600,
+        )  # fmt: skip
+        await state.revoke_user("alice", "stolen", "test")
+        refusal = (await state.check(make_mocked_request("GET", "/wms/"), "wms", alice)).refusal
+        assert refusal is not None and refusal.rule == "revoked", refusal
+    finally:
+        await state.close()

@@ -53,7 +53,13 @@ async def revoke_session(
     pipe.set(keys.session_revoked(session_id), record(reason, "gateway"), ex=max(1, ttl))
     pipe.delete(keys.session(session_id))
     pipe.zrem(keys.user_sessions(subject), session_id)
-    await pipe.execute()
+    written, *_ = await pipe.execute(raise_on_error=False)
+    # Only the revocation must be written; the record and the index are tidying. An
+    # error there (a key another application left, of another type) made a written
+    # sign-out look failed: kept and retried for the session's life, and the
+    # recovery probe, which writes kept ones first, kept Redis "down" meanwhile.
+    if isinstance(written, Exception):
+        raise written
 
 
 # KEYS: 1 the logout token's replay marker, 2 the revocation it asks for. ARGV: 1
