@@ -9,6 +9,7 @@ import math
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import orjson
 import pytest
@@ -18,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from gateway.identity import Identity
+from gateway.identity import ANONYMOUS, Identity
 from gateway.shared.refresh import single_flight
-from gateway.shared.settings import Lockout
+from gateway.shared.settings import Lockout, RateLimit, RateLimits
 from gateway.shared.state import SharedState
 from gateway.shared.store import Store
 from tests.gateway_stack import ServerFactory, logged
@@ -234,5 +235,42 @@ async def test_a_kept_sign_out_redis_refuses_keeps_the_gateway_in_outage_mode(
         await state.revoke_user("alice", "stolen", "test")
         refusal = (await state.check(make_mocked_request("GET", "/wms/"), "wms", alice)).refusal
         assert refusal is not None and refusal.rule == "revoked", refusal
+    finally:
+        await state.close()
+
+
+async def test_unauthenticated_requests_from_one_ipv6_host_rotate_past_the_address_limit(
+    redis_url: str,
+) -> None:
+    """The per-address limit on unauthenticated requests and invalid tokens was per
+    exact address: an IPv6 host holds a whole /64 (SLAAC, privacy addresses, a
+    cloud VM's prefix) and took a fresh address for each request, never limited.
+    It is per /64 for IPv6 (and an IPv4-mapped address is its IPv4 one)."""
+    limits = RateLimits(source_ip=RateLimit(5, 60))
+    state = SharedState(
+        shared(redis_url, rate_limits=limits), replica="r", session_lifetime=43200,
+        token_lifetime=86400, registry=CollectorRegistry(),
+    )  # fmt: skip
+    await state.start()
+
+    def from_address(address: str) -> Any:
+        transport = mock.Mock()
+        transport.get_extra_info.side_effect = lambda name, default=None: (
+            (address, 40000, 0, 0) if name == "peername" else default
+        )
+        return make_mocked_request("GET", "/wms/", transport=transport)
+
+    try:
+        rotated = [f"2001:db8:1:2:{i:x}::{i + 1:x}" for i in range(20)]
+        refusals = [(await state.check(from_address(a), "wms", ANONYMOUS)).refusal for a in rotated]
+        assert [r.rule if r else None for r in refusals][5:] == ["rate_limited"] * 15, refusals
+        # Another /64 is another host; an IPv4 client counts the same over a dual-stack
+        # listener (::ffff:192.0.2.7) and an IPv4 one (192.0.2.7).
+        assert (
+            await state.check(from_address("2001:db8:1:3::1"), "wms", ANONYMOUS)
+        ).refusal is None
+        for address in ["::ffff:192.0.2.7", "192.0.2.7"] * 3:
+            last = await state.check(from_address(address), "wms", ANONYMOUS)
+        assert last.refusal is not None and last.refusal.rule == "rate_limited"
     finally:
         await state.close()

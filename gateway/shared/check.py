@@ -3,6 +3,7 @@ Redis round trip (a Lua script: atomic, one command, one reply)."""
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from dataclasses import dataclass, field
@@ -109,6 +110,22 @@ def needs_revocation_check(identity: Identity) -> bool:
     )
 
 
+def address_bucket(address: str) -> str:
+    """Whom the per-address limit counts: an IPv6 host holds a whole /64 (SLAAC,
+    privacy addresses, a cloud VM's prefix) and can take a fresh address for every
+    request, so IPv6 counts per /64; an IPv4 client seen over a dual-stack listener
+    (::ffff:a.b.c.d) counts as its IPv4 address."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 def when(epoch: float) -> str:
     # A record another application wrote may hold a time no datetime can show
     # (1e20): the refusal must still be made (and logged), so say it as a number.
@@ -166,7 +183,7 @@ class RequestCheck:
         now = time.time()
         scope, who, limit = self.limit_for(identity, app)
         if scope == "ip":
-            who = address
+            who = address_bucket(address)
         revocable = needs_revocation_check(identity)
         subject = identity.subject or ""
         what = ""
