@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from gateway.identity import ANONYMOUS, Identity
+from gateway.shared import revocation
 from gateway.shared.refresh import single_flight
 from gateway.shared.settings import Lockout, RateLimit, RateLimits
 from gateway.shared.state import SharedState
@@ -272,5 +273,65 @@ async def test_unauthenticated_requests_from_one_ipv6_host_rotate_past_the_addre
         for address in ["::ffff:192.0.2.7", "192.0.2.7"] * 3:
             last = await state.check(from_address(address), "wms", ANONYMOUS)
         assert last.refusal is not None and last.refusal.rule == "rate_limited"
+    finally:
+        await state.close()
+
+
+async def test_revocations_and_lockouts_hold_for_subjects_with_redis_special_characters(
+    redis_url: str,
+) -> None:
+    """Subjects with CRLF, RESP framing, glob and hash-tag characters, spaces,
+    non-ASCII, and past the 200 characters at which a key part is hashed: a
+    revocation or a lockout of one reaches that subject exactly, never a case or
+    prefix variant of it, never another subject."""
+    state = SharedState(
+        shared(redis_url, lockout=Lockout(after_denies=1, window=900, duration=1800)),
+        replica="r", session_lifetime=43200, token_lifetime=86400,
+        registry=CollectorRegistry(),
+    )  # fmt: skip
+    await state.start()
+    loop = asyncio.get_running_loop()
+    request = make_mocked_request("GET", "/wms/")
+    issued = float(int(time.time()) - 5)
+
+    def bearer(subject: str) -> Identity:
+        return Identity(
+            authenticated=True, method="bearer", subject=subject, issued_at=issued,
+            expires_at=issued + 3600,
+        )  # fmt: skip
+
+    async def attempt(subject: str, variant: str, lock: bool) -> tuple[str | None, str | None]:
+        await state.store.client.flushdb()  # nothing left by an earlier example
+        if lock:
+            await state.store.run(
+                lambda r: revocation.note_denied(r, state.keys, state.config, subject, "m")
+            )
+        else:
+            await state.revoke_user(subject, "test", "test")
+        hit = (await state.check(request, "wms", bearer(subject))).refusal
+        miss = (await state.check(request, "wms", bearer(variant))).refusal
+        return (hit.rule if hit else None), (miss.rule if miss else None)
+
+    special = st.sampled_from(["\r\n", "*1\r\n$4\r\nPING\r\n", "{", "}", "*", "?", "[a]", " ", ":",
+                               "\x00", "é", "ß", "İ", "#", "\\"])  # fmt: skip
+    subjects = st.one_of(
+        st.lists(st.one_of(special, st.text(max_size=4)), min_size=1, max_size=8).map("".join),
+        st.text(min_size=195, max_size=210),
+    ).filter(lambda s: s.strip() != "" and s != s.upper())
+
+    @settings(max_examples=60, derandomize=True, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @given(subjects, st.sampled_from(["upper", "prefix", "suffix"]), st.booleans())
+    def holds(subject: str, how: str, lock: bool) -> None:
+        variant = {"upper": subject.upper(), "prefix": subject[:-1], "suffix": subject + "x"}[how]
+        if not variant.strip() or variant == subject:
+            return
+        future = asyncio.run_coroutine_threadsafe(attempt(subject, variant, lock), loop)
+        hit, miss = future.result(30)
+        assert hit == ("locked_out" if lock else "revoked"), (subject, hit)
+        assert miss is None, (subject, variant, miss)
+
+    try:
+        await asyncio.to_thread(holds)
     finally:
         await state.close()
