@@ -184,3 +184,27 @@ async def test_a_decision_megabytes_long_is_a_deny_and_its_event_stays_small(
         assert running.total_forwarded() == 0
         (event,) = await logged(running, json.loads(body)["decision_id"])
         assert len(json.dumps(event)) < 16 * 1024
+
+
+def test_a_module_planted_in_the_working_directory_is_not_what_checks_a_reload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reload's child process imports the gateway's own code: a gateway started
+    in a directory others can write to (``python -m`` and ``-c`` put it first on
+    the path) must not run their ``gateway/policy/load_probe.py``."""
+    planted = tmp_path / "cwd"
+    (planted / "gateway/policy").mkdir(parents=True)
+    marker = tmp_path / "planted-code-ran"
+    for package in ("gateway", "gateway/policy"):
+        (planted / package / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (planted / "gateway/policy/load_probe.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\ndef main(argv): return 0\n"
+    )
+    monkeypatch.chdir(planted)
+    source = str(Path(__file__).resolve().parent.parent / "policies")
+    assert load_probe.probe(source, timeout_ms=50) is None
+    assert not marker.exists()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken/bad.rego").write_text("package portcullis.gateway\nthis is not rego\n")
+    assert load_probe.probe(str(tmp_path / "broken"), timeout_ms=50) is not None
+    assert not marker.exists()

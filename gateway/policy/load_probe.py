@@ -7,12 +7,13 @@ long, so no request is answered. A live gateway therefore has a child process
 build the candidate first, within LOAD_PROBE_TIMEOUT, and builds it itself only
 when that passed, without evaluating the rules again.
 
-Run as ``python -m gateway.policy.load_probe SOURCE TIMEOUT_MS``: exit 0 when
-SOURCE loads as the gateway loads it, else exit 1 with why on stdout.
+The child runs :func:`main` with the gateway's ``sys.path``: exit 0 when SOURCE
+loads as the gateway loads it, else exit 1 with why on stdout.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -25,7 +26,10 @@ def probe(source: str, *, timeout_ms: float, limit: float | None = None) -> str 
     """Why ``source`` can't load, found by loading it in a child process that is
     killed after ``limit`` seconds (LOAD_PROBE_TIMEOUT); None when it loads."""
     limit = LOAD_PROBE_TIMEOUT if limit is None else limit
-    command = [sys.executable, "-m", __name__, source, repr(timeout_ms)]
+    # The child imports from the gateway's own path, nothing else: not the
+    # working directory "-m" or "" would put first, which may be another's.
+    path = json.dumps([entry for entry in sys.path if entry])
+    command = [sys.executable, "-P", "-c", _CHILD, path, source, repr(timeout_ms)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=limit)
     except subprocess.TimeoutExpired:  # run() killed it
@@ -41,6 +45,12 @@ def probe(source: str, *, timeout_ms: float, limit: float | None = None) -> str 
     )
 
 
+_CHILD = (
+    "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
+    "from gateway.policy.load_probe import main; sys.exit(main(sys.argv[2:]))"
+)
+
+
 def main(argv: list[str]) -> int:
     from gateway.policy.reload import build_or_reason
 
@@ -50,7 +60,3 @@ def main(argv: list[str]) -> int:
         print(error)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
