@@ -28,7 +28,9 @@ redis-server (`make redis`).
 async`` against ``sync`` (group commit), and against async plus one sink of
 each kind (file; http to a local OPA decision-log receiver; syslog over TCP to
 syslog-ng, `make syslog-ng`; both receivers at nice 19, standing in for a SIEM on
-another machine). Targets: sync/async >= 0.85, each sink >= 0.95.
+another machine). Targets: sync/async >= 0.85, each sink >= 0.95. With
+``--workers 2`` (on 2 cores) every gateway variant runs two workers, so the
+shipping processes find no idle core: their cost shows in throughput.
 """
 
 from __future__ import annotations
@@ -322,7 +324,7 @@ def log_costs(
         print(f"each sink at about half of async's saturation (wrk -c{PACED_CONNECTIONS} "
               f"paced to {rate:.0f} req/s, {PACED_SECONDS} s):")  # fmt: skip
         for kind, sink in sinks.items():
-            lag = paced_log_lag(scratch, issuer, token, common, sink, rate)
+            lag = paced_log_lag(args, scratch, issuer, token, common, sink, rate)
             print(f"  {kind:<7} {lag.rate:.0f} req/s; behind at most {lag.most:.0f} events, "
                   f"{lag.end:.0f} when the load stopped, all shipped {lag.catch_up:.2f} s "
                   "later", flush=True)  # fmt: skip
@@ -339,7 +341,8 @@ LogRun = list[dict[str, float]]
 def report_log_costs(
     args: argparse.Namespace, rounds: list[dict[str, LogRun]], variants: list[str]
 ) -> None:
-    print(f"wrk -t1 -c{args.connections} -d{args.duration}s, one gateway process, "
+    processes = "one gateway process" if args.workers == 1 else f"--workers {args.workers}"
+    print(f"wrk -t1 -c{args.connections} -d{args.duration}s, {processes}, "
           f"{args.rounds} rounds, each variant between two runs of async (medians)")  # fmt: skip
     print(f"{'gateway, full auth + policy + log':<30}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}"
           f"{'gw CPU us/req':>15}{'shipping CPU us/event':>23}{'behind at end':>15}"
@@ -415,18 +418,29 @@ def log_gateway_config(
     return port, config, log_path
 
 
+def worker_logs(log_path: Path) -> list[Path]:
+    """The decision logs a gateway with this log path writes: the path itself, or
+    with `--workers N` one per worker (`decisions.worker-0.log`, ...)."""
+    pattern = f"{log_path.stem}.worker-*{log_path.suffix}"
+    return [log_path] if log_path.exists() else sorted(log_path.parent.glob(pattern))
+
+
 def unshipped(log_path: Path) -> int | None:
-    """Events in the log past the (one) sink's cursor; None without a sink."""
-    cursors = list(log_path.parent.glob(f"{log_path.name}.sink-*.cursor"))
-    if not cursors:
-        return None
-    try:
-        offset = int(json.loads(cursors[0].read_bytes())["offset"])
-    except (ValueError, KeyError):
-        offset = 0
-    with log_path.open("rb") as log:
-        log.seek(offset)
-        return log.read().count(b"\n")
+    """Events in the log (each worker's) past its (one) sink's cursor; None without a sink."""
+    total, cursors_found = 0, False
+    for each in worker_logs(log_path):
+        cursors = list(each.parent.glob(f"{each.name}.sink-*.cursor"))
+        if not cursors:
+            continue
+        cursors_found = True
+        try:
+            offset = int(json.loads(cursors[0].read_bytes())["offset"])
+        except (ValueError, KeyError):
+            offset = 0
+        with each.open("rb") as log:
+            log.seek(offset)
+            total += log.read().count(b"\n")
+    return total if cursors_found else None
 
 
 def caught_up(log_path: Path, timeout: float = 60.0) -> float:
@@ -444,20 +458,26 @@ def one_log_variant(
     durability: str = "async", sink: str | None = None,
 ) -> dict[str, float]:  # fmt: skip
     port, config, log_path = log_gateway_config(scratch, issuer, common, durability, sink)
-    process = start_gateway(config)
+    process = start_gateway(config, *workers_option(args))
     try:
         url = f"http://127.0.0.1:{port}/wms/stock"
         wait_http(url)
         time.sleep(1.0)
         wrk(url, 2, args.connections, token)
         caught_up(log_path)
-        helpers = descendants(process.pid)
-        before = cpu_seconds(process.pid), sum(cpu_seconds(pid) for pid in helpers)
+        # The gateway's processes (with --workers, the workers too) and the shipping ones.
+        gateway_pids: list[int] = [process.pid]
+        shipping_pids: list[int] = []
+        for pid in descendants(process.pid):
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            shipping = b"gateway.audit.shipping.process" in command
+            (shipping_pids if shipping else gateway_pids).append(pid)
+        before = sum(map(cpu_seconds, gateway_pids)), sum(map(cpu_seconds, shipping_pids))
         result = wrk(url, args.duration, args.connections, token)
-        gateway_cpu = cpu_seconds(process.pid)
+        gateway_cpu = sum(map(cpu_seconds, gateway_pids))
         result["behind"] = float(unshipped(log_path) or 0)
         result["catch_up"] = caught_up(log_path)
-        shipping_cpu = sum(cpu_seconds(pid) for pid in helpers)
+        shipping_cpu = sum(map(cpu_seconds, shipping_pids))
         requests = result["rps"] * args.duration
         result["cpu_us"] = (gateway_cpu - before[0]) / requests * 1e6
         result["shipper_us"] = (shipping_cpu - before[1]) / requests * 1e6
@@ -465,8 +485,14 @@ def one_log_variant(
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
-        with contextlib.suppress(FileNotFoundError):
-            log_path.unlink()
+        for each in worker_logs(log_path):
+            with contextlib.suppress(FileNotFoundError):
+                each.unlink()
+
+
+def workers_option(args: argparse.Namespace) -> tuple[str, ...]:
+    """`--workers N` for the gateway, when --log-costs runs with more than one."""
+    return ("--workers", str(args.workers)) if args.workers > 1 else ()
 
 
 PACED_SECONDS = 5
@@ -482,14 +508,15 @@ class LogLag:
 
 
 def paced_log_lag(
-    scratch: Path, issuer: DevIssuer, token: str, common: str, sink: str, rate: float
-) -> LogLag:
+    args: argparse.Namespace, scratch: Path, issuer: DevIssuer, token: str, common: str,
+    sink: str, rate: float,
+) -> LogLag:  # fmt: skip
     """One sink at a fixed rate below saturation (wrk, each connection pausing
     between requests): does shipping keep up?"""
     port, config, log_path = log_gateway_config(scratch, issuer, common, "async", sink)
     script = scratch / "paced.lua"
     script.write_text(f"function delay()\n  return {PACED_CONNECTIONS / rate * 1000:.0f}\nend\n")
-    process = start_gateway(config)
+    process = start_gateway(config, *workers_option(args))
     try:
         url = f"http://127.0.0.1:{port}/wms/stock"
         wait_http(url)
@@ -515,8 +542,9 @@ def paced_log_lag(
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
-        with contextlib.suppress(FileNotFoundError):
-            log_path.unlink()
+        for each in worker_logs(log_path):
+            with contextlib.suppress(FileNotFoundError):
+                each.unlink()
 
 
 def stop_processes(
@@ -823,6 +851,10 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--log-costs", action="store_true", help="durability and sink costs")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument(
+        "--workers", type=int, default=1,
+        help="with --log-costs: gateway workers (2 on 2 cores: no core left idle for shipping)",
+    )  # fmt: skip
     parser.add_argument("--skip-decision", action="store_true", help="no bench/decision.py part")
     args = parser.parse_args()
     for tool in ("wrk", "nginx") if args.log_costs else ("wrk", "nginx", "redis-server"):
