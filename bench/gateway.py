@@ -28,7 +28,8 @@ redis-server (`make redis`).
 async`` against ``sync`` (group commit), and against async plus one sink of
 each kind (file; http to a local OPA decision-log receiver; syslog over TCP to
 syslog-ng, `make syslog-ng`; both receivers at nice 19, standing in for a SIEM on
-another machine). Targets: sync/async >= 0.85, each sink >= 0.95. With
+another machine), each in every format of ``--formats`` (default opa and
+ocsf). Targets: sync/async >= 0.85, each sink >= 0.95. With
 ``--workers 2`` (on 2 cores) every gateway variant runs two workers, so the
 shipping processes find no idle core: their cost shows in throughput.
 """
@@ -274,7 +275,8 @@ def log_costs(
 ) -> None:  # fmt: skip
     """Throughput of the full gateway: async vs sync durability, and with each sink.
 
-    A round is ``async, sync, async, +file, async, +http, async, +syslog, async``:
+    A round is ``async, sync, async, +file, async, +http, async, +syslog, async``
+    (each sink kind once per format in ``--formats``):
     each variant runs between two runs of plain async, its ratio is taken against
     their mean (drift and bursts of load from elsewhere on the machine hit both
     sides of a pair alike), and the median of the per-round ratios is printed.
@@ -299,13 +301,20 @@ def log_costs(
         if pid is not None:
             remote_stand_in(pid)
     (scratch / "token").write_text("t")
-    sinks = {
-        "file": f"{{kind: file, path: {scratch / 'copy.jsonl'}, format: ocsf}}",
-        "http": f"{{kind: http, url: 'http://127.0.0.1:{receiver_port}/logs', "
-        f"token_file: {scratch / 'token'}, format: opa}}",
+    kinds = {
+        "file": f"kind: file, path: {scratch / 'copy.jsonl'}",
+        "http": f"kind: http, url: 'http://127.0.0.1:{receiver_port}/logs', "
+        f"token_file: {scratch / 'token'}",
     }
     if syslog is not None:
-        sinks["syslog"] = f"{{kind: syslog, address: '127.0.0.1:{syslog.tcp_port}', format: ocsf}}"
+        kinds["syslog"] = f"kind: syslog, address: '127.0.0.1:{syslog.tcp_port}'"
+    # Each kind in each format asked for: a format is the sink's own work (opa, the
+    # default, ships the log's lines; ocsf and ecs map each record anew).
+    sinks = {
+        f"{kind} ({form})": f"{{{settings}, format: {form}}}"
+        for kind, settings in kinds.items()
+        for form in args.formats.split(",")
+    }
     variants: dict[str, tuple[str, str | None]] = {"sync": ("sync", None)}
     variants.update({f"async + {kind} sink": ("async", sink) for kind, sink in sinks.items()})
     rounds: list[dict[str, LogRun]] = []
@@ -325,7 +334,7 @@ def log_costs(
               f"paced to {rate:.0f} req/s, {PACED_SECONDS} s):")  # fmt: skip
         for kind, sink in sinks.items():
             lag = paced_log_lag(args, scratch, issuer, token, common, sink, rate)
-            print(f"  {kind:<7} {lag.rate:.0f} req/s; behind at most {lag.most:.0f} events, "
+            print(f"  {kind:<14} {lag.rate:.0f} req/s; behind at most {lag.most:.0f} events, "
                   f"{lag.end:.0f} when the load stopped, all shipped {lag.catch_up:.2f} s "
                   "later", flush=True)  # fmt: skip
     finally:
@@ -851,6 +860,10 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--log-costs", action="store_true", help="durability and sink costs")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument(
+        "--formats", default="opa,ocsf",
+        help="with --log-costs: the formats each sink kind is measured in (opa, ocsf, ecs)",
+    )  # fmt: skip
     parser.add_argument(
         "--workers", type=int, default=1,
         help="with --log-costs: gateway workers (2 on 2 cores: no core left idle for shipping)",
