@@ -502,7 +502,13 @@ class Gateway:
 
     async def _identity(self, request: web.Request) -> Identity:
         certificate = client_certificate(request.transport)
-        header = request.headers.get("Authorization")
+        headers = request.headers.getall("Authorization", [])
+        if len(headers) > 1:
+            # A singleton field (RFC 9110 11.6.2): which one a backend reads on a
+            # pass_authorization route is its own choice (PHP and CGI keep the last,
+            # gunicorn joins them), so deciding on one would let another through.
+            raise TokenRejected("Authorization given more than once")
+        header = headers[0] if headers else None
         if header is None:
             if not certificate and self.sign_in is not None:
                 return await self.sign_in.identity(request)

@@ -1,0 +1,79 @@
+"""An HTTP-savvy client against the request head: whatever it sends, the upstream
+gets only what the policy decided on, and every request is decided and logged
+before anything reaches the upstream (or the client is told to send its body).
+
+Held up, and kept here so it stays so: `Upgrade: h2c` (no tunnel: the upgrade is
+dropped and the answer is HTTP/1.1), absolute-form targets (a logged 400),
+`CONNECT` and `OPTIONS *` (a logged 404), `TRACE` (decided like any method)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+
+from gateway.audit.chain import REFUSAL_PATH
+from tests.gateway_stack import Stack, raw_request
+
+WAREHOUSE = {"groups": ["warehouse"], "amr": ["pwd", "otp"]}
+KEY = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+UPGRADE = b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n" + KEY
+
+
+def passing_authorization(stack: Stack, app: str) -> None:
+    """The app's route passes `Authorization` on (`pass_authorization: true`): its
+    backend reads the token itself."""
+    routes = stack.gateway.routes
+    for index, route in enumerate(routes):
+        if route.app == app:
+            routes[index] = dataclasses.replace(route, pass_authorization=True)
+
+
+async def open_raw(stack: Stack, data: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    port = int(stack.url.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data.replace(b"{host}", f"127.0.0.1:{port}".encode()))
+    await writer.drain()
+    return reader, writer
+
+
+async def read_head(reader: asyncio.StreamReader) -> bytes:
+    return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+
+
+# --- Authorization given twice ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("valid_first", [True, False], ids=["valid-first", "valid-second"])
+async def test_two_authorization_headers_are_refused_not_decided_on_one_and_forwarded_both(
+    stack: Stack, valid_first: bool
+) -> None:
+    """The review: the gateway verified the first `Authorization` and a
+    `pass_authorization` route forwarded both, so the backend, reading its own
+    (PHP and CGI keep the last one, gunicorn joins them), authorized a token the
+    policy never saw: a warehouse clerk's valid token in front of a stolen,
+    revoked or foreign-audience admin token."""
+    passing_authorization(stack, "wms")
+    valid = b"Authorization: Bearer " + stack.token("alice", **WAREHOUSE).encode() + b"\r\n"
+    other = b"Authorization: Bearer " + stack.token("root", groups=["wms-admin"]).encode() + b"\r\n"
+    fields = valid + other if valid_first else other + valid
+    status, headers, body = await raw_request(
+        stack.url, b"GET /wms/stock HTTP/1.1\r\nHost: {host}\r\n" + fields
+    )
+    assert status == 401, body
+    assert "invalid_token" in headers["WWW-Authenticate"]
+    assert stack.total_forwarded() == 0
+    (event,) = await stack.events()
+    assert event["path"] == REFUSAL_PATH
+    assert event["result"]["reasons"] == [
+        "gateway.invalid_token: Authorization given more than once"
+    ]
+
+
+async def test_one_authorization_header_still_reaches_a_route_that_passes_it(stack: Stack) -> None:
+    passing_authorization(stack, "wms")
+    token = stack.token("alice", **WAREHOUSE)
+    response = await stack.get("/wms/stock", token)
+    assert response.status == 200
+    assert (await response.json())["headers"]["Authorization"] == f"Bearer {token}"
