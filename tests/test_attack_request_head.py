@@ -77,3 +77,42 @@ async def test_one_authorization_header_still_reaches_a_route_that_passes_it(sta
     response = await stack.get("/wms/stock", token)
     assert response.status == 200
     assert (await response.json())["headers"]["Authorization"] == f"Bearer {token}"
+
+
+# --- a WebSocket handshake with a body -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Content-Length: 5\r\n\r\nabcde",
+        b"Transfer-Encoding: chunked\r\n\r\n5\r\nabcde\r\n0\r\n\r\n",
+    ],
+    ids=["content-length", "chunked"],
+)
+async def test_a_websocket_handshake_with_a_body_is_refused_before_the_upstream(
+    stack: Stack, framing: bytes
+) -> None:
+    """The review: a handshake carrying `Content-Length: 5` and five bytes was
+    bridged; the upstream's handshake said `Content-Length: 5` with no body after
+    it, so the upstream took the first five bytes of the WebSocket stream as the
+    handshake's body and read every frame after out of step; the client's bytes
+    went nowhere. RFC 6455's handshake is a GET without content."""
+    token = stack.token("alice", **WAREHOUSE).encode()
+    reader, writer = await open_raw(
+        stack,
+        b"GET /wms/ws HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer "
+        + token
+        + b"\r\n"
+        + UPGRADE
+        + framing,
+    )
+    head = await read_head(reader)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 400 "), head
+    assert stack.total_forwarded() == 0
+    (event,) = await stack.events()
+    assert event["path"] == REFUSAL_PATH
+    assert event["result"]["reasons"] == [
+        "gateway.websocket_handshake: a WebSocket handshake has no body"
+    ]

@@ -28,6 +28,12 @@ def handshake_refusal(request: web.Request) -> Refusal | None:
         return Refusal(400, "websocket_handshake", "a WebSocket handshake must be a GET")
     if request.version < HttpVersion11:
         return Refusal(400, "websocket_handshake", "a WebSocket handshake needs HTTP/1.1")
+    if request.body_exists:
+        # The upstream's handshake would carry the client's Content-Length with no
+        # body after it (aiohttp's client sends none): the upstream would take the
+        # first bytes of the WebSocket stream for that body and read every frame
+        # after them out of step.
+        return Refusal(400, "websocket_handshake", "a WebSocket handshake has no body")
     version = request.headers.get("Sec-WebSocket-Version")
     if version != VERSION:
         shown = "no Sec-WebSocket-Version" if version is None else f"{version[:20]!r}"
