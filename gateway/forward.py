@@ -18,6 +18,7 @@ from yarl import URL
 from gateway.config import LimitsConfig, Route
 from gateway.limits import BodyTimeout, body_limits, timed_body
 from gateway.metrics import Metrics
+from gateway.screening.expect import send_continue
 from gateway.screening.paths import NormalizedPath
 from gateway.screening.trusted_headers import (
     BACKEND_TRUSTED,
@@ -253,6 +254,7 @@ class Forwarder:
                 request, route, upstream.url_for(path), headers, expires_at, recheck, recheck_by
             )
         body = _Body(request.content, *body_limits(route, self._limits))
+        await send_continue(request)  # decided and allowed: the body is wanted now
         exchange = await self._send(request, route, upstream, path, headers, body)
         try:
             return await self._relay(request, route, upstream, exchange, body)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from gateway.limits import BodyTimeout, timed_body
+from gateway.screening.expect import expectation_refusal, send_continue
 from gateway.screening.headers import screen
 
 if TYPE_CHECKING:
@@ -79,6 +80,8 @@ class OwnPages:
         gateway = self._gateway
         limits = gateway.config.limits
         refusal = screen(request.raw_headers, request.headers.get("Host"), limits)
+        if refusal is None:
+            refusal = expectation_refusal(request)
         if refusal is not None:
             return await self._held(gateway.refuse(request, *refusal))
         unmatched = request.match_info.http_exception
@@ -94,6 +97,7 @@ class OwnPages:
             response = gateway.refuse(request, 413, "body_too_large", reason)
             await gateway.answer_and_close(request, response)
             return response
+        await send_continue(request)
         body = bytearray()
         try:
             async for chunk in timed_body(

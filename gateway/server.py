@@ -50,6 +50,7 @@ from gateway.policy.decision import (
 from gateway.policy.memo import DecisionMemo
 from gateway.policy.reload import PolicyHolder, catalogue_apps
 from gateway.policy.shadow import ShadowPolicy
+from gateway.screening.expect import decide_first, expectation_refusal
 from gateway.screening.headers import host_name, parser_limits, screen
 from gateway.screening.paths import NormalizedPath, PathRejected, normalize
 from gateway.screening.websocket import VERSION as WEBSOCKET_VERSION
@@ -313,6 +314,8 @@ class Gateway:
 
     async def _handle(self, request: web.Request) -> tuple[web.StreamResponse, str]:
         screened = screen(request.raw_headers, request.headers.get("Host"), self.config.limits)
+        if screened is None:
+            screened = expectation_refusal(request)
         if screened is not None:
             return self.refuse(request, *screened), "-"
         try:
@@ -841,14 +844,18 @@ def build_app(config: GatewayConfig, *, instance_id: str | None = None) -> web.A
     app[GATEWAY_KEY] = gateway
     app.on_startup.append(gateway.start)
     app.on_cleanup.append(gateway.stop)
-    app.router.add_get("/healthz", gateway.healthz)
-    app.router.add_get("/readyz", gateway.readyz)
+    # Every route's Expect is the gateway's to answer, once it has decided
+    # (gateway/screening/expect.py).
+    app.router.add_get("/healthz", gateway.healthz, expect_handler=decide_first)
+    app.router.add_get("/readyz", gateway.readyz, expect_handler=decide_first)
     # No /metrics here: it is routed like any path (a logged 404 unless an app
     # owns it); it is served on the admin listener only.
-    app.router.add_get(JWKS_PATH, gateway.jwks)
+    app.router.add_get(JWKS_PATH, gateway.jwks, expect_handler=decide_first)
     if gateway.sign_in is not None:
         gateway.sign_in.add_routes(app)
-    own_pages.proxy_route = app.router.add_route("*", "/{tail:.*}", gateway.handle)
+    own_pages.proxy_route = app.router.add_route(
+        "*", "/{tail:.*}", gateway.handle, expect_handler=decide_first
+    )
     return app
 
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 
-from gateway.audit.chain import REFUSAL_PATH
-from tests.gateway_stack import Stack, raw_request
+from gateway.audit.chain import DECISION_PATH, REFUSAL_PATH
+from tests.gateway_stack import ServerFactory, Stack, raw_request
+from tests.test_gateway_own_pages import SIGN_OUT, sign_in_stack
 
 WAREHOUSE = {"groups": ["warehouse"], "amr": ["pwd", "otp"]}
 KEY = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
@@ -116,3 +119,83 @@ async def test_a_websocket_handshake_with_a_body_is_refused_before_the_upstream(
     assert event["result"]["reasons"] == [
         "gateway.websocket_handshake: a WebSocket handshake has no body"
     ]
+
+
+# --- Expect ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", [b"/wms/stock", b"/healthz"], ids=["proxied", "own-page"])
+async def test_an_unknown_expectation_is_a_logged_refusal(stack: Stack, target: bytes) -> None:
+    """The review: aiohttp answered `Expect: foo` with its own 417 before any
+    handler ran: a request answered with no decision event."""
+    status, _, body = await raw_request(
+        stack.url, b"GET " + target + b" HTTP/1.1\r\nHost: {host}\r\nExpect: foo\r\n"
+    )
+    assert status == 417, body
+    assert json.loads(body)["error"] == "expectation_failed"
+    assert stack.total_forwarded() == 0
+    (event,) = await stack.events()
+    assert event["path"] == REFUSAL_PATH
+    assert event["result"]["reasons"] == [
+        "gateway.expectation_failed: Expect: 'foo' (only 100-continue is understood)"
+    ]
+
+
+async def test_100_continue_is_not_sent_before_the_decision_refuses(stack: Stack) -> None:
+    """The review: aiohttp sent `100 Continue` before the gateway had looked at the
+    request, so a client the policy then refused had been told to send its body
+    (up to the upstream's limits, per request) first. A refusal is the answer."""
+    reader, writer = await open_raw(
+        stack,
+        b"POST /wms/stock HTTP/1.1\r\nHost: {host}\r\nExpect: 100-continue\r\n"
+        b"Content-Length: 5\r\n\r\n",
+    )
+    head = await read_head(reader)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 401 "), head
+    assert stack.total_forwarded() == 0
+
+
+async def test_100_continue_is_sent_once_the_policy_allows_and_the_body_reaches_the_upstream(
+    stack: Stack,
+) -> None:
+    token = stack.token("alice", **WAREHOUSE).encode()
+    reader, writer = await open_raw(
+        stack,
+        b"POST /wms/stock HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer " + token + b"\r\n"
+        b"Expect: 100-continue\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",
+    )
+    assert await read_head(reader) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    (event,) = await stack.events()
+    assert (event["path"], event["result"]["allow"]) == (DECISION_PATH, True)
+    writer.write(b"abcde")
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["body_bytes"] == 5
+
+
+async def test_100_continue_on_a_sign_out_comes_after_the_body_cap_and_before_the_form(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """The gateway's own pages: a body over their cap is refused without `100
+    Continue` first; one within it is asked for, and the page reads it."""
+    async with sign_in_stack(aiohttp_server, tmp_path) as stack:
+        reader, writer = await open_raw(
+            stack, SIGN_OUT + b"Expect: 100-continue\r\nContent-Length: 100000\r\n\r\n"
+        )
+        head = await read_head(reader)
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 413 "), head
+        form = b"token=not-a-sign-out-token"
+        reader, writer = await open_raw(
+            stack,
+            SIGN_OUT
+            + b"Content-Type: application/x-www-form-urlencoded\r\nExpect: 100-continue\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(form),
+        )
+        assert await read_head(reader) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(form)
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert b"sign-out token missing or not for this session" in answer, answer[:300]

@@ -24,6 +24,7 @@ from gateway.config import GatewayConfig, SignInConfig
 from gateway.identity import ANONYMOUS, Identity
 from gateway.policy.decision import Decision
 from gateway.provider_errors import oauth_error
+from gateway.screening.expect import decide_first
 from gateway.shared.check import Refusal
 from gateway.signin import pages
 from gateway.signin.oidc import OidcClient, ProviderError, TokenInvalid, same
@@ -176,16 +177,17 @@ class BrowserSignIn:
         return asyncio.ensure_future(prefetch())
 
     def add_routes(self, app: web.Application) -> None:
-        app.router.add_get(CALLBACK_PATH, self.callback)
-        app.router.add_get(SIGN_IN_PATH, self.sign_in)
-        app.router.add_route("*", SIGN_OUT_PATH, self.sign_out)
-        app.router.add_get(SIGNED_OUT_PATH, self.signed_out)
-        app.router.add_get(HOME_PATH, self.home)
+        # Expect is answered once the request passed the gateway's checks (OwnPages).
+        app.router.add_get(CALLBACK_PATH, self.callback, expect_handler=decide_first)
+        app.router.add_get(SIGN_IN_PATH, self.sign_in, expect_handler=decide_first)
+        app.router.add_route("*", SIGN_OUT_PATH, self.sign_out, expect_handler=decide_first)
+        app.router.add_get(SIGNED_OUT_PATH, self.signed_out, expect_handler=decide_first)
+        app.router.add_get(HOME_PATH, self.home, expect_handler=decide_first)
         if self.shared is not None:
             from gateway.signin.backchannel import BackChannelLogout
 
             logout = BackChannelLogout(self.config, lambda: self.client, self.shared, self.lifetime)
-            app.router.add_post(BACKCHANNEL_LOGOUT_PATH, logout.handle)
+            app.router.add_post(BACKCHANNEL_LOGOUT_PATH, logout.handle, expect_handler=decide_first)
         app.on_response_prepare.append(apply_cookie_changes)
 
     def owns_cookie(self, name: str) -> bool:
