@@ -4,7 +4,8 @@ before anything reaches the upstream (or the client is told to send its body).
 
 Held up, and kept here so it stays so: `Upgrade: h2c` (no tunnel: the upgrade is
 dropped and the answer is HTTP/1.1), absolute-form targets (a logged 400),
-`CONNECT` and `OPTIONS *` (a logged 404), `TRACE` (decided like any method)."""
+`CONNECT` and `OPTIONS *` (a logged 404), `Connection: Authorization` (the
+upstream gets less than the gateway verified, never other)."""
 
 from __future__ import annotations
 
@@ -199,3 +200,61 @@ async def test_100_continue_on_a_sign_out_comes_after_the_body_cap_and_before_th
         answer = await asyncio.wait_for(reader.read(), 5)
         writer.close()
         assert b"sign-out token missing or not for this session" in answer, answer[:300]
+
+
+# --- held up ---------------------------------------------------------------------------
+
+
+async def test_h2c_upgrade_is_not_tunnelled_past_the_decision(stack: Stack) -> None:
+    """`Upgrade: h2c` (the known h2c smuggling of proxies that pass it and then
+    relay bytes): no upgrade reaches the upstream, the answer is HTTP/1.1, and a
+    request after it on the connection is decided on its own."""
+    token = stack.token("alice", **WAREHOUSE).encode()
+    reader, writer = await open_raw(
+        stack,
+        b"GET /wms/stock HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer " + token + b"\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
+        b"Connection: Upgrade, HTTP2-Settings\r\n\r\n",
+    )
+    head = await read_head(reader)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    (received,) = stack.forwarded("wms")
+    assert {"Upgrade", "HTTP2-Settings", "Connection"}.isdisjoint(received.headers)
+
+
+@pytest.mark.parametrize(
+    ("line", "status"),
+    [
+        (b"GET http://other.example/pos/refunds/1 HTTP/1.1", 400),
+        (b"CONNECT 127.0.0.1:1 HTTP/1.1", 404),
+        (b"CONNECT /wms/stock HTTP/1.1", 404),
+        (b"OPTIONS * HTTP/1.1", 404),
+    ],
+    ids=["absolute-form", "connect-authority", "connect-path", "options-asterisk"],
+)
+async def test_targets_that_are_not_a_path_are_logged_refusals(
+    stack: Stack, line: bytes, status: int
+) -> None:
+    token = stack.token("alice", groups=["store", "warehouse"], amr=["hwk"]).encode()
+    got, _, body = await raw_request(
+        stack.url, line + b"\r\nHost: {host}\r\nAuthorization: Bearer " + token + b"\r\n"
+    )
+    assert got == status, body
+    assert stack.total_forwarded() == 0
+    (event,) = await stack.events()
+    assert event["path"] == REFUSAL_PATH
+
+
+async def test_an_authorization_header_the_client_marks_hop_by_hop_is_not_forwarded(
+    stack: Stack,
+) -> None:
+    """`Connection: Authorization` removes it from what the upstream gets, never
+    from what the gateway verified: the backend gets less, not something else."""
+    passing_authorization(stack, "wms")
+    token = stack.token("alice", **WAREHOUSE)
+    response = await stack.get(
+        "/wms/stock", token, headers={"Connection": "keep-alive, Authorization"}
+    )
+    assert response.status == 200
+    assert "Authorization" not in (await response.json())["headers"]
