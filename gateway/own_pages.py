@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from gateway.limits import BodyTimeout, timed_body
-from gateway.screening.expect import expectation_refusal, send_continue
+from gateway.screening.expect import close_if_body_kept, expectation_refusal, send_continue
 from gateway.screening.headers import screen
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ class OwnPages:
             refused = await self._screen(request)
             if refused is not None:
                 status = refused.status
+                close_if_body_kept(request, refused)
                 return refused
             response = await handler(request)
             durability = self._gateway.durability

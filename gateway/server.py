@@ -50,7 +50,7 @@ from gateway.policy.decision import (
 from gateway.policy.memo import DecisionMemo
 from gateway.policy.reload import PolicyHolder, catalogue_apps
 from gateway.policy.shadow import ShadowPolicy
-from gateway.screening.expect import decide_first, expectation_refusal
+from gateway.screening.expect import close_if_body_kept, decide_first, expectation_refusal
 from gateway.screening.headers import host_name, parser_limits, screen
 from gateway.screening.paths import NormalizedPath, PathRejected, normalize
 from gateway.screening.websocket import VERSION as WEBSOCKET_VERSION
@@ -307,6 +307,7 @@ class Gateway:
             response, app = await self._handle(request)
             if self.durability is not None:  # sync: answer once the event is on disk
                 response = await self.durability.hold(response)
+            close_if_body_kept(request, response)
             status = response.status
             return response
         finally:

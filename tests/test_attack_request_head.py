@@ -258,3 +258,23 @@ async def test_an_authorization_header_the_client_marks_hop_by_hop_is_not_forwar
     )
     assert response.status == 200
     assert "Authorization" not in (await response.json())["headers"]
+
+
+async def test_a_refusal_that_never_asked_for_the_body_closes_the_connection(
+    stack: Stack,
+) -> None:
+    """Refused without `100 Continue`, a client keeps its body (RFC 9110 10.1.1):
+    on a kept-alive connection the gateway would read its next request as that
+    body. It says `Connection: close` and closes."""
+    reader, writer = await open_raw(
+        stack,
+        b"POST /wms/stock HTTP/1.1\r\nHost: {host}\r\nExpect: 100-continue\r\n"
+        b"Content-Length: 5\r\n\r\n",
+    )
+    head = await read_head(reader)
+    assert head.startswith(b"HTTP/1.1 401 "), head
+    assert b"\r\nConnection: close\r\n" in head, head
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+    rest = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert b"HTTP/1.1 " not in rest.partition(b"}")[2], rest

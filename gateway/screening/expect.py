@@ -17,6 +17,8 @@ from aiohttp import HttpVersion11, web
 from gateway.screening.headers import Refusal
 
 CONTINUE = "100-continue"
+# Set on a request once its client was told to send the body.
+CONTINUED: web.RequestKey[bool] = web.RequestKey("portcullis_continued", bool)
 
 
 async def decide_first(request: web.Request) -> None:
@@ -48,3 +50,16 @@ async def send_continue(request: web.Request) -> None:
         return
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     request.writer.output_size = 0  # the answer itself has not begun
+    request[CONTINUED] = True
+
+
+def close_if_body_kept(request: web.Request, response: web.StreamResponse) -> None:
+    """Answered without `100 Continue`, a client keeps its body (RFC 9110 10.1.1)
+    or sends it late: on a kept-alive connection its next request would be read as
+    that body. So the connection closes after the answer (which says so)."""
+    if (
+        request.body_exists
+        and not request.get(CONTINUED, False)
+        and CONTINUE in _expectations(request)
+    ):
+        response.force_close()
