@@ -483,6 +483,50 @@ def test_a_sink_token_in_values_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
+    "options",
+    [
+        ["--set", "sharedState.redisUrl=redis://:hunter2@redis.edge.svc:6379/0"],
+        ["--set", "sharedState.redisUrl=rediss://gateway:hunter2@redis.edge.svc:6380/0"],
+        ["--set", "sharedState.redisUrl=redis://redis.edge.svc:6379/0?password=hunter2"],
+        ["--set", "sharedState.redisUrl=unix://:hunter2@/run/redis.sock"],
+        ["--set", "policy.mode=opa",
+         "--set", "policy.opa.bundle.serviceUrl=https://bot:hunter2@bundles.example.com"],
+        ["--set", "policy.shadow.mode=opa",
+         "--set", "policy.shadow.url=http://hunter2@opa-candidate.edge.svc:8181"],
+    ],
+    ids=["redis-password", "redis-user-password", "redis-query", "unix", "opa-bundle", "shadow"],
+)  # fmt: skip
+def test_a_password_in_a_url_value_is_refused_not_written_to_the_configmap(
+    options: list[str],
+) -> None:
+    """The chart's Secrets are mounted as files; a URL's password would be written
+    into the ConfigMap (readable with Kubernetes' `view` role) and the release
+    history. The chart takes each through a Secret (sharedState.password,
+    opa.bundle.credentialsSecretName), so a URL holding one is refused."""
+    result = helm("template", "gw", str(CHART), "--set", "sharedState.enabled=true", *options)
+    assert result.returncode != 0, [ln for ln in result.stdout.splitlines() if "hunter2" in ln]
+    key = options[-1].partition("=")[0]
+    assert f"{key}: Must not validate the schema (not)" in result.stderr, result.stderr
+    assert "hunter2" not in result.stderr
+
+
+def test_a_redis_url_with_a_user_name_and_the_password_from_a_secret_loads(tmp_path: Path) -> None:
+    docs = render(
+        "--set", "sharedState.enabled=true",
+        "--set", "sharedState.redisUrl=rediss://gateway@redis.edge.svc:6380/0",
+        "--set", "sharedState.password.secretName=redis-auth",
+    )  # fmt: skip
+    config = mounted_config(docs, tmp_path)
+    password = tmp_path / "etc/portcullis/redis/password"
+    password.parent.mkdir(parents=True)
+    password.write_text("hunter2\n")
+    shared = load_config(config).shared_state
+    assert shared is not None
+    assert shared.redis.url == "rediss://gateway@redis.edge.svc:6380/0"
+    assert shared.redis.password == "hunter2"
+
+
+@pytest.mark.parametrize(
     ("tls", "encrypted"),
     [({}, True), (True, True), ({"serverName": "siem.example.com"}, True), (False, False),
      (None, False)],
