@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import heap
+from gateway import heap, server_log
 from gateway.assertion import load_or_create_key
 from gateway.config import GatewayConfig, Listener
 from gateway.limits import LimitedServer
@@ -126,10 +126,7 @@ async def _start_site(runner: web.AppRunner, listener: Listener, reuse_port: boo
 
 
 def configure_logging(level: str = "info") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
-    )
+    server_log.configure(getattr(logging, level.upper(), logging.INFO))
 
 
 def _worker(config: GatewayConfig, index: int, log_level: str) -> None:

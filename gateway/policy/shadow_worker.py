@@ -29,6 +29,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from gateway import server_log
 from gateway.policy.decision import decide
 from gateway.policy.divergence import MemoReplay, divergence
 from gateway.policy.reload import Fingerprint, build_or_reason, changed, source_fingerprint
@@ -165,5 +166,5 @@ async def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    server_log.configure(logging.INFO, "%(asctime)s %(name)s %(levelname)s %(message)s")
     sys.exit(asyncio.run(main(sys.argv[1:])))

@@ -36,7 +36,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from gateway import heap
+from gateway import heap, server_log
 from gateway.audit.shipping.cursor import CursorBusy, CursorError
 from gateway.audit.shipping.settings import sink_from_json
 from gateway.audit.shipping.shipper import Shipper, load_shippers
@@ -183,5 +183,5 @@ if __name__ == "__main__":
     # Ctrl-C in a terminal reaches the whole process group: the gateway stops this
     # process itself (a stop line, or the end of stdin), after it drained the log.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    server_log.configure(logging.INFO, "%(asctime)s %(name)s %(levelname)s %(message)s")
     sys.exit(asyncio.run(main()))
