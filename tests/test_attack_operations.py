@@ -122,3 +122,23 @@ def test_no_text_a_record_quotes_starts_a_line_of_its_own(text: str, traceback: 
     assert RECORD_START.match(first)
     assert all(line[:1] == " " for line in rest), formatted
     assert not CONTROLS.search(formatted.replace("\n", "")), formatted
+
+
+async def test_refused_sign_outs_do_not_flood_the_server_log(
+    aiohttp_server: ServerFactory, tmp_path: Path, stub: StubProvider
+) -> None:
+    """Anyone can POST to the sign-out page: each refusal is a decision-log event
+    (the record a SIEM counts), and it also wrote a WARNING line per request,
+    so a loop of anonymous POSTs filled the server log at the attacker's rate."""
+    async with stub_stack(aiohttp_server, tmp_path, stub) as stack:
+        with production_server_log() as log:
+            for index in range(200):
+                headers = {"Sec-Fetch-Site": "cross-site", "Origin": f"https://{index}.example"}
+                async with stack.session.post(stack.url + SIGN_OUT, headers=headers) as refused:
+                    assert refused.status == 403
+        events = await stack.events(at_least=200)
+    refusals = [e for e in events if "gateway.sign_out_refused" in str(e["result"])]
+    assert len(refusals) == 200
+    said = log.holding("sign-out refused")
+    assert 1 <= len(said) <= 2, len(said)
+    assert "said once a minute" in said[0]

@@ -36,6 +36,7 @@ from gateway.signin.session import (
     SessionTooLarge,
     apply_cookie_changes,
 )
+from gateway.throttle import Throttle
 
 if TYPE_CHECKING:
     from gateway.shared.state import SharedState
@@ -155,6 +156,9 @@ class BrowserSignIn:
         self._catalogue: Callable[[], dict[str, Any]] = dict
         self._refreshing: dict[str, asyncio.Task[Session | None]] = {}
         self._refreshed: OrderedDict[str, tuple[float, Session | None]] = OrderedDict()
+        # Anyone can POST a sign-out: each refusal is a decision-log event, and
+        # the server log says one a minute, not one per request an attacker sends.
+        self._said_sign_out_refused = Throttle(60.0)
 
     @property
     def client(self) -> OidcClient:
@@ -632,7 +636,9 @@ class BrowserSignIn:
             return self.refuse(request, 405, "method_not_allowed", "sign-out is GET or POST")
         why_not = self._cross_site(request) or await self._bad_sign_out_token(request)
         if why_not is not None:
-            log.warning("sign-out refused: %s", why_not)
+            if self._said_sign_out_refused.due():
+                log.warning("sign-out refused: %s (said once a minute; each is a decision-log "
+                            "event)", why_not)  # fmt: skip
             return self.refuse(request, 403, "sign_out_refused", why_not)
         return await self._sign_out(request)
 
