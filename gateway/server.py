@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
+from gateway.admin_listener import refuse_pages
 from gateway.assertion import HEADER as ASSERTION_HEADER
 from gateway.assertion import JWKS_PATH, AssertionSigner, load_or_create_key
 from gateway.audit.chain import DECISION_PATH, REFUSAL_PATH, SHADOW_PATH, SIGN_IN_EVENT_PATH
@@ -863,7 +864,7 @@ def build_app(config: GatewayConfig, *, instance_id: str | None = None) -> web.A
 def build_admin_app(gateway: Gateway) -> web.Application:
     """The admin listener's app: operations endpoints of the gateway ``build_app``
     made (which owns its start and stop)."""
-    app = web.Application()
+    app = web.Application(middlewares=[refuse_pages])
     app.router.add_get("/healthz", gateway.admin_healthz)
     app.router.add_get("/readyz", gateway.admin_readyz)
     app.router.add_get("/metrics", gateway.metrics_endpoint)

@@ -724,3 +724,39 @@ async def test_sign_out_during_an_outage_is_enforced_right_after_recovery(
         assert not state._pending
     finally:
         await state.close()
+
+
+async def test_a_web_page_rebound_to_the_admin_listener_can_not_revoke_unlock_or_list(
+    aiohttp_server: ServerFactory, tmp_path: Path, redis_url: str
+) -> None:
+    """DNS rebinding: a page on evil.example re-resolves its name to the admin
+    listener's address (an operator's port-forward on 127.0.0.1), so it is the
+    page's own origin and the browser lets it post JSON and read the answers.
+    The JSON-only API stopped cross-site forms, not this: it revoked everyone."""
+    async with (
+        shared_stack(aiohttp_server, tmp_path, shared(redis_url)) as stack,
+        admin(stack.gateway) as client,
+    ):
+        token = stack.token("alice", **WAREHOUSE)
+        assert (await call(stack, stack.url, "/wms/stock", token))[0] == 200
+        origin = f"http://evil.example:{client.port}"
+        page = {"Host": f"evil.example:{client.port}", "Sec-Fetch-Mode": "cors"}
+        posts = {**page, "Origin": origin, "Sec-Fetch-Site": "same-origin"}
+        for path, body in (("/sessions/revoke", {"user": "alice"}),
+                           ("/sessions/unlock", {"user": "alice"})):  # fmt: skip
+            answer = await client.post(path, json=body, headers=posts)
+            assert answer.status == 403, await answer.text()
+            assert (await answer.json())["error"] == "page_request"
+        for path in ("/sessions?user=alice", "/metrics", "/audit/head", "/readyz"):
+            for headers in ({**page, "Sec-Fetch-Site": "same-origin"}, {"Origin": origin}):
+                answer = await client.get(path, headers=headers)
+                assert answer.status == 403, (path, headers, await answer.text())
+        assert (await call(stack, stack.url, "/wms/stock", token))[0] == 200  # not revoked
+        # Prometheus, curl, the kubelet (no Fetch Metadata), and an address typed into
+        # a browser's bar (Sec-Fetch-Site: none) are answered.
+        assert (await client.get("/metrics")).status == 200
+        assert (await client.get("/metrics", headers={"Sec-Fetch-Site": "none"})).status == 200
+        assert (await client.get("/sessions?user=alice")).status == 200
+        answer = await client.post("/sessions/revoke", json={"user": "alice"})
+        assert answer.status == 200
+        assert (await call(stack, stack.url, "/wms/stock", token))[0] == 401
