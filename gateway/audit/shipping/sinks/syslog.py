@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import os
 import re
 import socket
@@ -103,8 +104,8 @@ class SyslogSink:
             f"{self._pri[severity]}{_timestamp(stamp)}{self._after_time}{msgid} "
             f"[portcullis@{ENTERPRISE_ID}{params}] "
         ).encode()
-        message = header + BOM + text
-        return str(len(message)).encode() + b" " + message
+        size = str(len(header) + len(BOM) + len(text)).encode()
+        return b"".join((size, b" ", header, BOM, text))
 
     async def close(self) -> None:
         writer, self._writer, self._reader = self._writer, None, None
@@ -198,11 +199,24 @@ _STAMP = re.compile(
 def _timestamp(stamp: str) -> str:
     """The record's time as RFC 5424 writes it (at most 6 fractional digits), or
     its NILVALUE "-" for anything else: a field of the header can't hold a space."""
+    if len(stamp) == 30 and stamp[19] == "." and stamp[29] == "Z":  # the writer's, to the ns
+        fraction = stamp[20:29]
+        if fraction.isascii() and fraction.isdigit() and _is_second(stamp[:19]):
+            return f"{stamp[:26]}Z"
     match = _STAMP.fullmatch(stamp)
     if match is None:
         return "-"
     whole, fraction, zone = match.groups()
     return f"{whole}.{fraction[:6]}{zone}" if fraction else f"{whole}{zone}"
+
+
+@functools.lru_cache(maxsize=256)  # the records of one second share it
+def _is_second(text: str) -> bool:
+    """Whether ``text`` is _STAMP's date and time to the second."""
+    return _SECOND.fullmatch(text) is not None
+
+
+_SECOND = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}")
 
 
 def _sd_escape(value: str) -> str:
