@@ -118,9 +118,10 @@ def measure(source: Path, rounds: int, scratch: Path) -> None:
         "siem", "http", "opa", url=f"http://127.0.0.1:{receiver_port}/logs"
     )
     if syslog is not None:
-        variants["syslog, ocsf over TCP"] = SinkConfig(
-            "siem", "syslog", "ocsf", address=f"127.0.0.1:{syslog.tcp_port}"
-        )
+        for fmt in ("opa", "ocsf"):
+            variants[f"syslog, {fmt} over TCP"] = SinkConfig(
+                "siem", "syslog", fmt, address=f"127.0.0.1:{syslog.tcp_port}"
+            )
     try:
         wait_http(f"http://127.0.0.1:{receiver_port}")
         floor = floor_us(source)
