@@ -24,7 +24,24 @@ class Problem:
             where += f":{self.line}"
             if self.col is not None:
                 where += f":{self.col}"
-        return f"{where}: {self.message}"
+        # A file's name or a message quoting a file comes from whoever wrote it.
+        return shown(f"{where}: {self.message}")
+
+
+def shown(text: str) -> str:
+    """``text`` as it can be printed: bytes that aren't UTF-8 (surrogates) and
+    control characters as escapes (``\\xe9``, ``\\x1b``), never sent to a terminal."""
+    if text.isprintable():
+        return text
+    return "".join(_escaped(char) for char in text)
+
+
+def _escaped(char: str) -> str:
+    if char.isprintable():
+        return char
+    if "\udc80" <= char <= "\udcff":  # a byte that isn't UTF-8, as Python keeps it
+        return f"\\x{ord(char) - 0xDC00:02x}"
+    return char.encode("unicode_escape").decode()
 
 
 class PolicyError(Exception):

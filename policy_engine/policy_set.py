@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
 import math
 import re
 import tarfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -15,11 +17,17 @@ from typing import Any
 
 import yaml
 
-from policy_engine.errors import PolicyLoadError, Problem
+from policy_engine.errors import PolicyLoadError, Problem, shown
 
 DATA_SUFFIXES = (".json", ".yaml", ".yml")
 BUNDLE_SUFFIXES = (".tar.gz", ".tgz")
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
+# Files and directories in a bundle (the shipped set has a few dozen): each one's
+# header is read and kept, so a small gzip of empty entries would cost seconds and
+# hundreds of MB.
+MAX_BUNDLE_ENTRIES = 10_000
+# The unpacked tar stream: the files and, for headers and padding, 16 MiB more.
+_MAX_TAR_BYTES = MAX_BUNDLE_BYTES + 16 * 1024 * 1024
 # Non-JSON values reported per data file; past that, a count.
 MAX_VALUE_PROBLEMS = 10
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -158,33 +166,17 @@ def _load_bundle(bundle: Path) -> PolicySet:
     documents: list[tuple[str, tuple[str, ...], bytes]] = []
     problems: list[Problem] = []
     try:
-        with tarfile.open(bundle, "r:gz") as archive:
-            total = 0
-            for member in archive.getmembers():
-                raw = PurePosixPath(member.name)
-                name = PurePosixPath(*[p for p in raw.parts if p not in (".", "/")] or ["."])
-                display = f"{bundle}:{name}"
-                if member.isdir():
-                    continue
-                if not member.isfile() or ".." in raw.parts or raw.is_absolute():
-                    problems.append(Problem(display, "unsafe bundle entry (link or path escape)"))
-                    continue
-                total += member.size
-                if total > MAX_BUNDLE_BYTES:
-                    problems.append(Problem(str(bundle), "bundle larger than 64 MiB unpacked"))
-                    break
-                extracted = archive.extractfile(member)
-                content = extracted.read() if extracted else b""
-                if name.suffix == ".rego":
-                    try:
-                        modules.append(Module(display, _rego_text(content)))
-                    except UnicodeDecodeError as error:
-                        problems.append(Problem(display, f"not UTF-8 text: {error.reason}"))
-                elif name.name in ("data.json", "data.yaml", "data.yml"):
-                    documents.append((display, name.parent.parts, content))
-                elif name.name == ".manifest":
-                    documents.append((display, ("__manifest__",), content))
-    except (tarfile.TarError, OSError, EOFError) as error:
+        # Streamed, through a cap on what the gzip unpacks to: tarfile reads a
+        # header (a GNU long name, a pax record) into memory whole, and reading the
+        # archive's member list first walks all of it, whatever it holds.
+        with gzip.open(bundle) as unpacked:
+            capped: Any = _Capped(unpacked, _MAX_TAR_BYTES)  # stream mode ("r|") only reads
+            with tarfile.open(fileobj=capped, mode="r|") as archive:
+                _read_members(bundle, archive, modules, documents, problems)
+    except _TooLarge:
+        problems = [Problem(str(bundle), "bundle larger than 64 MiB unpacked")]
+        raise PolicyLoadError(problems) from None
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as error:
         problem = Problem(str(bundle), f"not a readable .tar.gz bundle: {error}")
         raise PolicyLoadError([problem]) from error
     manifest = [d for d in documents if d[1] == ("__manifest__",)]
@@ -206,6 +198,91 @@ def _load_bundle(bundle: Path) -> PolicySet:
     if problems:
         raise PolicyLoadError(problems)
     return policy_set
+
+
+def _read_members(
+    bundle: Path,
+    archive: tarfile.TarFile,
+    modules: list[Module],
+    documents: list[tuple[str, tuple[str, ...], bytes]],
+    problems: list[Problem],
+) -> None:
+    """The bundle's modules, data files and manifest, in the order of the archive."""
+    total = 0
+    seen: set[PurePosixPath] = set()
+    for count, member in enumerate(archive, start=1):
+        if count > MAX_BUNDLE_ENTRIES:
+            message = f"bundle of more than {MAX_BUNDLE_ENTRIES} entries (files and directories)"
+            problems[:] = [Problem(str(bundle), f"{message}: refused")]
+            return
+        raw = PurePosixPath(member.name)
+        name = PurePosixPath(*[p for p in raw.parts if p not in (".", "/")] or ["."])
+        display = f"{bundle}:{shown(str(name))}"
+        if member.isdir():
+            continue
+        if not member.isfile() or ".." in raw.parts or raw.is_absolute():
+            problems.append(Problem(display, "unsafe bundle entry (link or path escape)"))
+            continue
+        unreadable = _unreadable_name(member.name)
+        if unreadable is not None:
+            problems.append(Problem(display, f"{unreadable}: refused"))
+            continue
+        if name in seen:
+            # tar keeps the last copy when it unpacks: a reviewer reading the files
+            # would never see the first, which the engine would load too.
+            problems.append(
+                Problem(
+                    display,
+                    "the bundle holds this file twice (an unpacked copy shows only the "
+                    "last): refused",
+                )
+            )
+            continue
+        seen.add(name)
+        total += member.size
+        if total > MAX_BUNDLE_BYTES:
+            raise _TooLarge
+        extracted = archive.extractfile(member)
+        content = extracted.read() if extracted else b""
+        if name.suffix == ".rego":
+            try:
+                modules.append(Module(display, _rego_text(content)))
+            except UnicodeDecodeError as error:
+                problems.append(Problem(display, f"not UTF-8 text: {error.reason}"))
+        elif name.name in ("data.json", "data.yaml", "data.yml"):
+            documents.append((display, name.parent.parts, content))
+        elif name.name == ".manifest":
+            documents.append((display, ("__manifest__",), content))
+
+
+class _TooLarge(Exception):
+    """The bundle unpacks to more than its limits allow."""
+
+
+class _Capped:
+    """A stream that raises _TooLarge once more than ``limit`` bytes were read."""
+
+    def __init__(self, stream: gzip.GzipFile, limit: int) -> None:
+        self._stream = stream
+        self._left = limit
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(self._left + 1 if size < 0 else min(size, self._left + 1))
+        self._left -= len(data)
+        if self._left < 0:
+            raise _TooLarge
+        return data
+
+
+def _unreadable_name(name: str) -> str | None:
+    """Why a member's name can't be shown as it is, if it can't: bytes that aren't
+    UTF-8 (tarfile keeps them as surrogates) or control characters, which a listing
+    or an error message would send to the reviewer's terminal."""
+    if any("\udc80" <= char <= "\udcff" for char in name):
+        return "the name is not UTF-8"
+    if not all(char.isprintable() or char == " " for char in name):
+        return "the name holds control characters"
+    return None
 
 
 def _v0_modules(display: str, manifest: dict[str, Any]) -> list[Problem]:
