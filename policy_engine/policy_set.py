@@ -28,6 +28,8 @@ MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 MAX_BUNDLE_ENTRIES = 10_000
 # The unpacked tar stream: the files and, for headers and padding, 16 MiB more.
 _MAX_TAR_BYTES = MAX_BUNDLE_BYTES + 16 * 1024 * 1024
+# A manifest's revision is written into every decision event.
+MAX_REVISION_CHARS = 256
 # Non-JSON values reported per data file; past that, a count.
 MAX_VALUE_PROBLEMS = 10
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -189,8 +191,12 @@ def _load_bundle(bundle: Path) -> PolicySet:
         if not isinstance(parsed, dict):
             problems.append(Problem(display, "a manifest must be an object"))
             continue
-        if isinstance(parsed.get("revision"), str):
-            policy_set.revision = parsed["revision"]
+        if "revision" in parsed:
+            wrong = _revision_problem(parsed["revision"])
+            if wrong is None:
+                policy_set.revision = parsed["revision"]
+            else:
+                problems.append(Problem(display, wrong))
         problems.extend(_v0_modules(display, parsed))
         policy_set.roots = _manifest_roots(display, parsed, problems)
         if policy_set.roots is not None:
@@ -282,6 +288,19 @@ def _unreadable_name(name: str) -> str | None:
         return "the name is not UTF-8"
     if not all(char.isprintable() or char == " " for char in name):
         return "the name holds control characters"
+    return None
+
+
+def _revision_problem(revision: Any) -> str | None:
+    """Why a manifest's revision can't be the policy's, if it can't. It goes into
+    every decision event, /metrics and /readyz: a string (as OPA asks), short, and
+    printable."""
+    if not isinstance(revision, str):
+        return f"revision must be a string (it is {json.dumps(revision)[:40]})"
+    if len(revision) > MAX_REVISION_CHARS:
+        return f"revision is {len(revision)} characters long (at most {MAX_REVISION_CHARS})"
+    if not revision.isprintable():
+        return "revision holds control characters"
     return None
 
 

@@ -122,6 +122,34 @@ def test_a_bundle_member_name_with_terminal_escapes_is_shown_escaped_and_refused
     )
 
 
+# -- the manifest's revision goes into every decision event ----------------------
+
+
+@pytest.mark.parametrize(
+    ("revision", "expected"),
+    [
+        (b'"' + b"r" * 100_000 + b'"', "revision is 100000 characters long (at most 256)"),
+        (b'"r1\\u001b[31m\\nforged line"', "revision holds control characters"),
+        (b"42", "revision must be a string (it is 42)"),
+    ],
+    ids=["huge", "control-characters", "not-a-string"],
+)
+def test_a_manifest_revision_that_cant_go_into_every_decision_event_is_refused(
+    tmp_path: Path, revision: bytes, expected: str
+) -> None:
+    """The revision is written into every decision event, /metrics and /readyz: a
+    100 KB one made every event 100 KB; one with control characters reached the
+    terminal. OPA refuses a revision that isn't a string; this one was ignored."""
+    bundle = tar_gz(
+        tmp_path / "b.tar.gz",
+        [
+            (".manifest", b'{"revision": ' + revision + b"}"),
+            ("a.rego", b"package a\nimport rego.v1\nx := 1\n"),
+        ],
+    )
+    assert load_problems(bundle) == [f"{bundle}:.manifest: {expected}"]
+
+
 # -- bombs ---------------------------------------------------------------------
 
 
