@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
+from yaml.composer import ComposerError
 
 from policy_engine.errors import PolicyLoadError, Problem, shown
 
@@ -30,6 +31,9 @@ MAX_BUNDLE_ENTRIES = 10_000
 _MAX_TAR_BYTES = MAX_BUNDLE_BYTES + 16 * 1024 * 1024
 # A manifest's revision is written into every decision event.
 MAX_REVISION_CHARS = 256
+# Values a YAML data file's aliases may stand for, expanded: a few shared blocks
+# (one MFA rule each app refers to) are some hundreds.
+MAX_ALIAS_VALUES = 100_000
 # Non-JSON values reported per data file; past that, a count.
 MAX_VALUE_PROBLEMS = 10
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -449,7 +453,52 @@ class _YamlOnly:
 
 
 class _DataLoader(yaml.SafeLoader):
-    """safe_load, except that the YAML types JSON lacks come back as _YamlOnly."""
+    """safe_load, except that the YAML types JSON lacks come back as _YamlOnly, and
+    that aliases may stand for MAX_ALIAS_VALUES values in all: the engine gets the
+    data as JSON, where each alias is a copy (1 KB of nested aliases, a "billion
+    laughs", is gigabytes), and an alias inside the value it names is a loop."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._expanded = 0
+        self._sizes: dict[int, int] = {}  # id(node) -> values in it, once complete
+        self._open: set[str] = set()  # anchors of the values being read
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        mark: Any = event.start_mark
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor in self._open:
+                problem = f"the alias *{event.anchor} is inside the value it names (a loop)"
+                raise ComposerError(None, None, problem, mark)
+            if event.anchor in self.anchors:
+                self._expanded += self._size(self.anchors[event.anchor])
+                if self._expanded > MAX_ALIAS_VALUES:
+                    problem = (
+                        f"its aliases expand to more than {MAX_ALIAS_VALUES} values (a YAML bomb?)"
+                    )
+                    raise ComposerError(None, None, problem, mark)
+            return super().compose_node(parent, index)
+        anchor = getattr(event, "anchor", None)
+        if anchor is None:
+            return super().compose_node(parent, index)
+        self._open.add(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._open.discard(anchor)
+
+    def _size(self, node: yaml.Node) -> int:
+        known = self._sizes.get(id(node))
+        if known is not None:
+            return known
+        size = 1
+        if isinstance(node, yaml.SequenceNode):
+            size += sum(self._size(item) for item in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            size += sum(self._size(key) + self._size(value) for key, value in node.value)
+        self._sizes[id(node)] = size
+        return size
 
 
 def _yaml_only(kind: str) -> Any:

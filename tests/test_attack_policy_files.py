@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from policy_engine import PolicyLoadError, compile_policy, load_policy_set
+from policy_engine import EmbeddedEngine, PolicyLoadError, compile_policy, load_policy_set
 from tests.test_policy_cli import portcullis
 
 DECISION = "data.portcullis.gateway.decision"
@@ -191,3 +191,60 @@ def test_a_bundle_of_more_entries_than_a_policy_set_has_is_refused_early(tmp_pat
         f"{bundle}: bundle of more than 10000 entries (files and directories): refused"
     ]
     assert time.monotonic() - started < 2
+
+
+BILLION_LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{key}: &{key} [{', '.join([f'*{chr(ord(key) - 1)}'] * 9)}]\n" for key in "bcdefg"
+)
+
+
+@pytest.mark.parametrize("where", ["directory", "bundle"])
+def test_yaml_data_whose_aliases_expand_to_billions_of_values_is_refused_at_once(
+    tmp_path: Path, where: str
+) -> None:
+    """Half a KB of YAML anchors and aliases, 9**7 strings once expanded: the load
+    walked them for 2.5 s. Two lines more (9**9) and loading it took 24 GB before
+    the kernel killed it: the engine is handed the data as JSON, expanded."""
+    if where == "directory":
+        source = tmp_path / "policies"
+        source.mkdir()
+        (source / "a.rego").write_text("package a\nimport rego.v1\nx := 1\n")
+        (source / "data.yaml").write_text(BILLION_LAUGHS)
+        shown = f"{source}/data.yaml"
+    else:
+        source = tar_gz(
+            tmp_path / "b.tar.gz",
+            [
+                ("a.rego", b"package a\nimport rego.v1\nx := 1\n"),
+                ("data.yaml", BILLION_LAUGHS.encode()),
+            ],
+        )
+        shown = f"{source}:data.yaml"
+    started = time.monotonic()
+    problems = load_problems(source)
+    assert time.monotonic() - started < 2
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{shown}:")
+    assert problems[0].endswith(
+        "invalid YAML: its aliases expand to more than 100000 values (a YAML bomb?)"
+    )
+
+
+def test_yaml_data_with_a_few_aliases_still_loads(tmp_path: Path) -> None:
+    (tmp_path / "a.rego").write_text("package a\nimport rego.v1\nx := data.apps.pos.mfa.amr\n")
+    (tmp_path / "data.yaml").write_text(
+        "mfa: &mfa {amr: [otp, hwk]}\napps:\n  wms: {mfa: *mfa}\n  pos: {mfa: *mfa}\n"
+    )
+    engine = EmbeddedEngine(load_policy_set(tmp_path))
+    assert engine.evaluate_sync("data.a.x", {}) == ["otp", "hwk"]
+
+
+def test_a_yaml_alias_inside_the_value_it_names_is_named_as_a_loop(tmp_path: Path) -> None:
+    """It was refused as 'nested too deeply' with no line, once the walk of the loop
+    ran out of stack."""
+    (tmp_path / "a.rego").write_text("package a\nimport rego.v1\nx := 1\n")
+    (tmp_path / "data.yaml").write_text("a: &a [1, *a]\n")
+    assert load_problems(tmp_path) == [
+        f"{tmp_path}/data.yaml:1:11: invalid YAML: the alias *a is inside the value it names "
+        "(a loop)"
+    ]
