@@ -31,6 +31,7 @@ import argparse
 import json
 import re
 import sys
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -249,13 +250,39 @@ def check_hash(text: str, option: str = "--after") -> str:
 # /audit/head's answer and a JWKS are a few KB: a URL answering more is not one
 # (and is not read into memory whole).
 FETCH_MAX_BYTES = 1 << 20
+# The whole fetch, from connecting to the answer's last byte (seconds).
+FETCH_TIMEOUT = 10.0
 
 
 def fetch(url: str, label: str, what: str) -> str:
-    """The text at ``url`` (10 s timeout, at most FETCH_MAX_BYTES); UsageError,
-    starting with ``label``, saying why not."""
+    """The text at ``url`` (within FETCH_TIMEOUT in all, at most FETCH_MAX_BYTES);
+    UsageError, starting with ``label``, saying why not. The socket's timeout
+    bounds each read only: a server sending a byte every few seconds would keep
+    a CI job waiting for as long as it liked, so the fetch runs on a thread the
+    command stops waiting for (a daemon: it ends with the process)."""
+    outcome: list[str | UsageError] = []
+
+    def run() -> None:
+        try:
+            outcome.append(_fetch(url, label, what))
+        except UsageError as error:
+            outcome.append(error)
+
+    worker = threading.Thread(target=run, name="fetch", daemon=True)
+    worker.start()
+    worker.join(FETCH_TIMEOUT)
+    if not outcome:
+        raise UsageError(
+            f"{label}: cannot fetch {what}: no whole answer within {FETCH_TIMEOUT:g} s"
+        )
+    if isinstance(outcome[0], UsageError):
+        raise outcome[0]
+    return outcome[0]
+
+
+def _fetch(url: str, label: str, what: str) -> str:
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT) as response:
             data: bytes = response.read(FETCH_MAX_BYTES + 1)
         if len(data) > FETCH_MAX_BYTES:
             raise UsageError(f"{label}: more than {FETCH_MAX_BYTES} bytes: not {what}")
