@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from policy_engine import EmbeddedEngine, PolicyLoadError, compile_policy, load_policy_set
+from policy_engine import EmbeddedEngine, load_policy_set
 from tests.test_policy_cli import portcullis
+from tests.test_policy_tooling_faults import load_problems
 
 DECISION = "data.portcullis.gateway.decision"
 HIDDEN = (
@@ -36,12 +37,6 @@ def tar_gz(path: Path, members: list[tuple[str, bytes]]) -> Path:
             info.size = len(content)
             archive.addfile(info, io.BytesIO(content))
     return path
-
-
-def load_problems(path: Path) -> list[str]:
-    with pytest.raises(PolicyLoadError) as raised:
-        compile_policy(load_policy_set(path))
-    return [str(p) for p in raised.value.problems]
 
 
 def gzip_of(path: Path, header: bytes, byte: bytes, mebibytes: int) -> Path:
