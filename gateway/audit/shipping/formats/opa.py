@@ -64,15 +64,19 @@ def encode_line(raw: bytes, digest: str) -> tuple[dict[str, Any], bytes] | None:
     before its closing brace: what the writer wrote, byte for byte. Taken only
     for a line that is one JSON object of valid UTF-8 (msgspec checks the
     whole text: escapes, lone surrogates, nesting), written compactly from
-    ``{`` to ``}``, with no key of those names already (the record's own
-    would stay beside the added one). Anything else (a damaged line, lone
-    surrogates the writer's fallback escaped, a ``result`` that is no object)
-    is parsed and formatted as before. So a record orjson can't write again
-    ships as written here, not as a damaged record: one nested deeper than
-    its 254 levels (a policy's ``step_up``: the writer's stdlib fallback wrote
-    it), or holding a number no 64-bit type holds (a hand-edited line). (About
+    ``{`` to ``}`` and with no CR (a JSON-lines reader may break lines there),
+    with no key of those names already (the record's own would stay beside
+    the added one), and with a ``seq`` a 64-bit integer holds, if an integer.
+    Anything else (a damaged line, lone surrogates the writer's fallback
+    escaped, a ``result`` that is no object) is parsed and formatted as before.
+    So a record orjson can't write again ships as written here, not as a
+    damaged record: one nested deeper than its 254 levels (a policy's
+    ``step_up``: the writer's stdlib fallback wrote it), or holding a number
+    no 64-bit type holds elsewhere than its seq (a hand-edited line). (About
     2.5 us a record against 5.5 parsed and encoded again.)"""
     if raw[:1] != b"{" or raw[-1:] != b"}" or raw[-2:-1] in _NOT_BEFORE_CLOSE:
+        return None
+    if b"\r" in raw:  # between tokens (a string's is escaped): it would split a JSON line
         return None
     if not raw.isascii():
         try:
@@ -85,6 +89,9 @@ def encode_line(raw: bytes, digest: str) -> tuple[dict[str, Any], bytes] | None:
         return None
     if "chain_hash" in head or "line_hash" in head:
         return None
+    seq = head.get("seq")
+    if type(seq) is int and not -(2**63) <= seq < 2**64:
+        return None  # parsed, it is a float, not the log's seq (which orjson can't send on)
     key = b',"line_hash":"' if head.get("type") == SIGNATURE_TYPE else b',"chain_hash":"'
     return head, b"".join((raw[:-1], key, digest.encode(), b'"}'))
 
