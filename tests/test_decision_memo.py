@@ -28,9 +28,16 @@ SECOND = 1_000_000_000
 REFUNDS_MAX_AGE = 900
 
 
+# The memo is what these tests check, not the timeout. In one CI run an evaluation
+# took 287 ms of its thread's CPU, over the gateway's 250 ms, on one side of the
+# comparison only (most likely a full garbage collection of the test run's heap,
+# a thousand tests in, counted into it); here it passes in 8 s in all.
+TIMEOUT_MS = 10_000
+
+
 @pytest.fixture(scope="module")
 def engine() -> PolicyEngine:
-    return build_engine(str(POLICIES), timeout_ms=250)
+    return build_engine(str(POLICIES), timeout_ms=TIMEOUT_MS)
 
 
 def _templates() -> list[dict[str, Any]]:
@@ -39,7 +46,7 @@ def _templates() -> list[dict[str, Any]]:
     (at NOW; the memo only remembers allows, and time-bound ones are where it can err)."""
     rng, signals_rng = random.Random(7), random.Random(8)
     paths = catalogue_paths(load_policy_set(POLICIES))
-    engine = build_engine(str(POLICIES), timeout_ms=250)
+    engine = build_engine(str(POLICIES), timeout_ms=TIMEOUT_MS)
     kinds: tuple[list[dict[str, Any]], ...] = ([], [], [])
     while min(len(kind) for kind in kinds) < 120:
         document = random_input(rng, paths, signals_rng)
