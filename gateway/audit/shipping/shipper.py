@@ -30,7 +30,12 @@ from typing import Any, NamedTuple
 from gateway.audit.chain import SIGNATURE_TYPE, rfc3339_ns
 from gateway.audit.shipping.cursor import Cursor, CursorState
 from gateway.audit.shipping.formats import formatter
-from gateway.audit.shipping.formats.fields import damaged_record, epoch_ms, without_surrogates
+from gateway.audit.shipping.formats.fields import (
+    damaged_record,
+    epoch_ms,
+    is_damaged,
+    without_surrogates,
+)
 from gateway.audit.shipping.formats.opa import encode_line
 from gateway.audit.shipping.settings import SinkConfig, without_userinfo
 from gateway.audit.shipping.sinks.base import Sink, SinkError
@@ -239,19 +244,17 @@ class Shipper:
         last_seq: int | None = None
         seq_before: int | None = None
         for line in lines:
+            parsed: dict[str, Any] | None = None
             try:
                 quick = fast(line.raw, line.digest) if fast is not None else None
                 if quick is not None:
                     record, text = quick
                     data = sink.encode_json(record, text)
                 else:
-                    parsed = parse_record(line.raw)
-                    if parsed is None:
-                        parsed = self._damaged(line, "is not a JSON record (damaged?)")
-                    record = parsed
+                    record = parsed = self._parsed(line)
                     data = encode(record, format_(record, line.digest))
             except Exception:  # whatever it is, the record still ships
-                record, data = self._encode_anyway(sink, line)
+                record, data = self._encode_anyway(sink, line, parsed)
             if not encoded:
                 first_stamp = str(record.get("timestamp") or record.get("signed_at") or "")
             encoded.append(data)
@@ -262,17 +265,26 @@ class Shipper:
                 last_seq = seq
         return Batch(encoded, first_stamp, last_seq, seq_before)
 
-    def _encode_anyway(self, sink: Sink, line: TailLine) -> tuple[dict[str, Any], bytes]:
-        """A record the format or sink refused: parsed again (the refusal may
-        have come before it was), again with its lone surrogates replaced (bytes
-        of a request that were not UTF-8), else as a damaged record with its
-        text and its decision_id, seq and prev_hash (taken from the cleaned
-        record: a surrogate in them would be refused again). Returns the record
-        shipped and its bytes."""
+    def _parsed(self, line: TailLine) -> dict[str, Any]:
+        """The line's record, or the damaged record for a line that is not one (logged)."""
         record = parse_record(line.raw)
         if record is None:
-            damaged = self._damaged(line, "is not a JSON record (damaged?)")
-            return damaged, sink.encode(damaged, self._format(damaged, line.digest))
+            return self._damaged(line, "is not a JSON record (damaged?)")
+        return record
+
+    def _encode_anyway(
+        self, sink: Sink, line: TailLine, record: dict[str, Any] | None
+    ) -> tuple[dict[str, Any], bytes]:
+        """A record the format or sink refused (``record``: the line's, None if it
+        was refused before it was parsed): again with its lone surrogates
+        replaced (bytes of a request that were not UTF-8), else as a damaged
+        record with its text and its decision_id, seq and prev_hash (taken from
+        the cleaned record: a surrogate in them would be refused again). Returns
+        the record shipped and its bytes."""
+        if record is None:
+            record = self._parsed(line)
+            if is_damaged(record):
+                return record, sink.encode(record, self._format(record, line.digest))
         clean = without_surrogates(record)
         try:
             return clean, sink.encode(clean, self._format(clean, line.digest))

@@ -97,5 +97,6 @@ def encode_line(raw: bytes, digest: str) -> tuple[dict[str, Any], bytes] | None:
 
 
 # The byte before a line's closing brace, when a key can't follow it: an empty
-# object's opening brace, or whitespace (compact JSON has none there).
-_NOT_BEFORE_CLOSE = frozenset({b"{", b" ", b"\t", b"\r", b"\n"})
+# object's opening brace, or whitespace (compact JSON has none there; a CR is
+# refused before).
+_NOT_BEFORE_CLOSE = frozenset({b"{", b" ", b"\t", b"\n"})

@@ -51,19 +51,24 @@ class HttpSink:
         self._tls: ssl.SSLContext | None = None
 
     def encode(self, record: dict[str, Any], formatted: dict[str, Any]) -> bytes:
-        if self.config.envelope == "splunk_hec":
-            return orjson.dumps(self._hec(record, formatted))
-        return orjson.dumps(formatted)
+        return self.encode_json(record, orjson.dumps(formatted))
 
     def encode_json(self, record: dict[str, Any], text: bytes) -> bytes:
-        if self.config.envelope == "splunk_hec":
-            # _hec's envelope, its keys in the same order, the event's text in place.
-            envelope = self._hec(record, None)
-            index = envelope.pop("index", None)
-            del envelope["event"]
-            after = b"}" if index is None else b',"index":' + orjson.dumps(index) + b"}"
-            return orjson.dumps(envelope)[:-1] + b',"event":' + text + after
-        return text
+        if self.config.envelope != "splunk_hec":
+            return text
+        # HEC's envelope: {"time", "host", "source", "sourcetype", "event"[, "index"]}.
+        stamp = str(
+            record.get("timestamp") or record.get("signed_at") or record.get("read_at") or ""
+        )
+        head = orjson.dumps({
+            "time": epoch_ms(stamp) / 1000,
+            "host": self.hostname,
+            "source": "portcullis",
+            "sourcetype": self.config.hec_sourcetype,
+        })  # fmt: skip
+        index = self.config.hec_index
+        after = b',"index":' + orjson.dumps(index) + b"}" if index else b"}"
+        return head[:-1] + b',"event":' + text + after
 
     def body(self, batch: list[bytes]) -> bytes:
         """OPA's API takes a JSON array; HEC takes the envelopes one after another."""
@@ -133,21 +138,6 @@ class HttpSink:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-    def _hec(self, record: dict[str, Any], formatted: dict[str, Any] | None) -> dict[str, object]:
-        stamp = str(
-            record.get("timestamp") or record.get("signed_at") or record.get("read_at") or ""
-        )
-        envelope: dict[str, object] = {
-            "time": epoch_ms(stamp) / 1000,
-            "host": self.hostname,
-            "source": "portcullis",
-            "sourcetype": self.config.hec_sourcetype,
-            "event": formatted,
-        }
-        if self.config.hec_index:
-            envelope["index"] = self.config.hec_index
-        return envelope
 
     def _token(self) -> str | None:
         """Read on every batch, so a rotated token (a remounted Secret) is picked up."""

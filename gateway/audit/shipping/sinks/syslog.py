@@ -191,9 +191,8 @@ def _labels(record: dict[str, Any]) -> dict[str, Any]:
 
 
 # RFC 5424's TIMESTAMP, but with any number of fractional digits (the log has 9).
-_STAMP = re.compile(
-    r"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]+))?(Z|[+-][0-9]{2}:[0-9]{2})"
-)
+_SECOND = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}")
+_STAMP = re.compile(rf"({_SECOND.pattern})(?:\.([0-9]+))?(Z|[+-][0-9]{{2}}:[0-9]{{2}})")
 
 
 def _timestamp(stamp: str) -> str:
@@ -212,11 +211,8 @@ def _timestamp(stamp: str) -> str:
 
 @functools.lru_cache(maxsize=256)  # the records of one second share it
 def _is_second(text: str) -> bool:
-    """Whether ``text`` is _STAMP's date and time to the second."""
+    """Whether ``text`` is a date and time to the second, as _STAMP's start."""
     return _SECOND.fullmatch(text) is not None
-
-
-_SECOND = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}")
 
 
 def _sd_escape(value: str) -> str:
