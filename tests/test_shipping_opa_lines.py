@@ -6,7 +6,6 @@ exactly the JSON the line holds, with its hash."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from gateway.audit.shipping.sinks.http import HttpSink
 from gateway.audit.shipping.sinks.syslog import SyslogSink
 from gateway.audit.tail import parse_record
 from gateway.audit.writer import _forgiving_line
+from tests.test_decision_log_shipping import until
 
 # One sink of each kind and envelope, never connected: only their encoding is used.
 SINKS: dict[str, Sink] = {
@@ -187,6 +187,21 @@ def test_a_line_not_as_the_writer_writes_it_ships_as_the_json_it_holds_or_is_par
             assert head[part].get(field, "absent") == held[part].get(field, "absent"), raw
 
 
+async def ship_opa(tmp_path: Path, lines: list[bytes]) -> tuple[Shipper, Path]:
+    """The real shipper and a file sink in the opa format on a log of ``lines``,
+    run until it has acknowledged each; the stopped shipper and the sink's file."""
+    log = tmp_path / "decisions.log"
+    log.write_bytes(b"\n".join(lines) + b"\n")
+    copy = tmp_path / "copy.jsonl"
+    shipper = Shipper(SinkConfig("copy", "file", "opa", path=copy), log)
+    shipper.start()
+    try:
+        await until(lambda: shipper.acknowledged >= len(lines))
+    finally:
+        await shipper.stop(5.0)
+    return shipper, copy
+
+
 async def test_a_shipper_in_the_opa_format_ships_every_kind_of_line_once_in_order(
     tmp_path: Path,
 ) -> None:
@@ -201,18 +216,7 @@ async def test_a_shipper_in_the_opa_format_ships_every_kind_of_line_once_in_orde
         b"{}",
         orjson.dumps({"decision_id": "d", "seq": 4, "input": {"q": "caf\u00e9 \u2603"}}),
     ]
-    log = tmp_path / "decisions.log"
-    log.write_bytes(b"\n".join(lines) + b"\n")
-    copy = tmp_path / "copy.jsonl"
-    shipper = Shipper(SinkConfig("copy", "file", "opa", path=copy), log)
-    shipper.start()
-    try:
-        for _ in range(200):
-            if shipper.report()["acknowledged"] >= len(lines):
-                break
-            await asyncio.sleep(0.05)
-    finally:
-        await shipper.stop(5.0)
+    _, copy = await ship_opa(tmp_path, lines)
     shipped = [json.loads(line) for line in copy.read_bytes().splitlines()]
     assert len(shipped) == len(lines)
     hashes = [line_hash(line) for line in lines]
@@ -233,17 +237,7 @@ async def test_a_seq_beyond_64_bits_is_not_counted_as_the_log_seq(tmp_path: Path
         orjson.dumps({"decision_id": "a", "seq": 1}),
         b'{"decision_id":"b","seq":123456789012345678901234567890}',
     ]
-    log = tmp_path / "decisions.log"
-    log.write_bytes(b"\n".join(lines) + b"\n")
-    shipper = Shipper(SinkConfig("copy", "file", "opa", path=tmp_path / "copy.jsonl"), log)
-    shipper.start()
-    try:
-        for _ in range(200):
-            if shipper.report()["acknowledged"] >= len(lines):
-                break
-            await asyncio.sleep(0.05)
-    finally:
-        await shipper.stop(5.0)
+    shipper, _ = await ship_opa(tmp_path, lines)
     orjson.dumps(shipper.report())  # what the shipping process sends the gateway
     assert shipper.report()["acked_seq"] == 1
     raw, digest = lines[1], line_hash(lines[1])
