@@ -32,9 +32,10 @@ NOT_GIVEN: Any = type("NotGiven", (), {"__repr__": lambda self: "NOT_GIVEN"})()
 # The reason of a deny for an answer the contract can't read (allow not a boolean,
 # reasons not a list): the policy has a bug, and it fails closed like an error.
 MALFORMED = "policy returned a malformed decision"
-# The most characters a decision's reasons, headers and step_up may hold (the shadow's
-# limit): each goes whole into a deny's body, the upstream request or the decision
-# log and its sinks, so a policy answering megabytes would cost that per request.
+# The most characters a decision's reasons, headers and step_up may hold (a shadow
+# policy's divergence event holds as many bytes: shadow_worker.ANSWER_MAX): each
+# goes whole into a deny's body, the upstream request or the decision log and its
+# sinks, so a policy answering megabytes would cost that per request.
 MAX_ANSWER_CHARS = 64 * 1024
 # A header name is an RFC 9110 token; a value holds no control character but HTAB
 # (CR or LF would end the header line, NUL is refused by servers).

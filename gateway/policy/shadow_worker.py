@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from gateway import server_log
-from gateway.policy.decision import decide
+from gateway.policy.decision import MAX_ANSWER_CHARS, decide
 from gateway.policy.divergence import MemoReplay, divergence
 from gateway.policy.reload import Fingerprint, build_or_reason, changed, source_fingerprint
 from policy_engine import PolicyEngine
@@ -41,8 +41,10 @@ LINE_LIMIT = 16 * 1024 * 1024
 # The most of a shadow policy's answer a divergence event holds (serialized). A
 # candidate under test answering megabytes (a runaway comprehension) would
 # otherwise be parsed on the gateway's event loop and written, hashed and fsync'd
-# into the live log for every request it diverged on.
-ANSWER_MAX = 64 * 1024
+# into the live log for every request it diverged on. The same bound as a live
+# decision's (decide() refuses more characters than that as malformed); counted in
+# bytes here, which multi-byte text can still pass.
+ANSWER_MAX = MAX_ANSWER_CHARS
 
 
 def read_message(line: bytes, what: str) -> dict[str, Any] | None:
