@@ -135,6 +135,16 @@ class OidcClient:
             raise TokenInvalid(
                 f"{what} signed with a key (kid) the provider's JWKS doesn't have", "unknown_kid"
             )
+        # The header names both the key and the algorithm, and anyone can POST a
+        # logout token: one naming the provider's RSA key (its kid is public) with
+        # ES256 made PyJWT raise a TypeError, a 500 and a traceback per request.
+        # An algorithm the JWKS says the key is not for is refused too (RFC 7517 4.4).
+        declared = self._keys.algorithm_of(kid)
+        if (declared is not None and declared != algorithm) or not _key_fits(key, algorithm):
+            raise TokenInvalid(
+                f"{what} algorithm {algorithm!r} is not the one of the key its kid names",
+                "algorithm",
+            )
         return algorithm, key
 
     async def metadata(self) -> ProviderMetadata:
@@ -435,6 +445,16 @@ def _header(token: str, what: str) -> dict[str, Any]:
         return jwt.get_unverified_header(token)
     except (jwt.PyJWTError, UnicodeError) as error:  # PyJWT's header checks (kid, crit) too
         raise TokenInvalid(f"malformed {what} ({type(error).__name__})", "malformed") from error
+
+
+def _key_fits(key: jwt.PyJWK, algorithm: str) -> bool:
+    """Whether the key is of the algorithm's kind (RSA for RS*/PS*, EC for ES*, OKP
+    for EdDSA): PyJWT raises outside its own errors when it is not."""
+    try:
+        jwt.get_algorithm_by_name(algorithm).prepare_key(key.key)
+    except (jwt.PyJWTError, TypeError, ValueError):
+        return False
+    return True
 
 
 def _claims_invalid(error: jwt.PyJWTError, what: str) -> TokenInvalid:

@@ -1,0 +1,70 @@
+"""Attacks on browser sign-in that earlier reviews missed, each against the real dev
+OpenID provider (npm oidc-provider) and a running gateway: what a stranger can
+send to its endpoints, and what a provider's account can make the gateway vouch for."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.signin.oidc import BACKCHANNEL_LOGOUT_EVENT
+from tests.gateway_stack import ServerFactory
+from tests.redis_server import redis_server, redis_url
+from tests.sign_in_stack import (
+    CLIENT_ID,
+    DevProvider,
+    provider,
+    sign_in_config,
+    start_sign_in_stack,
+)
+from tests.test_shared_state import shared
+
+__all__ = ["provider", "redis_server", "redis_url"]  # fixtures
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def _b64(value: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+
+# --- back-channel logout: anyone can POST there ---------------------------------------------
+
+
+async def test_a_logout_token_naming_the_providers_key_with_another_algorithm_is_refused(
+    aiohttp_server: ServerFactory, tmp_path: Path, provider: DevProvider, redis_url: str
+) -> None:
+    """The provider's JWKS is public, so anyone can write a logout token whose header
+    names its RSA key (kid) with ES256, an algorithm the gateway allows for other
+    keys. PyJWT then raised a TypeError (an RSA key is no EC key): an anonymous 500
+    with a traceback on the server log for every POST. Such a token, and one naming
+    an algorithm the JWKS says the key is not for, is a 400 like any forged token."""
+    config = sign_in_config(provider, algorithms=("RS256", "PS256", "ES256"))
+    async with start_sign_in_stack(
+        aiohttp_server, tmp_path, provider, sign_in=config, shared_state=shared(redis_url)
+    ) as stack:
+        async with stack.session.get(provider.url + "/jwks") as response:
+            (key,) = (await response.json())["keys"]
+        assert (key["kty"], key["alg"]) == ("RSA", "RS256")
+        now = int(time.time())
+        claims = {"iss": provider.issuer, "aud": CLIENT_ID, "iat": now, "jti": "j1",
+                  "sub": "alice", "events": {BACKCHANNEL_LOGOUT_EVENT: {}}}  # fmt: skip
+        signature = base64.urlsafe_b64encode(b"\x01" * 64).rstrip(b"=").decode()
+        for algorithm in ("ES256", "PS256"):
+            token = f"{_b64({'alg': algorithm, 'kid': key['kid']})}.{_b64(claims)}.{signature}"
+            async with stack.session.post(
+                stack.url + "/.portcullis/backchannel_logout", data={"logout_token": token}
+            ) as response:
+                assert response.status == 400, (algorithm, await response.text())
+                body = await response.json()
+            assert body["error"] == "invalid_request"
+            assert f"algorithm {algorithm!r} is not the one of the key" in body["error_description"]
+        metrics = stack.gateway.metrics.render().decode()
+        assert 'portcullis_backchannel_logouts_total{result="invalid"} 2.0' in metrics
+        refusals = [e for e in await stack.events(at_least=0) if e["path"] == "gateway"]
+        assert not [e for e in refusals if "internal_error" in e["result"]["reasons"][0]]
