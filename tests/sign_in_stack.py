@@ -45,6 +45,14 @@ ACCOUNTS = {
     "carol": {"groups": ["warehouse", "wms-admin"], "methods": ["otp", "fido"]},
     "mallory": {"groups": [], "methods": ["otp"]},
     "erin": {"groups": ["warehouse", "store"], "methods": ["otp", "hwk"]},
+    # Signed up with alice's address, which the provider never verified (self-service
+    # sign-up without a confirmation mail; Entra ID's editable `email`: "nOAuth").
+    "eve": {
+        "groups": ["warehouse"],
+        "methods": ["otp"],
+        "email": "alice@example.com",
+        "email_verified": False,
+    },
 }
 
 

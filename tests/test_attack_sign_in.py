@@ -7,26 +7,38 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway.audit.chain import DECISION_PATH
 from gateway.signin.oidc import BACKCHANNEL_LOGOUT_EVENT
-from tests.gateway_stack import ServerFactory
+from tests.gateway_stack import ServerFactory, Stack
 from tests.redis_server import redis_server, redis_url
 from tests.sign_in_stack import (
     CLIENT_ID,
     DevProvider,
+    browser,
     provider,
     sign_in_config,
     start_sign_in_stack,
 )
 from tests.test_shared_state import shared
+from tests.test_sign_in import session_of
 
 __all__ = ["provider", "redis_server", "redis_url"]  # fixtures
 
 pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+async def stack(
+    aiohttp_server: ServerFactory, tmp_path: Path, provider: DevProvider
+) -> AsyncIterator[Stack]:
+    async with start_sign_in_stack(aiohttp_server, tmp_path, provider) as running:
+        yield running
 
 
 def _b64(value: dict[str, Any]) -> str:
@@ -68,3 +80,32 @@ async def test_a_logout_token_naming_the_providers_key_with_another_algorithm_is
         assert 'portcullis_backchannel_logouts_total{result="invalid"} 2.0' in metrics
         refusals = [e for e in await stack.events(at_least=0) if e["path"] == "gateway"]
         assert not [e for e in refusals if "internal_error" in e["result"]["reasons"][0]]
+
+
+# --- what the gateway vouches for -----------------------------------------------------------
+
+
+async def test_an_email_the_provider_did_not_verify_is_never_vouched_for(
+    stack: Stack, provider: DevProvider
+) -> None:
+    """Eve signed up at the provider with alice's address, never confirmed (the
+    provider says so: `email_verified: false`). The gateway put that address in
+    the session, the policy's input and the signed assertion every backend
+    trusts: an app that knows its users by email (most do) served eve as alice."""
+    async with browser(stack.url) as eve:
+        page = await eve.sign_in(stack.url + "/wms/stock", "eve", ["otp"])
+        assert page.status == 200, page.text
+        seen = page.json()
+        assert seen["assertion"]["verified"]
+        claims = seen["assertion"]["claims"]
+        assert claims["sub"] == "eve"
+        assert claims["email"] is None, "an unverified address is no one's"
+        assert session_of(stack, eve).email is None
+        home = await eve.go(stack.url + "/.portcullis/")
+        assert "Signed in as <b>eve</b>" in home.text and "alice@example.com" not in home.text
+    decisions = [e for e in await stack.events(at_least=1) if e["path"] == DECISION_PATH]
+    assert decisions and all(e["input"]["identity"].get("email") is None for e in decisions)
+    # The provider's verified addresses are still vouched for.
+    async with browser(stack.url) as alice:
+        page = await alice.sign_in(stack.url + "/wms/stock", "alice", ["otp"])
+        assert page.json()["assertion"]["claims"]["email"] == "alice@example.com"

@@ -8,7 +8,8 @@
 // provider.json: {"issuer": "http://127.0.0.1:9200", "port": 9200,
 //   "clients": [{client_id, client_secret?, redirect_uris, post_logout_redirect_uris,
 //                backchannel_logout_uri?, backchannel_logout_session_required?}],
-//   "accounts": {"alice": {"email", "name", "groups": [], "methods": ["otp"]}},
+//   "accounts": {"alice": {"email", "email_verified" (default true), "name", "groups": [],
+//                "methods": ["otp"]}},
 //   "id_token_ttl": 3600, "pkce_required": true, "pkce_optional_clients": [],
 //   "rotate_refresh_token": true}
 // Prints "listening <issuer>" once it accepts connections.
@@ -140,7 +141,7 @@ const provider = new Provider(config.issuer, {
         return {
           sub: id,
           email: account.email ?? `${id}@example.com`,
-          email_verified: true,
+          email_verified: account.email_verified ?? true,
           name: account.name ?? id,
           groups: account.groups ?? [],
         };

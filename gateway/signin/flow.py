@@ -117,6 +117,16 @@ def _redirect(location: str, status: int = 302) -> web.Response:
     return web.Response(status=status, headers=headers)
 
 
+def _verified_email(claims: dict[str, Any]) -> str | None:
+    """The ID token's email, when the provider says it verified it. Where users
+    sign up with any address (self-service without a confirmation mail, Entra
+    ID's editable `email`: "nOAuth"), an unverified one is whatever was typed, and
+    the gateway would vouch for it to the policy and, in the assertion, to every
+    backend: one that knows its users by email would serve the typist as them."""
+    email = claims.get("email")
+    return email if isinstance(email, str) and claims.get("email_verified") is True else None
+
+
 def _step_up(value: Any) -> dict[str, Any]:
     acr = value.get("acr") if isinstance(value, dict) else None
     max_age = value.get("max_age") if isinstance(value, dict) else None
@@ -333,7 +343,7 @@ class BrowserSignIn:
             issuer=self.config.issuer,
             expires_at=int(claims["exp"]),
             created_at=created_at,
-            email=claims["email"] if isinstance(claims.get("email"), str) else None,
+            email=_verified_email(claims),
             groups=tuple(groups),
             amr=tuple(m for m in raw_amr if isinstance(m, str))
             if isinstance(raw_amr, list)
