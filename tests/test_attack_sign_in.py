@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.async_api import Page
 
 from gateway.audit.chain import DECISION_PATH
 from gateway.signin.oidc import BACKCHANNEL_LOGOUT_EVENT
@@ -25,10 +26,11 @@ from tests.sign_in_stack import (
     sign_in_config,
     start_sign_in_stack,
 )
+from tests.test_browser_sign_in import page, sign_in_at_provider
 from tests.test_shared_state import shared
 from tests.test_sign_in import session_of
 
-__all__ = ["provider", "redis_server", "redis_url"]  # fixtures
+__all__ = ["page", "provider", "redis_server", "redis_url"]  # fixtures
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -109,3 +111,28 @@ async def test_an_email_the_provider_did_not_verify_is_never_vouched_for(
     async with browser(stack.url) as alice:
         page = await alice.sign_in(stack.url + "/wms/stock", "alice", ["otp"])
         assert page.json()["assertion"]["claims"]["email"] == "alice@example.com"
+
+
+# --- cookies a browser will not keep ---------------------------------------------------------
+
+
+async def test_an_oversized_return_url_neither_breaks_sign_in_nor_reads_as_a_forged_state(
+    stack: Stack, page: Page
+) -> None:
+    """A link into an app with a query of a few kilobytes (a report's filters, or
+    one sent to make sign-ins fail): the pre-auth cookie holding it passed the
+    4096 bytes a browser keeps of a cookie (RFC 6265bis 5.6), Chromium ignored
+    it, and the callback found no sign-in in flight: the user got "started in
+    another browser" and the SIEM a `state_mismatch`, the sign of a forged or
+    replayed answer. The sign-in completes, back to the link's path."""
+    target = stack.url + "/wms/report?q=" + "a" * 3000
+    await page.goto(target)
+    assert "/interaction/" in page.url
+    await sign_in_at_provider(page, "alice", ["otp"])
+    await page.wait_for_url(stack.url + "/wms/report")
+    assert '"sub": "alice"' in await page.locator("body").inner_text()
+    signed = [e for e in await stack.events(at_least=1) if e["path"] == "gateway/signin"]
+    assert [e["result"]["reasons"] for e in signed] == [["gateway.sign_in: signed in"]]
+    # What fits is kept whole, as before.
+    await page.goto(stack.url + "/wms/report?q=" + "b" * 1000)
+    assert page.url == stack.url + "/wms/report?q=" + "b" * 1000

@@ -463,20 +463,23 @@ class BrowserSignIn:
         pending = self.cookies.pending_names(request)
         if len(pending) >= MAX_PENDING:
             self.cookies.drop_pending(request, pending)
-        self.cookies.save_pending(
-            request,
-            auth.state,
-            {
+        # A browser ignores a cookie past 4 KB, and the callback then finds no sign-in
+        # in flight: a link with a query of a few KB failed every sign-in, logged as
+        # a forged state. Its query gives way, then its path, until the cookie fits
+        # (home always does: the redirect_uri's host is at most 260 characters).
+        path = return_to.partition("?")[0]
+        for target in dict.fromkeys((return_to, path, HOME_PATH)):
+            data = {
                 "state": auth.state,
                 "nonce": auth.nonce,
                 "verifier": auth.code_verifier,
                 "redirect_uri": redirect_uri,
-                "return_to": return_to,
+                "return_to": target,
                 "step_up": step_up,
                 "created": int(time.time()),
-            },
-            PRE_AUTH_TTL,
-        )
+            }
+            if self.cookies.save_pending(request, auth.state, data, PRE_AUTH_TTL):
+                break
         return _redirect(auth.url)
 
     # --- the gateway's endpoints ------------------------------------------------------------

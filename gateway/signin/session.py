@@ -30,6 +30,9 @@ NONCE_BYTES = 12
 # Browsers keep at least 4096 bytes per cookie (name, value and attributes):
 # stay well under it, and split a larger session over numbered cookies.
 CHUNK_BYTES = 3800
+# RFC 6265bis 5.6: a cookie whose name and value together pass this is ignored
+# whole, not cut (Chromium's kMaxCookieNamePlusValueSize).
+BROWSER_COOKIE_BYTES = 4096
 MAX_CHUNKS = 4
 # Request and response stash, read by the on_response_prepare hook.
 COOKIE_CHANGES: web.RequestKey[list[tuple[str, str | None, dict[str, Any]]]] = web.RequestKey(
@@ -410,11 +413,17 @@ class SessionCookies:
 
     def save_pending(
         self, request: web.Request, state: str, data: dict[str, Any], ttl: int
-    ) -> None:
+    ) -> bool:
+        """Set the pre-auth cookie of a sign-in; False, and nothing set, when it is
+        one a browser would ignore (past BROWSER_COOKIE_BYTES): the callback would
+        find no sign-in in flight."""
         name = self.pre_auth_name(state)
         value = self.keys.seal(f"pre-auth/{name}", orjson.dumps(data))
+        if len(name) + len(value) > BROWSER_COOKIE_BYTES:
+            return False
         attributes = self.policy.attributes(self.pre_auth_path, max_age=ttl)
         pending_changes(request).append((name, value, attributes))
+        return True
 
     def load_pending(self, request: web.Request, state: str) -> dict[str, Any] | None:
         name = self.pre_auth_name(state)
