@@ -69,6 +69,21 @@ class Route:
     forward_headers: frozenset[str] = frozenset()
 
 
+# What the shared state and its admin commands call the issuer of mTLS identities (a
+# client certificate's common name): a subject is keyed with its issuer, and these
+# have none of their own. No token issuer may take the name.
+CLIENT_CERTIFICATE_ISSUER = "mtls"
+
+
+def issuer_name(issuer: str) -> str:
+    """An issuer as the shared state names it (its keys, its admin commands): without
+    a trailing slash. Sessions carry sign_in.issuer read without one; a provider's
+    tokens (its logout tokens, or its access tokens under `issuers`) may keep it
+    (Auth0's do): one provider, one name, so a revocation it asks for reaches what
+    it issued."""
+    return issuer.rstrip("/")
+
+
 @dataclass(frozen=True)
 class Issuer:
     issuer: str
@@ -492,6 +507,11 @@ def _forward_headers(reader: _Reader) -> frozenset[str]:
 def _issuer(data: Any, where: str) -> Issuer:
     reader = _Reader(data, where)
     issuer = reader.required("issuer", str)
+    if issuer_name(issuer) == CLIENT_CERTIFICATE_ISSUER:
+        raise ConfigError(
+            f"{where}.issuer: {issuer!r} names client-certificate identities in the shared "
+            "state; use the issuer's own name (its URL)"
+        )
     audiences = reader.strings("audiences")
     if not audiences:
         raise ConfigError(f"{where}.audiences: at least one audience is required")

@@ -57,7 +57,7 @@ from gateway.screening.paths import NormalizedPath, PathRejected, normalize
 from gateway.screening.websocket import VERSION as WEBSOCKET_VERSION
 from gateway.screening.websocket import handshake_refusal
 from gateway.shared.check import Refusal
-from gateway.shared.revocation import longest_token_life
+from gateway.shared.revocation import longest_token_life, trusted_issuers
 from gateway.shared.state import REMEMBER_ADDRESS, SIGNALS, SharedState
 from gateway.signin.flow import BrowserSignIn
 
@@ -783,6 +783,7 @@ def _shared_state(config: GatewayConfig, replica: str, metrics: Metrics) -> Shar
         session_lifetime=config.session.lifetime,
         token_lifetime=token_lifetime,
         registry=metrics.registry,
+        issuers=trusted_issuers(config),
     )
 
 

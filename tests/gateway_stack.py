@@ -111,6 +111,7 @@ async def start_stack(
     gateway_port: int | None = None,
     issuer_options: dict[str, Any] | None = None,
     policy_options: dict[str, Any] | None = None,
+    more_issuers: tuple[Issuer, ...] = (),
     **overrides: Any,
 ) -> AsyncIterator[Stack]:
     issuer = DevIssuer(tmp_path / "issuer", "")
@@ -137,6 +138,7 @@ async def start_stack(
                 jwks_url=f"{issuer.issuer}/jwks.json",
                 **(issuer_options or {}),
             ),
+            *more_issuers,
         ),
         policy=PolicyConfig(source=str(policy), poll_interval=0.05, **(policy_options or {})),
         assertion=AssertionConfig(key_file=tmp_path / "assertion.pem"),

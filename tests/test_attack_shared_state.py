@@ -27,7 +27,7 @@ from gateway.shared.state import SharedState
 from gateway.shared.store import Store
 from tests.gateway_stack import ServerFactory, logged
 from tests.redis_server import LatencyProxy, RedisServer, redis_server, redis_url
-from tests.test_shared_state import WAREHOUSE, admin, call, shared, shared_stack, wait_for
+from tests.test_shared_state import IDP, WAREHOUSE, admin, call, shared, shared_stack, wait_for
 
 __all__ = ["redis_server", "redis_url"]  # fixtures
 
@@ -52,7 +52,8 @@ async def test_a_wrong_type_key_of_one_user_switches_off_revocation_for_everyone
             answer = await client.post("/sessions/revoke", json={"user": "alice"})
             assert answer.status == 200
         async with redis.asyncio.Redis.from_url(redis_url) as other_app:
-            await other_app.set(state.keys.addresses("mallory", "wms"), "not a sorted set")
+            mallory = state.keys.user_addresses(stack.issuer.issuer, "mallory", "wms")
+            await other_app.set(mallory, "not a sorted set")
         status, body, _ = await call(
             stack, stack.url, "/wms/stock", stack.token("mallory", **WAREHOUSE)
         )
@@ -91,7 +92,8 @@ async def test_a_foreign_value_at_a_revocation_or_lockout_key_never_lets_in_or_g
     Python, as "unreadable, revoked now" in the script). The request escaped the
     decision path as a 500 with no decision event, or was refused for the wrong
     reason. Each is refused as revoked or locked out (or 503), and logged; only a
-    well-formed revocation from before the token lets it in."""
+    well-formed revocation from before the token lets it in. The same for the keys
+    by subject alone (under every issuer), read beside the user's own."""
     lockout = Lockout(after_denies=1000, window=900, duration=1800)
     async with shared_stack(aiohttp_server, tmp_path, shared(redis_url, lockout=lockout)) as stack:
         state = stack.gateway.shared
@@ -100,9 +102,16 @@ async def test_a_foreign_value_at_a_revocation_or_lockout_key_never_lets_in_or_g
         token = stack.token("alice", **WAREHOUSE)
         issued = int(time.time())
         store = redis.asyncio.Redis.from_url(redis_url)
+        keys, alice = state.keys, (stack.issuer.issuer, "alice")
+        where = {
+            ("revoked", "user"): keys.user_revoked(*alice),
+            ("revoked", "every issuer"): keys.revoked_under_every_issuer("alice"),
+            ("locked_out", "user"): keys.user_lockout(*alice),
+            ("locked_out", "every issuer"): keys.lockout_under_every_issuer("alice"),
+        }
 
         async def attempt(key: str, value: bytes) -> tuple[int, dict[str, Any]]:
-            await store.delete(state.keys.user_revoked("alice"), state.keys.lockout("alice"))
+            await store.delete(*where.values())
             await store.set(key, value)
             status, body, _ = await call(stack, stack.url, "/wms/stock", token)
             if status != 200:
@@ -122,13 +131,9 @@ async def test_a_foreign_value_at_a_revocation_or_lockout_key_never_lets_in_or_g
 
         @settings(max_examples=80, derandomize=True, deadline=None, database=None,
                   suppress_health_check=list(HealthCheck))  # fmt: skip
-        @given(_foreign_values(), st.sampled_from(["revoked", "locked_out"]))
-        def foreign(value: bytes, kind: str) -> None:
-            key = (
-                state.keys.user_revoked("alice")
-                if kind == "revoked"
-                else state.keys.lockout("alice")
-            )
+        @given(_foreign_values(), st.sampled_from(sorted(where)))
+        def foreign(value: bytes, at: tuple[str, str]) -> None:
+            kind, key = at[0], where[at]
             status, body = asyncio.run_coroutine_threadsafe(attempt(key, value), loop).result(30)
             if kind == "revoked" and well_formed_before(value):
                 assert status == 200, (value, status, body)
@@ -159,7 +164,9 @@ async def test_an_allow_on_another_app_makes_a_new_address_known_to_pos(
         assert (await call(stack, stack.url, "/wms/stock", stolen))[0] == 200
 
         async def remembered() -> bool:
-            known = await state.store.client.zscore(state.keys.addresses("bob", "wms"), "127.0.0.1")
+            known = await state.store.client.zscore(
+                state.keys.user_addresses(stack.issuer.issuer, "bob", "wms"), "127.0.0.1"
+            )
             return known is not None
 
         await wait_for(remembered)
@@ -219,10 +226,10 @@ async def test_a_kept_sign_out_redis_refuses_keeps_the_gateway_in_outage_mode(
     await state.start()
     try:
         redis_server.stop()
-        assert not await state.revoke_session("kept-sid", "mallory", "signed out", 3600)
+        assert not await state.revoke_session("kept-sid", IDP, "mallory", "signed out", 3600)
         redis_server.start()
         async with redis.asyncio.Redis.from_url(redis_url) as other_app:
-            await other_app.set(state.keys.user_sessions("mallory"), "not a sorted set")
+            await other_app.set(state.keys.user_sessions(IDP, "mallory"), "not a sorted set")
             deadline = time.monotonic() + 5
             while not state.store.available and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
@@ -297,17 +304,17 @@ async def test_revocations_and_lockouts_hold_for_subjects_with_redis_special_cha
     def bearer(subject: str) -> Identity:
         return Identity(
             authenticated=True, method="bearer", subject=subject, issued_at=issued,
-            expires_at=issued + 3600,
+            expires_at=issued + 3600, issuer=IDP,
         )  # fmt: skip
 
     async def attempt(subject: str, variant: str, lock: bool) -> tuple[str | None, str | None]:
         await state.store.client.flushdb()  # nothing left by an earlier example
         if lock:
             await state.store.run(
-                lambda r: revocation.note_denied(r, state.keys, state.config, subject, "m")
+                lambda r: revocation.note_denied(r, state.keys, state.config, IDP, subject, "m")
             )
         else:
-            await state.revoke_user(subject, "test", "test")
+            await state.revoke_user(subject, "test", "test", issuer=IDP)
         hit = (await state.check(request, "wms", bearer(subject))).refusal
         miss = (await state.check(request, "wms", bearer(variant))).refusal
         return (hit.rule if hit else None), (miss.rule if miss else None)

@@ -173,6 +173,42 @@ async def test_backchannel_logout_from_a_provider_whose_issuer_ends_in_a_slash_e
         slash.stop()
 
 
+async def test_a_back_channel_logout_does_not_revoke_the_same_subject_of_another_issuer(
+    aiohttp_server: ServerFactory,
+    tmp_path: Path,
+    provider: DevProvider,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A logout token with `sub` and no `sid` revokes that subject's sessions and
+    tokens: the provider's subject. It revoked "alice" under every issuer, so the
+    token issuer's alice (someone else) was refused too."""
+    verify = OidcClient.verify_logout_token
+
+    async def without_sid(self: OidcClient, token: str) -> dict[str, Any]:
+        claims = await verify(self, token)
+        claims.pop("sid", None)  # as a provider without sessions sends it
+        return claims
+
+    monkeypatch.setattr(OidcClient, "verify_logout_token", without_sid)
+    async with start_sign_in_stack(
+        aiohttp_server, tmp_path, provider, shared_state=shared(redis_url)
+    ) as stack:
+        bearer = stack.token("alice", groups=["warehouse"], amr=["pwd", "otp"])
+        async with browser(stack.url) as client:
+            await client.sign_in(stack.url + "/wms/", "alice", ["otp"])
+            stolen = session_cookies(client)
+            assert (await with_copied_cookie(stack.url, stolen))[0] == 200
+            await sign_out_at_provider(provider, client)
+            await logouts_answered(stack, "ok")
+            status, body = await with_copied_cookie(stack.url, stolen)
+            assert status == 401 and "signed out at the provider" in body["reason"], body
+        async with stack.session.get(
+            stack.url + "/wms/stock", headers={"Authorization": f"Bearer {bearer}"}
+        ) as response:
+            assert response.status == 200, await response.text()
+
+
 async def test_backchannel_logout_that_redis_refused_midway_is_applied_when_the_provider_retries(
     aiohttp_server: ServerFactory,
     tmp_path: Path,
@@ -249,6 +285,13 @@ async def test_sessions_are_listed_with_replica_and_address(
                 assert sessions[0]["replica"] == "replica-b"  # last seen there
                 assert sessions[0]["source_ip"] == "127.0.0.1"
                 assert sessions[0]["last_seen"] >= sessions[0]["created"]
+                # Listed under every issuer the gateway trusts, each naming its own.
+                assert listing["issuer"] is None
+                assert sessions[0]["issuer"] == provider.issuer.rstrip("/")
+                by_token_issuer = await api.get(
+                    "/sessions", params={"user": "alice", "issuer": stack.issuer.issuer}
+                )
+                assert (await by_token_issuer.json())["sessions"] == []
                 answer = await api.post(
                     "/sessions/revoke", json={"session": sessions[0]["session_id"]}
                 )

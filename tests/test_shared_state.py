@@ -40,6 +40,7 @@ __all__ = ["redis_server", "redis_url"]  # fixtures
 pytestmark = pytest.mark.timeout(60)
 STORE_MFA = {"groups": ["store"], "amr": ["pwd", "otp"]}
 WAREHOUSE = {"groups": ["warehouse"], "amr": ["pwd", "otp"]}
+IDP = "https://idp.example"  # the issuer of identities made up without a stack
 
 
 def shared(url: str, *, request_timeout: float = 2.0, **changes: Any) -> SharedStateConfig:
@@ -165,7 +166,7 @@ async def test_revoked_token_stays_revoked_for_the_issuers_leeway_past_its_lifet
         async with admin(stack.gateway) as client:
             assert (await client.post("/sessions/revoke", json={"user": "alice"})).status == 200
         assert (await call(stack, stack.url, "/wms/stock", token))[0] == 401
-        key = stack.gateway.shared.keys.user_revoked("alice")  # type: ignore[union-attr]
+        key = stack.gateway.shared.keys.revoked_under_every_issuer("alice")  # type: ignore[union-attr]
         async with redis.asyncio.from_url(redis_url) as r:
             kept_until = time.time() + await r.pttl(key) / 1000
             accepted_until = int(issued) + longest + leeway + leeway  # exp + leeway
@@ -206,7 +207,8 @@ async def test_session_cli_revokes_and_unlocks_through_redis(
              "--user", "alice"],
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
-        assert result.returncode == 0 and "alice was not locked out" in result.stdout
+        assert result.returncode == 0, result.stderr
+        assert "alice (http://127.0.0.1:1) was not locked out" in result.stdout
 
 
 def test_session_cli_without_shared_state_says_so(tmp_path: Path) -> None:
@@ -302,7 +304,7 @@ async def test_identity_is_locked_out_after_denies_on_any_replica_and_unlocked(
     async with shared_stack(aiohttp_server, tmp_path, shared(redis_url, lockout=lockout)) as stack:
         other, gateway_b = await second_replica(aiohttp_server, stack, tmp_path)
         token = stack.token("alice", **WAREHOUSE)  # no store group: pos denies
-        locked = gateway_b.shared.keys.lockout("alice")  # type: ignore[union-attr]
+        locked = gateway_b.shared.keys.user_lockout(stack.issuer.issuer, "alice")  # type: ignore[union-attr]
         client = gateway_b.shared.store.client  # type: ignore[union-attr]
         for base in (stack.url, other, stack.url):
             status, body, _ = await call(stack, base, "/pos/sales", token)
@@ -324,7 +326,11 @@ async def test_identity_is_locked_out_after_denies_on_any_replica_and_unlocked(
             assert page.status == 403 and "locked out" in await page.text()
         async with admin(stack.gateway) as api:
             answer = await api.post("/sessions/unlock", json={"user": "alice"})
-            assert (await answer.json()) == {"user": "alice", "was_locked": True}
+            assert (await answer.json()) == {
+                "user": "alice",
+                "issuer": stack.issuer.issuer,
+                "was_locked": True,
+            }
         assert (await call(stack, other, "/wms/stock", token))[0] == 200
 
 
@@ -360,8 +366,9 @@ async def test_signals_reach_the_policy_and_a_known_address_is_remembered(
             answer): the next decision's signals read both."""
             keys = stack.gateway.shared.keys  # type: ignore[union-attr]
             client = stack.gateway.shared.store.client  # type: ignore[union-attr]
-            address = await client.zscore(keys.addresses("alice", "wms"), "127.0.0.1")
-            return address is not None and await client.zcard(keys.denies("alice")) >= 1
+            alice = (stack.issuer.issuer, "alice")
+            address = await client.zscore(keys.user_addresses(*alice, "wms"), "127.0.0.1")
+            return address is not None and await client.zcard(keys.user_denies(*alice)) >= 1
 
         await wait_for(recorded)
         second = await call(stack, stack.url, "/wms/stock", token)
@@ -699,14 +706,14 @@ async def test_sign_out_during_an_outage_is_enforced_right_after_recovery(
         now = time.time()
         identity = Identity(
             authenticated=True, method="session", subject="bob", issued_at=float(int(now)),
-            session_id="target-sid", expires_at=now + 3600,
+            session_id="target-sid", expires_at=now + 3600, issuer=IDP,
         )  # fmt: skip
         request = make_mocked_request("GET", "/wms/stock")
         assert (await state.check(request, "wms", identity)).refusal is None
         redis_server.stop()
         for i in range(2000):
-            assert not await state.revoke_session(f"other-{i}", "x", "signed out", 3600)
-        assert not await state.revoke_session("target-sid", "bob", "signed out", 3600)
+            assert not await state.revoke_session(f"other-{i}", IDP, "x", "signed out", 3600)
+        assert not await state.revoke_session("target-sid", IDP, "bob", "signed out", 3600)
         refusal = (await state.check(request, "wms", identity)).refusal
         assert refusal is not None and refusal.rule == "session_revoked"  # while down
         redis_server.start()

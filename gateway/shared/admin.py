@@ -6,6 +6,7 @@ with a JSON body, so a web page can't send one cross-site without a CORS preflig
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from gateway.shared import revocation
 from gateway.shared.check import when
+from gateway.shared.revocation import IssuerChoice, choose_issuer
 from gateway.shared.state import SharedState
 from gateway.shared.store import Unavailable
 
@@ -56,18 +58,35 @@ def _text(body: dict[str, Any], name: str, limit: int = 512) -> str | None:
     return value
 
 
+def _issuer_error(given: str | None, error: IssuerChoice, trusted: tuple[str, ...]) -> web.Response:
+    """An issuer not trusted here, or none where one must be named: 400, with the
+    choices as a list too."""
+    code = "issuer_required" if given is None else "unknown_issuer"
+    body = {"error": code, "reason": str(error), "issuers": list(trusted)}
+    return web.json_response(body, status=400)
+
+
 async def list_sessions(request: web.Request) -> web.Response:
     shared = request.app[SHARED_KEY]
     user = request.query.get("user", "")
     if not user:
         return _error(400, "bad_request", "?user=<subject> is required")
+    given = request.query.get("issuer")
+    try:
+        issuer = None if given is None else choose_issuer(given, shared.issuers, required=True)
+    except IssuerChoice as error:
+        return _issuer_error(given, error, shared.issuers)
+    # Without an issuer: the subject under each issuer, each session naming its own.
+    issuers = shared.issuers if issuer is None else (issuer,)
     try:
         sessions = await shared.store.run(
-            lambda r: revocation.list_sessions(r, shared.keys, user), timeout=2.0
+            lambda r: revocation.list_sessions(r, shared.keys, issuers, user), timeout=2.0
         )
     except Unavailable as error:
         return _error(503, "shared_state_unavailable", str(error))
-    return web.json_response({"user": user, "sessions": [s.to_json() for s in sessions]})
+    return web.json_response(
+        {"user": user, "issuer": issuer, "sessions": [s.to_json() for s in sessions]}
+    )
 
 
 async def revoke(request: web.Request) -> web.Response:
@@ -77,6 +96,7 @@ async def revoke(request: web.Request) -> web.Response:
         return body
     try:
         user, session = _text(body, "user"), _text(body, "session", 128)
+        given = _text(body, "issuer")
         reason = _text(body, "reason", 200) or "revoked by an administrator"
     except ValueError as error:
         return _error(400, "bad_request", str(error))
@@ -85,21 +105,29 @@ async def revoke(request: web.Request) -> web.Response:
             400, "bad_request", 'give "user" (every session and token) or "session" (one)'
         )
     try:
+        # No issuer: the subject under every issuer (the fail-closed reading of
+        # "revoke alice"); answered as "issuer": null.
+        issuer = None if given is None else choose_issuer(given, shared.issuers, required=True)
+    except IssuerChoice as error:
+        return _issuer_error(given, error, shared.issuers)
+    try:
         if user is not None:
             at = await shared.store.run(
-                lambda r: revocation.revoke_user(r, shared.keys, user, reason, "admin-api",
-                                                 shared.revocation_ttl), timeout=2.0,
+                lambda r: revocation.revoke_user(r, shared.keys, issuer, user, reason,
+                                                 "admin-api", shared.revocation_ttl), timeout=2.0,
             )  # fmt: skip
-            return web.json_response({"user": user, "revoked_before": at, "at": when(at)})
+            return web.json_response(
+                {"user": user, "issuer": issuer, "revoked_before": at, "at": when(at)}
+            )
         assert session is not None
-        subject = await shared.store.run(
-            lambda r: revocation.session_subject(r, shared.keys, session), timeout=2.0
+        owner, subject = await shared.store.run(
+            lambda r: revocation.session_owner(r, shared.keys, session), timeout=2.0
         )
         await shared.store.run(
-            lambda r: revocation.revoke_session(r, shared.keys, session, subject or "",
+            lambda r: revocation.revoke_session(r, shared.keys, session, owner, subject or "",
                                                 reason, shared.revocation_ttl), timeout=2.0,
         )  # fmt: skip
-        return web.json_response({"session": session, "user": subject})
+        return web.json_response({"session": session, "user": subject, "issuer": owner})
     except Unavailable as error:
         return _error(503, "shared_state_unavailable", str(error))
 
@@ -110,15 +138,29 @@ async def unlock(request: web.Request) -> web.Response:
     if isinstance(body, web.Response):
         return body
     try:
-        user = _text(body, "user")
+        user, given = _text(body, "user"), _text(body, "issuer")
     except ValueError as error:
         return _error(400, "bad_request", str(error))
     if user is None:
         return _error(400, "bad_request", '"user" is required')
     try:
-        was_locked = await shared.store.run(
-            lambda r: revocation.unlock(r, shared.keys, user), timeout=2.0
+        # Never "every issuer": that would lift the lockout of someone else by the
+        # same name. Without an issuer, only where one is trusted.
+        issuer = choose_issuer(given, shared.issuers, required=True)
+    except IssuerChoice as error:
+        return _issuer_error(given, error, shared.issuers)
+    assert issuer is not None
+    only = len(shared.issuers) == 1
+    try:
+        unlocked = await shared.store.run(
+            lambda r: revocation.unlock(r, shared.keys, issuer, user, only_issuer=only),
+            timeout=2.0,
         )
     except Unavailable as error:
         return _error(503, "shared_state_unavailable", str(error))
-    return web.json_response({"user": user, "was_locked": was_locked})
+    answer: dict[str, Any] = {"user": user, "issuer": issuer, "was_locked": unlocked.was_locked}
+    if unlocked.still_locked_ms:
+        until = when(time.time() + unlocked.still_locked_ms / 1000)
+        answer["still_locked_until"] = until
+        answer["reason"] = revocation.still_locked(user, until)
+    return web.json_response(answer)

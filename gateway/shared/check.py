@@ -13,39 +13,61 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from gateway.config import CLIENT_CERTIFICATE_ISSUER, issuer_name
 from gateway.identity import Identity
 from gateway.shared.settings import RateLimit, SharedStateConfig
-from gateway.shared.store import Store, Unavailable
+from gateway.shared.store import Keys, Store, Unavailable
 
 # KEYS: 1 user revocation, 2 session revocation, 3 provider-session revocation,
 # 4 lockout, 5 rate counter (this window), 6 rate counter (previous window),
-# 7 addresses seen (on this app), 8 denies, 9 the user's sessions, 10 the session record.
+# 7 addresses seen (on this app), 8 denies, 9 the user's sessions, 10 the session record,
+# 11 the subject's revocation under every issuer, 12 its lockout under every issuer
+# (keys by subject alone: written before keys named the issuer, or a revocation that
+# names none). Read in the same call: one round trip still.
 # ARGV: 1 now, 2 what to check ("u", "s", "p", "l" letters), 3 rate limit (0: none),
 # 4 rate window, 5 source address ("" : no signals), 6 deny window, 7 session id
 # ("" : no session), 8 replica, 9 session created, 10 subject, 11 session end
-# (epoch), 12 active-session window, 13 issued at (-1: unknown), 14 session lifetime.
+# (epoch), 12 active-session window, 13 issued at (-1: unknown), 14 session lifetime,
+# 15 issuer.
 # Returns: {user revocation, session revocation, provider revocation, lockout,
 # lockout ttl ms, rate count, previous count, admitted, address last seen, denies,
-# live sessions}. A revoked or locked-out identity writes nothing.
+# live sessions, revocation under every issuer}. A revoked or locked-out identity
+# writes nothing.
 CHECK_SCRIPT = """
 local now = tonumber(ARGV[1])
 local what = ARGV[2]
-local ru, rs, rp, lk = false, false, false, false
-if string.find(what, 'u', 1, true) then ru = redis.call('GET', KEYS[1]) end
+local ru, rs, rp, lk, ra = false, false, false, false, false
+if string.find(what, 'u', 1, true) then
+  ru = redis.call('GET', KEYS[1])
+  ra = redis.call('GET', KEYS[11])
+end
 if string.find(what, 's', 1, true) then rs = redis.call('GET', KEYS[2]) end
 if string.find(what, 'p', 1, true) then rp = redis.call('GET', KEYS[3]) end
-if string.find(what, 'l', 1, true) then lk = redis.call('GET', KEYS[4]) end
-if rs or rp or lk then
-  local ttl = 0
+local ttl = 0
+if string.find(what, 'l', 1, true) then
+  lk = redis.call('GET', KEYS[4])
   if lk then ttl = redis.call('PTTL', KEYS[4]) end
-  return {ru, rs, rp, lk, ttl, 0, 0, 0, false, 0, 0}
+  -- Locked out under every issuer too: the later end is the one to wait for.
+  local every = redis.call('GET', KEYS[12])
+  if every then
+    local left = redis.call('PTTL', KEYS[12])
+    if not lk or left > ttl then lk, ttl = every, left end
+  end
 end
-if ru then
-  -- Revoked when issued at or before the revocation (an unreadable record: always).
-  local ok, record = pcall(cjson.decode, ru)
+if rs or rp or lk then
+  return {ru, rs, rp, lk, ttl, 0, 0, 0, false, 0, 0, ra}
+end
+-- Revoked when issued at or before the revocation (an unreadable record: always);
+-- this issuer's subject, or the subject under every issuer.
+local function revoked(raw)
+  if not raw then return false end
+  local ok, record = pcall(cjson.decode, raw)
   local at = now
   if ok and type(record) == 'table' and tonumber(record['at']) then at = tonumber(record['at']) end
-  if tonumber(ARGV[13]) <= at then return {ru, false, false, false, 0, 0, 0, 0, false, 0, 0} end
+  return tonumber(ARGV[13]) <= at
+end
+if revoked(ru) or revoked(ra) then
+  return {ru, false, false, false, 0, 0, 0, 0, false, 0, 0, ra}
 end
 local limit = tonumber(ARGV[3])
 local cur, prev, admitted = 0, 0, 1
@@ -67,8 +89,8 @@ if ARGV[5] ~= '' then
   denies = redis.call('ZCOUNT', KEYS[8], now - tonumber(ARGV[6]), '+inf')
 end
 if ARGV[7] ~= '' then
-  redis.call('HSET', KEYS[10], 'sub', ARGV[10], 'created', ARGV[9], 'seen', ARGV[1],
-             'ip', ARGV[5], 'replica', ARGV[8])
+  redis.call('HSET', KEYS[10], 'sub', ARGV[10], 'iss', ARGV[15], 'created', ARGV[9],
+             'seen', ARGV[1], 'ip', ARGV[5], 'replica', ARGV[8])
   redis.call('EXPIREAT', KEYS[10], ARGV[11])
   redis.call('ZADD', KEYS[9], now, ARGV[7])
   redis.call('ZREMRANGEBYSCORE', KEYS[9], '-inf', now - tonumber(ARGV[14]))
@@ -77,7 +99,7 @@ if ARGV[7] ~= '' then
   end
   sessions = redis.call('ZCOUNT', KEYS[9], now - tonumber(ARGV[12]), '+inf')
 end
-return {ru, rs, rp, lk, 0, cur, prev, admitted, seen, denies, sessions}
+return {ru, rs, rp, lk, 0, cur, prev, admitted, seen, denies, sessions, ra}
 """
 
 
@@ -108,6 +130,15 @@ def needs_revocation_check(identity: Identity) -> bool:
         and identity.method in ("session", "bearer")
         and bool(identity.subject)
     )
+
+
+def issuer_of(identity: Identity) -> str:
+    """The issuer whose subject `identity` is, as the shared state keys it: the
+    token's or the session's; an mTLS identity (a client certificate) has none of
+    its own and is keyed under CLIENT_CERTIFICATE_ISSUER."""
+    if identity.method == "mtls":
+        return CLIENT_CERTIFICATE_ISSUER
+    return identity.issuer or ""
 
 
 def address_bucket(address: str) -> str:
@@ -175,7 +206,8 @@ class RequestCheck:
         """(scope, who, limit): per identity per app, else per source address."""
         limits = self.config.rate_limits
         if identity.authenticated and identity.subject:
-            return "identity", f"{app}:{identity.subject}", limits.for_app(app)
+            who = Keys.per_app(app, issuer_of(identity), identity.subject)
+            return "identity", who, limits.for_app(app)
         return "ip", "", limits.source_ip
 
     async def check(self, identity: Identity, app: str, address: str) -> Verdict:
@@ -185,7 +217,7 @@ class RequestCheck:
         if scope == "ip":
             who = address_bucket(address)
         revocable = needs_revocation_check(identity)
-        subject = identity.subject or ""
+        subject, issuer = identity.subject or "", issuer_of(identity)
         what = ""
         if revocable:
             what += "u"
@@ -205,18 +237,21 @@ class RequestCheck:
             int(identity.issued_at or now), subject, end,
             self.config.signals.active_session_window,
             repr(identity.issued_at) if identity.issued_at is not None else -1, self.lifetime,
+            issuer_name(issuer),
         ]  # fmt: skip
         key_list = [
-            keys.user_revoked(subject),
+            keys.user_revoked(issuer, subject),
             keys.session_revoked(identity.session_id or "-"),
             keys.provider_session_revoked(identity.issuer or "", identity.provider_sid or "-"),
-            keys.lockout(subject),
+            keys.user_lockout(issuer, subject),
             keys.rate(scope, who, limit.window, index),
             keys.rate(scope, who, limit.window, index - 1),
-            keys.addresses(subject, app),
-            keys.denies(subject),
-            keys.user_sessions(subject),
+            keys.user_addresses(issuer, subject, app),
+            keys.user_denies(issuer, subject),
+            keys.user_sessions(issuer, subject),
             keys.session(identity.session_id or "-"),
+            keys.revoked_under_every_issuer(subject),
+            keys.lockout_under_every_issuer(subject),
         ]
 
         async def call(client: aioredis.Redis) -> list[Any]:
@@ -228,7 +263,7 @@ class RequestCheck:
     def _verdict(
         self, reply: list[Any], identity: Identity, limit: RateLimit, now: float, signals: bool
     ) -> Verdict:
-        ru, rs, rp, lk, lock_ms, cur, prev, admitted, seen, denies, sessions = reply
+        ru, rs, rp, lk, lock_ms, cur, prev, admitted, seen, denies, sessions, ra = reply
         if rs is not None or rp is not None:
             record = _record(rs if rs is not None else rp)
             at = _at(record)
@@ -241,11 +276,14 @@ class RequestCheck:
             subject = identity.subject or ""
             reason = (
                 f"{subject} is locked out until {when(now + retry)}{_because(record)}; "
-                f"an administrator can lift it: portcullis session unlock --user {subject}"
+                f"an administrator can lift it: portcullis session unlock --user {subject} "
+                f"--issuer {issuer_name(issuer_of(identity))}"
             )
             return Verdict(Refusal(403, "locked_out", reason, retry))
-        if ru is not None:
-            record = _record(ru)
+        for raw in (ru, ra):  # this issuer's subject, then the subject under every issuer
+            if raw is None:
+                continue
+            record = _record(raw)
             at = _at(record)
             # Unreadable record: fail closed, everything issued so far is revoked.
             revoked_at = at if at is not None else now

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from gateway.config import Issuer
+from gateway.config import CLIENT_CERTIFICATE_ISSUER, GatewayConfig, Issuer, issuer_name
 from gateway.shared.settings import SharedStateConfig
 from gateway.shared.store import Keys
 
@@ -37,22 +37,82 @@ def longest_token_life(issuers: Iterable[Issuer]) -> float:
     return max((i.max_token_lifetime + 2 * i.leeway for i in issuers), default=86400.0)
 
 
+def trusted_issuers(config: GatewayConfig) -> tuple[str, ...]:
+    """The issuers whose subjects this gateway keeps state for, as the shared state
+    names them: the token issuers, the sign-in provider, and client certificates
+    when a listener asks for them. What an admin command's issuer must be one of."""
+    names = [issuer_name(issuer.issuer) for issuer in config.issuers]
+    if config.sign_in is not None:
+        names.append(issuer_name(config.sign_in.issuer))
+    if any(listener.tls is not None and listener.tls.client_ca for listener in config.listeners):
+        names.append(CLIENT_CERTIFICATE_ISSUER)
+    return tuple(dict.fromkeys(names))
+
+
+class IssuerChoice(ValueError):
+    """An admin command named an issuer not trusted here, or none where it must."""
+
+
+def choose_issuer(given: str | None, trusted: tuple[str, ...], *, required: bool) -> str | None:
+    """The issuer an admin command means: `given` when it is a trusted one; without
+    one, the only trusted issuer, or None (every issuer) where that may be meant.
+    IssuerChoice, naming the choices, for an issuer not trusted here (a typo would
+    revoke or unlock nobody, and say it did) and for none given where several are
+    trusted and the command must name one."""
+    choices = ", ".join(trusted) or "(none configured)"
+    if given is not None:
+        name = issuer_name(given)
+        if name not in trusted:
+            raise IssuerChoice(f"issuer {given!r} is not one this gateway trusts: one of {choices}")
+        return name
+    if len(trusted) == 1:
+        return trusted[0]
+    if required:
+        raise IssuerChoice(
+            "several issuers are trusted, and a subject is only unique within its issuer: "
+            f"name one ({choices})"
+        )
+    return None
+
+
 async def revoke_user(
-    client: aioredis.Redis, keys: Keys, subject: str, reason: str, by: str, ttl: int
+    client: aioredis.Redis,
+    keys: Keys,
+    issuer: str | None,
+    subject: str,
+    reason: str,
+    by: str,
+    ttl: int,
 ) -> float:
-    """Every session and bearer token of `subject` issued until now is refused."""
+    """Every session and bearer token of `subject` from `issuer` issued until now is
+    refused; issuer None: of `subject` from every issuer (one record by subject
+    alone, which replicas not yet keying by issuer read too)."""
     at = time.time()
-    await client.set(keys.user_revoked(subject), record(reason, by, at), ex=ttl)
+    key = (
+        keys.revoked_under_every_issuer(subject)
+        if issuer is None
+        else keys.user_revoked(issuer, subject)
+    )
+    await client.set(key, record(reason, by, at), ex=ttl)
     return at
 
 
 async def revoke_session(
-    client: aioredis.Redis, keys: Keys, session_id: str, subject: str, reason: str, ttl: int
+    client: aioredis.Redis,
+    keys: Keys,
+    session_id: str,
+    issuer: str | None,
+    subject: str,
+    reason: str,
+    ttl: int,
 ) -> None:
+    """Revoke one session; issuer None (a record from before sessions named theirs):
+    its user's index is left to expire."""
     pipe = client.pipeline(transaction=False)
     pipe.set(keys.session_revoked(session_id), record(reason, "gateway"), ex=max(1, ttl))
     pipe.delete(keys.session(session_id))
-    pipe.zrem(keys.user_sessions(subject), session_id)
+    if issuer is not None:
+        pipe.zrem(keys.user_sessions(issuer, subject), session_id)
     written, *_ = await pipe.execute(raise_on_error=False)
     # Only the revocation must be written; the record and the index are tidying. An
     # error there (a key another application left, of another type) made a written
@@ -88,10 +148,41 @@ async def apply_logout(
     return bool(reply)
 
 
-async def unlock(client: aioredis.Redis, keys: Keys, subject: str) -> bool:
-    """Lift a lockout (and forget the denies that led to it); True if one was set."""
-    removed = await client.delete(keys.lockout(subject), keys.denies(subject))
-    return bool(removed)
+@dataclass(frozen=True)
+class Unlocked:
+    was_locked: bool
+    # A lockout by subject alone (written before keys named the issuer) still in
+    # force, in ms: lifted only where one issuer is trusted, since it can't tell
+    # which issuer's subject earned it.
+    still_locked_ms: int = 0
+
+
+def still_locked(subject: str, until: str) -> str:
+    """Why an unlock left a subject locked out."""
+    return (
+        f"{subject} is still locked out under every issuer until {until}, by a lockout "
+        "written before lockouts named the issuer; which issuer's subject earned it "
+        "can't be told, so it is left to expire"
+    )
+
+
+async def unlock(
+    client: aioredis.Redis, keys: Keys, issuer: str, subject: str, *, only_issuer: bool
+) -> Unlocked:
+    """Lift `issuer`'s `subject`'s lockout (and forget the denies that led to it).
+    With `only_issuer` (no other issuer trusted), the lockout by subject alone is
+    that user's too and is lifted with it."""
+    every = [keys.lockout_under_every_issuer(subject), keys.denies_under_every_issuer(subject)]
+    pipe = client.pipeline(transaction=False)
+    pipe.delete(keys.user_lockout(issuer, subject), keys.user_denies(issuer, subject))
+    if only_issuer:
+        pipe.delete(*every)
+    else:
+        pipe.pttl(every[0])
+    removed, other = await pipe.execute()
+    if only_issuer:
+        return Unlocked(bool(removed) or bool(other))
+    return Unlocked(bool(removed), max(0, int(other)))
 
 
 # KEYS: 1 denies, 2 lockout. ARGV: 1 now, 2 window, 3 lock after (0: off),
@@ -114,7 +205,12 @@ return {n, 0}
 
 
 async def note_denied(
-    client: aioredis.Redis, keys: Keys, config: SharedStateConfig, subject: str, member: str
+    client: aioredis.Redis,
+    keys: Keys,
+    config: SharedStateConfig,
+    issuer: str,
+    subject: str,
+    member: str,
 ) -> bool:
     """Count a denied decision; True when it locked the identity out."""
     lockout = config.lockout
@@ -123,15 +219,22 @@ async def note_denied(
     args: list[str | int] = [repr(time.time()), window, lockout.after_denies, lockout.duration,
             record(reason, "gateway"), member]  # fmt: skip
     script = client.register_script(DENY_SCRIPT)
-    reply = await script(keys=[keys.denies(subject), keys.lockout(subject)], args=args)
+    keys_of = [keys.user_denies(issuer, subject), keys.user_lockout(issuer, subject)]
+    reply = await script(keys=keys_of, args=args)
     return bool(reply[1])
 
 
 async def remember_address(
-    client: aioredis.Redis, keys: Keys, subject: str, app: str, address: str, days: int
+    client: aioredis.Redis,
+    keys: Keys,
+    issuer: str,
+    subject: str,
+    app: str,
+    address: str,
+    days: int,
 ) -> None:
     now = time.time()
-    key = keys.addresses(subject, app)
+    key = keys.user_addresses(issuer, subject, app)
     pipe = client.pipeline(transaction=False)
     pipe.zadd(key, {address: now})
     pipe.zremrangebyscore(key, "-inf", now - days * 86400)
@@ -144,6 +247,7 @@ async def remember_address(
 class LiveSession:
     session_id: str
     subject: str
+    issuer: str
     replica: str
     created: float
     last_seen: float
@@ -154,6 +258,7 @@ class LiveSession:
         return {
             "session_id": self.session_id,
             "subject": self.subject,
+            "issuer": self.issuer,
             "replica": self.replica,
             "created": self.created,
             "last_seen": self.last_seen,
@@ -162,31 +267,53 @@ class LiveSession:
         }
 
 
+def _revoked_at(raw: str | None) -> float | None:
+    try:
+        value = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        return None
+    at = value.get("at") if isinstance(value, dict) else None
+    return float(at) if isinstance(at, int | float) and not isinstance(at, bool) else None
+
+
 async def list_sessions(
-    client: aioredis.Redis, keys: Keys, subject: str, *, include_revoked: bool = False
+    client: aioredis.Redis,
+    keys: Keys,
+    issuers: tuple[str, ...],
+    subject: str,
+    *,
+    include_revoked: bool = False,
 ) -> list[LiveSession]:
-    """The subject's browser sessions seen within their lifetime, newest first."""
-    ids = [str(i) for i in await client.zrevrange(keys.user_sessions(subject), 0, 999)]
-    if not ids:
+    """The browser sessions of `subject` under each of `issuers`, seen within their
+    lifetime, the last seen first."""
+    pipe = client.pipeline(transaction=False)
+    for issuer in issuers:
+        pipe.zrevrange(keys.user_sessions(issuer, subject), 0, 999)
+    listed = await pipe.execute()
+    found = [(issuer, str(i)) for issuer, ids in zip(issuers, listed, strict=True) for i in ids]
+    if not found:
         return []
     pipe = client.pipeline(transaction=False)
-    for session_id in ids:
+    for _, session_id in found:
         pipe.hgetall(keys.session(session_id))
         pipe.exists(keys.session_revoked(session_id))
-    pipe.get(keys.user_revoked(subject))
+    for issuer in issuers:
+        pipe.get(keys.user_revoked(issuer, subject))
+    pipe.get(keys.revoked_under_every_issuer(subject))
     replies = await pipe.execute()
-    user_record = orjson.loads(replies[-1]) if replies[-1] else {}
-    user_revoked_at = user_record.get("at") if isinstance(user_record, dict) else None
+    every_issuer_at = _revoked_at(replies[-1])
+    user_at = dict(zip(issuers, replies[2 * len(found) : -1], strict=True))
     sessions = []
-    for index, session_id in enumerate(ids):
+    for index, (issuer, session_id) in enumerate(found):
         fields, revoked = replies[2 * index], replies[2 * index + 1]
         if not fields:
             continue  # expired
         created = float(fields.get("created", 0))
+        revoked_at = [_revoked_at(user_at[issuer]), every_issuer_at]
         state = "live"
         if revoked:
             state = "revoked"
-        elif isinstance(user_revoked_at, int | float) and created <= user_revoked_at:
+        elif any(at is not None and created <= at for at in revoked_at):
             state = "revoked (user)"
         if state != "live" and not include_revoked:
             continue
@@ -194,6 +321,7 @@ async def list_sessions(
             LiveSession(
                 session_id,
                 fields.get("sub", subject),
+                issuer,
                 fields.get("replica", ""),
                 created,
                 float(fields.get("seen", 0)),
@@ -201,9 +329,16 @@ async def list_sessions(
                 state,
             )
         )
-    return sessions
+    return sorted(sessions, key=lambda session: session.last_seen, reverse=True)
 
 
-async def session_subject(client: aioredis.Redis, keys: Keys, session_id: str) -> str | None:
-    subject = await client.hget(keys.session(session_id), "sub")
-    return subject if isinstance(subject, str) else None
+async def session_owner(
+    client: aioredis.Redis, keys: Keys, session_id: str
+) -> tuple[str | None, str | None]:
+    """(issuer, subject) of a session's record; issuer None for a record from before
+    sessions named theirs, both None for none."""
+    issuer, subject = await client.hmget(keys.session(session_id), ["iss", "sub"])
+    return (
+        issuer if isinstance(issuer, str) else None,
+        subject if isinstance(subject, str) else None,
+    )

@@ -19,6 +19,7 @@ from gateway.shared.check import (
     Refusal,
     RequestCheck,
     Verdict,
+    issuer_of,
     needs_revocation_check,
     unavailable_signals,
 )
@@ -53,9 +54,13 @@ class SharedState:
         session_lifetime: int,
         token_lifetime: float,
         registry: CollectorRegistry,
+        issuers: tuple[str, ...] = (),
     ) -> None:
         self.config = config
         self.replica = replica
+        # The issuers whose subjects this gateway keeps state for (revocation.
+        # trusted_issuers): what the admin API's "issuer" may name.
+        self.issuers = issuers
         self.session_lifetime = session_lifetime
         self.revocation_ttl = revocation.revocation_ttl(session_lifetime, token_lifetime)
         self.metrics = SharedStateMetrics(registry)
@@ -63,9 +68,9 @@ class SharedState:
         self.keys = self.store.keys
         self.checker = RequestCheck(self.store, config, replica, session_lifetime)
         self._background: set[asyncio.Task[None]] = set()
-        # Sign-outs Redis did not take, by session id: (subject, reason, expires at).
-        # Refused here at once, and written before calls go to Redis again.
-        self._pending: dict[str, tuple[str, str, float]] = {}
+        # Sign-outs Redis did not take, by session id: (issuer, subject, reason,
+        # expires at). Refused here at once, and written before calls go to Redis again.
+        self._pending: dict[str, tuple[str, str, str, float]] = {}
         self._retry: asyncio.Task[None] | None = None
 
     @property
@@ -161,50 +166,56 @@ class SharedState:
         counts toward the lockout (a step-up deny doesn't: it is the normal way to a
         stronger sign-in); an allow from a new address makes it a known one, to
         this app (`app`) only."""
-        subject = identity.subject
+        subject, issuer = identity.subject, issuer_of(identity)
         if not identity.authenticated or not subject or not self.store.available:
             return
         if not allowed and not step_up:
-            self._spawn(self._note_denied(subject, decision_id), "deny")
+            self._spawn(self._note_denied(issuer, subject, decision_id), "deny")
         elif allowed and remember_address:
             address = source_address(request)
             days = self.config.signals.new_source_ip_days
             remember = revocation.remember_address
             self._spawn(
-                self._write(lambda r: remember(r, self.keys, subject, app, address, days)),
+                self._write(lambda r: remember(r, self.keys, issuer, subject, app, address, days)),
                 "address",
             )
 
-    async def _note_denied(self, subject: str, decision_id: str) -> None:
+    async def _note_denied(self, issuer: str, subject: str, decision_id: str) -> None:
         member = f"{time.time():.6f}:{decision_id}"
         locked = await self._write(
-            lambda r: revocation.note_denied(r, self.keys, self.config, subject, member)
+            lambda r: revocation.note_denied(r, self.keys, self.config, issuer, subject, member)
         )
         if locked:
             self.metrics.lockouts.inc()
-            log.warning("locked out %s: %d denied requests within %d s", subject,
-                        self.config.lockout.after_denies, self.config.lockout.window)  # fmt: skip
+            log.warning("locked out %s (issuer %s): %d denied requests within %d s", subject,
+                        issuer, self.config.lockout.after_denies,
+                        self.config.lockout.window)  # fmt: skip
 
     # --- sign-out and back-channel logout ---------------------------------------------
 
-    async def revoke_session(self, session_id: str, subject: str, reason: str, ttl: int) -> bool:
+    async def revoke_session(
+        self, session_id: str, issuer: str, subject: str, reason: str, ttl: int
+    ) -> bool:
         """Revoke one browser session; when Redis is away, kept (and refused on this
         replica) until it is written (True: written now). Kept sign-outs are per
         process, lost on a restart; past MAX_PENDING_REVOCATIONS one is refused."""
+        revoke = revocation.revoke_session
         try:
             await self._write(
-                lambda r: revocation.revoke_session(r, self.keys, session_id, subject, reason, ttl)
+                lambda r: revoke(r, self.keys, session_id, issuer, subject, reason, ttl)
             )
         except Unavailable as error:
-            self._keep(session_id, subject, reason, ttl, str(error))
+            self._keep(session_id, issuer, subject, reason, ttl, str(error))
             return False
         self.metrics.writes.labels("sign_out", "ok").inc()
         return True
 
-    def _keep(self, session_id: str, subject: str, reason: str, ttl: int, why: str) -> None:
+    def _keep(
+        self, session_id: str, issuer: str, subject: str, reason: str, ttl: int, why: str
+    ) -> None:
         now = time.time()
         if session_id not in self._pending and len(self._pending) >= MAX_PENDING_REVOCATIONS:
-            for sid in [sid for sid, kept in self._pending.items() if kept[2] <= now]:
+            for sid in [sid for sid, kept in self._pending.items() if kept[3] <= now]:
                 del self._pending[sid]
         if session_id not in self._pending and len(self._pending) >= MAX_PENDING_REVOCATIONS:
             self.metrics.writes.labels("sign_out", "refused").inc()
@@ -213,16 +224,20 @@ class SharedState:
                       "stays valid until the session expires", session_id[:8], subject, why,
                       MAX_PENDING_REVOCATIONS)  # fmt: skip
             return
-        self._pending[session_id] = (subject, reason, now + max(1, ttl))
+        self._pending[session_id] = (issuer, subject, reason, now + max(1, ttl))
         self.metrics.writes.labels("sign_out", "pending").inc()
         log.error("shared state: sign_out kept for retry (%s)", why)
         if self.store.available and (self._retry is None or self._retry.done()):
             # Redis is up but busy: no recovery will flush this, so retry shortly.
             self._retry = asyncio.ensure_future(self._retry_pending())
 
-    async def revoke_user(self, subject: str, reason: str, by: str) -> float:
+    async def revoke_user(
+        self, subject: str, reason: str, by: str, *, issuer: str | None = None
+    ) -> float:
+        """Revoke `issuer`'s `subject` (None: the subject under every issuer)."""
+        revoke, ttl = revocation.revoke_user, self.revocation_ttl
         return await self.store.run(
-            lambda r: revocation.revoke_user(r, self.keys, subject, reason, by, self.revocation_ttl)
+            lambda r: revoke(r, self.keys, issuer, subject, reason, by, ttl)
         )
 
     async def apply_logout(
@@ -271,14 +286,14 @@ class SharedState:
         while self._pending:
             chunk = list(self._pending.items())[:batch]
 
-            async def one(session_id: str, kept: tuple[str, str, float]) -> None:
-                subject, reason, expires = kept
+            async def one(session_id: str, kept: tuple[str, str, str, float]) -> None:
+                issuer, subject, reason, expires = kept
                 now = time.time()
                 if expires > now:
                     ttl = max(1, int(expires - now))
                     async with asyncio.timeout(self.config.timeouts.connect):
                         await revocation.revoke_session(
-                            client, self.keys, session_id, subject, reason, ttl
+                            client, self.keys, session_id, issuer, subject, reason, ttl
                         )
                     self.metrics.writes.labels("sign_out", "retried").inc()
                 if self._pending.get(session_id) == kept:

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import MaxConnectionsError, RedisError, ResponseError
 
+from gateway.config import issuer_name
 from gateway.shared.settings import SharedStateConfig
 
 log = logging.getLogger("portcullis.shared_state")
@@ -70,8 +71,57 @@ class Keys:
             return value
         return "#" + hashlib.sha256(value.encode()).hexdigest()
 
-    def user_revoked(self, subject: str) -> str:
+    @classmethod
+    def user(cls, issuer: str, subject: str) -> str:
+        """Whose state a key holds. A subject is unique only within its issuer (OIDC
+        Core 5.7), so a key names both; the issuer is length-prefixed, so no issuer
+        or subject, whatever it holds (the separator, CR/LF), can end early or start
+        late and name another pair. A client certificate's subject is under
+        config.CLIENT_CERTIFICATE_ISSUER. Hashed as a whole by `part` when long: a hashed
+        part starts with "#", this one with a digit."""
+        issuer = issuer_name(issuer)
+        return f"{len(issuer)}:{issuer}:{subject}"
+
+    @classmethod
+    def per_app(cls, app: str, issuer: str, subject: str) -> str:
+        """A user on one app (known addresses, rate limits), the app length-prefixed too."""
+        return f"{len(app)}:{app}:{cls.user(issuer, subject)}"
+
+    # Per user: every key below holds one (issuer, subject). The families are new
+    # names (`user_...`), so none of their keys is also a key of the subject-only
+    # families before them, whatever a subject holds.
+
+    def user_revoked(self, issuer: str, subject: str) -> str:
+        return f"{self.prefix}user_revoked:{self.part(self.user(issuer, subject))}"
+
+    def user_sessions(self, issuer: str, subject: str) -> str:
+        return f"{self.prefix}user_sessions:{self.part(self.user(issuer, subject))}"
+
+    def user_lockout(self, issuer: str, subject: str) -> str:
+        return f"{self.prefix}user_lockout:{self.part(self.user(issuer, subject))}"
+
+    def user_denies(self, issuer: str, subject: str) -> str:
+        return f"{self.prefix}user_denies:{self.part(self.user(issuer, subject))}"
+
+    def user_addresses(self, issuer: str, subject: str, app: str) -> str:
+        # Per app: an address is known to an app once it allowed the user from
+        # there. Known after an allow anywhere, a weak sign-in's allow on one app
+        # made the address known to another (POS) that asks more of a new address.
+        return f"{self.prefix}user_addresses:{self.part(self.per_app(app, issuer, subject))}"
+
+    # By subject alone, under every issuer at once: what gateways before the
+    # (issuer, subject) keys wrote. A revocation naming no issuer still writes one
+    # (every issuer's subject is refused, and replicas not yet upgraded read it
+    # too); a lockout is only read, until the last one written expires.
+
+    def revoked_under_every_issuer(self, subject: str) -> str:
         return f"{self.prefix}revoked:user:{self.part(subject)}"
+
+    def lockout_under_every_issuer(self, subject: str) -> str:
+        return f"{self.prefix}lockout:{self.part(subject)}"
+
+    def denies_under_every_issuer(self, subject: str) -> str:
+        return f"{self.prefix}denies:{self.part(subject)}"
 
     def session_revoked(self, session_id: str) -> str:
         return f"{self.prefix}revoked:session:{self.part(session_id)}"
@@ -81,27 +131,12 @@ class Keys:
         # token carries the provider's own `iss`, which may end in one (discovery
         # takes either): both must name the same key, or a back-channel logout is
         # written where no session's check reads it.
-        issuer = issuer.rstrip("/")
+        issuer = issuer_name(issuer)
         digest = hashlib.sha256(f"{issuer}\n{sid}".encode()).hexdigest()[:32]
         return f"{self.prefix}revoked:op_session:{digest}"
 
     def session(self, session_id: str) -> str:
         return f"{self.prefix}session:{self.part(session_id)}"
-
-    def user_sessions(self, subject: str) -> str:
-        return f"{self.prefix}sessions:{self.part(subject)}"
-
-    def lockout(self, subject: str) -> str:
-        return f"{self.prefix}lockout:{self.part(subject)}"
-
-    def denies(self, subject: str) -> str:
-        return f"{self.prefix}denies:{self.part(subject)}"
-
-    def addresses(self, subject: str, app: str) -> str:
-        # Per app: an address is known to an app once it allowed the subject from
-        # there. Known after an allow anywhere, a weak sign-in's allow on one app
-        # made the address known to another (POS) that asks more of a new address.
-        return f"{self.prefix}addresses:{self.part(f'{app}:{subject}')}"
 
     def rate(self, scope: str, who: str, window: int, index: int) -> str:
         return f"{self.prefix}rate:{scope}:{self.part(who)}:{window}:{index}"

@@ -33,8 +33,9 @@ class BackChannelLogout:
     """POST /.portcullis/backchannel_logout with `logout_token` (form-encoded).
 
     `sid` in the token revokes that provider session's gateway sessions; `sub`
-    alone revokes every session and bearer token of the subject issued so far
-    (the per-user revocation of `portcullis session revoke`)."""
+    alone revokes every session and bearer token of the subject issued so far by
+    this provider (its `iss`): the per-user revocation of `portcullis session
+    revoke --issuer`. The same subject of another issuer is someone else."""
 
     def __init__(
         self,
@@ -76,7 +77,7 @@ class BackChannelLogout:
             what = f"provider session of {sub if isinstance(sub, str) else '?'} revoked"
         else:
             assert isinstance(sub, str)
-            target = keys.user_revoked(sub)
+            target = keys.user_revoked(issuer, sub)
             what = f"every session and token of {sub} revoked"
         try:
             # The replay check and the revocation are one write: a failure between

@@ -704,7 +704,9 @@ class BrowserSignIn:
             return
         ttl = session.created_at + self.lifetime - int(time.time()) + 60
         if ttl > 0:
-            await self.shared.revoke_session(session.session_id, session.subject, reason, ttl)
+            await self.shared.revoke_session(
+                session.session_id, session.issuer, session.subject, reason, ttl
+            )
 
     async def _revoke_replaced(self, request: web.Request, session: Session) -> None:
         """A new sign-in in this browser (a step-up, another user) ends the session
