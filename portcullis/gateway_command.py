@@ -191,7 +191,8 @@ async def _demo(args: argparse.Namespace) -> None:
         provider = await dev_oidc.start_dev_provider(state_dir, provider_port, gateway_urls)
     # Shared state (revocation, back-channel logout, rate limits, signals) in a
     # Redis of its own, when redis-server is installed.
-    redis, redis_why_not = await _demo_redis(args, state_dir, issuer_url)
+    sign_in = provider.sign_in() if provider else None
+    redis, redis_why_not = await _demo_redis(args, state_dir, issuer_url, sign_in)
     admin_port = args.admin_port if args.admin_port is not None else 9090 if base else _free_port()
     config = GatewayConfig(
         listeners=(Listener("127.0.0.1", args.port),),
@@ -203,7 +204,7 @@ async def _demo(args: argparse.Namespace) -> None:
         # Signed every second (a gateway's default is 10 s): a replay of the demo's
         # log right after a request has that request signed (README "Replay").
         decision_log=DecisionLogConfig(path=state_dir / "decisions.log", sign_interval=1.0),
-        sign_in=provider.sign_in() if provider else None,
+        sign_in=sign_in,
         session=dev_oidc.session_config(state_dir),
         shared_state=_demo_shared_state(redis.url) if redis else None,
     )
@@ -277,10 +278,13 @@ Or sign in with a browser (dev OpenID provider at {provider_url}; no passwords):
 
 
 async def _demo_redis(
-    args: argparse.Namespace, state_dir: Path, issuer_url: str
+    args: argparse.Namespace, state_dir: Path, issuer_url: str, sign_in: Any
 ) -> tuple[Any, str]:
     """Start the demo's Redis (port --base-port + 20) and write a config that
-    `portcullis session` can use; (None, why) when there is none."""
+    `portcullis session` can use; (None, why) when there is none. It names the
+    sign-in provider too: the shared state keys a subject with its issuer, and
+    `session list` looks under the issuers the config names."""
+    from gateway import dev_oidc
     from gateway.shared import dev_redis
 
     if args.no_redis:
@@ -291,16 +295,19 @@ async def _demo_redis(
     redis = await dev_redis.start_dev_redis(state_dir, args.base_port + 20 if args.base_port else 0)
     import yaml
 
+    config: dict[str, Any] = {
+        "issuers": [{"issuer": issuer_url, "audiences": ["portcullis"],
+                     "jwks_url": f"{issuer_url}/jwks.json"}],
+        "shared_state": {"redis": {"url": redis.url}},
+    }  # fmt: skip
+    if sign_in is not None:
+        config["sign_in"] = {"issuer": sign_in.issuer, "client_id": sign_in.client_id}
+        keys = dev_oidc.session_config(state_dir).key_files
+        config["session"] = {"key_files": [str(key) for key in keys]}
     (state_dir / "shared-state.yaml").write_text(
         "# For `portcullis session ... --config` against the running demo.\n"
-        + yaml.safe_dump(
-            {
-                "issuers": [{"issuer": issuer_url, "audiences": ["portcullis"],
-                             "jwks_url": f"{issuer_url}/jwks.json"}],
-                "shared_state": {"redis": {"url": redis.url}},
-            }
-        )
-    )  # fmt: skip
+        + yaml.safe_dump(config)
+    )
     return redis, ""
 
 
