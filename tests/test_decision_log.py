@@ -90,6 +90,31 @@ def write_lines(path: Path, lines: list[bytes]) -> Path:
     return path
 
 
+def append_line_of(path: Path, size: int) -> str:
+    """Append a line of ``size`` bytes (a JSON record) to ``path``, written and
+    hashed a MiB at a time; its chain hash."""
+    start, end = b'{"decision_id":"big","pad":"', b'"}'
+    digest = hashlib.sha256(start)
+    piece = b"x" * (1 << 20)
+    with path.open("ab") as file:
+        file.write(start)
+        left = size - len(start) - len(end)
+        while left:
+            chunk = piece[: min(left, len(piece))]
+            file.write(chunk)
+            digest.update(chunk)
+            left -= len(chunk)
+        file.write(end + b"\n")
+    digest.update(end)
+    return digest.hexdigest()
+
+
+def record_of(size: int, seq: int) -> bytes:
+    """A JSON record of exactly ``size`` bytes."""
+    start, end = b'{"pad":"', f'","seq":{seq}}}'.encode()
+    return start + b"x" * (size - len(start) - len(end)) + end
+
+
 def event_indexes(lines: list[bytes]) -> list[int]:
     return [i for i, line in enumerate(lines) if "decision_id" in json.loads(line)]
 
@@ -715,6 +740,50 @@ async def test_torn_last_line_after_a_crash_is_reported_and_writing_continues(
     assert first_problem(result) == (13, "damaged")
     assert len(result.problems) == 1  # the chain continues past it
     assert result.events == 20
+
+
+def test_a_line_at_the_limit_is_read_and_one_byte_over_is_only_hashed(tmp_path: Path) -> None:
+    """MAX_LINE_BYTES is the longest line a reader takes whole: one byte more and it
+    is hashed in pieces (its chain hash exact), kept as its first bytes, and
+    reported damaged with its length; the lines after it read as before, and a
+    change to its bytes after verification is still found."""
+    from gateway.audit.chain import MAX_LINE_BYTES
+    from gateway.audit.reader import OVERLONG_HEAD, LogChanged, iter_lines, iter_records
+
+    path = tmp_path / "decisions.jsonl"
+    at, over = record_of(MAX_LINE_BYTES, 2), record_of(MAX_LINE_BYTES + 1, 3)
+    longer = record_of(MAX_LINE_BYTES + (3 << 20), 5)  # read on in several pieces
+    raws = [b'{"seq":1}', at, over, b'{"seq":4}', longer]
+    write_lines(path, raws)
+    with path.open("r+b") as file:
+        file.truncate(path.stat().st_size - 1)  # the last one torn: no newline yet
+    lines = list(iter_lines([path]))
+    assert [line.digest for line in lines] == [line_hash(raw) for raw in raws]
+    assert [line.overlong for line in lines] == [0, 0, len(over), 0, len(longer)]
+    assert [line.torn for line in lines] == [False] * 4 + [True]
+    assert lines[1].raw == at and lines[1].record is not None and lines[1].record["seq"] == 2
+    assert lines[2].raw == over[:OVERLONG_HEAD] and lines[2].record is None
+    assert lines[3].record == {"seq": 4}
+    result = verify_log([path], {})
+    messages = {problem.line: problem.message for problem in result.problems}
+    assert messages[2] == "record has no chain fields (prev_hash/head, seq)"  # read, parsed
+    assert messages[3] == (
+        f"a line of {MAX_LINE_BYTES + 1} bytes, over the {MAX_LINE_BYTES} a line may hold "
+        "(the gateway's are some KB; only hashed, not read): edited or damaged"
+    )
+    assert messages[5] == (
+        f"a line of {len(longer)} bytes, with no newline at its end, over the "
+        f"{MAX_LINE_BYTES} a line may hold (the gateway's are some KB; only hashed, not read): "
+        "edited or damaged"
+    )
+    assert result.extents[str(path)].size == path.stat().st_size
+    records = [record for _, _, record in iter_records([path], result.extents)]
+    assert [r and r["seq"] for r in records] == [1, 2, None, 4, None]
+    with path.open("r+b") as file:
+        file.seek(-20, os.SEEK_END)  # in the last line, past its first MAX_LINE_BYTES
+        file.write(b"y")
+    with pytest.raises(LogChanged):
+        list(iter_records([path], result.extents))
 
 
 # -- attacks: each on a copy of a good log ---------------------------------

@@ -778,6 +778,41 @@ def test_the_tail_takes_every_complete_line_once_in_order_however_the_file_grows
     assert taken == lines
 
 
+def test_the_tail_takes_a_line_at_the_limit_whole_and_one_byte_over_only_hashed(
+    tmp_path: Path,
+) -> None:
+    """MAX_LINE_BYTES is the longest line the tail takes whole: one byte more and it
+    comes hashed in pieces (its chain hash exact) as its first bytes and its length,
+    with the position right after it; one still being written waits, whatever its
+    length, as any line does."""
+    from gateway.audit.chain import MAX_LINE_BYTES, line_hash
+    from gateway.audit.reader import OVERLONG_HEAD
+    from gateway.audit.tail import LogTail
+    from tests.test_decision_log import record_of
+
+    log = tmp_path / "decisions.log"
+    at, over = record_of(MAX_LINE_BYTES, 2), record_of(MAX_LINE_BYTES + 1, 3)
+    longer = record_of(MAX_LINE_BYTES + (3 << 20), 5)
+    raws = [b'{"seq":1}', at, over, b'{"seq":4}', longer]
+    log.write_bytes(b"".join(raw + b"\n" for raw in raws)[:-1])  # the last one torn
+    tail = LogTail(log)
+    taken = []
+    while batch := tail.read(10):
+        taken += batch
+        tail.advance(batch[-1].end)
+    assert [line.raw for line in taken] == [b'{"seq":1}', at, over[:OVERLONG_HEAD], b'{"seq":4}']
+    assert [line.digest for line in taken] == [line_hash(raw) for raw in raws[:4]]
+    assert [line.overlong for line in taken] == [0, 0, len(over), 0]
+    ends = [line.end.offset for line in taken]
+    assert ends == [sum(len(raw) + 1 for raw in raws[: n + 1]) for n in range(4)]
+    with log.open("ab") as file:
+        file.write(b"\n")
+    [last] = tail.read(10)
+    assert (last.digest, last.overlong) == (line_hash(longer), len(longer))
+    assert last.end.offset == log.stat().st_size
+    tail.close()
+
+
 async def test_a_sink_that_falls_behind_is_reported_by_metric_and_log_line(
     aiohttp_server: Any, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:

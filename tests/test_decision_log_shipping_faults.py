@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import tracemalloc
 import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,11 +22,12 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.audit.chain import line_hash
+from gateway.audit.chain import MAX_LINE_BYTES, line_hash
 from gateway.audit.shipping.settings import SinkConfig, SinkTls
 from gateway.config import ConfigError, parse_config
 from tests.gateway_stack import start_stack
 from tests.syslog_ng import start_syslog_ng
+from tests.test_decision_log import append_line_of
 from tests.test_decision_log_shipping import (
     Receiver,
     caught_up,
@@ -892,6 +894,49 @@ async def test_a_line_nested_deeper_than_any_parser_goes_is_damaged_not_a_crash(
         await shipper.stop(1.0)
     copy = log_records(tmp_path / "copy.jsonl")
     assert [r.get("seq") for r in copy] == [1, None, 3] and copy[1]["damaged_bytes"] == 100_000
+
+
+async def test_a_log_line_of_hundreds_of_megabytes_ships_once_as_damaged_never_read_whole(
+    tmp_path: Path,
+) -> None:
+    """The tail took a line longer than a read whole (file.readline()): a line of
+    300 MB cost the shipping process its bytes and their copies, and under a
+    memory limit it died and started again at the same line, forever, stopping
+    every sink. It ships once, as a damaged record of its first characters with
+    its true length and chain hash; the shipper's memory stays a few times
+    MAX_LINE_BYTES; the line after it ships, and a restart goes on after it."""
+    from gateway.audit.shipping.formats.fields import DAMAGED_MAX_CHARS
+    from gateway.audit.shipping.shipper import Shipper
+
+    log = tmp_path / "decisions.log"
+    log.write_bytes(b'{"seq": 1, "decision_id": "a"}\n')
+    size = 300_000_000
+    digest = append_line_of(log, size)
+    config = SinkConfig("copy", "file", path=tmp_path / "copy.jsonl")
+    shipper = Shipper(config, log)
+    tracemalloc.start()
+    shipper.start()
+    try:
+        await until(lambda: shipper.acknowledged == 2, timeout=30.0)
+    finally:
+        await shipper.stop(1.0)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < 3 * MAX_LINE_BYTES < size / 5
+    with log.open("ab") as file:
+        file.write(b'{"seq": 3, "decision_id": "c"}\n')
+    restarted = Shipper(config, log)  # from the cursor saved after the long line
+    restarted.start()
+    try:
+        await until(lambda: restarted.acknowledged == 1)
+    finally:
+        await restarted.stop(1.0)
+    copy = log_records(tmp_path / "copy.jsonl")
+    assert [r.get("decision_id") for r in copy] == ["a", None, "c"]
+    assert copy[1]["damaged"] == '{"decision_id":"big","pad":"' + "x" * (DAMAGED_MAX_CHARS - 28)
+    assert copy[1]["damaged_bytes"] == size and copy[1]["damaged_truncated"] is True
+    assert copy[1]["chain_hash"] == digest
+    assert copy[2]["chain_hash"] == line_hash(b'{"seq": 3, "decision_id": "c"}')
 
 
 async def test_a_batch_ending_in_a_damaged_line_still_acknowledges_its_last_seq(

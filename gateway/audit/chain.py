@@ -3,7 +3,8 @@
 Everything that writes or reads the log agrees on what is here (the writer in
 :mod:`gateway.audit.writer`, the reader and verifier in :mod:`gateway.audit.reader`).
 
-File format (JSON lines, UTF-8/ASCII, one record per line, ``\\n``-terminated):
+File format (JSON lines, UTF-8/ASCII, one record per line, ``\\n``-terminated, a line
+at most :data:`MAX_LINE_BYTES` long):
 
 Decision events use OPA's decision-log field names, so tools that read OPA's
 logs read ours::
@@ -89,6 +90,13 @@ SIGNATURE_CONTEXT = "portcullis-decision-log-chain-signature/v1"
 SIGNATURE_CONTEXT_NAMED = "portcullis-decision-log-chain-signature/v2"
 SIGN_REASONS = ("start", "interval", "close", "rotate")
 SEALING_REASONS = ("close", "rotate")
+# The longest line (its newline not counted) a reader of the log takes whole. The
+# writer's lines are some KB (header values are cut at 1,024 characters, a
+# policy's answer at 64 KiB): a longer line is not one the gateway wrote. Readers
+# hash it in pieces, so its chain hash is exact and the chain goes on past it, and
+# take it as damaged: one line of hundreds of MB must not cost `audit verify` or
+# the shipper its memory.
+MAX_LINE_BYTES = 16 << 20
 
 
 def line_hash(raw: bytes) -> str:

@@ -24,18 +24,20 @@ What verifying proves, and what it can't:
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.audit.chain import (
     GENESIS,
+    MAX_LINE_BYTES,
     SEALING_REASONS,
     SIGN_REASONS,
     SIGNATURE_TYPE,
@@ -46,6 +48,11 @@ from gateway.audit.chain import (
 # Lines the verifier remembers to tell an insertion or a swap from a deletion.
 _WINDOW = 16
 _START_MAX = 4096  # a start record is some 500 bytes
+# What a reader keeps of a line longer than MAX_LINE_BYTES (its ``raw``): its first
+# bytes, enough for the 4096 characters of it a shipped damaged record shows,
+# however they are encoded.
+OVERLONG_HEAD = 4 * 4096
+_PIECE = 1 << 20  # how much of an overlong line is read at a time
 
 
 @dataclass(frozen=True)
@@ -185,6 +192,9 @@ class LogLine:
     digest: str
     record: dict[str, Any] | None
     torn: bool
+    # A line longer than MAX_LINE_BYTES: its length. It was hashed in pieces, never
+    # held whole or parsed: ``raw`` is its first bytes, ``record`` None.
+    overlong: int = 0
 
 
 # The verifier's internal name.
@@ -202,11 +212,12 @@ def iter_records(
     paths: Sequence[Path], extents: dict[str, Extent] | None = None
 ) -> Iterator[tuple[str, int, dict[str, Any] | None]]:
     """``(file, line number, record)`` for every line of ``paths`` in order, streamed;
-    ``record`` is None where the line isn't a JSON object. For a reader that
-    verified the files first (verify_log) and reads every line once: no
-    :class:`LogLine` built per line, no chain hashes. With the verifier's
-    ``extents``: only the bytes it verified (not lines the gateway appended since),
-    and LogChanged at the end of a file whose bytes are no longer those."""
+    ``record`` is None where the line isn't a JSON object (or is longer than
+    MAX_LINE_BYTES). For a reader that verified the files first (verify_log) and
+    reads every line once: no :class:`LogLine` built per line, no chain hashes.
+    With the verifier's ``extents``: only the bytes it verified (not lines the
+    gateway appended since), and LogChanged at the end of a file whose bytes are
+    no longer those."""
     loads, decode_error = orjson.loads, orjson.JSONDecodeError
     for path in paths:
         name = str(path)
@@ -216,7 +227,7 @@ def iter_records(
         left = extent.size if extent is not None else -1
         digest = hashlib.sha256() if extent is not None else None
         with Path(path).open("rb") as file:
-            for number, chunk in enumerate(file, start=1):
+            for number, chunk in enumerate(_bounded_lines(file), start=1):
                 if digest is not None:
                     if left <= 0:
                         break  # written after the check: not verified, not read
@@ -224,6 +235,14 @@ def iter_records(
                         chunk = chunk[:left]
                     left -= len(chunk)
                     digest.update(chunk)
+                if len(chunk) > MAX_LINE_BYTES and not chunk.endswith(b"\n"):
+                    # Overlong (the verifier reported it): the rest of it is read for
+                    # the extent's hash, a piece at a time.
+                    read, _ = read_line_on(file, None, digest, left)
+                    if digest is not None:
+                        left -= read
+                    yield name, number, None
+                    continue
                 # The newline is JSON whitespace: both parsers read the line with it.
                 try:
                     record = loads(chunk)
@@ -248,11 +267,22 @@ def _lines(
         whole = hashlib.sha256() if extents is not None else None
         size = 0
         with Path(path).open("rb") as file:
-            for number, chunk in enumerate(file, start=1):
+            for number, chunk in enumerate(_bounded_lines(file), start=1):
                 if whole is not None:
                     whole.update(chunk)
                     size += len(chunk)
                 torn = not chunk.endswith(b"\n")
+                if torn and len(chunk) > MAX_LINE_BYTES:
+                    # Hashed a piece at a time, never held whole, never parsed.
+                    line = hashlib.sha256(chunk) if hashed else None
+                    read, ended = read_line_on(file, line, whole)
+                    size += read
+                    digest = line.hexdigest() if line is not None else ""
+                    length = len(chunk) + read - (1 if ended else 0)
+                    head = chunk[:OVERLONG_HEAD]
+                    where = (index, number)
+                    yield _Line(str(path), number, where, head, digest, None, not ended, length)
+                    continue
                 raw = chunk[:-1] if not torn else chunk
                 record = parse_line(raw)
                 if not isinstance(record, dict):
@@ -261,6 +291,41 @@ def _lines(
                 yield _Line(str(path), number, (index, number), raw, digest, record, torn)
         if extents is not None and whole is not None:
             extents[str(path)] = Extent(size, whole.hexdigest())
+
+
+def _bounded_lines(file: BinaryIO) -> Iterator[bytes]:
+    """The lines of ``file`` as iterating it gives them, except that a line longer
+    than MAX_LINE_BYTES comes as its first MAX_LINE_BYTES + 1 bytes (no newline at
+    their end), the file left inside it for :func:`read_line_on`."""
+    return iter(functools.partial(file.readline, MAX_LINE_BYTES + 1), b"")
+
+
+def read_line_on(
+    file: BinaryIO,
+    line: hashlib._Hash | None,
+    whole: hashlib._Hash | None = None,
+    limit: int = -1,
+) -> tuple[int, bool]:
+    """Read on to the end of the line ``file`` is in, a piece at a time (a line of
+    any length costs a piece's memory): its bytes go to ``line`` (its chain hash:
+    the newline left out), every byte read to ``whole``. At most ``limit`` bytes
+    (-1: no limit). Returns the bytes read and whether a newline ended them (else
+    the file or the limit did first)."""
+    read = 0
+    while read != limit:
+        piece = file.readline(_PIECE if limit < 0 else min(_PIECE, limit - read))
+        if not piece:
+            break
+        read += len(piece)
+        if whole is not None:
+            whole.update(piece)
+        if piece.endswith(b"\n"):
+            if line is not None:
+                line.update(memoryview(piece)[:-1])
+            return read, True
+        if line is not None:
+            line.update(piece)
+    return read, False
 
 
 def parse_line(raw: bytes) -> Any:
@@ -376,7 +441,14 @@ def verify_log(
         recent.append(line)
         record = line.record
         if record is None:
-            what = "a cut-off line (a crash mid-write?)" if line.torn else "not a JSON record"
+            if line.overlong:
+                cut = ", with no newline at its end" if line.torn else ""
+                what = (
+                    f"a line of {line.overlong} bytes{cut}, over the {MAX_LINE_BYTES} a line "
+                    "may hold (the gateway's are some KB; only hashed, not read)"
+                )
+            else:
+                what = "a cut-off line (a crash mid-write?)" if line.torn else "not a JSON record"
             problem(line, "damaged", f"{what}: edited or damaged")
             continue
         is_signature = record.get("type") == SIGNATURE_TYPE

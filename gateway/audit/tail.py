@@ -28,6 +28,7 @@ line), with an error logged and ``discontinuities`` counted.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -38,8 +39,8 @@ from typing import Any, BinaryIO, NamedTuple
 
 import orjson
 
-from gateway.audit.chain import SIGNATURE_TYPE, line_hash
-from gateway.audit.reader import parse_line
+from gateway.audit.chain import MAX_LINE_BYTES, SIGNATURE_TYPE, line_hash
+from gateway.audit.reader import OVERLONG_HEAD, parse_line, read_line_on
 
 logger = logging.getLogger("portcullis.decision_log.tail")
 
@@ -73,6 +74,9 @@ class TailLine(NamedTuple):
     raw: bytes
     digest: str
     end: Position
+    # A line longer than MAX_LINE_BYTES: its length. It was hashed in pieces, never
+    # held whole: ``raw`` is its first bytes, and it is shipped as a damaged record.
+    overlong: int = 0
 
 
 def parse_record(raw: bytes) -> dict[str, Any] | None:
@@ -319,11 +323,12 @@ class LogTail:
         data = file.read(max_bytes)
         end = data.rfind(b"\n")
         if end < 0:
-            if len(data) >= max_bytes:  # one line longer than a read: take it whole
-                data += file.readline()
-                end = data.rfind(b"\n")
-            if end < 0:
-                return []
+            if len(data) < max_bytes:
+                return []  # the writer is mid-line
+            # One line longer than a read: take it whole, up to MAX_LINE_BYTES.
+            data += file.readline(max(0, MAX_LINE_BYTES + 1 - len(data)))
+            if not data.endswith(b"\n"):
+                return self._overlong(data) if len(data) > MAX_LINE_BYTES else []
         lines: list[TailLine] = []
         inode, offset = self._inode, self._offset
         # At most max_lines lines: the rest of the block (the last piece: past the
@@ -332,6 +337,19 @@ class LogTail:
             offset += len(raw) + 1
             lines.append(TailLine(raw, line_hash(raw), Position(inode, offset)))
         return lines
+
+    def _overlong(self, start: bytes) -> list[TailLine]:
+        """The line that begins with ``start`` (more than MAX_LINE_BYTES, no newline),
+        read on to its end a piece at a time and hashed as it goes: never held
+        whole. Nothing while it has no newline yet (the writer is mid-line)."""
+        assert self._file is not None
+        digest = hashlib.sha256(start)
+        read, ended = read_line_on(self._file, digest)
+        if not ended:
+            return []
+        size = len(start) + read - 1
+        end = Position(self._inode, self._offset + size + 1)
+        return [TailLine(start[:OVERLONG_HEAD], digest.hexdigest(), end, size)]
 
     def _rotated(self) -> bool:
         try:

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from gateway.audit.chain import SIGNATURE_TYPE, rfc3339_ns
+from gateway.audit.chain import MAX_LINE_BYTES, SIGNATURE_TYPE, rfc3339_ns
 from gateway.audit.shipping.cursor import Cursor, CursorState
 from gateway.audit.shipping.formats import formatter
 from gateway.audit.shipping.formats.fields import (
@@ -246,7 +246,10 @@ class Shipper:
         for line in lines:
             parsed: dict[str, Any] | None = None
             try:
-                quick = fast(line.raw, line.digest) if fast is not None else None
+                # An overlong line's raw is only its first bytes: never the record.
+                quick = (
+                    fast(line.raw, line.digest) if fast is not None and not line.overlong else None
+                )
                 if quick is not None:
                     record, text = quick
                     data = sink.encode_json(record, text)
@@ -267,6 +270,9 @@ class Shipper:
 
     def _parsed(self, line: TailLine) -> dict[str, Any]:
         """The line's record, or the damaged record for a line that is not one (logged)."""
+        if line.overlong:
+            why = f"is {line.overlong} bytes, over the {MAX_LINE_BYTES} a line may hold"
+            return self._damaged(line, why)
         record = parse_record(line.raw)
         if record is None:
             return self._damaged(line, "is not a JSON record (damaged?)")
@@ -298,11 +304,12 @@ class Shipper:
     ) -> dict[str, Any]:
         """The damaged record shipped for a line that can't ship as itself (logged);
         ``record``: what the line parsed to, if it did."""
+        size = line.overlong or len(line.raw)
         logger.error(
             "sink %s: a line of %s %s: shipped as a damaged record, its text kept (%d bytes)",
-            self.name, self.log_path, why, len(line.raw),
+            self.name, self.log_path, why, size,
         )  # fmt: skip
-        return damaged_record(line.raw, rfc3339_ns(time.time_ns()), record)
+        return damaged_record(line.raw, rfc3339_ns(time.time_ns()), record, size)
 
     async def _deliver(self, sink: Sink, batch: Batch) -> bool | None:
         """Send until acknowledged; False if the shipper must stop first, None if

@@ -44,14 +44,18 @@ class DamagedRecord(dict[str, Any]):
     and decision_id never reads as the record itself."""
 
 
-def damaged_record(raw: bytes, read_at: str, record: dict[str, Any] | None = None) -> DamagedRecord:
-    """The damaged record for line ``raw``; ``record``: what it parsed to, if it did."""
+def damaged_record(
+    raw: bytes, read_at: str, record: dict[str, Any] | None = None, size: int | None = None
+) -> DamagedRecord:
+    """The damaged record for line ``raw``; ``record``: what it parsed to, if it did;
+    ``size``: the line's length when ``raw`` is only its first bytes (an overlong line)."""
     text = raw.decode("utf-8", "replace")
+    size = len(raw) if size is None else size
     damaged = DamagedRecord(
         {
             DAMAGED: text[:DAMAGED_MAX_CHARS],
-            "damaged_bytes": len(raw),
-            "damaged_truncated": len(text) > DAMAGED_MAX_CHARS,
+            "damaged_bytes": size,
+            "damaged_truncated": len(text) > DAMAGED_MAX_CHARS or size > len(raw),
             "read_at": read_at,
         }
     )
