@@ -10,6 +10,8 @@ import hashlib
 import itertools
 import json
 import os
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -26,7 +28,7 @@ from gateway.audit import chain, writer
 from gateway.audit.chain import GENESIS, REDACTED, line_hash
 from gateway.audit.reader import SignedHead, VerifyResult, verify_log
 from gateway.audit.writer import DecisionLog, DecisionLogError
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, ROOT
 
 LOG_FIXTURES = FIXTURES / "decision_log"
 KID = "gateway-test"
@@ -740,6 +742,36 @@ async def test_torn_last_line_after_a_crash_is_reported_and_writing_continues(
     assert first_problem(result) == (13, "damaged")
     assert len(result.problems) == 1  # the chain continues past it
     assert result.events == 20
+
+
+async def test_a_restart_on_a_log_ending_in_a_line_of_hundreds_of_megabytes_chains_on_from_it(
+    tmp_path: Path,
+) -> None:
+    """The writer reads the log's last line at start, a block at a time back from
+    the end, each block prepended to all it held: a last line of 300 MB (appended
+    while the gateway was stopped) would take it about half an hour (32 MB took
+    22 s) and ~2 GB. It is found holding one block and hashed in pieces: the
+    gateway starts in seconds within 1 GiB, its start record links to that line's
+    exact hash with the count of the events before it, and verify reports the line."""
+    path = tmp_path / "decisions.jsonl"
+    await write_log(path, 3)
+    number, offset = len(lines_of(path)) + 1, path.stat().st_size
+    size = 300_000_000
+    digest = append_line_of(path, size)
+    restart = (
+        "import asyncio, resource, sys; from pathlib import Path; "
+        "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)); "
+        "from tests.test_decision_log import write_log; "
+        "asyncio.run(write_log(Path(sys.argv[1]), 3))"
+    )
+    subprocess.run([sys.executable, "-c", restart, path], cwd=ROOT, timeout=60, check=True)
+    with path.open("rb") as file:
+        file.seek(offset + size + 1)
+        start = json.loads(file.readline())
+    assert (start["reason"], start["head"], start["seq"]) == ("start", digest, 3)
+    result = verify_log([path], PUBLIC_KEYS)
+    assert [(problem.line, problem.kind) for problem in result.problems] == [(number, "damaged")]
+    assert result.events == 6
 
 
 def test_a_line_at_the_limit_is_read_and_one_byte_over_is_only_hashed(tmp_path: Path) -> None:

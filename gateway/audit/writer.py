@@ -38,6 +38,7 @@ import collections
 import contextlib
 import errno
 import fcntl
+import hashlib
 import heapq
 import itertools
 import json
@@ -49,7 +50,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 from cryptography.hazmat.primitives import hashes
@@ -59,12 +60,14 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from gateway.audit.chain import (
     DECISION_PATH,
     GENESIS,
+    MAX_LINE_BYTES,
     SIGNATURE_TYPE,
     check_signature,
     line_hash,
     rfc3339_ns,
     signing_input,
 )
+from gateway.audit.reader import read_line_on
 from gateway.audit.redaction import DEFAULT_MASKED_HEADERS, Redactor
 from portcullis import __version__
 
@@ -817,27 +820,26 @@ def _signature_bytes(signed: dict[str, Any]) -> bytes:
 
 def _tail_state(path: Path) -> tuple[str, int, bool, set[str]] | None:
     """(hash of the last line, last seq seen, line torn, hashes of the last lines
-    read) of a non-empty file."""
+    read) of a non-empty file: its last line and the block of lines before it. A
+    last line longer than MAX_LINE_BYTES (not one the writer wrote) is hashed a
+    piece at a time, never held whole, and its seq not looked for."""
     with path.open("rb") as file:
         size = file.seek(0, os.SEEK_END)
         if size == 0:
             return None
-        block = 1 << 16
-        data = b""
-        pos = size
-        while pos > 0:
-            step = min(block, pos)
-            pos -= step
-            file.seek(pos)
-            data = file.read(step) + data
-            lines = data.rstrip(b"\n").split(b"\n")
-            if len(lines) > 1 or pos == 0:
-                break
-    torn = not data.endswith(b"\n")
-    last = data.rstrip(b"\n").split(b"\n")[-1] if not torn else data.split(b"\n")[-1]
-    head = line_hash(last)
+        block, start, end = _last_line_at(file, size)
+        file.seek(block)
+        lines = file.read(start - block).split(b"\n")[:-1]
+        if end - start <= MAX_LINE_BYTES:
+            last = file.read(end - start)
+            head = line_hash(last)
+            lines.append(last)
+        else:
+            digest = hashlib.sha256()
+            read_line_on(file, digest)
+            head = digest.hexdigest()
     seq = 0
-    for line in reversed(data.split(b"\n")):
+    for line in reversed(lines):
         try:
             record = json.loads(line)
         except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
@@ -845,8 +847,31 @@ def _tail_state(path: Path) -> tuple[str, int, bool, set[str]] | None:
         if isinstance(record, dict) and isinstance(record.get("seq"), int):
             seq = record["seq"]
             break
-    recent = {line_hash(line) for line in data.rstrip(b"\n").split(b"\n")}
-    return head, seq, torn, recent
+    recent = {line_hash(line) for line in lines} | {head}
+    return head, seq, end == size, recent
+
+
+def _last_line_at(file: BinaryIO, size: int) -> tuple[int, int, int]:
+    """Where the file's last line is, the newlines after it aside: (where the block
+    read back to find its start begins, its start, its end). Read back from the
+    end a block at a time, holding one block: the line may be of any length."""
+    step = 1 << 16
+    end: int | None = None
+    pos = size
+    while pos > 0:
+        block = min(step, pos)
+        pos -= block
+        file.seek(pos)
+        data = file.read(block)
+        if end is None:
+            data = data.rstrip(b"\n")
+            if not data:
+                continue  # all newlines so far
+            end = pos + len(data)
+        cut = data.rfind(b"\n")
+        if cut >= 0:
+            return pos, pos + cut + 1, end
+    return 0, 0, end or 0
 
 
 def _forgiving_line(record: dict[str, Any]) -> bytes:
