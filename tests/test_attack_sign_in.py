@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +27,11 @@ from tests.sign_in_stack import (
 )
 from tests.test_browser_sign_in import page, sign_in_at_provider
 from tests.test_shared_state import shared
-from tests.test_sign_in import session_of
+from tests.test_sign_in import session_of, stack
 
-__all__ = ["page", "provider", "redis_server", "redis_url"]  # fixtures
+__all__ = ["page", "provider", "redis_server", "redis_url", "stack"]  # fixtures
 
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture
-async def stack(
-    aiohttp_server: ServerFactory, tmp_path: Path, provider: DevProvider
-) -> AsyncIterator[Stack]:
-    async with start_sign_in_stack(aiohttp_server, tmp_path, provider) as running:
-        yield running
 
 
 def _b64(value: dict[str, Any]) -> str:
