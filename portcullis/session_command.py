@@ -138,12 +138,21 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_revoke(args: argparse.Namespace) -> int:
-    from gateway.shared.revocation import revoke_session, revoke_user, session_owner
+    from gateway.shared.revocation import (
+        not_revocable,
+        revoke_session,
+        revoke_user,
+        session_owner,
+    )
 
     async def work(store: Any, config: Any, ttl: int) -> int:
         if args.user:
             # No --issuer: the subject under every issuer (fail closed).
             issuer = _issuer(args, config, required=False)
+            why_not = not_revocable(issuer)
+            if why_not is not None:
+                print(f"{args.config}: {why_not}", file=sys.stderr)
+                return 2
             at = await store.run(
                 lambda r: revoke_user(r, store.keys, issuer, args.user, args.reason, "cli", ttl),
                 timeout=5.0,

@@ -21,12 +21,20 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.config import CLIENT_CERTIFICATE_ISSUER, ConfigError, Issuer, parse_config
+from gateway.config import (
+    CLIENT_CERTIFICATE_ISSUER,
+    ConfigError,
+    Issuer,
+    Listener,
+    TlsConfig,
+    parse_config,
+)
 from gateway.demo import AUDIENCE, DevIssuer
 from gateway.shared.settings import Lockout, RateLimit, RateLimits, SharedStateConfig
 from gateway.shared.store import MAX_KEY_PART, Keys
-from tests.gateway_stack import ServerFactory, Stack, start_stack
+from tests.gateway_stack import ServerFactory, Stack, free_port, start_stack
 from tests.redis_server import redis_server, redis_url
+from tests.test_gateway_transport import make_cert
 from tests.test_shared_state import (
     STORE_MFA,
     WAREHOUSE,
@@ -309,6 +317,60 @@ async def test_unlock_without_an_issuer_is_refused_when_several_are_trusted(
         assert result.returncode == 0, result.stderr
         assert f"unlocked alice ({stack.issuer.issuer})" in result.stdout
         assert (await call(stack, stack.url, "/wms/stock", token))[0] == 200
+
+
+async def test_a_revocation_of_a_client_certificate_identity_is_refused_not_claimed(
+    aiohttp_server: ServerFactory, tmp_path: Path, redis_url: str
+) -> None:
+    """`mtls` is an issuer the admin commands take (a listener asks for client
+    certificates), but the request check reads no revocation for a certificate. A
+    revoke of `billing-bot` under `mtls` was written and answered 200 ("every
+    session and bearer token ... is refused on every replica") while the service
+    kept getting in with its certificate: the operator believed it cut off. It is
+    refused (400 not_revocable, exit 2), and nothing is written; its lockout can
+    still be lifted under `mtls`."""
+    ca = make_cert(tmp_path, "ca", None, ca=True)
+    make_cert(tmp_path, "server", ca)
+    port = free_port()
+    tls = TlsConfig(tmp_path / "server.pem", tmp_path / "server.key", client_ca=tmp_path / "ca.pem")
+    async with (
+        start_stack(
+            aiohttp_server, tmp_path, gateway_port=port, shared_state=shared(redis_url),
+            listeners=(Listener("127.0.0.1", port, tls=tls),),
+        ) as stack,
+        admin(stack.gateway) as api,
+    ):  # fmt: skip
+        assert CLIENT_CERTIFICATE_ISSUER in stack.gateway.shared.issuers
+        answer = await api.post(
+            "/sessions/revoke", json={"user": "billing-bot", "issuer": CLIENT_CERTIFICATE_ISSUER}
+        )
+        body = await answer.json()
+        assert answer.status == 400 and body["error"] == "not_revocable", body
+        assert "client_ca" in body["reason"], body
+        async with redis.asyncio.from_url(redis_url) as r:
+            assert await r.keys("portcullis:*revoked*") == []
+        answer = await api.post(
+            "/sessions/unlock", json={"user": "billing-bot", "issuer": CLIENT_CERTIFICATE_ISSUER}
+        )
+        assert answer.status == 200, await answer.text()
+        config = tmp_path / "gateway.yaml"
+        config.write_text(yaml.safe_dump({
+            "listeners": [{"port": port, "tls": {"cert": "server.pem", "key": "server.key",
+                                                 "client_ca": "ca.pem"}}],
+            "routes": [{"app": "wms", "upstream": "http://127.0.0.1:1", "path_prefix": "/wms/"}],
+            "issuers": [{"issuer": stack.issuer.issuer, "audiences": ["portcullis"],
+                         "jwks_url": stack.issuer.issuer + "/jwks.json"}],
+            "shared_state": {"redis": {"url": redis_url}},
+        }))  # fmt: skip
+        command = [sys.executable, "-m", "portcullis", "session", "revoke", "--config",
+                   str(config), "--user", "billing-bot", "--issuer", "mtls"]  # fmt: skip
+        result = await asyncio.to_thread(
+            subprocess.run, command, capture_output=True, text=True, timeout=30
+        )
+        assert result.returncode == 2, (result.stdout, result.stderr)
+        assert "no revocation is checked" in result.stderr, result.stderr
+        async with redis.asyncio.from_url(redis_url) as r:
+            assert await r.keys("portcullis:*revoked*") == []
 
 
 def test_a_token_issuer_may_not_take_the_name_of_client_certificates(tmp_path: Path) -> None:

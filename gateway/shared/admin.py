@@ -110,6 +110,9 @@ async def revoke(request: web.Request) -> web.Response:
         issuer = None if given is None else choose_issuer(given, shared.issuers, required=True)
     except IssuerChoice as error:
         return _issuer_error(given, error, shared.issuers)
+    why_not = revocation.not_revocable(issuer) if user is not None else None
+    if why_not is not None:
+        return _error(400, "not_revocable", why_not)
     try:
         if user is not None:
             at = await shared.store.run(

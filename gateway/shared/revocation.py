@@ -75,6 +75,20 @@ def choose_issuer(given: str | None, trusted: tuple[str, ...], *, required: bool
     return None
 
 
+def not_revocable(issuer: str | None) -> str | None:
+    """Why revoking `issuer`'s subject would refuse nothing, or None. A client
+    certificate has no session and no bearer token, and the request check reads no
+    revocation for it (it has no issue time to compare): a revocation under `mtls`
+    was written and answered as done while the certificate kept getting in."""
+    if issuer != CLIENT_CERTIFICATE_ISSUER:
+        return None
+    return (
+        f"issuer {CLIENT_CERTIFICATE_ISSUER!r}: a client certificate has no sessions or "
+        "bearer tokens to revoke, and no revocation is checked for it; revoke the "
+        "certificate at its CA and take it out of the listener's client_ca"
+    )
+
+
 async def revoke_user(
     client: aioredis.Redis,
     keys: Keys,
