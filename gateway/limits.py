@@ -66,7 +66,11 @@ def identity_key(identity: Identity, request: web.Request) -> str:
     """Who a concurrency slot belongs to: the subject when authenticated, else the
     source address (the gateway overwrites X-Forwarded-For, so it never trusts it)."""
     if identity.authenticated and identity.subject:
-        return f"{identity.method}:{identity.issuer or ''}:{identity.subject}"
+        # The issuer is length-prefixed: it is a URL, colons and all, so without the
+        # length issuer http://idp's subject "8443:alice" was the same slot owner as
+        # issuer http://idp:8443's alice, and could hold all of her slots.
+        issuer = identity.issuer or ""
+        return f"{identity.method}:{len(issuer)}:{issuer}:{identity.subject}"
     peer = request.transport.get_extra_info("peername") if request.transport else None
     return f"ip:{peer[0] if peer else 'unknown'}"
 

@@ -18,7 +18,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.config import ConfigError, LimitsConfig, Route, parse_config
+from gateway.config import ConfigError, Issuer, LimitsConfig, Route, parse_config
+from gateway.demo import AUDIENCE, DevIssuer
 from gateway.runner import GatewayRunner
 from gateway.server import GATEWAY_KEY
 from tests.conftest import POLICIES
@@ -308,6 +309,50 @@ async def test_one_identity_cannot_hold_all_upstream_connections(
         assert refusal["result"]["http_status"] == 429
         assert refusal["result"]["reasons"][0].startswith("gateway.rate_limited: ")
         assert refusal["input"]["identity"]["subject"] == "mallory"
+
+
+async def test_a_subject_of_one_issuer_cannot_hold_the_slots_of_another_issuers_user(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """The slots were keyed `method:issuer:subject`, and an issuer is a URL with
+    colons in it: the subject "<port>:alice" of a provider at http://127.0.0.1 and
+    alice of the provider at http://127.0.0.1:<port> were one identity. Whoever
+    could take that subject at the first (a self-chosen user name) held all of
+    alice's slots, and alice got 429 on every request while they were held."""
+    release = asyncio.Event()
+
+    async def handle(request: web.Request) -> web.Response:
+        if request.path.startswith("/wms/slow"):
+            await release.wait()
+        return web.json_response({"ok": True})
+
+    backend = web.Application()
+    backend.router.add_route("*", "/{tail:.*}", handle)
+    server = await aiohttp_server(backend)
+    host = DevIssuer(tmp_path / "host", "")
+    host_server = await aiohttp_server(host.app())
+    host.issuer = "http://127.0.0.1"  # a provider at the default port of the same host
+    other = Issuer(
+        host.issuer, (AUDIENCE,), jwks_url=f"http://127.0.0.1:{host_server.port}/jwks.json"
+    )
+    async with limited_stack(
+        aiohttp_server, tmp_path, overrides={"more_issuers": (other,)}
+    ) as stack:
+        stack.gateway.routes.insert(0, Route("wms", f"http://127.0.0.1:{server.port}", "/wms/"))
+        port = stack.issuer.issuer.removeprefix(host.issuer + ":")
+        mallory = host.token(f"{port}:alice", **WAREHOUSE)
+        held = [asyncio.ensure_future(stack.get("/wms/slow", mallory)) for _ in range(4)]
+        try:
+            await asyncio.sleep(0.5)
+            assert not any(task.done() for task in held)
+            assert (await stack.get("/wms/slow", mallory)).status == 429  # its own limit holds
+            alice = stack.token("alice", **WAREHOUSE)
+            answer = await asyncio.wait_for(stack.get("/wms/stock", alice), 2.0)
+            assert answer.status == 200, await answer.text()
+        finally:
+            release.set()
+        assert [(await task).status for task in held] == [200] * 4
+        assert stack.gateway.limiter.held() == 0
 
 
 async def test_one_identity_cannot_hold_unlimited_websockets(
