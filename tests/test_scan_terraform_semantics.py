@@ -758,3 +758,17 @@ def test_a_world_open_rule_on_a_group_outside_the_scan_is_not_judged_and_said() 
         "whether it is an app backend's is unknown"
     )
     assert report["not_judged"]["PC-TF-001"] == {"resources": 2, "reasons": {reason: 2}}
+
+
+def test_the_vpcs_default_security_group_open_to_the_internet_is_judged() -> None:
+    """aws_default_security_group adopts a VPC's default group, inline ingress
+    and all: its SSH open to 0.0.0.0/0 passed (the rules read only
+    aws_security_group), and a rule on it was "not in this scan"."""
+    code, report = scan_json(fixture("default_security_group"))
+    assert code == 1
+    assert findings(report) == {
+        ("PC-TF-001", "aws_default_security_group.default"),
+        ("PC-TF-005", "aws_default_security_group.default"),
+        ("PC-TF-001", "aws_vpc_security_group_ingress_rule.pos_https"),
+    }
+    assert report["not_judged"] == {}

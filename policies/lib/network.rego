@@ -34,7 +34,12 @@ world_ingress contains grant if {
 	is_world_cidr(grant.cidr)
 }
 
-_ingress_types := {"aws_security_group", "aws_security_group_rule", "aws_vpc_security_group_ingress_rule"}
+_ingress_types := _group_types | {"aws_security_group_rule", "aws_vpc_security_group_ingress_rule"}
+
+# The resources that are a security group. aws_default_security_group adopts a
+# VPC's default group (which every instance launched without a group of its
+# own joins) and declares its ingress inline, as aws_security_group does.
+_group_types := {"aws_security_group", "aws_default_security_group"}
 
 _cidr_grants(r) := {grant |
 	some ingress in _ingresses(r)
@@ -78,7 +83,7 @@ _ingresses(r) := [ingress |
 		"where": sprintf("ingress block %d", [i]),
 		"security_groups": {r.address},
 	}
-] if r.type == "aws_security_group"
+] if r.type in _group_types
 
 _ingresses(r) := [{
 	"at": [],
@@ -114,7 +119,7 @@ _grant(r, ingress, cidr) := {
 #    "security_group": the group it applies to, "source": the admitted group}
 group_ingress contains grant if {
 	some r in input.resources
-	r.type == "aws_security_group"
+	r.type in _group_types
 	tf.references_anything(r)
 	some i, at in tf.block_paths(r, ["ingress"])
 	some source in _groups_referenced(r, tf.path_string(array.concat(at, ["security_groups"])))
@@ -138,7 +143,10 @@ group_ingress contains grant if {
 	grant := {"address": r.address, "where": "", "security_group": sg, "source": source}
 }
 
-_groups_referenced(r, key) := {sg.address | some sg in tf.referenced(r, key, "aws_security_group")}
+_groups_referenced(r, key) := {sg.address |
+	some type in _group_types
+	some sg in tf.referenced(r, key, type)
+}
 
 # attached_groups(rule): the security groups in this document that a
 # standalone rule's security_group_id references.

@@ -130,3 +130,12 @@ test_unknown_cidr_on_ports_that_are_not_ssh_or_rdp_is_judged if {
 	})
 	count(admin_ports.not_judged) == 0 with input as testing.document([https, egress])
 }
+
+# The VPC's default group, adopted with aws_default_security_group, is a
+# security group like any other: every instance launched without one joins it.
+test_ssh_open_on_the_vpcs_default_security_group_is_denied if {
+	sg := testing.resource("aws_default_security_group", "default", {"ingress": [
+		{"protocol": "tcp", "from_port": 22, "to_port": 22, "cidr_blocks": ["0.0.0.0/0"]},
+	]})
+	{f.resource | some f in admin_ports.deny} == {"aws_default_security_group.default"} with input as testing.document([sg])
+}

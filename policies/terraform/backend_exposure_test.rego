@@ -206,3 +206,18 @@ test_world_rule_on_a_non_app_group_in_the_scan_is_judged_and_passes if {
 	count(backend_exposure.deny) == 0 with input as doc
 	count(backend_exposure.not_judged) == 0 with input as doc
 }
+
+# An app's backend in the VPC's default group (aws_default_security_group) is
+# held to the rule as any security group is, inline or through a rule on it.
+test_app_backend_in_the_vpcs_default_security_group_open_to_world_is_denied if {
+	inline := testing.resource("aws_default_security_group", "default", {"tags": {"app": "pos"}, "ingress": [_https_from_world]})
+	found := {f.resource | some f in backend_exposure.deny} with input as testing.document([inline])
+	found == {"aws_default_security_group.default"}
+	adopted := testing.resource("aws_default_security_group", "default", {"tags": {"app": "pos"}})
+	rule := testing.resource_with("aws_vpc_security_group_ingress_rule", "pos_https", {
+		"ip_protocol": "tcp", "from_port": 443, "to_port": 443, "cidr_ipv4": "0.0.0.0/0",
+	}, {"refs": {"security_group_id": ["aws_default_security_group.default.id"]}})
+	doc := testing.document([adopted, rule])
+	{f.resource | some f in backend_exposure.deny} == {"aws_vpc_security_group_ingress_rule.pos_https"} with input as doc
+	count(backend_exposure.not_judged) == 0 with input as doc
+}
