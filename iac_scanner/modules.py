@@ -285,7 +285,7 @@ class ModuleInstance:
     def _variables(self, given: dict[str, Any]) -> dict[str, Any]:
         values: dict[str, Any] = {}
         for name, block in self.declared.items():
-            if name in given:
+            if name in given and not (given[name] is None and _takes_default_for_null(block)):
                 value = given[name]
             elif "default" in block["attrs"]:
                 value = literal_value(block["attrs"]["default"])
@@ -704,6 +704,14 @@ def merge_override(base: Block, override: Block) -> Block:
                 continue
         blocks.append(inner)
     return {**base, "attrs": {**base["attrs"], **override["attrs"]}, "blocks": blocks}
+
+
+def _takes_default_for_null(variable: Block) -> bool:
+    """A variable declared `nullable = false` takes its default when it is given
+    null (Terraform's rule, for module arguments and tfvars alike): a caller's
+    `cidr = var.cidr` whose var.cidr is null gets the module's default, not null."""
+    attrs = variable["attrs"]
+    return "default" in attrs and literal_value(attrs.get("nullable", ["lit", True])) is False
 
 
 def _expand(block: Block, context: Context) -> list[tuple[str, dict[str, Any]]] | None:

@@ -772,3 +772,16 @@ def test_the_vpcs_default_security_group_open_to_the_internet_is_judged() -> Non
         ("PC-TF-001", "aws_vpc_security_group_ingress_rule.pos_https"),
     }
     assert report["not_judged"] == {}
+
+
+def test_a_non_nullable_variable_given_null_takes_its_default() -> None:
+    """`nullable = false` makes Terraform use the default for a null argument
+    (a module call passing an unset optional variable through, or `x = null` in
+    tfvars). The scanner kept the null, so `cidr_blocks = [var.admin_cidr]`
+    held no CIDR at all and SSH and RDP open to 0.0.0.0/0 passed unjudged."""
+    code, report = scan_json(fixture("nullable_default"))
+    assert code == 1
+    assert findings(report) == {
+        ("PC-TF-005", "module.bastion.aws_security_group.bastion"),
+        ("PC-TF-005", "aws_vpc_security_group_ingress_rule.rdp"),
+    }
