@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import functools
 import ipaddress
+import itertools
 import json
 import math
 import re
@@ -207,14 +208,17 @@ def _zipmap(keys: Any, values: Any) -> dict[str, Any]:
 
 
 def _cidrsubnet(prefix: str, newbits: Any, netnum: Any) -> str:
+    # Computed, not found by walking the subnets: an IPv6 prefix has billions
+    # of them, and a netnum that large hung the scan.
     network = ipaddress.ip_network(prefix, strict=False)
     new_prefix = network.prefixlen + int(to_number(newbits))
-    subnets = network.subnets(new_prefix=new_prefix)
     index = int(to_number(netnum))
-    for position, subnet in enumerate(subnets):
-        if position == index:
-            return str(subnet)
-    raise Unsupported("cidrsubnet number out of range")
+    if not network.prefixlen <= new_prefix <= network.max_prefixlen:
+        raise Unsupported("cidrsubnet prefix out of range")
+    if not 0 <= index < 2 ** (new_prefix - network.prefixlen):
+        raise Unsupported("cidrsubnet number out of range")
+    start = network.network_address + (index << (network.max_prefixlen - new_prefix))
+    return str(ipaddress.ip_network(f"{start}/{new_prefix}"))
 
 
 def _cidrhost(prefix: str, hostnum: Any) -> str:
@@ -316,6 +320,14 @@ def _setop(operation: str) -> Function:
     return apply
 
 
+def _setproduct(*sets: Any) -> list[Any]:
+    # Every combination of one element from each argument, in order: how a
+    # configuration pairs each rule with each CIDR for a for_each.
+    if len(sets) < 2:
+        raise Unsupported("setproduct needs two or more sets")
+    return [list(combination) for combination in itertools.product(*(_items(s) for s in sets))]
+
+
 def _slice(value: Any, start: Any, end: Any) -> list[Any]:
     return _items(value)[int(to_number(start)) : int(to_number(end))]
 
@@ -389,6 +401,7 @@ FUNCTIONS: dict[str, Function] = {
     "slice": _shallow(_slice),
     "chunklist": _shallow(_chunklist),
     "one": _shallow(_one),
+    "setproduct": _strict(_setproduct),
     "setunion": _strict(_setop("union")),
     "setintersection": _strict(_setop("intersection")),
     "setsubtract": _strict(_setop("subtract")),

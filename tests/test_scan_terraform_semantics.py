@@ -785,3 +785,64 @@ def test_a_non_nullable_variable_given_null_takes_its_default() -> None:
         ("PC-TF-005", "module.bastion.aws_security_group.bastion"),
         ("PC-TF-005", "aws_vpc_security_group_ingress_rule.rdp"),
     }
+
+
+def test_cidrsubnet_of_a_large_ipv6_subnet_number_is_computed_not_walked(tmp_path: Path) -> None:
+    """cidrsubnet() walked every subnet up to netnum: a /64 numbered in the
+    billions out of an IPv6 /32 hung the scan."""
+    (tmp_path / "main.tf").write_text(
+        'resource "aws_security_group" "bastion" {\n'
+        '  name = "bastion"\n'
+        "  ingress {\n"
+        "    from_port        = 22\n"
+        "    to_port          = 22\n"
+        '    protocol         = "tcp"\n'
+        '    ipv6_cidr_blocks = [cidrsubnet("fd12:3456::/32", 32, 4000000000)]\n'
+        "  }\n"
+        "  ingress {\n"
+        "    from_port   = 3389\n"
+        "    to_port     = 3389\n"
+        '    protocol    = "tcp"\n'
+        '    cidr_blocks = [cidrsubnet("10.0.0.0/8", 16, 65000), cidrsubnet("0.0.0.0/0", 0, 0)]\n'
+        "  }\n"
+        "}\n"
+    )
+    result = load([tmp_path], LoadOptions())
+    [resource] = result.documents[0].resources
+    ingress = resource.entry["config"]["ingress"]
+    assert ingress[0]["ipv6_cidr_blocks"] == ["fd12:3456:ee6b:2800::/64"]
+    assert ingress[1]["cidr_blocks"] == ["10.253.232.0/24", "0.0.0.0/0"]
+    code, report = scan_json(str(tmp_path))
+    assert code == 1
+    assert [f["message"].split(";")[0] for f in report["findings"]] == [
+        "aws_security_group.bastion opens RDP (port 3389) to 0.0.0.0/0 in ingress block 1 "
+        "via port 3389/tcp"
+    ]
+
+
+def test_setproduct_pairs_each_port_with_each_cidr_for_a_for_each(tmp_path: Path) -> None:
+    """setproduct() was not evaluated, so rules made one per (port, CIDR) pair
+    were never judged: SSH from 0.0.0.0/0 among them was only "not judged"."""
+    (tmp_path / "main.tf").write_text(
+        'variable "admin_cidrs" { default = ["10.20.0.0/16", "0.0.0.0/0"] }\n'
+        'resource "aws_security_group" "bastion" { name = "bastion" }\n'
+        'resource "aws_security_group_rule" "admin" {\n'
+        "  for_each = {\n"
+        "    for pair in setproduct([22, 3389], var.admin_cidrs) :\n"
+        '    "${pair[0]}-${pair[1]}" => { port = pair[0], cidr = pair[1] }\n'
+        "  }\n"
+        '  type              = "ingress"\n'
+        '  protocol          = "tcp"\n'
+        "  from_port         = each.value.port\n"
+        "  to_port           = each.value.port\n"
+        "  cidr_blocks       = [each.value.cidr]\n"
+        "  security_group_id = aws_security_group.bastion.id\n"
+        "}\n"
+    )
+    code, report = scan_json(str(tmp_path))
+    assert code == 1
+    assert findings(report) == {
+        ("PC-TF-005", 'aws_security_group_rule.admin["22-0.0.0.0/0"]'),
+        ("PC-TF-005", 'aws_security_group_rule.admin["3389-0.0.0.0/0"]'),
+    }
+    assert report["not_judged"] == {} and report["summary"]["resources"] == 5
