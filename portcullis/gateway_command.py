@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import socket
 import sys
 from pathlib import Path
@@ -303,7 +304,9 @@ async def _demo_redis(
     if sign_in is not None:
         config["sign_in"] = {"issuer": sign_in.issuer, "client_id": sign_in.client_id}
         keys = dev_oidc.session_config(state_dir).key_files
-        config["session"] = {"key_files": [str(key) for key in keys]}
+        # Relative to the config's own folder (state_dir), as the config reads them.
+        home = state_dir.resolve()
+        config["session"] = {"key_files": [os.path.relpath(key.resolve(), home) for key in keys]}
     (state_dir / "shared-state.yaml").write_text(
         "# For `portcullis session ... --config` against the running demo.\n"
         + yaml.safe_dump(config)
