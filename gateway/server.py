@@ -59,6 +59,8 @@ from gateway.screening.websocket import handshake_refusal
 from gateway.shared.check import Refusal
 from gateway.shared.revocation import longest_token_life, trusted_issuers
 from gateway.shared.state import REMEMBER_ADDRESS, SIGNALS, SharedState
+from gateway.shared.third_party import LABEL as NOT_COUNTED
+from gateway.shared.third_party import another_sites_request
 from gateway.signin.flow import BrowserSignIn
 
 if TYPE_CHECKING:
@@ -399,7 +401,13 @@ class Gateway:
             )
             decision = await self._decide(document, decision_id)
             self.metrics.decision_seconds.observe(decision.eval_ns / 1e9)
-            self._log(decision, document, route)
+            # A deny another site's page made the browser run into is not counted
+            # (lockout, recent_denies); its event says so (gateway/shared/third_party.py).
+            not_counted = None
+            if self.shared is not None and not decision.allow and decision.step_up is None:
+                not_counted = another_sites_request(request, identity)
+            labels = {NOT_COUNTED: not_counted} if not_counted else None
+            self._log(decision, document, route, labels=labels)
             if self.shadow is not None:
                 self.shadow.submit(document, decision, route.app)
             if self.shared is not None:
@@ -407,6 +415,7 @@ class Gateway:
                     request, route.app, identity, allowed=decision.allow,
                     step_up=decision.step_up is not None, decision_id=decision.decision_id,
                     remember_address=request.get(REMEMBER_ADDRESS, False),
+                    count_deny=not_counted is None,
                 )  # fmt: skip
             if decision.error:
                 log.error("decision %s failed closed: %s", decision.decision_id, decision.error)
@@ -583,7 +592,10 @@ class Gateway:
         *,
         path: str = DECISION_PATH,
         labels: dict[str, str] | None = None,
+        held: bool = True,
     ) -> None:
+        """Record a decision event; `held`: in sync durability, the request's answer
+        waits for it (not for a refusal recorded after the answer)."""
         app = route.app if route is not None else "-"
         result = "allow" if decision.allow else "deny"
         self.metrics.decided(app, result)
@@ -602,7 +614,7 @@ class Gateway:
             labels={"app": app, **(labels or {})},
             path=path,
         )
-        if self.durability is not None and labels is None:
+        if self.durability is not None and held:
             self.durability.note(Pending(ticket, decision.decision_id, document, route), app)
 
     def _not_durable(self, pending: Pending, reason: str) -> None:
@@ -610,7 +622,9 @@ class Gateway:
         logged as a refusal naming that decision (never waited for in turn)."""
         decision = deny(self._ids.next(), 503, f"gateway.decision_log_unavailable: {reason}")
         labels = {"overrides_decision_id": pending.decision_id}
-        self._log(decision, pending.document, pending.route, path=REFUSAL_PATH, labels=labels)
+        self._log(
+            decision, pending.document, pending.route, path=REFUSAL_PATH, labels=labels, held=False
+        )
 
     async def _start_shipping(self, decision_log: DecisionLog) -> None:
         from gateway.audit.durability import Durability

@@ -161,15 +161,17 @@ class SharedState:
         step_up: bool,
         decision_id: str,
         remember_address: bool,
+        count_deny: bool = True,
     ) -> None:
         """Background writes after a decision, off the request's round trip: a deny
         counts toward the lockout (a step-up deny doesn't: it is the normal way to a
-        stronger sign-in); an allow from a new address makes it a known one, to
-        this app (`app`) only."""
+        stronger sign-in; nor does one with `count_deny` false, which another site's
+        page caused: gateway/shared/third_party.py); an allow from a new address
+        makes it a known one, to this app (`app`) only."""
         subject, issuer = identity.subject, issuer_of(identity)
         if not identity.authenticated or not subject or not self.store.available:
             return
-        if not allowed and not step_up:
+        if not allowed and not step_up and count_deny:
             self._spawn(self._note_denied(issuer, subject, decision_id), "deny")
         elif allowed and remember_address:
             address = source_address(request)

@@ -1,0 +1,51 @@
+"""Denies a page on another site can make a signed-in browser run into, which count
+toward no lockout.
+
+The session cookie is SameSite=Lax: a browser sends it on any top-level GET
+navigation, whoever started it (a link, `location =`, `window.open`, a GET form
+on any web page), and on every request from a page of the same registrable
+domain (a sibling subdomain's <img> as well). Each such request the policy
+denies counted toward `lockout.after_denies`, so any page a member of staff
+opened could lock them out of every app (and fill the SIEM with lockouts). The
+browser says who started the request in Fetch Metadata's Sec-Fetch-Site, a
+header no page can set or change; a deny it says another site caused is still
+a deny, logged as one, but is not counted.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.identity import Identity
+
+# The decision-log label of a deny that was not counted; its value is the
+# Sec-Fetch-Site the browser sent.
+LABEL = "deny_not_counted"
+# `same-site` too: a sibling subdomain (the marketing site, a shop on
+# shop.<domain>, a hosted page under the company's domain) is a site other
+# than the gateway's, and gets the Lax cookie sent with even an <img>.
+OTHER_SITES = frozenset({"cross-site", "same-site"})
+
+
+def another_sites_request(request: web.Request, identity: Identity) -> str | None:
+    """The Sec-Fetch-Site value (`cross-site` or `same-site`) when the browser says
+    a page on another site made this request, authenticated by the session cookie
+    alone; None for a deny that counts.
+
+    Of the gateway's credentials, the session cookie is the one a browser sends
+    on its own: a bearer token (Authorization) is sent by the client that holds
+    it, and a client certificate alone is a service's (`mtls`), so their denies
+    count whatever the headers say. A request without Sec-Fetch-Site counts, to fail
+    closed: browsers from before Fetch Metadata (Chrome 76, Firefox 90, Safari
+    16.4) and clients holding a session cookie (a script, a stolen cookie) send
+    none, and a lockout is what stops them probing. One sent twice, or with a
+    value the standard does not have, is no browser's either, and counts. A
+    client that sends `cross-site` itself is not locked out (no header can tell
+    it from a browser); its denies are still logged, labelled (LABEL), for the
+    SIEM to see."""
+    if identity.method != "session":
+        return None
+    values = request.headers.getall("Sec-Fetch-Site", [])
+    if len(values) != 1 or values[0] not in OTHER_SITES:
+        return None
+    return values[0]
