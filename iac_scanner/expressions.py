@@ -5,6 +5,13 @@ A value is plain Python data (str, int, float, bool, None, list, dict) or
 UNKNOWN where the scanner can't see it (unset variables, data sources,
 attributes computed at apply, functions it doesn't implement). Unknowns
 propagate: the scanner never guesses a value a rule could misjudge.
+
+merge() and concat() with an unknown argument give a PartialMap or a
+PartialList: the part of the result that is certain whatever the unknown
+holds, and a mark that there may be more. It is neither a dict nor a list, so
+whatever needs the whole value (iteration, length, equality, for_each, a
+template) finds it unknown; only what reads a certain part of it (an
+attribute or key, lookup(), contains()) sees that part.
 """
 
 from __future__ import annotations
@@ -35,9 +42,58 @@ class _Unknown:
 UNKNOWN: Any = _Unknown()
 
 
+class Partial:
+    """A map or list of which only part is known: `known` is certainly in it
+    (a map's keys, a list's elements, some values of which may be UNKNOWN),
+    and it may hold more the scanner can't name."""
+
+    __slots__ = ("known",)
+    known: Any
+
+    def __bool__(self) -> bool:
+        raise TypeError("a partly known value has no truth value")
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.known == other.known
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class PartialMap(Partial):
+    """Every key of `known` is in the map with that value (UNKNOWN where it may
+    be overridden); the map may have other keys."""
+
+    def __init__(self, known: dict[str, Any]) -> None:
+        self.known = known
+
+    def __repr__(self) -> str:
+        return f"PartialMap({self.known!r})"
+
+    def get(self, key: str) -> Any:
+        """The value at key: known, or UNKNOWN (the key may be among the rest)."""
+        return self.known.get(key, UNKNOWN)
+
+
+class PartialList(Partial):
+    """Every element of `known` is in the list (at positions the scanner may
+    not know); the list may have other elements."""
+
+    def __init__(self, known: list[Any]) -> None:
+        self.known = known
+
+    def __repr__(self) -> str:
+        return f"PartialList({self.known!r})"
+
+
+def is_unknown(value: Any) -> bool:
+    """Whether value is unknown as a whole: UNKNOWN, or only partly known."""
+    return value is UNKNOWN or isinstance(value, Partial)
+
+
 def has_unknown(value: Any) -> bool:
-    """Whether UNKNOWN appears anywhere inside value."""
-    if value is UNKNOWN:
+    """Whether UNKNOWN appears anywhere inside value (a partly known value
+    always has an unknown part)."""
+    if is_unknown(value):
         return True
     if isinstance(value, dict):
         return any(has_unknown(v) for v in value.values())
@@ -114,6 +170,10 @@ def evaluate(expr: Expr, ctx: Context) -> Any:
 def _finish(value: Any) -> Any:
     if isinstance(value, Namespace):
         return UNKNOWN
+    if isinstance(value, PartialMap):
+        return PartialMap({k: _finish(v) for k, v in value.known.items()})
+    if isinstance(value, PartialList):
+        return PartialList([_finish(v) for v in value.known])
     if isinstance(value, list):
         return [_finish(v) for v in value]
     if isinstance(value, dict):
@@ -170,8 +230,10 @@ def _value(value: Any) -> Any:
 
 
 def get_attr(target: Any, name: str) -> Any:
-    if target is UNKNOWN:
+    if target is UNKNOWN or isinstance(target, PartialList):
         return UNKNOWN
+    if isinstance(target, PartialMap):
+        return target.get(name)
     if isinstance(target, Namespace):
         return target.attr(name)
     if isinstance(target, dict):
@@ -185,8 +247,11 @@ def get_attr(target: Any, name: str) -> Any:
 
 
 def get_index(target: Any, key: Any) -> Any:
-    if target is UNKNOWN or key is UNKNOWN:
+    if target is UNKNOWN or key is UNKNOWN or isinstance(target, PartialList):
+        # A partly known list's elements are at positions the scanner can't name.
         return UNKNOWN
+    if isinstance(target, PartialMap):
+        return target.get(to_string(key))
     if isinstance(target, Namespace):
         return target.index(key)
     if isinstance(target, list):
@@ -203,7 +268,7 @@ def get_index(target: Any, key: Any) -> Any:
 
 
 def _splat(target: Any, operations: list[list[Any]], ctx: Context) -> Any:
-    if target is UNKNOWN:
+    if is_unknown(target):
         return UNKNOWN
     if target is None:
         return []
@@ -236,7 +301,7 @@ def _template(parts: list[Any], ctx: Context) -> Any:
             value = _template_for(part, ctx)
         else:
             value = _eval(part, ctx)
-        if value is UNKNOWN or isinstance(value, Namespace):
+        if is_unknown(value) or isinstance(value, Namespace):
             return UNKNOWN
         pieces.append(to_string(value))
     return "".join(pieces)
@@ -252,7 +317,7 @@ def _template_if(part: list[Any], ctx: Context) -> Any:
 def _template_for(part: list[Any], ctx: Context) -> Any:
     _, key_var, value_var, collection_expr, body = part
     collection = _value(_eval(collection_expr, ctx))
-    if collection is UNKNOWN:
+    if is_unknown(collection):
         return UNKNOWN
     pieces = []
     for key, item in _iterate(collection):
@@ -347,7 +412,7 @@ def _call(name: str, arg_exprs: list[Expr], expand: bool, ctx: Context) -> Any:
         return UNKNOWN
     args = [_value(_eval(a, ctx)) for a in arg_exprs]
     if expand:
-        if not args or args[-1] is UNKNOWN:
+        if not args or is_unknown(args[-1]):
             return UNKNOWN
         last = args.pop()
         args.extend(last if isinstance(last, list) else list(last.values()))
@@ -368,7 +433,8 @@ def evaluate_lazily(expr: Expr, ctx: Context) -> Any:
 def _for(expr: Expr, ctx: Context) -> Any:
     _, key_var, value_var, collection_expr, key_expr, value_expr, condition, grouping = expr
     collection = _value(_eval(collection_expr, ctx))
-    if collection is UNKNOWN:
+    if is_unknown(collection):
+        # A for over a partly known collection would miss what it can't name.
         return UNKNOWN
     object_result: dict[str, Any] = {}
     list_result: list[Any] = []

@@ -18,9 +18,12 @@ from typing import Any
 from iac_scanner.expressions import (
     UNKNOWN,
     Context,
+    PartialList,
+    PartialMap,
     Unsupported,
     evaluate_lazily,
     has_unknown,
+    is_unknown,
     to_bool,
     to_number,
     to_string,
@@ -44,11 +47,12 @@ def _strict(function: Function) -> Function:
 
 def _shallow(function: Function) -> Function:
     """The function needs its arguments known at the top level only: unknown
-    elements inside lists and maps pass through (merge, concat, length...)."""
+    elements inside lists and maps pass through (length, keys, element...).
+    A partly known map or list is unknown to it: it would need the whole."""
 
     @functools.wraps(function)
     def wrapper(*args: Any) -> Any:
-        if any(a is UNKNOWN for a in args):
+        if any(is_unknown(a) for a in args):
             return UNKNOWN
         return function(*args)
 
@@ -63,18 +67,50 @@ def _items(collection: Any) -> list[Any]:
     raise Unsupported("not a collection")
 
 
-def _merge(*maps: Any) -> Any:
+def merge(*maps: Any) -> Any:
+    """merge(): later maps win. With an unknown (or partly known) argument,
+    what is certain whatever it holds: a key a known map sets after the last
+    unknown has that value; a key set before it is in the result (merge never
+    drops a key) with a value it may override, so UNKNOWN; and there may be
+    keys the scanner can't name. Nothing certain at all: UNKNOWN."""
     result: dict[str, Any] = {}
+    partial = False
     for m in maps:
         if m is None:
+            continue
+        if m is UNKNOWN or isinstance(m, PartialMap):
+            partial = True
+            known = m.known if isinstance(m, PartialMap) else {}
+            result = {key: UNKNOWN for key in result}
+            result.update(known)
             continue
         if not isinstance(m, dict):
             raise Unsupported("merge of a non-map")
         result.update(m)
-    return result
+    if not partial:
+        return result
+    return PartialMap(result) if result else UNKNOWN
 
 
-def _concat(*lists: Any) -> Any:
+def concat(*lists: Any) -> Any:
+    """concat(): with an unknown (or partly known) list among them, the known
+    lists' elements are certainly in the result, at positions that may not be
+    known, among others the scanner can't name. Nothing certain: UNKNOWN."""
+    result: list[Any] = []
+    partial = False
+    for item in lists:
+        if item is UNKNOWN or isinstance(item, PartialList):
+            partial = True
+            result.extend(item.known if isinstance(item, PartialList) else [])
+            continue
+        result.extend(_items(item))
+    if not partial:
+        return result
+    return PartialList(result) if result else UNKNOWN
+
+
+def _concat(*lists: Any) -> list[Any]:
+    """concat() of lists that are all known (for the functions built on it)."""
     result: list[Any] = []
     for item in lists:
         result.extend(_items(item))
@@ -88,6 +124,12 @@ def _length(value: Any) -> int:
 
 
 def _lookup(mapping: Any, key: Any, *default: Any) -> Any:
+    if mapping is UNKNOWN or key is UNKNOWN:
+        return UNKNOWN
+    if isinstance(mapping, PartialMap):
+        # A key it certainly has; any other may be among the keys not known,
+        # so neither its value nor the default is certain.
+        return mapping.get(to_string(key))
     if not isinstance(mapping, dict):
         raise Unsupported("lookup in a non-map")
     key = to_string(key)
@@ -149,7 +191,8 @@ def _format(spec: str, *args: Any) -> str:
 def _flatten(value: Any) -> list[Any]:
     result: list[Any] = []
     for item in _items(value):
-        if item is UNKNOWN:
+        if is_unknown(item):
+            # Partly known, it is a list whose elements can't all be named.
             raise Unsupported("flatten of an unknown element")
         if isinstance(item, list):
             result.extend(_flatten(item))
@@ -303,7 +346,16 @@ def _sort(value: Any) -> list[str]:
     return sorted(to_string(v) for v in _items(value))
 
 
-def _contains(collection: Any, value: Any) -> bool:
+def _contains(collection: Any, value: Any) -> Any:
+    if has_unknown(value):
+        return UNKNOWN
+    if isinstance(collection, PartialList):
+        # Certainly true when a known element is value; otherwise it may be
+        # among the elements not known.
+        known = [v for v in collection.known if not has_unknown(v)]
+        return True if value in known else UNKNOWN
+    if has_unknown(collection):
+        return UNKNOWN
     return value in _items(collection)
 
 
@@ -349,10 +401,10 @@ def _transpose(value: Any) -> dict[str, list[str]]:
 
 
 FUNCTIONS: dict[str, Function] = {
-    "merge": _shallow(_merge),
-    "concat": _shallow(_concat),
+    "merge": merge,
+    "concat": concat,
     "length": _shallow(_length),
-    "lookup": _shallow(_lookup),
+    "lookup": _lookup,
     "element": _shallow(_element),
     "coalesce": _coalesce,
     "coalescelist": _coalescelist,
@@ -391,7 +443,7 @@ FUNCTIONS: dict[str, Function] = {
     "keys": _shallow(_keys),
     "values": _shallow(_values),
     "zipmap": _shallow(_zipmap),
-    "contains": _strict(_contains),
+    "contains": _contains,
     "index": _strict(lambda items, v: _items(items).index(v)),
     "flatten": _shallow(_flatten),
     "distinct": _strict(_distinct),

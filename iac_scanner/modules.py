@@ -23,13 +23,16 @@ from iac_scanner.expressions import (
     Context,
     MapNamespace,
     Namespace,
+    Partial,
     Unsupported,
     evaluate,
+    is_unknown,
     local_names,
     references,
     traversal,
 )
 from iac_scanner.findings import Problem
+from iac_scanner.functions import merge
 from iac_scanner.hcl import Block, Expr, HclSyntaxError, ParsedFile, parse_expression
 from iac_scanner.policy_document import render as render_policy_document
 from iac_scanner.type_defaults import with_defaults
@@ -177,13 +180,15 @@ class ModuleInstance:
         by the resource's own tags. The scanner has no provider schema, so
         every resource of a provider with default_tags gets tags_all."""
         defaults = self.default_tags.get(self._provider_config(block))
-        if not defaults or not isinstance(config, dict) or "tags_all" in config:
+        if defaults is None or defaults == {} or not isinstance(config, dict):
+            return config
+        if "tags_all" in config:
             return config
         tags = config.get("tags")
-        if defaults is UNKNOWN or tags is UNKNOWN:
-            return {**config, "tags_all": UNKNOWN}
-        own = tags if isinstance(tags, dict) else {}
-        return {**config, "tags_all": {**defaults, **own}}
+        own = tags if is_unknown(tags) or isinstance(tags, dict) else {}
+        # As merge(default_tags, tags): a tag the resource sets is certain
+        # even when the defaults are unknown, and the reverse is not.
+        return {**config, "tags_all": merge(defaults, own)}
 
     def _provider_config(self, block: Block) -> str:
         if "provider" in block["attrs"]:
@@ -598,7 +603,8 @@ class ModuleInstance:
                 config, refs = self._configs[f"{key}{suffix}"]
                 config = self._tags_all(block, config)
                 unknown: list[str] = []
-                config = strip_unknown(config, "", unknown)
+                incomplete: list[str] = []
+                config = strip_unknown(config, "", unknown, incomplete)
                 entry = {
                     "address": f"{self.prefix}{key}{suffix}",
                     "type": kind,
@@ -611,6 +617,9 @@ class ModuleInstance:
                     "unknown": unknown,
                     "refs": {k: sorted(v) for k, v in sorted(refs.items())},
                 }
+                if incomplete:
+                    # Maps and lists that may hold more than config shows.
+                    entry["incomplete"] = incomplete
                 comments = _comments_for(block, source.parsed["comments"])
                 found.append(Resource(entry, block["end_line"], comments, self._explainer(block)))
         for name, block in self.module_blocks.items():
@@ -820,15 +829,24 @@ def _dynamic(
         refs.update(inner_refs)
 
 
-def strip_unknown(value: Any, path: str, unknown: list[str]) -> Any:
+def strip_unknown(
+    value: Any, path: str, unknown: list[str], incomplete: list[str] | None = None
+) -> Any:
     """The value with every UNKNOWN removed and its dotted path listed instead:
-    object keys are dropped, list items become null (positions are kept).
+    object keys are dropped, list items become null (positions are kept). A
+    partly known map or list (merge() or concat() with an unknown argument)
+    becomes what is certain of it, its path listed in incomplete; without
+    that list it is unknown, as a whole.
     Depth first with a stack of its own rather than Python's, so a value
     nested deeper than Python recurses (a plan's) is copied too, for the scan
     to refuse with its path."""
-    if value is UNKNOWN:
+    if value is UNKNOWN or (isinstance(value, Partial) and incomplete is None):
         unknown.append(path)
         return None
+    if isinstance(value, Partial):
+        assert incomplete is not None
+        incomplete.append(path)
+        value = value.known
     if not isinstance(value, dict | list):
         return value
     result: Any = {} if isinstance(value, dict) else []
@@ -838,11 +856,17 @@ def strip_unknown(value: Any, path: str, unknown: list[str]) -> Any:
         items, where, copy = stack[-1]
         for key, item in items:
             inner = f"{where}.{key}" if where else str(key)
-            if item is UNKNOWN:
+            if item is UNKNOWN or (isinstance(item, Partial) and incomplete is None):
                 unknown.append(inner)
                 if isinstance(copy, list):
                     copy.append(None)
                 continue
+            if isinstance(item, Partial):
+                # What is certain of it, its path listed as incomplete: it may
+                # hold more than the document shows.
+                assert incomplete is not None
+                incomplete.append(inner)
+                item = item.known
             nested: Any = item
             if isinstance(item, dict | list):
                 nested = {} if isinstance(item, dict) else []

@@ -846,3 +846,169 @@ def test_setproduct_pairs_each_port_with_each_cidr_for_a_for_each(tmp_path: Path
         ("PC-TF-005", 'aws_security_group_rule.admin["3389-0.0.0.0/0"]'),
     }
     assert report["not_judged"] == {} and report["summary"]["resources"] == 5
+
+
+# --- merge() and concat() with an unknown argument keep what is certain ------------------
+
+
+def test_a_tag_merged_after_an_unset_variable_makes_the_resource_the_apps(tmp_path: Path) -> None:
+    """`tags = merge(var.tags, { app = "pos" })` with var.tags given no value:
+    the whole of tags was unknown, so the resource was not the pos app's and
+    the app rules said nothing, not even "not judged". merge() gives later
+    maps precedence: app = "pos" is certain whatever var.tags holds."""
+    (tmp_path / "main.tf").write_text(
+        'variable "tags" { type = map(string) }\n'
+        'locals { common_tags = merge(var.tags, { team = "payments" }) }\n'
+        'resource "aws_db_instance" "ledger" {\n'
+        "  storage_encrypted = false\n"
+        '  tags              = merge(var.tags, { app = "pos" })\n'
+        "}\n"
+        'resource "aws_lb" "front" {\n'
+        "  internal = false\n"
+        '  tags     = merge(local.common_tags, { app = "pos" })\n'
+        "  access_logs {\n"
+        '    bucket  = "logs"\n'
+        "    enabled = true\n"
+        "  }\n"
+        "}\n"
+        'resource "aws_cloudtrail" "main" { name = "main" }\n'
+    )
+    code, report = scan_json(str(tmp_path))
+    assert code == 1
+    assert findings(report) == {
+        ("PC-TF-002", "aws_db_instance.ledger"),
+        ("PC-TF-003", "aws_lb.front"),
+    }
+
+
+def test_a_tag_merged_before_an_unset_variable_stays_unknown(tmp_path: Path) -> None:
+    """`merge({ app = "pos" }, var.tags)`: var.tags may override app, so the
+    resource is not taken for the pos app's (as before), and a tag the rules
+    look for the absence of is not taken as absent either."""
+    (tmp_path / "main.tf").write_text(
+        'variable "tags" { type = map(string) }\n'
+        'resource "aws_db_instance" "ledger" {\n'
+        "  storage_encrypted = false\n"
+        '  tags              = merge({ app = "pos" }, var.tags)\n'
+        "}\n"
+        'resource "aws_cloudtrail" "main" { name = "main" }\n'
+    )
+    code, report = scan_json(str(tmp_path))
+    assert code == 0 and report["findings"] == []
+    documents = load([str(tmp_path)], LoadOptions()).documents
+    [ledger] = [r for r in documents[0].as_input()["resources"] if r["type"] == "aws_db_instance"]
+    assert ledger["config"]["tags"] == {}
+    assert ledger["unknown"] == ["tags.app"] and ledger["incomplete"] == ["tags"]
+
+
+def test_a_world_cidr_concatenated_to_an_unset_list_is_a_finding(tmp_path: Path) -> None:
+    """`cidr_blocks = concat(var.extra_cidrs, ["0.0.0.0/0"])`: 0.0.0.0/0 is in
+    the list whatever var.extra_cidrs holds, but the whole list was unknown and
+    SSH open to the internet was only "not judged". So is an ingress written as
+    an attribute, one of whose rules is known and open."""
+    (tmp_path / "main.tf").write_text(
+        'variable "extra_cidrs" { type = list(string) }\n'
+        'variable "extra_rules" { type = list(any) }\n'
+        'resource "aws_security_group" "bastion" {\n'
+        "  ingress {\n"
+        "    from_port   = 22\n"
+        "    to_port     = 22\n"
+        '    protocol    = "tcp"\n'
+        '    cidr_blocks = concat(var.extra_cidrs, ["0.0.0.0/0"])\n'
+        "  }\n"
+        "}\n"
+        'resource "aws_security_group" "jump" {\n'
+        "  ingress = concat(var.extra_rules, [{\n"
+        '    from_port = 3389, to_port = 3389, protocol = "tcp", cidr_blocks = ["0.0.0.0/0"]\n'
+        "  }])\n"
+        "}\n"
+    )
+    code, report = scan_json(str(tmp_path))
+    assert code == 1
+    assert findings(report) == {
+        ("PC-TF-005", "aws_security_group.bastion"),
+        ("PC-TF-005", "aws_security_group.jump"),
+    }
+
+
+def test_a_rule_that_needs_every_cidr_still_says_not_judged(tmp_path: Path) -> None:
+    """What concat() adds to an unset list is known, but not all of the list:
+    a private CIDR among the known ones does not clear the ingress (the rest
+    may be 0.0.0.0/0), nor does a known private rule clear the ingress rules
+    an unset list adds. Not judged, never passed."""
+    (tmp_path / "main.tf").write_text(
+        'variable "extra_cidrs" { type = list(string) }\n'
+        'variable "extra_rules" { type = list(any) }\n'
+        'resource "aws_security_group" "bastion" {\n'
+        "  ingress {\n"
+        "    from_port   = 22\n"
+        "    to_port     = 22\n"
+        '    protocol    = "tcp"\n'
+        '    cidr_blocks = concat(["10.0.0.0/8"], var.extra_cidrs)\n'
+        "  }\n"
+        "}\n"
+        'resource "aws_security_group" "jump" {\n'
+        "  ingress = concat([{\n"
+        '    from_port = 3389, to_port = 3389, protocol = "tcp", cidr_blocks = ["10.0.0.0/8"]\n'
+        "  }], var.extra_rules)\n"
+        "}\n"
+    )
+    code, report = scan_json(str(tmp_path))
+    assert code == 0 and report["findings"] == []
+    assert report["not_judged"]["PC-TF-005"] == {
+        "resources": 2,
+        "reasons": {
+            "`ingress.0.cidr_blocks` is unknown (var.extra_cidrs has no value)": 1,
+            "`ingress.cidr_blocks` is unknown (var.extra_rules has no value)": 1,
+        },
+    }
+
+
+def test_for_each_over_a_partly_known_merge_is_unknown(tmp_path: Path) -> None:
+    """for_each needs every key: over merge(var.rules, {...}) with var.rules
+    unset, the resource is scanned once with each unknown, as for any unknown
+    for_each, never as the one instance the known map names."""
+    (tmp_path / "main.tf").write_text(
+        'variable "rules" { type = map(string) }\n'
+        'resource "aws_security_group" "bastion" { name = "bastion" }\n'
+        'resource "aws_security_group_rule" "admin" {\n'
+        '  for_each          = merge(var.rules, { ssh = "10.0.0.0/8" })\n'
+        '  type              = "ingress"\n'
+        '  protocol          = "tcp"\n'
+        "  from_port         = 22\n"
+        "  to_port           = 22\n"
+        "  cidr_blocks       = [each.value]\n"
+        "  security_group_id = aws_security_group.bastion.id\n"
+        "}\n"
+    )
+    code, report = scan_json(str(tmp_path))
+    assert code == 0 and report["findings"] == []
+    reason = "`cidr_blocks.0` is unknown (each.value is unknown (count/for_each not resolved))"
+    assert report["not_judged"]["PC-TF-005"] == {"resources": 1, "reasons": {reason: 1}}
+
+
+def test_unknown_provider_default_tags_leave_the_resources_own_tags_certain(
+    tmp_path: Path,
+) -> None:
+    """`default_tags { tags = var.default_tags }` with the variable unset: the
+    scan crashed (a traceback, "UNKNOWN has no truth value"). tags_all is
+    merge(default_tags, tags): the resource's own app = "pos" is certain."""
+    (tmp_path / "main.tf").write_text(
+        'variable "default_tags" { type = map(string) }\n'
+        'provider "aws" {\n  default_tags { tags = var.default_tags }\n}\n'
+        'resource "aws_db_instance" "ledger" {\n'
+        "  storage_encrypted = false\n"
+        '  tags              = { app = "pos" }\n'
+        "}\n"
+        'resource "aws_cloudtrail" "main" { name = "main" }\n'
+    )
+    code, report = scan_json(str(tmp_path))
+    assert code == 1
+    assert findings(report) == {("PC-TF-002", "aws_db_instance.ledger")}
+    [ledger] = [
+        r
+        for r in load([str(tmp_path)], LoadOptions()).documents[0].as_input()["resources"]
+        if r["type"] == "aws_db_instance"
+    ]
+    assert ledger["config"]["tags_all"] == {"app": "pos"}
+    assert ledger["incomplete"] == ["tags_all"]

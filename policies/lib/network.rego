@@ -61,7 +61,7 @@ _cidr_grants(r) := {grant |
 unknown_cidr_ingress contains object.union(_grant(r, ingress, null), {"unknown_cidr": path}) if {
 	some r in input.resources
 	r.type in _ingress_types
-	count(object.get(r, "unknown", [])) > 0
+	tf.has_unknown_anywhere(r)
 	some ingress in _ingresses(r)
 	path := tf.unknown_at(r, [p |
 		some field in ingress.cidr_fields

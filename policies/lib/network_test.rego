@@ -215,3 +215,29 @@ test_world_ingress_is_the_world_part_of_cidr_ingress if {
 		["aws_vpc_security_group_ingress_rule.v6", "::/0"],
 	}
 }
+
+# concat(var.extra, [...]) with var.extra unset: the CIDRs it certainly holds
+# are judged, and the rest (which may be 0.0.0.0/0) is an unknown CIDR, even
+# on a resource with no unknown value, only an incomplete one.
+test_an_incomplete_cidr_list_is_judged_on_what_it_holds_and_unknown_for_the_rest if {
+	world := testing.resource_with("aws_security_group_rule", "world", {"type": "ingress", "protocol": "tcp", "from_port": 22, "to_port": 22, "cidr_blocks": ["0.0.0.0/0"]}, {"incomplete": ["cidr_blocks"]})
+	private := testing.resource_with("aws_security_group_rule", "private", {"type": "ingress", "protocol": "tcp", "from_port": 22, "to_port": 22, "cidr_blocks": ["10.0.0.0/8"]}, {"incomplete": ["cidr_blocks"]})
+	doc := testing.document([world, private])
+	{[g.address, g.cidr] | some g in network.world_ingress} == {["aws_security_group_rule.world", "0.0.0.0/0"]} with input as doc
+	{[g.address, g.unknown_cidr] | some g in network.unknown_cidr_ingress} == {
+		["aws_security_group_rule.world", "cidr_blocks"],
+		["aws_security_group_rule.private", "cidr_blocks"],
+	} with input as doc
+}
+
+# ingress = concat(var.rules, [{...}]): the known rule is judged; the rules
+# the scanner can't name are an ingress whose every value is unknown.
+test_an_incomplete_ingress_list_keeps_an_ingress_for_the_rules_it_cant_name if {
+	sg := testing.resource_with("aws_security_group", "web", {"ingress": [
+		{"protocol": "tcp", "from_port": 22, "to_port": 22, "cidr_blocks": ["10.0.0.0/8"]},
+	]}, {"incomplete": ["ingress"]})
+	[g] := [grant | some grant in network.unknown_cidr_ingress] with input as testing.document([sg])
+	g.unknown_cidr == "ingress.cidr_blocks"
+	g.where == "ingress block 1"
+	count(network.world_ingress) == 0 with input as testing.document([sg])
+}

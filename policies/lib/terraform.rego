@@ -34,6 +34,53 @@ is_unknown(r, path) if {
 	path_string(array.slice(path, 0, n)) in paths
 }
 
+# A map or list the scanner knows only part of (merge() or concat() with an
+# unknown argument) is listed in resource.incomplete: config holds what is
+# certain of it (keys with their values, elements at positions of their own),
+# and it may hold more. The collection itself is unknown (value(r, path) is
+# undefined, so nothing concludes from the whole of it); what config holds
+# under it is known; anything else under it is unknown, as it may be among
+# what the scanner can't name.
+is_unknown(r, path) if {
+	count(object.get(r, "incomplete", [])) > 0
+	_incomplete_at(r, path)
+}
+
+_incomplete_paths(r) := {p | some p in _list(object.get(r, "incomplete", []))}
+
+# is_incomplete(r, path): the collection at path holds more than config shows.
+is_incomplete(r, path) if {
+	count(object.get(r, "incomplete", [])) > 0
+	path_string(path) in _incomplete_paths(r)
+}
+
+_incomplete_at(r, path) if path_string(path) in _incomplete_paths(r)
+
+_incomplete_at(r, path) if {
+	count(path) > 1
+	paths := _incomplete_paths(r)
+	some n in numbers.range(1, count(path) - 1)
+	path_string(array.slice(path, 0, n)) in paths
+	not _has_child(r, path, n)
+}
+
+# _has_child(r, path, n): config holds path[n] under the first n segments of path.
+_has_child(r, path, n) if {
+	c := object.get(config(r), array.slice(path, 0, n), null)
+	is_object(c)
+	some k, _ in c
+	k == path[n]
+}
+
+_has_child(r, path, n) if {
+	c := object.get(config(r), array.slice(path, 0, n), null)
+	is_array(c)
+	key := path[n]
+	is_number(key)
+	key >= 0
+	key < count(c)
+}
+
 # unknown_at(r, paths): the first of paths whose value is unknown, as a
 # dotted string, for a rule's not_judged set ({"resource", "path"}): what the
 # rule needed to judge r and could not see.
@@ -52,6 +99,18 @@ has_unknown_within(r, path) if {
 	some u in _unknown_paths(r)
 	startswith(u, prefix)
 }
+
+has_unknown_within(r, path) if {
+	count(object.get(r, "incomplete", [])) > 0
+	prefix := concat("", [path_string(path), "."])
+	some u in _incomplete_paths(r)
+	startswith(u, prefix)
+}
+
+# has_unknown_anywhere(r): some value of r is unknown or incomplete.
+has_unknown_anywhere(r) if count(object.get(r, "unknown", [])) > 0
+
+has_unknown_anywhere(r) if count(object.get(r, "incomplete", [])) > 0
 
 # --- Configured values -----------------------------------------------------
 #
@@ -87,12 +146,22 @@ true_or(r, path, fallback) if is_true(value_or(r, path, fallback))
 
 false_or(r, path, fallback) if is_false(value_or(r, path, fallback))
 
+# certain_or(r, path, fallback): value_or, except that for a list or map that
+# is incomplete it is what is certain of it (is_unknown(r, path) holds: check
+# it before concluding from the whole, e.g. that no element matches).
+certain_or(r, path, fallback) := v if {
+	is_incomplete(r, path)
+	v := object.get(config(r), path, fallback)
+} else := value_or(r, path, fallback)
+
 # blocks(r, path) is the nested blocks at path as a list of objects (a block
-# the scanner emitted as a single object becomes a one-element list).
+# the scanner emitted as a single object becomes a one-element list); of an
+# incomplete list, those certainly in it (check has_unknown_within before
+# concluding that a block is absent).
 blocks(r, path) := [] if {
 	# Most blocks a rule asks about are absent: answered without the helpers below.
 	object.get(config(r), path, null) == null
-} else := [b | some b in as_objects(value_or(r, path, []))]
+} else := [b | some b in as_objects(certain_or(r, path, []))]
 
 # block_paths(r, path): where each nested block at path is, in order, to read
 # its values with the helpers above (value, is_unknown, targets) at
@@ -102,14 +171,19 @@ blocks(r, path) := [] if {
 # shape: a list's i-th block is at path + [i]; one object is at path itself
 # (block 0). A block the scanner could not expand (a dynamic block over an
 # unknown collection, a whole value that is unknown) has a path too, with
-# every value under it unknown.
-block_paths(r, path) := [array.concat(path, [i]) | some i, _ in found] if {
+# every value under it unknown; so do the blocks of an incomplete list that
+# the scanner can't name (path itself, after those it can).
+block_paths(r, path) := array.concat([array.concat(path, [i]) | some i, _ in found], _unnamed_blocks(r, path)) if {
 	found := object.get(config(r), path, null)
 	is_array(found)
 } else := [path] if {
 	is_object(object.get(config(r), path, null))
 } else := [path] if {
 	is_unknown(r, path)
+} else := []
+
+_unnamed_blocks(r, path) := [path] if {
+	is_incomplete(r, path)
 } else := []
 
 # as_objects(x): x as a list of objects, whether it arrived as a list of
@@ -124,8 +198,10 @@ as_objects(x) := [] if {
 }
 
 # list_value(r, path): a list attribute (a single string becomes a one-element
-# list); empty when unknown or unset. Check elements with is_unknown too.
-list_value(r, path) := _list(value_or(r, path, []))
+# list); empty when unknown or unset; of an incomplete list, the elements
+# certainly in it. Check elements with is_unknown too, and is_unknown(r, path)
+# before concluding from the whole list (that no element, or every one, matches).
+list_value(r, path) := _list(certain_or(r, path, []))
 
 is_true(v) if v == true
 

@@ -221,3 +221,61 @@ test_references_anything_sees_refs_and_resolved_targets if {
 	odd := testing.resource_with("aws_security_group", "d", {}, {"refs": null, "targets": "x"})
 	not tf.references_anything(odd)
 }
+
+# --- incomplete maps and lists (merge() or concat() with an unknown argument) ---
+
+test_an_incomplete_map_is_unknown_but_the_keys_it_certainly_has_are_known if {
+	r := testing.resource_with("aws_db_instance", "db", {"tags": {"app": "pos", "team": null}}, {"incomplete": ["tags"]})
+	tf.is_unknown(r, ["tags"])
+	not tf.value(r, ["tags"])
+	tf.value(r, ["tags", "app"]) == "pos"
+	not tf.is_unknown(r, ["tags", "app"])
+
+	# A key set to null is certainly null; any key it does not show may be
+	# among those the scanner can't name.
+	not tf.is_unknown(r, ["tags", "team"])
+	tf.is_unknown(r, ["tags", "owner"])
+	tf.is_unknown(r, ["tags", "owner", "name"])
+	not tf.is_unknown(r, ["name"])
+}
+
+test_an_incomplete_map_makes_a_resource_the_apps_only_by_a_certain_tag if {
+	pos := testing.resource_with("aws_db_instance", "a", {"tags": {"app": "pos"}}, {"incomplete": ["tags"]})
+	tf.apps_of(pos) == {"pos"}
+
+	# app may be overridden: it is unknown, and the map shows no value for it.
+	unsure := testing.resource_with("aws_db_instance", "b", {"tags": {}}, {"incomplete": ["tags"], "unknown": ["tags.app"]})
+	tf.apps_of(unsure) == set()
+	tf.is_unknown(unsure, ["tags", "app"])
+}
+
+test_an_incomplete_list_gives_its_certain_elements_and_stays_unknown_whole if {
+	r := testing.resource_with("aws_security_group_rule", "r", {"cidr_blocks": ["0.0.0.0/0"]}, {"incomplete": ["cidr_blocks"]})
+	tf.list_value(r, ["cidr_blocks"]) == ["0.0.0.0/0"]
+	tf.is_unknown(r, ["cidr_blocks"])
+	not tf.value(r, ["cidr_blocks"])
+	not tf.is_unknown(r, ["cidr_blocks", 0])
+	tf.is_unknown(r, ["cidr_blocks", 1])
+	tf.unknown_at(r, [["cidr_blocks"], ["cidr_blocks", 0]]) == "cidr_blocks"
+	tf.has_unknown_anywhere(r)
+	known := testing.resource("aws_security_group_rule", "s", {"cidr_blocks": ["10.0.0.0/8"]})
+	not tf.has_unknown_anywhere(known)
+}
+
+test_incomplete_blocks_keep_a_path_for_those_the_scanner_cant_name if {
+	r := testing.resource_with("aws_security_group", "sg", {"ingress": [{"from_port": 22}]}, {"incomplete": ["ingress"]})
+	tf.block_paths(r, ["ingress"]) == [["ingress", 0], ["ingress"]]
+	tf.value(r, ["ingress", 0, "from_port"]) == 22
+	tf.is_unknown(r, ["ingress", "cidr_blocks"])
+	tf.is_unknown(r, ["ingress", 1, "cidr_blocks"])
+	tf.has_unknown_within(r, ["ingress"])
+	count(tf.blocks(r, ["ingress"])) == 1
+
+	# A list nested in a known block: the block's other values are known.
+	nested := testing.resource_with("aws_security_group", "n", {"ingress": [{"from_port": 22, "cidr_blocks": []}]}, {"incomplete": ["ingress.0.cidr_blocks"]})
+	tf.has_unknown_within(nested, ["ingress"])
+	not tf.is_unknown(nested, ["ingress"])
+	not tf.is_unknown(nested, ["ingress", 0, "from_port"])
+	tf.is_unknown(nested, ["ingress", 0, "cidr_blocks"])
+	tf.block_paths(nested, ["ingress"]) == [["ingress", 0]]
+}
