@@ -1012,3 +1012,55 @@ def test_unknown_provider_default_tags_leave_the_resources_own_tags_certain(
     ]
     assert ledger["config"]["tags_all"] == {"app": "pos"}
     assert ledger["incomplete"] == ["tags_all"]
+
+
+def test_optional_defaults_apply_to_what_a_partly_known_merge_certainly_sets(
+    tmp_path: Path,
+) -> None:
+    """A module argument `merge(var.common, { cidr_blocks = var.ssh_cidrs })`
+    with both variables unset: the key is certainly set, to null, so the
+    module's `optional(list(string), ["0.0.0.0/0"])` default applies, as it
+    does in Terraform. The partly known object skipped optional() defaults:
+    SSH open to the internet by the module's default passed in silence
+    (before merge() kept what is certain it was not judged), and a null
+    storage_encrypted whose default is true was a finding."""
+    module = tmp_path / "m"
+    module.mkdir()
+    (tmp_path / "main.tf").write_text(
+        'variable "common" { type = map(any) }\n'
+        'variable "ssh_cidrs" {\n  type    = list(string)\n  default = null\n}\n'
+        'variable "encrypt" {\n  type    = bool\n  default = null\n}\n'
+        'module "ssh" {\n'
+        '  source   = "./m"\n'
+        "  rule     = merge(var.common, { port = 22, cidr_blocks = var.ssh_cidrs })\n"
+        "  settings = merge(var.common, { storage_encrypted = var.encrypt })\n"
+        "}\n"
+        'resource "aws_cloudtrail" "main" { name = "main" }\n'
+    )
+    (module / "main.tf").write_text(
+        'variable "rule" {\n'
+        "  type = object({\n"
+        "    port        = number\n"
+        '    cidr_blocks = optional(list(string), ["0.0.0.0/0"])\n'
+        "  })\n"
+        "}\n"
+        'variable "settings" {\n'
+        "  type = object({ storage_encrypted = optional(bool, true) })\n"
+        "}\n"
+        'resource "aws_security_group_rule" "ssh" {\n'
+        '  type              = "ingress"\n'
+        '  protocol          = "tcp"\n'
+        "  from_port         = var.rule.port\n"
+        "  to_port           = var.rule.port\n"
+        "  cidr_blocks       = var.rule.cidr_blocks\n"
+        '  security_group_id = "sg-123"\n'
+        "}\n"
+        'resource "aws_db_instance" "ledger" {\n'
+        "  storage_encrypted = var.settings.storage_encrypted\n"
+        '  tags              = { app = "pos" }\n'
+        "}\n"
+    )
+    code, report = scan_json(str(tmp_path))
+    assert code == 1
+    assert findings(report) == {("PC-TF-005", "module.ssh.aws_security_group_rule.ssh")}
+    assert "PC-TF-002" not in report["not_judged"]
