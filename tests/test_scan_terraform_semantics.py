@@ -865,7 +865,8 @@ def test_a_tag_merged_after_an_unset_variable_makes_the_resource_the_apps(tmp_pa
         "}\n"
         'resource "aws_lb" "front" {\n'
         "  internal = false\n"
-        '  tags     = merge(local.common_tags, { app = "pos" })\n'
+        # role is certain too: not the gateway's (which may face the internet).
+        '  tags     = merge(local.common_tags, { app = "pos", role = "web" })\n'
         "  access_logs {\n"
         '    bucket  = "logs"\n'
         "    enabled = true\n"
@@ -1064,3 +1065,83 @@ def test_optional_defaults_apply_to_what_a_partly_known_merge_certainly_sets(
     assert code == 1
     assert findings(report) == {("PC-TF-005", "module.ssh.aws_security_group_rule.ssh")}
     assert "PC-TF-002" not in report["not_judged"]
+
+
+def test_a_resource_whose_merged_tags_may_make_it_the_gateway_is_not_judged(
+    tmp_path: Path,
+) -> None:
+    """`tags = merge(var.tags, { app = "pos" })` with var.tags unset: app is
+    certain, but var.tags may carry the gateway's role tag, and the gateway's
+    security group and load balancers face the internet by design. The app
+    rules found them (PC-TF-001, PC-TF-003, PC-TF-004); they are not judged,
+    each naming the tag it could not see. A role merged after the unknown
+    settles it either way."""
+    (tmp_path / "main.tf").write_text(
+        'variable "tags" { type = map(string) }\n'
+        'resource "aws_security_group" "edge" {\n'
+        "  ingress {\n"
+        "    from_port   = 443\n"
+        "    to_port     = 443\n"
+        '    protocol    = "tcp"\n'
+        '    cidr_blocks = ["0.0.0.0/0"]\n'
+        "  }\n"
+        '  tags = merge(var.tags, { app = "pos" })\n'
+        "}\n"
+        'resource "aws_lb" "edge" {\n'
+        "  internal = false\n"
+        '  tags     = merge(var.tags, { app = "pos" })\n'
+        '  access_logs {\n    bucket  = "logs"\n    enabled = true\n  }\n'
+        "}\n"
+        'resource "aws_lb_listener" "edge" {\n'
+        "  load_balancer_arn = aws_lb.edge.arn\n"
+        '  protocol          = "HTTP"\n'
+        "  port              = 80\n"
+        "  default_action {\n"
+        '    type             = "forward"\n'
+        '    target_group_arn = "arn:tg"\n'
+        "  }\n"
+        "}\n"
+        'resource "aws_lb" "gateway" {\n'
+        "  internal = false\n"
+        '  tags     = merge(var.tags, { app = "pos", role = "portcullis-gateway" })\n'
+        '  access_logs {\n    bucket  = "logs"\n    enabled = true\n  }\n'
+        "}\n"
+        'resource "aws_lb" "web" {\n'
+        "  internal = false\n"
+        '  tags     = merge(var.tags, { app = "pos", role = "web" })\n'
+        '  access_logs {\n    bucket  = "logs"\n    enabled = true\n  }\n'
+        "}\n"
+        # A group admitting one open to the internet: a source whose tags are
+        # incomplete is judged as one whose tags are unknown, as before.
+        'resource "aws_security_group" "open" {\n'
+        "  ingress {\n"
+        "    from_port   = 443\n"
+        "    to_port     = 443\n"
+        '    protocol    = "tcp"\n'
+        '    cidr_blocks = ["0.0.0.0/0"]\n'
+        "  }\n"
+        '  tags = merge(var.tags, { Name = "open" })\n'
+        "}\n"
+        'resource "aws_security_group" "backend" {\n'
+        "  ingress {\n"
+        "    from_port       = 8080\n"
+        "    to_port         = 8080\n"
+        '    protocol        = "tcp"\n'
+        "    security_groups = [aws_security_group.open.id]\n"
+        "  }\n"
+        '  tags = { app = "pos" }\n'
+        "}\n"
+        'resource "aws_cloudtrail" "main" { name = "main" }\n'
+    )
+    code, report = scan_json(str(tmp_path))
+    assert code == 1
+    assert findings(report) == {
+        ("PC-TF-003", "aws_lb.web"),
+        ("PC-TF-001", "aws_security_group.backend"),
+    }
+    assert report["not_judged"]["PC-TF-001"]["resources"] == 1
+    assert report["not_judged"]["PC-TF-003"] == {
+        "resources": 1,
+        "reasons": {"`tags.role` is unknown (var.tags has no value)": 1},
+    }
+    assert report["not_judged"]["PC-TF-004"]["resources"] == 1

@@ -258,6 +258,32 @@ _catalogue_tag_keys contains key if {
 
 is_gateway(r) if tagged_with(r, object.get(catalogue, ["gateway", "terraform_tags"], {}))
 
+# may_be_gateway(r): r's tags (or tags_all) are incomplete (merge() with an
+# unknown argument) and every gateway tag is either the gateway's or unknown
+# in them: the unknown part may make r the gateway, which the rules exempt, so
+# they say it was not judged rather than find it. gateway_unknown_at(r) is
+# the first such tag's dotted path ("tags.role"), for the not_judged entry.
+may_be_gateway(r) if count(_gateway_unknown_paths(r)) > 0
+
+gateway_unknown_at(r) := min(_gateway_unknown_paths(r))
+
+_gateway_unknown_paths(r) := {path_string([field, key]) |
+	want := object.get(catalogue, ["gateway", "terraform_tags"], {})
+	is_object(want)
+	count(want) > 0
+	some field in ["tags", "tags_all"]
+	is_incomplete(r, [field])
+	every k, expected in want {
+		_may_be(r, [field, k], expected)
+	}
+	some key, _ in want
+	is_unknown(r, [field, key])
+}
+
+_may_be(r, path, expected) if value(r, path) == expected
+
+_may_be(r, path, _) if is_unknown(r, path)
+
 tagged_with(r, want) if {
 	is_object(want)
 	count(want) > 0

@@ -279,3 +279,22 @@ test_incomplete_blocks_keep_a_path_for_those_the_scanner_cant_name if {
 	tf.is_unknown(nested, ["ingress", 0, "cidr_blocks"])
 	tf.block_paths(nested, ["ingress"]) == [["ingress", 0]]
 }
+
+# An incomplete tags map may hold the gateway's role tag unless it shows one.
+test_incomplete_tags_may_make_a_resource_the_gateway if {
+	maybe := testing.resource_with("aws_lb", "a", {"tags": {"app": "pos"}}, {"incomplete": ["tags"]})
+	tf.may_be_gateway(maybe)
+	tf.gateway_unknown_at(maybe) == "tags.role"
+	not tf.is_gateway(maybe)
+
+	web := testing.resource_with("aws_lb", "b", {"tags": {"app": "pos", "role": "web"}}, {"incomplete": ["tags"]})
+	not tf.may_be_gateway(web)
+
+	gateway := testing.resource_with("aws_lb", "c", {"tags": {"role": "portcullis-gateway"}}, {"incomplete": ["tags"]})
+	tf.is_gateway(gateway)
+	not tf.may_be_gateway(gateway)
+
+	# A tag that is unknown in a complete map is as before: not the gateway.
+	known := testing.resource_with("aws_lb", "d", {"tags": {"app": "pos"}}, {"unknown": ["tags.role"]})
+	not tf.may_be_gateway(known)
+}

@@ -34,6 +34,7 @@ deny contains {"resource": grant.address, "message": msg} if {
 	some address in grant.security_groups
 	sg := resource_at[address]
 	not tf.is_gateway(sg)
+	not tf.may_be_gateway(sg)
 	some app in tf.apps_of(sg)
 	msg := sprintf(
 		"%s (%s) allows ingress from %s on %s; only the gateway security group (tagged %s) may reach app backends",
@@ -45,6 +46,7 @@ deny contains {"resource": grant.address, "message": msg} if {
 	some grant in group_ingress
 	sg := resource_at[grant.security_group]
 	not tf.is_gateway(sg)
+	not tf.may_be_gateway(sg)
 	some app in tf.apps_of(sg)
 	source := resource_at[grant.source]
 	not tf.is_gateway(source)
@@ -67,6 +69,37 @@ not_judged contains {"resource": grant.address, "path": grant.unknown_cidr} if {
 	not tf.is_gateway(sg)
 	count(tf.apps_of(sg)) > 0
 }
+
+# An app's security group open to the internet, or admitting a group that is,
+# whose tags may make the group the gateway (merge() with an unknown map):
+# not judged, and said so.
+not_judged contains {"resource": grant.address, "path": tf.gateway_unknown_at(sg), "reason": _maybe_gateway(sg)} if {
+	some grant in world_ingress
+	some address in grant.security_groups
+	sg := resource_at[address]
+	not tf.is_gateway(sg)
+	tf.may_be_gateway(sg)
+	count(tf.apps_of(sg)) > 0
+}
+
+# (A source group whose tags are incomplete is judged as one whose tags are
+# unknown: not the gateway.)
+not_judged contains {"resource": grant.address, "path": tf.gateway_unknown_at(sg), "reason": _maybe_gateway(sg)} if {
+	some grant in group_ingress
+	sg := resource_at[grant.security_group]
+	not tf.is_gateway(sg)
+	tf.may_be_gateway(sg)
+	count(tf.apps_of(sg)) > 0
+	source := resource_at[grant.source]
+	not tf.is_gateway(source)
+	count(tf.apps_of(source)) == 0
+	source.address in _open_to_world
+}
+
+_maybe_gateway(r) := sprintf(
+	"it is unknown: %s may be the gateway's, as its tags merge a map the scanner can't see",
+	[r.address],
+)
 
 # A standalone rule open to the internet on a security group that isn't in this
 # scan (an ID given as a literal or a variable, a group made elsewhere, a module

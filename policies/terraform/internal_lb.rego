@@ -20,6 +20,7 @@ deny contains {"resource": r.address, "message": msg} if {
 	some r in input.resources
 	r.type in _lb_types
 	not tf.is_gateway(r)
+	not tf.may_be_gateway(r)
 	some app in tf.apps_of(r)
 	not tf.is_unknown(r, ["internal"])
 	not tf.true_or(r, ["internal"], false)
@@ -35,4 +36,16 @@ not_judged contains {"resource": r.address, "path": "internal"} if {
 	not tf.is_gateway(r)
 	count(tf.apps_of(r)) > 0
 	tf.is_unknown(r, ["internal"])
+}
+
+# An internet-facing app load balancer whose tags may make it the gateway's
+# (merge() with an unknown map): not judged, and said so.
+not_judged contains {"resource": r.address, "path": tf.gateway_unknown_at(r)} if {
+	some r in input.resources
+	r.type in _lb_types
+	not tf.is_gateway(r)
+	tf.may_be_gateway(r)
+	count(tf.apps_of(r)) > 0
+	not tf.is_unknown(r, ["internal"])
+	not tf.true_or(r, ["internal"], false)
 }

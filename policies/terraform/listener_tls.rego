@@ -50,6 +50,7 @@ deny contains {"resource": r.address, "message": msg} if {
 	lb := resource_at[address]
 	lb.type in _lb_types
 	not tf.is_gateway(lb)
+	not tf.may_be_gateway(lb)
 	some app in tf.apps_of(lb)
 	_plain_http(r, lb)
 	some at in tf.block_paths(r, ["default_action"])
@@ -66,6 +67,7 @@ deny contains {"resource": r.address, "message": msg} if {
 	some r in input.resources
 	r.type == "aws_elb"
 	not tf.is_gateway(r)
+	not tf.may_be_gateway(r)
 	some app in tf.apps_of(r)
 	some at in tf.block_paths(r, ["listener"])
 	protocol := tf.value(r, array.concat(at, ["lb_protocol"]))
@@ -169,4 +171,39 @@ _keeps_traffic_off_plaintext(action) if {
 	protocol := object.get(redirect, "protocol", "")
 	is_string(protocol)
 	upper(protocol) == "HTTPS"
+}
+
+# A plaintext listener the rules above would find, on an app load balancer
+# whose tags may make it the gateway's (merge() with an unknown map): not
+# judged, and said so.
+not_judged contains {"resource": r.address, "path": tf.gateway_unknown_at(lb), "reason": reason} if {
+	some r in input.resources
+	r.type in _listener_types
+	some address in tf.targets(r, "load_balancer_arn")
+	lb := resource_at[address]
+	lb.type in _lb_types
+	not tf.is_gateway(lb)
+	tf.may_be_gateway(lb)
+	count(tf.apps_of(lb)) > 0
+	_plain_http(r, lb)
+	some at in tf.block_paths(r, ["default_action"])
+	not tf.is_unknown(r, array.concat(at, ["type"]))
+	action := tf.value(r, at)
+	not _may_keep_traffic_off_plaintext(r, at, action)
+	reason := sprintf(
+		"it is unknown: load balancer %s may be the gateway's, as its tags merge a map the scanner can't see",
+		[lb.address],
+	)
+}
+
+not_judged contains {"resource": r.address, "path": tf.gateway_unknown_at(r)} if {
+	some r in input.resources
+	r.type == "aws_elb"
+	not tf.is_gateway(r)
+	tf.may_be_gateway(r)
+	count(tf.apps_of(r)) > 0
+	some at in tf.block_paths(r, ["listener"])
+	protocol := tf.value(r, array.concat(at, ["lb_protocol"]))
+	is_string(protocol)
+	lower(protocol) == "http"
 }
