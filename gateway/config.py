@@ -84,6 +84,16 @@ def issuer_name(issuer: str) -> str:
     return issuer.rstrip("/")
 
 
+def user_name(issuer: str, subject: str) -> str:
+    """One user: an issuer and a subject (OIDC Core 5.7: `sub` is unique only
+    within its issuer), as the gateway keys what it keeps per user (the shared
+    state, concurrency slots). The issuer (issuer_name's) is length-prefixed: it
+    is a URL, colons and all, so no issuer or subject, whatever it holds, can end
+    early or start late and name another pair."""
+    issuer = issuer_name(issuer)
+    return f"{len(issuer)}:{issuer}:{subject}"
+
+
 @dataclass(frozen=True)
 class Issuer:
     issuer: str

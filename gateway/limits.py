@@ -14,7 +14,7 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler
 
-from gateway.config import LimitsConfig, Route
+from gateway.config import LimitsConfig, Route, user_name
 from gateway.identity import Identity
 from gateway.parser_refusals import describe
 
@@ -66,11 +66,10 @@ def identity_key(identity: Identity, request: web.Request) -> str:
     """Who a concurrency slot belongs to: the subject when authenticated, else the
     source address (the gateway overwrites X-Forwarded-For, so it never trusts it)."""
     if identity.authenticated and identity.subject:
-        # The issuer is length-prefixed: it is a URL, colons and all, so without the
-        # length issuer http://idp's subject "8443:alice" was the same slot owner as
-        # issuer http://idp:8443's alice, and could hold all of her slots.
-        issuer = identity.issuer or ""
-        return f"{identity.method}:{len(issuer)}:{issuer}:{identity.subject}"
+        # Issuer and subject as one user (user_name: joined with colons alone, issuer
+        # http://idp's subject "8443:alice" was the same slot owner as issuer
+        # http://idp:8443's alice, and could hold all of her slots).
+        return f"{identity.method}:{user_name(identity.issuer or '', identity.subject)}"
     peer = request.transport.get_extra_info("peername") if request.transport else None
     return f"ip:{peer[0] if peer else 'unknown'}"
 

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import MaxConnectionsError, RedisError, ResponseError
 
-from gateway.config import issuer_name
+from gateway.config import issuer_name, user_name
 from gateway.shared.settings import SharedStateConfig
 
 log = logging.getLogger("portcullis.shared_state")
@@ -73,14 +73,10 @@ class Keys:
 
     @classmethod
     def user(cls, issuer: str, subject: str) -> str:
-        """Whose state a key holds. A subject is unique only within its issuer (OIDC
-        Core 5.7), so a key names both; the issuer is length-prefixed, so no issuer
-        or subject, whatever it holds (the separator, CR/LF), can end early or start
-        late and name another pair. A client certificate's subject is under
-        config.CLIENT_CERTIFICATE_ISSUER. Hashed as a whole by `part` when long: a hashed
-        part starts with "#", this one with a digit."""
-        issuer = issuer_name(issuer)
-        return f"{len(issuer)}:{issuer}:{subject}"
+        """Whose state a key holds: config.user_name (a client certificate's subject
+        under config.CLIENT_CERTIFICATE_ISSUER). Hashed as a whole by `part` when
+        long: a hashed part starts with "#", this one with a digit."""
+        return user_name(issuer, subject)
 
     @classmethod
     def per_app(cls, app: str, issuer: str, subject: str) -> str:
