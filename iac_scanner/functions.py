@@ -96,16 +96,10 @@ def concat(*lists: Any) -> Any:
     """concat(): with an unknown (or partly known) list among them, the known
     lists' elements are certainly in the result, at positions that may not be
     known, among others the scanner can't name. Nothing certain: UNKNOWN."""
-    result: list[Any] = []
-    partial = False
-    for item in lists:
-        if item is UNKNOWN or isinstance(item, PartialList):
-            partial = True
-            result.extend(item.known if isinstance(item, PartialList) else [])
-            continue
-        result.extend(_items(item))
-    if not partial:
-        return result
+    if not any(item is UNKNOWN or isinstance(item, PartialList) for item in lists):
+        return _concat(*lists)
+    known = [item.known if isinstance(item, PartialList) else item for item in lists]
+    result = _concat(*(item for item in known if item is not UNKNOWN))
     return PartialList(result) if result else UNKNOWN
 
 
