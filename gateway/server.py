@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -55,7 +56,7 @@ from gateway.screening.expect import close_if_body_kept, decide_first, expectati
 from gateway.screening.headers import host_name, parser_limits, screen
 from gateway.screening.paths import NormalizedPath, PathRejected, normalize
 from gateway.screening.websocket import VERSION as WEBSOCKET_VERSION
-from gateway.screening.websocket import handshake_refusal
+from gateway.screening.websocket import cross_origin_refusal, handshake_refusal
 from gateway.shared.check import Refusal
 from gateway.shared.revocation import longest_token_life, trusted_issuers
 from gateway.shared.state import REMEMBER_ADDRESS, SIGNALS, SharedState
@@ -102,6 +103,10 @@ class Gateway:
             if config.sign_in is not None
             else None
         )
+        # The scheme browsers use to reach the gateway (a TLS proxy in front makes
+        # the connection's own http): what a page of its own names in Origin.
+        external = config.sign_in.external_url if config.sign_in is not None else None
+        self._scheme = urlsplit(external).scheme if external else None
         self.forwarder = Forwarder(
             limits=config.limits,
             metrics=self.metrics,
@@ -359,10 +364,16 @@ class Gateway:
                 document = decision_input(request, path, route, ANONYMOUS, request_id)
                 self._log(decision, document, route, path=REFUSAL_PATH)
                 return _unauthorized(decision, str(rejected)), route.app
+        kind = "websocket" if is_websocket(request) else "request"
+        if kind == "websocket":
+            refused = cross_origin_refusal(request, identity, self._scheme or request.scheme)
+            if refused is not None:
+                return self.refuse(
+                    request, *refused, route=route, path=path, identity=identity
+                ), route.app
         # The identity's slot is taken before the shared check and the decision: one
         # identity holds at most its limit of Redis calls, and a request past the
         # limit is one refusal event, never an allow that then isn't served.
-        kind = "websocket" if is_websocket(request) else "request"
         try:
             slot = self.limiter.acquire(route.app, kind, identity_key(identity, request))
         except LimitReached as error:
