@@ -71,6 +71,7 @@ class DevIssuer:
             "exp": now + ttl,
             "auth_time": now - auth_age,
             "email": email or f"{subject}@example.com",
+            "email_verified": True,
             "groups": groups or [],
             "amr": amr or ["pwd"],
         }

@@ -108,6 +108,18 @@ def certificate_identity(certificate: dict[str, Any]) -> Identity:
     )
 
 
+def verified_email(claims: dict[str, Any]) -> str | None:
+    """A token's email, when its issuer says it verified it (`email_verified`
+    true; absent is not). Where users sign up with any address (self-service
+    without a confirmation mail, Entra ID's editable `email`: "nOAuth"), an
+    unverified one is whatever was typed, and the gateway would vouch for it to
+    the policy and, in the assertion, to every backend: one that knows its users
+    by email would serve the typist as them. Sessions (the ID token's claims)
+    and bearer tokens alike."""
+    email = claims.get("email")
+    return email if isinstance(email, str) and claims.get("email_verified") is True else None
+
+
 def _strings(value: Any) -> tuple[str, ...]:
     if isinstance(value, list):
         return tuple(item for item in value if isinstance(item, str))
@@ -214,7 +226,7 @@ class TokenVerifier:
             authenticated=True,
             method="bearer",
             subject=str(claims["sub"]),
-            email=claims.get("email") if isinstance(claims.get("email"), str) else None,
+            email=verified_email(claims),
             groups=_strings(claims.get(issuer.groups_claim)),
             amr=_strings(claims.get("amr")),
             acr=claims.get("acr") if isinstance(claims.get("acr"), str) else None,

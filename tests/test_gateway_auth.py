@@ -103,6 +103,35 @@ async def test_valid_token_reaches_wms_with_a_verified_assertion(stack: Stack) -
     assert "Authorization" not in seen["headers"]
 
 
+@pytest.mark.parametrize(
+    ("verified", "passed_on"),
+    [(True, True), (False, False), ("true", False), (1, False), (None, False)],
+    ids=["verified", "unverified", "string-true", "number-1", "no-email_verified"],
+)
+async def test_an_unverified_email_in_a_bearer_token_is_vouched_for_to_no_one(
+    stack: Stack, verified: Any, passed_on: bool
+) -> None:
+    """nOAuth with a bearer token: the issuer lets users set their own email
+    (Entra ID's editable `email`, self-service sign-up with no confirmation
+    mail), so mallory's token says alice's address. Unless the issuer says it
+    verified it (`email_verified` the JSON true, as sessions need too), the
+    policy and the decision log see no email, and the assertion a backend
+    trusts carries none."""
+    extra = {} if verified is None else {"email_verified": verified}
+    token = stack.issuer.token("mallory", email="alice@example.com", **WAREHOUSE, extra=extra)
+    if verified is None:  # the dev issuer says verified unless told otherwise
+        claims = jwt.decode(token, options={"verify_signature": False})
+        del claims["email_verified"]
+        token = jwt.encode(claims, stack.issuer.key, "RS256", {"kid": stack.issuer.kid})
+    response = await stack.get("/wms/stock", token)
+    assert response.status == 200
+    assertion = (await response.json())["assertion"]["claims"]
+    [event] = await stack.events(at_least=1)
+    email = "alice@example.com" if passed_on else None
+    assert assertion.get("email") == email
+    assert event["input"]["identity"]["email"] == email
+
+
 async def test_no_token_gets_401_from_the_policy_without_redirect(stack: Stack) -> None:
     response = await stack.get("/wms/stock")
     assert response.status == 401

@@ -21,7 +21,7 @@ import orjson
 from aiohttp import web
 
 from gateway.config import GatewayConfig, SignInConfig
-from gateway.identity import ANONYMOUS, Identity
+from gateway.identity import ANONYMOUS, Identity, verified_email
 from gateway.policy.decision import Decision
 from gateway.provider_errors import oauth_error
 from gateway.screening.expect import decide_first
@@ -115,16 +115,6 @@ def wants_html(request: web.Request) -> bool:
 def _redirect(location: str, status: int = 302) -> web.Response:
     headers = {"Location": location, "Cache-Control": "no-store"}
     return web.Response(status=status, headers=headers)
-
-
-def _verified_email(claims: dict[str, Any]) -> str | None:
-    """The ID token's email, when the provider says it verified it. Where users
-    sign up with any address (self-service without a confirmation mail, Entra
-    ID's editable `email`: "nOAuth"), an unverified one is whatever was typed, and
-    the gateway would vouch for it to the policy and, in the assertion, to every
-    backend: one that knows its users by email would serve the typist as them."""
-    email = claims.get("email")
-    return email if isinstance(email, str) and claims.get("email_verified") is True else None
 
 
 def _step_up(value: Any) -> dict[str, Any]:
@@ -343,7 +333,7 @@ class BrowserSignIn:
             issuer=self.config.issuer,
             expires_at=int(claims["exp"]),
             created_at=created_at,
-            email=_verified_email(claims),
+            email=verified_email(claims),
             groups=tuple(groups),
             amr=tuple(m for m in raw_amr if isinstance(m, str))
             if isinstance(raw_amr, list)
