@@ -9,14 +9,20 @@ import json
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.audit.chain import NOT_COUNTED_LABEL
 from gateway.audit.shipping.settings import SinkConfig
+from gateway.audit.shipping.sinks.file import FileSink
+from gateway.audit.shipping.sinks.syslog import SyslogSink
+from gateway.audit.writer import _forgiving_line
 from tests.gateway_stack import ServerFactory
 from tests.test_decision_log_shipping import ALICE, caught_up, log_records, with_sinks
 from tests.test_gateway_limits import closed_after, limited_stack, open_raw
+from tests.test_shipping_opa_lines import ship_opa
 
 # --- OCSF 1.3.0 ----------------------------------------------------------------------------
 
@@ -636,3 +642,124 @@ async def test_a_gateway_request_with_no_route_has_no_ecs_target_app(
     assert "target" not in ecs["no-route"]["service"]
     assert ocsf["no-route"]["web_resources"] == [{"name": "/nowhere", "type": "path"}]
     assert ecs["allow"]["service"]["target"] == {"name": "wms"}
+
+
+# --- a deny another site's page caused (not counted toward the lockout) -----------------------
+
+# What the gateway logs when a page on another site sends a signed-in browser to a
+# URL the policy denies (gateway/shared/third_party.py): a deny like any other,
+# labelled with the Sec-Fetch-Site the browser sent.
+DENY = {
+    **RECORD,
+    "input": {**RECORD["input"], "identity": {**RECORD["input"]["identity"], "method": "session"}},
+    "result": {**RECORD["result"], "allow": False, "http_status": 403,
+               "reasons": ["requires membership in one of: store"]},
+}  # fmt: skip
+
+
+# A file and a syslog sink in each format, never connected: only their encoding is used.
+ENCODERS = {
+    form: [FileSink(SinkConfig(form, "file", form, path=Path("/nonexistent/copy.jsonl"))),
+           SyslogSink(SinkConfig(form, "syslog", form, address="127.0.0.1:9"))]
+    for form in ("ocsf", "ecs")
+}  # fmt: skip
+
+
+def not_counted(value: Any) -> dict[str, Any]:
+    return {**DENY, "labels": {**DENY["labels"], NOT_COUNTED_LABEL: value}}
+
+
+@pytest.mark.parametrize("site", ["cross-site", "same-site"])
+def test_a_deny_another_sites_page_caused_says_so_in_ocsf_and_ecs(site: str) -> None:
+    """The label reached only opa-format sinks: in OCSF and ECS a deny another
+    site caused (counted toward no lockout) read as one that counted, and a SOC
+    could not tell the two apart or look for pages sending staff to denied URLs."""
+    from gateway.audit.shipping.formats import ecs, ocsf
+
+    record = not_counted(site)
+    event, document = ocsf.format(record, LINE_HASH), ecs.format(record, LINE_HASH)
+    assert event["metadata"]["labels"] == [NOT_COUNTED_LABEL]
+    assert event["unmapped"]["portcullis"][NOT_COUNTED_LABEL] == site
+    assert (event["action"], event["disposition"]) == ("Denied", "Blocked")
+    assert ocsf_problems(event) == [] and empty_values(event) == []
+    assert document["labels"] == {NOT_COUNTED_LABEL: site}
+    assert document["event"]["type"] == ["access", "denied"]
+    assert ecs_problems(document) == [] and empty_values(document) == []
+    # A deny that counted (no label, or one without a value) says nothing of it.
+    for record in DENY, not_counted(None), not_counted(""):
+        event, document = ocsf.format(record, LINE_HASH), ecs.format(record, LINE_HASH)
+        assert "labels" not in event["metadata"] and "labels" not in document
+        assert NOT_COUNTED_LABEL not in event["unmapped"]["portcullis"]
+
+
+def nested(depth: int) -> Any:
+    value: Any = "cross-site"
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        pytest.param(5, "5", id="int"),
+        pytest.param(0.5, "0.5", id="float"),
+        pytest.param(True, "true", id="true"),
+        pytest.param(False, "false", id="false"),
+        pytest.param({"site": "cross-site"}, '{"site":"cross-site"}', id="object"),
+        pytest.param(["cross-site", 1], '["cross-site",1]', id="array"),
+        pytest.param("x" * 100_000, "x" * 100_000, id="long"),
+        pytest.param("cross-site\n\u2603", "cross-site\n\u2603", id="odd-text"),
+        # Past the 254 levels orjson writes (the log's parser takes 1024): its type.
+        pytest.param(nested(300), "object", id="deep-object"),
+        pytest.param([nested(300)], "array", id="deep-array"),
+        # The parser of lines with lone surrogates reads one whole.
+        pytest.param(2**70, "number", id="past-64-bits"),
+    ],
+)
+def test_a_not_counted_label_of_any_json_value_ships_as_text(value: Any, text: str) -> None:
+    """The gateway writes the label as text, but the shipper reads lines from a
+    file: whatever the line holds there, the OCSF event stays valid and ECS's
+    labels (keyword values, ECS base.yml) get text, never a number or an object."""
+    from gateway.audit.shipping.formats import ecs, ocsf
+
+    record = not_counted(value)
+    event, document = ocsf.format(record, LINE_HASH), ecs.format(record, LINE_HASH)
+    assert event["metadata"]["labels"] == [NOT_COUNTED_LABEL]
+    assert event["unmapped"]["portcullis"][NOT_COUNTED_LABEL] == text
+    assert ocsf_problems(event) == []
+    assert document["labels"] == {NOT_COUNTED_LABEL: text}
+    for form, shipped_as in ("ocsf", event), ("ecs", document):  # as the shipper sends them
+        for sink in ENCODERS[form]:
+            sink.encode(record, shipped_as)
+
+
+async def test_the_shipper_ships_odd_not_counted_labels_as_records_not_damaged_lines(
+    tmp_path: Path,
+) -> None:
+    """The real shipper on a log of labelled denies whose values are not the
+    writer's (a number, an object, past orjson's depth, a lone surrogate,
+    numbers past 64 bits): each ships in OCSF and ECS as the deny it is, with
+    its label as text, not as a damaged line."""
+    values: list[Any] = [5, {"site": "cross-site"}, nested(300), "cross-site\udcff"]
+    lines = [_forgiving_line({**not_counted(v), "seq": n}) for n, v in enumerate(values)]
+    past_64_bits = b'"deny_not_counted":123456789012345678901234567890'
+    lines.append(orjson.dumps({**not_counted(0), "seq": 4}).replace(b'"deny_not_counted":0',
+                                                                   past_64_bits))  # fmt: skip
+    # A lone surrogate in a line has it read by the stdlib's parser, which keeps the
+    # integer whole; orjson reads one as a float.
+    lines.append(_forgiving_line({**not_counted(2**70), "seq": 5, "note": "\udcff"}))
+    expected = ["5", '{"site":"cross-site"}', "object", "cross-site\ufffd",
+                "1.2345678901234568e+29", "number"]  # fmt: skip
+    for form in "ocsf", "ecs":
+        (tmp_path / form).mkdir()
+        _, copy = await ship_opa(tmp_path / form, lines, form)
+        shipped = log_records(copy)
+        assert len(shipped) == len(lines)
+        if form == "ocsf":
+            assert [e["class_uid"] for e in shipped] == [6001] * len(lines)
+            assert [e["unmapped"]["portcullis"][NOT_COUNTED_LABEL] for e in shipped] == expected
+            assert [ocsf_problems(e) for e in shipped] == [[]] * len(lines)
+        else:
+            assert [d["event"]["action"] for d in shipped] == ["access-decision"] * len(lines)
+            assert [d["labels"][NOT_COUNTED_LABEL] for d in shipped] == expected

@@ -187,13 +187,14 @@ def test_a_line_not_as_the_writer_writes_it_ships_as_the_json_it_holds_or_is_par
             assert head[part].get(field, "absent") == held[part].get(field, "absent"), raw
 
 
-async def ship_opa(tmp_path: Path, lines: list[bytes]) -> tuple[Shipper, Path]:
-    """The real shipper and a file sink in the opa format on a log of ``lines``,
-    run until it has acknowledged each; the stopped shipper and the sink's file."""
+async def ship_opa(tmp_path: Path, lines: list[bytes], form: str = "opa") -> tuple[Shipper, Path]:
+    """The real shipper and a file sink in the opa format (or ``form``) on a log of
+    ``lines``, run until it has acknowledged each; the stopped shipper and the
+    sink's file."""
     log = tmp_path / "decisions.log"
     log.write_bytes(b"\n".join(lines) + b"\n")
-    copy = tmp_path / "copy.jsonl"
-    shipper = Shipper(SinkConfig("copy", "file", "opa", path=copy), log)
+    copy = tmp_path / f"copy-{form}.jsonl"
+    shipper = Shipper(SinkConfig(f"copy-{form}", "file", form, path=copy), log)
     shipper.start()
     try:
         await until(lambda: shipper.acknowledged >= len(lines))

@@ -82,6 +82,10 @@ SIGN_IN_EVENT_PATH = "gateway/signin"
 # The event path of a shadow policy's divergence (README "Shadow mode"): not a
 # live decision; ``labels.shadow`` is true and ``result`` holds both results.
 SHADOW_PATH = "shadow/portcullis/gateway/decision"
+# The label of a deny another site's page made a signed-in browser run into, which
+# counts toward no lockout (gateway/shared/third_party.py); its value is the
+# Sec-Fetch-Site the browser sent. Here beside the paths: the formats read it too.
+NOT_COUNTED_LABEL = "deny_not_counted"
 GENESIS = "0" * 64
 REDACTED = "**REDACTED**"
 SIGNATURE_TYPE = "chain_signature"

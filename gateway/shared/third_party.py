@@ -16,11 +16,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.audit.chain import NOT_COUNTED_LABEL
 from gateway.identity import Identity
 
 # The decision-log label of a deny that was not counted; its value is the
-# Sec-Fetch-Site the browser sent.
-LABEL = "deny_not_counted"
+# Sec-Fetch-Site the browser sent. (Named in gateway/audit/chain.py, where the
+# shipping formats read it too.)
+LABEL = NOT_COUNTED_LABEL
 # `same-site` too: a sibling subdomain (the marketing site, a shop on
 # shop.<domain>, a hosted page under the company's domain) is a site other
 # than the gateway's, and gets the Lax cookie sent with even an <img>.

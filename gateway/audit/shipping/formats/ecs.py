@@ -1,8 +1,10 @@
 """The ``ecs`` format: Elastic Common Schema 8 documents (README "Shipping
 decisions" has the table). ``event.type`` is ``allowed`` or ``denied`` (with
 ``access``, or ``start`` for a sign-in; ``event.category`` has ``network``,
-the category ECS allows them in), ``event.outcome`` success/failure; a value
-the record lacks is left out, not sent empty; the chain fields
+the category ECS allows them in), ``event.outcome`` success/failure; a deny
+another site's page caused (counted toward no lockout) has
+``labels.deny_not_counted``; a value the record lacks is left out, not sent
+empty; the chain fields
 are under ``portcullis.*`` and ``event.sequence``; a chain signature is an
 ``event.kind: state`` document whose ``portcullis.chain_signature`` is the
 signature record, whole. A shadow policy's divergence is not an access decision
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.audit.chain import NOT_COUNTED_LABEL
 from gateway.audit.shipping.formats.fields import (
     DAMAGED,
     DAMAGED_MESSAGE,
@@ -110,6 +113,8 @@ def format(record: dict[str, Any], digest: str) -> dict[str, Any]:
     if http:
         document["http"] = http
     document["service"] = _service(event)
+    if event.not_counted:  # a deny another site's page caused, not counted: say so
+        document["labels"] = {NOT_COUNTED_LABEL: event.not_counted}
     document["portcullis"]["reasons"] = event.reasons
     if event.step_up is not None:
         document["portcullis"]["step_up"] = _drop_none(event.step_up)

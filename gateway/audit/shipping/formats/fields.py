@@ -9,7 +9,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.audit.chain import REFUSAL_PATH, SHADOW_PATH, SIGN_IN_EVENT_PATH, SIGNATURE_TYPE
+import orjson
+
+from gateway.audit.chain import (
+    NOT_COUNTED_LABEL,
+    REFUSAL_PATH,
+    SHADOW_PATH,
+    SIGN_IN_EVENT_PATH,
+    SIGNATURE_TYPE,
+)
 from portcullis import __version__
 
 # Sign-in and step-up events (the OIDC callback), when the gateway logs them.
@@ -145,6 +153,9 @@ class Event:
     source_ip: str = ""
     source_port: int = 0
     identity: dict[str, Any] = field(default_factory=dict)
+    # A deny another site's page caused, counted toward no lockout: the label's
+    # value (the browser's Sec-Fetch-Site) as text; "" for every other record.
+    not_counted: str = ""
 
     @property
     def is_mfa(self) -> bool:
@@ -268,6 +279,9 @@ def read(record: dict[str, Any], digest: str) -> Event:
         kind = "decision"
     stamp = str(record.get("timestamp", ""))
     identity = input_.get("identity")
+    not_counted = labels.get(NOT_COUNTED_LABEL)
+    if not_counted is not None and type(not_counted) is not str:
+        not_counted = label_text(not_counted)
     return Event(
         str(record.get("decision_id", "")),
         _int(record.get("seq")),
@@ -293,6 +307,7 @@ def read(record: dict[str, Any], digest: str) -> Event:
         str(socket.get("address", "")),
         _int(socket.get("portValue")),
         identity if type(identity) is dict else {},
+        not_counted or "",
     )
 
 
@@ -318,6 +333,18 @@ def epoch_ms(stamp: str) -> int:
 def _epoch_seconds(whole: str) -> int:
     """The records of one second share this (strptime is most of a format's cost)."""
     return calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
+
+
+def label_text(value: Any) -> str:
+    """A label's value that is not text, as text: the gateway writes labels as
+    strings, a SIEM schema types them so (ECS's labels are keywords), and a line
+    of the log may hold anything. Its JSON (``5``, ``true``, ``{"a":1}``), or, for
+    a value orjson can't write (nested past its 254 levels, an integer past 64
+    bits: the parser of lines with lone surrogates reads those), its JSON type."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # orjson.JSONEncodeError is one
+        return "object" if type(value) is dict else "array" if type(value) is list else "number"
 
 
 def _int(value: Any) -> int:

@@ -5,7 +5,10 @@
   method (Read for GET), with the Security Control profile's ``action`` and
   ``disposition`` (Allowed/Denied, Allowed/Blocked) and ``authorizations``
   (the decision and the ``policy``), and the user as ``actor.user`` (the Host
-  profile's ``actor``); ``metadata.profiles`` names the profiles used;
+  profile's ``actor``); ``metadata.profiles`` names the profiles used; a deny
+  another site's page caused (counted toward no lockout) is labelled
+  ``deny_not_counted`` in ``metadata.labels``, its value (the browser's
+  Sec-Fetch-Site) in ``unmapped.portcullis.deny_not_counted``;
 - a sign-in, a step-up, or a bearer token the gateway refused: Authentication
   (class 3002), activity Logon, with ``is_mfa`` and ``auth_protocol``; the
   outcome is ``status`` (IAM classes have no Security Control profile in 1.3);
@@ -32,6 +35,7 @@ import functools
 import re
 from typing import Any
 
+from gateway.audit.chain import NOT_COUNTED_LABEL
 from gateway.audit.shipping.formats.fields import (
     DAMAGED,
     DAMAGED_MESSAGE,
@@ -251,6 +255,9 @@ def _add_outcome(fields: dict[str, Any], event: Event) -> None:
     fields["status_id"] = 1 if allow else 2
     fields["status"] = "Success" if allow else "Failure"
     fields["message"] = reasons or ("allowed" if allow else "denied")
+    if event.not_counted:  # a deny another site's page caused, not counted: say so
+        portcullis[NOT_COUNTED_LABEL] = event.not_counted
+        fields["metadata"]["labels"] = [NOT_COUNTED_LABEL]
     fields["unmapped"] = {"portcullis": portcullis, **_unmapped_user(event)}
     if event.http_status:
         fields["status_code"] = str(event.http_status)
