@@ -24,7 +24,7 @@ from gateway.shared.third_party import LABEL
 from tests.gateway_stack import ServerFactory, Stack, free_port
 from tests.redis_server import redis_server, redis_url
 from tests.sign_in_stack import DevProvider, browser, provider, start_provider, start_sign_in_stack
-from tests.test_browser_sign_in import CHROMIUM, FLAGS, sign_in_at_provider
+from tests.test_browser_sign_in import chromium_on, signed_in_tab
 from tests.test_shared_state import WAREHOUSE, call, shared, shared_stack
 
 __all__ = ["provider", "redis_server", "redis_url"]  # fixtures
@@ -114,16 +114,8 @@ async def test_a_third_party_page_cannot_lock_a_signed_in_user_out(
             ) as stack,
             async_playwright() as playwright,
         ):
-            chromium = await playwright.chromium.launch(
-                executable_path=CHROMIUM,
-                args=[*FLAGS, f"--host-resolver-rules=MAP *.{SITE} 127.0.0.1"],
-            )
-            context = await chromium.new_context()
-            context.set_default_timeout(10_000)
-            page = await context.new_page()
-            await page.goto(gateway + "/wms/stock")
-            await sign_in_at_provider(page, "alice", ["otp"])
-            await page.wait_for_url(gateway + "/wms/stock")
+            chromium = await chromium_on(playwright, SITE)
+            page = await signed_in_tab(chromium, gateway, "alice", ["otp"])
             issuer = idp.issuer
 
             # Another site navigates her browser: each time to the deny page.

@@ -25,7 +25,7 @@ from gateway.identity import ANONYMOUS, Identity
 from gateway.screening.websocket import cross_origin_refusal
 from tests.gateway_stack import ServerFactory, Stack, free_port
 from tests.sign_in_stack import DevProvider, browser, provider, start_provider, start_sign_in_stack
-from tests.test_browser_sign_in import CHROMIUM, FLAGS, sign_in_at_provider
+from tests.test_browser_sign_in import chromium_on, signed_in_tab
 
 __all__ = ["provider"]  # fixture
 
@@ -87,16 +87,8 @@ async def test_a_sibling_subdomains_page_cannot_use_a_signed_in_users_websocket(
             start_sign_in_stack(aiohttp_server, tmp_path, idp) as stack,
             async_playwright() as playwright,
         ):
-            chromium = await playwright.chromium.launch(
-                executable_path=CHROMIUM,
-                args=[*FLAGS, f"--host-resolver-rules=MAP *.{SITE} 127.0.0.1"],
-            )
-            context = await chromium.new_context()
-            context.set_default_timeout(10_000)
-            tab = await context.new_page()
-            await tab.goto(gateway + "/wms/stock")
-            await sign_in_at_provider(tab, "alice", ["otp"])
-            await tab.wait_for_url(gateway + "/wms/stock")
+            chromium = await chromium_on(playwright, SITE)
+            tab = await signed_in_tab(chromium, gateway, "alice", ["otp"])
             # Her own page of the gateway's: the WebSocket works.
             assert await tab.evaluate(HIJACK, socket_url) == "read: wms echo: stock levels please"
 

@@ -12,7 +12,7 @@ from urllib.parse import quote, urljoin
 
 import pytest
 from aiohttp import web
-from playwright.async_api import Page, async_playwright
+from playwright.async_api import Browser, Page, Playwright, async_playwright
 
 from tests.conftest import ROOT
 from tests.gateway_stack import ServerFactory, Stack, free_port
@@ -59,6 +59,26 @@ async def sign_in_at_provider(page: Page, user: str, methods: list[str]) -> None
     for method in methods:
         await page.check(f'input[name="methods"][value="{method}"]')
     await page.click('button[value="sign_in"]')
+
+
+async def chromium_on(playwright: Playwright, site: str) -> Browser:
+    """Chromium with every host under `site` on loopback: a gateway at gw.<site>
+    and pages of other hosts of the same site (evil.<site>)."""
+    return await playwright.chromium.launch(
+        executable_path=CHROMIUM, args=[*FLAGS, f"--host-resolver-rules=MAP *.{site} 127.0.0.1"]
+    )
+
+
+async def signed_in_tab(chromium: Browser, gateway: str, user: str, methods: list[str]) -> Page:
+    """A tab of a new browser profile in which `user` signed in at the gateway
+    (the dev provider's form), on WMS's stock page."""
+    context = await chromium.new_context()
+    context.set_default_timeout(10_000)
+    tab = await context.new_page()
+    await tab.goto(gateway + "/wms/stock")
+    await sign_in_at_provider(tab, user, methods)
+    await tab.wait_for_url(gateway + "/wms/stock")
+    return tab
 
 
 async def test_sign_in_step_up_and_sign_out_in_chromium(
@@ -191,10 +211,7 @@ async def test_a_sibling_subdomain_never_signs_chromium_in_as_someone_else(
             async_playwright() as playwright,
         ):
             assert stack.url.endswith(f":{gateway_port}")
-            chromium = await playwright.chromium.launch(
-                executable_path=CHROMIUM,
-                args=[*FLAGS, f"--host-resolver-rules=MAP *.{SITE} 127.0.0.1"],
-            )
+            chromium = await chromium_on(playwright, SITE)
             contexts = [await chromium.new_context() for _ in range(3)]
             for context in contexts:
                 context.set_default_timeout(10_000)
