@@ -54,6 +54,7 @@ from gateway.policy.reload import PolicyHolder, catalogue_apps
 from gateway.policy.shadow import ShadowPolicy
 from gateway.screening.expect import close_if_body_kept, decide_first, expectation_refusal
 from gateway.screening.headers import host_name, parser_limits, screen
+from gateway.screening.methods import method_refusal
 from gateway.screening.paths import NormalizedPath, PathRejected, normalize
 from gateway.screening.websocket import VERSION as WEBSOCKET_VERSION
 from gateway.screening.websocket import cross_origin_refusal, handshake_refusal
@@ -324,7 +325,7 @@ class Gateway:
     async def _handle(self, request: web.Request) -> tuple[web.StreamResponse, str]:
         screened = screen(request.raw_headers, request.headers.get("Host"), self.config.limits)
         if screened is None:
-            screened = expectation_refusal(request)
+            screened = expectation_refusal(request) or method_refusal(request.method)
         if screened is not None:
             return self.refuse(request, *screened), "-"
         try:

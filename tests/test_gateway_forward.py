@@ -115,6 +115,21 @@ async def test_client_supplied_identity_headers_are_replaced(stack: Stack) -> No
     assert "forwarded" not in headers
 
 
+async def test_trace_cannot_echo_the_identity_assertion_back_to_the_client(stack: Stack) -> None:
+    """Cross-site tracing through the gateway: a TRACE the policy allows (alice
+    may use WMS, any method) reached the upstream, whose echo of the request
+    it received handed the client the gateway's signed assertion of her. It is
+    a logged 405, never forwarded."""
+    response = await stack.get("/wms/stock", stack.token("alice", **WAREHOUSE), method="TRACE")
+    body = await response.text()
+    assert response.status == 405, body
+    assert "Assertion" not in body and json.loads(body)["error"] == "method_not_allowed"
+    assert stack.total_forwarded() == 0
+    [event] = await stack.events()
+    assert event["path"] == REFUSAL_PATH
+    assert event["input"]["attributes"]["request"]["http"]["method"] == "TRACE"
+
+
 async def test_hop_by_hop_headers_are_not_forwarded(stack: Stack) -> None:
     response = await stack.get(
         "/wms/stock",
