@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,11 @@ from gateway.audit.redaction import (
     DEFAULT_MAX_HEADER_CHARS,
     DEFAULT_MAX_HEADER_VALUE_CHARS,
     parse_pointer,
+)
+from gateway.client_cas import (
+    ClientCa,
+    is_certificate_issuer,
+    load_client_cas,
 )
 from gateway.screening.headers import bad_host, host_name
 from gateway.screening.trusted_headers import allow_list_problem
@@ -69,19 +75,25 @@ class Route:
     forward_headers: frozenset[str] = frozenset()
 
 
-# What the shared state and its admin commands call the issuer of mTLS identities (a
-# client certificate's common name): a subject is keyed with its issuer, and these
-# have none of their own. No token issuer may take the name.
-CLIENT_CERTIFICATE_ISSUER = "mtls"
-
-
 def issuer_name(issuer: str) -> str:
     """An issuer as the shared state names it (its keys, its admin commands): without
     a trailing slash. Sessions carry sign_in.issuer read without one; a provider's
     tokens (its logout tokens, or its access tokens under `issuers`) may keep it
     (Auth0's do): one provider, one name, so a revocation it asks for reaches what
-    it issued."""
+    it issued. A CA's name (`mtls:<its subject>`, gateway/client_cas.py) is kept
+    whole: a subject may end in a slash, and no other CA's name may be made of it."""
+    if is_certificate_issuer(issuer):
+        return issuer
     return issuer.rstrip("/")
+
+
+def client_cas(listeners: Iterable[Listener]) -> tuple[ClientCa, ...]:
+    """The CAs of every listener's `client_ca`: the issuers of mTLS identities."""
+    files = [item.tls.client_ca for item in listeners if item.tls and item.tls.client_ca]
+    try:
+        return load_client_cas(files)
+    except ValueError as error:
+        raise ConfigError(f"listeners: tls.client_ca: {error}") from None
 
 
 def user_name(issuer: str, subject: str) -> str:
@@ -325,6 +337,7 @@ def parse_config(data: Any, base_dir: Path = Path(".")) -> GatewayConfig:
                       enumerate(root.get("listeners", list, [{}])))  # fmt: skip
     if not listeners:
         raise ConfigError("listeners: at least one listener is required")
+    client_cas(listeners)  # readable, and no two CAs of one name
     routes = tuple(
         _route(item, f"routes[{i}]") for i, item in enumerate(root.get("routes", list, []))
     )
@@ -517,10 +530,10 @@ def _forward_headers(reader: _Reader) -> frozenset[str]:
 def _issuer(data: Any, where: str) -> Issuer:
     reader = _Reader(data, where)
     issuer = reader.required("issuer", str)
-    if issuer_name(issuer) == CLIENT_CERTIFICATE_ISSUER:
+    if is_certificate_issuer(issuer_name(issuer)):
         raise ConfigError(
-            f"{where}.issuer: {issuer!r} names client-certificate identities in the shared "
-            "state; use the issuer's own name (its URL)"
+            f"{where}.issuer: {issuer!r} names client-certificate identities (`mtls`, or "
+            "`mtls:` and a CA's name); use the issuer's own name (its URL)"
         )
     audiences = reader.strings("audiences")
     if not audiences:

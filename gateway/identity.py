@@ -98,12 +98,15 @@ def client_certificate(transport: Any) -> dict[str, Any]:
     }
 
 
-def certificate_identity(certificate: dict[str, Any]) -> Identity:
-    """A service identified by its client certificate alone (no bearer token)."""
+def certificate_identity(certificate: dict[str, Any], issuer: str) -> Identity:
+    """A service identified by its client certificate alone (no bearer token): its
+    common name, from `issuer`, the CA that issued it (gateway/client_cas.py), as a
+    token's subject is from its `iss`."""
     return Identity(
         authenticated=True,
         method="mtls",
         subject=certificate["subject"].get("commonName"),
+        issuer=issuer,
         client_cert=certificate,
     )
 

@@ -25,7 +25,8 @@ from gateway.assertion import JWKS_PATH, AssertionSigner, load_or_create_key
 from gateway.audit.chain import DECISION_PATH, REFUSAL_PATH, SHADOW_PATH, SIGN_IN_EVENT_PATH
 from gateway.audit.durability import Pending
 from gateway.audit.redaction import holds_jwt
-from gateway.config import GatewayConfig, Route
+from gateway.client_cas import ClientCas
+from gateway.config import GatewayConfig, Route, client_cas
 from gateway.forward import REVOKED, UNLOGGED, Forwarder, UpstreamError, is_websocket
 from gateway.identity import (
     ANONYMOUS,
@@ -114,6 +115,8 @@ class Gateway:
             strip_cookie=self.sign_in.owns_cookie if self.sign_in else None,
         )
         self.limiter = ConcurrencyLimiter(config.limits)
+        # Which of client_ca's CAs issued a client certificate: its identity's issuer.
+        self.client_cas = ClientCas(client_cas(config.listeners))
         self.routes: list[Route] = list(config.routes)
         self.verifier: TokenVerifier | None = None
         self.decision_log: DecisionLog | None = None
@@ -538,13 +541,29 @@ class Gateway:
         if header is None:
             if not certificate and self.sign_in is not None:
                 return await self.sign_in.identity(request)
-            return certificate_identity(certificate) if certificate else ANONYMOUS
+            return self._certificate_identity(request, certificate) if certificate else ANONYMOUS
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise TokenRejected("Authorization must be 'Bearer <token>'")
         assert self.verifier is not None
         identity = await self.verifier.verify(token.strip())
         return dataclasses.replace(identity, client_cert=certificate) if certificate else identity
+
+    def _certificate_identity(self, request: web.Request, certificate: dict[str, Any]) -> Identity:
+        issuer = self.client_cas.issuer(request.transport)
+        if issuer is None:
+            # Verified by the handshake, but no CA of client_ca is seen to have issued it
+            # (a resumed TLS session, which keeps no chain, of a certificate an
+            # intermediate issued, this process no longer remembering it): unscoped,
+            # it would be every CA's service of that name.
+            log.warning(
+                "client certificate %s (issuer %s) not identified: which CA of client_ca "
+                "issued it is not known on this connection",
+                certificate.get("subject"),
+                certificate.get("issuer"),
+            )
+            return ANONYMOUS
+        return certificate_identity(certificate, issuer)
 
     # --- shadow mode ------------------------------------------------------------------
 

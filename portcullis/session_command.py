@@ -24,7 +24,8 @@ def register(commands: Any) -> None:
     def issuer(parser: argparse.ArgumentParser, without: str) -> None:
         parser.add_argument(
             "--issuer",
-            help=f"the subject's issuer (iss claim; `mtls` for client certificates); {without}",
+            help=f"the subject's issuer (iss claim; for a client certificate `mtls:` and its "
+            f"CA's subject, e.g. 'mtls:CN=Store Devices CA,O=Example'); {without}",
         )
 
     listing = actions.add_parser("list", help="a user's live browser sessions")
@@ -185,9 +186,9 @@ def run_unlock(args: argparse.Namespace) -> int:
         # Never every issuer at once: that would unlock someone else by the same name.
         issuer = _issuer(args, config, required=True)
         assert issuer is not None
-        only = len(trusted_issuers(config)) == 1
+        trusted = trusted_issuers(config)
         unlocked = await store.run(
-            lambda r: unlock(r, store.keys, issuer, args.user, only_issuer=only), timeout=5.0
+            lambda r: unlock(r, store.keys, issuer, args.user, trusted=trusted), timeout=5.0
         )
         who = f"{args.user} ({issuer})"
         print(f"unlocked {who}" if unlocked.was_locked else f"{who} was not locked out")

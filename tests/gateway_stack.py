@@ -28,6 +28,7 @@ from gateway.config import (
     Route,
 )
 from gateway.demo import AUDIENCE, REQUESTS, DevIssuer, demo_backend
+from gateway.runner import ssl_context
 from gateway.server import GATEWAY_KEY, Gateway, build_app
 from tests.conftest import POLICIES, complete_lines
 
@@ -146,7 +147,10 @@ async def start_stack(
     )
     config = replace(config, **overrides)
     app = build_app(config)
-    await aiohttp_server(app, port=gateway_port)
+    # A listener with tls (on the gateway's port) is served with its context, as
+    # gateway.runner serves it: client certificates are asked for and verified.
+    tls = [item for item in config.listeners if item.port == gateway_port and item.tls]
+    await aiohttp_server(app, port=gateway_port, ssl=ssl_context(tls[0]) if tls else None)
     async with aiohttp.ClientSession() as session:
         yield Stack(
             gateway_url,

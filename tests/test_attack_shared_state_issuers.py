@@ -21,8 +21,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.client_cas import CLIENT_CERTIFICATE_ISSUER
 from gateway.config import (
-    CLIENT_CERTIFICATE_ISSUER,
     ConfigError,
     Issuer,
     Listener,
@@ -322,13 +322,13 @@ async def test_unlock_without_an_issuer_is_refused_when_several_are_trusted(
 async def test_a_revocation_of_a_client_certificate_identity_is_refused_not_claimed(
     aiohttp_server: ServerFactory, tmp_path: Path, redis_url: str
 ) -> None:
-    """`mtls` is an issuer the admin commands take (a listener asks for client
-    certificates), but the request check reads no revocation for a certificate. A
-    revoke of `billing-bot` under `mtls` was written and answered 200 ("every
-    session and bearer token ... is refused on every replica") while the service
-    kept getting in with its certificate: the operator believed it cut off. It is
-    refused (400 not_revocable, exit 2), and nothing is written; its lockout can
-    still be lifted under `mtls`."""
+    """A client_ca's CA is an issuer the admin commands take (`mtls:CN=ca`; before
+    CAs were told apart, `mtls`), but the request check reads no revocation for a
+    certificate. A revoke of `billing-bot` under `mtls` was written and answered 200
+    ("every session and bearer token ... is refused on every replica") while the
+    service kept getting in with its certificate: the operator believed it cut off.
+    It is refused (400 not_revocable, exit 2), and nothing is written; its lockout
+    can still be lifted under its CA's name."""
     ca = make_cert(tmp_path, "ca", None, ca=True)
     make_cert(tmp_path, "server", ca)
     port = free_port()
@@ -340,18 +340,15 @@ async def test_a_revocation_of_a_client_certificate_identity_is_refused_not_clai
         ) as stack,
         admin(stack.gateway) as api,
     ):  # fmt: skip
-        assert CLIENT_CERTIFICATE_ISSUER in stack.gateway.shared.issuers
-        answer = await api.post(
-            "/sessions/revoke", json={"user": "billing-bot", "issuer": CLIENT_CERTIFICATE_ISSUER}
-        )
+        ca_name = "mtls:CN=ca"
+        assert ca_name in stack.gateway.shared.issuers
+        answer = await api.post("/sessions/revoke", json={"user": "billing-bot", "issuer": ca_name})
         body = await answer.json()
         assert answer.status == 400 and body["error"] == "not_revocable", body
         assert "client_ca" in body["reason"], body
         async with redis.asyncio.from_url(redis_url) as r:
             assert await r.keys("portcullis:*revoked*") == []
-        answer = await api.post(
-            "/sessions/unlock", json={"user": "billing-bot", "issuer": CLIENT_CERTIFICATE_ISSUER}
-        )
+        answer = await api.post("/sessions/unlock", json={"user": "billing-bot", "issuer": ca_name})
         assert answer.status == 200, await answer.text()
         config = tmp_path / "gateway.yaml"
         config.write_text(yaml.safe_dump({
@@ -363,7 +360,7 @@ async def test_a_revocation_of_a_client_certificate_identity_is_refused_not_clai
             "shared_state": {"redis": {"url": redis_url}},
         }))  # fmt: skip
         command = [sys.executable, "-m", "portcullis", "session", "revoke", "--config",
-                   str(config), "--user", "billing-bot", "--issuer", "mtls"]  # fmt: skip
+                   str(config), "--user", "billing-bot", "--issuer", ca_name]  # fmt: skip
         result = await asyncio.to_thread(
             subprocess.run, command, capture_output=True, text=True, timeout=30
         )
@@ -374,8 +371,8 @@ async def test_a_revocation_of_a_client_certificate_identity_is_refused_not_clai
 
 
 def test_a_token_issuer_may_not_take_the_name_of_client_certificates(tmp_path: Path) -> None:
-    """mTLS identities are keyed under the issuer "mtls": a token issuer of that name
-    would share their state."""
+    """mTLS identities were keyed under the issuer "mtls" (still read, for lockouts
+    written then): a token issuer of that name would share their state."""
     for name in (CLIENT_CERTIFICATE_ISSUER, CLIENT_CERTIFICATE_ISSUER + "/"):
         data = {"issuers": [{"issuer": name, "audiences": ["a"], "discovery": True}]}
         with pytest.raises(ConfigError, match=r"^issuers\[0\]\.issuer: .* client-certificate"):

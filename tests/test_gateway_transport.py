@@ -47,7 +47,15 @@ def make_cert(
         .not_valid_before(now - datetime.timedelta(minutes=1))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        # Key identifiers, as real CAs write them: OpenSSL picks an issuer of the
+        # right name by them, so a CA and an intermediate of one name can't be mixed up.
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
+    if issuer is not None:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer[1].public_key()),
+            critical=False,
+        )
     if not ca:
         builder = builder.add_extension(
             x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False
@@ -231,6 +239,7 @@ async def test_client_certificate_identifies_a_service_to_the_policy(tmp_path: P
     identities = [e["input"]["identity"] for e in events if "decision_id" in e]
     assert identities[0] == {"authenticated": False, "method": "none"}
     assert identities[1]["method"] == "mtls"
+    assert identities[1]["issuer"] == "mtls:CN=ca"  # the CA that issued it (its scope)
     assert identities[1]["subject"] == "scanner-bot"
     assert identities[1]["client_cert"]["issuer"] == {"commonName": "ca"}
 

@@ -32,6 +32,7 @@ import pytest
 
 from tests.conftest import POLICIES, ROOT
 from tests.gateway_stack import free_port
+from tests.test_gateway_transport import make_cert
 
 README = ROOT / "README.md"
 BIN = Path(sys.executable).parent
@@ -243,8 +244,11 @@ def test_readme_gateway_config_example_loads(tmp_path: Path) -> None:
     from gateway.config import load_config
 
     (example,) = [b.code for b in blocks() if b.language == "yaml" and "listeners:" in b.code]
-    for name in ("tls.crt", "tls.key", "ca.crt"):
+    for name in ("tls.crt", "tls.key"):
         (tmp_path / name).write_text("stand-in\n")
+    # client_ca is read when the config is (each CA's name scopes its certificates).
+    make_cert(tmp_path, "ca", None, ca=True)
+    (tmp_path / "ca.pem").rename(tmp_path / "ca.crt")
     (tmp_path / "gateway.yaml").write_text(example)
     config = load_config(tmp_path / "gateway.yaml")
     assert config.routes[0].app == "pos" and config.issuers[0].discovery

@@ -153,10 +153,9 @@ async def unlock(request: web.Request) -> web.Response:
     except IssuerChoice as error:
         return _issuer_error(given, error, shared.issuers)
     assert issuer is not None
-    only = len(shared.issuers) == 1
     try:
         unlocked = await shared.store.run(
-            lambda r: revocation.unlock(r, shared.keys, issuer, user, only_issuer=only),
+            lambda r: revocation.unlock(r, shared.keys, issuer, user, trusted=shared.issuers),
             timeout=2.0,
         )
     except Unavailable as error:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import shlex
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -13,7 +14,8 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from gateway.config import CLIENT_CERTIFICATE_ISSUER, issuer_name
+from gateway.client_cas import CLIENT_CERTIFICATE_ISSUER
+from gateway.config import issuer_name
 from gateway.identity import Identity
 from gateway.shared.settings import RateLimit, SharedStateConfig
 from gateway.shared.store import Keys, Store, Unavailable
@@ -23,7 +25,9 @@ from gateway.shared.store import Keys, Store, Unavailable
 # 7 addresses seen (on this app), 8 denies, 9 the user's sessions, 10 the session record,
 # 11 the subject's revocation under every issuer, 12 its lockout under every issuer
 # (keys by subject alone: written before keys named the issuer, or a revocation that
-# names none). Read in the same call: one round trip still.
+# names none), 13 a client certificate's lockout under every CA (`mtls`, written
+# before certificates named their CA; for another identity, 12 again). Read in the
+# same call: one round trip still.
 # ARGV: 1 now, 2 what to check ("u", "s", "p", "l" letters), 3 rate limit (0: none),
 # 4 rate window, 5 source address ("" : no signals), 6 deny window, 7 session id
 # ("" : no session), 8 replica, 9 session created, 10 subject, 11 session end
@@ -47,11 +51,13 @@ local ttl = 0
 if string.find(what, 'l', 1, true) then
   lk = redis.call('GET', KEYS[4])
   if lk then ttl = redis.call('PTTL', KEYS[4]) end
-  -- Locked out under every issuer too: the later end is the one to wait for.
-  local every = redis.call('GET', KEYS[12])
-  if every then
-    local left = redis.call('PTTL', KEYS[12])
-    if not lk or left > ttl then lk, ttl = every, left end
+  -- Locked out under every issuer (or CA) too: the later end is the one to wait for.
+  for _, key in ipairs({KEYS[12], KEYS[13]}) do
+    local every = redis.call('GET', key)
+    if every then
+      local left = redis.call('PTTL', key)
+      if not lk or left > ttl then lk, ttl = every, left end
+    end
   end
 end
 if rs or rp or lk then
@@ -134,11 +140,20 @@ def needs_revocation_check(identity: Identity) -> bool:
 
 def issuer_of(identity: Identity) -> str:
     """The issuer whose subject `identity` is, as the shared state keys it: the
-    token's or the session's; an mTLS identity (a client certificate) has none of
-    its own and is keyed under CLIENT_CERTIFICATE_ISSUER."""
-    if identity.method == "mtls":
-        return CLIENT_CERTIFICATE_ISSUER
+    token's, the session's, or the CA's that issued a client certificate
+    (`mtls:<its subject>`, gateway/client_cas.py)."""
     return identity.issuer or ""
+
+
+def lockout_under_every_ca(keys: Keys, identity: Identity) -> str:
+    """A client certificate's lockout from before lockouts named its CA (keyed under
+    `mtls` alone): whichever CA's service earned it, it holds for the name under
+    every CA until it expires (fail closed). For another identity, the subject's
+    lockout under every issuer (read twice: no key of its own)."""
+    subject = identity.subject or ""
+    if identity.method == "mtls":
+        return keys.user_lockout(CLIENT_CERTIFICATE_ISSUER, subject)
+    return keys.lockout_under_every_issuer(subject)
 
 
 def address_bucket(address: str) -> str:
@@ -252,6 +267,7 @@ class RequestCheck:
             keys.session(identity.session_id or "-"),
             keys.revoked_under_every_issuer(subject),
             keys.lockout_under_every_issuer(subject),
+            lockout_under_every_ca(keys, identity),
         ]
 
         async def call(client: aioredis.Redis) -> list[Any]:
@@ -276,8 +292,8 @@ class RequestCheck:
             subject = identity.subject or ""
             reason = (
                 f"{subject} is locked out until {when(now + retry)}{_because(record)}; "
-                f"an administrator can lift it: portcullis session unlock --user {subject} "
-                f"--issuer {issuer_name(issuer_of(identity))}"
+                "an administrator can lift it: portcullis session unlock --user "
+                f"{shlex.quote(subject)} --issuer {shlex.quote(issuer_name(issuer_of(identity)))}"
             )
             return Verdict(Refusal(403, "locked_out", reason, retry))
         for raw in (ru, ra):  # this issuer's subject, then the subject under every issuer

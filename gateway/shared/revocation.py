@@ -12,7 +12,8 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from gateway.config import CLIENT_CERTIFICATE_ISSUER, GatewayConfig, Issuer, issuer_name
+from gateway.client_cas import CLIENT_CERTIFICATE_ISSUER, is_certificate_issuer
+from gateway.config import GatewayConfig, Issuer, client_cas, issuer_name
 from gateway.shared.settings import SharedStateConfig
 from gateway.shared.store import Keys
 
@@ -39,13 +40,13 @@ def longest_token_life(issuers: Iterable[Issuer]) -> float:
 
 def trusted_issuers(config: GatewayConfig) -> tuple[str, ...]:
     """The issuers whose subjects this gateway keeps state for, as the shared state
-    names them: the token issuers, the sign-in provider, and client certificates
-    when a listener asks for them. What an admin command's issuer must be one of."""
+    names them: the token issuers, the sign-in provider, and each CA of the
+    listeners' client_ca (`mtls:<its subject>`). What an admin command's issuer
+    must be one of."""
     names = [issuer_name(issuer.issuer) for issuer in config.issuers]
     if config.sign_in is not None:
         names.append(issuer_name(config.sign_in.issuer))
-    if any(listener.tls is not None and listener.tls.client_ca for listener in config.listeners):
-        names.append(CLIENT_CERTIFICATE_ISSUER)
+    names += [ca.issuer for ca in client_cas(config.listeners)]
     return tuple(dict.fromkeys(names))
 
 
@@ -78,14 +79,15 @@ def choose_issuer(given: str | None, trusted: tuple[str, ...], *, required: bool
 def not_revocable(issuer: str | None) -> str | None:
     """Why revoking `issuer`'s subject would refuse nothing, or None. A client
     certificate has no session and no bearer token, and the request check reads no
-    revocation for it (it has no issue time to compare): a revocation under `mtls`
-    was written and answered as done while the certificate kept getting in."""
-    if issuer != CLIENT_CERTIFICATE_ISSUER:
+    revocation for it (it has no issue time to compare): a revocation under a CA's
+    name (then under `mtls`) was written and answered as done while the certificate
+    kept getting in."""
+    if issuer is None or not is_certificate_issuer(issuer):
         return None
     return (
-        f"issuer {CLIENT_CERTIFICATE_ISSUER!r}: a client certificate has no sessions or "
-        "bearer tokens to revoke, and no revocation is checked for it; revoke the "
-        "certificate at its CA and take it out of the listener's client_ca"
+        f"issuer {issuer!r}: a client certificate has no sessions or bearer tokens to "
+        "revoke, and no revocation is checked for it; revoke the certificate at its CA "
+        "and take it out of the listener's client_ca"
     )
 
 
@@ -165,9 +167,9 @@ async def apply_logout(
 @dataclass(frozen=True)
 class Unlocked:
     was_locked: bool
-    # A lockout by subject alone (written before keys named the issuer) still in
-    # force, in ms: lifted only where one issuer is trusted, since it can't tell
-    # which issuer's subject earned it.
+    # A lockout from before lockouts named the issuer (by subject alone) or the CA
+    # (a certificate's, under `mtls` alone) still in force, in ms: lifted only where
+    # one issuer (one CA) is trusted, since it can't tell whose subject earned it.
     still_locked_ms: int = 0
 
 
@@ -175,28 +177,39 @@ def still_locked(subject: str, until: str) -> str:
     """Why an unlock left a subject locked out."""
     return (
         f"{subject} is still locked out under every issuer until {until}, by a lockout "
-        "written before lockouts named the issuer; which issuer's subject earned it "
-        "can't be told, so it is left to expire"
+        "written before lockouts named the issuer (or a client certificate's CA); which "
+        "issuer's subject earned it can't be told, so it is left to expire"
     )
 
 
 async def unlock(
-    client: aioredis.Redis, keys: Keys, issuer: str, subject: str, *, only_issuer: bool
+    client: aioredis.Redis, keys: Keys, issuer: str, subject: str, *, trusted: tuple[str, ...]
 ) -> Unlocked:
     """Lift `issuer`'s `subject`'s lockout (and forget the denies that led to it).
-    With `only_issuer` (no other issuer trusted), the lockout by subject alone is
-    that user's too and is lifted with it."""
-    every = [keys.lockout_under_every_issuer(subject), keys.denies_under_every_issuer(subject)]
+    Where `trusted` (trusted_issuers) holds no other issuer, the lockout by subject
+    alone is that user's too and is lifted with it; for a client certificate, where
+    it holds no other CA, so is the lockout under `mtls` alone."""
+    older = [(keys.lockout_under_every_issuer(subject), keys.denies_under_every_issuer(subject),
+              len(trusted) == 1)]  # fmt: skip
+    if is_certificate_issuer(issuer):
+        cas = [name for name in trusted if is_certificate_issuer(name)]
+        legacy = CLIENT_CERTIFICATE_ISSUER
+        older.append(
+            (keys.user_lockout(legacy, subject), keys.user_denies(legacy, subject), len(cas) == 1)
+        )
     pipe = client.pipeline(transaction=False)
     pipe.delete(keys.user_lockout(issuer, subject), keys.user_denies(issuer, subject))
-    if only_issuer:
-        pipe.delete(*every)
-    else:
-        pipe.pttl(every[0])
-    removed, other = await pipe.execute()
-    if only_issuer:
-        return Unlocked(bool(removed) or bool(other))
-    return Unlocked(bool(removed), max(0, int(other)))
+    for lockout, denies, lift in older:
+        if lift:
+            pipe.delete(lockout, denies)
+        else:
+            pipe.pttl(lockout)
+    removed, *others = await pipe.execute()
+    was_locked = bool(removed) or any(
+        bool(other) for other, (_, _, lift) in zip(others, older, strict=True) if lift
+    )
+    left = [int(other) for other, (_, _, lift) in zip(others, older, strict=True) if not lift]
+    return Unlocked(was_locked, max([0, *left]))
 
 
 # KEYS: 1 denies, 2 lockout. ARGV: 1 now, 2 window, 3 lock after (0: off),

@@ -1,0 +1,146 @@
+"""Which trusted CA issued a client certificate: the issuer an mTLS identity is scoped by.
+
+A listener's `client_ca` may hold several CAs (the company's device CA, a partner's),
+and a certificate's common name is only unique within the CA that issued it, as a
+token's `sub` is within its `iss`. The scope is the first CA of the verified chain,
+from the certificate up, that a `client_ca` file holds (the CA that signed it, or
+the root an intermediate the client sent chains to), named `mtls:` and its subject
+in RFC 4514 form (`mtls:CN=Store Devices CA,O=Example`). Never the certificate's
+own issuer field: whoever runs a trusted CA can name an intermediate like another
+CA, and then its certificates would carry that CA's name.
+"""
+
+from __future__ import annotations
+
+import _ssl
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+
+CLIENT_CERTIFICATE_ISSUER = "mtls"
+SCOPE_PREFIX = CLIENT_CERTIFICATE_ISSUER + ":"
+
+
+def is_certificate_issuer(name: str) -> bool:
+    """A name of client-certificate identities (a CA's scope, or `mtls` alone, the one
+    name they all shared before they were scoped), which no token issuer may take."""
+    return name == CLIENT_CERTIFICATE_ISSUER or name.startswith(SCOPE_PREFIX)
+
+
+@dataclass(frozen=True)
+class ClientCa:
+    """A CA a `client_ca` file holds, and the issuer name of the identities it issues."""
+
+    issuer: str  # "mtls:" + the CA's subject, RFC 4514
+    certificate: x509.Certificate
+    der: bytes
+
+
+def _key(certificate: x509.Certificate) -> bytes:
+    return certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def load_client_cas(files: Iterable[Path]) -> tuple[ClientCa, ...]:
+    """The CAs of every `client_ca` file. ValueError for a file without one, and for
+    two CAs of one name with different keys: their services' certificates would be
+    one identity (a renewed CA that kept its name must keep its key, or get a new name)."""
+    cas: dict[bytes, ClientCa] = {}
+    keys: dict[str, tuple[bytes, Path]] = {}
+    for file in dict.fromkeys(files):
+        try:
+            certificates = x509.load_pem_x509_certificates(file.read_bytes())
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{file}: no PEM certificate could be read ({error})") from None
+        for certificate in certificates:
+            issuer = SCOPE_PREFIX + certificate.subject.rfc4514_string()
+            key = _key(certificate)
+            seen = keys.setdefault(issuer, (key, file))
+            if seen[0] != key:
+                raise ValueError(
+                    f"{file}: two CAs named {certificate.subject.rfc4514_string()!r} with "
+                    f"different keys (the other in {seen[1]}): a client certificate's identity "
+                    "is scoped by the name of the CA that issued it, so theirs could not be "
+                    "told apart; give one of them another name, or trust only one"
+                )
+            der = certificate.public_bytes(serialization.Encoding.DER)
+            cas.setdefault(der, ClientCa(issuer, certificate, der))
+    return tuple(cas.values())
+
+
+def verified_chain(ssl_object: Any) -> list[bytes]:
+    """The chain OpenSSL verified for the peer, leaf first, as DER; [] for a resumed
+    TLS session (OpenSSL keeps only the peer's certificate in it). Public from Python
+    3.13; the method it wraps is in _ssl since 3.10."""
+    public = getattr(ssl_object, "get_verified_chain", None)
+    if public is not None:
+        return [bytes(der) for der in public() or ()]
+    inner = getattr(ssl_object, "_sslobj", None)
+    chain = inner.get_verified_chain() if inner is not None else None
+    return [certificate.public_bytes(_ssl.ENCODING_DER) for certificate in chain or ()]
+
+
+class ClientCas:
+    """The issuer names of client certificates, found once per certificate per process."""
+
+    def __init__(self, cas: tuple[ClientCa, ...], *, cache_size: int = 10_000) -> None:
+        self._by_der = {ca.der: ca for ca in cas}
+        self._cas = cas
+        # certificate (DER) -> its issuer name: a resumed session, which has no
+        # chain, is one this process verified (session tickets and the session
+        # cache are per process), so its certificate is mostly found here.
+        self._cache: OrderedDict[bytes, str] = OrderedDict()
+        self._cache_size = cache_size
+
+    @property
+    def issuers(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(ca.issuer for ca in self._cas))
+
+    def issuer(self, transport: Any) -> str | None:
+        """The issuer name of the connection's verified client certificate; None when
+        no trusted CA can be shown to have issued it (refused: fail closed)."""
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        leaf = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if not leaf:
+            return None
+        found = self._cache.get(leaf)
+        if found is not None:
+            self._cache.move_to_end(leaf)
+            return found
+        found = self._in_chain(verified_chain(ssl_object)) or self._signer(leaf)
+        if found is None:
+            return None
+        self._cache[leaf] = found
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return found
+
+    def _in_chain(self, chain: list[bytes]) -> str | None:
+        for der in chain[1:]:
+            ca = self._by_der.get(der)
+            if ca is not None:
+                return ca.issuer
+        return None
+
+    def _signer(self, leaf: bytes) -> str | None:
+        """Without the chain (a resumed session this process no longer remembers): the
+        CA that signed the certificate itself, its signature checked here. One issued
+        by an intermediate the client sent is not found."""
+        try:
+            certificate = x509.load_der_x509_certificate(leaf)
+        except ValueError:
+            return None
+        for ca in self._cas:
+            try:
+                certificate.verify_directly_issued_by(ca.certificate)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            return ca.issuer
+        return None
