@@ -49,11 +49,8 @@ def _key(certificate: x509.Certificate) -> bytes:
 
 
 def load_client_cas(files: Iterable[Path]) -> tuple[ClientCa, ...]:
-    """The CAs of every `client_ca` file. ValueError for a file without one, and for
-    two CAs of one name with different keys: their services' certificates would be
-    one identity (a renewed CA that kept its name must keep its key, or get a new name)."""
+    """The CAs of every `client_ca` file. ValueError for a file without one."""
     cas: dict[bytes, ClientCa] = {}
-    keys: dict[str, tuple[bytes, Path]] = {}
     for file in dict.fromkeys(files):
         try:
             certificates = x509.load_pem_x509_certificates(file.read_bytes())
@@ -61,18 +58,21 @@ def load_client_cas(files: Iterable[Path]) -> tuple[ClientCa, ...]:
             raise ValueError(f"{file}: no PEM certificate could be read ({error})") from None
         for certificate in certificates:
             issuer = SCOPE_PREFIX + certificate.subject.rfc4514_string()
-            key = _key(certificate)
-            seen = keys.setdefault(issuer, (key, file))
-            if seen[0] != key:
-                raise ValueError(
-                    f"{file}: two CAs named {certificate.subject.rfc4514_string()!r} with "
-                    f"different keys (the other in {seen[1]}): a client certificate's identity "
-                    "is scoped by the name of the CA that issued it, so theirs could not be "
-                    "told apart; give one of them another name, or trust only one"
-                )
             der = certificate.public_bytes(serialization.Encoding.DER)
             cas.setdefault(der, ClientCa(issuer, certificate, der))
     return tuple(cas.values())
+
+
+def names_of_several_keys(cas: Iterable[ClientCa]) -> list[str]:
+    """The CA names that several keys hold. Their certificates are one scope: a CA
+    renewed with a new key under its old name (Active Directory Certificate
+    Services does this) is trusted as both until the old one's certificates
+    expire, and is one CA. Two organisations' CAs that happen to share a name
+    would be one too, which the gateway can't tell from a renewal: it says so."""
+    keys: dict[str, set[bytes]] = {}
+    for ca in cas:
+        keys.setdefault(ca.issuer, set()).add(_key(ca.certificate))
+    return [issuer for issuer, held in keys.items() if len(held) > 1]
 
 
 def verified_chain(ssl_object: Any) -> list[bytes]:

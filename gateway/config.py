@@ -337,7 +337,7 @@ def parse_config(data: Any, base_dir: Path = Path(".")) -> GatewayConfig:
                       enumerate(root.get("listeners", list, [{}])))  # fmt: skip
     if not listeners:
         raise ConfigError("listeners: at least one listener is required")
-    client_cas(listeners)  # readable, and no two CAs of one name
+    client_cas(listeners)  # each file holds a CA
     routes = tuple(
         _route(item, f"routes[{i}]") for i, item in enumerate(root.get("routes", list, []))
     )

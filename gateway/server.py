@@ -25,7 +25,7 @@ from gateway.assertion import JWKS_PATH, AssertionSigner, load_or_create_key
 from gateway.audit.chain import DECISION_PATH, REFUSAL_PATH, SHADOW_PATH, SIGN_IN_EVENT_PATH
 from gateway.audit.durability import Pending
 from gateway.audit.redaction import holds_jwt
-from gateway.client_cas import ClientCas
+from gateway.client_cas import ClientCas, names_of_several_keys
 from gateway.config import GatewayConfig, Route, client_cas
 from gateway.forward import REVOKED, UNLOGGED, Forwarder, UpstreamError, is_websocket
 from gateway.identity import (
@@ -116,7 +116,15 @@ class Gateway:
         )
         self.limiter = ConcurrencyLimiter(config.limits)
         # Which of client_ca's CAs issued a client certificate: its identity's issuer.
-        self.client_cas = ClientCas(client_cas(config.listeners))
+        cas = client_cas(config.listeners)
+        self.client_cas = ClientCas(cas)
+        for name in names_of_several_keys(cas):
+            log.warning(
+                "client_ca holds several keys named %r: their client certificates are one "
+                "issuer (a CA renewed under its name); if they are different CAs, each "
+                "one's services share the other's lockouts and limits: trust only one",
+                name,
+            )
         self.routes: list[Route] = list(config.routes)
         self.verifier: TokenVerifier | None = None
         self.decision_log: DecisionLog | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 import ssl
 import subprocess
@@ -23,8 +24,9 @@ import pytest
 import redis.asyncio
 import yaml
 
-from gateway.client_cas import CLIENT_CERTIFICATE_ISSUER, ClientCas
+from gateway.client_cas import CLIENT_CERTIFICATE_ISSUER, ClientCas, names_of_several_keys
 from gateway.config import ConfigError, Listener, TlsConfig, client_cas, parse_config
+from gateway.server import Gateway
 from gateway.shared.settings import Lockout, RateLimit, RateLimits, SharedStateConfig
 from tests.gateway_stack import ServerFactory, Stack, free_port, logged, start_stack
 from tests.redis_server import redis_server, redis_url
@@ -351,23 +353,33 @@ async def test_a_certificate_lockout_from_before_cas_were_named_holds_under_ever
         assert await locked_out(stack, url, certificates.ours)
 
 
-def test_two_cas_of_one_name_in_client_ca_are_a_config_error(tmp_path: Path) -> None:
-    """A CA's name is its services' scope: a second CA (another key) of the same
-    name, in the same bundle or another listener's, would make them one."""
+def test_a_ca_renewed_under_its_name_with_a_new_key_is_one_issuer_and_said_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A CA renewed with a new key under its old name (AD CS does this) is trusted
+    as both while the old key's certificates last: one CA, whose services keep
+    one scope; the gateway starts, and says so in a warning naming it (two
+    organisations' CAs of one name would be one scope too)."""
     pki(tmp_path)
-    twin = tmp_path / "twin"
-    twin.mkdir()
-    make_cert(twin, "store-ca", None, ca=True)
+    renewed = tmp_path / "renewed"
+    renewed.mkdir()
+    make_cert(renewed, "store-ca", None, ca=True)
     listener = {"tls": {"cert": "server.pem", "key": "server.key", "client_ca": "client_ca.pem"}}
     other = {"port": 8444, "tls": {"cert": "server.pem", "key": "server.key",
-                                   "client_ca": "twin/store-ca.pem"}}  # fmt: skip
-    data = {"listeners": [listener, other], "auth": False}
-    with pytest.raises(ConfigError, match=r"two CAs named 'CN=store-ca' with different keys"):
-        parse_config(data, tmp_path)
-    # The same CA twice (or renewed with its key) is one CA.
+                                   "client_ca": "renewed/store-ca.pem"}}  # fmt: skip
+    config = parse_config({"listeners": [listener, other], "auth": False}, tmp_path)
+    cas = client_cas(config.listeners)
+    assert [ca.issuer for ca in cas] == [OURS, PARTNERS, OURS]
+    assert names_of_several_keys(cas) == [OURS]
+    with caplog.at_level(logging.WARNING, logger="portcullis.gateway"):
+        Gateway(config)
+    [warning] = [r.getMessage() for r in caplog.records if "several keys" in r.getMessage()]
+    assert repr(OURS) in warning
+    # The same CA twice is one CA, and nothing to say.
     other["tls"]["client_ca"] = "store/store-ca.pem"  # type: ignore[index]
-    config = parse_config(data, tmp_path)
+    config = parse_config({"listeners": [listener, other], "auth": False}, tmp_path)
     assert [ca.issuer for ca in client_cas(config.listeners)] == [OURS, PARTNERS]
+    assert names_of_several_keys(client_cas(config.listeners)) == []
 
 
 def test_a_token_issuer_may_not_take_a_cas_name(tmp_path: Path) -> None:
