@@ -18,7 +18,7 @@ from multidict import CIMultiDict
 from playwright.async_api import async_playwright
 
 from gateway.audit.chain import DECISION_PATH
-from gateway.shared.settings import Lockout
+from gateway.shared.settings import Lockout, RateLimit, RateLimits
 from gateway.shared.state import SharedState
 from gateway.shared.third_party import LABEL
 from tests.gateway_stack import ServerFactory, Stack, free_port
@@ -247,3 +247,42 @@ async def test_bearer_token_denies_count_toward_a_lockout_whatever_fetch_metadat
         assert status == 403 and body["error"] == "locked_out"
         events = [e for e in await stack.events(at_least=3) if not e["result"]["allow"]]
         assert not [e for e in events if LABEL in e["labels"]]
+
+
+# --- rate limits ---------------------------------------------------------------------------
+
+
+async def test_another_sites_page_cannot_use_up_a_signed_in_users_rate_limit(
+    aiohttp_server: ServerFactory, tmp_path: Path, provider: DevProvider, redis_url: str
+) -> None:
+    """A sibling subdomain's page (same site: the Lax cookie goes with an <img>)
+    loads WMS through the gateway more often than the identity's rate limit
+    allows. Those requests are limited in a bucket of their own, with the same
+    limit: alice's own requests still get through, and the page's extra ones
+    are 429s saying whose they were."""
+    limits = RateLimits(identity=RateLimit(requests=4, window=60))
+    async with (
+        start_sign_in_stack(
+            aiohttp_server, tmp_path, provider, shared_state=shared(redis_url, rate_limits=limits)
+        ) as stack,
+        browser(stack.url) as alice,
+    ):
+        await alice.sign_in(stack.url + "/wms/stock", "alice", ["otp"])  # one of her four
+        statuses = []
+        for n in range(6):
+            headers = {"Sec-Fetch-Site": "same-site", "Accept": "application/json"}
+            page = await alice.request("GET", f"{stack.url}/wms/stock?n={n}", headers=headers)
+            statuses.append(page.status)
+        assert statuses == [200] * 4 + [429] * 2, statuses
+        assert "other sites' pages" in page.json()["reason"]
+        for site in ("none", "same-origin"):  # typed, and from the gateway's own pages
+            headers = {"Sec-Fetch-Site": site, "Accept": "application/json"}
+            page = await alice.request("GET", stack.url + "/wms/stock", headers=headers)
+            assert page.status == 200, page.text
+        # Her own bucket is the one a client without Fetch Metadata counts in: after
+        # her sign-in's landing and the two above, the next one fills it.
+        json_only = {"Accept": "application/json"}
+        page = await alice.request("GET", stack.url + "/wms/stock", headers=json_only)
+        assert page.status == 200, page.text
+        page = await alice.request("GET", stack.url + "/wms/stock", headers=json_only)
+        assert page.status == 429 and "this identity on this app" in page.json()["reason"]

@@ -156,6 +156,14 @@ def lockout_under_every_ca(keys: Keys, identity: Identity) -> str:
     return keys.lockout_under_every_issuer(subject)
 
 
+# Whom a rate limit's 429 says it counted, by the limit's scope (limit_for).
+WHO_IS_LIMITED = {
+    "identity": "this identity on this app",
+    "other_sites": "other sites' pages for this identity on this app",
+    "ip": "this address",
+}
+
+
 def address_bucket(address: str) -> str:
     """Whom the per-address limit counts: an IPv6 host holds a whole /64 (SLAAC,
     privacy addresses, a cloud VM's prefix) and can take a fresh address for every
@@ -217,18 +225,25 @@ class RequestCheck:
         self.lifetime = lifetime
         self.script = store.client.register_script(CHECK_SCRIPT)
 
-    def limit_for(self, identity: Identity, app: str) -> tuple[str, str, RateLimit]:
-        """(scope, who, limit): per identity per app, else per source address."""
+    def limit_for(
+        self, identity: Identity, app: str, other_site: bool = False
+    ) -> tuple[str, str, RateLimit]:
+        """(scope, who, limit): per identity per app, else per source address. What
+        another site's page made a signed-in browser send (`other_site`,
+        gateway/shared/third_party.py) counts in a bucket of the identity's own,
+        with the same limit: such a page could otherwise use up the user's."""
         limits = self.config.rate_limits
         if identity.authenticated and identity.subject:
             who = Keys.per_app(app, issuer_of(identity), identity.subject)
-            return "identity", who, limits.for_app(app)
+            return "other_sites" if other_site else "identity", who, limits.for_app(app)
         return "ip", "", limits.source_ip
 
-    async def check(self, identity: Identity, app: str, address: str) -> Verdict:
+    async def check(
+        self, identity: Identity, app: str, address: str, other_site: bool = False
+    ) -> Verdict:
         keys = self.store.keys
         now = time.time()
-        scope, who, limit = self.limit_for(identity, app)
+        scope, who, limit = self.limit_for(identity, app, other_site)
         if scope == "ip":
             who = address_bucket(address)
         revocable = needs_revocation_check(identity)
@@ -274,10 +289,16 @@ class RequestCheck:
             return list(await self.script(keys=key_list, args=args, client=client))
 
         reply = await self.store.run(call)
-        return self._verdict(reply, identity, limit, now, bool(signals_for))
+        return self._verdict(reply, identity, limit, now, bool(signals_for), scope)
 
     def _verdict(
-        self, reply: list[Any], identity: Identity, limit: RateLimit, now: float, signals: bool
+        self,
+        reply: list[Any],
+        identity: Identity,
+        limit: RateLimit,
+        now: float,
+        signals: bool,
+        scope: str,
     ) -> Verdict:
         ru, rs, rp, lk, lock_ms, cur, prev, admitted, seen, denies, sessions, ra = reply
         if rs is not None or rp is not None:
@@ -312,7 +333,7 @@ class RequestCheck:
                 return Verdict(Refusal(401, "revoked", reason))
         if not admitted:
             retry = _retry_after(int(cur), int(prev), limit, now)
-            who = "this identity on this app" if identity.authenticated else "this address"
+            who = WHO_IS_LIMITED[scope]
             reason = f"more than {limit.requests} requests in {limit.window} s from {who}"
             return Verdict(Refusal(429, "rate_limited", reason, retry))
         if not signals:

@@ -26,6 +26,7 @@ from gateway.shared.check import (
 from gateway.shared.metrics import SharedStateMetrics
 from gateway.shared.settings import SharedStateConfig
 from gateway.shared.store import Busy, Store, Unavailable
+from gateway.shared.third_party import another_sites_request
 
 log = logging.getLogger("portcullis.shared_state")
 MAX_BACKGROUND = 1000  # background writes in flight; past it they are dropped (counted)
@@ -104,7 +105,10 @@ class SharedState:
             reason = "this session was ended (sign-out not yet written to the shared state)"
             return Verdict(Refusal(401, "session_revoked", reason))
         try:
-            verdict = await self.checker.check(identity, app, source_address(request))
+            other_site = another_sites_request(request, identity) is not None
+            verdict = await self.checker.check(
+                identity, app, source_address(request), other_site=other_site
+            )
         except Busy as error:
             return Verdict(self._busy(str(error)), unavailable=str(error))
         except Unavailable as error:

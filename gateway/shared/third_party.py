@@ -1,5 +1,5 @@
-"""Denies a page on another site can make a signed-in browser run into, which count
-toward no lockout.
+"""Requests a page on another site can make a signed-in browser send: their denies
+count toward no lockout, and they are rate-limited apart from the user's own.
 
 The session cookie is SameSite=Lax: a browser sends it on any top-level GET
 navigation, whoever started it (a link, `location =`, `window.open`, a GET form
@@ -9,7 +9,9 @@ denies counted toward `lockout.after_denies`, so any page a member of staff
 opened could lock them out of every app (and fill the SIEM with lockouts). The
 browser says who started the request in Fetch Metadata's Sec-Fetch-Site, a
 header no page can set or change; a deny it says another site caused is still
-a deny, logged as one, but is not counted.
+a deny, logged as one, but is not counted. Such pages could as well fill the
+user's rate-limit bucket (`<img>` tags of a sibling subdomain), so these
+requests have a bucket of their own (gateway/shared/check.py limit_for).
 """
 
 from __future__ import annotations
