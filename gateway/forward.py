@@ -215,7 +215,10 @@ class Forwarder:
         if session is None:
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
             session = aiohttp.ClientSession(
-                connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+                connector=connector,
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                middlewares=(_redirect_is_the_answer,),
             )
             self._ws_sessions[upstream] = session
         return session
@@ -391,6 +394,31 @@ class Forwarder:
             await upstream.close()
             await client.close()
         return client
+
+
+# What aiohttp's client follows (its ws_connect has no allow_redirects).
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+async def _redirect_is_the_answer(
+    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    """An upstream's redirect of a WebSocket handshake is its answer, never followed.
+    Followed, the handshake went to whatever host the Location named, with the
+    user's signed assertion and the decision's headers, and the client was bridged
+    to a WebSocket the policy never judged. No browser follows one either (WHATWG
+    WebSockets: any status but 101 fails the connection)."""
+    response = await handler(request)
+    if response.status in _REDIRECTS:
+        response.close()
+        raise aiohttp.WSServerHandshakeError(
+            response.request_info,
+            response.history,
+            status=response.status,
+            message="a redirect (not followed)",
+            headers=response.headers,
+        )
+    return response
 
 
 class _Upstream:
