@@ -187,7 +187,7 @@ class Forwarder:
         # WebSockets hold their connection for hours: a pool of their own, so idle
         # sockets never take the HTTP pool's slots (the per-identity limit and the
         # idle timeout bound it instead of a size that would make upgrades queue).
-        self._ws_sessions: dict[str, aiohttp.ClientSession] = {}
+        self._ws_sessions: dict[tuple[str, float, float], aiohttp.ClientSession] = {}
         self._upstreams: dict[str, _Upstream] = {}
         self._tls: ssl.SSLContext | None = None
 
@@ -210,17 +210,26 @@ class Forwarder:
             upstream.pool = pool
         return pool
 
-    def _ws_session(self, upstream: str) -> aiohttp.ClientSession:
-        session = self._ws_sessions.get(upstream)
+    def _ws_session(self, route: Route) -> aiohttp.ClientSession:
+        """The route's WebSocket pool. Its timeouts bound the handshake as they bound
+        a request (aiohttp's own default waits five minutes): the connection within
+        connect_timeout, the upstream's answer within read_timeout. Once upgraded,
+        the idle timeout bounds the socket instead (no ws_receive timeout)."""
+        key = (route.upstream, route.connect_timeout, route.read_timeout)
+        session = self._ws_sessions.get(key)
         if session is None:
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+            timeout = aiohttp.ClientTimeout(
+                total=None, connect=route.connect_timeout, sock_read=route.read_timeout
+            )
             session = aiohttp.ClientSession(
                 connector=connector,
+                timeout=timeout,
                 auto_decompress=False,
                 cookie_jar=aiohttp.DummyCookieJar(),
                 middlewares=(_redirect_is_the_answer,),
             )
-            self._ws_sessions[upstream] = session
+            self._ws_sessions[key] = session
         return session
 
     async def close(self) -> None:
@@ -356,7 +365,7 @@ class Forwarder:
             p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p
         ]
         headers.pop("Sec-WebSocket-Protocol", None)
-        session = self._ws_session(route.upstream)
+        session = self._ws_session(route)
         try:
             upstream = await session.ws_connect(
                 url.with_scheme("wss" if url.scheme == "https" else "ws"),
@@ -364,7 +373,11 @@ class Forwarder:
                 protocols=protocols,
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=route.read_timeout),
             )
-        except (aiohttp.ClientError, TimeoutError) as error:
+        except TimeoutError as error:  # aiohttp's ServerTimeoutError is one too
+            raise UpstreamError(
+                504, f"upstream {route.app} did not answer the WebSocket handshake in time"
+            ) from error
+        except aiohttp.ClientError as error:
             raise UpstreamError(
                 502, f"upstream {route.app} refused the WebSocket: {error}"
             ) from error

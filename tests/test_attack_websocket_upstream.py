@@ -5,6 +5,7 @@ upstreams, each a real server."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import aiohttp
@@ -61,3 +62,55 @@ async def test_an_upstreams_redirect_never_takes_the_users_websocket_to_another_
             )
         assert refused.value.status == 502
         assert reached == []
+
+
+async def test_an_upstream_that_never_answers_the_handshake_is_a_504_within_its_read_timeout(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """The route's read_timeout bounds how long the upstream may send nothing, and a
+    request to a silent WMS is a 504 within it; its WebSocket handshake waited on
+    aiohttp's own default, five minutes, holding the client's connection and one of
+    alice's `websockets_per_identity` slots all the while (sixteen such sockets and
+    she can open no other). The handshake gets the route's timeouts too."""
+    answer = asyncio.Event()
+
+    async def silent(request: web.Request) -> web.Response:
+        await answer.wait()
+        return web.Response(text="too late")
+
+    wms = web.Application()
+    wms.router.add_get("/{tail:.*}", silent)
+    upstream = await aiohttp_server(wms)
+    async with start_stack(aiohttp_server, tmp_path) as stack:
+        stack.gateway.routes.insert(
+            0, Route("wms", f"http://127.0.0.1:{upstream.port}", "/wms/", read_timeout=0.3)
+        )
+        token = stack.token("alice", **WAREHOUSE)
+        try:
+            async with asyncio.timeout(10):
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await stack.session.ws_connect(
+                        stack.url.replace("http", "ws") + "/wms/live",
+                        headers={"Authorization": f"Bearer {token}"},
+                    )
+        finally:
+            answer.set()
+        assert refused.value.status == 504
+
+
+async def test_an_open_websocket_may_be_silent_longer_than_the_read_timeout(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """The read_timeout bounds the handshake's answer only: once upgraded, a socket
+    neither side speaks on is the idle timeout's to end (`websocket_idle_timeout`)."""
+    async with start_stack(aiohttp_server, tmp_path) as stack:
+        wms = next(route for route in stack.gateway.routes if route.app == "wms")
+        stack.gateway.routes.insert(0, Route("wms", wms.upstream, "/wms/", read_timeout=0.3))
+        token = stack.token("alice", **WAREHOUSE)
+        async with stack.session.ws_connect(
+            stack.url.replace("http", "ws") + "/wms/live",
+            headers={"Authorization": f"Bearer {token}"},
+        ) as socket:
+            await asyncio.sleep(1.0)
+            await socket.send_str("still there?")
+            assert await socket.receive_str(timeout=5) == "wms echo: still there?"
