@@ -113,10 +113,16 @@ def _without_cookies(header: str, strip: Callable[[str], bool]) -> str:
     return "; ".join(kept)
 
 
-def _connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
-    """Header names listed in `Connection`: hop-by-hop for this one message."""
+# RFC 9110 5.6.1 and 5.6.3: list elements are separated by commas and optional
+# whitespace, which is spaces and tabs; aiohttp's parsers trim exactly these.
+_OWS = " \t"
+
+
+def _connection_tokens(headers: CIMultiDictProxy[str], trim: str | None = None) -> set[str]:
+    """Header names listed in `Connection`: hop-by-hop for this one message. Each is
+    trimmed of any whitespace (a name dropped too many is harmless), or of `trim`."""
     values = headers.getall("Connection", [])
-    return {token.strip().lower() for value in values for token in value.split(",")}
+    return {token.strip(trim).lower() for value in values for token in value.split(",")}
 
 
 def _response_headers(
@@ -478,10 +484,13 @@ def is_websocket(request: web.Request) -> bool:
     """Whether the request asks to upgrade to a WebSocket: `Upgrade: websocket` and
     `upgrade` in `Connection` (RFC 9110 7.8, as aiohttp's parser and Envoy read an
     upgrade). An `Upgrade` alone is no upgrade: the request goes on as a plain one,
-    its `Upgrade` dropped as hop-by-hop."""
+    its `Upgrade` dropped as hop-by-hop. So is `Connection: Upgrade` with a
+    no-break space or another Unicode space: trimmed of spaces and tabs only, as the
+    parser trims it, or aiohttp's WebSocketResponse would answer the allowed
+    handshake with its own unlogged 400 after the upstream's WebSocket was opened."""
     return request.headers.get(
         "Upgrade", ""
-    ).lower() == "websocket" and "upgrade" in _connection_tokens(request.headers)
+    ).lower() == "websocket" and "upgrade" in _connection_tokens(request.headers, _OWS)
 
 
 class _Body:

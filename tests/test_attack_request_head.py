@@ -122,6 +122,37 @@ async def test_a_websocket_handshake_with_a_body_is_refused_before_the_upstream(
     ]
 
 
+@pytest.mark.parametrize(
+    "connection",
+    ["Upgrade\u00a0", "\u00a0Upgrade", "Upgrade\u2003"],
+    ids=["nbsp-after", "nbsp-before", "em-space"],
+)
+async def test_a_connection_header_the_parser_reads_as_no_upgrade_opens_no_upstream_websocket(
+    stack: Stack, connection: str
+) -> None:
+    """`Connection: Upgrade` followed by a no-break space (valid UTF-8, so no bad
+    header): RFC 9110 separates list elements with spaces and tabs only, and
+    aiohttp's parsers (C and Python) read no upgrade, but the gateway stripped
+    the token with str.strip (any Unicode space) and took it for a WebSocket. It
+    logged an allow, opened the upstream's WebSocket, and then aiohttp's
+    WebSocketResponse answered its own unlogged 400 ("No CONNECTION upgrade
+    hdr"): the log said allow for a 400, and the upstream saw a handshake nobody
+    made. Read as the parser reads it, it is a plain GET, decided and forwarded."""
+    token = stack.token("alice", **WAREHOUSE).encode()
+    status, _, body = await raw_request(
+        stack.url,
+        b"GET /wms/ws HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer " + token + b"\r\n"
+        b"Upgrade: websocket\r\nConnection: " + connection.encode() + b"\r\n"
+        b"Sec-WebSocket-Version: 13\r\n" + KEY,
+    )
+    assert status == 200, body
+    assert json.loads(body)["path"] == "/wms/ws"
+    (received,) = stack.forwarded("wms")
+    assert "Upgrade" not in received.headers  # hop-by-hop, and no upgrade
+    (event,) = await stack.events()
+    assert event["result"]["allow"] is True
+
+
 # --- Expect ----------------------------------------------------------------------------
 
 
