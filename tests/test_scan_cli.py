@@ -191,8 +191,52 @@ def test_junit_parses_with_a_suite_per_rule(tmp_path: Path) -> None:
     assert int(root.get("failures", "0")) == len(POS_APP_FINDINGS) - 1
     assert int(root.get("skipped", "0")) == 1
     iam = suites["PC-TF-007"].findall("testcase")
-    assert [c.get("name") for c in iam] == [f"aws_iam_policy.break_glass ({POS_APP}/iam.tf:1)"]
-    assert iam[0].find("failure") is not None
+    [failure] = iam[0].iter("failure")
+    assert [c.get("name") for c in iam] == [
+        f"aws_iam_policy.break_glass ({POS_APP}/iam.tf): {failure.get('message')}"
+    ]
+
+
+def _junit_cases(*args: str, cwd: Path = ROOT) -> list[ET.Element]:
+    """The test cases of findings (not the passing "no violations" ones)."""
+    result = portcullis("scan", "--no-cache", *args, "--output", "junit", cwd=cwd)
+    assert result.returncode == 1, result.stderr
+    cases = ET.fromstring(result.stdout).iter("testcase")
+    return [c for c in cases if c.get("name") != "no violations"]
+
+
+def test_junit_keeps_both_holes_of_one_security_group_apart_for_gitlab() -> None:
+    """GitLab keeps the first test case of a name and drops the rest: checkov's own
+    example group fail4 opens SSH and RDP, two findings, and must be two test cases."""
+    example = SHARED / (
+        "corpus/terraform/checkov/tests/terraform/checks/resource/aws/"
+        "example_SecurityGroupUnrestrictedIngress22"
+    )
+    cases = _junit_cases(".", cwd=example)
+    names = [(c.get("classname"), c.get("name")) for c in cases]
+    assert len(names) == len(set(names))
+    fail4 = sorted(
+        c.find("failure").get("message", "")  # type: ignore[union-attr]
+        for c in cases
+        if c.get("classname") == "PC-TF-005" and "aws_security_group.fail4 " in c.get("name", "")
+    )
+    assert [m.split(" to ")[0] for m in fail4] == [
+        "aws_security_group.fail4 opens RDP (port 3389)",
+        "aws_security_group.fail4 opens SSH (port 22)",
+    ]
+
+
+def test_junit_test_names_survive_lines_added_above_a_finding(tmp_path: Path) -> None:
+    """A merge request that adds lines above a finding must not show it as one
+    test fixed and one newly failing: the name is the finding's, not its line's."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    shutil.copy(TERRAFORM / "broken/ok.tf", tree / "ok.tf")
+    [before] = _junit_cases("tree", cwd=tmp_path)
+    (tree / "ok.tf").write_text("# moved down\n\n" + (tree / "ok.tf").read_text())
+    [after] = _junit_cases("tree", cwd=tmp_path)
+    assert (before.get("line"), after.get("line")) == ("1", "3")
+    assert before.get("name") == after.get("name")
 
 
 def test_several_outputs_in_one_run(tmp_path: Path) -> None:

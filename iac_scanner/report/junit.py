@@ -1,5 +1,9 @@
 """JUnit XML for CI test reports: a test suite per rule, a failing test case
-per finding, a passing one for a rule with nothing to report."""
+per finding, a passing one for a rule with nothing to report. A test case is
+named for its finding's identity (resource, root module, file and what the
+finding is about, as its fingerprint is), never its line: GitLab keeps one
+test case per name and compares a merge request's tests with the target
+branch's by name."""
 
 from __future__ import annotations
 
@@ -27,10 +31,12 @@ def render(result: ScanResult, color: bool = False) -> str:
         suite_failures = suite_skipped = 0
         for finding in findings:
             where = f" in root module {finding.root_module}" if finding.in_called_module else ""
+            # Two holes in one resource (SSH and RDP open) are two test cases.
+            about = finding.key or finding.message
             case = ET.SubElement(
                 suite,
                 "testcase",
-                name=f"{finding.resource}{where} ({finding.file}:{finding.line})",
+                name=f"{finding.resource}{where} ({finding.file}): {about}",
                 classname=rule.id,
                 file=finding.file,
                 line=str(finding.line),
