@@ -189,11 +189,13 @@ def test_junit_parses_with_a_suite_per_rule(tmp_path: Path) -> None:
     suites = {s.get("name", "").split()[0]: s for s in root.findall("testsuite")}
     assert set(suites) == {f"PC-TF-00{i}" for i in range(1, 9)}
     assert int(root.get("failures", "0")) == len(POS_APP_FINDINGS) - 1
-    assert int(root.get("skipped", "0")) == 1
+    # The suppressed bucket, and what PC-TF-005 and PC-TF-007 could not judge.
+    assert int(root.get("skipped", "0")) == 1 + 2
     iam = suites["PC-TF-007"].findall("testcase")
     [failure] = iam[0].iter("failure")
     assert [c.get("name") for c in iam] == [
-        f"aws_iam_policy.break_glass ({POS_APP}/iam.tf): {failure.get('message')}"
+        f"aws_iam_policy.break_glass ({POS_APP}/iam.tf): {failure.get('message')}",
+        f"aws_iam_policy.read_receipts ({POS_APP}/iam.tf): not judged",
     ]
 
 
@@ -237,6 +239,22 @@ def test_junit_test_names_survive_lines_added_above_a_finding(tmp_path: Path) ->
     [after] = _junit_cases("tree", cwd=tmp_path)
     assert (before.get("line"), after.get("line")) == ("1", "3")
     assert before.get("name") == after.get("name")
+
+
+def test_junit_shows_a_resource_no_rule_could_judge_as_skipped_not_no_violations() -> None:
+    """var.internal has no value: PC-TF-003 could not judge aws_lb.pos, and the
+    test report must not show the rule green with "no violations"."""
+    tree = "tests/fixtures/terraform/not_judged"
+    result = portcullis("scan", "--no-cache", tree, "--output", "junit")
+    root = ET.fromstring(result.stdout)
+    suites = {s.get("name", "").split()[0]: s for s in root.findall("testsuite")}
+    [case] = suites["PC-TF-003"].findall("testcase")
+    assert case.get("name") == f"aws_lb.pos ({tree}/main.tf): not judged"
+    [skipped] = case.findall("skipped")
+    assert skipped.text == "not judged: `internal` is unknown (var.internal has no value)"
+    assert suites["PC-TF-003"].get("skipped") == "1"
+    assert len(suites["PC-TF-002"].findall("testcase/skipped")) == 2  # db instance and cluster
+    assert (root.get("failures"), root.get("skipped")) == ("1", "3")
 
 
 def test_several_outputs_in_one_run(tmp_path: Path) -> None:

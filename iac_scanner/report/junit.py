@@ -1,9 +1,10 @@
 """JUnit XML for CI test reports: a test suite per rule, a failing test case
-per finding, a passing one for a rule with nothing to report. A test case is
-named for its finding's identity (resource, root module, file and what the
-finding is about, as its fingerprint is), never its line: GitLab keeps one
-test case per name and compares a merge request's tests with the target
-branch's by name."""
+per finding, a skipped one per resource the rule could not judge (said out
+loud, as the other reports do), a passing one for a rule with nothing to
+report. A test case is named for its finding's identity (resource, root
+module, file and what the finding is about, as its fingerprint is), never its
+line: GitLab keeps one test case per name and compares a merge request's tests
+with the target branch's by name."""
 
 from __future__ import annotations
 
@@ -23,8 +24,14 @@ def render(result: ScanResult, color: bool = False) -> str:
             key=lambda f: f.rule.id,
         )
     }
+    # Per rule: each resource it could not judge, with why.
+    unjudged: dict[str, dict[tuple[str, str, int], set[str]]] = {}
+    for item in result.not_judged:
+        at = (item.resource, item.file, item.line)
+        unjudged.setdefault(item.rule_id, {}).setdefault(at, set()).add(item.why)
     for rule in sorted(result.rules.values(), key=lambda r: r.id):
         findings = by_rule.get(rule.id, [])
+        not_judged = unjudged.get(rule.id, {})
         if rule.source == "checkov" and not findings:
             continue
         suite = ET.SubElement(root, "testsuite", name=f"{rule.id} {rule.title}")
@@ -57,9 +64,23 @@ def render(result: ScanResult, color: bool = False) -> str:
                     f"Remediation: {rule.remediation}"
                 )
                 suite_failures += 1
-        if not findings:
+        for (resource, file, line), reasons in sorted(not_judged.items()):
+            # Skipped, not passed: "no violations" would hide what wasn't judged.
+            case = ET.SubElement(
+                suite,
+                "testcase",
+                name=f"{resource} ({file}): not judged",
+                classname=rule.id,
+                file=file,
+                line=str(line),
+            )
+            why = f"not judged: {'; '.join(sorted(reasons))}"
+            # Jenkins shows the message, GitLab the text.
+            ET.SubElement(case, "skipped", message=why).text = why
+            suite_skipped += 1
+        if not findings and not not_judged:
             ET.SubElement(suite, "testcase", name="no violations", classname=rule.id)
-        count = max(1, len(findings))
+        count = max(1, len(findings) + len(not_judged))
         suite.set("tests", str(count))
         suite.set("failures", str(suite_failures))
         suite.set("errors", "0")
