@@ -317,7 +317,8 @@ def _merge_checkov(result: ScanResult, checkov: CheckovRun) -> None:
         findings = checkov.findings(display_path)
         result.checkov_version = checkov.version()
     except CheckovError as error:
-        result.problems.append(Problem("checkov", str(error)))
+        # About checkov, no file of the tree: no location, as when it is missing.
+        result.problems.append(Problem("", str(error)))
         return
     blocks = result.blocks
     if isinstance(blocks, _BlockIndex):
@@ -350,7 +351,7 @@ def _merge_checkov(result: ScanResult, checkov: CheckovRun) -> None:
     for rule_id in sorted(clashes):
         result.problems.append(
             Problem(
-                "checkov",
+                "",
                 f"checkov reported check {rule_id}, the id of a policy rule: the two checks' "
                 "findings can't be told apart; give one of them another id",
             )

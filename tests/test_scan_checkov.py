@@ -142,9 +142,12 @@ def test_a_checkov_custom_check_that_takes_a_policy_rule_id_is_an_error(tmp_path
     result = _scan("tree", "--policy", str(POLICIES), "--checkov", str(CHECKOV), cwd=tmp_path)
     assert result.returncode == 2
     report = json.loads(result.stdout)
-    assert [e["message"] for e in report["errors"]] == [
-        "checkov reported check PC-TF-006, the id of a policy rule: the two checks' findings "
-        "can't be told apart; give one of them another id"
+    assert [(e["file"], e["message"]) for e in report["errors"]] == [
+        (
+            None,
+            "checkov reported check PC-TF-006, the id of a policy rule: the two checks' "
+            "findings can't be told apart; give one of them another id",
+        )
     ]
     # Nothing is dropped: both checks' findings are in the report.
     sources = sorted(f["source"] for f in report["findings"] if f["rule_id"] == "PC-TF-006")

@@ -633,6 +633,31 @@ def test_a_bad_baseline_and_a_missing_checkov_write_their_error_reports_too(
     ]
 
 
+def test_checkov_failing_mid_scan_is_an_error_about_no_file_not_a_file_named_checkov(
+    tmp_path: Path,
+) -> None:
+    """checkov starts, then dies (out of memory, a crash): the error is about
+    checkov, no file of the tree, as when checkov is missing."""
+    checkov = tmp_path / "checkov"
+    checkov.write_text("#!/bin/sh\necho 'MemoryError: killed' >&2\nexit 3\n")
+    checkov.chmod(0o755)
+    out = tmp_path / "scan.sarif"
+    result = portcullis(
+        "scan", "--no-cache", "tests/fixtures/terraform/clean", "--checkov", str(checkov),
+        "--output", "sarif", "--output-file", str(out), "--output", "json",
+    )  # fmt: skip
+    assert result.returncode == 2
+    [error] = json.loads(result.stdout)["errors"]
+    assert error == {
+        "file": None, "line": None, "column": None,
+        "message": "checkov exited 3: MemoryError: killed",
+    }  # fmt: skip
+    assert "error: checkov exited 3: MemoryError: killed" in result.stderr.splitlines()
+    sarif = json.loads(out.read_text())
+    [notification] = sarif["runs"][0]["invocations"][0]["toolExecutionNotifications"]
+    assert "locations" not in notification
+
+
 def test_a_report_file_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
     report = tmp_path / "scan.sarif"
     report.write_text("the previous run's report\n")
