@@ -379,7 +379,9 @@ def _hcl_document(
     options: LoadOptions,
     result: LoadResult,
 ) -> Document:
-    loader = Loader(parser.files_of, result.notes, result.reads.file, result.problems)
+    loader = Loader(
+        parser.files_of, result.notes, result.reads.file, result.problems, result.reads.listing
+    )
     name = display_path(only if only is not None else directory)
     try:
         module = ModuleInstance(loader, directory, "", {}, {}, directory, only_file=only)

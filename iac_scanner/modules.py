@@ -79,11 +79,14 @@ class Loader:
         notes: list[str],
         on_read: Callable[[Path, bytes], None] | None = None,
         problems: list[Problem] | None = None,
+        on_list: Callable[[Path], object] | None = None,
     ) -> None:
         self.files_of = files_of
         self.notes = notes
         self.on_read = on_read
         self.problems: list[Problem] = problems if problems is not None else []
+        # Called with each directory whose files (there or not) the scan depends on.
+        self.on_list = on_list
 
     def note(self, text: str) -> None:
         if text not in self.notes:
@@ -536,8 +539,15 @@ class ModuleInstance:
 
     def _downloaded_module(self, name: str) -> Path | None:
         manifest = self.root / ".terraform" / "modules" / "modules.json"
+        # terraform init writes (or rewrites) the manifest after a scan: a cached
+        # result must not go on saying the module isn't there.
+        if self.loader.on_list is not None:
+            self.loader.on_list(manifest.parent)
         try:
-            modules = json.loads(manifest.read_text(encoding="utf-8")).get("Modules", [])
+            content = manifest.read_bytes()
+            if self.loader.on_read is not None:
+                self.loader.on_read(manifest, content)
+            modules = json.loads(content.decode("utf-8")).get("Modules", [])
         except (OSError, ValueError, AttributeError, RecursionError):
             return None
         key = ".".join(

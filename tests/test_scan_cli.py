@@ -363,6 +363,23 @@ def test_warm_rescan_uses_the_cache_and_notices_changes(tmp_path: Path) -> None:
     }
 
 
+def test_a_warm_rescan_after_terraform_init_scans_the_downloaded_module(tmp_path: Path) -> None:
+    """Scan, see "remote module ... not in .terraform/modules (run terraform init
+    to scan it)", run terraform init, scan again: the module is scanned, not the
+    first scan's result served from the cache."""
+    tree = tmp_path / "tree"
+    shutil.copytree(TERRAFORM / "remote_module", tree, ignore=shutil.ignore_patterns(".terraform"))
+    args = ("scan", "tree", "--output", "json", "--cache-dir", "cache")
+    before = portcullis(*args, cwd=tmp_path)
+    assert before.returncode == 0
+    assert any("module.ssh_sg: remote module" in n for n in json.loads(before.stdout)["notes"])
+    shutil.copytree(TERRAFORM / "remote_module/.terraform", tree / ".terraform")  # terraform init
+    after = portcullis(*args, cwd=tmp_path)
+    assert after.returncode == 1
+    found = {(f["rule_id"], f["resource"]) for f in json.loads(after.stdout)["findings"]}
+    assert ("PC-TF-005", "module.ssh_sg.aws_security_group.this") in found
+
+
 def test_a_result_cached_by_a_build_with_a_bug_is_not_served_by_the_fixed_build(
     tmp_path: Path,
 ) -> None:
