@@ -110,6 +110,8 @@ class Unjudged:
     line: int
     # The reason is the rule's own words, not why a value is unknown.
     stated: bool = False
+    # The file relative to the source root, as Finding.root_path.
+    root_path: str = ""
 
     @property
     def why(self) -> str:

@@ -148,6 +148,10 @@ def _scan_with(options: ScanOptions) -> ScanResult:
     for finding in result.findings:
         finding.root_path = _relative(finding.file, Path(result.source_root))
         finding.root_module_path = _relative(finding.root_module, Path(result.source_root))
+    result.not_judged = [
+        dataclasses.replace(item, root_path=_relative(item.file, Path(result.source_root)))
+        for item in result.not_judged
+    ]
     if accepted is not None:
         result.notes.extend(baseline.apply(result.findings, accepted))
     result.findings.sort(key=Finding.sort_key)

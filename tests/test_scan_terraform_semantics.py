@@ -446,6 +446,31 @@ def test_sarif_uris_are_relative_to_the_repository_whatever_the_working_director
         )
 
 
+def test_junit_files_are_repository_paths_so_gitlab_links_them_from_a_subdirectory(
+    tmp_path: Path,
+) -> None:
+    """GitLab links a test case's `file` into the repository: a scan run in
+    infra/envs/prod gave `main.tf` and, for the module it calls, an absolute
+    path of the runner's disk; neither is a repository path."""
+    repo = tmp_path / "repo"
+    shutil.copytree(
+        TERRAFORM / "shared_module", repo / "infra", ignore=shutil.ignore_patterns("*.json")
+    )
+    shutil.copy(TERRAFORM / "not_judged/main.tf", repo / "infra/envs/prod/db.tf")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    prod = repo / "infra/envs/prod"
+    result = portcullis("scan", "--no-cache", ".", "--output", "junit", cwd=prod)
+    assert result.returncode == 1, result.stderr
+    cases = list(ET.fromstring(result.stdout).iter("testcase"))
+    files = {(c.find("skipped") is not None, c.get("file")) for c in cases if c.get("file")}
+    assert files == {
+        (False, "infra/envs/prod/main.tf"),
+        (False, "infra/envs/prod/db.tf"),  # PC-TF-008: aws_lb.pos writes no access logs
+        (False, "infra/modules/app/main.tf"),
+        (True, "infra/envs/prod/db.tf"),  # not judged: storage_encrypted, internal
+    }
+
+
 def test_sarif_root_option_sets_the_base(tmp_path: Path) -> None:
     repo = _repo_with_infra(tmp_path)
     sarif = _sarif("infra", "--sarif-root", "infra", cwd=repo)

@@ -25,9 +25,9 @@ def render(result: ScanResult, color: bool = False) -> str:
         )
     }
     # Per rule: each resource it could not judge, with why.
-    unjudged: dict[str, dict[tuple[str, str, int], set[str]]] = {}
+    unjudged: dict[str, dict[tuple[str, str, str, int], set[str]]] = {}
     for item in result.not_judged:
-        at = (item.resource, item.file, item.line)
+        at = (item.resource, item.file, item.root_path or item.file, item.line)
         unjudged.setdefault(item.rule_id, {}).setdefault(at, set()).add(item.why)
     for rule in sorted(result.rules.values(), key=lambda r: r.id):
         findings = by_rule.get(rule.id, [])
@@ -45,7 +45,8 @@ def render(result: ScanResult, color: bool = False) -> str:
                 "testcase",
                 name=f"{finding.resource}{where} ({finding.file}): {about}",
                 classname=rule.id,
-                file=finding.file,
+                # GitLab links it into the repository: the repository's path.
+                file=finding.root_path or finding.file,
                 line=str(finding.line),
             )
             if finding.suppressed is not None:
@@ -64,14 +65,14 @@ def render(result: ScanResult, color: bool = False) -> str:
                     f"Remediation: {rule.remediation}"
                 )
                 suite_failures += 1
-        for (resource, file, line), reasons in sorted(not_judged.items()):
+        for (resource, file, path, line), reasons in sorted(not_judged.items()):
             # Skipped, not passed: "no violations" would hide what wasn't judged.
             case = ET.SubElement(
                 suite,
                 "testcase",
                 name=f"{resource} ({file}): not judged",
                 classname=rule.id,
-                file=file,
+                file=path,
                 line=str(line),
             )
             why = f"not judged: {'; '.join(sorted(reasons))}"
