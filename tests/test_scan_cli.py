@@ -241,6 +241,25 @@ def test_junit_test_names_survive_lines_added_above_a_finding(tmp_path: Path) ->
     assert before.get("name") == after.get("name")
 
 
+def test_junit_says_why_a_finding_was_skipped_in_the_text_gitlab_shows(tmp_path: Path) -> None:
+    """GitLab shows a skipped test case's text, not its message attribute: a
+    suppressed finding's reason and a baselined one's must be in the text."""
+    baseline = tmp_path / "baseline.json"
+    portcullis("scan", "--no-cache", "tests/fixtures/terraform/broken/ok.tf",
+               "--create-baseline", str(baseline))  # fmt: skip
+    for args, reason in (
+        ((POS_APP,), "suppressed: the marketing site is public by design (ticket SEC-42)"),
+        (("tests/fixtures/terraform/broken/ok.tf", "--baseline", str(baseline)), "in baseline"),
+    ):
+        result = portcullis("scan", "--no-cache", *args, "--output", "junit")
+        skipped = [
+            (s.get("message"), s.text)
+            for s in ET.fromstring(result.stdout).iter("skipped")
+            if not (s.text or "").startswith("not judged")
+        ]
+        assert skipped == [(reason, reason)]
+
+
 def test_junit_shows_a_resource_no_rule_could_judge_as_skipped_not_no_violations() -> None:
     """var.internal has no value: PC-TF-003 could not judge aws_lb.pos, and the
     test report must not show the rule green with "no violations"."""

@@ -49,11 +49,14 @@ def render(result: ScanResult, color: bool = False) -> str:
                 file=finding.root_path or finding.file,
                 line=str(finding.line),
             )
-            if finding.suppressed is not None:
-                ET.SubElement(case, "skipped", message=f"suppressed: {finding.suppressed}")
-                suite_skipped += 1
-            elif finding.baselined:
-                ET.SubElement(case, "skipped", message="in baseline")
+            if finding.suppressed is not None or finding.baselined:
+                why = (
+                    f"suppressed: {finding.suppressed}"
+                    if finding.suppressed is not None
+                    else "in baseline"
+                )
+                # Jenkins shows the message, GitLab the text.
+                ET.SubElement(case, "skipped", message=why).text = why
                 suite_skipped += 1
             else:
                 failure = ET.SubElement(
@@ -76,7 +79,6 @@ def render(result: ScanResult, color: bool = False) -> str:
                 line=str(line),
             )
             why = f"not judged: {'; '.join(sorted(reasons))}"
-            # Jenkins shows the message, GitLab the text.
             ET.SubElement(case, "skipped", message=why).text = why
             suite_skipped += 1
         if not findings and not not_judged:
