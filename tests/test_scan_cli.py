@@ -399,6 +399,21 @@ def test_a_warm_rescan_after_terraform_init_scans_the_downloaded_module(tmp_path
     assert ("PC-TF-005", "module.ssh_sg.aws_security_group.this") in found
 
 
+def test_a_remote_module_left_unscanned_is_said_in_sarif_too(tmp_path: Path) -> None:
+    """A team reading only GitHub code scanning never learnt that a module was not
+    scanned: the note was in the text and JSON reports alone. SARIF carries each
+    note as a `note`-level tool execution notification, beside the errors, and
+    the run still counts as successful."""
+    tree = tmp_path / "tree"
+    shutil.copytree(TERRAFORM / "remote_module", tree, ignore=shutil.ignore_patterns(".terraform"))
+    scanned = portcullis("scan", "tree", "--output", "sarif", "--no-cache", cwd=tmp_path)
+    assert scanned.returncode == 0, scanned.stderr
+    [invocation] = json.loads(scanned.stdout)["runs"][0]["invocations"]
+    notes = [n for n in invocation["toolExecutionNotifications"] if n["level"] == "note"]
+    assert any("module.ssh_sg: remote module" in n["message"]["text"] for n in notes), notes
+    assert invocation["executionSuccessful"] is True
+
+
 def test_a_result_cached_by_a_build_with_a_bug_is_not_served_by_the_fixed_build(
     tmp_path: Path,
 ) -> None:

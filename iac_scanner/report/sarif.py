@@ -147,6 +147,10 @@ def render(result: ScanResult, color: bool = False) -> str:
     files = [f.file for f in result.findings] + [p.file for p in result.problems if p.file]
     bases = _Bases(_root(result), files)
     notifications = [_notification(problem, bases) for problem in result.problems]
+    # What was left out or changed without being an error (a remote module not
+    # downloaded, a baseline's stale entries): code scanning shows a run's
+    # notifications on its tool status page, where a reader of SARIF alone looks.
+    notifications += [{"level": "note", "message": {"text": note}} for note in result.notes]
     run: dict[str, Any] = {
         "tool": {
             "driver": {
