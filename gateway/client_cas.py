@@ -88,15 +88,19 @@ def verified_chain(ssl_object: Any) -> list[bytes]:
 
 
 class ClientCas:
-    """The issuer names of client certificates, found once per certificate per process."""
+    """The issuer names of client certificates: from each full handshake's chain, and
+    for a resumed session as its listener last found it."""
 
     def __init__(self, cas: tuple[ClientCa, ...], *, cache_size: int = 10_000) -> None:
         self._by_der = {ca.der: ca for ca in cas}
         self._cas = cas
-        # certificate (DER) -> its issuer name: a resumed session, which has no
-        # chain, is one this process verified (session tickets and the session
-        # cache are per process), so its certificate is mostly found here.
-        self._cache: OrderedDict[bytes, str] = OrderedDict()
+        # (listener's SSL context, certificate DER) -> its issuer name, for a resumed
+        # session, which has no chain: it is one this listener of this process
+        # verified (session tickets and the session cache are per SSL context), so
+        # its certificate is mostly found here. Per listener: the same certificate
+        # may reach another listener by another chain (a cross-certified CA), to a
+        # CA only that one trusts.
+        self._cache: OrderedDict[tuple[Any, bytes], str] = OrderedDict()
         self._cache_size = cache_size
 
     @property
@@ -107,17 +111,27 @@ class ClientCas:
         """The issuer name of the connection's verified client certificate; None when
         no trusted CA can be shown to have issued it (refused: fail closed)."""
         ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
-        leaf = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if ssl_object is None:
+            return None
+        leaf = ssl_object.getpeercert(binary_form=True)
         if not leaf:
             return None
-        found = self._cache.get(leaf)
-        if found is not None:
-            self._cache.move_to_end(leaf)
-            return found
-        found = self._in_chain(verified_chain(ssl_object)) or self._signer(leaf)
+        remembered = (ssl_object.context, leaf)
+        chain = verified_chain(ssl_object)
+        if chain:
+            # A full handshake: its own chain says, never what the certificate was on
+            # an earlier connection (another chain, another listener's CAs).
+            found = self._in_chain(chain)
+        else:
+            found = self._cache.get(remembered)
+            if found is not None:
+                self._cache.move_to_end(remembered)
+                return found
+            found = self._signer(leaf)
         if found is None:
             return None
-        self._cache[leaf] = found
+        self._cache[remembered] = found
+        self._cache.move_to_end(remembered)
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return found

@@ -150,7 +150,14 @@ async def start_stack(
     # A listener with tls (on the gateway's port) is served with its context, as
     # gateway.runner serves it: client certificates are asked for and verified.
     tls = [item for item in config.listeners if item.port == gateway_port and item.tls]
-    await aiohttp_server(app, port=gateway_port, ssl=ssl_context(tls[0]) if tls else None)
+    server = await aiohttp_server(app, port=gateway_port, ssl=ssl_context(tls[0]) if tls else None)
+    assert server.runner is not None
+    for listener in config.listeners:  # any other listener, on the same app
+        if listener.port != gateway_port:
+            site = web.TCPSite(
+                server.runner, listener.address, listener.port, ssl_context=ssl_context(listener)
+            )
+            await site.start()
     async with aiohttp.ClientSession() as session:
         yield Stack(
             gateway_url,

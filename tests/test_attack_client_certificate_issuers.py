@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import logging
 import socket
@@ -23,6 +24,9 @@ from typing import Any
 import pytest
 import redis.asyncio
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from gateway.client_cas import CLIENT_CERTIFICATE_ISSUER, ClientCas, names_of_several_keys
 from gateway.config import ConfigError, Listener, TlsConfig, client_cas, parse_config
@@ -275,6 +279,104 @@ async def test_a_resumed_tls_session_keeps_the_ca_of_its_certificate(
                     assert status == 401 and identity["authenticated"] is False, identity
                 else:
                     assert status == 403 and identity["issuer"] == PARTNERS, identity
+
+
+def _cross_certified(directory: Path, certified: tuple[Any, Any], issuer: tuple[Any, Any]) -> Path:
+    """`certified`'s CA certificate again, its subject and key, signed by `issuer`: a
+    cross-certificate, as a partner's root issues for a CA it federates with."""
+    certificate, key = certified
+    now = datetime.datetime.now(datetime.UTC)
+    cross = (
+        x509.CertificateBuilder()
+        .subject_name(certificate.subject)
+        .issuer_name(issuer[0].subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer[1].public_key()),
+            critical=False,
+        )
+        .sign(issuer[1], hashes.SHA256())
+    )
+    path = directory / "cross-certified.pem"
+    path.write_bytes(cross.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def _get_on(
+    port: int, context: ssl.SSLContext, session: ssl.SSLSession | None = None
+) -> tuple[ssl.SSLSession, bool, dict[str, Any]]:
+    """One request on a connection of its own, resuming `session` if given: (the TLS
+    session, whether it was resumed, the answer's body)."""
+    raw = socket.create_connection(("localhost", port), timeout=10)
+    with context.wrap_socket(raw, server_hostname="localhost", session=session) as conn:
+        conn.sendall(b"GET /wms/stock HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+        assert conn.session is not None
+        return conn.session, conn.session_reused, json.loads(answer.partition(b"\r\n\r\n")[2])
+
+
+async def test_a_connection_is_scoped_by_a_ca_its_own_listener_trusts_not_by_another_listeners(
+    aiohttp_server: ServerFactory, tmp_path: Path, redis_url: str
+) -> None:
+    """Our wms-sync's issuing CA, "store-devices" (under store-ca), is cross-certified
+    by the partner's root. The internal listener trusts store-ca alone; the
+    partner-facing one, partner-ca alone. On the partner's listener the chain the
+    handshake verified ends at partner-ca, the only CA it trusts: the identity is
+    the partner's scope, whatever the same certificate was on the other listener
+    before (a per-process cache by certificate answered every later handshake,
+    full or resumed, on any listener, with the CA of the first: a connection was
+    scoped by a CA its listener does not trust, and by which listener the service
+    happened to reach first)."""
+    certificates = pki(tmp_path)
+    store, partner = tmp_path / "store", tmp_path / "partner"
+    store_ca, partner_ca = (
+        (
+            x509.load_pem_x509_certificate((d / f"{n}.pem").read_bytes()),
+            load_pem_private_key((d / f"{n}.key").read_bytes(), None),
+        )
+        for d, n in ((store, "store-ca"), (partner, "partner-ca"))
+    )
+    devices = make_cert(store, "store-devices", store_ca, ca=True)
+    make_cert(store, "wms-sync", devices)  # issued by store-devices, not store-ca
+    by_partner = _cross_certified(store, devices, partner_ca)
+    leaf = (store / "wms-sync.pem").read_bytes()
+    (store / "via-store.pem").write_bytes(leaf + (store / "store-devices.pem").read_bytes())
+    (store / "via-partner.pem").write_bytes(leaf + by_partner.read_bytes())
+    via_store = certificates.client(store / "via-store.pem", store / "wms-sync.key")
+    via_partner = certificates.client(store / "via-partner.pem", store / "wms-sync.key")
+    internal, facing = free_port(), free_port()
+    server = (tmp_path / "server.pem", tmp_path / "server.key")
+    listeners = (
+        Listener("127.0.0.1", internal, tls=TlsConfig(*server, store / "store-ca.pem")),
+        Listener("127.0.0.1", facing, tls=TlsConfig(*server, partner / "partner-ca.pem")),
+    )
+    async with start_stack(
+        aiohttp_server, tmp_path, gateway_port=internal, shared_state=shared(redis_url),
+        listeners=listeners,
+    ) as stack:  # fmt: skip
+
+        async def issuer_on(
+            port: int, context: ssl.SSLContext, session: ssl.SSLSession | None = None
+        ) -> tuple[ssl.SSLSession, bool, str | None]:
+            tls, resumed, body = await asyncio.to_thread(_get_on, port, context, session)
+            (event,) = await logged(stack, body["decision_id"])
+            return tls, resumed, event["input"]["identity"].get("issuer")
+
+        inside, _, issuer = await issuer_on(internal, via_store)
+        assert issuer == OURS
+        _, _, issuer = await issuer_on(facing, via_partner)
+        assert issuer == PARTNERS, "scoped by a CA the partner-facing listener does not trust"
+        _, resumed, issuer = await issuer_on(internal, via_store, inside)
+        assert resumed and issuer == OURS, "a resumed session scoped by the other listener"
+        _, _, issuer = await issuer_on(internal, via_store)
+        assert issuer == OURS
 
 
 async def test_admin_commands_name_a_certificates_ca_and_unlock_only_its_service(
