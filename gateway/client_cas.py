@@ -127,7 +127,7 @@ class ClientCas:
             if found is not None:
                 self._cache.move_to_end(remembered)
                 return found
-            found = self._signer(leaf)
+            found = self._signer(leaf, ssl_object.context)
         if found is None:
             return None
         self._cache[remembered] = found
@@ -143,15 +143,21 @@ class ClientCas:
                 return ca.issuer
         return None
 
-    def _signer(self, leaf: bytes) -> str | None:
+    def _signer(self, leaf: bytes, context: Any) -> str | None:
         """Without the chain (a resumed session this process no longer remembers): the
-        CA that signed the certificate itself, its signature checked here. One issued
-        by an intermediate the client sent is not found."""
+        CA of the listener's own client_ca (`context`, its SSL context) that signed the
+        certificate itself, its signature checked here. One issued by an intermediate
+        the client sent is not found, nor is a CA only another listener trusts: there
+        the handshake verified the certificate by another chain (a CA of ours
+        cross-certified by the partner-ca the listener trusts), to another scope."""
         try:
             certificate = x509.load_der_x509_certificate(leaf)
         except ValueError:
             return None
+        trusted = set(context.get_ca_certs(binary_form=True))
         for ca in self._cas:
+            if ca.der not in trusted:
+                continue
             try:
                 certificate.verify_directly_issued_by(ca.certificate)
             except (ValueError, TypeError, InvalidSignature):

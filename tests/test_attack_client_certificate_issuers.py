@@ -379,6 +379,55 @@ async def test_a_connection_is_scoped_by_a_ca_its_own_listener_trusts_not_by_ano
         assert issuer == OURS
 
 
+async def test_a_forgotten_resumed_session_is_not_scoped_by_a_ca_its_listener_does_not_trust(
+    aiohttp_server: ServerFactory, tmp_path: Path, redis_url: str
+) -> None:
+    """store-ca is cross-certified by the partner's root; the partner-facing listener
+    trusts partner-ca alone, the internal one store-ca. A service store-ca issued
+    sends the cross-certificate with its own to the partner-facing listener: the
+    handshake verifies it to partner-ca, the partner's scope. Its resumed session,
+    once the process forgot the certificate, was checked against the signature of
+    every listener's CAs: store-ca signed it, so the same connection path was
+    suddenly mtls:CN=store-ca, a CA that listener does not trust. Only the
+    listener's own CAs may vouch for it; none signed it, so it is no identity, as
+    for a certificate an intermediate issued."""
+    certificates = pki(tmp_path)
+    store, partner = tmp_path / "store", tmp_path / "partner"
+    store_ca, partner_ca = (
+        (
+            x509.load_pem_x509_certificate((d / f"{n}.pem").read_bytes()),
+            load_pem_private_key((d / f"{n}.key").read_bytes(), None),
+        )
+        for d, n in ((store, "store-ca"), (partner, "partner-ca"))
+    )
+    make_cert(store, "till-7", store_ca)
+    by_partner = _cross_certified(store, store_ca, partner_ca)
+    (store / "via-partner.pem").write_bytes(
+        (store / "till-7.pem").read_bytes() + by_partner.read_bytes()
+    )
+    via_partner = certificates.client(store / "via-partner.pem", store / "till-7.key")
+    internal, facing = free_port(), free_port()
+    server = (tmp_path / "server.pem", tmp_path / "server.key")
+    listeners = (
+        Listener("127.0.0.1", internal, tls=TlsConfig(*server, store / "store-ca.pem")),
+        Listener("127.0.0.1", facing, tls=TlsConfig(*server, partner / "partner-ca.pem")),
+    )
+    async with start_stack(
+        aiohttp_server, tmp_path, gateway_port=internal, shared_state=shared(redis_url),
+        listeners=listeners,
+    ) as stack:  # fmt: skip
+        session, _, body = await asyncio.to_thread(_get_on, facing, via_partner)
+        (event,) = await logged(stack, body["decision_id"])
+        assert event["input"]["identity"]["issuer"] == PARTNERS
+        stack.gateway.client_cas = ClientCas(client_cas(stack.config.listeners), cache_size=0)
+        _, resumed, body = await asyncio.to_thread(_get_on, facing, via_partner, session)
+        assert resumed, body
+        (event,) = await logged(stack, body["decision_id"])
+        identity = event["input"]["identity"]
+        assert identity.get("issuer") != OURS, "scoped by a CA the listener does not trust"
+        assert identity["authenticated"] is False, identity
+
+
 async def test_admin_commands_name_a_certificates_ca_and_unlock_only_its_service(
     aiohttp_server: ServerFactory, tmp_path: Path, redis_url: str
 ) -> None:
