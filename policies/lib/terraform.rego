@@ -267,6 +267,14 @@ may_be_gateway(r) if count(_gateway_unknown_paths(r)) > 0
 
 gateway_unknown_at(r) := min(_gateway_unknown_paths(r))
 
+# The not_judged reason of a rule whose entry is on another resource than r
+# (a listener of r, a grant into r), where the path alone would not say whose
+# tags are unknown.
+gateway_unknown_reason(r) := sprintf(
+	"it is unknown: %s may be the gateway's, as its tags merge a map the scanner can't see",
+	[r.address],
+)
+
 _gateway_unknown_paths(r) := {path_string([field, key]) |
 	want := object.get(catalogue, ["gateway", "terraform_tags"], {})
 	is_object(want)

@@ -30,10 +30,8 @@ metadata := {
 }
 
 deny contains {"resource": grant.address, "message": msg} if {
-	some grant in world_ingress
-	some address in grant.security_groups
+	some [grant, address] in _open_app_groups
 	sg := resource_at[address]
-	not tf.is_gateway(sg)
 	not tf.may_be_gateway(sg)
 	some app in tf.apps_of(sg)
 	msg := sprintf(
@@ -43,21 +41,43 @@ deny contains {"resource": grant.address, "message": msg} if {
 }
 
 deny contains {"resource": grant.address, "message": msg} if {
-	some grant in group_ingress
+	some grant in _admitting_open_groups
 	sg := resource_at[grant.security_group]
-	not tf.is_gateway(sg)
 	not tf.may_be_gateway(sg)
 	some app in tf.apps_of(sg)
 	source := resource_at[grant.source]
-	not tf.is_gateway(source)
-	count(tf.apps_of(source)) == 0
-	source.address in _open_to_world
 	some open in world_ingress
 	source.address in open.security_groups
 	msg := sprintf(
 		"%s (%s) admits security group %s, which is open to %s; only the gateway security group (tagged %s) may reach app backends",
 		[_subject(grant, sg), tf.app_label(app), source.address, open.cidr, gateway_tags_text],
 	)
+}
+
+# Grants opening a catalogue app's security group (not the gateway's) to the
+# whole internet, as [grant, the group's address]: found, or not judged where
+# the group's tags may make it the gateway's.
+_open_app_groups contains [grant, address] if {
+	some grant in world_ingress
+	some address in grant.security_groups
+	sg := resource_at[address]
+	not tf.is_gateway(sg)
+	count(tf.apps_of(sg)) > 0
+}
+
+# Grants admitting, into a catalogue app's security group (not the gateway's),
+# a group of no app that is itself open to the internet (a public load
+# balancer's). A source group whose tags are incomplete is judged as one whose
+# tags are unknown: not the gateway.
+_admitting_open_groups contains grant if {
+	some grant in group_ingress
+	sg := resource_at[grant.security_group]
+	not tf.is_gateway(sg)
+	count(tf.apps_of(sg)) > 0
+	source := resource_at[grant.source]
+	not tf.is_gateway(source)
+	count(tf.apps_of(source)) == 0
+	source.address in _open_to_world
 }
 
 # An ingress to an app's security group from a source CIDR the scanner could
@@ -73,33 +93,17 @@ not_judged contains {"resource": grant.address, "path": grant.unknown_cidr} if {
 # An app's security group open to the internet, or admitting a group that is,
 # whose tags may make the group the gateway (merge() with an unknown map):
 # not judged, and said so.
-not_judged contains {"resource": grant.address, "path": tf.gateway_unknown_at(sg), "reason": _maybe_gateway(sg)} if {
-	some grant in world_ingress
-	some address in grant.security_groups
+not_judged contains {"resource": grant.address, "path": tf.gateway_unknown_at(sg), "reason": tf.gateway_unknown_reason(sg)} if {
+	some [grant, address] in _open_app_groups
 	sg := resource_at[address]
-	not tf.is_gateway(sg)
 	tf.may_be_gateway(sg)
-	count(tf.apps_of(sg)) > 0
 }
 
-# (A source group whose tags are incomplete is judged as one whose tags are
-# unknown: not the gateway.)
-not_judged contains {"resource": grant.address, "path": tf.gateway_unknown_at(sg), "reason": _maybe_gateway(sg)} if {
-	some grant in group_ingress
+not_judged contains {"resource": grant.address, "path": tf.gateway_unknown_at(sg), "reason": tf.gateway_unknown_reason(sg)} if {
+	some grant in _admitting_open_groups
 	sg := resource_at[grant.security_group]
-	not tf.is_gateway(sg)
 	tf.may_be_gateway(sg)
-	count(tf.apps_of(sg)) > 0
-	source := resource_at[grant.source]
-	not tf.is_gateway(source)
-	count(tf.apps_of(source)) == 0
-	source.address in _open_to_world
 }
-
-_maybe_gateway(r) := sprintf(
-	"it is unknown: %s may be the gateway's, as its tags merge a map the scanner can't see",
-	[r.address],
-)
 
 # A standalone rule open to the internet on a security group that isn't in this
 # scan (an ID given as a literal or a variable, a group made elsewhere, a module

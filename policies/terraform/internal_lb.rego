@@ -5,6 +5,9 @@ package portcullis.terraform.internal_lb
 
 import rego.v1
 
+# Rules of another package are imported by name (listener_tls.rego says why).
+import data.portcullis.lib.terraform.resource_at
+
 import data.portcullis.lib.terraform as tf
 
 metadata := {
@@ -17,13 +20,10 @@ metadata := {
 _lb_types := {"aws_lb", "aws_alb", "aws_elb"}
 
 deny contains {"resource": r.address, "message": msg} if {
-	some r in input.resources
-	r.type in _lb_types
-	not tf.is_gateway(r)
+	some address in _facing_internet
+	r := resource_at[address]
 	not tf.may_be_gateway(r)
 	some app in tf.apps_of(r)
-	not tf.is_unknown(r, ["internal"])
-	not tf.true_or(r, ["internal"], false)
 	msg := sprintf(
 		"load balancer %s (%s) is internet-facing (internal is not true); app backends are reached only through the gateway: set internal = true",
 		[r.address, tf.app_label(app)],
@@ -41,10 +41,17 @@ not_judged contains {"resource": r.address, "path": "internal"} if {
 # An internet-facing app load balancer whose tags may make it the gateway's
 # (merge() with an unknown map): not judged, and said so.
 not_judged contains {"resource": r.address, "path": tf.gateway_unknown_at(r)} if {
+	some address in _facing_internet
+	r := resource_at[address]
+	tf.may_be_gateway(r)
+}
+
+# Catalogue apps' load balancers (not the gateway's) that face the internet: a
+# finding, or not judged where their tags may make them the gateway's.
+_facing_internet contains r.address if {
 	some r in input.resources
 	r.type in _lb_types
 	not tf.is_gateway(r)
-	tf.may_be_gateway(r)
 	count(tf.apps_of(r)) > 0
 	not tf.is_unknown(r, ["internal"])
 	not tf.true_or(r, ["internal"], false)

@@ -44,19 +44,12 @@ deny contains {"resource": r.address, "message": msg} if {
 }
 
 deny contains {"resource": r.address, "message": msg} if {
-	some r in input.resources
-	r.type in _listener_types
-	some address in tf.targets(r, "load_balancer_arn")
-	lb := resource_at[address]
-	lb.type in _lb_types
-	not tf.is_gateway(lb)
+	some [address, lb_address, at] in _plaintext_listeners
+	r := resource_at[address]
+	lb := resource_at[lb_address]
 	not tf.may_be_gateway(lb)
 	some app in tf.apps_of(lb)
-	_plain_http(r, lb)
-	some at in tf.block_paths(r, ["default_action"])
-	not tf.is_unknown(r, array.concat(at, ["type"]))
 	action := tf.value(r, at)
-	not _may_keep_traffic_off_plaintext(r, at, action)
 	msg := sprintf(
 		"HTTP listener %s on load balancer %s (%s) serves plaintext (default action %q); redirect it to HTTPS: default_action { type = \"redirect\" redirect { protocol = \"HTTPS\" port = \"443\" status_code = \"HTTP_301\" } }",
 		[r.address, lb.address, tf.app_label(app), object.get(action, "type", "unset")],
@@ -64,19 +57,45 @@ deny contains {"resource": r.address, "message": msg} if {
 }
 
 deny contains {"resource": r.address, "message": msg} if {
-	some r in input.resources
-	r.type == "aws_elb"
-	not tf.is_gateway(r)
+	some [address, at] in _plaintext_classic_listeners
+	r := resource_at[address]
 	not tf.may_be_gateway(r)
 	some app in tf.apps_of(r)
-	some at in tf.block_paths(r, ["listener"])
-	protocol := tf.value(r, array.concat(at, ["lb_protocol"]))
-	is_string(protocol)
-	lower(protocol) == "http"
 	msg := sprintf(
 		"classic load balancer %s (%s) has a plaintext HTTP listener on port %v, and classic ELBs cannot redirect to HTTPS; keep only HTTPS listeners, or move to an ALB whose HTTP listener redirects",
 		[r.address, tf.app_label(app), tf.value_or(r, array.concat(at, ["lb_port"]), "?")],
 	)
+}
+
+# HTTP listeners of catalogue apps' load balancers (not the gateway's) whose
+# default action serves plaintext, as [listener, load balancer, action path]:
+# found, or not judged where the load balancer's tags may make it the gateway's.
+_plaintext_listeners contains [r.address, lb.address, at] if {
+	some r in input.resources
+	r.type in _listener_types
+	some address in tf.targets(r, "load_balancer_arn")
+	lb := resource_at[address]
+	lb.type in _lb_types
+	not tf.is_gateway(lb)
+	count(tf.apps_of(lb)) > 0
+	_plain_http(r, lb)
+	some at in tf.block_paths(r, ["default_action"])
+	not tf.is_unknown(r, array.concat(at, ["type"]))
+	action := tf.value(r, at)
+	not _may_keep_traffic_off_plaintext(r, at, action)
+}
+
+# Plaintext HTTP listeners of catalogue apps' classic ELBs (not the gateway's),
+# as [load balancer, listener path].
+_plaintext_classic_listeners contains [r.address, at] if {
+	some r in input.resources
+	r.type == "aws_elb"
+	not tf.is_gateway(r)
+	count(tf.apps_of(r)) > 0
+	some at in tf.block_paths(r, ["listener"])
+	protocol := tf.value(r, array.concat(at, ["lb_protocol"]))
+	is_string(protocol)
+	lower(protocol) == "http"
 }
 
 # Known TLS 1.2+ policies. A helper, not `not minimum_tls(p) in {...}`: OPA treats
@@ -176,34 +195,14 @@ _keeps_traffic_off_plaintext(action) if {
 # A plaintext listener the rules above would find, on an app load balancer
 # whose tags may make it the gateway's (merge() with an unknown map): not
 # judged, and said so.
-not_judged contains {"resource": r.address, "path": tf.gateway_unknown_at(lb), "reason": reason} if {
-	some r in input.resources
-	r.type in _listener_types
-	some address in tf.targets(r, "load_balancer_arn")
-	lb := resource_at[address]
-	lb.type in _lb_types
-	not tf.is_gateway(lb)
+not_judged contains {"resource": address, "path": tf.gateway_unknown_at(lb), "reason": tf.gateway_unknown_reason(lb)} if {
+	some [address, lb_address, _] in _plaintext_listeners
+	lb := resource_at[lb_address]
 	tf.may_be_gateway(lb)
-	count(tf.apps_of(lb)) > 0
-	_plain_http(r, lb)
-	some at in tf.block_paths(r, ["default_action"])
-	not tf.is_unknown(r, array.concat(at, ["type"]))
-	action := tf.value(r, at)
-	not _may_keep_traffic_off_plaintext(r, at, action)
-	reason := sprintf(
-		"it is unknown: load balancer %s may be the gateway's, as its tags merge a map the scanner can't see",
-		[lb.address],
-	)
 }
 
-not_judged contains {"resource": r.address, "path": tf.gateway_unknown_at(r)} if {
-	some r in input.resources
-	r.type == "aws_elb"
-	not tf.is_gateway(r)
+not_judged contains {"resource": address, "path": tf.gateway_unknown_at(r)} if {
+	some [address, _] in _plaintext_classic_listeners
+	r := resource_at[address]
 	tf.may_be_gateway(r)
-	count(tf.apps_of(r)) > 0
-	some at in tf.block_paths(r, ["listener"])
-	protocol := tf.value(r, array.concat(at, ["lb_protocol"]))
-	is_string(protocol)
-	lower(protocol) == "http"
 }
