@@ -14,7 +14,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.config import ConfigError, GatewayConfig
+from gateway.config import ConfigError, GatewayConfig, issuer_name
 from gateway.identity import Identity
 
 HEADER = "X-Portcullis-Assertion"
@@ -126,6 +126,7 @@ class AssertionSigner:
             "iss": self.issuer,
             "aud": app,
             "sub": identity.subject,
+            "sub_id": _subject_identifier(identity),
             "email": identity.email,
             "groups": list(identity.groups),
             "amr": list(identity.amr),
@@ -139,3 +140,17 @@ class AssertionSigner:
             self._cache.clear()
         self._cache[cache_key] = (expires, token)
         return token
+
+
+def _subject_identifier(identity: Identity) -> dict[str, str] | None:
+    """Whom `sub` names, with its issuer: RFC 9493's `sub_id` claim in its `iss_sub`
+    format. `sub` is unique only within its issuer (OIDC Core 5.7), and with several
+    issuers trusted (a staff IdP, a service-token issuer, client certificates of two
+    CAs) two users can share one; a backend that keys its users by `sub` alone would
+    take one for the other. The issuer is named as the gateway names it everywhere
+    (config.issuer_name: a token's `iss` without a trailing slash, `mtls:<CA>` for
+    a client certificate), so a session and a bearer token of one provider agree.
+    None for an identity without an issuer or subject."""
+    if not identity.issuer or not identity.subject:
+        return None
+    return {"format": "iss_sub", "iss": issuer_name(identity.issuer), "sub": identity.subject}

@@ -446,3 +446,24 @@ def test_distinct_issuer_subject_pairs_never_share_a_key(
     assert not [key for key in ours if key.startswith(tuple(every))], ours
     prefix = len("portcullis:user_addresses:")
     assert all(len(key) <= prefix + MAX_KEY_PART + 1 for key in ours[:5]), ours
+
+
+async def test_a_backend_can_tell_two_issuers_subjects_of_one_name_apart(
+    aiohttp_server: ServerFactory, tmp_path: Path, redis_url: str
+) -> None:
+    """Both issuers' "alice" reached WMS with assertions saying only `sub: alice`:
+    a backend that keys its users by `sub` (as the README's snippet reads the
+    assertion) served one as the other. Each assertion now carries RFC 9493's
+    `sub_id` (`iss_sub`): the issuer as the gateway names it (no trailing
+    slash, as for staff here) and the subject."""
+    async with two_issuers(aiohttp_server, tmp_path, shared(redis_url)) as (stack, staff):
+        seen = []
+        for token in (stack.token("alice", **WAREHOUSE), staff.token("alice", **WAREHOUSE)):
+            response = await stack.get("/wms/stock", token)
+            assert response.status == 200
+            seen.append((await response.json())["assertion"]["claims"])
+    assert [claims["sub"] for claims in seen] == ["alice", "alice"]
+    assert [claims["sub_id"] for claims in seen] == [
+        {"format": "iss_sub", "iss": stack.issuer.issuer, "sub": "alice"},
+        {"format": "iss_sub", "iss": staff.issuer.rstrip("/"), "sub": "alice"},
+    ]
