@@ -82,6 +82,12 @@ def plain(reason: str) -> str:
         )
     if reason == "authentication required":
         return "You need to sign in."
+    if reason.startswith("requires a request from the app's own pages: "):
+        # The shipped policy's Fetch Metadata rule (policies/gateway/decision.rego).
+        return (
+            "Another site's page sent this request to the app with your sign-in, and it "
+            "was stopped: nothing was changed. To do this, use the app's own page."
+        )
     return reason[:1].upper() + reason[1:] + ("" if reason.endswith(".") else ".")
 
 

@@ -46,6 +46,7 @@ allow if {
 	in_app_group
 	not missing_override_group
 	not missing_mfa
+	not from_another_site
 }
 
 app := data.portcullis.catalogue.apps[input.route.app]
@@ -191,6 +192,45 @@ fresh_enough(requirement) if {
 	age_ns >= -60000000000 # an auth_time in the future beyond clock skew is not trusted
 }
 
+# Cross-site request forgery. The session cookie is SameSite=Lax: another site's
+# page can't have a browser send it with a POST, but a page on a sibling subdomain
+# (a marketing site, a shop, a subdomain taken over) is the same *site*, and its
+# auto-submitting form reaches the app as the user, with the gateway's assertion;
+# apps behind the gateway trust it and often have no CSRF tokens of their own.
+# The browser's Sec-Fetch-Site (no page can set or change it) says who made the
+# request: a session's request whose method may change something is refused
+# unless it says same-origin (the gateway's own pages) or none (the user), or its
+# Origin is one of the app's allowed_origins: Go's net/http CrossOriginProtection
+# rule, trusted origins included. same-site is refused as OWASP's CSRF cheat sheet
+# advises unless every sibling subdomain is trusted (web.dev's resource isolation
+# policy lets it through). No header, no refusal: browsers before Fetch Metadata
+# and non-browser clients send none (web.dev, Go). A header sent twice arrives
+# joined with "," (decision_input): no browser's, refused. Bearer tokens and client
+# certificates are never sent by a browser on a page's behalf.
+# The allow path: a bearer request stops at the first line, a session's at the
+# header (what the user and the gateway's pages send); the method only past it.
+from_another_site if {
+	input.identity.method == "session"
+	site := input.attributes.request.http.headers["sec-fetch-site"]
+	site != "same-origin"
+	site != "none"
+	not safe_method
+	not allowed_origin
+}
+
+# RFC 9110's safe methods (9.2.1), in the case aiohttp's parser gives them (it
+# refuses a method in lower case); TRACE never reaches the policy.
+safe_method if input.attributes.request.http.method in {"GET", "HEAD", "OPTIONS", "TRACE"}
+
+# The app's own front end on another host: its Origin, exactly as a browser sends
+# it (scheme://host[:port], lower case, no default port, no path). "null" (a
+# sandboxed frame, a data: URL: any site can make one) is never an allowed origin.
+allowed_origin if {
+	origin := input.attributes.request.http.headers.origin
+	origin != "null"
+	origin in app.allowed_origins
+}
+
 # Reasons, status and step-up: computed only for a deny (the decision's else).
 reasons := [] if allow else := sort(deny_reasons)
 
@@ -229,6 +269,11 @@ access_reasons contains sprintf("requires membership in one of: %s", [concat(", 
 
 access_reasons contains sprintf("requires MFA with one of: %s", [concat(", ", sort(requirement.amr))]) if {
 	some requirement in method_unmet
+}
+
+# json.marshal: the header's value is the client's, shown as it came.
+access_reasons contains sprintf("requires a request from the app's own pages: the browser says a page on another site sent this one with the session cookie (Sec-Fetch-Site: %s)", [json.marshal(input.attributes.request.http.headers["sec-fetch-site"])]) if {
+	from_another_site
 }
 
 access_reasons contains "new source address: a fresh phishing-resistant sign-in is needed from an address not used before" if {
@@ -280,6 +325,7 @@ else := {}
 step_up := {"acr": step_up_acr, "max_age": step_up_max_age} if {
 	authenticated
 	not missing_group
+	not from_another_site
 	missing_mfa
 } else := null
 

@@ -336,3 +336,166 @@ test_missing_mfa_agrees_with_the_unmet_list if {
 missing_for(doc) := true if {
 	gateway.missing_mfa with input as doc
 } else := false
+
+# --- requests another site's page made a signed-in browser send ------------------------
+# Fetch Metadata's Sec-Fetch-Site on a request with the session cookie: a page on a
+# sibling subdomain (same site, so the Lax cookie goes with its form POSTs) must not
+# change anything as the user.
+
+from_another_site_reason := "requires a request from the app's own pages: the browser says a page on another site sent this one with the session cookie (Sec-Fetch-Site: \"same-site\")"
+
+session_user(groups, amr, age) := object.union(user(groups, amr, age), {"method": "session"})
+
+# The request as a browser sends it: these headers (lower-case names, as the gateway
+# gives them; a header sent twice is one value joined with ",").
+with_headers(method, path, identity, headers) := d if {
+	document := object.union(request(method, path, identity), {"attributes": {"request": {"http": {"headers": headers}}}})
+	d := gateway.decision with input as document
+}
+
+sibling_page := {"sec-fetch-site": "same-site", "origin": "https://shop.corp.example"}
+
+test_a_sibling_subdomains_form_post_with_the_session_cookie_is_refused if {
+	d := with_headers("POST", "/pos/sales", session_user(["store"], ["otp"], 60), sibling_page)
+	not d.allow
+	d.http_status == 403
+	d.step_up == null
+	d.reasons == [from_another_site_reason]
+}
+
+test_another_sites_post_with_the_session_cookie_is_refused if {
+	headers := {"sec-fetch-site": "cross-site", "origin": "https://evil.example"}
+	d := with_headers("POST", "/wms/orders", session_user(["warehouse"], ["otp"], 60), headers)
+	not d.allow
+	d.http_status == 403
+	d.reasons == [replace(from_another_site_reason, "same-site", "cross-site")]
+}
+
+test_every_method_that_may_change_something_is_refused_from_another_site if {
+	every method in ["POST", "PUT", "PATCH", "DELETE", "PROPFIND", "CONNECT", ""] {
+		d := with_headers(method, "/wms/orders", session_user(["warehouse"], ["otp"], 60), sibling_page)
+		not d.allow
+		d.reasons == [from_another_site_reason]
+	}
+}
+
+test_safe_methods_from_another_site_are_decided_as_before if {
+	every method in ["GET", "HEAD", "OPTIONS"] {
+		with_headers(method, "/wms/stock", session_user(["warehouse"], ["otp"], 60), sibling_page).allow
+	}
+}
+
+test_a_post_from_the_gateways_own_pages_or_the_user_is_allowed if {
+	every site in ["same-origin", "none"] {
+		headers := {"sec-fetch-site": site, "origin": "https://gw.corp.example"}
+		with_headers("POST", "/wms/orders", session_user(["warehouse"], ["otp"], 60), headers).allow
+	}
+}
+
+# Browsers before Fetch Metadata, and clients that hold a session cookie (a script):
+# only a browser sends the cookie on a page's behalf.
+test_a_post_without_sec_fetch_site_is_allowed if {
+	identity := session_user(["warehouse"], ["otp"], 60)
+	with_headers("POST", "/wms/orders", identity, {}).allow
+	with_headers("POST", "/wms/orders", identity, {"origin": "https://shop.corp.example"}).allow
+}
+
+test_bearer_tokens_and_client_certificates_are_not_held_to_fetch_metadata if {
+	every method in ["bearer", "mtls"] {
+		identity := object.union(user(["warehouse"], ["otp"], 60), {"method": method})
+		with_headers("POST", "/wms/orders", identity, sibling_page).allow
+	}
+}
+
+# No browser sends Sec-Fetch-Site twice or with a value the standard lacks: not
+# same-origin or none, so refused (a header twice arrives joined with ",").
+test_a_sec_fetch_site_sent_twice_or_unknown_is_refused if {
+	every site in ["same-origin,same-site", "same-origin,same-origin", "Same-Origin", "", "cross-origin"] {
+		headers := {"sec-fetch-site": site}
+		d := with_headers("POST", "/wms/orders", session_user(["warehouse"], ["otp"], 60), headers)
+		not d.allow
+		count(d.reasons) == 1
+		startswith(d.reasons[0], "requires a request from the app's own pages")
+	}
+}
+
+# Fails closed: a request the policy can't see the method of may change something.
+test_a_request_without_a_method_is_refused_from_another_site if {
+	document := object.union(request("POST", "/wms/orders", session_user(["warehouse"], ["otp"], 60)), {"attributes": {"request": {"http": {"headers": sibling_page}}}})
+	d := gateway.decision with input as json.remove(document, ["attributes/request/http/method"])
+	not d.allow
+	d.reasons == [from_another_site_reason]
+}
+
+# Refused for where it came from, not for a weak sign-in: a stronger one would
+# change nothing, so no step-up (which would send the browser to the provider).
+test_a_refund_from_another_site_gets_no_step_up if {
+	d := with_headers("POST", "/pos/refunds/42", session_user(["store"], ["otp"], 60), sibling_page)
+	not d.allow
+	d.http_status == 403
+	d.step_up == null
+	d.reasons == sort([from_another_site_reason, "requires MFA with one of: fido, hwk"])
+}
+
+test_other_reasons_are_still_listed if {
+	d := with_headers("POST", "/pos/sales", session_user(["warehouse"], ["otp"], 60), sibling_page)
+	d.reasons == sort([from_another_site_reason, "requires membership in one of: store"])
+}
+
+# --- allowed_origins: an app's own front end on a host of its own ------------------------
+
+front_end := "https://pos-ui.corp.example"
+
+from_front_end(origin) := object.union(sibling_page, {"origin": origin})
+
+trusting(origins, method, path, headers) := d if {
+	document := object.union(request(method, path, session_user(["store"], ["otp"], 60)), {"attributes": {"request": {"http": {"headers": headers}}}})
+	d := gateway.decision with input as document with data.portcullis.catalogue.apps.pos.allowed_origins as origins
+}
+
+test_an_apps_allowed_origin_may_post_with_the_session_cookie if {
+	trusting([front_end], "POST", "/pos/sales", from_front_end(front_end)).allow
+	trusting([front_end], "DELETE", "/pos/sales/7", object.union(from_front_end(front_end), {"sec-fetch-site": "cross-site"})).allow
+}
+
+test_an_allowed_origin_is_matched_exactly if {
+	every origin in [
+		"https://shop.corp.example",
+		"https://pos-ui.corp.example.evil.example",
+		"http://pos-ui.corp.example",
+		"https://pos-ui.corp.example:8443",
+		"https://pos-ui.corp.example/",
+		"https://POS-UI.corp.example",
+		"https://pos-ui.corp.example,https://evil.example", # Origin sent twice
+	] {
+		d := trusting([front_end], "POST", "/pos/sales", from_front_end(origin))
+		not d.allow
+		d.reasons == [from_another_site_reason]
+	}
+}
+
+test_an_allowed_origin_needs_the_origin_header if {
+	not trusting([front_end], "POST", "/pos/sales", {"sec-fetch-site": "same-site"}).allow
+}
+
+# A sandboxed frame or a data: URL on any site sends Origin: null.
+test_origin_null_is_never_an_allowed_origin if {
+	not trusting(["null"], "POST", "/pos/sales", from_front_end("null")).allow
+}
+
+test_another_apps_allowed_origin_is_not_this_apps if {
+	headers := from_front_end(front_end)
+	identity := session_user(["warehouse"], ["otp"], 60)
+	document := object.union(request("POST", "/wms/orders", identity), {"attributes": {"request": {"http": {"headers": headers}}}})
+	not gateway.decision.allow with input as document with data.portcullis.catalogue.apps.pos.allowed_origins as [front_end]
+}
+
+# An entry must be an origin as a browser sends it, or it never matches.
+test_the_shipped_allowed_origins_are_origins_as_browsers_send_them if {
+	every app in data.portcullis.catalogue.apps {
+		is_array(app.allowed_origins)
+		every origin in app.allowed_origins {
+			regex.match(`^https?://[a-z0-9.-]+(:[0-9]+)?$`, origin)
+		}
+	}
+}

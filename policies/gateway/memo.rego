@@ -13,6 +13,8 @@ reads := [
 	"/signals",
 	"/attributes/request/http/method",
 	"/attributes/request/http/headers/upgrade",
+	"/attributes/request/http/headers/sec-fetch-site",
+	"/attributes/request/http/headers/origin",
 ]
 
 # Until when an allow holds as time passes: every max_age it relied on runs out one
