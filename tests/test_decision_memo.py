@@ -22,7 +22,13 @@ from gateway.policy.reload import build_engine
 from policy_engine import PolicyEngine, load_policy_set
 from tests.conftest import POLICIES
 from tests.gateway_stack import ServerFactory, start_stack
-from tests.test_engine_fidelity import NOW, catalogue_paths, random_input, random_signals
+from tests.test_engine_fidelity import (
+    NOW,
+    catalogue_paths,
+    random_browser_headers,
+    random_input,
+    random_signals,
+)
 
 SECOND = 1_000_000_000
 REFUNDS_MAX_AGE = 900
@@ -44,12 +50,12 @@ def _templates() -> list[dict[str, Any]]:
     """Requests of every shape the fidelity test generates (hostile ones included), in
     threes: an allow that holds only until a max_age runs out, another allow, a deny
     (at NOW; the memo only remembers allows, and time-bound ones are where it can err)."""
-    rng, signals_rng = random.Random(7), random.Random(8)
+    rng, signals_rng, headers_rng = random.Random(7), random.Random(8), random.Random(9)
     paths = catalogue_paths(load_policy_set(POLICIES))
     engine = build_engine(str(POLICIES), timeout_ms=TIMEOUT_MS)
     kinds: tuple[list[dict[str, Any]], ...] = ([], [], [])
     while min(len(kind) for kind in kinds) < 120:
-        document = random_input(rng, paths, signals_rng)
+        document = random_input(rng, paths, signals_rng, headers_rng)
         decision = asyncio.run(decide(engine, copy.deepcopy(document), "t"))
         result = decision.policy_result if isinstance(decision.policy_result, dict) else {}
         if not decision.allow:
@@ -134,6 +140,12 @@ def test_a_memoized_decision_is_the_evaluated_one_across_max_age_and_skew_bounda
             document.pop("signals", None)
             if signals is not None:
                 document["signals"] = signals
+        elif roll < 5:  # or the same request from another page (Sec-Fetch-Site, Origin)
+            http = document.get("attributes", {}).get("request", {}).get("http")
+            if isinstance(http, dict) and isinstance(http.get("headers"), dict):
+                for name in ("sec-fetch-site", "origin"):
+                    http["headers"].pop(name, None)
+                http["headers"].update(random_browser_headers(rng))
         document["now_ns"] = rng.choice(boundaries(document))
         through_memo = run(memo.decide(copy.deepcopy(document), f"d{number}"))
         evaluated = run(decide(engine, copy.deepcopy(document), f"d{number}"))
@@ -194,6 +206,29 @@ def test_a_remembered_allow_is_not_reused_for_another_identity(engine: PolicyEng
     other["identity"]["groups"] = ["analyst"]
     decision = run(memo.decide(other, "b"))
     assert not decision.allow and not decision.memo_hit
+
+
+def test_a_remembered_allow_is_not_reused_for_the_same_post_from_another_site(
+    engine: PolicyEngine,
+) -> None:
+    """A refund posted from the app's own page (Sec-Fetch-Site: same-origin) is
+    remembered; the same POST with the same session sent by a sibling subdomain's
+    page differs only in that header, and is refused, not served from the memo."""
+    memo = DecisionMemo.for_engine(engine)
+    assert memo is not None
+    own_page = allowed_refund(NOW * SECOND, NOW - 10)
+    own_page["identity"]["method"] = "session"
+    own_page["attributes"]["request"]["http"]["headers"] = {"sec-fetch-site": "same-origin"}
+    assert run(memo.decide(copy.deepcopy(own_page), "a")).allow
+    assert run(memo.decide(copy.deepcopy(own_page), "b")).memo_hit
+    sibling = copy.deepcopy(own_page)
+    sibling["attributes"]["request"]["http"]["headers"] = {
+        "sec-fetch-site": "same-site",
+        "origin": "https://shop.corp.example",
+    }
+    decision = run(memo.decide(sibling, "c"))
+    assert not decision.allow and not decision.memo_hit
+    assert decision.reasons[0].startswith("requires a request from the app's own pages")
 
 
 def test_a_deny_is_always_evaluated_again(engine: PolicyEngine) -> None:

@@ -12,6 +12,8 @@ document the scanner builds from the shared Terraform corpus must agree.
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -50,9 +52,24 @@ def shipped() -> PolicySet:
     return load_policy_set(POLICIES)
 
 
+# A front end on another host (the catalogue's allowed_origins): POS and WMS trust
+# it in the generated decisions (analytics trusts none), so the opt-out is held to
+# OPA's answers too.
+FRONT_END = "https://ui.corp.example"
+
+
 @pytest.fixture(scope="module")
-def opa(shipped: PolicySet) -> GoOpaEngine:
-    return GoOpaEngine(shipped)
+def trusting_front_end(shipped: PolicySet) -> PolicySet:
+    """The shipped policy set, with FRONT_END in POS's and WMS's allowed_origins."""
+    data = copy.deepcopy(shipped.data)
+    for app in ("pos", "wms"):
+        data["portcullis"]["catalogue"]["apps"][app]["allowed_origins"] = [FRONT_END]
+    return dataclasses.replace(shipped, data=data)
+
+
+@pytest.fixture(scope="module")
+def opa(trusting_front_end: PolicySet) -> GoOpaEngine:
+    return GoOpaEngine(trusting_front_end)
 
 
 # --- the policy set's own tests -------------------------------------------------------
@@ -139,8 +156,33 @@ def random_identity(rng: random.Random) -> Any:
     return identity
 
 
+# What a browser says of who made a request (Fetch Metadata's Sec-Fetch-Site) and
+# from where (Origin): the four values, none, a header sent twice (the gateway joins
+# the copies with ","), and values no browser sends.
+SEC_FETCH_SITES = ["same-origin", "same-site", "cross-site", "none", "same-origin,cross-site",
+                   "same-origin,same-origin", "Cross-Site", ""]  # fmt: skip
+ORIGINS = [FRONT_END, "https://shop.corp.example", "https://gw.corp.example", "null",
+           f"{FRONT_END}.evil.example", "https://UI.corp.example", "http://ui.corp.example",
+           f"{FRONT_END},https://shop.corp.example", f"{FRONT_END}/", ""]  # fmt: skip
+
+
+SAFE = ("GET", "HEAD", "OPTIONS")
+
+
+def random_browser_headers(rng: random.Random) -> dict[str, str]:
+    headers = {}
+    if rng.random() < 0.8:
+        headers["sec-fetch-site"] = rng.choice(SEC_FETCH_SITES)
+    if rng.random() < 0.7:
+        headers["origin"] = FRONT_END if rng.random() < 0.4 else rng.choice(ORIGINS)
+    return headers
+
+
 def random_input(
-    rng: random.Random, paths: list[str], signals_rng: random.Random | None = None
+    rng: random.Random,
+    paths: list[str],
+    signals_rng: random.Random | None = None,
+    headers_rng: random.Random | None = None,
 ) -> dict[str, Any]:
     path = rng.choice(paths)
     segments = path.strip("/").split("/") if path.strip("/") else []
@@ -179,6 +221,10 @@ def random_input(
     signals = random_signals(signals_rng) if signals_rng is not None else None
     if signals is not None:
         document["signals"] = signals
+    # Likewise the browser's headers (the Fetch Metadata rule's input).
+    if headers_rng is not None:
+        http = document["attributes"]["request"]["http"]
+        http["headers"] = {**http["headers"], **random_browser_headers(headers_rng)}
     return document
 
 
@@ -215,16 +261,16 @@ def regorus_answer(engine: EmbeddedEngine, document: Any) -> Any:
 
 
 def test_5000_gateway_decisions_agree_on_opa_interpreter_and_compiled_vm(
-    shipped: PolicySet, opa: GoOpaEngine
+    trusting_front_end: PolicySet, opa: GoOpaEngine
 ) -> None:
     # A generous timeout: this compares answers, not speed, on a shared machine.
-    compiled = EmbeddedEngine(shipped, compiled_refs=(DECISION,), timeout=30)
+    compiled = EmbeddedEngine(trusting_front_end, compiled_refs=(DECISION,), timeout=30)
     assert compiled.compiled_refs == {DECISION}, compiled.rvm_problem
-    interpreter = EmbeddedEngine(shipped, timeout=30)
+    interpreter = EmbeddedEngine(trusting_front_end, timeout=30)
     rng = random.Random(20261202)
-    paths = catalogue_paths(shipped)
-    signals_rng = random.Random(20261203)
-    documents = [random_input(rng, paths, signals_rng) for _ in range(5000)]
+    paths = catalogue_paths(trusting_front_end)
+    signals_rng, headers_rng = random.Random(20261203), random.Random(20261204)
+    documents = [random_input(rng, paths, signals_rng, headers_rng) for _ in range(5000)]
     on_opa = opa.values(DECISION, documents)
     mismatches = []
     for document, reference in zip(documents, on_opa, strict=True):
@@ -246,6 +292,25 @@ def test_5000_gateway_decisions_agree_on_opa_interpreter_and_compiled_vm(
         if any(reason.startswith("new source address") for reason in answer["reasons"])
     ]  # fmt: skip
     assert len(new_address) > 20
+    # ...and the Fetch Metadata rule: refused from another site's page, and let
+    # through from the app's allowed origin (the same request but for the Origin).
+    from_another_site = [
+        answer for answer in on_opa
+        if any(reason.startswith("requires a request from the app's own pages")
+               for reason in answer["reasons"])
+    ]  # fmt: skip
+    assert len(from_another_site) > 200
+    assert all(answer["step_up"] is None for answer in from_another_site)
+    let_through = [
+        (document["route"]["app"], http["headers"].get("origin"))
+        for document, answer in zip(documents, on_opa, strict=True)
+        if answer["allow"] and document["identity"]["method"] == "session"
+        and (http := document["attributes"]["request"]["http"]).get("method") not in SAFE
+        and http["headers"].get("sec-fetch-site") not in (None, "same-origin", "none")
+    ]  # fmt: skip
+    assert len(let_through) >= 5, let_through
+    assert {origin for _, origin in let_through} == {FRONT_END}
+    assert {app for app, _ in let_through} <= {"pos", "wms"}
 
 
 def test_compiled_decision_denies_what_the_interpreter_errors_on(tmp_path: Path) -> None:
