@@ -14,8 +14,6 @@ import json
 import logging
 import socket
 import ssl
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,6 @@ from typing import Any
 
 import pytest
 import redis.asyncio
-import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
@@ -34,6 +31,7 @@ from gateway.server import Gateway
 from gateway.shared.settings import Lockout, RateLimit, RateLimits, SharedStateConfig
 from tests.gateway_stack import ServerFactory, Stack, free_port, logged, start_stack
 from tests.redis_server import redis_server, redis_url
+from tests.test_attack_shared_state_issuers import session_command
 from tests.test_gateway_transport import make_cert
 from tests.test_shared_state import admin, shared, wait_for, well_inside_a_window
 
@@ -237,20 +235,8 @@ def _spoofing_client(directory: Path, certificates: Pki) -> ssl.SSLContext:
 def _resumed_get(port: int, context: ssl.SSLContext) -> tuple[bool, int, dict[str, Any]]:
     """Two connections, the second resuming the first's TLS session (which keeps the
     client's certificate, not its chain): (resumed, the second's status and body)."""
-
-    def fetch(session: ssl.SSLSession | None) -> tuple[ssl.SSLSession, bool, int, dict[str, Any]]:
-        raw = socket.create_connection(("localhost", port), timeout=10)
-        with context.wrap_socket(raw, server_hostname="localhost", session=session) as conn:
-            conn.sendall(b"GET /wms/stock HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            answer = b""
-            while chunk := conn.recv(65536):
-                answer += chunk
-            head, _, body = answer.partition(b"\r\n\r\n")
-            assert conn.session is not None
-            return conn.session, conn.session_reused, int(head.split(b" ", 2)[1]), json.loads(body)
-
-    session, _, _, _ = fetch(None)
-    _, resumed, status, body = fetch(session)
+    session, _, _, _ = _get_on(port, context)
+    _, resumed, status, body = _get_on(port, context, session)
     return resumed, status, body
 
 
@@ -309,17 +295,46 @@ def _cross_certified(directory: Path, certified: tuple[Any, Any], issuer: tuple[
 
 def _get_on(
     port: int, context: ssl.SSLContext, session: ssl.SSLSession | None = None
-) -> tuple[ssl.SSLSession, bool, dict[str, Any]]:
+) -> tuple[ssl.SSLSession, bool, int, dict[str, Any]]:
     """One request on a connection of its own, resuming `session` if given: (the TLS
-    session, whether it was resumed, the answer's body)."""
+    session, whether it was resumed, the answer's status and body)."""
     raw = socket.create_connection(("localhost", port), timeout=10)
     with context.wrap_socket(raw, server_hostname="localhost", session=session) as conn:
         conn.sendall(b"GET /wms/stock HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         answer = b""
         while chunk := conn.recv(65536):
             answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
         assert conn.session is not None
-        return conn.session, conn.session_reused, json.loads(answer.partition(b"\r\n\r\n")[2])
+        return conn.session, conn.session_reused, int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+def signer(directory: Path, name: str) -> tuple[x509.Certificate, Any]:
+    """A CA make_cert wrote, as make_cert takes an issuer: its certificate and key."""
+    return (
+        x509.load_pem_x509_certificate((directory / f"{name}.pem").read_bytes()),
+        load_pem_private_key((directory / f"{name}.key").read_bytes(), None),
+    )
+
+
+@contextlib.asynccontextmanager
+async def internal_and_partner_facing(
+    aiohttp_server: ServerFactory, tmp_path: Path, redis_url: str
+) -> AsyncIterator[tuple[Stack, int, int]]:
+    """A gateway with two TLS listeners: the internal one trusting store-ca alone,
+    the partner-facing one partner-ca alone (pki's CAs). Yields the stack and the
+    two ports."""
+    internal, facing = free_port(), free_port()
+    server = (tmp_path / "server.pem", tmp_path / "server.key")
+    listeners = (
+        Listener("127.0.0.1", internal, tls=TlsConfig(*server, tmp_path / "store/store-ca.pem")),
+        Listener("127.0.0.1", facing, tls=TlsConfig(*server, tmp_path / "partner/partner-ca.pem")),
+    )
+    async with start_stack(
+        aiohttp_server, tmp_path, gateway_port=internal, shared_state=shared(redis_url),
+        listeners=listeners,
+    ) as stack:  # fmt: skip
+        yield stack, internal, facing
 
 
 async def test_a_connection_is_scoped_by_a_ca_its_own_listener_trusts_not_by_another_listeners(
@@ -336,13 +351,7 @@ async def test_a_connection_is_scoped_by_a_ca_its_own_listener_trusts_not_by_ano
     happened to reach first)."""
     certificates = pki(tmp_path)
     store, partner = tmp_path / "store", tmp_path / "partner"
-    store_ca, partner_ca = (
-        (
-            x509.load_pem_x509_certificate((d / f"{n}.pem").read_bytes()),
-            load_pem_private_key((d / f"{n}.key").read_bytes(), None),
-        )
-        for d, n in ((store, "store-ca"), (partner, "partner-ca"))
-    )
+    store_ca, partner_ca = signer(store, "store-ca"), signer(partner, "partner-ca")
     devices = make_cert(store, "store-devices", store_ca, ca=True)
     make_cert(store, "wms-sync", devices)  # issued by store-devices, not store-ca
     by_partner = _cross_certified(store, devices, partner_ca)
@@ -351,21 +360,16 @@ async def test_a_connection_is_scoped_by_a_ca_its_own_listener_trusts_not_by_ano
     (store / "via-partner.pem").write_bytes(leaf + by_partner.read_bytes())
     via_store = certificates.client(store / "via-store.pem", store / "wms-sync.key")
     via_partner = certificates.client(store / "via-partner.pem", store / "wms-sync.key")
-    internal, facing = free_port(), free_port()
-    server = (tmp_path / "server.pem", tmp_path / "server.key")
-    listeners = (
-        Listener("127.0.0.1", internal, tls=TlsConfig(*server, store / "store-ca.pem")),
-        Listener("127.0.0.1", facing, tls=TlsConfig(*server, partner / "partner-ca.pem")),
-    )
-    async with start_stack(
-        aiohttp_server, tmp_path, gateway_port=internal, shared_state=shared(redis_url),
-        listeners=listeners,
-    ) as stack:  # fmt: skip
+    async with internal_and_partner_facing(aiohttp_server, tmp_path, redis_url) as (
+        stack,
+        internal,
+        facing,
+    ):
 
         async def issuer_on(
             port: int, context: ssl.SSLContext, session: ssl.SSLSession | None = None
         ) -> tuple[ssl.SSLSession, bool, str | None]:
-            tls, resumed, body = await asyncio.to_thread(_get_on, port, context, session)
+            tls, resumed, _, body = await asyncio.to_thread(_get_on, port, context, session)
             (event,) = await logged(stack, body["decision_id"])
             return tls, resumed, event["input"]["identity"].get("issuer")
 
@@ -393,34 +397,23 @@ async def test_a_forgotten_resumed_session_is_not_scoped_by_a_ca_its_listener_do
     for a certificate an intermediate issued."""
     certificates = pki(tmp_path)
     store, partner = tmp_path / "store", tmp_path / "partner"
-    store_ca, partner_ca = (
-        (
-            x509.load_pem_x509_certificate((d / f"{n}.pem").read_bytes()),
-            load_pem_private_key((d / f"{n}.key").read_bytes(), None),
-        )
-        for d, n in ((store, "store-ca"), (partner, "partner-ca"))
-    )
+    store_ca, partner_ca = signer(store, "store-ca"), signer(partner, "partner-ca")
     make_cert(store, "till-7", store_ca)
     by_partner = _cross_certified(store, store_ca, partner_ca)
     (store / "via-partner.pem").write_bytes(
         (store / "till-7.pem").read_bytes() + by_partner.read_bytes()
     )
     via_partner = certificates.client(store / "via-partner.pem", store / "till-7.key")
-    internal, facing = free_port(), free_port()
-    server = (tmp_path / "server.pem", tmp_path / "server.key")
-    listeners = (
-        Listener("127.0.0.1", internal, tls=TlsConfig(*server, store / "store-ca.pem")),
-        Listener("127.0.0.1", facing, tls=TlsConfig(*server, partner / "partner-ca.pem")),
-    )
-    async with start_stack(
-        aiohttp_server, tmp_path, gateway_port=internal, shared_state=shared(redis_url),
-        listeners=listeners,
-    ) as stack:  # fmt: skip
-        session, _, body = await asyncio.to_thread(_get_on, facing, via_partner)
+    async with internal_and_partner_facing(aiohttp_server, tmp_path, redis_url) as (
+        stack,
+        _,
+        facing,
+    ):
+        session, _, _, body = await asyncio.to_thread(_get_on, facing, via_partner)
         (event,) = await logged(stack, body["decision_id"])
         assert event["input"]["identity"]["issuer"] == PARTNERS
         stack.gateway.client_cas = ClientCas(client_cas(stack.config.listeners), cache_size=0)
-        _, resumed, body = await asyncio.to_thread(_get_on, facing, via_partner, session)
+        _, resumed, _, body = await asyncio.to_thread(_get_on, facing, via_partner, session)
         assert resumed, body
         (event,) = await logged(stack, body["decision_id"])
         identity = event["input"]["identity"]
@@ -459,20 +452,10 @@ async def test_admin_commands_name_a_certificates_ca_and_unlock_only_its_service
         body = await answer.json()
         assert answer.status == 400 and body["error"] == "not_revocable", body
         # The command line takes the same name.
-        config = tmp_path / "gateway.yaml"
-        config.write_text(yaml.safe_dump({
-            "listeners": [{"port": free_port(), "tls": {"cert": "server.pem", "key": "server.key",
-                                                        "client_ca": "client_ca.pem"}}],
-            "routes": [{"app": "wms", "upstream": "http://127.0.0.1:1", "path_prefix": "/wms/"}],
-            "issuers": [{"issuer": stack.issuer.issuer, "audiences": ["portcullis"],
-                         "jwks_url": stack.issuer.issuer + "/jwks.json"}],
-            "shared_state": {"redis": {"url": redis_url}},
-        }))  # fmt: skip
-        command = [sys.executable, "-m", "portcullis", "session", "unlock", "--config",
-                   str(config), "--user", "wms-sync", "--issuer", OURS]  # fmt: skip
-        result = await asyncio.to_thread(
-            subprocess.run, command, capture_output=True, text=True, timeout=30
-        )
+        result = await session_command(
+            stack, tmp_path, redis_url, "client_ca.pem", "unlock", "--user", "wms-sync",
+            "--issuer", OURS,
+        )  # fmt: skip
         assert result.returncode == 0, (result.stdout, result.stderr)
         assert result.stdout.strip() == f"unlocked wms-sync ({OURS})", result.stdout
         status, body = await get(stack, url, certificates.ours)

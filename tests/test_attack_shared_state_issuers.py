@@ -69,6 +69,27 @@ async def two_issuers(
         yield stack, staff
 
 
+async def session_command(
+    stack: Stack, tmp_path: Path, redis_url: str, client_ca: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """`portcullis session <args>` as an operator runs it: a config (in tmp_path,
+    beside server.pem and `client_ca`) trusting the stack's issuer and the CAs of
+    `client_ca`, with the stack's Redis."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump({
+        "listeners": [{"port": free_port(), "tls": {"cert": "server.pem", "key": "server.key",
+                                                    "client_ca": client_ca}}],
+        "routes": [{"app": "wms", "upstream": "http://127.0.0.1:1", "path_prefix": "/wms/"}],
+        "issuers": [{"issuer": stack.issuer.issuer, "audiences": ["portcullis"],
+                     "jwks_url": stack.issuer.issuer + "/jwks.json"}],
+        "shared_state": {"redis": {"url": redis_url}},
+    }))  # fmt: skip
+    command = [sys.executable, "-m", "portcullis", "session", *args, "--config", str(config)]
+    return await asyncio.to_thread(
+        subprocess.run, command, capture_output=True, text=True, timeout=30
+    )
+
+
 def metric(stack: Stack, line: str) -> bool:
     return line in stack.gateway.metrics.render().decode()
 
@@ -350,20 +371,10 @@ async def test_a_revocation_of_a_client_certificate_identity_is_refused_not_clai
             assert await r.keys("portcullis:*revoked*") == []
         answer = await api.post("/sessions/unlock", json={"user": "billing-bot", "issuer": ca_name})
         assert answer.status == 200, await answer.text()
-        config = tmp_path / "gateway.yaml"
-        config.write_text(yaml.safe_dump({
-            "listeners": [{"port": port, "tls": {"cert": "server.pem", "key": "server.key",
-                                                 "client_ca": "ca.pem"}}],
-            "routes": [{"app": "wms", "upstream": "http://127.0.0.1:1", "path_prefix": "/wms/"}],
-            "issuers": [{"issuer": stack.issuer.issuer, "audiences": ["portcullis"],
-                         "jwks_url": stack.issuer.issuer + "/jwks.json"}],
-            "shared_state": {"redis": {"url": redis_url}},
-        }))  # fmt: skip
-        command = [sys.executable, "-m", "portcullis", "session", "revoke", "--config",
-                   str(config), "--user", "billing-bot", "--issuer", ca_name]  # fmt: skip
-        result = await asyncio.to_thread(
-            subprocess.run, command, capture_output=True, text=True, timeout=30
-        )
+        result = await session_command(
+            stack, tmp_path, redis_url, "ca.pem", "revoke", "--user", "billing-bot",
+            "--issuer", ca_name,
+        )  # fmt: skip
         assert result.returncode == 2, (result.stdout, result.stderr)
         assert "no revocation is checked" in result.stderr, result.stderr
         async with redis.asyncio.from_url(redis_url) as r:
