@@ -151,9 +151,10 @@ async def start_stack(
     # gateway.runner serves it: client certificates are asked for and verified.
     tls = [item for item in config.listeners if item.port == gateway_port and item.tls]
     server = await aiohttp_server(app, port=gateway_port, ssl=ssl_context(tls[0]) if tls else None)
-    assert server.runner is not None
-    for listener in config.listeners:  # any other listener, on the same app
-        if listener.port != gateway_port:
+    others = [item for item in config.listeners if item.port != gateway_port]
+    if others:  # on the same app (a factory that serves the gateway itself has none)
+        assert server is not None and server.runner is not None
+        for listener in others:
             site = web.TCPSite(
                 server.runner, listener.address, listener.port, ssl_context=ssl_context(listener)
             )
