@@ -378,7 +378,9 @@ class Gateway:
                 return _unauthorized(decision, str(rejected)), route.app
         kind = "websocket" if is_websocket(request) else "request"
         if kind == "websocket":
-            refused = cross_origin_refusal(request, identity, self._scheme or request.scheme)
+            refused = cross_origin_refusal(
+                request, identity, self._scheme or request.scheme, self._allowed_origins(route)
+            )
             if refused is not None:
                 return self.refuse(
                     request, *refused, route=route, path=path, identity=identity
@@ -407,6 +409,14 @@ class Gateway:
                 request, route, path, identity, decision_id, request_id, kind
             )
         return response, route.app
+
+    def _allowed_origins(self, route: Route) -> list[str]:
+        """The catalogue's `allowed_origins` of the route's app: pages on other hosts
+        that are the app's own (none when the policy's data can't be read here, an
+        OPA server: same-origin only)."""
+        app = self.policy.catalogue().get(route.app)
+        origins = app.get("allowed_origins") if isinstance(app, dict) else None
+        return [o for o in origins if isinstance(o, str)] if isinstance(origins, list) else []
 
     async def _decide_and_forward(
         self,

@@ -25,6 +25,7 @@ from gateway.identity import ANONYMOUS, Identity
 from gateway.screening.websocket import cross_origin_refusal
 from tests.gateway_stack import ServerFactory, Stack, free_port
 from tests.sign_in_stack import DevProvider, browser, provider, start_provider, start_sign_in_stack
+from tests.test_attack_sibling_subdomain_csrf import policy_trusting
 from tests.test_browser_sign_in import chromium_on, signed_in_tab
 
 __all__ = ["provider"]  # fixture
@@ -157,6 +158,7 @@ SESSION = Identity(authenticated=True, method="session", subject="alice")
 CERTIFICATE = Identity(authenticated=True, method="mtls", subject="till-0042")
 BEARER = Identity(authenticated=True, method="bearer", subject="wms-sync")
 OWN = ("https://gw.example.com", "HTTPS://GW.EXAMPLE.COM", "https://gw.example.com:443")
+FRONT_END = "https://wms-ui.example.com"  # an app's own front end on another host
 
 
 @settings(
@@ -203,6 +205,11 @@ def test_a_credential_the_browser_attaches_opens_websockets_from_the_gateways_or
         assert (refused is None) == own, (origin, refused)
         if refused is not None:
             assert refused.status == 403 and refused.rule == "websocket_origin"
+        # An app's allowed_origins let in exactly what they list, `null` never.
+        listed = cross_origin_refusal(request, identity, "https", [origin, FRONT_END])
+        assert (listed is None) == (own or origin != "null"), (origin, listed)
+        elsewhere = cross_origin_refusal(request, identity, "https", [FRONT_END])
+        assert (elsewhere is None) == (own or origin == FRONT_END), (origin, elsewhere)
     assert cross_origin_refusal(request, BEARER, "https") is None
     assert cross_origin_refusal(request, ANONYMOUS, "https") is None
 
@@ -222,3 +229,33 @@ def test_the_scheme_is_the_one_browsers_use_behind_a_tls_proxy() -> None:
     assert cross_origin_refusal(request, SESSION, "https") is None
     assert cross_origin_refusal(request, SESSION, "http") is not None
     assert cross_origin_refusal(handshake(["http://gw.example.com"]), SESSION, "https")
+
+
+async def test_an_apps_own_front_end_on_another_host_opens_its_websockets_and_no_look_alike(
+    aiohttp_server: ServerFactory, tmp_path: Path, provider: DevProvider
+) -> None:
+    """WMS's front end at wms-ui (another host), named in the catalogue's
+    allowed_origins for WMS (as for the policy's cross-site writes), opens a
+    WebSocket on alice's session. The list is matched exactly, so a look-alike
+    (a trailing slash, another case, another port) is still refused, as is any
+    origin for an app that doesn't list it."""
+    front_end = "http://wms-ui.corp.example"
+    policy = policy_trusting(tmp_path, front_end)
+    async with (
+        start_sign_in_stack(aiohttp_server, tmp_path, provider, policy=policy) as stack,
+        browser(stack.url) as alice,
+    ):
+        await alice.sign_in(stack.url + "/wms/stock", "alice", ["otp"])
+        socket_url = stack.url.replace("http", "ws") + SOCKET
+        async with alice.http.ws_connect(socket_url, headers={"Origin": front_end}) as socket:
+            await socket.send_str("hello")
+            assert await socket.receive_str() == "wms echo: hello"
+        for origin in (front_end + "/", front_end.upper(), front_end + ":8080"):
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await alice.http.ws_connect(socket_url, headers={"Origin": origin})
+            assert refused.value.status == 403, origin
+        analytics = stack.url.replace("http", "ws") + "/analytics/live"
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await alice.http.ws_connect(analytics, headers={"Origin": front_end})
+        assert refused.value.status == 403
+        assert len(await origin_refusals(stack, at_least=4)) == 4

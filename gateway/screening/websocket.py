@@ -21,6 +21,7 @@ which sees only the gateway's assertion of the user, never has to tell.
 from __future__ import annotations
 
 import base64
+from collections.abc import Collection
 
 from aiohttp import HttpVersion11, web
 
@@ -68,7 +69,9 @@ def handshake_refusal(request: web.Request) -> Refusal | None:
 _DEFAULT_PORTS = {"http": ":80", "https": ":443"}
 
 
-def cross_origin_refusal(request: web.Request, identity: Identity, scheme: str) -> Refusal | None:
+def cross_origin_refusal(
+    request: web.Request, identity: Identity, scheme: str, allowed: Collection[str] = ()
+) -> Refusal | None:
     """Why a WebSocket handshake may not use the credential it came with, or None.
 
     Only the credentials a browser attaches by itself are checked: the session
@@ -76,10 +79,12 @@ def cross_origin_refusal(request: web.Request, identity: Identity, scheme: str) 
     on its own, and a page's script can't set Authorization on a WebSocket).
     The page's Origin must be the gateway's own: `scheme` (the one the browser
     used: sign_in.external_url's, else the connection's) and the Host the
-    request came to. A session with no Origin is refused too, as every browser
-    sends one; a client certificate with none is a service's, and passes. An
-    Origin sent twice, or `null` (a sandboxed frame, a file:// page), is no
-    page of the gateway's."""
+    request came to; or, exactly as written, one of `allowed` (the app's
+    `allowed_origins` in the catalogue: its own front end on another host,
+    which the policy lets send writes too). A session with no Origin is refused
+    too, as every browser sends one; a client certificate with none is a
+    service's, and passes. An Origin sent twice, or `null` (a sandboxed frame,
+    a file:// page), is no page of the gateway's."""
     if identity.method not in ("session", "mtls"):
         return None
     origins = request.headers.getall("Origin", [])
@@ -91,6 +96,8 @@ def cross_origin_refusal(request: web.Request, identity: Identity, scheme: str) 
     if len(origins) > 1:
         return Refusal(403, "websocket_origin", "Origin sent more than once")
     own = _origin(scheme, request.host)
+    if origins[0] != "null" and origins[0] in allowed:
+        return None
     given_scheme, separator, authority = origins[0].partition("://")
     if not separator or _origin(given_scheme, authority) != own:
         return Refusal(
