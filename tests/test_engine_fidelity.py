@@ -304,7 +304,7 @@ def test_5000_gateway_decisions_agree_on_opa_interpreter_and_compiled_vm(
     let_through = [
         (document["route"]["app"], http["headers"].get("origin"))
         for document, answer in zip(documents, on_opa, strict=True)
-        if answer["allow"] and document["identity"]["method"] == "session"
+        if answer["allow"] and document["identity"]["method"] in ("session", "mtls")
         and (http := document["attributes"]["request"]["http"]).get("method") not in SAFE
         and http["headers"].get("sec-fetch-site") not in (None, "same-origin", "none")
     ]  # fmt: skip

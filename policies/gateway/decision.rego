@@ -205,18 +205,25 @@ fresh_enough(requirement) if {
 # advises unless every sibling subdomain is trusted (web.dev's resource isolation
 # policy lets it through). No header, no refusal: browsers before Fetch Metadata
 # and non-browser clients send none (web.dev, Go). A header sent twice arrives
-# joined with "," (decision_input): no browser's, refused. Bearer tokens and client
-# certificates are never sent by a browser on a page's behalf.
-# The allow path: a bearer request stops at the first line, a session's at the
-# header (what the user and the gateway's pages send); the method only past it.
+# joined with "," (decision_input): no browser's, refused. A client certificate
+# installed in a browser is presented with any page's request, another site's
+# form POST too (TLS client authentication knows no SameSite), so a certificate
+# is held to the same rule; a service's sends no Sec-Fetch-Site. A bearer token
+# is never sent by a browser on a page's behalf.
+# The allow path: a bearer request stops at the first line, a session's or a
+# certificate's at the header (what the user and the gateway's pages send); the
+# method only past it.
 from_another_site if {
-	input.identity.method == "session"
+	browser_credentials[input.identity.method]
 	site := input.attributes.request.http.headers["sec-fetch-site"]
 	site != "same-origin"
 	site != "none"
 	not safe_method
 	not allowed_origin
 }
+
+# The credentials a browser attaches by itself, and how a deny names them.
+browser_credentials := {"session": "the session cookie", "mtls": "a client certificate"}
 
 # RFC 9110's safe methods (9.2.1), in the case aiohttp's parser gives them (it
 # refuses a method in lower case); TRACE never reaches the policy.
@@ -272,7 +279,7 @@ access_reasons contains sprintf("requires MFA with one of: %s", [concat(", ", so
 }
 
 # json.marshal: the header's value is the client's, shown as it came.
-access_reasons contains sprintf("requires a request from the app's own pages: the browser says a page on another site sent this one with the session cookie (Sec-Fetch-Site: %s)", [json.marshal(input.attributes.request.http.headers["sec-fetch-site"])]) if {
+access_reasons contains sprintf("requires a request from the app's own pages: the browser says a page on another site sent this one with %s (Sec-Fetch-Site: %s)", [browser_credentials[input.identity.method], json.marshal(input.attributes.request.http.headers["sec-fetch-site"])]) if {
 	from_another_site
 }
 

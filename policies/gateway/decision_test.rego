@@ -400,10 +400,31 @@ test_a_post_without_sec_fetch_site_is_allowed if {
 	with_headers("POST", "/wms/orders", identity, {"origin": "https://shop.corp.example"}).allow
 }
 
-test_bearer_tokens_and_client_certificates_are_not_held_to_fetch_metadata if {
-	every method in ["bearer", "mtls"] {
-		identity := object.union(user(["warehouse"], ["otp"], 60), {"method": method})
-		with_headers("POST", "/wms/orders", identity, sibling_page).allow
+test_bearer_tokens_are_not_held_to_fetch_metadata if {
+	identity := object.union(user(["warehouse"], ["otp"], 60), {"method": "bearer"})
+	with_headers("POST", "/wms/orders", identity, sibling_page).allow
+}
+
+# A client certificate installed in a browser goes with any site's form POST (TLS
+# client authentication has no SameSite): the page's request is the user's.
+test_another_sites_post_with_a_browsers_client_certificate_is_refused if {
+	identity := object.union(user(["warehouse"], ["otp"], 60), {"method": "mtls"})
+	every site in ["cross-site", "same-site"] {
+		headers := {"sec-fetch-site": site, "origin": "https://evil.example"}
+		d := with_headers("POST", "/wms/orders", identity, headers)
+		not d.allow
+		d.step_up == null
+		d.reasons == [sprintf("requires a request from the app's own pages: the browser says a page on another site sent this one with a client certificate (Sec-Fetch-Site: %s)", [json.marshal(site)])]
+	}
+}
+
+# A service with a client certificate sends no Fetch Metadata; the gateway's own
+# pages and the user send same-origin and none.
+test_a_client_certificates_post_from_a_service_or_the_gateways_pages_is_allowed if {
+	identity := object.union(user(["warehouse"], ["otp"], 60), {"method": "mtls"})
+	with_headers("POST", "/wms/orders", identity, {}).allow
+	every site in ["same-origin", "none"] {
+		with_headers("POST", "/wms/orders", identity, {"sec-fetch-site": site}).allow
 	}
 }
 
