@@ -516,11 +516,12 @@ class Gateway:
         """Decide again for a long-lived WebSocket (a policy reload, an MFA max_age):
         logged like any decision. None keeps it open (with when this allow stops
         holding as time passes, to decide again then); REVOKED (a deny, a failed
-        evaluation, a revoked session or token) closes it, and so does UNLOGGED: in
-        sync durability an allow not on disk in time, as a request would get a 503
-        (its refusal is logged, naming the recheck's decision). A bearer token is
-        verified again: one whose signing key the issuer withdrew (it leaked) is
-        refused on every request, and ends the sockets it opened too."""
+        evaluation, a revoked session or token, an Origin no longer allowed)
+        closes it, and so does UNLOGGED: in sync durability an allow not on disk
+        in time, as a request would get a 503 (its refusal is logged, naming the
+        recheck's decision). A bearer token is verified again: one whose signing
+        key the issuer withdrew (it leaked) is refused on every request, and ends
+        the sockets it opened too."""
         if identity.method == "bearer":
             try:
                 await self._identity(request)
@@ -529,6 +530,15 @@ class Gateway:
                 document = decision_input(request, path, route, ANONYMOUS, request_id)
                 self._log(decision, document, route, path=REFUSAL_PATH)
                 return REVOKED, None
+        # The Origin check again, on the live catalogue: an origin taken out of the
+        # app's allowed_origins (a front end retired, or found compromised) ends the
+        # sockets its pages hold, as it refuses new ones.
+        refused = cross_origin_refusal(
+            request, identity, self._scheme or request.scheme, self._allowed_origins(route)
+        )
+        if refused is not None:
+            self.refuse(request, *refused, route=route, path=path, identity=identity)
+            return REVOKED, None
         if self.shared is not None:
             verdict = await self.shared.check(request, route.app, identity)
             if verdict.refusal is not None:

@@ -21,6 +21,7 @@ from multidict import CIMultiDict
 from playwright.async_api import async_playwright
 
 from gateway.audit.chain import REFUSAL_PATH
+from gateway.config import LimitsConfig
 from gateway.identity import ANONYMOUS, Identity
 from gateway.screening.websocket import cross_origin_refusal
 from tests.gateway_stack import ServerFactory, Stack, free_port
@@ -259,3 +260,37 @@ async def test_an_apps_own_front_end_on_another_host_opens_its_websockets_and_no
             await alice.http.ws_connect(analytics, headers={"Origin": front_end})
         assert refused.value.status == 403
         assert len(await origin_refusals(stack, at_least=4)) == 4
+
+
+async def test_an_origin_taken_out_of_allowed_origins_loses_the_websockets_it_opened(
+    aiohttp_server: ServerFactory, tmp_path: Path, provider: DevProvider
+) -> None:
+    """WMS's front end (in allowed_origins) opened a WebSocket on alice's session;
+    the front end is then found compromised and taken out of the catalogue. The
+    reloaded policy still allows alice on WMS (a GET), but the socket its page
+    holds must end at the next recheck as a new one from it is refused, not
+    relay for as long as the page keeps it open."""
+    front_end = "http://wms-ui.corp.example"
+    policy = policy_trusting(tmp_path, front_end)
+    limits = LimitsConfig(websocket_recheck_interval=0.3)
+    async with (
+        start_sign_in_stack(
+            aiohttp_server, tmp_path, provider, policy=policy, limits=limits
+        ) as stack,
+        browser(stack.url) as alice,
+    ):
+        await alice.sign_in(stack.url + "/wms/stock", "alice", ["otp"])
+        socket_url = stack.url.replace("http", "ws") + SOCKET
+        async with alice.http.ws_connect(socket_url, headers={"Origin": front_end}) as socket:
+            await asyncio.sleep(0.8)  # rechecks before the change keep it open
+            await socket.send_str("hello")
+            assert await socket.receive_str(timeout=5) == "wms echo: hello"
+            catalogue = policy / "data" / "apps.yaml"
+            catalogue.write_text(catalogue.read_text().replace(front_end, "https://wms-ui.new"))
+            closed = await socket.receive(timeout=5)
+            assert closed.type == aiohttp.WSMsgType.CLOSE, closed
+            assert closed.data == 1008
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await alice.http.ws_connect(socket_url, headers={"Origin": front_end})
+        assert refused.value.status == 403
+        assert len(await origin_refusals(stack, at_least=2)) >= 2
