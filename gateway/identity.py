@@ -73,6 +73,11 @@ class Identity:
 
 
 ANONYMOUS = Identity(authenticated=False)
+# The methods whose credential a browser attaches by itself to any page's request,
+# whichever site the page is on: the session cookie, and a client certificate
+# installed in the browser. Another site's page can act with these (never with a
+# bearer token, which the client holding it sends).
+BROWSER_CREDENTIALS = frozenset({"session", "mtls"})
 
 
 def client_certificate(transport: Any) -> dict[str, Any]:

@@ -25,12 +25,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from gateway.audit.chain import NOT_COUNTED_LABEL as NOT_COUNTED
 from gateway.client_cas import CLIENT_CERTIFICATE_ISSUER, ClientCas, names_of_several_keys
 from gateway.config import ConfigError, Listener, TlsConfig, client_cas, parse_config
 from gateway.server import Gateway
 from gateway.shared.settings import Lockout, RateLimit, RateLimits, SharedStateConfig
 from tests.gateway_stack import ServerFactory, Stack, free_port, logged, start_stack
 from tests.redis_server import redis_server, redis_url
+from tests.test_attack_lockout import settled
 from tests.test_attack_shared_state_issuers import session_command
 from tests.test_gateway_transport import make_cert
 from tests.test_shared_state import admin, shared, wait_for, well_inside_a_window
@@ -145,6 +147,33 @@ async def test_denies_of_a_partner_cas_service_do_not_count_toward_ours(
         for context in (certificates.partners, certificates.ours):
             status, body = await get(stack, url, context)
             assert status == 403 and "error" not in body, body
+
+
+async def test_another_sites_page_cannot_lock_out_a_browser_holding_a_client_certificate(
+    aiohttp_server: ServerFactory, tmp_path: Path, redis_url: str
+) -> None:
+    """A browser with a client certificate installed presents it to any page's
+    request, and the policy now refuses another site's writes on it: two such
+    POSTs, each a deny, locked the certificate's holder out of every app. A
+    deny whose browser says another site made it (Sec-Fetch-Site) is logged,
+    labelled, and not counted, as for the session cookie; a service's (no
+    Fetch Metadata) still counts."""
+    async with mtls_stack(aiohttp_server, tmp_path, shared(redis_url, lockout=LOCKOUT)) as (
+        stack, certificates, base,
+    ):  # fmt: skip
+        url = f"{base}/wms/orders"
+        for site in ("cross-site", "same-site", "cross-site"):
+            headers = {"Sec-Fetch-Site": site}
+            async with stack.session.post(url, ssl=certificates.ours, headers=headers) as answer:
+                assert answer.status == 403, await answer.text()
+        await settled(stack)
+        assert not await locked_out(stack, url, certificates.ours)
+        labelled = [e for e in await stack.events(at_least=3) if NOT_COUNTED in e["labels"]]
+        sites = [e["labels"][NOT_COUNTED] for e in labelled]
+        assert sites == ["cross-site", "same-site", "cross-site"], sites
+        for _ in range(2):  # the service itself, denied: counts
+            assert (await get(stack, url, certificates.ours))[0] == 403
+        await wait_for(lambda: locked_out(stack, url, certificates.ours))
 
 
 async def test_a_rate_limit_bucket_is_not_shared_with_a_partner_cas_service(

@@ -25,7 +25,7 @@ from collections.abc import Collection
 
 from aiohttp import HttpVersion11, web
 
-from gateway.identity import Identity
+from gateway.identity import BROWSER_CREDENTIALS, Identity
 from gateway.screening.headers import Refusal
 
 # The one version this gateway speaks (and asks its upstreams for): RFC 6455 4.2.2
@@ -85,7 +85,7 @@ def cross_origin_refusal(
     too, as every browser sends one; a client certificate with none is a
     service's, and passes. An Origin sent twice, or `null` (a sandboxed frame,
     a file:// page), is no page of the gateway's."""
-    if identity.method not in ("session", "mtls"):
+    if identity.method not in BROWSER_CREDENTIALS:
         return None
     origins = request.headers.getall("Origin", [])
     if not origins:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.audit.chain import NOT_COUNTED_LABEL
-from gateway.identity import Identity
+from gateway.identity import BROWSER_CREDENTIALS, Identity
 
 # The decision-log label of a deny that was not counted; its value is the
 # Sec-Fetch-Site the browser sent. (Named in gateway/audit/chain.py, where the
@@ -33,21 +33,23 @@ OTHER_SITES = frozenset({"cross-site", "same-site"})
 
 def another_sites_request(request: web.Request, identity: Identity) -> str | None:
     """The Sec-Fetch-Site value (`cross-site` or `same-site`) when the browser says
-    a page on another site made this request, authenticated by the session cookie
-    alone; None for a deny that counts.
+    a page on another site made this request, authenticated by a credential the
+    browser attaches by itself; None for a deny that counts.
 
-    Of the gateway's credentials, the session cookie is the one a browser sends
-    on its own: a bearer token (Authorization) is sent by the client that holds
-    it, and a client certificate alone is a service's (`mtls`), so their denies
-    count whatever the headers say. A request without Sec-Fetch-Site counts, to fail
-    closed: browsers from before Fetch Metadata (Chrome 76, Firefox 90, Safari
-    16.4) and clients holding a session cookie (a script, a stolen cookie) send
-    none, and a lockout is what stops them probing. One sent twice, or with a
-    value the standard does not have, is no browser's either, and counts. A
-    client that sends `cross-site` itself is not locked out (no header can tell
-    it from a browser); its denies are still logged, labelled (LABEL), for the
-    SIEM to see."""
-    if identity.method != "session":
+    Of the gateway's credentials, the session cookie and a client certificate
+    installed in a browser are the ones it sends on its own, whichever page
+    asks (gateway/screening/websocket.py; the policy's from_another_site); a
+    bearer token (Authorization) is sent by the client that holds it, so its
+    denies count whatever the headers say. A service's certificate sends no
+    Sec-Fetch-Site, and its denies count. A request without Sec-Fetch-Site
+    counts, to fail closed: browsers from before Fetch Metadata (Chrome 76,
+    Firefox 90, Safari 16.4) and clients holding a session cookie (a script, a
+    stolen cookie) send none, and a lockout is what stops them probing. One
+    sent twice, or with a value the standard does not have, is no browser's
+    either, and counts. A client that sends `cross-site` itself is not locked
+    out (no header can tell it from a browser); its denies are still logged,
+    labelled (LABEL), for the SIEM to see."""
+    if identity.method not in BROWSER_CREDENTIALS:
         return None
     values = request.headers.getall("Sec-Fetch-Site", [])
     if len(values) != 1 or values[0] not in OTHER_SITES:
