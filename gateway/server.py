@@ -54,6 +54,7 @@ from gateway.policy.memo import DecisionMemo
 from gateway.policy.reload import PolicyHolder, catalogue_apps
 from gateway.policy.shadow import ShadowPolicy
 from gateway.screening.expect import close_if_body_kept, decide_first, expectation_refusal
+from gateway.screening.headers import Refusal as ScreenRefusal
 from gateway.screening.headers import host_name, parser_limits, screen
 from gateway.screening.methods import method_refusal
 from gateway.screening.paths import NormalizedPath, PathRejected, normalize
@@ -349,7 +350,8 @@ class Gateway:
         if path.has_params and not route.allow_path_params:
             reason = "';' path parameters in path (the route does not set path_params: allow)"
             return self.refuse(request, 400, "path_rejected", reason, route=route), route.app
-        if is_websocket(request):
+        kind = "websocket" if is_websocket(request) else "request"
+        if kind == "websocket":
             refused = handshake_refusal(request)
             if refused is not None:
                 headers = (
@@ -376,11 +378,8 @@ class Gateway:
                 document = decision_input(request, path, route, ANONYMOUS, request_id)
                 self._log(decision, document, route, path=REFUSAL_PATH)
                 return _unauthorized(decision, str(rejected)), route.app
-        kind = "websocket" if is_websocket(request) else "request"
         if kind == "websocket":
-            refused = cross_origin_refusal(
-                request, identity, self._scheme or request.scheme, self._allowed_origins(route)
-            )
+            refused = self._origin_refusal(request, route, identity)
             if refused is not None:
                 return self.refuse(
                     request, *refused, route=route, path=path, identity=identity
@@ -410,13 +409,17 @@ class Gateway:
             )
         return response, route.app
 
-    def _allowed_origins(self, route: Route) -> list[str]:
-        """The catalogue's `allowed_origins` of the route's app: pages on other hosts
-        that are the app's own (none when the policy's data can't be read here, an
-        OPA server: same-origin only)."""
+    def _origin_refusal(
+        self, request: web.Request, route: Route, identity: Identity
+    ) -> ScreenRefusal | None:
+        """Why a WebSocket (its handshake, or its recheck) may not use the browser's
+        credential (gateway/screening/websocket.py): pages of the gateway's own
+        origin pass, and those of the app's `allowed_origins` in the live catalogue
+        (none when the policy's data can't be read here, an OPA server's)."""
         app = self.policy.catalogue().get(route.app)
         origins = app.get("allowed_origins") if isinstance(app, dict) else None
-        return [o for o in origins if isinstance(o, str)] if isinstance(origins, list) else []
+        allowed = [o for o in origins if isinstance(o, str)] if isinstance(origins, list) else []
+        return cross_origin_refusal(request, identity, self._scheme or request.scheme, allowed)
 
     async def _decide_and_forward(
         self,
@@ -533,9 +536,7 @@ class Gateway:
         # The Origin check again, on the live catalogue: an origin taken out of the
         # app's allowed_origins (a front end retired, or found compromised) ends the
         # sockets its pages hold, as it refuses new ones.
-        refused = cross_origin_refusal(
-            request, identity, self._scheme or request.scheme, self._allowed_origins(route)
-        )
+        refused = self._origin_refusal(request, route, identity)
         if refused is not None:
             self.refuse(request, *refused, route=route, path=path, identity=identity)
             return REVOKED, None
