@@ -103,10 +103,6 @@ class ClientCas:
         self._cache: OrderedDict[tuple[Any, bytes], str] = OrderedDict()
         self._cache_size = cache_size
 
-    @property
-    def issuers(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(ca.issuer for ca in self._cas))
-
     def issuer(self, transport: Any) -> str | None:
         """The issuer name of the connection's verified client certificate; None when
         no trusted CA can be shown to have issued it (refused: fail closed)."""
