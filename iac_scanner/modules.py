@@ -839,6 +839,22 @@ def _dynamic(
         refs.update(inner_refs)
 
 
+# What _certain gives for a value of which nothing is certain.
+_DROPPED: Any = object()
+
+
+def _certain(value: Any, path: str, unknown: list[str], incomplete: list[str] | None) -> Any:
+    """What is certain of an unknown or partly known value at `path`, its path
+    listed as it is: a partly known map or list (with `incomplete` to list it in)
+    is its known part, which may hold less than Terraform will; anything else is
+    _DROPPED, its path listed as unknown."""
+    if isinstance(value, Partial) and incomplete is not None:
+        incomplete.append(path)
+        return value.known
+    unknown.append(path)
+    return _DROPPED
+
+
 def strip_unknown(
     value: Any, path: str, unknown: list[str], incomplete: list[str] | None = None
 ) -> Any:
@@ -850,13 +866,10 @@ def strip_unknown(
     Depth first with a stack of its own rather than Python's, so a value
     nested deeper than Python recurses (a plan's) is copied too, for the scan
     to refuse with its path."""
-    if value is UNKNOWN or (isinstance(value, Partial) and incomplete is None):
-        unknown.append(path)
-        return None
-    if isinstance(value, Partial):
-        assert incomplete is not None
-        incomplete.append(path)
-        value = value.known
+    if value is UNKNOWN or isinstance(value, Partial):
+        value = _certain(value, path, unknown, incomplete)
+        if value is _DROPPED:
+            return None
     if not isinstance(value, dict | list):
         return value
     result: Any = {} if isinstance(value, dict) else []
@@ -866,17 +879,12 @@ def strip_unknown(
         items, where, copy = stack[-1]
         for key, item in items:
             inner = f"{where}.{key}" if where else str(key)
-            if item is UNKNOWN or (isinstance(item, Partial) and incomplete is None):
-                unknown.append(inner)
-                if isinstance(copy, list):
-                    copy.append(None)
-                continue
-            if isinstance(item, Partial):
-                # What is certain of it, its path listed as incomplete: it may
-                # hold more than the document shows.
-                assert incomplete is not None
-                incomplete.append(inner)
-                item = item.known
+            if item is UNKNOWN or isinstance(item, Partial):
+                item = _certain(item, inner, unknown, incomplete)
+                if item is _DROPPED:
+                    if isinstance(copy, list):
+                        copy.append(None)
+                    continue
             nested: Any = item
             if isinstance(item, dict | list):
                 nested = {} if isinstance(item, dict) else []
