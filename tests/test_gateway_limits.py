@@ -269,10 +269,9 @@ async def test_a_body_that_keeps_coming_is_forwarded_whole(
 # --- per-identity concurrency ---------------------------------------------------------
 
 
-async def test_one_identity_cannot_hold_all_upstream_connections(
-    aiohttp_server: ServerFactory, tmp_path: Path
-) -> None:
-    release = asyncio.Event()
+def held_backend(release: asyncio.Event) -> web.Application:
+    """A WMS backend whose /wms/slow answers only once `release` is set: requests
+    there hold their connection (and the identity's slot) until then."""
 
     async def handle(request: web.Request) -> web.Response:
         if request.path.startswith("/wms/slow"):
@@ -281,7 +280,14 @@ async def test_one_identity_cannot_hold_all_upstream_connections(
 
     backend = web.Application()
     backend.router.add_route("*", "/{tail:.*}", handle)
-    server = await aiohttp_server(backend)
+    return backend
+
+
+async def test_one_identity_cannot_hold_all_upstream_connections(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    release = asyncio.Event()
+    server = await aiohttp_server(held_backend(release))
     async with limited_stack(aiohttp_server, tmp_path) as stack:
         stack.gateway.routes.insert(0, Route("wms", f"http://127.0.0.1:{server.port}", "/wms/"))
         mallory = stack.token("mallory", **WAREHOUSE)
@@ -320,15 +326,7 @@ async def test_a_subject_of_one_issuer_cannot_hold_the_slots_of_another_issuers_
     could take that subject at the first (a self-chosen user name) held all of
     alice's slots, and alice got 429 on every request while they were held."""
     release = asyncio.Event()
-
-    async def handle(request: web.Request) -> web.Response:
-        if request.path.startswith("/wms/slow"):
-            await release.wait()
-        return web.json_response({"ok": True})
-
-    backend = web.Application()
-    backend.router.add_route("*", "/{tail:.*}", handle)
-    server = await aiohttp_server(backend)
+    server = await aiohttp_server(held_backend(release))
     host = DevIssuer(tmp_path / "host", "")
     host_server = await aiohttp_server(host.app())
     host.issuer = "http://127.0.0.1"  # a provider at the default port of the same host
