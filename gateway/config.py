@@ -19,7 +19,7 @@ from gateway.audit.redaction import (
     DEFAULT_MAX_HEADER_VALUE_CHARS,
     parse_pointer,
 )
-from gateway.client_cas import (
+from gateway.mtls.cas import (
     ClientCa,
     is_certificate_issuer,
     load_client_cas,
@@ -80,7 +80,7 @@ def issuer_name(issuer: str) -> str:
     a trailing slash. Sessions carry sign_in.issuer read without one; a provider's
     tokens (its logout tokens, or its access tokens under `issuers`) may keep it
     (Auth0's do): one provider, one name, so a revocation it asks for reaches what
-    it issued. A CA's name (`mtls:<its subject>`, gateway/client_cas.py) is kept
+    it issued. A CA's name (`mtls:<its subject>`, gateway/mtls/cas.py) is kept
     whole: a subject may end in a slash, and no other CA's name may be made of it."""
     if is_certificate_issuer(issuer):
         return issuer
@@ -219,6 +219,11 @@ class LimitsConfig:
     connections_per_ip: int = 256  # open connections per source address; past it closed at once
 
 
+# Strict-Transport-Security's max-age unless hsts_max_age says otherwise: one
+# year, as Pomerium sends.
+DEFAULT_HSTS_MAX_AGE = 31536000
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     listeners: tuple[Listener, ...] = (Listener(),)
@@ -237,6 +242,9 @@ class GatewayConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     # Redis for what replicas must agree on (gateway/shared/); None: per process.
     shared_state: SharedStateConfig | None = None
+    # Strict-Transport-Security's max-age on answers over HTTPS
+    # (gateway/transport_security.py); None: not sent.
+    hsts_max_age: int | None = DEFAULT_HSTS_MAX_AGE
 
 
 class _Reader:
@@ -331,7 +339,7 @@ def parse_config(data: Any, base_dir: Path = Path(".")) -> GatewayConfig:
     root = _Reader(data, "")
     root.reject_unknown(
         {"listeners", "routes", "auth", "issuers", "policy", "assertion", "decision_log"}
-        | {"sign_in", "session", "admin_listener", "limits", "shared_state"}
+        | {"sign_in", "session", "admin_listener", "limits", "shared_state", "hsts_max_age"}
     )
     listeners = tuple(_listener(item, f"listeners[{i}]", base_dir) for i, item in
                       enumerate(root.get("listeners", list, [{}])))  # fmt: skip
@@ -369,11 +377,26 @@ def parse_config(data: Any, base_dir: Path = Path(".")) -> GatewayConfig:
         from gateway.shared.settings import parse_shared_state  # it imports this module
 
         shared_state = parse_shared_state(shared_data, base_dir)
+    hsts_max_age = _hsts_max_age(root)
     root.done()
     return GatewayConfig(
         listeners, routes, issuers, policy, assertion, decision_log, auth, base_dir,
         sign_in, session, admin_listener=admin, limits=limits, shared_state=shared_state,
+        hsts_max_age=hsts_max_age,
     )  # fmt: skip
+
+
+def _hsts_max_age(root: _Reader) -> int | None:
+    """One year unless given; null sends no Strict-Transport-Security at all."""
+    if "hsts_max_age" in root.data and root.data["hsts_max_age"] is None:
+        root.used.add("hsts_max_age")
+        return None
+    max_age: int = root.get("hsts_max_age", int, DEFAULT_HSTS_MAX_AGE)
+    if max_age < 0:
+        raise ConfigError(
+            "hsts_max_age: must be 0 or more (0 tells browsers to forget it; null sends none)"
+        )
+    return max_age
 
 
 def load_config(path: str | Path) -> GatewayConfig:

@@ -1,4 +1,5 @@
-"""Who is this? A verified identity from a bearer JWT, or none."""
+"""Who is this? A verified identity from a bearer JWT, or none (a client
+certificate's: gateway/mtls/subject.py)."""
 
 from __future__ import annotations
 
@@ -78,42 +79,6 @@ ANONYMOUS = Identity(authenticated=False)
 # installed in the browser. Another site's page can act with these (never with a
 # bearer token, which the client holding it sends).
 BROWSER_CREDENTIALS = frozenset({"session", "mtls"})
-
-
-def client_certificate(transport: Any) -> dict[str, Any]:
-    """The verified client certificate of a TLS connection, as plain data; {} without one.
-
-    Only a listener with `client_ca` asks for one, and the TLS handshake has
-    already verified it against that CA by the time a request arrives."""
-    if transport is None:
-        return {}
-    peer = transport.get_extra_info("peercert")
-    if not peer:
-        return {}
-
-    def names(field: str) -> dict[str, str]:
-        return {key: value for rdn in peer.get(field, ()) for key, value in rdn}
-
-    return {
-        "subject": names("subject"),
-        "issuer": names("issuer"),
-        "serial_number": peer.get("serialNumber"),
-        "not_after": peer.get("notAfter"),
-        "sans": [value for kind, value in peer.get("subjectAltName", ()) if kind in ("DNS", "URI")],
-    }
-
-
-def certificate_identity(certificate: dict[str, Any], issuer: str) -> Identity:
-    """A service identified by its client certificate alone (no bearer token): its
-    common name, from `issuer`, the CA that issued it (gateway/client_cas.py), as a
-    token's subject is from its `iss`."""
-    return Identity(
-        authenticated=True,
-        method="mtls",
-        subject=certificate["subject"].get("commonName"),
-        issuer=issuer,
-        client_cert=certificate,
-    )
 
 
 def verified_email(claims: dict[str, Any]) -> str | None:
@@ -201,12 +166,12 @@ class TokenVerifier:
         issuer_name = unverified.get("iss")
         entry = self._issuers.get(issuer_name) if isinstance(issuer_name, str) else None
         if entry is None:
-            raise TokenRejected(f"untrusted issuer {_show(issuer_name)}")
+            raise TokenRejected(f"untrusted issuer {show(issuer_name)}")
         issuer, keys = entry
         algorithm = header.get("alg")
         if not isinstance(algorithm, str) or algorithm not in issuer.algorithms:
             raise TokenRejected(
-                f"algorithm {_show(algorithm)} not allowed for this issuer "
+                f"algorithm {show(algorithm)} not allowed for this issuer "
                 f"(allowed: {', '.join(issuer.algorithms)})"
             )
         kid = header.get("kid")
@@ -256,7 +221,7 @@ def _unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     if "crit" in header:
         # RFC 7515 4.1.11: a recipient must refuse critical extensions it doesn't
         # understand, and the gateway understands none.
-        raise TokenRejected(f"critical header extensions {_show(header['crit'])} not supported")
+        raise TokenRejected(f"critical header extensions {show(header['crit'])} not supported")
     if "b64" in header:
         raise TokenRejected("unencoded-payload tokens (b64 header) are not accepted")
     # orjson is strict where PyJWT's json isn't: no NaN or Infinity, no lone
@@ -301,7 +266,7 @@ def _decode(
         raise TokenRejected(f"token not valid yet: {error}") from error
     except jwt.InvalidAudienceError as error:
         expected = ", ".join(issuer.audiences)
-        audience = _show(unverified.get("aud"))
+        audience = show(unverified.get("aud"))
         raise TokenRejected(f"token audience {audience} is not one of {expected}") from error
     except jwt.MissingRequiredClaimError as error:
         raise TokenRejected(f"token has no {error.claim!r} claim") from error
@@ -368,16 +333,16 @@ def _check_authorized_party(claims: dict[str, Any], issuer: Issuer) -> None:
     party = claims.get("azp")
     if party is None:
         raise TokenRejected(
-            f"token has several audiences {_show(audience)} but no azp claim naming its client"
+            f"token has several audiences {show(audience)} but no azp claim naming its client"
         )
     if party not in issuer.trusted_parties:
         raise TokenRejected(
-            f"token for several audiences was issued to client azp={_show(party)}, "
+            f"token for several audiences was issued to client azp={show(party)}, "
             f"not one of {', '.join(issuer.trusted_parties)} (issuers[].authorized_parties)"
         )
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
     """A claim or header value for an error message: repr, shortened (it is
     attacker-chosen and ends up in a response header and the log)."""
     text = repr(value)

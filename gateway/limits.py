@@ -17,6 +17,8 @@ from aiohttp.web_protocol import RequestHandler
 from gateway.config import LimitsConfig, Route, user_name
 from gateway.identity import Identity
 from gateway.parser_refusals import describe
+from gateway.transport_security import HEADER as HSTS_HEADER
+from gateway.transport_security import TransportSecurity
 
 
 class BodyTimeout(Exception):
@@ -177,6 +179,7 @@ class HeaderTimeoutProtocol(RequestHandler):
         "_pending",
         "_pending_limit",
         "_refused",
+        "_security",
     )
 
     def __init__(
@@ -188,9 +191,13 @@ class HeaderTimeoutProtocol(RequestHandler):
         on_bad_request: BadRequest | None = None,
         counter: ConnectionCounter | None = None,
         pending_header_bytes: int = 0,
+        transport_security: TransportSecurity | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(manager, **kwargs)
+        # The answers this connection writes itself carry the gateway's HSTS too:
+        # no app's on_response_prepare runs for them.
+        self._security = transport_security
         self._header_timeout = header_timeout
         self._header_timer: asyncio.TimerHandle | None = None
         self._on_cut = on_cut
@@ -258,8 +265,17 @@ class HeaderTimeoutProtocol(RequestHandler):
         if request.writer.output_size > 0:
             raise ConnectionError("response already started")
         response = web.Response(status=status, text=f"{status} Bad Request: {reason}\n")
+        if (hsts := self._hsts()) is not None:
+            response.headers[HSTS_HEADER] = hsts
         response.force_close()
         return response
+
+    def _hsts(self) -> str | None:
+        """Strict-Transport-Security for an answer on this connection, or None."""
+        if self._security is None or self.transport is None:
+            return None
+        tls = self.transport.get_extra_info("sslcontext") is not None
+        return self._security.over("https" if tls else "http")
 
     def _parse(self, data: bytes) -> None:
         """Hand `data` to aiohttp's parser and keep, in `_head`, the first bytes of
@@ -414,10 +430,12 @@ class HeaderTimeoutProtocol(RequestHandler):
             self._on_bad_request(self.peername, 431, reason, self._head or b"")
         if self.transport is not None:
             body = f"431 Request Header Fields Too Large: {reason}\n".encode()
+            hsts = self._hsts()
             self.transport.write(
                 b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\n"
                 b"Content-Type: text/plain; charset=utf-8\r\n"
-                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                + (b"" if hsts is None else f"{HSTS_HEADER}: {hsts}\r\n".encode())
+                + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
             )
         self.force_close()
 
@@ -452,6 +470,7 @@ class LimitedServer(web.Server):
         on_bad_request: BadRequest | None = None,
         connections_per_ip: int = 0,
         pending_header_bytes: int = 0,
+        transport_security: TransportSecurity | None = None,
     ) -> None:
         # aiohttp builds its Server inside the app and has no hook for the
         # connection class: take over its handler and settings as they are.
@@ -467,6 +486,7 @@ class LimitedServer(web.Server):
         self._on_bad_request = on_bad_request
         self._counter = ConnectionCounter(connections_per_ip) if connections_per_ip else None
         self._pending_header_bytes = pending_header_bytes
+        self._transport_security = transport_security
 
     def __call__(self) -> RequestHandler:
         return HeaderTimeoutProtocol(
@@ -476,6 +496,7 @@ class LimitedServer(web.Server):
             on_bad_request=self._on_bad_request,
             counter=self._counter,
             pending_header_bytes=self._pending_header_bytes,
+            transport_security=self._transport_security,
             loop=self._loop,
             **self._kwargs,
         )

@@ -46,6 +46,7 @@ class GatewayRunner(web.AppRunner):
             # Above the gateway's own cap (a logged 431 with the request's details),
             # with room for the request line: what aiohttp buffers stays bounded.
             pending_header_bytes=limits.max_request_header_bytes + MAX_FIELD_SIZE,
+            transport_security=gateway.transport_security,
         )
 
 

@@ -25,20 +25,19 @@ from gateway.assertion import JWKS_PATH, AssertionSigner, load_or_create_key
 from gateway.audit.chain import DECISION_PATH, REFUSAL_PATH, SHADOW_PATH, SIGN_IN_EVENT_PATH
 from gateway.audit.durability import Pending
 from gateway.audit.redaction import holds_jwt
-from gateway.client_cas import ClientCas, names_of_several_keys
 from gateway.config import GatewayConfig, Route, client_cas
 from gateway.forward import REVOKED, UNLOGGED, Forwarder, UpstreamError, is_websocket
-from gateway.identity import (
-    ANONYMOUS,
-    Identity,
-    TokenRejected,
-    TokenVerifier,
-    certificate_identity,
-    client_certificate,
-)
+from gateway.identity import ANONYMOUS, Identity, TokenRejected, TokenVerifier
 from gateway.jwks import JwksCache
 from gateway.limits import ConcurrencyLimiter, LimitReached, answer_and_close, identity_key
 from gateway.metrics import Metrics
+from gateway.mtls.cas import ClientCas, names_of_several_keys
+from gateway.mtls.subject import (
+    CertificateRejected,
+    certificate_identity,
+    client_certificate,
+    peer_certificate,
+)
 from gateway.own_pages import REFUSED, OwnPages
 from gateway.policy.decision import (
     Decision,
@@ -53,6 +52,7 @@ from gateway.policy.decision import (
 from gateway.policy.memo import DecisionMemo
 from gateway.policy.reload import PolicyHolder, catalogue_apps
 from gateway.policy.shadow import ShadowPolicy
+from gateway.router import application
 from gateway.screening.expect import close_if_body_kept, decide_first, expectation_refusal
 from gateway.screening.headers import Refusal as ScreenRefusal
 from gateway.screening.headers import host_name, parser_limits, screen
@@ -66,6 +66,7 @@ from gateway.shared.state import REMEMBER_ADDRESS, SIGNALS, SharedState
 from gateway.shared.third_party import LABEL as NOT_COUNTED
 from gateway.shared.third_party import another_sites_request
 from gateway.signin.flow import BrowserSignIn
+from gateway.transport_security import TransportSecurity
 
 if TYPE_CHECKING:
     from gateway.audit.durability import Durability
@@ -109,7 +110,9 @@ class Gateway:
         # The scheme browsers use to reach the gateway (a TLS proxy in front makes
         # the connection's own http): what a page of its own names in Origin.
         external = config.sign_in.external_url if config.sign_in is not None else None
-        self._scheme = urlsplit(external).scheme if external else None
+        self.browser_scheme = urlsplit(external).scheme if external else None
+        # build_app's, when hsts_max_age is set; the runner's connections use it too.
+        self.transport_security: TransportSecurity | None = None
         self.forwarder = Forwarder(
             limits=config.limits,
             metrics=self.metrics,
@@ -378,6 +381,13 @@ class Gateway:
                 document = decision_input(request, path, route, ANONYMOUS, request_id)
                 self._log(decision, document, route, path=REFUSAL_PATH)
                 return _unauthorized(decision, str(rejected)), route.app
+            except CertificateRejected as rejected:
+                # Verified by a CA we trust, but naming no one subject (two common
+                # names, or none): refused before any policy is asked, as a bad token is.
+                return self.refuse(
+                    request, 401, "invalid_client_certificate", str(rejected), route=route,
+                    path=path, headers={"WWW-Authenticate": 'Bearer realm="portcullis"'},
+                ), route.app  # fmt: skip
         if kind == "websocket":
             refused = self._origin_refusal(request, route, identity)
             if refused is not None:
@@ -419,7 +429,8 @@ class Gateway:
         app = self.policy.catalogue().get(route.app)
         origins = app.get("allowed_origins") if isinstance(app, dict) else None
         allowed = [o for o in origins if isinstance(o, str)] if isinstance(origins, list) else []
-        return cross_origin_refusal(request, identity, self._scheme or request.scheme, allowed)
+        scheme = self.browser_scheme or request.scheme
+        return cross_origin_refusal(request, identity, scheme, allowed)
 
     async def _decide_and_forward(
         self,
@@ -559,7 +570,9 @@ class Gateway:
         return None, _holds_until(decision)
 
     async def _identity(self, request: web.Request) -> Identity:
-        certificate = client_certificate(request.transport)
+        """Who sent the request: TokenRejected for a bad bearer token,
+        CertificateRejected for a client certificate that names no one subject."""
+        peer = peer_certificate(request.transport)
         headers = request.headers.getall("Authorization", [])
         if len(headers) > 1:
             # A singleton field (RFC 9110 11.6.2): which one a backend reads on a
@@ -568,31 +581,34 @@ class Gateway:
             raise TokenRejected("Authorization given more than once")
         header = headers[0] if headers else None
         if header is None:
-            if not certificate and self.sign_in is not None:
+            if not peer and self.sign_in is not None:
                 return await self.sign_in.identity(request)
-            return self._certificate_identity(request, certificate) if certificate else ANONYMOUS
+            return self._certificate_identity(request, peer) if peer else ANONYMOUS
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise TokenRejected("Authorization must be 'Bearer <token>'")
         assert self.verifier is not None
         identity = await self.verifier.verify(token.strip())
-        return dataclasses.replace(identity, client_cert=certificate) if certificate else identity
+        if not peer:
+            return identity
+        return dataclasses.replace(identity, client_cert=client_certificate(peer))
 
-    def _certificate_identity(self, request: web.Request, certificate: dict[str, Any]) -> Identity:
+    def _certificate_identity(self, request: web.Request, peer: dict[str, Any]) -> Identity:
         issuer = self.client_cas.issuer(request.transport)
         if issuer is None:
             # Verified by the handshake, but no CA of client_ca is seen to have issued it
             # (a resumed TLS session, which keeps no chain, of a certificate an
             # intermediate issued, this process no longer remembering it): unscoped,
             # it would be every CA's service of that name.
+            certificate = client_certificate(peer)
             log.warning(
                 "client certificate %s (issuer %s) not identified: which CA of client_ca "
                 "issued it is not known on this connection",
-                certificate.get("subject"),
-                certificate.get("issuer"),
+                certificate["subject"],
+                certificate["issuer"],
             )
             return ANONYMOUS
-        return certificate_identity(certificate, issuer)
+        return certificate_identity(peer, issuer)
 
     # --- shadow mode ------------------------------------------------------------------
 
@@ -917,10 +933,16 @@ def build_app(config: GatewayConfig, *, instance_id: str | None = None) -> web.A
     handler_args = {"auto_decompress": False, **parser_limits(config.limits)}
     # The gateway's own pages get the limits proxied requests have (gateway/own_pages.py).
     own_pages = OwnPages(gateway)
-    app = web.Application(client_max_size=0, handler_args=handler_args, middlewares=[own_pages])
+    app = application(client_max_size=0, handler_args=handler_args, middlewares=[own_pages])
     app[GATEWAY_KEY] = gateway
     app.on_startup.append(gateway.start)
     app.on_cleanup.append(gateway.stop)
+    # Only where a browser may come over HTTPS: a signal costs every answer a call.
+    https = gateway.browser_scheme == "https" or any(item.tls for item in config.listeners)
+    if config.hsts_max_age is not None and https:
+        security = TransportSecurity(config.hsts_max_age, gateway.browser_scheme)
+        app.on_response_prepare.append(security.on_response_prepare)
+        gateway.transport_security = security  # for the answers of the connection itself
     # Every route's Expect is the gateway's to answer, once it has decided
     # (gateway/screening/expect.py).
     app.router.add_get("/healthz", gateway.healthz, expect_handler=decide_first)
@@ -930,8 +952,10 @@ def build_app(config: GatewayConfig, *, instance_id: str | None = None) -> web.A
     app.router.add_get(JWKS_PATH, gateway.jwks, expect_handler=decide_first)
     if gateway.sign_in is not None:
         gateway.sign_in.add_routes(app)
+    # Every path, a line break (`%0A`, decoded before routing) included: `.*` stops
+    # at one, and such a path was refused as no path at all instead of for its byte.
     own_pages.proxy_route = app.router.add_route(
-        "*", "/{tail:.*}", gateway.handle, expect_handler=decide_first
+        "*", "/{tail:[\\s\\S]*}", gateway.handle, expect_handler=decide_first
     )
     return app
 

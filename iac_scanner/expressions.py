@@ -124,6 +124,34 @@ class MapNamespace(Namespace):
 UNKNOWN_NAMESPACE = Namespace()
 
 
+class TooLarge(RecursionError):
+    """A value, or the work to build it, larger than the scanner evaluates (a
+    string doubled through locals, setproduct of large sets, loops in loops):
+    a pull request could exhaust the CI runner with a few lines. Like nesting
+    too deep it is an error naming the resource, never an unknown that passes,
+    so it is a RecursionError: it goes through try() and can() and every
+    place that reports nesting too deep reports it."""
+
+
+class Budget:
+    """What one scan may build while evaluating expressions: characters of
+    strings and elements of collections, together. A real configuration uses
+    a small part of it; without it an expression's cost has no bound."""
+
+    LIMIT = 20_000_000
+
+    def __init__(self) -> None:
+        self.left = self.LIMIT
+
+    def spend(self, units: int) -> None:
+        self.left -= units
+        if self.left < 0:
+            raise TooLarge(
+                f"building it takes more than the {self.LIMIT:,} characters and elements "
+                "the scanner evaluates in one scan"
+            )
+
+
 class Context:
     """What names mean where an expression is evaluated: local names (for-loop
     variables, count, each, self) over a resolver for the module's roots."""
@@ -134,15 +162,19 @@ class Context:
         names: dict[str, Any] | None = None,
         references: Callable[[str, list[Any]], set[str]] | None = None,
         on_read: Callable[[Path, bytes], None] | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.resolve = resolve
+        self.budget = budget or Budget()
         self.names = names or {}
         self.references_of = references
         # Told of every file an expression reads (file()), for the scan cache.
         self.on_read = on_read
 
     def child(self, names: dict[str, Any]) -> Context:
-        return Context(self.resolve, {**self.names, **names}, self.references_of, self.on_read)
+        return Context(
+            self.resolve, {**self.names, **names}, self.references_of, self.on_read, self.budget
+        )
 
     def lookup(self, name: str) -> Any:
         if name in self.names:
@@ -303,7 +335,9 @@ def _template(parts: list[Any], ctx: Context) -> Any:
             value = _eval(part, ctx)
         if is_unknown(value) or isinstance(value, Namespace):
             return UNKNOWN
-        pieces.append(to_string(value))
+        text = to_string(value)
+        ctx.budget.spend(len(text))
+        pieces.append(text)
     return "".join(pieces)
 
 
@@ -327,6 +361,7 @@ def _template_for(part: list[Any], ctx: Context) -> Any:
         text = _template_text(body, ctx.child(names))
         if text is UNKNOWN:
             return UNKNOWN
+        ctx.budget.spend(len(text))
         pieces.append(text)
     return "".join(pieces)
 
@@ -395,7 +430,14 @@ def _normalise(value: Any) -> Any:
     return value
 
 
+# Terraform's numbers are 512-bit floats; a bigger integer is only a way to
+# make each multiplication cost more (a local squared through a chain of locals).
+MAX_INT_BITS = 1024
+
+
 def _number(value: float) -> int | float:
+    if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
+        raise TooLarge(f"a number of more than {MAX_INT_BITS} bits")
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return int(value)
     return value
@@ -417,12 +459,15 @@ def _call(name: str, arg_exprs: list[Expr], expand: bool, ctx: Context) -> Any:
         last = args.pop()
         args.extend(last if isinstance(last, list) else list(last.values()))
     try:
-        return function(*args)
+        result = function(*args)
     except (Unsupported, RecursionError):
         raise
     except Exception as error:
         # A wrong argument type is an error in Terraform too: unknown here.
         raise Unsupported(f"{name}: {error}") from error
+    if isinstance(result, str | list | dict):
+        ctx.budget.spend(len(result))
+    return result
 
 
 def evaluate_lazily(expr: Expr, ctx: Context) -> Any:
@@ -439,6 +484,7 @@ def _for(expr: Expr, ctx: Context) -> Any:
     object_result: dict[str, Any] = {}
     list_result: list[Any] = []
     for key, item in _iterate(collection):
+        ctx.budget.spend(1)
         names = {value_var: item}
         if key_var is not None:
             names[key_var] = key

@@ -114,10 +114,21 @@ class Unjudged:
     root_path: str = ""
 
     @property
+    def place(self) -> tuple[str, str]:
+        """Which resource: its address in its file. Two root modules may each
+        declare `aws_lb.pos`; those are two resources, not one."""
+        return (self.resource, self.root_path or self.file)
+
+    @property
     def why(self) -> str:
         if self.stated and self.path:
             return f"`{self.path}`: {self.reason}"
         return f"`{self.path}` is unknown ({self.reason})" if self.path else self.reason
+
+
+def not_judged_count(items: list[Unjudged]) -> int:
+    """How many (rule, resource) pairs could not be judged, as the summaries say."""
+    return len({(item.rule_id, item.place) for item in items})
 
 
 def not_judged_by_rule(items: list[Unjudged]) -> dict[str, dict[str, Any]]:
@@ -125,7 +136,7 @@ def not_judged_by_rule(items: list[Unjudged]) -> dict[str, dict[str, Any]]:
     summary: dict[str, dict[str, Any]] = {}
     for item in sorted(items, key=lambda u: (u.rule_id, u.resource, u.path)):
         entry = summary.setdefault(item.rule_id, {"resources": set(), "reasons": {}})
-        entry["resources"].add(item.resource)
+        entry["resources"].add(item.place)
         entry["reasons"][item.why] = entry["reasons"].get(item.why, 0) + 1
     return {
         rule: {"resources": len(entry["resources"]), "reasons": entry["reasons"]}

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from iac_scanner.expressions import (
+    MAX_INT_BITS,
     UNKNOWN,
     Context,
     PartialList,
     PartialMap,
+    TooLarge,
     Unsupported,
     evaluate_lazily,
     has_unknown,
@@ -265,6 +267,18 @@ def _cidrhost(prefix: str, hostnum: Any) -> str:
     return str(base + number)
 
 
+# The most elements one function call builds (setproduct), before building them.
+_MAX_ELEMENTS = 1_000_000
+
+
+def _pow(base: Any, exponent: Any) -> Any:
+    a, b = to_number(base), to_number(exponent)
+    big = isinstance(a, int) and isinstance(b, int) and abs(a) > 1 and b > 0
+    if big and b * math.log2(abs(a)) > MAX_INT_BITS:
+        raise TooLarge(f"pow() of more than {MAX_INT_BITS} bits")
+    return a**b
+
+
 def _substr(text: str, offset: Any, length: Any) -> str:
     start = int(to_number(offset))
     size = int(to_number(length))
@@ -371,6 +385,8 @@ def _setproduct(*sets: Any) -> list[Any]:
     # configuration pairs each rule with each CIDR for a for_each.
     if len(sets) < 2:
         raise Unsupported("setproduct needs two or more sets")
+    if math.prod(len(_items(s)) for s in sets) > _MAX_ELEMENTS:
+        raise TooLarge(f"setproduct of more than {_MAX_ELEMENTS:,} combinations")
     return [list(combination) for combination in itertools.product(*(_items(s) for s in sets))]
 
 
@@ -459,7 +475,7 @@ FUNCTIONS: dict[str, Function] = {
     "abs": _strict(lambda n: abs(to_number(n))),
     "ceil": _strict(lambda n: math.ceil(to_number(n))),
     "floor": _strict(lambda n: math.floor(to_number(n))),
-    "pow": _strict(lambda a, b: to_number(a) ** to_number(b)),
+    "pow": _strict(_pow),
     "signum": _strict(lambda n: (to_number(n) > 0) - (to_number(n) < 0)),
     "parseint": _strict(lambda s, base: int(to_string(s), int(to_number(base)))),
     "jsonencode": _strict(_jsonencode),
@@ -557,7 +573,7 @@ def _templatefile(args: list[Expr], ctx: Context) -> Any:
     if template[0] == "opaque":
         return UNKNOWN
     names = {"path": ctx.lookup("path"), **variables}
-    scope = Context(_no_module_names, names, None, ctx.on_read)
+    scope = Context(_no_module_names, names, None, ctx.on_read, ctx.budget)
     return evaluate(template, scope)
 
 

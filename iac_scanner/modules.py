@@ -11,6 +11,7 @@ than an error.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,10 +21,12 @@ from typing import Any
 from iac_scanner.expressions import (
     UNKNOWN,
     UNKNOWN_NAMESPACE,
+    Budget,
     Context,
     MapNamespace,
     Namespace,
     Partial,
+    TooLarge,
     Unsupported,
     evaluate,
     is_unknown,
@@ -48,7 +51,31 @@ _MAX_MODULE_DEPTH = 12
 class _TooDeep(RecursionError):
     """The attribute (args[0], a dotted path) whose evaluation recursed too
     deep: the expression through the locals, resources and module outputs it
-    refers to (each one is within hcl.MAX_NESTING, a chain of them need not)."""
+    refers to (each one is within hcl.MAX_NESTING, a chain of them need not).
+    args[1], when there, says it was too large instead (TooLarge's words)."""
+
+
+# An instance (of a resource or a module call) costs the budget as much as this
+# many characters: `count = 1e9`, or a module calling itself three times, is
+# refused before it is built.
+_INSTANCE_COST = 50
+# A module instance is a whole module evaluated again: at most some 10,000 of them.
+_MODULE_INSTANCE_COST = Budget.LIMIT // 10_000
+
+
+def _why(error: RecursionError) -> str | None:
+    """TooLarge's words, through a _TooDeep that named the attribute."""
+    if isinstance(error, TooLarge):
+        return str(error.args[0])
+    if isinstance(error, _TooDeep) and len(error.args) > 1:
+        return str(error.args[1])
+    return None
+
+
+def _too_deep_at(path: str, error: RecursionError) -> _TooDeep:
+    """`error`, raised evaluating the attribute at `path`, named for it."""
+    why = _why(error)
+    return _TooDeep(path) if why is None else _TooDeep(path, why)
 
 
 @dataclass
@@ -87,6 +114,8 @@ class Loader:
         self.problems: list[Problem] = problems if problems is not None else []
         # Called with each directory whose files (there or not) the scan depends on.
         self.on_list = on_list
+        # What every module instance's expressions may build, together.
+        self.budget = Budget()
 
     def note(self, text: str) -> None:
         if text not in self.notes:
@@ -149,7 +178,12 @@ class ModuleInstance:
         self._instances: dict[str, Any] = {}
         self._configs: dict[str, Any] = {}
         self._children: dict[str, Any] = {}
-        self.context = Context(self._resolve, references=self._references, on_read=loader.on_read)
+        self.context = Context(
+            self._resolve,
+            references=self._references,
+            on_read=loader.on_read,
+            budget=loader.budget,
+        )
         # Provider configuration name ("aws", "aws.west") -> its default_tags.
         self.default_tags = {**(inherited_tags or {}), **self._own_default_tags()}
 
@@ -493,6 +527,7 @@ class ModuleInstance:
                 "with unknown count.index/each"
             )
             expansion = [("", {"count": {"index": UNKNOWN}, "each": _UNKNOWN_EACH})]
+        self.context.budget.spend(_MODULE_INSTANCE_COST * len(expansion))
         for key, names in expansion:
             context = self.context.child(names)
             inputs: dict[str, Any] = {}
@@ -596,8 +631,9 @@ class ModuleInstance:
             kind, name = block["labels"]
             try:
                 expansion = self.instances(key)
-            except RecursionError:
-                self._too_deep(source, block, f"{self.prefix}{key}", "`count`/`for_each`")
+            except RecursionError as error:
+                address = f"{self.prefix}{key}"
+                self._too_deep(source, block, address, "`count`/`for_each`", _why(error))
                 continue
             if expansion is None:
                 # count/for_each unknown (e.g. from a data source): scanned once,
@@ -608,7 +644,8 @@ class ModuleInstance:
                     self.config_of(key, suffix, names)
                 except RecursionError as error:
                     what = f"`{error.args[0]}`" if isinstance(error, _TooDeep) else "an argument"
-                    self._too_deep(source, block, f"{self.prefix}{key}{suffix}", what)
+                    address = f"{self.prefix}{key}{suffix}"
+                    self._too_deep(source, block, address, what, _why(error))
                     continue
                 config, refs = self._configs[f"{key}{suffix}"]
                 config = self._tags_all(block, config)
@@ -635,28 +672,34 @@ class ModuleInstance:
         for name, block in self.module_blocks.items():
             try:
                 children = self.children(name)
-            except RecursionError:
+            except RecursionError as error:
                 what = f"{self.prefix}module.{name}"
-                self._too_deep(self.module_files[name], block, what, "its arguments")
+                why = _why(error)
+                self._too_deep(self.module_files[name], block, what, "its arguments", why)
                 continue
             for child in (children or {}).values():
                 found.extend(child.resources())
         return found
 
-    def _too_deep(self, source: SourceFile, block: Block, address: str, what: str) -> None:
+    def _too_deep(
+        self, source: SourceFile, block: Block, address: str, what: str, why: str | None = None
+    ) -> None:
         """A Problem: `what` of the resource or module call at address nests
-        deeper than Python recurses, so it can't be evaluated."""
+        deeper than Python recurses (or, said in why, is too large), so it
+        can't be evaluated."""
         if block["type"] == "module":
             outcome = "its resources were not scanned"
         else:
             outcome = "the resource was not judged"
-        self.loader.problem(
-            Problem(
-                source.display,
-                f"{address}: {what}: expression nested too deeply to evaluate, itself or "
-                f"through the locals, resources and module outputs it refers to; {outcome}",
-                block["line"],
+        if why is None:
+            why = (
+                "expression nested too deeply to evaluate, itself or "
+                "through the locals, resources and module outputs it refers to"
             )
+        else:
+            why = f"too large to evaluate: {why}"
+        self.loader.problem(
+            Problem(source.display, f"{address}: {what}: {why}; {outcome}", block["line"])
         )
 
     def _explainer(self, block: Block) -> Callable[[str], str]:
@@ -740,6 +783,9 @@ def _expand(block: Block, context: Context) -> list[tuple[str, dict[str, Any]]] 
         count = evaluate(attrs["count"], context)
         if isinstance(count, bool) or not isinstance(count, int | float):
             return None
+        if not math.isfinite(count):
+            return None
+        context.budget.spend(_INSTANCE_COST * max(0, int(count)))
         return [(f"[{i}]", {"count": {"index": i}}) for i in range(int(count))]
     if "for_each" in attrs:
         collection = evaluate(attrs["for_each"], context)
@@ -749,7 +795,9 @@ def _expand(block: Block, context: Context) -> list[tuple[str, dict[str, Any]]] 
             items = [(v, v) for v in sorted(set(collection))]
         else:
             return None
+        context.budget.spend(_INSTANCE_COST * len(items))
         return [(f"[{json.dumps(k)}]", {"each": {"key": k, "value": v}}) for k, v in items]
+    context.budget.spend(_INSTANCE_COST)
     return [("", {})]
 
 
@@ -764,9 +812,9 @@ def _body_value(
         try:
             config[name] = evaluate(expr, context)
             _attribute_refs(expr, context, f"{path}{name}", refs)
-        except RecursionError:
+        except RecursionError as error:
             # Named for the outermost attribute: the one whose resource is judged.
-            raise _TooDeep(f"{path}{name}") from None
+            raise _too_deep_at(f"{path}{name}", error) from None
     for inner in block["blocks"]:
         kind = inner["type"]
         if top and kind in _RESOURCE_META_BLOCKS:
@@ -820,8 +868,8 @@ def _dynamic(
     content = next((b for b in block["blocks"] if b["type"] == "content"), None)
     try:
         collection = evaluate(block["attrs"].get("for_each", ["lit", None]), context)
-    except RecursionError:
-        raise _TooDeep(f"{path}{label}") from None
+    except RecursionError as error:
+        raise _too_deep_at(f"{path}{label}", error) from None
     iterator = label
     if "iterator" in block["attrs"]:
         chain = traversal(block["attrs"]["iterator"])

@@ -5,12 +5,23 @@ and suppresses nothing."""
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 from iac_scanner.findings import Finding
 
 _IGNORE = re.compile(r"^(?P<ids>[A-Za-z0-9_.*-]+(?:\s*,\s*[A-Za-z0-9_.*-]+)*)\s*(?P<reason>.*)$")
+
+
+# Letters that draw nothing (Hangul fillers, the braille blank): a "reason" of
+# these, or of spaces, zero-width and combining marks, says nothing to a reviewer.
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def _says_something(reason: str) -> bool:
+    """True when a reviewer can read the reason: it holds a visible letter or digit."""
+    return any(unicodedata.category(c)[0] in "LN" and c not in _BLANK_LETTERS for c in reason)
 
 
 @dataclass(frozen=True)
@@ -36,7 +47,7 @@ def parse_comments(comments: list[list[Any]], file: str, notes: list[str]) -> li
             continue
         ids = frozenset(i.strip() for i in match.group("ids").split(","))
         reason = match.group("reason").strip().lstrip(":-").strip()
-        if not reason:
+        if not _says_something(reason):
             notes.append(
                 f"{file}:{line}: portcullis:ignore={','.join(sorted(ids))} has no reason, "
                 "so it suppresses nothing; say why after the id"
@@ -65,7 +76,7 @@ def parse_checkov_skips(
         if match is None:
             continue
         reason = (match.group("reason") or "").strip()
-        if not reason:
+        if not _says_something(reason):
             notes.append(
                 f"{file}:{line}: checkov:skip={match.group('id')} has no reason, so it "
                 "suppresses nothing; say why after the id (checkov:skip=ID:reason)"

@@ -9,7 +9,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,9 +34,10 @@ from policy_engine.errors import (
     character_column,
     problem_from_engine_error,
 )
-from policy_engine.input_reads import InputProjection, projection
+from policy_engine.input_reads import InputProjection, projection, reached_modules
 from policy_engine.policy_set import PolicySet, data_leaf_on, outside_roots
 from policy_engine.rego_ast import ModuleShape, Rule, module_shape, share_package_imports
+from policy_engine.vm_divergence import unfinished_assignments
 
 REF = re.compile(r"^data(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _NOT_A_RULE = "not a valid rule path"
@@ -56,6 +57,9 @@ class CompiledPolicy:
 
     policy_set: PolicySet
     shapes: list[ModuleShape]
+    # Where the compiled VM would answer otherwise than the interpreter
+    # (policy_engine/vm_divergence.py), in the modules that aren't tests.
+    vm_divergences: list[Problem] = dataclasses.field(default_factory=list)
 
     def rule_refs(self, *, include_tests: bool = True) -> list[str]:
         """Every non-function rule as `data.pkg.rule`, in source order, once each."""
@@ -77,6 +81,17 @@ class CompiledPolicy:
                 if full[:shorter] == path[:shorter]:
                     return True
         return not path or data_leaf_on(self.policy_set.data, path) is not None
+
+    def vm_divergences_reached(self, refs: Iterable[str]) -> list[Problem]:
+        """The vm_divergences in the modules these entry points (`data.pkg.rule`)
+        reach: their own package's and every package they read through `data`,
+        since the VM compiles whatever a rule calls (a library's helper too)."""
+        files = {
+            shape.file
+            for ref in refs
+            for shape in reached_modules(self.shapes, tuple(ref.split("."))[1:])
+        }
+        return [problem for problem in self.vm_divergences if problem.file in files]
 
 
 def new_engine(policy_set: PolicySet) -> Any:
@@ -113,10 +128,13 @@ def compile_policy(policy_set: PolicySet, *, evaluate: bool = True) -> CompiledP
         message = str(error).split("Stack backtrace:")[0].strip() or type(error).__name__
         problem = Problem(policy_set.origin, f"data the engine can't hold: {message}")
         raise PolicyLoadError([problem]) from None
-    shapes = [module_shape(entry) for entry in json.loads(engine.get_ast_as_json())]
+    entries = json.loads(engine.get_ast_as_json())
+    shapes = [module_shape(entry) for entry in entries]
+    # The modules the VM compiles (_compile_program): all but the tests.
+    modules = [entry for entry in entries if not entry["source"]["file"].endswith("_test.rego")]
     problems.extend(_shadowing_imports(shapes))
     problems.extend(_alias_conflicts(shapes))  # and each module's reads through another's
-    compiled = CompiledPolicy(policy_set, shapes)
+    compiled = CompiledPolicy(policy_set, shapes, unfinished_assignments(modules))
     problems.extend(_data_conflicts(compiled))
     problems.extend(_rule_conflicts(shapes))
     problems.extend(_ref_head_overlaps(shapes))
@@ -467,6 +485,13 @@ class EmbeddedEngine:
             self._compile_program(refs)
 
     def _compile_program(self, refs: list[str]) -> None:
+        # Entry points that reach a rule the VM would answer otherwise are the
+        # interpreter's.
+        diverging = self.compiled.vm_divergences_reached(refs)
+        if diverging:
+            more = f" (and {len(diverging) - 1} more)" if len(diverging) > 1 else ""
+            self.rvm_problem = f"{diverging[0]}{more}"
+            return
         modules = [
             (m.file, m.text)
             for m in self.compiled.policy_set.modules

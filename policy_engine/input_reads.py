@@ -65,7 +65,7 @@ def input_reads(
     which of those reads no `declared` path covers (a declared path covers itself
     and everything under it)."""
     modules = [shape for shape in shapes if not shape.file.endswith("_test.rego")]
-    reached = _reached(modules, package)
+    reached = reached_modules(modules, package)
     reads = frozenset(path for shape in reached for path in shape.input_reads)
     cover = tuple(declared)
     undeclared = tuple(
@@ -75,7 +75,7 @@ def input_reads(
     return InputReads(reads, undeclared, tuple(unstable))
 
 
-def _reached(modules: list[ModuleShape], package: Path) -> list[ModuleShape]:
+def reached_modules(modules: Iterable[ModuleShape], package: Path) -> list[ModuleShape]:
     """The modules of `package` and of every package their `data` reads can reach:
     a read of data.a.b reaches packages a.b.* and the package a (a rule `b` of it)."""
     reached: dict[int, ModuleShape] = {}

@@ -25,9 +25,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from policy_engine.embedded import new_engine
-from policy_engine.errors import Problem, character_column
+from policy_engine.errors import Problem
 from policy_engine.policy_set import PolicySet
-from policy_engine.rego_ast import ground_prefix, module_shape, ref_path
+from policy_engine.rego_ast import ground_prefix, module_shape, ref_path, source_position
 
 WARNING = (
     "`not` over {what}: if it is undefined, OPA treats the whole `not` as undefined "
@@ -93,7 +93,7 @@ def undefined_under_not(ast_entries: list[dict[str, Any]]) -> list[Problem]:
         lines = str(entry["source"].get("contents", "")).splitlines()
         for negated in _find(ast.get("rules", []), "NotExpr"):
             for node, what in _risky(negated["expr"], rules, top=True):
-                span = _span(node, lines)
+                span = source_position(node, lines)
                 problems.append(
                     Problem(file, f"warning: {WARNING.format(what=what)}", span[0], span[1])
                 )
@@ -167,7 +167,7 @@ class _Scope:
             if name in said and name != "_":
                 continue
             said.add(name)
-            line, col = _span({"Var": var}, self.lines)
+            line, col = source_position({"Var": var}, self.lines)
             message = f"warning: {text.format(name=name)}"
             self.problems.append(Problem(self.file, message, line, col))
 
@@ -413,20 +413,3 @@ def _may_be_undefined(node: Any, rules: set[str]) -> bool:
         path = ref_path(body["fcn"]) or ("",)
         return path[0] in rules or any(_may_be_undefined(p, rules) for p in body["params"])
     return kind == "Var" and isinstance(body, dict) and body.get("value") in rules
-
-
-def _span(node: Any, lines: list[str]) -> tuple[int | None, int | None]:
-    """Where a node starts (the `input` of `input.a.b`), in characters."""
-    body = next(iter(node.values())) if isinstance(node, dict) and node else {}
-    while isinstance(body, dict):  # down to the leftmost part: `f` of `f(x)`, `a` of `a.b`
-        inner = body.get("fcn") or body.get("refr")
-        if not isinstance(inner, dict) or not inner:
-            break
-        body = next(iter(inner.values()))
-    span = body.get("span") if isinstance(body, dict) else None
-    if not isinstance(span, dict) or not isinstance(span.get("line"), int):
-        return None, None
-    line, column = span["line"], span.get("col")
-    if isinstance(column, int) and 0 < line <= len(lines):
-        column = character_column(lines[line - 1], column)
-    return line, column

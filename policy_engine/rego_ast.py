@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from policy_engine.errors import character_column
+
 # `opa test` runs rules whose name starts with TEST_PREFIX and reports those
 # with SKIP_TEST_PREFIX as skipped.
 TEST_PREFIX = "test_"
@@ -108,6 +110,24 @@ def ground_prefix(node: Any) -> tuple[tuple[str, ...], bool]:
     if root is None:
         return (), True
     return (root, *path), bool(indexes)
+
+
+def source_position(node: Any, lines: list[str]) -> tuple[int | None, int | None]:
+    """Where a node starts (the `input` of `input.a.b`) in its module's `lines`:
+    its line and column, in characters."""
+    body = next(iter(node.values())) if isinstance(node, dict) and node else {}
+    while isinstance(body, dict):  # down to the leftmost part: `f` of `f(x)`, `a` of `a.b`
+        inner = body.get("fcn") or body.get("refr")
+        if not isinstance(inner, dict) or not inner:
+            break
+        body = next(iter(inner.values()))
+    span = body.get("span") if isinstance(body, dict) else None
+    if not isinstance(span, dict) or not isinstance(span.get("line"), int):
+        return None, None
+    line, column = span["line"], span.get("col")
+    if isinstance(column, int) and 0 < line <= len(lines):
+        column = character_column(lines[line - 1], column)
+    return line, column
 
 
 def _first_span(node: Any) -> dict[str, Any] | None:

@@ -187,11 +187,22 @@ def check(args: argparse.Namespace) -> int:
         modules = len(compiled.policy_set.modules)
         rules = len(compiled.rule_refs())
         warnings = portability_warnings(compiled.policy_set)
-        for warning in warnings:
+        on_vm = _vm_warnings(compiled)
+        for warning in sorted(warnings + on_vm, key=lambda p: (p.file, p.line or 0)):
             print(warning, file=sys.stderr)
         note = f", {len(warnings)} portability warnings" if warnings else ""
+        note += f", {len(on_vm)} compiled-VM warnings" if on_vm else ""
         print(f"{_label(source)}: OK ({modules} modules, {rules} rules evaluated{note})")
     return _fail(problems) if problems else 0
+
+
+def _vm_warnings(compiled: CompiledPolicy) -> list[Problem]:
+    """Where the gateway's decision (its package, or one it reads) would be
+    answered otherwise on the compiled VM (policy_engine/vm_divergence.py): the
+    gateway then decides on the interpreter."""
+    from gateway.policy.decision import DECISION_REF  # the gateway, only when asked
+
+    return compiled.vm_divergences_reached([DECISION_REF])
 
 
 def read_input(name: str | None) -> Any:

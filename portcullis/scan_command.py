@@ -11,7 +11,7 @@ from typing import Any
 
 from iac_scanner.cache import DEFAULT_DIR
 from iac_scanner.findings import SEVERITIES, Problem, ScanResult
-from iac_scanner.report import FORMATS
+from iac_scanner.report import FORMATS, inert
 from iac_scanner.scan import ScanError, ScanOptions, scan, source_root
 from portcullis import output_options
 
@@ -124,8 +124,8 @@ def _refused(
     it `if: always()` shows the error instead of failing on a missing file.
     stdout gets no report: stderr has said it. Exit 2."""
     for problem in problems:
-        for line in str(problem).splitlines():
-            print(f"portcullis scan: {line}", file=sys.stderr)
+        for line in str(problem).split("\n"):
+            print(f"portcullis scan: {inert.line(line)}", file=sys.stderr)
     result = ScanResult(
         problems=problems, fail_on=options.fail_on, source_root=str(source_root(options))
     )
@@ -164,7 +164,9 @@ def run(args: argparse.Namespace) -> int:
     except ScanError as error:
         return _refused(outputs, options, error.problems)
     for problem in result.problems:
-        print(f"error: {problem}", file=sys.stderr)
+        # A parse error quotes the pull request's text: nothing a terminal acts on.
+        text = "\n".join(inert.line(line) for line in str(problem).split("\n"))
+        print(f"error: {text}", file=sys.stderr)
     if args.create_baseline:
         from iac_scanner import baseline
 

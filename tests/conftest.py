@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,17 @@ ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ROOT / "policies"
 FIXTURES = ROOT / "tests" / "fixtures"
 SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _collect_on_the_main_thread() -> Iterator[None]:
+    """A regorus engine may be dropped only on the thread that made it. A test
+    module's engines caught in reference cycles (a traceback's frames) are
+    collected here, on the main thread, and not by a later module's garbage
+    collection on a worker thread (a gateway's executor), where regorus raises
+    "Engine is unsendable, but is being dropped on another thread"."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture

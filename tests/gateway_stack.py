@@ -28,7 +28,7 @@ from gateway.config import (
     Route,
 )
 from gateway.demo import AUDIENCE, REQUESTS, DevIssuer, demo_backend
-from gateway.runner import ssl_context
+from gateway.runner import GatewayRunner, ssl_context
 from gateway.server import GATEWAY_KEY, Gateway, build_app
 from tests.conftest import POLICIES, complete_lines
 
@@ -101,6 +101,29 @@ class Stack:
         return await self.session.request(
             kwargs.pop("method", "GET"), self.url + path, headers=headers, **kwargs
         )
+
+
+@contextlib.asynccontextmanager
+async def runner_served(aiohttp_server: ServerFactory) -> AsyncIterator[ServerFactory]:
+    """A server factory for start_stack that serves the gateway by GatewayRunner, as
+    `portcullis gateway` does (the connection's own limits and refusals live there),
+    and every other app by aiohttp's test server."""
+    runners: list[GatewayRunner] = []
+
+    async def serve(app: web.Application, *, port: int | None = None, **kwargs: Any) -> Any:
+        if GATEWAY_KEY not in app:
+            return await aiohttp_server(app, port=port, **kwargs)
+        runner = GatewayRunner(app, access_log=None)
+        await runner.setup()
+        runners.append(runner)
+        await web.TCPSite(runner, "127.0.0.1", port, ssl_context=kwargs.get("ssl")).start()
+        return None
+
+    try:
+        yield serve
+    finally:
+        for runner in runners:
+            await runner.cleanup()
 
 
 @contextlib.asynccontextmanager

@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from gateway.audit.chain import NOT_COUNTED_LABEL as NOT_COUNTED
-from gateway.client_cas import CLIENT_CERTIFICATE_ISSUER, ClientCas, names_of_several_keys
 from gateway.config import ConfigError, Listener, TlsConfig, client_cas, parse_config
+from gateway.mtls.cas import CLIENT_CERTIFICATE_ISSUER, ClientCas, names_of_several_keys
 from gateway.server import Gateway
 from gateway.shared.settings import Lockout, RateLimit, RateLimits, SharedStateConfig
 from tests.gateway_stack import ServerFactory, Stack, free_port, logged, start_stack

@@ -8,7 +8,9 @@ the headers alone for the precise rule."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,14 @@ from gateway.shared.state import SharedState
 from gateway.shared.third_party import LABEL
 from tests.gateway_stack import ServerFactory, Stack, free_port
 from tests.redis_server import redis_server, redis_url
-from tests.sign_in_stack import DevProvider, browser, provider, start_provider, start_sign_in_stack
+from tests.sign_in_stack import (
+    Browser,
+    DevProvider,
+    browser,
+    provider,
+    start_provider,
+    start_sign_in_stack,
+)
 from tests.test_browser_sign_in import chromium_on, signed_in_tab
 from tests.test_shared_state import WAREHOUSE, call, shared, shared_stack
 
@@ -162,6 +171,23 @@ async def test_a_third_party_page_cannot_lock_a_signed_in_user_out(
 # --- the rule, header by header -------------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def alice_signed_in(
+    aiohttp_server: ServerFactory, tmp_path: Path, provider: DevProvider, redis_url: str
+) -> AsyncIterator[tuple[Stack, Browser]]:
+    """A gateway with shared state locking out after 3 counted denies, and alice
+    signed in (OTP) with a browser-like client."""
+    lockout = Lockout(after_denies=3, window=900, duration=1800)
+    async with (
+        start_sign_in_stack(
+            aiohttp_server, tmp_path, provider, shared_state=shared(redis_url, lockout=lockout)
+        ) as stack,
+        browser(stack.url) as alice,
+    ):
+        await alice.sign_in(stack.url + "/wms/stock", "alice", ["otp"])
+        yield stack, alice
+
+
 async def signed_in_denies(
     aiohttp_server: ServerFactory,
     tmp_path: Path,
@@ -172,14 +198,7 @@ async def signed_in_denies(
     """Alice signs in with a browser-like client, then asks for a POS refund once
     with each list of Sec-Fetch-Site values in `sent` (none, one, or repeated):
     what was counted for her, and the denies' events."""
-    lockout = Lockout(after_denies=3, window=900, duration=1800)
-    async with (
-        start_sign_in_stack(
-            aiohttp_server, tmp_path, provider, shared_state=shared(redis_url, lockout=lockout)
-        ) as stack,
-        browser(stack.url) as alice,
-    ):
-        await alice.sign_in(stack.url + "/wms/stock", "alice", ["otp"])
+    async with alice_signed_in(aiohttp_server, tmp_path, provider, redis_url) as (stack, alice):
         for n, values in enumerate(sent):
             headers = CIMultiDict([("Accept", "application/json")])
             for value in values:
@@ -227,6 +246,42 @@ async def test_session_denies_the_user_or_a_client_without_fetch_metadata_made_s
     counted, events = await signed_in_denies(aiohttp_server, tmp_path, provider, redis_url, sent)
     assert counted == (0, True)  # locked (the lockout clears the counted denies)
     assert len(events) == 3 and not [e for e in events if LABEL in e["labels"]]
+
+
+async def test_an_old_browsers_form_posts_from_a_sibling_page_cannot_lock_a_signed_in_user_out(
+    aiohttp_server: ServerFactory, tmp_path: Path, provider: DevProvider, redis_url: str
+) -> None:
+    """A browser from before Fetch Metadata (Safari 16.3, Firefox 89) sends no
+    Sec-Fetch-Site, but every POST carries the page's Origin, a header no page
+    can set. A sibling subdomain's page (the Lax cookie goes with its form POSTs)
+    auto-submits forms to WMS: the policy refuses each by its Origin, and each
+    deny is labelled and not counted (three would lock alice out of every app),
+    a sandboxed frame's `null` Origin too. Her own POST from the gateway's page
+    still reaches WMS; an Origin sent twice, no browser's, still counts."""
+    async with alice_signed_in(aiohttp_server, tmp_path, provider, redis_url) as (stack, alice):
+        sibling = "http://evil.corp.localhost:" + stack.url.rsplit(":", 1)[1]
+        for n, origin in enumerate([sibling, sibling, "null", sibling]):
+            headers = {"Origin": origin, "Accept": "application/json"}
+            page = await alice.request(
+                "POST", f"{stack.url}/wms/orders/{n}", headers=headers, data="x=1"
+            )
+            assert page.status == 403, page.text
+            assert "requires a request from the app's own pages" in page.json()["reasons"][0]
+        assert await counted_denies(stack, provider.issuer, "alice") == (0, False)
+        events = [
+            e for e in await stack.events(at_least=5)
+            if e["path"] == DECISION_PATH
+            and e["input"]["attributes"]["request"]["http"]["path"].startswith("/wms/orders/")
+        ]  # fmt: skip
+        assert [e["labels"].get(LABEL) for e in events] == ["cross-origin"] * 4
+
+        own = {"Origin": stack.url, "Accept": "application/json"}
+        page = await alice.request("POST", stack.url + "/wms/orders/own", headers=own, data="x=1")
+        assert page.status == 200, page.text
+        twice = CIMultiDict([("Origin", sibling), ("Origin", sibling)])
+        page = await alice.request("POST", stack.url + "/wms/orders/twice", headers=twice)
+        assert page.status == 403, page.text
+        assert await counted_denies(stack, provider.issuer, "alice") == (1, False)
 
 
 async def test_bearer_token_denies_count_toward_a_lockout_whatever_fetch_metadata_says(

@@ -156,12 +156,18 @@ async def test_a_connection_header_the_parser_reads_as_no_upgrade_opens_no_upstr
 # --- Expect ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("target", [b"/wms/stock", b"/healthz"], ids=["proxied", "own-page"])
-async def test_an_unknown_expectation_is_a_logged_refusal(stack: Stack, target: bytes) -> None:
+@pytest.mark.parametrize(
+    "line",
+    [b"GET /wms/stock", b"GET /healthz", b"OPTIONS *", b"CONNECT wms.internal:443"],
+    ids=["proxied", "own-page", "asterisk-form", "authority-form"],
+)
+async def test_an_unknown_expectation_is_a_logged_refusal(stack: Stack, line: bytes) -> None:
     """The review: aiohttp answered `Expect: foo` with its own 417 before any
-    handler ran: a request answered with no decision event."""
+    handler ran: a request answered with no decision event. A target no route
+    can match (`OPTIONS *`, `CONNECT host:port`) went to aiohttp's own expect
+    handler still, and its unlogged 417."""
     status, _, body = await raw_request(
-        stack.url, b"GET " + target + b" HTTP/1.1\r\nHost: {host}\r\nExpect: foo\r\n"
+        stack.url, line + b" HTTP/1.1\r\nHost: {host}\r\nExpect: foo\r\n"
     )
     assert status == 417, body
     assert json.loads(body)["error"] == "expectation_failed"
@@ -186,6 +192,25 @@ async def test_100_continue_is_not_sent_before_the_decision_refuses(stack: Stack
     writer.close()
     assert head.startswith(b"HTTP/1.1 401 "), head
     assert stack.total_forwarded() == 0
+
+
+@pytest.mark.parametrize("line", [b"OPTIONS *", b"CONNECT wms.internal:443"])
+async def test_100_continue_is_not_sent_for_a_target_no_route_matches(
+    stack: Stack, line: bytes
+) -> None:
+    """aiohttp's own expect handler told the client to send its body before the
+    gateway refused the request target: the refusal is the answer."""
+    reader, writer = await open_raw(
+        stack,
+        line + b" HTTP/1.1\r\nHost: {host}\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    )
+    head = await read_head(reader)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 404 "), head
+    (event,) = await stack.events()
+    assert event["result"]["reasons"] == [
+        "gateway.no_route: request target is not a path (asterisk or authority form)"
+    ]
 
 
 async def test_100_continue_is_sent_once_the_policy_allows_and_the_body_reaches_the_upstream(
@@ -309,3 +334,22 @@ async def test_a_refusal_that_never_asked_for_the_body_closes_the_connection(
     rest = await asyncio.wait_for(reader.read(), 5)
     writer.close()
     assert b"HTTP/1.1 " not in rest.partition(b"}")[2], rest
+
+
+@pytest.mark.parametrize("target", [b"/wms/stock%0Aadmin", b"/healthz%0A", b"/%0a"])
+async def test_an_encoded_line_break_in_the_path_is_refused_for_it_not_as_no_path(
+    stack: Stack, target: bytes
+) -> None:
+    """`%0A` decodes to a line break, which the catch-all route's `.*` did not
+    match: the path was a 404 logged as "request target is not a path (asterisk
+    or authority form)", a reason that sends the SOC after the wrong thing, while
+    `%0D` was the path check's refusal. Both are that refusal now."""
+    status, _, body = await raw_request(
+        stack.url, b"GET " + target + b" HTTP/1.1\r\nHost: {host}\r\n"
+    )
+    assert status == 400, body
+    (event,) = await stack.events()
+    assert event["result"]["reasons"] == [
+        "gateway.path_rejected: encoded control character in path"
+    ]
+    assert stack.total_forwarded() == 0

@@ -21,7 +21,6 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.client_cas import CLIENT_CERTIFICATE_ISSUER
 from gateway.config import (
     ConfigError,
     Issuer,
@@ -30,6 +29,7 @@ from gateway.config import (
     parse_config,
 )
 from gateway.demo import AUDIENCE, DevIssuer
+from gateway.mtls.cas import CLIENT_CERTIFICATE_ISSUER
 from gateway.shared.settings import Lockout, RateLimit, RateLimits, SharedStateConfig
 from gateway.shared.store import MAX_KEY_PART, Keys
 from tests.gateway_stack import ServerFactory, Stack, free_port, start_stack

@@ -26,12 +26,12 @@ from gateway.shared.third_party import LABEL
 from tests.conftest import POLICIES
 from tests.gateway_stack import ServerFactory, Stack, free_port
 from tests.redis_server import redis_server, redis_url
-from tests.sign_in_stack import start_provider, start_sign_in_stack
+from tests.sign_in_stack import DevProvider, browser, provider, start_provider, start_sign_in_stack
 from tests.test_attack_lockout import counted_denies
 from tests.test_browser_sign_in import chromium_on, signed_in_tab
 from tests.test_shared_state import shared
 
-__all__ = ["redis_server", "redis_url"]  # fixtures
+__all__ = ["provider", "redis_server", "redis_url"]  # fixtures
 
 pytestmark = pytest.mark.timeout(120)
 SITE = "corp.localhost"  # the gateway is gw.corp.localhost; the pages are siblings
@@ -189,3 +189,40 @@ async def test_a_sibling_subdomains_page_cannot_post_to_an_app_with_alices_sessi
             await chromium.close()
     finally:
         idp.stop()
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["http://evil.corp.localhost:{port}", "null", "https://gw.corp.localhost.evil.example"],
+)
+async def test_an_old_browsers_form_post_from_another_page_is_refused_by_its_origin(
+    aiohttp_server: ServerFactory, tmp_path: Path, provider: DevProvider, origin: str
+) -> None:
+    """A browser from before Fetch Metadata (Safari 16.3, Firefox 89) sends no
+    Sec-Fetch-Site, but still the page's Origin with every POST. Alice's session
+    cookie on a POST whose Origin is another host's page, a sandboxed frame's
+    `null`, or a look-alike is a logged 403 that names the Origin, and WMS hears
+    nothing; the same POST from the gateway's own origin, or from no page at all
+    (no Origin: a script with her cookie), reaches WMS as before."""
+    async with (
+        start_sign_in_stack(aiohttp_server, tmp_path, provider) as stack,
+        browser(stack.url) as alice,
+    ):
+        await alice.sign_in(stack.url + "/wms/stock", "alice", ["otp"])
+        origin = origin.format(port=stack.url.rsplit(":", 1)[1])
+        forged = await alice.request(
+            "POST", stack.url + FORGED, headers={"Origin": origin}, data="x=1"
+        )
+        assert forged.status == 403
+        assert posted(stack, FORGED) == []
+        (event,) = await decisions_on(stack, FORGED, count=1)
+        (reason,) = event["result"]["reasons"]
+        assert reason.startswith(OTHER_SITE)
+        assert reason.endswith(f"(Origin: {json.dumps(origin)}, no Sec-Fetch-Site)")
+        assert event["input"]["identity"]["subject"] == "alice"
+
+        own_page, script = {"Origin": stack.url}, {}
+        for path, headers in [("/wms/orders/own-page", own_page), ("/wms/orders/script", script)]:
+            own = await alice.request("POST", stack.url + path, headers=headers, data="x=1")
+            assert own.status == 200, own.text
+            assert len(posted(stack, path)) == 1

@@ -707,7 +707,7 @@ def test_a_shadow_divergence_is_not_shipped_as_an_access_denial() -> None:
 
     ecs = formatter("ecs")(SHADOW_RECORD, digest)
     assert (ecs["event"]["kind"], ecs["event"]["type"]) == ("event", ["info"])
-    assert "outcome" not in ecs["event"] and ecs["labels"]["shadow"] is True
+    assert "outcome" not in ecs["event"] and ecs["labels"] == {"shadow": "true"}
     assert ecs["portcullis"]["divergence"]["shadow"]["allow"] is False
     assert ecs["@timestamp"] == SHADOW_RECORD["timestamp"]
 
@@ -1228,7 +1228,7 @@ async def test_a_real_shadow_divergence_is_shipped_as_one_in_ocsf_and_ecs(tmp_pa
         assert event["unmapped"]["shadow"] is True and event["metadata"]["labels"] == ["shadow"]
         assert event["unmapped"]["divergence"]["kind"] in ("allow-to-deny", "step-up")
         assert document["event"]["type"] == ["info"] and "outcome" not in document["event"]
-        assert document["labels"]["shadow"] is True
+        assert document["labels"] == {"shadow": "true"}
     live = [e for e in ocsf.values() if e["class_uid"] == 6001]
     assert live and not any(e["metadata"]["uid"] in shadowed for e in live)
 

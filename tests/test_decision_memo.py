@@ -96,7 +96,6 @@ def with_noise(document: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     http = changed.get("attributes", {}).get("request", {}).get("http")
     if isinstance(http, dict):
         http["id"] = f"req-{rng.randrange(10**6)}"
-        http["host"] = rng.choice(["a.example", "b.example:8443"])
         http["path"] = str(http.get("path", "")) + rng.choice(["", "?x=1", "?refund=all"])
         headers = http.setdefault("headers", {})
         if isinstance(headers, dict):

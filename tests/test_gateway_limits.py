@@ -20,10 +20,8 @@ from aiohttp import web
 
 from gateway.config import ConfigError, Issuer, LimitsConfig, Route, parse_config
 from gateway.demo import AUDIENCE, DevIssuer
-from gateway.runner import GatewayRunner
-from gateway.server import GATEWAY_KEY
 from tests.conftest import POLICIES
-from tests.gateway_stack import ServerFactory, Stack, start_stack
+from tests.gateway_stack import ServerFactory, Stack, runner_served, start_stack
 
 WAREHOUSE = {"groups": ["warehouse"], "amr": ["pwd", "otp"]}
 # Small enough that a test sees each limit trip within a second or two.
@@ -50,26 +48,12 @@ async def limited_stack(
 ) -> AsyncIterator[Stack]:
     """start_stack, with the gateway served by GatewayRunner (the connection limits
     live there) instead of aiohttp's test server; `overrides` are other config fields."""
-    runners: list[GatewayRunner] = []
-
-    async def serve(app: web.Application, *, port: int | None = None, **kwargs: Any) -> Any:
-        if GATEWAY_KEY not in app:
-            return await aiohttp_server(app, port=port, **kwargs)
-        runner = GatewayRunner(app, access_log=None)
-        await runner.setup()
-        runners.append(runner)
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        return None
-
-    try:
-        limited = replace(TEST_LIMITS, **limits)
-        async with start_stack(
-            serve, tmp_path, policy=policy, limits=limited, **(overrides or {})
-        ) as stack:
-            yield stack
-    finally:
-        for runner in runners:
-            await runner.cleanup()
+    limited = replace(TEST_LIMITS, **limits)
+    async with (
+        runner_served(aiohttp_server) as serve,
+        start_stack(serve, tmp_path, policy=policy, limits=limited, **(overrides or {})) as stack,
+    ):
+        yield stack
 
 
 def port_of(stack: Stack) -> int:

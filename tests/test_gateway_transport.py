@@ -34,14 +34,23 @@ def _name(common_name: str) -> x509.Name:
 
 
 def make_cert(
-    directory: Path, name: str, issuer: tuple[x509.Certificate, Any] | None, *, ca: bool = False
+    directory: Path,
+    name: str,
+    issuer: tuple[x509.Certificate, Any] | None,
+    *,
+    ca: bool = False,
+    subject: x509.Name | None = None,
+    sans: list[x509.GeneralName] | None = None,
 ) -> tuple[x509.Certificate, Any]:
+    """A certificate `name`.pem (and its key, `name`.key) issued by `issuer`, or
+    self-signed; its subject CN=`name` unless `subject` is given, and a leaf's SANs
+    DNS:localhost unless `sans` are."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(name))
-        .issuer_name(issuer[0].subject if issuer else _name(name))
+        .subject_name(subject if subject is not None else _name(name))
+        .issuer_name(issuer[0].subject if issuer else subject or _name(name))
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=1))
@@ -58,7 +67,8 @@ def make_cert(
         )
     if not ca:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False
+            x509.SubjectAlternativeName(sans if sans is not None else [x509.DNSName("localhost")]),
+            critical=False,
         )
     cert = builder.sign(issuer[1] if issuer else key, hashes.SHA256())
     (directory / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))

@@ -215,10 +215,21 @@ def test_default_gateway_config_loads_in_the_gateway(
     assert config.assertion.key_file == tmp_path / "etc/portcullis/assertion/assertion-key.pem"
     assert config.decision_log.path == tmp_path / "var/lib/portcullis/decisions.log"
     assert config.sign_in is None
+    assert config.hsts_max_age == 31536000
     # The pod mounts a writable volume exactly where the decision log goes.
     mounts = {m["mountPath"]: m for m in containers(default_docs)["gateway"]["volumeMounts"]}
     assert not mounts["/var/lib/portcullis"].get("readOnly") and "/tmp" in mounts
     assert mounts["/etc/portcullis/assertion"]["readOnly"] is True
+
+
+@pytest.mark.parametrize(
+    ("options", "max_age"),
+    [(["--set", "gateway.hstsMaxAge=0"], 0), (["--set-json", "gateway.hstsMaxAge=null"], None)],
+)
+def test_hsts_max_age_reaches_the_gateway_or_turns_it_off(
+    options: list[str], max_age: int | None, tmp_path: Path
+) -> None:
+    assert load_config(mounted_config(render(*options), tmp_path)).hsts_max_age == max_age
 
 
 def test_full_gateway_config_loads_with_sign_in_secrets_and_opa_sidecar(
@@ -421,6 +432,7 @@ def test_autoscaling_owns_the_replica_count(default_docs: list[dict[str, Any]]) 
         (["--set", "policy.mode=opa"], "policy.mode needs a policy set"),
         (["--set", "gateway.adminPort=8080"], "gateway.adminPort must differ from gateway.port"),
         (["--set", "gateway.adminPort=80"], "gateway.adminPort"),
+        (["--set", "gateway.hstsMaxAge=-1"], "gateway.hstsMaxAge"),
         (["--set", "policy.shadow.mode=bundle"], "policy.shadow.mode must be one of"),
         (["--set", "policy.shadow.mode=image"], "mode image needs policy.shadow.path"),
         (["--set", "policy.shadow.mode=image", "--set", "policy.shadow.path=candidate/"],

@@ -97,6 +97,51 @@ def test_policy_check_warns_on_not_over_an_argument_that_may_be_undefined() -> N
     assert all("OPA treats the whole `not` as undefined" in w for w in warnings)
 
 
+# A gateway decision that allows unless the rule after it says otherwise.
+GATEWAY_ALLOWING_UNLESS = (
+    "package portcullis.gateway\nimport rego.v1\n"
+    'decision := {"allow": allow}\ndefault allow := true\n'
+)
+# A helper package the compiled VM would answer otherwise (`o` at 4:5).
+LIBRARY_ON_PAST_UNDEFINED = (
+    "package portcullis.lib.origin\nimport rego.v1\n"
+    'plain if {\n    o := input.origin\n    not startswith(o, "h")\n}\n'
+)
+
+
+def test_policy_check_warns_where_the_gateways_compiled_vm_would_answer_otherwise(
+    tmp_path: Path,
+) -> None:
+    """`x := <maybe undefined>` then `not` over x, in the gateway's package: the
+    gateway decides on the interpreter (tests/test_engine_fidelity.py), and says
+    where. In a package the decision doesn't read (never on the gateway's VM):
+    no warning."""
+    (tmp_path / "gateway.rego").write_text(
+        GATEWAY_ALLOWING_UNLESS + "allow := false if {\n    origin := input.origin\n"
+        '    not startswith(origin, "https://")\n}\n'
+    )
+    (tmp_path / "library.rego").write_text(LIBRARY_ON_PAST_UNDEFINED)
+    result = portcullis("policy", "check", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "1 compiled-VM warnings" in result.stdout
+    [warning] = [line for line in result.stderr.splitlines() if "compiled VM" in line]
+    assert warning.startswith(f"{tmp_path / 'gateway.rego'}:6:5: warning: `origin := ...`")
+
+
+def test_policy_check_warns_where_a_library_the_gateway_reads_would_answer_otherwise(
+    tmp_path: Path,
+) -> None:
+    """The VM compiles what the decision calls: a library's rule is on it too."""
+    (tmp_path / "gateway.rego").write_text(
+        GATEWAY_ALLOWING_UNLESS + "allow := false if data.portcullis.lib.origin.plain\n"
+    )
+    (tmp_path / "library.rego").write_text(LIBRARY_ON_PAST_UNDEFINED)
+    result = portcullis("policy", "check", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    [warning] = [line for line in result.stderr.splitlines() if "compiled VM" in line]
+    assert warning.startswith(f"{tmp_path / 'library.rego'}:4:5: warning: `o := ...`")
+
+
 def test_policy_check_warns_on_not_over_in_or_a_comparison_with_an_undefined_operand() -> None:
     result = portcullis("policy", "check", str(BAD / "not_in_undefined"))
     assert result.returncode == 0

@@ -241,6 +241,24 @@ def test_junit_test_names_survive_lines_added_above_a_finding(tmp_path: Path) ->
     assert before.get("name") == after.get("name")
 
 
+def test_junit_test_names_do_not_depend_on_where_the_scan_ran() -> None:
+    """GitLab compares test cases by name: a job that scans from the module's own
+    directory, or names it by an absolute path (another runner's build directory),
+    must name every finding and not-judged resource as its fingerprint does, by
+    the file relative to the repository root."""
+    pos_app = ROOT / POS_APP
+
+    def names(path: str, cwd: Path) -> list[str]:
+        result = portcullis("scan", "--no-cache", path, "--output", "junit", cwd=cwd)
+        assert result.returncode == 1, result.stderr
+        return sorted(c.get("name", "") for c in ET.fromstring(result.stdout).iter("testcase"))
+
+    from_root = names(POS_APP, ROOT)
+    assert any(f"({POS_APP}/main.tf)" in name for name in from_root)
+    assert names(".", pos_app) == from_root
+    assert names(str(pos_app), ROOT / "tests") == from_root
+
+
 def test_junit_says_why_a_finding_was_skipped_in_the_text_gitlab_shows(tmp_path: Path) -> None:
     """GitLab shows a skipped test case's text, not its message attribute: a
     suppressed finding's reason and a baselined one's must be in the text."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +19,7 @@ from iac_scanner.hcl import parse_text
 from iac_scanner.loader import LoadOptions, load
 from iac_scanner.modules import literal_value
 from iac_scanner.plan import PlanError, load_plan
+from iac_scanner.suppressions import parse_checkov_skips
 from tests.test_scan_cli import errors, portcullis, scan_json
 
 PUBLIC_BUCKET = 'resource "aws_s3_bucket" "site" {\n  acl = "public-read"\n'
@@ -482,3 +485,164 @@ def test_a_variable_value_nested_too_deeply_is_an_error(tmp_path: Path) -> None:
         f"error: {tmp_path}: expression nested too deeply to evaluate: a variable's value "
         "or default, or a provider's configuration; the module was not scanned"
     )
+
+
+# --- a suppression's reason must say something -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        "\u200b",  # zero-width space
+        "\u200b\u200c\u200d\u2060\ufeff",  # zero-width (non-)joiners, word joiner, BOM
+        "\u00ad\u034f",  # soft hyphen, combining grapheme joiner
+        "\u3164\u2800",  # Hangul filler, braille blank: letters and symbols that draw nothing
+        "\u3000\u00a0 -",  # ideographic and no-break spaces around a dash
+    ],
+)
+def test_a_suppression_whose_reason_is_only_invisible_characters_suppresses_nothing(
+    tmp_path: Path, reason: str
+) -> None:
+    (tmp_path / "main.tf").write_text(
+        f"# portcullis:ignore=PC-TF-006 {reason}\n" + PUBLIC_BUCKET + "}\n", encoding="utf-8"
+    )
+    code, report = scan_json(str(tmp_path))
+    assert code == 1
+    assert _findings(report) == {("PC-TF-006", "aws_s3_bucket.site"): None}
+    assert any("has no reason" in note for note in report["notes"])
+
+
+def test_a_checkov_skip_whose_reason_is_only_invisible_characters_suppresses_nothing() -> None:
+    notes: list[str] = []
+    comments = [[1, "checkov:skip", "CKV_AWS_18:\u200b\u2060", 1]]
+    assert parse_checkov_skips(comments, "main.tf", notes) == []
+    assert notes and "has no reason" in notes[0]
+
+
+# --- what a pull request writes can't drive the CI log, break JUnit or link in SARIF ------
+
+# An HTTPS listener whose ssl_policy (quoted in PC-TF-004's message) and a
+# bucket whose for_each key (in its address) carry an escape sequence that
+# would clear a CI log and print a fake PASS, a bell, a NUL, XML specials and a
+# Markdown link.
+HOSTILE_TEXT = (
+    'resource "aws_lb_listener" "web" {\n'
+    '  load_balancer_arn = "arn:aws:elasticloadbalancing:x"\n'
+    "  port              = 443\n"
+    '  protocol          = "HTTPS"\n'
+    '  ssl_policy        = "X\\u001b[2J\\u001b[32mPASS\\u0007\\u0000 <b>&amp;</b>'
+    ' ]]> [docs](https://evil.example) \\u202e"\n'
+    "}\n"
+    'resource "aws_s3_bucket" "site" {\n'
+    '  for_each = toset(["a\\u001b[31mred", "<x>&\\u0001"])\n'
+    '  acl      = "public-read"\n'
+    "}\n"
+)
+
+
+def test_control_characters_in_values_never_reach_the_text_report_raw(tmp_path: Path) -> None:
+    (tmp_path / "main.tf").write_text(HOSTILE_TEXT)
+    result = portcullis("scan", "--no-cache", str(tmp_path))
+    assert result.returncode == 1
+    assert "PC-TF-004" in result.stdout
+    assert "\\u001b[2J\\u001b[32mPASS\\u0007\\u0000" in result.stdout
+    for char in "\x1b\x07\x00\u202e":
+        assert char not in result.stdout + result.stderr
+
+
+def test_a_file_name_with_an_escape_sequence_never_reaches_the_log_raw(tmp_path: Path) -> None:
+    (tmp_path / "x\x1b[2J.tf").write_text(PUBLIC_BUCKET + "}\n")
+    (tmp_path / "bad\x1b[2J.tf").write_text('resource "x" "y" {\n')
+    result = portcullis("scan", "--no-cache", str(tmp_path))
+    assert result.returncode == 2
+    assert "\x1b" not in result.stdout + result.stderr
+    assert "bad\\u001b[2J.tf" in result.stderr
+
+
+def hostile_report(tmp_path: Path, form: str) -> Path:
+    """The `form` report of a scan of HOSTILE_TEXT (its findings fail it)."""
+    (tmp_path / "main.tf").write_text(HOSTILE_TEXT)
+    report = tmp_path / f"report.{form}"
+    result = portcullis(
+        "scan", "--no-cache", str(tmp_path), "--output", form, "--output-file", str(report)
+    )
+    assert result.returncode == 1, result.stderr
+    return report
+
+
+def test_junit_stays_xml_whatever_the_values_hold(tmp_path: Path) -> None:
+    suites = ElementTree.parse(hostile_report(tmp_path, "junit")).getroot()
+    failures = [f.get("message", "") for f in suites.iter("failure")]
+    assert len(failures) == 3
+    assert any("PASS\\u0007\\u0000 <b>&amp;</b> ]]>" in message for message in failures)
+
+
+def test_a_value_in_a_sarif_message_is_no_embedded_link(tmp_path: Path) -> None:
+    sarif = json.loads(hostile_report(tmp_path, "sarif").read_text())
+    messages = [r["message"]["text"] for r in sarif["runs"][0]["results"]]
+    listener = next(m for m in messages if "aws_lb_listener.web" in m)
+    assert "\\[docs\\](https://evil.example)" in listener
+    assert "[docs](" not in listener.replace("\\[docs\\](", "")
+    assert all("\x1b" not in m for m in messages)
+
+
+# --- a few lines can't make the scanner build without bound -------------------------------
+
+_DOUBLING = "".join(f'  s{i} = "${{local.s{i - 1}}}${{local.s{i - 1}}}"\n' for i in range(1, 60))
+_SQUARING = "".join(f"  n{i} = local.n{i - 1} * local.n{i - 1}\n" for i in range(1, 60))
+
+
+@pytest.mark.parametrize(
+    ("attack", "config"),
+    [
+        ("count", 'resource "aws_s3_bucket" "site" {\n  count = 1e9\n  acl = "public-read"\n}\n'),
+        (
+            "module count",
+            'module "m" {\n  source = "./m"\n  count = 1e9\n}\n',
+        ),
+        (
+            "setproduct",
+            "locals { x = setproduct(range(1000), range(1000), range(1000)) }\n"
+            + PUBLIC_BUCKET.replace('"public-read"', 'length(local.x) > 0 ? "public-read" : ""')
+            + "}\n",
+        ),
+        (
+            "string doubled through locals",
+            'locals {\n  s0 = "xxxxxxxxxxxxxxxx"\n'
+            + _DOUBLING
+            + "}\n"
+            + PUBLIC_BUCKET.replace('"public-read"', 'length(local.s59) > 0 ? "public-read" : ""')
+            + "}\n",
+        ),
+        (
+            "number squared through locals",
+            "locals {\n  n0 = 10\n"
+            + _SQUARING
+            + "}\n"
+            + PUBLIC_BUCKET.replace('"public-read"', 'local.n59 > 0 ? "public-read" : ""')
+            + "}\n",
+        ),
+        (
+            "pow",
+            PUBLIC_BUCKET.replace('"public-read"', 'pow(10, 100000000) > 1 ? "public-read" : ""')
+            + "}\n",
+        ),
+        (
+            "loops in loops",
+            "locals { x = [for a in range(1000) : [for b in range(1000) : [for c in range(1000)"
+            ": c]]] }\n"
+            + PUBLIC_BUCKET.replace('"public-read"', 'length(local.x) > 0 ? "public-read" : ""')
+            + "}\n",
+        ),
+    ],
+)
+def test_an_expansion_too_large_to_build_is_an_error_not_an_exhausted_runner(
+    tmp_path: Path, attack: str, config: str
+) -> None:
+    (tmp_path / "main.tf").write_text(config)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "main.tf").write_text(PUBLIC_BUCKET + "}\n")
+    result = portcullis("scan", "--no-cache", "--jobs", "1", str(tmp_path))
+    assert result.returncode == 2, attack
+    assert "too large to evaluate" in result.stderr, result.stderr
+    assert f"{tmp_path / 'main.tf'}:" in result.stderr

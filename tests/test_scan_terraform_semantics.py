@@ -612,6 +612,27 @@ def test_reports_say_per_rule_what_could_not_be_judged_and_why(tmp_path: Path) -
     assert judged["not_judged"] == {} and judged["summary"]["not_judged"] == 0
 
 
+def test_resources_of_one_address_in_two_root_modules_are_two_not_judged(tmp_path: Path) -> None:
+    """Two root modules (envs/a, envs/b) that each declare aws_lb.pos with an
+    unknown `internal` hold two load balancers nobody judged, not one."""
+    for env in ("a", "b"):
+        shutil.copytree(TERRAFORM / "not_judged", tmp_path / "envs" / env)
+    code, report = scan_json(str(tmp_path / "envs"))
+    assert code == 1
+    assert report["not_judged"]["PC-TF-003"] == {
+        "resources": 2,
+        "reasons": {"`internal` is unknown (var.internal has no value)": 2},
+    }
+    assert report["not_judged"]["PC-TF-002"]["resources"] == 4
+    assert report["summary"]["not_judged"] == 6
+    text = portcullis("scan", "--no-cache", str(tmp_path / "envs")).stdout.splitlines()
+    assert (
+        "not judged: PC-TF-003: 2 resources not judged: `internal` is unknown "
+        "(var.internal has no value)"
+    ) in text
+    assert text[-1].endswith("; 6 not judged; 2 at or above low: FAIL")
+
+
 # --- a module several root modules call -------------------------------------------------------
 
 
@@ -1169,3 +1190,24 @@ def test_a_resource_whose_merged_tags_may_make_it_the_gateway_is_not_judged(
         "reasons": {"`tags.role` is unknown (var.tags has no value)": 1},
     }
     assert report["not_judged"]["PC-TF-004"]["resources"] == 1
+
+
+def test_the_text_report_counts_the_reasons_it_leaves_out_in_words() -> None:
+    """Past three reasons the line says how many more: "1 other reason", in the
+    singular, as the corpus scan's PC-TF-006 line needs."""
+    from iac_scanner.findings import ScanResult, Unjudged
+    from iac_scanner.report.text import not_judged_lines
+
+    def unjudged(count: int) -> list[str]:
+        items = [
+            Unjudged(
+                "PC-TF-006", f"aws_s3_bucket.b{n}", "acl", f"var.v{n} has no value", "main.tf", n
+            )
+            for n in range(count)
+        ]
+        return not_judged_lines(ScanResult(not_judged=items))
+
+    [four] = unjudged(4)
+    assert four.endswith("; 1 other reason")
+    [five] = unjudged(5)
+    assert five.endswith("; 2 other reasons")

@@ -318,7 +318,8 @@ async def test_identity_is_locked_out_after_denies_on_any_replica_and_unlocked(
         for base in (stack.url, other):
             status, body, headers = await call(stack, base, "/wms/stock", token)
             assert status == 403 and body["error"] == "locked_out"
-            assert "portcullis session unlock --user alice" in body["reason"]
+            # The command as it runs: `session unlock` requires --config.
+            assert "portcullis session unlock --config CONFIG --user alice" in body["reason"]
             assert 1700 < int(headers["Retry-After"]) <= 1800
         # A browser gets a page that says so.
         async with stack.session.get(other + "/wms/stock", headers={

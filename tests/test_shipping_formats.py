@@ -250,6 +250,10 @@ def ecs_problems(document: dict[str, Any]) -> list[str]:
     for kind in document["event"].get("type", []):
         if categories and not any(kind in ECS_TYPES.get(c, ()) for c in categories):
             problems.append(f"event.type {kind}: ECS allows it in none of {categories}")
+    # ECS types labels as keywords (base.yml): a boolean or a number is not one.
+    for name, value in document.get("labels", {}).items():
+        if not isinstance(value, str):
+            problems.append(f"labels.{name} {value!r}: not a keyword")
     return problems
 
 
@@ -387,6 +391,24 @@ async def test_a_refused_token_is_an_authentication_event_with_a_user(
     assert event["outcome"] == "failure"
 
 
+def test_a_refused_client_certificate_is_a_failed_mtls_authentication() -> None:
+    """A certificate naming no one subject (gateway/mtls/subject.py) is refused
+    before it is an identity: it shipped as a web-resource refusal, where a SOC
+    watching failed authentications looks for it (as for a refused token)."""
+    from gateway.audit.shipping.formats import formatter
+
+    record = {**hostile("alice@example.com", ["warehouse"], "refused-certificate"),
+              "path": "gateway"}  # fmt: skip
+    record["input"] = {**record["input"], "identity": {"authenticated": False, "method": "none"}}
+    event = formatter("ocsf")(record, LINE_HASH)
+    assert (event["class_uid"], event["status"]) == (3002, "Failure")
+    assert (event["auth_protocol_id"], event["auth_protocol"]) == (99, "mTLS")
+    assert event["user"] == {"name": "anonymous"} and not ocsf_problems(event)
+    document = formatter("ecs")(record, LINE_HASH)
+    assert document["event"]["category"] == ["authentication", "network"]
+    assert document["event"]["outcome"] == "failure" and not ecs_problems(document)
+
+
 async def test_an_ipv6_host_keeps_its_address_in_ocsf_and_ecs(
     aiohttp_server: ServerFactory, tmp_path: Path
 ) -> None:
@@ -472,6 +494,8 @@ _KINDS = {
     "signin": {"path": "gateway/signin"},
     "refused-token": {"result": {**RECORD["result"], "allow": False,
                                  "reasons": ["gateway.invalid_token: expired"]}},
+    "refused-certificate": {"result": {**RECORD["result"], "allow": False, "reasons": [
+        "gateway.invalid_client_certificate: client certificate's subject is ambiguous"]}},
     "shadow": {"path": "shadow/portcullis/gateway/decision",
                "labels": {**RECORD["labels"], "shadow": True}},
 }  # fmt: skip

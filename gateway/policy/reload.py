@@ -85,6 +85,12 @@ def build_engine(source: str, *, timeout_ms: float, evaluate: bool = True) -> Po
         confirm=lets_through,
         evaluate_at_load=evaluate,
     )
+    if engine.rvm_problem is not None:
+        # Correct, on the interpreter, and slower: a deny costs what an allow does.
+        log.warning(
+            "%s: the decision runs on the interpreter, not the compiled VM: %s",
+            source, engine.rvm_problem,
+        )  # fmt: skip
     if not engine.compiled.knows(DECISION_REF):
         # It would deny every request: a reload keeps the last good policy instead,
         # and replay or shadow mode say so once rather than once per decision.

@@ -5,9 +5,10 @@ handler or middleware: `100 Continue` went out before the gateway had screened,
 routed or decided the request (a client the policy then refused had been told to
 send its body), and anything but `100-continue` got aiohttp's own 417, a request
 answered with no decision event. So every route's expect handler does nothing
-(`decide_first`), an unknown expectation is a logged refusal like any other, and
-`100 Continue` is sent only when the body is about to be read: after an allow for
-a proxied request, after the checks for one of the gateway's own pages.
+(`decide_first`), and so is the one of a target no route matches
+(gateway/router.py); an unknown expectation is a logged refusal like any other,
+and `100 Continue` is sent only when the body is about to be read: after an
+allow for a proxied request, after the checks for one of the gateway's own pages.
 """
 
 from __future__ import annotations

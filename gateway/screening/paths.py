@@ -42,6 +42,8 @@ from urllib.parse import parse_qs
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _PERCENT = re.compile(r"%(?P<hex>.{0,2})", re.DOTALL)
 _HEX = frozenset("0123456789abcdefABCDEF")
+# One search, not a loop over the target's characters in Python (0.5 ms for 8 KiB).
+_CONTROL_OR_SPACE = re.compile("[\x00-\x20\x7f]")
 # In a normalized path every '%' starts a triplet, so this only matches an encoded
 # '%' whose next characters would decode again.
 _DOUBLE_ENCODED = re.compile(r"%25(?:[0-9A-Fa-f]{2}|[uU][0-9A-Fa-f]{4})")
@@ -65,7 +67,18 @@ class NormalizedPath:
         return f"{self.path}?{self.query}" if self.query else self.path
 
     def parsed_query(self) -> dict[str, list[str]]:
-        return parse_qs(self.query, keep_blank_values=True)
+        """The policy's parsed_query: `parse_qs(query, keep_blank_values=True)`.
+        Without `%` or `+` nothing is decoded, and a split is the same answer at a
+        fraction of the cost (parse_qs unquotes every name and value: 1.2 ms for
+        a query of 1,900 keys, which any client may send)."""
+        if "%" in self.query or "+" in self.query:
+            return parse_qs(self.query, keep_blank_values=True)
+        parsed: dict[str, list[str]] = {}
+        for pair in self.query.split("&"):
+            if pair:
+                name, _, value = pair.partition("=")
+                parsed.setdefault(name, []).append(value)
+        return parsed
 
 
 def _decode_unreserved(match: re.Match[str]) -> str:
@@ -92,7 +105,7 @@ def normalize(raw_target: str) -> NormalizedPath:
         raise PathRejected("'#' in request target (a fragment is never sent to a server)")
     if not raw_target.isascii():
         raise PathRejected("non-ASCII character in request target (must be percent-encoded)")
-    if any(ord(c) < 0x21 or c == "\x7f" for c in raw_target):
+    if _CONTROL_OR_SPACE.search(raw_target) is not None:
         raise PathRejected("control character or space in request target")
     raw_path, _, query = raw_target.partition("?")
     if not raw_path.startswith("/"):

@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from gateway.client_cas import CLIENT_CERTIFICATE_ISSUER
 from gateway.config import issuer_name
 from gateway.identity import Identity
+from gateway.mtls.cas import CLIENT_CERTIFICATE_ISSUER
 from gateway.shared.settings import RateLimit, SharedStateConfig
 from gateway.shared.store import Keys, Store, Unavailable
 
@@ -141,7 +141,7 @@ def needs_revocation_check(identity: Identity) -> bool:
 def issuer_of(identity: Identity) -> str:
     """The issuer whose subject `identity` is, as the shared state keys it: the
     token's, the session's, or the CA's that issued a client certificate
-    (`mtls:<its subject>`, gateway/client_cas.py)."""
+    (`mtls:<its subject>`, gateway/mtls/cas.py)."""
     return identity.issuer or ""
 
 
@@ -313,7 +313,8 @@ class RequestCheck:
             subject = identity.subject or ""
             reason = (
                 f"{subject} is locked out until {when(now + retry)}{_because(record)}; "
-                "an administrator can lift it: portcullis session unlock --user "
+                # CONFIG: the gateway's config file, which the gateway doesn't show clients.
+                "an administrator can lift it: portcullis session unlock --config CONFIG --user "
                 f"{shlex.quote(subject)} --issuer {shlex.quote(issuer_name(issuer_of(identity)))}"
             )
             return Verdict(Refusal(403, "locked_out", reason, retry))

@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from gateway.client_cas import CLIENT_CERTIFICATE_ISSUER, is_certificate_issuer
 from gateway.config import GatewayConfig, Issuer, client_cas, issuer_name
+from gateway.mtls.cas import CLIENT_CERTIFICATE_ISSUER, is_certificate_issuer
 from gateway.shared.settings import SharedStateConfig
 from gateway.shared.store import Keys
 

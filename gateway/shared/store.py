@@ -74,7 +74,7 @@ class Keys:
     @classmethod
     def user(cls, issuer: str, subject: str) -> str:
         """Whose state a key holds: config.user_name (a client certificate's subject
-        under its CA's name, gateway/client_cas.py). Hashed as a whole by `part`
+        under its CA's name, gateway/mtls/cas.py). Hashed as a whole by `part`
         when long: a hashed part starts with "#", this one with a digit."""
         return user_name(issuer, subject)
 

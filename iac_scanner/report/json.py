@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from iac_scanner.findings import ScanResult, not_judged_by_rule
+from iac_scanner.findings import ScanResult, not_judged_by_rule, not_judged_count
 
 VERSION = 1
 
@@ -43,7 +43,7 @@ def render(result: ScanResult, color: bool = False) -> str:
             "failing": len(result.failing()),
             "fail_on": result.fail_on,
             "exit_code": result.exit_code(),
-            "not_judged": len({(u.rule_id, u.resource) for u in result.not_judged}),
+            "not_judged": not_judged_count(result.not_judged),
         },
         # Per rule: how many resources it could not judge, and why.
         "not_judged": not_judged_by_rule(result.not_judged),

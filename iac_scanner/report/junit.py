@@ -12,6 +12,7 @@ import xml.etree.ElementTree as ET
 from itertools import groupby
 
 from iac_scanner.findings import ScanResult
+from iac_scanner.report import inert
 
 
 def render(result: ScanResult, color: bool = False) -> str:
@@ -25,9 +26,9 @@ def render(result: ScanResult, color: bool = False) -> str:
         )
     }
     # Per rule: each resource it could not judge, with why.
-    unjudged: dict[str, dict[tuple[str, str, str, int], set[str]]] = {}
+    unjudged: dict[str, dict[tuple[str, str, int], set[str]]] = {}
     for item in result.not_judged:
-        at = (item.resource, item.file, item.root_path or item.file, item.line)
+        at = (item.resource, item.root_path or item.file, item.line)
         unjudged.setdefault(item.rule_id, {}).setdefault(at, set()).add(item.why)
     for rule in sorted(result.rules.values(), key=lambda r: r.id):
         findings = by_rule.get(rule.id, [])
@@ -37,13 +38,16 @@ def render(result: ScanResult, color: bool = False) -> str:
         suite = ET.SubElement(root, "testsuite", name=f"{rule.id} {rule.title}")
         suite_failures = suite_skipped = 0
         for finding in findings:
-            where = f" in root module {finding.root_module}" if finding.in_called_module else ""
-            # Two holes in one resource (SSH and RDP open) are two test cases.
+            root_module = finding.root_module_path or finding.root_module
+            where = f" in root module {root_module}" if finding.in_called_module else ""
+            # Two holes in one resource (SSH and RDP open) are two test cases,
+            # named by the repository's paths, as the fingerprint is: the name
+            # must not change with the directory the scan ran from.
             about = finding.key or finding.message
             case = ET.SubElement(
                 suite,
                 "testcase",
-                name=f"{finding.resource}{where} ({finding.file}): {about}",
+                name=f"{finding.resource}{where} ({finding.root_path or finding.file}): {about}",
                 classname=rule.id,
                 # GitLab links it into the repository: the repository's path.
                 file=finding.root_path or finding.file,
@@ -68,12 +72,12 @@ def render(result: ScanResult, color: bool = False) -> str:
                     f"Remediation: {rule.remediation}"
                 )
                 suite_failures += 1
-        for (resource, file, path, line), reasons in sorted(not_judged.items()):
+        for (resource, path, line), reasons in sorted(not_judged.items()):
             # Skipped, not passed: "no violations" would hide what wasn't judged.
             case = ET.SubElement(
                 suite,
                 "testcase",
-                name=f"{resource} ({file}): not judged",
+                name=f"{resource} ({path}): not judged",
                 classname=rule.id,
                 file=path,
                 line=str(line),
@@ -104,5 +108,11 @@ def render(result: ScanResult, color: bool = False) -> str:
     root.set("failures", str(failures))
     root.set("errors", str(len(result.problems)))
     root.set("skipped", str(skipped))
+    # Names and messages hold what a pull request wrote: an ESC or NUL in them
+    # would make the document no XML, and the CI would show no test report.
+    for element in root.iter():
+        element.attrib.update({k: inert.xml(v) for k, v in element.attrib.items()})
+        if element.text:
+            element.text = inert.xml(element.text)
     ET.indent(root)
     return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"

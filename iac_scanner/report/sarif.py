@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import quote
 
 from iac_scanner.findings import Finding, Problem, Rule, ScanResult, not_judged_by_rule
+from iac_scanner.report.inert import sarif_message
 
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 # v2: rule, resource, root-relative file and the finding's own identity; for a
@@ -107,7 +108,9 @@ def _result(finding: Finding, index: int, with_baseline: bool, bases: _Bases) ->
         "ruleId": finding.rule.id,
         "ruleIndex": index,
         "level": _LEVELS[finding.rule.severity],
-        "message": {"text": message},
+        # Code scanning renders the message: a pull request's value in it must
+        # not become a link (or a control a viewer acts on).
+        "message": {"text": sarif_message(message)},
         "locations": [
             {
                 "physicalLocation": {
@@ -130,7 +133,10 @@ def _result(finding: Finding, index: int, with_baseline: bool, bases: _Bases) ->
 
 def _notification(problem: Problem, bases: _Bases) -> dict[str, Any]:
     """An error, at its file:line:col; one about no file (checkov missing) has no location."""
-    notification: dict[str, Any] = {"level": "error", "message": {"text": str(problem)}}
+    notification: dict[str, Any] = {
+        "level": "error",
+        "message": {"text": sarif_message(str(problem))},
+    }
     if problem.file:
         region: dict[str, Any] = {"startLine": max(1, problem.line or 1)}
         if problem.line is not None and problem.column is not None:
@@ -150,7 +156,9 @@ def render(result: ScanResult, color: bool = False) -> str:
     # What was left out or changed without being an error (a remote module not
     # downloaded, a baseline's stale entries): code scanning shows a run's
     # notifications on its tool status page, where a reader of SARIF alone looks.
-    notifications += [{"level": "note", "message": {"text": note}} for note in result.notes]
+    notifications += [
+        {"level": "note", "message": {"text": sarif_message(note)}} for note in result.notes
+    ]
     run: dict[str, Any] = {
         "tool": {
             "driver": {

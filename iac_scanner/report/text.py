@@ -11,8 +11,10 @@ from iac_scanner.findings import (
     Finding,
     ScanResult,
     not_judged_by_rule,
+    not_judged_count,
     severity_rank,
 )
+from iac_scanner.report.inert import line as inert
 
 _COLOURS = {"critical": "1;35", "high": "1;31", "medium": "33", "low": "36"}
 
@@ -24,12 +26,13 @@ def _paint(text: str, code: str, color: bool) -> str:
 def _line(finding: Finding, color: bool) -> str:
     severity = finding.rule.severity
     label = _paint(f"{severity.upper():<8}", _COLOURS.get(severity, "0"), color)
-    text = f"  {finding.line:>5}  {label} {finding.rule.id:<11} {finding.message}"
+    # A pull request writes the message (its values, its for_each keys): inert.
+    text = f"  {finding.line:>5}  {label} {finding.rule.id:<11} {inert(finding.message)}"
     if finding.in_called_module:
         # The file is a module's: say which root module's instance this is.
-        text += f"  ({finding.resource} in root module {finding.root_module})"
+        text += inert(f"  ({finding.resource} in root module {finding.root_module})")
     if finding.suppressed is not None:
-        text += _paint(f"  [suppressed: {finding.suppressed}]", "2", color)
+        text += _paint(inert(f"  [suppressed: {finding.suppressed}]"), "2", color)
     elif finding.baselined:
         text += _paint("  [in baseline]", "2", color)
     return text
@@ -38,11 +41,11 @@ def _line(finding: Finding, color: bool) -> str:
 def render(result: ScanResult, color: bool = False) -> str:
     lines: list[str] = []
     for file, group in groupby(result.findings, key=lambda f: f.file):
-        lines.append(_paint(file, "1", color))
+        lines.append(_paint(inert(file), "1", color))
         lines.extend(_line(f, color) for f in group)
         lines.append("")
     for note in result.notes:
-        lines.append(_paint(f"note: {note}", "2", color))
+        lines.append(_paint(inert(f"note: {note}"), "2", color))
     if result.notes:
         lines.append("")
     judged = not_judged_lines(result)
@@ -63,9 +66,10 @@ def not_judged_lines(result: ScanResult) -> list[str]:
             reason if n == 1 or len(reasons) == 1 else f"{reason} (x{n})"
             for reason, n in reasons[:3]
         )
-        more = f"; {len(reasons) - 3} other reasons" if len(reasons) > 3 else ""
+        left = len(reasons) - 3
+        more = f"; {left} other reason{'s' if left != 1 else ''}" if left > 0 else ""
         noun = "resource" if count == 1 else "resources"
-        lines.append(f"not judged: {rule}: {count} {noun} not judged: {shown}{more}")
+        lines.append(inert(f"not judged: {rule}: {count} {noun} not judged: {shown}{more}"))
     return lines
 
 
@@ -86,7 +90,7 @@ def summary(result: ScanResult, color: bool = False) -> str:
         text += f"; {suppressed} suppressed"
     if baselined:
         text += f"; {baselined} in baseline"
-    unjudged = len({(u.rule_id, u.resource) for u in result.not_judged})
+    unjudged = not_judged_count(result.not_judged)
     if unjudged:
         text += f"; {unjudged} not judged"
     failing = len(result.failing())

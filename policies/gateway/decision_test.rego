@@ -392,12 +392,47 @@ test_a_post_from_the_gateways_own_pages_or_the_user_is_allowed if {
 	}
 }
 
-# Browsers before Fetch Metadata, and clients that hold a session cookie (a script):
-# only a browser sends the cookie on a page's behalf.
-test_a_post_without_sec_fetch_site_is_allowed if {
+# Clients that hold a session cookie (a script) send neither header: only a
+# browser sends the cookie on a page's behalf, and its pages send an Origin.
+test_a_post_without_sec_fetch_site_or_origin_is_allowed if {
+	with_headers("POST", "/wms/orders", session_user(["warehouse"], ["otp"], 60), {}).allow
+}
+
+# A browser from before Fetch Metadata (Safari 16.3) sends no Sec-Fetch-Site, but
+# its form POST carries the page's Origin: another host's page is refused, as in
+# Go's CrossOriginProtection, and the deny says which header told.
+test_an_old_browsers_post_from_another_sites_page_is_refused_by_its_origin if {
+	every identity in [session_user(["warehouse"], ["otp"], 60), object.union(user(["warehouse"], ["otp"], 60), {"method": "mtls"})] {
+		every origin in [
+			"https://shop.corp.example",
+			"https://gateway.example.evil.example",
+			"https://evil.example/gateway.example",
+			"null",
+			"gateway.example",
+			"",
+			"https://gateway.example,https://evil.example", # Origin sent twice
+		] {
+			d := with_headers("POST", "/wms/orders", identity, {"origin": origin})
+			not d.allow
+			d.step_up == null
+			d.reasons == [sprintf("requires a request from the app's own pages: the browser says a page on another site sent this one with %s (Origin: %s, no Sec-Fetch-Site)", [gateway.browser_credentials[identity.method], json.marshal(origin)])]
+		}
+	}
+}
+
+test_an_old_browsers_post_from_the_gateways_own_pages_is_allowed if {
 	identity := session_user(["warehouse"], ["otp"], 60)
-	with_headers("POST", "/wms/orders", identity, {}).allow
-	with_headers("POST", "/wms/orders", identity, {"origin": "https://shop.corp.example"}).allow
+	every origin in ["https://gateway.example", "http://gateway.example"] {
+		with_headers("POST", "/wms/orders", identity, {"origin": origin}).allow
+	}
+	every method in ["GET", "HEAD", "OPTIONS"] {
+		with_headers(method, "/wms/stock", identity, {"origin": "https://shop.corp.example"}).allow
+	}
+}
+
+test_an_old_browsers_post_from_an_apps_allowed_origin_is_allowed if {
+	trusting([front_end], "POST", "/pos/sales", {"origin": front_end}).allow
+	not trusting([front_end], "POST", "/pos/sales", {"origin": "https://shop.corp.example"}).allow
 }
 
 test_bearer_tokens_are_not_held_to_fetch_metadata if {

@@ -12,6 +12,7 @@ reads := [
 	"/parsed_path",
 	"/signals",
 	"/attributes/request/http/method",
+	"/attributes/request/http/host",
 	"/attributes/request/http/headers/upgrade",
 	"/attributes/request/http/headers/sec-fetch-site",
 	"/attributes/request/http/headers/origin",

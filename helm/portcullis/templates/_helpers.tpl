@@ -127,6 +127,8 @@ policy:
   {{- with include "portcullis.shadowSource" . }}
   shadow: {{ . | quote }}
   {{- end }}
+{{- /* null (unset, or --set-json 'gateway.hstsMaxAge=null'): no header */}}
+hsts_max_age: {{ if kindIs "invalid" .Values.gateway.hstsMaxAge }}null{{ else }}{{ int64 .Values.gateway.hstsMaxAge }}{{ end }}
 assertion:
   key_file: /etc/portcullis/assertion/assertion-key.pem
   issuer: {{ .Values.gateway.assertion.issuer | quote }}

@@ -9,10 +9,10 @@ are under ``portcullis.*`` and ``event.sequence``; a chain signature is an
 ``event.kind: state`` document whose ``portcullis.chain_signature`` is the
 signature record, whole. A shadow policy's divergence is not an access decision
 (nothing was enforced): ``event.type: [info]``, no outcome, ``labels.shadow``
-true, both results in ``portcullis.divergence``. A damaged line (not a JSON
-record, or one this format can't express) is an ``event.kind: pipeline_error``
-document with its text in ``event.original`` (and the record's decision_id and
-seq, if it parsed, where a decision's go)."""
+"true" (ECS labels are keywords), both results in ``portcullis.divergence``. A
+damaged line (not a JSON record, or one this format can't express) is an
+``event.kind: pipeline_error`` document with its text in ``event.original`` (and
+the record's decision_id and seq, if it parsed, where a decision's go)."""
 
 from __future__ import annotations
 
@@ -152,7 +152,7 @@ def _shadow_divergence(
         "reason": f"shadow policy would decide differently ({divergence}); not enforced",
         "hash": event.chain_hash,
     }
-    document["labels"] = {"shadow": True}
+    document["labels"] = {"shadow": "true"}  # ECS labels are keywords: text, not a boolean
     document["rule"] = {"name": event.policy, "version": event.revision, "ruleset": "portcullis"}
     document["user"] = drop_empty(_user(event)) or None
     document["source"] = {"ip": event.source_ip or None, "port": event.source_port}

@@ -23,8 +23,10 @@ from portcullis import __version__
 # Sign-in and step-up events (the OIDC callback), when the gateway logs them.
 # amr values (RFC 8176) that mean a second factor or a phishing-resistant one.
 MFA_METHODS = frozenset({"otp", "hwk", "swk", "fido", "mfa", "sms", "sc", "pop", "face", "fpt"})
-# A bearer token the gateway refused is a failed authentication, not an access decision.
+# A bearer token the gateway refused is a failed authentication, not an access
+# decision; so is a client certificate that names no one subject.
 TOKEN_REFUSAL = "gateway.invalid_token"
+CERTIFICATE_REFUSAL = "gateway.invalid_client_certificate"
 # A line of the log that can't be shipped as itself (damaged: not a JSON record;
 # or a record the format or sink can't express, e.g. nested past the JSON
 # encoder's depth) is shipped as this record: {"damaged": <its text, cut at
@@ -271,7 +273,9 @@ def read(record: dict[str, Any], digest: str) -> Event:
     path = str(record.get("path", ""))
     if path == SHADOW_PATH or labels.get("shadow") is True:
         kind = "shadow_divergence"  # what a candidate policy would have decided: not enforced
-    elif path == SIGN_IN_EVENT_PATH or any(r.startswith(TOKEN_REFUSAL) for r in reasons):
+    elif path == SIGN_IN_EVENT_PATH or any(
+        r.startswith((TOKEN_REFUSAL, CERTIFICATE_REFUSAL)) for r in reasons
+    ):
         kind = "authentication"
     elif path == REFUSAL_PATH:
         kind = "refusal"

@@ -37,6 +37,7 @@ from typing import Any
 
 from gateway.audit.chain import NOT_COUNTED_LABEL
 from gateway.audit.shipping.formats.fields import (
+    CERTIFICATE_REFUSAL,
     DAMAGED,
     DAMAGED_MESSAGE,
     Event,
@@ -121,6 +122,8 @@ def _web_resource(event: Event) -> dict[str, Any]:
 
 def _authentication(event: Event) -> dict[str, Any]:
     method = str(event.identity.get("method", "bearer"))
+    if any(reason.startswith(CERTIFICATE_REFUSAL) for reason in event.reasons):
+        method = "mtls"  # refused before it was an identity: the record says none
     protocol_id, protocol = AUTH_PROTOCOLS.get(method, (6, "OAUTH 2.0"))
     service = {"name": event.app, "uid": event.app} if event.app != "-" else {"name": "portcullis"}
     authentication = {

@@ -1,0 +1,120 @@
+"""Whom a verified client certificate names: its subject and the identity that
+gives, scoped by the CA that issued it (gateway/mtls/cas.py)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from gateway.identity import Identity, show
+
+
+def peer_certificate(transport: Any) -> dict[str, Any]:
+    """The connection's verified client certificate as ssl's `getpeercert()` gives
+    it; {} without one.
+
+    Only a listener with `client_ca` asks for one, and the TLS handshake has
+    already verified it against that CA by the time a request arrives."""
+    if transport is None:
+        return {}
+    peer: dict[str, Any] | None = transport.get_extra_info("peercert")
+    return peer or {}
+
+
+def client_certificate(peer: dict[str, Any]) -> dict[str, Any]:
+    """A verified client certificate (`peer_certificate`) as plain data, the
+    `client_cert` of the decision input; {} without one."""
+    if not peer:
+        return {}
+
+    def names(field: str) -> dict[str, str]:
+        return {key: value for rdn in peer.get(field, ()) for key, value in rdn}
+
+    return {
+        "subject": names("subject"),
+        "issuer": names("issuer"),
+        "serial_number": peer.get("serialNumber"),
+        "not_after": peer.get("notAfter"),
+        "sans": [value for kind, value in peer.get("subjectAltName", ()) if kind in ("DNS", "URI")],
+    }
+
+
+class CertificateRejected(Exception):
+    """A verified client certificate names no one subject; the message says why."""
+
+
+# A SPIFFE ID (the SPIFFE-ID spec, 2): a lower-case trust domain, then path
+# segments of letters, digits, ".", "-" and "_", none empty, "." or "..".
+_SPIFFE_ID = re.compile(r"spiffe://[a-z0-9._-]+(?:/(?!\.\.?(?:/|\Z))[A-Za-z0-9._-]+)*\Z")
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def certificate_subject(peer: dict[str, Any]) -> str:
+    """Whom a verified client certificate (`peer_certificate`) names: an
+    X.509-SVID's SPIFFE ID (its URI SAN, when that is its only one and a
+    `spiffe://` ID), whatever its CN says (SPIRE puts a DNS name there; Envoy
+    and Istio take the ID as the workload's identity); else its common name.
+    CertificateRejected otherwise. Two common names, in two
+    RDNs or one multi-valued RDN, are ambiguous: which one a reader takes is an
+    encoding detail (a dict of the RDNs keeps the last), and a CA that copies a
+    CSR's subject lets its requester add `CN=admin` to its own name. A common
+    name with a control character is refused too, and one shaped like a SPIFFE
+    ID (it would be that workload's subject). A certificate naming no one
+    is no one to decide for, lock out or rate limit."""
+    uris = [value for kind, value in peer.get("subjectAltName", ()) if kind == "URI"]
+    if len(uris) == 1 and _SPIFFE_ID.match(uris[0]):
+        return str(uris[0])
+    common_names = [
+        value for rdn in peer.get("subject", ()) for key, value in rdn if key == "commonName"
+    ]
+    if len(common_names) > 1:
+        raise CertificateRejected(
+            f"client certificate's subject is ambiguous: {len(common_names)} common names "
+            f"({', '.join(show(name) for name in common_names[:4])}); it must name one"
+        )
+    if common_names:
+        if not common_names[0].strip():
+            raise CertificateRejected("client certificate's common name is blank: names no subject")
+        if _CONTROL.search(common_names[0]):
+            # `admin\0.wms-sync` (the null-prefix name a CA checking a C string
+            # signs) is `admin` to a backend in C; a line break forges log lines.
+            raise CertificateRejected(
+                f"client certificate's common name {show(common_names[0])} has a control "
+                "character (NUL, a line break): no service is named so"
+            )
+        if common_names[0][:7].lower() == "spiffe:":
+            # Else it would be the subject the SVID of that ID from the same CA is:
+            # a name its requester may have chosen taken for the workload.
+            raise CertificateRejected(
+                f"client certificate's common name {show(common_names[0])} is shaped like a "
+                "SPIFFE ID, which only a URI SAN (an X.509-SVID without a common name) can be"
+            )
+        return str(common_names[0])
+    if not uris:
+        found = "it has no URI SAN"
+    elif len(uris) > 1:
+        found = f"it has {len(uris)} URI SANs"
+    else:
+        found = f"its URI SAN {show(uris[0])} is not a SPIFFE ID"
+    raise CertificateRejected(
+        f"client certificate names no subject: no common name, and no one SPIFFE ID ({found})"
+    )
+
+
+def certificate_identity(peer: dict[str, Any], issuer: str) -> Identity:
+    """A service identified by its client certificate alone (no bearer token): its
+    subject (`certificate_subject`; CertificateRejected if it names none or two),
+    from `issuer`, the CA that issued it (gateway/mtls/cas.py), as a token's
+    subject is from its `iss`."""
+    try:
+        subject = certificate_subject(peer)
+    except CertificateRejected as rejected:  # which CA signs such subjects, to fix it there
+        raise CertificateRejected(f"{rejected}; issued by {issuer}") from None
+    return Identity(
+        authenticated=True,
+        method="mtls",
+        subject=subject,
+        issuer=issuer,
+        client_cert=client_certificate(peer),
+    )

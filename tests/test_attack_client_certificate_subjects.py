@@ -1,0 +1,278 @@
+"""Whom a client certificate names. The gateway took the common name from a dict
+of the subject's RDNs: a subject with two (`CN=wms-sync, CN=admin`, as a CA that
+copies a CSR's subject signs it) was whichever came last, and one with none was
+authenticated as no one (subject null: no lockout, no rate limit, `sub` null in
+the assertion). A SPIFFE workload's certificate (its ID a URI SAN, no CN) could
+not be used. Real TLS handshakes against the gateway; a policy that allows every
+authenticated identity, so only the gateway stands between a refused
+certificate and the backend."""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from gateway.assertion import HEADER as ASSERTION_HEADER
+from gateway.audit.chain import REFUSAL_PATH
+from gateway.config import Listener, TlsConfig
+from tests.gateway_stack import ServerFactory, Stack, free_port, logged, start_stack
+from tests.test_gateway_transport import make_cert
+
+pytestmark = pytest.mark.timeout(60)
+CA = "mtls:CN=store-ca"
+WORKLOAD = "spiffe://store.example/ns/wms/sa/sync"
+WORKLOAD = "spiffe://store.example/ns/wms/sa/sync"
+# Allows any authenticated identity, and says whom it decided for.
+POLICY = """package portcullis.gateway
+import rego.v1
+decision := {
+\t"allow": input.identity.authenticated == true,
+\t"reasons": [sprintf("decided for %v", [input.identity.subject])],
+}
+"""
+
+
+def _cn(*names: str) -> x509.RelativeDistinguishedName:
+    return x509.RelativeDistinguishedName(
+        [x509.NameAttribute(NameOID.COMMON_NAME, name) for name in names]
+    )
+
+
+def _organisation() -> x509.RelativeDistinguishedName:
+    return x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Store")])
+
+
+@dataclass
+class Gateway:
+    stack: Stack
+    base: str
+    directory: Path
+    ca: tuple[x509.Certificate, Any]
+
+    def client(
+        self,
+        name: str,
+        subject: list[x509.RelativeDistinguishedName],
+        sans: list[x509.GeneralName] | None = None,
+    ) -> ssl.SSLContext:
+        """A client presenting a certificate of this subject and SANs, issued by store-ca."""
+        make_cert(self.directory, name, self.ca, subject=x509.Name(subject), sans=sans)
+        context = ssl.create_default_context(cafile=str(self.directory / "store-ca.pem"))
+        context.load_cert_chain(self.directory / f"{name}.pem", self.directory / f"{name}.key")
+        return context
+
+    async def get(self, context: ssl.SSLContext) -> tuple[int, dict[str, Any], str]:
+        """GET /wms/stock with this client's certificate: the status, the JSON body
+        and the WWW-Authenticate header."""
+        async with self.stack.session.get(f"{self.base}/wms/stock", ssl=context) as response:
+            body = await response.json(content_type=None)
+            return response.status, body, response.headers.get("WWW-Authenticate", "")
+
+
+@contextlib.asynccontextmanager
+async def gateway(aiohttp_server: ServerFactory, tmp_path: Path) -> AsyncIterator[Gateway]:
+    """A gateway whose TLS listener trusts store-ca, under the allow-any policy."""
+    ca = make_cert(tmp_path, "store-ca", None, ca=True)
+    make_cert(tmp_path, "server", ca)
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    (policy / "decision.rego").write_text(POLICY)
+    port = free_port()
+    tls = TlsConfig(tmp_path / "server.pem", tmp_path / "server.key", tmp_path / "store-ca.pem")
+    async with start_stack(
+        aiohttp_server, tmp_path, policy=policy, gateway_port=port,
+        listeners=(Listener("127.0.0.1", port, tls=tls),),
+    ) as stack:  # fmt: skip
+        yield Gateway(stack, f"https://localhost:{port}", tmp_path, ca)
+
+
+async def refused(running: Gateway, context: ssl.SSLContext, says: str) -> dict[str, Any]:
+    """The certificate is refused at the gateway: a 401 whose reason `says` so, its
+    refusal in the decision log, and nothing upstream. The refusal's event."""
+    status, body, challenge = await running.get(context)
+    assert status == 401, body
+    assert body["error"] == "invalid_client_certificate", body
+    assert says in body["reason"] and CA in body["reason"], body
+    assert challenge.startswith("Bearer"), challenge
+    (event,) = await logged(running.stack, body["decision_id"])
+    assert event["path"] == REFUSAL_PATH
+    assert event["result"]["allow"] is False and event["result"]["http_status"] == 401
+    assert event["result"]["reasons"] == [f"gateway.invalid_client_certificate: {body['reason']}"]
+    assert event["input"]["identity"] == {"authenticated": False, "method": "none"}
+    assert running.stack.total_forwarded() == 0
+    return event
+
+
+async def test_a_certificate_with_two_common_names_is_refused_not_read_as_either(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """`CN=wms-sync, CN=admin` in two RDNs, as a CA that copies a CSR's subject
+    signs it: the gateway was "admin" (the last); in the other order it would be
+    "wms-sync". Neither: refused as ambiguous, whichever comes first."""
+    async with gateway(aiohttp_server, tmp_path) as running:
+        for name, order in (
+            ("admin-last", ("wms-sync", "admin")),
+            ("admin-first", ("admin", "wms-sync")),
+        ):
+            client = running.client(name, [_organisation(), *(_cn(cn) for cn in order)])
+            event = await refused(running, client, "subject is ambiguous: 2 common names")
+            assert "'wms-sync'" in event["result"]["reasons"][0]
+
+
+async def test_two_common_names_in_one_multi_valued_rdn_are_refused_not_read_as_either(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """`CN=wms-sync+CN=admin`, one RDN of two values (its DER order is the
+    encoder's, not the requester's): refused as ambiguous too."""
+    async with gateway(aiohttp_server, tmp_path) as running:
+        client = running.client("multi-valued", [_cn("wms-sync", "admin")])
+        await refused(running, client, "subject is ambiguous: 2 common names")
+
+
+async def test_a_spiffe_workload_certificate_without_a_common_name_is_its_spiffe_id(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """An X.509-SVID: no CN, its SPIFFE ID the one URI SAN. Its subject is the ID,
+    in the policy input (the policy decides for it), the decision log and the
+    assertion the backend gets (with `sub_id` scoped by the CA). It was
+    authenticated with subject null."""
+    async with gateway(aiohttp_server, tmp_path) as running:
+        sans = [x509.UniformResourceIdentifier(WORKLOAD), x509.DNSName("sync.wms.svc")]
+        client = running.client("workload", [_organisation()], sans)
+        status, body, _ = await running.get(client)
+        assert status == 200, body
+        (event,) = await running.stack.events()
+        identity = event["input"]["identity"]
+        assert (identity["method"], identity["subject"], identity["issuer"]) == (
+            "mtls", WORKLOAD, CA,
+        )  # fmt: skip
+        assert event["result"]["reasons"] == [f"decided for {WORKLOAD}"]
+        (forwarded,) = running.stack.forwarded("wms")
+        claims = jwt.decode(
+            forwarded.headers[ASSERTION_HEADER], options={"verify_signature": False}
+        )
+        assert claims["sub"] == WORKLOAD
+        assert claims["sub_id"] == {"format": "iss_sub", "iss": CA, "sub": WORKLOAD}
+
+
+async def test_a_spire_svid_with_a_dns_name_for_its_common_name_is_its_spiffe_id(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """SPIRE puts a workload's first DNS name in its SVID's CN: the gateway named
+    the workload `sync.wms.svc`, a name the policy can't tell from another
+    workload's (any workload registered with that DNS name gets it), where Envoy
+    and Istio name it by its SPIFFE ID. The SVID's one URI SAN wins."""
+    async with gateway(aiohttp_server, tmp_path) as running:
+        sans = [x509.UniformResourceIdentifier(WORKLOAD), x509.DNSName("sync.wms.svc")]
+        client = running.client("spire", [_organisation(), _cn("sync.wms.svc")], sans)
+        status, body, _ = await running.get(client)
+        assert status == 200, body
+        (event,) = await running.stack.events()
+        assert event["input"]["identity"]["subject"] == WORKLOAD
+        # Not an SVID (two URI SANs): its common name, as before.
+        two = [
+            x509.UniformResourceIdentifier(WORKLOAD),
+            x509.UniformResourceIdentifier("https://store.example/wms"),
+        ]
+        client = running.client("two-uris", [_cn("wms-sync")], two)
+        status, body, _ = await running.get(client)
+        assert status == 200, body
+        assert (await running.stack.events(at_least=2))[-1]["input"]["identity"]["subject"] == (
+            "wms-sync"
+        )
+
+
+async def test_a_certificate_with_two_spiffe_ids_and_no_common_name_is_refused(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """Two SPIFFE IDs (an SVID has exactly one): which is the workload is the
+    requester's pick. Refused, as naming no subject; it was authenticated as no one."""
+    async with gateway(aiohttp_server, tmp_path) as running:
+        sans = [
+            x509.UniformResourceIdentifier(WORKLOAD),
+            x509.UniformResourceIdentifier("spiffe://store.example/ns/pos/sa/admin"),
+        ]
+        client = running.client("two-ids", [_organisation()], sans)
+        event = await refused(running, client, "names no subject")
+        assert "2 URI SANs" in event["result"]["reasons"][0]
+
+
+async def test_a_uri_san_that_is_not_one_spiffe_id_alone_is_no_subject(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """Without a CN only an X.509-SVID's ID is a subject: its one URI SAN, a SPIFFE
+    ID. A SPIFFE ID beside another URI is not an SVID (which URI names the
+    workload is then a reader's choice); an https URI is no SPIFFE ID; nor is a
+    spiffe:// one whose path climbs out (`..`) of where it seems to be."""
+    async with gateway(aiohttp_server, tmp_path) as running:
+        cases = {
+            "beside-another": ([WORKLOAD, "https://store.example/admin"], "it has 2 URI SANs"),
+            "https": (["https://store.example/wms"], "is not a SPIFFE ID"),
+            "dot-dot": (["spiffe://store.example/ns/wms/../pos"], "is not a SPIFFE ID"),
+        }
+        for name, (uris, says) in cases.items():
+            sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uris]
+            client = running.client(name, [_organisation()], sans)
+            event = await refused(running, client, "names no subject")
+            assert says in event["result"]["reasons"][0], name
+
+
+async def test_a_certificate_with_only_a_dns_name_and_no_common_name_is_refused(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """No CN, no URI SAN, a DNS name alone: no subject. It was authenticated with
+    subject null (no lockout or rate limit keyed on it, `sub` null upstream)."""
+    async with gateway(aiohttp_server, tmp_path) as running:
+        client = running.client("dns-only", [_organisation()], [x509.DNSName("sync.example")])
+        event = await refused(running, client, "names no subject")
+        assert "no URI SAN" in event["result"]["reasons"][0]
+
+
+async def test_a_certificate_whose_common_name_is_blank_is_refused(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """`CN= `: a name of nothing, refused as a token whose `sub` is blank is."""
+    async with gateway(aiohttp_server, tmp_path) as running:
+        client = running.client("blank", [_organisation(), _cn(" ")])
+        await refused(running, client, "common name is blank")
+
+
+async def test_a_common_name_with_a_control_character_is_refused_not_passed_on(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """`CN=admin\\0.wms-sync`, the null-prefix name a CA that checks a request's
+    subject as a C string signs: the gateway took it whole and sent it on in the
+    assertion, where a backend in C reads `admin`. A line break in one writes
+    lines of its own into a text log. No CA names a service so: refused."""
+    async with gateway(aiohttp_server, tmp_path) as running:
+        for name, common_name in (("nul", "admin\x00.wms-sync"), ("newline", "wms-sync\nadmin")):
+            attribute = x509.NameAttribute(NameOID.COMMON_NAME, common_name)
+            client = running.client(name, [x509.RelativeDistinguishedName([attribute])])
+            event = await refused(running, client, "has a control character")
+            assert repr(common_name) in event["result"]["reasons"][0], name
+
+
+async def test_a_common_name_shaped_like_a_spiffe_id_is_refused_not_taken_for_the_workload(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """`CN=spiffe://store.example/ns/wms/sa/sync`, no URI SAN: the gateway took
+    the CN as the subject, the very string the workload's SVID from the same CA
+    is, so a certificate whose common name its requester chose was that workload
+    to the policy, the lockout and the backend. A common name is not a SPIFFE
+    ID: refused, in any case of the scheme."""
+    async with gateway(aiohttp_server, tmp_path) as running:
+        for name, common_name in (("lower", WORKLOAD), ("upper", "SPIFFE://store.example/x")):
+            client = running.client(
+                name, [_organisation(), _cn(common_name)], [x509.DNSName("sync.wms.svc")]
+            )
+            event = await refused(running, client, "shaped like a SPIFFE ID")
+            assert repr(common_name) in event["result"]["reasons"][0], name
