@@ -57,7 +57,7 @@ from gateway.screening.expect import close_if_body_kept, decide_first, expectati
 from gateway.screening.headers import Refusal as ScreenRefusal
 from gateway.screening.headers import host_name, parser_limits, screen
 from gateway.screening.methods import method_refusal
-from gateway.screening.paths import NormalizedPath, PathRejected, normalize
+from gateway.screening.paths import NormalizedPath, PathRejected, normalize, query_overflow
 from gateway.screening.websocket import VERSION as WEBSOCKET_VERSION
 from gateway.screening.websocket import cross_origin_refusal, handshake_refusal
 from gateway.shared.check import Refusal
@@ -347,6 +347,11 @@ class Gateway:
             path = normalize(request.raw_path)
         except PathRejected as error:
             return self.refuse(request, 400, "path_rejected", str(error)), "-"
+        # Before routing and the policy: the event logs the target shortened, and
+        # no parsed_query is built for it.
+        overflow = query_overflow(path.query, self.config.limits.max_query_params)
+        if overflow is not None:
+            return self.refuse(request, 400, "too_many_query_params", overflow), "-"
         route = self.match(request.host, path.routing_path)
         if route is None:
             return self.refuse(request, 404, "no_route", "no route for this path", path=path), "-"

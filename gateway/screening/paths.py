@@ -81,6 +81,21 @@ class NormalizedPath:
         return parsed
 
 
+def query_overflow(query: str, limit: int) -> str | None:
+    """Why `query` (without '?') holds too many parameters, or None if it fits.
+
+    Every piece between separators counts, empty ones too (Go's ParseQuery counts
+    so): each costs the parse, the policy's input and the decision log's masking.
+    `;` separates too, as the masking splits on it (Rack before 3, Java servlet
+    containers), so `a=1;b=2` is two. Counted in C, before any of that work."""
+    if not query:
+        return None
+    count = query.count("&") + query.count(";") + 1
+    if count > limit:
+        return f"{count} query parameters ('&' or ';' separated); at most {limit}"
+    return None
+
+
 def _decode_unreserved(match: re.Match[str]) -> str:
     digits = match.group("hex")
     if len(digits) != 2 or not set(digits) <= _HEX:
