@@ -47,6 +47,12 @@ def _cn(*names: str) -> x509.RelativeDistinguishedName:
     )
 
 
+def _units(*units: str) -> x509.RelativeDistinguishedName:
+    return x509.RelativeDistinguishedName(
+        [x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit) for unit in units]
+    )
+
+
 def _organisation() -> x509.RelativeDistinguishedName:
     return x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Store")])
 
@@ -79,13 +85,16 @@ class Gateway:
 
 
 @contextlib.asynccontextmanager
-async def gateway(aiohttp_server: ServerFactory, tmp_path: Path) -> AsyncIterator[Gateway]:
-    """A gateway whose TLS listener trusts store-ca, under the allow-any policy."""
+async def gateway(
+    aiohttp_server: ServerFactory, tmp_path: Path, policy_text: str = POLICY
+) -> AsyncIterator[Gateway]:
+    """A gateway whose TLS listener trusts store-ca, under the allow-any policy
+    (or `policy_text`)."""
     ca = make_cert(tmp_path, "store-ca", None, ca=True)
     make_cert(tmp_path, "server", ca)
     policy = tmp_path / "policy"
     policy.mkdir()
-    (policy / "decision.rego").write_text(POLICY)
+    (policy / "decision.rego").write_text(policy_text)
     port = free_port()
     tls = TlsConfig(tmp_path / "server.pem", tmp_path / "server.key", tmp_path / "store-ca.pem")
     async with start_stack(
@@ -276,3 +285,46 @@ async def test_a_common_name_shaped_like_a_spiffe_id_is_refused_not_taken_for_th
             )
             event = await refused(running, client, "shaped like a SPIFFE ID")
             assert repr(common_name) in event["result"]["reasons"][0], name
+
+
+# Allows a certificate of the stores unit, as a rule written for one OU reads it.
+STORES_ONLY = """package portcullis.gateway
+import rego.v1
+default stores := false
+stores if input.identity.client_cert.subject.organizationalUnitName == "stores"
+decision := {"allow": stores, "reasons": ["decided by the certificate's unit"]}
+"""
+
+
+async def test_a_certificate_with_two_units_is_not_read_as_its_last_by_a_single_unit_rule(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """`OU=admin, OU=stores`, or one RDN of both, from a CA that copies a CSR's
+    subject: `client_cert.subject` kept the last value, so a rule allowing
+    `OU == "stores"` let in a certificate that is also admin (and, in the other
+    order, a deny for `admin` missed it). An attribute the subject has twice is
+    the list of its values there, which no string equals; `subject_values` has
+    every attribute as a list, in the certificate's order, in the policy input
+    and the decision log. One OU is its string, as before."""
+    async with gateway(aiohttp_server, tmp_path, STORES_ONLY) as running:
+        for name, units in (
+            ("stores-last", [_units("admin"), _units("stores")]),
+            ("stores-first", [_units("stores"), _units("admin")]),
+            ("one-rdn", [_units("admin", "stores")]),
+        ):
+            client = running.client(name, [_cn("wms-sync"), *units])
+            status, body, _ = await running.get(client)
+            assert status == 403, (name, body)
+            (event,) = await logged(running.stack, body["decision_id"])
+            certificate = event["input"]["identity"]["client_cert"]
+            assert sorted(certificate["subject"]["organizationalUnitName"]) == ["admin", "stores"]
+            assert certificate["subject"]["commonName"] == "wms-sync"
+            assert certificate["subject_values"]["commonName"] == ["wms-sync"]
+            every_unit = certificate["subject_values"]["organizationalUnitName"]
+            if name != "one-rdn":  # a SET's order is its DER encoding's, not the requester's
+                assert every_unit == [unit.value for rdn in units for unit in rdn]
+            assert sorted(every_unit) == ["admin", "stores"]
+        client = running.client("stores", [_cn("wms-sync"), _units("stores")])
+        status, body, _ = await running.get(client)
+        assert status == 200, body
+        assert running.stack.total_forwarded() == 1

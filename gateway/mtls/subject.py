@@ -23,20 +23,44 @@ def peer_certificate(transport: Any) -> dict[str, Any]:
 
 def client_certificate(peer: dict[str, Any]) -> dict[str, Any]:
     """A verified client certificate (`peer_certificate`) as plain data, the
-    `client_cert` of the decision input; {} without one."""
+    `client_cert` of the decision input; {} without one.
+
+    `subject` and `issuer` give each attribute of the name its value, as a
+    string, where the name has it once; one it has more than once (`OU=stores,
+    OU=admin`, or one RDN of both, `OU=stores+OU=admin`) is the list of its
+    values, so a rule comparing it with one string matches neither: which value
+    a dict of the RDNs keeps is their order, which a CA that copies a CSR's
+    subject lets its requester choose. `subject_values` and `issuer_values`
+    give every attribute as the list of its values, in the certificate's order
+    (as Go's pkix.Name has OU and O), for a rule that must see each one."""
     if not peer:
         return {}
-
-    def names(field: str) -> dict[str, str]:
-        return {key: value for rdn in peer.get(field, ()) for key, value in rdn}
-
+    subject = _attribute_values(peer.get("subject", ()))
+    issuer = _attribute_values(peer.get("issuer", ()))
     return {
-        "subject": names("subject"),
-        "issuer": names("issuer"),
+        "subject": _one_each(subject),
+        "subject_values": subject,
+        "issuer": _one_each(issuer),
+        "issuer_values": issuer,
         "serial_number": peer.get("serialNumber"),
         "not_after": peer.get("notAfter"),
         "sans": [value for kind, value in peer.get("subjectAltName", ()) if kind in ("DNS", "URI")],
     }
+
+
+def _attribute_values(rdns: Any) -> dict[str, list[str]]:
+    """A distinguished name's attributes (ssl's RDN tuples), each with all its
+    values in the order the certificate has them."""
+    values: dict[str, list[str]] = {}
+    for rdn in rdns:
+        for key, value in rdn:
+            values.setdefault(key, []).append(value)
+    return values
+
+
+def _one_each(values: dict[str, list[str]]) -> dict[str, str | list[str]]:
+    """Each attribute's one value, or the list of them where there are more."""
+    return {key: found[0] if len(found) == 1 else list(found) for key, found in values.items()}
 
 
 class CertificateRejected(Exception):
