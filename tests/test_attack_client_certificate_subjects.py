@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
+import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,13 @@ import jwt
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.assertion import HEADER as ASSERTION_HEADER
 from gateway.audit.chain import REFUSAL_PATH
 from gateway.config import Listener, TlsConfig
+from gateway.mtls.subject import CertificateRejected, certificate_subject
 from tests.gateway_stack import ServerFactory, Stack, free_port, logged, start_stack
 from tests.test_gateway_transport import make_cert
 
@@ -220,13 +224,11 @@ async def test_a_uri_san_that_is_not_one_spiffe_id_alone_is_no_subject(
 ) -> None:
     """Without a CN only an X.509-SVID's ID is a subject: its one URI SAN, a SPIFFE
     ID. A SPIFFE ID beside another URI is not an SVID (which URI names the
-    workload is then a reader's choice); an https URI is no SPIFFE ID; nor is a
-    spiffe:// one whose path climbs out (`..`) of where it seems to be."""
+    workload is then a reader's choice); an https URI is no SPIFFE ID."""
     async with gateway(aiohttp_server, tmp_path) as running:
         cases = {
             "beside-another": ([WORKLOAD, "https://store.example/admin"], "it has 2 URI SANs"),
             "https": (["https://store.example/wms"], "is not a SPIFFE ID"),
-            "dot-dot": (["spiffe://store.example/ns/wms/../pos"], "is not a SPIFFE ID"),
         }
         for name, (uris, says) in cases.items():
             sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uris]
@@ -328,3 +330,158 @@ async def test_a_certificate_with_two_units_is_not_read_as_its_last_by_a_single_
         status, body, _ = await running.get(client)
         assert status == 200, body
         assert running.stack.total_forwarded() == 1
+
+
+async def test_the_trust_domains_own_spiffe_id_is_refused_not_taken_for_a_workload(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """`spiffe://store.example`, no path: the ID of the trust domain itself (its
+    signing authority's, X509-SVID 3.2), which names every workload of it and
+    none. X509-SVID 5.2 has a validator refuse a leaf whose ID has no path; the
+    gateway took it for the subject, so a policy allowing a trust domain's IDs
+    by prefix, or a lockout, saw one identity for all. Refused, with a common
+    name beside it or without."""
+    async with gateway(aiohttp_server, tmp_path) as running:
+        root = [x509.UniformResourceIdentifier("spiffe://store.example")]
+        for name, subject in (("alone", [_organisation()]), ("with-cn", [_cn("wms-sync")])):
+            client = running.client(name, subject, root)
+            event = await refused(running, client, "SPIFFE ID 'spiffe://store.example'")
+            assert "it has no path" in event["result"]["reasons"][0], name
+
+
+# SPIFFE IDs the spec forbids a workload (SPIFFE-ID 2.1-2.3, X509-SVID 3.1), and
+# what the refusal says of each.
+FORBIDDEN_IDS = {
+    "trailing-slash": ("spiffe://store.example/ns/wms/", "empty segment"),
+    "empty-segment": ("spiffe://store.example/ns//wms", "empty segment"),
+    "dot-dot": ("spiffe://store.example/ns/wms/../pos", "a '..' segment"),
+    "dot": ("spiffe://store.example/./wms", "a '.' segment"),
+    "upper-trust-domain": ("spiffe://Store.example/wms", "trust domain 'Store.example'"),
+    "port": ("spiffe://store.example:8443/wms", "trust domain 'store.example:8443'"),
+    "userinfo": ("spiffe://admin@store.example/wms", "trust domain 'admin@store.example'"),
+    "query": ("spiffe://store.example/wms?as=admin", "path segment 'wms?as=admin'"),
+    "fragment": ("spiffe://store.example/wms#admin", "path segment 'wms#admin'"),
+    "percent": ("spiffe://store.example/ns%2Fpos/wms", "path segment 'ns%2Fpos'"),
+    "upper-scheme": ("SPIFFE://store.example/wms", "scheme is not a lower-case spiffe://"),
+    "no-trust-domain": ("spiffe:///wms", "no trust domain"),
+    "long": ("spiffe://store.example/" + "w" * 2026, "2049 bytes long"),
+    "long-trust-domain": ("spiffe://" + "s" * 256 + "/wms", "trust domain is over 255 bytes"),
+}
+
+
+async def test_a_spiffe_id_the_spec_forbids_is_refused_not_read_as_the_common_name_beside_it(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """A URI SAN of the spiffe scheme that the SPIFFE-ID spec forbids (a trailing
+    `/`, `..`, upper case, a port, a user, a query, percent-encoding, over 2048
+    bytes): the gateway read the certificate as its common name instead, a
+    certificate its CA issued as a workload's taken for a service named by
+    whatever its CN says (SPIRE puts a DNS name there, which other workloads
+    share). Refused, saying what is wrong with the ID; the longest IDs the spec
+    allows still pass."""
+    async with gateway(aiohttp_server, tmp_path) as running:
+        for name, (uri, says) in FORBIDDEN_IDS.items():
+            client = running.client(
+                name, [_cn("sync.wms.svc")], [x509.UniformResourceIdentifier(uri)]
+            )
+            event = await refused(running, client, "is not a workload's")
+            assert says in event["result"]["reasons"][0], name
+        for name, uri in (
+            ("longest", "spiffe://store.example/" + "w" * 2025),
+            ("longest-trust-domain", "spiffe://" + "s" * 255 + "/wms"),
+        ):
+            sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri)]
+            status, body, _ = await running.get(running.client(name, [_organisation()], sans))
+            assert status == 200, (name, body)
+
+
+# The characters SPIFFE-ID 2.1 and 2.2 allow, and pieces of URIs near and far from them.
+TRUST_DOMAIN_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789.-_")
+SEGMENT_CHARACTERS = TRUST_DOMAIN_CHARACTERS | frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+URI_PIECES = st.sampled_from(
+    [
+        "spiffe://", "SPIFFE://", "spiffe:", "spiffe:/", "/", "//", ".", "..", "a", "Z", "0",
+        "-", "_", ":", ":8443", "@", "%2F", "%41", "?", "?q", "#", "#f", "\\", " ", "\x00",
+        "\u00e9", "store.example", "ns", "w" * 700, "s" * 128,
+    ]
+)  # fmt: skip
+SPEC_IDS = st.builds(
+    lambda trust_domain, segments: f"spiffe://{trust_domain}/{'/'.join(segments)}",
+    st.text(alphabet=sorted(TRUST_DOMAIN_CHARACTERS), min_size=1, max_size=255),
+    st.lists(
+        st.text(alphabet=sorted(SEGMENT_CHARACTERS), min_size=1, max_size=60).filter(
+            lambda segment: segment not in (".", "..")
+        ),
+        min_size=1,
+        max_size=20,
+    ),
+).filter(lambda uri: len(uri) <= 2048)
+
+
+# IDs the spec allows with a piece put in somewhere (or none), and strings of pieces.
+URIS = st.one_of(
+    st.builds(
+        lambda uri, piece, at: uri[: at % (len(uri) + 1)] + piece + uri[at % (len(uri) + 1) :],
+        SPEC_IDS,
+        st.just("") | URI_PIECES,
+        st.integers(min_value=0),
+    ),
+    st.tuples(
+        st.sampled_from(["spiffe://", "SPIFFE://", "Spiffe://", "spiffe:", "https://"]),
+        st.lists(URI_PIECES, max_size=10),
+    ).map(lambda parts: parts[0] + "".join(parts[1])),
+)
+
+
+def spec_allows(uri: str) -> bool:
+    """Whether the SPIFFE-ID spec (2, 2.1-2.3) and X509-SVID (3.1: a leaf's ID
+    has a path) allow `uri` as a workload's ID, read from the spec, not from the
+    gateway's code, and checked against the URI as urllib parses it."""
+    scheme, separator, rest = uri.partition("://")
+    trust_domain, slash, path = rest.partition("/")
+    parsed = urllib.parse.urlsplit(uri)
+    return (
+        scheme == "spiffe"
+        and separator == "://"
+        and len(uri.encode()) <= 2048
+        and 0 < len(trust_domain.encode()) <= 255
+        and set(trust_domain) <= TRUST_DOMAIN_CHARACTERS
+        and slash == "/"
+        and all(
+            segment not in ("", ".", "..") and set(segment) <= SEGMENT_CHARACTERS
+            for segment in path.split("/")
+        )
+        and (parsed.scheme, parsed.netloc, parsed.path) == ("spiffe", trust_domain, "/" + path)
+        and not parsed.query
+        and not parsed.fragment
+    )
+
+
+@settings(derandomize=True, max_examples=800, deadline=None, database=None)
+@given(uri=URIS, common_name=st.sampled_from([None, "sync.wms.svc"]))
+def test_any_uri_san_the_gateway_takes_for_a_spiffe_id_is_one_the_spec_allows(
+    uri: str, common_name: str | None
+) -> None:
+    """Whatever a certificate's one URI SAN (a CN beside it or not), the gateway
+    takes it for the subject only when the spec allows it as a workload's SPIFFE
+    ID; and a spiffe-scheme URI the spec forbids is refused, not passed over for
+    the common name."""
+    subject = ((("commonName", common_name),),) if common_name else ()
+    peer = {"subject": subject, "subjectAltName": (("URI", uri),)}
+    try:
+        found = certificate_subject(peer)
+    except CertificateRejected:
+        return
+    if found == uri:
+        assert spec_allows(uri), uri
+    else:
+        assert found == common_name and not uri.lower().startswith("spiffe:"), uri
+
+
+@settings(derandomize=True, max_examples=400, deadline=None, database=None)
+@given(uri=SPEC_IDS)
+def test_every_spiffe_id_the_spec_allows_a_workload_is_its_subject(uri: str) -> None:
+    """The other way round: the gateway refuses no ID the spec allows (a trust
+    domain of dots and dashes, `_`, upper case in the path, up to the limits)."""
+    assert spec_allows(uri), uri
+    assert certificate_subject({"subject": (), "subjectAltName": (("URI", uri),)}) == uri

@@ -67,11 +67,52 @@ class CertificateRejected(Exception):
     """A verified client certificate names no one subject; the message says why."""
 
 
-# A SPIFFE ID (the SPIFFE-ID spec, 2): a lower-case trust domain, then path
-# segments of letters, digits, ".", "-" and "_", none empty, "." or "..".
-_SPIFFE_ID = re.compile(r"spiffe://[a-z0-9._-]+(?:/(?!\.\.?(?:/|\Z))[A-Za-z0-9._-]+)*\Z")
+# The SPIFFE-ID spec (2.1, 2.2): a trust domain of lower-case letters, digits,
+# ".", "-" and "_" (no userinfo, port or upper case), path segments of letters,
+# digits, ".", "-" and "_" (no percent-encoding, query or fragment).
+_TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+\Z")
+_PATH_SEGMENT = re.compile(r"[A-Za-z0-9._-]+\Z")
+_SPIFFE_PREFIX = "spiffe://"
+MAX_SPIFFE_ID_BYTES = 2048  # SPIFFE-ID 2.3
+MAX_TRUST_DOMAIN_BYTES = 255  # SPIFFE-ID 2.3, RFC 3986's limit on a host
 # C0 and C1 controls, DEL, and the Unicode line and paragraph separators.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def spiffe_id_problem(uri: str) -> str | None:
+    """Why `uri` is not the SPIFFE ID a workload's X.509-SVID may carry (the
+    SPIFFE-ID spec, 2; X509-SVID 3.1 and 5.2); None when it is one."""
+    if not uri.startswith(_SPIFFE_PREFIX):
+        return "its scheme is not a lower-case spiffe://"
+    if not uri.isascii():  # so its length in characters is its length in bytes
+        return "it has a character that is not ASCII"
+    if len(uri) > MAX_SPIFFE_ID_BYTES:
+        return f"it is {len(uri)} bytes long, over the {MAX_SPIFFE_ID_BYTES} an ID may be"
+    trust_domain, slash, path = uri[len(_SPIFFE_PREFIX) :].partition("/")
+    if not trust_domain:
+        return "it has no trust domain"
+    if len(trust_domain) > MAX_TRUST_DOMAIN_BYTES:
+        return f"its trust domain is over {MAX_TRUST_DOMAIN_BYTES} bytes long"
+    if not _TRUST_DOMAIN.match(trust_domain):
+        return (
+            f"its trust domain {show(trust_domain)} has a character other than a lower-case "
+            "letter, a digit, '.', '-' or '_' (no port, user, query or upper case)"
+        )
+    if not slash:
+        # The trust domain's own ID names its signing authority (X509-SVID 3.2),
+        # which must not authenticate: every workload of the domain would be it.
+        return "it has no path: it is the trust domain's own ID, which names no workload"
+    for segment in path.split("/"):
+        if not segment:
+            return "its path has an empty segment ('//', or a trailing '/')"
+        if segment in (".", ".."):
+            return f"its path has a {show(segment)} segment"
+        if not _PATH_SEGMENT.match(segment):
+            return (
+                f"its path segment {show(segment)} has a character other than a letter, a "
+                "digit, '.', '-' or '_' (no percent-encoding, query or fragment)"
+            )
+    return None
 
 
 def certificate_subject(peer: dict[str, Any]) -> str:
@@ -79,7 +120,10 @@ def certificate_subject(peer: dict[str, Any]) -> str:
     X.509-SVID's SPIFFE ID (its URI SAN, when that is its only one and a
     `spiffe://` ID), whatever its CN says (SPIRE puts a DNS name there; Envoy
     and Istio take the ID as the workload's identity); else its common name.
-    CertificateRejected otherwise. Two common names, in two
+    CertificateRejected otherwise, and for any URI SAN of the spiffe scheme
+    that is not a workload's SPIFFE ID (`spiffe_id_problem`: the trust
+    domain's own, `spiffe://store.example`, among them), whatever else the
+    certificate names: X509-SVID 5.2 has a validator refuse it. Two common names, in two
     RDNs or one multi-valued RDN, are ambiguous: which one a reader takes is an
     encoding detail (a dict of the RDNs keeps the last), and a CA that copies a
     CSR's subject lets its requester add `CN=admin` to its own name. A common
@@ -87,7 +131,15 @@ def certificate_subject(peer: dict[str, Any]) -> str:
     ID (it would be that workload's subject). A certificate naming no one
     is no one to decide for, lock out or rate limit."""
     uris = [value for kind, value in peer.get("subjectAltName", ()) if kind == "URI"]
-    if len(uris) == 1 and _SPIFFE_ID.match(uris[0]):
+    for uri in uris:
+        problem = spiffe_id_problem(uri) if uri[:7].lower() == "spiffe:" else None
+        if problem is not None:
+            # A SPIFFE ID the spec forbids (X509-SVID 5.2: the validator MUST refuse
+            # it), not a name to fall back from to the common name beside it.
+            raise CertificateRejected(
+                f"client certificate's SPIFFE ID {show(uri)} is not a workload's: {problem}"
+            )
+    if len(uris) == 1 and uris[0].startswith(_SPIFFE_PREFIX):
         return str(uris[0])
     common_names = [
         value for rdn in peer.get("subject", ()) for key, value in rdn if key == "commonName"
