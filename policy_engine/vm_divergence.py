@@ -10,7 +10,10 @@ the interpreter and OPA find the rule undefined. The same holds through further
 assignments (`p := concat("", [o])`, then `not startswith(p, "a")`) and inside
 comprehensions. A positive use of the variable before the `not` (`o` alone, a
 comparison, a call) makes the body fail there, as it should; `=` (unification)
-and `some x in ...` fail at once on the VM too.
+and `some x in ...` fail at once on the VM too. A query nested in a later
+statement (a comprehension, an `every`) sees the variable as it is, undefined:
+`count([1 | not startswith(o, "a")]) == 1` holds on the VM, so a `not` there is
+a first use under `not` as well.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ def unfinished_assignments(ast_entries: list[dict[str, Any]]) -> list[Problem]:
         file = entry["source"]["file"]
         lines = str(entry["source"].get("contents", "")).splitlines()
         for query in _queries(entry["ast"].get("rules", [])):
-            for var in _used_first_under_not(query):
+            for _, var in _used_first_under_not(query, {}):
                 line, column = source_position({"Var": var}, lines)
                 problems.append(
                     Problem(file, f"warning: {WARNING.format(name=var['value'])}", line, column)
@@ -62,13 +65,17 @@ def _queries(node: Any) -> Iterator[dict[str, Any]]:
                 yield from _queries(value)
 
 
-def _used_first_under_not(query: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """The assigned variables (their Var node at the assignment) whose first use
-    in this query, directly or through another assignment, is under a `not`."""
-    if not any("NotExpr" in statement.get("literal", {}) for statement in query["stmts"]):
+def _used_first_under_not(
+    query: dict[str, Any], inherited: dict[str, dict[str, Any]]
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(name, the Var node where it was assigned) of each assigned variable whose
+    first use in this query, directly, through another assignment or in a query
+    nested in a statement, is under a `not`. ``inherited``: the enclosing
+    query's such variables still unused where this query is written."""
+    if not _has_not(query["stmts"]):
         return  # most queries: nothing to find, and nothing to build to find it
     # name -> the Var node where it was assigned a value that may be undefined
-    pending: dict[str, dict[str, Any]] = {}
+    pending: dict[str, dict[str, Any]] = dict(inherited)
     # Expressions a statement of their own already required to be defined (and
     # not false): `override.groups` on one line, `groups := override.groups` next.
     checked: set[str] = set()
@@ -78,8 +85,14 @@ def _used_first_under_not(query: dict[str, Any]) -> Iterator[dict[str, Any]]:
         mentioned = set(_var_names(body))
         if kind == "NotExpr":
             for name in sorted(mentioned & pending.keys()):
-                yield pending.pop(name)
+                yield name, pending.pop(name)
             continue
+        # A comprehension or `every` in this statement runs with the variables as
+        # they are: its own `not` over one that is undefined holds on the VM.
+        for nested in _queries(body):
+            for name, _ in list(_used_first_under_not(nested, pending)):
+                if name in pending:
+                    yield name, pending.pop(name)
         assignment = _assignment(kind, body)
         if assignment is not None:
             target, value = assignment
@@ -93,6 +106,17 @@ def _used_first_under_not(query: dict[str, Any]) -> Iterator[dict[str, Any]]:
             checked.add(_shape(body.get("expr")))
         for name in mentioned:  # a positive use fails the body there
             pending.pop(name, None)
+
+
+def _has_not(node: Any) -> bool:
+    """Whether a `not` is anywhere in these statements, nested queries included."""
+    if isinstance(node, dict):
+        return "NotExpr" in node or any(
+            _has_not(value) for key, value in node.items() if key != "span"
+        )
+    if isinstance(node, list):
+        return any(_has_not(value) for value in node)
+    return False
 
 
 def _shape(node: Any) -> str:

@@ -417,6 +417,38 @@ def test_a_library_the_compiled_vm_would_answer_wrongly_puts_the_decision_on_the
     assert engine.rvm_problem is not None and "lib.rego:5:5" in engine.rvm_problem
 
 
+# `o := <absent header>`, then a `not` over `o` inside a query nested in a later
+# statement: the comprehension or `every` runs with `o` undefined on the VM.
+NOT_IN_A_NESTED_QUERY = {
+    "array comprehension": 'count([1 | not startswith(origin, "https://")]) == 1',
+    "set comprehension": '{1 | not startswith(origin, "https://")} == {1}',
+    "comprehension assigned": (
+        'plain := [1 | not startswith(origin, "https://")]\n    count(plain) == 1'
+    ),
+    "every": 'every h in ["x"] { h != ""; not startswith(origin, "https://") }',
+}
+
+
+@pytest.mark.parametrize("nested", NOT_IN_A_NESTED_QUERY.values(), ids=NOT_IN_A_NESTED_QUERY)
+def test_a_not_inside_a_comprehension_over_an_undefined_assignment_runs_on_the_interpreter(
+    tmp_path: Path, nested: str
+) -> None:
+    """Only a `not` written as a statement of the body itself was seen: the same
+    `not` inside a comprehension or an `every` slipped past, and the gateway
+    decided on the VM, denying every request without an Origin that OPA, the
+    interpreter and `policy test` allow."""
+    policy = RUNS_ON_PAST_UNDEFINED.replace('not startswith(origin, "https://")', nested)
+    (tmp_path / "decision.rego").write_text(policy)
+    no_origin = {"attributes": {"request": {"http": {"headers": {}}}}}
+    from gateway.policy.reload import build_engine
+
+    engine = build_engine(str(tmp_path), timeout_ms=1000)
+    assert isinstance(engine, EmbeddedEngine)
+    assert engine.evaluate_sync(DECISION, no_origin) == {"allow": True}
+    assert engine.rvm_problem is not None and "decision.rego:7:5" in engine.rvm_problem
+    assert GoOpaEngine(load_policy_set(tmp_path)).values(DECISION, [no_origin]) == [{"allow": True}]
+
+
 # A policy whose deny rules each call a builtin that fails on some values a
 # client or an identity provider controls (a header, a claim of another type).
 ERRING_DENY_RULES = """
