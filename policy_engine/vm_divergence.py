@@ -13,7 +13,8 @@ comparison, a call) makes the body fail there, as it should; `=` (unification)
 and `some x in ...` fail at once on the VM too. A query nested in a later
 statement (a comprehension, an `every`) sees the variable as it is, undefined:
 `count([1 | not startswith(o, "a")]) == 1` holds on the VM, so a `not` there is
-a first use under `not` as well.
+a first use under `not` as well, and so is one in the value the rule gives
+(`p := count([1 | not startswith(o, "a")]) if { o := ... }`, an `else`'s value).
 """
 
 from __future__ import annotations
@@ -37,13 +38,15 @@ _LITERALS = ("String", "RawString", "Number", "Bool", "Null")
 def unfinished_assignments(ast_entries: list[dict[str, Any]]) -> list[Problem]:
     """A warning per variable assigned a value that may be undefined and used
     first under a `not`, in every query of every module (rule bodies,
-    comprehensions, `every`)."""
+    comprehensions, `every`), or in a comprehension of the rule's value."""
     problems = []
     for entry in ast_entries:
         file = entry["source"]["file"]
         lines = str(entry["source"].get("contents", "")).splitlines()
-        for query in _queries(entry["ast"].get("rules", [])):
-            for _, var in _used_first_under_not(query, {}):
+        rules = entry["ast"].get("rules", [])
+        values = _rule_values(rules)
+        for query in _queries(rules):
+            for _, var in _used_first_under_not(query, {}, values.get(id(query))):
                 line, column = source_position({"Var": var}, lines)
                 problems.append(
                     Problem(file, f"warning: {WARNING.format(name=var['value'])}", line, column)
@@ -65,14 +68,38 @@ def _queries(node: Any) -> Iterator[dict[str, Any]]:
                 yield from _queries(value)
 
 
+def _rule_values(rules: Any) -> dict[int, Any]:
+    """id(a rule body's query) -> what the rule gives when that body holds (its
+    head, or an `else`'s value), which the VM evaluates with the body's variables
+    as they are: `p := count([1 | not startswith(o, "a")]) if { o := ... }`.
+    Only values with a `not` in them: the others can't hold one."""
+    values: dict[int, Any] = {}
+    for rule in rules if isinstance(rules, list) else []:
+        spec = next(iter(rule.values()), None) if isinstance(rule, dict) else None
+        if not isinstance(spec, dict) or not isinstance(spec.get("bodies"), list):
+            continue
+        head_has_not = _has_not(spec.get("head"))
+        for body in spec["bodies"]:
+            if not isinstance(body, dict) or not isinstance(body.get("query"), dict):
+                continue
+            value = body.get("assign")
+            if value is None and head_has_not:
+                values[id(body["query"])] = spec.get("head")
+            elif value is not None and _has_not(value):
+                values[id(body["query"])] = value
+    return values
+
+
 def _used_first_under_not(
-    query: dict[str, Any], inherited: dict[str, dict[str, Any]]
+    query: dict[str, Any], inherited: dict[str, dict[str, Any]], then: Any = None
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """(name, the Var node where it was assigned) of each assigned variable whose
     first use in this query, directly, through another assignment or in a query
     nested in a statement, is under a `not`. ``inherited``: the enclosing
-    query's such variables still unused where this query is written."""
-    if not _has_not(query["stmts"]):
+    query's such variables still unused where this query is written; ``then``:
+    what is evaluated once the query holds (a rule's value), its comprehensions
+    last."""
+    if not _has_not(query["stmts"]) and not _has_not(then):
         return  # most queries: nothing to find, and nothing to build to find it
     # name -> the Var node where it was assigned a value that may be undefined
     pending: dict[str, dict[str, Any]] = dict(inherited)
@@ -106,6 +133,10 @@ def _used_first_under_not(
             checked.add(_shape(body.get("expr")))
         for name in mentioned:  # a positive use fails the body there
             pending.pop(name, None)
+    for nested in _queries(then):
+        for name, _ in list(_used_first_under_not(nested, pending)):
+            if name in pending:
+                yield name, pending.pop(name)
 
 
 def _has_not(node: Any) -> bool:

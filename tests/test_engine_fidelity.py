@@ -449,6 +449,51 @@ def test_a_not_inside_a_comprehension_over_an_undefined_assignment_runs_on_the_i
     assert GoOpaEngine(load_policy_set(tmp_path)).values(DECISION, [no_origin]) == [{"allow": True}]
 
 
+# The same, in the value the rule gives once its body holds (its head, an
+# `else`'s value): the VM evaluates it with the body's `origin` undefined.
+NOT_IN_A_RULES_VALUE = {
+    "rule value": """
+package portcullis.gateway
+import rego.v1
+decision := {"allow": allow}
+default allow := true
+allow := count([1 | not startswith(origin, "https://")]) == 0 if {
+    origin := input.attributes.request.http.headers.origin
+}
+""",
+    "else value": """
+package portcullis.gateway
+import rego.v1
+decision := {"allow": allow}
+default allow := true
+allow := false if {
+    input.attributes.request.http.method == "TRACE"
+} else := count([1 | not startswith(origin, "https://")]) == 0 if {
+    origin := input.attributes.request.http.headers.origin
+}
+""",
+}
+
+
+@pytest.mark.parametrize("policy", NOT_IN_A_RULES_VALUE.values(), ids=NOT_IN_A_RULES_VALUE)
+def test_a_not_in_a_rules_value_over_an_undefined_assignment_runs_on_the_interpreter(
+    tmp_path: Path, policy: str
+) -> None:
+    """Only the rule bodies were looked at: a comprehension in the value a rule
+    gives (`allow := count([1 | not ...]) == 0 if { origin := ... }`) ran on the
+    VM with `origin` undefined, and denied every request without an Origin that
+    OPA, the interpreter and `policy test` allow (the default)."""
+    (tmp_path / "decision.rego").write_text(policy)
+    no_origin = {"attributes": {"request": {"http": {"method": "GET", "headers": {}}}}}
+    from gateway.policy.reload import build_engine
+
+    engine = build_engine(str(tmp_path), timeout_ms=1000)
+    assert isinstance(engine, EmbeddedEngine)
+    assert engine.evaluate_sync(DECISION, no_origin) == {"allow": True}
+    assert engine.rvm_problem is not None and "decision.rego:" in engine.rvm_problem
+    assert GoOpaEngine(load_policy_set(tmp_path)).values(DECISION, [no_origin]) == [{"allow": True}]
+
+
 # A policy whose deny rules each call a builtin that fails on some values a
 # client or an identity provider controls (a header, a claim of another type).
 ERRING_DENY_RULES = """
