@@ -143,6 +143,26 @@ async def test_a_route_for_an_ipv6_host_matches_it_with_a_port(
         assert event["input"]["attributes"]["request"]["http"]["host"] == "[2001:db8::1]:8443"
 
 
+async def test_a_host_with_the_trailing_dot_of_its_full_name_matches_its_own_route(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """The review: `Host: gw.example.` (the fully qualified spelling, which DNS
+    resolves as `gw.example`) missed the route with `host: gw.example` and fell
+    through to a route for any host: another app than the one that host serves."""
+    async with start_stack(aiohttp_server, tmp_path) as running:
+        wms, pos = running.config.routes[0], running.config.routes[1]
+        fallback = replace(pos, path_prefix=wms.path_prefix, host=None)  # POS, for any host
+        running.gateway.routes[:] = (replace(wms, host="gw.example"), fallback)
+        token = running.token("alice", **WAREHOUSE)
+        for host in ("gw.example.", "GW.Example.:8443", "gw.example"):
+            assert running.gateway.match(host, "/wms/stock") is running.gateway.routes[0], host
+            response = await running.get("/wms/stock", token, headers={"Host": host})
+            assert response.status == 200, host
+            assert (await response.json())["headers"]["X-Forwarded-Host"] == host
+        for host in ("gw.example..", "other.example.", "gw.example.com"):
+            assert running.gateway.match(host, "/wms/stock") is fallback, host
+
+
 IPV6 = st.ip_addresses(v=6)
 
 

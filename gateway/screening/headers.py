@@ -133,14 +133,18 @@ def bad_host(host: str) -> str | None:
 def host_name(host: str) -> str:
     """The host that `host` (a Host header value that passed `bad_host`, or a route's
     `host`) names, as routes are compared: without its port, in lower case, and an
-    IPv6 literal kept in its brackets in RFC 5952 form (`[0:0::1]:8443` is `[::1]`)."""
+    IPv6 literal kept in its brackets in RFC 5952 form (`[0:0::1]:8443` is `[::1]`),
+    and a DNS name without the one trailing dot of its fully qualified form
+    (`gw.example.` is `gw.example`, as DNS resolves both alike and Envoy's
+    strip_trailing_host_dot reads them)."""
     if host.startswith("["):
         literal, bracket, _ = host[1:].partition("]")
         if bracket and not _IPV_FUTURE.fullmatch(literal):
             with contextlib.suppress(ValueError):
                 return f"[{ipaddress.IPv6Address(literal).compressed}]"
         return f"[{literal.lower()}]" if bracket else host.lower()
-    return host.rpartition(":")[0].lower() if ":" in host else host.lower()
+    name = host.rpartition(":")[0] if ":" in host else host
+    return (name[:-1] if name.endswith(".") else name).lower()
 
 
 def _valid_port(port: str) -> bool:
