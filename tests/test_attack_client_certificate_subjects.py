@@ -191,17 +191,6 @@ async def test_a_spire_svid_with_a_dns_name_for_its_common_name_is_its_spiffe_id
         assert status == 200, body
         (event,) = await running.stack.events()
         assert event["input"]["identity"]["subject"] == WORKLOAD
-        # Not an SVID (two URI SANs): its common name, as before.
-        two = [
-            x509.UniformResourceIdentifier(WORKLOAD),
-            x509.UniformResourceIdentifier("https://store.example/wms"),
-        ]
-        client = running.client("two-uris", [_cn("wms-sync")], two)
-        status, body, _ = await running.get(client)
-        assert status == 200, body
-        assert (await running.stack.events(at_least=2))[-1]["input"]["identity"]["subject"] == (
-            "wms-sync"
-        )
 
 
 async def test_a_certificate_with_two_spiffe_ids_and_no_common_name_is_refused(
@@ -235,6 +224,26 @@ async def test_a_uri_san_that_is_not_one_spiffe_id_alone_is_no_subject(
             client = running.client(name, [_organisation()], sans)
             event = await refused(running, client, "names no subject")
             assert says in event["result"]["reasons"][0], name
+
+
+async def test_a_spiffe_id_beside_another_uri_san_is_refused_not_read_as_the_common_name(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """The review: a certificate with a SPIFFE ID, a second URI SAN and a CN was
+    the service its CN names. Issued as an X.509-SVID, it is one that X509-SVID
+    5.2 has the validator refuse (exactly one URI SAN), and its CN is what SPIRE
+    fills with a DNS name other workloads share, not its identity."""
+    async with gateway(aiohttp_server, tmp_path) as running:
+        cases = {
+            "two-ids": [WORKLOAD, "spiffe://store.example/ns/pos/sa/admin"],
+            "beside-https": [WORKLOAD, "https://store.example/admin"],
+            "https-first": ["https://store.example/admin", WORKLOAD],
+        }
+        for name, uris in cases.items():
+            sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uris]
+            client = running.client(name, [_organisation(), _cn("sync.wms.svc")], sans)
+            event = await refused(running, client, "where an X.509-SVID has exactly one")
+            assert f"it has {len(uris)} URI SANs" in event["result"]["reasons"][0], name
 
 
 async def test_a_certificate_with_only_a_dns_name_and_no_common_name_is_refused(

@@ -123,7 +123,8 @@ def certificate_subject(peer: dict[str, Any]) -> str:
     CertificateRejected otherwise, and for any URI SAN of the spiffe scheme
     that is not a workload's SPIFFE ID (`spiffe_id_problem`: the trust
     domain's own, `spiffe://store.example`, among them), whatever else the
-    certificate names: X509-SVID 5.2 has a validator refuse it. Two common names, in two
+    certificate names: X509-SVID 5.2 has a validator refuse it, and a SPIFFE
+    ID beside another URI SAN (an SVID has one). Two common names, in two
     RDNs or one multi-valued RDN, are ambiguous: which one a reader takes is an
     encoding detail (a dict of the RDNs keeps the last), and a CA that copies a
     CSR's subject lets its requester add `CN=admin` to its own name. A common
@@ -139,8 +140,17 @@ def certificate_subject(peer: dict[str, Any]) -> str:
             raise CertificateRejected(
                 f"client certificate's SPIFFE ID {show(uri)} is not a workload's: {problem}"
             )
-    if len(uris) == 1 and uris[0].startswith(_SPIFFE_PREFIX):
-        return str(uris[0])
+    spiffe_ids = [uri for uri in uris if uri.startswith(_SPIFFE_PREFIX)]
+    if spiffe_ids and len(uris) > 1:
+        # Issued as an X.509-SVID, which has exactly one URI SAN (X509-SVID 5.2:
+        # the validator MUST refuse more), not a name to fall back from to the
+        # common name beside it (SPIRE's is a DNS name other workloads share).
+        raise CertificateRejected(
+            f"client certificate names no subject: it has {len(uris)} URI SANs, "
+            f"{len(spiffe_ids)} of them SPIFFE IDs, where an X.509-SVID has exactly one"
+        )
+    if spiffe_ids:
+        return str(spiffe_ids[0])
     common_names = [
         value for rdn in peer.get("subject", ()) for key, value in rdn if key == "commonName"
     ]
