@@ -112,6 +112,24 @@ class Unjudged:
     stated: bool = False
     # The file relative to the source root, as Finding.root_path.
     root_path: str = ""
+    # A `portcullis:ignore` of the rule on the resource: the team has said why
+    # the rule doesn't apply there, judged or not.
+    suppressed: str | None = None
+    # Listed in the --baseline file (written with --fail-on-not-judged).
+    baselined: bool = False
+
+    @property
+    def counts(self) -> bool:
+        """Whether this can fail the build (with --fail-on-not-judged)."""
+        return self.suppressed is None and not self.baselined
+
+    @property
+    def fingerprint(self) -> str:
+        """One per rule and resource, whatever values it lacked: a baseline
+        entry accepts "this rule can't judge this resource yet". The leading
+        marker keeps it apart from every finding's fingerprint."""
+        text = f"not judged\0{self.rule_id}\0{self.resource}\0{self.root_path or self.file}"
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     @property
     def place(self) -> tuple[str, str]:
@@ -182,6 +200,8 @@ class ScanResult:
     source_root: str | None = None
     # Resources a rule applies to but could not judge (values it needs are unknown).
     not_judged: list[Unjudged] = field(default_factory=list)
+    # --fail-on-not-judged: such a resource fails the scan as a finding does.
+    fail_on_not_judged: bool = False
     # The resource blocks' inline suppressions (scan.py), for merging checkov.
     blocks: object = None
 
@@ -189,10 +209,17 @@ class ScanResult:
         floor = severity_rank(self.fail_on)
         return [f for f in self.findings if f.counts and severity_rank(f.rule.severity) >= floor]
 
+    def failing_not_judged(self) -> list[tuple[str, tuple[str, str]]]:
+        """With --fail-on-not-judged, each (rule, resource) not judged that no
+        suppression or baseline entry accepts; otherwise none."""
+        if not self.fail_on_not_judged:
+            return []
+        return sorted({(item.rule_id, item.place) for item in self.not_judged if item.counts})
+
     def exit_code(self) -> int:
         if self.problems:
             return 2
-        return 1 if self.failing() else 0
+        return 1 if self.failing() or self.failing_not_judged() else 0
 
 
 def result_to_dict(result: ScanResult) -> dict[str, Any]:

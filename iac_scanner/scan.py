@@ -27,7 +27,13 @@ from iac_scanner.findings import (
 from iac_scanner.loader import Document, LoadOptions, display_path, list_files, load, walk_dirs
 from iac_scanner.modules import Resource
 from iac_scanner.policy import RuleSet, RuleSetError
-from iac_scanner.suppressions import Suppression, apply, parse_checkov_skips, parse_comments
+from iac_scanner.suppressions import (
+    Suppression,
+    apply,
+    parse_checkov_skips,
+    parse_comments,
+    reason_for,
+)
 from policy_engine import (
     EvaluationError,
     PolicyError,
@@ -60,6 +66,8 @@ class ScanOptions:
     cli_vars: list[tuple[str, str]] = field(default_factory=list)
     checkov: str | None = None
     fail_on: str = "low"
+    # A resource a rule could not judge fails the scan (unless suppressed or baselined).
+    fail_on_not_judged: bool = False
     baseline: str | None = None
     cache_dir: Path | None = None
     jobs: int = 1
@@ -144,6 +152,7 @@ def _scan_with(options: ScanOptions) -> ScanResult:
             results.put(key, {**entry, "result": result_to_dict(result)})
     if checkov is not None:
         _merge_checkov(result, checkov)
+    result.fail_on_not_judged = options.fail_on_not_judged
     result.source_root = str(source_root(options))
     for finding in result.findings:
         finding.root_path = _relative(finding.file, Path(result.source_root))
@@ -306,6 +315,14 @@ def _scan_documents(
                 result.findings.append(finding)
     for finding in result.findings:
         apply(finding, blocks.suppressions_at(finding.file, finding.line))
+    # A suppression of a rule on a resource says the rule doesn't apply there:
+    # that holds whether or not the rule could judge it.
+    result.not_judged = [
+        dataclasses.replace(
+            item, suppressed=reason_for(item.rule_id, blocks.suppressions_at(item.file, item.line))
+        )
+        for item in result.not_judged
+    ]
     result.blocks = blocks
     walks = {
         str(Path(p).resolve()): [str(d) for d in walk_dirs(Path(p))]

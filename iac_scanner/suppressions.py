@@ -86,8 +86,15 @@ def parse_checkov_skips(
     return found
 
 
-def apply(finding: Finding, suppressions: list[Suppression]) -> None:
+def reason_for(rule_id: str, suppressions: list[Suppression]) -> str | None:
+    """The reason of the first suppression of rule_id, or None."""
     for suppression in suppressions:
-        if finding.rule.id in suppression.rule_ids:
-            finding.suppressed = suppression.reason
-            return
+        if rule_id in suppression.rule_ids:
+            return suppression.reason
+    return None
+
+
+def apply(finding: Finding, suppressions: list[Suppression]) -> None:
+    reason = reason_for(finding.rule.id, suppressions)
+    if reason is not None:
+        finding.suppressed = reason

@@ -40,7 +40,8 @@ def add_parser(commands: Any) -> None:
         help="scan Terraform (directories, .tf files, plan JSON) with the policy set",
         description=(
             "Scan Terraform with the policy set's portcullis.terraform rules (and checkov). "
-            "Exit 0: nothing at or above --fail-on; 1: findings at or above it; "
+            "Exit 0: nothing at or above --fail-on; 1: findings at or above it (or, with "
+            "--fail-on-not-judged, a resource a rule could not judge); "
             "2: usage, parse or policy errors."
         ),
     )
@@ -81,6 +82,12 @@ def add_parser(commands: Any) -> None:
         choices=SEVERITIES,
         default="low",
         help="lowest severity that fails the scan (default: low, i.e. any finding)",
+    )
+    scan_parser.add_argument(
+        "--fail-on-not-judged",
+        action="store_true",
+        help="also fail (exit 1) when a rule could not judge a resource (a value it reads "
+        "is unknown), unless a suppression or the baseline accepts it",
     )
     scan_parser.add_argument(
         "--baseline", metavar="FILE", help="accepted findings: don't fail on them"
@@ -127,7 +134,10 @@ def _refused(
         for line in str(problem).split("\n"):
             print(f"portcullis scan: {inert.line(line)}", file=sys.stderr)
     result = ScanResult(
-        problems=problems, fail_on=options.fail_on, source_root=str(source_root(options))
+        problems=problems,
+        fail_on=options.fail_on,
+        fail_on_not_judged=options.fail_on_not_judged,
+        source_root=str(source_root(options)),
     )
     files = [output for output in outputs if output.file is not None]
     try:
@@ -150,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
         cli_vars=args.var,
         checkov=args.checkov,
         fail_on=args.fail_on,
+        fail_on_not_judged=args.fail_on_not_judged,
         baseline=args.baseline,
         cache_dir=None if args.no_cache else Path(args.cache_dir),
         jobs=args.jobs,

@@ -597,6 +597,7 @@ def test_a_bad_baseline_is_an_error(tmp_path: Path) -> None:
         (("--fail-on", "severe"), "invalid choice: 'severe'"),
         (("--var", "novalue"), "expected NAME=VALUE, got 'novalue'"),
         (("--jobs", "0"), "must be 1 or more"),
+        (("--fail-on-not-judged=high",), "--fail-on-not-judged: ignored explicit argument 'high'"),
         (("--output", "json", "--output", "text"), "only one --output can go to stdout"),
     ],
 )

@@ -12,6 +12,28 @@ from iac_scanner.findings import ScanResult, not_judged_by_rule, not_judged_coun
 VERSION = 1
 
 
+def _not_judged_resources(result: ScanResult) -> list[dict[str, Any]]:
+    entries: dict[tuple[str, tuple[str, str]], dict[str, Any]] = {}
+    for item in sorted(result.not_judged, key=lambda u: (u.rule_id, u.place, u.why)):
+        entry = entries.setdefault(
+            (item.rule_id, item.place),
+            {
+                "rule_id": item.rule_id,
+                "resource": item.resource,
+                "file": item.file,
+                "line": item.line,
+                "path": item.root_path,
+                "reasons": [],
+                "suppressed": item.suppressed,
+                "baselined": item.baselined,
+                "fingerprint": item.fingerprint,
+            },
+        )
+        if item.why not in entry["reasons"]:
+            entry["reasons"].append(item.why)
+    return list(entries.values())
+
+
 def render(result: ScanResult, color: bool = False) -> str:
     findings: list[dict[str, Any]] = [
         {
@@ -44,9 +66,13 @@ def render(result: ScanResult, color: bool = False) -> str:
             "fail_on": result.fail_on,
             "exit_code": result.exit_code(),
             "not_judged": not_judged_count(result.not_judged),
+            "fail_on_not_judged": result.fail_on_not_judged,
+            "failing_not_judged": len(result.failing_not_judged()),
         },
         # Per rule: how many resources it could not judge, and why.
         "not_judged": not_judged_by_rule(result.not_judged),
+        # Each resource a rule could not judge, and what (if anything) accepts it.
+        "not_judged_resources": _not_judged_resources(result),
         "findings": findings,
         "rules": [asdict(rule) for rule in sorted(result.rules.values(), key=lambda r: r.id)],
         "errors": [

@@ -1,10 +1,10 @@
 """JUnit XML for CI test reports: a test suite per rule, a failing test case
 per finding, a skipped one per resource the rule could not judge (said out
-loud, as the other reports do), a passing one for a rule with nothing to
-report. A test case is named for its finding's identity (resource, root
-module, file and what the finding is about, as its fingerprint is), never its
-line: GitLab keeps one test case per name and compares a merge request's tests
-with the target branch's by name."""
+loud, as the other reports do; a failing one with --fail-on-not-judged), a
+passing one for a rule with nothing to report. A test case is named for its
+finding's identity (resource, root module, file and what the finding is
+about, as its fingerprint is), never its line: GitLab keeps one test case per
+name and compares a merge request's tests with the target branch's by name."""
 
 from __future__ import annotations
 
@@ -25,11 +25,16 @@ def render(result: ScanResult, color: bool = False) -> str:
             key=lambda f: f.rule.id,
         )
     }
-    # Per rule: each resource it could not judge, with why.
+    # Per rule: each resource it could not judge, with why, and what accepts it.
     unjudged: dict[str, dict[tuple[str, str, int], set[str]]] = {}
+    accepted: dict[tuple[str, str, str, int], str] = {}
     for item in result.not_judged:
         at = (item.resource, item.root_path or item.file, item.line)
         unjudged.setdefault(item.rule_id, {}).setdefault(at, set()).add(item.why)
+        if item.suppressed is not None:
+            accepted[(item.rule_id, *at)] = f"suppressed: {item.suppressed}"
+        elif item.baselined:
+            accepted[(item.rule_id, *at)] = "in baseline"
     for rule in sorted(result.rules.values(), key=lambda r: r.id):
         findings = by_rule.get(rule.id, [])
         not_judged = unjudged.get(rule.id, {})
@@ -83,6 +88,20 @@ def render(result: ScanResult, color: bool = False) -> str:
                 line=str(line),
             )
             why = f"not judged: {'; '.join(sorted(reasons))}"
+            accepting = accepted.get((rule.id, resource, path, line))
+            if result.fail_on_not_judged and accepting is None:
+                failure = ET.SubElement(case, "failure", message=why, type="not judged")
+                failure.text = (
+                    f"{path}:{line}: {resource}: {why}\n"
+                    f"Rule: {rule.id} ({rule.severity}) {rule.title}\n"
+                    "--fail-on-not-judged: a resource the rule could not judge fails the scan; "
+                    "give the value it reads (a variable's value, a --var-file) or suppress "
+                    f"the rule on the resource with a reason (portcullis:ignore={rule.id} ...)"
+                )
+                suite_failures += 1
+                continue
+            if accepting is not None:
+                why += f"; {accepting}"
             ET.SubElement(case, "skipped", message=why).text = why
             suite_skipped += 1
         if not findings and not not_judged:

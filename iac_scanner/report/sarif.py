@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from iac_scanner.findings import Finding, Problem, Rule, ScanResult, not_judged_by_rule
+from iac_scanner.findings import (
+    Finding,
+    Problem,
+    Rule,
+    ScanResult,
+    Unjudged,
+    not_judged_by_rule,
+)
 from iac_scanner.report.inert import sarif_message
 
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -131,6 +138,51 @@ def _result(finding: Finding, index: int, with_baseline: bool, bases: _Bases) ->
     return result
 
 
+def _not_judged_results(
+    result: ScanResult, index: dict[str, int], with_baseline: bool, bases: _Bases
+) -> list[dict[str, Any]]:
+    """With --fail-on-not-judged, a result (level error: it fails the scan) per
+    resource a rule could not judge, so code scanning shows why at its line."""
+    if not result.fail_on_not_judged:
+        return []
+    by_place: dict[tuple[str, tuple[str, str]], list[Unjudged]] = {}
+    for item in result.not_judged:
+        by_place.setdefault((item.rule_id, item.place), []).append(item)
+    results = []
+    for (rule_id, _), items in sorted(by_place.items()):
+        first = items[0]
+        reasons = "; ".join(sorted({item.why for item in items}))
+        entry: dict[str, Any] = {
+            "ruleId": rule_id,
+            "ruleIndex": index[rule_id],
+            "level": "error",
+            "message": {
+                "text": sarif_message(
+                    f"{first.resource} not judged: {reasons} (--fail-on-not-judged)"
+                )
+            },
+            "locations": [
+                {
+                    "physicalLocation": {
+                        "artifactLocation": bases.artifact(first.file),
+                        "region": {"startLine": max(1, first.line)},
+                    },
+                    "logicalLocations": [
+                        {"fullyQualifiedName": first.resource, "kind": "resource"}
+                    ],
+                }
+            ],
+            "partialFingerprints": {FINGERPRINT_KEY: first.fingerprint},
+            "properties": {"notJudged": True},
+        }
+        if first.suppressed is not None:
+            entry["suppressions"] = [{"kind": "inSource", "justification": first.suppressed}]
+        if with_baseline:
+            entry["baselineState"] = "unchanged" if first.baselined else "new"
+        results.append(entry)
+    return results
+
+
 def _notification(problem: Problem, bases: _Bases) -> dict[str, Any]:
     """An error, at its file:line:col; one about no file (checkov missing) has no location."""
     notification: dict[str, Any] = {
@@ -149,8 +201,12 @@ def _notification(problem: Problem, bases: _Bases) -> dict[str, Any]:
 def render(result: ScanResult, color: bool = False) -> str:
     rules = sorted(result.rules.values(), key=lambda r: r.id)
     index = {rule.id: i for i, rule in enumerate(rules)}
-    with_baseline = any(f.baselined for f in result.findings)
+    with_baseline = any(f.baselined for f in result.findings) or any(
+        u.baselined for u in result.not_judged
+    )
     files = [f.file for f in result.findings] + [p.file for p in result.problems if p.file]
+    if result.fail_on_not_judged:
+        files += [u.file for u in result.not_judged]
     bases = _Bases(_root(result), files)
     notifications = [_notification(problem, bases) for problem in result.problems]
     # What was left out or changed without being an error (a remote module not
@@ -176,7 +232,8 @@ def render(result: ScanResult, color: bool = False) -> str:
                 "toolExecutionNotifications": notifications,
             }
         ],
-        "results": [_result(f, index[f.rule.id], with_baseline, bases) for f in result.findings],
+        "results": [_result(f, index[f.rule.id], with_baseline, bases) for f in result.findings]
+        + _not_judged_results(result, index, with_baseline, bases),
         "columnKind": "unicodeCodePoints",
         # Per rule: resources it applies to but could not judge, and why.
         "properties": {"notJudged": not_judged_by_rule(result.not_judged)},

@@ -57,7 +57,8 @@ def render(result: ScanResult, color: bool = False) -> str:
 
 
 def not_judged_lines(result: ScanResult) -> list[str]:
-    """ "PC-TF-002: 3 resources not judged: `storage_encrypted` is unknown (...)"."""
+    """ "PC-TF-002: 3 resources not judged: `storage_encrypted` is unknown (...)";
+    with --fail-on-not-judged, each resource under its rule, since they fail the scan."""
     lines = []
     for rule, entry in not_judged_by_rule(result.not_judged).items():
         count = entry["resources"]
@@ -70,7 +71,30 @@ def not_judged_lines(result: ScanResult) -> list[str]:
         more = f"; {left} other reason{'s' if left != 1 else ''}" if left > 0 else ""
         noun = "resource" if count == 1 else "resources"
         lines.append(inert(f"not judged: {rule}: {count} {noun} not judged: {shown}{more}"))
+        if result.fail_on_not_judged:
+            lines.extend(_not_judged_resources(result, rule))
     return lines
+
+
+def _not_judged_resources(result: ScanResult, rule: str) -> list[str]:
+    """ "  main.tf:9  aws_db_instance.pos  [suppressed: ...]", one per resource."""
+    marks: dict[tuple[str, str, int], str] = {}
+    for item in result.not_judged:
+        if item.rule_id != rule:
+            continue
+        at = (item.file, item.resource, item.line)
+        if item.counts:
+            marks[at] = ""
+        elif at not in marks:
+            marks[at] = (
+                f"  [suppressed: {item.suppressed}]"
+                if item.suppressed is not None
+                else "  [in baseline]"
+            )
+    return [
+        inert(f"  {file}:{line}  {resource}{mark}")
+        for (file, resource, line), mark in sorted(marks.items())
+    ]
 
 
 def summary(result: ScanResult, color: bool = False) -> str:
@@ -97,7 +121,11 @@ def summary(result: ScanResult, color: bool = False) -> str:
     if result.problems:
         text += f"; {len(result.problems)} error{'s' if len(result.problems) != 1 else ''}"
         return _paint(text, "1;31", color)
-    if failing:
-        text += f"; {failing} at or above {result.fail_on}: FAIL"
+    why = [f"{failing} at or above {result.fail_on}"] if failing else []
+    unjudged_failing = len(result.failing_not_judged())
+    if unjudged_failing:
+        why.append(f"{unjudged_failing} not judged with --fail-on-not-judged")
+    if why:
+        text += f"; {', '.join(why)}: FAIL"
         return _paint(text, "1;31", color)
     return _paint(text + "; PASS", "1;32", color)
