@@ -3,12 +3,13 @@ are still reported, marked as such, but don't fail the build; new ones do."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iac_scanner.findings import Finding
+from iac_scanner.findings import Finding, Unjudged
 
 # 3: a finding in a called module is told apart by its root module too.
 # 2: fingerprints on rule, resource, root-relative file and the finding itself.
@@ -30,26 +31,38 @@ class BaselineError(Exception):
 @dataclass(frozen=True)
 class Baseline:
     path: str
-    # Each entry's fingerprint, and what it says it is (rule_id, resource, file):
-    # what a reviewer of the baseline reads, so an entry accepts only the finding
-    # it says it is.
-    labels: dict[str, tuple[object, object, object]]
+    # Each entry's fingerprint, and what it says it is (rule_id, resource, file,
+    # and whether it is a resource not judged): what a reviewer of the baseline
+    # reads, so an entry accepts only the finding it says it is.
+    labels: dict[str, tuple[object, object, object, bool]]
     # A version 2 file: its entries for findings in called modules name no root module.
     rootless: bool = False
 
     def accepts(self, fingerprint: str, finding: Finding, notes: list[str]) -> bool:
         """Whether the entry with fingerprint accepts finding: it must say it is
         that finding (rule, resource, file), or it accepts nothing (noted)."""
+        actual = (finding.rule.id, finding.resource, finding.root_path or finding.file, False)
+        return self._accepts(fingerprint, actual, notes)
+
+    def accepts_not_judged(self, item: Unjudged, notes: list[str]) -> bool:
+        """Whether an entry written with --fail-on-not-judged accepts that the
+        rule could not judge the resource."""
+        actual = (item.rule_id, item.resource, item.root_path or item.file, True)
+        return self._accepts(item.fingerprint, actual, notes)
+
+    def _accepts(
+        self, fingerprint: str, actual: tuple[str, str, str, bool], notes: list[str]
+    ) -> bool:
         said = self.labels.get(fingerprint)
         if said is None:
             return False
-        actual = (finding.rule.id, finding.resource, finding.root_path or finding.file)
         if said == actual:
             return True
-        rule, resource, file = said
+        rule, resource, file, _ = said
+        what = "not judged " if actual[3] else ""
         note = (
             f"{self.path}: the entry with fingerprint {fingerprint} is labelled {rule} on "
-            f"{resource} ({file}), but that fingerprint is {actual[0]} on {actual[1]} "
+            f"{resource} ({file}), but that fingerprint is {actual[0]} {what}on {actual[1]} "
             f"({actual[2]}): it accepts nothing; re-create the baseline with --create-baseline"
         )
         if note not in notes:
@@ -90,12 +103,12 @@ def load(path: str) -> Baseline:
             "by what they are about (not only rule, resource and file), so its fingerprints "
             "no longer match: re-create it with --create-baseline",
         )
-    labels: dict[str, tuple[object, object, object]] = {}
+    labels: dict[str, tuple[object, object, object, bool]] = {}
     for e in entries:
-        label = (e.get("rule_id"), e.get("resource"), e.get("file"))
+        label = (e.get("rule_id"), e.get("resource"), e.get("file"), e.get("not_judged") is True)
         # One fingerprint listed twice with different labels: neither is trusted.
         if labels.setdefault(e["fingerprint"], label) != label:
-            labels[e["fingerprint"]] = (None, None, None)
+            labels[e["fingerprint"]] = (None, None, None, False)
     rootless = document["version"] == ROOTLESS_VERSION
     return Baseline(path, labels, rootless=rootless)
 
@@ -133,8 +146,19 @@ def apply(findings: list[Finding], accepted: Baseline) -> list[str]:
     return notes
 
 
-def render(findings: list[Finding]) -> str:
-    """A baseline of every unsuppressed finding; readable, diff-friendly."""
+def apply_not_judged(items: list[Unjudged], accepted: Baseline, notes: list[str]) -> list[Unjudged]:
+    """The items, those whose rule and resource the baseline accepts marked so."""
+    return [
+        dataclasses.replace(item, baselined=True)
+        if accepted.accepts_not_judged(item, notes)
+        else item
+        for item in items
+    ]
+
+
+def render(findings: list[Finding], not_judged: list[Unjudged] | None = None) -> str:
+    """A baseline of every unsuppressed finding (and, for --fail-on-not-judged,
+    every unsuppressed resource a rule could not judge); readable, diff-friendly."""
     entries: list[dict[str, Any]] = [
         {
             "fingerprint": f.fingerprint,
@@ -147,5 +171,22 @@ def render(findings: list[Finding]) -> str:
         for f in sorted(findings, key=Finding.sort_key)
         if f.suppressed is None
     ]
+    reasons: dict[str, list[str]] = {}
+    for item in sorted(not_judged or [], key=lambda u: (u.rule_id, u.place, u.why)):
+        if item.suppressed is not None:
+            continue
+        if item.fingerprint not in reasons:
+            entries.append(
+                {
+                    "fingerprint": item.fingerprint,
+                    "rule_id": item.rule_id,
+                    "resource": item.resource,
+                    "file": item.root_path or item.file,
+                    "not_judged": True,
+                    "reasons": reasons.setdefault(item.fingerprint, []),
+                }
+            )
+        if item.why not in reasons[item.fingerprint]:
+            reasons[item.fingerprint].append(item.why)
     unique = list({e["fingerprint"]: e for e in entries}.values())
     return json.dumps({"version": VERSION, "findings": unique}, indent=2) + "\n"

@@ -163,6 +163,7 @@ def _scan_with(options: ScanOptions) -> ScanResult:
     ]
     if accepted is not None:
         result.notes.extend(baseline.apply(result.findings, accepted))
+        result.not_judged = baseline.apply_not_judged(result.not_judged, accepted, result.notes)
     result.findings.sort(key=Finding.sort_key)
     return result
 

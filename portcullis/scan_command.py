@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from iac_scanner.cache import DEFAULT_DIR
-from iac_scanner.findings import SEVERITIES, Problem, ScanResult
+from iac_scanner.findings import SEVERITIES, Problem, ScanResult, not_judged_count
 from iac_scanner.report import FORMATS, inert
 from iac_scanner.scan import ScanError, ScanOptions, scan, source_root
 from portcullis import output_options
@@ -181,13 +181,24 @@ def run(args: argparse.Namespace) -> int:
     if args.create_baseline:
         from iac_scanner import baseline
 
+        # With --fail-on-not-judged the baseline also accepts what wasn't judged,
+        # so the same command with --baseline passes until something new appears.
+        unjudged = [u for u in result.not_judged if u.suppressed is None]
+        if not args.fail_on_not_judged:
+            unjudged = []
         try:
-            output_options.write_file(Path(args.create_baseline), baseline.render(result.findings))
+            output_options.write_file(
+                Path(args.create_baseline), baseline.render(result.findings, unjudged)
+            )
         except OSError as error:
             print(f"portcullis scan: {args.create_baseline}: {error.strerror}", file=sys.stderr)
             return 2
         accepted = sum(1 for f in result.findings if f.suppressed is None)
-        print(f"wrote a baseline of {accepted} findings to {args.create_baseline}", file=sys.stderr)
+        also = f" and {not_judged_count(unjudged)} not judged" if args.fail_on_not_judged else ""
+        print(
+            f"wrote a baseline of {accepted} findings{also} to {args.create_baseline}",
+            file=sys.stderr,
+        )
         return 2 if result.problems else 0
     from iac_scanner.report.text import summary
 

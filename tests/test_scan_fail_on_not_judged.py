@@ -182,3 +182,60 @@ def test_a_suppression_of_the_rule_on_the_resource_accepts_it_not_judged(tmp_pat
         "not judged: `internal` is unknown (var.internal has no value); "
         "suppressed: logs go to the vendor (SEC-9)"
     ) in skipped
+
+
+def test_a_baseline_written_with_fail_on_not_judged_accepts_todays_and_fails_on_a_new_one(
+    tmp_path: Path,
+) -> None:
+    tree = copy_tree(tmp_path)
+    plain, gated = tmp_path / "plain.json", tmp_path / "gated.json"
+    portcullis("scan", "--no-cache", str(tree), "--create-baseline", str(plain))
+    created = portcullis(
+        "scan", "--no-cache", str(tree), "--fail-on-not-judged", "--create-baseline", str(gated)
+    )
+    assert created.returncode == 0
+    assert f"wrote a baseline of 1 findings and 3 not judged to {gated}" in created.stderr
+    entries = json.loads(gated.read_text())["findings"]
+    assert [(e["rule_id"], e["resource"]) for e in entries if e.get("not_judged")] == UNJUDGED
+    # A baseline written without the flag accepts the findings only.
+    code, report = scan_json(str(tree), "--fail-on-not-judged", "--baseline", str(plain))
+    assert code == 1
+    assert unjudged(report, failing=True) == UNJUDGED
+    code, report = scan_json(str(tree), "--fail-on-not-judged", "--baseline", str(gated))
+    assert code == 0
+    assert unjudged(report, failing=False) == UNJUDGED
+    # A new resource the rules can't judge fails, and only it.
+    with (tree / "main.tf").open("a") as main:
+        main.write('\nresource "aws_lb" "kiosk" {\n  internal = var.internal\n'
+                   '  tags     = { app = "pos" }\n  access_logs {\n    bucket  = "logs"\n'
+                   "    enabled = true\n  }\n}\n")  # fmt: skip
+    code, report = scan_json(str(tree), "--fail-on-not-judged", "--baseline", str(gated))
+    assert code == 1
+    assert unjudged(report, failing=True) == [("PC-TF-003", "aws_lb.kiosk")]
+
+
+def test_a_resource_baselined_as_not_judged_that_becomes_judged_and_fails_is_a_new_finding(
+    tmp_path: Path,
+) -> None:
+    """The baseline accepted "PC-TF-002 could not judge the database", not a
+    finding on it: once var.encrypted says false, the finding fails the run."""
+    tree = copy_tree(tmp_path)
+    gated = tmp_path / "gated.json"
+    portcullis(
+        "scan", "--no-cache", str(tree), "--fail-on-not-judged", "--create-baseline", str(gated)
+    )
+    code, report = scan_json(
+        str(tree), "--fail-on-not-judged", "--baseline", str(gated), "--var", "encrypted=false"
+    )
+    assert code == 1
+    failing = [(f["rule_id"], f["resource"]) for f in report["findings"] if not f["baselined"]]
+    assert failing == [("PC-TF-002", "aws_db_instance.pos"), ("PC-TF-002", "aws_rds_cluster.pos")]
+    # A not-judged entry relabelled as the finding it isn't accepts nothing.
+    document = json.loads(gated.read_text())
+    for entry in document["findings"]:
+        entry.pop("not_judged", None)
+    gated.write_text(json.dumps(document))
+    code, report = scan_json(str(tree), "--fail-on-not-judged", "--baseline", str(gated))
+    assert code == 1
+    assert unjudged(report, failing=True) == UNJUDGED
+    assert any("accepts nothing" in note for note in report["notes"])
