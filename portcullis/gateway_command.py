@@ -102,7 +102,13 @@ def demo_token(args: argparse.Namespace) -> int:
 
     state_dir = Path(args.token_state_dir or args.state_dir)
     if not (state_dir / "issuer-key.pem").exists():
-        print(f"{state_dir}: no demo keys yet; start `portcullis demo` first", file=sys.stderr)
+        # A demo started from another directory, or with --state-dir, keeps its keys
+        # elsewhere: say where we looked and how to point at it.
+        print(
+            f"{state_dir}: no demo keys in {state_dir.resolve()}; start `portcullis demo` "
+            "first, or give --state-dir the directory its banner prints",
+            file=sys.stderr,
+        )
         return 2
     issuer = DevIssuer(state_dir, args.issuer or _issuer_url(state_dir, args.base_port))
     split = [g for g in args.groups.split(",") if g]

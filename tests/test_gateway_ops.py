@@ -626,6 +626,21 @@ def test_demo_token_without_a_demo_state_is_a_clear_error(tmp_path: Path) -> Non
     assert "start `portcullis demo` first" in result.stderr
 
 
+def test_demo_token_run_outside_the_demos_directory_says_where_it_looked_and_how_to_point_at_it(
+    tmp_path: Path,
+) -> None:
+    """`make demo` keeps its keys in .portcullis-demo/ of the checkout: a second terminal
+    in another directory finds none there while the demo runs."""
+    result = subprocess.run(
+        [sys.executable, "-m", "portcullis", "demo", "token", "--sub", "alice"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert result.returncode == 2 and result.stdout == ""
+    assert str(tmp_path / ".portcullis-demo") in result.stderr
+    assert "--state-dir" in result.stderr
+
+
 async def test_two_workers_share_the_port_and_shut_down_cleanly(tmp_path: Path) -> None:
     port, admin_port = free_port(), free_port()
     config = tmp_path / "gateway.yaml"
