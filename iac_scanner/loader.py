@@ -255,6 +255,22 @@ def walk_dirs(root: Path, problems: list[Problem] | None = None) -> list[Path]:
     return found
 
 
+def _no_terraform_here(root: Path) -> str:
+    """Why a tree gave nothing to scan; when it holds a JSON file (a plan from
+    `terraform show -json`, say), how to scan that: a plan is read only when named."""
+    message = "no Terraform files (.tf, .tf.json) in this directory tree"
+    for current, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        json_file = next((f for f in sorted(files) if f.endswith(".json")), None)
+        if json_file is not None:
+            example = display_path(Path(current) / json_file)
+            return (
+                f"{message}; a plan JSON (terraform show -json) is scanned only when named "
+                f"on its own: portcullis scan {example}"
+            )
+    return message
+
+
 def _called_dirs(parser: Parser, directory: Path) -> set[Path]:
     """Local module directories that directory's module blocks call."""
     called = set()
@@ -281,9 +297,7 @@ def load(paths: list[str], options: LoadOptions) -> LoadResult:
             dirs = walk_dirs(path, result.problems)
             if not dirs:
                 # In CI a mistyped path must not pass as "nothing wrong".
-                result.problems.append(
-                    Problem(given, "no Terraform files (.tf, .tf.json) in this directory tree")
-                )
+                result.problems.append(Problem(given, _no_terraform_here(path)))
             parser.parse_all(p for d in dirs for p in result.reads.listing(d) if is_config(p))
             called = set().union(*(_called_dirs(parser, d) for d in dirs)) if dirs else set()
             tops = [d for d in dirs if d not in called] or dirs

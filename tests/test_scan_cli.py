@@ -780,6 +780,23 @@ def test_an_empty_tree_is_an_error_not_a_pass(tmp_path: Path) -> None:
     ]
 
 
+def test_a_tree_of_plan_json_files_says_a_plan_is_scanned_when_named(tmp_path: Path) -> None:
+    """A directory of `terraform show -json` plans has no .tf files: the error says how
+    to scan the plans instead of only that there is no Terraform."""
+    plans = tmp_path / "plans" / "prod"
+    plans.mkdir(parents=True)
+    shutil.copy(TERRAFORM / "module_outputs" / "direct" / "plan.json", plans / "plan.json")
+    result = portcullis("scan", "--no-cache", str(tmp_path / "plans"))
+    assert result.returncode == 2
+    assert errors(result) == [
+        f"error: {tmp_path / 'plans'}: no Terraform files (.tf, .tf.json) in this directory "
+        "tree; a plan JSON (terraform show -json) is scanned only when named on its own: "
+        f"portcullis scan {plans / 'plan.json'}"
+    ]
+    named = portcullis("scan", "--no-cache", str(plans / "plan.json"))
+    assert named.returncode in (0, 1), named.stderr
+
+
 def test_progress_line_on_a_terminal_for_a_large_tree_and_never_in_a_pipe(tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     tree.mkdir()
