@@ -120,8 +120,14 @@ class AssertionSigner:
         if cached is not None and cached[0] - now > self.ttl / 2:
             return cached[1]
         expires = now + self.ttl
-        if identity.expires_at is not None:
-            expires = min(expires, identity.expires_at)
+        # Until the gateway stops accepting the credential: for a bearer token its
+        # exp plus the issuer's leeway, not its exp, or a token let through within
+        # the leeway would reach the backend with an assertion already expired.
+        accepted_until = identity.accepted_until
+        if accepted_until is None:
+            accepted_until = identity.expires_at
+        if accepted_until is not None:
+            expires = min(expires, accepted_until)
         claims = {
             "iss": self.issuer,
             "aud": app,

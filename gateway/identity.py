@@ -47,6 +47,9 @@ class Identity:
     auth_time: int | None = None
     issuer: str | None = None
     expires_at: float | None = None
+    # Until when the gateway accepts the credential: a bearer token passes until its
+    # exp plus the issuer's leeway. None: until expires_at.
+    accepted_until: float | None = field(default=None, compare=False)
     client_cert: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     # For revocation (gateway/shared/): when the token or session was issued (a
     # per-user revocation refuses what was issued before it), the browser session's
@@ -206,6 +209,7 @@ class TokenVerifier:
             auth_time=int(auth_time) if isinstance(auth_time, int | float) else None,
             issuer=issuer.issuer,
             expires_at=float(claims["exp"]),
+            accepted_until=float(claims["exp"]) + issuer.leeway,
             issued_at=float(claims["iat"]),
         )
         return identity, keys, kid, key

@@ -156,6 +156,22 @@ async def test_hs256_signed_with_the_rsa_public_key_is_refused(stack: Stack) -> 
     await refused(stack, f"{signing_input}.{b64(mac)}", "algorithm 'HS256' not allowed")
 
 
+async def test_a_token_let_in_within_the_clock_leeway_reaches_the_backend_with_a_live_assertion(
+    stack: Stack,
+) -> None:
+    """A token whose exp passed 5 s ago is within the issuer's leeway (30 s): the gateway
+    allows it, so the assertion it forwards must verify at the backend (a backend
+    verifies exp with no leeway of its own, as the README's PyJWT example does), and
+    live no longer than the gateway would accept the token."""
+    token = stack.token("alice", ttl=-5, **WAREHOUSE)
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+    response = await stack.get("/wms/stock", token)
+    assert response.status == 200
+    seen = await response.json()
+    assert seen["assertion"]["verified"] is True, seen["assertion"]
+    assert time.time() < seen["assertion"]["claims"]["exp"] <= exp + 30
+
+
 async def test_expired_token_is_refused_saying_how_long_ago(stack: Stack) -> None:
     token = stack.token("alice", ttl=-300, **WAREHOUSE)
     await refused(stack, token, "token expired 5m ago")
