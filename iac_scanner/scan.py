@@ -4,10 +4,11 @@ suppressions and the baseline, and return the findings model."""
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import gc
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -324,6 +325,9 @@ def _scan_documents(
         )
         for item in result.not_judged
     ]
+    if not options.checkov:
+        # With checkov, said once its checks are known (_merge_checkov).
+        result.notes.extend(blocks.unknown_rule_notes(result.rules))
     result.blocks = blocks
     walks = {
         str(Path(p).resolve()): [str(d) for d in walk_dirs(Path(p))]
@@ -367,6 +371,8 @@ def _merge_checkov(result: ScanResult, checkov: CheckovRun) -> None:
             if finding.suppressed is None:
                 apply(finding, blocks.suppressions_at(finding.file, finding.line))
         result.findings.append(finding)
+    if isinstance(blocks, _BlockIndex):
+        result.notes.extend(blocks.unknown_rule_notes(result.rules))
     # A checkov custom check (an external checks directory) can take any id,
     # a policy rule's too: the scan can't tell their findings apart. Reported
     # together, both checks' findings kept, exit 2.
@@ -491,6 +497,25 @@ class _BlockIndex:
 
     def suppressions_at(self, file: str, line: int) -> list[Suppression]:
         return self._at(self._blocks, file, line)
+
+    def unknown_rule_notes(self, known: Collection[str]) -> list[str]:
+        """A note for each portcullis:ignore id that names no rule (a typo, a
+        wildcard): it suppresses nothing, and the finding it was meant for stays
+        with no word why. Ids in checkov's space are checkov's, run or not."""
+        notes = []
+        for file, blocks in self._blocks.items():
+            for _, _, found in blocks:
+                for suppression in found:
+                    for rule_id in sorted(suppression.rule_ids):
+                        if rule_id in known or is_check_id(rule_id):
+                            continue
+                        close = difflib.get_close_matches(rule_id, list(known), n=1)
+                        hint = f"; did you mean {close[0]}?" if close else ""
+                        notes.append(
+                            f"{file}:{suppression.line}: portcullis:ignore={rule_id} names "
+                            f"no rule of the policy set, so it suppresses nothing{hint}"
+                        )
+        return notes
 
     def checkov_skips_at(self, file: str, line: int) -> list[Suppression]:
         """The real `checkov:skip=ID:reason` comments of the block at file:line."""

@@ -109,6 +109,28 @@ def test_suppression_with_a_reason_suppresses_and_without_one_is_reported(
     assert pos_report["summary"]["findings"] == len(POS_APP_FINDINGS) - 1
 
 
+def test_a_suppression_naming_no_rule_is_reported_not_silently_ignored(tmp_path: Path) -> None:
+    """A mistyped id (PC-TF-05) suppresses nothing: the scan says so, with the id it
+    likely meant, instead of leaving the author to wonder why the finding stays."""
+    (tmp_path / "main.tf").write_text(
+        "# portcullis:ignore=PC-TF-05,CKV_AWS_24 bastion host, reviewed in SEC-7\n"
+        'resource "aws_security_group" "bastion" {\n'
+        "  ingress {\n"
+        '    from_port   = 22\n    to_port     = 22\n    protocol    = "tcp"\n'
+        '    cidr_blocks = ["0.0.0.0/0"]\n'
+        "  }\n}\n"
+    )
+    code, report = scan_json(str(tmp_path))
+    assert code == 1
+    [finding] = report["findings"]
+    assert (finding["rule_id"], finding["suppressed"]) == ("PC-TF-005", None)
+    # CKV_AWS_24 is checkov's (run or not): no note for it.
+    assert report["notes"] == [
+        f"{tmp_path}/main.tf:1: portcullis:ignore=PC-TF-05 names no rule of the policy set, "
+        "so it suppresses nothing; did you mean PC-TF-005?"
+    ]
+
+
 def test_exit_codes_follow_fail_on() -> None:
     assert portcullis("scan", "--no-cache", POS_APP, "--fail-on", "critical").returncode == 1
     clean = portcullis("scan", "--no-cache", "tests/fixtures/terraform/clean")
