@@ -250,9 +250,24 @@ def _collector_paused() -> Iterator[None]:
 
 def _rule_set(policy_set: PolicySet) -> RuleSet:
     try:
-        return RuleSet(policy_set)
+        rules = RuleSet(policy_set)
     except RuleSetError as error:
         raise ScanError(_located(error.problems)) from None
+    if not rules.rules:
+        # A repository's own policies/ (conftest's, Kubernetes admission rules) is
+        # taken when no --policy is given: without this, every scan would pass.
+        raise ScanError(
+            [
+                Problem(
+                    policy_set.origin,
+                    "no Terraform rules in this policy set (no package under "
+                    "portcullis.terraform declares metadata and deny), so the scan would "
+                    "pass anything; give --policy the set that holds them (without "
+                    "--policy, ./policies is used when the current directory has one)",
+                )
+            ]
+        )
+    return rules
 
 
 def _checkov_free_rules(policy_set: PolicySet) -> RuleSet:

@@ -131,6 +131,37 @@ def test_a_suppression_naming_no_rule_is_reported_not_silently_ignored(tmp_path:
     ]
 
 
+def test_a_policies_directory_without_terraform_rules_fails_the_scan_instead_of_passing(
+    tmp_path: Path,
+) -> None:
+    """With no --policy the scan takes ./policies when there is one: in a repository
+    whose policies/ holds other Rego (conftest's Kubernetes rules), it used to find no
+    Terraform rule and pass an internet-facing POS backend with exit 0."""
+    (tmp_path / "policies" / "k8s").mkdir(parents=True)
+    (tmp_path / "policies" / "k8s" / "deployment.rego").write_text(
+        'package main\n\ndeny contains "no privileged pods" if input.kind == "Pod"\n'
+    )
+    (tmp_path / "infra").mkdir()
+    shutil.copy(ROOT / "examples" / "terraform" / "main.tf", tmp_path / "infra" / "main.tf")
+    result = portcullis(
+        "scan", "--no-cache", "infra", "--output", "sarif", "--output-file", "out.sarif",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2 and result.stdout == ""
+    assert errors(result) == [
+        "portcullis scan: policies: no Terraform rules in this policy set (no package under "
+        "portcullis.terraform declares metadata and deny), so the scan would pass anything; "
+        "give --policy the set that holds them (without --policy, ./policies is used when "
+        "the current directory has one)"
+    ]
+    run = json.loads((tmp_path / "out.sarif").read_text())["runs"][0]
+    assert run["invocations"][0]["executionSuccessful"] is False
+    assert run["results"] == []
+    shipped = portcullis("scan", "--no-cache", "infra", "--policy", str(ROOT / "policies"),
+                         cwd=tmp_path)  # fmt: skip
+    assert shipped.returncode == 1 and "3 findings" in shipped.stdout
+
+
 def test_exit_codes_follow_fail_on() -> None:
     assert portcullis("scan", "--no-cache", POS_APP, "--fail-on", "critical").returncode == 1
     clean = portcullis("scan", "--no-cache", "tests/fixtures/terraform/clean")
