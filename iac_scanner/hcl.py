@@ -30,6 +30,7 @@ from __future__ import annotations
 import gc
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -229,10 +230,54 @@ def _describe(error: UnexpectedInput, text: str) -> str:
         shown = (str(token).strip() or repr(str(token))).splitlines()[0]
         if getattr(token, "type", "") == "$END":
             return "unexpected end of file (an unclosed block, bracket or string?)"
-        expected = sorted(getattr(error, "expected", set()) or [])
-        hint = f"; expected one of {', '.join(expected[:6])}" if expected else ""
-        return f"unexpected {shown[:40]!r}{hint}"
+        return f"unexpected {shown[:40]!r}{_expected(getattr(error, 'expected', None) or ())}"
     return str(error).splitlines()[0]
+
+
+# The parser's terminal names (python-hcl2's grammar) as a Terraform author reads them.
+_VALUE_STARTS = frozenset({"DBLQUOTE", "INT_LITERAL", "FLOAT_LITERAL", "HEREDOC_TEMPLATE"})
+_TERMINALS = {
+    "NL_OR_COMMENT": "a new line",
+    "NAME": "a name",
+    "COMMA": "`,`",
+    "EQ": "`=`",
+    "COLON": "`:`",
+    "DBLQUOTE": '`"`',
+    "LBRACE": "`{`",
+    "RBRACE": "`}`",
+    "LSQB": "`[`",
+    "RSQB": "`]`",
+    "LPAR": "`(`",
+    "RPAR": "`)`",
+    "QMARK": "`?`",
+    "FOR_OBJECT_ARROW": "`=>`",
+    "ELLIPSIS": "`...`",
+    "DOT": "`.`",
+    "$END": "the end of the file",
+}
+_KEYWORDS = frozenset(
+    {"IF", "IN", "FOR", "FOR_EACH", "ELSE", "ENDIF", "ENDFOR", "NULL", "TRUE", "FALSE"}
+)
+
+
+def _expected(names: Iterable[str]) -> str:
+    """What the parser would have taken there, in Terraform's words rather than
+    the grammar's terminal names (DBLQUOTE, NL_OR_COMMENT)."""
+    expected = set(names)
+    if not expected:
+        return ""
+    if expected & _VALUE_STARTS:
+        return "; expected a value (a string, number, bool, list, object or expression)"
+    # Keywords last: after `1 2` the parser would take `else` or `for` as well,
+    # but what the author left out is a new line.
+    shown = sorted({(name in _KEYWORDS, _terminal(name)) for name in expected})
+    return f"; expected one of {', '.join(text for _, text in shown[:6])}"
+
+
+def _terminal(name: str) -> str:
+    if name in _KEYWORDS:
+        return f"`{name.lower()}`"
+    return _TERMINALS.get(name, name)
 
 
 def _suppression_comments(text: str) -> list[list[Any]]:

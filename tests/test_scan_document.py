@@ -217,7 +217,28 @@ def test_parse_errors_say_what_was_unexpected() -> None:
     with pytest.raises(HclSyntaxError) as error:
         parse_text('resource "a" "b" {\n  x = @\n}\n')
     assert (error.value.line, error.value.column) == (2, 7)
-    assert error.value.message.startswith("unexpected '@'; expected one of")
+    assert error.value.message == (
+        "unexpected '@'; expected a value (a string, number, bool, list, object or expression)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("locals {\n  a = [1, 2\n}\n", "unexpected '}'; expected one of `,`, `]`, a new line"),
+        ("locals {\n  a = f(1\n}\n", "unexpected '}'; expected one of `)`, `,`, a new line"),
+        ("locals {\n  a = {b = 1 c}\n}\n", "unexpected '}'; expected one of `:`, `=`"),
+    ],
+    ids=["unclosed-list", "unclosed-call", "object-key-without-value"],
+)
+def test_parse_errors_name_what_was_expected_in_terraform_words_not_grammar_terminals(
+    text: str, message: str
+) -> None:
+    """A typo in CI's Terraform said `expected one of COMMA, NL_OR_COMMENT, RSQB`, the
+    parser's terminal names: the author reads `,`, `]` or a new line."""
+    with pytest.raises(HclSyntaxError) as error:
+        parse_text(text)
+    assert error.value.message == message
 
 
 def test_plan_after_unknown_becomes_unknown_and_values_config() -> None:
