@@ -641,6 +641,39 @@ def test_demo_token_run_outside_the_demos_directory_says_where_it_looked_and_how
     assert "--state-dir" in result.stderr
 
 
+@pytest.mark.parametrize("taken", ["listeners[0]", "admin_listener"])
+def test_a_gateway_whose_port_is_taken_says_which_listener_and_leaves_a_log_that_verifies(
+    tmp_path: Path, taken: str
+) -> None:
+    """A second gateway started on the demo's port stopped with a bare `[Errno 98]`,
+    an `Unclosed client session` error after it, and a decision log without its end
+    signed: `audit verify` then called the log INCOMPLETE, as after a crash."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        port = busy if taken == "listeners[0]" else free_port()
+        admin_port = busy if taken == "admin_listener" else free_port()
+        config = tmp_path / "gateway.yaml"
+        config.write_text(
+            f"listeners: [{{address: 127.0.0.1, port: {port}}}]\nauth: false\n"
+            f"admin_listener: {{address: 127.0.0.1, port: {admin_port}}}\n"
+            f"policy: {{source: {POLICIES}}}\n"
+            f"decision_log: {{path: {tmp_path / 'decisions.log'}}}\n"
+        )
+        result = portcullis("gateway", "--config", str(config))
+    assert result.returncode == 1
+    assert (
+        f"gateway failed to start: {taken}: 127.0.0.1:{busy} is already in use (another "
+        "gateway, or the demo?); stop it or give this listener another port"
+    ) in result.stderr
+    assert "Unclosed" not in result.stderr
+    verified = portcullis("audit", "verify", str(tmp_path / "decisions.log"), "--key",
+                          str(tmp_path / "assertion-key.pem"))  # fmt: skip
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert verified.stdout.startswith("OK: 0 events")
+
+
 async def test_two_workers_share_the_port_and_shut_down_cleanly(tmp_path: Path) -> None:
     port, admin_port = free_port(), free_port()
     config = tmp_path / "gateway.yaml"
