@@ -66,7 +66,7 @@ def _issuer(args: argparse.Namespace, config: Any, *, required: bool) -> str | N
     trusted = trusted_issuers(config)
     if args.issuer is None and not required:
         return None
-    return choose_issuer(args.issuer, trusted, required=required)
+    return choose_issuer(args.issuer, trusted, required=required, option="--issuer")
 
 
 def _connect(path: str) -> tuple[Any, Any, int] | None:

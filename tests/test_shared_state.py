@@ -225,6 +225,27 @@ def test_session_cli_without_shared_state_says_so(tmp_path: Path) -> None:
     assert "no shared_state section" in result.stderr
 
 
+def test_session_unlock_with_several_issuers_says_which_option_names_one(tmp_path: Path) -> None:
+    """The demo trusts two issuers (its token issuer and its OpenID provider): `session
+    unlock --user bob` said "name one (...)" and not how; the flag is --issuer."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump({
+        "issuers": [{"issuer": f"https://{name}.example", "audiences": ["a"],
+                     "jwks_url": f"https://{name}.example/jwks.json"} for name in ("a", "b")],
+        "shared_state": {"redis": {"url": "redis://127.0.0.1:1/0"}},
+    }))  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "portcullis", "session", "unlock", "--config", str(config),
+         "--user", "bob"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"{config}: several issuers are trusted, and a subject is only unique within its "
+        "issuer: name one with --issuer (https://a.example, https://b.example)\n"
+    )
+
+
 # --- rate limits and lockouts -------------------------------------------------------------
 
 

@@ -54,12 +54,14 @@ class IssuerChoice(ValueError):
     """An admin command named an issuer not trusted here, or none where it must."""
 
 
-def choose_issuer(given: str | None, trusted: tuple[str, ...], *, required: bool) -> str | None:
+def choose_issuer(
+    given: str | None, trusted: tuple[str, ...], *, required: bool, option: str = ""
+) -> str | None:
     """The issuer an admin command means: `given` when it is a trusted one; without
     one, the only trusted issuer, or None (every issuer) where that may be meant.
     IssuerChoice, naming the choices, for an issuer not trusted here (a typo would
     revoke or unlock nobody, and say it did) and for none given where several are
-    trusted and the command must name one."""
+    trusted and the command must name one (with `option`, the command line's)."""
     choices = ", ".join(trusted) or "(none configured)"
     if given is not None:
         name = issuer_name(given)
@@ -71,7 +73,7 @@ def choose_issuer(given: str | None, trusted: tuple[str, ...], *, required: bool
     if required:
         raise IssuerChoice(
             "several issuers are trusted, and a subject is only unique within its issuer: "
-            f"name one ({choices})"
+            f"name one{f' with {option}' if option else ''} ({choices})"
         )
     return None
 
