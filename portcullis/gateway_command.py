@@ -35,7 +35,11 @@ def register(commands: Any) -> None:
         "(default 9090; any free port with --base-port 0)",
     )  # fmt: skip
     demo.add_argument("--state-dir", default=DEFAULT_STATE, help="demo keys and decision log")
-    demo.add_argument("--policy", help="policy directory (default: the shipped policies)")
+    demo.add_argument(
+        "--policy",
+        help="policy directory (default: ./policies when the current directory has one, "
+        "else the shipped set)",
+    )
     demo.add_argument(
         "--shadow", metavar="POLICY",
         help="shadow mode: also decide every request with this candidate policy (a directory, "

@@ -52,7 +52,9 @@ def add_parser(commands: Any) -> None:
         help="directory, .tf file or `terraform show -json` file",
     )
     scan_parser.add_argument(
-        "--policy", help="policy directory or bundle (default: the shipped one)"
+        "--policy",
+        help="policy directory or bundle (default: ./policies when the current directory "
+        "has one, else the shipped set)",
     )
     scan_parser.add_argument(
         "--var-file",

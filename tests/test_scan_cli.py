@@ -162,6 +162,21 @@ def test_a_policies_directory_without_terraform_rules_fails_the_scan_instead_of_
     assert shipped.returncode == 1 and "3 findings" in shipped.stdout
 
 
+@pytest.mark.parametrize("command", ["scan", "demo"])
+def test_the_help_says_policy_defaults_to_a_policies_directory_before_the_shipped_set(
+    command: str,
+) -> None:
+    """Both take ./policies when the current directory has one (the scan test above
+    shows what that does to a repository with its own policies/); --help said "the
+    shipped one", so nobody reading it would look for that."""
+    result = portcullis(command, "--help")
+    assert result.returncode == 0
+    help_text = " ".join(result.stdout.split())
+    assert "(default: ./policies when the current directory has one, else the shipped set)" in (
+        help_text
+    )
+
+
 def test_exit_codes_follow_fail_on() -> None:
     assert portcullis("scan", "--no-cache", POS_APP, "--fail-on", "critical").returncode == 1
     clean = portcullis("scan", "--no-cache", "tests/fixtures/terraform/clean")
