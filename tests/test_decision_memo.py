@@ -268,6 +268,30 @@ def test_a_header_the_policy_reads_but_did_not_declare_can_not_ride_a_remembered
     assert "reads input.attributes.request.http.headers.x-store" in caplog.text
 
 
+def test_the_memo_off_warning_says_decisions_are_unchanged_and_how_to_keep_the_memo(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A new rule reading the request path turned the memo off with a WARNING on every
+    reload that said only what was missing: its author couldn't tell whether the
+    policy was broken, nor what to change."""
+    source = write_policy(
+        tmp_path / "p",
+        'reads := ["/identity"]\n'
+        "default allow := false\n"
+        'allow if input.attributes.request.http.path == "/wms/stock"\n',
+    )
+    with caplog.at_level(logging.WARNING, "portcullis.policy"):
+        assert DecisionMemo.for_engine(build_engine(source, timeout_ms=250)) is None
+    [record] = caplog.records
+    assert record.getMessage() == (
+        "decision memo off: the policy reads input.attributes.request.http.path, which "
+        "data.portcullis.gateway.reads does not account for; every request is evaluated "
+        "(decisions are unchanged, only not reused). To keep the memo, declare every input "
+        "pointer the policy reads in `reads`, and call no builtin whose answer changes on its "
+        'own (README "Decision memo")'
+    )
+
+
 @pytest.mark.parametrize(
     "rules",
     [

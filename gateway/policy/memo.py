@@ -90,8 +90,13 @@ class DecisionMemo:
             return None
         found = input_reads(engine.compiled.shapes, PACKAGE, (*reads, NOW))
         if not found.covered:
+            # Said with what it means and what to do: a policy author who added one
+            # rule sees this on every reload and can't tell it from a broken policy.
             log.warning(
-                "decision memo off: the policy %s, which %s does not account for",
+                "decision memo off: the policy %s, which %s does not account for; every "
+                "request is evaluated (decisions are unchanged, only not reused). To keep "
+                "the memo, declare every input pointer the policy reads in `reads`, and call "
+                "no builtin whose answer changes on its own (README \"Decision memo\")",
                 found.describe(), READS_REF,
             )  # fmt: skip
             return None
