@@ -88,7 +88,10 @@ def write(outputs: list[Output], render: Callable[[str, bool], str]) -> None:
         try:
             write_file(Path(output.file), text)
         except OSError as error:
-            raise OutputError(f"{output.file}: {error.strerror}") from None
+            # Said as a report's, or "No such file" reads as a missing input.
+            raise OutputError(
+                f"{output.file}: the report can't be written: {error.strerror or error}"
+            ) from None
 
 
 def write_file(path: Path, text: str) -> None:

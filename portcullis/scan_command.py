@@ -193,7 +193,11 @@ def run(args: argparse.Namespace) -> int:
                 Path(args.create_baseline), baseline.render(result.findings, unjudged)
             )
         except OSError as error:
-            print(f"portcullis scan: {args.create_baseline}: {error.strerror}", file=sys.stderr)
+            print(
+                f"portcullis scan: {args.create_baseline}: the baseline can't be written: "
+                f"{error.strerror or error}",
+                file=sys.stderr,
+            )
             return 2
         accepted = sum(1 for f in result.findings if f.suppressed is None)
         also = f" and {not_judged_count(unjudged)} not judged" if args.fail_on_not_judged else ""

@@ -166,7 +166,10 @@ def test_an_output_file_that_cannot_be_written_is_exit_2_and_named(
                  "--output", "markdown", "--output-file", str(target)])  # fmt: skip
     assert code == 2
     err = capsys.readouterr().err
-    assert f"portcullis policy diff: {target}: No such file or directory" in err
+    assert (
+        f"portcullis policy diff: {target}: the report can't be written: No such file or directory"
+        in err
+    )
     assert "PASS" not in err and "FAIL" not in err  # no verdict for outputs not written
 
 

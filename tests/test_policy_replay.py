@@ -494,7 +494,7 @@ def test_an_output_file_that_cannot_be_written_is_exit_2_and_named(
     ])  # fmt: skip
     assert code == 2
     err = capsys.readouterr().err
-    assert f"portcullis policy replay: {target}: Is a directory" in err
+    assert f"portcullis policy replay: {target}: the report can't be written: Is a directory" in err
     assert "PASS" not in err
 
 

@@ -382,8 +382,21 @@ def test_an_output_file_that_cannot_be_written_is_exit_2_and_named(tmp_path: Pat
         "scan", "--no-cache", POS_APP, "--output", "sarif", "--output-file", str(target)
     )  # fmt: skip
     assert result.returncode == 2
-    assert f"portcullis scan: {target}: No such file or directory" in result.stderr
+    assert (
+        f"portcullis scan: {target}: the report can't be written: No such file or directory"
+        in result.stderr
+    )
     assert "findings" not in result.stderr  # no summary for a report that wasn't written
+
+
+def test_a_baseline_that_cannot_be_written_says_it_is_the_baseline(tmp_path: Path) -> None:
+    """`nodir/baseline.json: No such file or directory` read as a missing input file."""
+    target = tmp_path / "no-such-dir" / "baseline.json"
+    result = portcullis("scan", "--no-cache", POS_APP, "--create-baseline", str(target))
+    assert result.returncode == 2
+    assert errors(result) == [
+        f"portcullis scan: {target}: the baseline can't be written: No such file or directory"
+    ]
 
 
 def test_baseline_accepts_known_findings_and_fails_on_new_ones(tmp_path: Path) -> None:
@@ -809,7 +822,7 @@ def test_a_report_file_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
         capture_output=True, text=True, cwd=ROOT, timeout=120, preexec_fn=small_files,
     )  # fmt: skip
     assert result.returncode == 2
-    assert f"portcullis scan: {report}: File too large" in result.stderr
+    assert f"{report}: the report can't be written: File too large" in result.stderr
     assert report.read_text() == "the previous run's report\n"
     assert [p.name for p in tmp_path.iterdir()] == ["scan.sarif"]  # no partial file left
     written = portcullis(
