@@ -37,7 +37,7 @@ import functools
 import re
 import unicodedata
 from dataclasses import dataclass
-from urllib.parse import parse_qs
+from urllib.parse import unquote
 
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _PERCENT = re.compile(r"%(?P<hex>.{0,2})", re.DOTALL)
@@ -67,17 +67,27 @@ class NormalizedPath:
         return f"{self.path}?{self.query}" if self.query else self.path
 
     def parsed_query(self) -> dict[str, list[str]]:
-        """The policy's parsed_query: `parse_qs(query, keep_blank_values=True)`.
-        Without `%` or `+` nothing is decoded, and a split is the same answer at a
-        fraction of the cost (parse_qs unquotes every name and value: 1.2 ms for
-        a query of 1,900 keys, which any client may send)."""
-        if "%" in self.query or "+" in self.query:
-            return parse_qs(self.query, keep_blank_values=True)
+        """The policy's parsed_query: what `parse_qs(query, keep_blank_values=True)`
+        answers (`&`-separated, empty pieces skipped, `+` read as a space, then
+        percent-decoded as UTF-8 with U+FFFD for what is not), at a fraction of
+        its cost: parse_qs makes two unquote calls and a tuple for every piece
+        (~1 ms for the 1,000 pieces any client may send); here `+` is replaced in
+        one pass and only a piece holding a `%` is unquoted."""
+        query = self.query.replace("+", " ") if "+" in self.query else self.query
         parsed: dict[str, list[str]] = {}
-        for pair in self.query.split("&"):
-            if pair:
-                name, _, value = pair.partition("=")
-                parsed.setdefault(name, []).append(value)
+        for pair in query.split("&"):
+            if not pair:
+                continue
+            name, _, value = pair.partition("=")
+            if "%" in name:
+                name = unquote(name)
+            if "%" in value:
+                value = unquote(value)
+            values = parsed.get(name)
+            if values is None:
+                parsed[name] = [value]
+            else:
+                values.append(value)
         return parsed
 
 
