@@ -218,6 +218,7 @@ class LimitsConfig:
     max_request_header_bytes: int = 32768  # names + values (+4 per field); past it a 431
     connections_per_ip: int = 256  # open connections per source address; past it closed at once
     max_query_params: int = 1000  # `&`/`;`-separated query parameters; past it a logged 400
+    max_session_cookies: int = 32  # Cookie pairs holding the session cookie's name; a 400
 
 
 # Strict-Transport-Security's max-age unless hsts_max_age says otherwise: one

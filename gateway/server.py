@@ -352,6 +352,11 @@ class Gateway:
         overflow = query_overflow(path.query, self.config.limits.max_query_params)
         if overflow is not None:
             return self.refuse(request, 400, "too_many_query_params", overflow), "-"
+        if self.sign_in is not None:  # its cookies are read, and cleared, one by one
+            cookies = request.headers.getall("Cookie", ())
+            crowded = self.sign_in.cookies.crowding(cookies, self.config.limits.max_session_cookies)
+            if crowded is not None:
+                return self.refuse(request, 400, "too_many_session_cookies", crowded), "-"
         route = self.match(request.host, path.routing_path)
         if route is None:
             return self.refuse(request, 404, "no_route", "no route for this path", path=path), "-"

@@ -4,23 +4,33 @@ C, and picks exactly the cookies it picked when it read every pair."""
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import make_mocked_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
+from gateway.config import LimitsConfig
+from gateway.signin.flow import MAX_PENDING
 from gateway.signin.session import (
     _TOKEN,
+    MAX_CHUNKS,
     OWN_COOKIES,
     CookiePolicy,
     KeyRing,
     OwnCookies,
     SessionCookies,
 )
+from tests.gateway_stack import ServerFactory, Stack
+from tests.sign_in_stack import COOKIE, DevProvider, provider, start_sign_in_stack
+
+__all__ = ["provider"]
 
 
 def reference_read_own_cookies(headers: Iterable[str], owns: Callable[[str], bool]) -> OwnCookies:
@@ -107,3 +117,59 @@ def test_attack_a_thousand_app_cookies_cost_the_session_read_what_their_length_d
         return lambda: (request.pop(OWN_COOKIES, None), cookies.sent(request))
 
     assert cpu_ratio(reading(many), reading(one)) < MAX_RATIO
+
+
+# --- limits.max_session_cookies -----------------------------------------------------------
+
+SMALL_LIMIT = 8
+
+
+@pytest.fixture
+async def signing_in(
+    aiohttp_server: ServerFactory, tmp_path: Path, provider: DevProvider
+) -> AsyncIterator[Stack]:
+    """A gateway that signs browsers in, with `limits.max_session_cookies: 8`."""
+    limits = LimitsConfig(max_session_cookies=SMALL_LIMIT)
+    async with start_sign_in_stack(aiohttp_server, tmp_path, provider, limits=limits) as stack:
+        yield stack
+
+
+def named_like_ours(count: int) -> str:
+    return "; ".join(f"{COOKIE}_{index}=v" for index in range(count))
+
+
+async def test_attack_cookies_named_like_the_session_past_the_limit_are_a_logged_400(
+    signing_in: Stack,
+) -> None:
+    """Each cookie named like the gateway's is read (and, on sign-out, cleared) one
+    by one: past `max_session_cookies` the request is refused before any is, as a
+    gateway refusal, and the upstream gets nothing; a planted look-alike among
+    app cookies counts, an app cookie does not."""
+    token = signing_in.token("alice", groups=["warehouse"], amr=["pwd", "otp"])
+    headers = {"Cookie": f"{named_like_ours(SMALL_LIMIT + 1)}; app=1", "X-Request-Id": "many"}
+    response = await signing_in.get("/wms/stock", token, headers=headers)
+    assert response.status == 400
+    body = await response.json()
+    assert body["error"] == "too_many_session_cookies"
+    assert body["reason"] == (
+        f"{SMALL_LIMIT + 1} cookies named like the gateway's session cookie "
+        f"('portcullis_session', or holding that name); at most {SMALL_LIMIT}"
+    )
+    assert signing_in.total_forwarded() == 0
+    (event,) = await signing_in.events()
+    assert event["result"]["reasons"] == [f"gateway.too_many_session_cookies: {body['reason']}"]
+    assert "portcullis_session_0=v" not in json.dumps(event)  # the Cookie header is masked
+
+    at_limit = "; ".join([named_like_ours(SMALL_LIMIT), *(f"c{i}=v" for i in range(500))])
+    response = await signing_in.get("/wms/stock", token, headers={"Cookie": at_limit})
+    assert response.status == 200, await response.text()
+    assert len(signing_in.forwarded("wms")) == 1
+
+
+def test_the_default_session_cookie_limit_is_far_above_what_the_gateway_sets() -> None:
+    """The gateway sets at most MAX_CHUNKS session cookies and MAX_PENDING pre-auth
+    ones; a browser may also hold them without the __Host- prefix (an older
+    config) and a stale chunk: the default leaves twice that room."""
+    assert LimitsConfig().max_session_cookies >= 2 * 2 * (MAX_CHUNKS + MAX_PENDING)
+    many = [named_like_ours(LimitsConfig().max_session_cookies)]
+    assert cookies_of(CookiePolicy()).crowding(many, LimitsConfig().max_session_cookies) is None

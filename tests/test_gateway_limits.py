@@ -535,6 +535,8 @@ async def test_kept_alive_connection_closes_after_the_keepalive_timeout(
         ({"websocket_recheck_interval": -1}, "limits.websocket_recheck_interval: must be"),
         ({"max_query_params": 0}, "limits.max_query_params: must be greater than 0"),
         ({"max_query_params": "1k"}, "limits.max_query_params: expected int, got str"),
+        ({"max_session_cookies": 0}, "limits.max_session_cookies: must be greater than 0"),
+        ({"max_session_cookies": 1.5}, "limits.max_session_cookies: expected int, got float"),
         ({"requests_per_idnetity": 3}, "limits.requests_per_idnetity: unknown key"),
         (
             {"upstream_pool_size": 8, "requests_per_identity": 8},

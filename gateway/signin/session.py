@@ -375,6 +375,21 @@ class SessionCookies:
             request[OWN_COOKIES] = found
         return found
 
+    def crowding(self, headers: Iterable[str], limit: int) -> str | None:
+        """Why ``Cookie`` header values hold too many cookies named like the
+        gateway's, or None if they fit. The gateway sets at most MAX_CHUNKS
+        session cookies and flow.MAX_PENDING pre-auth ones; each pair holding the
+        name is read one by one (:func:`read_own_cookies`), and each name is
+        cleared one by one on sign-out. Counted in C: a pair is counted for each
+        time it holds the name, in its value too."""
+        count = sum(header.count(self._bare) for header in headers)
+        if count > limit:
+            return (
+                f"{count} cookies named like the gateway's session cookie "
+                f"({self._bare!r}, or holding that name); at most {limit}"
+            )
+        return None
+
     # --- the session ------------------------------------------------------------------
 
     def load(self, request: web.Request) -> Session | None:
