@@ -178,6 +178,15 @@ async def test_revoked_token_stays_revoked_for_the_issuers_leeway_past_its_lifet
         assert (await call(stack, stack.url, "/wms/stock", token))[0] == 200
 
 
+def session_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`portcullis session ARGS --config CONFIG`, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "portcullis", "session", *args[:1], "--config", str(config),
+         *args[1:]],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+
+
 async def test_session_cli_revokes_and_unlocks_through_redis(
     aiohttp_server: ServerFactory, tmp_path: Path, redis_url: str
 ) -> None:
@@ -192,21 +201,13 @@ async def test_session_cli_revokes_and_unlocks_through_redis(
         token = stack.token("alice", **WAREHOUSE)
         assert (await call(stack, stack.url, "/wms/stock", token))[0] == 200
         result = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "portcullis", "session", "revoke", "--config", str(config),
-             "--user", "alice", "--reason", "left the company"],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
+            session_cli, config, "revoke", "--user", "alice", "--reason", "left the company"
+        )
         assert result.returncode == 0, result.stderr
         assert "every session and bearer token of alice issued before" in result.stdout
         status, body, _ = await call(stack, stack.url, "/wms/stock", token)
         assert status == 401 and "left the company" in body["reason"]
-        result = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "portcullis", "session", "unlock", "--config", str(config),
-             "--user", "alice"],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
+        result = await asyncio.to_thread(session_cli, config, "unlock", "--user", "alice")
         assert result.returncode == 0, result.stderr
         assert "alice (http://127.0.0.1:1) was not locked out" in result.stdout
 
@@ -216,11 +217,7 @@ def test_session_cli_without_shared_state_says_so(tmp_path: Path) -> None:
     config.write_text(yaml.safe_dump({
         "issuers": [{"issuer": "http://127.0.0.1:1", "audiences": ["a"], "discovery": True}],
     }))  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, "-m", "portcullis", "session", "list", "--config", str(config),
-         "--user", "alice"],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+    result = session_cli(config, "list", "--user", "alice")
     assert result.returncode == 2
     assert "no shared_state section" in result.stderr
 
@@ -234,11 +231,7 @@ def test_session_unlock_with_several_issuers_says_which_option_names_one(tmp_pat
                      "jwks_url": f"https://{name}.example/jwks.json"} for name in ("a", "b")],
         "shared_state": {"redis": {"url": "redis://127.0.0.1:1/0"}},
     }))  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, "-m", "portcullis", "session", "unlock", "--config", str(config),
-         "--user", "bob"],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+    result = session_cli(config, "unlock", "--user", "bob")
     assert result.returncode == 2
     assert result.stderr == (
         f"{config}: several issuers are trusted, and a subject is only unique within its "
