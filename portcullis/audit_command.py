@@ -49,6 +49,7 @@ from gateway.audit.reader import (
     signers_if_none_verify,
     verify_log,
 )
+from portcullis.wording import counted
 
 USAGE_ERROR = 2
 TAMPERED = 1
@@ -185,9 +186,10 @@ def _report(result: VerifyResult, *, live: bool) -> int:
             print(f"  ... and {others - 9} more")
         return TAMPERED
     signed = result.last_signed_at or "never"
+    events = counted(result.events, "event")
     if result.resigned:
         # Not a tail a running gateway will sign: --live doesn't excuse it.
-        print(f"INCOMPLETE: {result.events} events, not all vouched for: {result.resigned[0]}")
+        print(f"INCOMPLETE: {events}, not all vouched for: {result.resigned[0]}")
         for other in result.resigned[1:10]:
             print(f"  also {other}")
         if len(result.resigned) > 10:
@@ -196,8 +198,9 @@ def _report(result: VerifyResult, *, live: bool) -> int:
     warnings = []
     if result.unsigned_tail:
         warnings.append(
-            f"{result.unsigned_tail} events after the last signature are not yet covered by "
-            "a signature (truncation after them can't be detected)"
+            f"{counted(result.unsigned_tail, 'event')} after the last signature "
+            f"{'is' if result.unsigned_tail == 1 else 'are'} not yet covered by a signature "
+            "(truncation after them can't be detected)"
         )
     elif not result.sealed:
         warnings.append(
@@ -205,14 +208,12 @@ def _report(result: VerifyResult, *, live: bool) -> int:
             "or crashed, or the tail was cut at a signature"
         )
     if warnings and not live:
-        print(
-            f"INCOMPLETE: {result.events} events, chain intact up to the last signature at {signed}"
-        )
+        print(f"INCOMPLETE: {events}, chain intact up to the last signature at {signed}")
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
         print("(use --live for a log the gateway is still writing)", file=sys.stderr)
         return TAMPERED
-    print(f"OK: {result.events} events, chain intact, last signed at {signed}")
+    print(f"OK: {events}, chain intact, last signed at {signed}")
     print(f"chain ends at seq {result.tail_seq}, line hash {result.tail_hash}")
     if result.log_names:
         print(f"log: {', '.join(repr(name) for name in sorted(result.log_names))}")

@@ -35,6 +35,7 @@ from policy_engine.policy_set import (
 from policy_engine.portability import portability_warnings
 from policy_engine.testing import CaseResult, TestReport, run_tests
 from portcullis import output_options
+from portcullis.wording import counted
 
 RULE = "-" * 80
 USAGE_ERROR = 2
@@ -190,9 +191,10 @@ def check(args: argparse.Namespace) -> int:
         on_vm = _vm_warnings(compiled)
         for warning in sorted(warnings + on_vm, key=lambda p: (p.file, p.line or 0)):
             print(warning, file=sys.stderr)
-        note = f", {len(warnings)} portability warnings" if warnings else ""
-        note += f", {len(on_vm)} compiled-VM warnings" if on_vm else ""
-        print(f"{_label(source)}: OK ({modules} modules, {rules} rules evaluated{note})")
+        note = f", {counted(len(warnings), 'portability warning')}" if warnings else ""
+        note += f", {counted(len(on_vm), 'compiled-VM warning')}" if on_vm else ""
+        counts = f"{counted(modules, 'module')}, {counted(rules, 'rule')} evaluated"
+        print(f"{_label(source)}: OK ({counts}{note})")
     return _fail(problems) if problems else 0
 
 
@@ -297,5 +299,6 @@ def bundle(args: argparse.Namespace) -> int:
             write_bundle(compiled, root, partial, revision)
     except OSError as error:
         return _fail(f"{output}: the bundle can't be written: {error.strerror or error}")
-    print(f"{args.output}: bundle of {len(policy_set.modules)} modules, revision {revision}")
+    modules = counted(len(policy_set.modules), "module")
+    print(f"{args.output}: bundle of {modules}, revision {revision}")
     return 0

@@ -28,6 +28,7 @@ from portcullis.replay.events import Selection, parse_time
 from portcullis.replay.output import FORMATS
 from portcullis.replay.report import ALLOWABLE, Report
 from portcullis.replay.run import ReplayError, ReplayOptions, replay
+from portcullis.wording import counted
 
 USAGE_ERROR = 2
 
@@ -247,7 +248,7 @@ def _not_a_log(report: Report, logs: list[Path]) -> str | None:
     names = ", ".join(str(path) for path in logs)
     lines = skipped.unreadable + skipped.other_paths
     return (
-        f"{names}: not a Portcullis decision log ({lines} records, none a decision, a "
+        f"{names}: not a Portcullis decision log ({counted(lines, 'record')}, none a decision, a "
         "refusal or a chain signature): nothing was replayed, so nothing was checked"
     )
 

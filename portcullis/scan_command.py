@@ -14,6 +14,7 @@ from iac_scanner.findings import SEVERITIES, Problem, ScanResult, not_judged_cou
 from iac_scanner.report import FORMATS, inert
 from iac_scanner.scan import ScanError, ScanOptions, scan, source_root
 from portcullis import output_options
+from portcullis.wording import counted
 
 
 def _var(text: str) -> tuple[str, str]:
@@ -202,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
         accepted = sum(1 for f in result.findings if f.suppressed is None)
         also = f" and {not_judged_count(unjudged)} not judged" if args.fail_on_not_judged else ""
         print(
-            f"wrote a baseline of {accepted} findings{also} to {args.create_baseline}",
+            f"wrote a baseline of {counted(accepted, 'finding')}{also} to {args.create_baseline}",
             file=sys.stderr,
         )
         return 2 if result.problems else 0

@@ -86,6 +86,15 @@ def test_policy_check_accepts_the_shipped_policies() -> None:
     assert "warning" not in result.stdout + result.stderr
 
 
+def test_policy_check_of_one_module_with_one_rule_counts_them_in_the_singular(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "only.rego").write_text("package only\n\nimport rego.v1\n\nallow if input.ok\n")
+    result = portcullis("policy", "check", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{tmp_path}: OK (1 module, 1 rule evaluated)\n"
+
+
 def test_policy_check_warns_on_not_over_an_argument_that_may_be_undefined() -> None:
     result = portcullis("policy", "check", str(BAD / "not_over_undefined"))
     assert result.returncode == 0
@@ -123,7 +132,7 @@ def test_policy_check_warns_where_the_gateways_compiled_vm_would_answer_otherwis
     (tmp_path / "library.rego").write_text(LIBRARY_ON_PAST_UNDEFINED)
     result = portcullis("policy", "check", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    assert "1 compiled-VM warnings" in result.stdout
+    assert "1 compiled-VM warning)" in result.stdout
     [warning] = [line for line in result.stderr.splitlines() if "compiled VM" in line]
     assert warning.startswith(f"{tmp_path / 'gateway.rego'}:6:5: warning: `origin := ...`")
 

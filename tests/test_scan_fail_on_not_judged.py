@@ -194,7 +194,7 @@ def test_a_baseline_written_with_fail_on_not_judged_accepts_todays_and_fails_on_
         "scan", "--no-cache", str(tree), "--fail-on-not-judged", "--create-baseline", str(gated)
     )
     assert created.returncode == 0
-    assert f"wrote a baseline of 1 findings and 3 not judged to {gated}" in created.stderr
+    assert f"wrote a baseline of 1 finding and 3 not judged to {gated}" in created.stderr
     entries = json.loads(gated.read_text())["findings"]
     assert [(e["rule_id"], e["resource"]) for e in entries if e.get("not_judged")] == UNJUDGED
     # A baseline written without the flag accepts the findings only.

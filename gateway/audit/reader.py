@@ -44,6 +44,7 @@ from gateway.audit.chain import (
     check_signature,
     line_hash,
 )
+from portcullis.wording import counted
 
 # Lines the verifier remembers to tell an insertion or a swap from a deletion.
 _WINDOW = 16
@@ -951,7 +952,11 @@ def _diagnose(
     """Name the broken link between ``prev`` and ``line``; returns the problem index."""
     expected = (count or 0) if is_signature else (count or 0) + 1
     if line.number == 1 and line.file != prev.file:
-        gap = f"{seq - expected} events are" if seq > expected else "something is"
+        gap = (
+            f"{counted(seq - expected, 'event')} {'is' if seq - expected == 1 else 'are'}"
+            if seq > expected
+            else "something is"
+        )
         message = f"{gap} missing between {prev.file} and this file (a file deleted?)"
         return int(problem(line, "deleted", message))
     if count is not None and seq > expected:

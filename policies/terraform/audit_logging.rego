@@ -54,12 +54,18 @@ deny contains {"resource": first, "message": msg, "key": "no-enabled-cloudtrail"
 	first := min(pci)
 	apps := {app | some r in input.resources; _aws(r); some app in _pci_apps(r)}
 	msg := sprintf(
-		"no enabled aws_cloudtrail in this configuration, but it deploys pci app %s (%d resources, e.g. %s); add an aws_cloudtrail with is_multi_region_trail = true",
-		[concat(", ", sort(apps)), count(pci), first],
+		"no enabled aws_cloudtrail in this configuration, but it deploys pci %s %s (%s, e.g. %s); add an aws_cloudtrail with is_multi_region_trail = true",
+		[_noun(count(apps), "app"), concat(", ", sort(apps)), _counted(count(pci), "resource"), first],
 	)
 }
 
 _aws(r) if startswith(r.type, "aws_")
+
+_noun(1, noun) := noun
+
+_noun(n, noun) := sprintf("%ss", [noun]) if n != 1
+
+_counted(n, noun) := sprintf("%v %s", [n, _noun(n, noun)])
 
 _pci_apps(r) := {app |
 	some app in tf.apps_of(r)

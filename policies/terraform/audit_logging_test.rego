@@ -97,9 +97,21 @@ test_cloudtrail_finding_counts_only_aws_resources if {
 	db := testing.resource("aws_db_instance", "pos", {"tags": _pos})
 	audit_logging.deny == {{
 		"resource": "aws_db_instance.pos",
-		"message": "no enabled aws_cloudtrail in this configuration, but it deploys pci app pos (1 resources, e.g. aws_db_instance.pos); add an aws_cloudtrail with is_multi_region_trail = true",
+		"message": "no enabled aws_cloudtrail in this configuration, but it deploys pci app pos (1 resource, e.g. aws_db_instance.pos); add an aws_cloudtrail with is_multi_region_trail = true",
 		"key": "no-enabled-cloudtrail",
 	}} with input as testing.document([app, db])
+}
+
+test_cloudtrail_finding_names_two_pci_apps_as_apps if {
+	kiosk := {"title": "Kiosk", "classification": "pci", "terraform_tags": {"app": "kiosk"}}
+	catalogue := object.union(data.portcullis.catalogue, {"apps": {"kiosk": kiosk}})
+	pos := testing.resource("aws_db_instance", "pos", {"tags": _pos})
+	kiosk_db := testing.resource("aws_db_instance", "kiosk", {"tags": {"app": "kiosk"}})
+	audit_logging.deny == {{
+		"resource": "aws_db_instance.kiosk",
+		"message": "no enabled aws_cloudtrail in this configuration, but it deploys pci apps kiosk, pos (2 resources, e.g. aws_db_instance.kiosk); add an aws_cloudtrail with is_multi_region_trail = true",
+		"key": "no-enabled-cloudtrail",
+	}} with input as testing.document([pos, kiosk_db]) with data.portcullis.catalogue as catalogue
 }
 
 test_pci_log_bucket_named_literally_as_a_target_need_not_log_itself if {

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from portcullis.wording import counted
+
 KIND_TITLES = {
     "allow-to-deny": "allow -> deny",
     "deny-to-allow": "deny -> allow",
@@ -63,11 +65,15 @@ def verification(document: dict[str, Any]) -> str:
     check = document["verification"]
     if not check["verified"]:
         return "NOT VERIFIED (--no-verify): the log may have been edited"
-    text = f"verified: {check['events']} events, {check['signatures']} signatures, chain intact"
+    events, signatures = (
+        counted(check["events"], "event"),
+        counted(check["signatures"], "signature"),
+    )
+    text = f"verified: {events}, {signatures}, chain intact"
     if check["sealed"]:
         text += ", sealed"
     if check["unsigned_tail"]:
-        text += f", {check['unsigned_tail']} events after the last signature " + (
+        text += f", {counted(check['unsigned_tail'], 'event')} after the last signature " + (
             "REPLAYED ALTHOUGH NO SIGNATURE VOUCHES FOR THEM (--allow-unsigned-tail)"
             if check["unsigned_tail_replayed"]
             else "(not replayed: no signature vouches for them)"

@@ -18,6 +18,7 @@ from portcullis.replay.output.describe import (
     verification,
     who,
 )
+from portcullis.wording import counted
 
 
 def render(document: dict[str, Any]) -> str:
@@ -32,7 +33,7 @@ def render(document: dict[str, Any]) -> str:
     add("")
     skipped = not_replayed(document)
     add(
-        f"Replayed {totals['replayed']} decisions"
+        f"Replayed {counted(totals['replayed'], 'decision')}"
         + (f" (not replayed: {skipped})" if skipped else "")
     )
     add(f"  {'unchanged':<24}{totals['unchanged']:>8}")
