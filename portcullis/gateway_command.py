@@ -57,10 +57,32 @@ def register(commands: Any) -> None:
     token.add_argument("--amr", default="pwd", help="comma-separated auth methods")
     token.add_argument("--acr", help="authentication context class")
     token.add_argument("--auth-age", type=int, default=0, help="seconds since sign-in")
-    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    token.add_argument(
+        "--ttl", type=_lifetime, default=3600, metavar="SECONDS",
+        help="lifetime in seconds, 1 to 31622400 (default 3600)",
+    )  # fmt: skip
     token.add_argument("--state-dir", dest="token_state_dir", default=None)
     token.add_argument("--issuer", default=None, help="issuer URL (default: the demo's)")
     token.set_defaults(run=demo_token)
+
+
+# The longest max_token_lifetime an issuer may be given (366 days): a token meant
+# to live longer is refused by every gateway configuration.
+MAX_TOKEN_TTL = 31_622_400
+
+
+def _lifetime(text: str) -> int:
+    """--ttl: a token that is born expired, or that no gateway accepts, is a usage error."""
+    try:
+        seconds = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of seconds: {text!r}") from None
+    if not 1 <= seconds <= MAX_TOKEN_TTL:
+        raise argparse.ArgumentTypeError(
+            f"{text}: must be 1 to {MAX_TOKEN_TTL} seconds (366 days); a token with "
+            "--ttl 0 or less is expired when it is made"
+        )
+    return seconds
 
 
 # The gateway's modules load only when a gateway command runs, so `portcullis

@@ -22,6 +22,7 @@ import pytest
 
 from gateway import heap
 from gateway.config import ConfigError, load_config
+from gateway.demo import DevIssuer
 from gateway.server import build_admin_app
 from policy_engine import load_policy_set, policy_set
 from tests.conftest import FIXTURES, POLICIES, ROOT
@@ -624,6 +625,17 @@ def test_demo_token_without_a_demo_state_is_a_clear_error(tmp_path: Path) -> Non
     result = portcullis("demo", "token", "--state-dir", str(tmp_path / "none"), "--sub", "x")
     assert result.returncode == 2
     assert "start `portcullis demo` first" in result.stderr
+
+
+@pytest.mark.parametrize("ttl", ["-5", "0", "31622401"])
+def test_demo_token_refuses_a_ttl_that_makes_a_token_expired_at_birth_or_one_no_gateway_accepts(
+    tmp_path: Path, ttl: str
+) -> None:
+    """`--ttl -5` printed a token already expired, without a word."""
+    DevIssuer(tmp_path, "http://127.0.0.1:8080/dev-oidc")
+    result = portcullis("demo", "token", "--state-dir", str(tmp_path), "--sub", "x", "--ttl", ttl)
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"error: argument --ttl: {ttl}: must be 1 to 31622400 seconds" in result.stderr
 
 
 def test_demo_token_run_outside_the_demos_directory_says_where_it_looked_and_how_to_point_at_it(
