@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 import socket
 from collections.abc import Iterable
@@ -293,14 +294,18 @@ class _Reader:
         return tuple(items)
 
     def reject_unknown(self, known: set[str]) -> None:
-        unknown = sorted(set(self.data) - known)
-        if unknown:
-            raise ConfigError(f"{self.key(unknown[0])}: unknown key")
+        self._refuse_unknown(known)
 
     def done(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
+        # Every key this level has was read by now: what wasn't read is unknown.
+        self._refuse_unknown(self.used)
+
+    def _refuse_unknown(self, known: set[str]) -> None:
+        unknown = sorted(set(self.data) - known)
         if unknown:
-            raise ConfigError(f"{self.key(unknown[0])}: unknown key")
+            close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"{self.key(unknown[0])}: unknown key{hint}")
 
 
 def _http_url(value: str, where: str) -> str:

@@ -66,6 +66,33 @@ def issuer_yaml() -> str:
 # --- the signing key ---------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("routs: []\nauth: false\n", "routs: unknown key; did you mean routes?"),
+        (
+            "auth: false\nlimits: {requests_per_idnetity: 3}\n",
+            "limits.requests_per_idnetity: unknown key; did you mean requests_per_identity?",
+        ),
+        (
+            "auth: false\ndecision_log: {path: d.log, sinks: [{kind: file, path: c, pth: d}]}\n",
+            "decision_log.sinks[0].pth: unknown key; did you mean path?",
+        ),
+        ("auth: false\ncolour: red\n", "colour: unknown key\n"),
+    ],
+)
+def test_a_typo_in_a_config_key_is_refused_with_the_key_it_was_probably_meant_to_be(
+    tmp_path: Path, yaml_text: str, message: str
+) -> None:
+    """`routs:` said "unknown key" and left the user to find `routes` in the README;
+    a key like no known one gets no guess."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml_text)
+    stderr = finish(gateway_process(config))
+    assert message in stderr, stderr
+    assert "Traceback" not in stderr
+
+
 def test_two_workers_without_a_key_file_are_refused_naming_assertion_key_file(
     tmp_path: Path,
 ) -> None:
