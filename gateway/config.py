@@ -301,7 +301,8 @@ class _Reader:
         self._refuse_unknown(self.used)
 
     def _refuse_unknown(self, known: set[str]) -> None:
-        unknown = sorted(set(self.data) - known)
+        # YAML keys may be numbers or booleans (`1: x`, `on: x`): named as text.
+        unknown = sorted(str(name) for name in set(self.data) - known)
         if unknown:
             close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
             hint = f"; did you mean {close[0]}?" if close else ""

@@ -63,7 +63,7 @@ def issuer_yaml() -> str:
     )
 
 
-# --- the signing key ---------------------------------------------------------------
+# --- keys the gateway doesn't know ---------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -91,6 +91,27 @@ def test_a_typo_in_a_config_key_is_refused_with_the_key_it_was_probably_meant_to
     stderr = finish(gateway_process(config))
     assert message in stderr, stderr
     assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("routs: []\n1: x\nauth: false\n", "1: unknown key"),
+        ("auth: false\nlimits: {1: 2}\n", "limits.1: unknown key"),
+    ],
+)
+def test_a_config_key_that_yaml_reads_as_a_number_is_an_unknown_key_not_a_traceback(
+    tmp_path: Path, yaml_text: str, message: str
+) -> None:
+    """Unknown keys were sorted to name the first, and 1 doesn't sort with "routs"."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml_text)
+    stderr = finish(gateway_process(config))
+    assert message in stderr, stderr
+    assert "Traceback" not in stderr
+
+
+# --- the signing key ---------------------------------------------------------------
 
 
 def test_two_workers_without_a_key_file_are_refused_naming_assertion_key_file(
