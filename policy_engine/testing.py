@@ -74,6 +74,8 @@ class FileCoverage:
 class TestReport:
     results: list[TestResult] = field(default_factory=list)
     coverage: list[FileCoverage] = field(default_factory=list)
+    # Tests the policy set has that `match` left out, so "none matched" can say of how many.
+    unmatched: int = 0
 
     @property
     def failed(self) -> list[TestResult]:
@@ -145,6 +147,7 @@ def run_tests(
                 ref = f"{shape.package_ref}.{'.'.join(rule.test_path)}"
                 definitions.setdefault(ref, []).append((shape.file, rule))
     tests: list[_Test] = []
+    unmatched = 0
     for shape in compiled.shapes:  # in source order
         for rule in shape.rules:
             path = rule.test_path
@@ -155,6 +158,7 @@ def run_tests(
             index = defined.index((shape.file, rule))
             name = _test_name(shape.package_ref, path, index)
             if match is not None and match not in name:
+                unmatched += 1
                 continue
             test = _Test(name, ref, shape.package_ref, path, shape.file, rule.line)
             if path[-1].startswith(SKIP_TEST_PREFIX):
@@ -171,12 +175,14 @@ def run_tests(
     if engine == "opa":
         if coverage:
             raise PolicyError("--coverage is measured on the embedded engine only")
-        return _run_on_opa(GoOpaEngine(policy_set), tests)
+        report = _run_on_opa(GoOpaEngine(policy_set), tests)
+        report.unmatched = unmatched
+        return report
     if engine != "regorus":
         raise PolicyError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
     shared = _regorus_engine(policy_set, coverage)
     engines = [shared]
-    report = TestReport()
+    report = TestReport(unmatched=unmatched)
     for test in tests:
         if test.skip or test.alone is None:
             report.results.append(_skipped(test) if test.skip else _run_one(shared, test))

@@ -107,7 +107,7 @@ def _compile(source: Source) -> CompiledPolicy:
 
 
 def test(args: argparse.Namespace) -> int:
-    failed = total = 0
+    failed = total = unmatched = 0
     for source in _policy_sources(args):
         try:
             report = run_tests(
@@ -122,8 +122,18 @@ def test(args: argparse.Namespace) -> int:
         _print_test_report(report, verbose=args.verbose)
         failed += len(report.failed)
         total += len(report.results)
+        unmatched += report.unmatched
     if total == 0:
-        print("no tests found", file=sys.stderr)
+        # As `opa test --fail-on-empty`: a --run that selects nothing (a typo, a
+        # renamed test) fails CI rather than passing it with nothing tested.
+        if unmatched:
+            print(
+                f"no tests found: --run {args.match!r} matched none of the "
+                f"{counted(unmatched, 'test')} (it is looked for in names as -v prints them)",
+                file=sys.stderr,
+            )
+        else:
+            print("no tests found", file=sys.stderr)
         return 1
     return 1 if failed else 0
 

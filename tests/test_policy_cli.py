@@ -79,6 +79,18 @@ def test_policy_test_run_filter_selects_tests() -> None:
     assert listed and all("pos_refund" in line for line in listed)
 
 
+def test_a_run_filter_that_matches_no_test_fails_saying_it_matched_none_of_how_many() -> None:
+    """`--run refnud` said "no tests found", as if the policies had none."""
+    every = portcullis("policy", "test", "policies/")
+    total = int(every.stdout.strip().splitlines()[-1].split("/")[1])
+    result = portcullis("policy", "test", "--run", "refnud", "policies/")
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"no tests found: --run 'refnud' matched none of the {total} tests "
+        "(it is looked for in names as -v prints them)\n"
+    )
+
+
 def test_policy_check_accepts_the_shipped_policies() -> None:
     result = portcullis("policy", "check", "policies")
     assert result.returncode == 0
