@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from portcullis import (
     __version__,
@@ -19,8 +20,43 @@ from portcullis import (
 from portcullis.paths import default_policy_dir
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but an unknown option is named before a missing argument: `scan
+    --bogus` said only that PATH is required, as argparse checks those first."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self._given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        unknown = self._unknown_options(getattr(self, "_given", []))
+        if unknown and message.startswith("the following arguments are required"):
+            message = f"unrecognized arguments: {' '.join(unknown)} (and {message})"
+        super().error(message)
+
+    def _unknown_options(self, given: list[str]) -> list[str]:
+        """The arguments that look like options this parser has none of (nor a
+        prefix of one, as argparse accepts), up to a `--`."""
+        known = self._option_string_actions
+        unknown = []
+        for arg in given:
+            if arg == "--":
+                break
+            if not arg.startswith("-") or arg == "-" or self._negative_number_matcher.match(arg):
+                continue
+            name = arg.split("=", 1)[0]
+            if name in known or (not name.startswith("--") and name[:2] in known):
+                continue
+            if name.startswith("--") and any(option.startswith(name) for option in known):
+                continue
+            unknown.append(arg)
+        return unknown
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="portcullis",
         description="Zero-trust access gateway and Terraform scanner on one Rego policy set.",
     )

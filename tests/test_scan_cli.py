@@ -162,6 +162,28 @@ def test_a_policies_directory_without_terraform_rules_fails_the_scan_instead_of_
     assert shipped.returncode == 1 and "3 findings" in shipped.stdout
 
 
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["scan", "--bogus"], "portcullis scan: error: unrecognized arguments: --bogus (and the "
+         "following arguments are required: PATH)"),
+        (["scan", "--fail-on-new", "-x", "--no-c"], "portcullis scan: error: unrecognized "
+         "arguments: --fail-on-new -x (and the following arguments are required: PATH)"),
+        (["policy", "--bogus"], "portcullis policy: error: unrecognized arguments: --bogus (and "
+         "the following arguments are required: ACTION)"),
+        # an abbreviation argparse takes is not called unknown, nor is a missing PATH alone
+        (["scan", "--no-c"], "portcullis scan: error: the following arguments are required: PATH"),
+    ],
+)  # fmt: skip
+def test_an_unknown_option_is_named_even_when_a_required_argument_is_missing_too(
+    argv: list[str], expected: str
+) -> None:
+    """`portcullis scan --bogus` said only that PATH is required."""
+    result = portcullis(*argv)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines()[-1] == expected
+
+
 @pytest.mark.parametrize("command", ["scan", "demo"])
 def test_the_help_says_policy_defaults_to_a_policies_directory_before_the_shipped_set(
     command: str,
