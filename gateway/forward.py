@@ -59,6 +59,7 @@ def upstream_headers(
     route: Route,
     add: Mapping[str, str],
     strip_cookie: Callable[[str], bool] | None = None,
+    cookie_mark: str = "",
 ) -> CIMultiDict[str]:
     """The client's headers minus what a backend must hear from the gateway alone,
     plus ours. Dropped: hop-by-hop fields; the gateway's own (X-Portcullis-*,
@@ -66,7 +67,8 @@ def upstream_headers(
     client address, method or path (gateway/screening/trusted_headers.py), unless the
     route's `forward_headers` lists one; any `_` spelling of those or of a header
     in `add`; `Authorization` unless the route passes it; and the gateway's own
-    cookies (`strip_cookie` names them): a backend never sees the session."""
+    cookies (`strip_cookie` names them, each holding `cookie_mark`): a backend
+    never sees the session."""
     connection_listed = _connection_tokens(request.headers)
     allowed = route.forward_headers
     ours: set[str] | None = None
@@ -91,7 +93,7 @@ def upstream_headers(
             if folded in ours:
                 continue
         if lower == "cookie" and strip_cookie is not None:
-            value = _without_cookies(value, strip_cookie)
+            value = without_cookies(value, strip_cookie, cookie_mark)
             if not value:
                 continue
         headers.add(name, value)
@@ -104,13 +106,28 @@ def upstream_headers(
     return headers
 
 
-def _without_cookies(header: str, strip: Callable[[str], bool]) -> str:
-    kept = [
-        pair.strip()
-        for pair in header.split(";")
-        if pair.strip() and not strip(pair.split("=", 1)[0].strip())
-    ]
-    return "; ".join(kept)
+def without_cookies(header: str, strip: Callable[[str], bool], mark: str = "") -> str:
+    """A ``Cookie`` header value without the pairs whose name (up to the first
+    ``=``, trimmed) ``strip`` names; the rest trimmed, empty pairs dropped, joined
+    by ``"; "``. ``mark`` is text every name ``strip`` names holds: only the pairs
+    holding it are looked at, and the rest is rewritten in C, so an app's cookies
+    (a client may send a thousand) cost about what their length does (one by one,
+    1,000 cost 0.2-0.5 ms)."""
+    if mark in header:
+        kept: list[str] = []
+        start = 0  # of the text not yet copied to `kept`
+        found = header.find(mark)
+        while found != -1:
+            begin = header.rfind(";", 0, found) + 1
+            end = header.find(";", found)
+            end = len(header) if end == -1 else end
+            if strip(header[begin:end].split("=", 1)[0].strip()):
+                kept.append(header[start:begin])  # the pair leaves an empty one: dropped
+                start = end
+            found = header.find(mark, end + 1)
+        kept.append(header[start:])
+        header = "".join(kept)
+    return "; ".join(filter(None, map(str.strip, header.split(";"))))
 
 
 # RFC 9110 5.6.1 and 5.6.3: list elements are separated by commas and optional
@@ -186,8 +203,10 @@ class Forwarder:
         limits: LimitsConfig = DEFAULT_LIMITS,
         metrics: Metrics | None = None,
         strip_cookie: Callable[[str], bool] | None = None,
+        cookie_mark: str = "",
     ) -> None:
         self._strip_cookie = strip_cookie
+        self._cookie_mark = cookie_mark
         self._limits = limits
         self._metrics = metrics or Metrics()
         # WebSockets hold their connection for hours: a pool of their own, so idle
@@ -265,7 +284,7 @@ class Forwarder:
         max_age) says it must end: REVOKED (the policy no longer allows it) or
         UNLOGGED (the decision to go on could not be logged durably, `durability:
         sync`)."""
-        headers = upstream_headers(request, route, add, self._strip_cookie)
+        headers = upstream_headers(request, route, add, self._strip_cookie, self._cookie_mark)
         upstream = self._upstream(route.upstream)
         if is_websocket(request):
             return await self._websocket(

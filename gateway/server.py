@@ -117,6 +117,7 @@ class Gateway:
             limits=config.limits,
             metrics=self.metrics,
             strip_cookie=self.sign_in.owns_cookie if self.sign_in else None,
+            cookie_mark=self.sign_in.cookies.mark if self.sign_in else "",
         )
         self.limiter = ConcurrencyLimiter(config.limits)
         # Which of client_ca's CAs issued a client certificate: its identity's issuer.

@@ -352,6 +352,11 @@ class SessionCookies:
         self._bare = policy.name.removeprefix(HOST_PREFIX)  # what owns() compares
         self._said_conflict = Throttle(60.0)  # a client can send them every time
 
+    @property
+    def mark(self) -> str:
+        """Text every name :meth:`owns` names holds (the session's bare name)."""
+        return self._bare
+
     def owns(self, cookie_name: str) -> bool:
         """Whether a cookie is the gateway's own (never forwarded upstream, never
         set by an upstream): its names with and without the ``__Host-`` prefix (a
