@@ -315,9 +315,11 @@ class Redactor:
         suspect = self._suspect
         if suspect is None or not text.isascii():
             return self._mask_each_pair(text, depth)
-        looked = _pieces_holding(suspect, text.lower().translate(_SQUEEZE))
+        folded = text.lower().translate(_SQUEEZE)
+        looked = _pieces_holding(suspect, folded)
         if "%" in text:
-            looked = sorted({*looked, *_pieces_holding(suspect, _decoded_names(text))})
+            escaped = _pieces_holding_escapes(folded)
+            looked = sorted({*looked, *escaped, *_pieces_holding(suspect, _decoded_names(text))})
         if not looked:  # the usual query: nothing to look at
             return text
         # (str.split, not a regex's: a regex split of 8 KiB costs ~45 µs.)
@@ -576,13 +578,13 @@ def _suspects(params: frozenset[str]) -> re.Pattern[str] | None:
     its name or value holds a JWT only if it holds `eyj`; its value is a URL only
     if it holds `?` or `#`. A percent-encoded value may decode to a JWT or a URL
     only if it holds one of _ESCAPE_MARKS; a percent-encoded name is secret only
-    if its decoded name holds an entry (searched for in _decoded_names). An
+    if its decoded name holds an entry (both searched for in _mask_pairs). An
     entry of other characters than a-z and 0-9 (a space is `+` in a query) has
     no such mark: then every piece is looked at."""
     words = {param.replace("_", "") for param in params}
     if not all(_MARKABLE.fullmatch(word) for word in words):
         return None
-    marks = {"?", "#", "eyj", *_ESCAPE_MARKS, *words}
+    marks = {"?", "#", "eyj", *words}
     # A piece holding `apikey` holds `key`: the shorter one alone is searched for.
     marks = {mark for mark in marks if not any(m != mark and m in mark for m in marks)}
     return re.compile(_trie(sorted(marks)))
@@ -617,6 +619,24 @@ def _pieces_holding(suspect: re.Pattern[str], folded: str) -> list[int]:
         piece = bisect.bisect_right(ends, found.start())
         pieces.append(piece)
         found = suspect.search(folded, ends[piece] + 1) if piece + 1 < len(ends) else None
+    return pieces
+
+
+def _pieces_holding_escapes(folded: str) -> list[int]:
+    """Which pieces of ``folded`` hold one of _ESCAPE_MARKS (a value that may
+    decode to a JWT or a URL): substring searches, which skip over a value of
+    thousands of other escapes (a regex stops at each `%`, ~30 ns)."""
+    ends: list[int] = []
+    pieces = []
+    for mark in _ESCAPE_MARKS:
+        found = folded.find(mark)
+        while found != -1:
+            ends = ends or list(
+                itertools.accumulate(map(len, folded.replace(";", "&").split("&")), _past)
+            )
+            piece = bisect.bisect_right(ends, found)
+            pieces.append(piece)
+            found = folded.find(mark, ends[piece] + 1)
     return pieces
 
 
