@@ -39,6 +39,7 @@ from gateway.mtls.subject import (
     peer_certificate,
 )
 from gateway.own_pages import REFUSED, OwnPages
+from gateway.policy import failure
 from gateway.policy.decision import (
     Decision,
     DecisionIds,
@@ -651,14 +652,20 @@ class Gateway:
             return
         assert self.shadow is not None
         app = str(message.get("app", "-"))
+        document = message.get("input") or {}
+        # The shadow's failure is logged as a live one is: masked, bounded, inert.
+        error, why = None, message.get("error")
+        if why is not None:
+            code = message.get("error_code") or failure.INTERNAL
+            error = failure.logged_error(str(code), str(why), document)
         self.decision_log.record(
             decision_id=self._ids.next(),
-            input=message.get("input") or {},
+            input=document,
             result={
                 "divergence": message.get("kind"),
                 "live": message.get("live"),
                 "shadow": message.get("shadow"),
-                "shadow_error": message.get("error"),
+                "shadow_error": error["message"] if error is not None else None,
             },
             revision=str(message.get("revision", "")),
             metrics={"timer_rego_query_eval_ns": int(message.get("eval_ns") or 0)},
@@ -669,6 +676,7 @@ class Gateway:
                 "live_decision_id": str(message.get("id", "")),
             },
             path=SHADOW_PATH,
+            error=error,
         )
 
     def _log(
@@ -692,6 +700,10 @@ class Gateway:
         metrics = {"timer_rego_query_eval_ns": decision.eval_ns}
         if decision.memo_hit:
             metrics["decision_memo_hit"] = 1
+        error = None
+        if decision.error is not None:  # failed closed: why, for the SIEM too
+            code = decision.error_code or failure.INTERNAL
+            error = failure.logged_error(code, decision.error, document)
         ticket = self.decision_log.record(
             decision_id=decision.decision_id,
             input=document,
@@ -700,6 +712,7 @@ class Gateway:
             metrics=metrics,
             labels={"app": app, **(labels or {})},
             path=path,
+            error=error,
         )
         if self.durability is not None and held:
             self.durability.note(Pending(ticket, decision.decision_id, document, route), app)

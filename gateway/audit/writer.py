@@ -211,17 +211,20 @@ class DecisionLog:
         metrics: dict[str, int],
         labels: dict[str, Any] | None = None,
         path: str = DECISION_PATH,
+        error: dict[str, str] | None = None,
     ) -> int:
         """Queue one decision, masked and serialized now (input and result may
         change afterwards); never blocks.
 
         ``path`` names the policy that decided, or ``gateway`` for a request the
         gateway refused before any policy was asked (see REFUSAL_PATH). Returns
-        the event's ticket for :meth:`durable`."""
+        the event's ticket for :meth:`durable`. ``error``: why a decision that
+        failed closed did (``{code, message}``, masked already: see
+        gateway/policy/failure.py), the event's ``error`` as OPA's."""
         if self._closed:
             raise RuntimeError("decision log is closed: this decision would be lost")
         body = self._event_body(
-            time.time_ns(), decision_id, input, result, revision, metrics, labels, path
+            time.time_ns(), decision_id, input, result, revision, metrics, labels, path, error
         )
         queue = self._queue
         queue.append(("event", body))
@@ -444,6 +447,7 @@ class DecisionLog:
         metrics: dict[str, int],
         labels: dict[str, Any] | None,
         path: str,
+        error: dict[str, str] | None = None,
     ) -> bytes:
         """The event's line without its chain fields (``seq``, ``prev_hash``), which
         the writer adds in order: redacted and serialized on the caller's thread.
@@ -463,6 +467,8 @@ class DecisionLog:
             "metrics": metrics,
             "bundles": {"portcullis": {"revision": revision}},
         }
+        if error is not None:
+            record["error"] = error
         if masked:
             record["masked"] = masked
         if truncated:

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from gateway.config import Route
 from gateway.identity import ANONYMOUS, Identity
+from gateway.policy import failure
 from gateway.screening.paths import NormalizedPath
 from gateway.screening.trusted_headers import (
     GATEWAY_OWNED,
@@ -32,6 +33,7 @@ NOT_GIVEN: Any = type("NotGiven", (), {"__repr__": lambda self: "NOT_GIVEN"})()
 # The reason of a deny for an answer the contract can't read (allow not a boolean,
 # reasons not a list): the policy has a bug, and it fails closed like an error.
 MALFORMED = "policy returned a malformed decision"
+_MALFORMED = failure.MALFORMED_DECISION
 # The most characters a decision's reasons, headers and step_up may hold (a shadow
 # policy's divergence event holds as many bytes: shadow_worker.ANSWER_MAX): each
 # goes whole into a deny's body, the upstream request or the decision log and its
@@ -66,7 +68,10 @@ class Decision:
     headers: dict[str, str] = field(default_factory=dict)
     step_up: dict[str, Any] | None = None
     eval_ns: int = 0
+    # Why it failed closed (the server log's words, unmasked) and its code
+    # (gateway/policy/failure.py): the decision log's `error`.
     error: str | None = None
+    error_code: str | None = None
     # The policy's answer as it came (the decision memo reads valid_until_ns there).
     policy_result: Any = field(default=None, repr=False)
     memo_hit: bool = False
@@ -276,8 +281,11 @@ _RAW = NormalizedPath("", "", (), False, "")
 _NO_ROUTE = Route("-", "", "")
 
 
-def deny(decision_id: str, status: int, reason: str, error: str | None = None) -> Decision:
-    return Decision(decision_id, False, status, [reason], error=error)
+def deny(
+    decision_id: str, status: int, reason: str, error: str | None = None, code: str | None = None
+) -> Decision:
+    """A deny; one with an ``error`` failed closed, and ``code`` says how."""
+    return Decision(decision_id, False, status, [reason], error=error, error_code=code)
 
 
 class DecisionIds:
@@ -297,16 +305,17 @@ async def decide(
 ) -> Decision:
     """The policy's decision; any error, timeout or malformed answer is a deny."""
     if engine is None:
-        return deny(decision_id, 503, "no policy loaded", "no policy loaded")
+        return deny(decision_id, 503, "no policy loaded", "no policy loaded", failure.NO_POLICY)
     started = time.perf_counter_ns()
     try:
         result = await engine.evaluate(DECISION_REF, document)
     except PolicyError as error:
-        reason = "policy evaluation failed"
-        return _timed(deny(decision_id, 403, reason, str(error)), started)
+        reason, code = "policy evaluation failed", failure.error_code(error)
+        return _timed(deny(decision_id, 403, reason, str(error), code), started)
     except Exception as error:  # an engine's own fault: still a deny, and a logged one
         why = f"unexpected {type(error).__name__}: {str(error)[:200]}"
-        return _timed(deny(decision_id, 403, "policy evaluation failed", why), started)
+        code = failure.INTERNAL
+        return _timed(deny(decision_id, 403, "policy evaluation failed", why, code), started)
     return _timed(_from_result(decision_id, result), started)
 
 
@@ -323,14 +332,15 @@ def as_read(result: Any) -> dict[str, Any]:
 
 def _from_result(decision_id: str, result: Any) -> Decision:
     if not isinstance(result, dict):
-        return deny(decision_id, 403, "policy returned no decision object", repr(result)[:200])
+        why = repr(result)[:200]
+        return deny(decision_id, 403, "policy returned no decision object", why, _MALFORMED)
     raw_allow, raw_reasons = result.get("allow"), result.get("reasons")
     if not isinstance(raw_allow, bool):  # "true", 1, null: never an allow
         why = f"policy returned allow {repr(raw_allow)[:80]}, not true or false"
-        return deny(decision_id, 403, MALFORMED, why)
+        return deny(decision_id, 403, MALFORMED, why, _MALFORMED)
     if raw_reasons is not None and not isinstance(raw_reasons, list):
         why = f"policy returned reasons {repr(raw_reasons)[:80]}, not a list"
-        return deny(decision_id, 403, MALFORMED, why)
+        return deny(decision_id, 403, MALFORMED, why, _MALFORMED)
     allow = raw_allow
     # (Runs for every request and replayed decision: an allow's empty reasons and
     # a deny's empty headers skip the comprehensions.)
@@ -343,16 +353,18 @@ def _from_result(decision_id: str, result: Any) -> Decision:
     headers = result.get("headers") or {}
     if not isinstance(headers, dict):  # the upstream would miss what it was to be told
         why = f"policy returned headers {repr(headers)[:80]}, not an object"
-        return deny(decision_id, 403, MALFORMED, why)
+        return deny(decision_id, 403, MALFORMED, why, _MALFORMED)
     for name, value in headers.items():
         unsendable = _unsendable_header(name, value)
         if unsendable is not None:
-            return deny(decision_id, 403, MALFORMED, f"policy returned header {unsendable}")
+            why = f"policy returned header {unsendable}"
+            return deny(decision_id, 403, MALFORMED, why, _MALFORMED)
     step_up = result.get("step_up")
     step_up = step_up if isinstance(step_up, dict) and not allow else None
     too_long = _too_long(reasons, headers, step_up)
     if too_long is not None:
-        return deny(decision_id, 403, MALFORMED, f"policy returned {too_long}")
+        why = f"policy returned {too_long}"
+        return deny(decision_id, 403, MALFORMED, why, _MALFORMED)
     return Decision(decision_id, allow, status, reasons, headers, step_up, policy_result=result)
 
 

@@ -10,7 +10,8 @@ and writes JSON lines on stdout::
 
     {"op": "loaded", "ok": true, "revision": .., "why": ..}            (or ok false, error)
     {"op": "diverged", "id": .., "app": .., "kind": .., "input": {..}, "live": {..},
-     "shadow": {..}, "error": str | null, "eval_ns": .., "revision": ..}
+     "shadow": {..}, "error": str | null, "error_code": str | null, "eval_ns": ..,
+     "revision": ..}
 
 A separate process because the embedded engine holds the GIL while it
 evaluates: in the gateway's process even a fast candidate would take CPU from
@@ -30,6 +31,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from gateway import server_log
+from gateway.policy import failure
 from gateway.policy.decision import MAX_ANSWER_CHARS, decide
 from gateway.policy.divergence import MemoReplay, divergence
 from gateway.policy.reload import Fingerprint, build_or_reason, changed, source_fingerprint
@@ -115,9 +117,10 @@ class ShadowWorker:
             return
         live = message["live"]
         decision = await decide(engine, message["input"], str(message["id"]))
-        shadow, error = decision.result(), decision.error
+        shadow, error, code = decision.result(), decision.error, decision.error_code
         size = len(orjson.dumps(shadow, default=str))
         if size > ANSWER_MAX:
+            code = failure.MALFORMED_DECISION
             error = (
                 f"the shadow policy's answer is {size} bytes, over the {ANSWER_MAX} a "
                 "divergence event holds: not logged"
@@ -138,6 +141,7 @@ class ShadowWorker:
                 "live": live,
                 "shadow": shadow,
                 "error": error,
+                "error_code": code,
                 "eval_ns": decision.eval_ns,
                 "revision": engine.revision,
             }

@@ -3,8 +3,9 @@ decisions" has the table). ``event.type`` is ``allowed`` or ``denied`` (with
 ``access``, or ``start`` for a sign-in; ``event.category`` has ``network``,
 the category ECS allows them in), ``event.outcome`` success/failure; a deny
 another site's page caused (counted toward no lockout) has
-``labels.deny_not_counted``; a value the record lacks is left out, not sent
-empty; the chain fields
+``labels.deny_not_counted``; a decision that failed closed has the event's
+``error`` as ``error.code`` and ``error.message``; a value the record lacks is
+left out, not sent empty; the chain fields
 are under ``portcullis.*`` and ``event.sequence``; a chain signature is an
 ``event.kind: state`` document whose ``portcullis.chain_signature`` is the
 signature record, whole. A shadow policy's divergence is not an access decision
@@ -115,6 +116,9 @@ def format(record: dict[str, Any], digest: str) -> dict[str, Any]:
     document["service"] = _service(event)
     if event.not_counted:  # a deny another site's page caused, not counted: say so
         document["labels"] = {NOT_COUNTED_LABEL: event.not_counted}
+    error = _error(event)
+    if error:  # a decision that failed closed: why, where ECS puts an event's error
+        document["error"] = error
     document["portcullis"]["reasons"] = event.reasons
     if event.step_up is not None:
         document["portcullis"]["step_up"] = _drop_none(event.step_up)
@@ -157,6 +161,7 @@ def _shadow_divergence(
     document["user"] = drop_empty(_user(event)) or None
     document["source"] = {"ip": event.source_ip or None, "port": event.source_port}
     document["service"] = _service(event)
+    document["error"] = _error(event) or None
     document["portcullis"]["divergence"] = {
         "kind": divergence,
         "live": result.get("live"),
@@ -166,6 +171,12 @@ def _shadow_divergence(
         "live_decision_id": labels.get("live_decision_id"),
     }
     return {key: _drop_none(value) for key, value in document.items() if value is not None}
+
+
+def _error(event: Event) -> dict[str, Any]:
+    """ECS's ``error.code`` and ``error.message`` ("the event itself contains an
+    error"): why the decision failed closed; {} when it didn't."""
+    return drop_empty({"code": event.error_code, "message": event.error_message})
 
 
 def _service(event: Event) -> dict[str, Any]:

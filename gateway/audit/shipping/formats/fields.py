@@ -158,6 +158,10 @@ class Event:
     # A deny another site's page caused, counted toward no lockout: the label's
     # value (the browser's Sec-Fetch-Site) as text; "" for every other record.
     not_counted: str = ""
+    # A decision that failed closed: its event's error {code, message} as text
+    # ("" for every other record, and for an error that isn't an object).
+    error_code: str = ""
+    error_message: str = ""
 
     @property
     def is_mfa(self) -> bool:
@@ -286,6 +290,14 @@ def read(record: dict[str, Any], digest: str) -> Event:
     not_counted = labels.get(NOT_COUNTED_LABEL)
     if not_counted is not None and type(not_counted) is not str:
         not_counted = label_text(not_counted)
+    error = record.get("error")
+    error_code = error_message = ""
+    if type(error) is dict:  # the gateway's are strings; a hand-edited line's, text
+        code, message = error.get("code"), error.get("message")
+        error_code = "" if code is None else code if type(code) is str else label_text(code)
+        error_message = "" if message is None else (
+            message if type(message) is str else label_text(message)
+        )  # fmt: skip
     return Event(
         str(record.get("decision_id", "")),
         _int(record.get("seq")),
@@ -312,6 +324,8 @@ def read(record: dict[str, Any], digest: str) -> Event:
         _int(socket.get("portValue")),
         identity if type(identity) is dict else {},
         not_counted or "",
+        error_code,
+        error_message,
     )
 
 

@@ -8,7 +8,9 @@
   profile's ``actor``); ``metadata.profiles`` names the profiles used; a deny
   another site's page caused (counted toward no lockout) is labelled
   ``deny_not_counted`` in ``metadata.labels``, its value (the browser's
-  Sec-Fetch-Site) in ``unmapped.portcullis.deny_not_counted``;
+  Sec-Fetch-Site) in ``unmapped.portcullis.deny_not_counted``; a decision
+  that failed closed adds its ``error`` to ``status_detail`` and has it whole
+  in ``unmapped.portcullis.error``;
 - a sign-in, a step-up, or a bearer token the gateway refused: Authentication
   (class 3002), activity Logon, with ``is_mfa`` and ``auth_protocol``; the
   outcome is ``status`` (IAM classes have no Security Control profile in 1.3);
@@ -186,6 +188,7 @@ def _shadow_divergence(event: Event, record: dict[str, Any]) -> dict[str, Any]:
             "portcullis": {**chain_fields(event), "instance": event.instance},
             **_unmapped_user(event),
             "shadow": True,
+            **_unmapped_error(event),
             "divergence": {
                 "kind": divergence,
                 "live": result.get("live"),
@@ -264,8 +267,20 @@ def _add_outcome(fields: dict[str, Any], event: Event) -> None:
     fields["unmapped"] = {"portcullis": portcullis, **_unmapped_user(event)}
     if event.http_status:
         fields["status_code"] = str(event.http_status)
-    if reasons:
-        fields["status_detail"] = reasons
+    detail = reasons
+    if event.error_code or event.error_message:
+        # Failed closed: why is the outcome's detail, and whole in unmapped.
+        portcullis["error"] = {"code": event.error_code, "message": event.error_message}
+        detail = f"{reasons} ({event.error_code}: {event.error_message})"
+    if detail:
+        fields["status_detail"] = detail
+
+
+def _unmapped_error(event: Event) -> dict[str, Any]:
+    """``unmapped``'s part for the error of an evaluation that failed, if any."""
+    if not (event.error_code or event.error_message):
+        return {}
+    return {"error": {"code": event.error_code, "message": event.error_message}}
 
 
 def _user(event: Event) -> dict[str, Any]:
