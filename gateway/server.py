@@ -477,7 +477,12 @@ class Gateway:
                     count_deny=not_counted is None,
                 )  # fmt: skip
             if decision.error:
-                log.error("decision %s failed closed: %s", decision.decision_id, decision.error)
+                # Masked as the event's is: the server log is shipped too, and a
+                # runtime error may quote the request's secrets.
+                said = failure.logged_error(
+                    decision.error_code or failure.INTERNAL, decision.error, document
+                )
+                log.error("decision %s failed closed: %s", decision.decision_id, said["message"])
             if not decision.allow:
                 if self.sign_in is not None and self.sign_in.wants_page(request, identity):
                     return await self.sign_in.denied(

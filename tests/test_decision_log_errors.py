@@ -70,7 +70,7 @@ async def test_an_allow_and_a_plain_deny_carry_no_error(
 
 
 async def test_a_secret_a_runtime_error_quotes_is_masked_in_the_event_and_what_ships(
-    aiohttp_server: ServerFactory, tmp_path: Path
+    aiohttp_server: ServerFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """net.cidr_contains' error quotes the header value it could not parse: the
     event's message keeps the location and the engine's words, not the key; the
@@ -97,6 +97,9 @@ async def test_a_secret_a_runtime_error_quotes_is_masked_in_the_event_and_what_s
     assert ecs["event"]["outcome"] == "failure"
     for shipped in (stack.log_path, tmp_path / "ocsf.jsonl", tmp_path / "ecs.jsonl"):
         assert API_KEY not in shipped.read_text()
+    # The server log (stderr, shipped by many deployments too) says the same.
+    (said,) = [r.getMessage() for r in caplog.records if "failed closed" in r.getMessage()]
+    assert said.endswith(event["error"]["message"]) and API_KEY not in caplog.text
 
 
 async def test_an_error_quoting_a_changed_request_value_is_cut_to_one_line(
