@@ -514,7 +514,7 @@ def _route(data: Any, where: str) -> Route:
         raise ConfigError(f"{where}.path_prefix: must start and end with '/', got {prefix!r}")
     host = reader.get("host", str, None)
     if host and ":" in host.rsplit("]", 1)[-1]:
-        # Gateway.match compares the request's Host without its port: one here never matches.
+        # RouteTable.match compares the request's Host without its port: one here never matches.
         raise ConfigError(
             f"{where}.host: a host name without a port (IPv6 in brackets), got {host!r}"
         )

@@ -51,12 +51,13 @@ from gateway.policy.decision import (
     unparsed_input,
 )
 from gateway.policy.memo import DecisionMemo
-from gateway.policy.reload import PolicyHolder, catalogue_apps
+from gateway.policy.reload import PolicyHolder
 from gateway.policy.shadow import ShadowPolicy
 from gateway.router import application
+from gateway.routes import RouteTable
 from gateway.screening.expect import close_if_body_kept, decide_first, expectation_refusal
 from gateway.screening.headers import Refusal as ScreenRefusal
-from gateway.screening.headers import host_name, parser_limits, screen
+from gateway.screening.headers import parser_limits, screen
 from gateway.screening.methods import method_refusal
 from gateway.screening.paths import NormalizedPath, PathRejected, normalize, query_overflow
 from gateway.screening.websocket import VERSION as WEBSOCKET_VERSION
@@ -73,7 +74,6 @@ if TYPE_CHECKING:
     from gateway.audit.durability import Durability
     from gateway.audit.shipping.supervisor import ShippingProcess, SinkHandle
     from gateway.audit.writer import DecisionLog
-    from policy_engine import PolicyEngine
 
 log = logging.getLogger("portcullis.gateway")
 GATEWAY_KEY: web.AppKey[Gateway] = web.AppKey("gateway")
@@ -131,7 +131,8 @@ class Gateway:
                 "one's services share the other's lockouts and limits: trust only one",
                 name,
             )
-        self.routes: list[Route] = list(config.routes)
+        # Which app a request is for: gateway/routes.py.
+        self.route_table = RouteTable(config.routes, self.policy)
         self.verifier: TokenVerifier | None = None
         self.decision_log: DecisionLog | None = None
         # decision_log.durability and .sinks (gateway/audit/durability.py, shipping/).
@@ -160,13 +161,7 @@ class Gateway:
             )
         if not await self.policy.reload("start"):
             raise RuntimeError(self._policy_failed())
-        if not self.routes:
-            self.routes = self._catalogue_routes()
-        if self.config.auth:
-            self._check_routes()
-            self.policy.vet = self._catalogue_disagrees
-        # Longest prefix first, host-specific before host-agnostic.
-        self.routes.sort(key=lambda r: (r.host is None, -len(r.path_prefix)))
+        self.route_table.settle(auth=self.config.auth)
         # The log first: a path that can't be written stops the start before
         # anything else is opened.
         if self.config.decision_log.path is not None:
@@ -244,85 +239,6 @@ class Gateway:
             )
         return message
 
-    def _check_routes(self) -> None:
-        """Refuse routes the live policy's catalogue disagrees with; warn of routes
-        to apps it doesn't have (every request to them is denied)."""
-        problem = self._catalogue_disagrees(self.policy.engine)
-        if problem is not None:
-            raise RuntimeError(problem)
-        apps = catalogue_apps(self.policy.engine)
-        for where, route in self._named_routes():
-            if apps is not None and route.app not in apps:
-                log.warning(
-                    "%s: app %s is not in the policy's catalogue: every request to %s "
-                    "is denied (no app in the catalogue)", where, route.app, route.path_prefix,
-                )  # fmt: skip
-
-    def _catalogue_disagrees(self, engine: PolicyEngine | None) -> str | None:
-        """Why ``engine``'s catalogue can't hold the gateway's routes, or None.
-
-        The catalogue's path rules (pos: `/pos/refunds/` needs a hardware key) match
-        the request's absolute path, so a route that mounts an app outside the
-        catalogue's path_prefix for it would serve it with none of them; and a
-        reload that drops an app a route uses would make that route a 404.
-        Runs on a hot reload's thread too: it reads only what start settled and
-        the live catalogue's data (plain Python, loaded from the policy's files)."""
-        apps = catalogue_apps(engine)
-        if apps is None:
-            return None
-        # On a reload, the catalogue being replaced (reload holds its lock while this
-        # runs): an app it has and a route uses must stay. One already missing at
-        # start was warned of then (_check_routes).
-        live = self.policy.engine
-        before = catalogue_apps(live) if live is not engine else None
-        for where, route in self._named_routes():
-            app = apps.get(route.app)
-            if app is None and before is not None and route.app in before:
-                return (
-                    f"{where}: app {route.app} is not in the policy's catalogue any more: "
-                    f"every request to {route.path_prefix} would be denied (404); keep "
-                    f"{route.app} in the catalogue, or remove the route and restart"
-                )
-            prefix = app.get("path_prefix") if isinstance(app, dict) else None
-            if not isinstance(prefix, str):
-                continue
-            # Rules compare lower-cased paths (policies/gateway/decision.rego).
-            inside = "/".join(["", *(part for part in prefix.lower().split("/") if part), ""])
-            if not route.path_prefix.lower().startswith(inside):
-                return (
-                    f"{where}: app {route.app} is mounted at path_prefix {route.path_prefix}, "
-                    f"but the policy's catalogue has it at {prefix}: its path rules match "
-                    f"paths under {prefix} and would never apply to this route; use "
-                    f"path_prefix {prefix} (or one under it)"
-                )
-        return None
-
-    def _named_routes(self) -> list[tuple[str, Route]]:
-        """The routes in use, each with the name a message gives it."""
-        names = {route: f"routes[{index}]" for index, route in enumerate(self.config.routes)}
-        return [
-            (names.get(route, f"the catalogue's route for {route.app} (taken at start)"), route)
-            for route in self.routes
-        ]
-
-    def _catalogue_routes(self) -> list[Route]:
-        routes = []
-        for app_id, app in sorted(self.policy.catalogue().items()):
-            if isinstance(app, dict) and app.get("upstream") and app.get("path_prefix"):
-                routes.append(
-                    Route(app_id, str(app["upstream"]).rstrip("/"), str(app["path_prefix"]))
-                )
-        return routes
-
-    def match(self, host: str, path: str) -> Route | None:
-        host = host_name(host)
-        for route in self.routes:
-            if route.host is not None and route.host != host:
-                continue
-            if path.startswith(route.path_prefix):
-                return route
-        return None
-
     # --- the request path --------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -359,7 +275,7 @@ class Gateway:
             crowded = self.sign_in.cookies.crowding(cookies, self.config.limits.max_session_cookies)
             if crowded is not None:
                 return self.refuse(request, 400, "too_many_session_cookies", crowded), "-"
-        route = self.match(request.host, path.routing_path)
+        route = self.route_table.match(request.host, path.routing_path)
         if route is None:
             return self.refuse(request, 404, "no_route", "no route for this path", path=path), "-"
         if path.has_params and not route.allow_path_params:

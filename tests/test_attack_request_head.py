@@ -28,7 +28,7 @@ UPGRADE = b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 
 def passing_authorization(stack: Stack, app: str) -> None:
     """The app's route passes `Authorization` on (`pass_authorization: true`): its
     backend reads the token itself."""
-    routes = stack.gateway.routes
+    routes = stack.gateway.route_table.routes
     for index, route in enumerate(routes):
         if route.app == app:
             routes[index] = dataclasses.replace(route, pass_authorization=True)

@@ -53,7 +53,9 @@ async def test_an_upstreams_redirect_never_takes_the_users_websocket_to_another_
     wms.router.add_get("/{tail:.*}", redirect)
     upstream = await aiohttp_server(wms)
     async with start_stack(aiohttp_server, tmp_path) as stack:
-        stack.gateway.routes.insert(0, Route("wms", f"http://127.0.0.1:{upstream.port}", "/wms/"))
+        stack.gateway.route_table.routes.insert(
+            0, Route("wms", f"http://127.0.0.1:{upstream.port}", "/wms/")
+        )
         token = stack.token("alice", **WAREHOUSE)
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await stack.session.ws_connect(
@@ -82,7 +84,7 @@ async def test_an_upstream_that_never_answers_the_handshake_is_a_504_within_its_
     wms.router.add_get("/{tail:.*}", silent)
     upstream = await aiohttp_server(wms)
     async with start_stack(aiohttp_server, tmp_path) as stack:
-        stack.gateway.routes.insert(
+        stack.gateway.route_table.routes.insert(
             0, Route("wms", f"http://127.0.0.1:{upstream.port}", "/wms/", read_timeout=0.3)
         )
         token = stack.token("alice", **WAREHOUSE)
@@ -104,8 +106,10 @@ async def test_an_open_websocket_may_be_silent_longer_than_the_read_timeout(
     """The read_timeout bounds the handshake's answer only: once upgraded, a socket
     neither side speaks on is the idle timeout's to end (`websocket_idle_timeout`)."""
     async with start_stack(aiohttp_server, tmp_path) as stack:
-        wms = next(route for route in stack.gateway.routes if route.app == "wms")
-        stack.gateway.routes.insert(0, Route("wms", wms.upstream, "/wms/", read_timeout=0.3))
+        wms = next(route for route in stack.gateway.route_table.routes if route.app == "wms")
+        stack.gateway.route_table.routes.insert(
+            0, Route("wms", wms.upstream, "/wms/", read_timeout=0.3)
+        )
         token = stack.token("alice", **WAREHOUSE)
         async with stack.session.ws_connect(
             stack.url.replace("http", "ws") + "/wms/live",

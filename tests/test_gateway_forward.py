@@ -255,8 +255,10 @@ async def test_upstream_down_is_502_and_the_decision_is_logged(
 ) -> None:
     async with start_stack(aiohttp_server, tmp_path) as running:
         dead = running.config.routes[0]
-        running.gateway.routes = [r for r in running.gateway.routes if r.app != "wms"]
-        running.gateway.routes.append(
+        running.gateway.route_table.routes = [
+            r for r in running.gateway.route_table.routes if r.app != "wms"
+        ]
+        running.gateway.route_table.routes.append(
             type(dead)("wms", "http://127.0.0.1:9", "/wms/", connect_timeout=1.0)
         )
         response = await running.get("/wms/stock", running.token("alice", **WAREHOUSE))
@@ -278,7 +280,7 @@ async def test_slow_upstream_is_504(aiohttp_server: ServerFactory, tmp_path: Pat
     backend.router.add_get("/{tail:.*}", slow)
     server = await aiohttp_server(backend)
     async with start_stack(aiohttp_server, tmp_path) as running:
-        running.gateway.routes.insert(
+        running.gateway.route_table.routes.insert(
             0, Route("wms", f"http://127.0.0.1:{server.port}", "/wms/", read_timeout=0.3)
         )
         response = await running.get("/wms/stock", running.token("alice", **WAREHOUSE))
@@ -304,7 +306,9 @@ async def test_a_complete_answer_reaches_the_client_as_the_backend_sent_it(
     backend.router.add_route("*", "/{tail:.*}", small)
     server = await aiohttp_server(backend)
     async with start_stack(aiohttp_server, tmp_path) as running:
-        running.gateway.routes.insert(0, Route("wms", f"http://127.0.0.1:{server.port}", "/wms/"))
+        running.gateway.route_table.routes.insert(
+            0, Route("wms", f"http://127.0.0.1:{server.port}", "/wms/")
+        )
         direct = await running.session.request(method, f"http://127.0.0.1:{server.port}/stock")
         sent = {name: direct.headers.get(name) for name in ("Content-Type", "Content-Length")}
         assert await direct.read() == (b"" if method == "HEAD" else body)
@@ -336,7 +340,9 @@ async def test_a_streamed_answer_reaches_the_client_as_it_is_sent(
     backend.router.add_get("/{tail:.*}", streaming)
     server = await aiohttp_server(backend)
     async with start_stack(aiohttp_server, tmp_path) as running:
-        running.gateway.routes.insert(0, Route("wms", f"http://127.0.0.1:{server.port}", "/wms/"))
+        running.gateway.route_table.routes.insert(
+            0, Route("wms", f"http://127.0.0.1:{server.port}", "/wms/")
+        )
         response = await asyncio.wait_for(
             running.get("/wms/stock", running.token("alice", **WAREHOUSE)), 5
         )

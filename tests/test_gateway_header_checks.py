@@ -131,7 +131,7 @@ async def test_a_route_for_an_ipv6_host_matches_it_with_a_port(
     async with start_stack(aiohttp_server, tmp_path) as running:
         wms = running.config.routes[0]
         hosted = (replace(wms, host="[2001:db8::1]"), replace(wms, host="gw.example"))
-        running.gateway.routes[:] = hosted  # no host-agnostic route to fall back on
+        running.gateway.route_table.routes[:] = hosted  # no host-agnostic route to fall back on
         token = running.token("alice", **WAREHOUSE)
         for host in ("[2001:db8::1]:8443", "[2001:DB8:0::1]", "GW.example:8443", "gw.example"):
             response = await running.get("/wms/stock", token, headers={"Host": host})
@@ -152,15 +152,18 @@ async def test_a_host_with_the_trailing_dot_of_its_full_name_matches_its_own_rou
     async with start_stack(aiohttp_server, tmp_path) as running:
         wms, pos = running.config.routes[0], running.config.routes[1]
         fallback = replace(pos, path_prefix=wms.path_prefix, host=None)  # POS, for any host
-        running.gateway.routes[:] = (replace(wms, host="gw.example"), fallback)
+        running.gateway.route_table.routes[:] = (replace(wms, host="gw.example"), fallback)
         token = running.token("alice", **WAREHOUSE)
         for host in ("gw.example.", "GW.Example.:8443", "gw.example"):
-            assert running.gateway.match(host, "/wms/stock") is running.gateway.routes[0], host
+            assert (
+                running.gateway.route_table.match(host, "/wms/stock")
+                is running.gateway.route_table.routes[0]
+            ), host
             response = await running.get("/wms/stock", token, headers={"Host": host})
             assert response.status == 200, host
             assert (await response.json())["headers"]["X-Forwarded-Host"] == host
         for host in ("gw.example..", "other.example.", "gw.example.com"):
-            assert running.gateway.match(host, "/wms/stock") is fallback, host
+            assert running.gateway.route_table.match(host, "/wms/stock") is fallback, host
 
 
 IPV6 = st.ip_addresses(v=6)
@@ -198,9 +201,12 @@ def test_any_spelling_of_an_ipv6_host_matches_its_route_and_only_it(
     gateway = Gateway(load_config(config))
     request_host = _spell(address, exploded, upper, port)
     assert bad_host(request_host) is None
-    assert gateway.match(request_host, "/x") is gateway.routes[0], (route_host, request_host)
+    assert gateway.route_table.match(request_host, "/x") is gateway.route_table.routes[0], (
+        route_host,
+        request_host,
+    )
     if other != address:
-        assert gateway.match(_spell(other, exploded, upper, port), "/x") is None
+        assert gateway.route_table.match(_spell(other, exploded, upper, port), "/x") is None
 
 
 def test_host_syntax() -> None:
@@ -354,7 +360,7 @@ async def test_a_route_that_lists_a_client_certificate_header_takes_it_from_the_
     """As for any header a backend trusts: only the `-` spelling the route lists."""
     async with start_stack(aiohttp_server, tmp_path) as running:
         wms = replace(running.config.routes[0], forward_headers=frozenset({"x-ssl-client-s-dn"}))
-        running.gateway.routes[:] = [wms]
+        running.gateway.route_table.routes[:] = [wms]
         response = await running.get(
             "/wms/stock",
             running.token("alice", **WAREHOUSE),

@@ -167,7 +167,9 @@ async def test_slow_body_does_not_starve_other_users(
     backend, seen = body_reading_backend()
     server = await aiohttp_server(backend)
     async with limited_stack(aiohttp_server, tmp_path, body_idle_timeout=3.0) as stack:
-        stack.gateway.routes.insert(0, Route("wms", f"http://127.0.0.1:{server.port}", "/wms/"))
+        stack.gateway.route_table.routes.insert(
+            0, Route("wms", f"http://127.0.0.1:{server.port}", "/wms/")
+        )
         mallory = stack.token("mallory", **WAREHOUSE)
 
         def upstream_connections() -> list[Any]:
@@ -211,7 +213,9 @@ async def test_trickled_body_is_cut_at_the_route_body_deadline(
     server = await aiohttp_server(backend)
     async with limited_stack(aiohttp_server, tmp_path, body_idle_timeout=1.0) as stack:
         upstream = f"http://127.0.0.1:{server.port}"
-        stack.gateway.routes.insert(0, Route("wms", upstream, "/wms/", body_timeout=1.0))
+        stack.gateway.route_table.routes.insert(
+            0, Route("wms", upstream, "/wms/", body_timeout=1.0)
+        )
         token = stack.token("mallory", **WAREHOUSE)
         reader, writer = await open_raw(stack, post_announcing(stack, token, 100))
         started = time.monotonic()
@@ -273,7 +277,9 @@ async def test_one_identity_cannot_hold_all_upstream_connections(
     release = asyncio.Event()
     server = await aiohttp_server(held_backend(release))
     async with limited_stack(aiohttp_server, tmp_path) as stack:
-        stack.gateway.routes.insert(0, Route("wms", f"http://127.0.0.1:{server.port}", "/wms/"))
+        stack.gateway.route_table.routes.insert(
+            0, Route("wms", f"http://127.0.0.1:{server.port}", "/wms/")
+        )
         mallory = stack.token("mallory", **WAREHOUSE)
         held = [asyncio.ensure_future(stack.get("/wms/slow", mallory)) for _ in range(4)]
         await asyncio.sleep(0.5)
@@ -320,7 +326,9 @@ async def test_a_subject_of_one_issuer_cannot_hold_the_slots_of_another_issuers_
     async with limited_stack(
         aiohttp_server, tmp_path, overrides={"more_issuers": (other,)}
     ) as stack:
-        stack.gateway.routes.insert(0, Route("wms", f"http://127.0.0.1:{server.port}", "/wms/"))
+        stack.gateway.route_table.routes.insert(
+            0, Route("wms", f"http://127.0.0.1:{server.port}", "/wms/")
+        )
         port = stack.issuer.issuer.removeprefix(host.issuer + ":")
         mallory = host.token(f"{port}:alice", **WAREHOUSE)
         held = [asyncio.ensure_future(stack.get("/wms/slow", mallory)) for _ in range(4)]

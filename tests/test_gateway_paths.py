@@ -237,9 +237,9 @@ async def params_allowed_stack(
 ) -> AsyncIterator[Stack]:
     """The demo stack with `path_params: allow` on the wms route."""
     async with start_stack(aiohttp_server, tmp_path) as stack:
-        stack.gateway.routes = [
+        stack.gateway.route_table.routes = [
             replace(route, allow_path_params=True) if route.app == "wms" else route
-            for route in stack.gateway.routes
+            for route in stack.gateway.route_table.routes
         ]
         yield stack
 

@@ -505,7 +505,9 @@ async def test_the_gateway_never_relays_a_smuggled_answer_to_another_user(
         return answer + ok(b"meant for the next user") if index == 0 else answer
 
     async with upstream(script) as server, start_stack(aiohttp_server, tmp_path) as running:
-        running.gateway.routes.insert(0, Route("wms", f"http://127.0.0.1:{server.port}", "/wms/"))
+        running.gateway.route_table.routes.insert(
+            0, Route("wms", f"http://127.0.0.1:{server.port}", "/wms/")
+        )
         first = await running.get("/wms/alice", running.token("alice", **WAREHOUSE))
         assert (first.status, await first.read()) == (200, b"/wms/alice")
         await asyncio.sleep(0.05)
@@ -521,7 +523,9 @@ async def test_a_header_value_the_upstream_would_split_is_a_502_never_sent(
     the one way in is the gateway's own headers: a route's forward_headers can't add
     any, and the policy's are checked, so this plants one in the gateway's `add`."""
     async with upstream(echo) as server, start_stack(aiohttp_server, tmp_path) as running:
-        running.gateway.routes.insert(0, Route("wms", f"http://127.0.0.1:{server.port}", "/wms/"))
+        running.gateway.route_table.routes.insert(
+            0, Route("wms", f"http://127.0.0.1:{server.port}", "/wms/")
+        )
         forwarder = running.gateway.forwarder
         forward = forwarder.forward
 
