@@ -18,8 +18,9 @@ from gateway import heap, server_log
 from gateway.assertion import load_or_create_key
 from gateway.config import GatewayConfig, Listener
 from gateway.limits import LimitedServer
+from gateway.operations import build_admin_app
 from gateway.screening.headers import MAX_FIELD_SIZE
-from gateway.server import GATEWAY_KEY, build_admin_app, build_app
+from gateway.server import GATEWAY_KEY, build_app
 
 log = logging.getLogger("portcullis.gateway")
 SHUTDOWN_GRACE_SECONDS = 15.0

@@ -1,4 +1,4 @@
-"""The gateway's aiohttp application: the request path, in order, and operations."""
+"""The gateway's aiohttp application: the request path, in order, and its lifecycle."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import json
 import logging
 import signal
 import time
@@ -19,7 +18,6 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from gateway.admin_listener import refuse_pages
 from gateway.assertion import HEADER as ASSERTION_HEADER
 from gateway.assertion import JWKS_PATH, AssertionSigner, load_or_create_key
 from gateway.audit.chain import DECISION_PATH, REFUSAL_PATH, SHADOW_PATH, SIGN_IN_EVENT_PATH
@@ -38,6 +36,7 @@ from gateway.mtls.subject import (
     client_certificate,
     peer_certificate,
 )
+from gateway.operations import Operations
 from gateway.own_pages import REFUSED, OwnPages
 from gateway.policy import failure
 from gateway.policy.decision import (
@@ -759,54 +758,6 @@ class Gateway:
         address = peer[0] if isinstance(peer, tuple) else "?"
         log.info("refused a request from %s before it was parsed: %s", address, reason)
 
-    # --- operations ---------------------------------------------------------------------
-
-    # The public listener answers only /healthz and /readyz, and says nothing an
-    # attacker could use (no instance, revision, apps or issuer); the details are
-    # on the admin listener (build_admin_app).
-
-    async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def readyz(self, request: web.Request) -> web.Response:
-        ready = self.policy.engine is not None
-        return web.json_response({"ready": ready}, status=200 if ready else 503)
-
-    async def admin_healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "instance": self.instance_id})
-
-    async def admin_readyz(self, request: web.Request) -> web.Response:
-        engine = self.policy.engine
-        if engine is None:
-            body = {"ready": False, "reason": "no policy loaded", "instance": self.instance_id}
-            return web.json_response(body, status=503)
-        body = {"ready": True, "policy_revision": engine.revision, "instance": self.instance_id}
-        return web.json_response(body)
-
-    async def audit_head(self, request: web.Request) -> web.Response:
-        """The decision log's latest signature, so a copy kept elsewhere can later
-        prove that the file's tail (or its newest rotated file) was not cut off."""
-        head = self.decision_log.signed_head() if self.decision_log is not None else None
-        # One answer a line: `curl .../audit/head >> heads.jsonl` keeps every head apart.
-        if head is None:
-            reason = "no decision log" if self.decision_log is None else "nothing signed yet"
-            body = {"error": "no_head", "reason": reason}
-            return web.json_response(body, status=404, dumps=_json_line)
-        return web.json_response(head, dumps=_json_line)
-
-    async def metrics_endpoint(self, request: web.Request) -> web.Response:
-        if self.decision_log is not None:
-            for name, value in self.decision_log.stats.items():
-                self.metrics.decision_log.labels(name).set(value)
-        return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
-
-    async def jwks(self, request: web.Request) -> web.Response:
-        return web.json_response(self.signer.jwks())
-
-
-def _json_line(value: Any) -> str:
-    return json.dumps(value) + "\n"
-
 
 def _shared_state(config: GatewayConfig, replica: str, metrics: Metrics) -> SharedState | None:
     if config.shared_state is None or not config.auth:
@@ -890,11 +841,12 @@ def build_app(config: GatewayConfig, *, instance_id: str | None = None) -> web.A
         gateway.transport_security = security  # for the answers of the connection itself
     # Every route's Expect is the gateway's to answer, once it has decided
     # (gateway/screening/expect.py).
-    app.router.add_get("/healthz", gateway.healthz, expect_handler=decide_first)
-    app.router.add_get("/readyz", gateway.readyz, expect_handler=decide_first)
+    operations = Operations(gateway)
+    app.router.add_get("/healthz", operations.healthz, expect_handler=decide_first)
+    app.router.add_get("/readyz", operations.readyz, expect_handler=decide_first)
     # No /metrics here: it is routed like any path (a logged 404 unless an app
     # owns it); it is served on the admin listener only.
-    app.router.add_get(JWKS_PATH, gateway.jwks, expect_handler=decide_first)
+    app.router.add_get(JWKS_PATH, operations.jwks, expect_handler=decide_first)
     if gateway.sign_in is not None:
         gateway.sign_in.add_routes(app)
     # Every path, a line break (`%0A`, decoded before routing) included: `.*` stops
@@ -902,19 +854,4 @@ def build_app(config: GatewayConfig, *, instance_id: str | None = None) -> web.A
     own_pages.proxy_route = app.router.add_route(
         "*", "/{tail:[\\s\\S]*}", gateway.handle, expect_handler=decide_first
     )
-    return app
-
-
-def build_admin_app(gateway: Gateway) -> web.Application:
-    """The admin listener's app: operations endpoints of the gateway ``build_app``
-    made (which owns its start and stop)."""
-    app = web.Application(middlewares=[refuse_pages])
-    app.router.add_get("/healthz", gateway.admin_healthz)
-    app.router.add_get("/readyz", gateway.admin_readyz)
-    app.router.add_get("/metrics", gateway.metrics_endpoint)
-    app.router.add_get("/audit/head", gateway.audit_head)
-    if gateway.shared is not None:
-        from gateway.shared.admin import add_admin_routes
-
-        add_admin_routes(app, gateway.shared)
     return app

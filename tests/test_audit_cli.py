@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from gateway.audit.writer import DecisionLog
-from gateway.server import build_admin_app
+from gateway.operations import build_admin_app
 from tests.conftest import ROOT
 from tests.gateway_stack import ServerFactory, start_stack
 from tests.test_decision_log import (

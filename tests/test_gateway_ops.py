@@ -23,7 +23,7 @@ import pytest
 from gateway import heap
 from gateway.config import ConfigError, load_config
 from gateway.demo import DevIssuer
-from gateway.server import build_admin_app
+from gateway.operations import build_admin_app
 from policy_engine import load_policy_set, policy_set
 from tests.conftest import FIXTURES, POLICIES, ROOT
 from tests.gateway_stack import ServerFactory, Stack, free_port, start_stack

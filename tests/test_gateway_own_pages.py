@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.audit.chain import REFUSAL_PATH
 from gateway.config import SessionConfig, SignInConfig
-from gateway.server import build_admin_app
+from gateway.operations import build_admin_app
 from gateway.signin.session import write_key_file
 from tests.gateway_stack import ServerFactory, Stack
 from tests.test_gateway_limits import closed_after, limited_stack, metric, open_raw

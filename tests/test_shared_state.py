@@ -95,7 +95,7 @@ async def call(
 def admin(gateway: Gateway) -> Any:
     from aiohttp.test_utils import TestClient, TestServer
 
-    from gateway.server import build_admin_app
+    from gateway.operations import build_admin_app
 
     return TestClient(TestServer(build_admin_app(gateway)))
 
