@@ -206,6 +206,32 @@ async def test_a_query_secret_in_a_request_the_parser_refuses_is_masked_in_its_r
     assert outcome.leaks("SECRETunparsed") == {}
 
 
+# Request lines the parser refuses for their spacing: the target is not the second
+# space-separated word, or its query goes on past a space or a tab.
+MISSPACED_LINES = {
+    "a tab after the method": b"GET\t/wms/cb?code=SECRETmisspaced HTTP/1.1",
+    "a space in the query": b"GET /wms/cb?a=1 &code=SECRETmisspaced HTTP/1.1",
+    "a word after the query": b"GET /wms/cb?a=1 code=SECRETmisspaced HTTP/1.1",
+    "a tab in the query": b"GET /wms/cb?a=1\tcode=SECRETmisspaced HTTP/1.1",
+    "after the version": b"GET /wms/cb?a=1 HTTP/1.1 access_token=SECRETmisspaced",
+}
+
+
+@pytest.mark.parametrize("line", MISSPACED_LINES.values(), ids=MISSPACED_LINES.keys())
+async def test_attack_a_query_secret_in_a_misspaced_request_line_is_masked_in_the_log_and_sinks(
+    aiohttp_server: ServerFactory, tmp_path: Path, line: bytes
+) -> None:
+    """A request line with a tab or a space too many (a broken client, or one made
+    to send the callback's `code=` where the parser refuses it) is logged with
+    that line: its query is masked wherever its words stand, not only in the
+    second space-separated word (here `HTTP/1.1` or the query's first half)."""
+    outcome = await attack(aiohttp_server, tmp_path, line + b"\r\nHost: gw\r\n\r\n")
+    (event,) = outcome.events
+    assert event["result"]["http_status"] == 400
+    assert REDACTED in http_of(event)["request_line"]
+    assert outcome.leaks("SECRETmisspaced") == {}
+
+
 async def test_a_query_secret_in_a_request_whose_headers_never_end_is_masked_in_its_request_line(
     aiohttp_server: ServerFactory, tmp_path: Path
 ) -> None:

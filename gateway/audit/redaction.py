@@ -115,6 +115,8 @@ _WHOLE_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{2,}(?:\.[A-Za-z0-9_-]*){1,4}")
 _TOKEN_CARRIERS = frozenset({"sec-websocket-protocol"})
 _CARRIER_HINTS = re.compile(r"token|bearer|auth|jwt|key|secret|session", re.IGNORECASE)
 _PARAM_SPLIT = re.compile(r"([&;])")
+# A refused request line's words: it may hold tabs, or spaces in its target.
+_WHITESPACE_SPLIT = re.compile(r"(\s+)")
 # What a URL holds when it may hold a secret; a target without any is logged as it is.
 _MAYBE_SECRET = re.compile(r"[?#;%]|eyJ")
 _NAME_SEPARATORS = str.maketrans(".-[]", "____")
@@ -374,11 +376,20 @@ class Redactor:
         return self.mask_url(text, depth + 1) != text
 
     def _mask_request_line(self, line: str) -> str:
-        """A request line as the client sent it (`GET /x?code=... HTTP/1.1`): its
-        target masked as a URL, and any JWT-shaped text elsewhere in it."""
-        method, space, rest = line.partition(" ")
-        target, space2, version = rest.partition(" ")
-        logged = f"{method}{space}{self.mask_url(target)}{space2}{version}"
+        """A request line as the client sent it (`GET /x?code=... HTTP/1.1`), one
+        the parser refused, so perhaps with a tab or a space too many: each word
+        masked as a URL, every word after one holding a query or a fragment as
+        more of it (`GET /cb?a=1 code=... HTTP/1.1`), and any JWT-shaped text."""
+        words = _WHITESPACE_SPLIT.split(line)
+        in_query = False
+        for index in range(0, len(words), 2):
+            word = words[index]
+            if in_query:
+                words[index] = self.mask_url(f"?{word}")[1:]
+            else:
+                words[index] = self.mask_url(word)
+                in_query = "?" in word or "#" in word
+        logged = "".join(words)
         return _JWT.sub(REDACTED, logged) if "eyJ" in logged else logged
 
     def _redact_segments(self, segments: list[Any], masked: list[str]) -> list[Any]:

@@ -229,7 +229,9 @@ def unparsed_input(peer: Any, head: bytes, request_id: str) -> dict[str, Any]:
     non-UTF-8 bytes shown as ``\\xNN``; all three are empty when ``head`` is (where
     the refused request began is not known)."""
     line = head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", "backslashreplace")
-    words = line.split(" ")
+    # Split at any whitespace: a refused line may hold tabs or spaces too many, and
+    # a method of `GET\t/cb?code=...` would be logged as no URL, unmasked.
+    words = line.split() or [""]
     address, port = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ("", 0)
     return {
         "attributes": {
