@@ -262,3 +262,37 @@ def test_the_default_session_cookie_limit_is_far_above_what_the_gateway_sets() -
     assert LimitsConfig().max_session_cookies >= 2 * 2 * (MAX_CHUNKS + MAX_PENDING)
     many = [named_like_ours(LimitsConfig().max_session_cookies)]
     assert cookies_of(CookiePolicy()).crowding(many, LimitsConfig().max_session_cookies) is None
+
+
+# --- every configured cookie name -----------------------------------------------------------
+
+# `session.cookie_name` as config.py accepts it (letters, digits, `_`, `-`), with or
+# without the __Host- prefix written in, or that prefix in another case.
+CONFIGURED_NAMES = st.tuples(
+    st.sampled_from(("", "__Host-", "__host-")),
+    st.from_regex(r"[A-Za-z0-9_-]{1,24}", fullmatch=True),
+).map("".join)
+
+
+@settings(max_examples=200, derandomize=True, database=None, deadline=None)
+@given(configured=CONFIGURED_NAMES, secure=st.booleans())
+def test_attack_a_cookie_planted_beside_ours_is_seen_whatever_the_session_cookie_is_named(
+    configured: str, secure: bool
+) -> None:
+    """Property: for any `session.cookie_name`, every cookie the gateway sets (the
+    session, its chunks, a pre-auth cookie) and each of them planted without the
+    __Host- prefix is read from among an app's cookies, and the same name sent
+    again with another value (planted by a sibling host or another path) is a
+    conflict, never taken: skipping pairs that lack the session's bare name
+    never skips one of the gateway's."""
+    cookies = cookies_of(CookiePolicy(name=configured, secure=secure))
+    set_names = [cookies.name, *(f"{cookies.name}_{i}" for i in range(1, MAX_CHUNKS))]
+    set_names.append(cookies.pre_auth_name("state-1"))
+    planted = [name.removeprefix("__Host-") for name in set_names]
+    for name in dict.fromkeys([*set_names, *planted]):
+        assert cookies.owns(name), name
+        sent = [f"app=1; {name}=ours; other=2"]
+        assert cookies.sent(request_with(sent)).values == {name: "ours"}, (name, sent)
+        sent.append(f"x=1;{name}=planted")
+        found = cookies.sent(request_with(sent))
+        assert found.conflicting == {name} and name not in found.values, (name, sent)
