@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
@@ -24,8 +24,8 @@ from gateway.audit.redaction import (
     holds_jwt,
 )
 from gateway.identity import ANONYMOUS
-from gateway.policy.decision import decision_input
-from gateway.screening.paths import NormalizedPath, normalize
+from gateway.policy.decision import decision_input, unparsed_input
+from gateway.screening.paths import NormalizedPath, PathRejected, normalize
 from tests.test_attack_decision_cost import WMS
 
 
@@ -170,6 +170,75 @@ def test_the_policy_sees_the_same_parsed_query_as_before(query: str) -> None:
     expected = reference_parsed_query(query)
     assert parsed == expected, query
     assert list(parsed) == list(expected), query
+
+
+# `decision_log.mask_query_params` as a user may write it: one or two letters, names
+# that hold each other, upper case, `.`, `-`, `[]` and digits, a non-ASCII letter and
+# one (the Kelvin sign) that lower-cases to ASCII.
+USER_CONFIGS = (
+    ("t", "id"),
+    ("X-Amz-Signature", "Api.Key", "k2", "a_b", "tok"),
+    ("access_token", "token", "access", "ac"),
+    ("jéton", "\u212a", "S3cret", "x[y]", "p-w-d", "_u_"),
+    ("code", "c0de", "sessionid", "sess", "auth_code"),
+)
+
+
+SEPARATORS = (".", "-", "_", "[", "]", "+", "%5D", "%2E", "__", "][", "id", "ID")
+
+
+def spelled(name: str) -> st.SearchStrategy[str]:
+    """``name`` as a client may spell it: in another case, percent-encoded, or with
+    a name separator (or `id`) put anywhere in it."""
+    return st.one_of(
+        st.sampled_from((name, name.upper(), name.swapcase(), quote(name, safe=""))),
+        st.tuples(st.integers(0, len(name)), st.sampled_from(SEPARATORS)).map(
+            lambda cut: name[: cut[0]] + cut[1] + name[cut[0] :]
+        ),
+    )
+
+
+def user_queries(names: tuple[str, ...]) -> st.SearchStrategy[str]:
+    """Queries whose words are mostly spellings of ``names``."""
+    spellings = st.sampled_from(names or DEFAULT_MASKED_QUERY_PARAMS).flatmap(spelled)
+    word = st.lists(spellings | spellings | st.sampled_from(FRAGMENTS), max_size=4).map("".join)
+    piece = st.one_of(st.just(""), word, st.tuples(word, word).map("=".join))
+    return st.lists(st.tuples(piece, st.sampled_from("&;")), max_size=8).map(
+        lambda pairs: "".join(p + s for p, s in pairs)[:-1]
+    )
+
+
+@settings(
+    max_examples=1000, derandomize=True, database=None, deadline=None,
+    suppress_health_check=list(HealthCheck),
+)  # fmt: skip
+@given(config=st.sampled_from(((), *USER_CONFIGS)), data=st.data())
+def test_attack_no_spelling_of_a_configured_name_logs_more_of_a_request_than_before(
+    config: tuple[str, ...], data: st.DataObject
+) -> None:
+    """Property: whatever names `mask_query_params` holds, the whole event as the
+    gateway builds it (path, parsed_query, a Referer with a query and a fragment)
+    is logged exactly as when every query piece was looked at, and so is a
+    refused request's line holding the same query and fragment."""
+    query, referer, fragment = (data.draw(user_queries(config)) for _ in range(3))
+    extra = {"mask_query_params": config} if config else {}
+    new, old = Redactor(**extra), ReferenceRedactor(**extra)
+    target = f"/wms/stock?{query}"
+    url = f"https://gw.example/a?{referer}#{fragment}"
+    events = [unparsed_input(("192.0.2.1", 1), f"GET {url} HTTP/1.1".encode(), "request-1")]
+    try:
+        path = normalize(target)
+    except PathRejected:
+        pass
+    else:
+        request = make_mocked_request(
+            "GET", target, headers={"Host": "gw.example", "Referer": url.encode().decode("latin-1")}
+        )
+        events.append(decision_input(request, path, WMS, ANONYMOUS, "request-1"))
+    for document in events:
+        logged_new, logged_old = {"input": document}, {"input": document}
+        assert new.apply(logged_new) == old.apply(logged_old)
+        assert logged_new == logged_old, (config, target, url)
 
 
 # --- cost ---------------------------------------------------------------------------------
