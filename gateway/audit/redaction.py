@@ -116,7 +116,9 @@ _TOKEN_CARRIERS = frozenset({"sec-websocket-protocol"})
 _CARRIER_HINTS = re.compile(r"token|bearer|auth|jwt|key|secret|session", re.IGNORECASE)
 _PARAM_SPLIT = re.compile(r"([&;])")
 # A refused request line's words: it may hold tabs, or spaces in its target.
+_WHITESPACE = re.compile(r"\s")
 _WHITESPACE_SPLIT = re.compile(r"(\s+)")
+_LINE_SEPARATOR_SPLIT = re.compile(r"([&;\s])")
 # What a URL holds when it may hold a secret; a target without any is logged as it is.
 _MAYBE_SECRET = re.compile(r"[?#;%]|eyJ")
 _NAME_SEPARATORS = str.maketrans(".-[]", "____")
@@ -378,18 +380,23 @@ class Redactor:
     def _mask_request_line(self, line: str) -> str:
         """A request line as the client sent it (`GET /x?code=... HTTP/1.1`), one
         the parser refused, so perhaps with a tab or a space too many: each word
-        masked as a URL, every word after one holding a query or a fragment as
-        more of it (`GET /cb?a=1 code=... HTTP/1.1`), and any JWT-shaped text."""
-        words = _WHITESPACE_SPLIT.split(line)
-        in_query = False
-        for index in range(0, len(words), 2):
-            word = words[index]
-            if in_query:
-                words[index] = self.mask_url(f"?{word}")[1:]
-            else:
-                words[index] = self.mask_url(word)
-                in_query = "?" in word or "#" in word
-        logged = "".join(words)
+        masked as a URL up to the first holding a query or a fragment, the rest of
+        the line as more of that query, each space or tab a separator too (`GET
+        /cb?a=1 code=... HTTP/1.1`), and any JWT-shaped text."""
+        marks = [at for at in (line.find("?"), line.find("#")) if at >= 0]
+        space = _WHITESPACE.search(line, min(marks)) if marks else None
+        end = space.start() if space is not None else len(line)
+        words = _WHITESPACE_SPLIT.split(line[:end])
+        words[0::2] = [self.mask_url(word) for word in words[0::2]]
+        rest = line[end:]
+        # One search over the rest, not one per word: a client chooses how many.
+        probe = _WHITESPACE.sub("&", rest)
+        masked = self._mask_pairs(probe)
+        if masked != probe:  # a masked piece holds no separator: the pieces line up
+            parts = _LINE_SEPARATOR_SPLIT.split(rest)
+            parts[0::2] = masked.replace(";", "&").split("&")
+            rest = "".join(parts)
+        logged = "".join(words) + rest
         return _JWT.sub(REDACTED, logged) if "eyJ" in logged else logged
 
     def _redact_segments(self, segments: list[Any], masked: list[str]) -> list[Any]:
