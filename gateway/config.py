@@ -743,6 +743,34 @@ def _sign_in(data: dict[str, Any], base_dir: Path) -> SignInConfig:
     )
 
 
+# A cookie name as the session's (RFC 6265 token characters the gateway reads back).
+_COOKIE_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _check_cookie_name(name: str, secure: bool) -> None:
+    """session.cookie_name: ASCII letters, digits, `_` and `-` (the gateway reads
+    back no other: `jéton` was accepted and never found again), naming something
+    past a `__Host-` written in (`__Host-` alone made every cookie starting with
+    `_` the gateway's), and a prefix only as browsers take it: `__Host-` (any
+    other case, or `__Secure-`, is a name a browser refuses or reads otherwise)
+    with Secure cookies, as a browser sets no `__Host-` cookie without it."""
+    if not _COOKIE_NAME.fullmatch(name):
+        raise ConfigError("session.cookie_name: ASCII letters, digits, '_' and '-' only")
+    bare = name.removeprefix("__Host-")
+    if bare.lower().startswith(("__host-", "__secure-")):
+        raise ConfigError(
+            f"session.cookie_name: {name!r}: a cookie prefix is written '__Host-' (the "
+            "gateway adds it itself when session.secure is true: leave it out)"
+        )
+    if not bare.strip("_-"):
+        raise ConfigError(f"session.cookie_name: {name!r} names no cookie past its prefix")
+    if bare != name and not secure:
+        raise ConfigError(
+            f"session.cookie_name: {name!r} needs session.secure: true (a browser sets "
+            "no __Host- cookie without Secure, so no one could sign in)"
+        )
+
+
 def _session(data: dict[str, Any], base_dir: Path, needed: bool) -> SessionConfig:
     reader = _Reader(data, "session")
     key_files = tuple(
@@ -758,9 +786,8 @@ def _session(data: dict[str, Any], base_dir: Path, needed: bool) -> SessionConfi
         if not path.is_file():
             raise ConfigError(f"session.key_files[{index}]: no such file {path}")
     name = reader.get("cookie_name", str, "portcullis_session")
-    if not name.replace("_", "").replace("-", "").isalnum():
-        raise ConfigError("session.cookie_name: letters, digits, '_' and '-' only")
     secure = reader.get("secure", bool, True)
+    _check_cookie_name(name, secure)
     lifetime = reader.get("lifetime", int, 43200)
     if not 60 <= lifetime <= 30 * 86400:
         raise ConfigError("session.lifetime: must be 60 s to 30 days (in seconds)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import time
 from pathlib import Path
 
@@ -286,6 +287,32 @@ def test_sign_in_config_errors_name_the_key(
     data = {**config_with(tmp_path), **change}
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_config(data, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("cookie_name", "secure", "message"),
+    [
+        ("jéton", True, "ASCII letters, digits"),  # never read back (ASCII tokens only)
+        ("__Host-", True, "names no cookie past its prefix"),  # every `_...` cookie ours
+        ("__Host-__", True, "names no cookie past its prefix"),
+        ("__host-gw", True, "a cookie prefix is written '__Host-'"),
+        ("__Secure-gw", True, "a cookie prefix is written '__Host-'"),
+        ("__Host-gw", False, "needs session.secure: true"),  # no browser would set it
+    ],
+)
+def test_a_session_cookie_name_no_browser_sets_or_the_gateway_reads_back_is_refused(
+    tmp_path: Path, cookie_name: str, secure: bool, message: str
+) -> None:
+    """The review: `cookie_name: __Host-` was accepted, and its bare name, empty,
+    made every cookie starting with `_` the gateway's (and each request with a
+    Cookie header a 400 for crowding); `jéton` passed `isalnum` and was never
+    read back; `__Host-gw` without Secure is a cookie no browser sets."""
+    data = config_with(tmp_path)
+    data["session"] = {**data["session"], "cookie_name": cookie_name, "secure": secure}  # type: ignore[dict-item]
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config(data, tmp_path)
+    data["session"] = {**data["session"], "cookie_name": "__Host-gw", "secure": True}  # type: ignore[dict-item]
+    assert parse_config(data, tmp_path).session.cookie_name == "__Host-gw"
 
 
 def test_pending_sign_ins_and_a_whole_session_fit_in_the_request_header_budget() -> None:
