@@ -71,8 +71,12 @@ FRAGMENTS = (
 )  # fmt: skip
 
 
-def headers() -> st.SearchStrategy[list[str]]:
-    pair = st.lists(st.sampled_from(FRAGMENTS), max_size=5).map("".join)
+def headers(
+    fragments: tuple[str, ...] = FRAGMENTS, pair_size: int = 5
+) -> st.SearchStrategy[list[str]]:
+    """1 to 3 Cookie headers of up to 8 `;`-separated pairs, each pieced from
+    ``fragments``."""
+    pair = st.lists(st.sampled_from(fragments), max_size=pair_size).map("".join)
     header = st.lists(pair, max_size=8).map(";".join)
     return st.lists(header, min_size=1, max_size=3)
 
@@ -148,14 +152,8 @@ def forwarded_cookies(request: Any, cookies: SessionCookies) -> list[str]:
 FORWARD_FRAGMENTS = (*FRAGMENTS, "; ", ";;", " ;", "\xa0", "\u2028", "\x1f", "\x0b")
 
 
-def forwarded_headers() -> st.SearchStrategy[list[str]]:
-    pair = st.lists(st.sampled_from(FORWARD_FRAGMENTS), max_size=6).map("".join)
-    header = st.lists(pair, max_size=8).map(";".join)
-    return st.lists(header, min_size=1, max_size=3)
-
-
 @settings(max_examples=1500, derandomize=True, database=None, deadline=None)
-@given(sent=forwarded_headers(), policy=st.sampled_from(POLICIES))
+@given(sent=headers(FORWARD_FRAGMENTS, 6), policy=st.sampled_from(POLICIES))
 def test_the_upstream_gets_the_same_cookie_bytes_as_when_every_pair_was_read(
     sent: list[str], policy: CookiePolicy
 ) -> None:
