@@ -56,7 +56,10 @@ def register(commands: Any) -> None:
     token.add_argument("--groups", default="", help="comma-separated groups")
     token.add_argument("--amr", default="pwd", help="comma-separated auth methods")
     token.add_argument("--acr", help="authentication context class")
-    token.add_argument("--auth-age", type=int, default=0, help="seconds since sign-in")
+    token.add_argument(
+        "--auth-age", type=_age, default=0, metavar="SECONDS",
+        help="seconds since sign-in, 0 or more (default 0)",
+    )  # fmt: skip
     token.add_argument(
         "--ttl", type=_lifetime, default=3600, metavar="SECONDS",
         help="lifetime in seconds, 1 to 31622400 (default 3600)",
@@ -81,6 +84,19 @@ def _lifetime(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"{text}: must be 1 to {MAX_TOKEN_TTL} seconds (366 days); a token with "
             "--ttl 0 or less is expired when it is made"
+        )
+    return seconds
+
+
+def _age(text: str) -> int:
+    """--auth-age: a negative age would put the sign-in (auth_time) in the future."""
+    try:
+        seconds = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of seconds: {text!r}") from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(
+            f"{text}: must be 0 or more seconds; a negative age puts the sign-in in the future"
         )
     return seconds
 

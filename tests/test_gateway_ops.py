@@ -638,6 +638,19 @@ def test_demo_token_refuses_a_ttl_that_makes_a_token_expired_at_birth_or_one_no_
     assert f"error: argument --ttl: {ttl}: must be 1 to 31622400 seconds" in result.stderr
 
 
+@pytest.mark.parametrize("age", ["-5", "-1"])
+def test_demo_token_refuses_a_negative_auth_age_that_puts_the_sign_in_in_the_future(
+    tmp_path: Path, age: str
+) -> None:
+    """`--auth-age -5` printed a token whose auth_time was 5 s from now, without a word."""
+    DevIssuer(tmp_path, "http://127.0.0.1:8080/dev-oidc")
+    result = portcullis(
+        "demo", "token", "--state-dir", str(tmp_path), "--sub", "x", "--auth-age", age
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"error: argument --auth-age: {age}: must be 0 or more seconds" in result.stderr
+
+
 def test_demo_token_run_outside_the_demos_directory_says_where_it_looked_and_how_to_point_at_it(
     tmp_path: Path,
 ) -> None:
