@@ -274,7 +274,13 @@ class _Reader:
             expected = (
                 kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
             )
-            raise ConfigError(f"{self.key(name)}: expected {expected}, got {type(value).__name__}")
+            got = type(value).__name__
+            # Only where text is wanted: a quoted 'on' would be no number either.
+            wants_text = str in (kind if isinstance(kind, tuple) else (kind,))
+            unquoted = (
+                f"; {_read_as_boolean(value)}" if isinstance(value, bool) and wants_text else ""
+            )
+            raise ConfigError(f"{self.key(name)}: expected {expected}, got {got}{unquoted}")
         return value
 
     def required(self, name: str, kind: type) -> Any:
@@ -290,7 +296,10 @@ class _Reader:
         items = [value] if isinstance(value, str) else value
         for index, item in enumerate(items):
             if not isinstance(item, str) or not item:
-                raise ConfigError(f"{self.key(name)}[{index}]: expected a non-empty string")
+                unquoted = f"; {_read_as_boolean(item)}" if isinstance(item, bool) else ""
+                raise ConfigError(
+                    f"{self.key(name)}[{index}]: expected a non-empty string{unquoted}"
+                )
         return tuple(items)
 
     def reject_unknown(self, known: set[str]) -> None:
@@ -302,11 +311,29 @@ class _Reader:
 
     def _refuse_unknown(self, known: set[str]) -> None:
         # YAML keys may be numbers or booleans (`1: x`, `on: x`): named as text.
-        unknown = sorted(str(name) for name in set(self.data) - known)
+        unknown = sorted(set(self.data) - known, key=str)
         if unknown:
-            close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
-            hint = f"; did you mean {close[0]}?" if close else ""
-            raise ConfigError(f"{self.key(unknown[0])}: unknown key{hint}")
+            first = unknown[0]
+            if isinstance(first, bool):
+                hint = f"; {_read_as_boolean(first)}"
+            else:
+                close = difflib.get_close_matches(str(first), sorted(known), n=1)
+                hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"{self.key(str(first))}: unknown key{hint}")
+
+
+def _read_as_boolean(value: bool) -> str:
+    """Why a word came out true or false: PyYAML reads YAML 1.1, where unquoted
+    on/off/yes/no are booleans, and how to keep the word."""
+    if value:
+        return (
+            "YAML reads an unquoted on, yes or true as the boolean true: "
+            "to mean the word, quote it ('on')"
+        )
+    return (
+        "YAML reads an unquoted off, no or false as the boolean false: "
+        "to mean the word, quote it ('off')"
+    )
 
 
 def _http_url(value: str, where: str) -> str:

@@ -111,6 +111,48 @@ def test_a_config_key_that_yaml_reads_as_a_number_is_an_unknown_key_not_a_traceb
     assert "Traceback" not in stderr
 
 
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        (
+            "auth: false\non: x\n",
+            "True: unknown key; YAML reads an unquoted on, yes or true as the boolean true: "
+            "to mean the word, quote it ('on')",
+        ),
+        (
+            "auth: false\nlimits: {off: 2}\n",
+            "limits.False: unknown key; YAML reads an unquoted off, no or false as the "
+            "boolean false: to mean the word, quote it ('off')",
+        ),
+        (
+            "auth: false\ndecision_log: {path: d.log, durability: off}\n",
+            "decision_log.durability: expected str, got bool; YAML reads an unquoted off, "
+            "no or false as the boolean false: to mean the word, quote it ('off')",
+        ),
+        (
+            "auth: false\nassertion: {issuer: yes}\n",
+            "assertion.issuer: expected str, got bool; YAML reads an unquoted on, yes or "
+            "true as the boolean true: to mean the word, quote it ('on')",
+        ),
+        (
+            "auth: false\ndecision_log: {path: d.log, mask_query_params: [token, no]}\n",
+            "decision_log.mask_query_params[1]: expected a non-empty string; YAML reads an "
+            "unquoted off, no or false as the boolean false: to mean the word, quote it ('off')",
+        ),
+    ],
+)
+def test_a_config_word_that_yaml_reads_as_a_boolean_is_refused_saying_to_quote_it(
+    tmp_path: Path, yaml_text: str, message: str
+) -> None:
+    """`on: x` was "True: unknown key" and `durability: off` "expected str, got bool":
+    neither said that YAML 1.1 had read the word as a boolean, nor how to keep it."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml_text)
+    stderr = finish(gateway_process(config))
+    assert message in stderr, stderr
+    assert "Traceback" not in stderr
+
+
 # --- the signing key ---------------------------------------------------------------
 
 
