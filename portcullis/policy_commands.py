@@ -140,9 +140,11 @@ def test(args: argparse.Namespace) -> int:
 
 def _print_test_report(report: TestReport, *, verbose: bool) -> None:
     current_file = None
+    listed = False
     for result in report.results:
         if not verbose and result.passed:
             continue
+        listed = True
         if result.file != current_file:
             current_file = result.file
             print(f"{result.file}:")
@@ -159,7 +161,8 @@ def _print_test_report(report: TestReport, *, verbose: bool) -> None:
                 print(f"  {line}")
     passed, failed, skipped = report.tally()
     total = passed + failed + skipped
-    print(RULE)
+    if listed:  # as `opa test`: the rule parts listed tests from the counts, if any were
+        print(RULE)
     for label, count in (("PASS", passed), ("FAIL", failed), ("SKIPPED", skipped)):
         if count:
             print(f"{label}: {count}/{total}")

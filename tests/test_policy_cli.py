@@ -91,6 +91,18 @@ def test_a_run_filter_that_matches_no_test_fails_saying_it_matched_none_of_how_m
     )
 
 
+def test_policy_test_prints_no_separator_rule_with_nothing_listed_above_it_as_opa_test() -> None:
+    """With no test run, stdout was a bare 80-dash line, and a run of passing tests
+    started with one: `opa test` prints the rule only below listed tests."""
+    none_ran = portcullis("policy", "test", "--run", "refnud", "policies/")
+    assert none_ran.returncode == 1 and none_ran.stdout == ""
+    all_passed = portcullis("policy", "test", "policies/")
+    assert all_passed.returncode == 0
+    assert all_passed.stdout.startswith("PASS: ") and all_passed.stdout.count("\n") == 1
+    listed = portcullis("policy", "test", "-v", "--run", "pos_refund", "policies/")
+    assert "-" * 80 + "\nPASS: " in listed.stdout
+
+
 def test_policy_check_accepts_the_shipped_policies() -> None:
     result = portcullis("policy", "check", "policies")
     assert result.returncode == 0
