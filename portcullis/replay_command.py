@@ -261,10 +261,10 @@ def _nothing_signed(report: Report) -> str | None:
     if report.replayed or not unsigned:
         return None
     return (
-        f"no decision is covered by a signature: the {unsigned} decisions selected all come "
-        "after the log's last signature, which nothing vouches for (forged, or not signed "
-        "yet: the gateway signs every sign_interval and when it closes or rotates the "
-        "file); nothing was replayed, so nothing was checked (--allow-unsigned-tail "
+        f"no decision is covered by a signature: {counted(unsigned, 'decision')} selected, "
+        "every one after the log's last signature, where nothing vouches for it (forged, "
+        "or not signed yet: the gateway signs every sign_interval and when it closes or "
+        "rotates the file); nothing was replayed, so nothing was checked (--allow-unsigned-tail "
         "replays them anyway)"
     )
 
@@ -280,7 +280,7 @@ def _nothing_selected(report: Report, args: argparse.Namespace) -> str | None:
         return None
     chosen = [f"--app {app}" for app in sorted(args.apps)]
     chosen += [f"--{name} {value}" for name in ("since", "until") if (value := getattr(args, name))]
-    counts = [f"{logged} decisions in the logs"]
+    counts = [f"{counted(logged, 'decision')} in the logs"]
     if skipped.outside_time:
         counts.append(f"{skipped.outside_time} outside the time window")
     if skipped.other_apps:

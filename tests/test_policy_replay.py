@@ -363,7 +363,7 @@ def test_events_chained_onto_a_genuine_signed_start_are_not_evidence(
     log.log.write_bytes(b"\n".join(forged) + b"\n")
     code, report, err = replay(capsys, log, "--policy", str(refunds_300))
     assert code == 2 and not report and "PASS" not in err
-    assert "no decision is covered by a signature" in err and "the 50 decisions" in err
+    assert "no decision is covered by a signature" in err and ": 50 decisions selected" in err
     # Asked for, they are replayed, and every output says they are unsigned.
     text = tmp_path / "r.txt"
     outputs = ["--output", "json", "--output", "text", "--output-file", str(text)]
@@ -373,6 +373,45 @@ def test_events_chained_onto_a_genuine_signed_start_are_not_evidence(
     assert code == 0 and report["totals"]["replayed"] == 50
     assert report["verification"]["unsigned_tail_replayed"] is True
     assert "INCLUDES 50 UNSIGNED EVENTS" in text.read_text()
+
+
+def test_replay_messages_count_one_decision_or_event_in_the_singular(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, tmp_path: Path
+) -> None:
+    """A count of one read "the 1 decisions selected", "1 decisions in the logs",
+    "1 events after the last signature", "failed on 1 decisions", "1 changed
+    decisions had", "PASS: 1 changes" and "INCLUDES 1 UNSIGNED EVENTS"."""
+    from gateway.audit.chain import line_hash
+
+    lines = recorded.log.read_bytes().splitlines()
+    allowed = json.loads(next(line for line in lines if b'"path":"portcullis/gateway/' in line
+                              and b'"allow":true' in line and b'"app":"wms"' in line))  # fmt: skip
+    forged = {**allowed, "seq": 1, "prev_hash": line_hash(lines[0]), "decision_id": "forged"}
+    log = dataclasses.replace(recorded, log=tmp_path / "one.log")
+    log.log.write_bytes(lines[0] + b"\n" + json.dumps(forged).encode() + b"\n")
+    code, _, err = replay(capsys, log, "--policy", str(POLICIES))
+    assert code == 2 and "no decision is covered by a signature: 1 decision selected," in err
+    code, _, err = replay(capsys, log, "--policy", str(POLICIES), "--app", "wsm")
+    assert code == 2 and "matched the selection (1 decision in the logs, 1 of other apps" in err
+    text = tmp_path / "r.txt"
+    outputs = ["--output", "json", "--output", "text", "--output-file", str(text)]
+    code, report, _ = replay(
+        capsys, log, "--policy", str(POLICIES), "--allow-unsigned-tail", *outputs
+    )
+    assert code == 0 and "INCLUDES 1 UNSIGNED EVENT:" in text.read_text()
+    notes = report["verification"]["notes"]
+    assert any(note.startswith("1 event after the last signature, not yet") for note in notes)
+    # The counts of the report's other sentences, at one.
+    _, document, _ = replay(capsys, recorded, "--policy", str(POLICIES),
+                            "--baseline-policy", str(ERRORING))  # fmt: skip
+    document["totals"].update(baseline_errors=1, changed=1, changed_with_masked_inputs=1)
+    document["blocking"] = {}
+    for render in (text_output.render, markdown.render):
+        said = render(document)
+        assert "failed on 1 decision: each counts" in said, said
+        assert "1 changed decision had masked" in said and "PASS: 1 change, all allowed" in said
+    document["blocking"] = {"error": 1}
+    assert "FAIL: 1 change not allowed (error 1)" in text_output.render(document)
 
 
 def test_a_live_log_replays_its_signed_part_and_counts_the_unsigned_tail(

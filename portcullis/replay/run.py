@@ -39,6 +39,7 @@ from policy_engine import PolicyEngine, PolicyError
 from policy_engine.opa_server import has_credentials
 from portcullis.replay.events import LoggedDecision, Selection, read_decisions
 from portcullis.replay.report import PolicyInfo, Report, Verification
+from portcullis.wording import counted
 
 
 class ReplayError(Exception):
@@ -206,8 +207,8 @@ def _verify(
     signed_through = None
     if result.unsigned_tail:
         notes.append(
-            f"{result.unsigned_tail} events after the last signature are not yet covered "
-            "by one (the gateway is still writing, or it crashed)"
+            f"{counted(result.unsigned_tail, 'event')} after the last signature, not yet "
+            "covered by one (the gateway is still writing, or it crashed)"
         )
         # A signature's seq is the count of events it covers, and seq counts events.
         signed_through = result.tail_seq - result.unsigned_tail

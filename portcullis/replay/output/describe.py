@@ -96,8 +96,8 @@ def baseline_failures(document: dict[str, Any]) -> str | None:
     if not failed:
         return None
     return (
-        f"the baseline policy failed on {failed} decisions: they count as its fail-closed "
-        "denies, so changes there compare against an error, not a decision"
+        f"the baseline policy failed on {counted(failed, 'decision')}: each counts as its "
+        "fail-closed deny, so a change there compares against an error, not a decision"
     )
 
 
@@ -139,13 +139,16 @@ def verdict(document: dict[str, Any]) -> str:
     blocking = document["blocking"]
     if not blocking:
         allowed = document["totals"]["changed"]
-        text = "PASS: no change" if not allowed else f"PASS: {allowed} changes, all allowed"
+        text = (
+            "PASS: no change" if not allowed else f"PASS: {counted(allowed, 'change')}, all allowed"
+        )
     else:
         what = ", ".join(f"{kind} {n}" for kind, n in blocking.items())
-        text = f"FAIL: {sum(blocking.values())} changes not allowed ({what})"
+        text = f"FAIL: {counted(sum(blocking.values()), 'change')} not allowed ({what})"
     check = document["verification"]
     if not check["verified"]:
         text += " (NOT VERIFIED: --no-verify)"
     elif check["unsigned_tail_replayed"]:
-        text += f" (INCLUDES {check['unsigned_tail']} UNSIGNED EVENTS: --allow-unsigned-tail)"
+        unsigned = counted(check["unsigned_tail"], "UNSIGNED EVENT", "UNSIGNED EVENTS")
+        text += f" (INCLUDES {unsigned}: --allow-unsigned-tail)"
     return text

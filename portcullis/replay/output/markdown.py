@@ -19,6 +19,7 @@ from portcullis.replay.output.describe import (
     verification,
     who,
 )
+from portcullis.wording import counted
 
 
 def render(document: dict[str, Any]) -> str:
@@ -57,8 +58,8 @@ def render(document: dict[str, Any]) -> str:
     if totals["changed_with_masked_inputs"]:
         add("")
         add(
-            f"{totals['changed_with_masked_inputs']} changed decisions had masked or cut input "
-            "fields (a policy reading them saw `**REDACTED**`)."
+            f"{counted(totals['changed_with_masked_inputs'], 'changed decision')} had masked or "
+            "cut input fields (a policy reading them saw `**REDACTED**`)."
         )
     for kind, change in document["changes"].items():
         if not change["count"]:

@@ -49,8 +49,8 @@ def render(document: dict[str, Any]) -> str:
         add(f"  note: {masked}")
     if totals["changed_with_masked_inputs"]:
         add(
-            f"  ({totals['changed_with_masked_inputs']} changed decisions had masked or cut "
-            "input fields: a policy reading them saw **REDACTED**)"
+            f"  ({counted(totals['changed_with_masked_inputs'], 'changed decision')} had masked "
+            "or cut input fields: a policy reading them saw **REDACTED**)"
         )
     for kind, change in document["changes"].items():
         if not change["count"]:
@@ -76,7 +76,8 @@ def render(document: dict[str, Any]) -> str:
         if figures.get("count"):
             add(
                 f"  {side:<10} p50 {figures['p50_us']} us, p99 {figures['p99_us']} us, "
-                f"max {figures['max_us']} us ({figures['measured']}, {figures['count']} decisions)"
+                f"max {figures['max_us']} us "
+                f"({figures['measured']}, {counted(figures['count'], 'decision')})"
             )
     rate = document["rate"]
     if rate["decisions_per_second"] is not None:
