@@ -1037,6 +1037,26 @@ async def test_deleted_first_run_is_detected(tmp_path: Path) -> None:
     assert "not from --after" in wrong.problems[0].message
 
 
+async def test_a_log_continuing_after_one_event_counts_it_in_the_singular(
+    tmp_path: Path,
+) -> None:
+    """A second run after a first of one event read "(1 events before it" and
+    "this log's start says 1 events came before it"."""
+    path = tmp_path / "decisions.jsonl"
+    await write_log(path, 1)
+    size = path.stat().st_size
+    await write_log(path, 1)
+    data = path.read_bytes()
+    run_one_end = line_hash(data[:size].rstrip(b"\n").rsplit(b"\n", 1)[-1])
+    path.write_bytes(data[size:])  # run 2 alone, its start record counting run 1's event
+    result = verify_log([path], PUBLIC_KEYS, after=run_one_end)
+    assert result.complete
+    assert f"continues from {run_one_end} (1 event before it, as its start" in result.notes[0]
+    cut = verify_log([path], PUBLIC_KEYS, after=run_one_end, after_seq=3)
+    assert first_problem(cut) == (1, "start")
+    assert "start says 1 event came before it, --after says 3" in cut.problems[0].message
+
+
 async def rotated_logs(tmp_path: Path) -> tuple[list[Path], DecisionLog]:
     """Three files, oldest first, as logrotate + SIGUSR1 leave them; the writer closed."""
     path = tmp_path / "decisions.jsonl"

@@ -533,7 +533,7 @@ def verify_log(
                 detail = ""
                 if count is not None and seq != count:
                     change = "inserted" if count > seq else "deleted"
-                    detail = f"; it signs {seq} events, {count} precede it ({change}?)"
+                    detail = f"; it signs {counted(seq, 'event')}, {count} precede it ({change}?)"
                 problem(
                     line,
                     "signature",
@@ -547,7 +547,7 @@ def verify_log(
                     problem(
                         line,
                         change,
-                        f"the signature covers {seq} events but {count} precede it: "
+                        f"the signature covers {counted(seq, 'event')} but {count} precede it: "
                         f"{abs(seq - count)} event(s) {change} before this line",
                     )
                 result.signatures += 1
@@ -827,14 +827,15 @@ def _check_beginning(
             problem(
                 line,
                 "start",
-                f"this log's start says {seq} events came before it, --after says "
+                f"this log's start says {counted(seq, 'event')} came before it, --after says "
                 f"{after_seq}: {abs(seq - after_seq)} event(s) between were cut out, or "
                 "the count was changed",
             )
         elif link == after_hash:
             pinned = "" if after_seq is not None else ", as its start record says"
             result.notes.append(
-                f"{line.file} continues from {after_hash} ({seq} events before it{pinned})"
+                f"{line.file} continues from {after_hash} "
+                f"({counted(seq, 'event')} before it{pinned})"
             )
         else:
             problem(
@@ -898,7 +899,7 @@ def _check_head(
         problem(
             last,
             "truncated",
-            f"the outside head from {head.source} counts {head.seq} events at its line, "
+            f"the outside head from {head.source} counts {counted(head.seq, 'event')} at its line, "
             f"the log {head_at}: events deleted or inserted before it",
         )
     elif head.seq >= count:

@@ -199,7 +199,9 @@ def _verify(
         )
     notes = list(result.notes)
     if mid_chain is not None:
-        notes = [note for note in notes if not note.endswith("events before it)")]
+        # The reader's "continues from ... (N events before it)": mid-chain says more.
+        before = ("events before it)", "event before it)")
+        notes = [note for note in notes if not note.endswith(before)]
         notes.append(
             f"{chain_order(paths)[0]} begins mid-chain (the files before it were not given, "
             "or were rotated away): replayed from its signed start record"
