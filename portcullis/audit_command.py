@@ -322,7 +322,9 @@ def load_heads(source: str, keys: dict[str, ec.EllipticCurvePublicKey]) -> list[
         except ValueError as error:
             refused.append(str(error))
     if not heads:
-        more = f" (and {len(refused) - 1} more heads that don't verify)" if len(refused) > 1 else ""
+        others = len(refused) - 1
+        verb = "doesn't" if others == 1 else "don't"
+        more = f" (and {counted(others, 'more head')} that {verb} verify)" if others else ""
         raise UsageError(f"--head {refused[0]}{more}")
     if refused:
         # One line a SIEM took from anyone (or a head signed before a key rotation)

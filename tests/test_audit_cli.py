@@ -421,6 +421,18 @@ async def test_head_signed_by_another_key_is_a_usage_error(tmp_path: Path, log_f
     assert ") does not verify with the key given" in done.stderr
 
 
+async def test_two_heads_signed_by_another_key_say_one_more_head_in_the_singular(
+    tmp_path: Path, log_file: Path
+) -> None:
+    """Two heads that don't verify read "(and 1 more heads that don't verify)"."""
+    heads = tmp_path / "heads.jsonl"
+    foreign = [await write_log(tmp_path / f"f{n}.jsonl", 3, key=OTHER_KEY) for n in (1, 2)]
+    heads.write_text("".join(json.dumps(log.signed_head()) + "\n" for log in foreign))
+    done = audit(log_file, "--key", PUBLIC_PEM, "--head", heads)
+    assert done.returncode == 2
+    assert done.stderr.rstrip().endswith("(and 1 more head that doesn't verify)"), done.stderr
+
+
 @pytest.mark.parametrize("forged_first", [True, False], ids=["forged-first", "forged-last"])
 async def test_one_forged_head_in_a_siem_export_does_not_switch_the_head_check_off(
     tmp_path: Path, forged_first: bool

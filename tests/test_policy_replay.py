@@ -375,6 +375,25 @@ def test_events_chained_onto_a_genuine_signed_start_are_not_evidence(
     assert "INCLUDES 50 UNSIGNED EVENTS" in text.read_text()
 
 
+def test_a_log_tampered_at_two_lines_is_refused_naming_one_more_problem_in_the_singular(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, tmp_path: Path
+) -> None:
+    """Two modified lines read "(and 1 more problems)"."""
+    lines = recorded.log.read_text().splitlines(keepends=True)
+    victims = [
+        i for i, line in enumerate(lines)
+        if '"allow":false' in line and '"path":"portcullis/gateway/decision"' in line
+    ][:2]  # fmt: skip
+    for victim in victims:
+        lines[victim] = lines[victim].replace('"allow":false', '"allow":true', 1)
+    tampered = tmp_path / "decisions.log"
+    tampered.write_text("".join(lines))
+    forged = Recorded(tmp_path, tampered, recorded.key, recorded.sent, "")
+    code, _, err = replay(capsys, forged, "--policy", str(POLICIES))
+    assert code == 2 and f"decisions.log:{victims[0] + 1}" in err
+    assert "[modified] (and 1 more problem)\n" in err, err
+
+
 def test_replay_messages_count_one_decision_or_event_in_the_singular(
     capsys: pytest.CaptureFixture[str], recorded: Recorded, tmp_path: Path
 ) -> None:

@@ -193,7 +193,7 @@ def _verify(
         more = len(result.problems) - 1
         raise ReplayError(
             f"refusing to replay a tampered log: {first} [{first.kind}]"
-            + (f" (and {more} more problems)" if more else "")
+            + (f" (and {counted(more, 'more problem')})" if more else "")
             + "\n(`portcullis audit verify` lists them; --no-verify replays it anyway, "
             "and the report says it was not verified)"
         )
