@@ -425,6 +425,9 @@ def test_replay_messages_count_one_decision_or_event_in_the_singular(
                             "--baseline-policy", str(ERRORING))  # fmt: skip
     document["totals"].update(baseline_errors=1, changed=1, changed_with_masked_inputs=1)
     document["blocking"] = {}
+    document["totals"]["replayed"] = 1
+    assert "Rate: 1 decision replayed in " in text_output.render(document)
+    assert "**1** decision replayed from" in markdown.render(document)
     for render in (text_output.render, markdown.render):
         said = render(document)
         assert "failed on 1 decision: each counts" in said, said

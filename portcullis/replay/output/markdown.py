@@ -32,7 +32,9 @@ def render(document: dict[str, Any]) -> str:
     add("")
     add(
         f"Candidate `{code(candidate['source'])}` (revision `{code(candidate['revision'])}`) "
-        f"against {cell(baseline(document))}: **{totals['replayed']}** decisions replayed "
+        f"against {cell(baseline(document))}: "
+        f"**{totals['replayed']}** {'decision' if totals['replayed'] == 1 else 'decisions'} "
+        "replayed "
         f"from {', '.join(f'`{code(log)}`' for log in document['logs'])} "
         f"({cell(verification(document))})."
     )

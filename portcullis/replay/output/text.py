@@ -87,7 +87,8 @@ def render(document: dict[str, Any]) -> str:
             else "no chain check (--no-verify)"
         )
         add(
-            f"Rate: {totals['replayed']:,} decisions replayed in {rate['seconds']} s, "
+            f"Rate: {totals['replayed']:,} {'decision' if totals['replayed'] == 1 else 'decisions'}"
+            f" replayed in {rate['seconds']} s, "
             f"{rate['cpu_seconds']} s of this process's CPU: "
             f"{rate['decisions_per_second']:,} decisions/s, "
             f"{rate['decisions_per_cpu_second']:,} per CPU second (reading the log, "
