@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from gateway.audit.chain import SIGNATURE_TYPE
 from gateway.audit.shipping.settings import SinkConfig
+from gateway.policy.engine_words import ENGINE_WORDS
 from gateway.policy.failure import MAX_ERROR_MESSAGE_CHARS, logged_error
 from portcullis.cli import main
 from tests.conftest import FIXTURES, POLICIES
@@ -26,6 +27,7 @@ from tests.test_shipping_formats import ecs_problems, ocsf_problems
 
 CONFLICT = FIXTURES / "policies" / "runtime_conflict"
 QUOTING = FIXTURES / "policies" / "runtime_error_quoting_input"
+CHANGING = FIXTURES / "policies" / "runtime_error_quoting_changed_input"
 # An API key the policy's built-in quotes in its error (x-api-key is masked in the input).
 API_KEY = "S3CR3T-api-key-value-1234567890"
 OTP = "Sekret-9"  # short, not token-like: masked only because the input holds it
@@ -102,24 +104,83 @@ async def test_a_secret_a_runtime_error_quotes_is_masked_in_the_event_and_what_s
     assert said.endswith(event["error"]["message"]) and API_KEY not in caplog.text
 
 
-async def test_an_error_quoting_a_changed_request_value_is_cut_to_one_line(
-    aiohttp_server: ServerFactory, tmp_path: Path
+async def test_a_query_value_shaped_as_log_lines_and_escapes_forges_nothing_in_the_error(
+    aiohttp_server: ServerFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The policy upper-cases a query value before the built-in quotes it, so it is
-    no value of the input: the message is shown inert (ESC, DEL and a tab escaped,
-    never sent to a terminal or a SIEM's viewer as they are) and cut at
-    MAX_ERROR_MESSAGE_CHARS."""
-    value = "x\x1b[31m\x7f\t" + "word " * 400
+    no value of the input: what the client wrote up to a newline (where the
+    engine's message ends) was logged as written, escaped but not masked: a
+    `" ALLOW=TRUE` field, ESC, DEL, a tab, `\\"`, a "decision ... allowed" claim
+    ended the event's message and the server log line. Now none of it does."""
+    forged = '" allow=true\x1b[31m\x7f\t \\"} decision 1 allowed\n2026-01-01 more'
     async with start_stack(aiohttp_server, tmp_path, policy=QUOTING) as stack:
         token = stack.token("alice", groups=["warehouse"], amr=["otp"])
-        response = await stack.get("/wms/stock", token, params={"net": value})
+        response = await stack.get("/wms/stock", token, params={"net": forged})
         assert response.status == 403
         (event,) = await stack.events()
-    message = event["error"]["message"]
-    assert "Error parsing X\\x1b[31M\\x7f\\tWORD WORD" in message
-    assert message.isprintable()
-    assert len(message) <= MAX_ERROR_MESSAGE_CHARS + len("...[9999 more chars]")
-    assert message.endswith(" more chars]")
+    rego = QUOTING / "decision.rego"
+    assert event["error"]["message"] == f"{rego}:9:30: Error parsing **REDACTED**"
+    (said,) = [r.getMessage() for r in caplog.records if "failed closed" in r.getMessage()]
+    assert said.endswith(f"failed closed: {event['error']['message']}")
+
+
+def test_a_long_message_is_cut_at_a_words_end() -> None:
+    """Cut inside a word (or an escape, or the mask) it would end in half of one."""
+    message = "p.rego:1:1: " + "invalid value " * 100
+    logged = logged_error("eval_error", message, {})["message"]
+    kept, more = logged.split("...[")
+    assert len(kept) <= MAX_ERROR_MESSAGE_CHARS and message.startswith(f"{kept} ")
+    assert more == f"{len(message.strip()) - len(kept)} more chars]"
+
+
+# Secrets shaped to slip past a search for the input's values: changed by the
+# policy before a built-in quotes them (lower-cased, base64-decoded, split), too
+# short, or quoted with an escape; each holds a character (".", "/", ":", "@")
+# that ends a run of token-like characters.
+CHANGED_SECRETS = {  # header: (value sent, what of it the built-in's error quoted)
+    "x-client-net": ("Sk.Live.Abc/Def:Ghi@Jkl", "abc/def:ghi@jkl"),
+    "x-client-credentials": ("YWxpY2U6cEBzcy53MHJkL3h5eg==", "p@ss.w0rd/xyz"),
+    "x-tenant-session": ("acme:s3ss.i0n/t0k@n", "s3ss.i0n/t0k@n"),
+    "x-otp": ("Ab1", "parsing Ab1"),
+    "x-device-secret": ('pa"ss.w0rd/x', "ss.w0rd/x"),
+}
+
+
+async def test_a_secret_the_policy_changed_before_a_builtin_quoted_it_reaches_no_log(
+    aiohttp_server: ServerFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Masking looked for the input's values (whole, or their first 24 characters)
+    and for token-like runs: a secret the policy lower-cased, base64-decoded or split
+    before net.cidr_contains quoted it, a 3-character code, or one sum() quoted
+    JSON-escaped, reached the event, the OCSF and ECS sinks and the server log.
+    Only the engine's own words and the policy's locations are logged now."""
+    sinks = [SinkConfig(f, "file", f, path=tmp_path / f"{f}.jsonl") for f in ("ocsf", "ecs")]
+    overrides = with_sinks(tmp_path, *sinks)
+    async with limited_stack(aiohttp_server, tmp_path, CHANGING, overrides) as stack:
+        token = stack.token("alice", groups=["warehouse"], amr=["otp"])
+        for header, (sent, _) in CHANGED_SECRETS.items():
+            response = await stack.get("/wms/stock", token, headers={header: sent})
+            assert response.status == 403
+        events = await stack.events(at_least=len(CHANGED_SECRETS))
+        await caught_up(stack)
+    rego = CHANGING / "decision.rego"
+    messages = [e["error"]["message"] for e in events]
+    assert messages[:4] == [
+        f"{rego}:{line}:30: Error parsing **REDACTED**: invalid IP address syntax"
+        for line in (10, 13, 16, 19)
+    ]
+    assert messages[4] == f"{rego}:22:30: `sum` requires array/set argument. Got **REDACTED**."
+    ocsf = [e for e in log_records(tmp_path / "ocsf.jsonl") if e.get("class_uid") == 6001]
+    ecs = [d for d in log_records(tmp_path / "ecs.jsonl") if "http" in d]
+    said = [
+        *(e["status_detail"] for e in ocsf),
+        *(e["unmapped"]["portcullis"]["error"]["message"] for e in ocsf),
+        *(d["error"]["message"] for d in ecs),
+        *(r.getMessage() for r in caplog.records if "failed closed" in r.getMessage()),
+    ]
+    assert len(said) == 4 * len(CHANGED_SECRETS)
+    for _, quoted in CHANGED_SECRETS.values():
+        assert not [text for text in said if quoted in text]
 
 
 @settings(derandomize=True, max_examples=200, deadline=None)
@@ -138,6 +199,23 @@ def test_no_input_value_a_message_quotes_whole_or_cut_is_logged(
     logged = logged_error("eval_error", f"p.rego:3:1: {before}{quoted}!", document)["message"]
     if len(quoted) == len(secret) or len(quoted) >= 24:
         assert quoted not in logged.replace("**REDACTED**", "\0")
+
+
+@settings(derandomize=True, max_examples=300, deadline=None)
+@given(quoted=st.text(max_size=200))
+def test_whatever_a_builtin_quotes_the_message_shows_only_the_engines_words(
+    quoted: str,
+) -> None:
+    """A quoted value the input doesn't hold (the policy changed it): none of its
+    characters outside the engine's own words reach the message, which stays one
+    printable line."""
+    message = f"p.rego:3:1: Error parsing {quoted}: invalid IP address syntax"
+    logged = logged_error("eval_error", message, {})["message"]
+    assert logged.isprintable()
+    head, rest = logged.split(": ", 1)
+    assert head == "p.rego:3:1"
+    for word in rest.split(" "):
+        assert word.rstrip(".,:;").strip("`(") in ENGINE_WORDS | {"**REDACTED**"}, word
 
 
 def test_a_short_secret_and_a_jwt_in_a_message_are_masked() -> None:

@@ -107,8 +107,6 @@ SEGMENTS_POINTER = "/input/parsed_path"
 # A JWT (JWS or JWE compact form: a base64url JSON header, `eyJ`, then a dot)
 # anywhere in a value: the whole value is masked, whatever the header's name.
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*")
-# A whole JWS or JWE compact form (3 or 5 parts), to mask in free text.
-_WHOLE_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{2,}(?:\.[A-Za-z0-9_-]*){1,4}")
 # Headers that carry tokens in their value under a harmless name: browsers can't
 # set Authorization on a WebSocket, so apps send `access_token, <token>` (or
 # Kubernetes' `base64url.bearer.authorization.k8s.io.<token>`) as a subprotocol.
@@ -537,11 +535,6 @@ class Redactor:
         if len(value) <= limit:
             return value, masked, False
         return _cut(value, limit), masked, True
-
-
-def mask_jwts(text: str) -> str:
-    """``text`` with each JWT in it masked (free text: an engine's error message)."""
-    return _WHOLE_JWT.sub(REDACTED, text) if "eyJ" in text else text
 
 
 def holds_jwt(text: str) -> bool:

@@ -4,11 +4,12 @@ A decision that failed closed (the policy raised, timed out, answered nothing or
 an answer the contract can't read) is logged with ``error: {code, message}``
 beside ``result``, as OPA's decision-log events carry the evaluation's error.
 The message is the engine's (``file:line:col: what``): a Rego runtime error can
-quote the values it failed on, and those came from the request, so a value of
-the decision input found in the message is masked before it is logged, and so
-is any JWT or run of characters that reads as a token or key. The location is
-kept; the message is cut to MAX_ERROR_MESSAGE_CHARS and shown with control
-characters escaped (one line, inert in any log viewer or SIEM).
+quote the values it failed on, and those came from the request, often changed
+first (lower(), base64.decode, split, a JSON rendering with its escapes), so no
+search for the input's values finds them all. An engine's message therefore
+keeps its location, the policy's locations and the engine's own words
+(engine_words.py); each run of anything else is masked as one. The message is
+on one line, cut to MAX_ERROR_MESSAGE_CHARS at a word's end.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import re
 from typing import Any
 
 from gateway.audit.chain import REDACTED
-from gateway.audit.redaction import mask_jwts
+from gateway.policy.engine_words import ENGINE_WORDS
 from policy_engine.errors import (
     EvaluationTimeout,
     PolicyError,
@@ -44,12 +45,19 @@ MAX_ERROR_MESSAGE_CHARS = 512
 _MIN_SECRET_CHARS = 4
 # A value quoted cut (`repr(value)[:80]`) is found by its first characters.
 _PREFIX_CHARS = 24
-# What reads as a token, a key or base64 (20 or more such characters, not part of
-# a path): masked even when no input value is found in it, since a policy may
-# have changed the value (upper(), base64.decode) before a built-in quoted it.
-_TOKENISH = re.compile(r"(?<![\w/.-])[A-Za-z0-9_+=-]{20,}(?![\w/.-])")
-# The leading "file:line[:col]: " of an engine's message: the policy's, kept whole.
-_LOCATION = re.compile(r"^\S+?:\d+(?::\d+)?: ")
+# The leading "file:line[:col]: " of an engine's message, or the "data.x.y: " of
+# one without a place: the policy's, kept whole.
+_LOCATION = re.compile(r"^(?:\S+?:\d+(?::\d+)?|data(?:\.\w+)+): ")
+# A word of an engine's sentence, as it writes them: "`sum`", "syntax.", "(got".
+_WORD = re.compile(r"[`(]?([A-Za-z][\w./]*?)[`.,:;)]*")
+# A place in the policy ("rule conflicts with rule at f.rego:7:1": no quote or
+# bracket, as a rendered value's end has) and the name of a Python exception (an
+# engine's own fault: "unexpected KeyError:").
+_KEPT = re.compile(
+    r"[^\s\"'`{}\[\](),;]+\.rego:\d+(?::\d+)?[.,:;]?|[A-Z][A-Za-z]*(?:Error|Exception):?"
+)
+# Failures whose message is Portcullis' own sentence, quoting no request value.
+_OWN_WORDS = frozenset({"eval_cancel_error", "undefined_document", "policy_not_loaded"})
 
 
 def error_code(error: BaseException) -> str:
@@ -66,20 +74,50 @@ def error_code(error: BaseException) -> str:
 
 
 def logged_error(code: str, message: str, document: Any) -> dict[str, str]:
-    """``{code, message}`` for the event: ``message`` with each value of the
-    decision input ``document`` it quotes (and any JWT) masked, on one line,
-    at most MAX_ERROR_MESSAGE_CHARS characters."""
+    """``{code, message}`` for the event: ``message`` with what the engine quoted
+    (any word not its own, and each value of the decision input ``document``)
+    masked, on one line, at most MAX_ERROR_MESSAGE_CHARS characters."""
     # Bounded before it is searched: an engine's message may be a page long.
     message = message[: MAX_ERROR_MESSAGE_CHARS * 4]
     location = _LOCATION.match(message)
     head = location.group() if location else ""
-    text = mask_jwts(_mask_values(message[len(head) :], document))
-    text = _TOKENISH.sub(REDACTED, text)
+    text = _mask_values(message[len(head) :], document)
+    if code not in _OWN_WORDS:
+        text = _engine_words(text)
     text = shown(head + text)
     if len(text) > MAX_ERROR_MESSAGE_CHARS:
-        more = len(text) - MAX_ERROR_MESSAGE_CHARS
-        text = f"{text[:MAX_ERROR_MESSAGE_CHARS]}...[{more} more chars]"
+        cut = text.rfind(" ", 0, MAX_ERROR_MESSAGE_CHARS + 1)
+        kept = text[: cut if cut > 0 else MAX_ERROR_MESSAGE_CHARS]
+        text = f"{kept}...[{len(text) - len(kept)} more chars]"
     return {"code": shown(code)[:64], "message": text}
+
+
+def _engine_words(text: str) -> str:
+    """``text``'s words that are the engine's or a place in the policy, one space
+    apart; each run of other words masked as one (with the punctuation after it)."""
+    said: list[str] = []
+    masked, in_run = "", False
+    for word in text.split():
+        if _is_engines(word):
+            if in_run:
+                said.append(REDACTED + masked)
+                in_run = False
+            said.append(word)
+            continue
+        in_run = True
+        masked = word[-1] if word[-1] in ".,:;" else ""  # the sentence's, after a quote
+    if in_run:
+        said.append(REDACTED + masked)
+    return " ".join(said)
+
+
+def _is_engines(word: str) -> bool:
+    if _KEPT.fullmatch(word):
+        return True
+    found = _WORD.fullmatch(word)
+    return found is not None and all(
+        part in ENGINE_WORDS for part in re.split(r"[./]", found.group(1))
+    )
 
 
 def _mask_values(text: str, document: Any) -> str:
