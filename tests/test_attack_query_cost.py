@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, quote
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.audit.chain import REDACTED
@@ -76,17 +76,28 @@ FRAGMENTS = (
 )  # fmt: skip
 
 
-def words() -> st.SearchStrategy[str]:
-    return st.lists(st.sampled_from(FRAGMENTS), max_size=4).map("".join)
+# Besides those, for the policy's parse: halves of escapes and of UTF-8 sequences
+# that a separator may cut (`%2` then `6`, `%C3` then `%A9`), encoded
+# separators in either case, an encoded surrogate, an overlong and a past-U+10FFFF
+# sequence, raw non-ASCII and a lone surrogate (which unquote keeps as they are).
+PARSE_FRAGMENTS = (
+    *FRAGMENTS,
+    "%2", "6", "%3", "d", "D", "%A9", "%AA", "%84%AA", "%9F%98%80", "%3d", "%2b", "%2B", "==",
+    "%ED%A0%80", "%C0%AF", "%F4%90%80%80", "%00", "%C", "%E2", "\u00e9", "\udcff", "\U0001f600",
+)  # fmt: skip
 
 
-def queries() -> st.SearchStrategy[str]:
+def words(fragments: tuple[str, ...] = FRAGMENTS) -> st.SearchStrategy[str]:
+    return st.lists(st.sampled_from(fragments), max_size=4).map("".join)
+
+
+def queries(fragments: tuple[str, ...] = FRAGMENTS) -> st.SearchStrategy[str]:
     """Queries of empty pieces, bare names, `name=value` pairs, repeated names,
     split on `&` and `;`."""
     piece = st.one_of(
         st.just(""),
-        words(),
-        st.tuples(words(), words()).map("=".join),
+        words(fragments),
+        st.tuples(words(fragments), words(fragments)).map("=".join),
         st.sampled_from(("a=1", "a=2", "token=t", "a")),  # names repeated
     )
     return st.lists(st.tuples(piece, st.sampled_from("&;")), max_size=12).map(
@@ -161,11 +172,18 @@ def test_the_log_masks_percent_encoded_secret_names_exactly_as_before(
     max_examples=2000, derandomize=True, database=None, deadline=None,
     suppress_health_check=list(HealthCheck),
 )  # fmt: skip
-@given(query=queries())
+@given(query=queries(PARSE_FRAGMENTS))
+@example(query="a=%C3&b=%A9")
+@example(query="a=%E2%84&%AA")
+@example(query="a%2&6=1&%3D=%26&b%3d%3Dc=d")
+@example(query="%61=1&\udcff=%C3&%A9")
 def test_the_policy_sees_the_same_parsed_query_as_before(query: str) -> None:
     """Property: parsed_query is the standard library's parse_qs reading (names
     and values `+`- and percent-decoded, non-UTF-8 as U+FFFD, empty pieces
-    skipped, `;` not a separator, repeated names in order), key order included."""
+    skipped, `;` not a separator, repeated names in order), key order included:
+    an escape or a UTF-8 sequence cut by `&` or `=` decodes as its halves do
+    (`a=%C3&b=%A9` is two U+FFFD, not an `é` spread over them), and `%26` and
+    `%3D` are a name's or value's `&` and `=`, never separators."""
     parsed = NormalizedPath("/wms/stock", query, (), False, "/wms/stock").parsed_query()
     expected = reference_parsed_query(query)
     assert parsed == expected, query
