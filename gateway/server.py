@@ -381,7 +381,8 @@ class Gateway:
             if self.shared is not None and not decision.allow and decision.step_up is None:
                 not_counted = another_sites_request(request, identity)
             labels = {NOT_COUNTED: not_counted} if not_counted else None
-            self._log(decision, document, route, labels=labels)
+            error = self._failure(decision, document)
+            self._log(decision, document, route, labels=labels, error=error)
             if self.shadow is not None:
                 self.shadow.submit(document, decision, route.app)
             if self.shared is not None:
@@ -391,13 +392,10 @@ class Gateway:
                     remember_address=request.get(REMEMBER_ADDRESS, False),
                     count_deny=not_counted is None,
                 )  # fmt: skip
-            if decision.error:
-                # Masked as the event's is: the server log is shipped too, and a
+            if decision.error and error is not None:
+                # The event's masked message: the server log is shipped too, and a
                 # runtime error may quote the request's secrets.
-                said = failure.logged_error(
-                    decision.error_code or failure.INTERNAL, decision.error, document
-                )
-                log.error("decision %s failed closed: %s", decision.decision_id, said["message"])
+                log.error("decision %s failed closed: %s", decision.decision_id, error["message"])
             if not decision.allow:
                 if self.sign_in is not None and self.sign_in.wants_page(request, identity):
                     return await self.sign_in.denied(
@@ -608,9 +606,11 @@ class Gateway:
         path: str = DECISION_PATH,
         labels: dict[str, str] | None = None,
         held: bool = True,
+        error: dict[str, str] | None = None,
     ) -> None:
         """Record a decision event; `held`: in sync durability, the request's answer
-        waits for it (not for a refusal recorded after the answer)."""
+        waits for it (not for a refusal recorded after the answer). `error`: the
+        decision's `_failure`, when the caller has it already."""
         app = route.app if route is not None else "-"
         result = "allow" if decision.allow else "deny"
         self.metrics.decided(app, result)
@@ -620,10 +620,8 @@ class Gateway:
         metrics = {"timer_rego_query_eval_ns": decision.eval_ns}
         if decision.memo_hit:
             metrics["decision_memo_hit"] = 1
-        error = None
-        if decision.error is not None:  # failed closed: why, for the SIEM too
-            code = decision.error_code or failure.INTERNAL
-            error = failure.logged_error(code, decision.error, document)
+        if error is None:
+            error = self._failure(decision, document)
         ticket = self.decision_log.record(
             decision_id=decision.decision_id,
             input=document,
@@ -636,6 +634,15 @@ class Gateway:
         )
         if self.durability is not None and held:
             self.durability.note(Pending(ticket, decision.decision_id, document, route), app)
+
+    @staticmethod
+    def _failure(decision: Decision, document: dict[str, Any]) -> dict[str, str] | None:
+        """Why ``decision`` failed closed, masked, as its event (and the server log)
+        says it (gateway/policy/failure.py); None when it did not fail."""
+        if decision.error is None:
+            return None
+        code = decision.error_code or failure.INTERNAL
+        return failure.logged_error(code, decision.error, document)
 
     def _not_durable(self, pending: Pending, reason: str) -> None:
         """The request of a decision not on disk in time was answered 503 instead:
