@@ -85,35 +85,27 @@ class NormalizedPath:
         U+FFFD). Only a decoded `&` or `=` (`%26`, `%3D`) would be read as a
         separator: such a query is decoded piece by piece."""
         query = self.query.replace("+", " ") if "+" in self.query else self.query
-        if "%" in query:
-            if _ENCODED_SEPARATOR.search(query) is not None:
-                return _parsed_piece_by_piece(query)
+        piece_by_piece = "%" in query and _ENCODED_SEPARATOR.search(query) is not None
+        if "%" in query and not piece_by_piece:
             query = unquote(query)
-        parsed: dict[str, list[str]] = {}
-        for pair in query.split("&"):
-            if not pair:
-                continue
-            name, _, value = pair.partition("=")
-            values = parsed.get(name)
-            if values is None:
-                parsed[name] = [value]
-            else:
-                values.append(value)
-        return parsed
+        return _parsed_pairs(query, piece_by_piece)
 
 
-def _parsed_piece_by_piece(query: str) -> dict[str, list[str]]:
-    """parsed_query of a query (`+` already read as spaces) holding `%26` or
-    `%3D`: each name and value holding a `%` is unquoted on its own."""
+def _parsed_pairs(query: str, piece_by_piece: bool) -> dict[str, list[str]]:
+    """A query's `&`-separated `name=value` pairs (empty ones skipped), each name's
+    values in order. ``piece_by_piece`` (a query holding `%26` or `%3D`, `+`
+    already read as spaces): each name and value holding a `%` is unquoted on
+    its own."""
     parsed: dict[str, list[str]] = {}
     for pair in query.split("&"):
         if not pair:
             continue
         name, _, value = pair.partition("=")
-        if "%" in name:
-            name = unquote(name)
-        if "%" in value:
-            value = unquote(value)
+        if piece_by_piece:
+            if "%" in name:
+                name = unquote(name)
+            if "%" in value:
+                value = unquote(value)
         values = parsed.get(name)
         if values is None:
             parsed[name] = [value]
