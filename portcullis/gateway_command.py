@@ -74,12 +74,16 @@ def register(commands: Any) -> None:
 MAX_TOKEN_TTL = 31_622_400
 
 
-def _lifetime(text: str) -> int:
-    """--ttl: a token that is born expired, or that no gateway accepts, is a usage error."""
+def _seconds(text: str) -> int:
     try:
-        seconds = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number of seconds: {text!r}") from None
+
+
+def _lifetime(text: str) -> int:
+    """--ttl: a token that is born expired, or that no gateway accepts, is a usage error."""
+    seconds = _seconds(text)
     if not 1 <= seconds <= MAX_TOKEN_TTL:
         raise argparse.ArgumentTypeError(
             f"{text}: must be 1 to {MAX_TOKEN_TTL} seconds (366 days); a token with "
@@ -90,10 +94,7 @@ def _lifetime(text: str) -> int:
 
 def _age(text: str) -> int:
     """--auth-age: a negative age would put the sign-in (auth_time) in the future."""
-    try:
-        seconds = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number of seconds: {text!r}") from None
+    seconds = _seconds(text)
     if seconds < 0:
         raise argparse.ArgumentTypeError(
             f"{text}: must be 0 or more seconds; a negative age puts the sign-in in the future"

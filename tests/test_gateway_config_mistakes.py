@@ -66,6 +66,15 @@ def issuer_yaml() -> str:
 # --- keys the gateway doesn't know ---------------------------------------------
 
 
+def refused_saying(tmp_path: Path, yaml_text: str, message: str) -> None:
+    """`portcullis gateway` on this config says ``message`` on stderr, no traceback."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml_text)
+    stderr = finish(gateway_process(config))
+    assert message in stderr, stderr
+    assert "Traceback" not in stderr
+
+
 @pytest.mark.parametrize(
     ("yaml_text", "message"),
     [
@@ -86,11 +95,7 @@ def test_a_typo_in_a_config_key_is_refused_with_the_key_it_was_probably_meant_to
 ) -> None:
     """`routs:` said "unknown key" and left the user to find `routes` in the README;
     a key like no known one gets no guess."""
-    config = tmp_path / "gateway.yaml"
-    config.write_text(yaml_text)
-    stderr = finish(gateway_process(config))
-    assert message in stderr, stderr
-    assert "Traceback" not in stderr
+    refused_saying(tmp_path, yaml_text, message)
 
 
 @pytest.mark.parametrize(
@@ -104,11 +109,7 @@ def test_a_config_key_that_yaml_reads_as_a_number_is_an_unknown_key_not_a_traceb
     tmp_path: Path, yaml_text: str, message: str
 ) -> None:
     """Unknown keys were sorted to name the first, and 1 doesn't sort with "routs"."""
-    config = tmp_path / "gateway.yaml"
-    config.write_text(yaml_text)
-    stderr = finish(gateway_process(config))
-    assert message in stderr, stderr
-    assert "Traceback" not in stderr
+    refused_saying(tmp_path, yaml_text, message)
 
 
 @pytest.mark.parametrize(
@@ -146,11 +147,7 @@ def test_a_config_word_that_yaml_reads_as_a_boolean_is_refused_saying_to_quote_i
 ) -> None:
     """`on: x` was "True: unknown key" and `durability: off` "expected str, got bool":
     neither said that YAML 1.1 had read the word as a boolean, nor how to keep it."""
-    config = tmp_path / "gateway.yaml"
-    config.write_text(yaml_text)
-    stderr = finish(gateway_process(config))
-    assert message in stderr, stderr
-    assert "Traceback" not in stderr
+    refused_saying(tmp_path, yaml_text, message)
 
 
 # --- the signing key ---------------------------------------------------------------
