@@ -28,7 +28,7 @@ from policy_engine import (
 log = logging.getLogger("portcullis.policy")
 
 
-Fingerprint = tuple[tuple[str, int, int], ...]
+Fingerprint = tuple[tuple[str, int, int, int], ...]
 # A policy source that changed while it was read is read again, this often at most,
 # pausing a little longer each time (seconds).
 SETTLE_TRIES = 5
@@ -36,10 +36,14 @@ SETTLE_PAUSE = 0.05
 
 
 def source_fingerprint(source: Path) -> Fingerprint | None:
-    """What a policy source's files look like now (path, mtime, size): a reload is due
-    when it changes. None when the source changed while it was read (a directory
-    removed mid-scan, as a Kubernetes ConfigMap update swaps its ``..<timestamp>``
-    directories): ask again on the next tick."""
+    """What a policy source's files look like now (path, mtime, ctime, size): a reload
+    is due when it changes. The ctime, which no one can set back, too: `rsync -a`,
+    `cp -p` and `tar x` give a file its source's mtime, so an edit of the same size
+    (a group renamed store -> clerk) copied that way left path, mtime and size as
+    they were, and the old policy was enforced until some other change. None when
+    the source changed while it was read (a directory removed mid-scan, as a
+    Kubernetes ConfigMap update swaps its ``..<timestamp>`` directories): ask again
+    on the next tick."""
     try:
         return _fingerprint(source)
     except (FileNotFoundError, NotADirectoryError):
@@ -65,7 +69,7 @@ def _fingerprint(source: Path) -> Fingerprint:
             name = f"{file} -> {os.path.realpath(file)}" if file.is_symlink() else str(file)
         except FileNotFoundError:
             continue
-        state.append((name, stat.st_mtime_ns, stat.st_size))
+        state.append((name, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size))
     return tuple(state)
 
 
@@ -230,7 +234,7 @@ class PolicyHolder:
             return True
 
     async def watch(self, interval: float) -> None:
-        """Reload when a file under the policy source changes (mtime or size). Runs
+        """Reload when a file under the policy source changes (mtime, ctime or size). Runs
         until cancelled: a failure is logged and the next tick tries again."""
         if self.is_remote:
             return
