@@ -6,13 +6,19 @@ written, and never keeps enforcing an allow the files on disk no longer grant.""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
+import pytest
+
+from gateway.policy import reload
+from policy_engine import load_policy_set
 from tests.gateway_stack import ServerFactory, start_stack
 from tests.test_gateway_ops import wait_for
 
 STORE = {"groups": ["store"], "amr": ["pwd", "otp"]}
+ANALYST = {"groups": ["analyst"], "amr": ["pwd"]}  # no MFA
 
 
 async def test_a_same_size_edit_copied_with_its_old_mtime_is_still_reloaded(
@@ -38,3 +44,36 @@ async def test_a_same_size_edit_copied_with_its_old_mtime_is_still_reloaded(
         reloads = running.gateway.metrics.policy_reloads
         await wait_for(lambda: reloads.labels("ok")._value.get() >= 2)
         assert (await running.get("/pos/sales", token)).status == 403
+
+
+async def test_a_data_file_caught_half_written_is_never_enforced(
+    aiohttp_server: ServerFactory,
+    tmp_path: Path,
+    policy_copy: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`cp`, `>` or an editor truncates apps.yaml and writes it in steps. Cut after
+    analytics' `groups: [analyst]` it still parses, with analytics' MFA gone: the
+    watcher read it once it stopped changing for the time a load takes (~1 s), and
+    an analyst without MFA could POST to analytics until the rest was written."""
+    monkeypatch.setattr(reload, "QUIET", 3.0)  # a pause well over a load's time, under this
+    async with start_stack(aiohttp_server, tmp_path, policy=policy_copy) as running:
+        token = running.token("alice", **ANALYST)
+        assert (await running.get("/analytics/x", token, method="POST")).status == 403
+        apps = policy_copy / "data/apps.yaml"
+        whole = apps.read_text()
+        cut = whole.index("groups: [analyst]\n") + len("groups: [analyst]\n")
+        seen = []
+        with apps.open("w") as writing:
+            writing.write(whole[:cut])
+            writing.flush()
+            for _ in range(20):  # 2 s: 40 of the watcher's ticks
+                seen.append((await running.get("/analytics/x", token, method="POST")).status)
+                await asyncio.sleep(0.1)
+            writing.write(whole[cut:])
+        assert set(seen) == {403}
+        holder = running.gateway.policy
+        revision = load_policy_set(policy_copy).revision
+        await wait_for(lambda: holder.engine is not None and holder.engine.revision == revision)
+        assert (await running.get("/analytics/x", token, method="POST")).status == 403
+        assert (await running.get("/analytics/x", token)).status == 200  # GET is exempt

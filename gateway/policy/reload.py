@@ -33,6 +33,14 @@ Fingerprint = tuple[tuple[str, int, int, int], ...]
 # pausing a little longer each time (seconds).
 SETTLE_TRIES = 5
 SETTLE_PAUSE = 0.05
+# A reload reads a source only once none of its files has changed for this long
+# (seconds, by their ctime). `cp`, `>`, an editor, `rsync --inplace` and `git
+# checkout` write a file, or several, in steps: a file caught between two steps
+# that stops after a complete rule, or a data file cut after an app's groups (its
+# MFA gone), still loads, and a policy nobody wrote was enforced. Waited for this
+# many times at most while the files keep changing.
+QUIET = 2.0
+QUIET_TRIES = 10
 
 
 def source_fingerprint(source: Path) -> Fingerprint | None:
@@ -73,6 +81,26 @@ def _fingerprint(source: Path) -> Fingerprint:
     return tuple(state)
 
 
+def quiet_fingerprint(source: Path, quiet: float) -> Fingerprint | None:
+    """The source's fingerprint once none of its files has changed for ``quiet``
+    seconds (waiting for that), or None if they kept changing."""
+    for _ in range(QUIET_TRIES):
+        before = source_fingerprint(source)
+        if before is None:  # changing under the scan
+            time.sleep(quiet)
+            continue
+        newest = max((entry[2] for entry in before), default=0) / 1e9
+        wait = quiet - (time.time() - newest)
+        if wait <= 0:
+            return before
+        # A ctime ahead of this clock (a network mount's server): seen unchanged
+        # for ``quiet`` here instead.
+        time.sleep(min(wait, quiet))
+        if wait >= quiet and source_fingerprint(source) == before:
+            return before
+    return None
+
+
 def build_engine(source: str, *, timeout_ms: float, evaluate: bool = True) -> PolicyEngine:
     """The engine the gateway decides with for ``source``: an OPA URL, or a policy
     directory or bundle on the embedded engine with the decision on its compiled
@@ -107,7 +135,7 @@ def build_engine(source: str, *, timeout_ms: float, evaluate: bool = True) -> Po
 
 
 def build_or_reason(
-    source: str, *, timeout_ms: float, probed: bool = False
+    source: str, *, timeout_ms: float, probed: bool = False, quiet: float = 0.0
 ) -> tuple[PolicyEngine | None, str | None]:
     """The engine for ``source``, or why it didn't load, from files that did not
     change while they were read. Files are read one by one (a ConfigMap mount's
@@ -119,13 +147,23 @@ def build_or_reason(
     first, within load_probe.LOAD_PROBE_TIMEOUT, and this process builds them only
     when that passed, without evaluating the rules again (regorus would hold the
     GIL, and the event loop, for as long as they take). The files must not change
-    from before the child read them until this build has."""
+    from before the child read them until this build has.
+
+    ``quiet`` (a reload): the files are read only once none has changed for that
+    many seconds (QUIET), so a file written in steps is read whole."""
     if source.startswith(("http://", "https://")):
         return _build_or_reason(source, timeout_ms=timeout_ms)
     for attempt in range(SETTLE_TRIES):
         if attempt:
             time.sleep(SETTLE_PAUSE * attempt)
-        before = source_fingerprint(Path(source))
+        before = (
+            quiet_fingerprint(Path(source), quiet) if quiet else source_fingerprint(Path(source))
+        )
+        if quiet and before is None:
+            return None, (
+                f"{source}: its files kept changing for {QUIET_TRIES * quiet:g} s: a "
+                f"policy set is loaded once none of its files changed for {quiet:g} s"
+            )
         engine: PolicyEngine | None = None
         error = load_probe.probe(source, timeout_ms=timeout_ms) if probed else None
         if error is None:
@@ -193,7 +231,9 @@ class PolicyHolder:
         # At start nothing is served yet; once a policy is live, a candidate is loaded
         # by a child first, so that a very slow rule can't stop the event loop.
         live = self.engine is not None
-        engine, error = build_or_reason(self.source, timeout_ms=self.timeout * 1000, probed=live)
+        engine, error = build_or_reason(
+            self.source, timeout_ms=self.timeout * 1000, probed=live, quiet=QUIET if live else 0.0
+        )
         if engine is not None and self.vet is not None:
             error = self.vet(engine)
             if error is not None:

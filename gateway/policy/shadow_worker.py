@@ -34,7 +34,13 @@ from gateway import server_log
 from gateway.policy import failure
 from gateway.policy.decision import MAX_ANSWER_CHARS, decide
 from gateway.policy.divergence import MemoReplay, divergence
-from gateway.policy.reload import Fingerprint, build_or_reason, changed, source_fingerprint
+from gateway.policy.reload import (
+    QUIET,
+    Fingerprint,
+    build_or_reason,
+    changed,
+    source_fingerprint,
+)
 from policy_engine import PolicyEngine
 
 log = logging.getLogger("portcullis.shadow")
@@ -80,7 +86,9 @@ class ShadowWorker:
         remote = self.source.startswith(("http://", "https://"))
         if not remote:
             self.fingerprint = source_fingerprint(Path(self.source)) or ()
-        engine, error = build_or_reason(self.source, timeout_ms=self.timeout_ms)
+        # A reload (not the start) waits for the files to be written whole, as the live one.
+        quiet = QUIET if why != "start" else 0.0
+        engine, error = build_or_reason(self.source, timeout_ms=self.timeout_ms, quiet=quiet)
         if engine is None:
             kept = (
                 "keeping the last good one" if self.engine is not None else "no shadow policy runs"
