@@ -77,3 +77,27 @@ async def test_a_data_file_caught_half_written_is_never_enforced(
         await wait_for(lambda: holder.engine is not None and holder.engine.revision == revision)
         assert (await running.get("/analytics/x", token, method="POST")).status == 403
         assert (await running.get("/analytics/x", token)).status == 200  # GET is exempt
+
+
+async def test_an_allow_remembered_before_a_reload_that_denies_it_is_never_reused(
+    aiohttp_server: ServerFactory, tmp_path: Path, policy_copy: Path
+) -> None:
+    """The decision memo reuses an allow the policy can't tell apart: one remembered
+    under the old catalogue must not answer after a data-only reload (memo.rego's
+    declared reads name no data file) takes the group away, nor after a rejected
+    reload that followed it."""
+    async with start_stack(aiohttp_server, tmp_path, policy=policy_copy) as running:
+        token = running.token("alice", **STORE)
+        hits = running.gateway.metrics.memo_hits
+        for _ in range(2):
+            assert (await running.get("/pos/sales", token)).status == 200
+        assert hits.value() == 1  # the second was the remembered allow
+        apps = policy_copy / "data/apps.yaml"
+        apps.write_text(apps.read_text().replace("groups: [store]", "groups: [store-leads]"))
+        reloads = running.gateway.metrics.policy_reloads
+        await wait_for(lambda: reloads.labels("ok")._value.get() >= 2)
+        assert (await running.get("/pos/sales", token)).status == 403
+        (policy_copy / "gateway/broken.rego").write_text("package portcullis.gateway\nx if {\n")
+        await wait_for(lambda: reloads.labels("rejected")._value.get() >= 1)
+        assert (await running.get("/pos/sales", token)).status == 403
+        assert hits.value() == 1
