@@ -557,11 +557,16 @@ class Gateway:
         )
 
     def _sighup(self) -> None:
+        # Reloads run one at a time: with one running and one waiting, the waiting
+        # one reads the files after this signal anyway. A storm of signals (a
+        # config reloader retrying) costs two loads, not a child probe each.
+        if self.shadow is not None:
+            self.shadow.reload()
+        if len(self._reloads) >= 2:
+            return
         reload = asyncio.ensure_future(self.policy.reload("SIGHUP"))
         self._reloads.add(reload)
         reload.add_done_callback(self._reloads.discard)
-        if self.shadow is not None:
-            self.shadow.reload()
 
     def _shadow_diverged(self, message: dict[str, Any]) -> None:
         """Log a divergence the shadow process reported: both results, the live

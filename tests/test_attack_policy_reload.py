@@ -7,12 +7,17 @@ written, and never keeps enforcing an allow the files on disk no longer grant.""
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
 from gateway.policy import reload
+from gateway.policy.shadow_worker import ShadowWorker
 from policy_engine import load_policy_set
 from tests.gateway_stack import ServerFactory, start_stack
 from tests.test_gateway_ops import wait_for
@@ -101,3 +106,49 @@ async def test_an_allow_remembered_before_a_reload_that_denies_it_is_never_reuse
         await wait_for(lambda: reloads.labels("rejected")._value.get() >= 1)
         assert (await running.get("/pos/sales", token)).status == 403
         assert hits.value() == 1
+
+
+async def test_a_storm_of_sighups_costs_two_loads_not_one_each(
+    aiohttp_server: ServerFactory, tmp_path: Path, policy_copy: Path
+) -> None:
+    """Each SIGHUP queued a whole reload (a child process loads the candidate
+    first, ~1 s of CPU): a config reloader retrying 20 times cost 20 loads, one
+    after another. With one reload running and one waiting, the waiting one reads
+    the files after any later signal: those are dropped, and what was written
+    before the storm is still what ends up live."""
+    async with start_stack(
+        aiohttp_server, tmp_path, policy=policy_copy, policy_options={"watch": False}
+    ) as running:
+        token = running.token("alice", **STORE)
+        assert (await running.get("/pos/sales", token)).status == 200
+        apps = policy_copy / "data/apps.yaml"
+        apps.write_text(apps.read_text().replace("groups: [store]", "groups: [clerk]"))
+        reloads = running.gateway.metrics.policy_reloads
+        for _ in range(20):
+            os.kill(os.getpid(), signal.SIGHUP)
+            await asyncio.sleep(0.01)  # each signal handled before the next
+        await wait_for(lambda: not running.gateway._reloads, timeout=60)
+        assert 1 <= reloads.labels("ok")._value.get() - 1 <= 2
+        assert (await running.get("/pos/sales", token)).status == 403
+
+
+async def test_a_storm_of_sighups_costs_the_shadow_process_one_load(
+    tmp_path: Path, policy_copy: Path
+) -> None:
+    """The shadow process got a reload message a signal and loaded its policy for
+    each, its decisions waiting meanwhile. A message sent before the last load
+    began is answered by that load."""
+    out = io.BytesIO()
+    worker = ShadowWorker(str(policy_copy), 250, out)
+    await worker.load("start")
+    storm = [{"op": "reload", "sent": time.monotonic()} for _ in range(20)]
+    try:
+        for message in storm:
+            await worker.handle(message)
+        loads = [json.loads(line) for line in out.getvalue().splitlines()]
+        assert [load["why"] for load in loads] == ["start", "SIGHUP"]
+        await worker.handle({"op": "reload", "sent": time.monotonic()})  # after it: loads
+        assert len(out.getvalue().splitlines()) == 3
+    finally:
+        if worker.engine is not None:
+            await worker.engine.close()

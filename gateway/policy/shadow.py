@@ -100,11 +100,13 @@ class ShadowPolicy:
         self._outcomes["sent"].inc()
 
     def reload(self) -> None:
-        """SIGHUP: the shadow process reloads its policy too."""
+        """SIGHUP: the shadow process reloads its policy too (once for the signals
+        that reach it while it waits to read its files: see ShadowWorker.handle)."""
         process = self._process
         if process is not None and process.stdin is not None:
+            message = orjson.dumps({"op": "reload", "sent": time.monotonic()})
             with contextlib.suppress(RuntimeError, ConnectionError):
-                process.stdin.write(b'{"op":"reload"}\n')
+                process.stdin.write(message + b"\n")
 
     async def close(self, timeout: float = 5.0) -> None:
         """Let the shadow finish what it was sent (its divergences still reach the

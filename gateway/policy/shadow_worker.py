@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -75,6 +76,7 @@ class ShadowWorker:
         # The shadow policy's memo over the live traffic (what it would reuse).
         self.memo: MemoReplay | None = None
         self.fingerprint: Fingerprint = ()
+        self.load_started = float("-inf")  # when the last load began (time.monotonic)
 
     def send(self, message: dict[str, Any]) -> None:
         self.out.write(orjson.dumps(message, default=str) + b"\n")
@@ -83,6 +85,7 @@ class ShadowWorker:
     async def load(self, why: str) -> None:
         """Build the candidate; a failure keeps the last good one (or none: the
         process runs on without a policy until a reload loads one)."""
+        self.load_started = time.monotonic()
         remote = self.source.startswith(("http://", "https://"))
         if not remote:
             self.fingerprint = source_fingerprint(Path(self.source)) or ()
@@ -118,7 +121,11 @@ class ShadowWorker:
 
     async def handle(self, message: dict[str, Any]) -> None:
         if message.get("op") == "reload":
-            await self.load("SIGHUP")
+            # Sent before the last load began reading: that load read the files
+            # after this signal, so a storm of signals costs one load, not one each.
+            sent = message.get("sent")
+            if not isinstance(sent, float) or sent >= self.load_started:
+                await self.load("SIGHUP")
             return
         engine = self.engine
         if engine is None or message.get("op") != "decide":
