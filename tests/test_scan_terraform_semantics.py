@@ -1211,3 +1211,18 @@ def test_the_text_report_counts_the_reasons_it_leaves_out_in_words() -> None:
     assert four.endswith("; 1 other reason")
     [five] = unjudged(5)
     assert five.endswith("; 2 other reasons")
+
+
+def test_a_load_balancer_with_logging_off_is_found_though_its_log_bucket_is_unknown() -> None:
+    """access_logs { bucket = var.log_bucket, enabled = false } on a pci app's
+    ALB passed PC-TF-008: anything unknown in the block skipped the rule, so
+    logging switched off (or an ALB block without enabled = true) went
+    unreported whenever the bucket was a variable. checkov's CKV_AWS_91 flags
+    these. Only an unknown `enabled` leaves it unjudged."""
+    code, report = scan_json(fixture("access_logs_unknown_bucket"))
+    assert code == 1
+    assert findings(report) == {
+        ("PC-TF-008", "aws_lb.disabled"),
+        ("PC-TF-008", "aws_lb.only_bucket"),
+        ("PC-TF-008", "aws_elb.disabled"),
+    }

@@ -34,7 +34,7 @@ deny contains {"resource": r.address, "message": msg} if {
 	some r in input.resources
 	r.type in _lb_types
 	some app in _pci_apps(r)
-	not tf.has_unknown_within(r, ["access_logs"])
+	not _access_logs_unknown(r)
 	not _access_logs_enabled(r)
 	msg := sprintf(
 		"load balancer %s (%s) does not write access logs; add access_logs { bucket = <log bucket>, enabled = true }",
@@ -77,6 +77,14 @@ _pci_apps(r) := {app |
 _access_logs_enabled(r) if {
 	some logs in tf.blocks(r, ["access_logs"])
 	tf.is_true(object.get(logs, "enabled", r.type == "aws_elb"))
+}
+
+# Whether a load balancer logs turns on access_logs.enabled alone (and on the
+# block being there): an unknown bucket or prefix doesn't change it, so only an
+# unknown `enabled` (or a block the scanner could not expand) is not judged.
+_access_logs_unknown(r) if {
+	some at in tf.block_paths(r, ["access_logs"])
+	tf.is_unknown(r, array.concat(at, ["enabled"]))
 }
 
 # A trail counts unless logging is switched off; one whose enable_logging is

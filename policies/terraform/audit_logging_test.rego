@@ -61,6 +61,12 @@ test_pci_load_balancer_with_access_logs_is_allowed if {
 	count(audit_logging.deny) == 0 with input as testing.document([_trail, alb, classic])
 }
 
+test_load_balancer_logging_off_is_denied_though_its_bucket_is_unknown if {
+	off := testing.resource_with("aws_lb", "pos", {"internal": true, "tags": _pos, "access_logs": [{"enabled": false}]}, {"unknown": ["access_logs.0.bucket"]})
+	no_flag := testing.resource_with("aws_alb", "pos_api", {"internal": true, "tags": _pos, "access_logs": [{}]}, {"unknown": ["access_logs.0.bucket"]})
+	_addresses(audit_logging.deny) == {"aws_lb.pos", "aws_alb.pos_api"} with input as testing.document([_trail, off, no_flag])
+}
+
 test_unknown_access_logs_setting_is_not_flagged if {
 	lb := testing.resource_with("aws_lb", "pos", {"tags": _pos, "access_logs": [{"bucket": "acme-logs"}]}, {"unknown": ["access_logs.0.enabled"]})
 	count(audit_logging.deny) == 0 with input as testing.document([_trail, lb])
