@@ -1226,3 +1226,14 @@ def test_a_load_balancer_with_logging_off_is_found_though_its_log_bucket_is_unkn
         ("PC-TF-008", "aws_lb.only_bucket"),
         ("PC-TF-008", "aws_elb.disabled"),
     }
+
+
+def test_a_permission_set_inline_policy_allowing_everything_is_found() -> None:
+    """aws_ssoadmin_permission_set_inline_policy gives its inline_policy to every
+    user assigned the permission set, in each account: "*" on "*" there passed
+    PC-TF-007, which read only aws_iam_* policies (checkov's CKV_AWS_62 flags
+    it). The read-only set beside it stays clean."""
+    code, report = scan_json(fixture("permission_set_policy"))
+    assert code == 1
+    assert findings(report) == {("PC-TF-007", "aws_ssoadmin_permission_set_inline_policy.ops")}
+    assert report["not_judged"] == {}

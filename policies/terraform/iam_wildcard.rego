@@ -1,5 +1,5 @@
-# Baseline, for every IAM identity policy: no statement allows every action on
-# every resource. Policy documents arrive as JSON strings (jsonencode() and
+# Baseline, for every IAM identity policy (IAM Identity Center permission sets'
+# inline policies too): no statement allows every action on every resource. Policy documents arrive as JSON strings (jsonencode() and
 # heredocs alike); a document that references a data source such as
 # aws_iam_policy_document is unknown to the scanner and not judged.
 package portcullis.terraform.iam_wildcard
@@ -15,7 +15,16 @@ metadata := {
 	"remediation": "List the actions the principal needs (e.g. \"s3:GetObject\") and the ARNs they apply to; keep full administrator access to a break-glass role using the AWS-managed AdministratorAccess policy.",
 }
 
-_policy_types := {"aws_iam_policy", "aws_iam_role_policy", "aws_iam_user_policy", "aws_iam_group_policy"}
+# Each identity-policy resource type and the attribute holding its document.
+# An IAM Identity Center permission set's inline policy is an identity policy
+# too: every user assigned the permission set gets it in each account.
+_policy_attributes := {
+	"aws_iam_policy": "policy",
+	"aws_iam_role_policy": "policy",
+	"aws_iam_user_policy": "policy",
+	"aws_iam_group_policy": "policy",
+	"aws_ssoadmin_permission_set_inline_policy": "inline_policy",
+}
 
 deny contains {"resource": address, "message": msg} if {
 	some entry in _documents
@@ -33,8 +42,8 @@ deny contains {"resource": address, "message": msg} if {
 # _documents: [address, where in the resource, parsed policy document].
 _documents contains [r.address, "", doc] if {
 	some r in input.resources
-	r.type in _policy_types
-	doc := _parse(tf.value(r, ["policy"]))
+	attribute := _policy_attributes[r.type]
+	doc := _parse(tf.value(r, [attribute]))
 }
 
 _documents contains [r.address, sprintf(" (inline_policy %d)", [i]), doc] if {
@@ -70,10 +79,10 @@ _sid(statement) := sprintf(", Sid %q", [statement.Sid]) if {
 
 # A policy document the scanner could not see (a variable without a value, a
 # data source other than aws_iam_policy_document) is not judged.
-not_judged contains {"resource": r.address, "path": "policy"} if {
+not_judged contains {"resource": r.address, "path": attribute} if {
 	some r in input.resources
-	r.type in _policy_types
-	tf.is_unknown(r, ["policy"])
+	attribute := _policy_attributes[r.type]
+	tf.is_unknown(r, [attribute])
 }
 
 not_judged contains {"resource": r.address, "path": tf.path_string(path)} if {

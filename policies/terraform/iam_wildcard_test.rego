@@ -85,3 +85,13 @@ test_unknown_policy_document_is_not_judged_and_said if {
 	count(iam_wildcard.deny) == 0 with input as testing.document([p])
 	iam_wildcard.not_judged == {{"resource": "aws_iam_policy.ops", "path": "policy"}} with input as testing.document([p])
 }
+
+test_permission_set_inline_policy_allowing_everything_is_denied if {
+	p := testing.resource("aws_ssoadmin_permission_set_inline_policy", "ops", {"inline_policy": _admin})
+	{f.resource | some f in iam_wildcard.deny} == {"aws_ssoadmin_permission_set_inline_policy.ops"} with input as testing.document([p])
+}
+
+test_permission_set_inline_policy_unknown_is_not_judged if {
+	p := testing.resource_with("aws_ssoadmin_permission_set_inline_policy", "ops", {}, {"unknown": ["inline_policy"]})
+	iam_wildcard.not_judged == {{"resource": "aws_ssoadmin_permission_set_inline_policy.ops", "path": "inline_policy"}} with input as testing.document([p])
+}
