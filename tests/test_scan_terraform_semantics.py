@@ -1237,3 +1237,15 @@ def test_a_permission_set_inline_policy_allowing_everything_is_found() -> None:
     assert code == 1
     assert findings(report) == {("PC-TF-007", "aws_ssoadmin_permission_set_inline_policy.ops")}
     assert report["not_judged"] == {}
+
+
+def test_an_ignored_public_acl_on_a_bucket_made_elsewhere_is_not_a_finding() -> None:
+    """An aws_s3_bucket_acl and an aws_s3_bucket_public_access_block with
+    ignore_public_acls = true, both naming a bucket made outside the scan by
+    its literal name: S3 ignores that ACL, yet PC-TF-006 found it public, as it
+    matched the two only through an aws_s3_bucket in the scan. A false finding
+    trains users to suppress the rule. An ACL on a bucket no block names is
+    still found."""
+    code, report = scan_json(fixture("acl_bucket_elsewhere"))
+    assert code == 1
+    assert findings(report) == {("PC-TF-006", "aws_s3_bucket_acl.exports")}

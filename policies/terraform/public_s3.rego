@@ -104,6 +104,19 @@ _acls_ignored(r) if {
 	tf.is_true(tf.value_or(block, ["ignore_public_acls"], false))
 }
 
+# The bucket may be made outside this scan (another stack, a bucket that
+# predates Terraform): an ACL and a public access block naming one bucket by
+# its literal name apply to that bucket all the same.
+_acls_ignored(r) if {
+	r.type == "aws_s3_bucket_acl"
+	name := tf.value(r, ["bucket"])
+	is_string(name)
+	some block in input.resources
+	block.type == "aws_s3_bucket_public_access_block"
+	tf.value(block, ["bucket"]) == name
+	tf.is_true(tf.value_or(block, ["ignore_public_acls"], false))
+}
+
 _buckets_of(r) := {r} if r.type == "aws_s3_bucket"
 
 _buckets_of(r) := {bucket |

@@ -103,6 +103,17 @@ test_public_acl_resource_is_neutralised_by_the_same_buckets_access_block if {
 	{f.resource | some f in findings} == {"aws_s3_bucket_acl.data"}
 }
 
+test_public_acl_resource_is_neutralised_by_an_access_block_naming_its_bucket_made_elsewhere if {
+	acl := testing.resource("aws_s3_bucket_acl", "assets", {"bucket": "legacy-assets", "acl": "public-read"})
+	block := testing.resource("aws_s3_bucket_public_access_block", "assets", {
+		"bucket": "legacy-assets", "block_public_acls": true, "block_public_policy": true, "ignore_public_acls": true, "restrict_public_buckets": true,
+	})
+	count(public_s3.deny) == 0 with input as testing.document([acl, block])
+	other_block := json.patch(block, [{"op": "replace", "path": "/config/bucket", "value": "other-assets"}])
+	findings := public_s3.deny with input as testing.document([acl, other_block])
+	{f.resource | some f in findings} == {"aws_s3_bucket_acl.assets"}
+}
+
 test_unknown_acl_is_not_judged_and_said if {
 	b := testing.resource_with("aws_s3_bucket", "assets", {}, {"unknown": ["acl"]})
 	count(public_s3.deny) == 0 with input as testing.document([b])
