@@ -416,3 +416,30 @@ def test_a_bundle_of_rego_v0_is_named_for_its_version_not_a_syntax_error(
     assert len(problems) == 1 and problems[0].startswith(f"{bundle}:.manifest: ")
     assert "is 0: only Rego v1 is supported" in problems[0]
     assert "opa fmt --write --v0-v1" in problems[0]
+
+
+def test_a_load_after_an_edit_reads_the_edited_modules_not_the_analysis_kept_for_the_old(
+    tmp_path: Path,
+) -> None:
+    """The analysis of a set's modules (shapes, import problems, compiled-VM
+    divergences) is kept for the next load of the same texts: an edit of one
+    module, a rule added or a VM divergence written, must be seen by the next
+    load, and the data, which the analysis never holds, is checked each time."""
+    shutil.copytree(POLICIES, tmp_path / "p")
+    module = tmp_path / "p/gateway/memo.rego"
+    original = module.read_text()
+    kept = compile_policy(load_policy_set(tmp_path / "p"))
+    assert "data.portcullis.gateway.edited" not in kept.rule_refs()
+    module.write_text(
+        original + "\nedited if {\n\tx := input.nothing\n\tnot x\n}\n"  # a VM divergence
+    )
+    edited = compile_policy(load_policy_set(tmp_path / "p"))
+    assert "data.portcullis.gateway.edited" in edited.rule_refs()
+    assert edited.vm_divergences_reached(["data.portcullis.gateway.edited"])
+    assert not kept.vm_divergences_reached(["data.portcullis.gateway.decision"])
+    module.write_text(original)
+    again = compile_policy(load_policy_set(tmp_path / "p"))
+    assert "data.portcullis.gateway.edited" not in again.rule_refs()
+    (tmp_path / "p/data/clash.yaml").write_text("portcullis: {gateway: {decision: 1}}\n")
+    with pytest.raises(PolicyLoadError, match="conflict"):
+        compile_policy(load_policy_set(tmp_path / "p"))
