@@ -227,7 +227,7 @@ def user_queries(names: tuple[str, ...]) -> st.SearchStrategy[str]:
 
 
 @settings(
-    max_examples=1000, derandomize=True, database=None, deadline=None,
+    max_examples=400, derandomize=True, database=None, deadline=None,
     suppress_health_check=list(HealthCheck),
 )  # fmt: skip
 @given(config=st.sampled_from(((), *USER_CONFIGS)), data=st.data())

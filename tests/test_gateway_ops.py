@@ -422,7 +422,7 @@ async def test_sighup_reloads(
         )
 
 
-async def test_fifty_reloads_under_load_fail_no_request(
+async def test_twenty_reloads_under_load_fail_no_request(
     aiohttp_server: ServerFactory, tmp_path: Path, policy_copy: Path
 ) -> None:
     async with start_stack(aiohttp_server, tmp_path, policy=policy_copy) as running:
@@ -437,7 +437,7 @@ async def test_fifty_reloads_under_load_fail_no_request(
                 statuses.append(response.status)
 
         clients = [asyncio.ensure_future(client()) for _ in range(8)]
-        for index in range(50):
+        for index in range(20):  # each swaps the engine under 8 clients' requests
             ok = await running.gateway.policy.reload(f"test {index}")
             assert ok
         stop.set()
