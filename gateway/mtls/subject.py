@@ -204,3 +204,58 @@ def certificate_identity(peer: dict[str, Any], issuer: str) -> Identity:
         issuer=issuer,
         client_cert=client_certificate(peer),
     )
+
+
+# OpenSSL's short names (Envoy prints a subject with them, RFC 2253) for the long
+# names Python's ssl gives; an attribute not listed keeps its long name.
+_SHORT_NAMES = {
+    "commonName": "CN",
+    "countryName": "C",
+    "localityName": "L",
+    "stateOrProvinceName": "ST",
+    "streetAddress": "street",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "domainComponent": "DC",
+    "userId": "UID",
+    "givenName": "GN",
+    "surname": "SN",
+}
+# RFC 2253 2.4: characters escaped with a backslash anywhere in a value.
+_RFC2253_SPECIAL = frozenset(',+"\\<>;')
+
+
+def envoy_principal(peer: dict[str, Any]) -> str:
+    """What Envoy's ext_authz sets as `attributes.source.principal` for this
+    verified client certificate (`peer_certificate`): its first URI SAN (a
+    workload's SPIFFE ID), else its subject as OpenSSL prints it with
+    XN_FLAG_RFC2253 (every attribute last first, an RDN's joined by `+`; short names;
+    special
+    characters, control characters and each byte of a non-ASCII one escaped).
+    A ported OPA-Envoy rule compares this string."""
+    for kind, value in peer.get("subjectAltName", ()):
+        if kind == "URI":
+            return str(value)
+    return ",".join(
+        "+".join(
+            f"{_SHORT_NAMES.get(key, key)}={_rfc2253_value(value)}" for key, value in reversed(rdn)
+        )
+        for rdn in reversed(peer.get("subject", ()))
+    )
+
+
+def _rfc2253_value(value: str) -> str:
+    plain = value.isascii() and value.isprintable() and not _RFC2253_SPECIAL.intersection(value)
+    if plain and not value.startswith(("#", " ")) and not value.endswith(" "):
+        return value
+    escaped = []
+    for index, char in enumerate(value):
+        if char in _RFC2253_SPECIAL or (char in "# " and index == 0):
+            escaped.append("\\" + char)
+        elif char == " " and index == len(value) - 1:
+            escaped.append("\\ ")
+        elif not char.isascii() or not char.isprintable():
+            escaped.extend(f"\\{byte:02X}" for byte in char.encode("utf-8", "surrogateescape"))
+        else:
+            escaped.append(char)
+    return "".join(escaped)

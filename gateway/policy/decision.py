@@ -14,6 +14,7 @@ from aiohttp import web
 
 from gateway.config import Route
 from gateway.identity import ANONYMOUS, Identity
+from gateway.mtls.subject import envoy_principal, peer_certificate
 from gateway.policy import failure
 from gateway.screening.paths import NormalizedPath
 from gateway.screening.trusted_headers import (
@@ -113,7 +114,10 @@ def decision_input(
     signals: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The OPA-Envoy-shaped input of the decision contract (README "Decision contract");
-    `signals` (input.signals) only with shared state (gateway/shared/)."""
+    `signals` (input.signals) only with shared state (gateway/shared/). The fields
+    an OPA-Envoy policy reads that the gateway knows are where Envoy puts them
+    (protocol, destination, source.principal): a ported rule reading one that
+    was missing would never fire."""
     headers: dict[str, str] = {}
     for name, value in request.headers.items():
         lower = name.lower()
@@ -122,7 +126,19 @@ def decision_input(
         # A repeated header reaches the upstream as every copy: the policy sees them
         # all too, joined with "," as Envoy's ext_authz input does.
         headers[lower] = f"{headers[lower]},{value}" if lower in headers else value
-    peer = request.transport.get_extra_info("peername") if request.transport else None
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport else None
+    local = transport.get_extra_info("sockname") if transport else None
+    source: dict[str, Any] = {
+        "address": {
+            "socketAddress": {
+                "address": peer[0] if peer else "",
+                "portValue": peer[1] if peer else 0,
+            }
+        }
+    }
+    if identity.client_cert:  # only a certificate the gateway took: its CA is known
+        source["principal"] = envoy_principal(peer_certificate(transport))
     document = {
         "attributes": {
             "request": {
@@ -133,13 +149,15 @@ def decision_input(
                     "scheme": request.scheme,
                     "headers": headers,
                     "id": request_id,
+                    "protocol": _PROTOCOLS.get(request.version) or _protocol(request.version),
                 }
             },
-            "source": {
+            "source": source,
+            "destination": {
                 "address": {
                     "socketAddress": {
-                        "address": peer[0] if peer else "",
-                        "portValue": peer[1] if peer else 0,
+                        "address": local[0] if local else "",
+                        "portValue": local[1] if local else 0,
                     }
                 }
             },
@@ -153,6 +171,15 @@ def decision_input(
     if signals is not None:
         document["signals"] = signals
     return document
+
+
+# Envoy's names of the request's protocol (Http::Utility::getProtocolString).
+_PROTOCOLS = {(1, 1): "HTTP/1.1", (1, 0): "HTTP/1.0"}
+
+
+def _protocol(version: Any) -> str:
+    major, minor = version
+    return f"HTTP/{major}" if major > 1 else f"HTTP/{major}.{minor}"
 
 
 def refusal_input(

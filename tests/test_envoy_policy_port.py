@@ -1,0 +1,169 @@
+"""A policy ported from OPA-Envoy (opa-envoy-plugin, Envoy's ext_authz input) reads
+the fields Envoy sets where Envoy sets them. A DENY rule reading a field the
+gateway never set was undefined, so it never fired: the ported policy let through
+what it stopped under Envoy, with no error anywhere. Real TLS handshakes and
+requests against the gateway; `openssl` (what Envoy prints a subject with) is
+the oracle for the principal of a certificate without a URI SAN."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.mtls.subject import envoy_principal
+from tests.gateway_stack import ServerFactory, free_port, raw_request, start_stack
+from tests.test_attack_client_certificate_subjects import WORKLOAD, gateway
+from tests.test_gateway_transport import make_cert
+
+pytestmark = pytest.mark.timeout(60)
+
+# As a security team ports it from OPA-Envoy: deny by default, allow what is not
+# denied, the denies written against Envoy's input.
+PORTED = """package portcullis.gateway
+import rego.v1
+
+denied contains "blocked workload" if {
+\tinput.attributes.source.principal == "%s"
+}
+
+denied contains "HTTP/1.0 is not allowed" if {
+\tinput.attributes.request.http.protocol == "HTTP/1.0"
+}
+
+denied contains "not the public listener" if {
+\tinput.attributes.destination.address.socketAddress.portValue != %d
+}
+
+decision := {"allow": count(denied) == 0, "reasons": sort(denied)}
+"""
+
+
+def _organisation(name: str = "Store") -> x509.RelativeDistinguishedName:
+    return x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.ORGANIZATION_NAME, name)])
+
+
+def _cn(name: str) -> x509.RelativeDistinguishedName:
+    return x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+
+
+def _port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+async def test_a_ported_envoy_deny_on_source_principal_still_fires(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """Envoy's source.principal is the client certificate's URI SAN (a SPIFFE ID),
+    else its subject in RFC 2253 form: a deny naming either fires, for that
+    certificate only."""
+    blocked_dn = "CN=wms-sync,O=Store"
+    for blocked, subject, sans in (
+        (WORKLOAD, [_organisation()], [x509.UniformResourceIdentifier(WORKLOAD)]),
+        (blocked_dn, [_organisation(), _cn("wms-sync")], [x509.DNSName("sync.wms.svc")]),
+    ):
+        directory = tmp_path / str(len(blocked))
+        directory.mkdir()
+        async with gateway(aiohttp_server, directory, PORTED % (blocked, -1)) as running:
+            # The listener's port is the gateway's own pick: the policy says it now.
+            policy = directory / "policy" / "decision.rego"
+            policy.write_text(PORTED % (blocked, _port_of(running.base)))
+            await running.stack.gateway.policy.reload("test")
+            status, body, _ = await running.get(running.client("blocked", subject, sans))
+            assert status == 403, body
+            assert body["reasons"] == ["blocked workload"], body
+            (event,) = await running.stack.events()
+            assert event["input"]["attributes"]["source"]["principal"] == blocked
+            other = running.client("other", [_organisation("Depot"), _cn("wms-sync")])
+            status, body, _ = await running.get(other)
+            assert status == 200, body
+            events = await running.stack.events(at_least=2)
+            assert events[-1]["input"]["attributes"]["source"]["principal"] == (
+                "CN=wms-sync,O=Depot"
+            )
+
+
+async def test_a_ported_envoy_deny_on_protocol_or_destination_still_fires(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """request.http.protocol ("HTTP/1.0", "HTTP/1.1" as Envoy names them) and
+    destination.address (the listener the request came in on): a deny on
+    either fires; a request neither denies passes."""
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    port = free_port()
+    (policy / "decision.rego").write_text(PORTED % ("spiffe://nobody/x", port))
+    async with start_stack(aiohttp_server, tmp_path, policy=policy, gateway_port=port) as stack:
+        token = stack.token(groups=["warehouse"])
+        head = f"GET /wms/stock HTTP/1.0\r\nHost: {{host}}\r\nAuthorization: Bearer {token}\r\n"
+        status, _, body = await raw_request(stack.url, head.encode())
+        assert status == 403, body
+        assert b"HTTP/1.0 is not allowed" in body
+        response = await stack.get("/wms/stock", token)
+        assert response.status == 200, await response.text()
+        (_, event) = await stack.events(at_least=2)
+        attributes = event["input"]["attributes"]
+        assert attributes["request"]["http"]["protocol"] == "HTTP/1.1"
+        assert attributes["destination"]["address"]["socketAddress"] == {
+            "address": "127.0.0.1",
+            "portValue": port,
+        }
+        (policy / "decision.rego").write_text(PORTED % ("spiffe://nobody/x", port + 1))
+        await stack.gateway.policy.reload("test")
+        response = await stack.get("/wms/stock", token)
+        assert response.status == 403
+        assert (await response.json())["reasons"] == ["not the public listener"]
+        assert len(stack.forwarded("wms")) == 1
+
+
+# Attribute values with what RFC 2253 escapes: its specials, a leading `#` or
+# space, a trailing space, non-ASCII letters (each UTF-8 byte as \\XX).
+_VALUES = st.text(alphabet=st.sampled_from(list('ab Z09#,+"\\<>;=-.é日')), min_size=1, max_size=12)
+_ATTRIBUTES = st.sampled_from(
+    [
+        NameOID.COMMON_NAME,
+        NameOID.ORGANIZATION_NAME,
+        NameOID.ORGANIZATIONAL_UNIT_NAME,
+        NameOID.LOCALITY_NAME,
+        NameOID.STATE_OR_PROVINCE_NAME,
+        NameOID.STREET_ADDRESS,
+        NameOID.GIVEN_NAME,
+        NameOID.SURNAME,
+    ]
+)
+
+
+@settings(derandomize=True, max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.tuples(_ATTRIBUTES, _VALUES), min_size=1, max_size=2), min_size=1, max_size=4
+    )
+)
+def test_a_certificate_subject_is_the_principal_openssl_prints_for_envoy(
+    tmp_path_factory: pytest.TempPathFactory, rdns: list[list[tuple[x509.ObjectIdentifier, str]]]
+) -> None:
+    """Envoy prints a subject with OpenSSL's (BoringSSL's) RFC 2253 flags; a ported
+    rule compares that string byte for byte, so the gateway's must be the same."""
+    directory = tmp_path_factory.mktemp("subject")
+    name = x509.Name(
+        [
+            x509.RelativeDistinguishedName(
+                [x509.NameAttribute(oid, value) for oid, value in dict(rdn).items()]
+            )
+            for rdn in rdns
+        ]
+    )
+    make_cert(directory, "leaf", None, subject=name, sans=[x509.DNSName("leaf.example")])
+    pem = directory / "leaf.pem"
+    printed = subprocess.run(
+        ["openssl", "x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in", str(pem)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    peer = ssl._ssl._test_decode_cert(str(pem))  # type: ignore[attr-defined]
+    assert envoy_principal(peer) == printed.strip().removeprefix("subject=")
