@@ -70,6 +70,10 @@ class ModuleShape:
     # part that isn't a literal name; () is the whole document.
     input_reads: set[tuple[str, ...]] = field(default_factory=set)
     data_reads: set[tuple[str, ...]] = field(default_factory=set)
+    # Where each input read is first made (line, column in UTF-8 bytes), for a
+    # warning that names the rule: reads only another module's import makes
+    # (share_package_imports) have none.
+    input_read_at: dict[tuple[str, ...], tuple[int, int]] = field(default_factory=dict)
     # References rooted at any other name (a local, a rule, or an alias another
     # module of the package imports: see share_package_imports), with their path.
     other_refs: set[tuple[str, tuple[str, ...]]] = field(default_factory=set)
@@ -165,6 +169,11 @@ def _walk(node: Any, shape: ModuleShape) -> None:
         root, path, indexes = _unwind(node)
         if root is not None:
             _note_read(shape, root, path)
+            if (root == "input" or shape.imports.get(root, ("",))[0] == "input") and (
+                span := _first_span(node)
+            ):
+                read = path if root == "input" else (*shape.imports[root][1:], *path)
+                shape.input_read_at.setdefault(read, (span.get("line", 0), span.get("col", 0)))
             for index in indexes:
                 _walk(index, shape)
             return

@@ -202,10 +202,12 @@ def check(args: argparse.Namespace) -> int:
         rules = len(compiled.rule_refs())
         warnings = portability_warnings(compiled.policy_set)
         on_vm = _vm_warnings(compiled)
-        for warning in sorted(warnings + on_vm, key=lambda p: (p.file, p.line or 0)):
+        unset = _unset_input_warnings(compiled)
+        for warning in sorted(warnings + on_vm + unset, key=lambda p: (p.file, p.line or 0)):
             print(warning, file=sys.stderr)
         note = f", {counted(len(warnings), 'portability warning')}" if warnings else ""
         note += f", {counted(len(on_vm), 'compiled-VM warning')}" if on_vm else ""
+        note += f", {counted(len(unset), 'never-set input warning')}" if unset else ""
         counts = f"{counted(modules, 'module')}, {counted(rules, 'rule')} evaluated"
         print(f"{_label(source)}: OK ({counts}{note})")
     return _fail(problems) if problems else 0
@@ -218,6 +220,16 @@ def _vm_warnings(compiled: CompiledPolicy) -> list[Problem]:
     from gateway.policy.decision import DECISION_REF  # the gateway, only when asked
 
     return compiled.vm_divergences_reached([DECISION_REF])
+
+
+def _unset_input_warnings(compiled: CompiledPolicy) -> list[Problem]:
+    """Where the gateway's decision (its package, or one it reads) reads an input
+    path the gateway never sets (gateway/policy/input_contract.py)."""
+    from gateway.policy.decision import DECISION_REF  # the gateway, only when asked
+    from gateway.policy.input_contract import unprovided_reads
+
+    package = tuple(DECISION_REF.split("."))[1:]
+    return unprovided_reads(compiled.policy_set, compiled.shapes, package)
 
 
 def read_input(name: str | None) -> Any:

@@ -7,9 +7,11 @@ the oracle for the principal of a certificate without a URI SAN."""
 
 from __future__ import annotations
 
+import logging
 import ssl
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -18,11 +20,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.mtls.subject import envoy_principal
+from gateway.policy.input_contract import PROVIDED, never_provided
+from tests.conftest import FIXTURES
 from tests.gateway_stack import ServerFactory, free_port, raw_request, start_stack
 from tests.test_attack_client_certificate_subjects import WORKLOAD, gateway
 from tests.test_gateway_transport import make_cert
+from tests.test_policy_cli import portcullis
 
 pytestmark = pytest.mark.timeout(60)
+PORTED_FIXTURE = FIXTURES / "policies/ported_from_envoy"
 
 # As a security team ports it from OPA-Envoy: deny by default, allow what is not
 # denied, the denies written against Envoy's input.
@@ -53,6 +59,31 @@ def _cn(name: str) -> x509.RelativeDistinguishedName:
     return x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.COMMON_NAME, name)])
 
 
+def _paths(value: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every path to a leaf of a JSON object (an empty object is a leaf)."""
+    if not isinstance(value, dict) or not value:
+        return [path]
+    return [leaf for key, inner in value.items() for leaf in _paths(inner, (*path, key))]
+
+
+def _holds_the_contract(document: dict[str, Any]) -> None:
+    """The policy check's contract (input_contract.PROVIDED) is what the gateway
+    sent: no path of a real input is warned about as never set, and every field
+    the contract names but `signals` (only with shared_state) and `request_line`
+    (only for a request the parser refused) is in it, and `source.principal`
+    with a client certificate."""
+    assert [path for path in _paths(document) if never_provided(path)] == []
+    sent = _paths(document)
+    optional = {"signals", "request_line"}
+    if not document["identity"].get("client_cert"):
+        optional.add("principal")
+    for named in _paths(PROVIDED):
+        if not optional.intersection(named):
+            assert any(path[: len(named)] == named for path in sent), named
+    http = document["attributes"]["request"]["http"]
+    assert set(PROVIDED["attributes"]["request"]["http"]) - set(http) == {"request_line"}
+
+
 def _port_of(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
 
@@ -80,6 +111,7 @@ async def test_a_ported_envoy_deny_on_source_principal_still_fires(
             assert body["reasons"] == ["blocked workload"], body
             (event,) = await running.stack.events()
             assert event["input"]["attributes"]["source"]["principal"] == blocked
+            _holds_the_contract(event["input"])
             other = running.client("other", [_organisation("Depot"), _cn("wms-sync")])
             status, body, _ = await running.get(other)
             assert status == 200, body
@@ -108,6 +140,7 @@ async def test_a_ported_envoy_deny_on_protocol_or_destination_still_fires(
         response = await stack.get("/wms/stock", token)
         assert response.status == 200, await response.text()
         (_, event) = await stack.events(at_least=2)
+        _holds_the_contract(event["input"])
         attributes = event["input"]["attributes"]
         assert attributes["request"]["http"]["protocol"] == "HTTP/1.1"
         assert attributes["destination"]["address"]["socketAddress"] == {
@@ -167,3 +200,39 @@ def test_a_certificate_subject_is_the_principal_openssl_prints_for_envoy(
     ).stdout  # fmt: skip
     peer = ssl._ssl._test_decode_cert(str(pem))  # type: ignore[attr-defined]
     assert envoy_principal(peer) == printed.strip().removeprefix("subject=")
+
+
+def test_policy_check_names_an_envoy_field_the_gateway_never_sets() -> None:
+    """Each read of a field OPA-Envoy sets and the gateway doesn't (a body, a
+    pseudo-header, contextExtensions) or a header name no input holds (upper
+    case), at its file:line:col, with what to read instead; the fields the
+    gateway does set (source.principal, protocol) pass. Warnings: the policy
+    still loads."""
+    result = portcullis("policy", "check", str(PORTED_FIXTURE))
+    assert result.returncode == 0, result.stderr
+    assert "4 never-set input warnings" in result.stdout
+    rego = PORTED_FIXTURE / "decision.rego"
+    warnings = result.stderr.strip().splitlines()
+    expected = [
+        (14, 9, 'input.attributes.request.http.headers[":authority"]', "request.http.host"),
+        (16, 9, "input.parsed_body.amount", "with_request_body"),
+        (18, 9, 'input.attributes.request.http.headers["X-Debug"]', "lower case"),
+        (20, 9, "input.attributes.contextExtensions.tier", "input.route"),
+    ]
+    assert len(warnings) == len(expected), warnings
+    for warning, (line, col, ref, hint) in zip(warnings, expected, strict=True):
+        assert warning.startswith(f"{rego}:{line}:{col}: warning: reads {ref}, which the gateway")
+        assert hint in warning and "never fires" in warning
+
+
+async def test_the_gateway_warns_at_load_of_a_field_it_never_sets(
+    aiohttp_server: ServerFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same warnings in the gateway's log when it loads the policy (and at
+    every reload), where an operator who never ran `policy check` sees them."""
+    with caplog.at_level(logging.WARNING, logger="portcullis.policy"):
+        async with start_stack(aiohttp_server, tmp_path, policy=PORTED_FIXTURE):
+            pass
+    said = [r.getMessage() for r in caplog.records if "which the gateway never sets" in r.message]
+    assert len(said) == 4, said
+    assert any("input.parsed_body.amount" in line for line in said)

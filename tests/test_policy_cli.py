@@ -138,7 +138,8 @@ GATEWAY_ALLOWING_UNLESS = (
 # A helper package the compiled VM would answer otherwise (`o` at 4:5).
 LIBRARY_ON_PAST_UNDEFINED = (
     "package portcullis.lib.origin\nimport rego.v1\n"
-    'plain if {\n    o := input.origin\n    not startswith(o, "h")\n}\n'
+    "plain if {\n    o := input.attributes.request.http.headers.origin\n"
+    '    not startswith(o, "h")\n}\n'
 )
 
 
@@ -150,7 +151,8 @@ def test_policy_check_warns_where_the_gateways_compiled_vm_would_answer_otherwis
     where. In a package the decision doesn't read (never on the gateway's VM):
     no warning."""
     (tmp_path / "gateway.rego").write_text(
-        GATEWAY_ALLOWING_UNLESS + "allow := false if {\n    origin := input.origin\n"
+        GATEWAY_ALLOWING_UNLESS
+        + "allow := false if {\n    origin := input.attributes.request.http.headers.origin\n"
         '    not startswith(origin, "https://")\n}\n'
     )
     (tmp_path / "library.rego").write_text(LIBRARY_ON_PAST_UNDEFINED)

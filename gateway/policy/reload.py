@@ -14,6 +14,7 @@ from typing import Any
 from gateway.metrics import Metrics
 from gateway.policy import load_probe
 from gateway.policy.decision import DECISION_REF, lets_through
+from gateway.policy.input_contract import unprovided_reads
 from gateway.policy.memo import READS_REF
 from policy_engine import (
     EmbeddedEngine,
@@ -123,6 +124,9 @@ def build_engine(source: str, *, timeout_ms: float, evaluate: bool = True) -> Po
             "%s: the decision runs on the interpreter, not the compiled VM: %s",
             source, engine.rvm_problem,
         )  # fmt: skip
+    package = tuple(DECISION_REF.split("."))[1:]
+    for problem in unprovided_reads(engine.compiled.policy_set, engine.compiled.shapes, package):
+        log.warning("%s", problem)
     if not engine.compiled.knows(DECISION_REF):
         # It would deny every request: a reload keeps the last good policy instead,
         # and replay or shadow mode say so once rather than once per decision.

@@ -1,0 +1,167 @@
+"""Which input paths a gateway policy reads that the decision input never holds.
+
+A rule reading such a path is undefined, so a rule that needs it never fires
+(and a `not` of it always holds), with no error anywhere: the way a DENY rule
+ported from OPA-Envoy (opa-envoy-plugin) silently lets through what it stopped
+there. `portcullis policy check` prints each one, and the gateway warns at
+every load. The tree below is what gateway/policy/decision.py builds (README
+"Decision contract"); a test holds the two the same.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from policy_engine.errors import Problem, character_column
+from policy_engine.input_reads import reached_modules
+from policy_engine.policy_set import PolicySet
+from policy_engine.rego_ast import ModuleShape
+
+Path = tuple[str, ...]
+
+# A value any read under which may hold (a list, a string, a map of any keys).
+ANY: dict[str, Any] = {}
+_SOCKET = {"socketAddress": {"address": ANY, "portValue": ANY}}
+# Envoy's pseudo-headers, in its headers map: never an HTTP/1.1 header name (":"
+# is not a token character), so no request can set them here.
+PSEUDO_HEADERS = {
+    ":authority": "input.attributes.request.http.host",
+    ":method": "input.attributes.request.http.method",
+    ":path": "input.attributes.request.http.path",
+    ":scheme": "input.attributes.request.http.scheme",
+}
+PROVIDED: dict[str, Any] = {
+    "attributes": {
+        "request": {
+            "http": {
+                "method": ANY,
+                "host": ANY,
+                "path": ANY,
+                "scheme": ANY,
+                "headers": ANY,
+                "id": ANY,
+                "protocol": ANY,
+                "request_line": ANY,
+            }
+        },
+        "source": {"address": _SOCKET, "principal": ANY},
+        "destination": {"address": _SOCKET},
+    },
+    "parsed_path": ANY,
+    "parsed_query": ANY,
+    "route": {"app": ANY, "upstream": ANY, "path_prefix": ANY},
+    "identity": {
+        "authenticated": ANY,
+        "method": ANY,
+        "subject": ANY,
+        "email": ANY,
+        "groups": ANY,
+        "amr": ANY,
+        "acr": ANY,
+        "auth_time": ANY,
+        "issuer": ANY,
+        "client_cert": ANY,
+    },
+    "now_ns": ANY,
+    "signals": {
+        "available": ANY,
+        "reason": ANY,
+        "new_source_ip": ANY,
+        "recent_denies": ANY,
+        "concurrent_sessions": ANY,
+    },
+}
+_BODY = (
+    "from the request body Envoy buffers (with_request_body), where the gateway "
+    "decides before any body"
+)
+# What OPA-Envoy's input holds where the gateway's has nothing, and where Envoy takes it.
+ENVOY_SETS: dict[Path, str] = {
+    ("attributes", "request", "http", "body"): _BODY,
+    ("attributes", "request", "http", "raw_body"): _BODY,
+    ("attributes", "request", "http", "size"): "to the request's size in bytes",
+    ("attributes", "request", "http", "query"): "always empty: the query is in path",
+    ("attributes", "request", "http", "fragment"): "always empty",
+    ("attributes", "request", "time"): "to when Envoy got the request, where the gateway "
+    "has input.now_ns",
+    ("attributes", "source", "certificate"): "to the client certificate's PEM "
+    "(include_peer_certificate), where the gateway has its fields in input.identity.client_cert",
+    ("attributes", "source", "service"): "from x-envoy-downstream-service-cluster",
+    ("attributes", "source", "labels"): "from the Envoy node's metadata",
+    ("attributes", "destination", "principal"): "from Envoy's own server certificate",
+    ("attributes", "destination", "certificate"): "to Envoy's own server certificate",
+    ("attributes", "destination", "service"): "from Envoy's configuration",
+    ("attributes", "destination", "labels"): "from the Envoy node's metadata",
+    ("attributes", "contextExtensions"): "from the route's ext_authz configuration, where the "
+    "gateway has input.route",
+    ("attributes", "metadataContext"): "from other Envoy filters' dynamic metadata",
+    ("attributes", "routeMetadataContext"): "from the Envoy route's metadata",
+    ("attributes", "tlsSession"): "to the TLS SNI Envoy saw",
+    ("parsed_body",): _BODY,
+    ("truncated_body",): _BODY,
+    ("version",): "to the ext_authz API version and encoding",
+    ("source_principal",): "to attributes.source.principal, which the gateway sets too",
+}
+
+
+_HEADERS = ("attributes", "request", "http", "headers")
+
+
+def never_provided(path: Path) -> str | None:
+    """Why the decision input never holds ``path`` (a read under `input`), or None
+    when it may."""
+    node = PROVIDED
+    for depth, key in enumerate(path):
+        if node is ANY:
+            if path[:depth] != _HEADERS:
+                return None
+            if key in PSEUDO_HEADERS:
+                return (
+                    f"it is Envoy's pseudo-header {key}, which no HTTP/1.1 request has, "
+                    f"where the gateway has {PSEUDO_HEADERS[key]}"
+                )
+            if key != key.lower():
+                return "header names are lower case there, as in Envoy's input"
+            return None
+        if key not in node:
+            envoy = ENVOY_SETS.get(path[: depth + 1])
+            return (
+                f"OPA-Envoy sets it {envoy}" if envoy else 'it is not in README "Decision contract"'
+            )
+        node = node[key]
+    return None
+
+
+def rego_ref(path: Path) -> str:
+    """``path`` under `input` as Rego writes it (`input.a["x-b"]`)."""
+    return "input" + "".join(
+        f".{key}" if key.isidentifier() and key.isascii() else f"[{json.dumps(key)}]"
+        for key in path
+    )
+
+
+def unprovided_reads(
+    policy_set: PolicySet, shapes: list[ModuleShape], package: Path
+) -> list[Problem]:
+    """A warning for each input path the modules of ``package`` (and what they
+    reach through `data`; not tests) read and the decision input never holds,
+    at the first place each module reads it."""
+    texts = {module.file: module.text for module in policy_set.modules}
+    modules = [shape for shape in shapes if not shape.file.endswith("_test.rego")]
+    problems = []
+    for shape in reached_modules(modules, package):
+        for path in sorted(shape.input_reads):
+            why = never_provided(path)
+            if why is None:
+                continue
+            line, col = shape.input_read_at.get(path, (shape.package_line or 0, 0))
+            lines = texts.get(shape.file, "").splitlines()
+            if col and 0 < line <= len(lines):
+                col = character_column(lines[line - 1], col)
+            message = (
+                f"warning: reads {rego_ref(path)}, which the gateway never sets: {why}; a rule "
+                "that needs it never fires, and a `not` of it always holds"
+            )
+            problems.append(Problem(shape.file, message, line or None, col or None))
+    return problems
