@@ -51,6 +51,10 @@ class Identity:
     # exp plus the issuer's leeway. None: until expires_at.
     accepted_until: float | None = field(default=None, compare=False)
     client_cert: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    # The certificate's principal as Envoy's ext_authz names it (input.attributes.
+    # source.principal): taken with the certificate, since the connection may be
+    # gone by the time the decision input is built.
+    principal: str | None = field(default=None, compare=False)
     # For revocation (gateway/shared/): when the token or session was issued (a
     # per-user revocation refuses what was issued before it), the browser session's
     # id, and the provider's session id (`sid`) that back-channel logout names.

@@ -34,6 +34,7 @@ from gateway.mtls.subject import (
     CertificateRejected,
     certificate_identity,
     client_certificate,
+    envoy_principal,
     peer_certificate,
 )
 from gateway.operations import Operations
@@ -521,7 +522,9 @@ class Gateway:
         identity = await self.verifier.verify(token.strip())
         if not peer:
             return identity
-        return dataclasses.replace(identity, client_cert=client_certificate(peer))
+        return dataclasses.replace(
+            identity, client_cert=client_certificate(peer), principal=envoy_principal(peer)
+        )
 
     def _certificate_identity(self, request: web.Request, peer: dict[str, Any]) -> Identity:
         issuer = self.client_cas.issuer(request.transport)

@@ -14,13 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import make_mocked_request
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.mtls.subject import envoy_principal
+from gateway.config import Route
+from gateway.mtls.subject import certificate_identity, envoy_principal
+from gateway.policy.decision import decision_input
 from gateway.policy.input_contract import PROVIDED, never_provided
+from gateway.screening.paths import normalize
 from tests.conftest import FIXTURES
 from tests.gateway_stack import ServerFactory, free_port, raw_request, start_stack
 from tests.test_attack_client_certificate_subjects import WORKLOAD, gateway
@@ -236,3 +240,25 @@ async def test_the_gateway_warns_at_load_of_a_field_it_never_sets(
     said = [r.getMessage() for r in caplog.records if "which the gateway never sets" in r.message]
     assert len(said) == 4, said
     assert any("input.parsed_body.amount" in line for line in said)
+
+
+def test_a_ported_principal_deny_fires_for_a_client_that_hung_up_before_the_decision(
+    tmp_path: Path,
+) -> None:
+    """The principal was read off the connection when the decision input was
+    built: a client that closed its connection after sending (aiohttp runs the
+    handler on, and the upstream still gets the request) had no principal, so
+    a deny on it didn't fire. It is the identity's, taken with the certificate."""
+    ca = make_cert(tmp_path, "store-ca", None, ca=True)
+    make_cert(
+        tmp_path, "blocked", ca, subject=x509.Name([_organisation()]),
+        sans=[x509.UniformResourceIdentifier(WORKLOAD)],
+    )  # fmt: skip
+    peer = ssl._ssl._test_decode_cert(str(tmp_path / "blocked.pem"))  # type: ignore[attr-defined]
+    identity = certificate_identity(peer, "mtls:CN=store-ca")
+    request = make_mocked_request("GET", "/wms/stock")
+    request.protocol.transport = None  # as aiohttp's connection_lost leaves it
+    assert request.transport is None
+    route = Route("wms", "http://127.0.0.1:1", "/wms/")
+    document = decision_input(request, normalize("/wms/stock"), route, identity, "id")
+    assert document["attributes"]["source"]["principal"] == WORKLOAD

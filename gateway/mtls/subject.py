@@ -203,6 +203,7 @@ def certificate_identity(peer: dict[str, Any], issuer: str) -> Identity:
         subject=subject,
         issuer=issuer,
         client_cert=client_certificate(peer),
+        principal=envoy_principal(peer),
     )
 
 

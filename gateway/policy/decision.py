@@ -14,7 +14,6 @@ from aiohttp import web
 
 from gateway.config import Route
 from gateway.identity import ANONYMOUS, Identity
-from gateway.mtls.subject import envoy_principal, peer_certificate
 from gateway.policy import failure
 from gateway.screening.paths import NormalizedPath
 from gateway.screening.trusted_headers import (
@@ -137,8 +136,8 @@ def decision_input(
             }
         }
     }
-    if identity.client_cert:  # only a certificate the gateway took: its CA is known
-        source["principal"] = envoy_principal(peer_certificate(transport))
+    if identity.principal is not None:  # a certificate the gateway took: its CA is known
+        source["principal"] = identity.principal
     document = {
         "attributes": {
             "request": {
