@@ -153,19 +153,32 @@ def compile_policy(policy_set: PolicySet, *, evaluate: bool = True) -> CompiledP
 @dataclass(frozen=True)
 class _Analysis:
     """What the modules' syntax trees say, whatever the data: each module's shape
-    (its rules, calls and reads), the import problems OPA refuses, and where the
-    compiled VM would answer otherwise (vm_divergence)."""
+    (its rules, calls and reads) and where the compiled VM would answer otherwise
+    (vm_divergence), for the modules at ``files``."""
 
+    files: tuple[str, ...]
     shapes: list[ModuleShape]
-    import_problems: list[Problem]
     vm_divergences: list[Problem]
 
+    def at(self, files: tuple[str, ...]) -> _Analysis:
+        """The same analysis for the same texts at other paths (a copy of the set)."""
+        if files == self.files:
+            return self
+        moved = dict(zip(self.files, files, strict=True))
+        return _Analysis(
+            files,
+            [dataclasses.replace(shape, file=moved[shape.file]) for shape in self.shapes],
+            [dataclasses.replace(p, file=moved.get(p.file, p.file)) for p in self.vm_divergences],
+        )
 
-# The analyses of the last few sets of modules, by their files and texts. Reading
-# the syntax trees is most of a load (~130 of ~250 ms for the shipped set: regorus
-# writes ~13 MB of JSON for it), and a reload that changed only data, or another
-# gateway's load of the same set in this process, has the same modules.
-_ANALYSES: dict[tuple[tuple[str, str], ...], _Analysis] = {}
+
+# The analyses of the last few sets of modules, by their texts (and which are tests):
+# reading the syntax trees is most of a load (~130 of ~250 ms for the shipped set:
+# regorus writes ~13 MB of JSON for it), and a reload that changed only data, or
+# another load of the same set in this process (a copy of it too), has the same
+# modules. A set whose imports are refused is analysed each time: its problems'
+# messages name files.
+_ANALYSES: dict[tuple[tuple[str, bool], ...], _Analysis] = {}
 _ANALYSES_KEPT = 4
 _ANALYSES_LOCK = threading.Lock()
 
@@ -173,25 +186,31 @@ _ANALYSES_LOCK = threading.Lock()
 def _analysed(
     policy_set: PolicySet, engine: Any
 ) -> tuple[list[ModuleShape], list[Problem], list[Problem]]:
-    """The analysis of ``policy_set``'s modules, which ``engine`` holds: computed once
-    for each set of module texts. (Shared by the loads that find it: nothing changes a
-    shape once share_package_imports has added each module's reads through another's.)"""
-    key = tuple((module.file, module.text) for module in policy_set.modules)
+    """The shapes, import problems and VM divergences of ``policy_set``'s modules,
+    which ``engine`` holds: read from the syntax trees once for each set of module
+    texts. (Shapes are shared by the loads that find them: nothing changes one once
+    share_package_imports has added each module's reads through another's.)"""
+    modules = policy_set.modules
+    key = tuple((module.text, module.file.endswith("_test.rego")) for module in modules)
+    files = tuple(module.file for module in modules)
     with _ANALYSES_LOCK:
-        analysis = _ANALYSES.get(key)
-    if analysis is None:
-        entries = orjson.loads(engine.get_ast_as_json())
-        shapes = [module_shape(entry) for entry in entries]
-        # The modules the VM compiles (_compile_program): all but the tests.
-        modules = [e for e in entries if not e["source"]["file"].endswith("_test.rego")]
-        # _alias_conflicts also adds each module's reads through another's aliases.
-        import_problems = [*_shadowing_imports(shapes), *_alias_conflicts(shapes)]
-        analysis = _Analysis(shapes, import_problems, unfinished_assignments(modules))
+        kept = _ANALYSES.get(key)
+    if kept is not None:
+        analysis = kept.at(files)
+        return analysis.shapes, [], list(analysis.vm_divergences)
+    entries = orjson.loads(engine.get_ast_as_json())
+    shapes = [module_shape(entry) for entry in entries]
+    # The modules the VM compiles (_compile_program): all but the tests.
+    compiled = [e for e in entries if not e["source"]["file"].endswith("_test.rego")]
+    # _alias_conflicts also adds each module's reads through another's aliases.
+    import_problems = [*_shadowing_imports(shapes), *_alias_conflicts(shapes)]
+    divergences = unfinished_assignments(compiled)
+    if not import_problems and [shape.file for shape in shapes] == list(files):
         with _ANALYSES_LOCK:
-            _ANALYSES[key] = analysis
+            _ANALYSES[key] = _Analysis(files, shapes, divergences)
             while len(_ANALYSES) > _ANALYSES_KEPT:
                 del _ANALYSES[next(iter(_ANALYSES))]
-    return analysis.shapes, list(analysis.import_problems), list(analysis.vm_divergences)
+    return shapes, import_problems, list(divergences)
 
 
 def _in_character_columns(problems: list[Problem], policy_set: PolicySet) -> list[Problem]:

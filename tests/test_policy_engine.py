@@ -437,6 +437,13 @@ def test_a_load_after_an_edit_reads_the_edited_modules_not_the_analysis_kept_for
     assert "data.portcullis.gateway.edited" in edited.rule_refs()
     assert edited.vm_divergences_reached(["data.portcullis.gateway.edited"])
     assert not kept.vm_divergences_reached(["data.portcullis.gateway.decision"])
+    # The same texts elsewhere (a copy of the set): their own files are named.
+    shutil.copytree(tmp_path / "p", tmp_path / "copy")
+    copied = compile_policy(load_policy_set(tmp_path / "copy"))
+    (divergence,) = copied.vm_divergences_reached(["data.portcullis.gateway.edited"])
+    assert divergence.file == str(tmp_path / "copy/gateway/memo.rego")
+    assert all(shape.file.startswith(str(tmp_path / "copy")) for shape in copied.shapes)
+    assert all(shape.file.startswith(str(tmp_path / "p")) for shape in edited.shapes)
     module.write_text(original)
     again = compile_policy(load_policy_set(tmp_path / "p"))
     assert "data.portcullis.gateway.edited" not in again.rule_refs()
