@@ -55,6 +55,10 @@ decision := {"allow": count(denied) == 0, "reasons": sort(denied)}
 """
 
 
+# A SAN that is neither a URI nor a DNS name: Envoy's principal is then the subject.
+_MAIL = x509.RFC822Name("wms-sync@store.example")
+
+
 def _organisation(name: str = "Store") -> x509.RelativeDistinguishedName:
     return x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.ORGANIZATION_NAME, name)])
 
@@ -96,12 +100,12 @@ async def test_a_ported_envoy_deny_on_source_principal_still_fires(
     aiohttp_server: ServerFactory, tmp_path: Path
 ) -> None:
     """Envoy's source.principal is the client certificate's URI SAN (a SPIFFE ID),
-    else its subject in RFC 2253 form: a deny naming either fires, for that
-    certificate only."""
+    else its DNS SAN, else its subject in RFC 2253 form: a deny naming any fires,
+    for that certificate only (an e-mail SAN is none of them)."""
     blocked_dn = "CN=wms-sync,O=Store"
     for blocked, subject, sans in (
         (WORKLOAD, [_organisation()], [x509.UniformResourceIdentifier(WORKLOAD)]),
-        (blocked_dn, [_organisation(), _cn("wms-sync")], [x509.DNSName("sync.wms.svc")]),
+        (blocked_dn, [_organisation(), _cn("wms-sync")], [_MAIL]),
     ):
         directory = tmp_path / str(len(blocked))
         directory.mkdir()
@@ -116,13 +120,43 @@ async def test_a_ported_envoy_deny_on_source_principal_still_fires(
             (event,) = await running.stack.events()
             assert event["input"]["attributes"]["source"]["principal"] == blocked
             _holds_the_contract(event["input"])
-            other = running.client("other", [_organisation("Depot"), _cn("wms-sync")])
+            other = running.client("other", [_organisation("Depot"), _cn("wms-sync")], [_MAIL])
             status, body, _ = await running.get(other)
             assert status == 200, body
             events = await running.stack.events(at_least=2)
             assert events[-1]["input"]["attributes"]["source"]["principal"] == (
                 "CN=wms-sync,O=Depot"
             )
+
+
+async def test_a_ported_envoy_deny_on_a_dns_san_principal_fires(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """Envoy's principal for a certificate without a URI SAN is its first DNS SAN,
+    not its subject (ext_authz's check_request_utils): the gateway gave the
+    subject, so a ported deny naming a host's certificate never fired and the
+    blocked host was let through. A certificate with no DNS SAN is its subject."""
+    async with gateway(aiohttp_server, tmp_path, PORTED % ("kiosk-7.store.example", -1)) as running:
+        policy = tmp_path / "policy" / "decision.rego"
+        policy.write_text(PORTED % ("kiosk-7.store.example", _port_of(running.base)))
+        await running.stack.gateway.policy.reload("test")
+        sans: list[x509.GeneralName] = [
+            _MAIL,
+            x509.DNSName("kiosk-7.store.example"),
+            x509.DNSName("kiosk.store.example"),
+        ]
+        kiosk = running.client("kiosk", [_organisation(), _cn("kiosk-7")], sans)
+        status, body, _ = await running.get(kiosk)
+        assert status == 403, body
+        assert body["reasons"] == ["blocked workload"], body
+        (event,) = await running.stack.events()
+        assert event["input"]["attributes"]["source"]["principal"] == "kiosk-7.store.example"
+        # Its second DNS name is not what Envoy names it by: no deny on it fires.
+        policy.write_text(PORTED % ("kiosk.store.example", _port_of(running.base)))
+        await running.stack.gateway.policy.reload("test")
+        status, body, _ = await running.get(kiosk)
+        assert status == 200, body
+        assert len(running.stack.forwarded("wms")) == 1
 
 
 async def test_a_ported_envoy_deny_on_protocol_or_destination_still_fires(
@@ -203,7 +237,8 @@ def test_a_certificate_subject_is_the_principal_openssl_prints_for_envoy(
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     peer = ssl._ssl._test_decode_cert(str(pem))  # type: ignore[attr-defined]
-    assert envoy_principal(peer) == printed.strip().removeprefix("subject=")
+    # Its DNS SAN would be the principal: the subject is what a certificate without one gives.
+    assert envoy_principal({"subject": peer["subject"]}) == printed.strip().removeprefix("subject=")
 
 
 def test_policy_check_names_an_envoy_field_the_gateway_never_sets() -> None:

@@ -226,23 +226,27 @@ _SHORT_NAMES = {
 _RFC2253_SPECIAL = frozenset(',+"\\<>;')
 
 
-def envoy_principal(peer: dict[str, Any]) -> str:
+def envoy_principal(peer: dict[str, Any]) -> str | None:
     """What Envoy's ext_authz sets as `attributes.source.principal` for this
     verified client certificate (`peer_certificate`): its first URI SAN (a
-    workload's SPIFFE ID), else its subject as OpenSSL prints it with
-    XN_FLAG_RFC2253 (every attribute last first, an RDN's joined by `+`; short names;
-    special
-    characters, control characters and each byte of a non-ASCII one escaped).
+    workload's SPIFFE ID), else its first DNS SAN, else its subject as OpenSSL
+    prints it with XN_FLAG_RFC2253 (every attribute last first, an RDN's joined
+    by `+`; short names; special characters, control characters and each byte
+    of a non-ASCII one escaped). None where that is empty (a certificate with
+    neither SAN nor subject): Envoy's "" is a field OPA-Envoy's JSON input omits.
     A ported OPA-Envoy rule compares this string."""
-    for kind, value in peer.get("subjectAltName", ()):
-        if kind == "URI":
-            return str(value)
-    return ",".join(
+    sans = peer.get("subjectAltName", ())
+    for wanted in ("URI", "DNS"):
+        for kind, value in sans:
+            if kind == wanted:
+                return str(value) or None
+    subject = ",".join(
         "+".join(
             f"{_SHORT_NAMES.get(key, key)}={_rfc2253_value(value)}" for key, value in reversed(rdn)
         )
         for rdn in reversed(peer.get("subject", ()))
     )
+    return subject or None
 
 
 def _rfc2253_value(value: str) -> str:
