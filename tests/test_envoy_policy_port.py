@@ -241,6 +241,47 @@ def test_a_certificate_subject_is_the_principal_openssl_prints_for_envoy(
     assert envoy_principal({"subject": peer["subject"]}) == printed.strip().removeprefix("subject=")
 
 
+def _known(oid: x509.ObjectIdentifier) -> bool:
+    """Whether this OpenSSL has a name for the attribute: one it doesn't is
+    printed as the hex of its DER value, its string type with it, which
+    Python's ssl doesn't give (README "Decision contract")."""
+    try:
+        ssl._ASN1Object.fromname(oid.dotted_string)
+    except ValueError:
+        return False
+    return True
+
+
+def test_an_attribute_openssl_abbreviates_is_named_in_the_principal_as_envoy_prints_it(
+    tmp_path: Path,
+) -> None:
+    """Every attribute a subject may have, by the short name OpenSSL prints it with
+    (`jurisdictionC`, not `jurisdictionCountryName`: the gateway kept the long name
+    of any attribute outside a hand-written list), so a ported rule naming an EV
+    certificate's or an e-mail subject's principal compares the same string."""
+    two_letters = {NameOID.COUNTRY_NAME, NameOID.JURISDICTION_COUNTRY_NAME}
+    skipped = {NameOID.X500_UNIQUE_IDENTIFIER}  # a BIT STRING, not text
+    oids = [
+        oid
+        for oid in vars(NameOID).values()
+        if isinstance(oid, x509.ObjectIdentifier) and oid not in skipped and _known(oid)
+    ]
+    attributes = [
+        x509.NameAttribute(oid, "US" if oid in two_letters else f"v{index}")
+        for index, oid in enumerate(oids)
+    ]
+    name = x509.Name([x509.RelativeDistinguishedName([attribute]) for attribute in attributes])
+    make_cert(tmp_path, "leaf", None, subject=name, sans=[_MAIL])
+    pem = tmp_path / "leaf.pem"
+    printed = subprocess.run(
+        ["openssl", "x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in", str(pem)],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    peer = ssl._ssl._test_decode_cert(str(pem))  # type: ignore[attr-defined]
+    assert "jurisdictionC=US" in printed
+    assert envoy_principal(peer) == printed.strip().removeprefix("subject=")
+
+
 def test_policy_check_names_an_envoy_field_the_gateway_never_sets() -> None:
     """Each read of a field OPA-Envoy sets and the gateway doesn't (a body, a
     pseudo-header, contextExtensions) or a header name no input holds (upper

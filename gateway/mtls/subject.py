@@ -3,7 +3,9 @@ gives, scoped by the CA that issued it (gateway/mtls/cas.py)."""
 
 from __future__ import annotations
 
+import functools
 import re
+import ssl
 from typing import Any
 
 from gateway.identity import Identity, show
@@ -207,21 +209,21 @@ def certificate_identity(peer: dict[str, Any], issuer: str) -> Identity:
     )
 
 
-# OpenSSL's short names (Envoy prints a subject with them, RFC 2253) for the long
-# names Python's ssl gives; an attribute not listed keeps its long name.
-_SHORT_NAMES = {
-    "commonName": "CN",
-    "countryName": "C",
-    "localityName": "L",
-    "stateOrProvinceName": "ST",
-    "streetAddress": "street",
-    "organizationName": "O",
-    "organizationalUnitName": "OU",
-    "domainComponent": "DC",
-    "userId": "UID",
-    "givenName": "GN",
-    "surname": "SN",
-}
+@functools.cache
+def _short_name(long_name: str) -> str:
+    """OpenSSL's short name (Envoy prints a subject with them, XN_FLAG_FN_SN) for
+    the long name Python's ssl gives an attribute: `CN` for `commonName`,
+    `jurisdictionC` for `jurisdictionCountryName`, from the object table of the
+    OpenSSL that parsed the certificate. An attribute it doesn't know keeps its
+    name (its OID, dotted)."""
+    try:
+        known = ssl._ASN1Object.fromname(long_name)
+    except ValueError:
+        return long_name
+    # fromname also takes a short name: only the object whose long name this is.
+    return known.shortname if known.longname == long_name else long_name
+
+
 # RFC 2253 2.4: characters escaped with a backslash anywhere in a value.
 _RFC2253_SPECIAL = frozenset(',+"\\<>;')
 
@@ -241,9 +243,7 @@ def envoy_principal(peer: dict[str, Any]) -> str | None:
             if kind == wanted:
                 return str(value) or None
     subject = ",".join(
-        "+".join(
-            f"{_SHORT_NAMES.get(key, key)}={_rfc2253_value(value)}" for key, value in reversed(rdn)
-        )
+        "+".join(f"{_short_name(key)}={_rfc2253_value(value)}" for key, value in reversed(rdn))
         for rdn in reversed(peer.get("subject", ()))
     )
     return subject or None
