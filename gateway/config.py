@@ -21,6 +21,7 @@ from gateway.audit.redaction import (
     parse_pointer,
 )
 from gateway.mtls.cas import (
+    SCOPE_PREFIX,
     ClientCa,
     is_certificate_issuer,
     load_client_cas,
@@ -30,6 +31,7 @@ from gateway.screening.trusted_headers import allow_list_problem
 
 if TYPE_CHECKING:
     from gateway.audit.shipping.settings import SinkConfig
+    from gateway.mtls.trust_domains import TrustDomains
     from gateway.shared.settings import SharedStateConfig
 
 ASYMMETRIC_ALGORITHMS = frozenset(
@@ -47,6 +49,8 @@ class TlsConfig:
     key: Path
     client_ca: Path | None = None
     require_client_cert: bool = False
+    # (trust domain, CA file): the CAs that may issue the trust domain's SPIFFE IDs.
+    spiffe_trust_domains: tuple[tuple[str, Path], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -381,6 +385,7 @@ def parse_config(data: Any, base_dir: Path = Path(".")) -> GatewayConfig:
     if not listeners:
         raise ConfigError("listeners: at least one listener is required")
     client_cas(listeners)  # each file holds a CA
+    spiffe_trust_domains(listeners)  # each binds CAs its listener trusts
     routes = tuple(
         _route(item, f"routes[{i}]") for i, item in enumerate(root.get("routes", list, []))
     )
@@ -507,16 +512,76 @@ def _listener(data: Any, where: str, base_dir: Path, default_port: int = 8080) -
         key = _path(base_dir, tls_reader.required("key", str))
         client_ca = _path(base_dir, tls_reader.get("client_ca", str))
         require = tls_reader.get("require_client_cert", bool, False)
+        domains = _spiffe_trust_domains(tls_reader, base_dir)
         tls_reader.done()
         if require and client_ca is None:
             raise ConfigError(f"{where}.tls.require_client_cert: needs client_ca")
+        if domains and client_ca is None:
+            raise ConfigError(f"{where}.tls.spiffe_trust_domains: needs client_ca")
         for name, file in (("cert", cert), ("key", key), ("client_ca", client_ca)):
             if file is not None and not file.is_file():
                 raise ConfigError(f"{where}.tls.{name}: no such file {file}")
         assert cert is not None and key is not None
-        tls = TlsConfig(cert, key, client_ca, require)
+        tls = TlsConfig(cert, key, client_ca, require, domains)
     reader.done()
     return Listener(address, port, tls)
+
+
+def _spiffe_trust_domains(reader: _Reader, base_dir: Path) -> tuple[tuple[str, Path], ...]:
+    """`spiffe_trust_domains: {store.example: store-ca.pem}`: each a trust domain
+    as a SPIFFE ID has it, and a file of the CAs that may issue its IDs."""
+    from gateway.mtls.subject import trust_domain_problem  # it imports this module
+
+    data = reader.get("spiffe_trust_domains", dict, {})
+    where = reader.key("spiffe_trust_domains")
+    pairs = []
+    for domain, file in data.items():
+        problem = trust_domain_problem(domain) if isinstance(domain, str) else "not a string"
+        if problem is not None:
+            raise ConfigError(f"{where}: {domain!r} is not a trust domain: {problem}")
+        if not isinstance(file, str):
+            raise ConfigError(f"{where}.{domain}: must be the path of a file of CA certificates")
+        path = _path(base_dir, file)
+        assert path is not None
+        if not path.is_file():
+            raise ConfigError(f"{where}.{domain}: no such file {path}")
+        pairs.append((domain, path))
+    return tuple(pairs)
+
+
+def spiffe_trust_domains(listeners: Iterable[Listener]) -> TrustDomains:
+    """Each listener's `spiffe_trust_domains`, as the issuer names of the CAs that
+    may issue each domain's IDs. ConfigError for a file without a CA, a CA its
+    listener's client_ca doesn't hold (none of its certificates would reach the
+    check), or a domain two listeners bind to different CAs (an identity's issuer
+    is the same CA on every listener, so one binding holds on all of them)."""
+    from gateway.mtls.trust_domains import TrustDomains  # it imports this module
+
+    bound: dict[str, frozenset[str]] = {}
+    for index, listener in enumerate(listeners):
+        if listener.tls is None or listener.tls.client_ca is None:
+            continue
+        where = f"listeners[{index}].tls.spiffe_trust_domains"
+        trusted = {ca.der for ca in load_client_cas([listener.tls.client_ca])}
+        for domain, file in listener.tls.spiffe_trust_domains:
+            try:
+                cas = load_client_cas([file])
+            except ValueError as error:
+                raise ConfigError(f"{where}.{domain}: {error}") from None
+            for ca in cas:
+                if ca.der not in trusted:
+                    raise ConfigError(
+                        f"{where}.{domain}: {file} holds {ca.issuer.removeprefix(SCOPE_PREFIX)}, "
+                        f"which this listener's client_ca ({listener.tls.client_ca}) does not"
+                    )
+            issuers = frozenset(ca.issuer for ca in cas)
+            if bound.setdefault(domain, issuers) != issuers:
+                raise ConfigError(
+                    f"{where}.{domain}: bound to {', '.join(sorted(issuers))} here and to "
+                    f"{', '.join(sorted(bound[domain]))} on another listener; bind it to the "
+                    "same CAs everywhere"
+                )
+    return TrustDomains(bound)
 
 
 def _admin_listener(

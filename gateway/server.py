@@ -23,7 +23,7 @@ from gateway.assertion import JWKS_PATH, AssertionSigner, load_or_create_key
 from gateway.audit.chain import DECISION_PATH, REFUSAL_PATH, SHADOW_PATH, SIGN_IN_EVENT_PATH
 from gateway.audit.durability import Pending
 from gateway.audit.redaction import holds_jwt
-from gateway.config import GatewayConfig, Route, client_cas
+from gateway.config import GatewayConfig, Route, client_cas, spiffe_trust_domains
 from gateway.forward import REVOKED, UNLOGGED, Forwarder, UpstreamError, is_websocket
 from gateway.identity import ANONYMOUS, Identity, TokenRejected, TokenVerifier
 from gateway.jwks import JwksCache
@@ -124,6 +124,8 @@ class Gateway:
         # Which of client_ca's CAs issued a client certificate: its identity's issuer.
         cas = client_cas(config.listeners)
         self.client_cas = ClientCas(cas)
+        # Which of them may issue each bound SPIFFE trust domain's IDs.
+        self.trust_domains = spiffe_trust_domains(config.listeners)
         for name in names_of_several_keys(cas):
             log.warning(
                 "client_ca holds several keys named %r: their client certificates are one "
@@ -470,8 +472,13 @@ class Gateway:
         if identity.method == "bearer":
             try:
                 await self._identity(request)
-            except TokenRejected as rejected:
-                decision = deny(self._ids.next(), 401, f"gateway.invalid_token: {rejected}")
+            except (TokenRejected, CertificateRejected) as rejected:
+                code = (
+                    "invalid_token"
+                    if isinstance(rejected, TokenRejected)
+                    else ("invalid_client_certificate")
+                )
+                decision = deny(self._ids.next(), 401, f"gateway.{code}: {rejected}")
                 document = decision_input(request, path, route, ANONYMOUS, request_id)
                 self._log(decision, document, route, path=REFUSAL_PATH)
                 return REVOKED, None
@@ -522,8 +529,15 @@ class Gateway:
         identity = await self.verifier.verify(token.strip())
         if not peer:
             return identity
+        # The token is the identity; the certificate is source.principal, which a
+        # ported rule trusts as Envoy's: only from a CA known to have issued it, and
+        # one that may issue its trust domain's IDs.
+        issuer = self.client_cas.issuer(request.transport)
+        if issuer is not None:
+            self.trust_domains.check(peer, issuer)
+        principal = envoy_principal(peer) if issuer is not None else None
         return dataclasses.replace(
-            identity, client_cert=client_certificate(peer), principal=envoy_principal(peer)
+            identity, client_cert=client_certificate(peer), principal=principal
         )
 
     def _certificate_identity(self, request: web.Request, peer: dict[str, Any]) -> Identity:
@@ -541,7 +555,9 @@ class Gateway:
                 certificate["issuer"],
             )
             return ANONYMOUS
-        return certificate_identity(peer, issuer)
+        identity = certificate_identity(peer, issuer)
+        self.trust_domains.check(peer, issuer)
+        return identity
 
     # --- shadow mode ------------------------------------------------------------------
 

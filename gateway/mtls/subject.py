@@ -81,6 +81,21 @@ MAX_TRUST_DOMAIN_BYTES = 255  # SPIFFE-ID 2.3, RFC 3986's limit on a host
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
+def trust_domain_problem(name: str) -> str | None:
+    """Why `name` is not a trust domain a SPIFFE ID may have (SPIFFE-ID 2.1, 2.3);
+    None when it is one. Says what is wrong with "it"."""
+    if not name:
+        return "is empty"
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_TRUST_DOMAIN_BYTES:
+        return f"is over {MAX_TRUST_DOMAIN_BYTES} bytes long"
+    if not _TRUST_DOMAIN.match(name):
+        return (
+            f"{show(name)} has a character other than a lower-case letter, a digit, "
+            "'.', '-' or '_' (no port, user, query or upper case)"
+        )
+    return None
+
+
 def spiffe_id_problem(uri: str) -> str | None:
     """Why `uri` is not the SPIFFE ID a workload's X.509-SVID may carry (the
     SPIFFE-ID spec, 2; X509-SVID 3.1 and 5.2); None when it is one."""
@@ -93,13 +108,9 @@ def spiffe_id_problem(uri: str) -> str | None:
     trust_domain, slash, path = uri[len(_SPIFFE_PREFIX) :].partition("/")
     if not trust_domain:
         return "it has no trust domain"
-    if len(trust_domain) > MAX_TRUST_DOMAIN_BYTES:
-        return f"its trust domain is over {MAX_TRUST_DOMAIN_BYTES} bytes long"
-    if not _TRUST_DOMAIN.match(trust_domain):
-        return (
-            f"its trust domain {show(trust_domain)} has a character other than a lower-case "
-            "letter, a digit, '.', '-' or '_' (no port, user, query or upper case)"
-        )
+    problem = trust_domain_problem(trust_domain)
+    if problem is not None:
+        return f"its trust domain {problem}"
     if not slash:
         # The trust domain's own ID names its signing authority (X509-SVID 3.2),
         # which must not authenticate: every workload of the domain would be it.
