@@ -533,9 +533,13 @@ class Gateway:
         # ported rule trusts as Envoy's: only from a CA known to have issued it, and
         # one that may issue its trust domain's IDs.
         issuer = self.client_cas.issuer(request.transport)
+        principal = None
         if issuer is not None:
             self.trust_domains.check(peer, issuer)
-        principal = envoy_principal(peer) if issuer is not None else None
+            try:
+                principal = envoy_principal(peer)
+            except CertificateRejected as rejected:
+                raise CertificateRejected(f"{rejected}; issued by {issuer}") from None
         return dataclasses.replace(
             identity, client_cert=client_certificate(peer), principal=principal
         )

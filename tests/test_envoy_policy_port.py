@@ -21,13 +21,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.config import Route
-from gateway.mtls.subject import certificate_identity, envoy_principal
+from gateway.mtls.subject import CertificateRejected, certificate_identity, envoy_principal
 from gateway.policy.decision import decision_input
 from gateway.policy.input_contract import PROVIDED, never_provided
 from gateway.screening.paths import normalize
 from tests.conftest import FIXTURES
 from tests.gateway_stack import ServerFactory, free_port, raw_request, start_stack
-from tests.test_attack_client_certificate_subjects import WORKLOAD, gateway
+from tests.test_attack_client_certificate_subjects import WORKLOAD, gateway, refused
 from tests.test_gateway_transport import make_cert
 from tests.test_policy_cli import portcullis
 
@@ -157,6 +157,65 @@ async def test_a_ported_envoy_deny_on_a_dns_san_principal_fires(
         status, body, _ = await running.get(kiosk)
         assert status == 200, body
         assert len(running.stack.forwarded("wms")) == 1
+
+
+# As ported from OPA-Envoy: the one service allowed, named by its subject.
+ALLOW_BY_SUBJECT = """package portcullis.gateway
+import rego.v1
+decision := {
+\t"allow": input.attributes.source.principal == "CN=wms-sync,O=Store",
+\t"reasons": [sprintf("decided for %v", [input.attributes.source.principal])],
+}
+"""
+
+
+async def test_a_san_spelled_like_another_certificates_subject_is_refused_not_its_principal(
+    aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    """A certificate of CN=intruder whose DNS or URI SAN reads `CN=wms-sync,O=Store`
+    (a CA that copies a request's SANs signs it) was principal
+    `CN=wms-sync,O=Store`, the subject of the service a ported rule allows: it
+    was let through as that service, with a bearer token or without. A SAN
+    RFC 5280 forbids (no host name, no absolute URI, a NUL) is refused, 401 and
+    logged; the service itself is still allowed."""
+    async with gateway(aiohttp_server, tmp_path, ALLOW_BY_SUBJECT) as running:
+        subject = [_organisation(), _cn("intruder")]
+        for name, san, says in (
+            ("dns", x509.DNSName("CN=wms-sync,O=Store"), "DNS SAN 'CN=wms-sync,O=Store'"),
+            ("uri", x509.UniformResourceIdentifier("CN=wms-sync,O=Store"), "URI SAN 'CN="),
+            ("nul", x509.DNSName("wms-sync\x00.store.example"), "is not a host name"),
+            ("space", x509.UniformResourceIdentifier("urn:x CN=wms-sync"), "not an absolute"),
+        ):
+            await refused(running, running.client(name, subject, [san]), says)
+        token = running.stack.token(groups=["warehouse"])
+        forged = running.client("forged", subject, [x509.DNSName("CN=wms-sync,O=Store")])
+        async with running.stack.session.get(
+            f"{running.base}/wms/stock", ssl=forged, headers={"Authorization": f"Bearer {token}"}
+        ) as response:
+            body = await response.json()
+            assert response.status == 401 and "is not a host name" in body["reason"], body
+        assert running.stack.total_forwarded() == 0
+        status, body, _ = await running.get(
+            running.client("wms-sync", [_organisation(), _cn("wms-sync")], [_MAIL])
+        )
+        assert status == 200, body
+
+
+@settings(derandomize=True, max_examples=300, deadline=None)
+@given(st.sampled_from(["DNS", "URI"]), st.text(max_size=24))
+def test_a_san_the_gateway_takes_never_spells_a_subject(kind: str, value: str) -> None:
+    """Whatever a SAN holds, the principal the gateway takes from it has no `=`
+    unless after a URI's scheme and `:`, while a subject's has one before any
+    `:` (`CN=...`), and no control character: no SAN is some subject's
+    principal. Else the certificate is refused."""
+    try:
+        principal = envoy_principal({"subjectAltName": ((kind, value),)})
+    except CertificateRejected:
+        return
+    assert principal == value
+    assert principal.isascii() and principal.isprintable() and " " not in principal
+    if "=" in principal:
+        assert kind == "URI" and 0 < principal.index(":") < principal.index("=")
 
 
 async def test_a_ported_envoy_deny_on_protocol_or_destination_still_fires(

@@ -208,6 +208,7 @@ def certificate_identity(peer: dict[str, Any], issuer: str) -> Identity:
     subject is from its `iss`."""
     try:
         subject = certificate_subject(peer)
+        principal = envoy_principal(peer)
     except CertificateRejected as rejected:  # which CA signs such subjects, to fix it there
         raise CertificateRejected(f"{rejected}; issued by {issuer}") from None
     return Identity(
@@ -216,7 +217,7 @@ def certificate_identity(peer: dict[str, Any], issuer: str) -> Identity:
         subject=subject,
         issuer=issuer,
         client_cert=client_certificate(peer),
-        principal=envoy_principal(peer),
+        principal=principal,
     )
 
 
@@ -239,6 +240,13 @@ def _short_name(long_name: str) -> str:
 _RFC2253_SPECIAL = frozenset(',+"\\<>;')
 
 
+# RFC 5280 4.2.1.6: a URI SAN is an absolute URI (RFC 3986 3.1: a scheme, then
+# ":"), a DNS SAN a host name (letters, digits, "-", "."; "_" and a leading "*."
+# as real certificates have them), both ASCII without spaces or controls.
+_URI_SAN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[\x21-\x7e]*\Z")
+_DNS_SAN = re.compile(r"(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?\Z")
+
+
 def envoy_principal(peer: dict[str, Any]) -> str | None:
     """What Envoy's ext_authz sets as `attributes.source.principal` for this
     verified client certificate (`peer_certificate`): its first URI SAN (a
@@ -247,12 +255,31 @@ def envoy_principal(peer: dict[str, Any]) -> str | None:
     by `+`; short names; special characters, control characters and each byte
     of a non-ASCII one escaped). None where that is empty (a certificate with
     neither SAN nor subject): Envoy's "" is a field OPA-Envoy's JSON input omits.
-    A ported OPA-Envoy rule compares this string."""
+    A ported OPA-Envoy rule compares this string.
+
+    CertificateRejected for a URI SAN that is no absolute URI or a DNS SAN that
+    is no host name (RFC 5280 forbids both; a CA that copies a request's SANs
+    signs them): Envoy takes either as it is, so a SAN spelled
+    `CN=wms-sync,O=Store` was the principal of the certificate with that
+    subject, and `admin\0.evil` a name a backend in C reads as `admin`. Well
+    formed, the three kinds never spell one another (a URI has a `:` before any
+    `=`, a host name neither, a subject an `=`)."""
     sans = peer.get("subjectAltName", ())
+    for kind, value in sans:
+        if kind == "URI" and not _URI_SAN.match(value):
+            raise CertificateRejected(
+                f"client certificate's URI SAN {show(value)} is not an absolute URI "
+                "(a scheme, ':', no spaces or control characters), which RFC 5280 requires"
+            )
+        if kind == "DNS" and not _DNS_SAN.match(value):
+            raise CertificateRejected(
+                f"client certificate's DNS SAN {show(value)} is not a host name (letters, "
+                "digits, '-', '_' and '.', an A-label for a non-ASCII one), which RFC 5280 requires"
+            )
     for wanted in ("URI", "DNS"):
         for kind, value in sans:
             if kind == wanted:
-                return str(value) or None
+                return str(value)
     subject = ",".join(
         "+".join(f"{_short_name(key)}={_rfc2253_value(value)}" for key, value in reversed(rdn))
         for rdn in reversed(peer.get("subject", ()))
