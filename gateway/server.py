@@ -476,7 +476,7 @@ class Gateway:
                 code = (
                     "invalid_token"
                     if isinstance(rejected, TokenRejected)
-                    else ("invalid_client_certificate")
+                    else "invalid_client_certificate"
                 )
                 decision = deny(self._ids.next(), 401, f"gateway.{code}: {rejected}")
                 document = decision_input(request, path, route, ANONYMOUS, request_id)
