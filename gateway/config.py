@@ -553,10 +553,16 @@ def spiffe_trust_domains(listeners: Iterable[Listener]) -> TrustDomains:
     """Each listener's `spiffe_trust_domains`, as the issuer names of the CAs that
     may issue each domain's IDs. ConfigError for a file without a CA, a CA its
     listener's client_ca doesn't hold (none of its certificates would reach the
-    check), or a domain two listeners bind to different CAs (an identity's issuer
-    is the same CA on every listener, so one binding holds on all of them)."""
+    check), a CA whose name a CA of client_ca the file doesn't hold has too (the
+    check is by issuer name: that other CA, a partner's named like ours, would
+    issue the domain's IDs), or a domain two listeners bind to different CAs (an
+    identity's issuer is the same CA on every listener, so one binding holds on
+    all of them)."""
     from gateway.mtls.trust_domains import TrustDomains  # it imports this module
 
+    named: dict[str, set[bytes]] = {}
+    for ca in client_cas(listeners):
+        named.setdefault(ca.issuer, set()).add(ca.der)
     bound: dict[str, frozenset[str]] = {}
     for index, listener in enumerate(listeners):
         if listener.tls is None or listener.tls.client_ca is None:
@@ -573,6 +579,14 @@ def spiffe_trust_domains(listeners: Iterable[Listener]) -> TrustDomains:
                     raise ConfigError(
                         f"{where}.{domain}: {file} holds {ca.issuer.removeprefix(SCOPE_PREFIX)}, "
                         f"which this listener's client_ca ({listener.tls.client_ca}) does not"
+                    )
+                if named[ca.issuer] - {held.der for held in cas}:
+                    raise ConfigError(
+                        f"{where}.{domain}: client_ca holds another CA named "
+                        f"{ca.issuer.removeprefix(SCOPE_PREFIX)} (another key) that {file} "
+                        "does not: the binding is by name, so that CA's certificates could "
+                        f"carry this domain's IDs; if it is this CA renewed, add it to {file}, "
+                        "else trust only one CA of that name"
                     )
             issuers = frozenset(ca.issuer for ca in cas)
             if bound.setdefault(domain, issuers) != issuers:

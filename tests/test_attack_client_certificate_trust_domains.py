@@ -274,3 +274,39 @@ def test_spiffe_trust_domains_that_would_bind_nothing_are_refused_at_load(tmp_pa
             },
         )
     _config(tmp_path, {**base, "spiffe_trust_domains": {"store.example": "store-ca.pem"}})
+
+
+def test_a_binding_a_partner_ca_named_like_ours_would_pass_is_refused_at_load(
+    tmp_path: Path,
+) -> None:
+    """The binding is by issuer name (a certificate's scope, gateway/mtls/cas.py).
+    A partner names its CA `CN=store-ca` too: client_ca holds both, and the
+    partner's certificates, scoped `mtls:CN=store-ca`, passed the binding of
+    store.example to store-ca.pem and were the store's workload (a 200 for the
+    ported rule). Refused at load, naming the way out; a CA renewed under its
+    name with both keys in the bound file still loads."""
+    make_cert(tmp_path, "server", None)
+    make_cert(tmp_path, "store-ca", None, ca=True)
+    same_name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "store-ca")])
+    make_cert(tmp_path, "partner-ca", None, ca=True, subject=same_name)
+    both = (tmp_path / "store-ca.pem").read_bytes() + (tmp_path / "partner-ca.pem").read_bytes()
+    (tmp_path / "client_ca.pem").write_bytes(both)
+    base = {"cert": "server.pem", "key": "server.key", "client_ca": "client_ca.pem"}
+    with pytest.raises(ConfigError) as err:
+        _config(tmp_path, {**base, "spiffe_trust_domains": {"store.example": "store-ca.pem"}})
+    assert str(err.value).startswith(
+        "listeners[0].tls.spiffe_trust_domains.store.example: client_ca holds another CA "
+        "named CN=store-ca (another key) that "
+    ), err.value
+    # Only on another listener: the scope, and so the binding, is one on all of them.
+    with pytest.raises(ConfigError, match="client_ca holds another CA named CN=store-ca"):
+        _config(
+            tmp_path,
+            {
+                **base,
+                "client_ca": "store-ca.pem",
+                "spiffe_trust_domains": {"store.example": "store-ca.pem"},
+            },
+            {**base, "client_ca": "partner-ca.pem"},
+        )
+    _config(tmp_path, {**base, "spiffe_trust_domains": {"store.example": "client_ca.pem"}})
