@@ -7,9 +7,11 @@ the oracle for the principal of a certificate without a URI SAN."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import ssl
 import subprocess
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -339,6 +341,26 @@ def test_an_attribute_openssl_abbreviates_is_named_in_the_principal_as_envoy_pri
     peer = ssl._ssl._test_decode_cert(str(pem))  # type: ignore[attr-defined]
     assert "jurisdictionC=US" in printed
     assert envoy_principal(peer) == printed.strip().removeprefix("subject=")
+
+
+def test_subjects_of_ever_new_attribute_oids_do_not_grow_the_gateways_memory() -> None:
+    """A CA that copies a request's subject signs attributes of any OID: each one
+    OpenSSL has no name for is its dotted OID, and the short name looked up for
+    it was kept for good, one entry per OID ever seen. Certificates of fresh
+    OIDs (each a few hundred of them, on every request with a bearer token too)
+    grew the process without bound; what is kept is bounded."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for batch in range(100):
+            subject = tuple(((f"1.3.6.1.4.1.99999.{batch}.{index}", "x"),) for index in range(200))
+            envoy_principal({"subject": subject})
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    assert grown < 300_000, f"{grown} bytes kept after 20,000 OIDs"
 
 
 def test_policy_check_names_an_envoy_field_the_gateway_never_sets() -> None:

@@ -221,7 +221,9 @@ def certificate_identity(peer: dict[str, Any], issuer: str) -> Identity:
     )
 
 
-@functools.cache
+# Bounded: a subject's attribute names are the client's (a CA that copies a
+# request's subject signs any OID), and each unknown OID is a name of its own.
+@functools.lru_cache(maxsize=256)
 def _short_name(long_name: str) -> str:
     """OpenSSL's short name (Envoy prints a subject with them, XN_FLAG_FN_SN) for
     the long name Python's ssl gives an attribute: `CN` for `commonName`,
