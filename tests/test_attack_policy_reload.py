@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,37 @@ import pytest
 from gateway.policy import reload
 from gateway.policy.shadow_worker import ShadowWorker
 from policy_engine import load_policy_set
-from tests.gateway_stack import ServerFactory, start_stack
+from tests.gateway_stack import ServerFactory, Stack, start_stack
 from tests.test_gateway_ops import wait_for
 
 STORE = {"groups": ["store"], "amr": ["pwd", "otp"]}
 ANALYST = {"groups": ["analyst"], "amr": ["pwd"]}  # no MFA
+
+
+async def analyst_posts_while_apps_is_half_written(running: Stack, policy_copy: Path) -> None:
+    """apps.yaml written in two steps 2 s apart, cut after analytics' `groups:
+    [analyst]` (it parses, analytics' MFA gone): an analyst without MFA is
+    refused a POST to analytics throughout, and once the whole file is live
+    (a GET, which needs no MFA, let through)."""
+    token = running.token("alice", **ANALYST)
+    assert (await running.get("/analytics/x", token, method="POST")).status == 403
+    apps = policy_copy / "data/apps.yaml"
+    whole = apps.read_text()
+    cut = whole.index("groups: [analyst]\n") + len("groups: [analyst]\n")
+    seen = []
+    with apps.open("w") as writing:
+        writing.write(whole[:cut])
+        writing.flush()
+        for _ in range(20):  # 2 s: 40 of the watcher's ticks
+            seen.append((await running.get("/analytics/x", token, method="POST")).status)
+            await asyncio.sleep(0.1)
+        writing.write(whole[cut:])
+    assert set(seen) == {403}
+    holder = running.gateway.policy
+    revision = load_policy_set(policy_copy).revision
+    await wait_for(lambda: holder.engine is not None and holder.engine.revision == revision)
+    assert (await running.get("/analytics/x", token, method="POST")).status == 403
+    assert (await running.get("/analytics/x", token)).status == 200
 
 
 async def test_a_same_size_edit_copied_with_its_old_mtime_is_still_reloaded(
@@ -63,25 +90,27 @@ async def test_a_data_file_caught_half_written_is_never_enforced(
     an analyst without MFA could POST to analytics until the rest was written."""
     monkeypatch.setattr(reload, "QUIET", 3.0)  # a pause well over a load's time, under this
     async with start_stack(aiohttp_server, tmp_path, policy=policy_copy) as running:
-        token = running.token("alice", **ANALYST)
-        assert (await running.get("/analytics/x", token, method="POST")).status == 403
-        apps = policy_copy / "data/apps.yaml"
-        whole = apps.read_text()
-        cut = whole.index("groups: [analyst]\n") + len("groups: [analyst]\n")
-        seen = []
-        with apps.open("w") as writing:
-            writing.write(whole[:cut])
-            writing.flush()
-            for _ in range(20):  # 2 s: 40 of the watcher's ticks
-                seen.append((await running.get("/analytics/x", token, method="POST")).status)
-                await asyncio.sleep(0.1)
-            writing.write(whole[cut:])
-        assert set(seen) == {403}
-        holder = running.gateway.policy
-        revision = load_policy_set(policy_copy).revision
-        await wait_for(lambda: holder.engine is not None and holder.engine.revision == revision)
-        assert (await running.get("/analytics/x", token, method="POST")).status == 403
-        assert (await running.get("/analytics/x", token)).status == 200  # GET is exempt
+        await analyst_posts_while_apps_is_half_written(running, policy_copy)
+
+
+async def test_a_data_file_caught_half_written_is_never_enforced_when_the_file_clock_lags(
+    aiohttp_server: ServerFactory,
+    tmp_path: Path,
+    policy_copy: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The wait for quiet files read their age off their ctime, which a network
+    mount's server stamps with its own clock: one an hour behind this host's made
+    a file being written look an hour old, there was no wait at all, and the
+    half-written apps.yaml (analytics' MFA gone) was enforced. A change the
+    watcher saw is as recent as when it saw it, whatever the ctime says."""
+    monkeypatch.setattr(reload, "QUIET", 3.0)  # a pause well over a load's time, under this
+    real = time.time
+    monkeypatch.setattr(
+        reload, "time", types.SimpleNamespace(time=lambda: real() + 3600, sleep=time.sleep)
+    )
+    async with start_stack(aiohttp_server, tmp_path, policy=policy_copy) as running:
+        await analyst_posts_while_apps_is_half_written(running, policy_copy)
 
 
 async def test_an_allow_remembered_before_a_reload_that_denies_it_is_never_reused(

@@ -82,16 +82,25 @@ def _fingerprint(source: Path) -> Fingerprint:
     return tuple(state)
 
 
-def quiet_fingerprint(source: Path, quiet: float) -> Fingerprint | None:
+def quiet_fingerprint(source: Path, quiet: float, changed_at: float = 0.0) -> Fingerprint | None:
     """The source's fingerprint once none of its files has changed for ``quiet``
-    seconds (waiting for that), or None if they kept changing."""
+    seconds (waiting for that), or None if they kept changing. ``changed_at``:
+    when (time.time()) a change was seen here. A ctime is stamped by the clock
+    of whoever holds the file (a network mount's server): one behind this
+    host's makes a file being written look old, so a change seen here counts
+    from when it was seen, whatever its ctime says."""
+    seen: Fingerprint | None = None
     for _ in range(QUIET_TRIES):
         before = source_fingerprint(source)
         if before is None:  # changing under the scan
             time.sleep(quiet)
             continue
-        newest = max((entry[2] for entry in before), default=0) / 1e9
-        wait = quiet - (time.time() - newest)
+        now = time.time()
+        if seen is not None and before != seen:
+            changed_at = now
+        seen = before
+        newest = max(max((entry[2] for entry in before), default=0) / 1e9, changed_at)
+        wait = quiet - (now - newest)
         if wait <= 0:
             return before
         # A ctime ahead of this clock (a network mount's server): seen unchanged
@@ -139,7 +148,12 @@ def build_engine(source: str, *, timeout_ms: float, evaluate: bool = True) -> Po
 
 
 def build_or_reason(
-    source: str, *, timeout_ms: float, probed: bool = False, quiet: float = 0.0
+    source: str,
+    *,
+    timeout_ms: float,
+    probed: bool = False,
+    quiet: float = 0.0,
+    changed_at: float = 0.0,
 ) -> tuple[PolicyEngine | None, str | None]:
     """The engine for ``source``, or why it didn't load, from files that did not
     change while they were read. Files are read one by one (a ConfigMap mount's
@@ -154,14 +168,17 @@ def build_or_reason(
     from before the child read them until this build has.
 
     ``quiet`` (a reload): the files are read only once none has changed for that
-    many seconds (QUIET), so a file written in steps is read whole."""
+    many seconds (QUIET), so a file written in steps is read whole; a change
+    seen at ``changed_at`` (time.time()) is no older than that."""
     if source.startswith(("http://", "https://")):
         return _build_or_reason(source, timeout_ms=timeout_ms)
     for attempt in range(SETTLE_TRIES):
         if attempt:
             time.sleep(SETTLE_PAUSE * attempt)
         before = (
-            quiet_fingerprint(Path(source), quiet) if quiet else source_fingerprint(Path(source))
+            quiet_fingerprint(Path(source), quiet, changed_at)
+            if quiet
+            else source_fingerprint(Path(source))
         )
         if quiet and before is None:
             return None, (
@@ -221,6 +238,7 @@ class PolicyHolder:
         self.last_error: str | None = None
         self._lock = asyncio.Lock()
         self._fingerprint: Fingerprint = ()
+        self._changed_at = 0.0  # when the watcher last saw the files change (time.time())
         # Called after a new engine replaced another (the runner re-freezes the heap).
         self.on_swap: Callable[[], None] | None = None
         # Why a policy that loaded can't be used here (the gateway: its catalogue
@@ -236,7 +254,11 @@ class PolicyHolder:
         # by a child first, so that a very slow rule can't stop the event loop.
         live = self.engine is not None
         engine, error = build_or_reason(
-            self.source, timeout_ms=self.timeout * 1000, probed=live, quiet=QUIET if live else 0.0
+            self.source,
+            timeout_ms=self.timeout * 1000,
+            probed=live,
+            quiet=QUIET if live else 0.0,
+            changed_at=self._changed_at,
         )
         if engine is not None and self.vet is not None:
             error = self.vet(engine)
@@ -287,6 +309,7 @@ class PolicyHolder:
             await asyncio.sleep(interval)
             try:
                 if changed(source, self._fingerprint):
+                    self._changed_at = time.time()
                     await self.reload("files changed")
             except Exception:  # the watcher must outlive any one failure
                 log.exception("policy %s: checking for changes failed; trying again in %s s",
