@@ -140,8 +140,12 @@ async def test_a_spiffe_id_of_a_trust_domain_no_ca_is_bound_to_is_refused(
     either CA (Envoy's SPIFFE validator has no bundle to verify it with), and so
     is one whose trust domain only differs in case from a bound one."""
     async with gateway(aiohttp_server, tmp_path) as running:
-        other = running.client("other", "store-ca", "spiffe://elsewhere.example/ns/wms/sa/sync")
-        await running.refused(other, "trust domain 'elsewhere.example', which spiffe_trust")
+        elsewhere = "spiffe://elsewhere.example/ns/wms/sa/sync"
+        for ca in ("store-ca", "partner-ca"):
+            other = running.client(f"other-{ca}", ca, elsewhere)
+            await running.refused(other, "trust domain 'elsewhere.example', which spiffe_trust")
+        upper = running.client("upper", "partner-ca", "spiffe://STORE.example/ns/wms/sa/sync")
+        await running.refused(upper, "'STORE.example'")
 
 
 async def test_a_bearer_token_does_not_carry_a_certificate_of_another_cas_trust_domain(
@@ -154,9 +158,12 @@ async def test_a_bearer_token_does_not_carry_a_certificate_of_another_cas_trust_
         token = running.stack.token(groups=["warehouse"])
         forged = running.client("forged", "partner-ca", WORKLOAD)
         await running.refused(forged, f"whose IDs only {STORE} may issue", token)
+        # No subject is taken with a token: the trust domain is still compared in lower case.
+        upper = running.client("upper", "partner-ca", WORKLOAD.replace("store", "STORE"))
+        await running.refused(upper, f"whose IDs only {STORE} may issue", token)
         status, body = await running.get(running.client("ours", "store-ca", WORKLOAD), token)
         assert status == 200, body
-        event = (await running.stack.events(at_least=2))[-1]
+        event = (await running.stack.events(at_least=3))[-1]
         assert event["input"]["identity"]["method"] == "bearer"
         assert event["input"]["attributes"]["source"]["principal"] == WORKLOAD
 
