@@ -1,7 +1,9 @@
 """`portcullis policy replay`: what a candidate policy would have decided on logged traffic.
 
 Exit codes: 0 nothing changed beyond the kinds ``--allow-change`` names; 1
-other changes, or decisions the candidate can't evaluate; 2 errors (a policy
+other changes, decisions whose answer can't be compared (the candidate reads an
+input field the log lacks or masked), or decisions the candidate can't
+evaluate; 2 errors (a policy
 that doesn't load or an OPA URL that refuses connections, a missing,
 unreadable or tampered log, bad options, a --app/--since/--until selection
 that leaves none of the logged decisions: a CI gate must not pass on nothing).
@@ -68,7 +70,8 @@ def register(actions: Any) -> None:
         description="Verify the decision log, re-evaluate every logged policy decision "
         "(with its original input and now_ns) against --policy, and compare with the "
         "logged result or --baseline-policy. Exit 0: no change beyond --allow-change; "
-        "1: other changes or candidate errors; 2: errors.",
+        "1: other changes, decisions not comparable (the candidate reads an input field "
+        "the log lacks or masked) or candidate errors; 2: errors.",
     )
     parser.add_argument(
         "--log", dest="logs", action="append", required=True, metavar="FILE",
@@ -110,7 +113,8 @@ def register(actions: Any) -> None:
     parser.add_argument(
         "--allow-change", dest="allowed", action="append", default=[], choices=ALLOWABLE,
         metavar="KIND",
-        help=f"a change that doesn't fail the run: {', '.join(ALLOWABLE)} (repeatable)",
+        help=f"a change that doesn't fail the run: {', '.join(ALLOWABLE)} (repeatable; "
+        "not-comparable: decisions whose answer can't be compared)",
     )  # fmt: skip
     keys = parser.add_mutually_exclusive_group()
     keys.add_argument(

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from gateway.config import Route
 from gateway.mtls.subject import CertificateRejected, certificate_identity, envoy_principal
 from gateway.policy.decision import decision_input
-from gateway.policy.input_contract import PROVIDED, never_provided
+from gateway.policy.input_contract import PROVIDED, contract_leaves, lacked, never_provided
 from gateway.screening.paths import normalize
 from tests.conftest import FIXTURES
 from tests.gateway_stack import ServerFactory, free_port, raw_request, start_stack
@@ -92,6 +92,8 @@ def _holds_the_contract(document: dict[str, Any]) -> None:
             assert any(path[: len(named)] == named for path in sent), named
     http = document["attributes"]["request"]["http"]
     assert set(PROVIDED["attributes"]["request"]["http"]) - set(http) == {"request_line"}
+    # What replay takes for a field an older gateway didn't log: never a live input's.
+    assert [leaf for leaf in contract_leaves(()) if lacked(document, leaf)] == []
 
 
 def _port_of(url: str) -> int:

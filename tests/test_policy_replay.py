@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from portcullis.cli import main
 from portcullis.replay.output import markdown
 from portcullis.replay.output import text as text_output
+from portcullis.replay.output.describe import verdict
 from tests.conftest import FIXTURES, POLICIES
 from tests.decision_traffic import Recorded, by_request_id, record_traffic, refunds_candidate
 
@@ -1101,3 +1102,170 @@ def test_events_a_crash_left_unsigned_are_not_replayed_once_a_restart_signed_the
     assert report["not_replayed"]["unsigned_tail"] > 0
     code, report, _ = replay(capsys, log, "--policy", str(POLICIES), "--allow-unsigned-tail")
     assert code == 1 and report["changes"]["allow-to-deny"]["count"] == 1  # the forged allow
+
+
+def candidate_denying(directory: Path, name: str, condition: str) -> Path:
+    """The shipped policy set with one more deny: ``name`` (a rule of package
+    portcullis.gateway, also its deny reason) when ``condition`` (a Rego body) holds."""
+    import shutil
+
+    candidate = directory / name
+    shutil.copytree(POLICIES, candidate)
+    decision = candidate / "gateway/decision.rego"
+    text = decision.read_text()
+    assert "\tnot from_another_site\n}" in text, "the shipped allow rule changed"
+    decision.write_text(
+        text.replace("\tnot from_another_site\n}", f"\tnot from_another_site\n\tnot {name}\n}}")
+    )
+    (candidate / "gateway" / f"{name}.rego").write_text(
+        f"package portcullis.gateway\n\nimport rego.v1\n\n{name} if {{\n\t{condition}\n}}\n\n"
+        f'deny_reasons contains "{name}" if {name}\n'
+    )
+    return candidate
+
+
+def before_the_gateway_set(recorded: Recorded, directory: Path) -> Recorded:
+    """The recorded log as a gateway before `protocol`, `destination` and
+    `source.principal` were in the decision input wrote it (unsigned: --no-verify)."""
+    lines = []
+    for line in recorded.log.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("path") == "portcullis/gateway/decision":
+            attributes = record["input"]["attributes"]
+            del attributes["request"]["http"]["protocol"], attributes["destination"]
+            attributes["source"].pop("principal", None)
+        lines.append(json.dumps(record))
+    older = dataclasses.replace(recorded, log=directory / "older.log")
+    older.log.write_text("\n".join(lines) + "\n")
+    return older
+
+
+def test_replay_never_calls_a_decision_unchanged_when_the_candidate_reads_a_field_the_log_lacks(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, tmp_path: Path
+) -> None:
+    """A candidate retiring HTTP/1.1 denies every live request; replayed on a log
+    written before the gateway set `protocol`, the deny never fired and replay said
+    "PASS: no change". Those answers are now not comparable, named, and fail the run."""
+    retire = candidate_denying(
+        tmp_path, "retired_protocol", 'input.attributes.request.http.protocol == "HTTP/1.1"'
+    )
+    older = before_the_gateway_set(recorded, tmp_path)
+    text = tmp_path / "report.txt"
+    code, report, _ = replay(
+        capsys,
+        older,
+        "--policy",
+        str(retire),
+        "--no-verify",
+        "--output",
+        "json",
+        "--output",
+        "text",
+        "--output-file",
+        str(text),
+    )
+    assert code == 1 and "PASS" not in text.read_text()
+    totals, section = report["totals"], report["not_comparable"]
+    assert totals["unchanged"] == 0 and totals["changed"] == 0
+    assert totals["not_comparable"] == totals["replayed"] > 250
+    assert section["fields"]["absent"] == [
+        {"value": "input.attributes.request.http.protocol", "count": totals["replayed"]}
+    ]
+    assert section["as_replayed"]["unchanged"] == totals["replayed"]  # what it used to report
+    assert report["blocking"] == {"not-comparable": totals["replayed"]}
+    said = text.read_text()
+    assert (
+        f"warning: the candidate reads input.attributes.request.http.protocol, which "
+        f"{totals['replayed']} of {totals['replayed']} replayed decisions lack in the log"
+    ) in said
+    assert "PASS" not in said and "not comparable (the policy reads input fields" in said
+    code, report, _ = replay(
+        capsys, older, "--policy", str(retire), "--no-verify", "--allow-change", "not-comparable"
+    )
+    assert code == 0 and report["totals"]["not_comparable"] == report["totals"]["replayed"]
+    assert "not comparable, allowed by --allow-change not-comparable" in verdict(report)
+
+    # Today's log has the field: the same candidate's flips are counted as such.
+    code, report, _ = replay(capsys, recorded, "--policy", str(retire))
+    records = [json.loads(line) for line in recorded.log.read_text().splitlines()]
+    allows = [
+        r
+        for r in records
+        if r.get("path") == "portcullis/gateway/decision" and r["result"]["allow"] is True
+    ]
+    assert code == 1 and report["totals"]["not_comparable"] == 0
+    assert report["changes"]["allow-to-deny"]["count"] == len(allows) > 50
+
+
+def test_a_field_the_gateway_leaves_out_of_a_request_is_compared_not_called_unknown(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, tmp_path: Path
+) -> None:
+    """No client certificate: the live input has no source.principal either, so a
+    deny on a SPIFFE ID replays faithfully on today's log; only a log from before the
+    gateway set it can't say whether a certificate's principal was there."""
+    spiffe = candidate_denying(
+        tmp_path,
+        "revoked_workload",
+        'input.attributes.source.principal == "spiffe://corp/ns/pos/sa/old"',
+    )
+    older = before_the_gateway_set(recorded, tmp_path)
+    code, report, _ = replay(capsys, older, "--policy", str(spiffe), "--no-verify")
+    assert code == 1 and report["totals"]["not_comparable"] == report["totals"]["replayed"]
+    assert [row["value"] for row in report["not_comparable"]["fields"]["absent"]] == [
+        "input.attributes.source.principal"
+    ]
+    code, report, _ = replay(capsys, recorded, "--policy", str(spiffe))
+    totals = report["totals"]
+    assert code == 0 and totals["not_comparable"] == 0
+    assert totals["unchanged"] == totals["replayed"] > 250
+
+
+def test_replay_never_calls_a_decision_unchanged_when_the_candidate_reads_a_masked_header(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The log masks an API key header and `?token=`: a candidate denying a leaked
+    key (or token) denies those requests live, but replayed on `**REDACTED**` the
+    deny never fired and they counted as unchanged. Now each is not comparable and
+    named; the requests without the header still compare, and the Authorization
+    header, which the live policy saw masked too, is no reason."""
+    sent_with_key: list[int] = []
+
+    async def leaked_key_requests(stack: Any) -> None:
+        token = stack.token(
+            "store-017-fresh", groups=["store", "store-017"], amr=["hwk"], auth_age=120
+        )
+        for n in range(6):
+            response = await stack.get(
+                f"/pos/sales/{n}?token=t-leaked", token, headers={"X-Api-Key": "k-leaked"}
+            )
+            sent_with_key.append(response.status)
+
+    recorded = asyncio.run(record_traffic(tmp_path, 60, before=leaked_key_requests))
+    assert sent_with_key == [200] * 6
+    log = recorded.log.read_text()
+    assert "k-leaked" not in log and "t-leaked" not in log
+    leaked = candidate_denying(
+        tmp_path, "leaked_key", 'input.attributes.request.http.headers["x-api-key"] == "k-leaked"'
+    )
+    code, report, _ = replay(capsys, recorded, "--policy", str(leaked))
+    assert code == 1  # it was 0: "PASS: no change"
+    totals, section = report["totals"], report["not_comparable"]
+    assert totals["not_comparable"] == 6 and totals["changed"] == 0
+    assert totals["unchanged"] == totals["replayed"] - 6
+    assert section["fields"]["masked"] == [
+        {"value": 'input.attributes.request.http.headers["x-api-key"]', "count": 6}
+    ]
+    assert all(s["before"]["allow"] and s["as_replayed"] == "unchanged" for s in section["samples"])
+
+    query = candidate_denying(tmp_path, "leaked_token", 'input.parsed_query.token[_] == "t-leaked"')
+    code, report, _ = replay(capsys, recorded, "--policy", str(query))
+    assert code == 1 and report["totals"]["not_comparable"] == 6
+    assert [r["value"] for r in report["not_comparable"]["fields"]["masked"]] == [
+        "input.parsed_query.token"
+    ]
+
+    bearer = candidate_denying(
+        tmp_path, "no_bearer", "not input.attributes.request.http.headers.authorization"
+    )
+    code, report, _ = replay(capsys, recorded, "--policy", str(bearer))
+    assert report["totals"]["not_comparable"] == 0 and report["totals"]["changed"] > 0

@@ -165,3 +165,68 @@ def unprovided_reads(
             )
             problems.append(Problem(shape.file, message, line or None, col or None))
     return problems
+
+
+def _has_protocol(document: dict[str, Any]) -> bool:
+    http = document.get("attributes", {}).get("request", {}).get("http")
+    return isinstance(http, dict) and "protocol" in http
+
+
+def _unauthenticated(document: dict[str, Any]) -> bool:
+    identity = document.get("identity")
+    return not isinstance(identity, dict) or identity.get("authenticated") is not True
+
+
+# The keys of the contract a decision input leaves out of some requests, and how a
+# logged input shows that its request had none (rather than that the gateway which
+# wrote it didn't set the key yet). Any other key of the tree above is in every
+# decision input, so a logged one without it was written before the key existed
+# (or lost it on the way): the live input would hold it.
+LEFT_OUT: dict[Path, Any] = {
+    # Set with a client certificate's principal since the commit that added protocol.
+    ("attributes", "source", "principal"): _has_protocol,
+    # Only in the input of a request the parser refused: never a policy decision's.
+    ("attributes", "request", "http", "request_line"): lambda document: True,
+    # Only with shared state (the gateway's config, not its version).
+    ("signals",): lambda document: True,
+    **{("identity", key): _unauthenticated for key in PROVIDED["identity"]},
+}
+del LEFT_OUT[("identity", "authenticated")], LEFT_OUT[("identity", "method")]
+
+
+def contract_leaves(read: Path) -> list[Path]:
+    """The paths of the contract tree a read of ``read`` depends on: ``read`` cut
+    where the tree's value may hold anything (a header map, a list), or every
+    such path under it (a bare `input` reads them all); none for a path the
+    gateway never sets (`policy check` warns of those)."""
+    node = PROVIDED
+    for depth, key in enumerate(read):
+        if node is ANY:
+            return [read[:depth]]
+        if key not in node:
+            return []
+        node = node[key]
+    return list(_leaves(node, read))
+
+
+def _leaves(node: dict[str, Any], at: Path) -> Any:
+    if node is ANY:
+        yield at
+        return
+    for key, child in node.items():
+        yield from _leaves(child, (*at, key))
+
+
+def lacked(document: dict[str, Any], leaf: Path) -> Path | None:
+    """The key on the way to ``leaf`` (a :func:`contract_leaves` path) that a logged
+    decision input lacks while the live one would hold it, or None."""
+    node: Any = document
+    for depth, key in enumerate(leaf):
+        if type(node) is not dict:
+            return None  # a value the log holds as logged: replayed as it is
+        if key not in node:
+            missing = leaf[: depth + 1]
+            left_out = LEFT_OUT.get(missing)
+            return None if left_out is not None and left_out(document) else missing
+        node = node[key]
+    return None

@@ -22,13 +22,18 @@ from gateway.policy.divergence import (
     STEP_UP,
     VALIDITY,
 )
+from portcullis.replay.comparable import WHYS
 from portcullis.replay.events import LoggedDecision, Selection, Skipped, strings
 from portcullis.replay.stats import Latency, TopCounter
 
 REPORT_TYPE = "portcullis.policy-replay"
-VERSION = 2
-# Kinds --allow-change may accept; an evaluation error always fails.
-ALLOWABLE = tuple(kind for kind in KINDS if kind != ERROR)
+VERSION = 3
+# Decisions whose replayed answer can't be compared (portcullis/replay/comparable.py):
+# not a change, never unchanged; they fail the run unless --allow-change names them.
+NOT_COMPARABLE = "not-comparable"
+UNCHANGED = "unchanged"
+# What --allow-change may accept; an evaluation error always fails.
+ALLOWABLE = (*(kind for kind in KINDS if kind != ERROR), NOT_COMPARABLE)
 DIMENSIONS = ("app", "route", "method", "group", "subject", "reason", "step_up")
 _DIGITS = re.compile(r"\d+")
 
@@ -104,6 +109,11 @@ class Report:
         self.changed_masked_inputs = 0
         self.masked_results: dict[str, int] = {}  # by result field
         self.baseline_errors = 0
+        self.not_comparable = 0
+        self.not_comparable_as = dict.fromkeys((UNCHANGED, *KINDS), 0)
+        self.not_comparable_fields = {why: TopCounter() for why in WHYS}
+        self.not_comparable_samples: list[dict[str, Any]] = []
+        self.reads_unknown = False  # a policy whose reads aren't known (an OPA URL)
         self.candidate_latency = Latency()
         self.baseline_latency = Latency()
         self.seconds = 0.0
@@ -121,9 +131,12 @@ class Report:
         kind: str | None,
         baseline_ns: int | None,
         unknown: frozenset[str] = frozenset(),
+        not_comparable: list[tuple[str, str]] | None = None,
     ) -> None:
         """Count one replayed decision; ``after_result`` is ``after.result()``;
-        ``unknown``: the logged result's fields the log masked (not compared)."""
+        ``unknown``: the logged result's fields the log masked (not compared);
+        ``not_comparable``: (field, why) of each input field the policies read that
+        the logged input lacks or holds masked: then the answer is counted apart."""
         self.replayed += 1
         for name in unknown:
             self.masked_results[name] = self.masked_results.get(name, 0) + 1
@@ -135,6 +148,9 @@ class Report:
         masked = logged.differs_from_live
         if masked:
             self.masked_inputs += 1
+        if not_comparable:
+            self._add_not_comparable(logged, before, after, after_result, kind, not_comparable)
+            return
         if kind is None:
             return
         self.by_kind[kind] += 1
@@ -146,6 +162,25 @@ class Report:
         if len(self.samples[kind]) < self.samples_per_kind:
             self.samples[kind].append(_sample(logged, before, after_result, after.error))
 
+    def _add_not_comparable(
+        self,
+        logged: LoggedDecision,
+        before: dict[str, Any],
+        after: Decision,
+        after_result: dict[str, Any],
+        kind: str | None,
+        fields: list[tuple[str, str]],
+    ) -> None:
+        self.not_comparable += 1
+        self.not_comparable_as[kind or UNCHANGED] += 1
+        for field_, why in fields:
+            self.not_comparable_fields[why].add(field_)
+        if len(self.not_comparable_samples) < self.samples_per_kind:
+            sample = _sample(logged, before, after_result, after.error)
+            sample["as_replayed"] = kind or UNCHANGED
+            sample["not_comparable"] = [{"field": f, "why": why} for f, why in fields]
+            self.not_comparable_samples.append(sample)
+
     # --- outcome ------------------------------------------------------------------
 
     @property
@@ -153,8 +188,12 @@ class Report:
         return sum(self.by_kind.values())
 
     def blocking(self) -> dict[str, int]:
-        """Changes of kinds --allow-change didn't accept (errors always)."""
-        return {k: n for k, n in self.by_kind.items() if n and k not in self.allowed}
+        """Changes of kinds --allow-change didn't accept (errors always), and the
+        decisions that can't be compared unless it named them."""
+        blocking = {k: n for k, n in self.by_kind.items() if n and k not in self.allowed}
+        if self.not_comparable and NOT_COMPARABLE not in self.allowed:
+            blocking[NOT_COMPARABLE] = self.not_comparable
+        return blocking
 
     def exit_code(self) -> int:
         return 1 if self.blocking() else 0
@@ -184,8 +223,9 @@ class Report:
             },
             "totals": {
                 "replayed": self.replayed,
-                "unchanged": self.replayed - self.changed,
+                "unchanged": self.replayed - self.changed - self.not_comparable,
                 "changed": self.changed,
+                "not_comparable": self.not_comparable,
                 "by_kind": dict(self.by_kind),
                 "by_app": self.by_app.top(self.top),
                 "masked_inputs": self.masked_inputs,
@@ -214,6 +254,15 @@ class Report:
                     "samples": self.samples[kind],
                 }
                 for kind in KINDS
+            },
+            "not_comparable": {
+                "count": self.not_comparable,
+                "reads_known": not self.reads_unknown,
+                "as_replayed": dict(self.not_comparable_as),
+                "fields": {
+                    why: fields.top(self.top) for why, fields in self.not_comparable_fields.items()
+                },
+                "samples": self.not_comparable_samples,
             },
             "latency": {
                 "candidate": {"measured": "replayed", **self.candidate_latency.summary()},

@@ -37,6 +37,7 @@ from gateway.policy.divergence import MemoReplay, divergence
 from gateway.policy.reload import build_engine
 from policy_engine import PolicyEngine, PolicyError
 from policy_engine.opa_server import has_credentials
+from portcullis.replay.comparable import Comparability, policy_reads
 from portcullis.replay.events import LoggedDecision, Selection, read_decisions
 from portcullis.replay.report import PolicyInfo, Report, Verification
 from portcullis.wording import counted
@@ -262,6 +263,11 @@ async def _replay(
     # The candidate's memo over the logged traffic, as the gateway would run it: a
     # request it would have answered with an allow the candidate no longer gives.
     memo = MemoReplay(candidate)
+    # Answers to inputs the log holds otherwise than the live request had them,
+    # where the policies read them: counted as not comparable, never unchanged.
+    engines = [candidate] if baseline is None else [candidate, baseline]
+    comparability = Comparability(policy_reads(engine) for engine in engines)
+    report.reads_unknown = comparability.reads_unknown
     started, cpu = time.perf_counter(), time.process_time()
     try:
         for logged in decisions:
@@ -286,7 +292,16 @@ async def _replay(
                 unknown=unknown,
                 after_stale=stale,
             )
-            report.add(logged, before, after, after_result, kind, before_ns, unknown)
+            report.add(
+                logged,
+                before,
+                after,
+                after_result,
+                kind,
+                before_ns,
+                unknown,
+                comparability.unknown(logged),
+            )
     finally:
         report.seconds = time.perf_counter() - started
         report.cpu_seconds = time.process_time() - cpu

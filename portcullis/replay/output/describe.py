@@ -114,6 +114,38 @@ def masked_results(document: dict[str, Any]) -> str | None:
     )
 
 
+_WHY = {
+    "absent": "which {n} of {replayed} replayed decisions lack in the log (logged by a "
+    "gateway that didn't set it yet)",
+    "masked": "which the log masked in {n} of {replayed} replayed decisions",
+    "cut": "which the log cut in {n} of {replayed} replayed decisions",
+}
+
+
+def not_comparable(document: dict[str, Any]) -> list[str]:
+    """One warning per input field that made decisions not comparable (most first)."""
+    section = document["not_comparable"]
+    if not section["count"]:
+        return []
+    replayed = f"{document['totals']['replayed']:,}"
+    reader = "the candidate" if document["baseline"]["source"] == "log" else "a replayed policy"
+    lines = []
+    if not section["reads_known"]:
+        lines.append(
+            "an OPA URL's reads are not known: it counts as reading all of input, so every "
+            "decision whose logged input lacks a field or was masked is not comparable"
+        )
+    for why, rows in section["fields"].items():
+        for row in rows:
+            field = row["value"] if row["value"] != "(other)" else "other fields"
+            where = _WHY[why].format(n=f"{row['count']:,}", replayed=replayed)
+            lines.append(
+                f"{reader} reads {field}, {where}: their answers can't be compared "
+                "(counted as not comparable, not as unchanged)"
+            )
+    return lines
+
+
 def not_replayed(document: dict[str, Any]) -> str:
     skipped = document["not_replayed"]
     parts = []
@@ -136,15 +168,30 @@ def not_replayed(document: dict[str, Any]) -> str:
 def verdict(document: dict[str, Any]) -> str:
     """The one-line answer; it carries the log's caveat, as it may be all a CI log
     shows (the reports went to files)."""
-    blocking = document["blocking"]
-    if not blocking:
+    blocking = dict(document["blocking"])
+    unknown = document["totals"]["not_comparable"]
+    blocked_unknown = blocking.pop("not-comparable", 0)
+    if not blocking and not blocked_unknown:
         allowed = document["totals"]["changed"]
         text = (
             "PASS: no change" if not allowed else f"PASS: {counted(allowed, 'change')}, all allowed"
         )
+        if unknown:
+            text += (
+                f" ({counted(unknown, 'decision')} not comparable, allowed by --allow-change "
+                "not-comparable)"
+            )
     else:
-        what = ", ".join(f"{kind} {n}" for kind, n in blocking.items())
-        text = f"FAIL: {counted(sum(blocking.values()), 'change')} not allowed ({what})"
+        parts = []
+        if blocking:
+            what = ", ".join(f"{kind} {n}" for kind, n in blocking.items())
+            parts.append(f"{counted(sum(blocking.values()), 'change')} not allowed ({what})")
+        if blocked_unknown:
+            parts.append(
+                f"{counted(blocked_unknown, 'decision')} not comparable (the policy reads input "
+                "fields the log lacks or masked)"
+            )
+        text = "FAIL: " + "; ".join(parts)
     check = document["verification"]
     if not check["verified"]:
         text += " (NOT VERIFIED: --no-verify)"

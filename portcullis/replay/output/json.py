@@ -1,4 +1,4 @@
-"""The JSON report: Report.document() as is (report.schema.json, ``version`` 2)."""
+"""The JSON report: Report.document() as is (report.schema.json, ``version`` 3)."""
 
 from __future__ import annotations
 

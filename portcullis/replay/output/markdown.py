@@ -13,6 +13,7 @@ from portcullis.replay.output.describe import (
     baseline_failures,
     counts,
     masked_results,
+    not_comparable,
     not_replayed,
     outcome,
     verdict,
@@ -41,6 +42,9 @@ def render(document: dict[str, Any]) -> str:
     skipped = not_replayed(document)
     if skipped:
         add(f"Not replayed: {cell(skipped)}.")
+    for warning in not_comparable(document):
+        add("")
+        add(f"**Warning**: {cell(warning)}.")
     add("")
     add("| change | decisions | |")
     add("|---|---:|---|")
@@ -51,6 +55,10 @@ def render(document: dict[str, Any]) -> str:
         if change["count"]:
             note = "allowed" if kind in allowed else "**blocking**"
         add(f"| {KIND_TITLES[kind]} | {change['count']} | {note} |")
+    unknown = document["not_comparable"]
+    if unknown["count"]:
+        note = "allowed" if "not-comparable" in allowed else "**blocking**"
+        add(f"| not comparable | {unknown['count']} | {note} |")
     if failures := baseline_failures(document):
         add("")
         add(f"**Warning**: {cell(failures)}.")

@@ -12,6 +12,7 @@ from portcullis.replay.output.describe import (
     baseline_failures,
     counts,
     masked_results,
+    not_comparable,
     not_replayed,
     outcome,
     verdict,
@@ -30,6 +31,8 @@ def render(document: dict[str, Any]) -> str:
     add(f"Policy replay: candidate {candidate['source']} (revision {candidate['revision']})")
     add(f"  against {baseline(document)}")
     add(f"  log: {', '.join(document['logs'])}: {verification(document)}")
+    for warning in not_comparable(document):
+        add(f"warning: {warning}")
     add("")
     skipped = not_replayed(document)
     add(
@@ -43,6 +46,10 @@ def render(document: dict[str, Any]) -> str:
         if change["count"]:
             note = "  allowed by --allow-change" if kind in allowed else "  BLOCKING"
         add(f"  {KIND_TITLES[kind]:<24}{change['count']:>8}{note}")
+    unknown = document["not_comparable"]
+    if unknown["count"]:
+        note = "  allowed by --allow-change" if "not-comparable" in allowed else "  BLOCKING"
+        add(f"  {'not comparable':<24}{unknown['count']:>8}{note}")
     if failures := baseline_failures(document):
         add(f"  warning: {failures}")
     if masked := masked_results(document):
@@ -68,6 +75,18 @@ def render(document: dict[str, Any]) -> str:
                 f"      at {sample['where']} ({sample['timestamp']}, "
                 f"decision {sample['decision_id']})"
             )
+    if unknown["count"]:
+        add("")
+        add(f"not comparable: {unknown['count']}")
+        as_replayed = [f"{kind} ({n})" for kind, n in unknown["as_replayed"].items() if n]
+        add(f"  {'replayed as:':<18}{', '.join(as_replayed)} (not evidence)")
+        for sample in unknown["samples"]:
+            fields = ", ".join(f"{f['field']} {f['why']}" for f in sample["not_comparable"])
+            add(f"  - {sample['method']} {sample['path']}  {who(sample['identity'])}")
+            add(f"      reads: {fields}")
+            add(f"      logged: {outcome(sample['before'])}")
+            add(f"      replayed: {outcome(sample['after'], sample['error'])}")
+            add(f"      at {sample['where']} ({sample['timestamp']})")
     add("")
     latency = document["latency"]
     add("Latency (policy evaluation):")
