@@ -172,6 +172,10 @@ def _has_protocol(document: dict[str, Any]) -> bool:
     return isinstance(http, dict) and "protocol" in http
 
 
+def _always(document: dict[str, Any]) -> bool:
+    return True
+
+
 def _unauthenticated(document: dict[str, Any]) -> bool:
     identity = document.get("identity")
     return not isinstance(identity, dict) or identity.get("authenticated") is not True
@@ -186,9 +190,9 @@ LEFT_OUT: dict[Path, Any] = {
     # Set with a client certificate's principal since the commit that added protocol.
     ("attributes", "source", "principal"): _has_protocol,
     # Only in the input of a request the parser refused: never a policy decision's.
-    ("attributes", "request", "http", "request_line"): lambda document: True,
+    ("attributes", "request", "http", "request_line"): _always,
     # Only with shared state (the gateway's config, not its version).
-    ("signals",): lambda document: True,
+    ("signals",): _always,
     **{("identity", key): _unauthenticated for key in PROVIDED["identity"]},
 }
 del LEFT_OUT[("identity", "authenticated")], LEFT_OUT[("identity", "method")]
@@ -217,16 +221,46 @@ def _leaves(node: dict[str, Any], at: Path) -> Any:
         yield from _leaves(child, (*at, key))
 
 
+def never_lacked(leaf: Path) -> bool:
+    """Whether a logged input without ``leaf`` always says the live one had none."""
+    return any(LEFT_OUT.get(leaf[:depth]) is _always for depth in range(1, len(leaf) + 1))
+
+
 def lacked(document: dict[str, Any], leaf: Path) -> Path | None:
     """The key on the way to ``leaf`` (a :func:`contract_leaves` path) that a logged
     decision input lacks while the live one would hold it, or None."""
+    missing = lacked_under(document, leaf[:-1], frozenset(leaf[-1:]))
+    return missing[0] if missing else None
+
+
+def lacked_under(document: dict[str, Any], parent: Path, keys: frozenset[str]) -> list[Path]:
+    """:func:`lacked` of each ``parent + (key,)``, at once: replay asks it of every
+    logged decision, where all of them are there."""
     node: Any = document
-    for depth, key in enumerate(leaf):
-        if type(node) is not dict:
-            return None  # a value the log holds as logged: replayed as it is
-        if key not in node:
-            missing = leaf[: depth + 1]
-            left_out = LEFT_OUT.get(missing)
-            return None if left_out is not None and left_out(document) else missing
+    for key in parent:
+        if type(node) is not dict or key not in node:
+            return _lacked_on_the_way(document, parent)
         node = node[key]
-    return None
+    if type(node) is not dict or node.keys() >= keys:
+        return []
+    return [
+        path
+        for key in sorted(keys - node.keys())
+        for path in _unless_left_out(document, (*parent, key))
+    ]
+
+
+def _lacked_on_the_way(document: dict[str, Any], parent: Path) -> list[Path]:
+    node: Any = document
+    for depth, key in enumerate(parent):
+        if type(node) is not dict:
+            return []  # a value the log holds as logged: replayed as it is
+        if key not in node:
+            return _unless_left_out(document, parent[: depth + 1])
+        node = node[key]
+    return []
+
+
+def _unless_left_out(document: dict[str, Any], missing: Path) -> list[Path]:
+    left_out = LEFT_OUT.get(missing)
+    return [] if left_out is not None and left_out(document) else [missing]

@@ -15,10 +15,11 @@ check` do); an OPA URL's is not known, so it counts as reading all of `input`.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from gateway.audit.redaction import pointer_parts
 from gateway.policy.decision import DECISION_REF
-from gateway.policy.input_contract import contract_leaves, lacked, rego_ref
+from gateway.policy.input_contract import contract_leaves, lacked_under, never_lacked, rego_ref
 from policy_engine import PolicyEngine
 from policy_engine.input_reads import input_reads
 from portcullis.replay.events import LoggedDecision
@@ -53,19 +54,27 @@ class Comparability:
                 read = frozenset({()})
             paths |= read
         self.reads = tuple(sorted(paths))
-        self.leaves = tuple(sorted({leaf for path in paths for leaf in contract_leaves(path)}))
+        # The contract's paths read, by parent: one walk and one set check per parent.
+        under: dict[Path, set[str]] = {}
+        for path in paths:
+            for leaf in contract_leaves(path):
+                if not never_lacked(leaf):
+                    under.setdefault(leaf[:-1], set()).add(leaf[-1])
+        self.under = tuple((parent, frozenset(keys)) for parent, keys in sorted(under.items()))
 
     def unknown(self, logged: LoggedDecision) -> list[tuple[str, str]]:
         """(field as Rego writes it, why) for each field read that the logged input
         lacks or holds masked or cut; empty when the answer can be compared."""
         found: list[tuple[str, str]] = []
         document = logged.input
-        for leaf in self.leaves:
-            missing = lacked(document, leaf)
-            if missing is not None:
-                field = (rego_ref(missing), ABSENT)
-                if field not in found:
-                    found.append(field)
+        for parent, keys in self.under:
+            # Inline, for the logged input that holds them all (nearly every one).
+            node: Any = document
+            for key in parent:
+                node = node.get(key) if type(node) is dict else None
+            if type(node) is not dict or not node.keys() >= keys:
+                self._absent(document, found)
+                break
         if logged.differs_from_live:
             for pointers, why in ((logged.masked, MASKED), (logged.truncated, CUT)):
                 for pointer in pointers:
@@ -78,6 +87,13 @@ class Comparability:
                         if field not in found:
                             found.append(field)
         return found
+
+    def _absent(self, document: dict[str, Any], found: list[tuple[str, str]]) -> None:
+        for parent, keys in self.under:
+            for path in lacked_under(document, parent, keys):
+                field = (rego_ref(path), ABSENT)
+                if field not in found:
+                    found.append(field)
 
 
 def _overlap(path: Path, read: Path) -> bool:
