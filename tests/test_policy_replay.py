@@ -1264,8 +1264,62 @@ def test_replay_never_calls_a_decision_unchanged_when_the_candidate_reads_a_mask
         "input.parsed_query.token"
     ]
 
+    # A header named at run time reads them all: the masked one among them.
+    any_header = candidate_denying(
+        tmp_path,
+        "leaked_anywhere",
+        'some value in input.attributes.request.http.headers\n\tvalue == "k-leaked"',
+    )
+    code, report, _ = replay(capsys, recorded, "--policy", str(any_header))
+    assert code == 1 and report["totals"]["not_comparable"] == 6
+
     bearer = candidate_denying(
         tmp_path, "no_bearer", "not input.attributes.request.http.headers.authorization"
     )
     code, report, _ = replay(capsys, recorded, "--policy", str(bearer))
     assert report["totals"]["not_comparable"] == 0 and report["totals"]["changed"] > 0
+
+
+def test_every_field_of_the_contract_a_logged_input_lacks_is_named_and_none_it_holds(
+    recorded: Recorded,
+) -> None:
+    """Each key of the decision contract, cut from a real logged input (as a log
+    from before the gateway set it would be), is named as absent for a policy
+    whose reads aren't known; the input as logged names nothing. Keys the gateway
+    leaves out of some requests are named only where the log shows it would set
+    them (source.principal in a log with protocol is a request without one)."""
+    import copy
+
+    from gateway.policy.input_contract import LEFT_OUT, PROVIDED, contract_leaves, rego_ref
+    from portcullis.replay.comparable import Comparability
+    from portcullis.replay.events import LoggedDecision
+
+    records = [json.loads(line) for line in recorded.log.read_text().splitlines()]
+    record = next(r for r in records if r.get("path") == "portcullis/gateway/decision"
+                  and r["input"]["identity"]["authenticated"])  # fmt: skip
+    everything = Comparability([None])  # an OPA URL: it may read all of input
+    assert everything.reads_unknown
+
+    def named(document: dict[str, Any]) -> list[tuple[str, str]]:
+        logged = LoggedDecision("log", 1, {**record, "input": document}, document,
+                                record["result"], "pos", "", None)  # fmt: skip
+        return everything.unknown(logged)
+
+    assert named(record["input"]) == []
+    protocol = ("attributes", "request", "http", "protocol")
+    protocol_and_above = {protocol[:depth] for depth in range(1, 5)}
+    prefixes = {leaf[:depth] for leaf in contract_leaves(()) for depth in range(1, len(leaf) + 1)}
+    assert len(prefixes) > 30 and set(PROVIDED) <= {p[0] for p in prefixes}
+    for prefix in sorted(prefixes):
+        document = copy.deepcopy(record["input"])
+        node = document
+        for key in prefix[:-1]:
+            node = node.get(key, {})
+        if prefix[-1] not in node:  # signals, principal, request_line: not in this input
+            assert prefix in LEFT_OUT or prefix[:1] == ("signals",), prefix
+            continue
+        del node[prefix[-1]]
+        expected = set() if prefix in LEFT_OUT and LEFT_OUT[prefix](document) else {prefix}
+        if prefix in protocol_and_above and prefix != ("attributes",):
+            expected.add(("attributes", "source", "principal"))  # no protocol: an older log
+        assert set(named(document)) == {(rego_ref(p), "absent") for p in expected}, prefix
