@@ -1323,3 +1323,34 @@ def test_every_field_of_the_contract_a_logged_input_lacks_is_named_and_none_it_h
         if prefix in protocol_and_above and prefix != ("attributes",):
             expected.add(("attributes", "source", "principal"))  # no protocol: an older log
         assert set(named(document)) == {(rego_ref(p), "absent") for p in expected}, prefix
+
+
+def test_a_hand_edited_input_whose_request_is_not_an_object_is_replayed_not_a_crash(
+    capsys: pytest.CaptureFixture[str], recorded: Recorded, tmp_path: Path
+) -> None:
+    """Telling whether a logged input lacks source.principal because its request had
+    no certificate looks for `protocol` under attributes.request.http; a hand-edited
+    log (--no-verify) whose attributes.request is a string crashed that look with
+    AttributeError: exit 2 for "unexpected", where the replay answers the rest."""
+    spiffe = candidate_denying(
+        tmp_path,
+        "revoked_workload",
+        'input.attributes.source.principal == "spiffe://corp/ns/pos/sa/old"',
+    )
+    lines = recorded.log.read_text().splitlines()
+    decision = '"path":"portcullis/gateway/decision"'
+    number = next(n for n, line in enumerate(lines) if decision in line)
+    record = json.loads(lines[number])
+    record["input"]["attributes"]["request"] = "GET /pos/sales/1 HTTP/1.1"
+    lines[number] = json.dumps(record)
+    edited = dataclasses.replace(recorded, log=tmp_path / "edited.log")
+    edited.log.write_text("\n".join(lines) + "\n")
+    code, report, err = replay(capsys, edited, "--policy", str(spiffe), "--no-verify")
+    assert "AttributeError" not in err and report, err
+    totals = report["totals"]
+    assert totals["replayed"] == logged_policy_decisions(recorded)
+    # Without protocol it reads as a log from before the gateway set principal.
+    assert code == 1 and totals["not_comparable"] == 1
+    assert report["not_comparable"]["fields"]["absent"] == [
+        {"value": "input.attributes.source.principal", "count": 1}
+    ]

@@ -168,8 +168,11 @@ def unprovided_reads(
 
 
 def _has_protocol(document: dict[str, Any]) -> bool:
-    http = document.get("attributes", {}).get("request", {}).get("http")
-    return isinstance(http, dict) and "protocol" in http
+    # A hand-edited log (--no-verify) may hold anything on the way: not a crash.
+    node: Any = document
+    for key in ("attributes", "request", "http"):
+        node = node.get(key) if type(node) is dict else None
+    return type(node) is dict and "protocol" in node
 
 
 def _always(document: dict[str, Any]) -> bool:
