@@ -25,8 +25,9 @@ from hypothesis import strategies as st
 from gateway.config import Route
 from gateway.mtls.subject import CertificateRejected, certificate_identity, envoy_principal
 from gateway.policy.decision import decision_input
-from gateway.policy.input_contract import PROVIDED, contract_leaves, lacked, never_provided
+from gateway.policy.input_contract import PROVIDED, contract_leaves, never_provided
 from gateway.screening.paths import normalize
+from portcullis.replay.comparable import lacked
 from tests.conftest import FIXTURES
 from tests.gateway_stack import ServerFactory, free_port, raw_request, start_stack
 from tests.test_attack_client_certificate_subjects import WORKLOAD, gateway, refused

@@ -1,11 +1,14 @@
-"""Which input paths a gateway policy reads that the decision input never holds.
+"""Which input paths a gateway policy reads that the decision input never holds,
+and which it leaves out of some requests.
 
 A rule reading such a path is undefined, so a rule that needs it never fires
 (and a `not` of it always holds), with no error anywhere: the way a DENY rule
 ported from OPA-Envoy (opa-envoy-plugin) silently lets through what it stopped
 there. `portcullis policy check` prints each one, and the gateway warns at
 every load. The tree below is what gateway/policy/decision.py builds (README
-"Decision contract"); a test holds the two the same.
+"Decision contract"); a test holds the two the same. LEFT_OUT says which of
+its keys a request may go without: replay (portcullis/replay/comparable.py)
+tells a logged input that lacks one from one an older gateway wrote.
 """
 
 from __future__ import annotations
@@ -216,54 +219,15 @@ def contract_leaves(read: Path) -> list[Path]:
     return list(_leaves(node, read))
 
 
+def left_out_of_every_log(leaf: Path) -> bool:
+    """Whether a decision input without ``leaf`` always says its request had none
+    (the key depends on the gateway's config or the request, never its version)."""
+    return any(LEFT_OUT.get(leaf[:depth]) is _always for depth in range(1, len(leaf) + 1))
+
+
 def _leaves(node: dict[str, Any], at: Path) -> Any:
     if node is ANY:
         yield at
         return
     for key, child in node.items():
         yield from _leaves(child, (*at, key))
-
-
-def never_lacked(leaf: Path) -> bool:
-    """Whether a logged input without ``leaf`` always says the live one had none."""
-    return any(LEFT_OUT.get(leaf[:depth]) is _always for depth in range(1, len(leaf) + 1))
-
-
-def lacked(document: dict[str, Any], leaf: Path) -> Path | None:
-    """The key on the way to ``leaf`` (a :func:`contract_leaves` path) that a logged
-    decision input lacks while the live one would hold it, or None."""
-    missing = lacked_under(document, leaf[:-1], frozenset(leaf[-1:]))
-    return missing[0] if missing else None
-
-
-def lacked_under(document: dict[str, Any], parent: Path, keys: frozenset[str]) -> list[Path]:
-    """:func:`lacked` of each ``parent + (key,)``, at once: replay asks it of every
-    logged decision, where all of them are there."""
-    node: Any = document
-    for key in parent:
-        if type(node) is not dict or key not in node:
-            return _lacked_on_the_way(document, parent)
-        node = node[key]
-    if type(node) is not dict or node.keys() >= keys:
-        return []
-    return [
-        path
-        for key in sorted(keys - node.keys())
-        for path in _unless_left_out(document, (*parent, key))
-    ]
-
-
-def _lacked_on_the_way(document: dict[str, Any], parent: Path) -> list[Path]:
-    node: Any = document
-    for depth, key in enumerate(parent):
-        if type(node) is not dict:
-            return []  # a value the log holds as logged: replayed as it is
-        if key not in node:
-            return _unless_left_out(document, parent[: depth + 1])
-        node = node[key]
-    return []
-
-
-def _unless_left_out(document: dict[str, Any], missing: Path) -> list[Path]:
-    left_out = LEFT_OUT.get(missing)
-    return [] if left_out is not None and left_out(document) else [missing]

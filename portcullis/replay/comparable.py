@@ -19,7 +19,12 @@ from typing import Any
 
 from gateway.audit.redaction import pointer_parts
 from gateway.policy.decision import DECISION_REF
-from gateway.policy.input_contract import contract_leaves, lacked_under, never_lacked, rego_ref
+from gateway.policy.input_contract import (
+    LEFT_OUT,
+    contract_leaves,
+    left_out_of_every_log,
+    rego_ref,
+)
 from policy_engine import PolicyEngine
 from policy_engine.input_reads import input_reads
 from portcullis.replay.events import LoggedDecision
@@ -58,7 +63,7 @@ class Comparability:
         under: dict[Path, set[str]] = {}
         for path in paths:
             for leaf in contract_leaves(path):
-                if not never_lacked(leaf):
+                if not left_out_of_every_log(leaf):
                     under.setdefault(leaf[:-1], set()).add(leaf[-1])
         self.under = tuple((parent, frozenset(keys)) for parent, keys in sorted(under.items()))
 
@@ -100,3 +105,34 @@ def _overlap(path: Path, read: Path) -> bool:
     """Whether reading ``read`` reads (part of) ``path``: one is the other or under it."""
     shorter = min(len(path), len(read))
     return path[:shorter] == read[:shorter]
+
+
+def lacked(document: dict[str, Any], leaf: Path) -> Path | None:
+    """The key on the way to ``leaf`` (a :func:`contract_leaves` path) that a logged
+    decision input lacks while the live one would hold it, or None."""
+    missing = lacked_under(document, leaf[:-1], frozenset(leaf[-1:]))
+    return missing[0] if missing else None
+
+
+def lacked_under(document: dict[str, Any], parent: Path, keys: frozenset[str]) -> list[Path]:
+    """:func:`lacked` of each ``parent + (key,)``, at once (one walk): the first key
+    missing on the way to ``parent``, else each of ``keys`` missing under it."""
+    node: Any = document
+    for depth, key in enumerate(parent):
+        if type(node) is not dict:
+            return []  # a value the log holds as logged: replayed as it is
+        if key not in node:
+            return _unless_left_out(document, parent[: depth + 1])
+        node = node[key]
+    if type(node) is not dict or node.keys() >= keys:
+        return []
+    return [
+        path
+        for key in sorted(keys - node.keys())
+        for path in _unless_left_out(document, (*parent, key))
+    ]
+
+
+def _unless_left_out(document: dict[str, Any], missing: Path) -> list[Path]:
+    left_out = LEFT_OUT.get(missing)
+    return [] if left_out is not None and left_out(document) else [missing]
