@@ -35,7 +35,7 @@ from policy_engine.errors import (
     problem_from_engine_error,
 )
 from policy_engine.input_reads import InputProjection, projection, reached_modules
-from policy_engine.policy_set import PolicySet, data_leaf_on, outside_roots
+from policy_engine.policy_set import Module, PolicySet, data_leaf_on, is_test_file, outside_roots
 from policy_engine.rego_ast import ModuleShape, Rule, module_shape, share_package_imports
 from policy_engine.vm_divergence import unfinished_assignments
 
@@ -94,13 +94,24 @@ class CompiledPolicy:
         return [problem for problem in self.vm_divergences if problem.file in files]
 
 
-def new_engine(policy_set: PolicySet) -> Any:
-    """A fresh regorus engine holding the policy set (parse only, no checks)."""
+def new_engine(policy_set: PolicySet, *, without_tests: bool = False) -> Any:
+    """A fresh regorus engine holding the policy set (parse only, no checks);
+    ``without_tests``: only the modules that decide (:func:`deciding_modules`)."""
     engine = regorus.Engine()
-    for module in policy_set.modules:
+    modules = deciding_modules(policy_set) if without_tests else policy_set.modules
+    for module in modules:
         engine.add_policy(module.file, module.text)
     engine.add_data(policy_set.data)
     return engine
+
+
+def deciding_modules(policy_set: PolicySet) -> list[Module]:
+    """The modules that take part in a decision: all but the `*_test.rego` files,
+    which the compiled VM, the decision memo's and replay's reads, and the input
+    contract's check have always left out. The interpreter that confirms an allow
+    (or decides what the VM can't) leaves them out too, or a rule kept in a test
+    file would deny on the interpreter what the VM and a memo hit allow."""
+    return [module for module in policy_set.modules if not is_test_file(module.file)]
 
 
 def compile_policy(policy_set: PolicySet, *, evaluate: bool = True) -> CompiledPolicy:
@@ -191,7 +202,7 @@ def _analysed(
     texts. (Shapes are shared by the loads that find them: nothing changes one once
     share_package_imports has added each module's reads through another's.)"""
     modules = policy_set.modules
-    key = tuple((module.text, module.file.endswith("_test.rego")) for module in modules)
+    key = tuple((module.text, is_test_file(module.file)) for module in modules)
     files = tuple(module.file for module in modules)
     with _ANALYSES_LOCK:
         kept = _ANALYSES.get(key)
@@ -201,7 +212,7 @@ def _analysed(
     entries = orjson.loads(engine.get_ast_as_json())
     shapes = [module_shape(entry) for entry in entries]
     # The modules the VM compiles (_compile_program): all but the tests.
-    compiled = [e for e in entries if not e["source"]["file"].endswith("_test.rego")]
+    compiled = [e for e in entries if not is_test_file(e["source"]["file"])]
     # _alias_conflicts also adds each module's reads through another's aliases.
     import_problems = [*_shadowing_imports(shapes), *_alias_conflicts(shapes)]
     divergences = unfinished_assignments(compiled)
@@ -524,9 +535,13 @@ class EmbeddedEngine:
         confirm: Callable[[str, Any], bool] | None = None,
         gather_prints: bool = False,
         evaluate_at_load: bool = True,
+        without_tests: bool = False,
     ) -> None:
         self.compiled = compile_policy(policy_set, evaluate=evaluate_at_load)
         self.timeout = timeout
+        # The interpreter decides with the deciding modules only (the gateway's
+        # engines, as its VM does), or with every module (`policy eval`).
+        self.without_tests = without_tests
         self.confirm = confirm
         # Keep print() output for take_prints() rather than let regorus write it
         # to stdout (where `policy eval` writes its answer).
@@ -551,11 +566,7 @@ class EmbeddedEngine:
             more = f" (and {len(diverging) - 1} more)" if len(diverging) > 1 else ""
             self.rvm_problem = f"{diverging[0]}{more}"
             return
-        modules = [
-            (m.file, m.text)
-            for m in self.compiled.policy_set.modules
-            if not m.file.endswith("_test.rego")
-        ]
+        modules = [(m.file, m.text) for m in deciding_modules(self.compiled.policy_set)]
         try:
             program = regorus.Program.compile_from_modules(self._data_json, modules, refs)
         except (RuntimeError, ValueError) as error:
@@ -584,7 +595,7 @@ class EmbeddedEngine:
     def _engine(self) -> Any:
         engine = getattr(self._local, "engine", None)
         if engine is None:
-            engine = new_engine(self.compiled.policy_set)
+            engine = new_engine(self.compiled.policy_set, without_tests=self.without_tests)
             engine.set_gather_prints(self.gather_prints)
             self._local.engine = engine
         return engine

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from policy_engine.policy_set import is_test_file
 from policy_engine.rego_ast import ModuleShape
 
 Path = tuple[str, ...]
@@ -64,7 +65,7 @@ def input_reads(
     """What the modules of `package` (and what they reach) read under `input`, and
     which of those reads no `declared` path covers (a declared path covers itself
     and everything under it)."""
-    modules = [shape for shape in shapes if not shape.file.endswith("_test.rego")]
+    modules = [shape for shape in shapes if not is_test_file(shape.file)]
     reached = reached_modules(modules, package)
     reads = frozenset(path for shape in reached for path in shape.input_reads)
     cover = tuple(declared)

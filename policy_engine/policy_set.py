@@ -52,6 +52,12 @@ class Module:
     text: str
 
 
+def is_test_file(file: str) -> bool:
+    """Whether a Rego file holds tests (`*_test.rego`, as `opa test` names them):
+    `policy test` runs them, and no decision reads them."""
+    return file.endswith("_test.rego")
+
+
 @dataclass
 class PolicySet:
     modules: list[Module]

@@ -181,3 +181,27 @@ async def test_a_storm_of_sighups_costs_the_shadow_process_one_load(
     finally:
         if worker.engine is not None:
             await worker.engine.close()
+
+
+async def test_a_rule_kept_in_a_test_file_never_decides_so_the_memo_cannot_disagree(
+    aiohttp_server: ServerFactory, tmp_path: Path, policy_copy: Path
+) -> None:
+    """The compiled VM, the memo's check of what the policy reads, replay and the
+    input contract leave `*_test.rego` files out; the interpreter that confirms
+    an allow read them. A deny condition kept in a test file refused a request on
+    the interpreter, and the same request, once an allow was remembered for its
+    identity, was let through from the memo: one request, two answers. Test files
+    take part in no decision now, on any engine."""
+    (policy_copy / "gateway/extra_test.rego").write_text(
+        "package portcullis.gateway\n\nimport rego.v1\n\n"
+        'missing_override_group if input.attributes.request.http.headers["x-test-rule"] == "deny"\n'
+    )
+    async with start_stack(aiohttp_server, tmp_path, policy=policy_copy) as running:
+        token = running.token("alice", groups=["warehouse"], amr=["pwd", "otp"])
+        marked = {"X-Test-Rule": "deny"}
+        statuses = [
+            (await running.get("/wms/stock", token, headers=marked)).status,
+            (await running.get("/wms/stock", token)).status,  # remembered for alice
+            (await running.get("/wms/stock", token, headers=marked)).status,
+        ]
+        assert statuses == [200, 200, 200]

@@ -18,7 +18,7 @@ from typing import Any
 
 from policy_engine.errors import Problem, character_column
 from policy_engine.input_reads import reached_modules
-from policy_engine.policy_set import PolicySet
+from policy_engine.policy_set import PolicySet, is_test_file
 from policy_engine.rego_ast import ModuleShape
 
 Path = tuple[str, ...]
@@ -151,7 +151,7 @@ def unprovided_reads(
     reach through `data`; not tests) read and the decision input never holds,
     at the first place each module reads it."""
     texts = {module.file: module.text for module in policy_set.modules}
-    modules = [shape for shape in shapes if not shape.file.endswith("_test.rego")]
+    modules = [shape for shape in shapes if not is_test_file(shape.file)]
     problems = []
     for shape in reached_modules(modules, package):
         for path in sorted(shape.input_reads):

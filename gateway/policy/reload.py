@@ -126,6 +126,7 @@ def build_engine(source: str, *, timeout_ms: float, evaluate: bool = True) -> Po
         compiled_refs=(DECISION_REF, READS_REF),  # reads: only if the policy has it
         confirm=lets_through,
         evaluate_at_load=evaluate,
+        without_tests=True,  # as the VM: a rule in a test file never decides
     )
     if engine.rvm_problem is not None:
         # Correct, on the interpreter, and slower: a deny costs what an allow does.
