@@ -264,8 +264,8 @@ def _spoofing_client(directory: Path, certificates: Pki) -> ssl.SSLContext:
 def _resumed_get(port: int, context: ssl.SSLContext) -> tuple[bool, int, dict[str, Any]]:
     """Two connections, the second resuming the first's TLS session (which keeps the
     client's certificate, not its chain): (resumed, the second's status and body)."""
-    session, _, _, _ = _get_on(port, context)
-    _, resumed, status, body = _get_on(port, context, session)
+    session, _, _, _ = get_on(port, context)
+    _, resumed, status, body = get_on(port, context, session)
     return resumed, status, body
 
 
@@ -322,14 +322,23 @@ def _cross_certified(directory: Path, certified: tuple[Any, Any], issuer: tuple[
     return path
 
 
-def _get_on(
-    port: int, context: ssl.SSLContext, session: ssl.SSLSession | None = None
+def get_on(
+    port: int,
+    context: ssl.SSLContext,
+    session: ssl.SSLSession | None = None,
+    *,
+    token: str | None = None,
 ) -> tuple[ssl.SSLSession, bool, int, dict[str, Any]]:
-    """One request on a connection of its own, resuming `session` if given: (the TLS
-    session, whether it was resumed, the answer's status and body)."""
+    """One request (with this bearer token, if any) on a connection of its own,
+    resuming `session` if given: (the TLS session, whether it was resumed, the
+    answer's status and body)."""
     raw = socket.create_connection(("localhost", port), timeout=10)
     with context.wrap_socket(raw, server_hostname="localhost", session=session) as conn:
-        conn.sendall(b"GET /wms/stock HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        authorization = f"Authorization: Bearer {token}\r\n" if token else ""
+        conn.sendall(
+            b"GET /wms/stock HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+            + f"{authorization}\r\n".encode()
+        )
         answer = b""
         while chunk := conn.recv(65536):
             answer += chunk
@@ -398,7 +407,7 @@ async def test_a_connection_is_scoped_by_a_ca_its_own_listener_trusts_not_by_ano
         async def issuer_on(
             port: int, context: ssl.SSLContext, session: ssl.SSLSession | None = None
         ) -> tuple[ssl.SSLSession, bool, str | None]:
-            tls, resumed, _, body = await asyncio.to_thread(_get_on, port, context, session)
+            tls, resumed, _, body = await asyncio.to_thread(get_on, port, context, session)
             (event,) = await logged(stack, body["decision_id"])
             return tls, resumed, event["input"]["identity"].get("issuer")
 
@@ -438,11 +447,11 @@ async def test_a_forgotten_resumed_session_is_not_scoped_by_a_ca_its_listener_do
         _,
         facing,
     ):
-        session, _, _, body = await asyncio.to_thread(_get_on, facing, via_partner)
+        session, _, _, body = await asyncio.to_thread(get_on, facing, via_partner)
         (event,) = await logged(stack, body["decision_id"])
         assert event["input"]["identity"]["issuer"] == PARTNERS
         stack.gateway.client_cas = ClientCas(client_cas(stack.config.listeners), cache_size=0)
-        _, resumed, _, body = await asyncio.to_thread(_get_on, facing, via_partner, session)
+        _, resumed, _, body = await asyncio.to_thread(get_on, facing, via_partner, session)
         assert resumed, body
         (event,) = await logged(stack, body["decision_id"])
         identity = event["input"]["identity"]

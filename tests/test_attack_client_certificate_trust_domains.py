@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import socket
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from gateway.audit.chain import REFUSAL_PATH
 from gateway.config import ConfigError, Listener, TlsConfig, client_cas, parse_config
 from gateway.mtls.cas import ClientCas
 from tests.gateway_stack import ServerFactory, Stack, free_port, logged, start_stack
+from tests.test_attack_client_certificate_issuers import get_on
 from tests.test_gateway_transport import make_cert
 
 pytestmark = pytest.mark.timeout(60)
@@ -168,25 +167,6 @@ async def test_a_bearer_token_does_not_carry_a_certificate_of_another_cas_trust_
         assert event["input"]["attributes"]["source"]["principal"] == WORKLOAD
 
 
-def _get_on(
-    port: int, context: ssl.SSLContext, token: str, session: ssl.SSLSession | None = None
-) -> tuple[ssl.SSLSession, bool, int, dict[str, Any]]:
-    """One request with this bearer token on a connection of its own, resuming
-    `session` if given: (the TLS session, whether it was resumed, status, body)."""
-    raw = socket.create_connection(("localhost", port), timeout=10)
-    with context.wrap_socket(raw, server_hostname="localhost", session=session) as conn:
-        conn.sendall(
-            b"GET /wms/stock HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
-            + f"Authorization: Bearer {token}\r\n\r\n".encode()
-        )
-        answer = b""
-        while chunk := conn.recv(65536):
-            answer += chunk
-        head, _, body = answer.partition(b"\r\n\r\n")
-        assert conn.session is not None
-        return conn.session, conn.session_reused, int(head.split(b" ", 2)[1]), json.loads(body)
-
-
 async def test_a_resumed_session_whose_ca_is_forgotten_gives_a_bearer_token_no_principal(
     aiohttp_server: ServerFactory, tmp_path: Path
 ) -> None:
@@ -210,9 +190,10 @@ async def test_a_resumed_session_whose_ca_is_forgotten_gives_a_bearer_token_no_p
         )
         port = int(running.base.rsplit(":", 1)[1])
         token = running.stack.token(groups=["warehouse"])
-        session, _, status, body = await asyncio.to_thread(_get_on, port, context, token)
+        session, _, status, body = await asyncio.to_thread(get_on, port, context, token=token)
         assert status == 401 and "only mtls:CN=store-ca may issue" in body["reason"], body
-        _, resumed, status, body = await asyncio.to_thread(_get_on, port, context, token, session)
+        resume = (port, context, session)
+        _, resumed, status, body = await asyncio.to_thread(get_on, *resume, token=token)
         assert resumed, body
         assert status == 403, body
         (event,) = await logged(running.stack, body["decision_id"])
