@@ -65,8 +65,7 @@ def input_reads(
     """What the modules of `package` (and what they reach) read under `input`, and
     which of those reads no `declared` path covers (a declared path covers itself
     and everything under it)."""
-    modules = [shape for shape in shapes if not is_test_file(shape.file)]
-    reached = reached_modules(modules, package)
+    reached = deciding_modules_reached(shapes, package)
     reads = frozenset(path for shape in reached for path in shape.input_reads)
     cover = tuple(declared)
     undeclared = tuple(
@@ -74,6 +73,11 @@ def input_reads(
     )
     unstable = sorted({c.name for s in reached for c in s.calls if c.name in UNSTABLE_BUILTINS})
     return InputReads(reads, undeclared, tuple(unstable))
+
+
+def deciding_modules_reached(shapes: Iterable[ModuleShape], package: Path) -> list[ModuleShape]:
+    """:func:`reached_modules` among the modules that decide: test files never do."""
+    return reached_modules([shape for shape in shapes if not is_test_file(shape.file)], package)
 
 
 def reached_modules(modules: Iterable[ModuleShape], package: Path) -> list[ModuleShape]:

@@ -225,11 +225,9 @@ def _vm_warnings(compiled: CompiledPolicy) -> list[Problem]:
 def _unset_input_warnings(compiled: CompiledPolicy) -> list[Problem]:
     """Where the gateway's decision (its package, or one it reads) reads an input
     path the gateway never sets (gateway/policy/input_contract.py)."""
-    from gateway.policy.decision import DECISION_REF  # the gateway, only when asked
-    from gateway.policy.input_contract import unprovided_reads
+    from gateway.policy.input_contract import unprovided_reads  # the gateway, only when asked
 
-    package = tuple(DECISION_REF.split("."))[1:]
-    return unprovided_reads(compiled.policy_set, compiled.shapes, package)
+    return unprovided_reads(compiled)
 
 
 def read_input(name: str | None) -> Any:

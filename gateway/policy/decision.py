@@ -24,6 +24,8 @@ from gateway.screening.trusted_headers import (
 from policy_engine import PolicyEngine, PolicyError
 
 DECISION_REF = "data.portcullis.gateway.decision"
+# The same rule as a path under data.
+DECISION_PATH = tuple(DECISION_REF.split("."))[1:]
 SECRET_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "cookie", "x-portcullis-assertion"}
 )

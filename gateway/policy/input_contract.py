@@ -16,10 +16,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from gateway.policy.decision import DECISION_PATH
+from policy_engine.embedded import CompiledPolicy
 from policy_engine.errors import Problem, character_column
-from policy_engine.input_reads import reached_modules
-from policy_engine.policy_set import PolicySet, is_test_file
-from policy_engine.rego_ast import ModuleShape
+from policy_engine.input_reads import deciding_modules_reached
 
 Path = tuple[str, ...]
 
@@ -144,16 +144,13 @@ def rego_ref(path: Path) -> str:
     )
 
 
-def unprovided_reads(
-    policy_set: PolicySet, shapes: list[ModuleShape], package: Path
-) -> list[Problem]:
-    """A warning for each input path the modules of ``package`` (and what they
-    reach through `data`; not tests) read and the decision input never holds,
-    at the first place each module reads it."""
-    texts = {module.file: module.text for module in policy_set.modules}
-    modules = [shape for shape in shapes if not is_test_file(shape.file)]
+def unprovided_reads(compiled: CompiledPolicy) -> list[Problem]:
+    """A warning for each input path the gateway's decision (its modules and what
+    they reach through `data`; not tests) reads and the decision input never
+    holds, at the first place each module reads it."""
+    texts = {module.file: module.text for module in compiled.policy_set.modules}
     problems = []
-    for shape in reached_modules(modules, package):
+    for shape in deciding_modules_reached(compiled.shapes, DECISION_PATH):
         for path in sorted(shape.input_reads):
             why = never_provided(path)
             if why is None:

@@ -134,8 +134,7 @@ def build_engine(source: str, *, timeout_ms: float, evaluate: bool = True) -> Po
             "%s: the decision runs on the interpreter, not the compiled VM: %s",
             source, engine.rvm_problem,
         )  # fmt: skip
-    package = tuple(DECISION_REF.split("."))[1:]
-    for problem in unprovided_reads(engine.compiled.policy_set, engine.compiled.shapes, package):
+    for problem in unprovided_reads(engine.compiled):
         log.warning("%s", problem)
     if not engine.compiled.knows(DECISION_REF):
         # It would deny every request: a reload keeps the last good policy instead,

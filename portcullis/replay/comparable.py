@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from gateway.audit.redaction import pointer_parts
-from gateway.policy.decision import DECISION_REF
+from gateway.policy.decision import DECISION_PATH
 from gateway.policy.input_contract import (
     LEFT_OUT,
     contract_leaves,
@@ -30,7 +30,6 @@ from policy_engine.input_reads import input_reads
 from portcullis.replay.events import LoggedDecision
 
 Path = tuple[str, ...]
-_DECISION = tuple(DECISION_REF.split("."))[1:]
 # Why a field's logged value is not the live one (the report's words).
 ABSENT, MASKED, CUT = "absent", "masked", "cut"
 WHYS = (ABSENT, MASKED, CUT)
@@ -42,7 +41,7 @@ def policy_reads(engine: PolicyEngine) -> frozenset[Path] | None:
     compiled = getattr(engine, "compiled", None)
     if compiled is None:
         return None
-    return input_reads(compiled.shapes, _DECISION, ()).reads
+    return input_reads(compiled.shapes, DECISION_PATH, ()).reads
 
 
 class Comparability:
@@ -107,16 +106,11 @@ def _overlap(path: Path, read: Path) -> bool:
     return path[:shorter] == read[:shorter]
 
 
-def lacked(document: dict[str, Any], leaf: Path) -> Path | None:
-    """The key on the way to ``leaf`` (a :func:`contract_leaves` path) that a logged
-    decision input lacks while the live one would hold it, or None."""
-    missing = lacked_under(document, leaf[:-1], frozenset(leaf[-1:]))
-    return missing[0] if missing else None
-
-
 def lacked_under(document: dict[str, Any], parent: Path, keys: frozenset[str]) -> list[Path]:
-    """:func:`lacked` of each ``parent + (key,)``, at once (one walk): the first key
-    missing on the way to ``parent``, else each of ``keys`` missing under it."""
+    """What a logged decision input lacks of ``parent + (key,)`` for each of ``keys``
+    (:func:`contract_leaves` paths) while the live one would hold it, in one walk:
+    the first key missing on the way to ``parent``, else each of ``keys`` missing
+    under it."""
     node: Any = document
     for depth, key in enumerate(parent):
         if type(node) is not dict:
