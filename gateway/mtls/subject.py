@@ -81,6 +81,17 @@ MAX_TRUST_DOMAIN_BYTES = 255  # SPIFFE-ID 2.3, RFC 3986's limit on a host
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
+def uri_sans(peer: dict[str, Any]) -> list[str]:
+    """A certificate's (`peer_certificate`) URI SANs, in its order."""
+    return [value for kind, value in peer.get("subjectAltName", ()) if kind == "URI"]
+
+
+def has_spiffe_scheme(text: str) -> bool:
+    """Whether ``text`` is of the spiffe scheme, in any case (a URI's scheme is
+    case-insensitive, RFC 3986 3.1): a SPIFFE ID, or one spelled to pass for it."""
+    return text[:7].lower() == "spiffe:"
+
+
 def trust_domain_problem(name: str) -> str | None:
     """Why `name` is not a trust domain a SPIFFE ID may have (SPIFFE-ID 2.1, 2.3);
     None when it is one. Says what is wrong with "it"."""
@@ -144,9 +155,9 @@ def certificate_subject(peer: dict[str, Any]) -> str:
     name with a control character is refused too, and one shaped like a SPIFFE
     ID (it would be that workload's subject). A certificate naming no one
     is no one to decide for, lock out or rate limit."""
-    uris = [value for kind, value in peer.get("subjectAltName", ()) if kind == "URI"]
+    uris = uri_sans(peer)
     for uri in uris:
-        problem = spiffe_id_problem(uri) if uri[:7].lower() == "spiffe:" else None
+        problem = spiffe_id_problem(uri) if has_spiffe_scheme(uri) else None
         if problem is not None:
             # A SPIFFE ID the spec forbids (X509-SVID 5.2: the validator MUST refuse
             # it), not a name to fall back from to the common name beside it.
@@ -182,7 +193,7 @@ def certificate_subject(peer: dict[str, Any]) -> str:
                 f"client certificate's common name {show(common_names[0])} has a control "
                 "character (NUL, a line break): no service is named so"
             )
-        if common_names[0][:7].lower() == "spiffe:":
+        if has_spiffe_scheme(common_names[0]):
             # Else it would be the subject the SVID of that ID from the same CA is:
             # a name its requester may have chosen taken for the workload.
             raise CertificateRejected(

@@ -15,15 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.identity import show
-from gateway.mtls.subject import CertificateRejected
-
-_SPIFFE_SCHEME = "spiffe:"
+from gateway.mtls.subject import CertificateRejected, has_spiffe_scheme, uri_sans
 
 
 def trust_domain(uri: str) -> str:
     """The trust domain a URI of the spiffe scheme (any case) names, lower-cased:
     what comes between `//` and the next `/`; "" for none."""
-    rest = uri[len(_SPIFFE_SCHEME) :]
+    rest = uri[len("spiffe:") :]
     if not rest.startswith("//"):
         return ""
     return rest[2:].partition("/")[0].lower()
@@ -45,9 +43,8 @@ class TrustDomains:
         among them."""
         if not self.bound:
             return
-        uris = [value for kind, value in peer.get("subjectAltName", ()) if kind == "URI"]
-        for uri in uris:
-            if uri[: len(_SPIFFE_SCHEME)].lower() != _SPIFFE_SCHEME:
+        for uri in uri_sans(peer):
+            if not has_spiffe_scheme(uri):
                 continue
             domain = trust_domain(uri)
             allowed = self.bound.get(domain)
